@@ -1,0 +1,4 @@
+//! `sensorlink client`.
+pub mod source;
+pub mod state;
+pub mod stats;

@@ -1,0 +1,27 @@
+//! sensorlink: carries sensor readings over TCP from many devices to a collector,
+//! acknowledges every reading once it is stored, and measures the link itself.
+//!
+//! # Layout
+//! - [`protocol`]: bytes ⇄ frames (line protocol, control lines, the seed's legacy
+//!   messages); pure, no I/O.
+//! - [`server`]: listener, per-connection loop (generic over any `AsyncRead + AsyncWrite`),
+//!   graceful shutdown.
+//! - [`store`]: the [`store::Store`] trait, its memory and SQLite implementations, and the
+//!   group-commit writer in front of them.
+//! - [`client`]: the sensor side: value sources, an I/O-free delivery state machine, RTT
+//!   statistics, reconnects.
+//! - [`metrics`]: every counter the server keeps, in one place.
+//! - [`query`]: `sensorlink query` / `sensorlink stats` output.
+//! - [`cli`]: command-line flags.
+
+pub mod cli;
+pub mod client;
+pub mod metrics;
+pub mod protocol;
+pub mod query;
+pub mod server;
+pub mod store;
+pub mod timefmt;
+
+/// The seed's port, kept as our default.
+pub const DEFAULT_PORT: u16 = 8889;

@@ -1,0 +1,1 @@
+//! Every counter the server keeps.

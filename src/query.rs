@@ -1,0 +1,1 @@
+//! `sensorlink query` and `sensorlink stats`.
