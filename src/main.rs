@@ -1,1 +1,21 @@
-fn main() {}
+use std::process::ExitCode;
+
+use clap::Parser as _;
+
+fn main() -> ExitCode {
+    let cli = sensorlink::cli::Cli::parse();
+    match sensorlink::cli::run(cli) {
+        Ok(outcome) => outcome.into(),
+        Err(err) => {
+            // A closed stdout (`| head`) is not an error.
+            if err
+                .chain()
+                .any(|cause| matches!(cause.downcast_ref::<std::io::Error>(), Some(io) if io.kind() == std::io::ErrorKind::BrokenPipe))
+            {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("sensorlink: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}

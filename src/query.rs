@@ -1,1 +1,627 @@
-//! `sensorlink query` and `sensorlink stats`.
+//! `sensorlink query` and `sensorlink stats`: how stored readings are printed, and how
+//! `--since`/`--until` are read. Pure formatting and parsing; the CLI wiring lives elsewhere.
+//!
+//! Three formats: an aligned `table` for people, `csv` (one column per field name, for
+//! spreadsheets) and `json` (values keep their JSON type, integers exact).
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::io::{self, Write};
+
+use serde::ser::{SerializeMap, Serializer};
+use serde::Serialize;
+
+use crate::protocol::FieldValue;
+use crate::store::{Row, SensorStats};
+use crate::timefmt::{now_ns, rfc3339_ns};
+
+/// Output format of `query` and `stats`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Default)]
+pub enum Format {
+    /// Aligned columns with a header.
+    #[default]
+    Table,
+    /// RFC 4180 CSV with a header line.
+    Csv,
+    /// A JSON array of objects.
+    Json,
+}
+
+/// Print one line (or object) per reading.
+pub fn write_rows(rows: &[Row], format: Format, out: &mut dyn Write) -> io::Result<()> {
+    match format {
+        Format::Table => {
+            let cells = rows
+                .iter()
+                .map(|row| {
+                    vec![
+                        rfc3339_ns(row.timestamp_ns),
+                        row.sensor.clone(),
+                        row.measurement.clone(),
+                        fields_text(&row.fields),
+                        other_tags_text(&row.tags),
+                    ]
+                })
+                .collect();
+            write_table(
+                out,
+                &["time", "sensor", "measurement", "fields", "tags"],
+                &[false; 5],
+                cells,
+            )
+        }
+        Format::Csv => write_rows_csv(rows, out),
+        Format::Json => write_json_array(
+            out,
+            rows.iter().map(|row| JsonRow {
+                time: rfc3339_ns(row.timestamp_ns),
+                timestamp_ns: row.timestamp_ns,
+                received_ns: row.received_ns,
+                sensor: &row.sensor,
+                measurement: &row.measurement,
+                tags: Pairs(&row.tags),
+                fields: Pairs(&row.fields),
+            }),
+        ),
+    }
+}
+
+/// Print one line (or object) per sensor.
+pub fn write_stats(stats: &[SensorStats], format: Format, out: &mut dyn Write) -> io::Result<()> {
+    match format {
+        Format::Table => {
+            let cells = stats
+                .iter()
+                .map(|s| {
+                    vec![
+                        s.sensor.clone(),
+                        s.readings.to_string(),
+                        rfc3339_ns(s.first_ns),
+                        rfc3339_ns(s.last_ns),
+                        fields_text(&s.last_fields),
+                    ]
+                })
+                .collect();
+            write_table(
+                out,
+                &["sensor", "readings", "first", "last", "last value"],
+                &[false, true, false, false, false],
+                cells,
+            )
+        }
+        Format::Csv => {
+            write_csv_line(
+                out,
+                [
+                    "sensor",
+                    "readings",
+                    "first",
+                    "first_ns",
+                    "last",
+                    "last_ns",
+                    "last_value",
+                ],
+            )?;
+            for s in stats {
+                write_csv_line(
+                    out,
+                    [
+                        s.sensor.as_str(),
+                        &s.readings.to_string(),
+                        &rfc3339_ns(s.first_ns),
+                        &s.first_ns.to_string(),
+                        &rfc3339_ns(s.last_ns),
+                        &s.last_ns.to_string(),
+                        &fields_text(&s.last_fields),
+                    ],
+                )?;
+            }
+            Ok(())
+        }
+        Format::Json => write_json_array(
+            out,
+            stats.iter().map(|s| JsonStats {
+                sensor: &s.sensor,
+                readings: s.readings,
+                first: rfc3339_ns(s.first_ns),
+                first_ns: s.first_ns,
+                last: rfc3339_ns(s.last_ns),
+                last_ns: s.last_ns,
+                last_fields: Pairs(&s.last_fields),
+            }),
+        ),
+    }
+}
+
+/// Parse a `--since`/`--until` value into ns since the epoch.
+///
+/// Accepts RFC 3339 (`2026-11-24T11:46:25Z`, `2026-11-24T12:46:25.5+01:00`),
+/// `YYYY-MM-DD HH:MM:SS[.f]` and `YYYY-MM-DD` (both UTC), an integer (ns since the epoch),
+/// and a duration ago: a whole number and a unit `s`, `m`, `h` or `d` (`10m`, `2h`, `1d`).
+///
+/// # Errors
+/// A message naming the accepted forms, or saying the time is out of range.
+pub fn parse_time(s: &str) -> Result<i64, String> {
+    let s = s.trim();
+    let out_of_range = || format!("time {s:?} is out of range (years 1677 to 2262)");
+    if let Ok(ns) = s.parse::<i64>() {
+        return Ok(ns);
+    }
+    if let Some(ago) = parse_ago(s) {
+        let ago = ago.ok_or_else(out_of_range)?;
+        return now_ns().checked_sub(ago).ok_or_else(out_of_range);
+    }
+    if let Ok(dt) = chrono::DateTime::parse_from_rfc3339(s) {
+        return dt.timestamp_nanos_opt().ok_or_else(out_of_range);
+    }
+    for layout in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"] {
+        if let Ok(dt) = chrono::NaiveDateTime::parse_from_str(s, layout) {
+            return dt.and_utc().timestamp_nanos_opt().ok_or_else(out_of_range);
+        }
+    }
+    if let Ok(date) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        return date
+            .and_time(chrono::NaiveTime::MIN)
+            .and_utc()
+            .timestamp_nanos_opt()
+            .ok_or_else(out_of_range);
+    }
+    Err(format!(
+        "invalid time {s:?}: expected RFC 3339 (2026-11-24T11:46:25Z), \
+         YYYY-MM-DD[ HH:MM:SS[.f]] (UTC), ns since the epoch, or a duration ago (30s, 10m, 2h, 1d)"
+    ))
+}
+
+/// `10m` → `Some(Some(600e9))`; `None` when `s` is not of that form; `Some(None)` when the
+/// duration overflows.
+fn parse_ago(s: &str) -> Option<Option<i64>> {
+    let unit_ns: i64 = match s.chars().last()? {
+        's' => 1_000_000_000,
+        'm' => 60 * 1_000_000_000,
+        'h' => 3_600 * 1_000_000_000,
+        'd' => 86_400 * 1_000_000_000,
+        _ => return None,
+    };
+    let digits = &s[..s.len() - 1];
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(
+        digits
+            .parse::<i64>()
+            .ok()
+            .and_then(|n| n.checked_mul(unit_ns)),
+    )
+}
+
+/// Fields the way line protocol writes them: `temperature=21.5 humidity=40i name="x"`.
+fn fields_text(fields: &[(String, FieldValue)]) -> String {
+    let mut out = String::new();
+    for (i, (name, value)) in fields.iter().enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        push_escaped(&mut out, name);
+        out.push('=');
+        match value {
+            FieldValue::Str(s) => {
+                out.push('"');
+                for c in s.chars() {
+                    if c == '"' || c == '\\' {
+                        out.push('\\');
+                    }
+                    out.push(c);
+                }
+                out.push('"');
+            }
+            other => out.push_str(&value_text(other, true)),
+        }
+    }
+    out
+}
+
+/// A field value as text; `suffix` adds line protocol's `i`/`u` to integers.
+fn value_text(value: &FieldValue, suffix: bool) -> String {
+    let mut out = String::new();
+    let written = match value {
+        // Debug is the shortest form that reads back as the same f64, and keeps a `.0`
+        // or an exponent so a float never looks like an integer.
+        FieldValue::Float(v) => write!(out, "{v:?}"),
+        FieldValue::Int(v) if suffix => write!(out, "{v}i"),
+        FieldValue::UInt(v) if suffix => write!(out, "{v}u"),
+        FieldValue::Int(v) => write!(out, "{v}"),
+        FieldValue::UInt(v) => write!(out, "{v}"),
+        FieldValue::Bool(v) => write!(out, "{v}"),
+        FieldValue::Str(v) => write!(out, "{v}"),
+    };
+    written.expect("writing to a String cannot fail");
+    out
+}
+
+/// Tags other than `sensor` (which has its own column): `k=v,k2=v2`.
+fn other_tags_text(tags: &[(String, String)]) -> String {
+    let mut out = String::new();
+    for (k, v) in tags.iter().filter(|(k, _)| k != "sensor") {
+        if !out.is_empty() {
+            out.push(',');
+        }
+        push_escaped(&mut out, k);
+        out.push('=');
+        push_escaped(&mut out, v);
+    }
+    out
+}
+
+/// Line protocol escaping of keys and tag values, so `,`, `=` and spaces stay readable.
+fn push_escaped(out: &mut String, s: &str) {
+    for c in s.chars() {
+        if matches!(c, ',' | '=' | ' ') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+}
+
+/// Aligned columns separated by two spaces; widths from the data; no trailing spaces.
+fn write_table(
+    out: &mut dyn Write,
+    header: &[&str],
+    right_align: &[bool],
+    rows: Vec<Vec<String>>,
+) -> io::Result<()> {
+    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    let width = |cell: &String| cell.chars().count();
+    let mut widths: Vec<usize> = header.iter().map(width).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(width(cell));
+        }
+    }
+    let mut line = String::new();
+    for row in std::iter::once(&header).chain(&rows) {
+        line.clear();
+        // Cells after the last non-empty one are left out, so no line ends in spaces.
+        let used = row.iter().rposition(|c| !c.is_empty()).map_or(0, |i| i + 1);
+        for (i, cell) in row.iter().enumerate().take(used) {
+            let pad = widths[i].saturating_sub(width(cell));
+            let last = i + 1 == used;
+            if right_align.get(i).copied().unwrap_or(false) {
+                line.push_str(&" ".repeat(pad));
+                line.push_str(cell);
+            } else {
+                line.push_str(cell);
+                if !last {
+                    line.push_str(&" ".repeat(pad));
+                }
+            }
+            if !last {
+                line.push_str("  ");
+            }
+        }
+        line.push('\n');
+        out.write_all(line.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Rows as CSV: fixed columns, then one column per field name (in order of first use).
+fn write_rows_csv(rows: &[Row], out: &mut dyn Write) -> io::Result<()> {
+    let mut names: Vec<&str> = Vec::new();
+    let mut column: HashMap<&str, usize> = HashMap::new();
+    for row in rows {
+        for (name, _) in &row.fields {
+            column.entry(name.as_str()).or_insert_with(|| {
+                names.push(name.as_str());
+                names.len() - 1
+            });
+        }
+    }
+    let fixed = [
+        "time",
+        "timestamp_ns",
+        "received_ns",
+        "sensor",
+        "measurement",
+        "tags",
+    ];
+    write_csv_line(out, fixed.iter().copied().chain(names.iter().copied()))?;
+    let mut values: Vec<String> = Vec::with_capacity(names.len());
+    for row in rows {
+        values.clear();
+        values.resize(names.len(), String::new());
+        for (name, value) in &row.fields {
+            if let Some(&i) = column.get(name.as_str()) {
+                values[i] = value_text(value, false);
+            }
+        }
+        let fixed = [
+            rfc3339_ns(row.timestamp_ns),
+            row.timestamp_ns.to_string(),
+            row.received_ns.to_string(),
+            row.sensor.clone(),
+            row.measurement.clone(),
+            other_tags_text(&row.tags),
+        ];
+        write_csv_line(
+            out,
+            fixed
+                .iter()
+                .map(String::as_str)
+                .chain(values.iter().map(String::as_str)),
+        )?;
+    }
+    Ok(())
+}
+
+/// One CSV record with RFC 4180 quoting, ended by `\n`.
+fn write_csv_line<'a>(
+    out: &mut dyn Write,
+    cells: impl IntoIterator<Item = &'a str>,
+) -> io::Result<()> {
+    let mut line = String::new();
+    for (i, cell) in cells.into_iter().enumerate() {
+        if i > 0 {
+            line.push(',');
+        }
+        if cell.contains([',', '"', '\r', '\n']) {
+            line.push('"');
+            line.push_str(&cell.replace('"', "\"\""));
+            line.push('"');
+        } else {
+            line.push_str(cell);
+        }
+    }
+    line.push('\n');
+    out.write_all(line.as_bytes())
+}
+
+/// `[`, one object per line, `]`: valid JSON that also greps and diffs well.
+fn write_json_array<T: Serialize>(
+    out: &mut dyn Write,
+    items: impl Iterator<Item = T>,
+) -> io::Result<()> {
+    let mut first = true;
+    out.write_all(b"[")?;
+    for item in items {
+        out.write_all(if first { b"\n" } else { b",\n" })?;
+        first = false;
+        serde_json::to_writer(&mut *out, &item).map_err(io::Error::other)?;
+    }
+    out.write_all(if first { b"]\n" } else { b"\n]\n" })
+}
+
+/// Pairs serialized as a JSON object, in their order (serde_json's own map would sort).
+struct Pairs<'a, V>(&'a [(String, V)]);
+
+impl<V: Serialize> Serialize for Pairs<'_, V> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (k, v) in self.0 {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
+
+#[derive(Serialize)]
+struct JsonRow<'a> {
+    time: String,
+    timestamp_ns: i64,
+    received_ns: i64,
+    sensor: &'a str,
+    measurement: &'a str,
+    tags: Pairs<'a, String>,
+    fields: Pairs<'a, FieldValue>,
+}
+
+#[derive(Serialize)]
+struct JsonStats<'a> {
+    sensor: &'a str,
+    readings: u64,
+    first: String,
+    first_ns: i64,
+    last: String,
+    last_ns: i64,
+    last_fields: Pairs<'a, FieldValue>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: i64 = 1_795_520_785_000_000_000; // 2026-11-24T11:46:25Z
+
+    fn rows() -> Vec<Row> {
+        vec![
+            Row {
+                measurement: "env".into(),
+                sensor: "kitchen-1".into(),
+                tags: vec![
+                    ("room".into(), "kitchen".into()),
+                    ("sensor".into(), "kitchen-1".into()),
+                ],
+                fields: vec![
+                    ("temperature".into(), FieldValue::Float(21.5)),
+                    ("humidity".into(), FieldValue::Int(40)),
+                ],
+                timestamp_ns: T0,
+                received_ns: T0 + 1_500,
+            },
+            Row {
+                measurement: "door".into(),
+                sensor: "10.0.0.7".into(),
+                tags: vec![],
+                fields: vec![
+                    ("open".into(), FieldValue::Bool(true)),
+                    ("note".into(), FieldValue::Str("say \"hi\", ok".into())),
+                    ("count".into(), FieldValue::UInt(u64::MAX)),
+                    ("temperature".into(), FieldValue::Float(-1e300)),
+                ],
+                timestamp_ns: T0 + 123_456_789,
+                received_ns: T0 + 123_456_789,
+            },
+        ]
+    }
+
+    fn render(f: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> String {
+        let mut buf = Vec::new();
+        f(&mut buf).expect("writing to a Vec succeeds");
+        String::from_utf8(buf).expect("output is UTF-8")
+    }
+
+    #[test]
+    fn rows_as_table() {
+        let text = render(|out| write_rows(&rows(), Format::Table, out));
+        let expected = "\
+time                            sensor     measurement  fields                                                                          tags
+2026-11-24T11:46:25.000000000Z  kitchen-1  env          temperature=21.5 humidity=40i                                                   room=kitchen
+2026-11-24T11:46:25.123456789Z  10.0.0.7   door         open=true note=\"say \\\"hi\\\", ok\" count=18446744073709551615u temperature=-1e300
+";
+        assert_eq!(text, expected);
+        assert!(text.lines().all(|l| !l.ends_with(' ')));
+    }
+
+    #[test]
+    fn empty_table_is_a_header() {
+        let text = render(|out| write_rows(&[], Format::Table, out));
+        assert_eq!(text, "time  sensor  measurement  fields  tags\n");
+    }
+
+    #[test]
+    fn rows_as_csv() {
+        let text = render(|out| write_rows(&rows(), Format::Csv, out));
+        let expected = "\
+time,timestamp_ns,received_ns,sensor,measurement,tags,temperature,humidity,open,note,count
+2026-11-24T11:46:25.000000000Z,1795520785000000000,1795520785000001500,kitchen-1,env,room=kitchen,21.5,40,,,
+2026-11-24T11:46:25.123456789Z,1795520785123456789,1795520785123456789,10.0.0.7,door,,-1e300,,true,\"say \"\"hi\"\", ok\",18446744073709551615
+";
+        assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn csv_quotes_per_rfc_4180() {
+        let text = render(|out| write_csv_line(out, ["a", "b,c", "d\"e", "f\ng", "h\ri", ""]));
+        assert_eq!(text, "a,\"b,c\",\"d\"\"e\",\"f\ng\",\"h\ri\",\n");
+    }
+
+    #[test]
+    fn rows_as_json() {
+        let text = render(|out| write_rows(&rows(), Format::Json, out));
+        let expected = r#"[
+{"time":"2026-11-24T11:46:25.000000000Z","timestamp_ns":1795520785000000000,"received_ns":1795520785000001500,"sensor":"kitchen-1","measurement":"env","tags":{"room":"kitchen","sensor":"kitchen-1"},"fields":{"temperature":21.5,"humidity":40}},
+{"time":"2026-11-24T11:46:25.123456789Z","timestamp_ns":1795520785123456789,"received_ns":1795520785123456789,"sensor":"10.0.0.7","measurement":"door","tags":{},"fields":{"open":true,"note":"say \"hi\", ok","count":18446744073709551615,"temperature":-1e+300}}
+]
+"#;
+        assert_eq!(text, expected);
+        let parsed: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+        assert_eq!(parsed[1]["fields"]["count"].as_u64(), Some(u64::MAX));
+        assert_eq!(render(|out| write_rows(&[], Format::Json, out)), "[]\n");
+    }
+
+    fn stats() -> Vec<SensorStats> {
+        vec![
+            SensorStats {
+                sensor: "a".into(),
+                readings: 12_345,
+                first_ns: T0,
+                last_ns: T0 + 60_000_000_000,
+                last_fields: vec![("t".into(), FieldValue::Float(20.0))],
+            },
+            SensorStats {
+                sensor: "long-sensor".into(),
+                readings: 7,
+                first_ns: T0,
+                last_ns: T0,
+                last_fields: vec![("n".into(), FieldValue::Int(i64::MIN))],
+            },
+        ]
+    }
+
+    #[test]
+    fn stats_as_table() {
+        let text = render(|out| write_stats(&stats(), Format::Table, out));
+        let expected = "\
+sensor       readings  first                           last                            last value
+a               12345  2026-11-24T11:46:25.000000000Z  2026-11-24T11:47:25.000000000Z  t=20.0
+long-sensor         7  2026-11-24T11:46:25.000000000Z  2026-11-24T11:46:25.000000000Z  n=-9223372036854775808i
+";
+        assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn stats_as_csv() {
+        let text = render(|out| write_stats(&stats(), Format::Csv, out));
+        let expected = "\
+sensor,readings,first,first_ns,last,last_ns,last_value
+a,12345,2026-11-24T11:46:25.000000000Z,1795520785000000000,2026-11-24T11:47:25.000000000Z,1795520845000000000,t=20.0
+long-sensor,7,2026-11-24T11:46:25.000000000Z,1795520785000000000,2026-11-24T11:46:25.000000000Z,1795520785000000000,n=-9223372036854775808i
+";
+        assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn stats_as_json() {
+        let text = render(|out| write_stats(&stats()[1..], Format::Json, out));
+        let expected = r#"[
+{"sensor":"long-sensor","readings":7,"first":"2026-11-24T11:46:25.000000000Z","first_ns":1795520785000000000,"last":"2026-11-24T11:46:25.000000000Z","last_ns":1795520785000000000,"last_fields":{"n":-9223372036854775808}}
+]
+"#;
+        assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn parse_absolute_times() {
+        assert_eq!(parse_time("2026-11-24T11:46:25Z"), Ok(T0));
+        assert_eq!(parse_time("2026-11-24T11:46:25.5Z"), Ok(T0 + 500_000_000));
+        assert_eq!(parse_time("2026-11-24T12:46:25+01:00"), Ok(T0));
+        assert_eq!(
+            parse_time("2026-11-24T11:46:25.123456789-00:00"),
+            Ok(T0 + 123_456_789)
+        );
+        assert_eq!(parse_time("2026-11-24 11:46:25"), Ok(T0));
+        assert_eq!(parse_time("2026-11-24 11:46:25.25"), Ok(T0 + 250_000_000));
+        assert_eq!(parse_time("2026-11-24T11:46:25"), Ok(T0));
+        assert_eq!(
+            parse_time("2026-11-24"),
+            Ok(T0 - (11 * 3600 + 46 * 60 + 25) * 1_000_000_000)
+        );
+        assert_eq!(parse_time("1795520785000000000"), Ok(T0));
+        assert_eq!(parse_time(" 0 "), Ok(0));
+        assert_eq!(parse_time("-5"), Ok(-5));
+    }
+
+    #[test]
+    fn parse_relative_times() {
+        for (text, ago_ns) in [
+            ("30s", 30_000_000_000i64),
+            ("10m", 600_000_000_000),
+            ("2h", 7_200_000_000_000),
+            ("1d", 86_400_000_000_000),
+            ("0s", 0),
+        ] {
+            let before = now_ns();
+            let t = parse_time(text).expect(text);
+            let after = now_ns();
+            assert!(t >= before - ago_ns && t <= after - ago_ns, "{text}");
+        }
+    }
+
+    #[test]
+    fn parse_rejects_garbage() {
+        for text in [
+            "",
+            "m",
+            "x10m",
+            "10x",
+            "1.5h",
+            "-10m",
+            "2026-13-01",
+            "2026-11-24 25:00:00",
+            "yesterday",
+            "99999999999999999999d",
+            "3000-01-01",
+        ] {
+            assert!(parse_time(text).is_err(), "{text:?} should be rejected");
+        }
+    }
+}

@@ -28,7 +28,10 @@ pub enum Frame {
     Ping(Option<String>),
     Sync(String),
     /// A line that could not be used; `line` is its 1-based number on this connection.
-    Invalid { line: u64, error: ProtocolError },
+    Invalid {
+        line: u64,
+        error: ProtocolError,
+    },
 }
 
 /// Cuts newline-terminated lines off a buffer; never holds more than the line limit.
@@ -46,6 +49,11 @@ impl LineDecoder {
 
     /// The next frame, consuming its bytes from `buf`; `None` means "read more".
     pub fn decode(&mut self, _buf: &mut BytesMut) -> Option<Frame> {
+        unimplemented!()
+    }
+
+    /// Lines seen so far (1-based number of the last line).
+    pub fn line_count(&self) -> u64 {
         unimplemented!()
     }
 

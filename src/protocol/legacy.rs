@@ -44,3 +44,12 @@ impl LegacyDecoder {
 pub fn encode_reading(_time: chrono::NaiveDateTime, _counter: i64, _out: &mut Vec<u8>) {
     unimplemented!()
 }
+
+pub const LEGACY_MEASUREMENT: &str = "legacy";
+pub fn encode_reading_value(
+    _time: chrono::NaiveDateTime,
+    _value: &super::FieldValue,
+    _out: &mut Vec<u8>,
+) {
+    unimplemented!()
+}

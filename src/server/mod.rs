@@ -1,1 +1,95 @@
-//! The server.
+//! `sensorlink server`: accept connections, hand their readings to the store, answer.
+//!
+//! [`listener`] accepts and enforces the connection limit, [`connection`] runs one peer
+//! (any `AsyncRead + AsyncWrite` stream, so TLS can wrap it later), [`shutdown`] turns
+//! signals into a cancellation, [`logging`] keeps per-reading logs from bounding throughput.
+
+pub mod connection;
+pub mod listener;
+pub mod logging;
+pub mod shutdown;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::writer::{self, WriterConfig};
+use crate::store::{self, FsyncPolicy, StoreUrl};
+
+/// Validated server settings.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: String,
+    pub store: StoreUrl,
+    pub fsync: FsyncPolicy,
+    /// Most connections served at once; more are accepted and closed at once.
+    pub max_connections: usize,
+    /// A connection with nothing received and nothing pending for this long is closed.
+    pub idle_timeout: Duration,
+    /// A peer that does not take our replies for this long is disconnected.
+    pub write_timeout: Duration,
+    pub max_line_bytes: usize,
+    /// Batches one connection may have waiting for the store before it stops reading.
+    pub max_inflight_batches: usize,
+    pub writer: WriterConfig,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: format!("0.0.0.0:{}", crate::DEFAULT_PORT),
+            store: StoreUrl::Sqlite("sensorlink.db".into()),
+            fsync: FsyncPolicy::Always,
+            max_connections: 50_000,
+            idle_timeout: Duration::from_secs(300),
+            write_timeout: Duration::from_secs(30),
+            max_line_bytes: crate::protocol::DEFAULT_MAX_LINE_BYTES,
+            max_inflight_batches: 16,
+            writer: WriterConfig::default(),
+        }
+    }
+}
+
+/// Run the server until `shutdown` is cancelled, then drain and flush the store.
+///
+/// Prints `listening on <addr>` on stdout once bound (port 0 gets its real port).
+pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let store_url = config.store.clone();
+    let fsync = config.fsync;
+    let store = tokio::task::spawn_blocking(move || store::open(&store_url, fsync))
+        .await
+        .context("store open task")?
+        .with_context(|| format!("opening store {}", config.store))?;
+    let (handle, store_writer) = writer::spawn(store, config.writer.clone());
+
+    let listener = TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let local: SocketAddr = listener.local_addr().context("reading the bound address")?;
+    announce(local);
+    tracing::info!(addr = %local, store = %config.store, fsync = ?config.fsync, "listening");
+
+    logging::spawn_summary(shutdown.clone());
+    let limits = Arc::new(connection::Limits::from(&config));
+    listener::accept_loop(listener, &config, limits, handle, shutdown).await;
+
+    tracing::info!("connections finished; committing the last readings");
+    tokio::task::spawn_blocking(move || store_writer.finish())
+        .await
+        .context("store writer task")?
+        .context("closing the store")?;
+    tracing::info!("store flushed; bye");
+    Ok(())
+}
+
+/// The one stdout line scripts and tests wait for.
+fn announce(addr: SocketAddr) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "listening on {addr}");
+    let _ = out.flush();
+}

@@ -86,7 +86,11 @@ pub enum StoreError {
         source: rusqlite::Error,
     },
     #[error("store {path}: schema version {found} is newer than this build knows ({known})")]
-    SchemaTooNew { path: PathBuf, found: i64, known: i64 },
+    SchemaTooNew {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
     #[error("invalid store URL {url:?}: {reason}")]
     InvalidUrl { url: String, reason: String },
     #[error("the store writer has stopped")]

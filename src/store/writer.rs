@@ -1,9 +1,17 @@
 //! Group commit: one thread owns the store and merges the batches of every connection into
 //! one transaction, then answers each batch.
+//!
+//! Durable throughput depends on transaction size (one fsync per commit), not on how
+//! small each connection's batches are; merging whatever is queued into one transaction
+//! lets many small senders reach large-transaction throughput. The queue is bounded, so
+//! when the store falls behind, `submit` waits and the connections stop reading: the
+//! back-pressure reaches the senders through TCP.
 
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Store, StoreError, StoredReading, WriteOutcome};
@@ -43,32 +51,580 @@ pub struct Committed {
 /// Resolves when the batch is committed, or with the store's error.
 pub type CommitReceiver = oneshot::Receiver<Result<Committed, Arc<StoreError>>>;
 
+/// One submitted batch and where its answer goes.
+#[derive(Debug)]
+struct Job {
+    readings: Vec<StoredReading>,
+    reply: oneshot::Sender<Result<Committed, Arc<StoreError>>>,
+}
+
 /// Cheap, clonable handle the connections submit batches through.
 #[derive(Debug, Clone)]
 pub struct StoreHandle {
-    _tx: mpsc::Sender<()>,
+    tx: mpsc::Sender<Job>,
 }
 
 impl StoreHandle {
     /// Queue `batch` for the next transaction; waits while the writer's queue is full.
-    pub async fn submit(&self, _batch: Vec<StoredReading>) -> Result<CommitReceiver, StoreError> {
-        unimplemented!()
+    ///
+    /// An empty batch is a barrier: it is answered once every batch queued before it is
+    /// committed.
+    ///
+    /// # Errors
+    /// [`StoreError::WriterGone`] if the writer thread has stopped.
+    pub async fn submit(&self, batch: Vec<StoredReading>) -> Result<CommitReceiver, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Job {
+                readings: batch,
+                reply,
+            })
+            .await
+            .map_err(|_| StoreError::WriterGone)?;
+        Ok(answer)
     }
 }
 
 /// The writer thread; [`StoreWriter::finish`] waits until it has committed everything.
 #[derive(Debug)]
-pub struct StoreWriter {}
+pub struct StoreWriter {
+    thread: JoinHandle<Result<(), StoreError>>,
+}
 
 impl StoreWriter {
     /// Wait until every handle is dropped and the last transaction is committed, then close
     /// the store.
+    ///
+    /// # Errors
+    /// The error of closing the store, or [`StoreError::Corrupt`] if the writer thread
+    /// panicked. (Errors of single transactions went to the batches they concerned.)
     pub fn finish(self) -> Result<(), StoreError> {
-        unimplemented!()
+        self.thread
+            .join()
+            .unwrap_or_else(|_| Err(StoreError::Corrupt("store writer thread panicked".into())))
     }
 }
 
 /// Start the writer thread in front of `store`.
-pub fn spawn(_store: Box<dyn Store>, _config: WriterConfig) -> (StoreHandle, StoreWriter) {
-    unimplemented!()
+///
+/// # Panics
+/// If the OS refuses to start a thread (at startup, before any reading is accepted).
+pub fn spawn(store: Box<dyn Store>, config: WriterConfig) -> (StoreHandle, StoreWriter) {
+    // tokio's channel panics on a zero capacity.
+    let (tx, rx) = mpsc::channel(config.queue_batches.max(1));
+    let thread = std::thread::Builder::new()
+        .name("sensorlink-store".into())
+        .spawn(move || run(store, rx, config))
+        .expect("the OS lets us start the store writer thread");
+    (StoreHandle { tx }, StoreWriter { thread })
+}
+
+/// The writer thread: gather, commit once, answer; until every handle is dropped.
+fn run(
+    mut store: Box<dyn Store>,
+    mut rx: mpsc::Receiver<Job>,
+    config: WriterConfig,
+) -> Result<(), StoreError> {
+    // A tiny runtime of our own only to wait on the channel with a timeout (commit_delay).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a current-thread runtime with only a timer can be built");
+    let max_rows = config.max_batch_rows.max(1);
+    // A job that did not fit in the previous transaction: first of the next one.
+    let mut carried: Option<Job> = None;
+    loop {
+        let first = match carried.take() {
+            Some(job) => job,
+            // None: every handle is dropped and the queue is drained.
+            None => match rt.block_on(rx.recv()) {
+                Some(job) => job,
+                None => break,
+            },
+        };
+        let deadline = Instant::now() + config.commit_delay;
+        let mut rows = first.readings.len();
+        let mut jobs = vec![first];
+        while rows < max_rows {
+            let next = match rx.try_recv() {
+                Ok(job) => Some(job),
+                Err(TryRecvError::Empty) if !config.commit_delay.is_zero() => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        None
+                    } else {
+                        // Err = the delay ran out; Ok(None) = the channel closed.
+                        // The timer must be created inside the runtime, hence the async block.
+                        rt.block_on(async { tokio::time::timeout(left, rx.recv()).await })
+                            .ok()
+                            .flatten()
+                    }
+                }
+                Err(_) => None,
+            };
+            let Some(job) = next else { break };
+            // Keep transactions under the limit; only a single oversized batch exceeds it.
+            if rows + job.readings.len() > max_rows {
+                carried = Some(job);
+                break;
+            }
+            rows += job.readings.len();
+            jobs.push(job);
+        }
+        commit(store.as_mut(), jobs, rows);
+    }
+    store.close()
+}
+
+/// Write the readings of `jobs` in one transaction and answer every job.
+fn commit(store: &mut dyn Store, mut jobs: Vec<Job>, rows: usize) {
+    let lens: Vec<usize> = jobs.iter().map(|job| job.readings.len()).collect();
+    let result = if rows == 0 {
+        // Only barriers: nothing to write, everything before them is already committed.
+        Ok((WriteOutcome::default(), 0))
+    } else {
+        let merged;
+        let batch: &[StoredReading] = if jobs.len() == 1 {
+            &jobs[0].readings
+        } else {
+            let mut all = Vec::with_capacity(rows);
+            for job in &mut jobs {
+                all.append(&mut job.readings);
+            }
+            merged = all;
+            &merged
+        };
+        let start = Instant::now();
+        let written = store.write_batch(batch);
+        let commit_us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
+        written.map(|outcome| (outcome, commit_us))
+    };
+    let committed_at = Instant::now();
+    match result {
+        Ok((total, commit_us)) => {
+            for (job, outcome) in jobs.into_iter().zip(split_outcome(total, &lens)) {
+                // A dropped receiver means the connection is gone; nothing to tell it.
+                let _ = job.reply.send(Ok(Committed {
+                    committed_at,
+                    commit_us,
+                    outcome,
+                }));
+            }
+        }
+        Err(err) => {
+            tracing::error!(cause = %err, batches = jobs.len(), rows, "store transaction failed");
+            let err = Arc::new(err);
+            for job in jobs {
+                let _ = job.reply.send(Err(Arc::clone(&err)));
+            }
+        }
+    }
+}
+
+/// Share a transaction's outcome among the batches it held.
+///
+/// Exact when the transaction held one batch or found no duplicate. Otherwise the
+/// [`Store`] trait reports only totals, so duplicates are shared in proportion to batch
+/// sizes (largest remainder): the per-batch split is approximate, the sums stay exact.
+fn split_outcome(total: WriteOutcome, lens: &[usize]) -> Vec<WriteOutcome> {
+    let as_u64 = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+    if lens.len() == 1 {
+        return vec![total];
+    }
+    let rows: u64 = lens.iter().map(|&n| as_u64(n)).sum();
+    if total.duplicates == 0 || rows == 0 {
+        return lens
+            .iter()
+            .map(|&n| WriteOutcome {
+                inserted: as_u64(n),
+                duplicates: 0,
+            })
+            .collect();
+    }
+    let dups = u128::from(total.duplicates.min(rows));
+    let rows = u128::from(rows);
+    let mut shares: Vec<(u64, u128)> = lens
+        .iter()
+        .map(|&n| {
+            let exact = dups * n as u128;
+            ((exact / rows) as u64, exact % rows)
+        })
+        .collect();
+    let given: u64 = shares.iter().map(|(share, _)| share).sum();
+    let mut left = (dups as u64).saturating_sub(given);
+    let mut order: Vec<usize> = (0..lens.len()).collect();
+    order.sort_by(|&a, &b| shares[b].1.cmp(&shares[a].1));
+    for i in order {
+        if left == 0 {
+            break;
+        }
+        if shares[i].1 > 0 {
+            shares[i].0 += 1;
+            left -= 1;
+        }
+    }
+    lens.iter()
+        .zip(shares)
+        .map(|(&n, (duplicates, _))| WriteOutcome {
+            inserted: as_u64(n).saturating_sub(duplicates),
+            duplicates,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::protocol::{FieldValue, Reading};
+    use crate::store::memory::MemoryStore;
+    use crate::store::{Query, Row, SensorStats};
+
+    /// Generous liveness guard: a test that needs longer than this is hung.
+    const HANG: Duration = Duration::from_secs(20);
+
+    fn reading(sensor: &str, ts: i64) -> StoredReading {
+        StoredReading {
+            reading: Reading {
+                measurement: "temp".into(),
+                tags: vec![("sensor".into(), sensor.into())],
+                fields: vec![("v".into(), FieldValue::Int(ts))],
+                timestamp_ns: Some(ts),
+            },
+            sensor: sensor.into(),
+            received_ns: ts,
+        }
+    }
+
+    #[derive(Default)]
+    struct Log {
+        store: MemoryStore,
+        /// Rows of every write_batch call.
+        txns: Vec<usize>,
+        closed: bool,
+    }
+
+    /// A MemoryStore the test can inspect, that can be told to fail or to block.
+    #[derive(Clone, Default)]
+    struct TestStore {
+        log: Arc<Mutex<Log>>,
+        /// Fail every write while set.
+        fail: Arc<std::sync::atomic::AtomicBool>,
+        /// When set, every write waits at the gate.
+        gate: Option<Gate>,
+    }
+
+    /// Announces each write on `entered`, then waits for a message (or a hang-up) on
+    /// `release`.
+    #[derive(Clone)]
+    struct Gate {
+        entered: std::sync::mpsc::Sender<()>,
+        release: Arc<Mutex<std::sync::mpsc::Receiver<()>>>,
+    }
+
+    fn gate() -> (
+        Gate,
+        std::sync::mpsc::Receiver<()>,
+        std::sync::mpsc::Sender<()>,
+    ) {
+        let (entered, entered_rx) = std::sync::mpsc::channel();
+        let (release_tx, release) = std::sync::mpsc::channel();
+        let gate = Gate {
+            entered,
+            release: Arc::new(Mutex::new(release)),
+        };
+        (gate, entered_rx, release_tx)
+    }
+
+    impl TestStore {
+        fn log(&self) -> std::sync::MutexGuard<'_, Log> {
+            self.log.lock().expect("test store lock not poisoned")
+        }
+    }
+
+    impl Store for TestStore {
+        fn write_batch(&mut self, batch: &[StoredReading]) -> Result<WriteOutcome, StoreError> {
+            if let Some(gate) = &self.gate {
+                let _ = gate.entered.send(());
+                let _ = gate.release.lock().expect("gate lock").recv();
+            }
+            if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(StoreError::Corrupt("test failure".into()));
+            }
+            let mut log = self.log();
+            log.txns.push(batch.len());
+            log.store.write_batch(batch)
+        }
+        fn query(&mut self, query: &Query) -> Result<Vec<Row>, StoreError> {
+            self.log().store.query(query)
+        }
+        fn sensor_stats(&mut self) -> Result<Vec<SensorStats>, StoreError> {
+            self.log().store.sensor_stats()
+        }
+        fn close(&mut self) -> Result<(), StoreError> {
+            self.log().closed = true;
+            Ok(())
+        }
+    }
+
+    async fn wait(rx: CommitReceiver) -> Result<Committed, Arc<StoreError>> {
+        tokio::time::timeout(HANG, rx)
+            .await
+            .expect("answered in time")
+            .expect("writer answered")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_submits_are_all_committed_and_merged() {
+        let store = TestStore::default();
+        let (gate, entered_rx, release_tx) = gate();
+        let gated = TestStore {
+            gate: Some(gate),
+            ..store.clone()
+        };
+        let (handle, writer) = spawn(Box::new(gated), WriterConfig::default());
+
+        // Hold the writer in a first transaction so the other batches queue up.
+        let first = handle
+            .submit(vec![reading("first", 0)])
+            .await
+            .expect("submit");
+        tokio::task::spawn_blocking(move || entered_rx.recv().map(|_| entered_rx))
+            .await
+            .expect("join")
+            .expect("writer entered the store");
+
+        let tasks = 50;
+        let per_task = 10;
+        let mut joins = Vec::new();
+        for t in 0..tasks {
+            let handle = handle.clone();
+            joins.push(tokio::spawn(async move {
+                let batch = (0..per_task)
+                    .map(|i| reading(&format!("s{t}"), i))
+                    .collect();
+                // In a tuple: clippy dislikes a task whose output is itself a future.
+                (t, handle.submit(batch).await.expect("submit"))
+            }));
+        }
+        let mut answers = Vec::new();
+        for join in joins {
+            answers.push(join.await.expect("task").1);
+        }
+        // Every batch is queued: let the writer go.
+        for _ in 0..2 {
+            release_tx.send(()).expect("writer waits");
+        }
+        assert_eq!(wait(first).await.expect("ok").outcome.inserted, 1);
+        for answer in answers {
+            let committed = wait(answer).await.expect("committed");
+            assert_eq!(committed.outcome.inserted, per_task as u64);
+            assert_eq!(committed.outcome.duplicates, 0);
+        }
+        drop(handle);
+        drop(release_tx);
+        writer.finish().expect("finish");
+
+        let log = store.log();
+        assert!(log.closed);
+        assert_eq!(log.store.len(), 1 + tasks * per_task as usize);
+        // The first batch alone, then all 50 queued batches in one transaction.
+        assert_eq!(log.txns, vec![1, tasks * per_task as usize]);
+    }
+
+    #[tokio::test]
+    async fn many_tasks_without_gate() {
+        let store = TestStore::default();
+        let config = WriterConfig {
+            max_batch_rows: 64,
+            queue_batches: 8,
+            commit_delay: Duration::from_millis(1),
+        };
+        let (handle, writer) = spawn(Box::new(store.clone()), config);
+        let mut joins = Vec::new();
+        for t in 0..100 {
+            let handle = handle.clone();
+            joins.push(tokio::spawn(async move {
+                let batch = (0..5).map(|i| reading(&format!("s{t}"), i)).collect();
+                let rx = handle.submit(batch).await.expect("submit");
+                wait(rx).await.expect("committed")
+            }));
+        }
+        for join in joins {
+            assert_eq!(join.await.expect("task").outcome.inserted, 5);
+        }
+        drop(handle);
+        writer.finish().expect("finish");
+        let log = store.log();
+        assert_eq!(log.store.len(), 500);
+        assert!(log.txns.iter().all(|&n| n <= 64), "{:?}", log.txns);
+        assert!(log.txns.len() < 100, "{:?}", log.txns);
+    }
+
+    #[tokio::test]
+    async fn errors_reach_every_batch_and_the_writer_goes_on() {
+        let store = TestStore::default();
+        store.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+        let (handle, writer) = spawn(Box::new(store.clone()), WriterConfig::default());
+        let rx = handle.submit(vec![reading("a", 1)]).await.expect("submit");
+        let err = wait(rx).await.expect_err("store failed");
+        assert!(matches!(*err, StoreError::Corrupt(_)));
+
+        store.fail.store(false, std::sync::atomic::Ordering::SeqCst);
+        let rx = handle.submit(vec![reading("a", 1)]).await.expect("submit");
+        assert_eq!(wait(rx).await.expect("ok").outcome.inserted, 1);
+        drop(handle);
+        writer.finish().expect("finish");
+        assert_eq!(store.log().store.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn empty_batch_is_a_barrier_without_a_write() {
+        let store = TestStore::default();
+        let (handle, writer) = spawn(Box::new(store.clone()), WriterConfig::default());
+        let rx = handle.submit(Vec::new()).await.expect("submit");
+        let committed = wait(rx).await.expect("ok");
+        assert_eq!(committed.outcome, WriteOutcome::default());
+        drop(handle);
+        writer.finish().expect("finish");
+        assert!(store.log().txns.is_empty());
+    }
+
+    #[tokio::test]
+    async fn duplicates_are_counted() {
+        let store = TestStore::default();
+        let (handle, writer) = spawn(Box::new(store.clone()), WriterConfig::default());
+        let rx = handle
+            .submit(vec![reading("a", 1), reading("a", 1), reading("a", 2)])
+            .await
+            .expect("submit");
+        let outcome = wait(rx).await.expect("ok").outcome;
+        assert_eq!(
+            outcome,
+            WriteOutcome {
+                inserted: 2,
+                duplicates: 1
+            }
+        );
+        drop(handle);
+        writer.finish().expect("finish");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn full_queue_makes_submit_wait() {
+        let store = TestStore::default();
+        let (gate, entered_rx, release_tx) = gate();
+        let gated = TestStore {
+            gate: Some(gate),
+            ..store.clone()
+        };
+        let config = WriterConfig {
+            queue_batches: 1,
+            ..WriterConfig::default()
+        };
+        let (handle, writer) = spawn(Box::new(gated), config);
+
+        let first = handle.submit(vec![reading("a", 1)]).await.expect("submit");
+        let entered_rx = tokio::task::spawn_blocking(move || entered_rx.recv().map(|_| entered_rx))
+            .await
+            .expect("join")
+            .expect("writer entered the store");
+        // The writer is busy with the first batch: the second fills the queue...
+        let second = handle.submit(vec![reading("a", 2)]).await.expect("submit");
+        // ...and the third cannot be queued until the store moves on.
+        let third = {
+            let handle = handle.clone();
+            tokio::spawn(async move { handle.submit(vec![reading("a", 3)]).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !third.is_finished(),
+            "submit must wait while the queue is full"
+        );
+
+        release_tx.send(()).expect("writer waits");
+        let third = tokio::time::timeout(HANG, third)
+            .await
+            .expect("submit proceeds once released")
+            .expect("task")
+            .expect("submit");
+        wait(first).await.expect("first");
+        // Second (and maybe third) go in the next transaction.
+        tokio::task::spawn_blocking(move || entered_rx.recv())
+            .await
+            .expect("join")
+            .expect("writer entered again");
+        release_tx.send(()).expect("writer waits");
+        wait(second).await.expect("second");
+        // Release any further transaction, then let the writer finish.
+        drop(release_tx);
+        wait(third).await.expect("third");
+        drop(handle);
+        writer.finish().expect("finish");
+        assert_eq!(store.log().store.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn submit_after_writer_stopped_is_writer_gone() {
+        struct Panicking;
+        impl Store for Panicking {
+            fn write_batch(&mut self, _: &[StoredReading]) -> Result<WriteOutcome, StoreError> {
+                panic!("test store panics");
+            }
+            fn query(&mut self, _: &Query) -> Result<Vec<Row>, StoreError> {
+                Ok(Vec::new())
+            }
+            fn sensor_stats(&mut self) -> Result<Vec<SensorStats>, StoreError> {
+                Ok(Vec::new())
+            }
+            fn close(&mut self) -> Result<(), StoreError> {
+                Ok(())
+            }
+        }
+        let (handle, writer) = spawn(Box::new(Panicking), WriterConfig::default());
+        let rx = handle.submit(vec![reading("a", 1)]).await.expect("submit");
+        // The reply sender is dropped by the panic.
+        assert!(tokio::time::timeout(HANG, rx)
+            .await
+            .expect("in time")
+            .is_err());
+        assert!(matches!(writer.finish(), Err(StoreError::Corrupt(_))));
+        let err = handle.submit(vec![reading("a", 2)]).await;
+        assert!(matches!(err, Err(StoreError::WriterGone)), "{err:?}");
+    }
+
+    #[test]
+    fn split_is_exact_in_sum() {
+        let total = WriteOutcome {
+            inserted: 7,
+            duplicates: 3,
+        };
+        let parts = split_outcome(total, &[5, 3, 2]);
+        assert_eq!(parts.iter().map(|o| o.inserted).sum::<u64>(), 7);
+        assert_eq!(parts.iter().map(|o| o.duplicates).sum::<u64>(), 3);
+        for (part, len) in parts.iter().zip([5u64, 3, 2]) {
+            assert_eq!(part.inserted + part.duplicates, len);
+        }
+        assert_eq!(
+            split_outcome(
+                WriteOutcome {
+                    inserted: 3,
+                    duplicates: 0
+                },
+                &[1, 0, 2]
+            ),
+            vec![
+                WriteOutcome {
+                    inserted: 1,
+                    duplicates: 0
+                },
+                WriteOutcome::default(),
+                WriteOutcome {
+                    inserted: 2,
+                    duplicates: 0
+                },
+            ]
+        );
+    }
 }

@@ -1,0 +1,282 @@
+//! What the client prints: ping-style lines for people, one JSON object per event for scripts.
+
+use std::io::Write as _;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use super::stats::{fmt_ms, RttSummary};
+use crate::protocol::Reading;
+
+/// Prints events on stdout in the chosen form.
+#[derive(Debug, Clone, Copy)]
+pub struct Printer {
+    pub json: bool,
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// The values of a reading as `v` (one field named `value`) or `a=1 b=2`.
+pub fn values(reading: &Reading) -> String {
+    match reading.fields.as_slice() {
+        [(name, value)] if name == "value" => value.to_string(),
+        fields => fields
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" "),
+    }
+}
+
+fn value_json(reading: &Reading) -> Value {
+    match reading.fields.as_slice() {
+        [(name, value)] if name == "value" => json!(value),
+        fields => Value::Object(fields.iter().map(|(k, v)| (k.clone(), json!(v))).collect()),
+    }
+}
+
+/// Server-side timings of an ack: time from receipt to commit, and the commit itself.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ServerTimes {
+    pub store_us: Option<u64>,
+    pub commit_us: Option<u64>,
+}
+
+impl Printer {
+    fn emit(&self, value: Value) {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{value}");
+        let _ = out.flush();
+    }
+
+    fn line(&self, text: &str) {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{text}");
+        let _ = out.flush();
+    }
+
+    pub fn start(
+        &self,
+        addr: &str,
+        sensor: &str,
+        interval: Duration,
+        legacy: bool,
+        timeout: Duration,
+    ) {
+        let mode = if legacy { "legacy" } else { "line" };
+        if self.json {
+            self.emit(json!({"event": "start", "addr": addr, "sensor": sensor,
+                "interval_ms": interval.as_secs_f64() * 1e3, "mode": mode,
+                "timeout_ms": timeout.as_secs_f64() * 1e3}));
+        } else {
+            self.line(&format!(
+                "SENSORLINK {addr} sensor {sensor:?} every {} ({mode} mode, timeout {})",
+                humantime::format_duration(interval),
+                humantime::format_duration(timeout)
+            ));
+        }
+    }
+
+    pub fn connected(
+        &self,
+        addr: &str,
+        connect: Duration,
+        ping: Option<Duration>,
+        reconnects: u64,
+        resending: usize,
+    ) {
+        if self.json {
+            self.emit(
+                json!({"event": "connected", "addr": addr, "connect_us": us(connect),
+                "ping_us": ping.map(us), "reconnects": reconnects, "resending": resending}),
+            );
+            return;
+        }
+        let verb = if reconnects == 0 {
+            "connected"
+        } else {
+            "reconnected"
+        };
+        let mut text = format!("{verb} to {addr}: connect time {} ms", fmt_ms(us(connect)));
+        if let Some(ping) = ping {
+            text.push_str(&format!(", first pong {} ms", fmt_ms(us(ping))));
+        }
+        if resending > 0 {
+            text.push_str(&format!(", resending {resending} unacknowledged readings"));
+        }
+        self.line(&text);
+    }
+
+    pub fn acked(
+        &self,
+        seq: u64,
+        reading: &Reading,
+        rtt: Duration,
+        server: ServerTimes,
+        resent: bool,
+    ) {
+        if self.json {
+            let network_us = server.store_us.map(|s| (us(rtt) - s as f64).max(0.0));
+            self.emit(
+                json!({"event": "ack", "seq": seq, "value": value_json(reading),
+                "timestamp_ns": reading.timestamp_ns, "rtt_us": us(rtt),
+                "store_us": server.store_us, "commit_us": server.commit_us,
+                "network_us": network_us, "resent": resent}),
+            );
+            return;
+        }
+        let mut text = format!(
+            "seq={seq} value={} acked time={} ms",
+            values(reading),
+            fmt_ms(us(rtt))
+        );
+        if let Some(store_us) = server.store_us {
+            let network = (us(rtt) - store_us as f64).max(0.0);
+            text.push_str(&format!(
+                " (network {} ms, server {} ms",
+                fmt_ms(network),
+                fmt_ms(store_us as f64)
+            ));
+            if let Some(commit_us) = server.commit_us {
+                text.push_str(&format!(" incl. commit {} ms", fmt_ms(commit_us as f64)));
+            }
+            text.push(')');
+        }
+        if resent {
+            text.push_str(" [resent]");
+        }
+        self.line(&text);
+    }
+
+    pub fn legacy_reply(&self, seq: u64, reading: &Reading, reply: &[u8], rtt: Duration) {
+        if self.json {
+            self.emit(
+                json!({"event": "ack", "seq": seq, "value": value_json(reading),
+                "reply": String::from_utf8_lossy(reply), "rtt_us": us(rtt)}),
+            );
+        } else {
+            self.line(&format!(
+                "seq={seq} value={} reply={:?} time={} ms",
+                values(reading),
+                String::from_utf8_lossy(reply),
+                fmt_ms(us(rtt))
+            ));
+        }
+    }
+
+    pub fn lost(&self, seq: u64, timeout: Duration, legacy: bool) {
+        if self.json {
+            self.emit(
+                json!({"event": "lost", "seq": seq, "timeout_ms": timeout.as_secs_f64() * 1e3}),
+            );
+        } else if legacy {
+            // The seed client's own words.
+            self.line(&format!(
+                "Packet loss (Timeout > {})",
+                humantime::format_duration(timeout)
+            ));
+        } else {
+            self.line(&format!(
+                "seq={seq} lost (no ack within {})",
+                humantime::format_duration(timeout)
+            ));
+        }
+    }
+
+    pub fn rejected(&self, line: u64, reason: &str) {
+        if self.json {
+            self.emit(json!({"event": "rejected", "line": line, "reason": reason}));
+        } else {
+            self.line(&format!("server rejected line {line}: {reason}"));
+        }
+    }
+
+    pub fn dropped(&self, seq: u64, why: &str) {
+        if self.json {
+            self.emit(json!({"event": "dropped", "seq": seq, "reason": why}));
+        } else {
+            self.line(&format!("seq={seq} dropped: {why}"));
+        }
+    }
+
+    pub fn disconnected(&self, reason: &str, retry_in: Duration) {
+        if self.json {
+            self.emit(json!({"event": "disconnected", "reason": reason,
+                "retry_in_ms": retry_in.as_secs_f64() * 1e3}));
+        } else {
+            self.line(&format!(
+                "connection lost: {reason}; retrying in {}",
+                humantime::format_duration(Duration::from_millis(retry_in.as_millis() as u64))
+            ));
+        }
+    }
+
+    pub fn summary(&self, summary: &Summary) {
+        if self.json {
+            self.emit(json!({"event": "summary", "summary": summary}));
+            return;
+        }
+        let loss = summary.loss_percent;
+        let mut text = format!(
+            "\n--- {} sensorlink statistics ---\n{} sent, {} acked, {} lost, {loss:.1}% loss, time {}ms",
+            summary.addr,
+            summary.sent,
+            summary.acked,
+            summary.lost,
+            summary.duration_ms.round() as u64
+        );
+        if let Some(connect) = summary.connect_us {
+            text.push_str(&format!(", connect {} ms", fmt_ms(connect)));
+        }
+        text.push_str(&format!(", {} reconnects", summary.reconnects));
+        if summary.rejected + summary.dropped + summary.resent + summary.pending > 0 {
+            text.push_str(&format!(
+                "\n{} rejected by the server, {} dropped (queue full), {} resent, {} pending at exit",
+                summary.rejected, summary.dropped, summary.resent, summary.pending
+            ));
+        }
+        if summary.rtt.count > 0 {
+            text.push('\n');
+            text.push_str(&summary.rtt.ping_lines());
+        }
+        if let Some(server) = &summary.server_us {
+            text.push_str(&format!(
+                "\nserver share: store avg {} ms (commit avg {} ms), network avg {} ms",
+                fmt_ms(server.store_avg),
+                fmt_ms(server.commit_avg),
+                fmt_ms(server.network_avg)
+            ));
+        }
+        self.line(&text);
+    }
+}
+
+/// Averages of the server's own timings over the acks that carried them.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ServerShare {
+    pub store_avg: f64,
+    pub commit_avg: f64,
+    pub network_avg: f64,
+}
+
+/// The end-of-run report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub addr: String,
+    pub sent: u64,
+    pub acked: u64,
+    pub lost: u64,
+    pub loss_percent: f64,
+    pub rejected: u64,
+    pub dropped: u64,
+    pub resent: u64,
+    pub pending: u64,
+    pub duration_ms: f64,
+    pub connect_us: Option<f64>,
+    pub reconnects: u64,
+    pub rtt: RttSummary,
+    pub server_us: Option<ServerShare>,
+}

@@ -1,0 +1,759 @@
+//! One peer's connection: sniff the mode, decode frames, hand readings to the store, and
+//! answer in order once the store has committed them.
+//!
+//! Generic over any `AsyncRead + AsyncWrite` stream so TLS can wrap it later. The loop
+//! pipelines: while one batch is being committed it keeps reading (up to
+//! [`Limits::max_inflight_batches`]), then writes each batch's replies in arrival order.
+//! Nothing is acknowledged before the store says it is committed.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+use super::{logging, ServerConfig};
+use crate::metrics::METRICS;
+use crate::protocol::codec::{sniff, Frame, LineDecoder, Sniff};
+use crate::protocol::control::{Ack, Reply};
+use crate::protocol::legacy::{LegacyDecoder, LegacyMessage, PONG};
+use crate::protocol::{ilp, ProtocolError, Reading};
+use crate::store::writer::{CommitReceiver, Committed, StoreHandle};
+use crate::store::{StoreError, StoredReading};
+use crate::timefmt::now_ns;
+
+/// Bytes asked for per read; the buffer grows only while a long line is arriving.
+const READ_CHUNK_BYTES: usize = 8 * 1024;
+
+/// Most reads of already-arrived data at shutdown (bounds a peer that never stops sending).
+const SHUTDOWN_DRAIN_READS: usize = 128;
+
+/// Error replies held for a peer that has not yet shown it reads replies.
+const MAX_HELD_ERRORS: usize = 64;
+
+/// The per-connection limits, taken once from the server's config.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub idle_timeout: Duration,
+    pub write_timeout: Duration,
+    pub max_line_bytes: usize,
+    pub max_inflight_batches: usize,
+}
+
+impl From<&ServerConfig> for Limits {
+    fn from(config: &ServerConfig) -> Self {
+        Limits {
+            idle_timeout: config.idle_timeout,
+            write_timeout: config.write_timeout,
+            max_line_bytes: config.max_line_bytes,
+            max_inflight_batches: config.max_inflight_batches.max(1),
+        }
+    }
+}
+
+/// How the peer talks, decided from its first bytes.
+enum Decoder {
+    Undecided,
+    Line(LineDecoder),
+    Legacy(LegacyDecoder),
+}
+
+/// A reply waiting for the commit of everything received before it.
+#[derive(Debug)]
+enum PendingReply {
+    Pong(Option<String>),
+    Ack {
+        token: String,
+        line: u64,
+        readings: u64,
+        rejected: u64,
+        /// Receipt of the first reading this ack covers (for `store_us`).
+        first_received: Option<Instant>,
+    },
+    Error {
+        line: u64,
+        reason: String,
+    },
+    /// `reading`: this pong acknowledges a stored reading (not a bare `ping`).
+    LegacyPong {
+        reading: bool,
+    },
+}
+
+/// Replies behind one store batch (or behind the batches before it, when `commit` is None).
+struct InFlight {
+    /// The batch's commit, until it resolves into `done`.
+    commit: Option<CommitReceiver>,
+    done: Option<Result<Committed, Arc<StoreError>>>,
+    replies: Vec<PendingReply>,
+}
+
+impl InFlight {
+    /// Take the commit's result if it has arrived; `false` while still waiting.
+    fn poll_ready(&mut self) -> bool {
+        let Some(commit) = &mut self.commit else {
+            return true;
+        };
+        match commit.try_recv() {
+            Ok(result) => self.done = Some(result),
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty) => return false,
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
+                self.done = Some(Err(Arc::new(StoreError::WriterGone)));
+            }
+        }
+        self.commit = None;
+        true
+    }
+}
+
+/// Counts of one connection, logged when it closes.
+#[derive(Debug, Default)]
+struct ConnCounters {
+    accepted: u64,
+    rejected: u64,
+    acked: u64,
+}
+
+/// Why the loop stopped.
+#[derive(Debug, PartialEq, Eq)]
+enum End {
+    Eof,
+    Shutdown,
+    IdleTimeout,
+    ReadError,
+    WriteError,
+    WriteStalled,
+    StoreFailed,
+}
+
+struct Connection<'a> {
+    peer_ip: String,
+    limits: &'a Limits,
+    store: StoreHandle,
+    decoder: Decoder,
+    counters: ConnCounters,
+    /// Since the last `sync`: readings and rejected lines, and when the first reading came.
+    since_sync_readings: u64,
+    since_sync_rejected: u64,
+    since_sync_first: Option<Instant>,
+    /// A peer that sent a control line reads replies; until then error replies are held.
+    interactive: bool,
+    held_errors: Vec<PendingReply>,
+    /// Readings and replies decoded but not yet submitted.
+    batch: Vec<StoredReading>,
+    replies: Vec<PendingReply>,
+    inflight: VecDeque<InFlight>,
+    /// The last commit this connection saw, for the timings in acks.
+    last_commit: Option<Committed>,
+    out: Vec<u8>,
+}
+
+/// Serve one peer until it leaves, idles out, or the server shuts down.
+pub async fn serve<S>(
+    stream: S,
+    peer: SocketAddr,
+    limits: &Limits,
+    store: StoreHandle,
+    shutdown: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let started = Instant::now();
+    let mut conn = Connection {
+        peer_ip: peer.ip().to_string(),
+        limits,
+        store,
+        decoder: Decoder::Undecided,
+        counters: ConnCounters::default(),
+        since_sync_readings: 0,
+        since_sync_rejected: 0,
+        since_sync_first: None,
+        interactive: false,
+        held_errors: Vec::new(),
+        batch: Vec::new(),
+        replies: Vec::new(),
+        inflight: VecDeque::new(),
+        last_commit: None,
+        out: Vec::new(),
+    };
+    tracing::debug!("connected");
+    let end = conn.run(stream, &shutdown).await;
+    let mode = match conn.decoder {
+        Decoder::Undecided => "none",
+        Decoder::Line(_) => "line",
+        Decoder::Legacy(_) => "legacy",
+    };
+    let counters = &conn.counters;
+    tracing::info!(
+        mode,
+        end = ?end,
+        accepted = counters.accepted,
+        rejected = counters.rejected,
+        acked = counters.acked,
+        duration_ms = started.elapsed().as_millis() as u64,
+        "disconnected"
+    );
+}
+
+impl Connection<'_> {
+    async fn run<S>(&mut self, mut stream: S, shutdown: &CancellationToken) -> End
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+        let mut idle_deadline = tokio::time::Instant::now() + self.limits.idle_timeout;
+        let mut reading = true;
+        let mut end = End::Eof;
+        loop {
+            if let Err(stop) = self.submit_decoded().await {
+                end = stop;
+                break;
+            }
+            // Replies whose batches are already committed go out without waiting.
+            if let Err(stop) = self.write_ready(&mut stream).await {
+                end = stop;
+                break;
+            }
+            if !reading && self.inflight.is_empty() {
+                break;
+            }
+            let can_read = reading && self.inflight.len() < self.limits.max_inflight_batches;
+            if buf.capacity() - buf.len() < READ_CHUNK_BYTES / 2 {
+                buf.reserve(READ_CHUNK_BYTES);
+            }
+            tokio::select! {
+                biased;
+                _ = wait_head(&mut self.inflight), if !self.inflight.is_empty() => {
+                    if let Err(stop) = self.write_ready(&mut stream).await {
+                        end = stop;
+                        break;
+                    }
+                }
+                _ = shutdown.cancelled(), if reading => {
+                    // Finish what has already arrived; a partial last line was never sent whole.
+                    reading = false;
+                    end = End::Shutdown;
+                    self.drain_arrived(&mut stream, &mut buf).await;
+                }
+                read = stream.read_buf(&mut buf), if can_read => match read {
+                    Ok(0) => {
+                        reading = false;
+                        self.decode(&mut buf, true);
+                    }
+                    Ok(n) => {
+                        METRICS.bytes_received.add(n as u64);
+                        idle_deadline = tokio::time::Instant::now() + self.limits.idle_timeout;
+                        self.decode(&mut buf, false);
+                    }
+                    Err(err) => {
+                        tracing::debug!(cause = %err, "read failed");
+                        METRICS.connections_aborted.inc();
+                        reading = false;
+                        end = End::ReadError;
+                        // What arrived before the error is still stored; nobody can be acked.
+                        self.decode(&mut buf, true);
+                    }
+                },
+                _ = tokio::time::sleep_until(idle_deadline), if can_read && self.inflight.is_empty() => {
+                    METRICS.connections_idle_timeout.inc();
+                    tracing::info!(idle_timeout = ?self.limits.idle_timeout, "closing idle connection");
+                    end = End::IdleTimeout;
+                    break;
+                }
+            }
+        }
+        if matches!(end, End::Eof | End::Shutdown | End::IdleTimeout) {
+            let _ = tokio::time::timeout(self.limits.write_timeout, stream.shutdown()).await;
+        }
+        end
+    }
+
+    /// At shutdown: read what the peer has already sent, without waiting for more.
+    async fn drain_arrived<S>(&mut self, stream: &mut S, buf: &mut BytesMut)
+    where
+        S: AsyncRead + Unpin,
+    {
+        for _ in 0..SHUTDOWN_DRAIN_READS {
+            buf.reserve(READ_CHUNK_BYTES);
+            // A zero timeout polls the read once: ready data is taken, nothing is awaited.
+            match tokio::time::timeout(Duration::ZERO, stream.read_buf(buf)).await {
+                Ok(Ok(n)) if n > 0 => {
+                    METRICS.bytes_received.add(n as u64);
+                    self.decode(buf, false);
+                }
+                _ => return,
+            }
+        }
+    }
+
+    /// Decode every complete frame in `buf` into the pending batch and replies.
+    fn decode(&mut self, buf: &mut BytesMut, eof: bool) {
+        let received_ns = now_ns();
+        let received_at = Instant::now();
+        if matches!(self.decoder, Decoder::Undecided) {
+            match sniff(buf) {
+                Sniff::NeedMore if !eof => return,
+                Sniff::Legacy => {
+                    METRICS.connections_legacy.inc();
+                    tracing::debug!("legacy peer (seed protocol)");
+                    self.decoder = Decoder::Legacy(LegacyDecoder::new(self.limits.max_line_bytes));
+                }
+                Sniff::Line | Sniff::NeedMore => {
+                    self.decoder = Decoder::Line(LineDecoder::new(self.limits.max_line_bytes));
+                }
+            }
+        }
+        loop {
+            match &mut self.decoder {
+                Decoder::Undecided => return,
+                Decoder::Line(decoder) => {
+                    let frame = if eof {
+                        decoder.decode_eof(buf)
+                    } else {
+                        decoder.decode(buf)
+                    };
+                    let Some(frame) = frame else { return };
+                    self.on_frame(frame, received_ns, received_at);
+                }
+                Decoder::Legacy(decoder) => {
+                    let message = if eof {
+                        decoder.decode_eof(buf)
+                    } else {
+                        decoder.decode(buf)
+                    };
+                    let Some(message) = message else { return };
+                    self.on_legacy(message, received_ns, received_at);
+                }
+            }
+        }
+    }
+
+    fn on_frame(&mut self, frame: Frame, received_ns: i64, received_at: Instant) {
+        match frame {
+            Frame::Reading(reading) => self.accept(reading, received_ns, received_at),
+            Frame::Ping(token) => {
+                self.become_interactive();
+                self.replies.push(PendingReply::Pong(token));
+            }
+            Frame::Sync(token) => {
+                self.become_interactive();
+                let line = match &self.decoder {
+                    Decoder::Line(decoder) => decoder.line_count(),
+                    _ => 0,
+                };
+                self.replies.push(PendingReply::Ack {
+                    token,
+                    line,
+                    readings: std::mem::take(&mut self.since_sync_readings),
+                    rejected: std::mem::take(&mut self.since_sync_rejected),
+                    first_received: self.since_sync_first.take(),
+                });
+            }
+            Frame::Invalid { line, error } => {
+                self.reject(&error, line);
+                let reply = PendingReply::Error {
+                    line,
+                    reason: error.to_string(),
+                };
+                if self.interactive {
+                    self.replies.push(reply);
+                } else if self.held_errors.len() < MAX_HELD_ERRORS {
+                    self.held_errors.push(reply);
+                } else {
+                    METRICS.errors_suppressed.inc();
+                }
+            }
+        }
+    }
+
+    fn on_legacy(&mut self, message: LegacyMessage, received_ns: i64, received_at: Instant) {
+        let reading = match message {
+            LegacyMessage::Ping => false,
+            LegacyMessage::Reading(mut reading) => {
+                // The seed's readings carry no name: the peer's address is the sensor.
+                reading
+                    .tags
+                    .push(("sensor".to_string(), self.peer_ip.clone()));
+                self.accept(reading, received_ns, received_at);
+                true
+            }
+            LegacyMessage::Invalid(error) => {
+                self.reject(&error, 0);
+                false
+            }
+        };
+        // The seed answered every message, good or bad, with `pong`.
+        self.replies.push(PendingReply::LegacyPong { reading });
+    }
+
+    fn become_interactive(&mut self) {
+        if !self.interactive {
+            self.interactive = true;
+            self.replies.append(&mut self.held_errors);
+        }
+    }
+
+    fn accept(&mut self, mut reading: Reading, received_ns: i64, received_at: Instant) {
+        if reading.timestamp_ns.is_none() {
+            reading.timestamp_ns = Some(received_ns);
+        }
+        let sensor = reading.tag("sensor").unwrap_or(&self.peer_ip).to_string();
+        if logging::allow_received_line() {
+            let mut line = Vec::with_capacity(96);
+            ilp::encode(&reading, &mut line);
+            let text = String::from_utf8_lossy(&line);
+            tracing::info!(%sensor, "Received: {}", text.trim_end());
+        }
+        METRICS.readings_accepted.inc();
+        self.counters.accepted += 1;
+        self.since_sync_readings += 1;
+        self.since_sync_first.get_or_insert(received_at);
+        self.batch.push(StoredReading {
+            reading,
+            sensor,
+            received_ns,
+        });
+    }
+
+    fn reject(&mut self, error: &ProtocolError, line: u64) {
+        METRICS.readings_rejected.inc();
+        match error {
+            ProtocolError::LineTooLong { .. } => METRICS.lines_oversize.inc(),
+            ProtocolError::InvalidUtf8 => METRICS.lines_invalid_utf8.inc(),
+            _ => {}
+        }
+        if logging::allow_received_line() {
+            tracing::warn!(line, cause = %error, "rejected");
+        }
+        self.counters.rejected += 1;
+        self.since_sync_rejected += 1;
+    }
+
+    /// Hand the decoded batch to the store and queue its replies behind it.
+    async fn submit_decoded(&mut self) -> Result<(), End> {
+        if self.batch.is_empty() {
+            if !self.replies.is_empty() {
+                let replies = std::mem::take(&mut self.replies);
+                self.inflight.push_back(InFlight {
+                    commit: None,
+                    done: None,
+                    replies,
+                });
+            }
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.batch);
+        let replies = std::mem::take(&mut self.replies);
+        match self.store.submit(batch).await {
+            Ok(commit) => {
+                self.inflight.push_back(InFlight {
+                    commit: Some(commit),
+                    done: None,
+                    replies,
+                });
+                Ok(())
+            }
+            Err(err) => {
+                tracing::error!(cause = %err, "store unavailable; closing connection");
+                Err(End::StoreFailed)
+            }
+        }
+    }
+
+    /// Write the replies of every committed batch at the head of the queue.
+    async fn write_ready<S>(&mut self, stream: &mut S) -> Result<(), End>
+    where
+        S: AsyncWrite + Unpin,
+    {
+        let mut store_failed = false;
+        while let Some(head) = self.inflight.front_mut() {
+            if !head.poll_ready() {
+                break;
+            }
+            let Some(head) = self.inflight.pop_front() else {
+                break;
+            };
+            match head.done {
+                None => {}
+                Some(Ok(committed)) => {
+                    METRICS.store_commits.inc();
+                    self.last_commit = Some(committed);
+                }
+                Some(Err(err)) => {
+                    METRICS.store_errors.inc();
+                    tracing::error!(cause = %err, "store failed; readings not acknowledged");
+                    store_failed = true;
+                    for reply in head.replies {
+                        match reply {
+                            PendingReply::Ack { line, .. } => self.encode(PendingReply::Error {
+                                line,
+                                reason: format!("store failed: {err}"),
+                            }),
+                            // A legacy peer has no error reply: it sees the loss.
+                            PendingReply::LegacyPong { .. } => {}
+                            other => self.encode(other),
+                        }
+                    }
+                    continue;
+                }
+            }
+            for reply in head.replies {
+                self.encode(reply);
+            }
+        }
+        if !self.out.is_empty() {
+            let write = stream.write_all(&self.out);
+            match tokio::time::timeout(self.limits.write_timeout, write).await {
+                Ok(Ok(())) => {
+                    METRICS.bytes_sent.add(self.out.len() as u64);
+                    self.out.clear();
+                }
+                Ok(Err(err)) => {
+                    tracing::debug!(cause = %err, "write failed");
+                    METRICS.connections_aborted.inc();
+                    return Err(End::WriteError);
+                }
+                Err(_) => {
+                    METRICS.connections_write_stalled.inc();
+                    tracing::warn!(
+                        write_timeout = ?self.limits.write_timeout,
+                        "peer does not read its replies; closing"
+                    );
+                    return Err(End::WriteStalled);
+                }
+            }
+        }
+        if store_failed && matches!(self.decoder, Decoder::Legacy(_)) {
+            return Err(End::StoreFailed);
+        }
+        Ok(())
+    }
+
+    fn encode(&mut self, reply: PendingReply) {
+        let reply = match reply {
+            PendingReply::LegacyPong { reading } => {
+                METRICS.pongs_sent.inc();
+                self.counters.acked += u64::from(reading);
+                self.out.extend_from_slice(PONG);
+                return;
+            }
+            PendingReply::Pong(token) => {
+                METRICS.pongs_sent.inc();
+                Reply::Pong(token)
+            }
+            PendingReply::Error { line, reason } => {
+                METRICS.errors_sent.inc();
+                Reply::Error { line, reason }
+            }
+            PendingReply::Ack {
+                token,
+                readings,
+                rejected,
+                first_received,
+                ..
+            } => {
+                METRICS.acks_sent.inc();
+                self.counters.acked += readings;
+                let (store_us, commit_us) = match (&self.last_commit, first_received) {
+                    (Some(commit), Some(first)) => (
+                        Some(micros(commit.committed_at.saturating_duration_since(first))),
+                        Some(commit.commit_us),
+                    ),
+                    _ => (None, None),
+                };
+                Reply::Ack(Ack {
+                    token,
+                    readings,
+                    rejected,
+                    store_us,
+                    commit_us,
+                })
+            }
+        };
+        reply.encode(&mut self.out);
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Resolves when the head of the queue is ready to answer.
+async fn wait_head(inflight: &mut VecDeque<InFlight>) {
+    let Some(head) = inflight.front_mut() else {
+        return;
+    };
+    let Some(commit) = &mut head.commit else {
+        return;
+    };
+    let result = match commit.await {
+        Ok(result) => result,
+        Err(_) => Err(Arc::new(StoreError::WriterGone)),
+    };
+    head.done = Some(result);
+    head.commit = None;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc as std_mpsc;
+    use std::sync::Mutex;
+
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    use super::*;
+    use crate::store::writer::{self, WriterConfig};
+    use crate::store::{Query, Row, SensorStats, Store, WriteOutcome};
+
+    /// A store whose commits wait for the test's permission, and which records what it got.
+    struct GatedStore {
+        gate: Mutex<std_mpsc::Receiver<()>>,
+        rows: std::sync::Arc<Mutex<Vec<StoredReading>>>,
+    }
+
+    impl Store for GatedStore {
+        fn write_batch(&mut self, batch: &[StoredReading]) -> Result<WriteOutcome, StoreError> {
+            let gate = self.gate.lock().expect("gate lock");
+            gate.recv().map_err(|_| StoreError::WriterGone)?;
+            self.rows
+                .lock()
+                .expect("rows lock")
+                .extend_from_slice(batch);
+            Ok(WriteOutcome {
+                inserted: batch.len() as u64,
+                duplicates: 0,
+            })
+        }
+        fn query(&mut self, _: &Query) -> Result<Vec<Row>, StoreError> {
+            Ok(Vec::new())
+        }
+        fn sensor_stats(&mut self) -> Result<Vec<SensorStats>, StoreError> {
+            Ok(Vec::new())
+        }
+        fn close(&mut self) -> Result<(), StoreError> {
+            Ok(())
+        }
+    }
+
+    fn limits(idle: Duration) -> Limits {
+        Limits {
+            idle_timeout: idle,
+            write_timeout: Duration::from_secs(5),
+            max_line_bytes: 1024,
+            max_inflight_batches: 4,
+        }
+    }
+
+    fn peer() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 7], 5000))
+    }
+
+    /// The connection loop runs over any stream (here an in-memory duplex), and an `ack`
+    /// is written only after the store has committed the readings it covers.
+    #[tokio::test]
+    async fn ack_waits_for_the_commit() {
+        let (gate_tx, gate_rx) = std_mpsc::channel();
+        let rows = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let store = GatedStore {
+            gate: Mutex::new(gate_rx),
+            rows: rows.clone(),
+        };
+        let (handle, writer) = writer::spawn(Box::new(store), WriterConfig::default());
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let shutdown = CancellationToken::new();
+        let limits = limits(Duration::from_secs(60));
+        let task = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move { serve(server, peer(), &limits, handle, shutdown).await }
+        });
+        let (read, mut write) = tokio::io::split(client);
+        let mut lines = BufReader::new(read).lines();
+        write.write_all(b"m v=1i 1\nsync a\n").await.unwrap();
+
+        let early = tokio::time::timeout(Duration::from_millis(200), lines.next_line()).await;
+        assert!(early.is_err(), "ack before commit: {early:?}");
+        assert!(rows.lock().unwrap().is_empty());
+
+        gate_tx.send(()).unwrap();
+        let ack = lines.next_line().await.unwrap().unwrap();
+        assert!(
+            ack.starts_with("ack a readings=1 rejected=0 store_us="),
+            "{ack}"
+        );
+        let stored = rows.lock().unwrap().clone();
+        assert_eq!(stored.len(), 1);
+        // No `sensor` tag: the peer's address names the sensor.
+        assert_eq!(stored[0].sensor, "127.0.0.7");
+
+        drop(write);
+        drop(lines);
+        task.await.unwrap();
+        drop(gate_tx);
+        writer.finish().unwrap();
+    }
+
+    /// Idle timeout on a paused clock: nothing is waited for in real time.
+    #[tokio::test(start_paused = true)]
+    async fn idle_connection_is_closed_after_the_timeout() {
+        let (handle, writer) = writer::spawn(
+            Box::new(crate::store::memory::MemoryStore::default()),
+            WriterConfig::default(),
+        );
+        let (mut client, server) = tokio::io::duplex(1024);
+        let limits = limits(Duration::from_secs(30));
+        let started = tokio::time::Instant::now();
+        let task = tokio::spawn(async move {
+            serve(server, peer(), &limits, handle, CancellationToken::new()).await
+        });
+        let mut buf = [0u8; 8];
+        let n = client.read(&mut buf).await.unwrap();
+        assert_eq!(n, 0, "the server closes the idle connection");
+        assert!(started.elapsed() >= Duration::from_secs(30));
+        task.await.unwrap();
+        tokio::task::spawn_blocking(move || writer.finish())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    /// Shutdown: what was received is stored and answered, then the connection closes.
+    #[tokio::test]
+    async fn shutdown_finishes_received_lines() {
+        let (handle, writer) = writer::spawn(
+            Box::new(crate::store::memory::MemoryStore::default()),
+            WriterConfig::default(),
+        );
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let shutdown = CancellationToken::new();
+        let limits = limits(Duration::from_secs(60));
+        let task = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move { serve(server, peer(), &limits, handle, shutdown).await }
+        });
+        let (read, mut write) = tokio::io::split(client);
+        let mut lines = BufReader::new(read).lines();
+        write.write_all(b"ping\n").await.unwrap();
+        assert_eq!(lines.next_line().await.unwrap().unwrap(), "pong");
+        write
+            .write_all(b"m v=1i 1\nm v=2i 2\nsync z\n")
+            .await
+            .unwrap();
+        tokio::task::yield_now().await;
+        shutdown.cancel();
+        let ack = lines.next_line().await.unwrap().unwrap();
+        assert!(ack.starts_with("ack z readings=2"), "{ack}");
+        assert_eq!(
+            lines.next_line().await.unwrap(),
+            None,
+            "closed after the last reply"
+        );
+        task.await.unwrap();
+        tokio::task::spawn_blocking(move || writer.finish())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}

@@ -1,0 +1,86 @@
+//! The accept loop: connection limit, per-connection tasks, and the wait for them at shutdown.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
+
+use super::connection::{self, Limits};
+use super::ServerConfig;
+use crate::metrics::{OpenConnection, METRICS};
+use crate::store::writer::StoreHandle;
+
+/// Longest pause after a failing `accept()` (e.g. out of file descriptors).
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+
+static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Accept until `shutdown`, then wait for every connection task to finish.
+pub async fn accept_loop(
+    listener: TcpListener,
+    config: &ServerConfig,
+    limits: Arc<Limits>,
+    store: StoreHandle,
+    shutdown: CancellationToken,
+) {
+    let permits = Arc::new(Semaphore::new(config.max_connections));
+    let tasks = TaskTracker::new();
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => {
+                backoff = Duration::from_millis(5);
+                pair
+            }
+            Err(err) => {
+                // EMFILE and friends: wait instead of spinning; the listener stays usable.
+                METRICS.accept_errors.inc();
+                tracing::warn!(cause = %err, "accept failed");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            METRICS.connections_refused.inc();
+            tracing::warn!(%peer, limit = config.max_connections, "connection limit reached; closing new connection");
+            drop(stream);
+            continue;
+        };
+        METRICS.connections_accepted.inc();
+        if let Err(err) = stream.set_nodelay(true) {
+            tracing::debug!(%peer, cause = %err, "set_nodelay failed");
+        }
+        let conn_id = NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed);
+        let span = tracing::info_span!("conn", conn_id, peer_addr = %peer);
+        let (limits, store, shutdown) = (limits.clone(), store.clone(), shutdown.clone());
+        tasks.spawn(
+            async move {
+                let _open = OpenConnection::new();
+                let _permit = permit;
+                connection::serve(stream, peer, &limits, store, shutdown).await;
+            }
+            .instrument(span),
+        );
+    }
+    drop(listener);
+    drop(store);
+    tasks.close();
+    tracing::info!(
+        connections = tasks.len(),
+        "stopped accepting; waiting for open connections"
+    );
+    tasks.wait().await;
+}

@@ -1,0 +1,72 @@
+//! Per-reading log lines that never bound throughput.
+//!
+//! The seed printed `Received: <data>` for every message. We keep that line at `info` while
+//! the rate is low, and under load log at most [`LINES_PER_SECOND`] of them per second plus a
+//! periodic summary; `-v` (debug) logs every reading.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::METRICS;
+use crate::timefmt::now_ns;
+
+/// Most `Received:` lines logged per second at `info` level.
+pub const LINES_PER_SECOND: u64 = 20;
+
+/// How often the load summary is logged when lines were suppressed.
+pub const SUMMARY_INTERVAL: Duration = Duration::from_secs(10);
+
+static WINDOW_SECOND: AtomicU64 = AtomicU64::new(0);
+static WINDOW_LINES: AtomicU64 = AtomicU64::new(0);
+static SUPPRESSED: AtomicU64 = AtomicU64::new(0);
+
+/// Whether one more per-reading line may be logged now; counts it as suppressed otherwise.
+pub fn allow_received_line() -> bool {
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        return true;
+    }
+    if !tracing::enabled!(tracing::Level::INFO) {
+        return false;
+    }
+    let second = u64::try_from(now_ns() / 1_000_000_000).unwrap_or(0);
+    if WINDOW_SECOND.swap(second, Ordering::Relaxed) != second {
+        WINDOW_LINES.store(0, Ordering::Relaxed);
+    }
+    if WINDOW_LINES.fetch_add(1, Ordering::Relaxed) < LINES_PER_SECOND {
+        true
+    } else {
+        SUPPRESSED.fetch_add(1, Ordering::Relaxed);
+        false
+    }
+}
+
+/// Log a summary every [`SUMMARY_INTERVAL`] while per-reading lines are being suppressed.
+pub fn spawn_summary(shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(SUMMARY_INTERVAL);
+        tick.tick().await;
+        let mut last_accepted = METRICS.readings_accepted.get();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let suppressed = SUPPRESSED.swap(0, Ordering::Relaxed);
+            let accepted = METRICS.readings_accepted.get();
+            if suppressed > 0 {
+                tracing::info!(
+                    readings = accepted - last_accepted,
+                    not_logged = suppressed,
+                    interval_s = SUMMARY_INTERVAL.as_secs(),
+                    connections = METRICS.connections_open.get(),
+                    stored_total = METRICS.readings_stored.get(),
+                    rejected_total = METRICS.readings_rejected.get(),
+                    "load summary"
+                );
+            }
+            last_accepted = accepted;
+        }
+    });
+}

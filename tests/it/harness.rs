@@ -1,0 +1,293 @@
+//! Start the real binary, find its port, talk to it over real sockets, stop it by PID.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Generous bound for things that should take milliseconds: a liveness guard, not a benchmark.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+pub fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sensorlink"))
+}
+
+/// A running `sensorlink server`, killed on drop.
+pub struct Server {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    stderr: Arc<Mutex<String>>,
+    pub store: String,
+}
+
+impl Server {
+    /// Start on 127.0.0.1:0 with an in-memory store and `extra` flags.
+    pub fn start(extra: &[&str]) -> Server {
+        Server::start_on("127.0.0.1:0", "memory", extra)
+    }
+
+    /// Start on `listen` with `store` (e.g. `sqlite:/tmp/x.db`).
+    pub fn start_on(listen: &str, store: &str, extra: &[&str]) -> Server {
+        let mut child = bin()
+            .args(["server", "--listen", listen, "--store", store])
+            .args(extra)
+            .env("RUST_LOG", "sensorlink=info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn sensorlink server");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr_pipe = child.stderr.take().expect("piped stderr");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        {
+            let stderr = stderr.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr_pipe).lines().map_while(Result::ok) {
+                    let mut all = stderr.lock().expect("stderr lock");
+                    all.push_str(&line);
+                    all.push('\n');
+                }
+            });
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(first)) = lines.next() {
+                let _ = tx.send(first);
+            }
+            for _ in lines {}
+        });
+        let first = rx.recv_timeout(PATIENCE).unwrap_or_else(|_| {
+            let _ = child.kill();
+            panic!(
+                "server did not say `listening on`; stderr:\n{}",
+                stderr.lock().unwrap()
+            )
+        });
+        let addr = first
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
+            .parse()
+            .expect("address after `listening on`");
+        Server {
+            child: Some(child),
+            addr,
+            stderr,
+            store: store.to_string(),
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().expect("stderr lock").clone()
+    }
+
+    /// SIGTERM, then wait for the exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        self.wait()
+    }
+
+    /// SIGKILL, then wait: nothing gets a chance to flush.
+    pub fn kill(&mut self) {
+        self.signal(libc::SIGKILL);
+        self.wait();
+    }
+
+    fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on the PID of our own child, which has not been reaped yet.
+        let rc = unsafe { libc::kill(self.pid(), signal) };
+        assert_eq!(rc, 0, "kill({}, {signal})", self.pid());
+    }
+
+    fn wait(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("server did not exit; stderr:\n{}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn connect(&self) -> TcpStream {
+        connect(self.addr)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect(addr).expect("connect to server");
+    stream
+        .set_read_timeout(Some(PATIENCE))
+        .expect("read timeout");
+    stream.set_nodelay(true).expect("nodelay");
+    stream
+}
+
+/// Read exactly `n` bytes.
+pub fn read_n(stream: &mut TcpStream, n: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; n];
+    stream.read_exact(&mut buf).expect("read reply bytes");
+    buf
+}
+
+/// Assert that nothing more arrives within a short while.
+pub fn assert_silent(stream: &mut TcpStream) {
+    stream
+        .set_read_timeout(Some(Duration::from_millis(150)))
+        .expect("timeout");
+    let mut buf = [0u8; 64];
+    match stream.read(&mut buf) {
+        Ok(0) => panic!("connection closed"),
+        Ok(n) => panic!("unexpected bytes {:?}", String::from_utf8_lossy(&buf[..n])),
+        Err(err) => assert!(
+            matches!(
+                err.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "{err}"
+        ),
+    }
+    stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+}
+
+/// A line-mode peer: write lines, read reply lines.
+pub struct LinePeer {
+    pub reader: BufReader<TcpStream>,
+    pub writer: TcpStream,
+}
+
+impl LinePeer {
+    pub fn new(addr: SocketAddr) -> LinePeer {
+        let stream = connect(addr);
+        let writer = stream.try_clone().expect("clone stream");
+        LinePeer {
+            reader: BufReader::new(stream),
+            writer,
+        }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).expect("write to server");
+    }
+
+    pub fn line(&mut self) -> String {
+        let mut line = String::new();
+        let n = self.reader.read_line(&mut line).expect("read reply line");
+        assert!(n > 0, "server closed the connection");
+        assert!(line.ends_with('\n'), "reply without newline: {line:?}");
+        line.pop();
+        line
+    }
+}
+
+/// A temporary directory and a SQLite store URL inside it.
+pub struct TempStore {
+    pub dir: tempfile::TempDir,
+}
+
+impl TempStore {
+    pub fn new() -> TempStore {
+        TempStore {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join("readings.db")
+    }
+
+    pub fn url(&self) -> String {
+        format!("sqlite:{}", self.path().display())
+    }
+
+    /// `sensorlink query --format json` rows.
+    pub fn rows(&self, extra: &[&str]) -> Vec<serde_json::Value> {
+        query_json(&self.url(), extra)
+    }
+}
+
+pub fn query_json(store: &str, extra: &[&str]) -> Vec<serde_json::Value> {
+    let out = run(bin()
+        .args(["query", "--store", store, "--format", "json"])
+        .args(extra));
+    assert!(
+        out.status.success(),
+        "query failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).expect("query prints JSON");
+    value.as_array().expect("a JSON array").clone()
+}
+
+/// Run a command to completion, with a liveness bound.
+pub fn run(cmd: &mut Command) -> Output {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    wait_output(child)
+}
+
+pub fn wait_output(child: Child) -> Output {
+    let pid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(out) => out.expect("wait for command"),
+        Err(_) => {
+            // SAFETY: kill(2) on our own child's PID.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            panic!("command did not finish in 60 s");
+        }
+    }
+}
+
+/// Parse each stdout line as JSON.
+pub fn json_lines(stdout: &[u8]) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .map(|line| {
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON: {line:?}: {e}"))
+        })
+        .collect()
+}
+
+/// The `summary` object from `--json` output.
+pub fn summary(stdout: &[u8]) -> serde_json::Value {
+    json_lines(stdout)
+        .into_iter()
+        .find(|event| event["event"] == "summary")
+        .map(|event| event["summary"].clone())
+        .expect("a summary event")
+}
+
+pub fn exists(path: &Path) -> bool {
+    path.exists()
+}

@@ -1,0 +1,39 @@
+//! Graceful shutdown and durability across restarts.
+
+use crate::harness::*;
+
+/// SIGTERM: stop accepting, finish what was received, flush the store, exit 0.
+#[test]
+fn sigterm_finishes_received_readings_and_flushes() {
+    let store = TempStore::new();
+    let mut server = Server::start_on("127.0.0.1:0", &store.url(), &[]);
+    let mut peer = LinePeer::new(server.addr);
+    let mut burst = Vec::new();
+    for i in 0..5000 {
+        burst.extend_from_slice(format!("sd,sensor=g v={i}i {i}\n").as_bytes());
+    }
+    burst.extend_from_slice(b"sync last\n");
+    peer.send(&burst);
+    assert!(peer.line().starts_with("ack last readings=5000"));
+    // Written but never synced: still stored at shutdown.
+    peer.send(b"sd,sensor=g v=-1i 99999\n");
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let status = server.terminate();
+    assert!(status.success(), "{status:?}\n{}", server.stderr());
+    assert!(server.stderr().contains("store flushed"));
+    assert_eq!(store.rows(&["--sensor", "g"]).len(), 5001);
+}
+
+#[test]
+fn readings_survive_a_restart_and_duplicates_are_not_stored_twice() {
+    let store = TempStore::new();
+    for round in 0..2 {
+        let mut server = Server::start_on("127.0.0.1:0", &store.url(), &[]);
+        let mut peer = LinePeer::new(server.addr);
+        peer.send(b"r,sensor=d v=1i 1000\nr,sensor=d v=2i 2000\nsync a\n");
+        assert!(peer.line().starts_with("ack a readings=2"), "round {round}");
+        drop(peer);
+        assert!(server.terminate().success());
+    }
+    assert_eq!(store.rows(&["--sensor", "d"]).len(), 2);
+}
