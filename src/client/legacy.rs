@@ -193,6 +193,10 @@ pub async fn run(
             }
         }
     }
+    if first_connect.is_none() {
+        eprintln!("sensorlink: cannot reach {}", config.addr);
+        return Outcome::Unusable;
+    }
     let counters = state.counters();
     let lost = counters.timed_out + state.unacked_not_timed_out() + counters.dropped;
     let sent = counters.produced;

@@ -193,6 +193,7 @@ impl<'a> LineClient<'a> {
     ) -> Outcome {
         let mut backoff = Backoff::new(self.config.max_backoff);
         let mut values_open = true;
+        let mut last_error = None;
         loop {
             if self.finished(values_open) {
                 break;
@@ -232,14 +233,14 @@ impl<'a> LineClient<'a> {
                     }
                 }
                 Err(err) => {
-                    if !self.connected_once && self.started.elapsed() >= self.config.timeout {
+                    // Never connected at all within the timeout: the server is unreachable.
+                    let gave_up =
+                        self.started.elapsed() >= self.config.timeout || stop.is_cancelled();
+                    if !self.connected_once && gave_up {
                         eprintln!("sensorlink: cannot reach {}: {err}", self.config.addr);
                         return Outcome::Unusable;
                     }
-                    if !self.connected_once && stop.is_cancelled() {
-                        eprintln!("sensorlink: cannot reach {}: {err}", self.config.addr);
-                        return Outcome::Unusable;
-                    }
+                    last_error = Some(err.to_string());
                     let delay = backoff.next_delay();
                     tracing::debug!(cause = %err, ?delay, "connect failed");
                     if self.connected_once {
@@ -254,6 +255,13 @@ impl<'a> LineClient<'a> {
                     }
                 }
             }
+        }
+        if !self.connected_once {
+            let cause = last_error
+                .as_deref()
+                .unwrap_or("no connection was attempted");
+            eprintln!("sensorlink: cannot reach {}: {cause}", self.config.addr);
+            return Outcome::Unusable;
         }
         self.finish()
     }

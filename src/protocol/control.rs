@@ -1,4 +1,15 @@
 //! Control lines (`ping`, `sync`) and the server's replies (`pong`, `ack`, `error`).
+//!
+//! A line with no `=` byte is a control line. Every valid reading has at least one field,
+//! hence at least one `=`, so the two can never be mistaken for each other, and the check
+//! needs no parsing.
+//!
+//! Commands: `ping`, `ping TOKEN`, `sync TOKEN`, words separated by spaces or tabs.
+//! A token is 1..=64 printable ASCII characters (`!`..=`~`) other than `=`.
+//!
+//! Replies: `pong`, `pong TOKEN`, `ack TOKEN readings=N rejected=M [store_us=X]
+//! [commit_us=Y]`, `error LINE REASON`. Readers ignore `ack` keys they don't know, so new
+//! ones can be added.
 
 use super::ProtocolError;
 
@@ -31,24 +42,371 @@ pub enum Reply {
     Error { line: u64, reason: String },
 }
 
+/// Longest token, in bytes.
+pub const MAX_TOKEN_BYTES: usize = 64;
+
 /// Whether a line is a control line rather than a reading (control lines contain no `=`).
-pub fn is_control(_line: &[u8]) -> bool {
-    unimplemented!()
+pub fn is_control(line: &[u8]) -> bool {
+    memchr::memchr(b'=', line).is_none()
+}
+
+/// Whether `s` can be a `ping` / `sync` token: 1..=64 printable ASCII bytes, no `=`
+/// (so a control line stays free of `=`, and a token is one word).
+pub fn valid_token(s: &str) -> bool {
+    (1..=MAX_TOKEN_BYTES).contains(&s.len()) && s.bytes().all(|c| c.is_ascii_graphic() && c != b'=')
 }
 
 /// Parse a control line (without its line ending).
-pub fn parse_command(_line: &str) -> Result<Command, ProtocolError> {
-    unimplemented!()
+pub fn parse_command(line: &str) -> Result<Command, ProtocolError> {
+    let mut words = line.split([' ', '\t']).filter(|w| !w.is_empty());
+    let first = words.next().unwrap_or("");
+    let token = words.next();
+    let extra = words.next().is_some();
+    match first {
+        "ping" => {
+            if extra {
+                return Err(invalid("ping takes at most one token"));
+            }
+            token.map(checked_token).transpose().map(Command::Ping)
+        }
+        "sync" => {
+            if extra {
+                return Err(invalid("sync takes one token"));
+            }
+            match token {
+                Some(t) => checked_token(t).map(Command::Sync),
+                None => Err(invalid("sync needs a token")),
+            }
+        }
+        other => Err(ProtocolError::UnknownCommand(
+            truncate(other, 32).to_owned(),
+        )),
+    }
+}
+
+fn checked_token(t: &str) -> Result<String, ProtocolError> {
+    if valid_token(t) {
+        Ok(t.to_owned())
+    } else {
+        Err(ProtocolError::InvalidCommand(format!(
+            "invalid token {:?} (1-{MAX_TOKEN_BYTES} printable ASCII characters, no \"=\")",
+            truncate(t, 32)
+        )))
+    }
+}
+
+fn invalid(msg: &str) -> ProtocolError {
+    ProtocolError::InvalidCommand(msg.to_owned())
+}
+
+/// At most `max` chars of `s`, so an echoed word can't bloat a reply or a log line.
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((cut, _)) => &s[..cut],
+        None => s,
+    }
 }
 
 impl Reply {
     /// Append the reply with its `\n`.
-    pub fn encode(&self, _out: &mut Vec<u8>) {
-        unimplemented!()
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        use std::io::Write;
+        // Writing into a Vec cannot fail.
+        let _ = match self {
+            Reply::Pong(None) => out.write_all(b"pong"),
+            Reply::Pong(Some(token)) => write!(out, "pong {token}"),
+            Reply::Ack(ack) => {
+                let _ = write!(
+                    out,
+                    "ack {} readings={} rejected={}",
+                    ack.token, ack.readings, ack.rejected
+                );
+                if let Some(us) = ack.store_us {
+                    let _ = write!(out, " store_us={us}");
+                }
+                match ack.commit_us {
+                    Some(us) => write!(out, " commit_us={us}"),
+                    None => Ok(()),
+                }
+            }
+            Reply::Error { line, reason } => {
+                let _ = write!(out, "error {line} ");
+                // A line ending inside the reason would split the reply in two.
+                let start = out.len();
+                out.extend_from_slice(reason.as_bytes());
+                for c in &mut out[start..] {
+                    if *c == b'\n' || *c == b'\r' {
+                        *c = b' ';
+                    }
+                }
+                Ok(())
+            }
+        };
+        out.push(b'\n');
     }
 
     /// Parse a reply line (without its line ending); unknown `key=value` pairs are ignored.
-    pub fn parse(_line: &str) -> Result<Reply, ProtocolError> {
-        unimplemented!()
+    pub fn parse(line: &str) -> Result<Reply, ProtocolError> {
+        // A reply is the server's control line, so its errors are command errors.
+        let bad = |msg: String| ProtocolError::InvalidCommand(format!("bad reply: {msg}"));
+        let (first, rest) = line.split_once(' ').unwrap_or((line, ""));
+        match first {
+            "pong" => {
+                let mut words = rest.split_ascii_whitespace();
+                let token = words.next();
+                if words.next().is_some() {
+                    return Err(bad("pong takes at most one token".into()));
+                }
+                match token {
+                    Some(t) if !valid_token(t) => {
+                        Err(bad(format!("invalid token {:?}", truncate(t, 32))))
+                    }
+                    t => Ok(Reply::Pong(t.map(str::to_owned))),
+                }
+            }
+            "ack" => {
+                let mut words = rest.split_ascii_whitespace();
+                let token = match words.next() {
+                    Some(t) if valid_token(t) => t.to_owned(),
+                    Some(t) => return Err(bad(format!("invalid token {:?}", truncate(t, 32)))),
+                    None => return Err(bad("ack needs a token".into())),
+                };
+                let mut ack = Ack {
+                    token,
+                    ..Ack::default()
+                };
+                for word in words {
+                    let Some((key, value)) = word.split_once('=') else {
+                        return Err(bad(format!(
+                            "expected key=value, got {:?}",
+                            truncate(word, 32)
+                        )));
+                    };
+                    let slot = match key {
+                        "readings" => &mut ack.readings,
+                        "rejected" => &mut ack.rejected,
+                        "store_us" => ack.store_us.insert(0),
+                        "commit_us" => ack.commit_us.insert(0),
+                        // Newer servers may add keys; old clients must keep working.
+                        _ => continue,
+                    };
+                    *slot = value.parse().map_err(|_| {
+                        bad(format!("{key}: invalid number {:?}", truncate(value, 32)))
+                    })?;
+                }
+                Ok(Reply::Ack(ack))
+            }
+            "error" => {
+                let (num, reason) = rest
+                    .split_once(' ')
+                    .ok_or_else(|| bad("error needs a line number and a reason".into()))?;
+                let line = num
+                    .parse()
+                    .map_err(|_| bad(format!("invalid line number {:?}", truncate(num, 32))))?;
+                if reason.is_empty() {
+                    return Err(bad("error needs a reason".into()));
+                }
+                Ok(Reply::Error {
+                    line,
+                    reason: reason.to_owned(),
+                })
+            }
+            other => Err(bad(format!("unknown reply {:?}", truncate(other, 32)))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cmd(s: &str) -> Result<Command, ProtocolError> {
+        parse_command(s)
+    }
+
+    #[test]
+    fn control_detection() {
+        assert!(is_control(b"ping"));
+        assert!(is_control(b"sync abc"));
+        assert!(is_control(b""));
+        assert!(!is_control(b"m x=1"));
+        assert!(!is_control(b"="));
+    }
+
+    #[test]
+    fn commands() {
+        assert_eq!(cmd("ping"), Ok(Command::Ping(None)));
+        assert_eq!(cmd("  ping\t "), Ok(Command::Ping(None)));
+        assert_eq!(cmd("ping abc-1"), Ok(Command::Ping(Some("abc-1".into()))));
+        assert_eq!(cmd("sync\t42"), Ok(Command::Sync("42".into())));
+        let t64 = "~".repeat(64);
+        assert_eq!(cmd(&format!("sync {t64}")), Ok(Command::Sync(t64)));
+        assert_eq!(
+            cmd("sync !\"#$%&'()*+,-./:;<>?@[\\]^_`{|}~").map(|_| ()),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn command_errors() {
+        assert_eq!(
+            cmd("sync"),
+            Err(ProtocolError::InvalidCommand("sync needs a token".into()))
+        );
+        for bad in ["é", &"x".repeat(65)] {
+            let line = format!("sync {bad}");
+            assert!(
+                matches!(cmd(&line), Err(ProtocolError::InvalidCommand(m)) if m.starts_with("invalid token")),
+                "{line}"
+            );
+        }
+        assert!(
+            matches!(cmd("ping é"), Err(ProtocolError::InvalidCommand(m)) if m.starts_with("invalid token"))
+        );
+        assert!(matches!(
+            cmd("ping a b"),
+            Err(ProtocolError::InvalidCommand(_))
+        ));
+        assert!(matches!(
+            cmd("sync a b"),
+            Err(ProtocolError::InvalidCommand(_))
+        ));
+        assert_eq!(
+            cmd("hello"),
+            Err(ProtocolError::UnknownCommand("hello".into()))
+        );
+        assert_eq!(
+            cmd("PING"),
+            Err(ProtocolError::UnknownCommand("PING".into()))
+        );
+        assert_eq!(cmd(""), Err(ProtocolError::UnknownCommand("".into())));
+        let long = "é".repeat(100);
+        assert_eq!(
+            cmd(&long),
+            Err(ProtocolError::UnknownCommand("é".repeat(32)))
+        );
+    }
+
+    #[test]
+    fn tokens() {
+        assert!(valid_token("a"));
+        assert!(!valid_token(""));
+        assert!(!valid_token("a=b"));
+        assert!(!valid_token("a b"));
+        assert!(!valid_token("\x7f"));
+        assert!(valid_token(&"a".repeat(64)));
+        assert!(!valid_token(&"a".repeat(65)));
+    }
+
+    fn enc(r: &Reply) -> String {
+        let mut out = Vec::new();
+        r.encode(&mut out);
+        String::from_utf8(out).expect("utf8")
+    }
+
+    #[test]
+    fn reply_encoding() {
+        assert_eq!(enc(&Reply::Pong(None)), "pong\n");
+        assert_eq!(enc(&Reply::Pong(Some("t1".into()))), "pong t1\n");
+        let mut ack = Ack {
+            token: "s7".into(),
+            readings: 10,
+            rejected: 2,
+            store_us: None,
+            commit_us: None,
+        };
+        assert_eq!(
+            enc(&Reply::Ack(ack.clone())),
+            "ack s7 readings=10 rejected=2\n"
+        );
+        ack.commit_us = Some(5);
+        assert_eq!(
+            enc(&Reply::Ack(ack.clone())),
+            "ack s7 readings=10 rejected=2 commit_us=5\n"
+        );
+        ack.store_us = Some(900);
+        assert_eq!(
+            enc(&Reply::Ack(ack)),
+            "ack s7 readings=10 rejected=2 store_us=900 commit_us=5\n"
+        );
+        let e = Reply::Error {
+            line: 3,
+            reason: "bad\r\nthing here".into(),
+        };
+        assert_eq!(enc(&e), "error 3 bad  thing here\n");
+    }
+
+    #[test]
+    fn reply_round_trip() {
+        let replies = [
+            Reply::Pong(None),
+            Reply::Pong(Some("abc".into())),
+            Reply::Ack(Ack {
+                token: "x".into(),
+                readings: u64::MAX,
+                rejected: 0,
+                store_us: Some(1),
+                commit_us: None,
+            }),
+            Reply::Ack(Ack {
+                token: "y".into(),
+                readings: 1,
+                rejected: 2,
+                store_us: Some(3),
+                commit_us: Some(4),
+            }),
+            Reply::Error {
+                line: 42,
+                reason: "invalid reading: field \"x\": missing value".into(),
+            },
+        ];
+        for r in replies {
+            let line = enc(&r);
+            assert_eq!(Reply::parse(line.trim_end_matches('\n')), Ok(r));
+        }
+    }
+
+    #[test]
+    fn reply_parsing() {
+        assert_eq!(
+            Reply::parse("ack t rejected=1 future=zz readings=2"),
+            Ok(Reply::Ack(Ack {
+                token: "t".into(),
+                readings: 2,
+                rejected: 1,
+                ..Ack::default()
+            }))
+        );
+        assert_eq!(
+            Reply::parse("ack t"),
+            Ok(Reply::Ack(Ack {
+                token: "t".into(),
+                ..Ack::default()
+            }))
+        );
+        assert_eq!(
+            Reply::parse("error 7  leading space kept"),
+            Ok(Reply::Error {
+                line: 7,
+                reason: " leading space kept".into()
+            })
+        );
+        for bad in [
+            "",
+            "pongx",
+            "pong a b",
+            "ack",
+            "ack t readings=x",
+            "ack t readings=-1",
+            "ack t store_us=",
+            "ack t loose",
+            "error",
+            "error 7",
+            "error 7 ",
+            "error x reason",
+            "hello there",
+        ] {
+            assert!(Reply::parse(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -1,13 +1,853 @@
 //! InfluxDB line protocol: parse one line into a [`Reading`], encode a [`Reading`] as a line.
+//!
+//! `measurement[,tag=value...] field=value[,field=value...] [timestamp]`
+//!
+//! Escaping follows InfluxDB: in the measurement a backslash escapes `,` and space; in tag
+//! keys, tag values and field keys it escapes `,`, `=` and space; in string field values it
+//! escapes `"` and `\`. A backslash before any other character is kept literally.
+//!
+//! Two additions, so that every name [`encode`] is given can come back unchanged (InfluxDB
+//! itself cannot carry these, and reads our escapes as literal backslashes):
+//! - in every name, `\\` is one backslash (as the InfluxDB 2 docs describe); [`encode`]
+//!   doubles a backslash only where it would otherwise escape the next character or end the
+//!   name, so names with ordinary backslashes (`C:\temp`) are written as InfluxDB expects;
+//! - a measurement may start with `\#` or `\<tab>`, because an unescaped leading `#` makes the
+//!   line a comment and leading tabs are skipped as whitespace.
+//!
+//! Leading spaces and tabs are skipped; sections are separated by one or more spaces. An
+//! unescaped `=` in a measurement or tag value is taken literally (only keys end at `=`).
+//!
+//! Not representable at all: a string field containing `\n` (line framing has no escape for
+//! it), non-finite floats, and empty names.
 
-use super::{ProtocolError, Reading};
+use std::collections::HashSet;
+
+use super::{FieldValue, ProtocolError, Reading};
 
 /// Parse one line (without `\n` / `\r\n`).
-pub fn parse(_line: &[u8]) -> Result<Reading, ProtocolError> {
-    unimplemented!()
+pub fn parse(line: &[u8]) -> Result<Reading, ProtocolError> {
+    // Validating once up front lets the scanner slice `&str` at ASCII delimiters (always
+    // char boundaries) instead of re-validating every name.
+    let text = std::str::from_utf8(line).map_err(|_| ProtocolError::InvalidUtf8)?;
+    Parser { text, b: line }
+        .reading()
+        .map_err(ProtocolError::InvalidReading)
 }
 
 /// Append `reading` as one line, `\n` included.
-pub fn encode(_reading: &Reading, _out: &mut Vec<u8>) {
-    unimplemented!()
+///
+/// Non-finite floats and string fields containing `\n` produce a line that does not parse
+/// back (see the module doc); [`Reading`]s built by [`parse`] never contain them.
+pub fn encode(reading: &Reading, out: &mut Vec<u8>) {
+    write_name(out, &reading.measurement, Kind::Measurement);
+    for (key, value) in &reading.tags {
+        out.push(b',');
+        write_name(out, key, Kind::TagKey);
+        out.push(b'=');
+        write_name(out, value, Kind::TagValue);
+    }
+    for (i, (key, value)) in reading.fields.iter().enumerate() {
+        out.push(if i == 0 { b' ' } else { b',' });
+        write_name(out, key, Kind::FieldKey);
+        out.push(b'=');
+        write_value(value, out);
+    }
+    if let Some(ts) = reading.timestamp_ns {
+        write_display(out, format_args!(" {ts}"));
+    }
+    out.push(b'\n');
+}
+
+fn write_name(out: &mut Vec<u8>, name: &str, kind: Kind) {
+    escape_name(name, kind, &mut |s: &str| {
+        out.extend_from_slice(s.as_bytes())
+    });
+}
+
+/// Canonical series identity: `measurement,k1=v1,k2=v2`, tags sorted by key then value,
+/// escaped as in [`encode`], so equal series always give equal keys.
+pub fn series_key(measurement: &str, tags: &[(String, String)]) -> String {
+    let mut sorted: Vec<&(String, String)> = tags.iter().collect();
+    sorted.sort();
+    let mut out = String::with_capacity(
+        measurement.len()
+            + tags
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 2)
+                .sum::<usize>(),
+    );
+    let mut emit = |s: &str| out.push_str(s);
+    escape_name(measurement, Kind::Measurement, &mut emit);
+    for (key, value) in sorted {
+        emit(",");
+        escape_name(key, Kind::TagKey, &mut emit);
+        emit("=");
+        escape_name(value, Kind::TagValue, &mut emit);
+    }
+    out
+}
+
+/// Which part of the line a name is in; each has its own delimiters and escapes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Measurement,
+    TagKey,
+    TagValue,
+    FieldKey,
+}
+
+/// Characters [`encode`] always escapes in a name of this kind.
+fn must_escape(kind: Kind, c: u8) -> bool {
+    match kind {
+        Kind::Measurement => c == b',' || c == b' ',
+        Kind::TagKey | Kind::TagValue | Kind::FieldKey => c == b',' || c == b'=' || c == b' ',
+    }
+}
+
+/// Characters that a preceding backslash escapes (anything else keeps the backslash).
+fn is_escapable(kind: Kind, c: u8) -> bool {
+    c == b'\\' || must_escape(kind, c)
+}
+
+/// Bytes that stop the fast scan of a name: the delimiters that end a name of this kind
+/// when not escaped, and `\`.
+fn stop_table(kind: Kind) -> &'static [bool; 256] {
+    const fn table(delims: &[u8]) -> [bool; 256] {
+        let mut t = [false; 256];
+        t[b'\\' as usize] = true;
+        let mut i = 0;
+        while i < delims.len() {
+            t[delims[i] as usize] = true;
+            i += 1;
+        }
+        t
+    }
+    static COMMA_SPACE: [bool; 256] = table(b", ");
+    static COMMA_EQ_SPACE: [bool; 256] = table(b",= ");
+    match kind {
+        Kind::Measurement | Kind::TagValue => &COMMA_SPACE,
+        Kind::TagKey | Kind::FieldKey => &COMMA_EQ_SPACE,
+    }
+}
+
+/// A measurement's first character that needs a backslash (comment marker, skipped tab).
+fn is_leading_special(c: u8) -> bool {
+    c == b'#' || c == b'\t'
+}
+
+/// Emit `s` escaped for `kind`, as pieces (so both `Vec<u8>` and `String` sinks work).
+fn escape_name(s: &str, kind: Kind, emit: &mut impl FnMut(&str)) {
+    let b = s.as_bytes();
+    let mut seg = 0;
+    for (i, &c) in b.iter().enumerate() {
+        let leading = kind == Kind::Measurement && i == 0;
+        let needs = if c == b'\\' {
+            // Only where the parser would otherwise take it as an escape (or the name ends).
+            match b.get(i + 1) {
+                None => true,
+                Some(&n) => is_escapable(kind, n) || (leading && is_leading_special(n)),
+            }
+        } else {
+            must_escape(kind, c) || (leading && is_leading_special(c))
+        };
+        if needs {
+            // Special bytes are ASCII, so `i` is a char boundary.
+            emit(&s[seg..i]);
+            emit("\\");
+            seg = i;
+        }
+    }
+    emit(&s[seg..]);
+}
+
+fn write_value(value: &FieldValue, out: &mut Vec<u8>) {
+    match value {
+        // `{}` is the shortest string that reads back to the same f64; no suffix means float
+        // even when it prints like an integer.
+        FieldValue::Float(v) => write_display(out, format_args!("{v}")),
+        FieldValue::Int(v) => write_display(out, format_args!("{v}i")),
+        FieldValue::UInt(v) => write_display(out, format_args!("{v}u")),
+        FieldValue::Bool(v) => out.extend_from_slice(if *v { b"true" } else { b"false" }),
+        FieldValue::Str(s) => {
+            out.push(b'"');
+            let mut seg = 0;
+            for (i, c) in s.bytes().enumerate() {
+                if c == b'"' || c == b'\\' {
+                    out.extend_from_slice(&s.as_bytes()[seg..i]);
+                    out.push(b'\\');
+                    seg = i;
+                }
+            }
+            out.extend_from_slice(&s.as_bytes()[seg..]);
+            out.push(b'"');
+        }
+    }
+}
+
+fn write_display(out: &mut Vec<u8>, args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    // Writing into a Vec cannot fail.
+    let _ = out.write_fmt(args);
+}
+
+/// `s` quoted for an error message, cut short so a 64 KiB line can't bloat the reply.
+fn quoted(s: &str) -> String {
+    const MAX_CHARS: usize = 40;
+    match s.char_indices().nth(MAX_CHARS) {
+        Some((cut, _)) => format!("{:?}…", &s[..cut]),
+        None => format!("{s:?}"),
+    }
+}
+
+struct Parser<'a> {
+    text: &'a str,
+    b: &'a [u8],
+}
+
+impl Parser<'_> {
+    fn reading(&self) -> Result<Reading, String> {
+        let len = self.b.len();
+        let mut pos = self.skip(0, |c| c == b' ' || c == b'\t');
+
+        let (measurement, end) = self.name(pos, Kind::Measurement);
+        if measurement.is_empty() {
+            return Err("missing measurement".into());
+        }
+        pos = end;
+
+        let mut tags = Vec::new();
+        while pos < len && self.b[pos] == b',' {
+            let (key, end) = self.name(pos + 1, Kind::TagKey);
+            if key.is_empty() {
+                return Err("empty tag key".into());
+            }
+            if end >= len || self.b[end] != b'=' {
+                return Err(format!("tag {}: missing \"=\"", quoted(&key)));
+            }
+            let (value, end) = self.name(end + 1, Kind::TagValue);
+            if value.is_empty() {
+                return Err(format!("tag {}: empty value", quoted(&key)));
+            }
+            tags.push((key, value));
+            pos = end;
+        }
+
+        pos = self.skip(pos, |c| c == b' ');
+        if pos >= len {
+            return Err("missing fields".into());
+        }
+        let mut fields = Vec::new();
+        loop {
+            let (key, end) = self.name(pos, Kind::FieldKey);
+            if key.is_empty() {
+                return Err("empty field key".into());
+            }
+            if end >= len || self.b[end] != b'=' {
+                return Err(format!("field {}: missing \"=\"", quoted(&key)));
+            }
+            let (value, end) = self.value(end + 1, &key)?;
+            fields.push((key, value));
+            pos = end;
+            if pos < len && self.b[pos] == b',' {
+                pos += 1;
+            } else {
+                break;
+            }
+        }
+        dedupe_fields(&mut fields);
+
+        pos = self.skip(pos, |c| c == b' ');
+        let timestamp_ns = if pos < len {
+            let end = self.skip(pos, |c| c != b' ');
+            let token = &self.text[pos..end];
+            let ts =
+                parse_i64(token).map_err(|_| format!("invalid timestamp {}", quoted(token)))?;
+            if self.skip(end, |c| c == b' ') < len {
+                return Err("unexpected text after timestamp".into());
+            }
+            Some(ts)
+        } else {
+            None
+        };
+
+        Ok(Reading {
+            measurement,
+            tags,
+            fields,
+            timestamp_ns,
+        })
+    }
+
+    fn skip(&self, mut pos: usize, pred: impl Fn(u8) -> bool) -> usize {
+        while pos < self.b.len() && pred(self.b[pos]) {
+            pos += 1;
+        }
+        pos
+    }
+
+    /// Unescaped name starting at `start`, and the index of the delimiter (or end) after it.
+    fn name(&self, start: usize, kind: Kind) -> (String, usize) {
+        let b = self.b;
+        let mut i = start;
+        // Built only once an escape shows up; most names are copied in one go.
+        let mut built: Option<String> = None;
+        let mut seg = start;
+        let stops = stop_table(kind);
+        loop {
+            // Tight loop over ordinary bytes; only delimiters and `\` need a closer look.
+            while i < b.len() && !stops[usize::from(b[i])] {
+                i += 1;
+            }
+            let Some(&c) = b.get(i) else { break };
+            if c != b'\\' {
+                break; // a delimiter
+            }
+            if let Some(&n) = b.get(i + 1) {
+                let leading = kind == Kind::Measurement && i == start;
+                if is_escapable(kind, n) || (leading && is_leading_special(n)) {
+                    let s = built.get_or_insert_with(String::new);
+                    s.push_str(&self.text[seg..i]);
+                    s.push(char::from(n));
+                    i += 2;
+                    seg = i;
+                    continue;
+                }
+            }
+            // A lone backslash is literal; the next byte is looked at normally.
+            i += 1;
+        }
+        // `seg` and `i` sit after an ASCII escape pair, at an ASCII delimiter or at the end:
+        // all char boundaries.
+        let rest = &self.text[seg..i];
+        let name = match built {
+            Some(mut s) => {
+                s.push_str(rest);
+                s
+            }
+            None => rest.to_owned(),
+        };
+        (name, i)
+    }
+
+    /// Field value starting at `start`, and the index after it.
+    fn value(&self, start: usize, key: &str) -> Result<(FieldValue, usize), String> {
+        let b = self.b;
+        if b.get(start) == Some(&b'"') {
+            return self.string(start + 1, key);
+        }
+        // Plain loop: tokens are short, and memchr's setup costs more than it saves here.
+        let end = self.skip(start, |c| c != b',' && c != b' ');
+        let token = &self.text[start..end];
+        parse_scalar(token)
+            .map(|v| (v, end))
+            .map_err(|what| match what {
+                "" => format!("field {}: missing value", quoted(key)),
+                _ => format!("field {}: {what} {}", quoted(key), quoted(token)),
+            })
+    }
+
+    /// String field body starting after the opening quote.
+    fn string(&self, start: usize, key: &str) -> Result<(FieldValue, usize), String> {
+        let b = self.b;
+        let mut out = String::new();
+        let mut seg = start;
+        let mut i = start;
+        loop {
+            let Some(off) = memchr::memchr2(b'"', b'\\', &b[i..]) else {
+                return Err(format!("unterminated string in field {}", quoted(key)));
+            };
+            i += off;
+            if b[i] == b'"' {
+                out.push_str(&self.text[seg..i]);
+                let end = i + 1;
+                if end < b.len() && b[end] != b',' && b[end] != b' ' {
+                    return Err(format!(
+                        "field {}: unexpected text after string",
+                        quoted(key)
+                    ));
+                }
+                return Ok((FieldValue::Str(out), end));
+            }
+            match b.get(i + 1) {
+                Some(&n @ (b'"' | b'\\')) => {
+                    out.push_str(&self.text[seg..i]);
+                    out.push(char::from(n));
+                    i += 2;
+                    seg = i;
+                }
+                // Any other backslash is literal and stays in the pending segment.
+                _ => i += 1,
+            }
+        }
+    }
+}
+
+/// A non-string field value; the error is a short description ("" = missing value).
+fn parse_scalar(token: &str) -> Result<FieldValue, &'static str> {
+    let b = token.as_bytes();
+    match b {
+        [] => Err(""),
+        b"t" | b"T" | b"true" | b"True" | b"TRUE" => Ok(FieldValue::Bool(true)),
+        b"f" | b"F" | b"false" | b"False" | b"FALSE" => Ok(FieldValue::Bool(false)),
+        [.., b'i'] => parse_i64(&token[..token.len() - 1])
+            .map(FieldValue::Int)
+            .map_err(|e| e.unwrap_or("invalid integer")),
+        [.., b'u'] => parse_u64(&token[..token.len() - 1])
+            .map(FieldValue::UInt)
+            .map_err(|e| e.unwrap_or("invalid unsigned integer")),
+        _ => parse_f64(token).map(FieldValue::Float),
+    }
+}
+
+/// Error: `Some(reason)` for a well-formed number out of range, `None` for a malformed one.
+fn parse_i64(s: &str) -> Result<i64, Option<&'static str>> {
+    const RANGE: Option<&str> = Some("integer out of range");
+    let (neg, digits) = match s.as_bytes() {
+        [b'-', rest @ ..] => (true, rest),
+        b => (false, b),
+    };
+    let magnitude = parse_digits(digits).map_err(|overflow| if overflow { RANGE } else { None })?;
+    if neg {
+        // -(2^63) is i64::MIN, one more than i64::MAX.
+        if magnitude <= i64::MIN.unsigned_abs() {
+            Ok(0i64.wrapping_sub_unsigned(magnitude))
+        } else {
+            Err(RANGE)
+        }
+    } else {
+        i64::try_from(magnitude).map_err(|_| RANGE)
+    }
+}
+
+fn parse_u64(s: &str) -> Result<u64, Option<&'static str>> {
+    parse_digits(s.as_bytes())
+        .map_err(|overflow| overflow.then_some("unsigned integer out of range"))
+}
+
+/// 1+ ASCII digits as a u64; `Err(true)` on overflow, `Err(false)` on bad syntax.
+/// One pass, no allocation; unlike `str::parse` it rejects a leading `+`, as line protocol
+/// does.
+fn parse_digits(digits: &[u8]) -> Result<u64, bool> {
+    if digits.is_empty() {
+        return Err(false);
+    }
+    let mut n = 0u64;
+    let mut rest = digits;
+    // Eight digits at a time (a 19-digit timestamp is most of the work); two chunks, 16
+    // digits, can't overflow.
+    for _ in 0..2 {
+        let Some((chunk, tail)) = rest.split_first_chunk::<8>() else {
+            break;
+        };
+        n = n * 100_000_000 + eight_digits(u64::from_le_bytes(*chunk)).ok_or(false)?;
+        rest = tail;
+    }
+    let mut overflow = false;
+    for &c in rest {
+        let d = c.wrapping_sub(b'0');
+        if d > 9 {
+            return Err(false);
+        }
+        // After an overflow keep scanning: a malformed token is reported as malformed.
+        match n.checked_mul(10).and_then(|n| n.checked_add(u64::from(d))) {
+            Some(v) => n = v,
+            None => overflow = true,
+        }
+    }
+    if overflow {
+        Err(true)
+    } else {
+        Ok(n)
+    }
+}
+
+/// The value of eight ASCII digits loaded little-endian (first digit in the low byte), or
+/// `None` if any byte is not a digit. Branch-free SWAR, as in simdjson.
+fn eight_digits(w: u64) -> Option<u64> {
+    const HIGH: u64 = 0xF0F0_F0F0_F0F0_F0F0;
+    const ZEROS: u64 = 0x3030_3030_3030_3030;
+    // Every byte is 0x30..=0x3F, and adding 6 keeps it below 0x40: so 0x30..=0x39.
+    if w & HIGH != ZEROS || w.wrapping_add(0x0606_0606_0606_0606) & HIGH != ZEROS {
+        return None;
+    }
+    let v = w - ZEROS;
+    let v = (v.wrapping_mul(10) + (v >> 8)) & 0x00FF_00FF_00FF_00FF;
+    let v = (v.wrapping_mul(100) + (v >> 16)) & 0x0000_FFFF_0000_FFFF;
+    Some((v.wrapping_mul(10_000) + (v >> 32)) & 0xFFFF_FFFF)
+}
+
+fn parse_f64(s: &str) -> Result<f64, &'static str> {
+    // Rust also reads `inf`, `nan`, `infinity` and a leading `+`; line protocol doesn't.
+    // After an optional `-` its number syntax starts with a digit or `.`, so checking that
+    // one byte keeps them out.
+    let unsigned = s.strip_prefix('-').unwrap_or(s);
+    if !matches!(unsigned.as_bytes().first(), Some(c) if c.is_ascii_digit() || *c == b'.') {
+        return Err("invalid number");
+    }
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() => Ok(v),
+        Ok(_) => Err("number out of range"),
+        Err(_) => Err("invalid number"),
+    }
+}
+
+/// Duplicate field keys: the last value wins, as in InfluxDB.
+fn dedupe_fields(fields: &mut Vec<(String, FieldValue)>) {
+    let n = fields.len();
+    // Fast path: almost every line has a few distinct keys.
+    let has_dup = if n <= 16 {
+        (1..n).any(|j| fields[..j].iter().any(|(k, _)| *k == fields[j].0))
+    } else {
+        let mut seen = HashSet::with_capacity(n);
+        !fields.iter().all(|(k, _)| seen.insert(k.as_str()))
+    };
+    if !has_dup {
+        return;
+    }
+    let keep: Vec<bool> = {
+        let mut seen = HashSet::with_capacity(n);
+        let mut keep: Vec<bool> = fields
+            .iter()
+            .rev()
+            .map(|(k, _)| seen.insert(k.as_str()))
+            .collect();
+        keep.reverse();
+        keep
+    };
+    let mut idx = 0;
+    fields.retain(|_| {
+        let k = keep.get(idx).copied().unwrap_or(true);
+        idx += 1;
+        k
+    });
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn p(line: &str) -> Reading {
+        match parse(line.as_bytes()) {
+            Ok(r) => r,
+            Err(e) => panic!("{line:?}: {e}"),
+        }
+    }
+
+    fn err(line: &[u8]) -> String {
+        match parse(line) {
+            Ok(r) => panic!("{line:?} parsed as {r:?}"),
+            Err(ProtocolError::InvalidReading(m)) => m,
+            Err(e) => e.to_string(),
+        }
+    }
+
+    fn s(x: &str) -> String {
+        x.to_owned()
+    }
+
+    fn enc(r: &Reading) -> String {
+        let mut out = Vec::new();
+        encode(r, &mut out);
+        String::from_utf8(out).expect("utf8")
+    }
+
+    #[test]
+    fn typical_line() {
+        let r = p(
+            "weather,sensor=kitchen-01,site=lab temperature=21.53,humidity=40i 1732448785123456789",
+        );
+        assert_eq!(
+            r,
+            Reading {
+                measurement: s("weather"),
+                tags: vec![(s("sensor"), s("kitchen-01")), (s("site"), s("lab"))],
+                fields: vec![
+                    (s("temperature"), FieldValue::Float(21.53)),
+                    (s("humidity"), FieldValue::Int(40)),
+                ],
+                timestamp_ns: Some(1732448785123456789),
+            }
+        );
+    }
+
+    #[test]
+    fn field_types() {
+        let r = p(
+            r#"m a=1,b=1.5,c=-1.5e3,d=.5,e=12i,f=-9223372036854775808i,g=18446744073709551615u,h="hi there",i=t,j=FALSE,k=1E2"#,
+        );
+        let v: Vec<FieldValue> = r.fields.into_iter().map(|(_, v)| v).collect();
+        assert_eq!(
+            v,
+            vec![
+                FieldValue::Float(1.0),
+                FieldValue::Float(1.5),
+                FieldValue::Float(-1500.0),
+                FieldValue::Float(0.5),
+                FieldValue::Int(12),
+                FieldValue::Int(i64::MIN),
+                FieldValue::UInt(u64::MAX),
+                FieldValue::Str(s("hi there")),
+                FieldValue::Bool(true),
+                FieldValue::Bool(false),
+                FieldValue::Float(100.0),
+            ]
+        );
+        for (word, b) in [
+            ("t", true),
+            ("T", true),
+            ("true", true),
+            ("True", true),
+            ("TRUE", true),
+            ("f", false),
+            ("F", false),
+            ("false", false),
+            ("False", false),
+            ("FALSE", false),
+        ] {
+            assert_eq!(p(&format!("m x={word}")).fields[0].1, FieldValue::Bool(b));
+        }
+    }
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(p("m x=1").timestamp_ns, None);
+        assert_eq!(p("m x=1 ").timestamp_ns, None);
+        assert_eq!(p("m x=1 -5").timestamp_ns, Some(-5));
+        assert_eq!(p("m x=1  7  ").timestamp_ns, Some(7));
+        assert_eq!(p("  m x=1 0").timestamp_ns, Some(0));
+    }
+
+    #[test]
+    fn escapes() {
+        let r = p(r#"my\ m\,x,t\ k\=\,=v\ a\=l\,ue f\ k\,\==1,s="a \"q\" \\ \n""#);
+        assert_eq!(r.measurement, "my m,x");
+        assert_eq!(r.tags, vec![(s("t k=,"), s("v a=l,ue"))]);
+        assert_eq!(r.fields[0].0, "f k,=");
+        assert_eq!(r.fields[1].1, FieldValue::Str(s(r#"a "q" \ \n"#)));
+        // Backslash before an ordinary character stays; `\=` in a measurement stays too.
+        assert_eq!(p(r"C:\temp\=x,p=C:\dir f=1").measurement, r"C:\temp\=x");
+        assert_eq!(p(r"m,p=C:\dir f=1").tags[0].1, r"C:\dir");
+        // Doubled backslash is one backslash, so names can end in one.
+        assert_eq!(p(r"m\\,t=v\\ f=1").measurement, r"m\");
+        assert_eq!(p(r"m\\,t=v\\ f=1").tags[0].1, r"v\");
+        // Leading `#` / tab escapes in a measurement only.
+        assert_eq!(p(r"\#m f=1").measurement, "#m");
+        assert_eq!(p("\\\tm f=1").measurement, "\tm");
+        assert_eq!(p(r"a\#m f=1").measurement, r"a\#m");
+        // Unicode passes through.
+        assert_eq!(p("温度,地点=東京 値=1").tags[0], (s("地点"), s("東京")));
+        // `=` in a measurement and in a tag value needs no escape.
+        assert_eq!(p("a=b,t=x=y f=1").measurement, "a=b");
+        assert_eq!(p("m,t=x=y f=1").tags[0].1, "x=y");
+    }
+
+    #[test]
+    fn duplicate_fields_keep_last() {
+        let r = p("m a=1,b=2,a=3");
+        assert_eq!(
+            r.fields,
+            vec![
+                (s("b"), FieldValue::Float(2.0)),
+                (s("a"), FieldValue::Float(3.0))
+            ]
+        );
+        let many: Vec<String> = (0..40).map(|i| format!("k{}={i}i", i % 20)).collect();
+        let r = p(&format!("m {}", many.join(",")));
+        assert_eq!(r.fields.len(), 20);
+        assert_eq!(r.fields[0], (s("k0"), FieldValue::Int(20)));
+    }
+
+    #[test]
+    fn errors() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"", "missing measurement"),
+            (b",t=1 x=1", "missing measurement"),
+            (b"m", "missing fields"),
+            (b"m,t=1", "missing fields"),
+            (b"m   ", "missing fields"),
+            (b"m,t x=1", "tag \"t\": missing \"=\""),
+            (b"m,t", "tag \"t\": missing \"=\""),
+            (b"m,=v x=1", "empty tag key"),
+            (b"m, x=1", "empty tag key"),
+            (b"m,t= x=1", "tag \"t\": empty value"),
+            (b"m =1", "empty field key"),
+            (b"m x=1,", "empty field key"),
+            (b"m x=1,,y=2", "empty field key"),
+            (b"m x", "field \"x\": missing \"=\""),
+            (b"m x 1", "field \"x\": missing \"=\""),
+            (b"m x=", "field \"x\": missing value"),
+            (b"m x= 1", "field \"x\": missing value"),
+            (b"m x=,y=1", "field \"x\": missing value"),
+            (b"m temp=12x", "field \"temp\": invalid number \"12x\""),
+            (b"m temp=12xi", "field \"temp\": invalid integer \"12xi\""),
+            (b"m temp=+1i", "field \"temp\": invalid integer \"+1i\""),
+            (
+                b"m x=9223372036854775808i",
+                "field \"x\": integer out of range \"9223372036854775808i\"",
+            ),
+            (b"m x=-1u", "field \"x\": invalid unsigned integer \"-1u\""),
+            (
+                b"m x=18446744073709551616u",
+                "field \"x\": unsigned integer out of range \"18446744073709551616u\"",
+            ),
+            (b"m x=nan", "field \"x\": invalid number \"nan\""),
+            (b"m x=inf", "field \"x\": invalid number \"inf\""),
+            (b"m x=1e999", "field \"x\": number out of range \"1e999\""),
+            (b"m x=1.2.3", "field \"x\": invalid number \"1.2.3\""),
+            (b"m x=+1", "field \"x\": invalid number \"+1\""),
+            (b"m x=yes", "field \"x\": invalid number \"yes\""),
+            (b"m msg=\"abc", "unterminated string in field \"msg\""),
+            (b"m msg=\"abc\\\"", "unterminated string in field \"msg\""),
+            (
+                b"m msg=\"a\"b",
+                "field \"msg\": unexpected text after string",
+            ),
+            (b"m x=1 12a", "invalid timestamp \"12a\""),
+            (
+                b"m x=1 99999999999999999999",
+                "invalid timestamp \"99999999999999999999\"",
+            ),
+            (b"m x=1 12 34", "unexpected text after timestamp"),
+            (b"m x=1 12 x", "unexpected text after timestamp"),
+            (b"m\xff x=1", "invalid UTF-8"),
+        ];
+        for (line, want) in cases {
+            assert_eq!(&err(line), want, "line {:?}", String::from_utf8_lossy(line));
+        }
+        assert_eq!(parse(b"m x=\"\xc3\x28\""), Err(ProtocolError::InvalidUtf8));
+        // Long tokens are cut short in the message.
+        let long = format!("m x={}z", "9".repeat(1000));
+        assert!(err(long.as_bytes()).len() < 100);
+    }
+
+    #[test]
+    fn encode_examples() {
+        let r = Reading {
+            measurement: s("we ather,x"),
+            tags: vec![(s("k=1"), s("v,2 "))],
+            fields: vec![
+                (s("f"), FieldValue::Float(2.0)),
+                (s("i"), FieldValue::Int(-3)),
+                (s("u"), FieldValue::UInt(4)),
+                (s("b"), FieldValue::Bool(false)),
+                (s("s"), FieldValue::Str(s(r#"say "hi" \o/"#))),
+            ],
+            timestamp_ns: Some(-12),
+        };
+        let line = enc(&r);
+        assert_eq!(
+            line,
+            "we\\ ather\\,x,k\\=1=v\\,2\\  f=2,i=-3i,u=4u,b=false,s=\"say \\\"hi\\\" \\\\o/\" -12\n"
+        );
+        assert_eq!(p(line.trim_end_matches('\n')), r);
+        // Ordinary backslashes are left alone, trailing / escaping ones are doubled.
+        let r = Reading {
+            measurement: s(r"#C:\t\"),
+            tags: vec![(s(r"a\"), s(r"\,"))],
+            fields: vec![(s(r"x\y"), FieldValue::Bool(true))],
+            timestamp_ns: None,
+        };
+        let line = enc(&r);
+        assert_eq!(line, "\\#C:\\t\\\\,a\\\\=\\\\\\, x\\y=true\n");
+        assert_eq!(p(line.trim_end_matches('\n')), r);
+    }
+
+    #[test]
+    fn series_keys() {
+        let tags = vec![
+            (s("site"), s("lab")),
+            (s("a b"), s("2")),
+            (s("a b"), s("1")),
+        ];
+        assert_eq!(series_key("w,x", &tags), r"w\,x,a\ b=1,a\ b=2,site=lab");
+        assert_eq!(series_key("w", &[]), "w");
+    }
+
+    const NAME_CHARS: &[char] = &[
+        'a', 'b', 'Z', '0', '9', '-', '_', '.', ' ', ',', '=', '"', '\'', '\\', '#', '\t', 'é',
+        '温', '🌡',
+    ];
+
+    fn name() -> impl Strategy<Value = String> {
+        prop::collection::vec(prop::sample::select(NAME_CHARS), 1..8)
+            .prop_map(|c| c.into_iter().collect())
+    }
+
+    fn value() -> impl Strategy<Value = FieldValue> {
+        // `\n` can't travel inside a line (see module doc); everything else may.
+        let text = prop::collection::vec(
+            prop_oneof![prop::sample::select(NAME_CHARS), any::<char>()],
+            0..10,
+        )
+        .prop_map(|c| c.into_iter().filter(|&c| c != '\n').collect::<String>());
+        prop_oneof![
+            any::<f64>()
+                .prop_filter("finite", |v| v.is_finite())
+                .prop_map(FieldValue::Float),
+            (-1000i64..1000).prop_map(|v| FieldValue::Float(v as f64)),
+            any::<i64>().prop_map(FieldValue::Int),
+            any::<u64>().prop_map(FieldValue::UInt),
+            any::<bool>().prop_map(FieldValue::Bool),
+            text.prop_map(FieldValue::Str),
+        ]
+    }
+
+    pub(crate) fn reading() -> impl Strategy<Value = Reading> {
+        (
+            name(),
+            prop::collection::vec((name(), name()), 0..4),
+            prop::collection::vec((name(), value()), 1..5),
+            prop::option::of(any::<i64>()),
+        )
+            .prop_map(|(measurement, tags, mut fields, timestamp_ns)| {
+                // Duplicate keys collapse on parse (last wins), so keep them distinct here.
+                let mut seen = HashSet::new();
+                fields.retain(|(k, _)| seen.insert(k.clone()));
+                Reading {
+                    measurement,
+                    tags,
+                    fields,
+                    timestamp_ns,
+                }
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn encode_parse_round_trip(r in reading()) {
+            let mut out = Vec::new();
+            encode(&r, &mut out);
+            prop_assert_eq!(out.last(), Some(&b'\n'));
+            let line = &out[..out.len() - 1];
+            prop_assert!(memchr::memchr(b'\n', line).is_none());
+            prop_assert!(memchr::memchr(b'=', line).is_some());
+            let back = parse(line);
+            prop_assert_eq!(back, Ok(r));
+        }
+
+        #[test]
+        fn parse_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..120)) {
+            let _ = parse(&bytes);
+        }
+
+        #[test]
+        fn parse_never_panics_structured(bytes in prop::collection::vec(
+            prop::sample::select(b"m,t=v x\\\" 1.5ei-u#\t\xc3\xa9\xff".to_vec()), 0..60)) {
+            let _ = parse(&bytes);
+        }
+
+        #[test]
+        fn integers_match_std(s in "-?[0-9]{1,22}|[0-9:/ a+-]{0,20}") {
+            prop_assert_eq!(parse_i64(&s).ok(), if s.starts_with('+') { None } else { s.parse().ok() });
+            prop_assert_eq!(parse_u64(&s).ok(), if s.starts_with('+') { None } else { s.parse().ok() });
+        }
+
+        #[test]
+        fn series_key_ignores_tag_order(m in name(), tags in prop::collection::vec((name(), name()), 0..4)) {
+            let mut rev = tags.clone();
+            rev.reverse();
+            prop_assert_eq!(series_key(&m, &tags), series_key(&m, &rev));
+        }
+    }
 }

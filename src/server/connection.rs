@@ -405,7 +405,7 @@ impl Connection<'_> {
             let mut line = Vec::with_capacity(96);
             ilp::encode(&reading, &mut line);
             let text = String::from_utf8_lossy(&line);
-            tracing::info!(%sensor, "Received: {}", text.trim_end());
+            tracing::info!("Received: {}", text.trim_end());
         }
         METRICS.readings_accepted.inc();
         self.counters.accepted += 1;
@@ -425,7 +425,7 @@ impl Connection<'_> {
             ProtocolError::InvalidUtf8 => METRICS.lines_invalid_utf8.inc(),
             _ => {}
         }
-        if logging::allow_received_line() {
+        if logging::allow_rejected_line() {
             tracing::warn!(line, cause = %error, "rejected");
         }
         self.counters.rejected += 1;
@@ -479,11 +479,9 @@ impl Connection<'_> {
             match head.done {
                 None => {}
                 Some(Ok(committed)) => {
-                    METRICS.store_commits.inc();
                     self.last_commit = Some(committed);
                 }
                 Some(Err(err)) => {
-                    METRICS.store_errors.inc();
                     tracing::error!(cause = %err, "store failed; readings not acknowledged");
                     store_failed = true;
                     for reply in head.replies {

@@ -18,28 +18,56 @@ pub const LINES_PER_SECOND: u64 = 20;
 /// How often the load summary is logged when lines were suppressed.
 pub const SUMMARY_INTERVAL: Duration = Duration::from_secs(10);
 
-static WINDOW_SECOND: AtomicU64 = AtomicU64::new(0);
-static WINDOW_LINES: AtomicU64 = AtomicU64::new(0);
-static SUPPRESSED: AtomicU64 = AtomicU64::new(0);
+/// A per-second budget of log lines, shared by all connections.
+pub struct LogBudget {
+    second: AtomicU64,
+    lines: AtomicU64,
+    suppressed: AtomicU64,
+}
 
-/// Whether one more per-reading line may be logged now; counts it as suppressed otherwise.
+impl LogBudget {
+    const fn new() -> Self {
+        LogBudget {
+            second: AtomicU64::new(0),
+            lines: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether one more line may be logged now; counts it as suppressed otherwise.
+    pub fn allow(&self) -> bool {
+        let second = u64::try_from(now_ns() / 1_000_000_000).unwrap_or(0);
+        if self.second.swap(second, Ordering::Relaxed) != second {
+            self.lines.store(0, Ordering::Relaxed);
+        }
+        if self.lines.fetch_add(1, Ordering::Relaxed) < LINES_PER_SECOND {
+            true
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            false
+        }
+    }
+}
+
+/// `Received:` lines.
+pub static RECEIVED: LogBudget = LogBudget::new();
+/// `rejected` warnings: their own budget, so a flood of good readings never hides them.
+pub static REJECTED: LogBudget = LogBudget::new();
+
+/// Whether one more per-reading line may be logged now.
 pub fn allow_received_line() -> bool {
     if tracing::enabled!(tracing::Level::DEBUG) {
         return true;
     }
-    if !tracing::enabled!(tracing::Level::INFO) {
-        return false;
+    tracing::enabled!(tracing::Level::INFO) && RECEIVED.allow()
+}
+
+/// Whether one more rejected-line warning may be logged now.
+pub fn allow_rejected_line() -> bool {
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        return true;
     }
-    let second = u64::try_from(now_ns() / 1_000_000_000).unwrap_or(0);
-    if WINDOW_SECOND.swap(second, Ordering::Relaxed) != second {
-        WINDOW_LINES.store(0, Ordering::Relaxed);
-    }
-    if WINDOW_LINES.fetch_add(1, Ordering::Relaxed) < LINES_PER_SECOND {
-        true
-    } else {
-        SUPPRESSED.fetch_add(1, Ordering::Relaxed);
-        false
-    }
+    tracing::enabled!(tracing::Level::WARN) && REJECTED.allow()
 }
 
 /// Log a summary every [`SUMMARY_INTERVAL`] while per-reading lines are being suppressed.
@@ -53,7 +81,8 @@ pub fn spawn_summary(shutdown: CancellationToken) {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let suppressed = SUPPRESSED.swap(0, Ordering::Relaxed);
+            let suppressed = RECEIVED.suppressed.swap(0, Ordering::Relaxed)
+                + REJECTED.suppressed.swap(0, Ordering::Relaxed);
             let accepted = METRICS.readings_accepted.get();
             if suppressed > 0 {
                 tracing::info!(

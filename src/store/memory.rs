@@ -58,17 +58,13 @@ impl Store for MemoryStore {
             .rows
             .iter()
             .filter(|row| {
-                query.sensor.as_ref().map_or(true, |s| &row.sensor == s)
+                query.sensor.as_ref().is_none_or(|s| &row.sensor == s)
                     && query
                         .measurement
                         .as_ref()
-                        .map_or(true, |m| &row.measurement == m)
-                    && query
-                        .since_ns
-                        .map_or(true, |since| row.timestamp_ns >= since)
-                    && query
-                        .until_ns
-                        .map_or(true, |until| row.timestamp_ns < until)
+                        .is_none_or(|m| &row.measurement == m)
+                    && query.since_ns.is_none_or(|since| row.timestamp_ns >= since)
+                    && query.until_ns.is_none_or(|until| row.timestamp_ns < until)
             })
             .collect();
         // Stable: equal timestamps keep insertion order.

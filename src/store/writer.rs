@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::metrics::METRICS;
+
 use super::{Store, StoreError, StoredReading, WriteOutcome};
 
 /// Tuning of the group-commit writer.
@@ -202,6 +204,11 @@ fn commit(store: &mut dyn Store, mut jobs: Vec<Job>, rows: usize) {
     let committed_at = Instant::now();
     match result {
         Ok((total, commit_us)) => {
+            if rows > 0 {
+                METRICS.store_commits.inc();
+            }
+            METRICS.readings_stored.add(total.inserted);
+            METRICS.readings_duplicate.add(total.duplicates);
             for (job, outcome) in jobs.into_iter().zip(split_outcome(total, &lens)) {
                 // A dropped receiver means the connection is gone; nothing to tell it.
                 let _ = job.reply.send(Ok(Committed {
@@ -212,6 +219,7 @@ fn commit(store: &mut dyn Store, mut jobs: Vec<Job>, rows: usize) {
             }
         }
         Err(err) => {
+            METRICS.store_errors.inc();
             tracing::error!(cause = %err, batches = jobs.len(), rows, "store transaction failed");
             let err = Arc::new(err);
             for job in jobs {

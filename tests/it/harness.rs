@@ -90,6 +90,20 @@ impl Server {
         self.stderr.lock().expect("stderr lock").clone()
     }
 
+    /// Wait until the server's log contains `needle` (logs arrive through a pipe, a little
+    /// after the event); panics with the log after [`PATIENCE`].
+    pub fn wait_for_log(&self, needle: &str) {
+        let deadline = Instant::now() + PATIENCE;
+        while !self.stderr().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "log never said {needle:?}:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGTERM, then wait for the exit.
     pub fn terminate(&mut self) -> ExitStatus {
         self.signal(libc::SIGTERM);
