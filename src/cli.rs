@@ -53,6 +53,8 @@ pub enum Command {
     Query(QueryArgs),
     /// Per-sensor counts, first/last seen and last value.
     Stats(StatsArgs),
+    /// Load generator: throughput and ack latency against a running server.
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -259,6 +261,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
             query::write_rows(&rows, args.format, &mut out).context("writing rows")?;
             Ok(Outcome::Ok)
         }
+        Command::Bench(args) => crate::bench::run(args),
         Command::Stats(args) => {
             let mut store = store::open(&args.store, FsyncPolicy::Os)
                 .with_context(|| format!("opening {}", args.store))?;

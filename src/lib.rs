@@ -12,8 +12,10 @@
 //!   statistics, reconnects.
 //! - [`metrics`]: every counter the server keeps, in one place.
 //! - [`query`]: `sensorlink query` / `sensorlink stats` output.
+//! - [`bench`]: `sensorlink bench`, the load generator.
 //! - [`cli`]: command-line flags.
 
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod metrics;
