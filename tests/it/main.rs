@@ -1,6 +1,7 @@
 //! Integration tests: the real `sensorlink` binary on loopback port 0, real sockets.
 
 mod client;
+mod durability;
 mod harness;
 mod line;
 mod seed;
