@@ -273,3 +273,35 @@ fn missing_acks_are_reported_lost_and_exit_1() {
     assert_eq!(summary["lost"], 1);
     assert_eq!(summary["loss_percent"], 100.0);
 }
+
+/// Ctrl-C (SIGINT) ends the run with the summary, like ping.
+#[test]
+fn sigint_prints_the_summary() {
+    let server = Server::start(&[]);
+    let child = bin()
+        .args([
+            "client",
+            &server.addr.to_string(),
+            "--interval",
+            "20ms",
+            "--json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: kill(2) on our own child's PID.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let out = wait_output(child);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary = summary(&out.stdout);
+    let sent = summary["sent"].as_u64().unwrap();
+    assert!(sent >= 1);
+    assert_eq!(summary["acked"].as_u64().unwrap(), sent);
+}

@@ -17,9 +17,15 @@ const MAX_BATCHES: u64 = 50_000;
 
 /// One peer: pipelined batches of readings with a `sync` after each; returns the timestamps
 /// the server acknowledged before the connection died.
-fn pipelining_peer(addr: std::net::SocketAddr, peer: usize, acked_total: Arc<AtomicU64>) -> BTreeSet<i64> {
+fn pipelining_peer(
+    addr: std::net::SocketAddr,
+    peer: usize,
+    acked_total: Arc<AtomicU64>,
+) -> BTreeSet<i64> {
     let mut acked = BTreeSet::new();
-    let Ok(stream) = std::net::TcpStream::connect(addr) else { return acked };
+    let Ok(stream) = std::net::TcpStream::connect(addr) else {
+        return acked;
+    };
     stream.set_read_timeout(Some(PATIENCE)).unwrap();
     let mut writer = stream.try_clone().unwrap();
     let mut reader = BufReader::new(stream);
@@ -44,7 +50,9 @@ fn pipelining_peer(addr: std::net::SocketAddr, peer: usize, acked_total: Arc<Ato
             Ok(n) if n > 0 => {}
             _ => return acked,
         }
-        let Some(rest) = line.strip_prefix("ack ") else { panic!("unexpected reply {line:?}") };
+        let Some(rest) = line.strip_prefix("ack ") else {
+            panic!("unexpected reply {line:?}")
+        };
         let batch: u64 = rest.split(' ').next().unwrap().parse().unwrap();
         assert_eq!(batch, answered, "acks come in order");
         assert!(rest.contains(&format!(" readings={BATCH} ")), "{line:?}");
@@ -72,7 +80,10 @@ fn sigkill_under_load_loses_no_acknowledged_reading() {
     // Kill while every peer is mid-stream: after some thousands of acks.
     let deadline = Instant::now() + PATIENCE;
     while acked_total.load(Ordering::Relaxed) < 20_000 {
-        assert!(Instant::now() < deadline, "server too slow to reach the kill point");
+        assert!(
+            Instant::now() < deadline,
+            "server too slow to reach the kill point"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     server.kill();
@@ -84,13 +95,19 @@ fn sigkill_under_load_loses_no_acknowledged_reading() {
     let mut stored: Vec<BTreeSet<i64>> = vec![BTreeSet::new(); PEERS];
     for row in store.rows(&["--measurement", "kill"]) {
         let peer: usize = row["sensor"].as_str().unwrap()[1..].parse().unwrap();
-        assert!(stored[peer].insert(row["timestamp_ns"].as_i64().unwrap()), "stored twice: {row}");
+        assert!(
+            stored[peer].insert(row["timestamp_ns"].as_i64().unwrap()),
+            "stored twice: {row}"
+        );
     }
     let mut total_acked = 0;
     for peer in 0..PEERS {
         total_acked += acked[peer].len();
         let missing: Vec<_> = acked[peer].difference(&stored[peer]).take(5).collect();
-        assert!(missing.is_empty(), "peer {peer}: acknowledged but not stored: {missing:?}");
+        assert!(
+            missing.is_empty(),
+            "peer {peer}: acknowledged but not stored: {missing:?}"
+        );
     }
     assert!(total_acked >= 20_000);
 }

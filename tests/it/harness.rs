@@ -21,6 +21,7 @@ pub struct Server {
     child: Option<Child>,
     pub addr: SocketAddr,
     stderr: Arc<Mutex<String>>,
+    stderr_reader: Option<std::thread::JoinHandle<()>>,
     pub store: String,
 }
 
@@ -44,7 +45,7 @@ impl Server {
         let stdout = child.stdout.take().expect("piped stdout");
         let stderr_pipe = child.stderr.take().expect("piped stderr");
         let stderr = Arc::new(Mutex::new(String::new()));
-        {
+        let stderr_reader = {
             let stderr = stderr.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr_pipe).lines().map_while(Result::ok) {
@@ -52,8 +53,8 @@ impl Server {
                     all.push_str(&line);
                     all.push('\n');
                 }
-            });
-        }
+            })
+        };
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
@@ -78,6 +79,7 @@ impl Server {
             child: Some(child),
             addr,
             stderr,
+            stderr_reader: Some(stderr_reader),
             store: store.to_string(),
         }
     }
@@ -127,6 +129,10 @@ impl Server {
         let deadline = Instant::now() + PATIENCE;
         loop {
             if let Some(status) = child.try_wait().expect("try_wait") {
+                // The whole log, up to the exit: the reader ends at the pipe's EOF.
+                if let Some(reader) = self.stderr_reader.take() {
+                    let _ = reader.join();
+                }
                 return status;
             }
             if Instant::now() > deadline {

@@ -37,3 +37,21 @@ fn readings_survive_a_restart_and_duplicates_are_not_stored_twice() {
     }
     assert_eq!(store.rows(&["--sensor", "d"]).len(), 2);
 }
+
+/// `--log-format json`: every log line on stderr is one JSON object.
+#[test]
+fn json_logs() {
+    let mut server = Server::start(&["--log-format", "json"]);
+    let mut peer = LinePeer::new(server.addr);
+    peer.send(b"j,sensor=a v=1i 1\nsync a\n");
+    assert!(peer.line().starts_with("ack a"));
+    drop(peer);
+    assert!(server.terminate().success());
+    let log = server.stderr();
+    assert!(log.contains("Received: j,sensor=a v=1i 1"), "{log}");
+    for line in log.lines() {
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+        assert!(value["level"].is_string());
+    }
+}
