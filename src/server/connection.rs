@@ -159,7 +159,7 @@ pub async fn serve<S>(
     store: StoreHandle,
     shutdown: CancellationToken,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: PeerStream,
 {
     let started = Instant::now();
     let mut conn = Connection {
@@ -201,9 +201,10 @@ pub async fn serve<S>(
 impl Connection<'_> {
     async fn run<S>(&mut self, mut stream: S, shutdown: &CancellationToken) -> End
     where
-        S: AsyncRead + AsyncWrite + Unpin,
+        S: PeerStream,
     {
-        let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+        // Allocated only while bytes are pending: an idle connection holds no read buffer.
+        let mut buf = BytesMut::new();
         let mut idle_deadline = tokio::time::Instant::now() + self.limits.idle_timeout;
         let mut reading = true;
         let mut end = End::Eof;
@@ -221,8 +222,8 @@ impl Connection<'_> {
                 break;
             }
             let can_read = reading && self.inflight.len() < self.limits.max_inflight_batches;
-            if buf.capacity() - buf.len() < READ_CHUNK_BYTES / 2 {
-                buf.reserve(READ_CHUNK_BYTES);
+            if buf.is_empty() && buf.capacity() > 0 {
+                buf = BytesMut::new();
             }
             tokio::select! {
                 biased;
@@ -238,7 +239,7 @@ impl Connection<'_> {
                     end = End::Shutdown;
                     self.drain_arrived(&mut stream, &mut buf).await;
                 }
-                read = stream.read_buf(&mut buf), if can_read => match read {
+                read = read_when_ready(&mut stream, &mut buf), if can_read => match read {
                     Ok(0) => {
                         reading = false;
                         self.decode(&mut buf, true);
@@ -508,6 +509,10 @@ impl Connection<'_> {
                 Ok(Ok(())) => {
                     METRICS.bytes_sent.add(self.out.len() as u64);
                     self.out.clear();
+                    // A burst of replies must not pin its buffer for the connection's life.
+                    if self.out.capacity() > READ_CHUNK_BYTES * 8 {
+                        self.out = Vec::new();
+                    }
                 }
                 Ok(Err(err)) => {
                     tracing::debug!(cause = %err, "write failed");
@@ -577,6 +582,40 @@ impl Connection<'_> {
 
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// A byte stream a connection can be served over: TCP today, TLS later.
+///
+/// `wait_readable` lets an idle connection wait without holding a read buffer, which is what
+/// keeps tens of thousands of idle sensors cheap. Streams without readiness just return at
+/// once and the read itself waits.
+pub trait PeerStream: AsyncRead + AsyncWrite + Unpin {
+    fn wait_readable(&self) -> impl std::future::Future<Output = std::io::Result<()>> {
+        std::future::ready(Ok(()))
+    }
+}
+
+impl PeerStream for tokio::net::TcpStream {
+    fn wait_readable(&self) -> impl std::future::Future<Output = std::io::Result<()>> {
+        self.readable()
+    }
+}
+
+impl PeerStream for tokio::io::DuplexStream {}
+
+/// Wait for bytes (without a buffer when none is pending), then read them into `buf`.
+/// Cancel-safe: both steps are.
+async fn read_when_ready<S: PeerStream>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+) -> std::io::Result<usize> {
+    if buf.is_empty() {
+        stream.wait_readable().await?;
+    }
+    if buf.capacity() - buf.len() < READ_CHUNK_BYTES / 2 {
+        buf.reserve(READ_CHUNK_BYTES);
+    }
+    stream.read_buf(buf).await
 }
 
 /// Resolves when the head of the queue is ready to answer.
