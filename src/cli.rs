@@ -121,6 +121,16 @@ pub struct ClientArgs {
     /// Most readings kept while unacknowledged; beyond it the oldest is dropped (and counted).
     #[arg(long, default_value_t = 100_000, env = "SENSORLINK_MAX_PENDING")]
     pub max_pending: usize,
+    /// Keep unacknowledged readings in this directory, so they survive a client restart
+    /// and are sent (in order, with their original timestamps) once the server is back.
+    #[arg(long, env = "SENSORLINK_SPOOL")]
+    pub spool: Option<std::path::PathBuf>,
+    /// Most bytes the spool keeps; beyond it the oldest readings are dropped (and reported).
+    #[arg(long, default_value_t = 1 << 30, env = "SENSORLINK_SPOOL_MAX_BYTES")]
+    pub spool_max_bytes: u64,
+    /// Readings older than this are dropped from the spool (and reported), e.g. `7d`.
+    #[arg(long, value_parser = humantime::parse_duration, env = "SENSORLINK_SPOOL_MAX_AGE")]
+    pub spool_max_age: Option<Duration>,
     /// Longest wait between reconnect attempts.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, env = "SENSORLINK_MAX_BACKOFF")]
     pub max_backoff: Duration,
@@ -243,6 +253,9 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
                 source: args.source,
                 max_pending: args.max_pending.max(1),
                 max_backoff: args.max_backoff,
+                spool: args.spool,
+                spool_max_bytes: args.spool_max_bytes,
+                spool_max_age: args.spool_max_age,
             };
             let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
             Ok(runtime.block_on(client::run(config)))

@@ -42,6 +42,10 @@ pub struct ClientConfig {
     pub source: SourceSpec,
     pub max_pending: usize,
     pub max_backoff: Duration,
+    /// On-disk queue directory (`--spool`); `None` keeps unacked readings in memory only.
+    pub spool: Option<std::path::PathBuf>,
+    pub spool_max_bytes: u64,
+    pub spool_max_age: Option<Duration>,
 }
 
 /// First wait before reconnecting; doubles up to `max_backoff`.

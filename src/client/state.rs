@@ -119,6 +119,44 @@ impl ClientState {
         Produced { seq, dropped }
     }
 
+    /// The sequence number the next produced reading will get.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Take back a reading recovered from the spool under its original number; numbering
+    /// continues after `next_seq` (which the spool remembers even for acked readings).
+    pub fn restore(&mut self, seq: u64, reading: Reading, next_seq: u64) {
+        self.next_seq = self.next_seq.max(next_seq).max(seq + 1);
+        self.counters.produced += 1;
+        self.queue.push_back(Outstanding {
+            seq,
+            reading,
+            sent_at: None,
+            sends: 0,
+            timed_out: false,
+        });
+    }
+
+    /// Forget readings dropped on purpose (spool limits); returns how many were still here.
+    pub fn drop_seqs(&mut self, seqs: &[u64]) -> u64 {
+        let mut dropped = 0;
+        let mut index = 0;
+        while index < self.queue.len() {
+            if seqs.contains(&self.queue[index].seq) {
+                if index < self.sent {
+                    self.sent -= 1;
+                }
+                self.queue.remove(index);
+                dropped += 1;
+            } else {
+                index += 1;
+            }
+        }
+        self.counters.dropped += dropped;
+        dropped
+    }
+
     /// The next reading to write, marked as sent at `now`.
     pub fn next_to_send(&mut self, now: Instant) -> Option<&Outstanding> {
         let next = self.queue.get_mut(self.sent)?;
@@ -314,6 +352,33 @@ mod tests {
         assert_eq!(state.counters().dropped, 1);
         // A late ack for the dropped reading acknowledges nothing else.
         assert!(state.on_ack(1, false, now).is_empty());
+    }
+
+    #[test]
+    fn restored_readings_keep_their_numbers_and_numbering_continues() {
+        let mut state = ClientState::new(10);
+        state.restore(7, reading(7), 9);
+        state.restore(8, reading(8), 9);
+        assert_eq!(state.produce(reading(9)).seq, 9);
+        let now = Instant::now();
+        let order: Vec<u64> = std::iter::from_fn(|| state.next_to_send(now).map(|o| o.seq)).collect();
+        assert_eq!(order, vec![7, 8, 9]);
+        assert_eq!(seqs(&state.on_ack(8, false, now)), vec![7, 8]);
+    }
+
+    #[test]
+    fn dropping_in_flight_and_waiting_readings_keeps_the_window_right() {
+        let mut state = ClientState::new(10);
+        let now = Instant::now();
+        for v in 1..=4 {
+            state.produce(reading(v));
+        }
+        state.next_to_send(now);
+        state.next_to_send(now);
+        assert_eq!(state.drop_seqs(&[1, 3]), 2);
+        assert_eq!(state.in_flight(), 1);
+        assert_eq!(state.next_to_send(now).map(|o| o.seq), Some(4));
+        assert_eq!(state.counters().dropped, 2);
     }
 
     #[test]

@@ -6,3 +6,4 @@ mod harness;
 mod line;
 mod seed;
 mod shutdown;
+mod spool;
