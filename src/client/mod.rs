@@ -450,7 +450,10 @@ impl<'a> LineClient<'a> {
                     commit_us: ack.commit_us,
                 };
                 for acked in self.state.on_ack(token, rejected, now) {
-                    self.rtt.record(acked.rtt);
+                    // A resent reading waited behind a backlog: its time says nothing of the link.
+                    if !acked.resent {
+                        self.rtt.record(acked.rtt);
+                    }
                     if let Some(store_us) = ack.store_us {
                         let (n, store, commit, network) = &mut self.server_store_us;
                         *n += 1;

@@ -361,7 +361,8 @@ mod tests {
         state.restore(8, reading(8), 9);
         assert_eq!(state.produce(reading(9)).seq, 9);
         let now = Instant::now();
-        let order: Vec<u64> = std::iter::from_fn(|| state.next_to_send(now).map(|o| o.seq)).collect();
+        let order: Vec<u64> =
+            std::iter::from_fn(|| state.next_to_send(now).map(|o| o.seq)).collect();
         assert_eq!(order, vec![7, 8, 9]);
         assert_eq!(seqs(&state.on_ack(8, false, now)), vec![7, 8]);
     }

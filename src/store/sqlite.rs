@@ -173,9 +173,8 @@ pub fn series_key(measurement: &str, tags: &[(String, String)]) -> String {
     out
 }
 
-/// The identity of a stored reading's series: its measurement and tags, plus a `sensor`
-/// tag holding [`StoredReading::sensor`] when the reading has none, so that readings of two
-/// untagged sensors (told apart by their address) never collide.
+/// [`write_stored_series_key`] into a new String.
+#[cfg(test)]
 pub(crate) fn stored_series_key(reading: &StoredReading) -> String {
     let mut out = String::new();
     let mut scratch = Vec::new();
@@ -183,8 +182,11 @@ pub(crate) fn stored_series_key(reading: &StoredReading) -> String {
     out
 }
 
-/// [`stored_series_key`] into reusable buffers (the ingest hot path).
-fn write_stored_series_key<'a>(
+/// The identity of a stored reading's series: its measurement and tags, plus a `sensor`
+/// tag holding [`StoredReading::sensor`] when the reading has none, so that readings of two
+/// untagged sensors (told apart by their address) never collide. Written into reusable
+/// buffers: this is the ingest hot path.
+pub(crate) fn write_stored_series_key<'a>(
     out: &mut String,
     pairs: &mut Vec<(&'a str, &'a str)>,
     reading: &'a StoredReading,

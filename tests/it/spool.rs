@@ -11,7 +11,9 @@ use crate::harness::*;
 fn stored_values(store: &TempStore, sensor: &str) -> BTreeMap<i64, usize> {
     let mut values = BTreeMap::new();
     for row in store.rows(&["--sensor", sensor]) {
-        *values.entry(row["fields"]["value"].as_i64().unwrap()).or_insert(0) += 1;
+        *values
+            .entry(row["fields"]["value"].as_i64().unwrap())
+            .or_insert(0) += 1;
     }
     values
 }
@@ -24,7 +26,10 @@ fn wait_for_acks(path: &std::path::Path, n: usize) {
         if text.matches("\"event\":\"ack\"").count() >= n {
             return;
         }
-        assert!(Instant::now() < deadline, "client made no progress:\n{text}");
+        assert!(
+            Instant::now() < deadline,
+            "client made no progress:\n{text}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -39,8 +44,19 @@ fn server_killed_twice_mid_run_store_holds_exactly_what_the_client_produced() {
     let count = 60;
     let child = bin()
         .args([
-            "client", &addr, "--count", &count.to_string(), "--interval", "25ms", "--sensor", "eo",
-            "--spool", spool.path().join("q").to_str().unwrap(), "--max-backoff", "100ms", "--json",
+            "client",
+            &addr,
+            "--count",
+            &count.to_string(),
+            "--interval",
+            "25ms",
+            "--sensor",
+            "eo",
+            "--spool",
+            spool.path().join("q").to_str().unwrap(),
+            "--max-backoff",
+            "100ms",
+            "--json",
         ])
         .stdout(std::fs::File::create(&out_path).unwrap())
         .stderr(Stdio::piped())
@@ -62,7 +78,11 @@ fn server_killed_twice_mid_run_store_holds_exactly_what_the_client_produced() {
     assert!(server.terminate().success());
 
     let expected: BTreeMap<i64, usize> = (0..count).map(|i| (102 + 2 * i, 1)).collect();
-    assert_eq!(stored_values(&store, "eo"), expected, "every reading exactly once");
+    assert_eq!(
+        stored_values(&store, "eo"),
+        expected,
+        "every reading exactly once"
+    );
 }
 
 /// The client itself is killed: a new client on the same spool resends what was not acked,
@@ -78,20 +98,45 @@ fn client_restart_replays_the_spool() {
     drop(probe);
     let first = bin()
         .args([
-            "client", &addr, "--count", "5", "--interval", "10ms", "--sensor", "rs",
-            "--spool", queue.to_str().unwrap(), "--timeout", "1s", "--json",
+            "client",
+            &addr,
+            "--count",
+            "5",
+            "--interval",
+            "10ms",
+            "--sensor",
+            "rs",
+            "--spool",
+            queue.to_str().unwrap(),
+            "--timeout",
+            "1s",
+            "--json",
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let out = wait_output(first);
-    assert_eq!(out.status.code(), Some(2), "server unreachable: {}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "server unreachable: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 
     let mut server = Server::start_on(&addr, &store.url(), &["-q"]);
     let out = run(bin().args([
-        "client", &addr, "--count", "3", "--interval", "10ms", "--sensor", "rs",
-        "--spool", queue.to_str().unwrap(), "--json",
+        "client",
+        &addr,
+        "--count",
+        "3",
+        "--interval",
+        "10ms",
+        "--sensor",
+        "rs",
+        "--spool",
+        queue.to_str().unwrap(),
+        "--json",
     ]));
     let summary = summary(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{summary}");
