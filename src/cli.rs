@@ -118,12 +118,13 @@ pub struct ClientArgs {
     /// Where values come from: counter, random, exec:CMD, file:PATH, stdin.
     #[arg(long, default_value = "counter", env = "SENSORLINK_SOURCE")]
     pub source: SourceSpec,
-    /// Most readings kept while unacknowledged; beyond it the oldest is dropped (and counted).
+    /// Most readings kept in memory while unacknowledged (without --spool); beyond it the
+    /// oldest is dropped (and reported).
     #[arg(long, default_value_t = 100_000, env = "SENSORLINK_MAX_PENDING")]
     pub max_pending: usize,
     /// Keep unacknowledged readings in this directory, so they survive a client restart
     /// and are sent (in order, with their original timestamps) once the server is back.
-    #[arg(long, env = "SENSORLINK_SPOOL")]
+    #[arg(long, env = "SENSORLINK_SPOOL", conflicts_with = "legacy")]
     pub spool: Option<std::path::PathBuf>,
     /// Most bytes the spool keeps; beyond it the oldest readings are dropped (and reported).
     #[arg(long, default_value_t = 1 << 30, env = "SENSORLINK_SPOOL_MAX_BYTES")]

@@ -214,6 +214,7 @@ pub async fn run(
         dropped: counters.dropped,
         resent: counters.resends,
         pending: state.pending() as u64,
+        replayed: 0,
         duration_ms: started.elapsed().as_secs_f64() * 1e3,
         connect_us: first_connect.map(|d| d.as_secs_f64() * 1e6),
         reconnects,

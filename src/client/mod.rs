@@ -9,6 +9,7 @@
 pub mod legacy;
 pub mod output;
 pub mod source;
+pub mod spool;
 pub mod state;
 pub mod stats;
 
@@ -25,6 +26,7 @@ use crate::protocol::control::Reply;
 use crate::protocol::{ilp, FieldValue, Reading};
 use output::{Printer, ServerShare, ServerTimes, Summary};
 use source::{Source, SourceSpec};
+use spool::{DropReason, Spool, SpoolError, SpoolLimits};
 use state::ClientState;
 use stats::RttStats;
 
@@ -171,6 +173,10 @@ struct LineClient<'a> {
     draining_since: Option<Instant>,
     server_store_us: (u64, f64, f64, f64),
     rejected_lines: u64,
+    /// The on-disk queue (`--spool`): every reading is appended before it is sent.
+    spool: Option<Spool>,
+    /// Readings recovered from the spool at start and sent again.
+    replayed: u64,
 }
 
 impl<'a> LineClient<'a> {
@@ -178,7 +184,12 @@ impl<'a> LineClient<'a> {
         LineClient {
             config,
             printer,
-            state: ClientState::new(config.max_pending),
+            // With a spool, its byte and age limits decide what is kept, not a count.
+            state: ClientState::new(if config.spool.is_some() {
+                usize::MAX
+            } else {
+                config.max_pending
+            }),
             rtt: RttStats::new(),
             started: Instant::now(),
             first_connect: None,
@@ -187,7 +198,35 @@ impl<'a> LineClient<'a> {
             draining_since: None,
             server_store_us: (0, 0.0, 0.0, 0.0),
             rejected_lines: 0,
+            spool: None,
+            replayed: 0,
         }
+    }
+
+    /// Open the spool and take back what a previous run left unacknowledged.
+    fn open_spool(&mut self) -> Result<(), SpoolError> {
+        let Some(dir) = &self.config.spool else {
+            return Ok(());
+        };
+        let limits = SpoolLimits {
+            max_bytes: self.config.spool_max_bytes,
+            max_age: self.config.spool_max_age,
+        };
+        let (spool, recovery) = tokio::task::block_in_place(|| Spool::open(dir, limits))?;
+        for damage in &recovery.damage {
+            self.printer.spool_damage(damage);
+        }
+        let dropped = recovery.dropped_by_age + recovery.dropped_by_bytes;
+        self.replayed = recovery.readings.len() as u64;
+        for spooled in recovery.readings {
+            self.state
+                .restore(spooled.seq, spooled.reading, recovery.next_seq);
+        }
+        self.state.restore_next_seq(recovery.next_seq);
+        self.printer
+            .spool_opened(dir, self.replayed, dropped, recovery.corrupt_records);
+        self.spool = Some(spool);
+        Ok(())
     }
 
     async fn run(
@@ -195,6 +234,10 @@ impl<'a> LineClient<'a> {
         mut values: mpsc::Receiver<(FieldValue, i64)>,
         stop: tokio_util::sync::CancellationToken,
     ) -> Outcome {
+        if let Err(err) = self.open_spool() {
+            eprintln!("sensorlink: {err}");
+            return Outcome::Unusable;
+        }
         let mut backoff = Backoff::new(self.config.max_backoff);
         let mut values_open = true;
         let mut last_error = None;
@@ -317,6 +360,33 @@ impl<'a> LineClient<'a> {
             fields: vec![("value".to_string(), value)],
             timestamp_ns: Some(timestamp_ns),
         };
+        if let Some(spool) = &mut self.spool {
+            let seq = self.state.next_seq();
+            let now = crate::timefmt::now_ns();
+            let appended = tokio::task::block_in_place(|| {
+                let by_age = spool.expire(now)?;
+                let by_bytes = spool.append(seq, &reading)?;
+                Ok::<_, SpoolError>([by_age, by_bytes])
+            });
+            match appended {
+                Ok(dropped) => {
+                    for dropped in dropped.iter().filter(|d| !d.is_empty()) {
+                        let why = match dropped.reason {
+                            DropReason::MaxAge => "older than --spool-max-age",
+                            DropReason::MaxBytes => "spool over --spool-max-bytes",
+                        };
+                        self.state.drop_seqs(&dropped.seqs);
+                        for seq in &dropped.seqs {
+                            self.printer.dropped(*seq, why);
+                        }
+                    }
+                }
+                // Still delivered from memory; only a client crash could lose it now.
+                Err(err) => self
+                    .printer
+                    .spool_damage(&format!("cannot write the spool: {err}")),
+            }
+        }
         let produced = self.state.produce(reading);
         if let Some(dropped) = produced.dropped {
             self.printer
@@ -445,6 +515,12 @@ impl<'a> LineClient<'a> {
                 };
                 let rejected = ack.readings == 0 && ack.rejected > 0;
                 let now = Instant::now();
+                if let Some(spool) = &mut self.spool {
+                    if let Err(err) = tokio::task::block_in_place(|| spool.ack_through(token)) {
+                        // Harmless: the readings would be resent and deduplicated by the server.
+                        tracing::warn!(cause = %err, "cannot record acks in the spool");
+                    }
+                }
                 let times = ServerTimes {
                     store_us: ack.store_us,
                     commit_us: ack.commit_us,
@@ -472,7 +548,12 @@ impl<'a> LineClient<'a> {
         }
     }
 
-    fn finish(self) -> Outcome {
+    fn finish(mut self) -> Outcome {
+        if let Some(spool) = self.spool.take() {
+            if let Err(err) = tokio::task::block_in_place(|| spool.close()) {
+                tracing::warn!(cause = %err, "closing the spool");
+            }
+        }
         let counters = self.state.counters();
         let never_acked = self.state.unacked_not_timed_out();
         let lost = counters.timed_out + never_acked + counters.dropped + counters.rejected;
@@ -492,6 +573,7 @@ impl<'a> LineClient<'a> {
             dropped: counters.dropped,
             resent: counters.resends,
             pending: self.state.pending() as u64,
+            replayed: self.replayed,
             duration_ms: self.started.elapsed().as_secs_f64() * 1e3,
             connect_us: self.first_connect.map(|d| d.as_secs_f64() * 1e6),
             reconnects: self.reconnects,

@@ -202,6 +202,27 @@ impl Printer {
         }
     }
 
+    pub fn spool_opened(&self, dir: &std::path::Path, replayed: u64, dropped: u64, corrupt: u64) {
+        if self.json {
+            self.emit(json!({"event": "spool", "dir": dir.display().to_string(),
+                "replaying": replayed, "dropped": dropped, "corrupt_records": corrupt}));
+        } else if replayed + dropped + corrupt > 0 {
+            self.line(&format!(
+                "spool {}: replaying {replayed} unacknowledged readings ({dropped} dropped by the limits, {corrupt} corrupt records)",
+                dir.display()
+            ));
+        }
+    }
+
+    /// Damage found in the spool, or a failure to write it: always reported, never silent.
+    pub fn spool_damage(&self, what: &str) {
+        if self.json {
+            self.emit(json!({"event": "spool_damage", "detail": what}));
+        } else {
+            self.line(&format!("spool: {what}"));
+        }
+    }
+
     pub fn disconnected(&self, reason: &str, retry_in: Duration) {
         if self.json {
             self.emit(json!({"event": "disconnected", "reason": reason,
@@ -232,10 +253,15 @@ impl Printer {
             text.push_str(&format!(", connect {} ms", fmt_ms(connect)));
         }
         text.push_str(&format!(", {} reconnects", summary.reconnects));
-        if summary.rejected + summary.dropped + summary.resent + summary.pending > 0 {
+        let extra = summary.rejected
+            + summary.dropped
+            + summary.resent
+            + summary.pending
+            + summary.replayed;
+        if extra > 0 {
             text.push_str(&format!(
-                "\n{} rejected by the server, {} dropped (queue full), {} resent, {} pending at exit",
-                summary.rejected, summary.dropped, summary.resent, summary.pending
+                "\n{} rejected by the server, {} dropped on purpose (limits), {} resent, {} replayed from the spool, {} pending at exit",
+                summary.rejected, summary.dropped, summary.resent, summary.replayed, summary.pending
             ));
         }
         if summary.rtt.count > 0 {
@@ -274,6 +300,8 @@ pub struct Summary {
     pub dropped: u64,
     pub resent: u64,
     pub pending: u64,
+    /// Readings recovered from the spool at start and sent again.
+    pub replayed: u64,
     pub duration_ms: f64,
     pub connect_us: Option<f64>,
     pub reconnects: u64,

@@ -138,6 +138,11 @@ impl ClientState {
         });
     }
 
+    /// Continue numbering at `next_seq` at least (the spool never reuses a number).
+    pub fn restore_next_seq(&mut self, next_seq: u64) {
+        self.next_seq = self.next_seq.max(next_seq);
+    }
+
     /// Forget readings dropped on purpose (spool limits); returns how many were still here.
     pub fn drop_seqs(&mut self, seqs: &[u64]) -> u64 {
         let mut dropped = 0;

@@ -148,3 +148,65 @@ fn client_restart_replays_the_spool() {
     let values = stored_values(&store, "rs");
     assert_eq!(values.values().sum::<usize>(), 8, "{values:?}");
 }
+
+/// A spool cut short by a power failure: the good records are sent, the damage is reported.
+#[test]
+fn truncated_spool_is_recovered_and_the_damage_reported() {
+    let store = TempStore::new();
+    let spool = tempfile::tempdir().unwrap();
+    let queue = spool.path().join("q");
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = probe.local_addr().unwrap().to_string();
+    drop(probe);
+    let out = run(bin().args([
+        "client",
+        &addr,
+        "--count",
+        "4",
+        "--interval",
+        "5ms",
+        "--sensor",
+        "tr",
+        "--spool",
+        queue.to_str().unwrap(),
+        "--timeout",
+        "500ms",
+    ]));
+    assert_eq!(out.status.code(), Some(2));
+    // Cut the last record in half, as a power cut mid-write would.
+    let segment = std::fs::read_dir(&queue)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "seg"))
+        .expect("a spool segment");
+    let len = std::fs::metadata(&segment).unwrap().len();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .unwrap();
+    file.set_len(len - 10).unwrap();
+    drop(file);
+
+    let mut server = Server::start_on(&addr, &store.url(), &["-q"]);
+    let out = run(bin().args([
+        "client",
+        &addr,
+        "--count",
+        "0",
+        "--sensor",
+        "tr",
+        "--spool",
+        queue.to_str().unwrap(),
+        "--json",
+    ]));
+    let events = json_lines(&out.stdout);
+    assert!(
+        events.iter().any(|e| e["event"] == "spool_damage"),
+        "{events:?}"
+    );
+    let summary = summary(&out.stdout);
+    assert_eq!(summary["replayed"], 3, "{summary}");
+    assert_eq!(summary["acked"], 3, "{summary}");
+    assert!(server.terminate().success());
+    assert_eq!(stored_values(&store, "tr").len(), 3);
+}
