@@ -99,7 +99,8 @@ impl SqliteStore {
             .map_err(wrap)?;
         // Ingest touches the right edge of every series' B-tree: a larger page cache keeps
         // those pages in memory (the default is 2 MiB).
-        conn.pragma_update(None, "cache_size", -CACHE_KIB).map_err(wrap)?;
+        conn.pragma_update(None, "cache_size", -CACHE_KIB)
+            .map_err(wrap)?;
         // Fewer, larger checkpoints: each one costs the writer thread an fsync of the
         // database file, so checkpointing every 1,000 pages (the default) taxes ingest.
         conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)
