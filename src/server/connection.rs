@@ -254,8 +254,9 @@ impl Connection<'_> {
                         METRICS.connections_aborted.inc();
                         reading = false;
                         end = End::ReadError;
-                        // What arrived before the error is still stored; nobody can be acked.
-                        self.decode(&mut buf, true);
+                        // Complete lines that arrived before the reset are still stored (nobody
+                        // can be acked); a cut-off last line is not a reading and is dropped.
+                        self.decode(&mut buf, false);
                     }
                 },
                 _ = tokio::time::sleep_until(idle_deadline), if can_read && self.inflight.is_empty() => {
