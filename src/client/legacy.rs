@@ -197,8 +197,11 @@ pub async fn run(
         eprintln!("sensorlink: cannot reach {}", config.addr);
         return Outcome::Unusable;
     }
+    for seq in state.give_up() {
+        printer.lost_at_exit(seq, false);
+    }
     let counters = state.counters();
-    let lost = counters.timed_out + state.unacked_not_timed_out() + counters.dropped;
+    let lost = counters.timed_out + counters.dropped;
     let sent = counters.produced;
     printer.summary(&Summary {
         addr: config.addr.clone(),

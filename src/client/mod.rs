@@ -554,9 +554,12 @@ impl<'a> LineClient<'a> {
                 tracing::warn!(cause = %err, "closing the spool");
             }
         }
+        let spooled = self.config.spool.is_some();
+        for seq in self.state.give_up() {
+            self.printer.lost_at_exit(seq, spooled);
+        }
         let counters = self.state.counters();
-        let never_acked = self.state.unacked_not_timed_out();
-        let lost = counters.timed_out + never_acked + counters.dropped + counters.rejected;
+        let lost = counters.timed_out + counters.dropped + counters.rejected;
         let sent = counters.produced;
         let (n, store, commit, network) = self.server_store_us;
         let summary = Summary {

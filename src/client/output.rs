@@ -186,6 +186,20 @@ impl Printer {
         }
     }
 
+    /// A reading still unacknowledged when the run ends (kept for the next run with a spool).
+    pub fn lost_at_exit(&self, seq: u64, spooled: bool) {
+        let reason = if spooled {
+            "unacknowledged at exit; kept in the spool"
+        } else {
+            "unacknowledged at exit"
+        };
+        if self.json {
+            self.emit(json!({"event": "lost", "seq": seq, "reason": reason}));
+        } else {
+            self.line(&format!("seq={seq} lost ({reason})"));
+        }
+    }
+
     pub fn rejected(&self, line: u64, reason: &str) {
         if self.json {
             self.emit(json!({"event": "rejected", "line": line, "reason": reason}));

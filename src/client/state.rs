@@ -244,9 +244,15 @@ impl ClientState {
         self.sent = 0;
     }
 
-    /// At exit: readings never acknowledged and not already counted as timed out.
-    pub fn unacked_not_timed_out(&self) -> u64 {
-        self.queue.iter().filter(|o| !o.timed_out).count() as u64
+    /// At exit: every reading still unacknowledged is lost; returns those not yet reported.
+    pub fn give_up(&mut self) -> Vec<u64> {
+        let mut lost = Vec::new();
+        for outstanding in self.queue.iter_mut().filter(|o| !o.timed_out) {
+            outstanding.timed_out = true;
+            lost.push(outstanding.seq);
+        }
+        self.counters.timed_out += lost.len() as u64;
+        lost
     }
 }
 

@@ -990,39 +990,4 @@ mod tests {
             ]
         );
     }
-
-    /// Rough ingest figure: `cargo test --release --lib ingest_rate -- --ignored --nocapture`.
-    #[test]
-    #[ignore = "measurement, not a check"]
-    fn ingest_rate() {
-        let (_dir, _path, mut store) = open_temp();
-        let total = 200_000;
-        let per_txn = 20_000;
-        let readings: Vec<StoredReading> = (0..total)
-            .map(|i| {
-                let sensor = format!("s{}", i % 100);
-                reading(
-                    "env",
-                    &[("sensor", &sensor)],
-                    vec![
-                        (
-                            "temperature",
-                            FieldValue::Float(20.0 + (i % 50) as f64 / 10.0),
-                        ),
-                        ("humidity", FieldValue::Int(40)),
-                    ],
-                    1_700_000_000_000_000_000 + i as i64,
-                )
-            })
-            .collect();
-        let start = std::time::Instant::now();
-        for chunk in readings.chunks(per_txn) {
-            store.write_batch(chunk).expect("write");
-        }
-        let secs = start.elapsed().as_secs_f64();
-        println!(
-            "{total} readings in {per_txn}-row transactions (fsync always): {:.0} rows/s",
-            total as f64 / secs
-        );
-    }
 }

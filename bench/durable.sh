@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Durable ingest: `sensorlink bench` against `sensorlink server` on loopback, for each store
+# setting (memory; SQLite with --fsync always; SQLite with --fsync os) and load shape:
+#   pipelined: --connections C --pipeline 256 --batch 64, C in {1, 64}
+#   per-reading RTT: --connections 1 --pipeline 1 --batch 1
+# Each cell runs REPS times (default 3) for DURATION (default 5s), each on a fresh server and
+# a fresh database; prints a Markdown table of medians. Raw JSON reports go to $OUT if set.
+# Loopback only; bounded: 3 settings x 3 shapes x REPS runs of DURATION (about 2.5 min).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-5s}
+REPS=${REPS:-3}
+bash scripts/install-test-deps.sh jq
+cargo build --release --quiet
+bin=target/release/sensorlink
+
+tmp=$(mktemp -d)
+server_pid=
+cleanup() {
+  # Only the server this script started, by its PID.
+  if [ -n "$server_pid" ]; then kill -KILL "$server_pid" 2>/dev/null || true; fi
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# start_server STORE FSYNC: sets $server_pid and $addr.
+start_server() {
+  : > "$tmp/server.out"
+  "$bin" server --listen 127.0.0.1:0 --store "$1" --fsync "$2" -q > "$tmp/server.out" &
+  server_pid=$!
+  addr=
+  for _ in $(seq 200); do
+    addr=$(sed -n 's/^listening on //p' "$tmp/server.out")
+    [ -n "$addr" ] && return 0
+    kill -0 "$server_pid" 2>/dev/null || break
+    sleep 0.05
+  done
+  echo "server did not start" >&2
+  exit 2
+}
+
+stop_server() {
+  kill -TERM "$server_pid" 2>/dev/null || true
+  # Graceful shutdown flushes the store; give it 10 s, then stop waiting for it.
+  for _ in $(seq 200); do
+    kill -0 "$server_pid" 2>/dev/null || break
+    sleep 0.05
+  done
+  kill -KILL "$server_pid" 2>/dev/null || true
+  wait "$server_pid" 2>/dev/null || true
+  server_pid=
+}
+
+# name|store|fsync
+settings=(
+  "memory|memory|always"
+  "sqlite fsync=always|sqlite|always"
+  "sqlite fsync=os|sqlite|os"
+)
+# name|bench flags
+shapes=(
+  "pipelined|--connections 1 --pipeline 256 --batch 64"
+  "pipelined|--connections 64 --pipeline 256 --batch 64"
+  "per-reading RTT|--connections 1 --pipeline 1 --batch 1"
+)
+
+median() { jq -s "map($1) | sort | .[length / 2 | floor]"; }
+
+echo "date: $(date -u '+%Y-%m-%d %H:%M UTC'), nproc: $(nproc), $(lscpu | grep 'Model name' | sed 's/  */ /g')"
+echo "each cell: median of $REPS runs of $DURATION; latency is sync write -> ack, in µs"
+echo
+echo "| setting | shape | connections | readings/s | p50 µs | p99 µs | errors | bench flags |"
+echo "|---|---|---:|---:|---:|---:|---:|---|"
+for setting in "${settings[@]}"; do
+  IFS='|' read -r sname skind fsync <<< "$setting"
+  for shape in "${shapes[@]}"; do
+    IFS='|' read -r shname flags <<< "$shape"
+    runs="$tmp/runs.json"
+    : > "$runs"
+    for rep in $(seq "$REPS"); do
+      if [ "$skind" = sqlite ]; then
+        rm -f "$tmp"/bench.db*
+        store="sqlite:$tmp/bench.db"
+      else
+        store=memory
+      fi
+      start_server "$store" "$fsync"
+      # Exit 1 means errors, which the table shows; anything else stops the script.
+      # shellcheck disable=SC2086 # $flags is a list of words
+      "$bin" bench "$addr" $flags --duration "$DURATION" --json --no-progress > "$tmp/run.json" || [ $? -eq 1 ]
+      stop_server
+      cat "$tmp/run.json" >> "$runs"
+      if [ -n "${OUT:-}" ]; then
+        mkdir -p "$OUT"
+        cp "$tmp/run.json" "$OUT/$(printf '%s' "$sname-$shname-$flags-$rep" | tr -c 'a-zA-Z0-9=-' _).json"
+      fi
+    done
+    conns=$(jq -s '.[0].connections_requested' "$runs")
+    rate=$(median .readings_per_sec < "$runs" | xargs printf '%.0f')
+    p50=$(median .latency_us.p50 < "$runs" | xargs printf '%.0f')
+    p99=$(median .latency_us.p99 < "$runs" | xargs printf '%.0f')
+    errors=$(jq -s 'map(.errors) | add' "$runs")
+    echo "| $sname | $shname | $conns | $rate | $p50 | $p99 | $errors | \`$flags --duration $DURATION\` |"
+  done
+done
