@@ -2,6 +2,11 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 
+// Readings are parsed on the runtime's threads and freed on the store's writer thread;
+// glibc's allocator spends ~30 % of the server's CPU on that traffic, mimalloc a fraction.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = sensorlink::cli::Cli::parse();
     match sensorlink::cli::run(cli) {
