@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::output::{Printer, Summary};
+use super::output::{Printer, RunTotals, Summary};
 use super::state::ClientState;
 use super::stats::RttStats;
 use super::{sleep_until_opt, Backoff, ClientConfig};
@@ -200,33 +200,17 @@ pub async fn run(
     for seq in state.give_up() {
         printer.lost_at_exit(seq, false);
     }
-    let counters = state.counters();
-    let lost = counters.timed_out + counters.dropped;
-    let sent = counters.produced;
-    printer.summary(&Summary {
-        addr: config.addr.clone(),
-        sent,
-        acked: counters.acked,
-        lost,
-        loss_percent: if sent == 0 {
-            0.0
-        } else {
-            lost as f64 * 100.0 / sent as f64
-        },
-        rejected: 0,
-        dropped: counters.dropped,
-        resent: counters.resends,
+    let summary = Summary::of(RunTotals {
+        addr: &config.addr,
+        counters: state.counters(),
         pending: state.pending() as u64,
         replayed: 0,
-        duration_ms: started.elapsed().as_secs_f64() * 1e3,
-        connect_us: first_connect.map(|d| d.as_secs_f64() * 1e6),
+        started,
+        first_connect,
         reconnects,
         rtt: rtt.summary(),
         server_us: None,
     });
-    if lost > 0 {
-        Outcome::Loss
-    } else {
-        Outcome::Ok
-    }
+    printer.summary(&summary);
+    summary.outcome()
 }

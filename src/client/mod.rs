@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use crate::cli::Outcome;
 use crate::protocol::control::Reply;
 use crate::protocol::{ilp, FieldValue, Reading};
-use output::{Printer, ServerShare, ServerTimes, Summary};
+use output::{Printer, RunTotals, ServerShare, ServerTimes, Summary};
 use source::{Source, SourceSpec};
 use spool::{DropReason, Spool, SpoolError, SpoolLimits};
 use state::ClientState;
@@ -558,27 +558,14 @@ impl<'a> LineClient<'a> {
         for seq in self.state.give_up() {
             self.printer.lost_at_exit(seq, spooled);
         }
-        let counters = self.state.counters();
-        let lost = counters.timed_out + counters.dropped + counters.rejected;
-        let sent = counters.produced;
         let (n, store, commit, network) = self.server_store_us;
-        let summary = Summary {
-            addr: self.config.addr.clone(),
-            sent,
-            acked: counters.acked,
-            lost,
-            loss_percent: if sent == 0 {
-                0.0
-            } else {
-                lost as f64 * 100.0 / sent as f64
-            },
-            rejected: counters.rejected,
-            dropped: counters.dropped,
-            resent: counters.resends,
+        let summary = Summary::of(RunTotals {
+            addr: &self.config.addr,
+            counters: self.state.counters(),
             pending: self.state.pending() as u64,
             replayed: self.replayed,
-            duration_ms: self.started.elapsed().as_secs_f64() * 1e3,
-            connect_us: self.first_connect.map(|d| d.as_secs_f64() * 1e6),
+            started: self.started,
+            first_connect: self.first_connect,
             reconnects: self.reconnects,
             rtt: self.rtt.summary(),
             server_us: (n > 0).then(|| ServerShare {
@@ -586,13 +573,9 @@ impl<'a> LineClient<'a> {
                 commit_avg: commit / n as f64,
                 network_avg: network / n as f64,
             }),
-        };
+        });
         self.printer.summary(&summary);
-        if lost > 0 {
-            Outcome::Loss
-        } else {
-            Outcome::Ok
-        }
+        summary.outcome()
     }
 }
 

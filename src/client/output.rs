@@ -322,3 +322,57 @@ pub struct Summary {
     pub rtt: RttSummary,
     pub server_us: Option<ServerShare>,
 }
+
+/// How one run went, as the delivery loops know it; [`Summary::of`] makes the report.
+#[derive(Debug)]
+pub struct RunTotals<'a> {
+    pub addr: &'a str,
+    pub counters: super::state::Counters,
+    pub pending: u64,
+    pub replayed: u64,
+    pub started: std::time::Instant,
+    pub first_connect: Option<Duration>,
+    pub reconnects: u64,
+    pub rtt: RttSummary,
+    pub server_us: Option<ServerShare>,
+}
+
+impl Summary {
+    /// The report of a run. Lost = timed out or unacknowledged at exit, dropped on purpose,
+    /// or rejected by the server: every reading produced and not stored.
+    pub fn of(run: RunTotals<'_>) -> Summary {
+        let counters = run.counters;
+        let lost = counters.timed_out + counters.dropped + counters.rejected;
+        let sent = counters.produced;
+        Summary {
+            addr: run.addr.to_string(),
+            sent,
+            acked: counters.acked,
+            lost,
+            loss_percent: if sent == 0 {
+                0.0
+            } else {
+                lost as f64 * 100.0 / sent as f64
+            },
+            rejected: counters.rejected,
+            dropped: counters.dropped,
+            resent: counters.resends,
+            pending: run.pending,
+            replayed: run.replayed,
+            duration_ms: run.started.elapsed().as_secs_f64() * 1e3,
+            connect_us: run.first_connect.map(|d| d.as_secs_f64() * 1e6),
+            reconnects: run.reconnects,
+            rtt: run.rtt,
+            server_us: run.server_us,
+        }
+    }
+
+    /// Exit status: every reading acknowledged, or some lost.
+    pub fn outcome(&self) -> crate::cli::Outcome {
+        if self.lost > 0 {
+            crate::cli::Outcome::Loss
+        } else {
+            crate::cli::Outcome::Ok
+        }
+    }
+}

@@ -394,6 +394,23 @@ mod tests {
     }
 
     #[test]
+    fn giving_up_reports_each_unacked_reading_once() {
+        let mut state = ClientState::new(10);
+        let t0 = Instant::now();
+        for v in 1..=3 {
+            state.produce(reading(v));
+        }
+        state.next_to_send(t0);
+        let timeout = Duration::from_secs(1);
+        assert_eq!(state.check_timeouts(t0 + timeout, timeout), vec![1]);
+        // 1 was already reported by its timeout; 2 and 3 are lost now.
+        assert_eq!(state.give_up(), vec![2, 3]);
+        assert_eq!(state.counters().timed_out, 3);
+        assert!(state.give_up().is_empty());
+        assert_eq!(state.pending(), 3, "still kept (a spool keeps them for the next run)");
+    }
+
+    #[test]
     fn rejected_reading_is_not_counted_as_acked() {
         let mut state = ClientState::new(10);
         let now = Instant::now();
