@@ -35,6 +35,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::Outcome;
+use crate::client::sleep_until_opt;
 use crate::client::stats::{RttStats, RttSummary};
 use crate::protocol::control::Reply;
 use crate::protocol::{ilp, legacy, FieldValue, Reading};
@@ -820,14 +821,6 @@ impl Window {
         self.pending
             .pop_front()
             .ok_or_else(|| "window emptied under us".to_string())
-    }
-}
-
-/// Sleep until `at`, or forever when there is nothing to wait for.
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 
