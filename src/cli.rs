@@ -262,8 +262,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
             Ok(runtime.block_on(client::run(config)))
         }
         Command::Query(args) => {
-            let mut store = store::open(&args.store, FsyncPolicy::Os)
-                .with_context(|| format!("opening {}", args.store))?;
+            let mut store = open_for_reading(&args.store)?;
             let rows = store.query(&store::Query {
                 sensor: args.sensor,
                 measurement: args.measurement,
@@ -277,12 +276,24 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         }
         Command::Bench(args) => crate::bench::run(args),
         Command::Stats(args) => {
-            let mut store = store::open(&args.store, FsyncPolicy::Os)
-                .with_context(|| format!("opening {}", args.store))?;
+            let mut store = open_for_reading(&args.store)?;
             let stats = store.sensor_stats()?;
             let mut out = std::io::stdout().lock();
             query::write_stats(&stats, args.format, &mut out).context("writing stats")?;
             Ok(Outcome::Ok)
         }
     }
+}
+
+/// Open a store to read it back; a SQLite file that does not exist is an error, not a new
+/// empty database.
+fn open_for_reading(url: &StoreUrl) -> anyhow::Result<Box<dyn store::Store>> {
+    if let StoreUrl::Sqlite(path) = url {
+        anyhow::ensure!(
+            path.exists(),
+            "no such store: {} does not exist",
+            path.display()
+        );
+    }
+    store::open(url, FsyncPolicy::Os).with_context(|| format!("opening {url}"))
 }

@@ -407,7 +407,11 @@ mod tests {
         assert_eq!(state.give_up(), vec![2, 3]);
         assert_eq!(state.counters().timed_out, 3);
         assert!(state.give_up().is_empty());
-        assert_eq!(state.pending(), 3, "still kept (a spool keeps them for the next run)");
+        assert_eq!(
+            state.pending(),
+            3,
+            "still kept (a spool keeps them for the next run)"
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@ mod client;
 mod durability;
 mod harness;
 mod line;
+mod query;
 mod seed;
 mod shutdown;
 mod spool;
