@@ -146,6 +146,10 @@ struct Connection<'a> {
     batch: Vec<StoredReading>,
     replies: Vec<PendingReply>,
     inflight: VecDeque<InFlight>,
+    /// The second (since the epoch) in which the `Received:` log budget ran out for us,
+    /// and the lines not logged since, handed to the shared count after each read.
+    log_muted_second: i64,
+    log_suppressed: u64,
     /// The last commit this connection saw, for the timings in acks.
     last_commit: Option<Committed>,
     out: Vec<u8>,
@@ -177,6 +181,8 @@ pub async fn serve<S>(
         replies: Vec::new(),
         inflight: VecDeque::new(),
         last_commit: None,
+        log_muted_second: -1,
+        log_suppressed: 0,
         out: Vec::new(),
     };
     tracing::debug!("connected");
@@ -308,6 +314,19 @@ impl Connection<'_> {
                 }
             }
         }
+        self.decode_frames(buf, eof, received_ns, received_at);
+        if self.log_suppressed > 0 {
+            logging::RECEIVED.add_suppressed(std::mem::take(&mut self.log_suppressed));
+        }
+    }
+
+    fn decode_frames(
+        &mut self,
+        buf: &mut BytesMut,
+        eof: bool,
+        received_ns: i64,
+        received_at: Instant,
+    ) {
         loop {
             match &mut self.decoder {
                 Decoder::Undecided => return,
@@ -403,11 +422,18 @@ impl Connection<'_> {
             reading.timestamp_ns = Some(received_ns);
         }
         let sensor = reading.tag("sensor").unwrap_or(&self.peer_ip).to_string();
-        if logging::allow_received_line() {
+        // Once the shared budget says no, this connection stops asking until the next
+        // second: under load the hot path then touches no shared counter per reading.
+        let second = received_ns / 1_000_000_000;
+        if second == self.log_muted_second {
+            self.log_suppressed += 1;
+        } else if logging::allow_received_line() {
             let mut line = Vec::with_capacity(96);
             ilp::encode(&reading, &mut line);
             let text = String::from_utf8_lossy(&line);
             tracing::info!("Received: {}", text.trim_end());
+        } else {
+            self.log_muted_second = second;
         }
         METRICS.readings_accepted.inc();
         self.counters.accepted += 1;

@@ -34,6 +34,12 @@ impl LogBudget {
         }
     }
 
+    /// Count lines not logged without asking (a connection that already knows the budget
+    /// of this second is spent).
+    pub fn add_suppressed(&self, n: u64) {
+        self.suppressed.fetch_add(n, Ordering::Relaxed);
+    }
+
     /// Whether one more line may be logged now; counts it as suppressed otherwise.
     pub fn allow(&self) -> bool {
         let second = u64::try_from(now_ns() / 1_000_000_000).unwrap_or(0);
