@@ -337,11 +337,12 @@ impl Store for SqliteStore {
         // Series created in this transaction; merged into the cache only after commit.
         let mut new_series: HashMap<String, i64> = HashMap::new();
         {
-            let mut insert = tx.prepare_cached(INSERT_READING).map_err(wrap)?;
             let mut key = String::new();
             let mut pairs = Vec::new();
-            let mut fields = String::new();
-            for stored in batch {
+            // (series, timestamp, index in batch): inserted in key order, so consecutive rows
+            // land on the same B-tree leaf instead of hopping between series.
+            let mut order: Vec<(i64, i64, usize)> = Vec::with_capacity(batch.len());
+            for (index, stored) in batch.iter().enumerate() {
                 write_stored_series_key(&mut key, &mut pairs, stored);
                 let cached = self.series.get(&key).or_else(|| new_series.get(&key));
                 let series_id = match cached {
@@ -352,14 +353,17 @@ impl Store for SqliteStore {
                         id
                     }
                 };
+                order.push((series_id, stored.timestamp_ns(), index));
+            }
+            // Stable on equal keys: the first of two identical readings is the one stored.
+            order.sort_by_key(|&(series, ts, _)| (series, ts));
+            let mut insert = tx.prepare_cached(INSERT_READING).map_err(wrap)?;
+            let mut fields = String::new();
+            for (series_id, ts, index) in order {
+                let stored = &batch[index];
                 encode_fields(&mut fields, &stored.reading.fields);
                 let changed = insert
-                    .execute(rusqlite::params![
-                        series_id,
-                        stored.timestamp_ns(),
-                        stored.received_ns,
-                        fields
-                    ])
+                    .execute(rusqlite::params![series_id, ts, stored.received_ns, fields])
                     .map_err(wrap)?;
                 if changed == 0 {
                     outcome.duplicates += 1;
