@@ -269,21 +269,32 @@ pub(crate) fn encode_fields(out: &mut String, fields: &[(String, FieldValue)]) {
         }
         out.push('[');
         push_json_str(out, name);
-        let written = match value {
-            // Debug is Rust's shortest round-trip form, with an exponent for large and
-            // small magnitudes (`1e300`), and `NaN`/`inf` which str::parse reads back.
-            FieldValue::Float(v) => write!(out, ",\"f\",\"{v:?}\"]"),
-            FieldValue::Int(v) => write!(out, ",\"i\",{v}]"),
-            FieldValue::UInt(v) => write!(out, ",\"u\",{v}]"),
-            FieldValue::Bool(v) => write!(out, ",\"b\",{v}]"),
+        // ryu and itoa: the shortest round-trip forms, without `fmt` machinery (this runs
+        // once per field on the ingest path). ryu writes `NaN`/`inf` for non-finite values,
+        // which str::parse reads back.
+        match value {
+            FieldValue::Float(v) => {
+                out.push_str(",\"f\",\"");
+                out.push_str(ryu::Buffer::new().format(*v));
+                out.push_str("\"]");
+            }
+            FieldValue::Int(v) => {
+                out.push_str(",\"i\",");
+                out.push_str(itoa::Buffer::new().format(*v));
+                out.push(']');
+            }
+            FieldValue::UInt(v) => {
+                out.push_str(",\"u\",");
+                out.push_str(itoa::Buffer::new().format(*v));
+                out.push(']');
+            }
+            FieldValue::Bool(v) => out.push_str(if *v { ",\"b\",true]" } else { ",\"b\",false]" }),
             FieldValue::Str(v) => {
                 out.push_str(",\"s\",");
                 push_json_str(out, v);
                 out.push(']');
-                Ok(())
             }
-        };
-        written.expect("writing to a String cannot fail");
+        }
     }
     out.push(']');
 }
