@@ -182,6 +182,11 @@ impl Store for MemoryStore {
         Ok(by_sensor.into_values().collect())
     }
 
+    /// Memory only: written by the connection's own task, no thread hand-off.
+    fn is_inline(&self) -> bool {
+        true
+    }
+
     fn close(&mut self) -> Result<(), StoreError> {
         Ok(())
     }

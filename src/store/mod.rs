@@ -112,6 +112,12 @@ pub trait Store: Send {
     /// Per-sensor counts, first/last seen and last value.
     fn sensor_stats(&mut self) -> Result<Vec<SensorStats>, StoreError>;
 
+    /// Whether a batch is written quickly and never blocks (no disk, no network), so the
+    /// submitting task may write it itself instead of handing it to the writer thread.
+    fn is_inline(&self) -> bool {
+        false
+    }
+
     /// Flush anything buffered and release the store; called once at shutdown.
     fn close(&mut self) -> Result<(), StoreError>;
 }

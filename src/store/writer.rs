@@ -6,8 +6,12 @@
 //! lets many small senders reach large-transaction throughput. The queue is bounded, so
 //! when the store falls behind, `submit` waits and the connections stop reading: the
 //! back-pressure reaches the senders through TCP.
+//!
+//! A store that never blocks (the memory store, [`Store::is_inline`]) skips the thread: the
+//! submitting task writes the batch itself under a mutex, saving two thread hand-offs per
+//! round trip.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -60,10 +64,34 @@ struct Job {
     reply: oneshot::Sender<Result<Committed, Arc<StoreError>>>,
 }
 
+/// A store shared by the tasks that write it inline.
+type SharedStore = Arc<Mutex<Box<dyn Store>>>;
+
+/// Where submitted batches go.
+#[derive(Clone)]
+enum Route {
+    /// To the writer thread's queue.
+    Thread(mpsc::Sender<Job>),
+    /// Written by the submitting task itself.
+    Inline(SharedStore),
+}
+
 /// Cheap, clonable handle the connections submit batches through.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct StoreHandle {
-    tx: mpsc::Sender<Job>,
+    route: Route,
+}
+
+impl std::fmt::Debug for StoreHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let route = match self.route {
+            Route::Thread(_) => "thread",
+            Route::Inline(_) => "inline",
+        };
+        f.debug_struct("StoreHandle")
+            .field("route", &route)
+            .finish()
+    }
 }
 
 impl StoreHandle {
@@ -76,21 +104,38 @@ impl StoreHandle {
     /// [`StoreError::WriterGone`] if the writer thread has stopped.
     pub async fn submit(&self, batch: Vec<StoredReading>) -> Result<CommitReceiver, StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.tx
-            .send(Job {
-                readings: batch,
-                reply,
-            })
-            .await
-            .map_err(|_| StoreError::WriterGone)?;
+        let rows = batch.len();
+        let job = Job {
+            readings: batch,
+            reply,
+        };
+        match &self.route {
+            Route::Thread(tx) => tx.send(job).await.map_err(|_| StoreError::WriterGone)?,
+            Route::Inline(store) => {
+                // A panic in another task's write leaves the store usable (memory only).
+                let mut store = store.lock().unwrap_or_else(PoisonError::into_inner);
+                commit(&mut **store, vec![job], rows);
+            }
+        }
         Ok(answer)
     }
 }
 
-/// The writer thread; [`StoreWriter::finish`] waits until it has committed everything.
-#[derive(Debug)]
+/// The writer thread (or the inline store); [`StoreWriter::finish`] waits until it has
+/// committed everything.
 pub struct StoreWriter {
-    thread: JoinHandle<Result<(), StoreError>>,
+    route: WriterRoute,
+}
+
+enum WriterRoute {
+    Thread(JoinHandle<Result<(), StoreError>>),
+    Inline(SharedStore),
+}
+
+impl std::fmt::Debug for StoreWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreWriter").finish_non_exhaustive()
+    }
 }
 
 impl StoreWriter {
@@ -101,24 +146,48 @@ impl StoreWriter {
     /// The error of closing the store, or [`StoreError::Corrupt`] if the writer thread
     /// panicked. (Errors of single transactions went to the batches they concerned.)
     pub fn finish(self) -> Result<(), StoreError> {
-        self.thread
-            .join()
-            .unwrap_or_else(|_| Err(StoreError::Corrupt("store writer thread panicked".into())))
+        match self.route {
+            WriterRoute::Thread(thread) => thread.join().unwrap_or_else(|_| {
+                Err(StoreError::Corrupt("store writer thread panicked".into()))
+            }),
+            WriterRoute::Inline(store) => {
+                store.lock().unwrap_or_else(PoisonError::into_inner).close()
+            }
+        }
     }
 }
 
-/// Start the writer thread in front of `store`.
+/// Start the writer thread in front of `store` (or, for an inline store, share it).
 ///
 /// # Panics
 /// If the OS refuses to start a thread (at startup, before any reading is accepted).
 pub fn spawn(store: Box<dyn Store>, config: WriterConfig) -> (StoreHandle, StoreWriter) {
+    if store.is_inline() {
+        let shared: SharedStore = Arc::new(Mutex::new(store));
+        let handle = StoreHandle {
+            route: Route::Inline(shared.clone()),
+        };
+        return (
+            handle,
+            StoreWriter {
+                route: WriterRoute::Inline(shared),
+            },
+        );
+    }
     // tokio's channel panics on a zero capacity.
     let (tx, rx) = mpsc::channel(config.queue_batches.max(1));
     let thread = std::thread::Builder::new()
         .name("sensorlink-store".into())
         .spawn(move || run(store, rx, config))
         .expect("the OS lets us start the store writer thread");
-    (StoreHandle { tx }, StoreWriter { thread })
+    (
+        StoreHandle {
+            route: Route::Thread(tx),
+        },
+        StoreWriter {
+            route: WriterRoute::Thread(thread),
+        },
+    )
 }
 
 /// The writer thread: gather, commit once, answer; until every handle is dropped.
@@ -634,5 +703,47 @@ mod tests {
                 },
             ]
         );
+    }
+}
+
+#[cfg(test)]
+mod inline_tests {
+    use super::*;
+    use crate::protocol::{FieldValue, Reading};
+
+    /// The memory store is written by the submitting task: the answer is there at once.
+    #[tokio::test]
+    async fn inline_store_answers_without_a_thread() {
+        let (handle, writer) = spawn(
+            Box::new(crate::store::memory::MemoryStore::default()),
+            WriterConfig::default(),
+        );
+        let reading = StoredReading {
+            reading: Reading {
+                measurement: "m".into(),
+                tags: vec![],
+                fields: vec![("v".into(), FieldValue::Int(1))],
+                timestamp_ns: Some(1),
+            },
+            sensor: "s".into(),
+            received_ns: 1,
+        };
+        let mut answer = handle
+            .submit(vec![reading.clone(), reading])
+            .await
+            .expect("submit");
+        let committed = answer
+            .try_recv()
+            .expect("answered before submit returned")
+            .expect("ok");
+        assert_eq!(
+            committed.outcome,
+            WriteOutcome {
+                inserted: 1,
+                duplicates: 1
+            }
+        );
+        drop(handle);
+        writer.finish().expect("close");
     }
 }
