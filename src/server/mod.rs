@@ -66,6 +66,7 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
         .with_context(|| format!("opening store {}", config.store))?;
     let (handle, store_writer) = writer::spawn(store, config.writer.clone());
 
+    check_open_files(config.max_connections);
     let listener = TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
@@ -84,6 +85,46 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
         .context("closing the store")?;
     tracing::info!("store flushed; bye");
     Ok(())
+}
+
+/// File descriptors kept for the listener, the store, logs and spare accepts.
+const RESERVED_FDS: u64 = 64;
+
+/// Raise the soft open-file limit to the hard one (each connection is a descriptor), and
+/// warn when `--max-connections` cannot be reached under it.
+fn check_open_files(max_connections: usize) {
+    #[cfg(unix)]
+    {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit/setrlimit with a valid pointer to an initialised rlimit.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+            tracing::warn!(cause = %std::io::Error::last_os_error(), "cannot read the open-file limit");
+            return;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            // SAFETY: as above.
+            if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+                limit = raised;
+            }
+        }
+        let usable = limit.rlim_cur.saturating_sub(RESERVED_FDS as libc::rlim_t);
+        if max_connections as libc::rlim_t > usable {
+            tracing::warn!(
+                max_connections,
+                open_files_limit = limit.rlim_cur,
+                "--max-connections is above the open-file limit: connections beyond about {usable} will fail to be accepted"
+            );
+        } else {
+            tracing::debug!(open_files_limit = limit.rlim_cur, "open-file limit");
+        }
+    }
 }
 
 /// The one stdout line scripts and tests wait for.
