@@ -314,6 +314,8 @@ struct Shared {
     legacy_next_us: AtomicI64,
     /// Ctrl-C: stop sending, collect what is in flight, report.
     stop: CancellationToken,
+    /// Ack latencies of every connection.
+    latencies: Arc<std::sync::Mutex<RttStats>>,
 }
 
 /// When the run's phases begin and end; sent to every task once all have connected.
@@ -370,11 +372,69 @@ enum ErrorKind {
     Protocol,
 }
 
+/// Samples buffered per connection before they are merged into the run's histogram.
+const LATENCY_BATCH: usize = 256;
+
+/// One connection's ack latencies, merged in batches into the histogram the whole run
+/// shares: a histogram per connection (~270 KiB each, 1 ns to 1 h) would cost gigabytes at
+/// tens of thousands of idle connections.
+#[derive(Debug)]
+struct Latencies {
+    local: Vec<Duration>,
+    shared: Arc<std::sync::Mutex<RttStats>>,
+}
+
+impl Latencies {
+    fn new(shared: Arc<std::sync::Mutex<RttStats>>) -> Self {
+        Latencies {
+            local: Vec::new(),
+            shared,
+        }
+    }
+
+    fn record(&mut self, rtt: Duration) {
+        self.local.push(rtt);
+        if self.local.len() >= LATENCY_BATCH {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.local.is_empty() {
+            return;
+        }
+        // A panic while holding the lock cannot leave a histogram half-updated in a way
+        // that matters for a report; keep going.
+        let mut shared = self
+            .shared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for rtt in self.local.drain(..) {
+            shared.record(rtt);
+        }
+    }
+
+    /// Everything recorded so far by every connection.
+    fn summary(&mut self) -> RttSummary {
+        self.flush();
+        self.shared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .summary()
+    }
+}
+
+impl Drop for Latencies {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
 /// What one connection did.
 #[derive(Debug)]
 struct ConnResult {
     established: bool,
-    rtt: RttStats,
+    rtt: Latencies,
     /// Readings acknowledged during the measurement.
     readings: u64,
     /// Bytes of readings written during the measurement (control lines excluded).
@@ -387,10 +447,10 @@ struct ConnResult {
 }
 
 impl ConnResult {
-    fn new() -> Self {
+    fn new(latencies: Arc<std::sync::Mutex<RttStats>>) -> Self {
         ConnResult {
             established: false,
-            rtt: RttStats::new(),
+            rtt: Latencies::new(latencies),
             readings: 0,
             bytes: 0,
             unacked: 0,
@@ -437,6 +497,7 @@ async fn bench(settings: Settings) -> anyhow::Result<Option<Report>> {
         start_ns: crate::timefmt::now_ns(),
         legacy_next_us: AtomicI64::new(crate::timefmt::now_ns() / 1000),
         stop: CancellationToken::new(),
+        latencies: Arc::default(),
     });
     {
         let stop = shared.stop.clone();
@@ -484,14 +545,14 @@ async fn bench(settings: Settings) -> anyhow::Result<Option<Report>> {
         stop_at: s.duration.map(|d| measure_from + d),
     }));
 
-    let mut total = ConnResult::new();
+    let mut total = ConnResult::new(shared.latencies.clone());
     let mut established = 0u64;
     for task in tasks {
         let result = match task.await {
             Ok(result) => result,
             Err(err) => {
                 // A panicking task is a bug; count it rather than lose the whole report.
-                let mut lost = ConnResult::new();
+                let mut lost = ConnResult::new(shared.latencies.clone());
                 lost.error(&shared.live, ErrorKind::Disconnect, || {
                     format!("task failed: {err}")
                 });
@@ -499,7 +560,6 @@ async fn bench(settings: Settings) -> anyhow::Result<Option<Report>> {
             }
         };
         established += u64::from(result.established);
-        total.rtt.merge(&result.rtt);
         total.readings += result.readings;
         total.bytes += result.bytes;
         total.unacked += result.unacked;
@@ -550,7 +610,7 @@ async fn connection(
     attempted: mpsc::UnboundedSender<()>,
     mut phase: watch::Receiver<Option<Phase>>,
 ) -> ConnResult {
-    let mut result = ConnResult::new();
+    let mut result = ConnResult::new(shared.latencies.clone());
     let stream = connect(&shared, index).await;
     // Dropping the sender too: the main task waits for all of them to be gone.
     let _ = attempted.send(());
@@ -842,8 +902,14 @@ async fn line_session(
         Err(err) => return result.error(live, ErrorKind::Protocol, || err),
     };
     let mut window = Window::new(s.max_syncs);
-    let mut out = Vec::with_capacity(WRITE_BYTES + 4096);
-    let mut replies = BytesMut::with_capacity(READ_BYTES);
+    // An idle connection sends one reading at a time: small buffers keep 10 000s of them cheap.
+    let (write_bytes, read_bytes) = if s.mode == Mode::Idle {
+        (1024, 1024)
+    } else {
+        (WRITE_BYTES + 4096, READ_BYTES)
+    };
+    let mut out = Vec::with_capacity(write_bytes);
+    let mut replies = BytesMut::with_capacity(read_bytes);
     let mut digits = itoa::Buffer::new();
     let mut sent = 0u64;
     let mut next_token = 1u64;
@@ -915,7 +981,7 @@ async fn line_session(
         };
         let stop_at = if stopping { None } else { phase.stop_at };
         // Keep room for a large read: acks arrive many at a time under load.
-        replies.reserve(READ_BYTES / 4);
+        replies.reserve(read_bytes / 4);
         tokio::select! {
             read = stream.read_buf(&mut replies) => match read {
                 Ok(0) => {
@@ -1262,7 +1328,7 @@ struct Report {
 impl Report {
     fn new(
         s: &Settings,
-        total: ConnResult,
+        mut total: ConnResult,
         established: u64,
         seconds: f64,
         connect_seconds: f64,
@@ -1443,7 +1509,7 @@ mod tests {
     #[test]
     fn replies_are_counted() {
         let live = Live::default();
-        let mut result = ConnResult::new();
+        let mut result = ConnResult::new(Arc::default());
         let t = Instant::now();
         let mut w = Window::new(4);
         for token in 1..=2 {
@@ -1463,7 +1529,7 @@ mod tests {
         );
         assert_eq!(&buf[..], b"ack", "a partial line waits for more bytes");
         assert_eq!(result.readings, 5);
-        assert_eq!(result.rtt.count(), 2);
+        assert_eq!(result.rtt.summary().count, 2);
         // The rejected line was reported once, by its `error` reply.
         assert_eq!(result.errors.replies, 1);
         assert_eq!(result.errors.rejected, 0);
