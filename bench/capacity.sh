@@ -15,15 +15,15 @@
 #
 # N in $CAP_CONNS (default "10000 50000"); REPS (default 1: these are absolute figures, not
 # ratios; ≈ 2.5 min per rep; the bench processes need ~0.5 GB of RAM
-# per 1 000 connections). Loopback only.
+# per 1 000 connections before commit 0d81a87, a few MB in all since). Loopback only.
 source "$(dirname "$0")/lib.sh"
 
 CAP_CONNS=${CAP_CONNS:-"10000 50000"}
 REPS=${REPS:-1}
 DURATION=${DURATION:-30}
 STEADY=${STEADY:-20}
-# Not measured: when the run starts, every connection of the bench allocates its latency
-# histogram at once (hundreds of KiB each; see BENCHMARKS.md), which stalls the first second.
+# Not measured: the first seconds, while every connection's first readings and the
+# server's per-connection state warm up.
 WARMUP=${WARMUP:-5}
 PER_PROCESS=${PER_PROCESS:-10000}
 bash scripts/install-bench-deps.sh jq
