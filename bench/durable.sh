@@ -6,52 +6,12 @@
 # Each cell runs REPS times (default 3) for DURATION (default 5s), each on a fresh server and
 # a fresh database; prints a Markdown table of medians. Raw JSON reports go to $OUT if set.
 # Loopback only; bounded: 3 settings x 3 shapes x REPS runs of DURATION (about 2.5 min).
-set -euo pipefail
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/lib.sh"
 
 DURATION=${DURATION:-5s}
 REPS=${REPS:-3}
 bash scripts/install-test-deps.sh jq
-cargo build --release --quiet
-bin=target/release/sensorlink
-
-tmp=$(mktemp -d)
-server_pid=
-cleanup() {
-  # Only the server this script started, by its PID.
-  if [ -n "$server_pid" ]; then kill -KILL "$server_pid" 2>/dev/null || true; fi
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# start_server STORE FSYNC: sets $server_pid and $addr.
-start_server() {
-  : > "$tmp/server.out"
-  "$bin" server --listen 127.0.0.1:0 --store "$1" --fsync "$2" -q > "$tmp/server.out" &
-  server_pid=$!
-  addr=
-  for _ in $(seq 200); do
-    addr=$(sed -n 's/^listening on //p' "$tmp/server.out")
-    [ -n "$addr" ] && return 0
-    kill -0 "$server_pid" 2>/dev/null || break
-    sleep 0.05
-  done
-  echo "server did not start" >&2
-  exit 2
-}
-
-stop_server() {
-  kill -TERM "$server_pid" 2>/dev/null || true
-  # Graceful shutdown flushes the store; give it 10 s, then stop waiting for it.
-  for _ in $(seq 200); do
-    kill -0 "$server_pid" 2>/dev/null || break
-    sleep 0.05
-  done
-  kill -KILL "$server_pid" 2>/dev/null || true
-  wait "$server_pid" 2>/dev/null || true
-  server_pid=
-}
+build
 
 # name|store|fsync
 settings=(
@@ -86,11 +46,11 @@ for setting in "${settings[@]}"; do
       else
         store=memory
       fi
-      start_server "$store" "$fsync"
+      start_ours "$store" "$fsync"
       # Exit 1 means errors, which the table shows; anything else stops the script.
       # shellcheck disable=SC2086 # $flags is a list of words
       "$bin" bench "$addr" $flags --duration "$DURATION" --json --no-progress > "$tmp/run.json" || [ $? -eq 1 ]
-      stop_server
+      stop_pid "$server_pid"
       cat "$tmp/run.json" >> "$runs"
       if [ -n "${OUT:-}" ]; then
         mkdir -p "$OUT"
