@@ -10,7 +10,8 @@
 //!   group-commit writer in front of them.
 //! - [`client`]: the sensor side: value sources, an I/O-free delivery state machine, RTT
 //!   statistics, reconnects.
-//! - [`metrics`]: every counter the server keeps, in one place.
+//! - [`events`]: each named event (connection accepted, line rejected, batch committed, …)
+//!   logs once and counts once; every metric name, and the Prometheus recorder.
 //! - [`query`]: `sensorlink query` / `sensorlink stats` output.
 //! - [`bench`]: `sensorlink bench`, the load generator.
 //! - [`cli`]: command-line flags.
@@ -18,7 +19,7 @@
 pub mod bench;
 pub mod cli;
 pub mod client;
-pub mod metrics;
+pub mod events;
 pub mod protocol;
 pub mod query;
 pub mod server;

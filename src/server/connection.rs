@@ -16,11 +16,15 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use super::{logging, ServerConfig};
-use crate::metrics::METRICS;
+use crate::events::{
+    AcksWithheld, BytesReceived, CloseReason, ConnectionClosed, ErrorReplySuppressed, Event as _,
+    LineRejected, Mode, ModeDetected, ReadingReceived, ReadingsAccepted, RepliesWritten,
+    StoreUnavailable,
+};
 use crate::protocol::codec::{sniff, Frame, LineDecoder, Sniff};
 use crate::protocol::control::{Ack, Reply};
 use crate::protocol::legacy::{LegacyDecoder, LegacyMessage, PONG};
-use crate::protocol::{ilp, ProtocolError, Reading};
+use crate::protocol::{ProtocolError, Reading};
 use crate::store::writer::{CommitReceiver, Committed, StoreHandle};
 use crate::store::{StoreError, StoredReading};
 use crate::timefmt::now_ns;
@@ -77,9 +81,9 @@ enum PendingReply {
         line: u64,
         reason: String,
     },
-    /// `reading`: this pong acknowledges a stored reading (not a bare `ping`).
+    /// `received`: this pong acknowledges a stored reading received then (not a bare `ping`).
     LegacyPong {
-        reading: bool,
+        received: Option<Instant>,
     },
 }
 
@@ -129,6 +133,19 @@ enum End {
     StoreFailed,
 }
 
+impl End {
+    fn reason(&self) -> CloseReason {
+        match self {
+            End::Eof => CloseReason::Eof,
+            End::Shutdown => CloseReason::Shutdown,
+            End::IdleTimeout => CloseReason::IdleTimeout,
+            End::ReadError | End::WriteError => CloseReason::Aborted,
+            End::WriteStalled => CloseReason::WriteStalled,
+            End::StoreFailed => CloseReason::StoreFailed,
+        }
+    }
+}
+
 struct Connection<'a> {
     peer_ip: String,
     limits: &'a Limits,
@@ -152,7 +169,21 @@ struct Connection<'a> {
     log_suppressed: u64,
     /// The last commit this connection saw, for the timings in acks.
     last_commit: Option<Committed>,
+    /// Readings decoded since the last count: counted once per read, not per reading.
+    uncounted_accepted: u64,
     out: Vec<u8>,
+    /// What `out` holds, counted once it is written.
+    out_replies: OutReplies,
+}
+
+/// The replies encoded into `Connection::out`, for [`RepliesWritten`].
+#[derive(Debug, Default)]
+struct OutReplies {
+    acks: u64,
+    pongs: u64,
+    errors: u64,
+    readings_acked: u64,
+    ack_receipts: Vec<Instant>,
 }
 
 /// Serve one peer until it leaves, idles out, or the server shuts down.
@@ -183,25 +214,26 @@ pub async fn serve<S>(
         last_commit: None,
         log_muted_second: -1,
         log_suppressed: 0,
+        uncounted_accepted: 0,
         out: Vec::new(),
+        out_replies: OutReplies::default(),
     };
-    tracing::debug!("connected");
     let end = conn.run(stream, &shutdown).await;
     let mode = match conn.decoder {
-        Decoder::Undecided => "none",
-        Decoder::Line(_) => "line",
-        Decoder::Legacy(_) => "legacy",
+        Decoder::Undecided => None,
+        Decoder::Line(_) => Some(Mode::Line),
+        Decoder::Legacy(_) => Some(Mode::Legacy),
     };
     let counters = &conn.counters;
-    tracing::info!(
+    ConnectionClosed {
         mode,
-        end = ?end,
-        accepted = counters.accepted,
-        rejected = counters.rejected,
-        acked = counters.acked,
-        duration_ms = started.elapsed().as_millis() as u64,
-        "disconnected"
-    );
+        reason: end.reason(),
+        accepted: counters.accepted,
+        rejected: counters.rejected,
+        acked: counters.acked,
+        duration: started.elapsed(),
+    }
+    .emit();
 }
 
 impl Connection<'_> {
@@ -251,13 +283,12 @@ impl Connection<'_> {
                         self.decode(&mut buf, true);
                     }
                     Ok(n) => {
-                        METRICS.bytes_received.add(n as u64);
+                        BytesReceived { bytes: n }.emit();
                         idle_deadline = tokio::time::Instant::now() + self.limits.idle_timeout;
                         self.decode(&mut buf, false);
                     }
                     Err(err) => {
                         tracing::debug!(cause = %err, "read failed");
-                        METRICS.connections_aborted.inc();
                         reading = false;
                         end = End::ReadError;
                         // Complete lines that arrived before the reset are still stored (nobody
@@ -266,7 +297,6 @@ impl Connection<'_> {
                     }
                 },
                 _ = tokio::time::sleep_until(idle_deadline), if can_read && self.inflight.is_empty() => {
-                    METRICS.connections_idle_timeout.inc();
                     tracing::info!(idle_timeout = ?self.limits.idle_timeout, "closing idle connection");
                     end = End::IdleTimeout;
                     break;
@@ -289,7 +319,7 @@ impl Connection<'_> {
             // A zero timeout polls the read once: ready data is taken, nothing is awaited.
             match tokio::time::timeout(Duration::ZERO, stream.read_buf(buf)).await {
                 Ok(Ok(n)) if n > 0 => {
-                    METRICS.bytes_received.add(n as u64);
+                    BytesReceived { bytes: n }.emit();
                     self.decode(buf, false);
                 }
                 _ => return,
@@ -305,16 +335,22 @@ impl Connection<'_> {
             match sniff(buf) {
                 Sniff::NeedMore if !eof => return,
                 Sniff::Legacy => {
-                    METRICS.connections_legacy.inc();
-                    tracing::debug!("legacy peer (seed protocol)");
+                    ModeDetected { mode: Mode::Legacy }.emit();
                     self.decoder = Decoder::Legacy(LegacyDecoder::new(self.limits.max_line_bytes));
                 }
                 Sniff::Line | Sniff::NeedMore => {
+                    ModeDetected { mode: Mode::Line }.emit();
                     self.decoder = Decoder::Line(LineDecoder::new(self.limits.max_line_bytes));
                 }
             }
         }
         self.decode_frames(buf, eof, received_ns, received_at);
+        if self.uncounted_accepted > 0 {
+            ReadingsAccepted {
+                count: std::mem::take(&mut self.uncounted_accepted),
+            }
+            .emit();
+        }
         if self.log_suppressed > 0 {
             logging::RECEIVED.add_suppressed(std::mem::take(&mut self.log_suppressed));
         }
@@ -384,30 +420,30 @@ impl Connection<'_> {
                 } else if self.held_errors.len() < MAX_HELD_ERRORS {
                     self.held_errors.push(reply);
                 } else {
-                    METRICS.errors_suppressed.inc();
+                    ErrorReplySuppressed.emit();
                 }
             }
         }
     }
 
     fn on_legacy(&mut self, message: LegacyMessage, received_ns: i64, received_at: Instant) {
-        let reading = match message {
-            LegacyMessage::Ping => false,
+        let received = match message {
+            LegacyMessage::Ping => None,
             LegacyMessage::Reading(mut reading) => {
                 // The seed's readings carry no name: the peer's address is the sensor.
                 reading
                     .tags
                     .push(("sensor".to_string(), self.peer_ip.clone()));
                 self.accept(reading, received_ns, received_at);
-                true
+                Some(received_at)
             }
             LegacyMessage::Invalid(error) => {
                 self.reject(&error, 0);
-                false
+                None
             }
         };
         // The seed answered every message, good or bad, with `pong`.
-        self.replies.push(PendingReply::LegacyPong { reading });
+        self.replies.push(PendingReply::LegacyPong { received });
     }
 
     fn become_interactive(&mut self) {
@@ -428,14 +464,11 @@ impl Connection<'_> {
         if second == self.log_muted_second {
             self.log_suppressed += 1;
         } else if logging::allow_received_line() {
-            let mut line = Vec::with_capacity(96);
-            ilp::encode(&reading, &mut line);
-            let text = String::from_utf8_lossy(&line);
-            tracing::info!("Received: {}", text.trim_end());
+            ReadingReceived { reading: &reading }.emit();
         } else {
             self.log_muted_second = second;
         }
-        METRICS.readings_accepted.inc();
+        self.uncounted_accepted += 1;
         self.counters.accepted += 1;
         self.since_sync_readings += 1;
         self.since_sync_first.get_or_insert(received_at);
@@ -447,15 +480,7 @@ impl Connection<'_> {
     }
 
     fn reject(&mut self, error: &ProtocolError, line: u64) {
-        METRICS.readings_rejected.inc();
-        match error {
-            ProtocolError::LineTooLong { .. } => METRICS.lines_oversize.inc(),
-            ProtocolError::InvalidUtf8 => METRICS.lines_invalid_utf8.inc(),
-            _ => {}
-        }
-        if logging::allow_rejected_line() {
-            tracing::warn!(line, cause = %error, "rejected");
-        }
+        LineRejected { line, error }.emit();
         self.counters.rejected += 1;
         self.since_sync_rejected += 1;
     }
@@ -485,7 +510,7 @@ impl Connection<'_> {
                 Ok(())
             }
             Err(err) => {
-                tracing::error!(cause = %err, "store unavailable; closing connection");
+                StoreUnavailable { error: &err }.emit();
                 Err(End::StoreFailed)
             }
         }
@@ -510,7 +535,20 @@ impl Connection<'_> {
                     self.last_commit = Some(committed);
                 }
                 Some(Err(err)) => {
-                    tracing::error!(cause = %err, "store failed; readings not acknowledged");
+                    let readings = head
+                        .replies
+                        .iter()
+                        .map(|reply| match reply {
+                            PendingReply::Ack { readings, .. } => *readings,
+                            PendingReply::LegacyPong { received } => u64::from(received.is_some()),
+                            _ => 0,
+                        })
+                        .sum();
+                    AcksWithheld {
+                        error: &*err,
+                        readings,
+                    }
+                    .emit();
                     store_failed = true;
                     for reply in head.replies {
                         match reply {
@@ -534,20 +572,30 @@ impl Connection<'_> {
             let write = stream.write_all(&self.out);
             match tokio::time::timeout(self.limits.write_timeout, write).await {
                 Ok(Ok(())) => {
-                    METRICS.bytes_sent.add(self.out.len() as u64);
+                    let replies = &mut self.out_replies;
+                    RepliesWritten {
+                        bytes: self.out.len(),
+                        acks: std::mem::take(&mut replies.acks),
+                        pongs: std::mem::take(&mut replies.pongs),
+                        errors: std::mem::take(&mut replies.errors),
+                        readings_acked: std::mem::take(&mut replies.readings_acked),
+                        ack_receipts: &replies.ack_receipts,
+                        written_at: Instant::now(),
+                    }
+                    .emit();
+                    replies.ack_receipts.clear();
                     self.out.clear();
                     // A burst of replies must not pin its buffer for the connection's life.
                     if self.out.capacity() > READ_CHUNK_BYTES * 8 {
                         self.out = Vec::new();
+                        self.out_replies.ack_receipts = Vec::new();
                     }
                 }
                 Ok(Err(err)) => {
                     tracing::debug!(cause = %err, "write failed");
-                    METRICS.connections_aborted.inc();
                     return Err(End::WriteError);
                 }
                 Err(_) => {
-                    METRICS.connections_write_stalled.inc();
                     tracing::warn!(
                         write_timeout = ?self.limits.write_timeout,
                         "peer does not read its replies; closing"
@@ -564,18 +612,22 @@ impl Connection<'_> {
 
     fn encode(&mut self, reply: PendingReply) {
         let reply = match reply {
-            PendingReply::LegacyPong { reading } => {
-                METRICS.pongs_sent.inc();
-                self.counters.acked += u64::from(reading);
+            PendingReply::LegacyPong { received } => {
+                self.out_replies.pongs += 1;
+                if let Some(received) = received {
+                    self.counters.acked += 1;
+                    self.out_replies.readings_acked += 1;
+                    self.out_replies.ack_receipts.push(received);
+                }
                 self.out.extend_from_slice(PONG);
                 return;
             }
             PendingReply::Pong(token) => {
-                METRICS.pongs_sent.inc();
+                self.out_replies.pongs += 1;
                 Reply::Pong(token)
             }
             PendingReply::Error { line, reason } => {
-                METRICS.errors_sent.inc();
+                self.out_replies.errors += 1;
                 Reply::Error { line, reason }
             }
             PendingReply::Ack {
@@ -585,7 +637,11 @@ impl Connection<'_> {
                 first_received,
                 ..
             } => {
-                METRICS.acks_sent.inc();
+                self.out_replies.acks += 1;
+                self.out_replies.readings_acked += readings;
+                if let Some(first) = first_received {
+                    self.out_replies.ack_receipts.push(first);
+                }
                 self.counters.acked += readings;
                 let (store_us, commit_us) = match (&self.last_commit, first_received) {
                     (Some(commit), Some(first)) => (

@@ -58,6 +58,11 @@ impl Default for ServerConfig {
 ///
 /// Prints `listening on <addr>` on stdout once bound (port 0 gets its real port).
 pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    // Before any connection registers its metric handles.
+    match crate::events::install_prometheus() {
+        Ok(handle) => spawn_metrics_upkeep(handle, shutdown.clone()),
+        Err(err) => tracing::warn!(cause = %err, "metrics are not exported"),
+    }
     let store_url = config.store.clone();
     let fsync = config.fsync;
     let store = tokio::task::spawn_blocking(move || store::open(&store_url, fsync))
@@ -85,6 +90,26 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
         .context("closing the store")?;
     tracing::info!("store flushed; bye");
     Ok(())
+}
+
+/// How often the exporter drains its histogram samples into buckets.
+const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Histogram samples pile up in the recorder until rendered; with nobody scraping yet
+/// (the HTTP side comes later), upkeep bounds that memory.
+fn spawn_metrics_upkeep(
+    handle: metrics_exporter_prometheus::PrometheusHandle,
+    shutdown: CancellationToken,
+) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(METRICS_UPKEEP_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => handle.run_upkeep(),
+            }
+        }
+    });
 }
 
 /// File descriptors kept for the listener, the store, logs and spare accepts.
