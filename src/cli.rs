@@ -4,6 +4,7 @@
 //! [`crate::client::ClientConfig`]) in [`run`], so the rest of the code never sees clap.
 
 use std::io::IsTerminal as _;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -12,9 +13,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
 use crate::client::{self, source::SourceSpec, ClientConfig};
+use crate::config::{self, RawServer};
 use crate::query::{self, Format};
-use crate::server::{self, ServerConfig};
-use crate::store::writer::WriterConfig;
+use crate::server;
 use crate::store::{self, FsyncPolicy, StoreUrl};
 
 #[derive(Debug, Parser)]
@@ -59,34 +60,15 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct ServerArgs {
-    /// Address to listen on (port 0 picks a free port; the chosen address is printed).
-    #[arg(long, default_value = "0.0.0.0:8889", env = "SENSORLINK_LISTEN")]
-    pub listen: String,
-    /// Where readings go: `sqlite:PATH` (durable) or `memory` (tests, benchmarks).
-    #[arg(long, default_value = "sqlite:sensorlink.db", env = "SENSORLINK_STORE")]
-    pub store: StoreUrl,
-    /// When a commit reaches the disk: `always` (fsync every commit: an acked reading
-    /// survives a power cut) or `os` (the OS writes back later: survives a crash only).
-    #[arg(long, value_enum, default_value_t = FsyncPolicy::Always, env = "SENSORLINK_FSYNC")]
-    pub fsync: FsyncPolicy,
-    /// Most connections at once; more are closed on arrival.
-    #[arg(long, default_value_t = 50_000, env = "SENSORLINK_MAX_CONNECTIONS")]
-    pub max_connections: usize,
-    /// Close a connection that sends nothing for this long.
-    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration, env = "SENSORLINK_IDLE_TIMEOUT")]
-    pub idle_timeout: Duration,
-    /// Close a connection that does not read its replies for this long.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, env = "SENSORLINK_WRITE_TIMEOUT")]
-    pub write_timeout: Duration,
-    /// Longest line accepted; longer lines are discarded and answered with an error.
-    #[arg(long, default_value_t = crate::protocol::DEFAULT_MAX_LINE_BYTES, env = "SENSORLINK_MAX_LINE_BYTES")]
-    pub max_line_bytes: usize,
-    /// Most readings in one store transaction (group commit).
-    #[arg(long, default_value_t = 20_000, env = "SENSORLINK_COMMIT_MAX_ROWS")]
-    pub commit_max_rows: usize,
-    /// Extra wait for more readings before a small commit (0 = commit as soon as the store is free).
-    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration, env = "SENSORLINK_COMMIT_DELAY")]
-    pub commit_delay: Duration,
+    /// Read settings from this TOML file (`[server]` table); the environment and flags
+    /// override it.
+    #[arg(long, value_name = "FILE", env = "SENSORLINK_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Print the effective settings as TOML (a valid --config file) and exit.
+    #[arg(long)]
+    pub print_config: bool,
+    #[command(flatten)]
+    pub settings: RawServer,
 }
 
 #[derive(Debug, Args)]
@@ -215,21 +197,11 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
     init_tracing(&cli, default_level);
     match cli.command {
         Command::Server(args) => {
-            let config = ServerConfig {
-                listen: args.listen,
-                store: args.store,
-                fsync: args.fsync,
-                max_connections: args.max_connections.max(1),
-                idle_timeout: args.idle_timeout,
-                write_timeout: args.write_timeout,
-                max_line_bytes: args.max_line_bytes.max(64),
-                writer: WriterConfig {
-                    max_batch_rows: args.commit_max_rows.max(1),
-                    commit_delay: args.commit_delay,
-                    ..WriterConfig::default()
-                },
-                ..ServerConfig::default()
-            };
+            let config = config::server_config(args.settings, args.config.as_deref())?;
+            if args.print_config {
+                print_config(&config::print_server(&config))?;
+                return Ok(Outcome::Ok);
+            }
             let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
             runtime.block_on(async {
                 let shutdown = CancellationToken::new();
@@ -283,6 +255,15 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
             Ok(Outcome::Ok)
         }
     }
+}
+
+/// Write `--print-config` output to stdout.
+fn print_config(text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .context("writing the configuration")
 }
 
 /// Open a store to read it back; a SQLite file that does not exist is an error, not a new

@@ -15,10 +15,13 @@
 //! - [`query`]: `sensorlink query` / `sensorlink stats` output.
 //! - [`bench`]: `sensorlink bench`, the load generator.
 //! - [`cli`]: command-line flags.
+//! - [`config`]: defaults < TOML file < environment < flags, validated into the server's
+//!   and client's settings; `--print-config`.
 
 pub mod bench;
 pub mod cli;
 pub mod client;
+pub mod config;
 pub mod events;
 pub mod protocol;
 pub mod query;

@@ -2,6 +2,7 @@
 
 mod bench;
 mod client;
+mod config;
 mod durability;
 mod harness;
 mod line;

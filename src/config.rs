@@ -1,0 +1,545 @@
+//! Settings from four places, in rising precedence: defaults < TOML file (`--config FILE`
+//! or `SENSORLINK_CONFIG`) < environment (`SENSORLINK_<FLAG>`) < flags.
+//!
+//! Two steps, as ripgrep's LowArgs → HiArgs: a raw layer whose every field is an `Option`
+//! ([`RawServer`]: what one source said, and nothing it did not say) is read from the flags
+//! and environment (clap) and from the file (serde); the layers are merged field by field
+//! and then validated into [`ServerConfig`]. A value out of range is an error naming the
+//! setting and the accepted range: nothing is clamped behind the user's back.
+//!
+//! The file has one table per command and uses the flags' names:
+//!
+//! ```toml
+//! [server]
+//! listen = "0.0.0.0:8889"
+//! store = "sqlite:sensorlink.db"
+//! idle-timeout = "5m"
+//! ```
+//!
+//! `sensorlink server --print-config` prints the effective settings in this form, so its
+//! output is a valid `--config` file.
+
+use std::fmt::Display;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser as _};
+use serde::{Deserialize, Serialize};
+
+use crate::server::{self, ServerConfig};
+use crate::store::writer::WriterConfig;
+use crate::store::{FsyncPolicy, StoreUrl};
+
+/// A setting that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid {setting} {value}: accepted {accepted}")]
+    Invalid {
+        /// The flag's name, which is also the file's key.
+        setting: &'static str,
+        value: String,
+        accepted: String,
+    },
+    #[error("reading config file {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {}", path.display())]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+}
+
+/// The whole config file: one optional table per command.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<RawServer>,
+}
+
+impl ConfigFile {
+    /// Read and parse `path`.
+    ///
+    /// # Errors
+    /// The file cannot be read, is not TOML, or has a key no command knows.
+    pub fn load(path: &Path) -> Result<ConfigFile, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// As TOML, for `--print-config`.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("settings are plain strings, numbers and tables")
+    }
+}
+
+/// Server settings as one source gives them: `None` means "not said here".
+///
+/// The same struct is the flag set (clap, with `env`) and the file's `[server]` table
+/// (serde), so a setting has one name everywhere. No clap defaults: a default would hide
+/// a value from the file. The defaults shown in `--help` are checked by a test.
+#[derive(Debug, Default, Clone, PartialEq, clap::Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawServer {
+    /// Address to listen on (port 0 picks a free port; the chosen address is printed)
+    /// [default: 0.0.0.0:8889].
+    #[arg(long, env = "SENSORLINK_LISTEN")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// Where readings go: `sqlite:PATH` (durable) or `memory` (tests, benchmarks)
+    /// [default: sqlite:sensorlink.db].
+    #[arg(long, env = "SENSORLINK_STORE")]
+    #[serde(
+        default,
+        with = "display_from_str",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub store: Option<StoreUrl>,
+    /// When a commit reaches the disk: `always` (fsync every commit: an acked reading
+    /// survives a power cut) or `os` (the OS writes back later: survives a crash only)
+    /// [default: always].
+    #[arg(long, env = "SENSORLINK_FSYNC", value_parser = fsync_parser())]
+    #[serde(default, with = "fsync_names", skip_serializing_if = "Option::is_none")]
+    pub fsync: Option<FsyncPolicy>,
+    /// Most connections at once; more are closed on arrival
+    /// [default: what the open-file limit allows, at most 50000].
+    #[arg(long, env = "SENSORLINK_MAX_CONNECTIONS")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
+    /// Close a connection that sends nothing for this long [default: 5m].
+    #[arg(long, env = "SENSORLINK_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[serde(
+        default,
+        with = "human_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub idle_timeout: Option<Duration>,
+    /// Close a connection that does not read its replies for this long [default: 30s].
+    #[arg(long, env = "SENSORLINK_WRITE_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[serde(
+        default,
+        with = "human_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub write_timeout: Option<Duration>,
+    /// Longest line accepted; longer lines are discarded and answered with an error
+    /// [default: 65536].
+    #[arg(long, env = "SENSORLINK_MAX_LINE_BYTES")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_line_bytes: Option<usize>,
+    /// Most readings in one store transaction (group commit) [default: 20000].
+    #[arg(long, env = "SENSORLINK_COMMIT_MAX_ROWS")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit_max_rows: Option<usize>,
+    /// Extra wait for more readings before a small commit (0s = commit as soon as the store
+    /// is free) [default: 0s].
+    #[arg(long, env = "SENSORLINK_COMMIT_DELAY", value_parser = humantime::parse_duration)]
+    #[serde(
+        default,
+        with = "human_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub commit_delay: Option<Duration>,
+}
+
+/// Accepted ranges, inclusive. Named so the error message and the check cannot disagree.
+pub mod limits {
+    use std::time::Duration;
+
+    /// Linux's default ceiling on open files per process (`fs.nr_open`).
+    pub const MAX_CONNECTIONS: (usize, usize) = (1, 1 << 20);
+    /// Below 64 bytes not even a short reading fits; above 16 MiB one line could pin that
+    /// much memory per connection.
+    pub const MAX_LINE_BYTES: (usize, usize) = (64, 16 << 20);
+    pub const COMMIT_MAX_ROWS: (usize, usize) = (1, 1_000_000);
+    pub const TIMEOUT: (Duration, Duration) =
+        (Duration::from_millis(1), Duration::from_secs(7 * 24 * 3600));
+    pub const COMMIT_DELAY: (Duration, Duration) = (Duration::ZERO, Duration::from_secs(10));
+}
+
+impl RawServer {
+    /// Each field from `self`, or from `lower` where `self` says nothing.
+    pub fn or(self, lower: RawServer) -> RawServer {
+        RawServer {
+            listen: self.listen.or(lower.listen),
+            store: self.store.or(lower.store),
+            fsync: self.fsync.or(lower.fsync),
+            max_connections: self.max_connections.or(lower.max_connections),
+            idle_timeout: self.idle_timeout.or(lower.idle_timeout),
+            write_timeout: self.write_timeout.or(lower.write_timeout),
+            max_line_bytes: self.max_line_bytes.or(lower.max_line_bytes),
+            commit_max_rows: self.commit_max_rows.or(lower.commit_max_rows),
+            commit_delay: self.commit_delay.or(lower.commit_delay),
+        }
+    }
+
+    /// Validate into the server's settings; unset fields take their defaults.
+    ///
+    /// # Errors
+    /// The first setting out of its accepted range.
+    pub fn validate(self) -> Result<ServerConfig, ConfigError> {
+        let defaults = ServerConfig::default();
+        let max_connections = match self.max_connections {
+            Some(n) => in_range("max-connections", n, limits::MAX_CONNECTIONS)?,
+            None => server::default_max_connections(),
+        };
+        Ok(ServerConfig {
+            listen: self.listen.unwrap_or(defaults.listen),
+            store: self.store.unwrap_or(defaults.store),
+            fsync: self.fsync.unwrap_or(defaults.fsync),
+            max_connections,
+            idle_timeout: in_range(
+                "idle-timeout",
+                self.idle_timeout.unwrap_or(defaults.idle_timeout),
+                limits::TIMEOUT,
+            )?,
+            write_timeout: in_range(
+                "write-timeout",
+                self.write_timeout.unwrap_or(defaults.write_timeout),
+                limits::TIMEOUT,
+            )?,
+            max_line_bytes: in_range(
+                "max-line-bytes",
+                self.max_line_bytes.unwrap_or(defaults.max_line_bytes),
+                limits::MAX_LINE_BYTES,
+            )?,
+            writer: WriterConfig {
+                max_batch_rows: in_range(
+                    "commit-max-rows",
+                    self.commit_max_rows
+                        .unwrap_or(defaults.writer.max_batch_rows),
+                    limits::COMMIT_MAX_ROWS,
+                )?,
+                commit_delay: in_range(
+                    "commit-delay",
+                    self.commit_delay.unwrap_or(defaults.writer.commit_delay),
+                    limits::COMMIT_DELAY,
+                )?,
+                ..defaults.writer
+            },
+            ..defaults
+        })
+    }
+
+    /// The raw layer that says exactly `config`: what `--print-config` prints.
+    pub fn from_config(config: &ServerConfig) -> RawServer {
+        RawServer {
+            listen: Some(config.listen.clone()),
+            store: Some(config.store.clone()),
+            fsync: Some(config.fsync),
+            max_connections: Some(config.max_connections),
+            idle_timeout: Some(config.idle_timeout),
+            write_timeout: Some(config.write_timeout),
+            max_line_bytes: Some(config.max_line_bytes),
+            commit_max_rows: Some(config.writer.max_batch_rows),
+            commit_delay: Some(config.writer.commit_delay),
+        }
+    }
+}
+
+/// The server's settings from `flags` (which clap already filled from the environment)
+/// over the `[server]` table of `file`.
+///
+/// # Errors
+/// The file cannot be used, or a setting is out of range.
+pub fn server_config(flags: RawServer, file: Option<&Path>) -> Result<ServerConfig, ConfigError> {
+    let from_file = match file {
+        Some(path) => ConfigFile::load(path)?.server.unwrap_or_default(),
+        None => RawServer::default(),
+    };
+    flags.or(from_file).validate()
+}
+
+/// `server --print-config`: the effective settings as a valid `--config` file.
+pub fn print_server(config: &ServerConfig) -> String {
+    let file = ConfigFile {
+        server: Some(RawServer::from_config(config)),
+    };
+    format!(
+        "# sensorlink server: effective settings (defaults < file < environment < flags)\n{}",
+        file.to_toml()
+    )
+}
+
+/// `value` if within `(low, high)`, else the error naming the setting and the range.
+fn in_range<T: PartialOrd + Copy + ShowValue>(
+    setting: &'static str,
+    value: T,
+    (low, high): (T, T),
+) -> Result<T, ConfigError> {
+    if low <= value && value <= high {
+        Ok(value)
+    } else {
+        Err(ConfigError::Invalid {
+            setting,
+            value: value.show(),
+            accepted: format!("{} to {}", low.show(), high.show()),
+        })
+    }
+}
+
+/// How a value is written in messages: as the user would write it.
+trait ShowValue {
+    fn show(&self) -> String;
+}
+
+impl ShowValue for usize {
+    fn show(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl ShowValue for Duration {
+    fn show(&self) -> String {
+        humantime::format_duration(*self).to_string()
+    }
+}
+
+/// `--fsync` values, with their help, without tying the store's type to clap.
+fn fsync_parser() -> impl clap::builder::TypedValueParser<Value = FsyncPolicy> {
+    PossibleValuesParser::new([
+        PossibleValue::new("always")
+            .help("fsync at every commit: an acked reading survives a power cut (default)"),
+        PossibleValue::new("os").help(
+            "Let the OS decide when to write back: an acked reading survives a process crash, not a power cut",
+        ),
+    ])
+    .map(|name| fsync_names::parse(&name).expect("clap admits only the listed names"))
+}
+
+/// `fsync = "always" | "os"` in the file.
+mod fsync_names {
+    use serde::{Deserialize as _, Deserializer, Serializer};
+
+    use crate::store::FsyncPolicy;
+
+    pub fn parse(name: &str) -> Option<FsyncPolicy> {
+        match name {
+            "always" => Some(FsyncPolicy::Always),
+            "os" => Some(FsyncPolicy::Os),
+            _ => None,
+        }
+    }
+
+    pub fn name(policy: FsyncPolicy) -> &'static str {
+        match policy {
+            FsyncPolicy::Always => "always",
+            FsyncPolicy::Os => "os",
+        }
+    }
+
+    pub fn serialize<S: Serializer>(value: &Option<FsyncPolicy>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(policy) => s.serialize_str(name(*policy)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<FsyncPolicy>, D::Error> {
+        let name = String::deserialize(d)?;
+        parse(&name).map(Some).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "invalid fsync {name:?}: accepted \"always\" or \"os\""
+            ))
+        })
+    }
+}
+
+/// Durations written the human way in the file: `"10s"`, `"250ms"`, `"5m"`.
+mod human_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize as _, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map(Some).map_err(|err| {
+            serde::de::Error::custom(format!(
+                "invalid duration {text:?} ({err}); write e.g. \"10s\", \"250ms\", \"5m\""
+            ))
+        })
+    }
+}
+
+/// Types with `FromStr` + `Display` (store URLs) as strings in the file.
+mod display_from_str {
+    use super::{Display, FromStr};
+    use serde::{Deserialize as _, Deserializer, Serializer};
+
+    pub fn serialize<T: Display, S: Serializer>(
+        value: &Option<T>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(v) => s.collect_str(v),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, T, D>(d: D) -> Result<Option<T>, D::Error>
+    where
+        T: FromStr,
+        T::Err: Display,
+        D: Deserializer<'de>,
+    {
+        let text = String::deserialize(d)?;
+        text.parse().map(Some).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    fn parse_file(text: &str) -> Result<RawServer, ConfigError> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("sensorlink.toml");
+        std::fs::write(&path, text).expect("write config");
+        Ok(ConfigFile::load(&path)?.server.unwrap_or_default())
+    }
+
+    #[test]
+    fn flags_win_over_the_file_and_the_file_over_defaults() {
+        let file = parse_file(
+            "[server]\nstore = \"memory\"\nmax-connections = 5\nidle-timeout = \"90s\"\n",
+        )
+        .expect("valid file");
+        let flags = RawServer {
+            max_connections: Some(7),
+            ..RawServer::default()
+        };
+        let config = flags.or(file).validate().expect("valid settings");
+        assert_eq!(config.max_connections, 7, "flag over file");
+        assert_eq!(config.store, StoreUrl::Memory, "file over default");
+        assert_eq!(config.idle_timeout, Duration::from_secs(90));
+        assert_eq!(config.write_timeout, ServerConfig::default().write_timeout);
+    }
+
+    #[test]
+    fn out_of_range_values_name_the_setting_and_the_range() {
+        let cases = [
+            (
+                RawServer {
+                    max_connections: Some(0),
+                    ..RawServer::default()
+                },
+                "invalid max-connections 0: accepted 1 to 1048576",
+            ),
+            (
+                RawServer {
+                    max_line_bytes: Some(10),
+                    ..RawServer::default()
+                },
+                "invalid max-line-bytes 10: accepted 64 to 16777216",
+            ),
+            (
+                RawServer {
+                    commit_max_rows: Some(0),
+                    ..RawServer::default()
+                },
+                "invalid commit-max-rows 0: accepted 1 to 1000000",
+            ),
+            (
+                RawServer {
+                    idle_timeout: Some(Duration::ZERO),
+                    ..RawServer::default()
+                },
+                "invalid idle-timeout 0s: accepted 1ms to 7days",
+            ),
+        ];
+        for (raw, message) in cases {
+            let err = raw.validate().expect_err(message);
+            assert_eq!(err.to_string(), message);
+        }
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_in_the_file_are_errors() {
+        let err = parse_file("[server]\nmax-conections = 3\n").expect_err("typo");
+        assert!(
+            format!("{:#}", anyhow::Error::from(err)).contains("unknown field `max-conections`"),
+        );
+        let err = parse_file("[server]\nidle-timeout = \"5 parsecs\"\n").expect_err("unit");
+        assert!(
+            format!("{:#}", anyhow::Error::from(err)).contains("invalid duration \"5 parsecs\"")
+        );
+        let err = parse_file("[server]\nfsync = \"never\"\n").expect_err("fsync");
+        assert!(format!("{:#}", anyhow::Error::from(err)).contains("accepted \"always\" or \"os\""));
+        assert!(parse_file("[sever]\n").is_err(), "unknown table");
+    }
+
+    #[test]
+    fn printed_config_reads_back_as_the_same_settings() {
+        let raw = RawServer {
+            store: Some(StoreUrl::Sqlite("/tmp/x y.db".into())),
+            fsync: Some(FsyncPolicy::Os),
+            max_connections: Some(12),
+            idle_timeout: Some(Duration::from_millis(1500)),
+            commit_delay: Some(Duration::from_millis(2)),
+            ..RawServer::default()
+        };
+        let config = raw.validate().expect("valid");
+        let printed = print_server(&config);
+        let again = parse_file(&printed)
+            .expect("printed config parses")
+            .validate()
+            .expect("printed config is valid");
+        assert_eq!(print_server(&again), printed);
+        assert_eq!(
+            RawServer::from_config(&again),
+            RawServer::from_config(&config)
+        );
+        assert!(
+            printed.contains("idle-timeout = \"1s 500ms\"\n"),
+            "{printed}"
+        );
+    }
+
+    /// `--help` states the defaults by hand (no clap defaults, see [`RawServer`]): they must
+    /// be the real ones.
+    #[test]
+    fn help_shows_the_real_defaults() {
+        let mut cli = crate::cli::Cli::command();
+        let server = cli
+            .find_subcommand_mut("server")
+            .expect("server subcommand");
+        let help = server.render_long_help().to_string();
+        let defaults = RawServer::from_config(&ServerConfig::default());
+        let table = toml::Table::try_from(&defaults).expect("settings serialize as a table");
+        for (key, value) in table {
+            if key == "max-connections" {
+                assert!(help.contains("at most 50000]"), "{help}");
+                continue;
+            }
+            let shown = match value {
+                toml::Value::String(text) => text,
+                other => other.to_string(),
+            };
+            assert!(
+                help.contains(&format!("[default: {shown}]")),
+                "--{key} help lacks [default: {shown}]:\n{help}"
+            );
+        }
+    }
+}
