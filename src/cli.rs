@@ -6,14 +6,13 @@
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{self, source::SourceSpec, ClientConfig};
-use crate::config::{self, RawServer};
+use crate::client;
+use crate::config::{self, RawClient, RawServer};
 use crate::query::{self, Format};
 use crate::server;
 use crate::store::{self, FsyncPolicy, StoreUrl};
@@ -73,50 +72,15 @@ pub struct ServerArgs {
 
 #[derive(Debug, Args)]
 pub struct ClientArgs {
-    /// Server address.
-    #[arg(default_value = "127.0.0.1:8889", env = "SENSORLINK_ADDR")]
-    pub addr: String,
-    /// Sensor name sent as the `sensor` tag (default: this host's name).
-    #[arg(long, env = "SENSORLINK_SENSOR")]
-    pub sensor: Option<String>,
-    /// Measurement name of the readings.
-    #[arg(long, default_value = "reading", env = "SENSORLINK_MEASUREMENT")]
-    pub measurement: String,
-    /// Time between readings (e.g. 1s, 250ms).
-    #[arg(short, long, default_value = "1s", value_parser = humantime::parse_duration, env = "SENSORLINK_INTERVAL")]
-    pub interval: Duration,
-    /// Stop after this many readings (default: run until Ctrl-C or the source ends).
-    #[arg(short, long, env = "SENSORLINK_COUNT")]
-    pub count: Option<u64>,
-    /// A reading not acknowledged within this time is reported lost.
-    #[arg(short = 'W', long, default_value = "10s", value_parser = humantime::parse_duration, env = "SENSORLINK_TIMEOUT")]
-    pub timeout: Duration,
-    /// Speak the seed client's exact bytes (`ping`, `ping / ('<time>', <n>)`).
-    #[arg(long, env = "SENSORLINK_LEGACY")]
-    pub legacy: bool,
-    /// One JSON object per event on stdout, and the summary as JSON.
-    #[arg(long, env = "SENSORLINK_JSON")]
-    pub json: bool,
-    /// Where values come from: counter, random, exec:CMD, file:PATH, stdin.
-    #[arg(long, default_value = "counter", env = "SENSORLINK_SOURCE")]
-    pub source: SourceSpec,
-    /// Most readings kept in memory while unacknowledged (without --spool); beyond it the
-    /// oldest is dropped (and reported).
-    #[arg(long, default_value_t = 100_000, env = "SENSORLINK_MAX_PENDING")]
-    pub max_pending: usize,
-    /// Keep unacknowledged readings in this directory, so they survive a client restart
-    /// and are sent (in order, with their original timestamps) once the server is back.
-    #[arg(long, env = "SENSORLINK_SPOOL", conflicts_with = "legacy")]
-    pub spool: Option<std::path::PathBuf>,
-    /// Most bytes the spool keeps; beyond it the oldest readings are dropped (and reported).
-    #[arg(long, default_value_t = 1 << 30, env = "SENSORLINK_SPOOL_MAX_BYTES")]
-    pub spool_max_bytes: u64,
-    /// Readings older than this are dropped from the spool (and reported), e.g. `7d`.
-    #[arg(long, value_parser = humantime::parse_duration, env = "SENSORLINK_SPOOL_MAX_AGE")]
-    pub spool_max_age: Option<Duration>,
-    /// Longest wait between reconnect attempts.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, env = "SENSORLINK_MAX_BACKOFF")]
-    pub max_backoff: Duration,
+    /// Read settings from this TOML file (`[client]` table); the environment and flags
+    /// override it.
+    #[arg(long, value_name = "FILE", env = "SENSORLINK_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Print the effective settings as TOML (a valid --config file) and exit.
+    #[arg(long)]
+    pub print_config: bool,
+    #[command(flatten)]
+    pub settings: RawClient,
 }
 
 #[derive(Debug, Args)]
@@ -211,25 +175,11 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
             Ok(Outcome::Ok)
         }
         Command::Client(args) => {
-            let config = ClientConfig {
-                addr: args.addr,
-                sensor: match args.sensor {
-                    Some(name) => name,
-                    None => gethostname::gethostname().to_string_lossy().into_owned(),
-                },
-                measurement: args.measurement,
-                interval: args.interval,
-                count: args.count,
-                timeout: args.timeout,
-                legacy: args.legacy,
-                json: args.json,
-                source: args.source,
-                max_pending: args.max_pending.max(1),
-                max_backoff: args.max_backoff,
-                spool: args.spool,
-                spool_max_bytes: args.spool_max_bytes,
-                spool_max_age: args.spool_max_age,
-            };
+            let config = config::client_config(args.settings, args.config.as_deref())?;
+            if args.print_config {
+                print_config(&config::print_client(&config))?;
+                return Ok(Outcome::Ok);
+            }
             let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
             Ok(runtime.block_on(client::run(config)))
         }

@@ -27,6 +27,8 @@ use std::time::Duration;
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser as _};
 use serde::{Deserialize, Serialize};
 
+use crate::client::source::SourceSpec;
+use crate::client::ClientConfig;
 use crate::server::{self, ServerConfig};
 use crate::store::writer::WriterConfig;
 use crate::store::{FsyncPolicy, StoreUrl};
@@ -61,6 +63,8 @@ pub enum ConfigError {
 pub struct ConfigFile {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server: Option<RawServer>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<RawClient>,
 }
 
 impl ConfigFile {
@@ -167,6 +171,17 @@ pub mod limits {
     pub const TIMEOUT: (Duration, Duration) =
         (Duration::from_millis(1), Duration::from_secs(7 * 24 * 3600));
     pub const COMMIT_DELAY: (Duration, Duration) = (Duration::ZERO, Duration::from_secs(10));
+    /// Zero sends as fast as acks allow.
+    pub const INTERVAL: (Duration, Duration) = (Duration::ZERO, Duration::from_secs(24 * 3600));
+    pub const MAX_PENDING: (usize, usize) = (1, 100_000_000);
+    /// A spool smaller than one segment could hold nothing useful.
+    pub const SPOOL_MAX_BYTES: (u64, u64) = (64 << 10, 1 << 50);
+    pub const SPOOL_MAX_AGE: (Duration, Duration) = (
+        Duration::from_secs(1),
+        Duration::from_secs(3650 * 24 * 3600),
+    );
+    pub const MAX_BACKOFF: (Duration, Duration) =
+        (Duration::from_millis(1), Duration::from_secs(24 * 3600));
 }
 
 impl RawServer {
@@ -266,9 +281,226 @@ pub fn server_config(flags: RawServer, file: Option<&Path>) -> Result<ServerConf
 pub fn print_server(config: &ServerConfig) -> String {
     let file = ConfigFile {
         server: Some(RawServer::from_config(config)),
+        ..ConfigFile::default()
     };
     format!(
         "# sensorlink server: effective settings (defaults < file < environment < flags)\n{}",
+        file.to_toml()
+    )
+}
+
+/// Client settings as one source gives them: `None` means "not said here" (see
+/// [`RawServer`]). Switches take `--legacy`, `--legacy=false`, or `legacy = true` in the file.
+#[derive(Debug, Default, Clone, PartialEq, clap::Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawClient {
+    /// Server address [default: 127.0.0.1:8889].
+    #[arg(env = "SENSORLINK_ADDR")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addr: Option<String>,
+    /// Sensor name sent as the `sensor` tag [default: this host's name].
+    #[arg(long, env = "SENSORLINK_SENSOR")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sensor: Option<String>,
+    /// Measurement name of the readings [default: reading].
+    #[arg(long, env = "SENSORLINK_MEASUREMENT")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measurement: Option<String>,
+    /// Time between readings (e.g. 1s, 250ms) [default: 1s].
+    #[arg(short, long, env = "SENSORLINK_INTERVAL", value_parser = humantime::parse_duration)]
+    #[serde(
+        default,
+        with = "human_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub interval: Option<Duration>,
+    /// Stop after this many readings (default: run until Ctrl-C or the source ends).
+    #[arg(short, long, env = "SENSORLINK_COUNT")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+    /// A reading not acknowledged within this time is reported lost [default: 10s].
+    #[arg(short = 'W', long, env = "SENSORLINK_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[serde(
+        default,
+        with = "human_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout: Option<Duration>,
+    /// Speak the seed client's exact bytes (`ping`, `ping / ('<time>', <n>)`) [default: false].
+    #[arg(long, env = "SENSORLINK_LEGACY", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_name = "BOOL",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub legacy: Option<bool>,
+    /// One JSON object per event on stdout, and the summary as JSON [default: false].
+    #[arg(long, env = "SENSORLINK_JSON", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_name = "BOOL",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json: Option<bool>,
+    /// Where values come from: counter, random, exec:CMD, file:PATH, stdin [default: counter].
+    #[arg(long, env = "SENSORLINK_SOURCE")]
+    #[serde(default, with = "source_spec", skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceSpec>,
+    /// Most readings kept in memory while unacknowledged (without --spool); beyond it the
+    /// oldest is dropped (and reported) [default: 100000].
+    #[arg(long, env = "SENSORLINK_MAX_PENDING")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_pending: Option<usize>,
+    /// Keep unacknowledged readings in this directory, so they survive a client restart
+    /// and are sent (in order, with their original timestamps) once the server is back.
+    #[arg(long, env = "SENSORLINK_SPOOL")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spool: Option<PathBuf>,
+    /// Most bytes the spool keeps; beyond it the oldest readings are dropped (and reported)
+    /// [default: 1073741824].
+    #[arg(long, env = "SENSORLINK_SPOOL_MAX_BYTES")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spool_max_bytes: Option<u64>,
+    /// Readings older than this are dropped from the spool (and reported), e.g. `7d`.
+    #[arg(long, env = "SENSORLINK_SPOOL_MAX_AGE", value_parser = humantime::parse_duration)]
+    #[serde(
+        default,
+        with = "human_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub spool_max_age: Option<Duration>,
+    /// Longest wait between reconnect attempts [default: 30s].
+    #[arg(long, env = "SENSORLINK_MAX_BACKOFF", value_parser = humantime::parse_duration)]
+    #[serde(
+        default,
+        with = "human_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_backoff: Option<Duration>,
+}
+
+impl RawClient {
+    /// Each field from `self`, or from `lower` where `self` says nothing.
+    pub fn or(self, lower: RawClient) -> RawClient {
+        RawClient {
+            addr: self.addr.or(lower.addr),
+            sensor: self.sensor.or(lower.sensor),
+            measurement: self.measurement.or(lower.measurement),
+            interval: self.interval.or(lower.interval),
+            count: self.count.or(lower.count),
+            timeout: self.timeout.or(lower.timeout),
+            legacy: self.legacy.or(lower.legacy),
+            json: self.json.or(lower.json),
+            source: self.source.or(lower.source),
+            max_pending: self.max_pending.or(lower.max_pending),
+            spool: self.spool.or(lower.spool),
+            spool_max_bytes: self.spool_max_bytes.or(lower.spool_max_bytes),
+            spool_max_age: self.spool_max_age.or(lower.spool_max_age),
+            max_backoff: self.max_backoff.or(lower.max_backoff),
+        }
+    }
+
+    /// Validate into the client's settings; unset fields take their defaults.
+    ///
+    /// # Errors
+    /// The first setting out of its accepted range, or `spool` together with `legacy`.
+    pub fn validate(self) -> Result<ClientConfig, ConfigError> {
+        let legacy = self.legacy.unwrap_or(false);
+        if legacy {
+            if let Some(spool) = &self.spool {
+                return Err(ConfigError::Invalid {
+                    setting: "spool",
+                    value: spool.display().to_string(),
+                    accepted:
+                        "only without legacy (the seed's messages carry no sequence to resend by)"
+                            .into(),
+                });
+            }
+        }
+        Ok(ClientConfig {
+            addr: self
+                .addr
+                .unwrap_or_else(|| format!("127.0.0.1:{}", crate::DEFAULT_PORT)),
+            sensor: match self.sensor {
+                Some(name) => name,
+                None => gethostname::gethostname().to_string_lossy().into_owned(),
+            },
+            measurement: self.measurement.unwrap_or_else(|| "reading".into()),
+            interval: in_range(
+                "interval",
+                self.interval.unwrap_or(Duration::from_secs(1)),
+                limits::INTERVAL,
+            )?,
+            // 0 is useful: replay the spool, send nothing new.
+            count: self.count,
+            timeout: in_range(
+                "timeout",
+                self.timeout.unwrap_or(Duration::from_secs(10)),
+                limits::TIMEOUT,
+            )?,
+            legacy,
+            json: self.json.unwrap_or(false),
+            source: self.source.unwrap_or(SourceSpec::Counter),
+            max_pending: in_range(
+                "max-pending",
+                self.max_pending.unwrap_or(100_000),
+                limits::MAX_PENDING,
+            )?,
+            max_backoff: in_range(
+                "max-backoff",
+                self.max_backoff.unwrap_or(Duration::from_secs(30)),
+                limits::MAX_BACKOFF,
+            )?,
+            spool: self.spool,
+            spool_max_bytes: in_range(
+                "spool-max-bytes",
+                self.spool_max_bytes.unwrap_or(1 << 30),
+                limits::SPOOL_MAX_BYTES,
+            )?,
+            spool_max_age: self
+                .spool_max_age
+                .map(|age| in_range("spool-max-age", age, limits::SPOOL_MAX_AGE))
+                .transpose()?,
+        })
+    }
+
+    /// The raw layer that says exactly `config`: what `--print-config` prints.
+    pub fn from_config(config: &ClientConfig) -> RawClient {
+        RawClient {
+            addr: Some(config.addr.clone()),
+            sensor: Some(config.sensor.clone()),
+            measurement: Some(config.measurement.clone()),
+            interval: Some(config.interval),
+            count: config.count,
+            timeout: Some(config.timeout),
+            legacy: Some(config.legacy),
+            json: Some(config.json),
+            source: Some(config.source.clone()),
+            max_pending: Some(config.max_pending),
+            spool: config.spool.clone(),
+            spool_max_bytes: Some(config.spool_max_bytes),
+            spool_max_age: config.spool_max_age,
+            max_backoff: Some(config.max_backoff),
+        }
+    }
+}
+
+/// The client's settings from `flags` (and environment) over the `[client]` table of `file`.
+///
+/// # Errors
+/// The file cannot be used, or a setting is out of range.
+pub fn client_config(flags: RawClient, file: Option<&Path>) -> Result<ClientConfig, ConfigError> {
+    let from_file = match file {
+        Some(path) => ConfigFile::load(path)?.client.unwrap_or_default(),
+        None => RawClient::default(),
+    };
+    flags.or(from_file).validate()
+}
+
+/// `client --print-config`: the effective settings as a valid `--config` file.
+pub fn print_client(config: &ClientConfig) -> String {
+    let file = ConfigFile {
+        client: Some(RawClient::from_config(config)),
+        ..ConfigFile::default()
+    };
+    format!(
+        "# sensorlink client: effective settings (defaults < file < environment < flags)\n{}",
         file.to_toml()
     )
 }
@@ -296,6 +528,12 @@ trait ShowValue {
 }
 
 impl ShowValue for usize {
+    fn show(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl ShowValue for u64 {
     fn show(&self) -> String {
         self.to_string()
     }
@@ -377,6 +615,36 @@ mod human_duration {
                 "invalid duration {text:?} ({err}); write e.g. \"10s\", \"250ms\", \"5m\""
             ))
         })
+    }
+}
+
+/// `source = "counter" | "random" | "exec:CMD" | "file:PATH" | "stdin"` in the file.
+mod source_spec {
+    use serde::{Deserialize as _, Deserializer, Serializer};
+
+    use crate::client::source::SourceSpec;
+
+    /// The `--source` text that parses back to `spec`.
+    pub fn text(spec: &SourceSpec) -> String {
+        match spec {
+            SourceSpec::Counter => "counter".into(),
+            SourceSpec::Random => "random".into(),
+            SourceSpec::Stdin => "stdin".into(),
+            SourceSpec::Exec(cmd) => format!("exec:{cmd}"),
+            SourceSpec::File(path) => format!("file:{}", path.display()),
+        }
+    }
+
+    pub fn serialize<S: Serializer>(value: &Option<SourceSpec>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(spec) => s.serialize_str(&text(spec)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SourceSpec>, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map(Some).map_err(serde::de::Error::custom)
     }
 }
 
@@ -516,20 +784,17 @@ mod tests {
         );
     }
 
-    /// `--help` states the defaults by hand (no clap defaults, see [`RawServer`]): they must
-    /// be the real ones.
-    #[test]
-    fn help_shows_the_real_defaults() {
+    fn long_help(command: &str) -> String {
         let mut cli = crate::cli::Cli::command();
-        let server = cli
-            .find_subcommand_mut("server")
-            .expect("server subcommand");
-        let help = server.render_long_help().to_string();
-        let defaults = RawServer::from_config(&ServerConfig::default());
-        let table = toml::Table::try_from(&defaults).expect("settings serialize as a table");
+        let sub = cli.find_subcommand_mut(command).expect("subcommand exists");
+        sub.render_long_help().to_string()
+    }
+
+    /// Every `[default: …]` in `help` for the keys of `defaults` (except `skip`).
+    fn assert_help_defaults<T: Serialize>(help: &str, defaults: &T, skip: &[&str]) {
+        let table = toml::Table::try_from(defaults).expect("settings serialize as a table");
         for (key, value) in table {
-            if key == "max-connections" {
-                assert!(help.contains("at most 50000]"), "{help}");
+            if skip.contains(&key.as_str()) {
                 continue;
             }
             let shown = match value {
@@ -541,5 +806,62 @@ mod tests {
                 "--{key} help lacks [default: {shown}]:\n{help}"
             );
         }
+    }
+
+    /// `--help` states the defaults by hand (no clap defaults, see [`RawServer`]): they must
+    /// be the real ones.
+    #[test]
+    fn help_shows_the_real_defaults() {
+        let help = long_help("server");
+        assert!(help.contains("at most 50000]"), "{help}");
+        let defaults = RawServer::from_config(&ServerConfig::default());
+        assert_help_defaults(&help, &defaults, &["max-connections"]);
+
+        let client = RawClient::default().validate().expect("defaults are valid");
+        let help = long_help("client");
+        assert!(help.contains("[default: this host's name]"), "{help}");
+        assert_help_defaults(&help, &RawClient::from_config(&client), &["sensor"]);
+    }
+
+    #[test]
+    fn client_settings_validate_and_print_back() {
+        let file = "[client]\naddr = \"10.0.0.1:8889\"\nlegacy = true\ninterval = \"250ms\"\nsource = \"exec:echo 1\"\n";
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("client.toml");
+        std::fs::write(&path, file).expect("write config");
+        let flags = RawClient {
+            count: Some(3),
+            ..RawClient::default()
+        };
+        let config = client_config(flags, Some(&path)).expect("valid");
+        assert!(config.legacy);
+        assert_eq!(config.count, Some(3));
+        assert_eq!(config.interval, Duration::from_millis(250));
+        assert_eq!(config.source, SourceSpec::Exec("echo 1".into()));
+        let printed = print_client(&config);
+        std::fs::write(&path, &printed).expect("write printed");
+        let again = client_config(RawClient::default(), Some(&path)).expect("printed is valid");
+        assert_eq!(print_client(&again), printed);
+
+        let err = RawClient {
+            max_pending: Some(0),
+            ..RawClient::default()
+        }
+        .validate()
+        .expect_err("zero pending");
+        assert_eq!(
+            err.to_string(),
+            "invalid max-pending 0: accepted 1 to 100000000"
+        );
+        let err = RawClient {
+            legacy: Some(true),
+            spool: Some("/tmp/spool".into()),
+            ..RawClient::default()
+        }
+        .validate()
+        .expect_err("spool with legacy");
+        assert!(err
+            .to_string()
+            .starts_with("invalid spool /tmp/spool: accepted only without legacy"));
     }
 }

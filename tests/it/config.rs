@@ -144,3 +144,49 @@ fn explicit_max_connections_above_the_open_file_limit_warns() {
         "{log}"
     );
 }
+
+#[test]
+fn client_print_config_reads_back_and_ranges_are_checked() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = run(bin()
+        .args([
+            "client",
+            "--print-config",
+            "--sensor",
+            "s1",
+            "--legacy",
+            "--interval",
+            "2s",
+        ])
+        .env_remove("SENSORLINK_CONFIG")
+        .stdin(Stdio::null()));
+    assert_eq!(out.status.code(), Some(0));
+    let first = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(setting(&first, "legacy"), "true");
+    let path = dir.path().join("client.toml");
+    std::fs::write(&path, &first).expect("write config");
+    let out = run(bin()
+        .args(["client", "--print-config", "--config"])
+        .arg(&path)
+        .env_remove("SENSORLINK_CONFIG")
+        .stdin(Stdio::null()));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), first);
+
+    let out = run(bin()
+        .args([
+            "client",
+            "127.0.0.1:1",
+            "--count",
+            "1",
+            "--max-pending",
+            "0",
+        ])
+        .env_remove("SENSORLINK_CONFIG")
+        .stdin(Stdio::null()));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("invalid max-pending 0: accepted 1 to 100000000"),
+        "{stderr}"
+    );
+}
