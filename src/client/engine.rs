@@ -573,3 +573,362 @@ impl<'a, S: Session> Engine<'a, S> {
         Ok(RunReport { summary, counters })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Whole client runs under paused time, over `tokio::io::duplex` pairs, against a tiny
+    //! fake server task that speaks the line protocol's bytes.
+
+    use std::collections::VecDeque;
+    use std::sync::{Arc, Mutex};
+
+    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, DuplexStream};
+
+    use super::*;
+    use crate::client::source::SourceSpec;
+    use crate::client::{run_with, ClientConfig};
+
+    /// What the fake server does on one connection.
+    #[derive(Debug, Clone, Copy)]
+    enum Behaviour {
+        /// The connect itself fails.
+        Refuse,
+        /// Answer every `sync` at once.
+        Normal,
+        /// Answer every `sync` this late.
+        AckAfter(Duration),
+        /// Answer the handshake, then close at once.
+        CloseAfterPong,
+        /// Ack readings up to `ack`, stay silent after, close when reading `drop_at` arrives.
+        ResetMidBatch { ack: usize, drop_at: usize },
+    }
+
+    /// The fake server's view: per connection, the values of the readings it received.
+    #[derive(Default)]
+    struct Seen {
+        attempts: Vec<Instant>,
+        connections: Vec<Vec<i64>>,
+    }
+
+    #[derive(Clone)]
+    struct SharedBuf(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for SharedBuf {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .expect("no test thread panics holding it")
+                .extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn config(count: Option<u64>, interval: Duration) -> ClientConfig {
+        ClientConfig {
+            addr: "duplex".into(),
+            sensor: "s".into(),
+            measurement: "m".into(),
+            interval,
+            count,
+            reply_timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(5),
+            write_timeout: Duration::from_secs(5),
+            legacy: false,
+            json: true,
+            source: SourceSpec::Counter,
+            max_pending: 1000,
+            max_backoff: Duration::from_secs(10),
+            spool: None,
+            spool_max_bytes: 1 << 20,
+            spool_max_age: None,
+        }
+    }
+
+    /// The value of a `m,sensor=s value=102i <ts>` line.
+    fn value_of(line: &str) -> Option<i64> {
+        let rest = line.split_once(" value=")?.1;
+        rest.split(['i', ' ']).next()?.parse().ok()
+    }
+
+    async fn serve(
+        stream: DuplexStream,
+        behaviour: Behaviour,
+        seen: Arc<Mutex<Seen>>,
+        conn: usize,
+    ) {
+        let (read, mut write) = tokio::io::split(stream);
+        let mut lines = BufReader::new(read).lines();
+        let mut readings = 0usize;
+        while let Ok(Some(line)) = lines.next_line().await {
+            let reply = if let Some(token) = line.strip_prefix("ping ") {
+                format!("pong {token}\n")
+            } else if let Some(token) = line.strip_prefix("sync ") {
+                match behaviour {
+                    Behaviour::AckAfter(delay) => tokio::time::sleep(delay).await,
+                    Behaviour::ResetMidBatch { ack, .. } if readings > ack => continue,
+                    _ => {}
+                }
+                format!("ack {token} readings=1 rejected=0\n")
+            } else {
+                readings += 1;
+                if let Behaviour::ResetMidBatch { drop_at, .. } = behaviour {
+                    if readings == drop_at {
+                        return;
+                    }
+                }
+                let value = value_of(&line).expect("the client sends `value=<n>i` lines");
+                seen.lock().expect("not poisoned").connections[conn].push(value);
+                continue;
+            };
+            if write.write_all(reply.as_bytes()).await.is_err() {
+                return;
+            }
+            if matches!(behaviour, Behaviour::CloseAfterPong) {
+                return;
+            }
+        }
+    }
+
+    /// A connector that opens duplex pairs served by `script`, one behaviour per attempt
+    /// (then `Normal`), and records when each attempt was made.
+    fn connector(
+        script: Vec<Behaviour>,
+        seen: Arc<Mutex<Seen>>,
+    ) -> impl FnMut() -> std::future::Ready<std::io::Result<DuplexStream>> {
+        let mut script = VecDeque::from(script);
+        move || {
+            let behaviour = script.pop_front().unwrap_or(Behaviour::Normal);
+            let conn = {
+                let mut seen = seen.lock().expect("not poisoned");
+                seen.attempts.push(Instant::now());
+                seen.connections.push(Vec::new());
+                seen.connections.len() - 1
+            };
+            if let Behaviour::Refuse = behaviour {
+                return std::future::ready(Err(std::io::ErrorKind::ConnectionRefused.into()));
+            }
+            let (client, server) = tokio::io::duplex(64 * 1024);
+            tokio::spawn(serve(server, behaviour, seen.clone(), conn));
+            std::future::ready(Ok(client))
+        }
+    }
+
+    struct Run {
+        report: Result<RunReport, ClientError>,
+        events: Vec<serde_json::Value>,
+        seen: Seen,
+    }
+
+    async fn run(config: ClientConfig, script: Vec<Behaviour>, stop: CancellationToken) -> Run {
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let printer = Printer::to(Box::new(SharedBuf(out.clone())), true);
+        let report = run_with(&config, connector(script, seen.clone()), printer, stop).await;
+        let out = out.lock().expect("not poisoned").clone();
+        let events = String::from_utf8_lossy(&out)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+            .collect();
+        let seen = std::mem::take(&mut *seen.lock().expect("not poisoned"));
+        Run {
+            report,
+            events,
+            seen,
+        }
+    }
+
+    fn report(run: &Run) -> &RunReport {
+        match &run.report {
+            Ok(report) => report,
+            Err(err) => panic!("run failed: {err}; events: {:?}", run.events),
+        }
+    }
+
+    /// Each wait between attempts lies in [d/2, d], d doubling from the first backoff.
+    fn assert_backoff_grows(attempts: &[Instant], waits: usize) {
+        assert!(attempts.len() > waits, "{attempts:?}");
+        let mut ceiling = INITIAL_BACKOFF;
+        for pair in attempts.windows(2).take(waits) {
+            let gap = pair[1] - pair[0];
+            assert!(
+                gap >= ceiling / 2 && gap <= ceiling,
+                "wait {gap:?} outside [{:?}, {ceiling:?}] in {attempts:?}",
+                ceiling / 2
+            );
+            ceiling *= 2;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reconnect_waits_grow_with_jitter_until_the_server_answers() {
+        let script = vec![Behaviour::Refuse; 4];
+        let run = run(
+            config(Some(2), Duration::from_millis(100)),
+            script,
+            CancellationToken::new(),
+        )
+        .await;
+        let report = report(&run);
+        assert_backoff_grows(&run.seen.attempts, 4);
+        assert_eq!(run.seen.attempts.len(), 5);
+        assert_eq!(report.counters.acked, 2);
+        assert!(report.all_acked());
+    }
+
+    /// A server that accepts and closes at once must see growing delays: only an ack
+    /// resets the backoff. See: issue 8, "Reconnects that back off for real".
+    #[tokio::test(start_paused = true)]
+    async fn backoff_is_not_reset_by_a_connection_that_carried_no_ack() {
+        let script = vec![Behaviour::CloseAfterPong; 5];
+        let run = run(
+            config(Some(1), Duration::from_millis(100)),
+            script,
+            CancellationToken::new(),
+        )
+        .await;
+        let report = report(&run);
+        assert_backoff_grows(&run.seen.attempts, 5);
+        assert_eq!(report.counters.acked, 1);
+        assert_eq!(report.summary.reconnects, 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reply_later_than_the_reply_timeout_is_reported_lost_and_resent() {
+        let config = config(Some(1), Duration::from_millis(100));
+        let late = config.reply_timeout + Duration::from_secs(1);
+        let started = Instant::now();
+        let run = run(
+            config,
+            vec![Behaviour::AckAfter(late)],
+            CancellationToken::new(),
+        )
+        .await;
+        let report = report(&run);
+        let kinds: Vec<_> = run
+            .events
+            .iter()
+            .map(|e| e["event"].as_str().unwrap_or(""))
+            .collect();
+        let lost = kinds
+            .iter()
+            .position(|k| *k == "lost")
+            .expect("a lost event");
+        assert_eq!(run.events[lost]["seq"], 1);
+        assert_eq!(run.events[lost]["timeout_ms"], 2000.0);
+        assert_eq!(kinds[lost + 1], "disconnected", "{kinds:?}");
+        let ack = kinds
+            .iter()
+            .position(|k| *k == "ack")
+            .expect("an ack event");
+        assert!(
+            ack > lost && run.events[ack]["resent"] == true,
+            "{:?}",
+            run.events
+        );
+        assert_eq!(report.counters.timed_out, 1);
+        assert_eq!(report.summary.lost, 1, "late is lost, even if acked later");
+        assert!(!report.all_acked());
+        // Lost exactly at the timeout, not before, not at the late ack.
+        assert!(run.seen.attempts[1] - started >= Duration::from_secs(2));
+        assert!(run.seen.attempts[1] - started < late);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reset_mid_batch_resends_in_order_and_loses_nothing() {
+        let script = vec![Behaviour::ResetMidBatch { ack: 3, drop_at: 6 }];
+        let run = run(
+            config(Some(10), Duration::from_millis(100)),
+            script,
+            CancellationToken::new(),
+        )
+        .await;
+        let report = report(&run);
+        let value = |n: i64| 100 + 2 * n;
+        assert_eq!(
+            run.seen.connections[0],
+            (1..=5).map(value).collect::<Vec<_>>()
+        );
+        let second = &run.seen.connections[1];
+        assert_eq!(second.first(), Some(&value(4)), "{second:?}");
+        assert!(
+            second.windows(2).all(|w| w[0] < w[1]),
+            "order kept: {second:?}"
+        );
+        let mut stored: Vec<i64> = run.seen.connections.concat();
+        stored.sort();
+        stored.dedup();
+        assert_eq!(stored, (1..=10).map(value).collect::<Vec<_>>());
+        assert_eq!(report.counters.acked, 10);
+        assert!(report.counters.resends >= 3, "{:?}", report.counters);
+        assert!(report.all_acked(), "{:?}", report.summary);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stop_drains_pending_readings_before_the_run_ends() {
+        let stop = CancellationToken::new();
+        let stopped_at = Arc::new(Mutex::new(None));
+        {
+            let (stop, stopped_at) = (stop.clone(), stopped_at.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(3200)).await;
+                *stopped_at.lock().expect("not poisoned") = Some(Instant::now());
+                stop.cancel();
+            });
+        }
+        let script = vec![Behaviour::AckAfter(Duration::from_millis(500))];
+        let run = run(config(None, Duration::from_secs(1)), script, stop).await;
+        let report = report(&run);
+        // Readings at 0 s, 1 s, 2 s, 3 s; the last one's ack comes 300 ms after the stop.
+        assert_eq!(report.counters.produced, 4);
+        assert_eq!(report.counters.acked, 4);
+        assert!(report.all_acked(), "{:?}", report.summary);
+        let stopped_at = stopped_at.lock().expect("not poisoned").expect("stopped");
+        assert!(Instant::now() - stopped_at >= Duration::from_millis(300));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn legacy_mode_runs_the_same_loop_over_the_seed_bytes() {
+        let received = Arc::new(Mutex::new(Vec::<Vec<u8>>::new()));
+        let connector = {
+            let received = received.clone();
+            move || {
+                let (client, mut server) = tokio::io::duplex(4096);
+                let received = received.clone();
+                tokio::spawn(async move {
+                    use tokio::io::AsyncReadExt as _;
+                    let mut buf = [0u8; 1024];
+                    while let Ok(n @ 1..) = server.read(&mut buf).await {
+                        received
+                            .lock()
+                            .expect("not poisoned")
+                            .push(buf[..n].to_vec());
+                        if server.write_all(b"pong").await.is_err() {
+                            return;
+                        }
+                    }
+                });
+                std::future::ready(Ok(client))
+            }
+        };
+        let mut config = config(Some(3), Duration::from_millis(100));
+        config.legacy = true;
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let printer = Printer::to(Box::new(SharedBuf(out.clone())), false);
+        let report = run_with(&config, connector, printer, CancellationToken::new()).await;
+        let report = report.expect("the run ends with a report");
+        assert_eq!(report.counters.acked, 3);
+        let received = received.lock().expect("not poisoned").clone();
+        assert_eq!(received[0], b"ping");
+        for (chunk, value) in received[1..].iter().zip([102, 104, 106]) {
+            let text = String::from_utf8_lossy(chunk);
+            assert!(text.starts_with("ping / ('"), "{text}");
+            assert!(text.ends_with(&format!("', {value})")), "{text}");
+        }
+        let out = String::from_utf8_lossy(&out.lock().expect("not poisoned")).to_string();
+        assert!(out.contains("seq=3 value=106 reply=\"pong\""), "{out}");
+    }
+}
