@@ -274,7 +274,11 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
                 spool_max_age: args.spool_max_age,
             };
             let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
-            match runtime.block_on(client::run(config)) {
+            let result = runtime.block_on(client::run(config));
+            // What matters (spool, report) was awaited; don't wait on a source blocked in a
+            // read (stdin) or a command still running.
+            runtime.shutdown_timeout(Duration::from_millis(500));
+            match result {
                 Ok(report) if report.all_acked() => Ok(Outcome::Ok),
                 Ok(_) => Ok(Outcome::Loss),
                 // The reader of the report went away (`| head`): not a failure.
