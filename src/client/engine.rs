@@ -601,6 +601,8 @@ mod tests {
         CloseAfterPong,
         /// Ack readings up to `ack`, stay silent after, close when reading `drop_at` arrives.
         ResetMidBatch { ack: usize, drop_at: usize },
+        /// Answer the handshake, then read nothing more (over a small pipe that fills up).
+        StopReading,
     }
 
     /// The fake server's view: per connection, the values of the readings it received.
@@ -687,8 +689,13 @@ mod tests {
             if write.write_all(reply.as_bytes()).await.is_err() {
                 return;
             }
-            if matches!(behaviour, Behaviour::CloseAfterPong) {
-                return;
+            match behaviour {
+                Behaviour::CloseAfterPong => return,
+                Behaviour::StopReading => {
+                    // Keep the connection open (`lines` lives on), never read it again.
+                    std::future::pending::<()>().await;
+                }
+                _ => {}
             }
         }
     }
@@ -711,7 +718,11 @@ mod tests {
             if let Behaviour::Refuse = behaviour {
                 return std::future::ready(Err(std::io::ErrorKind::ConnectionRefused.into()));
             }
-            let (client, server) = tokio::io::duplex(64 * 1024);
+            let pipe_bytes = match behaviour {
+                Behaviour::StopReading => 1024,
+                _ => 64 * 1024,
+            };
+            let (client, server) = tokio::io::duplex(pipe_bytes);
             tokio::spawn(serve(server, behaviour, seen.clone(), conn));
             std::future::ready(Ok(client))
         }
@@ -864,6 +875,36 @@ mod tests {
         assert_eq!(stored, (1..=10).map(value).collect::<Vec<_>>());
         assert_eq!(report.counters.acked, 10);
         assert!(report.counters.resends >= 3, "{:?}", report.counters);
+        assert!(report.all_acked(), "{:?}", report.summary);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_that_stops_reading_is_left_after_the_write_timeout() {
+        let mut config = config(Some(100), Duration::from_millis(10));
+        config.reply_timeout = Duration::from_secs(60);
+        config.write_timeout = Duration::from_secs(1);
+        let started = Instant::now();
+        let run = run(
+            config,
+            vec![Behaviour::StopReading],
+            CancellationToken::new(),
+        )
+        .await;
+        let report = report(&run);
+        let reason = run
+            .events
+            .iter()
+            .find(|e| e["event"] == "disconnected")
+            .and_then(|e| e["reason"].as_str())
+            .expect("a disconnected event");
+        assert!(reason.contains("server does not read"), "{reason}");
+        // The pipe fills after some 20 readings (200 ms); then 1 s without progress.
+        let gap = run.seen.attempts[1] - started;
+        assert!(
+            gap >= Duration::from_secs(1) && gap < Duration::from_secs(2),
+            "{gap:?}"
+        );
+        assert_eq!(report.counters.acked, 100);
         assert!(report.all_acked(), "{:?}", report.summary);
     }
 
