@@ -408,3 +408,40 @@ impl Summary {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reader that went away (`| head`): every write fails with `BrokenPipe`.
+    struct ClosedPipe {
+        writes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl Write for ClosedPipe {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            self.writes
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Err(std::io::ErrorKind::BrokenPipe.into())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_first_write_error_is_kept_and_nothing_more_is_written() {
+        let writes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut printer = Printer::to(
+            Box::new(ClosedPipe {
+                writes: writes.clone(),
+            }),
+            false,
+        );
+        printer.rejected(1, "bad");
+        printer.dropped(2, "full");
+        let err = printer.take_error().map(|e| e.kind());
+        assert_eq!(err, Some(std::io::ErrorKind::BrokenPipe));
+        assert_eq!(writes.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+}
