@@ -6,6 +6,7 @@
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -181,7 +182,21 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
                 return Ok(Outcome::Ok);
             }
             let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
-            Ok(runtime.block_on(client::run(config)))
+            let result = runtime.block_on(client::run(config));
+            // What matters (spool, report) was awaited; don't wait on a source blocked in a
+            // read (stdin) or a command still running.
+            runtime.shutdown_timeout(Duration::from_millis(500));
+            match result {
+                Ok(report) if report.all_acked() => Ok(Outcome::Ok),
+                Ok(_) => Ok(Outcome::Loss),
+                // The reader of the report went away (`| head`): not a failure.
+                Err(err) if err.is_broken_pipe() => Ok(Outcome::Ok),
+                Err(err @ client::ClientError::Output(_)) => Err(err.into()),
+                Err(err) => {
+                    eprintln!("sensorlink: {err}");
+                    Ok(Outcome::Unusable)
+                }
+            }
         }
         Command::Query(args) => {
             let mut store = open_for_reading(&args.store)?;

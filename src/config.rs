@@ -318,7 +318,8 @@ pub struct RawClient {
     #[arg(short, long, env = "SENSORLINK_COUNT")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub count: Option<u64>,
-    /// A reading not acknowledged within this time is reported lost [default: 10s].
+    /// Reply timeout: a reading not acknowledged within this time after it was sent is
+    /// reported lost (and the connection re-opened to resend it) [default: 10s].
     #[arg(short = 'W', long, env = "SENSORLINK_TIMEOUT", value_parser = humantime::parse_duration)]
     #[serde(
         default,
@@ -326,6 +327,32 @@ pub struct RawClient {
         skip_serializing_if = "Option::is_none"
     )]
     pub timeout: Option<Duration>,
+    /// Bounds opening a connection (TCP connect and the first pong), and how long the first
+    /// connection may take before the server counts as unreachable [default: --timeout].
+    #[arg(long, env = "SENSORLINK_CONNECT_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[serde(
+        default,
+        with = "human_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub connect_timeout: Option<Duration>,
+    /// Once the source ends (or on Ctrl-C/SIGTERM): how long to keep delivering pending
+    /// readings before they are reported lost [default: --timeout].
+    #[arg(long, env = "SENSORLINK_DRAIN_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[serde(
+        default,
+        with = "human_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub drain_timeout: Option<Duration>,
+    /// Reconnect when the server takes none of our bytes for this long [default: --timeout].
+    #[arg(long, env = "SENSORLINK_WRITE_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[serde(
+        default,
+        with = "human_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub write_timeout: Option<Duration>,
     /// Speak the seed client's exact bytes (`ping`, `ping / ('<time>', <n>)`) [default: false].
     #[arg(long, env = "SENSORLINK_LEGACY", num_args = 0..=1, require_equals = true,
           default_missing_value = "true", value_name = "BOOL",
@@ -385,6 +412,9 @@ impl RawClient {
             interval: self.interval.or(lower.interval),
             count: self.count.or(lower.count),
             timeout: self.timeout.or(lower.timeout),
+            connect_timeout: self.connect_timeout.or(lower.connect_timeout),
+            drain_timeout: self.drain_timeout.or(lower.drain_timeout),
+            write_timeout: self.write_timeout.or(lower.write_timeout),
             legacy: self.legacy.or(lower.legacy),
             json: self.json.or(lower.json),
             source: self.source.or(lower.source),
@@ -413,6 +443,12 @@ impl RawClient {
                 });
             }
         }
+        // The other timeouts default to this one.
+        let reply_timeout = in_range(
+            "timeout",
+            self.timeout.unwrap_or(Duration::from_secs(10)),
+            limits::TIMEOUT,
+        )?;
         Ok(ClientConfig {
             addr: self
                 .addr
@@ -429,9 +465,20 @@ impl RawClient {
             )?,
             // 0 is useful: replay the spool, send nothing new.
             count: self.count,
-            timeout: in_range(
-                "timeout",
-                self.timeout.unwrap_or(Duration::from_secs(10)),
+            reply_timeout,
+            connect_timeout: in_range(
+                "connect-timeout",
+                self.connect_timeout.unwrap_or(reply_timeout),
+                limits::TIMEOUT,
+            )?,
+            drain_timeout: in_range(
+                "drain-timeout",
+                self.drain_timeout.unwrap_or(reply_timeout),
+                limits::TIMEOUT,
+            )?,
+            write_timeout: in_range(
+                "write-timeout",
+                self.write_timeout.unwrap_or(reply_timeout),
                 limits::TIMEOUT,
             )?,
             legacy,
@@ -468,7 +515,10 @@ impl RawClient {
             measurement: Some(config.measurement.clone()),
             interval: Some(config.interval),
             count: config.count,
-            timeout: Some(config.timeout),
+            timeout: Some(config.reply_timeout),
+            connect_timeout: Some(config.connect_timeout),
+            drain_timeout: Some(config.drain_timeout),
+            write_timeout: Some(config.write_timeout),
             legacy: Some(config.legacy),
             json: Some(config.json),
             source: Some(config.source.clone()),
@@ -820,7 +870,17 @@ mod tests {
         let client = RawClient::default().validate().expect("defaults are valid");
         let help = long_help("client");
         assert!(help.contains("[default: this host's name]"), "{help}");
-        assert_help_defaults(&help, &RawClient::from_config(&client), &["sensor"]);
+        assert_eq!(help.matches("[default: --timeout]").count(), 3, "{help}");
+        assert_help_defaults(
+            &help,
+            &RawClient::from_config(&client),
+            &[
+                "sensor",
+                "connect-timeout",
+                "drain-timeout",
+                "write-timeout",
+            ],
+        );
     }
 
     #[test]

@@ -8,8 +8,11 @@
 //!   graceful shutdown.
 //! - [`store`]: the [`store::Store`] trait, its memory and SQLite implementations, and the
 //!   group-commit writer in front of them.
-//! - [`client`]: the sensor side: value sources, an I/O-free delivery state machine, RTT
-//!   statistics, reconnects.
+//! - [`client`]: the sensor side: `transport` (connect, handshake, bounded reply decoders,
+//!   generic over `AsyncRead + AsyncWrite`; also used by `bench`), `engine` (the one event
+//!   loop: reconnect with backoff, resend, drain) with its `line` and `legacy` sessions, an
+//!   I/O-free delivery state machine (`state`), value sources, RTT statistics, the spool
+//!   (run on a blocking thread by `spool_io`), and `ClientError` / `RunReport`.
 //! - [`events`]: each named event (connection accepted, line rejected, batch committed, …)
 //!   logs once and counts once; every metric name, and the Prometheus recorder.
 //! - [`query`]: `sensorlink query` / `sensorlink stats` output.

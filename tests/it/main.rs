@@ -2,6 +2,7 @@
 
 mod bench;
 mod client;
+mod client_stop;
 mod config;
 mod durability;
 mod harness;
