@@ -19,12 +19,9 @@
 //! `sensorlink server --print-config` prints the effective settings in this form, so its
 //! output is a valid `--config` file.
 
-use std::fmt::Display;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
-use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser as _};
 use serde::{Deserialize, Serialize};
 
 use crate::client::source::SourceSpec;
@@ -32,6 +29,10 @@ use crate::client::ClientConfig;
 use crate::server::{self, ServerConfig};
 use crate::store::writer::WriterConfig;
 use crate::store::{FsyncPolicy, StoreUrl};
+
+mod forms;
+
+use forms::{display_from_str, fsync_names, fsync_parser, human_duration, source_spec, ShowValue};
 
 /// A setting that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -569,158 +570,6 @@ fn in_range<T: PartialOrd + Copy + ShowValue>(
             value: value.show(),
             accepted: format!("{} to {}", low.show(), high.show()),
         })
-    }
-}
-
-/// How a value is written in messages: as the user would write it.
-trait ShowValue {
-    fn show(&self) -> String;
-}
-
-impl ShowValue for usize {
-    fn show(&self) -> String {
-        self.to_string()
-    }
-}
-
-impl ShowValue for u64 {
-    fn show(&self) -> String {
-        self.to_string()
-    }
-}
-
-impl ShowValue for Duration {
-    fn show(&self) -> String {
-        humantime::format_duration(*self).to_string()
-    }
-}
-
-/// `--fsync` values, with their help, without tying the store's type to clap.
-fn fsync_parser() -> impl clap::builder::TypedValueParser<Value = FsyncPolicy> {
-    PossibleValuesParser::new([
-        PossibleValue::new("always")
-            .help("fsync at every commit: an acked reading survives a power cut (default)"),
-        PossibleValue::new("os").help(
-            "Let the OS decide when to write back: an acked reading survives a process crash, not a power cut",
-        ),
-    ])
-    .map(|name| fsync_names::parse(&name).expect("clap admits only the listed names"))
-}
-
-/// `fsync = "always" | "os"` in the file.
-mod fsync_names {
-    use serde::{Deserialize as _, Deserializer, Serializer};
-
-    use crate::store::FsyncPolicy;
-
-    pub fn parse(name: &str) -> Option<FsyncPolicy> {
-        match name {
-            "always" => Some(FsyncPolicy::Always),
-            "os" => Some(FsyncPolicy::Os),
-            _ => None,
-        }
-    }
-
-    pub fn name(policy: FsyncPolicy) -> &'static str {
-        match policy {
-            FsyncPolicy::Always => "always",
-            FsyncPolicy::Os => "os",
-        }
-    }
-
-    pub fn serialize<S: Serializer>(value: &Option<FsyncPolicy>, s: S) -> Result<S::Ok, S::Error> {
-        match value {
-            Some(policy) => s.serialize_str(name(*policy)),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<FsyncPolicy>, D::Error> {
-        let name = String::deserialize(d)?;
-        parse(&name).map(Some).ok_or_else(|| {
-            serde::de::Error::custom(format!(
-                "invalid fsync {name:?}: accepted \"always\" or \"os\""
-            ))
-        })
-    }
-}
-
-/// Durations written the human way in the file: `"10s"`, `"250ms"`, `"5m"`.
-mod human_duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize as _, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(value: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        match value {
-            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map(Some).map_err(|err| {
-            serde::de::Error::custom(format!(
-                "invalid duration {text:?} ({err}); write e.g. \"10s\", \"250ms\", \"5m\""
-            ))
-        })
-    }
-}
-
-/// `source = "counter" | "random" | "exec:CMD" | "file:PATH" | "stdin"` in the file.
-mod source_spec {
-    use serde::{Deserialize as _, Deserializer, Serializer};
-
-    use crate::client::source::SourceSpec;
-
-    /// The `--source` text that parses back to `spec`.
-    pub fn text(spec: &SourceSpec) -> String {
-        match spec {
-            SourceSpec::Counter => "counter".into(),
-            SourceSpec::Random => "random".into(),
-            SourceSpec::Stdin => "stdin".into(),
-            SourceSpec::Exec(cmd) => format!("exec:{cmd}"),
-            SourceSpec::File(path) => format!("file:{}", path.display()),
-        }
-    }
-
-    pub fn serialize<S: Serializer>(value: &Option<SourceSpec>, s: S) -> Result<S::Ok, S::Error> {
-        match value {
-            Some(spec) => s.serialize_str(&text(spec)),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SourceSpec>, D::Error> {
-        let text = String::deserialize(d)?;
-        text.parse().map(Some).map_err(serde::de::Error::custom)
-    }
-}
-
-/// Types with `FromStr` + `Display` (store URLs) as strings in the file.
-mod display_from_str {
-    use super::{Display, FromStr};
-    use serde::{Deserialize as _, Deserializer, Serializer};
-
-    pub fn serialize<T: Display, S: Serializer>(
-        value: &Option<T>,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
-        match value {
-            Some(v) => s.collect_str(v),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, T, D>(d: D) -> Result<Option<T>, D::Error>
-    where
-        T: FromStr,
-        T::Err: Display,
-        D: Deserializer<'de>,
-    {
-        let text = String::deserialize(d)?;
-        text.parse().map(Some).map_err(serde::de::Error::custom)
     }
 }
 
