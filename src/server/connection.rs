@@ -17,9 +17,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::{logging, ServerConfig};
 use crate::events::{
-    AcksWithheld, BytesReceived, CloseReason, ConnectionClosed, ErrorReplySuppressed, Event as _,
-    LineRejected, Mode, ModeDetected, ReadingReceived, ReadingsAccepted, RepliesWritten,
-    StoreUnavailable,
+    self, AcksWithheld, BytesReceived, CloseReason, ConnectionClosed, ErrorReplySuppressed,
+    Event as _, LineRejected, Mode, ModeDetected, ReadingReceived, ReadingsAccepted,
+    RepliesWritten, StoreUnavailable, Telemetry,
 };
 use crate::protocol::codec::{sniff, Frame, LineDecoder, Sniff};
 use crate::protocol::control::{Ack, Reply};
@@ -149,6 +149,8 @@ impl End {
 struct Connection<'a> {
     peer_ip: String,
     limits: &'a Limits,
+    /// Where this connection's events are counted.
+    telemetry: &'a Telemetry,
     store: StoreHandle,
     decoder: Decoder,
     counters: ConnCounters,
@@ -196,10 +198,25 @@ pub async fn serve<S>(
 ) where
     S: PeerStream,
 {
+    serve_counted(stream, peer, limits, store, shutdown, events::telemetry()).await;
+}
+
+/// [`serve`], counting this connection's events into `telemetry` (a test's own handles).
+pub async fn serve_counted<S>(
+    stream: S,
+    peer: SocketAddr,
+    limits: &Limits,
+    store: StoreHandle,
+    shutdown: CancellationToken,
+    telemetry: &Telemetry,
+) where
+    S: PeerStream,
+{
     let started = Instant::now();
     let mut conn = Connection {
         peer_ip: peer.ip().to_string(),
         limits,
+        telemetry,
         store,
         decoder: Decoder::Undecided,
         counters: ConnCounters::default(),
@@ -233,7 +250,7 @@ pub async fn serve<S>(
         acked: counters.acked,
         duration: started.elapsed(),
     }
-    .emit();
+    .emit_to(telemetry);
 }
 
 impl Connection<'_> {
@@ -283,7 +300,7 @@ impl Connection<'_> {
                         self.decode(&mut buf, true);
                     }
                     Ok(n) => {
-                        BytesReceived { bytes: n }.emit();
+                        BytesReceived { bytes: n }.emit_to(self.telemetry);
                         idle_deadline = tokio::time::Instant::now() + self.limits.idle_timeout;
                         self.decode(&mut buf, false);
                     }
@@ -319,7 +336,7 @@ impl Connection<'_> {
             // A zero timeout polls the read once: ready data is taken, nothing is awaited.
             match tokio::time::timeout(Duration::ZERO, stream.read_buf(buf)).await {
                 Ok(Ok(n)) if n > 0 => {
-                    BytesReceived { bytes: n }.emit();
+                    BytesReceived { bytes: n }.emit_to(self.telemetry);
                     self.decode(buf, false);
                 }
                 _ => return,
@@ -335,11 +352,11 @@ impl Connection<'_> {
             match sniff(buf) {
                 Sniff::NeedMore if !eof => return,
                 Sniff::Legacy => {
-                    ModeDetected { mode: Mode::Legacy }.emit();
+                    ModeDetected { mode: Mode::Legacy }.emit_to(self.telemetry);
                     self.decoder = Decoder::Legacy(LegacyDecoder::new(self.limits.max_line_bytes));
                 }
                 Sniff::Line | Sniff::NeedMore => {
-                    ModeDetected { mode: Mode::Line }.emit();
+                    ModeDetected { mode: Mode::Line }.emit_to(self.telemetry);
                     self.decoder = Decoder::Line(LineDecoder::new(self.limits.max_line_bytes));
                 }
             }
@@ -349,7 +366,7 @@ impl Connection<'_> {
             ReadingsAccepted {
                 count: std::mem::take(&mut self.uncounted_accepted),
             }
-            .emit();
+            .emit_to(self.telemetry);
         }
         if self.log_suppressed > 0 {
             logging::RECEIVED.add_suppressed(std::mem::take(&mut self.log_suppressed));
@@ -420,7 +437,7 @@ impl Connection<'_> {
                 } else if self.held_errors.len() < MAX_HELD_ERRORS {
                     self.held_errors.push(reply);
                 } else {
-                    ErrorReplySuppressed.emit();
+                    ErrorReplySuppressed.emit_to(self.telemetry);
                 }
             }
         }
@@ -464,7 +481,7 @@ impl Connection<'_> {
         if second == self.log_muted_second {
             self.log_suppressed += 1;
         } else if logging::allow_received_line() {
-            ReadingReceived { reading: &reading }.emit();
+            ReadingReceived { reading: &reading }.emit_to(self.telemetry);
         } else {
             self.log_muted_second = second;
         }
@@ -480,7 +497,7 @@ impl Connection<'_> {
     }
 
     fn reject(&mut self, error: &ProtocolError, line: u64) {
-        LineRejected { line, error }.emit();
+        LineRejected { line, error }.emit_to(self.telemetry);
         self.counters.rejected += 1;
         self.since_sync_rejected += 1;
     }
@@ -510,7 +527,7 @@ impl Connection<'_> {
                 Ok(())
             }
             Err(err) => {
-                StoreUnavailable { error: &err }.emit();
+                StoreUnavailable { error: &err }.emit_to(self.telemetry);
                 Err(End::StoreFailed)
             }
         }
@@ -548,7 +565,7 @@ impl Connection<'_> {
                         error: &*err,
                         readings,
                     }
-                    .emit();
+                    .emit_to(self.telemetry);
                     store_failed = true;
                     for reply in head.replies {
                         match reply {
@@ -582,7 +599,7 @@ impl Connection<'_> {
                         ack_receipts: &replies.ack_receipts,
                         written_at: Instant::now(),
                     }
-                    .emit();
+                    .emit_to(self.telemetry);
                     replies.ack_receipts.clear();
                     self.out.clear();
                     // A burst of replies must not pin its buffer for the connection's life.
@@ -813,6 +830,82 @@ mod tests {
         task.await.unwrap();
         drop(gate_tx);
         writer.finish().unwrap();
+    }
+
+    /// The sample value of `series` (name and labels) in Prometheus text.
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    /// One connection's traffic reaches the metrics through its events: counted once, with
+    /// the right labels, and one ack-latency sample per ack.
+    #[tokio::test]
+    async fn connection_events_reach_the_metrics() {
+        let recorder = crate::events::prometheus_builder().build_recorder();
+        let telemetry = metrics::with_local_recorder(&recorder, Telemetry::register);
+        let (handle, writer) = writer::spawn(
+            Box::new(crate::store::memory::MemoryStore::default()),
+            WriterConfig::default(),
+        );
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let limits = limits(Duration::from_secs(60));
+        let serving = serve_counted(
+            server,
+            peer(),
+            &limits,
+            handle,
+            CancellationToken::new(),
+            &telemetry,
+        );
+        let sent: &[u8] = b"ping\nm v=1i 1\nm v=2i 2\nbogus\nsync a\n";
+        let talking = async move {
+            let (read, mut write) = tokio::io::split(client);
+            let mut lines = BufReader::new(read).lines();
+            write.write_all(sent).await.unwrap();
+            let mut replies = Vec::new();
+            for _ in 0..3 {
+                replies.push(lines.next_line().await.unwrap().unwrap());
+            }
+            // End of input, with our read half still open to see the server close.
+            write.shutdown().await.unwrap();
+            assert_eq!(lines.next_line().await.unwrap(), None);
+            replies
+        };
+        let ((), replies) = tokio::join!(serving, talking);
+        assert_eq!(replies[0], "pong");
+        assert!(replies[1].starts_with("error 4 "), "{replies:?}");
+        assert!(
+            replies[2].starts_with("ack a readings=2 rejected=1"),
+            "{replies:?}"
+        );
+        tokio::task::spawn_blocking(move || writer.finish())
+            .await
+            .unwrap()
+            .unwrap();
+
+        let text = recorder.handle().render();
+        let expect = [
+            ("sensorlink_readings_accepted_total", 2.0),
+            (
+                "sensorlink_readings_rejected_total{reason=\"unknown_command\"}",
+                1.0,
+            ),
+            ("sensorlink_readings_acked_total", 2.0),
+            ("sensorlink_replies_total{kind=\"ack\"}", 1.0),
+            ("sensorlink_replies_total{kind=\"pong\"}", 1.0),
+            ("sensorlink_replies_total{kind=\"error\"}", 1.0),
+            ("sensorlink_ack_latency_seconds_count", 1.0),
+            ("sensorlink_connections_mode_total{mode=\"line\"}", 1.0),
+            ("sensorlink_connections_closed_total{reason=\"eof\"}", 1.0),
+            ("sensorlink_received_bytes_total", sent.len() as f64),
+        ];
+        for (series, value) in expect {
+            assert_eq!(sample(&text, series), Some(value), "{series}\n{text}");
+        }
+        let sent_bytes = sample(&text, "sensorlink_sent_bytes_total").unwrap();
+        let replied: usize = replies.iter().map(|line| line.len() + 1).sum();
+        assert_eq!(sent_bytes, replied as f64);
     }
 
     /// Idle timeout on a paused clock: nothing is waited for in real time.
