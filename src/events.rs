@@ -335,14 +335,18 @@ pub fn telemetry() -> &'static Telemetry {
 /// Another recorder is already installed (an embedding program's own): metrics then go to
 /// it, and there is nothing for us to render.
 pub fn install_prometheus() -> Result<PrometheusHandle, InstallError> {
+    // Two servers started at once in one process must not both try to install.
+    static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _installing = INSTALLING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Some(handle) = PROMETHEUS.get() {
         return Ok(handle.clone());
     }
     let recorder = prometheus_builder().build_recorder();
     let handle = recorder.handle();
     if metrics::set_global_recorder(recorder).is_err() {
-        // Lost a race against another `server::run` in this process, or a foreign recorder.
-        return PROMETHEUS.get().cloned().ok_or(InstallError::OtherRecorder);
+        return Err(InstallError::OtherRecorder);
     }
     let handle = PROMETHEUS.get_or_init(|| handle).clone();
     describe();
