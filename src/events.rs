@@ -915,6 +915,20 @@ mod tests {
         assert_eq!(sample(&text, names::CONNECTIONS_OPEN), Some(0.0), "{text}");
     }
 
+    /// A second server in the same process gets the recorder the first one installed.
+    #[test]
+    fn installing_twice_returns_the_installed_recorder() {
+        let threads: Vec<_> = (0..4)
+            .map(|_| std::thread::spawn(install_prometheus))
+            .collect();
+        for thread in threads {
+            let installed = thread.join().expect("install does not panic");
+            assert!(installed.is_ok(), "{installed:?}");
+        }
+        assert!(install_prometheus().is_ok());
+        assert!(prometheus_handle().is_some());
+    }
+
     /// A task that is aborted (server shutdown, runtime drop) drops its guard too.
     #[tokio::test]
     async fn open_connection_gauge_goes_down_when_the_task_is_aborted() {
