@@ -439,6 +439,25 @@ time                            sensor     measurement  fields                  
         assert!(text.lines().all(|l| !l.ends_with(' ')));
     }
 
+    /// Names print as line protocol writes them (the shared escaping): delimiters escaped,
+    /// a backslash doubled only where it would otherwise escape or end the name.
+    #[test]
+    fn names_print_as_line_protocol() {
+        let row = Row {
+            measurement: "m".into(),
+            sensor: "s".into(),
+            tags: vec![("k ey".into(), r"C:\dir,x\".into())],
+            fields: vec![
+                (r"a=b\".into(), FieldValue::Str(r#"q"\"#.into())),
+                (r"C:\t".into(), FieldValue::Int(1)),
+            ],
+            timestamp_ns: T0,
+            received_ns: T0,
+        };
+        assert_eq!(other_tags_text(&row.tags), r"k\ ey=C:\dir\,x\\");
+        assert_eq!(fields_text(&row.fields), r#"a\=b\\="q\"\\" C:\t=1i"#);
+    }
+
     #[test]
     fn empty_table_is_a_header() {
         let text = render(|out| write_rows(&[], Format::Table, out));

@@ -586,7 +586,7 @@ mod tests {
 
     use super::*;
     use crate::protocol::FieldValue;
-    use crate::store::testing::reading;
+    use crate::store::testing::{block_on, reading};
     use crate::store::StoreReader;
 
     fn temp(sensor: &str, ts: i64, value: f64) -> StoredReading {
@@ -764,5 +764,30 @@ mod tests {
         assert!(err.is_transient(), "{err:?}");
         other.execute_batch("ROLLBACK").expect("unlock");
         store.write_batch(&[temp("a", 1, 1.0)]).expect("write");
+    }
+
+    /// Readers have connections of their own: an open write transaction neither blocks
+    /// them nor shows them its rows.
+    #[test]
+    fn reader_reads_beside_an_open_write_transaction() {
+        let (_dir, path, mut store) = open_temp();
+        store.write_batch(&[temp("a", 1, 1.0)]).expect("write");
+        let reader = StoreReader::new(SqliteReader::open(&path).expect("reader"));
+        store
+            .conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .expect("hold the write lock");
+        store
+            .conn
+            .execute(
+                "INSERT INTO readings (series_id, ts, received, fields) \
+                 SELECT series_id, 2, 2, fields FROM readings",
+                [],
+            )
+            .expect("uncommitted row");
+        let counts = block_on(reader.counts()).expect("reads while the writer holds its lock");
+        assert_eq!(counts.total, 1);
+        store.conn.execute_batch("COMMIT").expect("commit");
+        assert_eq!(block_on(reader.counts()).expect("counts").total, 2);
     }
 }
