@@ -85,3 +85,24 @@ impl StoreReader {
         self.inner.counts().await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemoryStore;
+
+    /// What an axum handler needs: a `Clone + Send + Sync + 'static` state whose read
+    /// futures are `Send`. Checked at compile time.
+    #[test]
+    fn reader_fits_async_handlers() {
+        fn state<T: Clone + Send + Sync + 'static>(_: &T) {}
+        fn send<T: Send>(_: T) {}
+        let reader = MemoryStore::default().reader();
+        state(&reader);
+        let query = Query::default();
+        send(reader.query(&query));
+        send(reader.latest());
+        send(reader.sensor_stats());
+        send(reader.counts());
+    }
+}
