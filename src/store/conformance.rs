@@ -1,6 +1,6 @@
 //! The store conformance suite: every behaviour a store must have, written once and run
-//! against every store by [`conformance!`] (memory and SQLite here; a new store adds one
-//! `conformance!(name, factory)` line).
+//! against every store by [`conformance!`] (memory, SQLite, and the concurrent route's test
+//! stub; a new store adds one factory and one `conformance!(name, factory)` line).
 //!
 //! The checks write through the connection-facing seam ([`StoreHandle`]) and read through
 //! [`StoreReader`], so they hold for any way a store is driven: inline, group commit or a
@@ -74,6 +74,14 @@ fn sqlite() -> Fixture {
         super::sqlite::SqliteStore::open(&path, super::FsyncPolicy::Os).expect("open sqlite");
     let reader = StoreReader::new(super::sqlite::SqliteReader::open(&path).expect("reader"));
     Fixture::new(Drive::GroupCommit(Box::new(store)), reader, Box::new(dir))
+}
+
+/// The concurrent route (what a pooled store such as PostgreSQL uses), over the test stub:
+/// shows the suite holds with several commits in flight.
+fn concurrent_stub() -> Fixture {
+    let store = std::sync::Arc::new(super::testing::ConcurrentTestStore::new(4, 0));
+    let reader = store.reader();
+    Fixture::new(Drive::Concurrent(store), reader, Box::new(()))
 }
 
 fn float(sensor: &str, ts: i64, v: f64) -> StoredReading {
@@ -498,3 +506,4 @@ macro_rules! conformance {
 
 conformance!(memory_store, memory);
 conformance!(sqlite_store, sqlite);
+conformance!(concurrent_route, concurrent_stub);

@@ -17,8 +17,9 @@
 //!   slow commit does not stall every connection. It keeps the same contract: the receipt
 //!   resolves only after the batch's commit, and `submit` waits when the store is full.
 //!
-//! The hot path stays as cheap as before: per batch one enum match (and, for a concurrent
-//! store, one dyn call); nothing per reading.
+//! The hot path stays as cheap as before: per batch one enum match; a concurrent store adds
+//! one dyn call and one boxed future per batch (its commit is a network round trip anyway);
+//! nothing is added per reading.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
