@@ -9,8 +9,11 @@
 //! - [`store`]: the backend-neutral write seam ([`store::writer::StoreHandle`], group commit
 //!   or a store's own concurrency) and read path ([`store::StoreReader`]), the memory and
 //!   SQLite stores, their shared encoding, and one conformance suite run on every store.
-//! - [`client`]: the sensor side: value sources, an I/O-free delivery state machine, RTT
-//!   statistics, reconnects.
+//! - [`client`]: the sensor side: `transport` (connect, handshake, bounded reply decoders,
+//!   generic over `AsyncRead + AsyncWrite`; also used by `bench`), `engine` (the one event
+//!   loop: reconnect with backoff, resend, drain) with its `line` and `legacy` sessions, an
+//!   I/O-free delivery state machine (`state`), value sources, RTT statistics, the spool
+//!   (run on a blocking thread by `spool_io`), and `ClientError` / `RunReport`.
 //! - [`metrics`]: every counter the server keeps, in one place.
 //! - [`query`]: `sensorlink query` / `sensorlink stats` output.
 //! - [`bench`]: `sensorlink bench`, the load generator.
