@@ -7,7 +7,10 @@
 //! millions of readings per second does not exhaust memory.
 //!
 //! The data sit behind one `RwLock` shared by the write side ([`MemoryStore`], written
-//! inline by the submitting tasks) and the read side ([`MemoryStore::reader`]).
+//! inline by the submitting tasks) and the read side ([`MemoryStore::reader`]). Reads walk
+//! the kept readings under the read lock (latest, stats and counts are O(readings)), which
+//! holds writers back meanwhile: fine for tests and benchmarks, and the ingest path keeps
+//! no extra per-reading bookkeeping for them.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};

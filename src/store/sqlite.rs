@@ -421,14 +421,7 @@ impl ReadStore for SqliteReader {
 
     fn latest(&self) -> BoxFuture<'_, Result<Vec<Row>, StoreError>> {
         self.run("latest", |conn, location| {
-            let fail = |err| sqlite_error(location, "latest", err);
-            let mut rows = Vec::new();
-            for (sensor, _, _, last_ns) in sensor_totals(conn).map_err(fail)? {
-                if let Some(row) = latest_of_sensor(conn, &sensor, last_ns).map_err(fail)? {
-                    rows.push(row?);
-                }
-            }
-            Ok(rows)
+            latest_rows(conn).map_err(|err| sqlite_error(location, "latest", err))?
         })
     }
 
@@ -560,6 +553,32 @@ fn sensor_totals(conn: &Connection) -> rusqlite::Result<Vec<(String, u64, i64, i
         })?
         .collect();
     totals
+}
+
+/// The latest reading of every sensor, sorted by sensor. Each series' newest row is one
+/// seek in the primary key (no scan of the readings), then per sensor the greatest
+/// (timestamp, received, series id) wins: the same choice as [`latest_of_sensor`].
+fn latest_rows(conn: &Connection) -> rusqlite::Result<Result<Vec<Row>, StoreError>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {ROW_COLUMNS} FROM series s JOIN readings r ON r.series_id = s.id \
+         WHERE r.ts = (SELECT MAX(ts) FROM readings WHERE series_id = s.id) \
+         ORDER BY s.sensor, r.ts DESC, r.received DESC, s.id DESC"
+    ))?;
+    let raw = stmt
+        .query_map([], raw_row)?
+        .collect::<rusqlite::Result<Vec<RawRow>>>()?;
+    let mut rows: Vec<Row> = Vec::new();
+    for candidate in raw {
+        // Sorted by sensor, best first: keep the first row of each sensor.
+        if rows.last().is_some_and(|last| last.sensor == candidate.1) {
+            continue;
+        }
+        match decode_row(candidate) {
+            Ok(row) => rows.push(row),
+            Err(err) => return Ok(Err(err)),
+        }
+    }
+    Ok(Ok(rows))
 }
 
 /// The latest reading of `sensor`, whose greatest timestamp is `last_ns`.
