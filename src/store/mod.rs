@@ -15,6 +15,11 @@
 //!
 //! [`encoding`] holds the series identity and the stored field format; every store
 //! implementation passes the same conformance suite (`conformance.rs`).
+//!
+//! Adding a store (e.g. PostgreSQL) is one new module: a [`writer::ConcurrentStore`] (or a
+//! blocking [`Store`]) for writing, a [`ReadStore`] for reading, errors mapped to
+//! [`StoreError`] (`Unavailable` when the database is out of reach), then a [`StoreUrl`]
+//! variant, an arm in [`open`] and [`open_reader`], and one `conformance!` line.
 
 pub mod encoding;
 pub mod memory;

@@ -269,6 +269,8 @@ impl ConcurrentStore for ConcurrentTestStore {
         })
     }
 
+    /// Refuses further batches. Unlike a real store it does not wait for commits in
+    /// flight: every test awaits its receipts before closing.
     fn close(&self) -> Result<(), StoreError> {
         self.closed.store(true, Ordering::SeqCst);
         self.permits.close();
