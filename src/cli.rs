@@ -16,7 +16,7 @@ use crate::client;
 use crate::config::{self, RawClient, RawServer};
 use crate::query::{self, Format};
 use crate::server;
-use crate::store::{self, FsyncPolicy, StoreUrl};
+use crate::store::{self, StoreUrl};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -199,22 +199,23 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
             }
         }
         Command::Query(args) => {
-            let mut store = open_for_reading(&args.store)?;
-            let rows = store.query(&store::Query {
+            let reader = open_for_reading(&args.store)?;
+            let query = store::Query {
                 sensor: args.sensor,
                 measurement: args.measurement,
                 since_ns: args.since,
                 until_ns: args.until,
                 limit: args.limit,
-            })?;
+            };
+            let rows = read_blocking(reader.query(&query))?;
             let mut out = std::io::stdout().lock();
             query::write_rows(&rows, args.format, &mut out).context("writing rows")?;
             Ok(Outcome::Ok)
         }
         Command::Bench(args) => crate::bench::run(args),
         Command::Stats(args) => {
-            let mut store = open_for_reading(&args.store)?;
-            let stats = store.sensor_stats()?;
+            let reader = open_for_reading(&args.store)?;
+            let stats = read_blocking(reader.sensor_stats())?;
             let mut out = std::io::stdout().lock();
             query::write_stats(&stats, args.format, &mut out).context("writing stats")?;
             Ok(Outcome::Ok)
@@ -232,8 +233,8 @@ fn print_config(text: &str) -> anyhow::Result<()> {
 }
 
 /// Open a store to read it back; a SQLite file that does not exist is an error, not a new
-/// empty database.
-fn open_for_reading(url: &StoreUrl) -> anyhow::Result<Box<dyn store::Store>> {
+/// empty database (reading never creates or migrates anything).
+fn open_for_reading(url: &StoreUrl) -> anyhow::Result<store::StoreReader> {
     if let StoreUrl::Sqlite(path) = url {
         anyhow::ensure!(
             path.exists(),
@@ -241,5 +242,16 @@ fn open_for_reading(url: &StoreUrl) -> anyhow::Result<Box<dyn store::Store>> {
             path.display()
         );
     }
-    store::open(url, FsyncPolicy::Os).with_context(|| format!("opening {url}"))
+    store::open_reader(url).with_context(|| format!("opening {url}"))
+}
+
+/// Run one read of the store's async read path to completion.
+fn read_blocking<T>(
+    read: impl std::future::Future<Output = Result<T, store::StoreError>>,
+) -> anyhow::Result<T> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    Ok(runtime.block_on(read)?)
 }

@@ -32,49 +32,37 @@ impl ShowValue for Duration {
     }
 }
 
-/// `--fsync` values, with their help, without tying the store's type to clap.
+/// `--fsync` values (the store's own names), with their help, without tying the store's
+/// type to clap.
 pub(super) fn fsync_parser() -> impl clap::builder::TypedValueParser<Value = FsyncPolicy> {
-    PossibleValuesParser::new([
-        PossibleValue::new("always")
-            .help("fsync at every commit: an acked reading survives a power cut (default)"),
-        PossibleValue::new("os").help(
-            "Let the OS decide when to write back: an acked reading survives a process crash, not a power cut",
-        ),
-    ])
-    .map(|name| fsync_names::parse(&name).expect("clap admits only the listed names"))
+    let help = |policy| match policy {
+        FsyncPolicy::Always => {
+            "fsync at every commit: an acked reading survives a power cut (default)"
+        }
+        FsyncPolicy::Os => "the OS writes back later: an acked reading survives a crash only",
+    };
+    PossibleValuesParser::new(
+        FsyncPolicy::ALL.map(|(policy, name)| PossibleValue::new(name).help(help(policy))),
+    )
+    .try_map(|name| name.parse::<FsyncPolicy>())
 }
 
-/// `fsync = "always" | "os"` in the file.
+/// `fsync = "always" | "os"` in the file, with this module's error wording.
 pub(super) mod fsync_names {
     use serde::{Deserialize as _, Deserializer, Serializer};
 
     use crate::store::FsyncPolicy;
 
-    pub fn parse(name: &str) -> Option<FsyncPolicy> {
-        match name {
-            "always" => Some(FsyncPolicy::Always),
-            "os" => Some(FsyncPolicy::Os),
-            _ => None,
-        }
-    }
-
-    pub fn name(policy: FsyncPolicy) -> &'static str {
-        match policy {
-            FsyncPolicy::Always => "always",
-            FsyncPolicy::Os => "os",
-        }
-    }
-
     pub fn serialize<S: Serializer>(value: &Option<FsyncPolicy>, s: S) -> Result<S::Ok, S::Error> {
         match value {
-            Some(policy) => s.serialize_str(name(*policy)),
+            Some(policy) => s.serialize_str(policy.name()),
             None => s.serialize_none(),
         }
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<FsyncPolicy>, D::Error> {
         let name = String::deserialize(d)?;
-        parse(&name).map(Some).ok_or_else(|| {
+        name.parse::<FsyncPolicy>().map(Some).map_err(|_| {
             serde::de::Error::custom(format!(
                 "invalid fsync {name:?}: accepted \"always\" or \"os\""
             ))
