@@ -1,9 +1,11 @@
 //! Embedded SQLite store (WAL, schema migrations, deduplication by series and timestamp).
 //!
-//! Layout (schema v1):
+//! Layout (schema v2):
 //! - `series`: one row per series (measurement + tags + sensor), with its key
-//!   ([`super::encoding`]). The writer caches key → id in memory, so the hot path touches
-//!   this table only for new series.
+//!   ([`super::encoding`]) and its totals (readings stored, first and last timestamp). The
+//!   writer caches key → id in memory and updates the totals once per series per batch
+//!   (aggregated in Rust, counting only rows really inserted), so counts, stats and the
+//!   latest reading cost O(series) instead of a scan of every reading.
 //! - `readings`: `WITHOUT ROWID`, keyed by `(series_id, ts)`. The primary key is the
 //!   exactly-once identity: a second reading of the same series at the same timestamp hits
 //!   `ON CONFLICT DO NOTHING` and counts as a duplicate. Queries by sensor or time walk the
@@ -53,6 +55,15 @@ const MIGRATIONS: &[&str] = &[
         fields    TEXT NOT NULL,    -- JSON array of [name, type, value]
         PRIMARY KEY (series_id, ts)
     ) WITHOUT ROWID;",
+    // v2: per-series totals kept by the writer, backfilled once (one primary-key range
+    // per series) so counts and stats never scan the readings again.
+    "ALTER TABLE series ADD COLUMN readings INTEGER NOT NULL DEFAULT 0; -- rows in readings
+    ALTER TABLE series ADD COLUMN first_ts INTEGER; -- least ts, NULL while no reading
+    ALTER TABLE series ADD COLUMN last_ts  INTEGER; -- greatest ts, NULL while no reading
+    UPDATE series SET
+        readings = (SELECT COUNT(*) FROM readings WHERE series_id = series.id),
+        first_ts = (SELECT MIN(ts) FROM readings WHERE series_id = series.id),
+        last_ts  = (SELECT MAX(ts) FROM readings WHERE series_id = series.id);",
 ];
 
 /// SQLite page cache, KiB.
@@ -66,6 +77,11 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 const INSERT_READING: &str = "INSERT INTO readings (series_id, ts, received, fields) \
      VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING";
+
+/// Add one batch's inserted rows (count, least and greatest ts) to a series' totals.
+const ADD_SERIES_TOTALS: &str = "UPDATE series SET readings = readings + ?2, \
+     first_ts = min(coalesce(first_ts, ?3), ?3), last_ts = max(coalesce(last_ts, ?4), ?4) \
+     WHERE id = ?1";
 
 /// Idle read-only connections a [`SqliteReader`] keeps for the next query.
 const MAX_IDLE_READERS: usize = 4;
@@ -246,8 +262,20 @@ impl Store for SqliteStore {
             let mut insert = tx
                 .prepare_cached(INSERT_READING)
                 .map_err(fail("prepare insert"))?;
+            let mut totals = tx
+                .prepare_cached(ADD_SERIES_TOTALS)
+                .map_err(fail("prepare totals"))?;
             let mut fields = String::new();
+            // The inserted rows of the series being written: (series, count, least ts,
+            // greatest ts). `order` is sorted by series then ts, so each series is one run.
+            let mut run: Option<(i64, i64, i64, i64)> = None;
             for (series_id, ts, index) in order {
+                if let Some((id, n, lo, hi)) = run.filter(|run| run.0 != series_id) {
+                    totals
+                        .execute(rusqlite::params![id, n, lo, hi])
+                        .map_err(fail("update series totals"))?;
+                    run = None;
+                }
                 let stored = &batch[index];
                 encode_fields(&mut fields, &stored.reading.fields);
                 let changed = insert
@@ -255,9 +283,18 @@ impl Store for SqliteStore {
                     .map_err(fail("insert reading"))?;
                 if changed == 0 {
                     outcome.duplicates += 1;
-                } else {
-                    outcome.inserted += 1;
+                    continue;
                 }
+                outcome.inserted += 1;
+                run = Some(match run {
+                    Some((id, n, lo, _)) => (id, n + 1, lo, ts),
+                    None => (series_id, 1, ts, ts),
+                });
+            }
+            if let Some((id, n, lo, hi)) = run {
+                totals
+                    .execute(rusqlite::params![id, n, lo, hi])
+                    .map_err(fail("update series totals"))?;
             }
         }
         tx.commit().map_err(fail("commit"))?;
@@ -429,10 +466,12 @@ impl ReadStore for SqliteReader {
         self.run("sensor stats", |conn, location| {
             let fail = |err| sqlite_error(location, "sensor stats", err);
             let totals = sensor_totals(conn).map_err(fail)?;
+            // Both sorted by sensor, one row per sensor with readings (same snapshot).
+            let mut latest = latest_rows(conn).map_err(fail)??.into_iter().peekable();
             let mut stats = Vec::with_capacity(totals.len());
             for (sensor, readings, first_ns, last_ns) in totals {
-                let last_fields = match latest_of_sensor(conn, &sensor, last_ns).map_err(fail)? {
-                    Some(row) => row?.fields,
+                let last_fields = match latest.next_if(|row| row.sensor == sensor) {
+                    Some(row) => row.fields,
                     None => Vec::new(),
                 };
                 stats.push(SensorStats {
@@ -530,22 +569,24 @@ fn query_rows(conn: &Connection, query: &Query) -> rusqlite::Result<Result<Vec<R
     Ok(raw.into_iter().map(decode_row).collect())
 }
 
+/// Per-sensor totals from the series rows (O(series): the writer keeps them).
+const SENSOR_TOTALS: &str = "SELECT sensor, SUM(readings), MIN(first_ts), MAX(last_ts) \
+     FROM series WHERE readings > 0 GROUP BY sensor ORDER BY sensor";
+
+/// Each series' newest row is one seek in the readings primary key at the series'
+/// `last_ts` (CROSS JOIN keeps the series as the outer loop), best first per sensor.
+const LATEST_CANDIDATES: &str = "SELECT s.measurement, s.sensor, s.tags, r.fields, r.ts, \
+     r.received FROM series s CROSS JOIN readings r ON r.series_id = s.id AND r.ts = s.last_ts \
+     WHERE s.readings > 0 ORDER BY s.sensor, r.ts DESC, r.received DESC, s.id DESC";
+
 /// Per sensor: (sensor, readings, first ts, last ts), sorted by sensor.
 fn sensor_totals(conn: &Connection) -> rusqlite::Result<Vec<(String, u64, i64, i64)>> {
-    // Aggregate per series first (walks the primary key in order, no sort), then per
-    // sensor over the few series rows.
-    let mut stmt = conn.prepare_cached(
-        "SELECT s.sensor, SUM(a.n), MIN(a.lo), MAX(a.hi) \
-         FROM (SELECT series_id, COUNT(*) AS n, MIN(ts) AS lo, MAX(ts) AS hi \
-               FROM readings GROUP BY series_id) a \
-         JOIN series s ON s.id = a.series_id \
-         GROUP BY s.sensor ORDER BY s.sensor",
-    )?;
+    let mut stmt = conn.prepare_cached(SENSOR_TOTALS)?;
     let totals = stmt
         .query_map([], |row| {
             Ok((
                 row.get::<_, String>(0)?,
-                // COUNT is never negative.
+                // A sum of counts is never negative.
                 u64::try_from(row.get::<_, i64>(1)?).unwrap_or(0),
                 row.get::<_, i64>(2)?,
                 row.get::<_, i64>(3)?,
@@ -555,15 +596,10 @@ fn sensor_totals(conn: &Connection) -> rusqlite::Result<Vec<(String, u64, i64, i
     totals
 }
 
-/// The latest reading of every sensor, sorted by sensor. Each series' newest row is one
-/// seek in the primary key (no scan of the readings), then per sensor the greatest
-/// (timestamp, received, series id) wins: the same choice as [`latest_of_sensor`].
+/// The latest reading of every sensor, sorted by sensor: per sensor the greatest
+/// (timestamp, received, series id) wins (see [`ReadStore::latest`]).
 fn latest_rows(conn: &Connection) -> rusqlite::Result<Result<Vec<Row>, StoreError>> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {ROW_COLUMNS} FROM series s JOIN readings r ON r.series_id = s.id \
-         WHERE r.ts = (SELECT MAX(ts) FROM readings WHERE series_id = s.id) \
-         ORDER BY s.sensor, r.ts DESC, r.received DESC, s.id DESC"
-    ))?;
+    let mut stmt = conn.prepare_cached(LATEST_CANDIDATES)?;
     let raw = stmt
         .query_map([], raw_row)?
         .collect::<rusqlite::Result<Vec<RawRow>>>()?;
@@ -579,23 +615,6 @@ fn latest_rows(conn: &Connection) -> rusqlite::Result<Result<Vec<Row>, StoreErro
         }
     }
     Ok(Ok(rows))
-}
-
-/// The latest reading of `sensor`, whose greatest timestamp is `last_ns`.
-fn latest_of_sensor(
-    conn: &Connection,
-    sensor: &str,
-    last_ns: i64,
-) -> rusqlite::Result<Option<Result<Row, StoreError>>> {
-    let raw = conn
-        .prepare_cached(&format!(
-            "SELECT {ROW_COLUMNS} FROM series s JOIN readings r ON r.series_id = s.id \
-             WHERE s.sensor = ?1 AND r.ts = ?2 \
-             ORDER BY r.received DESC, s.id DESC LIMIT 1"
-        ))?
-        .query_row(rusqlite::params![sensor, last_ns], raw_row)
-        .optional()?;
-    Ok(raw.map(decode_row))
 }
 
 #[cfg(test)]
@@ -701,6 +720,89 @@ mod tests {
         );
     }
 
+    /// The plan of `sql`, one `detail` line per step.
+    fn plan(conn: &Connection, sql: &str) -> Vec<String> {
+        let mut stmt = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .expect("explain");
+        let params = vec![rusqlite::types::Value::Null; stmt.parameter_count()];
+        stmt.query_map(params_from_iter(params), |row| row.get::<_, String>(3))
+            .expect("plan")
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .expect("plan rows")
+    }
+
+    /// A full pass over the readings table (`SCAN r`, `SCAN readings`, with or without an
+    /// index): what no read but an unfiltered query may do.
+    fn scans_readings(plan: &[String]) -> bool {
+        plan.iter()
+            .any(|step| step.starts_with("SCAN r") || step.contains("SCAN readings"))
+    }
+
+    /// Counts, stats and latest read the series rows, never every reading.
+    #[test]
+    fn totals_and_latest_never_scan_the_readings() {
+        let (_dir, _path, store) = open_temp();
+        for sql in [SENSOR_TOTALS, LATEST_CANDIDATES] {
+            let plan = plan(&store.conn, sql);
+            assert!(!scans_readings(&plan), "{sql}: {plan:?}");
+        }
+    }
+
+    /// A database written by schema v1 (no totals) opens, migrates, backfills the totals
+    /// once, and the writer keeps them from there (duplicates not counted).
+    #[test]
+    fn v1_database_migrates_and_backfills_totals() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("v1.db");
+        {
+            let conn = Connection::open(&path).expect("create v1 file");
+            conn.execute_batch(MIGRATIONS[0]).expect("v1 schema");
+            conn.pragma_update(None, "user_version", 1).expect("v1");
+            conn.execute_batch(
+                "INSERT INTO series (id, key, measurement, sensor, tags) VALUES
+                     (1, 'temp,sensor=a', 'temp', 'a', '[[\"sensor\",\"a\"]]'),
+                     (2, 'hum,sensor=a', 'hum', 'a', '[[\"sensor\",\"a\"]]'),
+                     (3, 'temp,sensor=b', 'temp', 'b', '[[\"sensor\",\"b\"]]');
+                 INSERT INTO readings (series_id, ts, received, fields) VALUES
+                     (1, 10, 11, '[[\"v\",\"i\",10]]'),
+                     (1, 30, 31, '[[\"v\",\"i\",30]]'),
+                     (2, 20, 21, '[[\"h\",\"i\",20]]'),
+                     (3, 5, 6, '[[\"v\",\"i\",5]]');",
+            )
+            .expect("v1 rows");
+        }
+        let mut store = SqliteStore::open(&path, FsyncPolicy::Os).expect("open migrates");
+        let version: i64 = store
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .expect("version");
+        assert_eq!(version, SqliteStore::schema_version());
+        let reader = StoreReader::new(SqliteReader::open(&path).expect("reader"));
+        let counts = block_on(reader.counts()).expect("counts");
+        assert_eq!(counts.per_sensor, vec![("a".into(), 3), ("b".into(), 1)]);
+        let stats = block_on(reader.sensor_stats()).expect("stats");
+        assert_eq!((stats[0].first_ns, stats[0].last_ns), (10, 30));
+        assert_eq!(
+            stats[0].last_fields,
+            vec![("v".into(), FieldValue::Int(30))]
+        );
+
+        // One new reading and one replay of a v1 row: only the new one counts.
+        let mut new = temp("b", 1, 1.0);
+        new.reading.fields = vec![("v".into(), FieldValue::Int(1))];
+        let mut replay = temp("b", 5, 5.0);
+        replay.reading.fields = vec![("v".into(), FieldValue::Int(5))];
+        let outcome = store.write_batch(&[replay, new]).expect("write");
+        assert_eq!(outcome.inserted, 1);
+        let stats = block_on(reader.sensor_stats()).expect("stats");
+        assert_eq!(
+            (stats[1].readings, stats[1].first_ns, stats[1].last_ns),
+            (2, 1, 5)
+        );
+        assert_eq!(stats[1].last_fields, vec![("v".into(), FieldValue::Int(5))]);
+    }
+
     #[test]
     fn newer_schema_is_refused() {
         let (_dir, path, store) = open_temp();
@@ -798,10 +900,10 @@ mod tests {
             .expect("hold the write lock");
         store
             .conn
-            .execute(
+            .execute_batch(
                 "INSERT INTO readings (series_id, ts, received, fields) \
-                 SELECT series_id, 2, 2, fields FROM readings",
-                [],
+                 SELECT series_id, 2, 2, fields FROM readings; \
+                 UPDATE series SET readings = readings + 1, last_ts = 2;",
             )
             .expect("uncommitted row");
         let counts = block_on(reader.counts()).expect("reads while the writer holds its lock");
