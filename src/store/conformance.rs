@@ -321,6 +321,35 @@ async fn latest_stats_and_counts(store: Fixture) {
     store.finish().await;
 }
 
+/// Two series of one sensor tie on timestamp and receive time: the series created later
+/// is the latest, whatever order the tied readings were written in.
+async fn latest_ties_go_to_the_later_series(store: Fixture) {
+    let hum = |ts: i64| {
+        reading(
+            "hum",
+            &[("sensor", "c")],
+            vec![("h", FieldValue::Int(ts))],
+            ts,
+        )
+    };
+    // temp/c is created before hum/c.
+    store.write(vec![float("c", 1, 1.0), hum(2)]).await;
+    // Tied (same ts and received, see `reading`): hum/c written first.
+    store.write(vec![hum(50), float("c", 50, 5.0)]).await;
+    let latest = store.reader.latest().await.expect("latest");
+    assert_eq!(latest.len(), 1);
+    assert_eq!(
+        (latest[0].measurement.as_str(), latest[0].timestamp_ns),
+        ("hum", 50)
+    );
+    let stats = store.reader.sensor_stats().await.expect("stats");
+    assert_eq!(
+        stats[0].last_fields,
+        vec![("h".into(), FieldValue::Int(50))]
+    );
+    store.finish().await;
+}
+
 /// The reader sees every committed batch as soon as its receipt resolves, and never part
 /// of one, while the writer keeps writing.
 async fn reads_while_writing(store: Fixture) {
@@ -486,6 +515,11 @@ macro_rules! conformance {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn latest_stats_and_counts() {
                 super::latest_stats_and_counts($open()).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn latest_ties_go_to_the_later_series() {
+                super::latest_ties_go_to_the_later_series($open()).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

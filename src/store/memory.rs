@@ -206,7 +206,7 @@ impl Data {
     }
 
     /// Per sensor: (readings, first ts, latest row), sorted by sensor. Latest = greatest
-    /// (timestamp, received); on a full tie the later insertion.
+    /// (timestamp, received, series id), the rule of [`ReadStore::latest`].
     fn per_sensor(&self) -> BTreeMap<&str, (u64, i64, &MemRow)> {
         let mut by_sensor: BTreeMap<&str, (u64, i64, &MemRow)> = BTreeMap::new();
         for row in &self.rows {
@@ -215,7 +215,8 @@ impl Data {
                 .or_insert((0, row.timestamp_ns, row));
             entry.0 += 1;
             entry.1 = entry.1.min(row.timestamp_ns);
-            if (row.timestamp_ns, row.received_ns) >= (entry.2.timestamp_ns, entry.2.received_ns) {
+            let rank = |r: &MemRow| (r.timestamp_ns, r.received_ns, r.series);
+            if rank(row) > rank(entry.2) {
                 entry.2 = row;
             }
         }

@@ -22,8 +22,12 @@ pub trait ReadStore: Send + Sync + 'static {
     /// at most `query.limit`.
     fn query(&self, query: Query) -> BoxFuture<'_, Result<Vec<Row>, StoreError>>;
 
-    /// The latest reading of every sensor (greatest timestamp, then latest receive time),
-    /// sorted by sensor.
+    /// The latest reading of every sensor, sorted by sensor.
+    ///
+    /// Latest = the greatest (timestamp, received, series id), where series ids grow in
+    /// series creation order: a total order (one reading per series and timestamp) that
+    /// every SQL store can reproduce in an `ORDER BY`, so every store picks the same row
+    /// even when two series of a sensor tie on timestamp and receive time.
     fn latest(&self) -> BoxFuture<'_, Result<Vec<Row>, StoreError>>;
 
     /// Per-sensor count, first/last timestamp and last fields, sorted by sensor.
