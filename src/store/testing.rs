@@ -9,11 +9,11 @@ use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::Semaphore;
 
 use super::memory::MemoryStore;
 use super::read::BoxFuture;
-use super::writer::{CommitReceiver, Committed, ConcurrentStore};
+use super::writer::{CommitReply, ConcurrentStore};
 use super::{Store, StoreError, StoreReader, StoredReading, WriteOutcome};
 use crate::protocol::{FieldValue, Reading};
 
@@ -195,7 +195,6 @@ impl Store for TestStore {
 pub(crate) struct ConcurrentTestStore {
     store: Arc<Mutex<MemoryStore>>,
     permits: Arc<Semaphore>,
-    max_in_flight: u32,
     /// Commits running now, and the most seen at once.
     in_flight: Arc<AtomicUsize>,
     pub(crate) peak_in_flight: Arc<AtomicUsize>,
@@ -210,7 +209,6 @@ impl ConcurrentTestStore {
         ConcurrentTestStore {
             store: Arc::new(Mutex::new(MemoryStore::default())),
             permits: Arc::new(Semaphore::new(max_in_flight as usize)),
-            max_in_flight,
             in_flight: Arc::new(AtomicUsize::new(0)),
             peak_in_flight: Arc::new(AtomicUsize::new(0)),
             rendezvous: (rendezvous > 0).then(|| Arc::new(tokio::sync::Barrier::new(rendezvous))),
@@ -231,19 +229,13 @@ impl ConcurrentStore for ConcurrentTestStore {
     fn submit(
         &self,
         batch: Vec<StoredReading>,
-    ) -> BoxFuture<'_, Result<CommitReceiver, StoreError>> {
+        reply: CommitReply,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
-            // An empty batch is a barrier: it waits for every commit in flight.
-            let wanted = if batch.is_empty() {
-                self.max_in_flight
-            } else {
-                1
-            };
             let permit = Arc::clone(&self.permits)
-                .acquire_many_owned(wanted)
+                .acquire_owned()
                 .await
                 .map_err(|_| StoreError::WriterGone)?;
-            let (reply, answer) = oneshot::channel();
             let store = Arc::clone(&self.store);
             let in_flight = Arc::clone(&self.in_flight);
             let peak = Arc::clone(&self.peak_in_flight);
@@ -251,21 +243,16 @@ impl ConcurrentStore for ConcurrentTestStore {
             tokio::spawn(async move {
                 let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
                 peak.fetch_max(now, Ordering::SeqCst);
-                if let (Some(barrier), false) = (rendezvous, batch.is_empty()) {
+                if let Some(barrier) = rendezvous {
                     barrier.wait().await;
                 }
                 let start = Instant::now();
                 let written = store.lock().expect("store lock").write_batch(&batch);
                 in_flight.fetch_sub(1, Ordering::SeqCst);
-                let answer = written.map_err(Arc::new).map(|outcome| Committed {
-                    committed_at: Instant::now(),
-                    commit_us: u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX),
-                    outcome,
-                });
                 drop(permit);
-                let _ = reply.send(answer);
+                reply.send(written.map(|outcome| (outcome, start.elapsed())));
             });
-            Ok(answer)
+            Ok(())
         })
     }
 

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::events::{BatchCommitted, Event as _, StoreFailed};
+use crate::events::{self, BatchCommitted, Event as _, StoreFailed, Telemetry};
 
 use super::read::BoxFuture;
 use super::{Drive, Store, StoreError, StoredReading, WriteOutcome};
@@ -76,18 +76,89 @@ pub type CommitReceiver = oneshot::Receiver<CommitResult>;
 /// it implements the connection-facing seam directly instead of sitting behind the
 /// group-commit thread.
 pub trait ConcurrentStore: Send + Sync + 'static {
-    /// Accept `batch` for commit and return its receipt. Waits while the store has as many
-    /// commits in flight as it allows (back-pressure); the receipt resolves only after the
-    /// batch is committed (or failed). An empty batch is a barrier: answered once every
-    /// batch submitted before it is answered.
+    /// Accept `batch` for commit; answer it through `reply` once it is committed (or
+    /// failed). Returns when the batch is accepted: waits while the store has as many
+    /// commits in flight as it allows (back-pressure). [`CommitReply::send`] does the
+    /// accounting every route shares (commit events and metrics), so a store never counts
+    /// its commits itself.
     fn submit(
         &self,
         batch: Vec<StoredReading>,
-    ) -> BoxFuture<'_, Result<CommitReceiver, StoreError>>;
+        reply: CommitReply,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
 
     /// Wait for every commit in flight, then release the store. Called once, from a
     /// blocking thread ([`StoreWriter::finish`]), after the last handle is dropped.
     fn close(&self) -> Result<(), StoreError>;
+}
+
+/// Where a [`ConcurrentStore`] answers one batch. Sending through it counts the commit (or
+/// the failure) with the same accounting as the group-commit and inline routes.
+#[derive(Debug)]
+pub struct CommitReply {
+    reply: oneshot::Sender<CommitResult>,
+    rows: usize,
+    telemetry: Option<&'static Telemetry>,
+}
+
+impl CommitReply {
+    /// Readings in the batch.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Answer the batch: what its commit did and how long the commit took, or why it
+    /// failed. A receiver that is gone (the connection closed) is not an error.
+    pub fn send(self, written: Result<(WriteOutcome, Duration), StoreError>) {
+        let answer = account(self.telemetry, 1, self.rows, written).map(
+            |(outcome, committed_at, commit_us)| Committed {
+                committed_at,
+                commit_us,
+                outcome,
+            },
+        );
+        let _ = self.reply.send(answer);
+    }
+}
+
+/// The accounting every route shares: count one commit (`BatchCommitted`) or one failed
+/// transaction (`StoreFailed`) holding `batches` batches of `rows` readings in all, and
+/// turn the result into what the batches are answered with: (outcome, commit time, commit
+/// duration in µs) or the shared error.
+fn account(
+    telemetry: Option<&'static Telemetry>,
+    batches: usize,
+    rows: usize,
+    written: Result<(WriteOutcome, Duration), StoreError>,
+) -> Result<(WriteOutcome, Instant, u64), Arc<StoreError>> {
+    // None: the process's handles, looked up at emit time (after the recorder is
+    // installed).
+    let telemetry = telemetry.unwrap_or_else(events::telemetry);
+    let committed_at = Instant::now();
+    match written {
+        Ok((outcome, duration)) => {
+            // Only barriers (no readings): nothing was written, nothing to count.
+            if rows > 0 {
+                BatchCommitted {
+                    rows,
+                    outcome,
+                    duration,
+                }
+                .emit_to(telemetry);
+            }
+            let commit_us = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
+            Ok((outcome, committed_at, commit_us))
+        }
+        Err(err) => {
+            StoreFailed {
+                error: &err,
+                batches,
+                rows,
+            }
+            .emit_to(telemetry);
+            Err(Arc::new(err))
+        }
+    }
 }
 
 /// One submitted batch and where its answer goes.
@@ -126,6 +197,8 @@ impl Route {
 #[derive(Clone)]
 pub struct StoreHandle {
     route: Route,
+    /// Where commits are counted; None = the process's handles.
+    telemetry: Option<&'static Telemetry>,
 }
 
 impl std::fmt::Debug for StoreHandle {
@@ -157,10 +230,19 @@ impl StoreHandle {
                 };
                 // A panic in another task's write leaves the store usable (memory only).
                 let mut store = store.lock().unwrap_or_else(PoisonError::into_inner);
-                commit(&mut **store, vec![job], rows);
+                commit(&mut **store, vec![job], rows, self.telemetry);
                 return Ok(answer);
             }
-            Route::Concurrent(store) => return store.submit(batch).await,
+            Route::Concurrent(store) => {
+                let (reply, answer) = oneshot::channel();
+                let reply = CommitReply {
+                    reply,
+                    rows: batch.len(),
+                    telemetry: self.telemetry,
+                };
+                store.submit(batch, reply).await?;
+                return Ok(answer);
+            }
         };
         let (reply, answer) = oneshot::channel();
         let job = Job {
@@ -216,12 +298,26 @@ impl StoreWriter {
 /// # Panics
 /// If the OS refuses to start a thread (at startup, before any reading is accepted).
 pub fn spawn(drive: Drive, config: WriterConfig) -> (StoreHandle, StoreWriter) {
+    spawn_counted(drive, config, None)
+}
+
+/// [`spawn`], counting commits into `telemetry` (a test's own handles) instead of the
+/// process's.
+///
+/// # Panics
+/// If the OS refuses to start a thread (at startup, before any reading is accepted).
+pub fn spawn_counted(
+    drive: Drive,
+    config: WriterConfig,
+    telemetry: Option<&'static Telemetry>,
+) -> (StoreHandle, StoreWriter) {
     let store = match drive {
         Drive::GroupCommit(store) => store,
         Drive::Inline(store) => {
             let shared: SharedStore = Arc::new(Mutex::new(store));
             let handle = StoreHandle {
                 route: Route::Inline(shared.clone()),
+                telemetry,
             };
             let writer = StoreWriter {
                 route: WriterRoute::Inline(shared),
@@ -231,6 +327,7 @@ pub fn spawn(drive: Drive, config: WriterConfig) -> (StoreHandle, StoreWriter) {
         Drive::Concurrent(store) => {
             let handle = StoreHandle {
                 route: Route::Concurrent(Arc::clone(&store)),
+                telemetry,
             };
             let writer = StoreWriter {
                 route: WriterRoute::Concurrent(store),
@@ -242,11 +339,12 @@ pub fn spawn(drive: Drive, config: WriterConfig) -> (StoreHandle, StoreWriter) {
     let (tx, rx) = mpsc::channel(config.queue_batches.max(1));
     let thread = std::thread::Builder::new()
         .name("sensorlink-store".into())
-        .spawn(move || run(store, rx, config))
+        .spawn(move || run(store, rx, config, telemetry))
         .expect("the OS lets us start the store writer thread");
     (
         StoreHandle {
             route: Route::Thread(tx),
+            telemetry,
         },
         StoreWriter {
             route: WriterRoute::Thread(thread),
@@ -259,6 +357,7 @@ fn run(
     mut store: Box<dyn Store>,
     mut rx: mpsc::Receiver<Job>,
     config: WriterConfig,
+    telemetry: Option<&'static Telemetry>,
 ) -> Result<(), StoreError> {
     // A tiny runtime of our own only to wait on the channel with a timeout (commit_delay).
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -306,17 +405,22 @@ fn run(
             rows += job.readings.len();
             jobs.push(job);
         }
-        commit(store.as_mut(), jobs, rows);
+        commit(store.as_mut(), jobs, rows, telemetry);
     }
     store.close()
 }
 
 /// Write the readings of `jobs` in one transaction and answer every job.
-fn commit(store: &mut dyn Store, mut jobs: Vec<Job>, rows: usize) {
+fn commit(
+    store: &mut dyn Store,
+    mut jobs: Vec<Job>,
+    rows: usize,
+    telemetry: Option<&'static Telemetry>,
+) {
     let lens: Vec<usize> = jobs.iter().map(|job| job.readings.len()).collect();
-    let result = if rows == 0 {
+    let written = if rows == 0 {
         // Only barriers: nothing to write, everything before them is already committed.
-        Ok((WriteOutcome::default(), 0))
+        Ok((WriteOutcome::default(), Duration::ZERO))
     } else {
         let merged;
         let batch: &[StoredReading] = if jobs.len() == 1 {
@@ -330,21 +434,12 @@ fn commit(store: &mut dyn Store, mut jobs: Vec<Job>, rows: usize) {
             &merged
         };
         let start = Instant::now();
-        let written = store.write_batch(batch);
-        let commit_us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
-        written.map(|outcome| (outcome, commit_us))
+        store
+            .write_batch(batch)
+            .map(|outcome| (outcome, start.elapsed()))
     };
-    let committed_at = Instant::now();
-    match result {
-        Ok((total, commit_us)) => {
-            if rows > 0 {
-                BatchCommitted {
-                    rows,
-                    outcome: total,
-                    duration: Duration::from_micros(commit_us),
-                }
-                .emit();
-            }
+    match account(telemetry, jobs.len(), rows, written) {
+        Ok((total, committed_at, commit_us)) => {
             for (job, outcome) in jobs.into_iter().zip(split_outcome(total, &lens)) {
                 // A dropped receiver means the connection is gone; nothing to tell it.
                 let _ = job.reply.send(Ok(Committed {
@@ -355,13 +450,6 @@ fn commit(store: &mut dyn Store, mut jobs: Vec<Job>, rows: usize) {
             }
         }
         Err(err) => {
-            StoreFailed {
-                error: &err,
-                batches: jobs.len(),
-                rows,
-            }
-            .emit();
-            let err = Arc::new(err);
             for job in jobs {
                 let _ = job.reply.send(Err(Arc::clone(&err)));
             }
@@ -729,6 +817,67 @@ mod route_tests {
         drop(handle);
         writer.finish().expect("close");
         assert!(store.is_closed());
+    }
+
+    /// A concurrent store's commits and failures go through the same accounting as the
+    /// writer thread's: counted once each, into the handle's telemetry.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_commits_are_counted() {
+        use crate::events::names;
+        let recorder = events::prometheus_builder().build_recorder();
+        // Leaked: the handle wants 'static telemetry, as the process's is.
+        let telemetry: &'static Telemetry = Box::leak(Box::new(metrics::with_local_recorder(
+            &recorder,
+            Telemetry::register,
+        )));
+        let store = Arc::new(ConcurrentTestStore::new(4, 0));
+        let (handle, writer) = spawn_counted(
+            Drive::Concurrent(store.clone()),
+            WriterConfig::default(),
+            Some(telemetry),
+        );
+        let receipts = [
+            vec![temp("s", 1), temp("s", 2)],
+            vec![temp("s", 2), temp("s", 3)],
+        ]
+        .map(|batch| handle.submit(batch));
+        for receipt in receipts {
+            let answer = tokio::time::timeout(HANG, receipt.await.expect("submit"))
+                .await
+                .expect("in time")
+                .expect("answered");
+            answer.expect("committed");
+        }
+        drop(handle);
+        tokio::task::spawn_blocking(move || writer.finish())
+            .await
+            .expect("join")
+            .expect("close");
+        assert_eq!(
+            telemetry
+                .totals
+                .readings_stored
+                .load(std::sync::atomic::Ordering::Relaxed),
+            3
+        );
+        let text = recorder.handle().render();
+        let sample = |series: &str| {
+            text.lines().find_map(|line| {
+                line.strip_prefix(series)?
+                    .strip_prefix(' ')?
+                    .parse::<f64>()
+                    .ok()
+            })
+        };
+        assert_eq!(sample(names::STORE_COMMITS), Some(2.0), "{text}");
+        assert_eq!(
+            sample(&format!(
+                "{}{{outcome=\"duplicate\"}}",
+                names::READINGS_COMMITTED
+            )),
+            Some(1.0),
+            "{text}"
+        );
     }
 
     /// The memory store is written by the submitting task: the answer is there at once.
