@@ -21,12 +21,15 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use rusqlite::{
-    params_from_iter, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior,
+    params_from_iter, Connection, ErrorCode, InterruptHandle, OpenFlags, OptionalExtension,
+    TransactionBehavior,
 };
+use tokio::sync::Semaphore;
 
 use super::encoding::{
     decode_fields, decode_tags, encode_fields, encode_tags, write_stored_series_key,
@@ -83,8 +86,14 @@ const ADD_SERIES_TOTALS: &str = "UPDATE series SET readings = readings + ?2, \
      first_ts = min(coalesce(first_ts, ?3), ?3), last_ts = max(coalesce(last_ts, ?4), ?4) \
      WHERE id = ?1";
 
-/// Idle read-only connections a [`SqliteReader`] keeps for the next query.
-const MAX_IDLE_READERS: usize = 4;
+/// Most reads a [`SqliteReader`] runs at once (more wait for a turn), hence its most
+/// read-only connections: each read holds a blocking thread and a connection, and a poll
+/// of many HTTP clients must not open one per request.
+const MAX_READERS: usize = 4;
+
+/// Idle read-only connections a [`SqliteReader`] keeps for the next query (all of them:
+/// never more than [`MAX_READERS`] exist).
+const MAX_IDLE_READERS: usize = MAX_READERS;
 
 /// A rusqlite error as a [`StoreError`] with its context. Busy or locked means another
 /// connection holds the lock longer than [`BUSY_TIMEOUT`]: transient.
@@ -355,6 +364,54 @@ struct ReaderPool {
     location: String,
     /// Connections not in use, reused so each read does not reopen the file.
     idle: Mutex<Vec<Connection>>,
+    /// One permit per read running ([`MAX_READERS`]).
+    permits: Arc<Semaphore>,
+    /// Connections opened so far, reads running now and the most at once: what bounds
+    /// the reader's resources (checked by the tests).
+    opened: AtomicUsize,
+    running: AtomicUsize,
+    peak_running: AtomicUsize,
+}
+
+/// Lets a dropped read future stop the statement its blocking task is running (a
+/// cancelled HTTP request must not go on scanning).
+#[derive(Default)]
+struct Cancel {
+    state: Mutex<CancelState>,
+}
+
+#[derive(Default)]
+struct CancelState {
+    cancelled: bool,
+    /// The connection running the read, while it runs.
+    running: Option<InterruptHandle>,
+}
+
+impl Cancel {
+    fn lock(&self) -> std::sync::MutexGuard<'_, CancelState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Cancels its read when dropped before [`CancelOnDrop::disarm`].
+struct CancelOnDrop(Option<Arc<Cancel>>);
+
+impl CancelOnDrop {
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(cancel) = self.0.take() {
+            let mut state = cancel.lock();
+            state.cancelled = true;
+            if let Some(handle) = &state.running {
+                handle.interrupt();
+            }
+        }
+    }
 }
 
 impl SqliteReader {
@@ -368,6 +425,10 @@ impl SqliteReader {
             path: path.to_path_buf(),
             location: path.display().to_string(),
             idle: Mutex::new(Vec::new()),
+            permits: Arc::new(Semaphore::new(MAX_READERS)),
+            opened: AtomicUsize::new(0),
+            running: AtomicUsize::new(0),
+            peak_running: AtomicUsize::new(0),
         };
         let conn = pool.connect()?;
         let found: i64 = conn
@@ -388,7 +449,8 @@ impl SqliteReader {
     }
 
     /// Run `read` on a pooled connection on a blocking thread, inside one read transaction
-    /// (one consistent snapshot even for reads of several statements).
+    /// (one consistent snapshot even for reads of several statements). At most
+    /// [`MAX_READERS`] run at once; dropping the future interrupts the running statement.
     fn run<T: Send + 'static>(
         &self,
         operation: &'static str,
@@ -397,23 +459,52 @@ impl SqliteReader {
         let pool = Arc::clone(&self.pool);
         Box::pin(async move {
             let location = pool.location.clone();
-            tokio::task::spawn_blocking(move || {
+            // Moved into the blocking task: held until the read is really over, even if
+            // this future is dropped first.
+            let permit = Arc::clone(&pool.permits)
+                .acquire_owned()
+                .await
+                .expect("the reader never closes its semaphore");
+            let cancel = Arc::new(Cancel::default());
+            let mut guard = CancelOnDrop(Some(Arc::clone(&cancel)));
+            let task = tokio::task::spawn_blocking(move || {
+                let _permit = permit;
                 let conn = match pool.take() {
                     Some(conn) => conn,
                     None => pool.connect()?,
                 };
+                {
+                    let mut state = cancel.lock();
+                    if state.cancelled {
+                        pool.give_back(conn);
+                        return Err(StoreError::Backend {
+                            location: pool.location.clone(),
+                            operation,
+                            detail: "cancelled".into(),
+                        });
+                    }
+                    state.running = Some(conn.get_interrupt_handle());
+                }
+                let now = pool.running.fetch_add(1, Ordering::SeqCst) + 1;
+                pool.peak_running.fetch_max(now, Ordering::SeqCst);
                 let result = {
                     let fail = |err| sqlite_error(&pool.location, operation, err);
-                    let tx = conn.unchecked_transaction().map_err(fail)?;
-                    let value = read(&tx, &pool.location)?;
-                    tx.finish().map_err(fail)?;
-                    Ok(value)
+                    match conn.unchecked_transaction().map_err(fail) {
+                        Ok(tx) => read(&tx, &pool.location)
+                            .and_then(|value| tx.finish().map_err(fail).map(|()| value)),
+                        Err(err) => Err(err),
+                    }
                 };
+                pool.running.fetch_sub(1, Ordering::SeqCst);
+                // Before the connection serves another read, which a late interrupt must
+                // not hit.
+                cancel.lock().running = None;
                 pool.give_back(conn);
                 result
-            })
-            .await
-            .map_err(|err| StoreError::Backend {
+            });
+            let result = task.await;
+            guard.disarm();
+            result.map_err(|err| StoreError::Backend {
                 location,
                 operation,
                 detail: format!("read task failed: {err}"),
@@ -430,6 +521,7 @@ impl ReaderPool {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(fail)?;
+        self.opened.fetch_add(1, Ordering::SeqCst);
         conn.busy_timeout(BUSY_TIMEOUT).map_err(fail)?;
         Ok(conn)
     }
@@ -626,6 +718,9 @@ mod tests {
     use crate::protocol::FieldValue;
     use crate::store::testing::{block_on, reading};
     use crate::store::StoreReader;
+
+    /// Generous liveness guard: a test that needs longer than this is hung.
+    const HANG: Duration = Duration::from_secs(20);
 
     fn temp(sensor: &str, ts: i64, value: f64) -> StoredReading {
         reading(
@@ -885,6 +980,91 @@ mod tests {
         assert!(err.is_transient(), "{err:?}");
         other.execute_batch("ROLLBACK").expect("unlock");
         store.write_batch(&[temp("a", 1, 1.0)]).expect("write");
+    }
+
+    /// More reads at once than [`MAX_READERS`]: all complete, never more than
+    /// `MAX_READERS` run at once nor are connections opened.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_reads_are_bounded() {
+        let (_dir, path, mut store) = open_temp();
+        store.write_batch(&[temp("a", 1, 1.0)]).expect("write");
+        let reader = SqliteReader::open(&path).expect("reader");
+        let mut reads = tokio::task::JoinSet::new();
+        for _ in 0..4 * MAX_READERS {
+            let reader = reader.clone();
+            reads.spawn(async move {
+                reader
+                    .run("slow read", |conn, location| {
+                        // Long enough that unbounded reads would overlap.
+                        std::thread::sleep(Duration::from_millis(20));
+                        conn.query_row("SELECT COUNT(*) FROM series", [], |r| r.get::<_, i64>(0))
+                            .map_err(|err| sqlite_error(location, "slow read", err))
+                    })
+                    .await
+            });
+        }
+        while let Some(read) = reads.join_next().await {
+            assert_eq!(read.expect("read task").expect("read"), 1);
+        }
+        let pool = &reader.pool;
+        let peak = pool.peak_running.load(Ordering::SeqCst);
+        assert!((1..=MAX_READERS).contains(&peak), "peak {peak}");
+        let opened = pool.opened.load(Ordering::SeqCst);
+        assert!(opened <= MAX_READERS, "opened {opened}");
+        assert_eq!(pool.running.load(Ordering::SeqCst), 0);
+    }
+
+    /// Dropping a read future interrupts its statement; the connection serves the next
+    /// read normally.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dropped_read_is_interrupted() {
+        let (_dir, path, mut store) = open_temp();
+        store.write_batch(&[temp("a", 1, 1.0)]).expect("write");
+        let reader = SqliteReader::open(&path).expect("reader");
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let (ended_tx, ended_rx) = std::sync::mpsc::channel();
+        let read = {
+            let reader = reader.clone();
+            tokio::spawn(async move {
+                reader
+                    .run("endless read", move |conn, _| {
+                        // Billions of rows: it ends in time only if interrupted.
+                        let mut stmt = conn
+                            .prepare(
+                                "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL \
+                                 SELECT x + 1 FROM c WHERE x < 4000000000) SELECT x FROM c",
+                            )
+                            .expect("prepare");
+                        let mut rows = stmt.query([]).expect("query");
+                        // The statement is running (a row is out) before we say so, so
+                        // the interrupt cannot arrive before it starts.
+                        let first = rows.next().map(|row| row.is_some());
+                        let _ = started_tx.send(first.is_ok());
+                        let end = loop {
+                            match rows.next() {
+                                Ok(Some(_)) => continue,
+                                Ok(None) => break None,
+                                Err(err) => break err.sqlite_error_code(),
+                            }
+                        };
+                        let _ = ended_tx.send(end);
+                        Ok(())
+                    })
+                    .await
+            })
+        };
+        let started = tokio::task::spawn_blocking(move || started_rx.recv_timeout(HANG))
+            .await
+            .expect("join");
+        assert_eq!(started, Ok(true), "the read started");
+        read.abort();
+        let ended = tokio::task::spawn_blocking(move || ended_rx.recv_timeout(HANG))
+            .await
+            .expect("join");
+        assert_eq!(ended, Ok(Some(ErrorCode::OperationInterrupted)));
+        // The interrupted connection goes back to the pool and reads normally.
+        let reader = StoreReader::new(reader);
+        assert_eq!(reader.counts().await.expect("counts").total, 1);
     }
 
     /// Readers have connections of their own: an open write transaction neither blocks
