@@ -232,6 +232,16 @@ impl std::str::FromStr for StoreUrl {
                     reason: "sqlite: needs a path, e.g. sqlite:./sensorlink.db".into(),
                 });
             }
+            // SQLite's in-memory database is private to one connection: the readers would
+            // open another, empty one.
+            if path == ":memory:" || path.starts_with("file::memory:") {
+                return Err(StoreError::InvalidUrl {
+                    url: url.to_string(),
+                    reason: "an in-memory SQLite database cannot be read beside its writer; \
+                             use `memory` for a store in memory"
+                        .into(),
+                });
+            }
             return Ok(StoreUrl::Sqlite(PathBuf::from(path)));
         }
         Err(StoreError::InvalidUrl {
@@ -369,6 +379,16 @@ mod tests {
             "sqlite:".parse::<StoreUrl>(),
             Err(StoreError::InvalidUrl { .. })
         ));
+        for url in ["sqlite::memory:", "sqlite:file::memory:?cache=shared"] {
+            let err = url.parse::<StoreUrl>().expect_err("in-memory sqlite");
+            assert!(
+                matches!(err, StoreError::InvalidUrl { .. })
+                    && err.to_string().contains("use `memory`"),
+                "{err}"
+            );
+        }
+        // A file whose name merely contains it is fine.
+        assert!("sqlite:./:memory:.db".parse::<StoreUrl>().is_ok());
     }
 
     #[test]

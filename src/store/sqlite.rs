@@ -150,7 +150,8 @@ impl SqliteStore {
         let mut conn = Connection::open(path).map_err(fail("open"))?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(fail("open"))?;
         // journal_mode answers with the mode it set; a failure to switch is not an error
-        // for SQLite, and e.g. `:memory:` stays in memory mode, which is fine for us.
+        // for SQLite. (`:memory:`, which cannot switch, is refused by `StoreUrl`: readers
+        // could not see it.)
         let _mode: String = conn
             .query_row("PRAGMA journal_mode=WAL", [], |row| row.get(0))
             .map_err(fail("set journal mode"))?;
