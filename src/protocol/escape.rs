@@ -162,7 +162,7 @@ pub fn series_key(measurement: &str, tags: &[(String, String)]) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use proptest::prelude::*;
 
     use super::*;
@@ -278,13 +278,14 @@ mod tests {
 
     /// Any text but `\n` (which no line can carry), biased towards the bytes escaping is
     /// about.
-    fn any_text(len: std::ops::Range<usize>) -> impl Strategy<Value = String> {
+    pub(crate) fn any_text(len: std::ops::Range<usize>) -> impl Strategy<Value = String> {
         let special = prop::sample::select(vec![' ', ',', '=', '"', '\\', '#', '\t', '\r']);
         prop::collection::vec(prop_oneof![special, any::<char>()], len)
             .prop_map(|c| c.into_iter().filter(|&c| c != '\n').collect::<String>())
     }
 
-    fn any_name() -> impl Strategy<Value = String> {
+    /// Non-empty [`any_text`]: a measurement, tag or field name.
+    pub(crate) fn any_name() -> impl Strategy<Value = String> {
         any_text(1..8).prop_filter("names are never empty", |s| !s.is_empty())
     }
 

@@ -625,8 +625,8 @@ fn decode_row(raw: RawRow) -> Result<Row, StoreError> {
     })
 }
 
-/// Readings matching `query` (outer error: SQLite; inner: a corrupt row).
-fn query_rows(conn: &Connection, query: &Query) -> rusqlite::Result<Result<Vec<Row>, StoreError>> {
+/// The SQL and parameters of `query`.
+fn query_sql(query: &Query) -> (String, Vec<rusqlite::types::Value>) {
     // CROSS JOIN makes SQLite loop over the (few) series and seek each one's time range
     // in the readings primary key, instead of scanning every reading for a time filter.
     let mut sql = format!(
@@ -655,6 +655,12 @@ fn query_rows(conn: &Connection, query: &Query) -> rusqlite::Result<Result<Vec<R
         params.push(i64::try_from(limit).unwrap_or(i64::MAX).into());
         write!(sql, " LIMIT ?{}", params.len()).expect("writing to a String cannot fail");
     }
+    (sql, params)
+}
+
+/// Readings matching `query` (outer error: SQLite; inner: a corrupt row).
+fn query_rows(conn: &Connection, query: &Query) -> rusqlite::Result<Result<Vec<Row>, StoreError>> {
+    let (sql, params) = query_sql(query);
     let mut stmt = conn.prepare_cached(&sql)?;
     let raw = stmt
         .query_map(params_from_iter(params), raw_row)?
@@ -843,6 +849,55 @@ mod tests {
             let plan = plan(&store.conn, sql);
             assert!(!scans_readings(&plan), "{sql}: {plan:?}");
         }
+    }
+
+    /// Every filtered query seeks the readings of the matching series (primary key
+    /// ranges) instead of scanning the table.
+    #[test]
+    fn filtered_queries_never_scan_the_readings() {
+        let (_dir, _path, store) = open_temp();
+        let some = |s: &str| Some(s.to_string());
+        let queries = [
+            Query {
+                sensor: some("a"),
+                ..Query::default()
+            },
+            Query {
+                measurement: some("temp"),
+                ..Query::default()
+            },
+            Query {
+                since_ns: Some(1),
+                ..Query::default()
+            },
+            Query {
+                until_ns: Some(1),
+                limit: Some(10),
+                ..Query::default()
+            },
+            Query {
+                sensor: some("a"),
+                measurement: some("temp"),
+                since_ns: Some(1),
+                until_ns: Some(2),
+                limit: Some(10),
+            },
+        ];
+        for query in queries {
+            let (sql, _) = query_sql(&query);
+            let plan = plan(&store.conn, &sql);
+            assert!(!scans_readings(&plan), "{query:?}: {plan:?}");
+            assert!(
+                plan.iter()
+                    .any(|step| step.starts_with("SEARCH r USING PRIMARY KEY")),
+                "{query:?}: {plan:?}"
+            );
+        }
+        // The check itself can fail: a full scan is reported as one.
+        assert!(scans_readings(&plan(
+            &store.conn,
+            "SELECT COUNT(*) FROM readings GROUP BY series_id"
+        )));
     }
 
     /// A database written by schema v1 (no totals) opens, migrates, backfills the totals
