@@ -211,6 +211,11 @@ pub struct OpenStore {
 }
 
 /// Where to store, parsed from `--store`: `memory` or `sqlite:PATH`.
+///
+/// Its `Display` (used in logs, errors and `--print-config`) must never show a password:
+/// a variant holding a URL with credentials (the PostgreSQL store to come) prints through
+/// [`redact_url`] and takes its password from the driver's usual places (`PGPASSWORD`,
+/// `.pgpass`) or a setting of its own, never from the printed URL.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub enum StoreUrl {
@@ -245,10 +250,34 @@ impl std::str::FromStr for StoreUrl {
             return Ok(StoreUrl::Sqlite(PathBuf::from(path)));
         }
         Err(StoreError::InvalidUrl {
-            url: url.to_string(),
+            // A mistyped database URL may carry a password: never echo it.
+            url: redact_url(url).into_owned(),
             reason: "expected `memory` or `sqlite:PATH`".into(),
         })
     }
+}
+
+/// `url` with its password, if any, replaced by `***` (`scheme://user:secret@host/db` →
+/// `scheme://user:***@host/db`): what logs and error messages may show of a store URL.
+pub fn redact_url(url: &str) -> std::borrow::Cow<'_, str> {
+    use std::borrow::Cow;
+    let Some(scheme_end) = url.find("://") else {
+        return Cow::Borrowed(url);
+    };
+    let start = scheme_end + 3;
+    let rest = &url[start..];
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let Some(at) = authority.rfind('@') else {
+        return Cow::Borrowed(url);
+    };
+    let Some(colon) = authority[..at].find(':') else {
+        return Cow::Borrowed(url);
+    };
+    Cow::Owned(format!(
+        "{}***{}",
+        &url[..start + colon + 1],
+        &url[start + at..]
+    ))
 }
 
 impl std::fmt::Display for StoreUrl {
@@ -389,6 +418,29 @@ mod tests {
         }
         // A file whose name merely contains it is fine.
         assert!("sqlite:./:memory:.db".parse::<StoreUrl>().is_ok());
+    }
+
+    #[test]
+    fn passwords_never_show() {
+        for (url, shown) in [
+            (
+                "postgres://u:s3cret@db:5432/x",
+                "postgres://u:***@db:5432/x",
+            ),
+            (
+                "postgres://u:p@ss:w@db/x?sslmode=require",
+                "postgres://u:***@db/x?sslmode=require",
+            ),
+            ("postgres://u@db/x", "postgres://u@db/x"),
+            ("postgres://db/x?user=a@b", "postgres://db/x?user=a@b"),
+            ("sqlite:./a:b@c.db", "sqlite:./a:b@c.db"),
+        ] {
+            assert_eq!(redact_url(url), shown);
+        }
+        let err = "postgres://u:s3cret@db/x"
+            .parse::<StoreUrl>()
+            .expect_err("not a known store yet");
+        assert!(!err.to_string().contains("s3cret"), "{err}");
     }
 
     #[test]

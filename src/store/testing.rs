@@ -195,6 +195,7 @@ impl Store for TestStore {
 pub(crate) struct ConcurrentTestStore {
     store: Arc<Mutex<MemoryStore>>,
     permits: Arc<Semaphore>,
+    max_in_flight: u32,
     /// Commits running now, and the most seen at once.
     in_flight: Arc<AtomicUsize>,
     pub(crate) peak_in_flight: Arc<AtomicUsize>,
@@ -209,6 +210,7 @@ impl ConcurrentTestStore {
         ConcurrentTestStore {
             store: Arc::new(Mutex::new(MemoryStore::default())),
             permits: Arc::new(Semaphore::new(max_in_flight as usize)),
+            max_in_flight,
             in_flight: Arc::new(AtomicUsize::new(0)),
             peak_in_flight: Arc::new(AtomicUsize::new(0)),
             rendezvous: (rendezvous > 0).then(|| Arc::new(tokio::sync::Barrier::new(rendezvous))),
@@ -218,6 +220,13 @@ impl ConcurrentTestStore {
 
     pub(crate) fn reader(&self) -> StoreReader {
         self.store.lock().expect("store lock").reader()
+    }
+
+    /// Join the rendezvous as one more party (lets waiting commits go on).
+    pub(crate) async fn release_rendezvous(&self) {
+        if let Some(barrier) = &self.rendezvous {
+            barrier.wait().await;
+        }
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -249,18 +258,27 @@ impl ConcurrentStore for ConcurrentTestStore {
                 let start = Instant::now();
                 let written = store.lock().expect("store lock").write_batch(&batch);
                 in_flight.fetch_sub(1, Ordering::SeqCst);
-                drop(permit);
                 reply.send(written.map(|outcome| (outcome, start.elapsed())));
+                // Held until answered, so close() waits for the answer.
+                drop(permit);
             });
             Ok(())
         })
     }
 
-    /// Refuses further batches. Unlike a real store it does not wait for commits in
-    /// flight: every test awaits its receipts before closing.
-    fn close(&self) -> Result<(), StoreError> {
-        self.closed.store(true, Ordering::SeqCst);
-        self.permits.close();
-        Ok(())
+    /// Waits until every commit in flight is answered (each holds a permit until then),
+    /// then refuses further batches.
+    fn close(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let all = self
+                .permits
+                .acquire_many(self.max_in_flight)
+                .await
+                .map_err(|_| StoreError::WriterGone)?;
+            self.permits.close();
+            drop(all);
+            self.closed.store(true, Ordering::SeqCst);
+            Ok(())
+        })
     }
 }

@@ -72,24 +72,35 @@ pub type CommitResult = Result<Committed, Arc<StoreError>>;
 /// Resolves when the batch is committed, or with the store's error.
 pub type CommitReceiver = oneshot::Receiver<CommitResult>;
 
-/// A store that commits several batches at once by itself (e.g. over a connection pool):
-/// it implements the connection-facing seam directly instead of sitting behind the
-/// group-commit thread.
+/// A store that commits several batches at once by itself (e.g. PostgreSQL over a
+/// connection pool): it implements the connection-facing seam directly instead of sitting
+/// behind the group-commit thread.
+///
+/// The contract, the same as the writer thread's:
+/// - **Ack after commit**: `reply` is answered only once the batch is committed (or its
+///   transaction failed); the connection acks on that answer.
+/// - **Back-pressure, not failure**: `submit` returns once the batch is accepted, and
+///   *waits* while the store has as many commits in flight as it allows, or while the
+///   database is out of reach (restart, network cut): the connections then stop reading
+///   and the senders slow down through TCP. It fails only when the store is closing or
+///   cannot take the batch at all; a transient outage is waited out (and logged), not
+///   returned, as no ack is lost by waiting.
+/// - **One accounting**: every answer goes through [`CommitReply::send`], which counts the
+///   commit or failure exactly as the other routes do; a store never counts its own.
+/// - **Identity**: a reading whose series and timestamp are stored is a duplicate, even
+///   when two commits in flight (or two collectors) carry it: enforce it with the
+///   database's unique key, not in memory.
 pub trait ConcurrentStore: Send + Sync + 'static {
-    /// Accept `batch` for commit; answer it through `reply` once it is committed (or
-    /// failed). Returns when the batch is accepted: waits while the store has as many
-    /// commits in flight as it allows (back-pressure). [`CommitReply::send`] does the
-    /// accounting every route shares (commit events and metrics), so a store never counts
-    /// its commits itself.
+    /// Accept `batch` for commit and answer it through `reply` (see the trait docs).
     fn submit(
         &self,
         batch: Vec<StoredReading>,
         reply: CommitReply,
     ) -> BoxFuture<'_, Result<(), StoreError>>;
 
-    /// Wait for every commit in flight, then release the store. Called once, from a
-    /// blocking thread ([`StoreWriter::finish`]), after the last handle is dropped.
-    fn close(&self) -> Result<(), StoreError>;
+    /// Refuse new batches, wait for every commit in flight to be answered, then release
+    /// the store. Called once, after the last handle is dropped ([`StoreWriter::finish`]).
+    fn close(&self) -> BoxFuture<'_, Result<(), StoreError>>;
 }
 
 /// Where a [`ConcurrentStore`] answers one batch. Sending through it counts the commit (or
@@ -212,8 +223,8 @@ impl std::fmt::Debug for StoreHandle {
 impl StoreHandle {
     /// Queue `batch` for the next transaction; waits while the writer's queue is full.
     ///
-    /// An empty batch is a barrier: it is answered once every batch queued before it is
-    /// committed.
+    /// An empty batch writes nothing. On the group-commit route it is a barrier (answered
+    /// once every batch queued before it is committed); other routes promise no order.
     ///
     /// # Errors
     /// [`StoreError::WriterGone`] if the writer thread has stopped; a concurrent store's
@@ -287,7 +298,20 @@ impl StoreWriter {
             WriterRoute::Inline(store) => {
                 store.lock().unwrap_or_else(PoisonError::into_inner).close()
             }
-            WriterRoute::Concurrent(store) => store.close(),
+            // Drained on the caller's runtime (where the store's pool lives), else on
+            // one of our own.
+            WriterRoute::Concurrent(store) => match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => runtime.block_on(store.close()),
+                Err(_) => tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|err| StoreError::Backend {
+                        location: "concurrent store".into(),
+                        operation: "close",
+                        detail: format!("cannot start a runtime: {err}"),
+                    })?
+                    .block_on(store.close()),
+            },
         }
     }
 }
@@ -815,8 +839,40 @@ mod route_tests {
         assert_eq!(store.peak_in_flight.load(Ordering::SeqCst), 3);
         assert_eq!(reader.counts().await.expect("counts").total, 3);
         drop(handle);
-        writer.finish().expect("close");
+        tokio::task::spawn_blocking(move || writer.finish())
+            .await
+            .expect("join")
+            .expect("close");
         assert!(store.is_closed());
+    }
+
+    /// Closing a concurrent store waits for the commits in flight: every receipt is
+    /// answered when `finish` returns.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_close_drains_commits_in_flight() {
+        // Three commits wait until a fourth party (this test) joins them.
+        let store = Arc::new(ConcurrentTestStore::new(4, 4));
+        let (handle, writer) = spawn(Drive::Concurrent(store.clone()), WriterConfig::default());
+        let mut receipts = Vec::new();
+        for ts in 0..3 {
+            receipts.push(handle.submit(vec![temp("s", ts)]).await.expect("submit"));
+        }
+        drop(handle);
+        let mut closing = tokio::task::spawn_blocking(move || writer.finish());
+        // Commits are held: close cannot be done.
+        let early = tokio::time::timeout(Duration::from_millis(50), &mut closing).await;
+        assert!(early.is_err(), "close returned with commits in flight");
+        store.release_rendezvous().await;
+        tokio::time::timeout(HANG, closing)
+            .await
+            .expect("close ends once the commits end")
+            .expect("join")
+            .expect("close");
+        assert!(store.is_closed());
+        for mut receipt in receipts {
+            let answer = receipt.try_recv().expect("answered before close returned");
+            assert_eq!(answer.expect("committed").outcome.inserted, 1);
+        }
     }
 
     /// A concurrent store's commits and failures go through the same accounting as the
