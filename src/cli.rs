@@ -206,6 +206,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
                 since_ns: args.since,
                 until_ns: args.until,
                 limit: args.limit,
+                newest_first: false,
             };
             let rows = read_blocking(reader.query(&query))?;
             let mut out = std::io::stdout().lock();

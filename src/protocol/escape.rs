@@ -212,7 +212,8 @@ pub(crate) mod tests {
         assert_ne!(series_key("a\\", &kv), series_key("a,k=v", &[]));
     }
 
-    /// Like the test above, in the wire form, which needs fewer backslashes.
+    /// Tags with equal keys are ordered by value, so their order on the line does not
+    /// change the key.
     #[test]
     fn series_keys_of_equal_tags_sort_by_value() {
         let tags = vec![

@@ -250,6 +250,33 @@ async fn ordering_filters_and_limits(store: Fixture) {
         ..Query::default()
     };
     assert!(store.rows(q).await.is_empty());
+    // Newest first: exactly the reverse order, with and without a limit and filters.
+    let newest = |limit, sensor: Option<&str>, until_ns| Query {
+        sensor: sensor.map(str::to_string),
+        until_ns,
+        limit,
+        newest_first: true,
+        ..Query::default()
+    };
+    let mut reversed = all.clone();
+    reversed.reverse();
+    assert_eq!(
+        sensors_and_times(&store.rows(newest(None, None, None)).await),
+        reversed
+    );
+    for limit in [0, 1, 3, 5, 9] {
+        let want: Vec<_> = reversed.iter().take(limit).cloned().collect();
+        let got = store.rows(newest(Some(limit as u64), None, None)).await;
+        assert_eq!(sensors_and_times(&got), want, "newest {limit}");
+    }
+    assert_eq!(
+        sensors_and_times(&store.rows(newest(Some(2), Some("a"), Some(30))).await),
+        vec![("a".into(), 20), ("a".into(), 10)]
+    );
+    assert!(store
+        .rows(newest(Some(2), None, Some(i64::MIN)))
+        .await
+        .is_empty());
     store.finish().await;
 }
 

@@ -7,10 +7,11 @@
 //! millions of readings per second does not exhaust memory.
 //!
 //! The data sit behind one `RwLock` shared by the write side ([`MemoryStore`], written
-//! inline by the submitting tasks) and the read side ([`MemoryStore::reader`]). Reads walk
-//! the kept readings under the read lock (latest, stats and counts are O(readings)), which
-//! holds writers back meanwhile: fine for tests and benchmarks, and the ingest path keeps
-//! no extra per-reading bookkeeping for them.
+//! inline by the submitting tasks) and the read side ([`MemoryStore::reader`]). Every read
+//! (query, latest, stats, counts) walks all kept readings under the read lock: up to
+//! [`DEFAULT_CAPACITY`] rows, milliseconds per read, during which writers wait. Fine for
+//! tests and benchmarks (the ingest path keeps no per-reading bookkeeping for reads); a
+//! dashboard polling a long benchmark run should read a SQLite store instead.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
@@ -195,6 +196,9 @@ impl Data {
         // Equal timestamps in series creation order, as in every store (one row per series
         // and timestamp, so the order is total).
         matching.sort_by_key(|row| (row.timestamp_ns, row.series));
+        if query.newest_first {
+            matching.reverse();
+        }
         let limit = query.limit.map_or(usize::MAX, |limit| {
             usize::try_from(limit).unwrap_or(usize::MAX)
         });

@@ -77,6 +77,9 @@ pub struct Query {
     /// Exclusive upper bound on the reading's timestamp, ns since the epoch.
     pub until_ns: Option<i64>,
     pub limit: Option<u64>,
+    /// Newest first (greatest timestamp, then latest series) instead of oldest first: "the
+    /// most recent N readings" without reading and sorting every match.
+    pub newest_first: bool,
 }
 
 /// One stored reading as read back (one row per reading, all its fields).

@@ -18,8 +18,8 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// A backend's read side. Every method sees committed data only.
 pub trait ReadStore: Send + Sync + 'static {
-    /// Stored readings matching `query`, oldest first (ties: in series creation order),
-    /// at most `query.limit`.
+    /// Stored readings matching `query`, oldest first (ties: in series creation order) or,
+    /// with `query.newest_first`, in exactly the reverse order; at most `query.limit`.
     fn query(&self, query: Query) -> BoxFuture<'_, Result<Vec<Row>, StoreError>>;
 
     /// The latest reading of every sensor, sorted by sensor.

@@ -540,10 +540,6 @@ mod tests {
     /// Generous liveness guard: a test that needs longer than this is hung.
     const HANG: Duration = Duration::from_secs(20);
 
-    fn reading(sensor: &str, ts: i64) -> StoredReading {
-        temp(sensor, ts)
-    }
-
     async fn wait(rx: CommitReceiver) -> Result<Committed, Arc<StoreError>> {
         tokio::time::timeout(HANG, rx)
             .await
@@ -559,10 +555,7 @@ mod tests {
         let (handle, writer) = spawn(Drive::GroupCommit(Box::new(gated)), WriterConfig::default());
 
         // Hold the writer in a first transaction so the other batches queue up.
-        let first = handle
-            .submit(vec![reading("first", 0)])
-            .await
-            .expect("submit");
+        let first = handle.submit(vec![temp("first", 0)]).await.expect("submit");
         tokio::task::spawn_blocking(move || entered_rx.recv().map(|_| entered_rx))
             .await
             .expect("join")
@@ -574,9 +567,7 @@ mod tests {
         for t in 0..tasks {
             let handle = handle.clone();
             joins.push(tokio::spawn(async move {
-                let batch = (0..per_task)
-                    .map(|i| reading(&format!("s{t}"), i))
-                    .collect();
+                let batch = (0..per_task).map(|i| temp(&format!("s{t}"), i)).collect();
                 // In a tuple: clippy dislikes a task whose output is itself a future.
                 (t, handle.submit(batch).await.expect("submit"))
             }));
@@ -619,7 +610,7 @@ mod tests {
         for t in 0..100 {
             let handle = handle.clone();
             joins.push(tokio::spawn(async move {
-                let batch = (0..5).map(|i| reading(&format!("s{t}"), i)).collect();
+                let batch = (0..5).map(|i| temp(&format!("s{t}"), i)).collect();
                 let rx = handle.submit(batch).await.expect("submit");
                 wait(rx).await.expect("committed")
             }));
@@ -643,12 +634,12 @@ mod tests {
             Drive::GroupCommit(Box::new(store.clone())),
             WriterConfig::default(),
         );
-        let rx = handle.submit(vec![reading("a", 1)]).await.expect("submit");
+        let rx = handle.submit(vec![temp("a", 1)]).await.expect("submit");
         let err = wait(rx).await.expect_err("store failed");
         assert!(matches!(*err, StoreError::Corrupt(_)));
 
         store.set_failing(false);
-        let rx = handle.submit(vec![reading("a", 1)]).await.expect("submit");
+        let rx = handle.submit(vec![temp("a", 1)]).await.expect("submit");
         assert_eq!(wait(rx).await.expect("ok").outcome.inserted, 1);
         drop(handle);
         writer.finish().expect("finish");
@@ -678,7 +669,7 @@ mod tests {
             WriterConfig::default(),
         );
         let rx = handle
-            .submit(vec![reading("a", 1), reading("a", 1), reading("a", 2)])
+            .submit(vec![temp("a", 1), temp("a", 1), temp("a", 2)])
             .await
             .expect("submit");
         let outcome = wait(rx).await.expect("ok").outcome;
@@ -704,17 +695,17 @@ mod tests {
         };
         let (handle, writer) = spawn(Drive::GroupCommit(Box::new(gated)), config);
 
-        let first = handle.submit(vec![reading("a", 1)]).await.expect("submit");
+        let first = handle.submit(vec![temp("a", 1)]).await.expect("submit");
         let entered_rx = tokio::task::spawn_blocking(move || entered_rx.recv().map(|_| entered_rx))
             .await
             .expect("join")
             .expect("writer entered the store");
         // The writer is busy with the first batch: the second fills the queue...
-        let second = handle.submit(vec![reading("a", 2)]).await.expect("submit");
+        let second = handle.submit(vec![temp("a", 2)]).await.expect("submit");
         // ...and the third cannot be queued until the store moves on.
         let third = {
             let handle = handle.clone();
-            tokio::spawn(async move { handle.submit(vec![reading("a", 3)]).await })
+            tokio::spawn(async move { handle.submit(vec![temp("a", 3)]).await })
         };
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(
@@ -759,14 +750,14 @@ mod tests {
             Drive::GroupCommit(Box::new(Panicking)),
             WriterConfig::default(),
         );
-        let rx = handle.submit(vec![reading("a", 1)]).await.expect("submit");
+        let rx = handle.submit(vec![temp("a", 1)]).await.expect("submit");
         // The reply sender is dropped by the panic.
         assert!(tokio::time::timeout(HANG, rx)
             .await
             .expect("in time")
             .is_err());
         assert!(matches!(writer.finish(), Err(StoreError::Corrupt(_))));
-        let err = handle.submit(vec![reading("a", 2)]).await;
+        let err = handle.submit(vec![temp("a", 2)]).await;
         assert!(matches!(err, Err(StoreError::WriterGone)), "{err:?}");
     }
 
