@@ -78,6 +78,9 @@ const WAL_AUTOCHECKPOINT_PAGES: i64 = 10_000;
 /// How long a writer waits for another process's lock (e.g. a concurrent migration).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long the shutdown checkpoint waits for readers to let go of the WAL.
+const CLOSE_BUSY_TIMEOUT: Duration = Duration::from_millis(100);
+
 const INSERT_READING: &str = "INSERT INTO readings (series_id, ts, received, fields) \
      VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING";
 
@@ -313,17 +316,48 @@ impl Store for SqliteStore {
     }
 
     fn close(&mut self) -> Result<(), StoreError> {
-        // Best effort: folds the WAL into the main file so it is self-contained; failing
-        // (e.g. a reader holds a snapshot) loses nothing, the WAL stays valid.
-        if let Err(err) = self
-            .conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-        {
-            tracing::warn!(path = %self.location, cause = %err, "wal checkpoint failed");
-        }
+        checkpoint_at_close(&self.conn, &self.location);
         // The connection itself closes when the store is dropped.
         self.series.clear();
         Ok(())
+    }
+}
+
+/// Which shutdown checkpoint completed.
+#[derive(Debug, PartialEq, Eq)]
+enum Checkpoint {
+    /// The WAL is folded into the database file and emptied.
+    Truncated,
+    /// A reader holds the WAL: what could be copied without waiting was copied.
+    Passive,
+    Failed,
+}
+
+/// Best effort at shutdown: fold the WAL into the main file so it is self-contained.
+/// TRUNCATE must wait for every reader to let go of the WAL, so it waits only
+/// [`CLOSE_BUSY_TIMEOUT`] (not the writer's 5 s), then falls back to PASSIVE, which never
+/// waits. Failing loses nothing: the WAL stays valid.
+fn checkpoint_at_close(conn: &Connection, location: &str) -> Checkpoint {
+    // busy = 1 when the checkpoint could not complete (readers in the way).
+    let run = |mode: &str| {
+        conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |row| {
+            row.get::<_, i64>(0)
+        })
+    };
+    if let Err(err) = conn.busy_timeout(CLOSE_BUSY_TIMEOUT) {
+        tracing::warn!(path = %location, cause = %err, "cannot shorten the busy timeout");
+    }
+    match run("TRUNCATE") {
+        Ok(0) => return Checkpoint::Truncated,
+        Ok(_) => tracing::info!(path = %location, "readers hold the wal: passive checkpoint"),
+        Err(err) => tracing::info!(path = %location, cause = %err, "truncate checkpoint failed"),
+    }
+    match run("PASSIVE") {
+        Ok(_) => Checkpoint::Passive,
+        Err(err) => {
+            tracing::warn!(path = %location, cause = %err, "wal checkpoint failed");
+            Checkpoint::Failed
+        }
     }
 }
 
@@ -1042,6 +1076,29 @@ mod tests {
             SqliteReader::open(&path),
             Err(StoreError::SchemaTooNew { .. })
         ));
+    }
+
+    /// A reader holding a snapshot does not stall shutdown for the writer's busy timeout:
+    /// the checkpoint falls back to PASSIVE; without readers the WAL is truncated.
+    #[test]
+    fn shutdown_checkpoint_does_not_wait_for_readers() {
+        let (_dir, path, mut store) = open_temp();
+        store.write_batch(&[temp("a", 1, 1.0)]).expect("write");
+        let reader = Connection::open(&path).expect("reader");
+        reader
+            .execute_batch("BEGIN; SELECT COUNT(*) FROM readings;")
+            .expect("hold a snapshot");
+        store.write_batch(&[temp("a", 2, 1.0)]).expect("write");
+        assert_eq!(
+            checkpoint_at_close(&store.conn, "test"),
+            Checkpoint::Passive
+        );
+        reader.execute_batch("COMMIT").expect("let go");
+        assert_eq!(
+            checkpoint_at_close(&store.conn, "test"),
+            Checkpoint::Truncated
+        );
+        store.close().expect("close");
     }
 
     /// Reading never creates or migrates anything.
