@@ -13,7 +13,7 @@
 //!   every value.
 //! - **Tags**: a JSON array of `[key, value]`, sorted.
 //!
-//! The SQLite store keeps these texts on disk (schema v1): they never change.
+//! The SQLite store has kept these texts on disk since schema v1: they never change.
 
 use std::fmt::Write as _;
 
