@@ -350,7 +350,8 @@ impl Connection<'_> {
         let received_at = Instant::now();
         if matches!(self.decoder, Decoder::Undecided) {
             match sniff(buf) {
-                Sniff::NeedMore if !eof => return,
+                // Nothing at all (connect, then close) tells no protocol: mode stays None.
+                Sniff::NeedMore if !eof || buf.is_empty() => return,
                 Sniff::Legacy => {
                     ModeDetected { mode: Mode::Legacy }.emit_to(self.telemetry);
                     self.decoder = Decoder::Legacy(LegacyDecoder::new(self.limits.max_line_bytes));
@@ -873,6 +874,42 @@ mod tests {
         let sent_bytes = sample(&text, "sensorlink_sent_bytes_total").unwrap();
         let replied: usize = replies.iter().map(|line| line.len() + 1).sum();
         assert_eq!(sent_bytes, replied as f64);
+    }
+
+    /// A peer that connects and closes without a byte spoke no protocol: it is counted as
+    /// closed, not as a line-mode peer.
+    #[tokio::test]
+    async fn silent_peer_is_closed_without_a_mode() {
+        let recorder = crate::events::prometheus_builder().build_recorder();
+        let telemetry = metrics::with_local_recorder(&recorder, Telemetry::register);
+        let (handle, writer) = writer::spawn(
+            Drive::Inline(Box::new(crate::store::memory::MemoryStore::default())),
+            WriterConfig::default(),
+        );
+        let (client, server) = tokio::io::duplex(1024);
+        drop(client);
+        let limits = limits(Duration::from_secs(60));
+        serve_counted(
+            server,
+            peer(),
+            &limits,
+            handle,
+            CancellationToken::new(),
+            &telemetry,
+        )
+        .await;
+        tokio::task::spawn_blocking(move || writer.finish())
+            .await
+            .unwrap()
+            .unwrap();
+        let text = recorder.handle().render();
+        for (series, value) in [
+            ("sensorlink_connections_mode_total{mode=\"line\"}", 0.0),
+            ("sensorlink_connections_mode_total{mode=\"legacy\"}", 0.0),
+            ("sensorlink_connections_closed_total{reason=\"eof\"}", 1.0),
+        ] {
+            assert_eq!(sample(&text, series), Some(value), "{series}\n{text}");
+        }
     }
 
     /// Idle timeout on a paused clock: nothing is waited for in real time.
