@@ -347,7 +347,8 @@ pub struct RawClient {
     )]
     pub drain_timeout: Option<Duration>,
     /// Reconnect when the server takes none of our bytes for this long [default: --timeout].
-    #[arg(long, env = "SENSORLINK_WRITE_TIMEOUT", value_parser = humantime::parse_duration)]
+    /// (`SENSORLINK_WRITE_TIMEOUT` is the server's write timeout; this one has its own name.)
+    #[arg(long, env = "SENSORLINK_CLIENT_WRITE_TIMEOUT", value_parser = humantime::parse_duration)]
     #[serde(
         default,
         with = "human_duration",
@@ -729,6 +730,35 @@ mod tests {
                 "drain-timeout",
                 "write-timeout",
             ],
+        );
+    }
+
+    /// One environment variable must not set two different things: a shell that exports
+    /// the server's `SENSORLINK_WRITE_TIMEOUT` must not change its clients. Shared on
+    /// purpose: `SENSORLINK_CONFIG` (one file, a table per command) and `SENSORLINK_STORE`
+    /// (the server writes the store that `query` and `stats` read).
+    #[test]
+    fn no_environment_variable_means_two_settings() {
+        let cli = crate::cli::Cli::command();
+        let shared = ["SENSORLINK_CONFIG", "SENSORLINK_STORE"];
+        let mut seen: std::collections::BTreeMap<String, String> = Default::default();
+        for sub in cli.get_subcommands() {
+            for arg in sub.get_arguments() {
+                let Some(env) = arg.get_env() else { continue };
+                let env = env.to_string_lossy().into_owned();
+                let owner = format!("{} --{}", sub.get_name(), arg.get_id());
+                if shared.contains(&env.as_str()) {
+                    continue;
+                }
+                if let Some(first) = seen.insert(env.clone(), owner.clone()) {
+                    panic!("{env} is read by both `{first}` and `{owner}`");
+                }
+            }
+        }
+        assert_eq!(
+            seen.get("SENSORLINK_CLIENT_WRITE_TIMEOUT")
+                .map(String::as_str),
+            Some("client --write_timeout")
         );
     }
 
