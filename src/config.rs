@@ -201,15 +201,25 @@ impl RawServer {
         }
     }
 
-    /// Validate into the server's settings; unset fields take their defaults.
+    /// [`RawServer::validate_with`] without a known open-file limit.
     ///
     /// # Errors
     /// The first setting out of its accepted range.
     pub fn validate(self) -> Result<ServerConfig, ConfigError> {
+        self.validate_with(None)
+    }
+
+    /// Validate into the server's settings; unset fields take their defaults. `nofile` is
+    /// the open-file limit in force (read by the caller: validation touches nothing), which
+    /// lowers the default `max-connections`.
+    ///
+    /// # Errors
+    /// The first setting out of its accepted range.
+    pub fn validate_with(self, nofile: Option<u64>) -> Result<ServerConfig, ConfigError> {
         let defaults = ServerConfig::default();
         let max_connections = match self.max_connections {
             Some(n) => in_range("max-connections", n, limits::MAX_CONNECTIONS)?,
-            None => server::default_max_connections(),
+            None => server::default_max_connections(nofile),
         };
         Ok(ServerConfig {
             listen: self.listen.unwrap_or(defaults.listen),
@@ -266,16 +276,20 @@ impl RawServer {
 }
 
 /// The server's settings from `flags` (which clap already filled from the environment)
-/// over the `[server]` table of `file`.
+/// over the `[server]` table of `file`; `nofile` as in [`RawServer::validate_with`].
 ///
 /// # Errors
 /// The file cannot be used, or a setting is out of range.
-pub fn server_config(flags: RawServer, file: Option<&Path>) -> Result<ServerConfig, ConfigError> {
+pub fn server_config(
+    flags: RawServer,
+    file: Option<&Path>,
+    nofile: Option<u64>,
+) -> Result<ServerConfig, ConfigError> {
     let from_file = match file {
         Some(path) => ConfigFile::load(path)?.server.unwrap_or_default(),
         None => RawServer::default(),
     };
-    flags.or(from_file).validate()
+    flags.or(from_file).validate_with(nofile)
 }
 
 /// `server --print-config`: the effective settings as a valid `--config` file.
@@ -602,6 +616,32 @@ mod tests {
         assert_eq!(config.store, StoreUrl::Memory, "file over default");
         assert_eq!(config.idle_timeout, Duration::from_secs(90));
         assert_eq!(config.write_timeout, ServerConfig::default().write_timeout);
+    }
+
+    /// Validation is pure: the open-file limit comes in as a value and only lowers the
+    /// default, never an explicit setting.
+    #[test]
+    fn default_max_connections_follows_the_given_open_file_limit() {
+        for (nofile, expected) in [
+            (Some(1024), 960),
+            (Some(20_000), 19_936),
+            (Some(1_000_000), 50_000),
+            (None, 50_000),
+        ] {
+            let config = RawServer::default().validate_with(nofile).expect("valid");
+            assert_eq!(config.max_connections, expected, "{nofile:?}");
+        }
+        let explicit = RawServer {
+            max_connections: Some(5000),
+            ..RawServer::default()
+        };
+        assert_eq!(
+            explicit
+                .validate_with(Some(1024))
+                .expect("valid")
+                .max_connections,
+            5000
+        );
     }
 
     #[test]
