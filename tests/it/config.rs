@@ -85,16 +85,20 @@ fn flags_beat_environment_beat_file() {
 fn out_of_range_values_exit_2_naming_setting_and_range() {
     for (args, message) in [
         (
-            ["--max-connections", "0"],
+            &["--listen", "127.0.0.1:0", "--max-connections", "0"][..],
             "invalid max-connections 0: accepted 1 to 1048576",
         ),
         (
-            ["--max-line-bytes", "10"],
+            &["--listen", "127.0.0.1:0", "--max-line-bytes", "10"],
             "invalid max-line-bytes 10: accepted 64 to 16777216",
+        ),
+        (
+            &["--listen", "8889"],
+            "invalid listen \"8889\": accepted IP:PORT or HOST:PORT",
         ),
     ] {
         let out = run(bin()
-            .args(["server", "--listen", "127.0.0.1:0", "--store", "memory"])
+            .args(["server", "--store", "memory"])
             .args(args)
             .env_remove("SENSORLINK_CONFIG")
             .stdin(Stdio::null()));
