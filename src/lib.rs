@@ -15,7 +15,8 @@
 //!   I/O-free delivery state machine (`state`), value sources, RTT statistics, the spool
 //!   (run on a blocking thread by `spool_io`), and `ClientError` / `RunReport`.
 //! - [`events`]: each named event (connection accepted, line rejected, batch committed, …)
-//!   logs once and counts once; every metric name, and the Prometheus recorder.
+//!   logs once and counts once; one table of every metric (name, type, unit, help,
+//!   buckets), the bounded label values (`events/labels.rs`), and the Prometheus recorder.
 //! - [`query`]: `sensorlink query` / `sensorlink stats` output.
 //! - [`bench`]: `sensorlink bench`, the load generator.
 //! - [`cli`]: command-line flags.

@@ -139,7 +139,8 @@ impl End {
             End::Eof => CloseReason::Eof,
             End::Shutdown => CloseReason::Shutdown,
             End::IdleTimeout => CloseReason::IdleTimeout,
-            End::ReadError | End::WriteError => CloseReason::Aborted,
+            End::ReadError => CloseReason::ReadFailed,
+            End::WriteError => CloseReason::WriteFailed,
             End::WriteStalled => CloseReason::WriteStalled,
             End::StoreFailed => CloseReason::StoreFailed,
         }
@@ -856,7 +857,7 @@ mod tests {
         let expect = [
             ("sensorlink_readings_accepted_total", 2.0),
             (
-                "sensorlink_readings_rejected_total{reason=\"unknown_command\"}",
+                "sensorlink_lines_rejected_total{reason=\"unknown_command\"}",
                 1.0,
             ),
             ("sensorlink_readings_acked_total", 2.0),
