@@ -4,8 +4,8 @@
 //! # Layout
 //! - [`protocol`]: bytes ⇄ frames (line protocol, control lines, the seed's legacy
 //!   messages) and the one line-protocol escaping ([`protocol::escape`]); pure, no I/O.
-//! - [`server`]: listener, per-connection loop (generic over any `AsyncRead + AsyncWrite`),
-//!   graceful shutdown.
+//! - [`server`]: listener, per-connection loop, the streams it is served over
+//!   (`stream::PeerStream`: any `AsyncRead + AsyncWrite`, TLS next), graceful shutdown.
 //! - [`store`]: the backend-neutral write seam ([`store::writer::StoreHandle`], group commit
 //!   or a store's own concurrency) and read path ([`store::StoreReader`]), the memory and
 //!   SQLite stores, their shared encoding, and one conformance suite run on every store.

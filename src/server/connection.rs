@@ -1,7 +1,7 @@
 //! One peer's connection: sniff the mode, decode frames, hand readings to the store, and
 //! answer in order once the store has committed them.
 //!
-//! Generic over any `AsyncRead + AsyncWrite` stream so TLS can wrap it later. The loop
+//! Generic over any [`PeerStream`] (see [`super::stream`]) so TLS can wrap it later. The loop
 //! pipelines: while one batch is being committed it keeps reading (up to
 //! [`Limits::max_inflight_batches`]), then writes each batch's replies in arrival order.
 //! Nothing is acknowledged before the store says it is committed.
@@ -15,6 +15,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
+use super::stream::{read_when_ready, READ_CHUNK_BYTES};
 use super::{logging, ServerConfig};
 use crate::events::{
     self, AcksWithheld, BytesReceived, CloseReason, ConnectionClosed, ErrorReplySuppressed,
@@ -29,8 +30,7 @@ use crate::store::writer::{CommitReceiver, Committed, StoreHandle};
 use crate::store::{StoreError, StoredReading};
 use crate::timefmt::now_ns;
 
-/// Bytes asked for per read; the buffer grows only while a long line is arriving.
-const READ_CHUNK_BYTES: usize = 8 * 1024;
+pub use super::stream::PeerStream;
 
 /// Most reads of already-arrived data at shutdown (bounds a peer that never stops sending).
 const SHUTDOWN_DRAIN_READS: usize = 128;
@@ -684,40 +684,6 @@ impl Connection<'_> {
 
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
-}
-
-/// A byte stream a connection can be served over: TCP today, TLS later.
-///
-/// `wait_readable` lets an idle connection wait without holding a read buffer, which is what
-/// keeps tens of thousands of idle sensors cheap. Streams without readiness just return at
-/// once and the read itself waits.
-pub trait PeerStream: AsyncRead + AsyncWrite + Unpin {
-    fn wait_readable(&self) -> impl std::future::Future<Output = std::io::Result<()>> {
-        std::future::ready(Ok(()))
-    }
-}
-
-impl PeerStream for tokio::net::TcpStream {
-    fn wait_readable(&self) -> impl std::future::Future<Output = std::io::Result<()>> {
-        self.readable()
-    }
-}
-
-impl PeerStream for tokio::io::DuplexStream {}
-
-/// Wait for bytes (without a buffer when none is pending), then read them into `buf`.
-/// Cancel-safe: both steps are.
-async fn read_when_ready<S: PeerStream>(
-    stream: &mut S,
-    buf: &mut BytesMut,
-) -> std::io::Result<usize> {
-    if buf.is_empty() {
-        stream.wait_readable().await?;
-    }
-    if buf.capacity() - buf.len() < READ_CHUNK_BYTES / 2 {
-        buf.reserve(READ_CHUNK_BYTES);
-    }
-    stream.read_buf(buf).await
 }
 
 /// Resolves when the head of the queue is ready to answer.

@@ -1,13 +1,14 @@
 //! `sensorlink server`: accept connections, hand their readings to the store, answer.
 //!
 //! [`listener`] accepts and enforces the connection limit, [`connection`] runs one peer
-//! (any `AsyncRead + AsyncWrite` stream, so TLS can wrap it later), [`shutdown`] turns
+//! over any [`stream::PeerStream`] (TCP today, so TLS can wrap it later), [`shutdown`] turns
 //! signals into a cancellation, [`logging`] keeps per-reading logs from bounding throughput.
 
 pub mod connection;
 pub mod listener;
 pub mod logging;
 pub mod shutdown;
+pub mod stream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
