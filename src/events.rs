@@ -638,8 +638,29 @@ impl Event for StoreFailed<'_> {
     }
 }
 
+/// Helpers for tests that read metrics back.
+#[cfg(test)]
+pub(crate) mod testing {
+    /// The value of the sample line `series` (name plus labels, exactly as rendered) in
+    /// Prometheus text, if rendered.
+    pub(crate) fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn sample_reads_the_exact_series_only() {
+        let text = "a_total{k=\"x\"} 3\na_total 4\na_total_sum 5\n";
+        assert_eq!(sample(text, "a_total"), Some(4.0));
+        assert_eq!(sample(text, "a_total{k=\"x\"}"), Some(3.0));
+        assert_eq!(sample(text, "a_total{k=\"y\"}"), None);
+        assert_eq!(sample(text, "a"), None);
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::testing::sample;
     use super::*;
 
     /// Emit `f`'s events into a fresh local recorder and return its Prometheus text.
@@ -652,14 +673,6 @@ mod tests {
             f(&telemetry);
         });
         handle.render()
-    }
-
-    /// The value of the sample line `series` (name plus labels), if rendered.
-    fn sample(text: &str, series: &str) -> Option<f64> {
-        text.lines().find_map(|line| {
-            let value = line.strip_prefix(series)?.strip_prefix(' ')?;
-            value.parse().ok()
-        })
     }
 
     #[test]

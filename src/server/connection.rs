@@ -707,6 +707,7 @@ mod tests {
     use tokio::io::{AsyncBufReadExt, BufReader};
 
     use super::*;
+    use crate::events::testing::sample;
     use crate::store::testing::{gate, TestStore};
     use crate::store::writer::{self, WriterConfig};
     use crate::store::{Drive, Query};
@@ -765,12 +766,6 @@ mod tests {
         task.await.unwrap();
         drop(gate_tx);
         writer.finish().unwrap();
-    }
-
-    /// The sample value of `series` (name and labels) in Prometheus text.
-    fn sample(text: &str, series: &str) -> Option<f64> {
-        text.lines()
-            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
     }
 
     /// One connection's traffic reaches the metrics through its events: counted once, with

@@ -79,6 +79,72 @@ fn flags_beat_environment_beat_file() {
     assert_eq!(setting(&via_env, "max-connections"), "5");
 }
 
+/// `client --print-config` with `args` and `envs` (the client's own variables cleared).
+fn print_client_config(args: &[&str], envs: &[(&str, &str)]) -> String {
+    let out = run(bin()
+        .args(["client", "--print-config"])
+        .args(args)
+        .env_remove("SENSORLINK_CONFIG")
+        .env_remove("SENSORLINK_LEGACY")
+        .env_remove("SENSORLINK_COUNT")
+        .envs(envs.iter().copied())
+        .stdin(Stdio::null()));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Switches and optional numbers follow the same precedence as the rest: an explicit
+/// `--legacy=false` beats `SENSORLINK_LEGACY=true`, which beats `legacy = true` in the file.
+#[test]
+fn switches_and_options_follow_the_precedence_too() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("client.toml");
+    std::fs::write(&path, "[client]\nlegacy = true\ncount = 5\n").expect("write config");
+    let path = path.to_str().expect("utf-8 temp path");
+    let file = ["--config", path];
+
+    let printed = print_client_config(&file, &[]);
+    assert_eq!(setting(&printed, "legacy"), "true");
+    assert_eq!(setting(&printed, "count"), "5");
+
+    let env_false = [("SENSORLINK_LEGACY", "false"), ("SENSORLINK_COUNT", "6")];
+    let printed = print_client_config(&file, &env_false);
+    assert_eq!(
+        setting(&printed, "legacy"),
+        "false",
+        "environment over file"
+    );
+    assert_eq!(setting(&printed, "count"), "6", "environment over file");
+
+    let printed = print_client_config(
+        &[&file[..], &["--legacy", "--count", "7"]].concat(),
+        &env_false,
+    );
+    assert_eq!(setting(&printed, "legacy"), "true", "flag over environment");
+    assert_eq!(setting(&printed, "count"), "7", "flag over environment");
+
+    let env_true = [("SENSORLINK_LEGACY", "true")];
+    let printed = print_client_config(&[&file[..], &["--legacy=false"]].concat(), &env_true);
+    assert_eq!(
+        setting(&printed, "legacy"),
+        "false",
+        "--legacy=false over env and file"
+    );
+
+    let printed = print_client_config(&[], &[]);
+    assert_eq!(setting(&printed, "legacy"), "false", "default");
+    assert!(
+        !printed.contains("count = "),
+        "no count by default:\n{printed}"
+    );
+}
+
 /// See: issue 8 §4 (cli.rs used to clamp `--max-connections 0` to 1 and
 /// `--max-line-bytes 10` to 64 silently).
 #[test]
