@@ -142,7 +142,8 @@ pub(crate) struct Engine<'a, S: Session> {
     started: Instant,
     first_connect: Option<Duration>,
     reconnects: u64,
-    /// The source has ended (count reached, EOF, stop): deliver what is left, then stop.
+    /// The source has ended (count reached, EOF) or a stop came: deliver what is left
+    /// within the drain timeout, then stop.
     draining_since: Option<Instant>,
     server: ServerSums,
     /// The on-disk queue (`--spool`): every reading is appended before it is sent.
@@ -150,6 +151,8 @@ pub(crate) struct Engine<'a, S: Session> {
     /// Readings recovered from the spool at start and sent again.
     replayed: u64,
     values: mpsc::Receiver<(FieldValue, i64)>,
+    /// Until the producer has closed the channel and every value in it was taken: a stop
+    /// stops the producer, never the taking (the channel may hold a thousand readings).
     values_open: bool,
     stop: CancellationToken,
     /// The current connection carried an ack (only then is the backoff reset).
@@ -201,12 +204,15 @@ impl<'a, S: Session> Engine<'a, S> {
     ) -> Result<RunReport, ClientError> {
         self.open_spool().await?;
         let delivered = self.deliver(&mut connector).await;
+        // Even when the server was never reached: what was produced is kept in the spool.
+        let leftovers = self.take_leftover_values().await;
         // Whatever ended the run, what the spool holds is made durable for the next one.
         let closed = match self.spool.take() {
             Some(spool) => spool.close().await,
             None => Ok(()),
         };
         delivered?;
+        leftovers?;
         if let Err(err) = closed {
             tracing::warn!(cause = %err, "closing the spool");
         }
@@ -349,13 +355,41 @@ impl<'a, S: Session> Engine<'a, S> {
         }
     }
 
-    /// Whether the run is over: the source ended and nothing is left, or the drain timed out.
-    fn finished(&mut self) -> bool {
-        if self.values_open {
+    /// Whether the run is over: every value was taken and delivered, or the drain timed out.
+    fn finished(&self) -> bool {
+        let Some(since) = self.draining_since else {
             return false;
+        };
+        (!self.values_open && self.state.pending() == 0)
+            || since.elapsed() >= self.config.drain_timeout
+    }
+
+    /// The source ended or a stop came: from now on the drain timeout runs.
+    fn start_draining(&mut self) {
+        self.draining_since.get_or_insert_with(Instant::now);
+    }
+
+    /// The value channel gave `value`: a reading to keep, or (at `None`) the end of values.
+    async fn on_value(&mut self, value: Option<(FieldValue, i64)>) -> Result<(), ClientError> {
+        match value {
+            Some((value, ts)) => self.produce(value, ts).await,
+            None => {
+                self.values_open = false;
+                self.start_draining();
+                Ok(())
+            }
         }
-        let since = *self.draining_since.get_or_insert_with(Instant::now);
-        self.state.pending() == 0 || since.elapsed() >= self.config.drain_timeout
+    }
+
+    /// The run is over, but the producer may have sent values the loop did not take yet
+    /// (the drain timed out first): keep them too, so each is reported (and spooled).
+    async fn take_leftover_values(&mut self) -> Result<(), ClientError> {
+        self.values.close();
+        while let Ok((value, ts)) = self.values.try_recv() {
+            self.produce(value, ts).await?;
+        }
+        self.values_open = false;
+        Ok(())
     }
 
     fn drain_deadline(&self) -> Option<Instant> {
@@ -371,11 +405,9 @@ impl<'a, S: Session> Engine<'a, S> {
             tokio::select! {
                 _ = tokio::time::sleep_until(until) => return Ok(true),
                 _ = sleep_until_opt(drain_deadline) => return Ok(false),
-                value = self.values.recv(), if self.values_open => match value {
-                    Some((value, ts)) => self.produce(value, ts).await?,
-                    None => self.values_open = false,
-                },
-                _ = self.stop.cancelled(), if self.values_open => self.values_open = false,
+                value = self.values.recv(), if self.values_open => self.on_value(value).await?,
+                // The producer stops on its own; what it already sent is still taken.
+                _ = self.stop.cancelled(), if self.draining_since.is_none() => self.start_draining(),
             }
             self.output_ok()?;
             if self.finished() {
@@ -471,11 +503,9 @@ impl<'a, S: Session> Engine<'a, S> {
                         humantime::format_duration(self.config.write_timeout)
                     )));
                 }
-                value = self.values.recv(), if self.values_open => match value {
-                    Some((value, ts)) => self.produce(value, ts).await?,
-                    None => self.values_open = false,
-                },
-                _ = self.stop.cancelled(), if self.values_open => self.values_open = false,
+                value = self.values.recv(), if self.values_open => self.on_value(value).await?,
+                // The producer stops on its own; what it already sent is still taken.
+                _ = self.stop.cancelled(), if self.draining_since.is_none() => self.start_draining(),
                 _ = sleep_until_opt(reply_deadline) => {
                     let now = Instant::now().into_std();
                     let lost = self.state.check_timeouts(now, reply_timeout);
@@ -971,5 +1001,118 @@ mod tests {
         }
         let out = String::from_utf8_lossy(&out.lock().expect("not poisoned")).to_string();
         assert!(out.contains("seq=3 value=106 reply=\"pong\""), "{out}");
+    }
+
+    /// A run over `values` (not the real producer), each connect taking `connect_delay`.
+    async fn run_over(
+        config: ClientConfig,
+        script: Vec<Behaviour>,
+        values: mpsc::Receiver<(FieldValue, i64)>,
+        stop: CancellationToken,
+        connect_delay: Duration,
+    ) -> Run {
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let mut inner = connector(script, seen.clone());
+        let slow = move || {
+            let stream = inner();
+            async move {
+                tokio::time::sleep(connect_delay).await;
+                stream.await
+            }
+        };
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let printer = Printer::to(Box::new(SharedBuf(out.clone())), true);
+        let report = crate::client::run_values(&config, slow, printer, values, stop).await;
+        let out = out.lock().expect("not poisoned").clone();
+        let events = String::from_utf8_lossy(&out)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+            .collect();
+        let seen = std::mem::take(&mut *seen.lock().expect("not poisoned"));
+        Run {
+            report,
+            events,
+            seen,
+        }
+    }
+
+    /// A producer as fast as the channel lets it, until `stop`; returns how many it sent.
+    fn fast_producer(
+        stop: CancellationToken,
+    ) -> (
+        mpsc::Receiver<(FieldValue, i64)>,
+        tokio::task::JoinHandle<u64>,
+    ) {
+        let (tx, values) = mpsc::channel(1024);
+        let producer = tokio::spawn(async move {
+            let mut sent = 0u64;
+            loop {
+                let permit = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    permit = tx.reserve() => permit,
+                };
+                let Ok(permit) = permit else { break };
+                permit.send((FieldValue::Int(sent as i64), sent as i64));
+                sent += 1;
+            }
+            sent
+        });
+        (values, producer)
+    }
+
+    /// A stop stops the producer, not the taking: every value already in the channel (it
+    /// filled while the engine connected) is delivered. The old loop stopped taking at the
+    /// stop and up to 1024 produced readings vanished, not even counted.
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_delivers_every_reading_already_produced() {
+        let stop = CancellationToken::new();
+        let (values, producer) = fast_producer(stop.clone());
+        {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                stop.cancel();
+            });
+        }
+        let config = config(None, Duration::from_millis(1));
+        let run = run_over(config, Vec::new(), values, stop, Duration::from_millis(200)).await;
+        let handed_over = producer.await.expect("the producer does not panic");
+        let report = report(&run);
+        assert!(handed_over >= 1000, "the channel filled: {handed_over}");
+        assert_eq!(
+            report.counters.produced, handed_over,
+            "{:?}",
+            report.counters
+        );
+        assert_eq!(report.counters.acked, handed_over, "{:?}", report.summary);
+        assert_eq!(run.seen.connections.concat().len() as u64, handed_over);
+        assert!(report.all_acked());
+    }
+
+    /// When the drain times out, every reading produced is counted: acked or lost, none
+    /// vanishes (with a spool, the lost ones are kept for the next run).
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_whose_drain_times_out_counts_every_reading_produced() {
+        let (tx, values) = mpsc::channel(1024);
+        for n in 0..1000 {
+            tx.try_send((FieldValue::Int(n), n))
+                .expect("room in the channel");
+        }
+        let stop = CancellationToken::new();
+        stop.cancel();
+        // The producer has stopped: its end of the channel goes once the engine runs.
+        tokio::spawn(async move {
+            tokio::task::yield_now().await;
+            drop(tx);
+        });
+        let mut config = config(None, Duration::from_millis(1));
+        config.drain_timeout = Duration::from_millis(10);
+        let script = vec![Behaviour::AckAfter(Duration::from_secs(3600))];
+        let run = run_over(config, script, values, stop, Duration::ZERO).await;
+        let report = report(&run);
+        assert_eq!(report.counters.produced, 1000, "{:?}", report.counters);
+        assert_eq!(report.counters.acked, 0, "{:?}", report.counters);
+        assert_eq!(report.summary.lost, 1000, "{:?}", report.summary);
+        assert!(!report.all_acked());
     }
 }

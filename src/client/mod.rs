@@ -104,6 +104,18 @@ pub async fn run_with<C: Connector>(
         config.reply_timeout,
     );
     let values = spawn_producer(config, stop.clone());
+    run_values(config, connector, printer, values, stop).await
+}
+
+/// [`run_with`] over values that come from `values` (the producer's end of the channel):
+/// the engine takes every value sent before the channel closes, even after a stop.
+pub(crate) async fn run_values<C: Connector>(
+    config: &ClientConfig,
+    connector: C,
+    printer: Printer,
+    values: mpsc::Receiver<(FieldValue, i64)>,
+    stop: CancellationToken,
+) -> Result<RunReport, ClientError> {
     if config.legacy {
         engine::Engine::new(config, LegacySession, printer, values, stop)
             .run(connector)
