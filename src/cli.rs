@@ -107,7 +107,8 @@ pub struct ClientArgs {
     #[arg(short, long, env = "SENSORLINK_COUNT")]
     pub count: Option<u64>,
     /// Reply timeout: a reading not acknowledged within this time after it was sent is
-    /// reported lost (and the connection re-opened to resend it).
+    /// reported (a timeout) and resent on a new connection; it counts as lost only if it is
+    /// never acknowledged.
     #[arg(short = 'W', long, default_value = "10s", value_parser = humantime::parse_duration, env = "SENSORLINK_TIMEOUT")]
     pub timeout: Duration,
     /// Bounds opening a connection (TCP connect and the first pong), and how long the first

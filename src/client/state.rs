@@ -19,8 +19,10 @@ pub struct Outstanding {
     pub sent_at: Option<Instant>,
     /// How many times it was written (more than 1 after a reconnect).
     pub sends: u32,
-    /// Already reported lost (its ack did not come within the timeout).
-    pub timed_out: bool,
+    /// Its latest send got no reply within the reply timeout (reported once per send).
+    pub late: bool,
+    /// Some send of it got no reply within the reply timeout (already reported as such).
+    pub ever_late: bool,
 }
 
 /// A reading the server acknowledged.
@@ -31,24 +33,37 @@ pub struct Acked {
     pub rtt: Duration,
     /// It was sent more than once (after a reconnect).
     pub resent: bool,
-    /// It had been reported lost before this ack came.
-    pub was_lost: bool,
+    /// Its reply had timed out before (reported then) and this ack came after a resend.
+    pub was_late: bool,
 }
 
 /// Totals over the whole run.
+///
+/// Each reading produced has one final outcome: `acked`, `rejected`, `dropped` or
+/// `unacked_at_exit` (so `produced` is their sum once the run is over). `timeouts` is not an
+/// outcome: a reading whose reply timed out is resent and may well be acked after.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counters {
     /// Readings produced (each counted once, however often sent).
     pub produced: u64,
     pub acked: u64,
-    /// Readings whose ack did not come within the timeout (counted once each).
-    pub timed_out: u64,
     /// Readings the server acknowledged as rejected (not stored).
     pub rejected: u64,
-    /// Oldest readings dropped because more than `max_pending` were waiting.
+    /// Readings dropped on purpose: more than `max_pending` waiting, or the spool's limits.
     pub dropped: u64,
+    /// Readings still unacknowledged when the run ended (kept in the spool, if any).
+    pub unacked_at_exit: u64,
+    /// Sends whose reply did not come within the reply timeout.
+    pub timeouts: u64,
     /// Writes of a reading after the first.
     pub resends: u64,
+}
+
+impl Counters {
+    /// Readings never acknowledged as stored: rejected, dropped, or unacked at exit.
+    pub fn lost(&self) -> u64 {
+        self.rejected + self.dropped + self.unacked_at_exit
+    }
 }
 
 /// What [`ClientState::produce`] did.
@@ -119,7 +134,8 @@ impl ClientState {
             reading,
             sent_at: None,
             sends: 0,
-            timed_out: false,
+            late: false,
+            ever_late: false,
         });
         Produced { seq, dropped }
     }
@@ -139,7 +155,8 @@ impl ClientState {
             reading,
             sent_at: None,
             sends: 0,
-            timed_out: false,
+            late: false,
+            ever_late: false,
         });
     }
 
@@ -171,6 +188,7 @@ impl ClientState {
     pub fn next_to_send(&mut self, now: Instant) -> Option<&Outstanding> {
         let next = self.queue.get_mut(self.sent)?;
         next.sent_at = Some(now);
+        next.late = false;
         next.sends += 1;
         if next.sends > 1 {
             self.counters.resends += 1;
@@ -207,27 +225,28 @@ impl ClientState {
                 seq: done.seq,
                 rtt,
                 resent: done.sends > 1,
-                was_lost: done.timed_out,
+                was_late: done.ever_late,
                 reading: done.reading,
             });
         }
         acked
     }
 
-    /// Readings in flight longer than `timeout`, each reported once.
+    /// Readings in flight longer than `timeout`, each reported once per send.
     pub fn check_timeouts(&mut self, now: Instant, timeout: Duration) -> Vec<u64> {
-        let mut lost = Vec::new();
+        let mut late = Vec::new();
         for outstanding in self.queue.iter_mut().take(self.sent) {
             let Some(sent_at) = outstanding.sent_at else {
                 continue;
             };
-            if !outstanding.timed_out && now.saturating_duration_since(sent_at) >= timeout {
-                outstanding.timed_out = true;
-                self.counters.timed_out += 1;
-                lost.push(outstanding.seq);
+            if !outstanding.late && now.saturating_duration_since(sent_at) >= timeout {
+                outstanding.late = true;
+                outstanding.ever_late = true;
+                self.counters.timeouts += 1;
+                late.push(outstanding.seq);
             }
         }
-        lost
+        late
     }
 
     /// When the next in-flight reading times out, if any is waiting.
@@ -235,7 +254,7 @@ impl ClientState {
         self.queue
             .iter()
             .take(self.sent)
-            .filter(|o| !o.timed_out)
+            .filter(|o| !o.late)
             .filter_map(|o| o.sent_at)
             .min()
             .map(|at| at + timeout)
@@ -249,15 +268,15 @@ impl ClientState {
         self.sent = 0;
     }
 
-    /// At exit: every reading still unacknowledged is lost; returns those not yet reported.
+    /// At exit: every reading still unacknowledged is lost (counted once, however often
+    /// this is called). Returns those whose reply never timed out (not reported yet).
     pub fn give_up(&mut self) -> Vec<u64> {
-        let mut lost = Vec::new();
-        for outstanding in self.queue.iter_mut().filter(|o| !o.timed_out) {
-            outstanding.timed_out = true;
-            lost.push(outstanding.seq);
-        }
-        self.counters.timed_out += lost.len() as u64;
-        lost
+        self.counters.unacked_at_exit = self.queue.len() as u64;
+        self.queue
+            .iter()
+            .filter(|o| !o.ever_late)
+            .map(|o| o.seq)
+            .collect()
     }
 }
 
@@ -320,7 +339,7 @@ mod tests {
         assert_eq!(state.check_timeouts(t0 + timeout, timeout), vec![1]);
         assert!(state.check_timeouts(t0 + timeout * 2, timeout).is_empty());
         assert_eq!(state.next_deadline(timeout), None);
-        assert_eq!(state.counters().timed_out, 1);
+        assert_eq!(state.counters().timeouts, 1);
 
         state.on_disconnect();
         assert_eq!(state.in_flight(), 0);
@@ -328,9 +347,12 @@ mod tests {
         let resent = state.next_to_send(t1).map(|o| (o.seq, o.sends));
         assert_eq!(resent, Some((1, 2)));
         let acked = state.on_ack(1, false, t1 + Duration::from_millis(1));
-        assert!(acked[0].resent && acked[0].was_lost);
+        assert!(acked[0].resent && acked[0].was_late);
         assert_eq!(acked[0].rtt, Duration::from_millis(1));
         assert_eq!(state.counters().resends, 1);
+        // Late, then acked: a timeout, not a loss.
+        assert_eq!(state.counters().acked, 1);
+        assert_eq!(state.counters().lost(), 0);
     }
 
     #[test]
@@ -408,10 +430,13 @@ mod tests {
         state.next_to_send(t0);
         let timeout = Duration::from_secs(1);
         assert_eq!(state.check_timeouts(t0 + timeout, timeout), vec![1]);
-        // 1 was already reported by its timeout; 2 and 3 are lost now.
+        // 1 was already reported by its timeout; 2 and 3 are reported now. All three are
+        // lost, each counted once.
         assert_eq!(state.give_up(), vec![2, 3]);
-        assert_eq!(state.counters().timed_out, 3);
-        assert!(state.give_up().is_empty());
+        assert_eq!(state.counters().timeouts, 1);
+        assert_eq!(state.counters().lost(), 3);
+        state.give_up();
+        assert_eq!(state.counters().lost(), 3);
         assert_eq!(
             state.pending(),
             3,
@@ -429,5 +454,54 @@ mod tests {
         assert_eq!(state.counters().rejected, 1);
         assert_eq!(state.counters().acked, 0);
         assert_eq!(state.pending(), 0);
+    }
+
+    #[test]
+    fn a_resent_reading_times_out_again_on_its_new_send() {
+        let mut state = ClientState::new(10);
+        let t0 = Instant::now();
+        let timeout = Duration::from_secs(1);
+        state.produce(reading(1));
+        state.next_to_send(t0);
+        assert_eq!(state.check_timeouts(t0 + timeout, timeout), vec![1]);
+        state.on_disconnect();
+        let t1 = t0 + timeout * 2;
+        state.next_to_send(t1);
+        assert_eq!(state.next_deadline(timeout), Some(t1 + timeout));
+        assert_eq!(state.check_timeouts(t1 + timeout, timeout), vec![1]);
+        assert_eq!(state.counters().timeouts, 2);
+        // Still one reading, lost once if it never gets its ack.
+        assert!(
+            state.give_up().is_empty(),
+            "already reported by its timeouts"
+        );
+        assert_eq!(state.counters().lost(), 1);
+    }
+
+    #[test]
+    fn every_reading_has_exactly_one_final_outcome() {
+        let mut state = ClientState::new(3);
+        let t0 = Instant::now();
+        let timeout = Duration::from_secs(1);
+        for v in 1..=6 {
+            state.produce(reading(v));
+        }
+        // 1..=3 dropped by max_pending; 4 times out, is resent and acked; 5 rejected; 6 left.
+        state.next_to_send(t0);
+        assert_eq!(state.check_timeouts(t0 + timeout, timeout), vec![4]);
+        state.on_disconnect();
+        state.next_to_send(t0 + timeout);
+        state.next_to_send(t0 + timeout);
+        assert_eq!(seqs(&state.on_ack(4, false, t0 + timeout)), vec![4]);
+        assert!(state.on_ack(5, true, t0 + timeout).is_empty());
+        state.give_up();
+        let c = state.counters();
+        assert_eq!(
+            (c.dropped, c.acked, c.rejected, c.unacked_at_exit),
+            (3, 1, 1, 1)
+        );
+        assert_eq!(c.timeouts, 1);
+        assert_eq!(c.lost(), 5);
+        assert_eq!(c.acked + c.lost(), c.produced);
     }
 }
