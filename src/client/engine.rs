@@ -132,6 +132,33 @@ struct ServerSums {
     network_us: f64,
 }
 
+/// An open connection, how long the connect took, and the first pong (line mode).
+type Opened<T, D> = (Connection<T, D>, Duration, Option<Duration>);
+
+/// Open a stream and handshake, both within one `timeout` (one deadline, not one each);
+/// times both.
+async fn open<S: Session, C: Connector>(
+    session: &S,
+    timeout: Duration,
+    connector: &mut C,
+) -> Result<Opened<C::Stream, S::Decoder>, TransportError> {
+    let start = Instant::now();
+    let deadline = start + timeout;
+    let stream = tokio::time::timeout_at(deadline, connector.connect())
+        .await
+        .map_err(|_| TransportError::TimedOut { what: "connect" })??;
+    let connect_time = start.elapsed();
+    let mut conn = transport::split(stream, session.decoder());
+    let ping_start = Instant::now();
+    let left = deadline.saturating_duration_since(ping_start);
+    session.handshake(&mut conn, left).await?;
+    if S::LEGACY {
+        Ok((conn, start.elapsed(), None))
+    } else {
+        Ok((conn, connect_time, Some(ping_start.elapsed())))
+    }
+}
+
 /// One run of the client: the state of delivery and everything it reports.
 pub(crate) struct Engine<'a, S: Session> {
     config: &'a ClientConfig,
@@ -255,7 +282,12 @@ impl<'a, S: Session> Engine<'a, S> {
                 break;
             }
             self.acked_on_connection = false;
-            match self.connect(connector).await {
+            let Some(connected) = self.connect_or_stop(connector).await else {
+                // The drain ended while connecting: what is pending is reported lost.
+                last_error.get_or_insert_with(|| "stopped while connecting".to_string());
+                break;
+            };
+            match connected {
                 Ok((conn, connect_time, ping)) => {
                     if self.first_connect.is_none() {
                         self.first_connect = Some(connect_time);
@@ -326,33 +358,29 @@ impl<'a, S: Session> Engine<'a, S> {
         }
     }
 
-    /// Open a stream and handshake, within the connect timeout; times both.
-    async fn connect<C: Connector>(
-        &self,
+    /// [`open`] a connection, unless the drain ends first (`None`). A stop while connecting
+    /// starts the drain, so a stop never waits for a whole connect timeout.
+    async fn connect_or_stop<C: Connector>(
+        &mut self,
         connector: &mut C,
-    ) -> Result<
-        (
-            Connection<C::Stream, S::Decoder>,
-            Duration,
-            Option<Duration>,
-        ),
-        TransportError,
-    > {
-        let start = Instant::now();
-        let stream = tokio::time::timeout(self.config.connect_timeout, connector.connect())
-            .await
-            .map_err(|_| TransportError::TimedOut { what: "connect" })??;
-        let connect_time = start.elapsed();
-        let mut conn = transport::split(stream, self.session.decoder());
-        let ping_start = Instant::now();
-        self.session
-            .handshake(&mut conn, self.config.connect_timeout)
-            .await?;
-        if S::LEGACY {
-            Ok((conn, start.elapsed(), None))
-        } else {
-            Ok((conn, connect_time, Some(ping_start.elapsed())))
-        }
+    ) -> Option<Result<Opened<C::Stream, S::Decoder>, TransportError>> {
+        let stop = self.stop.clone();
+        let drain_timeout = self.config.drain_timeout;
+        let mut draining_since = self.draining_since;
+        let connecting = open(&self.session, self.config.connect_timeout, connector);
+        tokio::pin!(connecting);
+        let opened = loop {
+            let drain_deadline = draining_since.map(|since| since + drain_timeout);
+            tokio::select! {
+                opened = &mut connecting => break Some(opened),
+                _ = sleep_until_opt(drain_deadline) => break None,
+                _ = stop.cancelled(), if draining_since.is_none() => {
+                    draining_since = Some(Instant::now());
+                }
+            }
+        };
+        self.draining_since = draining_since;
+        opened
     }
 
     /// Whether the run is over: every value was taken and delivered, or the drain timed out.
@@ -633,6 +661,8 @@ mod tests {
         ResetMidBatch { ack: usize, drop_at: usize },
         /// Answer the handshake, then read nothing more (over a small pipe that fills up).
         StopReading,
+        /// Read everything, answer nothing (not even the handshake).
+        Silent,
     }
 
     /// The fake server's view: per connection, the values of the readings it received.
@@ -696,6 +726,9 @@ mod tests {
         let mut lines = BufReader::new(read).lines();
         let mut readings = 0usize;
         while let Ok(Some(line)) = lines.next_line().await {
+            if let Behaviour::Silent = behaviour {
+                continue;
+            }
             let reply = if let Some(token) = line.strip_prefix("ping ") {
                 format!("pong {token}\n")
             } else if let Some(token) = line.strip_prefix("sync ") {
@@ -1006,18 +1039,21 @@ mod tests {
         assert!(out.contains("seq=3 value=106 reply=\"pong\""), "{out}");
     }
 
-    /// A run over `values` (not the real producer), each connect taking `connect_delay`.
+    /// A run over `values`, connect attempt `n` (from 0) taking `connect_delay(n)`.
     async fn run_over(
         config: ClientConfig,
         script: Vec<Behaviour>,
         values: mpsc::Receiver<(FieldValue, i64)>,
         stop: CancellationToken,
-        connect_delay: Duration,
+        connect_delay: fn(usize) -> Duration,
     ) -> Run {
         let seen = Arc::new(Mutex::new(Seen::default()));
         let mut inner = connector(script, seen.clone());
+        let mut attempt = 0;
         let slow = move || {
             let stream = inner();
+            let connect_delay = connect_delay(attempt);
+            attempt += 1;
             async move {
                 tokio::time::sleep(connect_delay).await;
                 stream.await
@@ -1078,7 +1114,10 @@ mod tests {
             });
         }
         let config = config(None, Duration::from_millis(1));
-        let run = run_over(config, Vec::new(), values, stop, Duration::from_millis(200)).await;
+        let run = run_over(config, Vec::new(), values, stop, |_| {
+            Duration::from_millis(200)
+        })
+        .await;
         let handed_over = producer.await.expect("the producer does not panic");
         let report = report(&run);
         assert!(handed_over >= 1000, "the channel filled: {handed_over}");
@@ -1111,11 +1150,74 @@ mod tests {
         let mut config = config(None, Duration::from_millis(1));
         config.drain_timeout = Duration::from_millis(10);
         let script = vec![Behaviour::AckAfter(Duration::from_secs(3600))];
-        let run = run_over(config, script, values, stop, Duration::ZERO).await;
+        let run = run_over(config, script, values, stop, |_| Duration::ZERO).await;
         let report = report(&run);
         assert_eq!(report.counters.produced, 1000, "{:?}", report.counters);
         assert_eq!(report.counters.acked, 0, "{:?}", report.counters);
         assert_eq!(report.summary.lost, 1000, "{:?}", report.summary);
         assert!(!report.all_acked());
+    }
+
+    /// Connect and handshake share one deadline: a connect that takes 6 s leaves 4 s of a
+    /// 10 s connect timeout for the first pong (it used to get 10 s more).
+    #[tokio::test(start_paused = true)]
+    async fn connect_and_handshake_share_one_connect_timeout() {
+        let mut config = config(Some(1), Duration::from_millis(100));
+        config.connect_timeout = Duration::from_secs(10);
+        config.drain_timeout = Duration::from_secs(60);
+        let stop = CancellationToken::new();
+        let values = crate::client::spawn_producer(&config, stop.clone());
+        // A first connection (so the server counts as reachable), then a slow, silent one.
+        let script = vec![Behaviour::CloseAfterPong, Behaviour::Silent];
+        let delay = |n| match n {
+            1 => Duration::from_secs(6),
+            _ => Duration::ZERO,
+        };
+        let run = run_over(config, script, values, stop, delay).await;
+        let report = report(&run);
+        assert_eq!(report.counters.acked, 1);
+        let gap = run.seen.attempts[2] - run.seen.attempts[1];
+        // 10 s of connect timeout, then the second backoff: at most 200 ms.
+        assert!(
+            gap >= Duration::from_secs(10) && gap <= Duration::from_millis(10_200),
+            "{gap:?}"
+        );
+    }
+
+    /// A stop while a reconnect hangs (a 30 s connect timeout) ends the run once the drain
+    /// timeout has passed, reporting what is pending, not after the connect gives up.
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_during_a_hanging_connect_ends_within_the_drain_timeout() {
+        let mut config = config(None, Duration::from_secs(1));
+        config.connect_timeout = Duration::from_secs(30);
+        config.drain_timeout = Duration::from_secs(1);
+        let stop = CancellationToken::new();
+        let started = Instant::now();
+        {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                stop.cancel();
+            });
+        }
+        let values = crate::client::spawn_producer(&config, stop.clone());
+        // The first connection stores reading 1, then closes when reading 3 arrives; every
+        // later connect hangs.
+        let script = vec![Behaviour::ResetMidBatch { ack: 1, drop_at: 3 }];
+        let delay = |n| match n {
+            0 => Duration::ZERO,
+            _ => Duration::from_secs(3600),
+        };
+        let run = run_over(config, script, values, stop, delay).await;
+        let report = report(&run);
+        let took = Instant::now() - started;
+        assert!(
+            took >= Duration::from_secs(6) && took <= Duration::from_millis(6_010),
+            "stop at 5 s + 1 s of drain, ended after {took:?}"
+        );
+        let c = report.counters;
+        assert_eq!(c.acked, 1, "{c:?}");
+        assert!(c.produced >= 5, "{c:?}");
+        assert_eq!(report.summary.lost, c.produced - 1, "{:?}", report.summary);
     }
 }
