@@ -305,7 +305,7 @@ impl<'a, S: Session> Engine<'a, S> {
                     let Disconnect::Retry(reason) = end else {
                         break;
                     };
-                    self.state.on_disconnect();
+                    self.disconnected();
                     // A server that accepts and then fails must not be hammered.
                     if self.acked_on_connection {
                         backoff.reset();
@@ -398,13 +398,14 @@ impl<'a, S: Session> Engine<'a, S> {
     }
 
     /// The value channel gave `value`: a reading to keep, or (at `None`) the end of values.
-    async fn on_value(&mut self, value: Option<(FieldValue, i64)>) -> Result<(), ClientError> {
+    /// `true`: the connection must be closed (see [`Engine::produce`]).
+    async fn on_value(&mut self, value: Option<(FieldValue, i64)>) -> Result<bool, ClientError> {
         match value {
             Some((value, ts)) => self.produce(value, ts).await,
             None => {
                 self.values_open = false;
                 self.start_draining();
-                Ok(())
+                Ok(false)
             }
         }
     }
@@ -414,6 +415,7 @@ impl<'a, S: Session> Engine<'a, S> {
     async fn take_leftover_values(&mut self) -> Result<(), ClientError> {
         self.values.close();
         while let Ok((value, ts)) = self.values.try_recv() {
+            // No connection is left to close.
             self.produce(value, ts).await?;
         }
         self.values_open = false;
@@ -433,7 +435,10 @@ impl<'a, S: Session> Engine<'a, S> {
             tokio::select! {
                 _ = tokio::time::sleep_until(until) => return Ok(true),
                 _ = sleep_until_opt(drain_deadline) => return Ok(false),
-                value = self.values.recv(), if self.values_open => self.on_value(value).await?,
+                value = self.values.recv(), if self.values_open => {
+                    // Offline, nothing is in flight: never a connection to close.
+                    self.on_value(value).await?;
+                }
                 // The producer stops on its own; what it already sent is still taken.
                 _ = self.stop.cancelled(), if self.draining_since.is_none() => self.start_draining(),
             }
@@ -444,7 +449,9 @@ impl<'a, S: Session> Engine<'a, S> {
         }
     }
 
-    async fn produce(&mut self, value: FieldValue, timestamp_ns: i64) -> Result<(), ClientError> {
+    /// Keep a new reading (spooled first, with a spool). `true`: the connection must be
+    /// closed, as every reading in flight was taken back to make room.
+    async fn produce(&mut self, value: FieldValue, timestamp_ns: i64) -> Result<bool, ClientError> {
         let reading = self.session.reading(value, timestamp_ns);
         if let Some(spool) = &mut self.spool {
             let seq = self.state.next_seq();
@@ -455,9 +462,9 @@ impl<'a, S: Session> Engine<'a, S> {
                             DropReason::MaxAge => "older than --spool-max-age",
                             DropReason::MaxBytes => "spool over --spool-max-bytes",
                         };
-                        self.state.drop_seqs(&dropped.seqs);
-                        for seq in &dropped.seqs {
-                            self.printer.dropped(*seq, why);
+                        // One in flight is reported when its connection ends (or acked).
+                        for seq in self.state.drop_seqs(&dropped.seqs) {
+                            self.printer.dropped(seq, why);
                         }
                     }
                 }
@@ -472,7 +479,16 @@ impl<'a, S: Session> Engine<'a, S> {
             self.printer
                 .dropped(dropped, "more than --max-pending readings unacknowledged");
         }
-        Ok(())
+        Ok(produced.retry)
+    }
+
+    /// The connection ended: what was in flight is sent again on the next one; readings
+    /// dropped by the spool's limits while in flight go now.
+    fn disconnected(&mut self) {
+        for seq in self.state.on_disconnect() {
+            self.printer
+                .dropped(seq, "dropped by the spool's limits while in flight");
+        }
     }
 
     /// Queue every reading that is due and fits the session's window.
@@ -531,7 +547,14 @@ impl<'a, S: Session> Engine<'a, S> {
                         humantime::format_duration(self.config.write_timeout)
                     )));
                 }
-                value = self.values.recv(), if self.values_open => self.on_value(value).await?,
+                value = self.values.recv(), if self.values_open => {
+                    if self.on_value(value).await? {
+                        return Ok(Disconnect::Retry(
+                            "more than --max-pending readings unacknowledged, all in flight"
+                                .to_string(),
+                        ));
+                    }
+                }
                 // The producer stops on its own; what it already sent is still taken.
                 _ = self.stop.cancelled(), if self.draining_since.is_none() => self.start_draining(),
                 _ = sleep_until_opt(reply_deadline) => {
@@ -605,6 +628,8 @@ impl<'a, S: Session> Engine<'a, S> {
 
     fn finish(mut self) -> Result<RunReport, ClientError> {
         let spooled = self.config.spool.is_some();
+        // The last connection is over too.
+        self.disconnected();
         for seq in self.state.give_up() {
             self.printer.lost_at_exit(seq, spooled);
         }
@@ -1219,5 +1244,57 @@ mod tests {
         assert_eq!(c.acked, 1, "{c:?}");
         assert!(c.produced >= 5, "{c:?}");
         assert_eq!(report.summary.lost, c.produced - 1, "{:?}", report.summary);
+    }
+
+    /// Legacy mode with a queue that fills (a slow server, `--max-pending 2`): the reading in
+    /// flight is never the one dropped, so each reply is printed with the reading it answers.
+    /// The fake server echoes the value it got in its reply.
+    #[tokio::test(start_paused = true)]
+    async fn legacy_replies_stay_matched_when_the_queue_overflows() {
+        let connector = move || {
+            let (client, mut server) = tokio::io::duplex(4096);
+            tokio::spawn(async move {
+                use tokio::io::AsyncReadExt as _;
+                let mut buf = [0u8; 1024];
+                while let Ok(n @ 1..) = server.read(&mut buf).await {
+                    let text = String::from_utf8_lossy(&buf[..n]).to_string();
+                    let reply = match text.rsplit_once(", ") {
+                        Some((_, value)) => {
+                            tokio::time::sleep(Duration::from_millis(350)).await;
+                            format!("pong {}", value.trim_end_matches(')'))
+                        }
+                        None => "pong".to_string(),
+                    };
+                    if server.write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            std::future::ready(Ok(client))
+        };
+        let mut config = config(Some(12), Duration::from_millis(100));
+        config.legacy = true;
+        config.max_pending = 2;
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let printer = Printer::to(Box::new(SharedBuf(out.clone())), true);
+        let report = run_with(&config, connector, printer, CancellationToken::new()).await;
+        let report = report.expect("the run ends with a report");
+        let out = String::from_utf8_lossy(&out.lock().expect("not poisoned")).to_string();
+        let acks: Vec<serde_json::Value> = out
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|e| e["event"] == "ack")
+            .collect();
+        assert!(acks.len() >= 3, "{out}");
+        for ack in &acks {
+            assert_eq!(
+                ack["reply"].as_str().map(str::to_string),
+                Some(format!("pong {}", ack["value"])),
+                "{out}"
+            );
+        }
+        let c = report.counters;
+        assert!(c.dropped > 0, "the queue overflowed: {c:?}");
+        assert_eq!(c.acked + c.lost(), c.produced, "{c:?}");
     }
 }

@@ -23,6 +23,9 @@ pub struct Outstanding {
     pub late: bool,
     /// Some send of it got no reply within the reply timeout (already reported as such).
     pub ever_late: bool,
+    /// Dropped on purpose (spool limits) while in flight: kept until its connection ends, so
+    /// the replies still line up with the readings sent (legacy replies carry no token).
+    pub doomed: bool,
 }
 
 /// A reading the server acknowledged.
@@ -70,8 +73,11 @@ impl Counters {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Produced {
     pub seq: u64,
-    /// The oldest reading, dropped to make room.
+    /// The oldest reading not in flight, dropped to make room.
     pub dropped: Option<u64>,
+    /// Every kept reading was in flight: they were all taken back to be sent again, so the
+    /// caller must close the connection (a reply to one of them would be misread).
+    pub retry: bool,
 }
 
 /// The delivery state machine.
@@ -114,17 +120,21 @@ impl ClientState {
         self.queue.front().filter(|_| self.sent > 0).map(|o| o.seq)
     }
 
-    /// Keep a new reading until it is acknowledged; drops the oldest when full.
+    /// Keep a new reading until it is acknowledged. When full, drops the oldest reading
+    /// that is not in flight: dropping one in flight would shift every later reply by one
+    /// in legacy mode. If all are in flight, they are taken back first (`retry`).
     pub fn produce(&mut self, reading: Reading) -> Produced {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.counters.produced += 1;
         let mut dropped = None;
+        let mut retry = false;
         if self.queue.len() >= self.max_pending {
-            if let Some(oldest) = self.queue.pop_front() {
-                if oldest.sent_at.is_some() {
-                    self.sent -= 1;
-                }
+            if self.sent == self.queue.len() {
+                self.on_disconnect_inner();
+                retry = true;
+            }
+            if let Some(oldest) = self.queue.remove(self.sent) {
                 self.counters.dropped += 1;
                 dropped = Some(oldest.seq);
             }
@@ -136,8 +146,13 @@ impl ClientState {
             sends: 0,
             late: false,
             ever_late: false,
+            doomed: false,
         });
-        Produced { seq, dropped }
+        Produced {
+            seq,
+            dropped,
+            retry,
+        }
     }
 
     /// The sequence number the next produced reading will get.
@@ -157,6 +172,7 @@ impl ClientState {
             sends: 0,
             late: false,
             ever_late: false,
+            doomed: false,
         });
     }
 
@@ -165,22 +181,27 @@ impl ClientState {
         self.next_seq = self.next_seq.max(next_seq);
     }
 
-    /// Forget readings dropped on purpose (spool limits); returns how many were still here.
-    pub fn drop_seqs(&mut self, seqs: &[u64]) -> u64 {
-        let mut dropped = 0;
-        let mut index = 0;
+    /// Forget readings dropped on purpose (spool limits); returns those dropped now. One in
+    /// flight is only marked: it is dropped when its connection ends (see
+    /// [`ClientState::on_disconnect`]), or acked if its ack comes first.
+    pub fn drop_seqs(&mut self, seqs: &[u64]) -> Vec<u64> {
+        let mut dropped = Vec::new();
+        for outstanding in self.queue.iter_mut().take(self.sent) {
+            if seqs.contains(&outstanding.seq) {
+                outstanding.doomed = true;
+            }
+        }
+        let mut index = self.sent;
         while index < self.queue.len() {
             if seqs.contains(&self.queue[index].seq) {
-                if index < self.sent {
-                    self.sent -= 1;
+                if let Some(gone) = self.queue.remove(index) {
+                    dropped.push(gone.seq);
                 }
-                self.queue.remove(index);
-                dropped += 1;
             } else {
                 index += 1;
             }
         }
-        self.counters.dropped += dropped;
+        self.counters.dropped += dropped.len() as u64;
         dropped
     }
 
@@ -260,12 +281,29 @@ impl ClientState {
             .map(|at| at + timeout)
     }
 
-    /// The connection dropped: everything in flight is sent again on the next one.
-    pub fn on_disconnect(&mut self) {
-        for outstanding in self.queue.iter_mut().take(self.sent) {
-            outstanding.sent_at = None;
+    /// The connection ended: everything in flight is sent again on the next one, except
+    /// readings dropped on purpose while in flight, which go now (returned).
+    pub fn on_disconnect(&mut self) -> Vec<u64> {
+        self.on_disconnect_inner()
+    }
+
+    fn on_disconnect_inner(&mut self) -> Vec<u64> {
+        let mut dropped = Vec::new();
+        let mut index = 0;
+        while index < self.sent {
+            if self.queue[index].doomed {
+                if let Some(gone) = self.queue.remove(index) {
+                    dropped.push(gone.seq);
+                }
+                self.sent -= 1;
+            } else {
+                self.queue[index].sent_at = None;
+                index += 1;
+            }
         }
         self.sent = 0;
+        self.counters.dropped += dropped.len() as u64;
+        dropped
     }
 
     /// At exit: every reading still unacknowledged is lost (counted once, however often
@@ -371,7 +409,7 @@ mod tests {
     }
 
     #[test]
-    fn full_queue_drops_the_oldest_and_counts_it() {
+    fn full_queue_drops_the_oldest_unsent_reading_and_counts_it() {
         let mut state = ClientState::new(2);
         let now = Instant::now();
         state.produce(reading(1));
@@ -382,14 +420,74 @@ mod tests {
             produced,
             Produced {
                 seq: 3,
-                dropped: Some(1)
+                dropped: Some(2),
+                retry: false,
             }
         );
-        assert_eq!(state.in_flight(), 0);
+        assert_eq!(state.in_flight(), 1);
         assert_eq!(state.pending(), 2);
         assert_eq!(state.counters().dropped, 1);
-        // A late ack for the dropped reading acknowledges nothing else.
-        assert!(state.on_ack(1, false, now).is_empty());
+        // The reply in flight still belongs to reading 1 (legacy: any reply, window 1).
+        assert_eq!(state.oldest_in_flight(), Some(1));
+        let acked = state.on_ack(1, false, now);
+        assert_eq!(seqs(&acked), vec![1]);
+        assert_eq!(acked[0].reading.timestamp_ns, Some(1));
+        assert_eq!(state.next_to_send(now).map(|o| o.seq), Some(3));
+    }
+
+    /// Legacy mode (window 1, a reply carries no token): a full queue never drops the reading
+    /// in flight, so each reply stays matched to the reading it answers.
+    #[test]
+    fn legacy_window_keeps_replies_matched_when_the_queue_is_full() {
+        let mut state = ClientState::new(3);
+        let now = Instant::now();
+        // What went out on the connection, in order: each reply answers the first of it.
+        let mut wire = std::collections::VecDeque::new();
+        let send = |state: &mut ClientState, wire: &mut std::collections::VecDeque<u64>| {
+            if state.in_flight() == 0 {
+                if let Some(next) = state.next_to_send(now) {
+                    wire.push_back(next.seq);
+                }
+            }
+        };
+        for v in 1..=10 {
+            state.produce(reading(v));
+            send(&mut state, &mut wire);
+            // Every third value, the reply to what was sent arrives.
+            if v % 3 == 0 {
+                let answered = wire.pop_front().expect("something was sent");
+                assert_eq!(state.oldest_in_flight(), Some(answered), "v={v}");
+                let acked = state.on_ack(answered, false, now);
+                assert_eq!(seqs(&acked), vec![answered]);
+                send(&mut state, &mut wire);
+            }
+        }
+        let c = state.counters();
+        assert!(c.dropped > 0, "the queue filled: {c:?}");
+        assert_eq!(c.acked + c.dropped + state.pending() as u64, 10, "{c:?}");
+    }
+
+    #[test]
+    fn a_full_queue_of_readings_in_flight_is_taken_back_before_one_is_dropped() {
+        let mut state = ClientState::new(2);
+        let now = Instant::now();
+        state.produce(reading(1));
+        state.produce(reading(2));
+        state.next_to_send(now);
+        state.next_to_send(now);
+        let produced = state.produce(reading(3));
+        assert_eq!(
+            produced,
+            Produced {
+                seq: 3,
+                dropped: Some(1),
+                retry: true,
+            }
+        );
+        assert_eq!(state.in_flight(), 0, "the caller closes the connection");
+        let order: Vec<u64> =
+            std::iter::from_fn(|| state.next_to_send(now).map(|o| o.seq)).collect();
+        assert_eq!(order, vec![2, 3]);
     }
 
     #[test]
@@ -414,10 +512,30 @@ mod tests {
         }
         state.next_to_send(now);
         state.next_to_send(now);
-        assert_eq!(state.drop_seqs(&[1, 3]), 2);
-        assert_eq!(state.in_flight(), 1);
+        // 3 waits: dropped now. 1 is in flight: kept until its connection ends.
+        assert_eq!(state.drop_seqs(&[1, 3]), vec![3]);
+        assert_eq!(state.in_flight(), 2);
+        assert_eq!(state.oldest_in_flight(), Some(1));
         assert_eq!(state.next_to_send(now).map(|o| o.seq), Some(4));
+        assert_eq!(state.counters().dropped, 1);
+        assert_eq!(state.on_disconnect(), vec![1]);
         assert_eq!(state.counters().dropped, 2);
+        let order: Vec<u64> =
+            std::iter::from_fn(|| state.next_to_send(now).map(|o| o.seq)).collect();
+        assert_eq!(order, vec![2, 4]);
+    }
+
+    #[test]
+    fn a_reading_dropped_in_flight_and_then_acked_counts_as_acked() {
+        let mut state = ClientState::new(10);
+        let now = Instant::now();
+        state.produce(reading(1));
+        state.next_to_send(now);
+        assert!(state.drop_seqs(&[1]).is_empty());
+        assert_eq!(seqs(&state.on_ack(1, false, now)), vec![1]);
+        assert!(state.on_disconnect().is_empty());
+        let c = state.counters();
+        assert_eq!((c.acked, c.dropped), (1, 0));
     }
 
     #[test]
