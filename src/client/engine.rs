@@ -587,13 +587,22 @@ impl<'a, S: Session> Engine<'a, S> {
                 raw,
             } => {
                 let now = Instant::now().into_std();
-                if let Some(spool) = &mut self.spool {
-                    if let Err(err) = spool.ack_through(token).await? {
+                let outcome = self.state.on_ack(token, rejected, now);
+                if outcome.beyond_sent {
+                    tracing::warn!(
+                        token,
+                        "ack for a reading never sent; only what was sent counts"
+                    );
+                }
+                // The spool forgets what the state machine took off its queue, never more: a
+                // token beyond what was sent must not erase readings not yet delivered.
+                if let (Some(spool), Some(through)) = (&mut self.spool, outcome.through) {
+                    if let Err(err) = spool.ack_through(through).await? {
                         // Harmless: the readings would be resent and deduplicated by the server.
                         tracing::warn!(cause = %err, "cannot record acks in the spool");
                     }
                 }
-                for acked in self.state.on_ack(token, rejected, now) {
+                for acked in outcome.acked {
                     self.acked_on_connection = true;
                     // A resent reading waited behind a backlog: its time says nothing of the link.
                     if S::LEGACY || !acked.resent {
@@ -1296,5 +1305,57 @@ mod tests {
         let c = report.counters;
         assert!(c.dropped > 0, "the queue overflowed: {c:?}");
         assert_eq!(c.acked + c.lost(), c.produced, "{c:?}");
+    }
+
+    fn spool_config(dir: &std::path::Path) -> ClientConfig {
+        let mut config = config(None, Duration::from_millis(100));
+        config.spool = Some(dir.to_path_buf());
+        config
+    }
+
+    /// What a spool in `dir` would replay on the next run.
+    async fn replayed(config: &ClientConfig) -> Vec<u64> {
+        let dir = config.spool.clone().expect("a spool directory");
+        let limits = super::super::spool::SpoolLimits {
+            max_bytes: config.spool_max_bytes,
+            max_age: config.spool_max_age,
+        };
+        let (spool, recovery) = SpoolIo::open(dir, limits).await.expect("the spool reopens");
+        spool.close().await.expect("the spool closes");
+        recovery.readings.iter().map(|r| r.seq).collect()
+    }
+
+    /// An ack token beyond what was sent acks only what was sent, in the state machine and
+    /// in the spool: readings not yet delivered stay spooled for the next run.
+    #[tokio::test(start_paused = true)]
+    async fn an_ack_beyond_what_was_sent_does_not_erase_unsent_readings_from_the_spool() {
+        use crate::protocol::control::{Ack, Reply};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = spool_config(&dir.path().join("q"));
+        let (_tx, values) = mpsc::channel(1);
+        let session = crate::client::line::LineSession {
+            measurement: "m".into(),
+            sensor: "s".into(),
+        };
+        let printer = Printer::to(Box::new(std::io::sink()), true);
+        let mut engine = Engine::new(&config, session, printer, values, CancellationToken::new());
+        engine.open_spool().await.expect("the spool opens");
+        for v in 1..=3 {
+            engine
+                .produce(FieldValue::Int(v), v)
+                .await
+                .expect("spooled");
+        }
+        engine.state.next_to_send(Instant::now().into_std());
+        let bogus = Reply::Ack(Ack {
+            token: "99".into(),
+            readings: 1,
+            ..Ack::default()
+        });
+        engine.on_reply(bogus).await.expect("no spool failure");
+        assert_eq!(engine.state.counters().acked, 1);
+        let spool = engine.spool.take().expect("the spool is open");
+        spool.close().await.expect("the spool closes");
+        assert_eq!(replayed(&config).await, vec![2, 3]);
     }
 }

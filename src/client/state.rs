@@ -40,6 +40,18 @@ pub struct Acked {
     pub was_late: bool,
 }
 
+/// What an `ack` did: the readings it acknowledged, and how far it reached.
+#[derive(Debug, Clone, Default)]
+pub struct AckOutcome {
+    /// The readings stored (a rejected one is not among them).
+    pub acked: Vec<Acked>,
+    /// The last reading the ack took off the queue (stored or rejected): the spool may
+    /// forget everything up to it, never beyond.
+    pub through: Option<u64>,
+    /// The token is beyond every reading ever sent: the server acks what it never got.
+    pub beyond_sent: bool,
+}
+
 /// Totals over the whole run.
 ///
 /// Each reading produced has one final outcome: `acked`, `rejected`, `dropped` or
@@ -84,6 +96,8 @@ pub struct Produced {
 #[derive(Debug)]
 pub struct ClientState {
     next_seq: u64,
+    /// The highest sequence number ever written to a connection.
+    last_sent: Option<u64>,
     /// Unacknowledged readings in sequence order; the first `sent` of them are in flight.
     queue: VecDeque<Outstanding>,
     sent: usize,
@@ -95,6 +109,7 @@ impl ClientState {
     pub fn new(max_pending: usize) -> Self {
         ClientState {
             next_seq: 1,
+            last_sent: None,
             queue: VecDeque::new(),
             sent: 0,
             max_pending: max_pending.max(1),
@@ -211,6 +226,7 @@ impl ClientState {
         next.sent_at = Some(now);
         next.late = false;
         next.sends += 1;
+        self.last_sent = self.last_sent.max(Some(next.seq));
         if next.sends > 1 {
             self.counters.resends += 1;
         }
@@ -220,8 +236,10 @@ impl ClientState {
 
     /// `ack token` arrived: every sent reading up to `token` is stored. With `rejected`, the
     /// server refused the reading the ack is for (it answered `error` for its line).
-    pub fn on_ack(&mut self, token: u64, rejected: bool, now: Instant) -> Vec<Acked> {
+    pub fn on_ack(&mut self, token: u64, rejected: bool, now: Instant) -> AckOutcome {
         let mut acked = Vec::new();
+        let mut through = None;
+        let beyond_sent = self.last_sent.is_none_or(|last| token > last);
         while self.sent > 0 {
             let Some(front) = self.queue.front() else {
                 break;
@@ -233,6 +251,7 @@ impl ClientState {
                 break;
             };
             self.sent -= 1;
+            through = Some(done.seq);
             if rejected && done.seq == token {
                 self.counters.rejected += 1;
                 continue;
@@ -250,7 +269,11 @@ impl ClientState {
                 reading: done.reading,
             });
         }
-        acked
+        AckOutcome {
+            acked,
+            through,
+            beyond_sent,
+        }
     }
 
     /// Readings in flight longer than `timeout`, each reported once per send.
@@ -344,7 +367,7 @@ mod tests {
             state.produce(reading(v));
             state.next_to_send(t0);
         }
-        let acked = state.on_ack(2, false, t0 + Duration::from_millis(5));
+        let acked = state.on_ack(2, false, t0 + Duration::from_millis(5)).acked;
         assert_eq!(seqs(&acked), vec![1, 2]);
         assert_eq!(acked[0].rtt, Duration::from_millis(5));
         assert_eq!(state.pending(), 1);
@@ -359,7 +382,7 @@ mod tests {
         state.produce(reading(1));
         state.produce(reading(2));
         state.next_to_send(now);
-        assert_eq!(seqs(&state.on_ack(2, false, now)), vec![1]);
+        assert_eq!(seqs(&state.on_ack(2, false, now).acked), vec![1]);
         assert_eq!(state.pending(), 1);
     }
 
@@ -384,7 +407,7 @@ mod tests {
         let t1 = t0 + timeout * 3;
         let resent = state.next_to_send(t1).map(|o| (o.seq, o.sends));
         assert_eq!(resent, Some((1, 2)));
-        let acked = state.on_ack(1, false, t1 + Duration::from_millis(1));
+        let acked = state.on_ack(1, false, t1 + Duration::from_millis(1)).acked;
         assert!(acked[0].resent && acked[0].was_late);
         assert_eq!(acked[0].rtt, Duration::from_millis(1));
         assert_eq!(state.counters().resends, 1);
@@ -429,7 +452,7 @@ mod tests {
         assert_eq!(state.counters().dropped, 1);
         // The reply in flight still belongs to reading 1 (legacy: any reply, window 1).
         assert_eq!(state.oldest_in_flight(), Some(1));
-        let acked = state.on_ack(1, false, now);
+        let acked = state.on_ack(1, false, now).acked;
         assert_eq!(seqs(&acked), vec![1]);
         assert_eq!(acked[0].reading.timestamp_ns, Some(1));
         assert_eq!(state.next_to_send(now).map(|o| o.seq), Some(3));
@@ -457,7 +480,7 @@ mod tests {
             if v % 3 == 0 {
                 let answered = wire.pop_front().expect("something was sent");
                 assert_eq!(state.oldest_in_flight(), Some(answered), "v={v}");
-                let acked = state.on_ack(answered, false, now);
+                let acked = state.on_ack(answered, false, now).acked;
                 assert_eq!(seqs(&acked), vec![answered]);
                 send(&mut state, &mut wire);
             }
@@ -500,7 +523,7 @@ mod tests {
         let order: Vec<u64> =
             std::iter::from_fn(|| state.next_to_send(now).map(|o| o.seq)).collect();
         assert_eq!(order, vec![7, 8, 9]);
-        assert_eq!(seqs(&state.on_ack(8, false, now)), vec![7, 8]);
+        assert_eq!(seqs(&state.on_ack(8, false, now).acked), vec![7, 8]);
     }
 
     #[test]
@@ -532,7 +555,7 @@ mod tests {
         state.produce(reading(1));
         state.next_to_send(now);
         assert!(state.drop_seqs(&[1]).is_empty());
-        assert_eq!(seqs(&state.on_ack(1, false, now)), vec![1]);
+        assert_eq!(seqs(&state.on_ack(1, false, now).acked), vec![1]);
         assert!(state.on_disconnect().is_empty());
         let c = state.counters();
         assert_eq!((c.acked, c.dropped), (1, 0));
@@ -568,7 +591,7 @@ mod tests {
         let now = Instant::now();
         state.produce(reading(1));
         state.next_to_send(now);
-        assert!(state.on_ack(1, true, now).is_empty());
+        assert!(state.on_ack(1, true, now).acked.is_empty());
         assert_eq!(state.counters().rejected, 1);
         assert_eq!(state.counters().acked, 0);
         assert_eq!(state.pending(), 0);
@@ -610,8 +633,8 @@ mod tests {
         state.on_disconnect();
         state.next_to_send(t0 + timeout);
         state.next_to_send(t0 + timeout);
-        assert_eq!(seqs(&state.on_ack(4, false, t0 + timeout)), vec![4]);
-        assert!(state.on_ack(5, true, t0 + timeout).is_empty());
+        assert_eq!(seqs(&state.on_ack(4, false, t0 + timeout).acked), vec![4]);
+        assert!(state.on_ack(5, true, t0 + timeout).acked.is_empty());
         state.give_up();
         let c = state.counters();
         assert_eq!(
@@ -621,5 +644,27 @@ mod tests {
         assert_eq!(c.timeouts, 1);
         assert_eq!(c.lost(), 5);
         assert_eq!(c.acked + c.lost(), c.produced);
+    }
+
+    #[test]
+    fn an_ack_reaches_only_as_far_as_what_was_sent() {
+        let mut state = ClientState::new(10);
+        let now = Instant::now();
+        for v in 1..=3 {
+            state.produce(reading(v));
+        }
+        state.next_to_send(now);
+        let outcome = state.on_ack(99, false, now);
+        assert_eq!(seqs(&outcome.acked), vec![1]);
+        assert_eq!(outcome.through, Some(1), "2 and 3 were never sent");
+        assert!(outcome.beyond_sent);
+        state.next_to_send(now);
+        let outcome = state.on_ack(2, true, now);
+        assert!(outcome.acked.is_empty());
+        assert_eq!(outcome.through, Some(2), "a rejected reading is done too");
+        assert!(!outcome.beyond_sent);
+        let outcome = state.on_ack(2, false, now);
+        assert_eq!(outcome.through, None, "a repeated ack reaches nothing");
+        assert!(!outcome.beyond_sent);
     }
 }
