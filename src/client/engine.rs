@@ -1358,4 +1358,30 @@ mod tests {
         spool.close().await.expect("the spool closes");
         assert_eq!(replayed(&config).await, vec![2, 3]);
     }
+
+    /// A whole run with a spool: a reset mid-batch, then the server is gone. What the spool
+    /// replays on the next run is exactly the set of readings never acknowledged.
+    #[tokio::test(start_paused = true)]
+    async fn with_a_spool_a_reset_mid_batch_leaves_exactly_the_unacked_readings_spooled() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = spool_config(&dir.path().join("q"));
+        config.count = Some(10);
+        config.drain_timeout = Duration::from_secs(2);
+        let mut script = vec![Behaviour::ResetMidBatch { ack: 3, drop_at: 6 }];
+        script.extend([Behaviour::Refuse; 100]);
+        let run = run(config.clone(), script, CancellationToken::new()).await;
+        let report = report(&run);
+        let c = report.counters;
+        assert_eq!(c.acked, 3, "{c:?}");
+        assert_eq!(c.unacked_at_exit, 7, "{c:?}");
+        assert_eq!(report.summary.lost, 7);
+        let acked: Vec<u64> = run
+            .events
+            .iter()
+            .filter(|e| e["event"] == "ack")
+            .filter_map(|e| e["seq"].as_u64())
+            .collect();
+        assert_eq!(acked, vec![1, 2, 3]);
+        assert_eq!(replayed(&config).await, (4..=10).collect::<Vec<u64>>());
+    }
 }
