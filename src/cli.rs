@@ -67,7 +67,7 @@ pub struct ServerArgs {
     pub store: StoreUrl,
     /// When a commit reaches the disk: `always` (fsync every commit: an acked reading
     /// survives a power cut) or `os` (the OS writes back later: survives a crash only).
-    #[arg(long, value_enum, default_value_t = FsyncPolicy::Always, env = "SENSORLINK_FSYNC")]
+    #[arg(long, default_value_t = FsyncPolicy::Always, value_parser = fsync_policy(), env = "SENSORLINK_FSYNC")]
     pub fsync: FsyncPolicy,
     /// Most connections at once; more are closed on arrival.
     #[arg(long, default_value_t = 50_000, env = "SENSORLINK_MAX_CONNECTIONS")]
@@ -292,22 +292,23 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
             }
         }
         Command::Query(args) => {
-            let mut store = open_for_reading(&args.store)?;
-            let rows = store.query(&store::Query {
+            let reader = open_for_reading(&args.store)?;
+            let query = store::Query {
                 sensor: args.sensor,
                 measurement: args.measurement,
                 since_ns: args.since,
                 until_ns: args.until,
                 limit: args.limit,
-            })?;
+            };
+            let rows = read_blocking(reader.query(&query))?;
             let mut out = std::io::stdout().lock();
             query::write_rows(&rows, args.format, &mut out).context("writing rows")?;
             Ok(Outcome::Ok)
         }
         Command::Bench(args) => crate::bench::run(args),
         Command::Stats(args) => {
-            let mut store = open_for_reading(&args.store)?;
-            let stats = store.sensor_stats()?;
+            let reader = open_for_reading(&args.store)?;
+            let stats = read_blocking(reader.sensor_stats())?;
             let mut out = std::io::stdout().lock();
             query::write_stats(&stats, args.format, &mut out).context("writing stats")?;
             Ok(Outcome::Ok)
@@ -315,9 +316,22 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
     }
 }
 
+/// `--fsync`: the store's own names (`always`, `os`), with help for each.
+fn fsync_policy() -> impl clap::builder::TypedValueParser<Value = FsyncPolicy> {
+    use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser as _};
+    let help = |policy| match policy {
+        FsyncPolicy::Always => "fsync at every commit: an acked reading survives a power cut",
+        FsyncPolicy::Os => "the OS writes back later: an acked reading survives a crash only",
+    };
+    PossibleValuesParser::new(
+        FsyncPolicy::ALL.map(|(policy, name)| PossibleValue::new(name).help(help(policy))),
+    )
+    .try_map(|name| name.parse::<FsyncPolicy>())
+}
+
 /// Open a store to read it back; a SQLite file that does not exist is an error, not a new
-/// empty database.
-fn open_for_reading(url: &StoreUrl) -> anyhow::Result<Box<dyn store::Store>> {
+/// empty database (reading never creates or migrates anything).
+fn open_for_reading(url: &StoreUrl) -> anyhow::Result<store::StoreReader> {
     if let StoreUrl::Sqlite(path) = url {
         anyhow::ensure!(
             path.exists(),
@@ -325,5 +339,16 @@ fn open_for_reading(url: &StoreUrl) -> anyhow::Result<Box<dyn store::Store>> {
             path.display()
         );
     }
-    store::open(url, FsyncPolicy::Os).with_context(|| format!("opening {url}"))
+    store::open_reader(url).with_context(|| format!("opening {url}"))
+}
+
+/// Run one read of the store's async read path to completion.
+fn read_blocking<T>(
+    read: impl std::future::Future<Output = Result<T, store::StoreError>>,
+) -> anyhow::Result<T> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    Ok(runtime.block_on(read)?)
 }

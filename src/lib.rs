@@ -3,11 +3,12 @@
 //!
 //! # Layout
 //! - [`protocol`]: bytes ⇄ frames (line protocol, control lines, the seed's legacy
-//!   messages); pure, no I/O.
+//!   messages) and the one line-protocol escaping ([`protocol::escape`]); pure, no I/O.
 //! - [`server`]: listener, per-connection loop (generic over any `AsyncRead + AsyncWrite`),
 //!   graceful shutdown.
-//! - [`store`]: the [`store::Store`] trait, its memory and SQLite implementations, and the
-//!   group-commit writer in front of them.
+//! - [`store`]: the backend-neutral write seam ([`store::writer::StoreHandle`], group commit
+//!   or a store's own concurrency) and read path ([`store::StoreReader`]), the memory and
+//!   SQLite stores, their shared encoding, and one conformance suite run on every store.
 //! - [`client`]: the sensor side: `transport` (connect, handshake, bounded reply decoders,
 //!   generic over `AsyncRead + AsyncWrite`; also used by `bench`), `engine` (the one event
 //!   loop: reconnect with backoff, resend, drain) with its `line` and `legacy` sessions, an

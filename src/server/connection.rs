@@ -663,44 +663,12 @@ async fn wait_head(inflight: &mut VecDeque<InFlight>) {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::mpsc as std_mpsc;
-    use std::sync::Mutex;
-
     use tokio::io::{AsyncBufReadExt, BufReader};
 
     use super::*;
+    use crate::store::testing::{gate, TestStore};
     use crate::store::writer::{self, WriterConfig};
-    use crate::store::{Query, Row, SensorStats, Store, WriteOutcome};
-
-    /// A store whose commits wait for the test's permission, and which records what it got.
-    struct GatedStore {
-        gate: Mutex<std_mpsc::Receiver<()>>,
-        rows: std::sync::Arc<Mutex<Vec<StoredReading>>>,
-    }
-
-    impl Store for GatedStore {
-        fn write_batch(&mut self, batch: &[StoredReading]) -> Result<WriteOutcome, StoreError> {
-            let gate = self.gate.lock().expect("gate lock");
-            gate.recv().map_err(|_| StoreError::WriterGone)?;
-            self.rows
-                .lock()
-                .expect("rows lock")
-                .extend_from_slice(batch);
-            Ok(WriteOutcome {
-                inserted: batch.len() as u64,
-                duplicates: 0,
-            })
-        }
-        fn query(&mut self, _: &Query) -> Result<Vec<Row>, StoreError> {
-            Ok(Vec::new())
-        }
-        fn sensor_stats(&mut self) -> Result<Vec<SensorStats>, StoreError> {
-            Ok(Vec::new())
-        }
-        fn close(&mut self) -> Result<(), StoreError> {
-            Ok(())
-        }
-    }
+    use crate::store::{Drive, Query};
 
     fn limits(idle: Duration) -> Limits {
         Limits {
@@ -719,13 +687,12 @@ mod tests {
     /// is written only after the store has committed the readings it covers.
     #[tokio::test]
     async fn ack_waits_for_the_commit() {
-        let (gate_tx, gate_rx) = std_mpsc::channel();
-        let rows = std::sync::Arc::new(Mutex::new(Vec::new()));
-        let store = GatedStore {
-            gate: Mutex::new(gate_rx),
-            rows: rows.clone(),
-        };
-        let (handle, writer) = writer::spawn(Box::new(store), WriterConfig::default());
+        let store = TestStore::default();
+        let (gate, _entered, gate_tx) = gate();
+        let (handle, writer) = writer::spawn(
+            Drive::GroupCommit(Box::new(store.gated(gate))),
+            WriterConfig::default(),
+        );
         let (client, server) = tokio::io::duplex(64 * 1024);
         let shutdown = CancellationToken::new();
         let limits = limits(Duration::from_secs(60));
@@ -739,7 +706,7 @@ mod tests {
 
         let early = tokio::time::timeout(Duration::from_millis(200), lines.next_line()).await;
         assert!(early.is_err(), "ack before commit: {early:?}");
-        assert!(rows.lock().unwrap().is_empty());
+        assert!(store.log().txns.is_empty());
 
         gate_tx.send(()).unwrap();
         let ack = lines.next_line().await.unwrap().unwrap();
@@ -747,7 +714,7 @@ mod tests {
             ack.starts_with("ack a readings=1 rejected=0 store_us="),
             "{ack}"
         );
-        let stored = rows.lock().unwrap().clone();
+        let stored = store.reader().query(&Query::default()).await.unwrap();
         assert_eq!(stored.len(), 1);
         // No `sensor` tag: the peer's address names the sensor.
         assert_eq!(stored[0].sensor, "127.0.0.7");
@@ -763,7 +730,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn idle_connection_is_closed_after_the_timeout() {
         let (handle, writer) = writer::spawn(
-            Box::new(crate::store::memory::MemoryStore::default()),
+            Drive::Inline(Box::new(crate::store::memory::MemoryStore::default())),
             WriterConfig::default(),
         );
         let (mut client, server) = tokio::io::duplex(1024);
@@ -787,7 +754,7 @@ mod tests {
     #[tokio::test]
     async fn shutdown_finishes_received_lines() {
         let (handle, writer) = writer::spawn(
-            Box::new(crate::store::memory::MemoryStore::default()),
+            Drive::Inline(Box::new(crate::store::memory::MemoryStore::default())),
             WriterConfig::default(),
         );
         let (client, server) = tokio::io::duplex(64 * 1024);

@@ -58,13 +58,29 @@ impl Default for ServerConfig {
 ///
 /// Prints `listening on <addr>` on stdout once bound (port 0 gets its real port).
 pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let store = open_store(&config).await?;
+    run_with_store(config, store, shutdown).await
+}
+
+/// Open (create, migrate) the configured store. Its `reader` is what the server's read
+/// side (e.g. an HTTP API) serves; clone it before handing the store to
+/// [`run_with_store`].
+pub async fn open_store(config: &ServerConfig) -> anyhow::Result<store::OpenStore> {
     let store_url = config.store.clone();
     let fsync = config.fsync;
-    let store = tokio::task::spawn_blocking(move || store::open(&store_url, fsync))
+    tokio::task::spawn_blocking(move || store::open(&store_url, fsync))
         .await
         .context("store open task")?
-        .with_context(|| format!("opening store {}", config.store))?;
-    let (handle, store_writer) = writer::spawn(store, config.writer.clone());
+        .with_context(|| format!("opening store {}", config.store))
+}
+
+/// [`run`] on a store opened by [`open_store`].
+pub async fn run_with_store(
+    config: ServerConfig,
+    store: store::OpenStore,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let (handle, store_writer) = writer::spawn(store.drive, config.writer.clone());
 
     check_open_files(config.max_connections);
     let listener = TcpListener::bind(&config.listen)
