@@ -77,13 +77,18 @@ pub(crate) enum Event {
     },
     /// The server refused line `line` of this connection.
     Rejected { line: u64, reason: String },
+    /// The server answered a `sync` (on `line`) with an error (its store failed): no ack
+    /// will come for it, so waiting for the reply timeout is pointless.
+    SyncFailed { line: u64, reason: String },
     /// Nothing to do (a `pong`, or an ack we cannot match).
     Ignore,
 }
 
 /// One protocol's part of the loop: its bytes and how replies match readings.
-pub(crate) trait Session {
-    type Decoder: Decoder<Error = TransportError>;
+///
+/// `Send + Sync` with `Send` futures, so a whole run can be spawned on a runtime.
+pub(crate) trait Session: Send + Sync {
+    type Decoder: Decoder<Item: Send, Error = TransportError> + Send;
 
     /// The seed's reporting: connect time includes the first pong, losses are printed as
     /// `Packet loss`, and resent readings' RTTs count too.
@@ -92,11 +97,11 @@ pub(crate) trait Session {
     fn decoder(&self) -> Self::Decoder;
 
     /// The opening exchange on a new connection.
-    async fn handshake<S: AsyncRead + AsyncWrite>(
+    fn handshake<S: AsyncRead + AsyncWrite + Send>(
         &self,
         conn: &mut Connection<S, Self::Decoder>,
         timeout: Duration,
-    ) -> Result<(), TransportError>;
+    ) -> impl std::future::Future<Output = Result<(), TransportError>> + Send;
 
     /// Most readings in flight at once.
     fn window(&self) -> usize;
@@ -229,7 +234,15 @@ impl<'a, S: Session> Engine<'a, S> {
         mut self,
         mut connector: C,
     ) -> Result<RunReport, ClientError> {
-        self.open_spool().await?;
+        if let Err(err) = self.open_spool().await {
+            // E.g. stdout closed right after the spool opened: still close it properly.
+            if let Some(spool) = self.spool.take() {
+                if let Err(close) = spool.close().await {
+                    tracing::warn!(cause = %close, "closing the spool");
+                }
+            }
+            return Err(err);
+        }
         let delivered = self.deliver(&mut connector).await;
         // Even when the server was never reached: what was produced is kept in the spool.
         let leftovers = self.take_leftover_values().await;
@@ -431,6 +444,10 @@ impl<'a, S: Session> Engine<'a, S> {
     async fn wait_offline(&mut self, delay: Duration) -> Result<bool, ClientError> {
         let until = Instant::now() + delay;
         loop {
+            // Nothing left to deliver (or the drain is over): no point in waiting.
+            if self.finished() {
+                return Ok(false);
+            }
             let drain_deadline = self.drain_deadline();
             tokio::select! {
                 _ = tokio::time::sleep_until(until) => return Ok(true),
@@ -443,9 +460,6 @@ impl<'a, S: Session> Engine<'a, S> {
                 _ = self.stop.cancelled(), if self.draining_since.is_none() => self.start_draining(),
             }
             self.output_ok()?;
-            if self.finished() {
-                return Ok(false);
-            }
         }
     }
 
@@ -533,7 +547,11 @@ impl<'a, S: Session> Engine<'a, S> {
             let drain_deadline = self.drain_deadline();
             tokio::select! {
                 reply = reader.read_reply() => match reply {
-                    Ok(reply) => self.on_reply(reply).await?,
+                    Ok(reply) => {
+                        if let Some(reason) = self.on_reply(reply).await? {
+                            return Ok(Disconnect::Retry(reason));
+                        }
+                    }
                     Err(err) => return Ok(Disconnect::Retry(err.to_string())),
                 },
                 pushed = writer.push(), if writer.busy() => match pushed {
@@ -576,10 +594,19 @@ impl<'a, S: Session> Engine<'a, S> {
         }
     }
 
-    async fn on_reply(&mut self, reply: <S::Decoder as Decoder>::Item) -> Result<(), ClientError> {
+    /// Act on one reply; `Some(reason)`: the connection must be re-opened.
+    async fn on_reply(
+        &mut self,
+        reply: <S::Decoder as Decoder>::Item,
+    ) -> Result<Option<String>, ClientError> {
         match self.session.interpret(reply, self.state.oldest_in_flight()) {
             Event::Ignore => {}
             Event::Rejected { line, reason } => self.printer.rejected(line, &reason),
+            Event::SyncFailed { line, reason } => {
+                self.printer.rejected(line, &reason);
+                // Resent on a new connection, after the backoff, instead of after the timeout.
+                return Ok(Some(format!("server could not store: {reason}")));
+            }
             Event::Ack {
                 token,
                 rejected,
@@ -632,7 +659,7 @@ impl<'a, S: Session> Engine<'a, S> {
                 }
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     fn finish(mut self) -> Result<RunReport, ClientError> {
@@ -650,7 +677,7 @@ impl<'a, S: Session> Engine<'a, S> {
             counters,
             pending: self.state.pending() as u64,
             replayed: self.replayed,
-            started: self.started.into_std(),
+            duration: self.started.elapsed(),
             first_connect: self.first_connect,
             reconnects: self.reconnects,
             rtt: self.rtt.summary(),
@@ -697,6 +724,8 @@ mod tests {
         StopReading,
         /// Read everything, answer nothing (not even the handshake).
         Silent,
+        /// Answer every `sync` with `error <line> store failed: ...`.
+        StoreFails,
     }
 
     /// The fake server's view: per connection, the values of the readings it received.
@@ -759,13 +788,22 @@ mod tests {
         let (read, mut write) = tokio::io::split(stream);
         let mut lines = BufReader::new(read).lines();
         let mut readings = 0usize;
+        let mut line_no = 0u64;
         while let Ok(Some(line)) = lines.next_line().await {
+            line_no += 1;
             if let Behaviour::Silent = behaviour {
                 continue;
             }
             let reply = if let Some(token) = line.strip_prefix("ping ") {
                 format!("pong {token}\n")
             } else if let Some(token) = line.strip_prefix("sync ") {
+                if let Behaviour::StoreFails = behaviour {
+                    let reply = format!("error {line_no} store failed: disk full\n");
+                    if write.write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
                 match behaviour {
                     Behaviour::AckAfter(delay) => tokio::time::sleep(delay).await,
                     Behaviour::ResetMidBatch { ack, .. } if readings > ack => continue,
@@ -1029,6 +1067,12 @@ mod tests {
         assert!(report.all_acked(), "{:?}", report.summary);
         let stopped_at = stopped_at.lock().expect("not poisoned").expect("stopped");
         assert!(Instant::now() - stopped_at >= Duration::from_millis(300));
+        // Measured by the runtime's clock (paused here), not the wall clock.
+        assert!(
+            report.summary.duration_ms >= 3500.0,
+            "{}",
+            report.summary.duration_ms
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -1352,7 +1396,8 @@ mod tests {
             readings: 1,
             ..Ack::default()
         });
-        engine.on_reply(bogus).await.expect("no spool failure");
+        let retry = engine.on_reply(bogus).await.expect("no spool failure");
+        assert_eq!(retry, None);
         assert_eq!(engine.state.counters().acked, 1);
         let spool = engine.spool.take().expect("the spool is open");
         spool.close().await.expect("the spool closes");
@@ -1383,5 +1428,61 @@ mod tests {
             .collect();
         assert_eq!(acked, vec![1, 2, 3]);
         assert_eq!(replayed(&config).await, (4..=10).collect::<Vec<u64>>());
+    }
+
+    /// A whole run is `Send` (its sessions' futures are): it can be spawned on a runtime.
+    #[tokio::test(start_paused = true)]
+    async fn a_run_can_be_spawned() {
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let config = config(Some(2), Duration::from_millis(100));
+        let mut legacy = config.clone();
+        legacy.legacy = true;
+        let line = tokio::spawn({
+            let connector = connector(Vec::new(), seen.clone());
+            async move {
+                let printer = Printer::to(Box::new(std::io::sink()), true);
+                run_with(&config, connector, printer, CancellationToken::new()).await
+            }
+        });
+        let report = line.await.expect("the run does not panic");
+        assert_eq!(report.expect("a report").counters.acked, 2);
+        // Legacy mode's session too (it only has to compile as a spawned task).
+        let legacy = tokio::spawn(async move {
+            let (client, _server) = tokio::io::duplex(64);
+            let mut once = Some(client);
+            let connector = move || {
+                std::future::ready(once.take().ok_or(std::io::ErrorKind::NotConnected.into()))
+            };
+            let printer = Printer::to(Box::new(std::io::sink()), true);
+            run_with(&legacy, connector, printer, CancellationToken::new()).await
+        });
+        drop(legacy);
+    }
+
+    /// An `error` answering a `sync` (the server's store failed) means no ack will come: the
+    /// reading is resent on a new connection after the backoff, not after the reply timeout.
+    #[tokio::test(start_paused = true)]
+    async fn a_store_failure_on_a_sync_reconnects_at_once() {
+        let config = config(Some(1), Duration::from_millis(100));
+        let reply_timeout = config.reply_timeout;
+        let run = run(
+            config,
+            vec![Behaviour::StoreFails],
+            CancellationToken::new(),
+        )
+        .await;
+        let report = report(&run);
+        let gap = run.seen.attempts[1] - run.seen.attempts[0];
+        assert!(gap <= INITIAL_BACKOFF, "reconnected after {gap:?}");
+        assert!(gap < reply_timeout);
+        let rejected = run
+            .events
+            .iter()
+            .find(|e| e["event"] == "rejected")
+            .expect("the error is reported");
+        assert_eq!(rejected["line"], 3, "{rejected}");
+        assert_eq!(report.counters.acked, 1);
+        assert_eq!(report.counters.timeouts, 0);
+        assert!(report.all_acked());
     }
 }

@@ -31,7 +31,7 @@ impl Session for LegacySession {
         LegacyReplyDecoder
     }
 
-    async fn handshake<S: AsyncRead + AsyncWrite>(
+    async fn handshake<S: AsyncRead + AsyncWrite + Send>(
         &self,
         conn: &mut Connection<S, LegacyReplyDecoder>,
         timeout: Duration,

@@ -378,7 +378,8 @@ pub struct RunTotals<'a> {
     pub counters: super::state::Counters,
     pub pending: u64,
     pub replayed: u64,
-    pub started: std::time::Instant,
+    /// How long the run took (by the runtime's clock, so paused-time tests see their time).
+    pub duration: Duration,
     pub first_connect: Option<Duration>,
     pub reconnects: u64,
     pub rtt: RttSummary,
@@ -408,7 +409,7 @@ impl Summary {
             resent: counters.resends,
             pending: run.pending,
             replayed: run.replayed,
-            duration_ms: run.started.elapsed().as_secs_f64() * 1e3,
+            duration_ms: run.duration.as_secs_f64() * 1e3,
             connect_us: run.first_connect.map(|d| d.as_secs_f64() * 1e6),
             reconnects: run.reconnects,
             rtt: run.rtt,

@@ -13,7 +13,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use bytes::{Buf as _, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
@@ -210,11 +210,6 @@ impl<W: AsyncWrite + Unpin> LineWriter<W> {
             self.push().await?;
         }
         Ok(())
-    }
-
-    /// Drop what was queued and not written (the connection is being given up).
-    pub fn clear(&mut self) {
-        self.out.advance(self.out.len());
     }
 }
 
