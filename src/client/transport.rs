@@ -47,9 +47,13 @@ pub enum TransportError {
     NotASensorlinkServer(String),
 }
 
-/// An I/O error of kind `TimedOut` saying what took too long.
-pub fn timed_out(what: &str) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::TimedOut, format!("{what} timed out"))
+/// [`TransportError::TimedOut`] where an I/O error is expected (a [`Connector`]): one
+/// notion of "timed out", of kind `TimedOut`, with the same words.
+pub fn timed_out(what: &'static str) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        TransportError::TimedOut { what },
+    )
 }
 
 /// Decodes line-mode replies (`pong`, `ack`, `error`), each at most [`MAX_REPLY_BYTES`].
@@ -456,5 +460,19 @@ mod tests {
             matches!(&shook, Err(TransportError::NotASensorlinkServer(_))),
             "{shook:?}"
         );
+    }
+
+    #[test]
+    fn a_timed_out_io_error_is_the_transport_timeout() {
+        let err = timed_out("connect");
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        assert_eq!(err.to_string(), "connect timed out");
+        let inner = err
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<TransportError>());
+        assert!(matches!(
+            inner,
+            Some(TransportError::TimedOut { what: "connect" })
+        ));
     }
 }
