@@ -11,7 +11,8 @@
 //!   SQLite stores, their shared encoding, and one conformance suite run on every store.
 //! - [`client`]: the sensor side: `transport` (connect, handshake, bounded reply decoders,
 //!   generic over `AsyncRead + AsyncWrite`; also used by `bench`), `engine` (the one event
-//!   loop: reconnect with backoff, resend, drain) with its `line` and `legacy` sessions, an
+//!   loop: reconnect after a `backoff`, resend, drain) with its `line` and `legacy`
+//!   implementations of `session::Session`, an
 //!   I/O-free delivery state machine (`state`), value sources, RTT statistics, the spool
 //!   (run on a blocking thread by `spool_io`), and `ClientError` / `RunReport`.
 //! - [`metrics`]: every counter the server keeps, in one place.

@@ -1,7 +1,8 @@
 //! The client's one event loop, shared by line mode and legacy mode: connect (through a
 //! [`Connector`]) and handshake, send what the [`ClientState`] says is due, match replies,
-//! report readings not acknowledged within the reply timeout as lost, reconnect with backoff
-//! and jitter, resend what was not acknowledged, and drain at the end.
+//! report readings not acknowledged within the reply timeout (a timeout: the reading is
+//! resent), reconnect with backoff and jitter, resend what was not acknowledged, and drain at
+//! the end (a stop stops the producer; every value it already sent is still taken).
 //!
 //! What differs between the modes (bytes, the reply decoder, how a reply is matched to a
 //! reading, how many readings may be in flight) is a [`Session`]. The loop never blocks:
@@ -10,115 +11,27 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use rand::RngExt as _;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 
+use super::backoff::Backoff;
 use super::error::ClientError;
-use super::output::{Printer, RunTotals, ServerShare, ServerTimes, Summary};
+use super::output::{Printer, RunTotals, ServerShare, Summary};
 use super::report::RunReport;
+use super::session::{Event, Session};
 use super::spool::DropReason;
 use super::spool_io::SpoolIo;
 use super::state::ClientState;
 use super::stats::RttStats;
 use super::transport::{self, Connection, Connector, TransportError};
 use super::{sleep_until_opt, ClientConfig};
-use crate::protocol::{FieldValue, Reading};
-
-/// First wait before reconnecting; doubles up to the configured maximum.
-pub const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
+use crate::protocol::FieldValue;
 
 /// Most bytes queued for the socket at once; more readings wait in the state machine.
 const MAX_QUEUED_BYTES: usize = 64 * 1024;
-
-/// Backoff with jitter: a random wait in [d/2, d], d doubling up to `max`.
-#[derive(Debug)]
-pub struct Backoff {
-    next: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    pub fn new(max: Duration) -> Self {
-        Backoff {
-            next: INITIAL_BACKOFF.min(max),
-            max,
-        }
-    }
-
-    /// Start again from the first delay (only once a connection has carried an ack).
-    pub fn reset(&mut self) {
-        self.next = INITIAL_BACKOFF.min(self.max);
-    }
-
-    pub fn next_delay(&mut self) -> Duration {
-        let ceiling = self.next;
-        self.next = (self.next * 2).min(self.max);
-        let half = ceiling / 2;
-        let jitter_ns = rand::rng().random_range(0..=half.as_nanos().max(1) as u64);
-        half + Duration::from_nanos(jitter_ns)
-    }
-}
-
-/// What a reply means for delivery, as a [`Session`] reads it.
-#[derive(Debug)]
-pub(crate) enum Event {
-    /// Everything sent up to `token` is stored (`rejected`: the reading `token` was refused).
-    Ack {
-        token: u64,
-        rejected: bool,
-        times: ServerTimes,
-        /// The raw reply, printed as it came (legacy mode).
-        raw: Option<Bytes>,
-    },
-    /// The server refused line `line` of this connection.
-    Rejected { line: u64, reason: String },
-    /// The server answered a `sync` (on `line`) with an error (its store failed): no ack
-    /// will come for it, so waiting for the reply timeout is pointless.
-    SyncFailed { line: u64, reason: String },
-    /// Nothing to do (a `pong`, or an ack we cannot match).
-    Ignore,
-}
-
-/// One protocol's part of the loop: its bytes and how replies match readings.
-///
-/// `Send + Sync` with `Send` futures, so a whole run can be spawned on a runtime.
-pub(crate) trait Session: Send + Sync {
-    type Decoder: Decoder<Item: Send, Error = TransportError> + Send;
-
-    /// The seed's reporting: connect time includes the first pong, losses are printed as
-    /// `Packet loss`, and resent readings' RTTs count too.
-    const LEGACY: bool;
-
-    fn decoder(&self) -> Self::Decoder;
-
-    /// The opening exchange on a new connection.
-    fn handshake<S: AsyncRead + AsyncWrite + Send>(
-        &self,
-        conn: &mut Connection<S, Self::Decoder>,
-        timeout: Duration,
-    ) -> impl std::future::Future<Output = Result<(), TransportError>> + Send;
-
-    /// Most readings in flight at once.
-    fn window(&self) -> usize;
-
-    /// The reading for a value produced at `timestamp_ns`.
-    fn reading(&self, value: FieldValue, timestamp_ns: i64) -> Reading;
-
-    /// Append the bytes that send reading `seq`.
-    fn encode(&self, seq: u64, reading: &Reading, out: &mut Vec<u8>);
-
-    /// What `reply` means; `oldest_in_flight` is the first reading awaiting its reply.
-    fn interpret(
-        &self,
-        reply: <Self::Decoder as Decoder>::Item,
-        oldest_in_flight: Option<u64>,
-    ) -> Event;
-}
 
 /// What ended one connection.
 enum Disconnect {
@@ -705,6 +618,7 @@ mod tests {
 
     use super::*;
     use crate::client::source::SourceSpec;
+    use crate::client::INITIAL_BACKOFF;
     use crate::client::{run_with, ClientConfig};
 
     /// What the fake server does on one connection.

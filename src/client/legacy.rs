@@ -13,8 +13,8 @@ use bytes::Bytes;
 use chrono::TimeZone as _;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::engine::{Event, Session};
 use super::output::ServerTimes;
+use super::session::{Event, Session};
 use super::transport::{self, Connection, LegacyReplyDecoder, TransportError};
 use crate::protocol::legacy::{encode_reading_value, LEGACY_MEASUREMENT, PING};
 use crate::protocol::{FieldValue, Reading};

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::engine::{Event, Session};
 use super::output::ServerTimes;
+use super::session::{Event, Session};
 use super::transport::{self, Connection, ReplyDecoder, TransportError};
 use crate::protocol::control::Reply;
 use crate::protocol::{ilp, FieldValue, Reading};
