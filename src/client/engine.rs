@@ -33,6 +33,9 @@ use crate::protocol::FieldValue;
 /// Most bytes queued for the socket at once; more readings wait in the state machine.
 const MAX_QUEUED_BYTES: usize = 64 * 1024;
 
+/// Most values taken from the channel at once: one spool write (and fsync) for all of them.
+const MAX_VALUES_PER_BATCH: usize = 256;
+
 /// What ended one connection.
 enum Disconnect {
     /// Give up: the run is over.
@@ -325,24 +328,51 @@ impl<'a, S: Session> Engine<'a, S> {
 
     /// The value channel gave `value`: a reading to keep, or (at `None`) the end of values.
     /// `true`: the connection must be closed (see [`Engine::produce`]).
+    /// With `value`, every other value already waiting is taken too (a batch).
     async fn on_value(&mut self, value: Option<(FieldValue, i64)>) -> Result<bool, ClientError> {
-        match value {
-            Some((value, ts)) => self.produce(value, ts).await,
-            None => {
-                self.values_open = false;
-                self.start_draining();
-                Ok(false)
+        let Some(value) = value else {
+            self.values_closed();
+            return Ok(false);
+        };
+        let mut batch = vec![value];
+        // Batches pay off for the spool's fsync; without one, a reading at a time keeps
+        // sends and acks interleaved with taking values (as --max-pending expects).
+        let most = if self.spool.is_some() {
+            MAX_VALUES_PER_BATCH
+        } else {
+            1
+        };
+        while batch.len() < most {
+            match self.values.try_recv() {
+                Ok(value) => batch.push(value),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    self.values_closed();
+                    break;
+                }
             }
         }
+        self.produce(batch).await
+    }
+
+    fn values_closed(&mut self) {
+        self.values_open = false;
+        self.start_draining();
     }
 
     /// The run is over, but the producer may have sent values the loop did not take yet
     /// (the drain timed out first): keep them too, so each is reported (and spooled).
     async fn take_leftover_values(&mut self) -> Result<(), ClientError> {
         self.values.close();
-        while let Ok((value, ts)) = self.values.try_recv() {
+        loop {
+            let batch: Vec<_> = std::iter::from_fn(|| self.values.try_recv().ok())
+                .take(MAX_VALUES_PER_BATCH)
+                .collect();
+            if batch.is_empty() {
+                break;
+            }
             // No connection is left to close.
-            self.produce(value, ts).await?;
+            self.produce(batch).await?;
         }
         self.values_open = false;
         Ok(())
@@ -376,37 +406,45 @@ impl<'a, S: Session> Engine<'a, S> {
         }
     }
 
-    /// Keep a new reading (spooled first, with a spool). `true`: the connection must be
-    /// closed, as every reading in flight was taken back to make room.
-    async fn produce(&mut self, value: FieldValue, timestamp_ns: i64) -> Result<bool, ClientError> {
-        let reading = self.session.reading(value, timestamp_ns);
-        if let Some(spool) = &mut self.spool {
-            let seq = self.state.next_seq();
-            match spool.append(seq, reading.clone()).await? {
-                Ok(dropped) => {
-                    for dropped in dropped.iter().filter(|d| !d.is_empty()) {
-                        let why = match dropped.reason {
-                            DropReason::MaxAge => "older than --spool-max-age",
-                            DropReason::MaxBytes => "spool over --spool-max-bytes",
-                        };
-                        // One in flight is reported when its connection ends (or acked).
-                        for seq in self.state.drop_seqs(&dropped.seqs) {
-                            self.printer.dropped(seq, why);
-                        }
+    /// Keep new readings, spooled (one write and fsync for all) before any is sent. `true`:
+    /// the connection must be closed, as every reading in flight was taken back to make room.
+    async fn produce(&mut self, values: Vec<(FieldValue, i64)>) -> Result<bool, ClientError> {
+        let mut retry = false;
+        let mut spooled = Vec::new();
+        for (value, timestamp_ns) in values {
+            let reading = self.session.reading(value, timestamp_ns);
+            if self.spool.is_some() {
+                spooled.push((self.state.next_seq(), reading.clone()));
+            }
+            let produced = self.state.produce(reading);
+            if let Some(dropped) = produced.dropped {
+                self.printer
+                    .dropped(dropped, "more than --max-pending readings unacknowledged");
+            }
+            retry |= produced.retry;
+        }
+        let Some(spool) = &mut self.spool else {
+            return Ok(retry);
+        };
+        match spool.append_batch(spooled).await? {
+            Ok(dropped) => {
+                for dropped in dropped.iter().filter(|d| !d.is_empty()) {
+                    let why = match dropped.reason {
+                        DropReason::MaxAge => "older than --spool-max-age",
+                        DropReason::MaxBytes => "spool over --spool-max-bytes",
+                    };
+                    // One in flight is reported when its connection ends (or acked).
+                    for seq in self.state.drop_seqs(&dropped.seqs) {
+                        self.printer.dropped(seq, why);
                     }
                 }
-                // Still delivered from memory; only a client crash could lose it now.
-                Err(err) => self
-                    .printer
-                    .spool_damage(&format!("cannot write the spool: {err}")),
             }
+            // Still delivered from memory; only a client crash could lose them now.
+            Err(err) => self
+                .printer
+                .spool_damage(&format!("cannot write the spool: {err}")),
         }
-        let produced = self.state.produce(reading);
-        if let Some(dropped) = produced.dropped {
-            self.printer
-                .dropped(dropped, "more than --max-pending readings unacknowledged");
-        }
-        Ok(produced.retry)
+        Ok(retry)
     }
 
     /// The connection ended: what was in flight is sent again on the next one; readings
@@ -461,7 +499,7 @@ impl<'a, S: Session> Engine<'a, S> {
             tokio::select! {
                 reply = reader.read_reply() => match reply {
                     Ok(reply) => {
-                        if let Some(reason) = self.on_reply(reply).await? {
+                        if let Some(reason) = self.on_replies(reply, &mut reader).await? {
                             return Ok(Disconnect::Retry(reason));
                         }
                     }
@@ -507,18 +545,52 @@ impl<'a, S: Session> Engine<'a, S> {
         }
     }
 
-    /// Act on one reply; `Some(reason)`: the connection must be re-opened.
-    async fn on_reply(
+    /// Act on `reply` and on every other reply already buffered, then record the acks in
+    /// the spool once. `Some(reason)`: the connection must be re-opened.
+    async fn on_replies<R: AsyncRead + Unpin>(
         &mut self,
         reply: <S::Decoder as Decoder>::Item,
+        reader: &mut transport::ReplyReader<R, S::Decoder>,
     ) -> Result<Option<String>, ClientError> {
+        let mut through = None;
+        let mut retry = self.on_reply(reply, &mut through);
+        while retry.is_none() {
+            match reader.buffered_reply() {
+                Ok(Some(reply)) => retry = self.on_reply(reply, &mut through),
+                Ok(None) => break,
+                Err(err) => retry = Some(err.to_string()),
+            }
+        }
+        self.record_acks(through).await?;
+        Ok(retry)
+    }
+
+    /// The spool forgets what the state machine took off its queue, never more: a token
+    /// beyond what was sent must not erase readings not yet delivered.
+    async fn record_acks(&mut self, through: Option<u64>) -> Result<(), ClientError> {
+        if let (Some(spool), Some(through)) = (&mut self.spool, through) {
+            if let Err(err) = spool.ack_through(through).await? {
+                // Harmless: the readings would be resent and deduplicated by the server.
+                tracing::warn!(cause = %err, "cannot record acks in the spool");
+            }
+        }
+        Ok(())
+    }
+
+    /// Act on one reply (no I/O): `through` becomes the last reading its ack took off the
+    /// queue. `Some(reason)`: the connection must be re-opened.
+    fn on_reply(
+        &mut self,
+        reply: <S::Decoder as Decoder>::Item,
+        through: &mut Option<u64>,
+    ) -> Option<String> {
         match self.session.interpret(reply, self.state.oldest_in_flight()) {
             Event::Ignore => {}
             Event::Rejected { line, reason } => self.printer.rejected(line, &reason),
             Event::SyncFailed { line, reason } => {
                 self.printer.rejected(line, &reason);
                 // Resent on a new connection, after the backoff, instead of after the timeout.
-                return Ok(Some(format!("server could not store: {reason}")));
+                return Some(format!("server could not store: {reason}"));
             }
             Event::Ack {
                 token,
@@ -534,14 +606,7 @@ impl<'a, S: Session> Engine<'a, S> {
                         "ack for a reading never sent; only what was sent counts"
                     );
                 }
-                // The spool forgets what the state machine took off its queue, never more: a
-                // token beyond what was sent must not erase readings not yet delivered.
-                if let (Some(spool), Some(through)) = (&mut self.spool, outcome.through) {
-                    if let Err(err) = spool.ack_through(through).await? {
-                        // Harmless: the readings would be resent and deduplicated by the server.
-                        tracing::warn!(cause = %err, "cannot record acks in the spool");
-                    }
-                }
+                *through = (*through).max(outcome.through);
                 for acked in outcome.acked {
                     self.acked_on_connection = true;
                     // A resent reading waited behind a backlog: its time says nothing of the link.
@@ -572,7 +637,7 @@ impl<'a, S: Session> Engine<'a, S> {
                 }
             }
         }
-        Ok(None)
+        None
     }
 
     fn finish(mut self) -> Result<RunReport, ClientError> {
@@ -1300,7 +1365,7 @@ mod tests {
         engine.open_spool().await.expect("the spool opens");
         for v in 1..=3 {
             engine
-                .produce(FieldValue::Int(v), v)
+                .produce(vec![(FieldValue::Int(v), v)])
                 .await
                 .expect("spooled");
         }
@@ -1310,8 +1375,10 @@ mod tests {
             readings: 1,
             ..Ack::default()
         });
-        let retry = engine.on_reply(bogus).await.expect("no spool failure");
-        assert_eq!(retry, None);
+        let mut through = None;
+        assert_eq!(engine.on_reply(bogus, &mut through), None);
+        assert_eq!(through, Some(1));
+        engine.record_acks(through).await.expect("no spool failure");
         assert_eq!(engine.state.counters().acked, 1);
         let spool = engine.spool.take().expect("the spool is open");
         spool.close().await.expect("the spool closes");
@@ -1398,5 +1465,37 @@ mod tests {
         assert_eq!(report.counters.acked, 1);
         assert_eq!(report.counters.timeouts, 0);
         assert!(report.all_acked());
+    }
+
+    /// With a spool, values already waiting are appended as one batch (one write and fsync),
+    /// and every reply already read is handled before one `ack_through`: far fewer spool
+    /// operations than readings, and every reading still acked and gone from the spool.
+    #[tokio::test(start_paused = true)]
+    async fn spool_appends_and_acks_are_batched() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = spool_config(&dir.path().join("q"));
+        let (tx, values) = mpsc::channel(1024);
+        for n in 0..600 {
+            tx.try_send((FieldValue::Int(n), n))
+                .expect("room in the channel");
+        }
+        drop(tx);
+        let before = super::super::spool_io::calls::get();
+        let run = run_over(
+            config.clone(),
+            Vec::new(),
+            values,
+            CancellationToken::new(),
+            |_| Duration::ZERO,
+        )
+        .await;
+        let after = super::super::spool_io::calls::get();
+        let report = report(&run);
+        assert_eq!(report.counters.acked, 600);
+        let appends = after.appends - before.appends;
+        let acks = after.acks - before.acks;
+        assert!(appends <= 3, "600 readings in {appends} appends");
+        assert!(acks < 300, "600 acks recorded in {acks} spool calls");
+        assert!(replayed(&config).await.is_empty());
     }
 }

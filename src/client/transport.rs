@@ -138,6 +138,14 @@ impl<R: AsyncRead + Unpin, D: Decoder<Error = TransportError>> ReplyReader<R, D>
         }
     }
 
+    /// The next reply already buffered, if any: no I/O (to handle every ready reply at once).
+    ///
+    /// # Errors
+    /// A reply that does not decode.
+    pub fn buffered_reply(&mut self) -> Result<Option<D::Item>, TransportError> {
+        self.decoder.decode(&mut self.buf)
+    }
+
     /// The next reply; [`TransportError::Closed`] at the end of the stream.
     ///
     /// Cancel-safe (usable in `tokio::select!`): bytes read so far stay in the buffer.
