@@ -15,15 +15,19 @@
 //!   implementations of `session::Session`, an
 //!   I/O-free delivery state machine (`state`), value sources, RTT statistics, the spool
 //!   (run on a blocking thread by `spool_io`), and `ClientError` / `RunReport`.
-//! - [`metrics`]: every counter the server keeps, in one place.
+//! - [`events`]: each named event (connection accepted, line rejected, batch committed, …)
+//!   logs once and counts once; every metric name, and the Prometheus recorder.
 //! - [`query`]: `sensorlink query` / `sensorlink stats` output.
 //! - [`bench`]: `sensorlink bench`, the load generator.
 //! - [`cli`]: command-line flags.
+//! - [`config`]: defaults < TOML file < environment < flags, validated into the server's
+//!   and client's settings; `--print-config`.
 
 pub mod bench;
 pub mod cli;
 pub mod client;
-pub mod metrics;
+pub mod config;
+pub mod events;
 pub mod protocol;
 pub mod query;
 pub mod server;

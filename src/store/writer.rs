@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::metrics::METRICS;
+use crate::events::{BatchCommitted, Event as _, StoreFailed};
 
 use super::read::BoxFuture;
 use super::{Drive, Store, StoreError, StoredReading, WriteOutcome};
@@ -338,10 +338,13 @@ fn commit(store: &mut dyn Store, mut jobs: Vec<Job>, rows: usize) {
     match result {
         Ok((total, commit_us)) => {
             if rows > 0 {
-                METRICS.store_commits.inc();
+                BatchCommitted {
+                    rows,
+                    outcome: total,
+                    duration: Duration::from_micros(commit_us),
+                }
+                .emit();
             }
-            METRICS.readings_stored.add(total.inserted);
-            METRICS.readings_duplicate.add(total.duplicates);
             for (job, outcome) in jobs.into_iter().zip(split_outcome(total, &lens)) {
                 // A dropped receiver means the connection is gone; nothing to tell it.
                 let _ = job.reply.send(Ok(Committed {
@@ -352,8 +355,12 @@ fn commit(store: &mut dyn Store, mut jobs: Vec<Job>, rows: usize) {
             }
         }
         Err(err) => {
-            METRICS.store_errors.inc();
-            tracing::error!(cause = %err, batches = jobs.len(), rows, "store transaction failed");
+            StoreFailed {
+                error: &err,
+                batches: jobs.len(),
+                rows,
+            }
+            .emit();
             let err = Arc::new(err);
             for job in jobs {
                 let _ = job.reply.send(Err(Arc::clone(&err)));
