@@ -4,13 +4,13 @@
 //!
 //! # Files in `DIR`
 //! - `lock`: held with an advisory exclusive lock while a client uses the spool; a second
-//!   client fails with [`SpoolError::Locked`] ([`lock`]).
+//!   client fails with [`SpoolError::Locked`] (`lock.rs`).
 //! - `<16 hex digits>.seg`: segments, append-only, named after the first seq written to
-//!   them: the magic `SLSPSEG1`, then records framed by length and CRC ([`record`]).
+//!   them: the magic `SLSPSEG1`, then records framed by length and CRC (`record.rs`).
 //!   Seqs increase strictly across all segments, and segment names increase with them. A
 //!   segment rolls once it reaches about a quarter of `max_bytes` (64 KiB..4 MiB) and is
 //!   deleted once every record in it is done.
-//! - `state`: `done_through` and `next_seq`, replaced atomically ([`state`]).
+//! - `state`: `done_through` and `next_seq`, replaced atomically (`state.rs`).
 //!   `done_through` is the low-water mark: every seq up to it was acknowledged or dropped on
 //!   purpose (both only ever remove the oldest readings, so one number describes them).
 //!   `next_seq` keeps seqs from being reused once the segments holding them are deleted.
@@ -25,7 +25,7 @@
 //! readings dropped by the limits: after a crash a few may come back and be delivered.
 //!
 //! # Recovery
-//! Opening reads and repairs every segment ([`recovery`]), then applies the limits:
+//! Opening reads and repairs every segment (`recovery.rs`), then applies the limits:
 //! readings older than `max_age`, then the oldest beyond `max_bytes`, are dropped.
 //!
 //! # Limits
