@@ -9,10 +9,12 @@
 //! - [`store`]: the [`store::Store`] trait, its memory and SQLite implementations, and the
 //!   group-commit writer in front of them.
 //! - [`client`]: the sensor side: value sources, an I/O-free delivery state machine, RTT
-//!   statistics, reconnects.
+//!   statistics, reconnects; `client/spool/` is the on-disk spool (record format + CRC,
+//!   recovery scan, state file, advisory lock).
 //! - [`metrics`]: every counter the server keeps, in one place.
 //! - [`query`]: `sensorlink query` / `sensorlink stats` output.
-//! - [`bench`]: `sensorlink bench`, the load generator.
+//! - [`mod@bench`]: `sensorlink bench`, the load generator: `bench/` holds flags,
+//!   connection, line and legacy sessions, pacing, progress and report, one file each.
 //! - [`cli`]: command-line flags.
 
 pub mod bench;

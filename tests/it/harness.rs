@@ -163,21 +163,19 @@ impl Server {
 
     fn wait(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("running");
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                // The whole log, up to the exit: the reader ends at the pipe's EOF.
-                if let Some(reader) = self.stderr_reader.take() {
-                    let _ = reader.join();
-                }
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("server did not exit; stderr:\n{}", self.stderr());
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        let mut status = None;
+        if !poll_until(PATIENCE, || {
+            status = child.try_wait().expect("try_wait");
+            status.is_some()
+        }) {
+            let _ = child.kill();
+            panic!("server did not exit; stderr:\n{}", self.stderr());
         }
+        // The whole log, up to the exit: the reader ends at the pipe's EOF.
+        if let Some(reader) = self.stderr_reader.take() {
+            let _ = reader.join();
+        }
+        status.expect("poll_until returned true only once try_wait gave a status")
     }
 
     pub fn connect(&self) -> TcpStream {
