@@ -7,7 +7,9 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-bin=target/release/sensorlink
+# SENSORLINK_BIN=PATH runs a prebuilt binary (e.g. an older commit's, for a before/after
+# comparison in one sitting) instead of building this checkout.
+bin=${SENSORLINK_BIN:-target/release/sensorlink}
 tmp=$(mktemp -d /tmp/sensorlink-bench.XXXXXX)
 bg_pids=()
 
@@ -25,8 +27,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# build: the release binary, quietly.
+# build: the release binary, quietly (skipped when SENSORLINK_BIN names one).
 build() {
+  [ -n "${SENSORLINK_BIN:-}" ] && return 0
   cargo build --release --quiet
 }
 
@@ -135,7 +138,7 @@ met() { awk "BEGIN { if ($1) print \"met\"; else print \"**not met**\" }"; }
 # says how busy it was.
 header() {
   echo "date: $(date -u '+%Y-%m-%d %H:%M UTC'); nproc: $(nproc); $(lscpu | grep 'Model name' | sed 's/  */ /g'); kernel $(uname -r)"
-  echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg); code: $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- src 2>/dev/null || echo ' + local changes in src/')"
+  echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg); code: ${SENSORLINK_BIN:+$SENSORLINK_BIN (prebuilt), checkout }$(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- src 2>/dev/null || echo ' + local changes in src/')"
   echo "the server (ours or the reference) shares the machine's $(nproc) cores with its load generator; $REPS reps${ALTERNATED:+, sides alternated}"
 }
 
