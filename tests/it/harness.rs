@@ -321,6 +321,24 @@ pub fn run(cmd: &mut Command) -> Output {
     wait_output(child)
 }
 
+/// A child process of this test, killed (SIGKILL, by its own PID) and reaped on drop, so a
+/// failing assertion never leaves it running.
+pub struct KillOnDrop(pub Child);
+
+impl KillOnDrop {
+    /// SIGKILL now and wait for the exit: nothing gets a chance to clean up.
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 pub fn wait_output(child: Child) -> Output {
     let pid = child.id() as i32;
     let (tx, rx) = std::sync::mpsc::channel();

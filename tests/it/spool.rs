@@ -199,3 +199,46 @@ fn truncated_spool_is_recovered_and_the_damage_reported() {
     assert!(server.terminate().success());
     assert_eq!(stored_values(&store, "tr").len(), 3);
 }
+
+/// One client per spool: a second one on the same directory is refused with a message
+/// naming it, and once the first dies (SIGKILL: no cleanup) the kernel has released its lock.
+#[test]
+fn a_second_client_on_a_spool_in_use_is_refused_until_the_first_is_gone() {
+    let server = Server::start(&["-q"]);
+    let addr = server.addr.to_string();
+    let spool = tempfile::tempdir().unwrap();
+    let queue = spool.path().join("q");
+    let queue_arg = queue.to_str().unwrap();
+    let out_path = spool.path().join("first.out");
+    let mut first = KillOnDrop(
+        bin()
+            .args(["client", &addr, "--interval", "20ms", "--sensor", "lk"])
+            .args(["--spool", queue_arg, "--json"])
+            .stdout(std::fs::File::create(&out_path).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // An ack means the first client has opened the spool (it spools before sending).
+    wait_for_events(&out_path, "ack", 1);
+
+    let client = |extra: &[&str]| {
+        run(bin()
+            .args(["client", &addr, "--count", "1", "--sensor", "lk"])
+            .args(["--spool", queue_arg])
+            .args(extra))
+    };
+    let out = client(&[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("spool {} is in use", queue.display())),
+        "{stderr}"
+    );
+
+    first.kill();
+    let out = client(&["--json"]);
+    let summary = summary(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{summary}");
+    assert_eq!(summary["pending"], 0, "{summary}");
+}
