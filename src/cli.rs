@@ -106,9 +106,21 @@ pub struct ClientArgs {
     /// Stop after this many readings (default: run until Ctrl-C or the source ends).
     #[arg(short, long, env = "SENSORLINK_COUNT")]
     pub count: Option<u64>,
-    /// A reading not acknowledged within this time is reported lost.
+    /// Reply timeout: a reading not acknowledged within this time after it was sent is
+    /// reported lost (and the connection re-opened to resend it).
     #[arg(short = 'W', long, default_value = "10s", value_parser = humantime::parse_duration, env = "SENSORLINK_TIMEOUT")]
     pub timeout: Duration,
+    /// Bounds opening a connection (TCP connect and the first pong), and how long the first
+    /// connection may take before the server counts as unreachable [default: --timeout].
+    #[arg(long, value_parser = humantime::parse_duration, env = "SENSORLINK_CONNECT_TIMEOUT")]
+    pub connect_timeout: Option<Duration>,
+    /// Once the source ends (or on Ctrl-C/SIGTERM): how long to keep delivering pending
+    /// readings before they are reported lost [default: --timeout].
+    #[arg(long, value_parser = humantime::parse_duration, env = "SENSORLINK_DRAIN_TIMEOUT")]
+    pub drain_timeout: Option<Duration>,
+    /// Reconnect when the server takes none of our bytes for this long [default: --timeout].
+    #[arg(long, value_parser = humantime::parse_duration, env = "SENSORLINK_WRITE_TIMEOUT")]
+    pub write_timeout: Option<Duration>,
     /// Speak the seed client's exact bytes (`ping`, `ping / ('<time>', <n>)`).
     #[arg(long, env = "SENSORLINK_LEGACY")]
     pub legacy: bool,
@@ -248,7 +260,10 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
                 measurement: args.measurement,
                 interval: args.interval,
                 count: args.count,
-                timeout: args.timeout,
+                reply_timeout: args.timeout,
+                connect_timeout: args.connect_timeout.unwrap_or(args.timeout),
+                drain_timeout: args.drain_timeout.unwrap_or(args.timeout),
+                write_timeout: args.write_timeout.unwrap_or(args.timeout),
                 legacy: args.legacy,
                 json: args.json,
                 source: args.source,
@@ -259,7 +274,21 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
                 spool_max_age: args.spool_max_age,
             };
             let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
-            Ok(runtime.block_on(client::run(config)))
+            let result = runtime.block_on(client::run(config));
+            // What matters (spool, report) was awaited; don't wait on a source blocked in a
+            // read (stdin) or a command still running.
+            runtime.shutdown_timeout(Duration::from_millis(500));
+            match result {
+                Ok(report) if report.all_acked() => Ok(Outcome::Ok),
+                Ok(_) => Ok(Outcome::Loss),
+                // The reader of the report went away (`| head`): not a failure.
+                Err(err) if err.is_broken_pipe() => Ok(Outcome::Ok),
+                Err(err @ client::ClientError::Output(_)) => Err(err.into()),
+                Err(err) => {
+                    eprintln!("sensorlink: {err}");
+                    Ok(Outcome::Unusable)
+                }
+            }
         }
         Command::Query(args) => {
             let mut store = open_for_reading(&args.store)?;

@@ -8,9 +8,12 @@
 //!   graceful shutdown.
 //! - [`store`]: the [`store::Store`] trait, its memory and SQLite implementations, and the
 //!   group-commit writer in front of them.
-//! - [`client`]: the sensor side: value sources, an I/O-free delivery state machine, RTT
-//!   statistics, reconnects; `client/spool/` is the on-disk spool (record format + CRC,
-//!   recovery scan, state file, advisory lock).
+//! - [`client`]: the sensor side: `transport` (connect, handshake, bounded reply decoders,
+//!   generic over `AsyncRead + AsyncWrite`; also used by `bench`), `engine` (the one event
+//!   loop: reconnect with backoff, resend, drain) with its `line` and `legacy` sessions, an
+//!   I/O-free delivery state machine (`state`), value sources, RTT statistics, the spool
+//!   (`client/spool/`: record format + CRC, recovery scan, state file, advisory lock; run
+//!   on a blocking thread by `spool_io`), and `ClientError` / `RunReport`.
 //! - [`metrics`]: every counter the server keeps, in one place.
 //! - [`query`]: `sensorlink query` / `sensorlink stats` output.
 //! - [`mod@bench`]: `sensorlink bench`, the load generator: `bench/` holds flags,

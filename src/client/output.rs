@@ -1,6 +1,9 @@
 //! What the client prints: ping-style lines for people, one JSON object per event for scripts.
+//!
+//! The first write error (a closed stdout, e.g. `| head -3`) is kept, and the event loop stops
+//! the run on it; nothing more is written after it.
 
-use std::io::Write as _;
+use std::io::Write;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -9,10 +12,21 @@ use serde_json::{json, Value};
 use super::stats::{fmt_ms, RttSummary};
 use crate::protocol::Reading;
 
-/// Prints events on stdout in the chosen form.
-#[derive(Debug, Clone, Copy)]
+/// Prints events in the chosen form (on stdout, or any writer in tests).
 pub struct Printer {
-    pub json: bool,
+    json: bool,
+    out: Box<dyn Write + Send>,
+    /// The first write error; once set, nothing more is written.
+    error: Option<std::io::Error>,
+}
+
+impl std::fmt::Debug for Printer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Printer")
+            .field("json", &self.json)
+            .field("error", &self.error)
+            .finish_non_exhaustive()
+    }
 }
 
 fn us(d: Duration) -> f64 {
@@ -46,20 +60,41 @@ pub struct ServerTimes {
 }
 
 impl Printer {
-    fn emit(&self, value: Value) {
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{value}");
-        let _ = out.flush();
+    /// Print on stdout; `json` picks one JSON object per event.
+    pub fn stdout(json: bool) -> Self {
+        Printer::to(Box::new(std::io::stdout()), json)
     }
 
-    fn line(&self, text: &str) {
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{text}");
-        let _ = out.flush();
+    /// Print into `out`.
+    pub fn to(out: Box<dyn Write + Send>, json: bool) -> Self {
+        Printer {
+            json,
+            out,
+            error: None,
+        }
+    }
+
+    /// The first write error since the last call, if any.
+    pub fn take_error(&mut self) -> Option<std::io::Error> {
+        self.error.take()
+    }
+
+    fn emit(&mut self, value: Value) {
+        self.line(&value.to_string());
+    }
+
+    fn line(&mut self, text: &str) {
+        if self.error.is_some() {
+            return;
+        }
+        let written = writeln!(self.out, "{text}").and_then(|()| self.out.flush());
+        if let Err(err) = written {
+            self.error = Some(err);
+        }
     }
 
     pub fn start(
-        &self,
+        &mut self,
         addr: &str,
         sensor: &str,
         interval: Duration,
@@ -81,7 +116,7 @@ impl Printer {
     }
 
     pub fn connected(
-        &self,
+        &mut self,
         addr: &str,
         connect: Duration,
         ping: Option<Duration>,
@@ -111,7 +146,7 @@ impl Printer {
     }
 
     pub fn acked(
-        &self,
+        &mut self,
         seq: u64,
         reading: &Reading,
         rtt: Duration,
@@ -151,7 +186,7 @@ impl Printer {
         self.line(&text);
     }
 
-    pub fn legacy_reply(&self, seq: u64, reading: &Reading, reply: &[u8], rtt: Duration) {
+    pub fn legacy_reply(&mut self, seq: u64, reading: &Reading, reply: &[u8], rtt: Duration) {
         if self.json {
             self.emit(
                 json!({"event": "ack", "seq": seq, "value": value_json(reading),
@@ -167,7 +202,7 @@ impl Printer {
         }
     }
 
-    pub fn lost(&self, seq: u64, timeout: Duration, legacy: bool) {
+    pub fn lost(&mut self, seq: u64, timeout: Duration, legacy: bool) {
         if self.json {
             self.emit(
                 json!({"event": "lost", "seq": seq, "timeout_ms": timeout.as_secs_f64() * 1e3}),
@@ -187,7 +222,7 @@ impl Printer {
     }
 
     /// A reading still unacknowledged when the run ends (kept for the next run with a spool).
-    pub fn lost_at_exit(&self, seq: u64, spooled: bool) {
+    pub fn lost_at_exit(&mut self, seq: u64, spooled: bool) {
         let reason = if spooled {
             "unacknowledged at exit; kept in the spool"
         } else {
@@ -200,7 +235,7 @@ impl Printer {
         }
     }
 
-    pub fn rejected(&self, line: u64, reason: &str) {
+    pub fn rejected(&mut self, line: u64, reason: &str) {
         if self.json {
             self.emit(json!({"event": "rejected", "line": line, "reason": reason}));
         } else {
@@ -208,7 +243,7 @@ impl Printer {
         }
     }
 
-    pub fn dropped(&self, seq: u64, why: &str) {
+    pub fn dropped(&mut self, seq: u64, why: &str) {
         if self.json {
             self.emit(json!({"event": "dropped", "seq": seq, "reason": why}));
         } else {
@@ -216,7 +251,13 @@ impl Printer {
         }
     }
 
-    pub fn spool_opened(&self, dir: &std::path::Path, replayed: u64, dropped: u64, corrupt: u64) {
+    pub fn spool_opened(
+        &mut self,
+        dir: &std::path::Path,
+        replayed: u64,
+        dropped: u64,
+        corrupt: u64,
+    ) {
         if self.json {
             self.emit(json!({"event": "spool", "dir": dir.display().to_string(),
                 "replaying": replayed, "dropped": dropped, "corrupt_records": corrupt}));
@@ -229,7 +270,7 @@ impl Printer {
     }
 
     /// Damage found in the spool, or a failure to write it: always reported, never silent.
-    pub fn spool_damage(&self, what: &str) {
+    pub fn spool_damage(&mut self, what: &str) {
         if self.json {
             self.emit(json!({"event": "spool_damage", "detail": what}));
         } else {
@@ -237,7 +278,7 @@ impl Printer {
         }
     }
 
-    pub fn disconnected(&self, reason: &str, retry_in: Duration) {
+    pub fn disconnected(&mut self, reason: &str, retry_in: Duration) {
         if self.json {
             self.emit(json!({"event": "disconnected", "reason": reason,
                 "retry_in_ms": retry_in.as_secs_f64() * 1e3}));
@@ -249,7 +290,7 @@ impl Printer {
         }
     }
 
-    pub fn summary(&self, summary: &Summary) {
+    pub fn summary(&mut self, summary: &Summary) {
         if self.json {
             self.emit(json!({"event": "summary", "summary": summary}));
             return;
@@ -366,13 +407,41 @@ impl Summary {
             server_us: run.server_us,
         }
     }
+}
 
-    /// Exit status: every reading acknowledged, or some lost.
-    pub fn outcome(&self) -> crate::cli::Outcome {
-        if self.lost > 0 {
-            crate::cli::Outcome::Loss
-        } else {
-            crate::cli::Outcome::Ok
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reader that went away (`| head`): every write fails with `BrokenPipe`.
+    struct ClosedPipe {
+        writes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl Write for ClosedPipe {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            self.writes
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Err(std::io::ErrorKind::BrokenPipe.into())
         }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_first_write_error_is_kept_and_nothing_more_is_written() {
+        let writes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut printer = Printer::to(
+            Box::new(ClosedPipe {
+                writes: writes.clone(),
+            }),
+            false,
+        );
+        printer.rejected(1, "bad");
+        printer.dropped(2, "full");
+        let err = printer.take_error().map(|e| e.kind());
+        assert_eq!(err, Some(std::io::ErrorKind::BrokenPipe));
+        assert_eq!(writes.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 }

@@ -94,6 +94,11 @@ impl ClientState {
         self.sent
     }
 
+    /// The first reading sent and not yet acknowledged, if any.
+    pub fn oldest_in_flight(&self) -> Option<u64> {
+        self.queue.front().filter(|_| self.sent > 0).map(|o| o.seq)
+    }
+
     /// Keep a new reading until it is acknowledged; drops the oldest when full.
     pub fn produce(&mut self, reading: Reading) -> Produced {
         let seq = self.next_seq;

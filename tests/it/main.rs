@@ -2,6 +2,7 @@
 
 mod bench;
 mod client;
+mod client_stop;
 mod durability;
 mod harness;
 mod line;

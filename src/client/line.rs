@@ -1,0 +1,79 @@
+//! The line-mode [`Session`]: each reading as one line of line protocol followed by
+//! `sync <seq>`; the server's `ack <seq>` covers every reading sent before it on the
+//! connection, and `error <line> <reason>` reports a refused line.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::engine::{Event, Session};
+use super::output::ServerTimes;
+use super::transport::{self, Connection, ReplyDecoder, TransportError};
+use crate::protocol::control::Reply;
+use crate::protocol::{ilp, FieldValue, Reading};
+
+/// Line mode for one sensor: readings of `measurement` tagged `sensor=<sensor>`.
+#[derive(Debug, Clone)]
+pub(crate) struct LineSession {
+    pub measurement: String,
+    pub sensor: String,
+}
+
+impl Session for LineSession {
+    type Decoder = ReplyDecoder;
+    const LEGACY: bool = false;
+
+    fn decoder(&self) -> ReplyDecoder {
+        ReplyDecoder::default()
+    }
+
+    async fn handshake<S: AsyncRead + AsyncWrite>(
+        &self,
+        conn: &mut Connection<S, ReplyDecoder>,
+        timeout: Duration,
+    ) -> Result<(), TransportError> {
+        transport::line_handshake(conn, timeout).await
+    }
+
+    fn window(&self) -> usize {
+        usize::MAX
+    }
+
+    fn reading(&self, value: FieldValue, timestamp_ns: i64) -> Reading {
+        Reading {
+            measurement: self.measurement.clone(),
+            tags: vec![("sensor".to_string(), self.sensor.clone())],
+            fields: vec![("value".to_string(), value)],
+            timestamp_ns: Some(timestamp_ns),
+        }
+    }
+
+    fn encode(&self, seq: u64, reading: &Reading, out: &mut Vec<u8>) {
+        use std::io::Write as _;
+        ilp::encode(reading, out);
+        // Writing into a Vec cannot fail.
+        let _ = writeln!(out, "sync {seq}");
+    }
+
+    fn interpret(&self, reply: Reply, _oldest_in_flight: Option<u64>) -> Event {
+        match reply {
+            Reply::Pong(_) => Event::Ignore,
+            Reply::Ack(ack) => {
+                let Ok(token) = ack.token.parse::<u64>() else {
+                    tracing::warn!(token = %ack.token, "ack for a token we never sent");
+                    return Event::Ignore;
+                };
+                Event::Ack {
+                    token,
+                    rejected: ack.readings == 0 && ack.rejected > 0,
+                    times: ServerTimes {
+                        store_us: ack.store_us,
+                        commit_us: ack.commit_us,
+                    },
+                    raw: None,
+                }
+            }
+            Reply::Error { line, reason } => Event::Rejected { line, reason },
+        }
+    }
+}

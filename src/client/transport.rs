@@ -1,0 +1,465 @@
+//! The client's side of a connection: connect, the opening `ping`/`pong`, writing lines and
+//! reading replies through one bounded decoder. Shared by `client`, `client --legacy` and
+//! `bench`.
+//!
+//! Everything here is generic over `AsyncRead + AsyncWrite + Unpin`, so a TCP stream, a TLS
+//! stream or an in-memory [`tokio::io::duplex`] pair plug in unchanged; only
+//! [`TcpConnector`] knows about TCP.
+//!
+//! Replies are decoded by a tokio-util [`Decoder`]: [`ReplyDecoder`] for line mode
+//! (`pong`/`ack`/`error` lines, parsed by [`Reply::parse`]), [`LegacyReplyDecoder`] for the
+//! seed's bytes (whatever one `recv(1024)` returns). Both are bounded.
+
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::{Buf as _, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::io::{ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio_util::codec::Decoder;
+
+use crate::protocol::control::Reply;
+
+/// Longest reply line we accept from a server, `\n` included.
+pub const MAX_REPLY_BYTES: usize = 4096;
+
+/// The seed read its replies with `recv(1024)`: one legacy reply is at most this long.
+pub const LEGACY_RECV_BYTES: usize = 1024;
+
+/// The opening line of a line-mode connection; the server answers `pong connect`.
+pub const LINE_HELLO: &[u8] = b"ping connect\n";
+
+/// Why a connection could not be used (any of them ends the connection, never the run).
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{what} timed out")]
+    TimedOut { what: &'static str },
+    #[error("server closed the connection")]
+    Closed,
+    #[error("reply line too long or cut off")]
+    ReplyTooLong,
+    #[error("bad reply from server: {cause}")]
+    BadReply { line: String, cause: String },
+    #[error("not a sensorlink server: answered {0:?} to ping")]
+    NotASensorlinkServer(String),
+}
+
+/// An I/O error of kind `TimedOut` saying what took too long.
+pub fn timed_out(what: &str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, format!("{what} timed out"))
+}
+
+/// Decodes line-mode replies (`pong`, `ack`, `error`), each at most [`MAX_REPLY_BYTES`].
+///
+/// A reply that does not parse is an `Err`: the client cannot know what it acknowledged, so
+/// the connection is closed and the unacknowledged readings are sent again on the next one.
+#[derive(Debug, Default)]
+pub struct ReplyDecoder {
+    /// Bytes of `buf` already searched for `\n`, so a reply arriving in pieces is scanned once.
+    scanned: usize,
+}
+
+impl Decoder for ReplyDecoder {
+    type Item = Reply;
+    type Error = TransportError;
+
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Reply>, TransportError> {
+        let Some(end) = memchr::memchr(b'\n', &buf[self.scanned..]).map(|i| self.scanned + i)
+        else {
+            if buf.len() >= MAX_REPLY_BYTES {
+                return Err(TransportError::ReplyTooLong);
+            }
+            self.scanned = buf.len();
+            return Ok(None);
+        };
+        self.scanned = 0;
+        if end >= MAX_REPLY_BYTES {
+            return Err(TransportError::ReplyTooLong);
+        }
+        let line = buf.split_to(end + 1);
+        let text = String::from_utf8_lossy(&line);
+        let text = text.trim_end();
+        Reply::parse(text)
+            .map(Some)
+            .map_err(|err| TransportError::BadReply {
+                line: text.to_string(),
+                cause: err.to_string(),
+            })
+    }
+
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Reply>, TransportError> {
+        match self.decode(buf)? {
+            Some(reply) => Ok(Some(reply)),
+            None if buf.is_empty() => Ok(None),
+            None => Err(TransportError::ReplyTooLong),
+        }
+    }
+}
+
+/// Decodes the seed's replies: whatever bytes arrived, at most [`LEGACY_RECV_BYTES`] at a
+/// time, as the seed's `recv(1024)` took them (legacy replies carry no framing).
+#[derive(Debug, Default)]
+pub struct LegacyReplyDecoder;
+
+impl Decoder for LegacyReplyDecoder {
+    type Item = Bytes;
+    type Error = TransportError;
+
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, TransportError> {
+        if buf.is_empty() {
+            return Ok(None);
+        }
+        let n = buf.len().min(LEGACY_RECV_BYTES);
+        Ok(Some(buf.split_to(n).freeze()))
+    }
+}
+
+/// The read side of a connection: its buffer and its reply decoder.
+#[derive(Debug)]
+pub struct ReplyReader<R, D> {
+    read: R,
+    buf: BytesMut,
+    decoder: D,
+}
+
+impl<R: AsyncRead + Unpin, D: Decoder<Error = TransportError>> ReplyReader<R, D> {
+    pub fn new(read: R, decoder: D) -> Self {
+        ReplyReader {
+            read,
+            buf: BytesMut::with_capacity(MAX_REPLY_BYTES),
+            decoder,
+        }
+    }
+
+    /// The next reply; [`TransportError::Closed`] at the end of the stream.
+    ///
+    /// Cancel-safe (usable in `tokio::select!`): bytes read so far stay in the buffer.
+    pub async fn read_reply(&mut self) -> Result<D::Item, TransportError> {
+        loop {
+            if let Some(reply) = self.decoder.decode(&mut self.buf)? {
+                return Ok(reply);
+            }
+            // Never more than one reply's worth beyond what is buffered: the bound holds.
+            self.buf.reserve(MAX_REPLY_BYTES);
+            if self.read.read_buf(&mut self.buf).await? == 0 {
+                return match self.decoder.decode_eof(&mut self.buf)? {
+                    Some(reply) => Ok(reply),
+                    None => Err(TransportError::Closed),
+                };
+            }
+        }
+    }
+}
+
+/// The write side of a connection: a queue of bytes written as the peer takes them.
+#[derive(Debug)]
+pub struct LineWriter<W> {
+    write: W,
+    out: BytesMut,
+    /// Bytes were written since the last flush (a TLS stream buffers them).
+    unflushed: bool,
+}
+
+impl<W: AsyncWrite + Unpin> LineWriter<W> {
+    pub fn new(write: W) -> Self {
+        LineWriter {
+            write,
+            out: BytesMut::new(),
+            unflushed: false,
+        }
+    }
+
+    /// Queue bytes; [`LineWriter::push`] writes them.
+    pub fn queue(&mut self, bytes: &[u8]) {
+        self.out.extend_from_slice(bytes);
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn queued(&self) -> usize {
+        self.out.len()
+    }
+
+    /// Whether [`LineWriter::push`] has anything to do.
+    pub fn busy(&self) -> bool {
+        !self.out.is_empty() || self.unflushed
+    }
+
+    /// Write some queued bytes, or flush once all are written.
+    ///
+    /// Cancel-safe: a cancelled write wrote nothing, and a cancelled flush is retried.
+    pub async fn push(&mut self) -> std::io::Result<()> {
+        if self.out.is_empty() {
+            self.write.flush().await?;
+            self.unflushed = false;
+            return Ok(());
+        }
+        let n = self.write.write_buf(&mut self.out).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        self.unflushed = true;
+        Ok(())
+    }
+
+    /// Write everything queued and flush.
+    pub async fn push_all(&mut self) -> std::io::Result<()> {
+        while self.busy() {
+            self.push().await?;
+        }
+        Ok(())
+    }
+
+    /// Drop what was queued and not written (the connection is being given up).
+    pub fn clear(&mut self) {
+        self.out.advance(self.out.len());
+    }
+}
+
+/// A connection split into its reply reader and its line writer.
+pub type Connection<S, D> = (ReplyReader<ReadHalf<S>, D>, LineWriter<WriteHalf<S>>);
+
+/// Split a stream into a reply reader (decoding with `decoder`) and a line writer.
+pub fn split<S, D>(stream: S, decoder: D) -> Connection<S, D>
+where
+    S: AsyncRead + AsyncWrite,
+    D: Decoder<Error = TransportError>,
+{
+    let (read, write) = tokio::io::split(stream);
+    (ReplyReader::new(read, decoder), LineWriter::new(write))
+}
+
+/// Send `hello` and wait for the first reply, within `timeout`: the opening handshake.
+///
+/// # Errors
+/// A write or read failure, the timeout, or the connection closing first.
+pub async fn handshake<S, D>(
+    conn: &mut Connection<S, D>,
+    hello: &[u8],
+    timeout: Duration,
+) -> Result<D::Item, TransportError>
+where
+    S: AsyncRead + AsyncWrite,
+    D: Decoder<Error = TransportError>,
+{
+    let (reader, writer) = conn;
+    writer.queue(hello);
+    let exchange = async {
+        writer.push_all().await?;
+        reader.read_reply().await
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| TransportError::TimedOut { what: "first pong" })?
+}
+
+/// The line-mode handshake: `ping connect` must be answered by a `pong`.
+///
+/// # Errors
+/// As [`handshake`], and [`TransportError::NotASensorlinkServer`] for any other answer.
+pub async fn line_handshake<S>(
+    conn: &mut Connection<S, ReplyDecoder>,
+    timeout: Duration,
+) -> Result<(), TransportError>
+where
+    S: AsyncRead + AsyncWrite,
+{
+    match handshake(conn, LINE_HELLO, timeout).await {
+        Ok(Reply::Pong(_)) => Ok(()),
+        Ok(other) => {
+            let mut text = Vec::new();
+            other.encode(&mut text);
+            let text = String::from_utf8_lossy(&text).trim_end().to_string();
+            Err(TransportError::NotASensorlinkServer(text))
+        }
+        // The same message the client always gave for a non-sensorlink answer.
+        Err(TransportError::BadReply { line, .. }) => {
+            Err(TransportError::NotASensorlinkServer(line))
+        }
+        Err(err) => Err(err),
+    }
+}
+
+/// Something that opens a new stream to the server: TCP for the CLI, a duplex pair in tests.
+pub trait Connector {
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+
+    /// Open one stream (the handshake is the caller's).
+    fn connect(&mut self) -> impl Future<Output = std::io::Result<Self::Stream>> + Send;
+}
+
+/// Any closure returning a future of a stream is a connector (tests use this).
+impl<F, Fut, S> Connector for F
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = std::io::Result<S>> + Send,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    type Stream = S;
+
+    fn connect(&mut self) -> impl Future<Output = std::io::Result<S>> + Send {
+        self()
+    }
+}
+
+/// Connects over TCP, with a timeout, and disables Nagle (each reading goes out at once).
+#[derive(Debug, Clone)]
+pub struct TcpConnector {
+    pub addr: String,
+    pub timeout: Duration,
+}
+
+impl Connector for TcpConnector {
+    type Stream = TcpStream;
+
+    fn connect(&mut self) -> impl Future<Output = std::io::Result<TcpStream>> + Send {
+        connect_tcp(self.addr.clone(), self.timeout)
+    }
+}
+
+/// Open a TCP connection to `addr` within `timeout`, with `TCP_NODELAY`.
+///
+/// # Errors
+/// The connect failing, or not finishing within `timeout` (kind `TimedOut`).
+pub async fn connect_tcp(addr: String, timeout: Duration) -> std::io::Result<TcpStream> {
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(&addr))
+        .await
+        .map_err(|_| timed_out("connect"))??;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::control::Ack;
+
+    fn decode_all(bytes: &[u8]) -> Vec<Result<Reply, String>> {
+        let mut decoder = ReplyDecoder::default();
+        let mut buf = BytesMut::from(bytes);
+        let mut out = Vec::new();
+        loop {
+            match decoder.decode(&mut buf) {
+                Ok(Some(reply)) => out.push(Ok(reply)),
+                Ok(None) => break,
+                Err(err) => {
+                    out.push(Err(err.to_string()));
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn decodes_pong_ack_and_error_lines() {
+        let replies = decode_all(b"pong connect\nack 7 readings=2 rejected=0\nerror 3 bad\n");
+        assert_eq!(
+            replies,
+            vec![
+                Ok(Reply::Pong(Some("connect".into()))),
+                Ok(Reply::Ack(Ack {
+                    token: "7".into(),
+                    readings: 2,
+                    ..Ack::default()
+                })),
+                Ok(Reply::Error {
+                    line: 3,
+                    reason: "bad".into()
+                }),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_reply_cut_in_pieces_waits_for_its_newline() {
+        let mut decoder = ReplyDecoder::default();
+        let mut buf = BytesMut::from(&b"ack 1 readi"[..]);
+        assert!(matches!(decoder.decode(&mut buf), Ok(None)));
+        buf.extend_from_slice(b"ngs=1 rejected=0\r\npo");
+        assert!(matches!(decoder.decode(&mut buf), Ok(Some(Reply::Ack(_)))));
+        assert!(matches!(decoder.decode(&mut buf), Ok(None)));
+        assert_eq!(&buf[..], b"po");
+    }
+
+    #[test]
+    fn an_endless_reply_is_an_error_at_the_bound() {
+        let mut decoder = ReplyDecoder::default();
+        let mut buf = BytesMut::from(&vec![b'a'; MAX_REPLY_BYTES - 1][..]);
+        assert!(matches!(decoder.decode(&mut buf), Ok(None)));
+        buf.extend_from_slice(b"a");
+        assert!(matches!(
+            decoder.decode(&mut buf),
+            Err(TransportError::ReplyTooLong)
+        ));
+    }
+
+    #[test]
+    fn garbage_is_a_bad_reply() {
+        let replies = decode_all(b"hello\n");
+        assert!(
+            matches!(&replies[..], [Err(e)] if e.starts_with("bad reply from server")),
+            "{replies:?}"
+        );
+    }
+
+    #[test]
+    fn legacy_replies_are_whatever_arrived_at_most_1024_bytes() {
+        let mut decoder = LegacyReplyDecoder;
+        let mut buf = BytesMut::new();
+        assert!(matches!(decoder.decode(&mut buf), Ok(None)));
+        buf.extend_from_slice(&[b'p'; LEGACY_RECV_BYTES + 4]);
+        let first = decoder.decode(&mut buf).ok().flatten().map(|b| b.len());
+        assert_eq!(first, Some(LEGACY_RECV_BYTES));
+        assert_eq!(
+            decoder.decode(&mut buf).ok().flatten().map(|b| b.len()),
+            Some(4)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn line_handshake_over_a_duplex_pair() {
+        let (client, mut server) = tokio::io::duplex(1024);
+        let peer = tokio::spawn(async move {
+            let mut got = [0u8; LINE_HELLO.len()];
+            server.read_exact(&mut got).await.expect("hello arrives");
+            server
+                .write_all(b"pong connect\n")
+                .await
+                .expect("pipe open");
+            got
+        });
+        let mut conn = split(client, ReplyDecoder::default());
+        let shook = line_handshake(&mut conn, Duration::from_secs(1)).await;
+        assert!(shook.is_ok(), "{shook:?}");
+        assert_eq!(&peer.await.expect("peer task")[..], LINE_HELLO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_server_times_the_handshake_out() {
+        let (client, _server) = tokio::io::duplex(1024);
+        let mut conn = split(client, ReplyDecoder::default());
+        let shook = line_handshake(&mut conn, Duration::from_secs(3)).await;
+        assert!(
+            matches!(shook, Err(TransportError::TimedOut { what: "first pong" })),
+            "{shook:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_answering_something_else_is_not_a_sensorlink_server() {
+        let (client, mut server) = tokio::io::duplex(1024);
+        tokio::spawn(async move {
+            let _ = server.write_all(b"SSH-2.0-OpenSSH\n").await;
+            std::future::pending::<()>().await;
+        });
+        let mut conn = split(client, ReplyDecoder::default());
+        let shook = line_handshake(&mut conn, Duration::from_secs(1)).await;
+        assert!(
+            matches!(&shook, Err(TransportError::NotASensorlinkServer(_))),
+            "{shook:?}"
+        );
+    }
+}
