@@ -1,13 +1,14 @@
 //! Legacy mode: one connection's session in the seed's bytes, one message in flight:
-//! `ping / ('<time>', <n>)`, then wait for `pong`.
+//! `ping / ('<time>', <n>)`, then wait for `pong`. Replies are read as the seed read them,
+//! through the transport's [`LegacyReplyDecoder`].
 
 use std::sync::atomic::Ordering;
 
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::client::sleep_until_opt;
+use crate::client::transport::{Connection, LegacyReplyDecoder};
 use crate::protocol::{legacy, FieldValue};
 
 use super::pace::{count_share, Pacer};
@@ -18,10 +19,11 @@ use super::{Phase, Shared, ACK_TIMEOUT};
 pub(super) async fn session(
     shared: &Shared,
     index: usize,
-    mut stream: TcpStream,
+    conn: Connection<TcpStream, LegacyReplyDecoder>,
     phase: Phase,
     result: &mut ConnResult,
 ) {
+    let (mut reader, mut writer) = conn;
     let s = &shared.settings;
     let live = &shared.live;
     let quota = s.count.map(|n| count_share(n, s.connections, index));
@@ -53,16 +55,15 @@ pub(super) async fn session(
         let local = time.with_timezone(&chrono::Local).naive_local();
         legacy::encode_reading_value(local, &FieldValue::Int(sent as i64), &mut message);
         let at = Instant::now();
+        writer.queue(&message);
         let exchange = async {
-            stream.write_all(&message).await?;
-            let mut pong = [0u8; 4];
-            stream.read_exact(&mut pong).await?;
-            Ok::<_, std::io::Error>(pong)
+            writer.push_all().await?;
+            reader.read_reply().await
         };
         let pong = tokio::time::timeout(ACK_TIMEOUT, exchange).await;
         sent += 1;
         match pong {
-            Ok(Ok(pong)) if pong == legacy::PONG => {
+            Ok(Ok(pong)) if pong[..] == legacy::PONG[..] => {
                 let now = Instant::now();
                 live.acked.fetch_add(1, Ordering::Relaxed);
                 if now >= phase.measure_from {
@@ -95,5 +96,4 @@ pub(super) async fn session(
             }
         }
     }
-    let _ = stream.shutdown().await;
 }

@@ -5,12 +5,13 @@
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 
-use bytes::{Buf as _, BytesMut};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::AsyncRead;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_util::codec::Decoder;
 
 use crate::client::sleep_until_opt;
+use crate::client::transport::{Connection, ReplyDecoder, ReplyReader, TransportError};
 use crate::protocol::control::Reply;
 use crate::protocol::{ilp, FieldValue, Reading};
 
@@ -18,13 +19,10 @@ use super::args::Mode;
 use super::pace::{count_share, Pacer};
 use super::progress::Live;
 use super::report::{ConnResult, ErrorKind};
-use super::{Phase, Shared, ACK_TIMEOUT, MAX_REPLY_BYTES};
+use super::{Phase, Shared, ACK_TIMEOUT};
 
 /// Size of one write: large enough that syscalls are not what limits the rate.
 const WRITE_BYTES: usize = 64 * 1024;
-
-/// Read buffer for replies; one read takes many `ack` lines at once.
-const READ_BYTES: usize = 64 * 1024;
 
 /// Writes one connection's readings from a template, without allocating per reading:
 /// `<measurement>,sensor=bench-<i> f0=<v>[,f1=<v>…] <start_ns + n>\n`.
@@ -173,10 +171,11 @@ impl Window {
 pub(super) async fn session(
     shared: &Shared,
     index: usize,
-    mut stream: TcpStream,
+    conn: Connection<TcpStream, ReplyDecoder>,
     phase: Phase,
     result: &mut ConnResult,
 ) {
+    let (mut reader, mut writer) = conn;
     let s = &shared.settings;
     let live = &shared.live;
     let quota = s.count.map(|n| count_share(n, s.connections, index));
@@ -188,19 +187,18 @@ pub(super) async fn session(
     };
     let mut window = Window::new(s.max_syncs);
     // An idle connection sends one reading at a time: small buffers keep 10 000s of them cheap.
-    let (write_bytes, read_bytes) = if s.mode == Mode::Idle {
-        (1024, 1024)
+    let write_bytes = if s.mode == Mode::Idle {
+        1024
     } else {
-        (WRITE_BYTES + 4096, READ_BYTES)
+        WRITE_BYTES + 4096
     };
     let mut out = Vec::with_capacity(write_bytes);
-    let mut replies = BytesMut::with_capacity(read_bytes);
     let mut digits = itoa::Buffer::new();
     let mut sent = 0u64;
     let mut next_token = 1u64;
     // `error` lines since the last ack: the ack's `rejected` counts the same lines again.
     let mut error_lines = 0u64;
-    loop {
+    'session: loop {
         let now = Instant::now();
         let stopping = shared.stop.is_cancelled()
             || phase.stop_at.is_some_and(|t| now >= t)
@@ -234,8 +232,9 @@ pub(super) async fn session(
             if unwritten > 0 {
                 let at = Instant::now();
                 window.stamp_newest(unwritten, at);
-                let write = tokio::time::timeout(ACK_TIMEOUT, stream.write_all(&out)).await;
+                writer.queue(&out);
                 out.clear();
+                let write = tokio::time::timeout(ACK_TIMEOUT, writer.push_all()).await;
                 match write {
                     Ok(Ok(())) => {
                         if at >= phase.measure_from {
@@ -265,35 +264,34 @@ pub(super) async fn session(
             _ => None,
         };
         let stop_at = if stopping { None } else { phase.stop_at };
-        // Keep room for a large read: acks arrive many at a time under load.
-        replies.reserve(read_bytes / 4);
         tokio::select! {
-            read = stream.read_buf(&mut replies) => match read {
-                Ok(0) => {
-                    // Closed with syncs unanswered, or before the run was over.
-                    result.error(live, ErrorKind::Disconnect, || "the server closed the connection".into());
-                    break;
-                }
-                Ok(_) => {
-                    let now = Instant::now();
-                    let handled = handle_replies(
-                        &mut replies,
-                        &mut window,
-                        &mut error_lines,
-                        now >= phase.measure_from,
-                        now,
-                        live,
-                        result,
-                    );
+            reply = reader.read_reply() => {
+                // Acks arrive many at a time under load: take every one already here, all
+                // at this instant, before writing again.
+                let now = Instant::now();
+                let mut next = Some(reply);
+                while let Some(reply) = next {
+                    let handled = match reply {
+                        Ok(reply) => handle_reply(
+                            reply,
+                            &mut window,
+                            &mut error_lines,
+                            now >= phase.measure_from,
+                            now,
+                            live,
+                            result,
+                        ),
+                        Err(err) => {
+                            reply_error(err, live, result);
+                            Err(())
+                        }
+                    };
                     if handled.is_err() {
-                        break;
+                        break 'session;
                     }
+                    next = ready_reply(&mut reader).await;
                 }
-                Err(err) => {
-                    result.error(live, ErrorKind::Disconnect, || format!("read: {err}"));
-                    break;
-                }
-            },
+            }
             _ = sleep_until_opt(window.deadline()) => {
                 result.error(live, ErrorKind::Timeout, || {
                     format!("no ack within {}", humantime::format_duration(ACK_TIMEOUT))
@@ -306,12 +304,41 @@ pub(super) async fn session(
         }
     }
     result.unacked += window.unacked_readings();
-    let _ = stream.shutdown().await;
 }
 
-/// Handle every complete reply line in `replies`. `Err` ends the connection (already counted).
-pub(super) fn handle_replies(
-    replies: &mut BytesMut,
+/// The next reply if one is buffered or readable without waiting, else `None`.
+async fn ready_reply<R, D>(
+    reader: &mut ReplyReader<R, D>,
+) -> Option<Result<D::Item, TransportError>>
+where
+    R: AsyncRead + Unpin,
+    D: Decoder<Error = TransportError>,
+{
+    // `read_reply` is cancel-safe: a reply not complete yet stays in the reader's buffer.
+    tokio::select! {
+        biased;
+        reply = reader.read_reply() => Some(reply),
+        () = std::future::ready(()) => None,
+    }
+}
+
+/// Count a failure to read a reply; it ends the connection.
+fn reply_error(err: TransportError, live: &Live, result: &mut ConnResult) {
+    match err {
+        // Closed with syncs unanswered, or before the run was over.
+        TransportError::Closed => result.error(live, ErrorKind::Disconnect, || {
+            "the server closed the connection".into()
+        }),
+        TransportError::Io(err) => {
+            result.error(live, ErrorKind::Disconnect, || format!("read: {err}"))
+        }
+        other => result.error(live, ErrorKind::Protocol, || other.to_string()),
+    }
+}
+
+/// Handle one reply. `Err` ends the connection (already counted).
+pub(super) fn handle_reply(
+    reply: Reply,
     window: &mut Window,
     error_lines: &mut u64,
     measured: bool,
@@ -319,53 +346,37 @@ pub(super) fn handle_replies(
     live: &Live,
     result: &mut ConnResult,
 ) -> Result<(), ()> {
-    while let Some(end) = memchr::memchr(b'\n', replies) {
-        let reply = std::str::from_utf8(&replies[..end])
-            .map_err(|_| "reply is not UTF-8".to_string())
-            .and_then(|text| {
-                Reply::parse(text.trim_end_matches('\r')).map_err(|err| err.to_string())
-            });
-        replies.advance(end + 1);
-        match reply {
-            Ok(Reply::Ack(ack)) => {
-                let sync = match window.on_ack(&ack.token) {
-                    Ok(sync) => sync,
-                    Err(why) => {
-                        result.error(live, ErrorKind::Protocol, || why);
-                        return Err(());
-                    }
-                };
-                let acked = ack.readings.min(sync.readings);
-                live.acked.fetch_add(acked, Ordering::Relaxed);
-                if measured {
-                    result.rtt.record(now - sync.written_at);
-                    result.readings += acked;
-                    result.last_ack = Some(now);
+    match reply {
+        Reply::Ack(ack) => {
+            let sync = match window.on_ack(&ack.token) {
+                Ok(sync) => sync,
+                Err(why) => {
+                    result.error(live, ErrorKind::Protocol, || why);
+                    return Err(());
                 }
-                let extra = ack.rejected.saturating_sub(*error_lines);
-                *error_lines = 0;
-                if extra > 0 {
-                    result.errors.rejected += extra;
-                    live.errors.fetch_add(extra, Ordering::Relaxed);
-                    if result.first_error.is_none() {
-                        result.first_error = Some(format!("ack {}: {extra} rejected", ack.token));
-                    }
+            };
+            let acked = ack.readings.min(sync.readings);
+            live.acked.fetch_add(acked, Ordering::Relaxed);
+            if measured {
+                result.rtt.record(now - sync.written_at);
+                result.readings += acked;
+                result.last_ack = Some(now);
+            }
+            let extra = ack.rejected.saturating_sub(*error_lines);
+            *error_lines = 0;
+            if extra > 0 {
+                result.errors.rejected += extra;
+                live.errors.fetch_add(extra, Ordering::Relaxed);
+                if result.first_error.is_none() {
+                    result.first_error = Some(format!("ack {}: {extra} rejected", ack.token));
                 }
-            }
-            Ok(Reply::Error { line, reason }) => {
-                *error_lines += 1;
-                result.error(live, ErrorKind::Reply, || format!("error {line} {reason}"));
-            }
-            Ok(Reply::Pong(_)) => {}
-            Err(why) => {
-                result.error(live, ErrorKind::Protocol, || format!("bad reply: {why}"));
-                return Err(());
             }
         }
-    }
-    if replies.len() > MAX_REPLY_BYTES {
-        result.error(live, ErrorKind::Protocol, || "reply line too long".into());
-        return Err(());
+        Reply::Error { line, reason } => {
+            *error_lines += 1;
+            result.error(live, ErrorKind::Reply, || format!("error {line} {reason}"));
+        }
+        Reply::Pong(_) => {}
     }
     Ok(())
 }
@@ -439,6 +450,22 @@ mod tests {
         assert!(w.is_empty());
     }
 
+    /// Feed every complete reply in `buf` through the transport's decoder to `handle_reply`.
+    fn handle_all(
+        buf: &mut bytes::BytesMut,
+        w: &mut Window,
+        errors: &mut u64,
+        now: Instant,
+        live: &Live,
+        result: &mut ConnResult,
+    ) -> Result<(), ()> {
+        let mut decoder = ReplyDecoder::default();
+        while let Some(reply) = decoder.decode(buf).map_err(|_| ())? {
+            handle_reply(reply, w, errors, true, now, live, result)?;
+        }
+        Ok(())
+    }
+
     #[test]
     fn replies_are_counted() {
         let live = Live::default();
@@ -453,13 +480,11 @@ mod tests {
             });
         }
         let mut errors = 0;
-        let mut buf = BytesMut::from(
+        let mut buf = bytes::BytesMut::from(
             &b"ack 1 readings=3 rejected=0 store_us=5 commit_us=2\r\nerror 5 invalid reading: x\nack 2 readings=2 rejected=1\npong bench\nack"[..],
         );
         let now = t + Duration::from_micros(250);
-        assert!(
-            handle_replies(&mut buf, &mut w, &mut errors, true, now, &live, &mut result).is_ok()
-        );
+        assert!(handle_all(&mut buf, &mut w, &mut errors, now, &live, &mut result).is_ok());
         assert_eq!(&buf[..], b"ack", "a partial line waits for more bytes");
         assert_eq!(result.readings, 5);
         assert_eq!(result.rtt.summary().count, 2);
@@ -468,11 +493,29 @@ mod tests {
         assert_eq!(result.errors.rejected, 0);
         assert_eq!(live.acked.load(Ordering::Relaxed), 5);
 
-        let mut bad = BytesMut::from(&b"ack 9 readings=1 rejected=0\n"[..]);
-        assert!(
-            handle_replies(&mut bad, &mut w, &mut errors, true, now, &live, &mut result).is_err()
-        );
+        let mut bad = bytes::BytesMut::from(&b"ack 9 readings=1 rejected=0\n"[..]);
+        assert!(handle_all(&mut bad, &mut w, &mut errors, now, &live, &mut result).is_err());
         assert_eq!(result.errors.protocol, 1);
         assert_eq!(result.errors.total(), 2);
+    }
+
+    #[test]
+    fn a_lost_connection_is_a_disconnect_and_a_bad_reply_a_protocol_error() {
+        let live = Live::default();
+        let mut result = ConnResult::new(Arc::default());
+        reply_error(TransportError::Closed, &live, &mut result);
+        reply_error(
+            TransportError::Io(std::io::ErrorKind::ConnectionReset.into()),
+            &live,
+            &mut result,
+        );
+        reply_error(TransportError::ReplyTooLong, &live, &mut result);
+        assert_eq!(result.errors.disconnects, 2);
+        assert_eq!(result.errors.protocol, 1);
+        assert_eq!(live.errors.load(Ordering::Relaxed), 3);
+        assert_eq!(
+            result.first_error.as_deref(),
+            Some("the server closed the connection")
+        );
     }
 }

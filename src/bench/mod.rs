@@ -1,8 +1,9 @@
 //! `sensorlink bench`: a load generator on the client's code path.
 //!
 //! One tokio task per connection, on the same pieces as the client: readings are line
-//! protocol ([`crate::protocol::ilp`]), replies go through
-//! [`crate::protocol::control::Reply::parse`], latencies into [`RttStats`].
+//! protocol ([`crate::protocol::ilp`]); the opening `ping`, the writes and every reply go
+//! through the client's transport ([`crate::client::transport`]: the same reply decoders
+//! and bounds); latencies go into [`RttStats`].
 //!
 //! - **line** (default): write readings, a `sync <n>` after every `--batch` of them, and keep
 //!   at most `max(1, pipeline / batch)` syncs unacknowledged. A sync's latency runs from the
@@ -47,16 +48,13 @@ use crate::cli::Outcome;
 use crate::client::stats::RttStats;
 
 pub use args::BenchArgs;
-use args::{Mode, Settings};
+use args::Settings;
 use progress::{spawn_progress, Live};
 use report::{ConnResult, ErrorKind, Report};
 
 /// A sync (or legacy message) not answered within this time is an error, and ends its
 /// connection: a server that slow is broken, not busy.
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Longest reply line accepted (the client's limit too).
-const MAX_REPLY_BYTES: usize = 4096;
 
 /// Run the benchmark and print its report.
 ///
@@ -228,12 +226,12 @@ async fn connection(
     mut phase: watch::Receiver<Option<Phase>>,
 ) -> ConnResult {
     let mut result = ConnResult::new(shared.latencies.clone());
-    let stream = conn::connect(&shared, index).await;
+    let opened = conn::connect(&shared, index).await;
     // Dropping the sender too: the main task waits for all of them to be gone.
     let _ = attempted.send(());
     drop(attempted);
-    let stream = match stream {
-        Ok(stream) => stream,
+    let opened = match opened {
+        Ok(opened) => opened,
         Err(err) => {
             result.error(&shared.live, ErrorKind::Connect, || {
                 format!("connect: {err}")
@@ -250,9 +248,11 @@ async fn connection(
     let Some(phase) = phase else {
         return result;
     };
-    match shared.settings.mode {
-        Mode::Line | Mode::Idle => line::session(&shared, index, stream, phase, &mut result).await,
-        Mode::Legacy => legacy::session(&shared, index, stream, phase, &mut result).await,
+    match opened {
+        conn::Opened::Line(conn) => line::session(&shared, index, conn, phase, &mut result).await,
+        conn::Opened::Legacy(conn) => {
+            legacy::session(&shared, index, conn, phase, &mut result).await
+        }
     }
     result
 }
