@@ -210,6 +210,11 @@ pub struct Spool {
 
 impl Spool {
     /// Open (creating if needed) the spool in `dir` and recover what it holds.
+    ///
+    /// # Errors
+    /// [`SpoolError::Locked`] if another client (or another open spool in this process)
+    /// holds `dir`; [`SpoolError::Io`] if a file in it cannot be read, repaired or written.
+    /// Damaged contents are not an error: they are described in [`Recovery::damage`].
     pub fn open(dir: &Path, limits: SpoolLimits) -> Result<(Spool, Recovery), SpoolError> {
         let segment_bytes = (limits.max_bytes / 4).clamp(MIN_SEGMENT_BYTES, MAX_SEGMENT_BYTES);
         Self::open_with(dir, limits, segment_bytes, crate::timefmt::now_ns())
