@@ -4,6 +4,7 @@
 //! [`crate::client::ClientConfig`]) in [`run`], so the rest of the code never sees clap.
 
 use std::io::IsTerminal as _;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -11,11 +12,11 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{self, source::SourceSpec, ClientConfig};
+use crate::client;
+use crate::config::{self, RawClient, RawServer};
 use crate::query::{self, Format};
-use crate::server::{self, ServerConfig};
-use crate::store::writer::WriterConfig;
-use crate::store::{self, FsyncPolicy, StoreUrl};
+use crate::server;
+use crate::store::{self, StoreUrl};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -59,94 +60,28 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct ServerArgs {
-    /// Address to listen on (port 0 picks a free port; the chosen address is printed).
-    #[arg(long, default_value = "0.0.0.0:8889", env = "SENSORLINK_LISTEN")]
-    pub listen: String,
-    /// Where readings go: `sqlite:PATH` (durable) or `memory` (tests, benchmarks).
-    #[arg(long, default_value = "sqlite:sensorlink.db", env = "SENSORLINK_STORE")]
-    pub store: StoreUrl,
-    /// When a commit reaches the disk: `always` (fsync every commit: an acked reading
-    /// survives a power cut) or `os` (the OS writes back later: survives a crash only).
-    #[arg(long, value_enum, default_value_t = FsyncPolicy::Always, env = "SENSORLINK_FSYNC")]
-    pub fsync: FsyncPolicy,
-    /// Most connections at once; more are closed on arrival.
-    #[arg(long, default_value_t = 50_000, env = "SENSORLINK_MAX_CONNECTIONS")]
-    pub max_connections: usize,
-    /// Close a connection that sends nothing for this long.
-    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration, env = "SENSORLINK_IDLE_TIMEOUT")]
-    pub idle_timeout: Duration,
-    /// Close a connection that does not read its replies for this long.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, env = "SENSORLINK_WRITE_TIMEOUT")]
-    pub write_timeout: Duration,
-    /// Longest line accepted; longer lines are discarded and answered with an error.
-    #[arg(long, default_value_t = crate::protocol::DEFAULT_MAX_LINE_BYTES, env = "SENSORLINK_MAX_LINE_BYTES")]
-    pub max_line_bytes: usize,
-    /// Most readings in one store transaction (group commit).
-    #[arg(long, default_value_t = 20_000, env = "SENSORLINK_COMMIT_MAX_ROWS")]
-    pub commit_max_rows: usize,
-    /// Extra wait for more readings before a small commit (0 = commit as soon as the store is free).
-    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration, env = "SENSORLINK_COMMIT_DELAY")]
-    pub commit_delay: Duration,
+    /// Read settings from this TOML file (`[server]` table); the environment and flags
+    /// override it.
+    #[arg(long, value_name = "FILE", env = "SENSORLINK_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Print the effective settings as TOML (a valid --config file) and exit.
+    #[arg(long)]
+    pub print_config: bool,
+    #[command(flatten)]
+    pub settings: RawServer,
 }
 
 #[derive(Debug, Args)]
 pub struct ClientArgs {
-    /// Server address.
-    #[arg(default_value = "127.0.0.1:8889", env = "SENSORLINK_ADDR")]
-    pub addr: String,
-    /// Sensor name sent as the `sensor` tag (default: this host's name).
-    #[arg(long, env = "SENSORLINK_SENSOR")]
-    pub sensor: Option<String>,
-    /// Measurement name of the readings.
-    #[arg(long, default_value = "reading", env = "SENSORLINK_MEASUREMENT")]
-    pub measurement: String,
-    /// Time between readings (e.g. 1s, 250ms).
-    #[arg(short, long, default_value = "1s", value_parser = humantime::parse_duration, env = "SENSORLINK_INTERVAL")]
-    pub interval: Duration,
-    /// Stop after this many readings (default: run until Ctrl-C or the source ends).
-    #[arg(short, long, env = "SENSORLINK_COUNT")]
-    pub count: Option<u64>,
-    /// Reply timeout: a reading not acknowledged within this time after it was sent is
-    /// reported lost (and the connection re-opened to resend it).
-    #[arg(short = 'W', long, default_value = "10s", value_parser = humantime::parse_duration, env = "SENSORLINK_TIMEOUT")]
-    pub timeout: Duration,
-    /// Bounds opening a connection (TCP connect and the first pong), and how long the first
-    /// connection may take before the server counts as unreachable [default: --timeout].
-    #[arg(long, value_parser = humantime::parse_duration, env = "SENSORLINK_CONNECT_TIMEOUT")]
-    pub connect_timeout: Option<Duration>,
-    /// Once the source ends (or on Ctrl-C/SIGTERM): how long to keep delivering pending
-    /// readings before they are reported lost [default: --timeout].
-    #[arg(long, value_parser = humantime::parse_duration, env = "SENSORLINK_DRAIN_TIMEOUT")]
-    pub drain_timeout: Option<Duration>,
-    /// Reconnect when the server takes none of our bytes for this long [default: --timeout].
-    #[arg(long, value_parser = humantime::parse_duration, env = "SENSORLINK_WRITE_TIMEOUT")]
-    pub write_timeout: Option<Duration>,
-    /// Speak the seed client's exact bytes (`ping`, `ping / ('<time>', <n>)`).
-    #[arg(long, env = "SENSORLINK_LEGACY")]
-    pub legacy: bool,
-    /// One JSON object per event on stdout, and the summary as JSON.
-    #[arg(long, env = "SENSORLINK_JSON")]
-    pub json: bool,
-    /// Where values come from: counter, random, exec:CMD, file:PATH, stdin.
-    #[arg(long, default_value = "counter", env = "SENSORLINK_SOURCE")]
-    pub source: SourceSpec,
-    /// Most readings kept in memory while unacknowledged (without --spool); beyond it the
-    /// oldest is dropped (and reported).
-    #[arg(long, default_value_t = 100_000, env = "SENSORLINK_MAX_PENDING")]
-    pub max_pending: usize,
-    /// Keep unacknowledged readings in this directory, so they survive a client restart
-    /// and are sent (in order, with their original timestamps) once the server is back.
-    #[arg(long, env = "SENSORLINK_SPOOL", conflicts_with = "legacy")]
-    pub spool: Option<std::path::PathBuf>,
-    /// Most bytes the spool keeps; beyond it the oldest readings are dropped (and reported).
-    #[arg(long, default_value_t = 1 << 30, env = "SENSORLINK_SPOOL_MAX_BYTES")]
-    pub spool_max_bytes: u64,
-    /// Readings older than this are dropped from the spool (and reported), e.g. `7d`.
-    #[arg(long, value_parser = humantime::parse_duration, env = "SENSORLINK_SPOOL_MAX_AGE")]
-    pub spool_max_age: Option<Duration>,
-    /// Longest wait between reconnect attempts.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, env = "SENSORLINK_MAX_BACKOFF")]
-    pub max_backoff: Duration,
+    /// Read settings from this TOML file (`[client]` table); the environment and flags
+    /// override it.
+    #[arg(long, value_name = "FILE", env = "SENSORLINK_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Print the effective settings as TOML (a valid --config file) and exit.
+    #[arg(long)]
+    pub print_config: bool,
+    #[command(flatten)]
+    pub settings: RawClient,
 }
 
 #[derive(Debug, Args)]
@@ -227,21 +162,11 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
     init_tracing(&cli, default_level);
     match cli.command {
         Command::Server(args) => {
-            let config = ServerConfig {
-                listen: args.listen,
-                store: args.store,
-                fsync: args.fsync,
-                max_connections: args.max_connections.max(1),
-                idle_timeout: args.idle_timeout,
-                write_timeout: args.write_timeout,
-                max_line_bytes: args.max_line_bytes.max(64),
-                writer: WriterConfig {
-                    max_batch_rows: args.commit_max_rows.max(1),
-                    commit_delay: args.commit_delay,
-                    ..WriterConfig::default()
-                },
-                ..ServerConfig::default()
-            };
+            let config = config::server_config(args.settings, args.config.as_deref())?;
+            if args.print_config {
+                print_config(&config::print_server(&config))?;
+                return Ok(Outcome::Ok);
+            }
             let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
             runtime.block_on(async {
                 let shutdown = CancellationToken::new();
@@ -251,28 +176,11 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
             Ok(Outcome::Ok)
         }
         Command::Client(args) => {
-            let config = ClientConfig {
-                addr: args.addr,
-                sensor: match args.sensor {
-                    Some(name) => name,
-                    None => gethostname::gethostname().to_string_lossy().into_owned(),
-                },
-                measurement: args.measurement,
-                interval: args.interval,
-                count: args.count,
-                reply_timeout: args.timeout,
-                connect_timeout: args.connect_timeout.unwrap_or(args.timeout),
-                drain_timeout: args.drain_timeout.unwrap_or(args.timeout),
-                write_timeout: args.write_timeout.unwrap_or(args.timeout),
-                legacy: args.legacy,
-                json: args.json,
-                source: args.source,
-                max_pending: args.max_pending.max(1),
-                max_backoff: args.max_backoff,
-                spool: args.spool,
-                spool_max_bytes: args.spool_max_bytes,
-                spool_max_age: args.spool_max_age,
-            };
+            let config = config::client_config(args.settings, args.config.as_deref())?;
+            if args.print_config {
+                print_config(&config::print_client(&config))?;
+                return Ok(Outcome::Ok);
+            }
             let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
             let result = runtime.block_on(client::run(config));
             // What matters (spool, report) was awaited; don't wait on a source blocked in a
@@ -291,22 +199,23 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
             }
         }
         Command::Query(args) => {
-            let mut store = open_for_reading(&args.store)?;
-            let rows = store.query(&store::Query {
+            let reader = open_for_reading(&args.store)?;
+            let query = store::Query {
                 sensor: args.sensor,
                 measurement: args.measurement,
                 since_ns: args.since,
                 until_ns: args.until,
                 limit: args.limit,
-            })?;
+            };
+            let rows = read_blocking(reader.query(&query))?;
             let mut out = std::io::stdout().lock();
             query::write_rows(&rows, args.format, &mut out).context("writing rows")?;
             Ok(Outcome::Ok)
         }
         Command::Bench(args) => crate::bench::run(args),
         Command::Stats(args) => {
-            let mut store = open_for_reading(&args.store)?;
-            let stats = store.sensor_stats()?;
+            let reader = open_for_reading(&args.store)?;
+            let stats = read_blocking(reader.sensor_stats())?;
             let mut out = std::io::stdout().lock();
             query::write_stats(&stats, args.format, &mut out).context("writing stats")?;
             Ok(Outcome::Ok)
@@ -314,9 +223,18 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
     }
 }
 
+/// Write `--print-config` output to stdout.
+fn print_config(text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .context("writing the configuration")
+}
+
 /// Open a store to read it back; a SQLite file that does not exist is an error, not a new
-/// empty database.
-fn open_for_reading(url: &StoreUrl) -> anyhow::Result<Box<dyn store::Store>> {
+/// empty database (reading never creates or migrates anything).
+fn open_for_reading(url: &StoreUrl) -> anyhow::Result<store::StoreReader> {
     if let StoreUrl::Sqlite(path) = url {
         anyhow::ensure!(
             path.exists(),
@@ -324,5 +242,16 @@ fn open_for_reading(url: &StoreUrl) -> anyhow::Result<Box<dyn store::Store>> {
             path.display()
         );
     }
-    store::open(url, FsyncPolicy::Os).with_context(|| format!("opening {url}"))
+    store::open_reader(url).with_context(|| format!("opening {url}"))
+}
+
+/// Run one read of the store's async read path to completion.
+fn read_blocking<T>(
+    read: impl std::future::Future<Output = Result<T, store::StoreError>>,
+) -> anyhow::Result<T> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    Ok(runtime.block_on(read)?)
 }

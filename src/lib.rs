@@ -3,27 +3,32 @@
 //!
 //! # Layout
 //! - [`protocol`]: bytes ⇄ frames (line protocol, control lines, the seed's legacy
-//!   messages); pure, no I/O.
+//!   messages) and the one line-protocol escaping ([`protocol::escape`]); pure, no I/O.
 //! - [`server`]: listener, per-connection loop (generic over any `AsyncRead + AsyncWrite`),
 //!   graceful shutdown.
-//! - [`store`]: the [`store::Store`] trait, its memory and SQLite implementations, and the
-//!   group-commit writer in front of them.
+//! - [`store`]: the backend-neutral write seam ([`store::writer::StoreHandle`], group commit
+//!   or a store's own concurrency) and read path ([`store::StoreReader`]), the memory and
+//!   SQLite stores, their shared encoding, and one conformance suite run on every store.
 //! - [`client`]: the sensor side: `transport` (connect, handshake, bounded reply decoders,
 //!   generic over `AsyncRead + AsyncWrite`; also used by `bench`), `engine` (the one event
 //!   loop: reconnect with backoff, resend, drain) with its `line` and `legacy` sessions, an
 //!   I/O-free delivery state machine (`state`), value sources, RTT statistics, the spool
 //!   (`client/spool/`: record format + CRC, recovery scan, state file, advisory lock; run
 //!   on a blocking thread by `spool_io`), and `ClientError` / `RunReport`.
-//! - [`metrics`]: every counter the server keeps, in one place.
+//! - [`events`]: each named event (connection accepted, line rejected, batch committed, …)
+//!   logs once and counts once; every metric name, and the Prometheus recorder.
 //! - [`query`]: `sensorlink query` / `sensorlink stats` output.
 //! - [`mod@bench`]: `sensorlink bench`, the load generator: `bench/` holds flags,
 //!   connection, line and legacy sessions, pacing, progress and report, one file each.
 //! - [`cli`]: command-line flags.
+//! - [`config`]: defaults < TOML file < environment < flags, validated into the server's
+//!   and client's settings; `--print-config`.
 
 pub mod bench;
 pub mod cli;
 pub mod client;
-pub mod metrics;
+pub mod config;
+pub mod events;
 pub mod protocol;
 pub mod query;
 pub mod server;

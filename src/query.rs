@@ -11,6 +11,7 @@ use std::io::{self, Write};
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 
+use crate::protocol::escape::{self, Kind};
 use crate::protocol::FieldValue;
 use crate::store::{Row, SensorStats};
 use crate::timefmt::{now_ns, rfc3339_ns};
@@ -90,33 +91,28 @@ pub fn write_stats(stats: &[SensorStats], format: Format, out: &mut dyn Write) -
             )
         }
         Format::Csv => {
-            write_csv_line(
-                out,
-                [
-                    "sensor",
-                    "readings",
-                    "first",
-                    "first_ns",
-                    "last",
-                    "last_ns",
-                    "last_value",
-                ],
-            )?;
+            let mut csv = csv_writer(out);
+            csv.write_record([
+                "sensor",
+                "readings",
+                "first",
+                "first_ns",
+                "last",
+                "last_ns",
+                "last_value",
+            ])?;
             for s in stats {
-                write_csv_line(
-                    out,
-                    [
-                        s.sensor.as_str(),
-                        &s.readings.to_string(),
-                        &rfc3339_ns(s.first_ns),
-                        &s.first_ns.to_string(),
-                        &rfc3339_ns(s.last_ns),
-                        &s.last_ns.to_string(),
-                        &fields_text(&s.last_fields),
-                    ],
-                )?;
+                csv.write_record([
+                    s.sensor.as_str(),
+                    &s.readings.to_string(),
+                    &rfc3339_ns(s.first_ns),
+                    &s.first_ns.to_string(),
+                    &rfc3339_ns(s.last_ns),
+                    &s.last_ns.to_string(),
+                    &fields_text(&s.last_fields),
+                ])?;
             }
-            Ok(())
+            csv.flush()
         }
         Format::Json => write_json_array(
             out,
@@ -201,19 +197,10 @@ fn fields_text(fields: &[(String, FieldValue)]) -> String {
         if i > 0 {
             out.push(' ');
         }
-        push_escaped(&mut out, name);
+        escape::push_name(&mut out, name, Kind::FieldKey);
         out.push('=');
         match value {
-            FieldValue::Str(s) => {
-                out.push('"');
-                for c in s.chars() {
-                    if c == '"' || c == '\\' {
-                        out.push('\\');
-                    }
-                    out.push(c);
-                }
-                out.push('"');
-            }
+            FieldValue::Str(s) => escape::push_string_field(&mut out, s),
             other => out.push_str(&value_text(other, true)),
         }
     }
@@ -238,28 +225,19 @@ fn value_text(value: &FieldValue, suffix: bool) -> String {
     out
 }
 
-/// Tags other than `sensor` (which has its own column): `k=v,k2=v2`.
+/// Tags other than `sensor` (which has its own column): `k=v,k2=v2`, escaped as line
+/// protocol so `,`, `=` and spaces stay readable.
 fn other_tags_text(tags: &[(String, String)]) -> String {
     let mut out = String::new();
     for (k, v) in tags.iter().filter(|(k, _)| k != "sensor") {
         if !out.is_empty() {
             out.push(',');
         }
-        push_escaped(&mut out, k);
+        escape::push_name(&mut out, k, Kind::TagKey);
         out.push('=');
-        push_escaped(&mut out, v);
+        escape::push_name(&mut out, v, Kind::TagValue);
     }
     out
-}
-
-/// Line protocol escaping of keys and tag values, so `,`, `=` and spaces stay readable.
-fn push_escaped(out: &mut String, s: &str) {
-    for c in s.chars() {
-        if matches!(c, ',' | '=' | ' ') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
 }
 
 /// Aligned columns separated by two spaces; widths from the data; no trailing spaces.
@@ -324,7 +302,8 @@ fn write_rows_csv(rows: &[Row], out: &mut dyn Write) -> io::Result<()> {
         "measurement",
         "tags",
     ];
-    write_csv_line(out, fixed.iter().copied().chain(names.iter().copied()))?;
+    let mut csv = csv_writer(out);
+    csv.write_record(fixed.iter().copied().chain(names.iter().copied()))?;
     let mut values: Vec<String> = Vec::with_capacity(names.len());
     for row in rows {
         values.clear();
@@ -342,37 +321,16 @@ fn write_rows_csv(rows: &[Row], out: &mut dyn Write) -> io::Result<()> {
             row.measurement.clone(),
             other_tags_text(&row.tags),
         ];
-        write_csv_line(
-            out,
-            fixed
-                .iter()
-                .map(String::as_str)
-                .chain(values.iter().map(String::as_str)),
-        )?;
+        csv.write_record(fixed.iter().chain(values.iter()))?;
     }
-    Ok(())
+    csv.flush()
 }
 
-/// One CSV record with RFC 4180 quoting, ended by `\n`.
-fn write_csv_line<'a>(
-    out: &mut dyn Write,
-    cells: impl IntoIterator<Item = &'a str>,
-) -> io::Result<()> {
-    let mut line = String::new();
-    for (i, cell) in cells.into_iter().enumerate() {
-        if i > 0 {
-            line.push(',');
-        }
-        if cell.contains([',', '"', '\r', '\n']) {
-            line.push('"');
-            line.push_str(&cell.replace('"', "\"\""));
-            line.push('"');
-        } else {
-            line.push_str(cell);
-        }
-    }
-    line.push('\n');
-    out.write_all(line.as_bytes())
+/// RFC 4180 CSV (quotes only where needed), records ended by `\n`.
+fn csv_writer(out: &mut dyn Write) -> csv::Writer<&mut dyn Write> {
+    csv::WriterBuilder::new()
+        .terminator(csv::Terminator::Any(b'\n'))
+        .from_writer(out)
 }
 
 /// `[`, one object per line, `]`: valid JSON that also greps and diffs well.
@@ -481,6 +439,25 @@ time                            sensor     measurement  fields                  
         assert!(text.lines().all(|l| !l.ends_with(' ')));
     }
 
+    /// Names print as line protocol writes them (the shared escaping): delimiters escaped,
+    /// a backslash doubled only where it would otherwise escape or end the name.
+    #[test]
+    fn names_print_as_line_protocol() {
+        let row = Row {
+            measurement: "m".into(),
+            sensor: "s".into(),
+            tags: vec![("k ey".into(), r"C:\dir,x\".into())],
+            fields: vec![
+                (r"a=b\".into(), FieldValue::Str(r#"q"\"#.into())),
+                (r"C:\t".into(), FieldValue::Int(1)),
+            ],
+            timestamp_ns: T0,
+            received_ns: T0,
+        };
+        assert_eq!(other_tags_text(&row.tags), r"k\ ey=C:\dir\,x\\");
+        assert_eq!(fields_text(&row.fields), r#"a\=b\\="q\"\\" C:\t=1i"#);
+    }
+
     #[test]
     fn empty_table_is_a_header() {
         let text = render(|out| write_rows(&[], Format::Table, out));
@@ -500,7 +477,11 @@ time,timestamp_ns,received_ns,sensor,measurement,tags,temperature,humidity,open,
 
     #[test]
     fn csv_quotes_per_rfc_4180() {
-        let text = render(|out| write_csv_line(out, ["a", "b,c", "d\"e", "f\ng", "h\ri", ""]));
+        let text = render(|out| {
+            let mut csv = csv_writer(out);
+            csv.write_record(["a", "b,c", "d\"e", "f\ng", "h\ri", ""])?;
+            csv.flush()
+        });
         assert_eq!(text, "a,\"b,c\",\"d\"\"e\",\"f\ng\",\"h\ri\",\n");
     }
 

@@ -17,11 +17,18 @@
 //! Leading spaces and tabs are skipped; sections are separated by one or more spaces. An
 //! unescaped `=` in a measurement or tag value is taken literally (only keys end at `=`).
 //!
+//! The escaping rules themselves live in [`super::escape`], shared with the stores' series
+//! keys and `sensorlink query`.
+//!
 //! Not representable at all: a string field containing `\n` (line framing has no escape for
 //! it), non-finite floats, and empty names.
 
 use std::collections::HashSet;
 
+use super::escape::{
+    escape_name, escape_string_field, is_escapable, is_leading_special, is_string_escapable,
+    stop_table, Backslash, Kind,
+};
 use super::{FieldValue, ProtocolError, Reading};
 
 /// Parse one line (without `\n` / `\r\n`).
@@ -59,105 +66,9 @@ pub fn encode(reading: &Reading, out: &mut Vec<u8>) {
 }
 
 fn write_name(out: &mut Vec<u8>, name: &str, kind: Kind) {
-    escape_name(name, kind, &mut |s: &str| {
+    escape_name(name, kind, Backslash::WhereNeeded, &mut |s: &str| {
         out.extend_from_slice(s.as_bytes())
     });
-}
-
-/// Canonical series identity: `measurement,k1=v1,k2=v2`, tags sorted by key then value,
-/// escaped as in [`encode`], so equal series always give equal keys.
-pub fn series_key(measurement: &str, tags: &[(String, String)]) -> String {
-    let mut sorted: Vec<&(String, String)> = tags.iter().collect();
-    sorted.sort();
-    let mut out = String::with_capacity(
-        measurement.len()
-            + tags
-                .iter()
-                .map(|(k, v)| k.len() + v.len() + 2)
-                .sum::<usize>(),
-    );
-    let mut emit = |s: &str| out.push_str(s);
-    escape_name(measurement, Kind::Measurement, &mut emit);
-    for (key, value) in sorted {
-        emit(",");
-        escape_name(key, Kind::TagKey, &mut emit);
-        emit("=");
-        escape_name(value, Kind::TagValue, &mut emit);
-    }
-    out
-}
-
-/// Which part of the line a name is in; each has its own delimiters and escapes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Measurement,
-    TagKey,
-    TagValue,
-    FieldKey,
-}
-
-/// Characters [`encode`] always escapes in a name of this kind.
-fn must_escape(kind: Kind, c: u8) -> bool {
-    match kind {
-        Kind::Measurement => c == b',' || c == b' ',
-        Kind::TagKey | Kind::TagValue | Kind::FieldKey => c == b',' || c == b'=' || c == b' ',
-    }
-}
-
-/// Characters that a preceding backslash escapes (anything else keeps the backslash).
-fn is_escapable(kind: Kind, c: u8) -> bool {
-    c == b'\\' || must_escape(kind, c)
-}
-
-/// Bytes that stop the fast scan of a name: the delimiters that end a name of this kind
-/// when not escaped, and `\`.
-fn stop_table(kind: Kind) -> &'static [bool; 256] {
-    const fn table(delims: &[u8]) -> [bool; 256] {
-        let mut t = [false; 256];
-        t[b'\\' as usize] = true;
-        let mut i = 0;
-        while i < delims.len() {
-            t[delims[i] as usize] = true;
-            i += 1;
-        }
-        t
-    }
-    static COMMA_SPACE: [bool; 256] = table(b", ");
-    static COMMA_EQ_SPACE: [bool; 256] = table(b",= ");
-    match kind {
-        Kind::Measurement | Kind::TagValue => &COMMA_SPACE,
-        Kind::TagKey | Kind::FieldKey => &COMMA_EQ_SPACE,
-    }
-}
-
-/// A measurement's first character that needs a backslash (comment marker, skipped tab).
-fn is_leading_special(c: u8) -> bool {
-    c == b'#' || c == b'\t'
-}
-
-/// Emit `s` escaped for `kind`, as pieces (so both `Vec<u8>` and `String` sinks work).
-fn escape_name(s: &str, kind: Kind, emit: &mut impl FnMut(&str)) {
-    let b = s.as_bytes();
-    let mut seg = 0;
-    for (i, &c) in b.iter().enumerate() {
-        let leading = kind == Kind::Measurement && i == 0;
-        let needs = if c == b'\\' {
-            // Only where the parser would otherwise take it as an escape (or the name ends).
-            match b.get(i + 1) {
-                None => true,
-                Some(&n) => is_escapable(kind, n) || (leading && is_leading_special(n)),
-            }
-        } else {
-            must_escape(kind, c) || (leading && is_leading_special(c))
-        };
-        if needs {
-            // Special bytes are ASCII, so `i` is a char boundary.
-            emit(&s[seg..i]);
-            emit("\\");
-            seg = i;
-        }
-    }
-    emit(&s[seg..]);
 }
 
 fn write_value(value: &FieldValue, out: &mut Vec<u8>) {
@@ -170,15 +81,9 @@ fn write_value(value: &FieldValue, out: &mut Vec<u8>) {
         FieldValue::Bool(v) => out.extend_from_slice(if *v { b"true" } else { b"false" }),
         FieldValue::Str(s) => {
             out.push(b'"');
-            let mut seg = 0;
-            for (i, c) in s.bytes().enumerate() {
-                if c == b'"' || c == b'\\' {
-                    out.extend_from_slice(&s.as_bytes()[seg..i]);
-                    out.push(b'\\');
-                    seg = i;
-                }
-            }
-            out.extend_from_slice(&s.as_bytes()[seg..]);
+            escape_string_field(s, &mut |piece: &str| {
+                out.extend_from_slice(piece.as_bytes())
+            });
             out.push(b'"');
         }
     }
@@ -369,7 +274,7 @@ impl Parser<'_> {
                 return Ok((FieldValue::Str(out), end));
             }
             match b.get(i + 1) {
-                Some(&n @ (b'"' | b'\\')) => {
+                Some(&n) if is_string_escapable(n) => {
                     out.push_str(&self.text[seg..i]);
                     out.push(char::from(n));
                     i += 2;
@@ -753,17 +658,6 @@ pub(crate) mod tests {
         assert_eq!(p(line.trim_end_matches('\n')), r);
     }
 
-    #[test]
-    fn series_keys() {
-        let tags = vec![
-            (s("site"), s("lab")),
-            (s("a b"), s("2")),
-            (s("a b"), s("1")),
-        ];
-        assert_eq!(series_key("w,x", &tags), r"w\,x,a\ b=1,a\ b=2,site=lab");
-        assert_eq!(series_key("w", &[]), "w");
-    }
-
     const NAME_CHARS: &[char] = &[
         'a', 'b', 'Z', '0', '9', '-', '_', '.', ' ', ',', '=', '"', '\'', '\\', '#', '\t', 'é',
         '温', '🌡',
@@ -841,13 +735,6 @@ pub(crate) mod tests {
         fn integers_match_std(s in "-?[0-9]{1,22}|[0-9:/ a+-]{0,20}") {
             prop_assert_eq!(parse_i64(&s).ok(), if s.starts_with('+') { None } else { s.parse().ok() });
             prop_assert_eq!(parse_u64(&s).ok(), if s.starts_with('+') { None } else { s.parse().ok() });
-        }
-
-        #[test]
-        fn series_key_ignores_tag_order(m in name(), tags in prop::collection::vec((name(), name()), 0..4)) {
-            let mut rev = tags.clone();
-            rev.reverse();
-            prop_assert_eq!(series_key(&m, &tags), series_key(&m, &rev));
         }
     }
 }

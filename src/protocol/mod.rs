@@ -10,6 +10,7 @@
 
 pub mod codec;
 pub mod control;
+pub mod escape;
 pub mod ilp;
 pub mod legacy;
 

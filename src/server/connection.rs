@@ -16,11 +16,15 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use super::{logging, ServerConfig};
-use crate::metrics::METRICS;
+use crate::events::{
+    self, AcksWithheld, BytesReceived, CloseReason, ConnectionClosed, ErrorReplySuppressed,
+    Event as _, LineRejected, Mode, ModeDetected, ReadingReceived, ReadingsAccepted,
+    RepliesWritten, StoreUnavailable, Telemetry,
+};
 use crate::protocol::codec::{sniff, Frame, LineDecoder, Sniff};
 use crate::protocol::control::{Ack, Reply};
 use crate::protocol::legacy::{LegacyDecoder, LegacyMessage, PONG};
-use crate::protocol::{ilp, ProtocolError, Reading};
+use crate::protocol::{ProtocolError, Reading};
 use crate::store::writer::{CommitReceiver, Committed, StoreHandle};
 use crate::store::{StoreError, StoredReading};
 use crate::timefmt::now_ns;
@@ -77,9 +81,9 @@ enum PendingReply {
         line: u64,
         reason: String,
     },
-    /// `reading`: this pong acknowledges a stored reading (not a bare `ping`).
+    /// `received`: this pong acknowledges a stored reading received then (not a bare `ping`).
     LegacyPong {
-        reading: bool,
+        received: Option<Instant>,
     },
 }
 
@@ -129,9 +133,24 @@ enum End {
     StoreFailed,
 }
 
+impl End {
+    fn reason(&self) -> CloseReason {
+        match self {
+            End::Eof => CloseReason::Eof,
+            End::Shutdown => CloseReason::Shutdown,
+            End::IdleTimeout => CloseReason::IdleTimeout,
+            End::ReadError | End::WriteError => CloseReason::Aborted,
+            End::WriteStalled => CloseReason::WriteStalled,
+            End::StoreFailed => CloseReason::StoreFailed,
+        }
+    }
+}
+
 struct Connection<'a> {
     peer_ip: String,
     limits: &'a Limits,
+    /// Where this connection's events are counted.
+    telemetry: &'a Telemetry,
     store: StoreHandle,
     decoder: Decoder,
     counters: ConnCounters,
@@ -152,7 +171,21 @@ struct Connection<'a> {
     log_suppressed: u64,
     /// The last commit this connection saw, for the timings in acks.
     last_commit: Option<Committed>,
+    /// Readings decoded since the last count: counted once per read, not per reading.
+    uncounted_accepted: u64,
     out: Vec<u8>,
+    /// What `out` holds, counted once it is written.
+    out_replies: OutReplies,
+}
+
+/// The replies encoded into `Connection::out`, for [`RepliesWritten`].
+#[derive(Debug, Default)]
+struct OutReplies {
+    acks: u64,
+    pongs: u64,
+    errors: u64,
+    readings_acked: u64,
+    ack_receipts: Vec<Instant>,
 }
 
 /// Serve one peer until it leaves, idles out, or the server shuts down.
@@ -165,10 +198,25 @@ pub async fn serve<S>(
 ) where
     S: PeerStream,
 {
+    serve_counted(stream, peer, limits, store, shutdown, events::telemetry()).await;
+}
+
+/// [`serve`], counting this connection's events into `telemetry` (a test's own handles).
+pub async fn serve_counted<S>(
+    stream: S,
+    peer: SocketAddr,
+    limits: &Limits,
+    store: StoreHandle,
+    shutdown: CancellationToken,
+    telemetry: &Telemetry,
+) where
+    S: PeerStream,
+{
     let started = Instant::now();
     let mut conn = Connection {
         peer_ip: peer.ip().to_string(),
         limits,
+        telemetry,
         store,
         decoder: Decoder::Undecided,
         counters: ConnCounters::default(),
@@ -183,25 +231,26 @@ pub async fn serve<S>(
         last_commit: None,
         log_muted_second: -1,
         log_suppressed: 0,
+        uncounted_accepted: 0,
         out: Vec::new(),
+        out_replies: OutReplies::default(),
     };
-    tracing::debug!("connected");
     let end = conn.run(stream, &shutdown).await;
     let mode = match conn.decoder {
-        Decoder::Undecided => "none",
-        Decoder::Line(_) => "line",
-        Decoder::Legacy(_) => "legacy",
+        Decoder::Undecided => None,
+        Decoder::Line(_) => Some(Mode::Line),
+        Decoder::Legacy(_) => Some(Mode::Legacy),
     };
     let counters = &conn.counters;
-    tracing::info!(
+    ConnectionClosed {
         mode,
-        end = ?end,
-        accepted = counters.accepted,
-        rejected = counters.rejected,
-        acked = counters.acked,
-        duration_ms = started.elapsed().as_millis() as u64,
-        "disconnected"
-    );
+        reason: end.reason(),
+        accepted: counters.accepted,
+        rejected: counters.rejected,
+        acked: counters.acked,
+        duration: started.elapsed(),
+    }
+    .emit_to(telemetry);
 }
 
 impl Connection<'_> {
@@ -251,13 +300,12 @@ impl Connection<'_> {
                         self.decode(&mut buf, true);
                     }
                     Ok(n) => {
-                        METRICS.bytes_received.add(n as u64);
+                        BytesReceived { bytes: n }.emit_to(self.telemetry);
                         idle_deadline = tokio::time::Instant::now() + self.limits.idle_timeout;
                         self.decode(&mut buf, false);
                     }
                     Err(err) => {
                         tracing::debug!(cause = %err, "read failed");
-                        METRICS.connections_aborted.inc();
                         reading = false;
                         end = End::ReadError;
                         // Complete lines that arrived before the reset are still stored (nobody
@@ -266,7 +314,6 @@ impl Connection<'_> {
                     }
                 },
                 _ = tokio::time::sleep_until(idle_deadline), if can_read && self.inflight.is_empty() => {
-                    METRICS.connections_idle_timeout.inc();
                     tracing::info!(idle_timeout = ?self.limits.idle_timeout, "closing idle connection");
                     end = End::IdleTimeout;
                     break;
@@ -289,7 +336,7 @@ impl Connection<'_> {
             // A zero timeout polls the read once: ready data is taken, nothing is awaited.
             match tokio::time::timeout(Duration::ZERO, stream.read_buf(buf)).await {
                 Ok(Ok(n)) if n > 0 => {
-                    METRICS.bytes_received.add(n as u64);
+                    BytesReceived { bytes: n }.emit_to(self.telemetry);
                     self.decode(buf, false);
                 }
                 _ => return,
@@ -305,16 +352,22 @@ impl Connection<'_> {
             match sniff(buf) {
                 Sniff::NeedMore if !eof => return,
                 Sniff::Legacy => {
-                    METRICS.connections_legacy.inc();
-                    tracing::debug!("legacy peer (seed protocol)");
+                    ModeDetected { mode: Mode::Legacy }.emit_to(self.telemetry);
                     self.decoder = Decoder::Legacy(LegacyDecoder::new(self.limits.max_line_bytes));
                 }
                 Sniff::Line | Sniff::NeedMore => {
+                    ModeDetected { mode: Mode::Line }.emit_to(self.telemetry);
                     self.decoder = Decoder::Line(LineDecoder::new(self.limits.max_line_bytes));
                 }
             }
         }
         self.decode_frames(buf, eof, received_ns, received_at);
+        if self.uncounted_accepted > 0 {
+            ReadingsAccepted {
+                count: std::mem::take(&mut self.uncounted_accepted),
+            }
+            .emit_to(self.telemetry);
+        }
         if self.log_suppressed > 0 {
             logging::RECEIVED.add_suppressed(std::mem::take(&mut self.log_suppressed));
         }
@@ -384,30 +437,30 @@ impl Connection<'_> {
                 } else if self.held_errors.len() < MAX_HELD_ERRORS {
                     self.held_errors.push(reply);
                 } else {
-                    METRICS.errors_suppressed.inc();
+                    ErrorReplySuppressed.emit_to(self.telemetry);
                 }
             }
         }
     }
 
     fn on_legacy(&mut self, message: LegacyMessage, received_ns: i64, received_at: Instant) {
-        let reading = match message {
-            LegacyMessage::Ping => false,
+        let received = match message {
+            LegacyMessage::Ping => None,
             LegacyMessage::Reading(mut reading) => {
                 // The seed's readings carry no name: the peer's address is the sensor.
                 reading
                     .tags
                     .push(("sensor".to_string(), self.peer_ip.clone()));
                 self.accept(reading, received_ns, received_at);
-                true
+                Some(received_at)
             }
             LegacyMessage::Invalid(error) => {
                 self.reject(&error, 0);
-                false
+                None
             }
         };
         // The seed answered every message, good or bad, with `pong`.
-        self.replies.push(PendingReply::LegacyPong { reading });
+        self.replies.push(PendingReply::LegacyPong { received });
     }
 
     fn become_interactive(&mut self) {
@@ -428,14 +481,11 @@ impl Connection<'_> {
         if second == self.log_muted_second {
             self.log_suppressed += 1;
         } else if logging::allow_received_line() {
-            let mut line = Vec::with_capacity(96);
-            ilp::encode(&reading, &mut line);
-            let text = String::from_utf8_lossy(&line);
-            tracing::info!("Received: {}", text.trim_end());
+            ReadingReceived { reading: &reading }.emit_to(self.telemetry);
         } else {
             self.log_muted_second = second;
         }
-        METRICS.readings_accepted.inc();
+        self.uncounted_accepted += 1;
         self.counters.accepted += 1;
         self.since_sync_readings += 1;
         self.since_sync_first.get_or_insert(received_at);
@@ -447,15 +497,7 @@ impl Connection<'_> {
     }
 
     fn reject(&mut self, error: &ProtocolError, line: u64) {
-        METRICS.readings_rejected.inc();
-        match error {
-            ProtocolError::LineTooLong { .. } => METRICS.lines_oversize.inc(),
-            ProtocolError::InvalidUtf8 => METRICS.lines_invalid_utf8.inc(),
-            _ => {}
-        }
-        if logging::allow_rejected_line() {
-            tracing::warn!(line, cause = %error, "rejected");
-        }
+        LineRejected { line, error }.emit_to(self.telemetry);
         self.counters.rejected += 1;
         self.since_sync_rejected += 1;
     }
@@ -485,7 +527,7 @@ impl Connection<'_> {
                 Ok(())
             }
             Err(err) => {
-                tracing::error!(cause = %err, "store unavailable; closing connection");
+                StoreUnavailable { error: &err }.emit_to(self.telemetry);
                 Err(End::StoreFailed)
             }
         }
@@ -510,7 +552,20 @@ impl Connection<'_> {
                     self.last_commit = Some(committed);
                 }
                 Some(Err(err)) => {
-                    tracing::error!(cause = %err, "store failed; readings not acknowledged");
+                    let readings = head
+                        .replies
+                        .iter()
+                        .map(|reply| match reply {
+                            PendingReply::Ack { readings, .. } => *readings,
+                            PendingReply::LegacyPong { received } => u64::from(received.is_some()),
+                            _ => 0,
+                        })
+                        .sum();
+                    AcksWithheld {
+                        error: &*err,
+                        readings,
+                    }
+                    .emit_to(self.telemetry);
                     store_failed = true;
                     for reply in head.replies {
                         match reply {
@@ -534,20 +589,30 @@ impl Connection<'_> {
             let write = stream.write_all(&self.out);
             match tokio::time::timeout(self.limits.write_timeout, write).await {
                 Ok(Ok(())) => {
-                    METRICS.bytes_sent.add(self.out.len() as u64);
+                    let replies = &mut self.out_replies;
+                    RepliesWritten {
+                        bytes: self.out.len(),
+                        acks: std::mem::take(&mut replies.acks),
+                        pongs: std::mem::take(&mut replies.pongs),
+                        errors: std::mem::take(&mut replies.errors),
+                        readings_acked: std::mem::take(&mut replies.readings_acked),
+                        ack_receipts: &replies.ack_receipts,
+                        written_at: Instant::now(),
+                    }
+                    .emit_to(self.telemetry);
+                    replies.ack_receipts.clear();
                     self.out.clear();
                     // A burst of replies must not pin its buffer for the connection's life.
                     if self.out.capacity() > READ_CHUNK_BYTES * 8 {
                         self.out = Vec::new();
+                        self.out_replies.ack_receipts = Vec::new();
                     }
                 }
                 Ok(Err(err)) => {
                     tracing::debug!(cause = %err, "write failed");
-                    METRICS.connections_aborted.inc();
                     return Err(End::WriteError);
                 }
                 Err(_) => {
-                    METRICS.connections_write_stalled.inc();
                     tracing::warn!(
                         write_timeout = ?self.limits.write_timeout,
                         "peer does not read its replies; closing"
@@ -564,18 +629,22 @@ impl Connection<'_> {
 
     fn encode(&mut self, reply: PendingReply) {
         let reply = match reply {
-            PendingReply::LegacyPong { reading } => {
-                METRICS.pongs_sent.inc();
-                self.counters.acked += u64::from(reading);
+            PendingReply::LegacyPong { received } => {
+                self.out_replies.pongs += 1;
+                if let Some(received) = received {
+                    self.counters.acked += 1;
+                    self.out_replies.readings_acked += 1;
+                    self.out_replies.ack_receipts.push(received);
+                }
                 self.out.extend_from_slice(PONG);
                 return;
             }
             PendingReply::Pong(token) => {
-                METRICS.pongs_sent.inc();
+                self.out_replies.pongs += 1;
                 Reply::Pong(token)
             }
             PendingReply::Error { line, reason } => {
-                METRICS.errors_sent.inc();
+                self.out_replies.errors += 1;
                 Reply::Error { line, reason }
             }
             PendingReply::Ack {
@@ -585,7 +654,11 @@ impl Connection<'_> {
                 first_received,
                 ..
             } => {
-                METRICS.acks_sent.inc();
+                self.out_replies.acks += 1;
+                self.out_replies.readings_acked += readings;
+                if let Some(first) = first_received {
+                    self.out_replies.ack_receipts.push(first);
+                }
                 self.counters.acked += readings;
                 let (store_us, commit_us) = match (&self.last_commit, first_received) {
                     (Some(commit), Some(first)) => (
@@ -663,44 +736,12 @@ async fn wait_head(inflight: &mut VecDeque<InFlight>) {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::mpsc as std_mpsc;
-    use std::sync::Mutex;
-
     use tokio::io::{AsyncBufReadExt, BufReader};
 
     use super::*;
+    use crate::store::testing::{gate, TestStore};
     use crate::store::writer::{self, WriterConfig};
-    use crate::store::{Query, Row, SensorStats, Store, WriteOutcome};
-
-    /// A store whose commits wait for the test's permission, and which records what it got.
-    struct GatedStore {
-        gate: Mutex<std_mpsc::Receiver<()>>,
-        rows: std::sync::Arc<Mutex<Vec<StoredReading>>>,
-    }
-
-    impl Store for GatedStore {
-        fn write_batch(&mut self, batch: &[StoredReading]) -> Result<WriteOutcome, StoreError> {
-            let gate = self.gate.lock().expect("gate lock");
-            gate.recv().map_err(|_| StoreError::WriterGone)?;
-            self.rows
-                .lock()
-                .expect("rows lock")
-                .extend_from_slice(batch);
-            Ok(WriteOutcome {
-                inserted: batch.len() as u64,
-                duplicates: 0,
-            })
-        }
-        fn query(&mut self, _: &Query) -> Result<Vec<Row>, StoreError> {
-            Ok(Vec::new())
-        }
-        fn sensor_stats(&mut self) -> Result<Vec<SensorStats>, StoreError> {
-            Ok(Vec::new())
-        }
-        fn close(&mut self) -> Result<(), StoreError> {
-            Ok(())
-        }
-    }
+    use crate::store::{Drive, Query};
 
     fn limits(idle: Duration) -> Limits {
         Limits {
@@ -719,13 +760,12 @@ mod tests {
     /// is written only after the store has committed the readings it covers.
     #[tokio::test]
     async fn ack_waits_for_the_commit() {
-        let (gate_tx, gate_rx) = std_mpsc::channel();
-        let rows = std::sync::Arc::new(Mutex::new(Vec::new()));
-        let store = GatedStore {
-            gate: Mutex::new(gate_rx),
-            rows: rows.clone(),
-        };
-        let (handle, writer) = writer::spawn(Box::new(store), WriterConfig::default());
+        let store = TestStore::default();
+        let (gate, _entered, gate_tx) = gate();
+        let (handle, writer) = writer::spawn(
+            Drive::GroupCommit(Box::new(store.gated(gate))),
+            WriterConfig::default(),
+        );
         let (client, server) = tokio::io::duplex(64 * 1024);
         let shutdown = CancellationToken::new();
         let limits = limits(Duration::from_secs(60));
@@ -739,7 +779,7 @@ mod tests {
 
         let early = tokio::time::timeout(Duration::from_millis(200), lines.next_line()).await;
         assert!(early.is_err(), "ack before commit: {early:?}");
-        assert!(rows.lock().unwrap().is_empty());
+        assert!(store.log().txns.is_empty());
 
         gate_tx.send(()).unwrap();
         let ack = lines.next_line().await.unwrap().unwrap();
@@ -747,7 +787,7 @@ mod tests {
             ack.starts_with("ack a readings=1 rejected=0 store_us="),
             "{ack}"
         );
-        let stored = rows.lock().unwrap().clone();
+        let stored = store.reader().query(&Query::default()).await.unwrap();
         assert_eq!(stored.len(), 1);
         // No `sensor` tag: the peer's address names the sensor.
         assert_eq!(stored[0].sensor, "127.0.0.7");
@@ -759,11 +799,87 @@ mod tests {
         writer.finish().unwrap();
     }
 
+    /// The sample value of `series` (name and labels) in Prometheus text.
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    /// One connection's traffic reaches the metrics through its events: counted once, with
+    /// the right labels, and one ack-latency sample per ack.
+    #[tokio::test]
+    async fn connection_events_reach_the_metrics() {
+        let recorder = crate::events::prometheus_builder().build_recorder();
+        let telemetry = metrics::with_local_recorder(&recorder, Telemetry::register);
+        let (handle, writer) = writer::spawn(
+            crate::store::Drive::Inline(Box::new(crate::store::memory::MemoryStore::default())),
+            WriterConfig::default(),
+        );
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let limits = limits(Duration::from_secs(60));
+        let serving = serve_counted(
+            server,
+            peer(),
+            &limits,
+            handle,
+            CancellationToken::new(),
+            &telemetry,
+        );
+        let sent: &[u8] = b"ping\nm v=1i 1\nm v=2i 2\nbogus\nsync a\n";
+        let talking = async move {
+            let (read, mut write) = tokio::io::split(client);
+            let mut lines = BufReader::new(read).lines();
+            write.write_all(sent).await.unwrap();
+            let mut replies = Vec::new();
+            for _ in 0..3 {
+                replies.push(lines.next_line().await.unwrap().unwrap());
+            }
+            // End of input, with our read half still open to see the server close.
+            write.shutdown().await.unwrap();
+            assert_eq!(lines.next_line().await.unwrap(), None);
+            replies
+        };
+        let ((), replies) = tokio::join!(serving, talking);
+        assert_eq!(replies[0], "pong");
+        assert!(replies[1].starts_with("error 4 "), "{replies:?}");
+        assert!(
+            replies[2].starts_with("ack a readings=2 rejected=1"),
+            "{replies:?}"
+        );
+        tokio::task::spawn_blocking(move || writer.finish())
+            .await
+            .unwrap()
+            .unwrap();
+
+        let text = recorder.handle().render();
+        let expect = [
+            ("sensorlink_readings_accepted_total", 2.0),
+            (
+                "sensorlink_readings_rejected_total{reason=\"unknown_command\"}",
+                1.0,
+            ),
+            ("sensorlink_readings_acked_total", 2.0),
+            ("sensorlink_replies_total{kind=\"ack\"}", 1.0),
+            ("sensorlink_replies_total{kind=\"pong\"}", 1.0),
+            ("sensorlink_replies_total{kind=\"error\"}", 1.0),
+            ("sensorlink_ack_latency_seconds_count", 1.0),
+            ("sensorlink_connections_mode_total{mode=\"line\"}", 1.0),
+            ("sensorlink_connections_closed_total{reason=\"eof\"}", 1.0),
+            ("sensorlink_received_bytes_total", sent.len() as f64),
+        ];
+        for (series, value) in expect {
+            assert_eq!(sample(&text, series), Some(value), "{series}\n{text}");
+        }
+        let sent_bytes = sample(&text, "sensorlink_sent_bytes_total").unwrap();
+        let replied: usize = replies.iter().map(|line| line.len() + 1).sum();
+        assert_eq!(sent_bytes, replied as f64);
+    }
+
     /// Idle timeout on a paused clock: nothing is waited for in real time.
     #[tokio::test(start_paused = true)]
     async fn idle_connection_is_closed_after_the_timeout() {
         let (handle, writer) = writer::spawn(
-            Box::new(crate::store::memory::MemoryStore::default()),
+            Drive::Inline(Box::new(crate::store::memory::MemoryStore::default())),
             WriterConfig::default(),
         );
         let (mut client, server) = tokio::io::duplex(1024);
@@ -787,7 +903,7 @@ mod tests {
     #[tokio::test]
     async fn shutdown_finishes_received_lines() {
         let (handle, writer) = writer::spawn(
-            Box::new(crate::store::memory::MemoryStore::default()),
+            Drive::Inline(Box::new(crate::store::memory::MemoryStore::default())),
             WriterConfig::default(),
         );
         let (client, server) = tokio::io::duplex(64 * 1024);

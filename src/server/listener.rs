@@ -12,7 +12,9 @@ use tracing::Instrument as _;
 
 use super::connection::{self, Limits};
 use super::ServerConfig;
-use crate::metrics::{OpenConnection, METRICS};
+use crate::events::{
+    AcceptFailed, ConnectionAccepted, ConnectionRefused, Event as _, OpenConnection,
+};
 use crate::store::writer::StoreHandle;
 
 /// Longest pause after a failing `accept()` (e.g. out of file descriptors).
@@ -43,8 +45,7 @@ pub async fn accept_loop(
             }
             Err(err) => {
                 // EMFILE and friends: wait instead of spinning; the listener stays usable.
-                METRICS.accept_errors.inc();
-                tracing::warn!(cause = %err, "accept failed");
+                AcceptFailed { error: &err }.emit();
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = tokio::time::sleep(backoff) => {}
@@ -54,12 +55,14 @@ pub async fn accept_loop(
             }
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            METRICS.connections_refused.inc();
-            tracing::warn!(%peer, limit = config.max_connections, "connection limit reached; closing new connection");
+            ConnectionRefused {
+                peer,
+                limit: config.max_connections,
+            }
+            .emit();
             drop(stream);
             continue;
         };
-        METRICS.connections_accepted.inc();
         if let Err(err) = stream.set_nodelay(true) {
             tracing::debug!(%peer, cause = %err, "set_nodelay failed");
         }
@@ -69,6 +72,7 @@ pub async fn accept_loop(
         tasks.spawn(
             async move {
                 let _open = OpenConnection::new();
+                ConnectionAccepted.emit();
                 let _permit = permit;
                 connection::serve(stream, peer, &limits, store, shutdown).await;
             }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::METRICS;
+use crate::events;
 use crate::timefmt::now_ns;
 
 /// Most `Received:` lines logged per second at `info` level.
@@ -81,7 +81,9 @@ pub fn spawn_summary(shutdown: CancellationToken) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(SUMMARY_INTERVAL);
         tick.tick().await;
-        let mut last_accepted = METRICS.readings_accepted.get();
+        let totals = &events::telemetry().totals;
+        let total = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let mut last_accepted = total(&totals.readings_accepted);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -89,15 +91,15 @@ pub fn spawn_summary(shutdown: CancellationToken) {
             }
             let suppressed = RECEIVED.suppressed.swap(0, Ordering::Relaxed)
                 + REJECTED.suppressed.swap(0, Ordering::Relaxed);
-            let accepted = METRICS.readings_accepted.get();
+            let accepted = total(&totals.readings_accepted);
             if suppressed > 0 {
                 tracing::info!(
                     readings = accepted - last_accepted,
                     not_logged = suppressed,
                     interval_s = SUMMARY_INTERVAL.as_secs(),
-                    connections = METRICS.connections_open.get(),
-                    stored_total = METRICS.readings_stored.get(),
-                    rejected_total = METRICS.readings_rejected.get(),
+                    connections = total(&totals.connections_open),
+                    stored_total = total(&totals.readings_stored),
+                    rejected_total = total(&totals.readings_rejected),
                     "load summary"
                 );
             }

@@ -44,7 +44,7 @@ impl Default for ServerConfig {
             listen: format!("0.0.0.0:{}", crate::DEFAULT_PORT),
             store: StoreUrl::Sqlite("sensorlink.db".into()),
             fsync: FsyncPolicy::Always,
-            max_connections: 50_000,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             idle_timeout: Duration::from_secs(300),
             write_timeout: Duration::from_secs(30),
             max_line_bytes: crate::protocol::DEFAULT_MAX_LINE_BYTES,
@@ -58,13 +58,34 @@ impl Default for ServerConfig {
 ///
 /// Prints `listening on <addr>` on stdout once bound (port 0 gets its real port).
 pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let store = open_store(&config).await?;
+    run_with_store(config, store, shutdown).await
+}
+
+/// Open (create, migrate) the configured store. Its `reader` is what the server's read
+/// side (e.g. an HTTP API) serves; clone it before handing the store to
+/// [`run_with_store`].
+pub async fn open_store(config: &ServerConfig) -> anyhow::Result<store::OpenStore> {
     let store_url = config.store.clone();
     let fsync = config.fsync;
-    let store = tokio::task::spawn_blocking(move || store::open(&store_url, fsync))
+    tokio::task::spawn_blocking(move || store::open(&store_url, fsync))
         .await
         .context("store open task")?
-        .with_context(|| format!("opening store {}", config.store))?;
-    let (handle, store_writer) = writer::spawn(store, config.writer.clone());
+        .with_context(|| format!("opening store {}", config.store))
+}
+
+/// [`run`] on a store opened by [`open_store`].
+pub async fn run_with_store(
+    config: ServerConfig,
+    store: store::OpenStore,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    // Before any connection registers its metric handles.
+    match crate::events::install_prometheus() {
+        Ok(handle) => spawn_metrics_upkeep(handle, shutdown.clone()),
+        Err(err) => tracing::warn!(cause = %err, "metrics are not exported"),
+    }
+    let (handle, store_writer) = writer::spawn(store.drive, config.writer.clone());
 
     check_open_files(config.max_connections);
     let listener = TcpListener::bind(&config.listen)
@@ -87,43 +108,73 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
     Ok(())
 }
 
+/// How often the exporter drains its histogram samples into buckets.
+const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Histogram samples pile up in the recorder until rendered; with nobody scraping yet
+/// (the HTTP side comes later), upkeep bounds that memory.
+fn spawn_metrics_upkeep(
+    handle: metrics_exporter_prometheus::PrometheusHandle,
+    shutdown: CancellationToken,
+) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(METRICS_UPKEEP_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => handle.run_upkeep(),
+            }
+        }
+    });
+}
+
 /// File descriptors kept for the listener, the store, logs and spare accepts.
 const RESERVED_FDS: u64 = 64;
 
-/// Raise the soft open-file limit to the hard one (each connection is a descriptor), and
-/// warn when `--max-connections` cannot be reached under it.
+/// The default `--max-connections` where the open-file limit allows it.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 50_000;
+
+/// Raise the soft open-file limit to the hard one (each connection is a descriptor) and
+/// return the limit in force; `None` if it cannot be read.
+pub fn raise_open_file_limit() -> Option<u64> {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => Some(limit),
+        Err(err) => {
+            tracing::debug!(cause = %err, "cannot raise the open-file limit");
+            rlimit::Resource::NOFILE.get().ok().map(|(soft, _)| soft)
+        }
+    }
+}
+
+/// Connections that fit under an open-file limit of `limit` descriptors.
+fn connections_within(limit: u64) -> usize {
+    usize::try_from(limit.saturating_sub(RESERVED_FDS)).unwrap_or(usize::MAX)
+}
+
+/// [`DEFAULT_MAX_CONNECTIONS`], lowered to what the (raised) open-file limit allows, so
+/// that a server started without `--max-connections` can accept every one it admits.
+pub fn default_max_connections() -> usize {
+    match raise_open_file_limit() {
+        Some(limit) => DEFAULT_MAX_CONNECTIONS.min(connections_within(limit).max(1)),
+        None => DEFAULT_MAX_CONNECTIONS,
+    }
+}
+
+/// Raise the open-file limit, and warn when `max_connections` cannot be reached under it.
 fn check_open_files(max_connections: usize) {
-    #[cfg(unix)]
-    {
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit/setrlimit with a valid pointer to an initialised rlimit.
-        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-            tracing::warn!(cause = %std::io::Error::last_os_error(), "cannot read the open-file limit");
-            return;
-        }
-        if limit.rlim_cur < limit.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: limit.rlim_max,
-                rlim_max: limit.rlim_max,
-            };
-            // SAFETY: as above.
-            if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
-                limit = raised;
-            }
-        }
-        let usable = limit.rlim_cur.saturating_sub(RESERVED_FDS as libc::rlim_t);
-        if max_connections as libc::rlim_t > usable {
-            tracing::warn!(
-                max_connections,
-                open_files_limit = limit.rlim_cur,
-                "--max-connections is above the open-file limit: connections beyond about {usable} will fail to be accepted"
-            );
-        } else {
-            tracing::debug!(open_files_limit = limit.rlim_cur, "open-file limit");
-        }
+    let Some(limit) = raise_open_file_limit() else {
+        tracing::warn!("cannot read the open-file limit");
+        return;
+    };
+    let usable = connections_within(limit);
+    if max_connections > usable {
+        tracing::warn!(
+            max_connections,
+            open_files_limit = limit,
+            "--max-connections is above the open-file limit: connections beyond about {usable} will fail to be accepted"
+        );
+    } else {
+        tracing::debug!(open_files_limit = limit, "open-file limit");
     }
 }
 

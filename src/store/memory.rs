@@ -1,17 +1,25 @@
 //! In-memory store: for tests and benchmarks; lost at exit.
 //!
-//! Same semantics as the SQLite store: one series = measurement + tags (+ the sensor when
-//! it is not a tag), a reading whose series and timestamp are already stored is a
+//! Same semantics as every store (the conformance suite checks it): one series per series
+//! key ([`super::encoding`]), a reading whose series and timestamp are already stored is a
 //! duplicate, tags come back sorted. It keeps the most recent [`DEFAULT_CAPACITY`] readings
 //! (the oldest are forgotten, deduplication included) so that a benchmark running at
 //! millions of readings per second does not exhaust memory.
+//!
+//! The data sit behind one `RwLock` shared by the write side ([`MemoryStore`], written
+//! inline by the submitting tasks) and the read side ([`MemoryStore::reader`]). Reads walk
+//! the kept readings under the read lock (latest, stats and counts are O(readings)), which
+//! holds writers back meanwhile: fine for tests and benchmarks, and the ingest path keeps
+//! no extra per-reading bookkeeping for them.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
 
 use rustc_hash::{FxHashMap, FxHashSet};
 
-use super::sqlite::write_stored_series_key;
-use super::{Query, Row, SensorStats, Store, StoreError, StoredReading, WriteOutcome};
+use super::encoding::write_stored_series_key;
+use super::read::{BoxFuture, ReadStore, StoreReader};
+use super::{Counts, Query, Row, SensorStats, Store, StoreError, StoredReading, WriteOutcome};
 use crate::protocol::FieldValue;
 
 /// Readings kept by [`MemoryStore::default`].
@@ -36,7 +44,7 @@ struct MemRow {
 }
 
 #[derive(Debug)]
-pub struct MemoryStore {
+struct Data {
     capacity: usize,
     /// Series key → index in `series`.
     series_ids: FxHashMap<String, u32>,
@@ -45,6 +53,12 @@ pub struct MemoryStore {
     rows: VecDeque<MemRow>,
     /// (series, timestamp) of every kept reading: the deduplication identity.
     seen: FxHashSet<(u32, i64)>,
+}
+
+/// The write side; [`MemoryStore::reader`] gives the read side of the same data.
+#[derive(Debug)]
+pub struct MemoryStore {
+    data: Arc<RwLock<Data>>,
 }
 
 impl Default for MemoryStore {
@@ -57,38 +71,52 @@ impl MemoryStore {
     /// A store keeping at most `capacity` readings.
     pub fn with_capacity(capacity: usize) -> Self {
         MemoryStore {
-            capacity: capacity.max(1),
-            series_ids: FxHashMap::default(),
-            series: Vec::new(),
-            rows: VecDeque::new(),
-            seen: FxHashSet::default(),
+            data: Arc::new(RwLock::new(Data {
+                capacity: capacity.max(1),
+                series_ids: FxHashMap::default(),
+                series: Vec::new(),
+                rows: VecDeque::new(),
+                seen: FxHashSet::default(),
+            })),
         }
+    }
+
+    /// A reader of this store's data (it sees every committed batch at once).
+    pub fn reader(&self) -> StoreReader {
+        StoreReader::new(MemoryReader {
+            data: Arc::clone(&self.data),
+        })
     }
 
     /// How many readings are stored.
     pub fn len(&self) -> usize {
-        self.rows.len()
+        read(&self.data).rows.len()
     }
 
     /// Whether nothing is stored.
     pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
-    }
-
-    fn row(&self, row: &MemRow) -> Row {
-        let series = &self.series[row.series as usize];
-        Row {
-            measurement: series.measurement.clone(),
-            sensor: series.sensor.clone(),
-            tags: series.tags.clone(),
-            fields: row.fields.clone(),
-            timestamp_ns: row.timestamp_ns,
-            received_ns: row.received_ns,
-        }
+        self.len() == 0
     }
 }
 
+/// A panic while holding the lock leaves consistent data (every write is one batch whose
+/// rows are pushed one by one, each complete), so a poisoned lock is still used.
+fn read(data: &RwLock<Data>) -> RwLockReadGuard<'_, Data> {
+    data.read().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl Store for MemoryStore {
+    fn write_batch(&mut self, batch: &[StoredReading]) -> Result<WriteOutcome, StoreError> {
+        let mut data = self.data.write().unwrap_or_else(PoisonError::into_inner);
+        data.write_batch(batch)
+    }
+
+    fn close(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+impl Data {
     fn write_batch(&mut self, batch: &[StoredReading]) -> Result<WriteOutcome, StoreError> {
         let mut outcome = WriteOutcome::default();
         let mut key = String::new();
@@ -133,7 +161,23 @@ impl Store for MemoryStore {
         Ok(outcome)
     }
 
-    fn query(&mut self, query: &Query) -> Result<Vec<Row>, StoreError> {
+    fn sensor_of(&self, row: &MemRow) -> &str {
+        &self.series[row.series as usize].sensor
+    }
+
+    fn row(&self, row: &MemRow) -> Row {
+        let series = &self.series[row.series as usize];
+        Row {
+            measurement: series.measurement.clone(),
+            sensor: series.sensor.clone(),
+            tags: series.tags.clone(),
+            fields: row.fields.clone(),
+            timestamp_ns: row.timestamp_ns,
+            received_ns: row.received_ns,
+        }
+    }
+
+    fn query(&self, query: &Query) -> Vec<Row> {
         let mut matching: Vec<&MemRow> = self
             .rows
             .iter()
@@ -148,233 +192,119 @@ impl Store for MemoryStore {
                     && query.until_ns.is_none_or(|until| row.timestamp_ns < until)
             })
             .collect();
-        // Stable: equal timestamps keep insertion order.
-        matching.sort_by_key(|row| row.timestamp_ns);
+        // Equal timestamps in series creation order, as in every store (one row per series
+        // and timestamp, so the order is total).
+        matching.sort_by_key(|row| (row.timestamp_ns, row.series));
         let limit = query.limit.map_or(usize::MAX, |limit| {
             usize::try_from(limit).unwrap_or(usize::MAX)
         });
-        Ok(matching
+        matching
             .into_iter()
             .take(limit)
             .map(|row| self.row(row))
-            .collect())
+            .collect()
     }
 
-    fn sensor_stats(&mut self) -> Result<Vec<SensorStats>, StoreError> {
-        let mut by_sensor: BTreeMap<&str, SensorStats> = BTreeMap::new();
+    /// Per sensor: (readings, first ts, latest row), sorted by sensor. Latest = greatest
+    /// (timestamp, received); on a full tie the later insertion.
+    fn per_sensor(&self) -> BTreeMap<&str, (u64, i64, &MemRow)> {
+        let mut by_sensor: BTreeMap<&str, (u64, i64, &MemRow)> = BTreeMap::new();
         for row in &self.rows {
-            let sensor = self.series[row.series as usize].sensor.as_str();
-            let stats = by_sensor.entry(sensor).or_insert_with(|| SensorStats {
-                sensor: sensor.to_string(),
-                readings: 0,
-                first_ns: row.timestamp_ns,
-                last_ns: row.timestamp_ns,
-                last_fields: row.fields.clone(),
-            });
-            stats.readings += 1;
-            stats.first_ns = stats.first_ns.min(row.timestamp_ns);
-            // `>=`: on equal timestamps the later insertion is the latest reading.
-            if row.timestamp_ns >= stats.last_ns {
-                stats.last_ns = row.timestamp_ns;
-                stats.last_fields.clone_from(&row.fields);
+            let entry = by_sensor
+                .entry(self.sensor_of(row))
+                .or_insert((0, row.timestamp_ns, row));
+            entry.0 += 1;
+            entry.1 = entry.1.min(row.timestamp_ns);
+            if (row.timestamp_ns, row.received_ns) >= (entry.2.timestamp_ns, entry.2.received_ns) {
+                entry.2 = row;
             }
         }
-        Ok(by_sensor.into_values().collect())
+        by_sensor
+    }
+}
+
+/// The read side of a [`MemoryStore`]: reads the shared data under the read lock.
+#[derive(Debug)]
+struct MemoryReader {
+    data: Arc<RwLock<Data>>,
+}
+
+impl ReadStore for MemoryReader {
+    fn query(&self, query: Query) -> BoxFuture<'_, Result<Vec<Row>, StoreError>> {
+        let rows = read(&self.data).query(&query);
+        Box::pin(std::future::ready(Ok(rows)))
     }
 
-    /// Memory only: written by the connection's own task, no thread hand-off.
-    fn is_inline(&self) -> bool {
-        true
+    fn latest(&self) -> BoxFuture<'_, Result<Vec<Row>, StoreError>> {
+        let data = read(&self.data);
+        let rows = data
+            .per_sensor()
+            .into_values()
+            .map(|(_, _, latest)| data.row(latest))
+            .collect();
+        Box::pin(std::future::ready(Ok(rows)))
     }
 
-    fn close(&mut self) -> Result<(), StoreError> {
-        Ok(())
+    fn sensor_stats(&self) -> BoxFuture<'_, Result<Vec<SensorStats>, StoreError>> {
+        let data = read(&self.data);
+        let stats = data
+            .per_sensor()
+            .into_iter()
+            .map(|(sensor, (readings, first_ns, latest))| SensorStats {
+                sensor: sensor.to_string(),
+                readings,
+                first_ns,
+                last_ns: latest.timestamp_ns,
+                last_fields: latest.fields.clone(),
+            })
+            .collect();
+        Box::pin(std::future::ready(Ok(stats)))
+    }
+
+    fn counts(&self) -> BoxFuture<'_, Result<Counts, StoreError>> {
+        let data = read(&self.data);
+        let per_sensor: Vec<(String, u64)> = data
+            .per_sensor()
+            .into_iter()
+            .map(|(sensor, (readings, _, _))| (sensor.to_string(), readings))
+            .collect();
+        let counts = Counts {
+            total: per_sensor.iter().map(|(_, n)| n).sum(),
+            per_sensor,
+        };
+        Box::pin(std::future::ready(Ok(counts)))
     }
 }
 
 #[cfg(test)]
 mod tests {
+    //! What only the memory store has: its capacity. Behaviour shared with every store is
+    //! in the conformance suite.
+
     use super::*;
-    use crate::protocol::{FieldValue, Reading};
-
-    fn reading(
-        measurement: &str,
-        sensor: &str,
-        tags: &[(&str, &str)],
-        ts: i64,
-        v: f64,
-    ) -> StoredReading {
-        StoredReading {
-            reading: Reading {
-                measurement: measurement.into(),
-                tags: tags
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-                fields: vec![("v".into(), FieldValue::Float(v))],
-                timestamp_ns: Some(ts),
-            },
-            sensor: sensor.into(),
-            received_ns: ts + 1,
-        }
-    }
-
-    fn temp(sensor: &str, ts: i64, v: f64) -> StoredReading {
-        reading("temp", sensor, &[("sensor", sensor)], ts, v)
-    }
+    use crate::protocol::FieldValue;
+    use crate::store::testing::{block_on, reading};
 
     #[test]
     fn oldest_readings_are_forgotten_beyond_the_capacity() {
         let mut store = MemoryStore::with_capacity(2);
+        let reader = store.reader();
         for ts in 1..=3 {
             store
-                .write_batch(&[reading("m", "a", &[], ts, 1.0)])
-                .unwrap();
+                .write_batch(&[reading("m", &[], vec![("v", FieldValue::Float(1.0))], ts)])
+                .expect("write");
         }
-        let kept: Vec<i64> = store
-            .query(&Query::default())
-            .unwrap()
+        let kept: Vec<i64> = block_on(reader.query(&Query::default()))
+            .expect("query")
             .iter()
             .map(|r| r.timestamp_ns)
             .collect();
         assert_eq!(kept, vec![2, 3]);
         // Forgotten entirely: storing it again is not a duplicate.
         let again = store
-            .write_batch(&[reading("m", "a", &[], 1, 1.0)])
-            .unwrap();
+            .write_batch(&[reading("m", &[], vec![("v", FieldValue::Float(1.0))], 1)])
+            .expect("write");
         assert_eq!(again.inserted, 1);
-    }
-
-    #[test]
-    fn dedup_by_series_and_timestamp() {
-        let mut store = MemoryStore::default();
-        let outcome = store
-            .write_batch(&[temp("a", 1, 1.0), temp("a", 1, 2.0), temp("b", 1, 1.0)])
-            .expect("write");
-        assert_eq!(
-            outcome,
-            WriteOutcome {
-                inserted: 2,
-                duplicates: 1
-            }
-        );
-        let outcome = store
-            .write_batch(&[temp("a", 1, 3.0), temp("a", 2, 1.0)])
-            .expect("write");
-        assert_eq!(
-            outcome,
-            WriteOutcome {
-                inserted: 1,
-                duplicates: 1
-            }
-        );
-        assert_eq!(store.len(), 3);
-        // Different tag order, same series.
-        let x = reading("m", "s", &[("sensor", "s"), ("a", "1")], 7, 0.0);
-        let y = reading("m", "s", &[("a", "1"), ("sensor", "s")], 7, 0.0);
-        assert_eq!(store.write_batch(&[x, y]).expect("write").duplicates, 1);
-        // Untagged readings of two peers are two series.
-        let p = reading("m", "10.0.0.1", &[], 7, 0.0);
-        let q = reading("m", "10.0.0.2", &[], 7, 0.0);
-        assert_eq!(store.write_batch(&[p, q]).expect("write").inserted, 2);
-    }
-
-    #[test]
-    fn query_filters_order_and_limit() {
-        let mut store = MemoryStore::default();
-        store
-            .write_batch(&[
-                temp("b", 30, 1.0),
-                temp("a", 10, 2.0),
-                reading("hum", "a", &[("sensor", "a")], 20, 3.0),
-                temp("a", 30, 4.0),
-            ])
-            .expect("write");
-        let order = |rows: Vec<Row>| -> Vec<(String, i64)> {
-            rows.into_iter()
-                .map(|r| (r.sensor, r.timestamp_ns))
-                .collect()
-        };
-        assert_eq!(
-            order(store.query(&Query::default()).expect("query")),
-            vec![
-                ("a".into(), 10),
-                ("a".into(), 20),
-                ("b".into(), 30),
-                ("a".into(), 30)
-            ]
-        );
-        let q = Query {
-            sensor: Some("a".into()),
-            measurement: Some("temp".into()),
-            ..Query::default()
-        };
-        assert_eq!(
-            order(store.query(&q).expect("query")),
-            vec![("a".into(), 10), ("a".into(), 30)]
-        );
-        let q = Query {
-            since_ns: Some(20),
-            until_ns: Some(30),
-            ..Query::default()
-        };
-        assert_eq!(
-            order(store.query(&q).expect("query")),
-            vec![("a".into(), 20)]
-        );
-        let q = Query {
-            limit: Some(1),
-            ..Query::default()
-        };
-        assert_eq!(
-            order(store.query(&q).expect("query")),
-            vec![("a".into(), 10)]
-        );
-    }
-
-    #[test]
-    fn tags_come_back_sorted() {
-        let mut store = MemoryStore::default();
-        store
-            .write_batch(&[reading("m", "s", &[("z", "1"), ("sensor", "s")], 1, 0.0)])
-            .expect("write");
-        let rows = store.query(&Query::default()).expect("query");
-        assert_eq!(
-            rows[0].tags,
-            vec![("sensor".into(), "s".into()), ("z".into(), "1".into())]
-        );
-    }
-
-    #[test]
-    fn stats_per_sensor() {
-        let mut store = MemoryStore::default();
-        assert!(store.sensor_stats().expect("stats").is_empty());
-        store
-            .write_batch(&[
-                temp("b", 5, 5.0),
-                temp("a", 30, 3.0),
-                temp("a", 10, 1.0),
-                reading("hum", "a", &[("sensor", "a")], 20, 2.0),
-            ])
-            .expect("write");
-        assert_eq!(
-            store.sensor_stats().expect("stats"),
-            vec![
-                SensorStats {
-                    sensor: "a".into(),
-                    readings: 3,
-                    first_ns: 10,
-                    last_ns: 30,
-                    last_fields: vec![("v".into(), FieldValue::Float(3.0))],
-                },
-                SensorStats {
-                    sensor: "b".into(),
-                    readings: 1,
-                    first_ns: 5,
-                    last_ns: 5,
-                    last_fields: vec![("v".into(), FieldValue::Float(5.0))],
-                },
-            ]
-        );
+        assert_eq!(store.len(), 2);
     }
 }

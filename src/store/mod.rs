@@ -1,19 +1,44 @@
-//! Where readings go: one narrow [`Store`] trait, one group-commit writer in front of it.
+//! Where readings go, and how they are read back.
 //!
-//! Connections never touch a store directly. They hand batches to a [`writer::StoreHandle`];
-//! one writer thread merges the batches of all connections into one transaction and answers
-//! each batch only after that transaction has committed, so an `ack` (or a legacy `pong`)
-//! is never sent for a reading that is not stored.
+//! Two seams, both backend-neutral:
+//! - **Writing**: connections never touch a store directly. They hand batches to a
+//!   [`writer::StoreHandle`] and get a commit receipt; an `ack` (or a legacy `pong`) is
+//!   sent only once the receipt says the batch is committed. How a store is driven behind
+//!   that handle is chosen by its opener ([`Drive`]): SQLite is a blocking [`Store`] behind
+//!   one group-commit writer thread; the memory store is written by the submitting task.
+//!   A store with its own concurrency (the PostgreSQL store to come, several commits in
+//!   flight over a pool) implements the handle's seam itself ([`writer::ConcurrentStore`]).
+//! - **Reading**: a [`StoreReader`] (cloneable, `Send + Sync`, async) answers queries,
+//!   latest reading per sensor and counts from committed data, never through the writer:
+//!   SQLite reads over its own read-only connections, memory reads its shared state. The
+//!   running server hands one out, and `sensorlink query`/`stats` use the same functions.
+//!
+//! [`encoding`] holds the series identity and the stored field format; every store
+//! implementation passes the same conformance suite (`conformance.rs`).
+//!
+//! Adding a store (e.g. PostgreSQL) is one new module: a [`writer::ConcurrentStore`] (or a
+//! blocking [`Store`]) for writing, a [`ReadStore`] for reading, errors mapped to
+//! [`StoreError`] (`Unavailable` when the database is out of reach), then a [`StoreUrl`]
+//! variant, an arm in [`open`] and [`open_reader`], and one `conformance!` line.
 
+pub mod encoding;
 pub mod memory;
+mod read;
 pub mod sqlite;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod writer;
+
+#[cfg(test)]
+mod conformance;
 
 use std::path::PathBuf;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::protocol::{FieldValue, Reading};
+
+pub use read::{BoxFuture, ReadStore, StoreReader};
 
 /// A reading as the server received it, ready to store.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,7 +68,7 @@ pub struct WriteOutcome {
 }
 
 /// Filters for reading data back; `None` means "any".
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Query {
     pub sensor: Option<String>,
     pub measurement: Option<String>,
@@ -76,54 +101,118 @@ pub struct SensorStats {
     pub last_fields: Vec<(String, FieldValue)>,
 }
 
-/// Why a store operation failed.
+/// How many readings are stored, in all and per sensor.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    pub total: u64,
+    /// (sensor, readings), sorted by sensor.
+    pub per_sensor: Vec<(String, u64)>,
+}
+
+/// Why a store operation failed. Backend errors are carried as text with their context
+/// (which store, which operation), so no backend's error type leaks into this API.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("sqlite store {path}: {source}")]
-    Sqlite {
-        path: PathBuf,
-        #[source]
-        source: rusqlite::Error,
+    /// The backend refused an operation; retrying the same thing will fail the same way.
+    #[error("store {location}: {operation}: {detail}")]
+    Backend {
+        /// Path or URL (without credentials) of the store.
+        location: String,
+        operation: &'static str,
+        detail: String,
     },
-    #[error("store {path}: schema version {found} is newer than this build knows ({known})")]
+    /// The backend is (for now) out of reach: locked, busy, or the database went away.
+    /// The same operation may succeed later; see [`StoreError::is_transient`].
+    #[error("store {location} unavailable: {operation}: {detail}")]
+    Unavailable {
+        location: String,
+        operation: &'static str,
+        detail: String,
+    },
+    #[error("store {location}: schema version {found} is newer than this build knows ({known})")]
     SchemaTooNew {
-        path: PathBuf,
+        location: String,
+        found: i64,
+        known: i64,
+    },
+    #[error(
+        "store {location}: schema version {found} is older than this build's ({known}); \
+         run `sensorlink server` on it once to migrate"
+    )]
+    SchemaTooOld {
+        location: String,
         found: i64,
         known: i64,
     },
     #[error("invalid store URL {url:?}: {reason}")]
     InvalidUrl { url: String, reason: String },
+    #[error("invalid {option} {value:?}: expected {expected}")]
+    InvalidOption {
+        option: &'static str,
+        value: String,
+        expected: &'static str,
+    },
     #[error("the store writer has stopped")]
     WriterGone,
     #[error("store data is corrupt: {0}")]
     Corrupt(String),
 }
 
-/// A place readings are kept. Implementations are used from one writer thread at a time.
+impl StoreError {
+    /// Whether the failure may go away by itself (retry later, report not-ready meanwhile)
+    /// rather than being a lasting fault.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable { .. })
+    }
+}
+
+/// The write side of a place readings are kept. Used by one writer at a time.
+///
+/// Reads go through the store's [`StoreReader`], never through this trait.
 pub trait Store: Send {
     /// Store `batch` atomically (one transaction). When this returns `Ok`, every reading of
     /// the batch is stored as durably as the store promises. A reading whose series
-    /// (measurement + tags) and timestamp are already stored is not stored again.
+    /// (measurement + tags, see [`encoding`]) and timestamp are already stored is not
+    /// stored again.
     fn write_batch(&mut self, batch: &[StoredReading]) -> Result<WriteOutcome, StoreError>;
-
-    /// Read back stored readings, oldest first.
-    fn query(&mut self, query: &Query) -> Result<Vec<Row>, StoreError>;
-
-    /// Per-sensor counts, first/last seen and last value.
-    fn sensor_stats(&mut self) -> Result<Vec<SensorStats>, StoreError>;
-
-    /// Whether a batch is written quickly and never blocks (no disk, no network), so the
-    /// submitting task may write it itself instead of handing it to the writer thread.
-    fn is_inline(&self) -> bool {
-        false
-    }
 
     /// Flush anything buffered and release the store; called once at shutdown.
     fn close(&mut self) -> Result<(), StoreError>;
 }
 
+/// How a store's writes must be driven: the opener decides, the [`Store`] trait does not.
+pub enum Drive {
+    /// A blocking store with one writer: one group-commit thread owns it and merges the
+    /// batches of every connection into one transaction (SQLite).
+    GroupCommit(Box<dyn Store>),
+    /// A store that never blocks (no disk, no network): each submitting task writes its
+    /// batch itself under a lock, saving two thread hand-offs per round trip (memory).
+    Inline(Box<dyn Store>),
+    /// A store that commits several batches at once on its own (a connection pool): it
+    /// implements the submit seam itself.
+    Concurrent(std::sync::Arc<dyn writer::ConcurrentStore>),
+}
+
+impl std::fmt::Debug for Drive {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Drive::GroupCommit(_) => "Drive::GroupCommit",
+            Drive::Inline(_) => "Drive::Inline",
+            Drive::Concurrent(_) => "Drive::Concurrent",
+        })
+    }
+}
+
+/// An open store: how to write it, and a reader of what it has committed.
+#[derive(Debug)]
+pub struct OpenStore {
+    pub drive: Drive,
+    pub reader: StoreReader,
+}
+
 /// Where to store, parsed from `--store`: `memory` or `sqlite:PATH`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum StoreUrl {
     Memory,
     Sqlite(PathBuf),
@@ -161,8 +250,23 @@ impl std::fmt::Display for StoreUrl {
     }
 }
 
-/// Sync policy of a durable store (`--fsync`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+impl TryFrom<String> for StoreUrl {
+    type Error = StoreError;
+
+    fn try_from(url: String) -> Result<Self, Self::Error> {
+        url.parse()
+    }
+}
+
+impl From<StoreUrl> for String {
+    fn from(url: StoreUrl) -> String {
+        url.to_string()
+    }
+}
+
+/// Sync policy of a durable store (`--fsync`): `always` or `os`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum FsyncPolicy {
     /// fsync at every commit: an acked reading survives a power cut (default).
     #[default]
@@ -172,10 +276,110 @@ pub enum FsyncPolicy {
     Os,
 }
 
-/// Open the store named by `url`.
-pub fn open(url: &StoreUrl, fsync: FsyncPolicy) -> Result<Box<dyn Store>, StoreError> {
+impl FsyncPolicy {
+    /// Every policy, by its name.
+    pub const ALL: [(FsyncPolicy, &'static str); 2] =
+        [(FsyncPolicy::Always, "always"), (FsyncPolicy::Os, "os")];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FsyncPolicy::Always => "always",
+            FsyncPolicy::Os => "os",
+        }
+    }
+}
+
+impl std::str::FromStr for FsyncPolicy {
+    type Err = StoreError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        FsyncPolicy::ALL
+            .iter()
+            .find(|(_, name)| name.eq_ignore_ascii_case(s))
+            .map(|&(policy, _)| policy)
+            .ok_or_else(|| StoreError::InvalidOption {
+                option: "fsync policy",
+                value: s.to_string(),
+                expected: "`always` or `os`",
+            })
+    }
+}
+
+impl std::fmt::Display for FsyncPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Open the store named by `url` for writing (creating and migrating it as needed), with a
+/// reader beside it.
+pub fn open(url: &StoreUrl, fsync: FsyncPolicy) -> Result<OpenStore, StoreError> {
     match url {
-        StoreUrl::Memory => Ok(Box::new(memory::MemoryStore::default())),
-        StoreUrl::Sqlite(path) => Ok(Box::new(sqlite::SqliteStore::open(path, fsync)?)),
+        StoreUrl::Memory => {
+            let store = memory::MemoryStore::default();
+            let reader = store.reader();
+            Ok(OpenStore {
+                drive: Drive::Inline(Box::new(store)),
+                reader,
+            })
+        }
+        StoreUrl::Sqlite(path) => {
+            let store = sqlite::SqliteStore::open(path, fsync)?;
+            let reader = StoreReader::new(sqlite::SqliteReader::open(path)?);
+            Ok(OpenStore {
+                drive: Drive::GroupCommit(Box::new(store)),
+                reader,
+            })
+        }
+    }
+}
+
+/// Open the store named by `url` for reading only: nothing is created or migrated (a
+/// memory store reads as empty).
+pub fn open_reader(url: &StoreUrl) -> Result<StoreReader, StoreError> {
+    match url {
+        StoreUrl::Memory => Ok(memory::MemoryStore::default().reader()),
+        StoreUrl::Sqlite(path) => Ok(StoreReader::new(sqlite::SqliteReader::open(path)?)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_parse_and_print() {
+        for (policy, name) in FsyncPolicy::ALL {
+            assert_eq!(name.parse::<FsyncPolicy>().expect("parses"), policy);
+            assert_eq!(policy.to_string(), name);
+        }
+        assert_eq!(
+            "OS".parse::<FsyncPolicy>().expect("any case"),
+            FsyncPolicy::Os
+        );
+        let err = "sometimes".parse::<FsyncPolicy>().expect_err("unknown");
+        assert_eq!(
+            err.to_string(),
+            "invalid fsync policy \"sometimes\": expected `always` or `os`"
+        );
+        for url in ["memory", "sqlite:/tmp/x.db"] {
+            assert_eq!(url.parse::<StoreUrl>().expect("parses").to_string(), url);
+        }
+        assert!(matches!(
+            "sqlite:".parse::<StoreUrl>(),
+            Err(StoreError::InvalidUrl { .. })
+        ));
+    }
+
+    #[test]
+    fn only_unavailable_is_transient() {
+        let busy = StoreError::Unavailable {
+            location: "x".into(),
+            operation: "commit",
+            detail: "database is locked".into(),
+        };
+        assert!(busy.is_transient());
+        assert!(!StoreError::WriterGone.is_transient());
+        assert!(!StoreError::Corrupt("x".into()).is_transient());
     }
 }

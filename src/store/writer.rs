@@ -1,5 +1,6 @@
-//! Group commit: one thread owns the store and merges the batches of every connection into
-//! one transaction, then answers each batch.
+//! The connection-facing write seam: [`StoreHandle`] (submit a batch, get a commit
+//! receipt), and behind it the group commit: one thread owns a blocking store and merges
+//! the batches of every connection into one transaction, then answers each batch.
 //!
 //! Durable throughput depends on transaction size (one fsync per commit), not on how
 //! small each connection's batches are; merging whatever is queued into one transaction
@@ -7,9 +8,18 @@
 //! when the store falls behind, `submit` waits and the connections stop reading: the
 //! back-pressure reaches the senders through TCP.
 //!
-//! A store that never blocks (the memory store, [`Store::is_inline`]) skips the thread: the
-//! submitting task writes the batch itself under a mutex, saving two thread hand-offs per
-//! round trip.
+//! How a store is driven is chosen by its opener ([`Drive`]), not by the storage trait:
+//! - [`Drive::GroupCommit`] (SQLite): the writer thread above.
+//! - [`Drive::Inline`] (memory, never blocks): the submitting task writes the batch itself
+//!   under a mutex, saving two thread hand-offs per round trip.
+//! - [`Drive::Concurrent`] (a store with a connection pool, e.g. PostgreSQL): the store
+//!   implements [`ConcurrentStore`] itself, with several commits in flight at once, so one
+//!   slow commit does not stall every connection. It keeps the same contract: the receipt
+//!   resolves only after the batch's commit, and `submit` waits when the store is full.
+//!
+//! The hot path stays as cheap as before: per batch one enum match; a concurrent store adds
+//! one dyn call and one boxed future per batch (its commit is a network round trip anyway);
+//! nothing is added per reading.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -18,9 +28,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::metrics::METRICS;
+use crate::events::{BatchCommitted, Event as _, StoreFailed};
 
-use super::{Store, StoreError, StoredReading, WriteOutcome};
+use super::read::BoxFuture;
+use super::{Drive, Store, StoreError, StoredReading, WriteOutcome};
 
 /// Tuning of the group-commit writer.
 #[derive(Debug, Clone)]
@@ -54,14 +65,36 @@ pub struct Committed {
     pub outcome: WriteOutcome,
 }
 
+/// The result a batch's receipt resolves to (shared error: one failed transaction answers
+/// every batch it held).
+pub type CommitResult = Result<Committed, Arc<StoreError>>;
+
 /// Resolves when the batch is committed, or with the store's error.
-pub type CommitReceiver = oneshot::Receiver<Result<Committed, Arc<StoreError>>>;
+pub type CommitReceiver = oneshot::Receiver<CommitResult>;
+
+/// A store that commits several batches at once by itself (e.g. over a connection pool):
+/// it implements the connection-facing seam directly instead of sitting behind the
+/// group-commit thread.
+pub trait ConcurrentStore: Send + Sync + 'static {
+    /// Accept `batch` for commit and return its receipt. Waits while the store has as many
+    /// commits in flight as it allows (back-pressure); the receipt resolves only after the
+    /// batch is committed (or failed). An empty batch is a barrier: answered once every
+    /// batch submitted before it is answered.
+    fn submit(
+        &self,
+        batch: Vec<StoredReading>,
+    ) -> BoxFuture<'_, Result<CommitReceiver, StoreError>>;
+
+    /// Wait for every commit in flight, then release the store. Called once, from a
+    /// blocking thread ([`StoreWriter::finish`]), after the last handle is dropped.
+    fn close(&self) -> Result<(), StoreError>;
+}
 
 /// One submitted batch and where its answer goes.
 #[derive(Debug)]
 struct Job {
     readings: Vec<StoredReading>,
-    reply: oneshot::Sender<Result<Committed, Arc<StoreError>>>,
+    reply: oneshot::Sender<CommitResult>,
 }
 
 /// A store shared by the tasks that write it inline.
@@ -74,9 +107,22 @@ enum Route {
     Thread(mpsc::Sender<Job>),
     /// Written by the submitting task itself.
     Inline(SharedStore),
+    /// To a store with its own concurrency.
+    Concurrent(Arc<dyn ConcurrentStore>),
 }
 
-/// Cheap, clonable handle the connections submit batches through.
+impl Route {
+    fn name(&self) -> &'static str {
+        match self {
+            Route::Thread(_) => "thread",
+            Route::Inline(_) => "inline",
+            Route::Concurrent(_) => "concurrent",
+        }
+    }
+}
+
+/// Cheap, clonable handle the connections submit batches through: the connection-facing
+/// write seam, the same whatever the store.
 #[derive(Clone)]
 pub struct StoreHandle {
     route: Route,
@@ -84,12 +130,8 @@ pub struct StoreHandle {
 
 impl std::fmt::Debug for StoreHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let route = match self.route {
-            Route::Thread(_) => "thread",
-            Route::Inline(_) => "inline",
-        };
         f.debug_struct("StoreHandle")
-            .field("route", &route)
+            .field("route", &self.route.name())
             .finish()
     }
 }
@@ -101,28 +143,37 @@ impl StoreHandle {
     /// committed.
     ///
     /// # Errors
-    /// [`StoreError::WriterGone`] if the writer thread has stopped.
+    /// [`StoreError::WriterGone`] if the writer thread has stopped; a concurrent store's
+    /// own error if it refuses the batch.
     pub async fn submit(&self, batch: Vec<StoredReading>) -> Result<CommitReceiver, StoreError> {
+        let tx = match &self.route {
+            Route::Thread(tx) => tx,
+            Route::Inline(store) => {
+                let (reply, answer) = oneshot::channel();
+                let rows = batch.len();
+                let job = Job {
+                    readings: batch,
+                    reply,
+                };
+                // A panic in another task's write leaves the store usable (memory only).
+                let mut store = store.lock().unwrap_or_else(PoisonError::into_inner);
+                commit(&mut **store, vec![job], rows);
+                return Ok(answer);
+            }
+            Route::Concurrent(store) => return store.submit(batch).await,
+        };
         let (reply, answer) = oneshot::channel();
-        let rows = batch.len();
         let job = Job {
             readings: batch,
             reply,
         };
-        match &self.route {
-            Route::Thread(tx) => tx.send(job).await.map_err(|_| StoreError::WriterGone)?,
-            Route::Inline(store) => {
-                // A panic in another task's write leaves the store usable (memory only).
-                let mut store = store.lock().unwrap_or_else(PoisonError::into_inner);
-                commit(&mut **store, vec![job], rows);
-            }
-        }
+        tx.send(job).await.map_err(|_| StoreError::WriterGone)?;
         Ok(answer)
     }
 }
 
-/// The writer thread (or the inline store); [`StoreWriter::finish`] waits until it has
-/// committed everything.
+/// The writer thread (or the inline or concurrent store); [`StoreWriter::finish`] waits
+/// until it has committed everything.
 pub struct StoreWriter {
     route: WriterRoute,
 }
@@ -130,6 +181,7 @@ pub struct StoreWriter {
 enum WriterRoute {
     Thread(JoinHandle<Result<(), StoreError>>),
     Inline(SharedStore),
+    Concurrent(Arc<dyn ConcurrentStore>),
 }
 
 impl std::fmt::Debug for StoreWriter {
@@ -140,7 +192,7 @@ impl std::fmt::Debug for StoreWriter {
 
 impl StoreWriter {
     /// Wait until every handle is dropped and the last transaction is committed, then close
-    /// the store.
+    /// the store. Blocks: call it from a blocking thread.
     ///
     /// # Errors
     /// The error of closing the store, or [`StoreError::Corrupt`] if the writer thread
@@ -153,27 +205,39 @@ impl StoreWriter {
             WriterRoute::Inline(store) => {
                 store.lock().unwrap_or_else(PoisonError::into_inner).close()
             }
+            WriterRoute::Concurrent(store) => store.close(),
         }
     }
 }
 
-/// Start the writer thread in front of `store` (or, for an inline store, share it).
+/// Put `drive` behind a [`StoreHandle`]: start the writer thread for a group-commit store,
+/// share an inline store, or hand a concurrent store through.
 ///
 /// # Panics
 /// If the OS refuses to start a thread (at startup, before any reading is accepted).
-pub fn spawn(store: Box<dyn Store>, config: WriterConfig) -> (StoreHandle, StoreWriter) {
-    if store.is_inline() {
-        let shared: SharedStore = Arc::new(Mutex::new(store));
-        let handle = StoreHandle {
-            route: Route::Inline(shared.clone()),
-        };
-        return (
-            handle,
-            StoreWriter {
+pub fn spawn(drive: Drive, config: WriterConfig) -> (StoreHandle, StoreWriter) {
+    let store = match drive {
+        Drive::GroupCommit(store) => store,
+        Drive::Inline(store) => {
+            let shared: SharedStore = Arc::new(Mutex::new(store));
+            let handle = StoreHandle {
+                route: Route::Inline(shared.clone()),
+            };
+            let writer = StoreWriter {
                 route: WriterRoute::Inline(shared),
-            },
-        );
-    }
+            };
+            return (handle, writer);
+        }
+        Drive::Concurrent(store) => {
+            let handle = StoreHandle {
+                route: Route::Concurrent(Arc::clone(&store)),
+            };
+            let writer = StoreWriter {
+                route: WriterRoute::Concurrent(store),
+            };
+            return (handle, writer);
+        }
+    };
     // tokio's channel panics on a zero capacity.
     let (tx, rx) = mpsc::channel(config.queue_batches.max(1));
     let thread = std::thread::Builder::new()
@@ -274,10 +338,13 @@ fn commit(store: &mut dyn Store, mut jobs: Vec<Job>, rows: usize) {
     match result {
         Ok((total, commit_us)) => {
             if rows > 0 {
-                METRICS.store_commits.inc();
+                BatchCommitted {
+                    rows,
+                    outcome: total,
+                    duration: Duration::from_micros(commit_us),
+                }
+                .emit();
             }
-            METRICS.readings_stored.add(total.inserted);
-            METRICS.readings_duplicate.add(total.duplicates);
             for (job, outcome) in jobs.into_iter().zip(split_outcome(total, &lens)) {
                 // A dropped receiver means the connection is gone; nothing to tell it.
                 let _ = job.reply.send(Ok(Committed {
@@ -288,8 +355,12 @@ fn commit(store: &mut dyn Store, mut jobs: Vec<Job>, rows: usize) {
             }
         }
         Err(err) => {
-            METRICS.store_errors.inc();
-            tracing::error!(cause = %err, batches = jobs.len(), rows, "store transaction failed");
+            StoreFailed {
+                error: &err,
+                batches: jobs.len(),
+                rows,
+            }
+            .emit();
             let err = Arc::new(err);
             for job in jobs {
                 let _ = job.reply.send(Err(Arc::clone(&err)));
@@ -351,98 +422,14 @@ fn split_outcome(total: WriteOutcome, lens: &[usize]) -> Vec<WriteOutcome> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
-
     use super::*;
-    use crate::protocol::{FieldValue, Reading};
-    use crate::store::memory::MemoryStore;
-    use crate::store::{Query, Row, SensorStats};
+    use crate::store::testing::{gate, temp, TestStore};
 
     /// Generous liveness guard: a test that needs longer than this is hung.
     const HANG: Duration = Duration::from_secs(20);
 
     fn reading(sensor: &str, ts: i64) -> StoredReading {
-        StoredReading {
-            reading: Reading {
-                measurement: "temp".into(),
-                tags: vec![("sensor".into(), sensor.into())],
-                fields: vec![("v".into(), FieldValue::Int(ts))],
-                timestamp_ns: Some(ts),
-            },
-            sensor: sensor.into(),
-            received_ns: ts,
-        }
-    }
-
-    #[derive(Default)]
-    struct Log {
-        store: MemoryStore,
-        /// Rows of every write_batch call.
-        txns: Vec<usize>,
-        closed: bool,
-    }
-
-    /// A MemoryStore the test can inspect, that can be told to fail or to block.
-    #[derive(Clone, Default)]
-    struct TestStore {
-        log: Arc<Mutex<Log>>,
-        /// Fail every write while set.
-        fail: Arc<std::sync::atomic::AtomicBool>,
-        /// When set, every write waits at the gate.
-        gate: Option<Gate>,
-    }
-
-    /// Announces each write on `entered`, then waits for a message (or a hang-up) on
-    /// `release`.
-    #[derive(Clone)]
-    struct Gate {
-        entered: std::sync::mpsc::Sender<()>,
-        release: Arc<Mutex<std::sync::mpsc::Receiver<()>>>,
-    }
-
-    fn gate() -> (
-        Gate,
-        std::sync::mpsc::Receiver<()>,
-        std::sync::mpsc::Sender<()>,
-    ) {
-        let (entered, entered_rx) = std::sync::mpsc::channel();
-        let (release_tx, release) = std::sync::mpsc::channel();
-        let gate = Gate {
-            entered,
-            release: Arc::new(Mutex::new(release)),
-        };
-        (gate, entered_rx, release_tx)
-    }
-
-    impl TestStore {
-        fn log(&self) -> std::sync::MutexGuard<'_, Log> {
-            self.log.lock().expect("test store lock not poisoned")
-        }
-    }
-
-    impl Store for TestStore {
-        fn write_batch(&mut self, batch: &[StoredReading]) -> Result<WriteOutcome, StoreError> {
-            if let Some(gate) = &self.gate {
-                let _ = gate.entered.send(());
-                let _ = gate.release.lock().expect("gate lock").recv();
-            }
-            if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
-                return Err(StoreError::Corrupt("test failure".into()));
-            }
-            let mut log = self.log();
-            log.txns.push(batch.len());
-            log.store.write_batch(batch)
-        }
-        fn query(&mut self, query: &Query) -> Result<Vec<Row>, StoreError> {
-            self.log().store.query(query)
-        }
-        fn sensor_stats(&mut self) -> Result<Vec<SensorStats>, StoreError> {
-            self.log().store.sensor_stats()
-        }
-        fn close(&mut self) -> Result<(), StoreError> {
-            self.log().closed = true;
-            Ok(())
-        }
+        temp(sensor, ts)
     }
 
     async fn wait(rx: CommitReceiver) -> Result<Committed, Arc<StoreError>> {
@@ -456,11 +443,8 @@ mod tests {
     async fn concurrent_submits_are_all_committed_and_merged() {
         let store = TestStore::default();
         let (gate, entered_rx, release_tx) = gate();
-        let gated = TestStore {
-            gate: Some(gate),
-            ..store.clone()
-        };
-        let (handle, writer) = spawn(Box::new(gated), WriterConfig::default());
+        let gated = store.gated(gate);
+        let (handle, writer) = spawn(Drive::GroupCommit(Box::new(gated)), WriterConfig::default());
 
         // Hold the writer in a first transaction so the other batches queue up.
         let first = handle
@@ -518,7 +502,7 @@ mod tests {
             queue_batches: 8,
             commit_delay: Duration::from_millis(1),
         };
-        let (handle, writer) = spawn(Box::new(store.clone()), config);
+        let (handle, writer) = spawn(Drive::GroupCommit(Box::new(store.clone())), config);
         let mut joins = Vec::new();
         for t in 0..100 {
             let handle = handle.clone();
@@ -542,13 +526,16 @@ mod tests {
     #[tokio::test]
     async fn errors_reach_every_batch_and_the_writer_goes_on() {
         let store = TestStore::default();
-        store.fail.store(true, std::sync::atomic::Ordering::SeqCst);
-        let (handle, writer) = spawn(Box::new(store.clone()), WriterConfig::default());
+        store.set_failing(true);
+        let (handle, writer) = spawn(
+            Drive::GroupCommit(Box::new(store.clone())),
+            WriterConfig::default(),
+        );
         let rx = handle.submit(vec![reading("a", 1)]).await.expect("submit");
         let err = wait(rx).await.expect_err("store failed");
         assert!(matches!(*err, StoreError::Corrupt(_)));
 
-        store.fail.store(false, std::sync::atomic::Ordering::SeqCst);
+        store.set_failing(false);
         let rx = handle.submit(vec![reading("a", 1)]).await.expect("submit");
         assert_eq!(wait(rx).await.expect("ok").outcome.inserted, 1);
         drop(handle);
@@ -559,7 +546,10 @@ mod tests {
     #[tokio::test]
     async fn empty_batch_is_a_barrier_without_a_write() {
         let store = TestStore::default();
-        let (handle, writer) = spawn(Box::new(store.clone()), WriterConfig::default());
+        let (handle, writer) = spawn(
+            Drive::GroupCommit(Box::new(store.clone())),
+            WriterConfig::default(),
+        );
         let rx = handle.submit(Vec::new()).await.expect("submit");
         let committed = wait(rx).await.expect("ok");
         assert_eq!(committed.outcome, WriteOutcome::default());
@@ -571,7 +561,10 @@ mod tests {
     #[tokio::test]
     async fn duplicates_are_counted() {
         let store = TestStore::default();
-        let (handle, writer) = spawn(Box::new(store.clone()), WriterConfig::default());
+        let (handle, writer) = spawn(
+            Drive::GroupCommit(Box::new(store.clone())),
+            WriterConfig::default(),
+        );
         let rx = handle
             .submit(vec![reading("a", 1), reading("a", 1), reading("a", 2)])
             .await
@@ -592,15 +585,12 @@ mod tests {
     async fn full_queue_makes_submit_wait() {
         let store = TestStore::default();
         let (gate, entered_rx, release_tx) = gate();
-        let gated = TestStore {
-            gate: Some(gate),
-            ..store.clone()
-        };
+        let gated = store.gated(gate);
         let config = WriterConfig {
             queue_batches: 1,
             ..WriterConfig::default()
         };
-        let (handle, writer) = spawn(Box::new(gated), config);
+        let (handle, writer) = spawn(Drive::GroupCommit(Box::new(gated)), config);
 
         let first = handle.submit(vec![reading("a", 1)]).await.expect("submit");
         let entered_rx = tokio::task::spawn_blocking(move || entered_rx.recv().map(|_| entered_rx))
@@ -649,17 +639,14 @@ mod tests {
             fn write_batch(&mut self, _: &[StoredReading]) -> Result<WriteOutcome, StoreError> {
                 panic!("test store panics");
             }
-            fn query(&mut self, _: &Query) -> Result<Vec<Row>, StoreError> {
-                Ok(Vec::new())
-            }
-            fn sensor_stats(&mut self) -> Result<Vec<SensorStats>, StoreError> {
-                Ok(Vec::new())
-            }
             fn close(&mut self) -> Result<(), StoreError> {
                 Ok(())
             }
         }
-        let (handle, writer) = spawn(Box::new(Panicking), WriterConfig::default());
+        let (handle, writer) = spawn(
+            Drive::GroupCommit(Box::new(Panicking)),
+            WriterConfig::default(),
+        );
         let rx = handle.submit(vec![reading("a", 1)]).await.expect("submit");
         // The reply sender is dropped by the panic.
         assert!(tokio::time::timeout(HANG, rx)
@@ -707,15 +694,48 @@ mod tests {
 }
 
 #[cfg(test)]
-mod inline_tests {
+mod route_tests {
+    use std::sync::atomic::Ordering;
+
     use super::*;
     use crate::protocol::{FieldValue, Reading};
+    use crate::store::testing::{temp, ConcurrentTestStore};
+
+    /// Generous liveness guard: a test that needs longer than this is hung.
+    const HANG: Duration = Duration::from_secs(20);
+
+    /// A concurrent store (as the PostgreSQL store will be) gets the batches straight
+    /// through the handle and commits several at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_store_has_several_commits_in_flight() {
+        // Every commit waits until three are running: they finish only if they overlap.
+        let store = Arc::new(ConcurrentTestStore::new(4, 3));
+        let reader = store.reader();
+        let (handle, writer) = spawn(Drive::Concurrent(store.clone()), WriterConfig::default());
+        let mut answers = Vec::new();
+        for ts in 0..3 {
+            answers.push(handle.submit(vec![temp("s", ts)]).await.expect("submit"));
+        }
+        for answer in answers {
+            let committed = tokio::time::timeout(HANG, answer)
+                .await
+                .expect("commits overlap")
+                .expect("answered")
+                .expect("committed");
+            assert_eq!(committed.outcome.inserted, 1);
+        }
+        assert_eq!(store.peak_in_flight.load(Ordering::SeqCst), 3);
+        assert_eq!(reader.counts().await.expect("counts").total, 3);
+        drop(handle);
+        writer.finish().expect("close");
+        assert!(store.is_closed());
+    }
 
     /// The memory store is written by the submitting task: the answer is there at once.
     #[tokio::test]
     async fn inline_store_answers_without_a_thread() {
         let (handle, writer) = spawn(
-            Box::new(crate::store::memory::MemoryStore::default()),
+            Drive::Inline(Box::new(crate::store::memory::MemoryStore::default())),
             WriterConfig::default(),
         );
         let reading = StoredReading {

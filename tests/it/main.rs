@@ -3,6 +3,7 @@
 mod bench;
 mod client;
 mod client_stop;
+mod config;
 mod durability;
 mod harness;
 mod line;

@@ -102,3 +102,35 @@ fn query_of_a_bad_or_missing_store_fails_clearly() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no such store"));
     assert!(!path.exists());
 }
+
+/// `query` and `stats` read beside a running server (their own read-only connection,
+/// WAL): every acknowledged reading is visible at once, nothing is created or locked.
+#[test]
+fn query_reads_the_store_of_a_running_server() {
+    let store = TempStore::new();
+    let mut server = Server::start_on("127.0.0.1:0", &store.url(), &["-q"]);
+    let mut peer = LinePeer::new(server.addr);
+    peer.send(b"env,sensor=a temp=1 1000000000\nsync q\n");
+    assert!(peer.line().starts_with("ack q readings=1"));
+    let rows = store.rows(&[]);
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["fields"]["temp"], 1.0);
+
+    // The server goes on writing after the reads.
+    peer.send(b"env,sensor=b temp=2 2000000000\nenv,sensor=a temp=3 3000000000\nsync r\n");
+    assert!(peer.line().starts_with("ack r readings=2"));
+    let times: Vec<i64> = store
+        .rows(&[])
+        .iter()
+        .map(|r| r["timestamp_ns"].as_i64().unwrap())
+        .collect();
+    assert_eq!(times, vec![1_000_000_000, 2_000_000_000, 3_000_000_000]);
+    let out = run(bin().args(["stats", "--store", &store.url(), "--format", "json"]));
+    assert!(out.status.success());
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(stats[0]["sensor"], "a");
+    assert_eq!(stats[0]["readings"], 2);
+    assert_eq!(stats[0]["last_fields"]["temp"], 3.0);
+    drop(peer);
+    assert!(server.terminate().success());
+}

@@ -1,0 +1,776 @@
+//! Settings from four places, in rising precedence: defaults < TOML file (`--config FILE`
+//! or `SENSORLINK_CONFIG`) < environment (`SENSORLINK_<FLAG>`) < flags.
+//!
+//! Two steps, as ripgrep's LowArgs → HiArgs: a raw layer whose every field is an `Option`
+//! ([`RawServer`]: what one source said, and nothing it did not say) is read from the flags
+//! and environment (clap) and from the file (serde); the layers are merged field by field
+//! and then validated into [`ServerConfig`]. A value out of range is an error naming the
+//! setting and the accepted range: nothing is clamped behind the user's back.
+//!
+//! The file has one table per command and uses the flags' names:
+//!
+//! ```toml
+//! [server]
+//! listen = "0.0.0.0:8889"
+//! store = "sqlite:sensorlink.db"
+//! idle-timeout = "5m"
+//! ```
+//!
+//! `sensorlink server --print-config` prints the effective settings in this form, so its
+//! output is a valid `--config` file.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::client::source::SourceSpec;
+use crate::client::ClientConfig;
+use crate::server::{self, ServerConfig};
+use crate::store::writer::WriterConfig;
+use crate::store::{FsyncPolicy, StoreUrl};
+
+mod forms;
+
+use forms::{display_from_str, fsync_names, fsync_parser, human_duration, source_spec, ShowValue};
+
+/// A setting that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid {setting} {value}: accepted {accepted}")]
+    Invalid {
+        /// The flag's name, which is also the file's key.
+        setting: &'static str,
+        value: String,
+        accepted: String,
+    },
+    #[error("reading config file {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {}", path.display())]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+}
+
+/// The whole config file: one optional table per command.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<RawServer>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<RawClient>,
+}
+
+impl ConfigFile {
+    /// Read and parse `path`.
+    ///
+    /// # Errors
+    /// The file cannot be read, is not TOML, or has a key no command knows.
+    pub fn load(path: &Path) -> Result<ConfigFile, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// As TOML, for `--print-config`.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("settings are plain strings, numbers and tables")
+    }
+}
+
+/// Server settings as one source gives them: `None` means "not said here".
+///
+/// The same struct is the flag set (clap, with `env`) and the file's `[server]` table
+/// (serde), so a setting has one name everywhere. No clap defaults: a default would hide
+/// a value from the file. The defaults shown in `--help` are checked by a test.
+#[derive(Debug, Default, Clone, PartialEq, clap::Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawServer {
+    /// Address to listen on (port 0 picks a free port; the chosen address is printed)
+    /// [default: 0.0.0.0:8889].
+    #[arg(long, env = "SENSORLINK_LISTEN")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// Where readings go: `sqlite:PATH` (durable) or `memory` (tests, benchmarks)
+    /// [default: sqlite:sensorlink.db].
+    #[arg(long, env = "SENSORLINK_STORE")]
+    #[serde(
+        default,
+        with = "display_from_str",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub store: Option<StoreUrl>,
+    /// When a commit reaches the disk: `always` (fsync every commit: an acked reading
+    /// survives a power cut) or `os` (the OS writes back later: survives a crash only)
+    /// [default: always].
+    #[arg(long, env = "SENSORLINK_FSYNC", value_parser = fsync_parser())]
+    #[serde(default, with = "fsync_names", skip_serializing_if = "Option::is_none")]
+    pub fsync: Option<FsyncPolicy>,
+    /// Most connections at once; more are closed on arrival
+    /// [default: what the open-file limit allows, at most 50000].
+    #[arg(long, env = "SENSORLINK_MAX_CONNECTIONS")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
+    /// Close a connection that sends nothing for this long [default: 5m].
+    #[arg(long, env = "SENSORLINK_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[serde(
+        default,
+        with = "human_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub idle_timeout: Option<Duration>,
+    /// Close a connection that does not read its replies for this long [default: 30s].
+    #[arg(long, env = "SENSORLINK_WRITE_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[serde(
+        default,
+        with = "human_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub write_timeout: Option<Duration>,
+    /// Longest line accepted; longer lines are discarded and answered with an error
+    /// [default: 65536].
+    #[arg(long, env = "SENSORLINK_MAX_LINE_BYTES")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_line_bytes: Option<usize>,
+    /// Most readings in one store transaction (group commit) [default: 20000].
+    #[arg(long, env = "SENSORLINK_COMMIT_MAX_ROWS")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit_max_rows: Option<usize>,
+    /// Extra wait for more readings before a small commit (0s = commit as soon as the store
+    /// is free) [default: 0s].
+    #[arg(long, env = "SENSORLINK_COMMIT_DELAY", value_parser = humantime::parse_duration)]
+    #[serde(
+        default,
+        with = "human_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub commit_delay: Option<Duration>,
+}
+
+/// Accepted ranges, inclusive. Named so the error message and the check cannot disagree.
+pub mod limits {
+    use std::time::Duration;
+
+    /// Linux's default ceiling on open files per process (`fs.nr_open`).
+    pub const MAX_CONNECTIONS: (usize, usize) = (1, 1 << 20);
+    /// Below 64 bytes not even a short reading fits; above 16 MiB one line could pin that
+    /// much memory per connection.
+    pub const MAX_LINE_BYTES: (usize, usize) = (64, 16 << 20);
+    pub const COMMIT_MAX_ROWS: (usize, usize) = (1, 1_000_000);
+    pub const TIMEOUT: (Duration, Duration) =
+        (Duration::from_millis(1), Duration::from_secs(7 * 24 * 3600));
+    pub const COMMIT_DELAY: (Duration, Duration) = (Duration::ZERO, Duration::from_secs(10));
+    /// Zero sends as fast as acks allow.
+    pub const INTERVAL: (Duration, Duration) = (Duration::ZERO, Duration::from_secs(24 * 3600));
+    pub const MAX_PENDING: (usize, usize) = (1, 100_000_000);
+    /// A spool smaller than one segment could hold nothing useful.
+    pub const SPOOL_MAX_BYTES: (u64, u64) = (64 << 10, 1 << 50);
+    pub const SPOOL_MAX_AGE: (Duration, Duration) = (
+        Duration::from_secs(1),
+        Duration::from_secs(3650 * 24 * 3600),
+    );
+    pub const MAX_BACKOFF: (Duration, Duration) =
+        (Duration::from_millis(1), Duration::from_secs(24 * 3600));
+}
+
+impl RawServer {
+    /// Each field from `self`, or from `lower` where `self` says nothing.
+    pub fn or(self, lower: RawServer) -> RawServer {
+        RawServer {
+            listen: self.listen.or(lower.listen),
+            store: self.store.or(lower.store),
+            fsync: self.fsync.or(lower.fsync),
+            max_connections: self.max_connections.or(lower.max_connections),
+            idle_timeout: self.idle_timeout.or(lower.idle_timeout),
+            write_timeout: self.write_timeout.or(lower.write_timeout),
+            max_line_bytes: self.max_line_bytes.or(lower.max_line_bytes),
+            commit_max_rows: self.commit_max_rows.or(lower.commit_max_rows),
+            commit_delay: self.commit_delay.or(lower.commit_delay),
+        }
+    }
+
+    /// Validate into the server's settings; unset fields take their defaults.
+    ///
+    /// # Errors
+    /// The first setting out of its accepted range.
+    pub fn validate(self) -> Result<ServerConfig, ConfigError> {
+        let defaults = ServerConfig::default();
+        let max_connections = match self.max_connections {
+            Some(n) => in_range("max-connections", n, limits::MAX_CONNECTIONS)?,
+            None => server::default_max_connections(),
+        };
+        Ok(ServerConfig {
+            listen: self.listen.unwrap_or(defaults.listen),
+            store: self.store.unwrap_or(defaults.store),
+            fsync: self.fsync.unwrap_or(defaults.fsync),
+            max_connections,
+            idle_timeout: in_range(
+                "idle-timeout",
+                self.idle_timeout.unwrap_or(defaults.idle_timeout),
+                limits::TIMEOUT,
+            )?,
+            write_timeout: in_range(
+                "write-timeout",
+                self.write_timeout.unwrap_or(defaults.write_timeout),
+                limits::TIMEOUT,
+            )?,
+            max_line_bytes: in_range(
+                "max-line-bytes",
+                self.max_line_bytes.unwrap_or(defaults.max_line_bytes),
+                limits::MAX_LINE_BYTES,
+            )?,
+            writer: WriterConfig {
+                max_batch_rows: in_range(
+                    "commit-max-rows",
+                    self.commit_max_rows
+                        .unwrap_or(defaults.writer.max_batch_rows),
+                    limits::COMMIT_MAX_ROWS,
+                )?,
+                commit_delay: in_range(
+                    "commit-delay",
+                    self.commit_delay.unwrap_or(defaults.writer.commit_delay),
+                    limits::COMMIT_DELAY,
+                )?,
+                ..defaults.writer
+            },
+            ..defaults
+        })
+    }
+
+    /// The raw layer that says exactly `config`: what `--print-config` prints.
+    pub fn from_config(config: &ServerConfig) -> RawServer {
+        RawServer {
+            listen: Some(config.listen.clone()),
+            store: Some(config.store.clone()),
+            fsync: Some(config.fsync),
+            max_connections: Some(config.max_connections),
+            idle_timeout: Some(config.idle_timeout),
+            write_timeout: Some(config.write_timeout),
+            max_line_bytes: Some(config.max_line_bytes),
+            commit_max_rows: Some(config.writer.max_batch_rows),
+            commit_delay: Some(config.writer.commit_delay),
+        }
+    }
+}
+
+/// The server's settings from `flags` (which clap already filled from the environment)
+/// over the `[server]` table of `file`.
+///
+/// # Errors
+/// The file cannot be used, or a setting is out of range.
+pub fn server_config(flags: RawServer, file: Option<&Path>) -> Result<ServerConfig, ConfigError> {
+    let from_file = match file {
+        Some(path) => ConfigFile::load(path)?.server.unwrap_or_default(),
+        None => RawServer::default(),
+    };
+    flags.or(from_file).validate()
+}
+
+/// `server --print-config`: the effective settings as a valid `--config` file.
+pub fn print_server(config: &ServerConfig) -> String {
+    let file = ConfigFile {
+        server: Some(RawServer::from_config(config)),
+        ..ConfigFile::default()
+    };
+    format!(
+        "# sensorlink server: effective settings (defaults < file < environment < flags)\n{}",
+        file.to_toml()
+    )
+}
+
+/// Client settings as one source gives them: `None` means "not said here" (see
+/// [`RawServer`]). Switches take `--legacy`, `--legacy=false`, or `legacy = true` in the file.
+#[derive(Debug, Default, Clone, PartialEq, clap::Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawClient {
+    /// Server address [default: 127.0.0.1:8889].
+    #[arg(env = "SENSORLINK_ADDR")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addr: Option<String>,
+    /// Sensor name sent as the `sensor` tag [default: this host's name].
+    #[arg(long, env = "SENSORLINK_SENSOR")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sensor: Option<String>,
+    /// Measurement name of the readings [default: reading].
+    #[arg(long, env = "SENSORLINK_MEASUREMENT")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measurement: Option<String>,
+    /// Time between readings (e.g. 1s, 250ms) [default: 1s].
+    #[arg(short, long, env = "SENSORLINK_INTERVAL", value_parser = humantime::parse_duration)]
+    #[serde(
+        default,
+        with = "human_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub interval: Option<Duration>,
+    /// Stop after this many readings (default: run until Ctrl-C or the source ends).
+    #[arg(short, long, env = "SENSORLINK_COUNT")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+    /// Reply timeout: a reading not acknowledged within this time after it was sent is
+    /// reported lost (and the connection re-opened to resend it) [default: 10s].
+    #[arg(short = 'W', long, env = "SENSORLINK_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[serde(
+        default,
+        with = "human_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout: Option<Duration>,
+    /// Bounds opening a connection (TCP connect and the first pong), and how long the first
+    /// connection may take before the server counts as unreachable [default: --timeout].
+    #[arg(long, env = "SENSORLINK_CONNECT_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[serde(
+        default,
+        with = "human_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub connect_timeout: Option<Duration>,
+    /// Once the source ends (or on Ctrl-C/SIGTERM): how long to keep delivering pending
+    /// readings before they are reported lost [default: --timeout].
+    #[arg(long, env = "SENSORLINK_DRAIN_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[serde(
+        default,
+        with = "human_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub drain_timeout: Option<Duration>,
+    /// Reconnect when the server takes none of our bytes for this long [default: --timeout].
+    #[arg(long, env = "SENSORLINK_WRITE_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[serde(
+        default,
+        with = "human_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub write_timeout: Option<Duration>,
+    /// Speak the seed client's exact bytes (`ping`, `ping / ('<time>', <n>)`) [default: false].
+    #[arg(long, env = "SENSORLINK_LEGACY", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_name = "BOOL",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub legacy: Option<bool>,
+    /// One JSON object per event on stdout, and the summary as JSON [default: false].
+    #[arg(long, env = "SENSORLINK_JSON", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_name = "BOOL",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json: Option<bool>,
+    /// Where values come from: counter, random, exec:CMD, file:PATH, stdin [default: counter].
+    #[arg(long, env = "SENSORLINK_SOURCE")]
+    #[serde(default, with = "source_spec", skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceSpec>,
+    /// Most readings kept in memory while unacknowledged (without --spool); beyond it the
+    /// oldest is dropped (and reported) [default: 100000].
+    #[arg(long, env = "SENSORLINK_MAX_PENDING")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_pending: Option<usize>,
+    /// Keep unacknowledged readings in this directory, so they survive a client restart
+    /// and are sent (in order, with their original timestamps) once the server is back.
+    #[arg(long, env = "SENSORLINK_SPOOL")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spool: Option<PathBuf>,
+    /// Most bytes the spool keeps; beyond it the oldest readings are dropped (and reported)
+    /// [default: 1073741824].
+    #[arg(long, env = "SENSORLINK_SPOOL_MAX_BYTES")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spool_max_bytes: Option<u64>,
+    /// Readings older than this are dropped from the spool (and reported), e.g. `7d`.
+    #[arg(long, env = "SENSORLINK_SPOOL_MAX_AGE", value_parser = humantime::parse_duration)]
+    #[serde(
+        default,
+        with = "human_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub spool_max_age: Option<Duration>,
+    /// Longest wait between reconnect attempts [default: 30s].
+    #[arg(long, env = "SENSORLINK_MAX_BACKOFF", value_parser = humantime::parse_duration)]
+    #[serde(
+        default,
+        with = "human_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_backoff: Option<Duration>,
+}
+
+impl RawClient {
+    /// Each field from `self`, or from `lower` where `self` says nothing.
+    pub fn or(self, lower: RawClient) -> RawClient {
+        RawClient {
+            addr: self.addr.or(lower.addr),
+            sensor: self.sensor.or(lower.sensor),
+            measurement: self.measurement.or(lower.measurement),
+            interval: self.interval.or(lower.interval),
+            count: self.count.or(lower.count),
+            timeout: self.timeout.or(lower.timeout),
+            connect_timeout: self.connect_timeout.or(lower.connect_timeout),
+            drain_timeout: self.drain_timeout.or(lower.drain_timeout),
+            write_timeout: self.write_timeout.or(lower.write_timeout),
+            legacy: self.legacy.or(lower.legacy),
+            json: self.json.or(lower.json),
+            source: self.source.or(lower.source),
+            max_pending: self.max_pending.or(lower.max_pending),
+            spool: self.spool.or(lower.spool),
+            spool_max_bytes: self.spool_max_bytes.or(lower.spool_max_bytes),
+            spool_max_age: self.spool_max_age.or(lower.spool_max_age),
+            max_backoff: self.max_backoff.or(lower.max_backoff),
+        }
+    }
+
+    /// Validate into the client's settings; unset fields take their defaults.
+    ///
+    /// # Errors
+    /// The first setting out of its accepted range, or `spool` together with `legacy`.
+    pub fn validate(self) -> Result<ClientConfig, ConfigError> {
+        let legacy = self.legacy.unwrap_or(false);
+        if legacy {
+            if let Some(spool) = &self.spool {
+                return Err(ConfigError::Invalid {
+                    setting: "spool",
+                    value: spool.display().to_string(),
+                    accepted:
+                        "only without legacy (the seed's messages carry no sequence to resend by)"
+                            .into(),
+                });
+            }
+        }
+        // The other timeouts default to this one.
+        let reply_timeout = in_range(
+            "timeout",
+            self.timeout.unwrap_or(Duration::from_secs(10)),
+            limits::TIMEOUT,
+        )?;
+        Ok(ClientConfig {
+            addr: self
+                .addr
+                .unwrap_or_else(|| format!("127.0.0.1:{}", crate::DEFAULT_PORT)),
+            sensor: match self.sensor {
+                Some(name) => name,
+                None => gethostname::gethostname().to_string_lossy().into_owned(),
+            },
+            measurement: self.measurement.unwrap_or_else(|| "reading".into()),
+            interval: in_range(
+                "interval",
+                self.interval.unwrap_or(Duration::from_secs(1)),
+                limits::INTERVAL,
+            )?,
+            // 0 is useful: replay the spool, send nothing new.
+            count: self.count,
+            reply_timeout,
+            connect_timeout: in_range(
+                "connect-timeout",
+                self.connect_timeout.unwrap_or(reply_timeout),
+                limits::TIMEOUT,
+            )?,
+            drain_timeout: in_range(
+                "drain-timeout",
+                self.drain_timeout.unwrap_or(reply_timeout),
+                limits::TIMEOUT,
+            )?,
+            write_timeout: in_range(
+                "write-timeout",
+                self.write_timeout.unwrap_or(reply_timeout),
+                limits::TIMEOUT,
+            )?,
+            legacy,
+            json: self.json.unwrap_or(false),
+            source: self.source.unwrap_or(SourceSpec::Counter),
+            max_pending: in_range(
+                "max-pending",
+                self.max_pending.unwrap_or(100_000),
+                limits::MAX_PENDING,
+            )?,
+            max_backoff: in_range(
+                "max-backoff",
+                self.max_backoff.unwrap_or(Duration::from_secs(30)),
+                limits::MAX_BACKOFF,
+            )?,
+            spool: self.spool,
+            spool_max_bytes: in_range(
+                "spool-max-bytes",
+                self.spool_max_bytes.unwrap_or(1 << 30),
+                limits::SPOOL_MAX_BYTES,
+            )?,
+            spool_max_age: self
+                .spool_max_age
+                .map(|age| in_range("spool-max-age", age, limits::SPOOL_MAX_AGE))
+                .transpose()?,
+        })
+    }
+
+    /// The raw layer that says exactly `config`: what `--print-config` prints.
+    pub fn from_config(config: &ClientConfig) -> RawClient {
+        RawClient {
+            addr: Some(config.addr.clone()),
+            sensor: Some(config.sensor.clone()),
+            measurement: Some(config.measurement.clone()),
+            interval: Some(config.interval),
+            count: config.count,
+            timeout: Some(config.reply_timeout),
+            connect_timeout: Some(config.connect_timeout),
+            drain_timeout: Some(config.drain_timeout),
+            write_timeout: Some(config.write_timeout),
+            legacy: Some(config.legacy),
+            json: Some(config.json),
+            source: Some(config.source.clone()),
+            max_pending: Some(config.max_pending),
+            spool: config.spool.clone(),
+            spool_max_bytes: Some(config.spool_max_bytes),
+            spool_max_age: config.spool_max_age,
+            max_backoff: Some(config.max_backoff),
+        }
+    }
+}
+
+/// The client's settings from `flags` (and environment) over the `[client]` table of `file`.
+///
+/// # Errors
+/// The file cannot be used, or a setting is out of range.
+pub fn client_config(flags: RawClient, file: Option<&Path>) -> Result<ClientConfig, ConfigError> {
+    let from_file = match file {
+        Some(path) => ConfigFile::load(path)?.client.unwrap_or_default(),
+        None => RawClient::default(),
+    };
+    flags.or(from_file).validate()
+}
+
+/// `client --print-config`: the effective settings as a valid `--config` file.
+pub fn print_client(config: &ClientConfig) -> String {
+    let file = ConfigFile {
+        client: Some(RawClient::from_config(config)),
+        ..ConfigFile::default()
+    };
+    format!(
+        "# sensorlink client: effective settings (defaults < file < environment < flags)\n{}",
+        file.to_toml()
+    )
+}
+
+/// `value` if within `(low, high)`, else the error naming the setting and the range.
+fn in_range<T: PartialOrd + Copy + ShowValue>(
+    setting: &'static str,
+    value: T,
+    (low, high): (T, T),
+) -> Result<T, ConfigError> {
+    if low <= value && value <= high {
+        Ok(value)
+    } else {
+        Err(ConfigError::Invalid {
+            setting,
+            value: value.show(),
+            accepted: format!("{} to {}", low.show(), high.show()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    fn parse_file(text: &str) -> Result<RawServer, ConfigError> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("sensorlink.toml");
+        std::fs::write(&path, text).expect("write config");
+        Ok(ConfigFile::load(&path)?.server.unwrap_or_default())
+    }
+
+    #[test]
+    fn flags_win_over_the_file_and_the_file_over_defaults() {
+        let file = parse_file(
+            "[server]\nstore = \"memory\"\nmax-connections = 5\nidle-timeout = \"90s\"\n",
+        )
+        .expect("valid file");
+        let flags = RawServer {
+            max_connections: Some(7),
+            ..RawServer::default()
+        };
+        let config = flags.or(file).validate().expect("valid settings");
+        assert_eq!(config.max_connections, 7, "flag over file");
+        assert_eq!(config.store, StoreUrl::Memory, "file over default");
+        assert_eq!(config.idle_timeout, Duration::from_secs(90));
+        assert_eq!(config.write_timeout, ServerConfig::default().write_timeout);
+    }
+
+    #[test]
+    fn out_of_range_values_name_the_setting_and_the_range() {
+        let cases = [
+            (
+                RawServer {
+                    max_connections: Some(0),
+                    ..RawServer::default()
+                },
+                "invalid max-connections 0: accepted 1 to 1048576",
+            ),
+            (
+                RawServer {
+                    max_line_bytes: Some(10),
+                    ..RawServer::default()
+                },
+                "invalid max-line-bytes 10: accepted 64 to 16777216",
+            ),
+            (
+                RawServer {
+                    commit_max_rows: Some(0),
+                    ..RawServer::default()
+                },
+                "invalid commit-max-rows 0: accepted 1 to 1000000",
+            ),
+            (
+                RawServer {
+                    idle_timeout: Some(Duration::ZERO),
+                    ..RawServer::default()
+                },
+                "invalid idle-timeout 0s: accepted 1ms to 7days",
+            ),
+        ];
+        for (raw, message) in cases {
+            let err = raw.validate().expect_err(message);
+            assert_eq!(err.to_string(), message);
+        }
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_in_the_file_are_errors() {
+        let err = parse_file("[server]\nmax-conections = 3\n").expect_err("typo");
+        assert!(
+            format!("{:#}", anyhow::Error::from(err)).contains("unknown field `max-conections`"),
+        );
+        let err = parse_file("[server]\nidle-timeout = \"5 parsecs\"\n").expect_err("unit");
+        assert!(
+            format!("{:#}", anyhow::Error::from(err)).contains("invalid duration \"5 parsecs\"")
+        );
+        let err = parse_file("[server]\nfsync = \"never\"\n").expect_err("fsync");
+        assert!(format!("{:#}", anyhow::Error::from(err)).contains("accepted \"always\" or \"os\""));
+        assert!(parse_file("[sever]\n").is_err(), "unknown table");
+    }
+
+    #[test]
+    fn printed_config_reads_back_as_the_same_settings() {
+        let raw = RawServer {
+            store: Some(StoreUrl::Sqlite("/tmp/x y.db".into())),
+            fsync: Some(FsyncPolicy::Os),
+            max_connections: Some(12),
+            idle_timeout: Some(Duration::from_millis(1500)),
+            commit_delay: Some(Duration::from_millis(2)),
+            ..RawServer::default()
+        };
+        let config = raw.validate().expect("valid");
+        let printed = print_server(&config);
+        let again = parse_file(&printed)
+            .expect("printed config parses")
+            .validate()
+            .expect("printed config is valid");
+        assert_eq!(print_server(&again), printed);
+        assert_eq!(
+            RawServer::from_config(&again),
+            RawServer::from_config(&config)
+        );
+        assert!(
+            printed.contains("idle-timeout = \"1s 500ms\"\n"),
+            "{printed}"
+        );
+    }
+
+    fn long_help(command: &str) -> String {
+        let mut cli = crate::cli::Cli::command();
+        let sub = cli.find_subcommand_mut(command).expect("subcommand exists");
+        sub.render_long_help().to_string()
+    }
+
+    /// Every `[default: …]` in `help` for the keys of `defaults` (except `skip`).
+    fn assert_help_defaults<T: Serialize>(help: &str, defaults: &T, skip: &[&str]) {
+        let table = toml::Table::try_from(defaults).expect("settings serialize as a table");
+        for (key, value) in table {
+            if skip.contains(&key.as_str()) {
+                continue;
+            }
+            let shown = match value {
+                toml::Value::String(text) => text,
+                other => other.to_string(),
+            };
+            assert!(
+                help.contains(&format!("[default: {shown}]")),
+                "--{key} help lacks [default: {shown}]:\n{help}"
+            );
+        }
+    }
+
+    /// `--help` states the defaults by hand (no clap defaults, see [`RawServer`]): they must
+    /// be the real ones.
+    #[test]
+    fn help_shows_the_real_defaults() {
+        let help = long_help("server");
+        assert!(help.contains("at most 50000]"), "{help}");
+        let defaults = RawServer::from_config(&ServerConfig::default());
+        assert_help_defaults(&help, &defaults, &["max-connections"]);
+
+        let client = RawClient::default().validate().expect("defaults are valid");
+        let help = long_help("client");
+        assert!(help.contains("[default: this host's name]"), "{help}");
+        assert_eq!(help.matches("[default: --timeout]").count(), 3, "{help}");
+        assert_help_defaults(
+            &help,
+            &RawClient::from_config(&client),
+            &[
+                "sensor",
+                "connect-timeout",
+                "drain-timeout",
+                "write-timeout",
+            ],
+        );
+    }
+
+    #[test]
+    fn client_settings_validate_and_print_back() {
+        let file = "[client]\naddr = \"10.0.0.1:8889\"\nlegacy = true\ninterval = \"250ms\"\nsource = \"exec:echo 1\"\n";
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("client.toml");
+        std::fs::write(&path, file).expect("write config");
+        let flags = RawClient {
+            count: Some(3),
+            ..RawClient::default()
+        };
+        let config = client_config(flags, Some(&path)).expect("valid");
+        assert!(config.legacy);
+        assert_eq!(config.count, Some(3));
+        assert_eq!(config.interval, Duration::from_millis(250));
+        assert_eq!(config.source, SourceSpec::Exec("echo 1".into()));
+        let printed = print_client(&config);
+        std::fs::write(&path, &printed).expect("write printed");
+        let again = client_config(RawClient::default(), Some(&path)).expect("printed is valid");
+        assert_eq!(print_client(&again), printed);
+
+        let err = RawClient {
+            max_pending: Some(0),
+            ..RawClient::default()
+        }
+        .validate()
+        .expect_err("zero pending");
+        assert_eq!(
+            err.to_string(),
+            "invalid max-pending 0: accepted 1 to 100000000"
+        );
+        let err = RawClient {
+            legacy: Some(true),
+            spool: Some("/tmp/spool".into()),
+            ..RawClient::default()
+        }
+        .validate()
+        .expect_err("spool with legacy");
+        assert!(err
+            .to_string()
+            .starts_with("invalid spool /tmp/spool: accepted only without legacy"));
+    }
+}

@@ -1,0 +1,948 @@
+//! Named events: each type's `emit()` writes its log line and counts its metric, so a log
+//! line and the number on a dashboard can never disagree (vector's `internal_events`).
+//!
+//! Metrics go through the [`metrics`] facade; [`install_prometheus`] installs the
+//! Prometheus recorder once per process and keeps its [`PrometheusHandle`] for whoever
+//! renders `/metrics` ([`prometheus_handle`]). Handles are registered once ([`Telemetry`]),
+//! so the hot path never looks a name up, and readings are counted per decoded batch.
+//!
+//! # Metrics
+//!
+//! | name | type | labels | what |
+//! |---|---|---|---|
+//! | `sensorlink_connections_open` | gauge | | connections being served ([`OpenConnection`]) |
+//! | `sensorlink_connections_accepted_total` | counter | | connections given a task |
+//! | `sensorlink_connections_refused_total` | counter | `reason="max_connections"` | closed at once |
+//! | `sensorlink_connections_closed_total` | counter | `reason` = `eof` `shutdown` `idle_timeout` `aborted` `write_stalled` `store_failed` | served connections that ended |
+//! | `sensorlink_connections_mode_total` | counter | `mode` = `line` `legacy` | protocol each peer spoke |
+//! | `sensorlink_accept_errors_total` | counter | | failed `accept()` calls |
+//! | `sensorlink_readings_accepted_total` | counter | | readings parsed and handed to the store |
+//! | `sensorlink_readings_rejected_total` | counter | `reason` = `oversize` `invalid_utf8` `invalid_reading` `invalid_command` `unknown_command` `invalid_legacy` | lines that were not readings |
+//! | `sensorlink_readings_committed_total` | counter | `outcome` = `inserted` `duplicate` | readings in committed transactions |
+//! | `sensorlink_readings_acked_total` | counter | | readings covered by an ack (or legacy `pong`) written |
+//! | `sensorlink_readings_unacked_total` | counter | `reason="store_failed"` | readings answered with an error instead of an ack |
+//! | `sensorlink_replies_total` | counter | `kind` = `ack` `pong` `error` | replies written |
+//! | `sensorlink_replies_suppressed_total` | counter | | error replies dropped for a peer that never reads |
+//! | `sensorlink_store_commits_total` | counter | | store transactions committed |
+//! | `sensorlink_store_errors_total` | counter | `op` = `commit` `submit` | store failures |
+//! | `sensorlink_store_commit_duration_seconds` | histogram | | time of one transaction |
+//! | `sensorlink_store_commit_rows` | histogram | | readings in one transaction |
+//! | `sensorlink_ack_latency_seconds` | histogram | | first reading's receipt → its ack written |
+//! | `sensorlink_received_bytes_total` | counter | | bytes read from peers |
+//! | `sensorlink_sent_bytes_total` | counter | | bytes written to peers |
+//!
+//! Every label takes only the values listed: no per-sensor or per-peer series, so the
+//! number of series is fixed whatever the number of sensors.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use metrics::{
+    describe_counter, describe_gauge, describe_histogram, Counter, Gauge, Histogram, Unit,
+};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::protocol::{ilp, ProtocolError, Reading};
+use crate::server::logging;
+use crate::store::WriteOutcome;
+
+/// Metric names, so tests and the HTTP side spell them the same way.
+pub mod names {
+    pub const CONNECTIONS_OPEN: &str = "sensorlink_connections_open";
+    pub const CONNECTIONS_ACCEPTED: &str = "sensorlink_connections_accepted_total";
+    pub const CONNECTIONS_REFUSED: &str = "sensorlink_connections_refused_total";
+    pub const CONNECTIONS_CLOSED: &str = "sensorlink_connections_closed_total";
+    pub const CONNECTIONS_MODE: &str = "sensorlink_connections_mode_total";
+    pub const ACCEPT_ERRORS: &str = "sensorlink_accept_errors_total";
+    pub const READINGS_ACCEPTED: &str = "sensorlink_readings_accepted_total";
+    pub const READINGS_REJECTED: &str = "sensorlink_readings_rejected_total";
+    pub const READINGS_COMMITTED: &str = "sensorlink_readings_committed_total";
+    pub const READINGS_ACKED: &str = "sensorlink_readings_acked_total";
+    pub const READINGS_UNACKED: &str = "sensorlink_readings_unacked_total";
+    pub const REPLIES: &str = "sensorlink_replies_total";
+    pub const REPLIES_SUPPRESSED: &str = "sensorlink_replies_suppressed_total";
+    pub const STORE_COMMITS: &str = "sensorlink_store_commits_total";
+    pub const STORE_ERRORS: &str = "sensorlink_store_errors_total";
+    pub const COMMIT_DURATION: &str = "sensorlink_store_commit_duration_seconds";
+    pub const COMMIT_ROWS: &str = "sensorlink_store_commit_rows";
+    pub const ACK_LATENCY: &str = "sensorlink_ack_latency_seconds";
+    pub const RECEIVED_BYTES: &str = "sensorlink_received_bytes_total";
+    pub const SENT_BYTES: &str = "sensorlink_sent_bytes_total";
+}
+
+/// Latency buckets (seconds): 100 µs to 10 s, covering a memory store and an fsync'd disk.
+const LATENCY_BUCKETS_S: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+/// Rows-per-commit buckets, up to the writer's largest transaction.
+const ROWS_BUCKETS: &[f64] = &[
+    1.0, 10.0, 100.0, 500.0, 1_000.0, 2_000.0, 5_000.0, 10_000.0, 20_000.0,
+];
+
+/// Why a served connection ended (the `reason` label of `connections_closed_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    Eof,
+    Shutdown,
+    IdleTimeout,
+    /// A read or write failed (reset, broken pipe).
+    Aborted,
+    WriteStalled,
+    StoreFailed,
+}
+
+impl CloseReason {
+    const ALL: [CloseReason; 6] = [
+        CloseReason::Eof,
+        CloseReason::Shutdown,
+        CloseReason::IdleTimeout,
+        CloseReason::Aborted,
+        CloseReason::WriteStalled,
+        CloseReason::StoreFailed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Eof => "eof",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::Aborted => "aborted",
+            CloseReason::WriteStalled => "write_stalled",
+            CloseReason::StoreFailed => "store_failed",
+        }
+    }
+}
+
+/// The protocol a peer speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Line,
+    Legacy,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Line => "line",
+            Mode::Legacy => "legacy",
+        }
+    }
+}
+
+/// The bounded `reason` label of a rejected line.
+fn reject_reason(error: &ProtocolError) -> usize {
+    match error {
+        ProtocolError::LineTooLong { .. } => 0,
+        ProtocolError::InvalidUtf8 => 1,
+        ProtocolError::InvalidReading(_) => 2,
+        ProtocolError::InvalidCommand(_) => 3,
+        ProtocolError::UnknownCommand(_) => 4,
+        ProtocolError::InvalidLegacy(_) => 5,
+    }
+}
+
+const REJECT_REASONS: [&str; 6] = [
+    "oversize",
+    "invalid_utf8",
+    "invalid_reading",
+    "invalid_command",
+    "unknown_command",
+    "invalid_legacy",
+];
+
+/// Totals the periodic load summary reads. Kept beside the exported metrics because the
+/// facade's handles are write-only; never exported, so nothing is counted twice.
+#[derive(Debug, Default)]
+pub struct Totals {
+    pub readings_accepted: AtomicU64,
+    pub readings_rejected: AtomicU64,
+    pub readings_stored: AtomicU64,
+    pub connections_open: AtomicU64,
+}
+
+/// Every metric handle, registered once against the recorder current at the time.
+#[derive(Debug)]
+pub struct Telemetry {
+    connections_open: Gauge,
+    connections_accepted: Counter,
+    connections_refused: Counter,
+    connections_closed: [Counter; 6],
+    connections_mode: [Counter; 2],
+    accept_errors: Counter,
+    readings_accepted: Counter,
+    readings_rejected: [Counter; 6],
+    readings_inserted: Counter,
+    readings_duplicate: Counter,
+    readings_acked: Counter,
+    readings_unacked: Counter,
+    replies_ack: Counter,
+    replies_pong: Counter,
+    replies_error: Counter,
+    replies_suppressed: Counter,
+    store_commits: Counter,
+    store_errors_commit: Counter,
+    store_errors_submit: Counter,
+    commit_duration: Histogram,
+    commit_rows: Histogram,
+    ack_latency: Histogram,
+    received_bytes: Counter,
+    sent_bytes: Counter,
+    /// What the load summary reads.
+    pub totals: Totals,
+}
+
+impl Telemetry {
+    /// Register every handle with the current recorder (global, or a test's local one).
+    pub fn register() -> Self {
+        use names::*;
+        Telemetry {
+            connections_open: metrics::gauge!(CONNECTIONS_OPEN),
+            connections_accepted: metrics::counter!(CONNECTIONS_ACCEPTED),
+            connections_refused: metrics::counter!(CONNECTIONS_REFUSED, "reason" => "max_connections"),
+            connections_closed: CloseReason::ALL
+                .map(|reason| metrics::counter!(CONNECTIONS_CLOSED, "reason" => reason.as_str())),
+            connections_mode: [Mode::Line, Mode::Legacy]
+                .map(|mode| metrics::counter!(CONNECTIONS_MODE, "mode" => mode.as_str())),
+            accept_errors: metrics::counter!(ACCEPT_ERRORS),
+            readings_accepted: metrics::counter!(READINGS_ACCEPTED),
+            readings_rejected: REJECT_REASONS
+                .map(|reason| metrics::counter!(READINGS_REJECTED, "reason" => reason)),
+            readings_inserted: metrics::counter!(READINGS_COMMITTED, "outcome" => "inserted"),
+            readings_duplicate: metrics::counter!(READINGS_COMMITTED, "outcome" => "duplicate"),
+            readings_acked: metrics::counter!(READINGS_ACKED),
+            readings_unacked: metrics::counter!(READINGS_UNACKED, "reason" => "store_failed"),
+            replies_ack: metrics::counter!(REPLIES, "kind" => "ack"),
+            replies_pong: metrics::counter!(REPLIES, "kind" => "pong"),
+            replies_error: metrics::counter!(REPLIES, "kind" => "error"),
+            replies_suppressed: metrics::counter!(REPLIES_SUPPRESSED),
+            store_commits: metrics::counter!(STORE_COMMITS),
+            store_errors_commit: metrics::counter!(STORE_ERRORS, "op" => "commit"),
+            store_errors_submit: metrics::counter!(STORE_ERRORS, "op" => "submit"),
+            commit_duration: metrics::histogram!(COMMIT_DURATION),
+            commit_rows: metrics::histogram!(COMMIT_ROWS),
+            ack_latency: metrics::histogram!(ACK_LATENCY),
+            received_bytes: metrics::counter!(RECEIVED_BYTES),
+            sent_bytes: metrics::counter!(SENT_BYTES),
+            totals: Totals::default(),
+        }
+    }
+}
+
+/// Help texts and units for every metric, given to the current recorder.
+pub fn describe() {
+    use names::*;
+    describe_gauge!(CONNECTIONS_OPEN, Unit::Count, "Connections being served.");
+    describe_counter!(
+        CONNECTIONS_ACCEPTED,
+        Unit::Count,
+        "Connections accepted and served."
+    );
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        Unit::Count,
+        "Connections closed at once, by reason."
+    );
+    describe_counter!(
+        CONNECTIONS_CLOSED,
+        Unit::Count,
+        "Served connections that ended, by reason."
+    );
+    describe_counter!(
+        CONNECTIONS_MODE,
+        Unit::Count,
+        "Connections by the protocol the peer spoke."
+    );
+    describe_counter!(ACCEPT_ERRORS, Unit::Count, "Failed accept() calls.");
+    describe_counter!(
+        READINGS_ACCEPTED,
+        Unit::Count,
+        "Readings parsed and handed to the store."
+    );
+    describe_counter!(READINGS_REJECTED, Unit::Count, "Lines rejected, by reason.");
+    describe_counter!(
+        READINGS_COMMITTED,
+        Unit::Count,
+        "Readings in committed transactions, by outcome (a duplicate was already stored)."
+    );
+    describe_counter!(
+        READINGS_ACKED,
+        Unit::Count,
+        "Readings covered by an ack written to the peer."
+    );
+    describe_counter!(
+        READINGS_UNACKED,
+        Unit::Count,
+        "Readings answered with an error instead of an ack, by reason."
+    );
+    describe_counter!(REPLIES, Unit::Count, "Replies written, by kind.");
+    describe_counter!(
+        REPLIES_SUPPRESSED,
+        Unit::Count,
+        "Error replies dropped because the peer never asked for replies."
+    );
+    describe_counter!(STORE_COMMITS, Unit::Count, "Store transactions committed.");
+    describe_counter!(STORE_ERRORS, Unit::Count, "Store failures, by operation.");
+    describe_histogram!(
+        COMMIT_DURATION,
+        Unit::Seconds,
+        "Duration of one store transaction."
+    );
+    describe_histogram!(
+        COMMIT_ROWS,
+        Unit::Count,
+        "Readings in one store transaction."
+    );
+    describe_histogram!(
+        ACK_LATENCY,
+        Unit::Seconds,
+        "From the receipt of the first reading an ack covers to the ack written."
+    );
+    describe_counter!(RECEIVED_BYTES, Unit::Bytes, "Bytes read from peers.");
+    describe_counter!(SENT_BYTES, Unit::Bytes, "Bytes written to peers.");
+}
+
+/// The exporter's settings: true histograms (with buckets) for the three histograms.
+pub fn prometheus_builder() -> PrometheusBuilder {
+    let buckets = |builder: PrometheusBuilder, name: &str, values: &[f64]| {
+        builder
+            .set_buckets_for_metric(Matcher::Full(name.to_string()), values)
+            .expect("bucket lists are non-empty constants")
+    };
+    let builder = buckets(
+        PrometheusBuilder::new(),
+        names::COMMIT_DURATION,
+        LATENCY_BUCKETS_S,
+    );
+    let builder = buckets(builder, names::ACK_LATENCY, LATENCY_BUCKETS_S);
+    buckets(builder, names::COMMIT_ROWS, ROWS_BUCKETS)
+}
+
+static TELEMETRY: OnceLock<Telemetry> = OnceLock::new();
+static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// The process's handles, registered on first use with the global recorder.
+pub fn telemetry() -> &'static Telemetry {
+    TELEMETRY.get_or_init(Telemetry::register)
+}
+
+/// Install the Prometheus recorder as the process's global recorder (once; later calls
+/// return the same handle), describe every metric and register the handles.
+///
+/// # Errors
+/// Another recorder is already installed (an embedding program's own): metrics then go to
+/// it, and there is nothing for us to render.
+pub fn install_prometheus() -> Result<PrometheusHandle, InstallError> {
+    // Two servers started at once in one process must not both try to install.
+    static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _installing = INSTALLING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(handle) = PROMETHEUS.get() {
+        return Ok(handle.clone());
+    }
+    let recorder = prometheus_builder().build_recorder();
+    let handle = recorder.handle();
+    if metrics::set_global_recorder(recorder).is_err() {
+        return Err(InstallError::OtherRecorder);
+    }
+    let handle = PROMETHEUS.get_or_init(|| handle).clone();
+    describe();
+    if TELEMETRY.get().is_some() {
+        // Handles registered before the recorder existed count into nothing.
+        tracing::warn!(
+            "metrics were used before the recorder was installed; they are not exported"
+        );
+    }
+    telemetry();
+    Ok(handle)
+}
+
+/// The installed Prometheus recorder's handle, for rendering `/metrics`.
+pub fn prometheus_handle() -> Option<&'static PrometheusHandle> {
+    PROMETHEUS.get()
+}
+
+/// [`install_prometheus`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    #[error("another metrics recorder is already installed")]
+    OtherRecorder,
+}
+
+/// One named event: logs its line and counts its metric.
+pub trait Event: Sized {
+    /// Emit against `telemetry` (a test's local handles).
+    fn emit_to(self, telemetry: &Telemetry);
+
+    /// Emit against the process's handles.
+    fn emit(self) {
+        self.emit_to(telemetry());
+    }
+}
+
+/// Counts one open connection for as long as it lives, so every exit path decrements it.
+#[derive(Debug)]
+pub struct OpenConnection<'a>(&'a Telemetry);
+
+impl OpenConnection<'static> {
+    pub fn new() -> Self {
+        OpenConnection::with(telemetry())
+    }
+}
+
+impl Default for OpenConnection<'static> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<'a> OpenConnection<'a> {
+    pub fn with(telemetry: &'a Telemetry) -> Self {
+        telemetry.connections_open.increment(1.0);
+        telemetry
+            .totals
+            .connections_open
+            .fetch_add(1, Ordering::Relaxed);
+        OpenConnection(telemetry)
+    }
+}
+
+impl Drop for OpenConnection<'_> {
+    fn drop(&mut self) {
+        self.0.connections_open.decrement(1.0);
+        self.0
+            .totals
+            .connections_open
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A connection got a permit and a task.
+pub struct ConnectionAccepted;
+
+impl Event for ConnectionAccepted {
+    fn emit_to(self, t: &Telemetry) {
+        tracing::debug!("connected");
+        t.connections_accepted.increment(1);
+    }
+}
+
+/// A connection was closed at once: `--max-connections` are being served.
+pub struct ConnectionRefused {
+    pub peer: SocketAddr,
+    pub limit: usize,
+}
+
+impl Event for ConnectionRefused {
+    fn emit_to(self, t: &Telemetry) {
+        tracing::warn!(peer = %self.peer, limit = self.limit, "connection limit reached; closing new connection");
+        t.connections_refused.increment(1);
+    }
+}
+
+/// `accept()` failed (e.g. out of file descriptors).
+pub struct AcceptFailed<'a> {
+    pub error: &'a std::io::Error,
+}
+
+impl Event for AcceptFailed<'_> {
+    fn emit_to(self, t: &Telemetry) {
+        tracing::warn!(cause = %self.error, "accept failed");
+        t.accept_errors.increment(1);
+    }
+}
+
+/// The peer's first bytes told its protocol.
+pub struct ModeDetected {
+    pub mode: Mode,
+}
+
+impl Event for ModeDetected {
+    fn emit_to(self, t: &Telemetry) {
+        match self.mode {
+            Mode::Legacy => tracing::debug!("legacy peer (seed protocol)"),
+            Mode::Line => tracing::debug!("line protocol peer"),
+        }
+        t.connections_mode[self.mode as usize].increment(1);
+    }
+}
+
+/// A served connection ended.
+pub struct ConnectionClosed {
+    /// `None` when the peer sent nothing to tell its protocol by.
+    pub mode: Option<Mode>,
+    pub reason: CloseReason,
+    pub accepted: u64,
+    pub rejected: u64,
+    pub acked: u64,
+    pub duration: Duration,
+}
+
+impl Event for ConnectionClosed {
+    fn emit_to(self, t: &Telemetry) {
+        tracing::info!(
+            mode = self.mode.map_or("none", Mode::as_str),
+            end = self.reason.as_str(),
+            accepted = self.accepted,
+            rejected = self.rejected,
+            acked = self.acked,
+            duration_ms = u64::try_from(self.duration.as_millis()).unwrap_or(u64::MAX),
+            "disconnected"
+        );
+        let index = CloseReason::ALL
+            .iter()
+            .position(|r| *r == self.reason)
+            .expect("CloseReason::ALL lists every reason");
+        t.connections_closed[index].increment(1);
+    }
+}
+
+/// One reading parsed: the seed's `Received: <data>` line. The caller asks the log budget
+/// ([`logging::allow_received_line`]) first; readings are counted per batch by
+/// [`ReadingsAccepted`], not here, to keep shared counters off the per-reading path.
+pub struct ReadingReceived<'a> {
+    pub reading: &'a Reading,
+}
+
+impl Event for ReadingReceived<'_> {
+    fn emit_to(self, _: &Telemetry) {
+        let mut line = Vec::with_capacity(96);
+        ilp::encode(self.reading, &mut line);
+        let text = String::from_utf8_lossy(&line);
+        tracing::info!("Received: {}", text.trim_end());
+    }
+}
+
+/// Readings of one decoded batch handed to the store.
+pub struct ReadingsAccepted {
+    pub count: u64,
+}
+
+impl Event for ReadingsAccepted {
+    fn emit_to(self, t: &Telemetry) {
+        tracing::trace!(count = self.count, "readings accepted");
+        t.readings_accepted.increment(self.count);
+        t.totals
+            .readings_accepted
+            .fetch_add(self.count, Ordering::Relaxed);
+    }
+}
+
+/// A line that is not a reading; warned about within its own log budget.
+pub struct LineRejected<'a> {
+    /// Line number on the connection (0 for legacy messages).
+    pub line: u64,
+    pub error: &'a ProtocolError,
+}
+
+impl Event for LineRejected<'_> {
+    fn emit_to(self, t: &Telemetry) {
+        if logging::allow_rejected_line() {
+            tracing::warn!(line = self.line, cause = %self.error, "rejected");
+        }
+        t.readings_rejected[reject_reason(self.error)].increment(1);
+        t.totals.readings_rejected.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// An error reply dropped: the peer never sent a control line, so it does not read replies
+/// (PROTOCOL.md), and the held ones are at their limit.
+pub struct ErrorReplySuppressed;
+
+impl Event for ErrorReplySuppressed {
+    fn emit_to(self, t: &Telemetry) {
+        tracing::debug!("error reply not sent: the peer does not read replies");
+        t.replies_suppressed.increment(1);
+    }
+}
+
+/// Bytes read from a peer.
+pub struct BytesReceived {
+    pub bytes: usize,
+}
+
+impl Event for BytesReceived {
+    fn emit_to(self, t: &Telemetry) {
+        tracing::trace!(bytes = self.bytes, "bytes received");
+        t.received_bytes.increment(self.bytes as u64);
+    }
+}
+
+/// One write of replies reached the peer's socket.
+pub struct RepliesWritten<'a> {
+    pub bytes: usize,
+    pub acks: u64,
+    pub pongs: u64,
+    pub errors: u64,
+    /// Readings these acks (and legacy pongs) cover.
+    pub readings_acked: u64,
+    /// Receipt of the first reading of each ack written, for the ack latency.
+    pub ack_receipts: &'a [Instant],
+    pub written_at: Instant,
+}
+
+impl Event for RepliesWritten<'_> {
+    fn emit_to(self, t: &Telemetry) {
+        tracing::trace!(
+            bytes = self.bytes,
+            acks = self.acks,
+            pongs = self.pongs,
+            errors = self.errors,
+            "replies written"
+        );
+        t.sent_bytes.increment(self.bytes as u64);
+        for (counter, n) in [
+            (&t.replies_ack, self.acks),
+            (&t.replies_pong, self.pongs),
+            (&t.replies_error, self.errors),
+            (&t.readings_acked, self.readings_acked),
+        ] {
+            if n > 0 {
+                counter.increment(n);
+            }
+        }
+        for received in self.ack_receipts {
+            let latency = self.written_at.saturating_duration_since(*received);
+            t.ack_latency.record(latency.as_secs_f64());
+        }
+    }
+}
+
+/// A batch's commit failed: its readings get error replies instead of acks.
+pub struct AcksWithheld<'a> {
+    pub error: &'a dyn std::error::Error,
+    pub readings: u64,
+}
+
+impl Event for AcksWithheld<'_> {
+    fn emit_to(self, t: &Telemetry) {
+        tracing::error!(cause = %self.error, readings = self.readings, "store failed; readings not acknowledged");
+        t.readings_unacked.increment(self.readings);
+    }
+}
+
+/// The store writer is gone: the connection cannot hand it readings.
+pub struct StoreUnavailable<'a> {
+    pub error: &'a dyn std::error::Error,
+}
+
+impl Event for StoreUnavailable<'_> {
+    fn emit_to(self, t: &Telemetry) {
+        tracing::error!(cause = %self.error, "store unavailable; closing connection");
+        t.store_errors_submit.increment(1);
+    }
+}
+
+/// A store transaction committed.
+pub struct BatchCommitted {
+    /// Readings written (inserted + duplicates).
+    pub rows: usize,
+    pub outcome: WriteOutcome,
+    pub duration: Duration,
+}
+
+impl Event for BatchCommitted {
+    fn emit_to(self, t: &Telemetry) {
+        tracing::debug!(
+            rows = self.rows,
+            inserted = self.outcome.inserted,
+            duplicates = self.outcome.duplicates,
+            commit_us = u64::try_from(self.duration.as_micros()).unwrap_or(u64::MAX),
+            "committed"
+        );
+        t.store_commits.increment(1);
+        t.readings_inserted.increment(self.outcome.inserted);
+        if self.outcome.duplicates > 0 {
+            t.readings_duplicate.increment(self.outcome.duplicates);
+        }
+        t.commit_duration.record(self.duration.as_secs_f64());
+        t.commit_rows.record(self.rows as f64);
+        t.totals
+            .readings_stored
+            .fetch_add(self.outcome.inserted, Ordering::Relaxed);
+    }
+}
+
+/// A store transaction failed; none of its readings is acknowledged.
+pub struct StoreFailed<'a> {
+    pub error: &'a dyn std::error::Error,
+    pub batches: usize,
+    pub rows: usize,
+}
+
+impl Event for StoreFailed<'_> {
+    fn emit_to(self, t: &Telemetry) {
+        tracing::error!(cause = %self.error, batches = self.batches, rows = self.rows, "store transaction failed");
+        t.store_errors_commit.increment(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Emit `f`'s events into a fresh local recorder and return its Prometheus text.
+    fn render(f: impl FnOnce(&Telemetry)) -> String {
+        let recorder = prometheus_builder().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            describe();
+            let telemetry = Telemetry::register();
+            f(&telemetry);
+        });
+        handle.render()
+    }
+
+    /// The value of the sample line `series` (name plus labels), if rendered.
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines().find_map(|line| {
+            let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+            value.parse().ok()
+        })
+    }
+
+    #[test]
+    fn events_count_once_under_their_names() {
+        let text = render(|t| {
+            ConnectionAccepted.emit_to(t);
+            ConnectionAccepted.emit_to(t);
+            ConnectionRefused {
+                peer: SocketAddr::from(([127, 0, 0, 1], 9)),
+                limit: 1,
+            }
+            .emit_to(t);
+            ModeDetected { mode: Mode::Legacy }.emit_to(t);
+            ReadingsAccepted { count: 7 }.emit_to(t);
+            LineRejected {
+                line: 3,
+                error: &ProtocolError::LineTooLong { limit: 64 },
+            }
+            .emit_to(t);
+            LineRejected {
+                line: 4,
+                error: &ProtocolError::InvalidReading("x".into()),
+            }
+            .emit_to(t);
+            BytesReceived { bytes: 100 }.emit_to(t);
+            ConnectionClosed {
+                mode: Some(Mode::Line),
+                reason: CloseReason::IdleTimeout,
+                accepted: 7,
+                rejected: 2,
+                acked: 5,
+                duration: Duration::from_secs(1),
+            }
+            .emit_to(t);
+            assert_eq!(t.totals.readings_accepted.load(Ordering::Relaxed), 7);
+            assert_eq!(t.totals.readings_rejected.load(Ordering::Relaxed), 2);
+        });
+        assert_eq!(
+            sample(&text, names::CONNECTIONS_ACCEPTED),
+            Some(2.0),
+            "{text}"
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "sensorlink_connections_refused_total{reason=\"max_connections\"}"
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(&text, "sensorlink_connections_mode_total{mode=\"legacy\"}"),
+            Some(1.0)
+        );
+        assert_eq!(sample(&text, names::READINGS_ACCEPTED), Some(7.0));
+        assert_eq!(
+            sample(
+                &text,
+                "sensorlink_readings_rejected_total{reason=\"oversize\"}"
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "sensorlink_readings_rejected_total{reason=\"invalid_reading\"}"
+            ),
+            Some(1.0)
+        );
+        assert_eq!(sample(&text, names::RECEIVED_BYTES), Some(100.0));
+        assert_eq!(
+            sample(
+                &text,
+                "sensorlink_connections_closed_total{reason=\"idle_timeout\"}"
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(&text, "sensorlink_connections_closed_total{reason=\"eof\"}"),
+            Some(0.0)
+        );
+        // Described once per family, with its type.
+        assert_eq!(
+            text.matches("# HELP sensorlink_readings_rejected_total ")
+                .count(),
+            1
+        );
+        assert!(text.contains("# TYPE sensorlink_readings_rejected_total counter\n"));
+    }
+
+    #[test]
+    fn commits_and_acks_fill_histograms() {
+        let text = render(|t| {
+            for rows in [10, 30] {
+                BatchCommitted {
+                    rows,
+                    outcome: WriteOutcome {
+                        inserted: rows as u64 - 1,
+                        duplicates: 1,
+                    },
+                    duration: Duration::from_millis(3),
+                }
+                .emit_to(t);
+            }
+            let received = Instant::now();
+            RepliesWritten {
+                bytes: 64,
+                acks: 2,
+                pongs: 1,
+                errors: 0,
+                readings_acked: 40,
+                ack_receipts: &[received, received],
+                written_at: received + Duration::from_millis(20),
+            }
+            .emit_to(t);
+            assert_eq!(t.totals.readings_stored.load(Ordering::Relaxed), 38);
+        });
+        assert_eq!(sample(&text, names::STORE_COMMITS), Some(2.0), "{text}");
+        assert_eq!(
+            sample(
+                &text,
+                "sensorlink_readings_committed_total{outcome=\"inserted\"}"
+            ),
+            Some(38.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "sensorlink_readings_committed_total{outcome=\"duplicate\"}"
+            ),
+            Some(2.0)
+        );
+        assert!(text.contains("# TYPE sensorlink_store_commit_duration_seconds histogram\n"));
+        assert_eq!(
+            sample(&text, "sensorlink_store_commit_duration_seconds_count"),
+            Some(2.0)
+        );
+        assert_eq!(
+            sample(&text, "sensorlink_store_commit_rows_count"),
+            Some(2.0)
+        );
+        assert_eq!(
+            sample(&text, "sensorlink_store_commit_rows_sum"),
+            Some(40.0)
+        );
+        // 10 rows fall in the `le="10"` bucket, 30 only from `le="100"` on.
+        assert_eq!(
+            sample(&text, "sensorlink_store_commit_rows_bucket{le=\"10\"}"),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(&text, "sensorlink_store_commit_rows_bucket{le=\"100\"}"),
+            Some(2.0)
+        );
+        assert_eq!(
+            sample(&text, "sensorlink_ack_latency_seconds_count"),
+            Some(2.0)
+        );
+        // 20 ms: above the 10 ms bucket, within 25 ms.
+        assert_eq!(
+            sample(&text, "sensorlink_ack_latency_seconds_bucket{le=\"0.01\"}"),
+            Some(0.0)
+        );
+        assert_eq!(
+            sample(&text, "sensorlink_ack_latency_seconds_bucket{le=\"0.025\"}"),
+            Some(2.0)
+        );
+        assert_eq!(
+            sample(&text, "sensorlink_replies_total{kind=\"ack\"}"),
+            Some(2.0)
+        );
+        assert_eq!(
+            sample(&text, "sensorlink_replies_total{kind=\"pong\"}"),
+            Some(1.0)
+        );
+        assert_eq!(sample(&text, names::READINGS_ACKED), Some(40.0));
+        assert_eq!(sample(&text, names::SENT_BYTES), Some(64.0));
+    }
+
+    #[test]
+    fn open_connection_gauge_goes_down_on_every_exit_path() {
+        let text = render(|t| {
+            let open = || t.totals.connections_open.load(Ordering::Relaxed);
+            // Dropped at the end of a scope.
+            {
+                let _a = OpenConnection::with(t);
+                let _b = OpenConnection::with(t);
+                assert_eq!(open(), 2);
+            }
+            assert_eq!(open(), 0);
+            // Dropped by an early return.
+            let early = |fail: bool| -> Result<(), ()> {
+                let _guard = OpenConnection::with(t);
+                if fail {
+                    return Err(());
+                }
+                Ok(())
+            };
+            assert!(early(true).is_err());
+            assert!(early(false).is_ok());
+            assert_eq!(open(), 0);
+            // Dropped while a panic unwinds (a connection task that panics).
+            let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let _guard = OpenConnection::with(t);
+                panic!("connection task failed");
+            }));
+            assert!(unwound.is_err());
+            assert_eq!(open(), 0);
+            let _still_open = OpenConnection::with(t);
+            assert_eq!(open(), 1);
+        });
+        assert_eq!(sample(&text, names::CONNECTIONS_OPEN), Some(0.0), "{text}");
+    }
+
+    /// A second server in the same process gets the recorder the first one installed.
+    #[test]
+    fn installing_twice_returns_the_installed_recorder() {
+        let threads: Vec<_> = (0..4)
+            .map(|_| std::thread::spawn(install_prometheus))
+            .collect();
+        for thread in threads {
+            let installed = thread.join().expect("install does not panic");
+            assert!(installed.is_ok(), "{installed:?}");
+        }
+        assert!(install_prometheus().is_ok());
+        assert!(prometheus_handle().is_some());
+    }
+
+    /// A task that is aborted (server shutdown, runtime drop) drops its guard too.
+    #[tokio::test]
+    async fn open_connection_gauge_goes_down_when_the_task_is_aborted() {
+        let telemetry: &'static Telemetry = Box::leak(Box::new(Telemetry::register()));
+        let (entered_tx, entered_rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let _guard = OpenConnection::with(telemetry);
+            let _ = entered_tx.send(());
+            std::future::pending::<()>().await;
+        });
+        entered_rx.await.expect("the task runs until it is aborted");
+        assert_eq!(telemetry.totals.connections_open.load(Ordering::Relaxed), 1);
+        task.abort();
+        assert!(task.await.expect_err("aborted").is_cancelled());
+        assert_eq!(telemetry.totals.connections_open.load(Ordering::Relaxed), 0);
+    }
+}

@@ -1,0 +1,509 @@
+//! The store conformance suite: every behaviour a store must have, written once and run
+//! against every store by [`conformance!`] (memory, SQLite, and the concurrent route's test
+//! stub; a new store adds one factory and one `conformance!(name, factory)` line).
+//!
+//! The checks write through the connection-facing seam ([`StoreHandle`]) and read through
+//! [`StoreReader`], so they hold for any way a store is driven: inline, group commit or a
+//! concurrent pool.
+
+use std::any::Any;
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+
+use super::testing::{all_fields, block_on, reading, same_fields, temp};
+use super::writer::{self, StoreHandle, StoreWriter, WriterConfig};
+use super::{Counts, Drive, Query, Row, SensorStats, StoreReader, StoredReading, WriteOutcome};
+use crate::protocol::FieldValue;
+
+/// A fresh, empty store: its write seam, its reader, and whatever keeps it alive.
+pub(crate) struct Fixture {
+    handle: StoreHandle,
+    writer: StoreWriter,
+    reader: StoreReader,
+    /// E.g. the temporary directory of a file store.
+    _guard: Box<dyn Any + Send>,
+}
+
+impl Fixture {
+    pub(crate) fn new(drive: Drive, reader: StoreReader, guard: Box<dyn Any + Send>) -> Self {
+        let (handle, writer) = writer::spawn(drive, WriterConfig::default());
+        Fixture {
+            handle,
+            writer,
+            reader,
+            _guard: guard,
+        }
+    }
+
+    /// Submit one batch and wait for its commit.
+    async fn write(&self, batch: Vec<StoredReading>) -> WriteOutcome {
+        let receipt = self.handle.submit(batch).await.expect("store accepts");
+        receipt
+            .await
+            .expect("store answers")
+            .expect("store commits")
+            .outcome
+    }
+
+    async fn rows(&self, query: Query) -> Vec<Row> {
+        self.reader.query(&query).await.expect("query")
+    }
+
+    /// Drop the handle, wait for the writer, close the store.
+    async fn finish(self) {
+        let Fixture { handle, writer, .. } = self;
+        drop(handle);
+        tokio::task::spawn_blocking(move || writer.finish())
+            .await
+            .expect("finish task")
+            .expect("store closes");
+    }
+}
+
+fn memory() -> Fixture {
+    let store = super::memory::MemoryStore::default();
+    let reader = store.reader();
+    Fixture::new(Drive::Inline(Box::new(store)), reader, Box::new(()))
+}
+
+fn sqlite() -> Fixture {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("conformance.db");
+    let store =
+        super::sqlite::SqliteStore::open(&path, super::FsyncPolicy::Os).expect("open sqlite");
+    let reader = StoreReader::new(super::sqlite::SqliteReader::open(&path).expect("reader"));
+    Fixture::new(Drive::GroupCommit(Box::new(store)), reader, Box::new(dir))
+}
+
+/// The concurrent route (what a pooled store such as PostgreSQL uses), over the test stub:
+/// shows the suite holds with several commits in flight.
+fn concurrent_stub() -> Fixture {
+    let store = std::sync::Arc::new(super::testing::ConcurrentTestStore::new(4, 0));
+    let reader = store.reader();
+    Fixture::new(Drive::Concurrent(store), reader, Box::new(()))
+}
+
+fn float(sensor: &str, ts: i64, v: f64) -> StoredReading {
+    reading(
+        "temp",
+        &[("sensor", sensor)],
+        vec![("v", FieldValue::Float(v))],
+        ts,
+    )
+}
+
+fn outcome(inserted: u64, duplicates: u64) -> WriteOutcome {
+    WriteOutcome {
+        inserted,
+        duplicates,
+    }
+}
+
+fn sensors_and_times(rows: &[Row]) -> Vec<(String, i64)> {
+    rows.iter()
+        .map(|r| (r.sensor.clone(), r.timestamp_ns))
+        .collect()
+}
+
+async fn dedup_on_series_and_timestamp(store: Fixture) {
+    let first = float("a", 1, 1.0);
+    let mut again = float("a", 1, 2.0);
+    again.received_ns = 99;
+    // Within one batch, and across batches; the first stored value wins.
+    assert_eq!(
+        store
+            .write(vec![first, again.clone(), float("b", 1, 1.0)])
+            .await,
+        outcome(2, 1)
+    );
+    assert_eq!(
+        store.write(vec![again, float("a", 2, 3.0)]).await,
+        outcome(1, 1)
+    );
+    let rows = store
+        .rows(Query {
+            sensor: Some("a".into()),
+            ..Query::default()
+        })
+        .await;
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].fields, vec![("v".into(), FieldValue::Float(1.0))]);
+    assert_eq!(rows[0].received_ns, 1_001);
+    // Tag order does not make another series.
+    let v = || vec![("v", FieldValue::Int(1))];
+    let x = reading("m", &[("sensor", "s"), ("a", "1"), ("b", "2")], v(), 7);
+    let y = reading("m", &[("b", "2"), ("sensor", "s"), ("a", "1")], v(), 7);
+    assert_eq!(store.write(vec![x, y]).await, outcome(1, 1));
+    // Another measurement or another tag value is another series.
+    let z = reading("n", &[("sensor", "s"), ("a", "1"), ("b", "2")], v(), 7);
+    let w = reading("m", &[("sensor", "s"), ("a", "1"), ("b", "3")], v(), 7);
+    assert_eq!(store.write(vec![z, w]).await, outcome(2, 0));
+    // Untagged readings of two peers are two series (the sensor joins the identity).
+    let mut p = reading("m", &[], v(), 7);
+    p.sensor = "10.0.0.1".into();
+    let mut q = p.clone();
+    q.sensor = "10.0.0.2".into();
+    assert_eq!(store.write(vec![p.clone(), q]).await, outcome(2, 0));
+    assert_eq!(store.write(vec![p]).await, outcome(0, 1));
+    store.finish().await;
+}
+
+async fn every_field_type_round_trips(store: Fixture) {
+    let mut fields = all_fields();
+    // The parser never yields these, but a store keeps whatever it is given.
+    fields.extend([
+        ("nan", FieldValue::Float(f64::NAN)),
+        ("inf", FieldValue::Float(f64::NEG_INFINITY)),
+    ]);
+    let r = reading(
+        "env ünï,\\co=de",
+        &[("sensor", "s 1,\\x=ü"), ("room", "küche \"2\"")],
+        fields,
+        1_700_000_000_123_456_789,
+    );
+    assert_eq!(store.write(vec![r.clone()]).await, outcome(1, 0));
+    let rows = store.rows(Query::default()).await;
+    assert_eq!(rows.len(), 1);
+    let row = &rows[0];
+    assert_eq!(row.measurement, r.reading.measurement);
+    assert_eq!(row.sensor, "s 1,\\x=ü");
+    // Tags come back sorted.
+    assert_eq!(
+        row.tags,
+        vec![
+            ("room".to_string(), "küche \"2\"".to_string()),
+            ("sensor".to_string(), "s 1,\\x=ü".to_string())
+        ]
+    );
+    assert_eq!(row.timestamp_ns, 1_700_000_000_123_456_789);
+    assert_eq!(row.received_ns, 1_700_000_000_123_457_789);
+    assert!(
+        same_fields(&row.fields, &r.reading.fields),
+        "{:?}",
+        row.fields
+    );
+    store.finish().await;
+}
+
+async fn ordering_filters_and_limits(store: Fixture) {
+    let hum = |sensor: &str, ts: i64| {
+        reading(
+            "hum",
+            &[("sensor", sensor)],
+            vec![("h", FieldValue::UInt(40))],
+            ts,
+        )
+    };
+    store
+        .write(vec![float("a", 10, 1.0), float("b", 30, 3.0), hum("a", 20)])
+        .await;
+    // a/temp was created before b/temp, but its reading at 30 arrives later: equal
+    // timestamps still come in series creation order.
+    store.write(vec![hum("b", 40), float("a", 30, 3.5)]).await;
+    let all = sensors_and_times(&store.rows(Query::default()).await);
+    assert_eq!(
+        all,
+        vec![
+            ("a".into(), 10),
+            ("a".into(), 20),
+            ("a".into(), 30),
+            ("b".into(), 30),
+            ("b".into(), 40)
+        ]
+    );
+    let only_a = Query {
+        sensor: Some("a".into()),
+        ..Query::default()
+    };
+    assert_eq!(store.rows(only_a).await.len(), 3, "sensor filter");
+    let q = Query {
+        measurement: Some("temp".into()),
+        since_ns: Some(10),
+        until_ns: Some(30),
+        ..Query::default()
+    };
+    let rows = store.rows(q).await;
+    assert_eq!(
+        sensors_and_times(&rows),
+        vec![("a".into(), 10)],
+        "since inclusive, until exclusive"
+    );
+    let q = Query {
+        since_ns: Some(20),
+        limit: Some(2),
+        ..Query::default()
+    };
+    assert_eq!(
+        sensors_and_times(&store.rows(q).await),
+        vec![("a".into(), 20), ("a".into(), 30)]
+    );
+    for (limit, n) in [(0, 0), (1, 1), (5, 5), (u64::MAX, 5)] {
+        let q = Query {
+            limit: Some(limit),
+            ..Query::default()
+        };
+        assert_eq!(store.rows(q).await.len(), n, "limit {limit}");
+    }
+    let q = Query {
+        sensor: Some("nobody".into()),
+        ..Query::default()
+    };
+    assert!(store.rows(q).await.is_empty());
+    store.finish().await;
+}
+
+async fn latest_stats_and_counts(store: Fixture) {
+    assert!(store.reader.latest().await.expect("latest").is_empty());
+    assert!(store.reader.sensor_stats().await.expect("stats").is_empty());
+    assert_eq!(
+        store.reader.counts().await.expect("counts"),
+        Counts::default()
+    );
+    store
+        .write(vec![
+            float("b", 5, 5.0),
+            float("a", 30, 3.0),
+            float("a", 10, 1.0),
+            reading(
+                "hum",
+                &[("sensor", "a")],
+                vec![("h", FieldValue::Int(40))],
+                20,
+            ),
+        ])
+        .await;
+    // Same sensor and timestamp in another series, received later: it is the latest.
+    let mut b_hum = reading(
+        "hum",
+        &[("sensor", "b")],
+        vec![("h", FieldValue::Int(7))],
+        5,
+    );
+    b_hum.received_ns += 10;
+    store.write(vec![b_hum]).await;
+
+    let latest = store.reader.latest().await.expect("latest");
+    assert_eq!(
+        latest
+            .iter()
+            .map(|r| (r.sensor.as_str(), r.measurement.as_str(), r.timestamp_ns))
+            .collect::<Vec<_>>(),
+        vec![("a", "temp", 30), ("b", "hum", 5)]
+    );
+    assert_eq!(latest[1].fields, vec![("h".into(), FieldValue::Int(7))]);
+    assert_eq!(
+        store.reader.sensor_stats().await.expect("stats"),
+        vec![
+            SensorStats {
+                sensor: "a".into(),
+                readings: 3,
+                first_ns: 10,
+                last_ns: 30,
+                last_fields: vec![("v".into(), FieldValue::Float(3.0))],
+            },
+            SensorStats {
+                sensor: "b".into(),
+                readings: 2,
+                first_ns: 5,
+                last_ns: 5,
+                last_fields: vec![("h".into(), FieldValue::Int(7))],
+            },
+        ]
+    );
+    assert_eq!(
+        store.reader.counts().await.expect("counts"),
+        Counts {
+            total: 5,
+            per_sensor: vec![("a".into(), 3), ("b".into(), 2)],
+        }
+    );
+    store.finish().await;
+}
+
+/// The reader sees every committed batch as soon as its receipt resolves, and never part
+/// of one, while the writer keeps writing.
+async fn reads_while_writing(store: Fixture) {
+    const BATCHES: i64 = 40;
+    const ROWS: i64 = 25;
+    let reader = store.reader.clone();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poller = tokio::spawn({
+        let done = done.clone();
+        async move {
+            let mut seen = Vec::new();
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                seen.push(reader.counts().await.expect("counts").total);
+                tokio::task::yield_now().await;
+            }
+            seen
+        }
+    });
+    for b in 0..BATCHES {
+        let batch = (0..ROWS).map(|i| temp("w", b * ROWS + i)).collect();
+        assert_eq!(store.write(batch).await.inserted, ROWS as u64);
+        let committed = u64::try_from((b + 1) * ROWS).expect("small");
+        let total = store.reader.counts().await.expect("counts").total;
+        assert_eq!(total, committed, "a committed batch is visible at once");
+    }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let seen = poller.await.expect("poller");
+    assert!(!seen.is_empty());
+    assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
+    assert!(
+        seen.iter().all(|n| n % ROWS as u64 == 0),
+        "only whole batches: {seen:?}"
+    );
+    store.finish().await;
+}
+
+/// Random batches, some submitted again (a client replaying unacknowledged readings):
+/// every store keeps exactly the first reading of each (series, timestamp), as the model
+/// says, and reports the inserts and duplicates the model counts.
+fn replays_store_what_the_model_says(
+    open: fn() -> Fixture,
+    batches: &[Vec<StoredReading>],
+    replays: &[usize],
+) -> Result<(), TestCaseError> {
+    let mut submitted: Vec<&Vec<StoredReading>> = batches.iter().collect();
+    if !batches.is_empty() {
+        submitted.extend(replays.iter().map(|&i| &batches[i % batches.len()]));
+    }
+    // The model: identity → the first reading with it.
+    let mut model: BTreeMap<(String, i64), &StoredReading> = BTreeMap::new();
+    let mut want = WriteOutcome::default();
+    for reading in submitted.iter().flat_map(|b| b.iter()) {
+        let key = (
+            super::encoding::stored_series_key(reading),
+            reading.timestamp_ns(),
+        );
+        match model.entry(key) {
+            std::collections::btree_map::Entry::Occupied(_) => want.duplicates += 1,
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                slot.insert(reading);
+                want.inserted += 1;
+            }
+        }
+    }
+    let (got, rows) = block_on(async {
+        let store = open();
+        let mut got = WriteOutcome::default();
+        for batch in &submitted {
+            let o = store.write((*batch).clone()).await;
+            got.inserted += o.inserted;
+            got.duplicates += o.duplicates;
+        }
+        let rows = store.rows(Query::default()).await;
+        store.finish().await;
+        (got, rows)
+    });
+    prop_assert_eq!(got, want);
+    prop_assert!(rows
+        .windows(2)
+        .all(|w| w[0].timestamp_ns <= w[1].timestamp_ns));
+    let mut stored: BTreeMap<(String, i64), &Row> = BTreeMap::new();
+    for row in &rows {
+        let as_stored = StoredReading {
+            reading: crate::protocol::Reading {
+                measurement: row.measurement.clone(),
+                tags: row.tags.clone(),
+                fields: Vec::new(),
+                timestamp_ns: Some(row.timestamp_ns),
+            },
+            sensor: row.sensor.clone(),
+            received_ns: row.received_ns,
+        };
+        let key = (
+            super::encoding::stored_series_key(&as_stored),
+            row.timestamp_ns,
+        );
+        prop_assert!(stored.insert(key, row).is_none(), "stored twice: {:?}", row);
+    }
+    prop_assert_eq!(stored.len(), model.len());
+    for ((key, want), (got_key, got)) in model.iter().zip(&stored) {
+        prop_assert_eq!(key, got_key);
+        prop_assert_eq!(&got.sensor, &want.sensor);
+        prop_assert_eq!(got.received_ns, want.received_ns);
+        prop_assert!(same_fields(&got.fields, &want.reading.fields));
+    }
+    Ok(())
+}
+
+/// Readings drawn from few series and timestamps, so that collisions are common.
+fn small_reading() -> impl Strategy<Value = StoredReading> {
+    (
+        prop::sample::select(vec!["m", "n"]),
+        prop::sample::select(vec!["a", "b", "c"]),
+        any::<bool>(),
+        0i64..6,
+        any::<i64>(),
+    )
+        .prop_map(|(measurement, sensor, tagged, ts, v)| {
+            let mut r = reading(
+                measurement,
+                &[("room", "x"), ("sensor", sensor)],
+                vec![("v", FieldValue::Int(v))],
+                ts,
+            );
+            if !tagged {
+                // Untagged, from a peer named like the sensor: the same series, as the
+                // sensor joins the identity as a tag.
+                r.reading.tags.retain(|(k, _)| k != "sensor");
+            }
+            r.received_ns = v;
+            r
+        })
+}
+
+fn batches() -> impl Strategy<Value = (Vec<Vec<StoredReading>>, Vec<usize>)> {
+    (
+        prop::collection::vec(prop::collection::vec(small_reading(), 0..8), 0..6),
+        prop::collection::vec(any::<usize>(), 0..4),
+    )
+}
+
+/// Instantiate every check for one store: `conformance!(module_name, factory)`.
+macro_rules! conformance {
+    ($name:ident, $open:path) => {
+        mod $name {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn dedup_on_series_and_timestamp() {
+                super::dedup_on_series_and_timestamp($open()).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn every_field_type_round_trips() {
+                super::every_field_type_round_trips($open()).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn ordering_filters_and_limits() {
+                super::ordering_filters_and_limits($open()).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn latest_stats_and_counts() {
+                super::latest_stats_and_counts($open()).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn reads_while_writing() {
+                super::reads_while_writing($open()).await;
+            }
+
+            proptest! {
+                #![proptest_config(ProptestConfig::with_cases(32))]
+                #[test]
+                fn replays_store_what_the_model_says((batches, replays) in batches()) {
+                    super::replays_store_what_the_model_says($open, &batches, &replays)?;
+                }
+            }
+        }
+    };
+}
+
+conformance!(memory_store, memory);
+conformance!(sqlite_store, sqlite);
+conformance!(concurrent_route, concurrent_stub);

@@ -1,0 +1,108 @@
+//! The read path: [`StoreReader`], a cheap cloneable handle that async code (the server,
+//! HTTP handlers, `sensorlink query`) reads committed data through.
+//!
+//! Each backend implements [`ReadStore`] with its own concurrency: SQLite runs its queries
+//! on `spawn_blocking` over read-only connections of its own (WAL lets them read beside
+//! the writer); memory reads its shared state under a read lock; an async database driver
+//! would await its pool. None of them goes through the writer.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use super::{Counts, Query, Row, SensorStats, StoreError};
+
+/// A boxed `Send` future: what [`ReadStore`] methods return (one allocation per read,
+/// never on the ingest path).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A backend's read side. Every method sees committed data only.
+pub trait ReadStore: Send + Sync + 'static {
+    /// Stored readings matching `query`, oldest first (ties: in series creation order),
+    /// at most `query.limit`.
+    fn query(&self, query: Query) -> BoxFuture<'_, Result<Vec<Row>, StoreError>>;
+
+    /// The latest reading of every sensor (greatest timestamp, then latest receive time),
+    /// sorted by sensor.
+    fn latest(&self) -> BoxFuture<'_, Result<Vec<Row>, StoreError>>;
+
+    /// Per-sensor count, first/last timestamp and last fields, sorted by sensor.
+    fn sensor_stats(&self) -> BoxFuture<'_, Result<Vec<SensorStats>, StoreError>>;
+
+    /// Readings stored, in all and per sensor.
+    fn counts(&self) -> BoxFuture<'_, Result<Counts, StoreError>>;
+}
+
+/// Cloneable, `Send + Sync` handle on a store's read side.
+#[derive(Clone)]
+pub struct StoreReader {
+    inner: Arc<dyn ReadStore>,
+}
+
+impl std::fmt::Debug for StoreReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreReader").finish_non_exhaustive()
+    }
+}
+
+impl StoreReader {
+    /// Wrap a backend's read side.
+    pub fn new(inner: impl ReadStore) -> Self {
+        StoreReader {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// Stored readings matching `query`, oldest first.
+    ///
+    /// # Errors
+    /// The backend's error, with its context.
+    pub async fn query(&self, query: &Query) -> Result<Vec<Row>, StoreError> {
+        self.inner.query(query.clone()).await
+    }
+
+    /// The latest reading of every sensor, sorted by sensor.
+    ///
+    /// # Errors
+    /// The backend's error, with its context.
+    pub async fn latest(&self) -> Result<Vec<Row>, StoreError> {
+        self.inner.latest().await
+    }
+
+    /// Per-sensor count, first/last timestamp and last fields, sorted by sensor.
+    ///
+    /// # Errors
+    /// The backend's error, with its context.
+    pub async fn sensor_stats(&self) -> Result<Vec<SensorStats>, StoreError> {
+        self.inner.sensor_stats().await
+    }
+
+    /// Readings stored, in all and per sensor.
+    ///
+    /// # Errors
+    /// The backend's error, with its context.
+    pub async fn counts(&self) -> Result<Counts, StoreError> {
+        self.inner.counts().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemoryStore;
+
+    /// What an axum handler needs: a `Clone + Send + Sync + 'static` state whose read
+    /// futures are `Send`. Checked at compile time.
+    #[test]
+    fn reader_fits_async_handlers() {
+        fn state<T: Clone + Send + Sync + 'static>(_: &T) {}
+        fn send<T: Send>(_: T) {}
+        let reader = MemoryStore::default().reader();
+        state(&reader);
+        let query = Query::default();
+        send(reader.query(&query));
+        send(reader.latest());
+        send(reader.sensor_stats());
+        send(reader.counts());
+    }
+}
