@@ -109,11 +109,11 @@ fn client_restart_replays_the_spool() {
         .spawn()
         .unwrap();
     let out = wait_output(first);
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "server unreachable: {}",
-        String::from_utf8_lossy(&out.stdout)
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "server unreachable: {stderr}");
+    assert!(
+        stderr.contains(&format!("cannot reach {UNREACHABLE_ADDR}")),
+        "{stderr}"
     );
 
     let mut server = Server::start_on("127.0.0.1:0", &store.url(), &["-q"]);
@@ -161,7 +161,12 @@ fn truncated_spool_is_recovered_and_the_damage_reported() {
         "--timeout",
         "500ms",
     ]));
-    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot reach {UNREACHABLE_ADDR}")),
+        "{stderr}"
+    );
     // Cut the last record in half, as a power cut mid-write would.
     let segment = std::fs::read_dir(&queue)
         .unwrap()
