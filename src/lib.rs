@@ -14,11 +14,13 @@
 //!   loop: reconnect after a `backoff`, resend, drain) with its `line` and `legacy`
 //!   implementations of `session::Session`, an
 //!   I/O-free delivery state machine (`state`), value sources, RTT statistics, the spool
-//!   (run on a blocking thread by `spool_io`), and `ClientError` / `RunReport`.
+//!   (`client/spool/`: record format + CRC, recovery scan, state file, advisory lock; run
+//!   on a blocking thread by `spool_io`), and `ClientError` / `RunReport`.
 //! - [`events`]: each named event (connection accepted, line rejected, batch committed, …)
 //!   logs once and counts once; every metric name, and the Prometheus recorder.
 //! - [`query`]: `sensorlink query` / `sensorlink stats` output.
-//! - [`bench`]: `sensorlink bench`, the load generator.
+//! - [`mod@bench`]: `sensorlink bench`, the load generator: `bench/` holds flags,
+//!   connection, line and legacy sessions, pacing, progress and report, one file each.
 //! - [`cli`]: command-line flags.
 //! - [`config`]: defaults < TOML file < environment < flags, validated into the server's
 //!   and client's settings; `--print-config`.
