@@ -371,7 +371,8 @@ pub struct RawClient {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub count: Option<u64>,
     /// Reply timeout: a reading not acknowledged within this time after it was sent is
-    /// reported lost (and the connection re-opened to resend it) [default: 10s].
+    /// reported (a timeout) and resent on a new connection; it is lost only if never
+    /// acknowledged [default: 10s].
     #[arg(short = 'W', long, env = "SENSORLINK_TIMEOUT", value_parser = humantime::parse_duration)]
     #[serde(
         default,

@@ -1,7 +1,6 @@
 //! `sensorlink client` against the real server: summaries, exit codes, sources, reconnects.
 
 use std::process::Stdio;
-use std::time::Duration;
 
 use crate::harness::*;
 
@@ -214,10 +213,15 @@ fn client_reconnects_after_server_restart() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(400));
+    // Kill mid-run, once some of the client's readings are stored; restart on its port.
+    let stored = || try_query_json(&store.url(), &["--sensor", "rc"]).map_or(0, |r| r.len());
+    wait_for(
+        || stored() >= 3,
+        PATIENCE,
+        "3 of the client's readings stored",
+    );
     server.kill();
-    std::thread::sleep(Duration::from_millis(300));
-    let mut server = Server::start_on(&addr.to_string(), &store.url(), &[]);
+    let mut server = Server::restart_on(addr, &store.url(), &[]);
     let out = wait_output(child);
     let summary = summary(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{summary}");
@@ -290,7 +294,8 @@ fn sigint_prints_the_summary() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // Interrupt once the client is at work: its first reading reached the server.
+    server.wait_for_log("Received: ");
     // SAFETY: kill(2) on our own child's PID.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
     let out = wait_output(child);
