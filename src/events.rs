@@ -878,31 +878,44 @@ mod tests {
         );
     }
 
+    /// A log written into memory at `WARN` and above, for tests that check what is logged.
+    #[derive(Clone, Default)]
+    struct Log(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Log {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("log lock").extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Log {
+        /// Run `f` with this log as the thread's subscriber.
+        fn capture<T>(&self, f: impl FnOnce() -> T) -> T {
+            let log = self.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .with_max_level(tracing::Level::WARN)
+                .with_ansi(false)
+                .with_writer(move || log.clone())
+                .finish();
+            tracing::subscriber::with_default(subscriber, f)
+        }
+
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().expect("log lock")).into_owned()
+        }
+    }
+
     /// Refused connections are each counted, but logged within their own budget.
     #[test]
     fn refused_connections_are_counted_each_but_logged_within_budget() {
-        #[derive(Clone, Default)]
-        struct Log(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-        impl std::io::Write for Log {
-            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().expect("log lock").extend_from_slice(bytes);
-                Ok(bytes.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
         let log = Log::default();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::WARN)
-            .with_writer({
-                let log = log.clone();
-                move || log.clone()
-            })
-            .finish();
         // Ten seconds' worth of budget: only a loop slower than 10 s could log them all.
         let emitted = 10 * logging::LINES_PER_SECOND;
-        let text = tracing::subscriber::with_default(subscriber, || {
+        let text = log.capture(|| {
             render(|t| {
                 for _ in 0..emitted {
                     ConnectionRefused {
@@ -920,13 +933,41 @@ mod tests {
             ),
             Some(emitted as f64)
         );
-        let logged = String::from_utf8_lossy(&log.0.lock().expect("log lock"))
-            .matches("connection limit reached")
-            .count() as u64;
+        let logged = log.text().matches("connection limit reached").count() as u64;
         assert!(
             logged >= 1 && logged < emitted,
             "{logged} of {emitted} logged"
         );
+    }
+
+    /// Withheld acks are a per-connection warning (the failed commit is the error, logged
+    /// once by the writer), counted per reading.
+    #[test]
+    fn withheld_acks_warn_and_count_readings() {
+        let log = Log::default();
+        let error = std::io::Error::other("disk full");
+        let text = log.capture(|| {
+            render(|t| {
+                AcksWithheld {
+                    error: &error,
+                    readings: 3,
+                }
+                .emit_to(t);
+            })
+        });
+        assert_eq!(
+            sample(
+                &text,
+                "sensorlink_readings_unacked_total{reason=\"store_failed\"}"
+            ),
+            Some(3.0)
+        );
+        let logged = log.text();
+        assert!(
+            logged.contains(" WARN ") && logged.contains("readings not acknowledged"),
+            "{logged}"
+        );
+        assert!(!logged.contains("ERROR"), "{logged}");
     }
 
     #[test]
