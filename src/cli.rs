@@ -162,9 +162,12 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
     init_tracing(&cli, default_level);
     match cli.command {
         Command::Server(args) => {
-            let config = config::server_config(args.settings, args.config.as_deref())?;
+            // Once, before validation: each connection is a descriptor, and the default
+            // connection limit is what fits under the raised limit.
+            let nofile = server::raise_open_file_limit();
+            let config = config::server_config(args.settings, args.config.as_deref(), nofile)?;
             if args.print_config {
-                print_config(&config::print_server(&config))?;
+                print_config(&config::print_server(&config)?)?;
                 return Ok(Outcome::Ok);
             }
             let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
@@ -178,7 +181,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Client(args) => {
             let config = config::client_config(args.settings, args.config.as_deref())?;
             if args.print_config {
-                print_config(&config::print_client(&config))?;
+                print_config(&config::print_client(&config)?)?;
                 return Ok(Outcome::Ok);
             }
             let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;

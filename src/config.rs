@@ -56,6 +56,19 @@ pub enum ConfigError {
         #[source]
         source: toml::de::Error,
     },
+    /// `--print-config` cannot write a value the file could read back (a path that is not
+    /// UTF-8: TOML strings are).
+    #[error("cannot print {setting} {value} in a config file: {reason}")]
+    Unprintable {
+        setting: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+    #[error("printing the settings as TOML")]
+    Print {
+        #[source]
+        source: toml::ser::Error,
+    },
 }
 
 /// The whole config file: one optional table per command.
@@ -85,8 +98,11 @@ impl ConfigFile {
     }
 
     /// As TOML, for `--print-config`.
-    pub fn to_toml(&self) -> String {
-        toml::to_string(self).expect("settings are plain strings, numbers and tables")
+    ///
+    /// # Errors
+    /// A value TOML cannot hold (the printers check paths first; this is the backstop).
+    pub fn to_toml(&self) -> Result<String, ConfigError> {
+        toml::to_string(self).map_err(|source| ConfigError::Print { source })
     }
 }
 
@@ -201,18 +217,31 @@ impl RawServer {
         }
     }
 
-    /// Validate into the server's settings; unset fields take their defaults.
+    /// [`RawServer::validate_with`] without a known open-file limit.
     ///
     /// # Errors
     /// The first setting out of its accepted range.
     pub fn validate(self) -> Result<ServerConfig, ConfigError> {
+        self.validate_with(None)
+    }
+
+    /// Validate into the server's settings; unset fields take their defaults. `nofile` is
+    /// the open-file limit in force (read by the caller: validation touches nothing), which
+    /// lowers the default `max-connections`.
+    ///
+    /// # Errors
+    /// The first setting out of its accepted range.
+    pub fn validate_with(self, nofile: Option<u64>) -> Result<ServerConfig, ConfigError> {
         let defaults = ServerConfig::default();
         let max_connections = match self.max_connections {
             Some(n) => in_range("max-connections", n, limits::MAX_CONNECTIONS)?,
-            None => server::default_max_connections(),
+            None => server::default_max_connections(nofile),
         };
         Ok(ServerConfig {
-            listen: self.listen.unwrap_or(defaults.listen),
+            listen: match self.listen {
+                Some(listen) => socket_address("listen", listen)?,
+                None => defaults.listen,
+            },
             store: self.store.unwrap_or(defaults.store),
             fsync: self.fsync.unwrap_or(defaults.fsync),
             max_connections,
@@ -266,28 +295,50 @@ impl RawServer {
 }
 
 /// The server's settings from `flags` (which clap already filled from the environment)
-/// over the `[server]` table of `file`.
+/// over the `[server]` table of `file`; `nofile` as in [`RawServer::validate_with`].
 ///
 /// # Errors
 /// The file cannot be used, or a setting is out of range.
-pub fn server_config(flags: RawServer, file: Option<&Path>) -> Result<ServerConfig, ConfigError> {
+pub fn server_config(
+    flags: RawServer,
+    file: Option<&Path>,
+    nofile: Option<u64>,
+) -> Result<ServerConfig, ConfigError> {
     let from_file = match file {
         Some(path) => ConfigFile::load(path)?.server.unwrap_or_default(),
         None => RawServer::default(),
     };
-    flags.or(from_file).validate()
+    flags.or(from_file).validate_with(nofile)
 }
 
 /// `server --print-config`: the effective settings as a valid `--config` file.
-pub fn print_server(config: &ServerConfig) -> String {
+///
+/// # Errors
+/// The store's path is not UTF-8: a TOML file cannot name it.
+pub fn print_server(config: &ServerConfig) -> Result<String, ConfigError> {
+    if let StoreUrl::Sqlite(path) = &config.store {
+        printable_path("store", path)?;
+    }
     let file = ConfigFile {
         server: Some(RawServer::from_config(config)),
         ..ConfigFile::default()
     };
-    format!(
+    Ok(format!(
         "# sensorlink server: effective settings (defaults < file < environment < flags)\n{}",
-        file.to_toml()
-    )
+        file.to_toml()?
+    ))
+}
+
+/// A path a TOML string can hold (and so read back as the same path).
+fn printable_path(setting: &'static str, path: &Path) -> Result<(), ConfigError> {
+    match path.to_str() {
+        Some(_) => Ok(()),
+        None => Err(ConfigError::Unprintable {
+            setting,
+            value: path.display().to_string(),
+            reason: "the path is not UTF-8",
+        }),
+    }
 }
 
 /// Client settings as one source gives them: `None` means "not said here" (see
@@ -320,7 +371,8 @@ pub struct RawClient {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub count: Option<u64>,
     /// Reply timeout: a reading not acknowledged within this time after it was sent is
-    /// reported lost (and the connection re-opened to resend it) [default: 10s].
+    /// reported (a timeout) and resent on a new connection; it is lost only if never
+    /// acknowledged [default: 10s].
     #[arg(short = 'W', long, env = "SENSORLINK_TIMEOUT", value_parser = humantime::parse_duration)]
     #[serde(
         default,
@@ -347,7 +399,8 @@ pub struct RawClient {
     )]
     pub drain_timeout: Option<Duration>,
     /// Reconnect when the server takes none of our bytes for this long [default: --timeout].
-    #[arg(long, env = "SENSORLINK_WRITE_TIMEOUT", value_parser = humantime::parse_duration)]
+    /// (`SENSORLINK_WRITE_TIMEOUT` is the server's write timeout; this one has its own name.)
+    #[arg(long, env = "SENSORLINK_CLIENT_WRITE_TIMEOUT", value_parser = humantime::parse_duration)]
     #[serde(
         default,
         with = "human_duration",
@@ -451,14 +504,18 @@ impl RawClient {
             limits::TIMEOUT,
         )?;
         Ok(ClientConfig {
-            addr: self
-                .addr
-                .unwrap_or_else(|| format!("127.0.0.1:{}", crate::DEFAULT_PORT)),
+            addr: match self.addr {
+                Some(addr) => socket_address("addr", addr)?,
+                None => format!("127.0.0.1:{}", crate::DEFAULT_PORT),
+            },
             sensor: match self.sensor {
-                Some(name) => name,
+                Some(name) => non_empty("sensor", name)?,
                 None => gethostname::gethostname().to_string_lossy().into_owned(),
             },
-            measurement: self.measurement.unwrap_or_else(|| "reading".into()),
+            measurement: non_empty(
+                "measurement",
+                self.measurement.unwrap_or_else(|| "reading".into()),
+            )?,
             interval: in_range(
                 "interval",
                 self.interval.unwrap_or(Duration::from_secs(1)),
@@ -545,15 +602,57 @@ pub fn client_config(flags: RawClient, file: Option<&Path>) -> Result<ClientConf
 }
 
 /// `client --print-config`: the effective settings as a valid `--config` file.
-pub fn print_client(config: &ClientConfig) -> String {
+///
+/// # Errors
+/// The spool's or the source file's path is not UTF-8: a TOML file cannot name it.
+pub fn print_client(config: &ClientConfig) -> Result<String, ConfigError> {
+    if let Some(spool) = &config.spool {
+        printable_path("spool", spool)?;
+    }
+    if let SourceSpec::File(path) = &config.source {
+        printable_path("source", path)?;
+    }
     let file = ConfigFile {
         client: Some(RawClient::from_config(config)),
         ..ConfigFile::default()
     };
-    format!(
+    Ok(format!(
         "# sensorlink client: effective settings (defaults < file < environment < flags)\n{}",
-        file.to_toml()
-    )
+        file.to_toml()?
+    ))
+}
+
+/// `address` if it is `IP:PORT` or `HOST:PORT` (resolved when used), else the error.
+fn socket_address(setting: &'static str, address: String) -> Result<String, ConfigError> {
+    if address.parse::<std::net::SocketAddr>().is_ok() {
+        return Ok(address);
+    }
+    let host_port_ok = address.rsplit_once(':').is_some_and(|(host, port)| {
+        // A bare IPv6 address needs brackets to carry a port.
+        !host.is_empty() && !host.contains(':') && port.parse::<u16>().is_ok()
+    });
+    if host_port_ok {
+        Ok(address)
+    } else {
+        Err(ConfigError::Invalid {
+            setting,
+            value: format!("{address:?}"),
+            accepted: "IP:PORT or HOST:PORT, e.g. 0.0.0.0:8889, [::1]:8889, localhost:8889".into(),
+        })
+    }
+}
+
+/// `name` unless it is empty (an empty tag or measurement is not valid line protocol).
+fn non_empty(setting: &'static str, name: String) -> Result<String, ConfigError> {
+    if name.is_empty() {
+        Err(ConfigError::Invalid {
+            setting,
+            value: "\"\"".into(),
+            accepted: "a non-empty name".into(),
+        })
+    } else {
+        Ok(name)
+    }
 }
 
 /// `value` if within `(low, high)`, else the error naming the setting and the range.
@@ -601,6 +700,137 @@ mod tests {
         assert_eq!(config.store, StoreUrl::Memory, "file over default");
         assert_eq!(config.idle_timeout, Duration::from_secs(90));
         assert_eq!(config.write_timeout, ServerConfig::default().write_timeout);
+    }
+
+    /// See: review of issue 8 (printing a non-UTF-8 `--spool` path panicked in `to_toml`).
+    #[test]
+    fn print_config_of_a_non_utf8_path_is_an_error_naming_it() {
+        use std::os::unix::ffi::OsStrExt as _;
+        let path = PathBuf::from(std::ffi::OsStr::from_bytes(b"/tmp/spool-\xff"));
+        let client = RawClient {
+            spool: Some(path.clone()),
+            ..RawClient::default()
+        }
+        .validate()
+        .expect("any path can be used");
+        let err = print_client(&client).expect_err("not printable");
+        assert_eq!(
+            err.to_string(),
+            "cannot print spool /tmp/spool-\u{fffd} in a config file: the path is not UTF-8"
+        );
+        let client = RawClient {
+            source: Some(SourceSpec::File(path.clone())),
+            ..RawClient::default()
+        }
+        .validate()
+        .expect("valid");
+        assert!(print_client(&client).is_err());
+        let server = RawServer {
+            store: Some(StoreUrl::Sqlite(path)),
+            ..RawServer::default()
+        }
+        .validate()
+        .expect("valid");
+        assert!(print_server(&server)
+            .expect_err("not printable")
+            .to_string()
+            .starts_with("cannot print store "));
+    }
+
+    #[test]
+    fn addresses_need_a_port_and_names_must_not_be_empty() {
+        for good in [
+            "0.0.0.0:0",
+            "127.0.0.1:8889",
+            "[::1]:8889",
+            "localhost:8889",
+        ] {
+            let raw = RawServer {
+                listen: Some(good.into()),
+                ..RawServer::default()
+            };
+            assert_eq!(raw.validate().expect(good).listen, good);
+            let raw = RawClient {
+                addr: Some(good.into()),
+                ..RawClient::default()
+            };
+            assert_eq!(raw.validate().expect(good).addr, good);
+        }
+        for bad in [
+            "",
+            "8889",
+            "localhost",
+            ":8889",
+            "::1",
+            "host:99999",
+            "host:port",
+        ] {
+            let err = RawServer {
+                listen: Some(bad.into()),
+                ..RawServer::default()
+            }
+            .validate()
+            .expect_err(bad);
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "invalid listen {bad:?}: accepted IP:PORT or HOST:PORT, e.g. 0.0.0.0:8889, [::1]:8889, localhost:8889"
+                )
+            );
+            let err = RawClient {
+                addr: Some(bad.into()),
+                ..RawClient::default()
+            }
+            .validate()
+            .expect_err(bad);
+            assert!(err.to_string().starts_with("invalid addr "), "{err}");
+        }
+        let err = RawClient {
+            sensor: Some(String::new()),
+            ..RawClient::default()
+        }
+        .validate()
+        .expect_err("empty sensor");
+        assert_eq!(
+            err.to_string(),
+            "invalid sensor \"\": accepted a non-empty name"
+        );
+        let err = RawClient {
+            measurement: Some(String::new()),
+            ..RawClient::default()
+        }
+        .validate()
+        .expect_err("empty measurement");
+        assert_eq!(
+            err.to_string(),
+            "invalid measurement \"\": accepted a non-empty name"
+        );
+    }
+
+    /// Validation is pure: the open-file limit comes in as a value and only lowers the
+    /// default, never an explicit setting.
+    #[test]
+    fn default_max_connections_follows_the_given_open_file_limit() {
+        for (nofile, expected) in [
+            (Some(1024), 960),
+            (Some(20_000), 19_936),
+            (Some(1_000_000), 50_000),
+            (None, 50_000),
+        ] {
+            let config = RawServer::default().validate_with(nofile).expect("valid");
+            assert_eq!(config.max_connections, expected, "{nofile:?}");
+        }
+        let explicit = RawServer {
+            max_connections: Some(5000),
+            ..RawServer::default()
+        };
+        assert_eq!(
+            explicit
+                .validate_with(Some(1024))
+                .expect("valid")
+                .max_connections,
+            5000
+        );
     }
 
     #[test]
@@ -667,12 +897,12 @@ mod tests {
             ..RawServer::default()
         };
         let config = raw.validate().expect("valid");
-        let printed = print_server(&config);
+        let printed = print_server(&config).expect("printable");
         let again = parse_file(&printed)
             .expect("printed config parses")
             .validate()
             .expect("printed config is valid");
-        assert_eq!(print_server(&again), printed);
+        assert_eq!(print_server(&again).expect("printable"), printed);
         assert_eq!(
             RawServer::from_config(&again),
             RawServer::from_config(&config)
@@ -732,6 +962,35 @@ mod tests {
         );
     }
 
+    /// One environment variable must not set two different things: a shell that exports
+    /// the server's `SENSORLINK_WRITE_TIMEOUT` must not change its clients. Shared on
+    /// purpose: `SENSORLINK_CONFIG` (one file, a table per command) and `SENSORLINK_STORE`
+    /// (the server writes the store that `query` and `stats` read).
+    #[test]
+    fn no_environment_variable_means_two_settings() {
+        let cli = crate::cli::Cli::command();
+        let shared = ["SENSORLINK_CONFIG", "SENSORLINK_STORE"];
+        let mut seen: std::collections::BTreeMap<String, String> = Default::default();
+        for sub in cli.get_subcommands() {
+            for arg in sub.get_arguments() {
+                let Some(env) = arg.get_env() else { continue };
+                let env = env.to_string_lossy().into_owned();
+                let owner = format!("{} --{}", sub.get_name(), arg.get_id());
+                if shared.contains(&env.as_str()) {
+                    continue;
+                }
+                if let Some(first) = seen.insert(env.clone(), owner.clone()) {
+                    panic!("{env} is read by both `{first}` and `{owner}`");
+                }
+            }
+        }
+        assert_eq!(
+            seen.get("SENSORLINK_CLIENT_WRITE_TIMEOUT")
+                .map(String::as_str),
+            Some("client --write_timeout")
+        );
+    }
+
     #[test]
     fn client_settings_validate_and_print_back() {
         let file = "[client]\naddr = \"10.0.0.1:8889\"\nlegacy = true\ninterval = \"250ms\"\nsource = \"exec:echo 1\"\n";
@@ -747,10 +1006,10 @@ mod tests {
         assert_eq!(config.count, Some(3));
         assert_eq!(config.interval, Duration::from_millis(250));
         assert_eq!(config.source, SourceSpec::Exec("echo 1".into()));
-        let printed = print_client(&config);
+        let printed = print_client(&config).expect("printable");
         std::fs::write(&path, &printed).expect("write printed");
         let again = client_config(RawClient::default(), Some(&path)).expect("printed is valid");
-        assert_eq!(print_client(&again), printed);
+        assert_eq!(print_client(&again).expect("printable"), printed);
 
         let err = RawClient {
             max_pending: Some(0),

@@ -8,16 +8,20 @@
 //!
 //! # Metrics
 //!
+//! Each metric's name, type, unit and help text is written once, in [`METRICS`]; that table
+//! drives [`names`], [`describe`], the exporter's buckets, and a test that
+//! [`Telemetry::register`] registers exactly these.
+//!
 //! | name | type | labels | what |
 //! |---|---|---|---|
 //! | `sensorlink_connections_open` | gauge | | connections being served ([`OpenConnection`]) |
 //! | `sensorlink_connections_accepted_total` | counter | | connections given a task |
 //! | `sensorlink_connections_refused_total` | counter | `reason="max_connections"` | closed at once |
-//! | `sensorlink_connections_closed_total` | counter | `reason` = `eof` `shutdown` `idle_timeout` `aborted` `write_stalled` `store_failed` | served connections that ended |
-//! | `sensorlink_connections_mode_total` | counter | `mode` = `line` `legacy` | protocol each peer spoke |
+//! | `sensorlink_connections_closed_total` | counter | `reason` = `eof` `shutdown` `idle_timeout` `read_failed` `write_failed` `write_stalled` `store_failed` | served connections that ended |
+//! | `sensorlink_connections_mode_total` | counter | `mode` = `line` `legacy` | protocol each peer spoke (a peer that sent nothing has none) |
 //! | `sensorlink_accept_errors_total` | counter | | failed `accept()` calls |
 //! | `sensorlink_readings_accepted_total` | counter | | readings parsed and handed to the store |
-//! | `sensorlink_readings_rejected_total` | counter | `reason` = `oversize` `invalid_utf8` `invalid_reading` `invalid_command` `unknown_command` `invalid_legacy` | lines that were not readings |
+//! | `sensorlink_lines_rejected_total` | counter | `reason` = `oversize` `invalid_utf8` `invalid_reading` `invalid_command` `unknown_command` `invalid_legacy` | lines (or legacy messages) that were neither a reading nor a command |
 //! | `sensorlink_readings_committed_total` | counter | `outcome` = `inserted` `duplicate` | readings in committed transactions |
 //! | `sensorlink_readings_acked_total` | counter | | readings covered by an ack (or legacy `pong`) written |
 //! | `sensorlink_readings_unacked_total` | counter | `reason="store_failed"` | readings answered with an error instead of an ack |
@@ -27,7 +31,7 @@
 //! | `sensorlink_store_errors_total` | counter | `op` = `commit` `submit` | store failures |
 //! | `sensorlink_store_commit_duration_seconds` | histogram | | time of one transaction |
 //! | `sensorlink_store_commit_rows` | histogram | | readings in one transaction |
-//! | `sensorlink_ack_latency_seconds` | histogram | | first reading's receipt → its ack written |
+//! | `sensorlink_ack_latency_seconds` | histogram | | receipt → ack written: line mode one sample per `ack` (from its first reading), legacy one per reading (each `pong` acks one) |
 //! | `sensorlink_received_bytes_total` | counter | | bytes read from peers |
 //! | `sensorlink_sent_bytes_total` | counter | | bytes written to peers |
 //!
@@ -48,117 +52,134 @@ use crate::protocol::{ilp, ProtocolError, Reading};
 use crate::server::logging;
 use crate::store::WriteOutcome;
 
-/// Metric names, so tests and the HTTP side spell them the same way.
-pub mod names {
-    pub const CONNECTIONS_OPEN: &str = "sensorlink_connections_open";
-    pub const CONNECTIONS_ACCEPTED: &str = "sensorlink_connections_accepted_total";
-    pub const CONNECTIONS_REFUSED: &str = "sensorlink_connections_refused_total";
-    pub const CONNECTIONS_CLOSED: &str = "sensorlink_connections_closed_total";
-    pub const CONNECTIONS_MODE: &str = "sensorlink_connections_mode_total";
-    pub const ACCEPT_ERRORS: &str = "sensorlink_accept_errors_total";
-    pub const READINGS_ACCEPTED: &str = "sensorlink_readings_accepted_total";
-    pub const READINGS_REJECTED: &str = "sensorlink_readings_rejected_total";
-    pub const READINGS_COMMITTED: &str = "sensorlink_readings_committed_total";
-    pub const READINGS_ACKED: &str = "sensorlink_readings_acked_total";
-    pub const READINGS_UNACKED: &str = "sensorlink_readings_unacked_total";
-    pub const REPLIES: &str = "sensorlink_replies_total";
-    pub const REPLIES_SUPPRESSED: &str = "sensorlink_replies_suppressed_total";
-    pub const STORE_COMMITS: &str = "sensorlink_store_commits_total";
-    pub const STORE_ERRORS: &str = "sensorlink_store_errors_total";
-    pub const COMMIT_DURATION: &str = "sensorlink_store_commit_duration_seconds";
-    pub const COMMIT_ROWS: &str = "sensorlink_store_commit_rows";
-    pub const ACK_LATENCY: &str = "sensorlink_ack_latency_seconds";
-    pub const RECEIVED_BYTES: &str = "sensorlink_received_bytes_total";
-    pub const SENT_BYTES: &str = "sensorlink_sent_bytes_total";
+/// A metric's Prometheus type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
 }
 
-/// Latency buckets (seconds): 100 µs to 10 s, covering a memory store and an fsync'd disk.
+impl Kind {
+    /// As in the exposition format's `# TYPE` line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+        }
+    }
+}
+
+/// One metric as published: the one place its name, type, unit and help are written.
+#[derive(Debug)]
+pub struct MetricDef {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub unit: Unit,
+    /// Bucket upper bounds (histograms only).
+    pub buckets: &'static [f64],
+    pub help: &'static str,
+}
+
+/// Writes [`names`] and [`METRICS`] from one list, so the two cannot disagree.
+macro_rules! metric_table {
+    ($($id:ident = $name:literal, $kind:ident, $unit:ident, $buckets:expr, $help:literal;)*) => {
+        /// Metric names, so tests and the HTTP side spell them the same way.
+        pub mod names {
+            $(pub const $id: &str = $name;)*
+        }
+
+        /// Every metric this crate publishes.
+        pub const METRICS: &[MetricDef] = &[$(MetricDef {
+            name: $name,
+            kind: Kind::$kind,
+            unit: Unit::$unit,
+            buckets: $buckets,
+            help: $help,
+        },)*];
+    };
+}
+
+const NO_BUCKETS: &[f64] = &[];
+
+/// Latency buckets (seconds): 10 µs (a memory store's commit) to 10 s (a stalled disk).
 const LATENCY_BUCKETS_S: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0, 10.0,
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
-/// Rows-per-commit buckets, up to the writer's largest transaction.
+
+/// Rows-per-commit buckets, up to the largest `--commit-max-rows` accepted (1 000 000).
 const ROWS_BUCKETS: &[f64] = &[
-    1.0, 10.0, 100.0, 500.0, 1_000.0, 2_000.0, 5_000.0, 10_000.0, 20_000.0,
+    1.0,
+    10.0,
+    100.0,
+    500.0,
+    1_000.0,
+    2_000.0,
+    5_000.0,
+    10_000.0,
+    20_000.0,
+    50_000.0,
+    100_000.0,
+    200_000.0,
+    500_000.0,
+    1_000_000.0,
 ];
 
-/// Why a served connection ended (the `reason` label of `connections_closed_total`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseReason {
-    Eof,
-    Shutdown,
-    IdleTimeout,
-    /// A read or write failed (reset, broken pipe).
-    Aborted,
-    WriteStalled,
-    StoreFailed,
+metric_table! {
+    CONNECTIONS_OPEN = "sensorlink_connections_open", Gauge, Count, NO_BUCKETS,
+        "Connections being served.";
+    CONNECTIONS_ACCEPTED = "sensorlink_connections_accepted_total", Counter, Count, NO_BUCKETS,
+        "Connections accepted and served.";
+    CONNECTIONS_REFUSED = "sensorlink_connections_refused_total", Counter, Count, NO_BUCKETS,
+        "Connections closed at once, by reason.";
+    CONNECTIONS_CLOSED = "sensorlink_connections_closed_total", Counter, Count, NO_BUCKETS,
+        "Served connections that ended, by reason.";
+    CONNECTIONS_MODE = "sensorlink_connections_mode_total", Counter, Count, NO_BUCKETS,
+        "Connections by the protocol the peer spoke.";
+    ACCEPT_ERRORS = "sensorlink_accept_errors_total", Counter, Count, NO_BUCKETS,
+        "Failed accept() calls.";
+    READINGS_ACCEPTED = "sensorlink_readings_accepted_total", Counter, Count, NO_BUCKETS,
+        "Readings parsed and handed to the store.";
+    LINES_REJECTED = "sensorlink_lines_rejected_total", Counter, Count, NO_BUCKETS,
+        "Lines (or legacy messages) that were neither a reading nor a command, by reason.";
+    READINGS_COMMITTED = "sensorlink_readings_committed_total", Counter, Count, NO_BUCKETS,
+        "Readings in committed transactions, by outcome (a duplicate was already stored).";
+    READINGS_ACKED = "sensorlink_readings_acked_total", Counter, Count, NO_BUCKETS,
+        "Readings covered by an ack written to the peer.";
+    READINGS_UNACKED = "sensorlink_readings_unacked_total", Counter, Count, NO_BUCKETS,
+        "Readings answered with an error instead of an ack, by reason.";
+    REPLIES = "sensorlink_replies_total", Counter, Count, NO_BUCKETS,
+        "Replies written, by kind.";
+    REPLIES_SUPPRESSED = "sensorlink_replies_suppressed_total", Counter, Count, NO_BUCKETS,
+        "Error replies dropped because the peer never asked for replies.";
+    STORE_COMMITS = "sensorlink_store_commits_total", Counter, Count, NO_BUCKETS,
+        "Store transactions committed.";
+    STORE_ERRORS = "sensorlink_store_errors_total", Counter, Count, NO_BUCKETS,
+        "Store failures, by operation.";
+    COMMIT_DURATION = "sensorlink_store_commit_duration_seconds", Histogram, Seconds,
+        LATENCY_BUCKETS_S, "Duration of one store transaction.";
+    COMMIT_ROWS = "sensorlink_store_commit_rows", Histogram, Count, ROWS_BUCKETS,
+        "Readings in one store transaction.";
+    ACK_LATENCY = "sensorlink_ack_latency_seconds", Histogram, Seconds, LATENCY_BUCKETS_S,
+        "From the receipt of the first reading an ack covers to the ack written (legacy: one sample per reading).";
+    RECEIVED_BYTES = "sensorlink_received_bytes_total", Counter, Bytes, NO_BUCKETS,
+        "Bytes read from peers.";
+    SENT_BYTES = "sensorlink_sent_bytes_total", Counter, Bytes, NO_BUCKETS,
+        "Bytes written to peers.";
 }
 
-impl CloseReason {
-    const ALL: [CloseReason; 6] = [
-        CloseReason::Eof,
-        CloseReason::Shutdown,
-        CloseReason::IdleTimeout,
-        CloseReason::Aborted,
-        CloseReason::WriteStalled,
-        CloseReason::StoreFailed,
-    ];
+mod labels;
 
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CloseReason::Eof => "eof",
-            CloseReason::Shutdown => "shutdown",
-            CloseReason::IdleTimeout => "idle_timeout",
-            CloseReason::Aborted => "aborted",
-            CloseReason::WriteStalled => "write_stalled",
-            CloseReason::StoreFailed => "store_failed",
-        }
-    }
-}
-
-/// The protocol a peer speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    Line,
-    Legacy,
-}
-
-impl Mode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Line => "line",
-            Mode::Legacy => "legacy",
-        }
-    }
-}
-
-/// The bounded `reason` label of a rejected line.
-fn reject_reason(error: &ProtocolError) -> usize {
-    match error {
-        ProtocolError::LineTooLong { .. } => 0,
-        ProtocolError::InvalidUtf8 => 1,
-        ProtocolError::InvalidReading(_) => 2,
-        ProtocolError::InvalidCommand(_) => 3,
-        ProtocolError::UnknownCommand(_) => 4,
-        ProtocolError::InvalidLegacy(_) => 5,
-    }
-}
-
-const REJECT_REASONS: [&str; 6] = [
-    "oversize",
-    "invalid_utf8",
-    "invalid_reading",
-    "invalid_command",
-    "unknown_command",
-    "invalid_legacy",
-];
+pub use labels::{CloseReason, Mode, RejectReason};
 
 /// Totals the periodic load summary reads. Kept beside the exported metrics because the
 /// facade's handles are write-only; never exported, so nothing is counted twice.
 #[derive(Debug, Default)]
 pub struct Totals {
     pub readings_accepted: AtomicU64,
-    pub readings_rejected: AtomicU64,
+    pub lines_rejected: AtomicU64,
     pub readings_stored: AtomicU64,
     pub connections_open: AtomicU64,
 }
@@ -169,11 +190,11 @@ pub struct Telemetry {
     connections_open: Gauge,
     connections_accepted: Counter,
     connections_refused: Counter,
-    connections_closed: [Counter; 6],
+    connections_closed: [Counter; 7],
     connections_mode: [Counter; 2],
     accept_errors: Counter,
     readings_accepted: Counter,
-    readings_rejected: [Counter; 6],
+    lines_rejected: [Counter; 6],
     readings_inserted: Counter,
     readings_duplicate: Counter,
     readings_acked: Counter,
@@ -204,12 +225,12 @@ impl Telemetry {
             connections_refused: metrics::counter!(CONNECTIONS_REFUSED, "reason" => "max_connections"),
             connections_closed: CloseReason::ALL
                 .map(|reason| metrics::counter!(CONNECTIONS_CLOSED, "reason" => reason.as_str())),
-            connections_mode: [Mode::Line, Mode::Legacy]
+            connections_mode: Mode::ALL
                 .map(|mode| metrics::counter!(CONNECTIONS_MODE, "mode" => mode.as_str())),
             accept_errors: metrics::counter!(ACCEPT_ERRORS),
             readings_accepted: metrics::counter!(READINGS_ACCEPTED),
-            readings_rejected: REJECT_REASONS
-                .map(|reason| metrics::counter!(READINGS_REJECTED, "reason" => reason)),
+            lines_rejected: RejectReason::ALL
+                .map(|reason| metrics::counter!(LINES_REJECTED, "reason" => reason.as_str())),
             readings_inserted: metrics::counter!(READINGS_COMMITTED, "outcome" => "inserted"),
             readings_duplicate: metrics::counter!(READINGS_COMMITTED, "outcome" => "duplicate"),
             readings_acked: metrics::counter!(READINGS_ACKED),
@@ -231,93 +252,27 @@ impl Telemetry {
     }
 }
 
-/// Help texts and units for every metric, given to the current recorder.
+/// Help texts and units for every metric in [`METRICS`], given to the current recorder.
 pub fn describe() {
-    use names::*;
-    describe_gauge!(CONNECTIONS_OPEN, Unit::Count, "Connections being served.");
-    describe_counter!(
-        CONNECTIONS_ACCEPTED,
-        Unit::Count,
-        "Connections accepted and served."
-    );
-    describe_counter!(
-        CONNECTIONS_REFUSED,
-        Unit::Count,
-        "Connections closed at once, by reason."
-    );
-    describe_counter!(
-        CONNECTIONS_CLOSED,
-        Unit::Count,
-        "Served connections that ended, by reason."
-    );
-    describe_counter!(
-        CONNECTIONS_MODE,
-        Unit::Count,
-        "Connections by the protocol the peer spoke."
-    );
-    describe_counter!(ACCEPT_ERRORS, Unit::Count, "Failed accept() calls.");
-    describe_counter!(
-        READINGS_ACCEPTED,
-        Unit::Count,
-        "Readings parsed and handed to the store."
-    );
-    describe_counter!(READINGS_REJECTED, Unit::Count, "Lines rejected, by reason.");
-    describe_counter!(
-        READINGS_COMMITTED,
-        Unit::Count,
-        "Readings in committed transactions, by outcome (a duplicate was already stored)."
-    );
-    describe_counter!(
-        READINGS_ACKED,
-        Unit::Count,
-        "Readings covered by an ack written to the peer."
-    );
-    describe_counter!(
-        READINGS_UNACKED,
-        Unit::Count,
-        "Readings answered with an error instead of an ack, by reason."
-    );
-    describe_counter!(REPLIES, Unit::Count, "Replies written, by kind.");
-    describe_counter!(
-        REPLIES_SUPPRESSED,
-        Unit::Count,
-        "Error replies dropped because the peer never asked for replies."
-    );
-    describe_counter!(STORE_COMMITS, Unit::Count, "Store transactions committed.");
-    describe_counter!(STORE_ERRORS, Unit::Count, "Store failures, by operation.");
-    describe_histogram!(
-        COMMIT_DURATION,
-        Unit::Seconds,
-        "Duration of one store transaction."
-    );
-    describe_histogram!(
-        COMMIT_ROWS,
-        Unit::Count,
-        "Readings in one store transaction."
-    );
-    describe_histogram!(
-        ACK_LATENCY,
-        Unit::Seconds,
-        "From the receipt of the first reading an ack covers to the ack written."
-    );
-    describe_counter!(RECEIVED_BYTES, Unit::Bytes, "Bytes read from peers.");
-    describe_counter!(SENT_BYTES, Unit::Bytes, "Bytes written to peers.");
+    for metric in METRICS {
+        match metric.kind {
+            Kind::Counter => describe_counter!(metric.name, metric.unit, metric.help),
+            Kind::Gauge => describe_gauge!(metric.name, metric.unit, metric.help),
+            Kind::Histogram => describe_histogram!(metric.name, metric.unit, metric.help),
+        }
+    }
 }
 
-/// The exporter's settings: true histograms (with buckets) for the three histograms.
+/// The exporter's settings: true histograms, with each histogram's buckets from [`METRICS`].
 pub fn prometheus_builder() -> PrometheusBuilder {
-    let buckets = |builder: PrometheusBuilder, name: &str, values: &[f64]| {
-        builder
-            .set_buckets_for_metric(Matcher::Full(name.to_string()), values)
-            .expect("bucket lists are non-empty constants")
-    };
-    let builder = buckets(
-        PrometheusBuilder::new(),
-        names::COMMIT_DURATION,
-        LATENCY_BUCKETS_S,
-    );
-    let builder = buckets(builder, names::ACK_LATENCY, LATENCY_BUCKETS_S);
-    buckets(builder, names::COMMIT_ROWS, ROWS_BUCKETS)
+    METRICS
+        .iter()
+        .filter(|metric| metric.kind == Kind::Histogram)
+        .fold(PrometheusBuilder::new(), |builder, metric| {
+            builder
+                .set_buckets_for_metric(Matcher::Full(metric.name.to_string()), metric.buckets)
+                .expect("every histogram in METRICS has a non-empty bucket list")
+        })
 }
 
 static TELEMETRY: OnceLock<Telemetry> = OnceLock::new();
@@ -438,7 +393,10 @@ pub struct ConnectionRefused {
 
 impl Event for ConnectionRefused {
     fn emit_to(self, t: &Telemetry) {
-        tracing::warn!(peer = %self.peer, limit = self.limit, "connection limit reached; closing new connection");
+        // Its own log budget: a flood of refused connections must not flood the log.
+        if logging::allow_refused_connection() {
+            tracing::warn!(peer = %self.peer, limit = self.limit, "connection limit reached; closing new connection");
+        }
         t.connections_refused.increment(1);
     }
 }
@@ -492,11 +450,7 @@ impl Event for ConnectionClosed {
             duration_ms = u64::try_from(self.duration.as_millis()).unwrap_or(u64::MAX),
             "disconnected"
         );
-        let index = CloseReason::ALL
-            .iter()
-            .position(|r| *r == self.reason)
-            .expect("CloseReason::ALL lists every reason");
-        t.connections_closed[index].increment(1);
+        t.connections_closed[self.reason as usize].increment(1);
     }
 }
 
@@ -543,8 +497,8 @@ impl Event for LineRejected<'_> {
         if logging::allow_rejected_line() {
             tracing::warn!(line = self.line, cause = %self.error, "rejected");
         }
-        t.readings_rejected[reject_reason(self.error)].increment(1);
-        t.totals.readings_rejected.fetch_add(1, Ordering::Relaxed);
+        t.lines_rejected[RejectReason::of(self.error) as usize].increment(1);
+        t.totals.lines_rejected.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -619,7 +573,11 @@ pub struct AcksWithheld<'a> {
 
 impl Event for AcksWithheld<'_> {
     fn emit_to(self, t: &Telemetry) {
-        tracing::error!(cause = %self.error, readings = self.readings, "store failed; readings not acknowledged");
+        // The peer is told (error replies) and the commit failure itself is logged once by
+        // the writer: per connection this is a warning, within its own log budget.
+        if logging::allow_unacked_warning() {
+            tracing::warn!(cause = %self.error, readings = self.readings, "store failed; readings not acknowledged");
+        }
         t.readings_unacked.increment(self.readings);
     }
 }
@@ -680,8 +638,29 @@ impl Event for StoreFailed<'_> {
     }
 }
 
+/// Helpers for tests that read metrics back.
+#[cfg(test)]
+pub(crate) mod testing {
+    /// The value of the sample line `series` (name plus labels, exactly as rendered) in
+    /// Prometheus text, if rendered.
+    pub(crate) fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn sample_reads_the_exact_series_only() {
+        let text = "a_total{k=\"x\"} 3\na_total 4\na_total_sum 5\n";
+        assert_eq!(sample(text, "a_total"), Some(4.0));
+        assert_eq!(sample(text, "a_total{k=\"x\"}"), Some(3.0));
+        assert_eq!(sample(text, "a_total{k=\"y\"}"), None);
+        assert_eq!(sample(text, "a"), None);
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::testing::sample;
     use super::*;
 
     /// Emit `f`'s events into a fresh local recorder and return its Prometheus text.
@@ -694,14 +673,6 @@ mod tests {
             f(&telemetry);
         });
         handle.render()
-    }
-
-    /// The value of the sample line `series` (name plus labels), if rendered.
-    fn sample(text: &str, series: &str) -> Option<f64> {
-        text.lines().find_map(|line| {
-            let value = line.strip_prefix(series)?.strip_prefix(' ')?;
-            value.parse().ok()
-        })
     }
 
     #[test]
@@ -737,7 +708,7 @@ mod tests {
             }
             .emit_to(t);
             assert_eq!(t.totals.readings_accepted.load(Ordering::Relaxed), 7);
-            assert_eq!(t.totals.readings_rejected.load(Ordering::Relaxed), 2);
+            assert_eq!(t.totals.lines_rejected.load(Ordering::Relaxed), 2);
         });
         assert_eq!(
             sample(&text, names::CONNECTIONS_ACCEPTED),
@@ -759,14 +730,14 @@ mod tests {
         assert_eq!(
             sample(
                 &text,
-                "sensorlink_readings_rejected_total{reason=\"oversize\"}"
+                "sensorlink_lines_rejected_total{reason=\"oversize\"}"
             ),
             Some(1.0)
         );
         assert_eq!(
             sample(
                 &text,
-                "sensorlink_readings_rejected_total{reason=\"invalid_reading\"}"
+                "sensorlink_lines_rejected_total{reason=\"invalid_reading\"}"
             ),
             Some(1.0)
         );
@@ -784,11 +755,219 @@ mod tests {
         );
         // Described once per family, with its type.
         assert_eq!(
-            text.matches("# HELP sensorlink_readings_rejected_total ")
+            text.matches("# HELP sensorlink_lines_rejected_total ")
                 .count(),
             1
         );
-        assert!(text.contains("# TYPE sensorlink_readings_rejected_total counter\n"));
+        assert!(text.contains("# TYPE sensorlink_lines_rejected_total counter\n"));
+    }
+
+    /// [`METRICS`] drives `describe()`; `register()` must register exactly its names, each
+    /// with the table's type and help.
+    #[test]
+    fn every_metric_in_the_table_is_registered_and_described() {
+        let text = render(|_| {});
+        for metric in METRICS {
+            let kind = metric.kind.as_str();
+            assert!(
+                text.contains(&format!("# TYPE {} {kind}\n", metric.name)),
+                "{} not registered as a {kind}:\n{text}",
+                metric.name
+            );
+            assert!(
+                text.contains(&format!("# HELP {} {}\n", metric.name, metric.help)),
+                "{} not described:\n{text}",
+                metric.name
+            );
+        }
+        for line in text.lines() {
+            if let Some(name) = line
+                .strip_prefix("# TYPE ")
+                .and_then(|l| l.split(' ').next())
+            {
+                assert!(
+                    METRICS.iter().any(|metric| metric.name == name),
+                    "{name} is not in METRICS"
+                );
+            }
+        }
+    }
+
+    /// Labels are indexed by `as usize`: each ALL list must be in declaration order.
+    #[test]
+    fn label_tables_are_in_declaration_order() {
+        for (index, reason) in CloseReason::ALL.iter().enumerate() {
+            assert_eq!(*reason as usize, index, "{reason:?}");
+        }
+        for (index, mode) in Mode::ALL.iter().enumerate() {
+            assert_eq!(*mode as usize, index, "{mode:?}");
+        }
+        for (index, reason) in RejectReason::ALL.iter().enumerate() {
+            assert_eq!(*reason as usize, index, "{reason:?}");
+        }
+    }
+
+    /// A failed read and a failed write are told apart, on the metric and in the log.
+    #[test]
+    fn read_and_write_failures_have_their_own_close_reason() {
+        let text = render(|t| {
+            for reason in [
+                CloseReason::ReadFailed,
+                CloseReason::WriteFailed,
+                CloseReason::WriteFailed,
+            ] {
+                ConnectionClosed {
+                    mode: None,
+                    reason,
+                    accepted: 0,
+                    rejected: 0,
+                    acked: 0,
+                    duration: Duration::ZERO,
+                }
+                .emit_to(t);
+            }
+        });
+        let closed = |reason: &str| {
+            sample(
+                &text,
+                &format!("sensorlink_connections_closed_total{{reason=\"{reason}\"}}"),
+            )
+        };
+        assert_eq!(closed("read_failed"), Some(1.0), "{text}");
+        assert_eq!(closed("write_failed"), Some(2.0), "{text}");
+    }
+
+    /// Rows up to the largest `--commit-max-rows` and latencies down to 10 µs get a bucket.
+    #[test]
+    fn buckets_cover_the_configured_range() {
+        let text = render(|t| {
+            BatchCommitted {
+                rows: 600_000,
+                outcome: WriteOutcome {
+                    inserted: 600_000,
+                    duplicates: 0,
+                },
+                duration: Duration::from_micros(20),
+            }
+            .emit_to(t);
+        });
+        let max_rows = crate::config::limits::COMMIT_MAX_ROWS.1;
+        assert_eq!(ROWS_BUCKETS.last().copied(), Some(max_rows as f64));
+        assert_eq!(
+            sample(&text, "sensorlink_store_commit_rows_bucket{le=\"500000\"}"),
+            Some(0.0),
+            "{text}"
+        );
+        assert_eq!(
+            sample(&text, "sensorlink_store_commit_rows_bucket{le=\"1000000\"}"),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "sensorlink_store_commit_duration_seconds_bucket{le=\"0.00001\"}"
+            ),
+            Some(0.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "sensorlink_store_commit_duration_seconds_bucket{le=\"0.000025\"}"
+            ),
+            Some(1.0)
+        );
+    }
+
+    /// A log written into memory at `WARN` and above, for tests that check what is logged.
+    #[derive(Clone, Default)]
+    struct Log(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Log {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("log lock").extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Log {
+        /// Run `f` with this log as the thread's subscriber.
+        fn capture<T>(&self, f: impl FnOnce() -> T) -> T {
+            let log = self.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .with_max_level(tracing::Level::WARN)
+                .with_ansi(false)
+                .with_writer(move || log.clone())
+                .finish();
+            tracing::subscriber::with_default(subscriber, f)
+        }
+
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().expect("log lock")).into_owned()
+        }
+    }
+
+    /// Refused connections are each counted, but logged within their own budget.
+    #[test]
+    fn refused_connections_are_counted_each_but_logged_within_budget() {
+        let log = Log::default();
+        // Ten seconds' worth of budget: only a loop slower than 10 s could log them all.
+        let emitted = 10 * logging::LINES_PER_SECOND;
+        let text = log.capture(|| {
+            render(|t| {
+                for _ in 0..emitted {
+                    ConnectionRefused {
+                        peer: SocketAddr::from(([127, 0, 0, 1], 9)),
+                        limit: 1,
+                    }
+                    .emit_to(t);
+                }
+            })
+        });
+        assert_eq!(
+            sample(
+                &text,
+                "sensorlink_connections_refused_total{reason=\"max_connections\"}"
+            ),
+            Some(emitted as f64)
+        );
+        let logged = log.text().matches("connection limit reached").count() as u64;
+        assert!(
+            logged >= 1 && logged < emitted,
+            "{logged} of {emitted} logged"
+        );
+    }
+
+    /// Withheld acks are a per-connection warning (the failed commit is the error, logged
+    /// once by the writer), counted per reading.
+    #[test]
+    fn withheld_acks_warn_and_count_readings() {
+        let log = Log::default();
+        let error = std::io::Error::other("disk full");
+        let text = log.capture(|| {
+            render(|t| {
+                AcksWithheld {
+                    error: &error,
+                    readings: 3,
+                }
+                .emit_to(t);
+            })
+        });
+        assert_eq!(
+            sample(
+                &text,
+                "sensorlink_readings_unacked_total{reason=\"store_failed\"}"
+            ),
+            Some(3.0)
+        );
+        let logged = log.text();
+        assert!(
+            logged.contains(" WARN ") && logged.contains("readings not acknowledged"),
+            "{logged}"
+        );
+        assert!(!logged.contains("ERROR"), "{logged}");
     }
 
     #[test]

@@ -4,20 +4,24 @@
 //! # Layout
 //! - [`protocol`]: bytes ⇄ frames (line protocol, control lines, the seed's legacy
 //!   messages) and the one line-protocol escaping ([`protocol::escape`]); pure, no I/O.
-//! - [`server`]: listener, per-connection loop (generic over any `AsyncRead + AsyncWrite`),
-//!   graceful shutdown.
+//! - [`server`]: listener, per-connection loop, the streams it is served over
+//!   (`stream::PeerStream`: any `AsyncRead + AsyncWrite`, TLS next), graceful shutdown.
 //! - [`store`]: the backend-neutral write seam ([`store::writer::StoreHandle`], group commit
 //!   or a store's own concurrency) and read path ([`store::StoreReader`]), the memory and
 //!   SQLite stores, their shared encoding, and one conformance suite run on every store.
 //! - [`client`]: the sensor side: `transport` (connect, handshake, bounded reply decoders,
 //!   generic over `AsyncRead + AsyncWrite`; also used by `bench`), `engine` (the one event
-//!   loop: reconnect with backoff, resend, drain) with its `line` and `legacy` sessions, an
+//!   loop: reconnect after a `backoff`, resend, drain) with its `line` and `legacy`
+//!   implementations of `session::Session`, an
 //!   I/O-free delivery state machine (`state`), value sources, RTT statistics, the spool
-//!   (run on a blocking thread by `spool_io`), and `ClientError` / `RunReport`.
+//!   (`client/spool/`: record format + CRC, recovery scan, state file, advisory lock; run
+//!   on a blocking thread by `spool_io`), and `ClientError` / `RunReport`.
 //! - [`events`]: each named event (connection accepted, line rejected, batch committed, …)
-//!   logs once and counts once; every metric name, and the Prometheus recorder.
+//!   logs once and counts once; one table of every metric (name, type, unit, help,
+//!   buckets), the bounded label values (`events/labels.rs`), and the Prometheus recorder.
 //! - [`query`]: `sensorlink query` / `sensorlink stats` output.
-//! - [`bench`]: `sensorlink bench`, the load generator.
+//! - [`mod@bench`]: `sensorlink bench`, the load generator: `bench/` holds flags,
+//!   connection, line and legacy sessions, pacing, progress and report, one file each.
 //! - [`cli`]: command-line flags.
 //! - [`config`]: defaults < TOML file < environment < flags, validated into the server's
 //!   and client's settings; `--print-config`.

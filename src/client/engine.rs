@@ -1,7 +1,8 @@
 //! The client's one event loop, shared by line mode and legacy mode: connect (through a
 //! [`Connector`]) and handshake, send what the [`ClientState`] says is due, match replies,
-//! report readings not acknowledged within the reply timeout as lost, reconnect with backoff
-//! and jitter, resend what was not acknowledged, and drain at the end.
+//! report readings not acknowledged within the reply timeout (a timeout: the reading is
+//! resent), reconnect with backoff and jitter, resend what was not acknowledged, and drain at
+//! the end (a stop stops the producer; every value it already sent is still taken).
 //!
 //! What differs between the modes (bytes, the reply decoder, how a reply is matched to a
 //! reading, how many readings may be in flight) is a [`Session`]. The loop never blocks:
@@ -10,110 +11,30 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use rand::RngExt as _;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 
+use super::backoff::Backoff;
 use super::error::ClientError;
-use super::output::{Printer, RunTotals, ServerShare, ServerTimes, Summary};
+use super::output::{Printer, RunTotals, ServerShare, Summary};
 use super::report::RunReport;
+use super::session::{Event, Session};
 use super::spool::DropReason;
 use super::spool_io::SpoolIo;
 use super::state::ClientState;
 use super::stats::RttStats;
 use super::transport::{self, Connection, Connector, TransportError};
 use super::{sleep_until_opt, ClientConfig};
-use crate::protocol::{FieldValue, Reading};
-
-/// First wait before reconnecting; doubles up to the configured maximum.
-pub const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
+use crate::protocol::FieldValue;
 
 /// Most bytes queued for the socket at once; more readings wait in the state machine.
 const MAX_QUEUED_BYTES: usize = 64 * 1024;
 
-/// Backoff with jitter: a random wait in [d/2, d], d doubling up to `max`.
-#[derive(Debug)]
-pub struct Backoff {
-    next: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    pub fn new(max: Duration) -> Self {
-        Backoff {
-            next: INITIAL_BACKOFF.min(max),
-            max,
-        }
-    }
-
-    /// Start again from the first delay (only once a connection has carried an ack).
-    pub fn reset(&mut self) {
-        self.next = INITIAL_BACKOFF.min(self.max);
-    }
-
-    pub fn next_delay(&mut self) -> Duration {
-        let ceiling = self.next;
-        self.next = (self.next * 2).min(self.max);
-        let half = ceiling / 2;
-        let jitter_ns = rand::rng().random_range(0..=half.as_nanos().max(1) as u64);
-        half + Duration::from_nanos(jitter_ns)
-    }
-}
-
-/// What a reply means for delivery, as a [`Session`] reads it.
-#[derive(Debug)]
-pub(crate) enum Event {
-    /// Everything sent up to `token` is stored (`rejected`: the reading `token` was refused).
-    Ack {
-        token: u64,
-        rejected: bool,
-        times: ServerTimes,
-        /// The raw reply, printed as it came (legacy mode).
-        raw: Option<Bytes>,
-    },
-    /// The server refused line `line` of this connection.
-    Rejected { line: u64, reason: String },
-    /// Nothing to do (a `pong`, or an ack we cannot match).
-    Ignore,
-}
-
-/// One protocol's part of the loop: its bytes and how replies match readings.
-pub(crate) trait Session {
-    type Decoder: Decoder<Error = TransportError>;
-
-    /// The seed's reporting: connect time includes the first pong, losses are printed as
-    /// `Packet loss`, and resent readings' RTTs count too.
-    const LEGACY: bool;
-
-    fn decoder(&self) -> Self::Decoder;
-
-    /// The opening exchange on a new connection.
-    async fn handshake<S: AsyncRead + AsyncWrite>(
-        &self,
-        conn: &mut Connection<S, Self::Decoder>,
-        timeout: Duration,
-    ) -> Result<(), TransportError>;
-
-    /// Most readings in flight at once.
-    fn window(&self) -> usize;
-
-    /// The reading for a value produced at `timestamp_ns`.
-    fn reading(&self, value: FieldValue, timestamp_ns: i64) -> Reading;
-
-    /// Append the bytes that send reading `seq`.
-    fn encode(&self, seq: u64, reading: &Reading, out: &mut Vec<u8>);
-
-    /// What `reply` means; `oldest_in_flight` is the first reading awaiting its reply.
-    fn interpret(
-        &self,
-        reply: <Self::Decoder as Decoder>::Item,
-        oldest_in_flight: Option<u64>,
-    ) -> Event;
-}
+/// Most values taken from the channel at once: one spool write (and fsync) for all of them.
+const MAX_VALUES_PER_BATCH: usize = 256;
 
 /// What ended one connection.
 enum Disconnect {
@@ -132,6 +53,33 @@ struct ServerSums {
     network_us: f64,
 }
 
+/// An open connection, how long the connect took, and the first pong (line mode).
+type Opened<T, D> = (Connection<T, D>, Duration, Option<Duration>);
+
+/// Open a stream and handshake, both within one `timeout` (one deadline, not one each);
+/// times both.
+async fn open<S: Session, C: Connector>(
+    session: &S,
+    timeout: Duration,
+    connector: &mut C,
+) -> Result<Opened<C::Stream, S::Decoder>, TransportError> {
+    let start = Instant::now();
+    let deadline = start + timeout;
+    let stream = tokio::time::timeout_at(deadline, connector.connect())
+        .await
+        .map_err(|_| TransportError::TimedOut { what: "connect" })??;
+    let connect_time = start.elapsed();
+    let mut conn = transport::split(stream, session.decoder());
+    let ping_start = Instant::now();
+    let left = deadline.saturating_duration_since(ping_start);
+    session.handshake(&mut conn, left).await?;
+    if S::LEGACY {
+        Ok((conn, start.elapsed(), None))
+    } else {
+        Ok((conn, connect_time, Some(ping_start.elapsed())))
+    }
+}
+
 /// One run of the client: the state of delivery and everything it reports.
 pub(crate) struct Engine<'a, S: Session> {
     config: &'a ClientConfig,
@@ -142,7 +90,8 @@ pub(crate) struct Engine<'a, S: Session> {
     started: Instant,
     first_connect: Option<Duration>,
     reconnects: u64,
-    /// The source has ended (count reached, EOF, stop): deliver what is left, then stop.
+    /// The source has ended (count reached, EOF) or a stop came: deliver what is left
+    /// within the drain timeout, then stop.
     draining_since: Option<Instant>,
     server: ServerSums,
     /// The on-disk queue (`--spool`): every reading is appended before it is sent.
@@ -150,6 +99,8 @@ pub(crate) struct Engine<'a, S: Session> {
     /// Readings recovered from the spool at start and sent again.
     replayed: u64,
     values: mpsc::Receiver<(FieldValue, i64)>,
+    /// Until the producer has closed the channel and every value in it was taken: a stop
+    /// stops the producer, never the taking (the channel may hold a thousand readings).
     values_open: bool,
     stop: CancellationToken,
     /// The current connection carried an ack (only then is the backoff reset).
@@ -199,14 +150,25 @@ impl<'a, S: Session> Engine<'a, S> {
         mut self,
         mut connector: C,
     ) -> Result<RunReport, ClientError> {
-        self.open_spool().await?;
+        if let Err(err) = self.open_spool().await {
+            // E.g. stdout closed right after the spool opened: still close it properly.
+            if let Some(spool) = self.spool.take() {
+                if let Err(close) = spool.close().await {
+                    tracing::warn!(cause = %close, "closing the spool");
+                }
+            }
+            return Err(err);
+        }
         let delivered = self.deliver(&mut connector).await;
+        // Even when the server was never reached: what was produced is kept in the spool.
+        let leftovers = self.take_leftover_values().await;
         // Whatever ended the run, what the spool holds is made durable for the next one.
         let closed = match self.spool.take() {
             Some(spool) => spool.close().await,
             None => Ok(()),
         };
         delivered?;
+        leftovers?;
         if let Err(err) = closed {
             tracing::warn!(cause = %err, "closing the spool");
         }
@@ -249,7 +211,12 @@ impl<'a, S: Session> Engine<'a, S> {
                 break;
             }
             self.acked_on_connection = false;
-            match self.connect(connector).await {
+            let Some(connected) = self.connect_or_stop(connector).await else {
+                // The drain ended while connecting: what is pending is reported lost.
+                last_error.get_or_insert_with(|| "stopped while connecting".to_string());
+                break;
+            };
+            match connected {
                 Ok((conn, connect_time, ping)) => {
                     if self.first_connect.is_none() {
                         self.first_connect = Some(connect_time);
@@ -267,7 +234,7 @@ impl<'a, S: Session> Engine<'a, S> {
                     let Disconnect::Retry(reason) = end else {
                         break;
                     };
-                    self.state.on_disconnect();
+                    self.disconnected();
                     // A server that accepts and then fails must not be hammered.
                     if self.acked_on_connection {
                         backoff.reset();
@@ -320,42 +287,95 @@ impl<'a, S: Session> Engine<'a, S> {
         }
     }
 
-    /// Open a stream and handshake, within the connect timeout; times both.
-    async fn connect<C: Connector>(
-        &self,
+    /// [`open`] a connection, unless the drain ends first (`None`). A stop while connecting
+    /// starts the drain, so a stop never waits for a whole connect timeout.
+    async fn connect_or_stop<C: Connector>(
+        &mut self,
         connector: &mut C,
-    ) -> Result<
-        (
-            Connection<C::Stream, S::Decoder>,
-            Duration,
-            Option<Duration>,
-        ),
-        TransportError,
-    > {
-        let start = Instant::now();
-        let stream = tokio::time::timeout(self.config.connect_timeout, connector.connect())
-            .await
-            .map_err(|_| TransportError::TimedOut { what: "connect" })??;
-        let connect_time = start.elapsed();
-        let mut conn = transport::split(stream, self.session.decoder());
-        let ping_start = Instant::now();
-        self.session
-            .handshake(&mut conn, self.config.connect_timeout)
-            .await?;
-        if S::LEGACY {
-            Ok((conn, start.elapsed(), None))
-        } else {
-            Ok((conn, connect_time, Some(ping_start.elapsed())))
-        }
+    ) -> Option<Result<Opened<C::Stream, S::Decoder>, TransportError>> {
+        let stop = self.stop.clone();
+        let drain_timeout = self.config.drain_timeout;
+        let mut draining_since = self.draining_since;
+        let connecting = open(&self.session, self.config.connect_timeout, connector);
+        tokio::pin!(connecting);
+        let opened = loop {
+            let drain_deadline = draining_since.map(|since| since + drain_timeout);
+            tokio::select! {
+                opened = &mut connecting => break Some(opened),
+                _ = sleep_until_opt(drain_deadline) => break None,
+                _ = stop.cancelled(), if draining_since.is_none() => {
+                    draining_since = Some(Instant::now());
+                }
+            }
+        };
+        self.draining_since = draining_since;
+        opened
     }
 
-    /// Whether the run is over: the source ended and nothing is left, or the drain timed out.
-    fn finished(&mut self) -> bool {
-        if self.values_open {
+    /// Whether the run is over: every value was taken and delivered, or the drain timed out.
+    fn finished(&self) -> bool {
+        let Some(since) = self.draining_since else {
             return false;
+        };
+        (!self.values_open && self.state.pending() == 0)
+            || since.elapsed() >= self.config.drain_timeout
+    }
+
+    /// The source ended or a stop came: from now on the drain timeout runs.
+    fn start_draining(&mut self) {
+        self.draining_since.get_or_insert_with(Instant::now);
+    }
+
+    /// The value channel gave `value`: a reading to keep, or (at `None`) the end of values.
+    /// `true`: the connection must be closed (see [`Engine::produce`]).
+    /// With `value`, every other value already waiting is taken too (a batch).
+    async fn on_value(&mut self, value: Option<(FieldValue, i64)>) -> Result<bool, ClientError> {
+        let Some(value) = value else {
+            self.values_closed();
+            return Ok(false);
+        };
+        let mut batch = vec![value];
+        // Batches pay off for the spool's fsync; without one, a reading at a time keeps
+        // sends and acks interleaved with taking values (as --max-pending expects).
+        let most = if self.spool.is_some() {
+            MAX_VALUES_PER_BATCH
+        } else {
+            1
+        };
+        while batch.len() < most {
+            match self.values.try_recv() {
+                Ok(value) => batch.push(value),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    self.values_closed();
+                    break;
+                }
+            }
         }
-        let since = *self.draining_since.get_or_insert_with(Instant::now);
-        self.state.pending() == 0 || since.elapsed() >= self.config.drain_timeout
+        self.produce(batch).await
+    }
+
+    fn values_closed(&mut self) {
+        self.values_open = false;
+        self.start_draining();
+    }
+
+    /// The run is over, but the producer may have sent values the loop did not take yet
+    /// (the drain timed out first): keep them too, so each is reported (and spooled).
+    async fn take_leftover_values(&mut self) -> Result<(), ClientError> {
+        self.values.close();
+        loop {
+            let batch: Vec<_> = std::iter::from_fn(|| self.values.try_recv().ok())
+                .take(MAX_VALUES_PER_BATCH)
+                .collect();
+            if batch.is_empty() {
+                break;
+            }
+            // No connection is left to close.
+            self.produce(batch).await?;
+        }
+        self.values_open = false;
+        Ok(())
     }
 
     fn drain_deadline(&self) -> Option<Instant> {
@@ -367,52 +387,73 @@ impl<'a, S: Session> Engine<'a, S> {
     async fn wait_offline(&mut self, delay: Duration) -> Result<bool, ClientError> {
         let until = Instant::now() + delay;
         loop {
+            // Nothing left to deliver (or the drain is over): no point in waiting.
+            if self.finished() {
+                return Ok(false);
+            }
             let drain_deadline = self.drain_deadline();
             tokio::select! {
                 _ = tokio::time::sleep_until(until) => return Ok(true),
                 _ = sleep_until_opt(drain_deadline) => return Ok(false),
-                value = self.values.recv(), if self.values_open => match value {
-                    Some((value, ts)) => self.produce(value, ts).await?,
-                    None => self.values_open = false,
-                },
-                _ = self.stop.cancelled(), if self.values_open => self.values_open = false,
+                value = self.values.recv(), if self.values_open => {
+                    // Offline, nothing is in flight: never a connection to close.
+                    self.on_value(value).await?;
+                }
+                // The producer stops on its own; what it already sent is still taken.
+                _ = self.stop.cancelled(), if self.draining_since.is_none() => self.start_draining(),
             }
             self.output_ok()?;
-            if self.finished() {
-                return Ok(false);
-            }
         }
     }
 
-    async fn produce(&mut self, value: FieldValue, timestamp_ns: i64) -> Result<(), ClientError> {
-        let reading = self.session.reading(value, timestamp_ns);
-        if let Some(spool) = &mut self.spool {
-            let seq = self.state.next_seq();
-            match spool.append(seq, reading.clone()).await? {
-                Ok(dropped) => {
-                    for dropped in dropped.iter().filter(|d| !d.is_empty()) {
-                        let why = match dropped.reason {
-                            DropReason::MaxAge => "older than --spool-max-age",
-                            DropReason::MaxBytes => "spool over --spool-max-bytes",
-                        };
-                        self.state.drop_seqs(&dropped.seqs);
-                        for seq in &dropped.seqs {
-                            self.printer.dropped(*seq, why);
-                        }
+    /// Keep new readings, spooled (one write and fsync for all) before any is sent. `true`:
+    /// the connection must be closed, as every reading in flight was taken back to make room.
+    async fn produce(&mut self, values: Vec<(FieldValue, i64)>) -> Result<bool, ClientError> {
+        let mut retry = false;
+        let mut spooled = Vec::new();
+        for (value, timestamp_ns) in values {
+            let reading = self.session.reading(value, timestamp_ns);
+            if self.spool.is_some() {
+                spooled.push((self.state.next_seq(), reading.clone()));
+            }
+            let produced = self.state.produce(reading);
+            if let Some(dropped) = produced.dropped {
+                self.printer
+                    .dropped(dropped, "more than --max-pending readings unacknowledged");
+            }
+            retry |= produced.retry;
+        }
+        let Some(spool) = &mut self.spool else {
+            return Ok(retry);
+        };
+        match spool.append_batch(spooled).await? {
+            Ok(dropped) => {
+                for dropped in dropped.iter().filter(|d| !d.is_empty()) {
+                    let why = match dropped.reason {
+                        DropReason::MaxAge => "older than --spool-max-age",
+                        DropReason::MaxBytes => "spool over --spool-max-bytes",
+                    };
+                    // One in flight is reported when its connection ends (or acked).
+                    for seq in self.state.drop_seqs(&dropped.seqs) {
+                        self.printer.dropped(seq, why);
                     }
                 }
-                // Still delivered from memory; only a client crash could lose it now.
-                Err(err) => self
-                    .printer
-                    .spool_damage(&format!("cannot write the spool: {err}")),
             }
+            // Still delivered from memory; only a client crash could lose them now.
+            Err(err) => self
+                .printer
+                .spool_damage(&format!("cannot write the spool: {err}")),
         }
-        let produced = self.state.produce(reading);
-        if let Some(dropped) = produced.dropped {
+        Ok(retry)
+    }
+
+    /// The connection ended: what was in flight is sent again on the next one; readings
+    /// dropped by the spool's limits while in flight go now.
+    fn disconnected(&mut self) {
+        for seq in self.state.on_disconnect() {
             self.printer
-                .dropped(dropped, "more than --max-pending readings unacknowledged");
+                .dropped(seq, "dropped by the spool's limits while in flight");
         }
-        Ok(())
     }
 
     /// Queue every reading that is due and fits the session's window.
@@ -457,7 +498,11 @@ impl<'a, S: Session> Engine<'a, S> {
             let drain_deadline = self.drain_deadline();
             tokio::select! {
                 reply = reader.read_reply() => match reply {
-                    Ok(reply) => self.on_reply(reply).await?,
+                    Ok(reply) => {
+                        if let Some(reason) = self.on_replies(reply, &mut reader).await? {
+                            return Ok(Disconnect::Retry(reason));
+                        }
+                    }
                     Err(err) => return Ok(Disconnect::Retry(err.to_string())),
                 },
                 pushed = writer.push(), if writer.busy() => match pushed {
@@ -471,11 +516,16 @@ impl<'a, S: Session> Engine<'a, S> {
                         humantime::format_duration(self.config.write_timeout)
                     )));
                 }
-                value = self.values.recv(), if self.values_open => match value {
-                    Some((value, ts)) => self.produce(value, ts).await?,
-                    None => self.values_open = false,
-                },
-                _ = self.stop.cancelled(), if self.values_open => self.values_open = false,
+                value = self.values.recv(), if self.values_open => {
+                    if self.on_value(value).await? {
+                        return Ok(Disconnect::Retry(
+                            "more than --max-pending readings unacknowledged, all in flight"
+                                .to_string(),
+                        ));
+                    }
+                }
+                // The producer stops on its own; what it already sent is still taken.
+                _ = self.stop.cancelled(), if self.draining_since.is_none() => self.start_draining(),
                 _ = sleep_until_opt(reply_deadline) => {
                     let now = Instant::now().into_std();
                     let lost = self.state.check_timeouts(now, reply_timeout);
@@ -495,10 +545,53 @@ impl<'a, S: Session> Engine<'a, S> {
         }
     }
 
-    async fn on_reply(&mut self, reply: <S::Decoder as Decoder>::Item) -> Result<(), ClientError> {
+    /// Act on `reply` and on every other reply already buffered, then record the acks in
+    /// the spool once. `Some(reason)`: the connection must be re-opened.
+    async fn on_replies<R: AsyncRead + Unpin>(
+        &mut self,
+        reply: <S::Decoder as Decoder>::Item,
+        reader: &mut transport::ReplyReader<R, S::Decoder>,
+    ) -> Result<Option<String>, ClientError> {
+        let mut through = None;
+        let mut retry = self.on_reply(reply, &mut through);
+        while retry.is_none() {
+            match reader.buffered_reply() {
+                Ok(Some(reply)) => retry = self.on_reply(reply, &mut through),
+                Ok(None) => break,
+                Err(err) => retry = Some(err.to_string()),
+            }
+        }
+        self.record_acks(through).await?;
+        Ok(retry)
+    }
+
+    /// The spool forgets what the state machine took off its queue, never more: a token
+    /// beyond what was sent must not erase readings not yet delivered.
+    async fn record_acks(&mut self, through: Option<u64>) -> Result<(), ClientError> {
+        if let (Some(spool), Some(through)) = (&mut self.spool, through) {
+            if let Err(err) = spool.ack_through(through).await? {
+                // Harmless: the readings would be resent and deduplicated by the server.
+                tracing::warn!(cause = %err, "cannot record acks in the spool");
+            }
+        }
+        Ok(())
+    }
+
+    /// Act on one reply (no I/O): `through` becomes the last reading its ack took off the
+    /// queue. `Some(reason)`: the connection must be re-opened.
+    fn on_reply(
+        &mut self,
+        reply: <S::Decoder as Decoder>::Item,
+        through: &mut Option<u64>,
+    ) -> Option<String> {
         match self.session.interpret(reply, self.state.oldest_in_flight()) {
             Event::Ignore => {}
             Event::Rejected { line, reason } => self.printer.rejected(line, &reason),
+            Event::SyncFailed { line, reason } => {
+                self.printer.rejected(line, &reason);
+                // Resent on a new connection, after the backoff, instead of after the timeout.
+                return Some(format!("server could not store: {reason}"));
+            }
             Event::Ack {
                 token,
                 rejected,
@@ -506,13 +599,15 @@ impl<'a, S: Session> Engine<'a, S> {
                 raw,
             } => {
                 let now = Instant::now().into_std();
-                if let Some(spool) = &mut self.spool {
-                    if let Err(err) = spool.ack_through(token).await? {
-                        // Harmless: the readings would be resent and deduplicated by the server.
-                        tracing::warn!(cause = %err, "cannot record acks in the spool");
-                    }
+                let outcome = self.state.on_ack(token, rejected, now);
+                if outcome.beyond_sent {
+                    tracing::warn!(
+                        token,
+                        "ack for a reading never sent; only what was sent counts"
+                    );
                 }
-                for acked in self.state.on_ack(token, rejected, now) {
+                *through = (*through).max(outcome.through);
+                for acked in outcome.acked {
                     self.acked_on_connection = true;
                     // A resent reading waited behind a backlog: its time says nothing of the link.
                     if S::LEGACY || !acked.resent {
@@ -542,11 +637,13 @@ impl<'a, S: Session> Engine<'a, S> {
                 }
             }
         }
-        Ok(())
+        None
     }
 
     fn finish(mut self) -> Result<RunReport, ClientError> {
         let spooled = self.config.spool.is_some();
+        // The last connection is over too.
+        self.disconnected();
         for seq in self.state.give_up() {
             self.printer.lost_at_exit(seq, spooled);
         }
@@ -558,7 +655,7 @@ impl<'a, S: Session> Engine<'a, S> {
             counters,
             pending: self.state.pending() as u64,
             replayed: self.replayed,
-            started: self.started.into_std(),
+            duration: self.started.elapsed(),
             first_connect: self.first_connect,
             reconnects: self.reconnects,
             rtt: self.rtt.summary(),
@@ -586,6 +683,7 @@ mod tests {
 
     use super::*;
     use crate::client::source::SourceSpec;
+    use crate::client::INITIAL_BACKOFF;
     use crate::client::{run_with, ClientConfig};
 
     /// What the fake server does on one connection.
@@ -603,6 +701,10 @@ mod tests {
         ResetMidBatch { ack: usize, drop_at: usize },
         /// Answer the handshake, then read nothing more (over a small pipe that fills up).
         StopReading,
+        /// Read everything, answer nothing (not even the handshake).
+        Silent,
+        /// Answer every `sync` with `error <line> store failed: ...`.
+        StoreFails,
     }
 
     /// The fake server's view: per connection, the values of the readings it received.
@@ -665,10 +767,22 @@ mod tests {
         let (read, mut write) = tokio::io::split(stream);
         let mut lines = BufReader::new(read).lines();
         let mut readings = 0usize;
+        let mut line_no = 0u64;
         while let Ok(Some(line)) = lines.next_line().await {
+            line_no += 1;
+            if let Behaviour::Silent = behaviour {
+                continue;
+            }
             let reply = if let Some(token) = line.strip_prefix("ping ") {
                 format!("pong {token}\n")
             } else if let Some(token) = line.strip_prefix("sync ") {
+                if let Behaviour::StoreFails = behaviour {
+                    let reply = format!("error {line_no} store failed: disk full\n");
+                    if write.write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
                 match behaviour {
                     Behaviour::AckAfter(delay) => tokio::time::sleep(delay).await,
                     Behaviour::ResetMidBatch { ack, .. } if readings > ack => continue,
@@ -808,7 +922,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_reply_later_than_the_reply_timeout_is_reported_lost_and_resent() {
+    async fn a_reply_later_than_the_reply_timeout_is_a_timeout_and_the_reading_is_resent() {
         let config = config(Some(1), Duration::from_millis(100));
         let late = config.reply_timeout + Duration::from_secs(1);
         let started = Instant::now();
@@ -840,9 +954,12 @@ mod tests {
             "{:?}",
             run.events
         );
-        assert_eq!(report.counters.timed_out, 1);
-        assert_eq!(report.summary.lost, 1, "late is lost, even if acked later");
-        assert!(!report.all_acked());
+        // Late, then acked after the resend: a timeout, not a loss (exit 0).
+        assert_eq!(report.counters.timeouts, 1);
+        assert_eq!(report.summary.timeouts, 1);
+        assert_eq!(report.summary.lost, 0, "{:?}", report.summary);
+        assert_eq!(report.counters.acked, 1);
+        assert!(report.all_acked());
         // Lost exactly at the timeout, not before, not at the late ack.
         assert!(run.seen.attempts[1] - started >= Duration::from_secs(2));
         assert!(run.seen.attempts[1] - started < late);
@@ -929,6 +1046,12 @@ mod tests {
         assert!(report.all_acked(), "{:?}", report.summary);
         let stopped_at = stopped_at.lock().expect("not poisoned").expect("stopped");
         assert!(Instant::now() - stopped_at >= Duration::from_millis(300));
+        // Measured by the runtime's clock (paused here), not the wall clock.
+        assert!(
+            report.summary.duration_ms >= 3500.0,
+            "{}",
+            report.summary.duration_ms
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -971,5 +1094,408 @@ mod tests {
         }
         let out = String::from_utf8_lossy(&out.lock().expect("not poisoned")).to_string();
         assert!(out.contains("seq=3 value=106 reply=\"pong\""), "{out}");
+    }
+
+    /// A run over `values`, connect attempt `n` (from 0) taking `connect_delay(n)`.
+    async fn run_over(
+        config: ClientConfig,
+        script: Vec<Behaviour>,
+        values: mpsc::Receiver<(FieldValue, i64)>,
+        stop: CancellationToken,
+        connect_delay: fn(usize) -> Duration,
+    ) -> Run {
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let mut inner = connector(script, seen.clone());
+        let mut attempt = 0;
+        let slow = move || {
+            let stream = inner();
+            let connect_delay = connect_delay(attempt);
+            attempt += 1;
+            async move {
+                tokio::time::sleep(connect_delay).await;
+                stream.await
+            }
+        };
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let printer = Printer::to(Box::new(SharedBuf(out.clone())), true);
+        let report = crate::client::run_values(&config, slow, printer, values, stop).await;
+        let out = out.lock().expect("not poisoned").clone();
+        let events = String::from_utf8_lossy(&out)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+            .collect();
+        let seen = std::mem::take(&mut *seen.lock().expect("not poisoned"));
+        Run {
+            report,
+            events,
+            seen,
+        }
+    }
+
+    /// A producer as fast as the channel lets it, until `stop`; returns how many it sent.
+    fn fast_producer(
+        stop: CancellationToken,
+    ) -> (
+        mpsc::Receiver<(FieldValue, i64)>,
+        tokio::task::JoinHandle<u64>,
+    ) {
+        let (tx, values) = mpsc::channel(1024);
+        let producer = tokio::spawn(async move {
+            let mut sent = 0u64;
+            loop {
+                let permit = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    permit = tx.reserve() => permit,
+                };
+                let Ok(permit) = permit else { break };
+                permit.send((FieldValue::Int(sent as i64), sent as i64));
+                sent += 1;
+            }
+            sent
+        });
+        (values, producer)
+    }
+
+    /// A stop stops the producer, not the taking: every value already in the channel (it
+    /// filled while the engine connected) is delivered. The old loop stopped taking at the
+    /// stop and up to 1024 produced readings vanished, not even counted.
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_delivers_every_reading_already_produced() {
+        let stop = CancellationToken::new();
+        let (values, producer) = fast_producer(stop.clone());
+        {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                stop.cancel();
+            });
+        }
+        let config = config(None, Duration::from_millis(1));
+        let run = run_over(config, Vec::new(), values, stop, |_| {
+            Duration::from_millis(200)
+        })
+        .await;
+        let handed_over = producer.await.expect("the producer does not panic");
+        let report = report(&run);
+        assert!(handed_over >= 1000, "the channel filled: {handed_over}");
+        assert_eq!(
+            report.counters.produced, handed_over,
+            "{:?}",
+            report.counters
+        );
+        assert_eq!(report.counters.acked, handed_over, "{:?}", report.summary);
+        assert_eq!(run.seen.connections.concat().len() as u64, handed_over);
+        assert!(report.all_acked());
+    }
+
+    /// When the drain times out, every reading produced is counted: acked or lost, none
+    /// vanishes (with a spool, the lost ones are kept for the next run).
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_whose_drain_times_out_counts_every_reading_produced() {
+        let (tx, values) = mpsc::channel(1024);
+        for n in 0..1000 {
+            tx.try_send((FieldValue::Int(n), n))
+                .expect("room in the channel");
+        }
+        let stop = CancellationToken::new();
+        stop.cancel();
+        // The producer has stopped: its end of the channel goes once the engine runs.
+        tokio::spawn(async move {
+            tokio::task::yield_now().await;
+            drop(tx);
+        });
+        let mut config = config(None, Duration::from_millis(1));
+        config.drain_timeout = Duration::from_millis(10);
+        let script = vec![Behaviour::AckAfter(Duration::from_secs(3600))];
+        let run = run_over(config, script, values, stop, |_| Duration::ZERO).await;
+        let report = report(&run);
+        assert_eq!(report.counters.produced, 1000, "{:?}", report.counters);
+        assert_eq!(report.counters.acked, 0, "{:?}", report.counters);
+        assert_eq!(report.summary.lost, 1000, "{:?}", report.summary);
+        assert!(!report.all_acked());
+    }
+
+    /// Connect and handshake share one deadline: a connect that takes 6 s leaves 4 s of a
+    /// 10 s connect timeout for the first pong (it used to get 10 s more).
+    #[tokio::test(start_paused = true)]
+    async fn connect_and_handshake_share_one_connect_timeout() {
+        let mut config = config(Some(1), Duration::from_millis(100));
+        config.connect_timeout = Duration::from_secs(10);
+        config.drain_timeout = Duration::from_secs(60);
+        let stop = CancellationToken::new();
+        let values = crate::client::spawn_producer(&config, stop.clone());
+        // A first connection (so the server counts as reachable), then a slow, silent one.
+        let script = vec![Behaviour::CloseAfterPong, Behaviour::Silent];
+        let delay = |n| match n {
+            1 => Duration::from_secs(6),
+            _ => Duration::ZERO,
+        };
+        let run = run_over(config, script, values, stop, delay).await;
+        let report = report(&run);
+        assert_eq!(report.counters.acked, 1);
+        let gap = run.seen.attempts[2] - run.seen.attempts[1];
+        // 10 s of connect timeout, then the second backoff: at most 200 ms.
+        assert!(
+            gap >= Duration::from_secs(10) && gap <= Duration::from_millis(10_200),
+            "{gap:?}"
+        );
+    }
+
+    /// A stop while a reconnect hangs (a 30 s connect timeout) ends the run once the drain
+    /// timeout has passed, reporting what is pending, not after the connect gives up.
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_during_a_hanging_connect_ends_within_the_drain_timeout() {
+        let mut config = config(None, Duration::from_secs(1));
+        config.connect_timeout = Duration::from_secs(30);
+        config.drain_timeout = Duration::from_secs(1);
+        let stop = CancellationToken::new();
+        let started = Instant::now();
+        {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                stop.cancel();
+            });
+        }
+        let values = crate::client::spawn_producer(&config, stop.clone());
+        // The first connection stores reading 1, then closes when reading 3 arrives; every
+        // later connect hangs.
+        let script = vec![Behaviour::ResetMidBatch { ack: 1, drop_at: 3 }];
+        let delay = |n| match n {
+            0 => Duration::ZERO,
+            _ => Duration::from_secs(3600),
+        };
+        let run = run_over(config, script, values, stop, delay).await;
+        let report = report(&run);
+        let took = Instant::now() - started;
+        assert!(
+            took >= Duration::from_secs(6) && took <= Duration::from_millis(6_010),
+            "stop at 5 s + 1 s of drain, ended after {took:?}"
+        );
+        let c = report.counters;
+        assert_eq!(c.acked, 1, "{c:?}");
+        assert!(c.produced >= 5, "{c:?}");
+        assert_eq!(report.summary.lost, c.produced - 1, "{:?}", report.summary);
+    }
+
+    /// Legacy mode with a queue that fills (a slow server, `--max-pending 2`): the reading in
+    /// flight is never the one dropped, so each reply is printed with the reading it answers.
+    /// The fake server echoes the value it got in its reply.
+    #[tokio::test(start_paused = true)]
+    async fn legacy_replies_stay_matched_when_the_queue_overflows() {
+        let connector = move || {
+            let (client, mut server) = tokio::io::duplex(4096);
+            tokio::spawn(async move {
+                use tokio::io::AsyncReadExt as _;
+                let mut buf = [0u8; 1024];
+                while let Ok(n @ 1..) = server.read(&mut buf).await {
+                    let text = String::from_utf8_lossy(&buf[..n]).to_string();
+                    let reply = match text.rsplit_once(", ") {
+                        Some((_, value)) => {
+                            tokio::time::sleep(Duration::from_millis(350)).await;
+                            format!("pong {}", value.trim_end_matches(')'))
+                        }
+                        None => "pong".to_string(),
+                    };
+                    if server.write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            std::future::ready(Ok(client))
+        };
+        let mut config = config(Some(12), Duration::from_millis(100));
+        config.legacy = true;
+        config.max_pending = 2;
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let printer = Printer::to(Box::new(SharedBuf(out.clone())), true);
+        let report = run_with(&config, connector, printer, CancellationToken::new()).await;
+        let report = report.expect("the run ends with a report");
+        let out = String::from_utf8_lossy(&out.lock().expect("not poisoned")).to_string();
+        let acks: Vec<serde_json::Value> = out
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|e| e["event"] == "ack")
+            .collect();
+        assert!(acks.len() >= 3, "{out}");
+        for ack in &acks {
+            assert_eq!(
+                ack["reply"].as_str().map(str::to_string),
+                Some(format!("pong {}", ack["value"])),
+                "{out}"
+            );
+        }
+        let c = report.counters;
+        assert!(c.dropped > 0, "the queue overflowed: {c:?}");
+        assert_eq!(c.acked + c.lost(), c.produced, "{c:?}");
+    }
+
+    fn spool_config(dir: &std::path::Path) -> ClientConfig {
+        let mut config = config(None, Duration::from_millis(100));
+        config.spool = Some(dir.to_path_buf());
+        config
+    }
+
+    /// What a spool in `dir` would replay on the next run.
+    async fn replayed(config: &ClientConfig) -> Vec<u64> {
+        let dir = config.spool.clone().expect("a spool directory");
+        let limits = super::super::spool::SpoolLimits {
+            max_bytes: config.spool_max_bytes,
+            max_age: config.spool_max_age,
+        };
+        let (spool, recovery) = SpoolIo::open(dir, limits).await.expect("the spool reopens");
+        spool.close().await.expect("the spool closes");
+        recovery.readings.iter().map(|r| r.seq).collect()
+    }
+
+    /// An ack token beyond what was sent acks only what was sent, in the state machine and
+    /// in the spool: readings not yet delivered stay spooled for the next run.
+    #[tokio::test(start_paused = true)]
+    async fn an_ack_beyond_what_was_sent_does_not_erase_unsent_readings_from_the_spool() {
+        use crate::protocol::control::{Ack, Reply};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = spool_config(&dir.path().join("q"));
+        let (_tx, values) = mpsc::channel(1);
+        let session = crate::client::line::LineSession {
+            measurement: "m".into(),
+            sensor: "s".into(),
+        };
+        let printer = Printer::to(Box::new(std::io::sink()), true);
+        let mut engine = Engine::new(&config, session, printer, values, CancellationToken::new());
+        engine.open_spool().await.expect("the spool opens");
+        for v in 1..=3 {
+            engine
+                .produce(vec![(FieldValue::Int(v), v)])
+                .await
+                .expect("spooled");
+        }
+        engine.state.next_to_send(Instant::now().into_std());
+        let bogus = Reply::Ack(Ack {
+            token: "99".into(),
+            readings: 1,
+            ..Ack::default()
+        });
+        let mut through = None;
+        assert_eq!(engine.on_reply(bogus, &mut through), None);
+        assert_eq!(through, Some(1));
+        engine.record_acks(through).await.expect("no spool failure");
+        assert_eq!(engine.state.counters().acked, 1);
+        let spool = engine.spool.take().expect("the spool is open");
+        spool.close().await.expect("the spool closes");
+        assert_eq!(replayed(&config).await, vec![2, 3]);
+    }
+
+    /// A whole run with a spool: a reset mid-batch, then the server is gone. What the spool
+    /// replays on the next run is exactly the set of readings never acknowledged.
+    #[tokio::test(start_paused = true)]
+    async fn with_a_spool_a_reset_mid_batch_leaves_exactly_the_unacked_readings_spooled() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = spool_config(&dir.path().join("q"));
+        config.count = Some(10);
+        config.drain_timeout = Duration::from_secs(2);
+        let mut script = vec![Behaviour::ResetMidBatch { ack: 3, drop_at: 6 }];
+        script.extend([Behaviour::Refuse; 100]);
+        let run = run(config.clone(), script, CancellationToken::new()).await;
+        let report = report(&run);
+        let c = report.counters;
+        assert_eq!(c.acked, 3, "{c:?}");
+        assert_eq!(c.unacked_at_exit, 7, "{c:?}");
+        assert_eq!(report.summary.lost, 7);
+        let acked: Vec<u64> = run
+            .events
+            .iter()
+            .filter(|e| e["event"] == "ack")
+            .filter_map(|e| e["seq"].as_u64())
+            .collect();
+        assert_eq!(acked, vec![1, 2, 3]);
+        assert_eq!(replayed(&config).await, (4..=10).collect::<Vec<u64>>());
+    }
+
+    /// A whole run is `Send` (its sessions' futures are): it can be spawned on a runtime.
+    #[tokio::test(start_paused = true)]
+    async fn a_run_can_be_spawned() {
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let config = config(Some(2), Duration::from_millis(100));
+        let mut legacy = config.clone();
+        legacy.legacy = true;
+        let line = tokio::spawn({
+            let connector = connector(Vec::new(), seen.clone());
+            async move {
+                let printer = Printer::to(Box::new(std::io::sink()), true);
+                run_with(&config, connector, printer, CancellationToken::new()).await
+            }
+        });
+        let report = line.await.expect("the run does not panic");
+        assert_eq!(report.expect("a report").counters.acked, 2);
+        // Legacy mode's session too (it only has to compile as a spawned task).
+        let legacy = tokio::spawn(async move {
+            let (client, _server) = tokio::io::duplex(64);
+            let mut once = Some(client);
+            let connector = move || {
+                std::future::ready(once.take().ok_or(std::io::ErrorKind::NotConnected.into()))
+            };
+            let printer = Printer::to(Box::new(std::io::sink()), true);
+            run_with(&legacy, connector, printer, CancellationToken::new()).await
+        });
+        drop(legacy);
+    }
+
+    /// An `error` answering a `sync` (the server's store failed) means no ack will come: the
+    /// reading is resent on a new connection after the backoff, not after the reply timeout.
+    #[tokio::test(start_paused = true)]
+    async fn a_store_failure_on_a_sync_reconnects_at_once() {
+        let config = config(Some(1), Duration::from_millis(100));
+        let reply_timeout = config.reply_timeout;
+        let run = run(
+            config,
+            vec![Behaviour::StoreFails],
+            CancellationToken::new(),
+        )
+        .await;
+        let report = report(&run);
+        let gap = run.seen.attempts[1] - run.seen.attempts[0];
+        assert!(gap <= INITIAL_BACKOFF, "reconnected after {gap:?}");
+        assert!(gap < reply_timeout);
+        let rejected = run
+            .events
+            .iter()
+            .find(|e| e["event"] == "rejected")
+            .expect("the error is reported");
+        assert_eq!(rejected["line"], 3, "{rejected}");
+        assert_eq!(report.counters.acked, 1);
+        assert_eq!(report.counters.timeouts, 0);
+        assert!(report.all_acked());
+    }
+
+    /// With a spool, values already waiting are appended as one batch (one write and fsync),
+    /// and every reply already read is handled before one `ack_through`: far fewer spool
+    /// operations than readings, and every reading still acked and gone from the spool.
+    #[tokio::test(start_paused = true)]
+    async fn spool_appends_and_acks_are_batched() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = spool_config(&dir.path().join("q"));
+        let (tx, values) = mpsc::channel(1024);
+        for n in 0..600 {
+            tx.try_send((FieldValue::Int(n), n))
+                .expect("room in the channel");
+        }
+        drop(tx);
+        let before = super::super::spool_io::calls::get();
+        let run = run_over(
+            config.clone(),
+            Vec::new(),
+            values,
+            CancellationToken::new(),
+            |_| Duration::ZERO,
+        )
+        .await;
+        let after = super::super::spool_io::calls::get();
+        let report = report(&run);
+        assert_eq!(report.counters.acked, 600);
+        let appends = after.appends - before.appends;
+        let acks = after.acks - before.acks;
+        assert!(appends <= 3, "600 readings in {appends} appends");
+        assert!(acks < 300, "600 acks recorded in {acks} spool calls");
+        assert!(replayed(&config).await.is_empty());
     }
 }

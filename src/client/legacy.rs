@@ -13,8 +13,8 @@ use bytes::Bytes;
 use chrono::TimeZone as _;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::engine::{Event, Session};
 use super::output::ServerTimes;
+use super::session::{Event, Session};
 use super::transport::{self, Connection, LegacyReplyDecoder, TransportError};
 use crate::protocol::legacy::{encode_reading_value, LEGACY_MEASUREMENT, PING};
 use crate::protocol::{FieldValue, Reading};
@@ -31,7 +31,7 @@ impl Session for LegacySession {
         LegacyReplyDecoder
     }
 
-    async fn handshake<S: AsyncRead + AsyncWrite>(
+    async fn handshake<S: AsyncRead + AsyncWrite + Send>(
         &self,
         conn: &mut Connection<S, LegacyReplyDecoder>,
         timeout: Duration,

@@ -1,13 +1,14 @@
 //! The line-mode [`Session`]: each reading as one line of line protocol followed by
 //! `sync <seq>`; the server's `ack <seq>` covers every reading sent before it on the
-//! connection, and `error <line> <reason>` reports a refused line.
+//! connection, and `error <line> <reason>` reports a refused line (or, for a `sync` line, a
+//! store that failed: the reading is resent on a new connection).
 
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::engine::{Event, Session};
 use super::output::ServerTimes;
+use super::session::{Event, Session};
 use super::transport::{self, Connection, ReplyDecoder, TransportError};
 use crate::protocol::control::Reply;
 use crate::protocol::{ilp, FieldValue, Reading};
@@ -27,7 +28,7 @@ impl Session for LineSession {
         ReplyDecoder::default()
     }
 
-    async fn handshake<S: AsyncRead + AsyncWrite>(
+    async fn handshake<S: AsyncRead + AsyncWrite + Send>(
         &self,
         conn: &mut Connection<S, ReplyDecoder>,
         timeout: Duration,
@@ -72,6 +73,11 @@ impl Session for LineSession {
                     },
                     raw: None,
                 }
+            }
+            // Line 1 is the opening `ping`; then each reading is two lines, the reading and
+            // its `sync`: an odd line from 3 on is a `sync` (the server's store failed).
+            Reply::Error { line, reason } if line >= 3 && line % 2 == 1 => {
+                Event::SyncFailed { line, reason }
             }
             Reply::Error { line, reason } => Event::Rejected { line, reason },
         }

@@ -3,17 +3,20 @@
 //! [`source`] makes values, [`state`] keeps each reading until it is acknowledged (no I/O),
 //! [`stats`] accumulates RTTs, [`output`] prints, [`transport`] connects and decodes replies.
 //! [`engine`] is the one event loop over all of them: connect, send, match acks, report
-//! timeouts as lost, reconnect with backoff and jitter, resend what was not acknowledged,
-//! drain at the end. [`line`] and [`legacy`] are its two sessions (line protocol with
-//! `sync`/`ack`, and the seed's bytes). [`spool`] keeps readings on disk ([`spool_io`] runs
-//! its work on a blocking thread). A run returns a [`RunReport`] or a [`ClientError`].
+//! reply timeouts, reconnect after a [`backoff`] with jitter, resend what was not
+//! acknowledged, drain at the end. [`line`] and [`legacy`] are its two [`session`]s (line
+//! protocol with `sync`/`ack`, and the seed's bytes). [`spool`] keeps readings on disk
+//! ([`spool_io`] runs its work on a blocking thread). A run returns a [`RunReport`] or a
+//! [`ClientError`]; each reading ends acked or lost (rejected, dropped, unacked at exit).
 
+pub mod backoff;
 mod engine;
 pub mod error;
 pub mod legacy;
 mod line;
 pub mod output;
 pub mod report;
+mod session;
 pub mod source;
 pub mod spool;
 pub mod spool_io;
@@ -27,7 +30,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::protocol::FieldValue;
-pub use engine::{Backoff, INITIAL_BACKOFF};
+pub use backoff::{Backoff, INITIAL_BACKOFF};
 pub use error::ClientError;
 use legacy::LegacySession;
 use line::LineSession;
@@ -104,6 +107,18 @@ pub async fn run_with<C: Connector>(
         config.reply_timeout,
     );
     let values = spawn_producer(config, stop.clone());
+    run_values(config, connector, printer, values, stop).await
+}
+
+/// [`run_with`] over values that come from `values` (the producer's end of the channel):
+/// the engine takes every value sent before the channel closes, even after a stop.
+pub(crate) async fn run_values<C: Connector>(
+    config: &ClientConfig,
+    connector: C,
+    printer: Printer,
+    values: mpsc::Receiver<(FieldValue, i64)>,
+    stop: CancellationToken,
+) -> Result<RunReport, ClientError> {
     if config.legacy {
         engine::Engine::new(config, LegacySession, printer, values, stop)
             .run(connector)

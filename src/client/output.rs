@@ -297,11 +297,12 @@ impl Printer {
         }
         let loss = summary.loss_percent;
         let mut text = format!(
-            "\n--- {} sensorlink statistics ---\n{} sent, {} acked, {} lost, {loss:.1}% loss, time {}ms",
+            "\n--- {} sensorlink statistics ---\n{} sent, {} acked, {} lost, {loss:.1}% loss, {} timeouts, time {}ms",
             summary.addr,
             summary.sent,
             summary.acked,
             summary.lost,
+            summary.timeouts,
             summary.duration_ms.round() as u64
         );
         if let Some(connect) = summary.connect_us {
@@ -349,8 +350,14 @@ pub struct Summary {
     pub addr: String,
     pub sent: u64,
     pub acked: u64,
+    /// Readings never acknowledged as stored (rejected, dropped, or unacked at exit), each
+    /// counted once.
     pub lost: u64,
+    /// Of the readings sent, the share lost (from `lost`).
     pub loss_percent: f64,
+    /// Replies that did not come within the reply timeout (the reading was resent; if it
+    /// was acked after, it is not lost).
+    pub timeouts: u64,
     pub rejected: u64,
     pub dropped: u64,
     pub resent: u64,
@@ -371,7 +378,8 @@ pub struct RunTotals<'a> {
     pub counters: super::state::Counters,
     pub pending: u64,
     pub replayed: u64,
-    pub started: std::time::Instant,
+    /// How long the run took (by the runtime's clock, so paused-time tests see their time).
+    pub duration: Duration,
     pub first_connect: Option<Duration>,
     pub reconnects: u64,
     pub rtt: RttSummary,
@@ -379,11 +387,11 @@ pub struct RunTotals<'a> {
 }
 
 impl Summary {
-    /// The report of a run. Lost = timed out or unacknowledged at exit, dropped on purpose,
-    /// or rejected by the server: every reading produced and not stored.
+    /// The report of a run. Lost = unacknowledged at exit, dropped on purpose, or rejected by
+    /// the server: every reading produced and not stored, each counted once.
     pub fn of(run: RunTotals<'_>) -> Summary {
         let counters = run.counters;
-        let lost = counters.timed_out + counters.dropped + counters.rejected;
+        let lost = counters.lost();
         let sent = counters.produced;
         Summary {
             addr: run.addr.to_string(),
@@ -395,12 +403,13 @@ impl Summary {
             } else {
                 lost as f64 * 100.0 / sent as f64
             },
+            timeouts: counters.timeouts,
             rejected: counters.rejected,
             dropped: counters.dropped,
             resent: counters.resends,
             pending: run.pending,
             replayed: run.replayed,
-            duration_ms: run.started.elapsed().as_secs_f64() * 1e3,
+            duration_ms: run.duration.as_secs_f64() * 1e3,
             connect_us: run.first_connect.map(|d| d.as_secs_f64() * 1e6),
             reconnects: run.reconnects,
             rtt: run.rtt,

@@ -65,10 +65,22 @@ impl SpoolIo {
         seq: u64,
         reading: Reading,
     ) -> Result<Result<[Dropped; 2], SpoolError>, ClientError> {
+        self.append_batch(vec![(seq, reading)]).await
+    }
+
+    /// Drop expired readings, then append `items` (seqs increasing) with one write and one
+    /// fsync; returns what both dropped.
+    pub async fn append_batch(
+        &mut self,
+        items: Vec<(u64, Reading)>,
+    ) -> Result<Result<[Dropped; 2], SpoolError>, ClientError> {
+        #[cfg(test)]
+        calls::count(|c| c.appends += 1);
         let now = crate::timefmt::now_ns();
         self.run("appending to the spool", move |spool| {
             let by_age = spool.expire(now)?;
-            let by_bytes = spool.append(seq, &reading)?;
+            let refs: Vec<(u64, &Reading)> = items.iter().map(|(seq, r)| (*seq, r)).collect();
+            let by_bytes = spool.append_batch(&refs)?;
             Ok([by_age, by_bytes])
         })
         .await
@@ -76,6 +88,8 @@ impl SpoolIo {
 
     /// Every reading up to `seq` is acknowledged.
     pub async fn ack_through(&mut self, seq: u64) -> Result<Result<(), SpoolError>, ClientError> {
+        #[cfg(test)]
+        calls::count(|c| c.acks += 1);
         self.run("recording acks in the spool", move |spool| {
             spool.ack_through(seq)
         })
@@ -95,5 +109,34 @@ impl SpoolIo {
                 Ok(())
             }
         }
+    }
+}
+
+/// How often each spool operation was called on this thread (tests check batching; a paused
+/// tokio test runs on one thread).
+#[cfg(test)]
+pub(crate) mod calls {
+    use std::cell::Cell;
+
+    #[derive(Debug, Clone, Copy, Default)]
+    pub(crate) struct Calls {
+        pub appends: u64,
+        pub acks: u64,
+    }
+
+    thread_local! {
+        static CALLS: Cell<Calls> = const { Cell::new(Calls { appends: 0, acks: 0 }) };
+    }
+
+    pub(crate) fn count(f: impl FnOnce(&mut Calls)) {
+        CALLS.with(|calls| {
+            let mut now = calls.get();
+            f(&mut now);
+            calls.set(now);
+        });
+    }
+
+    pub(crate) fn get() -> Calls {
+        CALLS.with(Cell::get)
     }
 }

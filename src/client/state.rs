@@ -19,8 +19,13 @@ pub struct Outstanding {
     pub sent_at: Option<Instant>,
     /// How many times it was written (more than 1 after a reconnect).
     pub sends: u32,
-    /// Already reported lost (its ack did not come within the timeout).
-    pub timed_out: bool,
+    /// Its latest send got no reply within the reply timeout (reported once per send).
+    pub late: bool,
+    /// Some send of it got no reply within the reply timeout (already reported as such).
+    pub ever_late: bool,
+    /// Dropped on purpose (spool limits) while in flight: kept until its connection ends, so
+    /// the replies still line up with the readings sent (legacy replies carry no token).
+    pub doomed: bool,
 }
 
 /// A reading the server acknowledged.
@@ -31,38 +36,68 @@ pub struct Acked {
     pub rtt: Duration,
     /// It was sent more than once (after a reconnect).
     pub resent: bool,
-    /// It had been reported lost before this ack came.
-    pub was_lost: bool,
+    /// Its reply had timed out before (reported then) and this ack came after a resend.
+    pub was_late: bool,
+}
+
+/// What an `ack` did: the readings it acknowledged, and how far it reached.
+#[derive(Debug, Clone, Default)]
+pub struct AckOutcome {
+    /// The readings stored (a rejected one is not among them).
+    pub acked: Vec<Acked>,
+    /// The last reading the ack took off the queue (stored or rejected): the spool may
+    /// forget everything up to it, never beyond.
+    pub through: Option<u64>,
+    /// The token is beyond every reading ever sent: the server acks what it never got.
+    pub beyond_sent: bool,
 }
 
 /// Totals over the whole run.
+///
+/// Each reading produced has one final outcome: `acked`, `rejected`, `dropped` or
+/// `unacked_at_exit` (so `produced` is their sum once the run is over). `timeouts` is not an
+/// outcome: a reading whose reply timed out is resent and may well be acked after.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counters {
     /// Readings produced (each counted once, however often sent).
     pub produced: u64,
     pub acked: u64,
-    /// Readings whose ack did not come within the timeout (counted once each).
-    pub timed_out: u64,
     /// Readings the server acknowledged as rejected (not stored).
     pub rejected: u64,
-    /// Oldest readings dropped because more than `max_pending` were waiting.
+    /// Readings dropped on purpose: more than `max_pending` waiting, or the spool's limits.
     pub dropped: u64,
+    /// Readings still unacknowledged when the run ended (kept in the spool, if any).
+    pub unacked_at_exit: u64,
+    /// Sends whose reply did not come within the reply timeout.
+    pub timeouts: u64,
     /// Writes of a reading after the first.
     pub resends: u64,
+}
+
+impl Counters {
+    /// Readings never acknowledged as stored: rejected, dropped, or unacked at exit.
+    pub fn lost(&self) -> u64 {
+        self.rejected + self.dropped + self.unacked_at_exit
+    }
 }
 
 /// What [`ClientState::produce`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Produced {
     pub seq: u64,
-    /// The oldest reading, dropped to make room.
+    /// The oldest reading not in flight, dropped to make room.
     pub dropped: Option<u64>,
+    /// Every kept reading was in flight: they were all taken back to be sent again, so the
+    /// caller must close the connection (a reply to one of them would be misread).
+    pub retry: bool,
 }
 
 /// The delivery state machine.
 #[derive(Debug)]
 pub struct ClientState {
     next_seq: u64,
+    /// The highest sequence number ever written to a connection.
+    last_sent: Option<u64>,
     /// Unacknowledged readings in sequence order; the first `sent` of them are in flight.
     queue: VecDeque<Outstanding>,
     sent: usize,
@@ -74,6 +109,7 @@ impl ClientState {
     pub fn new(max_pending: usize) -> Self {
         ClientState {
             next_seq: 1,
+            last_sent: None,
             queue: VecDeque::new(),
             sent: 0,
             max_pending: max_pending.max(1),
@@ -99,17 +135,21 @@ impl ClientState {
         self.queue.front().filter(|_| self.sent > 0).map(|o| o.seq)
     }
 
-    /// Keep a new reading until it is acknowledged; drops the oldest when full.
+    /// Keep a new reading until it is acknowledged. When full, drops the oldest reading
+    /// that is not in flight: dropping one in flight would shift every later reply by one
+    /// in legacy mode. If all are in flight, they are taken back first (`retry`).
     pub fn produce(&mut self, reading: Reading) -> Produced {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.counters.produced += 1;
         let mut dropped = None;
+        let mut retry = false;
         if self.queue.len() >= self.max_pending {
-            if let Some(oldest) = self.queue.pop_front() {
-                if oldest.sent_at.is_some() {
-                    self.sent -= 1;
-                }
+            if self.sent == self.queue.len() {
+                self.on_disconnect_inner();
+                retry = true;
+            }
+            if let Some(oldest) = self.queue.remove(self.sent) {
                 self.counters.dropped += 1;
                 dropped = Some(oldest.seq);
             }
@@ -119,9 +159,15 @@ impl ClientState {
             reading,
             sent_at: None,
             sends: 0,
-            timed_out: false,
+            late: false,
+            ever_late: false,
+            doomed: false,
         });
-        Produced { seq, dropped }
+        Produced {
+            seq,
+            dropped,
+            retry,
+        }
     }
 
     /// The sequence number the next produced reading will get.
@@ -139,7 +185,9 @@ impl ClientState {
             reading,
             sent_at: None,
             sends: 0,
-            timed_out: false,
+            late: false,
+            ever_late: false,
+            doomed: false,
         });
     }
 
@@ -148,22 +196,27 @@ impl ClientState {
         self.next_seq = self.next_seq.max(next_seq);
     }
 
-    /// Forget readings dropped on purpose (spool limits); returns how many were still here.
-    pub fn drop_seqs(&mut self, seqs: &[u64]) -> u64 {
-        let mut dropped = 0;
-        let mut index = 0;
+    /// Forget readings dropped on purpose (spool limits); returns those dropped now. One in
+    /// flight is only marked: it is dropped when its connection ends (see
+    /// [`ClientState::on_disconnect`]), or acked if its ack comes first.
+    pub fn drop_seqs(&mut self, seqs: &[u64]) -> Vec<u64> {
+        let mut dropped = Vec::new();
+        for outstanding in self.queue.iter_mut().take(self.sent) {
+            if seqs.contains(&outstanding.seq) {
+                outstanding.doomed = true;
+            }
+        }
+        let mut index = self.sent;
         while index < self.queue.len() {
             if seqs.contains(&self.queue[index].seq) {
-                if index < self.sent {
-                    self.sent -= 1;
+                if let Some(gone) = self.queue.remove(index) {
+                    dropped.push(gone.seq);
                 }
-                self.queue.remove(index);
-                dropped += 1;
             } else {
                 index += 1;
             }
         }
-        self.counters.dropped += dropped;
+        self.counters.dropped += dropped.len() as u64;
         dropped
     }
 
@@ -171,7 +224,9 @@ impl ClientState {
     pub fn next_to_send(&mut self, now: Instant) -> Option<&Outstanding> {
         let next = self.queue.get_mut(self.sent)?;
         next.sent_at = Some(now);
+        next.late = false;
         next.sends += 1;
+        self.last_sent = self.last_sent.max(Some(next.seq));
         if next.sends > 1 {
             self.counters.resends += 1;
         }
@@ -181,8 +236,10 @@ impl ClientState {
 
     /// `ack token` arrived: every sent reading up to `token` is stored. With `rejected`, the
     /// server refused the reading the ack is for (it answered `error` for its line).
-    pub fn on_ack(&mut self, token: u64, rejected: bool, now: Instant) -> Vec<Acked> {
+    pub fn on_ack(&mut self, token: u64, rejected: bool, now: Instant) -> AckOutcome {
         let mut acked = Vec::new();
+        let mut through = None;
+        let beyond_sent = self.last_sent.is_none_or(|last| token > last);
         while self.sent > 0 {
             let Some(front) = self.queue.front() else {
                 break;
@@ -194,6 +251,7 @@ impl ClientState {
                 break;
             };
             self.sent -= 1;
+            through = Some(done.seq);
             if rejected && done.seq == token {
                 self.counters.rejected += 1;
                 continue;
@@ -207,27 +265,32 @@ impl ClientState {
                 seq: done.seq,
                 rtt,
                 resent: done.sends > 1,
-                was_lost: done.timed_out,
+                was_late: done.ever_late,
                 reading: done.reading,
             });
         }
-        acked
+        AckOutcome {
+            acked,
+            through,
+            beyond_sent,
+        }
     }
 
-    /// Readings in flight longer than `timeout`, each reported once.
+    /// Readings in flight longer than `timeout`, each reported once per send.
     pub fn check_timeouts(&mut self, now: Instant, timeout: Duration) -> Vec<u64> {
-        let mut lost = Vec::new();
+        let mut late = Vec::new();
         for outstanding in self.queue.iter_mut().take(self.sent) {
             let Some(sent_at) = outstanding.sent_at else {
                 continue;
             };
-            if !outstanding.timed_out && now.saturating_duration_since(sent_at) >= timeout {
-                outstanding.timed_out = true;
-                self.counters.timed_out += 1;
-                lost.push(outstanding.seq);
+            if !outstanding.late && now.saturating_duration_since(sent_at) >= timeout {
+                outstanding.late = true;
+                outstanding.ever_late = true;
+                self.counters.timeouts += 1;
+                late.push(outstanding.seq);
             }
         }
-        lost
+        late
     }
 
     /// When the next in-flight reading times out, if any is waiting.
@@ -235,29 +298,46 @@ impl ClientState {
         self.queue
             .iter()
             .take(self.sent)
-            .filter(|o| !o.timed_out)
+            .filter(|o| !o.late)
             .filter_map(|o| o.sent_at)
             .min()
             .map(|at| at + timeout)
     }
 
-    /// The connection dropped: everything in flight is sent again on the next one.
-    pub fn on_disconnect(&mut self) {
-        for outstanding in self.queue.iter_mut().take(self.sent) {
-            outstanding.sent_at = None;
-        }
-        self.sent = 0;
+    /// The connection ended: everything in flight is sent again on the next one, except
+    /// readings dropped on purpose while in flight, which go now (returned).
+    pub fn on_disconnect(&mut self) -> Vec<u64> {
+        self.on_disconnect_inner()
     }
 
-    /// At exit: every reading still unacknowledged is lost; returns those not yet reported.
-    pub fn give_up(&mut self) -> Vec<u64> {
-        let mut lost = Vec::new();
-        for outstanding in self.queue.iter_mut().filter(|o| !o.timed_out) {
-            outstanding.timed_out = true;
-            lost.push(outstanding.seq);
+    fn on_disconnect_inner(&mut self) -> Vec<u64> {
+        let mut dropped = Vec::new();
+        let mut index = 0;
+        while index < self.sent {
+            if self.queue[index].doomed {
+                if let Some(gone) = self.queue.remove(index) {
+                    dropped.push(gone.seq);
+                }
+                self.sent -= 1;
+            } else {
+                self.queue[index].sent_at = None;
+                index += 1;
+            }
         }
-        self.counters.timed_out += lost.len() as u64;
-        lost
+        self.sent = 0;
+        self.counters.dropped += dropped.len() as u64;
+        dropped
+    }
+
+    /// At exit: every reading still unacknowledged is lost (counted once, however often
+    /// this is called). Returns those whose reply never timed out (not reported yet).
+    pub fn give_up(&mut self) -> Vec<u64> {
+        self.counters.unacked_at_exit = self.queue.len() as u64;
+        self.queue
+            .iter()
+            .filter(|o| !o.ever_late)
+            .map(|o| o.seq)
+            .collect()
     }
 }
 
@@ -287,7 +367,7 @@ mod tests {
             state.produce(reading(v));
             state.next_to_send(t0);
         }
-        let acked = state.on_ack(2, false, t0 + Duration::from_millis(5));
+        let acked = state.on_ack(2, false, t0 + Duration::from_millis(5)).acked;
         assert_eq!(seqs(&acked), vec![1, 2]);
         assert_eq!(acked[0].rtt, Duration::from_millis(5));
         assert_eq!(state.pending(), 1);
@@ -302,7 +382,7 @@ mod tests {
         state.produce(reading(1));
         state.produce(reading(2));
         state.next_to_send(now);
-        assert_eq!(seqs(&state.on_ack(2, false, now)), vec![1]);
+        assert_eq!(seqs(&state.on_ack(2, false, now).acked), vec![1]);
         assert_eq!(state.pending(), 1);
     }
 
@@ -320,17 +400,20 @@ mod tests {
         assert_eq!(state.check_timeouts(t0 + timeout, timeout), vec![1]);
         assert!(state.check_timeouts(t0 + timeout * 2, timeout).is_empty());
         assert_eq!(state.next_deadline(timeout), None);
-        assert_eq!(state.counters().timed_out, 1);
+        assert_eq!(state.counters().timeouts, 1);
 
         state.on_disconnect();
         assert_eq!(state.in_flight(), 0);
         let t1 = t0 + timeout * 3;
         let resent = state.next_to_send(t1).map(|o| (o.seq, o.sends));
         assert_eq!(resent, Some((1, 2)));
-        let acked = state.on_ack(1, false, t1 + Duration::from_millis(1));
-        assert!(acked[0].resent && acked[0].was_lost);
+        let acked = state.on_ack(1, false, t1 + Duration::from_millis(1)).acked;
+        assert!(acked[0].resent && acked[0].was_late);
         assert_eq!(acked[0].rtt, Duration::from_millis(1));
         assert_eq!(state.counters().resends, 1);
+        // Late, then acked: a timeout, not a loss.
+        assert_eq!(state.counters().acked, 1);
+        assert_eq!(state.counters().lost(), 0);
     }
 
     #[test]
@@ -349,7 +432,7 @@ mod tests {
     }
 
     #[test]
-    fn full_queue_drops_the_oldest_and_counts_it() {
+    fn full_queue_drops_the_oldest_unsent_reading_and_counts_it() {
         let mut state = ClientState::new(2);
         let now = Instant::now();
         state.produce(reading(1));
@@ -360,14 +443,74 @@ mod tests {
             produced,
             Produced {
                 seq: 3,
-                dropped: Some(1)
+                dropped: Some(2),
+                retry: false,
             }
         );
-        assert_eq!(state.in_flight(), 0);
+        assert_eq!(state.in_flight(), 1);
         assert_eq!(state.pending(), 2);
         assert_eq!(state.counters().dropped, 1);
-        // A late ack for the dropped reading acknowledges nothing else.
-        assert!(state.on_ack(1, false, now).is_empty());
+        // The reply in flight still belongs to reading 1 (legacy: any reply, window 1).
+        assert_eq!(state.oldest_in_flight(), Some(1));
+        let acked = state.on_ack(1, false, now).acked;
+        assert_eq!(seqs(&acked), vec![1]);
+        assert_eq!(acked[0].reading.timestamp_ns, Some(1));
+        assert_eq!(state.next_to_send(now).map(|o| o.seq), Some(3));
+    }
+
+    /// Legacy mode (window 1, a reply carries no token): a full queue never drops the reading
+    /// in flight, so each reply stays matched to the reading it answers.
+    #[test]
+    fn legacy_window_keeps_replies_matched_when_the_queue_is_full() {
+        let mut state = ClientState::new(3);
+        let now = Instant::now();
+        // What went out on the connection, in order: each reply answers the first of it.
+        let mut wire = std::collections::VecDeque::new();
+        let send = |state: &mut ClientState, wire: &mut std::collections::VecDeque<u64>| {
+            if state.in_flight() == 0 {
+                if let Some(next) = state.next_to_send(now) {
+                    wire.push_back(next.seq);
+                }
+            }
+        };
+        for v in 1..=10 {
+            state.produce(reading(v));
+            send(&mut state, &mut wire);
+            // Every third value, the reply to what was sent arrives.
+            if v % 3 == 0 {
+                let answered = wire.pop_front().expect("something was sent");
+                assert_eq!(state.oldest_in_flight(), Some(answered), "v={v}");
+                let acked = state.on_ack(answered, false, now).acked;
+                assert_eq!(seqs(&acked), vec![answered]);
+                send(&mut state, &mut wire);
+            }
+        }
+        let c = state.counters();
+        assert!(c.dropped > 0, "the queue filled: {c:?}");
+        assert_eq!(c.acked + c.dropped + state.pending() as u64, 10, "{c:?}");
+    }
+
+    #[test]
+    fn a_full_queue_of_readings_in_flight_is_taken_back_before_one_is_dropped() {
+        let mut state = ClientState::new(2);
+        let now = Instant::now();
+        state.produce(reading(1));
+        state.produce(reading(2));
+        state.next_to_send(now);
+        state.next_to_send(now);
+        let produced = state.produce(reading(3));
+        assert_eq!(
+            produced,
+            Produced {
+                seq: 3,
+                dropped: Some(1),
+                retry: true,
+            }
+        );
+        assert_eq!(state.in_flight(), 0, "the caller closes the connection");
+        let order: Vec<u64> =
+            std::iter::from_fn(|| state.next_to_send(now).map(|o| o.seq)).collect();
+        assert_eq!(order, vec![2, 3]);
     }
 
     #[test]
@@ -380,7 +523,7 @@ mod tests {
         let order: Vec<u64> =
             std::iter::from_fn(|| state.next_to_send(now).map(|o| o.seq)).collect();
         assert_eq!(order, vec![7, 8, 9]);
-        assert_eq!(seqs(&state.on_ack(8, false, now)), vec![7, 8]);
+        assert_eq!(seqs(&state.on_ack(8, false, now).acked), vec![7, 8]);
     }
 
     #[test]
@@ -392,10 +535,30 @@ mod tests {
         }
         state.next_to_send(now);
         state.next_to_send(now);
-        assert_eq!(state.drop_seqs(&[1, 3]), 2);
-        assert_eq!(state.in_flight(), 1);
+        // 3 waits: dropped now. 1 is in flight: kept until its connection ends.
+        assert_eq!(state.drop_seqs(&[1, 3]), vec![3]);
+        assert_eq!(state.in_flight(), 2);
+        assert_eq!(state.oldest_in_flight(), Some(1));
         assert_eq!(state.next_to_send(now).map(|o| o.seq), Some(4));
+        assert_eq!(state.counters().dropped, 1);
+        assert_eq!(state.on_disconnect(), vec![1]);
         assert_eq!(state.counters().dropped, 2);
+        let order: Vec<u64> =
+            std::iter::from_fn(|| state.next_to_send(now).map(|o| o.seq)).collect();
+        assert_eq!(order, vec![2, 4]);
+    }
+
+    #[test]
+    fn a_reading_dropped_in_flight_and_then_acked_counts_as_acked() {
+        let mut state = ClientState::new(10);
+        let now = Instant::now();
+        state.produce(reading(1));
+        state.next_to_send(now);
+        assert!(state.drop_seqs(&[1]).is_empty());
+        assert_eq!(seqs(&state.on_ack(1, false, now).acked), vec![1]);
+        assert!(state.on_disconnect().is_empty());
+        let c = state.counters();
+        assert_eq!((c.acked, c.dropped), (1, 0));
     }
 
     #[test]
@@ -408,10 +571,13 @@ mod tests {
         state.next_to_send(t0);
         let timeout = Duration::from_secs(1);
         assert_eq!(state.check_timeouts(t0 + timeout, timeout), vec![1]);
-        // 1 was already reported by its timeout; 2 and 3 are lost now.
+        // 1 was already reported by its timeout; 2 and 3 are reported now. All three are
+        // lost, each counted once.
         assert_eq!(state.give_up(), vec![2, 3]);
-        assert_eq!(state.counters().timed_out, 3);
-        assert!(state.give_up().is_empty());
+        assert_eq!(state.counters().timeouts, 1);
+        assert_eq!(state.counters().lost(), 3);
+        state.give_up();
+        assert_eq!(state.counters().lost(), 3);
         assert_eq!(
             state.pending(),
             3,
@@ -425,9 +591,80 @@ mod tests {
         let now = Instant::now();
         state.produce(reading(1));
         state.next_to_send(now);
-        assert!(state.on_ack(1, true, now).is_empty());
+        assert!(state.on_ack(1, true, now).acked.is_empty());
         assert_eq!(state.counters().rejected, 1);
         assert_eq!(state.counters().acked, 0);
         assert_eq!(state.pending(), 0);
+    }
+
+    #[test]
+    fn a_resent_reading_times_out_again_on_its_new_send() {
+        let mut state = ClientState::new(10);
+        let t0 = Instant::now();
+        let timeout = Duration::from_secs(1);
+        state.produce(reading(1));
+        state.next_to_send(t0);
+        assert_eq!(state.check_timeouts(t0 + timeout, timeout), vec![1]);
+        state.on_disconnect();
+        let t1 = t0 + timeout * 2;
+        state.next_to_send(t1);
+        assert_eq!(state.next_deadline(timeout), Some(t1 + timeout));
+        assert_eq!(state.check_timeouts(t1 + timeout, timeout), vec![1]);
+        assert_eq!(state.counters().timeouts, 2);
+        // Still one reading, lost once if it never gets its ack.
+        assert!(
+            state.give_up().is_empty(),
+            "already reported by its timeouts"
+        );
+        assert_eq!(state.counters().lost(), 1);
+    }
+
+    #[test]
+    fn every_reading_has_exactly_one_final_outcome() {
+        let mut state = ClientState::new(3);
+        let t0 = Instant::now();
+        let timeout = Duration::from_secs(1);
+        for v in 1..=6 {
+            state.produce(reading(v));
+        }
+        // 1..=3 dropped by max_pending; 4 times out, is resent and acked; 5 rejected; 6 left.
+        state.next_to_send(t0);
+        assert_eq!(state.check_timeouts(t0 + timeout, timeout), vec![4]);
+        state.on_disconnect();
+        state.next_to_send(t0 + timeout);
+        state.next_to_send(t0 + timeout);
+        assert_eq!(seqs(&state.on_ack(4, false, t0 + timeout).acked), vec![4]);
+        assert!(state.on_ack(5, true, t0 + timeout).acked.is_empty());
+        state.give_up();
+        let c = state.counters();
+        assert_eq!(
+            (c.dropped, c.acked, c.rejected, c.unacked_at_exit),
+            (3, 1, 1, 1)
+        );
+        assert_eq!(c.timeouts, 1);
+        assert_eq!(c.lost(), 5);
+        assert_eq!(c.acked + c.lost(), c.produced);
+    }
+
+    #[test]
+    fn an_ack_reaches_only_as_far_as_what_was_sent() {
+        let mut state = ClientState::new(10);
+        let now = Instant::now();
+        for v in 1..=3 {
+            state.produce(reading(v));
+        }
+        state.next_to_send(now);
+        let outcome = state.on_ack(99, false, now);
+        assert_eq!(seqs(&outcome.acked), vec![1]);
+        assert_eq!(outcome.through, Some(1), "2 and 3 were never sent");
+        assert!(outcome.beyond_sent);
+        state.next_to_send(now);
+        let outcome = state.on_ack(2, true, now);
+        assert!(outcome.acked.is_empty());
+        assert_eq!(outcome.through, Some(2), "a rejected reading is done too");
+        assert!(!outcome.beyond_sent);
+        let outcome = state.on_ack(2, false, now);
+        assert_eq!(outcome.through, None, "a repeated ack reaches nothing");
+        assert!(!outcome.beyond_sent);
     }
 }

@@ -13,7 +13,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use bytes::{Buf as _, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
@@ -47,9 +47,13 @@ pub enum TransportError {
     NotASensorlinkServer(String),
 }
 
-/// An I/O error of kind `TimedOut` saying what took too long.
-pub fn timed_out(what: &str) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::TimedOut, format!("{what} timed out"))
+/// [`TransportError::TimedOut`] where an I/O error is expected (a [`Connector`]): one
+/// notion of "timed out", of kind `TimedOut`, with the same words.
+pub fn timed_out(what: &'static str) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        TransportError::TimedOut { what },
+    )
 }
 
 /// Decodes line-mode replies (`pong`, `ack`, `error`), each at most [`MAX_REPLY_BYTES`].
@@ -134,6 +138,14 @@ impl<R: AsyncRead + Unpin, D: Decoder<Error = TransportError>> ReplyReader<R, D>
         }
     }
 
+    /// The next reply already buffered, if any: no I/O (to handle every ready reply at once).
+    ///
+    /// # Errors
+    /// A reply that does not decode.
+    pub fn buffered_reply(&mut self) -> Result<Option<D::Item>, TransportError> {
+        self.decoder.decode(&mut self.buf)
+    }
+
     /// The next reply; [`TransportError::Closed`] at the end of the stream.
     ///
     /// Cancel-safe (usable in `tokio::select!`): bytes read so far stay in the buffer.
@@ -210,11 +222,6 @@ impl<W: AsyncWrite + Unpin> LineWriter<W> {
             self.push().await?;
         }
         Ok(())
-    }
-
-    /// Drop what was queued and not written (the connection is being given up).
-    pub fn clear(&mut self) {
-        self.out.advance(self.out.len());
     }
 }
 
@@ -461,5 +468,19 @@ mod tests {
             matches!(&shook, Err(TransportError::NotASensorlinkServer(_))),
             "{shook:?}"
         );
+    }
+
+    #[test]
+    fn a_timed_out_io_error_is_the_transport_timeout() {
+        let err = timed_out("connect");
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        assert_eq!(err.to_string(), "connect timed out");
+        let inner = err
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<TransportError>());
+        assert!(matches!(
+            inner,
+            Some(TransportError::TimedOut { what: "connect" })
+        ));
     }
 }

@@ -1,7 +1,7 @@
 //! One peer's connection: sniff the mode, decode frames, hand readings to the store, and
 //! answer in order once the store has committed them.
 //!
-//! Generic over any `AsyncRead + AsyncWrite` stream so TLS can wrap it later. The loop
+//! Generic over any [`PeerStream`] (see [`super::stream`]) so TLS can wrap it later. The loop
 //! pipelines: while one batch is being committed it keeps reading (up to
 //! [`Limits::max_inflight_batches`]), then writes each batch's replies in arrival order.
 //! Nothing is acknowledged before the store says it is committed.
@@ -15,6 +15,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
+use super::stream::{read_when_ready, READ_CHUNK_BYTES};
 use super::{logging, ServerConfig};
 use crate::events::{
     self, AcksWithheld, BytesReceived, CloseReason, ConnectionClosed, ErrorReplySuppressed,
@@ -29,8 +30,7 @@ use crate::store::writer::{CommitReceiver, Committed, StoreHandle};
 use crate::store::{StoreError, StoredReading};
 use crate::timefmt::now_ns;
 
-/// Bytes asked for per read; the buffer grows only while a long line is arriving.
-const READ_CHUNK_BYTES: usize = 8 * 1024;
+pub use super::stream::PeerStream;
 
 /// Most reads of already-arrived data at shutdown (bounds a peer that never stops sending).
 const SHUTDOWN_DRAIN_READS: usize = 128;
@@ -139,7 +139,8 @@ impl End {
             End::Eof => CloseReason::Eof,
             End::Shutdown => CloseReason::Shutdown,
             End::IdleTimeout => CloseReason::IdleTimeout,
-            End::ReadError | End::WriteError => CloseReason::Aborted,
+            End::ReadError => CloseReason::ReadFailed,
+            End::WriteError => CloseReason::WriteFailed,
             End::WriteStalled => CloseReason::WriteStalled,
             End::StoreFailed => CloseReason::StoreFailed,
         }
@@ -350,7 +351,8 @@ impl Connection<'_> {
         let received_at = Instant::now();
         if matches!(self.decoder, Decoder::Undecided) {
             match sniff(buf) {
-                Sniff::NeedMore if !eof => return,
+                // Nothing at all (connect, then close) tells no protocol: mode stays None.
+                Sniff::NeedMore if !eof || buf.is_empty() => return,
                 Sniff::Legacy => {
                     ModeDetected { mode: Mode::Legacy }.emit_to(self.telemetry);
                     self.decoder = Decoder::Legacy(LegacyDecoder::new(self.limits.max_line_bytes));
@@ -684,40 +686,6 @@ fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
-/// A byte stream a connection can be served over: TCP today, TLS later.
-///
-/// `wait_readable` lets an idle connection wait without holding a read buffer, which is what
-/// keeps tens of thousands of idle sensors cheap. Streams without readiness just return at
-/// once and the read itself waits.
-pub trait PeerStream: AsyncRead + AsyncWrite + Unpin {
-    fn wait_readable(&self) -> impl std::future::Future<Output = std::io::Result<()>> {
-        std::future::ready(Ok(()))
-    }
-}
-
-impl PeerStream for tokio::net::TcpStream {
-    fn wait_readable(&self) -> impl std::future::Future<Output = std::io::Result<()>> {
-        self.readable()
-    }
-}
-
-impl PeerStream for tokio::io::DuplexStream {}
-
-/// Wait for bytes (without a buffer when none is pending), then read them into `buf`.
-/// Cancel-safe: both steps are.
-async fn read_when_ready<S: PeerStream>(
-    stream: &mut S,
-    buf: &mut BytesMut,
-) -> std::io::Result<usize> {
-    if buf.is_empty() {
-        stream.wait_readable().await?;
-    }
-    if buf.capacity() - buf.len() < READ_CHUNK_BYTES / 2 {
-        buf.reserve(READ_CHUNK_BYTES);
-    }
-    stream.read_buf(buf).await
-}
-
 /// Resolves when the head of the queue is ready to answer.
 async fn wait_head(inflight: &mut VecDeque<InFlight>) {
     let Some(head) = inflight.front_mut() else {
@@ -739,6 +707,7 @@ mod tests {
     use tokio::io::{AsyncBufReadExt, BufReader};
 
     use super::*;
+    use crate::events::testing::sample;
     use crate::store::testing::{gate, TestStore};
     use crate::store::writer::{self, WriterConfig};
     use crate::store::{Drive, Query};
@@ -799,12 +768,6 @@ mod tests {
         writer.finish().unwrap();
     }
 
-    /// The sample value of `series` (name and labels) in Prometheus text.
-    fn sample(text: &str, series: &str) -> Option<f64> {
-        text.lines()
-            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-    }
-
     /// One connection's traffic reaches the metrics through its events: counted once, with
     /// the right labels, and one ack-latency sample per ack.
     #[tokio::test]
@@ -855,7 +818,7 @@ mod tests {
         let expect = [
             ("sensorlink_readings_accepted_total", 2.0),
             (
-                "sensorlink_readings_rejected_total{reason=\"unknown_command\"}",
+                "sensorlink_lines_rejected_total{reason=\"unknown_command\"}",
                 1.0,
             ),
             ("sensorlink_readings_acked_total", 2.0),
@@ -873,6 +836,42 @@ mod tests {
         let sent_bytes = sample(&text, "sensorlink_sent_bytes_total").unwrap();
         let replied: usize = replies.iter().map(|line| line.len() + 1).sum();
         assert_eq!(sent_bytes, replied as f64);
+    }
+
+    /// A peer that connects and closes without a byte spoke no protocol: it is counted as
+    /// closed, not as a line-mode peer.
+    #[tokio::test]
+    async fn silent_peer_is_closed_without_a_mode() {
+        let recorder = crate::events::prometheus_builder().build_recorder();
+        let telemetry = metrics::with_local_recorder(&recorder, Telemetry::register);
+        let (handle, writer) = writer::spawn(
+            Drive::Inline(Box::new(crate::store::memory::MemoryStore::default())),
+            WriterConfig::default(),
+        );
+        let (client, server) = tokio::io::duplex(1024);
+        drop(client);
+        let limits = limits(Duration::from_secs(60));
+        serve_counted(
+            server,
+            peer(),
+            &limits,
+            handle,
+            CancellationToken::new(),
+            &telemetry,
+        )
+        .await;
+        tokio::task::spawn_blocking(move || writer.finish())
+            .await
+            .unwrap()
+            .unwrap();
+        let text = recorder.handle().render();
+        for (series, value) in [
+            ("sensorlink_connections_mode_total{mode=\"line\"}", 0.0),
+            ("sensorlink_connections_mode_total{mode=\"legacy\"}", 0.0),
+            ("sensorlink_connections_closed_total{reason=\"eof\"}", 1.0),
+        ] {
+            assert_eq!(sample(&text, series), Some(value), "{series}\n{text}");
+        }
     }
 
     /// Idle timeout on a paused clock: nothing is waited for in real time.

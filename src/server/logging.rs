@@ -2,7 +2,8 @@
 //!
 //! The seed printed `Received: <data>` for every message. We keep that line at `info` while
 //! the rate is low, and under load log at most [`LINES_PER_SECOND`] of them per second plus a
-//! periodic summary; `-v` (debug) logs every reading.
+//! periodic summary; `-v` (debug) logs every reading. Per-event warnings (rejected lines,
+//! refused connections, readings not acknowledged) each get a budget of the same size.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -42,7 +43,11 @@ impl LogBudget {
 
     /// Whether one more line may be logged now; counts it as suppressed otherwise.
     pub fn allow(&self) -> bool {
-        let second = u64::try_from(now_ns() / 1_000_000_000).unwrap_or(0);
+        self.allow_in(u64::try_from(now_ns() / 1_000_000_000).unwrap_or(0))
+    }
+
+    /// [`LogBudget::allow`] during `second` (since the epoch).
+    fn allow_in(&self, second: u64) -> bool {
         if self.second.swap(second, Ordering::Relaxed) != second {
             self.lines.store(0, Ordering::Relaxed);
         }
@@ -59,6 +64,13 @@ impl LogBudget {
 pub static RECEIVED: LogBudget = LogBudget::new();
 /// `rejected` warnings: their own budget, so a flood of good readings never hides them.
 pub static REJECTED: LogBudget = LogBudget::new();
+/// `connection limit reached` warnings: a reconnecting swarm must not flood the log.
+pub static REFUSED: LogBudget = LogBudget::new();
+/// `readings not acknowledged` warnings: one failed commit touches every connection in it.
+pub static UNACKED: LogBudget = LogBudget::new();
+
+/// Every budget, for the summary's count of lines not logged.
+const BUDGETS: [&LogBudget; 4] = [&RECEIVED, &REJECTED, &REFUSED, &UNACKED];
 
 /// Whether one more per-reading line may be logged now.
 pub fn allow_received_line() -> bool {
@@ -70,10 +82,25 @@ pub fn allow_received_line() -> bool {
 
 /// Whether one more rejected-line warning may be logged now.
 pub fn allow_rejected_line() -> bool {
+    allow_warning(&REJECTED)
+}
+
+/// Whether one more refused-connection warning may be logged now.
+pub fn allow_refused_connection() -> bool {
+    allow_warning(&REFUSED)
+}
+
+/// Whether one more readings-not-acknowledged warning may be logged now.
+pub fn allow_unacked_warning() -> bool {
+    allow_warning(&UNACKED)
+}
+
+/// A warning within `budget`; at debug level every one is logged.
+fn allow_warning(budget: &LogBudget) -> bool {
     if tracing::enabled!(tracing::Level::DEBUG) {
         return true;
     }
-    tracing::enabled!(tracing::Level::WARN) && REJECTED.allow()
+    tracing::enabled!(tracing::Level::WARN) && budget.allow()
 }
 
 /// Log a summary every [`SUMMARY_INTERVAL`] while per-reading lines are being suppressed.
@@ -89,8 +116,10 @@ pub fn spawn_summary(shutdown: CancellationToken) {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let suppressed = RECEIVED.suppressed.swap(0, Ordering::Relaxed)
-                + REJECTED.suppressed.swap(0, Ordering::Relaxed);
+            let suppressed: u64 = BUDGETS
+                .iter()
+                .map(|budget| budget.suppressed.swap(0, Ordering::Relaxed))
+                .sum();
             let accepted = total(&totals.readings_accepted);
             if suppressed > 0 {
                 tracing::info!(
@@ -99,11 +128,28 @@ pub fn spawn_summary(shutdown: CancellationToken) {
                     interval_s = SUMMARY_INTERVAL.as_secs(),
                     connections = total(&totals.connections_open),
                     stored_total = total(&totals.readings_stored),
-                    rejected_total = total(&totals.readings_rejected),
+                    rejected_total = total(&totals.lines_rejected),
                     "load summary"
                 );
             }
             last_accepted = accepted;
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_allows_lines_per_second_and_counts_the_rest() {
+        let budget = LogBudget::new();
+        for _ in 0..LINES_PER_SECOND {
+            assert!(budget.allow_in(7));
+        }
+        assert!(!budget.allow_in(7));
+        assert!(!budget.allow_in(7));
+        assert_eq!(budget.suppressed.load(Ordering::Relaxed), 2);
+        assert!(budget.allow_in(8), "a new second, a new budget");
+    }
 }

@@ -1,13 +1,14 @@
 //! `sensorlink server`: accept connections, hand their readings to the store, answer.
 //!
 //! [`listener`] accepts and enforces the connection limit, [`connection`] runs one peer
-//! (any `AsyncRead + AsyncWrite` stream, so TLS can wrap it later), [`shutdown`] turns
+//! over any [`stream::PeerStream`] (TCP today, so TLS can wrap it later), [`shutdown`] turns
 //! signals into a cancellation, [`logging`] keeps per-reading logs from bounding throughput.
 
 pub mod connection;
 pub mod listener;
 pub mod logging;
 pub mod shutdown;
+pub mod stream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -136,14 +137,22 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 50_000;
 
 /// Raise the soft open-file limit to the hard one (each connection is a descriptor) and
 /// return the limit in force; `None` if it cannot be read.
+///
+/// A process-wide change, so the binary does it once (`cli::run`, server command) before
+/// the settings are validated; a program embedding [`run`] decides for itself.
 pub fn raise_open_file_limit() -> Option<u64> {
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) => Some(limit),
         Err(err) => {
             tracing::debug!(cause = %err, "cannot raise the open-file limit");
-            rlimit::Resource::NOFILE.get().ok().map(|(soft, _)| soft)
+            open_file_limit()
         }
     }
+}
+
+/// The soft open-file limit in force; `None` if it cannot be read.
+fn open_file_limit() -> Option<u64> {
+    rlimit::Resource::NOFILE.get().ok().map(|(soft, _)| soft)
 }
 
 /// Connections that fit under an open-file limit of `limit` descriptors.
@@ -151,18 +160,19 @@ fn connections_within(limit: u64) -> usize {
     usize::try_from(limit.saturating_sub(RESERVED_FDS)).unwrap_or(usize::MAX)
 }
 
-/// [`DEFAULT_MAX_CONNECTIONS`], lowered to what the (raised) open-file limit allows, so
-/// that a server started without `--max-connections` can accept every one it admits.
-pub fn default_max_connections() -> usize {
-    match raise_open_file_limit() {
+/// [`DEFAULT_MAX_CONNECTIONS`], lowered to what an open-file limit of `nofile` allows (when
+/// known), so that a server started without `--max-connections` can accept every one it
+/// admits. Pure: the caller reads (and raises) the limit.
+pub fn default_max_connections(nofile: Option<u64>) -> usize {
+    match nofile {
         Some(limit) => DEFAULT_MAX_CONNECTIONS.min(connections_within(limit).max(1)),
         None => DEFAULT_MAX_CONNECTIONS,
     }
 }
 
-/// Raise the open-file limit, and warn when `max_connections` cannot be reached under it.
+/// Warn when `max_connections` cannot be reached under the open-file limit in force.
 fn check_open_files(max_connections: usize) {
-    let Some(limit) = raise_open_file_limit() else {
+    let Some(limit) = open_file_limit() else {
         tracing::warn!("cannot read the open-file limit");
         return;
     };
@@ -184,4 +194,26 @@ fn announce(addr: SocketAddr) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "listening on {addr}");
     let _ = out.flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The default leaves [`RESERVED_FDS`] descriptors spare and never exceeds the default.
+    #[test]
+    fn default_max_connections_fits_the_open_file_limit() {
+        assert_eq!(default_max_connections(Some(1024)), 960);
+        assert_eq!(default_max_connections(Some(20_000)), 19_936);
+        assert_eq!(
+            default_max_connections(Some(1 << 20)),
+            DEFAULT_MAX_CONNECTIONS
+        );
+        assert_eq!(
+            default_max_connections(Some(10)),
+            1,
+            "at least one connection"
+        );
+        assert_eq!(default_max_connections(None), DEFAULT_MAX_CONNECTIONS);
+    }
 }

@@ -19,14 +19,67 @@ fn report(stdout: &str) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("not one JSON object: {e}: {stdout:?}"))
 }
 
-fn assert_latency_fields(report: &serde_json::Value) {
-    let latency = &report["latency_us"];
-    for key in ["p50", "p90", "p99", "p999", "max"] {
-        assert!(latency[key].is_f64(), "latency_us.{key} missing: {report}");
-    }
-    let p50 = latency["p50"].as_f64().unwrap_or(f64::NAN);
-    let max = latency["max"].as_f64().unwrap_or(f64::NAN);
-    assert!(p50 <= max, "p50 {p50} > max {max}");
+fn number(report: &serde_json::Value, path: &[&str]) -> f64 {
+    let value = path.iter().fold(report, |v, key| &v[*key]);
+    value
+        .as_f64()
+        .unwrap_or_else(|| panic!("{} is not a number: {report}", path.join(".")))
+}
+
+/// The latency samples are real: one per ack, positive, and in order
+/// min ≤ p50 ≤ p90 ≤ p99 ≤ p99.9 ≤ max.
+fn assert_latency(report: &serde_json::Value, samples: u64) {
+    assert_eq!(report["latency_us"]["count"], samples, "{report}");
+    let order: Vec<f64> = ["min", "p50", "p90", "p99", "p999", "max"]
+        .iter()
+        .map(|key| number(report, &["latency_us", key]))
+        .collect();
+    assert!(order[0] > 0.0, "a zero latency: {report}");
+    assert!(
+        order.windows(2).all(|w| w[0] <= w[1]),
+        "latency out of order {order:?}: {report}"
+    );
+    let avg = number(report, &["latency_us", "avg"]);
+    assert!(order[0] <= avg && avg <= order[5], "{report}");
+}
+
+/// The rates are the counts over the measured time, not just present.
+fn assert_rates(report: &serde_json::Value) {
+    let readings = number(report, &["readings"]);
+    let seconds = number(report, &["seconds"]);
+    let bytes = number(report, &["bytes"]);
+    assert!(seconds > 0.0 && readings > 0.0 && bytes > 0.0, "{report}");
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * b.abs().max(1.0);
+    assert!(
+        close(number(report, &["readings_per_sec"]), readings / seconds),
+        "{report}"
+    );
+    assert!(
+        close(number(report, &["mb_per_sec"]), bytes / seconds / 1e6),
+        "{report}"
+    );
+    // Each reading is one line of at least `m,sensor=bench-0 f0=0.0 <ns>\n`.
+    assert!(bytes >= readings * 30.0, "{report}");
+}
+
+/// The human report's lines as `label → text after it`.
+fn human_report(stdout: &str) -> std::collections::BTreeMap<String, String> {
+    let labels = [
+        "connections",
+        "readings acked",
+        "seconds",
+        "readings/s",
+        "MB/s",
+        "errors",
+        "ack latency µs",
+    ];
+    stdout
+        .lines()
+        .filter_map(|line| {
+            let label = labels.iter().find(|l| line.starts_with(*l))?;
+            Some((label.to_string(), line[label.len()..].trim().to_string()))
+        })
+        .collect()
 }
 
 #[test]
@@ -54,12 +107,10 @@ fn pipelined_count_is_acked_exactly() {
     assert_eq!(report["mode"], "line");
     assert_eq!(report["pipeline"], 64);
     assert_eq!(report["batch"], 16);
+    assert_eq!(report["unacked"], 0, "{report}");
     // 2000 readings in batches of 16 per connection (500 each): 32 acks per connection.
-    assert_eq!(report["latency_us"]["count"], 128, "{report}");
-    for key in ["seconds", "readings_per_sec", "mb_per_sec"] {
-        assert!(report[key].is_f64(), "{key} missing: {report}");
-    }
-    assert_latency_fields(&report);
+    assert_latency(&report, 128);
+    assert_rates(&report);
 }
 
 #[test]
@@ -76,7 +127,10 @@ fn legacy_count_is_stored_once_each() {
     let report = report(&stdout);
     assert_eq!(report["readings"], 50, "{report}");
     assert_eq!(report["mode"], "legacy");
-    assert_latency_fields(&report);
+    assert_eq!(report["errors"], 0, "{report}");
+    // One sample per `pong`.
+    assert_latency(&report, 50);
+    assert_rates(&report);
     assert!(server.terminate().success());
     assert_eq!(store.rows(&[]).len(), 50);
 }
@@ -102,11 +156,11 @@ fn idle_connections_are_all_held() {
     assert_eq!(report["connections"], 50, "{report}");
     assert_eq!(report["errors"], 0, "{report}");
     assert_eq!(report["mode"], "idle");
-    assert!(
-        report["readings"].as_u64().is_some_and(|n| n > 0),
-        "{report}"
-    );
-    assert_latency_fields(&report);
+    // One reading + sync per ack in idle mode: a sample per reading acked.
+    let readings = report["readings"].as_u64().unwrap_or(0);
+    assert!(readings > 0, "{report}");
+    assert_latency(&report, readings);
+    assert_rates(&report);
 }
 
 #[test]
@@ -129,12 +183,64 @@ fn every_reading_is_stored_in_sqlite() {
         ],
     );
     assert_eq!(code, Some(0), "{stdout}\n{stderr}");
-    assert!(stdout.contains("readings/s"), "{stdout}");
-    assert!(stdout.contains("readings acked 500"), "{stdout}");
+    let human = human_report(&stdout);
+    let value = |label: &str| -> f64 {
+        let text = human
+            .get(label)
+            .unwrap_or_else(|| panic!("no {label:?} line: {stdout}"));
+        let first = text.split_whitespace().next().unwrap_or_default();
+        first
+            .parse()
+            .unwrap_or_else(|e| panic!("{label:?} {text:?}: {e}"))
+    };
+    assert_eq!(value("readings acked"), 500.0, "{stdout}");
+    assert_eq!(value("errors"), 0.0, "{stdout}");
+    assert!(
+        human["connections"].starts_with("3 of 3 established"),
+        "{stdout}"
+    );
+    // readings/s is printed whole and seconds to 1 ms: check one against the other
+    // within that rounding.
+    let (rate, seconds) = (value("readings/s"), value("seconds"));
+    assert!(rate > 0.0 && value("MB/s") >= 0.0, "{stdout}");
+    if seconds > 0.001 {
+        let (low, high) = (500.0 / (seconds + 0.0005), 500.0 / (seconds - 0.0005));
+        assert!(
+            low - 0.5 <= rate && rate <= high + 0.5,
+            "{rate} readings/s is not 500 over {seconds} s: {stdout}"
+        );
+    }
+    assert!(
+        human["ack latency µs"].ends_with("(63 samples)"),
+        "500 readings in batches of 8 over 3 connections (167, 167, 166): 21 + 21 + 21 acks: {stdout}"
+    );
     assert!(server.terminate().success());
     let rows = store.rows(&[]);
     assert_eq!(rows.len(), 500, "deduplicated or lost readings");
     assert!(rows.iter().all(|row| row["measurement"] == "bench"));
+}
+
+/// A bad flag value is refused before anything connects, with a message naming it.
+#[test]
+fn usage_errors_exit_2_and_name_the_flag() {
+    let (code, stdout, stderr) = bench(UNREACHABLE_ADDR, &["--connections", "0"]);
+    assert_eq!(code, Some(2), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("--connections must be at least 1"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("cannot reach"),
+        "checked before connecting: {stderr}"
+    );
+    assert!(stdout.is_empty(), "{stdout}");
+
+    let (code, _, stderr) = bench(UNREACHABLE_ADDR, &["--legacy", "--pipeline", "8"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--legacy") && stderr.contains("--pipeline"),
+        "clap names the conflicting flags: {stderr}"
+    );
 }
 
 #[test]

@@ -1,7 +1,6 @@
 //! `sensorlink client` against the real server: summaries, exit codes, sources, reconnects.
 
 use std::process::Stdio;
-use std::time::Duration;
 
 use crate::harness::*;
 
@@ -35,8 +34,41 @@ fn client_reports_every_reading_and_a_ping_style_summary() {
         stdout.contains("5 sent, 5 acked, 0 lost, 0.0% loss"),
         "{stdout}"
     );
-    assert!(stdout.contains("rtt min/avg/max/mdev = "), "{stdout}");
-    assert!(stdout.contains("rtt p50/p90/p99/p99.9 = "), "{stdout}");
+    // The summary's numbers, not its labels: min ≤ avg ≤ max, each reading's own time inside
+    // [min, max], and the percentiles ordered inside it too (hdrhistogram rounds to ~0.1 %).
+    let [min, _avg, max, _mdev] = ping_rtt(&stdout);
+    let times: Vec<f64> = stdout
+        .lines()
+        .filter_map(|l| {
+            l.split_once(" acked time=")?
+                .1
+                .split_once(" ms")?
+                .0
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert_eq!(times.len(), 5, "{stdout}");
+    for t in &times {
+        assert!(min <= *t && *t <= max, "{t} outside {min}..{max}: {stdout}");
+    }
+    let percentiles: Vec<f64> = stdout
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("rtt p50/p90/p99/p99.9 = ")?
+                .strip_suffix(" ms")
+        })
+        .unwrap_or_else(|| panic!("no percentile line: {stdout}"))
+        .split('/')
+        .map(|v| v.parse().unwrap_or_else(|e| panic!("{v:?}: {e}")))
+        .collect();
+    assert_eq!(percentiles.len(), 4, "{stdout}");
+    assert!(percentiles.windows(2).all(|w| w[0] <= w[1]), "{stdout}");
+    let slack = max * 0.002 + 0.001;
+    assert!(
+        percentiles[0] >= min - slack && percentiles[3] <= max + slack,
+        "{percentiles:?} outside {min}..{max}"
+    );
 }
 
 #[test]
@@ -106,6 +138,12 @@ fn unreachable_server_exits_2() {
 fn usage_error_exits_2() {
     let out = run(bin().args(["client", "--source", "nonsense"]));
     assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("invalid value 'nonsense' for '--source")
+            && stderr.contains("expected counter, random, exec:CMD, file:PATH or stdin"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -214,10 +252,15 @@ fn client_reconnects_after_server_restart() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(400));
+    // Kill mid-run, once some of the client's readings are stored; restart on its port.
+    let stored = || try_query_json(&store.url(), &["--sensor", "rc"]).map_or(0, |r| r.len());
+    wait_for(
+        || stored() >= 3,
+        PATIENCE,
+        "3 of the client's readings stored",
+    );
     server.kill();
-    std::thread::sleep(Duration::from_millis(300));
-    let mut server = Server::start_on(&addr.to_string(), &store.url(), &[]);
+    let mut server = Server::restart_on(addr, &store.url(), &[]);
     let out = wait_output(child);
     let summary = summary(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{summary}");
@@ -290,7 +333,8 @@ fn sigint_prints_the_summary() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // Interrupt once the client is at work: its first reading reached the server.
+    server.wait_for_log("Received: ");
     // SAFETY: kill(2) on our own child's PID.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
     let out = wait_output(child);

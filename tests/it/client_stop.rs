@@ -9,6 +9,23 @@ use std::time::{Duration, Instant};
 
 use crate::harness::*;
 
+/// The lines `out` gives, read on their own thread, so the test waits for each with a bound
+/// (`recv_timeout`) instead of blocking on a read that may never return.
+fn lines_of(out: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut out = BufReader::new(out);
+        loop {
+            let mut line = String::new();
+            match out.read_line(&mut line) {
+                Ok(1..) if tx.send(line).is_ok() => {}
+                _ => return,
+            }
+        }
+    });
+    rx
+}
+
 /// Wait for `child` to exit within [`PATIENCE`]; kills it and panics otherwise.
 fn wait_exit(child: &mut Child, what: &str) -> ExitStatus {
     let deadline = Instant::now() + PATIENCE;
@@ -37,16 +54,30 @@ fn closed_stdout_ends_the_client_with_exit_0() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn client");
-    let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+    // `head -3`: read three lines, then close the pipe's read end (the thread ends).
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, head) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut stdout = BufReader::new(stdout);
+        for _ in 0..3 {
+            let mut line = String::new();
+            if stdout.read_line(&mut line).is_err() || tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
     let mut first = Vec::new();
     for _ in 0..3 {
-        let mut line = String::new();
-        stdout.read_line(&mut line).expect("a line from the client");
-        first.push(line);
+        match head.recv_timeout(PATIENCE) {
+            Ok(line) => first.push(line),
+            Err(err) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("fewer than 3 lines from the client ({err}): {first:?}");
+            }
+        }
     }
     assert!(first[2].starts_with("seq=1 value=102 acked"), "{first:?}");
-    // `head -3` exits here: the pipe's read end is closed.
-    drop(stdout);
     let status = wait_exit(&mut child, "closed stdout");
     let mut stderr = String::new();
     if let Some(mut pipe) = child.stderr.take() {
@@ -81,26 +112,34 @@ fn sigterm_prints_the_summary_and_flushes_the_spool() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn client");
-    let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+    let stdout = lines_of(child.stdout.take().expect("piped stdout"));
     let mut lines = Vec::new();
-    // Bounded by the read: the client prints an ack within milliseconds, or fails the test
-    // through wait_exit's bound below if it never does and exits.
     while !lines
         .iter()
         .any(|l: &String| l.contains(r#""event":"ack""#))
     {
-        let mut line = String::new();
-        if stdout.read_line(&mut line).expect("read stdout") == 0 {
-            panic!("client ended before its first ack: {lines:?}");
+        match stdout.recv_timeout(PATIENCE) {
+            Ok(line) => lines.push(line),
+            Err(err) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("no ack from the client ({err}): {lines:?}");
+            }
         }
-        lines.push(line);
     }
     // SAFETY: kill(2) on our own child's PID, not yet reaped.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
-    let mut rest = String::new();
-    stdout.read_to_string(&mut rest).expect("read stdout");
     let status = wait_exit(&mut child, "SIGTERM");
     assert_eq!(status.code(), Some(0), "killed by the signal? {status:?}");
+    // The client has exited: its stdout ends (the reader thread hangs up) within the bound.
+    let mut rest = String::new();
+    loop {
+        match stdout.recv_timeout(PATIENCE) {
+            Ok(line) => rest.push_str(&line),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(err) => panic!("stdout did not end after the exit ({err}): {rest}"),
+        }
+    }
     let all = lines.concat() + &rest;
     let summary = summary(all.as_bytes());
     let sent = summary["sent"].as_u64().expect("sent");

@@ -12,6 +12,36 @@ use std::time::{Duration, Instant};
 /// Generous bound for things that should take milliseconds: a liveness guard, not a benchmark.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
+/// How often bounded waits poll: short, so a wait ends soon after its condition holds.
+const POLL_INTERVAL: Duration = Duration::from_millis(10);
+
+/// An address where nothing listens: port 1 on loopback needs root to bind, and no test
+/// binds it, so connects are refused at once. Never reused for a server.
+pub const UNREACHABLE_ADDR: &str = "127.0.0.1:1";
+
+/// Poll `cond` until it holds or `timeout` passes; returns whether it held. The sleep
+/// between polls is the poll interval of a bounded wait, not synchronisation.
+pub fn poll_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+}
+
+/// Wait until `cond` holds; panics naming `what` after `timeout`.
+pub fn wait_for(cond: impl FnMut() -> bool, timeout: Duration, what: &str) {
+    assert!(
+        poll_until(timeout, cond),
+        "gave up after {timeout:?} waiting for {what}"
+    );
+}
+
 pub fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_sensorlink"))
 }
@@ -29,6 +59,19 @@ impl Server {
     /// Start on 127.0.0.1:0 with an in-memory store and `extra` flags.
     pub fn start(extra: &[&str]) -> Server {
         Server::start_on("127.0.0.1:0", "memory", extra)
+    }
+
+    /// Start again on `addr`, where a server of this test was just stopped (so that a client
+    /// pointed at it finds the new one). Waits, bounded, until the port can be bound; should
+    /// another process take it in the instant before the server binds, the start fails
+    /// with the server's own "address in use" error rather than a wrong result.
+    pub fn restart_on(addr: SocketAddr, store: &str, extra: &[&str]) -> Server {
+        wait_for(
+            || std::net::TcpListener::bind(addr).is_ok(),
+            PATIENCE,
+            &format!("{addr} to be free for the restart"),
+        );
+        Server::start_on(&addr.to_string(), store, extra)
     }
 
     /// Start on `listen` with `store` (e.g. `sqlite:/tmp/x.db`).
@@ -95,14 +138,8 @@ impl Server {
     /// Wait until the server's log contains `needle` (logs arrive through a pipe, a little
     /// after the event); panics with the log after [`PATIENCE`].
     pub fn wait_for_log(&self, needle: &str) {
-        let deadline = Instant::now() + PATIENCE;
-        while !self.stderr().contains(needle) {
-            assert!(
-                Instant::now() < deadline,
-                "log never said {needle:?}:\n{}",
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        if !poll_until(PATIENCE, || self.stderr().contains(needle)) {
+            panic!("log never said {needle:?}:\n{}", self.stderr());
         }
     }
 
@@ -126,21 +163,19 @@ impl Server {
 
     fn wait(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("running");
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                // The whole log, up to the exit: the reader ends at the pipe's EOF.
-                if let Some(reader) = self.stderr_reader.take() {
-                    let _ = reader.join();
-                }
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("server did not exit; stderr:\n{}", self.stderr());
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        let mut status = None;
+        if !poll_until(PATIENCE, || {
+            status = child.try_wait().expect("try_wait");
+            status.is_some()
+        }) {
+            let _ = child.kill();
+            panic!("server did not exit; stderr:\n{}", self.stderr());
         }
+        // The whole log, up to the exit: the reader ends at the pipe's EOF.
+        if let Some(reader) = self.stderr_reader.take() {
+            let _ = reader.join();
+        }
+        status.expect("poll_until returned true only once try_wait gave a status")
     }
 
     pub fn connect(&self) -> TcpStream {
@@ -249,6 +284,19 @@ impl TempStore {
     }
 }
 
+/// Like [`query_json`], for polling a store a server is still writing: `None` if the query
+/// fails (tried again by the caller's bounded wait).
+pub fn try_query_json(store: &str, extra: &[&str]) -> Option<Vec<serde_json::Value>> {
+    let out = run(bin()
+        .args(["query", "--store", store, "--format", "json"])
+        .args(extra));
+    if !out.status.success() {
+        return None;
+    }
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    value.as_array().cloned()
+}
+
 pub fn query_json(store: &str, extra: &[&str]) -> Vec<serde_json::Value> {
     let out = run(bin()
         .args(["query", "--store", store, "--format", "json"])
@@ -271,6 +319,24 @@ pub fn run(cmd: &mut Command) -> Output {
         .spawn()
         .expect("spawn");
     wait_output(child)
+}
+
+/// A child process of this test, killed (SIGKILL, by its own PID) and reaped on drop, so a
+/// failing assertion never leaves it running.
+pub struct KillOnDrop(pub Child);
+
+impl KillOnDrop {
+    /// SIGKILL now and wait for the exit: nothing gets a chance to clean up.
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
 pub fn wait_output(child: Child) -> Output {
@@ -306,6 +372,38 @@ pub fn summary(stdout: &[u8]) -> serde_json::Value {
         .find(|event| event["event"] == "summary")
         .map(|event| event["summary"].clone())
         .expect("a summary event")
+}
+
+/// How many JSON events of kind `event` a client has written to the file at `path` so far.
+pub fn count_events(path: &Path, event: &str) -> usize {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.matches(&format!("\"event\":\"{event}\"")).count()
+}
+
+/// The numbers of a client's `rtt min/avg/max/mdev = a/b/c/d ms` summary line, checked for
+/// consistency: 0 < min ≤ avg ≤ max and mdev ≥ 0.
+pub fn ping_rtt(stdout: &str) -> [f64; 4] {
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("rtt min/avg/max/mdev = "))
+        .unwrap_or_else(|| panic!("no rtt summary line: {stdout}"));
+    let values: Vec<f64> = line
+        .strip_suffix(" ms")
+        .unwrap_or_else(|| panic!("rtt line without unit: {line:?}"))
+        .split('/')
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|e| panic!("{v:?} in {line:?}: {e}"))
+        })
+        .collect();
+    let [min, avg, max, mdev] = values[..] else {
+        panic!("four numbers expected: {line:?}");
+    };
+    assert!(
+        0.0 < min && min <= avg && avg <= max && mdev >= 0.0,
+        "{line:?}"
+    );
+    [min, avg, max, mdev]
 }
 
 pub fn exists(path: &Path) -> bool {

@@ -131,8 +131,23 @@ fn legacy_client_speaks_the_seed_bytes() {
         stdout.contains("3 sent, 3 acked, 0 lost, 0.0% loss"),
         "{stdout}"
     );
-    assert!(stdout.contains("reply=\"pong\""), "{stdout}");
-    assert!(stdout.contains("rtt min/avg/max/mdev = "), "{stdout}");
+    assert_eq!(stdout.matches("reply=\"pong\"").count(), 3, "{stdout}");
+    // One rtt per message: the summary's numbers are consistent, not just present.
+    let [min, _, max, _] = ping_rtt(&stdout);
+    let times: Vec<f64> = stdout
+        .lines()
+        .filter(|l| l.contains("reply=\"pong\""))
+        .map(|l| {
+            let ms = l
+                .rsplit_once(" time=")
+                .map(|(_, t)| t.trim_end_matches(" ms"));
+            ms.and_then(|t| t.parse().ok())
+                .unwrap_or_else(|| panic!("no time in {l:?}"))
+        })
+        .collect();
+    for t in &times {
+        assert!(min <= *t && *t <= max, "{t} outside {min}..{max}: {stdout}");
+    }
 }
 
 /// Our own `--legacy` client against our server: the legacy path end to end, with storage.

@@ -15,9 +15,9 @@ fn sigterm_finishes_received_readings_and_flushes() {
     burst.extend_from_slice(b"sync last\n");
     peer.send(&burst);
     assert!(peer.line().starts_with("ack last readings=5000"));
-    // Written but never synced: still stored at shutdown.
-    peer.send(b"sd,sensor=g v=-1i 99999\n");
-    std::thread::sleep(std::time::Duration::from_millis(100));
+    // Written but never synced; the `pong` behind it shows the server has read it.
+    peer.send(b"sd,sensor=g v=-1i 99999\nping read\n");
+    assert_eq!(peer.line(), "pong read");
     let status = server.terminate();
     assert!(status.success(), "{status:?}\n{}", server.stderr());
     assert!(server.stderr().contains("store flushed"));

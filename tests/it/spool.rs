@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
 
 use crate::harness::*;
 
@@ -18,19 +17,13 @@ fn stored_values(store: &TempStore, sensor: &str) -> BTreeMap<i64, usize> {
     values
 }
 
-/// Wait until the client's stdout has `n` ack events (read from a file it writes to).
-fn wait_for_acks(path: &std::path::Path, n: usize) {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        if text.matches("\"event\":\"ack\"").count() >= n {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "client made no progress:\n{text}"
+/// Wait until the client's stdout (a file it writes to) has `n` events of kind `event`.
+fn wait_for_events(path: &std::path::Path, event: &str, n: usize) {
+    if !poll_until(PATIENCE, || count_events(path, event) >= n) {
+        panic!(
+            "client never reached {n} {event:?} events:\n{}",
+            std::fs::read_to_string(path).unwrap_or_default()
         );
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -40,12 +33,11 @@ fn server_killed_twice_mid_run_store_holds_exactly_what_the_client_produced() {
     let spool = tempfile::tempdir().unwrap();
     let out_path = spool.path().join("client.out");
     let mut server = Server::start_on("127.0.0.1:0", &store.url(), &["-q"]);
-    let addr = server.addr.to_string();
     let count = 60;
     let child = bin()
         .args([
             "client",
-            &addr,
+            &server.addr.to_string(),
             "--count",
             &count.to_string(),
             "--interval",
@@ -63,11 +55,13 @@ fn server_killed_twice_mid_run_store_holds_exactly_what_the_client_produced() {
         .spawn()
         .unwrap();
     for round in 1..=2 {
-        wait_for_acks(&out_path, 15 * round);
+        wait_for_events(&out_path, "ack", 15 * round);
+        let disconnects = count_events(&out_path, "disconnected");
         server.kill();
-        // Readings produced during the outage wait in the spool.
-        std::thread::sleep(Duration::from_millis(200));
-        server = Server::start_on(&addr, &store.url(), &["-q"]);
+        // An outage, not a blip: the client lost the connection and then failed to
+        // reconnect at least once, so readings it produced meanwhile wait in the spool.
+        wait_for_events(&out_path, "disconnected", disconnects + 2);
+        server = Server::restart_on(server.addr, &store.url(), &["-q"]);
     }
     let out = wait_output(child);
     let stdout = std::fs::read(&out_path).unwrap();
@@ -92,14 +86,12 @@ fn client_restart_replays_the_spool() {
     let store = TempStore::new();
     let spool = tempfile::tempdir().unwrap();
     let queue = spool.path().join("q");
-    // A server that is not there yet: the first client spools everything.
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = probe.local_addr().unwrap().to_string();
-    drop(probe);
+    // No server at all: the first client spools everything. The spool, not the address,
+    // carries the readings over to the second client.
     let first = bin()
         .args([
             "client",
-            &addr,
+            UNREACHABLE_ADDR,
             "--count",
             "5",
             "--interval",
@@ -117,17 +109,17 @@ fn client_restart_replays_the_spool() {
         .spawn()
         .unwrap();
     let out = wait_output(first);
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "server unreachable: {}",
-        String::from_utf8_lossy(&out.stdout)
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "server unreachable: {stderr}");
+    assert!(
+        stderr.contains(&format!("cannot reach {UNREACHABLE_ADDR}")),
+        "{stderr}"
     );
 
-    let mut server = Server::start_on(&addr, &store.url(), &["-q"]);
+    let mut server = Server::start_on("127.0.0.1:0", &store.url(), &["-q"]);
     let out = run(bin().args([
         "client",
-        &addr,
+        &server.addr.to_string(),
         "--count",
         "3",
         "--interval",
@@ -155,12 +147,9 @@ fn truncated_spool_is_recovered_and_the_damage_reported() {
     let store = TempStore::new();
     let spool = tempfile::tempdir().unwrap();
     let queue = spool.path().join("q");
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = probe.local_addr().unwrap().to_string();
-    drop(probe);
     let out = run(bin().args([
         "client",
-        &addr,
+        UNREACHABLE_ADDR,
         "--count",
         "4",
         "--interval",
@@ -172,7 +161,12 @@ fn truncated_spool_is_recovered_and_the_damage_reported() {
         "--timeout",
         "500ms",
     ]));
-    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot reach {UNREACHABLE_ADDR}")),
+        "{stderr}"
+    );
     // Cut the last record in half, as a power cut mid-write would.
     let segment = std::fs::read_dir(&queue)
         .unwrap()
@@ -187,10 +181,10 @@ fn truncated_spool_is_recovered_and_the_damage_reported() {
     file.set_len(len - 10).unwrap();
     drop(file);
 
-    let mut server = Server::start_on(&addr, &store.url(), &["-q"]);
+    let mut server = Server::start_on("127.0.0.1:0", &store.url(), &["-q"]);
     let out = run(bin().args([
         "client",
-        &addr,
+        &server.addr.to_string(),
         "--count",
         "0",
         "--sensor",
@@ -209,4 +203,47 @@ fn truncated_spool_is_recovered_and_the_damage_reported() {
     assert_eq!(summary["acked"], 3, "{summary}");
     assert!(server.terminate().success());
     assert_eq!(stored_values(&store, "tr").len(), 3);
+}
+
+/// One client per spool: a second one on the same directory is refused with a message
+/// naming it, and once the first dies (SIGKILL: no cleanup) the kernel has released its lock.
+#[test]
+fn a_second_client_on_a_spool_in_use_is_refused_until_the_first_is_gone() {
+    let server = Server::start(&["-q"]);
+    let addr = server.addr.to_string();
+    let spool = tempfile::tempdir().unwrap();
+    let queue = spool.path().join("q");
+    let queue_arg = queue.to_str().unwrap();
+    let out_path = spool.path().join("first.out");
+    let mut first = KillOnDrop(
+        bin()
+            .args(["client", &addr, "--interval", "20ms", "--sensor", "lk"])
+            .args(["--spool", queue_arg, "--json"])
+            .stdout(std::fs::File::create(&out_path).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // An ack means the first client has opened the spool (it spools before sending).
+    wait_for_events(&out_path, "ack", 1);
+
+    let client = |extra: &[&str]| {
+        run(bin()
+            .args(["client", &addr, "--count", "1", "--sensor", "lk"])
+            .args(["--spool", queue_arg])
+            .args(extra))
+    };
+    let out = client(&[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("spool {} is in use", queue.display())),
+        "{stderr}"
+    );
+
+    first.kill();
+    let out = client(&["--json"]);
+    let summary = summary(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{summary}");
+    assert_eq!(summary["pending"], 0, "{summary}");
 }

@@ -3,24 +3,14 @@
 //! restart and are sent again, in order and with their original timestamps, on the next start.
 //!
 //! # Files in `DIR`
-//! - `lock`: the PID of the client using the spool, created exclusively. A lock whose process
-//!   no longer exists (`/proc/<pid>` is gone), or that holds no PID and is older than 10 s
-//!   (a crash while creating it), is taken over; otherwise opening fails with
-//!   [`SpoolError::Locked`]. Without `/proc` a lock is never taken over.
+//! - `lock`: held with an advisory exclusive lock while a client uses the spool; a second
+//!   client fails with [`SpoolError::Locked`] (`lock.rs`).
 //! - `<16 hex digits>.seg`: segments, append-only, named after the first seq written to
-//!   them. A segment starts with the 8-byte magic `SLSPSEG1`, followed by records:
-//!
-//!   ```text
-//!   [u32 LE payload_len][u32 LE crc32(payload_len bytes ++ payload)][payload]
-//!   payload = [u64 LE seq][the reading as one line of line protocol, without '\n']
-//!   ```
-//!
-//!   `payload_len` is at least 9 and at most [`MAX_RECORD_PAYLOAD`]; anything else is
-//!   corruption (the CRC covers the length too). Seqs increase strictly across all
-//!   segments, and segment names increase with them. A segment rolls once it reaches about a
-//!   quarter of `max_bytes` (64 KiB..4 MiB) and is deleted once every record in it is done.
-//! - `state`: `[magic SLSPSTA1][u64 LE done_through][u64 LE next_seq][u32 LE crc32]`,
-//!   replaced atomically (write `state.tmp`, fsync, rename, fsync the directory).
+//!   them: the magic `SLSPSEG1`, then records framed by length and CRC (`record.rs`).
+//!   Seqs increase strictly across all segments, and segment names increase with them. A
+//!   segment rolls once it reaches about a quarter of `max_bytes` (64 KiB..4 MiB) and is
+//!   deleted once every record in it is done.
+//! - `state`: `done_through` and `next_seq`, replaced atomically (`state.rs`).
 //!   `done_through` is the low-water mark: every seq up to it was acknowledged or dropped on
 //!   purpose (both only ever remove the oldest readings, so one number describes them).
 //!   `next_seq` keeps seqs from being reused once the segments holding them are deleted.
@@ -35,12 +25,8 @@
 //! readings dropped by the limits: after a crash a few may come back and be delivered.
 //!
 //! # Recovery
-//! Opening reads every segment. At the first record with a bad length, a bad checksum or
-//! missing bytes (a write cut short), the rest of that segment is discarded and the file
-//! truncated there, so appends continue on a clean end; later segments are still read. A
-//! record with a good checksum whose line does not parse, or whose seq is out of order, is
-//! skipped on its own. All of it is described in [`Recovery::damage`]. Then the limits are
-//! applied: readings older than `max_age`, then the oldest beyond `max_bytes`, are dropped.
+//! Opening reads and repairs every segment (`recovery.rs`), then applies the limits:
+//! readings older than `max_age`, then the oldest beyond `max_bytes`, are dropped.
 //!
 //! # Limits
 //! `max_bytes` bounds the record bytes (header + payload) of readings not yet done; appending
@@ -50,35 +36,32 @@
 //! that is not expired (it can only remove a prefix), and readings without a timestamp never
 //! expire.
 
+mod lock;
+mod record;
+mod recovery;
+mod state;
+#[cfg(test)]
+mod testkit;
+
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use crate::protocol::{ilp, Reading};
+use crate::protocol::Reading;
 
-/// Largest payload (seq + line) one record may have; a longer length prefix is corruption.
-pub const MAX_RECORD_PAYLOAD: u32 = 1 << 20;
+use lock::LockFile;
+pub use record::MAX_RECORD_PAYLOAD;
+use record::{encode_record, SEGMENT_MAGIC};
+use state::StateFile;
 
 /// How long an acknowledgement may wait before the state file is rewritten.
 pub const ACK_PERSIST_INTERVAL: Duration = Duration::from_millis(100);
 
-const SEGMENT_MAGIC: &[u8; 8] = b"SLSPSEG1";
-const STATE_MAGIC: &[u8; 8] = b"SLSPSTA1";
-const STATE_LEN: usize = 8 + 8 + 8 + 4;
-const STATE_FILE: &str = "state";
-const STATE_TMP: &str = "state.tmp";
-const LOCK_FILE: &str = "lock";
-const SEGMENT_EXT: &str = ".seg";
-/// Length + CRC in front of every payload.
-const RECORD_HEADER: u64 = 8;
-/// A payload holds a seq and at least one byte of line.
-const MIN_RECORD_PAYLOAD: u32 = 9;
+/// Bounds of a segment's size: a quarter of `max_bytes`, clamped to these.
 const MIN_SEGMENT_BYTES: u64 = 64 << 10;
 const MAX_SEGMENT_BYTES: u64 = 4 << 20;
-/// A lock file without a readable PID this old is left over from a crash during creation.
-const UNREADABLE_LOCK_STALE_AFTER: Duration = Duration::from_secs(10);
 
 /// How much the spool may keep.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,10 +144,15 @@ pub enum SpoolError {
         source: io::Error,
     },
     #[error(
-        "spool {path} is in use{}; remove the lock file if no client uses it",
-        .pid.map(|pid| format!(" by process {pid}")).unwrap_or_default()
+        "spool {path} is in use by another client{}; use another --spool directory or stop that client",
+        .pid.map(|pid| format!(" (process {pid})")).unwrap_or_default()
     )]
-    Locked { path: PathBuf, pid: Option<u32> },
+    Locked {
+        /// The spool directory.
+        path: PathBuf,
+        /// The holder's PID, if it wrote one (informational: the lock is what counts).
+        pid: Option<u32>,
+    },
     #[error("seq {seq} is not after the last spooled seq {last}")]
     OutOfOrder { seq: u64, last: u64 },
     #[error("reading {seq} cannot be spooled: {reason}")]
@@ -198,7 +186,7 @@ struct Entry {
     timestamp_ns: Option<i64>,
 }
 
-/// The spool of one client. Not shared: the `lock` file keeps other clients out.
+/// The spool of one client. Not shared: the lock on `DIR/lock` keeps other clients out.
 #[derive(Debug)]
 pub struct Spool {
     dir: PathBuf,
@@ -222,6 +210,11 @@ pub struct Spool {
 
 impl Spool {
     /// Open (creating if needed) the spool in `dir` and recover what it holds.
+    ///
+    /// # Errors
+    /// [`SpoolError::Locked`] if another client (or another open spool in this process)
+    /// holds `dir`; [`SpoolError::Io`] if a file in it cannot be read, repaired or written.
+    /// Damaged contents are not an error: they are described in [`Recovery::damage`].
     pub fn open(dir: &Path, limits: SpoolLimits) -> Result<(Spool, Recovery), SpoolError> {
         let segment_bytes = (limits.max_bytes / 4).clamp(MIN_SEGMENT_BYTES, MAX_SEGMENT_BYTES);
         Self::open_with(dir, limits, segment_bytes, crate::timefmt::now_ns())
@@ -237,14 +230,8 @@ impl Spool {
         let lock = LockFile::acquire(dir)?;
         let mut recovery = Recovery::default();
 
-        // A leftover temp file is a state write cut short; the old `state` is still whole.
-        let tmp = dir.join(STATE_TMP);
-        match fs::remove_file(&tmp) {
-            Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(io_err(&tmp)(err)),
-            _ => {}
-        }
-        let state_path = dir.join(STATE_FILE);
-        let (persisted, done_through, state_next) = match read_state(&state_path)? {
+        state::remove_leftover(dir)?;
+        let (persisted, done_through, state_next) = match state::read_state(dir)? {
             StateFile::Missing => (None, 0, 1),
             StateFile::Good {
                 done_through,
@@ -258,21 +245,11 @@ impl Spool {
             }
         };
 
-        let mut scan = Scan {
-            done_through,
-            last_seen: None,
-            entries: Vec::new(),
-            recovery: &mut recovery,
-        };
-        let mut segments = VecDeque::new();
-        for (name_seq, name, path) in list_segments(dir)? {
-            if let Some(segment) = scan.segment(name_seq, &name, path)? {
-                segments.push_back(segment);
-            }
-        }
-        let Scan {
-            last_seen, entries, ..
-        } = scan;
+        let recovery::Scanned {
+            segments,
+            last_seen,
+            entries,
+        } = recovery::scan(dir, done_through, &mut recovery)?;
 
         let next_seq = state_next
             .max(last_seen.map_or(1, |seq| seq.saturating_add(1)))
@@ -497,7 +474,7 @@ impl Spool {
                 Some(last) => first_seq.max(last.name_seq + 1),
                 None => first_seq,
             };
-            let path = self.dir.join(format!("{name_seq:016x}{SEGMENT_EXT}"));
+            let path = recovery::segment_path(&self.dir, name_seq);
             let mut file = OpenOptions::new()
                 .append(true)
                 .create_new(true)
@@ -581,22 +558,7 @@ impl Spool {
 
     /// Replace the state file atomically with the current `done_through` and `next_seq`.
     fn persist_state(&mut self) -> Result<(), SpoolError> {
-        let mut bytes = Vec::with_capacity(STATE_LEN);
-        bytes.extend_from_slice(STATE_MAGIC);
-        bytes.extend_from_slice(&self.done_through.to_le_bytes());
-        bytes.extend_from_slice(&self.next_seq.to_le_bytes());
-        let crc = crc32fast::hash(&bytes);
-        bytes.extend_from_slice(&crc.to_le_bytes());
-
-        let tmp = self.dir.join(STATE_TMP);
-        let path = self.dir.join(STATE_FILE);
-        let mut file = File::create(&tmp).map_err(io_err(&tmp))?;
-        file.write_all(&bytes)
-            .and_then(|()| file.sync_all())
-            .map_err(io_err(&tmp))?;
-        drop(file);
-        fs::rename(&tmp, &path).map_err(io_err(&path))?;
-        sync_dir(&self.dir).map_err(io_err(&self.dir))?;
+        state::write_state(&self.dir, self.done_through, self.next_seq)?;
         self.persisted = Some((self.done_through, self.next_seq));
         self.last_persist = Instant::now();
         Ok(())
@@ -611,371 +573,17 @@ impl Drop for Spool {
     }
 }
 
-/// Append one record for `reading` to `buf`; `buf` is unchanged on error.
-fn encode_record(seq: u64, reading: &Reading, buf: &mut Vec<u8>) -> Result<(), SpoolError> {
-    let start = buf.len();
-    buf.extend_from_slice(&[0; RECORD_HEADER as usize]);
-    buf.extend_from_slice(&seq.to_le_bytes());
-    let line_start = buf.len();
-    ilp::encode(reading, buf);
-    // The record length frames the line, so its newline is not stored.
-    if buf.last() == Some(&b'\n') {
-        buf.pop();
-    }
-    // Only a reading that comes back unchanged may be promised to survive a restart.
-    let problem = match ilp::parse(&buf[line_start..]) {
-        Ok(back) if back == *reading => None,
-        Ok(_) => Some("it does not read back unchanged".to_string()),
-        Err(err) => Some(err.to_string()),
-    };
-    let payload_len = buf.len() - start - RECORD_HEADER as usize;
-    let problem = problem.or_else(|| {
-        (payload_len > MAX_RECORD_PAYLOAD as usize)
-            .then(|| format!("{payload_len} bytes exceed the record limit of {MAX_RECORD_PAYLOAD}"))
-    });
-    if let Some(reason) = problem {
-        buf.truncate(start);
-        return Err(SpoolError::Unstorable { seq, reason });
-    }
-    let len = (payload_len as u32).to_le_bytes();
-    let mut hasher = crc32fast::Hasher::new();
-    hasher.update(&len);
-    hasher.update(&buf[start + RECORD_HEADER as usize..]);
-    buf[start..start + 4].copy_from_slice(&len);
-    buf[start + 4..start + 8].copy_from_slice(&hasher.finalize().to_le_bytes());
-    Ok(())
-}
-
 /// fsync a directory, so entries created, renamed or removed in it are durable.
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Read until `buf` is full or the file ends; returns how much was read.
-fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match reader.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-            Err(err) => return Err(err),
-        }
-    }
-    Ok(filled)
-}
-
-/// Segment files in `dir`, in seq order: `(seq in the name, file name, path)`.
-fn list_segments(dir: &Path) -> Result<Vec<(u64, String, PathBuf)>, SpoolError> {
-    let mut found = Vec::new();
-    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
-        let entry = entry.map_err(io_err(dir))?;
-        let Ok(name) = entry.file_name().into_string() else {
-            continue;
-        };
-        let Some(stem) = name.strip_suffix(SEGMENT_EXT) else {
-            continue;
-        };
-        let is_hex = |c: char| c.is_ascii_digit() || ('a'..='f').contains(&c);
-        if stem.len() != 16 || !stem.chars().all(is_hex) {
-            continue;
-        }
-        if let Ok(first) = u64::from_str_radix(stem, 16) {
-            found.push((first, name, entry.path()));
-        }
-    }
-    found.sort_unstable_by_key(|(first, _, _)| *first);
-    Ok(found)
-}
-
-enum StateFile {
-    Missing,
-    Good { done_through: u64, next_seq: u64 },
-    Bad(String),
-}
-
-fn read_state(path: &Path) -> Result<StateFile, SpoolError> {
-    let bytes = match fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(StateFile::Missing),
-        Err(err) => return Err(io_err(path)(err)),
-    };
-    if bytes.len() != STATE_LEN {
-        return Ok(StateFile::Bad(format!(
-            "{} bytes instead of {STATE_LEN}",
-            bytes.len()
-        )));
-    }
-    let (body, crc) = bytes.split_at(STATE_LEN - 4);
-    let word = |at: usize| {
-        let mut b = [0; 8];
-        b.copy_from_slice(&body[at..at + 8]);
-        u64::from_le_bytes(b)
-    };
-    let mut crc_bytes = [0; 4];
-    crc_bytes.copy_from_slice(crc);
-    if &body[..8] != STATE_MAGIC {
-        return Ok(StateFile::Bad("not a spool state file".into()));
-    }
-    if crc32fast::hash(body) != u32::from_le_bytes(crc_bytes) {
-        return Ok(StateFile::Bad("bad checksum".into()));
-    }
-    Ok(StateFile::Good {
-        done_through: word(8),
-        next_seq: word(16),
-    })
-}
-
-/// Recovery's walk over the segments.
-struct Scan<'a> {
-    done_through: u64,
-    /// The highest seq read so far; seqs must keep increasing.
-    last_seen: Option<u64>,
-    entries: Vec<Entry>,
-    recovery: &'a mut Recovery,
-}
-
-impl Scan<'_> {
-    fn damage(&mut self, name: &str, what: String, records: u64, bytes: u64) {
-        self.recovery.damage.push(format!("segment {name}: {what}"));
-        self.recovery.corrupt_records += records;
-        self.recovery.discarded_bytes += bytes;
-    }
-
-    /// Read one segment, repairing it: a bad header removes the file, a bad record truncates
-    /// it there. Returns the segment if the file is kept.
-    fn segment(
-        &mut self,
-        name_seq: u64,
-        name: &str,
-        path: PathBuf,
-    ) -> Result<Option<Segment>, SpoolError> {
-        let file = File::open(&path).map_err(io_err(&path))?;
-        let file_len = file.metadata().map_err(io_err(&path))?.len();
-        let mut reader = BufReader::new(file);
-        let mut magic = [0u8; 8];
-        let n = read_full(&mut reader, &mut magic).map_err(io_err(&path))?;
-        if n < magic.len() || &magic != SEGMENT_MAGIC {
-            if file_len == 0 {
-                // Created but never written: a crash right after creating it, nothing lost.
-                self.damage(name, "empty file removed".into(), 0, 0);
-            } else {
-                self.damage(
-                    name,
-                    format!("not a spool segment (bad header); all {file_len} bytes discarded"),
-                    1,
-                    file_len,
-                );
-            }
-            fs::remove_file(&path).map_err(io_err(&path))?;
-            return Ok(None);
-        }
-
-        let mut offset = SEGMENT_MAGIC.len() as u64;
-        let mut last_seq = None;
-        let mut payload = Vec::new();
-        let bad = loop {
-            let mut header = [0u8; RECORD_HEADER as usize];
-            let n = read_full(&mut reader, &mut header).map_err(io_err(&path))?;
-            if n == 0 {
-                break None;
-            }
-            if n < header.len() {
-                break Some("a truncated record header");
-            }
-            let (len_bytes, crc_bytes) = header.split_at(4);
-            let mut word = [0; 4];
-            word.copy_from_slice(len_bytes);
-            let len = u32::from_le_bytes(word);
-            word.copy_from_slice(crc_bytes);
-            let crc = u32::from_le_bytes(word);
-            if !(MIN_RECORD_PAYLOAD..=MAX_RECORD_PAYLOAD).contains(&len) {
-                break Some("a record with an impossible length");
-            }
-            payload.resize(len as usize, 0);
-            let n = read_full(&mut reader, &mut payload).map_err(io_err(&path))?;
-            if n < payload.len() {
-                break Some("a truncated record");
-            }
-            let mut hasher = crc32fast::Hasher::new();
-            hasher.update(len_bytes);
-            hasher.update(&payload);
-            if hasher.finalize() != crc {
-                break Some("a record with a bad checksum");
-            }
-            let record_bytes = RECORD_HEADER + u64::from(len);
-            let (seq_bytes, line) = payload.split_at(8);
-            let mut seq = [0; 8];
-            seq.copy_from_slice(seq_bytes);
-            let seq = u64::from_le_bytes(seq);
-            if self.last_seen.is_some_and(|last| seq <= last) {
-                self.damage(
-                    name,
-                    format!("record at offset {offset} has seq {seq} out of order; skipped"),
-                    1,
-                    record_bytes,
-                );
-            } else {
-                self.last_seen = Some(seq);
-                last_seq = Some(seq);
-                if seq > self.done_through {
-                    match ilp::parse(line) {
-                        Ok(reading) => {
-                            self.entries.push(Entry {
-                                seq,
-                                bytes: record_bytes,
-                                timestamp_ns: reading.timestamp_ns,
-                            });
-                            self.recovery.readings.push(SpooledReading { seq, reading });
-                        }
-                        Err(err) => self.damage(
-                            name,
-                            format!("reading {seq} at offset {offset} unreadable ({err}); skipped"),
-                            1,
-                            record_bytes,
-                        ),
-                    }
-                }
-            }
-            offset += record_bytes;
-        };
-
-        if let Some(what) = bad {
-            let discarded = file_len - offset;
-            self.damage(
-                name,
-                format!("{what} at offset {offset}; {discarded} bytes to the end discarded"),
-                1,
-                discarded,
-            );
-            // Cut the damage off so appends continue on a clean end and it is reported once.
-            let file = OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .map_err(io_err(&path))?;
-            file.set_len(offset)
-                .and_then(|()| file.sync_all())
-                .map_err(io_err(&path))?;
-        }
-        Ok(Some(Segment {
-            name_seq,
-            path,
-            last_seq,
-            len: offset,
-        }))
-    }
-}
-
-/// `DIR/lock`, holding our PID while the spool is open.
-#[derive(Debug)]
-struct LockFile {
-    path: PathBuf,
-    pid: u32,
-}
-
-/// Who holds an existing lock file.
-enum Holder {
-    Alive(Option<u32>),
-    Gone,
-}
-
-impl LockFile {
-    fn acquire(dir: &Path) -> Result<LockFile, SpoolError> {
-        let path = dir.join(LOCK_FILE);
-        let pid = std::process::id();
-        // A few rounds: a stale lock is removed, then created anew (another client may win).
-        for _ in 0..3 {
-            match OpenOptions::new().write(true).create_new(true).open(&path) {
-                Ok(mut file) => {
-                    if let Err(err) = file.write_all(format!("{pid}\n").as_bytes()) {
-                        // Best effort: a lock without a PID is taken over once it is old.
-                        let _ = fs::remove_file(&path);
-                        return Err(io_err(&path)(err));
-                    }
-                    return Ok(LockFile { path, pid });
-                }
-                Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(err) => return Err(io_err(&path)(err)),
-            }
-            match lock_holder(&path)? {
-                Holder::Alive(pid) => return Err(SpoolError::Locked { path, pid }),
-                Holder::Gone => match fs::remove_file(&path) {
-                    Ok(()) => {
-                        tracing::warn!(path = %path.display(), "took over a stale spool lock")
-                    }
-                    Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-                    Err(err) => return Err(io_err(&path)(err)),
-                },
-            }
-        }
-        Err(SpoolError::Locked { path, pid: None })
-    }
-}
-
-/// Whether the process named in the lock file at `path` still runs.
-fn lock_holder(path: &Path) -> Result<Holder, SpoolError> {
-    let text = match fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Holder::Gone),
-        // Not UTF-8: not written by us, treated like an unreadable PID below.
-        Err(err) if err.kind() == io::ErrorKind::InvalidData => String::new(),
-        Err(err) => return Err(io_err(path)(err)),
-    };
-    let Ok(pid) = text.trim().parse::<u32>() else {
-        // Its creator may still be about to write the PID; only an old one is stale.
-        let age = fs::metadata(path)
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|modified| SystemTime::now().duration_since(modified).ok());
-        return Ok(match age {
-            Some(age) if age >= UNREADABLE_LOCK_STALE_AFTER => Holder::Gone,
-            _ => Holder::Alive(None),
-        });
-    };
-    // Without /proc we cannot tell a dead holder from a live one: keep out.
-    if !Path::new("/proc/self").exists() {
-        return Ok(Holder::Alive(Some(pid)));
-    }
-    Ok(if Path::new(&format!("/proc/{pid}")).exists() {
-        Holder::Alive(Some(pid))
-    } else {
-        Holder::Gone
-    })
-}
-
-impl Drop for LockFile {
-    fn drop(&mut self) {
-        // Remove it only while it is still ours; failing leaves a stale lock, taken over later.
-        let ours = fs::read_to_string(&self.path)
-            .ok()
-            .and_then(|text| text.trim().parse::<u32>().ok())
-            == Some(self.pid);
-        if ours {
-            let _ = fs::remove_file(&self.path);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::testkit::*;
     use super::*;
-    use crate::protocol::FieldValue;
+    use crate::protocol::{ilp, FieldValue};
     use proptest::prelude::*;
-
-    const NOW: i64 = 1_800_000_000_000_000_000;
-    const BIG: SpoolLimits = SpoolLimits {
-        max_bytes: u64::MAX,
-        max_age: None,
-    };
-
-    fn reading(v: i64) -> Reading {
-        Reading {
-            measurement: "m".into(),
-            tags: vec![("sensor".into(), "s1".into())],
-            fields: vec![("value".into(), FieldValue::Int(v))],
-            timestamp_ns: Some(NOW + v),
-        }
-    }
 
     fn every_type(v: i64) -> Reading {
         Reading {
@@ -992,62 +600,6 @@ mod tests {
                 ("b".into(), FieldValue::Bool(v % 2 == 0)),
             ],
             timestamp_ns: Some(1_732_448_785_123_456_789 + v),
-        }
-    }
-
-    fn open(dir: &Path, limits: SpoolLimits, segment_bytes: u64) -> (Spool, Recovery) {
-        match Spool::open_with(dir, limits, segment_bytes, NOW) {
-            Ok(opened) => opened,
-            Err(err) => panic!("open {}: {err}", dir.display()),
-        }
-    }
-
-    fn seqs(recovery: &Recovery) -> Vec<u64> {
-        recovery.readings.iter().map(|r| r.seq).collect()
-    }
-
-    fn segment_files(dir: &Path) -> Vec<PathBuf> {
-        list_segments(dir)
-            .expect("the test directory is readable")
-            .into_iter()
-            .map(|(_, _, path)| path)
-            .collect()
-    }
-
-    /// A crash: nothing is flushed, and the lock (ours, so "alive") is cleared by hand.
-    fn crash(spool: Spool, dir: &Path) {
-        std::mem::forget(spool);
-        fs::remove_file(dir.join(LOCK_FILE)).expect("the lock file exists while open");
-    }
-
-    /// Offsets of the records in a segment file's bytes.
-    fn record_offsets(bytes: &[u8]) -> Vec<usize> {
-        let mut offsets = Vec::new();
-        let mut at = SEGMENT_MAGIC.len();
-        while at + 8 <= bytes.len() {
-            offsets.push(at);
-            let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
-            at += 8 + len as usize;
-        }
-        offsets
-    }
-
-    fn raw_record(seq: u64, line: &[u8]) -> Vec<u8> {
-        let mut payload = seq.to_le_bytes().to_vec();
-        payload.extend_from_slice(line);
-        let len = (payload.len() as u32).to_le_bytes();
-        let mut hasher = crc32fast::Hasher::new();
-        hasher.update(&len);
-        hasher.update(&payload);
-        let mut out = len.to_vec();
-        out.extend_from_slice(&hasher.finalize().to_le_bytes());
-        out.extend_from_slice(&payload);
-        out
-    }
-
-    fn append_all(spool: &mut Spool, range: std::ops::RangeInclusive<i64>) {
-        for v in range {
-            spool.append(v as u64, &reading(v)).expect("append");
         }
     }
 
@@ -1112,7 +664,7 @@ mod tests {
         spool.last_persist = Instant::now() - ACK_PERSIST_INTERVAL;
         spool.ack_through(2).expect("ack");
         spool.ack_through(3).expect("ack"); // within the interval: not yet on disk
-        crash(spool, dir.path());
+        crash(spool);
         let (_, recovery) = open(dir.path(), BIG, MAX_SEGMENT_BYTES);
         assert!(recovery.is_clean());
         assert_eq!(seqs(&recovery), vec![3]);
@@ -1162,107 +714,6 @@ mod tests {
             Err(SpoolError::OutOfOrder { seq: 9, last: 9 })
         ));
         spool.append(10, &reading(10)).expect("append");
-    }
-
-    #[test]
-    fn truncated_last_record_is_cut_and_appends_continue() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (mut spool, _) = open(dir.path(), BIG, MAX_SEGMENT_BYTES);
-        append_all(&mut spool, 1..=3);
-        drop(spool);
-        let path = segment_files(dir.path()).remove(0);
-        let len = fs::metadata(&path).expect("segment").len();
-        let file = OpenOptions::new().write(true).open(&path).expect("open");
-        file.set_len(len - 5).expect("chop");
-        drop(file);
-
-        let (mut spool, recovery) = open(dir.path(), BIG, MAX_SEGMENT_BYTES);
-        assert_eq!(seqs(&recovery), vec![1, 2]);
-        assert_eq!(recovery.damage.len(), 1, "{:?}", recovery.damage);
-        assert!(recovery.damage[0].contains("truncated record"));
-        assert!(recovery.damage[0].contains("0000000000000001.seg"));
-        assert_eq!(recovery.corrupt_records, 1);
-        assert!(recovery.discarded_bytes > 0);
-        // The clean close recorded next_seq, so even the lost record's seq is not reused.
-        assert_eq!(recovery.next_seq, 4);
-        append_all(&mut spool, 4..=5);
-        drop(spool);
-        let (_, recovery) = open(dir.path(), BIG, MAX_SEGMENT_BYTES);
-        assert!(recovery.is_clean(), "{:?}", recovery.damage);
-        assert_eq!(seqs(&recovery), vec![1, 2, 4, 5]);
-    }
-
-    #[test]
-    fn flipped_byte_discards_the_rest_of_its_segment_only() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (mut spool, _) = open(dir.path(), BIG, 200);
-        append_all(&mut spool, 1..=6);
-        drop(spool);
-        let files = segment_files(dir.path());
-        assert!(files.len() >= 2);
-        let mut bytes = fs::read(&files[0]).expect("segment");
-        let offsets = record_offsets(&bytes);
-        assert!(offsets.len() >= 3, "{offsets:?}");
-        bytes[offsets[1] + 12] ^= 0x40;
-        fs::write(&files[0], &bytes).expect("write");
-
-        let (_, recovery) = open(dir.path(), BIG, 200);
-        let in_first = offsets.len() as u64;
-        let expected: Vec<u64> = std::iter::once(1).chain(in_first + 1..=6).collect();
-        assert_eq!(seqs(&recovery), expected);
-        assert_eq!(recovery.damage.len(), 1, "{:?}", recovery.damage);
-        assert!(recovery.damage[0].contains("bad checksum"));
-        assert_eq!(recovery.discarded_bytes, (bytes.len() - offsets[1]) as u64);
-        assert_eq!(recovery.next_seq, 7);
-    }
-
-    #[test]
-    fn garbage_empty_and_huge_length_files_do_not_panic() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let name = |seq: u64| dir.path().join(format!("{seq:016x}.seg"));
-        fs::write(name(1), b"this is not a spool segment at all\n").expect("write");
-        fs::write(name(2), b"").expect("write");
-        let mut huge = SEGMENT_MAGIC.to_vec();
-        huge.extend_from_slice(&u32::MAX.to_le_bytes());
-        huge.extend_from_slice(&[0xab; 20]);
-        fs::write(name(3), &huge).expect("write");
-        let mut short = SEGMENT_MAGIC.to_vec();
-        short.extend_from_slice(&raw_record(4, b"m v=1i 4"));
-        short.extend_from_slice(&[1, 2, 3]);
-        fs::write(name(4), &short).expect("write");
-        fs::write(dir.path().join("notes.txt"), b"ignored").expect("write");
-        fs::write(dir.path().join(STATE_FILE), b"garbage").expect("write");
-
-        let (mut spool, recovery) = open(dir.path(), BIG, MAX_SEGMENT_BYTES);
-        assert_eq!(seqs(&recovery), vec![4]);
-        assert_eq!(recovery.damage.len(), 5, "{:?}", recovery.damage);
-        assert!(recovery
-            .damage
-            .iter()
-            .any(|d| d.contains("impossible length")));
-        assert!(recovery.damage.iter().any(|d| d.contains("state file")));
-        assert_eq!(recovery.next_seq, 5);
-        spool.append(5, &reading(5)).expect("append");
-        drop(spool);
-        let (_, recovery) = open(dir.path(), BIG, MAX_SEGMENT_BYTES);
-        assert!(recovery.is_clean(), "{:?}", recovery.damage);
-        assert_eq!(seqs(&recovery), vec![4, 5]);
-    }
-
-    #[test]
-    fn records_with_good_crc_but_bad_content_are_skipped_alone() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut bytes = SEGMENT_MAGIC.to_vec();
-        bytes.extend_from_slice(&raw_record(1, b"m v=1i 1"));
-        bytes.extend_from_slice(&raw_record(2, b"not line protocol"));
-        bytes.extend_from_slice(&raw_record(2, b"m v=2i 2")); // seq repeated
-        bytes.extend_from_slice(&raw_record(3, b"m v=3i 3"));
-        fs::write(dir.path().join("0000000000000001.seg"), &bytes).expect("write");
-        let (_, recovery) = open(dir.path(), BIG, MAX_SEGMENT_BYTES);
-        assert_eq!(seqs(&recovery), vec![1, 3]);
-        assert_eq!(recovery.corrupt_records, 2, "{:?}", recovery.damage);
-        assert_eq!(recovery.damage.len(), 2);
-        assert_eq!(recovery.next_seq, 4);
     }
 
     #[test]
@@ -1381,35 +832,24 @@ mod tests {
     }
 
     #[test]
-    fn a_live_lock_keeps_a_second_client_out_and_a_stale_one_is_taken_over() {
+    fn a_second_spool_on_the_same_dir_is_refused_until_the_first_is_closed() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (spool, _) = open(dir.path(), BIG, MAX_SEGMENT_BYTES);
+        let (mut spool, _) = open(dir.path(), BIG, MAX_SEGMENT_BYTES);
+        append_all(&mut spool, 1..=2);
         match Spool::open(dir.path(), BIG) {
-            Err(SpoolError::Locked { pid, .. }) => assert_eq!(pid, Some(std::process::id())),
+            Err(err @ SpoolError::Locked { .. }) => {
+                let text = err.to_string();
+                assert!(text.contains(&dir.path().display().to_string()), "{text}");
+            }
             other => panic!("expected Locked, got {other:?}"),
         }
+        // The refused open changed nothing: the holder goes on and its readings stay.
+        spool
+            .append(3, &reading(3))
+            .expect("append while another open was refused");
         drop(spool);
-        assert!(!dir.path().join(LOCK_FILE).exists());
-
-        // Above the kernel's PID limit: no such process can exist.
-        fs::write(dir.path().join(LOCK_FILE), "4194305\n").expect("write");
-        let (spool, _) = open(dir.path(), BIG, MAX_SEGMENT_BYTES);
-        drop(spool);
-
-        // A lock without a PID is only stale once old.
-        let lock = dir.path().join(LOCK_FILE);
-        fs::write(&lock, "").expect("write");
-        assert!(matches!(
-            Spool::open(dir.path(), BIG),
-            Err(SpoolError::Locked { pid: None, .. })
-        ));
-        let old = SystemTime::now() - Duration::from_secs(60);
-        File::options()
-            .write(true)
-            .open(&lock)
-            .and_then(|f| f.set_modified(old))
-            .expect("age the lock");
-        let (_spool, _) = open(dir.path(), BIG, MAX_SEGMENT_BYTES);
+        let (_, recovery) = open(dir.path(), BIG, MAX_SEGMENT_BYTES);
+        assert_eq!(seqs(&recovery), vec![1, 2, 3]);
     }
 
     #[derive(Debug, Clone)]
@@ -1516,7 +956,7 @@ mod tests {
                         prop_assert_eq!(recovery.next_seq, model.next_seq);
                     }
                     Op::Crash => {
-                        crash(spool, dir.path());
+                        crash(spool);
                         let (reopened, recovery) = open(dir.path(), limits, 300);
                         spool = reopened;
                         prop_assert!(recovery.is_clean(), "{:?}", recovery.damage);

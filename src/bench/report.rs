@@ -1,0 +1,309 @@
+//! What a run measured: each connection's tally ([`ConnResult`], errors by kind, ack
+//! latencies merged into one shared histogram) and the [`Report`] printed at the end, as
+//! text or as one JSON object.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::client::stats::{RttStats, RttSummary};
+
+use super::args::{Mode, Settings};
+use super::progress::Live;
+
+/// Why a run had errors, by cause.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub(super) struct ErrorCounts {
+    /// Connect (or its `ping` check) failed.
+    pub(super) connect: u64,
+    /// `error` reply lines.
+    pub(super) replies: u64,
+    /// Lines an `ack` reports as rejected beyond the `error` lines already counted.
+    pub(super) rejected: u64,
+    /// The server closed the connection, or a read or write failed.
+    pub(super) disconnects: u64,
+    /// A sync (or legacy message) not answered within [`super::ACK_TIMEOUT`].
+    pub(super) timeouts: u64,
+    /// A reply we cannot read, or an ack for a sync we did not send.
+    pub(super) protocol: u64,
+}
+
+impl ErrorCounts {
+    pub(super) fn total(&self) -> u64 {
+        self.connect
+            + self.replies
+            + self.rejected
+            + self.disconnects
+            + self.timeouts
+            + self.protocol
+    }
+
+    pub(super) fn add(&mut self, other: &ErrorCounts) {
+        self.connect += other.connect;
+        self.replies += other.replies;
+        self.rejected += other.rejected;
+        self.disconnects += other.disconnects;
+        self.timeouts += other.timeouts;
+        self.protocol += other.protocol;
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(super) enum ErrorKind {
+    Connect,
+    Reply,
+    Disconnect,
+    Timeout,
+    Protocol,
+}
+
+/// Samples buffered per connection before they are merged into the run's histogram.
+pub(super) const LATENCY_BATCH: usize = 256;
+
+/// One connection's ack latencies, merged in batches into the histogram the whole run
+/// shares: a histogram per connection (~270 KiB each, 1 ns to 1 h) would cost gigabytes at
+/// tens of thousands of idle connections.
+#[derive(Debug)]
+pub(super) struct Latencies {
+    pub(super) local: Vec<Duration>,
+    pub(super) shared: Arc<std::sync::Mutex<RttStats>>,
+}
+
+impl Latencies {
+    pub(super) fn new(shared: Arc<std::sync::Mutex<RttStats>>) -> Self {
+        Latencies {
+            local: Vec::new(),
+            shared,
+        }
+    }
+
+    pub(super) fn record(&mut self, rtt: Duration) {
+        self.local.push(rtt);
+        if self.local.len() >= LATENCY_BATCH {
+            self.flush();
+        }
+    }
+
+    pub(super) fn flush(&mut self) {
+        if self.local.is_empty() {
+            return;
+        }
+        // A panic while holding the lock cannot leave a histogram half-updated in a way
+        // that matters for a report; keep going.
+        let mut shared = self
+            .shared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for rtt in self.local.drain(..) {
+            shared.record(rtt);
+        }
+    }
+
+    /// Everything recorded so far by every connection.
+    pub(super) fn summary(&mut self) -> RttSummary {
+        self.flush();
+        self.shared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .summary()
+    }
+}
+
+impl Drop for Latencies {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+/// What one connection did.
+#[derive(Debug)]
+pub(super) struct ConnResult {
+    pub(super) established: bool,
+    pub(super) rtt: Latencies,
+    /// Readings acknowledged during the measurement.
+    pub(super) readings: u64,
+    /// Bytes of readings written during the measurement (control lines excluded).
+    pub(super) bytes: u64,
+    /// Readings written but never acknowledged.
+    pub(super) unacked: u64,
+    pub(super) errors: ErrorCounts,
+    pub(super) first_error: Option<String>,
+    pub(super) last_ack: Option<Instant>,
+}
+
+impl ConnResult {
+    pub(super) fn new(latencies: Arc<std::sync::Mutex<RttStats>>) -> Self {
+        ConnResult {
+            established: false,
+            rtt: Latencies::new(latencies),
+            readings: 0,
+            bytes: 0,
+            unacked: 0,
+            errors: ErrorCounts::default(),
+            first_error: None,
+            last_ack: None,
+        }
+    }
+
+    pub(super) fn error(&mut self, live: &Live, kind: ErrorKind, why: impl FnOnce() -> String) {
+        let slot = match kind {
+            ErrorKind::Connect => &mut self.errors.connect,
+            ErrorKind::Reply => &mut self.errors.replies,
+            ErrorKind::Disconnect => &mut self.errors.disconnects,
+            ErrorKind::Timeout => &mut self.errors.timeouts,
+            ErrorKind::Protocol => &mut self.errors.protocol,
+        };
+        *slot += 1;
+        live.errors.fetch_add(1, Ordering::Relaxed);
+        if self.first_error.is_none() {
+            self.first_error = Some(why());
+        }
+    }
+}
+
+/// Latency percentiles of the acks, in µs.
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct Latency {
+    pub(super) p50: f64,
+    pub(super) p90: f64,
+    pub(super) p99: f64,
+    pub(super) p999: f64,
+    pub(super) max: f64,
+    pub(super) min: f64,
+    pub(super) avg: f64,
+    /// Samples: one per ack (per sync), or per `pong` in legacy mode.
+    pub(super) count: u64,
+}
+
+impl From<RttSummary> for Latency {
+    fn from(s: RttSummary) -> Self {
+        Latency {
+            p50: s.p50_us,
+            p90: s.p90_us,
+            p99: s.p99_us,
+            p999: s.p999_us,
+            max: s.max_us,
+            min: s.min_us,
+            avg: s.avg_us,
+            count: s.count,
+        }
+    }
+}
+
+/// The result of a run: printed as text or as one JSON object.
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct Report {
+    pub(super) mode: Mode,
+    pub(super) addr: String,
+    /// Readings acknowledged during the measurement.
+    pub(super) readings: u64,
+    /// From the end of the warm-up to the last ack.
+    pub(super) seconds: f64,
+    pub(super) readings_per_sec: f64,
+    /// Bytes of readings written per second, in 10^6 bytes.
+    pub(super) mb_per_sec: f64,
+    pub(super) bytes: u64,
+    pub(super) errors: u64,
+    pub(super) errors_by_kind: ErrorCounts,
+    /// Readings written but never acknowledged.
+    pub(super) unacked: u64,
+    /// Connections established (and answering `ping`).
+    pub(super) connections: u64,
+    pub(super) connect_seconds: f64,
+    pub(super) latency_us: Latency,
+    // The flags, as given (after defaults).
+    pub(super) connections_requested: usize,
+    pub(super) rate: f64,
+    pub(super) pipeline: usize,
+    pub(super) batch: usize,
+    pub(super) duration_s: Option<f64>,
+    pub(super) count: Option<u64>,
+    pub(super) fields: usize,
+    pub(super) measurement: String,
+    pub(super) warmup_s: f64,
+    pub(super) interval_s: Option<f64>,
+    pub(super) source_ips: Option<u8>,
+    pub(super) connect_rate: f64,
+    /// The run's first error, for stderr (the report itself counts errors by kind).
+    #[serde(skip)]
+    pub(super) first_error: Option<String>,
+}
+
+impl Report {
+    pub(super) fn new(
+        s: &Settings,
+        mut total: ConnResult,
+        established: u64,
+        seconds: f64,
+        connect_seconds: f64,
+    ) -> Report {
+        let per_sec = |v: f64| if seconds > 0.0 { v / seconds } else { 0.0 };
+        Report {
+            mode: s.mode,
+            addr: s.addr.clone(),
+            readings: total.readings,
+            seconds,
+            readings_per_sec: per_sec(total.readings as f64),
+            mb_per_sec: per_sec(total.bytes as f64) / 1e6,
+            bytes: total.bytes,
+            errors: total.errors.total(),
+            errors_by_kind: total.errors,
+            unacked: total.unacked,
+            connections: established,
+            connect_seconds,
+            latency_us: total.rtt.summary().into(),
+            connections_requested: s.connections,
+            rate: s.rate,
+            pipeline: s.pipeline,
+            batch: s.batch,
+            duration_s: s.duration.map(|d| d.as_secs_f64()),
+            count: s.count,
+            fields: s.fields,
+            measurement: s.measurement.clone(),
+            warmup_s: s.warmup.as_secs_f64(),
+            interval_s: s.interval.map(|d| d.as_secs_f64()),
+            source_ips: s.source_ips,
+            connect_rate: s.connect_rate,
+            first_error: total.first_error.take(),
+        }
+    }
+
+    pub(super) fn write_human(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        let mode = match self.mode {
+            Mode::Line => format!(
+                "line mode, pipeline {}, batch {}",
+                self.pipeline, self.batch
+            ),
+            Mode::Idle => format!(
+                "idle mode, one reading per {} per connection",
+                humantime::format_duration(Duration::from_secs_f64(self.interval_s.unwrap_or(0.0)))
+            ),
+            Mode::Legacy => "legacy mode (seed bytes, one message in flight)".to_string(),
+        };
+        writeln!(out, "sensorlink bench {}: {mode}", self.addr)?;
+        writeln!(
+            out,
+            "connections    {} of {} established in {:.3} s",
+            self.connections, self.connections_requested, self.connect_seconds
+        )?;
+        writeln!(out, "readings acked {}", self.readings)?;
+        writeln!(out, "seconds        {:.3}", self.seconds)?;
+        writeln!(out, "readings/s     {:.0}", self.readings_per_sec)?;
+        writeln!(out, "MB/s           {:.2}", self.mb_per_sec)?;
+        let e = &self.errors_by_kind;
+        writeln!(
+            out,
+            "errors         {} (connect {}, error replies {}, rejected {}, disconnects {}, timeouts {}, protocol {}); unacked readings {}",
+            self.errors, e.connect, e.replies, e.rejected, e.disconnects, e.timeouts, e.protocol, self.unacked
+        )?;
+        let l = &self.latency_us;
+        writeln!(
+            out,
+            "ack latency µs p50 {:.0}  p90 {:.0}  p99 {:.0}  p99.9 {:.0}  max {:.0}  ({} samples)",
+            l.p50, l.p90, l.p99, l.p999, l.max, l.count
+        )
+    }
+}

@@ -1,0 +1,39 @@
+//! [`Backoff`]: how long to wait before reconnecting. The wait doubles from
+//! [`INITIAL_BACKOFF`] up to a maximum, with jitter, and starts again only once a connection
+//! has carried an ack (a server that accepts and then fails must not be hammered).
+
+use std::time::Duration;
+
+use rand::RngExt as _;
+
+/// First wait before reconnecting; doubles up to the configured maximum.
+pub const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Backoff with jitter: a random wait in [d/2, d], d doubling up to `max`.
+#[derive(Debug)]
+pub struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub fn new(max: Duration) -> Self {
+        Backoff {
+            next: INITIAL_BACKOFF.min(max),
+            max,
+        }
+    }
+
+    /// Start again from the first delay (only once a connection has carried an ack).
+    pub fn reset(&mut self) {
+        self.next = INITIAL_BACKOFF.min(self.max);
+    }
+
+    pub fn next_delay(&mut self) -> Duration {
+        let ceiling = self.next;
+        self.next = (self.next * 2).min(self.max);
+        let half = ceiling / 2;
+        let jitter_ns = rand::rng().random_range(0..=half.as_nanos().max(1) as u64);
+        half + Duration::from_nanos(jitter_ns)
+    }
+}

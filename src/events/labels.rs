@@ -1,0 +1,108 @@
+//! The bounded label values of the events' metrics: each enum lists every value its label
+//! can take, so the number of series is fixed, and indexes its handles by `as usize`.
+
+use crate::protocol::ProtocolError;
+
+/// Why a served connection ended (the `reason` label of `connections_closed_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    Eof,
+    Shutdown,
+    IdleTimeout,
+    /// Reading from the peer failed (reset).
+    ReadFailed,
+    /// Writing to the peer failed (reset, broken pipe).
+    WriteFailed,
+    WriteStalled,
+    StoreFailed,
+}
+
+impl CloseReason {
+    /// In declaration order, so `reason as usize` indexes it.
+    pub(super) const ALL: [CloseReason; 7] = [
+        CloseReason::Eof,
+        CloseReason::Shutdown,
+        CloseReason::IdleTimeout,
+        CloseReason::ReadFailed,
+        CloseReason::WriteFailed,
+        CloseReason::WriteStalled,
+        CloseReason::StoreFailed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Eof => "eof",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::ReadFailed => "read_failed",
+            CloseReason::WriteFailed => "write_failed",
+            CloseReason::WriteStalled => "write_stalled",
+            CloseReason::StoreFailed => "store_failed",
+        }
+    }
+}
+
+/// The protocol a peer speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Line,
+    Legacy,
+}
+
+impl Mode {
+    /// In declaration order, so `mode as usize` indexes it.
+    pub(super) const ALL: [Mode; 2] = [Mode::Line, Mode::Legacy];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Line => "line",
+            Mode::Legacy => "legacy",
+        }
+    }
+}
+
+/// Why a line was rejected: the bounded `reason` label of `lines_rejected_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    Oversize,
+    InvalidUtf8,
+    InvalidReading,
+    InvalidCommand,
+    UnknownCommand,
+    InvalidLegacy,
+}
+
+impl RejectReason {
+    /// In declaration order, so `reason as usize` indexes it.
+    pub(super) const ALL: [RejectReason; 6] = [
+        RejectReason::Oversize,
+        RejectReason::InvalidUtf8,
+        RejectReason::InvalidReading,
+        RejectReason::InvalidCommand,
+        RejectReason::UnknownCommand,
+        RejectReason::InvalidLegacy,
+    ];
+
+    /// The reason `error` falls under.
+    pub fn of(error: &ProtocolError) -> Self {
+        match error {
+            ProtocolError::LineTooLong { .. } => RejectReason::Oversize,
+            ProtocolError::InvalidUtf8 => RejectReason::InvalidUtf8,
+            ProtocolError::InvalidReading(_) => RejectReason::InvalidReading,
+            ProtocolError::InvalidCommand(_) => RejectReason::InvalidCommand,
+            ProtocolError::UnknownCommand(_) => RejectReason::UnknownCommand,
+            ProtocolError::InvalidLegacy(_) => RejectReason::InvalidLegacy,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::Oversize => "oversize",
+            RejectReason::InvalidUtf8 => "invalid_utf8",
+            RejectReason::InvalidReading => "invalid_reading",
+            RejectReason::InvalidCommand => "invalid_command",
+            RejectReason::UnknownCommand => "unknown_command",
+            RejectReason::InvalidLegacy => "invalid_legacy",
+        }
+    }
+}

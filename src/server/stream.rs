@@ -1,0 +1,43 @@
+//! The byte streams a connection is served over: plain TCP today, TLS later (and an
+//! in-memory duplex in tests). Readiness is separate from reading so an idle connection
+//! waits without holding a read buffer.
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite};
+
+/// Bytes asked for per read; the buffer grows only while a long line is arriving.
+pub(super) const READ_CHUNK_BYTES: usize = 8 * 1024;
+
+/// A byte stream a connection can be served over: TCP today, TLS later.
+///
+/// `wait_readable` lets an idle connection wait without holding a read buffer, which is what
+/// keeps tens of thousands of idle sensors cheap. Streams without readiness just return at
+/// once and the read itself waits.
+pub trait PeerStream: AsyncRead + AsyncWrite + Unpin {
+    fn wait_readable(&self) -> impl std::future::Future<Output = std::io::Result<()>> {
+        std::future::ready(Ok(()))
+    }
+}
+
+impl PeerStream for tokio::net::TcpStream {
+    fn wait_readable(&self) -> impl std::future::Future<Output = std::io::Result<()>> {
+        self.readable()
+    }
+}
+
+impl PeerStream for tokio::io::DuplexStream {}
+
+/// Wait for bytes (without a buffer when none is pending), then read them into `buf`.
+/// Cancel-safe: both steps are.
+pub(super) async fn read_when_ready<S: PeerStream>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+) -> std::io::Result<usize> {
+    if buf.is_empty() {
+        stream.wait_readable().await?;
+    }
+    if buf.capacity() - buf.len() < READ_CHUNK_BYTES / 2 {
+        buf.reserve(READ_CHUNK_BYTES);
+    }
+    stream.read_buf(buf).await
+}
