@@ -15,7 +15,9 @@
 //! - [`Drive::Concurrent`] (a store with a connection pool, e.g. PostgreSQL): the store
 //!   implements [`ConcurrentStore`] itself, with several commits in flight at once, so one
 //!   slow commit does not stall every connection. It keeps the same contract: the receipt
-//!   resolves only after the batch's commit, and `submit` waits when the store is full.
+//!   resolves only after the batch's commit, `submit` waits when the store is full or the
+//!   database is away, and every answer goes through [`CommitReply`], so its commits are
+//!   counted by the same accounting as the writer thread's.
 //!
 //! The hot path stays as cheap as before: per batch one enum match; a concurrent store adds
 //! one dyn call and one boxed future per batch (its commit is a network round trip anyway);
