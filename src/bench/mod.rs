@@ -44,13 +44,13 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::Outcome;
 use crate::client::stats::RttStats;
 
 pub use args::BenchArgs;
 use args::Settings;
 use progress::{spawn_progress, Live};
-use report::{ConnResult, ErrorKind, Report};
+pub use report::Report;
+use report::{ConnResult, ErrorKind};
 
 /// A sync (or legacy message) not answered within this time is an error, and ends its
 /// connection: a server that slow is broken, not busy.
@@ -61,7 +61,7 @@ pub const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 /// # Errors
 /// Bad flags, an address that does not resolve, no connection established (with `--json`
 /// the report of zeros is printed first, for scripts), or stdout failing.
-pub fn run(args: BenchArgs) -> anyhow::Result<Outcome> {
+pub fn run(args: BenchArgs) -> anyhow::Result<Report> {
     let settings = Settings::from_args(args, std::io::stderr().is_terminal())
         .map_err(|msg| anyhow::anyhow!("bench: {msg}"))?;
     // A multi-thread runtime: the generator must spread over the cores like the server.
@@ -86,12 +86,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<Outcome> {
     if let Some(cause) = &report.first_error {
         tracing::warn!(%cause, "bench: first error");
     }
-    Ok(if report.errors > 0 {
-        // Scripts must notice a run that was not clean.
-        Outcome::Loss
-    } else {
-        Outcome::Ok
-    })
+    Ok(report)
 }
 
 /// What all connection tasks share.

@@ -195,7 +195,7 @@ impl From<RttSummary> for Latency {
 
 /// The result of a run: printed as text or as one JSON object.
 #[derive(Debug, Clone, Serialize)]
-pub(super) struct Report {
+pub struct Report {
     pub(super) mode: Mode,
     pub(super) addr: String,
     /// Readings acknowledged during the measurement.
@@ -233,6 +233,11 @@ pub(super) struct Report {
 }
 
 impl Report {
+    /// No error during the run (scripts turn anything else into exit 1).
+    pub fn is_clean(&self) -> bool {
+        self.errors == 0
+    }
+
     pub(super) fn new(
         s: &Settings,
         mut total: ConnResult,
