@@ -179,6 +179,19 @@ pub trait Store: Send {
     /// stored again.
     fn write_batch(&mut self, batch: &[StoredReading]) -> Result<WriteOutcome, StoreError>;
 
+    /// When the store wants [`Store::idle`] called if no batch has come by then (e.g. to
+    /// fold bookkeeping it buffers between writes into the database); `None`: never.
+    /// Only the group-commit writer thread honours it.
+    fn idle_deadline(&self) -> Option<std::time::Instant> {
+        None
+    }
+
+    /// Called by the group-commit writer once [`Store::idle_deadline`] has passed with no
+    /// batch to write. An error is logged; the writer goes on.
+    fn idle(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Flush anything buffered and release the store; called once at shutdown.
     fn close(&mut self) -> Result<(), StoreError>;
 }

@@ -17,6 +17,11 @@ use super::{Counts, Query, Row, SensorStats, StoreError};
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// A backend's read side. Every method sees committed data only.
+///
+/// Freshness: `query` sees every committed reading. `latest`, `sensor_stats` and `counts`
+/// may come from totals a backend maintains off the commit path: SQLite folds them in at
+/// most [`super::sqlite::TOTALS_FLUSH_INTERVAL`] (1 s) after the commit (exact once the
+/// writer has closed); memory is always exact.
 pub trait ReadStore: Send + Sync + 'static {
     /// Stored readings matching `query`, oldest first (ties: in series creation order) or,
     /// with `query.newest_first`, in exactly the reverse order; at most `query.limit`.

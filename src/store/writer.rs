@@ -397,8 +397,9 @@ fn run(
         let first = match carried.take() {
             Some(job) => job,
             // None: every handle is dropped and the queue is drained.
-            None => match rt.block_on(rx.recv()) {
-                Some(job) => job,
+            None => match next_or_idle(store.as_mut(), &rt, &mut rx) {
+                Some(Some(job)) => job,
+                Some(None) => continue,
                 None => break,
             },
         };
@@ -434,6 +435,29 @@ fn run(
         commit(store.as_mut(), jobs, rows, telemetry);
     }
     store.close()
+}
+
+/// Wait for the next job; if the store's idle deadline passes first, run its idle work
+/// and answer `Some(None)`. `None`: every handle is dropped and the queue is drained.
+fn next_or_idle(
+    store: &mut dyn Store,
+    rt: &tokio::runtime::Runtime,
+    rx: &mut mpsc::Receiver<Job>,
+) -> Option<Option<Job>> {
+    let Some(deadline) = store.idle_deadline() else {
+        return rt.block_on(rx.recv()).map(Some);
+    };
+    // The timer must be created inside the runtime, hence the async block.
+    let waited = rt.block_on(async { tokio::time::timeout_at(deadline.into(), rx.recv()).await });
+    match waited {
+        Ok(job) => job.map(Some),
+        Err(_elapsed) => {
+            if let Err(err) = store.idle() {
+                tracing::warn!(cause = %err, "store idle work failed");
+            }
+            Some(None)
+        }
+    }
 }
 
 /// Write the readings of `jobs` in one transaction and answer every job.
@@ -761,6 +785,55 @@ mod tests {
         assert!(matches!(writer.finish(), Err(StoreError::Corrupt(_))));
         let err = handle.submit(vec![temp("a", 2)]).await;
         assert!(matches!(err, Err(StoreError::WriterGone)), "{err:?}");
+    }
+
+    /// Idle work runs once its deadline passes with no batch; the writer then waits for
+    /// batches as before, and a store without a deadline is never called idle.
+    #[tokio::test]
+    async fn idle_work_runs_when_no_batch_comes() {
+        struct Idle {
+            due: Option<Instant>,
+            idled: Arc<Mutex<usize>>,
+        }
+        impl Store for Idle {
+            fn write_batch(&mut self, batch: &[StoredReading]) -> Result<WriteOutcome, StoreError> {
+                Ok(WriteOutcome {
+                    inserted: batch.len() as u64,
+                    duplicates: 0,
+                })
+            }
+            fn idle_deadline(&self) -> Option<Instant> {
+                self.due
+            }
+            fn idle(&mut self) -> Result<(), StoreError> {
+                self.due = None;
+                *self.idled.lock().expect("test lock") += 1;
+                Ok(())
+            }
+            fn close(&mut self) -> Result<(), StoreError> {
+                Ok(())
+            }
+        }
+        let idled = Arc::new(Mutex::new(0));
+        let store = Idle {
+            due: Some(Instant::now()),
+            idled: Arc::clone(&idled),
+        };
+        let (handle, writer) = spawn(Drive::GroupCommit(Box::new(store)), WriterConfig::default());
+        let waited = Instant::now();
+        while *idled.lock().expect("test lock") == 0 {
+            assert!(waited.elapsed() < HANG, "idle work never ran");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let rx = handle.submit(vec![temp("a", 1)]).await.expect("submit");
+        let committed = wait(rx).await.expect("commit");
+        assert_eq!(committed.outcome.inserted, 1);
+        drop(handle);
+        tokio::task::spawn_blocking(move || writer.finish())
+            .await
+            .expect("join")
+            .expect("finish");
+        assert_eq!(*idled.lock().expect("test lock"), 1);
     }
 
     #[test]
