@@ -172,6 +172,10 @@ struct Connection<'a> {
     log_suppressed: u64,
     /// The last commit this connection saw, for the timings in acks.
     last_commit: Option<Committed>,
+    /// Why a batch failed, until an `ack` that could cover its readings has been turned into
+    /// an error: a `sync` read after the failed batch (in a later read, so in a later
+    /// `InFlight`) must not acknowledge readings that were never stored.
+    unacked_failure: Option<String>,
     /// Readings decoded since the last count: counted once per read, not per reading.
     uncounted_accepted: u64,
     out: Vec<u8>,
@@ -230,6 +234,7 @@ pub async fn serve_counted<S>(
         replies: Vec::new(),
         inflight: VecDeque::new(),
         last_commit: None,
+        unacked_failure: None,
         log_muted_second: -1,
         log_suppressed: 0,
         uncounted_accepted: 0,
@@ -569,22 +574,35 @@ impl Connection<'_> {
                     }
                     .emit_to(self.telemetry);
                     store_failed = true;
+                    let reason = format!("store failed: {err}");
                     for reply in head.replies {
                         match reply {
                             PendingReply::Ack { line, .. } => self.encode(PendingReply::Error {
                                 line,
-                                reason: format!("store failed: {err}"),
+                                reason: reason.clone(),
                             }),
                             // A legacy peer has no error reply: it sees the loss.
                             PendingReply::LegacyPong { .. } => {}
                             other => self.encode(other),
                         }
                     }
+                    // Readings of this batch after its last `sync` are lost too: the next
+                    // ack refuses them (erring on the safe side: a refused reading that was
+                    // stored after all is resent and deduplicated).
+                    self.unacked_failure = Some(reason);
                     continue;
                 }
             }
             for reply in head.replies {
-                self.encode(reply);
+                match (reply, self.unacked_failure.take()) {
+                    (PendingReply::Ack { line, .. }, Some(reason)) => {
+                        self.encode(PendingReply::Error { line, reason });
+                    }
+                    (reply, failure) => {
+                        self.unacked_failure = failure;
+                        self.encode(reply);
+                    }
+                }
             }
         }
         if !self.out.is_empty() {
@@ -727,6 +745,54 @@ mod tests {
 
     /// The connection loop runs over any stream (here an in-memory duplex), and an `ack`
     /// is written only after the store has committed the readings it covers.
+    /// A `sync` that arrives in a later read than its readings, after their batch failed,
+    /// gets an error, not an ack for readings that were never stored; the next sync after a
+    /// good commit is acked again.
+    #[tokio::test]
+    async fn sync_after_a_failed_batch_in_a_later_read_is_refused() {
+        let store = TestStore::default();
+        store.set_failing(true);
+        let (gate, entered, gate_tx) = gate();
+        let (handle, writer) = writer::spawn(
+            Drive::GroupCommit(Box::new(store.gated(gate))),
+            WriterConfig::default(),
+        );
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let shutdown = CancellationToken::new();
+        let limits = limits(Duration::from_secs(60));
+        let task = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move { serve(server, peer(), &limits, handle, shutdown).await }
+        });
+        let (read, mut write) = tokio::io::split(client);
+        let mut lines = BufReader::new(read).lines();
+        write.write_all(b"m v=1i 1\n").await.unwrap();
+        // The batch reaches the store (and fails) before the sync is even sent.
+        tokio::task::spawn_blocking(move || entered.recv().expect("batch written"))
+            .await
+            .unwrap();
+        gate_tx.send(()).unwrap();
+        write.write_all(b"sync a\n").await.unwrap();
+        let reply = lines.next_line().await.unwrap().unwrap();
+        assert!(
+            reply.starts_with("error ") && reply.contains("store failed"),
+            "{reply}"
+        );
+
+        store.set_failing(false);
+        drop(gate_tx); // let every later write through
+        write.write_all(b"m v=2i 2\nsync b\n").await.unwrap();
+        let reply = lines.next_line().await.unwrap().unwrap();
+        assert!(reply.starts_with("ack b "), "{reply}");
+        let stored = store.reader().query(&Query::default()).await.unwrap();
+        assert_eq!(stored.len(), 1, "only the second reading was stored");
+
+        drop(write);
+        drop(lines);
+        task.await.unwrap();
+        writer.finish().unwrap();
+    }
+
     #[tokio::test]
     async fn ack_waits_for_the_commit() {
         let store = TestStore::default();
