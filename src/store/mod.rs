@@ -147,6 +147,11 @@ pub enum StoreError {
         found: i64,
         known: i64,
     },
+    #[error(
+        "store {location} is in use by another sensorlink server (it holds {lock}); \
+         one writer per database"
+    )]
+    InUse { location: String, lock: PathBuf },
     #[error("invalid store URL {url:?}: {reason}")]
     InvalidUrl { url: String, reason: String },
     #[error("invalid {option} {value:?}: expected {expected}")]

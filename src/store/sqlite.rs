@@ -168,6 +168,9 @@ pub struct SqliteStore {
     flush_interval: Duration,
     /// `meta.totals_dirty` is 1 on disk, set by this writer.
     marked_dirty: bool,
+    /// Held (advisory `flock`) for the store's life: one writer per database file. A second
+    /// writer would recount the totals under this one's unfolded deltas and count them twice.
+    _writer_lock: std::fs::File,
 }
 
 impl SqliteStore {
@@ -188,6 +191,7 @@ impl SqliteStore {
                 detail: format!("{}: {err}", parent.display()),
             })?;
         }
+        let writer_lock = lock_writer(path, &location)?;
         let mut conn = Connection::open(path).map_err(fail("open"))?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(fail("open"))?;
         // journal_mode answers with the mode it set; a failure to switch is not an error
@@ -222,6 +226,7 @@ impl SqliteStore {
             pending_since: None,
             flush_interval: TOTALS_FLUSH_INTERVAL,
             marked_dirty: false,
+            _writer_lock: writer_lock,
         })
     }
 
@@ -517,6 +522,37 @@ impl Store for SqliteStore {
     }
 }
 
+/// `PATH.lock`, locked exclusively (released by the kernel when the process dies, so a
+/// crash never leaves it held). Readers don't take it: WAL lets them run beside the writer.
+fn lock_writer(path: &Path, location: &str) -> Result<std::fs::File, StoreError> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let lock = std::path::PathBuf::from(name);
+    let io_error = |operation| {
+        let lock = lock.clone();
+        move |err: std::io::Error| StoreError::Backend {
+            location: location.to_string(),
+            operation,
+            detail: format!("{}: {err}", lock.display()),
+        }
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock)
+        .map_err(io_error("open writer lock"))?;
+    // Fully qualified: std's own `File::try_lock` (Rust 1.89) is newer than our MSRV.
+    match fs4::FileExt::try_lock(&file) {
+        Ok(()) => Ok(file),
+        Err(fs4::TryLockError::WouldBlock) => Err(StoreError::InUse {
+            location: location.to_string(),
+            lock,
+        }),
+        Err(fs4::TryLockError::Error(err)) => Err(io_error("lock writer lock")(err)),
+    }
+}
+
 /// Which shutdown checkpoint completed.
 #[derive(Debug, PartialEq, Eq)]
 enum Checkpoint {
@@ -614,6 +650,27 @@ mod tests {
         let path = dir.path().join("sub/dir/test.db");
         let store = SqliteStore::open(&path, FsyncPolicy::Always).expect("open");
         (dir, path, store)
+    }
+
+    /// A second writer on the same file (a second server started by mistake) is refused
+    /// with a clear error, and may open once the first is gone; readers are not affected.
+    #[test]
+    fn one_writer_per_database() {
+        let (_dir, path, first) = open_temp();
+        match SqliteStore::open(&path, FsyncPolicy::Always) {
+            Err(err @ StoreError::InUse { .. }) => {
+                assert!(
+                    err.to_string()
+                        .contains("in use by another sensorlink server"),
+                    "{err}"
+                );
+            }
+            Err(other) => panic!("expected InUse, got {other}"),
+            Ok(_) => panic!("a second writer opened the same database"),
+        }
+        assert!(all_rows(&path).is_empty(), "a reader still opens");
+        drop(first);
+        SqliteStore::open(&path, FsyncPolicy::Always).expect("free again once dropped");
     }
 
     fn all_rows(path: &Path) -> Vec<Row> {
