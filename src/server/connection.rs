@@ -15,6 +15,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
+use super::pending::{InFlight, PendingReply};
 use super::stream::{read_when_ready, READ_CHUNK_BYTES};
 use super::{logging, ServerConfig};
 use crate::events::{
@@ -26,7 +27,7 @@ use crate::protocol::codec::{sniff, Frame, LineDecoder, Sniff};
 use crate::protocol::control::{Ack, Reply};
 use crate::protocol::legacy::{LegacyDecoder, LegacyMessage, PONG};
 use crate::protocol::{ProtocolError, Reading};
-use crate::store::writer::{CommitReceiver, Committed, StoreHandle};
+use crate::store::writer::{Committed, StoreHandle};
 use crate::store::{StoreError, StoredReading};
 use crate::timefmt::now_ns;
 
@@ -63,54 +64,6 @@ enum Decoder {
     Undecided,
     Line(LineDecoder),
     Legacy(LegacyDecoder),
-}
-
-/// A reply waiting for the commit of everything received before it.
-#[derive(Debug)]
-enum PendingReply {
-    Pong(Option<String>),
-    Ack {
-        token: String,
-        line: u64,
-        readings: u64,
-        rejected: u64,
-        /// Receipt of the first reading this ack covers (for `store_us`).
-        first_received: Option<Instant>,
-    },
-    Error {
-        line: u64,
-        reason: String,
-    },
-    /// `received`: this pong acknowledges a stored reading received then (not a bare `ping`).
-    LegacyPong {
-        received: Option<Instant>,
-    },
-}
-
-/// Replies behind one store batch (or behind the batches before it, when `commit` is None).
-struct InFlight {
-    /// The batch's commit, until it resolves into `done`.
-    commit: Option<CommitReceiver>,
-    done: Option<Result<Committed, Arc<StoreError>>>,
-    replies: Vec<PendingReply>,
-}
-
-impl InFlight {
-    /// Take the commit's result if it has arrived; `false` while still waiting.
-    fn poll_ready(&mut self) -> bool {
-        let Some(commit) = &mut self.commit else {
-            return true;
-        };
-        match commit.try_recv() {
-            Ok(result) => self.done = Some(result),
-            Err(tokio::sync::oneshot::error::TryRecvError::Empty) => return false,
-            Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
-                self.done = Some(Err(Arc::new(StoreError::WriterGone)));
-            }
-        }
-        self.commit = None;
-        true
-    }
 }
 
 /// Counts of one connection, logged when it closes.

@@ -7,6 +7,7 @@
 pub mod connection;
 pub mod listener;
 pub mod logging;
+mod pending;
 pub mod shutdown;
 pub mod stream;
 
