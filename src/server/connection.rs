@@ -696,8 +696,40 @@ mod tests {
         SocketAddr::from(([127, 0, 0, 7], 5000))
     }
 
-    /// The connection loop runs over any stream (here an in-memory duplex), and an `ack`
-    /// is written only after the store has committed the readings it covers.
+    /// A connection served over a duplex stream, its store's writes held at a gate.
+    struct Gated {
+        /// One message per write that reached the gate.
+        entered: std::sync::mpsc::Receiver<()>,
+        /// Releases one write per message (all of them once dropped).
+        gate_tx: std::sync::mpsc::Sender<()>,
+        writer: writer::StoreWriter,
+        task: tokio::task::JoinHandle<()>,
+        write: tokio::io::WriteHalf<tokio::io::DuplexStream>,
+        lines: tokio::io::Lines<BufReader<tokio::io::ReadHalf<tokio::io::DuplexStream>>>,
+    }
+
+    fn serve_gated(store: &TestStore) -> Gated {
+        let (gate, entered, gate_tx) = gate();
+        let (handle, writer) = writer::spawn(
+            Drive::GroupCommit(Box::new(store.gated(gate))),
+            WriterConfig::default(),
+        );
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let limits = limits(Duration::from_secs(60));
+        let task = tokio::spawn(async move {
+            serve(server, peer(), &limits, handle, CancellationToken::new()).await
+        });
+        let (read, write) = tokio::io::split(client);
+        Gated {
+            entered,
+            gate_tx,
+            writer,
+            task,
+            write,
+            lines: BufReader::new(read).lines(),
+        }
+    }
+
     /// A `sync` that arrives in a later read than its readings, after their batch failed,
     /// gets an error, not an ack for readings that were never stored; the next sync after a
     /// good commit is acked again.
@@ -705,20 +737,14 @@ mod tests {
     async fn sync_after_a_failed_batch_in_a_later_read_is_refused() {
         let store = TestStore::default();
         store.set_failing(true);
-        let (gate, entered, gate_tx) = gate();
-        let (handle, writer) = writer::spawn(
-            Drive::GroupCommit(Box::new(store.gated(gate))),
-            WriterConfig::default(),
-        );
-        let (client, server) = tokio::io::duplex(64 * 1024);
-        let shutdown = CancellationToken::new();
-        let limits = limits(Duration::from_secs(60));
-        let task = tokio::spawn({
-            let shutdown = shutdown.clone();
-            async move { serve(server, peer(), &limits, handle, shutdown).await }
-        });
-        let (read, mut write) = tokio::io::split(client);
-        let mut lines = BufReader::new(read).lines();
+        let Gated {
+            entered,
+            gate_tx,
+            writer,
+            task,
+            mut write,
+            mut lines,
+        } = serve_gated(&store);
         write.write_all(b"m v=1i 1\n").await.unwrap();
         // The batch reaches the store (and fails) before the sync is even sent.
         tokio::task::spawn_blocking(move || entered.recv().expect("batch written"))
@@ -746,23 +772,19 @@ mod tests {
         writer.finish().unwrap();
     }
 
+    /// The connection loop runs over any stream (here an in-memory duplex), and an `ack`
+    /// is written only after the store has committed the readings it covers.
     #[tokio::test]
     async fn ack_waits_for_the_commit() {
         let store = TestStore::default();
-        let (gate, _entered, gate_tx) = gate();
-        let (handle, writer) = writer::spawn(
-            Drive::GroupCommit(Box::new(store.gated(gate))),
-            WriterConfig::default(),
-        );
-        let (client, server) = tokio::io::duplex(64 * 1024);
-        let shutdown = CancellationToken::new();
-        let limits = limits(Duration::from_secs(60));
-        let task = tokio::spawn({
-            let shutdown = shutdown.clone();
-            async move { serve(server, peer(), &limits, handle, shutdown).await }
-        });
-        let (read, mut write) = tokio::io::split(client);
-        let mut lines = BufReader::new(read).lines();
+        let Gated {
+            gate_tx,
+            writer,
+            task,
+            mut write,
+            mut lines,
+            ..
+        } = serve_gated(&store);
         write.write_all(b"m v=1i 1\nsync a\n").await.unwrap();
 
         let early = tokio::time::timeout(Duration::from_millis(200), lines.next_line()).await;
