@@ -1,0 +1,1 @@
+// sensorlink dashboard: plain JS, no external fetch (issue 9).
