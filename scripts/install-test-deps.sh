@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Debian packages the test suite needs. Today: none beyond the Rust toolchain (SQLite is
-# bundled into the binary). Later issues add postgresql, haproxy, chromium, iproute2 here.
+# Debian packages the test suite needs, given as arguments by test.sh (SQLite is bundled into
+# the binary): chromium and nodejs for the dashboard's browser tests. Later issues add
+# postgresql, haproxy, iproute2 here.
 set -euo pipefail
 need=()
 for pkg in "$@"; do

@@ -27,8 +27,28 @@
     return token ? { Authorization: 'Bearer ' + token } : {};
   }
 
+  /**
+   * A server that wants a token answers 401: ask for one once, keep it in localStorage
+   * (sent from then on as `Authorization: Bearer …`), and reload.
+   */
+  function askForToken() {
+    if (document.getElementById('token-form')) return;
+    const input = el('input', { id: 'token', type: 'password', autocomplete: 'off', required: true });
+    const form = el('form', { id: 'token-form', class: 'token-form' },
+      el('label', { for: 'token' }, 'This server asks for an access token:'), input,
+      el('button', { type: 'submit' }, 'Use token'));
+    form.addEventListener('submit', (ev) => {
+      ev.preventDefault();
+      try { localStorage.setItem(TOKEN_KEY, input.value.trim()); } catch (_) { /* storage disabled */ }
+      location.reload();
+    });
+    document.querySelector('header.top').after(form);
+    input.focus();
+  }
+
   async function getJSON(path) {
     const resp = await fetch(path, { headers: authHeaders(), cache: 'no-store' });
+    if (resp.status === 401) askForToken();
     if (!resp.ok) {
       let detail = '';
       try { detail = (await resp.json()).error || ''; } catch (_) { /* not JSON */ }
@@ -67,6 +87,7 @@
             cache: 'no-store',
             signal: this.abort.signal,
           });
+          if (resp.status === 401) askForToken();
           if (!resp.ok || !resp.body) throw new Error(`events: HTTP ${resp.status}`);
           backoffMs = 500;
           this.handlers.onOpen();
