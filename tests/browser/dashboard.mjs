@@ -41,7 +41,8 @@ async function ask(request, expected) {
   }
 }
 
-function log(msg) { process.stderr.write(`[browser] ${msg}\n`); }
+const started = Date.now();
+function log(msg) { process.stderr.write(`[browser +${((Date.now() - started) / 1000).toFixed(1)}s] ${msg}\n`); }
 
 const rowSel = (name) => `#sensors tbody tr[data-sensor="${name.replace(/["\\]/g, '\\$&')}"]`;
 

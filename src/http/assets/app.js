@@ -439,6 +439,7 @@
         return;
       }
       setStatus('');
+      this.counts = page.counts ? Object.assign({}, page.counts) : null;
       strip.renderCounts(page.counts);
       this.render(page);
       this.subscribe();
@@ -516,7 +517,14 @@
     }
 
     onSensor(s) {
-      if (this.sensors.has(s.sensor)) {
+      const old = this.sensors.get(s.sensor);
+      if (old) {
+        // Keep the strip's state counts in step until the next refetch brings exact ones.
+        if (this.counts && old.state !== s.state && old.state in this.counts && s.state in this.counts) {
+          this.counts[old.state] -= 1;
+          this.counts[s.state] += 1;
+          strip.renderCounts(this.counts);
+        }
         this.sensors.set(s.sensor, s);
         this.markDirty(s.sensor);
       } else if (this.sensors.size < PAGE_SIZE) {
@@ -640,15 +648,18 @@
         });
         if (withHistory) {
           const since = encodeURIComponent(this.window);
-          const [sensor, values, links] = await Promise.all([
+          // Settled one by one: the live entry still shows when the history cannot be read.
+          const [sensor, values, links] = await Promise.allSettled([
             sensorReq,
             getJSON(`/api/readings?sensor=${name}&since=${since}&order=desc&limit=2000`),
             getJSON(`/api/readings?sensor=${name}&measurement=${LINK}&since=${since}&order=desc&limit=1000`),
           ]);
           if (seq !== this.fetchSeq) return;
-          this.sensor = sensor;
-          this.readings = values.readings.filter((r) => r.measurement !== LINK);
-          this.links = links.readings;
+          if (sensor.status === 'fulfilled') this.sensor = sensor.value;
+          if (values.status === 'fulfilled') this.readings = values.value.readings.filter((r) => r.measurement !== LINK);
+          if (links.status === 'fulfilled') this.links = links.value.readings;
+          const failed = [sensor, values, links].find((r) => r.status === 'rejected');
+          if (failed) throw failed.reason;
         } else {
           const sensor = await sensorReq;
           if (seq !== this.fetchSeq) return;
@@ -657,7 +668,6 @@
         setStatus(this.sensor ? '' : `no sensor named “${this.name}” has been seen since the server started`, !this.sensor);
       } catch (err) {
         setStatus(`cannot load ${this.name}: ${err.message}`, true);
-        return;
       }
       this.drawHead();
       this.draw();
