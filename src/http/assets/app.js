@@ -143,61 +143,37 @@
 
   // ---- DOM and formatting helpers -------------------------------------------------------
 
-  /** Element with attributes and children; strings become text nodes (never parsed). */
-  function el(tag, attrs, ...children) {
-    const node = document.createElement(tag);
-    setAttrs(node, attrs);
-    for (const child of children.flat()) {
-      if (child == null) continue;
-      node.append(typeof child === 'string' ? document.createTextNode(child) : child);
-    }
-    return node;
-  }
-
-  function svg(tag, attrs, ...children) {
-    const node = document.createElementNS(SVG_NS, tag);
-    setAttrs(node, attrs);
-    for (const child of children.flat()) {
-      if (child == null) continue;
-      node.append(typeof child === 'string' ? document.createTextNode(child) : child);
-    }
-    return node;
-  }
-
-  function setAttrs(node, attrs) {
+  /**
+   * An element (`ns` null: HTML) with attributes (`onX` → listener) and children; strings
+   * become text nodes, never parsed as markup.
+   */
+  function make(ns, tag, attrs, children) {
+    const node = ns ? document.createElementNS(ns, tag) : document.createElement(tag);
     for (const [k, v] of Object.entries(attrs || {})) {
       if (v == null || v === false) continue;
       if (k.startsWith('on')) node.addEventListener(k.slice(2), v);
       else node.setAttribute(k, v === true ? '' : String(v));
     }
+    for (const child of children.flat()) {
+      if (child != null) node.append(typeof child === 'string' ? document.createTextNode(child) : child);
+    }
+    return node;
   }
+  const el = (tag, attrs, ...children) => make(null, tag, attrs, children);
+  const svg = (tag, attrs, ...children) => make(SVG_NS, tag, attrs, children);
 
   function num(v) {
-    if (v == null || typeof v !== 'number' || !isFinite(v)) return '—';
+    if (typeof v !== 'number' || !isFinite(v)) return '—';
     if (Number.isInteger(v)) return String(v);
     const abs = Math.abs(v);
-    if (abs >= 1000) return v.toFixed(0);
-    if (abs >= 100) return v.toFixed(1);
-    if (abs >= 1) return v.toFixed(2);
-    return v.toPrecision(2);
+    return abs >= 1000 ? v.toFixed(0) : abs >= 100 ? v.toFixed(1) : abs >= 1 ? v.toFixed(2) : v.toPrecision(2);
   }
-
-  function value(v) {
-    if (typeof v === 'number') return num(v);
-    if (v == null) return '—';
-    return String(v);
-  }
-
-  function ms(v) { return v == null ? '—' : num(v) + ' ms'; }
-
-  function pair(p) {
-    return p ? `${ms(p.p50)} / ${ms(p.p99)}` : '—';
-  }
-
-  function lossPercent(link) {
-    if (!link || !link.sent) return null;
-    return (100 * (link.lost || 0)) / link.sent;
-  }
+  const value = (v) => (typeof v === 'number' ? num(v) : v == null ? '—' : String(v));
+  const ms = (v) => (v == null ? '—' : num(v) + ' ms');
+  const pair = (p) => (p ? `${ms(p.p50)} / ${ms(p.p99)}` : '—');
+  const rtt = (link) => (link ? `${ms(link.rtt_p50_ms)} / ${ms(link.rtt_p99_ms)}` : '—');
+  /** Readings lost of those sent in one link report, in %. */
+  const lossPercent = (link) => (link && link.sent ? (100 * (link.lost || 0)) / link.sent : null);
 
   function clock(timeMs) {
     if (timeMs == null || !isFinite(timeMs)) return '—';
@@ -207,11 +183,8 @@
   }
 
   function ago(timeMs) {
-    if (timeMs == null) return '—';
     const s = Math.max(0, (Date.now() - timeMs) / 1000);
-    if (s < 60) return `${s.toFixed(0)} s ago`;
-    if (s < 3600) return `${(s / 60).toFixed(0)} min ago`;
-    return `${(s / 3600).toFixed(1)} h ago`;
+    return s < 60 ? `${s.toFixed(0)} s ago` : s < 3600 ? `${(s / 60).toFixed(0)} min ago` : `${(s / 3600).toFixed(1)} h ago`;
   }
 
   function stateBadge(state) {
@@ -225,7 +198,8 @@
     node.classList.toggle('error', !!isError);
   }
 
-  function sensorHref(name) { return '#/sensor/' + encodeURIComponent(name); }
+  const sensorHref = (name) => '#/sensor/' + encodeURIComponent(name);
+  const timeMs = (r) => r.time_ns / 1e6;
 
   // ---- charts (inline SVG) --------------------------------------------------------------
 
@@ -387,9 +361,10 @@
     }
 
     unmount() {
+      this.gone = true; // a fetch still in flight must not subscribe again
       clearTimeout(this.filterTimer);
+      clearTimeout(this.refreshTimer);
       if (this.stream) this.stream.close();
-      this.stream = null;
       cancelAnimationFrame(this.renderFrame);
     }
 
@@ -424,14 +399,10 @@
       const p = new URLSearchParams({ limit: String(PAGE_SIZE), offset: String(this.offset) });
       if (this.q) p.set('q', this.q);
       if (this.state) p.set('state', this.state);
-      let page;
-      try {
-        page = await getJSON('/api/sensors?' + p);
-      } catch (err) {
+      const page = await getJSON('/api/sensors?' + p).catch((err) => {
         setStatus(`cannot load sensors: ${err.message}`, true);
-        return;
-      }
-      if (seq !== this.fetchSeq) return; // a newer request (filter, paging) won
+      });
+      if (!page || seq !== this.fetchSeq || this.gone) return; // a newer request won
       if (page.total > 0 && this.offset >= page.total) {
         this.offset = Math.floor((page.total - 1) / PAGE_SIZE) * PAGE_SIZE;
         this.saveHash();
@@ -479,7 +450,7 @@
           last ? el('span', { class: 'series muted' }, ` ${last.measurement}.${last.field}`) : null),
         el('td', { class: 'spark-cell' }, sparkline(s.spark || [])),
         el('td', { class: 'num rate' }, num(s.rate)),
-        el('td', { class: 'num rtt' }, link ? `${ms(link.rtt_p50_ms)} / ${ms(link.rtt_p99_ms)}` : '—'),
+        el('td', { class: 'num rtt' }, rtt(link)),
         el('td', { class: 'num loss', title: link ? `${link.lost} lost of ${link.sent} sent` : null },
           loss == null ? '—' : `${num(loss)} %`),
         el('td', { class: 'num reconnects' }, link ? num(link.reconnects) : '—'));
@@ -537,22 +508,22 @@
       this.refreshTimer = setTimeout(() => this.refresh(), 300);
     }
 
+    /** Redraw a row at the next frame: many events per frame cost one redraw each. */
     markDirty(name) {
       this.dirty.add(name);
-      if (!this.renderFrame) {
-        this.renderFrame = requestAnimationFrame(() => {
-          this.renderFrame = 0;
-          for (const n of this.dirty) {
-            const old = this.rows.get(n);
-            const s = this.sensors.get(n);
-            if (!old || !s) continue;
-            const tr = this.row(s);
-            old.replaceWith(tr);
-            this.rows.set(n, tr);
-          }
-          this.dirty.clear();
-        });
-      }
+      if (this.renderFrame) return;
+      this.renderFrame = requestAnimationFrame(() => {
+        this.renderFrame = 0;
+        for (const n of this.dirty) {
+          const old = this.rows.get(n);
+          const s = this.sensors.get(n);
+          if (!old || !s) continue;
+          const tr = this.row(s);
+          old.replaceWith(tr);
+          this.rows.set(n, tr);
+        }
+        this.dirty.clear();
+      });
     }
 
     tick() { this.refresh(); }
@@ -560,7 +531,6 @@
 
   /** Fold a live `reading` event into a SENSOR entry (values, last, spark, link). */
   function applyReading(s, r) {
-    const timeMs = r.time_ns / 1e6;
     if (r.measurement === LINK) {
       s.link = Object.assign({ time_ns: r.time_ns }, r.fields);
       return;
@@ -577,8 +547,7 @@
     const v = r.fields[s.last.field];
     s.last = Object.assign({}, s.last, { value: v, time_ns: r.time_ns });
     s.last_seen_ns = Math.max(s.last_seen_ns || 0, r.time_ns);
-    const spark = (s.spark || []).concat([[timeMs, v]]);
-    s.spark = spark.slice(-SPARK_POINTS);
+    s.spark = (s.spark || []).concat([[timeMs(r), v]]).slice(-SPARK_POINTS);
   }
 
   // ---- one sensor -----------------------------------------------------------------------
@@ -722,7 +691,7 @@
         ['readings', num(s.readings)], ['readings/s', num(s.rate)],
         ['last value', s.last ? `${value(s.last.value)} (${s.last.measurement}.${s.last.field})` : '—'],
         ['server ack p50 / p99', pair(s.ack_latency_ms)],
-        ['link RTT p50 / p99', link ? `${ms(link.rtt_p50_ms)} / ${ms(link.rtt_p99_ms)}` : '—'],
+        ['link RTT p50 / p99', rtt(link)],
         ['loss', loss == null ? '—' : `${num(loss)} % (${link.lost} of ${link.sent})`],
         ['reconnects', link ? num(link.reconnects) : '—'],
       ];
@@ -756,21 +725,21 @@
       const [m, f] = this.field ? this.field.split('\u0000') : [null, null];
       const points = this.readings
         .filter((r) => r.measurement === m && typeof (r.fields || {})[f] === 'number')
-        .map((r) => [r.time_ns / 1e6, r.fields[f]]);
+        .map((r) => [timeMs(r), r.fields[f]]);
       const valueSeries = [{ label: m ? `${m}.${f}` : 'value', cls: 's1', points }];
       this.valueChart.replaceChildren(
         timeChart(valueSeries, { label: `${this.name}: ${m ? m + '.' + f : 'no numeric field'} over time` }));
       this.valueChart.dataset.points = String(points.length);
 
-      const rtt = [
-        { label: 'RTT p50', cls: 's1', points: this.links.map((r) => [r.time_ns / 1e6, r.fields.rtt_p50_ms]) },
-        { label: 'RTT p99', cls: 's2', points: this.links.map((r) => [r.time_ns / 1e6, r.fields.rtt_p99_ms]) },
+      const rtts = [
+        { label: 'RTT p50', cls: 's1', points: this.links.map((r) => [timeMs(r), r.fields.rtt_p50_ms]) },
+        { label: 'RTT p99', cls: 's2', points: this.links.map((r) => [timeMs(r), r.fields.rtt_p99_ms]) },
       ];
-      this.rttChart.replaceChildren(legend(rtt),
-        timeChart(rtt, { label: `${this.name}: link round-trip time`, unit: 'ms', zero: true, height: 180 }));
+      this.rttChart.replaceChildren(legend(rtts),
+        timeChart(rtts, { label: `${this.name}: link round-trip time`, unit: 'ms', zero: true, height: 180 }));
       const loss = [{
         label: 'loss %', cls: 's3',
-        points: this.links.map((r) => [r.time_ns / 1e6, lossPercent(r.fields)]).filter((p) => p[1] != null),
+        points: this.links.map((r) => [timeMs(r), lossPercent(r.fields)]).filter((p) => p[1] != null),
       }];
       this.lossChart.replaceChildren(legend(loss),
         timeChart(loss, { label: `${this.name}: readings lost per link report`, unit: '%', zero: true, height: 140 }));
@@ -778,7 +747,7 @@
       const raw = this.readings.concat(this.links)
         .sort((a, b) => b.time_ns - a.time_ns).slice(0, 40);
       this.rawBody.replaceChildren(...raw.map((r) => el('tr', {},
-        el('td', { class: 'time' }, clock(r.time_ns / 1e6)),
+        el('td', { class: 'time' }, clock(timeMs(r))),
         el('td', {}, r.measurement),
         el('td', {}, Object.entries(r.tags || {}).filter(([k]) => k !== 'sensor').map(([k, v]) => `${k}=${v}`).join(' ')),
         el('td', { class: 'fields' }, Object.entries(r.fields || {}).map(([k, v]) => `${k}=${value(v)}`).join(' ')))));
