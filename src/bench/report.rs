@@ -306,8 +306,12 @@ impl Report {
         let l = &self.latency_us;
         vec![
             format!(
-                "sensorlink bench → {}   ({:?} mode, {} connections, pipeline {}, batch {})",
-                self.addr, self.mode, self.connections, self.pipeline, self.batch
+                "sensorlink bench → {}   ({} mode, {} connections, pipeline {}, batch {})",
+                self.addr,
+                format!("{:?}", self.mode).to_lowercase(),
+                self.connections,
+                self.pipeline,
+                self.batch
             ),
             format!(
                 "{} readings acked in {:.3} s: {:.0} readings/s, {:.2} MB/s, {} errors, {} unacked",

@@ -56,6 +56,7 @@ fn draw_rate<DB: DrawingBackend>(
         .configure_mesh()
         .x_desc("time since the measurement began (s)")
         .y_desc("readings/s")
+        .y_label_formatter(&|v| format!("{v:.0}"))
         .label_style(font(13))
         .axis_desc_style(font(14))
         .draw()

@@ -99,14 +99,36 @@ fn draw_timeline<DB: DrawingBackend>(
         .axis_desc_style(font(14))
         .draw()
         .drawn()?;
-    chart
-        .draw_series(LineSeries::new(
-            points.iter().map(|p| (p.t_s, p.rtt_us / 1e3)),
-            BLUE.stroke_width(1),
-        ))
-        .drawn()?
-        .label(format!("RTT ({} samples)", picture.samples.count()))
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
+    // The line is broken where no reading was acked for longer than the reply timeout (an
+    // outage), rather than drawn straight across it.
+    let gap_s = picture.reply_timeout.as_secs_f64();
+    let mut segments: Vec<Vec<(f64, f64)>> = Vec::new();
+    let mut last_t = f64::NEG_INFINITY;
+    for p in &points {
+        if p.t_s - last_t > gap_s || segments.is_empty() {
+            segments.push(Vec::new());
+        }
+        last_t = p.t_s;
+        if let Some(segment) = segments.last_mut() {
+            segment.push((p.t_s, p.rtt_us / 1e3));
+        }
+    }
+    for (i, segment) in segments.iter().enumerate() {
+        let series = chart
+            .draw_series(LineSeries::new(
+                segment.iter().copied(),
+                BLUE.stroke_width(1),
+            ))
+            .drawn()?;
+        if i == 0 {
+            series
+                .label(format!("RTT ({} samples)", picture.samples.count()))
+                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
+        }
+        chart
+            .draw_series(segment.iter().map(|&p| Circle::new(p, 2, BLUE.filled())))
+            .drawn()?;
+    }
     let marks = [
         (Mark::Timeout, "timeout", RGBColor(230, 140, 0)),
         (Mark::Loss, "loss", RED),
@@ -207,6 +229,7 @@ fn draw_histogram<DB: DrawingBackend>(
         .configure_mesh()
         .x_desc("RTT (ms)")
         .y_desc("readings")
+        .y_label_formatter(&|v| format!("{v:.0}"))
         .label_style(font(13))
         .axis_desc_style(font(14))
         .draw()
@@ -219,10 +242,11 @@ fn draw_histogram<DB: DrawingBackend>(
     if rtt.count == 0 {
         return Ok(());
     }
+    // Colours of their own: the events' colours above mean timeouts, losses, reconnects.
     let percentiles = [
         ("p50", rtt.p50_us, RGBColor(0, 140, 0)),
-        ("p90", rtt.p90_us, RGBColor(230, 140, 0)),
-        ("p99", rtt.p99_us, RED),
+        ("p90", rtt.p90_us, RGBColor(0, 150, 200)),
+        ("p99", rtt.p99_us, RGBColor(200, 0, 0)),
     ];
     for (name, us, color) in percentiles {
         let ms = us / 1e3;
@@ -232,7 +256,7 @@ fn draw_histogram<DB: DrawingBackend>(
                 color.stroke_width(2),
             )))
             .drawn()?
-            .label(format!("{name} {} ms", fmt_ms(us)))
+            .label(format!("{name}: {} ms", fmt_ms(us)))
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
             });
