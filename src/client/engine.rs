@@ -19,15 +19,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::backoff::Backoff;
 use super::error::ClientError;
-use super::link::{LinkReporter, LinkTotals, LINK_MEASUREMENT};
-use super::output::{Printer, RunTotals, ServerShare, Summary};
-use super::report::{RunPicture, RunReport};
-use super::samples::{Mark, RunSamples};
-use super::session::{Event, Session};
+use super::link::{LinkTotals, LINK_MEASUREMENT};
+use super::measure::Measure;
+use super::output::{Printer, RunTotals, Summary};
+use super::report::RunReport;
+use super::session::{open, Event, Opened, Session};
 use super::spool::DropReason;
 use super::spool_io::SpoolIo;
 use super::state::ClientState;
-use super::stats::RttStats;
 use super::transport::{self, Connection, Connector, TransportError};
 use super::{sleep_until_opt, ClientConfig};
 use crate::protocol::{FieldValue, Reading};
@@ -49,56 +48,20 @@ enum Disconnect {
     Retry(String),
 }
 
-/// Sums of the server's own timings over the acks that carried them.
-#[derive(Debug, Default)]
-struct ServerSums {
-    acks: u64,
-    store_us: f64,
-    commit_us: f64,
-    network_us: f64,
-}
-
-/// An open connection, how long the connect took, and the first pong (line mode).
-type Opened<T, D> = (Connection<T, D>, Duration, Option<Duration>);
-
-/// Open a stream and handshake, both within one `timeout` (one deadline, not one each);
-/// times both.
-async fn open<S: Session, C: Connector>(
-    session: &S,
-    timeout: Duration,
-    connector: &mut C,
-) -> Result<Opened<C::Stream, S::Decoder>, TransportError> {
-    let start = Instant::now();
-    let deadline = start + timeout;
-    let stream = tokio::time::timeout_at(deadline, connector.connect())
-        .await
-        .map_err(|_| TransportError::TimedOut { what: "connect" })??;
-    let connect_time = start.elapsed();
-    let mut conn = transport::split(stream, session.decoder());
-    let ping_start = Instant::now();
-    let left = deadline.saturating_duration_since(ping_start);
-    session.handshake(&mut conn, left).await?;
-    if S::LEGACY {
-        Ok((conn, start.elapsed(), None))
-    } else {
-        Ok((conn, connect_time, Some(ping_start.elapsed())))
-    }
-}
-
 /// One run of the client: the state of delivery and everything it reports.
 pub(crate) struct Engine<'a, S: Session> {
     config: &'a ClientConfig,
     session: S,
     printer: Printer,
     state: ClientState,
-    rtt: RttStats,
+    /// Round trips, the server's share, link reports, the picture's samples.
+    measure: Measure,
     started: Instant,
     first_connect: Option<Duration>,
     reconnects: u64,
     /// The source has ended (count reached, EOF) or a stop came: deliver what is left
     /// within the drain timeout, then stop.
     draining_since: Option<Instant>,
-    server: ServerSums,
     /// The on-disk queue (`--spool`): every reading is appended before it is sent.
     spool: Option<SpoolIo>,
     /// Readings recovered from the spool at start and sent again.
@@ -110,15 +73,6 @@ pub(crate) struct Engine<'a, S: Session> {
     stop: CancellationToken,
     /// The current connection carried an ack (only then is the backoff reset).
     acked_on_connection: bool,
-    /// `--link-report` (line mode only): when the next one is due, and its interval's RTTs.
-    link: Option<LinkReporter>,
-    /// The last link report of the run was made (at most one: its own delivery may need a
-    /// reconnect, which must not call for yet another).
-    last_link_made: bool,
-    /// `--report`: the run's round trips and events over time, for the picture.
-    samples: Option<RunSamples>,
-    /// Timeouts and losses already marked in `samples`.
-    marked: (u64, u64),
 }
 
 impl<'a, S: Session> Engine<'a, S> {
@@ -139,29 +93,17 @@ impl<'a, S: Session> Engine<'a, S> {
             } else {
                 config.max_pending
             }),
-            rtt: RttStats::new(),
+            measure: Measure::new(config, S::LEGACY),
             started: Instant::now(),
             first_connect: None,
             reconnects: 0,
             draining_since: None,
-            server: ServerSums::default(),
             spool: None,
             replayed: 0,
             values,
             values_open: true,
             stop,
             acked_on_connection: false,
-            link: if S::LEGACY {
-                None
-            } else {
-                LinkReporter::new(&config.sensor, config.link_report, Instant::now())
-            },
-            last_link_made: false,
-            samples: config
-                .report
-                .as_ref()
-                .map(|_| RunSamples::new(Instant::now())),
-            marked: (0, 0),
         }
     }
 
@@ -256,9 +198,7 @@ impl<'a, S: Session> Engine<'a, S> {
                         self.first_connect = Some(connect_time);
                     } else {
                         self.reconnects += 1;
-                        if let Some(samples) = &mut self.samples {
-                            samples.mark(Mark::Reconnect, Instant::now(), 1);
-                        }
+                        self.measure.reconnected();
                     }
                     self.printer.connected(
                         &self.config.addr,
@@ -361,11 +301,8 @@ impl<'a, S: Session> Engine<'a, S> {
     /// The run's last link report is still to be made: the user's readings are all
     /// delivered and something happened since the previous report.
     fn last_link_due(&self) -> bool {
-        let Some(link) = &self.link else {
-            return false;
-        };
         let totals = LinkTotals::of(&self.state.counters(), self.reconnects);
-        !self.last_link_made && link.changed(&totals)
+        self.measure.last_link_due(&totals)
     }
 
     /// Make a link report (and keep it, like a reading). `last`: the run's last one, whose
@@ -375,12 +312,10 @@ impl<'a, S: Session> Engine<'a, S> {
         let mut totals = LinkTotals::of(&self.state.counters(), self.reconnects);
         if last {
             totals.lost += self.state.pending_user() as u64;
-            self.last_link_made = true;
         }
-        let Some(link) = &mut self.link else {
+        let Some(reading) = self.measure.link_report(totals, last) else {
             return Ok(false);
         };
-        let reading = link.report(Instant::now(), totals, crate::timefmt::now_ns());
         self.printer.link_report(&reading);
         self.keep(vec![(reading, true)]).await
     }
@@ -395,29 +330,12 @@ impl<'a, S: Session> Engine<'a, S> {
         Ok(false)
     }
 
-    /// When the next periodic link report is due (`None`: off, or the last one was made).
     fn link_due(&self) -> Option<Instant> {
-        self.link
-            .as_ref()
-            .filter(|_| !self.last_link_made)
-            .map(LinkReporter::due)
+        self.measure.link_due()
     }
 
-    /// Mark in the picture's samples the timeouts and losses counted since the last call.
     fn mark_events(&mut self) {
-        let Some(samples) = &mut self.samples else {
-            return;
-        };
-        let counters = self.state.counters();
-        let now = Instant::now();
-        let (timeouts, losses) = self.marked;
-        samples.mark(
-            Mark::Timeout,
-            now,
-            counters.timeouts.saturating_sub(timeouts),
-        );
-        samples.mark(Mark::Loss, now, counters.lost().saturating_sub(losses));
-        self.marked = (counters.timeouts, counters.lost());
+        self.measure.mark_events(&self.state.counters());
     }
 
     /// The source ended or a stop came: from now on the drain timeout runs.
@@ -736,23 +654,8 @@ impl<'a, S: Session> Engine<'a, S> {
                         continue;
                     }
                     // A resent reading waited behind a backlog: its time says nothing of the link.
-                    if S::LEGACY || !acked.resent {
-                        self.rtt.record(acked.rtt);
-                        if let Some(link) = &mut self.link {
-                            link.record_rtt(acked.rtt);
-                        }
-                        if let Some(samples) = &mut self.samples {
-                            samples.record(Instant::now(), acked.rtt);
-                        }
-                    }
-                    if let Some(store_us) = times.store_us {
-                        let sums = &mut self.server;
-                        sums.acks += 1;
-                        sums.store_us += store_us as f64;
-                        sums.commit_us += times.commit_us.unwrap_or(0) as f64;
-                        sums.network_us +=
-                            (acked.rtt.as_secs_f64() * 1e6 - store_us as f64).max(0.0);
-                    }
+                    self.measure
+                        .acked(acked.rtt, times, S::LEGACY || !acked.resent);
                     match &raw {
                         Some(raw) => {
                             self.printer
@@ -780,8 +683,6 @@ impl<'a, S: Session> Engine<'a, S> {
             self.printer.lost_at_exit(seq, spooled);
         }
         self.mark_events();
-        let sums = &self.server;
-        let n = sums.acks as f64;
         let counters = self.state.counters();
         let links = self.state.link_counters();
         let summary = Summary::of(RunTotals {
@@ -793,20 +694,12 @@ impl<'a, S: Session> Engine<'a, S> {
             duration: self.started.elapsed(),
             first_connect: self.first_connect,
             reconnects: self.reconnects,
-            rtt: self.rtt.summary(),
-            server_us: (sums.acks > 0).then(|| ServerShare {
-                store_avg: sums.store_us / n,
-                commit_avg: sums.commit_us / n,
-                network_avg: sums.network_us / n,
-            }),
+            rtt: self.measure.rtt.summary(),
+            server_us: self.measure.server_share(),
         });
         self.printer.summary(&summary);
         self.output_ok()?;
-        let picture = self.samples.take().map(|samples| RunPicture {
-            samples,
-            rtt: std::mem::take(&mut self.rtt),
-            reply_timeout: self.config.reply_timeout,
-        });
+        let picture = self.measure.take_picture(self.config.reply_timeout);
         Ok(RunReport {
             summary,
             counters,
@@ -1753,7 +1646,7 @@ mod tests {
             values,
             CancellationToken::new(),
         );
-        assert!(legacy.link.is_none());
+        assert!(!legacy.measure.reports_link());
     }
 
     /// A link report kept in the spool comes back as a link report: counted apart, not as

@@ -15,6 +15,7 @@ pub mod error;
 pub mod legacy;
 mod line;
 pub mod link;
+mod measure;
 pub mod output;
 pub mod report;
 pub mod samples;
