@@ -178,3 +178,29 @@ fn bench_report_svg_has_rate_and_latency_per_second() {
     }
     keep_for_readme(&picture, "bench-report.svg");
 }
+
+/// A missing font is a clear error before the run (no reading sent), not after it.
+#[test]
+fn a_missing_font_fails_before_the_run() {
+    let server = Server::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(bin()
+        .args([
+            "client",
+            &server.addr.to_string(),
+            "--count",
+            "1",
+            "--report",
+            dir.path().join("run.svg").to_str().unwrap(),
+        ])
+        .env(
+            "SENSORLINK_REPORT_FONT",
+            dir.path().join("no-such-font.ttf"),
+        ));
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no-such-font.ttf"), "{stderr}");
+    assert!(stderr.contains("fonts-dejavu-core"), "{stderr}");
+    assert!(out.stdout.is_empty(), "the run did not start");
+    assert!(!dir.path().join("run.svg").exists());
+}
