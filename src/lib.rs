@@ -20,6 +20,8 @@
 //! - [`events`]: each named event (connection accepted, line rejected, batch committed, …)
 //!   logs once and counts once; one table of every metric (name, type, unit, help,
 //!   buckets), the bounded label values (`events/labels.rs`), and the Prometheus recorder.
+//! - [`http`]: the HTTP side beside the sensor port (axum): JSON API, `/metrics`, health
+//!   probes, the embedded dashboard (`http/assets/`); docs/http-api.md is its contract.
 //! - [`query`]: `sensorlink query` / `sensorlink stats` output.
 //! - [`mod@bench`]: `sensorlink bench`, the load generator: `bench/` holds flags,
 //!   connection, line and legacy sessions, pacing, progress, report and per-second
@@ -34,6 +36,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod events;
+pub mod http;
 pub mod plot;
 pub mod protocol;
 pub mod query;
