@@ -1146,4 +1146,43 @@ mod tests {
             .to_string()
             .starts_with("invalid spool /tmp/spool: accepted only without legacy"));
     }
+
+    /// `link-report` (the flag's name) and `link_report` (issue 9's contract) both set it;
+    /// `report` takes only the picture formats; both print back.
+    #[test]
+    fn link_report_and_report_settings() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("client.toml");
+        for key in ["link-report", "link_report"] {
+            let file = format!("[client]\n{key} = \"2s\"\nreport = \"run.svg\"\n");
+            std::fs::write(&path, file).expect("write config");
+            let config = client_config(RawClient::default(), Some(&path)).expect("valid");
+            assert_eq!(config.link_report, Duration::from_secs(2), "{key}");
+            assert_eq!(config.report, Some(PathBuf::from("run.svg")));
+            let printed = print_client(&config).expect("printable");
+            assert!(printed.contains("link-report = \"2s\"\n"), "{printed}");
+            assert!(printed.contains("report = \"run.svg\"\n"), "{printed}");
+        }
+        let defaults = RawClient::default().validate().expect("defaults are valid");
+        assert_eq!(defaults.link_report, Duration::from_secs(10));
+        assert_eq!(defaults.report, None);
+        let off = RawClient {
+            link_report: Some(Duration::ZERO),
+            ..RawClient::default()
+        };
+        assert_eq!(
+            off.validate().expect("0 disables").link_report,
+            Duration::ZERO
+        );
+        let err = RawClient {
+            report: Some("run.gif".into()),
+            ..RawClient::default()
+        }
+        .validate()
+        .expect_err("not a picture format");
+        assert_eq!(
+            err.to_string(),
+            "invalid report run.gif: accepted a file name ending in .svg or .png"
+        );
+    }
 }

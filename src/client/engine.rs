@@ -1684,4 +1684,33 @@ mod tests {
         let spool = engine.spool.take().expect("the spool is open");
         spool.close().await.expect("the spool closes");
     }
+
+    /// With `--report`, the run hands back its samples: one per round trip that says
+    /// something of the link (resends left out), and the timeout and the reconnect marked
+    /// when they happened. Without it, nothing is kept.
+    #[tokio::test(start_paused = true)]
+    async fn report_samples_hold_the_round_trips_and_mark_the_events() {
+        use crate::client::samples::Mark;
+        let mut config = config(Some(20), Duration::from_millis(100));
+        let script = vec![Behaviour::AckAfter(Duration::from_secs(3600))];
+        let plain = run(config.clone(), script.clone(), CancellationToken::new()).await;
+        assert!(report(&plain).picture.is_none());
+
+        config.report = Some("run.svg".into());
+        let run = run(config, script, CancellationToken::new()).await;
+        let report = report(&run);
+        let picture = report.picture.as_ref().expect("--report keeps samples");
+        let c = report.counters;
+        assert_eq!(c.acked, 20);
+        assert_eq!(picture.samples.count(), 20 - c.resends, "{c:?}");
+        assert_eq!(picture.rtt.count(), picture.samples.count());
+        let timeouts = picture.samples.marks(Mark::Timeout);
+        let reconnects = picture.samples.marks(Mark::Reconnect);
+        assert_eq!(timeouts.len() as u64, c.timeouts);
+        assert_eq!(reconnects.len(), 1);
+        // The first reading was sent at once: its reply timeout (2 s) is the first mark.
+        assert_eq!(timeouts[0], 2.0);
+        assert!(reconnects[0] > timeouts[0]);
+        assert!(picture.samples.marks(Mark::Loss).is_empty());
+    }
 }
