@@ -124,7 +124,9 @@ async function live(page, opts) {
     document.querySelector('#raw tbody tr').textContent !== old, firstRaw);
   await waitFor(page, `${a}'s link-health chart to have data`, () =>
     document.querySelector('#rtt-chart svg polyline') !== null, null);
+  await page.setViewportSize({ width: 1280, height: 1000 });
   await page.screenshot({ path: path.join(opts.out, 'dashboard-sensor.png') });
+  await page.setViewportSize({ width: 1280, height: 800 });
   await page.click('.crumbs a');
   await waitFor(page, 'the table again after going back', (sels) =>
     sels.every((sel) => document.querySelector(sel)), [rowSel(a), rowSel(b)]);

@@ -237,8 +237,8 @@
    * Axes show the value range and the time span; an empty chart says so.
    */
   function timeChart(series, opts) {
-    const w = 800;
-    const h = opts.height || 220;
+    const w = 1000;
+    const h = opts.height || 200;
     const pad = { l: 56, r: 12, t: 12, b: 26 };
     const node = svg('svg', {
       class: 'chart', viewBox: `0 0 ${w} ${h}`, role: 'img',
@@ -695,7 +695,7 @@
         ['loss', loss == null ? '—' : `${num(loss)} % (${link.lost} of ${link.sent})`],
         ['reconnects', link ? num(link.reconnects) : '—'],
       ];
-      this.facts.replaceChildren(...facts.flatMap(([k, v]) => [el('dt', {}, k), el('dd', {}, v)]));
+      this.facts.replaceChildren(...facts.map(([k, v]) => el('div', {}, el('dt', {}, k), el('dd', {}, v))));
     }
 
     /** The numeric series seen in the readings, as "measurement\0field" keys. */
@@ -736,13 +736,13 @@
         { label: 'RTT p99', cls: 's2', points: this.links.map((r) => [timeMs(r), r.fields.rtt_p99_ms]) },
       ];
       this.rttChart.replaceChildren(legend(rtts),
-        timeChart(rtts, { label: `${this.name}: link round-trip time`, unit: 'ms', zero: true, height: 180 }));
+        timeChart(rtts, { label: `${this.name}: link round-trip time`, unit: 'ms', zero: true, height: 150 }));
       const loss = [{
         label: 'loss %', cls: 's3',
         points: this.links.map((r) => [timeMs(r), lossPercent(r.fields)]).filter((p) => p[1] != null),
       }];
       this.lossChart.replaceChildren(legend(loss),
-        timeChart(loss, { label: `${this.name}: readings lost per link report`, unit: '%', zero: true, height: 140 }));
+        timeChart(loss, { label: `${this.name}: readings lost per link report`, unit: '%', zero: true, height: 110 }));
 
       const raw = this.readings.concat(this.links)
         .sort((a, b) => b.time_ns - a.time_ns).slice(0, 40);
