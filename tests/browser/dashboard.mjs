@@ -1,8 +1,9 @@
 // Drives the sensorlink dashboard in Debian's headless Chromium (playwright-core, no browser
 // download). Run by tests/it/dashboard.rs, which owns the server and the clients:
 //
-//   node tests/browser/dashboard.mjs live URL --sensors A,B --out DIR
-//     both sensors appear live; their values change without a reload; the filter narrows the
+//   node tests/browser/dashboard.mjs live URL --sensors A,B [--rejection REASON] --out DIR
+//     both sensors appear live; their values change without a reload; the server strip has
+//     figures (and lists a rejected line with REASON); the filter narrows the
 //     table; the sensor page shows a chart and raw readings; then it prints `STOP B` and
 //     waits for `STOPPED` on stdin (the test kills B's client), and B must turn disconnected.
 //   node tests/browser/dashboard.mjs many URL --total N --out DIR
@@ -60,6 +61,13 @@ async function rowSnapshot(page, name) {
   }, rowSel(name));
 }
 
+/** A screenshot down to the end of the page's content (a short table leaves no blank band). */
+async function screenshot(page, file) {
+  const bottom = await page.evaluate(() => document.querySelector('main').getBoundingClientRect().bottom);
+  const size = page.viewportSize();
+  await page.screenshot({ path: file, clip: { x: 0, y: 0, width: size.width, height: Math.min(size.height, Math.ceil(bottom)) } });
+}
+
 async function waitFor(page, what, fn, arg) {
   try {
     await page.waitForFunction(fn, arg, { timeout: PATIENCE_MS, polling: 100 });
@@ -95,10 +103,17 @@ async function live(page, opts) {
   }
   const still = await page.evaluate(() => window.__sensorlinkNoReload === true);
   if (!still || navigations !== 1) throw new Error('the page reloaded while waiting for updates');
-  // The server strip has figures (from /api/server and the SSE `server` event).
+  // The server strip has figures (from /api/server and the SSE `server` event), and the
+  // line the test had rejected, with its reason.
   await waitFor(page, 'the server strip to show open connections', () =>
     /^\d+$/.test(document.getElementById('srv-conns').textContent), null);
-  await page.screenshot({ path: path.join(opts.out, 'dashboard.png'), fullPage: true });
+  if (opts.rejection) {
+    await waitFor(page, `the strip to list a rejected line (${opts.rejection})`, (reason) =>
+      Number(document.getElementById('srv-rejected').textContent) >= 1
+      && [...document.querySelectorAll('#srv-rejections .reason')].some((r) => r.textContent === reason),
+    opts.rejection);
+  }
+  await screenshot(page, path.join(opts.out, 'dashboard.png'));
 
   // The filter narrows the table to the one sensor whose name matches, then widens again.
   await page.fill('#q', a);
@@ -139,7 +154,7 @@ async function live(page, opts) {
   }, rowSel(b));
   const stillA = await rowSnapshot(page, a);
   if (!stillA || stillA.state !== 'connected') throw new Error(`${a} should still be live: ${JSON.stringify(stillA)}`);
-  await page.screenshot({ path: path.join(opts.out, 'dashboard-stopped.png'), fullPage: true });
+  await screenshot(page, path.join(opts.out, 'dashboard-stopped.png'));
 }
 
 async function many(page, opts) {
