@@ -17,10 +17,12 @@ use tokio::time::Instant;
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 
+mod link_reports;
+
 use super::backoff::Backoff;
 use super::error::ClientError;
-use super::link::{LinkTotals, LINK_MEASUREMENT};
-use super::measure::Measure;
+use super::link::LINK_MEASUREMENT;
+use super::measure::RunMeasures;
 use super::output::{Printer, RunTotals, Summary};
 use super::report::RunReport;
 use super::session::{open, Event, Opened, Session};
@@ -30,6 +32,7 @@ use super::state::ClientState;
 use super::transport::{self, Connection, Connector, TransportError};
 use super::{sleep_until_opt, ClientConfig};
 use crate::protocol::{FieldValue, Reading};
+use link_reports::SentLinks;
 
 /// Most bytes queued for the socket at once; more readings wait in the state machine.
 const MAX_QUEUED_BYTES: usize = 64 * 1024;
@@ -55,7 +58,7 @@ pub(crate) struct Engine<'a, S: Session> {
     printer: Printer,
     state: ClientState,
     /// Round trips, the server's share, link reports, the picture's samples.
-    measure: Measure,
+    measure: RunMeasures,
     started: Instant,
     first_connect: Option<Duration>,
     reconnects: u64,
@@ -73,6 +76,8 @@ pub(crate) struct Engine<'a, S: Session> {
     stop: CancellationToken,
     /// The current connection carried an ack (only then is the backoff reset).
     acked_on_connection: bool,
+    /// The link reports written on the current connection (to tell their errors apart).
+    sent_links: SentLinks,
 }
 
 impl<'a, S: Session> Engine<'a, S> {
@@ -93,7 +98,7 @@ impl<'a, S: Session> Engine<'a, S> {
             } else {
                 config.max_pending
             }),
-            measure: Measure::new(config, S::LEGACY),
+            measure: RunMeasures::new(config, S::LEGACY),
             started: Instant::now(),
             first_connect: None,
             reconnects: 0,
@@ -104,6 +109,7 @@ impl<'a, S: Session> Engine<'a, S> {
             values_open: true,
             stop,
             acked_on_connection: false,
+            sent_links: SentLinks::default(),
         }
     }
 
@@ -183,7 +189,7 @@ impl<'a, S: Session> Engine<'a, S> {
         let mut last_error = None;
         loop {
             self.output_ok()?;
-            if self.finished() {
+            if self.finished_offline() {
                 break;
             }
             self.acked_on_connection = false;
@@ -205,7 +211,7 @@ impl<'a, S: Session> Engine<'a, S> {
                         connect_time,
                         ping,
                         self.reconnects,
-                        self.state.pending(),
+                        self.state.pending_user(),
                     );
                     let end = self.session_loop(conn).await?;
                     let Disconnect::Retry(reason) = end else {
@@ -298,40 +304,16 @@ impl<'a, S: Session> Engine<'a, S> {
             || since.elapsed() >= self.config.drain_timeout
     }
 
-    /// The run's last link report is still to be made: the user's readings are all
-    /// delivered and something happened since the previous report.
-    fn last_link_due(&self) -> bool {
-        let totals = LinkTotals::of(&self.state.counters(), self.reconnects);
-        self.measure.last_link_due(&totals)
-    }
-
-    /// Make a link report (and keep it, like a reading). `last`: the run's last one, whose
-    /// `lost` counts the user's readings still unacknowledged (the run gives up on them).
-    /// `true`: the connection must be closed (see [`Engine::produce`]).
-    async fn link_report(&mut self, last: bool) -> Result<bool, ClientError> {
-        let mut totals = LinkTotals::of(&self.state.counters(), self.reconnects);
-        if last {
-            totals.lost += self.state.pending_user() as u64;
-        }
-        let Some(reading) = self.measure.link_report(totals, last) else {
-            return Ok(false);
-        };
-        self.printer.link_report(&reading);
-        self.keep(vec![(reading, true)]).await
-    }
-
-    /// The run's last link report, if it is due: when every value is taken and the user's
-    /// readings are delivered, or (`giving_up`) when the run ends without them.
-    async fn last_link_report(&mut self, giving_up: bool) -> Result<bool, ClientError> {
-        let delivered = !self.values_open && self.state.pending_user() == 0;
-        if self.draining_since.is_some() && (delivered || giving_up) && self.last_link_due() {
-            return self.link_report(true).await;
-        }
-        Ok(false)
-    }
-
-    fn link_due(&self) -> Option<Instant> {
-        self.measure.link_due()
+    /// [`Engine::finished`] for a client with no connection: once the user's readings are
+    /// delivered and the last link report made, a report still unacknowledged does not
+    /// hold the run open for the whole drain timeout (it stays in the spool, if any, else
+    /// it counts as a link report unacked at exit).
+    fn finished_offline(&self) -> bool {
+        self.finished()
+            || (self.draining_since.is_some()
+                && self.first_connect.is_some()
+                && self.user_delivered()
+                && !self.last_link_due())
     }
 
     fn mark_events(&mut self) {
@@ -407,7 +389,7 @@ impl<'a, S: Session> Engine<'a, S> {
             self.mark_events();
             self.last_link_report(false).await?;
             // Nothing left to deliver (or the drain is over): no point in waiting.
-            if self.finished() {
+            if self.finished_offline() {
                 return Ok(false);
             }
             let drain_deadline = self.drain_deadline();
@@ -445,10 +427,13 @@ impl<'a, S: Session> Engine<'a, S> {
         let mut retry = false;
         let mut spooled = Vec::new();
         for (reading, link) in readings {
-            if self.spool.is_some() {
-                spooled.push((self.state.next_seq(), reading.clone()));
-            }
+            let copy = self.spool.is_some().then(|| reading.clone());
             let produced = self.state.produce_as(reading, link);
+            // A link report dropped at once (full queue) is not spooled either.
+            let kept = !link || self.state.is_link(produced.seq).is_some();
+            if let (Some(copy), true) = (copy, kept) {
+                spooled.push((produced.seq, copy));
+            }
             if let Some(dropped) = produced.dropped {
                 self.printer
                     .dropped(dropped, "more than --max-pending readings unacknowledged");
@@ -498,6 +483,7 @@ impl<'a, S: Session> Engine<'a, S> {
             let Some(next) = self.state.next_to_send(now) else {
                 break;
             };
+            self.sent_links.written(next.seq, next.link);
             self.session.encode(next.seq, &next.reading, &mut out);
         }
         writer.queue(&out);
@@ -509,6 +495,7 @@ impl<'a, S: Session> Engine<'a, S> {
         conn: Connection<T, S::Decoder>,
     ) -> Result<Disconnect, ClientError> {
         let (mut reader, mut writer) = conn;
+        self.sent_links.reset();
         let reply_timeout = self.config.reply_timeout;
         // Set while bytes wait for the peer: it must take some within the write timeout.
         let mut write_deadline: Option<Instant> = None;
@@ -626,9 +613,9 @@ impl<'a, S: Session> Engine<'a, S> {
     ) -> Option<String> {
         match self.session.interpret(reply, self.state.oldest_in_flight()) {
             Event::Ignore => {}
-            Event::Rejected { line, reason } => self.printer.rejected(line, &reason),
+            Event::Rejected { line, reason } => self.print_rejected(line, &reason),
             Event::SyncFailed { line, reason } => {
-                self.printer.rejected(line, &reason);
+                self.print_rejected(line, &reason);
                 // Resent on a new connection, after the backoff, instead of after the timeout.
                 return Some(format!("server could not store: {reason}"));
             }
@@ -647,6 +634,9 @@ impl<'a, S: Session> Engine<'a, S> {
                     );
                 }
                 *through = (*through).max(outcome.through);
+                if let Some(answered) = outcome.through {
+                    self.sent_links.answered_through(answered);
+                }
                 for acked in outcome.acked {
                     self.acked_on_connection = true;
                     if acked.link {
@@ -675,6 +665,16 @@ impl<'a, S: Session> Engine<'a, S> {
         None
     }
 
+    /// The server refused line `line`: one of the user's readings, or a link report (not
+    /// printed as the user's).
+    fn print_rejected(&mut self, line: u64, reason: &str) {
+        if self.is_link_line(line) {
+            self.printer.link_rejected(line, reason);
+        } else {
+            self.printer.rejected(line, reason);
+        }
+    }
+
     fn finish(mut self) -> Result<RunReport, ClientError> {
         let spooled = self.config.spool.is_some();
         // The last connection is over too.
@@ -688,7 +688,8 @@ impl<'a, S: Session> Engine<'a, S> {
         let summary = Summary::of(RunTotals {
             addr: &self.config.addr,
             counters,
-            link_reports: (links.produced, links.acked),
+            // Reports written at least once, not merely made (one may die in the queue).
+            link_reports: (links.sent, links.acked),
             pending: self.state.pending_user() as u64,
             replayed: self.replayed,
             duration: self.started.elapsed(),
@@ -742,6 +743,10 @@ mod tests {
         Silent,
         /// Answer every `sync` with `error <line> store failed: ...`.
         StoreFails,
+        /// Ack the user's readings; go away (close) when a link report arrives.
+        CloseOnLinkReport,
+        /// Ack the user's readings; refuse every link report's line with an `error`.
+        RejectLinkReports,
     }
 
     /// The fake server's view: per connection, the values of the readings it received.
@@ -809,6 +814,8 @@ mod tests {
         let mut lines = BufReader::new(read).lines();
         let mut readings = 0usize;
         let mut line_no = 0u64;
+        // The line of a reading just refused: its `sync` is acked as rejected.
+        let mut rejected = None;
         while let Ok(Some(line)) = lines.next_line().await {
             line_no += 1;
             if let Behaviour::Silent = behaviour {
@@ -829,7 +836,10 @@ mod tests {
                     Behaviour::ResetMidBatch { ack, .. } if readings > ack => continue,
                     _ => {}
                 }
-                format!("ack {token} readings=1 rejected=0\n")
+                match rejected.take() {
+                    Some(_) => format!("ack {token} readings=0 rejected=1\n"),
+                    None => format!("ack {token} readings=1 rejected=0\n"),
+                }
             } else {
                 readings += 1;
                 if let Behaviour::ResetMidBatch { drop_at, .. } = behaviour {
@@ -839,6 +849,17 @@ mod tests {
                 }
                 if line.starts_with(LINK_MEASUREMENT) {
                     seen.lock().expect("not poisoned").links.push(line);
+                    match behaviour {
+                        Behaviour::CloseOnLinkReport => return,
+                        Behaviour::RejectLinkReports => {
+                            rejected = Some(line_no);
+                            let reply = format!("error {line_no} refused: no such measurement\n");
+                            if write.write_all(reply.as_bytes()).await.is_err() {
+                                return;
+                            }
+                        }
+                        _ => {}
+                    }
                     continue;
                 }
                 let value = value_of(&line).expect("the client sends `value=<n>i` lines");
@@ -1712,5 +1733,58 @@ mod tests {
         assert_eq!(timeouts[0], 2.0);
         assert!(reconnects[0] > timeouts[0]);
         assert!(picture.samples.marks(Mark::Loss).is_empty());
+    }
+
+    /// The server goes away after the user's last ack, as the run's last link report
+    /// arrives: the run ends at once, offline, instead of retrying for the whole drain
+    /// timeout; the report counts as unacked at exit (not sent, as it was written).
+    #[tokio::test(start_paused = true)]
+    async fn the_last_link_report_does_not_hold_the_run_open_once_the_server_is_gone() {
+        let mut config = config(Some(5), Duration::from_millis(100));
+        config.link_report = Duration::from_secs(3600);
+        config.drain_timeout = Duration::from_secs(60);
+        let mut script = vec![Behaviour::CloseOnLinkReport];
+        script.extend([Behaviour::Refuse; 100]);
+        let started = Instant::now();
+        let run = run(config, script, CancellationToken::new()).await;
+        let elapsed = started.elapsed();
+        let report = report(&run);
+        assert_eq!(report.counters.acked, 5);
+        assert!(report.all_acked(), "{:?}", report.summary);
+        assert_eq!(run.seen.links.len(), 1, "the last report was written once");
+        assert_eq!(report.summary.link_reports_sent, 1);
+        assert_eq!(report.summary.link_reports_acked, 0);
+        assert!(
+            elapsed < Duration::from_secs(10),
+            "the run waited {elapsed:?} (drain timeout 60 s) for its link report"
+        );
+        assert!(
+            run.seen.attempts.len() <= 2,
+            "no reconnect loop: {} attempts",
+            run.seen.attempts.len()
+        );
+    }
+
+    /// A link report the server refuses is reported as such, not as a user's reading
+    /// rejected, and counted apart: the user's readings are all acked.
+    #[tokio::test(start_paused = true)]
+    async fn a_rejected_link_report_is_not_printed_as_a_rejected_reading() {
+        let mut config = config(Some(5), Duration::from_millis(100));
+        config.link_report = Duration::from_millis(250);
+        let run = run(
+            config,
+            vec![Behaviour::RejectLinkReports],
+            CancellationToken::new(),
+        )
+        .await;
+        let report = report(&run);
+        assert!(run.seen.links.len() >= 2, "{:?}", run.seen.links);
+        let kinds = |kind: &str| run.events.iter().filter(|e| e["event"] == kind).count();
+        assert_eq!(kinds("rejected"), 0, "{:?}", run.events);
+        assert_eq!(kinds("link_report_rejected"), run.seen.links.len());
+        assert_eq!(report.counters.rejected, 0);
+        assert_eq!(report.counters.acked, 5);
+        assert_eq!(report.summary.link_reports_acked, 0);
+        assert!(report.all_acked());
     }
 }
