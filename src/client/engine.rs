@@ -8,6 +8,9 @@
 //! reading, how many readings may be in flight) is a [`Session`]. The loop never blocks:
 //! spool disk work runs on a blocking thread ([`super::spool_io`]), and every wait is a tokio
 //! timer, so whole runs are tested under paused time over in-memory streams.
+//!
+//! [`intake`] turns values into kept (and spooled) readings; [`link_reports`] decides when
+//! a link report is made and tells a refused report from a refused reading.
 
 use std::time::Duration;
 
@@ -17,21 +20,20 @@ use tokio::time::Instant;
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 
+mod intake;
 mod link_reports;
 
 use super::backoff::Backoff;
 use super::error::ClientError;
-use super::link::LINK_MEASUREMENT;
 use super::measure::RunMeasures;
 use super::output::{Printer, RunTotals, Summary};
 use super::report::RunReport;
 use super::session::{open, Event, Opened, Session};
-use super::spool::DropReason;
 use super::spool_io::SpoolIo;
 use super::state::ClientState;
 use super::transport::{self, Connection, Connector, TransportError};
 use super::{sleep_until_opt, ClientConfig};
-use crate::protocol::{FieldValue, Reading};
+use crate::protocol::FieldValue;
 use link_reports::SentLinks;
 
 /// Most bytes queued for the socket at once; more readings wait in the state machine.
@@ -153,34 +155,6 @@ impl<'a, S: Session> Engine<'a, S> {
             tracing::warn!(cause = %err, "closing the spool");
         }
         self.finish()
-    }
-
-    /// Open the spool and take back what a previous run left unacknowledged.
-    async fn open_spool(&mut self) -> Result<(), ClientError> {
-        let Some(dir) = &self.config.spool else {
-            return Ok(());
-        };
-        let limits = super::spool::SpoolLimits {
-            max_bytes: self.config.spool_max_bytes,
-            max_age: self.config.spool_max_age,
-        };
-        let (spool, recovery) = SpoolIo::open(dir.clone(), limits).await?;
-        for damage in &recovery.damage {
-            self.printer.spool_damage(damage);
-        }
-        let dropped = recovery.dropped_by_age + recovery.dropped_by_bytes;
-        for spooled in recovery.readings {
-            // The seed's messages are never link reports (and legacy mode has no spool).
-            let link = !S::LEGACY && spooled.reading.measurement == LINK_MEASUREMENT;
-            self.replayed += u64::from(!link);
-            self.state
-                .restore_as(spooled.seq, spooled.reading, recovery.next_seq, link);
-        }
-        self.state.restore_next_seq(recovery.next_seq);
-        self.printer
-            .spool_opened(dir, self.replayed, dropped, recovery.corrupt_records);
-        self.spool = Some(spool);
-        self.output_ok()
     }
 
     /// The reconnect loop.
@@ -325,58 +299,6 @@ impl<'a, S: Session> Engine<'a, S> {
         self.draining_since.get_or_insert_with(Instant::now);
     }
 
-    /// The value channel gave `value`: a reading to keep, or (at `None`) the end of values.
-    /// `true`: the connection must be closed (see [`Engine::produce`]).
-    /// With `value`, every other value already waiting is taken too (a batch).
-    async fn on_value(&mut self, value: Option<(FieldValue, i64)>) -> Result<bool, ClientError> {
-        let Some(value) = value else {
-            self.values_closed();
-            return Ok(false);
-        };
-        let mut batch = vec![value];
-        // Batches pay off for the spool's fsync; without one, a reading at a time keeps
-        // sends and acks interleaved with taking values (as --max-pending expects).
-        let most = if self.spool.is_some() {
-            MAX_VALUES_PER_BATCH
-        } else {
-            1
-        };
-        while batch.len() < most {
-            match self.values.try_recv() {
-                Ok(value) => batch.push(value),
-                Err(mpsc::error::TryRecvError::Empty) => break,
-                Err(mpsc::error::TryRecvError::Disconnected) => {
-                    self.values_closed();
-                    break;
-                }
-            }
-        }
-        self.produce(batch).await
-    }
-
-    fn values_closed(&mut self) {
-        self.values_open = false;
-        self.start_draining();
-    }
-
-    /// The run is over, but the producer may have sent values the loop did not take yet
-    /// (the drain timed out first): keep them too, so each is reported (and spooled).
-    async fn take_leftover_values(&mut self) -> Result<(), ClientError> {
-        self.values.close();
-        loop {
-            let batch: Vec<_> = std::iter::from_fn(|| self.values.try_recv().ok())
-                .take(MAX_VALUES_PER_BATCH)
-                .collect();
-            if batch.is_empty() {
-                break;
-            }
-            // No connection is left to close.
-            self.produce(batch).await?;
-        }
-        self.values_open = false;
-        Ok(())
-    }
-
     fn drain_deadline(&self) -> Option<Instant> {
         self.draining_since
             .map(|since| since + self.config.drain_timeout)
@@ -410,58 +332,6 @@ impl<'a, S: Session> Engine<'a, S> {
             }
             self.output_ok()?;
         }
-    }
-
-    /// Keep new readings, spooled (one write and fsync for all) before any is sent. `true`:
-    /// the connection must be closed, as every reading in flight was taken back to make room.
-    async fn produce(&mut self, values: Vec<(FieldValue, i64)>) -> Result<bool, ClientError> {
-        let readings = values
-            .into_iter()
-            .map(|(value, timestamp_ns)| (self.session.reading(value, timestamp_ns), false))
-            .collect();
-        self.keep(readings).await
-    }
-
-    /// [`Engine::produce`] for readings already made; `true` in a pair marks a link report.
-    async fn keep(&mut self, readings: Vec<(Reading, bool)>) -> Result<bool, ClientError> {
-        let mut retry = false;
-        let mut spooled = Vec::new();
-        for (reading, link) in readings {
-            let copy = self.spool.is_some().then(|| reading.clone());
-            let produced = self.state.produce_as(reading, link);
-            // A link report dropped at once (full queue) is not spooled either.
-            let kept = !link || self.state.is_link(produced.seq).is_some();
-            if let (Some(copy), true) = (copy, kept) {
-                spooled.push((produced.seq, copy));
-            }
-            if let Some(dropped) = produced.dropped {
-                self.printer
-                    .dropped(dropped, "more than --max-pending readings unacknowledged");
-            }
-            retry |= produced.retry;
-        }
-        let Some(spool) = &mut self.spool else {
-            return Ok(retry);
-        };
-        match spool.append_batch(spooled).await? {
-            Ok(dropped) => {
-                for dropped in dropped.iter().filter(|d| !d.is_empty()) {
-                    let why = match dropped.reason {
-                        DropReason::MaxAge => "older than --spool-max-age",
-                        DropReason::MaxBytes => "spool over --spool-max-bytes",
-                    };
-                    // One in flight is reported when its connection ends (or acked).
-                    for seq in self.state.drop_seqs(&dropped.seqs) {
-                        self.printer.dropped(seq, why);
-                    }
-                }
-            }
-            // Still delivered from memory; only a client crash could lose them now.
-            Err(err) => self
-                .printer
-                .spool_damage(&format!("cannot write the spool: {err}")),
-        }
-        Ok(retry)
     }
 
     /// The connection ended: what was in flight is sent again on the next one; readings
@@ -592,18 +462,6 @@ impl<'a, S: Session> Engine<'a, S> {
         Ok(retry)
     }
 
-    /// The spool forgets what the state machine took off its queue, never more: a token
-    /// beyond what was sent must not erase readings not yet delivered.
-    async fn record_acks(&mut self, through: Option<u64>) -> Result<(), ClientError> {
-        if let (Some(spool), Some(through)) = (&mut self.spool, through) {
-            if let Err(err) = spool.ack_through(through).await? {
-                // Harmless: the readings would be resent and deduplicated by the server.
-                tracing::warn!(cause = %err, "cannot record acks in the spool");
-            }
-        }
-        Ok(())
-    }
-
     /// Act on one reply (no I/O): `through` becomes the last reading its ack took off the
     /// queue. `Some(reason)`: the connection must be re-opened.
     fn on_reply(
@@ -720,6 +578,7 @@ mod tests {
     use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, DuplexStream};
 
     use super::*;
+    use crate::client::link::LINK_MEASUREMENT;
     use crate::client::source::SourceSpec;
     use crate::client::INITIAL_BACKOFF;
     use crate::client::{run_with, ClientConfig};
