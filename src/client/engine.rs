@@ -1646,4 +1646,37 @@ mod tests {
         assert_eq!(report.summary.link_reports_acked, 0);
         assert!(report.all_acked());
     }
+
+    /// A run that gives up (the server is gone with readings unacked) still makes its last
+    /// report, whose `lost` is the user's readings still pending; the reports' `lost` sum
+    /// to the summary's, and the summary's link figures count what was written and acked.
+    #[tokio::test(start_paused = true)]
+    async fn the_last_report_of_a_run_that_gives_up_counts_the_pending_readings_as_lost() {
+        let mut config = config(Some(10), Duration::from_millis(100));
+        config.link_report = Duration::from_millis(200);
+        config.drain_timeout = Duration::from_secs(2);
+        // Acks 3 lines, then the connection dies and the server never comes back.
+        let mut script = vec![Behaviour::ResetMidBatch { ack: 3, drop_at: 6 }];
+        script.extend([Behaviour::Refuse; 100]);
+        let run = run(config, script, CancellationToken::new()).await;
+        let report = report(&run);
+        let links = link_events(&run);
+        let last = links.last().expect("a last report");
+        let c = report.counters;
+        assert!(c.unacked_at_exit >= 5, "{c:?}");
+        assert_eq!((c.rejected, c.dropped), (0, 0), "{c:?}");
+        assert_eq!(field(last, "lost"), c.unacked_at_exit, "{last}");
+        let lost: u64 = links.iter().map(|e| field(e, "lost")).sum();
+        assert_eq!(lost, report.summary.lost, "{links:?}");
+        assert_eq!(
+            links.iter().map(|e| field(e, "acked")).sum::<u64>(),
+            c.acked
+        );
+        // The summary counts the reports written (the server read some), not those made
+        // (the ones made offline were never written).
+        let sent = report.summary.link_reports_sent;
+        assert!(sent >= run.seen.links.len() as u64, "{:?}", run.seen.links);
+        assert!((links.len() as u64) > sent, "{sent} sent of {links:?}");
+        assert!(report.summary.link_reports_acked <= sent);
+    }
 }

@@ -171,8 +171,8 @@ fn bench_report_svg_has_rate_and_latency_per_second() {
     // One rate bar per second of the run (2 s, perhaps a third cut short).
     let rate_bars = bars(&doc, "#0000FF");
     assert!((2..=3).contains(&rate_bars), "{rate_bars} rate bars");
-    // p50 (green), p99 (orange), max (red): a line with a point per second, and a legend.
-    for colour in ["#008C00", "#E68C00", "#FF0000"] {
+    // p50 (green), p99 (dark red), max (grey): a line with a point per second, and a legend.
+    for colour in ["#008C00", "#C80000", "#5A5A5A"] {
         let lines = polyline_points(&doc, colour);
         assert!(lines.iter().any(|n| *n >= 2), "{colour}: {lines:?}");
     }

@@ -49,21 +49,30 @@ impl SentLinks {
 }
 
 impl<S: Session> Engine<'_, S> {
+    /// The run's totals as its last report tells them: the user's readings still
+    /// unacknowledged count as lost (the run gives up on them; none once all are delivered).
+    fn last_totals(&self) -> LinkTotals {
+        let mut totals = LinkTotals::of(&self.state.counters(), self.reconnects);
+        totals.lost += self.state.pending_user() as u64;
+        totals
+    }
+
     /// The run's last link report is still to be made: something happened since the
-    /// previous report.
+    /// previous report (readings given up on included, so the reports' `lost` always sum
+    /// to the summary's).
     pub(super) fn last_link_due(&self) -> bool {
-        let totals = LinkTotals::of(&self.state.counters(), self.reconnects);
-        self.measure.last_link_due(&totals)
+        self.measure.last_link_due(&self.last_totals())
     }
 
     /// Make a link report (and keep it, like a reading). `last`: the run's last one, whose
     /// `lost` counts the user's readings still unacknowledged (the run gives up on them).
     /// `true`: the connection must be closed (see [`Engine::produce`]).
     pub(super) async fn link_report(&mut self, last: bool) -> Result<bool, ClientError> {
-        let mut totals = LinkTotals::of(&self.state.counters(), self.reconnects);
-        if last {
-            totals.lost += self.state.pending_user() as u64;
-        }
+        let totals = if last {
+            self.last_totals()
+        } else {
+            LinkTotals::of(&self.state.counters(), self.reconnects)
+        };
         let Some(reading) = self.measure.link_report(totals, last) else {
             return Ok(false);
         };
