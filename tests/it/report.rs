@@ -204,3 +204,45 @@ fn a_missing_font_fails_before_the_run() {
     assert!(out.stdout.is_empty(), "the run did not start");
     assert!(!dir.path().join("run.svg").exists());
 }
+
+/// A `--report` file that cannot be written (no such directory, or a directory in its
+/// place) is a clear error before the run, for the client and for bench: no reading sent.
+#[test]
+fn an_unwritable_report_file_fails_before_the_run() {
+    let server = Server::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let in_the_way = dir.path().join("taken.svg");
+    std::fs::create_dir(&in_the_way).unwrap();
+    let missing = dir.path().join("no-such-dir").join("run.svg");
+    for picture in [&missing, &in_the_way] {
+        let picture = picture.to_str().unwrap();
+        let client = run(bin().args([
+            "client",
+            &server.addr.to_string(),
+            "--count",
+            "1",
+            "--report",
+            picture,
+        ]));
+        let bench = run(bin().args([
+            "bench",
+            &server.addr.to_string(),
+            "--duration",
+            "1s",
+            "--no-progress",
+            "--report",
+            picture,
+        ]));
+        for out in [client, bench] {
+            assert_eq!(out.status.code(), Some(2), "{picture}");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                stderr.contains(&format!("cannot write the report {picture}")),
+                "{stderr}"
+            );
+            assert!(out.stdout.is_empty(), "the run did not start: {picture}");
+        }
+    }
+    assert!(!dir.path().join("no-such-dir").exists());
+    assert!(in_the_way.is_dir(), "left as it was");
+}
