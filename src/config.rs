@@ -17,7 +17,8 @@
 //! ```
 //!
 //! `sensorlink server --print-config` prints the effective settings in this form, so its
-//! output is a valid `--config` file. The client's table is read in `config/client.rs` (`RawClient`).
+//! output is a valid `--config` file. The client's table is read in `config/client.rs`
+//! (`RawClient`).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
