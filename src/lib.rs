@@ -19,6 +19,9 @@
 //! - [`events`]: each named event (connection accepted, line rejected, batch committed, …)
 //!   logs once and counts once; one table of every metric (name, type, unit, help,
 //!   buckets), the bounded label values (`events/labels.rs`), and the Prometheus recorder.
+//! - [`live`]: the live view fed by committed readings: each sensor's state, values,
+//!   sparkline, rate and link health (`/api/sensors`), and the bounded event queues of
+//!   `/api/events` subscribers.
 //! - [`query`]: `sensorlink query` / `sensorlink stats` output.
 //! - [`mod@bench`]: `sensorlink bench`, the load generator: `bench/` holds flags,
 //!   connection, line and legacy sessions, pacing, progress and report, one file each.
@@ -31,6 +34,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod events;
+pub mod live;
 pub mod protocol;
 pub mod query;
 pub mod server;
