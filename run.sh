@@ -8,8 +8,10 @@ cargo build --release --quiet
 bin=target/release/sensorlink
 store=${SENSORLINK_STORE:-sqlite:sensorlink.db}
 listen=${SENSORLINK_LISTEN:-127.0.0.1:8889}
+# A free port unless told: a second run (or a server on the default 9889) must not collide.
+http=${SENSORLINK_HTTP:-127.0.0.1:0}
 
-"$bin" server --listen "$listen" --store "$store" -q > .server-addr &
+"$bin" server --listen "$listen" --http "$http" --store "$store" -q > .server-addr &
 server=$!
 stop_server() { kill -TERM "$server" 2>/dev/null && wait "$server" 2>/dev/null || true; }
 trap stop_server EXIT
@@ -19,8 +21,10 @@ for _ in $(seq 100); do
   sleep 0.05
 done
 addr=$(sed -n 's/^listening on //p' .server-addr)
+dashboard=$(sed -n 's/^http on //p' .server-addr)
 rm -f .server-addr
 echo "server listening on $addr, storing in $store (query it: $bin query --store $store)"
+if [ -n "$dashboard" ]; then echo "dashboard: $dashboard"; fi
 status=0
 "$bin" client "$addr" "$@" || status=$?
 exit "$status"

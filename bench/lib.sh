@@ -63,11 +63,12 @@ stop_pid() {
 }
 
 # start_ours STORE FSYNC [SERVER FLAGS...]: a fresh `sensorlink server` on a free loopback
-# port; sets $server_pid and $addr (127.0.0.1:PORT).
+# port; sets $server_pid and $addr (127.0.0.1:PORT). `--http off`: the measured server does
+# no HTTP work (and never collides on the default HTTP port).
 start_ours() {
   local store=$1 fsync=$2 i
   shift 2
-  start_bg "$tmp/server.out" "$bin" server --listen 127.0.0.1:0 --store "$store" --fsync "$fsync" -q "$@"
+  start_bg "$tmp/server.out" "$bin" server --listen 127.0.0.1:0 --http off --store "$store" --fsync "$fsync" -q "$@"
   server_pid=$last_pid
   addr=
   for ((i = 0; i < 200; i++)); do

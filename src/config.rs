@@ -119,6 +119,11 @@ pub struct RawServer {
     #[arg(long, env = "SENSORLINK_LISTEN")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listen: Option<String>,
+    /// Address of the HTTP API, metrics and dashboard, or `off` (port 0 picks a free port;
+    /// the chosen address is printed) [default: 127.0.0.1:9889].
+    #[arg(long, env = "SENSORLINK_HTTP")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<String>,
     /// Where readings go: `sqlite:PATH` (durable) or `memory` (tests, benchmarks)
     /// [default: sqlite:sensorlink.db].
     #[arg(long, env = "SENSORLINK_STORE")]
@@ -175,6 +180,9 @@ pub struct RawServer {
     pub commit_delay: Option<Duration>,
 }
 
+/// The `http` value that turns the HTTP side off.
+pub const HTTP_OFF: &str = "off";
+
 /// Accepted ranges, inclusive. Named so the error message and the check cannot disagree.
 pub mod limits {
     use std::time::Duration;
@@ -206,6 +214,7 @@ impl RawServer {
     pub fn or(self, lower: RawServer) -> RawServer {
         RawServer {
             listen: self.listen.or(lower.listen),
+            http: self.http.or(lower.http),
             store: self.store.or(lower.store),
             fsync: self.fsync.or(lower.fsync),
             max_connections: self.max_connections.or(lower.max_connections),
@@ -241,6 +250,10 @@ impl RawServer {
             listen: match self.listen {
                 Some(listen) => socket_address("listen", listen)?,
                 None => defaults.listen,
+            },
+            http: match self.http {
+                Some(http) => http_address(http)?,
+                None => defaults.http,
             },
             store: self.store.unwrap_or(defaults.store),
             fsync: self.fsync.unwrap_or(defaults.fsync),
@@ -282,6 +295,7 @@ impl RawServer {
     pub fn from_config(config: &ServerConfig) -> RawServer {
         RawServer {
             listen: Some(config.listen.clone()),
+            http: Some(config.http.clone().unwrap_or_else(|| HTTP_OFF.into())),
             store: Some(config.store.clone()),
             fsync: Some(config.fsync),
             max_connections: Some(config.max_connections),
@@ -642,6 +656,27 @@ fn socket_address(setting: &'static str, address: String) -> Result<String, Conf
     }
 }
 
+/// `--http`: `off`, or an address as [`socket_address`] accepts.
+fn http_address(address: String) -> Result<Option<String>, ConfigError> {
+    if address == HTTP_OFF {
+        return Ok(None);
+    }
+    socket_address("http", address)
+        .map(Some)
+        .map_err(|err| match err {
+            ConfigError::Invalid {
+                setting,
+                value,
+                accepted,
+            } => ConfigError::Invalid {
+                setting,
+                value,
+                accepted: format!("{HTTP_OFF}, or {accepted}"),
+            },
+            other => other,
+        })
+}
+
 /// `name` unless it is empty (an empty tag or measurement is not valid line protocol).
 fn non_empty(setting: &'static str, name: String) -> Result<String, ConfigError> {
     if name.is_empty() {
@@ -785,6 +820,41 @@ mod tests {
             .expect_err(bad);
             assert!(err.to_string().starts_with("invalid addr "), "{err}");
         }
+        let err = RawServer {
+            http: Some("9889".into()),
+            ..RawServer::default()
+        }
+        .validate()
+        .expect_err("no host");
+        assert!(
+            err.to_string()
+                .starts_with("invalid http \"9889\": accepted off, or IP:PORT"),
+            "{err}"
+        );
+        let http = |value: &str| {
+            RawServer {
+                http: Some(value.into()),
+                ..RawServer::default()
+            }
+            .validate()
+            .expect(value)
+            .http
+        };
+        assert_eq!(http("off"), None);
+        assert_eq!(http("127.0.0.1:0").as_deref(), Some("127.0.0.1:0"));
+        assert_eq!(
+            RawServer::default().validate().expect("defaults").http,
+            Some(crate::http::DEFAULT_ADDR.into())
+        );
+        let off = RawServer::from_config(
+            &RawServer {
+                http: Some("off".into()),
+                ..RawServer::default()
+            }
+            .validate()
+            .expect("off"),
+        );
+        assert_eq!(off.http.as_deref(), Some("off"), "printed as off");
         let err = RawClient {
             sensor: Some(String::new()),
             ..RawClient::default()

@@ -22,6 +22,8 @@
 //! - [`live`]: the live view fed by committed readings: each sensor's state, values,
 //!   sparkline, rate and link health (`/api/sensors`), and the bounded event queues of
 //!   `/api/events` subscribers.
+//! - [`http`]: the HTTP side beside the sensor port (axum): JSON API, `/metrics`, health
+//!   probes, the embedded dashboard (`http/assets/`); docs/http-api.md is its contract.
 //! - [`query`]: `sensorlink query` / `sensorlink stats` output.
 //! - [`mod@bench`]: `sensorlink bench`, the load generator: `bench/` holds flags,
 //!   connection, line and legacy sessions, pacing, progress and report, one file each.
@@ -34,6 +36,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod events;
+pub mod http;
 pub mod live;
 pub mod protocol;
 pub mod query;

@@ -26,6 +26,8 @@ use crate::store::{self, FsyncPolicy, StoreUrl};
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: String,
+    /// Where the HTTP side (API, `/metrics`, dashboard) listens; `None`: not served.
+    pub http: Option<String>,
     pub store: StoreUrl,
     pub fsync: FsyncPolicy,
     /// Most connections served at once; more are accepted and closed at once.
@@ -44,6 +46,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             listen: format!("0.0.0.0:{}", crate::DEFAULT_PORT),
+            http: Some(crate::http::DEFAULT_ADDR.into()),
             store: StoreUrl::Sqlite("sensorlink.db".into()),
             fsync: FsyncPolicy::Always,
             max_connections: DEFAULT_MAX_CONNECTIONS,
@@ -58,7 +61,8 @@ impl Default for ServerConfig {
 
 /// Run the server until `shutdown` is cancelled, then drain and flush the store.
 ///
-/// Prints `listening on <addr>` on stdout once bound (port 0 gets its real port).
+/// Prints `http on http://<addr>/` (unless `--http off`), then `listening on <addr>` on
+/// stdout once bound (port 0 gets its real port).
 pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let store = open_store(&config).await?;
     run_with_store(config, store, shutdown).await
@@ -87,6 +91,8 @@ pub async fn run_with_store(
         Ok(handle) => spawn_metrics_upkeep(handle, shutdown.clone()),
         Err(err) => tracing::warn!(cause = %err, "metrics are not exported"),
     }
+    // The read side is cloned before the writer takes the store.
+    let reader = store.reader.clone();
     let (handle, store_writer) = writer::spawn(store.drive, config.writer.clone());
 
     check_open_files(config.max_connections);
@@ -94,6 +100,14 @@ pub async fn run_with_store(
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     let local: SocketAddr = listener.local_addr().context("reading the bound address")?;
+    // Bound before `listening on`, which tells scripts that everything is up.
+    let http = match &config.http {
+        Some(addr) => {
+            let state = crate::http::AppState::new(reader, &config, shutdown.clone());
+            Some(start_http(addr, state).await?)
+        }
+        None => None,
+    };
     announce(local);
     tracing::info!(addr = %local, store = %config.store, fsync = ?config.fsync, "listening");
 
@@ -102,7 +116,11 @@ pub async fn run_with_store(
     listener::accept_loop(listener, &config, limits, handle, shutdown).await;
 
     tracing::info!("connections finished; committing the last readings");
-    tokio::task::spawn_blocking(move || store_writer.finish())
+    let flushed = tokio::task::spawn_blocking(move || store_writer.finish());
+    if let Some(http) = http {
+        stop_http(http).await;
+    }
+    flushed
         .await
         .context("store writer task")?
         .context("closing the store")?;
@@ -110,11 +128,48 @@ pub async fn run_with_store(
     Ok(())
 }
 
+/// How long the HTTP side may take, once shutdown began, to finish its requests.
+const HTTP_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Bind the HTTP side on `addr`, print `http on http://ADDR/`, and serve it in a task
+/// until the state's shutdown.
+async fn start_http(
+    addr: &str,
+    state: crate::http::AppState,
+) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the HTTP address {addr} (--http)"))?;
+    let local = listener
+        .local_addr()
+        .context("reading the bound HTTP address")?;
+    print_line(&format!("http on http://{local}/"));
+    tracing::info!(addr = %local, "http listening");
+    Ok(tokio::spawn(crate::http::serve(listener, state)))
+}
+
+/// Wait (bounded) for the HTTP side's graceful shutdown; a request that does not finish
+/// in time is cut off rather than holding the server up.
+async fn stop_http(mut task: tokio::task::JoinHandle<std::io::Result<()>>) {
+    match tokio::time::timeout(HTTP_DRAIN_TIMEOUT, &mut task).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(err))) => tracing::error!(cause = %err, "http server failed"),
+        Ok(Err(err)) => tracing::error!(cause = %err, "http server task failed"),
+        Err(_) => {
+            tracing::warn!(
+                timeout_s = HTTP_DRAIN_TIMEOUT.as_secs(),
+                "http requests still running at shutdown; closing them"
+            );
+            task.abort();
+        }
+    }
+}
+
 /// How often the exporter drains its histogram samples into buckets.
 const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Histogram samples pile up in the recorder until rendered; with nobody scraping yet
-/// (the HTTP side comes later), upkeep bounds that memory.
+/// Histogram samples pile up in the recorder until rendered; with nobody scraping
+/// `/metrics` (or `--http off`), upkeep bounds that memory.
 fn spawn_metrics_upkeep(
     handle: metrics_exporter_prometheus::PrometheusHandle,
     shutdown: CancellationToken,
@@ -189,11 +244,16 @@ fn check_open_files(max_connections: usize) {
     }
 }
 
-/// The one stdout line scripts and tests wait for.
+/// The one stdout line scripts and tests wait for (printed last: the server is ready).
 fn announce(addr: SocketAddr) {
+    print_line(&format!("listening on {addr}"));
+}
+
+/// One line on stdout, flushed at once (a pipe would otherwise hold it).
+fn print_line(line: &str) {
     use std::io::Write as _;
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "listening on {addr}");
+    let _ = writeln!(out, "{line}");
     let _ = out.flush();
 }
 

@@ -209,6 +209,7 @@ fn under_nofile_1024() -> Command {
 fn log_of_server_under_nofile_1024(extra: &[&str]) -> String {
     let mut child = under_nofile_1024()
         .args(["server", "--listen", "127.0.0.1:0", "--store", "memory"])
+        .args(["--http", "off"])
         .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

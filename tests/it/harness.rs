@@ -50,6 +50,8 @@ pub fn bin() -> Command {
 pub struct Server {
     child: Option<Child>,
     pub addr: SocketAddr,
+    /// Where its HTTP side listens (`None` with `--http off`).
+    pub http: Option<SocketAddr>,
     stderr: Arc<Mutex<String>>,
     stderr_reader: Option<std::thread::JoinHandle<()>>,
     pub store: String,
@@ -76,8 +78,15 @@ impl Server {
 
     /// Start on `listen` with `store` (e.g. `sqlite:/tmp/x.db`).
     pub fn start_on(listen: &str, store: &str, extra: &[&str]) -> Server {
+        // Never the default HTTP port: tests run in parallel.
+        let http: &[&str] = if extra.contains(&"--http") {
+            &[]
+        } else {
+            &["--http", "127.0.0.1:0"]
+        };
         let mut child = bin()
             .args(["server", "--listen", listen, "--store", store])
+            .args(http)
             .args(extra)
             .env("RUST_LOG", "sensorlink=info")
             .stdin(Stdio::null())
@@ -98,29 +107,41 @@ impl Server {
                 }
             })
         };
+        // Every line up to `listening on` (which is printed last, when all is up).
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(first)) = lines.next() {
-                let _ = tx.send(first);
+            for line in lines.by_ref().map_while(Result::ok) {
+                let last = line.starts_with("listening on ");
+                let _ = tx.send(line);
+                if last {
+                    break;
+                }
             }
             for _ in lines {}
         });
-        let first = rx.recv_timeout(PATIENCE).unwrap_or_else(|_| {
-            let _ = child.kill();
-            panic!(
-                "server did not say `listening on`; stderr:\n{}",
-                stderr.lock().unwrap()
-            )
-        });
-        let addr = first
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
-            .parse()
-            .expect("address after `listening on`");
+        let mut http = None;
+        let addr = loop {
+            let line = rx.recv_timeout(PATIENCE).unwrap_or_else(|_| {
+                let _ = child.kill();
+                panic!(
+                    "server did not say `listening on`; stderr:\n{}",
+                    stderr.lock().unwrap()
+                )
+            });
+            if let Some(addr) = line.strip_prefix("listening on ") {
+                break addr.parse().expect("address after `listening on`");
+            }
+            let url = line
+                .strip_prefix("http on http://")
+                .and_then(|rest| rest.strip_suffix('/'))
+                .unwrap_or_else(|| panic!("unexpected line before `listening on`: {line:?}"));
+            http = Some(url.parse().expect("address after `http on http://`"));
+        };
         Server {
             child: Some(child),
             addr,
+            http,
             stderr,
             stderr_reader: Some(stderr_reader),
             store: store.to_string(),
@@ -180,6 +201,61 @@ impl Server {
 
     pub fn connect(&self) -> TcpStream {
         connect(self.addr)
+    }
+
+    /// `http://ADDR{path}` on the server's HTTP side; panics if it has none.
+    pub fn http_url(&self, path: &str) -> String {
+        let addr = self.http.expect("the server serves HTTP (not --http off)");
+        format!("http://{addr}{path}")
+    }
+
+    /// `GET path` on the server's HTTP side.
+    pub fn get(&self, path: &str) -> HttpResponse {
+        http_get(&self.http_url(path))
+    }
+}
+
+/// An HTTP response, whatever its status.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub content_type: String,
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// The body as JSON; panics (with the body) if it is not.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|err| panic!("not JSON ({err}): {:?}", self.body))
+    }
+}
+
+/// A blocking `GET url` (loopback only), bounded by [`PATIENCE`]; any status is returned,
+/// a transport error panics.
+pub fn http_get(url: &str) -> HttpResponse {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(PATIENCE))
+        .build()
+        .into();
+    let mut response = agent
+        .get(url)
+        .call()
+        .unwrap_or_else(|err| panic!("GET {url}: {err}"));
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    HttpResponse {
+        status: response.status().as_u16(),
+        content_type,
+        body: response
+            .body_mut()
+            .read_to_string()
+            .unwrap_or_else(|err| panic!("GET {url}: reading the body: {err}")),
     }
 }
 

@@ -6,6 +6,7 @@ mod client_stop;
 mod config;
 mod durability;
 mod harness;
+mod http;
 mod line;
 mod query;
 mod seed;

@@ -1,0 +1,210 @@
+//! The HTTP side, beside the sensor port: the JSON API, Prometheus `/metrics`, health
+//! probes and the dashboard (docs/http-api.md is the contract).
+//!
+//! Served with axum on the server's own tokio runtime, from a listener bound before the
+//! server announces itself, and stopped by the same [`CancellationToken`] as the sensor
+//! port. Every handler reads: the store through its [`StoreReader`] (never through the
+//! writer), the live figures from the process's [`Telemetry`]; nothing here is on the
+//! ingest path.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::events::{self, Telemetry};
+use crate::server::ServerConfig;
+use crate::store::StoreReader;
+
+/// `--http` when not given: loopback only, as the API has no authentication yet.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:9889";
+
+/// The exposition format `/metrics` is rendered in.
+pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// What every handler shares: cheap to clone (handles and `Arc`s only).
+#[derive(Clone)]
+pub struct AppState {
+    /// The store's read side: `/api/readings` queries it beside the writer.
+    pub reader: StoreReader,
+    /// The store as configured (`sqlite:PATH`, `memory`), for `/api/server`.
+    pub store: Arc<str>,
+    /// When the server started, for its uptime.
+    pub started: Instant,
+    /// The server's shutdown: once cancelled, `/readyz` says so and long-lived responses
+    /// (SSE) must end, or the graceful shutdown waits for them.
+    pub shutdown: CancellationToken,
+    /// Where the server's events are counted (the process's; a test's own in unit tests).
+    pub telemetry: &'static Telemetry,
+    // ---- live9: the live sensor registry (`/api/sensors`, `/api/events`) goes here ----
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    /// The state of a server running with `config`, reading through `reader`.
+    pub fn new(reader: StoreReader, config: &ServerConfig, shutdown: CancellationToken) -> Self {
+        AppState {
+            reader,
+            store: config.store.to_string().into(),
+            started: Instant::now(),
+            shutdown,
+            telemetry: events::telemetry(),
+        }
+    }
+}
+
+/// Every route of the HTTP side.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/", get(index_html))
+        .route("/app.js", get(app_js))
+        .route("/style.css", get(style_css))
+        // ---- live9: `/api/sensors`, `/api/sensors/{name}`, `/api/events` go here ----
+        .with_state(state)
+}
+
+/// Serve `router(state)` on `listener` until the server's shutdown is cancelled, then
+/// finish the requests in progress (graceful shutdown: no new ones are accepted).
+///
+/// # Errors
+/// The listener failed for good (accept errors on single connections are retried).
+pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()> {
+    let shutdown = state.shutdown.clone();
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}
+
+/// `GET /healthz`: the process is up and serving HTTP.
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// `GET /metrics`: the Prometheus text of every metric in [`events::METRICS`].
+async fn metrics() -> Response {
+    match events::prometheus_handle() {
+        Some(handle) => (
+            [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
+            handle.render(),
+        )
+            .into_response(),
+        // An embedding program installed its own recorder: the metrics went to it.
+        None => (
+            StatusCode::NOT_FOUND,
+            "metrics are not exported by this process (another recorder is installed)\n",
+        )
+            .into_response(),
+    }
+}
+
+/// A dashboard file embedded in the binary: nothing is fetched from elsewhere at run
+/// time. `no-cache` makes the browser revalidate, so a new binary's page is never mixed
+/// with an old cached script.
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn index_html() -> Response {
+    asset(
+        "text/html; charset=utf-8",
+        include_str!("assets/index.html"),
+    )
+}
+
+async fn app_js() -> Response {
+    asset(
+        "text/javascript; charset=utf-8",
+        include_str!("assets/app.js"),
+    )
+}
+
+async fn style_css() -> Response {
+    asset("text/css; charset=utf-8", include_str!("assets/style.css"))
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt as _;
+
+    use super::*;
+    use crate::store::memory::MemoryStore;
+
+    fn state() -> AppState {
+        AppState::new(
+            MemoryStore::default().reader(),
+            &ServerConfig::default(),
+            CancellationToken::new(),
+        )
+    }
+
+    async fn get_path(path: &str) -> (StatusCode, String, String) {
+        let response = router(state())
+            .oneshot(
+                Request::get(path)
+                    .body(Body::empty())
+                    .expect("a valid request"),
+            )
+            .await
+            .expect("the router is infallible");
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.to_str().expect("ASCII header").to_string())
+            .unwrap_or_default();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        (
+            status,
+            content_type,
+            String::from_utf8(body.to_vec()).expect("UTF-8 body"),
+        )
+    }
+
+    #[tokio::test]
+    async fn healthz_says_ok() {
+        let (status, _, body) = get_path("/healthz").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, "ok\n");
+    }
+
+    #[tokio::test]
+    async fn assets_are_embedded_with_their_content_types() {
+        for (path, content_type, file) in [
+            ("/", "text/html", include_str!("assets/index.html")),
+            ("/app.js", "text/javascript", include_str!("assets/app.js")),
+            ("/style.css", "text/css", include_str!("assets/style.css")),
+        ] {
+            let (status, got_type, body) = get_path(path).await;
+            assert_eq!(status, StatusCode::OK, "{path}");
+            assert!(got_type.starts_with(content_type), "{path}: {got_type}");
+            assert_eq!(body, file, "{path}");
+        }
+        let (status, _, _) = get_path("/nothing-here").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+}
