@@ -178,6 +178,15 @@ pub struct RawServer {
         skip_serializing_if = "Option::is_none"
     )]
     pub commit_delay: Option<Duration>,
+    /// A connected sensor with no stored reading for this long shows as `stale` in the
+    /// live view (`/api/sensors`, dashboard) [default: 30s].
+    #[arg(long, env = "SENSORLINK_STALE_AFTER", value_parser = humantime::parse_duration)]
+    #[serde(
+        default,
+        with = "human_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub stale_after: Option<Duration>,
 }
 
 /// The `http` value that turns the HTTP side off.
@@ -223,6 +232,7 @@ impl RawServer {
             max_line_bytes: self.max_line_bytes.or(lower.max_line_bytes),
             commit_max_rows: self.commit_max_rows.or(lower.commit_max_rows),
             commit_delay: self.commit_delay.or(lower.commit_delay),
+            stale_after: self.stale_after.or(lower.stale_after),
         }
     }
 
@@ -287,6 +297,11 @@ impl RawServer {
                 )?,
                 ..defaults.writer
             },
+            stale_after: in_range(
+                "stale-after",
+                self.stale_after.unwrap_or(defaults.stale_after),
+                limits::TIMEOUT,
+            )?,
             ..defaults
         })
     }
@@ -304,6 +319,7 @@ impl RawServer {
             max_line_bytes: Some(config.max_line_bytes),
             commit_max_rows: Some(config.writer.max_batch_rows),
             commit_delay: Some(config.writer.commit_delay),
+            stale_after: Some(config.stale_after),
         }
     }
 }

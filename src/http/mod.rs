@@ -42,6 +42,8 @@ pub struct AppState {
     /// Where the server's events are counted (the process's; a test's own in unit tests).
     pub telemetry: &'static Telemetry,
     // ---- live9: the live sensor registry (`/api/sensors`, `/api/events`) goes here ----
+    /// The live view the connections feed with committed readings.
+    pub live: Arc<crate::live::Registry>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -61,6 +63,9 @@ impl AppState {
             started: Instant::now(),
             shutdown,
             telemetry: events::telemetry(),
+            live: Arc::new(crate::live::Registry::new(&crate::live::LiveConfig::from(
+                config,
+            ))),
         }
     }
 }

@@ -64,6 +64,15 @@ impl Default for LiveConfig {
     }
 }
 
+impl From<&crate::server::ServerConfig> for LiveConfig {
+    fn from(config: &crate::server::ServerConfig) -> Self {
+        LiveConfig {
+            stale_after: config.stale_after,
+            ..LiveConfig::default()
+        }
+    }
+}
+
 /// `--stale-after`'s default.
 pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(30);
 
