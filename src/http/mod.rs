@@ -7,6 +7,9 @@
 //! writer), the live figures from the process's [`Telemetry`]; nothing here is on the
 //! ingest path.
 
+pub mod sensors;
+pub mod sse;
+
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -79,6 +82,8 @@ pub fn router(state: AppState) -> Router {
         .route("/app.js", get(app_js))
         .route("/style.css", get(style_css))
         // ---- live9: `/api/sensors`, `/api/sensors/{name}`, `/api/events` go here ----
+        .merge(sensors::routes())
+        .merge(sse::routes())
         .with_state(state)
 }
 
