@@ -8,6 +8,7 @@ mod durability;
 mod harness;
 mod http;
 mod line;
+mod live;
 mod query;
 mod seed;
 mod shutdown;
