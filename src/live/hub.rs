@@ -3,7 +3,8 @@
 //! Publishing never waits: an event that does not fit a subscriber's queue ends that
 //! subscription (it is told how many events it missed, then the stream closes; the page
 //! reconnects and refetches). So a browser that stops reading costs at most
-//! [`SUBSCRIBER_QUEUE`] queued events and never slows ingest. With nobody subscribed the
+//! [`SUBSCRIBER_QUEUE`] queue entries holding at most [`SUBSCRIBER_EVENTS`] events, and
+//! never slows ingest. With nobody subscribed the
 //! connections do not even serialize the readings ([`Hub::has_subscribers`]).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -13,8 +14,12 @@ use tokio::sync::mpsc;
 
 use crate::events::{Event as _, SubscriberLagged, SubscriberOpen};
 
-/// Events queued per subscriber (a batch's readings count as one).
+/// Queue entries per subscriber (one per batch of readings, or per sensor change).
 pub const SUBSCRIBER_QUEUE: usize = 1024;
+
+/// SSE events queued per subscriber: a batch's readings count one each, so a few large
+/// batches cannot pin more than this many payloads.
+pub const SUBSCRIBER_EVENTS: u64 = 16_384;
 
 /// One published event; cheap to clone (shared payloads).
 #[derive(Debug, Clone)]
@@ -72,6 +77,8 @@ impl ReadingEvents {
 struct Shared {
     lagged: AtomicBool,
     dropped: AtomicU64,
+    /// SSE events queued and not yet taken (see [`SUBSCRIBER_EVENTS`]).
+    queued: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -130,15 +137,20 @@ impl Hub {
                         continue;
                     }
                 }
-                match sub.tx.try_send(event.clone()) {
+                let weight = event.weight();
+                let queued = sub.shared.queued.fetch_add(weight, Ordering::AcqRel);
+                let sent = if queued + weight > SUBSCRIBER_EVENTS {
+                    Err(mpsc::error::TrySendError::Full(event.clone()))
+                } else {
+                    sub.tx.try_send(event.clone())
+                };
+                match sent {
                     Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(event)) => {
-                        sub.shared
-                            .dropped
-                            .fetch_add(event.weight(), Ordering::Relaxed);
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        sub.shared.dropped.fetch_add(weight, Ordering::Relaxed);
                         sub.shared.lagged.store(true, Ordering::Release);
                         SubscriberLagged {
-                            queued: SUBSCRIBER_QUEUE,
+                            queued: queued as usize,
                         }
                         .emit();
                         return false;
@@ -195,7 +207,12 @@ impl Subscription {
             Some(_) | None if self.shared.lagged.load(Ordering::Acquire) => {
                 Next::Lagged(self.missed().unwrap_or(0))
             }
-            Some(event) => Next::Event(event),
+            Some(event) => {
+                self.shared
+                    .queued
+                    .fetch_sub(event.weight(), Ordering::AcqRel);
+                Next::Event(event)
+            }
             None => Next::Closed,
         }
     }
@@ -255,6 +272,30 @@ mod tests {
         // The closed queues are forgotten at the next publish.
         hub.publish(&[sensor_event("a")]);
         assert!(hub.lock().is_empty());
+    }
+
+    /// A batch of readings counts one event per reading against the subscriber's budget.
+    #[tokio::test]
+    async fn the_queue_is_bounded_in_events_too() {
+        let hub = Hub::default();
+        let mut slow = hub.subscribe(None);
+        let batch = |n: usize| {
+            LiveEvent::Readings(Arc::new(ReadingEvents {
+                sensors: vec!["a".into()],
+                events: (0..n).map(|_| (0, "{}".to_string())).collect(),
+            }))
+        };
+        let half = SUBSCRIBER_EVENTS as usize / 2;
+        hub.publish(&[batch(half), batch(half)]);
+        assert_eq!(hub.lock().len(), 1, "exactly full is not lagging");
+        assert!(matches!(slow.next().await, Next::Event(_)));
+        hub.publish(&[batch(half)]);
+        hub.publish(&[batch(1)]);
+        assert!(hub.lock().is_empty(), "over the budget");
+        match slow.next().await {
+            Next::Lagged(missed) => assert_eq!(missed, 2 * half as u64 + 1),
+            other => panic!("{other:?}"),
+        }
     }
 
     /// A subscriber that never reads is dropped when its queue is full, told how much it
