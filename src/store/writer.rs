@@ -30,7 +30,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::events::{self, BatchCommitted, Event as _, StoreFailed, Telemetry};
+use crate::events::{
+    self, BatchCommitted, Event as _, StoreAnswered, StoreFailed, StoreQueued, Telemetry,
+};
 
 use super::read::BoxFuture;
 use super::{Drive, Store, StoreError, StoredReading, WriteOutcome};
@@ -148,6 +150,7 @@ fn account(
     // installed).
     let telemetry = telemetry.unwrap_or_else(events::telemetry);
     let committed_at = Instant::now();
+    StoreAnswered { readings: rows }.emit_to(telemetry);
     match written {
         Ok((outcome, duration)) => {
             // Only barriers (no readings): nothing was written, nothing to count.
@@ -232,6 +235,20 @@ impl StoreHandle {
     /// [`StoreError::WriterGone`] if the writer thread has stopped; a concurrent store's
     /// own error if it refuses the batch.
     pub async fn submit(&self, batch: Vec<StoredReading>) -> Result<CommitReceiver, StoreError> {
+        // Counted before it can be answered (the inline route answers within this call);
+        // lowered again if the store never takes it.
+        let queued = batch.len();
+        let telemetry = self.telemetry.unwrap_or_else(events::telemetry);
+        StoreQueued { readings: queued }.emit_to(telemetry);
+        let submitted = self.submit_queued(batch).await;
+        if submitted.is_err() {
+            StoreAnswered { readings: queued }.emit_to(telemetry);
+        }
+        submitted
+    }
+
+    /// [`StoreHandle::submit`] on this handle's route.
+    async fn submit_queued(&self, batch: Vec<StoredReading>) -> Result<CommitReceiver, StoreError> {
         let tx = match &self.route {
             Route::Thread(tx) => tx,
             Route::Inline(store) => {
