@@ -640,6 +640,53 @@ mod tests {
         assert_eq!(log.txns, vec![1, tasks * per_task as usize]);
     }
 
+    /// The queue-depth gauge counts readings from `submit` until their transaction is
+    /// answered, on the group-commit route (the inline route answers within `submit`).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn queued_gauge_counts_readings_until_answered() {
+        use crate::events::{names, prometheus_builder, testing::sample};
+        let recorder = prometheus_builder().build_recorder();
+        let render = recorder.handle();
+        let telemetry: &'static Telemetry = Box::leak(Box::new(metrics::with_local_recorder(
+            &recorder,
+            Telemetry::register,
+        )));
+        let queued = || sample(&render.render(), names::STORE_QUEUED);
+
+        let store = TestStore::default();
+        let (gate, entered_rx, release_tx) = gate();
+        let (handle, writer) = spawn_counted(
+            Drive::GroupCommit(Box::new(store.gated(gate))),
+            WriterConfig::default(),
+            Some(telemetry),
+        );
+        let first = handle.submit(vec![temp("first", 0)]).await.expect("submit");
+        tokio::task::spawn_blocking(move || entered_rx.recv().map(|_| entered_rx))
+            .await
+            .expect("join")
+            .expect("writer entered the store");
+        let five = handle
+            .submit((0..5).map(|i| temp("a", i)).collect())
+            .await
+            .expect("submit");
+        let three = handle
+            .submit((0..3).map(|i| temp("b", i)).collect())
+            .await
+            .expect("submit");
+        // One in the held transaction, eight waiting for the writer.
+        assert_eq!(queued(), Some(9.0));
+        for _ in 0..2 {
+            release_tx.send(()).expect("writer waits");
+        }
+        for answer in [first, five, three] {
+            wait(answer).await.expect("committed");
+        }
+        assert_eq!(queued(), Some(0.0));
+        drop(handle);
+        drop(release_tx);
+        writer.finish().expect("finish");
+    }
+
     #[tokio::test]
     async fn many_tasks_without_gate() {
         let store = TestStore::default();
