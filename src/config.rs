@@ -790,7 +790,7 @@ mod tests {
         .expect_err("no host");
         assert!(
             err.to_string()
-                .starts_with("invalid http \"9889\": accepted off, or IP:PORT"),
+                .starts_with("invalid http \"9889\": accepted off, IP:PORT or HOST:PORT"),
             "{err}"
         );
         let http = |value: &str| {

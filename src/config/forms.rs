@@ -182,14 +182,12 @@ pub(super) fn http_address(address: String) -> Result<Option<String>, ConfigErro
     socket_address("http", address)
         .map(Some)
         .map_err(|err| match err {
-            ConfigError::Invalid {
+            ConfigError::Invalid { setting, value, .. } => ConfigError::Invalid {
                 setting,
                 value,
-                accepted,
-            } => ConfigError::Invalid {
-                setting,
-                value,
-                accepted: format!("{HTTP_OFF}, or {accepted}"),
+                accepted: format!(
+                    "{HTTP_OFF}, IP:PORT or HOST:PORT, e.g. 127.0.0.1:9889, [::1]:9889, localhost:0"
+                ),
             },
             other => other,
         })
