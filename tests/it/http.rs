@@ -535,3 +535,22 @@ fn now_ns() -> i64 {
         .expect("the clock is after 1970");
     i64::try_from(since.as_nanos()).expect("before 2262")
 }
+
+/// An HTTP client stuck in the middle of a request does not hold the server's shutdown up:
+/// its request gets a bounded time to finish, then the server exits 0 all the same.
+#[test]
+fn a_stuck_http_request_does_not_hold_the_shutdown() {
+    use std::io::Write as _;
+    let mut server = Server::start(&[]);
+    let mut stuck = std::net::TcpStream::connect(server.http.expect("HTTP on")).expect("connect");
+    stuck
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\n")
+        .expect("half a request");
+    // Served beside it: the stuck client blocks nobody.
+    assert_eq!(server.get("/healthz").status, 200);
+    let status = server.terminate();
+    assert!(status.success(), "{status:?}\n{}", server.stderr());
+    let log = server.stderr();
+    assert!(log.contains("store flushed; bye"), "{log}");
+    drop(stuck);
+}
