@@ -32,7 +32,10 @@ use crate::store::{FsyncPolicy, StoreUrl};
 
 mod forms;
 
-use forms::{display_from_str, fsync_names, fsync_parser, human_duration, source_spec, ShowValue};
+use forms::{
+    display_from_str, fsync_names, fsync_parser, http_address, human_duration, socket_address,
+    source_spec, ShowValue,
+};
 
 /// A setting that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -652,47 +655,6 @@ pub fn print_client(config: &ClientConfig) -> Result<String, ConfigError> {
     ))
 }
 
-/// `address` if it is `IP:PORT` or `HOST:PORT` (resolved when used), else the error.
-fn socket_address(setting: &'static str, address: String) -> Result<String, ConfigError> {
-    if address.parse::<std::net::SocketAddr>().is_ok() {
-        return Ok(address);
-    }
-    let host_port_ok = address.rsplit_once(':').is_some_and(|(host, port)| {
-        // A bare IPv6 address needs brackets to carry a port.
-        !host.is_empty() && !host.contains(':') && port.parse::<u16>().is_ok()
-    });
-    if host_port_ok {
-        Ok(address)
-    } else {
-        Err(ConfigError::Invalid {
-            setting,
-            value: format!("{address:?}"),
-            accepted: "IP:PORT or HOST:PORT, e.g. 0.0.0.0:8889, [::1]:8889, localhost:8889".into(),
-        })
-    }
-}
-
-/// `--http`: `off`, or an address as [`socket_address`] accepts.
-fn http_address(address: String) -> Result<Option<String>, ConfigError> {
-    if address == HTTP_OFF {
-        return Ok(None);
-    }
-    socket_address("http", address)
-        .map(Some)
-        .map_err(|err| match err {
-            ConfigError::Invalid {
-                setting,
-                value,
-                accepted,
-            } => ConfigError::Invalid {
-                setting,
-                value,
-                accepted: format!("{HTTP_OFF}, or {accepted}"),
-            },
-            other => other,
-        })
-}
-
 /// `name` unless it is empty (an empty tag or measurement is not valid line protocol).
 fn non_empty(setting: &'static str, name: String) -> Result<String, ConfigError> {
     if name.is_empty() {
@@ -844,7 +806,7 @@ mod tests {
         .expect_err("no host");
         assert!(
             err.to_string()
-                .starts_with("invalid http \"9889\": accepted off, or IP:PORT"),
+                .starts_with("invalid http \"9889\": accepted off, IP:PORT or HOST:PORT"),
             "{err}"
         );
         let http = |value: &str| {

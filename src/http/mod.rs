@@ -21,8 +21,12 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::events::{self, Telemetry};
+
+pub mod api;
+
 use crate::server::ServerConfig;
 use crate::store::StoreReader;
+pub use api::{server_summary, ServerSummary};
 
 /// `--http` when not given: loopback only, as the API has no authentication yet.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:9889";
@@ -77,7 +81,10 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(api::readyz))
         .route("/metrics", get(metrics))
+        .route("/api/server", get(api::server))
+        .route("/api/readings", get(api::readings))
         .route("/", get(index_html))
         .route("/app.js", get(app_js))
         .route("/style.css", get(style_css))
@@ -160,6 +167,7 @@ mod tests {
     use tower::ServiceExt as _;
 
     use super::*;
+    use crate::events::Event as _;
     use crate::store::memory::MemoryStore;
 
     fn state() -> AppState {
@@ -170,8 +178,20 @@ mod tests {
         )
     }
 
+    /// A state counting into its own telemetry, so tests do not see each other's events.
+    fn own_state() -> AppState {
+        AppState {
+            telemetry: Box::leak(Box::new(Telemetry::register())),
+            ..state()
+        }
+    }
+
     async fn get_path(path: &str) -> (StatusCode, String, String) {
-        let response = router(state())
+        get_from(state(), path).await
+    }
+
+    async fn get_from(state: AppState, path: &str) -> (StatusCode, String, String) {
+        let response = router(state)
             .oneshot(
                 Request::get(path)
                     .body(Body::empty())
@@ -200,6 +220,62 @@ mod tests {
         let (status, _, body) = get_path("/healthz").await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body, "ok\n");
+    }
+
+    /// Ready until a commit fails, again after one succeeds, and never once shutting down.
+    #[tokio::test]
+    async fn readyz_follows_the_store_and_the_shutdown() {
+        let state = own_state();
+        let ready = || get_from(state.clone(), "/readyz");
+        assert_eq!(ready().await, (StatusCode::OK, ct_text(), "ready\n".into()));
+
+        let failure = std::io::Error::other("disk I/O error\nat page 7");
+        events::StoreFailed {
+            error: &failure,
+            batches: 1,
+            rows: 3,
+        }
+        .emit_to(state.telemetry);
+        let (status, _, body) = ready().await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body, "not ready: store failing: disk I/O error at page 7\n");
+        assert!(!server_summary(&state).ready);
+
+        events::BatchCommitted {
+            rows: 1,
+            outcome: crate::store::WriteOutcome {
+                inserted: 1,
+                duplicates: 0,
+            },
+            duration: std::time::Duration::from_millis(1),
+        }
+        .emit_to(state.telemetry);
+        assert_eq!(ready().await.0, StatusCode::OK);
+        assert!(server_summary(&state).ready);
+
+        state.shutdown.cancel();
+        let (status, _, body) = ready().await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body, "not ready: shutting down\n");
+    }
+
+    fn ct_text() -> String {
+        "text/plain; charset=utf-8".into()
+    }
+
+    #[tokio::test]
+    async fn bad_readings_parameters_are_json_400s() {
+        for path in [
+            "/api/readings?limit=0",
+            "/api/readings?since=soon",
+            "/api/readings?sensors=a",
+        ] {
+            let (status, content_type, body) = get_path(path).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
+            assert_eq!(content_type, "application/json", "{path}");
+            let error: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+            assert!(error["error"].is_string(), "{path}: {body}");
+        }
     }
 
     #[tokio::test]

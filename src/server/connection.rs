@@ -102,6 +102,7 @@ impl End {
 }
 
 struct Connection<'a> {
+    peer: SocketAddr,
     peer_ip: String,
     limits: &'a Limits,
     /// Where this connection's events are counted.
@@ -189,6 +190,7 @@ pub async fn serve_counted<S>(
 {
     let started = Instant::now();
     let mut conn = Connection {
+        peer,
         peer_ip: peer.ip().to_string(),
         limits,
         telemetry,
@@ -488,7 +490,12 @@ impl Connection<'_> {
     }
 
     fn reject(&mut self, error: &ProtocolError, line: u64) {
-        LineRejected { line, error }.emit_to(self.telemetry);
+        LineRejected {
+            line,
+            peer: self.peer,
+            error,
+        }
+        .emit_to(self.telemetry);
         self.counters.rejected += 1;
         self.since_sync_rejected += 1;
     }
