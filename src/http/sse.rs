@@ -1,5 +1,6 @@
 //! `GET /api/events[?sensor=a,b]`: Server-Sent Events of committed readings (`reading`)
-//! and sensor state changes (`sensor`), from one bounded [`Subscription`] per stream.
+//! and sensor state changes (`sensor`), from one bounded [`Subscription`] per stream, and
+//! the server's figures (`server`, the `/api/server` object) every [`SERVER_EVERY`].
 //!
 //! A subscriber that falls behind gets `lagged` (`{"dropped":N}`) and the stream ends
 //! (the browser's EventSource reconnects and the page refetches `/api/sensors`); ingest
@@ -23,6 +24,9 @@ use crate::live::{LiveEvent, Next, Subscription};
 
 /// Comment lines on an idle stream, so proxies and browsers keep it open.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// How often a stream gets the `server` event (the first one at once).
+pub const SERVER_EVERY: Duration = Duration::from_secs(1);
 
 /// The routes of this module.
 pub fn routes() -> Router<AppState> {
@@ -51,28 +55,35 @@ async fn events(
     Query(query): Query<EventsQuery>,
 ) -> impl IntoResponse {
     let subscription = state.live.subscribe(sensor_filter(query.sensor.as_deref()));
-    Sse::new(stream(subscription, state.shutdown.clone()))
-        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+    Sse::new(stream(subscription, state)).keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
 }
 
 /// What one stream is doing between events.
 struct Feed {
     subscription: Subscription,
+    state: AppState,
     shutdown: CancellationToken,
+    server_tick: tokio::time::Interval,
     /// Events decoded from one queue entry (a batch's readings) not yet yielded.
     pending: VecDeque<Event>,
     /// After `lagged`: nothing more follows.
     ended: bool,
 }
 
-/// The SSE events of `subscription`, until it lags, the registry goes, or `shutdown`.
+/// The SSE events of `subscription` and `state`'s server figures, until the subscription
+/// lags or the server shuts down.
 pub fn stream(
     subscription: Subscription,
-    shutdown: CancellationToken,
+    state: AppState,
 ) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
+    let mut server_tick = tokio::time::interval(SERVER_EVERY);
+    // A stream that was not polled for a while gets one event, not a burst.
+    server_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let feed = Feed {
         subscription,
-        shutdown,
+        shutdown: state.shutdown.clone(),
+        state,
+        server_tick,
         pending: VecDeque::new(),
         ended: false,
     };
@@ -88,6 +99,14 @@ pub fn stream(
                 biased;
                 _ = feed.shutdown.cancelled() => return None,
                 next = feed.subscription.next() => next,
+                _ = feed.server_tick.tick() => {
+                    let summary = super::server_summary(&feed.state);
+                    let data = serde_json::to_string(&summary)
+                        .expect("the server summary serializes to JSON");
+                    feed.pending
+                        .push_back(Event::default().event("server").data(data));
+                    continue;
+                }
             };
             match next {
                 Next::Event(LiveEvent::Readings(readings)) => {
@@ -193,8 +212,16 @@ mod tests {
         let _conn_b = commit(registry, "b", &["m v=3 3"]);
         drop(conn_a);
         let mut text = String::new();
-        read_events(&mut body, &mut text, 4).await;
-        let events: Vec<&str> = text.split("\n\n").collect();
+        read_events(&mut body, &mut text, 5).await;
+        let mut events: Vec<&str> = text.split("\n\n").collect();
+        // The server's figures come at once too (after what was already queued).
+        assert!(
+            events
+                .iter()
+                .any(|event| event.starts_with("event: server\ndata: {\"version\":")),
+            "{text}"
+        );
+        events.retain(|event| !event.starts_with("event: server\n"));
         assert!(
             events[0].starts_with("event: sensor\ndata: {\"sensor\":\"a\""),
             "{text}"

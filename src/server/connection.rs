@@ -15,9 +15,9 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
+use super::logging;
 use super::pending::{wait_head, InFlight, PendingReply};
 use super::stream::{read_when_ready, READ_CHUNK_BYTES};
-use super::{logging, ServerConfig};
 use crate::events::{
     self, AcksWithheld, BytesReceived, CloseReason, ConnectionClosed, ErrorReplySuppressed,
     Event as _, LineRejected, Mode, ModeDetected, ReadingReceived, ReadingsAccepted,
@@ -33,32 +33,13 @@ use crate::store::StoredReading;
 use crate::timefmt::now_ns;
 
 pub use super::stream::PeerStream;
+pub use super::Limits;
 
 /// Most reads of already-arrived data at shutdown (bounds a peer that never stops sending).
 const SHUTDOWN_DRAIN_READS: usize = 128;
 
 /// Error replies held for a peer that has not yet shown it reads replies.
 const MAX_HELD_ERRORS: usize = 64;
-
-/// The per-connection limits, taken once from the server's config.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    pub idle_timeout: Duration,
-    pub write_timeout: Duration,
-    pub max_line_bytes: usize,
-    pub max_inflight_batches: usize,
-}
-
-impl From<&ServerConfig> for Limits {
-    fn from(config: &ServerConfig) -> Self {
-        Limits {
-            idle_timeout: config.idle_timeout,
-            write_timeout: config.write_timeout,
-            max_line_bytes: config.max_line_bytes,
-            max_inflight_batches: config.max_inflight_batches.max(1),
-        }
-    }
-}
 
 /// How the peer talks, decided from its first bytes.
 enum Decoder {

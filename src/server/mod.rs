@@ -62,6 +62,26 @@ impl Default for ServerConfig {
     }
 }
 
+/// The per-connection limits, taken once from the server's config.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub idle_timeout: Duration,
+    pub write_timeout: Duration,
+    pub max_line_bytes: usize,
+    pub max_inflight_batches: usize,
+}
+
+impl From<&ServerConfig> for Limits {
+    fn from(config: &ServerConfig) -> Self {
+        Limits {
+            idle_timeout: config.idle_timeout,
+            write_timeout: config.write_timeout,
+            max_line_bytes: config.max_line_bytes,
+            max_inflight_batches: config.max_inflight_batches.max(1),
+        }
+    }
+}
+
 /// Run the server until `shutdown` is cancelled, then drain and flush the store.
 ///
 /// Prints `http on http://<addr>/` (unless `--http off`), then `listening on <addr>` on

@@ -248,6 +248,13 @@ fn sse_delivers_a_reading_as_it_is_acked() {
         "SSE reading {after_ack:?} after its ack"
     );
 
+    // The server's figures every second (this one counts the ack above, or a later one).
+    wait_for(
+        || events.next("server").0["readings_acked_total"] == 2,
+        PATIENCE,
+        "a server event counting the 2 acked readings",
+    );
+
     // The peer leaves: its sensor turns disconnected, announced on the stream.
     drop(peer);
     let (sensor, _) = events.next("sensor");
