@@ -715,6 +715,30 @@ mod tests {
         assert_eq!(config.write_timeout, ServerConfig::default().write_timeout);
     }
 
+    /// `--stale-after`: from the file, printed back, and a zero refused.
+    #[test]
+    fn stale_after_is_a_validated_duration() {
+        let file = parse_file("[server]\nstale-after = \"45s\"\n").expect("valid file");
+        let config = file.validate().expect("valid settings");
+        assert_eq!(config.stale_after, Duration::from_secs(45));
+        assert_eq!(
+            ServerConfig::default().stale_after,
+            crate::live::DEFAULT_STALE_AFTER
+        );
+        let printed = print_server(&config).expect("printable");
+        assert!(printed.contains("stale-after = \"45s\"\n"), "{printed}");
+        let err = RawServer {
+            stale_after: Some(Duration::ZERO),
+            ..RawServer::default()
+        }
+        .validate()
+        .expect_err("zero");
+        assert!(
+            err.to_string().starts_with("invalid stale-after 0s"),
+            "{err}"
+        );
+    }
+
     /// See: review of issue 8 (printing a non-UTF-8 `--spool` path panicked in `to_toml`).
     #[test]
     fn print_config_of_a_non_utf8_path_is_an_error_naming_it() {
