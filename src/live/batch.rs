@@ -49,11 +49,13 @@ pub(super) struct Group {
     pub(super) points: Vec<(i64, f64)>,
     /// Index of the last reading (in the batch) while building.
     last: usize,
+    /// A link report (`sensorlink_link`): no sparkline, no `values`.
+    link: bool,
 }
 
 impl Group {
     pub(super) fn is_link(&self) -> bool {
-        self.measurement == LINK_MEASUREMENT
+        self.link
     }
 }
 
@@ -77,6 +79,13 @@ impl LiveBatch {
             let at = match found {
                 Some(at) => at,
                 None => {
+                    let link = reading.measurement == LINK_MEASUREMENT;
+                    // Sized once (most batches are one group); a link report has no points.
+                    let points = if link {
+                        0
+                    } else {
+                        (batch.len() - index).min(2 * SPARK_POINTS)
+                    };
                     groups.push(Group {
                         sensor: stored.sensor.clone(),
                         measurement: reading.measurement.clone(),
@@ -85,8 +94,9 @@ impl LiveBatch {
                         time_ns: 0,
                         received_ns: 0,
                         series: None,
-                        points: Vec::new(),
+                        points: Vec::with_capacity(points),
                         last: index,
+                        link,
                     });
                     groups.len() - 1
                 }

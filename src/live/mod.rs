@@ -190,7 +190,7 @@ impl Registry {
                     ),
                     _ => None,
                 };
-                for group in &batch.groups {
+                for group in &mut batch.groups {
                     if !self.track(inner, &group.sensor, peer, mode) {
                         continue;
                     }

@@ -117,26 +117,33 @@ impl Sensor {
         }
     }
 
-    /// Take one committed group of its readings.
-    pub(super) fn apply(&mut self, group: &Group) {
+    /// Take one committed group of its readings (its fields are moved out, not copied).
+    pub(super) fn apply(&mut self, group: &mut Group) {
         self.readings += group.count;
         self.last_seen_ns = self.last_seen_ns.max(group.received_ns);
         self.rate.add(group.received_ns, group.count);
+        let fields = std::mem::take(&mut group.fields);
         if group.is_link() {
-            self.link = Some((group.time_ns, group.fields.clone()));
+            self.link = Some((group.time_ns, fields));
             return;
         }
+        self.take_series(group, &fields);
         match self
             .values
             .iter()
             .position(|(measurement, _)| *measurement == group.measurement)
         {
-            Some(at) => self.values[at].1.clone_from(&group.fields),
-            None if self.values.len() < MAX_MEASUREMENTS => self
-                .values
-                .push((group.measurement.clone(), group.fields.clone())),
+            Some(at) => self.values[at].1 = fields,
+            None if self.values.len() < MAX_MEASUREMENTS => {
+                self.values.push((group.measurement.clone(), fields));
+            }
             None => {}
         }
+    }
+
+    /// The group's points of the primary series (fixed by the first series seen), and its
+    /// latest value from `fields`, the group's last reading.
+    fn take_series(&mut self, group: &Group, fields: &[(String, FieldValue)]) {
         let Some(series) = &group.series else { return };
         let primary = self
             .primary
@@ -151,10 +158,9 @@ impl Sensor {
             self.spark.push_back((time_ms, value));
         }
         if group.points.last().is_some() {
-            // The group's last reading carries the series whenever it has points, except
-            // when it lacked the field: take the value from its fields then.
-            self.last = group
-                .fields
+            // The last reading carries the series whenever the group has points, unless it
+            // lacked the field: then the last point is the latest value.
+            self.last = fields
                 .iter()
                 .find(|(name, _)| *name == primary.1)
                 .and_then(|(_, value)| number(value))
@@ -376,7 +382,7 @@ mod tests {
             .iter()
             .map(|(line, received)| stored("s", line, *received))
             .collect();
-        for group in &LiveBatch::build(&batch, None, false).groups {
+        for group in &mut LiveBatch::build(&batch, None, false).groups {
             sensor.apply(group);
         }
     }
