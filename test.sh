@@ -3,5 +3,6 @@
 # integration tests (the integration tests start the real binary on loopback).
 set -euo pipefail
 cd "$(dirname "$0")"
-bash scripts/install-test-deps.sh
+# fonts-dejavu-core: the font `client --report` / `bench --report` draw their text with.
+bash scripts/install-test-deps.sh fonts-dejavu-core
 cargo test --all-targets --locked "$@"

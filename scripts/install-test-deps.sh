@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Debian packages the test suite needs. Today: none beyond the Rust toolchain (SQLite is
-# bundled into the binary). Later issues add postgresql, haproxy, chromium, iproute2 here.
+# Debian packages the test suite needs, named by the caller (test.sh): today
+# fonts-dejavu-core (the font run pictures are drawn with; SQLite is bundled into the
+# binary). Later issues add postgresql, haproxy, chromium, iproute2 there.
 set -euo pipefail
 need=()
 for pkg in "$@"; do

@@ -184,11 +184,20 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
                 print_config(&config::print_client(&config)?)?;
                 return Ok(Outcome::Ok);
             }
+            if config.report.is_some() {
+                // A missing font fails now, not after the run.
+                crate::plot::load_font()?;
+            }
             let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
-            let result = runtime.block_on(client::run(config));
+            let result = runtime.block_on(client::run(config.clone()));
             // What matters (spool, report) was awaited; don't wait on a source blocked in a
             // read (stdin) or a command still running.
             runtime.shutdown_timeout(Duration::from_millis(500));
+            if let (Some(path), Ok(report)) = (&config.report, &result) {
+                if let Some(picture) = &report.picture {
+                    crate::plot::client::write(path, &report.summary, picture)?;
+                }
+            }
             match result {
                 Ok(report) if report.all_acked() => Ok(Outcome::Ok),
                 Ok(_) => Ok(Outcome::Loss),

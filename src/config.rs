@@ -219,6 +219,8 @@ pub mod limits {
     );
     pub const MAX_BACKOFF: (Duration, Duration) =
         (Duration::from_millis(1), Duration::from_secs(24 * 3600));
+    /// Zero disables link reports.
+    pub const LINK_REPORT: (Duration, Duration) = (Duration::ZERO, Duration::from_secs(24 * 3600));
 }
 
 impl RawServer {
@@ -487,6 +489,24 @@ pub struct RawClient {
         skip_serializing_if = "Option::is_none"
     )]
     pub max_backoff: Option<Duration>,
+    /// Every INTERVAL, and once at the end of a run, send a `sensorlink_link` reading with
+    /// the link's health over the interval (RTT p50/p99/max, sent, acked, lost, timeouts,
+    /// reconnects); 0 disables. Ignored with --legacy (the seed's messages cannot carry it)
+    /// [default: 10s].
+    #[arg(long, env = "SENSORLINK_CLIENT_LINK_REPORT", value_parser = humantime::parse_duration)]
+    #[serde(
+        default,
+        alias = "link_report",
+        with = "human_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub link_report: Option<Duration>,
+    /// At the end of the run, draw it into FILE (`.svg` or `.png`): RTT over time with
+    /// timeouts, losses and reconnects marked, the RTT histogram with p50/p90/p99, and the
+    /// summary. Text is set in DejaVu Sans (Debian: fonts-dejavu-core), read at run time.
+    #[arg(long, value_name = "FILE", env = "SENSORLINK_CLIENT_REPORT")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<PathBuf>,
 }
 
 impl RawClient {
@@ -510,6 +530,8 @@ impl RawClient {
             spool_max_bytes: self.spool_max_bytes.or(lower.spool_max_bytes),
             spool_max_age: self.spool_max_age.or(lower.spool_max_age),
             max_backoff: self.max_backoff.or(lower.max_backoff),
+            link_report: self.link_report.or(lower.link_report),
+            report: self.report.or(lower.report),
         }
     }
 
@@ -595,6 +617,23 @@ impl RawClient {
                 .spool_max_age
                 .map(|age| in_range("spool-max-age", age, limits::SPOOL_MAX_AGE))
                 .transpose()?,
+            link_report: in_range(
+                "link-report",
+                self.link_report.unwrap_or(Duration::from_secs(10)),
+                limits::LINK_REPORT,
+            )?,
+            report: self
+                .report
+                .map(|path| {
+                    crate::plot::Format::of(&path)
+                        .map(|_| path.clone())
+                        .ok_or_else(|| ConfigError::Invalid {
+                            setting: "report",
+                            value: path.display().to_string(),
+                            accepted: "a file name ending in .svg or .png".into(),
+                        })
+                })
+                .transpose()?,
         })
     }
 
@@ -618,6 +657,8 @@ impl RawClient {
             spool_max_bytes: Some(config.spool_max_bytes),
             spool_max_age: config.spool_max_age,
             max_backoff: Some(config.max_backoff),
+            link_report: Some(config.link_report),
+            report: config.report.clone(),
         }
     }
 }
@@ -644,6 +685,9 @@ pub fn print_client(config: &ClientConfig) -> Result<String, ConfigError> {
     }
     if let SourceSpec::File(path) = &config.source {
         printable_path("source", path)?;
+    }
+    if let Some(report) = &config.report {
+        printable_path("report", report)?;
     }
     let file = ConfigFile {
         client: Some(RawClient::from_config(config)),
@@ -1103,5 +1147,44 @@ mod tests {
         assert!(err
             .to_string()
             .starts_with("invalid spool /tmp/spool: accepted only without legacy"));
+    }
+
+    /// `link-report` (the flag's name) and `link_report` (issue 9's contract) both set it;
+    /// `report` takes only the picture formats; both print back.
+    #[test]
+    fn link_report_and_report_settings() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("client.toml");
+        for key in ["link-report", "link_report"] {
+            let file = format!("[client]\n{key} = \"2s\"\nreport = \"run.svg\"\n");
+            std::fs::write(&path, file).expect("write config");
+            let config = client_config(RawClient::default(), Some(&path)).expect("valid");
+            assert_eq!(config.link_report, Duration::from_secs(2), "{key}");
+            assert_eq!(config.report, Some(PathBuf::from("run.svg")));
+            let printed = print_client(&config).expect("printable");
+            assert!(printed.contains("link-report = \"2s\"\n"), "{printed}");
+            assert!(printed.contains("report = \"run.svg\"\n"), "{printed}");
+        }
+        let defaults = RawClient::default().validate().expect("defaults are valid");
+        assert_eq!(defaults.link_report, Duration::from_secs(10));
+        assert_eq!(defaults.report, None);
+        let off = RawClient {
+            link_report: Some(Duration::ZERO),
+            ..RawClient::default()
+        };
+        assert_eq!(
+            off.validate().expect("0 disables").link_report,
+            Duration::ZERO
+        );
+        let err = RawClient {
+            report: Some("run.gif".into()),
+            ..RawClient::default()
+        }
+        .validate()
+        .expect_err("not a picture format");
+        assert_eq!(
+            err.to_string(),
+            "invalid report run.gif: accepted a file name ending in .svg or .png"
+        );
     }
 }

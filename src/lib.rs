@@ -15,7 +15,8 @@
 //!   implementations of `session::Session`, an
 //!   I/O-free delivery state machine (`state`), value sources, RTT statistics, the spool
 //!   (`client/spool/`: record format + CRC, recovery scan, state file, advisory lock; run
-//!   on a blocking thread by `spool_io`), and `ClientError` / `RunReport`.
+//!   on a blocking thread by `spool_io`), `link` (the `--link-report` readings), `samples`
+//!   (bounded RTT-over-time samples for `--report`), and `ClientError` / `RunReport`.
 //! - [`events`]: each named event (connection accepted, line rejected, batch committed, …)
 //!   logs once and counts once; one table of every metric (name, type, unit, help,
 //!   buckets), the bounded label values (`events/labels.rs`), and the Prometheus recorder.
@@ -26,7 +27,9 @@
 //!   probes, the embedded dashboard (`http/assets/`); docs/http-api.md is its contract.
 //! - [`query`]: `sensorlink query` / `sensorlink stats` output.
 //! - [`mod@bench`]: `sensorlink bench`, the load generator: `bench/` holds flags,
-//!   connection, line and legacy sessions, pacing, progress and report, one file each.
+//!   connection, line and legacy sessions, pacing, progress, report and per-second
+//!   timeline, one file each.
+//! - [`plot`]: pictures of runs (`client --report`, `bench --report`) as SVG or PNG.
 //! - [`cli`]: command-line flags.
 //! - [`config`]: defaults < TOML file < environment < flags, validated into the server's
 //!   and client's settings; `--print-config`.
@@ -38,6 +41,7 @@ pub mod config;
 pub mod events;
 pub mod http;
 pub mod live;
+pub mod plot;
 pub mod protocol;
 pub mod query;
 pub mod server;

@@ -70,6 +70,10 @@ pub struct BenchArgs {
     /// No progress output on stderr.
     #[arg(long, env = "SENSORLINK_BENCH_NO_PROGRESS")]
     pub no_progress: bool,
+    /// At the end, draw the run into FILE (`.svg` or `.png`): readings acked and ack latency
+    /// p50/p99/max per second. Text is set in DejaVu Sans (Debian: fonts-dejavu-core).
+    #[arg(long, value_name = "FILE", env = "SENSORLINK_BENCH_REPORT")]
+    pub report: Option<std::path::PathBuf>,
 }
 
 /// What a run does.
@@ -116,6 +120,8 @@ pub(super) struct Settings {
     pub(super) connect_rate: f64,
     pub(super) json: bool,
     pub(super) progress: ProgressStyle,
+    /// Where the picture of the run goes (`--report`).
+    pub(super) report: Option<std::path::PathBuf>,
 }
 
 impl Settings {
@@ -129,6 +135,14 @@ impl Settings {
         };
         if args.connections == 0 {
             return Err("--connections must be at least 1".into());
+        }
+        if let Some(path) = &args.report {
+            if crate::plot::Format::of(path).is_none() {
+                return Err(format!(
+                    "--report {}: use a file name ending in .svg or .png",
+                    path.display()
+                ));
+            }
         }
         if !(args.rate.is_finite() && args.rate >= 0.0) {
             return Err("--rate must be a number ≥ 0".into());
@@ -209,6 +223,7 @@ impl Settings {
             connect_rate,
             json: args.json,
             progress,
+            report: args.report,
         })
     }
 }

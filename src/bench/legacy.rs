@@ -67,7 +67,7 @@ pub(super) async fn session(
                 let now = Instant::now();
                 live.acked.fetch_add(1, Ordering::Relaxed);
                 if now >= phase.measure_from {
-                    result.rtt.record(now - at);
+                    result.rtt.record(now, now - at, 1);
                     result.readings += 1;
                     result.bytes += message.len() as u64;
                     result.last_ack = Some(now);

@@ -358,7 +358,7 @@ pub(super) fn handle_reply(
             let acked = ack.readings.min(sync.readings);
             live.acked.fetch_add(acked, Ordering::Relaxed);
             if measured {
-                result.rtt.record(now - sync.written_at);
+                result.rtt.record(now, now - sync.written_at, acked);
                 result.readings += acked;
                 result.last_ack = Some(now);
             }

@@ -23,7 +23,8 @@
 //! This file runs the phases and merges the results; the rest is one concept per file:
 //! `args.rs` (flags → settings), `conn.rs` (connect + `ping` check), `line.rs` and `legacy.rs`
 //! (one connection's session per mode), `pace.rs` (count share, rate), `progress.rs`
-//! (stderr while running), `report.rs` (tallies and the final report).
+//! (stderr while running), `report.rs` (tallies and the final report), `timeline.rs` (the
+//! run per second, for the picture `--report` draws with [`crate::plot::bench`]).
 
 mod args;
 mod conn;
@@ -32,6 +33,7 @@ mod line;
 mod pace;
 mod progress;
 mod report;
+pub mod timeline;
 
 use std::io::IsTerminal as _;
 use std::net::SocketAddr;
@@ -44,13 +46,11 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::stats::RttStats;
-
 pub use args::BenchArgs;
 use args::Settings;
 use progress::{spawn_progress, Live};
 pub use report::Report;
-use report::{ConnResult, ErrorKind};
+use report::{ConnResult, ErrorKind, RunLatencies, SharedLatencies};
 
 /// A sync (or legacy message) not answered within this time is an error, and ends its
 /// connection: a server that slow is broken, not busy.
@@ -64,6 +64,10 @@ pub const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 pub fn run(args: BenchArgs) -> anyhow::Result<Report> {
     let settings = Settings::from_args(args, std::io::stderr().is_terminal())
         .map_err(|msg| anyhow::anyhow!("bench: {msg}"))?;
+    if settings.report.is_some() {
+        // A missing font fails now, not after the run.
+        crate::plot::load_font()?;
+    }
     // A multi-thread runtime: the generator must spread over the cores like the server.
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     let report = runtime.block_on(bench(settings.clone()))?;
@@ -86,6 +90,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<Report> {
     if let Some(cause) = &report.first_error {
         tracing::warn!(%cause, "bench: first error");
     }
+    if let (Some(path), Some(seconds)) = (&settings.report, &report.timeline) {
+        crate::plot::bench::write(path, &report.picture_lines(), seconds)?;
+    }
     Ok(report)
 }
 
@@ -102,8 +109,8 @@ struct Shared {
     legacy_next_us: AtomicI64,
     /// Ctrl-C: stop sending, collect what is in flight, report.
     stop: CancellationToken,
-    /// Ack latencies of every connection.
-    latencies: Arc<std::sync::Mutex<RttStats>>,
+    /// Ack latencies of every connection (and, with `--report`, per second).
+    latencies: SharedLatencies,
 }
 
 /// When the run's phases begin and end; sent to every task once all have connected.
@@ -124,6 +131,13 @@ async fn bench(settings: Settings) -> anyhow::Result<Report> {
             "bench: --source-ips binds 127.0.0.x, so ADDR must be an IPv4 loopback address"
         );
     }
+    let latencies = Arc::new(std::sync::Mutex::new(RunLatencies {
+        timeline: settings
+            .report
+            .as_ref()
+            .map(|_| timeline::Timeline::new(Instant::now())),
+        ..RunLatencies::default()
+    }));
     let shared = Arc::new(Shared {
         settings,
         target,
@@ -131,7 +145,7 @@ async fn bench(settings: Settings) -> anyhow::Result<Report> {
         start_ns: crate::timefmt::now_ns(),
         legacy_next_us: AtomicI64::new(crate::timefmt::now_ns() / 1000),
         stop: CancellationToken::new(),
-        latencies: Arc::default(),
+        latencies,
     });
     {
         let stop = shared.stop.clone();
@@ -173,6 +187,9 @@ async fn bench(settings: Settings) -> anyhow::Result<Report> {
 
     let go = Instant::now();
     let measure_from = go + s.warmup;
+    if let Some(timeline) = &mut lock_latencies(&shared.latencies).timeline {
+        timeline.restart(measure_from);
+    }
     phase_tx.send_replace(Some(Phase {
         go,
         measure_from,
@@ -210,7 +227,20 @@ async fn bench(settings: Settings) -> anyhow::Result<Report> {
     // The measurement lasts until its last ack (the drain of the final window included).
     let end = total.last_ack.unwrap_or(finished).max(measure_from);
     let seconds = (end - measure_from).as_secs_f64();
-    Ok(Report::new(s, total, established, seconds, connect_seconds))
+    let mut report = Report::new(s, total, established, seconds, connect_seconds);
+    report.timeline = lock_latencies(&shared.latencies)
+        .timeline
+        .as_ref()
+        .map(|timeline| timeline.seconds(end));
+    Ok(report)
+}
+
+/// The run's latencies; a connection task that panicked holding the lock cannot have left
+/// them in a state that matters for a report.
+fn lock_latencies(latencies: &SharedLatencies) -> std::sync::MutexGuard<'_, RunLatencies> {
+    latencies
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// One connection's life: connect, wait for the start, send, drain.

@@ -13,6 +13,7 @@ use crate::client::stats::{RttStats, RttSummary};
 
 use super::args::{Mode, Settings};
 use super::progress::Live;
+use super::timeline::{Second, Timeline};
 
 /// Why a run had errors, by cause.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -63,25 +64,40 @@ pub(super) enum ErrorKind {
 /// Samples buffered per connection before they are merged into the run's histogram.
 pub(super) const LATENCY_BATCH: usize = 256;
 
+/// What every connection's latencies are merged into: the run's histogram and, with
+/// `--report`, its per-second [`Timeline`].
+#[derive(Debug, Default)]
+pub(super) struct RunLatencies {
+    pub(super) stats: RttStats,
+    pub(super) timeline: Option<Timeline>,
+}
+
+/// The run's latencies, shared by every connection.
+pub(super) type SharedLatencies = Arc<std::sync::Mutex<RunLatencies>>;
+
+/// One ack: when it came, its latency, and the readings it covered.
+type Sample = (Instant, Duration, u64);
+
 /// One connection's ack latencies, merged in batches into the histogram the whole run
 /// shares: a histogram per connection (~270 KiB each, 1 ns to 1 h) would cost gigabytes at
 /// tens of thousands of idle connections.
 #[derive(Debug)]
 pub(super) struct Latencies {
-    pub(super) local: Vec<Duration>,
-    pub(super) shared: Arc<std::sync::Mutex<RttStats>>,
+    pub(super) local: Vec<Sample>,
+    pub(super) shared: SharedLatencies,
 }
 
 impl Latencies {
-    pub(super) fn new(shared: Arc<std::sync::Mutex<RttStats>>) -> Self {
+    pub(super) fn new(shared: SharedLatencies) -> Self {
         Latencies {
             local: Vec::new(),
             shared,
         }
     }
 
-    pub(super) fn record(&mut self, rtt: Duration) {
-        self.local.push(rtt);
+    /// An ack at `at` after `rtt`, for `readings` readings.
+    pub(super) fn record(&mut self, at: Instant, rtt: Duration, readings: u64) {
+        self.local.push((at, rtt, readings));
         if self.local.len() >= LATENCY_BATCH {
             self.flush();
         }
@@ -97,8 +113,12 @@ impl Latencies {
             .shared
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for rtt in self.local.drain(..) {
-            shared.record(rtt);
+        let shared = &mut *shared;
+        for (at, rtt, readings) in self.local.drain(..) {
+            shared.stats.record(rtt);
+            if let Some(timeline) = &mut shared.timeline {
+                timeline.record(at, rtt, readings);
+            }
         }
     }
 
@@ -108,6 +128,7 @@ impl Latencies {
         self.shared
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .stats
             .summary()
     }
 }
@@ -135,7 +156,7 @@ pub(super) struct ConnResult {
 }
 
 impl ConnResult {
-    pub(super) fn new(latencies: Arc<std::sync::Mutex<RttStats>>) -> Self {
+    pub(super) fn new(latencies: SharedLatencies) -> Self {
         ConnResult {
             established: false,
             rtt: Latencies::new(latencies),
@@ -230,6 +251,9 @@ pub struct Report {
     /// The run's first error, for stderr (the report itself counts errors by kind).
     #[serde(skip)]
     pub(super) first_error: Option<String>,
+    /// The run per second (only with `--report`: what its picture is drawn from).
+    #[serde(skip)]
+    pub(super) timeline: Option<Vec<Second>>,
 }
 
 impl Report {
@@ -273,7 +297,36 @@ impl Report {
             source_ips: s.source_ips,
             connect_rate: s.connect_rate,
             first_error: total.first_error.take(),
+            timeline: None,
         }
+    }
+
+    /// The picture's header: what the text report says, in three lines.
+    pub(super) fn picture_lines(&self) -> Vec<String> {
+        let l = &self.latency_us;
+        vec![
+            format!(
+                "sensorlink bench → {}   ({} mode, {} connections, pipeline {}, batch {})",
+                self.addr,
+                format!("{:?}", self.mode).to_lowercase(),
+                self.connections,
+                self.pipeline,
+                self.batch
+            ),
+            format!(
+                "{} readings acked in {:.3} s: {:.0} readings/s, {:.2} MB/s, {} errors, {} unacked",
+                self.readings,
+                self.seconds,
+                self.readings_per_sec,
+                self.mb_per_sec,
+                self.errors,
+                self.unacked
+            ),
+            format!(
+                "ack latency µs p50 {:.0}  p90 {:.0}  p99 {:.0}  p99.9 {:.0}  max {:.0}  ({} samples)",
+                l.p50, l.p90, l.p99, l.p999, l.max, l.count
+            ),
+        ]
     }
 
     pub(super) fn write_human(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {

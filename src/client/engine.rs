@@ -19,22 +19,26 @@ use tokio_util::sync::CancellationToken;
 
 use super::backoff::Backoff;
 use super::error::ClientError;
-use super::output::{Printer, RunTotals, ServerShare, Summary};
+use super::link::{LinkTotals, LINK_MEASUREMENT};
+use super::measure::Measure;
+use super::output::{Printer, RunTotals, Summary};
 use super::report::RunReport;
-use super::session::{Event, Session};
+use super::session::{open, Event, Opened, Session};
 use super::spool::DropReason;
 use super::spool_io::SpoolIo;
 use super::state::ClientState;
-use super::stats::RttStats;
 use super::transport::{self, Connection, Connector, TransportError};
 use super::{sleep_until_opt, ClientConfig};
-use crate::protocol::FieldValue;
+use crate::protocol::{FieldValue, Reading};
 
 /// Most bytes queued for the socket at once; more readings wait in the state machine.
 const MAX_QUEUED_BYTES: usize = 64 * 1024;
 
 /// Most values taken from the channel at once: one spool write (and fsync) for all of them.
 const MAX_VALUES_PER_BATCH: usize = 256;
+
+/// Why a connection is re-opened when a new reading found every kept one in flight.
+const ALL_IN_FLIGHT: &str = "more than --max-pending readings unacknowledged, all in flight";
 
 /// What ended one connection.
 enum Disconnect {
@@ -44,56 +48,20 @@ enum Disconnect {
     Retry(String),
 }
 
-/// Sums of the server's own timings over the acks that carried them.
-#[derive(Debug, Default)]
-struct ServerSums {
-    acks: u64,
-    store_us: f64,
-    commit_us: f64,
-    network_us: f64,
-}
-
-/// An open connection, how long the connect took, and the first pong (line mode).
-type Opened<T, D> = (Connection<T, D>, Duration, Option<Duration>);
-
-/// Open a stream and handshake, both within one `timeout` (one deadline, not one each);
-/// times both.
-async fn open<S: Session, C: Connector>(
-    session: &S,
-    timeout: Duration,
-    connector: &mut C,
-) -> Result<Opened<C::Stream, S::Decoder>, TransportError> {
-    let start = Instant::now();
-    let deadline = start + timeout;
-    let stream = tokio::time::timeout_at(deadline, connector.connect())
-        .await
-        .map_err(|_| TransportError::TimedOut { what: "connect" })??;
-    let connect_time = start.elapsed();
-    let mut conn = transport::split(stream, session.decoder());
-    let ping_start = Instant::now();
-    let left = deadline.saturating_duration_since(ping_start);
-    session.handshake(&mut conn, left).await?;
-    if S::LEGACY {
-        Ok((conn, start.elapsed(), None))
-    } else {
-        Ok((conn, connect_time, Some(ping_start.elapsed())))
-    }
-}
-
 /// One run of the client: the state of delivery and everything it reports.
 pub(crate) struct Engine<'a, S: Session> {
     config: &'a ClientConfig,
     session: S,
     printer: Printer,
     state: ClientState,
-    rtt: RttStats,
+    /// Round trips, the server's share, link reports, the picture's samples.
+    measure: Measure,
     started: Instant,
     first_connect: Option<Duration>,
     reconnects: u64,
     /// The source has ended (count reached, EOF) or a stop came: deliver what is left
     /// within the drain timeout, then stop.
     draining_since: Option<Instant>,
-    server: ServerSums,
     /// The on-disk queue (`--spool`): every reading is appended before it is sent.
     spool: Option<SpoolIo>,
     /// Readings recovered from the spool at start and sent again.
@@ -125,12 +93,11 @@ impl<'a, S: Session> Engine<'a, S> {
             } else {
                 config.max_pending
             }),
-            rtt: RttStats::new(),
+            measure: Measure::new(config, S::LEGACY),
             started: Instant::now(),
             first_connect: None,
             reconnects: 0,
             draining_since: None,
-            server: ServerSums::default(),
             spool: None,
             replayed: 0,
             values,
@@ -162,6 +129,12 @@ impl<'a, S: Session> Engine<'a, S> {
         let delivered = self.deliver(&mut connector).await;
         // Even when the server was never reached: what was produced is kept in the spool.
         let leftovers = self.take_leftover_values().await;
+        // A run that gives up still reports its link (kept in the spool, if any, for the
+        // next run); one that never connected has no link to report.
+        let last_link = match (&delivered, &leftovers) {
+            (Ok(()), Ok(())) => self.last_link_report(true).await.map(drop),
+            _ => Ok(()),
+        };
         // Whatever ended the run, what the spool holds is made durable for the next one.
         let closed = match self.spool.take() {
             Some(spool) => spool.close().await,
@@ -169,6 +142,7 @@ impl<'a, S: Session> Engine<'a, S> {
         };
         delivered?;
         leftovers?;
+        last_link?;
         if let Err(err) = closed {
             tracing::warn!(cause = %err, "closing the spool");
         }
@@ -189,10 +163,12 @@ impl<'a, S: Session> Engine<'a, S> {
             self.printer.spool_damage(damage);
         }
         let dropped = recovery.dropped_by_age + recovery.dropped_by_bytes;
-        self.replayed = recovery.readings.len() as u64;
         for spooled in recovery.readings {
+            // The seed's messages are never link reports (and legacy mode has no spool).
+            let link = !S::LEGACY && spooled.reading.measurement == LINK_MEASUREMENT;
+            self.replayed += u64::from(!link);
             self.state
-                .restore(spooled.seq, spooled.reading, recovery.next_seq);
+                .restore_as(spooled.seq, spooled.reading, recovery.next_seq, link);
         }
         self.state.restore_next_seq(recovery.next_seq);
         self.printer
@@ -222,6 +198,7 @@ impl<'a, S: Session> Engine<'a, S> {
                         self.first_connect = Some(connect_time);
                     } else {
                         self.reconnects += 1;
+                        self.measure.reconnected();
                     }
                     self.printer.connected(
                         &self.config.addr,
@@ -317,8 +294,48 @@ impl<'a, S: Session> Engine<'a, S> {
         let Some(since) = self.draining_since else {
             return false;
         };
-        (!self.values_open && self.state.pending() == 0)
+        (!self.values_open && self.state.pending() == 0 && !self.last_link_due())
             || since.elapsed() >= self.config.drain_timeout
+    }
+
+    /// The run's last link report is still to be made: the user's readings are all
+    /// delivered and something happened since the previous report.
+    fn last_link_due(&self) -> bool {
+        let totals = LinkTotals::of(&self.state.counters(), self.reconnects);
+        self.measure.last_link_due(&totals)
+    }
+
+    /// Make a link report (and keep it, like a reading). `last`: the run's last one, whose
+    /// `lost` counts the user's readings still unacknowledged (the run gives up on them).
+    /// `true`: the connection must be closed (see [`Engine::produce`]).
+    async fn link_report(&mut self, last: bool) -> Result<bool, ClientError> {
+        let mut totals = LinkTotals::of(&self.state.counters(), self.reconnects);
+        if last {
+            totals.lost += self.state.pending_user() as u64;
+        }
+        let Some(reading) = self.measure.link_report(totals, last) else {
+            return Ok(false);
+        };
+        self.printer.link_report(&reading);
+        self.keep(vec![(reading, true)]).await
+    }
+
+    /// The run's last link report, if it is due: when every value is taken and the user's
+    /// readings are delivered, or (`giving_up`) when the run ends without them.
+    async fn last_link_report(&mut self, giving_up: bool) -> Result<bool, ClientError> {
+        let delivered = !self.values_open && self.state.pending_user() == 0;
+        if self.draining_since.is_some() && (delivered || giving_up) && self.last_link_due() {
+            return self.link_report(true).await;
+        }
+        Ok(false)
+    }
+
+    fn link_due(&self) -> Option<Instant> {
+        self.measure.link_due()
+    }
+
+    fn mark_events(&mut self) {
+        self.measure.mark_events(&self.state.counters());
     }
 
     /// The source ended or a stop came: from now on the drain timeout runs.
@@ -387,17 +404,24 @@ impl<'a, S: Session> Engine<'a, S> {
     async fn wait_offline(&mut self, delay: Duration) -> Result<bool, ClientError> {
         let until = Instant::now() + delay;
         loop {
+            self.mark_events();
+            self.last_link_report(false).await?;
             // Nothing left to deliver (or the drain is over): no point in waiting.
             if self.finished() {
                 return Ok(false);
             }
             let drain_deadline = self.drain_deadline();
+            let link_due = self.link_due();
             tokio::select! {
                 _ = tokio::time::sleep_until(until) => return Ok(true),
                 _ = sleep_until_opt(drain_deadline) => return Ok(false),
                 value = self.values.recv(), if self.values_open => {
                     // Offline, nothing is in flight: never a connection to close.
                     self.on_value(value).await?;
+                }
+                // Reports go on while offline: they tell of the outage once delivered.
+                _ = sleep_until_opt(link_due) => {
+                    self.link_report(false).await?;
                 }
                 // The producer stops on its own; what it already sent is still taken.
                 _ = self.stop.cancelled(), if self.draining_since.is_none() => self.start_draining(),
@@ -409,14 +433,22 @@ impl<'a, S: Session> Engine<'a, S> {
     /// Keep new readings, spooled (one write and fsync for all) before any is sent. `true`:
     /// the connection must be closed, as every reading in flight was taken back to make room.
     async fn produce(&mut self, values: Vec<(FieldValue, i64)>) -> Result<bool, ClientError> {
+        let readings = values
+            .into_iter()
+            .map(|(value, timestamp_ns)| (self.session.reading(value, timestamp_ns), false))
+            .collect();
+        self.keep(readings).await
+    }
+
+    /// [`Engine::produce`] for readings already made; `true` in a pair marks a link report.
+    async fn keep(&mut self, readings: Vec<(Reading, bool)>) -> Result<bool, ClientError> {
         let mut retry = false;
         let mut spooled = Vec::new();
-        for (value, timestamp_ns) in values {
-            let reading = self.session.reading(value, timestamp_ns);
+        for (reading, link) in readings {
             if self.spool.is_some() {
                 spooled.push((self.state.next_seq(), reading.clone()));
             }
-            let produced = self.state.produce(reading);
+            let produced = self.state.produce_as(reading, link);
             if let Some(dropped) = produced.dropped {
                 self.printer
                     .dropped(dropped, "more than --max-pending readings unacknowledged");
@@ -482,6 +514,10 @@ impl<'a, S: Session> Engine<'a, S> {
         let mut write_deadline: Option<Instant> = None;
         loop {
             self.output_ok()?;
+            self.mark_events();
+            if self.last_link_report(false).await? {
+                return Ok(Disconnect::Retry(ALL_IN_FLIGHT.to_string()));
+            }
             self.queue_due(&mut writer);
             if !writer.busy() {
                 write_deadline = None;
@@ -496,6 +532,7 @@ impl<'a, S: Session> Engine<'a, S> {
                 .next_deadline(reply_timeout)
                 .map(Instant::from_std);
             let drain_deadline = self.drain_deadline();
+            let link_due = self.link_due();
             tokio::select! {
                 reply = reader.read_reply() => match reply {
                     Ok(reply) => {
@@ -518,10 +555,12 @@ impl<'a, S: Session> Engine<'a, S> {
                 }
                 value = self.values.recv(), if self.values_open => {
                     if self.on_value(value).await? {
-                        return Ok(Disconnect::Retry(
-                            "more than --max-pending readings unacknowledged, all in flight"
-                                .to_string(),
-                        ));
+                        return Ok(Disconnect::Retry(ALL_IN_FLIGHT.to_string()));
+                    }
+                }
+                _ = sleep_until_opt(link_due) => {
+                    if self.link_report(false).await? {
+                        return Ok(Disconnect::Retry(ALL_IN_FLIGHT.to_string()));
                     }
                 }
                 // The producer stops on its own; what it already sent is still taken.
@@ -529,7 +568,8 @@ impl<'a, S: Session> Engine<'a, S> {
                 _ = sleep_until_opt(reply_deadline) => {
                     let now = Instant::now().into_std();
                     let lost = self.state.check_timeouts(now, reply_timeout);
-                    for seq in &lost {
+                    // A link report's timeout is counted apart, not printed as a reading's.
+                    for seq in lost.iter().filter(|seq| self.state.is_link(**seq) == Some(false)) {
                         self.printer.lost(*seq, reply_timeout, S::LEGACY);
                     }
                     if !lost.is_empty() {
@@ -609,18 +649,13 @@ impl<'a, S: Session> Engine<'a, S> {
                 *through = (*through).max(outcome.through);
                 for acked in outcome.acked {
                     self.acked_on_connection = true;
+                    if acked.link {
+                        // Counted in the state's link counters; not one of the user's readings.
+                        continue;
+                    }
                     // A resent reading waited behind a backlog: its time says nothing of the link.
-                    if S::LEGACY || !acked.resent {
-                        self.rtt.record(acked.rtt);
-                    }
-                    if let Some(store_us) = times.store_us {
-                        let sums = &mut self.server;
-                        sums.acks += 1;
-                        sums.store_us += store_us as f64;
-                        sums.commit_us += times.commit_us.unwrap_or(0) as f64;
-                        sums.network_us +=
-                            (acked.rtt.as_secs_f64() * 1e6 - store_us as f64).max(0.0);
-                    }
+                    self.measure
+                        .acked(acked.rtt, times, S::LEGACY || !acked.resent);
                     match &raw {
                         Some(raw) => {
                             self.printer
@@ -647,27 +682,29 @@ impl<'a, S: Session> Engine<'a, S> {
         for seq in self.state.give_up() {
             self.printer.lost_at_exit(seq, spooled);
         }
-        let sums = &self.server;
-        let n = sums.acks as f64;
+        self.mark_events();
         let counters = self.state.counters();
+        let links = self.state.link_counters();
         let summary = Summary::of(RunTotals {
             addr: &self.config.addr,
             counters,
-            pending: self.state.pending() as u64,
+            link_reports: (links.produced, links.acked),
+            pending: self.state.pending_user() as u64,
             replayed: self.replayed,
             duration: self.started.elapsed(),
             first_connect: self.first_connect,
             reconnects: self.reconnects,
-            rtt: self.rtt.summary(),
-            server_us: (sums.acks > 0).then(|| ServerShare {
-                store_avg: sums.store_us / n,
-                commit_avg: sums.commit_us / n,
-                network_avg: sums.network_us / n,
-            }),
+            rtt: self.measure.rtt.summary(),
+            server_us: self.measure.server_share(),
         });
         self.printer.summary(&summary);
         self.output_ok()?;
-        Ok(RunReport { summary, counters })
+        let picture = self.measure.take_picture(self.config.reply_timeout);
+        Ok(RunReport {
+            summary,
+            counters,
+            picture,
+        })
     }
 }
 
@@ -712,6 +749,8 @@ mod tests {
     struct Seen {
         attempts: Vec<Instant>,
         connections: Vec<Vec<i64>>,
+        /// Link-report lines received, on any connection.
+        links: Vec<String>,
     }
 
     #[derive(Clone)]
@@ -749,6 +788,8 @@ mod tests {
             spool: None,
             spool_max_bytes: 1 << 20,
             spool_max_age: None,
+            link_report: Duration::ZERO,
+            report: None,
         }
     }
 
@@ -795,6 +836,10 @@ mod tests {
                     if readings == drop_at {
                         return;
                     }
+                }
+                if line.starts_with(LINK_MEASUREMENT) {
+                    seen.lock().expect("not poisoned").links.push(line);
+                    continue;
                 }
                 let value = value_of(&line).expect("the client sends `value=<n>i` lines");
                 seen.lock().expect("not poisoned").connections[conn].push(value);
@@ -1497,5 +1542,175 @@ mod tests {
         assert!(appends <= 3, "600 readings in {appends} appends");
         assert!(acks < 300, "600 acks recorded in {acks} spool calls");
         assert!(replayed(&config).await.is_empty());
+    }
+
+    /// A link-report event's integer field.
+    fn field(event: &serde_json::Value, name: &str) -> u64 {
+        event["fields"][name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{name} in {event}"))
+    }
+
+    fn link_events(run: &Run) -> Vec<&serde_json::Value> {
+        run.events
+            .iter()
+            .filter(|e| e["event"] == "link_report")
+            .collect()
+    }
+
+    /// Every interval a report of that interval's deltas, and a last one at the end: their
+    /// sums are the run's totals. Reports reach the server, are not counted as readings, and
+    /// each interval's RTTs are its own.
+    #[tokio::test(start_paused = true)]
+    async fn link_reports_every_interval_carry_deltas_and_a_last_one_ends_the_run() {
+        let mut config = config(Some(25), Duration::from_millis(100));
+        config.link_report = Duration::from_secs(1);
+        let run = run(config, Vec::new(), CancellationToken::new()).await;
+        let report = report(&run);
+        let links = link_events(&run);
+        assert_eq!(links.len(), 3, "at 1 s, 2 s and the end: {:?}", run.events);
+        let interval = |e: &serde_json::Value| e["fields"]["interval_s"].as_f64();
+        assert_eq!(interval(links[0]), Some(1.0));
+        assert_eq!(interval(links[1]), Some(1.0));
+        let last = interval(links[2]).expect("interval_s");
+        assert!(last > 0.0 && last < 1.0, "{last}");
+        for name in ["sent", "acked"] {
+            let per_interval: Vec<u64> = links.iter().map(|e| field(e, name)).collect();
+            assert_eq!(
+                per_interval.iter().sum::<u64>(),
+                25,
+                "{name}: {per_interval:?}"
+            );
+            assert!(
+                per_interval.iter().all(|n| *n <= 11),
+                "{name}: {per_interval:?}"
+            );
+        }
+        for name in ["lost", "timeouts", "reconnects"] {
+            assert!(links.iter().all(|e| field(e, name) == 0), "{name}");
+        }
+        // Every interval had acks: each has its RTT fields.
+        assert!(links.iter().all(|e| e["fields"]["rtt_p99_ms"].is_number()));
+        // Not in the user's counts; all of them stored.
+        assert_eq!(report.counters.produced, 25);
+        assert_eq!(report.counters.acked, 25);
+        assert_eq!(report.summary.sent, 25);
+        assert_eq!(report.summary.link_reports_sent, 3);
+        assert_eq!(report.summary.link_reports_acked, 3);
+        assert_eq!(run.seen.links.len(), 3, "{:?}", run.seen.links);
+        assert!(run.seen.links[0].starts_with("sensorlink_link,sensor=s interval_s=1,sent="));
+        assert_eq!(run.seen.connections.concat().len(), 25);
+        assert!(report.all_acked());
+    }
+
+    /// A reply timeout and the reconnect it causes show in a later report; the readings,
+    /// resent, are acked, so nothing is lost. A link report caught in flight is resent too.
+    #[tokio::test(start_paused = true)]
+    async fn link_reports_count_timeouts_and_reconnects() {
+        let mut config = config(Some(30), Duration::from_millis(100));
+        config.link_report = Duration::from_secs(1);
+        let script = vec![Behaviour::AckAfter(Duration::from_secs(3600))];
+        let run = run(config, script, CancellationToken::new()).await;
+        let report = report(&run);
+        let links = link_events(&run);
+        let sum = |name| links.iter().map(|e| field(e, name)).sum::<u64>();
+        assert_eq!(sum("acked"), 30, "{links:?}");
+        assert_eq!(sum("sent"), 30, "first sends only: {links:?}");
+        assert_eq!(sum("lost"), 0);
+        assert_eq!(sum("reconnects"), 1);
+        assert_eq!(sum("timeouts"), report.counters.timeouts);
+        assert!(report.counters.timeouts >= 1, "{:?}", report.counters);
+        // The first report (at 1 s, before the 2 s reply timeout) saw nothing acked yet.
+        assert_eq!(field(links[0], "acked"), 0);
+        assert_eq!(field(links[0], "reconnects"), 0);
+        assert!(
+            links[0]["fields"].get("rtt_p50_ms").is_none(),
+            "{}",
+            links[0]
+        );
+        assert!(report.summary.link_reports_acked >= 2);
+        assert!(report.all_acked());
+    }
+
+    /// `--legacy` ignores `--link-report`: the seed's messages cannot carry one.
+    #[tokio::test(start_paused = true)]
+    async fn legacy_mode_makes_no_link_reports() {
+        let mut config = config(Some(1), Duration::from_millis(100));
+        config.link_report = Duration::from_millis(10);
+        let (_tx, values) = mpsc::channel(1);
+        let printer = Printer::to(Box::new(std::io::sink()), true);
+        let legacy = Engine::new(
+            &config,
+            crate::client::legacy::LegacySession,
+            printer,
+            values,
+            CancellationToken::new(),
+        );
+        assert!(!legacy.measure.reports_link());
+    }
+
+    /// A link report kept in the spool comes back as a link report: counted apart, not as
+    /// a replayed reading.
+    #[tokio::test(start_paused = true)]
+    async fn spooled_link_reports_are_replayed_as_link_reports() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = spool_config(&dir.path().join("q"));
+        config.link_report = Duration::from_secs(1);
+        let session = || crate::client::line::LineSession {
+            measurement: "m".into(),
+            sensor: "s".into(),
+        };
+        let open = |config| {
+            let (_tx, values) = mpsc::channel(1);
+            let printer = Printer::to(Box::new(std::io::sink()), true);
+            Engine::new(config, session(), printer, values, CancellationToken::new())
+        };
+        let mut engine = open(&config);
+        engine.open_spool().await.expect("the spool opens");
+        engine
+            .produce(vec![(FieldValue::Int(1), 1)])
+            .await
+            .expect("spooled");
+        engine.link_report(false).await.expect("spooled");
+        let spool = engine.spool.take().expect("the spool is open");
+        spool.close().await.expect("the spool closes");
+
+        let mut engine = open(&config);
+        engine.open_spool().await.expect("the spool reopens");
+        assert_eq!(engine.replayed, 1);
+        assert_eq!(engine.state.counters().produced, 1);
+        assert_eq!(engine.state.link_counters().produced, 1);
+        assert_eq!(engine.state.is_link(2), Some(true));
+        let spool = engine.spool.take().expect("the spool is open");
+        spool.close().await.expect("the spool closes");
+    }
+
+    /// With `--report`, the run hands back its samples: one per round trip that says
+    /// something of the link (resends left out), and the timeout and the reconnect marked
+    /// when they happened. Without it, nothing is kept.
+    #[tokio::test(start_paused = true)]
+    async fn report_samples_hold_the_round_trips_and_mark_the_events() {
+        use crate::client::samples::Mark;
+        let mut config = config(Some(20), Duration::from_millis(100));
+        let script = vec![Behaviour::AckAfter(Duration::from_secs(3600))];
+        let plain = run(config.clone(), script.clone(), CancellationToken::new()).await;
+        assert!(report(&plain).picture.is_none());
+
+        config.report = Some("run.svg".into());
+        let run = run(config, script, CancellationToken::new()).await;
+        let report = report(&run);
+        let picture = report.picture.as_ref().expect("--report keeps samples");
+        let c = report.counters;
+        assert_eq!(c.acked, 20);
+        assert_eq!(picture.samples.count(), 20 - c.resends, "{c:?}");
+        assert_eq!(picture.rtt.count(), picture.samples.count());
+        let timeouts = picture.samples.marks(Mark::Timeout);
+        let reconnects = picture.samples.marks(Mark::Reconnect);
+        assert_eq!(timeouts.len() as u64, c.timeouts);
+        assert_eq!(reconnects.len(), 1);
+        // The first reading was sent at once: its reply timeout (2 s) is the first mark.
+        assert_eq!(timeouts[0], 2.0);
+        assert!(reconnects[0] > timeouts[0]);
+        assert!(picture.samples.marks(Mark::Loss).is_empty());
     }
 }

@@ -14,8 +14,11 @@ mod engine;
 pub mod error;
 pub mod legacy;
 mod line;
+pub mod link;
+mod measure;
 pub mod output;
 pub mod report;
+pub mod samples;
 mod session;
 pub mod source;
 pub mod spool;
@@ -35,7 +38,7 @@ pub use error::ClientError;
 use legacy::LegacySession;
 use line::LineSession;
 use output::Printer;
-pub use report::RunReport;
+pub use report::{RunPicture, RunReport};
 use source::{Source, SourceSpec};
 use transport::{Connector, TcpConnector};
 
@@ -67,6 +70,10 @@ pub struct ClientConfig {
     pub spool: Option<std::path::PathBuf>,
     pub spool_max_bytes: u64,
     pub spool_max_age: Option<Duration>,
+    /// How often a link report is sent (line mode; zero: never).
+    pub link_report: Duration,
+    /// Where the picture of the run goes at its end (`--report FILE.svg|.png`).
+    pub report: Option<std::path::PathBuf>,
 }
 
 /// Run the client over TCP, printing on stdout, until the count is reached, the source

@@ -332,7 +332,28 @@ impl Printer {
                 fmt_ms(server.network_avg)
             ));
         }
+        if summary.link_reports_sent > 0 {
+            text.push_str(&format!(
+                "\nlink reports: {} sent, {} acked",
+                summary.link_reports_sent, summary.link_reports_acked
+            ));
+        }
         self.line(&text);
+    }
+
+    /// A link report was made (it is sent like a reading; its ack is not printed).
+    pub fn link_report(&mut self, reading: &Reading) {
+        if self.json {
+            let fields: serde_json::Map<String, Value> = reading
+                .fields
+                .iter()
+                .map(|(k, v)| (k.clone(), json!(v)))
+                .collect();
+            self.emit(json!({"event": "link_report", "fields": fields,
+                "timestamp_ns": reading.timestamp_ns}));
+        } else {
+            self.line(&format!("link report: {}", values(reading)));
+        }
     }
 }
 
@@ -364,6 +385,10 @@ pub struct Summary {
     pub pending: u64,
     /// Readings recovered from the spool at start and sent again.
     pub replayed: u64,
+    /// Link reports made (`--link-report`; not counted in `sent`).
+    pub link_reports_sent: u64,
+    /// Link reports the server acknowledged as stored.
+    pub link_reports_acked: u64,
     pub duration_ms: f64,
     pub connect_us: Option<f64>,
     pub reconnects: u64,
@@ -376,6 +401,8 @@ pub struct Summary {
 pub struct RunTotals<'a> {
     pub addr: &'a str,
     pub counters: super::state::Counters,
+    /// Link reports made and acked.
+    pub link_reports: (u64, u64),
     pub pending: u64,
     pub replayed: u64,
     /// How long the run took (by the runtime's clock, so paused-time tests see their time).
@@ -409,6 +436,8 @@ impl Summary {
             resent: counters.resends,
             pending: run.pending,
             replayed: run.replayed,
+            link_reports_sent: run.link_reports.0,
+            link_reports_acked: run.link_reports.1,
             duration_ms: run.duration.as_secs_f64() * 1e3,
             connect_us: run.first_connect.map(|d| d.as_secs_f64() * 1e6),
             reconnects: run.reconnects,

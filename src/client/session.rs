@@ -1,15 +1,17 @@
 //! [`Session`]: one protocol's part of the engine's loop (its bytes, its reply decoder, how a
 //! reply is matched to a reading, how many readings may be in flight), and the [`Event`] a
-//! reply means. [`super::line`] and [`super::legacy`] implement it.
+//! reply means. [`super::line`] and [`super::legacy`] implement it. [`open`] opens a
+//! connection with a session's handshake.
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
 use tokio_util::codec::Decoder;
 
 use super::output::ServerTimes;
-use super::transport::{Connection, TransportError};
+use super::transport::{self, Connection, Connector, TransportError};
 use crate::protocol::{FieldValue, Reading};
 
 /// What a reply means for delivery, as a [`Session`] reads it.
@@ -66,4 +68,31 @@ pub(crate) trait Session: Send + Sync {
         reply: <Self::Decoder as Decoder>::Item,
         oldest_in_flight: Option<u64>,
     ) -> Event;
+}
+
+/// An open connection, how long the connect took, and the first pong (line mode).
+pub(crate) type Opened<T, D> = (Connection<T, D>, Duration, Option<Duration>);
+
+/// Open a stream and handshake, both within one `timeout` (one deadline, not one each);
+/// times both.
+pub(crate) async fn open<S: Session, C: Connector>(
+    session: &S,
+    timeout: Duration,
+    connector: &mut C,
+) -> Result<Opened<C::Stream, S::Decoder>, TransportError> {
+    let start = Instant::now();
+    let deadline = start + timeout;
+    let stream = tokio::time::timeout_at(deadline, connector.connect())
+        .await
+        .map_err(|_| TransportError::TimedOut { what: "connect" })??;
+    let connect_time = start.elapsed();
+    let mut conn = transport::split(stream, session.decoder());
+    let ping_start = Instant::now();
+    let left = deadline.saturating_duration_since(ping_start);
+    session.handshake(&mut conn, left).await?;
+    if S::LEGACY {
+        Ok((conn, start.elapsed(), None))
+    } else {
+        Ok((conn, connect_time, Some(ping_start.elapsed())))
+    }
 }

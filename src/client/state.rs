@@ -4,6 +4,11 @@
 //! Readings are numbered in the order they are produced and kept, in that order, until the
 //! server acknowledges them. The `sync` token sent after a reading is its sequence number,
 //! and an `ack` is a barrier: `ack N` covers every reading up to N sent on that connection.
+//!
+//! Link reports (`--link-report`) travel in the same queue, acked and spooled like any
+//! reading, but are counted apart ([`ClientState::link_counters`]): the user's counters,
+//! summary and `--count` stay about the user's readings. Functions that hand back sequence
+//! numbers for printing hand back the user's readings only.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -26,6 +31,8 @@ pub struct Outstanding {
     /// Dropped on purpose (spool limits) while in flight: kept until its connection ends, so
     /// the replies still line up with the readings sent (legacy replies carry no token).
     pub doomed: bool,
+    /// A link report, counted in [`ClientState::link_counters`], not in the user's.
+    pub link: bool,
 }
 
 /// A reading the server acknowledged.
@@ -38,6 +45,8 @@ pub struct Acked {
     pub resent: bool,
     /// Its reply had timed out before (reported then) and this ack came after a resend.
     pub was_late: bool,
+    /// A link report (not one of the user's readings).
+    pub link: bool,
 }
 
 /// What an `ack` did: the readings it acknowledged, and how far it reached.
@@ -61,6 +70,8 @@ pub struct AckOutcome {
 pub struct Counters {
     /// Readings produced (each counted once, however often sent).
     pub produced: u64,
+    /// Readings written to a connection for the first time (resends are `resends`).
+    pub sent: u64,
     pub acked: u64,
     /// Readings the server acknowledged as rejected (not stored).
     pub rejected: u64,
@@ -103,6 +114,8 @@ pub struct ClientState {
     sent: usize,
     max_pending: usize,
     counters: Counters,
+    /// The same totals for link reports.
+    link_counters: Counters,
 }
 
 impl ClientState {
@@ -114,11 +127,38 @@ impl ClientState {
             sent: 0,
             max_pending: max_pending.max(1),
             counters: Counters::default(),
+            link_counters: Counters::default(),
         }
     }
 
+    /// Totals of the user's readings.
     pub fn counters(&self) -> Counters {
         self.counters
+    }
+
+    /// Totals of the link reports.
+    pub fn link_counters(&self) -> Counters {
+        self.link_counters
+    }
+
+    fn counters_of(&mut self, link: bool) -> &mut Counters {
+        if link {
+            &mut self.link_counters
+        } else {
+            &mut self.counters
+        }
+    }
+
+    /// Whether `seq`, still kept, is a link report (`None`: not kept).
+    pub fn is_link(&self, seq: u64) -> Option<bool> {
+        // The queue is in sequence order.
+        let index = self.queue.binary_search_by_key(&seq, |o| o.seq).ok()?;
+        Some(self.queue[index].link)
+    }
+
+    /// User readings not yet acknowledged (link reports left out).
+    pub fn pending_user(&self) -> usize {
+        self.queue.iter().filter(|o| !o.link).count()
     }
 
     /// Readings not yet acknowledged (in flight or waiting).
@@ -139,9 +179,15 @@ impl ClientState {
     /// that is not in flight: dropping one in flight would shift every later reply by one
     /// in legacy mode. If all are in flight, they are taken back first (`retry`).
     pub fn produce(&mut self, reading: Reading) -> Produced {
+        self.produce_as(reading, false)
+    }
+
+    /// [`ClientState::produce`] for a user reading (`link` false) or a link report. A link
+    /// report dropped to make room is counted, not returned in `dropped`.
+    pub fn produce_as(&mut self, reading: Reading, link: bool) -> Produced {
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.counters.produced += 1;
+        self.counters_of(link).produced += 1;
         let mut dropped = None;
         let mut retry = false;
         if self.queue.len() >= self.max_pending {
@@ -150,8 +196,8 @@ impl ClientState {
                 retry = true;
             }
             if let Some(oldest) = self.queue.remove(self.sent) {
-                self.counters.dropped += 1;
-                dropped = Some(oldest.seq);
+                self.counters_of(oldest.link).dropped += 1;
+                dropped = (!oldest.link).then_some(oldest.seq);
             }
         }
         self.queue.push_back(Outstanding {
@@ -162,6 +208,7 @@ impl ClientState {
             late: false,
             ever_late: false,
             doomed: false,
+            link,
         });
         Produced {
             seq,
@@ -178,8 +225,13 @@ impl ClientState {
     /// Take back a reading recovered from the spool under its original number; numbering
     /// continues after `next_seq` (which the spool remembers even for acked readings).
     pub fn restore(&mut self, seq: u64, reading: Reading, next_seq: u64) {
+        self.restore_as(seq, reading, next_seq, false);
+    }
+
+    /// [`ClientState::restore`] for a user reading (`link` false) or a link report.
+    pub fn restore_as(&mut self, seq: u64, reading: Reading, next_seq: u64, link: bool) {
         self.next_seq = self.next_seq.max(next_seq).max(seq + 1);
-        self.counters.produced += 1;
+        self.counters_of(link).produced += 1;
         self.queue.push_back(Outstanding {
             seq,
             reading,
@@ -188,6 +240,7 @@ impl ClientState {
             late: false,
             ever_late: false,
             doomed: false,
+            link,
         });
     }
 
@@ -210,13 +263,15 @@ impl ClientState {
         while index < self.queue.len() {
             if seqs.contains(&self.queue[index].seq) {
                 if let Some(gone) = self.queue.remove(index) {
-                    dropped.push(gone.seq);
+                    self.counters_of(gone.link).dropped += 1;
+                    if !gone.link {
+                        dropped.push(gone.seq);
+                    }
                 }
             } else {
                 index += 1;
             }
         }
-        self.counters.dropped += dropped.len() as u64;
         dropped
     }
 
@@ -227,8 +282,15 @@ impl ClientState {
         next.late = false;
         next.sends += 1;
         self.last_sent = self.last_sent.max(Some(next.seq));
+        let counters = if next.link {
+            &mut self.link_counters
+        } else {
+            &mut self.counters
+        };
         if next.sends > 1 {
-            self.counters.resends += 1;
+            counters.resends += 1;
+        } else {
+            counters.sent += 1;
         }
         self.sent += 1;
         Some(next)
@@ -253,10 +315,10 @@ impl ClientState {
             self.sent -= 1;
             through = Some(done.seq);
             if rejected && done.seq == token {
-                self.counters.rejected += 1;
+                self.counters_of(done.link).rejected += 1;
                 continue;
             }
-            self.counters.acked += 1;
+            self.counters_of(done.link).acked += 1;
             let rtt = done
                 .sent_at
                 .map(|at| now.saturating_duration_since(at))
@@ -266,6 +328,7 @@ impl ClientState {
                 rtt,
                 resent: done.sends > 1,
                 was_late: done.ever_late,
+                link: done.link,
                 reading: done.reading,
             });
         }
@@ -276,7 +339,8 @@ impl ClientState {
         }
     }
 
-    /// Readings in flight longer than `timeout`, each reported once per send.
+    /// Readings in flight longer than `timeout`, each reported once per send (link reports
+    /// included: see [`ClientState::is_link`]).
     pub fn check_timeouts(&mut self, now: Instant, timeout: Duration) -> Vec<u64> {
         let mut late = Vec::new();
         for outstanding in self.queue.iter_mut().take(self.sent) {
@@ -286,7 +350,11 @@ impl ClientState {
             if !outstanding.late && now.saturating_duration_since(sent_at) >= timeout {
                 outstanding.late = true;
                 outstanding.ever_late = true;
-                self.counters.timeouts += 1;
+                if outstanding.link {
+                    self.link_counters.timeouts += 1;
+                } else {
+                    self.counters.timeouts += 1;
+                }
                 late.push(outstanding.seq);
             }
         }
@@ -316,7 +384,10 @@ impl ClientState {
         while index < self.sent {
             if self.queue[index].doomed {
                 if let Some(gone) = self.queue.remove(index) {
-                    dropped.push(gone.seq);
+                    self.counters_of(gone.link).dropped += 1;
+                    if !gone.link {
+                        dropped.push(gone.seq);
+                    }
                 }
                 self.sent -= 1;
             } else {
@@ -325,17 +396,19 @@ impl ClientState {
             }
         }
         self.sent = 0;
-        self.counters.dropped += dropped.len() as u64;
         dropped
     }
 
     /// At exit: every reading still unacknowledged is lost (counted once, however often
-    /// this is called). Returns those whose reply never timed out (not reported yet).
+    /// this is called). Returns the user's readings whose reply never timed out (not
+    /// reported yet).
     pub fn give_up(&mut self) -> Vec<u64> {
-        self.counters.unacked_at_exit = self.queue.len() as u64;
+        let links = self.queue.iter().filter(|o| o.link).count() as u64;
+        self.link_counters.unacked_at_exit = links;
+        self.counters.unacked_at_exit = self.queue.len() as u64 - links;
         self.queue
             .iter()
-            .filter(|o| !o.ever_late)
+            .filter(|o| !o.ever_late && !o.link)
             .map(|o| o.seq)
             .collect()
     }

@@ -101,6 +101,18 @@ impl RttStats {
         self.count
     }
 
+    /// Every distinct recorded value (to the histogram's precision) in µs, with its count,
+    /// in rising order: what a picture of the distribution is drawn from.
+    pub fn recorded_us(&self) -> Vec<(f64, u64)> {
+        self.hist
+            .iter_recorded()
+            .map(|v| {
+                let ns = v.value_iterated_to().clamp(self.min_ns, self.max_ns);
+                (ns as f64 / 1e3, v.count_at_value())
+            })
+            .collect()
+    }
+
     pub fn summary(&self) -> RttSummary {
         if self.count == 0 {
             return RttSummary::default();

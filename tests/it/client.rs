@@ -77,6 +77,8 @@ fn client_json_events_and_summary() {
     let mut server = Server::start_on("127.0.0.1:0", &store.url(), &[]);
     let out = run(bin().args([
         "client",
+        "--link-report",
+        "0",
         &server.addr.to_string(),
         "--count",
         "4",
@@ -153,6 +155,8 @@ fn stdin_and_exec_sources_send_their_lines() {
     let mut child = bin()
         .args([
             "client",
+            "--link-report",
+            "0",
             &server.addr.to_string(),
             "--source",
             "stdin",
@@ -180,6 +184,8 @@ fn stdin_and_exec_sources_send_their_lines() {
 
     let out = run(bin().args([
         "client",
+        "--link-report",
+        "0",
         &server.addr.to_string(),
         "--source",
         "exec:printf '10\\n20\\n'",
@@ -235,6 +241,8 @@ fn client_reconnects_after_server_restart() {
     let child = bin()
         .args([
             "client",
+            "--link-report",
+            "0",
             &addr.to_string(),
             "--count",
             "30",

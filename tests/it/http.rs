@@ -554,3 +554,27 @@ fn a_stuck_http_request_does_not_hold_the_shutdown() {
     assert!(log.contains("store flushed; bye"), "{log}");
     drop(stuck);
 }
+
+/// `http` comes from the config file and from `SENSORLINK_HTTP` too (the flag wins over
+/// both, the environment over the file).
+#[test]
+fn http_address_from_the_file_and_the_environment() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("server.toml");
+    std::fs::write(&file, "[server]\nhttp = \"off\"\n").expect("write config");
+    let server_with = |env: Option<&str>| {
+        let mut cmd = bin();
+        cmd.args(["server", "--listen", "127.0.0.1:0", "--store", "memory"])
+            .arg("--config")
+            .arg(&file)
+            .env_remove("SENSORLINK_HTTP");
+        if let Some(value) = env {
+            cmd.env("SENSORLINK_HTTP", value);
+        }
+        Server::spawn(cmd, "memory")
+    };
+    assert_eq!(server_with(None).http, None, "the file's off");
+    let server = server_with(Some("127.0.0.1:0"));
+    assert!(server.http.is_some(), "the environment over the file");
+    assert_eq!(server.get("/healthz").status, 200);
+}

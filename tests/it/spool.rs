@@ -37,6 +37,8 @@ fn server_killed_twice_mid_run_store_holds_exactly_what_the_client_produced() {
     let child = bin()
         .args([
             "client",
+            "--link-report",
+            "0",
             &server.addr.to_string(),
             "--count",
             &count.to_string(),
@@ -91,6 +93,8 @@ fn client_restart_replays_the_spool() {
     let first = bin()
         .args([
             "client",
+            "--link-report",
+            "0",
             UNREACHABLE_ADDR,
             "--count",
             "5",
@@ -119,6 +123,8 @@ fn client_restart_replays_the_spool() {
     let mut server = Server::start_on("127.0.0.1:0", &store.url(), &["-q"]);
     let out = run(bin().args([
         "client",
+        "--link-report",
+        "0",
         &server.addr.to_string(),
         "--count",
         "3",
@@ -149,6 +155,8 @@ fn truncated_spool_is_recovered_and_the_damage_reported() {
     let queue = spool.path().join("q");
     let out = run(bin().args([
         "client",
+        "--link-report",
+        "0",
         UNREACHABLE_ADDR,
         "--count",
         "4",
@@ -184,6 +192,8 @@ fn truncated_spool_is_recovered_and_the_damage_reported() {
     let mut server = Server::start_on("127.0.0.1:0", &store.url(), &["-q"]);
     let out = run(bin().args([
         "client",
+        "--link-report",
+        "0",
         &server.addr.to_string(),
         "--count",
         "0",

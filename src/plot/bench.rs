@@ -1,0 +1,134 @@
+//! The picture of a load run (`sensorlink bench --report FILE`): a header with the report's
+//! figures; readings acked per second; ack latency p50/p99/max per second.
+
+use std::path::Path;
+
+use plotters::coord::Shift;
+use plotters::prelude::*;
+
+use super::{axis_max, font, header, write_picture, Drawn, PlotError};
+use crate::bench::timeline::Second;
+
+/// Write the picture of a load run to `path` (`.svg` or `.png`): `lines` are the header,
+/// `seconds` the run per second.
+///
+/// # Errors
+/// See [`super::write_picture`].
+pub fn write(path: &Path, lines: &[String], seconds: &[Second]) -> Result<(), PlotError> {
+    write_picture(
+        path,
+        |root| draw(&root, lines, seconds),
+        |root| draw(&root, lines, seconds),
+    )
+}
+
+fn draw<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    lines: &[String],
+    seconds: &[Second],
+) -> Result<(), PlotError> {
+    let body = header(root, lines)?;
+    let height = body.dim_in_pixel().1;
+    let (upper, lower) = body.split_vertically(height / 2);
+    let end_s = axis_max(seconds.last().map_or(0.0, |s| s.t_s + s.width_s), 0.001);
+    draw_rate(&upper, seconds, end_s)?;
+    draw_latency(&lower, seconds, end_s)?;
+    root.present().drawn()
+}
+
+fn draw_rate<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    seconds: &[Second],
+    end_s: f64,
+) -> Result<(), PlotError> {
+    let top = axis_max(
+        seconds.iter().map(|s| s.readings_per_s).fold(0.0, f64::max),
+        1.0,
+    );
+    let mut chart = ChartBuilder::on(area)
+        .caption("readings acked per second", font(18))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(80)
+        .build_cartesian_2d(0f64..end_s, 0f64..top)
+        .drawn()?;
+    chart
+        .configure_mesh()
+        .x_desc("time since the measurement began (s)")
+        .y_desc("readings/s")
+        .y_label_formatter(&|v| format!("{v:.0}"))
+        .label_style(font(13))
+        .axis_desc_style(font(14))
+        .draw()
+        .drawn()?;
+    chart
+        .draw_series(seconds.iter().map(|s| {
+            Rectangle::new(
+                [(s.t_s, 0.0), (s.t_s + s.width_s, s.readings_per_s)],
+                BLUE.mix(0.55).filled(),
+            )
+        }))
+        .drawn()?;
+    Ok(())
+}
+
+/// Which figure of a [`Second`] a line shows.
+type Percentile = fn(&Second) -> Option<f64>;
+
+fn draw_latency<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    seconds: &[Second],
+    end_s: f64,
+) -> Result<(), PlotError> {
+    let top_ms = axis_max(
+        seconds.iter().filter_map(|s| s.max_us).fold(0.0, f64::max) / 1e3,
+        0.01,
+    );
+    let mut chart = ChartBuilder::on(area)
+        .caption("ack latency per second", font(18))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(80)
+        .build_cartesian_2d(0f64..end_s, 0f64..top_ms)
+        .drawn()?;
+    chart
+        .configure_mesh()
+        .x_desc("time since the measurement began (s)")
+        .y_desc("latency (ms)")
+        .label_style(font(13))
+        .axis_desc_style(font(14))
+        .draw()
+        .drawn()?;
+    let series: [(&str, Percentile, RGBColor); 3] = [
+        ("p50", |s| s.p50_us, RGBColor(0, 140, 0)),
+        ("p99", |s| s.p99_us, RGBColor(230, 140, 0)),
+        ("max", |s| s.max_us, RED),
+    ];
+    for (name, value, color) in series {
+        let points: Vec<(f64, f64)> = seconds
+            .iter()
+            .filter_map(|s| value(s).map(|us| (s.t_s + s.width_s / 2.0, us / 1e3)))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(
+                points.iter().copied(),
+                color.stroke_width(2),
+            ))
+            .drawn()?
+            .label(name)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+        chart
+            .draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))
+            .drawn()?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .label_font(font(13))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .drawn()
+}

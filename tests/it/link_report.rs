@@ -1,0 +1,196 @@
+//! `sensorlink client --link-report`: the link's health is stored as `sensorlink_link`
+//! readings (read back with `sensorlink query`), with the contract's fields and types, and a
+//! fault (a server that stops answering for a while) shows in a later report.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use crate::harness::*;
+
+/// Every field a link report has; the `rtt_*` ones only when its interval had an ack.
+const COUNTS: [&str; 5] = ["sent", "acked", "lost", "timeouts", "reconnects"];
+const RTTS: [&str; 3] = ["rtt_p50_ms", "rtt_p99_ms", "rtt_max_ms"];
+
+/// Checks one stored link report's fields: names, and types (counts are `i` integers,
+/// the rest floats).
+fn assert_link_fields(row: &serde_json::Value) {
+    let fields = row["fields"]
+        .as_object()
+        .unwrap_or_else(|| panic!("fields of {row}"));
+    assert!(fields["interval_s"].is_f64(), "{row}");
+    for name in COUNTS {
+        assert!(fields[name].is_i64(), "{name} is an integer: {row}");
+    }
+    let rtts: Vec<_> = RTTS.iter().filter(|n| fields.contains_key(**n)).collect();
+    assert!(rtts.is_empty() || rtts.len() == 3, "all or none: {row}");
+    for name in rtts {
+        assert!(fields[*name].is_f64(), "{name} is a float: {row}");
+    }
+    assert_eq!(
+        fields.len(),
+        1 + COUNTS.len()
+            + if fields.contains_key("rtt_p50_ms") {
+                3
+            } else {
+                0
+            }
+    );
+}
+
+fn sum(rows: &[serde_json::Value], name: &str) -> i64 {
+    rows.iter()
+        .map(|r| {
+            r["fields"][name]
+                .as_i64()
+                .unwrap_or_else(|| panic!("{name}: {r}"))
+        })
+        .sum()
+}
+
+#[test]
+fn link_reports_are_stored_as_readings_with_the_contract_fields() {
+    let store = TempStore::new();
+    let mut server = Server::start_on("127.0.0.1:0", &store.url(), &[]);
+    let out = run(bin().args([
+        "client",
+        &server.addr.to_string(),
+        "--count",
+        "20",
+        "--interval",
+        "20ms",
+        "--link-report",
+        "150ms",
+        "--sensor",
+        "lr",
+        "--json",
+    ]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary = summary(&out.stdout);
+    assert_eq!(
+        summary["sent"], 20,
+        "link reports are not readings: {summary}"
+    );
+    assert!(server.terminate().success());
+
+    let links = store.rows(&["--sensor", "lr", "--measurement", "sensorlink_link"]);
+    assert!(
+        links.len() >= 2,
+        "periodic reports and a last one: {links:?}"
+    );
+    assert_eq!(summary["link_reports_sent"], links.len(), "{summary}");
+    assert_eq!(summary["link_reports_acked"], links.len(), "{summary}");
+    for row in &links {
+        assert_eq!(row["sensor"], "lr");
+        assert_link_fields(row);
+    }
+    assert_eq!(sum(&links, "sent"), 20);
+    assert_eq!(sum(&links, "acked"), 20);
+    for name in ["lost", "timeouts", "reconnects"] {
+        assert_eq!(sum(&links, name), 0, "{name}: {links:?}");
+    }
+    assert!(
+        links
+            .iter()
+            .any(|r| r["fields"]["rtt_p99_ms"].as_f64().is_some_and(|v| v > 0.0)),
+        "{links:?}"
+    );
+    // The readings themselves are untouched.
+    assert_eq!(
+        store
+            .rows(&["--sensor", "lr", "--measurement", "reading"])
+            .len(),
+        20
+    );
+}
+
+/// The server stops answering (SIGSTOP) for longer than the reply timeout: the client
+/// times out, reconnects once the server is back (SIGCONT), and resends. A report after the
+/// first shows the timeouts and the reconnect; nothing is lost. The run's picture marks them.
+#[test]
+fn a_stalled_server_shows_as_timeouts_and_reconnects_in_a_later_report() {
+    let store = TempStore::new();
+    let mut server = Server::start_on("127.0.0.1:0", &store.url(), &[]);
+    let report_dir = tempfile::tempdir().unwrap();
+    let picture = report_dir.path().join("client-report-fault.svg");
+    let child = bin()
+        .args([
+            "client",
+            &server.addr.to_string(),
+            "--count",
+            "40",
+            "--interval",
+            "25ms",
+            "--timeout",
+            "300ms",
+            "--drain-timeout",
+            "20s",
+            "--max-backoff",
+            "100ms",
+            "--link-report",
+            "200ms",
+            "--sensor",
+            "stall",
+            "--json",
+            "--report",
+            picture.to_str().unwrap(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stored = || {
+        try_query_json(
+            &store.url(),
+            &["--sensor", "stall", "--measurement", "reading"],
+        )
+        .map_or(0, |r| r.len())
+    };
+    wait_for(
+        || stored() >= 5,
+        PATIENCE,
+        "5 of the client's readings stored",
+    );
+    // SAFETY: plain signals to our own child, by its PID.
+    assert_eq!(unsafe { libc::kill(server.pid(), libc::SIGSTOP) }, 0);
+    // Several reply timeouts' worth (the wait is the fault itself, not a guess at a race).
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(unsafe { libc::kill(server.pid(), libc::SIGCONT) }, 0);
+    let out = wait_output(child);
+    let summary = summary(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{summary}");
+    assert_eq!(summary["acked"], 40);
+    assert!(summary["timeouts"].as_u64().unwrap() >= 1, "{summary}");
+    assert!(summary["reconnects"].as_u64().unwrap() >= 1, "{summary}");
+    assert!(server.terminate().success());
+
+    let links = store.rows(&["--sensor", "stall", "--measurement", "sensorlink_link"]);
+    for row in &links {
+        assert_link_fields(row);
+    }
+    assert_eq!(sum(&links, "acked"), 40, "{links:?}");
+    assert_eq!(sum(&links, "sent"), 40, "{links:?}");
+    assert_eq!(sum(&links, "lost"), 0);
+    let later = &links[1..];
+    assert!(sum(later, "timeouts") >= 1, "{links:?}");
+    assert!(sum(later, "reconnects") >= 1, "{links:?}");
+    assert_eq!(
+        sum(&links, "reconnects"),
+        summary["reconnects"].as_i64().unwrap()
+    );
+
+    // The picture marks the timeouts and the reconnect (their colours, see plot/client.rs).
+    let svg = std::fs::read_to_string(&picture).unwrap();
+    let doc = roxmltree::Document::parse(&svg).unwrap();
+    let stroked = |colour: &str| {
+        doc.descendants()
+            .filter(|n| n.has_tag_name("polyline") && n.attribute("stroke") == Some(colour))
+            .count()
+    };
+    assert!(stroked("#E68C00") >= 2, "timeout lines and their legend");
+    assert!(stroked("#8200A0") >= 2, "reconnect lines and their legend");
+    crate::report::keep_for_readme(&picture, "client-report-fault.svg");
+}
