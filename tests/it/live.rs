@@ -323,3 +323,60 @@ fn a_subscriber_that_never_reads_does_not_slow_ingest() {
     server.wait_for_log("event subscriber fell behind");
     drop(stalled);
 }
+
+/// A real client's link reports land in `link` (not in `values` nor the sparkline), its
+/// readings in `values`, `last` and `spark`; it turns disconnected once it exits.
+#[test]
+fn a_clients_link_reports_and_readings_in_its_sensor_entry() {
+    let server = Server::start(&[]);
+    let out = run(bin().args([
+        "client",
+        &server.addr.to_string(),
+        "--count",
+        "10",
+        "--interval",
+        "20ms",
+        "--link-report",
+        "100ms",
+        "--sensor",
+        "linky",
+        "--json",
+    ]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary = summary(&out.stdout);
+    wait_for(
+        || server.get("/api/sensors/linky").json()["state"] == "disconnected",
+        PATIENCE,
+        "linky to turn disconnected",
+    );
+    let sensor = server.get("/api/sensors/linky").json();
+    let link_reports = summary["link_reports_acked"].as_u64().expect("a count");
+    assert!(link_reports >= 1, "{summary}");
+    assert_eq!(sensor["readings"], 10 + link_reports, "{sensor}");
+    let values = sensor["values"].as_object().expect("values");
+    assert!(!values.contains_key("sensorlink_link"), "{sensor}");
+    assert_eq!(values.len(), 1, "the client's one measurement: {sensor}");
+    let link = sensor["link"].as_object().expect("a link report");
+    for field in [
+        "time_ns",
+        "interval_s",
+        "sent",
+        "acked",
+        "lost",
+        "reconnects",
+    ] {
+        assert!(link.contains_key(field), "{field}: {sensor}");
+    }
+    assert_eq!(
+        sensor["last"]["measurement"],
+        *values.keys().next().expect("one")
+    );
+    let spark = sensor["spark"].as_array().expect("spark");
+    assert_eq!(spark.len(), 10, "one point per reading: {sensor}");
+    assert_eq!(sensor["mode"], "line");
+    assert!(sensor["ack_latency_ms"]["p99"].is_number(), "{sensor}");
+}
