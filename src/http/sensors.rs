@@ -1,6 +1,7 @@
 //! `GET /api/sensors` (paged, filtered) and `GET /api/sensors/{name}`: the live view of
 //! [`crate::live::Registry`], serialized page by page (see docs/http-api.md).
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -17,8 +18,10 @@ pub fn routes() -> Router<AppState> {
         .route("/api/sensors/{name}", get(one))
 }
 
-/// `/api/sensors` parameters as sent: parsed by hand so that a bad one is a JSON error.
+/// `/api/sensors` parameters as sent: parsed by hand so that a bad one is a JSON error. An
+/// unknown one is refused, as by `/api/readings` (a typo must not widen the answer).
 #[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RawSensorQuery {
     pub q: Option<String>,
     pub state: Option<String>,
@@ -27,8 +30,8 @@ pub struct RawSensorQuery {
 }
 
 impl RawSensorQuery {
-    /// Validate: `state` is a comma list of states; `limit` at most [`MAX_PAGE`] (a larger
-    /// one is served as [`MAX_PAGE`], and the answer's `limit` says so).
+    /// Validate: `state` is a comma list of states; `limit` 0 … [`MAX_PAGE`] (0: only
+    /// `total` and `counts`).
     ///
     /// # Errors
     /// A message naming the bad parameter.
@@ -57,16 +60,27 @@ impl RawSensorQuery {
                     .collect::<Result<Vec<_>, _>>()?,
             ),
         };
+        let limit = number("limit", self.limit, defaults.limit)?;
+        if limit > MAX_PAGE {
+            return Err(format!("invalid limit {limit}: at most {MAX_PAGE}"));
+        }
         Ok(SensorQuery {
             q: self.q.filter(|q| !q.is_empty()),
             states,
-            limit: number("limit", self.limit, defaults.limit)?.min(MAX_PAGE),
+            limit,
             offset: number("offset", self.offset, defaults.offset)?,
         })
     }
 }
 
-async fn list(State(state): State<AppState>, Query(raw): Query<RawSensorQuery>) -> Response {
+async fn list(
+    State(state): State<AppState>,
+    raw: Result<Query<RawSensorQuery>, QueryRejection>,
+) -> Response {
+    let raw = match raw {
+        Ok(Query(raw)) => raw,
+        Err(rejection) => return error(StatusCode::BAD_REQUEST, &rejection.body_text()),
+    };
     match raw.validate() {
         Ok(query) => json(StatusCode::OK, state.live.list_json(&query)),
         Err(message) => error(StatusCode::BAD_REQUEST, &message),
@@ -159,8 +173,16 @@ mod tests {
         let (_, _, page) = get(&state, "/api/sensors?state=disconnected,stale").await;
         assert_eq!(page["total"], 0);
         assert_eq!(page["counts"]["connected"], 3);
-        let (_, _, page) = get(&state, "/api/sensors?limit=100000").await;
+        let (_, _, page) = get(&state, "/api/sensors?limit=1000").await;
         assert_eq!(page["limit"], MAX_PAGE);
+        let (_, _, page) = get(&state, "/api/sensors?limit=0").await;
+        assert_eq!(
+            (
+                page["total"].as_u64(),
+                page["sensors"].as_array().map(Vec::len)
+            ),
+            (Some(3), Some(0))
+        );
     }
 
     #[tokio::test]

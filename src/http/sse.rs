@@ -11,9 +11,11 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::time::Duration;
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
+use axum::http::{header, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use futures_util::Stream;
@@ -34,6 +36,7 @@ pub fn routes() -> Router<AppState> {
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 struct EventsQuery {
     /// Comma list of sensor names; absent or empty: every sensor.
     sensor: Option<String>,
@@ -52,10 +55,25 @@ fn sensor_filter(list: Option<&str>) -> Option<Vec<String>> {
 
 async fn events(
     State(state): State<AppState>,
-    Query(query): Query<EventsQuery>,
-) -> impl IntoResponse {
+    query: Result<Query<EventsQuery>, QueryRejection>,
+) -> Response {
+    let query = match query {
+        Ok(Query(query)) => query,
+        // A typo (`?sensors=`) must not subscribe to every sensor.
+        Err(rejection) => {
+            let body = serde_json::json!({ "error": rejection.body_text() }).to_string();
+            return (
+                StatusCode::BAD_REQUEST,
+                [(header::CONTENT_TYPE, "application/json")],
+                body,
+            )
+                .into_response();
+        }
+    };
     let subscription = state.live.subscribe(sensor_filter(query.sensor.as_deref()));
-    Sse::new(stream(subscription, state)).keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+    Sse::new(stream(subscription, state))
+        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+        .into_response()
 }
 
 /// What one stream is doing between events.
@@ -141,6 +159,28 @@ mod tests {
     use super::*;
     use crate::live::{LiveConnection, Registry};
     use crate::store::StoredReading;
+
+    #[tokio::test]
+    async fn an_unknown_parameter_is_refused() {
+        use axum::http::Request;
+        use tower::ServiceExt as _;
+
+        let state = crate::http::AppState::new(
+            crate::store::memory::MemoryStore::default().reader(),
+            &crate::server::ServerConfig::default(),
+            CancellationToken::new(),
+        );
+        let response = crate::http::router(state.clone())
+            .oneshot(
+                Request::get("/api/events?sensors=a")
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        assert!(!state.live.has_subscribers());
+    }
 
     #[test]
     fn the_filter_is_a_comma_list() {
