@@ -380,3 +380,25 @@ fn a_clients_link_reports_and_readings_in_its_sensor_entry() {
     assert_eq!(sensor["mode"], "line");
     assert!(sensor["ack_latency_ms"]["p99"].is_number(), "{sensor}");
 }
+
+/// `--stale-after`: a connected sensor that goes silent turns `stale` (announced by the
+/// periodic sweep), and `connected` again with its next reading.
+#[test]
+fn a_silent_connected_sensor_turns_stale_and_back() {
+    // Long enough that a loaded machine never shows the first commit as stale already.
+    let server = Server::start(&["--stale-after", "1s"]);
+    let mut events = EventStream::open(&server, "?sensor=quiet");
+    let mut peer = LinePeer::new(server.addr);
+    peer.send(b"m,sensor=quiet v=1i\nsync a\n");
+    assert!(peer.line().starts_with("ack a readings=1 "));
+    assert_eq!(events.next("sensor").0["state"], "connected");
+    let (stale, _) = events.next("sensor");
+    assert_eq!(stale["state"], "stale", "{stale}");
+    assert_eq!(stale["connections"], 1, "{stale}");
+    let page = sensors(&server, "state=stale");
+    assert_eq!(names(&page), ["quiet"], "{page}");
+
+    peer.send(b"m,sensor=quiet v=2i\nsync b\n");
+    assert!(peer.line().starts_with("ack b readings=1 "));
+    assert_eq!(events.next("sensor").0["state"], "connected");
+}
