@@ -278,6 +278,20 @@ mod tests {
         }
     }
 
+    /// The contract lists every metric the server publishes (a new metric without its line
+    /// in docs/http-api.md fails here).
+    #[test]
+    fn every_metric_is_documented() {
+        let doc = include_str!("../../docs/http-api.md");
+        for metric in events::METRICS {
+            assert!(
+                doc.contains(&format!("| `{}` |", metric.name)),
+                "{} is missing from docs/http-api.md's metric table",
+                metric.name
+            );
+        }
+    }
+
     #[tokio::test]
     async fn assets_are_embedded_with_their_content_types() {
         for (path, content_type, file) in [
