@@ -164,7 +164,7 @@ impl Registry {
     }
 
     /// Take committed batches from the connection `peer` (speaking `mode`), whose replies
-    /// were written at `written_at` (None: they could not be). `carried` is the
+    /// go out at `replies_at` (None: none do). `carried` is the
     /// connection's set of sensors it counts in their `connections`.
     fn commit(
         &self,
@@ -172,7 +172,7 @@ impl Registry {
         mode: Mode,
         carried: &mut FxHashSet<String>,
         batches: &mut [LiveBatch],
-        written_at: Option<Instant>,
+        replies_at: Option<Instant>,
         now_ns: i64,
     ) {
         let announce = self.has_subscribers();
@@ -183,9 +183,9 @@ impl Registry {
             for batch in batches.iter_mut() {
                 inner.batches += 1;
                 let seq = inner.batches;
-                let ack_us = match (written_at, batch.first_received) {
-                    (Some(written), Some(first)) => Some(
-                        u64::try_from(written.saturating_duration_since(first).as_micros())
+                let ack_us = match (replies_at, batch.first_received) {
+                    (Some(replies), Some(first)) => Some(
+                        u64::try_from(replies.saturating_duration_since(first).as_micros())
                             .unwrap_or(u64::MAX),
                     ),
                     _ => None,
@@ -467,12 +467,13 @@ impl LiveConnection {
         LiveBatch::build(batch, first_received, self.registry.has_subscribers())
     }
 
-    /// Hand over `batches`, now committed, whose replies were written at `written_at`.
+    /// Hand over `batches`, now committed, whose replies (acks) go out at `replies_at`
+    /// (None: no reply is due yet): the sensors' ack latency is receipt → `replies_at`.
     pub fn committed(
         &mut self,
         mode: Mode,
         batches: &mut [LiveBatch],
-        written_at: Option<Instant>,
+        replies_at: Option<Instant>,
     ) {
         if batches.is_empty() {
             return;
@@ -482,7 +483,7 @@ impl LiveConnection {
             mode,
             &mut self.carried,
             batches,
-            written_at,
+            replies_at,
             now_ns(),
         );
     }

@@ -169,7 +169,7 @@ impl Sensor {
         }
     }
 
-    /// Record one ack's latency (receipt → ack written).
+    /// Record one ack's latency (receipt → committed, the ack being written).
     pub(super) fn record_ack(&mut self, micros: u64) {
         let micros = u32::try_from(micros).unwrap_or(u32::MAX);
         if self.acks_us.len() < ACK_SAMPLES {

@@ -344,7 +344,7 @@ fn dropping_a_live_connection_disconnects_its_sensors() {
             serde_json::from_str::<serde_json::Value>(&registry.sensor_json("x").unwrap()).unwrap();
         assert_eq!(json["state"], "connected");
         assert_eq!(json["mode"], "legacy");
-        assert!(json["ack_latency_ms"].is_null(), "no reply written");
+        assert!(json["ack_latency_ms"].is_null(), "no reply due");
     }
     let json =
         serde_json::from_str::<serde_json::Value>(&registry.sensor_json("x").unwrap()).unwrap();

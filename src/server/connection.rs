@@ -583,14 +583,20 @@ impl Connection<'_> {
                 }
             }
         }
-        let mut written_at = None;
-        let mut failed = None;
+        // Committed is stored: the live view takes it now, before the ack goes out, so a
+        // peer that reads its ack then asks `/api/sensors` sees its readings.
+        if !self.live_committed.is_empty() {
+            let mode = self.mode();
+            let replies_at = (!self.out.is_empty()).then(Instant::now);
+            if let Some(live) = &mut self.live {
+                live.committed(mode, &mut self.live_committed, replies_at);
+            }
+            self.live_committed.clear();
+        }
         if !self.out.is_empty() {
             let write = stream.write_all(&self.out);
             match tokio::time::timeout(self.limits.write_timeout, write).await {
                 Ok(Ok(())) => {
-                    let now = Instant::now();
-                    written_at = Some(now);
                     let replies = &mut self.out_replies;
                     RepliesWritten {
                         bytes: self.out.len(),
@@ -599,7 +605,7 @@ impl Connection<'_> {
                         errors: std::mem::take(&mut replies.errors),
                         readings_acked: std::mem::take(&mut replies.readings_acked),
                         ack_receipts: &replies.ack_receipts,
-                        written_at: now,
+                        written_at: Instant::now(),
                     }
                     .emit_to(self.telemetry);
                     replies.ack_receipts.clear();
@@ -612,27 +618,16 @@ impl Connection<'_> {
                 }
                 Ok(Err(err)) => {
                     tracing::debug!(cause = %err, "write failed");
-                    failed = Some(End::WriteError);
+                    return Err(End::WriteError);
                 }
                 Err(_) => {
                     tracing::warn!(
                         write_timeout = ?self.limits.write_timeout,
                         "peer does not read its replies; closing"
                     );
-                    failed = Some(End::WriteStalled);
+                    return Err(End::WriteStalled);
                 }
             }
-        }
-        // Committed is stored: the live view takes it whether or not the replies went out.
-        if !self.live_committed.is_empty() {
-            let mode = self.mode();
-            if let Some(live) = &mut self.live {
-                live.committed(mode, &mut self.live_committed, written_at);
-            }
-            self.live_committed.clear();
-        }
-        if let Some(end) = failed {
-            return Err(end);
         }
         if store_failed && matches!(self.decoder, Decoder::Legacy(_)) {
             return Err(End::StoreFailed);

@@ -402,3 +402,25 @@ fn a_silent_connected_sensor_turns_stale_and_back() {
     assert!(peer.line().starts_with("ack b readings=1 "));
     assert_eq!(events.next("sensor").0["state"], "connected");
 }
+
+/// A seed (legacy) peer has no sensor tag: its IP names it, in mode `legacy`, with the
+/// counter as its primary series.
+#[test]
+fn a_legacy_peer_is_named_by_its_address() {
+    let server = Server::start(&[]);
+    let mut seed = server.connect();
+    seed.write_all(b"ping / ('2026-11-24 11:46:25.5', 102)")
+        .expect("send");
+    assert_eq!(read_n(&mut seed, 4), b"pong");
+    let sensor = server.get("/api/sensors/127.0.0.1").json();
+    assert_eq!(sensor["mode"], "legacy", "{sensor}");
+    assert_eq!(sensor["state"], "connected", "{sensor}");
+    assert_eq!(sensor["values"]["legacy"]["value"], 102, "{sensor}");
+    assert_eq!(sensor["last"]["value"], 102.0, "{sensor}");
+    drop(seed);
+    wait_for(
+        || server.get("/api/sensors/127.0.0.1").json()["state"] == "disconnected",
+        PATIENCE,
+        "the legacy peer to turn disconnected",
+    );
+}
