@@ -34,7 +34,10 @@ mod forms;
 
 pub use client::{client_config, print_client, RawClient};
 
-use forms::{display_from_str, fsync_names, fsync_parser, human_duration, ShowValue};
+use forms::{
+    display_from_str, fsync_names, fsync_parser, http_address, human_duration, socket_address,
+    ShowValue,
+};
 
 /// A setting that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -180,6 +183,15 @@ pub struct RawServer {
         skip_serializing_if = "Option::is_none"
     )]
     pub commit_delay: Option<Duration>,
+    /// A connected sensor with no stored reading for this long shows as `stale` in the
+    /// live view (`/api/sensors`, dashboard) [default: 30s].
+    #[arg(long, env = "SENSORLINK_STALE_AFTER", value_parser = humantime::parse_duration)]
+    #[serde(
+        default,
+        with = "human_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub stale_after: Option<Duration>,
 }
 
 /// The `http` value that turns the HTTP side off.
@@ -229,6 +241,7 @@ impl RawServer {
             max_line_bytes: self.max_line_bytes.or(lower.max_line_bytes),
             commit_max_rows: self.commit_max_rows.or(lower.commit_max_rows),
             commit_delay: self.commit_delay.or(lower.commit_delay),
+            stale_after: self.stale_after.or(lower.stale_after),
         }
     }
 
@@ -293,6 +306,11 @@ impl RawServer {
                 )?,
                 ..defaults.writer
             },
+            stale_after: in_range(
+                "stale-after",
+                self.stale_after.unwrap_or(defaults.stale_after),
+                limits::TIMEOUT,
+            )?,
             ..defaults
         })
     }
@@ -310,6 +328,7 @@ impl RawServer {
             max_line_bytes: Some(config.max_line_bytes),
             commit_max_rows: Some(config.writer.max_batch_rows),
             commit_delay: Some(config.writer.commit_delay),
+            stale_after: Some(config.stale_after),
         }
     }
 }
@@ -359,47 +378,6 @@ fn printable_path(setting: &'static str, path: &Path) -> Result<(), ConfigError>
             reason: "the path is not UTF-8",
         }),
     }
-}
-
-/// `address` if it is `IP:PORT` or `HOST:PORT` (resolved when used), else the error.
-fn socket_address(setting: &'static str, address: String) -> Result<String, ConfigError> {
-    if address.parse::<std::net::SocketAddr>().is_ok() {
-        return Ok(address);
-    }
-    let host_port_ok = address.rsplit_once(':').is_some_and(|(host, port)| {
-        // A bare IPv6 address needs brackets to carry a port.
-        !host.is_empty() && !host.contains(':') && port.parse::<u16>().is_ok()
-    });
-    if host_port_ok {
-        Ok(address)
-    } else {
-        Err(ConfigError::Invalid {
-            setting,
-            value: format!("{address:?}"),
-            accepted: "IP:PORT or HOST:PORT, e.g. 0.0.0.0:8889, [::1]:8889, localhost:8889".into(),
-        })
-    }
-}
-
-/// `--http`: `off`, or an address as [`socket_address`] accepts.
-fn http_address(address: String) -> Result<Option<String>, ConfigError> {
-    if address == HTTP_OFF {
-        return Ok(None);
-    }
-    socket_address("http", address)
-        .map(Some)
-        .map_err(|err| match err {
-            ConfigError::Invalid {
-                setting,
-                value,
-                accepted,
-            } => ConfigError::Invalid {
-                setting,
-                value,
-                accepted: format!("{HTTP_OFF}, or {accepted}"),
-            },
-            other => other,
-        })
 }
 
 /// `name` unless it is empty (an empty tag or measurement is not valid line protocol).
@@ -461,6 +439,30 @@ mod tests {
         assert_eq!(config.store, StoreUrl::Memory, "file over default");
         assert_eq!(config.idle_timeout, Duration::from_secs(90));
         assert_eq!(config.write_timeout, ServerConfig::default().write_timeout);
+    }
+
+    /// `--stale-after`: from the file, printed back, and a zero refused.
+    #[test]
+    fn stale_after_is_a_validated_duration() {
+        let file = parse_file("[server]\nstale-after = \"45s\"\n").expect("valid file");
+        let config = file.validate().expect("valid settings");
+        assert_eq!(config.stale_after, Duration::from_secs(45));
+        assert_eq!(
+            ServerConfig::default().stale_after,
+            crate::live::DEFAULT_STALE_AFTER
+        );
+        let printed = print_server(&config).expect("printable");
+        assert!(printed.contains("stale-after = \"45s\"\n"), "{printed}");
+        let err = RawServer {
+            stale_after: Some(Duration::ZERO),
+            ..RawServer::default()
+        }
+        .validate()
+        .expect_err("zero");
+        assert!(
+            err.to_string().starts_with("invalid stale-after 0s"),
+            "{err}"
+        );
     }
 
     /// See: review of issue 8 (printing a non-UTF-8 `--spool` path panicked in `to_toml`).
@@ -554,7 +556,7 @@ mod tests {
         .expect_err("no host");
         assert!(
             err.to_string()
-                .starts_with("invalid http \"9889\": accepted off, or IP:PORT"),
+                .starts_with("invalid http \"9889\": accepted off, IP:PORT or HOST:PORT"),
             "{err}"
         );
         let http = |value: &str| {

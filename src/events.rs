@@ -8,171 +8,29 @@
 //!
 //! # Metrics
 //!
-//! Each metric's name, type, unit and help text is written once, in [`METRICS`]; that table
-//! drives [`names`], [`describe`], the exporter's buckets, and a test that
-//! [`Telemetry::register`] registers exactly these.
-//!
-//! | name | type | labels | what |
-//! |---|---|---|---|
-//! | `sensorlink_connections_open` | gauge | | connections being served ([`OpenConnection`]) |
-//! | `sensorlink_connections_accepted_total` | counter | | connections given a task |
-//! | `sensorlink_connections_refused_total` | counter | `reason="max_connections"` | closed at once |
-//! | `sensorlink_connections_closed_total` | counter | `reason` = `eof` `shutdown` `idle_timeout` `read_failed` `write_failed` `write_stalled` `store_failed` | served connections that ended |
-//! | `sensorlink_connections_mode_total` | counter | `mode` = `line` `legacy` | protocol each peer spoke (a peer that sent nothing has none) |
-//! | `sensorlink_accept_errors_total` | counter | | failed `accept()` calls |
-//! | `sensorlink_readings_accepted_total` | counter | | readings parsed and handed to the store |
-//! | `sensorlink_lines_rejected_total` | counter | `reason` = `oversize` `invalid_utf8` `invalid_reading` `invalid_command` `unknown_command` `invalid_legacy` | lines (or legacy messages) that were neither a reading nor a command |
-//! | `sensorlink_readings_committed_total` | counter | `outcome` = `inserted` `duplicate` | readings in committed transactions |
-//! | `sensorlink_readings_acked_total` | counter | | readings covered by an ack (or legacy `pong`) written |
-//! | `sensorlink_readings_unacked_total` | counter | `reason="store_failed"` | readings answered with an error instead of an ack |
-//! | `sensorlink_replies_total` | counter | `kind` = `ack` `pong` `error` | replies written |
-//! | `sensorlink_replies_suppressed_total` | counter | | error replies dropped for a peer that never reads |
-//! | `sensorlink_store_commits_total` | counter | | store transactions committed |
-//! | `sensorlink_store_errors_total` | counter | `op` = `commit` `submit` | store failures |
-//! | `sensorlink_store_commit_duration_seconds` | histogram | | time of one transaction |
-//! | `sensorlink_store_commit_rows` | histogram | | readings in one transaction |
-//! | `sensorlink_ack_latency_seconds` | histogram | | receipt → ack written: line mode one sample per `ack` (from its first reading), legacy one per reading (each `pong` acks one) |
-//! | `sensorlink_received_bytes_total` | counter | | bytes read from peers |
-//! | `sensorlink_sent_bytes_total` | counter | | bytes written to peers |
-//!
-//! Every label takes only the values listed: no per-sensor or per-peer series, so the
-//! number of series is fixed whatever the number of sensors.
+//! Every metric, with its name, type, unit, help and buckets, is written once, in
+//! [`METRICS`] (`events/table.rs`, which also documents each metric and the cardinality
+//! rule).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use metrics::{
-    describe_counter, describe_gauge, describe_histogram, Counter, Gauge, Histogram, Unit,
-};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics::{Counter, Gauge, Histogram};
+use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::protocol::{ilp, ProtocolError, Reading};
 use crate::server::logging;
 use crate::store::WriteOutcome;
 
-/// A metric's Prometheus type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Counter,
-    Gauge,
-    Histogram,
-}
-
-impl Kind {
-    /// As in the exposition format's `# TYPE` line.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Counter => "counter",
-            Kind::Gauge => "gauge",
-            Kind::Histogram => "histogram",
-        }
-    }
-}
-
-/// One metric as published: the one place its name, type, unit and help are written.
-#[derive(Debug)]
-pub struct MetricDef {
-    pub name: &'static str,
-    pub kind: Kind,
-    pub unit: Unit,
-    /// Bucket upper bounds (histograms only).
-    pub buckets: &'static [f64],
-    pub help: &'static str,
-}
-
-/// Writes [`names`] and [`METRICS`] from one list, so the two cannot disagree.
-macro_rules! metric_table {
-    ($($id:ident = $name:literal, $kind:ident, $unit:ident, $buckets:expr, $help:literal;)*) => {
-        /// Metric names, so tests and the HTTP side spell them the same way.
-        pub mod names {
-            $(pub const $id: &str = $name;)*
-        }
-
-        /// Every metric this crate publishes.
-        pub const METRICS: &[MetricDef] = &[$(MetricDef {
-            name: $name,
-            kind: Kind::$kind,
-            unit: Unit::$unit,
-            buckets: $buckets,
-            help: $help,
-        },)*];
-    };
-}
-
-const NO_BUCKETS: &[f64] = &[];
-
-/// Latency buckets (seconds): 10 µs (a memory store's commit) to 10 s (a stalled disk).
-const LATENCY_BUCKETS_S: &[f64] = &[
-    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
-
-/// Rows-per-commit buckets, up to the largest `--commit-max-rows` accepted (1 000 000).
-const ROWS_BUCKETS: &[f64] = &[
-    1.0,
-    10.0,
-    100.0,
-    500.0,
-    1_000.0,
-    2_000.0,
-    5_000.0,
-    10_000.0,
-    20_000.0,
-    50_000.0,
-    100_000.0,
-    200_000.0,
-    500_000.0,
-    1_000_000.0,
-];
-
-metric_table! {
-    CONNECTIONS_OPEN = "sensorlink_connections_open", Gauge, Count, NO_BUCKETS,
-        "Connections being served.";
-    CONNECTIONS_ACCEPTED = "sensorlink_connections_accepted_total", Counter, Count, NO_BUCKETS,
-        "Connections accepted and served.";
-    CONNECTIONS_REFUSED = "sensorlink_connections_refused_total", Counter, Count, NO_BUCKETS,
-        "Connections closed at once, by reason.";
-    CONNECTIONS_CLOSED = "sensorlink_connections_closed_total", Counter, Count, NO_BUCKETS,
-        "Served connections that ended, by reason.";
-    CONNECTIONS_MODE = "sensorlink_connections_mode_total", Counter, Count, NO_BUCKETS,
-        "Connections by the protocol the peer spoke.";
-    ACCEPT_ERRORS = "sensorlink_accept_errors_total", Counter, Count, NO_BUCKETS,
-        "Failed accept() calls.";
-    READINGS_ACCEPTED = "sensorlink_readings_accepted_total", Counter, Count, NO_BUCKETS,
-        "Readings parsed and handed to the store.";
-    LINES_REJECTED = "sensorlink_lines_rejected_total", Counter, Count, NO_BUCKETS,
-        "Lines (or legacy messages) that were neither a reading nor a command, by reason.";
-    READINGS_COMMITTED = "sensorlink_readings_committed_total", Counter, Count, NO_BUCKETS,
-        "Readings in committed transactions, by outcome (a duplicate was already stored).";
-    READINGS_ACKED = "sensorlink_readings_acked_total", Counter, Count, NO_BUCKETS,
-        "Readings covered by an ack written to the peer.";
-    READINGS_UNACKED = "sensorlink_readings_unacked_total", Counter, Count, NO_BUCKETS,
-        "Readings answered with an error instead of an ack, by reason.";
-    REPLIES = "sensorlink_replies_total", Counter, Count, NO_BUCKETS,
-        "Replies written, by kind.";
-    REPLIES_SUPPRESSED = "sensorlink_replies_suppressed_total", Counter, Count, NO_BUCKETS,
-        "Error replies dropped because the peer never asked for replies.";
-    STORE_COMMITS = "sensorlink_store_commits_total", Counter, Count, NO_BUCKETS,
-        "Store transactions committed.";
-    STORE_ERRORS = "sensorlink_store_errors_total", Counter, Count, NO_BUCKETS,
-        "Store failures, by operation.";
-    COMMIT_DURATION = "sensorlink_store_commit_duration_seconds", Histogram, Seconds,
-        LATENCY_BUCKETS_S, "Duration of one store transaction.";
-    COMMIT_ROWS = "sensorlink_store_commit_rows", Histogram, Count, ROWS_BUCKETS,
-        "Readings in one store transaction.";
-    ACK_LATENCY = "sensorlink_ack_latency_seconds", Histogram, Seconds, LATENCY_BUCKETS_S,
-        "From the receipt of the first reading an ack covers to the ack written (legacy: one sample per reading).";
-    RECEIVED_BYTES = "sensorlink_received_bytes_total", Counter, Bytes, NO_BUCKETS,
-        "Bytes read from peers.";
-    SENT_BYTES = "sensorlink_sent_bytes_total", Counter, Bytes, NO_BUCKETS,
-        "Bytes written to peers.";
-}
-
 mod labels;
+mod recent;
+mod table;
 
 pub use labels::{CloseReason, Mode, RejectReason};
+pub use recent::{Percentiles, Recent, Rejection, WindowSummary, WINDOW_SECONDS};
+pub use table::{describe, names, prometheus_builder, Kind, MetricDef, METRICS};
 
 /// Totals the periodic load summary reads. Kept beside the exported metrics because the
 /// facade's handles are write-only; never exported, so nothing is counted twice.
@@ -182,6 +40,8 @@ pub struct Totals {
     pub lines_rejected: AtomicU64,
     pub readings_stored: AtomicU64,
     pub connections_open: AtomicU64,
+    /// Readings covered by an ack (or legacy `pong`) written, for `/api/server`.
+    pub readings_acked: AtomicU64,
 }
 
 /// Every metric handle, registered once against the recorder current at the time.
@@ -206,13 +66,21 @@ pub struct Telemetry {
     store_commits: Counter,
     store_errors_commit: Counter,
     store_errors_submit: Counter,
+    store_queued: Gauge,
     commit_duration: Histogram,
     commit_rows: Histogram,
     ack_latency: Histogram,
     received_bytes: Counter,
     sent_bytes: Counter,
+    live_sensors: Gauge,
+    live_sensors_evicted: Counter,
+    live_sensors_untracked: Counter,
+    sse_subscribers: Gauge,
+    sse_lagged: Counter,
     /// What the load summary reads.
     pub totals: Totals,
+    /// The last seconds, for the HTTP API (rates, percentiles, rejections, readiness).
+    pub recent: Recent,
 }
 
 impl Telemetry {
@@ -242,37 +110,21 @@ impl Telemetry {
             store_commits: metrics::counter!(STORE_COMMITS),
             store_errors_commit: metrics::counter!(STORE_ERRORS, "op" => "commit"),
             store_errors_submit: metrics::counter!(STORE_ERRORS, "op" => "submit"),
+            store_queued: metrics::gauge!(STORE_QUEUED),
             commit_duration: metrics::histogram!(COMMIT_DURATION),
             commit_rows: metrics::histogram!(COMMIT_ROWS),
             ack_latency: metrics::histogram!(ACK_LATENCY),
             received_bytes: metrics::counter!(RECEIVED_BYTES),
             sent_bytes: metrics::counter!(SENT_BYTES),
+            live_sensors: metrics::gauge!(LIVE_SENSORS),
+            live_sensors_evicted: metrics::counter!(LIVE_SENSORS_EVICTED),
+            live_sensors_untracked: metrics::counter!(LIVE_SENSORS_UNTRACKED),
+            sse_subscribers: metrics::gauge!(SSE_SUBSCRIBERS),
+            sse_lagged: metrics::counter!(SSE_LAGGED),
             totals: Totals::default(),
+            recent: Recent::default(),
         }
     }
-}
-
-/// Help texts and units for every metric in [`METRICS`], given to the current recorder.
-pub fn describe() {
-    for metric in METRICS {
-        match metric.kind {
-            Kind::Counter => describe_counter!(metric.name, metric.unit, metric.help),
-            Kind::Gauge => describe_gauge!(metric.name, metric.unit, metric.help),
-            Kind::Histogram => describe_histogram!(metric.name, metric.unit, metric.help),
-        }
-    }
-}
-
-/// The exporter's settings: true histograms, with each histogram's buckets from [`METRICS`].
-pub fn prometheus_builder() -> PrometheusBuilder {
-    METRICS
-        .iter()
-        .filter(|metric| metric.kind == Kind::Histogram)
-        .fold(PrometheusBuilder::new(), |builder, metric| {
-            builder
-                .set_buckets_for_metric(Matcher::Full(metric.name.to_string()), metric.buckets)
-                .expect("every histogram in METRICS has a non-empty bucket list")
-        })
 }
 
 static TELEMETRY: OnceLock<Telemetry> = OnceLock::new();
@@ -489,6 +341,7 @@ impl Event for ReadingsAccepted {
 pub struct LineRejected<'a> {
     /// Line number on the connection (0 for legacy messages).
     pub line: u64,
+    pub peer: SocketAddr,
     pub error: &'a ProtocolError,
 }
 
@@ -497,8 +350,18 @@ impl Event for LineRejected<'_> {
         if logging::allow_rejected_line() {
             tracing::warn!(line = self.line, cause = %self.error, "rejected");
         }
-        t.lines_rejected[RejectReason::of(self.error) as usize].increment(1);
+        let reason = RejectReason::of(self.error);
+        t.lines_rejected[reason as usize].increment(1);
         t.totals.lines_rejected.fetch_add(1, Ordering::Relaxed);
+        t.recent.rejected(Rejection {
+            time_ns: crate::timefmt::now_ns(),
+            peer: self.peer.to_string(),
+            reason: reason.as_str(),
+            detail: match self.line {
+                0 => self.error.to_string(),
+                line => format!("line {line}: {}", self.error),
+            },
+        });
     }
 }
 
@@ -558,9 +421,20 @@ impl Event for RepliesWritten<'_> {
                 counter.increment(n);
             }
         }
-        for received in self.ack_receipts {
-            let latency = self.written_at.saturating_duration_since(*received);
+        if self.readings_acked > 0 {
+            t.totals
+                .readings_acked
+                .fetch_add(self.readings_acked, Ordering::Relaxed);
+        }
+        let latencies = self
+            .ack_receipts
+            .iter()
+            .map(|received| self.written_at.saturating_duration_since(*received));
+        for latency in latencies.clone() {
             t.ack_latency.record(latency.as_secs_f64());
+        }
+        if !self.ack_receipts.is_empty() {
+            t.recent.acks(self.written_at, latencies);
         }
     }
 }
@@ -591,6 +465,7 @@ impl Event for StoreUnavailable<'_> {
     fn emit_to(self, t: &Telemetry) {
         tracing::error!(cause = %self.error, "store unavailable; closing connection");
         t.store_errors_submit.increment(1);
+        t.recent.store_failed(self.error.to_string());
     }
 }
 
@@ -621,6 +496,8 @@ impl Event for BatchCommitted {
         t.totals
             .readings_stored
             .fetch_add(self.outcome.inserted, Ordering::Relaxed);
+        t.recent
+            .commit(Instant::now(), self.rows as u64, self.duration);
     }
 }
 
@@ -635,10 +512,121 @@ impl Event for StoreFailed<'_> {
     fn emit_to(self, t: &Telemetry) {
         tracing::error!(cause = %self.error, batches = self.batches, rows = self.rows, "store transaction failed");
         t.store_errors_commit.increment(1);
+        t.recent.store_failed(self.error.to_string());
+    }
+}
+
+/// Readings handed to the store (`submit`) and not yet answered: the writer's queue depth.
+/// Raised per submitted batch, lowered per answered transaction (one place for every route).
+pub struct StoreQueued {
+    pub readings: usize,
+}
+
+impl Event for StoreQueued {
+    fn emit_to(self, t: &Telemetry) {
+        if self.readings > 0 {
+            t.store_queued.increment(self.readings as f64);
+        }
+    }
+}
+
+/// Readings of a transaction answered (committed or failed): out of the writer's queue.
+pub struct StoreAnswered {
+    pub readings: usize,
+}
+
+impl Event for StoreAnswered {
+    fn emit_to(self, t: &Telemetry) {
+        if self.readings > 0 {
+            t.store_queued.decrement(self.readings as f64);
+        }
     }
 }
 
 /// Helpers for tests that read metrics back.
+/// The live view's sensor count changed.
+pub struct SensorsTracked {
+    pub count: usize,
+}
+
+impl Event for SensorsTracked {
+    fn emit_to(self, t: &Telemetry) {
+        t.live_sensors.set(self.count as f64);
+    }
+}
+
+/// A disconnected sensor left the live view to make room (its history stays in the store).
+pub struct SensorEvicted<'a> {
+    pub sensor: &'a str,
+}
+
+impl Event for SensorEvicted<'_> {
+    fn emit_to(self, t: &Telemetry) {
+        tracing::debug!(
+            sensor = self.sensor,
+            "live view full; evicted the sensor disconnected longest"
+        );
+        t.live_sensors_evicted.increment(1);
+    }
+}
+
+/// A new sensor's readings were stored but the live view, full of connected sensors, has
+/// no room for it.
+pub struct SensorUntracked<'a> {
+    pub sensor: &'a str,
+}
+
+impl Event for SensorUntracked<'_> {
+    fn emit_to(self, t: &Telemetry) {
+        if logging::allow_untracked_sensor() {
+            tracing::warn!(
+                sensor = self.sensor,
+                "live view full of connected sensors; not tracking a new one"
+            );
+        }
+        t.live_sensors_untracked.increment(1);
+    }
+}
+
+/// An `/api/events` subscriber fell behind its bounded queue: its stream ends.
+pub struct SubscriberLagged {
+    pub queued: usize,
+}
+
+impl Event for SubscriberLagged {
+    fn emit_to(self, t: &Telemetry) {
+        tracing::info!(
+            queued = self.queued,
+            "event subscriber fell behind; ending its stream"
+        );
+        t.sse_lagged.increment(1);
+    }
+}
+
+/// An open `/api/events` stream: counted while it lives (RAII, as [`OpenConnection`]).
+#[derive(Debug)]
+pub struct SubscriberOpen(&'static Telemetry);
+
+impl SubscriberOpen {
+    pub fn new() -> Self {
+        let t = telemetry();
+        t.sse_subscribers.increment(1.0);
+        SubscriberOpen(t)
+    }
+}
+
+impl Default for SubscriberOpen {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for SubscriberOpen {
+    fn drop(&mut self) {
+        self.0.sse_subscribers.decrement(1.0);
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod testing {
     /// The value of the sample line `series` (name plus labels, exactly as rendered) in
@@ -660,6 +648,7 @@ pub(crate) mod testing {
 
 #[cfg(test)]
 mod tests {
+    use super::table::ROWS_BUCKETS;
     use super::testing::sample;
     use super::*;
 
@@ -689,11 +678,13 @@ mod tests {
             ReadingsAccepted { count: 7 }.emit_to(t);
             LineRejected {
                 line: 3,
+                peer: SocketAddr::from(([127, 0, 0, 1], 9)),
                 error: &ProtocolError::LineTooLong { limit: 64 },
             }
             .emit_to(t);
             LineRejected {
                 line: 4,
+                peer: SocketAddr::from(([127, 0, 0, 1], 9)),
                 error: &ProtocolError::InvalidReading("x".into()),
             }
             .emit_to(t);

@@ -349,7 +349,7 @@ fn write_json_array<T: Serialize>(
 }
 
 /// Pairs serialized as a JSON object, in their order (serde_json's own map would sort).
-struct Pairs<'a, V>(&'a [(String, V)]);
+pub(crate) struct Pairs<'a, V>(pub(crate) &'a [(String, V)]);
 
 impl<V: Serialize> Serialize for Pairs<'_, V> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {

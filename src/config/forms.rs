@@ -1,5 +1,6 @@
 //! How setting values are written: in `--help`/clap, in the TOML file (serde `with`
-//! modules), and in error messages. Kept apart so `config.rs` reads as the settings alone.
+//! modules), and in error messages; and the address forms (`IP:PORT`, `HOST:PORT`, `off`).
+//! Kept apart so `config.rs` reads as the settings alone.
 
 use std::fmt::Display;
 use std::str::FromStr;
@@ -7,6 +8,7 @@ use std::time::Duration;
 
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser as _};
 
+use super::{ConfigError, HTTP_OFF};
 use crate::store::FsyncPolicy;
 
 /// How a value is written in messages: as the user would write it.
@@ -147,4 +149,46 @@ pub(super) mod display_from_str {
         let text = String::deserialize(d)?;
         text.parse().map(Some).map_err(serde::de::Error::custom)
     }
+}
+
+/// `address` if it is `IP:PORT` or `HOST:PORT` (resolved when used), else the error.
+pub(super) fn socket_address(
+    setting: &'static str,
+    address: String,
+) -> Result<String, ConfigError> {
+    if address.parse::<std::net::SocketAddr>().is_ok() {
+        return Ok(address);
+    }
+    let host_port_ok = address.rsplit_once(':').is_some_and(|(host, port)| {
+        // A bare IPv6 address needs brackets to carry a port.
+        !host.is_empty() && !host.contains(':') && port.parse::<u16>().is_ok()
+    });
+    if host_port_ok {
+        Ok(address)
+    } else {
+        Err(ConfigError::Invalid {
+            setting,
+            value: format!("{address:?}"),
+            accepted: "IP:PORT or HOST:PORT, e.g. 0.0.0.0:8889, [::1]:8889, localhost:8889".into(),
+        })
+    }
+}
+
+/// `--http`: `off`, or an address as [`socket_address`] accepts.
+pub(super) fn http_address(address: String) -> Result<Option<String>, ConfigError> {
+    if address == HTTP_OFF {
+        return Ok(None);
+    }
+    socket_address("http", address)
+        .map(Some)
+        .map_err(|err| match err {
+            ConfigError::Invalid { setting, value, .. } => ConfigError::Invalid {
+                setting,
+                value,
+                accepted: format!(
+                    "{HTTP_OFF}, IP:PORT or HOST:PORT, e.g. 127.0.0.1:9889, [::1]:9889, localhost:0"
+                ),
+            },
+            other => other,
+        })
 }

@@ -7,6 +7,9 @@
 //! writer), the live figures from the process's [`Telemetry`]; nothing here is on the
 //! ingest path.
 
+pub mod sensors;
+pub mod sse;
+
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -18,8 +21,12 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::events::{self, Telemetry};
+
+pub mod api;
+
 use crate::server::ServerConfig;
 use crate::store::StoreReader;
+pub use api::{server_summary, ServerSummary};
 
 /// `--http` when not given: loopback only, as the API has no authentication yet.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:9889";
@@ -42,6 +49,8 @@ pub struct AppState {
     /// Where the server's events are counted (the process's; a test's own in unit tests).
     pub telemetry: &'static Telemetry,
     // ---- live9: the live sensor registry (`/api/sensors`, `/api/events`) goes here ----
+    /// The live view the connections feed with committed readings.
+    pub live: Arc<crate::live::Registry>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -61,6 +70,9 @@ impl AppState {
             started: Instant::now(),
             shutdown,
             telemetry: events::telemetry(),
+            live: Arc::new(crate::live::Registry::new(&crate::live::LiveConfig::from(
+                config,
+            ))),
         }
     }
 }
@@ -69,11 +81,16 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(api::readyz))
         .route("/metrics", get(metrics))
+        .route("/api/server", get(api::server))
+        .route("/api/readings", get(api::readings))
         .route("/", get(index_html))
         .route("/app.js", get(app_js))
         .route("/style.css", get(style_css))
         // ---- live9: `/api/sensors`, `/api/sensors/{name}`, `/api/events` go here ----
+        .merge(sensors::routes())
+        .merge(sse::routes())
         .with_state(state)
 }
 
@@ -150,6 +167,7 @@ mod tests {
     use tower::ServiceExt as _;
 
     use super::*;
+    use crate::events::Event as _;
     use crate::store::memory::MemoryStore;
 
     fn state() -> AppState {
@@ -160,8 +178,20 @@ mod tests {
         )
     }
 
+    /// A state counting into its own telemetry, so tests do not see each other's events.
+    fn own_state() -> AppState {
+        AppState {
+            telemetry: Box::leak(Box::new(Telemetry::register())),
+            ..state()
+        }
+    }
+
     async fn get_path(path: &str) -> (StatusCode, String, String) {
-        let response = router(state())
+        get_from(state(), path).await
+    }
+
+    async fn get_from(state: AppState, path: &str) -> (StatusCode, String, String) {
+        let response = router(state)
             .oneshot(
                 Request::get(path)
                     .body(Body::empty())
@@ -190,6 +220,76 @@ mod tests {
         let (status, _, body) = get_path("/healthz").await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body, "ok\n");
+    }
+
+    /// Ready until a commit fails, again after one succeeds, and never once shutting down.
+    #[tokio::test]
+    async fn readyz_follows_the_store_and_the_shutdown() {
+        let state = own_state();
+        let ready = || get_from(state.clone(), "/readyz");
+        assert_eq!(ready().await, (StatusCode::OK, ct_text(), "ready\n".into()));
+
+        let failure = std::io::Error::other("disk I/O error\nat page 7");
+        events::StoreFailed {
+            error: &failure,
+            batches: 1,
+            rows: 3,
+        }
+        .emit_to(state.telemetry);
+        let (status, _, body) = ready().await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body, "not ready: store failing: disk I/O error at page 7\n");
+        assert!(!server_summary(&state).ready);
+
+        events::BatchCommitted {
+            rows: 1,
+            outcome: crate::store::WriteOutcome {
+                inserted: 1,
+                duplicates: 0,
+            },
+            duration: std::time::Duration::from_millis(1),
+        }
+        .emit_to(state.telemetry);
+        assert_eq!(ready().await.0, StatusCode::OK);
+        assert!(server_summary(&state).ready);
+
+        state.shutdown.cancel();
+        let (status, _, body) = ready().await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body, "not ready: shutting down\n");
+    }
+
+    fn ct_text() -> String {
+        "text/plain; charset=utf-8".into()
+    }
+
+    #[tokio::test]
+    async fn bad_readings_parameters_are_json_400s() {
+        for path in [
+            "/api/readings?limit=0",
+            "/api/readings?since=soon",
+            "/api/readings?sensors=a",
+        ] {
+            let (status, content_type, body) = get_path(path).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
+            assert_eq!(content_type, "application/json", "{path}");
+            let error: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+            assert!(error["error"].is_string(), "{path}: {body}");
+        }
+    }
+
+    /// The contract lists every metric the server publishes (a new metric without its line
+    /// in docs/http-api.md fails here).
+    #[test]
+    fn every_metric_is_documented() {
+        let doc = include_str!("../../docs/http-api.md");
+        for metric in events::METRICS {
+            assert!(
+                doc.contains(&format!("| `{}` |", metric.name)),
+                "{} is missing from docs/http-api.md's metric table",
+                metric.name
+            );
+        }
     }
 
     #[tokio::test]

@@ -30,7 +30,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::events::{self, BatchCommitted, Event as _, StoreFailed, Telemetry};
+use crate::events::{
+    self, BatchCommitted, Event as _, StoreAnswered, StoreFailed, StoreQueued, Telemetry,
+};
 
 use super::read::BoxFuture;
 use super::{Drive, Store, StoreError, StoredReading, WriteOutcome};
@@ -148,6 +150,7 @@ fn account(
     // installed).
     let telemetry = telemetry.unwrap_or_else(events::telemetry);
     let committed_at = Instant::now();
+    StoreAnswered { readings: rows }.emit_to(telemetry);
     match written {
         Ok((outcome, duration)) => {
             // Only barriers (no readings): nothing was written, nothing to count.
@@ -232,6 +235,20 @@ impl StoreHandle {
     /// [`StoreError::WriterGone`] if the writer thread has stopped; a concurrent store's
     /// own error if it refuses the batch.
     pub async fn submit(&self, batch: Vec<StoredReading>) -> Result<CommitReceiver, StoreError> {
+        // Counted before it can be answered (the inline route answers within this call);
+        // lowered again if the store never takes it.
+        let queued = batch.len();
+        let telemetry = self.telemetry.unwrap_or_else(events::telemetry);
+        StoreQueued { readings: queued }.emit_to(telemetry);
+        let submitted = self.submit_queued(batch).await;
+        if submitted.is_err() {
+            StoreAnswered { readings: queued }.emit_to(telemetry);
+        }
+        submitted
+    }
+
+    /// [`StoreHandle::submit`] on this handle's route.
+    async fn submit_queued(&self, batch: Vec<StoredReading>) -> Result<CommitReceiver, StoreError> {
         let tx = match &self.route {
             Route::Thread(tx) => tx,
             Route::Inline(store) => {
@@ -621,6 +638,53 @@ mod tests {
         assert_eq!(log.store.len(), 1 + tasks * per_task as usize);
         // The first batch alone, then all 50 queued batches in one transaction.
         assert_eq!(log.txns, vec![1, tasks * per_task as usize]);
+    }
+
+    /// The queue-depth gauge counts readings from `submit` until their transaction is
+    /// answered, on the group-commit route (the inline route answers within `submit`).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn queued_gauge_counts_readings_until_answered() {
+        use crate::events::{names, prometheus_builder, testing::sample};
+        let recorder = prometheus_builder().build_recorder();
+        let render = recorder.handle();
+        let telemetry: &'static Telemetry = Box::leak(Box::new(metrics::with_local_recorder(
+            &recorder,
+            Telemetry::register,
+        )));
+        let queued = || sample(&render.render(), names::STORE_QUEUED);
+
+        let store = TestStore::default();
+        let (gate, entered_rx, release_tx) = gate();
+        let (handle, writer) = spawn_counted(
+            Drive::GroupCommit(Box::new(store.gated(gate))),
+            WriterConfig::default(),
+            Some(telemetry),
+        );
+        let first = handle.submit(vec![temp("first", 0)]).await.expect("submit");
+        tokio::task::spawn_blocking(move || entered_rx.recv().map(|_| entered_rx))
+            .await
+            .expect("join")
+            .expect("writer entered the store");
+        let five = handle
+            .submit((0..5).map(|i| temp("a", i)).collect())
+            .await
+            .expect("submit");
+        let three = handle
+            .submit((0..3).map(|i| temp("b", i)).collect())
+            .await
+            .expect("submit");
+        // One in the held transaction, eight waiting for the writer.
+        assert_eq!(queued(), Some(9.0));
+        for _ in 0..2 {
+            release_tx.send(()).expect("writer waits");
+        }
+        for answer in [first, five, three] {
+            wait(answer).await.expect("committed");
+        }
+        assert_eq!(queued(), Some(0.0));
+        drop(handle);
+        drop(release_tx);
+        writer.finish().expect("finish");
     }
 
     #[tokio::test]

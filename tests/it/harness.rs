@@ -84,10 +84,17 @@ impl Server {
         } else {
             &["--http", "127.0.0.1:0"]
         };
-        let mut child = bin()
-            .args(["server", "--listen", listen, "--store", store])
+        let mut cmd = bin();
+        cmd.args(["server", "--listen", listen, "--store", store])
             .args(http)
-            .args(extra)
+            .args(extra);
+        Server::spawn(cmd, store)
+    }
+
+    /// Start `cmd` (a `sensorlink server` command line, maybe wrapped, e.g. by `sh -c` to
+    /// set a limit first) and wait for its `listening on`; `store` is what it was given.
+    pub fn spawn(mut cmd: Command, store: &str) -> Server {
+        let mut child = cmd
             .env("RUST_LOG", "sensorlink=info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

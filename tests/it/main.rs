@@ -9,6 +9,7 @@ mod harness;
 mod http;
 mod line;
 mod link_report;
+mod live;
 mod query;
 mod report;
 mod seed;

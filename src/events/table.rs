@@ -1,0 +1,195 @@
+//! The one table of every metric this crate publishes: name, type, unit, help and
+//! buckets are written once, here, and drive [`names`], [`describe`], the exporter's
+//! buckets, and a test that [`super::Telemetry::register`] registers exactly these.
+//! Names follow Prometheus conventions: the `sensorlink_` prefix, `_total` on counters,
+//! the base unit as a suffix (`_seconds`, `_bytes`).
+//!
+//! | name | type | labels | what |
+//! |---|---|---|---|
+//! | `sensorlink_connections_open` | gauge | | connections being served ([`super::OpenConnection`]) |
+//! | `sensorlink_connections_accepted_total` | counter | | connections given a task |
+//! | `sensorlink_connections_refused_total` | counter | `reason="max_connections"` | closed at once |
+//! | `sensorlink_connections_closed_total` | counter | `reason` = `eof` `shutdown` `idle_timeout` `read_failed` `write_failed` `write_stalled` `store_failed` | served connections that ended |
+//! | `sensorlink_connections_mode_total` | counter | `mode` = `line` `legacy` | protocol each peer spoke (a peer that sent nothing has none) |
+//! | `sensorlink_accept_errors_total` | counter | | failed `accept()` calls |
+//! | `sensorlink_readings_accepted_total` | counter | | readings parsed and handed to the store |
+//! | `sensorlink_lines_rejected_total` | counter | `reason` = `oversize` `invalid_utf8` `invalid_reading` `invalid_command` `unknown_command` `invalid_legacy` | lines (or legacy messages) that were neither a reading nor a command |
+//! | `sensorlink_readings_committed_total` | counter | `outcome` = `inserted` `duplicate` | readings in committed transactions |
+//! | `sensorlink_readings_acked_total` | counter | | readings covered by an ack (or legacy `pong`) written |
+//! | `sensorlink_readings_unacked_total` | counter | `reason="store_failed"` | readings answered with an error instead of an ack |
+//! | `sensorlink_replies_total` | counter | `kind` = `ack` `pong` `error` | replies written |
+//! | `sensorlink_replies_suppressed_total` | counter | | error replies dropped for a peer that never reads |
+//! | `sensorlink_store_commits_total` | counter | | store transactions committed |
+//! | `sensorlink_store_errors_total` | counter | `op` = `commit` `submit` | store failures |
+//! | `sensorlink_store_queued_readings` | gauge | | readings handed to the store and not yet answered (waiting for the writer, or in the transaction being committed): the writer's queue depth |
+//! | `sensorlink_store_commit_duration_seconds` | histogram | | time of one transaction |
+//! | `sensorlink_store_commit_rows` | histogram | | readings in one transaction |
+//! | `sensorlink_ack_latency_seconds` | histogram | | receipt → ack written: line mode one sample per `ack` (from its first reading), legacy one per reading (each `pong` acks one) |
+//! | `sensorlink_received_bytes_total` | counter | | bytes read from peers |
+//! | `sensorlink_sent_bytes_total` | counter | | bytes written to peers |
+//! | `sensorlink_live_sensors` | gauge | | sensors the live view tracks (`/api/sensors`; at most 100,000) |
+//! | `sensorlink_live_sensors_evicted_total` | counter | | disconnected sensors dropped from the live view to make room ([`super::SensorEvicted`]) |
+//! | `sensorlink_live_sensors_untracked_total` | counter | | committed reading groups of a new sensor the full live view could not take ([`super::SensorUntracked`]) |
+//! | `sensorlink_sse_subscribers` | gauge | | open `/api/events` streams ([`super::SubscriberOpen`]) |
+//! | `sensorlink_sse_lagged_total` | counter | | event streams ended because the subscriber fell behind ([`super::SubscriberLagged`]) |
+//!
+//! **Cardinality rule.** Every label takes only the values listed: no per-sensor, per-peer
+//! or per-connection series, so the number of series is fixed whatever the number of
+//! sensors (10,000 sensors must not mean 10,000 series per metric). Per-sensor figures are
+//! served only as JSON by the HTTP API (`/api/sensors`), bounded per sensor there.
+
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+
+/// A metric's Prometheus type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+impl Kind {
+    /// As in the exposition format's `# TYPE` line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+        }
+    }
+}
+
+/// One metric as published: the one place its name, type, unit and help are written.
+#[derive(Debug)]
+pub struct MetricDef {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub unit: Unit,
+    /// Bucket upper bounds (histograms only).
+    pub buckets: &'static [f64],
+    pub help: &'static str,
+}
+
+/// Writes [`names`] and [`METRICS`] from one list, so the two cannot disagree.
+macro_rules! metric_table {
+    ($($id:ident = $name:literal, $kind:ident, $unit:ident, $buckets:expr, $help:literal;)*) => {
+        /// Metric names, so tests and the HTTP side spell them the same way.
+        pub mod names {
+            $(pub const $id: &str = $name;)*
+        }
+
+        /// Every metric this crate publishes.
+        pub const METRICS: &[MetricDef] = &[$(MetricDef {
+            name: $name,
+            kind: Kind::$kind,
+            unit: Unit::$unit,
+            buckets: $buckets,
+            help: $help,
+        },)*];
+    };
+}
+
+pub(super) const NO_BUCKETS: &[f64] = &[];
+
+/// Latency buckets (seconds): 10 µs (a memory store's commit) to 10 s (a stalled disk).
+pub(super) const LATENCY_BUCKETS_S: &[f64] = &[
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Rows-per-commit buckets, up to the largest `--commit-max-rows` accepted (1 000 000).
+pub(super) const ROWS_BUCKETS: &[f64] = &[
+    1.0,
+    10.0,
+    100.0,
+    500.0,
+    1_000.0,
+    2_000.0,
+    5_000.0,
+    10_000.0,
+    20_000.0,
+    50_000.0,
+    100_000.0,
+    200_000.0,
+    500_000.0,
+    1_000_000.0,
+];
+
+metric_table! {
+    CONNECTIONS_OPEN = "sensorlink_connections_open", Gauge, Count, NO_BUCKETS,
+        "Connections being served.";
+    CONNECTIONS_ACCEPTED = "sensorlink_connections_accepted_total", Counter, Count, NO_BUCKETS,
+        "Connections accepted and served.";
+    CONNECTIONS_REFUSED = "sensorlink_connections_refused_total", Counter, Count, NO_BUCKETS,
+        "Connections closed at once, by reason.";
+    CONNECTIONS_CLOSED = "sensorlink_connections_closed_total", Counter, Count, NO_BUCKETS,
+        "Served connections that ended, by reason.";
+    CONNECTIONS_MODE = "sensorlink_connections_mode_total", Counter, Count, NO_BUCKETS,
+        "Connections by the protocol the peer spoke.";
+    ACCEPT_ERRORS = "sensorlink_accept_errors_total", Counter, Count, NO_BUCKETS,
+        "Failed accept() calls.";
+    READINGS_ACCEPTED = "sensorlink_readings_accepted_total", Counter, Count, NO_BUCKETS,
+        "Readings parsed and handed to the store.";
+    LINES_REJECTED = "sensorlink_lines_rejected_total", Counter, Count, NO_BUCKETS,
+        "Lines (or legacy messages) that were neither a reading nor a command, by reason.";
+    READINGS_COMMITTED = "sensorlink_readings_committed_total", Counter, Count, NO_BUCKETS,
+        "Readings in committed transactions, by outcome (a duplicate was already stored).";
+    READINGS_ACKED = "sensorlink_readings_acked_total", Counter, Count, NO_BUCKETS,
+        "Readings covered by an ack written to the peer.";
+    READINGS_UNACKED = "sensorlink_readings_unacked_total", Counter, Count, NO_BUCKETS,
+        "Readings answered with an error instead of an ack, by reason.";
+    REPLIES = "sensorlink_replies_total", Counter, Count, NO_BUCKETS,
+        "Replies written, by kind.";
+    REPLIES_SUPPRESSED = "sensorlink_replies_suppressed_total", Counter, Count, NO_BUCKETS,
+        "Error replies dropped because the peer never asked for replies.";
+    STORE_COMMITS = "sensorlink_store_commits_total", Counter, Count, NO_BUCKETS,
+        "Store transactions committed.";
+    STORE_ERRORS = "sensorlink_store_errors_total", Counter, Count, NO_BUCKETS,
+        "Store failures, by operation.";
+    STORE_QUEUED = "sensorlink_store_queued_readings", Gauge, Count, NO_BUCKETS,
+        "Readings handed to the store and not yet answered (queued, or in the transaction being committed).";
+    COMMIT_DURATION = "sensorlink_store_commit_duration_seconds", Histogram, Seconds,
+        LATENCY_BUCKETS_S, "Duration of one store transaction.";
+    COMMIT_ROWS = "sensorlink_store_commit_rows", Histogram, Count, ROWS_BUCKETS,
+        "Readings in one store transaction.";
+    ACK_LATENCY = "sensorlink_ack_latency_seconds", Histogram, Seconds, LATENCY_BUCKETS_S,
+        "From the receipt of the first reading an ack covers to the ack written (legacy: one sample per reading).";
+    RECEIVED_BYTES = "sensorlink_received_bytes_total", Counter, Bytes, NO_BUCKETS,
+        "Bytes read from peers.";
+    SENT_BYTES = "sensorlink_sent_bytes_total", Counter, Bytes, NO_BUCKETS,
+        "Bytes written to peers.";
+    LIVE_SENSORS = "sensorlink_live_sensors", Gauge, Count, NO_BUCKETS,
+        "Sensors tracked by the live view (/api/sensors).";
+    LIVE_SENSORS_EVICTED = "sensorlink_live_sensors_evicted_total", Counter, Count, NO_BUCKETS,
+        "Disconnected sensors dropped from the live view to make room for new ones.";
+    LIVE_SENSORS_UNTRACKED = "sensorlink_live_sensors_untracked_total", Counter, Count, NO_BUCKETS,
+        "Committed reading groups of a new sensor the full live view could not take (every tracked sensor connected).";
+    SSE_SUBSCRIBERS = "sensorlink_sse_subscribers", Gauge, Count, NO_BUCKETS,
+        "Open /api/events streams.";
+    SSE_LAGGED = "sensorlink_sse_lagged_total", Counter, Count, NO_BUCKETS,
+        "Event streams ended because the subscriber fell behind its bounded queue.";
+}
+
+/// Help texts and units for every metric in [`METRICS`], given to the current recorder.
+pub fn describe() {
+    for metric in METRICS {
+        match metric.kind {
+            Kind::Counter => describe_counter!(metric.name, metric.unit, metric.help),
+            Kind::Gauge => describe_gauge!(metric.name, metric.unit, metric.help),
+            Kind::Histogram => describe_histogram!(metric.name, metric.unit, metric.help),
+        }
+    }
+}
+
+/// The exporter's settings: true histograms, with each histogram's buckets from [`METRICS`].
+pub fn prometheus_builder() -> PrometheusBuilder {
+    METRICS
+        .iter()
+        .filter(|metric| metric.kind == Kind::Histogram)
+        .fold(PrometheusBuilder::new(), |builder, metric| {
+            builder
+                .set_buckets_for_metric(Matcher::Full(metric.name.to_string()), metric.buckets)
+                .expect("every histogram in METRICS has a non-empty bucket list")
+        })
+}
