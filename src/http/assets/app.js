@@ -219,16 +219,16 @@
     const vs = nums.map((p) => p[1]);
     const lo = Math.min(...vs);
     const hi = Math.max(...vs);
-    const t0 = nums[0][0];
-    const t1 = nums[nums.length - 1][0];
-    const x = (t) => (t1 > t0 ? ((t - t0) / (t1 - t0)) * (w - 4) + 2 : w - 2);
+    // Evenly spaced by index, not by time: readings of one batch may share a millisecond.
+    const n = nums.length;
+    const x = (i) => (n > 1 ? (i / (n - 1)) * (w - 4) + 2 : w - 2);
     const y = (v) => (hi > lo ? h - 3 - ((v - lo) / (hi - lo)) * (h - 6) : h / 2);
-    const coords = nums.map((p) => `${x(p[0]).toFixed(1)},${y(p[1]).toFixed(1)}`).join(' ');
+    const coords = nums.map((p, i) => `${x(i).toFixed(1)},${y(p[1]).toFixed(1)}`).join(' ');
     node.setAttribute('aria-label', `${nums.length} recent values, ${num(lo)} to ${num(hi)}`);
     node.append(svg('title', {}, `${nums.length} recent values, ${num(lo)} to ${num(hi)}`));
     node.append(svg('polyline', { points: coords, fill: 'none', class: 'line' }));
     const last = nums[nums.length - 1];
-    node.append(svg('circle', { cx: x(last[0]).toFixed(1), cy: y(last[1]).toFixed(1), r: 2, class: 'dot' }));
+    node.append(svg('circle', { cx: x(n - 1).toFixed(1), cy: y(last[1]).toFixed(1), r: 2, class: 'dot' }));
     return node;
   }
 
