@@ -5,7 +5,8 @@
 //     both sensors appear live; their values change without a reload; the server strip has
 //     figures (and lists a rejected line with REASON); the filter narrows the
 //     table; the sensor page shows a chart and raw readings; then it prints `STOP B` and
-//     waits for `STOPPED` on stdin (the test kills B's client), and B must turn disconnected.
+//     waits for `STOPPED` on stdin (the test kills B's client), and B must turn disconnected
+//     (and be the one row the state filter "disconnected" leaves).
 //   node tests/browser/dashboard.mjs many URL --total N --out DIR
 //     the first page of N sensors renders (50 rows, "1–50 of N"), paging works; prints
 //     `PAINT fcp_ms=… rows_ms=…` (first contentful paint, first rows shown): reported, never
@@ -155,6 +156,15 @@ async function live(page, opts) {
   const stillA = await rowSnapshot(page, a);
   if (!stillA || stillA.state !== 'connected') throw new Error(`${a} should still be live: ${JSON.stringify(stillA)}`);
   await screenshot(page, path.join(opts.out, 'dashboard-stopped.png'));
+
+  // The state filter: only the disconnected one, then all again.
+  await page.selectOption('#state', 'disconnected');
+  await waitFor(page, `the state filter "disconnected" to leave only ${b}`, ([selA, selB]) =>
+    document.querySelectorAll('#sensors tbody tr').length === 1
+    && document.querySelector(selB) && !document.querySelector(selA), [rowSel(a), rowSel(b)]);
+  await page.selectOption('#state', '');
+  await waitFor(page, 'both sensors back with the state filter off', (sels) =>
+    sels.every((sel) => document.querySelector(sel)), [rowSel(a), rowSel(b)]);
 }
 
 async function many(page, opts) {
