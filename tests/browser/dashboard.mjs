@@ -2,13 +2,16 @@
 // download). Run by tests/it/dashboard.rs, which owns the server and the clients:
 //
 //   node tests/browser/dashboard.mjs live URL --sensors A,B [--rejection REASON] --out DIR
-//     both sensors appear live; their values change without a reload; the server strip has
+//     both sensors appear live; their values change without a reload; the table subscribes
+//     to exactly their events (/api/events?sensor=A,B) and handles them (it counts them in
+//     body[data-live-events]); the server strip has
 //     figures (and lists a rejected line with REASON); the filter narrows the
 //     table; the sensor page shows a chart and raw readings; then it prints `STOP B` and
 //     waits for `STOPPED` on stdin (the test kills B's client), and B must turn disconnected
 //     (and be the one row the state filter "disconnected" leaves).
 //   node tests/browser/dashboard.mjs many URL --total N --out DIR
-//     the first page of N sensors renders (50 rows, "1–50 of N"), paging works; prints
+//     the first page of N sensors renders (50 rows, "1–50 of N"), paging works, the events
+//     subscription names exactly the 50 sensors shown on each page; prints
 //     `PAINT fcp_ms=… rows_ms=…` (first contentful paint, first rows shown): reported, never
 //     asserted against a clock.
 //
@@ -69,6 +72,35 @@ async function screenshot(page, file) {
   await page.screenshot({ path: file, clip: { x: 0, y: 0, width: size.width, height: Math.min(size.height, Math.ceil(bottom)) } });
 }
 
+/** Records the URL of every /api/events request the page makes, in order. */
+function watchEvents(page) {
+  const urls = [];
+  page.on('request', (req) => {
+    if (new URL(req.url()).pathname === '/api/events') urls.push(req.url());
+  });
+  return urls;
+}
+
+/** The latest /api/events request asked for exactly `names`, in the order shown. */
+function expectEventsFor(urls, names) {
+  const want = '?sensor=' + names.join(',');
+  const last = urls.length ? new URL(urls[urls.length - 1]).search : null;
+  if (last !== want) {
+    throw new Error(`the table subscribed with ${JSON.stringify(last)}, expected ${JSON.stringify(want)} (all: ${JSON.stringify(urls)})`);
+  }
+  log(`ok: /api/events${want.length > 80 ? want.slice(0, 80) + '…' : want}`);
+}
+
+/** Waits (liveness bound) for the page to subscribe to `names`, then checks it exactly. */
+async function waitForEvents(page, urls, names) {
+  const want = '?sensor=' + names.join(',');
+  const until = Date.now() + PATIENCE_MS;
+  while (!(urls.length && new URL(urls[urls.length - 1]).search === want) && Date.now() < until) {
+    await page.waitForTimeout(100);
+  }
+  expectEventsFor(urls, names);
+}
+
 async function waitFor(page, what, fn, arg) {
   try {
     await page.waitForFunction(fn, arg, { timeout: PATIENCE_MS, polling: 100 });
@@ -82,6 +114,11 @@ async function live(page, opts) {
   const names = (opts.sensors || '').split(',').filter(Boolean);
   if (names.length !== 2) throw new Error('--sensors takes two names');
   const [a, b] = names;
+  const events = watchEvents(page);
+  const sensorFetches = [];
+  page.on('request', (req) => {
+    if (new URL(req.url()).pathname === '/api/sensors') sensorFetches.push(req.url());
+  });
   await page.goto(opts.url, { waitUntil: 'load' });
 
   await waitFor(page, `both sensors (${a}, ${b}) live in the table`, (sels) => sels.every((sel) => {
@@ -91,8 +128,11 @@ async function live(page, opts) {
 
   // Values update without a reload: remember what each row shows, then wait for a change.
   const before = { [a]: await rowSnapshot(page, a), [b]: await rowSnapshot(page, b) };
-  const navigations = await page.evaluate(() => performance.getEntriesByType('navigation').length);
   await page.evaluate(() => { window.__sensorlinkNoReload = true; });
+  // Rows are built once and updated in place: mark the <tr> elements now, and they must
+  // still be the ones in the table after new readings and a periodic refetch.
+  await page.evaluate((sels) => sels.forEach((sel) => { document.querySelector(sel).__kept = true; }), [rowSel(a), rowSel(b)]);
+  const refetchesBefore = sensorFetches.length;
   for (const name of names) {
     await waitFor(page, `${name}'s value or sparkline to change without a reload`, ([sel, old]) => {
       const tr = document.querySelector(sel);
@@ -103,7 +143,23 @@ async function live(page, opts) {
     }, [rowSel(name), before[name]]);
   }
   const still = await page.evaluate(() => window.__sensorlinkNoReload === true);
-  if (!still || navigations !== 1) throw new Error('the page reloaded while waiting for updates');
+  if (!still) throw new Error('the page reloaded while waiting for updates');
+  const until = Date.now() + PATIENCE_MS;
+  while (sensorFetches.length <= refetchesBefore && Date.now() < until) await page.waitForTimeout(100);
+  if (sensorFetches.length <= refetchesBefore) throw new Error('no periodic refetch of /api/sensors');
+  await page.waitForTimeout(500); // let that refetch's answer be rendered
+  const kept = await page.evaluate((sels) => sels.map((sel) => {
+    const tr = document.querySelector(sel);
+    return !!(tr && tr.__kept);
+  }), [rowSel(a), rowSel(b)]);
+  if (!kept.every(Boolean)) throw new Error(`table rows were rebuilt instead of updated in place: ${JSON.stringify(kept)}`);
+  log('ok: rows updated in place across readings and a refetch');
+  // The table is fed by SSE: subscribed to exactly the two rows shown, and handling events
+  // (counted by the page), not only refetched every few seconds.
+  expectEventsFor(events, [a, b]);
+  const handled = await page.evaluate(() => Number(document.body.dataset.liveEvents || 0));
+  await waitFor(page, `the table to handle more live events than ${handled}`, (n) =>
+    Number(document.body.dataset.liveEvents || 0) > n, handled);
   // The server strip has figures (from /api/server and the SSE `server` event), and the
   // line the test had rejected, with its reason.
   await waitFor(page, 'the server strip to show open connections', () =>
@@ -170,6 +226,7 @@ async function live(page, opts) {
 async function many(page, opts) {
   const total = Number(opts.total);
   if (!(total > 50)) throw new Error('--total takes the number of sensors (more than one page)');
+  const events = watchEvents(page);
   await page.goto(opts.url, { waitUntil: 'load' });
   await waitFor(page, `the first page of ${total} sensors`, (n) => {
     const info = document.getElementById('page-info');
@@ -187,6 +244,7 @@ async function many(page, opts) {
 
   const firstPage = await page.evaluate(() =>
     [...document.querySelectorAll('#sensors tbody tr')].map((tr) => tr.dataset.sensor));
+  await waitForEvents(page, events, firstPage);
   await page.click('#next');
   await waitFor(page, 'the second page', (n) =>
     document.getElementById('page-info').textContent === `51–100 of ${n}`
@@ -194,6 +252,7 @@ async function many(page, opts) {
   const secondPage = await page.evaluate(() =>
     [...document.querySelectorAll('#sensors tbody tr')].map((tr) => tr.dataset.sensor));
   if (secondPage.some((name) => firstPage.includes(name))) throw new Error('pages 1 and 2 overlap');
+  await waitForEvents(page, events, secondPage);
   // Only the page shown is rendered, whatever the number of sensors.
   const rendered = await page.evaluate(() => document.querySelectorAll('tr[data-sensor]').length);
   if (rendered !== 50) throw new Error(`${rendered} rows rendered, expected one page of 50`);

@@ -17,6 +17,9 @@
   const STATE_TEXT = { connected: 'live', stale: 'stale', disconnected: 'disconnected' };
   const TOKEN_KEY = 'sensorlink.token';
   const SVG_NS = 'http://www.w3.org/2000/svg';
+  const MAX_SSE_BUFFER = 1 << 20;
+  // The sensor page redraws at most this often, however fast readings arrive.
+  const DRAW_MS = 250;
 
   // ---- fetching -------------------------------------------------------------------------
 
@@ -60,9 +63,10 @@
   }
 
   /**
-   * A Server-Sent Events subscription over fetch(). Reconnects with backoff when the stream
-   * ends or fails; `onOpen` runs on every (re)connect so the caller can refetch what it may
-   * have missed in between.
+   * A Server-Sent Events subscription over fetch(). Reconnects with jittered backoff when the
+   * stream ends or fails; `onOpen` runs on every (re)connect so the caller can refetch what it
+   * may have missed in between. After `lagged` the server ends the stream: that is no error,
+   * and the reconnect's `onOpen` does the one refetch.
    */
   class EventStream {
     constructor(url, handlers) {
@@ -70,6 +74,7 @@
       this.handlers = handlers;
       this.abort = new AbortController();
       this.closed = false;
+      this.lagged = false;
       this.run();
     }
 
@@ -90,15 +95,18 @@
           if (resp.status === 401) askForToken();
           if (!resp.ok || !resp.body) throw new Error(`events: HTTP ${resp.status}`);
           backoffMs = 500;
+          this.lagged = false;
           this.handlers.onOpen();
           await this.read(resp.body.pipeThrough(new TextDecoderStream()).getReader());
-          if (!this.closed) this.handlers.onError(new Error('event stream ended'));
+          if (!this.closed && !this.lagged) this.handlers.onError(new Error('event stream ended'));
         } catch (err) {
           if (this.closed) return;
           this.handlers.onError(err);
         }
-        await sleep(backoffMs);
-        backoffMs = Math.min(backoffMs * 2, 10000);
+        if (this.closed) return;
+        // Jittered, so that many pages cut off together do not come back in one burst.
+        await sleep(this.lagged ? 100 : backoffMs * (0.5 + Math.random()));
+        if (!this.lagged) backoffMs = Math.min(backoffMs * 2, 10000);
       }
     }
 
@@ -110,10 +118,12 @@
         const { value, done } = await reader.read();
         if (done || this.closed) return;
         buf += value;
+        // Walk the lines with a cursor and cut the buffer once per chunk.
+        let start = 0;
         let nl;
-        while ((nl = buf.indexOf('\n')) >= 0) {
-          let line = buf.slice(0, nl);
-          buf = buf.slice(nl + 1);
+        while ((nl = buf.indexOf('\n', start)) >= 0) {
+          let line = buf.slice(start, nl);
+          start = nl + 1;
           if (line.endsWith('\r')) line = line.slice(0, -1);
           if (line === '') {
             if (data.length) this.dispatch(event || 'message', data.join('\n'));
@@ -128,10 +138,17 @@
             else if (field === 'data') data.push(val);
           }
         }
+        buf = buf.slice(start);
+        // A line that never ends is not an event stream: drop it (the reconnect starts clean).
+        if (buf.length > MAX_SSE_BUFFER) {
+          reader.cancel().catch(() => {});
+          throw new Error('event stream line over 1 MB');
+        }
       }
     }
 
     dispatch(event, text) {
+      if (event === 'lagged') this.lagged = true;
       let payload;
       try { payload = JSON.parse(text); } catch (_) { return; }
       const handler = this.handlers[event];
@@ -182,6 +199,12 @@
     return `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}.${pad(d.getMilliseconds(), 3)}`;
   }
 
+  /** The local date of a time, as YYYY-MM-DD. */
+  function day(timeMs) {
+    const d = new Date(timeMs);
+    return `${d.getFullYear()}-${String(d.getMonth() + 1).padStart(2, '0')}-${String(d.getDate()).padStart(2, '0')}`;
+  }
+
   function ago(timeMs) {
     const s = Math.max(0, (Date.now() - timeMs) / 1000);
     return s < 60 ? `${s.toFixed(0)} s ago` : s < 3600 ? `${(s / 60).toFixed(0)} min ago` : `${(s / 3600).toFixed(1)} h ago`;
@@ -194,7 +217,8 @@
 
   function setStatus(text, isError) {
     const node = document.getElementById('status');
-    node.textContent = text;
+    // Written only when it changes: the status is a live region, read out on each change.
+    if (node.textContent !== text) node.textContent = text;
     node.classList.toggle('error', !!isError);
   }
 
@@ -203,18 +227,28 @@
 
   // ---- charts (inline SVG) --------------------------------------------------------------
 
+  const SPARK_W = 120;
+  const SPARK_H = 28;
+
   /** A sparkline of `[time_ms, value]` points, oldest first. */
   function sparkline(points) {
-    const w = 120;
-    const h = 28;
     const node = svg('svg', {
-      class: 'spark', viewBox: `0 0 ${w} ${h}`, width: w, height: h,
-      role: 'img', 'data-points': points.length,
+      class: 'spark', viewBox: `0 0 ${SPARK_W} ${SPARK_H}`, width: SPARK_W, height: SPARK_H, role: 'img',
     });
+    drawSpark(node, points);
+    return node;
+  }
+
+  /** (Re)draws a sparkline's content in place: the <svg> itself stays in the page. */
+  function drawSpark(node, points) {
+    const w = SPARK_W;
+    const h = SPARK_H;
+    node.setAttribute('data-points', points.length);
+    node.replaceChildren();
     const nums = points.filter((p) => typeof p[1] === 'number');
     if (!nums.length) {
       node.setAttribute('aria-label', 'no values yet');
-      return node;
+      return;
     }
     const vs = nums.map((p) => p[1]);
     const lo = Math.min(...vs);
@@ -224,12 +258,12 @@
     const x = (i) => (n > 1 ? (i / (n - 1)) * (w - 4) + 2 : w - 2);
     const y = (v) => (hi > lo ? h - 3 - ((v - lo) / (hi - lo)) * (h - 6) : h / 2);
     const coords = nums.map((p, i) => `${x(i).toFixed(1)},${y(p[1]).toFixed(1)}`).join(' ');
-    node.setAttribute('aria-label', `${nums.length} recent values, ${num(lo)} to ${num(hi)}`);
-    node.append(svg('title', {}, `${nums.length} recent values, ${num(lo)} to ${num(hi)}`));
+    const label = `${nums.length} recent values, ${num(lo)} to ${num(hi)}`;
+    node.setAttribute('aria-label', label);
+    node.append(svg('title', {}, label));
     node.append(svg('polyline', { points: coords, fill: 'none', class: 'line' }));
     const last = nums[nums.length - 1];
     node.append(svg('circle', { cx: x(n - 1).toFixed(1), cy: y(last[1]).toFixed(1), r: 2, class: 'dot' }));
-    return node;
   }
 
   /**
@@ -264,8 +298,10 @@
       node.append(svg('text', { x: pad.l - 6, y: y(v) + 4, 'text-anchor': 'end', class: 'axis' },
         num(v) + (opts.unit ? ' ' + opts.unit : '')));
     }
-    node.append(svg('text', { x: pad.l, y: h - 6, class: 'axis' }, clock(t0)));
-    node.append(svg('text', { x: w - pad.r, y: h - 6, 'text-anchor': 'end', class: 'axis' }, clock(t1)));
+    // Past half a day the clock alone is ambiguous: the ends carry their date too.
+    const stamp = (t) => (t1 - t0 > 12 * 3600 * 1000 ? `${day(t)} ${clock(t)}` : clock(t));
+    node.append(svg('text', { x: pad.l, y: h - 6, class: 'axis' }, stamp(t0)));
+    node.append(svg('text', { x: w - pad.r, y: h - 6, 'text-anchor': 'end', class: 'axis' }, stamp(t1)));
     for (const s of series) {
       const pts = s.points.filter((p) => typeof p[1] === 'number' && isFinite(p[1]))
         .sort((a, b) => a[0] - b[0]);
@@ -339,7 +375,7 @@
         el('option', { value: '' }, 'all'),
         Object.entries(STATE_TEXT).map(([k, text]) => el('option', { value: k }, text)));
       this.stateSelect.value = this.state;
-      this.pageText = el('span', { id: 'page-info', class: 'muted' }, '');
+      this.pageText = el('span', { id: 'page-info', class: 'muted', 'aria-live': 'polite' }, '');
       this.prevBtn = el('button', { type: 'button', id: 'prev', onclick: () => this.page(-1) }, '‹ previous');
       this.nextBtn = el('button', { type: 'button', id: 'next', onclick: () => this.page(1) }, 'next ›');
       this.tbody = el('tbody', {});
@@ -418,55 +454,95 @@
 
     render(page) {
       this.sensors = new Map(page.sensors.map((s) => [s.sensor, s]));
-      this.rows = new Map();
-      const rows = page.sensors.map((s) => {
-        const tr = this.row(s);
-        this.rows.set(s.sensor, tr);
-        return tr;
-      });
-      this.tbody.replaceChildren(...rows);
+      const names = page.sensors.map((s) => s.sensor);
+      if (names.join('\u0000') === [...this.rows.keys()].join('\u0000')) {
+        // The same rows: update their cells in place (focus, clicks and screen readers
+        // keep their place).
+        for (const s of page.sensors) this.updateRow(this.rows.get(s.sensor), s);
+      } else {
+        this.rows = new Map(page.sensors.map((s) => [s.sensor, this.row(s)]));
+        this.tbody.replaceChildren(...[...this.rows.values()].map((r) => r.tr));
+      }
       const first = page.sensors.length ? page.offset + 1 : 0;
       const last = page.offset + page.sensors.length;
-      this.pageText.textContent = `${first}–${last} of ${page.total}`;
+      const info = page.sensors.length ? `${first}–${last} of ${page.total}` : `0 of ${page.total}`;
+      if (this.pageText.textContent !== info) this.pageText.textContent = info;
       this.prevBtn.disabled = page.offset <= 0;
       this.nextBtn.disabled = last >= page.total;
       this.empty.hidden = page.sensors.length > 0;
       this.empty.textContent = this.q || this.state ? 'No sensor matches the filter.' : 'No sensor has sent a reading yet.';
       document.body.dataset.sensorsTotal = String(page.total);
-      if (rows.length && !performance.getEntriesByName('sensorlink:rows').length) {
+      if (names.length && !performance.getEntriesByName('sensorlink:rows').length) {
         performance.mark('sensorlink:rows');
       }
     }
 
+    /** A row built once, with references to the cells that change. */
     row(s) {
-      const link = s.link;
-      const loss = lossPercent(link);
-      const last = s.last;
-      return el('tr', { 'data-sensor': s.sensor, 'data-state': s.state },
-        el('td', { class: 'state' }, stateBadge(s.state)),
+      const r = {
+        tr: el('tr', { 'data-sensor': s.sensor }),
+        state: el('td', { class: 'state' }),
+        value: el('span', { class: 'v' }),
+        series: el('span', { class: 'series muted' }),
+        spark: sparkline([]),
+        rate: el('td', { class: 'num rate' }),
+        rtt: el('td', { class: 'num rtt' }),
+        loss: el('td', { class: 'num loss' }),
+        reconnects: el('td', { class: 'num reconnects' }),
+        sparkKey: null,
+      };
+      r.tr.append(r.state,
         el('td', { class: 'name' }, el('a', { href: sensorHref(s.sensor) }, s.sensor)),
-        el('td', { class: 'value' },
-          el('span', { class: 'v' }, last ? value(last.value) : '—'),
-          last ? el('span', { class: 'series muted' }, ` ${last.measurement}.${last.field}`) : null),
-        el('td', { class: 'spark-cell' }, sparkline(s.spark || [])),
-        el('td', { class: 'num rate' }, num(s.rate)),
-        el('td', { class: 'num rtt' }, rtt(link)),
-        el('td', { class: 'num loss', title: link ? `${link.lost} lost of ${link.sent} sent` : null },
-          loss == null ? '—' : `${num(loss)} %`),
-        el('td', { class: 'num reconnects' }, link ? num(link.reconnects) : '—'));
+        el('td', { class: 'value' }, r.value, r.series),
+        el('td', { class: 'spark-cell' }, r.spark),
+        r.rate, r.rtt, r.loss, r.reconnects);
+      this.updateRow(r, s);
+      return r;
     }
 
-    /** (Re)subscribe to the events of the sensors shown, when that set changed. */
+    /** Brings a row's cells up to date with SENSOR `s`, touching only what changed. */
+    updateRow(r, s) {
+      const text = (node, t) => { if (node.textContent !== t) node.textContent = t; };
+      if (r.tr.dataset.state !== String(s.state)) {
+        r.tr.dataset.state = String(s.state);
+        r.state.replaceChildren(stateBadge(s.state));
+      }
+      const last = s.last;
+      const link = s.link;
+      const loss = lossPercent(link);
+      text(r.value, last ? value(last.value) : '—');
+      text(r.series, last ? ` ${last.measurement}.${last.field}` : '');
+      const spark = s.spark || [];
+      const sparkKey = spark.length ? `${spark.length}:${spark[0][0]}:${spark[spark.length - 1][0]}:${spark[spark.length - 1][1]}` : '';
+      if (sparkKey !== r.sparkKey) {
+        r.sparkKey = sparkKey;
+        drawSpark(r.spark, spark);
+      }
+      text(r.rate, num(s.rate));
+      text(r.rtt, rtt(link));
+      text(r.loss, loss == null ? '—' : `${num(loss)} %`);
+      if (link) r.loss.title = `${link.lost} lost of ${link.sent} sent`;
+      else r.loss.removeAttribute('title');
+      text(r.reconnects, link ? num(link.reconnects) : '—');
+    }
+
+    /**
+     * (Re)subscribes to the events of the sensors shown, when that set changed. With no row
+     * shown there is nothing to listen to: the periodic refresh finds new sensors.
+     */
     subscribe() {
-      const names = [...this.sensors.keys()];
-      // With no row shown, listen to everything: a sensor that appears refetches the page.
+      // A name with `,` or outer spaces cannot be said in the comma-separated filter: its row
+      // is kept current by the periodic refresh alone.
+      const names = [...this.sensors.keys()].filter((n) => n && !n.includes(',') && n.trim() === n);
       const key = names.map(encodeURIComponent).join(',');
       if (this.stream && key === this.streamKey) return;
       if (this.stream) this.stream.close();
+      this.stream = null;
+      this.streamKey = null;
+      if (!names.length) return;
       this.streamKey = key;
-      const url = '/api/events' + (names.length ? '?sensor=' + key : '');
       let opened = false;
-      this.stream = new EventStream(url, {
+      this.stream = new EventStream('/api/events?sensor=' + key, {
         onOpen: () => {
           setStatus('');
           if (opened) this.refresh(); // events may have been missed while away
@@ -476,31 +552,38 @@
         reading: (r) => this.onReading(r),
         sensor: (s) => this.onSensor(s),
         server: (s) => strip.renderServer(s),
-        lagged: () => this.refresh(),
       });
+    }
+
+    /** Counts the live events the table handled (the browser test watches it grow). */
+    countEvent() {
+      this.liveEvents = (this.liveEvents || 0) + 1;
+      document.body.dataset.liveEvents = String(this.liveEvents);
     }
 
     onReading(r) {
       const s = this.sensors.get(r.sensor);
       if (!s) return;
+      this.countEvent();
       applyReading(s, r);
       this.markDirty(s.sensor);
     }
 
     onSensor(s) {
       const old = this.sensors.get(s.sensor);
-      if (old) {
-        // Keep the strip's state counts in step until the next refetch brings exact ones.
-        if (this.counts && old.state !== s.state && old.state in this.counts && s.state in this.counts) {
-          this.counts[old.state] -= 1;
-          this.counts[s.state] += 1;
-          strip.renderCounts(this.counts);
-        }
-        this.sensors.set(s.sensor, s);
-        this.markDirty(s.sensor);
-      } else if (this.sensors.size < PAGE_SIZE) {
-        this.scheduleRefresh();
+      if (!old) return;
+      this.countEvent();
+      // Keep the strip's state counts in step until the next refetch brings exact ones.
+      if (this.counts && old.state !== s.state && old.state in this.counts && s.state in this.counts) {
+        this.counts[old.state] -= 1;
+        this.counts[s.state] += 1;
+        strip.renderCounts(this.counts);
       }
+      // The SENSOR event carries no sparkline: keep the one the page has drawn.
+      this.sensors.set(s.sensor, Object.assign({}, s, { spark: s.spark || old.spark }));
+      this.markDirty(s.sensor);
+      // It left the state filter: the page's rows (and total) are now the server's to say.
+      if (this.state && s.state !== this.state) this.scheduleRefresh();
     }
 
     scheduleRefresh() {
@@ -508,19 +591,16 @@
       this.refreshTimer = setTimeout(() => this.refresh(), 300);
     }
 
-    /** Redraw a row at the next frame: many events per frame cost one redraw each. */
+    /** Updates a row at the next frame: many events per frame cost one update each. */
     markDirty(name) {
       this.dirty.add(name);
       if (this.renderFrame) return;
       this.renderFrame = requestAnimationFrame(() => {
         this.renderFrame = 0;
         for (const n of this.dirty) {
-          const old = this.rows.get(n);
+          const r = this.rows.get(n);
           const s = this.sensors.get(n);
-          if (!old || !s) continue;
-          const tr = this.row(s);
-          old.replaceWith(tr);
-          this.rows.set(n, tr);
+          if (r && s) this.updateRow(r, s);
         }
         this.dirty.clear();
       });
@@ -563,7 +643,9 @@
       this.field = null; // "measurement\u0000field"
       this.window = '15m';
       this.fetchSeq = 0;
-      this.renderFrame = 0;
+      this.drawTimer = 0;
+      this.truncated = false; // the history fetch hit its limit: older readings not shown
+      this.gone = false;
     }
 
     mount(root) {
@@ -575,6 +657,7 @@
         WINDOWS.map(([v, text]) => el('option', { value: v }, text)));
       this.windowSelect.value = this.window;
       this.valueChart = el('div', { class: 'chart-box', id: 'value-chart' });
+      this.valueNote = el('p', { class: 'muted', id: 'value-note', hidden: true });
       this.rttChart = el('div', { class: 'chart-box', id: 'rtt-chart' });
       this.lossChart = el('div', { class: 'chart-box', id: 'loss-chart' });
       this.rawBody = el('tbody', {});
@@ -587,7 +670,7 @@
           el('div', { class: 'controls' },
             el('label', { for: 'field' }, 'Field'), this.fieldSelect,
             el('label', { for: 'window' }, 'Since'), this.windowSelect),
-          this.valueChart),
+          this.valueChart, this.valueNote),
         el('section', { 'aria-labelledby': 'h-link' },
           el('h3', { id: 'h-link' }, 'Link health'),
           el('p', { class: 'muted' }, 'From the client\'s link reports: round-trip time per interval, and readings lost of those sent.'),
@@ -603,8 +686,9 @@
     }
 
     unmount() {
+      this.gone = true; // a fetch still in flight must not draw into the next view
       if (this.stream) this.stream.close();
-      cancelAnimationFrame(this.renderFrame);
+      clearTimeout(this.drawTimer);
     }
 
     async refresh(withHistory) {
@@ -623,19 +707,23 @@
             getJSON(`/api/readings?sensor=${name}&since=${since}&order=desc&limit=2000`),
             getJSON(`/api/readings?sensor=${name}&measurement=${LINK}&since=${since}&order=desc&limit=1000`),
           ]);
-          if (seq !== this.fetchSeq) return;
+          if (seq !== this.fetchSeq || this.gone) return;
           if (sensor.status === 'fulfilled') this.sensor = sensor.value;
-          if (values.status === 'fulfilled') this.readings = values.value.readings.filter((r) => r.measurement !== LINK);
+          if (values.status === 'fulfilled') {
+            this.readings = values.value.readings.filter((r) => r.measurement !== LINK);
+            this.truncated = !!values.value.truncated;
+          }
           if (links.status === 'fulfilled') this.links = links.value.readings;
           const failed = [sensor, values, links].find((r) => r.status === 'rejected');
           if (failed) throw failed.reason;
         } else {
           const sensor = await sensorReq;
-          if (seq !== this.fetchSeq) return;
+          if (seq !== this.fetchSeq || this.gone) return;
           this.sensor = sensor;
         }
         setStatus(this.sensor ? '' : `no sensor named “${this.name}” has been seen since the server started`, !this.sensor);
       } catch (err) {
+        if (this.gone) return;
         setStatus(`cannot load ${this.name}: ${err.message}`, true);
       }
       this.drawHead();
@@ -663,20 +751,21 @@
         sensor: (s) => {
           if (s.sensor !== this.name) return;
           this.sensor = s;
-          this.drawHead();
+          this.scheduleDraw();
         },
         server: (s) => strip.renderServer(s),
-        lagged: () => this.refresh(true),
       });
     }
 
+    /** Redraws at most once per DRAW_MS: the charts and table are rebuilt on each draw. */
     scheduleDraw() {
-      if (this.renderFrame) return;
-      this.renderFrame = requestAnimationFrame(() => {
-        this.renderFrame = 0;
+      if (this.drawTimer) return;
+      this.drawTimer = setTimeout(() => {
+        this.drawTimer = 0;
+        if (this.gone) return;
         this.drawHead();
         this.draw();
-      });
+      }, DRAW_MS);
     }
 
     drawHead() {
@@ -730,6 +819,9 @@
       this.valueChart.replaceChildren(
         timeChart(valueSeries, { label: `${this.name}: ${m ? m + '.' + f : 'no numeric field'} over time` }));
       this.valueChart.dataset.points = String(points.length);
+      this.valueNote.hidden = !this.truncated;
+      this.valueNote.textContent = this.truncated
+        ? `latest ${this.readings.length} readings shown (more were stored in this window)` : '';
 
       const rtts = [
         { label: 'RTT p50', cls: 's1', points: this.links.map((r) => [timeMs(r), r.fields.rtt_p50_ms]) },
