@@ -184,9 +184,9 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
                 print_config(&config::print_client(&config)?)?;
                 return Ok(Outcome::Ok);
             }
-            if config.report.is_some() {
-                // A missing font fails now, not after the run.
-                crate::plot::load_font()?;
+            if let Some(path) = &config.report {
+                // A missing font or an unwritable file fails now, not after the run.
+                crate::plot::check_ready(path)?;
             }
             let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
             let result = runtime.block_on(client::run(config.clone()));

@@ -17,24 +17,26 @@
 //! ```
 //!
 //! `sensorlink server --print-config` prints the effective settings in this form, so its
-//! output is a valid `--config` file.
+//! output is a valid `--config` file. The client's table is read in `config/client.rs`
+//! (`RawClient`).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::client::source::SourceSpec;
-use crate::client::ClientConfig;
 use crate::server::{self, ServerConfig};
 use crate::store::writer::WriterConfig;
 use crate::store::{FsyncPolicy, StoreUrl};
 
+mod client;
 mod forms;
+
+pub use client::{client_config, print_client, RawClient};
 
 use forms::{
     display_from_str, fsync_names, fsync_parser, http_address, human_duration, socket_address,
-    source_spec, ShowValue,
+    ShowValue,
 };
 
 /// A setting that cannot be used.
@@ -210,8 +212,10 @@ pub mod limits {
     );
     pub const MAX_BACKOFF: (Duration, Duration) =
         (Duration::from_millis(1), Duration::from_secs(24 * 3600));
-    /// Zero disables link reports.
-    pub const LINK_REPORT: (Duration, Duration) = (Duration::ZERO, Duration::from_secs(24 * 3600));
+    /// Besides zero (off): more often than 10 per second the reports would outweigh the
+    /// readings they report on.
+    pub const LINK_REPORT: (Duration, Duration) =
+        (Duration::from_millis(100), Duration::from_secs(24 * 3600));
 }
 
 impl RawServer {
@@ -360,329 +364,6 @@ fn printable_path(setting: &'static str, path: &Path) -> Result<(), ConfigError>
     }
 }
 
-/// Client settings as one source gives them: `None` means "not said here" (see
-/// [`RawServer`]). Switches take `--legacy`, `--legacy=false`, or `legacy = true` in the file.
-#[derive(Debug, Default, Clone, PartialEq, clap::Args, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct RawClient {
-    /// Server address [default: 127.0.0.1:8889].
-    #[arg(env = "SENSORLINK_ADDR")]
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub addr: Option<String>,
-    /// Sensor name sent as the `sensor` tag [default: this host's name].
-    #[arg(long, env = "SENSORLINK_SENSOR")]
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sensor: Option<String>,
-    /// Measurement name of the readings [default: reading].
-    #[arg(long, env = "SENSORLINK_MEASUREMENT")]
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub measurement: Option<String>,
-    /// Time between readings (e.g. 1s, 250ms) [default: 1s].
-    #[arg(short, long, env = "SENSORLINK_INTERVAL", value_parser = humantime::parse_duration)]
-    #[serde(
-        default,
-        with = "human_duration",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub interval: Option<Duration>,
-    /// Stop after this many readings (default: run until Ctrl-C or the source ends).
-    #[arg(short, long, env = "SENSORLINK_COUNT")]
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub count: Option<u64>,
-    /// Reply timeout: a reading not acknowledged within this time after it was sent is
-    /// reported (a timeout) and resent on a new connection; it is lost only if never
-    /// acknowledged [default: 10s].
-    #[arg(short = 'W', long, env = "SENSORLINK_TIMEOUT", value_parser = humantime::parse_duration)]
-    #[serde(
-        default,
-        with = "human_duration",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub timeout: Option<Duration>,
-    /// Bounds opening a connection (TCP connect and the first pong), and how long the first
-    /// connection may take before the server counts as unreachable [default: --timeout].
-    #[arg(long, env = "SENSORLINK_CONNECT_TIMEOUT", value_parser = humantime::parse_duration)]
-    #[serde(
-        default,
-        with = "human_duration",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub connect_timeout: Option<Duration>,
-    /// Once the source ends (or on Ctrl-C/SIGTERM): how long to keep delivering pending
-    /// readings before they are reported lost [default: --timeout].
-    #[arg(long, env = "SENSORLINK_DRAIN_TIMEOUT", value_parser = humantime::parse_duration)]
-    #[serde(
-        default,
-        with = "human_duration",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub drain_timeout: Option<Duration>,
-    /// Reconnect when the server takes none of our bytes for this long [default: --timeout].
-    /// (`SENSORLINK_WRITE_TIMEOUT` is the server's write timeout; this one has its own name.)
-    #[arg(long, env = "SENSORLINK_CLIENT_WRITE_TIMEOUT", value_parser = humantime::parse_duration)]
-    #[serde(
-        default,
-        with = "human_duration",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub write_timeout: Option<Duration>,
-    /// Speak the seed client's exact bytes (`ping`, `ping / ('<time>', <n>)`) [default: false].
-    #[arg(long, env = "SENSORLINK_LEGACY", num_args = 0..=1, require_equals = true,
-          default_missing_value = "true", value_name = "BOOL",
-          value_parser = clap::builder::BoolishValueParser::new())]
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub legacy: Option<bool>,
-    /// One JSON object per event on stdout, and the summary as JSON [default: false].
-    #[arg(long, env = "SENSORLINK_JSON", num_args = 0..=1, require_equals = true,
-          default_missing_value = "true", value_name = "BOOL",
-          value_parser = clap::builder::BoolishValueParser::new())]
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub json: Option<bool>,
-    /// Where values come from: counter, random, exec:CMD, file:PATH, stdin [default: counter].
-    #[arg(long, env = "SENSORLINK_SOURCE")]
-    #[serde(default, with = "source_spec", skip_serializing_if = "Option::is_none")]
-    pub source: Option<SourceSpec>,
-    /// Most readings kept in memory while unacknowledged (without --spool); beyond it the
-    /// oldest is dropped (and reported) [default: 100000].
-    #[arg(long, env = "SENSORLINK_MAX_PENDING")]
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_pending: Option<usize>,
-    /// Keep unacknowledged readings in this directory, so they survive a client restart
-    /// and are sent (in order, with their original timestamps) once the server is back.
-    #[arg(long, env = "SENSORLINK_SPOOL")]
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub spool: Option<PathBuf>,
-    /// Most bytes the spool keeps; beyond it the oldest readings are dropped (and reported)
-    /// [default: 1073741824].
-    #[arg(long, env = "SENSORLINK_SPOOL_MAX_BYTES")]
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub spool_max_bytes: Option<u64>,
-    /// Readings older than this are dropped from the spool (and reported), e.g. `7d`.
-    #[arg(long, env = "SENSORLINK_SPOOL_MAX_AGE", value_parser = humantime::parse_duration)]
-    #[serde(
-        default,
-        with = "human_duration",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub spool_max_age: Option<Duration>,
-    /// Longest wait between reconnect attempts [default: 30s].
-    #[arg(long, env = "SENSORLINK_MAX_BACKOFF", value_parser = humantime::parse_duration)]
-    #[serde(
-        default,
-        with = "human_duration",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub max_backoff: Option<Duration>,
-    /// Every INTERVAL, and once at the end of a run, send a `sensorlink_link` reading with
-    /// the link's health over the interval (RTT p50/p99/max, sent, acked, lost, timeouts,
-    /// reconnects); 0 disables. Ignored with --legacy (the seed's messages cannot carry it)
-    /// [default: 10s].
-    #[arg(long, env = "SENSORLINK_CLIENT_LINK_REPORT", value_parser = humantime::parse_duration)]
-    #[serde(
-        default,
-        alias = "link_report",
-        with = "human_duration",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub link_report: Option<Duration>,
-    /// At the end of the run, draw it into FILE (`.svg` or `.png`): RTT over time with
-    /// timeouts, losses and reconnects marked, the RTT histogram with p50/p90/p99, and the
-    /// summary. Text is set in DejaVu Sans (Debian: fonts-dejavu-core), read at run time.
-    #[arg(long, value_name = "FILE", env = "SENSORLINK_CLIENT_REPORT")]
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub report: Option<PathBuf>,
-}
-
-impl RawClient {
-    /// Each field from `self`, or from `lower` where `self` says nothing.
-    pub fn or(self, lower: RawClient) -> RawClient {
-        RawClient {
-            addr: self.addr.or(lower.addr),
-            sensor: self.sensor.or(lower.sensor),
-            measurement: self.measurement.or(lower.measurement),
-            interval: self.interval.or(lower.interval),
-            count: self.count.or(lower.count),
-            timeout: self.timeout.or(lower.timeout),
-            connect_timeout: self.connect_timeout.or(lower.connect_timeout),
-            drain_timeout: self.drain_timeout.or(lower.drain_timeout),
-            write_timeout: self.write_timeout.or(lower.write_timeout),
-            legacy: self.legacy.or(lower.legacy),
-            json: self.json.or(lower.json),
-            source: self.source.or(lower.source),
-            max_pending: self.max_pending.or(lower.max_pending),
-            spool: self.spool.or(lower.spool),
-            spool_max_bytes: self.spool_max_bytes.or(lower.spool_max_bytes),
-            spool_max_age: self.spool_max_age.or(lower.spool_max_age),
-            max_backoff: self.max_backoff.or(lower.max_backoff),
-            link_report: self.link_report.or(lower.link_report),
-            report: self.report.or(lower.report),
-        }
-    }
-
-    /// Validate into the client's settings; unset fields take their defaults.
-    ///
-    /// # Errors
-    /// The first setting out of its accepted range, or `spool` together with `legacy`.
-    pub fn validate(self) -> Result<ClientConfig, ConfigError> {
-        let legacy = self.legacy.unwrap_or(false);
-        if legacy {
-            if let Some(spool) = &self.spool {
-                return Err(ConfigError::Invalid {
-                    setting: "spool",
-                    value: spool.display().to_string(),
-                    accepted:
-                        "only without legacy (the seed's messages carry no sequence to resend by)"
-                            .into(),
-                });
-            }
-        }
-        // The other timeouts default to this one.
-        let reply_timeout = in_range(
-            "timeout",
-            self.timeout.unwrap_or(Duration::from_secs(10)),
-            limits::TIMEOUT,
-        )?;
-        Ok(ClientConfig {
-            addr: match self.addr {
-                Some(addr) => socket_address("addr", addr)?,
-                None => format!("127.0.0.1:{}", crate::DEFAULT_PORT),
-            },
-            sensor: match self.sensor {
-                Some(name) => non_empty("sensor", name)?,
-                None => gethostname::gethostname().to_string_lossy().into_owned(),
-            },
-            measurement: non_empty(
-                "measurement",
-                self.measurement.unwrap_or_else(|| "reading".into()),
-            )?,
-            interval: in_range(
-                "interval",
-                self.interval.unwrap_or(Duration::from_secs(1)),
-                limits::INTERVAL,
-            )?,
-            // 0 is useful: replay the spool, send nothing new.
-            count: self.count,
-            reply_timeout,
-            connect_timeout: in_range(
-                "connect-timeout",
-                self.connect_timeout.unwrap_or(reply_timeout),
-                limits::TIMEOUT,
-            )?,
-            drain_timeout: in_range(
-                "drain-timeout",
-                self.drain_timeout.unwrap_or(reply_timeout),
-                limits::TIMEOUT,
-            )?,
-            write_timeout: in_range(
-                "write-timeout",
-                self.write_timeout.unwrap_or(reply_timeout),
-                limits::TIMEOUT,
-            )?,
-            legacy,
-            json: self.json.unwrap_or(false),
-            source: self.source.unwrap_or(SourceSpec::Counter),
-            max_pending: in_range(
-                "max-pending",
-                self.max_pending.unwrap_or(100_000),
-                limits::MAX_PENDING,
-            )?,
-            max_backoff: in_range(
-                "max-backoff",
-                self.max_backoff.unwrap_or(Duration::from_secs(30)),
-                limits::MAX_BACKOFF,
-            )?,
-            spool: self.spool,
-            spool_max_bytes: in_range(
-                "spool-max-bytes",
-                self.spool_max_bytes.unwrap_or(1 << 30),
-                limits::SPOOL_MAX_BYTES,
-            )?,
-            spool_max_age: self
-                .spool_max_age
-                .map(|age| in_range("spool-max-age", age, limits::SPOOL_MAX_AGE))
-                .transpose()?,
-            link_report: in_range(
-                "link-report",
-                self.link_report.unwrap_or(Duration::from_secs(10)),
-                limits::LINK_REPORT,
-            )?,
-            report: self
-                .report
-                .map(|path| {
-                    crate::plot::Format::of(&path)
-                        .map(|_| path.clone())
-                        .ok_or_else(|| ConfigError::Invalid {
-                            setting: "report",
-                            value: path.display().to_string(),
-                            accepted: "a file name ending in .svg or .png".into(),
-                        })
-                })
-                .transpose()?,
-        })
-    }
-
-    /// The raw layer that says exactly `config`: what `--print-config` prints.
-    pub fn from_config(config: &ClientConfig) -> RawClient {
-        RawClient {
-            addr: Some(config.addr.clone()),
-            sensor: Some(config.sensor.clone()),
-            measurement: Some(config.measurement.clone()),
-            interval: Some(config.interval),
-            count: config.count,
-            timeout: Some(config.reply_timeout),
-            connect_timeout: Some(config.connect_timeout),
-            drain_timeout: Some(config.drain_timeout),
-            write_timeout: Some(config.write_timeout),
-            legacy: Some(config.legacy),
-            json: Some(config.json),
-            source: Some(config.source.clone()),
-            max_pending: Some(config.max_pending),
-            spool: config.spool.clone(),
-            spool_max_bytes: Some(config.spool_max_bytes),
-            spool_max_age: config.spool_max_age,
-            max_backoff: Some(config.max_backoff),
-            link_report: Some(config.link_report),
-            report: config.report.clone(),
-        }
-    }
-}
-
-/// The client's settings from `flags` (and environment) over the `[client]` table of `file`.
-///
-/// # Errors
-/// The file cannot be used, or a setting is out of range.
-pub fn client_config(flags: RawClient, file: Option<&Path>) -> Result<ClientConfig, ConfigError> {
-    let from_file = match file {
-        Some(path) => ConfigFile::load(path)?.client.unwrap_or_default(),
-        None => RawClient::default(),
-    };
-    flags.or(from_file).validate()
-}
-
-/// `client --print-config`: the effective settings as a valid `--config` file.
-///
-/// # Errors
-/// The spool's or the source file's path is not UTF-8: a TOML file cannot name it.
-pub fn print_client(config: &ClientConfig) -> Result<String, ConfigError> {
-    if let Some(spool) = &config.spool {
-        printable_path("spool", spool)?;
-    }
-    if let SourceSpec::File(path) = &config.source {
-        printable_path("source", path)?;
-    }
-    if let Some(report) = &config.report {
-        printable_path("report", report)?;
-    }
-    let file = ConfigFile {
-        client: Some(RawClient::from_config(config)),
-        ..ConfigFile::default()
-    };
-    Ok(format!(
-        "# sensorlink client: effective settings (defaults < file < environment < flags)\n{}",
-        file.to_toml()?
-    ))
-}
-
 /// `name` unless it is empty (an empty tag or measurement is not valid line protocol).
 fn non_empty(setting: &'static str, name: String) -> Result<String, ConfigError> {
     if name.is_empty() {
@@ -718,6 +399,7 @@ mod tests {
     use clap::CommandFactory as _;
 
     use super::*;
+    use crate::client::source::SourceSpec;
 
     fn parse_file(text: &str) -> Result<RawServer, ConfigError> {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -1135,6 +817,40 @@ mod tests {
         assert_eq!(
             off.validate().expect("0 disables").link_report,
             Duration::ZERO
+        );
+        for tiny in [Duration::from_nanos(1), Duration::from_millis(99)] {
+            let err = RawClient {
+                link_report: Some(tiny),
+                ..RawClient::default()
+            }
+            .validate()
+            .expect_err("too often");
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "invalid link-report {}: accepted 0 (off), or 100ms to 1day",
+                    humantime::format_duration(tiny)
+                )
+            );
+        }
+        let fastest = RawClient {
+            link_report: Some(Duration::from_millis(100)),
+            ..RawClient::default()
+        };
+        assert_eq!(
+            fastest.validate().expect("100ms is enough").link_report,
+            Duration::from_millis(100)
+        );
+        let err = RawClient {
+            measurement: Some("sensorlink_link".into()),
+            ..RawClient::default()
+        }
+        .validate()
+        .expect_err("reserved measurement");
+        assert_eq!(
+            err.to_string(),
+            "invalid measurement sensorlink_link: accepted any name but sensorlink_link \
+             (reserved for link reports)"
         );
         let err = RawClient {
             report: Some("run.gif".into()),

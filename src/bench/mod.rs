@@ -64,9 +64,9 @@ pub const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 pub fn run(args: BenchArgs) -> anyhow::Result<Report> {
     let settings = Settings::from_args(args, std::io::stderr().is_terminal())
         .map_err(|msg| anyhow::anyhow!("bench: {msg}"))?;
-    if settings.report.is_some() {
-        // A missing font fails now, not after the run.
-        crate::plot::load_font()?;
+    if let Some(path) = &settings.report {
+        // A missing font or an unwritable file fails now, not after the run.
+        crate::plot::check_ready(path)?;
     }
     // A multi-thread runtime: the generator must spread over the cores like the server.
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;

@@ -8,6 +8,9 @@
 //! reading, how many readings may be in flight) is a [`Session`]. The loop never blocks:
 //! spool disk work runs on a blocking thread ([`super::spool_io`]), and every wait is a tokio
 //! timer, so whole runs are tested under paused time over in-memory streams.
+//!
+//! [`intake`] turns values into kept (and spooled) readings; [`link_reports`] decides when
+//! a link report is made and tells a refused report from a refused reading.
 
 use std::time::Duration;
 
@@ -17,19 +20,21 @@ use tokio::time::Instant;
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 
+mod intake;
+mod link_reports;
+
 use super::backoff::Backoff;
 use super::error::ClientError;
-use super::link::{LinkTotals, LINK_MEASUREMENT};
-use super::measure::Measure;
+use super::measure::RunMeasures;
 use super::output::{Printer, RunTotals, Summary};
 use super::report::RunReport;
 use super::session::{open, Event, Opened, Session};
-use super::spool::DropReason;
 use super::spool_io::SpoolIo;
 use super::state::ClientState;
 use super::transport::{self, Connection, Connector, TransportError};
 use super::{sleep_until_opt, ClientConfig};
-use crate::protocol::{FieldValue, Reading};
+use crate::protocol::FieldValue;
+use link_reports::SentLinks;
 
 /// Most bytes queued for the socket at once; more readings wait in the state machine.
 const MAX_QUEUED_BYTES: usize = 64 * 1024;
@@ -55,7 +60,7 @@ pub(crate) struct Engine<'a, S: Session> {
     printer: Printer,
     state: ClientState,
     /// Round trips, the server's share, link reports, the picture's samples.
-    measure: Measure,
+    measure: RunMeasures,
     started: Instant,
     first_connect: Option<Duration>,
     reconnects: u64,
@@ -73,6 +78,8 @@ pub(crate) struct Engine<'a, S: Session> {
     stop: CancellationToken,
     /// The current connection carried an ack (only then is the backoff reset).
     acked_on_connection: bool,
+    /// The link reports written on the current connection (to tell their errors apart).
+    sent_links: SentLinks,
 }
 
 impl<'a, S: Session> Engine<'a, S> {
@@ -93,7 +100,7 @@ impl<'a, S: Session> Engine<'a, S> {
             } else {
                 config.max_pending
             }),
-            measure: Measure::new(config, S::LEGACY),
+            measure: RunMeasures::new(config, S::LEGACY),
             started: Instant::now(),
             first_connect: None,
             reconnects: 0,
@@ -104,6 +111,7 @@ impl<'a, S: Session> Engine<'a, S> {
             values_open: true,
             stop,
             acked_on_connection: false,
+            sent_links: SentLinks::default(),
         }
     }
 
@@ -149,41 +157,13 @@ impl<'a, S: Session> Engine<'a, S> {
         self.finish()
     }
 
-    /// Open the spool and take back what a previous run left unacknowledged.
-    async fn open_spool(&mut self) -> Result<(), ClientError> {
-        let Some(dir) = &self.config.spool else {
-            return Ok(());
-        };
-        let limits = super::spool::SpoolLimits {
-            max_bytes: self.config.spool_max_bytes,
-            max_age: self.config.spool_max_age,
-        };
-        let (spool, recovery) = SpoolIo::open(dir.clone(), limits).await?;
-        for damage in &recovery.damage {
-            self.printer.spool_damage(damage);
-        }
-        let dropped = recovery.dropped_by_age + recovery.dropped_by_bytes;
-        for spooled in recovery.readings {
-            // The seed's messages are never link reports (and legacy mode has no spool).
-            let link = !S::LEGACY && spooled.reading.measurement == LINK_MEASUREMENT;
-            self.replayed += u64::from(!link);
-            self.state
-                .restore_as(spooled.seq, spooled.reading, recovery.next_seq, link);
-        }
-        self.state.restore_next_seq(recovery.next_seq);
-        self.printer
-            .spool_opened(dir, self.replayed, dropped, recovery.corrupt_records);
-        self.spool = Some(spool);
-        self.output_ok()
-    }
-
     /// The reconnect loop.
     async fn deliver<C: Connector>(&mut self, connector: &mut C) -> Result<(), ClientError> {
         let mut backoff = Backoff::new(self.config.max_backoff);
         let mut last_error = None;
         loop {
             self.output_ok()?;
-            if self.finished() {
+            if self.finished_offline() {
                 break;
             }
             self.acked_on_connection = false;
@@ -205,7 +185,7 @@ impl<'a, S: Session> Engine<'a, S> {
                         connect_time,
                         ping,
                         self.reconnects,
-                        self.state.pending(),
+                        self.state.pending_user(),
                     );
                     let end = self.session_loop(conn).await?;
                     let Disconnect::Retry(reason) = end else {
@@ -298,40 +278,16 @@ impl<'a, S: Session> Engine<'a, S> {
             || since.elapsed() >= self.config.drain_timeout
     }
 
-    /// The run's last link report is still to be made: the user's readings are all
-    /// delivered and something happened since the previous report.
-    fn last_link_due(&self) -> bool {
-        let totals = LinkTotals::of(&self.state.counters(), self.reconnects);
-        self.measure.last_link_due(&totals)
-    }
-
-    /// Make a link report (and keep it, like a reading). `last`: the run's last one, whose
-    /// `lost` counts the user's readings still unacknowledged (the run gives up on them).
-    /// `true`: the connection must be closed (see [`Engine::produce`]).
-    async fn link_report(&mut self, last: bool) -> Result<bool, ClientError> {
-        let mut totals = LinkTotals::of(&self.state.counters(), self.reconnects);
-        if last {
-            totals.lost += self.state.pending_user() as u64;
-        }
-        let Some(reading) = self.measure.link_report(totals, last) else {
-            return Ok(false);
-        };
-        self.printer.link_report(&reading);
-        self.keep(vec![(reading, true)]).await
-    }
-
-    /// The run's last link report, if it is due: when every value is taken and the user's
-    /// readings are delivered, or (`giving_up`) when the run ends without them.
-    async fn last_link_report(&mut self, giving_up: bool) -> Result<bool, ClientError> {
-        let delivered = !self.values_open && self.state.pending_user() == 0;
-        if self.draining_since.is_some() && (delivered || giving_up) && self.last_link_due() {
-            return self.link_report(true).await;
-        }
-        Ok(false)
-    }
-
-    fn link_due(&self) -> Option<Instant> {
-        self.measure.link_due()
+    /// [`Engine::finished`] for a client with no connection: once the user's readings are
+    /// delivered and the last link report made, a report still unacknowledged does not
+    /// hold the run open for the whole drain timeout (it stays in the spool, if any, else
+    /// it counts as a link report unacked at exit).
+    fn finished_offline(&self) -> bool {
+        self.finished()
+            || (self.draining_since.is_some()
+                && self.first_connect.is_some()
+                && self.user_delivered()
+                && !self.last_link_due())
     }
 
     fn mark_events(&mut self) {
@@ -341,58 +297,6 @@ impl<'a, S: Session> Engine<'a, S> {
     /// The source ended or a stop came: from now on the drain timeout runs.
     fn start_draining(&mut self) {
         self.draining_since.get_or_insert_with(Instant::now);
-    }
-
-    /// The value channel gave `value`: a reading to keep, or (at `None`) the end of values.
-    /// `true`: the connection must be closed (see [`Engine::produce`]).
-    /// With `value`, every other value already waiting is taken too (a batch).
-    async fn on_value(&mut self, value: Option<(FieldValue, i64)>) -> Result<bool, ClientError> {
-        let Some(value) = value else {
-            self.values_closed();
-            return Ok(false);
-        };
-        let mut batch = vec![value];
-        // Batches pay off for the spool's fsync; without one, a reading at a time keeps
-        // sends and acks interleaved with taking values (as --max-pending expects).
-        let most = if self.spool.is_some() {
-            MAX_VALUES_PER_BATCH
-        } else {
-            1
-        };
-        while batch.len() < most {
-            match self.values.try_recv() {
-                Ok(value) => batch.push(value),
-                Err(mpsc::error::TryRecvError::Empty) => break,
-                Err(mpsc::error::TryRecvError::Disconnected) => {
-                    self.values_closed();
-                    break;
-                }
-            }
-        }
-        self.produce(batch).await
-    }
-
-    fn values_closed(&mut self) {
-        self.values_open = false;
-        self.start_draining();
-    }
-
-    /// The run is over, but the producer may have sent values the loop did not take yet
-    /// (the drain timed out first): keep them too, so each is reported (and spooled).
-    async fn take_leftover_values(&mut self) -> Result<(), ClientError> {
-        self.values.close();
-        loop {
-            let batch: Vec<_> = std::iter::from_fn(|| self.values.try_recv().ok())
-                .take(MAX_VALUES_PER_BATCH)
-                .collect();
-            if batch.is_empty() {
-                break;
-            }
-            // No connection is left to close.
-            self.produce(batch).await?;
-        }
-        self.values_open = false;
-        Ok(())
     }
 
     fn drain_deadline(&self) -> Option<Instant> {
@@ -407,7 +311,7 @@ impl<'a, S: Session> Engine<'a, S> {
             self.mark_events();
             self.last_link_report(false).await?;
             // Nothing left to deliver (or the drain is over): no point in waiting.
-            if self.finished() {
+            if self.finished_offline() {
                 return Ok(false);
             }
             let drain_deadline = self.drain_deadline();
@@ -430,55 +334,6 @@ impl<'a, S: Session> Engine<'a, S> {
         }
     }
 
-    /// Keep new readings, spooled (one write and fsync for all) before any is sent. `true`:
-    /// the connection must be closed, as every reading in flight was taken back to make room.
-    async fn produce(&mut self, values: Vec<(FieldValue, i64)>) -> Result<bool, ClientError> {
-        let readings = values
-            .into_iter()
-            .map(|(value, timestamp_ns)| (self.session.reading(value, timestamp_ns), false))
-            .collect();
-        self.keep(readings).await
-    }
-
-    /// [`Engine::produce`] for readings already made; `true` in a pair marks a link report.
-    async fn keep(&mut self, readings: Vec<(Reading, bool)>) -> Result<bool, ClientError> {
-        let mut retry = false;
-        let mut spooled = Vec::new();
-        for (reading, link) in readings {
-            if self.spool.is_some() {
-                spooled.push((self.state.next_seq(), reading.clone()));
-            }
-            let produced = self.state.produce_as(reading, link);
-            if let Some(dropped) = produced.dropped {
-                self.printer
-                    .dropped(dropped, "more than --max-pending readings unacknowledged");
-            }
-            retry |= produced.retry;
-        }
-        let Some(spool) = &mut self.spool else {
-            return Ok(retry);
-        };
-        match spool.append_batch(spooled).await? {
-            Ok(dropped) => {
-                for dropped in dropped.iter().filter(|d| !d.is_empty()) {
-                    let why = match dropped.reason {
-                        DropReason::MaxAge => "older than --spool-max-age",
-                        DropReason::MaxBytes => "spool over --spool-max-bytes",
-                    };
-                    // One in flight is reported when its connection ends (or acked).
-                    for seq in self.state.drop_seqs(&dropped.seqs) {
-                        self.printer.dropped(seq, why);
-                    }
-                }
-            }
-            // Still delivered from memory; only a client crash could lose them now.
-            Err(err) => self
-                .printer
-                .spool_damage(&format!("cannot write the spool: {err}")),
-        }
-        Ok(retry)
-    }
-
     /// The connection ended: what was in flight is sent again on the next one; readings
     /// dropped by the spool's limits while in flight go now.
     fn disconnected(&mut self) {
@@ -498,6 +353,7 @@ impl<'a, S: Session> Engine<'a, S> {
             let Some(next) = self.state.next_to_send(now) else {
                 break;
             };
+            self.sent_links.written(next.seq, next.link);
             self.session.encode(next.seq, &next.reading, &mut out);
         }
         writer.queue(&out);
@@ -509,6 +365,7 @@ impl<'a, S: Session> Engine<'a, S> {
         conn: Connection<T, S::Decoder>,
     ) -> Result<Disconnect, ClientError> {
         let (mut reader, mut writer) = conn;
+        self.sent_links.reset();
         let reply_timeout = self.config.reply_timeout;
         // Set while bytes wait for the peer: it must take some within the write timeout.
         let mut write_deadline: Option<Instant> = None;
@@ -605,18 +462,6 @@ impl<'a, S: Session> Engine<'a, S> {
         Ok(retry)
     }
 
-    /// The spool forgets what the state machine took off its queue, never more: a token
-    /// beyond what was sent must not erase readings not yet delivered.
-    async fn record_acks(&mut self, through: Option<u64>) -> Result<(), ClientError> {
-        if let (Some(spool), Some(through)) = (&mut self.spool, through) {
-            if let Err(err) = spool.ack_through(through).await? {
-                // Harmless: the readings would be resent and deduplicated by the server.
-                tracing::warn!(cause = %err, "cannot record acks in the spool");
-            }
-        }
-        Ok(())
-    }
-
     /// Act on one reply (no I/O): `through` becomes the last reading its ack took off the
     /// queue. `Some(reason)`: the connection must be re-opened.
     fn on_reply(
@@ -626,9 +471,9 @@ impl<'a, S: Session> Engine<'a, S> {
     ) -> Option<String> {
         match self.session.interpret(reply, self.state.oldest_in_flight()) {
             Event::Ignore => {}
-            Event::Rejected { line, reason } => self.printer.rejected(line, &reason),
+            Event::Rejected { line, reason } => self.print_rejected(line, &reason),
             Event::SyncFailed { line, reason } => {
-                self.printer.rejected(line, &reason);
+                self.print_rejected(line, &reason);
                 // Resent on a new connection, after the backoff, instead of after the timeout.
                 return Some(format!("server could not store: {reason}"));
             }
@@ -647,6 +492,9 @@ impl<'a, S: Session> Engine<'a, S> {
                     );
                 }
                 *through = (*through).max(outcome.through);
+                if let Some(answered) = outcome.through {
+                    self.sent_links.answered_through(answered);
+                }
                 for acked in outcome.acked {
                     self.acked_on_connection = true;
                     if acked.link {
@@ -675,6 +523,16 @@ impl<'a, S: Session> Engine<'a, S> {
         None
     }
 
+    /// The server refused line `line`: one of the user's readings, or a link report (not
+    /// printed as the user's).
+    fn print_rejected(&mut self, line: u64, reason: &str) {
+        if self.is_link_line(line) {
+            self.printer.link_rejected(line, reason);
+        } else {
+            self.printer.rejected(line, reason);
+        }
+    }
+
     fn finish(mut self) -> Result<RunReport, ClientError> {
         let spooled = self.config.spool.is_some();
         // The last connection is over too.
@@ -688,7 +546,8 @@ impl<'a, S: Session> Engine<'a, S> {
         let summary = Summary::of(RunTotals {
             addr: &self.config.addr,
             counters,
-            link_reports: (links.produced, links.acked),
+            // Reports written at least once, not merely made (one may die in the queue).
+            link_reports: (links.sent, links.acked),
             pending: self.state.pending_user() as u64,
             replayed: self.replayed,
             duration: self.started.elapsed(),
@@ -719,6 +578,7 @@ mod tests {
     use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, DuplexStream};
 
     use super::*;
+    use crate::client::link::LINK_MEASUREMENT;
     use crate::client::source::SourceSpec;
     use crate::client::INITIAL_BACKOFF;
     use crate::client::{run_with, ClientConfig};
@@ -742,6 +602,10 @@ mod tests {
         Silent,
         /// Answer every `sync` with `error <line> store failed: ...`.
         StoreFails,
+        /// Ack the user's readings; go away (close) when a link report arrives.
+        CloseOnLinkReport,
+        /// Ack the user's readings; refuse every link report's line with an `error`.
+        RejectLinkReports,
     }
 
     /// The fake server's view: per connection, the values of the readings it received.
@@ -809,6 +673,8 @@ mod tests {
         let mut lines = BufReader::new(read).lines();
         let mut readings = 0usize;
         let mut line_no = 0u64;
+        // The line of a reading just refused: its `sync` is acked as rejected.
+        let mut rejected = None;
         while let Ok(Some(line)) = lines.next_line().await {
             line_no += 1;
             if let Behaviour::Silent = behaviour {
@@ -829,7 +695,10 @@ mod tests {
                     Behaviour::ResetMidBatch { ack, .. } if readings > ack => continue,
                     _ => {}
                 }
-                format!("ack {token} readings=1 rejected=0\n")
+                match rejected.take() {
+                    Some(_) => format!("ack {token} readings=0 rejected=1\n"),
+                    None => format!("ack {token} readings=1 rejected=0\n"),
+                }
             } else {
                 readings += 1;
                 if let Behaviour::ResetMidBatch { drop_at, .. } = behaviour {
@@ -839,6 +708,17 @@ mod tests {
                 }
                 if line.starts_with(LINK_MEASUREMENT) {
                     seen.lock().expect("not poisoned").links.push(line);
+                    match behaviour {
+                        Behaviour::CloseOnLinkReport => return,
+                        Behaviour::RejectLinkReports => {
+                            rejected = Some(line_no);
+                            let reply = format!("error {line_no} refused: no such measurement\n");
+                            if write.write_all(reply.as_bytes()).await.is_err() {
+                                return;
+                            }
+                        }
+                        _ => {}
+                    }
                     continue;
                 }
                 let value = value_of(&line).expect("the client sends `value=<n>i` lines");
@@ -1712,5 +1592,91 @@ mod tests {
         assert_eq!(timeouts[0], 2.0);
         assert!(reconnects[0] > timeouts[0]);
         assert!(picture.samples.marks(Mark::Loss).is_empty());
+    }
+
+    /// The server goes away after the user's last ack, as the run's last link report
+    /// arrives: the run ends at once, offline, instead of retrying for the whole drain
+    /// timeout; the report counts as unacked at exit (not sent, as it was written).
+    #[tokio::test(start_paused = true)]
+    async fn the_last_link_report_does_not_hold_the_run_open_once_the_server_is_gone() {
+        let mut config = config(Some(5), Duration::from_millis(100));
+        config.link_report = Duration::from_secs(3600);
+        config.drain_timeout = Duration::from_secs(60);
+        let mut script = vec![Behaviour::CloseOnLinkReport];
+        script.extend([Behaviour::Refuse; 100]);
+        let started = Instant::now();
+        let run = run(config, script, CancellationToken::new()).await;
+        let elapsed = started.elapsed();
+        let report = report(&run);
+        assert_eq!(report.counters.acked, 5);
+        assert!(report.all_acked(), "{:?}", report.summary);
+        assert_eq!(run.seen.links.len(), 1, "the last report was written once");
+        assert_eq!(report.summary.link_reports_sent, 1);
+        assert_eq!(report.summary.link_reports_acked, 0);
+        assert!(
+            elapsed < Duration::from_secs(10),
+            "the run waited {elapsed:?} (drain timeout 60 s) for its link report"
+        );
+        assert!(
+            run.seen.attempts.len() <= 2,
+            "no reconnect loop: {} attempts",
+            run.seen.attempts.len()
+        );
+    }
+
+    /// A link report the server refuses is reported as such, not as a user's reading
+    /// rejected, and counted apart: the user's readings are all acked.
+    #[tokio::test(start_paused = true)]
+    async fn a_rejected_link_report_is_not_printed_as_a_rejected_reading() {
+        let mut config = config(Some(5), Duration::from_millis(100));
+        config.link_report = Duration::from_millis(250);
+        let run = run(
+            config,
+            vec![Behaviour::RejectLinkReports],
+            CancellationToken::new(),
+        )
+        .await;
+        let report = report(&run);
+        assert!(run.seen.links.len() >= 2, "{:?}", run.seen.links);
+        let kinds = |kind: &str| run.events.iter().filter(|e| e["event"] == kind).count();
+        assert_eq!(kinds("rejected"), 0, "{:?}", run.events);
+        assert_eq!(kinds("link_report_rejected"), run.seen.links.len());
+        assert_eq!(report.counters.rejected, 0);
+        assert_eq!(report.counters.acked, 5);
+        assert_eq!(report.summary.link_reports_acked, 0);
+        assert!(report.all_acked());
+    }
+
+    /// A run that gives up (the server is gone with readings unacked) still makes its last
+    /// report, whose `lost` is the user's readings still pending; the reports' `lost` sum
+    /// to the summary's, and the summary's link figures count what was written and acked.
+    #[tokio::test(start_paused = true)]
+    async fn the_last_report_of_a_run_that_gives_up_counts_the_pending_readings_as_lost() {
+        let mut config = config(Some(10), Duration::from_millis(100));
+        config.link_report = Duration::from_millis(200);
+        config.drain_timeout = Duration::from_secs(2);
+        // Acks 3 lines, then the connection dies and the server never comes back.
+        let mut script = vec![Behaviour::ResetMidBatch { ack: 3, drop_at: 6 }];
+        script.extend([Behaviour::Refuse; 100]);
+        let run = run(config, script, CancellationToken::new()).await;
+        let report = report(&run);
+        let links = link_events(&run);
+        let last = links.last().expect("a last report");
+        let c = report.counters;
+        assert!(c.unacked_at_exit >= 5, "{c:?}");
+        assert_eq!((c.rejected, c.dropped), (0, 0), "{c:?}");
+        assert_eq!(field(last, "lost"), c.unacked_at_exit, "{last}");
+        let lost: u64 = links.iter().map(|e| field(e, "lost")).sum();
+        assert_eq!(lost, report.summary.lost, "{links:?}");
+        assert_eq!(
+            links.iter().map(|e| field(e, "acked")).sum::<u64>(),
+            c.acked
+        );
+        // The summary counts the reports written (the server read some), not those made
+        // (the ones made offline were never written).
+        let sent = report.summary.link_reports_sent;
+        assert!(sent >= run.seen.links.len() as u64, "{:?}", run.seen.links);
+        assert!((links.len() as u64) > sent, "{sent} sent of {links:?}");
+        assert!(report.summary.link_reports_acked <= sent);
     }
 }

@@ -56,6 +56,11 @@ impl Session for LineSession {
         let _ = writeln!(out, "sync {seq}");
     }
 
+    /// Line 1 is the opening `ping`; reading `k` is line `2k` and its `sync` line `2k + 1`.
+    fn reading_of_line(&self, line: u64) -> Option<u64> {
+        (line >= 2).then_some(line / 2)
+    }
+
     fn interpret(&self, reply: Reply, _oldest_in_flight: Option<u64>) -> Event {
         match reply {
             Reply::Pong(_) => Event::Ignore,

@@ -1,6 +1,6 @@
-//! [`Measure`]: what a run measures besides delivery, fed by the engine: round trips, the
-//! server's share of them, the link reports (`--link-report`) and the picture's samples
-//! (`--report`). No I/O: the engine sends the reports it is handed and prints.
+//! [`RunMeasures`]: what a run measures besides delivery, fed by the engine: round trips,
+//! the server's share of them, the link reports (`--link-report`) and the picture's
+//! samples (`--report`). No I/O: the engine sends the reports it is handed and prints.
 
 use std::time::Duration;
 
@@ -26,7 +26,7 @@ struct ServerSums {
 
 /// A run's measurements (see the module's doc).
 #[derive(Debug)]
-pub(crate) struct Measure {
+pub(crate) struct RunMeasures {
     /// Every round trip that says something of the link (the summary's `rtt`).
     pub(crate) rtt: RttStats,
     server: ServerSums,
@@ -41,11 +41,11 @@ pub(crate) struct Measure {
     marked: (u64, u64),
 }
 
-impl Measure {
+impl RunMeasures {
     /// `legacy`: the seed's messages cannot carry link reports.
     pub(crate) fn new(config: &ClientConfig, legacy: bool) -> Self {
         let now = Instant::now();
-        Measure {
+        RunMeasures {
             rtt: RttStats::new(),
             server: ServerSums::default(),
             link: if legacy {

@@ -243,6 +243,17 @@ impl Printer {
         }
     }
 
+    /// The server refused a link report's line (counted apart from the user's readings).
+    pub fn link_rejected(&mut self, line: u64, reason: &str) {
+        if self.json {
+            self.emit(json!({"event": "link_report_rejected", "line": line, "reason": reason}));
+        } else {
+            self.line(&format!(
+                "server rejected link report (line {line}): {reason}"
+            ));
+        }
+    }
+
     pub fn dropped(&mut self, seq: u64, why: &str) {
         if self.json {
             self.emit(json!({"event": "dropped", "seq": seq, "reason": why}));
@@ -385,7 +396,8 @@ pub struct Summary {
     pub pending: u64,
     /// Readings recovered from the spool at start and sent again.
     pub replayed: u64,
-    /// Link reports made (`--link-report`; not counted in `sent`).
+    /// Link reports written to the server at least once (`--link-report`; not counted in
+    /// `sent`). A report made but never written (the run ended offline) is not among them.
     pub link_reports_sent: u64,
     /// Link reports the server acknowledged as stored.
     pub link_reports_acked: u64,
@@ -401,7 +413,7 @@ pub struct Summary {
 pub struct RunTotals<'a> {
     pub addr: &'a str,
     pub counters: super::state::Counters,
-    /// Link reports made and acked.
+    /// Link reports sent (written at least once) and acked.
     pub link_reports: (u64, u64),
     pub pending: u64,
     pub replayed: u64,

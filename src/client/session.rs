@@ -62,6 +62,12 @@ pub(crate) trait Session: Send + Sync {
     /// Append the bytes that send reading `seq`.
     fn encode(&self, seq: u64, reading: &Reading, out: &mut Vec<u8>);
 
+    /// Which reading written on the connection (1: the first) line `line` belongs to, when
+    /// the server's errors name lines (`None`: they don't, or it is no reading's line).
+    fn reading_of_line(&self, _line: u64) -> Option<u64> {
+        None
+    }
+
     /// What `reply` means; `oldest_in_flight` is the first reading awaiting its reply.
     fn interpret(
         &self,

@@ -112,6 +112,8 @@ pub struct ClientState {
     /// Unacknowledged readings in sequence order; the first `sent` of them are in flight.
     queue: VecDeque<Outstanding>,
     sent: usize,
+    /// Link reports in `queue`: the user's pending count without a scan of the queue.
+    links_kept: usize,
     max_pending: usize,
     counters: Counters,
     /// The same totals for link reports.
@@ -125,6 +127,7 @@ impl ClientState {
             last_sent: None,
             queue: VecDeque::new(),
             sent: 0,
+            links_kept: 0,
             max_pending: max_pending.max(1),
             counters: Counters::default(),
             link_counters: Counters::default(),
@@ -158,7 +161,25 @@ impl ClientState {
 
     /// User readings not yet acknowledged (link reports left out).
     pub fn pending_user(&self) -> usize {
-        self.queue.iter().filter(|o| !o.link).count()
+        self.queue.len() - self.links_kept
+    }
+
+    /// Link reports not yet acknowledged.
+    pub fn pending_link(&self) -> usize {
+        self.links_kept
+    }
+
+    /// Keep `outstanding` at the back of the queue.
+    fn push(&mut self, outstanding: Outstanding) {
+        self.links_kept += usize::from(outstanding.link);
+        self.queue.push_back(outstanding);
+    }
+
+    /// Take the reading at `index` off the queue (the caller fixes `sent`).
+    fn remove_at(&mut self, index: usize) -> Option<Outstanding> {
+        let gone = self.queue.remove(index)?;
+        self.links_kept -= usize::from(gone.link);
+        Some(gone)
     }
 
     /// Readings not yet acknowledged (in flight or waiting).
@@ -182,8 +203,12 @@ impl ClientState {
         self.produce_as(reading, false)
     }
 
-    /// [`ClientState::produce`] for a user reading (`link` false) or a link report. A link
-    /// report dropped to make room is counted, not returned in `dropped`.
+    /// [`ClientState::produce`] for a user reading (`link` false) or a link report.
+    ///
+    /// A link report never costs a user reading nor a connection: on a full queue it takes
+    /// the place of the oldest link report not in flight, or, if there is none, is dropped
+    /// itself (then [`ClientState::is_link`] of its `seq` is `None`). Either way the drop is
+    /// counted in the link counters, not returned in `dropped`, and `retry` stays false.
     pub fn produce_as(&mut self, reading: Reading, link: bool) -> Produced {
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -191,16 +216,33 @@ impl ClientState {
         let mut dropped = None;
         let mut retry = false;
         if self.queue.len() >= self.max_pending {
-            if self.sent == self.queue.len() {
-                self.on_disconnect_inner();
-                retry = true;
-            }
-            if let Some(oldest) = self.queue.remove(self.sent) {
-                self.counters_of(oldest.link).dropped += 1;
-                dropped = (!oldest.link).then_some(oldest.seq);
+            if link {
+                let unsent_link = (self.sent..self.queue.len()).find(|&i| self.queue[i].link);
+                self.link_counters.dropped += 1;
+                match unsent_link {
+                    Some(index) => {
+                        self.remove_at(index);
+                    }
+                    None => {
+                        return Produced {
+                            seq,
+                            dropped: None,
+                            retry: false,
+                        }
+                    }
+                }
+            } else {
+                if self.sent == self.queue.len() {
+                    self.on_disconnect_inner();
+                    retry = true;
+                }
+                if let Some(oldest) = self.remove_at(self.sent) {
+                    self.counters_of(oldest.link).dropped += 1;
+                    dropped = (!oldest.link).then_some(oldest.seq);
+                }
             }
         }
-        self.queue.push_back(Outstanding {
+        self.push(Outstanding {
             seq,
             reading,
             sent_at: None,
@@ -232,7 +274,7 @@ impl ClientState {
     pub fn restore_as(&mut self, seq: u64, reading: Reading, next_seq: u64, link: bool) {
         self.next_seq = self.next_seq.max(next_seq).max(seq + 1);
         self.counters_of(link).produced += 1;
-        self.queue.push_back(Outstanding {
+        self.push(Outstanding {
             seq,
             reading,
             sent_at: None,
@@ -262,7 +304,7 @@ impl ClientState {
         let mut index = self.sent;
         while index < self.queue.len() {
             if seqs.contains(&self.queue[index].seq) {
-                if let Some(gone) = self.queue.remove(index) {
+                if let Some(gone) = self.remove_at(index) {
                     self.counters_of(gone.link).dropped += 1;
                     if !gone.link {
                         dropped.push(gone.seq);
@@ -309,7 +351,7 @@ impl ClientState {
             if front.seq > token {
                 break;
             }
-            let Some(done) = self.queue.pop_front() else {
+            let Some(done) = self.remove_at(0) else {
                 break;
             };
             self.sent -= 1;
@@ -383,7 +425,7 @@ impl ClientState {
         let mut index = 0;
         while index < self.sent {
             if self.queue[index].doomed {
-                if let Some(gone) = self.queue.remove(index) {
+                if let Some(gone) = self.remove_at(index) {
                     self.counters_of(gone.link).dropped += 1;
                     if !gone.link {
                         dropped.push(gone.seq);
@@ -403,9 +445,8 @@ impl ClientState {
     /// this is called). Returns the user's readings whose reply never timed out (not
     /// reported yet).
     pub fn give_up(&mut self) -> Vec<u64> {
-        let links = self.queue.iter().filter(|o| o.link).count() as u64;
-        self.link_counters.unacked_at_exit = links;
-        self.counters.unacked_at_exit = self.queue.len() as u64 - links;
+        self.link_counters.unacked_at_exit = self.pending_link() as u64;
+        self.counters.unacked_at_exit = self.pending_user() as u64;
         self.queue
             .iter()
             .filter(|o| !o.ever_late && !o.link)
@@ -739,5 +780,132 @@ mod tests {
         let outcome = state.on_ack(2, false, now);
         assert_eq!(outcome.through, None, "a repeated ack reaches nothing");
         assert!(!outcome.beyond_sent);
+    }
+
+    /// A link report on a full queue costs neither a user reading nor a connection: with
+    /// the user's readings waiting or all in flight, the report itself is dropped (counted).
+    #[test]
+    fn a_link_report_on_a_full_queue_never_drops_a_user_reading_nor_forces_a_retry() {
+        let now = Instant::now();
+        for in_flight in [0, 1, 2] {
+            let mut state = ClientState::new(2);
+            state.produce(reading(1));
+            state.produce(reading(2));
+            for _ in 0..in_flight {
+                state.next_to_send(now);
+            }
+            let before = state.counters();
+            let produced = state.produce_as(reading(3), true);
+            assert_eq!(
+                produced,
+                Produced {
+                    seq: 3,
+                    dropped: None,
+                    retry: false,
+                },
+                "{in_flight} in flight"
+            );
+            assert_eq!(state.counters(), before, "{in_flight} in flight");
+            assert_eq!(state.is_link(3), None, "the report itself was dropped");
+            assert_eq!(state.in_flight(), in_flight);
+            assert_eq!((state.pending_user(), state.pending_link()), (2, 0));
+            let links = state.link_counters();
+            assert_eq!((links.produced, links.dropped), (1, 1));
+            assert_eq!(links.produced, links.acked + links.lost());
+        }
+    }
+
+    /// On a full queue a new link report takes the place of the oldest one not yet sent.
+    #[test]
+    fn a_link_report_on_a_full_queue_replaces_the_oldest_unsent_report() {
+        let now = Instant::now();
+        let mut state = ClientState::new(3);
+        state.produce(reading(1));
+        state.produce_as(reading(2), true);
+        state.produce_as(reading(3), true);
+        state.next_to_send(now);
+        let produced = state.produce_as(reading(4), true);
+        assert_eq!((produced.dropped, produced.retry), (None, false));
+        assert_eq!(state.is_link(2), None, "the oldest unsent report went");
+        assert_eq!(state.is_link(3), Some(true));
+        assert_eq!(state.is_link(4), Some(true));
+        assert_eq!((state.pending_user(), state.pending_link()), (1, 2));
+        assert_eq!(state.counters().dropped, 0);
+        assert_eq!(state.link_counters().dropped, 1);
+        let order: Vec<u64> =
+            std::iter::from_fn(|| state.next_to_send(now).map(|o| o.seq)).collect();
+        assert_eq!(order, vec![3, 4]);
+    }
+
+    /// Link reports and user readings share the queue and the acks, but each is counted
+    /// apart: produced, sent, acked, rejected, timeouts and what is left at exit.
+    #[test]
+    fn link_reports_and_user_readings_are_counted_apart() {
+        let t0 = Instant::now();
+        let timeout = Duration::from_secs(1);
+        let mut state = ClientState::new(10);
+        state.produce(reading(1));
+        state.produce_as(reading(2), true);
+        state.produce(reading(3));
+        state.produce_as(reading(4), true);
+        state.produce_as(reading(5), true);
+        state.produce(reading(6));
+        assert_eq!((state.pending_user(), state.pending_link()), (3, 3));
+        assert_eq!(state.is_link(1), Some(false));
+        assert_eq!(state.is_link(2), Some(true));
+        for _ in 0..4 {
+            state.next_to_send(t0);
+        }
+        assert_eq!((state.counters().sent, state.link_counters().sent), (2, 2));
+
+        // One ack takes a user reading and a report; a rejected report is the link's.
+        let acked = state.on_ack(2, false, t0).acked;
+        assert_eq!(
+            acked.iter().map(|a| (a.seq, a.link)).collect::<Vec<_>>(),
+            vec![(1, false), (2, true)]
+        );
+        // This ack stores user reading 3 and rejects report 4.
+        let acked = state.on_ack(4, true, t0).acked;
+        assert_eq!(seqs(&acked), vec![3]);
+        let (user, links) = (state.counters(), state.link_counters());
+        assert_eq!((user.acked, user.rejected), (2, 0));
+        assert_eq!((links.acked, links.rejected), (1, 1));
+        assert_eq!((state.pending_user(), state.pending_link()), (1, 1));
+
+        // A report's timeout is the link's too.
+        state.next_to_send(t0);
+        assert_eq!(state.check_timeouts(t0 + timeout, timeout), vec![5]);
+        assert_eq!(state.counters().timeouts, 0);
+        assert_eq!(state.link_counters().timeouts, 1);
+
+        // At exit: the report and the user reading left are each counted on their side,
+        // and only the user's reading is handed back to be printed.
+        assert_eq!(state.give_up(), vec![6]);
+        let (user, links) = (state.counters(), state.link_counters());
+        assert_eq!((user.unacked_at_exit, links.unacked_at_exit), (1, 1));
+        assert_eq!(user.produced, user.acked + user.lost());
+        assert_eq!(links.produced, links.acked + links.lost());
+        assert_eq!((user.produced, links.produced), (3, 3));
+    }
+
+    /// Restored and dropped link reports keep the user's pending count right.
+    #[test]
+    fn pending_counts_follow_restores_drops_and_disconnects() {
+        let now = Instant::now();
+        let mut state = ClientState::new(10);
+        state.restore_as(1, reading(1), 3, true);
+        state.restore(2, reading(2), 3);
+        state.produce_as(reading(3), true);
+        assert_eq!((state.pending_user(), state.pending_link()), (1, 2));
+        state.next_to_send(now);
+        assert!(
+            state.drop_seqs(&[1, 3]).is_empty(),
+            "only reports: none printed"
+        );
+        assert_eq!((state.pending_user(), state.pending_link()), (1, 1));
+        assert!(state.on_disconnect().is_empty());
+        assert_eq!((state.pending_user(), state.pending_link()), (1, 0));
+        assert_eq!(state.link_counters().dropped, 2);
+        assert_eq!(state.counters().dropped, 0);
     }
 }

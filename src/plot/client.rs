@@ -40,8 +40,16 @@ pub fn header_lines(summary: &Summary) -> Vec<String> {
             s.duration_ms / 1e3
         ),
         format!(
-            "{} sent, {} acked, {} lost ({:.1}% loss), {} timeouts, {} reconnects, {} link reports",
-            s.sent, s.acked, s.lost, s.loss_percent, s.timeouts, s.reconnects, s.link_reports_sent
+            "{} sent, {} acked, {} lost ({:.1}% loss), {} timeouts, {} reconnects, \
+             link reports: {} sent, {} acked",
+            s.sent,
+            s.acked,
+            s.lost,
+            s.loss_percent,
+            s.timeouts,
+            s.reconnects,
+            s.link_reports_sent,
+            s.link_reports_acked
         ),
     ];
     if rtt.count > 0 {

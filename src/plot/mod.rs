@@ -8,8 +8,8 @@
 //! Text needs a real font for both formats: plotters measures text with it to lay labels
 //! out (SVG) and rasterises with it (PNG). Rather than embed 700 KB of font in the binary,
 //! DejaVu Sans is read at run time from where distributions install it (Debian:
-//! `fonts-dejavu-core`), or from `SENSORLINK_REPORT_FONT`; a missing font is a clear error
-//! before the run starts ([`load_font`]).
+//! `fonts-dejavu-core`), or from `SENSORLINK_REPORT_FONT`; a missing font, like a file that
+//! cannot be written, is a clear error before the run starts ([`check_ready`]).
 
 pub mod bench;
 pub mod client;
@@ -65,6 +65,12 @@ pub enum PlotError {
     Font(String),
     #[error("drawing the report: {0}")]
     Draw(String),
+    #[error("cannot write the report {}", path.display())]
+    Destination {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("writing the report {}", path.display())]
     Write {
         path: PathBuf,
@@ -116,6 +122,32 @@ pub fn load_font() -> Result<PathBuf, PlotError> {
     })
     .clone()
     .map_err(PlotError::Font)
+}
+
+/// Everything a picture at `path` needs, checked before a run so that the run is not
+/// wasted: a usable font ([`load_font`]) and a file that can be written there (its
+/// directory exists and takes the file; a file made for the check is removed again).
+///
+/// # Errors
+/// [`PlotError::Font`], or [`PlotError::Destination`] naming the path.
+pub fn check_ready(path: &Path) -> Result<(), PlotError> {
+    load_font()?;
+    let existed = path.exists();
+    let destination = |source| PlotError::Destination {
+        path: path.to_path_buf(),
+        source,
+    };
+    // Not truncated: an existing picture is only replaced once the new one is drawn.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(destination)?;
+    if !existed {
+        std::fs::remove_file(path).map_err(destination)?;
+    }
+    Ok(())
 }
 
 /// Write `path` (its format from its name) with a picture of [`SIZE`] drawn by `draw_svg`
@@ -222,6 +254,30 @@ mod tests {
         assert_eq!(Format::of(Path::new("RUN.PNG")), Some(Format::Png));
         assert_eq!(Format::of(Path::new("run.jpg")), None);
         assert_eq!(Format::of(Path::new("svg")), None);
+    }
+
+    /// A missing directory, or a directory where the file should be, is refused before a
+    /// run; a writable path is accepted and left as it was.
+    #[test]
+    fn a_picture_destination_is_checked_before_the_run() {
+        if load_font().is_err() {
+            // Without the font the check stops earlier (tests/it/report.rs covers it).
+            return;
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        let missing = dir.path().join("no-such-dir/run.svg");
+        let err = check_ready(&missing).expect_err("no such directory");
+        assert!(matches!(err, PlotError::Destination { .. }), "{err}");
+        assert!(err.to_string().contains("no-such-dir/run.svg"), "{err}");
+        let a_dir = dir.path().join("run.svg");
+        std::fs::create_dir(&a_dir).expect("mkdir");
+        assert!(check_ready(&a_dir).is_err(), "a directory is no file");
+        let fine = dir.path().join("fine.svg");
+        check_ready(&fine).expect("writable");
+        assert!(!fine.exists(), "the check leaves no file behind");
+        std::fs::write(&fine, "old").expect("write");
+        check_ready(&fine).expect("writable");
+        assert_eq!(std::fs::read_to_string(&fine).expect("read"), "old");
     }
 
     #[test]

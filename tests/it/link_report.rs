@@ -194,3 +194,75 @@ fn a_stalled_server_shows_as_timeouts_and_reconnects_in_a_later_report() {
     assert!(stroked("#8200A0") >= 2, "reconnect lines and their legend");
     crate::report::keep_for_readme(&picture, "client-report-fault.svg");
 }
+
+/// With `--spool` and `--link-report 200ms`, the server killed mid-run and restarted: every
+/// user reading is stored exactly once, and the store holds exactly the link reports the
+/// client counts as acked (resent reports deduplicate like readings).
+#[test]
+fn with_a_spool_and_a_server_kill_reports_and_readings_are_each_stored_once() {
+    let store = TempStore::new();
+    let spool = tempfile::tempdir().unwrap();
+    let out_path = spool.path().join("client.out");
+    let mut server = Server::start_on("127.0.0.1:0", &store.url(), &["-q"]);
+    let count = 40;
+    let child = bin()
+        .args([
+            "client",
+            &server.addr.to_string(),
+            "--count",
+            &count.to_string(),
+            "--interval",
+            "25ms",
+            "--link-report",
+            "200ms",
+            "--sensor",
+            "lrs",
+            "--spool",
+            spool.path().join("q").to_str().unwrap(),
+            "--max-backoff",
+            "100ms",
+            "--json",
+        ])
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(
+        || count_events(&out_path, "ack") >= 10,
+        PATIENCE,
+        "10 of the client's readings acked",
+    );
+    let disconnects = count_events(&out_path, "disconnected");
+    server.kill();
+    // An outage: the connection lost, then a reconnect refused.
+    wait_for(
+        || count_events(&out_path, "disconnected") >= disconnects + 2,
+        PATIENCE,
+        "the client to see the outage",
+    );
+    server = Server::restart_on(server.addr, &store.url(), &["-q"]);
+    let out = wait_output(child);
+    let stdout = std::fs::read(&out_path).unwrap();
+    let summary = summary(&stdout);
+    assert_eq!(out.status.code(), Some(0), "{summary}");
+    assert_eq!(summary["acked"], count);
+    assert!(summary["reconnects"].as_u64().unwrap() >= 1, "{summary}");
+    assert!(server.terminate().success());
+
+    let readings = store.rows(&["--sensor", "lrs", "--measurement", "reading"]);
+    let mut values: Vec<i64> = readings
+        .iter()
+        .map(|r| r["fields"]["value"].as_i64().unwrap())
+        .collect();
+    values.sort_unstable();
+    let expected: Vec<i64> = (0..count).map(|i| 102 + 2 * i).collect();
+    assert_eq!(values, expected, "every user reading exactly once");
+    let links = store.rows(&["--sensor", "lrs", "--measurement", "sensorlink_link"]);
+    assert!(links.len() >= 2, "{links:?}");
+    assert_eq!(summary["link_reports_acked"], links.len(), "{summary}");
+    for row in &links {
+        assert_link_fields(row);
+    }
+    assert_eq!(sum(&links, "acked"), count, "{links:?}");
+    assert!(sum(&links, "reconnects") >= 1, "{links:?}");
+}

@@ -171,8 +171,8 @@ fn bench_report_svg_has_rate_and_latency_per_second() {
     // One rate bar per second of the run (2 s, perhaps a third cut short).
     let rate_bars = bars(&doc, "#0000FF");
     assert!((2..=3).contains(&rate_bars), "{rate_bars} rate bars");
-    // p50 (green), p99 (orange), max (red): a line with a point per second, and a legend.
-    for colour in ["#008C00", "#E68C00", "#FF0000"] {
+    // p50 (green), p99 (dark red), max (grey): a line with a point per second, and a legend.
+    for colour in ["#008C00", "#C80000", "#5A5A5A"] {
         let lines = polyline_points(&doc, colour);
         assert!(lines.iter().any(|n| *n >= 2), "{colour}: {lines:?}");
     }
@@ -203,4 +203,46 @@ fn a_missing_font_fails_before_the_run() {
     assert!(stderr.contains("fonts-dejavu-core"), "{stderr}");
     assert!(out.stdout.is_empty(), "the run did not start");
     assert!(!dir.path().join("run.svg").exists());
+}
+
+/// A `--report` file that cannot be written (no such directory, or a directory in its
+/// place) is a clear error before the run, for the client and for bench: no reading sent.
+#[test]
+fn an_unwritable_report_file_fails_before_the_run() {
+    let server = Server::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let in_the_way = dir.path().join("taken.svg");
+    std::fs::create_dir(&in_the_way).unwrap();
+    let missing = dir.path().join("no-such-dir").join("run.svg");
+    for picture in [&missing, &in_the_way] {
+        let picture = picture.to_str().unwrap();
+        let client = run(bin().args([
+            "client",
+            &server.addr.to_string(),
+            "--count",
+            "1",
+            "--report",
+            picture,
+        ]));
+        let bench = run(bin().args([
+            "bench",
+            &server.addr.to_string(),
+            "--duration",
+            "1s",
+            "--no-progress",
+            "--report",
+            picture,
+        ]));
+        for out in [client, bench] {
+            assert_eq!(out.status.code(), Some(2), "{picture}");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                stderr.contains(&format!("cannot write the report {picture}")),
+                "{stderr}"
+            );
+            assert!(out.stdout.is_empty(), "the run did not start: {picture}");
+        }
+    }
+    assert!(!dir.path().join("no-such-dir").exists());
+    assert!(in_the_way.is_dir(), "left as it was");
 }
