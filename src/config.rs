@@ -183,6 +183,15 @@ pub struct RawServer {
         skip_serializing_if = "Option::is_none"
     )]
     pub commit_delay: Option<Duration>,
+    /// A connected sensor with no stored reading for this long shows as `stale` in the
+    /// live view (`/api/sensors`, dashboard) [default: 30s].
+    #[arg(long, env = "SENSORLINK_STALE_AFTER", value_parser = humantime::parse_duration)]
+    #[serde(
+        default,
+        with = "human_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub stale_after: Option<Duration>,
 }
 
 /// The `http` value that turns the HTTP side off.
@@ -232,6 +241,7 @@ impl RawServer {
             max_line_bytes: self.max_line_bytes.or(lower.max_line_bytes),
             commit_max_rows: self.commit_max_rows.or(lower.commit_max_rows),
             commit_delay: self.commit_delay.or(lower.commit_delay),
+            stale_after: self.stale_after.or(lower.stale_after),
         }
     }
 
@@ -296,6 +306,11 @@ impl RawServer {
                 )?,
                 ..defaults.writer
             },
+            stale_after: in_range(
+                "stale-after",
+                self.stale_after.unwrap_or(defaults.stale_after),
+                limits::TIMEOUT,
+            )?,
             ..defaults
         })
     }
@@ -313,6 +328,7 @@ impl RawServer {
             max_line_bytes: Some(config.max_line_bytes),
             commit_max_rows: Some(config.writer.max_batch_rows),
             commit_delay: Some(config.writer.commit_delay),
+            stale_after: Some(config.stale_after),
         }
     }
 }
@@ -423,6 +439,30 @@ mod tests {
         assert_eq!(config.store, StoreUrl::Memory, "file over default");
         assert_eq!(config.idle_timeout, Duration::from_secs(90));
         assert_eq!(config.write_timeout, ServerConfig::default().write_timeout);
+    }
+
+    /// `--stale-after`: from the file, printed back, and a zero refused.
+    #[test]
+    fn stale_after_is_a_validated_duration() {
+        let file = parse_file("[server]\nstale-after = \"45s\"\n").expect("valid file");
+        let config = file.validate().expect("valid settings");
+        assert_eq!(config.stale_after, Duration::from_secs(45));
+        assert_eq!(
+            ServerConfig::default().stale_after,
+            crate::live::DEFAULT_STALE_AFTER
+        );
+        let printed = print_server(&config).expect("printable");
+        assert!(printed.contains("stale-after = \"45s\"\n"), "{printed}");
+        let err = RawServer {
+            stale_after: Some(Duration::ZERO),
+            ..RawServer::default()
+        }
+        .validate()
+        .expect_err("zero");
+        assert!(
+            err.to_string().starts_with("invalid stale-after 0s"),
+            "{err}"
+        );
     }
 
     /// See: review of issue 8 (printing a non-UTF-8 `--spool` path panicked in `to_toml`).

@@ -72,6 +72,11 @@ pub struct Telemetry {
     ack_latency: Histogram,
     received_bytes: Counter,
     sent_bytes: Counter,
+    live_sensors: Gauge,
+    live_sensors_evicted: Counter,
+    live_sensors_untracked: Counter,
+    sse_subscribers: Gauge,
+    sse_lagged: Counter,
     /// What the load summary reads.
     pub totals: Totals,
     /// The last seconds, for the HTTP API (rates, percentiles, rejections, readiness).
@@ -111,6 +116,11 @@ impl Telemetry {
             ack_latency: metrics::histogram!(ACK_LATENCY),
             received_bytes: metrics::counter!(RECEIVED_BYTES),
             sent_bytes: metrics::counter!(SENT_BYTES),
+            live_sensors: metrics::gauge!(LIVE_SENSORS),
+            live_sensors_evicted: metrics::counter!(LIVE_SENSORS_EVICTED),
+            live_sensors_untracked: metrics::counter!(LIVE_SENSORS_UNTRACKED),
+            sse_subscribers: metrics::gauge!(SSE_SUBSCRIBERS),
+            sse_lagged: metrics::counter!(SSE_LAGGED),
             totals: Totals::default(),
             recent: Recent::default(),
         }
@@ -534,6 +544,89 @@ impl Event for StoreAnswered {
 }
 
 /// Helpers for tests that read metrics back.
+/// The live view's sensor count changed.
+pub struct SensorsTracked {
+    pub count: usize,
+}
+
+impl Event for SensorsTracked {
+    fn emit_to(self, t: &Telemetry) {
+        t.live_sensors.set(self.count as f64);
+    }
+}
+
+/// A disconnected sensor left the live view to make room (its history stays in the store).
+pub struct SensorEvicted<'a> {
+    pub sensor: &'a str,
+}
+
+impl Event for SensorEvicted<'_> {
+    fn emit_to(self, t: &Telemetry) {
+        tracing::debug!(
+            sensor = self.sensor,
+            "live view full; evicted the sensor disconnected longest"
+        );
+        t.live_sensors_evicted.increment(1);
+    }
+}
+
+/// A new sensor's readings were stored but the live view, full of connected sensors, has
+/// no room for it.
+pub struct SensorUntracked<'a> {
+    pub sensor: &'a str,
+}
+
+impl Event for SensorUntracked<'_> {
+    fn emit_to(self, t: &Telemetry) {
+        if logging::allow_untracked_sensor() {
+            tracing::warn!(
+                sensor = self.sensor,
+                "live view full of connected sensors; not tracking a new one"
+            );
+        }
+        t.live_sensors_untracked.increment(1);
+    }
+}
+
+/// An `/api/events` subscriber fell behind its bounded queue: its stream ends.
+pub struct SubscriberLagged {
+    pub queued: usize,
+}
+
+impl Event for SubscriberLagged {
+    fn emit_to(self, t: &Telemetry) {
+        tracing::info!(
+            queued = self.queued,
+            "event subscriber fell behind; ending its stream"
+        );
+        t.sse_lagged.increment(1);
+    }
+}
+
+/// An open `/api/events` stream: counted while it lives (RAII, as [`OpenConnection`]).
+#[derive(Debug)]
+pub struct SubscriberOpen(&'static Telemetry);
+
+impl SubscriberOpen {
+    pub fn new() -> Self {
+        let t = telemetry();
+        t.sse_subscribers.increment(1.0);
+        SubscriberOpen(t)
+    }
+}
+
+impl Default for SubscriberOpen {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for SubscriberOpen {
+    fn drop(&mut self) {
+        self.0.sse_subscribers.decrement(1.0);
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod testing {
     /// The value of the sample line `series` (name plus labels, exactly as rendered) in

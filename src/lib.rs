@@ -20,6 +20,9 @@
 //! - [`events`]: each named event (connection accepted, line rejected, batch committed, …)
 //!   logs once and counts once; one table of every metric (name, type, unit, help,
 //!   buckets), the bounded label values (`events/labels.rs`), and the Prometheus recorder.
+//! - [`live`]: the live view fed by committed readings: each sensor's state, values,
+//!   sparkline, rate and link health (`/api/sensors`), and the bounded event queues of
+//!   `/api/events` subscribers.
 //! - [`http`]: the HTTP side beside the sensor port (axum): JSON API, `/metrics`, health
 //!   probes, the embedded dashboard (`http/assets/`); docs/http-api.md is its contract.
 //! - [`query`]: `sensorlink query` / `sensorlink stats` output.
@@ -37,6 +40,7 @@ pub mod client;
 pub mod config;
 pub mod events;
 pub mod http;
+pub mod live;
 pub mod plot;
 pub mod protocol;
 pub mod query;

@@ -27,6 +27,11 @@
 //! | `sensorlink_ack_latency_seconds` | histogram | | receipt → ack written: line mode one sample per `ack` (from its first reading), legacy one per reading (each `pong` acks one) |
 //! | `sensorlink_received_bytes_total` | counter | | bytes read from peers |
 //! | `sensorlink_sent_bytes_total` | counter | | bytes written to peers |
+//! | `sensorlink_live_sensors` | gauge | | sensors the live view tracks (`/api/sensors`; at most 100,000) |
+//! | `sensorlink_live_sensors_evicted_total` | counter | | disconnected sensors dropped from the live view to make room ([`super::SensorEvicted`]) |
+//! | `sensorlink_live_sensors_untracked_total` | counter | | committed reading groups of a new sensor the full live view could not take ([`super::SensorUntracked`]) |
+//! | `sensorlink_sse_subscribers` | gauge | | open `/api/events` streams ([`super::SubscriberOpen`]) |
+//! | `sensorlink_sse_lagged_total` | counter | | event streams ended because the subscriber fell behind ([`super::SubscriberLagged`]) |
 //!
 //! **Cardinality rule.** Every label takes only the values listed: no per-sensor, per-peer
 //! or per-connection series, so the number of series is fixed whatever the number of
@@ -154,6 +159,16 @@ metric_table! {
         "Bytes read from peers.";
     SENT_BYTES = "sensorlink_sent_bytes_total", Counter, Bytes, NO_BUCKETS,
         "Bytes written to peers.";
+    LIVE_SENSORS = "sensorlink_live_sensors", Gauge, Count, NO_BUCKETS,
+        "Sensors tracked by the live view (/api/sensors).";
+    LIVE_SENSORS_EVICTED = "sensorlink_live_sensors_evicted_total", Counter, Count, NO_BUCKETS,
+        "Disconnected sensors dropped from the live view to make room for new ones.";
+    LIVE_SENSORS_UNTRACKED = "sensorlink_live_sensors_untracked_total", Counter, Count, NO_BUCKETS,
+        "Committed reading groups of a new sensor the full live view could not take (every tracked sensor connected).";
+    SSE_SUBSCRIBERS = "sensorlink_sse_subscribers", Gauge, Count, NO_BUCKETS,
+        "Open /api/events streams.";
+    SSE_LAGGED = "sensorlink_sse_lagged_total", Counter, Count, NO_BUCKETS,
+        "Event streams ended because the subscriber fell behind its bounded queue.";
 }
 
 /// Help texts and units for every metric in [`METRICS`], given to the current recorder.

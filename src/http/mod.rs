@@ -7,6 +7,9 @@
 //! writer), the live figures from the process's [`Telemetry`]; nothing here is on the
 //! ingest path.
 
+pub mod sensors;
+pub mod sse;
+
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -46,6 +49,8 @@ pub struct AppState {
     /// Where the server's events are counted (the process's; a test's own in unit tests).
     pub telemetry: &'static Telemetry,
     // ---- live9: the live sensor registry (`/api/sensors`, `/api/events`) goes here ----
+    /// The live view the connections feed with committed readings.
+    pub live: Arc<crate::live::Registry>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -65,6 +70,9 @@ impl AppState {
             started: Instant::now(),
             shutdown,
             telemetry: events::telemetry(),
+            live: Arc::new(crate::live::Registry::new(&crate::live::LiveConfig::from(
+                config,
+            ))),
         }
     }
 }
@@ -81,6 +89,8 @@ pub fn router(state: AppState) -> Router {
         .route("/app.js", get(app_js))
         .route("/style.css", get(style_css))
         // ---- live9: `/api/sensors`, `/api/sensors/{name}`, `/api/events` go here ----
+        .merge(sensors::routes())
+        .merge(sse::routes())
         .with_state(state)
 }
 

@@ -15,49 +15,31 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use super::pending::{InFlight, PendingReply};
+use super::logging;
+use super::pending::{wait_head, InFlight, PendingReply};
 use super::stream::{read_when_ready, READ_CHUNK_BYTES};
-use super::{logging, ServerConfig};
 use crate::events::{
     self, AcksWithheld, BytesReceived, CloseReason, ConnectionClosed, ErrorReplySuppressed,
     Event as _, LineRejected, Mode, ModeDetected, ReadingReceived, ReadingsAccepted,
     RepliesWritten, StoreUnavailable, Telemetry,
 };
+use crate::live::{LiveBatch, LiveConnection, Registry};
 use crate::protocol::codec::{sniff, Frame, LineDecoder, Sniff};
 use crate::protocol::control::{Ack, Reply};
 use crate::protocol::legacy::{LegacyDecoder, LegacyMessage, PONG};
 use crate::protocol::{ProtocolError, Reading};
 use crate::store::writer::{Committed, StoreHandle};
-use crate::store::{StoreError, StoredReading};
+use crate::store::StoredReading;
 use crate::timefmt::now_ns;
 
 pub use super::stream::PeerStream;
+pub use super::Limits;
 
 /// Most reads of already-arrived data at shutdown (bounds a peer that never stops sending).
 const SHUTDOWN_DRAIN_READS: usize = 128;
 
 /// Error replies held for a peer that has not yet shown it reads replies.
 const MAX_HELD_ERRORS: usize = 64;
-
-/// The per-connection limits, taken once from the server's config.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    pub idle_timeout: Duration,
-    pub write_timeout: Duration,
-    pub max_line_bytes: usize,
-    pub max_inflight_batches: usize,
-}
-
-impl From<&ServerConfig> for Limits {
-    fn from(config: &ServerConfig) -> Self {
-        Limits {
-            idle_timeout: config.idle_timeout,
-            write_timeout: config.write_timeout,
-            max_line_bytes: config.max_line_bytes,
-            max_inflight_batches: config.max_inflight_batches.max(1),
-        }
-    }
-}
 
 /// How the peer talks, decided from its first bytes.
 enum Decoder {
@@ -132,6 +114,11 @@ struct Connection<'a> {
     unacked_failure: Option<String>,
     /// Readings decoded since the last count: counted once per read, not per reading.
     uncounted_accepted: u64,
+    /// The live view's handle (None: not kept), the receipt of the pending batch's first
+    /// reading, and the committed batches whose replies are being written.
+    live: Option<LiveConnection>,
+    batch_first: Option<Instant>,
+    live_committed: Vec<LiveBatch>,
     out: Vec<u8>,
     /// What `out` holds, counted once it is written.
     out_replies: OutReplies,
@@ -157,10 +144,20 @@ pub async fn serve<S>(
 ) where
     S: PeerStream,
 {
-    serve_counted(stream, peer, limits, store, shutdown, events::telemetry()).await;
+    serve_counted(
+        stream,
+        peer,
+        limits,
+        store,
+        shutdown,
+        events::telemetry(),
+        None,
+    )
+    .await;
 }
 
-/// [`serve`], counting this connection's events into `telemetry` (a test's own handles).
+/// [`serve`], counting this connection's events into `telemetry` (a test's own handles),
+/// and feeding the live view `live` when given.
 pub async fn serve_counted<S>(
     stream: S,
     peer: SocketAddr,
@@ -168,6 +165,7 @@ pub async fn serve_counted<S>(
     store: StoreHandle,
     shutdown: CancellationToken,
     telemetry: &Telemetry,
+    live: Option<Arc<Registry>>,
 ) where
     S: PeerStream,
 {
@@ -193,6 +191,9 @@ pub async fn serve_counted<S>(
         log_muted_second: -1,
         log_suppressed: 0,
         uncounted_accepted: 0,
+        live: live.map(|registry| LiveConnection::new(registry, peer)),
+        batch_first: None,
+        live_committed: Vec::new(),
         out: Vec::new(),
         out_replies: OutReplies::default(),
     };
@@ -202,6 +203,8 @@ pub async fn serve_counted<S>(
         Decoder::Line(_) => Some(Mode::Line),
         Decoder::Legacy(_) => Some(Mode::Legacy),
     };
+    // Its sensors are disconnected (if no other connection carries them) as it closes.
+    drop(conn.live.take());
     let counters = &conn.counters;
     ConnectionClosed {
         mode,
@@ -215,6 +218,14 @@ pub async fn serve_counted<S>(
 }
 
 impl Connection<'_> {
+    /// The decided mode (a committed batch implies one).
+    fn mode(&self) -> Mode {
+        match self.decoder {
+            Decoder::Legacy(_) => Mode::Legacy,
+            Decoder::Line(_) | Decoder::Undecided => Mode::Line,
+        }
+    }
+
     async fn run<S>(&mut self, mut stream: S, shutdown: &CancellationToken) -> End
     where
         S: PeerStream,
@@ -451,6 +462,7 @@ impl Connection<'_> {
         self.counters.accepted += 1;
         self.since_sync_readings += 1;
         self.since_sync_first.get_or_insert(received_at);
+        self.batch_first.get_or_insert(received_at);
         self.batch.push(StoredReading {
             reading,
             sensor,
@@ -478,18 +490,23 @@ impl Connection<'_> {
                     commit: None,
                     done: None,
                     replies,
+                    live: None,
                 });
             }
             return Ok(());
         }
         let batch = std::mem::take(&mut self.batch);
         let replies = std::mem::take(&mut self.replies);
+        let first = self.batch_first.take();
+        // Summarized now: the store takes the batch, the live view shows it once committed.
+        let live = self.live.as_ref().map(|live| live.summarize(&batch, first));
         match self.store.submit(batch).await {
             Ok(commit) => {
                 self.inflight.push_back(InFlight {
                     commit: Some(commit),
                     done: None,
                     replies,
+                    live,
                 });
                 Ok(())
             }
@@ -517,6 +534,7 @@ impl Connection<'_> {
                 None => {}
                 Some(Ok(committed)) => {
                     self.last_commit = Some(committed);
+                    self.live_committed.extend(head.live);
                 }
                 Some(Err(err)) => {
                     let readings = head
@@ -564,6 +582,16 @@ impl Connection<'_> {
                     }
                 }
             }
+        }
+        // Committed is stored: the live view takes it now, before the ack goes out, so a
+        // peer that reads its ack then asks `/api/sensors` sees its readings.
+        if !self.live_committed.is_empty() {
+            let mode = self.mode();
+            let replies_at = (!self.out.is_empty()).then(Instant::now);
+            if let Some(live) = &mut self.live {
+                live.committed(mode, &mut self.live_committed, replies_at);
+            }
+            self.live_committed.clear();
         }
         if !self.out.is_empty() {
             let write = stream.write_all(&self.out);
@@ -664,22 +692,6 @@ fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
-/// Resolves when the head of the queue is ready to answer.
-async fn wait_head(inflight: &mut VecDeque<InFlight>) {
-    let Some(head) = inflight.front_mut() else {
-        return;
-    };
-    let Some(commit) = &mut head.commit else {
-        return;
-    };
-    let result = match commit.await {
-        Ok(result) => result,
-        Err(_) => Err(Arc::new(StoreError::WriterGone)),
-    };
-    head.done = Some(result);
-    head.commit = None;
-}
-
 #[cfg(test)]
 mod tests {
     use tokio::io::{AsyncBufReadExt, BufReader};
@@ -716,6 +728,11 @@ mod tests {
     }
 
     fn serve_gated(store: &TestStore) -> Gated {
+        serve_gated_live(store, None)
+    }
+
+    /// [`serve_gated`], feeding the live view `live`.
+    fn serve_gated_live(store: &TestStore, live: Option<Arc<Registry>>) -> Gated {
         let (gate, entered, gate_tx) = gate();
         let (handle, writer) = writer::spawn(
             Drive::GroupCommit(Box::new(store.gated(gate))),
@@ -724,7 +741,8 @@ mod tests {
         let (client, server) = tokio::io::duplex(64 * 1024);
         let limits = limits(Duration::from_secs(60));
         let task = tokio::spawn(async move {
-            serve(server, peer(), &limits, handle, CancellationToken::new()).await
+            let (shutdown, telemetry) = (CancellationToken::new(), events::telemetry());
+            serve_counted(server, peer(), &limits, handle, shutdown, telemetry, live).await
         });
         let (read, write) = tokio::io::split(client);
         Gated {
@@ -776,6 +794,49 @@ mod tests {
         drop(write);
         drop(lines);
         task.await.unwrap();
+        writer.finish().unwrap();
+    }
+
+    /// The live view shows a reading only once it is committed, and the sensor turns
+    /// disconnected when its connection closes.
+    #[tokio::test]
+    async fn live_view_sees_committed_readings_only() {
+        let store = TestStore::default();
+        let registry = Arc::new(Registry::new(&crate::live::LiveConfig::default()));
+        let Gated {
+            entered,
+            gate_tx,
+            writer,
+            task,
+            mut write,
+            mut lines,
+        } = serve_gated_live(&store, Some(registry.clone()));
+        write
+            .write_all(b"w,sensor=k t=1.5 1\nsync a\n")
+            .await
+            .unwrap();
+        tokio::task::spawn_blocking(move || entered.recv().expect("batch at the gate"))
+            .await
+            .unwrap();
+        assert!(registry.sensor_json("k").is_none(), "not committed yet");
+        gate_tx.send(()).unwrap();
+        let ack = lines.next_line().await.unwrap().unwrap();
+        assert!(ack.starts_with("ack a readings=1"), "{ack}");
+        let sensor = |registry: &Registry| -> serde_json::Value {
+            serde_json::from_str(&registry.sensor_json("k").expect("tracked")).unwrap()
+        };
+        let live = sensor(&registry);
+        assert_eq!(live["state"], "connected");
+        assert_eq!(live["readings"], 1);
+        assert_eq!(live["peer"], peer().to_string());
+        assert_eq!(live["values"]["w"]["t"], 1.5);
+        assert!(live["ack_latency_ms"]["p50"].is_number(), "{live}");
+
+        drop(write);
+        drop(lines);
+        task.await.unwrap();
+        assert_eq!(sensor(&registry)["state"], "disconnected");
+        drop(gate_tx);
         writer.finish().unwrap();
     }
 
@@ -835,6 +896,7 @@ mod tests {
             handle,
             CancellationToken::new(),
             &telemetry,
+            None,
         );
         let sent: &[u8] = b"ping\nm v=1i 1\nm v=2i 2\nbogus\nsync a\n";
         let talking = async move {
@@ -906,6 +968,7 @@ mod tests {
             handle,
             CancellationToken::new(),
             &telemetry,
+            None,
         )
         .await;
         tokio::task::spawn_blocking(move || writer.finish())

@@ -13,8 +13,9 @@ use tracing::Instrument as _;
 use super::connection::{self, Limits};
 use super::ServerConfig;
 use crate::events::{
-    AcceptFailed, ConnectionAccepted, ConnectionRefused, Event as _, OpenConnection,
+    self, AcceptFailed, ConnectionAccepted, ConnectionRefused, Event as _, OpenConnection,
 };
+use crate::live::Registry;
 use crate::store::writer::StoreHandle;
 
 /// Longest pause after a failing `accept()` (e.g. out of file descriptors).
@@ -22,12 +23,14 @@ const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
 
-/// Accept until `shutdown`, then wait for every connection task to finish.
+/// Accept until `shutdown`, then wait for every connection task to finish. Committed
+/// readings feed the live view `live` when there is one.
 pub async fn accept_loop(
     listener: TcpListener,
     config: &ServerConfig,
     limits: Arc<Limits>,
     store: StoreHandle,
+    live: Option<Arc<Registry>>,
     shutdown: CancellationToken,
 ) {
     let permits = Arc::new(Semaphore::new(config.max_connections));
@@ -68,13 +71,16 @@ pub async fn accept_loop(
         }
         let conn_id = NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed);
         let span = tracing::info_span!("conn", conn_id, peer_addr = %peer);
-        let (limits, store, shutdown) = (limits.clone(), store.clone(), shutdown.clone());
+        let (limits, store, live) = (limits.clone(), store.clone(), live.clone());
+        let shutdown = shutdown.clone();
         tasks.spawn(
             async move {
                 let _open = OpenConnection::new();
                 ConnectionAccepted.emit();
                 let _permit = permit;
-                connection::serve(stream, peer, &limits, store, shutdown).await;
+                let telemetry = events::telemetry();
+                connection::serve_counted(stream, peer, &limits, store, shutdown, telemetry, live)
+                    .await;
             }
             .instrument(span),
         );

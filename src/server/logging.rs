@@ -68,9 +68,11 @@ pub static REJECTED: LogBudget = LogBudget::new();
 pub static REFUSED: LogBudget = LogBudget::new();
 /// `readings not acknowledged` warnings: one failed commit touches every connection in it.
 pub static UNACKED: LogBudget = LogBudget::new();
+/// `not tracking a new one` warnings: a full live view sees one per committed batch.
+pub static UNTRACKED: LogBudget = LogBudget::new();
 
 /// Every budget, for the summary's count of lines not logged.
-const BUDGETS: [&LogBudget; 4] = [&RECEIVED, &REJECTED, &REFUSED, &UNACKED];
+const BUDGETS: [&LogBudget; 5] = [&RECEIVED, &REJECTED, &REFUSED, &UNACKED, &UNTRACKED];
 
 /// Whether one more per-reading line may be logged now.
 pub fn allow_received_line() -> bool {
@@ -93,6 +95,11 @@ pub fn allow_refused_connection() -> bool {
 /// Whether one more readings-not-acknowledged warning may be logged now.
 pub fn allow_unacked_warning() -> bool {
     allow_warning(&UNACKED)
+}
+
+/// Whether one more live-view-full warning may be logged now.
+pub fn allow_untracked_sensor() -> bool {
+    allow_warning(&UNTRACKED)
 }
 
 /// A warning within `budget`; at debug level every one is logged.

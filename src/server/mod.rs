@@ -40,6 +40,8 @@ pub struct ServerConfig {
     /// Batches one connection may have waiting for the store before it stops reading.
     pub max_inflight_batches: usize,
     pub writer: WriterConfig,
+    /// A connected sensor with no stored reading for this long is `stale` (live view).
+    pub stale_after: Duration,
 }
 
 impl Default for ServerConfig {
@@ -55,6 +57,27 @@ impl Default for ServerConfig {
             max_line_bytes: crate::protocol::DEFAULT_MAX_LINE_BYTES,
             max_inflight_batches: 16,
             writer: WriterConfig::default(),
+            stale_after: crate::live::DEFAULT_STALE_AFTER,
+        }
+    }
+}
+
+/// The per-connection limits, taken once from the server's config.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub idle_timeout: Duration,
+    pub write_timeout: Duration,
+    pub max_line_bytes: usize,
+    pub max_inflight_batches: usize,
+}
+
+impl From<&ServerConfig> for Limits {
+    fn from(config: &ServerConfig) -> Self {
+        Limits {
+            idle_timeout: config.idle_timeout,
+            write_timeout: config.write_timeout,
+            max_line_bytes: config.max_line_bytes,
+            max_inflight_batches: config.max_inflight_batches.max(1),
         }
     }
 }
@@ -101,19 +124,22 @@ pub async fn run_with_store(
         .with_context(|| format!("binding {}", config.listen))?;
     let local: SocketAddr = listener.local_addr().context("reading the bound address")?;
     // Bound before `listening on`, which tells scripts that everything is up.
-    let http = match &config.http {
+    // The live view exists only to be served: with `--http off` nothing feeds it.
+    let (http, live) = match &config.http {
         Some(addr) => {
             let state = crate::http::AppState::new(reader, &config, shutdown.clone());
-            Some(start_http(addr, state).await?)
+            let live = state.live.clone();
+            live.spawn_sweeper(shutdown.clone());
+            (Some(start_http(addr, state).await?), Some(live))
         }
-        None => None,
+        None => (None, None),
     };
     announce(local);
     tracing::info!(addr = %local, store = %config.store, fsync = ?config.fsync, "listening");
 
     logging::spawn_summary(shutdown.clone());
     let limits = Arc::new(connection::Limits::from(&config));
-    listener::accept_loop(listener, &config, limits, handle, shutdown).await;
+    listener::accept_loop(listener, &config, limits, handle, live, shutdown).await;
 
     tracing::info!("connections finished; committing the last readings");
     let flushed = tokio::task::spawn_blocking(move || store_writer.finish());

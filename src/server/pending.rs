@@ -2,9 +2,11 @@
 //! received before them, so an `ack` (or a legacy `pong`) is never written before the
 //! readings it covers are stored.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::live::LiveBatch;
 use crate::store::writer::{CommitReceiver, Committed};
 use crate::store::StoreError;
 
@@ -36,6 +38,9 @@ pub(super) struct InFlight {
     pub(super) commit: Option<CommitReceiver>,
     pub(super) done: Option<Result<Committed, Arc<StoreError>>>,
     pub(super) replies: Vec<PendingReply>,
+    /// The batch as the live view sees it, handed over once committed (None: no batch, or
+    /// no live view).
+    pub(super) live: Option<LiveBatch>,
 }
 
 impl InFlight {
@@ -54,4 +59,20 @@ impl InFlight {
         self.commit = None;
         true
     }
+}
+
+/// Resolves when the head of the queue is ready to answer.
+pub(super) async fn wait_head(inflight: &mut VecDeque<InFlight>) {
+    let Some(head) = inflight.front_mut() else {
+        return;
+    };
+    let Some(commit) = &mut head.commit else {
+        return;
+    };
+    let result = match commit.await {
+        Ok(result) => result,
+        Err(_) => Err(Arc::new(StoreError::WriterGone)),
+    };
+    head.done = Some(result);
+    head.commit = None;
 }

@@ -1,0 +1,295 @@
+//! What the live view needs from one batch, taken before the batch goes to the store.
+//!
+//! The store consumes the batch, and the live view may only show it after its commit, so a
+//! connection keeps this summary beside the batch's replies and hands it to the
+//! [`Registry`](super::Registry) once the commit is answered. It is built in one pass with
+//! no lock and no per-reading allocation: readings are grouped by (sensor, measurement),
+//! only each group's last fields are cloned, and only the group's primary-series values are
+//! kept (at most [`SPARK_POINTS`] each). The full readings are serialized for the SSE
+//! `reading` events only while someone is subscribed.
+
+use std::time::Instant;
+
+use serde::ser::{Serialize, SerializeMap, Serializer};
+
+use crate::protocol::{FieldValue, Reading};
+use crate::store::StoredReading;
+
+/// The measurement of the client's link-health reports (see docs/http-api.md).
+pub const LINK_MEASUREMENT: &str = "sensorlink_link";
+
+/// Points kept per sensor for its sparkline.
+pub const SPARK_POINTS: usize = 60;
+
+/// One batch, summarized for the live view.
+#[derive(Debug, Default)]
+pub struct LiveBatch {
+    pub(super) groups: Vec<Group>,
+    /// Receipt of the batch's first reading: the start of its ack latency.
+    pub(super) first_received: Option<Instant>,
+    /// The readings as SSE `reading` payloads (only built while someone subscribes):
+    /// (index into `groups`, JSON).
+    pub(super) events: Vec<(usize, String)>,
+}
+
+/// The readings of one sensor and one measurement in a batch.
+#[derive(Debug)]
+pub(super) struct Group {
+    pub(super) sensor: String,
+    pub(super) measurement: String,
+    pub(super) count: u64,
+    /// The fields of the group's last reading, and its timestamp.
+    pub(super) fields: Vec<(String, FieldValue)>,
+    pub(super) time_ns: i64,
+    /// When the server received the group's last reading.
+    pub(super) received_ns: i64,
+    /// The first numeric field of the group's first reading that has one, and that field's
+    /// values (`[time_ms, value]`, oldest first) in the readings that carry it first too.
+    pub(super) series: Option<String>,
+    pub(super) points: Vec<(i64, f64)>,
+    /// Index of the last reading (in the batch) while building.
+    last: usize,
+    /// A link report (`sensorlink_link`): no sparkline, no `values`.
+    link: bool,
+}
+
+impl Group {
+    pub(super) fn is_link(&self) -> bool {
+        self.link
+    }
+}
+
+impl LiveBatch {
+    /// Summarize `batch`; `with_events` also serializes each reading for SSE subscribers.
+    pub fn build(
+        batch: &[StoredReading],
+        first_received: Option<Instant>,
+        with_events: bool,
+    ) -> Self {
+        let mut groups: Vec<Group> = Vec::new();
+        let mut events = Vec::new();
+        // Most batches hold one group: try the last one matched before scanning.
+        let mut hint = 0;
+        for (index, stored) in batch.iter().enumerate() {
+            let reading = &stored.reading;
+            let found = match groups.get(hint) {
+                Some(group) if is_group(group, stored) => Some(hint),
+                _ => groups.iter().position(|group| is_group(group, stored)),
+            };
+            let at = match found {
+                Some(at) => at,
+                None => {
+                    let link = reading.measurement == LINK_MEASUREMENT;
+                    // Sized once (most batches are one group); a link report has no points.
+                    let points = if link {
+                        0
+                    } else {
+                        (batch.len() - index).min(2 * SPARK_POINTS)
+                    };
+                    groups.push(Group {
+                        sensor: stored.sensor.clone(),
+                        measurement: reading.measurement.clone(),
+                        count: 0,
+                        fields: Vec::new(),
+                        time_ns: 0,
+                        received_ns: 0,
+                        series: None,
+                        points: Vec::with_capacity(points),
+                        last: index,
+                        link,
+                    });
+                    groups.len() - 1
+                }
+            };
+            hint = at;
+            let group = &mut groups[at];
+            group.count += 1;
+            group.last = index;
+            group.received_ns = stored.received_ns;
+            let time_ns = stored.timestamp_ns();
+            if !group.is_link() {
+                if let Some((name, value)) = first_numeric(reading) {
+                    let series = group.series.get_or_insert_with(|| name.to_string());
+                    if series == name {
+                        push_point(&mut group.points, time_ns, value);
+                    }
+                }
+            }
+            if with_events {
+                events.push((at, reading_json(&stored.sensor, reading, time_ns)));
+            }
+        }
+        for group in &mut groups {
+            let last = &batch[group.last];
+            group.fields = last.reading.fields.clone();
+            group.time_ns = last.timestamp_ns();
+            if group.points.len() > SPARK_POINTS {
+                group.points.drain(..group.points.len() - SPARK_POINTS);
+            }
+        }
+        LiveBatch {
+            groups,
+            first_received,
+            events,
+        }
+    }
+
+    /// Readings in the batch.
+    pub fn len(&self) -> u64 {
+        self.groups.iter().map(|group| group.count).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.groups.is_empty()
+    }
+}
+
+fn is_group(group: &Group, stored: &StoredReading) -> bool {
+    group.sensor == stored.sensor && group.measurement == stored.reading.measurement
+}
+
+/// Keep at most twice the sparkline's length while building (amortized trimming).
+fn push_point(points: &mut Vec<(i64, f64)>, time_ns: i64, value: f64) {
+    if points.len() >= 2 * SPARK_POINTS {
+        points.drain(..points.len() - SPARK_POINTS);
+    }
+    points.push((time_ns.div_euclid(1_000_000), value));
+}
+
+/// The first field with a number in it, as f64.
+pub(super) fn first_numeric(reading: &Reading) -> Option<(&str, f64)> {
+    reading.fields.iter().find_map(|(name, value)| {
+        let number = match value {
+            FieldValue::Float(v) => *v,
+            FieldValue::Int(v) => *v as f64,
+            FieldValue::UInt(v) => *v as f64,
+            FieldValue::Str(_) | FieldValue::Bool(_) => return None,
+        };
+        Some((name.as_str(), number))
+    })
+}
+
+/// Serializes `pairs` as a JSON object (tags and fields keep their wire order).
+pub(super) struct Pairs<'a, V>(pub(super) &'a [(String, V)]);
+
+impl<V: Serialize> Serialize for Pairs<'_, V> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (key, value) in self.0 {
+            map.serialize_entry(key, value)?;
+        }
+        map.end()
+    }
+}
+
+/// The SSE `reading` payload: `{"sensor","measurement","tags","fields","time_ns"}`.
+fn reading_json(sensor: &str, reading: &Reading, time_ns: i64) -> String {
+    #[derive(serde::Serialize)]
+    struct Json<'a> {
+        sensor: &'a str,
+        measurement: &'a str,
+        tags: Pairs<'a, String>,
+        fields: Pairs<'a, FieldValue>,
+        time_ns: i64,
+    }
+    serde_json::to_string(&Json {
+        sensor,
+        measurement: &reading.measurement,
+        tags: Pairs(&reading.tags),
+        fields: Pairs(&reading.fields),
+        time_ns,
+    })
+    .expect("a reading of strings and finite numbers serializes to JSON")
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+
+    /// A stored reading of `sensor`, parsed from one line of line protocol.
+    pub(crate) fn stored(sensor: &str, line: &str, received_ns: i64) -> StoredReading {
+        let reading = crate::protocol::ilp::parse(line.as_bytes()).expect("a valid test line");
+        StoredReading {
+            reading,
+            sensor: sensor.to_string(),
+            received_ns,
+        }
+    }
+
+    #[test]
+    fn readings_are_grouped_by_sensor_and_measurement() {
+        let batch = [
+            stored("a", "weather temperature=20.5,humidity=40i 1000000", 1),
+            stored("a", "weather temperature=21.5,humidity=41i 2000000", 2),
+            stored("b", "weather temperature=5 3000000", 3),
+            stored("a", "sensorlink_link sent=10i,rtt_p50_ms=0.4 4000000", 4),
+            stored("a", "weather temperature=22.5,humidity=42i 5000000", 5),
+        ];
+        let live = LiveBatch::build(&batch, None, false);
+        assert_eq!(live.len(), 5);
+        assert!(live.events.is_empty(), "no subscriber: no payloads");
+        let names: Vec<_> = live
+            .groups
+            .iter()
+            .map(|g| (g.sensor.as_str(), g.measurement.as_str(), g.count))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("a", "weather", 3),
+                ("b", "weather", 1),
+                ("a", "sensorlink_link", 1)
+            ]
+        );
+        let a = &live.groups[0];
+        assert_eq!(a.series.as_deref(), Some("temperature"));
+        assert_eq!(a.points, [(1, 20.5), (2, 21.5), (5, 22.5)]);
+        assert_eq!(a.time_ns, 5_000_000);
+        assert_eq!(a.received_ns, 5);
+        assert_eq!(a.fields[1], ("humidity".to_string(), FieldValue::Int(42)));
+        let link = &live.groups[2];
+        assert!(link.is_link());
+        assert!(link.points.is_empty(), "link reports are not a sparkline");
+    }
+
+    #[test]
+    fn only_the_last_points_are_kept() {
+        let batch: Vec<_> = (0..500)
+            .map(|i| stored("a", &format!("m v={i}i {}", i * 1_000_000), i))
+            .collect();
+        let live = LiveBatch::build(&batch, None, false);
+        let points = &live.groups[0].points;
+        assert_eq!(points.len(), SPARK_POINTS);
+        assert_eq!(points.first(), Some(&(440, 440.0)));
+        assert_eq!(points.last(), Some(&(499, 499.0)));
+    }
+
+    #[test]
+    fn events_carry_each_reading_as_json() {
+        let batch = [stored("k", "w,sensor=k t=1.5,ok=true,s=\"x\" 7", 1)];
+        let live = LiveBatch::build(&batch, None, true);
+        assert_eq!(live.events.len(), 1);
+        let json: serde_json::Value = serde_json::from_str(&live.events[0].1).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"sensor":"k","measurement":"w","tags":{"sensor":"k"},
+                "fields":{"t":1.5,"ok":true,"s":"x"},"time_ns":7})
+        );
+    }
+
+    #[test]
+    fn a_series_needs_a_numeric_field() {
+        let batch = [
+            stored("a", "m s=\"x\",ok=true 1000000", 1),
+            stored("a", "m s=\"y\",v=3 2000000", 2),
+            stored("a", "m w=4,v=5 3000000", 3),
+        ];
+        let live = LiveBatch::build(&batch, None, false);
+        assert_eq!(live.groups[0].series.as_deref(), Some("v"));
+        assert_eq!(
+            live.groups[0].points,
+            [(2, 3.0)],
+            "w comes first in the third"
+        );
+    }
+}

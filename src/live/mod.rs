@@ -1,0 +1,499 @@
+//! The live view: every sensor's current state (`/api/sensors`) and the stream of what
+//! changes (`/api/events`), fed only by committed readings.
+//!
+//! A connection summarizes each batch before handing it to the store ([`LiveBatch`]),
+//! keeps the summary beside the batch's replies, and gives it to the [`Registry`] once the
+//! commit is answered ([`LiveConnection::committed`]): one lock per committed batch (or per
+//! run of batches answered together), nothing per reading on the hot path. Connection
+//! close updates `connections` through the same handle (on drop, so every exit path does).
+//!
+//! - [`batch`]: the pre-commit summary of one batch.
+//! - [`sensor`]: one sensor's bounded state and its SENSOR JSON.
+//! - [`hub`]: the subscribers' bounded queues.
+//!
+//! `stale` is evaluated when read, and a periodic [`Registry::sweep`] announces the
+//! transitions to subscribers. At most [`MAX_SENSORS`] sensors are tracked; the one
+//! disconnected longest is evicted first.
+
+pub mod batch;
+pub mod hub;
+pub mod sensor;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use rustc_hash::FxHashSet;
+use tokio_util::sync::CancellationToken;
+
+pub use batch::LiveBatch;
+pub use hub::{LiveEvent, Next, ReadingEvents, Subscription};
+pub use sensor::{SensorJson, State};
+
+use crate::events::{
+    self, Event as _, Mode, SensorEvicted, SensorUntracked, SensorsTracked, Telemetry,
+};
+use crate::timefmt::now_ns;
+use hub::Hub;
+use sensor::Sensor;
+
+/// Most sensors tracked at once.
+pub const MAX_SENSORS: usize = 100_000;
+
+/// Most sensors in one `/api/sensors` page.
+pub const MAX_PAGE: usize = 1000;
+
+/// How often silent sensors are checked for turning stale.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The live view's settings.
+#[derive(Debug, Clone)]
+pub struct LiveConfig {
+    /// A connected sensor silent this long is `stale`.
+    pub stale_after: Duration,
+    pub max_sensors: usize,
+}
+
+impl Default for LiveConfig {
+    fn default() -> Self {
+        LiveConfig {
+            stale_after: DEFAULT_STALE_AFTER,
+            max_sensors: MAX_SENSORS,
+        }
+    }
+}
+
+impl From<&crate::server::ServerConfig> for LiveConfig {
+    fn from(config: &crate::server::ServerConfig) -> Self {
+        LiveConfig {
+            stale_after: config.stale_after,
+            ..LiveConfig::default()
+        }
+    }
+}
+
+/// `--stale-after`'s default.
+pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(30);
+
+/// Every tracked sensor, and the subscribers to their changes.
+#[derive(Debug)]
+pub struct Registry {
+    inner: Mutex<Inner>,
+    hub: Hub,
+    stale_after_ns: i64,
+    max_sensors: usize,
+    telemetry: Option<&'static Telemetry>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    sensors: BTreeMap<String, Sensor>,
+    /// Disconnected sensors by (when, name): the eviction order.
+    disconnected: BTreeSet<(i64, String)>,
+    /// Numbers committed batches, so a sensor records one ack latency per batch.
+    batches: u64,
+}
+
+/// `/api/sensors` parameters, validated.
+#[derive(Debug, Clone)]
+pub struct SensorQuery {
+    /// Case-insensitive substring of the name.
+    pub q: Option<String>,
+    /// Only these states (`None`: all).
+    pub states: Option<Vec<State>>,
+    pub limit: usize,
+    pub offset: usize,
+}
+
+impl Default for SensorQuery {
+    fn default() -> Self {
+        SensorQuery {
+            q: None,
+            states: None,
+            limit: 100,
+            offset: 0,
+        }
+    }
+}
+
+/// Sensors per state, over all sensors.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Counts {
+    pub connected: usize,
+    pub stale: usize,
+    pub disconnected: usize,
+}
+
+impl Registry {
+    pub fn new(config: &LiveConfig) -> Self {
+        Registry {
+            inner: Mutex::new(Inner::default()),
+            hub: Hub::default(),
+            stale_after_ns: i64::try_from(config.stale_after.as_nanos()).unwrap_or(i64::MAX),
+            max_sensors: config.max_sensors.max(1),
+            telemetry: None,
+        }
+    }
+
+    /// [`Registry::new`], counting into `telemetry` (a test's own handles).
+    pub fn with_telemetry(config: &LiveConfig, telemetry: &'static Telemetry) -> Self {
+        Registry {
+            telemetry: Some(telemetry),
+            ..Registry::new(config)
+        }
+    }
+
+    fn telemetry(&self) -> &'static Telemetry {
+        self.telemetry.unwrap_or_else(events::telemetry)
+    }
+
+    /// Whether anyone listens to `/api/events` (connections then serialize readings).
+    pub fn has_subscribers(&self) -> bool {
+        self.hub.has_subscribers()
+    }
+
+    /// Subscribe to the events of `filter`'s sensors (all when `None`).
+    pub fn subscribe(&self, filter: Option<Vec<String>>) -> Subscription {
+        self.hub.subscribe(filter)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Every update leaves the map consistent between statements that can panic.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Take committed batches from the connection `peer` (speaking `mode`), whose replies
+    /// go out at `replies_at` (None: none do). `carried` is the
+    /// connection's set of sensors it counts in their `connections`.
+    fn commit(
+        &self,
+        peer: SocketAddr,
+        mode: Mode,
+        carried: &mut FxHashSet<String>,
+        batches: &mut [LiveBatch],
+        replies_at: Option<Instant>,
+        now_ns: i64,
+    ) {
+        let announce = self.has_subscribers();
+        let mut out = Vec::new();
+        {
+            let mut guard = self.lock();
+            let inner = &mut *guard;
+            for batch in batches.iter_mut() {
+                inner.batches += 1;
+                let seq = inner.batches;
+                let ack_us = match (replies_at, batch.first_received) {
+                    (Some(replies), Some(first)) => Some(
+                        u64::try_from(replies.saturating_duration_since(first).as_micros())
+                            .unwrap_or(u64::MAX),
+                    ),
+                    _ => None,
+                };
+                for group in &mut batch.groups {
+                    if !self.track(inner, &group.sensor, peer, mode) {
+                        continue;
+                    }
+                    let sensor = inner
+                        .sensors
+                        .get_mut(&group.sensor)
+                        .expect("track() just found or made it");
+                    if !carried.contains(&group.sensor) {
+                        carried.insert(group.sensor.clone());
+                        sensor.connections += 1;
+                        if sensor.disconnected_ns != 0 {
+                            let since = std::mem::take(&mut sensor.disconnected_ns);
+                            inner.disconnected.remove(&(since, group.sensor.clone()));
+                        }
+                    }
+                    sensor.peer = peer;
+                    sensor.mode = mode;
+                    sensor.apply(group);
+                    if let Some(micros) = ack_us {
+                        if sensor.ack_batch != seq {
+                            sensor.ack_batch = seq;
+                            sensor.record_ack(micros);
+                        }
+                    }
+                    self.announce(&group.sensor, sensor, now_ns, announce, &mut out);
+                }
+                if announce && !batch.events.is_empty() {
+                    out.push(LiveEvent::Readings(Arc::new(ReadingEvents {
+                        sensors: batch.groups.iter().map(|g| g.sensor.clone()).collect(),
+                        events: std::mem::take(&mut batch.events),
+                    })));
+                }
+            }
+        }
+        self.hub.publish(&out);
+    }
+
+    /// Make sure `name` is tracked: a new one is made (evicting the sensor disconnected
+    /// longest when full); `false` when it is new and every tracked sensor is connected.
+    fn track(&self, inner: &mut Inner, name: &str, peer: SocketAddr, mode: Mode) -> bool {
+        if inner.sensors.contains_key(name) {
+            return true;
+        }
+        if inner.sensors.len() >= self.max_sensors {
+            let Some((_, evicted)) = inner.disconnected.pop_first() else {
+                SensorUntracked { sensor: name }.emit_to(self.telemetry());
+                return false;
+            };
+            inner.sensors.remove(&evicted);
+            SensorEvicted { sensor: &evicted }.emit_to(self.telemetry());
+        }
+        inner
+            .sensors
+            .insert(name.to_string(), Sensor::new(peer, mode));
+        SensorsTracked {
+            count: inner.sensors.len(),
+        }
+        .emit_to(self.telemetry());
+        true
+    }
+
+    /// Queue a `sensor` event when its state is not the one last announced.
+    fn announce(
+        &self,
+        name: &str,
+        sensor: &mut Sensor,
+        now_ns: i64,
+        announce: bool,
+        out: &mut Vec<LiveEvent>,
+    ) {
+        let state = sensor.state(now_ns, self.stale_after_ns);
+        if sensor.announced == Some(state) {
+            return;
+        }
+        sensor.announced = Some(state);
+        if announce {
+            let json = serde_json::to_string(&sensor.json(name, now_ns, self.stale_after_ns))
+                .expect("a SENSOR object serializes to JSON");
+            out.push(LiveEvent::Sensor {
+                sensor: name.into(),
+                json: json.into(),
+            });
+        }
+    }
+
+    /// A connection that counted itself in `carried`'s sensors closed.
+    fn disconnect(&self, carried: &FxHashSet<String>, now_ns: i64) {
+        if carried.is_empty() {
+            return;
+        }
+        let announce = self.has_subscribers();
+        let mut out = Vec::new();
+        {
+            let mut inner = self.lock();
+            let inner = &mut *inner;
+            for name in carried {
+                let Some(sensor) = inner.sensors.get_mut(name) else {
+                    continue;
+                };
+                sensor.connections = sensor.connections.saturating_sub(1);
+                if sensor.connections == 0 {
+                    // Distinct keys even when two close in the same nanosecond.
+                    sensor.disconnected_ns = now_ns.max(1);
+                    inner
+                        .disconnected
+                        .insert((sensor.disconnected_ns, name.clone()));
+                }
+                self.announce(name, sensor, now_ns, announce, &mut out);
+            }
+        }
+        self.hub.publish(&out);
+    }
+
+    /// Announce the sensors whose state changed with time alone (connected → stale).
+    pub fn sweep(&self, now_ns: i64) {
+        let announce = self.has_subscribers();
+        let mut out = Vec::new();
+        {
+            let mut inner = self.lock();
+            for (name, sensor) in inner.sensors.iter_mut() {
+                self.announce(name, sensor, now_ns, announce, &mut out);
+            }
+        }
+        self.hub.publish(&out);
+    }
+
+    /// Run [`Registry::sweep`] every [`SWEEP_INTERVAL`] until `shutdown`.
+    pub fn spawn_sweeper(self: &Arc<Self>, shutdown: CancellationToken) {
+        let registry = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tick.tick() => registry.sweep(now_ns()),
+                }
+            }
+        });
+    }
+
+    /// Tracked sensors.
+    pub fn len(&self) -> usize {
+        self.lock().sensors.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The SENSOR object of `name` as JSON, if tracked.
+    pub fn sensor_json(&self, name: &str) -> Option<String> {
+        self.sensor_json_at(name, now_ns())
+    }
+
+    fn sensor_json_at(&self, name: &str, now_ns: i64) -> Option<String> {
+        let inner = self.lock();
+        let sensor = inner.sensors.get(name)?;
+        Some(
+            serde_json::to_string(&sensor.json(name, now_ns, self.stale_after_ns))
+                .expect("a SENSOR object serializes to JSON"),
+        )
+    }
+
+    /// The `/api/sensors` answer as JSON.
+    pub fn list_json(&self, query: &SensorQuery) -> String {
+        self.list_json_at(query, now_ns())
+    }
+
+    /// Filter, then page, then serialize only the page: a page of a large registry costs
+    /// one pass over the names, not a copy of every entry.
+    fn list_json_at(&self, query: &SensorQuery, now_ns: i64) -> String {
+        #[derive(serde::Serialize)]
+        struct Page<'a> {
+            total: usize,
+            offset: usize,
+            limit: usize,
+            counts: Counts,
+            sensors: Vec<SensorJson<'a>>,
+        }
+        let limit = query.limit.min(MAX_PAGE);
+        let needle = query.q.as_deref().map(Needle::new);
+        let inner = self.lock();
+        let mut counts = Counts::default();
+        let mut total = 0;
+        let mut sensors = Vec::new();
+        for (name, sensor) in &inner.sensors {
+            let state = sensor.state(now_ns, self.stale_after_ns);
+            match state {
+                State::Connected => counts.connected += 1,
+                State::Stale => counts.stale += 1,
+                State::Disconnected => counts.disconnected += 1,
+            }
+            if let Some(states) = &query.states {
+                if !states.contains(&state) {
+                    continue;
+                }
+            }
+            if let Some(needle) = &needle {
+                if !needle.found_in(name) {
+                    continue;
+                }
+            }
+            if total >= query.offset && sensors.len() < limit {
+                sensors.push(sensor.json(name, now_ns, self.stale_after_ns));
+            }
+            total += 1;
+        }
+        serde_json::to_string(&Page {
+            total,
+            offset: query.offset,
+            limit,
+            counts,
+            sensors,
+        })
+        .expect("a page of SENSOR objects serializes to JSON")
+    }
+}
+
+/// A case-insensitive substring search that allocates nothing per name (ASCII folding;
+/// other letters are compared by their lowercase forms).
+struct Needle {
+    lower: String,
+    ascii: bool,
+}
+
+impl Needle {
+    fn new(q: &str) -> Self {
+        Needle {
+            lower: q.to_lowercase(),
+            ascii: q.is_ascii(),
+        }
+    }
+
+    fn found_in(&self, name: &str) -> bool {
+        if self.lower.is_empty() {
+            return true;
+        }
+        if self.ascii && name.is_ascii() {
+            let needle = self.lower.as_bytes();
+            return name
+                .as_bytes()
+                .windows(needle.len())
+                .any(|window| window.eq_ignore_ascii_case(needle));
+        }
+        name.to_lowercase().contains(&self.lower)
+    }
+}
+
+/// One connection's handle on the registry: it counts the connection in the
+/// `connections` of each sensor it carried, until dropped.
+#[derive(Debug)]
+pub struct LiveConnection {
+    registry: Arc<Registry>,
+    peer: SocketAddr,
+    carried: FxHashSet<String>,
+}
+
+impl LiveConnection {
+    pub fn new(registry: Arc<Registry>, peer: SocketAddr) -> Self {
+        LiveConnection {
+            registry,
+            peer,
+            carried: FxHashSet::default(),
+        }
+    }
+
+    /// Summarize a batch about to be submitted.
+    pub fn summarize(
+        &self,
+        batch: &[crate::store::StoredReading],
+        first_received: Option<Instant>,
+    ) -> LiveBatch {
+        LiveBatch::build(batch, first_received, self.registry.has_subscribers())
+    }
+
+    /// Hand over `batches`, now committed, whose replies (acks) go out at `replies_at`
+    /// (None: no reply is due yet): the sensors' ack latency is receipt → `replies_at`.
+    pub fn committed(
+        &mut self,
+        mode: Mode,
+        batches: &mut [LiveBatch],
+        replies_at: Option<Instant>,
+    ) {
+        if batches.is_empty() {
+            return;
+        }
+        self.registry.commit(
+            self.peer,
+            mode,
+            &mut self.carried,
+            batches,
+            replies_at,
+            now_ns(),
+        );
+    }
+}
+
+impl Drop for LiveConnection {
+    fn drop(&mut self) {
+        self.registry.disconnect(&self.carried, now_ns());
+    }
+}
+
+#[cfg(test)]
+mod tests;

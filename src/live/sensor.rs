@@ -1,0 +1,501 @@
+//! One sensor's live state (the SENSOR object of docs/http-api.md) and how a committed
+//! batch group updates it. Every part is bounded: [`MAX_MEASUREMENTS`] measurements in
+//! `values`, [`SPARK_POINTS`] sparkline points, [`RATE_SECONDS`] rate buckets and
+//! [`ACK_SAMPLES`] ack latencies.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+
+use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
+
+use super::batch::{Group, Pairs, SPARK_POINTS};
+use crate::events::Mode;
+use crate::protocol::FieldValue;
+
+/// Measurements kept per sensor in `values` (the first ones it sent).
+pub const MAX_MEASUREMENTS: usize = 8;
+
+/// The window of `rate`, in one-second buckets.
+pub const RATE_SECONDS: usize = 10;
+
+/// Recent acks the per-sensor ack latency percentiles are taken over.
+pub const ACK_SAMPLES: usize = 64;
+
+const NS_PER_S: i64 = 1_000_000_000;
+
+/// A sensor's connection state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// An open connection carries it and it was seen within `--stale-after`.
+    Connected,
+    /// An open connection carries it but it has been silent longer.
+    Stale,
+    /// No open connection carries it.
+    Disconnected,
+}
+
+impl State {
+    pub const ALL: [State; 3] = [State::Connected, State::Stale, State::Disconnected];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Connected => "connected",
+            State::Stale => "stale",
+            State::Disconnected => "disconnected",
+        }
+    }
+
+    /// `connected`, `stale` or `disconnected`.
+    pub fn parse(text: &str) -> Option<State> {
+        State::ALL.into_iter().find(|state| state.as_str() == text)
+    }
+}
+
+/// The live state of one sensor.
+#[derive(Debug)]
+pub struct Sensor {
+    /// Open connections that carried its readings.
+    pub(super) connections: u32,
+    /// Peer and mode of the latest connection (kept after it closes).
+    pub(super) peer: SocketAddr,
+    pub(super) mode: Mode,
+    /// Server time of its latest committed reading's receipt.
+    pub(super) last_seen_ns: i64,
+    /// When its last connection closed (orders eviction); 0 while connected.
+    pub(super) disconnected_ns: i64,
+    pub(super) readings: u64,
+    rate: Rate,
+    /// Latest fields per measurement, in the order first seen.
+    values: Vec<(String, Vec<(String, FieldValue)>)>,
+    /// The primary series: (measurement, field), fixed by the first one seen.
+    primary: Option<(String, String)>,
+    /// Its latest value and timestamp.
+    last: Option<(f64, i64)>,
+    spark: VecDeque<(i64, f64)>,
+    /// The latest link report: (timestamp, fields).
+    link: Option<(i64, Vec<(String, FieldValue)>)>,
+    /// Recent ack latencies, in µs (a ring).
+    acks_us: Vec<u32>,
+    acks_next: usize,
+    /// The last committed batch (registry's numbering) an ack latency was recorded for.
+    pub(super) ack_batch: u64,
+    /// The state last announced to subscribers (`sensor` events go out on a change).
+    pub(super) announced: Option<State>,
+}
+
+impl Sensor {
+    pub(super) fn new(peer: SocketAddr, mode: Mode) -> Self {
+        Sensor {
+            connections: 0,
+            peer,
+            mode,
+            last_seen_ns: 0,
+            disconnected_ns: 0,
+            readings: 0,
+            rate: Rate::default(),
+            values: Vec::new(),
+            primary: None,
+            last: None,
+            spark: VecDeque::new(),
+            link: None,
+            acks_us: Vec::new(),
+            acks_next: 0,
+            ack_batch: 0,
+            announced: None,
+        }
+    }
+
+    /// Its state at `now_ns`.
+    pub fn state(&self, now_ns: i64, stale_after_ns: i64) -> State {
+        if self.connections == 0 {
+            State::Disconnected
+        } else if now_ns.saturating_sub(self.last_seen_ns) > stale_after_ns {
+            State::Stale
+        } else {
+            State::Connected
+        }
+    }
+
+    /// Take one committed group of its readings (its fields are moved out, not copied).
+    pub(super) fn apply(&mut self, group: &mut Group) {
+        self.readings += group.count;
+        self.last_seen_ns = self.last_seen_ns.max(group.received_ns);
+        self.rate.add(group.received_ns, group.count);
+        let fields = std::mem::take(&mut group.fields);
+        if group.is_link() {
+            self.link = Some((group.time_ns, fields));
+            return;
+        }
+        self.take_series(group, &fields);
+        match self
+            .values
+            .iter()
+            .position(|(measurement, _)| *measurement == group.measurement)
+        {
+            Some(at) => self.values[at].1 = fields,
+            None if self.values.len() < MAX_MEASUREMENTS => {
+                self.values.push((group.measurement.clone(), fields));
+            }
+            None => {}
+        }
+    }
+
+    /// The group's points of the primary series (fixed by the first series seen), and its
+    /// latest value from `fields`, the group's last reading.
+    fn take_series(&mut self, group: &Group, fields: &[(String, FieldValue)]) {
+        let Some(series) = &group.series else { return };
+        let primary = self
+            .primary
+            .get_or_insert_with(|| (group.measurement.clone(), series.clone()));
+        if primary.0 != group.measurement || primary.1 != *series {
+            return;
+        }
+        for &(time_ms, value) in &group.points {
+            if self.spark.len() == SPARK_POINTS {
+                self.spark.pop_front();
+            }
+            self.spark.push_back((time_ms, value));
+        }
+        if group.points.last().is_some() {
+            // The last reading carries the series whenever the group has points, unless it
+            // lacked the field: then the last point is the latest value.
+            self.last = fields
+                .iter()
+                .find(|(name, _)| *name == primary.1)
+                .and_then(|(_, value)| number(value))
+                .map(|value| (value, group.time_ns))
+                .or_else(|| self.spark.back().map(|&(ms, v)| (v, ms * 1_000_000)));
+        }
+    }
+
+    /// Record one ack's latency (receipt → committed, the ack being written).
+    pub(super) fn record_ack(&mut self, micros: u64) {
+        let micros = u32::try_from(micros).unwrap_or(u32::MAX);
+        if self.acks_us.len() < ACK_SAMPLES {
+            self.acks_us.push(micros);
+        } else {
+            self.acks_us[self.acks_next] = micros;
+        }
+        self.acks_next = (self.acks_next + 1) % ACK_SAMPLES;
+    }
+
+    /// Readings per second over the last [`RATE_SECONDS`] whole seconds.
+    pub fn rate(&self, now_ns: i64) -> f64 {
+        self.rate.per_second(now_ns)
+    }
+
+    /// p50 and p99 of the recent ack latencies, in ms.
+    fn ack_percentiles(&self) -> Option<(f64, f64)> {
+        if self.acks_us.is_empty() {
+            return None;
+        }
+        let mut sorted = self.acks_us.clone();
+        sorted.sort_unstable();
+        let at = |q: f64| {
+            let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+            f64::from(sorted[rank - 1]) / 1000.0
+        };
+        Some((at(0.50), at(0.99)))
+    }
+
+    /// The SENSOR object for `name` at `now_ns`.
+    pub fn json<'a>(&'a self, name: &'a str, now_ns: i64, stale_after_ns: i64) -> SensorJson<'a> {
+        SensorJson {
+            sensor: name,
+            state: self.state(now_ns, stale_after_ns),
+            peer: self.peer,
+            mode: self.mode.as_str(),
+            connections: self.connections,
+            last_seen_ns: self.last_seen_ns,
+            readings: self.readings,
+            rate: self.rate(now_ns),
+            values: Values(&self.values),
+            last: match (&self.primary, self.last) {
+                (Some((measurement, field)), Some((value, time_ns))) => Some(Last {
+                    measurement,
+                    field,
+                    value,
+                    time_ns,
+                }),
+                _ => None,
+            },
+            spark: Spark(&self.spark),
+            link: self.link.as_ref().map(|(time_ns, fields)| Link {
+                time_ns: *time_ns,
+                fields,
+            }),
+            ack_latency_ms: self
+                .ack_percentiles()
+                .map(|(p50, p99)| Percentiles { p50, p99 }),
+        }
+    }
+}
+
+fn number(value: &FieldValue) -> Option<f64> {
+    match value {
+        FieldValue::Float(v) => Some(*v),
+        FieldValue::Int(v) => Some(*v as f64),
+        FieldValue::UInt(v) => Some(*v as f64),
+        FieldValue::Str(_) | FieldValue::Bool(_) => None,
+    }
+}
+
+/// Readings per whole second, for the last [`RATE_SECONDS`] seconds.
+#[derive(Debug, Default)]
+struct Rate {
+    /// (second since the epoch, readings received in it), indexed by second modulo the
+    /// window.
+    buckets: [(i64, u32); RATE_SECONDS],
+    /// The second of the first reading: a young sensor's rate is over its life, not the
+    /// whole window.
+    first_second: Option<i64>,
+}
+
+impl Rate {
+    fn add(&mut self, received_ns: i64, count: u64) {
+        let second = received_ns.div_euclid(NS_PER_S);
+        self.first_second.get_or_insert(second);
+        let bucket = &mut self.buckets[second.rem_euclid(RATE_SECONDS as i64) as usize];
+        if bucket.0 != second {
+            *bucket = (second, 0);
+        }
+        bucket.1 = bucket
+            .1
+            .saturating_add(u32::try_from(count).unwrap_or(u32::MAX));
+    }
+
+    /// Over the whole seconds before `now_ns`'s (the current one is still filling).
+    fn per_second(&self, now_ns: i64) -> f64 {
+        let Some(first) = self.first_second else {
+            return 0.0;
+        };
+        let now = now_ns.div_euclid(NS_PER_S);
+        let from = (now - RATE_SECONDS as i64).max(first);
+        let span = now - from;
+        if span <= 0 {
+            return 0.0;
+        }
+        let readings: u64 = self
+            .buckets
+            .iter()
+            .filter(|(second, _)| *second >= from && *second < now)
+            .map(|(_, n)| u64::from(*n))
+            .sum();
+        readings as f64 / span as f64
+    }
+}
+
+/// The SENSOR object, borrowed from the registry while it is serialized.
+#[derive(Debug, serde::Serialize)]
+pub struct SensorJson<'a> {
+    sensor: &'a str,
+    pub(super) state: State,
+    peer: SocketAddr,
+    mode: &'static str,
+    connections: u32,
+    last_seen_ns: i64,
+    readings: u64,
+    rate: f64,
+    values: Values<'a>,
+    last: Option<Last<'a>>,
+    spark: Spark<'a>,
+    link: Option<Link<'a>>,
+    ack_latency_ms: Option<Percentiles>,
+}
+
+#[derive(Debug)]
+struct Values<'a>(&'a [(String, Vec<(String, FieldValue)>)]);
+
+impl Serialize for Values<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (measurement, fields) in self.0 {
+            map.serialize_entry(measurement, &Pairs(fields))?;
+        }
+        map.end()
+    }
+}
+
+#[derive(Debug, serde::Serialize)]
+struct Last<'a> {
+    measurement: &'a str,
+    field: &'a str,
+    value: f64,
+    time_ns: i64,
+}
+
+/// `[[time_ms, value], …]`, oldest first.
+#[derive(Debug)]
+struct Spark<'a>(&'a VecDeque<(i64, f64)>);
+
+impl Serialize for Spark<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut seq = serializer.serialize_seq(Some(self.0.len()))?;
+        for point in self.0 {
+            seq.serialize_element(point)?;
+        }
+        seq.end()
+    }
+}
+
+/// `{"time_ns": …, <the link report's fields>}`.
+#[derive(Debug)]
+struct Link<'a> {
+    time_ns: i64,
+    fields: &'a [(String, FieldValue)],
+}
+
+impl Serialize for Link<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.fields.len() + 1))?;
+        map.serialize_entry("time_ns", &self.time_ns)?;
+        for (name, value) in self.fields {
+            if name != "time_ns" {
+                map.serialize_entry(name, value)?;
+            }
+        }
+        map.end()
+    }
+}
+
+#[derive(Debug, serde::Serialize)]
+struct Percentiles {
+    p50: f64,
+    p99: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::batch::tests::stored;
+    use super::super::batch::LiveBatch;
+    use super::*;
+
+    const S: i64 = NS_PER_S;
+
+    fn sensor() -> Sensor {
+        Sensor::new(SocketAddr::from(([127, 0, 0, 1], 5000)), Mode::Line)
+    }
+
+    fn apply(sensor: &mut Sensor, lines: &[(&str, i64)]) {
+        let batch: Vec<_> = lines
+            .iter()
+            .map(|(line, received)| stored("s", line, *received))
+            .collect();
+        for group in &mut LiveBatch::build(&batch, None, false).groups {
+            sensor.apply(group);
+        }
+    }
+
+    fn json(sensor: &Sensor, now_ns: i64) -> serde_json::Value {
+        serde_json::to_value(sensor.json("s", now_ns, 30 * S)).unwrap()
+    }
+
+    #[test]
+    fn state_follows_connections_and_silence() {
+        let mut s = sensor();
+        assert_eq!(s.state(0, 30 * S), State::Disconnected);
+        s.connections = 1;
+        s.last_seen_ns = 100 * S;
+        assert_eq!(s.state(130 * S, 30 * S), State::Connected);
+        assert_eq!(s.state(130 * S + 1, 30 * S), State::Stale);
+        s.connections = 0;
+        assert_eq!(s.state(100 * S, 30 * S), State::Disconnected);
+    }
+
+    #[test]
+    fn link_reports_go_to_link_not_values() {
+        let mut s = sensor();
+        apply(
+            &mut s,
+            &[
+                ("weather temperature=21.5,humidity=40i 1000000000", S),
+                (
+                    "sensorlink_link interval_s=10.0,sent=10i,lost=0i,rtt_p50_ms=0.4 2000000000",
+                    2 * S,
+                ),
+            ],
+        );
+        let json = json(&s, 2 * S);
+        assert_eq!(
+            json["values"],
+            serde_json::json!({"weather":{"temperature":21.5,"humidity":40}})
+        );
+        assert_eq!(
+            json["link"],
+            serde_json::json!({"time_ns":2_000_000_000i64,"interval_s":10.0,"sent":10,
+                "lost":0,"rtt_p50_ms":0.4})
+        );
+        assert_eq!(
+            json["last"],
+            serde_json::json!({"measurement":"weather","field":"temperature","value":21.5,
+                "time_ns":1_000_000_000i64})
+        );
+        assert_eq!(json["spark"], serde_json::json!([[1000, 21.5]]));
+        assert_eq!(json["readings"], 2);
+    }
+
+    #[test]
+    fn values_keep_the_first_measurements_only() {
+        let mut s = sensor();
+        let lines: Vec<String> = (0..12).map(|i| format!("m{i} v={i}i {i}")).collect();
+        let batch: Vec<(&str, i64)> = lines.iter().map(|l| (l.as_str(), 1)).collect();
+        apply(&mut s, &batch);
+        apply(&mut s, &[("m3 v=33i 20", 2)]);
+        let json = json(&s, 2);
+        let values = json["values"].as_object().unwrap();
+        assert_eq!(values.len(), MAX_MEASUREMENTS);
+        assert_eq!(values["m3"]["v"], 33);
+        assert!(!values.contains_key("m8"));
+        // The primary series is m0's: other measurements never reach the sparkline.
+        assert_eq!(json["last"]["measurement"], "m0");
+        assert_eq!(json["spark"].as_array().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn sparkline_keeps_the_last_points_across_batches() {
+        let mut s = sensor();
+        for i in 0..100i64 {
+            apply(&mut s, &[(&format!("m v={i} {}", i * 1_000_000), i)]);
+        }
+        let json = json(&s, 100);
+        let spark = json["spark"].as_array().unwrap();
+        assert_eq!(spark.len(), SPARK_POINTS);
+        assert_eq!(spark[0], serde_json::json!([40, 40.0]));
+        assert_eq!(spark[59], serde_json::json!([99, 99.0]));
+        assert_eq!(json["last"]["value"], 99.0);
+    }
+
+    #[test]
+    fn rate_is_over_whole_seconds() {
+        let mut s = sensor();
+        // Two readings per second for 20 s.
+        for second in 0..20 {
+            apply(
+                &mut s,
+                &[("m v=1 1", second * S), ("m v=1 2", second * S + 1)],
+            );
+        }
+        assert_eq!(s.rate(20 * S), 2.0);
+        // Within its first second a sensor has no whole second yet.
+        let mut young = sensor();
+        apply(&mut young, &[("m v=1 1", 5 * S)]);
+        assert_eq!(young.rate(5 * S + 1), 0.0);
+        assert_eq!(young.rate(6 * S), 1.0);
+        // Silent for longer than the window: nothing.
+        assert_eq!(s.rate(40 * S), 0.0);
+    }
+
+    #[test]
+    fn ack_percentiles_over_recent_acks() {
+        let mut s = sensor();
+        assert!(json(&s, 0)["ack_latency_ms"].is_null());
+        for micros in 1..=100 {
+            s.record_ack(micros * 1000);
+        }
+        // Only the last ACK_SAMPLES (37..=100 ms) count.
+        let json = json(&s, 0);
+        assert_eq!(json["ack_latency_ms"]["p50"], 68.0);
+        assert_eq!(json["ack_latency_ms"]["p99"], 100.0);
+    }
+}

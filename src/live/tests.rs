@@ -1,0 +1,352 @@
+//! The registry without sockets or clocks: every call takes its `now_ns`.
+
+use super::batch::tests::stored;
+use super::*;
+
+const S: i64 = 1_000_000_000;
+
+fn config(max_sensors: usize) -> LiveConfig {
+    LiveConfig {
+        stale_after: Duration::from_secs(30),
+        max_sensors,
+    }
+}
+
+fn peer(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// A fake connection: its carried set, fed by [`Conn::send`] at a given time.
+struct Conn {
+    peer: SocketAddr,
+    carried: FxHashSet<String>,
+}
+
+impl Conn {
+    fn new(port: u16) -> Self {
+        Conn {
+            peer: peer(port),
+            carried: FxHashSet::default(),
+        }
+    }
+
+    /// Commit one batch of `(sensor, line)` readings received at `now_ns`.
+    fn send(&mut self, registry: &Registry, readings: &[(&str, &str)], now_ns: i64) {
+        let batch: Vec<_> = readings
+            .iter()
+            .map(|(sensor, line)| stored(sensor, line, now_ns))
+            .collect();
+        let mut live = [LiveBatch::build(
+            &batch,
+            Some(Instant::now()),
+            registry.has_subscribers(),
+        )];
+        registry.commit(
+            self.peer,
+            Mode::Line,
+            &mut self.carried,
+            &mut live,
+            Some(Instant::now()),
+            now_ns,
+        );
+    }
+
+    fn close(self, registry: &Registry, now_ns: i64) {
+        registry.disconnect(&self.carried, now_ns);
+    }
+}
+
+fn sensor(registry: &Registry, name: &str, now_ns: i64) -> serde_json::Value {
+    let json = registry.sensor_json_at(name, now_ns).expect("tracked");
+    serde_json::from_str(&json).expect("JSON")
+}
+
+fn page(registry: &Registry, query: &SensorQuery, now_ns: i64) -> serde_json::Value {
+    serde_json::from_str(&registry.list_json_at(query, now_ns)).expect("JSON")
+}
+
+fn names(page: &serde_json::Value) -> Vec<String> {
+    page["sensors"]
+        .as_array()
+        .expect("sensors")
+        .iter()
+        .map(|s| s["sensor"].as_str().expect("name").to_string())
+        .collect()
+}
+
+#[test]
+fn states_follow_connections_and_silence() {
+    let registry = Registry::new(&config(10));
+    let mut a = Conn::new(1);
+    a.send(&registry, &[("a", "m v=1 1")], 100 * S);
+    let json = sensor(&registry, "a", 100 * S);
+    assert_eq!(json["state"], "connected");
+    assert_eq!(json["connections"], 1);
+    assert_eq!(json["peer"], "127.0.0.1:1");
+    assert_eq!(json["mode"], "line");
+    assert_eq!(json["last_seen_ns"], 100 * S);
+    assert_eq!(sensor(&registry, "a", 131 * S)["state"], "stale");
+
+    // A second connection carrying it: closing one leaves it connected.
+    let mut b = Conn::new(2);
+    b.send(&registry, &[("a", "m v=2 2")], 140 * S);
+    assert_eq!(sensor(&registry, "a", 140 * S)["connections"], 2);
+    assert_eq!(sensor(&registry, "a", 140 * S)["peer"], "127.0.0.1:2");
+    a.close(&registry, 141 * S);
+    assert_eq!(sensor(&registry, "a", 141 * S)["state"], "connected");
+    b.close(&registry, 142 * S);
+    let json = sensor(&registry, "a", 142 * S);
+    assert_eq!(json["state"], "disconnected");
+    assert_eq!(json["connections"], 0);
+    assert_eq!(json["peer"], "127.0.0.1:2", "kept after close");
+    assert_eq!(json["readings"], 2);
+
+    // Back on a new connection.
+    let mut c = Conn::new(3);
+    c.send(&registry, &[("a", "m v=3 3")], 150 * S);
+    assert_eq!(sensor(&registry, "a", 150 * S)["state"], "connected");
+    assert!(registry.lock().disconnected.is_empty());
+}
+
+#[test]
+fn the_longest_disconnected_is_evicted_first() {
+    let recorder = crate::events::prometheus_builder().build_recorder();
+    let telemetry: &'static Telemetry = Box::leak(Box::new(metrics::with_local_recorder(
+        &recorder,
+        Telemetry::register,
+    )));
+    let registry = Registry::with_telemetry(&config(3), telemetry);
+    let mut conns: Vec<Conn> = (0..3).map(Conn::new).collect();
+    for (i, conn) in conns.iter_mut().enumerate() {
+        conn.send(&registry, &[(&format!("s{i}"), "m v=1 1")], S);
+    }
+    // s1 leaves first, then s0; s2 stays.
+    let mut conns = conns.into_iter();
+    let (c0, c1, mut c2) = (
+        conns.next().unwrap(),
+        conns.next().unwrap(),
+        conns.next().unwrap(),
+    );
+    c1.close(&registry, 2 * S);
+    c0.close(&registry, 3 * S);
+    c2.send(&registry, &[("s3", "m v=1 1")], 4 * S);
+    assert!(registry.sensor_json_at("s1", 4 * S).is_none(), "evicted");
+    assert!(registry.sensor_json_at("s0", 4 * S).is_some());
+    c2.send(&registry, &[("s4", "m v=1 1")], 5 * S);
+    assert!(registry.sensor_json_at("s0", 5 * S).is_none(), "evicted");
+    assert_eq!(registry.len(), 3);
+    // Full of connected sensors: a new one is not tracked, the others stay.
+    c2.send(&registry, &[("s5", "m v=1 1")], 6 * S);
+    assert!(registry.sensor_json_at("s5", 6 * S).is_none());
+    assert_eq!(registry.len(), 3);
+    assert_eq!(sensor(&registry, "s2", 6 * S)["readings"], 1);
+
+    let text = recorder.handle().render();
+    use crate::events::testing::sample;
+    assert_eq!(
+        sample(&text, "sensorlink_live_sensors_evicted_total"),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "sensorlink_live_sensors_untracked_total"),
+        Some(1.0)
+    );
+    assert_eq!(sample(&text, "sensorlink_live_sensors"), Some(3.0));
+}
+
+#[test]
+fn pages_are_sorted_disjoint_and_complete() {
+    let registry = Registry::new(&config(10_000));
+    let mut conn = Conn::new(1);
+    let readings: Vec<(String, &str)> = (0..250)
+        .map(|i| (format!("bench-{i}"), "m v=1 1"))
+        .collect();
+    let readings: Vec<(&str, &str)> = readings.iter().map(|(s, l)| (s.as_str(), *l)).collect();
+    conn.send(&registry, &readings, S);
+    let mut seen = Vec::new();
+    for offset in (0..300).step_by(100) {
+        let query = SensorQuery {
+            limit: 100,
+            offset,
+            ..SensorQuery::default()
+        };
+        let page = page(&registry, &query, S);
+        assert_eq!(page["total"], 250);
+        assert_eq!(page["offset"], offset);
+        assert_eq!(
+            page["counts"],
+            serde_json::json!({"connected":250,"stale":0,"disconnected":0})
+        );
+        seen.extend(names(&page));
+    }
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(seen, sorted, "sorted by name, no repeats");
+    assert_eq!(seen.len(), 250);
+
+    let query = SensorQuery {
+        q: Some("BENCH-24".into()),
+        ..SensorQuery::default()
+    };
+    let page = page(&registry, &query, S);
+    assert_eq!(page["total"], 11, "bench-24 and bench-240…249");
+    assert_eq!(names(&page)[0], "bench-24");
+
+    let over = SensorQuery {
+        limit: 5000,
+        ..SensorQuery::default()
+    };
+    assert_eq!(self::page(&registry, &over, S)["limit"], MAX_PAGE);
+}
+
+#[test]
+fn state_filter_and_counts() {
+    let registry = Registry::new(&config(10));
+    let mut a = Conn::new(1);
+    a.send(&registry, &[("a", "m v=1 1")], S);
+    let mut b = Conn::new(2);
+    b.send(&registry, &[("b", "m v=1 1")], S);
+    b.close(&registry, 2 * S);
+    let mut c = Conn::new(3);
+    c.send(&registry, &[("c", "m v=1 1")], 20 * S);
+    // At 40 s: a is stale (silent 39 s), b disconnected, c connected.
+    let now = 40 * S;
+    let only = |states: Vec<State>| {
+        let query = SensorQuery {
+            states: Some(states),
+            ..SensorQuery::default()
+        };
+        names(&page(&registry, &query, now))
+    };
+    assert_eq!(only(vec![State::Stale]), ["a"]);
+    assert_eq!(
+        only(vec![State::Disconnected, State::Connected]),
+        ["b", "c"]
+    );
+    let all = page(&registry, &SensorQuery::default(), now);
+    assert_eq!(
+        all["counts"],
+        serde_json::json!({"connected":1,"stale":1,"disconnected":1})
+    );
+}
+
+#[tokio::test]
+async fn subscribers_see_readings_and_state_changes() {
+    let registry = Registry::new(&config(10));
+    let mut events = registry.subscribe(None);
+    let mut only_b = registry.subscribe(Some(vec!["b".into()]));
+    let mut conn = Conn::new(1);
+    conn.send(&registry, &[("a", "m v=1 1"), ("b", "m v=2 2")], S);
+
+    // a appears, b appears, then the batch's readings.
+    for expected in ["a", "b"] {
+        match events.next().await {
+            Next::Event(LiveEvent::Sensor { sensor, json }) => {
+                assert_eq!(&*sensor, expected);
+                let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+                assert_eq!(json["state"], "connected");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    match events.next().await {
+        Next::Event(LiveEvent::Readings(readings)) => {
+            let all: Vec<_> = readings.matching(None).collect();
+            assert_eq!(all.len(), 2);
+            assert!(all[1].contains("\"sensor\":\"b\""), "{all:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // Silence: the sweep announces stale once; closing announces disconnected.
+    registry.sweep(10 * S);
+    registry.sweep(40 * S);
+    registry.sweep(41 * S);
+    for expected in ["a", "b"] {
+        match events.next().await {
+            Next::Event(LiveEvent::Sensor { sensor, json }) => {
+                assert_eq!(&*sensor, expected);
+                assert!(json.contains("\"state\":\"stale\""), "{json}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    conn.close(&registry, 42 * S);
+    let mut closed = Vec::new();
+    for _ in 0..2 {
+        match events.next().await {
+            Next::Event(LiveEvent::Sensor { sensor, json }) => {
+                assert!(json.contains("\"state\":\"disconnected\""), "{json}");
+                closed.push(sensor.to_string());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    closed.sort();
+    assert_eq!(closed, ["a", "b"]);
+
+    // The filtered one saw b's events and a readings batch that holds b.
+    let mut kinds = Vec::new();
+    for _ in 0..4 {
+        match only_b.next().await {
+            Next::Event(LiveEvent::Sensor { sensor, .. }) => {
+                assert_eq!(&*sensor, "b");
+                kinds.push("sensor");
+            }
+            Next::Event(LiveEvent::Readings(readings)) => {
+                let filter = only_b.filter().map(<[String]>::to_vec);
+                let mine: Vec<_> = readings.matching(filter.as_deref()).collect();
+                assert_eq!(mine.len(), 1);
+                kinds.push("reading");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(kinds, ["sensor", "reading", "sensor", "sensor"]);
+}
+
+#[test]
+fn no_subscriber_no_payloads() {
+    let registry = Registry::new(&config(10));
+    let live = LiveConnection::new(Arc::new(Registry::new(&config(10))), peer(1));
+    let batch = [stored("a", "m v=1 1", 1)];
+    assert!(live.summarize(&batch, None).events.is_empty());
+    let _sub = registry.subscribe(None);
+    let live = LiveConnection::new(Arc::new(registry), peer(1));
+    // The registry moved into the Arc above still has its subscriber.
+    assert_eq!(live.summarize(&batch, None).events.len(), 1);
+}
+
+#[test]
+fn one_ack_latency_per_batch_per_sensor() {
+    let registry = Registry::new(&config(10));
+    let mut conn = Conn::new(1);
+    conn.send(&registry, &[("a", "m v=1 1"), ("a", "n v=1 1")], S);
+    let inner = registry.lock();
+    let a = inner.sensors.get("a").unwrap();
+    assert_eq!(a.ack_batch, 1);
+    drop(inner);
+    let json = sensor(&registry, "a", S);
+    assert!(json["ack_latency_ms"]["p50"].is_number(), "{json}");
+}
+
+#[test]
+fn dropping_a_live_connection_disconnects_its_sensors() {
+    let registry = Arc::new(Registry::new(&config(10)));
+    {
+        let mut live = LiveConnection::new(registry.clone(), peer(9));
+        let batch = [stored("x", "m v=1 1", now_ns())];
+        let mut summary = [live.summarize(&batch, None)];
+        live.committed(Mode::Legacy, &mut summary, None);
+        let json =
+            serde_json::from_str::<serde_json::Value>(&registry.sensor_json("x").unwrap()).unwrap();
+        assert_eq!(json["state"], "connected");
+        assert_eq!(json["mode"], "legacy");
+        assert!(json["ack_latency_ms"].is_null(), "no reply due");
+    }
+    let json =
+        serde_json::from_str::<serde_json::Value>(&registry.sensor_json("x").unwrap()).unwrap();
+    assert_eq!(json["state"], "disconnected");
+}
