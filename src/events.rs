@@ -516,6 +516,28 @@ impl Event for StoreFailed<'_> {
     }
 }
 
+/// The group-commit writer probed the store while no batch came (`Store::probe`): a
+/// success makes it ready again, a failure not ready until a commit or probe succeeds.
+pub struct StoreProbed<'a> {
+    pub result: Result<(), &'a dyn std::error::Error>,
+}
+
+impl Event for StoreProbed<'_> {
+    fn emit_to(self, t: &Telemetry) {
+        match self.result {
+            Ok(()) => t.recent.store_ok(),
+            // Logged when it starts failing, not once a second while it goes on.
+            Err(error) => {
+                if t.recent.store_failed(error.to_string()) {
+                    tracing::error!(cause = %error, "store probe failed; not ready");
+                } else {
+                    tracing::debug!(cause = %error, "store probe failed again");
+                }
+            }
+        }
+    }
+}
+
 /// Readings handed to the store (`submit`) and not yet answered: the writer's queue depth.
 /// Raised per submitted batch, lowered per answered transaction (one place for every route).
 pub struct StoreQueued {

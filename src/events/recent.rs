@@ -8,7 +8,6 @@
 //! rejected line. Time is passed in ([`Instant`]), so tests need no clock.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -102,10 +101,9 @@ pub struct Recent {
     slots: Mutex<Vec<Slot>>,
     /// Newest first.
     rejections: Mutex<VecDeque<Rejection>>,
-    /// The last commit failed and none has succeeded since.
-    store_failing: AtomicBool,
-    /// Why, while `store_failing`.
-    store_failure: Mutex<String>,
+    /// Why the store does not accept writes: its last commit or probe failed and none has
+    /// succeeded since. `None`: it does.
+    store_failure: Mutex<Option<String>>,
 }
 
 impl Default for Recent {
@@ -127,8 +125,7 @@ impl Recent {
             epoch,
             slots: Mutex::new((0..WINDOW_SECONDS).map(|_| Slot::new()).collect()),
             rejections: Mutex::new(VecDeque::with_capacity(RECENT_REJECTIONS)),
-            store_failing: AtomicBool::new(false),
-            store_failure: Mutex::new(String::new()),
+            store_failure: Mutex::new(None),
         }
     }
 
@@ -158,9 +155,15 @@ impl Recent {
             slot.readings += rows;
             slot.commit_us.saturating_record(micros(duration));
         });
-        // A load, not a store, on the usual path: no cache line bounces between commits.
-        if self.store_failing.load(Ordering::Relaxed) {
-            self.store_failing.store(false, Ordering::Relaxed);
+        self.store_ok();
+    }
+
+    /// The store accepts writes (a commit or a probe succeeded).
+    pub fn store_ok(&self) {
+        let mut failure = lock(&self.store_failure);
+        // Checked first: no write on the usual path.
+        if failure.is_some() {
+            *failure = None;
         }
     }
 
@@ -173,19 +176,15 @@ impl Recent {
         });
     }
 
-    /// The store failed (a commit, or its writer is gone): not ready until a commit succeeds.
-    pub fn store_failed(&self, reason: String) {
-        *lock(&self.store_failure) = reason;
-        self.store_failing.store(true, Ordering::Relaxed);
+    /// The store failed (a commit or a probe, or its writer is gone): not ready until a
+    /// commit or a probe succeeds. Answers whether it was ready until now.
+    pub fn store_failed(&self, reason: String) -> bool {
+        lock(&self.store_failure).replace(reason).is_none()
     }
 
     /// Why the store does not accept writes, if it does not.
     pub fn store_failure(&self) -> Option<String> {
-        if self.store_failing.load(Ordering::Relaxed) {
-            Some(lock(&self.store_failure).clone())
-        } else {
-            None
-        }
+        lock(&self.store_failure).clone()
     }
 
     /// Keep `rejection` as the newest (its detail cut to [`DETAIL_MAX_CHARS`]).
@@ -299,6 +298,14 @@ mod tests {
         recent.store_failed("disk full".into());
         assert_eq!(recent.store_failure().as_deref(), Some("disk full"));
         recent.commit(at(epoch, 10), 1, Duration::from_millis(1));
+        assert_eq!(recent.store_failure(), None);
+        assert!(recent.store_failed("locked".into()), "was ready");
+        assert!(
+            !recent.store_failed("still locked".into()),
+            "was failing already"
+        );
+        assert_eq!(recent.store_failure().as_deref(), Some("still locked"));
+        recent.store_ok();
         assert_eq!(recent.store_failure(), None);
     }
 

@@ -353,16 +353,18 @@ fn prometheus_parser_rejects_what_it_should() {
     }
 }
 
-/// `/readyz` is 200 while commits succeed and 503 once the store cannot write: the server
-/// runs under a file-size limit (`ulimit -f`, SIGXFSZ ignored, so writes fail with EFBIG as
-/// on a full disk), and large readings grow the SQLite WAL past it.
+/// `/readyz` is 200 while commits succeed, 503 once the store cannot write, and 200 again
+/// when the writer's probe finds the store writable, without any reading to prove it: the
+/// server runs under a file-size limit (`ulimit -f`, SIGXFSZ ignored, so writes fail with
+/// EFBIG as on a full disk), large readings grow the SQLite WAL past it, and the probe
+/// (`BEGIN IMMEDIATE; ROLLBACK`) writes nothing, so it succeeds once they stop.
 #[test]
-fn readyz_turns_503_when_the_store_cannot_write() {
+fn readyz_turns_503_when_the_store_cannot_write_and_back_when_it_can() {
     let store = TempStore::new();
     let mut cmd = Command::new("sh");
     cmd.args([
         "-c",
-        r#"trap '' XFSZ; ulimit -f 2048 && exec "$0" "$@""#,
+        r#"trap '' XFSZ; ulimit -f 2048 || exit 97; exec "$0" "$@""#,
         env!("CARGO_BIN_EXE_sensorlink"),
         "server",
         "--listen",
@@ -379,28 +381,43 @@ fn readyz_turns_503_when_the_store_cannot_write() {
 
     let mut peer = LinePeer::new(server.addr);
     let payload = "x".repeat(30_000);
-    let failed = (0..1000).find_map(|n| {
+    let mut failures = 0;
+    // Each failed commit makes it not ready until the next probe (about a second later):
+    // send until one failure is seen as a 503 (a slow machine may miss the first window).
+    let not_ready = (0..1000).find_map(|n| {
         peer.send(format!("big,sensor=a s=\"{payload}\" {n}\nsync {n}\n").as_bytes());
         let reply = peer.line();
         if reply.starts_with(&format!("ack {n} ")) {
             return None;
         }
         assert!(reply.contains("store failed"), "{reply}");
-        Some(reply)
+        failures += 1;
+        let ready = server.get("/readyz");
+        (ready.status == 503).then_some(ready)
     });
-    let failed = failed.expect("30 MB of readings cannot fit under a 1–2 MiB file-size limit");
-
-    let ready = server.get("/readyz");
-    assert_eq!(ready.status, 503, "{failed}: {ready:?}");
+    let ready = not_ready.expect("30 MB of readings cannot fit under a 1–2 MiB file-size limit");
     assert!(
         ready.body.starts_with("not ready: store failing: "),
         "{ready:?}"
     );
-    assert_eq!(server.get("/api/server").json()["ready"], false);
     let m = parse_prometheus(&server.get("/metrics").body);
     assert!(m.get("sensorlink_store_errors_total", &[("op", "commit")]) >= 1.0);
     // Health is about the process, not the store.
     assert_eq!(server.get("/healthz").status, 200);
+
+    // No more readings: the probe alone makes it ready again.
+    wait_for(
+        || server.get("/readyz").status == 200,
+        PATIENCE,
+        "/readyz to recover through the store probe",
+    );
+    assert_eq!(server.get("/api/server").json()["ready"], true);
+    let m = parse_prometheus(&server.get("/metrics").body);
+    assert_eq!(
+        m.get("sensorlink_store_errors_total", &[("op", "commit")]),
+        f64::from(failures),
+        "no commit since the last failure: the probe did it"
+    );
 }
 
 /// `/api/readings` applies the filters of `sensorlink query`, limits, orders, and tells a
