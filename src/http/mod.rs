@@ -94,15 +94,22 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serve `router(state)` on `listener` until the server's shutdown is cancelled, then
-/// finish the requests in progress (graceful shutdown: no new ones are accepted).
+/// Serve `router(state)` on `listener` until `stop` is cancelled, then finish the requests
+/// in progress (graceful shutdown: no new ones are accepted).
+///
+/// `stop` is not the server's shutdown (`state.shutdown`): the server cancels it once the
+/// sensor connections have drained, so `/readyz` answers "shutting down" and `/metrics`
+/// is scrapable during the drain. Long-lived responses (SSE) end at `state.shutdown`.
 ///
 /// # Errors
 /// The listener failed for good (accept errors on single connections are retried).
-pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()> {
-    let shutdown = state.shutdown.clone();
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
     axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .with_graceful_shutdown(stop.cancelled_owned())
         .await
 }
 

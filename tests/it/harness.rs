@@ -197,7 +197,8 @@ impl Server {
         self.wait();
     }
 
-    fn signal(&self, signal: i32) {
+    /// Send `signal` to the server without waiting for anything.
+    pub fn signal(&self, signal: i32) {
         // SAFETY: kill(2) on the PID of our own child, which has not been reaped yet.
         let rc = unsafe { libc::kill(self.pid(), signal) };
         assert_eq!(rc, 0, "kill({}, {signal})", self.pid());

@@ -569,7 +569,56 @@ fn a_stuck_http_request_does_not_hold_the_shutdown() {
     assert!(status.success(), "{status:?}\n{}", server.stderr());
     let log = server.stderr();
     assert!(log.contains("store flushed; bye"), "{log}");
+    assert!(
+        log.contains("http requests still running at shutdown; closing them"),
+        "the stuck request was cut off, not finished: {log}"
+    );
     drop(stuck);
+}
+
+/// While the sensor connections drain at shutdown, HTTP still answers: `/readyz` says
+/// "shutting down" (so a balancer stops sending) and `/metrics` can be scraped. The drain
+/// is held open by a reading whose commit waits for the SQLite write lock this test holds.
+#[test]
+fn http_serves_while_the_connections_drain() {
+    let store = TempStore::new();
+    let mut server = Server::start_on("127.0.0.1:0", &store.url(), &[]);
+    let lock = rusqlite::Connection::open(store.path()).expect("open the store file");
+    // Held for less than the store's 5 s busy timeout, so the held commit then succeeds.
+    lock.execute_batch("BEGIN IMMEDIATE")
+        .expect("take the write lock");
+    let mut peer = LinePeer::new(server.addr);
+    peer.send(b"t,sensor=a v=1i 1\nsync 1\n");
+    // Received and waiting for its commit before the shutdown begins.
+    wait_for(
+        || {
+            parse_prometheus(&server.get("/metrics").body)
+                .get("sensorlink_store_queued_readings", &[])
+                == 1.0
+        },
+        PATIENCE,
+        "the reading to wait for the store",
+    );
+    server.signal(libc::SIGTERM);
+    server.wait_for_log("shutting down");
+    wait_for(
+        || server.get("/readyz").body == "not ready: shutting down\n",
+        PATIENCE,
+        "/readyz to say shutting down during the drain",
+    );
+    assert_eq!(server.get("/readyz").status, 503);
+    let metrics = server.get("/metrics");
+    assert_eq!(metrics.status, 200);
+    parse_prometheus(&metrics.body);
+    lock.execute_batch("ROLLBACK")
+        .expect("release the write lock");
+    assert!(
+        peer.line().starts_with("ack 1 "),
+        "the held reading committed"
+    );
+    drop(peer);
+    let status = server.terminate();
+    assert!(status.success(), "{status:?}\n{}", server.stderr());
 }
 
 /// `http` comes from the config file and from `SENSORLINK_HTTP` too (the flag wins over
