@@ -52,7 +52,8 @@ pub struct ServerSummary {
 pub fn server_summary(state: &AppState) -> ServerSummary {
     let telemetry = state.telemetry;
     let totals = &telemetry.totals;
-    let window = telemetry.recent.summary(Instant::now());
+    // Shared: many dashboards (SSE) and scrapers cost one merge per 250 ms, not one each.
+    let window = telemetry.recent.summary_cached(Instant::now());
     ServerSummary {
         version: env!("CARGO_PKG_VERSION"),
         uptime_s: state.started.elapsed().as_secs_f64(),
