@@ -222,8 +222,9 @@ fn spawn_metrics_upkeep(
     });
 }
 
-/// File descriptors kept for the listener, the store, logs and spare accepts.
-const RESERVED_FDS: u64 = 64;
+/// File descriptors kept for the listeners, the store, logs and spare accepts, and for
+/// the HTTP side's connections (at most [`crate::http::MAX_HTTP_CONNECTIONS`]).
+const RESERVED_FDS: u64 = 64 + crate::http::MAX_HTTP_CONNECTIONS as u64;
 
 /// The default `--max-connections` where the open-file limit allows it.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 50_000;
@@ -301,8 +302,8 @@ mod tests {
     /// The default leaves [`RESERVED_FDS`] descriptors spare and never exceeds the default.
     #[test]
     fn default_max_connections_fits_the_open_file_limit() {
-        assert_eq!(default_max_connections(Some(1024)), 960);
-        assert_eq!(default_max_connections(Some(20_000)), 19_936);
+        assert_eq!(default_max_connections(Some(1024)), 704);
+        assert_eq!(default_max_connections(Some(20_000)), 19_680);
         assert_eq!(
             default_max_connections(Some(1 << 20)),
             DEFAULT_MAX_CONNECTIONS

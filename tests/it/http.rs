@@ -644,3 +644,33 @@ fn http_address_from_the_file_and_the_environment() {
     assert!(server.http.is_some(), "the environment over the file");
     assert_eq!(server.get("/healthz").status, 200);
 }
+
+/// At most `MAX_HTTP_CONNECTIONS` (256) HTTP connections are served at once: with 256
+/// clients stuck mid-request, the next one waits (in the listen backlog, served in order)
+/// until one of them goes.
+#[test]
+fn http_connections_are_limited() {
+    use std::io::{Read as _, Write as _};
+    let server = Server::start(&[]);
+    let http = server.http.expect("HTTP on");
+    let mut stuck: Vec<std::net::TcpStream> = (0..256)
+        .map(|_| {
+            let mut stream = std::net::TcpStream::connect(http).expect("connect");
+            stream
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\n")
+                .expect("half a request");
+            stream
+        })
+        .collect();
+    let mut next = crate::harness::connect(http);
+    next.write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .expect("a whole request");
+    crate::harness::assert_silent(&mut next);
+    stuck.pop();
+    let mut answer = String::new();
+    next.read_to_string(&mut answer)
+        .expect("answered once a slot is free");
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert!(answer.ends_with("ok\n"), "{answer}");
+    drop(stuck);
+}
