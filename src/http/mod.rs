@@ -1,9 +1,9 @@
 //! The HTTP side, beside the sensor port: the JSON API, Prometheus `/metrics`, health
 //! probes and the dashboard (docs/http-api.md is the contract).
 //!
-//! Served with axum on the server's own tokio runtime, from a listener bound before the
-//! server announces itself, and stopped by the same [`CancellationToken`] as the sensor
-//! port. Every handler reads: the store through its [`StoreReader`] (never through the
+//! An axum router, served by hyper (HTTP/1.1, bounded connections, a header-read timeout)
+//! on the server's own tokio runtime, from a listener bound before the server announces
+//! itself; stopped once the sensor port has drained ([`serve`]). Every handler reads: the store through its [`StoreReader`] (never through the
 //! writer), the live figures from the process's [`Telemetry`]; nothing here is on the
 //! ingest path.
 
