@@ -52,8 +52,8 @@ impl State {
     }
 }
 
-/// The live state of one sensor.
-#[derive(Debug)]
+/// The live state of one sensor (cloned whole into a [`Snapshot`]: it is bounded).
+#[derive(Debug, Clone)]
 pub struct Sensor {
     /// Open connections that carried its readings.
     pub(super) connections: u32,
@@ -180,6 +180,12 @@ impl Sensor {
         self.acks_next = (self.acks_next + 1) % ACK_SAMPLES;
     }
 
+    /// Ack latencies held.
+    #[cfg(test)]
+    pub(super) fn ack_samples(&self) -> usize {
+        self.acks_us.len()
+    }
+
     /// Readings per second over the last [`RATE_SECONDS`] whole seconds.
     pub fn rate(&self, now_ns: i64) -> f64 {
         self.rate.per_second(now_ns)
@@ -232,6 +238,67 @@ impl Sensor {
     }
 }
 
+/// One sensor's state copied out of the registry, to be serialized after its lock is
+/// released (an `/api/sensors` page, a `sensor` event).
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    name: String,
+    sensor: Sensor,
+    now_ns: i64,
+    stale_after_ns: i64,
+}
+
+impl Snapshot {
+    pub(super) fn new(name: &str, sensor: &Sensor, now_ns: i64, stale_after_ns: i64) -> Self {
+        Snapshot {
+            name: name.to_string(),
+            sensor: sensor.clone(),
+            now_ns,
+            stale_after_ns,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The SENSOR object it was taken as.
+    pub fn json(&self) -> SensorJson<'_> {
+        self.sensor
+            .json(&self.name, self.now_ns, self.stale_after_ns)
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(&self.json()).expect("a SENSOR object serializes to JSON")
+    }
+
+    /// About the length of its JSON, from above: what it pins in a subscriber's queue.
+    pub fn approx_bytes(&self) -> u64 {
+        let fields = |fields: &[(String, FieldValue)]| -> usize {
+            fields
+                .iter()
+                .map(|(name, value)| {
+                    name.len()
+                        + 8
+                        + match value {
+                            FieldValue::Str(text) => 2 * text.len() + 2,
+                            _ => 24,
+                        }
+                })
+                .sum()
+        };
+        let s = &self.sensor;
+        let values: usize = s
+            .values
+            .iter()
+            .map(|(measurement, f)| measurement.len() + 8 + fields(f))
+            .sum();
+        let link = s.link.as_ref().map_or(0, |(_, f)| fields(f));
+        let primary = s.primary.as_ref().map_or(0, |(m, f)| m.len() + f.len());
+        (512 + 2 * self.name.len() + values + link + primary + 48 * s.spark.len()) as u64
+    }
+}
+
 fn number(value: &FieldValue) -> Option<f64> {
     match value {
         FieldValue::Float(v) => Some(*v),
@@ -242,7 +309,7 @@ fn number(value: &FieldValue) -> Option<f64> {
 }
 
 /// Readings per whole second, for the last [`RATE_SECONDS`] seconds.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Rate {
     /// (second since the epoch, readings received in it), indexed by second modulo the
     /// window.
