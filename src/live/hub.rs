@@ -338,6 +338,12 @@ impl Subscription {
         }
     }
 
+    /// The next queued event, if any (tests that do not wait).
+    #[cfg(test)]
+    pub(super) fn rx_try_recv(&mut self) -> Result<LiveEvent, mpsc::error::TryRecvError> {
+        self.rx.try_recv()
+    }
+
     /// Events missed, once lagged (the queued ones included: they are dropped too).
     fn missed(&mut self) -> Option<u64> {
         if !self.shared.lagged.load(Ordering::Acquire) {

@@ -32,10 +32,9 @@ use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use rustc_hash::FxHashSet;
 use tokio_util::sync::CancellationToken;
 
-pub use batch::LiveBatch;
+pub use batch::{Carried, LiveBatch};
 pub use hub::{
     LiveEvent, Next, ReadingEvents, SensorEvent, SensorFilter, Subscription, MAX_FILTER_SENSORS,
 };
@@ -186,7 +185,7 @@ impl Registry {
         &self,
         peer: SocketAddr,
         mode: Mode,
-        carried: &mut FxHashSet<String>,
+        carried: &mut Carried,
         batches: &mut [LiveBatch],
         replies_at: Option<Instant>,
         now_ns: i64,
@@ -214,8 +213,8 @@ impl Registry {
                         .sensors
                         .get_mut(&group.sensor)
                         .expect("track() just found or made it");
-                    if !carried.contains(&group.sensor) {
-                        carried.insert(group.sensor.clone());
+                    if !carried.contains_key(&group.sensor) {
+                        carried.insert(group.sensor.clone(), None);
                         sensor.connections += 1;
                         if sensor.disconnected_ns != 0 {
                             let since = std::mem::take(&mut sensor.disconnected_ns);
@@ -225,6 +224,10 @@ impl Registry {
                     sensor.peer = peer;
                     sensor.mode = mode;
                     sensor.apply(group);
+                    if let Some(known @ None) = carried.get_mut(&group.sensor) {
+                        // Its next batches keep this series' points (see `Carried`).
+                        known.clone_from(&sensor.primary().cloned());
+                    }
                     if let Some(micros) = ack_us {
                         if sensor.ack_batch != seq {
                             sensor.ack_batch = seq;
@@ -292,7 +295,7 @@ impl Registry {
     }
 
     /// A connection that counted itself in `carried`'s sensors closed.
-    fn disconnect(&self, carried: &FxHashSet<String>, now_ns: i64) {
+    fn disconnect(&self, carried: &Carried, now_ns: i64) {
         if carried.is_empty() {
             return;
         }
@@ -301,7 +304,7 @@ impl Registry {
         {
             let mut inner = self.lock();
             let inner = &mut *inner;
-            for name in carried {
+            for name in carried.keys() {
                 let Some(sensor) = inner.sensors.get_mut(name) else {
                     continue;
                 };
@@ -520,7 +523,7 @@ impl Needle {
 pub struct LiveConnection {
     registry: Arc<Registry>,
     peer: SocketAddr,
-    carried: FxHashSet<String>,
+    carried: Carried,
 }
 
 impl LiveConnection {
@@ -528,7 +531,7 @@ impl LiveConnection {
         LiveConnection {
             registry,
             peer,
-            carried: FxHashSet::default(),
+            carried: Carried::default(),
         }
     }
 
@@ -538,7 +541,12 @@ impl LiveConnection {
         batch: &[crate::store::StoredReading],
         first_received: Option<Instant>,
     ) -> LiveBatch {
-        LiveBatch::build(batch, first_received, self.registry.has_subscribers())
+        LiveBatch::build(
+            batch,
+            first_received,
+            self.registry.has_subscribers(),
+            &self.carried,
+        )
     }
 
     /// Hand over `batches`, now committed, whose replies (acks) go out at `replies_at`

@@ -19,14 +19,14 @@ fn peer(port: u16) -> SocketAddr {
 /// A fake connection: its carried set, fed by [`Conn::send`] at a given time.
 struct Conn {
     peer: SocketAddr,
-    carried: FxHashSet<String>,
+    carried: Carried,
 }
 
 impl Conn {
     fn new(port: u16) -> Self {
         Conn {
             peer: peer(port),
-            carried: FxHashSet::default(),
+            carried: Carried::default(),
         }
     }
 
@@ -40,6 +40,7 @@ impl Conn {
             &batch,
             Some(Instant::now()),
             registry.has_subscribers(),
+            &self.carried,
         )];
         registry.commit(
             self.peer,
@@ -418,4 +419,60 @@ async fn the_sweep_is_capped_and_idle_without_subscribers() {
             Next::Event(LiveEvent::Sensor(_))
         ));
     }
+}
+
+/// The sparkline follows the primary series across batches whose first reading lacks it.
+#[test]
+fn the_primary_series_survives_a_batch_that_starts_without_it() {
+    let registry = Registry::new(&config(10));
+    let mut conn = Conn::new(1);
+    conn.send(&registry, &[("a", "m t=1,h=10i 1000000")], S);
+    conn.send(
+        &registry,
+        &[("a", "m h=11i 2000000"), ("a", "m h=12i,t=3 3000000")],
+        S,
+    );
+    let json = sensor(&registry, "a", S);
+    assert_eq!(
+        json["spark"],
+        serde_json::json!([[1, 1.0], [3, 3.0]]),
+        "{json}"
+    );
+    assert_eq!(json["last"]["value"], 3.0);
+}
+
+/// Changes to one sensor from two connections reach subscribers in the order the
+/// registry applied them. A state is announced only when it changes, so in that order no
+/// two `sensor` events in a row carry the same state, and the last is the final one.
+#[test]
+fn sensor_events_follow_the_registry_order() {
+    let registry = Arc::new(Registry::new(&config(10)));
+    let mut events = registry.subscribe(None);
+    let threads: Vec<_> = (0..2u16)
+        .map(|port| {
+            let registry = registry.clone();
+            std::thread::spawn(move || {
+                // 2 × 100 × (2 sensor + 1 readings) entries fit one queue.
+                for i in 0..100 {
+                    let mut conn = Conn::new(port);
+                    conn.send(&registry, &[("x", "m v=1 1")], S + i);
+                    conn.close(&registry, S + i);
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().expect("no panic");
+    }
+    let mut states = Vec::new();
+    while let Ok(event) = events.rx_try_recv() {
+        if let LiveEvent::Sensor(event) = event {
+            let json: serde_json::Value = serde_json::from_str(event.json()).unwrap();
+            states.push(json["state"].as_str().expect("a state").to_string());
+        }
+    }
+    for pair in states.windows(2) {
+        assert_ne!(pair[0], pair[1], "out of order: {states:?}");
+    }
+    assert_eq!(states.last().map(String::as_str), Some("disconnected"));
 }
