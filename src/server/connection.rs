@@ -840,6 +840,65 @@ mod tests {
         writer.finish().unwrap();
     }
 
+    /// A batch whose commit failed never reaches the live view (nor its subscribers); the
+    /// next committed one does.
+    #[tokio::test]
+    async fn a_failed_commit_never_reaches_the_live_view() {
+        let store = TestStore::default();
+        store.set_failing(true);
+        let registry = Arc::new(Registry::new(&crate::live::LiveConfig::default()));
+        let mut events = registry.subscribe(None);
+        let Gated {
+            entered,
+            gate_tx,
+            writer,
+            task,
+            mut write,
+            mut lines,
+        } = serve_gated_live(&store, Some(registry.clone()));
+        write
+            .write_all(b"w,sensor=k t=1 1\nsync a\n")
+            .await
+            .unwrap();
+        tokio::task::spawn_blocking(move || entered.recv().expect("batch at the gate"))
+            .await
+            .unwrap();
+        gate_tx.send(()).unwrap();
+        let reply = lines.next_line().await.unwrap().unwrap();
+        assert!(reply.starts_with("error "), "{reply}");
+        assert!(registry.sensor_json("k").is_none(), "never stored: {reply}");
+
+        store.set_failing(false);
+        drop(gate_tx);
+        // The next ack after a failure is refused on the safe side; the one after is not.
+        write
+            .write_all(b"w,sensor=j t=2 2\nsync b\n")
+            .await
+            .unwrap();
+        let reply = lines.next_line().await.unwrap().unwrap();
+        assert!(reply.starts_with("error 4 "), "{reply}");
+        write
+            .write_all(b"w,sensor=j t=3 3\nsync c\n")
+            .await
+            .unwrap();
+        let reply = lines.next_line().await.unwrap().unwrap();
+        assert!(reply.starts_with("ack c "), "{reply}");
+        assert!(registry.sensor_json("j").is_some());
+        assert!(registry.sensor_json("k").is_none());
+        // The subscriber's first event is j's: nothing of k went out.
+        match events.next().await {
+            crate::live::Next::Event(crate::live::LiveEvent::Sensor(event)) => {
+                assert_eq!(event.sensor(), "j");
+            }
+            other => panic!("{other:?}"),
+        }
+
+        drop(write);
+        drop(lines);
+        task.await.unwrap();
+        writer.finish().unwrap();
+    }
+
     /// The connection loop runs over any stream (here an in-memory duplex), and an `ack`
     /// is written only after the store has committed the readings it covers.
     #[tokio::test]
