@@ -587,7 +587,9 @@ impl Connection<'_> {
         // peer that reads its ack then asks `/api/sensors` sees its readings.
         if !self.live_committed.is_empty() {
             let mode = self.mode();
-            let replies_at = (!self.out.is_empty()).then(Instant::now);
+            // Only an ack (or a pong acking a reading) ends an ack latency; a bare pong or
+            // an error does not.
+            let replies_at = (!self.out_replies.ack_receipts.is_empty()).then(Instant::now);
             if let Some(live) = &mut self.live {
                 live.committed(mode, &mut self.live_committed, replies_at);
             }
@@ -837,6 +839,44 @@ mod tests {
         task.await.unwrap();
         assert_eq!(sensor(&registry)["state"], "disconnected");
         drop(gate_tx);
+        writer.finish().unwrap();
+    }
+
+    /// A committed batch answered by a `pong` only (no ack) records no ack latency.
+    #[tokio::test]
+    async fn no_ack_no_ack_latency() {
+        let store = TestStore::default();
+        let registry = Arc::new(Registry::new(&crate::live::LiveConfig::default()));
+        let Gated {
+            gate_tx,
+            writer,
+            task,
+            mut write,
+            mut lines,
+            ..
+        } = serve_gated_live(&store, Some(registry.clone()));
+        drop(gate_tx);
+        write
+            .write_all(b"w,sensor=k t=1 1\nping p\n")
+            .await
+            .unwrap();
+        assert_eq!(lines.next_line().await.unwrap().unwrap(), "pong p");
+        let json: serde_json::Value =
+            serde_json::from_str(&registry.sensor_json("k").expect("committed")).unwrap();
+        assert!(json["ack_latency_ms"].is_null(), "{json}");
+        write
+            .write_all(b"w,sensor=k t=2 2\nsync a\n")
+            .await
+            .unwrap();
+        let ack = lines.next_line().await.unwrap().unwrap();
+        assert!(ack.starts_with("ack a readings=2"), "{ack}");
+        let json: serde_json::Value =
+            serde_json::from_str(&registry.sensor_json("k").expect("committed")).unwrap();
+        assert!(json["ack_latency_ms"]["p50"].is_number(), "{json}");
+
+        drop(write);
+        drop(lines);
+        task.await.unwrap();
         writer.finish().unwrap();
     }
 
