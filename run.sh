@@ -8,8 +8,9 @@ cargo build --release --quiet
 bin=target/release/sensorlink
 store=${SENSORLINK_STORE:-sqlite:sensorlink.db}
 listen=${SENSORLINK_LISTEN:-127.0.0.1:8889}
-# A free port unless told: a second run (or a server on the default 9889) must not collide.
-http=${SENSORLINK_HTTP:-127.0.0.1:0}
+# The dashboard on the server's default HTTP address (SENSORLINK_HTTP=127.0.0.1:0 picks a free
+# port, `off` disables it).
+http=${SENSORLINK_HTTP:-127.0.0.1:9889}
 
 "$bin" server --listen "$listen" --http "$http" --store "$store" -q > .server-addr &
 server=$!

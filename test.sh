@@ -4,5 +4,17 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 # fonts-dejavu-core: the font `client --report` / `bench --report` draw their text with.
-bash scripts/install-test-deps.sh fonts-dejavu-core
+# chromium + node: the dashboard's browser tests (tests/it/dashboard.rs, tests/browser/).
+pkgs=(fonts-dejavu-core chromium)
+# Node may come from NodeSource (its nodejs bundles npm, and conflicts with Debian's npm
+# package), from nvm or a tarball (no dpkg entry at all), or from Debian (nodejs and npm are
+# separate packages): only a machine without any node gets Debian's.
+if ! command -v node >/dev/null; then pkgs+=(nodejs npm); fi
+bash scripts/install-test-deps.sh "${pkgs[@]}"
+bash scripts/check-node.sh 20
+# Their driver (playwright-core, which uses Debian's chromium and downloads no browser), from
+# its lock file, when node_modules is missing or older than the lock file.
+if [ tests/browser/package-lock.json -nt tests/browser/node_modules/.package-lock.json ]; then
+  npm ci --prefix tests/browser --no-audit --no-fund
+fi
 cargo test --all-targets --locked "$@"

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Debian packages the test suite needs, named by the caller (test.sh): today
-# fonts-dejavu-core (the font run pictures are drawn with; SQLite is bundled into the
-# binary). Later issues add postgresql, haproxy, chromium, iproute2 there.
+# fonts-dejavu-core (the font run pictures are drawn with), chromium, and nodejs + npm (the
+# dashboard's browser tests; test.sh names them only when node is missing, and
+# scripts/check-node.sh then checks the version). SQLite is bundled into the binary. Later
+# issues add postgresql, haproxy, iproute2 there.
 set -euo pipefail
 need=()
 for pkg in "$@"; do
