@@ -321,8 +321,12 @@ impl Subscription {
             return Next::Lagged(missed);
         }
         match self.rx.recv().await {
-            // Lagging is told at once: the queued backlog is stale by then.
-            Some(_) | None if self.shared.lagged.load(Ordering::Acquire) => {
+            // Lagging is told at once: the queued backlog is stale by then (the event just
+            // taken included).
+            Some(event) if self.shared.lagged.load(Ordering::Acquire) => {
+                Next::Lagged(self.missed().unwrap_or(0) + event.weight())
+            }
+            None if self.shared.lagged.load(Ordering::Acquire) => {
                 Next::Lagged(self.missed().unwrap_or(0))
             }
             Some(event) => {
@@ -369,6 +373,8 @@ impl Drop for Subscription {
 
 #[cfg(test)]
 mod tests {
+    use std::future::Future as _;
+
     use super::*;
 
     fn sensor_event(name: &str) -> LiveEvent {
@@ -482,6 +488,26 @@ mod tests {
         assert_eq!(hub.len(), 0, "over the byte budget with 3 events queued");
         match slow.next().await {
             Next::Lagged(missed) => assert_eq!(missed, 3),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A reader already waiting when it lags counts the event that woke it as missed too.
+    #[tokio::test]
+    async fn a_waiting_reader_is_told_every_missed_event() {
+        let hub = Hub::default();
+        let mut slow = hub.subscribe(None);
+        let mut waiting = Box::pin(slow.next());
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(
+            waiting.as_mut().poll(&mut cx).is_pending(),
+            "nothing queued"
+        );
+        for _ in 0..=SUBSCRIBER_QUEUE {
+            hub.publish(&[sensor_event("a")]);
+        }
+        match waiting.await {
+            Next::Lagged(missed) => assert_eq!(missed, SUBSCRIBER_QUEUE as u64 + 1),
             other => panic!("{other:?}"),
         }
     }
