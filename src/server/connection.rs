@@ -16,14 +16,14 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use super::logging;
-use super::pending::{wait_head, InFlight, PendingReply};
+use super::pending::{wait_head, InFlight, LiveFeed, PendingReply};
 use super::stream::{read_when_ready, READ_CHUNK_BYTES};
 use crate::events::{
     self, AcksWithheld, BytesReceived, CloseReason, ConnectionClosed, ErrorReplySuppressed,
     Event as _, LineRejected, Mode, ModeDetected, ReadingReceived, ReadingsAccepted,
     RepliesWritten, StoreUnavailable, Telemetry,
 };
-use crate::live::{LiveBatch, LiveConnection, Registry};
+use crate::live::{LiveConnection, Registry};
 use crate::protocol::codec::{sniff, Frame, LineDecoder, Sniff};
 use crate::protocol::control::{Ack, Reply};
 use crate::protocol::legacy::{LegacyDecoder, LegacyMessage, PONG};
@@ -114,11 +114,8 @@ struct Connection<'a> {
     unacked_failure: Option<String>,
     /// Readings decoded since the last count: counted once per read, not per reading.
     uncounted_accepted: u64,
-    /// The live view's handle (None: not kept), the receipt of the pending batch's first
-    /// reading, and the committed batches whose replies are being written.
-    live: Option<LiveConnection>,
-    batch_first: Option<Instant>,
-    live_committed: Vec<LiveBatch>,
+    /// What the live view gets of this connection's committed batches.
+    live: LiveFeed,
     out: Vec<u8>,
     /// What `out` holds, counted once it is written.
     out_replies: OutReplies,
@@ -191,9 +188,7 @@ pub async fn serve_counted<S>(
         log_muted_second: -1,
         log_suppressed: 0,
         uncounted_accepted: 0,
-        live: live.map(|registry| LiveConnection::new(registry, peer)),
-        batch_first: None,
-        live_committed: Vec::new(),
+        live: LiveFeed::new(live.map(|registry| LiveConnection::new(registry, peer))),
         out: Vec::new(),
         out_replies: OutReplies::default(),
     };
@@ -204,7 +199,7 @@ pub async fn serve_counted<S>(
         Decoder::Legacy(_) => Some(Mode::Legacy),
     };
     // Its sensors are disconnected (if no other connection carries them) as it closes.
-    drop(conn.live.take());
+    conn.live.close();
     let counters = &conn.counters;
     ConnectionClosed {
         mode,
@@ -462,7 +457,7 @@ impl Connection<'_> {
         self.counters.accepted += 1;
         self.since_sync_readings += 1;
         self.since_sync_first.get_or_insert(received_at);
-        self.batch_first.get_or_insert(received_at);
+        self.live.received(received_at);
         self.batch.push(StoredReading {
             reading,
             sensor,
@@ -497,9 +492,8 @@ impl Connection<'_> {
         }
         let batch = std::mem::take(&mut self.batch);
         let replies = std::mem::take(&mut self.replies);
-        let first = self.batch_first.take();
         // Summarized now: the store takes the batch, the live view shows it once committed.
-        let live = self.live.as_ref().map(|live| live.summarize(&batch, first));
+        let live = self.live.summarize(&batch);
         match self.store.submit(batch).await {
             Ok(commit) => {
                 self.inflight.push_back(InFlight {
@@ -534,7 +528,7 @@ impl Connection<'_> {
                 None => {}
                 Some(Ok(committed)) => {
                     self.last_commit = Some(committed);
-                    self.live_committed.extend(head.live);
+                    self.live.committed(head.live);
                 }
                 Some(Err(err)) => {
                     let readings = head
@@ -585,16 +579,10 @@ impl Connection<'_> {
         }
         // Committed is stored: the live view takes it now, before the ack goes out, so a
         // peer that reads its ack then asks `/api/sensors` sees its readings.
-        if !self.live_committed.is_empty() {
-            let mode = self.mode();
-            // Only an ack (or a pong acking a reading) ends an ack latency; a bare pong or
-            // an error does not.
-            let replies_at = (!self.out_replies.ack_receipts.is_empty()).then(Instant::now);
-            if let Some(live) = &mut self.live {
-                live.committed(mode, &mut self.live_committed, replies_at);
-            }
-            self.live_committed.clear();
-        }
+        // Only an ack (or a pong acking a reading) ends an ack latency; a bare pong or an
+        // error does not.
+        let acked = !self.out_replies.ack_receipts.is_empty();
+        self.live.flush(self.mode(), acked);
         if !self.out.is_empty() {
             let write = stream.write_all(&self.out);
             match tokio::time::timeout(self.limits.write_timeout, write).await {
