@@ -170,7 +170,19 @@ impl Registry {
 
     /// Subscribe to the events of `filter`'s sensors (all when `None`).
     pub fn subscribe(&self, filter: Option<SensorFilter>) -> Subscription {
-        self.hub.subscribe(filter)
+        self.subscribe_at(filter, now_ns())
+    }
+
+    /// The first subscriber brings the announced states up to date at once: sweeps skip
+    /// while nobody listens, and a sensor that went stale meanwhile must not then come back
+    /// `connected` unannounced (its state would equal the one last announced).
+    fn subscribe_at(&self, filter: Option<SensorFilter>, now_ns: i64) -> Subscription {
+        let first = !self.has_subscribers();
+        let subscription = self.hub.subscribe(filter);
+        if first {
+            self.sweep(now_ns);
+        }
+        subscription
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {

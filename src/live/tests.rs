@@ -402,7 +402,9 @@ async fn the_sweep_is_capped_and_idle_without_subscribers() {
             .count()
     };
     assert_eq!(announced(State::Stale), 0, "no subscriber: not even a scan");
-    let mut events = registry.subscribe(None);
+    // (Subscribing at S: nothing is stale yet, so the first subscriber's sweep is empty.)
+    let mut events = registry.subscribe_at(None, S);
+    assert_eq!(announced(State::Stale), 0);
     registry.sweep(100 * S);
     assert_eq!(announced(State::Stale), SWEEP_MAX_EVENTS);
     for _ in 0..SWEEP_MAX_EVENTS {
@@ -475,4 +477,25 @@ fn sensor_events_follow_the_registry_order() {
         assert_ne!(pair[0], pair[1], "out of order: {states:?}");
     }
     assert_eq!(states.last().map(String::as_str), Some("disconnected"));
+}
+
+/// A sensor that turned stale while nobody listened is announced stale to the first
+/// subscriber, so its return to `connected` is announced too.
+#[tokio::test]
+async fn the_first_subscriber_catches_up_on_stale_sensors() {
+    let registry = Registry::new(&config(10));
+    let mut conn = Conn::new(1);
+    conn.send(&registry, &[("a", "m v=1 1")], S);
+    registry.sweep(100 * S);
+    let mut events = registry.subscribe_at(None, 100 * S);
+    conn.send(&registry, &[("a", "m v=2 2")], 101 * S);
+    for expected in ["stale", "connected"] {
+        match events.next().await {
+            Next::Event(LiveEvent::Sensor(event)) => {
+                let json: serde_json::Value = serde_json::from_str(event.json()).unwrap();
+                assert_eq!(json["state"], expected, "{json}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }
