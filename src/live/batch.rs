@@ -71,12 +71,14 @@ impl Group {
 
 impl LiveBatch {
     /// Summarize `batch`; `with_events` also serializes each reading for SSE subscribers.
-    /// `carried` gives the primary series of sensors already seen.
+    /// `carried` gives the primary series of the connection's sensors, `lookup` that of
+    /// one it has not carried yet (asked once per new group).
     pub fn build(
         batch: &[StoredReading],
         first_received: Option<Instant>,
         with_events: bool,
         carried: &Carried,
+        lookup: impl Fn(&str) -> Option<(String, String)>,
     ) -> Self {
         let mut groups: Vec<Group> = Vec::new();
         let mut events = Vec::new();
@@ -103,12 +105,14 @@ impl LiveBatch {
                     } else {
                         (batch.len() - index).min(2 * SPARK_POINTS)
                     };
-                    let series = match carried.get(&stored.sensor) {
-                        Some(Some((measurement, field))) if *measurement == reading.measurement => {
-                            Some(field.clone())
-                        }
-                        _ => None,
+                    let known = match carried.get(&stored.sensor) {
+                        Some(known) => known.clone(),
+                        None if link => None,
+                        None => lookup(&stored.sensor),
                     };
+                    let series = known
+                        .filter(|(measurement, _)| *measurement == reading.measurement)
+                        .map(|(_, field)| field);
                     groups.push(Group {
                         sensor: stored.sensor.clone(),
                         measurement: reading.measurement.clone(),
@@ -281,7 +285,7 @@ pub(super) mod tests {
             stored("a", "sensorlink_link sent=10i,rtt_p50_ms=0.4 4000000", 4),
             stored("a", "weather temperature=22.5,humidity=42i 5000000", 5),
         ];
-        let live = LiveBatch::build(&batch, None, false, &Carried::default());
+        let live = LiveBatch::build(&batch, None, false, &Carried::default(), |_| None);
         assert_eq!(live.len(), 5);
         assert!(live.events.is_empty(), "no subscriber: no payloads");
         let names: Vec<_> = live
@@ -313,7 +317,7 @@ pub(super) mod tests {
         let batch: Vec<_> = (0..500)
             .map(|i| stored("a", &format!("m v={i}i {}", i * 1_000_000), i))
             .collect();
-        let live = LiveBatch::build(&batch, None, false, &Carried::default());
+        let live = LiveBatch::build(&batch, None, false, &Carried::default(), |_| None);
         let points = &live.groups[0].points;
         assert_eq!(points.len(), SPARK_POINTS);
         assert_eq!(points.first(), Some(&(440, 440.0)));
@@ -323,7 +327,7 @@ pub(super) mod tests {
     #[test]
     fn events_carry_each_reading_as_json() {
         let batch = [stored("k", "w,sensor=k t=1.5,ok=true,s=\"x\" 7", 1)];
-        let live = LiveBatch::build(&batch, None, true, &Carried::default());
+        let live = LiveBatch::build(&batch, None, true, &Carried::default(), |_| None);
         assert_eq!(live.events.len(), 1);
         let json: serde_json::Value = serde_json::from_str(&live.events[0].1).unwrap();
         assert_eq!(
@@ -340,7 +344,7 @@ pub(super) mod tests {
             stored("a", "m s=\"y\",v=3 2000000", 2),
             stored("a", "m w=4,v=5 3000000", 3),
         ];
-        let live = LiveBatch::build(&batch, None, false, &Carried::default());
+        let live = LiveBatch::build(&batch, None, false, &Carried::default(), |_| None);
         assert_eq!(live.groups[0].series.as_deref(), Some("v"));
         assert_eq!(
             live.groups[0].points,
@@ -359,12 +363,17 @@ pub(super) mod tests {
         ];
         let mut carried = Carried::default();
         carried.insert("a".into(), Some(("m".into(), "t".into())));
-        let live = LiveBatch::build(&batch, None, false, &carried);
+        let live = LiveBatch::build(&batch, None, false, &carried, |_| None);
         assert_eq!(live.groups[0].series.as_deref(), Some("t"));
+        assert_eq!(live.groups[0].points, [(2, 20.5)]);
+        // A sensor the connection has not carried: asked of the registry.
+        let live = LiveBatch::build(&batch, None, false, &Carried::default(), |sensor| {
+            (sensor == "a").then(|| ("m".to_string(), "t".to_string()))
+        });
         assert_eq!(live.groups[0].points, [(2, 20.5)]);
         // Another measurement of the sensor: its own first numeric field.
         let other = [stored("a", "n x=1 1000000", 1)];
-        let live = LiveBatch::build(&other, None, false, &carried);
+        let live = LiveBatch::build(&other, None, false, &carried, |_| None);
         assert_eq!(live.groups[0].series.as_deref(), Some("x"));
     }
 
@@ -375,7 +384,7 @@ pub(super) mod tests {
         let batch: Vec<_> = (0..200)
             .map(|i| stored(&format!("s{}", i % 20), &format!("m v={i}i {i}"), i))
             .collect();
-        let live = LiveBatch::build(&batch, None, false, &Carried::default());
+        let live = LiveBatch::build(&batch, None, false, &Carried::default(), |_| None);
         assert_eq!(live.groups.len(), 20);
         for (at, group) in live.groups.iter().enumerate() {
             assert_eq!(group.sensor, format!("s{at}"));

@@ -388,6 +388,12 @@ impl Registry {
         });
     }
 
+    /// The primary series (measurement, field) of `sensor`, if tracked and known: asked
+    /// for a sensor new to a connection, once per batch group.
+    fn primary(&self, sensor: &str) -> Option<(String, String)> {
+        self.lock().sensors.get(sensor)?.primary().cloned()
+    }
+
     /// Tracked sensors.
     pub fn len(&self) -> usize {
         self.lock().sensors.len()
@@ -558,6 +564,7 @@ impl LiveConnection {
             first_received,
             self.registry.has_subscribers(),
             &self.carried,
+            |sensor| self.registry.primary(sensor),
         )
     }
 

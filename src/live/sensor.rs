@@ -472,7 +472,9 @@ mod tests {
             .iter()
             .map(|(line, received)| stored("s", line, *received))
             .collect();
-        for group in &mut LiveBatch::build(&batch, None, false, &Carried::default()).groups {
+        for group in
+            &mut LiveBatch::build(&batch, None, false, &Carried::default(), |_| None).groups
+        {
             sensor.apply(group);
         }
     }

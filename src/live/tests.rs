@@ -41,6 +41,7 @@ impl Conn {
             Some(Instant::now()),
             registry.has_subscribers(),
             &self.carried,
+            |sensor| registry.primary(sensor),
         )];
         registry.commit(
             self.peer,
@@ -498,4 +499,26 @@ async fn the_first_subscriber_catches_up_on_stale_sensors() {
             other => panic!("{other:?}"),
         }
     }
+}
+
+/// A new connection's first batch of a known sensor keeps its primary series too, even
+/// when that batch starts without it (the registry is asked).
+#[test]
+fn a_new_connection_keeps_the_primary_series() {
+    let registry = Registry::new(&config(10));
+    let mut first = Conn::new(1);
+    first.send(&registry, &[("a", "m t=1,h=10i 1000000")], S);
+    first.close(&registry, S);
+    let mut second = Conn::new(2);
+    second.send(
+        &registry,
+        &[("a", "m h=11i 2000000"), ("a", "m h=12i,t=3 3000000")],
+        S,
+    );
+    let json = sensor(&registry, "a", S);
+    assert_eq!(
+        json["spark"],
+        serde_json::json!([[1, 1.0], [3, 3.0]]),
+        "{json}"
+    );
 }
