@@ -1,7 +1,7 @@
 //! `GET /api/sensors` (paged, filtered) and `GET /api/sensors/{name}`: the live view of
 //! [`crate::live::Registry`], serialized page by page (see docs/http-api.md).
 
-use axum::extract::rejection::QueryRejection;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -59,7 +59,9 @@ impl RawSensorQuery {
                         })
                     })
                     .collect::<Result<Vec<_>, _>>()?,
-            ),
+            )
+            // `state=,` names no state: no filter, as `state=`.
+            .filter(|states: &Vec<SensorState>| !states.is_empty()),
         };
         Ok(SensorQuery {
             q: self.q.filter(|q| !q.is_empty()),
@@ -84,7 +86,11 @@ async fn list(
     }
 }
 
-async fn one(State(state): State<AppState>, Path(name): Path<String>) -> Response {
+async fn one(State(state): State<AppState>, name: Result<Path<String>, PathRejection>) -> Response {
+    let name = match name {
+        Ok(Path(name)) => name,
+        Err(rejection) => return error(StatusCode::BAD_REQUEST, &rejection.body_text()),
+    };
     match state.live.sensor_json(&name) {
         Some(body) => json(StatusCode::OK, body),
         None => error(StatusCode::NOT_FOUND, "unknown sensor"),
@@ -170,6 +176,8 @@ mod tests {
         let (_, _, page) = get(&state, "/api/sensors?state=disconnected,stale").await;
         assert_eq!(page["total"], 0);
         assert_eq!(page["counts"]["connected"], 3);
+        let (_, _, page) = get(&state, "/api/sensors?state=,").await;
+        assert_eq!(page["total"], 3, "no state named: no filter");
         let (_, _, page) = get(&state, "/api/sensors?limit=100000").await;
         assert_eq!(page["limit"], MAX_PAGE, "served as the most there is");
         let (_, _, page) = get(&state, "/api/sensors?limit=0").await;
@@ -207,6 +215,11 @@ mod tests {
         assert_eq!(status, StatusCode::OK);
         assert_eq!(sensor["sensor"], "a/b c");
         assert_eq!(sensor["state"], "connected");
+        // Not UTF-8 once decoded: a JSON 400 too.
+        let (status, content_type, body) = get(&state, "/api/sensors/%FF").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(content_type, "application/json");
+        assert!(body["error"].is_string(), "{body}");
         let (status, _, body) = get(&state, "/api/sensors/nobody").await;
         assert_eq!(status, StatusCode::NOT_FOUND);
         assert_eq!(body, serde_json::json!({"error":"unknown sensor"}));

@@ -22,7 +22,7 @@ use futures_util::Stream;
 use tokio_util::sync::CancellationToken;
 
 use super::AppState;
-use crate::live::{LiveEvent, Next, Subscription};
+use crate::live::{LiveEvent, Next, SensorFilter, Subscription, MAX_FILTER_SENSORS};
 
 /// Comment lines on an idle stream, so proxies and browsers keep it open.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
@@ -43,14 +43,34 @@ struct EventsQuery {
 }
 
 /// The `sensor` filter: the names in a comma list, `None` when it names none.
-fn sensor_filter(list: Option<&str>) -> Option<Vec<String>> {
-    let names: Vec<String> = list?
+///
+/// # Errors
+/// More than [`MAX_FILTER_SENSORS`] distinct names (each event is matched against it).
+fn sensor_filter(list: Option<&str>) -> Result<Option<SensorFilter>, String> {
+    let Some(list) = list else { return Ok(None) };
+    let names: SensorFilter = list
         .split(',')
         .map(str::trim)
         .filter(|name| !name.is_empty())
         .map(str::to_string)
         .collect();
-    (!names.is_empty()).then_some(names)
+    if names.len() > MAX_FILTER_SENSORS {
+        return Err(format!(
+            "sensor names {} sensors: at most {MAX_FILTER_SENSORS}",
+            names.len()
+        ));
+    }
+    Ok((!names.is_empty()).then_some(names))
+}
+
+fn bad_request(message: &str) -> Response {
+    let body = serde_json::json!({ "error": message }).to_string();
+    (
+        StatusCode::BAD_REQUEST,
+        [(header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
 }
 
 async fn events(
@@ -60,17 +80,13 @@ async fn events(
     let query = match query {
         Ok(Query(query)) => query,
         // A typo (`?sensors=`) must not subscribe to every sensor.
-        Err(rejection) => {
-            let body = serde_json::json!({ "error": rejection.body_text() }).to_string();
-            return (
-                StatusCode::BAD_REQUEST,
-                [(header::CONTENT_TYPE, "application/json")],
-                body,
-            )
-                .into_response();
-        }
+        Err(rejection) => return bad_request(&rejection.body_text()),
     };
-    let subscription = state.live.subscribe(sensor_filter(query.sensor.as_deref()));
+    let filter = match sensor_filter(query.sensor.as_deref()) {
+        Ok(filter) => filter,
+        Err(message) => return bad_request(&message),
+    };
+    let subscription = state.live.subscribe(filter);
     Sse::new(stream(subscription, state))
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
         .into_response()
@@ -116,7 +132,7 @@ pub fn stream(
             let next = tokio::select! {
                 biased;
                 _ = feed.shutdown.cancelled() => return None,
-                next = feed.subscription.next() => next,
+                // Before the queue: a backlog must not starve the server's figures.
                 _ = feed.server_tick.tick() => {
                     let summary = super::server_summary(&feed.state);
                     let data = serde_json::to_string(&summary)
@@ -125,6 +141,7 @@ pub fn stream(
                         .push_back(Event::default().event("server").data(data));
                     continue;
                 }
+                next = feed.subscription.next() => next,
             };
             match next {
                 Next::Event(LiveEvent::Readings(readings)) => {
@@ -134,9 +151,9 @@ pub fn stream(
                             .push_back(Event::default().event("reading").data(json));
                     }
                 }
-                Next::Event(LiveEvent::Sensor { json, .. }) => {
+                Next::Event(LiveEvent::Sensor(event)) => {
                     feed.pending
-                        .push_back(Event::default().event("sensor").data(&*json));
+                        .push_back(Event::default().event("sensor").data(event.json()));
                 }
                 Next::Lagged(dropped) => {
                     let data = serde_json::json!({ "dropped": dropped }).to_string();
@@ -184,13 +201,16 @@ mod tests {
 
     #[test]
     fn the_filter_is_a_comma_list() {
-        assert_eq!(sensor_filter(None), None);
-        assert_eq!(sensor_filter(Some("")), None);
-        assert_eq!(sensor_filter(Some(" , ")), None);
-        assert_eq!(
-            sensor_filter(Some("a, b,")),
-            Some(vec!["a".to_string(), "b".to_string()])
-        );
+        assert!(sensor_filter(None).unwrap().is_none());
+        assert!(sensor_filter(Some("")).unwrap().is_none());
+        assert!(sensor_filter(Some(" , ")).unwrap().is_none());
+        let filter = sensor_filter(Some("a, b,")).unwrap().expect("two names");
+        assert_eq!(filter.len(), 2);
+        assert!(filter.contains("a") && filter.contains("b") && !filter.contains("c"));
+        let at_most: Vec<String> = (0..MAX_FILTER_SENSORS).map(|i| format!("s{i}")).collect();
+        assert!(sensor_filter(Some(&at_most.join(","))).is_ok());
+        let over = format!("{},x", at_most.join(","));
+        assert!(sensor_filter(Some(&over)).is_err(), "one name too many");
     }
 
     fn commit(registry: &Arc<Registry>, sensor: &str, lines: &[&str]) -> LiveConnection {
@@ -279,7 +299,57 @@ mod tests {
         assert!(events[3].contains("\"state\":\"disconnected\""), "{text}");
         assert!(!text.contains("\"sensor\":\"b\""), "filtered out: {text}");
         state.shutdown.cancel();
-        read_events(&mut body, &mut text, usize::MAX).await;
+        // A hang here is the failure (a generous bound, not a timing assertion).
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            read_events(&mut body, &mut text, usize::MAX),
+        )
+        .await
+        .expect("shutdown ends the stream");
         assert!(!state.live.has_subscribers(), "shutdown ended the stream");
+    }
+
+    /// A backlog in the queue does not hold back the `server` event (time is paused: its
+    /// tick is due when the stream is first polled, the backlog is ready too).
+    #[tokio::test(start_paused = true)]
+    async fn the_server_event_is_not_starved_by_a_backlog() {
+        let state = crate::http::AppState::new(
+            crate::store::memory::MemoryStore::default().reader(),
+            &crate::server::ServerConfig::default(),
+            CancellationToken::new(),
+        );
+        let subscription = state.live.subscribe(None);
+        let _conns: Vec<_> = (0..20)
+            .map(|i| commit(&state.live, &format!("s{i}"), &["m v=1 1"]))
+            .collect();
+        let mut events = std::pin::pin!(stream(subscription, state.clone()));
+        tokio::time::advance(SERVER_EVERY).await;
+        let first = events.next().await.expect("an event").expect("infallible");
+        let text = format!("{first:?}");
+        assert!(text.contains("server"), "{text}");
+    }
+
+    /// Too long a `?sensor=` list is refused.
+    #[tokio::test]
+    async fn too_many_sensor_names_are_refused() {
+        use axum::http::Request;
+        use tower::ServiceExt as _;
+
+        let state = crate::http::AppState::new(
+            crate::store::memory::MemoryStore::default().reader(),
+            &crate::server::ServerConfig::default(),
+            CancellationToken::new(),
+        );
+        let names: Vec<String> = (0..=MAX_FILTER_SENSORS).map(|i| format!("s{i}")).collect();
+        let response = crate::http::router(state.clone())
+            .oneshot(
+                Request::get(format!("/api/events?sensor={}", names.join(",")))
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        assert!(!state.live.has_subscribers());
     }
 }

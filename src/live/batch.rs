@@ -10,6 +10,8 @@
 
 use std::time::Instant;
 
+use rustc_hash::FxHashMap;
+
 use serde::ser::{Serialize, SerializeMap, Serializer};
 
 use crate::protocol::{FieldValue, Reading};
@@ -20,6 +22,13 @@ pub const LINK_MEASUREMENT: &str = "sensorlink_link";
 
 /// Points kept per sensor for its sparkline.
 pub const SPARK_POINTS: usize = 60;
+
+/// Groups found by a scan up to this many; past it, through a hash index.
+const SCANNED_GROUPS: usize = 8;
+
+/// A connection's sensors, each with its primary series (measurement, field) once known:
+/// a batch keeps that field's points even when its first reading lacks it.
+pub type Carried = FxHashMap<String, Option<(String, String)>>;
 
 /// One batch, summarized for the live view.
 #[derive(Debug, Default)]
@@ -43,8 +52,9 @@ pub(super) struct Group {
     pub(super) time_ns: i64,
     /// When the server received the group's last reading.
     pub(super) received_ns: i64,
-    /// The first numeric field of the group's first reading that has one, and that field's
-    /// values (`[time_ms, value]`, oldest first) in the readings that carry it first too.
+    /// The sensor's primary field when known for this measurement (see [`Carried`]), else
+    /// the first numeric field of the group's first reading that has one; and that field's
+    /// values (`[time_ms, value]`, oldest first) in the readings that carry it, by name.
     pub(super) series: Option<String>,
     pub(super) points: Vec<(i64, f64)>,
     /// Index of the last reading (in the batch) while building.
@@ -61,19 +71,28 @@ impl Group {
 
 impl LiveBatch {
     /// Summarize `batch`; `with_events` also serializes each reading for SSE subscribers.
+    /// `carried` gives the primary series of the connection's sensors, `lookup` that of
+    /// one it has not carried yet (asked once per new group).
     pub fn build(
         batch: &[StoredReading],
         first_received: Option<Instant>,
         with_events: bool,
+        carried: &Carried,
+        lookup: impl Fn(&str) -> Option<(String, String)>,
     ) -> Self {
         let mut groups: Vec<Group> = Vec::new();
         let mut events = Vec::new();
+        // Past a few groups a scan per reading would be quadratic.
+        let mut index_of: FxHashMap<(&str, &str), usize> = FxHashMap::default();
         // Most batches hold one group: try the last one matched before scanning.
         let mut hint = 0;
         for (index, stored) in batch.iter().enumerate() {
             let reading = &stored.reading;
             let found = match groups.get(hint) {
                 Some(group) if is_group(group, stored) => Some(hint),
+                _ if groups.len() > SCANNED_GROUPS => index_of
+                    .get(&(stored.sensor.as_str(), reading.measurement.as_str()))
+                    .copied(),
                 _ => groups.iter().position(|group| is_group(group, stored)),
             };
             let at = match found {
@@ -86,6 +105,14 @@ impl LiveBatch {
                     } else {
                         (batch.len() - index).min(2 * SPARK_POINTS)
                     };
+                    let known = match carried.get(&stored.sensor) {
+                        Some(known) => known.clone(),
+                        None if link => None,
+                        None => lookup(&stored.sensor),
+                    };
+                    let series = known
+                        .filter(|(measurement, _)| *measurement == reading.measurement)
+                        .map(|(_, field)| field);
                     groups.push(Group {
                         sensor: stored.sensor.clone(),
                         measurement: reading.measurement.clone(),
@@ -93,11 +120,26 @@ impl LiveBatch {
                         fields: Vec::new(),
                         time_ns: 0,
                         received_ns: 0,
-                        series: None,
+                        series,
                         points: Vec::with_capacity(points),
                         last: index,
                         link,
                     });
+                    if groups.len() > SCANNED_GROUPS {
+                        if index_of.is_empty() {
+                            // Keys borrow from the batch (a group's last reading is its own).
+                            for (at, group) in groups.iter().enumerate() {
+                                let last = &batch[group.last];
+                                let key = (last.sensor.as_str(), last.reading.measurement.as_str());
+                                index_of.insert(key, at);
+                            }
+                        } else {
+                            index_of.insert(
+                                (stored.sensor.as_str(), reading.measurement.as_str()),
+                                groups.len() - 1,
+                            );
+                        }
+                    }
                     groups.len() - 1
                 }
             };
@@ -108,11 +150,16 @@ impl LiveBatch {
             group.received_ns = stored.received_ns;
             let time_ns = stored.timestamp_ns();
             if !group.is_link() {
-                if let Some((name, value)) = first_numeric(reading) {
-                    let series = group.series.get_or_insert_with(|| name.to_string());
-                    if series == name {
-                        push_point(&mut group.points, time_ns, value);
-                    }
+                let value = match &group.series {
+                    // By name: readings may order their fields differently.
+                    Some(series) => field_number(reading, series),
+                    None => first_numeric(reading).map(|(name, value)| {
+                        group.series = Some(name.to_string());
+                        value
+                    }),
+                };
+                if let Some(value) = value {
+                    push_point(&mut group.points, time_ns, value);
                 }
             }
             if with_events {
@@ -158,15 +205,28 @@ fn push_point(points: &mut Vec<(i64, f64)>, time_ns: i64, value: f64) {
 
 /// The first field with a number in it, as f64.
 pub(super) fn first_numeric(reading: &Reading) -> Option<(&str, f64)> {
-    reading.fields.iter().find_map(|(name, value)| {
-        let number = match value {
-            FieldValue::Float(v) => *v,
-            FieldValue::Int(v) => *v as f64,
-            FieldValue::UInt(v) => *v as f64,
-            FieldValue::Str(_) | FieldValue::Bool(_) => return None,
-        };
-        Some((name.as_str(), number))
-    })
+    reading
+        .fields
+        .iter()
+        .find_map(|(name, value)| Some((name.as_str(), number(value)?)))
+}
+
+/// The field `name`'s value as f64, if it is there and a number.
+fn field_number(reading: &Reading, name: &str) -> Option<f64> {
+    reading
+        .fields
+        .iter()
+        .find(|(field, _)| field == name)
+        .and_then(|(_, value)| number(value))
+}
+
+pub(super) fn number(value: &FieldValue) -> Option<f64> {
+    match value {
+        FieldValue::Float(v) => Some(*v),
+        FieldValue::Int(v) => Some(*v as f64),
+        FieldValue::UInt(v) => Some(*v as f64),
+        FieldValue::Str(_) | FieldValue::Bool(_) => None,
+    }
 }
 
 /// Serializes `pairs` as a JSON object (tags and fields keep their wire order).
@@ -225,7 +285,7 @@ pub(super) mod tests {
             stored("a", "sensorlink_link sent=10i,rtt_p50_ms=0.4 4000000", 4),
             stored("a", "weather temperature=22.5,humidity=42i 5000000", 5),
         ];
-        let live = LiveBatch::build(&batch, None, false);
+        let live = LiveBatch::build(&batch, None, false, &Carried::default(), |_| None);
         assert_eq!(live.len(), 5);
         assert!(live.events.is_empty(), "no subscriber: no payloads");
         let names: Vec<_> = live
@@ -257,7 +317,7 @@ pub(super) mod tests {
         let batch: Vec<_> = (0..500)
             .map(|i| stored("a", &format!("m v={i}i {}", i * 1_000_000), i))
             .collect();
-        let live = LiveBatch::build(&batch, None, false);
+        let live = LiveBatch::build(&batch, None, false, &Carried::default(), |_| None);
         let points = &live.groups[0].points;
         assert_eq!(points.len(), SPARK_POINTS);
         assert_eq!(points.first(), Some(&(440, 440.0)));
@@ -267,7 +327,7 @@ pub(super) mod tests {
     #[test]
     fn events_carry_each_reading_as_json() {
         let batch = [stored("k", "w,sensor=k t=1.5,ok=true,s=\"x\" 7", 1)];
-        let live = LiveBatch::build(&batch, None, true);
+        let live = LiveBatch::build(&batch, None, true, &Carried::default(), |_| None);
         assert_eq!(live.events.len(), 1);
         let json: serde_json::Value = serde_json::from_str(&live.events[0].1).unwrap();
         assert_eq!(
@@ -284,12 +344,58 @@ pub(super) mod tests {
             stored("a", "m s=\"y\",v=3 2000000", 2),
             stored("a", "m w=4,v=5 3000000", 3),
         ];
-        let live = LiveBatch::build(&batch, None, false);
+        let live = LiveBatch::build(&batch, None, false, &Carried::default(), |_| None);
         assert_eq!(live.groups[0].series.as_deref(), Some("v"));
         assert_eq!(
             live.groups[0].points,
-            [(2, 3.0)],
-            "w comes first in the third"
+            [(2, 3.0), (3, 5.0)],
+            "v by name, though w comes first in the third"
         );
+    }
+
+    /// A batch whose first reading lacks the sensor's primary field still keeps that
+    /// field's points, once the connection knows the primary.
+    #[test]
+    fn the_known_primary_series_is_kept() {
+        let batch = [
+            stored("a", "m h=40i 1000000", 1),
+            stored("a", "m t=20.5,h=41i 2000000", 2),
+        ];
+        let mut carried = Carried::default();
+        carried.insert("a".into(), Some(("m".into(), "t".into())));
+        let live = LiveBatch::build(&batch, None, false, &carried, |_| None);
+        assert_eq!(live.groups[0].series.as_deref(), Some("t"));
+        assert_eq!(live.groups[0].points, [(2, 20.5)]);
+        // A sensor the connection has not carried: asked of the registry.
+        let live = LiveBatch::build(&batch, None, false, &Carried::default(), |sensor| {
+            (sensor == "a").then(|| ("m".to_string(), "t".to_string()))
+        });
+        assert_eq!(live.groups[0].points, [(2, 20.5)]);
+        // Another measurement of the sensor: its own first numeric field.
+        let other = [stored("a", "n x=1 1000000", 1)];
+        let live = LiveBatch::build(&other, None, false, &carried, |_| None);
+        assert_eq!(live.groups[0].series.as_deref(), Some("x"));
+    }
+
+    /// Many groups, interleaved: each reading lands in its own group (through the index
+    /// past the first few).
+    #[test]
+    fn many_groups_are_grouped_right() {
+        let batch: Vec<_> = (0..200)
+            .map(|i| stored(&format!("s{}", i % 20), &format!("m v={i}i {i}"), i))
+            .collect();
+        let live = LiveBatch::build(&batch, None, false, &Carried::default(), |_| None);
+        assert_eq!(live.groups.len(), 20);
+        for (at, group) in live.groups.iter().enumerate() {
+            assert_eq!(group.sensor, format!("s{at}"));
+            assert_eq!(group.count, 10);
+            let expected: Vec<(i64, f64)> = (0..10)
+                .map(|k| {
+                    let i = (k * 20 + at) as i64;
+                    (i.div_euclid(1_000_000), i as f64)
+                })
+                .collect();
+            assert_eq!(group.points, expected);
+        }
     }
 }

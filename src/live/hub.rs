@@ -3,15 +3,21 @@
 //! Publishing never waits: an event that does not fit a subscriber's queue ends that
 //! subscription (it is told how many events it missed, then the stream closes; the page
 //! reconnects and refetches). So a browser that stops reading costs at most
-//! [`SUBSCRIBER_QUEUE`] queue entries holding at most [`SUBSCRIBER_EVENTS`] events, and
-//! never slows ingest. With nobody subscribed the
-//! connections do not even serialize the readings ([`Hub::has_subscribers`]).
+//! [`SUBSCRIBER_QUEUE`] queue entries holding at most [`SUBSCRIBER_EVENTS`] events and
+//! about [`SUBSCRIBER_BYTES`] bytes, and never slows ingest. With nobody subscribed the
+//! connections do not even serialize the readings ([`Hub::has_subscribers`]); a
+//! subscription leaves the list (and that count) as soon as it lags or is dropped.
+//!
+//! `sensor` events carry an owned [`Snapshot`], serialized by whoever reads it (once,
+//! shared), so the registry publishes them under its lock without serializing there.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
+use rustc_hash::FxHashSet;
 use tokio::sync::mpsc;
 
+use super::sensor::Snapshot;
 use crate::events::{Event as _, SubscriberLagged, SubscriberOpen};
 
 /// Queue entries per subscriber (one per batch of readings, or per sensor change).
@@ -21,13 +27,44 @@ pub const SUBSCRIBER_QUEUE: usize = 1024;
 /// batches cannot pin more than this many payloads.
 pub const SUBSCRIBER_EVENTS: u64 = 16_384;
 
+/// Payload bytes queued per subscriber (long string fields make few events large).
+pub const SUBSCRIBER_BYTES: u64 = 16 << 20;
+
+/// Most names in one `?sensor=` filter (a longer list is refused).
+pub const MAX_FILTER_SENSORS: usize = 100;
+
 /// One published event; cheap to clone (shared payloads).
 #[derive(Debug, Clone)]
 pub enum LiveEvent {
     /// Committed readings of one batch.
     Readings(Arc<ReadingEvents>),
-    /// A sensor appeared or changed state: its SENSOR object.
-    Sensor { sensor: Arc<str>, json: Arc<str> },
+    /// A sensor appeared or changed state.
+    Sensor(Arc<SensorEvent>),
+}
+
+/// A `sensor` event: the sensor's state when it changed, serialized on first read.
+#[derive(Debug)]
+pub struct SensorEvent {
+    snapshot: Snapshot,
+    json: OnceLock<String>,
+}
+
+impl SensorEvent {
+    pub(super) fn new(snapshot: Snapshot) -> Self {
+        SensorEvent {
+            snapshot,
+            json: OnceLock::new(),
+        }
+    }
+
+    pub fn sensor(&self) -> &str {
+        self.snapshot.name()
+    }
+
+    /// Its SENSOR object as JSON (serialized once, whatever the number of readers).
+    pub fn json(&self) -> &str {
+        self.json.get_or_init(|| self.snapshot.to_json())
+    }
 }
 
 impl LiveEvent {
@@ -35,18 +72,50 @@ impl LiveEvent {
     fn weight(&self) -> u64 {
         match self {
             LiveEvent::Readings(readings) => readings.events.len() as u64,
-            LiveEvent::Sensor { .. } => 1,
+            LiveEvent::Sensor(_) => 1,
         }
     }
 
-    fn concerns(&self, filter: &[String]) -> bool {
+    /// Payload bytes it pins while queued (a bound, for a sensor not yet serialized).
+    fn bytes(&self) -> u64 {
+        match self {
+            LiveEvent::Readings(readings) => readings.bytes,
+            LiveEvent::Sensor(event) => event.snapshot.approx_bytes(),
+        }
+    }
+
+    fn concerns(&self, filter: &SensorFilter) -> bool {
         match self {
             LiveEvent::Readings(readings) => readings
                 .sensors
                 .iter()
                 .any(|sensor| filter.contains(sensor)),
-            LiveEvent::Sensor { sensor, .. } => filter.iter().any(|name| **name == **sensor),
+            LiveEvent::Sensor(event) => filter.contains(event.sensor()),
         }
+    }
+}
+
+/// The sensors a subscription asked for.
+#[derive(Debug, Default, Clone)]
+pub struct SensorFilter(FxHashSet<String>);
+
+impl SensorFilter {
+    pub fn contains(&self, sensor: &str) -> bool {
+        self.0.contains(sensor)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl FromIterator<String> for SensorFilter {
+    fn from_iter<I: IntoIterator<Item = String>>(names: I) -> Self {
+        SensorFilter(names.into_iter().collect())
     }
 }
 
@@ -57,11 +126,25 @@ pub struct ReadingEvents {
     pub sensors: Vec<String>,
     /// (index into `sensors`, the reading as JSON).
     pub events: Vec<(usize, String)>,
+    /// The payloads' total length.
+    pub bytes: u64,
 }
 
 impl ReadingEvents {
+    pub fn new(sensors: Vec<String>, events: Vec<(usize, String)>) -> Self {
+        let bytes = events.iter().map(|(_, json)| json.len() as u64).sum();
+        ReadingEvents {
+            sensors,
+            events,
+            bytes,
+        }
+    }
+
     /// The payloads of `filter`'s sensors (all when `None`).
-    pub fn matching<'a>(&'a self, filter: Option<&'a [String]>) -> impl Iterator<Item = &'a str> {
+    pub fn matching<'a>(
+        &'a self,
+        filter: Option<&'a SensorFilter>,
+    ) -> impl Iterator<Item = &'a str> {
         self.events.iter().filter_map(move |(sensor, json)| {
             let keep = match filter {
                 None => true,
@@ -79,44 +162,71 @@ struct Shared {
     dropped: AtomicU64,
     /// SSE events queued and not yet taken (see [`SUBSCRIBER_EVENTS`]).
     queued: AtomicU64,
+    /// Their payload bytes (see [`SUBSCRIBER_BYTES`]).
+    queued_bytes: AtomicU64,
 }
 
 #[derive(Debug)]
 struct Subscriber {
+    id: u64,
     tx: mpsc::Sender<LiveEvent>,
-    filter: Option<Arc<[String]>>,
+    filter: Option<Arc<SensorFilter>>,
     shared: Arc<Shared>,
 }
 
 /// The subscribers.
 #[derive(Debug, Default)]
-pub(super) struct Hub {
+pub(super) struct Hub(Arc<HubShared>);
+
+#[derive(Debug, Default)]
+struct HubShared {
     subscribers: Mutex<Vec<Subscriber>>,
-    /// Open subscriptions: read on the hot path, without the lock.
-    open: Arc<AtomicUsize>,
+    /// The list's length, stored under its lock: read on the hot path without it.
+    open: AtomicUsize,
+    next_id: AtomicU64,
+}
+
+impl HubShared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Subscriber>> {
+        // The list stays consistent whatever a panicking holder did (retain is all or
+        // nothing per entry).
+        self.subscribers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Keep `open` equal to the list's length (called with the lock held).
+    fn count(&self, subscribers: &[Subscriber]) {
+        self.open.store(subscribers.len(), Ordering::Relaxed);
+    }
 }
 
 impl Hub {
     pub(super) fn has_subscribers(&self) -> bool {
-        self.open.load(Ordering::Relaxed) > 0
+        self.0.open.load(Ordering::Relaxed) > 0
     }
 
     /// A new subscription, to the events of `filter`'s sensors only when given.
-    pub(super) fn subscribe(&self, filter: Option<Vec<String>>) -> Subscription {
+    pub(super) fn subscribe(&self, filter: Option<SensorFilter>) -> Subscription {
         let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
         let shared = Arc::new(Shared::default());
-        let filter: Option<Arc<[String]>> = filter.map(Arc::from);
-        self.lock().push(Subscriber {
+        let filter = filter.map(Arc::new);
+        let id = self.0.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut subscribers = self.0.lock();
+        subscribers.push(Subscriber {
+            id,
             tx,
             filter: filter.clone(),
             shared: shared.clone(),
         });
-        self.open.fetch_add(1, Ordering::Relaxed);
+        self.0.count(&subscribers);
+        drop(subscribers);
         Subscription {
             rx,
             filter,
             shared,
-            open: self.open.clone(),
+            hub: self.0.clone(),
+            id,
             _gauge: SubscriberOpen::new(),
         }
     }
@@ -126,7 +236,7 @@ impl Hub {
         if events.is_empty() {
             return;
         }
-        let mut subscribers = self.lock();
+        let mut subscribers = self.0.lock();
         subscribers.retain(|sub| {
             if sub.tx.is_closed() {
                 return false;
@@ -138,15 +248,24 @@ impl Hub {
                     }
                 }
                 let weight = event.weight();
+                let bytes = event.bytes();
                 let queued = sub.shared.queued.fetch_add(weight, Ordering::AcqRel);
-                let sent = if queued + weight > SUBSCRIBER_EVENTS {
-                    Err(mpsc::error::TrySendError::Full(event.clone()))
+                let queued_bytes = sub.shared.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
+                let sent = if queued + weight > SUBSCRIBER_EVENTS
+                    || queued_bytes + bytes > SUBSCRIBER_BYTES
+                {
+                    Err(mpsc::error::TrySendError::Full(()))
                 } else {
-                    sub.tx.try_send(event.clone())
+                    sub.tx.try_send(event.clone()).map_err(|err| match err {
+                        mpsc::error::TrySendError::Full(_) => mpsc::error::TrySendError::Full(()),
+                        mpsc::error::TrySendError::Closed(_) => {
+                            mpsc::error::TrySendError::Closed(())
+                        }
+                    })
                 };
                 match sent {
                     Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(_)) => {
+                    Err(mpsc::error::TrySendError::Full(())) => {
                         sub.shared.dropped.fetch_add(weight, Ordering::Relaxed);
                         sub.shared.lagged.store(true, Ordering::Release);
                         SubscriberLagged {
@@ -155,19 +274,17 @@ impl Hub {
                         .emit();
                         return false;
                     }
-                    Err(mpsc::error::TrySendError::Closed(_)) => return false,
+                    Err(mpsc::error::TrySendError::Closed(())) => return false,
                 }
             }
             true
         });
+        self.0.count(&subscribers);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Subscriber>> {
-        // The list stays consistent whatever a panicking holder did (retain is all or
-        // nothing per entry).
-        self.subscribers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.0.lock().len()
     }
 }
 
@@ -185,15 +302,16 @@ pub enum Next {
 #[derive(Debug)]
 pub struct Subscription {
     rx: mpsc::Receiver<LiveEvent>,
-    filter: Option<Arc<[String]>>,
+    filter: Option<Arc<SensorFilter>>,
     shared: Arc<Shared>,
-    open: Arc<AtomicUsize>,
+    hub: Arc<HubShared>,
+    id: u64,
     _gauge: SubscriberOpen,
 }
 
 impl Subscription {
     /// The sensors it asked for (`None`: all).
-    pub fn filter(&self) -> Option<&[String]> {
+    pub fn filter(&self) -> Option<&SensorFilter> {
         self.filter.as_deref()
     }
 
@@ -203,18 +321,31 @@ impl Subscription {
             return Next::Lagged(missed);
         }
         match self.rx.recv().await {
-            // Lagging is told at once: the queued backlog is stale by then.
-            Some(_) | None if self.shared.lagged.load(Ordering::Acquire) => {
+            // Lagging is told at once: the queued backlog is stale by then (the event just
+            // taken included).
+            Some(event) if self.shared.lagged.load(Ordering::Acquire) => {
+                Next::Lagged(self.missed().unwrap_or(0) + event.weight())
+            }
+            None if self.shared.lagged.load(Ordering::Acquire) => {
                 Next::Lagged(self.missed().unwrap_or(0))
             }
             Some(event) => {
                 self.shared
                     .queued
                     .fetch_sub(event.weight(), Ordering::AcqRel);
+                self.shared
+                    .queued_bytes
+                    .fetch_sub(event.bytes(), Ordering::AcqRel);
                 Next::Event(event)
             }
             None => Next::Closed,
         }
+    }
+
+    /// The next queued event, if any (tests that do not wait).
+    #[cfg(test)]
+    pub(super) fn rx_try_recv(&mut self) -> Result<LiveEvent, mpsc::error::TryRecvError> {
+        self.rx.try_recv()
     }
 
     /// Events missed, once lagged (the queued ones included: they are dropped too).
@@ -233,19 +364,31 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        self.open.fetch_sub(1, Ordering::Relaxed);
+        // Off the list now, so connections stop serializing readings for nobody.
+        let mut subscribers = self.hub.lock();
+        subscribers.retain(|sub| sub.id != self.id);
+        self.hub.count(&subscribers);
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::future::Future as _;
+
     use super::*;
 
     fn sensor_event(name: &str) -> LiveEvent {
-        LiveEvent::Sensor {
-            sensor: name.into(),
-            json: "{}".into(),
-        }
+        let sensor = super::super::sensor::Sensor::new(
+            std::net::SocketAddr::from(([127, 0, 0, 1], 1)),
+            crate::events::Mode::Line,
+        );
+        LiveEvent::Sensor(Arc::new(SensorEvent::new(Snapshot::new(
+            name, &sensor, 0, 1,
+        ))))
+    }
+
+    fn filter(names: &[&str]) -> SensorFilter {
+        names.iter().map(|name| name.to_string()).collect()
     }
 
     #[tokio::test]
@@ -253,25 +396,28 @@ mod tests {
         let hub = Hub::default();
         assert!(!hub.has_subscribers());
         let mut all = hub.subscribe(None);
-        let mut only_b = hub.subscribe(Some(vec!["b".into()]));
+        let mut only_b = hub.subscribe(Some(filter(&["b"])));
         assert!(hub.has_subscribers());
         hub.publish(&[sensor_event("a"), sensor_event("b")]);
         for expected in ["a", "b"] {
             match all.next().await {
-                Next::Event(LiveEvent::Sensor { sensor, .. }) => assert_eq!(&*sensor, expected),
+                Next::Event(LiveEvent::Sensor(event)) => assert_eq!(event.sensor(), expected),
                 other => panic!("{other:?}"),
             }
         }
         match only_b.next().await {
-            Next::Event(LiveEvent::Sensor { sensor, .. }) => assert_eq!(&*sensor, "b"),
+            Next::Event(LiveEvent::Sensor(event)) => assert_eq!(event.sensor(), "b"),
             other => panic!("{other:?}"),
         }
         drop(all);
+        assert_eq!(
+            hub.len(),
+            1,
+            "a dropped subscription leaves the list at once"
+        );
         drop(only_b);
         assert!(!hub.has_subscribers());
-        // The closed queues are forgotten at the next publish.
-        hub.publish(&[sensor_event("a")]);
-        assert!(hub.lock().is_empty());
+        assert_eq!(hub.len(), 0);
     }
 
     /// A batch of readings counts one event per reading against the subscriber's budget.
@@ -280,18 +426,18 @@ mod tests {
         let hub = Hub::default();
         let mut slow = hub.subscribe(None);
         let batch = |n: usize| {
-            LiveEvent::Readings(Arc::new(ReadingEvents {
-                sensors: vec!["a".into()],
-                events: (0..n).map(|_| (0, "{}".to_string())).collect(),
-            }))
+            LiveEvent::Readings(Arc::new(ReadingEvents::new(
+                vec!["a".into()],
+                (0..n).map(|_| (0, "{}".to_string())).collect(),
+            )))
         };
         let half = SUBSCRIBER_EVENTS as usize / 2;
         hub.publish(&[batch(half), batch(half)]);
-        assert_eq!(hub.lock().len(), 1, "exactly full is not lagging");
+        assert_eq!(hub.len(), 1, "exactly full is not lagging");
         assert!(matches!(slow.next().await, Next::Event(_)));
         hub.publish(&[batch(half)]);
         hub.publish(&[batch(1)]);
-        assert!(hub.lock().is_empty(), "over the budget");
+        assert_eq!(hub.len(), 0, "over the budget");
         match slow.next().await {
             Next::Lagged(missed) => assert_eq!(missed, 2 * half as u64 + 1),
             other => panic!("{other:?}"),
@@ -310,7 +456,13 @@ mod tests {
             // The other one keeps up.
             assert!(matches!(other.next().await, Next::Event(_)));
         }
-        assert_eq!(hub.lock().len(), 1, "the slow one is off the list");
+        assert_eq!(hub.len(), 1, "the slow one is off the list");
+        drop(other);
+        // The lagged one is not read yet (its socket is still open): it counts no more.
+        assert!(
+            !hub.has_subscribers(),
+            "a lagged subscription is not a subscriber"
+        );
         match slow.next().await {
             Next::Lagged(missed) => assert_eq!(missed, SUBSCRIBER_QUEUE as u64 + 1),
             other => panic!("{other:?}"),
@@ -318,15 +470,58 @@ mod tests {
         assert!(matches!(slow.next().await, Next::Lagged(0) | Next::Closed));
     }
 
+    /// Few events of large payloads end the subscription too.
+    #[tokio::test]
+    async fn the_queue_is_bounded_in_bytes() {
+        let hub = Hub::default();
+        let mut slow = hub.subscribe(None);
+        let big = |kib: usize| {
+            LiveEvent::Readings(Arc::new(ReadingEvents::new(
+                vec!["a".into()],
+                vec![(0, "x".repeat(kib << 10))],
+            )))
+        };
+        // 15 MiB then 1 MiB: exactly the budget.
+        hub.publish(&[big(15 << 10), big(1 << 10)]);
+        assert_eq!(hub.len(), 1, "exactly full is not lagging");
+        hub.publish(&[big(1)]);
+        assert_eq!(hub.len(), 0, "over the byte budget with 3 events queued");
+        match slow.next().await {
+            Next::Lagged(missed) => assert_eq!(missed, 3),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A reader already waiting when it lags counts the event that woke it as missed too.
+    #[tokio::test]
+    async fn a_waiting_reader_is_told_every_missed_event() {
+        let hub = Hub::default();
+        let mut slow = hub.subscribe(None);
+        let mut waiting = Box::pin(slow.next());
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(
+            waiting.as_mut().poll(&mut cx).is_pending(),
+            "nothing queued"
+        );
+        for _ in 0..=SUBSCRIBER_QUEUE {
+            hub.publish(&[sensor_event("a")]);
+        }
+        match waiting.await {
+            Next::Lagged(missed) => assert_eq!(missed, SUBSCRIBER_QUEUE as u64 + 1),
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn readings_are_filtered_per_sensor() {
-        let readings = ReadingEvents {
-            sensors: vec!["a".into(), "b".into()],
-            events: vec![(0, "1".into()), (1, "2".into()), (0, "3".into())],
-        };
+        let readings = ReadingEvents::new(
+            vec!["a".into(), "b".into()],
+            vec![(0, "1".into()), (1, "2".into()), (0, "3".into())],
+        );
+        assert_eq!(readings.bytes, 3);
         let all: Vec<_> = readings.matching(None).collect();
         assert_eq!(all, ["1", "2", "3"]);
-        let filter = ["a".to_string()];
+        let filter = filter(&["a"]);
         let a: Vec<_> = readings.matching(Some(&filter)).collect();
         assert_eq!(a, ["1", "3"]);
     }

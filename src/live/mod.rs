@@ -11,6 +11,13 @@
 //! - [`sensor`]: one sensor's bounded state and its SENSOR JSON.
 //! - [`hub`]: the subscribers' bounded queues.
 //!
+//! Locking: the registry's lock is held only to update or copy sensors, in chunks of
+//! [`SCAN_CHUNK`] names when scanning, so a commit (and the ack behind it) never waits
+//! for a whole scan; JSON is written after it is released (pages from [`Snapshot`]s,
+//! `sensor` events by their reader). Events are published to the hub while the registry
+//! lock is held (lock order registry → hub; publishing never waits), so subscribers see
+//! a sensor's changes in the order they happened.
+//!
 //! `stale` is evaluated when read, and a periodic [`Registry::sweep`] announces the
 //! transitions to subscribers. At most [`MAX_SENSORS`] sensors are tracked; the one
 //! disconnected longest is evicted first.
@@ -21,15 +28,17 @@ pub mod sensor;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use rustc_hash::FxHashSet;
 use tokio_util::sync::CancellationToken;
 
-pub use batch::LiveBatch;
-pub use hub::{LiveEvent, Next, ReadingEvents, Subscription};
-pub use sensor::{SensorJson, State};
+pub use batch::{Carried, LiveBatch};
+pub use hub::{
+    LiveEvent, Next, ReadingEvents, SensorEvent, SensorFilter, Subscription, MAX_FILTER_SENSORS,
+};
+pub use sensor::{SensorJson, Snapshot, State};
 
 use crate::events::{
     self, Event as _, Mode, SensorEvicted, SensorUntracked, SensorsTracked, Telemetry,
@@ -46,6 +55,12 @@ pub const MAX_PAGE: usize = 1000;
 
 /// How often silent sensors are checked for turning stale.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Most `sensor` events one sweep publishes; the rest go out at the next sweeps.
+pub const SWEEP_MAX_EVENTS: usize = 1024;
+
+/// Sensors visited per hold of the registry lock when scanning them all.
+pub const SCAN_CHUNK: usize = 4096;
 
 /// The live view's settings.
 #[derive(Debug, Clone)]
@@ -154,8 +169,20 @@ impl Registry {
     }
 
     /// Subscribe to the events of `filter`'s sensors (all when `None`).
-    pub fn subscribe(&self, filter: Option<Vec<String>>) -> Subscription {
-        self.hub.subscribe(filter)
+    pub fn subscribe(&self, filter: Option<SensorFilter>) -> Subscription {
+        self.subscribe_at(filter, now_ns())
+    }
+
+    /// The first subscriber brings the announced states up to date at once: sweeps skip
+    /// while nobody listens, and a sensor that went stale meanwhile must not then come back
+    /// `connected` unannounced (its state would equal the one last announced).
+    fn subscribe_at(&self, filter: Option<SensorFilter>, now_ns: i64) -> Subscription {
+        let first = !self.has_subscribers();
+        let subscription = self.hub.subscribe(filter);
+        if first {
+            self.sweep(now_ns);
+        }
+        subscription
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -170,7 +197,7 @@ impl Registry {
         &self,
         peer: SocketAddr,
         mode: Mode,
-        carried: &mut FxHashSet<String>,
+        carried: &mut Carried,
         batches: &mut [LiveBatch],
         replies_at: Option<Instant>,
         now_ns: i64,
@@ -198,8 +225,8 @@ impl Registry {
                         .sensors
                         .get_mut(&group.sensor)
                         .expect("track() just found or made it");
-                    if !carried.contains(&group.sensor) {
-                        carried.insert(group.sensor.clone());
+                    if !carried.contains_key(&group.sensor) {
+                        carried.insert(group.sensor.clone(), None);
                         sensor.connections += 1;
                         if sensor.disconnected_ns != 0 {
                             let since = std::mem::take(&mut sensor.disconnected_ns);
@@ -209,6 +236,10 @@ impl Registry {
                     sensor.peer = peer;
                     sensor.mode = mode;
                     sensor.apply(group);
+                    if let Some(known @ None) = carried.get_mut(&group.sensor) {
+                        // Its next batches keep this series' points (see `Carried`).
+                        known.clone_from(&sensor.primary().cloned());
+                    }
                     if let Some(micros) = ack_us {
                         if sensor.ack_batch != seq {
                             sensor.ack_batch = seq;
@@ -218,14 +249,16 @@ impl Registry {
                     self.announce(&group.sensor, sensor, now_ns, announce, &mut out);
                 }
                 if announce && !batch.events.is_empty() {
-                    out.push(LiveEvent::Readings(Arc::new(ReadingEvents {
-                        sensors: batch.groups.iter().map(|g| g.sensor.clone()).collect(),
-                        events: std::mem::take(&mut batch.events),
-                    })));
+                    out.push(LiveEvent::Readings(Arc::new(ReadingEvents::new(
+                        batch.groups.iter().map(|g| g.sensor.clone()).collect(),
+                        std::mem::take(&mut batch.events),
+                    ))));
                 }
             }
+            // Under the registry lock: another connection's change to the same sensor
+            // cannot be published between this one's and its event.
+            self.hub.publish(&out);
         }
-        self.hub.publish(&out);
     }
 
     /// Make sure `name` is tracked: a new one is made (evicting the sensor disconnected
@@ -267,17 +300,14 @@ impl Registry {
         }
         sensor.announced = Some(state);
         if announce {
-            let json = serde_json::to_string(&sensor.json(name, now_ns, self.stale_after_ns))
-                .expect("a SENSOR object serializes to JSON");
-            out.push(LiveEvent::Sensor {
-                sensor: name.into(),
-                json: json.into(),
-            });
+            // Copied, not serialized: the lock is held.
+            let snapshot = Snapshot::new(name, sensor, now_ns, self.stale_after_ns);
+            out.push(LiveEvent::Sensor(Arc::new(SensorEvent::new(snapshot))));
         }
     }
 
     /// A connection that counted itself in `carried`'s sensors closed.
-    fn disconnect(&self, carried: &FxHashSet<String>, now_ns: i64) {
+    fn disconnect(&self, carried: &Carried, now_ns: i64) {
         if carried.is_empty() {
             return;
         }
@@ -286,7 +316,7 @@ impl Registry {
         {
             let mut inner = self.lock();
             let inner = &mut *inner;
-            for name in carried {
+            for name in carried.keys() {
                 let Some(sensor) = inner.sensors.get_mut(name) else {
                     continue;
                 };
@@ -300,21 +330,47 @@ impl Registry {
                 }
                 self.announce(name, sensor, now_ns, announce, &mut out);
             }
+            self.hub.publish(&out);
         }
-        self.hub.publish(&out);
     }
 
-    /// Announce the sensors whose state changed with time alone (connected → stale).
+    /// Announce the sensors whose state changed with time alone (connected → stale):
+    /// nothing without subscribers (a new one fetches `/api/sensors` first, and the next
+    /// sweep announces what changed meanwhile), at most [`SWEEP_MAX_EVENTS`] per call.
     pub fn sweep(&self, now_ns: i64) {
-        let announce = self.has_subscribers();
-        let mut out = Vec::new();
-        {
+        if !self.has_subscribers() {
+            return;
+        }
+        let mut budget = SWEEP_MAX_EVENTS;
+        let mut after: Option<String> = None;
+        loop {
             let mut inner = self.lock();
-            for (name, sensor) in inner.sensors.iter_mut() {
-                self.announce(name, sensor, now_ns, announce, &mut out);
+            let range = match &after {
+                None => inner.sensors.range_mut::<str, _>(..),
+                Some(last) => inner
+                    .sensors
+                    .range_mut::<str, _>((Bound::Excluded(last.as_str()), Bound::Unbounded)),
+            };
+            let mut out = Vec::new();
+            let mut visited = 0;
+            let mut last = None;
+            for (name, sensor) in range.take(SCAN_CHUNK) {
+                visited += 1;
+                last = Some(name);
+                if out.len() == budget {
+                    break;
+                }
+                self.announce(name, sensor, now_ns, true, &mut out);
+            }
+            let done = visited < SCAN_CHUNK || out.len() == budget;
+            after = last.cloned();
+            budget -= out.len();
+            self.hub.publish(&out);
+            drop(inner);
+            if done {
+                return;
             }
         }
-        self.hub.publish(&out);
     }
 
     /// Run [`Registry::sweep`] every [`SWEEP_INTERVAL`] until `shutdown`.
@@ -332,6 +388,12 @@ impl Registry {
         });
     }
 
+    /// The primary series (measurement, field) of `sensor`, if tracked and known: asked
+    /// for a sensor new to a connection, once per batch group.
+    fn primary(&self, sensor: &str) -> Option<(String, String)> {
+        self.lock().sensors.get(sensor)?.primary().cloned()
+    }
+
     /// Tracked sensors.
     pub fn len(&self) -> usize {
         self.lock().sensors.len()
@@ -347,12 +409,11 @@ impl Registry {
     }
 
     fn sensor_json_at(&self, name: &str, now_ns: i64) -> Option<String> {
-        let inner = self.lock();
-        let sensor = inner.sensors.get(name)?;
-        Some(
-            serde_json::to_string(&sensor.json(name, now_ns, self.stale_after_ns))
-                .expect("a SENSOR object serializes to JSON"),
-        )
+        let snapshot = {
+            let inner = self.lock();
+            Snapshot::new(name, inner.sensors.get(name)?, now_ns, self.stale_after_ns)
+        };
+        Some(snapshot.to_json())
     }
 
     /// The `/api/sensors` answer as JSON.
@@ -360,9 +421,23 @@ impl Registry {
         self.list_json_at(query, now_ns())
     }
 
-    /// Filter, then page, then serialize only the page: a page of a large registry costs
-    /// one pass over the names, not a copy of every entry.
+    /// Filter, then page, copy the page, and serialize it once the lock is released. The
+    /// names are scanned [`SCAN_CHUNK`] at a time, each chunk under its own hold of the
+    /// lock, so commits wait for one chunk at most (a page may then mix states from both
+    /// sides of a commit, as any live view does).
     fn list_json_at(&self, query: &SensorQuery, now_ns: i64) -> String {
+        self.list_json_with(query, now_ns, SCAN_CHUNK, || {})
+    }
+
+    /// [`Registry::list_json_at`] in chunks of `chunk` names, calling `unlocked` each time
+    /// the lock has been released (tests check it is).
+    fn list_json_with(
+        &self,
+        query: &SensorQuery,
+        now_ns: i64,
+        chunk: usize,
+        mut unlocked: impl FnMut(),
+    ) -> String {
         #[derive(serde::Serialize)]
         struct Page<'a> {
             total: usize,
@@ -371,40 +446,60 @@ impl Registry {
             counts: Counts,
             sensors: Vec<SensorJson<'a>>,
         }
+        let chunk = chunk.max(1);
         let limit = query.limit.min(MAX_PAGE);
         let needle = query.q.as_deref().map(Needle::new);
-        let inner = self.lock();
         let mut counts = Counts::default();
         let mut total = 0;
-        let mut sensors = Vec::new();
-        for (name, sensor) in &inner.sensors {
-            let state = sensor.state(now_ns, self.stale_after_ns);
-            match state {
-                State::Connected => counts.connected += 1,
-                State::Stale => counts.stale += 1,
-                State::Disconnected => counts.disconnected += 1,
-            }
-            if let Some(states) = &query.states {
-                if !states.contains(&state) {
-                    continue;
+        let mut page: Vec<Snapshot> = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let inner = self.lock();
+            let range = match &after {
+                None => inner.sensors.range::<str, _>(..),
+                Some(last) => inner
+                    .sensors
+                    .range::<str, _>((Bound::Excluded(last.as_str()), Bound::Unbounded)),
+            };
+            let mut visited = 0;
+            let mut last = None;
+            for (name, sensor) in range.take(chunk) {
+                visited += 1;
+                last = Some(name);
+                let state = sensor.state(now_ns, self.stale_after_ns);
+                match state {
+                    State::Connected => counts.connected += 1,
+                    State::Stale => counts.stale += 1,
+                    State::Disconnected => counts.disconnected += 1,
                 }
-            }
-            if let Some(needle) = &needle {
-                if !needle.found_in(name) {
-                    continue;
+                if let Some(states) = &query.states {
+                    if !states.contains(&state) {
+                        continue;
+                    }
                 }
+                if let Some(needle) = &needle {
+                    if !needle.found_in(name) {
+                        continue;
+                    }
+                }
+                if total >= query.offset && page.len() < limit {
+                    page.push(Snapshot::new(name, sensor, now_ns, self.stale_after_ns));
+                }
+                total += 1;
             }
-            if total >= query.offset && sensors.len() < limit {
-                sensors.push(sensor.json(name, now_ns, self.stale_after_ns));
+            after = last.cloned();
+            drop(inner);
+            unlocked();
+            if visited < chunk {
+                break;
             }
-            total += 1;
         }
         serde_json::to_string(&Page {
             total,
             offset: query.offset,
             limit,
             counts,
-            sensors,
+            sensors: page.iter().map(Snapshot::json).collect(),
         })
         .expect("a page of SENSOR objects serializes to JSON")
     }
@@ -446,7 +541,7 @@ impl Needle {
 pub struct LiveConnection {
     registry: Arc<Registry>,
     peer: SocketAddr,
-    carried: FxHashSet<String>,
+    carried: Carried,
 }
 
 impl LiveConnection {
@@ -454,7 +549,7 @@ impl LiveConnection {
         LiveConnection {
             registry,
             peer,
-            carried: FxHashSet::default(),
+            carried: Carried::default(),
         }
     }
 
@@ -464,7 +559,13 @@ impl LiveConnection {
         batch: &[crate::store::StoredReading],
         first_received: Option<Instant>,
     ) -> LiveBatch {
-        LiveBatch::build(batch, first_received, self.registry.has_subscribers())
+        LiveBatch::build(
+            batch,
+            first_received,
+            self.registry.has_subscribers(),
+            &self.carried,
+            |sensor| self.registry.primary(sensor),
+        )
     }
 
     /// Hand over `batches`, now committed, whose replies (acks) go out at `replies_at`

@@ -1,19 +1,26 @@
 //! One sensor's live state (the SENSOR object of docs/http-api.md) and how a committed
 //! batch group updates it. Every part is bounded: [`MAX_MEASUREMENTS`] measurements in
-//! `values`, [`SPARK_POINTS`] sparkline points, [`RATE_SECONDS`] rate buckets and
-//! [`ACK_SAMPLES`] ack latencies.
+//! `values` of [`MAX_FIELDS`] fields, string values of [`MAX_STRING_BYTES`],
+//! [`SPARK_POINTS`] sparkline points, [`RATE_SECONDS`] rate buckets and [`ACK_SAMPLES`]
+//! ack latencies.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 
 use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 
-use super::batch::{Group, Pairs, SPARK_POINTS};
+use super::batch::{number, Group, Pairs, SPARK_POINTS};
 use crate::events::Mode;
 use crate::protocol::FieldValue;
 
 /// Measurements kept per sensor in `values` (the first ones it sent).
 pub const MAX_MEASUREMENTS: usize = 8;
+
+/// Fields kept per measurement (and per link report): the first ones of the reading.
+pub const MAX_FIELDS: usize = 32;
+
+/// Bytes kept of a string field's value (cut on a character boundary).
+pub const MAX_STRING_BYTES: usize = 256;
 
 /// The window of `rate`, in one-second buckets.
 pub const RATE_SECONDS: usize = 10;
@@ -52,8 +59,8 @@ impl State {
     }
 }
 
-/// The live state of one sensor.
-#[derive(Debug)]
+/// The live state of one sensor (cloned whole into a [`Snapshot`]: it is bounded).
+#[derive(Debug, Clone)]
 pub struct Sensor {
     /// Open connections that carried its readings.
     pub(super) connections: u32,
@@ -64,6 +71,8 @@ pub struct Sensor {
     pub(super) last_seen_ns: i64,
     /// When its last connection closed (orders eviction); 0 while connected.
     pub(super) disconnected_ns: i64,
+    /// Readings committed. A duplicate (a resend after a lost ack) counts again: the store
+    /// reports duplicates per batch, not per sensor.
     pub(super) readings: u64,
     rate: Rate,
     /// Latest fields per measurement, in the order first seen.
@@ -106,6 +115,11 @@ impl Sensor {
         }
     }
 
+    /// Its primary series (measurement, field), once it has one.
+    pub(super) fn primary(&self) -> Option<&(String, String)> {
+        self.primary.as_ref()
+    }
+
     /// Its state at `now_ns`.
     pub fn state(&self, now_ns: i64, stale_after_ns: i64) -> State {
         if self.connections == 0 {
@@ -122,7 +136,8 @@ impl Sensor {
         self.readings += group.count;
         self.last_seen_ns = self.last_seen_ns.max(group.received_ns);
         self.rate.add(group.received_ns, group.count);
-        let fields = std::mem::take(&mut group.fields);
+        let mut fields = std::mem::take(&mut group.fields);
+        bound_fields(&mut fields);
         if group.is_link() {
             self.link = Some((group.time_ns, fields));
             return;
@@ -180,6 +195,12 @@ impl Sensor {
         self.acks_next = (self.acks_next + 1) % ACK_SAMPLES;
     }
 
+    /// Ack latencies held.
+    #[cfg(test)]
+    pub(super) fn ack_samples(&self) -> usize {
+        self.acks_us.len()
+    }
+
     /// Readings per second over the last [`RATE_SECONDS`] whole seconds.
     pub fn rate(&self, now_ns: i64) -> f64 {
         self.rate.per_second(now_ns)
@@ -232,17 +253,86 @@ impl Sensor {
     }
 }
 
-fn number(value: &FieldValue) -> Option<f64> {
-    match value {
-        FieldValue::Float(v) => Some(*v),
-        FieldValue::Int(v) => Some(*v as f64),
-        FieldValue::UInt(v) => Some(*v as f64),
-        FieldValue::Str(_) | FieldValue::Bool(_) => None,
+/// One sensor's state copied out of the registry, to be serialized after its lock is
+/// released (an `/api/sensors` page, a `sensor` event).
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    name: String,
+    sensor: Sensor,
+    now_ns: i64,
+    stale_after_ns: i64,
+}
+
+impl Snapshot {
+    pub(super) fn new(name: &str, sensor: &Sensor, now_ns: i64, stale_after_ns: i64) -> Self {
+        Snapshot {
+            name: name.to_string(),
+            sensor: sensor.clone(),
+            now_ns,
+            stale_after_ns,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The SENSOR object it was taken as.
+    pub fn json(&self) -> SensorJson<'_> {
+        self.sensor
+            .json(&self.name, self.now_ns, self.stale_after_ns)
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(&self.json()).expect("a SENSOR object serializes to JSON")
+    }
+
+    /// About the length of its JSON, from above: what it pins in a subscriber's queue.
+    pub fn approx_bytes(&self) -> u64 {
+        let fields = |fields: &[(String, FieldValue)]| -> usize {
+            fields
+                .iter()
+                .map(|(name, value)| {
+                    name.len()
+                        + 8
+                        + match value {
+                            FieldValue::Str(text) => 2 * text.len() + 2,
+                            _ => 24,
+                        }
+                })
+                .sum()
+        };
+        let s = &self.sensor;
+        let values: usize = s
+            .values
+            .iter()
+            .map(|(measurement, f)| measurement.len() + 8 + fields(f))
+            .sum();
+        let link = s.link.as_ref().map_or(0, |(_, f)| fields(f));
+        let primary = s.primary.as_ref().map_or(0, |(m, f)| m.len() + f.len());
+        (512 + 2 * self.name.len() + values + link + primary + 48 * s.spark.len()) as u64
     }
 }
 
+/// Keep the first [`MAX_FIELDS`] fields, and the first [`MAX_STRING_BYTES`] of strings.
+fn bound_fields(fields: &mut Vec<(String, FieldValue)>) {
+    fields.truncate(MAX_FIELDS);
+    for (_, value) in fields.iter_mut() {
+        if let FieldValue::Str(text) = value {
+            if text.len() > MAX_STRING_BYTES {
+                let mut end = MAX_STRING_BYTES;
+                while !text.is_char_boundary(end) {
+                    end -= 1;
+                }
+                text.truncate(end);
+            }
+        }
+    }
+    fields.shrink_to_fit();
+}
+
 /// Readings per whole second, for the last [`RATE_SECONDS`] seconds.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Rate {
     /// (second since the epoch, readings received in it), indexed by second modulo the
     /// window.
@@ -368,7 +458,7 @@ struct Percentiles {
 #[cfg(test)]
 mod tests {
     use super::super::batch::tests::stored;
-    use super::super::batch::LiveBatch;
+    use super::super::batch::{Carried, LiveBatch};
     use super::*;
 
     const S: i64 = NS_PER_S;
@@ -382,7 +472,9 @@ mod tests {
             .iter()
             .map(|(line, received)| stored("s", line, *received))
             .collect();
-        for group in &mut LiveBatch::build(&batch, None, false).groups {
+        for group in
+            &mut LiveBatch::build(&batch, None, false, &Carried::default(), |_| None).groups
+        {
             sensor.apply(group);
         }
     }
@@ -450,6 +542,31 @@ mod tests {
         // The primary series is m0's: other measurements never reach the sparkline.
         assert_eq!(json["last"]["measurement"], "m0");
         assert_eq!(json["spark"].as_array().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn fields_and_strings_are_bounded() {
+        let mut s = sensor();
+        let many: Vec<String> = (0..40).map(|i| format!("f{i}={i}i")).collect();
+        // 255 ASCII bytes then a 2-byte 'é' straddling the limit.
+        let long = format!("{}é{}", "a".repeat(255), "b".repeat(1000));
+        let line = format!("m {},s=\"{long}\" 1", many.join(","));
+        apply(&mut s, &[(&line, 1)]);
+        let link = format!("sensorlink_link {},s=\"{long}\" 2", many.join(","));
+        apply(&mut s, &[(&link, 2)]);
+        let json = json(&s, 2);
+        let values = json["values"]["m"].as_object().unwrap();
+        assert_eq!(values.len(), MAX_FIELDS);
+        assert!(values.contains_key("f31") && !values.contains_key("f32"));
+        assert_eq!(json["link"].as_object().unwrap().len(), MAX_FIELDS + 1);
+
+        let mut fields = vec![("s".to_string(), FieldValue::Str(long.clone()))];
+        bound_fields(&mut fields);
+        assert_eq!(
+            fields[0].1,
+            FieldValue::Str("a".repeat(255)),
+            "cut before 'é'"
+        );
     }
 
     #[test]

@@ -19,14 +19,14 @@ fn peer(port: u16) -> SocketAddr {
 /// A fake connection: its carried set, fed by [`Conn::send`] at a given time.
 struct Conn {
     peer: SocketAddr,
-    carried: FxHashSet<String>,
+    carried: Carried,
 }
 
 impl Conn {
     fn new(port: u16) -> Self {
         Conn {
             peer: peer(port),
-            carried: FxHashSet::default(),
+            carried: Carried::default(),
         }
     }
 
@@ -40,6 +40,8 @@ impl Conn {
             &batch,
             Some(Instant::now()),
             registry.has_subscribers(),
+            &self.carried,
+            |sensor| registry.primary(sensor),
         )];
         registry.commit(
             self.peer,
@@ -236,16 +238,16 @@ fn state_filter_and_counts() {
 async fn subscribers_see_readings_and_state_changes() {
     let registry = Registry::new(&config(10));
     let mut events = registry.subscribe(None);
-    let mut only_b = registry.subscribe(Some(vec!["b".into()]));
+    let mut only_b = registry.subscribe(Some(["b".to_string()].into_iter().collect()));
     let mut conn = Conn::new(1);
     conn.send(&registry, &[("a", "m v=1 1"), ("b", "m v=2 2")], S);
 
     // a appears, b appears, then the batch's readings.
     for expected in ["a", "b"] {
         match events.next().await {
-            Next::Event(LiveEvent::Sensor { sensor, json }) => {
-                assert_eq!(&*sensor, expected);
-                let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+            Next::Event(LiveEvent::Sensor(event)) => {
+                assert_eq!(event.sensor(), expected);
+                let json: serde_json::Value = serde_json::from_str(event.json()).unwrap();
                 assert_eq!(json["state"], "connected");
             }
             other => panic!("{other:?}"),
@@ -266,8 +268,9 @@ async fn subscribers_see_readings_and_state_changes() {
     registry.sweep(41 * S);
     for expected in ["a", "b"] {
         match events.next().await {
-            Next::Event(LiveEvent::Sensor { sensor, json }) => {
-                assert_eq!(&*sensor, expected);
+            Next::Event(LiveEvent::Sensor(event)) => {
+                assert_eq!(event.sensor(), expected);
+                let json = event.json();
                 assert!(json.contains("\"state\":\"stale\""), "{json}");
             }
             other => panic!("{other:?}"),
@@ -277,9 +280,10 @@ async fn subscribers_see_readings_and_state_changes() {
     let mut closed = Vec::new();
     for _ in 0..2 {
         match events.next().await {
-            Next::Event(LiveEvent::Sensor { sensor, json }) => {
+            Next::Event(LiveEvent::Sensor(event)) => {
+                let json = event.json();
                 assert!(json.contains("\"state\":\"disconnected\""), "{json}");
-                closed.push(sensor.to_string());
+                closed.push(event.sensor().to_string());
             }
             other => panic!("{other:?}"),
         }
@@ -291,13 +295,12 @@ async fn subscribers_see_readings_and_state_changes() {
     let mut kinds = Vec::new();
     for _ in 0..4 {
         match only_b.next().await {
-            Next::Event(LiveEvent::Sensor { sensor, .. }) => {
-                assert_eq!(&*sensor, "b");
+            Next::Event(LiveEvent::Sensor(event)) => {
+                assert_eq!(event.sensor(), "b");
                 kinds.push("sensor");
             }
             Next::Event(LiveEvent::Readings(readings)) => {
-                let filter = only_b.filter().map(<[String]>::to_vec);
-                let mine: Vec<_> = readings.matching(filter.as_deref()).collect();
+                let mine: Vec<_> = readings.matching(only_b.filter()).collect();
                 assert_eq!(mine.len(), 1);
                 kinds.push("reading");
             }
@@ -327,6 +330,7 @@ fn one_ack_latency_per_batch_per_sensor() {
     let inner = registry.lock();
     let a = inner.sensors.get("a").unwrap();
     assert_eq!(a.ack_batch, 1);
+    assert_eq!(a.ack_samples(), 1, "two groups of one batch: one ack");
     drop(inner);
     let json = sensor(&registry, "a", S);
     assert!(json["ack_latency_ms"]["p50"].is_number(), "{json}");
@@ -349,4 +353,172 @@ fn dropping_a_live_connection_disconnects_its_sensors() {
     let json =
         serde_json::from_str::<serde_json::Value>(&registry.sensor_json("x").unwrap()).unwrap();
     assert_eq!(json["state"], "disconnected");
+}
+
+/// A page is copied chunk by chunk and serialized with the lock released: between chunks
+/// (and before serializing) a commit can take the lock.
+#[test]
+fn pages_scan_in_chunks_without_holding_the_lock() {
+    let registry = Registry::new(&config(1000));
+    let mut conn = Conn::new(1);
+    let names: Vec<String> = (0..25).map(|i| format!("s{i:02}")).collect();
+    let readings: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "m v=1 1")).collect();
+    conn.send(&registry, &readings, S);
+    let query = SensorQuery {
+        limit: 7,
+        offset: 9,
+        ..SensorQuery::default()
+    };
+    let mut released = 0;
+    let json = registry.list_json_with(&query, S, 10, || {
+        assert!(registry.inner.try_lock().is_ok(), "the lock is released");
+        released += 1;
+    });
+    assert_eq!(released, 3, "25 names in chunks of 10");
+    let page: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    assert_eq!(page["total"], 25);
+    assert_eq!(page["counts"]["connected"], 25);
+    assert_eq!(self::names(&page), &names[9..16]);
+    // The chunked answer is the one-pass answer.
+    assert_eq!(json, registry.list_json_with(&query, S, 1000, || {}));
+}
+
+/// Nobody listening: the sweep does nothing. Listening: it announces at most
+/// SWEEP_MAX_EVENTS per call, the rest at the next.
+#[tokio::test]
+async fn the_sweep_is_capped_and_idle_without_subscribers() {
+    let registry = Registry::new(&config(10_000));
+    let mut conn = Conn::new(1);
+    let count = SWEEP_MAX_EVENTS + 100;
+    let names: Vec<String> = (0..count).map(|i| format!("s{i:05}")).collect();
+    let readings: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "m v=1 1")).collect();
+    conn.send(&registry, &readings, S);
+    registry.sweep(100 * S);
+    let announced = |state| {
+        registry
+            .lock()
+            .sensors
+            .values()
+            .filter(|s| s.announced == Some(state))
+            .count()
+    };
+    assert_eq!(announced(State::Stale), 0, "no subscriber: not even a scan");
+    // (Subscribing at S: nothing is stale yet, so the first subscriber's sweep is empty.)
+    let mut events = registry.subscribe_at(None, S);
+    assert_eq!(announced(State::Stale), 0);
+    registry.sweep(100 * S);
+    assert_eq!(announced(State::Stale), SWEEP_MAX_EVENTS);
+    for _ in 0..SWEEP_MAX_EVENTS {
+        assert!(matches!(
+            events.next().await,
+            Next::Event(LiveEvent::Sensor(_))
+        ));
+    }
+    registry.sweep(101 * S);
+    assert_eq!(announced(State::Stale), count);
+    for _ in 0..100 {
+        assert!(matches!(
+            events.next().await,
+            Next::Event(LiveEvent::Sensor(_))
+        ));
+    }
+}
+
+/// The sparkline follows the primary series across batches whose first reading lacks it.
+#[test]
+fn the_primary_series_survives_a_batch_that_starts_without_it() {
+    let registry = Registry::new(&config(10));
+    let mut conn = Conn::new(1);
+    conn.send(&registry, &[("a", "m t=1,h=10i 1000000")], S);
+    conn.send(
+        &registry,
+        &[("a", "m h=11i 2000000"), ("a", "m h=12i,t=3 3000000")],
+        S,
+    );
+    let json = sensor(&registry, "a", S);
+    assert_eq!(
+        json["spark"],
+        serde_json::json!([[1, 1.0], [3, 3.0]]),
+        "{json}"
+    );
+    assert_eq!(json["last"]["value"], 3.0);
+}
+
+/// Changes to one sensor from two connections reach subscribers in the order the
+/// registry applied them. A state is announced only when it changes, so in that order no
+/// two `sensor` events in a row carry the same state, and the last is the final one.
+#[test]
+fn sensor_events_follow_the_registry_order() {
+    let registry = Arc::new(Registry::new(&config(10)));
+    let mut events = registry.subscribe(None);
+    let threads: Vec<_> = (0..2u16)
+        .map(|port| {
+            let registry = registry.clone();
+            std::thread::spawn(move || {
+                // 2 × 100 × (2 sensor + 1 readings) entries fit one queue.
+                for i in 0..100 {
+                    let mut conn = Conn::new(port);
+                    conn.send(&registry, &[("x", "m v=1 1")], S + i);
+                    conn.close(&registry, S + i);
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().expect("no panic");
+    }
+    let mut states = Vec::new();
+    while let Ok(event) = events.rx_try_recv() {
+        if let LiveEvent::Sensor(event) = event {
+            let json: serde_json::Value = serde_json::from_str(event.json()).unwrap();
+            states.push(json["state"].as_str().expect("a state").to_string());
+        }
+    }
+    for pair in states.windows(2) {
+        assert_ne!(pair[0], pair[1], "out of order: {states:?}");
+    }
+    assert_eq!(states.last().map(String::as_str), Some("disconnected"));
+}
+
+/// A sensor that turned stale while nobody listened is announced stale to the first
+/// subscriber, so its return to `connected` is announced too.
+#[tokio::test]
+async fn the_first_subscriber_catches_up_on_stale_sensors() {
+    let registry = Registry::new(&config(10));
+    let mut conn = Conn::new(1);
+    conn.send(&registry, &[("a", "m v=1 1")], S);
+    registry.sweep(100 * S);
+    let mut events = registry.subscribe_at(None, 100 * S);
+    conn.send(&registry, &[("a", "m v=2 2")], 101 * S);
+    for expected in ["stale", "connected"] {
+        match events.next().await {
+            Next::Event(LiveEvent::Sensor(event)) => {
+                let json: serde_json::Value = serde_json::from_str(event.json()).unwrap();
+                assert_eq!(json["state"], expected, "{json}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+/// A new connection's first batch of a known sensor keeps its primary series too, even
+/// when that batch starts without it (the registry is asked).
+#[test]
+fn a_new_connection_keeps_the_primary_series() {
+    let registry = Registry::new(&config(10));
+    let mut first = Conn::new(1);
+    first.send(&registry, &[("a", "m t=1,h=10i 1000000")], S);
+    first.close(&registry, S);
+    let mut second = Conn::new(2);
+    second.send(
+        &registry,
+        &[("a", "m h=11i 2000000"), ("a", "m h=12i,t=3 3000000")],
+        S,
+    );
+    let json = sensor(&registry, "a", S);
+    assert_eq!(
+        json["spark"],
+        serde_json::json!([[1, 1.0], [3, 3.0]]),
+        "{json}"
+    );
 }

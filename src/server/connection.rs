@@ -16,14 +16,14 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use super::logging;
-use super::pending::{wait_head, InFlight, PendingReply};
+use super::pending::{wait_head, InFlight, LiveFeed, PendingReply};
 use super::stream::{read_when_ready, READ_CHUNK_BYTES};
 use crate::events::{
     self, AcksWithheld, BytesReceived, CloseReason, ConnectionClosed, ErrorReplySuppressed,
     Event as _, LineRejected, Mode, ModeDetected, ReadingReceived, ReadingsAccepted,
     RepliesWritten, StoreUnavailable, Telemetry,
 };
-use crate::live::{LiveBatch, LiveConnection, Registry};
+use crate::live::{LiveConnection, Registry};
 use crate::protocol::codec::{sniff, Frame, LineDecoder, Sniff};
 use crate::protocol::control::{Ack, Reply};
 use crate::protocol::legacy::{LegacyDecoder, LegacyMessage, PONG};
@@ -114,11 +114,8 @@ struct Connection<'a> {
     unacked_failure: Option<String>,
     /// Readings decoded since the last count: counted once per read, not per reading.
     uncounted_accepted: u64,
-    /// The live view's handle (None: not kept), the receipt of the pending batch's first
-    /// reading, and the committed batches whose replies are being written.
-    live: Option<LiveConnection>,
-    batch_first: Option<Instant>,
-    live_committed: Vec<LiveBatch>,
+    /// What the live view gets of this connection's committed batches.
+    live: LiveFeed,
     out: Vec<u8>,
     /// What `out` holds, counted once it is written.
     out_replies: OutReplies,
@@ -191,9 +188,7 @@ pub async fn serve_counted<S>(
         log_muted_second: -1,
         log_suppressed: 0,
         uncounted_accepted: 0,
-        live: live.map(|registry| LiveConnection::new(registry, peer)),
-        batch_first: None,
-        live_committed: Vec::new(),
+        live: LiveFeed::new(live.map(|registry| LiveConnection::new(registry, peer))),
         out: Vec::new(),
         out_replies: OutReplies::default(),
     };
@@ -204,7 +199,7 @@ pub async fn serve_counted<S>(
         Decoder::Legacy(_) => Some(Mode::Legacy),
     };
     // Its sensors are disconnected (if no other connection carries them) as it closes.
-    drop(conn.live.take());
+    conn.live.close();
     let counters = &conn.counters;
     ConnectionClosed {
         mode,
@@ -462,7 +457,7 @@ impl Connection<'_> {
         self.counters.accepted += 1;
         self.since_sync_readings += 1;
         self.since_sync_first.get_or_insert(received_at);
-        self.batch_first.get_or_insert(received_at);
+        self.live.received(received_at);
         self.batch.push(StoredReading {
             reading,
             sensor,
@@ -497,9 +492,8 @@ impl Connection<'_> {
         }
         let batch = std::mem::take(&mut self.batch);
         let replies = std::mem::take(&mut self.replies);
-        let first = self.batch_first.take();
         // Summarized now: the store takes the batch, the live view shows it once committed.
-        let live = self.live.as_ref().map(|live| live.summarize(&batch, first));
+        let live = self.live.summarize(&batch);
         match self.store.submit(batch).await {
             Ok(commit) => {
                 self.inflight.push_back(InFlight {
@@ -534,7 +528,7 @@ impl Connection<'_> {
                 None => {}
                 Some(Ok(committed)) => {
                     self.last_commit = Some(committed);
-                    self.live_committed.extend(head.live);
+                    self.live.committed(head.live);
                 }
                 Some(Err(err)) => {
                     let readings = head
@@ -585,14 +579,10 @@ impl Connection<'_> {
         }
         // Committed is stored: the live view takes it now, before the ack goes out, so a
         // peer that reads its ack then asks `/api/sensors` sees its readings.
-        if !self.live_committed.is_empty() {
-            let mode = self.mode();
-            let replies_at = (!self.out.is_empty()).then(Instant::now);
-            if let Some(live) = &mut self.live {
-                live.committed(mode, &mut self.live_committed, replies_at);
-            }
-            self.live_committed.clear();
-        }
+        // Only an ack (or a pong acking a reading) ends an ack latency; a bare pong or an
+        // error does not.
+        let acked = !self.out_replies.ack_receipts.is_empty();
+        self.live.flush(self.mode(), acked);
         if !self.out.is_empty() {
             let write = stream.write_all(&self.out);
             match tokio::time::timeout(self.limits.write_timeout, write).await {
@@ -837,6 +827,103 @@ mod tests {
         task.await.unwrap();
         assert_eq!(sensor(&registry)["state"], "disconnected");
         drop(gate_tx);
+        writer.finish().unwrap();
+    }
+
+    /// A committed batch answered by a `pong` only (no ack) records no ack latency.
+    #[tokio::test]
+    async fn no_ack_no_ack_latency() {
+        let store = TestStore::default();
+        let registry = Arc::new(Registry::new(&crate::live::LiveConfig::default()));
+        let Gated {
+            gate_tx,
+            writer,
+            task,
+            mut write,
+            mut lines,
+            ..
+        } = serve_gated_live(&store, Some(registry.clone()));
+        drop(gate_tx);
+        write
+            .write_all(b"w,sensor=k t=1 1\nping p\n")
+            .await
+            .unwrap();
+        assert_eq!(lines.next_line().await.unwrap().unwrap(), "pong p");
+        let json: serde_json::Value =
+            serde_json::from_str(&registry.sensor_json("k").expect("committed")).unwrap();
+        assert!(json["ack_latency_ms"].is_null(), "{json}");
+        write
+            .write_all(b"w,sensor=k t=2 2\nsync a\n")
+            .await
+            .unwrap();
+        let ack = lines.next_line().await.unwrap().unwrap();
+        assert!(ack.starts_with("ack a readings=2"), "{ack}");
+        let json: serde_json::Value =
+            serde_json::from_str(&registry.sensor_json("k").expect("committed")).unwrap();
+        assert!(json["ack_latency_ms"]["p50"].is_number(), "{json}");
+
+        drop(write);
+        drop(lines);
+        task.await.unwrap();
+        writer.finish().unwrap();
+    }
+
+    /// A batch whose commit failed never reaches the live view (nor its subscribers); the
+    /// next committed one does.
+    #[tokio::test]
+    async fn a_failed_commit_never_reaches_the_live_view() {
+        let store = TestStore::default();
+        store.set_failing(true);
+        let registry = Arc::new(Registry::new(&crate::live::LiveConfig::default()));
+        let mut events = registry.subscribe(None);
+        let Gated {
+            entered,
+            gate_tx,
+            writer,
+            task,
+            mut write,
+            mut lines,
+        } = serve_gated_live(&store, Some(registry.clone()));
+        write
+            .write_all(b"w,sensor=k t=1 1\nsync a\n")
+            .await
+            .unwrap();
+        tokio::task::spawn_blocking(move || entered.recv().expect("batch at the gate"))
+            .await
+            .unwrap();
+        gate_tx.send(()).unwrap();
+        let reply = lines.next_line().await.unwrap().unwrap();
+        assert!(reply.starts_with("error "), "{reply}");
+        assert!(registry.sensor_json("k").is_none(), "never stored: {reply}");
+
+        store.set_failing(false);
+        drop(gate_tx);
+        // The next ack after a failure is refused on the safe side; the one after is not.
+        write
+            .write_all(b"w,sensor=j t=2 2\nsync b\n")
+            .await
+            .unwrap();
+        let reply = lines.next_line().await.unwrap().unwrap();
+        assert!(reply.starts_with("error 4 "), "{reply}");
+        write
+            .write_all(b"w,sensor=j t=3 3\nsync c\n")
+            .await
+            .unwrap();
+        let reply = lines.next_line().await.unwrap().unwrap();
+        assert!(reply.starts_with("ack c "), "{reply}");
+        assert!(registry.sensor_json("j").is_some());
+        assert!(registry.sensor_json("k").is_none());
+        // The subscriber's first event is j's: nothing of k went out.
+        match events.next().await {
+            crate::live::Next::Event(crate::live::LiveEvent::Sensor(event)) => {
+                assert_eq!(event.sensor(), "j");
+            }
+            other => panic!("{other:?}"),
+        }
+
+        drop(write);
+        drop(lines);
+        task.await.unwrap();
         writer.finish().unwrap();
     }
 

@@ -1,12 +1,14 @@
 //! What a connection owes its peer: replies queued behind the store commit of everything
 //! received before them, so an `ack` (or a legacy `pong`) is never written before the
-//! readings it covers are stored.
+//! readings it covers are stored; and what it owes the live view ([`LiveFeed`]): each
+//! batch's summary, handed over once committed.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::live::LiveBatch;
+use crate::events::Mode;
+use crate::live::{LiveBatch, LiveConnection};
 use crate::store::writer::{CommitReceiver, Committed};
 use crate::store::StoreError;
 
@@ -75,4 +77,58 @@ pub(super) async fn wait_head(inflight: &mut VecDeque<InFlight>) {
     };
     head.done = Some(result);
     head.commit = None;
+}
+
+/// A connection's side of the live view: the receipt of the pending batch's first reading,
+/// and the committed batches' summaries until their replies are written.
+#[derive(Debug)]
+pub(super) struct LiveFeed {
+    /// None: no live view kept.
+    live: Option<LiveConnection>,
+    batch_first: Option<Instant>,
+    committed: Vec<LiveBatch>,
+}
+
+impl LiveFeed {
+    pub(super) fn new(live: Option<LiveConnection>) -> Self {
+        LiveFeed {
+            live,
+            batch_first: None,
+            committed: Vec::new(),
+        }
+    }
+
+    /// A reading of the pending batch was received `at`.
+    pub(super) fn received(&mut self, at: Instant) {
+        self.batch_first.get_or_insert(at);
+    }
+
+    /// The pending batch's summary, taken before the store consumes it.
+    pub(super) fn summarize(&mut self, batch: &[crate::store::StoredReading]) -> Option<LiveBatch> {
+        let first = self.batch_first.take();
+        self.live.as_ref().map(|live| live.summarize(batch, first))
+    }
+
+    /// A batch (its summary, if kept) is committed.
+    pub(super) fn committed(&mut self, live: Option<LiveBatch>) {
+        self.committed.extend(live);
+    }
+
+    /// Hand the committed batches to the live view before their replies are written;
+    /// `acked`: an ack among them ends their ack latency now.
+    pub(super) fn flush(&mut self, mode: Mode, acked: bool) {
+        if self.committed.is_empty() {
+            return;
+        }
+        let replies_at = acked.then(Instant::now);
+        if let Some(live) = &mut self.live {
+            live.committed(mode, &mut self.committed, replies_at);
+        }
+        self.committed.clear();
+    }
+
+    /// The connection closes: its sensors are disconnected (if no other one carries them).
+    pub(super) fn close(&mut self) {
+        drop(self.live.take());
+    }
 }
