@@ -610,8 +610,8 @@ mod tests {
     #[test]
     fn default_max_connections_follows_the_given_open_file_limit() {
         for (nofile, expected) in [
-            (Some(1024), 960),
-            (Some(20_000), 19_936),
+            (Some(1024), 704),
+            (Some(20_000), 19_680),
             (Some(1_000_000), 50_000),
             (None, 50_000),
         ] {

@@ -353,15 +353,23 @@ impl Event for LineRejected<'_> {
         let reason = RejectReason::of(self.error);
         t.lines_rejected[reason as usize].increment(1);
         t.totals.lines_rejected.fetch_add(1, Ordering::Relaxed);
-        t.recent.rejected(Rejection {
-            time_ns: crate::timefmt::now_ns(),
-            peer: self.peer.to_string(),
-            reason: reason.as_str(),
-            detail: match self.line {
-                0 => self.error.to_string(),
-                line => format!("line {line}: {}", self.error),
-            },
-        });
+        /// `line N: error` (legacy messages have no line), formatted only if kept.
+        struct Detail<'a>(u64, &'a ProtocolError);
+        impl std::fmt::Display for Detail<'_> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                match self.0 {
+                    0 => write!(f, "{}", self.1),
+                    line => write!(f, "line {line}: {}", self.1),
+                }
+            }
+        }
+        t.recent.rejected(
+            Instant::now(),
+            crate::timefmt::now_ns,
+            self.peer,
+            reason.as_str(),
+            format_args!("{}", Detail(self.line, self.error)),
+        );
     }
 }
 
@@ -513,6 +521,28 @@ impl Event for StoreFailed<'_> {
         tracing::error!(cause = %self.error, batches = self.batches, rows = self.rows, "store transaction failed");
         t.store_errors_commit.increment(1);
         t.recent.store_failed(self.error.to_string());
+    }
+}
+
+/// The group-commit writer probed the store while no batch came (`Store::probe`): a
+/// success makes it ready again, a failure not ready until a commit or probe succeeds.
+pub struct StoreProbed<'a> {
+    pub result: Result<(), &'a dyn std::error::Error>,
+}
+
+impl Event for StoreProbed<'_> {
+    fn emit_to(self, t: &Telemetry) {
+        match self.result {
+            Ok(()) => t.recent.store_ok(),
+            // Logged when it starts failing, not once a second while it goes on.
+            Err(error) => {
+                if t.recent.store_failed(error.to_string()) {
+                    tracing::error!(cause = %error, "store probe failed; not ready");
+                } else {
+                    tracing::debug!(cause = %error, "store probe failed again");
+                }
+            }
+        }
     }
 }
 

@@ -8,7 +8,8 @@
 //! rejected line. Time is passed in ([`Instant`]), so tests need no clock.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::fmt::{self, Write as _};
+use std::net::SocketAddr;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -29,6 +30,14 @@ const MAX_LATENCY_US: u64 = 3_600_000_000;
 
 /// Two significant digits: 1 % resolution, a few KiB per histogram.
 const SIGFIG: u8 = 2;
+
+/// How long a computed [`WindowSummary`] is served to every caller (merging the window's
+/// histograms takes the lock the ack path takes: not once per request or SSE client).
+pub const SUMMARY_CACHE: Duration = Duration::from_millis(250);
+
+/// Rejected lines kept per second at most: a flood of bad lines costs one counter check
+/// per line beyond it, not a lock and a format.
+const REJECTIONS_PER_SECOND: u32 = RECENT_REJECTIONS as u32;
 
 /// One rejected line, as `/api/server` lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -101,11 +110,59 @@ pub struct Recent {
     /// A ring of [`WINDOW_SECONDS`] one-second slots, indexed by second modulo its length.
     slots: Mutex<Vec<Slot>>,
     /// Newest first.
-    rejections: Mutex<VecDeque<Rejection>>,
-    /// The last commit failed and none has succeeded since.
-    store_failing: AtomicBool,
-    /// Why, while `store_failing`.
-    store_failure: Mutex<String>,
+    rejections: Mutex<Rejections>,
+    /// The last summary computed, and when: served again within [`SUMMARY_CACHE`].
+    summary: Mutex<Option<(Instant, WindowSummary)>>,
+    /// Why the store does not accept writes: its last commit or probe failed and none has
+    /// succeeded since. `None`: it does.
+    store_failure: Mutex<Option<String>>,
+}
+
+/// The kept rejections and this second's capture budget.
+#[derive(Debug, Default)]
+struct Rejections {
+    /// Newest first.
+    kept: VecDeque<Rejection>,
+    /// The second (since the epoch) `captured` counts in.
+    second: u64,
+    captured: u32,
+}
+
+/// A `fmt::Write` that keeps the first [`DETAIL_MAX_CHARS`] characters and then stops the
+/// formatting (an error ends `write_fmt` early), so a long detail is never built whole.
+struct Capped {
+    text: String,
+    chars: usize,
+    cut: bool,
+}
+
+impl fmt::Write for Capped {
+    fn write_str(&mut self, part: &str) -> fmt::Result {
+        for c in part.chars() {
+            if self.chars == DETAIL_MAX_CHARS {
+                self.cut = true;
+                return Err(fmt::Error);
+            }
+            self.text.push(c);
+            self.chars += 1;
+        }
+        Ok(())
+    }
+}
+
+/// `detail` formatted up to [`DETAIL_MAX_CHARS`] characters, `…` marking a cut.
+fn capped(detail: fmt::Arguments<'_>) -> String {
+    let mut out = Capped {
+        text: String::new(),
+        chars: 0,
+        cut: false,
+    };
+    // An error here only means the cap was reached.
+    let _ = out.write_fmt(detail);
+    if out.cut {
+        out.text.push('…');
+    }
+    out.text
 }
 
 impl Default for Recent {
@@ -126,9 +183,12 @@ impl Recent {
         Recent {
             epoch,
             slots: Mutex::new((0..WINDOW_SECONDS).map(|_| Slot::new()).collect()),
-            rejections: Mutex::new(VecDeque::with_capacity(RECENT_REJECTIONS)),
-            store_failing: AtomicBool::new(false),
-            store_failure: Mutex::new(String::new()),
+            rejections: Mutex::new(Rejections {
+                kept: VecDeque::with_capacity(RECENT_REJECTIONS),
+                ..Rejections::default()
+            }),
+            summary: Mutex::new(None),
+            store_failure: Mutex::new(None),
         }
     }
 
@@ -158,9 +218,15 @@ impl Recent {
             slot.readings += rows;
             slot.commit_us.saturating_record(micros(duration));
         });
-        // A load, not a store, on the usual path: no cache line bounces between commits.
-        if self.store_failing.load(Ordering::Relaxed) {
-            self.store_failing.store(false, Ordering::Relaxed);
+        self.store_ok();
+    }
+
+    /// The store accepts writes (a commit or a probe succeeded).
+    pub fn store_ok(&self) {
+        let mut failure = lock(&self.store_failure);
+        // Checked first: no write on the usual path.
+        if failure.is_some() {
+            *failure = None;
         }
     }
 
@@ -173,37 +239,74 @@ impl Recent {
         });
     }
 
-    /// The store failed (a commit, or its writer is gone): not ready until a commit succeeds.
-    pub fn store_failed(&self, reason: String) {
-        *lock(&self.store_failure) = reason;
-        self.store_failing.store(true, Ordering::Relaxed);
+    /// The store failed (a commit or a probe, or its writer is gone): not ready until a
+    /// commit or a probe succeeds. Answers whether it was ready until now.
+    pub fn store_failed(&self, reason: String) -> bool {
+        lock(&self.store_failure).replace(reason).is_none()
     }
 
     /// Why the store does not accept writes, if it does not.
     pub fn store_failure(&self) -> Option<String> {
-        if self.store_failing.load(Ordering::Relaxed) {
-            Some(lock(&self.store_failure).clone())
-        } else {
-            None
-        }
+        lock(&self.store_failure).clone()
     }
 
-    /// Keep `rejection` as the newest (its detail cut to [`DETAIL_MAX_CHARS`]).
-    pub fn rejected(&self, mut rejection: Rejection) {
-        if let Some((cut, _)) = rejection.detail.char_indices().nth(DETAIL_MAX_CHARS) {
-            rejection.detail.truncate(cut);
-            rejection.detail.push('…');
+    /// A line from `peer` was rejected at `now` (wall clock: `time_ns`, called only if
+    /// kept): keep it as the newest, its detail cut to [`DETAIL_MAX_CHARS`]. Kept only
+    /// within [`REJECTIONS_PER_SECOND`] and when no other thread is keeping one right then
+    /// (`try_lock`): under a flood of bad lines the connections never queue on this lock,
+    /// and a line that is not kept costs no formatting.
+    pub fn rejected(
+        &self,
+        now: Instant,
+        time_ns: impl FnOnce() -> i64,
+        peer: SocketAddr,
+        reason: &'static str,
+        detail: fmt::Arguments<'_>,
+    ) {
+        let mut rejections = match self.rejections.try_lock() {
+            Ok(guard) => guard,
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return,
+        };
+        let second = self.second(now);
+        if rejections.second != second {
+            rejections.second = second;
+            rejections.captured = 0;
         }
-        let mut rejections = lock(&self.rejections);
-        if rejections.len() == RECENT_REJECTIONS {
-            rejections.pop_back();
+        if rejections.captured == REJECTIONS_PER_SECOND {
+            return;
         }
-        rejections.push_front(rejection);
+        rejections.captured += 1;
+        let rejection = Rejection {
+            time_ns: time_ns(),
+            peer: peer.to_string(),
+            reason,
+            detail: capped(detail),
+        };
+        if rejections.kept.len() == RECENT_REJECTIONS {
+            rejections.kept.pop_back();
+        }
+        rejections.kept.push_front(rejection);
     }
 
-    /// The last [`RECENT_REJECTIONS`] rejected lines, newest first.
+    /// The last [`RECENT_REJECTIONS`] rejected lines kept, newest first.
     pub fn rejections(&self) -> Vec<Rejection> {
-        lock(&self.rejections).iter().cloned().collect()
+        lock(&self.rejections).kept.iter().cloned().collect()
+    }
+
+    /// [`Recent::summary`], computed at most once per [`SUMMARY_CACHE`]: callers within
+    /// that time of the last computation share its result.
+    pub fn summary_cached(&self, now: Instant) -> WindowSummary {
+        // Held while computing, so concurrent callers wait for one merge and share it.
+        let mut cached = lock(&self.summary);
+        if let Some((at, summary)) = *cached {
+            if now >= at && now.duration_since(at) < SUMMARY_CACHE {
+                return summary;
+            }
+        }
+        let summary = self.summary(now);
+        *cached = Some((now, summary));
+        summary
     }
 
     /// Rates and percentiles over the seconds of the window up to `now` (the current one
@@ -300,18 +403,29 @@ mod tests {
         assert_eq!(recent.store_failure().as_deref(), Some("disk full"));
         recent.commit(at(epoch, 10), 1, Duration::from_millis(1));
         assert_eq!(recent.store_failure(), None);
+        assert!(recent.store_failed("locked".into()), "was ready");
+        assert!(
+            !recent.store_failed("still locked".into()),
+            "was failing already"
+        );
+        assert_eq!(recent.store_failure().as_deref(), Some("still locked"));
+        recent.store_ok();
+        assert_eq!(recent.store_failure(), None);
+    }
+
+    fn reject(recent: &Recent, now: Instant, n: i64, detail: &str) {
+        let peer: SocketAddr = "127.0.0.1:9".parse().expect("an address");
+        recent.rejected(now, || n, peer, "invalid_reading", format_args!("{detail}"));
     }
 
     #[test]
     fn rejections_keep_the_newest_ten_with_short_details() {
-        let recent = Recent::default();
+        let epoch = Instant::now();
+        let recent = Recent::new(epoch);
+        // One a second, so the per-second budget does not matter here.
         for n in 0..15 {
-            recent.rejected(Rejection {
-                time_ns: n,
-                peer: "127.0.0.1:9".into(),
-                reason: "invalid_reading",
-                detail: "x".repeat(if n == 14 { 1000 } else { 3 }),
-            });
+            let detail = "x".repeat(if n == 14 { 1000 } else { 3 });
+            reject(&recent, at(epoch, n as u64 * 1000), n, &detail);
         }
         let kept = recent.rejections();
         assert_eq!(kept.len(), RECENT_REJECTIONS);
@@ -320,5 +434,64 @@ mod tests {
         assert_eq!(kept[0].detail.chars().count(), DETAIL_MAX_CHARS + 1);
         assert!(kept[0].detail.ends_with('…'));
         assert_eq!(kept[1].detail, "xxx");
+        assert_eq!(kept[0].peer, "127.0.0.1:9");
+    }
+
+    /// A flood keeps at most [`REJECTIONS_PER_SECOND`] a second, and a line that is not
+    /// kept is never formatted.
+    #[test]
+    fn rejections_are_kept_within_a_budget_per_second() {
+        struct Counted<'a>(&'a std::cell::Cell<u32>);
+        impl fmt::Display for Counted<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.set(self.0.get() + 1);
+                f.write_str("bad")
+            }
+        }
+        let formatted = std::cell::Cell::new(0);
+        let epoch = Instant::now();
+        let recent = Recent::new(epoch);
+        let peer: SocketAddr = "127.0.0.1:9".parse().expect("an address");
+        for n in 0..1000 {
+            recent.rejected(
+                at(epoch, 500),
+                || n,
+                peer,
+                "invalid_reading",
+                format_args!("{}", Counted(&formatted)),
+            );
+        }
+        assert_eq!(formatted.get(), REJECTIONS_PER_SECOND);
+        let times: Vec<i64> = recent.rejections().iter().map(|r| r.time_ns).collect();
+        assert_eq!(times, (0..10).rev().collect::<Vec<_>>());
+        // The next second has a budget again.
+        reject(&recent, at(epoch, 1_500), 5000, "later");
+        assert_eq!(recent.rejections()[0].time_ns, 5000);
+    }
+
+    /// A connection never waits for another's capture: while the list is locked, a
+    /// rejection is skipped, not queued.
+    #[test]
+    fn a_rejection_does_not_wait_for_the_lock() {
+        let epoch = Instant::now();
+        let recent = Recent::new(epoch);
+        let held = lock(&recent.rejections);
+        reject(&recent, epoch, 1, "skipped");
+        drop(held);
+        assert!(recent.rejections().is_empty());
+    }
+
+    /// Within [`SUMMARY_CACHE`] of a computation its result is served again; later, a new
+    /// one is computed.
+    #[test]
+    fn the_summary_is_shared_for_a_while() {
+        let epoch = Instant::now();
+        let recent = Recent::new(epoch);
+        recent.commit(at(epoch, 100), 10, Duration::from_millis(1));
+        let first = recent.summary_cached(at(epoch, 1_000));
+        recent.commit(at(epoch, 1_100), 90, Duration::from_millis(1));
+        assert_eq!(recent.summary_cached(at(epoch, 1_200)), first, "cached");
+        let later = recent.summary_cached(at(epoch, 1_000) + SUMMARY_CACHE);
+        assert_eq!(later.readings_per_s, 100.0 / 1.25, "recomputed");
     }
 }

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -25,6 +25,9 @@ use crate::store::{self, Row};
 pub const READINGS_DEFAULT_LIMIT: u64 = 1000;
 /// The largest `limit` `/api/readings` accepts.
 pub const READINGS_MAX_LIMIT: u64 = 10_000;
+/// Most bytes of readings one `/api/readings` answer holds: 10 000 readings of 64 KiB
+/// lines would otherwise be a 640 MiB body. Beyond it the answer is cut, `truncated: true`.
+pub const READINGS_MAX_BYTES: usize = 16 << 20;
 
 /// `GET /api/server`, and the SSE `server` event.
 #[derive(Debug, Clone, Serialize)]
@@ -52,7 +55,8 @@ pub struct ServerSummary {
 pub fn server_summary(state: &AppState) -> ServerSummary {
     let telemetry = state.telemetry;
     let totals = &telemetry.totals;
-    let window = telemetry.recent.summary(Instant::now());
+    // Shared: many dashboards (SSE) and scrapers cost one merge per 250 ms, not one each.
+    let window = telemetry.recent.summary_cached(Instant::now());
     ServerSummary {
         version: env!("CARGO_PKG_VERSION"),
         uptime_s: state.started.elapsed().as_secs_f64(),
@@ -130,6 +134,11 @@ pub struct ReadingsParams {
     pub order: Option<String>,
 }
 
+/// A parameter's value; an empty one (`?since=`) is as if absent, for every parameter.
+fn given(value: &Option<String>) -> Option<&str> {
+    value.as_deref().filter(|v| !v.is_empty())
+}
+
 impl ReadingsParams {
     /// The store query, asking for one row more than `limit` to tell a truncated answer.
     ///
@@ -137,12 +146,11 @@ impl ReadingsParams {
     /// The parameter that is not valid, and why.
     pub fn to_query(&self) -> Result<(store::Query, u64), String> {
         let time = |name: &str, value: &Option<String>| {
-            value
-                .as_deref()
+            given(value)
                 .map(|text| parse_time(text).map_err(|err| format!("{name}: {err}")))
                 .transpose()
         };
-        let limit = match self.limit.as_deref() {
+        let limit = match given(&self.limit) {
             None => READINGS_DEFAULT_LIMIT,
             Some(text) => text
                 .parse::<u64>()
@@ -152,15 +160,14 @@ impl ReadingsParams {
                     format!("limit: {text:?} is not a number from 1 to {READINGS_MAX_LIMIT}")
                 })?,
         };
-        let newest_first = match self.order.as_deref() {
+        let newest_first = match given(&self.order) {
             None | Some("asc") => false,
             Some("desc") => true,
             Some(other) => return Err(format!("order: {other:?} is not asc or desc")),
         };
-        let non_empty = |value: &Option<String>| value.clone().filter(|v| !v.is_empty());
         let query = store::Query {
-            sensor: non_empty(&self.sensor),
-            measurement: non_empty(&self.measurement),
+            sensor: given(&self.sensor).map(str::to_string),
+            measurement: given(&self.measurement).map(str::to_string),
             since_ns: time("since", &self.since)?,
             until_ns: time("until", &self.until)?,
             limit: Some(limit + 1),
@@ -181,11 +188,36 @@ struct ReadingJson<'a> {
     time_ns: i64,
 }
 
-#[derive(Serialize)]
-struct ReadingsJson<'a> {
-    readings: Vec<ReadingJson<'a>>,
-    /// More readings matched than `limit`.
-    truncated: bool,
+/// The `/api/readings` body, `{"readings":[…],"truncated":…}`: at most `limit` rows and
+/// `max_bytes` bytes of readings; `truncated` when more rows matched than it holds.
+fn readings_body(rows: &[Row], limit: usize, max_bytes: usize) -> Vec<u8> {
+    let mut body = b"{\"readings\":[".to_vec();
+    let mut one = Vec::new();
+    let mut shown = 0;
+    for row in rows.iter().take(limit) {
+        one.clear();
+        let reading = ReadingJson {
+            measurement: &row.measurement,
+            sensor: &row.sensor,
+            tags: Pairs(&row.tags),
+            fields: Pairs(&row.fields),
+            time_ns: row.timestamp_ns,
+        };
+        serde_json::to_writer(&mut one, &reading)
+            .expect("a reading serializes (string keys, finite or null floats)");
+        // The first reading is always shown, so a single huge one still comes through.
+        if shown > 0 && body.len() + 1 + one.len() > max_bytes {
+            break;
+        }
+        if shown > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(&one);
+        shown += 1;
+    }
+    let truncated = rows.len() > shown;
+    body.extend_from_slice(format!("],\"truncated\":{truncated}}}").as_bytes());
+    body
 }
 
 /// `GET /api/readings?sensor=&measurement=&since=&until=&limit=&order=`.
@@ -205,24 +237,18 @@ pub async fn readings(
         Ok(rows) => rows,
         Err(err) => {
             tracing::warn!(cause = %err, "/api/readings: store read failed");
-            return json_error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string());
+            return json_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("reading the store ({}): {err}", state.store),
+            );
         }
     };
-    let shown = usize::try_from(limit).unwrap_or(usize::MAX).min(rows.len());
-    Json(ReadingsJson {
-        readings: rows[..shown]
-            .iter()
-            .map(|row| ReadingJson {
-                measurement: &row.measurement,
-                sensor: &row.sensor,
-                tags: Pairs(&row.tags),
-                fields: Pairs(&row.fields),
-                time_ns: row.timestamp_ns,
-            })
-            .collect(),
-        truncated: rows.len() > shown,
-    })
-    .into_response()
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        readings_body(&rows, limit, READINGS_MAX_BYTES),
+    )
+        .into_response()
 }
 
 #[cfg(test)]
@@ -271,6 +297,59 @@ mod tests {
         );
         let (query, limit) = params(&[("sensor", "")]).to_query().expect("valid");
         assert_eq!((query.sensor, limit), (None, READINGS_DEFAULT_LIMIT));
+    }
+
+    /// An empty value is as if the parameter were absent, whichever parameter it is.
+    #[test]
+    fn empty_parameters_are_absent() {
+        let all_empty = [
+            ("sensor", ""),
+            ("measurement", ""),
+            ("since", ""),
+            ("until", ""),
+            ("limit", ""),
+            ("order", ""),
+        ];
+        assert_eq!(
+            params(&all_empty).to_query().expect("valid"),
+            ReadingsParams::default().to_query().expect("valid")
+        );
+    }
+
+    fn row(ts: i64, text: &str) -> Row {
+        Row {
+            measurement: "m".into(),
+            sensor: "a".into(),
+            tags: vec![],
+            fields: vec![("s".into(), FieldValue::Str(text.into()))],
+            timestamp_ns: ts,
+            received_ns: ts,
+        }
+    }
+
+    fn body(rows: &[Row], limit: usize, max_bytes: usize) -> (Vec<i64>, bool) {
+        let json: serde_json::Value =
+            serde_json::from_slice(&readings_body(rows, limit, max_bytes)).expect("JSON");
+        let times = json["readings"]
+            .as_array()
+            .expect("an array")
+            .iter()
+            .map(|r| r["time_ns"].as_i64().expect("time_ns"))
+            .collect();
+        (times, json["truncated"].as_bool().expect("truncated"))
+    }
+
+    /// The answer stops at `limit` rows or at the byte budget, whichever comes first, and
+    /// says it was cut; the first reading is shown even when it alone is over the budget.
+    #[test]
+    fn readings_are_cut_at_the_limit_or_the_byte_budget() {
+        let rows: Vec<Row> = (0..5).map(|ts| row(ts, &"x".repeat(100))).collect();
+        assert_eq!(body(&rows, 10, 1 << 20), (vec![0, 1, 2, 3, 4], false));
+        assert_eq!(body(&rows, 3, 1 << 20), (vec![0, 1, 2], true));
+        let one = readings_body(&rows[..1], 1, 1 << 20).len();
+        assert_eq!(body(&rows, 10, 2 * one), (vec![0, 1], true));
+        assert_eq!(body(&rows, 10, 10), (vec![0], true));
+        assert_eq!(body(&[], 10, 10), (vec![], false));
     }
 
     #[test]

@@ -1,29 +1,31 @@
 //! The HTTP side, beside the sensor port: the JSON API, Prometheus `/metrics`, health
 //! probes and the dashboard (docs/http-api.md is the contract).
 //!
-//! Served with axum on the server's own tokio runtime, from a listener bound before the
-//! server announces itself, and stopped by the same [`CancellationToken`] as the sensor
-//! port. Every handler reads: the store through its [`StoreReader`] (never through the
+//! An axum router, served by hyper (HTTP/1.1, bounded connections, a header-read timeout)
+//! on the server's own tokio runtime, from a listener bound before the server announces
+//! itself; stopped once the sensor port has drained ([`serve`]). Every handler reads: the store through its [`StoreReader`] (never through the
 //! writer), the live figures from the process's [`Telemetry`]; nothing here is on the
 //! ingest path.
 
+pub mod api;
 pub mod sensors;
 pub mod sse;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::events::{self, Telemetry};
-
-pub mod api;
-
 use crate::server::ServerConfig;
 use crate::store::StoreReader;
 pub use api::{server_summary, ServerSummary};
@@ -94,16 +96,88 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serve `router(state)` on `listener` until the server's shutdown is cancelled, then
-/// finish the requests in progress (graceful shutdown: no new ones are accepted).
+/// Most HTTP connections served at once; further ones wait in the listen backlog. Each is
+/// a file descriptor, counted apart from the sensor connections' (see
+/// `server::RESERVED_FDS`), and a slow or idle client must not starve the others.
+pub const MAX_HTTP_CONNECTIONS: usize = 256;
+
+/// How long a client may take to send a request's headers before its connection is
+/// closed: a stuck or slow client does not hold a connection slot for ever.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long to wait before accepting again after an accept error (e.g. out of file
+/// descriptors), instead of spinning.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Serve `router(state)` on `listener` until `stop` is cancelled, then finish the requests
+/// in progress (graceful shutdown: no new ones are accepted). At most
+/// [`MAX_HTTP_CONNECTIONS`] at once, HTTP/1.1, headers within [`HEADER_READ_TIMEOUT`].
+///
+/// `stop` is not the server's shutdown (`state.shutdown`): the server cancels it once the
+/// sensor connections have drained, so `/readyz` answers "shutting down" and `/metrics`
+/// is scrapable during the drain. Long-lived responses (SSE) end at `state.shutdown`.
+///
+/// The connections' tasks belong to this future: dropping (or aborting) it ends them too.
 ///
 /// # Errors
-/// The listener failed for good (accept errors on single connections are retried).
-pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()> {
-    let shutdown = state.shutdown.clone();
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+/// None today (accept errors are logged and retried); kept for a listener that can fail.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    let app = router(state);
+    let slots = Arc::new(Semaphore::new(MAX_HTTP_CONNECTIONS));
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let mut connections = JoinSet::new();
+    loop {
+        // Reap finished connections, so the set holds only live ones.
+        while connections.try_join_next().is_some() {}
+        let slot = tokio::select! {
+            () = stop.cancelled() => break,
+            slot = Arc::clone(&slots).acquire_owned() => {
+                slot.expect("the HTTP connection semaphore is never closed")
+            }
+        };
+        let stream = tokio::select! {
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => stream,
+                Err(err) => {
+                    tracing::warn!(cause = %err, "http accept failed; retrying");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
+        let stop = stop.clone();
+        connections.spawn(async move {
+            tokio::pin!(connection);
+            tokio::select! {
+                served = connection.as_mut() => log_connection_end(served),
+                () = stop.cancelled() => {
+                    // Finish the request in progress, then close.
+                    connection.as_mut().graceful_shutdown();
+                    log_connection_end(connection.await);
+                }
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    while connections.join_next().await.is_some() {}
+    Ok(())
+}
+
+fn log_connection_end(served: Result<(), hyper::Error>) {
+    if let Err(err) = served {
+        tracing::debug!(cause = %err, "http connection ended with an error");
+    }
 }
 
 /// `GET /healthz`: the process is up and serving HTTP.
@@ -213,6 +287,40 @@ mod tests {
             content_type,
             String::from_utf8(body.to_vec()).expect("UTF-8 body"),
         )
+    }
+
+    /// A client that does not finish its request's headers within [`HEADER_READ_TIMEOUT`]
+    /// is cut off (time is paused: tokio jumps to each timer).
+    #[tokio::test(start_paused = true)]
+    async fn a_client_slow_with_its_headers_is_cut_off() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("bound address");
+        let stop = CancellationToken::new();
+        let serving = tokio::spawn(serve(listener, state(), stop.clone()));
+        let mut client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        client
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\n")
+            .await
+            .expect("half a request");
+        let started = tokio::time::Instant::now();
+        let mut answer = Vec::new();
+        // Far longer than the header timeout: without it, this is what ends the read.
+        tokio::time::timeout(HEADER_READ_TIMEOUT * 6, client.read_to_end(&mut answer))
+            .await
+            .expect("closed by the header timeout")
+            .expect("read");
+        assert!(
+            started.elapsed() >= HEADER_READ_TIMEOUT,
+            "not before the timeout"
+        );
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+            "{answer}"
+        );
+        stop.cancel();
+        serving.await.expect("join").expect("served");
     }
 
     #[tokio::test]

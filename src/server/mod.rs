@@ -116,7 +116,6 @@ pub async fn run_with_store(
     }
     // The read side is cloned before the writer takes the store.
     let reader = store.reader.clone();
-    let (handle, store_writer) = writer::spawn(store.drive, config.writer.clone());
 
     check_open_files(config.max_connections);
     let listener = TcpListener::bind(&config.listen)
@@ -125,15 +124,25 @@ pub async fn run_with_store(
     let local: SocketAddr = listener.local_addr().context("reading the bound address")?;
     // Bound before `listening on`, which tells scripts that everything is up.
     // The live view exists only to be served: with `--http off` nothing feeds it.
+    // HTTP outlives the sensor port's shutdown: `/readyz` says "shutting down" and
+    // `/metrics` stays scrapable while the connections drain; it stops once they have
+    // (or, through the guard, when this function returns early).
+    let http_stop = CancellationToken::new();
+    let _http_stop_guard = http_stop.clone().drop_guard();
     let (http, live) = match &config.http {
         Some(addr) => {
             let state = crate::http::AppState::new(reader, &config, shutdown.clone());
             let live = state.live.clone();
             live.spawn_sweeper(shutdown.clone());
-            (Some(start_http(addr, state).await?), Some(live))
+            (
+                Some(start_http(addr, state, http_stop.clone()).await?),
+                Some(live),
+            )
         }
         None => (None, None),
     };
+    // Started once both ports are bound: a bind failure leaves no writer thread behind.
+    let (handle, store_writer) = writer::spawn(store.drive, config.writer.clone());
     announce(local);
     tracing::info!(addr = %local, store = %config.store, fsync = ?config.fsync, "listening");
 
@@ -142,6 +151,7 @@ pub async fn run_with_store(
     listener::accept_loop(listener, &config, limits, handle, live, shutdown).await;
 
     tracing::info!("connections finished; committing the last readings");
+    http_stop.cancel();
     let flushed = tokio::task::spawn_blocking(move || store_writer.finish());
     if let Some(http) = http {
         stop_http(http).await;
@@ -158,10 +168,11 @@ pub async fn run_with_store(
 const HTTP_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Bind the HTTP side on `addr`, print `http on http://ADDR/`, and serve it in a task
-/// until the state's shutdown.
+/// until `stop`.
 async fn start_http(
     addr: &str,
     state: crate::http::AppState,
+    stop: CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
     let listener = TcpListener::bind(addr)
         .await
@@ -171,7 +182,7 @@ async fn start_http(
         .context("reading the bound HTTP address")?;
     print_line(&format!("http on http://{local}/"));
     tracing::info!(addr = %local, "http listening");
-    Ok(tokio::spawn(crate::http::serve(listener, state)))
+    Ok(tokio::spawn(crate::http::serve(listener, state, stop)))
 }
 
 /// Wait (bounded) for the HTTP side's graceful shutdown; a request that does not finish
@@ -211,8 +222,9 @@ fn spawn_metrics_upkeep(
     });
 }
 
-/// File descriptors kept for the listener, the store, logs and spare accepts.
-const RESERVED_FDS: u64 = 64;
+/// File descriptors kept for the listeners, the store, logs and spare accepts, and for
+/// the HTTP side's connections (at most [`crate::http::MAX_HTTP_CONNECTIONS`]).
+const RESERVED_FDS: u64 = 64 + crate::http::MAX_HTTP_CONNECTIONS as u64;
 
 /// The default `--max-connections` where the open-file limit allows it.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 50_000;
@@ -290,8 +302,8 @@ mod tests {
     /// The default leaves [`RESERVED_FDS`] descriptors spare and never exceeds the default.
     #[test]
     fn default_max_connections_fits_the_open_file_limit() {
-        assert_eq!(default_max_connections(Some(1024)), 960);
-        assert_eq!(default_max_connections(Some(20_000)), 19_936);
+        assert_eq!(default_max_connections(Some(1024)), 704);
+        assert_eq!(default_max_connections(Some(20_000)), 19_680);
         assert_eq!(
             default_max_connections(Some(1 << 20)),
             DEFAULT_MAX_CONNECTIONS

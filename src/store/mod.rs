@@ -197,6 +197,14 @@ pub trait Store: Send {
         Ok(())
     }
 
+    /// Whether the store would accept a write now, without writing anything (e.g. take
+    /// the write lock and let it go). The group-commit writer calls it about once a second
+    /// while no batch comes, so `/readyz` notices a broken store before a reading does and
+    /// a recovered one before traffic returns (a balancer gating on `/readyz` sends none).
+    fn probe(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Flush anything buffered and release the store; called once at shutdown.
     fn close(&mut self) -> Result<(), StoreError>;
 }

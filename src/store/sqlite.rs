@@ -512,6 +512,16 @@ impl Store for SqliteStore {
         flushed
     }
 
+    /// `BEGIN IMMEDIATE; ROLLBACK`: takes the write lock (fails on a read-only or locked
+    /// database) and writes nothing.
+    fn probe(&mut self) -> Result<(), StoreError> {
+        let location = self.location.as_str();
+        self.conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .and_then(|tx| tx.rollback())
+            .map_err(|err| sqlite_error(location, "probe", err))
+    }
+
     fn close(&mut self) -> Result<(), StoreError> {
         // Flushed before the checkpoint, so the file is self-contained and clean.
         let flushed = self.flush_totals();

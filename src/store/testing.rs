@@ -184,6 +184,14 @@ impl Store for TestStore {
         log.store.write_batch(batch)
     }
 
+    /// Fails while writes fail, as a store that cannot write would.
+    fn probe(&mut self) -> Result<(), StoreError> {
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(StoreError::Corrupt("test failure".into()));
+        }
+        Ok(())
+    }
+
     fn close(&mut self) -> Result<(), StoreError> {
         self.log().closed = true;
         Ok(())

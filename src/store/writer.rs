@@ -31,7 +31,8 @@ use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::events::{
-    self, BatchCommitted, Event as _, StoreAnswered, StoreFailed, StoreQueued, Telemetry,
+    self, BatchCommitted, Event as _, StoreAnswered, StoreFailed, StoreProbed, StoreQueued,
+    Telemetry,
 };
 
 use super::read::BoxFuture;
@@ -114,6 +115,8 @@ pub struct CommitReply {
     reply: oneshot::Sender<CommitResult>,
     rows: usize,
     telemetry: Option<&'static Telemetry>,
+    /// Out of the queue-depth gauge when answered, or when a store drops the reply.
+    queued: Queued,
 }
 
 impl CommitReply {
@@ -132,7 +135,38 @@ impl CommitReply {
                 outcome,
             },
         );
+        // Lowered before the answer, so whoever sees the answer sees the gauge lowered.
+        drop(self.queued);
         let _ = self.reply.send(answer);
+    }
+}
+
+/// Readings counted in the queue-depth gauge from `submit` until answered: lowers the gauge
+/// exactly once, when dropped, however the batch ends (answered, refused, its `submit`
+/// future dropped, its store panicking or dropping the reply).
+#[derive(Debug)]
+struct Queued {
+    readings: usize,
+    telemetry: Option<&'static Telemetry>,
+}
+
+impl Queued {
+    fn new(readings: usize, telemetry: Option<&'static Telemetry>) -> Self {
+        // None: the process's handles, looked up at emit time.
+        StoreQueued { readings }.emit_to(telemetry.unwrap_or_else(events::telemetry));
+        Queued {
+            readings,
+            telemetry,
+        }
+    }
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        StoreAnswered {
+            readings: self.readings,
+        }
+        .emit_to(self.telemetry.unwrap_or_else(events::telemetry));
     }
 }
 
@@ -150,7 +184,6 @@ fn account(
     // installed).
     let telemetry = telemetry.unwrap_or_else(events::telemetry);
     let committed_at = Instant::now();
-    StoreAnswered { readings: rows }.emit_to(telemetry);
     match written {
         Ok((outcome, duration)) => {
             // Only barriers (no readings): nothing was written, nothing to count.
@@ -182,6 +215,16 @@ fn account(
 struct Job {
     readings: Vec<StoredReading>,
     reply: oneshot::Sender<CommitResult>,
+    queued: Queued,
+}
+
+impl Job {
+    /// Answer the batch (out of the queue-depth gauge first, so whoever sees the answer
+    /// sees the gauge lowered). A dropped receiver means the connection is gone.
+    fn answer(self, result: CommitResult) {
+        drop(self.queued);
+        let _ = self.reply.send(result);
+    }
 }
 
 /// A store shared by the tasks that write it inline.
@@ -236,19 +279,8 @@ impl StoreHandle {
     /// own error if it refuses the batch.
     pub async fn submit(&self, batch: Vec<StoredReading>) -> Result<CommitReceiver, StoreError> {
         // Counted before it can be answered (the inline route answers within this call);
-        // lowered again if the store never takes it.
-        let queued = batch.len();
-        let telemetry = self.telemetry.unwrap_or_else(events::telemetry);
-        StoreQueued { readings: queued }.emit_to(telemetry);
-        let submitted = self.submit_queued(batch).await;
-        if submitted.is_err() {
-            StoreAnswered { readings: queued }.emit_to(telemetry);
-        }
-        submitted
-    }
-
-    /// [`StoreHandle::submit`] on this handle's route.
-    async fn submit_queued(&self, batch: Vec<StoredReading>) -> Result<CommitReceiver, StoreError> {
+        // the guard travels with the batch and lowers the gauge however the batch ends.
+        let queued = Queued::new(batch.len(), self.telemetry);
         let tx = match &self.route {
             Route::Thread(tx) => tx,
             Route::Inline(store) => {
@@ -257,6 +289,7 @@ impl StoreHandle {
                 let job = Job {
                     readings: batch,
                     reply,
+                    queued,
                 };
                 // A panic in another task's write leaves the store usable (memory only).
                 let mut store = store.lock().unwrap_or_else(PoisonError::into_inner);
@@ -269,6 +302,7 @@ impl StoreHandle {
                     reply,
                     rows: batch.len(),
                     telemetry: self.telemetry,
+                    queued,
                 };
                 store.submit(batch, reply).await?;
                 return Ok(answer);
@@ -278,6 +312,7 @@ impl StoreHandle {
         let job = Job {
             readings: batch,
             reply,
+            queued,
         };
         tx.send(job).await.map_err(|_| StoreError::WriterGone)?;
         Ok(answer)
@@ -410,11 +445,13 @@ fn run(
     let max_rows = config.max_batch_rows.max(1);
     // A job that did not fit in the previous transaction: first of the next one.
     let mut carried: Option<Job> = None;
+    // When to probe the store if no batch comes first.
+    let mut probe_at = Instant::now() + PROBE_INTERVAL;
     loop {
         let first = match carried.take() {
             Some(job) => job,
             // None: every handle is dropped and the queue is drained.
-            None => match next_or_idle(store.as_mut(), &rt, &mut rx) {
+            None => match next_or_idle(store.as_mut(), &rt, &mut rx, &mut probe_at, telemetry) {
                 Some(Some(job)) => job,
                 Some(None) => continue,
                 None => break,
@@ -450,27 +487,49 @@ fn run(
             jobs.push(job);
         }
         commit(store.as_mut(), jobs, rows, telemetry);
+        // A commit tells as much as a probe.
+        probe_at = Instant::now() + PROBE_INTERVAL;
     }
     store.close()
 }
 
-/// Wait for the next job; if the store's idle deadline passes first, run its idle work
-/// and answer `Some(None)`. `None`: every handle is dropped and the queue is drained.
+/// How long the writer waits without a batch before it probes the store ([`Store::probe`]):
+/// how soon `/readyz` sees a store fail or recover when no reading comes.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Wait for the next job; if the store's idle deadline passes first, run its idle work,
+/// if `probe_at` passes first, probe the store (and set the next `probe_at`); then answer
+/// `Some(None)`. `None`: every handle is dropped and the queue is drained.
 fn next_or_idle(
     store: &mut dyn Store,
     rt: &tokio::runtime::Runtime,
     rx: &mut mpsc::Receiver<Job>,
+    probe_at: &mut Instant,
+    telemetry: Option<&'static Telemetry>,
 ) -> Option<Option<Job>> {
-    let Some(deadline) = store.idle_deadline() else {
-        return rt.block_on(rx.recv()).map(Some);
-    };
+    let idle_at = store.idle_deadline();
+    let deadline = idle_at.map_or(*probe_at, |idle_at| idle_at.min(*probe_at));
     // The timer must be created inside the runtime, hence the async block.
     let waited = rt.block_on(async { tokio::time::timeout_at(deadline.into(), rx.recv()).await });
     match waited {
         Ok(job) => job.map(Some),
         Err(_elapsed) => {
-            if let Err(err) = store.idle() {
-                tracing::warn!(cause = %err, "store idle work failed");
+            let now = Instant::now();
+            if idle_at.is_some_and(|idle_at| idle_at <= now) {
+                if let Err(err) = store.idle() {
+                    tracing::warn!(cause = %err, "store idle work failed");
+                }
+            }
+            if *probe_at <= now {
+                let probed = store.probe();
+                StoreProbed {
+                    result: probed
+                        .as_ref()
+                        .map(|_| ())
+                        .map_err(|err| err as &dyn std::error::Error),
+                }
+                .emit_to(telemetry.unwrap_or_else(events::telemetry));
+                *probe_at = Instant::now() + PROBE_INTERVAL;
             }
             Some(None)
         }
@@ -508,8 +567,7 @@ fn commit(
     match account(telemetry, jobs.len(), rows, written) {
         Ok((total, committed_at, commit_us)) => {
             for (job, outcome) in jobs.into_iter().zip(split_outcome(total, &lens)) {
-                // A dropped receiver means the connection is gone; nothing to tell it.
-                let _ = job.reply.send(Ok(Committed {
+                job.answer(Ok(Committed {
                     committed_at,
                     commit_us,
                     outcome,
@@ -518,7 +576,7 @@ fn commit(
         }
         Err(err) => {
             for job in jobs {
-                let _ = job.reply.send(Err(Arc::clone(&err)));
+                job.answer(Err(Arc::clone(&err)));
             }
         }
     }
@@ -684,6 +742,156 @@ mod tests {
         assert_eq!(queued(), Some(0.0));
         drop(handle);
         drop(release_tx);
+        writer.finish().expect("finish");
+    }
+
+    /// A telemetry of the test's own, and a way to read its queue-depth gauge.
+    fn counted() -> (&'static Telemetry, impl Fn() -> Option<f64>) {
+        use crate::events::{names, prometheus_builder, testing::sample};
+        let recorder = prometheus_builder().build_recorder();
+        let render = recorder.handle();
+        let telemetry: &'static Telemetry = Box::leak(Box::new(metrics::with_local_recorder(
+            &recorder,
+            Telemetry::register,
+        )));
+        (telemetry, move || {
+            sample(&render.render(), names::STORE_QUEUED)
+        })
+    }
+
+    /// A writer thread that panics mid-transaction leaves no reading in the gauge.
+    #[tokio::test]
+    async fn queued_gauge_is_lowered_when_the_writer_panics() {
+        struct Panicking;
+        impl Store for Panicking {
+            fn write_batch(&mut self, _: &[StoredReading]) -> Result<WriteOutcome, StoreError> {
+                panic!("test store panics");
+            }
+            fn close(&mut self) -> Result<(), StoreError> {
+                Ok(())
+            }
+        }
+        let (telemetry, queued) = counted();
+        let (handle, writer) = spawn_counted(
+            Drive::GroupCommit(Box::new(Panicking)),
+            WriterConfig::default(),
+            Some(telemetry),
+        );
+        let receipt = handle.submit(vec![temp("a", 1), temp("a", 2)]).await;
+        if let Ok(receipt) = receipt {
+            let answer = tokio::time::timeout(HANG, receipt).await.expect("in time");
+            assert!(answer.is_err(), "the panicking writer cannot answer");
+        }
+        drop(handle);
+        assert!(writer.finish().is_err(), "the panic is reported");
+        assert_eq!(queued(), Some(0.0));
+    }
+
+    /// A concurrent store that drops a reply unanswered: the gauge is lowered all the same.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn queued_gauge_is_lowered_when_a_concurrent_store_drops_the_reply() {
+        struct Dropping;
+        impl ConcurrentStore for Dropping {
+            fn submit(
+                &self,
+                _: Vec<StoredReading>,
+                reply: CommitReply,
+            ) -> BoxFuture<'_, Result<(), StoreError>> {
+                drop(reply);
+                Box::pin(async { Ok(()) })
+            }
+            fn close(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+                Box::pin(async { Ok(()) })
+            }
+        }
+        let (telemetry, queued) = counted();
+        let (handle, writer) = spawn_counted(
+            Drive::Concurrent(Arc::new(Dropping)),
+            WriterConfig::default(),
+            Some(telemetry),
+        );
+        let receipt = handle.submit(vec![temp("a", 1)]).await.expect("taken");
+        assert!(receipt.await.is_err(), "never answered");
+        assert_eq!(queued(), Some(0.0));
+        drop(handle);
+        tokio::task::spawn_blocking(move || writer.finish())
+            .await
+            .expect("join")
+            .expect("finish");
+    }
+
+    /// A `submit` dropped while it waits for room in the queue takes its readings out of
+    /// the gauge.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn queued_gauge_is_lowered_when_a_waiting_submit_is_dropped() {
+        use std::future::Future as _;
+        let (telemetry, queued) = counted();
+        let (gate, entered_rx, release_tx) = gate();
+        let config = WriterConfig {
+            queue_batches: 1,
+            ..WriterConfig::default()
+        };
+        let (handle, writer) = spawn_counted(
+            Drive::GroupCommit(Box::new(TestStore::default().gated(gate))),
+            config,
+            Some(telemetry),
+        );
+        let first = handle.submit(vec![temp("a", 1)]).await.expect("submit");
+        tokio::task::spawn_blocking(move || entered_rx.recv())
+            .await
+            .expect("join")
+            .expect("writer entered the store");
+        // The writer holds the first, the second fills the queue, the third must wait.
+        let second = handle.submit(vec![temp("a", 2)]).await.expect("submit");
+        {
+            let third = handle.submit(vec![temp("a", 3), temp("a", 4)]);
+            tokio::pin!(third);
+            let polled =
+                std::future::poll_fn(|cx| std::task::Poll::Ready(third.as_mut().poll(cx))).await;
+            assert!(polled.is_pending(), "the queue is full");
+            assert_eq!(queued(), Some(4.0));
+        }
+        assert_eq!(queued(), Some(2.0), "the dropped submit is out");
+        drop(release_tx);
+        wait(first).await.expect("first");
+        wait(second).await.expect("second");
+        assert_eq!(queued(), Some(0.0));
+        drop(handle);
+        writer.finish().expect("finish");
+    }
+
+    /// With no batch coming, the writer probes the store: a broken store is seen as not
+    /// ready before any reading arrives, and a recovered one as ready again without one.
+    #[tokio::test]
+    async fn idle_probes_follow_the_store_without_traffic() {
+        let (telemetry, _) = counted();
+        let store = TestStore::default();
+        store.set_failing(true);
+        let (handle, writer) = spawn_counted(
+            Drive::GroupCommit(Box::new(store.clone())),
+            WriterConfig::default(),
+            Some(telemetry),
+        );
+        let until = |failing: bool| async move {
+            tokio::time::timeout(HANG, async {
+                while telemetry.recent.store_failure().is_some() != failing {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+            .await
+            .expect("a probe within the hang guard");
+        };
+        until(true).await;
+        store.set_failing(false);
+        until(false).await;
+        // A failed commit: not ready until the next probe, with no reading after it.
+        store.set_failing(true);
+        let failed = handle.submit(vec![temp("a", 1)]).await.expect("submit");
+        assert!(wait(failed).await.is_err());
+        store.set_failing(false);
+        until(false).await;
+        assert!(store.log().txns.is_empty(), "no reading was stored");
+        drop(handle);
         writer.finish().expect("finish");
     }
 

@@ -233,13 +233,14 @@ fn log_of_server_under_nofile_1024(extra: &[&str]) -> String {
 }
 
 /// The default connection limit fits the open-file limit: under a hard limit of 1024 the
-/// default is 960 (64 descriptors kept spare), and a plain start does not warn.
+/// default is 704 (64 descriptors kept spare, and 256 for HTTP), and a plain start does
+/// not warn.
 #[test]
 fn default_max_connections_fits_a_low_open_file_limit() {
     let out = run(under_nofile_1024().args(["server", "--print-config"]));
     let printed = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{printed}");
-    assert_eq!(setting(&printed, "max-connections"), "960");
+    assert_eq!(setting(&printed, "max-connections"), "704");
 
     // The check runs before the server binds, so its warning would precede `listening on`.
     let log = log_of_server_under_nofile_1024(&[]);

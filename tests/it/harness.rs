@@ -57,6 +57,10 @@ pub struct Server {
     pub store: String,
 }
 
+/// The exit code a test's wrapping shell uses when it cannot set up the test's
+/// precondition (e.g. `ulimit -f 2048 || exit 97`): reported as a setup failure.
+pub const SETUP_FAILED: i32 = 97;
+
 impl Server {
     /// Start on 127.0.0.1:0 with an in-memory store and `extra` flags.
     pub fn start(extra: &[&str]) -> Server {
@@ -79,7 +83,10 @@ impl Server {
     /// Start on `listen` with `store` (e.g. `sqlite:/tmp/x.db`).
     pub fn start_on(listen: &str, store: &str, extra: &[&str]) -> Server {
         // Never the default HTTP port: tests run in parallel.
-        let http: &[&str] = if extra.contains(&"--http") {
+        let http: &[&str] = if extra
+            .iter()
+            .any(|arg| *arg == "--http" || arg.starts_with("--http="))
+        {
             &[]
         } else {
             &["--http", "127.0.0.1:0"]
@@ -131,8 +138,15 @@ impl Server {
         let addr = loop {
             let line = rx.recv_timeout(PATIENCE).unwrap_or_else(|_| {
                 let _ = child.kill();
+                let status = child.wait().ok();
+                // 97: a wrapping shell could not set the test's precondition (`|| exit 97`).
+                let setup = if status.and_then(|s| s.code()) == Some(SETUP_FAILED) {
+                    "SETUP FAILURE (the wrapper could not set the test's limit): "
+                } else {
+                    ""
+                };
                 panic!(
-                    "server did not say `listening on`; stderr:\n{}",
+                    "{setup}server did not say `listening on` ({status:?}); stderr:\n{}",
                     stderr.lock().unwrap()
                 )
             });
@@ -183,7 +197,8 @@ impl Server {
         self.wait();
     }
 
-    fn signal(&self, signal: i32) {
+    /// Send `signal` to the server without waiting for anything.
+    pub fn signal(&self, signal: i32) {
         // SAFETY: kill(2) on the PID of our own child, which has not been reaped yet.
         let rc = unsafe { libc::kill(self.pid(), signal) };
         assert_eq!(rc, 0, "kill({}, {signal})", self.pid());

@@ -353,16 +353,18 @@ fn prometheus_parser_rejects_what_it_should() {
     }
 }
 
-/// `/readyz` is 200 while commits succeed and 503 once the store cannot write: the server
-/// runs under a file-size limit (`ulimit -f`, SIGXFSZ ignored, so writes fail with EFBIG as
-/// on a full disk), and large readings grow the SQLite WAL past it.
+/// `/readyz` is 200 while commits succeed, 503 once the store cannot write, and 200 again
+/// when the writer's probe finds the store writable, without any reading to prove it: the
+/// server runs under a file-size limit (`ulimit -f`, SIGXFSZ ignored, so writes fail with
+/// EFBIG as on a full disk), large readings grow the SQLite WAL past it, and the probe
+/// (`BEGIN IMMEDIATE; ROLLBACK`) writes nothing, so it succeeds once they stop.
 #[test]
-fn readyz_turns_503_when_the_store_cannot_write() {
+fn readyz_turns_503_when_the_store_cannot_write_and_back_when_it_can() {
     let store = TempStore::new();
     let mut cmd = Command::new("sh");
     cmd.args([
         "-c",
-        r#"trap '' XFSZ; ulimit -f 2048 && exec "$0" "$@""#,
+        r#"trap '' XFSZ; ulimit -f 2048 || exit 97; exec "$0" "$@""#,
         env!("CARGO_BIN_EXE_sensorlink"),
         "server",
         "--listen",
@@ -379,28 +381,43 @@ fn readyz_turns_503_when_the_store_cannot_write() {
 
     let mut peer = LinePeer::new(server.addr);
     let payload = "x".repeat(30_000);
-    let failed = (0..1000).find_map(|n| {
+    let mut failures = 0;
+    // Each failed commit makes it not ready until the next probe (about a second later):
+    // send until one failure is seen as a 503 (a slow machine may miss the first window).
+    let not_ready = (0..1000).find_map(|n| {
         peer.send(format!("big,sensor=a s=\"{payload}\" {n}\nsync {n}\n").as_bytes());
         let reply = peer.line();
         if reply.starts_with(&format!("ack {n} ")) {
             return None;
         }
         assert!(reply.contains("store failed"), "{reply}");
-        Some(reply)
+        failures += 1;
+        let ready = server.get("/readyz");
+        (ready.status == 503).then_some(ready)
     });
-    let failed = failed.expect("30 MB of readings cannot fit under a 1–2 MiB file-size limit");
-
-    let ready = server.get("/readyz");
-    assert_eq!(ready.status, 503, "{failed}: {ready:?}");
+    let ready = not_ready.expect("30 MB of readings cannot fit under a 1–2 MiB file-size limit");
     assert!(
         ready.body.starts_with("not ready: store failing: "),
         "{ready:?}"
     );
-    assert_eq!(server.get("/api/server").json()["ready"], false);
     let m = parse_prometheus(&server.get("/metrics").body);
     assert!(m.get("sensorlink_store_errors_total", &[("op", "commit")]) >= 1.0);
     // Health is about the process, not the store.
     assert_eq!(server.get("/healthz").status, 200);
+
+    // No more readings: the probe alone makes it ready again.
+    wait_for(
+        || server.get("/readyz").status == 200,
+        PATIENCE,
+        "/readyz to recover through the store probe",
+    );
+    assert_eq!(server.get("/api/server").json()["ready"], true);
+    let m = parse_prometheus(&server.get("/metrics").body);
+    assert_eq!(
+        m.get("sensorlink_store_errors_total", &[("op", "commit")]),
+        f64::from(failures),
+        "no commit since the last failure: the probe did it"
+    );
 }
 
 /// `/api/readings` applies the filters of `sensorlink query`, limits, orders, and tells a
@@ -552,7 +569,56 @@ fn a_stuck_http_request_does_not_hold_the_shutdown() {
     assert!(status.success(), "{status:?}\n{}", server.stderr());
     let log = server.stderr();
     assert!(log.contains("store flushed; bye"), "{log}");
+    assert!(
+        log.contains("http requests still running at shutdown; closing them"),
+        "the stuck request was cut off, not finished: {log}"
+    );
     drop(stuck);
+}
+
+/// While the sensor connections drain at shutdown, HTTP still answers: `/readyz` says
+/// "shutting down" (so a balancer stops sending) and `/metrics` can be scraped. The drain
+/// is held open by a reading whose commit waits for the SQLite write lock this test holds.
+#[test]
+fn http_serves_while_the_connections_drain() {
+    let store = TempStore::new();
+    let mut server = Server::start_on("127.0.0.1:0", &store.url(), &[]);
+    let lock = rusqlite::Connection::open(store.path()).expect("open the store file");
+    // Held for less than the store's 5 s busy timeout, so the held commit then succeeds.
+    lock.execute_batch("BEGIN IMMEDIATE")
+        .expect("take the write lock");
+    let mut peer = LinePeer::new(server.addr);
+    peer.send(b"t,sensor=a v=1i 1\nsync 1\n");
+    // Received and waiting for its commit before the shutdown begins.
+    wait_for(
+        || {
+            parse_prometheus(&server.get("/metrics").body)
+                .get("sensorlink_store_queued_readings", &[])
+                == 1.0
+        },
+        PATIENCE,
+        "the reading to wait for the store",
+    );
+    server.signal(libc::SIGTERM);
+    server.wait_for_log("shutting down");
+    wait_for(
+        || server.get("/readyz").body == "not ready: shutting down\n",
+        PATIENCE,
+        "/readyz to say shutting down during the drain",
+    );
+    assert_eq!(server.get("/readyz").status, 503);
+    let metrics = server.get("/metrics");
+    assert_eq!(metrics.status, 200);
+    parse_prometheus(&metrics.body);
+    lock.execute_batch("ROLLBACK")
+        .expect("release the write lock");
+    assert!(
+        peer.line().starts_with("ack 1 "),
+        "the held reading committed"
+    );
+    drop(peer);
+    let status = server.terminate();
+    assert!(status.success(), "{status:?}\n{}", server.stderr());
 }
 
 /// `http` comes from the config file and from `SENSORLINK_HTTP` too (the flag wins over
@@ -577,4 +643,34 @@ fn http_address_from_the_file_and_the_environment() {
     let server = server_with(Some("127.0.0.1:0"));
     assert!(server.http.is_some(), "the environment over the file");
     assert_eq!(server.get("/healthz").status, 200);
+}
+
+/// At most `MAX_HTTP_CONNECTIONS` (256) HTTP connections are served at once: with 256
+/// clients stuck mid-request, the next one waits (in the listen backlog, served in order)
+/// until one of them goes.
+#[test]
+fn http_connections_are_limited() {
+    use std::io::{Read as _, Write as _};
+    let server = Server::start(&[]);
+    let http = server.http.expect("HTTP on");
+    let mut stuck: Vec<std::net::TcpStream> = (0..256)
+        .map(|_| {
+            let mut stream = std::net::TcpStream::connect(http).expect("connect");
+            stream
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\n")
+                .expect("half a request");
+            stream
+        })
+        .collect();
+    let mut next = crate::harness::connect(http);
+    next.write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .expect("a whole request");
+    crate::harness::assert_silent(&mut next);
+    stuck.pop();
+    let mut answer = String::new();
+    next.read_to_string(&mut answer)
+        .expect("answered once a slot is free");
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert!(answer.ends_with("ok\n"), "{answer}");
+    drop(stuck);
 }
