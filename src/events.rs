@@ -54,7 +54,7 @@ pub struct Telemetry {
     connections_mode: [Counter; 2],
     accept_errors: Counter,
     readings_accepted: Counter,
-    lines_rejected: [Counter; 6],
+    lines_rejected: [Counter; RejectReason::ALL.len()],
     readings_inserted: Counter,
     readings_duplicate: Counter,
     readings_acked: Counter,

@@ -375,17 +375,20 @@ impl Connection<'_> {
 
     fn on_frame(&mut self, frame: Frame, received_ns: i64, received_at: Instant) {
         match frame {
-            Frame::Reading(reading) => self.accept(reading, received_ns, received_at),
+            Frame::Reading(reading) => match self.in_window(&reading, received_ns) {
+                Ok(()) => self.accept(reading, received_ns, received_at),
+                Err(error) => {
+                    let line = self.line_count();
+                    self.on_frame(Frame::Invalid { line, error }, received_ns, received_at);
+                }
+            },
             Frame::Ping(token) => {
                 self.become_interactive();
                 self.replies.push(PendingReply::Pong(token));
             }
             Frame::Sync(token) => {
                 self.become_interactive();
-                let line = match &self.decoder {
-                    Decoder::Line(decoder) => decoder.line_count(),
-                    _ => 0,
-                };
+                let line = self.line_count();
                 self.replies.push(PendingReply::Ack {
                     token,
                     line,
@@ -414,14 +417,20 @@ impl Connection<'_> {
     fn on_legacy(&mut self, message: LegacyMessage, received_ns: i64, received_at: Instant) {
         let received = match message {
             LegacyMessage::Ping => None,
-            LegacyMessage::Reading(mut reading) => {
-                // The seed's readings carry no name: the peer's address is the sensor.
-                reading
-                    .tags
-                    .push(("sensor".to_string(), self.peer_ip.clone()));
-                self.accept(reading, received_ns, received_at);
-                Some(received_at)
-            }
+            LegacyMessage::Reading(mut reading) => match self.in_window(&reading, received_ns) {
+                Ok(()) => {
+                    // The seed's readings carry no name: the peer's address is the sensor.
+                    reading
+                        .tags
+                        .push(("sensor".to_string(), self.peer_ip.clone()));
+                    self.accept(reading, received_ns, received_at);
+                    Some(received_at)
+                }
+                Err(error) => {
+                    self.reject(&error, 0);
+                    None
+                }
+            },
             LegacyMessage::Invalid(error) => {
                 self.reject(&error, 0);
                 None
@@ -429,6 +438,22 @@ impl Connection<'_> {
         };
         // The seed answered every message, good or bad, with `pong`.
         self.replies.push(PendingReply::LegacyPong { received });
+    }
+
+    /// Lines decoded so far: the number of the line just decoded.
+    fn line_count(&self) -> u64 {
+        match &self.decoder {
+            Decoder::Line(decoder) => decoder.line_count(),
+            _ => 0,
+        }
+    }
+
+    /// A reading's own timestamp against [`Limits::timestamps`] (none: stamped on receipt).
+    fn in_window(&self, reading: &Reading, received_ns: i64) -> Result<(), ProtocolError> {
+        match reading.timestamp_ns {
+            Some(ts) => self.limits.timestamps.check(ts, received_ns),
+            None => Ok(()),
+        }
     }
 
     fn become_interactive(&mut self) {
@@ -698,6 +723,7 @@ mod tests {
             write_timeout: Duration::from_secs(5),
             max_line_bytes: 1024,
             max_inflight_batches: 4,
+            timestamps: crate::protocol::TimestampWindow::default(),
         }
     }
 

@@ -19,6 +19,7 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::protocol::TimestampWindow;
 use crate::store::writer::{self, WriterConfig};
 use crate::store::{self, FsyncPolicy, StoreUrl};
 
@@ -42,6 +43,8 @@ pub struct ServerConfig {
     pub writer: WriterConfig,
     /// A connected sensor with no stored reading for this long is `stale` (live view).
     pub stale_after: Duration,
+    /// Reading timestamps accepted (others are refused with `error`).
+    pub timestamps: TimestampWindow,
 }
 
 impl Default for ServerConfig {
@@ -58,6 +61,7 @@ impl Default for ServerConfig {
             max_inflight_batches: 16,
             writer: WriterConfig::default(),
             stale_after: crate::live::DEFAULT_STALE_AFTER,
+            timestamps: TimestampWindow::default(),
         }
     }
 }
@@ -69,6 +73,7 @@ pub struct Limits {
     pub write_timeout: Duration,
     pub max_line_bytes: usize,
     pub max_inflight_batches: usize,
+    pub timestamps: TimestampWindow,
 }
 
 impl From<&ServerConfig> for Limits {
@@ -78,6 +83,7 @@ impl From<&ServerConfig> for Limits {
             write_timeout: config.write_timeout,
             max_line_bytes: config.max_line_bytes,
             max_inflight_batches: config.max_inflight_batches.max(1),
+            timestamps: config.timestamps,
         }
     }
 }
