@@ -26,7 +26,7 @@ use crate::events::{
 use crate::live::{LiveConnection, Registry};
 use crate::protocol::codec::{sniff, Frame, LineDecoder, Sniff};
 use crate::protocol::control::{Ack, Reply};
-use crate::protocol::legacy::{LegacyDecoder, LegacyMessage, PONG};
+use crate::protocol::legacy::{LegacyDecoder, LegacyMessage, LEGACY_PING_QUIET, PONG};
 use crate::protocol::{ProtocolError, Reading};
 use crate::store::writer::{Committed, StoreHandle};
 use crate::store::StoredReading;
@@ -228,6 +228,8 @@ impl Connection<'_> {
         // Allocated only while bytes are pending: an idle connection holds no read buffer.
         let mut buf = BytesMut::new();
         let mut idle_deadline = tokio::time::Instant::now() + self.limits.idle_timeout;
+        // When bytes last arrived: a held legacy `ping` is answered once quiet since then.
+        let mut last_bytes_at = tokio::time::Instant::now();
         let mut reading = true;
         let mut end = End::Eof;
         loop {
@@ -247,6 +249,8 @@ impl Connection<'_> {
             if buf.is_empty() && buf.capacity() > 0 {
                 buf = BytesMut::new();
             }
+            let held_ping =
+                matches!(self.decoder, Decoder::Legacy(_)) && LegacyDecoder::holds_ping(&buf);
             tokio::select! {
                 biased;
                 _ = wait_head(&mut self.inflight), if !self.inflight.is_empty() => {
@@ -268,7 +272,8 @@ impl Connection<'_> {
                     }
                     Ok(n) => {
                         BytesReceived { bytes: n }.emit_to(self.telemetry);
-                        idle_deadline = tokio::time::Instant::now() + self.limits.idle_timeout;
+                        last_bytes_at = tokio::time::Instant::now();
+                        idle_deadline = last_bytes_at + self.limits.idle_timeout;
                         self.decode(&mut buf, false);
                     }
                     Err(err) => {
@@ -280,6 +285,9 @@ impl Connection<'_> {
                         self.decode(&mut buf, false);
                     }
                 },
+                _ = tokio::time::sleep_until(last_bytes_at + LEGACY_PING_QUIET), if held_ping && reading => {
+                    self.answer_held_ping(&mut buf);
+                }
                 _ = tokio::time::sleep_until(idle_deadline), if can_read && self.inflight.is_empty() => {
                     tracing::info!(idle_timeout = ?self.limits.idle_timeout, "closing idle connection");
                     end = End::IdleTimeout;
@@ -291,6 +299,15 @@ impl Connection<'_> {
             let _ = tokio::time::timeout(self.limits.write_timeout, stream.shutdown()).await;
         }
         end
+    }
+
+    /// A bare legacy `ping` nothing followed for [`LEGACY_PING_QUIET`]: a ping after all.
+    fn answer_held_ping(&mut self, buf: &mut BytesMut) {
+        if let Decoder::Legacy(decoder) = &mut self.decoder {
+            if let Some(message) = decoder.decode_quiet(buf) {
+                self.on_legacy(message, now_ns(), Instant::now());
+            }
+        }
     }
 
     /// At shutdown: read what the peer has already sent, without waiting for more.

@@ -1,6 +1,9 @@
 //! Input hygiene through the real binary: names with control bytes, duplicate keys, and
 //! timestamps outside the accepted window are refused, counted, and never stored.
 
+use std::io::Write;
+use std::time::Duration;
+
 use crate::harness::*;
 
 const HOUR_NS: i64 = 3600 * 1_000_000_000;
@@ -102,4 +105,52 @@ fn control_bytes_and_duplicate_keys_are_refused() {
     let rows = store.rows(&[]);
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0]["fields"]["v"], 7);
+}
+
+/// A seed reading written in pieces: after `ping`, and one byte at a time.
+const SEED_READING: &[u8] = b"ping / ('2026-11-24 11:46:25.123456', 102)";
+
+/// Write `pieces` with a short pause between them, so each reaches the server in its own
+/// read (well under the server's 100 ms quiet period for a bare `ping`).
+fn write_in_pieces(stream: &mut std::net::TcpStream, pieces: &[&[u8]], pause: Duration) {
+    for piece in pieces {
+        stream.write_all(piece).expect("write piece");
+        stream.flush().expect("flush");
+        std::thread::sleep(pause);
+    }
+}
+
+// See: issue 10 ("Legacy framing: a reading cut by TCP right after `ping` (`ping` |
+// ` / ('…', 102)`) is today answered twice with `pong` and not stored").
+#[test]
+fn legacy_reading_cut_after_ping_is_stored_once_and_answered_once() {
+    let store = TempStore::new();
+    let mut server = Server::start_on("127.0.0.1:0", &store.url(), &[]);
+    let mut seed = server.connect();
+    let (head, tail) = SEED_READING.split_at(4);
+    write_in_pieces(&mut seed, &[head, tail], Duration::from_millis(10));
+    assert_eq!(read_n(&mut seed, 4), b"pong");
+    assert_silent(&mut seed);
+
+    // One byte at a time: still one reading, one `pong`.
+    let bytes: Vec<&[u8]> = SEED_READING
+        .chunks(1)
+        .chain([&b"ping / ('2026-11-24 11:46:26', 104)"[..]])
+        .collect();
+    write_in_pieces(&mut seed, &bytes, Duration::from_millis(1));
+    assert_eq!(read_n(&mut seed, 8), b"pongpong");
+    assert_silent(&mut seed);
+
+    // A bare `ping` that nothing follows is still answered (after the quiet period).
+    seed.write_all(b"ping").expect("write ping");
+    assert_eq!(read_n(&mut seed, 4), b"pong");
+    drop(seed);
+    assert!(server.terminate().success());
+    let values: Vec<i64> = store
+        .rows(&[])
+        .iter()
+        .filter_map(|row| row["fields"]["value"].as_i64())
+        .collect();
+    // The dripped copy of 102 has the same series and timestamp: stored once.
+    assert_eq!(values, vec![102, 104]);
 }
