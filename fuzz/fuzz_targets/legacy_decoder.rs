@@ -27,30 +27,50 @@ fn check(message: &LegacyMessage) {
     }
 }
 
+/// The messages of `bytes` fed `step` bytes at a time.
+fn decode_all(bytes: &[u8], step: usize) -> Vec<LegacyMessage> {
+    let mut decoder = LegacyDecoder::new(LIMIT);
+    let mut buf = BytesMut::new();
+    let mut messages = Vec::new();
+    for piece in bytes.chunks(step) {
+        buf.extend_from_slice(piece);
+        while let Some(message) = decoder.decode(&mut buf) {
+            check(&message);
+            messages.push(message);
+        }
+        assert!(buf.len() <= LIMIT + step, "buffer holds {}", buf.len());
+    }
+    while let Some(message) = decoder.decode_eof(&mut buf) {
+        check(&message);
+        messages.push(message);
+    }
+    assert!(buf.is_empty(), "decode_eof leaves nothing behind");
+    assert!(messages.len() <= bytes.len(), "{} messages", messages.len());
+    messages
+}
+
+fn overflowed(messages: &[LegacyMessage]) -> bool {
+    messages
+        .iter()
+        .any(|m| matches!(m, LegacyMessage::Invalid(ProtocolError::LineTooLong { .. })))
+}
+
+fn readings(messages: Vec<LegacyMessage>) -> Vec<LegacyMessage> {
+    messages
+        .into_iter()
+        .filter(|m| matches!(m, LegacyMessage::Reading(_)))
+        .collect()
+}
+
 fuzz_target!(|data: &[u8]| {
     let Some((&chunk, bytes)) = data.split_first() else {
         return;
     };
     let chunk = usize::from(chunk % 17) + 1;
-    let mut decoder = LegacyDecoder::new(LIMIT);
-    let mut buf = BytesMut::new();
-    let mut messages = 0usize;
-    for piece in bytes.chunks(chunk) {
-        buf.extend_from_slice(piece);
-        while let Some(message) = decoder.decode(&mut buf) {
-            check(&message);
-            messages += 1;
-        }
-        assert!(buf.len() <= LIMIT + chunk, "buffer holds {}", buf.len());
+    let whole = decode_all(bytes, bytes.len().max(1));
+    let pieces = decode_all(bytes, chunk);
+    if overflowed(&whole) || overflowed(&pieces) {
+        return;
     }
-    while let Some(message) = decoder.decode_eof(&mut buf) {
-        check(&message);
-        messages += 1;
-    }
-    assert!(buf.is_empty(), "decode_eof leaves nothing behind");
-    assert!(
-        messages <= bytes.len(),
-        "{messages} messages from {} bytes",
-        bytes.len()
-    );
+    assert_eq!(readings(pieces), readings(whole), "chunks of {chunk}");
 });
