@@ -10,6 +10,12 @@ fn clean(name: &str) -> bool {
 }
 
 fuzz_target!(|data: &[u8]| {
+    // The framing never hands the parser a `\n` (it cuts lines there), and a string
+    // value holding one cannot be encoded back (see the ilp module doc): out of contract.
+    // Found by this target in its first run (crash-979bc86a…).
+    if data.contains(&b'\n') {
+        return;
+    }
     let Ok(reading) = ilp::parse(data) else {
         return;
     };
