@@ -47,6 +47,7 @@ pub mod query;
 pub mod server;
 pub mod store;
 pub mod timefmt;
+pub mod tls;
 
 /// The seed's port, kept as our default.
 pub const DEFAULT_PORT: u16 = 8889;
