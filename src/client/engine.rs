@@ -654,6 +654,7 @@ mod tests {
             spool_max_age: None,
             link_report: Duration::ZERO,
             report: None,
+            tls: None,
         }
     }
 

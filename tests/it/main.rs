@@ -16,3 +16,4 @@ mod report;
 mod seed;
 mod shutdown;
 mod spool;
+mod tls;
