@@ -768,6 +768,89 @@ mod tests {
         );
     }
 
+    /// TLS files come as a pair (a client CA only with them), and print back.
+    #[test]
+    fn tls_settings_go_together_and_print_back() {
+        let pair = RawServer {
+            tls_cert: Some("/etc/s/server.pem".into()),
+            tls_key: Some("/etc/s/server-key.pem".into()),
+            tls_client_ca: Some("/etc/s/ca.pem".into()),
+            ..RawServer::default()
+        };
+        let config = pair.clone().validate().expect("valid");
+        let tls = config.tls.clone().expect("TLS on");
+        assert_eq!(tls.client_ca.as_deref(), Some(Path::new("/etc/s/ca.pem")));
+        let printed = print_server(&config).expect("printable");
+        assert!(
+            printed.contains("tls-key = \"/etc/s/server-key.pem\""),
+            "{printed}"
+        );
+        let again = parse_file(&printed)
+            .expect("parses")
+            .validate()
+            .expect("valid");
+        assert_eq!(again.tls, config.tls);
+
+        for (raw, setting) in [
+            (
+                RawServer {
+                    tls_key: None,
+                    ..pair.clone()
+                },
+                "tls-cert/tls-key",
+            ),
+            (
+                RawServer {
+                    tls_cert: None,
+                    tls_key: None,
+                    ..pair
+                },
+                "tls-client-ca",
+            ),
+        ] {
+            match raw.validate() {
+                Err(ConfigError::Invalid { setting: named, .. }) => assert_eq!(named, setting),
+                other => panic!("expected an invalid {setting}, got {other:?}"),
+            }
+        }
+        assert_eq!(RawServer::default().validate().expect("valid").tls, None);
+    }
+
+    /// The client's TLS settings need `tls`, a certificate needs its key; all print back.
+    #[test]
+    fn client_tls_settings_need_tls_and_print_back() {
+        let stray = RawClient {
+            ca: Some("/etc/s/ca.pem".into()),
+            ..RawClient::default()
+        };
+        match stray.clone().validate() {
+            Err(ConfigError::Invalid { setting, .. }) => assert_eq!(setting, "ca"),
+            other => panic!("--ca without --tls must be invalid, got {other:?}"),
+        }
+        let half = RawClient {
+            tls: Some(true),
+            tls_cert: Some("/etc/s/client.pem".into()),
+            ..stray.clone()
+        };
+        assert!(half.validate().is_err(), "a certificate without its key");
+        let config = RawClient {
+            tls: Some(true),
+            tls_server_name: Some("collector.example".into()),
+            ..stray
+        }
+        .validate()
+        .expect("valid");
+        let tls = config.tls.clone().expect("TLS on");
+        assert_eq!(tls.server_name.as_deref(), Some("collector.example"));
+        assert_eq!(
+            RawClient::from_config(&config)
+                .validate()
+                .expect("valid")
+                .tls,
+            config.tls
+        );
+    }
+
     fn long_help(command: &str) -> String {
         let mut cli = crate::cli::Cli::command();
         let sub = cli.find_subcommand_mut(command).expect("subcommand exists");

@@ -412,6 +412,15 @@ pub fn print_client(config: &ClientConfig) -> Result<String, ConfigError> {
     if let Some(report) = &config.report {
         printable_path("report", report)?;
     }
+    if let Some(tls) = &config.tls {
+        if let Some(ca) = &tls.ca {
+            printable_path("ca", ca)?;
+        }
+        if let Some((cert, key)) = &tls.identity {
+            printable_path("tls-cert", cert)?;
+            printable_path("tls-key", key)?;
+        }
+    }
     let file = ConfigFile {
         client: Some(RawClient::from_config(config)),
         ..ConfigFile::default()

@@ -1,7 +1,7 @@
 //! `sensorlink server`: accept connections, hand their readings to the store, answer.
 //!
 //! [`listener`] accepts and enforces the connection limit, [`connection`] runs one peer
-//! over any [`stream::PeerStream`] (TCP today, so TLS can wrap it later), [`shutdown`] turns
+//! over any [`stream::PeerStream`] (TCP, or TLS after [`tls`]'s handshake), [`shutdown`] turns
 //! signals into a cancellation, [`logging`] keeps per-reading logs from bounding throughput.
 
 pub mod connection;
