@@ -223,6 +223,12 @@ impl<W: AsyncWrite + Unpin> LineWriter<W> {
         Ok(())
     }
 
+    /// Close our side: a TLS stream sends its `close_notify` (so the server sees a clean end,
+    /// not a truncation), TCP its FIN.
+    pub async fn close(&mut self) -> std::io::Result<()> {
+        self.write.shutdown().await
+    }
+
     /// Write everything queued and flush.
     pub async fn push_all(&mut self) -> std::io::Result<()> {
         while self.busy() {

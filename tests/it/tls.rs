@@ -63,6 +63,25 @@ fn tls_round_trip_acks_and_stores_readings() {
         stdout.contains("3 sent, 3 acked, 0 lost, 0.0% loss"),
         "{stdout}"
     );
+    // The client ends with close_notify: a clean end, not a truncated stream.
+    server.wait_for_log("mode=\"line\" end=\"eof\" accepted=4");
+    // The seed's protocol runs unchanged inside TLS too.
+    let legacy = run(bin()
+        .args([
+            "client",
+            &server.addr.to_string(),
+            "--tls",
+            "--legacy",
+            "--ca",
+        ])
+        .arg(&ca)
+        .args(["--count", "2", "--interval", "10ms"]));
+    assert!(
+        legacy.status.success(),
+        "{}",
+        String::from_utf8_lossy(&legacy.stderr)
+    );
+    server.wait_for_log("mode=\"legacy\" end=\"eof\" accepted=2");
     server.terminate();
     let rows = store.rows(&["--sensor", "tls1", "--measurement", "reading"]);
     assert_eq!(rows.len(), 3, "{rows:?}");
