@@ -81,3 +81,69 @@ impl TlsSettings {
 /// readiness knows nothing about, so the read itself waits (an idle TLS connection keeps
 /// its read buffer).
 impl<S: PeerStream> PeerStream for tokio_rustls::server::TlsStream<S> {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::testing::sample;
+    use tokio::io::AsyncWriteExt as _;
+
+    fn peer() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 9], 5000))
+    }
+
+    /// Settings from freshly generated certificates (read here, so the directory may go).
+    fn settings() -> anyhow::Result<TlsSettings> {
+        let dir = tempfile::tempdir()?;
+        crate::tls::cert::generate(dir.path(), &["localhost".into()], false)?;
+        let path = |name: &str| dir.path().join(name);
+        TlsSettings::from_files(&TlsFiles {
+            cert: path(crate::tls::cert::SERVER_CERT),
+            key: path(crate::tls::cert::SERVER_KEY),
+            client_ca: None,
+        })
+    }
+
+    /// A silent peer is dropped at the handshake timeout, a plain-text peer at once; each
+    /// counted under its reason. A shutdown ends a handshake without counting it.
+    #[tokio::test(start_paused = true)]
+    async fn failed_handshakes_end_the_connection_and_are_counted() -> anyhow::Result<()> {
+        let recorder = crate::events::prometheus_builder().build_recorder();
+        let prometheus = recorder.handle();
+        let telemetry = metrics::with_local_recorder(&recorder, Telemetry::register);
+        let tls = settings()?;
+        let running = CancellationToken::new();
+        // The guard is paused time too: it only fails a handshake that would never end.
+        let guard = tls.handshake_timeout * 2;
+
+        let (_silent, server) = tokio::io::duplex(4096);
+        let outcome =
+            tokio::time::timeout(guard, tls.handshake(server, peer(), &running, &telemetry));
+        assert!(outcome.await?.is_none(), "a silent peer times out");
+
+        let (mut plain, server) = tokio::io::duplex(4096);
+        plain.write_all(b"ping connect\n").await?;
+        let outcome =
+            tokio::time::timeout(guard, tls.handshake(server, peer(), &running, &telemetry));
+        assert!(outcome.await?.is_none(), "plain text is no ClientHello");
+
+        let stopped = CancellationToken::new();
+        stopped.cancel();
+        let (_silent, server) = tokio::io::duplex(4096);
+        assert!(tls
+            .handshake(server, peer(), &stopped, &telemetry)
+            .await
+            .is_none());
+
+        let text = prometheus.render();
+        let failed = |reason: &str| {
+            sample(
+                &text,
+                &format!("sensorlink_tls_handshakes_failed_total{{reason=\"{reason}\"}}"),
+            )
+        };
+        assert_eq!(failed("timeout"), Some(1.0), "{text}");
+        assert_eq!(failed("error"), Some(1.0), "{text}");
+        Ok(())
+    }
+}
