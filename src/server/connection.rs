@@ -694,6 +694,7 @@ mod tests {
 
     fn limits(idle: Duration) -> Limits {
         Limits {
+            first_line_timeout: idle,
             idle_timeout: idle,
             write_timeout: Duration::from_secs(5),
             max_line_bytes: 1024,

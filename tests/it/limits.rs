@@ -1,0 +1,88 @@
+//! Connection limits that hold against a hostile peer: the per-address share and the
+//! slowloris rules (first-line deadline; idle timeout restarted by complete lines only).
+
+use std::io::{BufReader, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+
+use crate::harness::*;
+
+/// A loopback address other than 127.0.0.1: Linux routes all of 127/8 to `lo`.
+const OTHER_IP: [u8; 4] = [127, 0, 0, 2];
+
+/// A blocking connection to `addr` from `from` (port 0): std cannot bind before connect.
+fn connect_from(from: IpAddr, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
+    let stream = runtime.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::new(from, 0))?;
+        socket.connect(addr).await
+    })?;
+    let stream = stream.into_std()?;
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(PATIENCE))?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// A line peer from `from` that has been answered a `ping` (so it was admitted).
+fn admitted_peer(from: IpAddr, addr: SocketAddr) -> LinePeer {
+    let stream = connect_from(from, addr).expect("connect");
+    let writer = stream.try_clone().expect("clone stream");
+    let mut peer = LinePeer {
+        reader: BufReader::new(stream),
+        writer,
+    };
+    peer.send(b"ping\n");
+    assert_eq!(peer.line(), "pong");
+    peer
+}
+
+/// Whether the server closed `stream` without a byte (refused at accept).
+fn closed_at_once(stream: &mut TcpStream) -> bool {
+    let _ = stream.write_all(b"ping\n");
+    let mut buf = [0u8; 8];
+    matches!(stream.read(&mut buf), Ok(0) | Err(_))
+}
+
+fn metric(server: &Server, series: &str) -> Option<f64> {
+    let text = server.get("/metrics").body;
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn one_address_past_its_share_is_refused_while_another_still_connects() {
+    let server = Server::start(&["--max-connections-per-ip", "3"]);
+    let other = IpAddr::from(OTHER_IP);
+    let mut held: Vec<LinePeer> = (0..3).map(|_| admitted_peer(other, server.addr)).collect();
+    let mut extra = connect_from(other, server.addr).expect("TCP connects; then closed");
+    assert!(
+        closed_at_once(&mut extra),
+        "a fourth from {other} is refused"
+    );
+    let mut local = admitted_peer(IpAddr::from([127, 0, 0, 1]), server.addr);
+    local.send(b"ping 2\n");
+    assert_eq!(local.line(), "pong 2", "another address still connects");
+    server.wait_for_log("per-IP connection limit reached");
+    assert_eq!(
+        metric(
+            &server,
+            "sensorlink_connections_refused_total{reason=\"per_ip\"}"
+        ),
+        Some(1.0)
+    );
+    // A share given back is usable again (once the server has seen the close).
+    drop(held.pop());
+    let readmitted = poll_until(PATIENCE, || {
+        connect_from(other, server.addr)
+            .map(|mut stream| !closed_at_once(&mut stream))
+            .unwrap_or(false)
+    });
+    assert!(readmitted, "a closed connection gives its share back");
+    for peer in &mut held {
+        peer.send(b"ping 3\n");
+        assert_eq!(peer.line(), "pong 3", "admitted peers are untouched");
+    }
+}
