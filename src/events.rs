@@ -279,6 +279,23 @@ impl Event for AcceptFailed<'_> {
     }
 }
 
+/// A peer sent no complete first line (or legacy message) within `--first-line-timeout`
+/// (slowloris); the connection is closed (`connections_closed_total{reason}` counts it).
+pub struct FirstLineMissed {
+    pub timeout: Duration,
+    /// Bytes of an incomplete line it had sent.
+    pub pending_bytes: usize,
+}
+
+impl Event for FirstLineMissed {
+    fn emit_to(self, _: &Telemetry) {
+        // A swarm of slow peers must not flood the log.
+        if logging::allow_slow_peer() {
+            tracing::warn!(first_line_timeout = ?self.timeout, pending_bytes = self.pending_bytes, "no complete line in time; closing connection");
+        }
+    }
+}
+
 /// The peer's first bytes told its protocol.
 pub struct ModeDetected {
     pub mode: Mode,
