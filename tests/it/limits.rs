@@ -3,6 +3,7 @@
 
 use std::io::{BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
 
 use crate::harness::*;
 
@@ -85,4 +86,69 @@ fn one_address_past_its_share_is_refused_while_another_still_connects() {
         peer.send(b"ping 3\n");
         assert_eq!(peer.line(), "pong 3", "admitted peers are untouched");
     }
+}
+
+/// One slowloris peer: a byte about every second, never a newline. Returns whether the
+/// server closed it within `rounds` bytes.
+fn drip_until_closed(addr: SocketAddr, rounds: usize) -> bool {
+    let mut stream = connect(addr);
+    stream
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .expect("read timeout");
+    let mut buf = [0u8; 64];
+    for byte in b"weather,sensor=slow v=1i".iter().cycle().take(rounds) {
+        if stream.write_all(&[*byte]).is_err() {
+            return true;
+        }
+        // The read's timeout is the pause between bytes.
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => return false,
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+/// Peers dripping a byte a second are cut by the first-line rule while a legitimate
+/// client keeps getting acks (its round trips printed, not asserted against a clock).
+#[test]
+fn dripping_peers_are_cut_while_a_client_keeps_getting_acks() {
+    const DRIPPERS: usize = 20;
+    let server = Server::start(&["--first-line-timeout", "2s"]);
+    let addr = server.addr;
+    let drippers: Vec<_> = (0..DRIPPERS)
+        .map(|_| std::thread::spawn(move || drip_until_closed(addr, 30)))
+        .collect();
+    let mut client = LinePeer::new(addr);
+    let mut rtts = Vec::new();
+    let mut i = 0u64;
+    while drippers.iter().any(|d| !d.is_finished()) && i < 100_000 {
+        let sent = Instant::now();
+        client.send(format!("weather,sensor=real v={i}i {}\nsync {i}\n", i + 1).as_bytes());
+        let ack = client.line();
+        assert!(ack.starts_with(&format!("ack {i} readings=1 ")), "{ack}");
+        rtts.push(sent.elapsed());
+        i += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for dripper in drippers {
+        assert!(
+            dripper.join().expect("dripper thread"),
+            "a dripper was not cut"
+        );
+    }
+    let series = "sensorlink_connections_closed_total{reason=\"first_line_timeout\"}";
+    assert_eq!(metric(&server, series), Some(DRIPPERS as f64));
+    rtts.sort();
+    let p99 = rtts[(rtts.len() * 99 / 100).min(rtts.len() - 1)];
+    println!(
+        "legitimate client: {} acks while {DRIPPERS} peers dripped; rtt p99 {p99:?}",
+        rtts.len()
+    );
 }
