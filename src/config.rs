@@ -487,6 +487,50 @@ mod tests {
         assert_eq!(config.write_timeout, ServerConfig::default().write_timeout);
     }
 
+    /// The connection limits: from the file, printed back, and zero refused.
+    #[test]
+    fn per_ip_limits_and_first_line_timeout_are_validated_settings() {
+        let file = parse_file(
+            "[server]\nmax-connections-per-ip = 8\nconnect-rate-per-ip = 5\nfirst-line-timeout = \"3s\"\n",
+        )
+        .expect("valid file");
+        let config = file.validate().expect("valid settings");
+        assert_eq!(config.max_connections_per_ip, 8);
+        assert_eq!(config.connect_rate_per_ip, 5);
+        assert_eq!(config.first_line_timeout, Duration::from_secs(3));
+        let printed = print_server(&config).expect("printable");
+        for line in [
+            "max-connections-per-ip = 8\n",
+            "connect-rate-per-ip = 5\n",
+            "first-line-timeout = \"3s\"\n",
+        ] {
+            assert!(printed.contains(line), "{printed}");
+        }
+        let defaults = RawServer::default().validate().expect("defaults");
+        assert_eq!(defaults.max_connections_per_ip, 64);
+        assert_eq!(defaults.connect_rate_per_ip, 20);
+        assert_eq!(defaults.first_line_timeout, Duration::from_secs(10));
+        for (raw, setting) in [
+            (
+                RawServer {
+                    max_connections_per_ip: Some(0),
+                    ..RawServer::default()
+                },
+                "invalid max-connections-per-ip 0",
+            ),
+            (
+                RawServer {
+                    connect_rate_per_ip: Some(0),
+                    ..RawServer::default()
+                },
+                "invalid connect-rate-per-ip 0",
+            ),
+        ] {
+            let err = raw.validate().expect_err(setting);
+            assert!(err.to_string().starts_with(setting), "{err}");
+        }
+    }
+
     /// `--stale-after`: from the file, printed back, and a zero refused.
     #[test]
     fn stale_after_is_a_validated_duration() {
