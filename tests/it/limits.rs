@@ -152,3 +152,99 @@ fn dripping_peers_are_cut_while_a_client_keeps_getting_acks() {
         rtts.len()
     );
 }
+
+/// The scenario, scaled: 2,000 idle connections (each has said `ping`) plus 500
+/// peers dripping a byte every 2 s, at the default first-line timeout, while a client keeps
+/// getting acks. Slow (about 15 s) and 2,500+ descriptors: run it by name with `--ignored`.
+#[test]
+#[ignore = "2,500 connections and ~15 s: run with --ignored"]
+fn thousands_of_idle_and_slowloris_peers_leave_room_for_a_client() {
+    const IDLE: usize = 2_000;
+    const SLOW: usize = 500;
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let server = Server::start(&["--max-connections-per-ip", "5000"]);
+    let addr = server.addr;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (idle_up, slow_cut) = runtime.block_on(async {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut idle = Vec::new();
+        for _ in 0..IDLE {
+            let stop = stop.clone();
+            idle.push(tokio::spawn(async move {
+                let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+                    return false;
+                };
+                let mut buf = [0u8; 16];
+                let ok = stream.write_all(b"ping\n").await.is_ok()
+                    && matches!(stream.read(&mut buf).await, Ok(n) if n > 0);
+                stop.cancelled().await;
+                ok
+            }));
+        }
+        let slow: Vec<_> = (0..SLOW)
+            .map(|_| {
+                tokio::spawn(async move {
+                    let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+                        return false;
+                    };
+                    let mut buf = [0u8; 16];
+                    // At most 60 s of dripping: cut long before at the 10 s default.
+                    for _ in 0..30 {
+                        if stream.write_all(b"w").await.is_err() {
+                            return true;
+                        }
+                        let read =
+                            tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf))
+                                .await;
+                        match read {
+                            Ok(Ok(0)) | Ok(Err(_)) => return true,
+                            Ok(Ok(_)) => return false,
+                            Err(_) => {}
+                        }
+                    }
+                    false
+                })
+            })
+            .collect();
+        // The client, on its own thread, while the swarm runs.
+        let client = std::thread::spawn(move || {
+            let mut peer = LinePeer::new(addr);
+            let mut rtts = Vec::new();
+            for i in 0..200u64 {
+                let sent = Instant::now();
+                peer.send(format!("weather,sensor=real v={i}i {}\nsync {i}\n", i + 1).as_bytes());
+                let ack = peer.line();
+                assert!(ack.starts_with(&format!("ack {i} readings=1 ")), "{ack}");
+                rtts.push(sent.elapsed());
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            rtts
+        });
+        let mut slow_cut = 0;
+        for task in slow {
+            slow_cut += usize::from(task.await.unwrap_or(false));
+        }
+        let mut rtts = tokio::task::spawn_blocking(move || client.join().expect("client"))
+            .await
+            .expect("join");
+        rtts.sort();
+        let p99 = rtts[(rtts.len() * 99 / 100).min(rtts.len() - 1)];
+        println!("client: {} acks, rtt p99 {p99:?}", rtts.len());
+        stop.cancel();
+        let mut idle_up = 0;
+        for task in idle {
+            idle_up += usize::from(task.await.unwrap_or(false));
+        }
+        (idle_up, slow_cut)
+    });
+    println!("idle connections answered: {idle_up}/{IDLE}; slowloris cut: {slow_cut}/{SLOW}");
+    assert_eq!(idle_up, IDLE, "every idle connection was served");
+    assert_eq!(slow_cut, SLOW, "every slowloris peer was cut");
+    let series = "sensorlink_connections_closed_total{reason=\"first_line_timeout\"}";
+    assert_eq!(metric(&server, series), Some(SLOW as f64));
+}
