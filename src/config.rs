@@ -149,7 +149,28 @@ pub struct RawServer {
     #[arg(long, env = "SENSORLINK_MAX_CONNECTIONS")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<usize>,
-    /// Close a connection that sends nothing for this long [default: 5m].
+    /// Most connections from one source address (IPv6: one /64) at once; more are closed
+    /// on arrival [default: 64].
+    #[arg(long, env = "SENSORLINK_MAX_CONNECTIONS_PER_IP")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections_per_ip: Option<usize>,
+    /// New connections per second one source address may open, in bursts of twice that
+    /// (or of its whole --max-connections-per-ip, if more); faster ones are closed on
+    /// arrival [default: 20].
+    #[arg(long, env = "SENSORLINK_CONNECT_RATE_PER_IP")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_rate_per_ip: Option<u32>,
+    /// Close a connection that has not sent a complete first line (or legacy message) this
+    /// long after connecting [default: 10s].
+    #[arg(long, env = "SENSORLINK_FIRST_LINE_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[serde(
+        default,
+        with = "human_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub first_line_timeout: Option<Duration>,
+    /// Close a connection that sends no complete line for this long; bytes alone do not
+    /// count [default: 5m].
     #[arg(long, env = "SENSORLINK_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
     #[serde(
         default,
@@ -216,6 +237,7 @@ pub mod limits {
 
     /// Linux's default ceiling on open files per process (`fs.nr_open`).
     pub const MAX_CONNECTIONS: (usize, usize) = (1, 1 << 20);
+    pub const CONNECT_RATE_PER_IP: (u32, u32) = (1, 1_000_000);
     /// Below 64 bytes not even a short reading fits; above 16 MiB one line could pin that
     /// much memory per connection.
     pub const MAX_LINE_BYTES: (usize, usize) = (64, 16 << 20);
@@ -249,6 +271,9 @@ impl RawServer {
             store: self.store.or(lower.store),
             fsync: self.fsync.or(lower.fsync),
             max_connections: self.max_connections.or(lower.max_connections),
+            max_connections_per_ip: self.max_connections_per_ip.or(lower.max_connections_per_ip),
+            connect_rate_per_ip: self.connect_rate_per_ip.or(lower.connect_rate_per_ip),
+            first_line_timeout: self.first_line_timeout.or(lower.first_line_timeout),
             idle_timeout: self.idle_timeout.or(lower.idle_timeout),
             write_timeout: self.write_timeout.or(lower.write_timeout),
             max_line_bytes: self.max_line_bytes.or(lower.max_line_bytes),
@@ -295,6 +320,24 @@ impl RawServer {
             store: self.store.unwrap_or(defaults.store),
             fsync: self.fsync.unwrap_or(defaults.fsync),
             max_connections,
+            max_connections_per_ip: in_range(
+                "max-connections-per-ip",
+                self.max_connections_per_ip
+                    .unwrap_or(defaults.max_connections_per_ip),
+                limits::MAX_CONNECTIONS,
+            )?,
+            connect_rate_per_ip: in_range(
+                "connect-rate-per-ip",
+                self.connect_rate_per_ip
+                    .unwrap_or(defaults.connect_rate_per_ip),
+                limits::CONNECT_RATE_PER_IP,
+            )?,
+            first_line_timeout: in_range(
+                "first-line-timeout",
+                self.first_line_timeout
+                    .unwrap_or(defaults.first_line_timeout),
+                limits::TIMEOUT,
+            )?,
             idle_timeout: in_range(
                 "idle-timeout",
                 self.idle_timeout.unwrap_or(defaults.idle_timeout),
@@ -341,6 +384,9 @@ impl RawServer {
             store: Some(config.store.clone()),
             fsync: Some(config.fsync),
             max_connections: Some(config.max_connections),
+            max_connections_per_ip: Some(config.max_connections_per_ip),
+            connect_rate_per_ip: Some(config.connect_rate_per_ip),
+            first_line_timeout: Some(config.first_line_timeout),
             idle_timeout: Some(config.idle_timeout),
             write_timeout: Some(config.write_timeout),
             max_line_bytes: Some(config.max_line_bytes),
@@ -496,6 +542,50 @@ mod tests {
         assert_eq!(config.store, StoreUrl::Memory, "file over default");
         assert_eq!(config.idle_timeout, Duration::from_secs(90));
         assert_eq!(config.write_timeout, ServerConfig::default().write_timeout);
+    }
+
+    /// The connection limits: from the file, printed back, and zero refused.
+    #[test]
+    fn per_ip_limits_and_first_line_timeout_are_validated_settings() {
+        let file = parse_file(
+            "[server]\nmax-connections-per-ip = 8\nconnect-rate-per-ip = 5\nfirst-line-timeout = \"3s\"\n",
+        )
+        .expect("valid file");
+        let config = file.validate().expect("valid settings");
+        assert_eq!(config.max_connections_per_ip, 8);
+        assert_eq!(config.connect_rate_per_ip, 5);
+        assert_eq!(config.first_line_timeout, Duration::from_secs(3));
+        let printed = print_server(&config).expect("printable");
+        for line in [
+            "max-connections-per-ip = 8\n",
+            "connect-rate-per-ip = 5\n",
+            "first-line-timeout = \"3s\"\n",
+        ] {
+            assert!(printed.contains(line), "{printed}");
+        }
+        let defaults = RawServer::default().validate().expect("defaults");
+        assert_eq!(defaults.max_connections_per_ip, 64);
+        assert_eq!(defaults.connect_rate_per_ip, 20);
+        assert_eq!(defaults.first_line_timeout, Duration::from_secs(10));
+        for (raw, setting) in [
+            (
+                RawServer {
+                    max_connections_per_ip: Some(0),
+                    ..RawServer::default()
+                },
+                "invalid max-connections-per-ip 0",
+            ),
+            (
+                RawServer {
+                    connect_rate_per_ip: Some(0),
+                    ..RawServer::default()
+                },
+                "invalid connect-rate-per-ip 0",
+            ),
+        ] {
+            let err = raw.validate().expect_err(setting);
+            assert!(err.to_string().starts_with(setting), "{err}");
+        }
     }
 
     /// `--stale-after`: from the file, printed back, and a zero refused.

@@ -8,8 +8,8 @@
 //! |---|---|---|---|
 //! | `sensorlink_connections_open` | gauge | | connections being served ([`super::OpenConnection`]) |
 //! | `sensorlink_connections_accepted_total` | counter | | connections given a task |
-//! | `sensorlink_connections_refused_total` | counter | `reason="max_connections"` | closed at once |
-//! | `sensorlink_connections_closed_total` | counter | `reason` = `eof` `shutdown` `idle_timeout` `read_failed` `write_failed` `write_stalled` `store_failed` | served connections that ended |
+//! | `sensorlink_connections_refused_total` | counter | `reason` = `max_connections` `per_ip` `connect_rate` | closed at once by a connection limit |
+//! | `sensorlink_connections_closed_total` | counter | `reason` = `eof` `shutdown` `idle_timeout` `read_failed` `write_failed` `write_stalled` `store_failed` `first_line_timeout` | served connections that ended |
 //! | `sensorlink_connections_mode_total` | counter | `mode` = `line` `legacy` | protocol each peer spoke (a peer that sent nothing has none) |
 //! | `sensorlink_accept_errors_total` | counter | | failed `accept()` calls |
 //! | `sensorlink_tls_handshakes_failed_total` | counter | `reason` = `timeout` `error` | TLS handshakes on the sensor port that did not complete (the connection is closed) |

@@ -8,6 +8,7 @@ pub mod connection;
 pub mod listener;
 pub mod logging;
 mod pending;
+pub mod per_ip;
 pub mod shutdown;
 pub mod stream;
 pub mod tls;
@@ -34,7 +35,15 @@ pub struct ServerConfig {
     pub fsync: FsyncPolicy,
     /// Most connections served at once; more are accepted and closed at once.
     pub max_connections: usize,
-    /// A connection with nothing received and nothing pending for this long is closed.
+    /// Most connections one source address (IPv6: one /64) holds at once.
+    pub max_connections_per_ip: usize,
+    /// New connections per second one source address may open (bucket: see
+    /// [`per_ip::PerIpLimits::burst`]).
+    pub connect_rate_per_ip: u32,
+    /// A connection that has not sent a complete first line (or legacy message) this long
+    /// after accept is closed: a peer must show it speaks before it holds a slot.
+    pub first_line_timeout: Duration,
+    /// A connection with no complete line received and nothing pending for this long is closed.
     pub idle_timeout: Duration,
     /// A peer that does not take our replies for this long is disconnected.
     pub write_timeout: Duration,
@@ -65,6 +74,9 @@ impl Default for ServerConfig {
             store: StoreUrl::Sqlite("sensorlink.db".into()),
             fsync: FsyncPolicy::Always,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_ip: per_ip::DEFAULT_MAX_CONNECTIONS_PER_IP,
+            connect_rate_per_ip: per_ip::DEFAULT_CONNECT_RATE_PER_IP,
+            first_line_timeout: DEFAULT_FIRST_LINE_TIMEOUT,
             idle_timeout: Duration::from_secs(300),
             write_timeout: Duration::from_secs(30),
             max_line_bytes: crate::protocol::DEFAULT_MAX_LINE_BYTES,
@@ -76,9 +88,15 @@ impl Default for ServerConfig {
     }
 }
 
+/// Default `--first-line-timeout`.
+pub const DEFAULT_FIRST_LINE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The per-connection limits, taken once from the server's config.
 #[derive(Debug, Clone)]
 pub struct Limits {
+    /// Until the first complete line: the idle timeout, if shorter, still applies.
+    pub first_line_timeout: Duration,
+    /// Restarted by each complete line (or legacy message), never by bytes alone.
     pub idle_timeout: Duration,
     pub write_timeout: Duration,
     pub max_line_bytes: usize,
@@ -91,6 +109,7 @@ pub struct Limits {
 impl From<&ServerConfig> for Limits {
     fn from(config: &ServerConfig) -> Self {
         Limits {
+            first_line_timeout: config.first_line_timeout,
             idle_timeout: config.idle_timeout,
             write_timeout: config.write_timeout,
             max_line_bytes: config.max_line_bytes,
