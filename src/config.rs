@@ -213,6 +213,19 @@ pub struct RawServer {
         skip_serializing_if = "Option::is_none"
     )]
     pub stale_after: Option<Duration>,
+    /// Serve the sensor port over TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, value_name = "FILE", env = "SENSORLINK_TLS_CERT")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", env = "SENSORLINK_TLS_KEY")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// Mutual TLS: accept only clients presenting a certificate signed by this CA (PEM);
+    /// needs --tls-cert.
+    #[arg(long, value_name = "FILE", env = "SENSORLINK_TLS_CLIENT_CA")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 /// The `http` value that turns the HTTP side off.
@@ -267,6 +280,9 @@ impl RawServer {
             commit_max_rows: self.commit_max_rows.or(lower.commit_max_rows),
             commit_delay: self.commit_delay.or(lower.commit_delay),
             stale_after: self.stale_after.or(lower.stale_after),
+            tls_cert: self.tls_cert.or(lower.tls_cert),
+            tls_key: self.tls_key.or(lower.tls_key),
+            tls_client_ca: self.tls_client_ca.or(lower.tls_client_ca),
         }
     }
 
@@ -290,7 +306,9 @@ impl RawServer {
             Some(n) => in_range("max-connections", n, limits::MAX_CONNECTIONS)?,
             None => server::default_max_connections(nofile),
         };
+        let tls = tls_files(self.tls_cert, self.tls_key, self.tls_client_ca)?;
         Ok(ServerConfig {
+            tls,
             listen: match self.listen {
                 Some(listen) => socket_address("listen", listen)?,
                 None => defaults.listen,
@@ -375,7 +393,39 @@ impl RawServer {
             commit_max_rows: Some(config.writer.max_batch_rows),
             commit_delay: Some(config.writer.commit_delay),
             stale_after: Some(config.stale_after),
+            tls_cert: config.tls.as_ref().map(|tls| tls.cert.clone()),
+            tls_key: config.tls.as_ref().map(|tls| tls.key.clone()),
+            tls_client_ca: config.tls.as_ref().and_then(|tls| tls.client_ca.clone()),
         }
+    }
+}
+
+/// The server's TLS files: certificate and key together or neither; a client CA only
+/// with them. Read when the server starts, not here (validation touches nothing).
+fn tls_files(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+) -> Result<Option<server::TlsFiles>, ConfigError> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(server::TlsFiles {
+            cert,
+            key,
+            client_ca,
+        })),
+        (None, None) => match client_ca {
+            None => Ok(None),
+            Some(ca) => Err(ConfigError::Invalid {
+                setting: "tls-client-ca",
+                value: ca.display().to_string(),
+                accepted: "only with --tls-cert and --tls-key".into(),
+            }),
+        },
+        (Some(path), None) | (None, Some(path)) => Err(ConfigError::Invalid {
+            setting: "tls-cert/tls-key",
+            value: path.display().to_string(),
+            accepted: "--tls-cert and --tls-key together".into(),
+        }),
     }
 }
 
@@ -403,6 +453,13 @@ pub fn server_config(
 pub fn print_server(config: &ServerConfig) -> Result<String, ConfigError> {
     if let StoreUrl::Sqlite(path) = &config.store {
         printable_path("store", path)?;
+    }
+    if let Some(tls) = &config.tls {
+        printable_path("tls-cert", &tls.cert)?;
+        printable_path("tls-key", &tls.key)?;
+        if let Some(ca) = &tls.client_ca {
+            printable_path("tls-client-ca", ca)?;
+        }
     }
     let file = ConfigFile {
         server: Some(RawServer::from_config(config)),
@@ -798,6 +855,89 @@ mod tests {
         assert!(
             printed.contains("idle-timeout = \"1s 500ms\"\n"),
             "{printed}"
+        );
+    }
+
+    /// TLS files come as a pair (a client CA only with them), and print back.
+    #[test]
+    fn tls_settings_go_together_and_print_back() {
+        let pair = RawServer {
+            tls_cert: Some("/etc/s/server.pem".into()),
+            tls_key: Some("/etc/s/server-key.pem".into()),
+            tls_client_ca: Some("/etc/s/ca.pem".into()),
+            ..RawServer::default()
+        };
+        let config = pair.clone().validate().expect("valid");
+        let tls = config.tls.clone().expect("TLS on");
+        assert_eq!(tls.client_ca.as_deref(), Some(Path::new("/etc/s/ca.pem")));
+        let printed = print_server(&config).expect("printable");
+        assert!(
+            printed.contains("tls-key = \"/etc/s/server-key.pem\""),
+            "{printed}"
+        );
+        let again = parse_file(&printed)
+            .expect("parses")
+            .validate()
+            .expect("valid");
+        assert_eq!(again.tls, config.tls);
+
+        for (raw, setting) in [
+            (
+                RawServer {
+                    tls_key: None,
+                    ..pair.clone()
+                },
+                "tls-cert/tls-key",
+            ),
+            (
+                RawServer {
+                    tls_cert: None,
+                    tls_key: None,
+                    ..pair
+                },
+                "tls-client-ca",
+            ),
+        ] {
+            match raw.validate() {
+                Err(ConfigError::Invalid { setting: named, .. }) => assert_eq!(named, setting),
+                other => panic!("expected an invalid {setting}, got {other:?}"),
+            }
+        }
+        assert_eq!(RawServer::default().validate().expect("valid").tls, None);
+    }
+
+    /// The client's TLS settings need `tls`, a certificate needs its key; all print back.
+    #[test]
+    fn client_tls_settings_need_tls_and_print_back() {
+        let stray = RawClient {
+            ca: Some("/etc/s/ca.pem".into()),
+            ..RawClient::default()
+        };
+        match stray.clone().validate() {
+            Err(ConfigError::Invalid { setting, .. }) => assert_eq!(setting, "ca"),
+            other => panic!("--ca without --tls must be invalid, got {other:?}"),
+        }
+        let half = RawClient {
+            tls: Some(true),
+            tls_cert: Some("/etc/s/client.pem".into()),
+            ..stray.clone()
+        };
+        assert!(half.validate().is_err(), "a certificate without its key");
+        let config = RawClient {
+            tls: Some(true),
+            tls_server_name: Some("collector.example".into()),
+            ..stray
+        }
+        .validate()
+        .expect("valid");
+        let tls = config.tls.clone().expect("TLS on");
+        assert_eq!(tls.server_name.as_deref(), Some("collector.example"));
+        assert_eq!(
+            RawClient::from_config(&config)
+                .validate()
+                .expect("valid")
+                .tls,
+            config.tls
         );
     }
 

@@ -53,6 +53,8 @@ pub struct Telemetry {
     connections_closed: [Counter; 8],
     connections_mode: [Counter; 2],
     accept_errors: Counter,
+    /// `reason` = `timeout`, `error`.
+    tls_handshakes_failed: [Counter; 2],
     readings_accepted: Counter,
     lines_rejected: [Counter; 6],
     readings_inserted: Counter,
@@ -97,6 +99,8 @@ impl Telemetry {
             connections_mode: Mode::ALL
                 .map(|mode| metrics::counter!(CONNECTIONS_MODE, "mode" => mode.as_str())),
             accept_errors: metrics::counter!(ACCEPT_ERRORS),
+            tls_handshakes_failed: ["timeout", "error"]
+                .map(|reason| metrics::counter!(TLS_HANDSHAKES_FAILED, "reason" => reason)),
             readings_accepted: metrics::counter!(READINGS_ACCEPTED),
             lines_rejected: RejectReason::ALL
                 .map(|reason| metrics::counter!(LINES_REJECTED, "reason" => reason.as_str())),
@@ -276,6 +280,28 @@ impl Event for AcceptFailed<'_> {
     fn emit_to(self, t: &Telemetry) {
         tracing::warn!(cause = %self.error, "accept failed");
         t.accept_errors.increment(1);
+    }
+}
+
+/// A TLS handshake on the sensor port did not complete; the connection is closed.
+pub struct TlsHandshakeFailed<'a> {
+    pub peer: SocketAddr,
+    /// `None`: it timed out.
+    pub error: Option<&'a std::io::Error>,
+}
+
+impl Event for TlsHandshakeFailed<'_> {
+    fn emit_to(self, t: &Telemetry) {
+        // Shares the refused-connection log budget: a scan of the port must not flood the log.
+        if logging::allow_refused_connection() {
+            match self.error {
+                Some(err) => {
+                    tracing::warn!(peer = %self.peer, cause = %err, "TLS handshake failed")
+                }
+                None => tracing::warn!(peer = %self.peer, "TLS handshake timed out"),
+            }
+        }
+        t.tls_handshakes_failed[usize::from(self.error.is_some())].increment(1);
     }
 }
 

@@ -156,8 +156,32 @@ pub async fn serve<S>(
 }
 
 /// [`serve`], counting this connection's events into `telemetry` (a test's own handles),
-/// and feeding the live view `live` when given.
+/// and feeding the live view `live` when given. With [`Limits::tls`], the TLS handshake
+/// comes first ([`super::tls`]).
 pub async fn serve_counted<S>(
+    stream: S,
+    peer: SocketAddr,
+    limits: &Limits,
+    store: StoreHandle,
+    shutdown: CancellationToken,
+    telemetry: &Telemetry,
+    live: Option<Arc<Registry>>,
+) where
+    S: PeerStream,
+{
+    match &limits.tls {
+        None => serve_stream(stream, peer, limits, store, shutdown, telemetry, live).await,
+        Some(tls) => {
+            let Some(stream) = tls.handshake(stream, peer, &shutdown, telemetry).await else {
+                return;
+            };
+            serve_stream(stream, peer, limits, store, shutdown, telemetry, live).await;
+        }
+    }
+}
+
+/// [`serve_counted`] over a stream ready for the protocol (TLS, if any, established).
+async fn serve_stream<S>(
     stream: S,
     peer: SocketAddr,
     limits: &Limits,
@@ -720,6 +744,7 @@ mod tests {
             write_timeout: Duration::from_secs(5),
             max_line_bytes: 1024,
             max_inflight_batches: 4,
+            tls: None,
         }
     }
 

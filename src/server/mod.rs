@@ -1,7 +1,7 @@
 //! `sensorlink server`: accept connections, hand their readings to the store, answer.
 //!
 //! [`listener`] accepts and enforces the connection limit, [`connection`] runs one peer
-//! over any [`stream::PeerStream`] (TCP today, so TLS can wrap it later), [`shutdown`] turns
+//! over any [`stream::PeerStream`] (TCP, or TLS after [`tls`]'s handshake), [`shutdown`] turns
 //! signals into a cancellation, [`logging`] keeps per-reading logs from bounding throughput.
 
 pub mod connection;
@@ -11,8 +11,10 @@ mod pending;
 pub mod per_ip;
 pub mod shutdown;
 pub mod stream;
+pub mod tls;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,6 +53,17 @@ pub struct ServerConfig {
     pub writer: WriterConfig,
     /// A connected sensor with no stored reading for this long is `stale` (live view).
     pub stale_after: Duration,
+    /// Serve the sensor port over TLS; `None`: plain TCP.
+    pub tls: Option<TlsFiles>,
+}
+
+/// The PEM files the sensor port's TLS is configured from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Mutual TLS: clients must present a certificate this CA signed.
+    pub client_ca: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -70,6 +83,7 @@ impl Default for ServerConfig {
             max_inflight_batches: 16,
             writer: WriterConfig::default(),
             stale_after: crate::live::DEFAULT_STALE_AFTER,
+            tls: None,
         }
     }
 }
@@ -87,6 +101,9 @@ pub struct Limits {
     pub write_timeout: Duration,
     pub max_line_bytes: usize,
     pub max_inflight_batches: usize,
+    /// Serve over TLS: set by [`run_with_store`] from [`ServerConfig::tls`] (files are read
+    /// when the server starts), `None` from `From<&ServerConfig>`.
+    pub tls: Option<tls::TlsSettings>,
 }
 
 impl From<&ServerConfig> for Limits {
@@ -97,6 +114,7 @@ impl From<&ServerConfig> for Limits {
             write_timeout: config.write_timeout,
             max_line_bytes: config.max_line_bytes,
             max_inflight_batches: config.max_inflight_batches.max(1),
+            tls: None,
         }
     }
 }
@@ -136,6 +154,12 @@ pub async fn run_with_store(
     // The read side is cloned before the writer takes the store.
     let reader = store.reader.clone();
 
+    // Before binding: a certificate that cannot be used fails the start, not each peer.
+    let tls = config
+        .tls
+        .as_ref()
+        .map(tls::TlsSettings::from_files)
+        .transpose()?;
     check_open_files(config.max_connections);
     let listener = TcpListener::bind(&config.listen)
         .await
@@ -163,10 +187,13 @@ pub async fn run_with_store(
     // Started once both ports are bound: a bind failure leaves no writer thread behind.
     let (handle, store_writer) = writer::spawn(store.drive, config.writer.clone());
     announce(local);
-    tracing::info!(addr = %local, store = %config.store, fsync = ?config.fsync, "listening");
+    tracing::info!(addr = %local, store = %config.store, fsync = ?config.fsync, tls = config.tls.is_some(), "listening");
 
     logging::spawn_summary(shutdown.clone());
-    let limits = Arc::new(connection::Limits::from(&config));
+    let limits = Arc::new(connection::Limits {
+        tls,
+        ..connection::Limits::from(&config)
+    });
     listener::accept_loop(listener, &config, limits, handle, live, shutdown).await;
 
     tracing::info!("connections finished; committing the last readings");

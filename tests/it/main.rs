@@ -17,3 +17,4 @@ mod report;
 mod seed;
 mod shutdown;
 mod spool;
+mod tls;
