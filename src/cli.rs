@@ -56,6 +56,22 @@ pub enum Command {
     Stats(StatsArgs),
     /// Load generator: throughput and ack latency against a running server.
     Bench(crate::bench::BenchArgs),
+    /// Make a development CA, a server and a client certificate (PEM) for trying TLS.
+    Cert(CertArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CertArgs {
+    /// Directory the PEM files go to (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
+    /// A DNS name or IP address the server certificate is valid for (repeatable; default
+    /// localhost, 127.0.0.1 and ::1).
+    #[arg(long = "host", value_name = "NAME")]
+    pub hosts: Vec<String>,
+    /// Replace existing files.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -233,6 +249,18 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
             } else {
                 Outcome::Loss
             })
+        }
+        Command::Cert(args) => {
+            let hosts = if args.hosts.is_empty() {
+                crate::tls::cert::DEFAULT_HOSTS.map(String::from).to_vec()
+            } else {
+                args.hosts
+            };
+            let written = crate::tls::cert::generate(&args.dir, &hosts, args.force)?;
+            for path in written {
+                println!("wrote {}", path.display());
+            }
+            Ok(Outcome::Ok)
         }
         Command::Stats(args) => {
             let reader = open_for_reading(&args.store)?;

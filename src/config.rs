@@ -150,7 +150,28 @@ pub struct RawServer {
     #[arg(long, env = "SENSORLINK_MAX_CONNECTIONS")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<usize>,
-    /// Close a connection that sends nothing for this long [default: 5m].
+    /// Most connections from one source address (IPv6: one /64) at once; more are closed
+    /// on arrival [default: 64].
+    #[arg(long, env = "SENSORLINK_MAX_CONNECTIONS_PER_IP")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections_per_ip: Option<usize>,
+    /// New connections per second one source address may open, in bursts of twice that
+    /// (or of its whole --max-connections-per-ip, if more); faster ones are closed on
+    /// arrival [default: 20].
+    #[arg(long, env = "SENSORLINK_CONNECT_RATE_PER_IP")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_rate_per_ip: Option<u32>,
+    /// Close a connection that has not sent a complete first line (or legacy message) this
+    /// long after connecting [default: 10s].
+    #[arg(long, env = "SENSORLINK_FIRST_LINE_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[serde(
+        default,
+        with = "human_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub first_line_timeout: Option<Duration>,
+    /// Close a connection that sends no complete line for this long; bytes alone do not
+    /// count [default: 5m].
     #[arg(long, env = "SENSORLINK_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
     #[serde(
         default,
@@ -202,6 +223,19 @@ pub struct RawServer {
         skip_serializing_if = "Option::is_none"
     )]
     pub max_future_timestamp: Option<Duration>,
+    /// Serve the sensor port over TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, value_name = "FILE", env = "SENSORLINK_TLS_CERT")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", env = "SENSORLINK_TLS_KEY")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// Mutual TLS: accept only clients presenting a certificate signed by this CA (PEM);
+    /// needs --tls-cert.
+    #[arg(long, value_name = "FILE", env = "SENSORLINK_TLS_CLIENT_CA")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 /// The `http` value that turns the HTTP side off.
@@ -213,6 +247,7 @@ pub mod limits {
 
     /// Linux's default ceiling on open files per process (`fs.nr_open`).
     pub const MAX_CONNECTIONS: (usize, usize) = (1, 1 << 20);
+    pub const CONNECT_RATE_PER_IP: (u32, u32) = (1, 1_000_000);
     /// Below 64 bytes not even a short reading fits; above 16 MiB one line could pin that
     /// much memory per connection.
     pub const MAX_LINE_BYTES: (usize, usize) = (64, 16 << 20);
@@ -249,6 +284,9 @@ impl RawServer {
             store: self.store.or(lower.store),
             fsync: self.fsync.or(lower.fsync),
             max_connections: self.max_connections.or(lower.max_connections),
+            max_connections_per_ip: self.max_connections_per_ip.or(lower.max_connections_per_ip),
+            connect_rate_per_ip: self.connect_rate_per_ip.or(lower.connect_rate_per_ip),
+            first_line_timeout: self.first_line_timeout.or(lower.first_line_timeout),
             idle_timeout: self.idle_timeout.or(lower.idle_timeout),
             write_timeout: self.write_timeout.or(lower.write_timeout),
             max_line_bytes: self.max_line_bytes.or(lower.max_line_bytes),
@@ -256,6 +294,9 @@ impl RawServer {
             commit_delay: self.commit_delay.or(lower.commit_delay),
             stale_after: self.stale_after.or(lower.stale_after),
             max_future_timestamp: self.max_future_timestamp.or(lower.max_future_timestamp),
+            tls_cert: self.tls_cert.or(lower.tls_cert),
+            tls_key: self.tls_key.or(lower.tls_key),
+            tls_client_ca: self.tls_client_ca.or(lower.tls_client_ca),
         }
     }
 
@@ -279,7 +320,9 @@ impl RawServer {
             Some(n) => in_range("max-connections", n, limits::MAX_CONNECTIONS)?,
             None => server::default_max_connections(nofile),
         };
+        let tls = tls_files(self.tls_cert, self.tls_key, self.tls_client_ca)?;
         Ok(ServerConfig {
+            tls,
             listen: match self.listen {
                 Some(listen) => socket_address("listen", listen)?,
                 None => defaults.listen,
@@ -291,6 +334,24 @@ impl RawServer {
             store: self.store.unwrap_or(defaults.store),
             fsync: self.fsync.unwrap_or(defaults.fsync),
             max_connections,
+            max_connections_per_ip: in_range(
+                "max-connections-per-ip",
+                self.max_connections_per_ip
+                    .unwrap_or(defaults.max_connections_per_ip),
+                limits::MAX_CONNECTIONS,
+            )?,
+            connect_rate_per_ip: in_range(
+                "connect-rate-per-ip",
+                self.connect_rate_per_ip
+                    .unwrap_or(defaults.connect_rate_per_ip),
+                limits::CONNECT_RATE_PER_IP,
+            )?,
+            first_line_timeout: in_range(
+                "first-line-timeout",
+                self.first_line_timeout
+                    .unwrap_or(defaults.first_line_timeout),
+                limits::TIMEOUT,
+            )?,
             idle_timeout: in_range(
                 "idle-timeout",
                 self.idle_timeout.unwrap_or(defaults.idle_timeout),
@@ -345,6 +406,9 @@ impl RawServer {
             store: Some(config.store.clone()),
             fsync: Some(config.fsync),
             max_connections: Some(config.max_connections),
+            max_connections_per_ip: Some(config.max_connections_per_ip),
+            connect_rate_per_ip: Some(config.connect_rate_per_ip),
+            first_line_timeout: Some(config.first_line_timeout),
             idle_timeout: Some(config.idle_timeout),
             write_timeout: Some(config.write_timeout),
             max_line_bytes: Some(config.max_line_bytes),
@@ -352,7 +416,39 @@ impl RawServer {
             commit_delay: Some(config.writer.commit_delay),
             stale_after: Some(config.stale_after),
             max_future_timestamp: Some(config.timestamps.max_future),
+            tls_cert: config.tls.as_ref().map(|tls| tls.cert.clone()),
+            tls_key: config.tls.as_ref().map(|tls| tls.key.clone()),
+            tls_client_ca: config.tls.as_ref().and_then(|tls| tls.client_ca.clone()),
         }
+    }
+}
+
+/// The server's TLS files: certificate and key together or neither; a client CA only
+/// with them. Read when the server starts, not here (validation touches nothing).
+fn tls_files(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+) -> Result<Option<server::TlsFiles>, ConfigError> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(server::TlsFiles {
+            cert,
+            key,
+            client_ca,
+        })),
+        (None, None) => match client_ca {
+            None => Ok(None),
+            Some(ca) => Err(ConfigError::Invalid {
+                setting: "tls-client-ca",
+                value: ca.display().to_string(),
+                accepted: "only with --tls-cert and --tls-key".into(),
+            }),
+        },
+        (Some(path), None) | (None, Some(path)) => Err(ConfigError::Invalid {
+            setting: "tls-cert/tls-key",
+            value: path.display().to_string(),
+            accepted: "--tls-cert and --tls-key together".into(),
+        }),
     }
 }
 
@@ -380,6 +476,13 @@ pub fn server_config(
 pub fn print_server(config: &ServerConfig) -> Result<String, ConfigError> {
     if let StoreUrl::Sqlite(path) = &config.store {
         printable_path("store", path)?;
+    }
+    if let Some(tls) = &config.tls {
+        printable_path("tls-cert", &tls.cert)?;
+        printable_path("tls-key", &tls.key)?;
+        if let Some(ca) = &tls.client_ca {
+            printable_path("tls-client-ca", ca)?;
+        }
     }
     let file = ConfigFile {
         server: Some(RawServer::from_config(config)),
@@ -462,6 +565,50 @@ mod tests {
         assert_eq!(config.store, StoreUrl::Memory, "file over default");
         assert_eq!(config.idle_timeout, Duration::from_secs(90));
         assert_eq!(config.write_timeout, ServerConfig::default().write_timeout);
+    }
+
+    /// The connection limits: from the file, printed back, and zero refused.
+    #[test]
+    fn per_ip_limits_and_first_line_timeout_are_validated_settings() {
+        let file = parse_file(
+            "[server]\nmax-connections-per-ip = 8\nconnect-rate-per-ip = 5\nfirst-line-timeout = \"3s\"\n",
+        )
+        .expect("valid file");
+        let config = file.validate().expect("valid settings");
+        assert_eq!(config.max_connections_per_ip, 8);
+        assert_eq!(config.connect_rate_per_ip, 5);
+        assert_eq!(config.first_line_timeout, Duration::from_secs(3));
+        let printed = print_server(&config).expect("printable");
+        for line in [
+            "max-connections-per-ip = 8\n",
+            "connect-rate-per-ip = 5\n",
+            "first-line-timeout = \"3s\"\n",
+        ] {
+            assert!(printed.contains(line), "{printed}");
+        }
+        let defaults = RawServer::default().validate().expect("defaults");
+        assert_eq!(defaults.max_connections_per_ip, 64);
+        assert_eq!(defaults.connect_rate_per_ip, 20);
+        assert_eq!(defaults.first_line_timeout, Duration::from_secs(10));
+        for (raw, setting) in [
+            (
+                RawServer {
+                    max_connections_per_ip: Some(0),
+                    ..RawServer::default()
+                },
+                "invalid max-connections-per-ip 0",
+            ),
+            (
+                RawServer {
+                    connect_rate_per_ip: Some(0),
+                    ..RawServer::default()
+                },
+                "invalid connect-rate-per-ip 0",
+            ),
+        ] {
+            let err = raw.validate().expect_err(setting);
+            assert!(err.to_string().starts_with(setting), "{err}");
+        }
     }
 
     /// `--stale-after`: from the file, printed back, and a zero refused.
@@ -763,6 +910,89 @@ mod tests {
         assert!(
             printed.contains("idle-timeout = \"1s 500ms\"\n"),
             "{printed}"
+        );
+    }
+
+    /// TLS files come as a pair (a client CA only with them), and print back.
+    #[test]
+    fn tls_settings_go_together_and_print_back() {
+        let pair = RawServer {
+            tls_cert: Some("/etc/s/server.pem".into()),
+            tls_key: Some("/etc/s/server-key.pem".into()),
+            tls_client_ca: Some("/etc/s/ca.pem".into()),
+            ..RawServer::default()
+        };
+        let config = pair.clone().validate().expect("valid");
+        let tls = config.tls.clone().expect("TLS on");
+        assert_eq!(tls.client_ca.as_deref(), Some(Path::new("/etc/s/ca.pem")));
+        let printed = print_server(&config).expect("printable");
+        assert!(
+            printed.contains("tls-key = \"/etc/s/server-key.pem\""),
+            "{printed}"
+        );
+        let again = parse_file(&printed)
+            .expect("parses")
+            .validate()
+            .expect("valid");
+        assert_eq!(again.tls, config.tls);
+
+        for (raw, setting) in [
+            (
+                RawServer {
+                    tls_key: None,
+                    ..pair.clone()
+                },
+                "tls-cert/tls-key",
+            ),
+            (
+                RawServer {
+                    tls_cert: None,
+                    tls_key: None,
+                    ..pair
+                },
+                "tls-client-ca",
+            ),
+        ] {
+            match raw.validate() {
+                Err(ConfigError::Invalid { setting: named, .. }) => assert_eq!(named, setting),
+                other => panic!("expected an invalid {setting}, got {other:?}"),
+            }
+        }
+        assert_eq!(RawServer::default().validate().expect("valid").tls, None);
+    }
+
+    /// The client's TLS settings need `tls`, a certificate needs its key; all print back.
+    #[test]
+    fn client_tls_settings_need_tls_and_print_back() {
+        let stray = RawClient {
+            ca: Some("/etc/s/ca.pem".into()),
+            ..RawClient::default()
+        };
+        match stray.clone().validate() {
+            Err(ConfigError::Invalid { setting, .. }) => assert_eq!(setting, "ca"),
+            other => panic!("--ca without --tls must be invalid, got {other:?}"),
+        }
+        let half = RawClient {
+            tls: Some(true),
+            tls_cert: Some("/etc/s/client.pem".into()),
+            ..stray.clone()
+        };
+        assert!(half.validate().is_err(), "a certificate without its key");
+        let config = RawClient {
+            tls: Some(true),
+            tls_server_name: Some("collector.example".into()),
+            ..stray
+        }
+        .validate()
+        .expect("valid");
+        let tls = config.tls.clone().expect("TLS on");
+        assert_eq!(tls.server_name.as_deref(), Some("collector.example"));
+        assert_eq!(
+            RawClient::from_config(&config)
+                .validate()
+                .expect("valid")
+                .tls,
+            config.tls
         );
     }
 

@@ -28,7 +28,7 @@ mod labels;
 mod recent;
 mod table;
 
-pub use labels::{CloseReason, Mode, RejectReason};
+pub use labels::{CloseReason, Mode, RefuseReason, RejectReason};
 pub use recent::{Percentiles, Recent, Rejection, WindowSummary, WINDOW_SECONDS};
 pub use table::{describe, names, prometheus_builder, Kind, MetricDef, METRICS};
 
@@ -49,10 +49,12 @@ pub struct Totals {
 pub struct Telemetry {
     connections_open: Gauge,
     connections_accepted: Counter,
-    connections_refused: Counter,
-    connections_closed: [Counter; 7],
+    connections_refused: [Counter; 3],
+    connections_closed: [Counter; 8],
     connections_mode: [Counter; 2],
     accept_errors: Counter,
+    /// `reason` = `timeout`, `error`.
+    tls_handshakes_failed: [Counter; 2],
     readings_accepted: Counter,
     lines_rejected: [Counter; RejectReason::ALL.len()],
     readings_inserted: Counter,
@@ -90,12 +92,15 @@ impl Telemetry {
         Telemetry {
             connections_open: metrics::gauge!(CONNECTIONS_OPEN),
             connections_accepted: metrics::counter!(CONNECTIONS_ACCEPTED),
-            connections_refused: metrics::counter!(CONNECTIONS_REFUSED, "reason" => "max_connections"),
+            connections_refused: RefuseReason::ALL
+                .map(|reason| metrics::counter!(CONNECTIONS_REFUSED, "reason" => reason.as_str())),
             connections_closed: CloseReason::ALL
                 .map(|reason| metrics::counter!(CONNECTIONS_CLOSED, "reason" => reason.as_str())),
             connections_mode: Mode::ALL
                 .map(|mode| metrics::counter!(CONNECTIONS_MODE, "mode" => mode.as_str())),
             accept_errors: metrics::counter!(ACCEPT_ERRORS),
+            tls_handshakes_failed: ["timeout", "error"]
+                .map(|reason| metrics::counter!(TLS_HANDSHAKES_FAILED, "reason" => reason)),
             readings_accepted: metrics::counter!(READINGS_ACCEPTED),
             lines_rejected: RejectReason::ALL
                 .map(|reason| metrics::counter!(LINES_REJECTED, "reason" => reason.as_str())),
@@ -237,9 +242,11 @@ impl Event for ConnectionAccepted {
     }
 }
 
-/// A connection was closed at once: `--max-connections` are being served.
+/// A connection was closed at once: a connection limit (`reason`) of `limit` was reached.
 pub struct ConnectionRefused {
     pub peer: SocketAddr,
+    pub reason: RefuseReason,
+    /// The limit in force: connections, or new connections per second for `ConnectRate`.
     pub limit: usize,
 }
 
@@ -247,9 +254,20 @@ impl Event for ConnectionRefused {
     fn emit_to(self, t: &Telemetry) {
         // Its own log budget: a flood of refused connections must not flood the log.
         if logging::allow_refused_connection() {
-            tracing::warn!(peer = %self.peer, limit = self.limit, "connection limit reached; closing new connection");
+            let (peer, limit) = (self.peer, self.limit);
+            match self.reason {
+                RefuseReason::MaxConnections => {
+                    tracing::warn!(%peer, limit, "connection limit reached; closing new connection")
+                }
+                RefuseReason::PerIp => {
+                    tracing::warn!(%peer, limit, "per-IP connection limit reached; closing new connection")
+                }
+                RefuseReason::ConnectRate => {
+                    tracing::warn!(%peer, per_second = limit, "per-IP connection rate exceeded; closing new connection")
+                }
+            }
         }
-        t.connections_refused.increment(1);
+        t.connections_refused[self.reason as usize].increment(1);
     }
 }
 
@@ -262,6 +280,45 @@ impl Event for AcceptFailed<'_> {
     fn emit_to(self, t: &Telemetry) {
         tracing::warn!(cause = %self.error, "accept failed");
         t.accept_errors.increment(1);
+    }
+}
+
+/// A TLS handshake on the sensor port did not complete; the connection is closed.
+pub struct TlsHandshakeFailed<'a> {
+    pub peer: SocketAddr,
+    /// `None`: it timed out.
+    pub error: Option<&'a std::io::Error>,
+}
+
+impl Event for TlsHandshakeFailed<'_> {
+    fn emit_to(self, t: &Telemetry) {
+        // Shares the refused-connection log budget: a scan of the port must not flood the log.
+        if logging::allow_refused_connection() {
+            match self.error {
+                Some(err) => {
+                    tracing::warn!(peer = %self.peer, cause = %err, "TLS handshake failed")
+                }
+                None => tracing::warn!(peer = %self.peer, "TLS handshake timed out"),
+            }
+        }
+        t.tls_handshakes_failed[usize::from(self.error.is_some())].increment(1);
+    }
+}
+
+/// A peer sent no complete first line (or legacy message) within `--first-line-timeout`
+/// (slowloris); the connection is closed (`connections_closed_total{reason}` counts it).
+pub struct FirstLineMissed {
+    pub timeout: Duration,
+    /// Bytes of an incomplete line it had sent.
+    pub pending_bytes: usize,
+}
+
+impl Event for FirstLineMissed {
+    fn emit_to(self, _: &Telemetry) {
+        // A swarm of slow peers must not flood the log.
+        if logging::allow_slow_peer() {
+            tracing::warn!(first_line_timeout = ?self.timeout, pending_bytes = self.pending_bytes, "no complete line in time; closing connection");
+        }
     }
 }
 
@@ -701,7 +758,14 @@ mod tests {
             ConnectionAccepted.emit_to(t);
             ConnectionRefused {
                 peer: SocketAddr::from(([127, 0, 0, 1], 9)),
+                reason: RefuseReason::MaxConnections,
                 limit: 1,
+            }
+            .emit_to(t);
+            ConnectionRefused {
+                peer: SocketAddr::from(([127, 0, 0, 2], 9)),
+                reason: RefuseReason::PerIp,
+                limit: 64,
             }
             .emit_to(t);
             ModeDetected { mode: Mode::Legacy }.emit_to(t);
@@ -742,6 +806,20 @@ mod tests {
                 "sensorlink_connections_refused_total{reason=\"max_connections\"}"
             ),
             Some(1.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "sensorlink_connections_refused_total{reason=\"per_ip\"}"
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "sensorlink_connections_refused_total{reason=\"connect_rate\"}"
+            ),
+            Some(0.0)
         );
         assert_eq!(
             sample(&text, "sensorlink_connections_mode_total{mode=\"legacy\"}"),
@@ -941,6 +1019,7 @@ mod tests {
                 for _ in 0..emitted {
                     ConnectionRefused {
                         peer: SocketAddr::from(([127, 0, 0, 1], 9)),
+                        reason: RefuseReason::MaxConnections,
                         limit: 1,
                     }
                     .emit_to(t);

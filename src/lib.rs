@@ -5,7 +5,8 @@
 //! - [`protocol`]: bytes ⇄ frames (line protocol, control lines, the seed's legacy
 //!   messages) and the one line-protocol escaping ([`protocol::escape`]); pure, no I/O.
 //! - [`server`]: listener, per-connection loop, the streams it is served over
-//!   (`stream::PeerStream`: any `AsyncRead + AsyncWrite`, TLS next), graceful shutdown.
+//!   (`stream::PeerStream`: any `AsyncRead + AsyncWrite`, TLS in `server::tls`), graceful
+//!   shutdown.
 //! - [`store`]: the backend-neutral write seam ([`store::writer::StoreHandle`], group commit
 //!   or a store's own concurrency) and read path ([`store::StoreReader`]), the memory and
 //!   SQLite stores, their shared encoding, and one conformance suite run on every store.
@@ -30,6 +31,8 @@
 //!   connection, line and legacy sessions, pacing, progress, report and per-second
 //!   timeline, one file each.
 //! - [`plot`]: pictures of runs (`client --report`, `bench --report`) as SVG or PNG.
+//! - [`tls`]: rustls configurations for the sensor port (server, client, mutual TLS) from
+//!   PEM files, and `sensorlink cert` (a development CA and certificates).
 //! - [`cli`]: command-line flags.
 //! - [`config`]: defaults < TOML file < environment < flags, validated into the server's
 //!   and client's settings; `--print-config`.
@@ -47,6 +50,7 @@ pub mod query;
 pub mod server;
 pub mod store;
 pub mod timefmt;
+pub mod tls;
 
 /// The seed's port, kept as our default.
 pub const DEFAULT_PORT: u16 = 8889;

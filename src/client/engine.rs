@@ -46,6 +46,9 @@ const MAX_VALUES_PER_BATCH: usize = 256;
 const ALL_IN_FLIGHT: &str = "more than --max-pending readings unacknowledged, all in flight";
 
 /// What ended one connection.
+/// How long a finished run waits to close its connection cleanly (TLS `close_notify`).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
 enum Disconnect {
     /// Give up: the run is over.
     Done,
@@ -382,6 +385,8 @@ impl<'a, S: Session> Engine<'a, S> {
                 write_deadline = Some(Instant::now() + self.config.write_timeout);
             }
             if self.finished() {
+                // Best effort, bounded: everything is acked, only the goodbye is at stake.
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, writer.close()).await;
                 return Ok(Disconnect::Done);
             }
             let reply_deadline = self
@@ -654,6 +659,7 @@ mod tests {
             spool_max_age: None,
             link_report: Duration::ZERO,
             report: None,
+            tls: None,
         }
     }
 

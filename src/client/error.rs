@@ -9,6 +9,9 @@ pub enum ClientError {
     /// No connection (TCP and handshake) succeeded within the connect timeout.
     #[error("cannot reach {addr}: {cause}")]
     Unreachable { addr: String, cause: String },
+    /// The TLS files (`--ca`, `--tls-cert`, `--tls-key`) cannot be used.
+    #[error("TLS setup: {0}")]
+    Tls(String),
     /// The spool could not be opened (or a spool task died).
     #[error(transparent)]
     Spool(#[from] SpoolError),

@@ -74,6 +74,19 @@ pub struct ClientConfig {
     pub link_report: Duration,
     /// Where the picture of the run goes at its end (`--report FILE.svg|.png`).
     pub report: Option<std::path::PathBuf>,
+    /// Connect over TLS; `None`: plain TCP.
+    pub tls: Option<ClientTls>,
+}
+
+/// How the client's TLS is set up (files are read when the run starts).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientTls {
+    /// The CA that signed the server's certificate; `None`: the compiled-in Mozilla roots.
+    pub ca: Option<std::path::PathBuf>,
+    /// The name the server's certificate is checked against; `None`: the host of `addr`.
+    pub server_name: Option<String>,
+    /// Mutual TLS: our certificate and key.
+    pub identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 /// Run the client over TCP, printing on stdout, until the count is reached, the source
@@ -84,12 +97,38 @@ pub struct ClientConfig {
 pub async fn run(config: ClientConfig) -> Result<RunReport, ClientError> {
     let stop = CancellationToken::new();
     stop_on_signal(stop.clone());
-    let connector = TcpConnector {
-        addr: config.addr.clone(),
-        timeout: config.connect_timeout,
-    };
     let printer = Printer::stdout(config.json);
-    run_with(&config, connector, printer, stop).await
+    match &config.tls {
+        None => {
+            let connector = TcpConnector {
+                addr: config.addr.clone(),
+                timeout: config.connect_timeout,
+            };
+            run_with(&config, connector, printer, stop).await
+        }
+        Some(tls) => {
+            let connector =
+                tls_connector(&config, tls).map_err(|err| ClientError::Tls(format!("{err:#}")))?;
+            run_with(&config, connector, printer, stop).await
+        }
+    }
+}
+
+/// The TLS connector `tls` describes, to `config.addr`.
+fn tls_connector(
+    config: &ClientConfig,
+    tls: &ClientTls,
+) -> anyhow::Result<transport::TlsTcpConnector> {
+    let identity = tls
+        .identity
+        .as_ref()
+        .map(|(cert, key)| (cert.as_path(), key.as_path()));
+    let rustls_config = crate::tls::client_config(tls.ca.as_deref(), identity)?;
+    Ok(transport::TlsTcpConnector {
+        addr: config.addr.clone(),
+        connector: crate::tls::TlsConnector::from(rustls_config),
+        server_name: crate::tls::server_name(&config.addr, tls.server_name.as_deref())?,
+    })
 }
 
 /// Run the client over any [`Connector`], printing with `printer`, until the count is

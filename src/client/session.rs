@@ -90,7 +90,9 @@ pub(crate) async fn open<S: Session, C: Connector>(
     let deadline = start + timeout;
     let stream = tokio::time::timeout_at(deadline, connector.connect())
         .await
-        .map_err(|_| TransportError::TimedOut { what: "connect" })??;
+        .map_err(|_| TransportError::TimedOut {
+            what: C::TIMEOUT_WHAT,
+        })??;
     let connect_time = start.elapsed();
     let mut conn = transport::split(stream, session.decoder());
     let ping_start = Instant::now();

@@ -45,7 +45,13 @@ pub enum TransportError {
     BadReply { line: String, cause: String },
     #[error("not a sensorlink server: answered {0:?} to ping")]
     NotASensorlinkServer(String),
+    #[error("the server answered with a TLS alert: it serves TLS (connect with --tls)")]
+    ServerSpeaksTls,
 }
+
+/// The first bytes of a TLS alert record (content type 21, version 3.x): what a TLS server
+/// answers to plain text before it closes.
+const TLS_ALERT_PREFIX: &[u8] = &[0x15, 0x03];
 
 /// [`TransportError::TimedOut`] where an I/O error is expected (a [`Connector`]): one
 /// notion of "timed out", of kind `TimedOut`, with the same words.
@@ -98,6 +104,7 @@ impl Decoder for ReplyDecoder {
         match self.decode(buf)? {
             Some(reply) => Ok(Some(reply)),
             None if buf.is_empty() => Ok(None),
+            None if buf.starts_with(TLS_ALERT_PREFIX) => Err(TransportError::ServerSpeaksTls),
             None => Err(TransportError::ReplyTooLong),
         }
     }
@@ -216,6 +223,12 @@ impl<W: AsyncWrite + Unpin> LineWriter<W> {
         Ok(())
     }
 
+    /// Close our side: a TLS stream sends its `close_notify` (so the server sees a clean end,
+    /// not a truncation), TCP its FIN.
+    pub async fn close(&mut self) -> std::io::Result<()> {
+        self.write.shutdown().await
+    }
+
     /// Write everything queued and flush.
     pub async fn push_all(&mut self) -> std::io::Result<()> {
         while self.busy() {
@@ -293,6 +306,9 @@ where
 pub trait Connector {
     type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
 
+    /// What timed out when [`Connector::connect`] does not finish in time ("… timed out").
+    const TIMEOUT_WHAT: &'static str = "connect";
+
     /// Open one stream (the handshake is the caller's).
     fn connect(&mut self) -> impl Future<Output = std::io::Result<Self::Stream>> + Send;
 }
@@ -323,6 +339,44 @@ impl Connector for TcpConnector {
 
     fn connect(&mut self) -> impl Future<Output = std::io::Result<TcpStream>> + Send {
         connect_tcp(self.addr.clone(), self.timeout)
+    }
+}
+
+/// Connects over TCP and completes a TLS handshake; the caller bounds both (the connect
+/// timeout).
+#[derive(Clone)]
+pub struct TlsTcpConnector {
+    pub addr: String,
+    pub connector: crate::tls::TlsConnector,
+    pub server_name: rustls_pki_types::ServerName<'static>,
+}
+
+impl std::fmt::Debug for TlsTcpConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsTcpConnector")
+            .field("addr", &self.addr)
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connector for TlsTcpConnector {
+    type Stream = tokio_rustls::client::TlsStream<TcpStream>;
+    // A plain server waits for a line that a ClientHello never ends: say what to check.
+    const TIMEOUT_WHAT: &'static str =
+        "connect and TLS handshake (does the server serve TLS on this port?)";
+
+    fn connect(&mut self) -> impl Future<Output = std::io::Result<Self::Stream>> + Send {
+        let addr = self.addr.clone();
+        let (connector, name) = (self.connector.clone(), self.server_name.clone());
+        async move {
+            let tcp = TcpStream::connect(&addr).await?;
+            tcp.set_nodelay(true)?;
+            connector.connect(name, tcp).await.map_err(|err| {
+                // Say which step failed: "TLS handshake: invalid peer certificate: …".
+                std::io::Error::new(err.kind(), format!("TLS handshake: {err}"))
+            })
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use super::forms::{human_duration, source_spec};
 use super::{in_range, limits, non_empty, printable_path, socket_address, ConfigError, ConfigFile};
 use crate::client::link::LINK_MEASUREMENT;
 use crate::client::source::SourceSpec;
-use crate::client::ClientConfig;
+use crate::client::{ClientConfig, ClientTls};
 
 /// Client settings as one source gives them: `None` means "not said here" (see
 /// [`RawServer`]). Switches take `--legacy`, `--legacy=false`, or `legacy = true` in the file.
@@ -146,6 +146,31 @@ pub struct RawClient {
     #[arg(long, value_name = "FILE", env = "SENSORLINK_CLIENT_REPORT")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report: Option<PathBuf>,
+    /// Connect over TLS [default: false].
+    #[arg(long, env = "SENSORLINK_TLS", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_name = "BOOL",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<bool>,
+    /// With --tls: trust the server certificates this CA (PEM) signed [default: the
+    /// Mozilla roots compiled in].
+    #[arg(long, value_name = "FILE", env = "SENSORLINK_TLS_CA")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+    /// With --tls: the name the server's certificate must carry [default: the host part of
+    /// --addr].
+    #[arg(long, value_name = "NAME", env = "SENSORLINK_TLS_SERVER_NAME")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_server_name: Option<String>,
+    /// With --tls: present this client certificate (PEM) when the server asks (mutual TLS);
+    /// needs --tls-key.
+    #[arg(long, value_name = "FILE", env = "SENSORLINK_CLIENT_TLS_CERT")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", env = "SENSORLINK_CLIENT_TLS_KEY")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl RawClient {
@@ -171,6 +196,11 @@ impl RawClient {
             max_backoff: self.max_backoff.or(lower.max_backoff),
             link_report: self.link_report.or(lower.link_report),
             report: self.report.or(lower.report),
+            tls: self.tls.or(lower.tls),
+            ca: self.ca.or(lower.ca),
+            tls_server_name: self.tls_server_name.or(lower.tls_server_name),
+            tls_cert: self.tls_cert.or(lower.tls_cert),
+            tls_key: self.tls_key.or(lower.tls_key),
         }
     }
 
@@ -191,6 +221,13 @@ impl RawClient {
                 });
             }
         }
+        let tls = client_tls(
+            self.tls.unwrap_or(false),
+            self.ca,
+            self.tls_server_name,
+            self.tls_cert,
+            self.tls_key,
+        )?;
         // The other timeouts default to this one.
         let reply_timeout = in_range(
             "timeout",
@@ -266,6 +303,7 @@ impl RawClient {
                         })
                 })
                 .transpose()?,
+            tls,
         })
     }
 
@@ -291,8 +329,61 @@ impl RawClient {
             max_backoff: Some(config.max_backoff),
             link_report: Some(config.link_report),
             report: config.report.clone(),
+            tls: Some(config.tls.is_some()),
+            ca: config.tls.as_ref().and_then(|tls| tls.ca.clone()),
+            tls_server_name: config.tls.as_ref().and_then(|tls| tls.server_name.clone()),
+            tls_cert: config
+                .tls
+                .as_ref()
+                .and_then(|tls| tls.identity.as_ref().map(|(cert, _)| cert.clone())),
+            tls_key: config
+                .tls
+                .as_ref()
+                .and_then(|tls| tls.identity.as_ref().map(|(_, key)| key.clone())),
         }
     }
+}
+
+/// The client's TLS settings: the others only with `tls`, a certificate only with its key.
+fn client_tls(
+    tls: bool,
+    ca: Option<PathBuf>,
+    server_name: Option<String>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+) -> Result<Option<ClientTls>, ConfigError> {
+    if !tls {
+        let stray = [
+            ("ca", ca.map(|p| p.display().to_string())),
+            ("tls-server-name", server_name),
+            ("tls-cert", cert.map(|p| p.display().to_string())),
+            ("tls-key", key.map(|p| p.display().to_string())),
+        ];
+        return match stray.into_iter().find_map(|(name, v)| v.map(|v| (name, v))) {
+            Some((setting, value)) => Err(ConfigError::Invalid {
+                setting,
+                value,
+                accepted: "only with --tls".into(),
+            }),
+            None => Ok(None),
+        };
+    }
+    let identity = match (cert, key) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        (Some(path), None) | (None, Some(path)) => {
+            return Err(ConfigError::Invalid {
+                setting: "tls-cert/tls-key",
+                value: path.display().to_string(),
+                accepted: "--tls-cert and --tls-key together".into(),
+            })
+        }
+    };
+    Ok(Some(ClientTls {
+        ca,
+        server_name,
+        identity,
+    }))
 }
 
 /// The client's settings from `flags` (and environment) over the `[client]` table of `file`.
@@ -320,6 +411,15 @@ pub fn print_client(config: &ClientConfig) -> Result<String, ConfigError> {
     }
     if let Some(report) = &config.report {
         printable_path("report", report)?;
+    }
+    if let Some(tls) = &config.tls {
+        if let Some(ca) = &tls.ca {
+            printable_path("ca", ca)?;
+        }
+        if let Some((cert, key)) = &tls.identity {
+            printable_path("tls-cert", cert)?;
+            printable_path("tls-key", key)?;
+        }
     }
     let file = ConfigFile {
         client: Some(RawClient::from_config(config)),

@@ -22,6 +22,12 @@ impl ShowValue for usize {
     }
 }
 
+impl ShowValue for u32 {
+    fn show(&self) -> String {
+        self.to_string()
+    }
+}
+
 impl ShowValue for u64 {
     fn show(&self) -> String {
         self.to_string()

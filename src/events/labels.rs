@@ -15,11 +15,13 @@ pub enum CloseReason {
     WriteFailed,
     WriteStalled,
     StoreFailed,
+    /// No complete first line (or legacy message) within `--first-line-timeout`.
+    FirstLineTimeout,
 }
 
 impl CloseReason {
     /// In declaration order, so `reason as usize` indexes it.
-    pub(super) const ALL: [CloseReason; 7] = [
+    pub(super) const ALL: [CloseReason; 8] = [
         CloseReason::Eof,
         CloseReason::Shutdown,
         CloseReason::IdleTimeout,
@@ -27,6 +29,7 @@ impl CloseReason {
         CloseReason::WriteFailed,
         CloseReason::WriteStalled,
         CloseReason::StoreFailed,
+        CloseReason::FirstLineTimeout,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -38,6 +41,36 @@ impl CloseReason {
             CloseReason::WriteFailed => "write_failed",
             CloseReason::WriteStalled => "write_stalled",
             CloseReason::StoreFailed => "store_failed",
+            CloseReason::FirstLineTimeout => "first_line_timeout",
+        }
+    }
+}
+
+/// Why a new connection was closed at once (the `reason` label of
+/// `connections_refused_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefuseReason {
+    /// `--max-connections` are being served.
+    MaxConnections,
+    /// The source address holds `--max-connections-per-ip` already.
+    PerIp,
+    /// The source address opens connections faster than `--connect-rate-per-ip`.
+    ConnectRate,
+}
+
+impl RefuseReason {
+    /// In declaration order, so `reason as usize` indexes it.
+    pub(super) const ALL: [RefuseReason; 3] = [
+        RefuseReason::MaxConnections,
+        RefuseReason::PerIp,
+        RefuseReason::ConnectRate,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefuseReason::MaxConnections => "max_connections",
+            RefuseReason::PerIp => "per_ip",
+            RefuseReason::ConnectRate => "connect_rate",
         }
     }
 }

@@ -8,10 +8,11 @@
 //! |---|---|---|---|
 //! | `sensorlink_connections_open` | gauge | | connections being served ([`super::OpenConnection`]) |
 //! | `sensorlink_connections_accepted_total` | counter | | connections given a task |
-//! | `sensorlink_connections_refused_total` | counter | `reason="max_connections"` | closed at once |
-//! | `sensorlink_connections_closed_total` | counter | `reason` = `eof` `shutdown` `idle_timeout` `read_failed` `write_failed` `write_stalled` `store_failed` | served connections that ended |
+//! | `sensorlink_connections_refused_total` | counter | `reason` = `max_connections` `per_ip` `connect_rate` | closed at once by a connection limit |
+//! | `sensorlink_connections_closed_total` | counter | `reason` = `eof` `shutdown` `idle_timeout` `read_failed` `write_failed` `write_stalled` `store_failed` `first_line_timeout` | served connections that ended |
 //! | `sensorlink_connections_mode_total` | counter | `mode` = `line` `legacy` | protocol each peer spoke (a peer that sent nothing has none) |
 //! | `sensorlink_accept_errors_total` | counter | | failed `accept()` calls |
+//! | `sensorlink_tls_handshakes_failed_total` | counter | `reason` = `timeout` `error` | TLS handshakes on the sensor port that did not complete (the connection is closed) |
 //! | `sensorlink_readings_accepted_total` | counter | | readings parsed and handed to the store |
 //! | `sensorlink_lines_rejected_total` | counter | `reason` = `oversize` `invalid_utf8` `invalid_reading` `invalid_command` `unknown_command` `invalid_legacy` `timestamp_out_of_range` | lines (or legacy messages) that were neither a reading nor a command |
 //! | `sensorlink_readings_committed_total` | counter | `outcome` = `inserted` `duplicate` | readings in committed transactions |
@@ -127,6 +128,8 @@ metric_table! {
         "Served connections that ended, by reason.";
     CONNECTIONS_MODE = "sensorlink_connections_mode_total", Counter, Count, NO_BUCKETS,
         "Connections by the protocol the peer spoke.";
+    TLS_HANDSHAKES_FAILED = "sensorlink_tls_handshakes_failed_total", Counter, Count, NO_BUCKETS,
+        "TLS handshakes on the sensor port that did not complete, by reason.";
     ACCEPT_ERRORS = "sensorlink_accept_errors_total", Counter, Count, NO_BUCKETS,
         "Failed accept() calls.";
     READINGS_ACCEPTED = "sensorlink_readings_accepted_total", Counter, Count, NO_BUCKETS,

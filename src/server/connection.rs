@@ -20,8 +20,8 @@ use super::pending::{wait_head, InFlight, LiveFeed, PendingReply};
 use super::stream::{read_when_ready, READ_CHUNK_BYTES};
 use crate::events::{
     self, AcksWithheld, BytesReceived, CloseReason, ConnectionClosed, ErrorReplySuppressed,
-    Event as _, LineRejected, Mode, ModeDetected, ReadingReceived, ReadingsAccepted,
-    RepliesWritten, StoreUnavailable, Telemetry,
+    Event as _, FirstLineMissed, LineRejected, Mode, ModeDetected, ReadingReceived,
+    ReadingsAccepted, RepliesWritten, StoreUnavailable, Telemetry,
 };
 use crate::live::{LiveConnection, Registry};
 use crate::protocol::codec::{sniff, Frame, LineDecoder, Sniff};
@@ -66,6 +66,7 @@ enum End {
     WriteError,
     WriteStalled,
     StoreFailed,
+    FirstLineTimeout,
 }
 
 impl End {
@@ -78,6 +79,7 @@ impl End {
             End::WriteError => CloseReason::WriteFailed,
             End::WriteStalled => CloseReason::WriteStalled,
             End::StoreFailed => CloseReason::StoreFailed,
+            End::FirstLineTimeout => CloseReason::FirstLineTimeout,
         }
     }
 }
@@ -154,8 +156,32 @@ pub async fn serve<S>(
 }
 
 /// [`serve`], counting this connection's events into `telemetry` (a test's own handles),
-/// and feeding the live view `live` when given.
+/// and feeding the live view `live` when given. With [`Limits::tls`], the TLS handshake
+/// comes first ([`super::tls`]).
 pub async fn serve_counted<S>(
+    stream: S,
+    peer: SocketAddr,
+    limits: &Limits,
+    store: StoreHandle,
+    shutdown: CancellationToken,
+    telemetry: &Telemetry,
+    live: Option<Arc<Registry>>,
+) where
+    S: PeerStream,
+{
+    match &limits.tls {
+        None => serve_stream(stream, peer, limits, store, shutdown, telemetry, live).await,
+        Some(tls) => {
+            let Some(stream) = tls.handshake(stream, peer, &shutdown, telemetry).await else {
+                return;
+            };
+            serve_stream(stream, peer, limits, store, shutdown, telemetry, live).await;
+        }
+    }
+}
+
+/// [`serve_counted`] over a stream ready for the protocol (TLS, if any, established).
+async fn serve_stream<S>(
     stream: S,
     peer: SocketAddr,
     limits: &Limits,
@@ -227,9 +253,14 @@ impl Connection<'_> {
     {
         // Allocated only while bytes are pending: an idle connection holds no read buffer.
         let mut buf = BytesMut::new();
-        let mut idle_deadline = tokio::time::Instant::now() + self.limits.idle_timeout;
         // When bytes last arrived: a held legacy `ping` is answered once quiet since then.
         let mut last_bytes_at = tokio::time::Instant::now();
+        // Slowloris: only a complete line (or legacy message) is progress. Until the first
+        // one the deadline is the first-line timeout's; then each complete line restarts
+        // the idle timeout, and bytes alone restart nothing.
+        let first_wait = self.limits.first_line_timeout.min(self.limits.idle_timeout);
+        let mut idle_deadline = tokio::time::Instant::now() + first_wait;
+        let mut spoke = false;
         let mut reading = true;
         let mut end = End::Eof;
         loop {
@@ -273,8 +304,10 @@ impl Connection<'_> {
                     Ok(n) => {
                         BytesReceived { bytes: n }.emit_to(self.telemetry);
                         last_bytes_at = tokio::time::Instant::now();
-                        idle_deadline = last_bytes_at + self.limits.idle_timeout;
-                        self.decode(&mut buf, false);
+                        if self.decode(&mut buf, false) > 0 {
+                            spoke = true;
+                            idle_deadline = tokio::time::Instant::now() + self.limits.idle_timeout;
+                        }
                     }
                     Err(err) => {
                         tracing::debug!(cause = %err, "read failed");
@@ -286,11 +319,21 @@ impl Connection<'_> {
                     }
                 },
                 _ = tokio::time::sleep_until(last_bytes_at + LEGACY_PING_QUIET), if held_ping && reading => {
-                    self.answer_held_ping(&mut buf);
+                    if self.answer_held_ping(&mut buf) {
+                        // A complete legacy message: progress, as in the read branch.
+                        spoke = true;
+                        idle_deadline = tokio::time::Instant::now() + self.limits.idle_timeout;
+                    }
                 }
                 _ = tokio::time::sleep_until(idle_deadline), if can_read && self.inflight.is_empty() => {
-                    tracing::info!(idle_timeout = ?self.limits.idle_timeout, "closing idle connection");
-                    end = End::IdleTimeout;
+                    if spoke || first_wait == self.limits.idle_timeout {
+                        tracing::info!(idle_timeout = ?self.limits.idle_timeout, "closing idle connection");
+                        end = End::IdleTimeout;
+                    } else {
+                        FirstLineMissed { timeout: first_wait, pending_bytes: buf.len() }
+                            .emit_to(self.telemetry);
+                        end = End::FirstLineTimeout;
+                    }
                     break;
                 }
             }
@@ -302,12 +345,15 @@ impl Connection<'_> {
     }
 
     /// A bare legacy `ping` nothing followed for [`LEGACY_PING_QUIET`]: a ping after all.
-    fn answer_held_ping(&mut self, buf: &mut BytesMut) {
+    /// Whether one was answered.
+    fn answer_held_ping(&mut self, buf: &mut BytesMut) -> bool {
         if let Decoder::Legacy(decoder) = &mut self.decoder {
             if let Some(message) = decoder.decode_quiet(buf) {
                 self.on_legacy(message, now_ns(), Instant::now());
+                return true;
             }
         }
+        false
     }
 
     /// At shutdown: read what the peer has already sent, without waiting for more.
@@ -328,14 +374,15 @@ impl Connection<'_> {
         }
     }
 
-    /// Decode every complete frame in `buf` into the pending batch and replies.
-    fn decode(&mut self, buf: &mut BytesMut, eof: bool) {
+    /// Decode every complete frame in `buf` into the pending batch and replies; returns
+    /// how many there were (progress, for the idle timeout).
+    fn decode(&mut self, buf: &mut BytesMut, eof: bool) -> usize {
         let received_ns = now_ns();
         let received_at = Instant::now();
         if matches!(self.decoder, Decoder::Undecided) {
             match sniff(buf) {
                 // Nothing at all (connect, then close) tells no protocol: mode stays None.
-                Sniff::NeedMore if !eof || buf.is_empty() => return,
+                Sniff::NeedMore if !eof || buf.is_empty() => return 0,
                 Sniff::Legacy => {
                     ModeDetected { mode: Mode::Legacy }.emit_to(self.telemetry);
                     self.decoder = Decoder::Legacy(LegacyDecoder::new(self.limits.max_line_bytes));
@@ -346,7 +393,7 @@ impl Connection<'_> {
                 }
             }
         }
-        self.decode_frames(buf, eof, received_ns, received_at);
+        let frames = self.decode_frames(buf, eof, received_ns, received_at);
         if self.uncounted_accepted > 0 {
             ReadingsAccepted {
                 count: std::mem::take(&mut self.uncounted_accepted),
@@ -356,6 +403,7 @@ impl Connection<'_> {
         if self.log_suppressed > 0 {
             logging::RECEIVED.add_suppressed(std::mem::take(&mut self.log_suppressed));
         }
+        frames
     }
 
     fn decode_frames(
@@ -364,17 +412,18 @@ impl Connection<'_> {
         eof: bool,
         received_ns: i64,
         received_at: Instant,
-    ) {
+    ) -> usize {
+        let mut frames = 0;
         loop {
             match &mut self.decoder {
-                Decoder::Undecided => return,
+                Decoder::Undecided => return frames,
                 Decoder::Line(decoder) => {
                     let frame = if eof {
                         decoder.decode_eof(buf)
                     } else {
                         decoder.decode(buf)
                     };
-                    let Some(frame) = frame else { return };
+                    let Some(frame) = frame else { return frames };
                     self.on_frame(frame, received_ns, received_at);
                 }
                 Decoder::Legacy(decoder) => {
@@ -383,10 +432,13 @@ impl Connection<'_> {
                     } else {
                         decoder.decode(buf)
                     };
-                    let Some(message) = message else { return };
+                    let Some(message) = message else {
+                        return frames;
+                    };
                     self.on_legacy(message, received_ns, received_at);
                 }
             }
+            frames += 1;
         }
     }
 
@@ -736,11 +788,13 @@ mod tests {
 
     fn limits(idle: Duration) -> Limits {
         Limits {
+            first_line_timeout: idle,
             idle_timeout: idle,
             write_timeout: Duration::from_secs(5),
             max_line_bytes: 1024,
             max_inflight_batches: 4,
             timestamps: crate::protocol::TimestampWindow::default(),
+            tls: None,
         }
     }
 
@@ -1133,6 +1187,115 @@ mod tests {
         assert_eq!(n, 0, "the server closes the idle connection");
         assert!(started.elapsed() >= Duration::from_secs(30));
         task.await.unwrap();
+        tokio::task::spawn_blocking(move || writer.finish())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    /// Serve a duplex peer with `first_line` / `idle` timeouts on the paused clock; its
+    /// events go to a local recorder, rendered when the connection ends.
+    fn serve_slow(
+        first_line: Duration,
+        idle: Duration,
+    ) -> (
+        tokio::io::DuplexStream,
+        tokio::task::JoinHandle<String>,
+        writer::StoreWriter,
+    ) {
+        let (handle, writer) = writer::spawn(
+            Drive::Inline(Box::new(crate::store::memory::MemoryStore::default())),
+            WriterConfig::default(),
+        );
+        let (client, server) = tokio::io::duplex(1024);
+        let limits = Limits {
+            first_line_timeout: first_line,
+            ..limits(idle)
+        };
+        let task = tokio::spawn(async move {
+            let recorder = crate::events::prometheus_builder().build_recorder();
+            let telemetry = metrics::with_local_recorder(&recorder, Telemetry::register);
+            let shutdown = CancellationToken::new();
+            serve_counted(server, peer(), &limits, handle, shutdown, &telemetry, None).await;
+            recorder.handle().render()
+        });
+        (client, task, writer)
+    }
+
+    /// Write `bytes` one at a time, a second apart, for 100 s or until the peer is gone;
+    /// bounded so that a server that never cuts it fails the test instead of hanging it.
+    async fn drip(mut write: tokio::io::WriteHalf<tokio::io::DuplexStream>, bytes: &[u8]) {
+        for byte in bytes.iter().cycle().take(100) {
+            if write.write_all(&[*byte]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        // Held open (not closed) so the server sees silence, not EOF.
+        std::future::pending::<()>().await;
+    }
+
+    /// Slowloris: a byte a second never completes a line, and is cut at the first-line
+    /// deadline (not the much longer idle timeout). Paused clock: nothing waits for real.
+    #[tokio::test(start_paused = true)]
+    async fn dripping_peer_is_cut_at_the_first_line_deadline() {
+        let (client, task, writer) = serve_slow(Duration::from_secs(2), Duration::from_secs(60));
+        let (mut read, write) = tokio::io::split(client);
+        let started = tokio::time::Instant::now();
+        let dripper = tokio::spawn(drip(write, b"weather,sensor=a v=1i"));
+        let mut buf = [0u8; 8];
+        assert_eq!(
+            read.read(&mut buf).await.unwrap(),
+            0,
+            "closed by the server"
+        );
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_secs(2), "{waited:?}");
+        assert!(
+            waited < Duration::from_secs(60),
+            "not the idle timeout: {waited:?}"
+        );
+        let text = task.await.unwrap();
+        let series = "sensorlink_connections_closed_total{reason=\"first_line_timeout\"}";
+        assert_eq!(sample(&text, series), Some(1.0), "{text}");
+        dripper.abort();
+        tokio::task::spawn_blocking(move || writer.finish())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    /// After a first line, bytes alone do not restart the idle timeout; complete lines do.
+    #[tokio::test(start_paused = true)]
+    async fn only_complete_lines_restart_the_idle_timeout() {
+        let (client, task, writer) = serve_slow(Duration::from_secs(10), Duration::from_secs(30));
+        let (read, mut write) = tokio::io::split(client);
+        let mut lines = BufReader::new(read).lines();
+        // Complete lines 20 s apart keep it open past one idle timeout.
+        for _ in 0..3 {
+            write.write_all(b"ping\n").await.unwrap();
+            assert_eq!(lines.next_line().await.unwrap().as_deref(), Some("pong"));
+            tokio::time::sleep(Duration::from_secs(20)).await;
+        }
+        write.write_all(b"ping\n").await.unwrap();
+        assert_eq!(lines.next_line().await.unwrap().as_deref(), Some("pong"));
+        let last_line = tokio::time::Instant::now();
+        let dripper = tokio::spawn(drip(write, b"weather,sensor=a v=1i"));
+        assert_eq!(
+            lines.next_line().await.unwrap(),
+            None,
+            "closed by the server"
+        );
+        let waited = last_line.elapsed();
+        assert!(waited >= Duration::from_secs(30), "{waited:?}");
+        assert!(
+            waited < Duration::from_secs(40),
+            "bytes restarted it: {waited:?}"
+        );
+        let text = task.await.unwrap();
+        let series = "sensorlink_connections_closed_total{reason=\"idle_timeout\"}";
+        assert_eq!(sample(&text, series), Some(1.0), "{text}");
+        dripper.abort();
         tokio::task::spawn_blocking(move || writer.finish())
             .await
             .unwrap()

@@ -1,8 +1,9 @@
-//! The accept loop: connection limit, per-connection tasks, and the wait for them at shutdown.
+//! The accept loop: connection limits (total, and per source address through
+//! [`super::per_ip`]), per-connection tasks, and the wait for them at shutdown.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -11,9 +12,11 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
 use super::connection::{self, Limits};
+use super::per_ip::{PerIpLimits, PerIpTable};
 use super::ServerConfig;
 use crate::events::{
     self, AcceptFailed, ConnectionAccepted, ConnectionRefused, Event as _, OpenConnection,
+    RefuseReason,
 };
 use crate::live::Registry;
 use crate::store::writer::StoreHandle;
@@ -34,6 +37,10 @@ pub async fn accept_loop(
     shutdown: CancellationToken,
 ) {
     let permits = Arc::new(Semaphore::new(config.max_connections));
+    let per_ip = PerIpTable::new(PerIpLimits {
+        max_connections: config.max_connections_per_ip,
+        connect_rate_per_s: config.connect_rate_per_ip,
+    });
     let tasks = TaskTracker::new();
     let mut backoff = Duration::from_millis(5);
     loop {
@@ -57,9 +64,29 @@ pub async fn accept_loop(
                 continue;
             }
         };
+        // Per address first: one address's flood is refused before it can take the
+        // permits every other address needs.
+        let ip_share = match per_ip.admit(peer.ip(), Instant::now()) {
+            Ok(share) => share,
+            Err(reason) => {
+                let limit = match reason {
+                    RefuseReason::ConnectRate => config.connect_rate_per_ip as usize,
+                    _ => config.max_connections_per_ip,
+                };
+                ConnectionRefused {
+                    peer,
+                    reason,
+                    limit,
+                }
+                .emit();
+                drop(stream);
+                continue;
+            }
+        };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             ConnectionRefused {
                 peer,
+                reason: RefuseReason::MaxConnections,
                 limit: config.max_connections,
             }
             .emit();
@@ -78,6 +105,7 @@ pub async fn accept_loop(
                 let _open = OpenConnection::new();
                 ConnectionAccepted.emit();
                 let _permit = permit;
+                let _ip_share = ip_share;
                 let telemetry = events::telemetry();
                 connection::serve_counted(stream, peer, &limits, store, shutdown, telemetry, live)
                     .await;

@@ -71,8 +71,11 @@ pub static UNACKED: LogBudget = LogBudget::new();
 /// `not tracking a new one` warnings: a full live view sees one per committed batch.
 pub static UNTRACKED: LogBudget = LogBudget::new();
 
+/// `no complete line in time` warnings: slowloris peers come in swarms.
+pub static SLOW: LogBudget = LogBudget::new();
+
 /// Every budget, for the summary's count of lines not logged.
-const BUDGETS: [&LogBudget; 5] = [&RECEIVED, &REJECTED, &REFUSED, &UNACKED, &UNTRACKED];
+const BUDGETS: [&LogBudget; 6] = [&RECEIVED, &REJECTED, &REFUSED, &UNACKED, &UNTRACKED, &SLOW];
 
 /// Whether one more per-reading line may be logged now.
 pub fn allow_received_line() -> bool {
@@ -90,6 +93,11 @@ pub fn allow_rejected_line() -> bool {
 /// Whether one more refused-connection warning may be logged now.
 pub fn allow_refused_connection() -> bool {
     allow_warning(&REFUSED)
+}
+
+/// Whether one more first-line-timeout warning may be logged now.
+pub fn allow_slow_peer() -> bool {
+    allow_warning(&SLOW)
 }
 
 /// Whether one more readings-not-acknowledged warning may be logged now.

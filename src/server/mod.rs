@@ -1,17 +1,20 @@
 //! `sensorlink server`: accept connections, hand their readings to the store, answer.
 //!
 //! [`listener`] accepts and enforces the connection limit, [`connection`] runs one peer
-//! over any [`stream::PeerStream`] (TCP today, so TLS can wrap it later), [`shutdown`] turns
+//! over any [`stream::PeerStream`] (TCP, or TLS after [`tls`]'s handshake), [`shutdown`] turns
 //! signals into a cancellation, [`logging`] keeps per-reading logs from bounding throughput.
 
 pub mod connection;
 pub mod listener;
 pub mod logging;
 mod pending;
+pub mod per_ip;
 pub mod shutdown;
 pub mod stream;
+pub mod tls;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,7 +36,15 @@ pub struct ServerConfig {
     pub fsync: FsyncPolicy,
     /// Most connections served at once; more are accepted and closed at once.
     pub max_connections: usize,
-    /// A connection with nothing received and nothing pending for this long is closed.
+    /// Most connections one source address (IPv6: one /64) holds at once.
+    pub max_connections_per_ip: usize,
+    /// New connections per second one source address may open (bucket: see
+    /// [`per_ip::PerIpLimits::burst`]).
+    pub connect_rate_per_ip: u32,
+    /// A connection that has not sent a complete first line (or legacy message) this long
+    /// after accept is closed: a peer must show it speaks before it holds a slot.
+    pub first_line_timeout: Duration,
+    /// A connection with no complete line received and nothing pending for this long is closed.
     pub idle_timeout: Duration,
     /// A peer that does not take our replies for this long is disconnected.
     pub write_timeout: Duration,
@@ -45,6 +56,17 @@ pub struct ServerConfig {
     pub stale_after: Duration,
     /// Reading timestamps accepted (others are refused with `error`).
     pub timestamps: TimestampWindow,
+    /// Serve the sensor port over TLS; `None`: plain TCP.
+    pub tls: Option<TlsFiles>,
+}
+
+/// The PEM files the sensor port's TLS is configured from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Mutual TLS: clients must present a certificate this CA signed.
+    pub client_ca: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -55,6 +77,9 @@ impl Default for ServerConfig {
             store: StoreUrl::Sqlite("sensorlink.db".into()),
             fsync: FsyncPolicy::Always,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_ip: per_ip::DEFAULT_MAX_CONNECTIONS_PER_IP,
+            connect_rate_per_ip: per_ip::DEFAULT_CONNECT_RATE_PER_IP,
+            first_line_timeout: DEFAULT_FIRST_LINE_TIMEOUT,
             idle_timeout: Duration::from_secs(300),
             write_timeout: Duration::from_secs(30),
             max_line_bytes: crate::protocol::DEFAULT_MAX_LINE_BYTES,
@@ -62,28 +87,40 @@ impl Default for ServerConfig {
             writer: WriterConfig::default(),
             stale_after: crate::live::DEFAULT_STALE_AFTER,
             timestamps: TimestampWindow::default(),
+            tls: None,
         }
     }
 }
 
+/// Default `--first-line-timeout`.
+pub const DEFAULT_FIRST_LINE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The per-connection limits, taken once from the server's config.
 #[derive(Debug, Clone)]
 pub struct Limits {
+    /// Until the first complete line: the idle timeout, if shorter, still applies.
+    pub first_line_timeout: Duration,
+    /// Restarted by each complete line (or legacy message), never by bytes alone.
     pub idle_timeout: Duration,
     pub write_timeout: Duration,
     pub max_line_bytes: usize,
     pub max_inflight_batches: usize,
     pub timestamps: TimestampWindow,
+    /// Serve over TLS: set by [`run_with_store`] from [`ServerConfig::tls`] (files are read
+    /// when the server starts), `None` from `From<&ServerConfig>`.
+    pub tls: Option<tls::TlsSettings>,
 }
 
 impl From<&ServerConfig> for Limits {
     fn from(config: &ServerConfig) -> Self {
         Limits {
+            first_line_timeout: config.first_line_timeout,
             idle_timeout: config.idle_timeout,
             write_timeout: config.write_timeout,
             max_line_bytes: config.max_line_bytes,
             max_inflight_batches: config.max_inflight_batches.max(1),
             timestamps: config.timestamps,
+            tls: None,
         }
     }
 }
@@ -123,6 +160,12 @@ pub async fn run_with_store(
     // The read side is cloned before the writer takes the store.
     let reader = store.reader.clone();
 
+    // Before binding: a certificate that cannot be used fails the start, not each peer.
+    let tls = config
+        .tls
+        .as_ref()
+        .map(tls::TlsSettings::from_files)
+        .transpose()?;
     check_open_files(config.max_connections);
     let listener = TcpListener::bind(&config.listen)
         .await
@@ -150,10 +193,13 @@ pub async fn run_with_store(
     // Started once both ports are bound: a bind failure leaves no writer thread behind.
     let (handle, store_writer) = writer::spawn(store.drive, config.writer.clone());
     announce(local);
-    tracing::info!(addr = %local, store = %config.store, fsync = ?config.fsync, "listening");
+    tracing::info!(addr = %local, store = %config.store, fsync = ?config.fsync, tls = config.tls.is_some(), "listening");
 
     logging::spawn_summary(shutdown.clone());
-    let limits = Arc::new(connection::Limits::from(&config));
+    let limits = Arc::new(connection::Limits {
+        tls,
+        ..connection::Limits::from(&config)
+    });
     listener::accept_loop(listener, &config, limits, handle, live, shutdown).await;
 
     tracing::info!("connections finished; committing the last readings");

@@ -1,5 +1,5 @@
-//! The byte streams a connection is served over: plain TCP today, TLS later (and an
-//! in-memory duplex in tests). Readiness is separate from reading so an idle connection
+//! The byte streams a connection is served over: plain TCP, TLS (`super::tls`), and an
+//! in-memory duplex in tests. Readiness is separate from reading so an idle connection
 //! waits without holding a read buffer.
 
 use bytes::BytesMut;
@@ -8,7 +8,7 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite};
 /// Bytes asked for per read; the buffer grows only while a long line is arriving.
 pub(super) const READ_CHUNK_BYTES: usize = 8 * 1024;
 
-/// A byte stream a connection can be served over: TCP today, TLS later.
+/// A byte stream a connection can be served over: TCP, TLS, or a duplex in tests.
 ///
 /// `wait_readable` lets an idle connection wait without holding a read buffer, which is what
 /// keeps tens of thousands of idle sensors cheap. Streams without readiness just return at

@@ -294,7 +294,8 @@ fn dashboard_pages_a_thousand_sensors() {
     require_browser();
     let _one = ONE_BROWSER.lock().unwrap_or_else(PoisonError::into_inner);
     const SENSORS: usize = 1000;
-    let server = Server::start(&[]);
+    // A thousand connections from one address: above the default per-address share.
+    let server = Server::start(&["--max-connections-per-ip", &SENSORS.to_string()]);
     let bench = bin()
         .args([
             "bench",

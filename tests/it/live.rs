@@ -72,7 +72,8 @@ fn assert_state_filter(server: &Server, state: &str) -> u64 {
 
 #[test]
 fn a_thousand_bench_sensors_are_paged_then_disconnected() {
-    let server = Server::start(&[]);
+    // A thousand connections from one address: above the default per-address share.
+    let server = Server::start(&["--max-connections-per-ip", "1000"]);
     let bench = spawn_bench(
         &server,
         &[

@@ -1,0 +1,205 @@
+//! TLS on the sensor port with the real binary: `sensorlink cert`, a TLS round trip, and the
+//! clear failures when one side speaks TLS and the other does not.
+
+use std::io::{Read as _, Write as _};
+use std::path::Path;
+
+use crate::harness::*;
+
+/// `sensorlink cert --dir DIR` (default hosts), checked to have succeeded.
+fn make_certs(dir: &Path) {
+    let out = run(bin().args(["cert", "--dir"]).arg(dir));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A server on the sensor port with TLS from `dir`'s certificates, plus `extra` flags.
+fn tls_server(dir: &Path, store: &str, extra: &[&str]) -> Server {
+    let cert = dir.join("server.pem");
+    let key = dir.join("server-key.pem");
+    let mut args = vec![
+        "--tls-cert",
+        cert.to_str().expect("temp path is UTF-8"),
+        "--tls-key",
+        key.to_str().expect("temp path is UTF-8"),
+    ];
+    args.extend_from_slice(extra);
+    Server::start_on("127.0.0.1:0", store, &args)
+}
+
+#[test]
+fn cert_refuses_to_overwrite_without_force() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    make_certs(dir.path());
+    let again = run(bin().args(["cert", "--dir"]).arg(dir.path()));
+    assert!(!again.status.success());
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(stderr.contains("--force"), "{stderr}");
+    let forced = run(bin().args(["cert", "--force", "--dir"]).arg(dir.path()));
+    assert!(forced.status.success());
+}
+
+#[test]
+fn tls_round_trip_acks_and_stores_readings() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    make_certs(dir.path());
+    let store = TempStore::new();
+    let mut server = tls_server(dir.path(), &store.url(), &[]);
+    let ca = dir.path().join("ca.pem");
+    let out = run(bin()
+        .args(["client", &server.addr.to_string(), "--tls", "--ca"])
+        .arg(&ca)
+        .args(["--count", "3", "--interval", "10ms", "--sensor", "tls1"]));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("3 sent, 3 acked, 0 lost, 0.0% loss"),
+        "{stdout}"
+    );
+    // The client ends with close_notify: a clean end, not a truncated stream.
+    server.wait_for_log("mode=\"line\" end=\"eof\" accepted=4");
+    // The seed's protocol runs unchanged inside TLS too.
+    let legacy = run(bin()
+        .args([
+            "client",
+            &server.addr.to_string(),
+            "--tls",
+            "--legacy",
+            "--ca",
+        ])
+        .arg(&ca)
+        .args(["--count", "2", "--interval", "10ms"]));
+    assert!(
+        legacy.status.success(),
+        "{}",
+        String::from_utf8_lossy(&legacy.stderr)
+    );
+    server.wait_for_log("mode=\"legacy\" end=\"eof\" accepted=2");
+    server.terminate();
+    let rows = store.rows(&["--sensor", "tls1", "--measurement", "reading"]);
+    assert_eq!(rows.len(), 3, "{rows:?}");
+}
+
+#[test]
+fn plain_tcp_to_the_tls_port_fails_cleanly_and_the_server_keeps_serving() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    make_certs(dir.path());
+    let server = tls_server(dir.path(), "memory", &[]);
+    let out = run(bin().args([
+        "client",
+        &server.addr.to_string(),
+        "--count",
+        "1",
+        "--connect-timeout",
+        "5s",
+    ]));
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("serves TLS (connect with --tls)"),
+        "{stderr}"
+    );
+    server.wait_for_log("TLS handshake failed");
+
+    // A raw plain peer: the server answers with an alert and closes; nothing else.
+    let mut raw = server.connect();
+    raw.write_all(b"ping connect\n").expect("write");
+    let mut answer = Vec::new();
+    raw.set_read_timeout(Some(PATIENCE)).expect("read timeout");
+    raw.read_to_end(&mut answer)
+        .expect("read until the server closes");
+    assert!(answer.starts_with(&[0x15, 0x03]), "{answer:?}");
+
+    // Still serving TLS clients.
+    let out = run(bin()
+        .args(["client", &server.addr.to_string(), "--tls", "--ca"])
+        .arg(dir.path().join("ca.pem"))
+        .args(["--count", "1"]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let metrics = server.get("/metrics").body;
+    assert!(
+        metrics.contains("sensorlink_tls_handshakes_failed_total{reason=\"error\"}"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn tls_client_to_a_plain_port_fails_with_a_clear_message() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    make_certs(dir.path());
+    let server = Server::start(&[]);
+    let out = run(bin()
+        .args(["client", &server.addr.to_string(), "--tls", "--ca"])
+        .arg(dir.path().join("ca.pem"))
+        .args(["--count", "1", "--connect-timeout", "1s"]));
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("TLS handshake") && stderr.contains("serve TLS"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn tls_client_without_the_ca_is_refused_by_certificate_check() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    make_certs(dir.path());
+    let server = tls_server(dir.path(), "memory", &[]);
+    let out = run(bin().args([
+        "client",
+        &server.addr.to_string(),
+        "--tls",
+        "--count",
+        "1",
+        "--connect-timeout",
+        "5s",
+    ]));
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("invalid peer certificate"), "{stderr}");
+}
+
+#[test]
+fn mutual_tls_rejects_a_client_without_a_certificate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    make_certs(dir.path());
+    let ca = dir.path().join("ca.pem");
+    let ca_arg = ca.to_str().expect("temp path is UTF-8");
+    let server = tls_server(dir.path(), "memory", &["--tls-client-ca", ca_arg]);
+    let addr = server.addr.to_string();
+    let without = run(bin().args([
+        "client",
+        &addr,
+        "--tls",
+        "--ca",
+        ca_arg,
+        "--count",
+        "1",
+        "--connect-timeout",
+        "5s",
+    ]));
+    assert_eq!(without.status.code(), Some(2));
+    server.wait_for_log("TLS handshake failed");
+    let with = run(bin()
+        .args(["client", &addr, "--tls", "--ca", ca_arg, "--tls-cert"])
+        .arg(dir.path().join("client.pem"))
+        .arg("--tls-key")
+        .arg(dir.path().join("client-key.pem"))
+        .args(["--count", "1"]));
+    assert!(
+        with.status.success(),
+        "{}",
+        String::from_utf8_lossy(&with.stderr)
+    );
+}
