@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::protocol::TimestampWindow;
 use crate::server::{self, ServerConfig};
 use crate::store::writer::WriterConfig;
 use crate::store::{FsyncPolicy, StoreUrl};
@@ -213,6 +214,15 @@ pub struct RawServer {
         skip_serializing_if = "Option::is_none"
     )]
     pub stale_after: Option<Duration>,
+    /// Refuse readings stamped more than this ahead of the server's clock (readings before
+    /// 1970 are always refused) [default: 1day].
+    #[arg(long, env = "SENSORLINK_MAX_FUTURE_TIMESTAMP", value_parser = humantime::parse_duration)]
+    #[serde(
+        default,
+        with = "human_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_future_timestamp: Option<Duration>,
     /// Serve the sensor port over TLS with this certificate chain (PEM); needs --tls-key.
     #[arg(long, value_name = "FILE", env = "SENSORLINK_TLS_CERT")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -245,6 +255,9 @@ pub mod limits {
     pub const TIMEOUT: (Duration, Duration) =
         (Duration::from_millis(1), Duration::from_secs(7 * 24 * 3600));
     pub const COMMIT_DELAY: (Duration, Duration) = (Duration::ZERO, Duration::from_secs(10));
+    /// Zero refuses anything ahead of the server's clock; a century is as good as off.
+    pub const MAX_FUTURE_TIMESTAMP: (Duration, Duration) =
+        (Duration::ZERO, Duration::from_secs(100 * 366 * 24 * 3600));
     /// Zero sends as fast as acks allow.
     pub const INTERVAL: (Duration, Duration) = (Duration::ZERO, Duration::from_secs(24 * 3600));
     pub const MAX_PENDING: (usize, usize) = (1, 100_000_000);
@@ -280,6 +293,7 @@ impl RawServer {
             commit_max_rows: self.commit_max_rows.or(lower.commit_max_rows),
             commit_delay: self.commit_delay.or(lower.commit_delay),
             stale_after: self.stale_after.or(lower.stale_after),
+            max_future_timestamp: self.max_future_timestamp.or(lower.max_future_timestamp),
             tls_cert: self.tls_cert.or(lower.tls_cert),
             tls_key: self.tls_key.or(lower.tls_key),
             tls_client_ca: self.tls_client_ca.or(lower.tls_client_ca),
@@ -372,6 +386,14 @@ impl RawServer {
                 self.stale_after.unwrap_or(defaults.stale_after),
                 limits::TIMEOUT,
             )?,
+            timestamps: TimestampWindow {
+                max_future: in_range(
+                    "max-future-timestamp",
+                    self.max_future_timestamp
+                        .unwrap_or(defaults.timestamps.max_future),
+                    limits::MAX_FUTURE_TIMESTAMP,
+                )?,
+            },
             ..defaults
         })
     }
@@ -393,6 +415,7 @@ impl RawServer {
             commit_max_rows: Some(config.writer.max_batch_rows),
             commit_delay: Some(config.writer.commit_delay),
             stale_after: Some(config.stale_after),
+            max_future_timestamp: Some(config.timestamps.max_future),
             tls_cert: config.tls.as_ref().map(|tls| tls.cert.clone()),
             tls_key: config.tls.as_ref().map(|tls| tls.key.clone()),
             tls_client_ca: config.tls.as_ref().and_then(|tls| tls.client_ca.clone()),
@@ -608,6 +631,38 @@ mod tests {
         .expect_err("zero");
         assert!(
             err.to_string().starts_with("invalid stale-after 0s"),
+            "{err}"
+        );
+    }
+
+    /// `--max-future-timestamp`: defaults to a day, read from the file and the environment
+    /// name's table key, printed back, and bounded.
+    #[test]
+    fn max_future_timestamp_is_a_validated_duration() {
+        assert_eq!(
+            RawServer::default()
+                .validate()
+                .expect("defaults")
+                .timestamps
+                .max_future,
+            Duration::from_secs(24 * 3600)
+        );
+        let file = parse_file("[server]\nmax-future-timestamp = \"10m\"\n").expect("valid file");
+        let config = file.validate().expect("valid settings");
+        assert_eq!(config.timestamps.max_future, Duration::from_secs(600));
+        let printed = print_server(&config).expect("printable");
+        assert!(
+            printed.contains("max-future-timestamp = \"10m\"\n"),
+            "{printed}"
+        );
+        let err = RawServer {
+            max_future_timestamp: Some(Duration::from_secs(200 * 366 * 24 * 3600)),
+            ..RawServer::default()
+        }
+        .validate()
+        .expect_err("two centuries");
+        assert!(
+            err.to_string().starts_with("invalid max-future-timestamp"),
             "{err}"
         );
     }

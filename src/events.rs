@@ -56,7 +56,7 @@ pub struct Telemetry {
     /// `reason` = `timeout`, `error`.
     tls_handshakes_failed: [Counter; 2],
     readings_accepted: Counter,
-    lines_rejected: [Counter; 6],
+    lines_rejected: [Counter; RejectReason::ALL.len()],
     readings_inserted: Counter,
     readings_duplicate: Counter,
     readings_acked: Counter,

@@ -2,7 +2,9 @@
 //! `--since`/`--until` are read. Pure formatting and parsing; the CLI wiring lives elsewhere.
 //!
 //! Three formats: an aligned `table` for people, `csv` (one column per field name, for
-//! spreadsheets) and `json` (values keep their JSON type, integers exact).
+//! spreadsheets) and `json` (values keep their JSON type, integers exact). The table
+//! escapes control characters (`\u{1b}`), so stored text cannot drive the terminal; csv and
+//! json carry the data as is (json escapes them by its own rules).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -240,7 +242,26 @@ fn other_tags_text(tags: &[(String, String)]) -> String {
     out
 }
 
+/// `cell` with every control character (C0, DEL, C1) written as its Rust escape (`\t`,
+/// `\u{1b}`): a stored `\x1b[31m` must not recolour, move the cursor of, or retitle the
+/// terminal of whoever runs `query`, and a tab or newline would break the columns.
+fn printable(cell: String) -> String {
+    if !cell.chars().any(char::is_control) {
+        return cell;
+    }
+    let mut out = String::with_capacity(cell.len() + 8);
+    for c in cell.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Aligned columns separated by two spaces; widths from the data; no trailing spaces.
+/// Control characters in cells are escaped ([`printable`]).
 fn write_table(
     out: &mut dyn Write,
     header: &[&str],
@@ -248,6 +269,10 @@ fn write_table(
     rows: Vec<Vec<String>>,
 ) -> io::Result<()> {
     let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    let rows: Vec<Vec<String>> = rows
+        .into_iter()
+        .map(|row| row.into_iter().map(printable).collect())
+        .collect();
     let width = |cell: &String| cell.chars().count();
     let mut widths: Vec<usize> = header.iter().map(width).collect();
     for row in &rows {
@@ -437,6 +462,43 @@ time                            sensor     measurement  fields                  
 ";
         assert_eq!(text, expected);
         assert!(text.lines().all(|l| !l.ends_with(' ')));
+    }
+
+    // See: issue 10 ("`query`'s table output escapes control characters (a stored
+    // `\x1b[31m` is printed raw today)"). Stores written before the parser refused them
+    // may hold such names, and string values may hold them still.
+    #[test]
+    fn table_escapes_control_characters() {
+        let row = Row {
+            measurement: "m\x1b[31m".into(),
+            sensor: "s\0\u{9b}".into(),
+            tags: vec![("t".into(), "a\tb".into())],
+            fields: vec![("v".into(), FieldValue::Str("red\x1b[31m\r\nx\x7f".into()))],
+            timestamp_ns: T0,
+            received_ns: T0,
+        };
+        let text = render(|out| write_rows(&[row], Format::Table, out));
+        assert!(
+            !text.chars().any(|c| c.is_control() && c != '\n'),
+            "{text:?}"
+        );
+        assert_eq!(text.lines().count(), 2, "{text}");
+        let line = text.lines().nth(1).expect("one row");
+        assert!(line.contains("s\\u{0}\\u{9b}"), "{line}");
+        assert!(line.contains("m\\u{1b}[31m"), "{line}");
+        assert!(line.contains(r#"v="red\u{1b}[31m\r\nx\u{7f}""#), "{line}");
+        assert!(line.ends_with(r"t=a\tb"), "{line}");
+        let stats = vec![SensorStats {
+            sensor: "\x1b]0;pwned\x07".into(),
+            readings: 1,
+            first_ns: T0,
+            last_ns: T0,
+            last_fields: vec![],
+        }];
+        let text = render(|out| write_stats(&stats, Format::Table, out));
+        assert!(text.contains(r"\u{1b}]0;pwned\u{7}"), "{text}");
+        // Plain text is untouched (no copy either way, but the bytes are what matter).
+        assert_eq!(printable("temp=21.5 é 温".into()), "temp=21.5 é 温");
     }
 
     /// Names print as line protocol writes them (the shared escaping): delimiters escaped,

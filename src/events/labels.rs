@@ -103,17 +103,19 @@ pub enum RejectReason {
     InvalidCommand,
     UnknownCommand,
     InvalidLegacy,
+    TimestampOutOfRange,
 }
 
 impl RejectReason {
     /// In declaration order, so `reason as usize` indexes it.
-    pub(super) const ALL: [RejectReason; 6] = [
+    pub(super) const ALL: [RejectReason; 7] = [
         RejectReason::Oversize,
         RejectReason::InvalidUtf8,
         RejectReason::InvalidReading,
         RejectReason::InvalidCommand,
         RejectReason::UnknownCommand,
         RejectReason::InvalidLegacy,
+        RejectReason::TimestampOutOfRange,
     ];
 
     /// The reason `error` falls under.
@@ -125,6 +127,7 @@ impl RejectReason {
             ProtocolError::InvalidCommand(_) => RejectReason::InvalidCommand,
             ProtocolError::UnknownCommand(_) => RejectReason::UnknownCommand,
             ProtocolError::InvalidLegacy(_) => RejectReason::InvalidLegacy,
+            ProtocolError::TimestampOutOfRange { .. } => RejectReason::TimestampOutOfRange,
         }
     }
 
@@ -136,6 +139,7 @@ impl RejectReason {
             RejectReason::InvalidCommand => "invalid_command",
             RejectReason::UnknownCommand => "unknown_command",
             RejectReason::InvalidLegacy => "invalid_legacy",
+            RejectReason::TimestampOutOfRange => "timestamp_out_of_range",
         }
     }
 }

@@ -14,7 +14,7 @@
 //! | `sensorlink_accept_errors_total` | counter | | failed `accept()` calls |
 //! | `sensorlink_tls_handshakes_failed_total` | counter | `reason` = `timeout` `error` | TLS handshakes on the sensor port that did not complete (the connection is closed) |
 //! | `sensorlink_readings_accepted_total` | counter | | readings parsed and handed to the store |
-//! | `sensorlink_lines_rejected_total` | counter | `reason` = `oversize` `invalid_utf8` `invalid_reading` `invalid_command` `unknown_command` `invalid_legacy` | lines (or legacy messages) that were neither a reading nor a command |
+//! | `sensorlink_lines_rejected_total` | counter | `reason` = `oversize` `invalid_utf8` `invalid_reading` `invalid_command` `unknown_command` `invalid_legacy` `timestamp_out_of_range` | lines (or legacy messages) that were neither a reading nor a command |
 //! | `sensorlink_readings_committed_total` | counter | `outcome` = `inserted` `duplicate` | readings in committed transactions |
 //! | `sensorlink_readings_acked_total` | counter | | readings covered by an ack (or legacy `pong`) written |
 //! | `sensorlink_readings_unacked_total` | counter | `reason="store_failed"` | readings answered with an error instead of an ack |

@@ -118,6 +118,7 @@ impl Parser<'_> {
         if measurement.is_empty() {
             return Err("missing measurement".into());
         }
+        check_name(&measurement, "measurement")?;
         pos = end;
 
         let mut tags = Vec::new();
@@ -133,6 +134,8 @@ impl Parser<'_> {
             if value.is_empty() {
                 return Err(format!("tag {}: empty value", quoted(&key)));
             }
+            check_name(&key, "tag key")?;
+            check_name(&value, &format!("tag {} value", quoted(&key)))?;
             tags.push((key, value));
             pos = end;
         }
@@ -150,6 +153,7 @@ impl Parser<'_> {
             if end >= len || self.b[end] != b'=' {
                 return Err(format!("field {}: missing \"=\"", quoted(&key)));
             }
+            check_name(&key, "field key")?;
             let (value, end) = self.value(end + 1, &key)?;
             fields.push((key, value));
             pos = end;
@@ -159,7 +163,12 @@ impl Parser<'_> {
                 break;
             }
         }
-        dedupe_fields(&mut fields);
+        if let Some(key) = first_duplicate(&tags) {
+            return Err(format!("duplicate tag {}", quoted(key)));
+        }
+        if let Some(key) = first_duplicate(&fields) {
+            return Err(format!("duplicate field {}", quoted(key)));
+        }
 
         pos = self.skip(pos, |c| c == b' ');
         let timestamp_ns = if pos < len {
@@ -396,35 +405,44 @@ fn parse_f64(s: &str) -> Result<f64, &'static str> {
     }
 }
 
-/// Duplicate field keys: the last value wins, as in InfluxDB.
-fn dedupe_fields(fields: &mut Vec<(String, FieldValue)>) {
-    let n = fields.len();
-    // Fast path: almost every line has a few distinct keys.
-    let has_dup = if n <= 16 {
-        (1..n).any(|j| fields[..j].iter().any(|(k, _)| *k == fields[j].0))
-    } else {
-        let mut seen = HashSet::with_capacity(n);
-        !fields.iter().all(|(k, _)| seen.insert(k.as_str()))
-    };
-    if !has_dup {
-        return;
+/// The first key that occurs twice, if any. A duplicate tag would file the reading under one
+/// value and store the other (the `sensor` column and the tags disagree); a duplicate field
+/// would drop a value without a word; so both are refused rather than resolved.
+fn first_duplicate<V>(pairs: &[(String, V)]) -> Option<&str> {
+    let n = pairs.len();
+    // Fast path: almost every line has a few distinct keys, and a pairwise scan of those
+    // beats hashing. Past 16 keys hash, so a 64 KiB line of `a=1,` can't cost n².
+    if n <= 16 {
+        return (1..n)
+            .find(|&j| pairs[..j].iter().any(|(k, _)| *k == pairs[j].0))
+            .map(|j| pairs[j].0.as_str());
     }
-    let keep: Vec<bool> = {
-        let mut seen = HashSet::with_capacity(n);
-        let mut keep: Vec<bool> = fields
-            .iter()
-            .rev()
-            .map(|(k, _)| seen.insert(k.as_str()))
-            .collect();
-        keep.reverse();
-        keep
-    };
-    let mut idx = 0;
-    fields.retain(|_| {
-        let k = keep.get(idx).copied().unwrap_or(true);
-        idx += 1;
-        k
-    });
+    let mut seen = HashSet::with_capacity(n);
+    pairs
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .find(|k| !seen.insert(*k))
+}
+
+/// The first ASCII control byte in a name (tab excepted), if any.
+///
+/// NUL, ESC, CR and friends in a name end up in the store, in logs and on terminals
+/// (`query`); no sensor needs them. Tab stays allowed: InfluxDB accepts it, and the wire has
+/// an escape for a leading one (`\<tab>`).
+fn control_byte(name: &str) -> Option<u8> {
+    name.bytes()
+        .find(|&c| (c < 0x20 && c != b'\t') || c == 0x7f)
+}
+
+/// Refuse `name` (described by `what`, e.g. `tag key`) if it holds a control byte.
+fn check_name(name: &str, what: &str) -> Result<(), String> {
+    match control_byte(name) {
+        Some(c) => Err(format!(
+            "{what} {}: control character 0x{c:02x}",
+            quoted(name)
+        )),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -547,20 +565,75 @@ pub(crate) mod tests {
         assert_eq!(p("m,t=x=y f=1").tags[0].1, "x=y");
     }
 
+    // See: issue 10 ("Input hygiene"): `sensor=a,sensor=b` stored `a` in the sensor column
+    // and `b` in the tags, and `v=1,v=2` silently kept `v=2`.
     #[test]
-    fn duplicate_fields_keep_last() {
-        let r = p("m a=1,b=2,a=3");
-        assert_eq!(
-            r.fields,
-            vec![
-                (s("b"), FieldValue::Float(2.0)),
-                (s("a"), FieldValue::Float(3.0))
-            ]
-        );
+    fn duplicate_keys_are_refused() {
+        assert_eq!(err(b"m,sensor=a,sensor=b v=1"), "duplicate tag \"sensor\"");
+        assert_eq!(err(b"m,a=1,b=2,a=1 v=1"), "duplicate tag \"a\"");
+        assert_eq!(err(b"m v=1,v=2"), "duplicate field \"v\"");
+        assert_eq!(err(b"m a=1,b=2,a=3"), "duplicate field \"a\"");
+        // Escapes are resolved first: `a\ b` and `a\ b` are one key.
+        assert_eq!(err(br"m a\ b=1,a\ b=2"), "duplicate field \"a b\"");
+        // A tag and a field may share a name; keys differing only in case are distinct.
+        assert_eq!(p("m,v=x v=1").fields.len(), 1);
+        assert_eq!(p("m V=1,v=2").fields.len(), 2);
+        // Past the pairwise fast path (16 keys) the hashed path finds them too.
+        let distinct: Vec<String> = (0..40).map(|i| format!("k{i}={i}i")).collect();
+        assert_eq!(p(&format!("m {}", distinct.join(","))).fields.len(), 40);
         let many: Vec<String> = (0..40).map(|i| format!("k{}={i}i", i % 20)).collect();
-        let r = p(&format!("m {}", many.join(",")));
-        assert_eq!(r.fields.len(), 20);
-        assert_eq!(r.fields[0], (s("k0"), FieldValue::Int(20)));
+        assert_eq!(
+            err(format!("m {}", many.join(",")).as_bytes()),
+            "duplicate field \"k0\""
+        );
+        let tags: Vec<String> = (0..30).map(|i| format!("t{}=x", i % 25)).collect();
+        assert_eq!(
+            err(format!("m,{} v=1", tags.join(",")).as_bytes()),
+            "duplicate tag \"t0\""
+        );
+    }
+
+    // See: issue 10 ("Input hygiene"): NUL and escape sequences reached the store and the
+    // terminal of whoever ran `query`.
+    #[test]
+    fn control_bytes_in_names_are_refused() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"m\0 v=1", "measurement \"m\\0\": control character 0x00"),
+            (
+                b"\x1b[31mm v=1",
+                "measurement \"\\u{1b}[31mm\": control character 0x1b",
+            ),
+            (b"m\r v=1", "measurement \"m\\r\": control character 0x0d"),
+            (
+                b"m\x7f v=1",
+                "measurement \"m\\u{7f}\": control character 0x7f",
+            ),
+            (
+                b"m,t\x01=a v=1",
+                "tag key \"t\\u{1}\": control character 0x01",
+            ),
+            (
+                b"m,t=a\0 v=1",
+                "tag \"t\" value \"a\\0\": control character 0x00",
+            ),
+            (
+                b"m v\x08=1",
+                "field key \"v\\u{8}\": control character 0x08",
+            ),
+        ];
+        for (line, want) in cases {
+            assert_eq!(&err(line), want, "line {:?}", String::from_utf8_lossy(line));
+        }
+        // Tab is the one control byte a name may hold (InfluxDB allows it), and string
+        // field values are data: both still pass.
+        assert_eq!(p("m,t=a\tb v=1").tags[0].1, "a\tb");
+        assert_eq!(p("m\tx v=1").measurement, "m\tx");
+        assert_eq!(
+            p("m s=\"\x1b[31m\0\"").fields[0].1,
+            FieldValue::Str(s("\x1b[31m\0"))
+        );
+        // Non-ASCII (including C1 controls, which are not bytes) is left alone.
+        assert_eq!(p("m\u{85} v=1").measurement, "m\u{85}");
     }
 
     #[test]
@@ -694,10 +767,12 @@ pub(crate) mod tests {
             prop::collection::vec((name(), value()), 1..5),
             prop::option::of(any::<i64>()),
         )
-            .prop_map(|(measurement, tags, mut fields, timestamp_ns)| {
-                // Duplicate keys collapse on parse (last wins), so keep them distinct here.
+            .prop_map(|(measurement, mut tags, mut fields, timestamp_ns)| {
+                // Duplicate keys are refused on parse, so keep them distinct here.
                 let mut seen = HashSet::new();
                 fields.retain(|(k, _)| seen.insert(k.clone()));
+                let mut seen = HashSet::new();
+                tags.retain(|(k, _)| seen.insert(k.clone()));
                 Reading {
                     measurement,
                     tags,
@@ -729,6 +804,52 @@ pub(crate) mod tests {
         fn parse_never_panics_structured(bytes in prop::collection::vec(
             prop::sample::select(b"m,t=v x\\\" 1.5ei-u#\t\xc3\xa9\xff".to_vec()), 0..60)) {
             let _ = parse(&bytes);
+        }
+
+        #[test]
+        fn control_byte_anywhere_in_a_name_is_refused(
+            r in reading(),
+            which in 0usize..3,
+            at in any::<prop::sample::Index>(),
+            c in (0u8..=0x20).prop_map(|c| match c { b'\t' | 0x20 => 0x7f, c => c }),
+        ) {
+            let mut r = r;
+            let name = match which {
+                0 => &mut r.measurement,
+                1 => &mut r.fields[0].0,
+                _ => match r.tags.first_mut() {
+                    Some(tag) => &mut tag.1,
+                    None => &mut r.measurement,
+                },
+            };
+            let cut = name.char_indices().map(|(i, _)| i).chain([name.len()]).collect::<Vec<_>>();
+            name.insert(cut[at.index(cut.len())], char::from(c));
+            let mut out = Vec::new();
+            encode(&r, &mut out);
+            let back = parse(&out[..out.len() - 1]);
+            prop_assert!(
+                matches!(&back, Err(ProtocolError::InvalidReading(m)) if m.contains("control character")),
+                "{:?}", back
+            );
+        }
+
+        #[test]
+        fn duplicate_key_is_refused(r in reading(), tag in any::<bool>()) {
+            let mut r = r;
+            if tag && !r.tags.is_empty() {
+                let dup = r.tags[0].clone();
+                r.tags.push(dup);
+            } else {
+                let dup = r.fields[0].clone();
+                r.fields.push(dup);
+            }
+            let mut out = Vec::new();
+            encode(&r, &mut out);
+            let back = parse(&out[..out.len() - 1]);
+            prop_assert!(
+                matches!(&back, Err(ProtocolError::InvalidReading(m)) if m.starts_with("duplicate")),
+                "{:?}", back
+            );
         }
 
         #[test]

@@ -20,6 +20,11 @@ pub const LEGACY_MEASUREMENT: &str = "legacy";
 /// Field name given to a legacy reading's value.
 pub const LEGACY_FIELD: &str = "value";
 
+/// How long a bare `ping` waits for more bytes before it is answered as a ping: a reading
+/// cut right after its `ping` arrives whole well within it on any link the seed ran on,
+/// and it is short next to the seed client's wait for `pong`.
+pub const LEGACY_PING_QUIET: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// How a reading message starts.
 const READING_PREFIX: &[u8] = b"ping / (";
 
@@ -67,9 +72,12 @@ impl LegacyDecoder {
         }
         if buf.starts_with(PING) {
             let rest = &buf[PING.len()..];
-            // `ping` alone is answered at once: the seed client waits for `pong` after it.
-            // `ping /` may still become a reading, so wait for it.
-            if !rest.is_empty() && READING_PREFIX[PING.len()..].starts_with(rest) {
+            // `ping` alone, or `ping /`, may be a reading cut by TCP: answering it now would
+            // turn the rest into garbage and the reading into two `pong`s and nothing stored.
+            // So wait until the next bytes tell, or (for a bare `ping`, which the seed client
+            // sends alone and then waits on) until the connection has been quiet for
+            // [`LEGACY_PING_QUIET`]: see [`LegacyDecoder::decode_quiet`].
+            if READING_PREFIX[PING.len()..].starts_with(rest) {
                 return None;
             }
             buf.advance(PING.len());
@@ -89,10 +97,28 @@ impl LegacyDecoder {
         )))
     }
 
+    /// Whether `buf` is a bare `ping` held back by [`LegacyDecoder::decode`] until the
+    /// next bytes or a quiet period tell whether a reading follows.
+    pub fn holds_ping(buf: &[u8]) -> bool {
+        buf == PING
+    }
+
+    /// After [`LEGACY_PING_QUIET`] with no new bytes: a held bare `ping` is a ping.
+    pub fn decode_quiet(&mut self, buf: &mut BytesMut) -> Option<LegacyMessage> {
+        if Self::holds_ping(buf) {
+            buf.clear();
+            return Some(LegacyMessage::Ping);
+        }
+        None
+    }
+
     /// At end of stream: a leftover bare `ping` is a ping; any other incomplete rest is
     /// invalid.
     pub fn decode_eof(&mut self, buf: &mut BytesMut) -> Option<LegacyMessage> {
         if let Some(msg) = self.decode(buf) {
+            return Some(msg);
+        }
+        if let Some(msg) = self.decode_quiet(buf) {
             return Some(msg);
         }
         if buf.is_empty() {
@@ -438,11 +464,55 @@ mod tests {
         )
     }
 
+    /// A bare `ping` waits for the next bytes or a quiet period.
     #[test]
-    fn bare_ping_is_answered_at_once() {
+    fn bare_ping_is_answered_when_quiet() {
+        let mut d = dec();
         let mut buf = BytesMut::from(&b"ping"[..]);
-        assert_eq!(dec().decode(&mut buf), Some(LegacyMessage::Ping));
+        assert_eq!(d.decode(&mut buf), None);
+        assert!(LegacyDecoder::holds_ping(&buf));
+        assert_eq!(d.decode_quiet(&mut buf), Some(LegacyMessage::Ping));
         assert!(buf.is_empty());
+        assert_eq!(d.decode_quiet(&mut buf), None);
+        // The next bytes can tell at once: another `ping`, or garbage.
+        let mut buf = BytesMut::from(&b"pingping"[..]);
+        assert_eq!(d.decode(&mut buf), Some(LegacyMessage::Ping));
+        assert_eq!(d.decode(&mut buf), None);
+        assert_eq!(&buf[..], b"ping");
+        // `ping /` might still be a reading: a quiet period does not end it.
+        let mut buf = BytesMut::from(&b"ping /"[..]);
+        assert_eq!(d.decode(&mut buf), None);
+        assert!(!LegacyDecoder::holds_ping(&buf));
+        assert_eq!(d.decode_quiet(&mut buf), None);
+    }
+
+    // See: issue 10 ("Legacy framing: a reading cut by TCP right after `ping` is answered
+    // twice with `pong` and not stored").
+    #[test]
+    fn reading_cut_after_ping_is_one_reading() {
+        let message = b"ping / ('2026-11-24 11:46:25', 102)";
+        let want = vec![reading(
+            local_ns("2026-11-24 11:46:25"),
+            FieldValue::Int(102),
+        )];
+        for cut in 1..message.len() {
+            let mut d = dec();
+            let mut buf = BytesMut::from(&message[..cut]);
+            let mut got = all(&mut d, &mut buf);
+            buf.extend_from_slice(&message[cut..]);
+            got.extend(all(&mut d, &mut buf));
+            assert_eq!(got, want, "cut at {cut}");
+            assert!(buf.is_empty());
+        }
+        // One byte at a time.
+        let mut d = dec();
+        let mut buf = BytesMut::new();
+        let mut got = Vec::new();
+        for &b in message {
+            buf.extend_from_slice(&[b]);
+            got.extend(all(&mut d, &mut buf));
+        }
+        assert_eq!(got, want);
     }
 
     #[test]
@@ -543,8 +613,9 @@ mod tests {
         let mut buf = BytesMut::from(&b"pi"[..]);
         assert_eq!(d.decode(&mut buf), None);
         buf.extend_from_slice(b"ng");
-        // Exactly `ping`: answered without waiting for more.
-        assert_eq!(d.decode(&mut buf), Some(LegacyMessage::Ping));
+        // Exactly `ping`: held until the next bytes tell what it is.
+        assert_eq!(d.decode(&mut buf), None);
+        assert_eq!(d.decode_quiet(&mut buf), Some(LegacyMessage::Ping));
         buf.extend_from_slice(b"pi");
         assert_eq!(d.decode(&mut buf), None);
         buf.extend_from_slice(b"ng ");
@@ -591,14 +662,14 @@ mod tests {
         let mut buf = BytesMut::from(&b"hello ping"[..]);
         assert!(is_invalid(&d.decode(&mut buf)));
         assert_eq!(&buf[..], b"ping");
-        assert_eq!(d.decode(&mut buf), Some(LegacyMessage::Ping));
+        assert_eq!(d.decode_quiet(&mut buf), Some(LegacyMessage::Ping));
         // A partial `ping` at the end of garbage is kept for the next read.
         let mut buf = BytesMut::from(&b"xyzpi"[..]);
         assert!(is_invalid(&d.decode(&mut buf)));
         assert_eq!(&buf[..], b"pi");
         assert_eq!(d.decode(&mut buf), None);
         buf.extend_from_slice(b"ng");
-        assert_eq!(d.decode(&mut buf), Some(LegacyMessage::Ping));
+        assert_eq!(d.decode_quiet(&mut buf), Some(LegacyMessage::Ping));
         let mut buf = BytesMut::from(&b"p"[..]);
         assert_eq!(d.decode(&mut buf), None);
         let mut buf = BytesMut::from(&b"px"[..]);

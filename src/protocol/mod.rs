@@ -14,6 +14,8 @@ pub mod escape;
 pub mod ilp;
 pub mod legacy;
 
+use std::time::Duration;
+
 use serde::Serialize;
 
 /// Default limit on one line (and on one legacy message buffer), in bytes.
@@ -98,4 +100,92 @@ pub enum ProtocolError {
     UnknownCommand(String),
     #[error("invalid legacy message: {0}")]
     InvalidLegacy(String),
+    /// A well-formed reading whose timestamp falls outside [`TimestampWindow`].
+    #[error("timestamp {timestamp_ns} out of range: {reason}")]
+    TimestampOutOfRange { timestamp_ns: i64, reason: String },
+}
+
+/// Default of [`TimestampWindow::max_future`]: sensor clocks drift, but not by days.
+pub const DEFAULT_MAX_FUTURE: Duration = Duration::from_secs(24 * 3600);
+
+/// Which reading timestamps the server stores: from the Unix epoch up to `max_future` past
+/// its own clock. A reading at i64::MAX (year 2262) would otherwise pin `stats` and the
+/// dashboard's time axis; before 1970 is no sensor's clock, just a broken one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimestampWindow {
+    pub max_future: Duration,
+}
+
+impl Default for TimestampWindow {
+    fn default() -> Self {
+        TimestampWindow {
+            max_future: DEFAULT_MAX_FUTURE,
+        }
+    }
+}
+
+impl TimestampWindow {
+    /// Whether `timestamp_ns` may be stored when the server's clock reads `now_ns`.
+    ///
+    /// # Errors
+    /// [`ProtocolError::TimestampOutOfRange`] saying which bound it crossed.
+    pub fn check(&self, timestamp_ns: i64, now_ns: i64) -> Result<(), ProtocolError> {
+        let reason = if timestamp_ns < 0 {
+            "before 1970".to_owned()
+        } else {
+            // Saturating: a max-future of centuries must not wrap into the past.
+            let ahead_ns = i64::try_from(self.max_future.as_nanos()).unwrap_or(i64::MAX);
+            if timestamp_ns <= now_ns.saturating_add(ahead_ns) {
+                return Ok(());
+            }
+            format!(
+                "more than {} in the future (max-future-timestamp)",
+                humantime::format_duration(self.max_future)
+            )
+        };
+        Err(ProtocolError::TimestampOutOfRange {
+            timestamp_ns,
+            reason,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamp_window_bounds() {
+        let window = TimestampWindow {
+            max_future: Duration::from_secs(60),
+        };
+        let now = 1_000_000_000_000;
+        assert_eq!(window.check(0, now), Ok(()));
+        assert_eq!(window.check(now, now), Ok(()));
+        assert_eq!(window.check(now + 60_000_000_000, now), Ok(()));
+        assert_eq!(
+            window.check(-1, now),
+            Err(ProtocolError::TimestampOutOfRange {
+                timestamp_ns: -1,
+                reason: "before 1970".into()
+            })
+        );
+        assert_eq!(
+            window
+                .check(now + 60_000_000_001, now)
+                .map_err(|e| e.to_string()),
+            Err(format!(
+                "timestamp {} out of range: more than 1m in the future (max-future-timestamp)",
+                now + 60_000_000_001
+            ))
+        );
+        assert!(window.check(i64::MIN, now).is_err());
+        assert!(window.check(i64::MAX, now).is_err());
+        // A window wider than i64 nanoseconds saturates instead of wrapping into the past.
+        let wide = TimestampWindow {
+            max_future: Duration::from_secs(u64::MAX),
+        };
+        assert_eq!(wide.check(i64::MAX, now), Ok(()));
+        assert_eq!(wide.check(0, i64::MAX), Ok(()));
+    }
 }

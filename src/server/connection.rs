@@ -26,7 +26,7 @@ use crate::events::{
 use crate::live::{LiveConnection, Registry};
 use crate::protocol::codec::{sniff, Frame, LineDecoder, Sniff};
 use crate::protocol::control::{Ack, Reply};
-use crate::protocol::legacy::{LegacyDecoder, LegacyMessage, PONG};
+use crate::protocol::legacy::{LegacyDecoder, LegacyMessage, LEGACY_PING_QUIET, PONG};
 use crate::protocol::{ProtocolError, Reading};
 use crate::store::writer::{Committed, StoreHandle};
 use crate::store::StoredReading;
@@ -253,6 +253,8 @@ impl Connection<'_> {
     {
         // Allocated only while bytes are pending: an idle connection holds no read buffer.
         let mut buf = BytesMut::new();
+        // When bytes last arrived: a held legacy `ping` is answered once quiet since then.
+        let mut last_bytes_at = tokio::time::Instant::now();
         // Slowloris: only a complete line (or legacy message) is progress. Until the first
         // one the deadline is the first-line timeout's; then each complete line restarts
         // the idle timeout, and bytes alone restart nothing.
@@ -278,6 +280,8 @@ impl Connection<'_> {
             if buf.is_empty() && buf.capacity() > 0 {
                 buf = BytesMut::new();
             }
+            let held_ping =
+                matches!(self.decoder, Decoder::Legacy(_)) && LegacyDecoder::holds_ping(&buf);
             tokio::select! {
                 biased;
                 _ = wait_head(&mut self.inflight), if !self.inflight.is_empty() => {
@@ -299,6 +303,7 @@ impl Connection<'_> {
                     }
                     Ok(n) => {
                         BytesReceived { bytes: n }.emit_to(self.telemetry);
+                        last_bytes_at = tokio::time::Instant::now();
                         if self.decode(&mut buf, false) > 0 {
                             spoke = true;
                             idle_deadline = tokio::time::Instant::now() + self.limits.idle_timeout;
@@ -313,6 +318,13 @@ impl Connection<'_> {
                         self.decode(&mut buf, false);
                     }
                 },
+                _ = tokio::time::sleep_until(last_bytes_at + LEGACY_PING_QUIET), if held_ping && reading => {
+                    if self.answer_held_ping(&mut buf) {
+                        // A complete legacy message: progress, as in the read branch.
+                        spoke = true;
+                        idle_deadline = tokio::time::Instant::now() + self.limits.idle_timeout;
+                    }
+                }
                 _ = tokio::time::sleep_until(idle_deadline), if can_read && self.inflight.is_empty() => {
                     if spoke || first_wait == self.limits.idle_timeout {
                         tracing::info!(idle_timeout = ?self.limits.idle_timeout, "closing idle connection");
@@ -330,6 +342,18 @@ impl Connection<'_> {
             let _ = tokio::time::timeout(self.limits.write_timeout, stream.shutdown()).await;
         }
         end
+    }
+
+    /// A bare legacy `ping` nothing followed for [`LEGACY_PING_QUIET`]: a ping after all.
+    /// Whether one was answered.
+    fn answer_held_ping(&mut self, buf: &mut BytesMut) -> bool {
+        if let Decoder::Legacy(decoder) = &mut self.decoder {
+            if let Some(message) = decoder.decode_quiet(buf) {
+                self.on_legacy(message, now_ns(), Instant::now());
+                return true;
+            }
+        }
+        false
     }
 
     /// At shutdown: read what the peer has already sent, without waiting for more.
@@ -420,17 +444,20 @@ impl Connection<'_> {
 
     fn on_frame(&mut self, frame: Frame, received_ns: i64, received_at: Instant) {
         match frame {
-            Frame::Reading(reading) => self.accept(reading, received_ns, received_at),
+            Frame::Reading(reading) => match self.in_window(&reading, received_ns) {
+                Ok(()) => self.accept(reading, received_ns, received_at),
+                Err(error) => {
+                    let line = self.line_count();
+                    self.on_frame(Frame::Invalid { line, error }, received_ns, received_at);
+                }
+            },
             Frame::Ping(token) => {
                 self.become_interactive();
                 self.replies.push(PendingReply::Pong(token));
             }
             Frame::Sync(token) => {
                 self.become_interactive();
-                let line = match &self.decoder {
-                    Decoder::Line(decoder) => decoder.line_count(),
-                    _ => 0,
-                };
+                let line = self.line_count();
                 self.replies.push(PendingReply::Ack {
                     token,
                     line,
@@ -459,14 +486,20 @@ impl Connection<'_> {
     fn on_legacy(&mut self, message: LegacyMessage, received_ns: i64, received_at: Instant) {
         let received = match message {
             LegacyMessage::Ping => None,
-            LegacyMessage::Reading(mut reading) => {
-                // The seed's readings carry no name: the peer's address is the sensor.
-                reading
-                    .tags
-                    .push(("sensor".to_string(), self.peer_ip.clone()));
-                self.accept(reading, received_ns, received_at);
-                Some(received_at)
-            }
+            LegacyMessage::Reading(mut reading) => match self.in_window(&reading, received_ns) {
+                Ok(()) => {
+                    // The seed's readings carry no name: the peer's address is the sensor.
+                    reading
+                        .tags
+                        .push(("sensor".to_string(), self.peer_ip.clone()));
+                    self.accept(reading, received_ns, received_at);
+                    Some(received_at)
+                }
+                Err(error) => {
+                    self.reject(&error, 0);
+                    None
+                }
+            },
             LegacyMessage::Invalid(error) => {
                 self.reject(&error, 0);
                 None
@@ -474,6 +507,22 @@ impl Connection<'_> {
         };
         // The seed answered every message, good or bad, with `pong`.
         self.replies.push(PendingReply::LegacyPong { received });
+    }
+
+    /// Lines decoded so far: the number of the line just decoded.
+    fn line_count(&self) -> u64 {
+        match &self.decoder {
+            Decoder::Line(decoder) => decoder.line_count(),
+            _ => 0,
+        }
+    }
+
+    /// A reading's own timestamp against [`Limits::timestamps`] (none: stamped on receipt).
+    fn in_window(&self, reading: &Reading, received_ns: i64) -> Result<(), ProtocolError> {
+        match reading.timestamp_ns {
+            Some(ts) => self.limits.timestamps.check(ts, received_ns),
+            None => Ok(()),
+        }
     }
 
     fn become_interactive(&mut self) {
@@ -744,6 +793,7 @@ mod tests {
             write_timeout: Duration::from_secs(5),
             max_line_bytes: 1024,
             max_inflight_batches: 4,
+            timestamps: crate::protocol::TimestampWindow::default(),
             tls: None,
         }
     }

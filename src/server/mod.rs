@@ -22,6 +22,7 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::protocol::TimestampWindow;
 use crate::store::writer::{self, WriterConfig};
 use crate::store::{self, FsyncPolicy, StoreUrl};
 
@@ -53,6 +54,8 @@ pub struct ServerConfig {
     pub writer: WriterConfig,
     /// A connected sensor with no stored reading for this long is `stale` (live view).
     pub stale_after: Duration,
+    /// Reading timestamps accepted (others are refused with `error`).
+    pub timestamps: TimestampWindow,
     /// Serve the sensor port over TLS; `None`: plain TCP.
     pub tls: Option<TlsFiles>,
 }
@@ -83,6 +86,7 @@ impl Default for ServerConfig {
             max_inflight_batches: 16,
             writer: WriterConfig::default(),
             stale_after: crate::live::DEFAULT_STALE_AFTER,
+            timestamps: TimestampWindow::default(),
             tls: None,
         }
     }
@@ -101,6 +105,7 @@ pub struct Limits {
     pub write_timeout: Duration,
     pub max_line_bytes: usize,
     pub max_inflight_batches: usize,
+    pub timestamps: TimestampWindow,
     /// Serve over TLS: set by [`run_with_store`] from [`ServerConfig::tls`] (files are read
     /// when the server starts), `None` from `From<&ServerConfig>`.
     pub tls: Option<tls::TlsSettings>,
@@ -114,6 +119,7 @@ impl From<&ServerConfig> for Limits {
             write_timeout: config.write_timeout,
             max_line_bytes: config.max_line_bytes,
             max_inflight_batches: config.max_inflight_batches.max(1),
+            timestamps: config.timestamps,
             tls: None,
         }
     }

@@ -8,6 +8,7 @@ mod dashboard;
 mod durability;
 mod harness;
 mod http;
+mod hygiene;
 mod limits;
 mod line;
 mod link_report;
