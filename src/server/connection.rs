@@ -349,8 +349,7 @@ impl Connection<'_> {
     fn answer_held_ping(&mut self, buf: &mut BytesMut) -> bool {
         if let Decoder::Legacy(decoder) = &mut self.decoder {
             if let Some(message) = decoder.decode_quiet(buf) {
-                self.on_legacy(message, now_ns(), Instant::now());
-                return true;
+                return self.on_legacy(message, now_ns(), Instant::now());
             }
         }
         false
@@ -375,7 +374,8 @@ impl Connection<'_> {
     }
 
     /// Decode every complete frame in `buf` into the pending batch and replies; returns
-    /// how many there were (progress, for the idle timeout).
+    /// how many were accepted work (progress, for the idle timeout): a rejected line or
+    /// message answers with an error but must not keep a connection alive.
     fn decode(&mut self, buf: &mut BytesMut, eof: bool) -> usize {
         let received_ns = now_ns();
         let received_at = Instant::now();
@@ -413,18 +413,18 @@ impl Connection<'_> {
         received_ns: i64,
         received_at: Instant,
     ) -> usize {
-        let mut frames = 0;
+        let mut progress = 0;
         loop {
-            match &mut self.decoder {
-                Decoder::Undecided => return frames,
+            let accepted = match &mut self.decoder {
+                Decoder::Undecided => return progress,
                 Decoder::Line(decoder) => {
                     let frame = if eof {
                         decoder.decode_eof(buf)
                     } else {
                         decoder.decode(buf)
                     };
-                    let Some(frame) = frame else { return frames };
-                    self.on_frame(frame, received_ns, received_at);
+                    let Some(frame) = frame else { return progress };
+                    self.on_frame(frame, received_ns, received_at)
                 }
                 Decoder::Legacy(decoder) => {
                     let message = if eof {
@@ -433,27 +433,32 @@ impl Connection<'_> {
                         decoder.decode(buf)
                     };
                     let Some(message) = message else {
-                        return frames;
+                        return progress;
                     };
-                    self.on_legacy(message, received_ns, received_at);
+                    self.on_legacy(message, received_ns, received_at)
                 }
-            }
-            frames += 1;
+            };
+            progress += usize::from(accepted);
         }
     }
 
-    fn on_frame(&mut self, frame: Frame, received_ns: i64, received_at: Instant) {
+    /// Handle one line-mode frame; returns whether it was accepted work (not an error).
+    fn on_frame(&mut self, frame: Frame, received_ns: i64, received_at: Instant) -> bool {
         match frame {
             Frame::Reading(reading) => match self.in_window(&reading, received_ns) {
-                Ok(()) => self.accept(reading, received_ns, received_at),
+                Ok(()) => {
+                    self.accept(reading, received_ns, received_at);
+                    true
+                }
                 Err(error) => {
                     let line = self.line_count();
-                    self.on_frame(Frame::Invalid { line, error }, received_ns, received_at);
+                    self.on_frame(Frame::Invalid { line, error }, received_ns, received_at)
                 }
             },
             Frame::Ping(token) => {
                 self.become_interactive();
                 self.replies.push(PendingReply::Pong(token));
+                true
             }
             Frame::Sync(token) => {
                 self.become_interactive();
@@ -465,6 +470,7 @@ impl Connection<'_> {
                     rejected: std::mem::take(&mut self.since_sync_rejected),
                     first_received: self.since_sync_first.take(),
                 });
+                true
             }
             Frame::Invalid { line, error } => {
                 self.reject(&error, line);
@@ -479,13 +485,21 @@ impl Connection<'_> {
                 } else {
                     ErrorReplySuppressed.emit_to(self.telemetry);
                 }
+                false
             }
         }
     }
 
-    fn on_legacy(&mut self, message: LegacyMessage, received_ns: i64, received_at: Instant) {
-        let received = match message {
-            LegacyMessage::Ping => None,
+    /// Handle one legacy message; returns whether it was accepted work (a ping or a stored
+    /// reading), not a rejected one.
+    fn on_legacy(
+        &mut self,
+        message: LegacyMessage,
+        received_ns: i64,
+        received_at: Instant,
+    ) -> bool {
+        let (accepted, received) = match message {
+            LegacyMessage::Ping => (true, None),
             LegacyMessage::Reading(mut reading) => match self.in_window(&reading, received_ns) {
                 Ok(()) => {
                     // The seed's readings carry no name: the peer's address is the sensor.
@@ -493,20 +507,21 @@ impl Connection<'_> {
                         .tags
                         .push(("sensor".to_string(), self.peer_ip.clone()));
                     self.accept(reading, received_ns, received_at);
-                    Some(received_at)
+                    (true, Some(received_at))
                 }
                 Err(error) => {
                     self.reject(&error, 0);
-                    None
+                    (false, None)
                 }
             },
             LegacyMessage::Invalid(error) => {
                 self.reject(&error, 0);
-                None
+                (false, None)
             }
         };
         // The seed answered every message, good or bad, with `pong`.
         self.replies.push(PendingReply::LegacyPong { received });
+        accepted
     }
 
     /// Lines decoded so far: the number of the line just decoded.
@@ -1296,6 +1311,47 @@ mod tests {
         let series = "sensorlink_connections_closed_total{reason=\"idle_timeout\"}";
         assert_eq!(sample(&text, series), Some(1.0), "{text}");
         dripper.abort();
+        tokio::task::spawn_blocking(move || writer.finish())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    /// Rejected lines are answered but are not progress: a peer sending a garbage line
+    /// now and then (2 bytes) cannot hold its connection past the idle timeout.
+    #[tokio::test(start_paused = true)]
+    async fn rejected_lines_do_not_restart_the_idle_timeout() {
+        let (client, task, writer) = serve_slow(Duration::from_secs(10), Duration::from_secs(30));
+        let (read, mut write) = tokio::io::split(client);
+        let mut lines = BufReader::new(read).lines();
+        write.write_all(b"ping\n").await.unwrap();
+        assert_eq!(lines.next_line().await.unwrap().as_deref(), Some("pong"));
+        let last_valid = tokio::time::Instant::now();
+        let garbage = tokio::spawn(async move {
+            for _ in 0..10 {
+                tokio::time::sleep(Duration::from_secs(20)).await;
+                if write.write_all(b"x\n").await.is_err() {
+                    return;
+                }
+            }
+            std::future::pending::<()>().await;
+        });
+        let mut errors = 0;
+        while let Some(line) = lines.next_line().await.unwrap() {
+            assert!(line.starts_with("error "), "{line}");
+            errors += 1;
+        }
+        let waited = last_valid.elapsed();
+        assert!(errors >= 1, "the garbage line was answered");
+        assert!(waited >= Duration::from_secs(30), "{waited:?}");
+        assert!(
+            waited < Duration::from_secs(40),
+            "rejected lines restarted it: {waited:?}"
+        );
+        let text = task.await.unwrap();
+        let series = "sensorlink_connections_closed_total{reason=\"idle_timeout\"}";
+        assert_eq!(sample(&text, series), Some(1.0), "{text}");
+        garbage.abort();
         tokio::task::spawn_blocking(move || writer.finish())
             .await
             .unwrap()
