@@ -6,7 +6,7 @@ use std::path::Path;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use super::{axis_max, font, header, write_picture, Drawn, PlotError};
+use super::{axis_max, chart, font, header, write_picture, Drawn, PlotError};
 use crate::bench::timeline::Second;
 
 /// Write the picture of a load run to `path` (`.svg` or `.png`): `lines` are the header,
@@ -45,22 +45,14 @@ fn draw_rate<DB: DrawingBackend>(
         seconds.iter().map(|s| s.readings_per_s).fold(0.0, f64::max),
         1.0,
     );
-    let mut chart = ChartBuilder::on(area)
-        .caption("readings acked per second", font(18))
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(80)
-        .build_cartesian_2d(0f64..end_s, 0f64..top)
-        .drawn()?;
-    chart
-        .configure_mesh()
-        .x_desc("time since the measurement began (s)")
-        .y_desc("readings/s")
-        .y_label_formatter(&|v| format!("{v:.0}"))
-        .label_style(font(13))
-        .axis_desc_style(font(14))
-        .draw()
-        .drawn()?;
+    let mut chart = chart(
+        area,
+        "readings acked per second",
+        (0f64..end_s, 0f64..top),
+        ("time since the measurement began (s)", "readings/s"),
+        80,
+        true,
+    )?;
     chart
         .draw_series(seconds.iter().map(|s| {
             Rectangle::new(
@@ -84,21 +76,14 @@ fn draw_latency<DB: DrawingBackend>(
         seconds.iter().filter_map(|s| s.max_us).fold(0.0, f64::max) / 1e3,
         0.01,
     );
-    let mut chart = ChartBuilder::on(area)
-        .caption("ack latency per second", font(18))
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(80)
-        .build_cartesian_2d(0f64..end_s, 0f64..top_ms)
-        .drawn()?;
-    chart
-        .configure_mesh()
-        .x_desc("time since the measurement began (s)")
-        .y_desc("latency (ms)")
-        .label_style(font(13))
-        .axis_desc_style(font(14))
-        .draw()
-        .drawn()?;
+    let mut chart = chart(
+        area,
+        "ack latency per second",
+        (0f64..end_s, 0f64..top_ms),
+        ("time since the measurement began (s)", "latency (ms)"),
+        80,
+        false,
+    )?;
     // p50 and p99 in the client picture's colours for them; none is a client event's
     // colour (timeout orange, loss red, reconnect purple), so the two pictures read alike.
     let series: [(&str, Percentile, RGBColor); 3] = [

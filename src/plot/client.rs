@@ -8,7 +8,7 @@ use std::path::Path;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use super::{axis_max, font, header, write_picture, Drawn, PlotError};
+use super::{axis_max, chart, font, header, write_picture, Drawn, PlotError};
 use crate::client::output::Summary;
 use crate::client::samples::Mark;
 use crate::client::stats::fmt_ms;
@@ -92,21 +92,14 @@ fn draw_timeline<DB: DrawingBackend>(
     let points = picture.samples.points();
     let end_s = axis_max(summary.duration_ms / 1e3, 0.001);
     let top_ms = axis_max(summary.rtt.max_us / 1e3, 0.01);
-    let mut chart = ChartBuilder::on(area)
-        .caption("round-trip time of each acked reading", font(18))
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0f64..end_s, 0f64..top_ms)
-        .drawn()?;
-    chart
-        .configure_mesh()
-        .x_desc("time since start (s)")
-        .y_desc("RTT (ms)")
-        .label_style(font(13))
-        .axis_desc_style(font(14))
-        .draw()
-        .drawn()?;
+    let mut chart = chart(
+        area,
+        "round-trip time of each acked reading",
+        (0f64..end_s, 0f64..top_ms),
+        ("time since start (s)", "RTT (ms)"),
+        70,
+        false,
+    )?;
     // The line is broken where no reading was acked for longer than the reply timeout (an
     // outage), rather than drawn straight across it.
     let gap_s = picture.reply_timeout.as_secs_f64();
@@ -226,22 +219,14 @@ fn draw_histogram<DB: DrawingBackend>(
     } else {
         "RTT histogram".to_string()
     };
-    let mut chart = ChartBuilder::on(area)
-        .caption(caption, font(18))
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(70)
-        .build_cartesian_2d(from_ms..to_ms, 0f64..top)
-        .drawn()?;
-    chart
-        .configure_mesh()
-        .x_desc("RTT (ms)")
-        .y_desc("readings")
-        .y_label_formatter(&|v| format!("{v:.0}"))
-        .label_style(font(13))
-        .axis_desc_style(font(14))
-        .draw()
-        .drawn()?;
+    let mut chart = chart(
+        area,
+        &caption,
+        (from_ms..to_ms, 0f64..top),
+        ("RTT (ms)", "readings"),
+        70,
+        true,
+    )?;
     chart
         .draw_series(bars.iter().filter(|b| b.2 > 0).map(|&(from, to, n)| {
             Rectangle::new([(from, 0.0), (to, n as f64)], BLUE.mix(0.55).filled())

@@ -14,9 +14,11 @@
 pub mod bench;
 pub mod client;
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
@@ -231,6 +233,37 @@ pub(crate) fn header<DB: DrawingBackend>(
 }
 
 /// A text style of the pictures' font.
+/// A chart on `area` with this project's margins, fonts and mesh: `caption`, the `x` and
+/// `y` ranges, their descriptions, the width kept for y labels, and whether y labels are
+/// whole numbers (counts, rates).
+pub(crate) fn chart<'a, DB: DrawingBackend>(
+    area: &'a DrawingArea<DB, Shift>,
+    caption: &str,
+    (x, y): (Range<f64>, Range<f64>),
+    (x_desc, y_desc): (&str, &str),
+    y_label_width: u32,
+    whole_y: bool,
+) -> Result<ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>, PlotError> {
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, font(18))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(y_label_width)
+        .build_cartesian_2d(x, y)
+        .drawn()?;
+    let whole = |v: &f64| format!("{v:.0}");
+    let mut mesh = chart.configure_mesh();
+    mesh.x_desc(x_desc)
+        .y_desc(y_desc)
+        .label_style(font(13))
+        .axis_desc_style(font(14));
+    if whole_y {
+        mesh.y_label_formatter(&whole);
+    }
+    mesh.draw().drawn()?;
+    Ok(chart)
+}
+
 pub(crate) fn font(size: u32) -> TextStyle<'static> {
     TextStyle::from((FAMILY, size).into_font())
 }
