@@ -236,6 +236,15 @@ pub struct RawServer {
     #[arg(long, value_name = "FILE", env = "SENSORLINK_TLS_CLIENT_CA")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_client_ca: Option<PathBuf>,
+    /// How long a bare legacy `ping` waits for the rest of a reading before it is answered
+    /// as a ping [default: 100ms]. Hidden: for tests on slow machines.
+    #[arg(long, hide = true, env = "SENSORLINK_LEGACY_PING_QUIET", value_parser = humantime::parse_duration)]
+    #[serde(
+        default,
+        with = "human_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub legacy_ping_quiet: Option<Duration>,
 }
 
 /// The `http` value that turns the HTTP side off.
@@ -297,6 +306,7 @@ impl RawServer {
             tls_cert: self.tls_cert.or(lower.tls_cert),
             tls_key: self.tls_key.or(lower.tls_key),
             tls_client_ca: self.tls_client_ca.or(lower.tls_client_ca),
+            legacy_ping_quiet: self.legacy_ping_quiet.or(lower.legacy_ping_quiet),
         }
     }
 
@@ -394,6 +404,11 @@ impl RawServer {
                     limits::MAX_FUTURE_TIMESTAMP,
                 )?,
             },
+            legacy_ping_quiet: in_range(
+                "legacy-ping-quiet",
+                self.legacy_ping_quiet.unwrap_or(defaults.legacy_ping_quiet),
+                limits::TIMEOUT,
+            )?,
             ..defaults
         })
     }
@@ -419,6 +434,9 @@ impl RawServer {
             tls_cert: config.tls.as_ref().map(|tls| tls.cert.clone()),
             tls_key: config.tls.as_ref().map(|tls| tls.key.clone()),
             tls_client_ca: config.tls.as_ref().and_then(|tls| tls.client_ca.clone()),
+            // Hidden: printed only when it is not the default.
+            legacy_ping_quiet: Some(config.legacy_ping_quiet)
+                .filter(|quiet| *quiet != crate::protocol::legacy::LEGACY_PING_QUIET),
         }
     }
 }

@@ -26,7 +26,7 @@ use crate::events::{
 use crate::live::{LiveConnection, Registry};
 use crate::protocol::codec::{sniff, Frame, LineDecoder, Sniff};
 use crate::protocol::control::{Ack, Reply};
-use crate::protocol::legacy::{LegacyDecoder, LegacyMessage, LEGACY_PING_QUIET, PONG};
+use crate::protocol::legacy::{LegacyDecoder, LegacyMessage, PONG};
 use crate::protocol::{ProtocolError, Reading};
 use crate::store::writer::{Committed, StoreHandle};
 use crate::store::StoredReading;
@@ -169,21 +169,46 @@ pub async fn serve_counted<S>(
 ) where
     S: PeerStream,
 {
+    // The first-line deadline runs from here: a TLS handshake is part of the time a peer
+    // gets to show it speaks, not a free extension of it.
+    let accepted = Accepted {
+        at: tokio::time::Instant::now(),
+        started: Instant::now(),
+    };
     match &limits.tls {
-        None => serve_stream(stream, peer, limits, store, shutdown, telemetry, live).await,
+        None => {
+            serve_stream(
+                stream, peer, accepted, limits, store, shutdown, telemetry, live,
+            )
+            .await
+        }
         Some(tls) => {
-            let Some(stream) = tls.handshake(stream, peer, &shutdown, telemetry).await else {
+            let deadline = accepted.at + limits.first_wait();
+            let handshake = tls.handshake(stream, peer, deadline, &shutdown, telemetry);
+            let Some(stream) = handshake.await else {
                 return;
             };
-            serve_stream(stream, peer, limits, store, shutdown, telemetry, live).await;
+            serve_stream(
+                stream, peer, accepted, limits, store, shutdown, telemetry, live,
+            )
+            .await;
         }
     }
 }
 
+/// When a connection was accepted: its first-line deadline and its duration run from here.
+#[derive(Debug, Clone, Copy)]
+struct Accepted {
+    at: tokio::time::Instant,
+    started: Instant,
+}
+
 /// [`serve_counted`] over a stream ready for the protocol (TLS, if any, established).
+#[allow(clippy::too_many_arguments)]
 async fn serve_stream<S>(
     stream: S,
     peer: SocketAddr,
+    accepted: Accepted,
     limits: &Limits,
     store: StoreHandle,
     shutdown: CancellationToken,
@@ -192,7 +217,6 @@ async fn serve_stream<S>(
 ) where
     S: PeerStream,
 {
-    let started = Instant::now();
     let mut conn = Connection {
         peer,
         peer_ip: peer.ip().to_string(),
@@ -218,7 +242,7 @@ async fn serve_stream<S>(
         out: Vec::new(),
         out_replies: OutReplies::default(),
     };
-    let end = conn.run(stream, &shutdown).await;
+    let end = conn.run(stream, accepted.at, &shutdown).await;
     let mode = match conn.decoder {
         Decoder::Undecided => None,
         Decoder::Line(_) => Some(Mode::Line),
@@ -233,7 +257,7 @@ async fn serve_stream<S>(
         accepted: counters.accepted,
         rejected: counters.rejected,
         acked: counters.acked,
-        duration: started.elapsed(),
+        duration: accepted.started.elapsed(),
     }
     .emit_to(telemetry);
 }
@@ -247,7 +271,13 @@ impl Connection<'_> {
         }
     }
 
-    async fn run<S>(&mut self, mut stream: S, shutdown: &CancellationToken) -> End
+    /// Serve until the end; `accepted_at` starts the first-line deadline.
+    async fn run<S>(
+        &mut self,
+        mut stream: S,
+        accepted_at: tokio::time::Instant,
+        shutdown: &CancellationToken,
+    ) -> End
     where
         S: PeerStream,
     {
@@ -258,8 +288,8 @@ impl Connection<'_> {
         // Slowloris: only a complete line (or legacy message) is progress. Until the first
         // one the deadline is the first-line timeout's; then each complete line restarts
         // the idle timeout, and bytes alone restart nothing.
-        let first_wait = self.limits.first_line_timeout.min(self.limits.idle_timeout);
-        let mut idle_deadline = tokio::time::Instant::now() + first_wait;
+        let first_wait = self.limits.first_wait();
+        let mut idle_deadline = accepted_at + first_wait;
         let mut spoke = false;
         let mut reading = true;
         let mut end = End::Eof;
@@ -318,7 +348,7 @@ impl Connection<'_> {
                         self.decode(&mut buf, false);
                     }
                 },
-                _ = tokio::time::sleep_until(last_bytes_at + LEGACY_PING_QUIET), if held_ping && reading => {
+                _ = tokio::time::sleep_until(last_bytes_at + self.limits.legacy_ping_quiet), if held_ping && reading => {
                     if self.answer_held_ping(&mut buf) {
                         // A complete legacy message: progress, as in the read branch.
                         spoke = true;
@@ -344,7 +374,8 @@ impl Connection<'_> {
         end
     }
 
-    /// A bare legacy `ping` nothing followed for [`LEGACY_PING_QUIET`]: a ping after all.
+    /// A bare legacy `ping` nothing followed for [`Limits::legacy_ping_quiet`]: a ping
+    /// after all.
     /// Whether one was answered.
     fn answer_held_ping(&mut self, buf: &mut BytesMut) -> bool {
         if let Decoder::Legacy(decoder) = &mut self.decoder {
@@ -809,6 +840,7 @@ mod tests {
             max_line_bytes: 1024,
             max_inflight_batches: 4,
             timestamps: crate::protocol::TimestampWindow::default(),
+            legacy_ping_quiet: crate::protocol::legacy::LEGACY_PING_QUIET,
             tls: None,
         }
     }
