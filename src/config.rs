@@ -585,6 +585,29 @@ mod tests {
         assert_eq!(config.write_timeout, ServerConfig::default().write_timeout);
     }
 
+    /// The hidden legacy quiet period: 100 ms by default (and then not printed), a file
+    /// may lengthen it (printed back), zero is refused.
+    #[test]
+    fn legacy_ping_quiet_is_a_hidden_validated_setting() {
+        let defaults = RawServer::default().validate().expect("defaults");
+        assert_eq!(defaults.legacy_ping_quiet, Duration::from_millis(100));
+        let printed = print_server(&defaults).expect("printable");
+        assert!(!printed.contains("legacy-ping-quiet"), "{printed}");
+        let file = parse_file("[server]\nlegacy-ping-quiet = \"30s\"\n").expect("valid file");
+        let config = file.validate().expect("valid settings");
+        assert_eq!(config.legacy_ping_quiet, Duration::from_secs(30));
+        let printed = print_server(&config).expect("printable");
+        assert!(
+            printed.contains("legacy-ping-quiet = \"30s\"\n"),
+            "{printed}"
+        );
+        let zero = RawServer {
+            legacy_ping_quiet: Some(Duration::ZERO),
+            ..RawServer::default()
+        };
+        assert!(zero.validate().is_err());
+    }
+
     /// The connection limits: from the file, printed back, and zero refused.
     #[test]
     fn per_ip_limits_and_first_line_timeout_are_validated_settings() {

@@ -1390,6 +1390,113 @@ mod tests {
             .unwrap();
     }
 
+    /// A legacy peer over a duplex, on the paused clock, with the default quiet period for
+    /// a bare `ping`; its readings go to `store` (unbuffered writes: nothing is held).
+    fn serve_legacy(
+        store: &TestStore,
+        shutdown: CancellationToken,
+    ) -> (
+        tokio::io::DuplexStream,
+        tokio::task::JoinHandle<()>,
+        writer::StoreWriter,
+    ) {
+        let (handle, writer) = writer::spawn(
+            Drive::GroupCommit(Box::new(store.clone())),
+            WriterConfig::default(),
+        );
+        let (client, server) = tokio::io::duplex(1024);
+        let limits = limits(Duration::from_secs(60));
+        assert_eq!(limits.legacy_ping_quiet, Duration::from_millis(100));
+        let task = tokio::spawn(async move {
+            serve(server, peer(), &limits, handle, shutdown).await;
+        });
+        (client, task, writer)
+    }
+
+    /// Read until the server closes; everything it wrote.
+    async fn read_all(client: &mut tokio::io::DuplexStream) -> Vec<u8> {
+        let mut all = Vec::new();
+        client.read_to_end(&mut all).await.expect("duplex read");
+        all
+    }
+
+    async fn finish(task: tokio::task::JoinHandle<()>, writer: writer::StoreWriter) {
+        task.await.expect("connection task");
+        tokio::task::spawn_blocking(move || writer.finish())
+            .await
+            .expect("writer task")
+            .expect("store flushed");
+    }
+
+    /// `ping`, then the rest of its reading 50 ms later (within the quiet period): one
+    /// reading stored, one `pong`. See: issue 10 ("Legacy framing").
+    #[tokio::test(start_paused = true)]
+    async fn held_ping_followed_by_its_reading_within_the_quiet_period_is_one_reading() {
+        let store = TestStore::default();
+        let (mut client, task, writer) = serve_legacy(&store, CancellationToken::new());
+        client.write_all(b"ping").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        client
+            .write_all(b" / ('2026-11-24 11:46:25.123456', 102)")
+            .await
+            .unwrap();
+        let mut pong = [0u8; 4];
+        client.read_exact(&mut pong).await.unwrap();
+        assert_eq!(&pong, PONG);
+        client.shutdown().await.unwrap();
+        assert_eq!(read_all(&mut client).await, b"", "one pong only");
+        finish(task, writer).await;
+        let stored = store.reader().query(&Query::default()).await.unwrap();
+        assert_eq!(stored.len(), 1, "{stored:?}");
+    }
+
+    /// A bare `ping` that nothing follows is answered once the quiet period has passed:
+    /// not before, and not much after.
+    #[tokio::test(start_paused = true)]
+    async fn held_ping_is_answered_after_the_quiet_period() {
+        let store = TestStore::default();
+        let (mut client, task, writer) = serve_legacy(&store, CancellationToken::new());
+        client.write_all(b"ping").await.unwrap();
+        let sent = tokio::time::Instant::now();
+        let mut pong = [0u8; 4];
+        client.read_exact(&mut pong).await.unwrap();
+        let waited = sent.elapsed();
+        assert_eq!(&pong, PONG);
+        assert!(waited >= Duration::from_millis(100), "{waited:?}");
+        assert!(waited < Duration::from_millis(200), "{waited:?}");
+        client.shutdown().await.unwrap();
+        assert_eq!(read_all(&mut client).await, b"", "one pong only");
+        finish(task, writer).await;
+        assert!(store.log().txns.is_empty(), "a ping is no reading");
+    }
+
+    /// A bare `ping` then end of input: answered once (at EOF, not twice).
+    #[tokio::test(start_paused = true)]
+    async fn held_ping_then_eof_is_answered_once() {
+        let store = TestStore::default();
+        let (mut client, task, writer) = serve_legacy(&store, CancellationToken::new());
+        client.write_all(b"ping").await.unwrap();
+        client.shutdown().await.unwrap();
+        assert_eq!(read_all(&mut client).await, PONG);
+        finish(task, writer).await;
+    }
+
+    /// A bare `ping` still held when the server shuts down is not answered: it may be the
+    /// start of a reading whose rest never came, and a `pong` would tell the seed client
+    /// it was stored (PROTOCOL.md).
+    #[tokio::test(start_paused = true)]
+    async fn held_ping_at_shutdown_is_not_answered() {
+        let store = TestStore::default();
+        let shutdown = CancellationToken::new();
+        let (mut client, task, writer) = serve_legacy(&store, shutdown.clone());
+        client.write_all(b"ping").await.unwrap();
+        // Well inside the quiet period: the server has read and holds it.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        shutdown.cancel();
+        assert_eq!(read_all(&mut client).await, b"", "closed without a pong");
+        finish(task, writer).await;
+    }
+
     /// Shutdown: what was received is stored and answered, then the connection closes.
     #[tokio::test]
     async fn shutdown_finishes_received_lines() {

@@ -173,4 +173,77 @@ mod tests {
         assert_eq!(failed("error"), Some(1.0), "{text}");
         Ok(())
     }
+
+    /// The first-line deadline runs from accept, TLS handshake included: a peer that
+    /// stalls its handshake is cut at the first-line timeout (shorter than the handshake
+    /// timeout here), and one whose handshake took 1.5 s of a 2 s first-line timeout has
+    /// 0.5 s left, not 2 s more. Paused clock.
+    #[tokio::test(start_paused = true)]
+    async fn the_first_line_deadline_includes_the_handshake() -> anyhow::Result<()> {
+        use crate::store::writer::{self, WriterConfig};
+        let dir = tempfile::tempdir()?;
+        crate::tls::cert::generate(dir.path(), &["localhost".into()], false)?;
+        let path = |name: &str| dir.path().join(name);
+        let tls = TlsSettings::from_files(&TlsFiles {
+            cert: path(crate::tls::cert::SERVER_CERT),
+            key: path(crate::tls::cert::SERVER_KEY),
+            client_ca: None,
+        })?;
+        let client = crate::tls::client_config(Some(&path(crate::tls::cert::CA_CERT)), None)?;
+        let first_line = Duration::from_secs(2);
+        assert!(first_line < tls.handshake_timeout);
+        let limits = Arc::new(super::super::Limits {
+            tls: Some(tls),
+            ..super::super::Limits::from(&super::super::ServerConfig {
+                first_line_timeout: first_line,
+                ..Default::default()
+            })
+        });
+        let (store, store_writer) = writer::spawn(
+            crate::store::Drive::Inline(Box::new(crate::store::memory::MemoryStore::default())),
+            WriterConfig::default(),
+        );
+        let serve = |server: tokio::io::DuplexStream| {
+            let (limits, store) = (limits.clone(), store.clone());
+            tokio::spawn(async move {
+                let telemetry = crate::events::telemetry();
+                let shutdown = CancellationToken::new();
+                super::super::connection::serve_counted(
+                    server,
+                    peer(),
+                    &limits,
+                    store,
+                    shutdown,
+                    telemetry,
+                    None,
+                )
+                .await;
+            })
+        };
+
+        // Silent from the start: cut at the first-line timeout, not the handshake's.
+        let started = tokio::time::Instant::now();
+        let (_silent, server) = tokio::io::duplex(16 * 1024);
+        serve(server).await?;
+        assert_eq!(started.elapsed(), first_line);
+
+        // A handshake completed 1.5 s in, then silence: closed 2 s after accept.
+        let started = tokio::time::Instant::now();
+        let (near, server) = tokio::io::duplex(16 * 1024);
+        let task = serve(server);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let name = rustls_pki_types::ServerName::try_from("localhost")?;
+        let mut tls = crate::tls::TlsConnector::from(client)
+            .connect(name, near)
+            .await?;
+        let mut byte = [0u8; 1];
+        // The server closes without a close_notify: an error or EOF, never a byte.
+        let read = tokio::io::AsyncReadExt::read(&mut tls, &mut byte).await;
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        task.await?;
+        assert_eq!(started.elapsed(), first_line);
+        drop(store);
+        tokio::task::spawn_blocking(move || store_writer.finish()).await??;
+        Ok(())
+    }
 }

@@ -369,11 +369,19 @@ pub fn read_n(stream: &mut TcpStream, n: usize) -> Vec<u8> {
     buf
 }
 
-/// Assert that nothing more arrives within a short while.
+/// How long [`assert_silent`] listens: long enough that a stray reply is not missed on a
+/// slow, shared machine (it comes at once, or after the server's 100 ms legacy quiet
+/// period), short enough to spend in a handful of tests.
+pub const SILENCE: Duration = Duration::from_secs(1);
+
+/// Assert that nothing more arrives within [`SILENCE`].
 pub fn assert_silent(stream: &mut TcpStream) {
-    stream
-        .set_read_timeout(Some(Duration::from_millis(150)))
-        .expect("timeout");
+    assert_silent_for(stream, SILENCE);
+}
+
+/// Assert that nothing more arrives within `wait` (no bytes, no close).
+pub fn assert_silent_for(stream: &mut TcpStream, wait: Duration) {
+    stream.set_read_timeout(Some(wait)).expect("timeout");
     let mut buf = [0u8; 64];
     match stream.read(&mut buf) {
         Ok(0) => panic!("connection closed"),
