@@ -810,6 +810,7 @@ mod tests {
             max_inflight_batches: 4,
             timestamps: crate::protocol::TimestampWindow::default(),
             tls: None,
+            auth: None,
         }
     }
 
