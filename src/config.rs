@@ -245,6 +245,11 @@ pub struct RawServer {
         skip_serializing_if = "Option::is_none"
     )]
     pub legacy_ping_quiet: Option<Duration>,
+    /// Require tokens: the tokens file (TOML, made by `sensorlink token new`), read at start
+    /// and on SIGHUP. See SECURITY.md.
+    #[arg(long, value_name = "FILE", env = "SENSORLINK_AUTH")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<PathBuf>,
 }
 
 /// The `http` value that turns the HTTP side off.
@@ -307,6 +312,7 @@ impl RawServer {
             tls_key: self.tls_key.or(lower.tls_key),
             tls_client_ca: self.tls_client_ca.or(lower.tls_client_ca),
             legacy_ping_quiet: self.legacy_ping_quiet.or(lower.legacy_ping_quiet),
+            auth: self.auth.or(lower.auth),
         }
     }
 
@@ -333,6 +339,7 @@ impl RawServer {
         let tls = tls_files(self.tls_cert, self.tls_key, self.tls_client_ca)?;
         Ok(ServerConfig {
             tls,
+            auth: self.auth,
             listen: match self.listen {
                 Some(listen) => socket_address("listen", listen)?,
                 None => defaults.listen,
@@ -437,6 +444,7 @@ impl RawServer {
             // Hidden: printed only when it is not the default.
             legacy_ping_quiet: Some(config.legacy_ping_quiet)
                 .filter(|quiet| *quiet != crate::protocol::legacy::LEGACY_PING_QUIET),
+            auth: config.auth.clone(),
         }
     }
 }

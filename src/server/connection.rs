@@ -842,6 +842,7 @@ mod tests {
             timestamps: crate::protocol::TimestampWindow::default(),
             legacy_ping_quiet: crate::protocol::legacy::LEGACY_PING_QUIET,
             tls: None,
+            auth: None,
         }
     }
 

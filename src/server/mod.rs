@@ -24,6 +24,7 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::Authority;
 use crate::protocol::TimestampWindow;
 use crate::store::writer::{self, WriterConfig};
 use crate::store::{self, FsyncPolicy, StoreUrl};
@@ -62,6 +63,8 @@ pub struct ServerConfig {
     pub tls: Option<TlsFiles>,
     /// See [`Limits::legacy_ping_quiet`] (a hidden setting: tests lengthen it).
     pub legacy_ping_quiet: Duration,
+    /// The tokens file (`--auth`); `None`: no authentication.
+    pub auth: Option<PathBuf>,
 }
 
 /// The PEM files the sensor port's TLS is configured from.
@@ -93,6 +96,7 @@ impl Default for ServerConfig {
             timestamps: TimestampWindow::default(),
             tls: None,
             legacy_ping_quiet: crate::protocol::legacy::LEGACY_PING_QUIET,
+            auth: None,
         }
     }
 }
@@ -117,6 +121,9 @@ pub struct Limits {
     /// Serve over TLS: set by [`run_with_store`] from [`ServerConfig::tls`] (files are read
     /// when the server starts), `None` from `From<&ServerConfig>`.
     pub tls: Option<tls::TlsSettings>,
+    /// The tokens in force (`--auth`): set by [`run_with_store`], `None` from
+    /// `From<&ServerConfig>` and when auth is off.
+    pub auth: Option<Arc<Authority>>,
 }
 
 impl From<&ServerConfig> for Limits {
@@ -130,6 +137,7 @@ impl From<&ServerConfig> for Limits {
             timestamps: config.timestamps,
             legacy_ping_quiet: config.legacy_ping_quiet,
             tls: None,
+            auth: None,
         }
     }
 }
@@ -183,7 +191,16 @@ pub async fn run_with_store(
         .as_ref()
         .map(tls::TlsSettings::from_files)
         .transpose()?;
-    // What SIGHUP re-reads. Each part that can be reloaded registers itself here.
+    let auth = match &config.auth {
+        Some(path) => {
+            let authority = Authority::load(path)?;
+            tracing::info!(file = %path.display(), tokens = authority.active(), "token authentication on");
+            Some(Arc::new(authority))
+        }
+        None => None,
+    };
+    // What SIGHUP re-reads. Each part that can be reloaded registers itself here
+    // (`ReloadWhat::Auth`: the tokens file).
     let mut reloads = reload::Reloads::new();
     if let Some(tls) = &tls {
         let tls = tls.tls.clone();
@@ -207,7 +224,8 @@ pub async fn run_with_store(
     let https = tls.as_ref().map(|tls| tls.tls.clone());
     let (http, live) = match &config.http {
         Some(addr) => {
-            let state = crate::http::AppState::new(reader, &config, shutdown.clone());
+            let mut state = crate::http::AppState::new(reader, &config, shutdown.clone());
+            state.auth = auth.clone();
             let live = state.live.clone();
             live.spawn_sweeper(shutdown.clone());
             (
@@ -226,6 +244,7 @@ pub async fn run_with_store(
     logging::spawn_summary(shutdown.clone());
     let limits = Arc::new(connection::Limits {
         tls,
+        auth,
         ..connection::Limits::from(&config)
     });
     listener::accept_loop(listener, &config, limits, handle, live, shutdown).await;
