@@ -109,8 +109,9 @@ pub struct HttpAccess {
     pub api: Guard,
     /// `/metrics`.
     pub metrics: Guard,
-    /// Served without tokens although `--http` listens beyond loopback (`--http-insecure`
-    /// or `--http-auth open`): worth a warning at start.
+    /// The API is served without tokens although `--http` listens beyond loopback
+    /// (`--http-insecure` or `--http-auth open`): worth a warning at start. (Open metrics
+    /// beside a guarded API are a deliberate `--metrics-auth open`.)
     pub exposed: bool,
 }
 
@@ -158,7 +159,7 @@ impl HttpAccess {
         Ok(HttpAccess {
             api,
             metrics,
-            exposed: beyond_loopback && (api == Guard::Open || metrics == Guard::Open),
+            exposed: beyond_loopback && api == Guard::Open,
         })
     }
 }
