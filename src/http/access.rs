@@ -589,6 +589,27 @@ mod tests {
         );
     }
 
+    /// A token revoked in the file is refused from the first request after the reload.
+    #[tokio::test]
+    async fn a_revoked_token_is_refused_after_the_reload() {
+        let g = guarded(Guard::Token);
+        let read = format!("Bearer {}", g.read);
+        assert_eq!(
+            get(&g.state, "/api/server", Some(&read)).await.0,
+            StatusCode::OK
+        );
+        let authority = g.state.auth.as_ref().expect("tokens loaded");
+        crate::auth::admin::revoke(authority.path(), "viewer").expect("revoke");
+        authority.reload().expect("reload");
+        let (status, headers, body) = get(&g.state, "/api/server", Some(&read)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+        assert!(body.contains(HttpRefusal::Revoked.message()), "{body}");
+        assert!(headers[header::WWW_AUTHENTICATE]
+            .to_str()
+            .expect("ASCII")
+            .contains("invalid_token"));
+    }
+
     #[tokio::test]
     async fn open_metrics_beside_a_guarded_api() {
         let g = guarded(Guard::Open);
