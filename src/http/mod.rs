@@ -401,6 +401,45 @@ mod tests {
         serving.await.expect("join").expect("served");
     }
 
+    /// Over HTTPS the header timeout bounds the handshake too: a client that connects and
+    /// never sends its ClientHello is cut off (paused time, as above).
+    #[tokio::test(start_paused = true)]
+    async fn a_client_stalling_its_tls_handshake_is_cut_off() {
+        use tokio::io::AsyncReadExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        crate::tls::cert::generate(dir.path(), &["localhost".into()], false).expect("certs");
+        let path = |name: &str| dir.path().join(name);
+        let tls = ServerTls::load(
+            &path(crate::tls::cert::SERVER_CERT),
+            &path(crate::tls::cert::SERVER_KEY),
+            None,
+        )
+        .expect("TLS from generated files");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("bound address");
+        let stop = CancellationToken::new();
+        let serving = tokio::spawn(serve_with_tls(
+            listener,
+            state(),
+            Some(Arc::new(tls)),
+            stop.clone(),
+        ));
+        let mut client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let started = tokio::time::Instant::now();
+        let mut answer = Vec::new();
+        tokio::time::timeout(HEADER_READ_TIMEOUT * 6, client.read_to_end(&mut answer))
+            .await
+            .expect("closed by the header timeout")
+            .expect("read");
+        assert!(
+            started.elapsed() >= HEADER_READ_TIMEOUT,
+            "not before the timeout"
+        );
+        assert!(answer.is_empty(), "{answer:?}");
+        stop.cancel();
+        serving.await.expect("join").expect("served");
+    }
+
     #[tokio::test]
     async fn healthz_says_ok() {
         let (status, _, body) = get_path("/healthz").await;
