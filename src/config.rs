@@ -282,6 +282,13 @@ pub struct RawServer {
           value_parser = clap::builder::BoolishValueParser::new())]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_insecure: Option<bool>,
+    /// With --tls-cert: `off` keeps the HTTP side plain HTTP (e.g. behind a TLS proxy, or
+    /// on loopback for a local scraper) instead of HTTPS with the same certificate
+    /// [default: on].
+    #[arg(long, env = "SENSORLINK_HTTP_TLS", value_name = "on|off",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_tls: Option<bool>,
 }
 
 /// The `http` value that turns the HTTP side off.
@@ -348,6 +355,7 @@ impl RawServer {
             http_auth: self.http_auth.or(lower.http_auth),
             metrics_auth: self.metrics_auth.or(lower.metrics_auth),
             http_insecure: self.http_insecure.or(lower.http_insecure),
+            http_tls: self.http_tls.or(lower.http_tls),
         }
     }
 
@@ -378,6 +386,7 @@ impl RawServer {
             http_auth: self.http_auth.unwrap_or(defaults.http_auth),
             metrics_auth: self.metrics_auth.or(defaults.metrics_auth),
             http_insecure: self.http_insecure.unwrap_or(defaults.http_insecure),
+            http_tls: self.http_tls.unwrap_or(defaults.http_tls),
             listen: match self.listen {
                 Some(listen) => socket_address("listen", listen)?,
                 None => defaults.listen,
@@ -491,6 +500,8 @@ impl RawServer {
             // (`print_server` says in a comment what that is now).
             metrics_auth: config.metrics_auth,
             http_insecure: Some(config.http_insecure),
+            // Only meaningful with TLS on.
+            http_tls: config.tls.as_ref().map(|_| config.http_tls),
         }
     }
 }
@@ -1097,6 +1108,27 @@ mod tests {
             .validate()
             .expect("valid");
         assert_eq!(again.tls, config.tls);
+        // HTTPS by default with TLS; `http-tls = false` keeps HTTP plain and prints back.
+        assert!(
+            config.http_tls && printed.contains("http-tls = true"),
+            "{printed}"
+        );
+        let plain_http = RawServer {
+            http_tls: Some(false),
+            ..pair.clone()
+        }
+        .validate()
+        .expect("valid");
+        let printed = print_server(&plain_http).expect("printable");
+        assert!(printed.contains("http-tls = false"), "{printed}");
+        let again = parse_file(&printed)
+            .expect("parses")
+            .validate()
+            .expect("valid");
+        assert!(!again.http_tls);
+        // Without TLS it says nothing.
+        let no_tls = print_server(&RawServer::default().validate().expect("defaults"));
+        assert!(!no_tls.expect("printable").contains("http-tls"));
 
         for (raw, setting) in [
             (

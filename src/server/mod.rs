@@ -71,6 +71,9 @@ pub struct ServerConfig {
     pub metrics_auth: Option<crate::http::access::Guard>,
     /// `--http-insecure`: serve beyond loopback without tokens rather than refuse to start.
     pub http_insecure: bool,
+    /// With [`ServerConfig::tls`]: serve the HTTP side over HTTPS with the same
+    /// certificate (`--http-tls`, default on); off keeps it plain HTTP.
+    pub http_tls: bool,
 }
 
 /// The PEM files the sensor port's TLS is configured from.
@@ -106,6 +109,7 @@ impl Default for ServerConfig {
             http_auth: crate::http::access::HttpAuth::Auto,
             metrics_auth: None,
             http_insecure: false,
+            http_tls: true,
         }
     }
 }
@@ -240,7 +244,10 @@ pub async fn run_with_store(
     let http_stop = CancellationToken::new();
     let _http_stop_guard = http_stop.clone().drop_guard();
     // The HTTP side serves HTTPS with the sensor port's (reloadable) certificate.
-    let https = tls.as_ref().map(|tls| tls.tls.clone());
+    let https = tls
+        .as_ref()
+        .filter(|_| config.http_tls)
+        .map(|tls| tls.tls.clone());
     let (http, live) = match &config.http {
         Some(addr) => {
             let mut state = crate::http::AppState::new(reader, &config, shutdown.clone());

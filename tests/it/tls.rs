@@ -332,3 +332,20 @@ fn sighup_reloads_the_certificate_for_new_connections_only() {
     );
     ping(&mut established);
 }
+
+#[test]
+fn http_tls_off_keeps_the_http_side_plain() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    make_certs(dir.path());
+    let server = tls_server(dir.path(), "memory", &["--http-tls", "off"]);
+    assert!(!server.https, "`http on http://` announced");
+    let health = server.get("/healthz");
+    assert_eq!((health.status, health.body.as_str()), (200, "ok\n"));
+    // The sensor port still speaks TLS only.
+    let out = client_once(&server.addr.to_string(), &dir.path().join("ca.pem"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
