@@ -25,10 +25,12 @@ use crate::server::logging;
 use crate::store::WriteOutcome;
 
 mod labels;
+mod limits;
 mod recent;
 mod table;
 
 pub use labels::{CloseReason, Mode, RefuseReason, RejectReason};
+pub use limits::SeriesCacheEvicted;
 pub use recent::{Percentiles, Recent, Rejection, WindowSummary, WINDOW_SECONDS};
 pub use table::{describe, names, prometheus_builder, Kind, MetricDef, METRICS};
 
@@ -79,6 +81,8 @@ pub struct Telemetry {
     live_sensors_untracked: Counter,
     sse_subscribers: Gauge,
     sse_lagged: Counter,
+    series_cache_evicted: Counter,
+    series_cache_entries: Gauge,
     /// What the load summary reads.
     pub totals: Totals,
     /// The last seconds, for the HTTP API (rates, percentiles, rejections, readiness).
@@ -126,6 +130,8 @@ impl Telemetry {
             live_sensors_untracked: metrics::counter!(LIVE_SENSORS_UNTRACKED),
             sse_subscribers: metrics::gauge!(SSE_SUBSCRIBERS),
             sse_lagged: metrics::counter!(SSE_LAGGED),
+            series_cache_evicted: metrics::counter!(SERIES_CACHE_EVICTED),
+            series_cache_entries: metrics::gauge!(SERIES_CACHE_ENTRIES),
             totals: Totals::default(),
             recent: Recent::default(),
         }

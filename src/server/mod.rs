@@ -5,10 +5,12 @@
 //! signals into a cancellation, [`logging`] keeps per-reading logs from bounding throughput.
 
 pub mod connection;
+pub mod known_series;
 pub mod listener;
 pub mod logging;
 mod pending;
 pub mod per_ip;
+pub mod quota;
 pub mod shutdown;
 pub mod stream;
 pub mod tls;
@@ -58,6 +60,10 @@ pub struct ServerConfig {
     pub timestamps: TimestampWindow,
     /// Serve the sensor port over TLS; `None`: plain TCP.
     pub tls: Option<TlsFiles>,
+    /// Rates and new-series caps per connection and per token.
+    pub quotas: quota::QuotaLimits,
+    /// Series ids the SQLite store keeps in memory (least recently used evicted).
+    pub series_cache_entries: usize,
 }
 
 /// The PEM files the sensor port's TLS is configured from.
@@ -88,6 +94,8 @@ impl Default for ServerConfig {
             stale_after: crate::live::DEFAULT_STALE_AFTER,
             timestamps: TimestampWindow::default(),
             tls: None,
+            quotas: quota::QuotaLimits::default(),
+            series_cache_entries: store::DEFAULT_SERIES_CACHE_ENTRIES,
         }
     }
 }
@@ -109,6 +117,8 @@ pub struct Limits {
     /// Serve over TLS: set by [`run_with_store`] from [`ServerConfig::tls`] (files are read
     /// when the server starts), `None` from `From<&ServerConfig>`.
     pub tls: Option<tls::TlsSettings>,
+    /// Shared by every connection of the server (per-token buckets, known series).
+    pub quotas: Arc<quota::Quotas>,
 }
 
 impl From<&ServerConfig> for Limits {
@@ -121,6 +131,7 @@ impl From<&ServerConfig> for Limits {
             max_inflight_batches: config.max_inflight_batches.max(1),
             timestamps: config.timestamps,
             tls: None,
+            quotas: quota::Quotas::new(config.quotas),
         }
     }
 }
@@ -140,7 +151,8 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
 pub async fn open_store(config: &ServerConfig) -> anyhow::Result<store::OpenStore> {
     let store_url = config.store.clone();
     let fsync = config.fsync;
-    tokio::task::spawn_blocking(move || store::open(&store_url, fsync))
+    let series_cache = config.series_cache_entries;
+    tokio::task::spawn_blocking(move || store::open_with_cache(&store_url, fsync, series_cache))
         .await
         .context("store open task")?
         .with_context(|| format!("opening store {}", config.store))
