@@ -687,6 +687,70 @@ mod tests {
         }
     }
 
+    /// The quotas and the series cache: from the file, printed back, defaults, and a zero
+    /// refused with the setting named.
+    #[test]
+    fn quotas_and_series_cache_are_validated_settings() {
+        let file = parse_file(
+            "[server]\nmax-rate-per-connection = 500\nmax-rate-per-token = 700\n\
+             max-new-series-per-connection = 10\nmax-new-series-per-token = 20\n\
+             series-cache-entries = 3000\n",
+        )
+        .expect("valid file");
+        let config = file.validate().expect("valid settings");
+        assert_eq!(
+            (
+                config.quotas.rate_per_connection,
+                config.quotas.rate_per_token,
+                config.quotas.new_series_per_connection,
+                config.quotas.new_series_per_token,
+                config.series_cache_entries
+            ),
+            (500, 700, 10, 20, 3000)
+        );
+        let printed = print_server(&config).expect("printable");
+        for line in [
+            "max-rate-per-connection = 500\n",
+            "max-rate-per-token = 700\n",
+            "max-new-series-per-connection = 10\n",
+            "max-new-series-per-token = 20\n",
+            "series-cache-entries = 3000\n",
+        ] {
+            assert!(printed.contains(line), "{printed}");
+        }
+        let defaults = RawServer::default().validate().expect("defaults");
+        assert_eq!(defaults.quotas, QuotaLimits::default());
+        assert_eq!(defaults.quotas.rate_per_connection, 100_000);
+        assert_eq!(defaults.quotas.new_series_per_connection, 1_000);
+        assert_eq!(defaults.series_cache_entries, 100_000);
+        for (raw, setting) in [
+            (
+                RawServer {
+                    max_rate_per_token: Some(0),
+                    ..RawServer::default()
+                },
+                "invalid max-rate-per-token 0",
+            ),
+            (
+                RawServer {
+                    max_new_series_per_connection: Some(0),
+                    ..RawServer::default()
+                },
+                "invalid max-new-series-per-connection 0",
+            ),
+            (
+                RawServer {
+                    series_cache_entries: Some(0),
+                    ..RawServer::default()
+                },
+                "invalid series-cache-entries 0",
+            ),
+        ] {
+            let err = raw.validate().expect_err(setting);
+            assert!(err.to_string().starts_with(setting), "{err}");
+        }
+    }
+
     /// `--stale-after`: from the file, printed back, and a zero refused.
     #[test]
     fn stale_after_is_a_validated_duration() {
