@@ -39,9 +39,11 @@ pub const DEFAULT_MAX_NEW_SERIES_PER_TOKEN: u32 = 1_000;
 /// Most readings a connection takes from its token's shared bucket at once: the most a
 /// token can overrun its rate by, per connection.
 pub const MAX_LEASE: u32 = 256;
-/// Slots of a connection's cache of recent series hashes (direct-mapped, 2 KiB, allocated
-/// on its first reading).
-const RECENT_SLOTS: usize = 256;
+/// Slots of a connection's cache of recent series hashes (direct-mapped): allocated at the
+/// smaller size on its first reading (64 bytes: a sensor has a few series), doubled on a
+/// collision up to the larger (2 KiB: a gateway's), so thousands of connections of one
+/// sensor each stay cheap.
+const RECENT_SLOTS: (usize, usize) = (8, 256);
 /// Keys below which a keyed table is never swept.
 const MIN_SWEEP_KEYS: usize = 1024;
 
@@ -268,8 +270,8 @@ pub struct ConnQuota {
     rate: TokenBucket,
     new_series: TokenBucket,
     principal: Option<Principal>,
-    /// Direct-mapped cache of series hashes this connection has written (0: empty);
-    /// empty until the first reading, so an idle connection holds none.
+    /// Direct-mapped cache of series hashes this connection has written (0: empty), a
+    /// power of two long; empty until the first reading, so an idle connection holds none.
     recent: Vec<u64>,
     /// Reused for each reading's series key.
     key: String,
@@ -343,10 +345,14 @@ impl ConnQuota {
             }
             principal.leased -= 1;
         }
+        // 0 marks an empty slot; a hash of 0 is never cached (and costs a lookup).
         let hash = self.series_hash(reading, sensor);
-        let slot = (hash as usize) % RECENT_SLOTS;
-        if self.recent.get(slot) == Some(&hash) || self.quotas.known.touch(hash) {
-            self.remember(slot, hash);
+        let slot = (hash as usize) & self.recent.len().wrapping_sub(1);
+        if self.recent.get(slot) == Some(&hash) && hash != 0 {
+            return Ok(());
+        }
+        if self.quotas.known.touch(hash) {
+            self.remember(hash);
             return Ok(());
         }
         if !self.new_series.try_take(now) {
@@ -370,15 +376,28 @@ impl ConnQuota {
             }
         }
         self.quotas.known.insert(hash);
-        self.remember(slot, hash);
+        self.remember(hash);
         Ok(())
     }
 
-    fn remember(&mut self, slot: usize, hash: u64) {
+    /// Put `hash` in the connection's cache, growing it (up to its bound) rather than
+    /// overwriting another series.
+    fn remember(&mut self, hash: u64) {
         if self.recent.is_empty() {
-            self.recent = vec![0; RECENT_SLOTS];
+            self.recent = vec![0; RECENT_SLOTS.0];
         }
-        self.recent[slot] = hash;
+        let slot = |len: usize| (hash as usize) & (len - 1);
+        let held = self.recent[slot(self.recent.len())];
+        if held != 0 && held != hash && self.recent.len() < RECENT_SLOTS.1 {
+            let old = std::mem::take(&mut self.recent);
+            self.recent = vec![0; old.len() * 2];
+            let len = self.recent.len();
+            for h in old.into_iter().filter(|&h| h != 0) {
+                self.recent[(h as usize) & (len - 1)] = h;
+            }
+        }
+        let len = self.recent.len();
+        self.recent[slot(len)] = hash;
     }
 
     /// The keyed hash of the store's series key of `reading` (see
@@ -607,6 +626,23 @@ mod tests {
             "{err}"
         );
         b.admit(&of_series(1), "ip", now).expect("known");
+    }
+
+    /// A connection's cache starts small and grows to its bound with the series it writes.
+    #[tokio::test(start_paused = true)]
+    async fn connection_cache_grows_with_its_series_up_to_a_bound() {
+        let quotas = Quotas::new(limits(1_000_000, 100_000));
+        let now = Instant::now();
+        let mut quota = ConnQuota::new(quotas, now);
+        assert!(quota.recent.is_empty(), "nothing before the first reading");
+        quota.admit(&of_series(0), "ip", now).expect("first");
+        assert_eq!(quota.recent.len(), RECENT_SLOTS.0);
+        for n in 1..10_000 {
+            quota
+                .admit(&of_series(n), "ip", now)
+                .expect("within the cap");
+        }
+        assert_eq!(quota.recent.len(), RECENT_SLOTS.1);
     }
 
     #[tokio::test(start_paused = true)]
