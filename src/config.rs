@@ -260,6 +260,11 @@ pub struct RawServer {
     #[arg(long, env = "SENSORLINK_SERIES_CACHE_ENTRIES")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub series_cache_entries: Option<usize>,
+    /// Require tokens: the tokens file (TOML, made by `sensorlink token new`), read at start
+    /// and on SIGHUP. See SECURITY.md.
+    #[arg(long, value_name = "FILE", env = "SENSORLINK_AUTH")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<PathBuf>,
 }
 
 /// The `http` value that turns the HTTP side off.
@@ -335,6 +340,7 @@ impl RawServer {
                 .max_new_series_per_token
                 .or(lower.max_new_series_per_token),
             series_cache_entries: self.series_cache_entries.or(lower.series_cache_entries),
+            auth: self.auth.or(lower.auth),
         }
     }
 
@@ -361,6 +367,7 @@ impl RawServer {
         let tls = tls_files(self.tls_cert, self.tls_key, self.tls_client_ca)?;
         Ok(ServerConfig {
             tls,
+            auth: self.auth,
             listen: match self.listen {
                 Some(listen) => socket_address("listen", listen)?,
                 None => defaults.listen,
@@ -495,6 +502,7 @@ impl RawServer {
             max_new_series_per_connection: Some(config.quotas.new_series_per_connection),
             max_new_series_per_token: Some(config.quotas.new_series_per_token),
             series_cache_entries: Some(config.series_cache_entries),
+            auth: config.auth.clone(),
         }
     }
 }

@@ -825,6 +825,7 @@ mod tests {
             timestamps: crate::protocol::TimestampWindow::default(),
             tls: None,
             quotas: super::super::quota::Quotas::new(Default::default()),
+            auth: None,
         }
     }
 

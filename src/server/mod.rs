@@ -24,6 +24,7 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::Authority;
 use crate::protocol::TimestampWindow;
 use crate::store::writer::{self, WriterConfig};
 use crate::store::{self, FsyncPolicy, StoreUrl};
@@ -64,6 +65,8 @@ pub struct ServerConfig {
     pub quotas: quota::QuotaLimits,
     /// Series ids the SQLite store keeps in memory (least recently used evicted).
     pub series_cache_entries: usize,
+    /// The tokens file (`--auth`); `None`: no authentication.
+    pub auth: Option<PathBuf>,
 }
 
 /// The PEM files the sensor port's TLS is configured from.
@@ -96,6 +99,7 @@ impl Default for ServerConfig {
             tls: None,
             quotas: quota::QuotaLimits::default(),
             series_cache_entries: store::DEFAULT_SERIES_CACHE_ENTRIES,
+            auth: None,
         }
     }
 }
@@ -119,6 +123,9 @@ pub struct Limits {
     pub tls: Option<tls::TlsSettings>,
     /// Shared by every connection of the server (per-token buckets, known series).
     pub quotas: Arc<quota::Quotas>,
+    /// The tokens in force (`--auth`): set by [`run_with_store`], `None` from
+    /// `From<&ServerConfig>` and when auth is off.
+    pub auth: Option<Arc<Authority>>,
 }
 
 impl From<&ServerConfig> for Limits {
@@ -132,6 +139,7 @@ impl From<&ServerConfig> for Limits {
             timestamps: config.timestamps,
             tls: None,
             quotas: quota::Quotas::new(config.quotas),
+            auth: None,
         }
     }
 }
@@ -178,6 +186,14 @@ pub async fn run_with_store(
         .as_ref()
         .map(tls::TlsSettings::from_files)
         .transpose()?;
+    let auth = match &config.auth {
+        Some(path) => {
+            let authority = Authority::load(path)?;
+            tracing::info!(file = %path.display(), tokens = authority.active(), "token authentication on");
+            Some(Arc::new(authority))
+        }
+        None => None,
+    };
     check_open_files(config.max_connections);
     let listener = TcpListener::bind(&config.listen)
         .await
@@ -192,7 +208,8 @@ pub async fn run_with_store(
     let _http_stop_guard = http_stop.clone().drop_guard();
     let (http, live) = match &config.http {
         Some(addr) => {
-            let state = crate::http::AppState::new(reader, &config, shutdown.clone());
+            let mut state = crate::http::AppState::new(reader, &config, shutdown.clone());
+            state.auth = auth.clone();
             let live = state.live.clone();
             live.spawn_sweeper(shutdown.clone());
             (
@@ -210,6 +227,7 @@ pub async fn run_with_store(
     logging::spawn_summary(shutdown.clone());
     let limits = Arc::new(connection::Limits {
         tls,
+        auth,
         ..connection::Limits::from(&config)
     });
     listener::accept_loop(listener, &config, limits, handle, live, shutdown).await;
