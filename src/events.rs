@@ -24,11 +24,13 @@ use crate::protocol::{ilp, ProtocolError, Reading};
 use crate::server::logging;
 use crate::store::WriteOutcome;
 
+mod http_auth;
 mod labels;
 mod limits;
 mod recent;
 mod table;
 
+pub use http_auth::{HttpAuthRefused, HttpRefusal};
 pub use labels::{CloseReason, Mode, RefuseReason, RejectReason};
 pub use limits::SeriesCacheEvicted;
 pub use recent::{Percentiles, Recent, Rejection, WindowSummary, WINDOW_SECONDS};
@@ -83,6 +85,8 @@ pub struct Telemetry {
     sse_lagged: Counter,
     series_cache_evicted: Counter,
     series_cache_entries: Gauge,
+    /// `reason` = [`HttpRefusal`] (`events/http_auth.rs`).
+    http_auth_refused: [Counter; HttpRefusal::ALL.len()],
     /// What the load summary reads.
     pub totals: Totals,
     /// The last seconds, for the HTTP API (rates, percentiles, rejections, readiness).
@@ -132,6 +136,8 @@ impl Telemetry {
             sse_lagged: metrics::counter!(SSE_LAGGED),
             series_cache_evicted: metrics::counter!(SERIES_CACHE_EVICTED),
             series_cache_entries: metrics::gauge!(SERIES_CACHE_ENTRIES),
+            http_auth_refused: HttpRefusal::ALL
+                .map(|reason| metrics::counter!(HTTP_AUTH_REFUSED, "reason" => reason.as_str())),
             totals: Totals::default(),
             recent: Recent::default(),
         }

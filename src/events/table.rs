@@ -35,6 +35,7 @@
 //! | `sensorlink_sse_lagged_total` | counter | | event streams ended because the subscriber fell behind ([`super::SubscriberLagged`]) |
 //! | `sensorlink_store_series_cache_evictions_total` | counter | | series ids the SQLite writer evicted from its bounded cache ([`super::SeriesCacheEvicted`]) |
 //! | `sensorlink_store_series_cache_entries` | gauge | | series ids in that cache, as of its last eviction |
+//! | `sensorlink_http_auth_refused_total` | counter | `reason` = `missing` `malformed` `unknown` `revoked` `no_read_scope` | HTTP requests refused for want of a read token ([`super::HttpAuthRefused`]) |
 //!
 //! **Cardinality rule.** Every label takes only the values listed: no per-sensor, per-peer
 //! or per-connection series, so the number of series is fixed whatever the number of
@@ -178,6 +179,8 @@ metric_table! {
         "Series ids the SQLite writer dropped from its bounded cache (least recently used first).";
     SERIES_CACHE_ENTRIES = "sensorlink_store_series_cache_entries", Gauge, Count, NO_BUCKETS,
         "Series ids in the SQLite writer's cache, as of its last eviction.";
+    HTTP_AUTH_REFUSED = "sensorlink_http_auth_refused_total", Counter, Count, NO_BUCKETS,
+        "HTTP requests (/api/*, /metrics) refused for want of a read token, by reason.";
 }
 
 /// Help texts and units for every metric in [`METRICS`], given to the current recorder.
