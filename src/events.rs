@@ -26,11 +26,13 @@ use crate::store::WriteOutcome;
 
 mod http_auth;
 mod labels;
+mod limits;
 mod recent;
 mod table;
 
 pub use http_auth::{HttpAuthRefused, HttpRefusal};
 pub use labels::{CloseReason, Mode, RefuseReason, RejectReason};
+pub use limits::SeriesCacheEvicted;
 pub use recent::{Percentiles, Recent, Rejection, WindowSummary, WINDOW_SECONDS};
 pub use table::{describe, names, prometheus_builder, Kind, MetricDef, METRICS};
 
@@ -81,6 +83,8 @@ pub struct Telemetry {
     live_sensors_untracked: Counter,
     sse_subscribers: Gauge,
     sse_lagged: Counter,
+    series_cache_evicted: Counter,
+    series_cache_entries: Gauge,
     /// `reason` = [`HttpRefusal`] (`events/http_auth.rs`).
     http_auth_refused: [Counter; HttpRefusal::ALL.len()],
     /// What the load summary reads.
@@ -130,6 +134,8 @@ impl Telemetry {
             live_sensors_untracked: metrics::counter!(LIVE_SENSORS_UNTRACKED),
             sse_subscribers: metrics::gauge!(SSE_SUBSCRIBERS),
             sse_lagged: metrics::counter!(SSE_LAGGED),
+            series_cache_evicted: metrics::counter!(SERIES_CACHE_EVICTED),
+            series_cache_entries: metrics::gauge!(SERIES_CACHE_ENTRIES),
             http_auth_refused: HttpRefusal::ALL
                 .map(|reason| metrics::counter!(HTTP_AUTH_REFUSED, "reason" => reason.as_str())),
             totals: Totals::default(),
