@@ -24,6 +24,7 @@ use crate::protocol::{ilp, ProtocolError, Reading};
 use crate::server::logging;
 use crate::store::WriteOutcome;
 
+mod fields;
 mod labels;
 mod recent;
 mod table;
@@ -59,6 +60,7 @@ pub struct Telemetry {
     lines_rejected: [Counter; RejectReason::ALL.len()],
     readings_inserted: Counter,
     readings_duplicate: Counter,
+    readings_conflict: Counter,
     readings_acked: Counter,
     readings_unacked: Counter,
     replies_ack: Counter,
@@ -106,6 +108,7 @@ impl Telemetry {
                 .map(|reason| metrics::counter!(LINES_REJECTED, "reason" => reason.as_str())),
             readings_inserted: metrics::counter!(READINGS_COMMITTED, "outcome" => "inserted"),
             readings_duplicate: metrics::counter!(READINGS_COMMITTED, "outcome" => "duplicate"),
+            readings_conflict: metrics::counter!(READINGS_COMMITTED, "outcome" => "conflict"),
             readings_acked: metrics::counter!(READINGS_ACKED),
             readings_unacked: metrics::counter!(READINGS_UNACKED, "reason" => "store_failed"),
             replies_ack: metrics::counter!(REPLIES, "kind" => "ack"),
@@ -379,6 +382,33 @@ impl Event for ReadingReceived<'_> {
     }
 }
 
+/// A reading refused because its series and timestamp were already stored with other
+/// fields (the stored reading is kept): warned about within its own log budget. Counted by
+/// [`BatchCommitted`] (`outcome="conflict"`), where every store route counts it once.
+pub struct ReadingConflict<'a> {
+    pub peer: SocketAddr,
+    pub conflict: &'a crate::store::Conflict,
+}
+
+use fields::BriefFields;
+
+impl Event for ReadingConflict<'_> {
+    fn emit_to(self, _: &Telemetry) {
+        if logging::allow_conflict_warning() {
+            let refused = &self.conflict.refused;
+            tracing::warn!(
+                peer_addr = %self.peer,
+                sensor = %refused.sensor.escape_debug(),
+                measurement = %refused.reading.measurement.escape_debug(),
+                timestamp_ns = refused.timestamp_ns(),
+                kept = %BriefFields(&self.conflict.kept),
+                refused = %BriefFields(&refused.reading.fields),
+                "conflicting reading refused: the series already holds other fields at this timestamp"
+            );
+        }
+    }
+}
+
 /// Readings of one decoded batch handed to the store.
 pub struct ReadingsAccepted {
     pub count: u64,
@@ -536,7 +566,7 @@ impl Event for StoreUnavailable<'_> {
 
 /// A store transaction committed.
 pub struct BatchCommitted {
-    /// Readings written (inserted + duplicates).
+    /// Readings written (inserted + duplicates + conflicts).
     pub rows: usize,
     pub outcome: WriteOutcome,
     pub duration: Duration,
@@ -548,6 +578,7 @@ impl Event for BatchCommitted {
             rows = self.rows,
             inserted = self.outcome.inserted,
             duplicates = self.outcome.duplicates,
+            conflicts = self.outcome.conflicts,
             commit_us = u64::try_from(self.duration.as_micros()).unwrap_or(u64::MAX),
             "committed"
         );
@@ -555,6 +586,9 @@ impl Event for BatchCommitted {
         t.readings_inserted.increment(self.outcome.inserted);
         if self.outcome.duplicates > 0 {
             t.readings_duplicate.increment(self.outcome.duplicates);
+        }
+        if self.outcome.conflicts > 0 {
+            t.readings_conflict.increment(self.outcome.conflicts);
         }
         t.commit_duration.record(self.duration.as_secs_f64());
         t.commit_rows.record(self.rows as f64);
@@ -945,6 +979,7 @@ mod tests {
                 outcome: WriteOutcome {
                     inserted: 600_000,
                     duplicates: 0,
+                    conflicts: 0,
                 },
                 duration: Duration::from_micros(20),
             }
@@ -1079,6 +1114,7 @@ mod tests {
                     outcome: WriteOutcome {
                         inserted: rows as u64 - 1,
                         duplicates: 1,
+                        conflicts: 0,
                     },
                     duration: Duration::from_millis(3),
                 }
