@@ -154,3 +154,34 @@ fn legacy_reading_cut_after_ping_is_stored_once_and_answered_once() {
     // The dripped copy of 102 has the same series and timestamp: stored once.
     assert_eq!(values, vec![102, 104]);
 }
+
+// See: issue 10 review ("out-of-window legacy readings are refused and pong'ed with no log
+// line"): refused like line mode, with the same rate-limited warning and count.
+#[test]
+fn legacy_reading_outside_the_window_is_answered_logged_and_not_stored() {
+    let store = TempStore::new();
+    let mut server = Server::start_on("127.0.0.1:0", &store.url(), &[]);
+    let mut seed = server.connect();
+    // The seed's local-time form; 2100 is well within i64 nanoseconds, far past 1 day.
+    seed.write_all(b"ping / ('2100-01-01 00:00:00', 102)")
+        .expect("write");
+    assert_eq!(read_n(&mut seed, 4), b"pong");
+    seed.write_all(b"ping / ('1960-01-01 00:00:00', 103)")
+        .expect("write");
+    assert_eq!(read_n(&mut seed, 4), b"pong");
+    seed.write_all(SEED_READING).expect("write");
+    assert_eq!(read_n(&mut seed, 4), b"pong");
+    server.wait_for_log("more than 1day in the future (max-future-timestamp)");
+    server.wait_for_log("out of range: before 1970");
+    let metrics = server.get("/metrics").body;
+    let refused = "sensorlink_lines_rejected_total{reason=\"timestamp_out_of_range\"} 2";
+    assert!(metrics.contains(refused), "{metrics}");
+    drop(seed);
+    assert!(server.terminate().success());
+    let values: Vec<i64> = store
+        .rows(&[])
+        .iter()
+        .filter_map(|row| row["fields"]["value"].as_i64())
+        .collect();
+    assert_eq!(values, vec![102]);
+}
