@@ -264,6 +264,35 @@ fn printable(cell: String) -> String {
     out
 }
 
+/// One note per sensor whose stored first or last timestamp lies outside `window` as of
+/// `now_ns` (e.g. a reading at i64::MAX, year 2262): stored before the server refused such
+/// timestamps. The window guards what comes in; it never rewrites what is stored, so such a
+/// sensor's `last` stays where it is, and `stats` says why.
+pub fn out_of_window_notes(
+    stats: &[SensorStats],
+    window: crate::protocol::TimestampWindow,
+    now_ns: i64,
+) -> Vec<String> {
+    stats
+        .iter()
+        .filter_map(|s| {
+            let (which, ts, err) = [("last", s.last_ns), ("first", s.first_ns)]
+                .into_iter()
+                .find_map(|(which, ts)| window.check(ts, now_ns).err().map(|e| (which, ts, e)))?;
+            let reason = match err {
+                crate::protocol::ProtocolError::TimestampOutOfRange { reason, .. } => reason,
+                other => other.to_string(),
+            };
+            Some(format!(
+                "note: sensor {}: {which} reading at {} is {reason}: stored before the server \
+                 refused such timestamps (stored readings are never rewritten)",
+                printable(s.sensor.clone()),
+                rfc3339_ns(ts)
+            ))
+        })
+        .collect()
+}
+
 /// Unicode format characters that reorder or hide text: the bidi embeddings and overrides
 /// (U+202A–U+202E), isolates (U+2066–U+2069) and the Arabic letter mark (U+061C); the
 /// zero-width space, joiners and direction marks (U+200B–U+200F); the line and paragraph
@@ -519,6 +548,41 @@ time                            sensor     measurement  fields                  
         assert!(text.contains(r"\u{1b}]0;pwned\u{7}"), "{text}");
         // Plain text is untouched (no copy either way, but the bytes are what matter).
         assert_eq!(printable("temp=21.5 é 温".into()), "temp=21.5 é 温");
+    }
+
+    /// Readings stored before the timestamp window existed are named, not hidden.
+    #[test]
+    fn stats_note_timestamps_outside_the_window() {
+        let now = T0;
+        let stat = |sensor: &str, first_ns, last_ns| SensorStats {
+            sensor: sensor.into(),
+            readings: 1,
+            first_ns,
+            last_ns,
+            last_fields: vec![],
+        };
+        let stats = vec![
+            stat("ok", 0, now),
+            stat("future", now, i64::MAX),
+            stat("past", -1, now),
+        ];
+        let notes = out_of_window_notes(&stats, crate::protocol::TimestampWindow::default(), now);
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(
+            notes[0].starts_with(
+                "note: sensor future: last reading at 2262-04-11T23:47:16.854775807Z is more \
+                 than 1day in the future (max-future-timestamp): stored before"
+            ),
+            "{}",
+            notes[0]
+        );
+        assert!(
+            notes[1].contains(
+                "sensor past: first reading at 1969-12-31T23:59:59.999999999Z is before 1970"
+            ),
+            "{}",
+            notes[1]
+        );
     }
 
     /// A right-to-left override or a zero-width character would let a stored name pass for
