@@ -651,7 +651,7 @@ impl Connection<'_> {
                     }
                     self.unreported.attribute(&mut head.replies, &repeats);
                     self.last_commit = Some(committed);
-                    self.live.committed(head.live);
+                    self.live.committed(head.live, &repeats);
                 }
                 Some(Err(err)) => {
                     let readings = head
@@ -957,6 +957,49 @@ mod tests {
         drop(lines);
         task.await.unwrap();
         assert_eq!(sensor(&registry)["state"], "disconnected");
+        drop(gate_tx);
+        writer.finish().unwrap();
+    }
+
+    /// Readings the store already held are no new readings for the live view: a replay
+    /// and a conflicting value leave the sensor's count where it was.
+    #[tokio::test]
+    async fn live_view_does_not_count_repeats() {
+        let store = TestStore::default();
+        let registry = Arc::new(Registry::new(&crate::live::LiveConfig::default()));
+        let Gated {
+            gate_tx,
+            writer,
+            task,
+            mut write,
+            mut lines,
+            ..
+        } = serve_gated_live(&store, Some(registry.clone()));
+        let sensor = |registry: &Registry| -> serde_json::Value {
+            serde_json::from_str(&registry.sensor_json("k").expect("tracked")).unwrap()
+        };
+        write
+            .write_all(b"w,sensor=k t=1.5 1\nsync a\n")
+            .await
+            .unwrap();
+        gate_tx.send(()).unwrap();
+        let ack = lines.next_line().await.unwrap().unwrap();
+        assert!(ack.starts_with("ack a readings=1 rejected=0 "), "{ack}");
+        write
+            .write_all(b"w,sensor=k t=1.5 1\nw,sensor=k t=9 1\nw,sensor=k t=2 2\nsync b\n")
+            .await
+            .unwrap();
+        gate_tx.send(()).unwrap();
+        let ack = lines.next_line().await.unwrap().unwrap();
+        assert!(
+            ack.starts_with("ack b readings=3 rejected=0 duplicates=1 conflicts=1 "),
+            "{ack}"
+        );
+        assert_eq!(sensor(&registry)["readings"], 2);
+
+        drop(write);
+        drop(lines);
+        task.await.unwrap();
         drop(gate_tx);
         writer.finish().unwrap();
     }

@@ -154,9 +154,13 @@ impl LiveFeed {
         self.live.as_ref().map(|live| live.summarize(batch, first))
     }
 
-    /// A batch (its summary, if kept) is committed.
-    pub(super) fn committed(&mut self, live: Option<LiveBatch>) {
-        self.committed.extend(live);
+    /// A batch (its summary, if kept) is committed; `repeats`: its readings the store
+    /// already held, which are no new readings.
+    pub(super) fn committed(&mut self, live: Option<LiveBatch>, repeats: &[Repeat]) {
+        self.committed.extend(live.map(|mut live| {
+            live.forget(repeats);
+            live
+        }));
     }
 
     /// Hand the committed batches to the live view before their replies are written;
