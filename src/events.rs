@@ -40,6 +40,9 @@ pub struct Totals {
     pub readings_accepted: AtomicU64,
     pub lines_rejected: AtomicU64,
     pub readings_stored: AtomicU64,
+    /// Readings found already stored at commit: same fields, other fields (refused).
+    pub readings_duplicate: AtomicU64,
+    pub readings_conflict: AtomicU64,
     pub connections_open: AtomicU64,
     /// Readings covered by an ack (or legacy `pong`) written, for `/api/server`.
     pub readings_acked: AtomicU64,
@@ -586,9 +589,15 @@ impl Event for BatchCommitted {
         t.readings_inserted.increment(self.outcome.inserted);
         if self.outcome.duplicates > 0 {
             t.readings_duplicate.increment(self.outcome.duplicates);
+            t.totals
+                .readings_duplicate
+                .fetch_add(self.outcome.duplicates, Ordering::Relaxed);
         }
         if self.outcome.conflicts > 0 {
             t.readings_conflict.increment(self.outcome.conflicts);
+            t.totals
+                .readings_conflict
+                .fetch_add(self.outcome.conflicts, Ordering::Relaxed);
         }
         t.commit_duration.record(self.duration.as_secs_f64());
         t.commit_rows.record(self.rows as f64);

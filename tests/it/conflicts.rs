@@ -80,6 +80,9 @@ fn a_pre_empted_reading_is_acked_as_a_conflict() {
         let series = format!("sensorlink_readings_committed_total{{outcome=\"{outcome}\"}} {n}");
         assert!(metrics.contains(&series), "{series}\n{metrics}");
     }
+    let summary = server.get("/api/server").json();
+    assert_eq!(summary["readings_duplicate_total"], 1, "{summary}");
+    assert_eq!(summary["readings_conflict_total"], 1, "{summary}");
 }
 
 /// A stand-in server (loopback, port 0) that answers the handshake and acks each `sync`
