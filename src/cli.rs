@@ -129,13 +129,9 @@ pub struct StatsArgs {
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
     /// The server's timestamp window: a sensor whose stored timestamps lie outside it
-    /// (stored before the server refused them) gets a note on stderr.
-    #[arg(
-        long,
-        env = "SENSORLINK_MAX_FUTURE_TIMESTAMP",
-        value_parser = humantime::parse_duration,
-        default_value = "1day"
-    )]
+    /// (stored before the server refused them) gets a note on stderr. (No environment
+    /// variable: `SENSORLINK_MAX_FUTURE_TIMESTAMP` is the server's alone.)
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1day")]
     pub max_future_timestamp: std::time::Duration,
 }
 
