@@ -58,6 +58,53 @@ pub enum Command {
     Bench(crate::bench::BenchArgs),
     /// Make a development CA, a server and a client certificate (PEM) for trying TLS.
     Cert(CertArgs),
+    /// Manage the tokens file of `server --auth` (make, revoke, list tokens).
+    Token(TokenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    #[command(subcommand)]
+    pub action: TokenAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenAction {
+    /// Make a token, add its hash to the file (created if missing) and print the token once.
+    New {
+        /// The tokens file (TOML) the server reads with `--auth`.
+        #[arg(long, value_name = "FILE", env = "SENSORLINK_AUTH")]
+        auth: PathBuf,
+        /// A sensor this token may write (glob: `kitchen-*`; repeatable). One plain name
+        /// also names the sensor of its untagged readings.
+        #[arg(long = "sensor", value_name = "PATTERN")]
+        sensors: Vec<String>,
+        /// A measurement it may write (glob; repeatable; default every measurement).
+        #[arg(long = "measurement", value_name = "PATTERN")]
+        measurements: Vec<String>,
+        /// It may read the HTTP API and the dashboard.
+        #[arg(long)]
+        read: bool,
+        /// A name for people and logs (default: the sensor patterns, or `reader`).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Revoke tokens by id or name (kept in the file, marked revoked). Send the server
+    /// SIGHUP to apply.
+    Revoke {
+        #[arg(long, value_name = "FILE", env = "SENSORLINK_AUTH")]
+        auth: PathBuf,
+        /// The token's id (the 8 characters after `sl_`) or its name.
+        id_or_name: String,
+    },
+    /// List the tokens in the file (hashes are not shown).
+    List {
+        #[arg(long, value_name = "FILE", env = "SENSORLINK_AUTH")]
+        auth: PathBuf,
+        /// One JSON object per token instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -267,6 +314,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
             }
             Ok(Outcome::Ok)
         }
+        Command::Token(args) => token(args.action),
         Command::Stats(args) => {
             let reader = open_for_reading(&args.store)?;
             let stats = read_blocking(reader.sensor_stats())?;
@@ -282,6 +330,64 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
             Ok(Outcome::Ok)
         }
     }
+}
+
+/// `sensorlink token …`: the token goes to stdout alone (for `$(…)`), the rest to stderr.
+fn token(action: TokenAction) -> anyhow::Result<Outcome> {
+    use crate::auth::admin;
+    match action {
+        TokenAction::New {
+            auth,
+            sensors,
+            measurements,
+            read,
+            name,
+        } => {
+            let new = admin::NewToken {
+                name,
+                sensors,
+                measurements,
+                read,
+            };
+            let made = admin::add(&auth, new)?;
+            println!("{}", made.token);
+            let e = &made.entry;
+            eprintln!(
+                "added token {} ({}) to {}: sensors [{}], measurements [{}], read {}.\n\
+                 The token is shown only now. Send the server SIGHUP to load it.",
+                e.id,
+                e.name,
+                auth.display(),
+                e.sensors.join(", "),
+                e.measurements.join(", "),
+                if e.read { "yes" } else { "no" },
+            );
+        }
+        TokenAction::Revoke { auth, id_or_name } => {
+            for e in admin::revoke(&auth, &id_or_name)? {
+                println!("revoked {} ({})", e.id, e.name);
+            }
+            eprintln!("send the server SIGHUP to apply");
+        }
+        TokenAction::List { auth, json } => {
+            let entries = admin::list(&auth)?;
+            let mut out = std::io::stdout().lock();
+            if json {
+                use std::io::Write as _;
+                for e in &entries {
+                    let value = serde_json::json!({
+                        "id": e.id, "name": e.name, "sensors": e.sensors,
+                        "measurements": e.measurements, "read": e.read,
+                        "created": e.created, "revoked": e.revoked,
+                    });
+                    writeln!(out, "{value}").context("writing tokens")?;
+                }
+            } else {
+                admin::write_table(&entries, &mut out).context("writing tokens")?;
+            }
+        }
+    }
+    Ok(Outcome::Ok)
 }
 
 /// Write `--print-config` output to stdout.

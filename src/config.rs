@@ -236,6 +236,11 @@ pub struct RawServer {
     #[arg(long, value_name = "FILE", env = "SENSORLINK_TLS_CLIENT_CA")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_client_ca: Option<PathBuf>,
+    /// Require tokens: the tokens file (TOML, made by `sensorlink token new`), read at start
+    /// and on SIGHUP. See SECURITY.md.
+    #[arg(long, value_name = "FILE", env = "SENSORLINK_AUTH")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<PathBuf>,
 }
 
 /// The `http` value that turns the HTTP side off.
@@ -297,6 +302,7 @@ impl RawServer {
             tls_cert: self.tls_cert.or(lower.tls_cert),
             tls_key: self.tls_key.or(lower.tls_key),
             tls_client_ca: self.tls_client_ca.or(lower.tls_client_ca),
+            auth: self.auth.or(lower.auth),
         }
     }
 
@@ -323,6 +329,7 @@ impl RawServer {
         let tls = tls_files(self.tls_cert, self.tls_key, self.tls_client_ca)?;
         Ok(ServerConfig {
             tls,
+            auth: self.auth,
             listen: match self.listen {
                 Some(listen) => socket_address("listen", listen)?,
                 None => defaults.listen,
@@ -419,6 +426,7 @@ impl RawServer {
             tls_cert: config.tls.as_ref().map(|tls| tls.cert.clone()),
             tls_key: config.tls.as_ref().map(|tls| tls.key.clone()),
             tls_client_ca: config.tls.as_ref().and_then(|tls| tls.client_ca.clone()),
+            auth: config.auth.clone(),
         }
     }
 }

@@ -37,6 +37,7 @@
 //! - [`config`]: defaults < TOML file < environment < flags, validated into the server's
 //!   and client's settings; `--print-config`.
 
+pub mod auth;
 pub mod bench;
 pub mod cli;
 pub mod client;

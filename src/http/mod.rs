@@ -53,6 +53,8 @@ pub struct AppState {
     // ---- live9: the live sensor registry (`/api/sensors`, `/api/events`) goes here ----
     /// The live view the connections feed with committed readings.
     pub live: Arc<crate::live::Registry>,
+    /// The tokens in force (`--auth`), for the read scope; `None`: auth is off.
+    pub auth: Option<Arc<crate::auth::Authority>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -75,6 +77,7 @@ impl AppState {
             live: Arc::new(crate::live::Registry::new(&crate::live::LiveConfig::from(
                 config,
             ))),
+            auth: None,
         }
     }
 }

@@ -829,6 +829,7 @@ mod tests {
             max_inflight_batches: 4,
             timestamps: crate::protocol::TimestampWindow::default(),
             tls: None,
+            auth: None,
         }
     }
 

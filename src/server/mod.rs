@@ -22,6 +22,7 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::Authority;
 use crate::protocol::TimestampWindow;
 use crate::store::writer::{self, WriterConfig};
 use crate::store::{self, FsyncPolicy, StoreUrl};
@@ -58,6 +59,8 @@ pub struct ServerConfig {
     pub timestamps: TimestampWindow,
     /// Serve the sensor port over TLS; `None`: plain TCP.
     pub tls: Option<TlsFiles>,
+    /// The tokens file (`--auth`); `None`: no authentication.
+    pub auth: Option<PathBuf>,
 }
 
 /// The PEM files the sensor port's TLS is configured from.
@@ -88,6 +91,7 @@ impl Default for ServerConfig {
             stale_after: crate::live::DEFAULT_STALE_AFTER,
             timestamps: TimestampWindow::default(),
             tls: None,
+            auth: None,
         }
     }
 }
@@ -109,6 +113,9 @@ pub struct Limits {
     /// Serve over TLS: set by [`run_with_store`] from [`ServerConfig::tls`] (files are read
     /// when the server starts), `None` from `From<&ServerConfig>`.
     pub tls: Option<tls::TlsSettings>,
+    /// The tokens in force (`--auth`): set by [`run_with_store`], `None` from
+    /// `From<&ServerConfig>` and when auth is off.
+    pub auth: Option<Arc<Authority>>,
 }
 
 impl From<&ServerConfig> for Limits {
@@ -121,6 +128,7 @@ impl From<&ServerConfig> for Limits {
             max_inflight_batches: config.max_inflight_batches.max(1),
             timestamps: config.timestamps,
             tls: None,
+            auth: None,
         }
     }
 }
@@ -166,6 +174,14 @@ pub async fn run_with_store(
         .as_ref()
         .map(tls::TlsSettings::from_files)
         .transpose()?;
+    let auth = match &config.auth {
+        Some(path) => {
+            let authority = Authority::load(path)?;
+            tracing::info!(file = %path.display(), tokens = authority.active(), "token authentication on");
+            Some(Arc::new(authority))
+        }
+        None => None,
+    };
     check_open_files(config.max_connections);
     let listener = TcpListener::bind(&config.listen)
         .await
@@ -180,7 +196,8 @@ pub async fn run_with_store(
     let _http_stop_guard = http_stop.clone().drop_guard();
     let (http, live) = match &config.http {
         Some(addr) => {
-            let state = crate::http::AppState::new(reader, &config, shutdown.clone());
+            let mut state = crate::http::AppState::new(reader, &config, shutdown.clone());
+            state.auth = auth.clone();
             let live = state.live.clone();
             live.spawn_sweeper(shutdown.clone());
             (
@@ -198,6 +215,7 @@ pub async fn run_with_store(
     logging::spawn_summary(shutdown.clone());
     let limits = Arc::new(connection::Limits {
         tls,
+        auth,
         ..connection::Limits::from(&config)
     });
     listener::accept_loop(listener, &config, limits, handle, live, shutdown).await;
