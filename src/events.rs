@@ -25,10 +25,12 @@ use crate::server::logging;
 use crate::store::WriteOutcome;
 
 mod fields;
+mod http_auth;
 mod labels;
 mod recent;
 mod table;
 
+pub use http_auth::{HttpAuthRefused, HttpRefusal};
 pub use labels::{CloseReason, Mode, RefuseReason, RejectReason};
 pub use recent::{Percentiles, Recent, Rejection, WindowSummary, WINDOW_SECONDS};
 pub use table::{describe, names, prometheus_builder, Kind, MetricDef, METRICS};
@@ -84,6 +86,8 @@ pub struct Telemetry {
     live_sensors_untracked: Counter,
     sse_subscribers: Gauge,
     sse_lagged: Counter,
+    /// `reason` = [`HttpRefusal`] (`events/http_auth.rs`).
+    http_auth_refused: [Counter; HttpRefusal::ALL.len()],
     /// What the load summary reads.
     pub totals: Totals,
     /// The last seconds, for the HTTP API (rates, percentiles, rejections, readiness).
@@ -132,6 +136,8 @@ impl Telemetry {
             live_sensors_untracked: metrics::counter!(LIVE_SENSORS_UNTRACKED),
             sse_subscribers: metrics::gauge!(SSE_SUBSCRIBERS),
             sse_lagged: metrics::counter!(SSE_LAGGED),
+            http_auth_refused: HttpRefusal::ALL
+                .map(|reason| metrics::counter!(HTTP_AUTH_REFUSED, "reason" => reason.as_str())),
             totals: Totals::default(),
             recent: Recent::default(),
         }

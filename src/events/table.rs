@@ -33,6 +33,7 @@
 //! | `sensorlink_live_sensors_untracked_total` | counter | | committed reading groups of a new sensor the full live view could not take ([`super::SensorUntracked`]) |
 //! | `sensorlink_sse_subscribers` | gauge | | open `/api/events` streams ([`super::SubscriberOpen`]) |
 //! | `sensorlink_sse_lagged_total` | counter | | event streams ended because the subscriber fell behind ([`super::SubscriberLagged`]) |
+//! | `sensorlink_http_auth_refused_total` | counter | `reason` = `missing` `malformed` `unknown` `revoked` `no_read_scope` | HTTP requests refused for want of a read token ([`super::HttpAuthRefused`]) |
 //!
 //! **Cardinality rule.** Every label takes only the values listed: no per-sensor, per-peer
 //! or per-connection series, so the number of series is fixed whatever the number of
@@ -172,6 +173,8 @@ metric_table! {
         "Open /api/events streams.";
     SSE_LAGGED = "sensorlink_sse_lagged_total", Counter, Count, NO_BUCKETS,
         "Event streams ended because the subscriber fell behind its bounded queue.";
+    HTTP_AUTH_REFUSED = "sensorlink_http_auth_refused_total", Counter, Count, NO_BUCKETS,
+        "HTTP requests (/api/*, /metrics) refused for want of a read token, by reason.";
 }
 
 /// Help texts and units for every metric in [`METRICS`], given to the current recorder.
