@@ -24,12 +24,13 @@ use crate::protocol::{ilp, ProtocolError, Reading};
 use crate::server::logging;
 use crate::store::WriteOutcome;
 
-mod fields;
+mod conflict;
 mod http_auth;
 mod labels;
 mod recent;
 mod table;
 
+pub use conflict::ReadingConflict;
 pub use http_auth::{HttpAuthRefused, HttpRefusal};
 pub use labels::{CloseReason, Mode, RefuseReason, RejectReason};
 pub use recent::{Percentiles, Recent, Rejection, WindowSummary, WINDOW_SECONDS};
@@ -388,33 +389,6 @@ impl Event for ReadingReceived<'_> {
         ilp::encode(self.reading, &mut line);
         let text = String::from_utf8_lossy(&line);
         tracing::info!("Received: {}", text.trim_end());
-    }
-}
-
-/// A reading refused because its series and timestamp were already stored with other
-/// fields (the stored reading is kept): warned about within its own log budget. Counted by
-/// [`BatchCommitted`] (`outcome="conflict"`), where every store route counts it once.
-pub struct ReadingConflict<'a> {
-    pub peer: SocketAddr,
-    pub conflict: &'a crate::store::Conflict,
-}
-
-use fields::BriefFields;
-
-impl Event for ReadingConflict<'_> {
-    fn emit_to(self, _: &Telemetry) {
-        if logging::allow_conflict_warning() {
-            let refused = &self.conflict.refused;
-            tracing::warn!(
-                peer_addr = %self.peer,
-                sensor = %refused.sensor.escape_debug(),
-                measurement = %refused.reading.measurement.escape_debug(),
-                timestamp_ns = refused.timestamp_ns(),
-                kept = %BriefFields(&self.conflict.kept),
-                refused = %BriefFields(&refused.reading.fields),
-                "conflicting reading refused: the series already holds other fields at this timestamp"
-            );
-        }
     }
 }
 

@@ -1,13 +1,43 @@
-//! A reading's fields, shortened for a log line ([`BriefFields`]).
+//! [`ReadingConflict`]: a reading refused because its series and timestamp already held
+//! other fields, and its log line's shortened fields ([`BriefFields`]).
 
+use std::net::SocketAddr;
+
+use super::{Event, Telemetry};
 use crate::protocol::FieldValue;
+use crate::server::logging;
+
+/// A reading refused because its series and timestamp were already stored with other
+/// fields (the stored reading is kept): warned about within its own log budget. Counted by
+/// [`super::BatchCommitted`] (`outcome="conflict"`), where every store route counts it once.
+pub struct ReadingConflict<'a> {
+    pub peer: SocketAddr,
+    pub conflict: &'a crate::store::Conflict,
+}
+
+impl Event for ReadingConflict<'_> {
+    fn emit_to(self, _: &Telemetry) {
+        if logging::allow_conflict_warning() {
+            let refused = &self.conflict.refused;
+            tracing::warn!(
+                peer_addr = %self.peer,
+                sensor = %refused.sensor.escape_debug(),
+                measurement = %refused.reading.measurement.escape_debug(),
+                timestamp_ns = refused.timestamp_ns(),
+                kept = %BriefFields(&self.conflict.kept),
+                refused = %BriefFields(&refused.reading.fields),
+                "conflicting reading refused: the series already holds other fields at this timestamp"
+            );
+        }
+    }
+}
 
 /// Fields as `name=value,…`, strings quoted and escaped, cut after [`BriefFields::MAX_CHARS`]:
 /// enough to tell two readings apart in a log line, never a flood.
-pub(crate) struct BriefFields<'a>(pub(crate) &'a [(String, FieldValue)]);
+struct BriefFields<'a>(&'a [(String, FieldValue)]);
 
 impl BriefFields<'_> {
-    pub(crate) const MAX_CHARS: usize = 80;
+    const MAX_CHARS: usize = 80;
 }
 
 impl std::fmt::Display for BriefFields<'_> {
