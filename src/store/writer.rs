@@ -95,9 +95,11 @@ pub type CommitReceiver = oneshot::Receiver<CommitResult>;
 ///   returned, as no ack is lost by waiting.
 /// - **One accounting**: every answer goes through [`CommitReply::send`], which counts the
 ///   commit or failure exactly as the other routes do; a store never counts its own.
-/// - **Identity**: a reading whose series and timestamp are stored is a duplicate, even
-///   when two commits in flight (or two collectors) carry it: enforce it with the
-///   database's unique key, not in memory.
+/// - **Identity**: a reading whose series and timestamp are stored is not stored again,
+///   even when two commits in flight (or two collectors) carry it: enforce it with the
+///   database's unique key, not in memory. Report each such reading in
+///   [`Written::repeats`] (a duplicate if the stored fields encode the same, else a
+///   conflict), as the other stores do: the acks of its batch say so.
 pub trait ConcurrentStore: Send + Sync + 'static {
     /// Accept `batch` for commit and answer it through `reply` (see the trait docs).
     fn submit(
