@@ -24,12 +24,14 @@ use crate::protocol::{ilp, ProtocolError, Reading};
 use crate::server::logging;
 use crate::store::WriteOutcome;
 
+mod conflict;
 mod http_auth;
 mod labels;
 mod limits;
 mod recent;
 mod table;
 
+pub use conflict::ReadingConflict;
 pub use http_auth::{HttpAuthRefused, HttpRefusal};
 pub use labels::{CloseReason, Mode, RefuseReason, RejectReason};
 pub use limits::SeriesCacheEvicted;
@@ -43,6 +45,9 @@ pub struct Totals {
     pub readings_accepted: AtomicU64,
     pub lines_rejected: AtomicU64,
     pub readings_stored: AtomicU64,
+    /// Readings found already stored at commit: same fields, other fields (refused).
+    pub readings_duplicate: AtomicU64,
+    pub readings_conflict: AtomicU64,
     pub connections_open: AtomicU64,
     /// Readings covered by an ack (or legacy `pong`) written, for `/api/server`.
     pub readings_acked: AtomicU64,
@@ -63,6 +68,7 @@ pub struct Telemetry {
     lines_rejected: [Counter; RejectReason::ALL.len()],
     readings_inserted: Counter,
     readings_duplicate: Counter,
+    readings_conflict: Counter,
     readings_acked: Counter,
     readings_unacked: Counter,
     replies_ack: Counter,
@@ -114,6 +120,7 @@ impl Telemetry {
                 .map(|reason| metrics::counter!(LINES_REJECTED, "reason" => reason.as_str())),
             readings_inserted: metrics::counter!(READINGS_COMMITTED, "outcome" => "inserted"),
             readings_duplicate: metrics::counter!(READINGS_COMMITTED, "outcome" => "duplicate"),
+            readings_conflict: metrics::counter!(READINGS_COMMITTED, "outcome" => "conflict"),
             readings_acked: metrics::counter!(READINGS_ACKED),
             readings_unacked: metrics::counter!(READINGS_UNACKED, "reason" => "store_failed"),
             replies_ack: metrics::counter!(REPLIES, "kind" => "ack"),
@@ -548,7 +555,7 @@ impl Event for StoreUnavailable<'_> {
 
 /// A store transaction committed.
 pub struct BatchCommitted {
-    /// Readings written (inserted + duplicates).
+    /// Readings written (inserted + duplicates + conflicts).
     pub rows: usize,
     pub outcome: WriteOutcome,
     pub duration: Duration,
@@ -560,6 +567,7 @@ impl Event for BatchCommitted {
             rows = self.rows,
             inserted = self.outcome.inserted,
             duplicates = self.outcome.duplicates,
+            conflicts = self.outcome.conflicts,
             commit_us = u64::try_from(self.duration.as_micros()).unwrap_or(u64::MAX),
             "committed"
         );
@@ -567,6 +575,15 @@ impl Event for BatchCommitted {
         t.readings_inserted.increment(self.outcome.inserted);
         if self.outcome.duplicates > 0 {
             t.readings_duplicate.increment(self.outcome.duplicates);
+            t.totals
+                .readings_duplicate
+                .fetch_add(self.outcome.duplicates, Ordering::Relaxed);
+        }
+        if self.outcome.conflicts > 0 {
+            t.readings_conflict.increment(self.outcome.conflicts);
+            t.totals
+                .readings_conflict
+                .fetch_add(self.outcome.conflicts, Ordering::Relaxed);
         }
         t.commit_duration.record(self.duration.as_secs_f64());
         t.commit_rows.record(self.rows as f64);
@@ -957,6 +974,7 @@ mod tests {
                 outcome: WriteOutcome {
                     inserted: 600_000,
                     duplicates: 0,
+                    conflicts: 0,
                 },
                 duration: Duration::from_micros(20),
             }
@@ -1091,6 +1109,7 @@ mod tests {
                     outcome: WriteOutcome {
                         inserted: rows as u64 - 1,
                         duplicates: 1,
+                        conflicts: 0,
                     },
                     duration: Duration::from_millis(3),
                 }

@@ -15,7 +15,7 @@
 //! | `sensorlink_tls_handshakes_failed_total` | counter | `reason` = `timeout` `error` | TLS handshakes on the sensor port that did not complete (the connection is closed) |
 //! | `sensorlink_readings_accepted_total` | counter | | readings parsed and handed to the store |
 //! | `sensorlink_lines_rejected_total` | counter | `reason` = `oversize` `invalid_utf8` `invalid_reading` `invalid_command` `unknown_command` `invalid_legacy` `timestamp_out_of_range` `rate_limited` `new_series_limit` | lines (or legacy messages) refused: neither a reading nor a command, or a reading refused by a limit (timestamp window, `--max-rate-per-*`, `--max-new-series-per-*`) |
-//! | `sensorlink_readings_committed_total` | counter | `outcome` = `inserted` `duplicate` | readings in committed transactions |
+//! | `sensorlink_readings_committed_total` | counter | `outcome` = `inserted` `duplicate` `conflict` | readings in committed transactions: `duplicate` = series and timestamp already stored with the same fields (not stored again), `conflict` = already stored with other fields (refused, the stored one kept) |
 //! | `sensorlink_readings_acked_total` | counter | | readings covered by an ack (or legacy `pong`) written |
 //! | `sensorlink_readings_unacked_total` | counter | `reason="store_failed"` | readings answered with an error instead of an ack |
 //! | `sensorlink_replies_total` | counter | `kind` = `ack` `pong` `error` | replies written |
@@ -140,7 +140,7 @@ metric_table! {
     LINES_REJECTED = "sensorlink_lines_rejected_total", Counter, Count, NO_BUCKETS,
         "Lines (or legacy messages) that were neither a reading nor a command, by reason.";
     READINGS_COMMITTED = "sensorlink_readings_committed_total", Counter, Count, NO_BUCKETS,
-        "Readings in committed transactions, by outcome (a duplicate was already stored).";
+        "Readings in committed transactions, by outcome (a duplicate was already stored with the same fields, a conflict with others).";
     READINGS_ACKED = "sensorlink_readings_acked_total", Counter, Count, NO_BUCKETS,
         "Readings covered by an ack written to the peer.";
     READINGS_UNACKED = "sensorlink_readings_unacked_total", Counter, Count, NO_BUCKETS,
