@@ -24,13 +24,17 @@ use crate::protocol::{ilp, ProtocolError, Reading};
 use crate::server::logging;
 use crate::store::WriteOutcome;
 
+mod conflict;
 mod http_auth;
 mod labels;
+mod limits;
 mod recent;
 mod table;
 
+pub use conflict::ReadingConflict;
 pub use http_auth::{HttpAuthRefused, HttpRefusal};
 pub use labels::{CloseReason, Mode, RefuseReason, RejectReason, ReloadWhat};
+pub use limits::SeriesCacheEvicted;
 pub use recent::{Percentiles, Recent, Rejection, WindowSummary, WINDOW_SECONDS};
 pub use table::{describe, names, prometheus_builder, Kind, MetricDef, METRICS};
 
@@ -41,6 +45,9 @@ pub struct Totals {
     pub readings_accepted: AtomicU64,
     pub lines_rejected: AtomicU64,
     pub readings_stored: AtomicU64,
+    /// Readings found already stored at commit: same fields, other fields (refused).
+    pub readings_duplicate: AtomicU64,
+    pub readings_conflict: AtomicU64,
     pub connections_open: AtomicU64,
     /// Readings covered by an ack (or legacy `pong`) written, for `/api/server`.
     pub readings_acked: AtomicU64,
@@ -63,6 +70,7 @@ pub struct Telemetry {
     lines_rejected: [Counter; RejectReason::ALL.len()],
     readings_inserted: Counter,
     readings_duplicate: Counter,
+    readings_conflict: Counter,
     readings_acked: Counter,
     readings_unacked: Counter,
     replies_ack: Counter,
@@ -83,6 +91,8 @@ pub struct Telemetry {
     live_sensors_untracked: Counter,
     sse_subscribers: Gauge,
     sse_lagged: Counter,
+    series_cache_evicted: Counter,
+    series_cache_entries: Gauge,
     /// `reason` = [`HttpRefusal`] (`events/http_auth.rs`).
     http_auth_refused: [Counter; HttpRefusal::ALL.len()],
     /// What the load summary reads.
@@ -117,6 +127,7 @@ impl Telemetry {
                 .map(|reason| metrics::counter!(LINES_REJECTED, "reason" => reason.as_str())),
             readings_inserted: metrics::counter!(READINGS_COMMITTED, "outcome" => "inserted"),
             readings_duplicate: metrics::counter!(READINGS_COMMITTED, "outcome" => "duplicate"),
+            readings_conflict: metrics::counter!(READINGS_COMMITTED, "outcome" => "conflict"),
             readings_acked: metrics::counter!(READINGS_ACKED),
             readings_unacked: metrics::counter!(READINGS_UNACKED, "reason" => "store_failed"),
             replies_ack: metrics::counter!(REPLIES, "kind" => "ack"),
@@ -137,6 +148,8 @@ impl Telemetry {
             live_sensors_untracked: metrics::counter!(LIVE_SENSORS_UNTRACKED),
             sse_subscribers: metrics::gauge!(SSE_SUBSCRIBERS),
             sse_lagged: metrics::counter!(SSE_LAGGED),
+            series_cache_evicted: metrics::counter!(SERIES_CACHE_EVICTED),
+            series_cache_entries: metrics::gauge!(SERIES_CACHE_ENTRIES),
             http_auth_refused: HttpRefusal::ALL
                 .map(|reason| metrics::counter!(HTTP_AUTH_REFUSED, "reason" => reason.as_str())),
             totals: Totals::default(),
@@ -569,7 +582,7 @@ impl Event for StoreUnavailable<'_> {
 
 /// A store transaction committed.
 pub struct BatchCommitted {
-    /// Readings written (inserted + duplicates).
+    /// Readings written (inserted + duplicates + conflicts).
     pub rows: usize,
     pub outcome: WriteOutcome,
     pub duration: Duration,
@@ -581,6 +594,7 @@ impl Event for BatchCommitted {
             rows = self.rows,
             inserted = self.outcome.inserted,
             duplicates = self.outcome.duplicates,
+            conflicts = self.outcome.conflicts,
             commit_us = u64::try_from(self.duration.as_micros()).unwrap_or(u64::MAX),
             "committed"
         );
@@ -588,6 +602,15 @@ impl Event for BatchCommitted {
         t.readings_inserted.increment(self.outcome.inserted);
         if self.outcome.duplicates > 0 {
             t.readings_duplicate.increment(self.outcome.duplicates);
+            t.totals
+                .readings_duplicate
+                .fetch_add(self.outcome.duplicates, Ordering::Relaxed);
+        }
+        if self.outcome.conflicts > 0 {
+            t.readings_conflict.increment(self.outcome.conflicts);
+            t.totals
+                .readings_conflict
+                .fetch_add(self.outcome.conflicts, Ordering::Relaxed);
         }
         t.commit_duration.record(self.duration.as_secs_f64());
         t.commit_rows.record(self.rows as f64);
@@ -981,6 +1004,7 @@ mod tests {
                 outcome: WriteOutcome {
                     inserted: 600_000,
                     duplicates: 0,
+                    conflicts: 0,
                 },
                 duration: Duration::from_micros(20),
             }
@@ -1115,6 +1139,7 @@ mod tests {
                     outcome: WriteOutcome {
                         inserted: rows as u64 - 1,
                         duplicates: 1,
+                        conflicts: 0,
                     },
                     duration: Duration::from_millis(3),
                 }

@@ -126,11 +126,15 @@ pub enum RejectReason {
     UnknownCommand,
     InvalidLegacy,
     TimestampOutOfRange,
+    /// Over `--max-rate-per-connection` or `--max-rate-per-token`.
+    RateLimited,
+    /// A new series over `--max-new-series-per-connection` or `-per-token`.
+    NewSeriesLimit,
 }
 
 impl RejectReason {
     /// In declaration order, so `reason as usize` indexes it.
-    pub(super) const ALL: [RejectReason; 7] = [
+    pub(super) const ALL: [RejectReason; 9] = [
         RejectReason::Oversize,
         RejectReason::InvalidUtf8,
         RejectReason::InvalidReading,
@@ -138,6 +142,8 @@ impl RejectReason {
         RejectReason::UnknownCommand,
         RejectReason::InvalidLegacy,
         RejectReason::TimestampOutOfRange,
+        RejectReason::RateLimited,
+        RejectReason::NewSeriesLimit,
     ];
 
     /// The reason `error` falls under.
@@ -150,6 +156,8 @@ impl RejectReason {
             ProtocolError::UnknownCommand(_) => RejectReason::UnknownCommand,
             ProtocolError::InvalidLegacy(_) => RejectReason::InvalidLegacy,
             ProtocolError::TimestampOutOfRange { .. } => RejectReason::TimestampOutOfRange,
+            ProtocolError::RateLimited { .. } => RejectReason::RateLimited,
+            ProtocolError::TooManyNewSeries { .. } => RejectReason::NewSeriesLimit,
         }
     }
 
@@ -162,6 +170,8 @@ impl RejectReason {
             RejectReason::UnknownCommand => "unknown_command",
             RejectReason::InvalidLegacy => "invalid_legacy",
             RejectReason::TimestampOutOfRange => "timestamp_out_of_range",
+            RejectReason::RateLimited => "rate_limited",
+            RejectReason::NewSeriesLimit => "new_series_limit",
         }
     }
 }

@@ -15,8 +15,8 @@
 //! | `sensorlink_tls_handshakes_failed_total` | counter | `reason` = `timeout` `error` | TLS handshakes on the sensor port that did not complete (the connection is closed) |
 //! | `sensorlink_reloads_total` | counter | `what` = `tls` `auth`, `result` = `ok` `error` | SIGHUP reloads ([`super::Reloaded`]); on `error` the old state stays in force |
 //! | `sensorlink_readings_accepted_total` | counter | | readings parsed and handed to the store |
-//! | `sensorlink_lines_rejected_total` | counter | `reason` = `oversize` `invalid_utf8` `invalid_reading` `invalid_command` `unknown_command` `invalid_legacy` `timestamp_out_of_range` | lines (or legacy messages) that were neither a reading nor a command |
-//! | `sensorlink_readings_committed_total` | counter | `outcome` = `inserted` `duplicate` | readings in committed transactions |
+//! | `sensorlink_lines_rejected_total` | counter | `reason` = `oversize` `invalid_utf8` `invalid_reading` `invalid_command` `unknown_command` `invalid_legacy` `timestamp_out_of_range` `rate_limited` `new_series_limit` | lines (or legacy messages) refused: neither a reading nor a command, or a reading refused by a limit (timestamp window, `--max-rate-per-*`, `--max-new-series-per-*`) |
+//! | `sensorlink_readings_committed_total` | counter | `outcome` = `inserted` `duplicate` `conflict` | readings in committed transactions: `duplicate` = series and timestamp already stored with the same fields (not stored again), `conflict` = already stored with other fields (refused, the stored one kept) |
 //! | `sensorlink_readings_acked_total` | counter | | readings covered by an ack (or legacy `pong`) written |
 //! | `sensorlink_readings_unacked_total` | counter | `reason="store_failed"` | readings answered with an error instead of an ack |
 //! | `sensorlink_replies_total` | counter | `kind` = `ack` `pong` `error` | replies written |
@@ -34,6 +34,8 @@
 //! | `sensorlink_live_sensors_untracked_total` | counter | | committed reading groups of a new sensor the full live view could not take ([`super::SensorUntracked`]) |
 //! | `sensorlink_sse_subscribers` | gauge | | open `/api/events` streams ([`super::SubscriberOpen`]) |
 //! | `sensorlink_sse_lagged_total` | counter | | event streams ended because the subscriber fell behind ([`super::SubscriberLagged`]) |
+//! | `sensorlink_store_series_cache_evictions_total` | counter | | series ids the SQLite writer evicted from its bounded cache ([`super::SeriesCacheEvicted`]) |
+//! | `sensorlink_store_series_cache_entries` | gauge | | series ids in that cache, as of its last eviction |
 //! | `sensorlink_http_auth_refused_total` | counter | `reason` = `missing` `malformed` `unknown` `revoked` `no_read_scope` | HTTP requests refused for want of a read token ([`super::HttpAuthRefused`]) |
 //!
 //! **Cardinality rule.** Every label takes only the values listed: no per-sensor, per-peer
@@ -141,7 +143,7 @@ metric_table! {
     LINES_REJECTED = "sensorlink_lines_rejected_total", Counter, Count, NO_BUCKETS,
         "Lines (or legacy messages) that were neither a reading nor a command, by reason.";
     READINGS_COMMITTED = "sensorlink_readings_committed_total", Counter, Count, NO_BUCKETS,
-        "Readings in committed transactions, by outcome (a duplicate was already stored).";
+        "Readings in committed transactions, by outcome (a duplicate was already stored with the same fields, a conflict with others).";
     READINGS_ACKED = "sensorlink_readings_acked_total", Counter, Count, NO_BUCKETS,
         "Readings covered by an ack written to the peer.";
     READINGS_UNACKED = "sensorlink_readings_unacked_total", Counter, Count, NO_BUCKETS,
@@ -176,6 +178,10 @@ metric_table! {
         "Open /api/events streams.";
     SSE_LAGGED = "sensorlink_sse_lagged_total", Counter, Count, NO_BUCKETS,
         "Event streams ended because the subscriber fell behind its bounded queue.";
+    SERIES_CACHE_EVICTED = "sensorlink_store_series_cache_evictions_total", Counter, Count, NO_BUCKETS,
+        "Series ids the SQLite writer dropped from its bounded cache (least recently used first).";
+    SERIES_CACHE_ENTRIES = "sensorlink_store_series_cache_entries", Gauge, Count, NO_BUCKETS,
+        "Series ids in the SQLite writer's cache, as of its last eviction.";
     HTTP_AUTH_REFUSED = "sensorlink_http_auth_refused_total", Counter, Count, NO_BUCKETS,
         "HTTP requests (/api/*, /metrics) refused for want of a read token, by reason.";
 }

@@ -470,7 +470,7 @@ mod tests {
             rows: 1,
             outcome: crate::store::WriteOutcome {
                 inserted: 1,
-                duplicates: 0,
+                ..crate::store::WriteOutcome::default()
             },
             duration: std::time::Duration::from_millis(1),
         }

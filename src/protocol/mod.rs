@@ -103,6 +103,12 @@ pub enum ProtocolError {
     /// A well-formed reading whose timestamp falls outside [`TimestampWindow`].
     #[error("timestamp {timestamp_ns} out of range: {reason}")]
     TimestampOutOfRange { timestamp_ns: i64, reason: String },
+    /// A reading over a rate quota (see `server::quota`); `setting` names the limit.
+    #[error("rate limit exceeded: more than {limit} readings/s ({setting})")]
+    RateLimited { limit: u32, setting: &'static str },
+    /// A reading of a new series over a new-series quota (see `server::quota`).
+    #[error("too many new series: more than {limit} per minute ({setting})")]
+    TooManyNewSeries { limit: u32, setting: &'static str },
 }
 
 /// Default of [`TimestampWindow::max_future`]: sensor clocks drift, but not by days.

@@ -16,12 +16,13 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use super::logging;
-use super::pending::{wait_head, InFlight, LiveFeed, PendingReply};
+use super::pending::{wait_head, InFlight, LiveFeed, PendingReply, Unreported};
+use super::quota::ConnQuota;
 use super::stream::{read_when_ready, READ_CHUNK_BYTES};
 use crate::events::{
     self, AcksWithheld, BytesReceived, CloseReason, ConnectionClosed, ErrorReplySuppressed,
-    Event as _, FirstLineMissed, LineRejected, Mode, ModeDetected, ReadingReceived,
-    ReadingsAccepted, RepliesWritten, StoreUnavailable, Telemetry,
+    Event as _, FirstLineMissed, LineRejected, Mode, ModeDetected, ReadingConflict,
+    ReadingReceived, ReadingsAccepted, RepliesWritten, StoreUnavailable, Telemetry,
 };
 use crate::live::{LiveConnection, Registry};
 use crate::protocol::codec::{sniff, Frame, LineDecoder, Sniff};
@@ -110,6 +111,8 @@ struct Connection<'a> {
     log_suppressed: u64,
     /// The last commit this connection saw, for the timings in acks.
     last_commit: Option<Committed>,
+    /// Duplicates and conflicts among committed readings after the last ack written.
+    unreported: Unreported,
     /// Why a batch failed, until an `ack` that could cover its readings has been turned into
     /// an error: a `sync` read after the failed batch (in a later read, so in a later
     /// `InFlight`) must not acknowledge readings that were never stored.
@@ -118,6 +121,8 @@ struct Connection<'a> {
     uncounted_accepted: u64,
     /// What the live view gets of this connection's committed batches.
     live: LiveFeed,
+    /// Rates and new-series caps ([`super::quota`]); authentication sets its principal.
+    quota: ConnQuota,
     out: Vec<u8>,
     /// What `out` holds, counted once it is written.
     out_replies: OutReplies,
@@ -234,11 +239,13 @@ async fn serve_stream<S>(
         replies: Vec::new(),
         inflight: VecDeque::new(),
         last_commit: None,
+        unreported: Unreported::default(),
         unacked_failure: None,
         log_muted_second: -1,
         log_suppressed: 0,
         uncounted_accepted: 0,
         live: LiveFeed::new(live.map(|registry| LiveConnection::new(registry, peer))),
+        quota: ConnQuota::new(limits.quotas.clone(), tokio::time::Instant::now()),
         out: Vec::new(),
         out_replies: OutReplies::default(),
     };
@@ -476,7 +483,7 @@ impl Connection<'_> {
     /// Handle one line-mode frame; returns whether it was accepted work (not an error).
     fn on_frame(&mut self, frame: Frame, received_ns: i64, received_at: Instant) -> bool {
         match frame {
-            Frame::Reading(reading) => match self.in_window(&reading, received_ns) {
+            Frame::Reading(reading) => match self.admissible(&reading, received_ns, received_at) {
                 Ok(()) => {
                     self.accept(reading, received_ns, received_at);
                     true
@@ -500,6 +507,8 @@ impl Connection<'_> {
                     readings: std::mem::take(&mut self.since_sync_readings),
                     rejected: std::mem::take(&mut self.since_sync_rejected),
                     first_received: self.since_sync_first.take(),
+                    batch_offset: self.batch.len(),
+                    repeats: Unreported::default(),
                 });
                 true
             }
@@ -531,20 +540,22 @@ impl Connection<'_> {
     ) -> bool {
         let (accepted, received) = match message {
             LegacyMessage::Ping => (true, None),
-            LegacyMessage::Reading(mut reading) => match self.in_window(&reading, received_ns) {
-                Ok(()) => {
-                    // The seed's readings carry no name: the peer's address is the sensor.
-                    reading
-                        .tags
-                        .push(("sensor".to_string(), self.peer_ip.clone()));
-                    self.accept(reading, received_ns, received_at);
-                    (true, Some(received_at))
+            LegacyMessage::Reading(mut reading) => {
+                match self.admissible(&reading, received_ns, received_at) {
+                    Ok(()) => {
+                        // The seed's readings carry no name: the peer's address is the sensor.
+                        reading
+                            .tags
+                            .push(("sensor".to_string(), self.peer_ip.clone()));
+                        self.accept(reading, received_ns, received_at);
+                        (true, Some(received_at))
+                    }
+                    Err(error) => {
+                        self.reject(&error, 0);
+                        (false, None)
+                    }
                 }
-                Err(error) => {
-                    self.reject(&error, 0);
-                    (false, None)
-                }
-            },
+            }
             LegacyMessage::Invalid(error) => {
                 self.reject(&error, 0);
                 (false, None)
@@ -563,12 +574,20 @@ impl Connection<'_> {
         }
     }
 
-    /// A reading's own timestamp against [`Limits::timestamps`] (none: stamped on receipt).
-    fn in_window(&self, reading: &Reading, received_ns: i64) -> Result<(), ProtocolError> {
-        match reading.timestamp_ns {
-            Some(ts) => self.limits.timestamps.check(ts, received_ns),
-            None => Ok(()),
+    /// Whether `reading` may be stored: its own timestamp against [`Limits::timestamps`]
+    /// (none: stamped on receipt), then the quotas (a reading without a `sensor` tag is
+    /// filed under the peer's address, in line and legacy mode alike).
+    fn admissible(
+        &mut self,
+        reading: &Reading,
+        received_ns: i64,
+        received_at: Instant,
+    ) -> Result<(), ProtocolError> {
+        if let Some(ts) = reading.timestamp_ns {
+            self.limits.timestamps.check(ts, received_ns)?;
         }
+        let now = tokio::time::Instant::from_std(received_at);
+        self.quota.admit(reading, &self.peer_ip, now)
     }
 
     fn become_interactive(&mut self) {
@@ -661,14 +680,23 @@ impl Connection<'_> {
             if !head.poll_ready() {
                 break;
             }
-            let Some(head) = self.inflight.pop_front() else {
+            let Some(mut head) = self.inflight.pop_front() else {
                 break;
             };
             match head.done {
-                None => {}
-                Some(Ok(committed)) => {
+                None => self.unreported.attribute(&mut head.replies, &[]),
+                Some(Ok(mut committed)) => {
+                    let repeats = std::mem::take(&mut committed.repeats);
+                    for conflict in repeats.iter().filter_map(|r| r.conflict.as_deref()) {
+                        ReadingConflict {
+                            peer: self.peer,
+                            conflict,
+                        }
+                        .emit_to(self.telemetry);
+                    }
+                    self.unreported.attribute(&mut head.replies, &repeats);
                     self.last_commit = Some(committed);
-                    self.live.committed(head.live);
+                    self.live.committed(head.live, &repeats);
                 }
                 Some(Err(err)) => {
                     let readings = head
@@ -686,6 +714,8 @@ impl Connection<'_> {
                     }
                     .emit_to(self.telemetry);
                     store_failed = true;
+                    // Their ack is refused: what it would have reported goes with it.
+                    self.unreported = Unreported::default();
                     let reason = format!("store failed: {err}");
                     for reply in head.replies {
                         match reply {
@@ -790,6 +820,7 @@ impl Connection<'_> {
                 readings,
                 rejected,
                 first_received,
+                repeats,
                 ..
             } => {
                 self.out_replies.acks += 1;
@@ -809,6 +840,8 @@ impl Connection<'_> {
                     token,
                     readings,
                     rejected,
+                    duplicates: repeats.duplicates,
+                    conflicts: repeats.conflicts,
                     store_us,
                     commit_us,
                 })
@@ -842,6 +875,7 @@ mod tests {
             timestamps: crate::protocol::TimestampWindow::default(),
             legacy_ping_quiet: crate::protocol::legacy::LEGACY_PING_QUIET,
             tls: None,
+            quotas: super::super::quota::Quotas::new(Default::default()),
             auth: None,
         }
     }
@@ -971,6 +1005,49 @@ mod tests {
         drop(lines);
         task.await.unwrap();
         assert_eq!(sensor(&registry)["state"], "disconnected");
+        drop(gate_tx);
+        writer.finish().unwrap();
+    }
+
+    /// Readings the store already held are no new readings for the live view: a replay
+    /// and a conflicting value leave the sensor's count where it was.
+    #[tokio::test]
+    async fn live_view_does_not_count_repeats() {
+        let store = TestStore::default();
+        let registry = Arc::new(Registry::new(&crate::live::LiveConfig::default()));
+        let Gated {
+            gate_tx,
+            writer,
+            task,
+            mut write,
+            mut lines,
+            ..
+        } = serve_gated_live(&store, Some(registry.clone()));
+        let sensor = |registry: &Registry| -> serde_json::Value {
+            serde_json::from_str(&registry.sensor_json("k").expect("tracked")).unwrap()
+        };
+        write
+            .write_all(b"w,sensor=k t=1.5 1\nsync a\n")
+            .await
+            .unwrap();
+        gate_tx.send(()).unwrap();
+        let ack = lines.next_line().await.unwrap().unwrap();
+        assert!(ack.starts_with("ack a readings=1 rejected=0 "), "{ack}");
+        write
+            .write_all(b"w,sensor=k t=1.5 1\nw,sensor=k t=9 1\nw,sensor=k t=2 2\nsync b\n")
+            .await
+            .unwrap();
+        gate_tx.send(()).unwrap();
+        let ack = lines.next_line().await.unwrap().unwrap();
+        assert!(
+            ack.starts_with("ack b readings=3 rejected=0 duplicates=1 conflicts=1 "),
+            "{ack}"
+        );
+        assert_eq!(sensor(&registry)["readings"], 2);
+
+        drop(write);
+        drop(lines);
+        task.await.unwrap();
         drop(gate_tx);
         writer.finish().unwrap();
     }
@@ -1178,6 +1255,87 @@ mod tests {
         let sent_bytes = sample(&text, "sensorlink_sent_bytes_total").unwrap();
         let replied: usize = replies.iter().map(|line| line.len() + 1).sum();
         assert_eq!(sent_bytes, replied as f64);
+    }
+
+    /// Each ack reports the duplicates and conflicts among the readings it covers, and
+    /// only those: repeats after a `sync` go to the next ack, even in a later batch.
+    #[tokio::test]
+    async fn acks_report_their_own_duplicates_and_conflicts() {
+        let recorder = crate::events::prometheus_builder().build_recorder();
+        let telemetry: &'static Telemetry = Box::leak(Box::new(metrics::with_local_recorder(
+            &recorder,
+            Telemetry::register,
+        )));
+        let store = crate::store::memory::MemoryStore::default();
+        let reader = store.reader();
+        let (handle, writer) = writer::spawn_counted(
+            crate::store::Drive::Inline(Box::new(store)),
+            WriterConfig::default(),
+            Some(telemetry),
+        );
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let limits = limits(Duration::from_secs(60));
+        let serving = serve_counted(
+            server,
+            peer(),
+            &limits,
+            handle,
+            CancellationToken::new(),
+            telemetry,
+            None,
+        );
+        let talking = async move {
+            let (read, mut write) = tokio::io::split(client);
+            let mut lines = BufReader::new(read).lines();
+            let first: &[u8] = b"k,sensor=s v=1i 5\nsync a\n\
+                k,sensor=s v=1i 5\nk,sensor=s v=2i 5\nk,sensor=s v=3i 6\nsync b\n\
+                k,sensor=s v=9i 6\n";
+            write.write_all(first).await.unwrap();
+            let mut replies = Vec::new();
+            for _ in 0..2 {
+                replies.push(lines.next_line().await.unwrap().unwrap());
+            }
+            // Sent after the first acks, so in a later batch than the conflict it reports.
+            write
+                .write_all(b"k,sensor=s v=7i 7\nsync c\n")
+                .await
+                .unwrap();
+            replies.push(lines.next_line().await.unwrap().unwrap());
+            write.shutdown().await.unwrap();
+            assert_eq!(lines.next_line().await.unwrap(), None);
+            replies
+        };
+        let ((), replies) = tokio::join!(serving, talking);
+        let keys = |reply: &str| -> String {
+            // Without the timings, which vary.
+            reply
+                .split(' ')
+                .filter(|word| !word.starts_with("store_us=") && !word.starts_with("commit_us="))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let replies: Vec<String> = replies.iter().map(|r| keys(r)).collect();
+        assert_eq!(
+            replies,
+            vec![
+                "ack a readings=1 rejected=0",
+                "ack b readings=3 rejected=0 duplicates=1 conflicts=1",
+                "ack c readings=2 rejected=0 conflicts=1",
+            ]
+        );
+        tokio::task::spawn_blocking(move || writer.finish())
+            .await
+            .unwrap()
+            .unwrap();
+        // The first value of each (series, timestamp) is kept.
+        let rows = reader.query(&Query::default()).await.unwrap();
+        let values: Vec<_> = rows.iter().map(|r| r.fields[0].1.to_string()).collect();
+        assert_eq!(values, vec!["1", "3", "7"]);
+        let text = recorder.handle().render();
+        for (outcome, n) in [("inserted", 3.0), ("duplicate", 1.0), ("conflict", 2.0)] {
+            let series = format!("sensorlink_readings_committed_total{{outcome=\"{outcome}\"}}");
+            assert_eq!(sample(&text, &series), Some(n), "{series}\n{text}");
+        }
     }
 
     /// A peer that connects and closes without a byte spoke no protocol: it is counted as

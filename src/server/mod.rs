@@ -6,10 +6,12 @@
 //! register theirs), [`logging`] keeps per-reading logs from bounding throughput.
 
 pub mod connection;
+pub mod known_series;
 pub mod listener;
 pub mod logging;
 mod pending;
 pub mod per_ip;
+pub mod quota;
 pub mod reload;
 pub mod shutdown;
 pub mod stream;
@@ -63,6 +65,10 @@ pub struct ServerConfig {
     pub tls: Option<TlsFiles>,
     /// See [`Limits::legacy_ping_quiet`] (a hidden setting: tests lengthen it).
     pub legacy_ping_quiet: Duration,
+    /// Rates and new-series caps per connection and per token.
+    pub quotas: quota::QuotaLimits,
+    /// Series ids the SQLite store keeps in memory (least recently used evicted).
+    pub series_cache_entries: usize,
     /// The tokens file (`--auth`); `None`: no authentication.
     pub auth: Option<PathBuf>,
     /// `--http-auth`: when `/api/*` asks for a read token (see [`crate::http::access`]).
@@ -105,6 +111,8 @@ impl Default for ServerConfig {
             timestamps: TimestampWindow::default(),
             tls: None,
             legacy_ping_quiet: crate::protocol::legacy::LEGACY_PING_QUIET,
+            quotas: quota::QuotaLimits::default(),
+            series_cache_entries: store::DEFAULT_SERIES_CACHE_ENTRIES,
             auth: None,
             http_auth: crate::http::access::HttpAuth::Auto,
             metrics_auth: None,
@@ -134,6 +142,8 @@ pub struct Limits {
     /// Serve over TLS: set by [`run_with_store`] from [`ServerConfig::tls`] (files are read
     /// when the server starts), `None` from `From<&ServerConfig>`.
     pub tls: Option<tls::TlsSettings>,
+    /// Shared by every connection of the server (per-token buckets, known series).
+    pub quotas: Arc<quota::Quotas>,
     /// The tokens in force (`--auth`): set by [`run_with_store`], `None` from
     /// `From<&ServerConfig>` and when auth is off.
     pub auth: Option<Arc<Authority>>,
@@ -150,6 +160,7 @@ impl From<&ServerConfig> for Limits {
             timestamps: config.timestamps,
             legacy_ping_quiet: config.legacy_ping_quiet,
             tls: None,
+            quotas: quota::Quotas::new(config.quotas),
             auth: None,
         }
     }
@@ -178,7 +189,8 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
 pub async fn open_store(config: &ServerConfig) -> anyhow::Result<store::OpenStore> {
     let store_url = config.store.clone();
     let fsync = config.fsync;
-    tokio::task::spawn_blocking(move || store::open(&store_url, fsync))
+    let series_cache = config.series_cache_entries;
+    tokio::task::spawn_blocking(move || store::open_with_cache(&store_url, fsync, series_cache))
         .await
         .context("store open task")?
         .with_context(|| format!("opening store {}", config.store))

@@ -29,12 +29,14 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 
-use super::encoding::{encode_fields, encode_tags, write_stored_series_key};
-use super::{FsyncPolicy, Store, StoreError, StoredReading, WriteOutcome};
+use super::encoding::{decode_fields, encode_fields, encode_tags, write_stored_series_key};
+use super::{Conflict, FsyncPolicy, Store, StoreError, StoredReading, Written};
 
 mod reader;
+mod series_cache;
 
 pub use reader::SqliteReader;
+pub use series_cache::{SeriesCache, DEFAULT_SERIES_CACHE_ENTRIES};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` = how many are applied.
 /// Never edit a released entry: append a new one.
@@ -107,6 +109,9 @@ const CLOSE_BUSY_TIMEOUT: Duration = Duration::from_millis(100);
 const INSERT_READING: &str = "INSERT INTO readings (series_id, ts, received, fields) \
      VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING";
 
+/// The fields kept at a (series, ts) an insert found taken: duplicate or conflict?
+const STORED_FIELDS: &str = "SELECT fields FROM readings WHERE series_id = ?1 AND ts = ?2";
+
 /// Add one batch's inserted rows (count, least and greatest ts) to a series' totals.
 const ADD_SERIES_TOTALS: &str = "UPDATE series SET readings = readings + ?2, \
      first_ts = min(coalesce(first_ts, ?3), ?3), last_ts = max(coalesce(last_ts, ?4), ?4) \
@@ -158,8 +163,8 @@ pub struct SqliteStore {
     /// The path, for error messages.
     location: String,
     /// Series key → `series.id`, only for series whose row is committed (so a rolled-back
-    /// transaction can never leave a dangling id here).
-    series: HashMap<String, i64>,
+    /// transaction can never leave a dangling id here); bounded, least recently used out.
+    series: SeriesCache,
     /// Committed rows not yet in the series totals, by `series.id`.
     pending: HashMap<i64, Delta>,
     /// When the oldest delta in `pending` was committed (None: nothing pending).
@@ -221,13 +226,25 @@ impl SqliteStore {
         Ok(SqliteStore {
             conn,
             location,
-            series: HashMap::new(),
+            series: SeriesCache::new(DEFAULT_SERIES_CACHE_ENTRIES),
             pending: HashMap::new(),
             pending_since: None,
             flush_interval: TOTALS_FLUSH_INTERVAL,
             marked_dirty: false,
             _writer_lock: writer_lock,
         })
+    }
+
+    /// Keep at most `entries` series ids in memory instead of
+    /// [`DEFAULT_SERIES_CACHE_ENTRIES`].
+    pub fn with_series_cache(mut self, entries: usize) -> Self {
+        self.series = SeriesCache::new(entries);
+        self
+    }
+
+    /// Series ids held in memory.
+    pub fn cached_series(&self) -> usize {
+        self.series.len()
     }
 
     /// Fold the totals into the table at most every `interval` instead of
@@ -379,7 +396,7 @@ fn migrate(conn: &mut Connection, location: &str) -> Result<(), StoreError> {
 }
 
 impl Store for SqliteStore {
-    fn write_batch(&mut self, batch: &[StoredReading]) -> Result<WriteOutcome, StoreError> {
+    fn write_batch(&mut self, batch: &[StoredReading]) -> Result<Written, StoreError> {
         let location = self.location.as_str();
         let fail = |operation| move |err| sqlite_error(location, operation, err);
         // One IMMEDIATE transaction: takes the write lock up front (no upgrade deadlock
@@ -388,7 +405,7 @@ impl Store for SqliteStore {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(fail("begin"))?;
-        let mut outcome = WriteOutcome::default();
+        let mut written = Written::default();
         // Series created in this transaction; merged into the cache only after commit.
         let mut new_series: HashMap<String, i64> = HashMap::new();
         // Rows this batch inserted, per series; merged into `pending` only after commit.
@@ -401,9 +418,12 @@ impl Store for SqliteStore {
             let mut order: Vec<(i64, i64, usize)> = Vec::with_capacity(batch.len());
             for (index, stored) in batch.iter().enumerate() {
                 write_stored_series_key(&mut key, &mut pairs, stored);
-                let cached = self.series.get(&key).or_else(|| new_series.get(&key));
+                let cached = self
+                    .series
+                    .get(&key)
+                    .or_else(|| new_series.get(&key).copied());
                 let series_id = match cached {
-                    Some(&id) => id,
+                    Some(id) => id,
                     None => {
                         let id = find_or_create_series(&tx, &key, stored)
                             .map_err(fail("insert series"))?;
@@ -433,10 +453,30 @@ impl Store for SqliteStore {
                     .execute(rusqlite::params![series_id, ts, stored.received_ns, fields])
                     .map_err(fail("insert reading"))?;
                 if changed == 0 {
-                    outcome.duplicates += 1;
+                    // Only a repeat pays for this lookup (the row is in the page just hit).
+                    let kept: String = tx
+                        .prepare_cached(STORED_FIELDS)
+                        .and_then(|mut kept| {
+                            kept.query_row(rusqlite::params![series_id, ts], |row| row.get(0))
+                        })
+                        .map_err(fail("read stored fields"))?;
+                    let conflict = if kept == fields {
+                        None
+                    } else {
+                        let kept = decode_fields(&kept).map_err(|err| {
+                            StoreError::Corrupt(format!(
+                                "{location}: stored fields of series {series_id} at {ts}: {err}"
+                            ))
+                        })?;
+                        Some(Box::new(Conflict {
+                            kept,
+                            refused: stored.clone(),
+                        }))
+                    };
+                    written.repeat(index, conflict);
                     continue;
                 }
-                outcome.inserted += 1;
+                written.outcome.inserted += 1;
                 run = Some(match run {
                     Some((id, delta)) => (
                         id,
@@ -496,7 +536,9 @@ impl Store for SqliteStore {
             }
             self.pending_since.get_or_insert(now);
         }
-        Ok(outcome)
+        // Found in key order; reported in batch order.
+        written.repeats.sort_unstable_by_key(|repeat| repeat.index);
+        Ok(written)
     }
 
     fn idle_deadline(&self) -> Option<Instant> {
@@ -698,7 +740,7 @@ mod tests {
         let a = reading("m", &[("sensor", "s"), ("a", "1"), ("b", "2")], v(), 5);
         let b = reading("m", &[("b", "2"), ("sensor", "s"), ("a", "1")], v(), 5);
         store.write_batch(&[a]).expect("write");
-        let outcome = store.write_batch(&[b]).expect("write");
+        let outcome = store.write_batch(&[b]).expect("write").outcome;
         assert_eq!(outcome.duplicates, 1);
         let n: i64 = store
             .conn
@@ -750,12 +792,14 @@ mod tests {
         // The series cache starts empty after a reopen: dedup still goes through the table.
         let outcome = store
             .write_batch(&[temp("s1", 2, 2.0), temp("s1", 3, 3.0)])
-            .expect("write");
+            .expect("write")
+            .outcome;
         assert_eq!(
             outcome,
-            WriteOutcome {
+            crate::store::WriteOutcome {
                 inserted: 1,
-                duplicates: 1
+                duplicates: 1,
+                conflicts: 0,
             }
         );
     }
@@ -890,7 +934,7 @@ mod tests {
         new.reading.fields = vec![("v".into(), FieldValue::Int(1))];
         let mut replay = temp("b", 5, 5.0);
         replay.reading.fields = vec![("v".into(), FieldValue::Int(5))];
-        let outcome = store.write_batch(&[replay, new]).expect("write");
+        let outcome = store.write_batch(&[replay, new]).expect("write").outcome;
         assert_eq!(outcome.inserted, 1);
         store.flush_totals().expect("flush");
         let stats = block_on(reader.sensor_stats()).expect("stats");
@@ -986,11 +1030,49 @@ mod tests {
         assert!(!err.expect_err("failed").is_transient());
         assert!(store.series.is_empty());
         assert!(store.pending.is_empty() && store.pending_since.is_none());
-        let outcome = store.write_batch(&[temp("new", 1, 1.0)]).expect("write");
+        let outcome = store
+            .write_batch(&[temp("new", 1, 1.0)])
+            .expect("write")
+            .outcome;
         assert_eq!(outcome.inserted, 1);
         let rows = all_rows(&path);
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].sensor, "new");
+    }
+
+    /// The series cache is bounded; a series evicted from it is found again in the table
+    /// (same id: its readings stay one series, and a resent one is still a duplicate).
+    #[test]
+    fn series_evicted_from_the_cache_are_found_in_the_table() {
+        let (_dir, path, store) = open_temp();
+        let mut store = store.with_series_cache(2);
+        let batch: Vec<_> = (0..5).map(|i| temp(&format!("s{i}"), 1, 1.0)).collect();
+        for stored in &batch {
+            assert_eq!(
+                store
+                    .write_batch(std::slice::from_ref(stored))
+                    .expect("write")
+                    .outcome
+                    .inserted,
+                1
+            );
+        }
+        assert_eq!(store.cached_series(), 2);
+        let again = store.write_batch(&batch).expect("rewrite");
+        assert_eq!((again.outcome.inserted, again.outcome.duplicates), (0, 5));
+        let more: Vec<_> = (0..5).map(|i| temp(&format!("s{i}"), 2, 1.0)).collect();
+        assert_eq!(store.write_batch(&more).expect("write").outcome.inserted, 5);
+        assert!(store.cached_series() <= 2);
+        let ids: std::collections::BTreeSet<i64> = store
+            .conn
+            .prepare("SELECT series_id FROM readings")
+            .expect("prepare")
+            .query_map([], |r| r.get(0))
+            .expect("query")
+            .collect::<rusqlite::Result<_>>()
+            .expect("rows");
+        assert_eq!(ids.len(), 5, "five series, no duplicate series row");
+        assert_eq!(all_rows(&path).len(), 10);
     }
 
     /// (readings, first ts, last ts) per series id, as the series table has them.
@@ -1018,7 +1100,7 @@ mod tests {
         ];
         let inserted: u64 = batches
             .iter()
-            .map(|batch| store.write_batch(batch).expect("write").inserted)
+            .map(|batch| store.write_batch(batch).expect("write").outcome.inserted)
             .sum();
         assert_eq!(inserted, 5);
     }
