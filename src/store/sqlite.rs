@@ -1052,15 +1052,16 @@ mod tests {
                 store
                     .write_batch(std::slice::from_ref(stored))
                     .expect("write")
+                    .outcome
                     .inserted,
                 1
             );
         }
         assert_eq!(store.cached_series(), 2);
-        let again = store.write_batch(&batch).expect("rewrite");
+        let again = store.write_batch(&batch).expect("rewrite").outcome;
         assert_eq!((again.inserted, again.duplicates), (0, 5));
         let more: Vec<_> = (0..5).map(|i| temp(&format!("s{i}"), 2, 1.0)).collect();
-        assert_eq!(store.write_batch(&more).expect("write").inserted, 5);
+        assert_eq!(store.write_batch(&more).expect("write").outcome.inserted, 5);
         assert!(store.cached_series() <= 2);
         let ids: std::collections::BTreeSet<i64> = store
             .conn
