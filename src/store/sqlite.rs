@@ -1058,8 +1058,8 @@ mod tests {
             );
         }
         assert_eq!(store.cached_series(), 2);
-        let again = store.write_batch(&batch).expect("rewrite");
-        assert_eq!((again.outcome.inserted, again.outcome.duplicates), (0, 5));
+        let again = store.write_batch(&batch).expect("rewrite").outcome;
+        assert_eq!((again.inserted, again.duplicates), (0, 5));
         let more: Vec<_> = (0..5).map(|i| temp(&format!("s{i}"), 2, 1.0)).collect();
         assert_eq!(store.write_batch(&more).expect("write").outcome.inserted, 5);
         assert!(store.cached_series() <= 2);
