@@ -33,7 +33,7 @@ mod table;
 
 pub use conflict::ReadingConflict;
 pub use http_auth::{HttpAuthRefused, HttpRefusal};
-pub use labels::{CloseReason, Mode, RefuseReason, RejectReason};
+pub use labels::{CloseReason, Mode, RefuseReason, RejectReason, ReloadWhat};
 pub use limits::SeriesCacheEvicted;
 pub use recent::{Percentiles, Recent, Rejection, WindowSummary, WINDOW_SECONDS};
 pub use table::{describe, names, prometheus_builder, Kind, MetricDef, METRICS};
@@ -64,6 +64,8 @@ pub struct Telemetry {
     accept_errors: Counter,
     /// `reason` = `timeout`, `error`.
     tls_handshakes_failed: [Counter; 2],
+    /// By [`ReloadWhat`], then `result` = `ok`, `error`.
+    reloads: [[Counter; 2]; ReloadWhat::ALL.len()],
     readings_accepted: Counter,
     lines_rejected: [Counter; RejectReason::ALL.len()],
     readings_inserted: Counter,
@@ -115,6 +117,11 @@ impl Telemetry {
             accept_errors: metrics::counter!(ACCEPT_ERRORS),
             tls_handshakes_failed: ["timeout", "error"]
                 .map(|reason| metrics::counter!(TLS_HANDSHAKES_FAILED, "reason" => reason)),
+            reloads: ReloadWhat::ALL.map(|what| {
+                ["ok", "error"].map(|result| {
+                    metrics::counter!(RELOADS, "what" => what.as_str(), "result" => result)
+                })
+            }),
             readings_accepted: metrics::counter!(READINGS_ACCEPTED),
             lines_rejected: RejectReason::ALL
                 .map(|reason| metrics::counter!(LINES_REJECTED, "reason" => reason.as_str())),
@@ -321,6 +328,26 @@ impl Event for TlsHandshakeFailed<'_> {
             }
         }
         t.tls_handshakes_failed[usize::from(self.error.is_some())].increment(1);
+    }
+}
+
+/// One reload (SIGHUP) of `what` ended: on success `outcome` says what changed; on error
+/// why, and the old state stays in force.
+pub struct Reloaded<'a> {
+    pub what: ReloadWhat,
+    pub outcome: &'a Result<String, String>,
+}
+
+impl Event for Reloaded<'_> {
+    fn emit_to(self, t: &Telemetry) {
+        let what = self.what.as_str();
+        match self.outcome {
+            Ok(changed) => tracing::info!(what, changed = %changed, "reloaded"),
+            Err(cause) => {
+                tracing::error!(what, cause = %cause, "reload failed; the old settings stay in force")
+            }
+        }
+        t.reloads[self.what as usize][usize::from(self.outcome.is_err())].increment(1);
     }
 }
 
@@ -932,6 +959,9 @@ mod tests {
         }
         for (index, reason) in RejectReason::ALL.iter().enumerate() {
             assert_eq!(*reason as usize, index, "{reason:?}");
+        }
+        for (index, what) in ReloadWhat::ALL.iter().enumerate() {
+            assert_eq!(*what as usize, index, "{what:?}");
         }
     }
 

@@ -27,7 +27,7 @@ use crate::events::{
 use crate::live::{LiveConnection, Registry};
 use crate::protocol::codec::{sniff, Frame, LineDecoder, Sniff};
 use crate::protocol::control::{Ack, Reply};
-use crate::protocol::legacy::{LegacyDecoder, LegacyMessage, LEGACY_PING_QUIET, PONG};
+use crate::protocol::legacy::{LegacyDecoder, LegacyMessage, PONG};
 use crate::protocol::{ProtocolError, Reading};
 use crate::store::writer::{Committed, StoreHandle};
 use crate::store::StoredReading;
@@ -174,21 +174,46 @@ pub async fn serve_counted<S>(
 ) where
     S: PeerStream,
 {
+    // The first-line deadline runs from here: a TLS handshake is part of the time a peer
+    // gets to show it speaks, not a free extension of it.
+    let accepted = Accepted {
+        at: tokio::time::Instant::now(),
+        started: Instant::now(),
+    };
     match &limits.tls {
-        None => serve_stream(stream, peer, limits, store, shutdown, telemetry, live).await,
+        None => {
+            serve_stream(
+                stream, peer, accepted, limits, store, shutdown, telemetry, live,
+            )
+            .await
+        }
         Some(tls) => {
-            let Some(stream) = tls.handshake(stream, peer, &shutdown, telemetry).await else {
+            let deadline = accepted.at + limits.first_wait();
+            let handshake = tls.handshake(stream, peer, deadline, &shutdown, telemetry);
+            let Some(stream) = handshake.await else {
                 return;
             };
-            serve_stream(stream, peer, limits, store, shutdown, telemetry, live).await;
+            serve_stream(
+                stream, peer, accepted, limits, store, shutdown, telemetry, live,
+            )
+            .await;
         }
     }
 }
 
+/// When a connection was accepted: its first-line deadline and its duration run from here.
+#[derive(Debug, Clone, Copy)]
+struct Accepted {
+    at: tokio::time::Instant,
+    started: Instant,
+}
+
 /// [`serve_counted`] over a stream ready for the protocol (TLS, if any, established).
+#[allow(clippy::too_many_arguments)]
 async fn serve_stream<S>(
     stream: S,
     peer: SocketAddr,
+    accepted: Accepted,
     limits: &Limits,
     store: StoreHandle,
     shutdown: CancellationToken,
@@ -197,7 +222,6 @@ async fn serve_stream<S>(
 ) where
     S: PeerStream,
 {
-    let started = Instant::now();
     let mut conn = Connection {
         peer,
         peer_ip: peer.ip().to_string(),
@@ -225,7 +249,7 @@ async fn serve_stream<S>(
         out: Vec::new(),
         out_replies: OutReplies::default(),
     };
-    let end = conn.run(stream, &shutdown).await;
+    let end = conn.run(stream, accepted.at, &shutdown).await;
     let mode = match conn.decoder {
         Decoder::Undecided => None,
         Decoder::Line(_) => Some(Mode::Line),
@@ -240,7 +264,7 @@ async fn serve_stream<S>(
         accepted: counters.accepted,
         rejected: counters.rejected,
         acked: counters.acked,
-        duration: started.elapsed(),
+        duration: accepted.started.elapsed(),
     }
     .emit_to(telemetry);
 }
@@ -254,7 +278,13 @@ impl Connection<'_> {
         }
     }
 
-    async fn run<S>(&mut self, mut stream: S, shutdown: &CancellationToken) -> End
+    /// Serve until the end; `accepted_at` starts the first-line deadline.
+    async fn run<S>(
+        &mut self,
+        mut stream: S,
+        accepted_at: tokio::time::Instant,
+        shutdown: &CancellationToken,
+    ) -> End
     where
         S: PeerStream,
     {
@@ -265,8 +295,8 @@ impl Connection<'_> {
         // Slowloris: only a complete line (or legacy message) is progress. Until the first
         // one the deadline is the first-line timeout's; then each complete line restarts
         // the idle timeout, and bytes alone restart nothing.
-        let first_wait = self.limits.first_line_timeout.min(self.limits.idle_timeout);
-        let mut idle_deadline = tokio::time::Instant::now() + first_wait;
+        let first_wait = self.limits.first_wait();
+        let mut idle_deadline = accepted_at + first_wait;
         let mut spoke = false;
         let mut reading = true;
         let mut end = End::Eof;
@@ -325,7 +355,7 @@ impl Connection<'_> {
                         self.decode(&mut buf, false);
                     }
                 },
-                _ = tokio::time::sleep_until(last_bytes_at + LEGACY_PING_QUIET), if held_ping && reading => {
+                _ = tokio::time::sleep_until(last_bytes_at + self.limits.legacy_ping_quiet), if held_ping && reading => {
                     if self.answer_held_ping(&mut buf) {
                         // A complete legacy message: progress, as in the read branch.
                         spoke = true;
@@ -351,7 +381,8 @@ impl Connection<'_> {
         end
     }
 
-    /// A bare legacy `ping` nothing followed for [`LEGACY_PING_QUIET`]: a ping after all.
+    /// A bare legacy `ping` nothing followed for [`Limits::legacy_ping_quiet`]: a ping
+    /// after all.
     /// Whether one was answered.
     fn answer_held_ping(&mut self, buf: &mut BytesMut) -> bool {
         if let Decoder::Legacy(decoder) = &mut self.decoder {
@@ -842,6 +873,7 @@ mod tests {
             max_line_bytes: 1024,
             max_inflight_batches: 4,
             timestamps: crate::protocol::TimestampWindow::default(),
+            legacy_ping_quiet: crate::protocol::legacy::LEGACY_PING_QUIET,
             tls: None,
             quotas: super::super::quota::Quotas::new(Default::default()),
             auth: None,
@@ -1515,6 +1547,113 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
+    }
+
+    /// A legacy peer over a duplex, on the paused clock, with the default quiet period for
+    /// a bare `ping`; its readings go to `store` (unbuffered writes: nothing is held).
+    fn serve_legacy(
+        store: &TestStore,
+        shutdown: CancellationToken,
+    ) -> (
+        tokio::io::DuplexStream,
+        tokio::task::JoinHandle<()>,
+        writer::StoreWriter,
+    ) {
+        let (handle, writer) = writer::spawn(
+            Drive::GroupCommit(Box::new(store.clone())),
+            WriterConfig::default(),
+        );
+        let (client, server) = tokio::io::duplex(1024);
+        let limits = limits(Duration::from_secs(60));
+        assert_eq!(limits.legacy_ping_quiet, Duration::from_millis(100));
+        let task = tokio::spawn(async move {
+            serve(server, peer(), &limits, handle, shutdown).await;
+        });
+        (client, task, writer)
+    }
+
+    /// Read until the server closes; everything it wrote.
+    async fn read_all(client: &mut tokio::io::DuplexStream) -> Vec<u8> {
+        let mut all = Vec::new();
+        client.read_to_end(&mut all).await.expect("duplex read");
+        all
+    }
+
+    async fn finish(task: tokio::task::JoinHandle<()>, writer: writer::StoreWriter) {
+        task.await.expect("connection task");
+        tokio::task::spawn_blocking(move || writer.finish())
+            .await
+            .expect("writer task")
+            .expect("store flushed");
+    }
+
+    /// `ping`, then the rest of its reading 50 ms later (within the quiet period): one
+    /// reading stored, one `pong`. See: issue 10 ("Legacy framing").
+    #[tokio::test(start_paused = true)]
+    async fn held_ping_followed_by_its_reading_within_the_quiet_period_is_one_reading() {
+        let store = TestStore::default();
+        let (mut client, task, writer) = serve_legacy(&store, CancellationToken::new());
+        client.write_all(b"ping").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        client
+            .write_all(b" / ('2026-11-24 11:46:25.123456', 102)")
+            .await
+            .unwrap();
+        let mut pong = [0u8; 4];
+        client.read_exact(&mut pong).await.unwrap();
+        assert_eq!(&pong, PONG);
+        client.shutdown().await.unwrap();
+        assert_eq!(read_all(&mut client).await, b"", "one pong only");
+        finish(task, writer).await;
+        let stored = store.reader().query(&Query::default()).await.unwrap();
+        assert_eq!(stored.len(), 1, "{stored:?}");
+    }
+
+    /// A bare `ping` that nothing follows is answered once the quiet period has passed:
+    /// not before, and not much after.
+    #[tokio::test(start_paused = true)]
+    async fn held_ping_is_answered_after_the_quiet_period() {
+        let store = TestStore::default();
+        let (mut client, task, writer) = serve_legacy(&store, CancellationToken::new());
+        client.write_all(b"ping").await.unwrap();
+        let sent = tokio::time::Instant::now();
+        let mut pong = [0u8; 4];
+        client.read_exact(&mut pong).await.unwrap();
+        let waited = sent.elapsed();
+        assert_eq!(&pong, PONG);
+        assert!(waited >= Duration::from_millis(100), "{waited:?}");
+        assert!(waited < Duration::from_millis(200), "{waited:?}");
+        client.shutdown().await.unwrap();
+        assert_eq!(read_all(&mut client).await, b"", "one pong only");
+        finish(task, writer).await;
+        assert!(store.log().txns.is_empty(), "a ping is no reading");
+    }
+
+    /// A bare `ping` then end of input: answered once (at EOF, not twice).
+    #[tokio::test(start_paused = true)]
+    async fn held_ping_then_eof_is_answered_once() {
+        let store = TestStore::default();
+        let (mut client, task, writer) = serve_legacy(&store, CancellationToken::new());
+        client.write_all(b"ping").await.unwrap();
+        client.shutdown().await.unwrap();
+        assert_eq!(read_all(&mut client).await, PONG);
+        finish(task, writer).await;
+    }
+
+    /// A bare `ping` still held when the server shuts down is not answered: it may be the
+    /// start of a reading whose rest never came, and a `pong` would tell the seed client
+    /// it was stored (PROTOCOL.md).
+    #[tokio::test(start_paused = true)]
+    async fn held_ping_at_shutdown_is_not_answered() {
+        let store = TestStore::default();
+        let shutdown = CancellationToken::new();
+        let (mut client, task, writer) = serve_legacy(&store, shutdown.clone());
+        client.write_all(b"ping").await.unwrap();
+        // Well inside the quiet period: the server has read and holds it.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        shutdown.cancel();
+        assert_eq!(read_all(&mut client).await, b"", "closed without a pong");
+        finish(task, writer).await;
     }
 
     /// Shutdown: what was received is stored and answered, then the connection closes.
