@@ -478,7 +478,7 @@ impl Store for SqliteStore {
                             if warned.is_none_or(|at| at.elapsed() >= CORRUPT_WARN_INTERVAL) {
                                 *warned = Some(Instant::now());
                                 tracing::warn!(
-                                    store = %location, series_id, ts, error = %err,
+                                    path = %location, series_id, ts, cause = %err,
                                     "stored reading cannot be decoded; repeats of it are refused \
                                      as conflicts (further such warnings held for a minute)"
                                 );
