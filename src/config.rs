@@ -241,6 +241,17 @@ pub struct RawServer {
     #[arg(long, value_name = "FILE", env = "SENSORLINK_AUTH")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<PathBuf>,
+    /// With --auth: legacy (seed) peers, which cannot send a token, may connect from these
+    /// networks (CIDR, e.g. 10.0.0.0/8; repeat the flag or separate with commas); their
+    /// readings stay keyed by their address. Others are closed [default: none].
+    #[arg(
+        long,
+        value_name = "CIDR",
+        env = "SENSORLINK_ALLOW_LEGACY",
+        value_delimiter = ','
+    )]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_legacy: Option<Vec<String>>,
 }
 
 /// The `http` value that turns the HTTP side off.
@@ -303,6 +314,7 @@ impl RawServer {
             tls_key: self.tls_key.or(lower.tls_key),
             tls_client_ca: self.tls_client_ca.or(lower.tls_client_ca),
             auth: self.auth.or(lower.auth),
+            allow_legacy: self.allow_legacy.or(lower.allow_legacy),
         }
     }
 
@@ -327,9 +339,22 @@ impl RawServer {
             None => server::default_max_connections(nofile),
         };
         let tls = tls_files(self.tls_cert, self.tls_key, self.tls_client_ca)?;
+        let allow_legacy = self
+            .allow_legacy
+            .unwrap_or_default()
+            .into_iter()
+            .map(|net| {
+                net.trim().parse().map_err(|why| ConfigError::Invalid {
+                    setting: "allow-legacy",
+                    value: net.clone(),
+                    accepted: format!("networks in CIDR notation ({why})"),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(ServerConfig {
             tls,
             auth: self.auth,
+            allow_legacy,
             listen: match self.listen {
                 Some(listen) => socket_address("listen", listen)?,
                 None => defaults.listen,
@@ -427,6 +452,13 @@ impl RawServer {
             tls_key: config.tls.as_ref().map(|tls| tls.key.clone()),
             tls_client_ca: config.tls.as_ref().and_then(|tls| tls.client_ca.clone()),
             auth: config.auth.clone(),
+            allow_legacy: Some(
+                config
+                    .allow_legacy
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect(),
+            ),
         }
     }
 }
@@ -1035,7 +1067,9 @@ mod tests {
         let help = long_help("server");
         assert!(help.contains("at most 50000]"), "{help}");
         let defaults = RawServer::from_config(&ServerConfig::default());
-        assert_help_defaults(&help, &defaults, &["max-connections"]);
+        // An empty list prints as `[]`; the help says `none`.
+        assert!(help.contains("Others are closed [default: none]"), "{help}");
+        assert_help_defaults(&help, &defaults, &["max-connections", "allow-legacy"]);
 
         let client = RawClient::default().validate().expect("defaults are valid");
         let help = long_help("client");

@@ -17,11 +17,17 @@ pub enum CloseReason {
     StoreFailed,
     /// No complete first line (or legacy message) within `--first-line-timeout`.
     FirstLineTimeout,
+    /// `--auth`: too many readings before a valid `auth`, or too many refused tokens.
+    AuthFailed,
+    /// `--auth`: the connection's token was revoked (or removed) by a reload.
+    TokenRevoked,
+    /// `--auth`: a legacy (seed) peer from outside every `--allow-legacy` network.
+    LegacyNotAllowed,
 }
 
 impl CloseReason {
     /// In declaration order, so `reason as usize` indexes it.
-    pub(super) const ALL: [CloseReason; 8] = [
+    pub(super) const ALL: [CloseReason; 11] = [
         CloseReason::Eof,
         CloseReason::Shutdown,
         CloseReason::IdleTimeout,
@@ -30,6 +36,9 @@ impl CloseReason {
         CloseReason::WriteStalled,
         CloseReason::StoreFailed,
         CloseReason::FirstLineTimeout,
+        CloseReason::AuthFailed,
+        CloseReason::TokenRevoked,
+        CloseReason::LegacyNotAllowed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -42,6 +51,9 @@ impl CloseReason {
             CloseReason::WriteStalled => "write_stalled",
             CloseReason::StoreFailed => "store_failed",
             CloseReason::FirstLineTimeout => "first_line_timeout",
+            CloseReason::AuthFailed => "auth_failed",
+            CloseReason::TokenRevoked => "token_revoked",
+            CloseReason::LegacyNotAllowed => "legacy_not_allowed",
         }
     }
 }
@@ -104,11 +116,17 @@ pub enum RejectReason {
     UnknownCommand,
     InvalidLegacy,
     TimestampOutOfRange,
+    /// A reading before a valid `auth` (`--auth`).
+    Unauthenticated,
+    /// A reading outside its token's scope.
+    NotPermitted,
+    /// A reading refused because the connection's token was revoked.
+    AuthFailed,
 }
 
 impl RejectReason {
     /// In declaration order, so `reason as usize` indexes it.
-    pub(super) const ALL: [RejectReason; 7] = [
+    pub(super) const ALL: [RejectReason; 10] = [
         RejectReason::Oversize,
         RejectReason::InvalidUtf8,
         RejectReason::InvalidReading,
@@ -116,6 +134,9 @@ impl RejectReason {
         RejectReason::UnknownCommand,
         RejectReason::InvalidLegacy,
         RejectReason::TimestampOutOfRange,
+        RejectReason::Unauthenticated,
+        RejectReason::NotPermitted,
+        RejectReason::AuthFailed,
     ];
 
     /// The reason `error` falls under.
@@ -128,6 +149,9 @@ impl RejectReason {
             ProtocolError::UnknownCommand(_) => RejectReason::UnknownCommand,
             ProtocolError::InvalidLegacy(_) => RejectReason::InvalidLegacy,
             ProtocolError::TimestampOutOfRange { .. } => RejectReason::TimestampOutOfRange,
+            ProtocolError::Unauthenticated => RejectReason::Unauthenticated,
+            ProtocolError::NotPermitted(_) => RejectReason::NotPermitted,
+            ProtocolError::AuthFailed(_) => RejectReason::AuthFailed,
         }
     }
 
@@ -140,6 +164,51 @@ impl RejectReason {
             RejectReason::UnknownCommand => "unknown_command",
             RejectReason::InvalidLegacy => "invalid_legacy",
             RejectReason::TimestampOutOfRange => "timestamp_out_of_range",
+            RejectReason::Unauthenticated => "unauthenticated",
+            RejectReason::NotPermitted => "not_permitted",
+            RejectReason::AuthFailed => "auth_failed",
+        }
+    }
+}
+
+/// The outcome of an `auth` line: the `result` label of `sensorlink_auth_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthResult {
+    Ok,
+    Malformed,
+    Unknown,
+    Revoked,
+    /// The server has no `--auth`.
+    Off,
+}
+
+impl AuthResult {
+    /// In declaration order, so `result as usize` indexes it.
+    pub const ALL: [AuthResult; 5] = [
+        AuthResult::Ok,
+        AuthResult::Malformed,
+        AuthResult::Unknown,
+        AuthResult::Revoked,
+        AuthResult::Off,
+    ];
+
+    /// The result of a refused token.
+    pub fn of(refusal: &crate::auth::Refusal) -> Self {
+        use crate::auth::Refusal;
+        match refusal {
+            Refusal::Malformed => AuthResult::Malformed,
+            Refusal::Unknown => AuthResult::Unknown,
+            Refusal::Revoked(_) => AuthResult::Revoked,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthResult::Ok => "ok",
+            AuthResult::Malformed => "malformed",
+            AuthResult::Unknown => "unknown",
+            AuthResult::Revoked => "revoked",
+            AuthResult::Off => "off",
         }
     }
 }

@@ -9,12 +9,12 @@
 //! | `sensorlink_connections_open` | gauge | | connections being served ([`super::OpenConnection`]) |
 //! | `sensorlink_connections_accepted_total` | counter | | connections given a task |
 //! | `sensorlink_connections_refused_total` | counter | `reason` = `max_connections` `per_ip` `connect_rate` | closed at once by a connection limit |
-//! | `sensorlink_connections_closed_total` | counter | `reason` = `eof` `shutdown` `idle_timeout` `read_failed` `write_failed` `write_stalled` `store_failed` `first_line_timeout` | served connections that ended |
+//! | `sensorlink_connections_closed_total` | counter | `reason` = `eof` `shutdown` `idle_timeout` `read_failed` `write_failed` `write_stalled` `store_failed` `first_line_timeout` `auth_failed` `token_revoked` `legacy_not_allowed` | served connections that ended |
 //! | `sensorlink_connections_mode_total` | counter | `mode` = `line` `legacy` | protocol each peer spoke (a peer that sent nothing has none) |
 //! | `sensorlink_accept_errors_total` | counter | | failed `accept()` calls |
 //! | `sensorlink_tls_handshakes_failed_total` | counter | `reason` = `timeout` `error` | TLS handshakes on the sensor port that did not complete (the connection is closed) |
 //! | `sensorlink_readings_accepted_total` | counter | | readings parsed and handed to the store |
-//! | `sensorlink_lines_rejected_total` | counter | `reason` = `oversize` `invalid_utf8` `invalid_reading` `invalid_command` `unknown_command` `invalid_legacy` `timestamp_out_of_range` | lines (or legacy messages) that were neither a reading nor a command |
+//! | `sensorlink_lines_rejected_total` | counter | `reason` = `oversize` `invalid_utf8` `invalid_reading` `invalid_command` `unknown_command` `invalid_legacy` `timestamp_out_of_range` `unauthenticated` `not_permitted` `auth_failed` | lines (or legacy messages) that were neither a reading nor a command |
 //! | `sensorlink_readings_committed_total` | counter | `outcome` = `inserted` `duplicate` | readings in committed transactions |
 //! | `sensorlink_readings_acked_total` | counter | | readings covered by an ack (or legacy `pong`) written |
 //! | `sensorlink_readings_unacked_total` | counter | `reason="store_failed"` | readings answered with an error instead of an ack |
@@ -33,6 +33,7 @@
 //! | `sensorlink_live_sensors_untracked_total` | counter | | committed reading groups of a new sensor the full live view could not take ([`super::SensorUntracked`]) |
 //! | `sensorlink_sse_subscribers` | gauge | | open `/api/events` streams ([`super::SubscriberOpen`]) |
 //! | `sensorlink_sse_lagged_total` | counter | | event streams ended because the subscriber fell behind ([`super::SubscriberLagged`]) |
+//! | `sensorlink_auth_total` | counter | `result` = `ok` `malformed` `unknown` `revoked` `off` | `auth` lines answered on the sensor port (`off`: the server has no `--auth`) ([`super::AuthChecked`]) |
 //!
 //! **Cardinality rule.** Every label takes only the values listed: no per-sensor, per-peer
 //! or per-connection series, so the number of series is fixed whatever the number of
@@ -172,6 +173,8 @@ metric_table! {
         "Open /api/events streams.";
     SSE_LAGGED = "sensorlink_sse_lagged_total", Counter, Count, NO_BUCKETS,
         "Event streams ended because the subscriber fell behind its bounded queue.";
+    AUTH = "sensorlink_auth_total", Counter, Count, NO_BUCKETS,
+        "auth lines answered on the sensor port, by result (off: the server has no --auth).";
 }
 
 /// Help texts and units for every metric in [`METRICS`], given to the current recorder.

@@ -103,6 +103,15 @@ pub enum ProtocolError {
     /// A well-formed reading whose timestamp falls outside [`TimestampWindow`].
     #[error("timestamp {timestamp_ns} out of range: {reason}")]
     TimestampOutOfRange { timestamp_ns: i64, reason: String },
+    /// A reading before a valid `auth` on a server with `--auth`.
+    #[error("authentication required: send \"auth <token>\" first")]
+    Unauthenticated,
+    /// A reading the connection's token may not write (the scope error's text).
+    #[error("{0}")]
+    NotPermitted(String),
+    /// The token was refused (`auth`), or revoked while in use; the text never holds it.
+    #[error("auth failed: {0}")]
+    AuthFailed(String),
 }
 
 /// Default of [`TimestampWindow::max_future`]: sensor clocks drift, but not by days.

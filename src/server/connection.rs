@@ -15,13 +15,14 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
+use super::auth::ConnAuth;
 use super::logging;
 use super::pending::{wait_head, InFlight, LiveFeed, PendingReply};
 use super::stream::{read_when_ready, READ_CHUNK_BYTES};
 use crate::events::{
     self, AcksWithheld, BytesReceived, CloseReason, ConnectionClosed, ErrorReplySuppressed,
-    Event as _, FirstLineMissed, LineRejected, Mode, ModeDetected, ReadingReceived,
-    ReadingsAccepted, RepliesWritten, StoreUnavailable, Telemetry,
+    Event as _, FirstLineMissed, LegacyNotAllowed, LineRejected, Mode, ModeDetected,
+    ReadingReceived, ReadingsAccepted, RepliesWritten, StoreUnavailable, Telemetry,
 };
 use crate::live::{LiveConnection, Registry};
 use crate::protocol::codec::{sniff, Frame, LineDecoder, Sniff};
@@ -67,6 +68,8 @@ enum End {
     WriteStalled,
     StoreFailed,
     FirstLineTimeout,
+    /// Closed by `--auth` ([`ConnAuth::close_reason`]).
+    Auth(CloseReason),
 }
 
 impl End {
@@ -80,6 +83,7 @@ impl End {
             End::WriteStalled => CloseReason::WriteStalled,
             End::StoreFailed => CloseReason::StoreFailed,
             End::FirstLineTimeout => CloseReason::FirstLineTimeout,
+            End::Auth(reason) => *reason,
         }
     }
 }
@@ -99,6 +103,8 @@ struct Connection<'a> {
     since_sync_first: Option<Instant>,
     /// A peer that sent a control line reads replies; until then error replies are held.
     interactive: bool,
+    /// Its token and what it may write (`--auth`).
+    auth: ConnAuth,
     held_errors: Vec<PendingReply>,
     /// Readings and replies decoded but not yet submitted.
     batch: Vec<StoredReading>,
@@ -205,6 +211,7 @@ async fn serve_stream<S>(
         since_sync_rejected: 0,
         since_sync_first: None,
         interactive: false,
+        auth: ConnAuth::new(limits.auth.clone()),
         held_errors: Vec::new(),
         batch: Vec::new(),
         replies: Vec::new(),
@@ -264,6 +271,12 @@ impl Connection<'_> {
         let mut reading = true;
         let mut end = End::Eof;
         loop {
+            if let (true, Some(reason)) = (reading, self.auth.close_reason()) {
+                // Its replies (held errors too: they say why) go out before the close.
+                reading = false;
+                end = End::Auth(reason);
+                self.become_interactive();
+            }
             if let Err(stop) = self.submit_decoded().await {
                 end = stop;
                 break;
@@ -338,8 +351,14 @@ impl Connection<'_> {
                 }
             }
         }
-        if matches!(end, End::Eof | End::Shutdown | End::IdleTimeout) {
+        if matches!(
+            end,
+            End::Eof | End::Shutdown | End::IdleTimeout | End::Auth(_)
+        ) {
             let _ = tokio::time::timeout(self.limits.write_timeout, stream.shutdown()).await;
+        }
+        if matches!(end, End::Auth(_)) {
+            linger(&mut stream, self.limits.write_timeout).await;
         }
         end
     }
@@ -386,6 +405,12 @@ impl Connection<'_> {
                 Sniff::Legacy => {
                     ModeDetected { mode: Mode::Legacy }.emit_to(self.telemetry);
                     self.decoder = Decoder::Legacy(LegacyDecoder::new(self.limits.max_line_bytes));
+                    if !self
+                        .auth
+                        .legacy_allowed(self.peer.ip(), &self.limits.allow_legacy)
+                    {
+                        LegacyNotAllowed { peer: self.peer }.emit_to(self.telemetry);
+                    }
                 }
                 Sniff::Line | Sniff::NeedMore => {
                     ModeDetected { mode: Mode::Line }.emit_to(self.telemetry);
@@ -415,6 +440,11 @@ impl Connection<'_> {
     ) -> usize {
         let mut progress = 0;
         loop {
+            if self.auth.close_reason().is_some() {
+                // Closing: nothing more from this peer is read, stored or answered.
+                buf.clear();
+                return progress;
+            }
             let accepted = match &mut self.decoder {
                 Decoder::Undecided => return progress,
                 Decoder::Line(decoder) => {
@@ -445,7 +475,11 @@ impl Connection<'_> {
     /// Handle one line-mode frame; returns whether it was accepted work (not an error).
     fn on_frame(&mut self, frame: Frame, received_ns: i64, received_at: Instant) -> bool {
         match frame {
-            Frame::Reading(reading) => match self.in_window(&reading, received_ns) {
+            Frame::Reading(mut reading) => match self
+                .auth
+                .admit(&mut reading)
+                .and_then(|()| self.in_window(&reading, received_ns))
+            {
                 Ok(()) => {
                     self.accept(reading, received_ns, received_at);
                     true
@@ -458,6 +492,15 @@ impl Connection<'_> {
             Frame::Ping(token) => {
                 self.become_interactive();
                 self.replies.push(PendingReply::Pong(token));
+                true
+            }
+            Frame::Auth(secret) => {
+                self.become_interactive();
+                let line = self.line_count();
+                match self.auth.authenticate(&secret, self.peer, self.telemetry) {
+                    Ok(id) => self.replies.push(PendingReply::AuthOk(id)),
+                    Err(reason) => self.replies.push(PendingReply::Error { line, reason }),
+                }
                 true
             }
             Frame::Sync(token) => {
@@ -750,6 +793,7 @@ impl Connection<'_> {
                 self.out_replies.pongs += 1;
                 Reply::Pong(token)
             }
+            PendingReply::AuthOk(id) => Reply::AuthOk(id),
             PendingReply::Error { line, reason } => {
                 self.out_replies.errors += 1;
                 Reply::Error { line, reason }
@@ -787,6 +831,27 @@ impl Connection<'_> {
     }
 }
 
+/// After closing our side for `--auth`: read (and drop) what the peer still sends, for a
+/// bounded time, so that its unread bytes do not turn our close into a reset that would
+/// destroy the error replies it has not read yet.
+async fn linger<S: AsyncRead + Unpin>(stream: &mut S, limit: Duration) {
+    const LINGER_MAX_BYTES: usize = 64 * 1024;
+    let drain = async {
+        let mut sink = [0u8; 4096];
+        let mut total = 0;
+        while total < LINGER_MAX_BYTES {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => total += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(limit.min(LINGER_TIMEOUT), drain).await;
+}
+
+/// Longest [`linger`].
+const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
+
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
@@ -811,6 +876,7 @@ mod tests {
             timestamps: crate::protocol::TimestampWindow::default(),
             tls: None,
             auth: None,
+            allow_legacy: Vec::new(),
         }
     }
 

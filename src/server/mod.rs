@@ -3,7 +3,9 @@
 //! [`listener`] accepts and enforces the connection limit, [`connection`] runs one peer
 //! over any [`stream::PeerStream`] (TCP, or TLS after [`tls`]'s handshake), [`shutdown`] turns
 //! signals into a cancellation, [`logging`] keeps per-reading logs from bounding throughput.
+//! `auth` (private) is one connection's `--auth` state; [`reload_auth`] re-reads the tokens.
 
+mod auth;
 pub mod connection;
 pub mod listener;
 pub mod logging;
@@ -22,6 +24,9 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use auth::{reload_auth, MAX_AUTH_STRIKES};
+
+use crate::auth::cidr::Cidr;
 use crate::auth::Authority;
 use crate::protocol::TimestampWindow;
 use crate::store::writer::{self, WriterConfig};
@@ -61,6 +66,9 @@ pub struct ServerConfig {
     pub tls: Option<TlsFiles>,
     /// The tokens file (`--auth`); `None`: no authentication.
     pub auth: Option<PathBuf>,
+    /// With `--auth`: networks whose legacy (seed) peers may still connect (they cannot
+    /// present a token; the network is their credential). Ignored without `--auth`.
+    pub allow_legacy: Vec<Cidr>,
 }
 
 /// The PEM files the sensor port's TLS is configured from.
@@ -92,6 +100,7 @@ impl Default for ServerConfig {
             timestamps: TimestampWindow::default(),
             tls: None,
             auth: None,
+            allow_legacy: Vec::new(),
         }
     }
 }
@@ -116,6 +125,8 @@ pub struct Limits {
     /// The tokens in force (`--auth`): set by [`run_with_store`], `None` from
     /// `From<&ServerConfig>` and when auth is off.
     pub auth: Option<Arc<Authority>>,
+    /// With [`Limits::auth`]: where legacy peers may connect from ([`ServerConfig::allow_legacy`]).
+    pub allow_legacy: Vec<Cidr>,
 }
 
 impl From<&ServerConfig> for Limits {
@@ -129,6 +140,7 @@ impl From<&ServerConfig> for Limits {
             timestamps: config.timestamps,
             tls: None,
             auth: None,
+            allow_legacy: config.allow_legacy.clone(),
         }
     }
 }
@@ -177,7 +189,7 @@ pub async fn run_with_store(
     let auth = match &config.auth {
         Some(path) => {
             let authority = Authority::load(path)?;
-            tracing::info!(file = %path.display(), tokens = authority.active(), "token authentication on");
+            tracing::info!(file = %path.display(), tokens = authority.active(), allow_legacy = ?config.allow_legacy.iter().map(ToString::to_string).collect::<Vec<_>>(), "token authentication on");
             Some(Arc::new(authority))
         }
         None => None,
