@@ -1116,6 +1116,90 @@ mod tests {
         );
     }
 
+    /// `--token` never shows: not in `--print-config`, not in any `Debug`; from the file it
+    /// is read, and with `--legacy` it is refused.
+    #[test]
+    fn the_client_token_is_never_printed() {
+        use clap::Parser as _;
+        let secret = "sl_abcd1234_s3cr3tS3cr3t";
+        let cli = crate::cli::Cli::try_parse_from(["sensorlink", "client", "--token", secret])
+            .expect("parses");
+        let crate::cli::Command::Client(args) = cli.command else {
+            panic!("not the client command");
+        };
+        assert!(!format!("{:?}", args.settings).contains(secret));
+        let config = client_config(args.settings, None).expect("valid");
+        assert_eq!(config.token.as_ref().map(|t| t.expose()), Some(secret));
+        assert!(!format!("{config:?}").contains(secret));
+        let printed = print_client(&config).expect("printable");
+        assert!(
+            !printed.contains(secret) && !printed.contains("token"),
+            "{printed}"
+        );
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("client.toml");
+        std::fs::write(&path, format!("[client]\ntoken = \"{secret}\"\n")).expect("write");
+        let from_file = client_config(RawClient::default(), Some(&path)).expect("valid");
+        assert_eq!(from_file.token.as_ref().map(|t| t.expose()), Some(secret));
+
+        let err = RawClient {
+            legacy: Some(true),
+            token: Some(crate::protocol::control::AuthSecret::new(secret)),
+            ..RawClient::default()
+        }
+        .validate()
+        .expect_err("token with legacy");
+        assert!(
+            err.to_string()
+                .starts_with("invalid token (given): accepted only without legacy"),
+            "{err}"
+        );
+        assert!(!err.to_string().contains(secret));
+    }
+
+    /// `--allow-legacy` takes CIDR networks (repeated or comma-separated), prints back, and
+    /// refuses what is not one.
+    #[test]
+    fn allow_legacy_networks() {
+        use clap::Parser as _;
+        let cli = crate::cli::Cli::try_parse_from([
+            "sensorlink",
+            "server",
+            "--allow-legacy",
+            "10.0.0.0/8,192.168.1.7",
+            "--allow-legacy",
+            "fd00::/8",
+        ])
+        .expect("parses");
+        let crate::cli::Command::Server(args) = cli.command else {
+            panic!("not the server command");
+        };
+        let config = args.settings.validate().expect("valid");
+        let nets: Vec<String> = config
+            .allow_legacy
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(nets, ["10.0.0.0/8", "192.168.1.7/32", "fd00::/8"]);
+        let printed = print_server(&config).expect("printable");
+        assert!(
+            printed.contains("allow-legacy = [\"10.0.0.0/8\", \"192.168.1.7/32\", \"fd00::/8\"]"),
+            "{printed}"
+        );
+        let err = RawServer {
+            allow_legacy: Some(vec!["10.0.0.0/40".into()]),
+            ..RawServer::default()
+        }
+        .validate()
+        .expect_err("bad prefix");
+        assert!(
+            err.to_string()
+                .starts_with("invalid allow-legacy 10.0.0.0/40"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn client_settings_validate_and_print_back() {
         let file = "[client]\naddr = \"10.0.0.1:8889\"\nlegacy = true\ninterval = \"250ms\"\nsource = \"exec:echo 1\"\n";

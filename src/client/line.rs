@@ -102,3 +102,63 @@ impl Session for LineSession {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(token: bool) -> LineSession {
+        LineSession {
+            measurement: "m".into(),
+            sensor: "s".into(),
+            token: token.then(|| AuthSecret::new("sl_abcd1234_x")),
+        }
+    }
+
+    fn error(line: u64) -> Reply {
+        Reply::Error {
+            line,
+            reason: "r".into(),
+        }
+    }
+
+    /// `auth` shifts every line by one: errors still name the right reading, and a `sync`'s
+    /// error is still told from a reading's.
+    #[test]
+    fn line_numbers_follow_the_opening_lines() {
+        let plain = session(false);
+        assert_eq!(plain.reading_of_line(1), None);
+        assert_eq!(plain.reading_of_line(2), Some(1));
+        assert_eq!(plain.reading_of_line(4), Some(2));
+        assert!(matches!(
+            plain.interpret(error(2), None),
+            Event::Rejected { line: 2, .. }
+        ));
+        assert!(matches!(
+            plain.interpret(error(3), None),
+            Event::SyncFailed { line: 3, .. }
+        ));
+
+        let authed = session(true);
+        assert_eq!(authed.reading_of_line(2), None);
+        assert_eq!(authed.reading_of_line(3), Some(1));
+        assert_eq!(authed.reading_of_line(4), Some(1));
+        assert_eq!(authed.reading_of_line(5), Some(2));
+        assert!(matches!(
+            authed.interpret(error(3), None),
+            Event::Rejected { line: 3, .. }
+        ));
+        assert!(matches!(
+            authed.interpret(error(4), None),
+            Event::SyncFailed { line: 4, .. }
+        ));
+        assert!(matches!(
+            authed.interpret(error(5), None),
+            Event::Rejected { line: 5, .. }
+        ));
+        assert!(matches!(
+            authed.interpret(Reply::AuthOk("abcd1234".into()), None),
+            Event::Ignore
+        ));
+    }
+}

@@ -559,6 +559,65 @@ mod tests {
         assert_eq!(&peer.await.expect("peer task")[..], LINE_HELLO);
     }
 
+    /// A server that reads the two opening lines and answers `replies`.
+    fn auth_server(
+        replies: &'static [u8],
+    ) -> (tokio::io::DuplexStream, tokio::task::JoinHandle<Vec<u8>>) {
+        let (client, mut server) = tokio::io::duplex(1024);
+        let task = tokio::spawn(async move {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 256];
+            while got.iter().filter(|&&b| b == b'\n').count() < 2 {
+                let n = server.read(&mut buf).await.expect("client open");
+                assert!(n > 0, "client closed early");
+                got.extend_from_slice(&buf[..n]);
+            }
+            server.write_all(replies).await.expect("client open");
+            got
+        });
+        (client, task)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_a_token_auth_goes_first_and_its_ok_is_taken() {
+        let (client, server) = auth_server(b"ok auth abcd1234\npong connect\n");
+        let mut conn = split(client, ReplyDecoder::default());
+        let token = AuthSecret::new("sl_abcd1234_secret");
+        let shook = line_handshake(&mut conn, Some(&token), Duration::from_secs(1)).await;
+        assert!(shook.is_ok(), "{shook:?}");
+        let sent = server.await.expect("server task");
+        assert_eq!(&sent[..], b"auth sl_abcd1234_secret\nping connect\n");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_token_is_an_auth_failure() {
+        let (client, _server) = auth_server(b"error 1 auth failed: unknown token\npong connect\n");
+        let mut conn = split(client, ReplyDecoder::default());
+        let token = AuthSecret::new("sl_abcd1234_secret");
+        let shook = line_handshake(&mut conn, Some(&token), Duration::from_secs(1)).await;
+        match shook {
+            Err(err @ TransportError::AuthFailed(_)) => {
+                assert_eq!(err.to_string(), "authentication failed: unknown token");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_without_auth_is_warned_about_and_used() {
+        for refusal in [
+            &b"error 1 auth is not enabled on this server\npong connect\n"[..],
+            &b"error 1 unknown command \"auth\"\npong connect\n"[..],
+        ] {
+            let refusal: &'static [u8] = Box::leak(refusal.to_vec().into_boxed_slice());
+            let (client, _server) = auth_server(refusal);
+            let mut conn = split(client, ReplyDecoder::default());
+            let token = AuthSecret::new("sl_abcd1234_secret");
+            let shook = line_handshake(&mut conn, Some(&token), Duration::from_secs(1)).await;
+            assert!(shook.is_ok(), "{shook:?}");
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_silent_server_times_the_handshake_out() {
         let (client, _server) = tokio::io::duplex(1024);

@@ -174,3 +174,325 @@ pub fn reload_auth(authority: &Authority) -> anyhow::Result<()> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::auth::admin::{self, NewToken};
+    use crate::events::testing::sample;
+    use crate::protocol::ilp;
+    use crate::server::connection::{serve_counted, Limits};
+    use crate::store::writer::{self, WriterConfig};
+    use crate::store::{Drive, Query};
+
+    /// A tokens file in a temp dir with one token for `sensors`.
+    struct Tokens {
+        dir: tempfile::TempDir,
+        token: String,
+        id: String,
+        authority: Arc<Authority>,
+    }
+
+    fn tokens(sensors: &[&str]) -> Tokens {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("tokens.toml");
+        let new = NewToken {
+            name: Some("kitchen".into()),
+            sensors: sensors.iter().map(|s| s.to_string()).collect(),
+            ..NewToken::default()
+        };
+        let made = admin::add(&path, new).expect("add a token");
+        let authority = Arc::new(Authority::load(&path).expect("load"));
+        Tokens {
+            dir,
+            token: made.token,
+            id: made.entry.id,
+            authority,
+        }
+    }
+
+    fn reading(line: &str) -> Reading {
+        ilp::parse(line.as_bytes()).expect("valid reading")
+    }
+
+    fn peer() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 9], 4000))
+    }
+
+    #[test]
+    fn readings_before_auth_are_strikes_and_the_third_closes() {
+        let t = tokens(&["k1"]);
+        let mut auth = ConnAuth::new(Some(t.authority.clone()));
+        for n in 1..=MAX_AUTH_STRIKES {
+            assert_eq!(auth.close_reason(), None, "before strike {n}");
+            let err = auth
+                .admit(&mut reading("m v=1i 1"))
+                .expect_err("no token yet");
+            assert_eq!(err, ProtocolError::Unauthenticated);
+        }
+        assert_eq!(auth.close_reason(), Some(CloseReason::AuthFailed));
+    }
+
+    #[test]
+    fn failed_auths_are_strikes_and_never_echo_the_token() {
+        let t = tokens(&["k1"]);
+        let mut auth = ConnAuth::new(Some(t.authority.clone()));
+        let telemetry = crate::events::telemetry();
+        let mut wrong = t.token.clone();
+        wrong.pop();
+        wrong.push(if t.token.ends_with('a') { 'b' } else { 'a' });
+        let why = auth
+            .authenticate(&AuthSecret::new(wrong.clone()), peer(), telemetry)
+            .expect_err("wrong secret");
+        assert_eq!(why, "auth failed: unknown token");
+        let why = auth
+            .authenticate(&AuthSecret::new("hunter2"), peer(), telemetry)
+            .expect_err("malformed");
+        assert_eq!(why, "auth failed: malformed token");
+        assert_eq!(auth.close_reason(), None);
+        // A good token after two bad ones is accepted; a strike more would close.
+        let id = auth
+            .authenticate(&AuthSecret::new(t.token.clone()), peer(), telemetry)
+            .expect("valid token");
+        assert_eq!(id, t.id);
+        let _ = auth.authenticate(&AuthSecret::new(wrong), peer(), telemetry);
+        assert_eq!(auth.close_reason(), Some(CloseReason::AuthFailed));
+    }
+
+    #[test]
+    fn the_token_names_the_sensor_and_bounds_the_scope() {
+        let t = tokens(&["k1"]);
+        let mut auth = ConnAuth::new(Some(t.authority.clone()));
+        auth.authenticate(
+            &AuthSecret::new(t.token.clone()),
+            peer(),
+            crate::events::telemetry(),
+        )
+        .expect("valid");
+        let mut untagged = reading("m v=1i 1");
+        auth.admit(&mut untagged).expect("the token's own sensor");
+        assert_eq!(untagged.tag("sensor"), Some("k1"));
+        let mut own = reading("m,sensor=k1 v=1i 1");
+        auth.admit(&mut own).expect("tagged with its sensor");
+        assert_eq!(own.tags.len(), 1, "no second sensor tag");
+        let err = auth
+            .admit(&mut reading("m,sensor=k2 v=1i 1"))
+            .expect_err("another sensor");
+        assert_eq!(
+            err,
+            ProtocolError::NotPermitted(format!(
+                "token kitchen ({}) may not write sensor \"k2\"",
+                t.id
+            ))
+        );
+        assert_eq!(auth.close_reason(), None, "a scope refusal is not a strike");
+    }
+
+    #[test]
+    fn a_revoked_token_closes_the_connection_at_its_next_reading() {
+        let t = tokens(&["k1"]);
+        let mut auth = ConnAuth::new(Some(t.authority.clone()));
+        auth.authenticate(
+            &AuthSecret::new(t.token.clone()),
+            peer(),
+            crate::events::telemetry(),
+        )
+        .expect("valid");
+        auth.admit(&mut reading("m v=1i 1"))
+            .expect("before the revocation");
+        let path = t.dir.path().join("tokens.toml");
+        admin::revoke(&path, &t.id).expect("revoke");
+        reload_auth(&t.authority).expect("reload");
+        let err = auth.admit(&mut reading("m v=1i 2")).expect_err("revoked");
+        assert!(
+            matches!(&err, ProtocolError::AuthFailed(why) if why.contains("revoked")),
+            "{err:?}"
+        );
+        assert_eq!(auth.close_reason(), Some(CloseReason::TokenRevoked));
+    }
+
+    #[test]
+    fn without_auth_everything_is_admitted_and_auth_says_so() {
+        let mut auth = ConnAuth::new(None);
+        let mut r = reading("m v=1i 1");
+        auth.admit(&mut r).expect("no --auth");
+        assert_eq!(r.tag("sensor"), None, "the address names it, as before");
+        let why = auth
+            .authenticate(&AuthSecret::new("sl_x"), peer(), crate::events::telemetry())
+            .expect_err("off");
+        assert_eq!(why, AUTH_OFF_REASON);
+        assert!(auth.legacy_allowed(peer().ip(), &[]));
+        assert_eq!(auth.close_reason(), None);
+    }
+
+    #[test]
+    fn legacy_peers_need_an_allowed_network_when_auth_is_on() {
+        let t = tokens(&["k1"]);
+        let allow: Vec<Cidr> = vec!["10.0.0.0/8".parse().expect("cidr")];
+        let mut auth = ConnAuth::new(Some(t.authority.clone()));
+        assert!(auth.legacy_allowed("10.1.2.3".parse().expect("ip"), &allow));
+        assert_eq!(auth.close_reason(), None);
+        assert!(!auth.legacy_allowed(peer().ip(), &allow));
+        assert_eq!(auth.close_reason(), Some(CloseReason::LegacyNotAllowed));
+    }
+
+    /// Limits for a duplex connection with `authority`.
+    fn limits(authority: Option<Arc<Authority>>) -> Limits {
+        Limits {
+            first_line_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(5),
+            max_line_bytes: 1024,
+            max_inflight_batches: 4,
+            timestamps: crate::protocol::TimestampWindow::default(),
+            tls: None,
+            auth: authority,
+            allow_legacy: Vec::new(),
+        }
+    }
+
+    /// Over a whole connection: readings before `auth` are refused (their held errors sent
+    /// once it closes), the third strike closes it, and it is counted under its reasons.
+    #[tokio::test]
+    async fn a_connection_without_a_token_is_refused_then_closed() {
+        let t = tokens(&["k1"]);
+        let store = crate::store::memory::MemoryStore::default();
+        let reader = store.reader();
+        let (handle, writer) =
+            writer::spawn(Drive::Inline(Box::new(store)), WriterConfig::default());
+        let recorder = crate::events::prometheus_builder().build_recorder();
+        let telemetry = metrics::with_local_recorder(&recorder, Telemetry::register);
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let limits = limits(Some(t.authority.clone()));
+        let serving = serve_counted(
+            server,
+            peer(),
+            &limits,
+            handle,
+            CancellationToken::new(),
+            &telemetry,
+            None,
+        );
+        let talking = async move {
+            let (read, mut write) = tokio::io::split(client);
+            // No control line: a plain sender whose errors are held, then flushed at close.
+            write
+                .write_all(b"m v=1i 1\nm v=2i 2\nm v=3i 3\nm v=4i 4\n")
+                .await
+                .expect("pipe open");
+            let mut lines = BufReader::new(read).lines();
+            let mut replies = Vec::new();
+            while let Some(line) = lines.next_line().await.expect("read") {
+                replies.push(line);
+            }
+            replies
+        };
+        let ((), replies) = tokio::join!(serving, talking);
+        let expected: Vec<String> = (1..=3)
+            .map(|n| format!("error {n} authentication required: send \"auth <token>\" first"))
+            .collect();
+        assert_eq!(replies, expected, "the fourth line is never answered");
+        tokio::task::spawn_blocking(move || writer.finish())
+            .await
+            .expect("join")
+            .expect("flush");
+        assert!(reader
+            .query(&Query::default())
+            .await
+            .expect("query")
+            .is_empty());
+        let text = recorder.handle().render();
+        for (series, value) in [
+            (
+                "sensorlink_lines_rejected_total{reason=\"unauthenticated\"}",
+                3.0,
+            ),
+            (
+                "sensorlink_connections_closed_total{reason=\"auth_failed\"}",
+                1.0,
+            ),
+            ("sensorlink_readings_accepted_total", 0.0),
+        ] {
+            assert_eq!(sample(&text, series), Some(value), "{series}\n{text}");
+        }
+    }
+
+    /// A valid token: `ok auth <id>`, untagged readings stored under its sensor, others
+    /// refused per line; the token is in no reply.
+    #[tokio::test]
+    async fn a_token_writes_its_own_sensor_only() {
+        let t = tokens(&["k1"]);
+        let store = crate::store::memory::MemoryStore::default();
+        let reader = store.reader();
+        let (handle, writer) =
+            writer::spawn(Drive::Inline(Box::new(store)), WriterConfig::default());
+        let recorder = crate::events::prometheus_builder().build_recorder();
+        let telemetry = metrics::with_local_recorder(&recorder, Telemetry::register);
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let limits = limits(Some(t.authority.clone()));
+        let serving = serve_counted(
+            server,
+            peer(),
+            &limits,
+            handle,
+            CancellationToken::new(),
+            &telemetry,
+            None,
+        );
+        let sent = format!(
+            "auth {}\nm v=1i 1\nm,sensor=k2 v=2i 2\nm,sensor=k1 v=3i 3\nsync a\n",
+            t.token
+        );
+        let talking = async move {
+            let (read, mut write) = tokio::io::split(client);
+            write.write_all(sent.as_bytes()).await.expect("pipe open");
+            let mut lines = BufReader::new(read).lines();
+            let mut replies = Vec::new();
+            for _ in 0..3 {
+                replies.push(lines.next_line().await.expect("read").expect("a reply"));
+            }
+            write.shutdown().await.expect("close");
+            assert_eq!(lines.next_line().await.expect("read"), None);
+            replies
+        };
+        let ((), replies) = tokio::join!(serving, talking);
+        assert_eq!(replies[0], format!("ok auth {}", t.id));
+        assert_eq!(
+            replies[1],
+            format!(
+                "error 3 token kitchen ({}) may not write sensor \"k2\"",
+                t.id
+            )
+        );
+        assert!(
+            replies[2].starts_with("ack a readings=2 rejected=1"),
+            "{replies:?}"
+        );
+        for reply in &replies {
+            assert!(!reply.contains(&t.token), "token in a reply: {reply}");
+        }
+        tokio::task::spawn_blocking(move || writer.finish())
+            .await
+            .expect("join")
+            .expect("flush");
+        let stored = reader.query(&Query::default()).await.expect("query");
+        let sensors: Vec<&str> = stored.iter().map(|r| r.sensor.as_str()).collect();
+        assert_eq!(sensors, ["k1", "k1"], "never the peer's address");
+        let text = recorder.handle().render();
+        for (series, value) in [
+            ("sensorlink_auth_total{result=\"ok\"}", 1.0),
+            (
+                "sensorlink_lines_rejected_total{reason=\"not_permitted\"}",
+                1.0,
+            ),
+            ("sensorlink_connections_closed_total{reason=\"eof\"}", 1.0),
+        ] {
+            assert_eq!(sample(&text, series), Some(value), "{series}\n{text}");
+        }
+    }
+}
