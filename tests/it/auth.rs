@@ -358,3 +358,74 @@ fn token_with_legacy_is_a_usage_error() {
     assert!(stderr.contains("only without legacy"), "{stderr}");
     assert!(!stderr.contains("sl_abcd1234_x"), "{stderr}");
 }
+
+/// `bench --token`: one `auth` per connection, every reading stored under its bench sensor;
+/// without the token the same run is refused (not clean: exit 1).
+#[test]
+fn bench_with_a_token() {
+    let tokens = Tokens::new();
+    let token = tokens.add("bench", &["bench-*"]);
+    let store = TempStore::new();
+    let mut server = auth_server(&store, &tokens, &[]);
+    let addr = server.addr.to_string();
+    let out = run(bin().args([
+        "bench",
+        &addr,
+        "-c",
+        "2",
+        "-n",
+        "20",
+        "--no-progress",
+        "--token",
+        &token,
+    ]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    wait_metrics(&server, &["sensorlink_auth_total{result=\"ok\"} 2"]);
+
+    let out = run(bin().args(["bench", &addr, "-n", "5", "--no-progress"]));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "refused readings make an unclean run"
+    );
+
+    assert!(server.terminate().success());
+    let rows = store.rows(&[]);
+    assert_eq!(rows.len(), 20, "only the authenticated run's readings");
+    assert!(
+        rows.iter().all(|r| r["sensor"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("bench-"))),
+        "{rows:?}"
+    );
+}
+
+/// A client whose `--sensor` is outside its token's scope: each reading is refused (counted
+/// as rejected, exit 1), nothing is stored, and the client is not stopped as for a bad token.
+#[test]
+fn client_readings_outside_the_token_scope_are_rejected() {
+    let tokens = Tokens::new();
+    let token = tokens.add("s1", &["s1"]);
+    let store = TempStore::new();
+    let mut server = auth_server(&store, &tokens, &[]);
+    let out = run(bin()
+        .args([
+            "client",
+            &server.addr.to_string(),
+            "--count",
+            "2",
+            "--interval",
+            "0s",
+            "--sensor",
+            "s2",
+            "--link-report",
+            "0",
+        ])
+        .env("SENSORLINK_TOKEN", &token));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("may not write sensor"), "{stdout}");
+    assert!(server.terminate().success());
+    assert!(store.rows(&[]).is_empty());
+}
