@@ -12,6 +12,9 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt as _};
 
 use crate::auth::cidr::Cidr;
 use crate::auth::{token, Authority, Grant, Refusal};
@@ -155,6 +158,27 @@ impl ConnAuth {
         ProtocolError::AuthFailed(refusal.to_string())
     }
 }
+
+/// After closing our side for `--auth`: read (and drop) what the peer still sends, for a
+/// bounded time, so that its unread bytes do not turn our close into a reset that would
+/// destroy the error replies it has not read yet.
+pub(super) async fn linger<S: AsyncRead + Unpin>(stream: &mut S, limit: Duration) {
+    const LINGER_MAX_BYTES: usize = 64 * 1024;
+    let drain = async {
+        let mut sink = [0u8; 4096];
+        let mut total = 0;
+        while total < LINGER_MAX_BYTES {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => total += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(limit.min(LINGER_TIMEOUT), drain).await;
+}
+
+/// Longest [`linger`].
+const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Re-read the tokens file (SIGHUP) and log what changed; on an error the tokens in force
 /// stay. Connections holding a token revoked, removed or changed see it at their next

@@ -15,7 +15,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use super::auth::ConnAuth;
+use super::auth::{linger, ConnAuth};
 use super::logging;
 use super::pending::{wait_head, InFlight, LiveFeed, PendingReply};
 use super::stream::{read_when_ready, READ_CHUNK_BYTES};
@@ -830,27 +830,6 @@ impl Connection<'_> {
         reply.encode(&mut self.out);
     }
 }
-
-/// After closing our side for `--auth`: read (and drop) what the peer still sends, for a
-/// bounded time, so that its unread bytes do not turn our close into a reset that would
-/// destroy the error replies it has not read yet.
-async fn linger<S: AsyncRead + Unpin>(stream: &mut S, limit: Duration) {
-    const LINGER_MAX_BYTES: usize = 64 * 1024;
-    let drain = async {
-        let mut sink = [0u8; 4096];
-        let mut total = 0;
-        while total < LINGER_MAX_BYTES {
-            match stream.read(&mut sink).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => total += n,
-            }
-        }
-    };
-    let _ = tokio::time::timeout(limit.min(LINGER_TIMEOUT), drain).await;
-}
-
-/// Longest [`linger`].
-const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
