@@ -429,3 +429,34 @@ fn client_readings_outside_the_token_scope_are_rejected() {
     assert!(server.terminate().success());
     assert!(store.rows(&[]).is_empty());
 }
+
+/// A client with a token against a server without `--auth`: warned once, delivered anyway;
+/// the server counts the `auth` as `off`.
+#[test]
+fn a_token_sent_to_a_server_without_auth_is_warned_about_and_ignored() {
+    let tokens = Tokens::new();
+    let token = tokens.add("s1", &["s1"]);
+    let server = Server::start(&[]);
+    let out = run(bin()
+        .args([
+            "client",
+            &server.addr.to_string(),
+            "--count",
+            "2",
+            "--interval",
+            "0s",
+            "--sensor",
+            "s1",
+        ])
+        .env("SENSORLINK_TOKEN", &token));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("2 sent, 2 acked, 0 lost"), "{stdout}");
+    assert_eq!(
+        stderr.matches("does not check tokens").count(),
+        1,
+        "{stderr}"
+    );
+    wait_metrics(&server, &["sensorlink_auth_total{result=\"off\"} 1"]);
+}
