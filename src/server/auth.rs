@@ -446,6 +446,49 @@ mod tests {
         }
     }
 
+    /// A peer closed for `--auth` that keeps its socket open (and silent) holds the
+    /// connection's task at most [`LINGER_TIMEOUT`] after the close; paused clock.
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_peer_does_not_hold_an_auth_close_open() {
+        let t = tokens(&["k1"]);
+        let (handle, writer) = writer::spawn(
+            Drive::Inline(Box::new(crate::store::memory::MemoryStore::default())),
+            WriterConfig::default(),
+        );
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let limits = limits(Some(t.authority.clone()));
+        let task = tokio::spawn(async move {
+            let telemetry = crate::events::telemetry();
+            let stop = CancellationToken::new();
+            serve_counted(server, peer(), &limits, handle, stop, telemetry, None).await
+        });
+        let (read, mut write) = tokio::io::split(client);
+        write
+            .write_all(b"ping\nm v=1i 1\nm v=2i 2\nm v=3i 3\n")
+            .await
+            .expect("pipe open");
+        let mut lines = BufReader::new(read).lines();
+        let mut replies = 0;
+        while lines.next_line().await.expect("read").is_some() {
+            replies += 1;
+        }
+        assert_eq!(replies, 4, "pong and three errors, then the close");
+        let closed = tokio::time::Instant::now();
+        // `write` stays open: only the linger bound ends the task.
+        task.await.expect("connection task");
+        let held = closed.elapsed();
+        assert!(held <= LINGER_TIMEOUT, "{held:?}");
+        assert!(
+            held >= LINGER_TIMEOUT,
+            "the linger waited for the peer: {held:?}"
+        );
+        drop(write);
+        tokio::task::spawn_blocking(move || writer.finish())
+            .await
+            .expect("join")
+            .expect("flush");
+    }
+
     /// A valid token: `ok auth <id>`, untagged readings stored under its sensor, others
     /// refused per line; the token is in no reply.
     #[tokio::test]

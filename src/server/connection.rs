@@ -497,9 +497,13 @@ impl Connection<'_> {
             Frame::Auth(secret) => {
                 self.become_interactive();
                 let line = self.line_count();
+                // Only an accepted token is progress (a refused one is a strike).
                 match self.auth.authenticate(&secret, self.peer, self.telemetry) {
                     Ok(id) => self.replies.push(PendingReply::AuthOk(id)),
-                    Err(reason) => self.replies.push(PendingReply::Error { line, reason }),
+                    Err(reason) => {
+                        self.replies.push(PendingReply::Error { line, reason });
+                        return false;
+                    }
                 }
                 true
             }
