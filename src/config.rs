@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::http::access::{AccessError, Guard, HttpAccess, HttpAuth};
 use crate::protocol::TimestampWindow;
 use crate::server::{self, ServerConfig};
 use crate::store::writer::WriterConfig;
@@ -36,8 +37,8 @@ mod forms;
 pub use client::{client_config, print_client, RawClient};
 
 use forms::{
-    display_from_str, fsync_names, fsync_parser, http_address, human_duration, socket_address,
-    ShowValue,
+    display_from_str, fsync_names, fsync_parser, http_address, http_auth_parser, human_duration,
+    metrics_auth_parser, socket_address, ShowValue,
 };
 
 /// A setting that cannot be used.
@@ -70,6 +71,10 @@ pub enum ConfigError {
         value: String,
         reason: &'static str,
     },
+    /// The HTTP side would be served to the network without tokens, or a token is asked
+    /// for without a tokens file.
+    #[error(transparent)]
+    HttpAccess(#[from] AccessError),
     #[error("printing the settings as TOML")]
     Print {
         #[source]
@@ -241,6 +246,33 @@ pub struct RawServer {
     #[arg(long, value_name = "FILE", env = "SENSORLINK_AUTH")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<PathBuf>,
+    /// When the HTTP API (`/api/*`) asks for a read token (`Authorization: Bearer`):
+    /// `auto` = whenever --http listens beyond loopback, `token` = always (needs --auth),
+    /// `open` = never. `/healthz`, `/readyz` and the dashboard's page stay open
+    /// [default: auto].
+    #[arg(long, env = "SENSORLINK_HTTP_AUTH", value_name = "MODE", value_parser = http_auth_parser())]
+    #[serde(
+        default,
+        with = "display_from_str",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub http_auth: Option<HttpAuth>,
+    /// Whether `/metrics` asks for a read token: `open` or `token` (needs --auth)
+    /// [default: token when the API asks for one, else open].
+    #[arg(long, env = "SENSORLINK_METRICS_AUTH", value_name = "MODE", value_parser = metrics_auth_parser())]
+    #[serde(
+        default,
+        with = "display_from_str",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub metrics_auth: Option<Guard>,
+    /// Serve the HTTP side beyond loopback without tokens when there is no --auth (instead
+    /// of refusing to start); logged as a warning [default: false].
+    #[arg(long, env = "SENSORLINK_HTTP_INSECURE", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_name = "BOOL",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_insecure: Option<bool>,
     /// With --auth: legacy (seed) peers, which cannot send a token, may connect from these
     /// networks (CIDR, e.g. 10.0.0.0/8; repeat the flag or separate with commas); their
     /// readings stay keyed by their address. Others are closed [default: none].
@@ -315,6 +347,9 @@ impl RawServer {
             tls_client_ca: self.tls_client_ca.or(lower.tls_client_ca),
             auth: self.auth.or(lower.auth),
             allow_legacy: self.allow_legacy.or(lower.allow_legacy),
+            http_auth: self.http_auth.or(lower.http_auth),
+            metrics_auth: self.metrics_auth.or(lower.metrics_auth),
+            http_insecure: self.http_insecure.or(lower.http_insecure),
         }
     }
 
@@ -351,9 +386,12 @@ impl RawServer {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(ServerConfig {
+        let config = ServerConfig {
             tls,
             auth: self.auth,
+            http_auth: self.http_auth.unwrap_or(defaults.http_auth),
+            metrics_auth: self.metrics_auth.or(defaults.metrics_auth),
+            http_insecure: self.http_insecure.unwrap_or(defaults.http_insecure),
             allow_legacy,
             listen: match self.listen {
                 Some(listen) => socket_address("listen", listen)?,
@@ -427,7 +465,10 @@ impl RawServer {
                 )?,
             },
             ..defaults
-        })
+        };
+        // A server that would serve its API to the network without tokens does not start.
+        HttpAccess::resolve(&config)?;
+        Ok(config)
     }
 
     /// The raw layer that says exactly `config`: what `--print-config` prints.
@@ -459,6 +500,11 @@ impl RawServer {
                     .map(ToString::to_string)
                     .collect(),
             ),
+            http_auth: Some(config.http_auth),
+            // Unset stays unset: it follows the API's rule wherever the file is used
+            // (`print_server` says in a comment what that is now).
+            metrics_auth: config.metrics_auth,
+            http_insecure: Some(config.http_insecure),
         }
     }
 }
@@ -528,10 +574,19 @@ pub fn print_server(config: &ServerConfig) -> Result<String, ConfigError> {
         server: Some(RawServer::from_config(config)),
         ..ConfigFile::default()
     };
-    Ok(format!(
+    let mut text = format!(
         "# sensorlink server: effective settings (defaults < file < environment < flags)\n{}",
         file.to_toml()?
-    ))
+    );
+    if config.metrics_auth.is_none() {
+        if let Ok(access) = HttpAccess::resolve(config) {
+            text.push_str(&format!(
+                "# metrics-auth is not set: /metrics follows the API (now: {})\n",
+                access.metrics
+            ));
+        }
+    }
+    Ok(text)
 }
 
 /// A path a TOML string can hold (and so read back as the same path).
@@ -953,6 +1008,64 @@ mod tests {
         );
     }
 
+    /// `--http-auth`, `--metrics-auth`, `--http-insecure`: read from the file, checked
+    /// against `--http` and `--auth`, printed back.
+    #[test]
+    fn http_auth_settings_are_checked_and_print_back() {
+        let exposed = parse_file("[server]\nhttp = \"0.0.0.0:9889\"\n").expect("parses");
+        let err = exposed
+            .clone()
+            .validate()
+            .expect_err("exposed without tokens");
+        assert!(matches!(err, ConfigError::HttpAccess(_)), "{err}");
+        assert!(err.to_string().contains("--http-insecure"), "{err}");
+        let insecure = RawServer {
+            http_insecure: Some(true),
+            ..exposed
+        }
+        .validate()
+        .expect("--http-insecure starts");
+        assert!(insecure.http_insecure);
+
+        let token = parse_file("[server]\nhttp-auth = \"token\"\n").expect("parses");
+        assert!(matches!(
+            token.clone().validate(),
+            Err(ConfigError::HttpAccess(AccessError::TokenWithoutAuth(
+                "http-auth"
+            )))
+        ));
+        let raw = RawServer {
+            auth: Some("tokens.toml".into()),
+            metrics_auth: Some(Guard::Open),
+            ..token
+        };
+        let config = raw.validate().expect("valid");
+        assert_eq!(config.http_auth, HttpAuth::Token);
+        let printed = print_server(&config).expect("printable");
+        for line in [
+            "http-auth = \"token\"\n",
+            "metrics-auth = \"open\"\n",
+            "http-insecure = false\n",
+        ] {
+            assert!(printed.contains(line), "{line} in {printed}");
+        }
+        let again = parse_file(&printed)
+            .expect("parses")
+            .validate()
+            .expect("valid");
+        assert_eq!(
+            RawServer::from_config(&again),
+            RawServer::from_config(&config)
+        );
+        // Unset, /metrics follows the API: said in a comment, not fixed in the file.
+        let default = print_server(&ServerConfig::default()).expect("printable");
+        assert!(
+            default.contains("# metrics-auth is not set: /metrics follows the API (now: open)\n"),
+            "{default}"
+        );
+        assert!(parse_file("[server]\nhttp-auth = \"maybe\"\n").is_err());
+    }
+
     /// TLS files come as a pair (a client CA only with them), and print back.
     #[test]
     fn tls_settings_go_together_and_print_back() {
@@ -1067,9 +1180,13 @@ mod tests {
         let help = long_help("server");
         assert!(help.contains("at most 50000]"), "{help}");
         let defaults = RawServer::from_config(&ServerConfig::default());
+        assert!(
+            help.contains("[default: token when the API asks for one, else open]"),
+            "{help}"
+        );
+        assert_help_defaults(&help, &defaults, &["max-connections", "allow-legacy"]);
         // An empty list prints as `[]`; the help says `none`.
         assert!(help.contains("Others are closed [default: none]"), "{help}");
-        assert_help_defaults(&help, &defaults, &["max-connections", "allow-legacy"]);
 
         let client = RawClient::default().validate().expect("defaults are valid");
         let help = long_help("client");

@@ -25,11 +25,13 @@ use crate::server::logging;
 use crate::store::WriteOutcome;
 
 mod auth;
+mod http_auth;
 mod labels;
 mod recent;
 mod table;
 
 pub use auth::{AuthChecked, LegacyNotAllowed};
+pub use http_auth::{HttpAuthRefused, HttpRefusal};
 pub use labels::{AuthResult, CloseReason, Mode, RefuseReason, RejectReason};
 pub use recent::{Percentiles, Recent, Rejection, WindowSummary, WINDOW_SECONDS};
 pub use table::{describe, names, prometheus_builder, Kind, MetricDef, METRICS};
@@ -83,6 +85,8 @@ pub struct Telemetry {
     sse_lagged: Counter,
     /// `result` = [`AuthResult::ALL`].
     auth: [Counter; AuthResult::ALL.len()],
+    /// `reason` = [`HttpRefusal`] (`events/http_auth.rs`).
+    http_auth_refused: [Counter; HttpRefusal::ALL.len()],
     /// What the load summary reads.
     pub totals: Totals,
     /// The last seconds, for the HTTP API (rates, percentiles, rejections, readiness).
@@ -132,6 +136,8 @@ impl Telemetry {
             sse_lagged: metrics::counter!(SSE_LAGGED),
             auth: AuthResult::ALL
                 .map(|result| metrics::counter!(AUTH, "result" => result.as_str())),
+            http_auth_refused: HttpRefusal::ALL
+                .map(|reason| metrics::counter!(HTTP_AUTH_REFUSED, "reason" => reason.as_str())),
             totals: Totals::default(),
             recent: Recent::default(),
         }

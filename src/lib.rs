@@ -25,7 +25,8 @@
 //!   sparkline, rate and link health (`/api/sensors`), and the bounded event queues of
 //!   `/api/events` subscribers.
 //! - [`http`]: the HTTP side beside the sensor port (axum): JSON API, `/metrics`, health
-//!   probes, the embedded dashboard (`http/assets/`); docs/http-api.md is its contract.
+//!   probes, the embedded dashboard (`http/assets/`), the read-token guard (`http/access.rs`);
+//!   docs/http-api.md is its contract.
 //! - [`query`]: `sensorlink query` / `sensorlink stats` output.
 //! - [`mod@bench`]: `sensorlink bench`, the load generator: `bench/` holds flags,
 //!   connection, line and legacy sessions, pacing, progress, report and per-second

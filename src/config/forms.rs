@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser as _};
 
 use super::{ConfigError, HTTP_OFF};
+use crate::http::access::{Guard, HttpAuth};
 use crate::store::FsyncPolicy;
 
 /// How a value is written in messages: as the user would write it.
@@ -53,6 +54,25 @@ pub(super) fn fsync_parser() -> impl clap::builder::TypedValueParser<Value = Fsy
         FsyncPolicy::ALL.map(|(policy, name)| PossibleValue::new(name).help(help(policy))),
     )
     .try_map(|name| name.parse::<FsyncPolicy>())
+}
+
+/// `--http-auth` values, with their help.
+pub(super) fn http_auth_parser() -> impl clap::builder::TypedValueParser<Value = HttpAuth> {
+    let help = |mode| match mode {
+        HttpAuth::Auto => "a token when --http listens beyond loopback (default)",
+        HttpAuth::Token => "always a token (needs --auth)",
+        HttpAuth::Open => "never a token",
+    };
+    PossibleValuesParser::new(
+        HttpAuth::ALL.map(|(mode, name)| PossibleValue::new(name).help(help(mode))),
+    )
+    .try_map(|name| name.parse::<HttpAuth>())
+}
+
+/// `--metrics-auth` values.
+pub(super) fn metrics_auth_parser() -> impl clap::builder::TypedValueParser<Value = Guard> {
+    PossibleValuesParser::new(Guard::ALL.map(|(_, name)| PossibleValue::new(name)))
+        .try_map(|name| name.parse::<Guard>())
 }
 
 /// `fsync = "always" | "os"` in the file, with this module's error wording.

@@ -34,6 +34,7 @@
 //! | `sensorlink_sse_subscribers` | gauge | | open `/api/events` streams ([`super::SubscriberOpen`]) |
 //! | `sensorlink_sse_lagged_total` | counter | | event streams ended because the subscriber fell behind ([`super::SubscriberLagged`]) |
 //! | `sensorlink_auth_total` | counter | `result` = `ok` `malformed` `unknown` `revoked` `off` | `auth` lines answered on the sensor port (`off`: the server has no `--auth`) ([`super::AuthChecked`]) |
+//! | `sensorlink_http_auth_refused_total` | counter | `reason` = `missing` `malformed` `unknown` `revoked` `no_read_scope` | HTTP requests refused for want of a read token ([`super::HttpAuthRefused`]) |
 //!
 //! **Cardinality rule.** Every label takes only the values listed: no per-sensor, per-peer
 //! or per-connection series, so the number of series is fixed whatever the number of
@@ -175,6 +176,8 @@ metric_table! {
         "Event streams ended because the subscriber fell behind its bounded queue.";
     AUTH = "sensorlink_auth_total", Counter, Count, NO_BUCKETS,
         "auth lines answered on the sensor port, by result (off: the server has no --auth).";
+    HTTP_AUTH_REFUSED = "sensorlink_http_auth_refused_total", Counter, Count, NO_BUCKETS,
+        "HTTP requests (/api/*, /metrics) refused for want of a read token, by reason.";
 }
 
 /// Help texts and units for every metric in [`METRICS`], given to the current recorder.

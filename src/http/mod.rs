@@ -7,6 +7,7 @@
 //! writer), the live figures from the process's [`Telemetry`]; nothing here is on the
 //! ingest path.
 
+pub mod access;
 pub mod api;
 pub mod sensors;
 pub mod sse;
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -28,9 +30,10 @@ use tokio_util::sync::CancellationToken;
 use crate::events::{self, Telemetry};
 use crate::server::ServerConfig;
 use crate::store::StoreReader;
+pub use access::{HttpAccess, HttpAuth};
 pub use api::{server_summary, ServerSummary};
 
-/// `--http` when not given: loopback only, as the API has no authentication yet.
+/// `--http` when not given: loopback only, where `--http-auth auto` asks for no token.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:9889";
 
 /// The exposition format `/metrics` is rendered in.
@@ -55,6 +58,8 @@ pub struct AppState {
     pub live: Arc<crate::live::Registry>,
     /// The tokens in force (`--auth`), for the read scope; `None`: auth is off.
     pub auth: Option<Arc<crate::auth::Authority>>,
+    /// Which routes ask for a read token (`--http-auth`, `--metrics-auth`).
+    pub access: access::HttpAccess,
 }
 
 impl std::fmt::Debug for AppState {
@@ -78,24 +83,40 @@ impl AppState {
                 config,
             ))),
             auth: None,
+            // Settings the server would refuse to start with close everything.
+            access: access::HttpAccess::resolve(config).unwrap_or(access::HttpAccess::CLOSED),
         }
     }
 }
 
-/// Every route of the HTTP side.
+/// Every route of the HTTP side. `/api/*` and `/metrics` pass their guard first
+/// ([`access`]); the probes and the dashboard's shell (no data in them) are always open.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(api::readyz))
-        .route("/metrics", get(metrics))
+    let api = Router::new()
         .route("/api/server", get(api::server))
         .route("/api/readings", get(api::readings))
-        .route("/", get(index_html))
-        .route("/app.js", get(app_js))
-        .route("/style.css", get(style_css))
         // ---- live9: `/api/sensors`, `/api/sensors/{name}`, `/api/events` go here ----
         .merge(sensors::routes())
         .merge(sse::routes())
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            access::require_api,
+        ));
+    let metrics_route =
+        Router::new()
+            .route("/metrics", get(metrics))
+            .route_layer(middleware::from_fn_with_state(
+                state.clone(),
+                access::require_metrics,
+            ));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(api::readyz))
+        .route("/", get(index_html))
+        .route("/app.js", get(app_js))
+        .route("/style.css", get(style_css))
+        .merge(api)
+        .merge(metrics_route)
         .with_state(state)
 }
 

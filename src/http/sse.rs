@@ -5,14 +5,17 @@
 //! A subscriber that falls behind gets `lagged` (`{"dropped":N}`) and the stream ends
 //! (the browser's EventSource reconnects and the page refetches `/api/sensors`); ingest
 //! never waits for it. The stream also ends at shutdown, so graceful shutdown does not
-//! wait for open streams. Keep-alive comments go out every [`KEEP_ALIVE`].
+//! wait for open streams. Keep-alive comments go out every [`KEEP_ALIVE`]. A stream opened
+//! with a token ends within [`SERVER_EVERY`] of a reload that revoked or changed it: the
+//! client reconnects, and its token is checked again.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::{Extension, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -22,6 +25,7 @@ use futures_util::Stream;
 use tokio_util::sync::CancellationToken;
 
 use super::AppState;
+use crate::auth::Grant;
 use crate::live::{LiveEvent, Next, SensorFilter, Subscription, MAX_FILTER_SENSORS};
 
 /// Comment lines on an idle stream, so proxies and browsers keep it open.
@@ -75,6 +79,8 @@ fn bad_request(message: &str) -> Response {
 
 async fn events(
     State(state): State<AppState>,
+    // Set by the access guard when the API asks for tokens.
+    grant: Option<Extension<Arc<Grant>>>,
     query: Result<Query<EventsQuery>, QueryRejection>,
 ) -> Response {
     let query = match query {
@@ -87,7 +93,8 @@ async fn events(
         Err(message) => return bad_request(&message),
     };
     let subscription = state.live.subscribe(filter);
-    Sse::new(stream(subscription, state))
+    let grant = grant.map(|Extension(grant)| grant);
+    Sse::new(stream_for(subscription, state, grant))
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
         .into_response()
 }
@@ -102,6 +109,8 @@ struct Feed {
     pending: VecDeque<Event>,
     /// After `lagged`: nothing more follows.
     ended: bool,
+    /// The token the stream was opened with, if any: once stale, the stream ends.
+    grant: Option<Arc<Grant>>,
 }
 
 /// The SSE events of `subscription` and `state`'s server figures, until the subscription
@@ -109,6 +118,16 @@ struct Feed {
 pub fn stream(
     subscription: Subscription,
     state: AppState,
+) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
+    stream_for(subscription, state, None)
+}
+
+/// [`stream`] for a reader holding `grant`: it also ends (at the next `server` tick) once
+/// a reload revoked or changed the token.
+pub fn stream_for(
+    subscription: Subscription,
+    state: AppState,
+    grant: Option<Arc<Grant>>,
 ) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
     let mut server_tick = tokio::time::interval(SERVER_EVERY);
     // A stream that was not polled for a while gets one event, not a burst.
@@ -120,6 +139,7 @@ pub fn stream(
         server_tick,
         pending: VecDeque::new(),
         ended: false,
+        grant,
     };
     futures_util::stream::unfold(feed, |mut feed| async move {
         loop {
@@ -134,6 +154,9 @@ pub fn stream(
                 _ = feed.shutdown.cancelled() => return None,
                 // Before the queue: a backlog must not starve the server's figures.
                 _ = feed.server_tick.tick() => {
+                    if feed.grant.as_ref().is_some_and(|grant| !grant.is_current()) {
+                        return None;
+                    }
                     let summary = super::server_summary(&feed.state);
                     let data = serde_json::to_string(&summary)
                         .expect("the server summary serializes to JSON");
@@ -327,6 +350,37 @@ mod tests {
         let first = events.next().await.expect("an event").expect("infallible");
         let text = format!("{first:?}");
         assert!(text.contains("server"), "{text}");
+    }
+
+    /// A reload that revokes the stream's token ends the stream at the next tick.
+    #[tokio::test(start_paused = true)]
+    async fn a_revoked_token_ends_its_stream() {
+        use crate::auth::admin::{add, revoke, NewToken};
+        use crate::auth::Authority;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("tokens.toml");
+        let new = NewToken {
+            name: Some("viewer".into()),
+            sensors: vec![],
+            measurements: vec![],
+            read: true,
+        };
+        let token = add(&path, new).expect("add a token").token;
+        let authority = Authority::load(&path).expect("load");
+        let grant = authority.verify(&token).expect("a valid token");
+        let state = crate::http::AppState::new(
+            crate::store::memory::MemoryStore::default().reader(),
+            &crate::server::ServerConfig::default(),
+            CancellationToken::new(),
+        );
+        let subscription = state.live.subscribe(None);
+        let mut events = std::pin::pin!(stream_for(subscription, state.clone(), Some(grant)));
+        let first = events.next().await.expect("an event").expect("infallible");
+        assert!(format!("{first:?}").contains("server"), "{first:?}");
+        revoke(&path, "viewer").expect("revoke");
+        authority.reload().expect("reload");
+        tokio::time::advance(SERVER_EVERY).await;
+        assert!(events.next().await.is_none(), "the stream ended");
     }
 
     /// Too long a `?sensor=` list is refused.

@@ -69,6 +69,12 @@ pub struct ServerConfig {
     /// With `--auth`: networks whose legacy (seed) peers may still connect (they cannot
     /// present a token; the network is their credential). Ignored without `--auth`.
     pub allow_legacy: Vec<Cidr>,
+    /// `--http-auth`: when `/api/*` asks for a read token (see [`crate::http::access`]).
+    pub http_auth: crate::http::access::HttpAuth,
+    /// `--metrics-auth`; `None`: as the API.
+    pub metrics_auth: Option<crate::http::access::Guard>,
+    /// `--http-insecure`: serve beyond loopback without tokens rather than refuse to start.
+    pub http_insecure: bool,
 }
 
 /// The PEM files the sensor port's TLS is configured from.
@@ -101,6 +107,9 @@ impl Default for ServerConfig {
             tls: None,
             auth: None,
             allow_legacy: Vec::new(),
+            http_auth: crate::http::access::HttpAuth::Auto,
+            metrics_auth: None,
+            http_insecure: false,
         }
     }
 }
@@ -186,6 +195,16 @@ pub async fn run_with_store(
         .as_ref()
         .map(tls::TlsSettings::from_files)
         .transpose()?;
+    // Checked at validation too; again here for a config built in code.
+    let access = crate::http::HttpAccess::resolve(&config)?;
+    if config.http.is_some() && access.exposed {
+        tracing::warn!(
+            http = config.http.as_deref().unwrap_or_default(),
+            api = %access.api,
+            metrics = %access.metrics,
+            "the HTTP side listens beyond loopback without tokens (--http-insecure or --http-auth open): anyone who reaches it can read every reading"
+        );
+    }
     let auth = match &config.auth {
         Some(path) => {
             let authority = Authority::load(path)?;
@@ -210,6 +229,7 @@ pub async fn run_with_store(
         Some(addr) => {
             let mut state = crate::http::AppState::new(reader, &config, shutdown.clone());
             state.auth = auth.clone();
+            state.access = access;
             let live = state.live.clone();
             live.spawn_sweeper(shutdown.clone());
             (

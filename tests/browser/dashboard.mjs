@@ -14,6 +14,12 @@
 //     subscription names exactly the 50 sensors shown on each page; prints
 //     `PAINT fcp_ms=… rows_ms=…` (first contentful paint, first rows shown): reported, never
 //     asserted against a clock.
+//   node tests/browser/dashboard.mjs login URL --token READ --write-token WRITE --sensor S --out DIR
+//     against a server that asks for tokens: the page shows the login form (focused, no
+//     data); a wrong token and a write-only token are refused with an error text; the read
+//     token shows S in the table; a reload keeps the session; "log out" returns to the form;
+//     a token an older page kept in localStorage moves into the session (and out of
+//     localStorage); no request URL ever holds a token.
 //
 // Prints `OK` and exits 0 when every check held; otherwise prints the reason on stderr,
 // saves DIR/failure-*.png and exits 1. Waits are liveness bounds, not timing assertions.
@@ -29,8 +35,8 @@ function parseArgs(argv) {
   const [mode, url, ...rest] = argv;
   const opts = { mode, url, out: 'target/browser' };
   for (let i = 0; i < rest.length; i += 2) opts[rest[i].replace(/^--/, '')] = rest[i + 1];
-  if (!['live', 'many'].includes(mode) || !url) {
-    throw new Error('usage: dashboard.mjs live|many URL [--sensors A,B] [--total N] [--out DIR]');
+  if (!['live', 'many', 'login'].includes(mode) || !url) {
+    throw new Error('usage: dashboard.mjs live|many|login URL [--sensors A,B] [--total N] [--token T --write-token W --sensor S] [--out DIR]');
   }
   return opts;
 }
@@ -258,6 +264,85 @@ async function many(page, opts) {
   if (rendered !== 50) throw new Error(`${rendered} rows rendered, expected one page of 50`);
 }
 
+/** What the login form and the data show now. */
+async function loginState(page) {
+  return page.evaluate(() => ({
+    form: !document.getElementById('login').hidden,
+    data: !document.getElementById('server').hidden && !document.getElementById('view').hidden,
+    error: document.getElementById('login-error').hidden ? '' : document.getElementById('login-error').textContent,
+    logout: !document.getElementById('logout').hidden,
+    focused: document.activeElement ? document.activeElement.id : '',
+    session: sessionStorage.getItem('sensorlink.token'),
+    local: localStorage.getItem('sensorlink.token'),
+  }));
+}
+
+async function login(page, opts) {
+  const { token, sensor } = opts;
+  const writeToken = opts['write-token'];
+  if (!token || !writeToken || !sensor) throw new Error('login takes --token, --write-token and --sensor');
+  const urls = [];
+  page.on('request', (req) => urls.push(req.url()));
+  const showsForm = () => {
+    const form = document.getElementById('login');
+    return form && !form.hidden && document.getElementById('server').hidden;
+  };
+  await page.goto(opts.url, { waitUntil: 'load' });
+  await waitFor(page, 'the login form instead of data', showsForm, null);
+  let state = await loginState(page);
+  if (state.focused !== 'login-token') throw new Error(`the token field is not focused: ${JSON.stringify(state)}`);
+  if (state.error || state.logout) throw new Error(`a first visit shows no error and no log out: ${JSON.stringify(state)}`);
+  const label = await page.evaluate(() => document.querySelector('label[for="login-token"]').textContent);
+  if (!/token/i.test(label)) throw new Error(`the token field's label: ${JSON.stringify(label)}`);
+  await page.screenshot({ path: path.join(opts.out, 'dashboard-login.png') });
+
+  // Refused tokens: an error text, still the form, nothing kept.
+  const wrong = token.slice(0, -1) + (token.endsWith('a') ? 'b' : 'a');
+  for (const [what, candidate, pattern] of [['a wrong token', wrong, /not accept/], ['a write-only token', writeToken, /read scope/]]) {
+    await page.fill('#login-token', candidate);
+    await page.click('#login button[type="submit"]');
+    await waitFor(page, `an error for ${what}`, (re) => {
+      const node = document.getElementById('login-error');
+      return !node.hidden && new RegExp(re).test(node.textContent);
+    }, pattern.source);
+    state = await loginState(page);
+    if (!state.form || state.data || state.session !== null) throw new Error(`after ${what}: ${JSON.stringify(state)}`);
+    const invalid = await page.evaluate(() => document.getElementById('login-token').getAttribute('aria-invalid'));
+    if (invalid !== 'true') throw new Error(`the field is not marked invalid after ${what}`);
+  }
+  await page.screenshot({ path: path.join(opts.out, 'dashboard-login-error.png') });
+
+  // The read token: the table shows the sensor, and "log out" is offered.
+  const showsSensor = (sel) => !!document.querySelector(sel) && document.getElementById('login').hidden;
+  await page.fill('#login-token', token);
+  await page.click('#login button[type="submit"]');
+  await waitFor(page, `${sensor} in the table after logging in`, showsSensor, rowSel(sensor));
+  state = await loginState(page);
+  if (!state.logout || state.session !== token || state.local !== null) throw new Error(`after logging in: ${JSON.stringify({ ...state, session: state.session && 'set' })}`);
+
+  // A reload keeps the session.
+  await page.reload({ waitUntil: 'load' });
+  await waitFor(page, `${sensor} in the table after a reload, without logging in again`, showsSensor, rowSel(sensor));
+
+  // Log out: back to the form, the token forgotten.
+  await page.click('#logout');
+  await waitFor(page, 'the login form after logging out', showsForm, null);
+  state = await loginState(page);
+  if (state.session !== null || state.logout || state.error) throw new Error(`after logging out: ${JSON.stringify(state)}`);
+
+  // A token an earlier page kept in localStorage moves into the session.
+  await page.evaluate((t) => localStorage.setItem('sensorlink.token', t), token);
+  await page.reload({ waitUntil: 'load' });
+  await waitFor(page, `${sensor} in the table with the token moved from localStorage`, showsSensor, rowSel(sensor));
+  state = await loginState(page);
+  if (state.local !== null || state.session !== token) throw new Error(`the localStorage token was not moved: ${JSON.stringify({ local: state.local && 'set', session: state.session && 'set' })}`);
+  log('ok: the localStorage token moved into the session');
+
+  const leaked = urls.filter((u) => [token, writeToken, wrong].some((t) => u.includes(t)));
+  if (leaked.length) throw new Error(`a token in a request URL: ${leaked.length} requests`);
+  log(`ok: no token in any of ${urls.length} request URLs`);
+}
+
 async function main() {
   const opts = parseArgs(process.argv.slice(2));
   fs.mkdirSync(opts.out, { recursive: true });
@@ -276,6 +361,7 @@ async function main() {
     page.on('pageerror', (err) => log(`page error: ${err.message}`));
     page.on('console', (msg) => { if (msg.type() === 'error') log(`console: ${msg.text()}`); });
     if (opts.mode === 'live') await live(page, opts);
+    else if (opts.mode === 'login') await login(page, opts);
     else await many(page, opts);
     console.log('OK');
   } catch (err) {

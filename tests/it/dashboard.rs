@@ -391,3 +391,80 @@ fn dashboard_pages_a_thousand_sensors() {
         .expect("write target/browser/first-paint.txt");
     assert!(screenshot_dir().join("dashboard-1000.png").exists());
 }
+
+/// The dashboard of a server that asks for tokens: login form, refused tokens, the read
+/// token, a reload, log out, and the move of an old localStorage token into the session.
+#[test]
+fn dashboard_login_in_a_real_browser() {
+    require_browser();
+    let _one = ONE_BROWSER.lock().unwrap_or_else(PoisonError::into_inner);
+    let tokens = crate::http_auth::Tokens::new();
+    let server = Server::start(&["--http-auth", "token", "--auth", tokens.file()]);
+    let sensor = "kitchen-login";
+    // The client authenticates through the environment (the sensor port may ask too).
+    let client = bin()
+        .args(["client", &server.addr.to_string(), "--sensor", sensor])
+        .args(["--measurement", "temperature", "--source", "random"])
+        .args(["--interval", "200ms", "-q"])
+        .env("SENSORLINK_TOKEN", &tokens.write_only)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn sensorlink client");
+    let _client = KillOnDrop(client);
+    let read = format!("Bearer {}", tokens.read);
+    assert!(
+        poll_until(PATIENCE, || {
+            let (resp, _) = crate::http_auth::get_with(
+                &server.http_url(&format!("/api/sensors/{sensor}")),
+                Some(&read),
+            );
+            resp.status == 200
+        }),
+        "{sensor} in /api/sensors; server log:\n{}",
+        server.stderr()
+    );
+
+    let shots = ["dashboard-login.png", "dashboard-login-error.png"];
+    forget_screenshots(&shots);
+    let url = server.http_url("/");
+    let args = [
+        "login",
+        &url,
+        "--token",
+        &tokens.read,
+        "--write-token",
+        &tokens.write_only,
+        "--sensor",
+        sensor,
+    ];
+    let mut driver = Driver::start(&args);
+    let mut ok = false;
+    while let Some(line) = driver.next_line() {
+        if line == "OK" {
+            ok = true;
+        } else {
+            panic!(
+                "unexpected line from the driver: {line:?}; its log:\n{}",
+                driver.log()
+            );
+        }
+    }
+    let (status, log) = driver.finish();
+    assert!(
+        status.success() && ok,
+        "browser checks failed ({status}); screenshots in {}; driver log:\n{log}\nserver log:\n{}",
+        screenshot_dir().display(),
+        server.stderr()
+    );
+    for shot in shots {
+        assert!(screenshot_dir().join(shot).exists(), "{shot} was saved");
+    }
+    // The server's log never holds a token.
+    let log = server.stderr();
+    assert!(
+        !log.contains(&tokens.read) && !log.contains(&tokens.write_only),
+        "{log}"
+    );
+}

@@ -9,6 +9,7 @@ mod dashboard;
 mod durability;
 mod harness;
 mod http;
+mod http_auth;
 mod hygiene;
 mod limits;
 mod line;

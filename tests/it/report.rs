@@ -85,9 +85,15 @@ fn client_report_svg_has_the_rtt_series_histogram_and_summary() {
             "{p}: {all}"
         );
     }
-    // The RTT series: one polyline (blue) through every sample, plus its legend's stroke.
+    // The RTT series: one polyline (blue), plus its legend's 2-point stroke. Acks that land
+    // in the same 1 ms bucket (a loaded machine delays a few and they arrive together) are
+    // drawn as that bucket's min and max, so the line has at most 25 points, and fewer only
+    // by such merges: most of the 10 ms-spaced samples stay points of their own.
     let rtt = polyline_points(&doc, "#0000FF");
-    assert!(rtt.contains(&25), "a 25-point RTT line: {rtt:?}");
+    assert!(
+        rtt.iter().any(|&n| (13..=25).contains(&n)),
+        "an RTT line through the 25 samples: {rtt:?}"
+    );
     // Histogram bars: blue, filled, and at least one.
     assert!(bars(&doc, "#0000FF") >= 1, "histogram bars");
     // No timeout, loss or reconnect happened: none is marked.

@@ -3,6 +3,8 @@
 // one sensor (#/sensor/NAME). Data comes from /api/* (docs/http-api.md); live updates from
 // the SSE stream /api/events, read with fetch() so that it can carry the same
 // `Authorization: Bearer` header as every other request (EventSource cannot send headers).
+// A server that asks for a token (401/403) gets the login form instead of data; the token is
+// kept in sessionStorage (this tab's session) and only ever sent in that header, never in a URL.
 // Everything from the API reaches the DOM through textContent or attributes, never as HTML:
 // sensor names come from the network.
 'use strict';
@@ -23,35 +25,52 @@
 
   // ---- fetching -------------------------------------------------------------------------
 
-  /** Headers for every API request: a bearer token once one is set in localStorage. */
-  function authHeaders() {
-    let token = null;
-    try { token = localStorage.getItem(TOKEN_KEY); } catch (_) { /* storage disabled */ }
-    return token ? { Authorization: 'Bearer ' + token } : {};
+  // ---- the access token ------------------------------------------------------------------
+
+  // True while the login form stands in for the data: nothing is fetched, nothing drawn.
+  let locked = false;
+
+  // Where the token lives when storage is disabled: this page only.
+  let memoryToken = null;
+
+  /** The token of this session (sessionStorage: it ends with the tab), or null. */
+  function getToken() {
+    try { return sessionStorage.getItem(TOKEN_KEY); } catch (_) { return memoryToken; }
+  }
+
+  function setToken(token) {
+    memoryToken = token;
+    try {
+      if (token === null) sessionStorage.removeItem(TOKEN_KEY);
+      else sessionStorage.setItem(TOKEN_KEY, token);
+    } catch (_) { /* storage disabled: memoryToken serves */ }
   }
 
   /**
-   * A server that wants a token answers 401: ask for one once, keep it in localStorage
-   * (sent from then on as `Authorization: Bearer …`), and reload.
+   * Earlier pages kept the token in localStorage, where it outlived the session: move it into
+   * the session once, and remove it from there.
    */
-  function askForToken() {
-    if (document.getElementById('token-form')) return;
-    const input = el('input', { id: 'token', type: 'password', autocomplete: 'off', required: true });
-    const form = el('form', { id: 'token-form', class: 'token-form' },
-      el('label', { for: 'token' }, 'This server asks for an access token:'), input,
-      el('button', { type: 'submit' }, 'Use token'));
-    form.addEventListener('submit', (ev) => {
-      ev.preventDefault();
-      try { localStorage.setItem(TOKEN_KEY, input.value.trim()); } catch (_) { /* storage disabled */ }
-      location.reload();
-    });
-    document.querySelector('header.top').after(form);
-    input.focus();
+  function migrateToken() {
+    try {
+      const old = localStorage.getItem(TOKEN_KEY);
+      if (old === null) return;
+      if (getToken() === null) setToken(old);
+      localStorage.removeItem(TOKEN_KEY);
+    } catch (_) { /* storage disabled: nothing was kept */ }
   }
+
+  /** Headers for every API request: the bearer token once one is set. */
+  function authHeaders() {
+    const token = getToken();
+    return token ? { Authorization: 'Bearer ' + token } : {};
+  }
+
+  /** 401: no usable token; 403: a token that may not read. Either way: the login form. */
+  const isRefusal = (status) => status === 401 || status === 403;
 
   async function getJSON(path) {
     const resp = await fetch(path, { headers: authHeaders(), cache: 'no-store' });
-    if (resp.status === 401) askForToken();
+    if (isRefusal(resp.status)) lock(resp.status);
     if (!resp.ok) {
       let detail = '';
       try { detail = (await resp.json()).error || ''; } catch (_) { /* not JSON */ }
@@ -92,7 +111,12 @@
             cache: 'no-store',
             signal: this.abort.signal,
           });
-          if (resp.status === 401) askForToken();
+          if (isRefusal(resp.status)) {
+            // No retrying with a token the server refuses: the login form takes over.
+            this.close();
+            lock(resp.status);
+            return;
+          }
           if (!resp.ok || !resp.body) throw new Error(`events: HTTP ${resp.status}`);
           backoffMs = 500;
           this.lagged = false;
@@ -216,6 +240,8 @@
   }
 
   function setStatus(text, isError) {
+    // The status line speaks of the data; behind the login form there is none.
+    if (locked) return;
     const node = document.getElementById('status');
     // Written only when it changes: the status is a live region, read out on each change.
     if (node.textContent !== text) node.textContent = text;
@@ -854,6 +880,8 @@
 
   function route() {
     if (view) view.unmount();
+    view = null;
+    if (locked) return;
     const hash = location.hash || '#/';
     const root = document.getElementById('view');
     if (hash.startsWith('#/sensor/')) {
@@ -877,10 +905,117 @@
     }
   }
 
+  // ---- login and log out ------------------------------------------------------------------
+
+  const loginForm = document.getElementById('login');
+  const loginInput = document.getElementById('login-token');
+  const loginError = document.getElementById('login-error');
+  const loginButton = loginForm.querySelector('button[type="submit"]');
+  const logoutButton = document.getElementById('logout');
+
+  function showLoginError(text) {
+    loginError.textContent = text;
+    loginError.hidden = !text;
+    if (text) loginInput.setAttribute('aria-invalid', 'true');
+    else loginInput.removeAttribute('aria-invalid');
+  }
+
+  const REFUSED_TEXT = {
+    401: 'The server did not accept this token (unknown, revoked or mistyped).',
+    403: 'This token may not read the dashboard: it needs the read scope (sensorlink token new --read).',
+  };
+
+  /** Show the login form instead of the data (`status`: the refusal that led here, if any). */
+  function lock(status) {
+    if (locked) return;
+    const hadToken = getToken() !== null;
+    locked = true;
+    route(); // unmounts the view, and with it its event stream
+    document.getElementById('view').replaceChildren();
+    document.getElementById('server').hidden = true;
+    document.getElementById('view').hidden = true;
+    const node = document.getElementById('status');
+    node.textContent = '';
+    node.classList.remove('error');
+    // A token the server refuses is of no more use: forget it.
+    if (hadToken && status) setToken(null);
+    logoutButton.hidden = true;
+    loginForm.hidden = false;
+    showLoginError(hadToken && status ? REFUSED_TEXT[status] : '');
+    loginInput.value = '';
+    loginInput.focus();
+  }
+
+  /** Back to the data (after a login, or at start when no token is needed). */
+  function unlock() {
+    locked = false;
+    loginForm.hidden = true;
+    showLoginError('');
+    logoutButton.hidden = getToken() === null;
+    document.getElementById('server').hidden = false;
+    document.getElementById('view').hidden = false;
+    route();
+    refreshServer();
+  }
+
+  loginForm.addEventListener('submit', async (ev) => {
+    // Handled here, never submitted: the token must not travel in a URL or a form post.
+    ev.preventDefault();
+    const candidate = loginInput.value.trim();
+    if (!candidate) {
+      showLoginError('Enter an access token.');
+      loginInput.focus();
+      return;
+    }
+    loginButton.disabled = true;
+    showLoginError('');
+    let resp = null;
+    try {
+      resp = await fetch('/api/server', { headers: { Authorization: 'Bearer ' + candidate }, cache: 'no-store' });
+    } catch (err) {
+      showLoginError(`Cannot reach the server: ${err.message}`);
+    } finally {
+      loginButton.disabled = false;
+    }
+    if (!resp) { loginInput.focus(); return; }
+    if (resp.ok) {
+      setToken(candidate);
+      loginInput.value = '';
+      unlock();
+      // Where the data starts, for keyboard and screen-reader users.
+      document.getElementById('view').focus();
+      return;
+    }
+    showLoginError(REFUSED_TEXT[resp.status] || `Cannot check the token: HTTP ${resp.status}.`);
+    loginInput.select();
+    loginInput.focus();
+  });
+
+  logoutButton.addEventListener('click', () => {
+    setToken(null);
+    locked = false; // start() decides: a server that needs no token shows the data again
+    start();
+  });
+
+  /** Ask once whether the server lets this session read, then show data or the form. */
+  async function start() {
+    let resp = null;
+    try {
+      resp = await fetch('/api/server', { headers: authHeaders(), cache: 'no-store' });
+    } catch (_) { /* unreachable: the views say so and keep retrying */ }
+    if (resp && isRefusal(resp.status)) {
+      // A token kept from before that no longer works is reported, then forgotten.
+      lock(getToken() === null ? 0 : resp.status);
+      return;
+    }
+    unlock();
+  }
+
+  migrateToken();
   window.addEventListener('hashchange', route);
-  route();
-  refreshServer();
+  start();
   setInterval(() => {
+    if (locked) return;
     refreshServer();
     if (view) view.tick();
   }, REFRESH_MS);
