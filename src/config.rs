@@ -282,7 +282,11 @@ pub struct RawServer {
         env = "SENSORLINK_ALLOW_LEGACY",
         value_delimiter = ','
     )]
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "allow_legacy",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub allow_legacy: Option<Vec<String>>,
 }
 
@@ -1315,6 +1319,19 @@ mod tests {
                 .starts_with("invalid allow-legacy 10.0.0.0/40"),
             "{err}"
         );
+        // In the file, as printed or with an underscore.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("server.toml");
+        for key in ["allow-legacy", "allow_legacy"] {
+            std::fs::write(&path, format!("[server]\n{key} = [\"10.0.0.0/8\"]\n")).expect("write");
+            let config = server_config(RawServer::default(), Some(&path), None).expect("valid");
+            let nets: Vec<String> = config
+                .allow_legacy
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            assert_eq!(nets, ["10.0.0.0/8"], "{key}");
+        }
     }
 
     #[test]
