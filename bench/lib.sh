@@ -65,12 +65,15 @@ stop_pid() {
 # start_ours STORE FSYNC [SERVER FLAGS...]: a fresh `sensorlink server` on a free loopback
 # port; sets $server_pid and $addr (127.0.0.1:PORT). `--http off`: the measured server does
 # no HTTP work (and never collides on the default HTTP port). The load comes from a few
-# loopback addresses, so the per-address share and connect rate are lifted.
+# loopback addresses, so the per-address share and connect rate are lifted; and the reading
+# quotas (rate, new series) too, so a benchmark measures the pipeline, not the limits.
 start_ours() {
   local store=$1 fsync=$2 i
   shift 2
   start_bg "$tmp/server.out" "$bin" server --listen 127.0.0.1:0 --http off --store "$store" --fsync "$fsync" -q \
-    --max-connections-per-ip 1048576 --connect-rate-per-ip 1000000 "$@"
+    --max-connections-per-ip 1048576 --connect-rate-per-ip 1000000 \
+    --max-rate-per-connection 1000000000 --max-rate-per-token 1000000000 \
+    --max-new-series-per-connection 1000000000 --max-new-series-per-token 1000000000 "$@"
   server_pid=$last_pid
   addr=
   for ((i = 0; i < 200; i++)); do

@@ -1,5 +1,6 @@
 //! Line protocol throughput: one typical line through `ilp::parse`, and a 64 KiB read
-//! through `LineDecoder`. Both report lines per second.
+//! through `LineDecoder`. Both report lines per second. Beside them, what the quotas add
+//! per reading (`ConnQuota::admit` of a known series), to compare with the parse.
 
 use std::hint::black_box;
 
@@ -7,6 +8,7 @@ use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use sensorlink::protocol::codec::LineDecoder;
 use sensorlink::protocol::{ilp, DEFAULT_MAX_LINE_BYTES};
+use sensorlink::server::quota::{ConnQuota, QuotaLimits, Quotas};
 
 const LINE: &[u8] =
     b"weather,sensor=kitchen-01,site=lab temperature=21.53,humidity=40i 1732448785123456789";
@@ -49,5 +51,22 @@ fn decode_buffer(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, parse_line, decode_buffer);
+fn quota_admit(c: &mut Criterion) {
+    let reading = ilp::parse(LINE).expect("a valid line");
+    let quotas = Quotas::new(QuotaLimits {
+        rate_per_connection: u32::MAX,
+        ..QuotaLimits::default()
+    });
+    let now = tokio::time::Instant::now();
+    let mut quota = ConnQuota::new(quotas, now);
+    let mut group = c.benchmark_group("quota");
+    group.throughput(Throughput::Elements(1));
+    // The series is known after the first call: the steady state of a sensor.
+    group.bench_function("admit_known_series", |b| {
+        b.iter(|| quota.admit(black_box(&reading), "10.0.0.1", now))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, parse_line, decode_buffer, quota_admit);
 criterion_main!(benches);

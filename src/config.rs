@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::http::access::{AccessError, Guard, HttpAccess, HttpAuth};
 use crate::protocol::TimestampWindow;
+use crate::server::quota::QuotaLimits;
 use crate::server::{self, ServerConfig};
 use crate::store::writer::WriterConfig;
 use crate::store::{FsyncPolicy, StoreUrl};
@@ -241,6 +242,29 @@ pub struct RawServer {
     #[arg(long, value_name = "FILE", env = "SENSORLINK_TLS_CLIENT_CA")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_client_ca: Option<PathBuf>,
+    /// Readings per second one connection may send, in bursts of one second's worth;
+    /// more are refused with `error … rate limit exceeded` [default: 100000].
+    #[arg(long, env = "SENSORLINK_MAX_RATE_PER_CONNECTION")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rate_per_connection: Option<u32>,
+    /// Readings per second across every connection of one auth token [default: 100000].
+    #[arg(long, env = "SENSORLINK_MAX_RATE_PER_TOKEN")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rate_per_token: Option<u32>,
+    /// New series per minute one connection may create, in bursts of one minute's worth;
+    /// readings of more are refused with `error … too many new series` [default: 1000].
+    #[arg(long, env = "SENSORLINK_MAX_NEW_SERIES_PER_CONNECTION")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_new_series_per_connection: Option<u32>,
+    /// New series per minute across every connection of one auth token [default: 1000].
+    #[arg(long, env = "SENSORLINK_MAX_NEW_SERIES_PER_TOKEN")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_new_series_per_token: Option<u32>,
+    /// Series ids the SQLite writer keeps in memory (least recently used evicted; a miss
+    /// costs one database lookup) [default: 100000].
+    #[arg(long, env = "SENSORLINK_SERIES_CACHE_ENTRIES")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub series_cache_entries: Option<usize>,
     /// Require tokens: the tokens file (TOML, made by `sensorlink token new`), read at start
     /// and on SIGHUP. See SECURITY.md.
     #[arg(long, value_name = "FILE", env = "SENSORLINK_AUTH")]
@@ -300,6 +324,9 @@ pub mod limits {
     /// Linux's default ceiling on open files per process (`fs.nr_open`).
     pub const MAX_CONNECTIONS: (usize, usize) = (1, 1 << 20);
     pub const CONNECT_RATE_PER_IP: (u32, u32) = (1, 1_000_000);
+    /// Up to a billion: as good as off (benchmarks), still a number.
+    pub const QUOTA: (u32, u32) = (1, 1_000_000_000);
+    pub const SERIES_CACHE_ENTRIES: (usize, usize) = (1, 100_000_000);
     /// Below 64 bytes not even a short reading fits; above 16 MiB one line could pin that
     /// much memory per connection.
     pub const MAX_LINE_BYTES: (usize, usize) = (64, 16 << 20);
@@ -349,6 +376,17 @@ impl RawServer {
             tls_cert: self.tls_cert.or(lower.tls_cert),
             tls_key: self.tls_key.or(lower.tls_key),
             tls_client_ca: self.tls_client_ca.or(lower.tls_client_ca),
+            max_rate_per_connection: self
+                .max_rate_per_connection
+                .or(lower.max_rate_per_connection),
+            max_rate_per_token: self.max_rate_per_token.or(lower.max_rate_per_token),
+            max_new_series_per_connection: self
+                .max_new_series_per_connection
+                .or(lower.max_new_series_per_connection),
+            max_new_series_per_token: self
+                .max_new_series_per_token
+                .or(lower.max_new_series_per_token),
+            series_cache_entries: self.series_cache_entries.or(lower.series_cache_entries),
             auth: self.auth.or(lower.auth),
             allow_legacy: self.allow_legacy.or(lower.allow_legacy),
             http_auth: self.http_auth.or(lower.http_auth),
@@ -468,6 +506,39 @@ impl RawServer {
                     limits::MAX_FUTURE_TIMESTAMP,
                 )?,
             },
+            quotas: QuotaLimits {
+                rate_per_connection: in_range(
+                    "max-rate-per-connection",
+                    self.max_rate_per_connection
+                        .unwrap_or(defaults.quotas.rate_per_connection),
+                    limits::QUOTA,
+                )?,
+                rate_per_token: in_range(
+                    "max-rate-per-token",
+                    self.max_rate_per_token
+                        .unwrap_or(defaults.quotas.rate_per_token),
+                    limits::QUOTA,
+                )?,
+                new_series_per_connection: in_range(
+                    "max-new-series-per-connection",
+                    self.max_new_series_per_connection
+                        .unwrap_or(defaults.quotas.new_series_per_connection),
+                    limits::QUOTA,
+                )?,
+                new_series_per_token: in_range(
+                    "max-new-series-per-token",
+                    self.max_new_series_per_token
+                        .unwrap_or(defaults.quotas.new_series_per_token),
+                    limits::QUOTA,
+                )?,
+                ..defaults.quotas
+            },
+            series_cache_entries: in_range(
+                "series-cache-entries",
+                self.series_cache_entries
+                    .unwrap_or(defaults.series_cache_entries),
+                limits::SERIES_CACHE_ENTRIES,
+            )?,
             ..defaults
         };
         // A server that would serve its API to the network without tokens does not start.
@@ -496,6 +567,11 @@ impl RawServer {
             tls_cert: config.tls.as_ref().map(|tls| tls.cert.clone()),
             tls_key: config.tls.as_ref().map(|tls| tls.key.clone()),
             tls_client_ca: config.tls.as_ref().and_then(|tls| tls.client_ca.clone()),
+            max_rate_per_connection: Some(config.quotas.rate_per_connection),
+            max_rate_per_token: Some(config.quotas.rate_per_token),
+            max_new_series_per_connection: Some(config.quotas.new_series_per_connection),
+            max_new_series_per_token: Some(config.quotas.new_series_per_token),
+            series_cache_entries: Some(config.series_cache_entries),
             auth: config.auth.clone(),
             allow_legacy: Some(
                 config
@@ -703,6 +779,70 @@ mod tests {
                     ..RawServer::default()
                 },
                 "invalid connect-rate-per-ip 0",
+            ),
+        ] {
+            let err = raw.validate().expect_err(setting);
+            assert!(err.to_string().starts_with(setting), "{err}");
+        }
+    }
+
+    /// The quotas and the series cache: from the file, printed back, defaults, and a zero
+    /// refused with the setting named.
+    #[test]
+    fn quotas_and_series_cache_are_validated_settings() {
+        let file = parse_file(
+            "[server]\nmax-rate-per-connection = 500\nmax-rate-per-token = 700\n\
+             max-new-series-per-connection = 10\nmax-new-series-per-token = 20\n\
+             series-cache-entries = 3000\n",
+        )
+        .expect("valid file");
+        let config = file.validate().expect("valid settings");
+        assert_eq!(
+            (
+                config.quotas.rate_per_connection,
+                config.quotas.rate_per_token,
+                config.quotas.new_series_per_connection,
+                config.quotas.new_series_per_token,
+                config.series_cache_entries
+            ),
+            (500, 700, 10, 20, 3000)
+        );
+        let printed = print_server(&config).expect("printable");
+        for line in [
+            "max-rate-per-connection = 500\n",
+            "max-rate-per-token = 700\n",
+            "max-new-series-per-connection = 10\n",
+            "max-new-series-per-token = 20\n",
+            "series-cache-entries = 3000\n",
+        ] {
+            assert!(printed.contains(line), "{printed}");
+        }
+        let defaults = RawServer::default().validate().expect("defaults");
+        assert_eq!(defaults.quotas, QuotaLimits::default());
+        assert_eq!(defaults.quotas.rate_per_connection, 100_000);
+        assert_eq!(defaults.quotas.new_series_per_connection, 1_000);
+        assert_eq!(defaults.series_cache_entries, 100_000);
+        for (raw, setting) in [
+            (
+                RawServer {
+                    max_rate_per_token: Some(0),
+                    ..RawServer::default()
+                },
+                "invalid max-rate-per-token 0",
+            ),
+            (
+                RawServer {
+                    max_new_series_per_connection: Some(0),
+                    ..RawServer::default()
+                },
+                "invalid max-new-series-per-connection 0",
+            ),
+            (
+                RawServer {
+                    series_cache_entries: Some(0),
+                    ..RawServer::default()
+                },
+                "invalid series-cache-entries 0",
             ),
         ] {
             let err = raw.validate().expect_err(setting);

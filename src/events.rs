@@ -27,12 +27,14 @@ use crate::store::WriteOutcome;
 mod auth;
 mod http_auth;
 mod labels;
+mod limits;
 mod recent;
 mod table;
 
 pub use auth::{AuthChecked, LegacyNotAllowed};
 pub use http_auth::{HttpAuthRefused, HttpRefusal};
 pub use labels::{AuthResult, CloseReason, Mode, RefuseReason, RejectReason};
+pub use limits::SeriesCacheEvicted;
 pub use recent::{Percentiles, Recent, Rejection, WindowSummary, WINDOW_SECONDS};
 pub use table::{describe, names, prometheus_builder, Kind, MetricDef, METRICS};
 
@@ -85,6 +87,8 @@ pub struct Telemetry {
     sse_lagged: Counter,
     /// `result` = [`AuthResult::ALL`].
     auth: [Counter; AuthResult::ALL.len()],
+    series_cache_evicted: Counter,
+    series_cache_entries: Gauge,
     /// `reason` = [`HttpRefusal`] (`events/http_auth.rs`).
     http_auth_refused: [Counter; HttpRefusal::ALL.len()],
     /// What the load summary reads.
@@ -136,6 +140,8 @@ impl Telemetry {
             sse_lagged: metrics::counter!(SSE_LAGGED),
             auth: AuthResult::ALL
                 .map(|result| metrics::counter!(AUTH, "result" => result.as_str())),
+            series_cache_evicted: metrics::counter!(SERIES_CACHE_EVICTED),
+            series_cache_entries: metrics::gauge!(SERIES_CACHE_ENTRIES),
             http_auth_refused: HttpRefusal::ALL
                 .map(|reason| metrics::counter!(HTTP_AUTH_REFUSED, "reason" => reason.as_str())),
             totals: Totals::default(),

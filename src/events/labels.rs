@@ -122,11 +122,15 @@ pub enum RejectReason {
     NotPermitted,
     /// A reading refused because the connection's token was revoked.
     AuthFailed,
+    /// Over `--max-rate-per-connection` or `--max-rate-per-token`.
+    RateLimited,
+    /// A new series over `--max-new-series-per-connection` or `-per-token`.
+    NewSeriesLimit,
 }
 
 impl RejectReason {
     /// In declaration order, so `reason as usize` indexes it.
-    pub(super) const ALL: [RejectReason; 10] = [
+    pub(super) const ALL: [RejectReason; 12] = [
         RejectReason::Oversize,
         RejectReason::InvalidUtf8,
         RejectReason::InvalidReading,
@@ -137,6 +141,8 @@ impl RejectReason {
         RejectReason::Unauthenticated,
         RejectReason::NotPermitted,
         RejectReason::AuthFailed,
+        RejectReason::RateLimited,
+        RejectReason::NewSeriesLimit,
     ];
 
     /// The reason `error` falls under.
@@ -152,6 +158,8 @@ impl RejectReason {
             ProtocolError::Unauthenticated => RejectReason::Unauthenticated,
             ProtocolError::NotPermitted(_) => RejectReason::NotPermitted,
             ProtocolError::AuthFailed(_) => RejectReason::AuthFailed,
+            ProtocolError::RateLimited { .. } => RejectReason::RateLimited,
+            ProtocolError::TooManyNewSeries { .. } => RejectReason::NewSeriesLimit,
         }
     }
 
@@ -164,6 +172,8 @@ impl RejectReason {
             RejectReason::UnknownCommand => "unknown_command",
             RejectReason::InvalidLegacy => "invalid_legacy",
             RejectReason::TimestampOutOfRange => "timestamp_out_of_range",
+            RejectReason::RateLimited => "rate_limited",
+            RejectReason::NewSeriesLimit => "new_series_limit",
             RejectReason::Unauthenticated => "unauthenticated",
             RejectReason::NotPermitted => "not_permitted",
             RejectReason::AuthFailed => "auth_failed",

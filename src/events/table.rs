@@ -14,7 +14,7 @@
 //! | `sensorlink_accept_errors_total` | counter | | failed `accept()` calls |
 //! | `sensorlink_tls_handshakes_failed_total` | counter | `reason` = `timeout` `error` | TLS handshakes on the sensor port that did not complete (the connection is closed) |
 //! | `sensorlink_readings_accepted_total` | counter | | readings parsed and handed to the store |
-//! | `sensorlink_lines_rejected_total` | counter | `reason` = `oversize` `invalid_utf8` `invalid_reading` `invalid_command` `unknown_command` `invalid_legacy` `timestamp_out_of_range` `unauthenticated` `not_permitted` `auth_failed` | lines (or legacy messages) that were neither a reading nor a command |
+//! | `sensorlink_lines_rejected_total` | counter | `reason` = `oversize` `invalid_utf8` `invalid_reading` `invalid_command` `unknown_command` `invalid_legacy` `timestamp_out_of_range` `rate_limited` `new_series_limit` `unauthenticated` `not_permitted` `auth_failed` | lines (or legacy messages) refused: neither a reading nor a command, or a reading refused by a limit (timestamp window, `--max-rate-per-*`, `--max-new-series-per-*`), or by `--auth` (before `auth`; outside the token's scope; the token revoked) |
 //! | `sensorlink_readings_committed_total` | counter | `outcome` = `inserted` `duplicate` | readings in committed transactions |
 //! | `sensorlink_readings_acked_total` | counter | | readings covered by an ack (or legacy `pong`) written |
 //! | `sensorlink_readings_unacked_total` | counter | `reason="store_failed"` | readings answered with an error instead of an ack |
@@ -34,6 +34,8 @@
 //! | `sensorlink_sse_subscribers` | gauge | | open `/api/events` streams ([`super::SubscriberOpen`]) |
 //! | `sensorlink_sse_lagged_total` | counter | | event streams ended because the subscriber fell behind ([`super::SubscriberLagged`]) |
 //! | `sensorlink_auth_total` | counter | `result` = `ok` `malformed` `unknown` `revoked` `off` | `auth` lines answered on the sensor port (`off`: the server has no `--auth`) ([`super::AuthChecked`]) |
+//! | `sensorlink_store_series_cache_evictions_total` | counter | | series ids the SQLite writer evicted from its bounded cache ([`super::SeriesCacheEvicted`]) |
+//! | `sensorlink_store_series_cache_entries` | gauge | | series ids in that cache, as of its last eviction |
 //! | `sensorlink_http_auth_refused_total` | counter | `reason` = `missing` `malformed` `unknown` `revoked` `no_read_scope` | HTTP requests refused for want of a read token ([`super::HttpAuthRefused`]) |
 //!
 //! **Cardinality rule.** Every label takes only the values listed: no per-sensor, per-peer
@@ -176,6 +178,10 @@ metric_table! {
         "Event streams ended because the subscriber fell behind its bounded queue.";
     AUTH = "sensorlink_auth_total", Counter, Count, NO_BUCKETS,
         "auth lines answered on the sensor port, by result (off: the server has no --auth).";
+    SERIES_CACHE_EVICTED = "sensorlink_store_series_cache_evictions_total", Counter, Count, NO_BUCKETS,
+        "Series ids the SQLite writer dropped from its bounded cache (least recently used first).";
+    SERIES_CACHE_ENTRIES = "sensorlink_store_series_cache_entries", Gauge, Count, NO_BUCKETS,
+        "Series ids in the SQLite writer's cache, as of its last eviction.";
     HTTP_AUTH_REFUSED = "sensorlink_http_auth_refused_total", Counter, Count, NO_BUCKETS,
         "HTTP requests (/api/*, /metrics) refused for want of a read token, by reason.";
 }

@@ -112,6 +112,12 @@ pub enum ProtocolError {
     /// The token was refused (`auth`), or revoked while in use; the text never holds it.
     #[error("auth failed: {0}")]
     AuthFailed(String),
+    /// A reading over a rate quota (see `server::quota`); `setting` names the limit.
+    #[error("rate limit exceeded: more than {limit} readings/s ({setting})")]
+    RateLimited { limit: u32, setting: &'static str },
+    /// A reading of a new series over a new-series quota (see `server::quota`).
+    #[error("too many new series: more than {limit} per minute ({setting})")]
+    TooManyNewSeries { limit: u32, setting: &'static str },
 }
 
 /// Default of [`TimestampWindow::max_future`]: sensor clocks drift, but not by days.

@@ -49,6 +49,11 @@ impl ConnAuth {
         }
     }
 
+    /// The id of the token in force (what per-token quotas are keyed by).
+    pub(super) fn token_id(&self) -> Option<&str> {
+        self.grant.as_deref().map(Grant::id)
+    }
+
     /// Why the connection must close now, if it must.
     pub(super) fn close_reason(&self) -> Option<CloseReason> {
         self.close
@@ -375,6 +380,7 @@ mod tests {
             max_inflight_batches: 4,
             timestamps: crate::protocol::TimestampWindow::default(),
             tls: None,
+            quotas: super::super::quota::Quotas::new(Default::default()),
             auth: authority,
             allow_legacy: Vec::new(),
         }
@@ -483,6 +489,70 @@ mod tests {
             "the linger waited for the peer: {held:?}"
         );
         drop(write);
+        tokio::task::spawn_blocking(move || writer.finish())
+            .await
+            .expect("join")
+            .expect("flush");
+    }
+
+    /// Per-token quotas are charged to the token `auth` presented: a second connection of
+    /// the same token finds the token's new-series allowance spent by the first.
+    #[tokio::test]
+    async fn quotas_are_charged_to_the_connections_token() {
+        let t = tokens(&["k-*"]);
+        let quotas = super::super::quota::Quotas::new(super::super::quota::QuotaLimits {
+            new_series_per_token: 1,
+            ..Default::default()
+        });
+        let limits = Limits {
+            quotas,
+            ..limits(Some(t.authority.clone()))
+        };
+        let (handle, writer) = writer::spawn(
+            Drive::Inline(Box::new(crate::store::memory::MemoryStore::default())),
+            WriterConfig::default(),
+        );
+        let mut replies = Vec::new();
+        for (sensor, sync) in [("k-1", "a"), ("k-2", "b")] {
+            let (client, server) = tokio::io::duplex(64 * 1024);
+            let serving = serve_counted(
+                server,
+                peer(),
+                &limits,
+                handle.clone(),
+                CancellationToken::new(),
+                crate::events::telemetry(),
+                None,
+            );
+            let sent = format!("auth {}\nm,sensor={sensor} v=1i 1\nsync {sync}\n", t.token);
+            let talking = async move {
+                let (read, mut write) = tokio::io::split(client);
+                write.write_all(sent.as_bytes()).await.expect("pipe open");
+                write.shutdown().await.expect("close");
+                let mut lines = BufReader::new(read).lines();
+                let mut got = Vec::new();
+                while let Some(line) = lines.next_line().await.expect("read") {
+                    got.push(line);
+                }
+                got
+            };
+            let ((), got) = tokio::join!(serving, talking);
+            replies.push(got);
+        }
+        assert!(
+            replies[0][1].starts_with("ack a readings=1 rejected=0"),
+            "{replies:?}"
+        );
+        assert!(
+            replies[1][1].starts_with("error 2 too many new series")
+                && replies[1][1].contains("per-token"),
+            "{replies:?}"
+        );
+        assert!(
+            replies[1][2].starts_with("ack b readings=0 rejected=1"),
+            "{replies:?}"
+        );
+        drop(handle);
         tokio::task::spawn_blocking(move || writer.finish())
             .await
             .expect("join")

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::auth::{linger, ConnAuth};
 use super::logging;
 use super::pending::{wait_head, InFlight, LiveFeed, PendingReply};
+use super::quota::ConnQuota;
 use super::stream::{read_when_ready, READ_CHUNK_BYTES};
 use crate::events::{
     self, AcksWithheld, BytesReceived, CloseReason, ConnectionClosed, ErrorReplySuppressed,
@@ -124,6 +125,8 @@ struct Connection<'a> {
     uncounted_accepted: u64,
     /// What the live view gets of this connection's committed batches.
     live: LiveFeed,
+    /// Rates and new-series caps ([`super::quota`]); authentication sets its principal.
+    quota: ConnQuota,
     out: Vec<u8>,
     /// What `out` holds, counted once it is written.
     out_replies: OutReplies,
@@ -222,6 +225,7 @@ async fn serve_stream<S>(
         log_suppressed: 0,
         uncounted_accepted: 0,
         live: LiveFeed::new(live.map(|registry| LiveConnection::new(registry, peer))),
+        quota: ConnQuota::new(limits.quotas.clone(), tokio::time::Instant::now()),
         out: Vec::new(),
         out_replies: OutReplies::default(),
     };
@@ -475,10 +479,11 @@ impl Connection<'_> {
     /// Handle one line-mode frame; returns whether it was accepted work (not an error).
     fn on_frame(&mut self, frame: Frame, received_ns: i64, received_at: Instant) -> bool {
         match frame {
+            // The token first: it may name the sensor, which the quotas key by.
             Frame::Reading(mut reading) => match self
                 .auth
                 .admit(&mut reading)
-                .and_then(|()| self.in_window(&reading, received_ns))
+                .and_then(|()| self.admissible(&reading, received_ns, received_at))
             {
                 Ok(()) => {
                     self.accept(reading, received_ns, received_at);
@@ -498,7 +503,11 @@ impl Connection<'_> {
                 self.become_interactive();
                 let line = self.line_count();
                 // Only an accepted token is progress (a refused one is a strike).
-                match self.auth.authenticate(&secret, self.peer, self.telemetry) {
+                let answer = self.auth.authenticate(&secret, self.peer, self.telemetry);
+                // Per-token quotas charge the token now in force (none after a refusal).
+                self.quota
+                    .set_principal(self.auth.token_id().map(Arc::<str>::from));
+                match answer {
                     Ok(id) => self.replies.push(PendingReply::AuthOk(id)),
                     Err(reason) => {
                         self.replies.push(PendingReply::Error { line, reason });
@@ -547,20 +556,22 @@ impl Connection<'_> {
     ) -> bool {
         let (accepted, received) = match message {
             LegacyMessage::Ping => (true, None),
-            LegacyMessage::Reading(mut reading) => match self.in_window(&reading, received_ns) {
-                Ok(()) => {
-                    // The seed's readings carry no name: the peer's address is the sensor.
-                    reading
-                        .tags
-                        .push(("sensor".to_string(), self.peer_ip.clone()));
-                    self.accept(reading, received_ns, received_at);
-                    (true, Some(received_at))
+            LegacyMessage::Reading(mut reading) => {
+                match self.admissible(&reading, received_ns, received_at) {
+                    Ok(()) => {
+                        // The seed's readings carry no name: the peer's address is the sensor.
+                        reading
+                            .tags
+                            .push(("sensor".to_string(), self.peer_ip.clone()));
+                        self.accept(reading, received_ns, received_at);
+                        (true, Some(received_at))
+                    }
+                    Err(error) => {
+                        self.reject(&error, 0);
+                        (false, None)
+                    }
                 }
-                Err(error) => {
-                    self.reject(&error, 0);
-                    (false, None)
-                }
-            },
+            }
             LegacyMessage::Invalid(error) => {
                 self.reject(&error, 0);
                 (false, None)
@@ -579,12 +590,20 @@ impl Connection<'_> {
         }
     }
 
-    /// A reading's own timestamp against [`Limits::timestamps`] (none: stamped on receipt).
-    fn in_window(&self, reading: &Reading, received_ns: i64) -> Result<(), ProtocolError> {
-        match reading.timestamp_ns {
-            Some(ts) => self.limits.timestamps.check(ts, received_ns),
-            None => Ok(()),
+    /// Whether `reading` may be stored: its own timestamp against [`Limits::timestamps`]
+    /// (none: stamped on receipt), then the quotas (a reading without a `sensor` tag is
+    /// filed under the peer's address, in line and legacy mode alike).
+    fn admissible(
+        &mut self,
+        reading: &Reading,
+        received_ns: i64,
+        received_at: Instant,
+    ) -> Result<(), ProtocolError> {
+        if let Some(ts) = reading.timestamp_ns {
+            self.limits.timestamps.check(ts, received_ns)?;
         }
+        let now = tokio::time::Instant::from_std(received_at);
+        self.quota.admit(reading, &self.peer_ip, now)
     }
 
     fn become_interactive(&mut self) {
@@ -858,6 +877,7 @@ mod tests {
             max_inflight_batches: 4,
             timestamps: crate::protocol::TimestampWindow::default(),
             tls: None,
+            quotas: super::super::quota::Quotas::new(Default::default()),
             auth: None,
             allow_legacy: Vec::new(),
         }

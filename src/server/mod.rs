@@ -7,10 +7,12 @@
 
 mod auth;
 pub mod connection;
+pub mod known_series;
 pub mod listener;
 pub mod logging;
 mod pending;
 pub mod per_ip;
+pub mod quota;
 pub mod shutdown;
 pub mod stream;
 pub mod tls;
@@ -64,6 +66,10 @@ pub struct ServerConfig {
     pub timestamps: TimestampWindow,
     /// Serve the sensor port over TLS; `None`: plain TCP.
     pub tls: Option<TlsFiles>,
+    /// Rates and new-series caps per connection and per token.
+    pub quotas: quota::QuotaLimits,
+    /// Series ids the SQLite store keeps in memory (least recently used evicted).
+    pub series_cache_entries: usize,
     /// The tokens file (`--auth`); `None`: no authentication.
     pub auth: Option<PathBuf>,
     /// With `--auth`: networks whose legacy (seed) peers may still connect (they cannot
@@ -105,6 +111,8 @@ impl Default for ServerConfig {
             stale_after: crate::live::DEFAULT_STALE_AFTER,
             timestamps: TimestampWindow::default(),
             tls: None,
+            quotas: quota::QuotaLimits::default(),
+            series_cache_entries: store::DEFAULT_SERIES_CACHE_ENTRIES,
             auth: None,
             allow_legacy: Vec::new(),
             http_auth: crate::http::access::HttpAuth::Auto,
@@ -131,6 +139,8 @@ pub struct Limits {
     /// Serve over TLS: set by [`run_with_store`] from [`ServerConfig::tls`] (files are read
     /// when the server starts), `None` from `From<&ServerConfig>`.
     pub tls: Option<tls::TlsSettings>,
+    /// Shared by every connection of the server (per-token buckets, known series).
+    pub quotas: Arc<quota::Quotas>,
     /// The tokens in force (`--auth`): set by [`run_with_store`], `None` from
     /// `From<&ServerConfig>` and when auth is off.
     pub auth: Option<Arc<Authority>>,
@@ -148,6 +158,7 @@ impl From<&ServerConfig> for Limits {
             max_inflight_batches: config.max_inflight_batches.max(1),
             timestamps: config.timestamps,
             tls: None,
+            quotas: quota::Quotas::new(config.quotas),
             auth: None,
             allow_legacy: config.allow_legacy.clone(),
         }
@@ -169,7 +180,8 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
 pub async fn open_store(config: &ServerConfig) -> anyhow::Result<store::OpenStore> {
     let store_url = config.store.clone();
     let fsync = config.fsync;
-    tokio::task::spawn_blocking(move || store::open(&store_url, fsync))
+    let series_cache = config.series_cache_entries;
+    tokio::task::spawn_blocking(move || store::open_with_cache(&store_url, fsync, series_cache))
         .await
         .context("store open task")?
         .with_context(|| format!("opening store {}", config.store))

@@ -3,7 +3,13 @@
 //! (`--connect-rate-per-ip`, a token bucket).
 //!
 //! IPv6 peers are keyed by their /64 prefix: one host usually holds a whole /64, so keying
-//! by full address would give it 2^64 shares. The table is bounded: an entry lives while its
+//! by full address would give it 2^64 shares. A peer holding a /48 (or more) still has
+//! 65,536 /64s, each with its own share: per-address limits do not bound such a network;
+//! `--max-connections` does. Two IPv6 forms carry an IPv4 address and are keyed by it, so
+//! that IPv4 clients behind one gateway are told apart as they would be over IPv4:
+//! IPv4-mapped (`::ffff:a.b.c.d`, a dual-stack socket) and NAT64 (`64:ff9b::a.b.c.d`, the
+//! well-known prefix of RFC 6052: every IPv4 host a NAT64 gateway serves would otherwise
+//! share the gateway's one /64). The table is bounded: an entry lives while its
 //! address holds a connection or its bucket is refilling (at most `burst / rate` seconds,
 //! 3.2 s at the defaults); the rest are swept out whenever the table has doubled since the
 //! last sweep, so its size stays within twice the addresses that are connected or were so
@@ -83,14 +89,25 @@ pub struct PerIpTable {
     state: Mutex<State>,
 }
 
-/// The table's key for `ip`: the address, or its /64 for IPv6 (IPv4-mapped as IPv4).
+/// NAT64's well-known prefix, `64:ff9b::/96` (RFC 6052).
+const NAT64_PREFIX: u128 = 0x0064_ff9b_u128 << 96;
+
+/// The table's key for `ip`: the address, or its /64 for IPv6; the embedded IPv4 address
+/// for IPv4-mapped and NAT64 (`64:ff9b::/96`) addresses.
 fn key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
-        },
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6);
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                IpAddr::V4(v4)
+            } else if bits >> 32 == NAT64_PREFIX >> 32 {
+                // The low 32 bits are the IPv4 host (truncation intended).
+                IpAddr::V4((bits as u32).into())
+            } else {
+                IpAddr::V6((bits & !u128::from(u64::MAX)).into())
+            }
+        }
     }
 }
 
@@ -290,5 +307,29 @@ mod tests {
         assert_ne!(key(a), key(c));
         let mapped: IpAddr = "::ffff:10.0.0.1".parse().expect("literal");
         assert_eq!(key(mapped), ip(1));
+    }
+
+    /// A NAT64 gateway's IPv4 clients share its /64 but not their embedded address.
+    #[test]
+    fn nat64_peers_are_keyed_by_their_embedded_ipv4_address() {
+        let a: IpAddr = "64:ff9b::10.0.0.1".parse().expect("literal");
+        let b: IpAddr = "64:ff9b::10.0.0.2".parse().expect("literal");
+        assert_eq!(key(a), ip(1));
+        assert_eq!(key(b), ip(2));
+        // Only the /96: the same /64 outside it is an ordinary IPv6 network.
+        let other: IpAddr = "64:ff9b::1:0:0:1".parse().expect("literal");
+        let other2: IpAddr = "64:ff9b::2:0:0:1".parse().expect("literal");
+        assert_eq!(key(other), key(other2));
+        assert!(key(other).is_ipv6());
+        let table = table(1, 100);
+        let now = Instant::now();
+        let _a = table.admit(a, now).expect("first client");
+        let _b = table
+            .admit(b, now)
+            .expect("another IPv4 client of the gateway");
+        assert_eq!(
+            table.admit(a, now).expect_err("its share is one"),
+            RefuseReason::PerIp
+        );
     }
 }

@@ -19,7 +19,7 @@ use std::fmt::Write as _;
 
 use super::StoredReading;
 use crate::protocol::escape::write_series_key;
-use crate::protocol::FieldValue;
+use crate::protocol::{FieldValue, Reading};
 
 /// [`write_stored_series_key`] into a new String.
 pub fn stored_series_key(reading: &StoredReading) -> String {
@@ -36,18 +36,31 @@ pub fn write_stored_series_key<'a>(
     pairs: &mut Vec<(&'a str, &'a str)>,
     reading: &'a StoredReading,
 ) {
+    write_reading_series_key(out, pairs, &reading.reading, &reading.sensor);
+}
+
+/// [`write_stored_series_key`] of `reading` filed under `sensor`, before it is a
+/// [`StoredReading`].
+pub fn write_reading_series_key<'a>(
+    out: &mut String,
+    pairs: &mut Vec<(&'a str, &'a str)>,
+    reading: &'a Reading,
+    sensor: &'a str,
+) {
+    series_tags(pairs, reading, sensor);
+    write_series_key(out, &reading.measurement, pairs);
+}
+
+/// The tags of the series of `reading` filed under `sensor`, sorted, into `pairs`: with
+/// the measurement, exactly what the series key encodes (the key is their escaped text,
+/// one to one), so the server's quotas can tell series apart without writing the key.
+pub fn series_tags<'a>(pairs: &mut Vec<(&'a str, &'a str)>, reading: &'a Reading, sensor: &'a str) {
     pairs.clear();
-    pairs.extend(
-        reading
-            .reading
-            .tags
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str())),
-    );
-    if reading.reading.tag("sensor").is_none() {
-        pairs.push(("sensor", reading.sensor.as_str()));
+    pairs.extend(reading.tags.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    if reading.tag("sensor").is_none() {
+        pairs.push(("sensor", sensor));
     }
-    write_series_key(out, &reading.reading.measurement, pairs);
+    pairs.sort_unstable();
 }
 
 /// Append `s` as a JSON string.

@@ -379,9 +379,22 @@ impl std::fmt::Display for FsyncPolicy {
     }
 }
 
+/// Default `--series-cache-entries`: series ids the SQLite writer keeps in memory.
+pub const DEFAULT_SERIES_CACHE_ENTRIES: usize = sqlite::DEFAULT_SERIES_CACHE_ENTRIES;
+
 /// Open the store named by `url` for writing (creating and migrating it as needed), with a
 /// reader beside it.
 pub fn open(url: &StoreUrl, fsync: FsyncPolicy) -> Result<OpenStore, StoreError> {
+    open_with_cache(url, fsync, DEFAULT_SERIES_CACHE_ENTRIES)
+}
+
+/// [`open`], the SQLite writer keeping at most `series_cache_entries` series ids in memory
+/// (the memory store keeps every series anyway: it holds every reading).
+pub fn open_with_cache(
+    url: &StoreUrl,
+    fsync: FsyncPolicy,
+    series_cache_entries: usize,
+) -> Result<OpenStore, StoreError> {
     match url {
         StoreUrl::Memory => {
             let store = memory::MemoryStore::default();
@@ -392,7 +405,8 @@ pub fn open(url: &StoreUrl, fsync: FsyncPolicy) -> Result<OpenStore, StoreError>
             })
         }
         StoreUrl::Sqlite(path) => {
-            let store = sqlite::SqliteStore::open(path, fsync)?;
+            let store =
+                sqlite::SqliteStore::open(path, fsync)?.with_series_cache(series_cache_entries);
             let reader = StoreReader::new(sqlite::SqliteReader::open(path)?);
             Ok(OpenStore {
                 drive: Drive::GroupCommit(Box::new(store)),

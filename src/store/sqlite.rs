@@ -33,8 +33,10 @@ use super::encoding::{encode_fields, encode_tags, write_stored_series_key};
 use super::{FsyncPolicy, Store, StoreError, StoredReading, WriteOutcome};
 
 mod reader;
+mod series_cache;
 
 pub use reader::SqliteReader;
+pub use series_cache::{SeriesCache, DEFAULT_SERIES_CACHE_ENTRIES};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` = how many are applied.
 /// Never edit a released entry: append a new one.
@@ -158,8 +160,8 @@ pub struct SqliteStore {
     /// The path, for error messages.
     location: String,
     /// Series key → `series.id`, only for series whose row is committed (so a rolled-back
-    /// transaction can never leave a dangling id here).
-    series: HashMap<String, i64>,
+    /// transaction can never leave a dangling id here); bounded, least recently used out.
+    series: SeriesCache,
     /// Committed rows not yet in the series totals, by `series.id`.
     pending: HashMap<i64, Delta>,
     /// When the oldest delta in `pending` was committed (None: nothing pending).
@@ -221,13 +223,25 @@ impl SqliteStore {
         Ok(SqliteStore {
             conn,
             location,
-            series: HashMap::new(),
+            series: SeriesCache::new(DEFAULT_SERIES_CACHE_ENTRIES),
             pending: HashMap::new(),
             pending_since: None,
             flush_interval: TOTALS_FLUSH_INTERVAL,
             marked_dirty: false,
             _writer_lock: writer_lock,
         })
+    }
+
+    /// Keep at most `entries` series ids in memory instead of
+    /// [`DEFAULT_SERIES_CACHE_ENTRIES`].
+    pub fn with_series_cache(mut self, entries: usize) -> Self {
+        self.series = SeriesCache::new(entries);
+        self
+    }
+
+    /// Series ids held in memory.
+    pub fn cached_series(&self) -> usize {
+        self.series.len()
     }
 
     /// Fold the totals into the table at most every `interval` instead of
@@ -401,9 +415,12 @@ impl Store for SqliteStore {
             let mut order: Vec<(i64, i64, usize)> = Vec::with_capacity(batch.len());
             for (index, stored) in batch.iter().enumerate() {
                 write_stored_series_key(&mut key, &mut pairs, stored);
-                let cached = self.series.get(&key).or_else(|| new_series.get(&key));
+                let cached = self
+                    .series
+                    .get(&key)
+                    .or_else(|| new_series.get(&key).copied());
                 let series_id = match cached {
-                    Some(&id) => id,
+                    Some(id) => id,
                     None => {
                         let id = find_or_create_series(&tx, &key, stored)
                             .map_err(fail("insert series"))?;
@@ -991,6 +1008,40 @@ mod tests {
         let rows = all_rows(&path);
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].sensor, "new");
+    }
+
+    /// The series cache is bounded; a series evicted from it is found again in the table
+    /// (same id: its readings stay one series, and a resent one is still a duplicate).
+    #[test]
+    fn series_evicted_from_the_cache_are_found_in_the_table() {
+        let (_dir, path, store) = open_temp();
+        let mut store = store.with_series_cache(2);
+        let batch: Vec<_> = (0..5).map(|i| temp(&format!("s{i}"), 1, 1.0)).collect();
+        for stored in &batch {
+            assert_eq!(
+                store
+                    .write_batch(std::slice::from_ref(stored))
+                    .expect("write")
+                    .inserted,
+                1
+            );
+        }
+        assert_eq!(store.cached_series(), 2);
+        let again = store.write_batch(&batch).expect("rewrite");
+        assert_eq!((again.inserted, again.duplicates), (0, 5));
+        let more: Vec<_> = (0..5).map(|i| temp(&format!("s{i}"), 2, 1.0)).collect();
+        assert_eq!(store.write_batch(&more).expect("write").inserted, 5);
+        assert!(store.cached_series() <= 2);
+        let ids: std::collections::BTreeSet<i64> = store
+            .conn
+            .prepare("SELECT series_id FROM readings")
+            .expect("prepare")
+            .query_map([], |r| r.get(0))
+            .expect("query")
+            .collect::<rusqlite::Result<_>>()
+            .expect("rows");
+        assert_eq!(ids.len(), 5, "five series, no duplicate series row");
+        assert_eq!(all_rows(&path).len(), 10);
     }
 
     /// (readings, first ts, last ts) per series id, as the series table has them.
