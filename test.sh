@@ -18,3 +18,11 @@ if [ tests/browser/package-lock.json -nt tests/browser/node_modules/.package-loc
   npm ci --prefix tests/browser --no-audit --no-fund
 fi
 cargo test --all-targets --locked "$@"
+# Issue 10's attack scenarios at full size (2,000 idle + 500 slowloris peers beside a client;
+# 200,000 new series from one peer), #[ignore]d in plain `cargo test` for their size, run
+# here on their own (~20 s) when the whole suite runs.
+if [ $# -eq 0 ]; then
+  cargo test --locked --test it -- --ignored --exact \
+    limits::thousands_of_idle_and_slowloris_peers_leave_room_for_a_client \
+    limits::two_hundred_thousand_new_series_leave_memory_bounded
+fi

@@ -175,6 +175,11 @@ pub struct StatsArgs {
     pub store: StoreUrl,
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
+    /// The server's timestamp window: a sensor whose stored timestamps lie outside it
+    /// (stored before the server refused them) gets a note on stderr. (No environment
+    /// variable: `SENSORLINK_MAX_FUTURE_TIMESTAMP` is the server's alone.)
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1day")]
+    pub max_future_timestamp: std::time::Duration,
 }
 
 /// What `main` turns into the process exit code.
@@ -322,6 +327,13 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
             let stats = read_blocking(reader.sensor_stats())?;
             let mut out = std::io::stdout().lock();
             query::write_stats(&stats, args.format, &mut out).context("writing stats")?;
+            // On stderr: the formats on stdout stay what scripts parse.
+            let window = crate::protocol::TimestampWindow {
+                max_future: args.max_future_timestamp,
+            };
+            for note in query::out_of_window_notes(&stats, window, crate::timefmt::now_ns()) {
+                eprintln!("{note}");
+            }
             Ok(Outcome::Ok)
         }
     }

@@ -242,6 +242,15 @@ pub struct RawServer {
     #[arg(long, value_name = "FILE", env = "SENSORLINK_TLS_CLIENT_CA")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_client_ca: Option<PathBuf>,
+    /// How long a bare legacy `ping` waits for the rest of a reading before it is answered
+    /// as a ping [default: 100ms]. Hidden: for tests on slow machines.
+    #[arg(long, hide = true, env = "SENSORLINK_LEGACY_PING_QUIET", value_parser = humantime::parse_duration)]
+    #[serde(
+        default,
+        with = "human_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub legacy_ping_quiet: Option<Duration>,
     /// Readings per second one connection may send, in bursts of one second's worth;
     /// more are refused with `error … rate limit exceeded` [default: 100000].
     #[arg(long, env = "SENSORLINK_MAX_RATE_PER_CONNECTION")]
@@ -312,6 +321,13 @@ pub struct RawServer {
         skip_serializing_if = "Option::is_none"
     )]
     pub allow_legacy: Option<Vec<String>>,
+    /// With --tls-cert: `off` keeps the HTTP side plain HTTP (e.g. behind a TLS proxy, or
+    /// on loopback for a local scraper) instead of HTTPS with the same certificate
+    /// [default: on].
+    #[arg(long, env = "SENSORLINK_HTTP_TLS", value_name = "on|off",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_tls: Option<bool>,
 }
 
 /// The `http` value that turns the HTTP side off.
@@ -376,6 +392,7 @@ impl RawServer {
             tls_cert: self.tls_cert.or(lower.tls_cert),
             tls_key: self.tls_key.or(lower.tls_key),
             tls_client_ca: self.tls_client_ca.or(lower.tls_client_ca),
+            legacy_ping_quiet: self.legacy_ping_quiet.or(lower.legacy_ping_quiet),
             max_rate_per_connection: self
                 .max_rate_per_connection
                 .or(lower.max_rate_per_connection),
@@ -392,6 +409,7 @@ impl RawServer {
             http_auth: self.http_auth.or(lower.http_auth),
             metrics_auth: self.metrics_auth.or(lower.metrics_auth),
             http_insecure: self.http_insecure.or(lower.http_insecure),
+            http_tls: self.http_tls.or(lower.http_tls),
         }
     }
 
@@ -435,6 +453,7 @@ impl RawServer {
             metrics_auth: self.metrics_auth.or(defaults.metrics_auth),
             http_insecure: self.http_insecure.unwrap_or(defaults.http_insecure),
             allow_legacy,
+            http_tls: self.http_tls.unwrap_or(defaults.http_tls),
             listen: match self.listen {
                 Some(listen) => socket_address("listen", listen)?,
                 None => defaults.listen,
@@ -506,6 +525,11 @@ impl RawServer {
                     limits::MAX_FUTURE_TIMESTAMP,
                 )?,
             },
+            legacy_ping_quiet: in_range(
+                "legacy-ping-quiet",
+                self.legacy_ping_quiet.unwrap_or(defaults.legacy_ping_quiet),
+                limits::TIMEOUT,
+            )?,
             quotas: QuotaLimits {
                 rate_per_connection: in_range(
                     "max-rate-per-connection",
@@ -567,6 +591,9 @@ impl RawServer {
             tls_cert: config.tls.as_ref().map(|tls| tls.cert.clone()),
             tls_key: config.tls.as_ref().map(|tls| tls.key.clone()),
             tls_client_ca: config.tls.as_ref().and_then(|tls| tls.client_ca.clone()),
+            // Hidden: printed only when it is not the default.
+            legacy_ping_quiet: Some(config.legacy_ping_quiet)
+                .filter(|quiet| *quiet != crate::protocol::legacy::LEGACY_PING_QUIET),
             max_rate_per_connection: Some(config.quotas.rate_per_connection),
             max_rate_per_token: Some(config.quotas.rate_per_token),
             max_new_series_per_connection: Some(config.quotas.new_series_per_connection),
@@ -585,6 +612,8 @@ impl RawServer {
             // (`print_server` says in a comment what that is now).
             metrics_auth: config.metrics_auth,
             http_insecure: Some(config.http_insecure),
+            // Only meaningful with TLS on.
+            http_tls: config.tls.as_ref().map(|_| config.http_tls),
         }
     }
 }
@@ -740,6 +769,29 @@ mod tests {
         assert_eq!(config.store, StoreUrl::Memory, "file over default");
         assert_eq!(config.idle_timeout, Duration::from_secs(90));
         assert_eq!(config.write_timeout, ServerConfig::default().write_timeout);
+    }
+
+    /// The hidden legacy quiet period: 100 ms by default (and then not printed), a file
+    /// may lengthen it (printed back), zero is refused.
+    #[test]
+    fn legacy_ping_quiet_is_a_hidden_validated_setting() {
+        let defaults = RawServer::default().validate().expect("defaults");
+        assert_eq!(defaults.legacy_ping_quiet, Duration::from_millis(100));
+        let printed = print_server(&defaults).expect("printable");
+        assert!(!printed.contains("legacy-ping-quiet"), "{printed}");
+        let file = parse_file("[server]\nlegacy-ping-quiet = \"30s\"\n").expect("valid file");
+        let config = file.validate().expect("valid settings");
+        assert_eq!(config.legacy_ping_quiet, Duration::from_secs(30));
+        let printed = print_server(&config).expect("printable");
+        assert!(
+            printed.contains("legacy-ping-quiet = \"30s\"\n"),
+            "{printed}"
+        );
+        let zero = RawServer {
+            legacy_ping_quiet: Some(Duration::ZERO),
+            ..RawServer::default()
+        };
+        assert!(zero.validate().is_err());
     }
 
     /// The connection limits: from the file, printed back, and zero refused.
@@ -1232,6 +1284,27 @@ mod tests {
             .validate()
             .expect("valid");
         assert_eq!(again.tls, config.tls);
+        // HTTPS by default with TLS; `http-tls = false` keeps HTTP plain and prints back.
+        assert!(
+            config.http_tls && printed.contains("http-tls = true"),
+            "{printed}"
+        );
+        let plain_http = RawServer {
+            http_tls: Some(false),
+            ..pair.clone()
+        }
+        .validate()
+        .expect("valid");
+        let printed = print_server(&plain_http).expect("printable");
+        assert!(printed.contains("http-tls = false"), "{printed}");
+        let again = parse_file(&printed)
+            .expect("parses")
+            .validate()
+            .expect("valid");
+        assert!(!again.http_tls);
+        // Without TLS it says nothing.
+        let no_tls = print_server(&RawServer::default().validate().expect("defaults"));
+        assert!(!no_tls.expect("printable").contains("http-tls"));
 
         for (raw, setting) in [
             (

@@ -25,6 +25,7 @@ use crate::server::logging;
 use crate::store::WriteOutcome;
 
 mod auth;
+mod conflict;
 mod http_auth;
 mod labels;
 mod limits;
@@ -32,8 +33,9 @@ mod recent;
 mod table;
 
 pub use auth::{AuthChecked, LegacyNotAllowed};
+pub use conflict::ReadingConflict;
 pub use http_auth::{HttpAuthRefused, HttpRefusal};
-pub use labels::{AuthResult, CloseReason, Mode, RefuseReason, RejectReason};
+pub use labels::{AuthResult, CloseReason, Mode, RefuseReason, RejectReason, ReloadWhat};
 pub use limits::SeriesCacheEvicted;
 pub use recent::{Percentiles, Recent, Rejection, WindowSummary, WINDOW_SECONDS};
 pub use table::{describe, names, prometheus_builder, Kind, MetricDef, METRICS};
@@ -45,6 +47,9 @@ pub struct Totals {
     pub readings_accepted: AtomicU64,
     pub lines_rejected: AtomicU64,
     pub readings_stored: AtomicU64,
+    /// Readings found already stored at commit: same fields, other fields (refused).
+    pub readings_duplicate: AtomicU64,
+    pub readings_conflict: AtomicU64,
     pub connections_open: AtomicU64,
     /// Readings covered by an ack (or legacy `pong`) written, for `/api/server`.
     pub readings_acked: AtomicU64,
@@ -61,10 +66,13 @@ pub struct Telemetry {
     accept_errors: Counter,
     /// `reason` = `timeout`, `error`.
     tls_handshakes_failed: [Counter; 2],
+    /// By [`ReloadWhat`], then `result` = `ok`, `error`.
+    reloads: [[Counter; 2]; ReloadWhat::ALL.len()],
     readings_accepted: Counter,
     lines_rejected: [Counter; RejectReason::ALL.len()],
     readings_inserted: Counter,
     readings_duplicate: Counter,
+    readings_conflict: Counter,
     readings_acked: Counter,
     readings_unacked: Counter,
     replies_ack: Counter,
@@ -113,11 +121,17 @@ impl Telemetry {
             accept_errors: metrics::counter!(ACCEPT_ERRORS),
             tls_handshakes_failed: ["timeout", "error"]
                 .map(|reason| metrics::counter!(TLS_HANDSHAKES_FAILED, "reason" => reason)),
+            reloads: ReloadWhat::ALL.map(|what| {
+                ["ok", "error"].map(|result| {
+                    metrics::counter!(RELOADS, "what" => what.as_str(), "result" => result)
+                })
+            }),
             readings_accepted: metrics::counter!(READINGS_ACCEPTED),
             lines_rejected: RejectReason::ALL
                 .map(|reason| metrics::counter!(LINES_REJECTED, "reason" => reason.as_str())),
             readings_inserted: metrics::counter!(READINGS_COMMITTED, "outcome" => "inserted"),
             readings_duplicate: metrics::counter!(READINGS_COMMITTED, "outcome" => "duplicate"),
+            readings_conflict: metrics::counter!(READINGS_COMMITTED, "outcome" => "conflict"),
             readings_acked: metrics::counter!(READINGS_ACKED),
             readings_unacked: metrics::counter!(READINGS_UNACKED, "reason" => "store_failed"),
             replies_ack: metrics::counter!(REPLIES, "kind" => "ack"),
@@ -320,6 +334,26 @@ impl Event for TlsHandshakeFailed<'_> {
             }
         }
         t.tls_handshakes_failed[usize::from(self.error.is_some())].increment(1);
+    }
+}
+
+/// One reload (SIGHUP) of `what` ended: on success `outcome` says what changed; on error
+/// why, and the old state stays in force.
+pub struct Reloaded<'a> {
+    pub what: ReloadWhat,
+    pub outcome: &'a Result<String, String>,
+}
+
+impl Event for Reloaded<'_> {
+    fn emit_to(self, t: &Telemetry) {
+        let what = self.what.as_str();
+        match self.outcome {
+            Ok(changed) => tracing::info!(what, changed = %changed, "reloaded"),
+            Err(cause) => {
+                tracing::error!(what, cause = %cause, "reload failed; the old settings stay in force")
+            }
+        }
+        t.reloads[self.what as usize][usize::from(self.outcome.is_err())].increment(1);
     }
 }
 
@@ -554,7 +588,7 @@ impl Event for StoreUnavailable<'_> {
 
 /// A store transaction committed.
 pub struct BatchCommitted {
-    /// Readings written (inserted + duplicates).
+    /// Readings written (inserted + duplicates + conflicts).
     pub rows: usize,
     pub outcome: WriteOutcome,
     pub duration: Duration,
@@ -566,6 +600,7 @@ impl Event for BatchCommitted {
             rows = self.rows,
             inserted = self.outcome.inserted,
             duplicates = self.outcome.duplicates,
+            conflicts = self.outcome.conflicts,
             commit_us = u64::try_from(self.duration.as_micros()).unwrap_or(u64::MAX),
             "committed"
         );
@@ -573,6 +608,15 @@ impl Event for BatchCommitted {
         t.readings_inserted.increment(self.outcome.inserted);
         if self.outcome.duplicates > 0 {
             t.readings_duplicate.increment(self.outcome.duplicates);
+            t.totals
+                .readings_duplicate
+                .fetch_add(self.outcome.duplicates, Ordering::Relaxed);
+        }
+        if self.outcome.conflicts > 0 {
+            t.readings_conflict.increment(self.outcome.conflicts);
+            t.totals
+                .readings_conflict
+                .fetch_add(self.outcome.conflicts, Ordering::Relaxed);
         }
         t.commit_duration.record(self.duration.as_secs_f64());
         t.commit_rows.record(self.rows as f64);
@@ -922,6 +966,9 @@ mod tests {
         for (index, reason) in RejectReason::ALL.iter().enumerate() {
             assert_eq!(*reason as usize, index, "{reason:?}");
         }
+        for (index, what) in ReloadWhat::ALL.iter().enumerate() {
+            assert_eq!(*what as usize, index, "{what:?}");
+        }
     }
 
     /// A failed read and a failed write are told apart, on the metric and in the log.
@@ -963,6 +1010,7 @@ mod tests {
                 outcome: WriteOutcome {
                     inserted: 600_000,
                     duplicates: 0,
+                    conflicts: 0,
                 },
                 duration: Duration::from_micros(20),
             }
@@ -1097,6 +1145,7 @@ mod tests {
                     outcome: WriteOutcome {
                         inserted: rows as u64 - 1,
                         duplicates: 1,
+                        conflicts: 0,
                     },
                     duration: Duration::from_millis(3),
                 }

@@ -3,8 +3,9 @@
 //!
 //! Three formats: an aligned `table` for people, `csv` (one column per field name, for
 //! spreadsheets) and `json` (values keep their JSON type, integers exact). The table
-//! escapes control characters (`\u{1b}`), so stored text cannot drive the terminal; csv and
-//! json carry the data as is (json escapes them by its own rules).
+//! escapes control characters (`\u{1b}`) and invisible format characters (bidi overrides
+//! such as `\u{202e}`, zero-width ones), so stored text can neither drive the terminal nor
+//! disguise itself; csv and json carry the data as is (json escapes by its own rules).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -242,22 +243,70 @@ fn other_tags_text(tags: &[(String, String)]) -> String {
     out
 }
 
-/// `cell` with every control character (C0, DEL, C1) written as its Rust escape (`\t`,
-/// `\u{1b}`): a stored `\x1b[31m` must not recolour, move the cursor of, or retitle the
-/// terminal of whoever runs `query`, and a tab or newline would break the columns.
+/// `cell` with every control character (C0, DEL, C1) and every [`invisible`] format
+/// character written as its Rust escape (`\t`, `\u{1b}`, `\u{202e}`): a stored `\x1b[31m`
+/// must not recolour, move the cursor of, or retitle the terminal of whoever runs `query`,
+/// a tab or newline would break the columns, and a right-to-left override or a zero-width
+/// character would make one sensor's name read like another's.
 fn printable(cell: String) -> String {
-    if !cell.chars().any(char::is_control) {
+    let unsafe_char = |c: char| c.is_control() || invisible(c);
+    if !cell.chars().any(unsafe_char) {
         return cell;
     }
     let mut out = String::with_capacity(cell.len() + 8);
     for c in cell.chars() {
-        if c.is_control() {
+        if unsafe_char(c) {
             out.extend(c.escape_default());
         } else {
             out.push(c);
         }
     }
     out
+}
+
+/// One note per sensor whose stored first or last timestamp lies outside `window` as of
+/// `now_ns` (e.g. a reading at i64::MAX, year 2262): stored before the server refused such
+/// timestamps. The window guards what comes in; it never rewrites what is stored, so such a
+/// sensor's `last` stays where it is, and `stats` says why.
+pub fn out_of_window_notes(
+    stats: &[SensorStats],
+    window: crate::protocol::TimestampWindow,
+    now_ns: i64,
+) -> Vec<String> {
+    stats
+        .iter()
+        .filter_map(|s| {
+            let (which, ts, err) = [("last", s.last_ns), ("first", s.first_ns)]
+                .into_iter()
+                .find_map(|(which, ts)| window.check(ts, now_ns).err().map(|e| (which, ts, e)))?;
+            let reason = match err {
+                crate::protocol::ProtocolError::TimestampOutOfRange { reason, .. } => reason,
+                other => other.to_string(),
+            };
+            Some(format!(
+                "note: sensor {}: {which} reading at {} is {reason}: stored before the server \
+                 refused such timestamps (stored readings are never rewritten)",
+                printable(s.sensor.clone()),
+                rfc3339_ns(ts)
+            ))
+        })
+        .collect()
+}
+
+/// Unicode format characters that reorder or hide text: the bidi embeddings and overrides
+/// (U+202A–U+202E), isolates (U+2066–U+2069) and the Arabic letter mark (U+061C); the
+/// zero-width space, joiners and direction marks (U+200B–U+200F); the line and paragraph
+/// separators (U+2028, U+2029, which some terminals break lines at); the byte-order mark
+/// (U+FEFF).
+fn invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061c}'
+            | '\u{200b}'..='\u{200f}'
+            | '\u{2028}'..='\u{202e}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{feff}'
+    )
 }
 
 /// Aligned columns separated by two spaces; widths from the data; no trailing spaces.
@@ -499,6 +548,75 @@ time                            sensor     measurement  fields                  
         assert!(text.contains(r"\u{1b}]0;pwned\u{7}"), "{text}");
         // Plain text is untouched (no copy either way, but the bytes are what matter).
         assert_eq!(printable("temp=21.5 é 温".into()), "temp=21.5 é 温");
+    }
+
+    /// Readings stored before the timestamp window existed are named, not hidden.
+    #[test]
+    fn stats_note_timestamps_outside_the_window() {
+        let now = T0;
+        let stat = |sensor: &str, first_ns, last_ns| SensorStats {
+            sensor: sensor.into(),
+            readings: 1,
+            first_ns,
+            last_ns,
+            last_fields: vec![],
+        };
+        let stats = vec![
+            stat("ok", 0, now),
+            stat("future", now, i64::MAX),
+            stat("past", -1, now),
+        ];
+        let notes = out_of_window_notes(&stats, crate::protocol::TimestampWindow::default(), now);
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(
+            notes[0].starts_with(
+                "note: sensor future: last reading at 2262-04-11T23:47:16.854775807Z is more \
+                 than 1day in the future (max-future-timestamp): stored before"
+            ),
+            "{}",
+            notes[0]
+        );
+        assert!(
+            notes[1].contains(
+                "sensor past: first reading at 1969-12-31T23:59:59.999999999Z is before 1970"
+            ),
+            "{}",
+            notes[1]
+        );
+    }
+
+    /// A right-to-left override or a zero-width character would let a stored name pass for
+    /// another (`kitchen-01` shown for `kitchen-\u{202e}10`); the table shows them escaped.
+    #[test]
+    fn table_escapes_invisible_format_characters() {
+        let row = Row {
+            measurement: "m\u{feff}".into(),
+            sensor: "kitchen-\u{202e}10".into(),
+            tags: vec![("t".into(), "a\u{200b}b\u{2066}c\u{2069}".into())],
+            fields: vec![(
+                "v".into(),
+                FieldValue::Str("x\u{202a}\u{200f}\u{2028}".into()),
+            )],
+            timestamp_ns: T0,
+            received_ns: T0,
+        };
+        let text = render(|out| write_rows(&[row], Format::Table, out));
+        let line = text.lines().nth(1).expect("one row");
+        assert!(!line.chars().any(invisible), "{line:?}");
+        assert!(line.contains(r"kitchen-\u{202e}10"), "{line}");
+        assert!(line.contains(r"m\u{feff}"), "{line}");
+        assert!(line.contains(r#"v="x\u{202a}\u{200f}\u{2028}""#), "{line}");
+        assert!(line.ends_with(r"t=a\u{200b}b\u{2066}c\u{2069}"), "{line}");
+        for c in [
+            '\u{202a}', '\u{202e}', '\u{2066}', '\u{2069}', '\u{200b}', '\u{200f}', '\u{feff}',
+        ] {
+            assert_eq!(printable(c.to_string()), c.escape_default().to_string());
+        }
+        // Neighbours that only look special are kept: an en dash, a narrow no-break space.
+        assert_eq!(
+            printable("a\u{2013}b\u{202f}c".into()),
+            "a\u{2013}b\u{202f}c"
+        );
     }
 
     /// Names print as line protocol writes them (the shared escaping): delimiters escaped,

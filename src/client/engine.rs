@@ -74,6 +74,9 @@ pub(crate) struct Engine<'a, S: Session> {
     spool: Option<SpoolIo>,
     /// Readings recovered from the spool at start and sent again.
     replayed: u64,
+    /// Acked readings the server found already stored: same value, other value (refused).
+    duplicates: u64,
+    conflicts: u64,
     values: mpsc::Receiver<(FieldValue, i64)>,
     /// Until the producer has closed the channel and every value in it was taken: a stop
     /// stops the producer, never the taking (the channel may hold a thousand readings).
@@ -110,6 +113,8 @@ impl<'a, S: Session> Engine<'a, S> {
             draining_since: None,
             spool: None,
             replayed: 0,
+            duplicates: 0,
+            conflicts: 0,
             values,
             values_open: true,
             stop,
@@ -489,9 +494,13 @@ impl<'a, S: Session> Engine<'a, S> {
             Event::Ack {
                 token,
                 rejected,
+                duplicates,
+                conflicts,
                 times,
                 raw,
             } => {
+                self.duplicates += duplicates;
+                self.conflicts += conflicts;
                 let now = Instant::now().into_std();
                 let outcome = self.state.on_ack(token, rejected, now);
                 if outcome.beyond_sent {
@@ -559,12 +568,17 @@ impl<'a, S: Session> Engine<'a, S> {
             link_reports: (links.sent, links.acked),
             pending: self.state.pending_user() as u64,
             replayed: self.replayed,
+            duplicates: self.duplicates,
+            conflicts: self.conflicts,
             duration: self.started.elapsed(),
             first_connect: self.first_connect,
             reconnects: self.reconnects,
             rtt: self.measure.rtt.summary(),
             server_us: self.measure.server_share(),
         });
+        if summary.conflicts > 0 {
+            self.printer.conflicts(summary.conflicts);
+        }
         self.printer.summary(&summary);
         self.output_ok()?;
         let picture = self.measure.take_picture(self.config.reply_timeout);

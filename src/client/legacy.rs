@@ -70,6 +70,8 @@ impl Session for LegacySession {
             Some(token) => Event::Ack {
                 token,
                 rejected: false,
+                duplicates: 0,
+                conflicts: 0,
                 times: ServerTimes::default(),
                 raw: Some(reply),
             },

@@ -83,6 +83,8 @@ impl Session for LineSession {
                 Event::Ack {
                     token,
                     rejected: ack.readings == 0 && ack.rejected > 0,
+                    duplicates: ack.duplicates,
+                    conflicts: ack.conflicts,
                     times: ServerTimes {
                         store_us: ack.store_us,
                         commit_us: ack.commit_us,

@@ -301,6 +301,24 @@ impl Printer {
         }
     }
 
+    /// Readings the server refused as conflicts: said once per run, with their count, as it
+    /// means values this client meant were not stored.
+    pub fn conflicts(&mut self, count: u64) {
+        let what = "the server already held a different value at the same series and timestamp";
+        if self.json {
+            self.emit(json!({"event": "conflicts", "count": count, "reason": what}));
+        } else {
+            let readings = if count == 1 {
+                "reading was"
+            } else {
+                "readings were"
+            };
+            self.line(&format!(
+                "warning: {count} {readings} refused as conflicts: {what}"
+            ));
+        }
+    }
+
     pub fn summary(&mut self, summary: &Summary) {
         if self.json {
             self.emit(json!({"event": "summary", "summary": summary}));
@@ -329,6 +347,12 @@ impl Printer {
             text.push_str(&format!(
                 "\n{} rejected by the server, {} dropped on purpose (limits), {} resent, {} replayed from the spool, {} pending at exit",
                 summary.rejected, summary.dropped, summary.resent, summary.replayed, summary.pending
+            ));
+        }
+        if summary.duplicates + summary.conflicts > 0 {
+            text.push_str(&format!(
+                "\n{} duplicates (already stored with the same value), {} conflicts (refused: the server holds another value)",
+                summary.duplicates, summary.conflicts
             ));
         }
         if summary.rtt.count > 0 {
@@ -396,6 +420,12 @@ pub struct Summary {
     pub pending: u64,
     /// Readings recovered from the spool at start and sent again.
     pub replayed: u64,
+    /// Acked readings the server already held with the same value (a harmless resend).
+    pub duplicates: u64,
+    /// Acked readings the server refused because it held another value at their series
+    /// and timestamp: not stored (counted in `acked`, not in `lost`: resending would not
+    /// help).
+    pub conflicts: u64,
     /// Link reports written to the server at least once (`--link-report`; not counted in
     /// `sent`). A report made but never written (the run ended offline) is not among them.
     pub link_reports_sent: u64,
@@ -417,6 +447,8 @@ pub struct RunTotals<'a> {
     pub link_reports: (u64, u64),
     pub pending: u64,
     pub replayed: u64,
+    pub duplicates: u64,
+    pub conflicts: u64,
     /// How long the run took (by the runtime's clock, so paused-time tests see their time).
     pub duration: Duration,
     pub first_connect: Option<Duration>,
@@ -448,6 +480,8 @@ impl Summary {
             resent: counters.resends,
             pending: run.pending,
             replayed: run.replayed,
+            duplicates: run.duplicates,
+            conflicts: run.conflicts,
             link_reports_sent: run.link_reports.0,
             link_reports_acked: run.link_reports.1,
             duration_ms: run.duration.as_secs_f64() * 1e3,

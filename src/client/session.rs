@@ -21,6 +21,11 @@ pub(crate) enum Event {
     Ack {
         token: u64,
         rejected: bool,
+        /// Readings the ack covers that the server found already stored: with the same
+        /// value (`duplicates`, harmless) or another (`conflicts`: refused, the server keeps
+        /// the value it had). Absent from an ack (an older server, legacy mode) means 0.
+        duplicates: u64,
+        conflicts: u64,
         times: ServerTimes,
         /// The raw reply, printed as it came (legacy mode).
         raw: Option<Bytes>,

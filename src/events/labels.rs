@@ -87,6 +87,28 @@ impl RefuseReason {
     }
 }
 
+/// What a SIGHUP reload re-read (the `what` label of `reloads_total`): one value per
+/// [`crate::server::reload::Reloads::register`] caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadWhat {
+    /// `--tls-cert`, `--tls-key`, `--tls-client-ca`.
+    Tls,
+    /// The `--auth` token file.
+    Auth,
+}
+
+impl ReloadWhat {
+    /// In declaration order, so `what as usize` indexes it.
+    pub(super) const ALL: [ReloadWhat; 2] = [ReloadWhat::Tls, ReloadWhat::Auth];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReloadWhat::Tls => "tls",
+            ReloadWhat::Auth => "auth",
+        }
+    }
+}
+
 /// The protocol a peer speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {

@@ -13,9 +13,10 @@
 //! | `sensorlink_connections_mode_total` | counter | `mode` = `line` `legacy` | protocol each peer spoke (a peer that sent nothing has none) |
 //! | `sensorlink_accept_errors_total` | counter | | failed `accept()` calls |
 //! | `sensorlink_tls_handshakes_failed_total` | counter | `reason` = `timeout` `error` | TLS handshakes on the sensor port that did not complete (the connection is closed) |
+//! | `sensorlink_reloads_total` | counter | `what` = `tls` `auth`, `result` = `ok` `error` | SIGHUP reloads ([`super::Reloaded`]); on `error` the old state stays in force |
 //! | `sensorlink_readings_accepted_total` | counter | | readings parsed and handed to the store |
 //! | `sensorlink_lines_rejected_total` | counter | `reason` = `oversize` `invalid_utf8` `invalid_reading` `invalid_command` `unknown_command` `invalid_legacy` `timestamp_out_of_range` `rate_limited` `new_series_limit` `unauthenticated` `not_permitted` `auth_failed` | lines (or legacy messages) refused: neither a reading nor a command, or a reading refused by a limit (timestamp window, `--max-rate-per-*`, `--max-new-series-per-*`), or by `--auth` (before `auth`; outside the token's scope; the token revoked) |
-//! | `sensorlink_readings_committed_total` | counter | `outcome` = `inserted` `duplicate` | readings in committed transactions |
+//! | `sensorlink_readings_committed_total` | counter | `outcome` = `inserted` `duplicate` `conflict` | readings in committed transactions: `duplicate` = series and timestamp already stored with the same fields (not stored again), `conflict` = already stored with other fields (refused, the stored one kept) |
 //! | `sensorlink_readings_acked_total` | counter | | readings covered by an ack (or legacy `pong`) written |
 //! | `sensorlink_readings_unacked_total` | counter | `reason="store_failed"` | readings answered with an error instead of an ack |
 //! | `sensorlink_replies_total` | counter | `kind` = `ack` `pong` `error` | replies written |
@@ -134,6 +135,8 @@ metric_table! {
         "Connections by the protocol the peer spoke.";
     TLS_HANDSHAKES_FAILED = "sensorlink_tls_handshakes_failed_total", Counter, Count, NO_BUCKETS,
         "TLS handshakes on the sensor port that did not complete, by reason.";
+    RELOADS = "sensorlink_reloads_total", Counter, Count, NO_BUCKETS,
+        "SIGHUP reloads, by what was re-read and result (on error the old state stays in force).";
     ACCEPT_ERRORS = "sensorlink_accept_errors_total", Counter, Count, NO_BUCKETS,
         "Failed accept() calls.";
     READINGS_ACCEPTED = "sensorlink_readings_accepted_total", Counter, Count, NO_BUCKETS,
@@ -141,7 +144,7 @@ metric_table! {
     LINES_REJECTED = "sensorlink_lines_rejected_total", Counter, Count, NO_BUCKETS,
         "Lines (or legacy messages) that were neither a reading nor a command, by reason.";
     READINGS_COMMITTED = "sensorlink_readings_committed_total", Counter, Count, NO_BUCKETS,
-        "Readings in committed transactions, by outcome (a duplicate was already stored).";
+        "Readings in committed transactions, by outcome (a duplicate was already stored with the same fields, a conflict with others).";
     READINGS_ACKED = "sensorlink_readings_acked_total", Counter, Count, NO_BUCKETS,
         "Readings covered by an ack written to the peer.";
     READINGS_UNACKED = "sensorlink_readings_unacked_total", Counter, Count, NO_BUCKETS,

@@ -47,6 +47,10 @@ pub struct ServerSummary {
     /// One store transaction over the last ~10 s; `null` without a sample.
     pub commit_latency_ms: Option<Percentiles>,
     pub lines_rejected_total: u64,
+    /// Readings found already stored with the same fields (not stored twice).
+    pub readings_duplicate_total: u64,
+    /// Readings refused because their series and timestamp held other fields.
+    pub readings_conflict_total: u64,
     /// The last 10 rejected lines, newest first.
     pub recent_rejections: Vec<Rejection>,
 }
@@ -68,6 +72,8 @@ pub fn server_summary(state: &AppState) -> ServerSummary {
         ack_latency_ms: window.ack_latency_ms,
         commit_latency_ms: window.commit_latency_ms,
         lines_rejected_total: totals.lines_rejected.load(Ordering::Relaxed),
+        readings_duplicate_total: totals.readings_duplicate.load(Ordering::Relaxed),
+        readings_conflict_total: totals.readings_conflict.load(Ordering::Relaxed),
         recent_rejections: telemetry.recent.rejections(),
     }
 }

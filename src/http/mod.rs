@@ -2,6 +2,7 @@
 //! probes and the dashboard (docs/http-api.md is the contract).
 //!
 //! An axum router, served by hyper (HTTP/1.1, bounded connections, a header-read timeout)
+//! over plain TCP, or HTTPS with the sensor port's certificate ([`serve_with_tls`]),
 //! on the server's own tokio runtime, from a listener bound before the server announces
 //! itself; stopped once the sensor port has drained ([`serve`]). Every handler reads: the store through its [`StoreReader`] (never through the
 //! writer), the live figures from the process's [`Telemetry`]; nothing here is on the
@@ -30,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use crate::events::{self, Telemetry};
 use crate::server::ServerConfig;
 use crate::store::StoreReader;
+use crate::tls::ServerTls;
 pub use access::{HttpAccess, HttpAuth};
 pub use api::{server_summary, ServerSummary};
 
@@ -150,6 +152,23 @@ pub async fn serve(
     state: AppState,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
+    serve_with_tls(listener, state, None, stop).await
+}
+
+/// [`serve`], over HTTPS when `tls` is given: each connection's handshake takes the
+/// certificate in force (a SIGHUP reload applies to new connections), holds one of the
+/// [`MAX_HTTP_CONNECTIONS`] slots and must end within [`HEADER_READ_TIMEOUT`], as the
+/// request's headers must. No client certificate is asked for, even when the sensor
+/// port requires one (`--tls-client-ca`): browsers have none.
+///
+/// # Errors
+/// As [`serve`].
+pub async fn serve_with_tls(
+    listener: TcpListener,
+    state: AppState,
+    tls: Option<Arc<ServerTls>>,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
     let app = router(state);
     let slots = Arc::new(Semaphore::new(MAX_HTTP_CONNECTIONS));
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -166,10 +185,10 @@ pub async fn serve(
                 slot.expect("the HTTP connection semaphore is never closed")
             }
         };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             () = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => stream,
+                Ok(pair) => pair,
                 Err(err) => {
                     tracing::warn!(cause = %err, "http accept failed; retrying");
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
@@ -178,16 +197,29 @@ pub async fn serve(
             },
         };
         let service = TowerToHyperService::new(app.clone());
-        let connection = builder.serve_connection(TokioIo::new(stream), service);
-        let stop = stop.clone();
+        let (builder, stop) = (builder.clone(), stop.clone());
+        let acceptor = tls.as_ref().map(|tls| tls.http_acceptor());
         connections.spawn(async move {
-            tokio::pin!(connection);
-            tokio::select! {
-                served = connection.as_mut() => log_connection_end(served),
-                () = stop.cancelled() => {
-                    // Finish the request in progress, then close.
-                    connection.as_mut().graceful_shutdown();
-                    log_connection_end(connection.await);
+            match acceptor {
+                None => serve_connection(&builder, TokioIo::new(stream), service, &stop).await,
+                Some(acceptor) => {
+                    let handshake =
+                        tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream));
+                    let tls = tokio::select! {
+                        () = stop.cancelled() => return,
+                        tls = handshake => tls,
+                    };
+                    match tls {
+                        Ok(Ok(tls)) => {
+                            serve_connection(&builder, TokioIo::new(tls), service, &stop).await;
+                        }
+                        // A browser refusing our certificate, or plain HTTP to this port:
+                        // the peer's problem, so debug only.
+                        Ok(Err(err)) => {
+                            tracing::debug!(%peer, cause = %err, "https handshake failed");
+                        }
+                        Err(_) => tracing::debug!(%peer, "https handshake timed out"),
+                    }
                 }
             }
             drop(slot);
@@ -196,6 +228,28 @@ pub async fn serve(
     drop(listener);
     while connections.join_next().await.is_some() {}
     Ok(())
+}
+
+/// Serve one HTTP connection over `io` until it ends, or, once `stop`, until the request in
+/// progress is finished.
+async fn serve_connection<I>(
+    builder: &hyper::server::conn::http1::Builder,
+    io: I,
+    service: TowerToHyperService<Router>,
+    stop: &CancellationToken,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let connection = builder.serve_connection(io, service);
+    tokio::pin!(connection);
+    tokio::select! {
+        served = connection.as_mut() => log_connection_end(served),
+        () = stop.cancelled() => {
+            // Finish the request in progress, then close.
+            connection.as_mut().graceful_shutdown();
+            log_connection_end(connection.await);
+        }
+    }
 }
 
 fn log_connection_end(served: Result<(), hyper::Error>) {
@@ -347,6 +401,45 @@ mod tests {
         serving.await.expect("join").expect("served");
     }
 
+    /// Over HTTPS the header timeout bounds the handshake too: a client that connects and
+    /// never sends its ClientHello is cut off (paused time, as above).
+    #[tokio::test(start_paused = true)]
+    async fn a_client_stalling_its_tls_handshake_is_cut_off() {
+        use tokio::io::AsyncReadExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        crate::tls::cert::generate(dir.path(), &["localhost".into()], false).expect("certs");
+        let path = |name: &str| dir.path().join(name);
+        let tls = ServerTls::load(
+            &path(crate::tls::cert::SERVER_CERT),
+            &path(crate::tls::cert::SERVER_KEY),
+            None,
+        )
+        .expect("TLS from generated files");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("bound address");
+        let stop = CancellationToken::new();
+        let serving = tokio::spawn(serve_with_tls(
+            listener,
+            state(),
+            Some(Arc::new(tls)),
+            stop.clone(),
+        ));
+        let mut client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let started = tokio::time::Instant::now();
+        let mut answer = Vec::new();
+        tokio::time::timeout(HEADER_READ_TIMEOUT * 6, client.read_to_end(&mut answer))
+            .await
+            .expect("closed by the header timeout")
+            .expect("read");
+        assert!(
+            started.elapsed() >= HEADER_READ_TIMEOUT,
+            "not before the timeout"
+        );
+        assert!(answer.is_empty(), "{answer:?}");
+        stop.cancel();
+        serving.await.expect("join").expect("served");
+    }
+
     #[tokio::test]
     async fn healthz_says_ok() {
         let (status, _, body) = get_path("/healthz").await;
@@ -377,7 +470,7 @@ mod tests {
             rows: 1,
             outcome: crate::store::WriteOutcome {
                 inserted: 1,
-                duplicates: 0,
+                ..crate::store::WriteOutcome::default()
             },
             duration: std::time::Duration::from_millis(1),
         }

@@ -39,6 +39,9 @@ pub struct LiveBatch {
     /// The readings as SSE `reading` payloads (only built while someone subscribes):
     /// (index into `groups`, JSON).
     pub(super) events: Vec<(usize, String)>,
+    /// Each reading's index into `groups`, so readings the store found already stored can
+    /// be taken back out of the counts ([`LiveBatch::forget`]).
+    group_of: Vec<u32>,
 }
 
 /// The readings of one sensor and one measurement in a batch.
@@ -82,6 +85,7 @@ impl LiveBatch {
     ) -> Self {
         let mut groups: Vec<Group> = Vec::new();
         let mut events = Vec::new();
+        let mut group_of = Vec::with_capacity(batch.len());
         // Past a few groups a scan per reading would be quadratic.
         let mut index_of: FxHashMap<(&str, &str), usize> = FxHashMap::default();
         // Most batches hold one group: try the last one matched before scanning.
@@ -144,6 +148,8 @@ impl LiveBatch {
                 }
             };
             hint = at;
+            // A batch never nears 2^32 groups (the store's transaction is far smaller).
+            group_of.push(u32::try_from(at).unwrap_or(u32::MAX));
             let group = &mut groups[at];
             group.count += 1;
             group.last = index;
@@ -178,6 +184,37 @@ impl LiveBatch {
             groups,
             first_received,
             events,
+            group_of,
+        }
+    }
+
+    /// The store found these readings already stored (duplicates, conflicts): they are not
+    /// new readings, so they leave the counts (a sensor's `readings` and rate) and the SSE
+    /// `reading` events. Its last values and sparkline points are kept as summarized (the
+    /// readings themselves are gone): a conflicting value may show as the latest until the
+    /// sensor's next reading.
+    pub fn forget(&mut self, repeats: &[crate::store::Repeat]) {
+        if repeats.is_empty() {
+            return;
+        }
+        for repeat in repeats {
+            let group = self
+                .group_of
+                .get(repeat.index)
+                .and_then(|&at| self.groups.get_mut(at as usize));
+            if let Some(group) = group {
+                group.count = group.count.saturating_sub(1);
+            }
+        }
+        // One event per reading, in batch order, when built at all.
+        if self.events.len() == self.group_of.len() {
+            let mut repeated = repeats.iter().map(|r| r.index).peekable();
+            let mut index = 0;
+            self.events.retain(|_| {
+                let keep = repeated.next_if_eq(&index).is_none();
+                index += 1;
+                keep
+            });
         }
     }
 
@@ -274,6 +311,37 @@ pub(super) mod tests {
             sensor: sensor.to_string(),
             received_ns,
         }
+    }
+
+    /// Readings the store already held leave their group's count and the SSE events.
+    #[test]
+    fn forgotten_readings_leave_counts_and_events() {
+        let batch = [
+            stored("a", "w t=1 1", 1),
+            stored("b", "w t=2 1", 2),
+            stored("a", "w t=3 2", 3),
+            stored("a", "w t=4 1", 4),
+        ];
+        let mut live = LiveBatch::build(&batch, None, true, &Carried::default(), |_| None);
+        assert_eq!(live.events.len(), 4);
+        let repeat = |index| crate::store::Repeat {
+            index,
+            conflict: None,
+        };
+        live.forget(&[repeat(1), repeat(3)]);
+        let counts: Vec<_> = live
+            .groups
+            .iter()
+            .map(|g| (g.sensor.as_str(), g.count))
+            .collect();
+        assert_eq!(counts, [("a", 2), ("b", 0)]);
+        assert_eq!(live.len(), 2);
+        let kept: Vec<_> = live
+            .events
+            .iter()
+            .map(|(at, json)| (*at, json.contains("\"t\":3")))
+            .collect();
+        assert_eq!(kept, [(0, false), (0, true)], "{:?}", live.events);
     }
 
     #[test]

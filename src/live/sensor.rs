@@ -71,8 +71,8 @@ pub struct Sensor {
     pub(super) last_seen_ns: i64,
     /// When its last connection closed (orders eviction); 0 while connected.
     pub(super) disconnected_ns: i64,
-    /// Readings committed. A duplicate (a resend after a lost ack) counts again: the store
-    /// reports duplicates per batch, not per sensor.
+    /// Readings stored: a duplicate or conflict (found already stored at commit) is taken
+    /// out of its batch's count ([`super::LiveBatch::forget`]).
     pub(super) readings: u64,
     rate: Rate,
     /// Latest fields per measurement, in the order first seen.

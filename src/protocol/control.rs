@@ -10,9 +10,11 @@
 //! `auth` secret (`sl_<id>_<secret>`, see [`crate::auth::token`]) is checked by the server,
 //! not here, and is never echoed in an error: it is a credential.
 //!
-//! Replies: `pong`, `pong TOKEN`, `ack TOKEN readings=N rejected=M [store_us=X]
-//! [commit_us=Y]`, `ok auth ID` (only ever sent to a peer that sent `auth`), `error LINE
-//! REASON`. Readers ignore `ack` keys they don't know, so new ones can be added.
+//! Replies: `pong`, `pong TOKEN`, `ack TOKEN readings=N rejected=M [duplicates=D]
+//! [conflicts=C] [store_us=X] [commit_us=Y]`, `ok auth ID` (only ever sent to a peer that
+//! sent `auth`), `error LINE REASON`. `duplicates` and `conflicts` are written only when not
+//! 0 (absent means 0), so an ack without them keeps its old bytes. Readers ignore `ack` keys
+//! they don't know, so new ones can be added.
 
 use super::ProtocolError;
 
@@ -55,6 +57,12 @@ pub struct Ack {
     pub readings: u64,
     /// Lines rejected since the previous `sync` on this connection.
     pub rejected: u64,
+    /// Of `readings`, those whose series and timestamp were already stored with the same
+    /// fields: not stored twice, harmless (e.g. a resend after a lost ack). Absent = 0.
+    pub duplicates: u64,
+    /// Of `readings`, those whose series and timestamp were already stored with *other*
+    /// fields: refused, the stored reading is kept. Absent = 0.
+    pub conflicts: u64,
     /// Microseconds from the receipt of the batch's first reading to its commit.
     pub store_us: Option<u64>,
     /// Microseconds the store's transaction took to commit.
@@ -167,6 +175,12 @@ impl Reply {
                     "ack {} readings={} rejected={}",
                     ack.token, ack.readings, ack.rejected
                 );
+                if ack.duplicates > 0 {
+                    let _ = write!(out, " duplicates={}", ack.duplicates);
+                }
+                if ack.conflicts > 0 {
+                    let _ = write!(out, " conflicts={}", ack.conflicts);
+                }
                 if let Some(us) = ack.store_us {
                     let _ = write!(out, " store_us={us}");
                 }
@@ -232,6 +246,8 @@ impl Reply {
                     let slot = match key {
                         "readings" => &mut ack.readings,
                         "rejected" => &mut ack.rejected,
+                        "duplicates" => &mut ack.duplicates,
+                        "conflicts" => &mut ack.conflicts,
                         "store_us" => ack.store_us.insert(0),
                         "commit_us" => ack.commit_us.insert(0),
                         // Newer servers may add keys; old clients must keep working.
@@ -387,8 +403,7 @@ mod tests {
             token: "s7".into(),
             readings: 10,
             rejected: 2,
-            store_us: None,
-            commit_us: None,
+            ..Ack::default()
         };
         assert_eq!(
             enc(&Reply::Ack(ack.clone())),
@@ -401,8 +416,19 @@ mod tests {
         );
         ack.store_us = Some(900);
         assert_eq!(
-            enc(&Reply::Ack(ack)),
+            enc(&Reply::Ack(ack.clone())),
             "ack s7 readings=10 rejected=2 store_us=900 commit_us=5\n"
+        );
+        // After `rejected=`, each only when not 0.
+        ack.conflicts = 1;
+        assert_eq!(
+            enc(&Reply::Ack(ack.clone())),
+            "ack s7 readings=10 rejected=2 conflicts=1 store_us=900 commit_us=5\n"
+        );
+        ack.duplicates = 3;
+        assert_eq!(
+            enc(&Reply::Ack(ack)),
+            "ack s7 readings=10 rejected=2 duplicates=3 conflicts=1 store_us=900 commit_us=5\n"
         );
         let e = Reply::Error {
             line: 3,
@@ -419,9 +445,8 @@ mod tests {
             Reply::Ack(Ack {
                 token: "x".into(),
                 readings: u64::MAX,
-                rejected: 0,
                 store_us: Some(1),
-                commit_us: None,
+                ..Ack::default()
             }),
             Reply::Ack(Ack {
                 token: "y".into(),
@@ -429,6 +454,14 @@ mod tests {
                 rejected: 2,
                 store_us: Some(3),
                 commit_us: Some(4),
+                ..Ack::default()
+            }),
+            Reply::Ack(Ack {
+                token: "z".into(),
+                readings: 5,
+                duplicates: 2,
+                conflicts: 3,
+                ..Ack::default()
             }),
             Reply::Error {
                 line: 42,
@@ -475,6 +508,8 @@ mod tests {
             "ack t readings=x",
             "ack t readings=-1",
             "ack t store_us=",
+            "ack t conflicts=x",
+            "ack t duplicates=-1",
             "ack t loose",
             "error",
             "error 7",

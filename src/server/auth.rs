@@ -185,23 +185,18 @@ pub(super) async fn linger<S: AsyncRead + Unpin>(stream: &mut S, limit: Duration
 /// Longest [`linger`].
 const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Re-read the tokens file (SIGHUP) and log what changed; on an error the tokens in force
-/// stay. Connections holding a token revoked, removed or changed see it at their next
-/// reading ([`ConnAuth::admit`]). What the SIGHUP listener registers as `what="auth"`.
+/// Re-read the tokens file (SIGHUP, registered with [`super::reload`] as
+/// `what="auth"`, whose event logs and counts the result): what changed, or why the tokens
+/// in force stay. Connections holding a token revoked, removed or changed see it at their
+/// next reading ([`ConnAuth::admit`]).
 ///
 /// # Errors
 /// The file cannot be read or is invalid (the previous tokens stay in force).
-pub fn reload_auth(authority: &Authority) -> anyhow::Result<()> {
-    match authority.reload() {
-        Ok(summary) => {
-            tracing::info!(file = %authority.path().display(), %summary, "tokens reloaded");
-            Ok(())
-        }
-        Err(err) => {
-            tracing::error!(file = %authority.path().display(), cause = %format!("{err:#}"), "tokens not reloaded; the previous ones stay in force");
-            Err(err)
-        }
-    }
+pub fn reload_auth(authority: &Authority) -> Result<String, String> {
+    authority
+        .reload()
+        .map(|summary| format!("{}: {summary}", authority.path().display()))
+        .map_err(|err| format!("{err:#}; the previous tokens stay in force"))
 }
 
 #[cfg(test)]
@@ -381,6 +376,7 @@ mod tests {
             timestamps: crate::protocol::TimestampWindow::default(),
             tls: None,
             quotas: super::super::quota::Quotas::new(Default::default()),
+            legacy_ping_quiet: crate::protocol::legacy::LEGACY_PING_QUIET,
             auth: authority,
             allow_legacy: Vec::new(),
         }

@@ -17,18 +17,19 @@ use tokio_util::sync::CancellationToken;
 
 use super::auth::{linger, ConnAuth};
 use super::logging;
-use super::pending::{wait_head, InFlight, LiveFeed, PendingReply};
+use super::pending::{wait_head, InFlight, LiveFeed, PendingReply, Unreported};
 use super::quota::ConnQuota;
 use super::stream::{read_when_ready, READ_CHUNK_BYTES};
 use crate::events::{
     self, AcksWithheld, BytesReceived, CloseReason, ConnectionClosed, ErrorReplySuppressed,
     Event as _, FirstLineMissed, LegacyNotAllowed, LineRejected, Mode, ModeDetected,
-    ReadingReceived, ReadingsAccepted, RepliesWritten, StoreUnavailable, Telemetry,
+    ReadingConflict, ReadingReceived, ReadingsAccepted, RepliesWritten, StoreUnavailable,
+    Telemetry,
 };
 use crate::live::{LiveConnection, Registry};
 use crate::protocol::codec::{sniff, Frame, LineDecoder, Sniff};
 use crate::protocol::control::{Ack, Reply};
-use crate::protocol::legacy::{LegacyDecoder, LegacyMessage, LEGACY_PING_QUIET, PONG};
+use crate::protocol::legacy::{LegacyDecoder, LegacyMessage, PONG};
 use crate::protocol::{ProtocolError, Reading};
 use crate::store::writer::{Committed, StoreHandle};
 use crate::store::StoredReading;
@@ -117,6 +118,8 @@ struct Connection<'a> {
     log_suppressed: u64,
     /// The last commit this connection saw, for the timings in acks.
     last_commit: Option<Committed>,
+    /// Duplicates and conflicts among committed readings after the last ack written.
+    unreported: Unreported,
     /// Why a batch failed, until an `ack` that could cover its readings has been turned into
     /// an error: a `sync` read after the failed batch (in a later read, so in a later
     /// `InFlight`) must not acknowledge readings that were never stored.
@@ -178,21 +181,46 @@ pub async fn serve_counted<S>(
 ) where
     S: PeerStream,
 {
+    // The first-line deadline runs from here: a TLS handshake is part of the time a peer
+    // gets to show it speaks, not a free extension of it.
+    let accepted = Accepted {
+        at: tokio::time::Instant::now(),
+        started: Instant::now(),
+    };
     match &limits.tls {
-        None => serve_stream(stream, peer, limits, store, shutdown, telemetry, live).await,
+        None => {
+            serve_stream(
+                stream, peer, accepted, limits, store, shutdown, telemetry, live,
+            )
+            .await
+        }
         Some(tls) => {
-            let Some(stream) = tls.handshake(stream, peer, &shutdown, telemetry).await else {
+            let deadline = accepted.at + limits.first_wait();
+            let handshake = tls.handshake(stream, peer, deadline, &shutdown, telemetry);
+            let Some(stream) = handshake.await else {
                 return;
             };
-            serve_stream(stream, peer, limits, store, shutdown, telemetry, live).await;
+            serve_stream(
+                stream, peer, accepted, limits, store, shutdown, telemetry, live,
+            )
+            .await;
         }
     }
 }
 
+/// When a connection was accepted: its first-line deadline and its duration run from here.
+#[derive(Debug, Clone, Copy)]
+struct Accepted {
+    at: tokio::time::Instant,
+    started: Instant,
+}
+
 /// [`serve_counted`] over a stream ready for the protocol (TLS, if any, established).
+#[allow(clippy::too_many_arguments)]
 async fn serve_stream<S>(
     stream: S,
     peer: SocketAddr,
+    accepted: Accepted,
     limits: &Limits,
     store: StoreHandle,
     shutdown: CancellationToken,
@@ -201,7 +229,6 @@ async fn serve_stream<S>(
 ) where
     S: PeerStream,
 {
-    let started = Instant::now();
     let mut conn = Connection {
         peer,
         peer_ip: peer.ip().to_string(),
@@ -220,6 +247,7 @@ async fn serve_stream<S>(
         replies: Vec::new(),
         inflight: VecDeque::new(),
         last_commit: None,
+        unreported: Unreported::default(),
         unacked_failure: None,
         log_muted_second: -1,
         log_suppressed: 0,
@@ -229,7 +257,7 @@ async fn serve_stream<S>(
         out: Vec::new(),
         out_replies: OutReplies::default(),
     };
-    let end = conn.run(stream, &shutdown).await;
+    let end = conn.run(stream, accepted.at, &shutdown).await;
     let mode = match conn.decoder {
         Decoder::Undecided => None,
         Decoder::Line(_) => Some(Mode::Line),
@@ -244,7 +272,7 @@ async fn serve_stream<S>(
         accepted: counters.accepted,
         rejected: counters.rejected,
         acked: counters.acked,
-        duration: started.elapsed(),
+        duration: accepted.started.elapsed(),
     }
     .emit_to(telemetry);
 }
@@ -258,7 +286,13 @@ impl Connection<'_> {
         }
     }
 
-    async fn run<S>(&mut self, mut stream: S, shutdown: &CancellationToken) -> End
+    /// Serve until the end; `accepted_at` starts the first-line deadline.
+    async fn run<S>(
+        &mut self,
+        mut stream: S,
+        accepted_at: tokio::time::Instant,
+        shutdown: &CancellationToken,
+    ) -> End
     where
         S: PeerStream,
     {
@@ -269,8 +303,8 @@ impl Connection<'_> {
         // Slowloris: only a complete line (or legacy message) is progress. Until the first
         // one the deadline is the first-line timeout's; then each complete line restarts
         // the idle timeout, and bytes alone restart nothing.
-        let first_wait = self.limits.first_line_timeout.min(self.limits.idle_timeout);
-        let mut idle_deadline = tokio::time::Instant::now() + first_wait;
+        let first_wait = self.limits.first_wait();
+        let mut idle_deadline = accepted_at + first_wait;
         let mut spoke = false;
         let mut reading = true;
         let mut end = End::Eof;
@@ -335,7 +369,7 @@ impl Connection<'_> {
                         self.decode(&mut buf, false);
                     }
                 },
-                _ = tokio::time::sleep_until(last_bytes_at + LEGACY_PING_QUIET), if held_ping && reading => {
+                _ = tokio::time::sleep_until(last_bytes_at + self.limits.legacy_ping_quiet), if held_ping && reading => {
                     if self.answer_held_ping(&mut buf) {
                         // A complete legacy message: progress, as in the read branch.
                         spoke = true;
@@ -367,7 +401,8 @@ impl Connection<'_> {
         end
     }
 
-    /// A bare legacy `ping` nothing followed for [`LEGACY_PING_QUIET`]: a ping after all.
+    /// A bare legacy `ping` nothing followed for [`Limits::legacy_ping_quiet`]: a ping
+    /// after all.
     /// Whether one was answered.
     fn answer_held_ping(&mut self, buf: &mut BytesMut) -> bool {
         if let Decoder::Legacy(decoder) = &mut self.decoder {
@@ -525,6 +560,8 @@ impl Connection<'_> {
                     readings: std::mem::take(&mut self.since_sync_readings),
                     rejected: std::mem::take(&mut self.since_sync_rejected),
                     first_received: self.since_sync_first.take(),
+                    batch_offset: self.batch.len(),
+                    repeats: Unreported::default(),
                 });
                 true
             }
@@ -696,14 +733,23 @@ impl Connection<'_> {
             if !head.poll_ready() {
                 break;
             }
-            let Some(head) = self.inflight.pop_front() else {
+            let Some(mut head) = self.inflight.pop_front() else {
                 break;
             };
             match head.done {
-                None => {}
-                Some(Ok(committed)) => {
+                None => self.unreported.attribute(&mut head.replies, &[]),
+                Some(Ok(mut committed)) => {
+                    let repeats = std::mem::take(&mut committed.repeats);
+                    for conflict in repeats.iter().filter_map(|r| r.conflict.as_deref()) {
+                        ReadingConflict {
+                            peer: self.peer,
+                            conflict,
+                        }
+                        .emit_to(self.telemetry);
+                    }
+                    self.unreported.attribute(&mut head.replies, &repeats);
                     self.last_commit = Some(committed);
-                    self.live.committed(head.live);
+                    self.live.committed(head.live, &repeats);
                 }
                 Some(Err(err)) => {
                     let readings = head
@@ -721,6 +767,8 @@ impl Connection<'_> {
                     }
                     .emit_to(self.telemetry);
                     store_failed = true;
+                    // Their ack is refused: what it would have reported goes with it.
+                    self.unreported = Unreported::default();
                     let reason = format!("store failed: {err}");
                     for reply in head.replies {
                         match reply {
@@ -826,6 +874,7 @@ impl Connection<'_> {
                 readings,
                 rejected,
                 first_received,
+                repeats,
                 ..
             } => {
                 self.out_replies.acks += 1;
@@ -845,6 +894,8 @@ impl Connection<'_> {
                     token,
                     readings,
                     rejected,
+                    duplicates: repeats.duplicates,
+                    conflicts: repeats.conflicts,
                     store_us,
                     commit_us,
                 })
@@ -876,6 +927,7 @@ mod tests {
             max_line_bytes: 1024,
             max_inflight_batches: 4,
             timestamps: crate::protocol::TimestampWindow::default(),
+            legacy_ping_quiet: crate::protocol::legacy::LEGACY_PING_QUIET,
             tls: None,
             quotas: super::super::quota::Quotas::new(Default::default()),
             auth: None,
@@ -1008,6 +1060,49 @@ mod tests {
         drop(lines);
         task.await.unwrap();
         assert_eq!(sensor(&registry)["state"], "disconnected");
+        drop(gate_tx);
+        writer.finish().unwrap();
+    }
+
+    /// Readings the store already held are no new readings for the live view: a replay
+    /// and a conflicting value leave the sensor's count where it was.
+    #[tokio::test]
+    async fn live_view_does_not_count_repeats() {
+        let store = TestStore::default();
+        let registry = Arc::new(Registry::new(&crate::live::LiveConfig::default()));
+        let Gated {
+            gate_tx,
+            writer,
+            task,
+            mut write,
+            mut lines,
+            ..
+        } = serve_gated_live(&store, Some(registry.clone()));
+        let sensor = |registry: &Registry| -> serde_json::Value {
+            serde_json::from_str(&registry.sensor_json("k").expect("tracked")).unwrap()
+        };
+        write
+            .write_all(b"w,sensor=k t=1.5 1\nsync a\n")
+            .await
+            .unwrap();
+        gate_tx.send(()).unwrap();
+        let ack = lines.next_line().await.unwrap().unwrap();
+        assert!(ack.starts_with("ack a readings=1 rejected=0 "), "{ack}");
+        write
+            .write_all(b"w,sensor=k t=1.5 1\nw,sensor=k t=9 1\nw,sensor=k t=2 2\nsync b\n")
+            .await
+            .unwrap();
+        gate_tx.send(()).unwrap();
+        let ack = lines.next_line().await.unwrap().unwrap();
+        assert!(
+            ack.starts_with("ack b readings=3 rejected=0 duplicates=1 conflicts=1 "),
+            "{ack}"
+        );
+        assert_eq!(sensor(&registry)["readings"], 2);
+
+        drop(write);
+        drop(lines);
+        task.await.unwrap();
         drop(gate_tx);
         writer.finish().unwrap();
     }
@@ -1215,6 +1310,87 @@ mod tests {
         let sent_bytes = sample(&text, "sensorlink_sent_bytes_total").unwrap();
         let replied: usize = replies.iter().map(|line| line.len() + 1).sum();
         assert_eq!(sent_bytes, replied as f64);
+    }
+
+    /// Each ack reports the duplicates and conflicts among the readings it covers, and
+    /// only those: repeats after a `sync` go to the next ack, even in a later batch.
+    #[tokio::test]
+    async fn acks_report_their_own_duplicates_and_conflicts() {
+        let recorder = crate::events::prometheus_builder().build_recorder();
+        let telemetry: &'static Telemetry = Box::leak(Box::new(metrics::with_local_recorder(
+            &recorder,
+            Telemetry::register,
+        )));
+        let store = crate::store::memory::MemoryStore::default();
+        let reader = store.reader();
+        let (handle, writer) = writer::spawn_counted(
+            crate::store::Drive::Inline(Box::new(store)),
+            WriterConfig::default(),
+            Some(telemetry),
+        );
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let limits = limits(Duration::from_secs(60));
+        let serving = serve_counted(
+            server,
+            peer(),
+            &limits,
+            handle,
+            CancellationToken::new(),
+            telemetry,
+            None,
+        );
+        let talking = async move {
+            let (read, mut write) = tokio::io::split(client);
+            let mut lines = BufReader::new(read).lines();
+            let first: &[u8] = b"k,sensor=s v=1i 5\nsync a\n\
+                k,sensor=s v=1i 5\nk,sensor=s v=2i 5\nk,sensor=s v=3i 6\nsync b\n\
+                k,sensor=s v=9i 6\n";
+            write.write_all(first).await.unwrap();
+            let mut replies = Vec::new();
+            for _ in 0..2 {
+                replies.push(lines.next_line().await.unwrap().unwrap());
+            }
+            // Sent after the first acks, so in a later batch than the conflict it reports.
+            write
+                .write_all(b"k,sensor=s v=7i 7\nsync c\n")
+                .await
+                .unwrap();
+            replies.push(lines.next_line().await.unwrap().unwrap());
+            write.shutdown().await.unwrap();
+            assert_eq!(lines.next_line().await.unwrap(), None);
+            replies
+        };
+        let ((), replies) = tokio::join!(serving, talking);
+        let keys = |reply: &str| -> String {
+            // Without the timings, which vary.
+            reply
+                .split(' ')
+                .filter(|word| !word.starts_with("store_us=") && !word.starts_with("commit_us="))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let replies: Vec<String> = replies.iter().map(|r| keys(r)).collect();
+        assert_eq!(
+            replies,
+            vec![
+                "ack a readings=1 rejected=0",
+                "ack b readings=3 rejected=0 duplicates=1 conflicts=1",
+                "ack c readings=2 rejected=0 conflicts=1",
+            ]
+        );
+        tokio::task::spawn_blocking(move || writer.finish())
+            .await
+            .unwrap()
+            .unwrap();
+        // The first value of each (series, timestamp) is kept.
+        let rows = reader.query(&Query::default()).await.unwrap();
+        let values: Vec<_> = rows.iter().map(|r| r.fields[0].1.to_string()).collect();
+        assert_eq!(values, vec!["1", "3", "7"]);
+        let text = recorder.handle().render();
+        for (outcome, n) in [("inserted", 3.0), ("duplicate", 1.0), ("conflict", 2.0)] {
+            let series = format!("sensorlink_readings_committed_total{{outcome=\"{outcome}\"}}");
+            assert_eq!(sample(&text, &series), Some(n), "{series}\n{text}");
+        }
     }
 
     /// A peer that connects and closes without a byte spoke no protocol: it is counted as
@@ -1426,6 +1602,113 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
+    }
+
+    /// A legacy peer over a duplex, on the paused clock, with the default quiet period for
+    /// a bare `ping`; its readings go to `store` (unbuffered writes: nothing is held).
+    fn serve_legacy(
+        store: &TestStore,
+        shutdown: CancellationToken,
+    ) -> (
+        tokio::io::DuplexStream,
+        tokio::task::JoinHandle<()>,
+        writer::StoreWriter,
+    ) {
+        let (handle, writer) = writer::spawn(
+            Drive::GroupCommit(Box::new(store.clone())),
+            WriterConfig::default(),
+        );
+        let (client, server) = tokio::io::duplex(1024);
+        let limits = limits(Duration::from_secs(60));
+        assert_eq!(limits.legacy_ping_quiet, Duration::from_millis(100));
+        let task = tokio::spawn(async move {
+            serve(server, peer(), &limits, handle, shutdown).await;
+        });
+        (client, task, writer)
+    }
+
+    /// Read until the server closes; everything it wrote.
+    async fn read_all(client: &mut tokio::io::DuplexStream) -> Vec<u8> {
+        let mut all = Vec::new();
+        client.read_to_end(&mut all).await.expect("duplex read");
+        all
+    }
+
+    async fn finish(task: tokio::task::JoinHandle<()>, writer: writer::StoreWriter) {
+        task.await.expect("connection task");
+        tokio::task::spawn_blocking(move || writer.finish())
+            .await
+            .expect("writer task")
+            .expect("store flushed");
+    }
+
+    /// `ping`, then the rest of its reading 50 ms later (within the quiet period): one
+    /// reading stored, one `pong`. See: issue 10 ("Legacy framing").
+    #[tokio::test(start_paused = true)]
+    async fn held_ping_followed_by_its_reading_within_the_quiet_period_is_one_reading() {
+        let store = TestStore::default();
+        let (mut client, task, writer) = serve_legacy(&store, CancellationToken::new());
+        client.write_all(b"ping").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        client
+            .write_all(b" / ('2026-11-24 11:46:25.123456', 102)")
+            .await
+            .unwrap();
+        let mut pong = [0u8; 4];
+        client.read_exact(&mut pong).await.unwrap();
+        assert_eq!(&pong, PONG);
+        client.shutdown().await.unwrap();
+        assert_eq!(read_all(&mut client).await, b"", "one pong only");
+        finish(task, writer).await;
+        let stored = store.reader().query(&Query::default()).await.unwrap();
+        assert_eq!(stored.len(), 1, "{stored:?}");
+    }
+
+    /// A bare `ping` that nothing follows is answered once the quiet period has passed:
+    /// not before, and not much after.
+    #[tokio::test(start_paused = true)]
+    async fn held_ping_is_answered_after_the_quiet_period() {
+        let store = TestStore::default();
+        let (mut client, task, writer) = serve_legacy(&store, CancellationToken::new());
+        client.write_all(b"ping").await.unwrap();
+        let sent = tokio::time::Instant::now();
+        let mut pong = [0u8; 4];
+        client.read_exact(&mut pong).await.unwrap();
+        let waited = sent.elapsed();
+        assert_eq!(&pong, PONG);
+        assert!(waited >= Duration::from_millis(100), "{waited:?}");
+        assert!(waited < Duration::from_millis(200), "{waited:?}");
+        client.shutdown().await.unwrap();
+        assert_eq!(read_all(&mut client).await, b"", "one pong only");
+        finish(task, writer).await;
+        assert!(store.log().txns.is_empty(), "a ping is no reading");
+    }
+
+    /// A bare `ping` then end of input: answered once (at EOF, not twice).
+    #[tokio::test(start_paused = true)]
+    async fn held_ping_then_eof_is_answered_once() {
+        let store = TestStore::default();
+        let (mut client, task, writer) = serve_legacy(&store, CancellationToken::new());
+        client.write_all(b"ping").await.unwrap();
+        client.shutdown().await.unwrap();
+        assert_eq!(read_all(&mut client).await, PONG);
+        finish(task, writer).await;
+    }
+
+    /// A bare `ping` still held when the server shuts down is not answered: it may be the
+    /// start of a reading whose rest never came, and a `pong` would tell the seed client
+    /// it was stored (PROTOCOL.md).
+    #[tokio::test(start_paused = true)]
+    async fn held_ping_at_shutdown_is_not_answered() {
+        let store = TestStore::default();
+        let shutdown = CancellationToken::new();
+        let (mut client, task, writer) = serve_legacy(&store, shutdown.clone());
+        client.write_all(b"ping").await.unwrap();
+        // Well inside the quiet period: the server has read and holds it.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        shutdown.cancel();
+        assert_eq!(read_all(&mut client).await, b"", "closed without a pong");
+        finish(task, writer).await;
     }
 
     /// Shutdown: what was received is stored and answered, then the connection closes.

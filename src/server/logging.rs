@@ -3,7 +3,8 @@
 //! The seed printed `Received: <data>` for every message. We keep that line at `info` while
 //! the rate is low, and under load log at most [`LINES_PER_SECOND`] of them per second plus a
 //! periodic summary; `-v` (debug) logs every reading. Per-event warnings (rejected lines,
-//! refused connections, readings not acknowledged) each get a budget of the same size.
+//! refused connections, readings not acknowledged, conflicting readings) each get a budget of
+//! the same size.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -74,8 +75,14 @@ pub static UNTRACKED: LogBudget = LogBudget::new();
 /// `no complete line in time` warnings: slowloris peers come in swarms.
 pub static SLOW: LogBudget = LogBudget::new();
 
+/// `conflicting reading refused` warnings: a forger replaying a sensor's series would
+/// otherwise write one per reading.
+pub static CONFLICTS: LogBudget = LogBudget::new();
+
 /// Every budget, for the summary's count of lines not logged.
-const BUDGETS: [&LogBudget; 6] = [&RECEIVED, &REJECTED, &REFUSED, &UNACKED, &UNTRACKED, &SLOW];
+const BUDGETS: [&LogBudget; 7] = [
+    &RECEIVED, &REJECTED, &REFUSED, &UNACKED, &UNTRACKED, &SLOW, &CONFLICTS,
+];
 
 /// Whether one more per-reading line may be logged now.
 pub fn allow_received_line() -> bool {
@@ -103,6 +110,11 @@ pub fn allow_slow_peer() -> bool {
 /// Whether one more readings-not-acknowledged warning may be logged now.
 pub fn allow_unacked_warning() -> bool {
     allow_warning(&UNACKED)
+}
+
+/// Whether one more conflicting-reading warning may be logged now.
+pub fn allow_conflict_warning() -> bool {
+    allow_warning(&CONFLICTS)
 }
 
 /// Whether one more live-view-full warning may be logged now.

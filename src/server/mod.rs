@@ -2,8 +2,10 @@
 //!
 //! [`listener`] accepts and enforces the connection limit, [`connection`] runs one peer
 //! over any [`stream::PeerStream`] (TCP, or TLS after [`tls`]'s handshake), [`shutdown`] turns
-//! signals into a cancellation, [`logging`] keeps per-reading logs from bounding throughput.
-//! `auth` (private) is one connection's `--auth` state; [`reload_auth`] re-reads the tokens.
+//! signals into a cancellation, [`reload`] runs the SIGHUP reloads (TLS files; other parts
+//! register theirs), [`logging`] keeps per-reading logs from bounding throughput.
+//! `auth` (private) is one connection's `--auth` state; [`reload_auth`] re-reads the tokens
+//! (registered with [`reload`] as `what="auth"`).
 
 mod auth;
 pub mod connection;
@@ -13,6 +15,7 @@ pub mod logging;
 mod pending;
 pub mod per_ip;
 pub mod quota;
+pub mod reload;
 pub mod shutdown;
 pub mod stream;
 pub mod tls;
@@ -66,6 +69,8 @@ pub struct ServerConfig {
     pub timestamps: TimestampWindow,
     /// Serve the sensor port over TLS; `None`: plain TCP.
     pub tls: Option<TlsFiles>,
+    /// See [`Limits::legacy_ping_quiet`] (a hidden setting: tests lengthen it).
+    pub legacy_ping_quiet: Duration,
     /// Rates and new-series caps per connection and per token.
     pub quotas: quota::QuotaLimits,
     /// Series ids the SQLite store keeps in memory (least recently used evicted).
@@ -81,6 +86,9 @@ pub struct ServerConfig {
     pub metrics_auth: Option<crate::http::access::Guard>,
     /// `--http-insecure`: serve beyond loopback without tokens rather than refuse to start.
     pub http_insecure: bool,
+    /// With [`ServerConfig::tls`]: serve the HTTP side over HTTPS with the same
+    /// certificate (`--http-tls`, default on); off keeps it plain HTTP.
+    pub http_tls: bool,
 }
 
 /// The PEM files the sensor port's TLS is configured from.
@@ -111,6 +119,7 @@ impl Default for ServerConfig {
             stale_after: crate::live::DEFAULT_STALE_AFTER,
             timestamps: TimestampWindow::default(),
             tls: None,
+            legacy_ping_quiet: crate::protocol::legacy::LEGACY_PING_QUIET,
             quotas: quota::QuotaLimits::default(),
             series_cache_entries: store::DEFAULT_SERIES_CACHE_ENTRIES,
             auth: None,
@@ -118,6 +127,7 @@ impl Default for ServerConfig {
             http_auth: crate::http::access::HttpAuth::Auto,
             metrics_auth: None,
             http_insecure: false,
+            http_tls: true,
         }
     }
 }
@@ -136,6 +146,9 @@ pub struct Limits {
     pub max_line_bytes: usize,
     pub max_inflight_batches: usize,
     pub timestamps: TimestampWindow,
+    /// How long a bare legacy `ping` is held for the rest of a reading that may follow it
+    /// before it is answered as a ping.
+    pub legacy_ping_quiet: Duration,
     /// Serve over TLS: set by [`run_with_store`] from [`ServerConfig::tls`] (files are read
     /// when the server starts), `None` from `From<&ServerConfig>`.
     pub tls: Option<tls::TlsSettings>,
@@ -157,6 +170,7 @@ impl From<&ServerConfig> for Limits {
             max_line_bytes: config.max_line_bytes,
             max_inflight_batches: config.max_inflight_batches.max(1),
             timestamps: config.timestamps,
+            legacy_ping_quiet: config.legacy_ping_quiet,
             tls: None,
             quotas: quota::Quotas::new(config.quotas),
             auth: None,
@@ -165,10 +179,18 @@ impl From<&ServerConfig> for Limits {
     }
 }
 
+impl Limits {
+    /// How long a new connection has for its first complete line (or legacy message),
+    /// TLS handshake included: the first-line timeout, or the idle timeout if shorter.
+    pub fn first_wait(&self) -> Duration {
+        self.first_line_timeout.min(self.idle_timeout)
+    }
+}
+
 /// Run the server until `shutdown` is cancelled, then drain and flush the store.
 ///
-/// Prints `http on http://<addr>/` (unless `--http off`), then `listening on <addr>` on
-/// stdout once bound (port 0 gets its real port).
+/// Prints `http on http://<addr>/` (`https://` with TLS; nothing with `--http off`),
+/// then `listening on <addr>` on stdout once bound (port 0 gets its real port).
 pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let store = open_store(&config).await?;
     run_with_store(config, store, shutdown).await
@@ -225,6 +247,21 @@ pub async fn run_with_store(
         }
         None => None,
     };
+    // What SIGHUP re-reads. Each part that can be reloaded registers itself here
+    // (`ReloadWhat::Auth`: the tokens file).
+    let mut reloads = reload::Reloads::new();
+    if let Some(tls) = &tls {
+        let tls = tls.tls.clone();
+        reloads.register(crate::events::ReloadWhat::Tls, move || {
+            tls.reload().map_err(|err| format!("{err:#}"))
+        });
+    }
+    if let Some(authority) = &auth {
+        let authority = Arc::clone(authority);
+        reloads.register(crate::events::ReloadWhat::Auth, move || {
+            reload_auth(&authority)
+        });
+    }
     check_open_files(config.max_connections);
     let listener = TcpListener::bind(&config.listen)
         .await
@@ -237,6 +274,11 @@ pub async fn run_with_store(
     // (or, through the guard, when this function returns early).
     let http_stop = CancellationToken::new();
     let _http_stop_guard = http_stop.clone().drop_guard();
+    // The HTTP side serves HTTPS with the sensor port's (reloadable) certificate.
+    let https = tls
+        .as_ref()
+        .filter(|_| config.http_tls)
+        .map(|tls| tls.tls.clone());
     let (http, live) = match &config.http {
         Some(addr) => {
             let mut state = crate::http::AppState::new(reader, &config, shutdown.clone());
@@ -245,7 +287,7 @@ pub async fn run_with_store(
             let live = state.live.clone();
             live.spawn_sweeper(shutdown.clone());
             (
-                Some(start_http(addr, state, http_stop.clone()).await?),
+                Some(start_http(addr, state, https, http_stop.clone()).await?),
                 Some(live),
             )
         }
@@ -253,6 +295,7 @@ pub async fn run_with_store(
     };
     // Started once both ports are bound: a bind failure leaves no writer thread behind.
     let (handle, store_writer) = writer::spawn(store.drive, config.writer.clone());
+    start_reloads(reloads, &shutdown);
     announce(local);
     tracing::info!(addr = %local, store = %config.store, fsync = ?config.fsync, tls = config.tls.is_some(), "listening");
 
@@ -278,14 +321,25 @@ pub async fn run_with_store(
     Ok(())
 }
 
+/// Run `reloads` on SIGHUP (Unix); elsewhere there is no SIGHUP and nothing is reloaded.
+fn start_reloads(reloads: reload::Reloads, shutdown: &CancellationToken) {
+    #[cfg(unix)]
+    if let Err(err) = reload::spawn_on_sighup(reloads, shutdown.clone()) {
+        tracing::warn!(cause = %err, "cannot watch SIGHUP; nothing will be reloaded");
+    }
+    #[cfg(not(unix))]
+    let _ = (reloads, shutdown);
+}
+
 /// How long the HTTP side may take, once shutdown began, to finish its requests.
 const HTTP_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Bind the HTTP side on `addr`, print `http on http://ADDR/`, and serve it in a task
-/// until `stop`.
+/// Bind the HTTP side on `addr`, print `http on http://ADDR/` (`https://` with `tls`),
+/// and serve it in a task until `stop`.
 async fn start_http(
     addr: &str,
     state: crate::http::AppState,
+    tls: Option<Arc<crate::tls::ServerTls>>,
     stop: CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
     let listener = TcpListener::bind(addr)
@@ -294,9 +348,12 @@ async fn start_http(
     let local = listener
         .local_addr()
         .context("reading the bound HTTP address")?;
-    print_line(&format!("http on http://{local}/"));
-    tracing::info!(addr = %local, "http listening");
-    Ok(tokio::spawn(crate::http::serve(listener, state, stop)))
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    print_line(&format!("http on {scheme}://{local}/"));
+    tracing::info!(addr = %local, scheme, "http listening");
+    Ok(tokio::spawn(crate::http::serve_with_tls(
+        listener, state, tls, stop,
+    )))
 }
 
 /// Wait (bounded) for the HTTP side's graceful shutdown; a request that does not finish

@@ -10,7 +10,7 @@ use std::time::Instant;
 use crate::events::Mode;
 use crate::live::{LiveBatch, LiveConnection};
 use crate::store::writer::{CommitReceiver, Committed};
-use crate::store::StoreError;
+use crate::store::{Repeat, StoreError};
 
 /// A reply waiting for the commit of everything received before it.
 #[derive(Debug)]
@@ -25,6 +25,12 @@ pub(super) enum PendingReply {
         rejected: u64,
         /// Receipt of the first reading this ack covers (for `store_us`).
         first_received: Option<Instant>,
+        /// Readings of this batch decoded before the `sync`: the ack covers those (and the
+        /// earlier batches' readings after their last ack), not the ones after it.
+        batch_offset: usize,
+        /// Of the readings covered, those already stored (same fields, other fields): known
+        /// once the batch is committed ([`Unreported::attribute`]).
+        repeats: Unreported,
     },
     Error {
         line: u64,
@@ -34,6 +40,45 @@ pub(super) enum PendingReply {
     LegacyPong {
         received: Option<Instant>,
     },
+}
+
+/// Duplicates and conflicts among committed readings that no ack has reported yet (or, in
+/// an ack, the ones it reports).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Unreported {
+    pub(super) duplicates: u64,
+    pub(super) conflicts: u64,
+}
+
+impl Unreported {
+    fn add(&mut self, repeat: &Repeat) {
+        if repeat.conflict.is_some() {
+            self.conflicts += 1;
+        } else {
+            self.duplicates += 1;
+        }
+    }
+
+    /// A batch is committed with `repeats` (ascending indices): each ack among its
+    /// `replies` takes the repeats before its `batch_offset` plus those carried in `self`
+    /// from earlier batches; the repeats after the last ack stay in `self` for the next.
+    pub(super) fn attribute(&mut self, replies: &mut [PendingReply], repeats: &[Repeat]) {
+        let mut repeats = repeats.iter().peekable();
+        for reply in replies {
+            if let PendingReply::Ack {
+                batch_offset,
+                repeats: reported,
+                ..
+            } = reply
+            {
+                while let Some(repeat) = repeats.next_if(|repeat| repeat.index < *batch_offset) {
+                    self.add(repeat);
+                }
+                *reported = std::mem::take(self);
+            }
+        }
+        repeats.for_each(|repeat| self.add(repeat));
+    }
 }
 
 /// Replies behind one store batch (or behind the batches before it, when `commit` is None).
@@ -111,9 +156,13 @@ impl LiveFeed {
         self.live.as_ref().map(|live| live.summarize(batch, first))
     }
 
-    /// A batch (its summary, if kept) is committed.
-    pub(super) fn committed(&mut self, live: Option<LiveBatch>) {
-        self.committed.extend(live);
+    /// A batch (its summary, if kept) is committed; `repeats`: its readings the store
+    /// already held, which are no new readings.
+    pub(super) fn committed(&mut self, live: Option<LiveBatch>, repeats: &[Repeat]) {
+        self.committed.extend(live.map(|mut live| {
+            live.forget(repeats);
+            live
+        }));
     }
 
     /// Hand the committed batches to the live view before their replies are written;

@@ -38,12 +38,16 @@ impl Fixture {
 
     /// Submit one batch and wait for its commit.
     async fn write(&self, batch: Vec<StoredReading>) -> WriteOutcome {
+        self.commit(batch).await.outcome
+    }
+
+    /// Submit one batch and wait for its commit's whole answer.
+    async fn commit(&self, batch: Vec<StoredReading>) -> writer::Committed {
         let receipt = self.handle.submit(batch).await.expect("store accepts");
         receipt
             .await
             .expect("store answers")
             .expect("store commits")
-            .outcome
     }
 
     async fn rows(&self, query: Query) -> Vec<Row> {
@@ -95,10 +99,11 @@ fn float(sensor: &str, ts: i64, v: f64) -> StoredReading {
     )
 }
 
-fn outcome(inserted: u64, duplicates: u64) -> WriteOutcome {
+fn outcome(inserted: u64, duplicates: u64, conflicts: u64) -> WriteOutcome {
     WriteOutcome {
         inserted,
         duplicates,
+        conflicts,
     }
 }
 
@@ -112,16 +117,17 @@ async fn dedup_on_series_and_timestamp(store: Fixture) {
     let first = float("a", 1, 1.0);
     let mut again = float("a", 1, 2.0);
     again.received_ns = 99;
-    // Within one batch, and across batches; the first stored value wins.
+    // Within one batch, and across batches; the first stored value wins (another value
+    // is a conflict).
     assert_eq!(
         store
             .write(vec![first, again.clone(), float("b", 1, 1.0)])
             .await,
-        outcome(2, 1)
+        outcome(2, 0, 1)
     );
     assert_eq!(
         store.write(vec![again, float("a", 2, 3.0)]).await,
-        outcome(1, 1)
+        outcome(1, 0, 1)
     );
     let rows = store
         .rows(Query {
@@ -136,18 +142,98 @@ async fn dedup_on_series_and_timestamp(store: Fixture) {
     let v = || vec![("v", FieldValue::Int(1))];
     let x = reading("m", &[("sensor", "s"), ("a", "1"), ("b", "2")], v(), 7);
     let y = reading("m", &[("b", "2"), ("sensor", "s"), ("a", "1")], v(), 7);
-    assert_eq!(store.write(vec![x, y]).await, outcome(1, 1));
+    assert_eq!(store.write(vec![x, y]).await, outcome(1, 1, 0));
     // Another measurement or another tag value is another series.
     let z = reading("n", &[("sensor", "s"), ("a", "1"), ("b", "2")], v(), 7);
     let w = reading("m", &[("sensor", "s"), ("a", "1"), ("b", "3")], v(), 7);
-    assert_eq!(store.write(vec![z, w]).await, outcome(2, 0));
+    assert_eq!(store.write(vec![z, w]).await, outcome(2, 0, 0));
     // Untagged readings of two peers are two series (the sensor joins the identity).
     let mut p = reading("m", &[], v(), 7);
     p.sensor = "10.0.0.1".into();
     let mut q = p.clone();
     q.sensor = "10.0.0.2".into();
-    assert_eq!(store.write(vec![p.clone(), q]).await, outcome(2, 0));
-    assert_eq!(store.write(vec![p]).await, outcome(0, 1));
+    assert_eq!(store.write(vec![p.clone(), q]).await, outcome(2, 0, 0));
+    assert_eq!(store.write(vec![p]).await, outcome(0, 1, 0));
+    store.finish().await;
+}
+
+/// A repeat of a stored series and timestamp is a duplicate when its fields encode the same
+/// (the receive time aside), a conflict otherwise; each is reported at its index in its
+/// batch, a conflict with the fields kept and the reading refused.
+async fn duplicates_and_conflicts_are_told_apart(store: Fixture) {
+    let genuine = || float("kitchen-01", 5, 21.5);
+    let mut forged = genuine();
+    forged.reading.fields = vec![("v".into(), FieldValue::Float(-99.0))];
+    let committed = store.commit(vec![forged.clone()]).await;
+    assert_eq!(committed.outcome, outcome(1, 0, 0));
+    assert!(committed.repeats.is_empty());
+
+    // The genuine sender comes second: a conflict; the forger's replay (received later):
+    // a duplicate. Inside one batch, after a fresh reading.
+    let mut replay = forged.clone();
+    replay.received_ns += 1_000;
+    let committed = store
+        .commit(vec![float("kitchen-01", 6, 1.0), genuine(), replay])
+        .await;
+    assert_eq!(committed.outcome, outcome(1, 1, 1));
+    let indices: Vec<_> = committed
+        .repeats
+        .iter()
+        .map(|r| (r.index, r.conflict.is_some()))
+        .collect();
+    assert_eq!(indices, vec![(1, true), (2, false)]);
+    let conflict = committed.repeats[0].conflict.as_ref().expect("a conflict");
+    assert_eq!(conflict.kept, forged.reading.fields);
+    assert_eq!(conflict.refused, genuine());
+
+    // Repeats inside one batch count the same way; the encoded form decides (-0.0 is not
+    // 0.0), every field counts, a string is compared exactly.
+    let with = |ts, fields: Vec<(&str, FieldValue)>| reading("m", &[("sensor", "s")], fields, ts);
+    let zero = || vec![("v", FieldValue::Float(0.0))];
+    let two = || {
+        vec![
+            ("v", FieldValue::Int(1)),
+            ("w", FieldValue::Str("x".into())),
+        ]
+    };
+    let committed = store
+        .commit(vec![
+            with(1, zero()),
+            with(1, zero()),
+            with(1, vec![("v", FieldValue::Float(-0.0))]),
+            with(2, two()),
+            with(2, two()),
+            with(
+                2,
+                vec![
+                    ("v", FieldValue::Int(1)),
+                    ("w", FieldValue::Str("y".into())),
+                ],
+            ),
+            with(2, vec![("v", FieldValue::Int(1))]),
+        ])
+        .await;
+    assert_eq!(committed.outcome, outcome(2, 2, 3));
+    let kinds: Vec<_> = committed
+        .repeats
+        .iter()
+        .map(|r| (r.index, r.conflict.is_some()))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![(1, false), (2, true), (4, false), (5, true), (6, true)]
+    );
+
+    // The first value is the one stored and read back.
+    let rows = store
+        .rows(Query {
+            sensor: Some("kitchen-01".into()),
+            ..Query::default()
+        })
+        .await;
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].fields, forged.reading.fields);
+    assert_eq!(rows[0].received_ns, forged.received_ns);
     store.finish().await;
 }
 
@@ -164,7 +250,7 @@ async fn every_field_type_round_trips(store: Fixture) {
         fields,
         1_700_000_000_123_456_789,
     );
-    assert_eq!(store.write(vec![r.clone()]).await, outcome(1, 0));
+    assert_eq!(store.write(vec![r.clone()]).await, outcome(1, 0, 0));
     let rows = store.rows(Query::default()).await;
     assert_eq!(rows.len(), 1);
     let row = &rows[0];
@@ -471,10 +557,6 @@ fn replays_store_what_the_model_says(
             }
         }
     }
-    let want = WriteOutcome {
-        inserted: model.len() as u64,
-        duplicates: total - model.len() as u64,
-    };
     let (answers, rows) = block_on(async {
         let store = open();
         let mut answers = Vec::new();
@@ -498,11 +580,37 @@ fn replays_store_what_the_model_says(
         (answers, rows)
     });
     for (answer, batch) in answers.iter().zip(&submitted) {
-        prop_assert_eq!(answer.inserted + answer.duplicates, batch.len() as u64);
+        prop_assert_eq!(answer.readings(), batch.len() as u64);
     }
     let got = WriteOutcome {
         inserted: answers.iter().map(|o| o.inserted).sum(),
         duplicates: answers.iter().map(|o| o.duplicates).sum(),
+        conflicts: answers.iter().map(|o| o.conflicts).sum(),
+    };
+    // Every reading not inserted repeats the one kept: a duplicate if its fields encode
+    // the same, else a conflict (which reading is kept is checked below).
+    let encoded = |fields: &[(String, FieldValue)]| {
+        let mut text = String::new();
+        super::encoding::encode_fields(&mut text, fields);
+        text
+    };
+    let kept: BTreeMap<Identity, String> = rows
+        .iter()
+        .map(|row| {
+            let key = identity(&row.measurement, &row.tags, &row.sensor, row.timestamp_ns);
+            (key, encoded(&row.fields))
+        })
+        .collect();
+    let mut same = 0u64;
+    for reading in submitted.iter().flat_map(|batch| batch.iter()) {
+        let stored = kept.get(&identity_of(reading));
+        same += u64::from(stored == Some(&encoded(&reading.reading.fields)));
+    }
+    let inserted = model.len() as u64;
+    let want = WriteOutcome {
+        inserted,
+        duplicates: same.saturating_sub(inserted),
+        conflicts: total - same,
     };
     prop_assert_eq!(got, want);
     prop_assert!(rows
@@ -612,6 +720,11 @@ macro_rules! conformance {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn dedup_on_series_and_timestamp() {
                 super::dedup_on_series_and_timestamp($open()).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn duplicates_and_conflicts_are_told_apart() {
+                super::duplicates_and_conflicts_are_told_apart($open()).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,11 +16,11 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
 
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashMap;
 
-use super::encoding::write_stored_series_key;
+use super::encoding::{encode_fields, write_stored_series_key};
 use super::read::{BoxFuture, ReadStore, StoreReader};
-use super::{Counts, Query, Row, SensorStats, Store, StoreError, StoredReading, WriteOutcome};
+use super::{Conflict, Counts, Query, Row, SensorStats, Store, StoreError, StoredReading, Written};
 use crate::protocol::FieldValue;
 
 /// Readings kept by [`MemoryStore::default`].
@@ -52,8 +52,11 @@ struct Data {
     series: Vec<Series>,
     /// The most recent readings, oldest first.
     rows: VecDeque<MemRow>,
-    /// (series, timestamp) of every kept reading: the deduplication identity.
-    seen: FxHashSet<(u32, i64)>,
+    /// (series, timestamp) of every kept reading, the deduplication identity, with the
+    /// reading's place: `rows[seq - evicted]` (so a repeat can compare fields).
+    seen: FxHashMap<(u32, i64), u64>,
+    /// Readings pushed out of `rows` so far (the oldest first).
+    evicted: u64,
 }
 
 /// The write side; [`MemoryStore::reader`] gives the read side of the same data.
@@ -77,7 +80,8 @@ impl MemoryStore {
                 series_ids: FxHashMap::default(),
                 series: Vec::new(),
                 rows: VecDeque::new(),
-                seen: FxHashSet::default(),
+                seen: FxHashMap::default(),
+                evicted: 0,
             })),
         }
     }
@@ -107,7 +111,7 @@ fn read(data: &RwLock<Data>) -> RwLockReadGuard<'_, Data> {
 }
 
 impl Store for MemoryStore {
-    fn write_batch(&mut self, batch: &[StoredReading]) -> Result<WriteOutcome, StoreError> {
+    fn write_batch(&mut self, batch: &[StoredReading]) -> Result<Written, StoreError> {
         let mut data = self.data.write().unwrap_or_else(PoisonError::into_inner);
         data.write_batch(batch)
     }
@@ -118,11 +122,11 @@ impl Store for MemoryStore {
 }
 
 impl Data {
-    fn write_batch(&mut self, batch: &[StoredReading]) -> Result<WriteOutcome, StoreError> {
-        let mut outcome = WriteOutcome::default();
+    fn write_batch(&mut self, batch: &[StoredReading]) -> Result<Written, StoreError> {
+        let mut written = Written::default();
         let mut key = String::new();
         let mut pairs = Vec::new();
-        for stored in batch {
+        for (index, stored) in batch.iter().enumerate() {
             write_stored_series_key(&mut key, &mut pairs, stored);
             let series = match self.series_ids.get(key.as_str()) {
                 Some(&id) => id,
@@ -142,24 +146,47 @@ impl Data {
                 }
             };
             let ts = stored.timestamp_ns();
-            if !self.seen.insert((series, ts)) {
-                outcome.duplicates += 1;
+            if let Some(&seq) = self.seen.get(&(series, ts)) {
+                written.repeat(index, self.conflict(seq, stored));
                 continue;
             }
             if self.rows.len() >= self.capacity {
                 if let Some(oldest) = self.rows.pop_front() {
                     self.seen.remove(&(oldest.series, oldest.timestamp_ns));
+                    self.evicted += 1;
                 }
             }
+            let seq = self.evicted + self.rows.len() as u64;
+            self.seen.insert((series, ts), seq);
             self.rows.push_back(MemRow {
                 series,
                 timestamp_ns: ts,
                 received_ns: stored.received_ns,
                 fields: stored.reading.fields.clone(),
             });
-            outcome.inserted += 1;
+            written.outcome.inserted += 1;
         }
-        Ok(outcome)
+        Ok(written)
+    }
+
+    /// `stored` repeats the kept reading `seq`: `None` if their fields encode the same (a
+    /// duplicate), else the conflict. Compared as encoded text, as SQLite does, so both
+    /// stores agree (e.g. `-0.0` is not `0.0`, NaN equals NaN).
+    fn conflict(&self, seq: u64, stored: &StoredReading) -> Option<Box<Conflict>> {
+        // `seen` holds kept readings only, so the row is there.
+        let kept = seq
+            .checked_sub(self.evicted)
+            .and_then(|at| usize::try_from(at).ok())
+            .and_then(|at| self.rows.get(at))?;
+        let (mut a, mut b) = (String::new(), String::new());
+        encode_fields(&mut a, &kept.fields);
+        encode_fields(&mut b, &stored.reading.fields);
+        (a != b).then(|| {
+            Box::new(Conflict {
+                kept: kept.fields.clone(),
+                refused: stored.clone(),
+            })
+        })
     }
 
     fn sensor_of(&self, row: &MemRow) -> &str {
@@ -309,7 +336,7 @@ mod tests {
         let again = store
             .write_batch(&[reading("m", &[], vec![("v", FieldValue::Float(1.0))], 1)])
             .expect("write");
-        assert_eq!(again.inserted, 1);
+        assert_eq!(again.outcome.inserted, 1);
         assert_eq!(store.len(), 2);
     }
 }

@@ -58,13 +58,66 @@ impl StoredReading {
     }
 }
 
-/// What one committed batch did.
+/// What one committed batch did. Each reading is exactly one of the three.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WriteOutcome {
     /// New rows.
     pub inserted: u64,
-    /// Readings already stored (same series and timestamp): not stored twice.
+    /// Readings whose series and timestamp were already stored with the same fields (a
+    /// harmless replay, e.g. a client resending after a lost ack): not stored twice.
     pub duplicates: u64,
+    /// Readings whose series and timestamp were already stored with *other* fields: refused,
+    /// the stored reading is kept (the first writer wins; the sender must be told).
+    pub conflicts: u64,
+}
+
+impl WriteOutcome {
+    /// Readings of the batch, whatever became of them.
+    pub fn readings(&self) -> u64 {
+        self.inserted + self.duplicates + self.conflicts
+    }
+}
+
+/// A reading of a batch that was not stored: its series and timestamp were already stored
+/// (by an earlier batch, or earlier in the same batch).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Repeat {
+    /// Its index in the batch as submitted.
+    pub index: usize,
+    /// `None`: the stored fields are the same (a duplicate). `Some`: a conflict.
+    pub conflict: Option<Box<Conflict>>,
+}
+
+/// What a conflict log line shows (built only for conflicts, which are rare: the store's
+/// cost stays on the repeats).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Conflict {
+    /// The fields the store kept (the stored reading's).
+    pub kept: Vec<(String, FieldValue)>,
+    /// The reading refused.
+    pub refused: StoredReading,
+}
+
+/// What [`Store::write_batch`] did: the totals, and which readings were not stored (so a
+/// transaction holding many connections' batches can tell each batch its own).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Written {
+    pub outcome: WriteOutcome,
+    /// Every reading not stored, by ascending `index`; empty when all were inserted (the
+    /// common case costs nothing).
+    pub repeats: Vec<Repeat>,
+}
+
+impl Written {
+    /// Count one reading not stored.
+    pub fn repeat(&mut self, index: usize, conflict: Option<Box<Conflict>>) {
+        if conflict.is_some() {
+            self.outcome.conflicts += 1;
+        } else {
+            self.outcome.duplicates += 1;
+        }
+        self.repeats.push(Repeat { index, conflict });
+    }
 }
 
 /// Filters for reading data back; `None` means "any".
@@ -181,8 +234,10 @@ pub trait Store: Send {
     /// Store `batch` atomically (one transaction). When this returns `Ok`, every reading of
     /// the batch is stored as durably as the store promises. A reading whose series
     /// (measurement + tags, see [`encoding`]) and timestamp are already stored is not
-    /// stored again.
-    fn write_batch(&mut self, batch: &[StoredReading]) -> Result<WriteOutcome, StoreError>;
+    /// stored again: it is reported in [`Written::repeats`], as a duplicate when the
+    /// stored fields encode to the same text ([`encoding::encode_fields`]; the receive
+    /// time is not compared), as a conflict otherwise.
+    fn write_batch(&mut self, batch: &[StoredReading]) -> Result<Written, StoreError>;
 
     /// When the store wants [`Store::idle`] called if no batch has come by then (e.g. to
     /// fold bookkeeping it buffers between writes into the database); `None`: never.

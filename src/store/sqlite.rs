@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 
-use super::encoding::{encode_fields, encode_tags, write_stored_series_key};
-use super::{FsyncPolicy, Store, StoreError, StoredReading, WriteOutcome};
+use super::encoding::{decode_fields, encode_fields, encode_tags, write_stored_series_key};
+use super::{Conflict, FsyncPolicy, Store, StoreError, StoredReading, Written};
 
 mod reader;
 mod series_cache;
@@ -108,6 +108,9 @@ const CLOSE_BUSY_TIMEOUT: Duration = Duration::from_millis(100);
 
 const INSERT_READING: &str = "INSERT INTO readings (series_id, ts, received, fields) \
      VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING";
+
+/// The fields kept at a (series, ts) an insert found taken: duplicate or conflict?
+const STORED_FIELDS: &str = "SELECT fields FROM readings WHERE series_id = ?1 AND ts = ?2";
 
 /// Add one batch's inserted rows (count, least and greatest ts) to a series' totals.
 const ADD_SERIES_TOTALS: &str = "UPDATE series SET readings = readings + ?2, \
@@ -393,7 +396,7 @@ fn migrate(conn: &mut Connection, location: &str) -> Result<(), StoreError> {
 }
 
 impl Store for SqliteStore {
-    fn write_batch(&mut self, batch: &[StoredReading]) -> Result<WriteOutcome, StoreError> {
+    fn write_batch(&mut self, batch: &[StoredReading]) -> Result<Written, StoreError> {
         let location = self.location.as_str();
         let fail = |operation| move |err| sqlite_error(location, operation, err);
         // One IMMEDIATE transaction: takes the write lock up front (no upgrade deadlock
@@ -402,7 +405,7 @@ impl Store for SqliteStore {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(fail("begin"))?;
-        let mut outcome = WriteOutcome::default();
+        let mut written = Written::default();
         // Series created in this transaction; merged into the cache only after commit.
         let mut new_series: HashMap<String, i64> = HashMap::new();
         // Rows this batch inserted, per series; merged into `pending` only after commit.
@@ -450,10 +453,30 @@ impl Store for SqliteStore {
                     .execute(rusqlite::params![series_id, ts, stored.received_ns, fields])
                     .map_err(fail("insert reading"))?;
                 if changed == 0 {
-                    outcome.duplicates += 1;
+                    // Only a repeat pays for this lookup (the row is in the page just hit).
+                    let kept: String = tx
+                        .prepare_cached(STORED_FIELDS)
+                        .and_then(|mut kept| {
+                            kept.query_row(rusqlite::params![series_id, ts], |row| row.get(0))
+                        })
+                        .map_err(fail("read stored fields"))?;
+                    let conflict = if kept == fields {
+                        None
+                    } else {
+                        let kept = decode_fields(&kept).map_err(|err| {
+                            StoreError::Corrupt(format!(
+                                "{location}: stored fields of series {series_id} at {ts}: {err}"
+                            ))
+                        })?;
+                        Some(Box::new(Conflict {
+                            kept,
+                            refused: stored.clone(),
+                        }))
+                    };
+                    written.repeat(index, conflict);
                     continue;
                 }
-                outcome.inserted += 1;
+                written.outcome.inserted += 1;
                 run = Some(match run {
                     Some((id, delta)) => (
                         id,
@@ -513,7 +536,9 @@ impl Store for SqliteStore {
             }
             self.pending_since.get_or_insert(now);
         }
-        Ok(outcome)
+        // Found in key order; reported in batch order.
+        written.repeats.sort_unstable_by_key(|repeat| repeat.index);
+        Ok(written)
     }
 
     fn idle_deadline(&self) -> Option<Instant> {
@@ -715,7 +740,7 @@ mod tests {
         let a = reading("m", &[("sensor", "s"), ("a", "1"), ("b", "2")], v(), 5);
         let b = reading("m", &[("b", "2"), ("sensor", "s"), ("a", "1")], v(), 5);
         store.write_batch(&[a]).expect("write");
-        let outcome = store.write_batch(&[b]).expect("write");
+        let outcome = store.write_batch(&[b]).expect("write").outcome;
         assert_eq!(outcome.duplicates, 1);
         let n: i64 = store
             .conn
@@ -767,12 +792,14 @@ mod tests {
         // The series cache starts empty after a reopen: dedup still goes through the table.
         let outcome = store
             .write_batch(&[temp("s1", 2, 2.0), temp("s1", 3, 3.0)])
-            .expect("write");
+            .expect("write")
+            .outcome;
         assert_eq!(
             outcome,
-            WriteOutcome {
+            crate::store::WriteOutcome {
                 inserted: 1,
-                duplicates: 1
+                duplicates: 1,
+                conflicts: 0,
             }
         );
     }
@@ -907,7 +934,7 @@ mod tests {
         new.reading.fields = vec![("v".into(), FieldValue::Int(1))];
         let mut replay = temp("b", 5, 5.0);
         replay.reading.fields = vec![("v".into(), FieldValue::Int(5))];
-        let outcome = store.write_batch(&[replay, new]).expect("write");
+        let outcome = store.write_batch(&[replay, new]).expect("write").outcome;
         assert_eq!(outcome.inserted, 1);
         store.flush_totals().expect("flush");
         let stats = block_on(reader.sensor_stats()).expect("stats");
@@ -1003,7 +1030,10 @@ mod tests {
         assert!(!err.expect_err("failed").is_transient());
         assert!(store.series.is_empty());
         assert!(store.pending.is_empty() && store.pending_since.is_none());
-        let outcome = store.write_batch(&[temp("new", 1, 1.0)]).expect("write");
+        let outcome = store
+            .write_batch(&[temp("new", 1, 1.0)])
+            .expect("write")
+            .outcome;
         assert_eq!(outcome.inserted, 1);
         let rows = all_rows(&path);
         assert_eq!(rows.len(), 1);
@@ -1022,15 +1052,16 @@ mod tests {
                 store
                     .write_batch(std::slice::from_ref(stored))
                     .expect("write")
+                    .outcome
                     .inserted,
                 1
             );
         }
         assert_eq!(store.cached_series(), 2);
-        let again = store.write_batch(&batch).expect("rewrite");
+        let again = store.write_batch(&batch).expect("rewrite").outcome;
         assert_eq!((again.inserted, again.duplicates), (0, 5));
         let more: Vec<_> = (0..5).map(|i| temp(&format!("s{i}"), 2, 1.0)).collect();
-        assert_eq!(store.write_batch(&more).expect("write").inserted, 5);
+        assert_eq!(store.write_batch(&more).expect("write").outcome.inserted, 5);
         assert!(store.cached_series() <= 2);
         let ids: std::collections::BTreeSet<i64> = store
             .conn
@@ -1069,7 +1100,7 @@ mod tests {
         ];
         let inserted: u64 = batches
             .iter()
-            .map(|batch| store.write_batch(batch).expect("write").inserted)
+            .map(|batch| store.write_batch(batch).expect("write").outcome.inserted)
             .sum();
         assert_eq!(inserted, 5);
     }

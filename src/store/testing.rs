@@ -14,7 +14,7 @@ use tokio::sync::Semaphore;
 use super::memory::MemoryStore;
 use super::read::BoxFuture;
 use super::writer::{CommitReply, ConcurrentStore};
-use super::{Store, StoreError, StoreReader, StoredReading, WriteOutcome};
+use super::{Store, StoreError, StoreReader, StoredReading, Written};
 use crate::protocol::{FieldValue, Reading};
 
 /// A stored reading: the sensor is the `sensor` tag, else `127.0.0.1` (as if it came
@@ -171,7 +171,7 @@ impl TestStore {
 }
 
 impl Store for TestStore {
-    fn write_batch(&mut self, batch: &[StoredReading]) -> Result<WriteOutcome, StoreError> {
+    fn write_batch(&mut self, batch: &[StoredReading]) -> Result<Written, StoreError> {
         if let Some(gate) = &self.gate {
             let _ = gate.entered.send(());
             let _ = gate.release.lock().expect("gate lock").recv();

@@ -36,7 +36,7 @@ use crate::events::{
 };
 
 use super::read::BoxFuture;
-use super::{Drive, Store, StoreError, StoredReading, WriteOutcome};
+use super::{Drive, Repeat, Store, StoreError, StoredReading, WriteOutcome, Written};
 
 /// Tuning of the group-commit writer.
 #[derive(Debug, Clone)]
@@ -60,14 +60,17 @@ impl Default for WriterConfig {
 }
 
 /// The answer to one submitted batch.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Committed {
     /// When the transaction holding the batch committed.
     pub committed_at: Instant,
     /// How long the commit (the whole transaction) took, in µs.
     pub commit_us: u64,
-    /// What this batch's readings did (new rows, duplicates).
+    /// What this batch's readings did (new rows, duplicates, conflicts): this batch's own,
+    /// even when its transaction held other batches too.
     pub outcome: WriteOutcome,
+    /// This batch's readings that were not stored, by their index in this batch.
+    pub repeats: Vec<Repeat>,
 }
 
 /// The result a batch's receipt resolves to (shared error: one failed transaction answers
@@ -92,9 +95,11 @@ pub type CommitReceiver = oneshot::Receiver<CommitResult>;
 ///   returned, as no ack is lost by waiting.
 /// - **One accounting**: every answer goes through [`CommitReply::send`], which counts the
 ///   commit or failure exactly as the other routes do; a store never counts its own.
-/// - **Identity**: a reading whose series and timestamp are stored is a duplicate, even
-///   when two commits in flight (or two collectors) carry it: enforce it with the
-///   database's unique key, not in memory.
+/// - **Identity**: a reading whose series and timestamp are stored is not stored again,
+///   even when two commits in flight (or two collectors) carry it: enforce it with the
+///   database's unique key, not in memory. Report each such reading in
+///   [`Written::repeats`] (a duplicate if the stored fields encode the same, else a
+///   conflict), as the other stores do: the acks of its batch say so.
 pub trait ConcurrentStore: Send + Sync + 'static {
     /// Accept `batch` for commit and answer it through `reply` (see the trait docs).
     fn submit(
@@ -127,12 +132,13 @@ impl CommitReply {
 
     /// Answer the batch: what its commit did and how long the commit took, or why it
     /// failed. A receiver that is gone (the connection closed) is not an error.
-    pub fn send(self, written: Result<(WriteOutcome, Duration), StoreError>) {
+    pub fn send(self, written: Result<(Written, Duration), StoreError>) {
         let answer = account(self.telemetry, 1, self.rows, written).map(
-            |(outcome, committed_at, commit_us)| Committed {
+            |(written, committed_at, commit_us)| Committed {
                 committed_at,
                 commit_us,
-                outcome,
+                outcome: written.outcome,
+                repeats: written.repeats,
             },
         );
         // Lowered before the answer, so whoever sees the answer sees the gauge lowered.
@@ -178,25 +184,25 @@ fn account(
     telemetry: Option<&'static Telemetry>,
     batches: usize,
     rows: usize,
-    written: Result<(WriteOutcome, Duration), StoreError>,
-) -> Result<(WriteOutcome, Instant, u64), Arc<StoreError>> {
+    written: Result<(Written, Duration), StoreError>,
+) -> Result<(Written, Instant, u64), Arc<StoreError>> {
     // None: the process's handles, looked up at emit time (after the recorder is
     // installed).
     let telemetry = telemetry.unwrap_or_else(events::telemetry);
     let committed_at = Instant::now();
     match written {
-        Ok((outcome, duration)) => {
+        Ok((written, duration)) => {
             // Only barriers (no readings): nothing was written, nothing to count.
             if rows > 0 {
                 BatchCommitted {
                     rows,
-                    outcome,
+                    outcome: written.outcome,
                     duration,
                 }
                 .emit_to(telemetry);
             }
             let commit_us = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
-            Ok((outcome, committed_at, commit_us))
+            Ok((written, committed_at, commit_us))
         }
         Err(err) => {
             StoreFailed {
@@ -546,7 +552,7 @@ fn commit(
     let lens: Vec<usize> = jobs.iter().map(|job| job.readings.len()).collect();
     let written = if rows == 0 {
         // Only barriers: nothing to write, everything before them is already committed.
-        Ok((WriteOutcome::default(), Duration::ZERO))
+        Ok((Written::default(), Duration::ZERO))
     } else {
         let merged;
         let batch: &[StoredReading] = if jobs.len() == 1 {
@@ -566,11 +572,12 @@ fn commit(
     };
     match account(telemetry, jobs.len(), rows, written) {
         Ok((total, committed_at, commit_us)) => {
-            for (job, outcome) in jobs.into_iter().zip(split_outcome(total, &lens)) {
+            for (job, written) in jobs.into_iter().zip(split_written(total, &lens)) {
                 job.answer(Ok(Committed {
                     committed_at,
                     commit_us,
-                    outcome,
+                    outcome: written.outcome,
+                    repeats: written.repeats,
                 }));
             }
         }
@@ -582,53 +589,27 @@ fn commit(
     }
 }
 
-/// Share a transaction's outcome among the batches it held.
-///
-/// Exact when the transaction held one batch or found no duplicate. Otherwise the
-/// [`Store`] trait reports only totals, so duplicates are shared in proportion to batch
-/// sizes (largest remainder): the per-batch split is approximate, the sums stay exact.
-fn split_outcome(total: WriteOutcome, lens: &[usize]) -> Vec<WriteOutcome> {
-    let as_u64 = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+/// Share a transaction's outcome among the batches it held, exactly: each batch gets the
+/// repeats whose index falls in its part of the merged batch (re-indexed from its start),
+/// and its other readings as inserted.
+fn split_written(total: Written, lens: &[usize]) -> Vec<Written> {
     if lens.len() == 1 {
         return vec![total];
     }
-    let rows: u64 = lens.iter().map(|&n| as_u64(n)).sum();
-    if total.duplicates == 0 || rows == 0 {
-        return lens
-            .iter()
-            .map(|&n| WriteOutcome {
-                inserted: as_u64(n),
-                duplicates: 0,
-            })
-            .collect();
-    }
-    let dups = u128::from(total.duplicates.min(rows));
-    let rows = u128::from(rows);
-    let mut shares: Vec<(u64, u128)> = lens
-        .iter()
-        .map(|&n| {
-            let exact = dups * n as u128;
-            ((exact / rows) as u64, exact % rows)
-        })
-        .collect();
-    let given: u64 = shares.iter().map(|(share, _)| share).sum();
-    let mut left = (dups as u64).saturating_sub(given);
-    let mut order: Vec<usize> = (0..lens.len()).collect();
-    order.sort_by(|&a, &b| shares[b].1.cmp(&shares[a].1));
-    for i in order {
-        if left == 0 {
-            break;
-        }
-        if shares[i].1 > 0 {
-            shares[i].0 += 1;
-            left -= 1;
-        }
-    }
+    let as_u64 = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+    let mut repeats = total.repeats.into_iter().peekable();
+    let mut start = 0;
     lens.iter()
-        .zip(shares)
-        .map(|(&n, (duplicates, _))| WriteOutcome {
-            inserted: as_u64(n).saturating_sub(duplicates),
-            duplicates,
+        .map(|&len| {
+            let end = start + len;
+            let mut part = Written::default();
+            while let Some(repeat) = repeats.next_if(|repeat| repeat.index < end) {
+                part.repeat(repeat.index.saturating_sub(start), repeat.conflict);
+            }
+            part.outcome.inserted =
+                as_u64(len).saturating_sub(part.outcome.duplicates + part.outcome.conflicts);
+            start = end;
+            part
         })
         .collect()
 }
@@ -764,7 +745,7 @@ mod tests {
     async fn queued_gauge_is_lowered_when_the_writer_panics() {
         struct Panicking;
         impl Store for Panicking {
-            fn write_batch(&mut self, _: &[StoredReading]) -> Result<WriteOutcome, StoreError> {
+            fn write_batch(&mut self, _: &[StoredReading]) -> Result<Written, StoreError> {
                 panic!("test store panics");
             }
             fn close(&mut self) -> Result<(), StoreError> {
@@ -975,7 +956,8 @@ mod tests {
             outcome,
             WriteOutcome {
                 inserted: 2,
-                duplicates: 1
+                duplicates: 1,
+                conflicts: 0,
             }
         );
         drop(handle);
@@ -1037,7 +1019,7 @@ mod tests {
     async fn submit_after_writer_stopped_is_writer_gone() {
         struct Panicking;
         impl Store for Panicking {
-            fn write_batch(&mut self, _: &[StoredReading]) -> Result<WriteOutcome, StoreError> {
+            fn write_batch(&mut self, _: &[StoredReading]) -> Result<Written, StoreError> {
                 panic!("test store panics");
             }
             fn close(&mut self) -> Result<(), StoreError> {
@@ -1068,11 +1050,10 @@ mod tests {
             idled: Arc<Mutex<usize>>,
         }
         impl Store for Idle {
-            fn write_batch(&mut self, batch: &[StoredReading]) -> Result<WriteOutcome, StoreError> {
-                Ok(WriteOutcome {
-                    inserted: batch.len() as u64,
-                    duplicates: 0,
-                })
+            fn write_batch(&mut self, batch: &[StoredReading]) -> Result<Written, StoreError> {
+                let mut written = Written::default();
+                written.outcome.inserted = batch.len() as u64;
+                Ok(written)
             }
             fn idle_deadline(&self) -> Option<Instant> {
                 self.due
@@ -1108,38 +1089,105 @@ mod tests {
         assert_eq!(*idled.lock().expect("test lock"), 1);
     }
 
+    /// Each batch of a merged transaction gets its own repeats, re-indexed from its start.
     #[test]
-    fn split_is_exact_in_sum() {
-        let total = WriteOutcome {
-            inserted: 7,
-            duplicates: 3,
+    fn split_is_exact_per_batch() {
+        let kept = || {
+            Some(Box::new(crate::store::Conflict {
+                kept: vec![("v".to_string(), crate::protocol::FieldValue::Int(1))],
+                refused: temp("a", 1),
+            }))
         };
-        let parts = split_outcome(total, &[5, 3, 2]);
-        assert_eq!(parts.iter().map(|o| o.inserted).sum::<u64>(), 7);
-        assert_eq!(parts.iter().map(|o| o.duplicates).sum::<u64>(), 3);
-        for (part, len) in parts.iter().zip([5u64, 3, 2]) {
-            assert_eq!(part.inserted + part.duplicates, len);
-        }
+        let mut total = Written::default();
+        total.outcome.inserted = 5;
+        // Batches [0..5), [5..8), [8..8), [8..10).
+        total.repeat(1, None);
+        total.repeat(4, kept());
+        total.repeat(8, None);
+        total.repeat(9, kept());
+        total.repeat(10, None); // beyond every batch (a store's mistake): dropped
+        let parts = split_written(total, &[5, 3, 0, 2]);
+        let outcome = |inserted, duplicates, conflicts| WriteOutcome {
+            inserted,
+            duplicates,
+            conflicts,
+        };
+        let outcomes: Vec<_> = parts.iter().map(|part| part.outcome).collect();
         assert_eq!(
-            split_outcome(
-                WriteOutcome {
-                    inserted: 3,
-                    duplicates: 0
-                },
-                &[1, 0, 2]
-            ),
+            outcomes,
             vec![
-                WriteOutcome {
-                    inserted: 1,
-                    duplicates: 0
-                },
-                WriteOutcome::default(),
-                WriteOutcome {
-                    inserted: 2,
-                    duplicates: 0
-                },
+                outcome(3, 1, 1),
+                outcome(3, 0, 0),
+                outcome(0, 0, 0),
+                outcome(0, 1, 1)
             ]
         );
+        let indices = |part: &Written| -> Vec<(usize, bool)> {
+            part.repeats
+                .iter()
+                .map(|r| (r.index, r.conflict.is_some()))
+                .collect()
+        };
+        assert_eq!(indices(&parts[0]), vec![(1, false), (4, true)]);
+        assert_eq!(indices(&parts[3]), vec![(0, false), (1, true)]);
+    }
+
+    /// Two connections' batches in one transaction: the repeats go to the batch that sent
+    /// them, not shared in proportion.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn merged_batches_get_their_own_repeats() {
+        let store = TestStore::default();
+        let (gate, entered_rx, release_tx) = gate();
+        let (handle, writer) = spawn(
+            Drive::GroupCommit(Box::new(store.gated(gate))),
+            WriterConfig::default(),
+        );
+        let first = handle.submit(vec![temp("a", 1)]).await.expect("submit");
+        tokio::task::spawn_blocking(move || entered_rx.recv().map(|_| entered_rx))
+            .await
+            .expect("join")
+            .expect("writer entered the store");
+        // Queued behind the held transaction, so merged into one.
+        let fresh = handle
+            .submit((10..14).map(|i| temp("b", i)).collect())
+            .await
+            .expect("submit");
+        let mut other = temp("a", 1);
+        other.reading.fields[0].1 = crate::protocol::FieldValue::Int(-99);
+        let repeats = handle
+            .submit(vec![temp("c", 1), temp("a", 1), other])
+            .await
+            .expect("submit");
+        for _ in 0..2 {
+            release_tx.send(()).expect("writer waits");
+        }
+        wait(first).await.expect("committed");
+        let fresh = wait(fresh).await.expect("committed");
+        assert_eq!((fresh.outcome.inserted, fresh.repeats.len()), (4, 0));
+        let repeats = wait(repeats).await.expect("committed");
+        assert_eq!(
+            repeats.outcome,
+            WriteOutcome {
+                inserted: 1,
+                duplicates: 1,
+                conflicts: 1
+            }
+        );
+        assert_eq!(repeats.repeats[0].index, 1);
+        assert_eq!(repeats.repeats[1].index, 2);
+        let conflict = repeats.repeats[1].conflict.as_ref().expect("a conflict");
+        assert_eq!(
+            conflict.kept,
+            vec![("v".into(), crate::protocol::FieldValue::Int(1))]
+        );
+        assert_eq!(
+            conflict.refused.reading.fields,
+            vec![("v".into(), crate::protocol::FieldValue::Int(-99))]
+        );
+        drop(handle);
+        drop(release_tx);
+        writer.finish().expect("finish");
+        assert_eq!(store.log().txns, vec![1, 7]);
     }
 }
 
@@ -1303,7 +1351,8 @@ mod route_tests {
             committed.outcome,
             WriteOutcome {
                 inserted: 1,
-                duplicates: 1
+                duplicates: 1,
+                conflicts: 0,
             }
         );
         drop(handle);

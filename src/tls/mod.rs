@@ -1,6 +1,8 @@
 //! TLS for the sensor port: rustls configurations built from PEM files, shared by the server
 //! (`--tls-cert`/`--tls-key`) and the client (`--tls`, `--ca`), and `sensorlink cert`
 //! ([`cert`]), which makes a development CA and certificates to try them with.
+//! [`ServerTls`] holds the server's configuration so SIGHUP can replace it: new handshakes
+//! use the new one, established connections keep theirs.
 //!
 //! The crypto provider is ring, named explicitly (not the process default): it builds with
 //! a C compiler alone, where aws-lc-rs also wants cmake (and more build time on small
@@ -9,8 +11,8 @@
 
 pub mod cert;
 
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 use anyhow::Context as _;
 use rustls_pki_types::pem::PemObject as _;
@@ -83,6 +85,113 @@ pub fn server_config(
             )
         })?;
     Ok(Arc::new(config))
+}
+
+/// The server's TLS, reloadable: the sensor port's configuration (client certificates
+/// required with a client CA) and the HTTP side's (same certificate, never asking for a
+/// client certificate: browsers have none), both from the same files, swapped together.
+pub struct ServerTls {
+    cert: PathBuf,
+    key: PathBuf,
+    client_ca: Option<PathBuf>,
+    current: RwLock<Loaded>,
+}
+
+/// One reading of the files.
+struct Loaded {
+    sensor: Arc<rustls::ServerConfig>,
+    http: Arc<rustls::ServerConfig>,
+    /// What was read, to say on reload what changed.
+    cert_pem: Vec<u8>,
+    key_pem: Vec<u8>,
+    client_ca_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .field("client_ca", &self.client_ca)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerTls {
+    /// Read the certificate chain, key and (mutual TLS) client CA.
+    ///
+    /// # Errors
+    /// A file cannot be read or parsed, or the certificate and key do not match.
+    pub fn load(cert: &Path, key: &Path, client_ca: Option<&Path>) -> anyhow::Result<ServerTls> {
+        let loaded = Loaded::read(cert, key, client_ca)?;
+        Ok(ServerTls {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            client_ca: client_ca.map(Path::to_path_buf),
+            current: RwLock::new(loaded),
+        })
+    }
+
+    /// Read the files again and use them for every new handshake; on any error the
+    /// configuration in force stays. Returns what changed, for the log.
+    ///
+    /// # Errors
+    /// As [`ServerTls::load`]; nothing is replaced then.
+    pub fn reload(&self) -> anyhow::Result<String> {
+        let fresh = Loaded::read(&self.cert, &self.key, self.client_ca.as_deref())?;
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        let mut changed = Vec::new();
+        if fresh.cert_pem != current.cert_pem {
+            changed.push(format!("certificate {}", self.cert.display()));
+        }
+        if fresh.key_pem != current.key_pem {
+            changed.push(format!("key {}", self.key.display()));
+        }
+        if fresh.client_ca_pem != current.client_ca_pem {
+            if let Some(ca) = &self.client_ca {
+                changed.push(format!("client CA {}", ca.display()));
+            }
+        }
+        *current = fresh;
+        Ok(if changed.is_empty() {
+            "files unchanged".to_string()
+        } else {
+            format!("new {}", changed.join(", "))
+        })
+    }
+
+    /// For a sensor-port handshake: the configuration in force now.
+    pub fn sensor_acceptor(&self) -> TlsAcceptor {
+        let current = self.current.read().unwrap_or_else(|p| p.into_inner());
+        TlsAcceptor::from(current.sensor.clone())
+    }
+
+    /// For an HTTPS handshake: the configuration in force now (no client certificate).
+    pub fn http_acceptor(&self) -> TlsAcceptor {
+        let current = self.current.read().unwrap_or_else(|p| p.into_inner());
+        TlsAcceptor::from(current.http.clone())
+    }
+}
+
+impl Loaded {
+    fn read(cert: &Path, key: &Path, client_ca: Option<&Path>) -> anyhow::Result<Loaded> {
+        let read = |path: &Path| {
+            std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+        };
+        let (cert_pem, key_pem) = (read(cert)?, read(key)?);
+        let client_ca_pem = client_ca.map(read).transpose()?;
+        let sensor = server_config(cert, key, client_ca)?;
+        let mut http = (*server_config(cert, key, None)?).clone();
+        // hyper serves HTTP/1.1 only here.
+        http.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Loaded {
+            sensor,
+            http: Arc::new(http),
+            cert_pem,
+            key_pem,
+            client_ca_pem,
+        })
+    }
 }
 
 /// The client side: trust `ca` (else the compiled-in Mozilla roots); present `identity`
@@ -228,6 +337,45 @@ mod tests {
         handshake(server.clone(), with_cert, "localhost").await?;
         let without = client_config(Some(&ca), None)?;
         assert!(handshake(server, without, "localhost").await.is_err());
+        Ok(())
+    }
+
+    /// A reload takes new files for new handshakes (old clients' CA no longer verifies,
+    /// the new one does); a reload from broken files fails and keeps the configuration
+    /// in force. The HTTP side never asks for a client certificate.
+    #[tokio::test]
+    async fn reload_swaps_the_configuration_or_keeps_the_old_one() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        cert::generate(dir.path(), &["localhost".into()], false)?;
+        let path = |name: &str| dir.path().join(name);
+        let ca = path(cert::CA_CERT);
+        let tls = ServerTls::load(&path(cert::SERVER_CERT), &path(cert::SERVER_KEY), Some(&ca))?;
+        let identity = (path(cert::CLIENT_CERT), path(cert::CLIENT_KEY));
+        let identity = Some((identity.0.as_path(), identity.1.as_path()));
+        let old_client = client_config(Some(&ca), identity)?;
+        let sensor = |tls: &ServerTls| tls.sensor_acceptor().config().clone();
+        handshake(sensor(&tls), old_client.clone(), "localhost").await?;
+        assert_eq!(tls.reload()?, "files unchanged");
+
+        cert::generate(dir.path(), &["localhost".into()], true)?;
+        let changed = tls.reload()?;
+        assert!(
+            changed.contains("certificate") && changed.contains("client CA"),
+            "{changed}"
+        );
+        let new_client = client_config(Some(&ca), identity)?;
+        handshake(sensor(&tls), new_client.clone(), "localhost").await?;
+        assert!(handshake(sensor(&tls), old_client, "localhost")
+            .await
+            .is_err());
+        // HTTPS: same certificate, no client certificate wanted.
+        let browser = client_config(Some(&ca), None)?;
+        handshake(tls.http_acceptor().config().clone(), browser, "localhost").await?;
+
+        std::fs::write(path(cert::SERVER_KEY), "not a key")?;
+        let err = tls.reload().expect_err("a broken key must not load");
+        assert!(format!("{err:#}").contains("server-key.pem"), "{err:#}");
+        handshake(sensor(&tls), new_client, "localhost").await?;
         Ok(())
     }
 

@@ -132,14 +132,15 @@ fn a_valid_token_writes_its_sensors_and_only_those() {
 }
 
 /// Wrong, malformed and unknown tokens are refused (`auth failed: …`) and logged without
-/// the token; a revoked token is refused after the server reloads its file (a restart here).
+/// the token; a token revoked and reloaded (SIGHUP) closes the connection holding it at its
+/// next reading, and is refused on new ones.
 #[test]
 fn wrong_malformed_and_revoked_tokens_are_refused() {
     let tokens = Tokens::new();
     let kitchen = tokens.add("kitchen", &["kitchen-01"]);
     let hall = tokens.add("hall", &["hall"]);
     let store = TempStore::new();
-    let mut server = auth_server(&store, &tokens, &[]);
+    let server = auth_server(&store, &tokens, &[]);
 
     let mut wrong = kitchen.clone();
     let last = wrong.pop().expect("non-empty");
@@ -175,10 +176,33 @@ fn wrong_malformed_and_revoked_tokens_are_refused() {
         ],
     );
 
+    // A connection authenticated with `kitchen` before the revocation.
+    let mut held = LinePeer::new(server.addr);
+    held.send(format!("auth {kitchen}\nm v=1i 1\nsync a\n").as_bytes());
+    assert_eq!(held.line(), format!("ok auth {}", id_of(&kitchen)));
+    assert!(held.line().starts_with("ack a readings=1 rejected=0"));
+
     tokens.revoke("kitchen");
-    let addr = server.addr;
-    assert!(server.terminate().success());
-    let server = Server::restart_on(addr, &store.url(), &["--auth", tokens.path()]);
+    server.signal(libc::SIGHUP);
+    wait_metrics(
+        &server,
+        &["sensorlink_reloads_total{what=\"auth\",result=\"ok\"} 1"],
+    );
+    // Its next reading is refused and the connection closed.
+    held.send(b"m v=2i 2\n");
+    assert_eq!(
+        held.line(),
+        format!(
+            "error 4 auth failed: token kitchen ({}) is revoked",
+            id_of(&kitchen)
+        )
+    );
+    assert_eq!(read_to_close(&mut held), "");
+    wait_metrics(
+        &server,
+        &["sensorlink_connections_closed_total{reason=\"token_revoked\"} 1"],
+    );
+    // A new connection cannot use it; another token still works on the same connection.
     let mut peer = LinePeer::new(server.addr);
     peer.send(format!("auth {kitchen}\n").as_bytes());
     assert_eq!(
@@ -188,7 +212,6 @@ fn wrong_malformed_and_revoked_tokens_are_refused() {
             id_of(&kitchen)
         )
     );
-    // Another token still works on the same connection.
     peer.send(format!("auth {hall}\nm v=1i 1\nsync a\n").as_bytes());
     assert_eq!(peer.line(), format!("ok auth {}", id_of(&hall)));
     assert!(peer.line().starts_with("ack a readings=1 rejected=0"));

@@ -52,6 +52,8 @@ pub struct Server {
     pub addr: SocketAddr,
     /// Where its HTTP side listens (`None` with `--http off`).
     pub http: Option<SocketAddr>,
+    /// Its HTTP side serves HTTPS (`http on https://…`): use [`Server::get_https`].
+    pub https: bool,
     stderr: Arc<Mutex<String>>,
     stderr_reader: Option<std::thread::JoinHandle<()>>,
     pub store: String,
@@ -135,6 +137,7 @@ impl Server {
             for _ in lines {}
         });
         let mut http = None;
+        let mut https = false;
         let addr = loop {
             let line = rx.recv_timeout(PATIENCE).unwrap_or_else(|_| {
                 let _ = child.kill();
@@ -153,16 +156,21 @@ impl Server {
             if let Some(addr) = line.strip_prefix("listening on ") {
                 break addr.parse().expect("address after `listening on`");
             }
-            let url = line
-                .strip_prefix("http on http://")
+            let (url, tls) = match line.strip_prefix("http on https://") {
+                Some(rest) => (Some(rest), true),
+                None => (line.strip_prefix("http on http://"), false),
+            };
+            let url = url
                 .and_then(|rest| rest.strip_suffix('/'))
                 .unwrap_or_else(|| panic!("unexpected line before `listening on`: {line:?}"));
-            http = Some(url.parse().expect("address after `http on http://`"));
+            http = Some(url.parse().expect("address after `http on http(s)://`"));
+            https = tls;
         };
         Server {
             child: Some(child),
             addr,
             http,
+            https,
             stderr,
             stderr_reader: Some(stderr_reader),
             store: store.to_string(),
@@ -233,7 +241,62 @@ impl Server {
 
     /// `GET path` on the server's HTTP side.
     pub fn get(&self, path: &str) -> HttpResponse {
+        assert!(!self.https, "the server serves HTTPS: use get_https");
         http_get(&self.http_url(path))
+    }
+
+    /// `GET path` on the server's HTTPS side, trusting the CA certificate in `ca`.
+    pub fn get_https(&self, path: &str, ca: &Path) -> HttpResponse {
+        assert!(self.https, "the server serves plain HTTP: use get");
+        let addr = self.http.expect("the server serves HTTP (not --http off)");
+        https_get(addr, path, ca)
+    }
+}
+
+/// A blocking `GET path` over HTTPS to `addr` (loopback), trusting `ca`, checking the
+/// certificate for `localhost`; bounded by [`PATIENCE`]. Any status is returned; a
+/// transport or TLS error panics.
+pub fn https_get(addr: SocketAddr, path: &str, ca: &Path) -> HttpResponse {
+    let config = sensorlink::tls::client_config(Some(ca), None).expect("client TLS config");
+    let name = rustls_pki_types::ServerName::try_from("localhost").expect("a valid name");
+    let connection = tokio_rustls::rustls::ClientConnection::new(config, name).expect("TLS client");
+    let mut tls = tokio_rustls::rustls::StreamOwned::new(connection, connect(addr));
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    tls.write_all(request.as_bytes())
+        .unwrap_or_else(|err| panic!("GET {path} over HTTPS: {err}"));
+    let mut raw = Vec::new();
+    // The server closes after the response (close_notify); the body has a known length.
+    if let Err(err) = tls.read_to_end(&mut raw) {
+        assert_eq!(
+            err.kind(),
+            std::io::ErrorKind::UnexpectedEof,
+            "GET {path} over HTTPS: {err}"
+        );
+    }
+    let text = String::from_utf8(raw).expect("a UTF-8 response");
+    let (head, body) = text.split_once("\r\n\r\n").expect("headers end");
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|line| line.split(' ').nth(1))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {head}"));
+    let mut content_type = String::new();
+    for line in lines {
+        if let Some((name, value)) = line.split_once(':') {
+            assert!(
+                !(name.eq_ignore_ascii_case("transfer-encoding")),
+                "chunked bodies are not decoded here: {head}"
+            );
+            if name.eq_ignore_ascii_case("content-type") {
+                content_type = value.trim().to_string();
+            }
+        }
+    }
+    HttpResponse {
+        status,
+        content_type,
+        body: body.to_string(),
     }
 }
 
@@ -306,11 +369,19 @@ pub fn read_n(stream: &mut TcpStream, n: usize) -> Vec<u8> {
     buf
 }
 
-/// Assert that nothing more arrives within a short while.
+/// How long [`assert_silent`] listens: long enough that a stray reply is not missed on a
+/// slow, shared machine (it comes at once, or after the server's 100 ms legacy quiet
+/// period), short enough to spend in a handful of tests.
+pub const SILENCE: Duration = Duration::from_secs(1);
+
+/// Assert that nothing more arrives within [`SILENCE`].
 pub fn assert_silent(stream: &mut TcpStream) {
-    stream
-        .set_read_timeout(Some(Duration::from_millis(150)))
-        .expect("timeout");
+    assert_silent_for(stream, SILENCE);
+}
+
+/// Assert that nothing more arrives within `wait` (no bytes, no close).
+pub fn assert_silent_for(stream: &mut TcpStream, wait: Duration) {
+    stream.set_read_timeout(Some(wait)).expect("timeout");
     let mut buf = [0u8; 64];
     match stream.read(&mut buf) {
         Ok(0) => panic!("connection closed"),

@@ -5,6 +5,7 @@ mod bench;
 mod client;
 mod client_stop;
 mod config;
+mod conflicts;
 mod dashboard;
 mod durability;
 mod harness;

@@ -1,5 +1,6 @@
-//! TLS on the sensor port with the real binary: `sensorlink cert`, a TLS round trip, and the
-//! clear failures when one side speaks TLS and the other does not.
+//! TLS on the sensor port with the real binary: `sensorlink cert`, a TLS round trip, the
+//! clear failures when one side speaks TLS and the other does not, HTTPS on the HTTP side,
+//! and the SIGHUP reload of the certificate.
 
 use std::io::{Read as _, Write as _};
 use std::path::Path;
@@ -127,7 +128,9 @@ fn plain_tcp_to_the_tls_port_fails_cleanly_and_the_server_keeps_serving() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let metrics = server.get("/metrics").body;
+    let metrics = server
+        .get_https("/metrics", &dir.path().join("ca.pem"))
+        .body;
     assert!(
         metrics.contains("sensorlink_tls_handshakes_failed_total{reason=\"error\"}"),
         "{metrics}"
@@ -201,5 +204,148 @@ fn mutual_tls_rejects_a_client_without_a_certificate() {
         with.status.success(),
         "{}",
         String::from_utf8_lossy(&with.stderr)
+    );
+}
+
+/// A line-mode TLS connection to `addr` trusting `ca`: writes go through at once, reads
+/// are bounded by [`PATIENCE`].
+type TlsLine =
+    tokio_rustls::rustls::StreamOwned<tokio_rustls::rustls::ClientConnection, std::net::TcpStream>;
+
+fn tls_connect(addr: std::net::SocketAddr, ca: &Path) -> TlsLine {
+    let config = sensorlink::tls::client_config(Some(ca), None).expect("client TLS config");
+    let name = rustls_pki_types::ServerName::try_from("localhost").expect("a valid name");
+    let connection = tokio_rustls::rustls::ClientConnection::new(config, name).expect("TLS client");
+    tokio_rustls::rustls::StreamOwned::new(connection, connect(addr))
+}
+
+/// Send `ping` and expect `pong` back over `tls`.
+fn ping(tls: &mut TlsLine) {
+    tls.write_all(b"ping\n").expect("write ping");
+    tls.flush().expect("flush");
+    let mut reply = Vec::new();
+    let mut byte = [0u8; 1];
+    while byte[0] != b'\n' {
+        tls.read_exact(&mut byte).expect("read the reply");
+        reply.push(byte[0]);
+    }
+    assert_eq!(reply, b"pong\n");
+}
+
+/// One `client --count 1` run against `addr` trusting `ca`: its output.
+fn client_once(addr: &str, ca: &Path) -> std::process::Output {
+    run(bin().args(["client", addr, "--tls", "--ca"]).arg(ca).args([
+        "--count",
+        "1",
+        "--connect-timeout",
+        "5s",
+    ]))
+}
+
+#[test]
+fn https_serves_the_http_side_with_the_sensor_ports_certificate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    make_certs(dir.path());
+    let ca = dir.path().join("ca.pem");
+    // Mutual TLS on the sensor port; HTTPS still asks browsers for no certificate.
+    let ca_arg = ca.to_str().expect("temp path is UTF-8");
+    let server = tls_server(dir.path(), "memory", &["--tls-client-ca", ca_arg]);
+    assert!(server.https, "`http on https://` announced");
+    let health = server.get_https("/healthz", &ca);
+    assert_eq!((health.status, health.body.as_str()), (200, "ok\n"));
+
+    // Plain HTTP to the HTTPS port gets no HTTP answer, only a TLS alert or a close.
+    let http = server.http.expect("HTTP on");
+    let mut plain = connect(http);
+    plain
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .expect("write");
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer);
+    assert!(!answer.starts_with(b"HTTP/"), "{answer:?}");
+    assert!(
+        answer.is_empty() || answer[0] == 0x15,
+        "alert or close: {answer:?}"
+    );
+
+    // And HTTPS is still served.
+    let metrics = server.get_https("/metrics", &ca);
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics.content_type.starts_with("text/plain"),
+        "{metrics:?}"
+    );
+}
+
+#[test]
+fn sighup_reloads_the_certificate_for_new_connections_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    make_certs(dir.path());
+    let ca = dir.path().join("ca.pem");
+    let old_ca = dir.path().join("old-ca.pem");
+    std::fs::copy(&ca, &old_ca).expect("keep the first CA");
+    let server = tls_server(dir.path(), "memory", &[]);
+    let addr = server.addr.to_string();
+    let mut established = tls_connect(server.addr, &old_ca);
+    ping(&mut established);
+
+    // A new CA and server certificate, then SIGHUP.
+    let out = run(bin().args(["cert", "--force", "--dir"]).arg(dir.path()));
+    assert!(out.status.success());
+    server.signal(libc::SIGHUP);
+    server.wait_for_log("reloaded");
+    // The established connection goes on with the old certificate's session.
+    ping(&mut established);
+    // New handshakes use the new certificate: the old CA no longer verifies it.
+    let refused = client_once(&addr, &old_ca);
+    assert_eq!(refused.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("invalid peer certificate"), "{stderr}");
+    let accepted = client_once(&addr, &ca);
+    assert!(
+        accepted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&accepted.stderr)
+    );
+    // HTTPS follows the same reload.
+    let metrics = server.get_https("/metrics", &ca).body;
+    assert!(
+        metrics.contains("sensorlink_reloads_total{what=\"tls\",result=\"ok\"} 1"),
+        "{metrics}"
+    );
+
+    // A broken key: the reload fails, is logged and counted, and the certificate in force
+    // stays.
+    std::fs::write(dir.path().join("server-key.pem"), "not a key").expect("break the key");
+    server.signal(libc::SIGHUP);
+    server.wait_for_log("reload failed");
+    let still = client_once(&addr, &ca);
+    assert!(
+        still.status.success(),
+        "{}",
+        String::from_utf8_lossy(&still.stderr)
+    );
+    let metrics = server.get_https("/metrics", &ca).body;
+    assert!(
+        metrics.contains("sensorlink_reloads_total{what=\"tls\",result=\"error\"} 1"),
+        "{metrics}"
+    );
+    ping(&mut established);
+}
+
+#[test]
+fn http_tls_off_keeps_the_http_side_plain() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    make_certs(dir.path());
+    let server = tls_server(dir.path(), "memory", &["--http-tls", "off"]);
+    assert!(!server.https, "`http on http://` announced");
+    let health = server.get("/healthz");
+    assert_eq!((health.status, health.body.as_str()), (200, "ok\n"));
+    // The sensor port still speaks TLS only.
+    let out = client_once(&server.addr.to_string(), &dir.path().join("ca.pem"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }
