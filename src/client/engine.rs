@@ -210,6 +210,10 @@ impl<'a, S: Session> Engine<'a, S> {
                         break;
                     }
                 }
+                Err(TransportError::AuthFailed(why)) => {
+                    // Every reconnect would be refused the same way.
+                    return Err(ClientError::AuthFailed(why));
+                }
                 Err(err) => {
                     // Never connected at all within the timeout: the server is unreachable.
                     let gave_up = self.started.elapsed() >= self.config.connect_timeout
@@ -674,6 +678,7 @@ mod tests {
             link_report: Duration::ZERO,
             report: None,
             tls: None,
+            token: None,
         }
     }
 
@@ -1304,6 +1309,7 @@ mod tests {
         let session = crate::client::line::LineSession {
             measurement: "m".into(),
             sensor: "s".into(),
+            token: None,
         };
         let printer = Printer::to(Box::new(std::io::sink()), true);
         let mut engine = Engine::new(&config, session, printer, values, CancellationToken::new());
@@ -1559,6 +1565,7 @@ mod tests {
         let session = || crate::client::line::LineSession {
             measurement: "m".into(),
             sensor: "s".into(),
+            token: None,
         };
         let open = |config| {
             let (_tx, values) = mpsc::channel(1);
