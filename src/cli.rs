@@ -190,6 +190,8 @@ pub enum Outcome {
     Loss,
     /// Usage error or server unreachable: exit 2.
     Unusable,
+    /// The server refused the client's `--token`: exit 3 (retrying cannot help).
+    AuthFailed,
 }
 
 impl From<Outcome> for ExitCode {
@@ -198,6 +200,7 @@ impl From<Outcome> for ExitCode {
             Outcome::Ok => ExitCode::SUCCESS,
             Outcome::Loss => ExitCode::from(1),
             Outcome::Unusable => ExitCode::from(2),
+            Outcome::AuthFailed => ExitCode::from(3),
         }
     }
 }
@@ -272,6 +275,10 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
                 // The reader of the report went away (`| head`): not a failure.
                 Err(err) if err.is_broken_pipe() => Ok(Outcome::Ok),
                 Err(err @ client::ClientError::Output(_)) => Err(err.into()),
+                Err(err @ client::ClientError::AuthFailed(_)) => {
+                    eprintln!("sensorlink: {err}");
+                    Ok(Outcome::AuthFailed)
+                }
                 Err(err) => {
                     eprintln!("sensorlink: {err}");
                     Ok(Outcome::Unusable)

@@ -306,6 +306,21 @@ pub struct RawServer {
           value_parser = clap::builder::BoolishValueParser::new())]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_insecure: Option<bool>,
+    /// With --auth: legacy (seed) peers, which cannot send a token, may connect from these
+    /// networks (CIDR, e.g. 10.0.0.0/8; repeat the flag or separate with commas); their
+    /// readings stay keyed by their address. Others are closed [default: none].
+    #[arg(
+        long,
+        value_name = "CIDR",
+        env = "SENSORLINK_ALLOW_LEGACY",
+        value_delimiter = ','
+    )]
+    #[serde(
+        default,
+        alias = "allow_legacy",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub allow_legacy: Option<Vec<String>>,
     /// With --tls-cert: `off` keeps the HTTP side plain HTTP (e.g. behind a TLS proxy, or
     /// on loopback for a local scraper) instead of HTTPS with the same certificate
     /// [default: on].
@@ -390,6 +405,7 @@ impl RawServer {
                 .or(lower.max_new_series_per_token),
             series_cache_entries: self.series_cache_entries.or(lower.series_cache_entries),
             auth: self.auth.or(lower.auth),
+            allow_legacy: self.allow_legacy.or(lower.allow_legacy),
             http_auth: self.http_auth.or(lower.http_auth),
             metrics_auth: self.metrics_auth.or(lower.metrics_auth),
             http_insecure: self.http_insecure.or(lower.http_insecure),
@@ -418,12 +434,25 @@ impl RawServer {
             None => server::default_max_connections(nofile),
         };
         let tls = tls_files(self.tls_cert, self.tls_key, self.tls_client_ca)?;
+        let allow_legacy = self
+            .allow_legacy
+            .unwrap_or_default()
+            .into_iter()
+            .map(|net| {
+                net.trim().parse().map_err(|why| ConfigError::Invalid {
+                    setting: "allow-legacy",
+                    value: net.clone(),
+                    accepted: format!("networks in CIDR notation ({why})"),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let config = ServerConfig {
             tls,
             auth: self.auth,
             http_auth: self.http_auth.unwrap_or(defaults.http_auth),
             metrics_auth: self.metrics_auth.or(defaults.metrics_auth),
             http_insecure: self.http_insecure.unwrap_or(defaults.http_insecure),
+            allow_legacy,
             http_tls: self.http_tls.unwrap_or(defaults.http_tls),
             listen: match self.listen {
                 Some(listen) => socket_address("listen", listen)?,
@@ -571,6 +600,13 @@ impl RawServer {
             max_new_series_per_token: Some(config.quotas.new_series_per_token),
             series_cache_entries: Some(config.series_cache_entries),
             auth: config.auth.clone(),
+            allow_legacy: Some(
+                config
+                    .allow_legacy
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect(),
+            ),
             http_auth: Some(config.http_auth),
             // Unset stays unset: it follows the API's rule wherever the file is used
             // (`print_server` says in a comment what that is now).
@@ -1365,7 +1401,9 @@ mod tests {
             help.contains("[default: token when the API asks for one, else open]"),
             "{help}"
         );
-        assert_help_defaults(&help, &defaults, &["max-connections"]);
+        assert_help_defaults(&help, &defaults, &["max-connections", "allow-legacy"]);
+        // An empty list prints as `[]`; the help says `none`.
+        assert!(help.contains("Others are closed [default: none]"), "{help}");
 
         let client = RawClient::default().validate().expect("defaults are valid");
         let help = long_help("client");
@@ -1410,6 +1448,103 @@ mod tests {
                 .map(String::as_str),
             Some("client --write_timeout")
         );
+    }
+
+    /// `--token` never shows: not in `--print-config`, not in any `Debug`; from the file it
+    /// is read, and with `--legacy` it is refused.
+    #[test]
+    fn the_client_token_is_never_printed() {
+        use clap::Parser as _;
+        let secret = "sl_abcd1234_s3cr3tS3cr3t";
+        let cli = crate::cli::Cli::try_parse_from(["sensorlink", "client", "--token", secret])
+            .expect("parses");
+        let crate::cli::Command::Client(args) = cli.command else {
+            panic!("not the client command");
+        };
+        assert!(!format!("{:?}", args.settings).contains(secret));
+        let config = client_config(args.settings, None).expect("valid");
+        assert_eq!(config.token.as_ref().map(|t| t.expose()), Some(secret));
+        assert!(!format!("{config:?}").contains(secret));
+        let printed = print_client(&config).expect("printable");
+        assert!(
+            !printed.contains(secret) && !printed.contains("token"),
+            "{printed}"
+        );
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("client.toml");
+        std::fs::write(&path, format!("[client]\ntoken = \"{secret}\"\n")).expect("write");
+        let from_file = client_config(RawClient::default(), Some(&path)).expect("valid");
+        assert_eq!(from_file.token.as_ref().map(|t| t.expose()), Some(secret));
+
+        let err = RawClient {
+            legacy: Some(true),
+            token: Some(crate::protocol::control::AuthSecret::new(secret)),
+            ..RawClient::default()
+        }
+        .validate()
+        .expect_err("token with legacy");
+        assert!(
+            err.to_string()
+                .starts_with("invalid token (given): accepted only without legacy"),
+            "{err}"
+        );
+        assert!(!err.to_string().contains(secret));
+    }
+
+    /// `--allow-legacy` takes CIDR networks (repeated or comma-separated), prints back, and
+    /// refuses what is not one.
+    #[test]
+    fn allow_legacy_networks() {
+        use clap::Parser as _;
+        let cli = crate::cli::Cli::try_parse_from([
+            "sensorlink",
+            "server",
+            "--allow-legacy",
+            "10.0.0.0/8,192.168.1.7",
+            "--allow-legacy",
+            "fd00::/8",
+        ])
+        .expect("parses");
+        let crate::cli::Command::Server(args) = cli.command else {
+            panic!("not the server command");
+        };
+        let config = args.settings.validate().expect("valid");
+        let nets: Vec<String> = config
+            .allow_legacy
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(nets, ["10.0.0.0/8", "192.168.1.7/32", "fd00::/8"]);
+        let printed = print_server(&config).expect("printable");
+        assert!(
+            printed.contains("allow-legacy = [\"10.0.0.0/8\", \"192.168.1.7/32\", \"fd00::/8\"]"),
+            "{printed}"
+        );
+        let err = RawServer {
+            allow_legacy: Some(vec!["10.0.0.0/40".into()]),
+            ..RawServer::default()
+        }
+        .validate()
+        .expect_err("bad prefix");
+        assert!(
+            err.to_string()
+                .starts_with("invalid allow-legacy 10.0.0.0/40"),
+            "{err}"
+        );
+        // In the file, as printed or with an underscore.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("server.toml");
+        for key in ["allow-legacy", "allow_legacy"] {
+            std::fs::write(&path, format!("[server]\n{key} = [\"10.0.0.0/8\"]\n")).expect("write");
+            let config = server_config(RawServer::default(), Some(&path), None).expect("valid");
+            let nets: Vec<String> = config
+                .allow_legacy
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            assert_eq!(nets, ["10.0.0.0/8"], "{key}");
+        }
     }
 
     #[test]

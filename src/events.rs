@@ -24,6 +24,7 @@ use crate::protocol::{ilp, ProtocolError, Reading};
 use crate::server::logging;
 use crate::store::WriteOutcome;
 
+mod auth;
 mod conflict;
 mod http_auth;
 mod labels;
@@ -31,9 +32,10 @@ mod limits;
 mod recent;
 mod table;
 
+pub use auth::{AuthChecked, LegacyNotAllowed};
 pub use conflict::ReadingConflict;
 pub use http_auth::{HttpAuthRefused, HttpRefusal};
-pub use labels::{CloseReason, Mode, RefuseReason, RejectReason, ReloadWhat};
+pub use labels::{AuthResult, CloseReason, Mode, RefuseReason, RejectReason, ReloadWhat};
 pub use limits::SeriesCacheEvicted;
 pub use recent::{Percentiles, Recent, Rejection, WindowSummary, WINDOW_SECONDS};
 pub use table::{describe, names, prometheus_builder, Kind, MetricDef, METRICS};
@@ -59,7 +61,7 @@ pub struct Telemetry {
     connections_open: Gauge,
     connections_accepted: Counter,
     connections_refused: [Counter; 3],
-    connections_closed: [Counter; 8],
+    connections_closed: [Counter; CloseReason::ALL.len()],
     connections_mode: [Counter; 2],
     accept_errors: Counter,
     /// `reason` = `timeout`, `error`.
@@ -91,6 +93,8 @@ pub struct Telemetry {
     live_sensors_untracked: Counter,
     sse_subscribers: Gauge,
     sse_lagged: Counter,
+    /// `result` = [`AuthResult::ALL`].
+    auth: [Counter; AuthResult::ALL.len()],
     series_cache_evicted: Counter,
     series_cache_entries: Gauge,
     /// `reason` = [`HttpRefusal`] (`events/http_auth.rs`).
@@ -148,6 +152,8 @@ impl Telemetry {
             live_sensors_untracked: metrics::counter!(LIVE_SENSORS_UNTRACKED),
             sse_subscribers: metrics::gauge!(SSE_SUBSCRIBERS),
             sse_lagged: metrics::counter!(SSE_LAGGED),
+            auth: AuthResult::ALL
+                .map(|result| metrics::counter!(AUTH, "result" => result.as_str())),
             series_cache_evicted: metrics::counter!(SERIES_CACHE_EVICTED),
             series_cache_entries: metrics::gauge!(SERIES_CACHE_ENTRIES),
             http_auth_refused: HttpRefusal::ALL

@@ -20,6 +20,7 @@ fuzz_target!(|data: &[u8]| {
             Command::Ping(None) => "ping".to_owned(),
             Command::Ping(Some(token)) => format!("ping {token}"),
             Command::Sync(token) => format!("sync {token}"),
+            Command::Auth(secret) => format!("auth {}", secret.expose()),
         };
         assert_eq!(parse_command(&text).as_ref(), Ok(&command), "{text:?}");
     }

@@ -3,6 +3,7 @@
 //! - [`token`]: the token text (`sl_<id>_<secret>`), its id and its SHA-256 hash.
 //! - [`file`]: the tokens file (`--auth FILE`, TOML, hashes only), written atomically.
 //! - [`admin`]: `sensorlink token new | revoke | list`.
+//! - [`cidr`]: the `--allow-legacy` networks (legacy peers cannot present a token).
 //! - here: [`Authority`] (the loaded file; verifies a presented token in constant time;
 //!   reloads on request) and [`Grant`] (what one token may do).
 //!
@@ -11,6 +12,7 @@
 //! [`Grant::is_current`] turn false and must re-check ([`Authority::refresh`]).
 
 pub mod admin;
+pub mod cidr;
 pub mod file;
 pub mod token;
 

@@ -7,6 +7,7 @@ use clap::Args;
 use serde::Serialize;
 
 use super::line::LineEncoder;
+use crate::protocol::control::AuthSecret;
 
 /// Most fields per reading; more says nothing new about the server.
 pub(super) const MAX_FIELDS: usize = 100;
@@ -74,6 +75,19 @@ pub struct BenchArgs {
     /// p50/p99/max per second. Text is set in DejaVu Sans (Debian: fonts-dejavu-core).
     #[arg(long, value_name = "FILE", env = "SENSORLINK_BENCH_REPORT")]
     pub report: Option<std::path::PathBuf>,
+    /// Send `auth TOKEN` first on every connection (a server with --auth); readings are
+    /// tagged `sensor=bench-<i>`, so the token's scope must cover them (e.g. `bench-*`).
+    #[arg(long, value_name = "TOKEN", env = "SENSORLINK_BENCH_TOKEN", hide_env_values = true,
+          conflicts_with = "legacy", value_parser = bench_token)]
+    pub token: Option<AuthSecret>,
+}
+
+/// `--token`, wrapped so that no `Debug` shows it.
+fn bench_token(text: &str) -> Result<AuthSecret, String> {
+    if text.is_empty() {
+        return Err("empty token".into());
+    }
+    Ok(AuthSecret::new(text))
 }
 
 /// What a run does.
@@ -122,6 +136,8 @@ pub(super) struct Settings {
     pub(super) progress: ProgressStyle,
     /// Where the picture of the run goes (`--report`).
     pub(super) report: Option<std::path::PathBuf>,
+    /// `--token`: one `auth` per connection.
+    pub(super) token: Option<AuthSecret>,
 }
 
 impl Settings {
@@ -224,6 +240,7 @@ impl Settings {
             json: args.json,
             progress,
             report: args.report,
+            token: args.token,
         })
     }
 }

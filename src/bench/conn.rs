@@ -12,7 +12,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use crate::client::transport::{
     self, timed_out, Connection, LegacyReplyDecoder, ReplyDecoder, TransportError,
 };
-use crate::protocol::control::Reply;
+use crate::protocol::control::{AuthSecret, Reply};
 use crate::protocol::legacy;
 
 use super::args::Mode;
@@ -43,11 +43,15 @@ pub(super) async fn resolve(addr: &str) -> std::io::Result<SocketAddr> {
 /// server answers on it: `ping bench` → `pong bench`, or the seed's `ping` → `pong`.
 pub(super) async fn connect(shared: &Shared, index: usize) -> Result<Opened, TransportError> {
     let stream = open_tcp(shared, index).await?;
-    check(stream, shared.settings.mode).await
+    check(stream, shared.settings.mode, shared.settings.token.as_ref()).await
 }
 
 /// The opening exchange of `mode` on any stream, within [`CONNECT_TIMEOUT`].
-async fn check<S>(stream: S, mode: Mode) -> Result<Opened<S>, TransportError>
+async fn check<S>(
+    stream: S,
+    mode: Mode,
+    token: Option<&AuthSecret>,
+) -> Result<Opened<S>, TransportError>
 where
     S: AsyncRead + AsyncWrite,
 {
@@ -60,7 +64,7 @@ where
         Ok(Opened::Legacy(conn))
     } else {
         let mut conn = transport::split(stream, ReplyDecoder::default());
-        match transport::handshake(&mut conn, HELLO, CONNECT_TIMEOUT).await {
+        match transport::auth_handshake(&mut conn, HELLO, token, CONNECT_TIMEOUT).await {
             Ok(Reply::Pong(Some(token))) if token == "bench" => Ok(Opened::Line(conn)),
             Ok(other) => {
                 let mut text = Vec::new();
@@ -123,11 +127,11 @@ mod tests {
     #[tokio::test]
     async fn a_sensorlink_server_answers_pong_bench() {
         assert!(matches!(
-            check(peer(b"pong bench\n"), Mode::Line).await,
+            check(peer(b"pong bench\n"), Mode::Line, None).await,
             Ok(Opened::Line(_))
         ));
         assert!(matches!(
-            check(peer(b"pong"), Mode::Legacy).await,
+            check(peer(b"pong"), Mode::Legacy, None).await,
             Ok(Opened::Legacy(_))
         ));
     }
@@ -140,7 +144,7 @@ mod tests {
             (b"HTTP/1.1 400 Bad Request\r\n", Mode::Line),
             (b"nope", Mode::Legacy),
         ] {
-            match check(peer(answer), mode).await {
+            match check(peer(answer), mode, None).await {
                 Err(err @ TransportError::NotASensorlinkServer(_)) => {
                     assert!(err.to_string().contains("not a sensorlink server"), "{err}");
                 }
@@ -154,7 +158,7 @@ mod tests {
     async fn silence_times_out() {
         let (ours, _theirs) = tokio::io::duplex(1024);
         assert!(matches!(
-            check(ours, Mode::Line).await,
+            check(ours, Mode::Line, None).await,
             Err(TransportError::TimedOut { .. })
         ));
     }

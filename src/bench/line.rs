@@ -376,7 +376,7 @@ pub(super) fn handle_reply(
             *error_lines += 1;
             result.error(live, ErrorKind::Reply, || format!("error {line} {reason}"));
         }
-        Reply::Pong(_) => {}
+        Reply::Pong(_) | Reply::AuthOk(_) => {}
     }
     Ok(())
 }

@@ -210,6 +210,10 @@ impl<'a, S: Session> Engine<'a, S> {
                         break;
                     }
                 }
+                Err(TransportError::AuthFailed(why)) => {
+                    // Every reconnect would be refused the same way.
+                    return Err(ClientError::AuthFailed(why));
+                }
                 Err(err) => {
                     // Never connected at all within the timeout: the server is unreachable.
                     let gave_up = self.started.elapsed() >= self.config.connect_timeout
@@ -675,6 +679,7 @@ mod tests {
             link_report: Duration::ZERO,
             report: None,
             tls: None,
+            token: None,
         }
     }
 
@@ -1305,6 +1310,7 @@ mod tests {
         let session = crate::client::line::LineSession {
             measurement: "m".into(),
             sensor: "s".into(),
+            token: None,
         };
         let printer = Printer::to(Box::new(std::io::sink()), true);
         let mut engine = Engine::new(&config, session, printer, values, CancellationToken::new());
@@ -1340,6 +1346,7 @@ mod tests {
         let session = crate::client::line::LineSession {
             measurement: "m".into(),
             sensor: "s".into(),
+            token: None,
         };
         let printer = Printer::to(Box::new(std::io::sink()), true);
         let config = config(None, Duration::from_millis(100));
@@ -1606,6 +1613,7 @@ mod tests {
         let session = || crate::client::line::LineSession {
             measurement: "m".into(),
             sensor: "s".into(),
+            token: None,
         };
         let open = |config| {
             let (_tx, values) = mpsc::channel(1);

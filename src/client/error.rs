@@ -9,6 +9,10 @@ pub enum ClientError {
     /// No connection (TCP and handshake) succeeded within the connect timeout.
     #[error("cannot reach {addr}: {cause}")]
     Unreachable { addr: String, cause: String },
+    /// The server refused the `--token` (unknown, revoked, malformed): permanent, so the
+    /// run stops instead of reconnecting.
+    #[error("authentication failed: {0}")]
+    AuthFailed(String),
     /// The TLS files (`--ca`, `--tls-cert`, `--tls-key`) cannot be used.
     #[error("TLS setup: {0}")]
     Tls(String),

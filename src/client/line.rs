@@ -10,7 +10,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::output::ServerTimes;
 use super::session::{Event, Session};
 use super::transport::{self, Connection, ReplyDecoder, TransportError};
-use crate::protocol::control::Reply;
+use crate::protocol::control::{AuthSecret, Reply};
 use crate::protocol::{ilp, FieldValue, Reading};
 
 /// Line mode for one sensor: readings of `measurement` tagged `sensor=<sensor>`.
@@ -18,6 +18,15 @@ use crate::protocol::{ilp, FieldValue, Reading};
 pub(crate) struct LineSession {
     pub measurement: String,
     pub sensor: String,
+    /// `--token`: sent as `auth <token>` before the opening `ping`.
+    pub token: Option<AuthSecret>,
+}
+
+impl LineSession {
+    /// Lines before the first reading: the opening `ping`, and `auth` before it.
+    fn opening_lines(&self) -> u64 {
+        1 + u64::from(self.token.is_some())
+    }
 }
 
 impl Session for LineSession {
@@ -33,7 +42,7 @@ impl Session for LineSession {
         conn: &mut Connection<S, ReplyDecoder>,
         timeout: Duration,
     ) -> Result<(), TransportError> {
-        transport::line_handshake(conn, timeout).await
+        transport::line_handshake(conn, self.token.as_ref(), timeout).await
     }
 
     fn window(&self) -> usize {
@@ -56,14 +65,16 @@ impl Session for LineSession {
         let _ = writeln!(out, "sync {seq}");
     }
 
-    /// Line 1 is the opening `ping`; reading `k` is line `2k` and its `sync` line `2k + 1`.
+    /// After `h` opening lines (`ping`, and `auth` before it), reading `k` is line
+    /// `2k + h - 1` and its `sync` line `2k + h`.
     fn reading_of_line(&self, line: u64) -> Option<u64> {
-        (line >= 2).then_some(line / 2)
+        let h = self.opening_lines();
+        (line > h).then(|| (line - h).div_ceil(2))
     }
 
     fn interpret(&self, reply: Reply, _oldest_in_flight: Option<u64>) -> Event {
         match reply {
-            Reply::Pong(_) => Event::Ignore,
+            Reply::Pong(_) | Reply::AuthOk(_) => Event::Ignore,
             Reply::Ack(ack) => {
                 let Ok(token) = ack.token.parse::<u64>() else {
                     tracing::warn!(token = %ack.token, "ack for a token we never sent");
@@ -84,12 +95,75 @@ impl Session for LineSession {
                     raw: None,
                 }
             }
-            // Line 1 is the opening `ping`; then each reading is two lines, the reading and
-            // its `sync`: an odd line from 3 on is a `sync` (the server's store failed).
-            Reply::Error { line, reason } if line >= 3 && line % 2 == 1 => {
+            // After the opening lines each reading is two lines, the reading and its `sync`:
+            // the second one is a `sync` (the server's store failed).
+            Reply::Error { line, reason }
+                if line > self.opening_lines() + 1
+                    && (line - self.opening_lines()).is_multiple_of(2) =>
+            {
                 Event::SyncFailed { line, reason }
             }
             Reply::Error { line, reason } => Event::Rejected { line, reason },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(token: bool) -> LineSession {
+        LineSession {
+            measurement: "m".into(),
+            sensor: "s".into(),
+            token: token.then(|| AuthSecret::new("sl_abcd1234_x")),
+        }
+    }
+
+    fn error(line: u64) -> Reply {
+        Reply::Error {
+            line,
+            reason: "r".into(),
+        }
+    }
+
+    /// `auth` shifts every line by one: errors still name the right reading, and a `sync`'s
+    /// error is still told from a reading's.
+    #[test]
+    fn line_numbers_follow_the_opening_lines() {
+        let plain = session(false);
+        assert_eq!(plain.reading_of_line(1), None);
+        assert_eq!(plain.reading_of_line(2), Some(1));
+        assert_eq!(plain.reading_of_line(4), Some(2));
+        assert!(matches!(
+            plain.interpret(error(2), None),
+            Event::Rejected { line: 2, .. }
+        ));
+        assert!(matches!(
+            plain.interpret(error(3), None),
+            Event::SyncFailed { line: 3, .. }
+        ));
+
+        let authed = session(true);
+        assert_eq!(authed.reading_of_line(2), None);
+        assert_eq!(authed.reading_of_line(3), Some(1));
+        assert_eq!(authed.reading_of_line(4), Some(1));
+        assert_eq!(authed.reading_of_line(5), Some(2));
+        assert!(matches!(
+            authed.interpret(error(3), None),
+            Event::Rejected { line: 3, .. }
+        ));
+        assert!(matches!(
+            authed.interpret(error(4), None),
+            Event::SyncFailed { line: 4, .. }
+        ));
+        assert!(matches!(
+            authed.interpret(error(5), None),
+            Event::Rejected { line: 5, .. }
+        ));
+        assert!(matches!(
+            authed.interpret(Reply::AuthOk("abcd1234".into()), None),
+            Event::Ignore
+        ));
     }
 }

@@ -76,6 +76,8 @@ pub struct ClientConfig {
     pub report: Option<std::path::PathBuf>,
     /// Connect over TLS; `None`: plain TCP.
     pub tls: Option<ClientTls>,
+    /// `--token`: sent as `auth <token>` first on every line-mode connection.
+    pub token: Option<crate::protocol::control::AuthSecret>,
 }
 
 /// How the client's TLS is set up (files are read when the run starts).
@@ -173,6 +175,7 @@ pub(crate) async fn run_values<C: Connector>(
         let session = LineSession {
             measurement: config.measurement.clone(),
             sensor: config.sensor.clone(),
+            token: config.token.clone(),
         };
         engine::Engine::new(config, session, printer, values, stop)
             .run(connector)

@@ -19,7 +19,7 @@ use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio_util::codec::Decoder;
 
-use crate::protocol::control::Reply;
+use crate::protocol::control::{AuthSecret, Reply, AUTH_FAILED_PREFIX, AUTH_OFF_REASON};
 
 /// Longest reply line we accept from a server, `\n` included.
 pub const MAX_REPLY_BYTES: usize = 4096;
@@ -47,6 +47,9 @@ pub enum TransportError {
     NotASensorlinkServer(String),
     #[error("the server answered with a TLS alert: it serves TLS (connect with --tls)")]
     ServerSpeaksTls,
+    /// The server refused our `auth` token: permanent, a reconnect would be refused too.
+    #[error("authentication failed: {0}")]
+    AuthFailed(String),
 }
 
 /// The first bytes of a TLS alert record (content type 21, version 3.x): what a TLS server
@@ -275,25 +278,83 @@ where
         .map_err(|_| TransportError::TimedOut { what: "first pong" })?
 }
 
-/// The line-mode handshake: `ping connect` must be answered by a `pong`.
+/// [`handshake`] in line mode, with `auth <token>` first when given (one round trip: both
+/// lines go out together). The reply to `auth` is `ok auth <id>`; a server without `--auth`
+/// answers an error (warned about once per process, then the connection goes on).
 ///
 /// # Errors
-/// As [`handshake`], and [`TransportError::NotASensorlinkServer`] for any other answer.
+/// As [`handshake`], and [`TransportError::AuthFailed`] when the token is refused.
+pub async fn auth_handshake<S>(
+    conn: &mut Connection<S, ReplyDecoder>,
+    hello: &[u8],
+    token: Option<&AuthSecret>,
+    timeout: Duration,
+) -> Result<Reply, TransportError>
+where
+    S: AsyncRead + AsyncWrite,
+{
+    let Some(token) = token else {
+        return handshake(conn, hello, timeout).await;
+    };
+    let (reader, writer) = conn;
+    writer.queue(b"auth ");
+    writer.queue(token.expose().as_bytes());
+    writer.queue(b"\n");
+    writer.queue(hello);
+    let exchange = async {
+        writer.push_all().await?;
+        match reader.read_reply().await? {
+            Reply::AuthOk(id) => tracing::debug!(token_id = %id, "authenticated"),
+            // An older server does not know `auth` at all: the same as auth being off.
+            Reply::Error { reason, .. }
+                if reason == AUTH_OFF_REASON || reason.starts_with("unknown command") =>
+            {
+                warn_auth_off();
+            }
+            Reply::Error { reason, .. } => {
+                let why = reason.strip_prefix(AUTH_FAILED_PREFIX).unwrap_or(&reason);
+                return Err(TransportError::AuthFailed(why.to_owned()));
+            }
+            other => return Err(TransportError::NotASensorlinkServer(reply_text(&other))),
+        }
+        reader.read_reply().await
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| TransportError::TimedOut { what: "first pong" })?
+}
+
+/// Once per process: a token was given, but the server does not check tokens.
+fn warn_auth_off() {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    WARNED.call_once(|| {
+        tracing::warn!("the server does not check tokens (no --auth); going on without");
+    });
+}
+
+/// A reply as its line, for messages.
+fn reply_text(reply: &Reply) -> String {
+    let mut text = Vec::new();
+    reply.encode(&mut text);
+    String::from_utf8_lossy(&text).trim_end().to_string()
+}
+
+/// The line-mode handshake: `auth <token>` first when given, then `ping connect`, which
+/// must be answered by a `pong`.
+///
+/// # Errors
+/// As [`auth_handshake`], and [`TransportError::NotASensorlinkServer`] for any other answer.
 pub async fn line_handshake<S>(
     conn: &mut Connection<S, ReplyDecoder>,
+    token: Option<&AuthSecret>,
     timeout: Duration,
 ) -> Result<(), TransportError>
 where
     S: AsyncRead + AsyncWrite,
 {
-    match handshake(conn, LINE_HELLO, timeout).await {
+    match auth_handshake(conn, LINE_HELLO, token, timeout).await {
         Ok(Reply::Pong(_)) => Ok(()),
-        Ok(other) => {
-            let mut text = Vec::new();
-            other.encode(&mut text);
-            let text = String::from_utf8_lossy(&text).trim_end().to_string();
-            Err(TransportError::NotASensorlinkServer(text))
-        }
+        Ok(other) => Err(TransportError::NotASensorlinkServer(reply_text(&other))),
         // The same message the client always gave for a non-sensorlink answer.
         Err(TransportError::BadReply { line, .. }) => {
             Err(TransportError::NotASensorlinkServer(line))
@@ -493,16 +554,75 @@ mod tests {
             got
         });
         let mut conn = split(client, ReplyDecoder::default());
-        let shook = line_handshake(&mut conn, Duration::from_secs(1)).await;
+        let shook = line_handshake(&mut conn, None, Duration::from_secs(1)).await;
         assert!(shook.is_ok(), "{shook:?}");
         assert_eq!(&peer.await.expect("peer task")[..], LINE_HELLO);
+    }
+
+    /// A server that reads the two opening lines and answers `replies`.
+    fn auth_server(
+        replies: &'static [u8],
+    ) -> (tokio::io::DuplexStream, tokio::task::JoinHandle<Vec<u8>>) {
+        let (client, mut server) = tokio::io::duplex(1024);
+        let task = tokio::spawn(async move {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 256];
+            while got.iter().filter(|&&b| b == b'\n').count() < 2 {
+                let n = server.read(&mut buf).await.expect("client open");
+                assert!(n > 0, "client closed early");
+                got.extend_from_slice(&buf[..n]);
+            }
+            server.write_all(replies).await.expect("client open");
+            got
+        });
+        (client, task)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_a_token_auth_goes_first_and_its_ok_is_taken() {
+        let (client, server) = auth_server(b"ok auth abcd1234\npong connect\n");
+        let mut conn = split(client, ReplyDecoder::default());
+        let token = AuthSecret::new("sl_abcd1234_secret");
+        let shook = line_handshake(&mut conn, Some(&token), Duration::from_secs(1)).await;
+        assert!(shook.is_ok(), "{shook:?}");
+        let sent = server.await.expect("server task");
+        assert_eq!(&sent[..], b"auth sl_abcd1234_secret\nping connect\n");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_token_is_an_auth_failure() {
+        let (client, _server) = auth_server(b"error 1 auth failed: unknown token\npong connect\n");
+        let mut conn = split(client, ReplyDecoder::default());
+        let token = AuthSecret::new("sl_abcd1234_secret");
+        let shook = line_handshake(&mut conn, Some(&token), Duration::from_secs(1)).await;
+        match shook {
+            Err(err @ TransportError::AuthFailed(_)) => {
+                assert_eq!(err.to_string(), "authentication failed: unknown token");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_without_auth_is_warned_about_and_used() {
+        for refusal in [
+            &b"error 1 auth is not enabled on this server\npong connect\n"[..],
+            &b"error 1 unknown command \"auth\"\npong connect\n"[..],
+        ] {
+            let refusal: &'static [u8] = Box::leak(refusal.to_vec().into_boxed_slice());
+            let (client, _server) = auth_server(refusal);
+            let mut conn = split(client, ReplyDecoder::default());
+            let token = AuthSecret::new("sl_abcd1234_secret");
+            let shook = line_handshake(&mut conn, Some(&token), Duration::from_secs(1)).await;
+            assert!(shook.is_ok(), "{shook:?}");
+        }
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_silent_server_times_the_handshake_out() {
         let (client, _server) = tokio::io::duplex(1024);
         let mut conn = split(client, ReplyDecoder::default());
-        let shook = line_handshake(&mut conn, Duration::from_secs(3)).await;
+        let shook = line_handshake(&mut conn, None, Duration::from_secs(3)).await;
         assert!(
             matches!(shook, Err(TransportError::TimedOut { what: "first pong" })),
             "{shook:?}"
@@ -517,7 +637,7 @@ mod tests {
             std::future::pending::<()>().await;
         });
         let mut conn = split(client, ReplyDecoder::default());
-        let shook = line_handshake(&mut conn, Duration::from_secs(1)).await;
+        let shook = line_handshake(&mut conn, None, Duration::from_secs(1)).await;
         assert!(
             matches!(&shook, Err(TransportError::NotASensorlinkServer(_))),
             "{shook:?}"

@@ -13,6 +13,7 @@ use super::{in_range, limits, non_empty, printable_path, socket_address, ConfigE
 use crate::client::link::LINK_MEASUREMENT;
 use crate::client::source::SourceSpec;
 use crate::client::{ClientConfig, ClientTls};
+use crate::protocol::control::AuthSecret;
 
 /// Client settings as one source gives them: `None` means "not said here" (see
 /// [`RawServer`]). Switches take `--legacy`, `--legacy=false`, or `legacy = true` in the file.
@@ -171,6 +172,27 @@ pub struct RawClient {
     #[arg(long, value_name = "FILE", env = "SENSORLINK_CLIENT_TLS_KEY")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_key: Option<PathBuf>,
+    /// Present this token (`sensorlink token new` printed it) on every connection, for a
+    /// server with --auth; --sensor must be one the token may write. Not with --legacy.
+    /// Never printed (--print-config leaves it out).
+    #[arg(long, value_name = "TOKEN", env = "SENSORLINK_TOKEN", value_parser = secret_parser, hide_env_values = true)]
+    #[serde(default, skip_serializing, deserialize_with = "secret_from_text")]
+    pub token: Option<AuthSecret>,
+}
+
+/// `--token`: taken as given (the server judges it), wrapped so no `Debug` shows it.
+fn secret_parser(text: &str) -> Result<AuthSecret, String> {
+    if text.is_empty() {
+        return Err("empty token".into());
+    }
+    Ok(AuthSecret::new(text))
+}
+
+/// `token = "…"` in the file.
+fn secret_from_text<'de, D: serde::Deserializer<'de>>(
+    de: D,
+) -> Result<Option<AuthSecret>, D::Error> {
+    Option::<String>::deserialize(de).map(|text| text.map(AuthSecret::new))
 }
 
 impl RawClient {
@@ -201,6 +223,7 @@ impl RawClient {
             tls_server_name: self.tls_server_name.or(lower.tls_server_name),
             tls_cert: self.tls_cert.or(lower.tls_cert),
             tls_key: self.tls_key.or(lower.tls_key),
+            token: self.token.or(lower.token),
         }
     }
 
@@ -218,6 +241,14 @@ impl RawClient {
                     accepted:
                         "only without legacy (the seed's messages carry no sequence to resend by)"
                             .into(),
+                });
+            }
+            if self.token.is_some() {
+                return Err(ConfigError::Invalid {
+                    setting: "token",
+                    value: "(given)".into(),
+                    accepted: "only without legacy (the seed's protocol has no way to send it)"
+                        .into(),
                 });
             }
         }
@@ -304,6 +335,7 @@ impl RawClient {
                 })
                 .transpose()?,
             tls,
+            token: self.token,
         })
     }
 
@@ -340,6 +372,8 @@ impl RawClient {
                 .tls
                 .as_ref()
                 .and_then(|tls| tls.identity.as_ref().map(|(_, key)| key.clone())),
+            // A secret: never printed.
+            token: None,
         }
     }
 }

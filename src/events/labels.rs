@@ -17,11 +17,17 @@ pub enum CloseReason {
     StoreFailed,
     /// No complete first line (or legacy message) within `--first-line-timeout`.
     FirstLineTimeout,
+    /// `--auth`: too many readings before a valid `auth`, or too many refused tokens.
+    AuthFailed,
+    /// `--auth`: the connection's token was revoked (or removed) by a reload.
+    TokenRevoked,
+    /// `--auth`: a legacy (seed) peer from outside every `--allow-legacy` network.
+    LegacyNotAllowed,
 }
 
 impl CloseReason {
     /// In declaration order, so `reason as usize` indexes it.
-    pub(super) const ALL: [CloseReason; 8] = [
+    pub(super) const ALL: [CloseReason; 11] = [
         CloseReason::Eof,
         CloseReason::Shutdown,
         CloseReason::IdleTimeout,
@@ -30,6 +36,9 @@ impl CloseReason {
         CloseReason::WriteStalled,
         CloseReason::StoreFailed,
         CloseReason::FirstLineTimeout,
+        CloseReason::AuthFailed,
+        CloseReason::TokenRevoked,
+        CloseReason::LegacyNotAllowed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -42,6 +51,9 @@ impl CloseReason {
             CloseReason::WriteStalled => "write_stalled",
             CloseReason::StoreFailed => "store_failed",
             CloseReason::FirstLineTimeout => "first_line_timeout",
+            CloseReason::AuthFailed => "auth_failed",
+            CloseReason::TokenRevoked => "token_revoked",
+            CloseReason::LegacyNotAllowed => "legacy_not_allowed",
         }
     }
 }
@@ -126,6 +138,12 @@ pub enum RejectReason {
     UnknownCommand,
     InvalidLegacy,
     TimestampOutOfRange,
+    /// A reading before a valid `auth` (`--auth`).
+    Unauthenticated,
+    /// A reading outside its token's scope.
+    NotPermitted,
+    /// A reading refused because the connection's token was revoked.
+    AuthFailed,
     /// Over `--max-rate-per-connection` or `--max-rate-per-token`.
     RateLimited,
     /// A new series over `--max-new-series-per-connection` or `-per-token`.
@@ -134,7 +152,7 @@ pub enum RejectReason {
 
 impl RejectReason {
     /// In declaration order, so `reason as usize` indexes it.
-    pub(super) const ALL: [RejectReason; 9] = [
+    pub(super) const ALL: [RejectReason; 12] = [
         RejectReason::Oversize,
         RejectReason::InvalidUtf8,
         RejectReason::InvalidReading,
@@ -142,6 +160,9 @@ impl RejectReason {
         RejectReason::UnknownCommand,
         RejectReason::InvalidLegacy,
         RejectReason::TimestampOutOfRange,
+        RejectReason::Unauthenticated,
+        RejectReason::NotPermitted,
+        RejectReason::AuthFailed,
         RejectReason::RateLimited,
         RejectReason::NewSeriesLimit,
     ];
@@ -156,6 +177,9 @@ impl RejectReason {
             ProtocolError::UnknownCommand(_) => RejectReason::UnknownCommand,
             ProtocolError::InvalidLegacy(_) => RejectReason::InvalidLegacy,
             ProtocolError::TimestampOutOfRange { .. } => RejectReason::TimestampOutOfRange,
+            ProtocolError::Unauthenticated => RejectReason::Unauthenticated,
+            ProtocolError::NotPermitted(_) => RejectReason::NotPermitted,
+            ProtocolError::AuthFailed(_) => RejectReason::AuthFailed,
             ProtocolError::RateLimited { .. } => RejectReason::RateLimited,
             ProtocolError::TooManyNewSeries { .. } => RejectReason::NewSeriesLimit,
         }
@@ -172,6 +196,51 @@ impl RejectReason {
             RejectReason::TimestampOutOfRange => "timestamp_out_of_range",
             RejectReason::RateLimited => "rate_limited",
             RejectReason::NewSeriesLimit => "new_series_limit",
+            RejectReason::Unauthenticated => "unauthenticated",
+            RejectReason::NotPermitted => "not_permitted",
+            RejectReason::AuthFailed => "auth_failed",
+        }
+    }
+}
+
+/// The outcome of an `auth` line: the `result` label of `sensorlink_auth_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthResult {
+    Ok,
+    Malformed,
+    Unknown,
+    Revoked,
+    /// The server has no `--auth`.
+    Off,
+}
+
+impl AuthResult {
+    /// In declaration order, so `result as usize` indexes it.
+    pub const ALL: [AuthResult; 5] = [
+        AuthResult::Ok,
+        AuthResult::Malformed,
+        AuthResult::Unknown,
+        AuthResult::Revoked,
+        AuthResult::Off,
+    ];
+
+    /// The result of a refused token.
+    pub fn of(refusal: &crate::auth::Refusal) -> Self {
+        use crate::auth::Refusal;
+        match refusal {
+            Refusal::Malformed => AuthResult::Malformed,
+            Refusal::Unknown => AuthResult::Unknown,
+            Refusal::Revoked(_) => AuthResult::Revoked,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthResult::Ok => "ok",
+            AuthResult::Malformed => "malformed",
+            AuthResult::Unknown => "unknown",
+            AuthResult::Revoked => "revoked",
+            AuthResult::Off => "off",
         }
     }
 }

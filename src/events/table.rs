@@ -9,13 +9,13 @@
 //! | `sensorlink_connections_open` | gauge | | connections being served ([`super::OpenConnection`]) |
 //! | `sensorlink_connections_accepted_total` | counter | | connections given a task |
 //! | `sensorlink_connections_refused_total` | counter | `reason` = `max_connections` `per_ip` `connect_rate` | closed at once by a connection limit |
-//! | `sensorlink_connections_closed_total` | counter | `reason` = `eof` `shutdown` `idle_timeout` `read_failed` `write_failed` `write_stalled` `store_failed` `first_line_timeout` | served connections that ended |
+//! | `sensorlink_connections_closed_total` | counter | `reason` = `eof` `shutdown` `idle_timeout` `read_failed` `write_failed` `write_stalled` `store_failed` `first_line_timeout` `auth_failed` `token_revoked` `legacy_not_allowed` | served connections that ended |
 //! | `sensorlink_connections_mode_total` | counter | `mode` = `line` `legacy` | protocol each peer spoke (a peer that sent nothing has none) |
 //! | `sensorlink_accept_errors_total` | counter | | failed `accept()` calls |
 //! | `sensorlink_tls_handshakes_failed_total` | counter | `reason` = `timeout` `error` | TLS handshakes on the sensor port that did not complete (the connection is closed) |
 //! | `sensorlink_reloads_total` | counter | `what` = `tls` `auth`, `result` = `ok` `error` | SIGHUP reloads ([`super::Reloaded`]); on `error` the old state stays in force |
 //! | `sensorlink_readings_accepted_total` | counter | | readings parsed and handed to the store |
-//! | `sensorlink_lines_rejected_total` | counter | `reason` = `oversize` `invalid_utf8` `invalid_reading` `invalid_command` `unknown_command` `invalid_legacy` `timestamp_out_of_range` `rate_limited` `new_series_limit` | lines (or legacy messages) refused: neither a reading nor a command, or a reading refused by a limit (timestamp window, `--max-rate-per-*`, `--max-new-series-per-*`) |
+//! | `sensorlink_lines_rejected_total` | counter | `reason` = `oversize` `invalid_utf8` `invalid_reading` `invalid_command` `unknown_command` `invalid_legacy` `timestamp_out_of_range` `rate_limited` `new_series_limit` `unauthenticated` `not_permitted` `auth_failed` | lines (or legacy messages) refused: neither a reading nor a command, or a reading refused by a limit (timestamp window, `--max-rate-per-*`, `--max-new-series-per-*`), or by `--auth` (before `auth`; outside the token's scope; the token revoked) |
 //! | `sensorlink_readings_committed_total` | counter | `outcome` = `inserted` `duplicate` `conflict` | readings in committed transactions: `duplicate` = series and timestamp already stored with the same fields (not stored again), `conflict` = already stored with other fields (refused, the stored one kept) |
 //! | `sensorlink_readings_acked_total` | counter | | readings covered by an ack (or legacy `pong`) written |
 //! | `sensorlink_readings_unacked_total` | counter | `reason="store_failed"` | readings answered with an error instead of an ack |
@@ -34,6 +34,7 @@
 //! | `sensorlink_live_sensors_untracked_total` | counter | | committed reading groups of a new sensor the full live view could not take ([`super::SensorUntracked`]) |
 //! | `sensorlink_sse_subscribers` | gauge | | open `/api/events` streams ([`super::SubscriberOpen`]) |
 //! | `sensorlink_sse_lagged_total` | counter | | event streams ended because the subscriber fell behind ([`super::SubscriberLagged`]) |
+//! | `sensorlink_auth_total` | counter | `result` = `ok` `malformed` `unknown` `revoked` `off` | `auth` lines answered on the sensor port (`off`: the server has no `--auth`) ([`super::AuthChecked`]) |
 //! | `sensorlink_store_series_cache_evictions_total` | counter | | series ids the SQLite writer evicted from its bounded cache ([`super::SeriesCacheEvicted`]) |
 //! | `sensorlink_store_series_cache_entries` | gauge | | series ids in that cache, as of its last eviction |
 //! | `sensorlink_http_auth_refused_total` | counter | `reason` = `missing` `malformed` `unknown` `revoked` `no_read_scope` | HTTP requests refused for want of a read token ([`super::HttpAuthRefused`]) |
@@ -178,6 +179,8 @@ metric_table! {
         "Open /api/events streams.";
     SSE_LAGGED = "sensorlink_sse_lagged_total", Counter, Count, NO_BUCKETS,
         "Event streams ended because the subscriber fell behind its bounded queue.";
+    AUTH = "sensorlink_auth_total", Counter, Count, NO_BUCKETS,
+        "auth lines answered on the sensor port, by result (off: the server has no --auth).";
     SERIES_CACHE_EVICTED = "sensorlink_store_series_cache_evictions_total", Counter, Count, NO_BUCKETS,
         "Series ids the SQLite writer dropped from its bounded cache (least recently used first).";
     SERIES_CACHE_ENTRIES = "sensorlink_store_series_cache_entries", Gauge, Count, NO_BUCKETS,

@@ -49,6 +49,8 @@ pub enum Frame {
     Reading(Reading),
     Ping(Option<String>),
     Sync(String),
+    /// `auth <token>` (the server checks it; see [`control::AuthSecret`]).
+    Auth(control::AuthSecret),
     /// A line that could not be used; `line` is its 1-based number on this connection.
     Invalid {
         line: u64,
@@ -187,6 +189,7 @@ impl LineDecoder {
         match control::parse_command(text) {
             Ok(Command::Ping(token)) => Some(Frame::Ping(token)),
             Ok(Command::Sync(token)) => Some(Frame::Sync(token)),
+            Ok(Command::Auth(secret)) => Some(Frame::Auth(secret)),
             Err(error) => invalid(error),
         }
     }

@@ -1,16 +1,20 @@
-//! Control lines (`ping`, `sync`) and the server's replies (`pong`, `ack`, `error`).
+//! Control lines (`ping`, `sync`, `auth`) and the server's replies (`pong`, `ack`,
+//! `ok auth`, `error`).
 //!
 //! A line with no `=` byte is a control line. Every valid reading has at least one field,
 //! hence at least one `=`, so the two can never be mistaken for each other, and the check
 //! needs no parsing.
 //!
-//! Commands: `ping`, `ping TOKEN`, `sync TOKEN`, words separated by spaces or tabs.
-//! A token is 1..=64 printable ASCII characters (`!`..=`~`) other than `=`.
+//! Commands: `ping`, `ping TOKEN`, `sync TOKEN`, `auth SECRET`, words separated by spaces
+//! or tabs. A token is 1..=64 printable ASCII characters (`!`..=`~`) other than `=`. An
+//! `auth` secret (`sl_<id>_<secret>`, see [`crate::auth::token`]) is checked by the server,
+//! not here, and is never echoed in an error: it is a credential.
 //!
 //! Replies: `pong`, `pong TOKEN`, `ack TOKEN readings=N rejected=M [duplicates=D]
-//! [conflicts=C] [store_us=X] [commit_us=Y]`, `error LINE REASON`. `duplicates` and
-//! `conflicts` are written only when not 0 (absent means 0), so an ack without them keeps
-//! its old bytes. Readers ignore `ack` keys they don't know, so new ones can be added.
+//! [conflicts=C] [store_us=X] [commit_us=Y]`, `ok auth ID` (only ever sent to a peer that
+//! sent `auth`), `error LINE REASON`. `duplicates` and `conflicts` are written only when not
+//! 0 (absent means 0), so an ack without them keeps its old bytes. Readers ignore `ack` keys
+//! they don't know, so new ones can be added.
 
 use super::ProtocolError;
 
@@ -19,6 +23,30 @@ use super::ProtocolError;
 pub enum Command {
     Ping(Option<String>),
     Sync(String),
+    /// `auth <token>`: the secret as sent (its `Debug` is redacted: it must not reach a log).
+    Auth(AuthSecret),
+}
+
+/// The token text of an `auth` line. A credential: `Debug` never shows it, and it is read
+/// only through [`AuthSecret::expose`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct AuthSecret(String);
+
+impl AuthSecret {
+    pub fn new(secret: impl Into<String>) -> Self {
+        AuthSecret(secret.into())
+    }
+
+    /// The secret itself: for the check against the tokens file and for sending it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for AuthSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuthSecret(<redacted>)")
+    }
 }
 
 /// The answer to a `sync`: everything before it on this connection is stored.
@@ -46,8 +74,19 @@ pub struct Ack {
 pub enum Reply {
     Pong(Option<String>),
     Ack(Ack),
-    Error { line: u64, reason: String },
+    /// `ok auth <token id>`: the `auth` line was accepted (sent only to peers that sent one).
+    AuthOk(String),
+    Error {
+        line: u64,
+        reason: String,
+    },
 }
+
+/// The reason of the `error` reply to an `auth` line when the server has no `--auth`.
+pub const AUTH_OFF_REASON: &str = "auth is not enabled on this server";
+
+/// How the reason of the `error` reply to a refused token starts (then the refusal).
+pub const AUTH_FAILED_PREFIX: &str = "auth failed: ";
 
 /// Longest token, in bytes.
 pub const MAX_TOKEN_BYTES: usize = 64;
@@ -75,6 +114,14 @@ pub fn parse_command(line: &str) -> Result<Command, ProtocolError> {
                 return Err(invalid("ping takes at most one token"));
             }
             token.map(checked_token).transpose().map(Command::Ping)
+        }
+        "auth" => {
+            // The word after `auth` is a credential: no error below may quote it.
+            match token {
+                Some(secret) if !extra => Ok(Command::Auth(AuthSecret::new(secret))),
+                Some(_) => Err(invalid("auth takes one token")),
+                None => Err(invalid("auth needs a token")),
+            }
         }
         "sync" => {
             if extra {
@@ -142,6 +189,7 @@ impl Reply {
                     None => Ok(()),
                 }
             }
+            Reply::AuthOk(id) => write!(out, "ok auth {id}"),
             Reply::Error { line, reason } => {
                 let _ = write!(out, "error {line} ");
                 // A line ending inside the reason would split the reply in two.
@@ -211,6 +259,10 @@ impl Reply {
                 }
                 Ok(Reply::Ack(ack))
             }
+            "ok" => match rest.split_ascii_whitespace().collect::<Vec<_>>()[..] {
+                ["auth", id] if valid_token(id) => Ok(Reply::AuthOk(id.to_owned())),
+                _ => Err(bad(format!("unknown ok reply {:?}", truncate(rest, 32)))),
+            },
             "error" => {
                 let (num, reason) = rest
                     .split_once(' ')
@@ -302,6 +354,30 @@ mod tests {
         );
     }
 
+    /// `auth` takes exactly one word, and no error quotes it (it is a secret).
+    #[test]
+    fn auth_commands() {
+        assert_eq!(
+            cmd("auth sl_abcdefgh_secret"),
+            Ok(Command::Auth(AuthSecret::new("sl_abcdefgh_secret")))
+        );
+        assert_eq!(
+            cmd("\tauth  anything-goes "),
+            Ok(Command::Auth(AuthSecret::new("anything-goes")))
+        );
+        for (line, msg) in [
+            ("auth", "auth needs a token"),
+            ("auth s3cr3t extra", "auth takes one token"),
+        ] {
+            let err = cmd(line).expect_err(line);
+            assert_eq!(err, ProtocolError::InvalidCommand(msg.into()));
+            assert!(!err.to_string().contains("s3cr3t"), "{err}");
+        }
+        let debug = format!("{:?}", cmd("auth s3cr3t"));
+        assert!(!debug.contains("s3cr3t"), "{debug}");
+        assert_eq!(AuthSecret::new("s3cr3t").expose(), "s3cr3t");
+    }
+
     #[test]
     fn tokens() {
         assert!(valid_token("a"));
@@ -391,6 +467,7 @@ mod tests {
                 line: 42,
                 reason: "invalid reading: field \"x\": missing value".into(),
             },
+            Reply::AuthOk("abcd1234".into()),
         ];
         for r in replies {
             let line = enc(&r);
@@ -439,6 +516,10 @@ mod tests {
             "error 7 ",
             "error x reason",
             "hello there",
+            "ok",
+            "ok auth",
+            "ok ping x",
+            "ok auth a b",
         ] {
             assert!(Reply::parse(bad).is_err(), "{bad:?}");
         }

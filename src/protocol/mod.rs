@@ -103,6 +103,15 @@ pub enum ProtocolError {
     /// A well-formed reading whose timestamp falls outside [`TimestampWindow`].
     #[error("timestamp {timestamp_ns} out of range: {reason}")]
     TimestampOutOfRange { timestamp_ns: i64, reason: String },
+    /// A reading before a valid `auth` on a server with `--auth`.
+    #[error("authentication required: send \"auth <token>\" first")]
+    Unauthenticated,
+    /// A reading the connection's token may not write (the scope error's text).
+    #[error("{0}")]
+    NotPermitted(String),
+    /// The token was refused (`auth`), or revoked while in use; the text never holds it.
+    #[error("auth failed: {0}")]
+    AuthFailed(String),
     /// A reading over a rate quota (see `server::quota`); `setting` names the limit.
     #[error("rate limit exceeded: more than {limit} readings/s ({setting})")]
     RateLimited { limit: u32, setting: &'static str },

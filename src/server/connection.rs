@@ -15,14 +15,16 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
+use super::auth::{linger, ConnAuth};
 use super::logging;
 use super::pending::{wait_head, InFlight, LiveFeed, PendingReply, Unreported};
 use super::quota::ConnQuota;
 use super::stream::{read_when_ready, READ_CHUNK_BYTES};
 use crate::events::{
     self, AcksWithheld, BytesReceived, CloseReason, ConnectionClosed, ErrorReplySuppressed,
-    Event as _, FirstLineMissed, LineRejected, Mode, ModeDetected, ReadingConflict,
-    ReadingReceived, ReadingsAccepted, RepliesWritten, StoreUnavailable, Telemetry,
+    Event as _, FirstLineMissed, LegacyNotAllowed, LineRejected, Mode, ModeDetected,
+    ReadingConflict, ReadingReceived, ReadingsAccepted, RepliesWritten, StoreUnavailable,
+    Telemetry,
 };
 use crate::live::{LiveConnection, Registry};
 use crate::protocol::codec::{sniff, Frame, LineDecoder, Sniff};
@@ -68,6 +70,8 @@ enum End {
     WriteStalled,
     StoreFailed,
     FirstLineTimeout,
+    /// Closed by `--auth` ([`ConnAuth::close_reason`]).
+    Auth(CloseReason),
 }
 
 impl End {
@@ -81,6 +85,7 @@ impl End {
             End::WriteStalled => CloseReason::WriteStalled,
             End::StoreFailed => CloseReason::StoreFailed,
             End::FirstLineTimeout => CloseReason::FirstLineTimeout,
+            End::Auth(reason) => *reason,
         }
     }
 }
@@ -100,6 +105,8 @@ struct Connection<'a> {
     since_sync_first: Option<Instant>,
     /// A peer that sent a control line reads replies; until then error replies are held.
     interactive: bool,
+    /// Its token and what it may write (`--auth`).
+    auth: ConnAuth,
     held_errors: Vec<PendingReply>,
     /// Readings and replies decoded but not yet submitted.
     batch: Vec<StoredReading>,
@@ -237,6 +244,7 @@ async fn serve_stream<S>(
         since_sync_rejected: 0,
         since_sync_first: None,
         interactive: false,
+        auth: ConnAuth::new(limits.auth.clone()),
         held_errors: Vec::new(),
         batch: Vec::new(),
         replies: Vec::new(),
@@ -305,6 +313,12 @@ impl Connection<'_> {
         let mut reading = true;
         let mut end = End::Eof;
         loop {
+            if let (true, Some(reason)) = (reading, self.auth.close_reason()) {
+                // Its replies (held errors too: they say why) go out before the close.
+                reading = false;
+                end = End::Auth(reason);
+                self.become_interactive();
+            }
             if let Err(stop) = self.submit_decoded().await {
                 end = stop;
                 break;
@@ -379,8 +393,14 @@ impl Connection<'_> {
                 }
             }
         }
-        if matches!(end, End::Eof | End::Shutdown | End::IdleTimeout) {
+        if matches!(
+            end,
+            End::Eof | End::Shutdown | End::IdleTimeout | End::Auth(_)
+        ) {
             let _ = tokio::time::timeout(self.limits.write_timeout, stream.shutdown()).await;
+        }
+        if matches!(end, End::Auth(_)) {
+            linger(&mut stream, self.limits.write_timeout).await;
         }
         end
     }
@@ -430,6 +450,12 @@ impl Connection<'_> {
                 Sniff::Legacy => {
                     ModeDetected { mode: Mode::Legacy }.emit_to(self.telemetry);
                     self.decoder = Decoder::Legacy(LegacyDecoder::new(self.limits.max_line_bytes));
+                    if !self
+                        .auth
+                        .legacy_allowed(self.peer.ip(), &self.limits.allow_legacy)
+                    {
+                        LegacyNotAllowed { peer: self.peer }.emit_to(self.telemetry);
+                    }
                 }
                 Sniff::Line | Sniff::NeedMore => {
                     ModeDetected { mode: Mode::Line }.emit_to(self.telemetry);
@@ -459,6 +485,11 @@ impl Connection<'_> {
     ) -> usize {
         let mut progress = 0;
         loop {
+            if self.auth.close_reason().is_some() {
+                // Closing: nothing more from this peer is read, stored or answered.
+                buf.clear();
+                return progress;
+            }
             let accepted = match &mut self.decoder {
                 Decoder::Undecided => return progress,
                 Decoder::Line(decoder) => {
@@ -489,7 +520,12 @@ impl Connection<'_> {
     /// Handle one line-mode frame; returns whether it was accepted work (not an error).
     fn on_frame(&mut self, frame: Frame, received_ns: i64, received_at: Instant) -> bool {
         match frame {
-            Frame::Reading(reading) => match self.admissible(&reading, received_ns) {
+            // The token first: it may name the sensor, which the quotas key by.
+            Frame::Reading(mut reading) => match self
+                .auth
+                .admit(&mut reading)
+                .and_then(|()| self.admissible(&reading, received_ns))
+            {
                 Ok(()) => {
                     self.accept(reading, received_ns, received_at);
                     true
@@ -502,6 +538,23 @@ impl Connection<'_> {
             Frame::Ping(token) => {
                 self.become_interactive();
                 self.replies.push(PendingReply::Pong(token));
+                true
+            }
+            Frame::Auth(secret) => {
+                self.become_interactive();
+                let line = self.line_count();
+                // Only an accepted token is progress (a refused one is a strike).
+                let answer = self.auth.authenticate(&secret, self.peer, self.telemetry);
+                // Per-token quotas charge the token now in force (none after a refusal).
+                self.quota
+                    .set_principal(self.auth.token_id().map(Arc::<str>::from));
+                match answer {
+                    Ok(id) => self.replies.push(PendingReply::AuthOk(id)),
+                    Err(reason) => {
+                        self.replies.push(PendingReply::Error { line, reason });
+                        return false;
+                    }
+                }
                 true
             }
             Frame::Sync(token) => {
@@ -811,6 +864,7 @@ impl Connection<'_> {
                 self.out_replies.pongs += 1;
                 Reply::Pong(token)
             }
+            PendingReply::AuthOk(id) => Reply::AuthOk(id),
             PendingReply::Error { line, reason } => {
                 self.out_replies.errors += 1;
                 Reply::Error { line, reason }
@@ -877,6 +931,7 @@ mod tests {
             tls: None,
             quotas: super::super::quota::Quotas::new(Default::default()),
             auth: None,
+            allow_legacy: Vec::new(),
         }
     }
 

@@ -4,7 +4,10 @@
 //! over any [`stream::PeerStream`] (TCP, or TLS after [`tls`]'s handshake), [`shutdown`] turns
 //! signals into a cancellation, [`reload`] runs the SIGHUP reloads (TLS files; other parts
 //! register theirs), [`logging`] keeps per-reading logs from bounding throughput.
+//! `auth` (private) is one connection's `--auth` state; [`reload_auth`] re-reads the tokens
+//! (registered with [`reload`] as `what="auth"`).
 
+mod auth;
 pub mod connection;
 pub mod known_series;
 pub mod listener;
@@ -26,6 +29,9 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use auth::{reload_auth, MAX_AUTH_STRIKES};
+
+use crate::auth::cidr::Cidr;
 use crate::auth::Authority;
 use crate::protocol::TimestampWindow;
 use crate::store::writer::{self, WriterConfig};
@@ -71,6 +77,9 @@ pub struct ServerConfig {
     pub series_cache_entries: usize,
     /// The tokens file (`--auth`); `None`: no authentication.
     pub auth: Option<PathBuf>,
+    /// With `--auth`: networks whose legacy (seed) peers may still connect (they cannot
+    /// present a token; the network is their credential). Ignored without `--auth`.
+    pub allow_legacy: Vec<Cidr>,
     /// `--http-auth`: when `/api/*` asks for a read token (see [`crate::http::access`]).
     pub http_auth: crate::http::access::HttpAuth,
     /// `--metrics-auth`; `None`: as the API.
@@ -114,6 +123,7 @@ impl Default for ServerConfig {
             quotas: quota::QuotaLimits::default(),
             series_cache_entries: store::DEFAULT_SERIES_CACHE_ENTRIES,
             auth: None,
+            allow_legacy: Vec::new(),
             http_auth: crate::http::access::HttpAuth::Auto,
             metrics_auth: None,
             http_insecure: false,
@@ -147,6 +157,8 @@ pub struct Limits {
     /// The tokens in force (`--auth`): set by [`run_with_store`], `None` from
     /// `From<&ServerConfig>` and when auth is off.
     pub auth: Option<Arc<Authority>>,
+    /// With [`Limits::auth`]: where legacy peers may connect from ([`ServerConfig::allow_legacy`]).
+    pub allow_legacy: Vec<Cidr>,
 }
 
 impl From<&ServerConfig> for Limits {
@@ -162,6 +174,7 @@ impl From<&ServerConfig> for Limits {
             tls: None,
             quotas: quota::Quotas::new(config.quotas),
             auth: None,
+            allow_legacy: config.allow_legacy.clone(),
         }
     }
 }
@@ -229,7 +242,7 @@ pub async fn run_with_store(
     let auth = match &config.auth {
         Some(path) => {
             let authority = Authority::load(path)?;
-            tracing::info!(file = %path.display(), tokens = authority.active(), "token authentication on");
+            tracing::info!(file = %path.display(), tokens = authority.active(), allow_legacy = ?config.allow_legacy.iter().map(ToString::to_string).collect::<Vec<_>>(), "token authentication on");
             Some(Arc::new(authority))
         }
         None => None,
@@ -241,6 +254,12 @@ pub async fn run_with_store(
         let tls = tls.tls.clone();
         reloads.register(crate::events::ReloadWhat::Tls, move || {
             tls.reload().map_err(|err| format!("{err:#}"))
+        });
+    }
+    if let Some(authority) = &auth {
+        let authority = Arc::clone(authority);
+        reloads.register(crate::events::ReloadWhat::Auth, move || {
+            reload_auth(&authority)
         });
     }
     check_open_files(config.max_connections);

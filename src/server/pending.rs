@@ -16,6 +16,8 @@ use crate::store::{Repeat, StoreError};
 #[derive(Debug)]
 pub(super) enum PendingReply {
     Pong(Option<String>),
+    /// `ok auth <id>`: the peer's `auth` was accepted.
+    AuthOk(String),
     Ack {
         token: String,
         line: u64,

@@ -1,5 +1,6 @@
 //! Integration tests: the real `sensorlink` binary on loopback port 0, real sockets.
 
+mod auth;
 mod bench;
 mod client;
 mod client_stop;
