@@ -293,20 +293,41 @@ pub fn out_of_window_notes(
         .collect()
 }
 
-/// Unicode format characters that reorder or hide text: the bidi embeddings and overrides
-/// (U+202A–U+202E), isolates (U+2066–U+2069) and the Arabic letter mark (U+061C); the
-/// zero-width space, joiners and direction marks (U+200B–U+200F); the line and paragraph
-/// separators (U+2028, U+2029, which some terminals break lines at); the byte-order mark
-/// (U+FEFF).
+/// Unicode format characters (general category Cf, as of Unicode 15), which reorder or
+/// hide text: the bidi embeddings, overrides, isolates and marks, zero-width spaces and
+/// joiners, the soft hyphen, the byte-order mark, invisible operators, tag characters; plus
+/// the line and paragraph separators (U+2028, U+2029: some terminals break lines at them).
+/// Inclusive ranges, ascending.
+const INVISIBLE: &[(char, char)] = &[
+    ('\u{00ad}', '\u{00ad}'),
+    ('\u{0600}', '\u{0605}'),
+    ('\u{061c}', '\u{061c}'),
+    ('\u{06dd}', '\u{06dd}'),
+    ('\u{070f}', '\u{070f}'),
+    ('\u{0890}', '\u{0891}'),
+    ('\u{08e2}', '\u{08e2}'),
+    ('\u{180e}', '\u{180e}'),
+    ('\u{200b}', '\u{200f}'),
+    ('\u{2028}', '\u{202e}'),
+    ('\u{2060}', '\u{2064}'),
+    ('\u{2066}', '\u{206f}'),
+    ('\u{feff}', '\u{feff}'),
+    ('\u{fff9}', '\u{fffb}'),
+    ('\u{110bd}', '\u{110bd}'),
+    ('\u{110cd}', '\u{110cd}'),
+    ('\u{13430}', '\u{1343f}'),
+    ('\u{1bca0}', '\u{1bca3}'),
+    ('\u{1d173}', '\u{1d17a}'),
+    ('\u{e0001}', '\u{e0001}'),
+    ('\u{e0020}', '\u{e007f}'),
+];
+
+/// Whether `c` is one of [`INVISIBLE`] (ASCII and Latin-1 letters never are: checked first).
 fn invisible(c: char) -> bool {
-    matches!(
-        c,
-        '\u{061c}'
-            | '\u{200b}'..='\u{200f}'
-            | '\u{2028}'..='\u{202e}'
-            | '\u{2066}'..='\u{2069}'
-            | '\u{feff}'
-    )
+    c >= '\u{00ad}'
+        && INVISIBLE
+            .iter()
+            .any(|&(low, high)| (low..=high).contains(&c))
 }
 
 /// Aligned columns separated by two spaces; widths from the data; no trailing spaces.
@@ -583,6 +604,45 @@ time                            sensor     measurement  fields                  
             "{}",
             notes[1]
         );
+    }
+
+    /// Every format character the review found missing is escaped, each range of the table
+    /// from end to end, and the neighbours just outside the ranges are kept.
+    #[test]
+    fn every_format_character_is_escaped() {
+        for c in [
+            '\u{00ad}',
+            '\u{180e}',
+            '\u{2060}',
+            '\u{2064}',
+            '\u{206a}',
+            '\u{206f}',
+            '\u{fff9}',
+            '\u{fffb}',
+            '\u{e0001}',
+            '\u{e0020}',
+            '\u{e007f}',
+        ] {
+            assert!(invisible(c), "{:?}", c);
+            assert_eq!(printable(c.to_string()), c.escape_default().to_string());
+        }
+        for pair in INVISIBLE.windows(2) {
+            assert!(pair[0].1 < pair[1].0, "ascending, disjoint: {pair:?}");
+        }
+        for &(low, high) in INVISIBLE {
+            assert!(low <= high && invisible(low) && invisible(high), "{low:?}");
+        }
+        for c in [
+            '\u{00ac}',
+            '\u{00ae}',
+            '\u{2065}',
+            '\u{2070}',
+            '\u{fffc}',
+            '\u{e0080}',
+        ] {
+            assert!(!invisible(c), "{:?}", c);
+            assert_eq!(printable(c.to_string()), c.to_string());
+        }
     }
 
     /// A right-to-left override or a zero-width character would let a stored name pass for

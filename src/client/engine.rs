@@ -499,8 +499,9 @@ impl<'a, S: Session> Engine<'a, S> {
                 times,
                 raw,
             } => {
-                self.duplicates += duplicates;
-                self.conflicts += conflicts;
+                // Counts from the network: a hostile or broken server must not overflow them.
+                self.duplicates = self.duplicates.saturating_add(duplicates);
+                self.conflicts = self.conflicts.saturating_add(conflicts);
                 let now = Instant::now().into_std();
                 let outcome = self.state.on_ack(token, rejected, now);
                 if outcome.beyond_sent {
@@ -1334,6 +1335,53 @@ mod tests {
         let spool = engine.spool.take().expect("the spool is open");
         spool.close().await.expect("the spool closes");
         assert_eq!(replayed(&config).await, vec![2, 3]);
+    }
+
+    /// Duplicate and conflict counts come from the server: absurd ones neither overflow the
+    /// run's totals (a panic in debug builds) nor count more than the ack's readings.
+    #[tokio::test(start_paused = true)]
+    async fn server_sent_duplicate_and_conflict_counts_saturate_and_stay_within_the_ack() {
+        use crate::protocol::control::{Ack, Reply};
+        let (_tx, values) = mpsc::channel(1);
+        let session = crate::client::line::LineSession {
+            measurement: "m".into(),
+            sensor: "s".into(),
+            token: None,
+        };
+        let printer = Printer::to(Box::new(std::io::sink()), true);
+        let config = config(None, Duration::from_millis(100));
+        let mut engine = Engine::new(&config, session, printer, values, CancellationToken::new());
+        let huge = |token: &str, readings| {
+            Reply::Ack(Ack {
+                token: token.into(),
+                readings,
+                duplicates: u64::MAX,
+                conflicts: u64::MAX,
+                ..Ack::default()
+            })
+        };
+        let mut through = None;
+        engine.on_reply(huge("1", 1), &mut through);
+        assert_eq!((engine.duplicates, engine.conflicts), (1, 0));
+        engine.on_reply(huge("2", u64::MAX), &mut through);
+        engine.on_reply(huge("3", u64::MAX), &mut through);
+        assert_eq!((engine.duplicates, engine.conflicts), (u64::MAX, 0));
+        let mut split = Reply::Ack(Ack {
+            token: "4".into(),
+            readings: 3,
+            duplicates: 2,
+            conflicts: u64::MAX,
+            ..Ack::default()
+        });
+        engine.duplicates = 0;
+        engine.on_reply(split.clone(), &mut through);
+        assert_eq!((engine.duplicates, engine.conflicts), (2, 1));
+        if let Reply::Ack(ack) = &mut split {
+            ack.duplicates = 0;
+            ack.readings = u64::MAX;
+        }
+        engine.on_reply(split, &mut through);
+        assert_eq!(engine.conflicts, u64::MAX);
     }
 
     /// A whole run with a spool: a reset mid-batch, then the server is gone. What the spool

@@ -80,11 +80,14 @@ impl Session for LineSession {
                     tracing::warn!(token = %ack.token, "ack for a token we never sent");
                     return Event::Ignore;
                 };
+                // Both are "of `readings`": a server claiming more is not believed past that.
+                let duplicates = ack.duplicates.min(ack.readings);
+                let conflicts = ack.conflicts.min(ack.readings - duplicates);
                 Event::Ack {
                     token,
                     rejected: ack.readings == 0 && ack.rejected > 0,
-                    duplicates: ack.duplicates,
-                    conflicts: ack.conflicts,
+                    duplicates,
+                    conflicts,
                     times: ServerTimes {
                         store_us: ack.store_us,
                         commit_us: ack.commit_us,

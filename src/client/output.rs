@@ -349,7 +349,7 @@ impl Printer {
                 summary.rejected, summary.dropped, summary.resent, summary.replayed, summary.pending
             ));
         }
-        if summary.duplicates + summary.conflicts > 0 {
+        if summary.duplicates > 0 || summary.conflicts > 0 {
             text.push_str(&format!(
                 "\n{} duplicates (already stored with the same value), {} conflicts (refused: the server holds another value)",
                 summary.duplicates, summary.conflicts
@@ -527,5 +527,47 @@ mod tests {
         let err = printer.take_error().map(|e| e.kind());
         assert_eq!(err, Some(std::io::ErrorKind::BrokenPipe));
         assert_eq!(writes.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    /// A shared buffer the printer writes into, to read what it printed.
+    #[derive(Clone, Default)]
+    struct Shared(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .expect("no test thread panics holding the buffer")
+                .extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Server-sent counts at their maximum print without overflowing (a debug-build panic).
+    #[test]
+    fn the_summary_prints_maximal_duplicate_and_conflict_counts() {
+        let summary = Summary::of(RunTotals {
+            addr: "a",
+            counters: super::super::state::Counters::default(),
+            link_reports: (0, 0),
+            pending: 0,
+            replayed: 0,
+            duplicates: u64::MAX,
+            conflicts: u64::MAX,
+            duration: Duration::from_secs(1),
+            first_connect: None,
+            reconnects: 0,
+            rtt: RttSummary::default(),
+            server_us: None,
+        });
+        let out = Shared::default();
+        let mut printer = Printer::to(Box::new(out.clone()), false);
+        printer.summary(&summary);
+        let text = String::from_utf8(out.0.lock().expect("not poisoned").clone())
+            .expect("the summary is UTF-8");
+        assert!(text.contains(&format!("{} duplicates", u64::MAX)), "{text}");
     }
 }

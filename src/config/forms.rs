@@ -61,7 +61,7 @@ pub(super) fn http_auth_parser() -> impl clap::builder::TypedValueParser<Value =
     let help = |mode| match mode {
         HttpAuth::Auto => "a token when --http listens beyond loopback (default)",
         HttpAuth::Token => "always a token (needs --auth)",
-        HttpAuth::Open => "never a token",
+        HttpAuth::Open => "never a token (beyond loopback, only with --http-insecure)",
     };
     PossibleValuesParser::new(
         HttpAuth::ALL.map(|(mode, name)| PossibleValue::new(name).help(help(mode))),

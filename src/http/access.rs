@@ -128,7 +128,8 @@ impl HttpAccess {
     ///
     /// # Errors
     /// A token would be required (by `--http-auth token`, `--metrics-auth token`, or
-    /// `auto` beyond loopback without `--http-insecure`) but there is no `--auth` file.
+    /// `auto` beyond loopback without `--http-insecure`) but there is no `--auth` file; or
+    /// `--http-auth open` beyond loopback without `--http-insecure`.
     pub fn resolve(config: &ServerConfig) -> Result<HttpAccess, AccessError> {
         let has_tokens = config.auth.is_some();
         let beyond_loopback = config
@@ -136,7 +137,13 @@ impl HttpAccess {
             .as_deref()
             .is_some_and(|addr| !is_loopback(addr));
         let api = match config.http_auth {
-            HttpAuth::Open => Guard::Open,
+            // One switch means "I accept exposure": `open` alone does not serve everyone.
+            HttpAuth::Open if !beyond_loopback || config.http_insecure => Guard::Open,
+            HttpAuth::Open => {
+                return Err(AccessError::OpenWithoutInsecure {
+                    http: config.http.clone().unwrap_or_default(),
+                })
+            }
             HttpAuth::Token if has_tokens => Guard::Token,
             HttpAuth::Token => return Err(AccessError::TokenWithoutAuth("http-auth")),
             HttpAuth::Auto if !beyond_loopback => Guard::Open,
@@ -174,12 +181,19 @@ pub enum AccessError {
          (--http 127.0.0.1:9889), or pass --http-insecure to serve it without authentication"
     )]
     ExposedWithoutAuth { http: String },
+    #[error(
+        "--http-auth open with --http {http} beyond loopback would serve the HTTP API and \
+         dashboard to anyone who reaches the port; pass --http-insecure as well to accept \
+         that, or listen on loopback only (--http 127.0.0.1:9889)"
+    )]
+    OpenWithoutInsecure { http: String },
     #[error("--{0} token needs --auth FILE (the tokens file, made by `sensorlink token new`)")]
     TokenWithoutAuth(&'static str),
 }
 
 /// True when `addr` (`IP:PORT` or `HOST:PORT`) is on loopback: an IP in 127.0.0.0/8 or
-/// `::1`, or the name `localhost`. Any other name counts as beyond loopback: it is
+/// `::1`, or the name `localhost` if it resolves to loopback addresses only (a hosts file
+/// or container may map it elsewhere). Any other name counts as beyond loopback: it is
 /// resolved only when bound, and a wrong guess must not open the API.
 pub fn is_loopback(addr: &str) -> bool {
     if let Ok(socket) = addr.parse::<SocketAddr>() {
@@ -190,10 +204,28 @@ pub fn is_loopback(addr: &str) -> bool {
             let host = host.trim_start_matches('[').trim_end_matches(']');
             match host.parse::<IpAddr>() {
                 Ok(ip) => ip.is_loopback(),
-                Err(_) => host.eq_ignore_ascii_case("localhost"),
+                Err(_) => host.eq_ignore_ascii_case("localhost") && resolves_to_loopback(addr),
             }
         }
         None => false,
+    }
+}
+
+/// Whether `addr` resolves (the system resolver, as the bind will) to loopback addresses
+/// only; a name that does not resolve is not trusted.
+fn resolves_to_loopback(addr: &str) -> bool {
+    match std::net::ToSocketAddrs::to_socket_addrs(addr) {
+        Ok(addrs) => {
+            let mut any = false;
+            for socket in addrs {
+                if !socket.ip().is_loopback() {
+                    return false;
+                }
+                any = true;
+            }
+            any
+        }
+        Err(_) => false,
     }
 }
 
@@ -429,13 +461,38 @@ mod tests {
         );
     }
 
+    /// `--http-auth open` beyond loopback needs `--http-insecure` too (one switch means "I
+    /// accept exposure"), and is then exposed; on loopback it needs nothing more.
     #[test]
-    fn open_beyond_loopback_is_exposed() {
-        let open = ServerConfig {
+    fn open_beyond_loopback_needs_insecure_and_is_exposed() {
+        let open = |insecure| ServerConfig {
             http_auth: HttpAuth::Open,
+            http_insecure: insecure,
             ..config("0.0.0.0:0", false)
         };
-        assert_eq!(HttpAccess::resolve(&open).map(|a| a.exposed), Ok(true));
+        assert_eq!(
+            HttpAccess::resolve(&open(false)),
+            Err(AccessError::OpenWithoutInsecure {
+                http: "0.0.0.0:0".into()
+            })
+        );
+        let message = AccessError::OpenWithoutInsecure {
+            http: "0.0.0.0:0".into(),
+        }
+        .to_string();
+        assert!(message.contains("--http-insecure"), "{message}");
+        assert_eq!(
+            HttpAccess::resolve(&open(true)).map(|a| a.exposed),
+            Ok(true)
+        );
+        let loopback = ServerConfig {
+            http_auth: HttpAuth::Open,
+            ..config("127.0.0.1:0", false)
+        };
+        assert_eq!(
+            HttpAccess::resolve(&loopback).map(|a| (a.api, a.exposed)),
+            Ok((Guard::Open, false))
+        );
     }
 
     /// A state asking for tokens on `/api/*` (and `/metrics` as `metrics`), with a read

@@ -50,8 +50,10 @@ pub(super) struct Group {
     pub(super) sensor: String,
     pub(super) measurement: String,
     pub(super) count: u64,
-    /// The fields of the group's last reading, and its timestamp.
-    pub(super) fields: Vec<(String, FieldValue)>,
+    /// The fields of the group's last reading, and its timestamp. `None`: that reading was a
+    /// repeat ([`LiveBatch::forget`]), whose fields the store did not take (a conflict's were
+    /// refused): the view keeps its previous values.
+    pub(super) fields: Option<Vec<(String, FieldValue)>>,
     pub(super) time_ns: i64,
     /// When the server received the group's last reading.
     pub(super) received_ns: i64,
@@ -60,6 +62,8 @@ pub(super) struct Group {
     /// values (`[time_ms, value]`, oldest first) in the readings that carry it, by name.
     pub(super) series: Option<String>,
     pub(super) points: Vec<(i64, f64)>,
+    /// The batch index of each point's reading, so a repeat's point can be dropped.
+    point_readings: Vec<u32>,
     /// Index of the last reading (in the batch) while building.
     last: usize,
     /// A link report (`sensorlink_link`): no sparkline, no `values`.
@@ -121,11 +125,12 @@ impl LiveBatch {
                         sensor: stored.sensor.clone(),
                         measurement: reading.measurement.clone(),
                         count: 0,
-                        fields: Vec::new(),
+                        fields: None,
                         time_ns: 0,
                         received_ns: 0,
                         series,
                         points: Vec::with_capacity(points),
+                        point_readings: Vec::with_capacity(points),
                         last: index,
                         link,
                     });
@@ -148,8 +153,9 @@ impl LiveBatch {
                 }
             };
             hint = at;
-            // A batch never nears 2^32 groups (the store's transaction is far smaller).
+            // A batch never nears 2^32 readings (the store's transaction is far smaller).
             group_of.push(u32::try_from(at).unwrap_or(u32::MAX));
+            let reading_index = u32::try_from(index).unwrap_or(u32::MAX);
             let group = &mut groups[at];
             group.count += 1;
             group.last = index;
@@ -165,7 +171,7 @@ impl LiveBatch {
                     }),
                 };
                 if let Some(value) = value {
-                    push_point(&mut group.points, time_ns, value);
+                    push_point(group, reading_index, time_ns, value);
                 }
             }
             if with_events {
@@ -174,10 +180,12 @@ impl LiveBatch {
         }
         for group in &mut groups {
             let last = &batch[group.last];
-            group.fields = last.reading.fields.clone();
+            group.fields = Some(last.reading.fields.clone());
             group.time_ns = last.timestamp_ns();
             if group.points.len() > SPARK_POINTS {
-                group.points.drain(..group.points.len() - SPARK_POINTS);
+                let cut = group.points.len() - SPARK_POINTS;
+                group.points.drain(..cut);
+                group.point_readings.drain(..cut);
             }
         }
         LiveBatch {
@@ -189,22 +197,36 @@ impl LiveBatch {
     }
 
     /// The store found these readings already stored (duplicates, conflicts): they are not
-    /// new readings, so they leave the counts (a sensor's `readings` and rate) and the SSE
-    /// `reading` events. Its last values and sparkline points are kept as summarized (the
-    /// readings themselves are gone): a conflicting value may show as the latest until the
-    /// sensor's next reading.
+    /// new readings, so they leave the counts (a sensor's `readings` and rate), the
+    /// sparkline points and the SSE `reading` events. A group whose last reading is one of
+    /// them loses its fields (the readings themselves are gone), so a refused or replayed
+    /// value never shows as the sensor's latest. `repeats` are by ascending index.
     pub fn forget(&mut self, repeats: &[crate::store::Repeat]) {
         if repeats.is_empty() {
             return;
         }
+        let mut touched = vec![false; self.groups.len()];
         for repeat in repeats {
-            let group = self
-                .group_of
-                .get(repeat.index)
-                .and_then(|&at| self.groups.get_mut(at as usize));
-            if let Some(group) = group {
+            let Some(&at) = self.group_of.get(repeat.index) else {
+                continue;
+            };
+            if let Some(group) = self.groups.get_mut(at as usize) {
                 group.count = group.count.saturating_sub(1);
+                if group.last == repeat.index {
+                    group.fields = None;
+                }
+                touched[at as usize] = true;
             }
+        }
+        let repeated = |index: &u32| {
+            repeats
+                .binary_search_by_key(&(*index as usize), |r| r.index)
+                .is_ok()
+        };
+        for (group, _) in self.groups.iter_mut().zip(touched).filter(|(_, t)| *t) {
+            let mut keep = group.point_readings.iter().map(|i| !repeated(i));
+            group.points.retain(|_| keep.next().unwrap_or(true));
+            group.point_readings.retain(|i| !repeated(i));
         }
         // One event per reading, in batch order, when built at all.
         if self.events.len() == self.group_of.len() {
@@ -233,11 +255,14 @@ fn is_group(group: &Group, stored: &StoredReading) -> bool {
 }
 
 /// Keep at most twice the sparkline's length while building (amortized trimming).
-fn push_point(points: &mut Vec<(i64, f64)>, time_ns: i64, value: f64) {
-    if points.len() >= 2 * SPARK_POINTS {
-        points.drain(..points.len() - SPARK_POINTS);
+fn push_point(group: &mut Group, reading: u32, time_ns: i64, value: f64) {
+    if group.points.len() >= 2 * SPARK_POINTS {
+        let cut = group.points.len() - SPARK_POINTS;
+        group.points.drain(..cut);
+        group.point_readings.drain(..cut);
     }
-    points.push((time_ns.div_euclid(1_000_000), value));
+    group.points.push((time_ns.div_euclid(1_000_000), value));
+    group.point_readings.push(reading);
 }
 
 /// The first field with a number in it, as f64.
@@ -374,7 +399,10 @@ pub(super) mod tests {
         assert_eq!(a.points, [(1, 20.5), (2, 21.5), (5, 22.5)]);
         assert_eq!(a.time_ns, 5_000_000);
         assert_eq!(a.received_ns, 5);
-        assert_eq!(a.fields[1], ("humidity".to_string(), FieldValue::Int(42)));
+        assert_eq!(
+            a.fields.as_ref().expect("built")[1],
+            ("humidity".to_string(), FieldValue::Int(42))
+        );
         let link = &live.groups[2];
         assert!(link.is_link());
         assert!(link.points.is_empty(), "link reports are not a sparkline");

@@ -133,10 +133,20 @@ impl Sensor {
 
     /// Take one committed group of its readings (its fields are moved out, not copied).
     pub(super) fn apply(&mut self, group: &mut Group) {
-        self.readings += group.count;
         self.last_seen_ns = self.last_seen_ns.max(group.received_ns);
+        if group.count == 0 {
+            // Every reading was already stored (a replay) or refused: nothing new to show.
+            return;
+        }
+        self.readings += group.count;
         self.rate.add(group.received_ns, group.count);
-        let mut fields = std::mem::take(&mut group.fields);
+        let Some(mut fields) = group.fields.take() else {
+            // The last reading was a repeat: only the stored readings' points are shown.
+            if !group.is_link() {
+                self.take_series(group, &[]);
+            }
+            return;
+        };
         bound_fields(&mut fields);
         if group.is_link() {
             self.link = Some((group.time_ns, fields));
@@ -157,7 +167,7 @@ impl Sensor {
     }
 
     /// The group's points of the primary series (fixed by the first series seen), and its
-    /// latest value from `fields`, the group's last reading.
+    /// latest value from `fields`, the group's last reading (none: it was a repeat).
     fn take_series(&mut self, group: &Group, fields: &[(String, FieldValue)]) {
         let Some(series) = &group.series else { return };
         let primary = self

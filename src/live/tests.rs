@@ -32,6 +32,18 @@ impl Conn {
 
     /// Commit one batch of `(sensor, line)` readings received at `now_ns`.
     fn send(&mut self, registry: &Registry, readings: &[(&str, &str)], now_ns: i64) {
+        self.send_with_repeats(registry, readings, &[], now_ns);
+    }
+
+    /// [`Conn::send`], the store having found the readings at `repeats` (batch indexes,
+    /// ascending) already stored: duplicates or refused conflicts.
+    fn send_with_repeats(
+        &mut self,
+        registry: &Registry,
+        readings: &[(&str, &str)],
+        repeats: &[usize],
+        now_ns: i64,
+    ) {
         let batch: Vec<_> = readings
             .iter()
             .map(|(sensor, line)| stored(sensor, line, now_ns))
@@ -43,6 +55,14 @@ impl Conn {
             &self.carried,
             |sensor| registry.primary(sensor),
         )];
+        let repeats: Vec<_> = repeats
+            .iter()
+            .map(|&index| crate::store::Repeat {
+                index,
+                conflict: None,
+            })
+            .collect();
+        live[0].forget(&repeats);
         registry.commit(
             self.peer,
             Mode::Line,
@@ -442,6 +462,67 @@ fn the_primary_series_survives_a_batch_that_starts_without_it() {
         "{json}"
     );
     assert_eq!(json["last"]["value"], 3.0);
+}
+
+/// Readings the store did not take (a refused conflict, a replayed duplicate) never show as
+/// the sensor's latest value nor in its sparkline, and a batch of nothing but repeats (a
+/// replayed spool) does not move the latest value back in time.
+#[test]
+fn repeats_never_show_as_the_latest_value_or_in_the_sparkline() {
+    let registry = Registry::new(&config(10));
+    let mut conn = Conn::new(1);
+    conn.send(
+        &registry,
+        &[("a", "m t=1 1000000"), ("a", "m t=2 2000000")],
+        S,
+    );
+    // The last reading conflicts with the stored one at 2 ms: refused.
+    conn.send_with_repeats(
+        &registry,
+        &[("a", "m t=3 3000000"), ("a", "m t=77.5 2000000")],
+        &[1],
+        S,
+    );
+    let json = sensor(&registry, "a", S);
+    assert_eq!(json["readings"], 3, "{json}");
+    assert_eq!(
+        json["spark"],
+        serde_json::json!([[1, 1.0], [2, 2.0], [3, 3.0]]),
+        "{json}"
+    );
+    assert_eq!(json["last"]["value"], 3.0, "{json}");
+    assert!(!json.to_string().contains("77.5"), "{json}");
+    // A refused reading in the middle of a batch leaves the points around it.
+    conn.send_with_repeats(
+        &registry,
+        &[
+            ("a", "m t=4 4000000"),
+            ("a", "m t=66.5 1000000"),
+            ("a", "m t=5 5000000"),
+        ],
+        &[1],
+        S,
+    );
+    let json = sensor(&registry, "a", S);
+    assert_eq!(
+        json["spark"],
+        serde_json::json!([[1, 1.0], [2, 2.0], [3, 3.0], [4, 4.0], [5, 5.0]]),
+        "{json}"
+    );
+    assert_eq!(json["last"]["value"], 5.0, "{json}");
+    assert!(!json.to_string().contains("66.5"), "{json}");
+    // A replay of old readings, every one a duplicate.
+    let before = sensor(&registry, "a", S);
+    conn.send_with_repeats(
+        &registry,
+        &[("a", "m t=1 1000000"), ("a", "m t=2 2000000")],
+        &[0, 1],
+        2 * S,
+    );
+    let after = sensor(&registry, "a", 2 * S);
+    for key in ["readings", "spark", "last", "values"] {
+        assert_eq!(after[key], before[key], "{key}: {after}");
+    }
 }
 
 /// Changes to one sensor from two connections reach subscribers in the order the

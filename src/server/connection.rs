@@ -130,6 +130,9 @@ struct Connection<'a> {
     live: LiveFeed,
     /// Rates and new-series caps ([`super::quota`]); authentication sets its principal.
     quota: ConnQuota,
+    /// When the bytes being decoded were read, by tokio's clock: the quota's one clock
+    /// (its buckets were made on it; a paused test clock then drives both).
+    read_at: tokio::time::Instant,
     out: Vec<u8>,
     /// What `out` holds, counted once it is written.
     out_replies: OutReplies,
@@ -254,6 +257,7 @@ async fn serve_stream<S>(
         uncounted_accepted: 0,
         live: LiveFeed::new(live.map(|registry| LiveConnection::new(registry, peer))),
         quota: ConnQuota::new(limits.quotas.clone(), tokio::time::Instant::now()),
+        read_at: tokio::time::Instant::now(),
         out: Vec::new(),
         out_replies: OutReplies::default(),
     };
@@ -407,6 +411,7 @@ impl Connection<'_> {
     fn answer_held_ping(&mut self, buf: &mut BytesMut) -> bool {
         if let Decoder::Legacy(decoder) = &mut self.decoder {
             if let Some(message) = decoder.decode_quiet(buf) {
+                self.read_at = tokio::time::Instant::now();
                 return self.on_legacy(message, now_ns(), Instant::now());
             }
         }
@@ -437,6 +442,7 @@ impl Connection<'_> {
     fn decode(&mut self, buf: &mut BytesMut, eof: bool) -> usize {
         let received_ns = now_ns();
         let received_at = Instant::now();
+        self.read_at = tokio::time::Instant::now();
         if matches!(self.decoder, Decoder::Undecided) {
             match sniff(buf) {
                 // Nothing at all (connect, then close) tells no protocol: mode stays None.
@@ -518,7 +524,7 @@ impl Connection<'_> {
             Frame::Reading(mut reading) => match self
                 .auth
                 .admit(&mut reading)
-                .and_then(|()| self.admissible(&reading, received_ns, received_at))
+                .and_then(|()| self.admissible(&reading, received_ns))
             {
                 Ok(()) => {
                     self.accept(reading, received_ns, received_at);
@@ -594,7 +600,7 @@ impl Connection<'_> {
         let (accepted, received) = match message {
             LegacyMessage::Ping => (true, None),
             LegacyMessage::Reading(mut reading) => {
-                match self.admissible(&reading, received_ns, received_at) {
+                match self.admissible(&reading, received_ns) {
                     Ok(()) => {
                         // The seed's readings carry no name: the peer's address is the sensor.
                         reading
@@ -630,17 +636,11 @@ impl Connection<'_> {
     /// Whether `reading` may be stored: its own timestamp against [`Limits::timestamps`]
     /// (none: stamped on receipt), then the quotas (a reading without a `sensor` tag is
     /// filed under the peer's address, in line and legacy mode alike).
-    fn admissible(
-        &mut self,
-        reading: &Reading,
-        received_ns: i64,
-        received_at: Instant,
-    ) -> Result<(), ProtocolError> {
+    fn admissible(&mut self, reading: &Reading, received_ns: i64) -> Result<(), ProtocolError> {
         if let Some(ts) = reading.timestamp_ns {
             self.limits.timestamps.check(ts, received_ns)?;
         }
-        let now = tokio::time::Instant::from_std(received_at);
-        self.quota.admit(reading, &self.peer_ip, now)
+        self.quota.admit(reading, &self.peer_ip, self.read_at)
     }
 
     fn become_interactive(&mut self) {
@@ -1557,6 +1557,52 @@ mod tests {
         let series = "sensorlink_connections_closed_total{reason=\"idle_timeout\"}";
         assert_eq!(sample(&text, series), Some(1.0), "{text}");
         dripper.abort();
+        tokio::task::spawn_blocking(move || writer.finish())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    /// The quota reads tokio's clock only (its buckets are made on it): under a paused
+    /// clock, a second of virtual time refills a connection's rate bucket.
+    #[tokio::test(start_paused = true)]
+    async fn the_rate_bucket_refills_on_the_paused_clock() {
+        let (handle, writer) = writer::spawn(
+            Drive::Inline(Box::new(crate::store::memory::MemoryStore::default())),
+            WriterConfig::default(),
+        );
+        let (client, server) = tokio::io::duplex(4096);
+        let limits = Limits {
+            quotas: super::super::quota::Quotas::new(super::super::quota::QuotaLimits {
+                rate_per_connection: 2,
+                ..Default::default()
+            }),
+            ..limits(Duration::from_secs(60))
+        };
+        let task = tokio::spawn(async move {
+            let (shutdown, telemetry) = (CancellationToken::new(), events::telemetry());
+            serve_counted(server, peer(), &limits, handle, shutdown, telemetry, None).await
+        });
+        let (read, mut write) = tokio::io::split(client);
+        let mut lines = BufReader::new(read).lines();
+        let mut next = async || lines.next_line().await.unwrap().unwrap_or_default();
+        write.write_all(b"ping\n").await.unwrap();
+        assert_eq!(next().await, "pong");
+        write
+            .write_all(b"m,sensor=a v=1i\nm,sensor=a v=2i\nm,sensor=a v=3i\nsync 1\n")
+            .await
+            .unwrap();
+        assert!(next().await.starts_with("error 4 rate limit exceeded"));
+        assert!(next().await.starts_with("ack 1 readings=2 rejected=1"));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        write
+            .write_all(b"m,sensor=a v=4i\nm,sensor=a v=5i\nsync 2\n")
+            .await
+            .unwrap();
+        let ack = next().await;
+        assert!(ack.starts_with("ack 2 readings=2 rejected=0"), "{ack}");
+        drop(write);
+        task.await.unwrap();
         tokio::task::spawn_blocking(move || writer.finish())
             .await
             .unwrap()

@@ -5,8 +5,9 @@
 //! A set-associative table: a hash picks one set of [`WAYS`] slots; a full set evicts by
 //! CLOCK (a slot read since the hand last passed it is spared once), so series written
 //! often stay while one-off series make room. The slots are allocated zeroed up front
-//! (`capacity × 8` bytes, 8 MiB at the default); the OS backs the pages only as they are
-//! written, so a small deployment pays little of it. The table is split into [`SHARDS`]
+//! (`capacity × 8` bytes, 8 MiB at the default). The OS backs a page only once it is
+//! written, but hashes scatter over every page, so the whole table is resident once a few
+//! thousand series are seen: count on about 8 MiB at the default. The table is split into [`SHARDS`]
 //! mutexes so connections on different cores rarely meet; the connections' own caches
 //! ([`super::quota`]) keep most readings off these locks altogether.
 //!

@@ -74,6 +74,9 @@ impl Default for QuotaLimits {
     }
 }
 
+/// Slack added before a bucket's tokens are floored (see [`TokenBucket::take_up_to`]).
+const TOKEN_EPSILON: f64 = 1e-9;
+
 /// A token bucket driven by the instants it is given (tokio's clock, so tests pause it).
 #[derive(Debug, Clone)]
 pub struct TokenBucket {
@@ -121,8 +124,10 @@ impl TokenBucket {
     /// Take up to `want` whole tokens; returns how many were taken.
     pub fn take_up_to(&mut self, want: u32, now: Instant) -> u32 {
         self.refill(now);
-        // `as` saturates: a bucket of billions still lends at most `want`.
-        let taken = (self.tokens.max(0.0) as u32).min(want);
+        // `as` saturates: a bucket of billions still lends at most `want`. The epsilon: a
+        // rate that is no integer (1000/60 per s) sums to 0.9999999999999999 where one whole
+        // token is due, which the floor alone would refuse.
+        let taken = ((self.tokens + TOKEN_EPSILON).max(0.0) as u32).min(want);
         self.tokens -= f64::from(taken);
         taken
     }
@@ -451,6 +456,21 @@ mod tests {
     /// A reading of series `m,sensor=s<n>`.
     fn of_series(n: u32) -> Reading {
         reading(&format!("m,sensor=s{n} v=1 1"))
+    }
+
+    /// 1000 per minute refills one token every 60 ms; ten steps of 6 ms sum to
+    /// 0.9999999999999999 tokens in floating point, and that token is still due.
+    #[tokio::test(start_paused = true)]
+    async fn a_fractional_rate_gives_its_token_at_the_exact_boundary() {
+        let mut bucket = TokenBucket::per_minute(1000, Instant::now());
+        assert_eq!(bucket.take_up_to(1000, Instant::now()), 1000);
+        assert!(!bucket.try_take(Instant::now()));
+        for _ in 0..10 {
+            tokio::time::advance(Duration::from_millis(6)).await;
+            bucket.refill(Instant::now());
+        }
+        assert!(bucket.try_take(Instant::now()), "{bucket:?}");
+        assert!(!bucket.try_take(Instant::now()), "{bucket:?}");
     }
 
     #[tokio::test(start_paused = true)]

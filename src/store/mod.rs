@@ -92,7 +92,8 @@ pub struct Repeat {
 /// cost stays on the repeats).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Conflict {
-    /// The fields the store kept (the stored reading's).
+    /// The fields the store kept (the stored reading's); empty if the stored row cannot be
+    /// decoded (a corrupt file: warned about by the store).
     pub kept: Vec<(String, FieldValue)>,
     /// The reading refused.
     pub refused: StoredReading,

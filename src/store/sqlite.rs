@@ -109,6 +109,10 @@ const CLOSE_BUSY_TIMEOUT: Duration = Duration::from_millis(100);
 const INSERT_READING: &str = "INSERT INTO readings (series_id, ts, received, fields) \
      VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING";
 
+/// At most one warning per this interval about undecodable stored rows: a peer resending
+/// onto a bad row must not flood the log.
+const CORRUPT_WARN_INTERVAL: Duration = Duration::from_secs(60);
+
 /// The fields kept at a (series, ts) an insert found taken: duplicate or conflict?
 const STORED_FIELDS: &str = "SELECT fields FROM readings WHERE series_id = ?1 AND ts = ?2";
 
@@ -173,6 +177,8 @@ pub struct SqliteStore {
     flush_interval: Duration,
     /// `meta.totals_dirty` is 1 on disk, set by this writer.
     marked_dirty: bool,
+    /// When an undecodable stored row was last warned about ([`CORRUPT_WARN_INTERVAL`]).
+    corrupt_warned: Option<Instant>,
     /// Held (advisory `flock`) for the store's life: one writer per database file. A second
     /// writer would recount the totals under this one's unfolded deltas and count them twice.
     _writer_lock: std::fs::File,
@@ -231,6 +237,7 @@ impl SqliteStore {
             pending_since: None,
             flush_interval: TOTALS_FLUSH_INTERVAL,
             marked_dirty: false,
+            corrupt_warned: None,
             _writer_lock: writer_lock,
         })
     }
@@ -463,11 +470,21 @@ impl Store for SqliteStore {
                     let conflict = if kept == fields {
                         None
                     } else {
-                        let kept = decode_fields(&kept).map_err(|err| {
-                            StoreError::Corrupt(format!(
-                                "{location}: stored fields of series {series_id} at {ts}: {err}"
-                            ))
-                        })?;
+                        // One bad row must not fail the other batches sharing this
+                        // transaction (again at every resend): it keeps its place, and the
+                        // reading is refused as a conflict with nothing to show as kept.
+                        let kept = decode_fields(&kept).unwrap_or_else(|err| {
+                            let warned = &mut self.corrupt_warned;
+                            if warned.is_none_or(|at| at.elapsed() >= CORRUPT_WARN_INTERVAL) {
+                                *warned = Some(Instant::now());
+                                tracing::warn!(
+                                    path = %location, series_id, ts, cause = %err,
+                                    "stored reading cannot be decoded; repeats of it are refused \
+                                     as conflicts (further such warnings held for a minute)"
+                                );
+                            }
+                            Vec::new()
+                        });
                         Some(Box::new(Conflict {
                             kept,
                             refused: stored.clone(),
@@ -1038,6 +1055,32 @@ mod tests {
         let rows = all_rows(&path);
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].sensor, "new");
+    }
+
+    /// A stored row that cannot be decoded does not fail the transaction (which may hold
+    /// other connections' batches): a repeat of it is refused as a conflict, nothing kept to
+    /// show, and the rest of the batch is stored.
+    #[test]
+    fn an_undecodable_stored_row_makes_a_conflict_not_a_failed_batch() {
+        let (_dir, _path, mut store) = open_temp();
+        store.write_batch(&[temp("a", 1, 1.0)]).expect("write");
+        store
+            .conn
+            .execute("UPDATE readings SET fields = 'not json'", [])
+            .expect("corrupt the row");
+        let written = store
+            .write_batch(&[temp("b", 1, 2.0), temp("a", 1, 3.0), temp("a", 1, 4.0)])
+            .expect("one bad row does not fail the batch");
+        assert_eq!(written.outcome.inserted, 1);
+        assert_eq!(written.outcome.conflicts, 2);
+        let conflict = written.repeats[0].conflict.as_ref().expect("a conflict");
+        assert!(conflict.kept.is_empty());
+        assert_eq!(conflict.refused, temp("a", 1, 3.0));
+        let rows: i64 = store
+            .conn
+            .query_row("SELECT count(*) FROM readings", [], |row| row.get(0))
+            .expect("count");
+        assert_eq!(rows, 2);
     }
 
     /// The series cache is bounded; a series evicted from it is found again in the table
