@@ -273,7 +273,7 @@ fn ack_counts(ack: &str) -> (u64, u64) {
 }
 
 /// A flood past one connection's bucket is refused line by line (never dropped silently)
-/// and counted, while a second connection is unaffected; a legacy flood still gets a `pong`
+/// and counted (error replies beyond 100/s counted instead of sent), while a second connection is unaffected; a legacy flood still gets a `pong`
 /// per message (the seed rule) and is counted the same way.
 #[test]
 fn a_flood_past_the_rate_is_refused_and_counted_while_another_connection_is_unaffected() {
@@ -297,10 +297,17 @@ fn a_flood_past_the_rate_is_refused_and_counted_while_another_connection_is_unaf
     assert!(readings >= 100, "the burst is taken: {readings}");
     assert!(rejected > 0, "nothing refused");
     let errors: Vec<_> = replies[..replies.len() - 1].iter().collect();
+    let suppressed = metric(&server, "sensorlink_replies_suppressed_total").unwrap_or(0.0) as u64;
     assert_eq!(
-        errors.len() as u64,
+        errors.len() as u64 + suppressed,
         rejected,
-        "one error per refused reading"
+        "one error per refused reading, sent or counted"
+    );
+    // 100 error replies per second (and as many of burst) at most.
+    assert!(
+        (1..=200).contains(&errors.len()) && suppressed > 0,
+        "{} errors sent, {suppressed} suppressed",
+        errors.len()
     );
     assert!(
         errors.iter().all(|e| e
