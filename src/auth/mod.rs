@@ -73,6 +73,9 @@ pub struct Grant {
     /// The sensor of untagged readings: the one pattern, when it is a plain name.
     implied_sensor: Option<String>,
     read: bool,
+    /// The hash of the token this grant was made for: a reload that keeps the id but
+    /// changes the hash (a new secret) must not carry holders of the old secret over.
+    hash: TokenHash,
     /// Set by a reload that revoked, removed or changed this token.
     stale: AtomicBool,
 }
@@ -81,6 +84,7 @@ impl Grant {
     fn from_entry(entry: &TokenEntry) -> Result<Self, String> {
         let sensors = globs(&entry.sensors).map_err(|e| format!("sensors: {e}"))?;
         let measurements = globs(&entry.measurements).map_err(|e| format!("measurements: {e}"))?;
+        let hash = TokenHash::parse(&entry.hash)?;
         let implied_sensor = match entry.sensors.as_slice() {
             [one] if !one.contains(['*', '?', '[', '{', '\\']) => Some(one.clone()),
             _ => None,
@@ -93,6 +97,7 @@ impl Grant {
             measurements,
             implied_sensor,
             read: entry.read,
+            hash,
             stale: AtomicBool::new(false),
         })
     }
@@ -290,10 +295,14 @@ impl Authority {
     }
 
     /// The current grant of a token verified earlier whose grant went stale: the same
-    /// token, reloaded (its hash unchanged), or why it is refused now.
+    /// token, reloaded (its hash unchanged, compared in constant time), or why it is refused
+    /// now.
     pub fn refresh(&self, stale: &Grant) -> Result<Arc<Grant>, Refusal> {
         let table = self.table();
         let entry = table.by_id.get(&stale.id).ok_or(Refusal::Unknown)?;
+        if !entry.hash.matches(&stale.hash) {
+            return Err(Refusal::Unknown);
+        }
         if entry.revoked {
             return Err(Refusal::Revoked(entry.grant.label()));
         }

@@ -189,3 +189,29 @@ fn bad_globs_are_refused_before_a_token_is_printed() {
     assert!(admin::add(&f.path, sensors(&["kitchen-[a"])).is_err());
     assert!(!f.path.exists(), "nothing written");
 }
+
+#[test]
+fn a_new_secret_under_the_same_id_does_not_carry_old_holders_over() {
+    let f = fixture();
+    let made = admin::add(&f.path, sensors(&["a"])).expect("add");
+    let auth = Authority::load(&f.path).expect("load");
+    let held = auth.verify(&made.token).expect("verifies");
+    // Same id, new secret (an edited file): the old secret's holders are out.
+    let mut file = file::TokensFile::read(&f.path).expect("read");
+    let fresh = token::new_token(&made.entry.id);
+    file.tokens[0].hash = TokenHash::of(&fresh).to_text();
+    file.write(&f.path).expect("write");
+    auth.reload().expect("reload");
+    assert!(!held.is_current());
+    assert_eq!(auth.refresh(&held).unwrap_err(), Refusal::Unknown);
+    assert_eq!(auth.verify(&made.token).unwrap_err(), Refusal::Unknown);
+    assert!(auth.verify(&fresh).is_ok());
+    // A scope change under the same secret refreshes.
+    let held = auth.verify(&fresh).expect("verifies");
+    let mut file = file::TokensFile::read(&f.path).expect("read");
+    file.tokens[0].sensors = vec!["b".into()];
+    file.write(&f.path).expect("write");
+    auth.reload().expect("reload");
+    let refreshed = auth.refresh(&held).expect("same secret");
+    assert_eq!(refreshed.sensor_for("m", None), Ok("b"));
+}
