@@ -482,13 +482,21 @@ impl Event for LineRejected<'_> {
     }
 }
 
-/// An error reply dropped: the peer never sent a control line, so it does not read replies
-/// (PROTOCOL.md), and the held ones are at their limit.
-pub struct ErrorReplySuppressed;
+/// An error reply dropped (PROTOCOL.md, Errors): the peer never sent a control line, so it
+/// does not read replies, and the held ones are at their limit; or it reads them, and this
+/// second's error replies are at their limit.
+pub struct ErrorReplySuppressed {
+    /// Whether the peer reads replies (the per-second limit) or not (the held limit).
+    pub reads: bool,
+}
 
 impl Event for ErrorReplySuppressed {
     fn emit_to(self, t: &Telemetry) {
-        tracing::debug!("error reply not sent: the peer does not read replies");
+        if self.reads {
+            tracing::debug!("error reply not sent: the connection's error replies per second");
+        } else {
+            tracing::debug!("error reply not sent: the peer does not read replies");
+        }
         t.replies_suppressed.increment(1);
     }
 }

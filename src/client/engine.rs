@@ -660,7 +660,7 @@ mod tests {
     fn config(count: Option<u64>, interval: Duration) -> ClientConfig {
         ClientConfig {
             addr: "duplex".into(),
-            sensor: "s".into(),
+            sensor: Some("s".into()),
             measurement: "m".into(),
             interval,
             count,
@@ -1309,7 +1309,7 @@ mod tests {
         let (_tx, values) = mpsc::channel(1);
         let session = crate::client::line::LineSession {
             measurement: "m".into(),
-            sensor: "s".into(),
+            sensor: Some("s".into()),
             token: None,
         };
         let printer = Printer::to(Box::new(std::io::sink()), true);
@@ -1345,7 +1345,7 @@ mod tests {
         let (_tx, values) = mpsc::channel(1);
         let session = crate::client::line::LineSession {
             measurement: "m".into(),
-            sensor: "s".into(),
+            sensor: Some("s".into()),
             token: None,
         };
         let printer = Printer::to(Box::new(std::io::sink()), true);
@@ -1612,7 +1612,7 @@ mod tests {
         config.link_report = Duration::from_secs(1);
         let session = || crate::client::line::LineSession {
             measurement: "m".into(),
-            sensor: "s".into(),
+            sensor: Some("s".into()),
             token: None,
         };
         let open = |config| {

@@ -13,11 +13,12 @@ use super::transport::{self, Connection, ReplyDecoder, TransportError};
 use crate::protocol::control::{AuthSecret, Reply};
 use crate::protocol::{ilp, FieldValue, Reading};
 
-/// Line mode for one sensor: readings of `measurement` tagged `sensor=<sensor>`.
+/// Line mode for one sensor: readings of `measurement` tagged `sensor=<sensor>`, or
+/// untagged (the token's sensor) when `sensor` is `None`.
 #[derive(Debug, Clone)]
 pub(crate) struct LineSession {
     pub measurement: String,
-    pub sensor: String,
+    pub sensor: Option<String>,
     /// `--token`: sent as `auth <token>` before the opening `ping`.
     pub token: Option<AuthSecret>,
 }
@@ -52,7 +53,7 @@ impl Session for LineSession {
     fn reading(&self, value: FieldValue, timestamp_ns: i64) -> Reading {
         Reading {
             measurement: self.measurement.clone(),
-            tags: vec![("sensor".to_string(), self.sensor.clone())],
+            tags: sensor_tag(self.sensor.as_deref()),
             fields: vec![("value".to_string(), value)],
             timestamp_ns: Some(timestamp_ns),
         }
@@ -108,6 +109,14 @@ impl Session for LineSession {
     }
 }
 
+/// The tags of a reading of `sensor`: none for `None` (the server uses the token's sensor).
+pub(crate) fn sensor_tag(sensor: Option<&str>) -> Vec<(String, String)> {
+    sensor
+        .map(|name| ("sensor".to_string(), name.to_string()))
+        .into_iter()
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,7 +124,7 @@ mod tests {
     fn session(token: bool) -> LineSession {
         LineSession {
             measurement: "m".into(),
-            sensor: "s".into(),
+            sensor: Some("s".into()),
             token: token.then(|| AuthSecret::new("sl_abcd1234_x")),
         }
     }

@@ -59,7 +59,8 @@ impl LinkTotals {
 /// Makes one link report per interval (and a last one at the end of a run).
 #[derive(Debug)]
 pub struct LinkReporter {
-    sensor: String,
+    /// `None`: untagged, like the readings (the token's sensor).
+    sensor: Option<String>,
     interval: Duration,
     /// When the interval being measured began (the previous report, or the start).
     since: Instant,
@@ -72,9 +73,9 @@ pub struct LinkReporter {
 
 impl LinkReporter {
     /// `None` when `interval` is zero (link reports are off).
-    pub fn new(sensor: &str, interval: Duration, now: Instant) -> Option<Self> {
+    pub fn new(sensor: Option<&str>, interval: Duration, now: Instant) -> Option<Self> {
         (!interval.is_zero()).then(|| LinkReporter {
-            sensor: sensor.to_string(),
+            sensor: sensor.map(str::to_string),
             interval,
             since: now,
             due: now + interval,
@@ -132,7 +133,7 @@ impl LinkReporter {
         }
         Reading {
             measurement: LINK_MEASUREMENT.to_string(),
-            tags: vec![("sensor".to_string(), self.sensor.clone())],
+            tags: super::line::sensor_tag(self.sensor.as_deref()),
             fields,
             timestamp_ns: Some(timestamp_ns),
         }
@@ -162,14 +163,14 @@ mod tests {
 
     #[test]
     fn zero_interval_means_no_reports() {
-        assert!(LinkReporter::new("s", Duration::ZERO, Instant::now()).is_none());
+        assert!(LinkReporter::new(Some("s"), Duration::ZERO, Instant::now()).is_none());
     }
 
     /// The exact line of the contract: field names, order and types (`i` for counts).
     #[tokio::test(start_paused = true)]
     async fn a_report_is_the_contract_line_with_deltas() {
         let t0 = Instant::now();
-        let mut link = LinkReporter::new("kitchen-01", Duration::from_secs(10), t0)
+        let mut link = LinkReporter::new(Some("kitchen-01"), Duration::from_secs(10), t0)
             .expect("a non-zero interval");
         for ms in [1, 2, 3] {
             link.record_rtt(Duration::from_millis(ms));
@@ -196,7 +197,7 @@ mod tests {
     async fn interval_boundaries_keep_their_cadence() {
         let t0 = Instant::now();
         let second = Duration::from_secs(1);
-        let mut link = LinkReporter::new("s", second, t0).expect("a non-zero interval");
+        let mut link = LinkReporter::new(Some("s"), second, t0).expect("a non-zero interval");
         assert_eq!(link.due(), t0 + second);
         tokio::time::advance(Duration::from_millis(1_100)).await;
         let reading = link.report(Instant::now(), LinkTotals::default(), 1);
@@ -218,7 +219,7 @@ mod tests {
     async fn rtt_percentiles_are_per_interval() {
         let t0 = Instant::now();
         let mut link =
-            LinkReporter::new("s", Duration::from_secs(1), t0).expect("a non-zero interval");
+            LinkReporter::new(Some("s"), Duration::from_secs(1), t0).expect("a non-zero interval");
         link.record_rtt(Duration::from_millis(500));
         let first = link.report(t0 + Duration::from_secs(1), LinkTotals::default(), 1);
         link.record_rtt(Duration::from_millis(1));
@@ -237,7 +238,7 @@ mod tests {
     async fn changed_is_anything_since_the_previous_report() {
         let t0 = Instant::now();
         let mut link =
-            LinkReporter::new("s", Duration::from_secs(1), t0).expect("a non-zero interval");
+            LinkReporter::new(Some("s"), Duration::from_secs(1), t0).expect("a non-zero interval");
         assert!(!link.changed(&LinkTotals::default()));
         assert!(link.changed(&totals(0, 0, 0, 0, 1)));
         link.report(t0, totals(0, 0, 0, 0, 1), 1);

@@ -51,7 +51,7 @@ impl RunMeasures {
             link: if legacy {
                 None
             } else {
-                LinkReporter::new(&config.sensor, config.link_report, now)
+                LinkReporter::new(config.sensor.as_deref(), config.link_report, now)
             },
             last_link_made: false,
             samples: config.report.as_ref().map(|_| RunSamples::new(now)),

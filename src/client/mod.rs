@@ -46,7 +46,9 @@ use transport::{Connector, TcpConnector};
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
     pub addr: String,
-    pub sensor: String,
+    /// The `sensor` tag of every reading and link report; `None` (with a token only): sent
+    /// untagged, stored under the token's one sensor.
+    pub sensor: Option<String>,
     pub measurement: String,
     pub interval: Duration,
     pub count: Option<u64>,
@@ -149,7 +151,7 @@ pub async fn run_with<C: Connector>(
 ) -> Result<RunReport, ClientError> {
     printer.start(
         &config.addr,
-        &config.sensor,
+        config.sensor.as_deref(),
         config.interval,
         config.legacy,
         config.reply_timeout,

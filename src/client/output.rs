@@ -96,7 +96,7 @@ impl Printer {
     pub fn start(
         &mut self,
         addr: &str,
-        sensor: &str,
+        sensor: Option<&str>,
         interval: Duration,
         legacy: bool,
         timeout: Duration,
@@ -108,7 +108,11 @@ impl Printer {
                 "timeout_ms": timeout.as_secs_f64() * 1e3}));
         } else {
             self.line(&format!(
-                "SENSORLINK {addr} sensor {sensor:?} every {} ({mode} mode, timeout {})",
+                "SENSORLINK {addr} sensor {} every {} ({mode} mode, timeout {})",
+                sensor.map_or_else(
+                    || "(from the token)".to_string(),
+                    |name| format!("{name:?}")
+                ),
                 humantime::format_duration(interval),
                 humantime::format_duration(timeout)
             ));

@@ -24,7 +24,8 @@ pub struct RawClient {
     #[arg(env = "SENSORLINK_ADDR")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub addr: Option<String>,
-    /// Sensor name sent as the `sensor` tag [default: this host's name].
+    /// Sensor name sent as the `sensor` tag [default: this host's name] (with --token: none,
+    /// the readings go untagged and the server files them under the token's one sensor).
     #[arg(long, env = "SENSORLINK_SENSOR")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sensor: Option<String>,
@@ -271,8 +272,11 @@ impl RawClient {
                 None => format!("127.0.0.1:{}", crate::DEFAULT_PORT),
             },
             sensor: match self.sensor {
-                Some(name) => non_empty("sensor", name)?,
-                None => gethostname::gethostname().to_string_lossy().into_owned(),
+                Some(name) => Some(non_empty("sensor", name)?),
+                // A token names its sensor: the server files untagged readings under it, so
+                // the host name (which the token may not write) is not guessed.
+                None if self.token.is_some() => None,
+                None => Some(gethostname::gethostname().to_string_lossy().into_owned()),
             },
             measurement: user_measurement(self.measurement.unwrap_or_else(|| "reading".into()))?,
             interval: in_range(
@@ -343,7 +347,7 @@ impl RawClient {
     pub fn from_config(config: &ClientConfig) -> RawClient {
         RawClient {
             addr: Some(config.addr.clone()),
-            sensor: Some(config.sensor.clone()),
+            sensor: config.sensor.clone(),
             measurement: Some(config.measurement.clone()),
             interval: Some(config.interval),
             count: config.count,

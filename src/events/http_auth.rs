@@ -57,17 +57,24 @@ pub struct HttpAuthRefused<'a> {
     pub reason: HttpRefusal,
     /// The request's path (never its query or headers: those may hold secrets).
     pub path: &'a str,
+    /// Who asked (`None` only for a request that did not come through the accept loop).
+    pub peer: Option<std::net::SocketAddr>,
 }
 
 impl Event for HttpAuthRefused<'_> {
     fn emit_to(self, t: &Telemetry) {
         let reason = self.reason.as_str();
+        // A token-guessing client is known by its address (the token is never logged).
+        let peer = tracing::field::display(
+            self.peer
+                .map_or_else(|| "unknown".to_string(), |peer| peer.to_string()),
+        );
         if self.reason == HttpRefusal::Missing {
             // Every first visit of the dashboard asks once without a token: not news.
-            tracing::debug!(reason, path = %self.path, "http request refused: no read token");
+            tracing::debug!(reason, path = %self.path, %peer, "http request refused: no read token");
         } else if logging::allow_refused_connection() {
             // Shares the refused-connection budget: a scan must not flood the log.
-            tracing::warn!(reason, path = %self.path, "http request refused: no read token");
+            tracing::warn!(reason, path = %self.path, %peer, "http request refused: no read token");
         }
         t.http_auth_refused[self.reason as usize].increment(1);
     }

@@ -20,7 +20,7 @@
 //! | `sensorlink_readings_acked_total` | counter | | readings covered by an ack (or legacy `pong`) written |
 //! | `sensorlink_readings_unacked_total` | counter | `reason="store_failed"` | readings answered with an error instead of an ack |
 //! | `sensorlink_replies_total` | counter | `kind` = `ack` `pong` `error` | replies written |
-//! | `sensorlink_replies_suppressed_total` | counter | | error replies dropped for a peer that never reads |
+//! | `sensorlink_replies_suppressed_total` | counter | | error replies not sent: beyond the 64 held for a peer that never reads, or beyond 100/s on one connection |
 //! | `sensorlink_store_commits_total` | counter | | store transactions committed |
 //! | `sensorlink_store_errors_total` | counter | `op` = `commit` `submit` | store failures |
 //! | `sensorlink_store_queued_readings` | gauge | | readings handed to the store and not yet answered (waiting for the writer, or in the transaction being committed): the writer's queue depth |
@@ -152,7 +152,7 @@ metric_table! {
     REPLIES = "sensorlink_replies_total", Counter, Count, NO_BUCKETS,
         "Replies written, by kind.";
     REPLIES_SUPPRESSED = "sensorlink_replies_suppressed_total", Counter, Count, NO_BUCKETS,
-        "Error replies dropped because the peer never asked for replies.";
+        "Error replies not sent: the peer never asked for replies, or over 100/s on a connection.";
     STORE_COMMITS = "sensorlink_store_commits_total", Counter, Count, NO_BUCKETS,
         "Store transactions committed.";
     STORE_ERRORS = "sensorlink_store_errors_total", Counter, Count, NO_BUCKETS,

@@ -9,7 +9,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -258,6 +258,10 @@ async fn guarded(guard: Guard, state: &AppState, mut request: Request, next: Nex
             HttpAuthRefused {
                 reason: refusal,
                 path: request.uri().path(),
+                peer: request
+                    .extensions()
+                    .get::<ConnectInfo<SocketAddr>>()
+                    .map(|info| info.0),
             }
             .emit_to(state.telemetry);
             refuse(refusal)

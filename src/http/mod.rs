@@ -13,14 +13,17 @@ pub mod api;
 pub mod sensors;
 pub mod sse;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::extract::ConnectInfo;
+use axum::http::{header, HeaderValue, Request, StatusCode};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
@@ -196,7 +199,8 @@ pub async fn serve_with_tls(
                 }
             },
         };
-        let service = TowerToHyperService::new(app.clone());
+        // The peer's address in each request's extensions, for the refusal log.
+        let service = TowerToHyperService::new(with_peer(app.clone(), peer));
         let (builder, stop) = (builder.clone(), stop.clone());
         let acceptor = tls.as_ref().map(|tls| tls.http_acceptor());
         connections.spawn(async move {
@@ -232,13 +236,14 @@ pub async fn serve_with_tls(
 
 /// Serve one HTTP connection over `io` until it ends, or, once `stop`, until the request in
 /// progress is finished.
-async fn serve_connection<I>(
+async fn serve_connection<I, F>(
     builder: &hyper::server::conn::http1::Builder,
     io: I,
-    service: TowerToHyperService<Router>,
+    service: TowerToHyperService<WithPeer<F>>,
     stop: &CancellationToken,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    F: FnMut(Request<Incoming>) -> Request<Incoming> + Clone + Send + Sync + 'static,
 {
     let connection = builder.serve_connection(io, service);
     tokio::pin!(connection);
@@ -251,6 +256,22 @@ async fn serve_connection<I>(
         }
     }
 }
+
+/// The app, with the connection's peer address put in every request (axum's
+/// [`ConnectInfo`], as `into_make_service_with_connect_info` would).
+fn with_peer(
+    app: Router,
+    peer: SocketAddr,
+) -> WithPeer<impl FnMut(Request<Incoming>) -> Request<Incoming> + Clone + Send + Sync + 'static> {
+    use tower::ServiceExt as _;
+    app.map_request(move |mut request: Request<Incoming>| {
+        request.extensions_mut().insert(ConnectInfo(peer));
+        request
+    })
+}
+
+/// [`with_peer`]'s service.
+type WithPeer<F> = tower::util::MapRequest<Router, F>;
 
 fn log_connection_end(served: Result<(), hyper::Error>) {
     if let Err(err) = served {

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::auth::{linger, ConnAuth};
 use super::logging;
 use super::pending::{wait_head, InFlight, LiveFeed, PendingReply, Unreported};
-use super::quota::ConnQuota;
+use super::quota::{ConnQuota, TokenBucket};
 use super::stream::{read_when_ready, READ_CHUNK_BYTES};
 use crate::events::{
     self, AcksWithheld, BytesReceived, CloseReason, ConnectionClosed, ErrorReplySuppressed,
@@ -43,6 +43,10 @@ const SHUTDOWN_DRAIN_READS: usize = 128;
 
 /// Error replies held for a peer that has not yet shown it reads replies.
 const MAX_HELD_ERRORS: usize = 64;
+/// Error replies sent per second per connection (with as many of burst): a flood of
+/// refused 8-byte lines would otherwise be answered with ~90 bytes each. The rest are only
+/// counted; each `ack` still reports its `rejected=` exactly.
+const MAX_ERROR_REPLIES_PER_S: u32 = 100;
 
 /// How the peer talks, decided from its first bytes.
 enum Decoder {
@@ -108,6 +112,8 @@ struct Connection<'a> {
     /// Its token and what it may write (`--auth`).
     auth: ConnAuth,
     held_errors: Vec<PendingReply>,
+    /// Error replies this connection may still send ([`MAX_ERROR_REPLIES_PER_S`]).
+    error_replies: TokenBucket,
     /// Readings and replies decoded but not yet submitted.
     batch: Vec<StoredReading>,
     replies: Vec<PendingReply>,
@@ -246,6 +252,10 @@ async fn serve_stream<S>(
         interactive: false,
         auth: ConnAuth::new(limits.auth.clone()),
         held_errors: Vec::new(),
+        error_replies: TokenBucket::per_second(
+            MAX_ERROR_REPLIES_PER_S,
+            tokio::time::Instant::now(),
+        ),
         batch: Vec::new(),
         replies: Vec::new(),
         inflight: VecDeque::new(),
@@ -577,12 +587,16 @@ impl Connection<'_> {
                     line,
                     reason: error.to_string(),
                 };
-                if self.interactive {
+                if !self.interactive {
+                    if self.held_errors.len() < MAX_HELD_ERRORS {
+                        self.held_errors.push(reply);
+                    } else {
+                        ErrorReplySuppressed { reads: false }.emit_to(self.telemetry);
+                    }
+                } else if self.error_replies.try_take(self.read_at) {
                     self.replies.push(reply);
-                } else if self.held_errors.len() < MAX_HELD_ERRORS {
-                    self.held_errors.push(reply);
                 } else {
-                    ErrorReplySuppressed.emit_to(self.telemetry);
+                    ErrorReplySuppressed { reads: true }.emit_to(self.telemetry);
                 }
                 false
             }
@@ -1603,6 +1617,51 @@ mod tests {
         assert!(ack.starts_with("ack 2 readings=2 rejected=0"), "{ack}");
         drop(write);
         task.await.unwrap();
+        tokio::task::spawn_blocking(move || writer.finish())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    /// Error replies are capped per second per connection; the rest are counted, and the
+    /// ack still counts every refused line. A second later, errors are sent again.
+    #[tokio::test(start_paused = true)]
+    async fn error_replies_beyond_the_per_second_cap_are_counted_not_sent() {
+        let (handle, writer) = writer::spawn(
+            Drive::Inline(Box::new(crate::store::memory::MemoryStore::default())),
+            WriterConfig::default(),
+        );
+        let (client, server) = tokio::io::duplex(1 << 20);
+        let limits = limits(Duration::from_secs(60));
+        // Events to a local recorder, rendered when the connection ends.
+        let task = tokio::spawn(async move {
+            let shutdown = CancellationToken::new();
+            let recorder = crate::events::prometheus_builder().build_recorder();
+            let telemetry = metrics::with_local_recorder(&recorder, Telemetry::register);
+            serve_counted(server, peer(), &limits, handle, shutdown, &telemetry, None).await;
+            recorder.handle().render()
+        });
+        let (read, mut write) = tokio::io::split(client);
+        let mut lines = BufReader::new(read).lines();
+        let mut next = async || lines.next_line().await.unwrap().unwrap_or_default();
+        write.write_all(b"ping\n").await.unwrap();
+        assert_eq!(next().await, "pong");
+        let flood = "x\n".repeat(250) + "sync 1\n";
+        write.write_all(flood.as_bytes()).await.unwrap();
+        for n in 0..MAX_ERROR_REPLIES_PER_S {
+            let line = next().await;
+            assert!(line.starts_with(&format!("error {} ", n + 2)), "{line}");
+        }
+        let ack = next().await;
+        assert!(ack.starts_with("ack 1 readings=0 rejected=250"), "{ack}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        write.write_all(b"x\nsync 2\n").await.unwrap();
+        assert!(next().await.starts_with("error 253 "));
+        assert!(next().await.starts_with("ack 2 readings=0 rejected=1"));
+        drop(write);
+        let text = task.await.unwrap();
+        let series = "sensorlink_replies_suppressed_total";
+        assert_eq!(sample(&text, series), Some(150.0), "{text}");
         tokio::task::spawn_blocking(move || writer.finish())
             .await
             .unwrap()

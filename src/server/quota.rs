@@ -9,7 +9,9 @@
 //!
 //! The hot path takes no lock per reading: the connection's own buckets are plain fields;
 //! a token's shared bucket is taken from in leases of up to [`MAX_LEASE`] readings (unused
-//! ones are given back when the connection ends or changes token), and whether a series
+//! ones are given back when the connection ends or changes token, or at its next reading
+//! once the lease is [`LEASE_MAX_AGE`] old; a connection's leases start at one reading and
+//! double while it uses them up in time, so mostly idle connections hold next to none), and whether a series
 //! is new is answered first by the connection's small cache of recent series, then by the
 //! shared [`KnownSeries`] set.
 
@@ -39,6 +41,10 @@ pub const DEFAULT_MAX_NEW_SERIES_PER_TOKEN: u32 = 1_000;
 /// Most readings a connection takes from its token's shared bucket at once: the most a
 /// token can overrun its rate by, per connection.
 pub const MAX_LEASE: u32 = 256;
+/// Age at which what is left of a lease goes back to the token's bucket (at the
+/// connection's next reading), and its next lease is one reading again: mostly idle
+/// connections would otherwise keep tokens from the token's busy ones.
+pub const LEASE_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(1);
 /// Slots of a connection's cache of recent series hashes (direct-mapped): allocated at the
 /// smaller size on its first reading (64 bytes: a sensor has a few series), doubled on a
 /// collision up to the larger (2 KiB: a gateway's), so thousands of connections of one
@@ -266,6 +272,11 @@ struct Principal {
     id: Arc<str>,
     /// Readings taken from the shared bucket and not yet used.
     leased: u32,
+    /// When `leased` was taken.
+    leased_at: Instant,
+    /// Size of the next lease: 1, doubled each time a lease is used up within
+    /// [`LEASE_MAX_AGE`], up to [`Quotas::lease`].
+    next_lease: u32,
 }
 
 /// One connection's quota state: its own buckets, its principal, its recent series.
@@ -299,7 +310,13 @@ impl ConnQuota {
     /// what the connection held of a previous token's bucket goes back to it.
     pub fn set_principal(&mut self, principal: Option<Arc<str>>) {
         self.release_lease();
-        self.principal = principal.map(|id| Principal { id, leased: 0 });
+        let now = Instant::now();
+        self.principal = principal.map(|id| Principal {
+            id,
+            leased: 0,
+            leased_at: now,
+            next_lease: 1,
+        });
     }
 
     /// The token charged, if any.
@@ -334,9 +351,20 @@ impl ConnQuota {
             });
         }
         if let Some(principal) = &mut self.principal {
+            let fresh = now.saturating_duration_since(principal.leased_at) < LEASE_MAX_AGE;
+            if principal.leased > 0 && !fresh {
+                let unused = std::mem::take(&mut principal.leased);
+                self.quotas.token_rate.give_back(&principal.id, unused);
+                principal.next_lease = 1;
+            }
             if principal.leased == 0 {
-                let lease = self.quotas.lease();
+                let lease = principal.next_lease;
                 principal.leased = self.quotas.token_rate.take_up_to(&principal.id, lease, now);
+                principal.leased_at = now;
+                // Used up in time (or the first): a busy connection, lend it more next time.
+                if fresh || lease == 1 {
+                    principal.next_lease = (lease * 2).min(self.quotas.lease());
+                }
             }
             if principal.leased == 0 {
                 self.rate.give_back(1);
@@ -550,6 +578,65 @@ mod tests {
         c.set_principal(None);
         c.admit(&r, "ip", now).expect("no token");
         assert_eq!(quotas.token_rate.len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_connections_hold_no_tokens_their_busy_sibling_needs() {
+        // 1000 readings/s per token: leases of up to 10.
+        let quotas = Quotas::new(QuotaLimits {
+            rate_per_connection: 100_000,
+            rate_per_token: 1000,
+            ..limits(0, 1000)
+        });
+        let token: Arc<str> = Arc::from("t");
+        let r = of_series(1);
+        let now = Instant::now();
+        // A hundred connections that send one reading each take one token each.
+        let _idle: Vec<ConnQuota> = (0..100)
+            .map(|_| {
+                let mut quota = ConnQuota::new(quotas.clone(), now);
+                quota.set_principal(Some(token.clone()));
+                quota.admit(&r, "ip", now).expect("admitted");
+                quota
+            })
+            .collect();
+        let mut busy = ConnQuota::new(quotas.clone(), now);
+        busy.set_principal(Some(token.clone()));
+        let admitted = (0..2000)
+            .filter(|_| busy.admit(&r, "ip", now).is_ok())
+            .count();
+        assert_eq!(admitted, 900, "the rest of the burst");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_older_than_its_max_age_goes_back_at_the_next_reading() {
+        let quotas = Quotas::new(QuotaLimits {
+            rate_per_connection: 100_000,
+            rate_per_token: 1000,
+            ..limits(0, 1000)
+        });
+        let token: Arc<str> = Arc::from("t");
+        let r = of_series(1);
+        let mut slow = ConnQuota::new(quotas.clone(), Instant::now());
+        slow.set_principal(Some(token.clone()));
+        // Leases of 1, 2, then 4: one of the 4 used, 3 held.
+        for _ in 0..4 {
+            slow.admit(&r, "ip", Instant::now()).expect("admitted");
+        }
+        tokio::time::advance(LEASE_MAX_AGE).await;
+        let now = Instant::now();
+        let mut busy = ConnQuota::new(quotas.clone(), now);
+        busy.set_principal(Some(token.clone()));
+        while busy.admit(&r, "ip", now).is_ok() {}
+        // The slow one's next reading returns its 3 and takes a lease of 1 of them.
+        slow.admit(&r, "ip", now).expect("admitted");
+        let more = (0..10)
+            .filter(|_| busy.admit(&r, "ip", now).is_ok())
+            .count();
+        assert_eq!(
+            more, 2,
+            "what the old lease gave back, less the slow reading"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -366,6 +366,36 @@ fn client_with_a_token_end_to_end_and_with_a_bad_one() {
     assert!(!server.stderr().contains(&token));
 }
 
+/// With a token and no --sensor, the client sends its readings and link reports untagged:
+/// the server files them under the token's one sensor (the host name, which the token may
+/// not write, is not guessed), and the client says where the name comes from.
+#[test]
+fn client_with_a_token_and_no_sensor_writes_the_tokens_sensor() {
+    let tokens = Tokens::new();
+    let token = tokens.add("boiler", &["boiler-7"]);
+    let store = TempStore::new();
+    let mut server = auth_server(&store, &tokens, &[]);
+    let out = run(bin()
+        .args(["client", &server.addr.to_string(), "--count", "3"])
+        .args(["--interval", "0s"])
+        .env_remove("SENSORLINK_SENSOR")
+        .env("SENSORLINK_TOKEN", &token));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("3 sent, 3 acked, 0 lost"), "{stdout}");
+    assert!(stdout.contains("sensor (from the token)"), "{stdout}");
+
+    assert!(server.terminate().success());
+    let rows = store.rows(&["--measurement", "reading"]);
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert!(rows.iter().all(|r| r["sensor"] == "boiler-7"), "{rows:?}");
+    // The last link report of the run, filed likewise.
+    let links = store.rows(&["--measurement", "sensorlink_link"]);
+    assert!(!links.is_empty(), "no link report stored");
+    assert!(links.iter().all(|r| r["sensor"] == "boiler-7"), "{links:?}");
+}
+
 /// `--token` with `--legacy` is refused before anything is sent.
 #[test]
 fn token_with_legacy_is_a_usage_error() {

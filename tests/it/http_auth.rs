@@ -209,6 +209,13 @@ fn the_api_asks_for_a_read_token() {
     // The log names the refusals without the tokens.
     server.wait_for_log("http request refused");
     let log = server.stderr();
+    // Each with the client's address, so a token-guessing client can be found.
+    assert!(
+        log.lines()
+            .filter(|line| line.contains("http request refused"))
+            .all(|line| line.contains("peer=127.0.0.1:")),
+        "{log}"
+    );
     assert!(
         !log.contains(&tokens.read) && !log.contains(&tokens.write_only),
         "{log}"

@@ -273,7 +273,7 @@ fn ack_counts(ack: &str) -> (u64, u64) {
 }
 
 /// A flood past one connection's bucket is refused line by line (never dropped silently)
-/// and counted, while a second connection is unaffected; a legacy flood still gets a `pong`
+/// and counted (error replies beyond 100/s counted instead of sent), while a second connection is unaffected; a legacy flood still gets a `pong`
 /// per message (the seed rule) and is counted the same way.
 #[test]
 fn a_flood_past_the_rate_is_refused_and_counted_while_another_connection_is_unaffected() {
@@ -297,10 +297,17 @@ fn a_flood_past_the_rate_is_refused_and_counted_while_another_connection_is_unaf
     assert!(readings >= 100, "the burst is taken: {readings}");
     assert!(rejected > 0, "nothing refused");
     let errors: Vec<_> = replies[..replies.len() - 1].iter().collect();
+    let suppressed = metric(&server, "sensorlink_replies_suppressed_total").unwrap_or(0.0) as u64;
     assert_eq!(
-        errors.len() as u64,
+        errors.len() as u64 + suppressed,
         rejected,
-        "one error per refused reading"
+        "one error per refused reading, sent or counted"
+    );
+    // 100 error replies per second (and as many of burst) at most.
+    assert!(
+        (1..=200).contains(&errors.len()) && suppressed > 0,
+        "{} errors sent, {suppressed} suppressed",
+        errors.len()
     );
     assert!(
         errors.iter().all(|e| e
@@ -354,8 +361,13 @@ fn rss_kib(pid: i32) -> u64 {
 /// server's memory stays bounded (printed; before the cap and the bounded cache, 200,000
 /// such series took it from 16 MB to 298 MB).
 fn new_series_flood(series: u64) {
-    let (readings, rejected, replies, server) =
-        flood_new_series(series, &["--max-new-series-per-connection", "1000"]);
+    // Measured at 20,000: about 20 MiB of growth with the cap, 134 MiB with the caps lifted
+    // (every series stored): a regression that lets the flood through crosses 60.
+    let (readings, rejected, replies, server) = flood_new_series(
+        series,
+        &["--max-new-series-per-connection", "1000"],
+        Some(60 * 1024),
+    );
     assert_eq!(readings + rejected, series);
     // The minute's burst, plus what refilled (1000/min) while the flood streamed in.
     assert!((1000..series).contains(&readings), "{readings}");
@@ -374,8 +386,13 @@ fn new_series_flood(series: u64) {
 
 /// Send `series` new series of ~1 KB of tags, then a `sync`, to a server on a SQLite store
 /// started with `flags`; prints the time and the server's RSS before and after, checks it
-/// against a generous bound. Returns the ack's counts, every reply, and the server.
-fn flood_new_series(series: u64, flags: &[&str]) -> (u64, u64, Vec<String>, Server) {
+/// against a generous bound, and its growth against `max_growth_kib` if given. Returns the
+/// ack's counts, every reply, and the server.
+fn flood_new_series(
+    series: u64,
+    flags: &[&str],
+    max_growth_kib: Option<u64>,
+) -> (u64, u64, Vec<String>, Server) {
     let store = TempStore::new();
     let server = Server::start_on("127.0.0.1:0", &store.url(), flags);
     let before = rss_kib(server.pid());
@@ -403,6 +420,13 @@ fn flood_new_series(series: u64, flags: &[&str]) -> (u64, u64, Vec<String>, Serv
     );
     // Generous: the bound is what the store and the caps hold, not the flood's size.
     assert!(after < 200 * 1024, "server RSS {after} KiB");
+    if let Some(bound) = max_growth_kib {
+        let growth = after.saturating_sub(before);
+        assert!(
+            growth < bound,
+            "server RSS grew {growth} KiB ({before} -> {after}), bound {bound}"
+        );
+    }
     (readings, rejected, replies, server)
 }
 
@@ -438,6 +462,7 @@ fn the_bounded_series_cache_holds_memory_when_every_series_is_stored() {
             "--series-cache-entries",
             "10000",
         ],
+        None,
     );
     assert_eq!((readings, rejected), (200_000, 0));
     server.wait_for_log("series cache full");
