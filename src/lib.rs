@@ -34,6 +34,8 @@
 //! - [`plot`]: pictures of runs (`client --report`, `bench --report`) as SVG or PNG.
 //! - [`tls`]: rustls configurations for the sensor port (server, client, mutual TLS) from
 //!   PEM files, and `sensorlink cert` (a development CA and certificates).
+//! - [`net`]: the kernel's view of a socket: `net::tcp_info` reads Linux `TCP_INFO` (srtt,
+//!   min RTT, retransmits, congestion window, delivery rate) from any TCP socket.
 //! - [`cli`]: command-line flags.
 //! - [`config`]: defaults < TOML file < environment < flags, validated into the server's
 //!   and client's settings; `--print-config`.
@@ -46,6 +48,7 @@ pub mod config;
 pub mod events;
 pub mod http;
 pub mod live;
+pub mod net;
 pub mod plot;
 pub mod protocol;
 pub mod query;
