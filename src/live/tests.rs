@@ -145,9 +145,9 @@ fn the_longest_disconnected_is_evicted_first() {
     // s1 leaves first, then s0; s2 stays.
     let mut conns = conns.into_iter();
     let (c0, c1, mut c2) = (
-        conns.next().unwrap(),
-        conns.next().unwrap(),
-        conns.next().unwrap(),
+        conns.next().expect("three connections"),
+        conns.next().expect("three connections"),
+        conns.next().expect("three connections"),
     );
     c1.close(&registry, 2 * S);
     c0.close(&registry, 3 * S);
@@ -267,7 +267,8 @@ async fn subscribers_see_readings_and_state_changes() {
         match events.next().await {
             Next::Event(LiveEvent::Sensor(event)) => {
                 assert_eq!(event.sensor(), expected);
-                let json: serde_json::Value = serde_json::from_str(event.json()).unwrap();
+                let json: serde_json::Value =
+                    serde_json::from_str(event.json()).expect("events carry JSON");
                 assert_eq!(json["state"], "connected");
             }
             other => panic!("{other:?}"),
@@ -348,7 +349,7 @@ fn one_ack_latency_per_batch_per_sensor() {
     let mut conn = Conn::new(1);
     conn.send(&registry, &[("a", "m v=1 1"), ("a", "n v=1 1")], S);
     let inner = registry.lock();
-    let a = inner.sensors.get("a").unwrap();
+    let a = inner.sensors.get("a").expect("sensor a is registered");
     assert_eq!(a.ack_batch, 1);
     assert_eq!(a.ack_samples(), 1, "two groups of one batch: one ack");
     drop(inner);
@@ -364,14 +365,18 @@ fn dropping_a_live_connection_disconnects_its_sensors() {
         let batch = [stored("x", "m v=1 1", now_ns())];
         let mut summary = [live.summarize(&batch, None)];
         live.committed(Mode::Legacy, &mut summary, None);
-        let json =
-            serde_json::from_str::<serde_json::Value>(&registry.sensor_json("x").unwrap()).unwrap();
+        let json = serde_json::from_str::<serde_json::Value>(
+            &registry.sensor_json("x").expect("sensor x is registered"),
+        )
+        .expect("sensor JSON parses");
         assert_eq!(json["state"], "connected");
         assert_eq!(json["mode"], "legacy");
         assert!(json["ack_latency_ms"].is_null(), "no reply due");
     }
-    let json =
-        serde_json::from_str::<serde_json::Value>(&registry.sensor_json("x").unwrap()).unwrap();
+    let json = serde_json::from_str::<serde_json::Value>(
+        &registry.sensor_json("x").expect("sensor x is registered"),
+    )
+    .expect("sensor JSON parses");
     assert_eq!(json["state"], "disconnected");
 }
 
@@ -551,7 +556,8 @@ fn sensor_events_follow_the_registry_order() {
     let mut states = Vec::new();
     while let Ok(event) = events.rx_try_recv() {
         if let LiveEvent::Sensor(event) = event {
-            let json: serde_json::Value = serde_json::from_str(event.json()).unwrap();
+            let json: serde_json::Value =
+                serde_json::from_str(event.json()).expect("events carry JSON");
             states.push(json["state"].as_str().expect("a state").to_string());
         }
     }
@@ -574,7 +580,8 @@ async fn the_first_subscriber_catches_up_on_stale_sensors() {
     for expected in ["stale", "connected"] {
         match events.next().await {
             Next::Event(LiveEvent::Sensor(event)) => {
-                let json: serde_json::Value = serde_json::from_str(event.json()).unwrap();
+                let json: serde_json::Value =
+                    serde_json::from_str(event.json()).expect("events carry JSON");
                 assert_eq!(json["state"], expected, "{json}");
             }
             other => panic!("{other:?}"),
