@@ -1,0 +1,373 @@
+//! A user-space link emulator between two namespaces, as mahimahi does it: one TUN device
+//! in each, and relay threads that read IP packets from one and write them to the other
+//! after the configured delay and jitter, dropping a seeded random fraction, and all of
+//! them during an outage. Packets are delayed below TCP, so the kernel's RTT sees it.
+//!
+//! Per direction: a reader thread decides each packet's fate and release time (arrival +
+//! delay + jitter sample, never before the packet ahead of it: order is kept), and a
+//! writer thread sleeps until that time and writes it. No qdisc (this kernel has no
+//! netem), no nftables.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{RngExt as _, SeedableRng as _};
+
+use crate::netns::{enter, NetnsPair};
+
+/// The TUN device's name in each namespace.
+const DEV: &str = "t0";
+
+/// Largest packet read from a TUN (its MTU is 1500; a little room for safety).
+const MAX_PACKET_BYTES: usize = 65_536;
+
+/// How often the threads look at the stop flag while idle.
+const STOP_POLL: Duration = Duration::from_millis(20);
+
+/// What one direction of the link does to packets. Changeable while running.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Conditions {
+    /// Fixed one-way delay.
+    pub delay: Duration,
+    /// Half-width of a uniform jitter: each packet gets delay + U(-jitter, +jitter)
+    /// (not below zero), then waits for the packet ahead of it.
+    pub jitter: Duration,
+    /// Probability of dropping a packet, each on its own (seeded).
+    pub loss: f64,
+    /// Drop everything.
+    pub outage: bool,
+}
+
+impl Conditions {
+    pub fn delay_ms(ms: u64) -> Conditions {
+        Conditions {
+            delay: Duration::from_millis(ms),
+            ..Conditions::default()
+        }
+    }
+
+    /// How the condition reads in a table: `20 ms ± 10 ms, 5 % loss`.
+    pub fn describe(&self) -> String {
+        let mut text = format!("{} ms", self.delay.as_millis());
+        if !self.jitter.is_zero() {
+            text.push_str(&format!(" ± {} ms (uniform)", self.jitter.as_millis()));
+        }
+        if self.loss > 0.0 {
+            text.push_str(&format!(", {} % loss", self.loss * 100.0));
+        }
+        if self.outage {
+            text.push_str(", outage");
+        }
+        text
+    }
+}
+
+/// One direction's counters.
+#[derive(Default)]
+pub struct Counters {
+    pub forwarded: AtomicU64,
+    pub lost: AtomicU64,
+    pub outage_dropped: AtomicU64,
+    /// Packets whose own release time fell before the previous packet's, so they waited
+    /// for it (order kept): how much ordering bent the injected jitter.
+    pub held_for_order: AtomicU64,
+}
+
+impl Counters {
+    fn describe(&self) -> String {
+        format!(
+            "forwarded {}, lost {}, dropped in outage {}, held for order {}",
+            self.forwarded.load(Ordering::Relaxed),
+            self.lost.load(Ordering::Relaxed),
+            self.outage_dropped.load(Ordering::Relaxed),
+            self.held_for_order.load(Ordering::Relaxed)
+        )
+    }
+}
+
+/// One direction: its conditions and counters, shared with its threads.
+struct Direction {
+    conditions: Mutex<Conditions>,
+    counters: Counters,
+}
+
+/// The running link. Set conditions with [`Link::set_up`] / [`Link::set_down`] /
+/// [`Link::set_outage`]; `Drop` stops the relay and closes the TUN devices.
+pub struct Link {
+    /// Client → server.
+    up: Arc<Direction>,
+    /// Server → client.
+    down: Arc<Direction>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Link {
+    /// Makes a TUN device in each namespace of `pair` (point-to-point, server side
+    /// 10.201.x.1, client side 10.201.x.2), and starts the relay with no delay, no loss.
+    /// `seed` seeds the loss and jitter draws (each direction its own stream).
+    ///
+    /// # Errors
+    /// When a device cannot be made or configured.
+    pub fn start(pair: &NetnsPair, seed: u64) -> Result<Link, String> {
+        let server_tun = open_tun_in(pair, &pair.server)?;
+        let client_tun = open_tun_in(pair, &pair.client)?;
+        for (ns, local, peer) in [
+            (&pair.server, pair.server_ip(), pair.client_ip()),
+            (&pair.client, pair.client_ip(), pair.server_ip()),
+        ] {
+            crate::netns::ip(&["-n", ns, "addr", "add", &local, "peer", &peer, "dev", DEV])?;
+            crate::netns::ip(&["-n", ns, "link", "set", DEV, "up"])?;
+        }
+        let server_tun = Arc::new(server_tun);
+        let client_tun = Arc::new(client_tun);
+        let mut link = Link {
+            up: Arc::new(Direction::new()),
+            down: Arc::new(Direction::new()),
+            stop: Arc::new(AtomicBool::new(false)),
+            threads: Vec::new(),
+        };
+        let up = link.up.clone();
+        let down = link.down.clone();
+        link.relay("up", up, client_tun.clone(), server_tun.clone(), seed);
+        link.relay(
+            "down",
+            down,
+            server_tun,
+            client_tun,
+            seed ^ 0x9e37_79b9_7f4a_7c15,
+        );
+        Ok(link)
+    }
+
+    /// Sets both directions.
+    pub fn set(&self, conditions: Conditions) {
+        self.set_up(conditions);
+        self.set_down(conditions);
+    }
+
+    /// Client → server.
+    pub fn set_up(&self, conditions: Conditions) {
+        *self.up.conditions.lock().expect("conditions lock") = conditions;
+    }
+
+    /// Server → client.
+    pub fn set_down(&self, conditions: Conditions) {
+        *self.down.conditions.lock().expect("conditions lock") = conditions;
+    }
+
+    /// Starts or ends an outage in both directions, keeping the other conditions.
+    pub fn set_outage(&self, outage: bool) {
+        for dir in [&self.up, &self.down] {
+            dir.conditions.lock().expect("conditions lock").outage = outage;
+        }
+    }
+
+    /// Counters of both directions, printed beside each scenario.
+    pub fn describe(&self) -> String {
+        format!(
+            "relay up: {}; down: {}",
+            self.up.counters.describe(),
+            self.down.counters.describe()
+        )
+    }
+
+    /// Packets dropped by the loss draw (not the outage): (up, down).
+    pub fn lost(&self) -> (u64, u64) {
+        (
+            self.up.counters.lost.load(Ordering::Relaxed),
+            self.down.counters.lost.load(Ordering::Relaxed),
+        )
+    }
+
+    fn relay(
+        &mut self,
+        name: &str,
+        dir: Arc<Direction>,
+        from: Arc<OwnedFd>,
+        to: Arc<OwnedFd>,
+        seed: u64,
+    ) {
+        let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
+        let stop = self.stop.clone();
+        let reader = std::thread::Builder::new()
+            .name(format!("relay-{name}-read"))
+            .spawn(move || read_loop(&dir, &from, &tx, &stop, seed))
+            .expect("spawn a relay thread");
+        let stop = self.stop.clone();
+        let writer = std::thread::Builder::new()
+            .name(format!("relay-{name}-write"))
+            .spawn(move || write_loop(&to, &rx, &stop))
+            .expect("spawn a relay thread");
+        self.threads.push(reader);
+        self.threads.push(writer);
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+        // The TUN fds close with the last Arc (held by the threads, now gone): the devices
+        // vanish with them (they were never made persistent).
+    }
+}
+
+impl Direction {
+    fn new() -> Direction {
+        Direction {
+            conditions: Mutex::new(Conditions::default()),
+            counters: Counters::default(),
+        }
+    }
+}
+
+/// Reads packets, decides drop or release time, hands them to the writer in order.
+fn read_loop(
+    dir: &Direction,
+    from: &OwnedFd,
+    tx: &mpsc::Sender<(Instant, Vec<u8>)>,
+    stop: &AtomicBool,
+    seed: u64,
+) {
+    precise_timers();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut last_release = Instant::now();
+    let mut buf = vec![0u8; MAX_PACKET_BYTES];
+    while !stop.load(Ordering::Relaxed) {
+        if !readable(from, STOP_POLL) {
+            continue;
+        }
+        // SAFETY: reads into our buffer, at most its length.
+        let n = unsafe { libc::read(from.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        let arrival = Instant::now();
+        if n <= 0 {
+            continue;
+        }
+        let conditions = *dir.conditions.lock().expect("conditions lock");
+        // Draw for every packet, dropped or not, so a direction's sequence of draws depends
+        // only on its seed and how many packets it has seen.
+        let lose = rng.random::<f64>() < conditions.loss;
+        let jitter_draw = rng.random::<f64>() * 2.0 - 1.0;
+        if conditions.outage {
+            dir.counters.outage_dropped.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        if lose {
+            dir.counters.lost.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        let delay_s = (conditions.delay.as_secs_f64()
+            + jitter_draw * conditions.jitter.as_secs_f64())
+        .max(0.0);
+        let mut release = arrival + Duration::from_secs_f64(delay_s);
+        if release < last_release {
+            dir.counters.held_for_order.fetch_add(1, Ordering::Relaxed);
+            release = last_release;
+        }
+        last_release = release;
+        dir.counters.forwarded.fetch_add(1, Ordering::Relaxed);
+        if tx.send((release, buf[..n as usize].to_vec())).is_err() {
+            return;
+        }
+    }
+}
+
+/// Writes each packet at its release time.
+fn write_loop(to: &OwnedFd, rx: &mpsc::Receiver<(Instant, Vec<u8>)>, stop: &AtomicBool) {
+    precise_timers();
+    while !stop.load(Ordering::Relaxed) {
+        let Ok((release, packet)) = rx.recv_timeout(STOP_POLL) else {
+            continue;
+        };
+        let now = Instant::now();
+        if release > now {
+            std::thread::sleep(release - now);
+        }
+        // SAFETY: writes one whole packet from our buffer. A failed write is a lost packet,
+        // as on a real link (e.g. the device is going down at the end of a test).
+        let _ = unsafe { libc::write(to.as_raw_fd(), packet.as_ptr().cast(), packet.len()) };
+    }
+}
+
+/// Lowers this thread's timer slack to 1 µs (the default 50 µs would blur a 20 ms delay),
+/// and asks for real-time scheduling so that a machine busy compiling does not delay
+/// releases; without the privilege the thread just runs at normal priority.
+fn precise_timers() {
+    // SAFETY: prctl and sched_setscheduler on the calling thread only.
+    unsafe {
+        libc::prctl(libc::PR_SET_TIMERSLACK, 1_000 as libc::c_ulong, 0, 0, 0);
+        let param = libc::sched_param { sched_priority: 10 };
+        libc::sched_setscheduler(0, libc::SCHED_FIFO, &param);
+    }
+}
+
+/// Waits up to `timeout` for `fd` to be readable.
+fn readable(fd: &OwnedFd, timeout: Duration) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one pollfd on our stack.
+    let rc = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as libc::c_int) };
+    rc > 0 && pfd.revents & libc::POLLIN != 0
+}
+
+/// `struct ifreq` as TUNSETIFF reads it: the name, then the flags (the rest of the union
+/// is padding here).
+#[repr(C)]
+struct IfReq {
+    name: [u8; libc::IFNAMSIZ],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+/// Opens a TUN device named [`DEV`] inside `ns`: a thread enters the namespace, opens
+/// `/dev/net/tun` and attaches it; the fd keeps working from any thread afterwards.
+fn open_tun_in(pair: &NetnsPair, ns: &str) -> Result<OwnedFd, String> {
+    let ns_fd = pair.open(ns)?;
+    let ns = ns.to_string();
+    std::thread::spawn(move || {
+        enter(&ns_fd)?;
+        // SAFETY: a NUL-terminated path; the fd is owned below.
+        let fd = unsafe {
+            libc::open(
+                c"/dev/net/tun".as_ptr(),
+                libc::O_RDWR | libc::O_CLOEXEC | libc::O_NONBLOCK,
+            )
+        };
+        if fd < 0 {
+            return Err(format!(
+                "open /dev/net/tun: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        // SAFETY: `fd` was just opened and nothing else owns it.
+        let tun = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut req = IfReq {
+            name: [0; libc::IFNAMSIZ],
+            flags: (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short,
+            _pad: [0; 22],
+        };
+        req.name[..DEV.len()].copy_from_slice(DEV.as_bytes());
+        // SAFETY: TUNSETIFF reads and writes one ifreq, which `req` is laid out as.
+        let rc = unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETIFF, &mut req) };
+        if rc < 0 {
+            return Err(format!(
+                "TUNSETIFF {DEV} in {ns}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok(tun)
+    })
+    .join()
+    .map_err(|_| "the TUN-opening thread panicked".to_string())?
+}
