@@ -10,6 +10,7 @@
 
 mod link;
 mod netns;
+mod probes;
 mod procs;
 mod scenarios;
 mod stats;

@@ -30,7 +30,7 @@ pub struct Proc {
 
 impl Proc {
     /// Starts `cmd` with stdout piped (handed back) and stderr collected.
-    fn spawn(mut cmd: Command) -> (Proc, std::process::ChildStdout) {
+    pub fn spawn(mut cmd: Command) -> (Proc, std::process::ChildStdout) {
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
