@@ -10,6 +10,7 @@
 
 mod link;
 mod netns;
+mod outages;
 mod probes;
 mod procs;
 mod scenarios;
@@ -61,13 +62,20 @@ impl Lab {
                 panic!("{test}: {REQUIRE_ENV}=1 but the emulated link cannot be built: {reason}")
             }
             Err(reason) => {
-                eprintln!(
-                    "{test}: SKIPPED: {reason} (as root, or set {REQUIRE_ENV}=1 to make this fail)"
-                );
+                say(&format!(
+                    "{test}: SKIPPED: {reason} (run as root; {REQUIRE_ENV}=1 makes this fail)"
+                ));
                 None
             }
         }
     }
+}
+
+/// Writes a line to stderr past the test harness's capture (which takes `eprintln!`), so a
+/// skip is seen in a plain `cargo test`.
+fn say(line: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 fn required() -> bool {
@@ -100,7 +108,9 @@ pub fn have_tool(test: &str, program: &str, package: &str) -> bool {
             !required(),
             "{test}: {program} is not installed (Debian package {package}; test.sh installs it)"
         );
-        eprintln!("{test}: SKIPPED: {program} is not installed (Debian package {package})");
+        say(&format!(
+            "{test}: SKIPPED: {program} is not installed (Debian package {package})"
+        ));
     }
     found
 }

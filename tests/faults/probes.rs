@@ -119,6 +119,17 @@ fn irtt_on_20ms_and_5_percent_loss_each_way_measures_what_was_injected() {
     let (up_lo, up_hi) = binomial_interval_percent(sent, injected.loss, 0.99);
     let (down_lo, down_hi) = binomial_interval_percent(server_received, injected.loss, 0.99);
     assert!(sent >= 2000, "{sent} probes");
+    // Only irtt crosses the link (IPv6 is off), so what it counts lost is what the relay
+    // dropped, give or take its few control packets (open, close).
+    let (relay_up, relay_down) = lab.link.lost();
+    let (irtt_up, irtt_down) = (
+        sent - server_received,
+        server_received - uint(&stats, "packets_received"),
+    );
+    assert!(
+        irtt_up.abs_diff(relay_up) <= 2 && irtt_down.abs_diff(relay_down) <= 2,
+        "irtt lost {irtt_up} up / {irtt_down} down, the relay dropped {relay_up} / {relay_down}"
+    );
     assert!(
         rel_diff(median, expected) <= 0.01,
         "irtt median {median:.3} ms, expected {expected:.3} ms (40 + baseline) within 1 %"
@@ -136,7 +147,7 @@ fn irtt_on_20ms_and_5_percent_loss_each_way_measures_what_was_injected() {
         Row {
             injected: "20 ms, 5 % loss".into(),
             measured: format!(
-                "irtt: {sent} probes, RTT median {median:.2} ms (baseline {overhead:.2} ms), loss up {up:.2} % / down {down:.2} %"
+                "irtt: {sent} probes, RTT median {median:.2} ms (baseline {overhead:.2} ms), loss up {up:.2} % / down {down:.2} % (relay dropped {relay_up} / {relay_down})"
             ),
             checked: format!(
                 "median = 40 ms + baseline ± 1 %; loss in binomial 99 % interval: up [{up_lo:.2}, {up_hi:.2}] %, down [{down_lo:.2}, {down_hi:.2}] %"

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::os::unix::process::CommandExt as _;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -31,6 +31,15 @@ pub struct Proc {
 impl Proc {
     /// Starts `cmd` with stdout piped (handed back) and stderr collected.
     pub fn spawn(mut cmd: Command) -> (Proc, std::process::ChildStdout) {
+        // SAFETY: prctl is async-signal-safe; it only sets this child's parent-death
+        // signal, so a test process killed before its Drops ran takes its children along
+        // (the flag survives the exec of `ip netns exec` and of the program it runs).
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -285,13 +294,24 @@ impl ClientRun {
             .unwrap_or_else(|| panic!("summary.{key}: {}", self.summary))
     }
 
+    /// Asserts the client exited 0 (every reading delivered), showing its log if not.
+    pub fn assert_success(&self) {
+        assert!(
+            self.exit.success(),
+            "client exited {}; summary {}; stderr:\n{}",
+            self.exit,
+            self.summary,
+            self.stderr
+        );
+    }
+
     /// The events of kind `event`.
     pub fn events_of(&self, event: &str) -> Vec<&Value> {
         self.events.iter().filter(|e| e["event"] == event).collect()
     }
 }
 
-/// Runs a client to its end.
+/// Runs a client to its end; it must exit 0 (nothing lost).
 pub fn run_client(
     net: &NetnsPair,
     addr: &str,
@@ -299,10 +319,7 @@ pub fn run_client(
     args: &[&str],
     timeout: Duration,
 ) -> ClientRun {
-    Client::start(net, addr, sensor, args).finish(timeout)
-}
-
-/// A temporary file path for a tool's output.
-pub fn temp_file(dir: &tempfile::TempDir, name: &str) -> PathBuf {
-    dir.path().join(name)
+    let run = Client::start(net, addr, sensor, args).finish(timeout);
+    run.assert_success();
+    run
 }

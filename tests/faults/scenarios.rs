@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::link::Conditions;
 use crate::procs::{run_client, Server};
-use crate::stats::rel_diff;
+use crate::stats::{rel_diff, triangle_quantile, triangle_stddev};
 use crate::table::{record, Row};
 use crate::Lab;
 
@@ -67,4 +67,142 @@ fn delay_20ms_each_way_is_the_median_rtt() {
             checked: "median = 40 ms + baseline ± 3 %; min ≥ 40 ms".into(),
         },
     );
+}
+
+#[test]
+fn jitter_20ms_plus_minus_10ms_each_way_shows_in_mdev_and_p99() {
+    let Some(lab) = Lab::new("jitter") else {
+        return;
+    };
+    let server = Server::start(&lab.net, &[]);
+    let base = run_client(
+        &lab.net,
+        &server.addr,
+        "base",
+        &args(&["-i", "20ms", "-c", "100"]),
+        RUN_BOUND,
+    );
+    let (overhead, base_mdev, base_max) = (
+        base.rtt_ms("p50_us"),
+        base.rtt_ms("mdev_us"),
+        base.rtt_ms("max_us"),
+    );
+    let a = 10.0;
+    lab.link.set(Conditions {
+        jitter: Duration::from_millis(10),
+        ..Conditions::delay_ms(20)
+    });
+    // 50 ms apart, readings and replies are further apart than the jitter's 20 ms span, so
+    // keeping order seldom holds a packet back (the relay counts it when it does), and the
+    // round trip is 40 ms + the sum of two U(−10, +10) ms: a triangle on [−20, +20] ms.
+    let run = run_client(
+        &lab.net,
+        &server.addr,
+        "jitter",
+        &args(&["-i", "50ms", "-c", "300"]),
+        RUN_BOUND,
+    );
+    eprintln!("{}", lab.link.describe());
+    let (median, mdev, p99, min, max) = (
+        run.rtt_ms("p50_us"),
+        run.rtt_ms("mdev_us"),
+        run.rtt_ms("p99_us"),
+        run.rtt_ms("min_us"),
+        run.rtt_ms("max_us"),
+    );
+    let expected_mdev = (triangle_stddev(a).powi(2) + base_mdev.powi(2)).sqrt();
+    // The sample's p99 lies between the distribution's 95th percentile and its top (300
+    // samples: the 297th of them), plus what the path itself adds.
+    let p99_lo = 40.0 + overhead + triangle_quantile(a, 0.95);
+    let p99_hi = 40.0 + triangle_quantile(a, 1.0) + base_max;
+    assert_eq!(run.count("acked"), 300, "{}", run.summary);
+    assert!(
+        min >= 40.0 + triangle_quantile(a, 0.0),
+        "min {min:.3} ms below 20 ms"
+    );
+    assert!(max <= p99_hi, "max {max:.3} ms above {p99_hi:.3} ms");
+    assert!(
+        rel_diff(mdev, expected_mdev) <= 0.15,
+        "mdev {mdev:.3} ms, expected {expected_mdev:.3} ms (√(2·10²/3) with the baseline's) within 15 %"
+    );
+    assert!(
+        (p99_lo..=p99_hi).contains(&p99),
+        "p99 {p99:.3} ms outside [{p99_lo:.3}, {p99_hi:.3}] ms"
+    );
+    assert!(
+        rel_diff(median, 40.0 + overhead) <= 0.05,
+        "median {median:.3} ms, expected {:.3} ms within 5 %",
+        40.0 + overhead
+    );
+    record(
+        "2 jitter",
+        Row {
+            injected: "20 ms ± 10 ms (uniform)".into(),
+            measured: format!(
+                "median {median:.2} ms, mdev {mdev:.2} ms, p99 {p99:.2} ms, min/max {min:.2}/{max:.2} ms (baseline median {overhead:.2}, mdev {base_mdev:.2} ms)"
+            ),
+            checked: format!(
+                "mdev = {expected_mdev:.2} ms ± 15 %; p99 in [{p99_lo:.2}, {p99_hi:.2}] ms; median = 40 ms + baseline ± 5 %"
+            ),
+        },
+    );
+}
+
+#[test]
+fn five_percent_loss_each_way_is_retransmitted_and_stored_once() {
+    let Some(lab) = Lab::new("loss") else { return };
+    let mut server = Server::start(&lab.net, &[]);
+    lab.link.set(Conditions {
+        loss: 0.05,
+        ..Conditions::delay_ms(20)
+    });
+    let run = run_client(
+        &lab.net,
+        &server.addr,
+        "loss",
+        &args(&["-i", "50ms", "-c", "300"]),
+        RUN_BOUND,
+    );
+    let retrans = lab.net.retrans_segs(&lab.net.client);
+    server.stop();
+    let values = server.store.values("loss");
+    let (lost_up, lost_down) = lab.link.lost();
+    eprintln!("{}", lab.link.describe());
+    let (p50, p99, max) = (
+        run.rtt_ms("p50_us"),
+        run.rtt_ms("p99_us"),
+        run.rtt_ms("max_us"),
+    );
+    assert_eq!(run.count("acked"), 300, "{}", run.summary);
+    assert_eq!(run.count("lost"), 0, "{}", run.summary);
+    assert_stored_once(&values, 300);
+    assert!(lost_up > 0 && lost_down > 0, "the relay dropped nothing");
+    // Over TCP a lost segment is a delay, not a loss: the sender learns of it no sooner
+    // than one round trip after sending it (a SACK of a later segment; otherwise a probe or
+    // retransmission timer of 2 × srtt or ≥ 200 ms), and the resent copy takes another.
+    // So a reading hit by a loss takes at least two injected round trips: 80 ms.
+    let spikes = run
+        .events_of("ack")
+        .iter()
+        .filter(|ack| ack["rtt_us"].as_f64().is_some_and(|us| us >= 80_000.0))
+        .count();
+    assert!(p99 >= 80.0, "p99 {p99:.3} ms: no retransmission spike");
+    assert!(retrans > 0, "the client's kernel retransmitted nothing");
+    record(
+        "3 loss",
+        Row {
+            injected: "20 ms, 5 % loss".into(),
+            measured: format!(
+                "relay dropped {lost_up} up / {lost_down} down; client ns RetransSegs {retrans}; RTT median {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms, {spikes} readings ≥ 80 ms; 300/300 stored once"
+            ),
+            checked: "p99 ≥ 80 ms (2 round trips: loss detected, then resent); kernel retransmits > 0; every reading stored exactly once".into(),
+        },
+    );
+}
+
+/// Every value stored exactly once, and `n` of them.
+pub fn assert_stored_once(values: &std::collections::BTreeMap<i64, usize>, n: usize) {
+    let twice: Vec<_> = values.iter().filter(|(_, &count)| count != 1).collect();
+    assert!(twice.is_empty(), "stored more than once: {twice:?}");
+    assert_eq!(values.len(), n, "stored readings");
 }
