@@ -134,15 +134,36 @@ fn jitter_20ms_plus_minus_10ms_each_way_shows_in_mdev_and_p99() {
         "median {median:.3} ms, expected {:.3} ms within 5 %",
         40.0 + overhead
     );
+    // The shape, not just two moments: the client's own RTTs (its `ack` events), less
+    // 40 ms and the baseline, at five quantiles against the triangle's. With 300 samples a
+    // quantile's standard error is under 0.8 ms here; 3 ms is about four of them.
+    let mut rtts: Vec<f64> = run
+        .events_of("ack")
+        .iter()
+        .filter_map(|ack| ack["rtt_us"].as_f64())
+        .map(|us| us / 1e3 - 40.0 - overhead)
+        .collect();
+    rtts.sort_by(f64::total_cmp);
+    let mut shape = Vec::new();
+    for q in [0.1, 0.25, 0.5, 0.75, 0.9] {
+        let measured = rtts[((rtts.len() - 1) as f64 * q).round() as usize];
+        let expected = triangle_quantile(a, q);
+        assert!(
+            (measured - expected).abs() <= 3.0,
+            "quantile {q}: {measured:+.2} ms, the triangle's {expected:+.2} ms (± 3 ms)"
+        );
+        shape.push(format!("{measured:+.1}/{expected:+.1}"));
+    }
     record(
         "2 jitter",
         Row {
             injected: "20 ms ± 10 ms (uniform)".into(),
             measured: format!(
-                "median {median:.2} ms, mdev {mdev:.2} ms, p99 {p99:.2} ms, min/max {min:.2}/{max:.2} ms (baseline median {overhead:.2}, mdev {base_mdev:.2} ms)"
+                "median {median:.2} ms, mdev {mdev:.2} ms, p99 {p99:.2} ms, min/max {min:.2}/{max:.2} ms (baseline median {overhead:.2}, mdev {base_mdev:.2} ms); p10/p25/p50/p75/p90 − 40 ms − baseline, measured/triangle: {} ms",
+                shape.join(", ")
             ),
             checked: format!(
-                "mdev = {expected_mdev:.2} ms ± 15 %; p99 in [{p99_lo:.2}, {p99_hi:.2}] ms; median = 40 ms + baseline ± 5 %"
+                "mdev = {expected_mdev:.2} ms ± 15 %; p99 in [{p99_lo:.2}, {p99_hi:.2}] ms; median = 40 ms + baseline ± 5 %; quantiles ± 3 ms"
             ),
         },
     );
