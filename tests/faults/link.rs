@@ -238,8 +238,7 @@ fn read_loop(
     seed: u64,
 ) {
     precise_timers();
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut last_release = Instant::now();
+    let mut schedule = Schedule::new(seed, Instant::now());
     let mut buf = vec![0u8; MAX_PACKET_BYTES];
     while !stop.load(Ordering::Relaxed) {
         if !readable(from, STOP_POLL) {
@@ -252,31 +251,70 @@ fn read_loop(
             continue;
         }
         let conditions = *dir.conditions.lock().expect("conditions lock");
-        // Draw for every packet, dropped or not, so a direction's sequence of draws depends
-        // only on its seed and how many packets it has seen.
-        let lose = rng.random::<f64>() < conditions.loss;
-        let jitter_draw = rng.random::<f64>() * 2.0 - 1.0;
+        let counter = match schedule.decide(arrival, &conditions) {
+            Fate::Outage => &dir.counters.outage_dropped,
+            Fate::Lost => &dir.counters.lost,
+            Fate::Release { at, held } => {
+                if held {
+                    dir.counters.held_for_order.fetch_add(1, Ordering::Relaxed);
+                }
+                if tx.send((at, buf[..n as usize].to_vec())).is_err() {
+                    return;
+                }
+                &dir.counters.forwarded
+            }
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// What happens to one packet.
+#[derive(Debug, PartialEq)]
+enum Fate {
+    Outage,
+    Lost,
+    /// Written at `at`; `held` when its own draw said earlier and it waited for the
+    /// packet ahead of it.
+    Release {
+        at: Instant,
+        held: bool,
+    },
+}
+
+/// One direction's decisions, no I/O: the seeded draws and the last release time.
+struct Schedule {
+    rng: StdRng,
+    last_release: Instant,
+}
+
+impl Schedule {
+    fn new(seed: u64, start: Instant) -> Schedule {
+        Schedule {
+            rng: StdRng::seed_from_u64(seed),
+            last_release: start,
+        }
+    }
+
+    /// The fate of a packet that arrived at `arrival` under `conditions`.
+    fn decide(&mut self, arrival: Instant, conditions: &Conditions) -> Fate {
+        // Two draws for every packet, dropped or not, so a direction's sequence of fates
+        // depends only on its seed and the packets it has seen.
+        let lose = self.rng.random::<f64>() < conditions.loss;
+        let jitter_draw = self.rng.random::<f64>() * 2.0 - 1.0;
         if conditions.outage {
-            dir.counters.outage_dropped.fetch_add(1, Ordering::Relaxed);
-            continue;
+            return Fate::Outage;
         }
         if lose {
-            dir.counters.lost.fetch_add(1, Ordering::Relaxed);
-            continue;
+            return Fate::Lost;
         }
         let delay_s = (conditions.delay.as_secs_f64()
             + jitter_draw * conditions.jitter.as_secs_f64())
         .max(0.0);
-        let mut release = arrival + Duration::from_secs_f64(delay_s);
-        if release < last_release {
-            dir.counters.held_for_order.fetch_add(1, Ordering::Relaxed);
-            release = last_release;
-        }
-        last_release = release;
-        dir.counters.forwarded.fetch_add(1, Ordering::Relaxed);
-        if tx.send((release, buf[..n as usize].to_vec())).is_err() {
-            return;
-        }
+        let own = arrival + Duration::from_secs_f64(delay_s);
+        let held = own < self.last_release;
+        let at = own.max(self.last_release);
+        self.last_release = at;
+        Fate::Release { at, held }
     }
 }
 
@@ -370,4 +408,115 @@ fn open_tun_in(pair: &NetnsPair, ns: &str) -> Result<OwnedFd, String> {
     })
     .join()
     .map_err(|_| "the TUN-opening thread panicked".to_string())?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::binomial_interval;
+
+    fn jittery() -> Conditions {
+        Conditions {
+            jitter: Duration::from_millis(10),
+            ..Conditions::delay_ms(20)
+        }
+    }
+
+    #[test]
+    fn a_fixed_delay_releases_each_packet_exactly_that_much_later() {
+        let start = Instant::now();
+        let mut schedule = Schedule::new(1, start);
+        for ms in [0, 1, 5, 100] {
+            let arrival = start + Duration::from_millis(ms);
+            assert_eq!(
+                schedule.decide(arrival, &Conditions::delay_ms(20)),
+                Fate::Release {
+                    at: arrival + Duration::from_millis(20),
+                    held: false
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn jitter_stays_in_its_range_and_never_reorders() {
+        let start = Instant::now();
+        let mut schedule = Schedule::new(2, start);
+        let (mut last, mut held) = (start, 0);
+        // 1 ms apart, far closer than the 20 ms span: order must often hold packets back.
+        for ms in 0..10_000u64 {
+            let arrival = start + Duration::from_millis(ms);
+            let Fate::Release { at, held: waited } = schedule.decide(arrival, &jittery()) else {
+                panic!("no loss or outage was set");
+            };
+            assert!(
+                at >= last,
+                "packet {ms} released before the one ahead of it"
+            );
+            assert!(
+                at >= arrival + Duration::from_millis(10),
+                "below delay − jitter"
+            );
+            assert!(
+                waited || at <= arrival + Duration::from_millis(30),
+                "above delay + jitter"
+            );
+            held += u32::from(waited);
+            last = at;
+        }
+        assert!(
+            held > 0,
+            "1 ms apart with ± 10 ms, some packet must have waited"
+        );
+    }
+
+    #[test]
+    fn loss_is_the_injected_fraction_and_repeats_with_the_seed() {
+        let start = Instant::now();
+        let lossy = Conditions {
+            loss: 0.05,
+            ..Conditions::default()
+        };
+        let fates = |seed| {
+            let mut schedule = Schedule::new(seed, start);
+            (0..100_000)
+                .map(|_| schedule.decide(start, &lossy) == Fate::Lost)
+                .collect::<Vec<_>>()
+        };
+        let first = fates(3);
+        let lost = first.iter().filter(|&&lost| lost).count() as u64;
+        let (lo, hi) = binomial_interval(100_000, 0.05, 0.999);
+        assert!(
+            (lo..=hi).contains(&lost),
+            "{lost} lost of 100000, not in [{lo}, {hi}]"
+        );
+        assert_eq!(first, fates(3), "the same seed gives the same fates");
+        assert_ne!(first, fates(4), "another seed gives other fates");
+    }
+
+    #[test]
+    fn an_outage_drops_everything_and_keeps_the_draws_in_step() {
+        let start = Instant::now();
+        let mut cut = Schedule::new(5, start);
+        let mut open = Schedule::new(5, start);
+        let outage = Conditions {
+            outage: true,
+            ..Conditions::delay_ms(20)
+        };
+        for _ in 0..100 {
+            assert_eq!(cut.decide(start, &outage), Fate::Outage);
+            open.decide(start, &Conditions::delay_ms(20));
+        }
+        // Both drew the same numbers, so they decide alike from here on.
+        let lossy = Conditions {
+            loss: 0.5,
+            ..Conditions::delay_ms(20)
+        };
+        for _ in 0..100 {
+            assert_eq!(
+                cut.decide(start, &lossy) == Fate::Lost,
+                open.decide(start, &lossy) == Fate::Lost
+            );
+        }
+    }
 }
