@@ -276,6 +276,32 @@ mod tests {
         assert_eq!(fields[3], ("tcp_retrans".to_string(), FieldValue::Int(1)));
     }
 
+    /// The duplicate descriptor reads the same socket, and keeps it open: the peer sees
+    /// the close only once it is dropped too.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_kept_socket_reads_the_connection_and_holds_it_open() {
+        use std::io::Read as _;
+        use std::os::fd::AsFd as _;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let stream =
+            std::net::TcpStream::connect(listener.local_addr().expect("bound")).expect("connect");
+        let (mut peer, _) = listener.accept().expect("accept");
+        let kept = KernelSocket::of(stream.as_fd()).expect("dup");
+        drop(stream);
+        let info = kept.sample().expect("TCP_INFO on Linux");
+        assert_eq!(info.state, TcpState::Established);
+        peer.set_nonblocking(true).expect("nonblocking");
+        let open = peer.read(&mut [0u8; 1]);
+        assert!(
+            matches!(&open, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "{open:?}"
+        );
+        drop(kept);
+        peer.set_nonblocking(false).expect("blocking");
+        assert_eq!(peer.read(&mut [0u8; 1]).expect("EOF"), 0);
+    }
+
     #[test]
     fn the_summary_line_names_each_figure() {
         let mut totals = KernelTotals::default();
