@@ -353,8 +353,10 @@ pub mod limits {
     /// Zero refuses anything ahead of the server's clock; a century is as good as off.
     pub const MAX_FUTURE_TIMESTAMP: (Duration, Duration) =
         (Duration::ZERO, Duration::from_secs(100 * 366 * 24 * 3600));
-    /// Zero sends as fast as acks allow.
-    pub const INTERVAL: (Duration, Duration) = (Duration::ZERO, Duration::from_secs(24 * 3600));
+    /// Besides zero (ping-pong: the next reading when the previous one is acked): below a
+    /// millisecond tokio's timer cannot keep the pace.
+    pub const INTERVAL: (Duration, Duration) =
+        (Duration::from_millis(1), Duration::from_secs(24 * 3600));
     pub const MAX_PENDING: (usize, usize) = (1, 100_000_000);
     /// A spool smaller than one segment could hold nothing useful.
     pub const SPOOL_MAX_BYTES: (u64, u64) = (64 << 10, 1 << 50);

@@ -3,6 +3,7 @@
 mod auth;
 mod bench;
 mod client;
+mod client_link;
 mod client_stop;
 mod config;
 mod conflicts;
