@@ -71,7 +71,12 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<RunEnd> {
         return Ok(RunEnd::NoReply);
     }
     if config.store {
-        let reading = report::reading(&config, &summary, crate::timefmt::now_ns());
+        let reading = report::reading(
+            &config,
+            &summary,
+            extra.duration_s,
+            crate::timefmt::now_ns(),
+        );
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

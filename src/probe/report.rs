@@ -150,20 +150,39 @@ pub struct Extra {
 }
 
 /// The `--store` reading: measurement `sensorlink_link`, tags `sensor` (if any) and
-/// `probe=udp`, the summary's figures as fields (round trip and delays in ms).
-pub fn reading(config: &ProbeConfig, summary: &Summary, timestamp_ns: i64) -> Reading {
+/// `probe=udp`. It carries the fields a client's link report has (`interval_s`, `sent`,
+/// `lost`, `rtt_p50_ms`, `rtt_p99_ms`, `rtt_max_ms`: the dashboard shows them) and the
+/// probe's own (`lost_up`, `loss_down_percent`, `probe_rtt_*_ms`, …; PROTOCOL.md).
+pub fn reading(
+    config: &ProbeConfig,
+    summary: &Summary,
+    duration_s: f64,
+    timestamp_ns: i64,
+) -> Reading {
     let count = |v: u64| FieldValue::Int(i64::try_from(v).unwrap_or(i64::MAX));
     // Microseconds: more digits than the timers resolve would be noise.
     let ms = |v: f64| FieldValue::Float((v * 1e3).round() / 1e3);
     let mut fields = vec![
+        ("interval_s".to_string(), ms(duration_s)),
+        ("sent".to_string(), count(summary.sent)),
+        ("received".to_string(), count(summary.received)),
         (
-            "interval_ms".to_string(),
+            "lost".to_string(),
+            count(summary.sent.saturating_sub(summary.received)),
+        ),
+    ];
+    if let Some(rtt) = &summary.rtt_ms {
+        fields.push(("rtt_p50_ms".to_string(), ms(rtt.median)));
+        fields.push(("rtt_p99_ms".to_string(), ms(rtt.p99)));
+        fields.push(("rtt_max_ms".to_string(), ms(rtt.max)));
+    }
+    fields.extend([
+        (
+            "probe_interval_ms".to_string(),
             ms(config.interval.as_secs_f64() * 1e3),
         ),
-        ("probe_sent".to_string(), count(summary.sent)),
-        ("probe_received".to_string(), count(summary.received)),
         (
-            "probe_server_received".to_string(),
+            "server_received".to_string(),
             count(summary.server_received),
         ),
         ("lost_up".to_string(), count(summary.lost_up)),
@@ -175,14 +194,14 @@ pub fn reading(config: &ProbeConfig, summary: &Summary, timestamp_ns: i64) -> Re
         ),
         ("duplicates".to_string(), count(summary.duplicates)),
         ("reordered".to_string(), count(summary.reordered)),
-    ];
+    ]);
     let mut spread = |prefix: &str, spread: &Option<Spread>, all: bool| {
         if let Some(s) = spread {
             fields.push((format!("{prefix}_p50_ms"), ms(s.median)));
+            fields.push((format!("{prefix}_p99_ms"), ms(s.p99)));
             if all {
                 fields.push((format!("{prefix}_min_ms"), ms(s.min)));
                 fields.push((format!("{prefix}_mean_ms"), ms(s.mean)));
-                fields.push((format!("{prefix}_p99_ms"), ms(s.p99)));
                 fields.push((format!("{prefix}_max_ms"), ms(s.max)));
                 fields.push((format!("{prefix}_stddev_ms"), ms(s.stddev)));
             }

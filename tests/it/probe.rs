@@ -275,12 +275,30 @@ fn store_lands_the_summary_as_a_link_reading() {
     let row = &rows[0];
     assert_eq!(row["tags"]["probe"], "udp", "{row}");
     let fields = &row["fields"];
-    assert_eq!(fields["probe_sent"], 20, "{row}");
-    assert_eq!(fields["probe_received"], 20, "{row}");
+    assert_eq!(fields["sent"], 20, "{row}");
+    assert_eq!(fields["received"], 20, "{row}");
+    assert_eq!(fields["server_received"], 20, "{row}");
     assert_eq!(fields["lost_up"], 0, "{row}");
+    assert_eq!(fields["lost_down"], 0, "{row}");
     assert!(
         fields["probe_rtt_p50_ms"].as_f64().expect("a float") > 0.0,
         "{row}"
     );
     assert!(fields["loss_down_percent"].is_f64(), "{row}");
+
+    // The dashboard's link columns read the fields a client's link report has.
+    let link = || {
+        let sensors = server.get("/api/sensors").json();
+        sensors["sensors"]
+            .as_array()
+            .and_then(|all| all.iter().find(|s| s["sensor"] == "prober"))
+            .map(|prober| prober["link"].clone())
+            .unwrap_or_default()
+    };
+    wait_for(
+        || link()["sent"] == 20,
+        Duration::from_secs(10),
+        "the probe summary as the sensor's link in /api/sensors",
+    );
+    assert!(link()["rtt_p50_ms"].as_f64().expect("a float") > 0.0);
 }
