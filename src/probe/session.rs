@@ -163,12 +163,11 @@ fn send_all(
 ) {
     let mut out = Vec::with_capacity(config.size);
     for (seq, slot) in shared.sent_at.iter().enumerate() {
-        let offset_ns = config.interval.as_nanos().saturating_mul(seq as u128);
-        let due = start + Duration::from_nanos(u64::try_from(offset_ns).unwrap_or(u64::MAX));
+        let due = start + due_offset(config.interval, seq as u64);
         loop {
             let now = Instant::now();
             if now >= due {
-                if now - due > config.interval {
+                if is_late(now - due, config.interval) {
                     shared.late.fetch_add(1, Ordering::Relaxed);
                 }
                 break;
@@ -198,6 +197,18 @@ fn send_all(
         shared.sent.fetch_add(1, Ordering::Release);
     }
     shared.done.store(true, Ordering::Release);
+}
+
+/// When probe `seq` is due, after the start: `seq × interval`, never drifting with the
+/// sends before it.
+fn due_offset(interval: Duration, seq: u64) -> Duration {
+    let offset_ns = interval.as_nanos().saturating_mul(u128::from(seq));
+    Duration::from_nanos(u64::try_from(offset_ns).unwrap_or(u64::MAX))
+}
+
+/// A send `behind` its due time is late once it is more than an interval behind.
+fn is_late(behind: Duration, interval: Duration) -> bool {
+    behind > interval
 }
 
 struct Receiver<'a> {
@@ -360,5 +371,28 @@ impl Receiver<'_> {
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_schedule_is_k_intervals_from_the_start_whatever_came_before() {
+        let ms = Duration::from_millis;
+        assert_eq!(due_offset(ms(10), 0), Duration::ZERO);
+        assert_eq!(due_offset(ms(10), 7), ms(70));
+        assert_eq!(
+            due_offset(Duration::from_micros(100), 2_000_000),
+            Duration::from_secs(200)
+        );
+        // Saturates instead of overflowing.
+        assert_eq!(
+            due_offset(Duration::from_secs(3600), u64::MAX),
+            Duration::from_nanos(u64::MAX)
+        );
+        assert!(!is_late(ms(10), ms(10)));
+        assert!(is_late(ms(11), ms(10)));
     }
 }

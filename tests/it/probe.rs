@@ -302,3 +302,125 @@ fn store_lands_the_summary_as_a_link_reading() {
     );
     assert!(link()["rtt_p50_ms"].as_f64().expect("a float") > 0.0);
 }
+
+#[test]
+fn a_udp_port_taken_fails_the_start_and_names_udp_off() {
+    // Hold the UDP port, leave its TCP twin free (retry if something else holds that).
+    for _ in 0..5 {
+        let held = UdpSocket::bind("127.0.0.1:0").expect("bind UDP");
+        let addr = held.local_addr().expect("bound address");
+        if std::net::TcpListener::bind(addr).is_err() {
+            continue;
+        }
+        let out = run(bin().args([
+            "server",
+            "--listen",
+            &addr.to_string(),
+            "--store",
+            "memory",
+            "--http",
+            "off",
+        ]));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if stderr.contains(&format!("binding {addr}:")) {
+            // The TCP twin was taken in between: try another port.
+            continue;
+        }
+        assert!(!out.status.success(), "{stderr}");
+        assert!(stderr.contains("binding UDP"), "{stderr}");
+        assert!(stderr.contains("--udp off"), "{stderr}");
+        return;
+    }
+    panic!("no UDP port whose TCP twin stayed free in 5 tries");
+}
+
+/// A reflector on a test socket that loses, duplicates and reorders on purpose, so every
+/// figure of the summary is known: of each ten probes, seq ≡ 3 never reaches it (lost
+/// upstream), ≡ 7's reply is never sent (lost downstream), ≡ 5's reply is sent twice and
+/// ≡ 1's reply is held back until ≡ 2's has gone (reordered).
+#[test]
+fn loss_is_split_up_and_down_and_duplicates_and_reordering_are_counted() {
+    use sensorlink::probe::reflector::Reflector;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind UDP");
+    socket
+        .set_read_timeout(Some(Duration::from_millis(20)))
+        .expect("read timeout");
+    let addr = socket.local_addr().expect("bound address");
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut reflector = Reflector::new(1_000_000, None);
+            let mut buf = [0u8; 2048];
+            let mut held: Option<(Vec<u8>, std::net::SocketAddr)> = None;
+            while !stop.load(Ordering::Relaxed) {
+                let Ok((len, from)) = socket.recv_from(&mut buf) else {
+                    continue;
+                };
+                let datagram = &mut buf[..len];
+                let Ok((kind, seq)) = wire::decode_request(datagram).map(|r| (r.kind, r.seq))
+                else {
+                    continue;
+                };
+                let probe = kind == Kind::Probe;
+                if probe && seq % 10 == 3 {
+                    continue;
+                }
+                let now = sensorlink::timefmt::now_ns();
+                reflector
+                    .handle(datagram, from.ip(), std::time::Instant::now(), now)
+                    .expect("the client's datagrams are well-formed");
+                wire::stamp_send(datagram, now);
+                match seq % 10 {
+                    7 if probe => {}
+                    1 if probe => held = Some((datagram.to_vec(), from)),
+                    _ => {
+                        socket.send_to(datagram, from).expect("send");
+                        if probe && seq % 10 == 5 {
+                            socket.send_to(datagram, from).expect("send");
+                        }
+                        if probe && seq % 10 == 2 {
+                            if let Some((late, to)) = held.take() {
+                                socket.send_to(&late, to).expect("send");
+                            }
+                        }
+                    }
+                }
+            }
+        })
+    };
+    let config = sensorlink::probe::ProbeArgs {
+        addr: addr.to_string(),
+        interval: Duration::from_millis(2),
+        duration: None,
+        count: Some(100),
+        size: 64,
+        json: false,
+        token: None,
+        store: false,
+        sensor: None,
+        wait: Some(Duration::from_millis(300)),
+    }
+    .validate()
+    .expect("valid settings");
+    let outcome = sensorlink::probe::session::run(&config, 42, |_| {}).expect("a run");
+    stop.store(true, Ordering::Relaxed);
+    server.join().expect("the test reflector ran");
+    let s = outcome.tally.summary(outcome.sent, outcome.late);
+    assert_eq!(
+        (s.sent, s.server_received, s.received),
+        (100, 90, 80),
+        "{s:?}"
+    );
+    assert_eq!((s.lost_up, s.lost_down), (10, 10), "{s:?}");
+    assert_eq!(
+        (s.loss_up_percent, s.loss_down_percent),
+        (10.0, 100.0 / 9.0)
+    );
+    assert_eq!((s.duplicates, s.reordered), (10, 10), "{s:?}");
+    let ipdv = s.ipdv_ms.expect("pairs");
+    assert!(ipdv.max >= ipdv.median && ipdv.median >= ipdv.min && ipdv.min >= 0.0);
+}
