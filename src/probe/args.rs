@@ -45,6 +45,17 @@ pub struct ProbeArgs {
     /// --token, the token's sensor].
     #[arg(long)]
     pub sensor: Option<String>,
+    /// With --store: the server's sensor port serves TLS (the probes stay plain UDP).
+    #[arg(long)]
+    pub tls: bool,
+    /// With --tls: trust the server certificates this CA (PEM) signed [default: the
+    /// Mozilla roots compiled in].
+    #[arg(long, value_name = "FILE", requires = "tls")]
+    pub ca: Option<std::path::PathBuf>,
+    /// With --tls: the name the server's certificate must carry [default: the host part of
+    /// ADDR].
+    #[arg(long, value_name = "NAME", requires = "tls")]
+    pub tls_server_name: Option<String>,
     /// How long to wait for replies after the last probe [default: 3 × the largest round
     /// trip seen, at least 1s].
     #[arg(long, value_parser = humantime::parse_duration)]
@@ -67,6 +78,8 @@ pub struct ProbeConfig {
     pub store: bool,
     pub sensor: Option<String>,
     pub wait: Option<Duration>,
+    /// `--store` over TLS (files are read when the summary is sent).
+    pub tls: Option<crate::client::ClientTls>,
 }
 
 impl ProbeArgs {
@@ -128,6 +141,11 @@ impl ProbeArgs {
             store: self.store,
             sensor,
             wait: self.wait,
+            tls: self.tls.then_some(crate::client::ClientTls {
+                ca: self.ca,
+                server_name: self.tls_server_name,
+                identity: None,
+            }),
         })
     }
 }

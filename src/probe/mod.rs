@@ -81,7 +81,12 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<RunEnd> {
             .enable_all()
             .build()
             .context("starting the tokio runtime")?;
-        match runtime.block_on(store::send(&config.addr, config.token.as_ref(), &reading)) {
+        match runtime.block_on(store::send(
+            &config.addr,
+            config.tls.as_ref(),
+            config.token.as_ref(),
+            &reading,
+        )) {
             Ok(()) => {
                 if !config.json {
                     writeln!(

@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use crate::client::transport::{self, ReplyDecoder, TransportError};
+use crate::client::transport::{self, Connector, ReplyDecoder, TransportError};
+use crate::client::ClientTls;
 use crate::protocol::control::{AuthSecret, Reply};
 use crate::protocol::{ilp, Reading};
 
@@ -19,6 +20,8 @@ pub enum StoreError {
         #[source]
         source: TransportError,
     },
+    #[error("storing the summary at {addr}: TLS: {reason}")]
+    Tls { addr: String, reason: String },
     #[error("storing the summary at {addr}: the server refused it: {reason}")]
     Refused { addr: String, reason: String },
 }
@@ -36,11 +39,45 @@ impl StoreError {
     }
 }
 
-/// Send `reading` to `addr` and wait for its ack (it is stored then).
+/// Send `reading` to `addr` (over TLS when `tls` says so) and wait for its ack (it is
+/// stored then).
 ///
 /// # Errors
-/// The connection or handshake fails, or the server answers an error.
+/// The TLS files cannot be used, the connection or handshake fails, or the server answers
+/// an error.
 pub async fn send(
+    addr: &str,
+    tls: Option<&ClientTls>,
+    token: Option<&AuthSecret>,
+    reading: &Reading,
+) -> Result<(), StoreError> {
+    match tls {
+        None => {
+            let connector = transport::TcpConnector {
+                addr: addr.to_string(),
+                timeout: TIMEOUT,
+            };
+            send_with(connector, addr, token, reading).await
+        }
+        Some(tls) => {
+            let tls_error = |err: anyhow::Error| StoreError::Tls {
+                addr: addr.to_string(),
+                reason: format!("{err:#}"),
+            };
+            let rustls = crate::tls::client_config(tls.ca.as_deref(), None).map_err(tls_error)?;
+            let connector = transport::TlsTcpConnector {
+                addr: addr.to_string(),
+                connector: crate::tls::TlsConnector::from(rustls),
+                server_name: crate::tls::server_name(addr, tls.server_name.as_deref())
+                    .map_err(tls_error)?,
+            };
+            send_with(connector, addr, token, reading).await
+        }
+    }
+}
+
+async fn send_with<C: Connector>(
+    mut connector: C,
     addr: &str,
     token: Option<&AuthSecret>,
     reading: &Reading,
@@ -49,8 +86,13 @@ pub async fn send(
         addr: addr.to_string(),
         source,
     };
-    let stream = transport::connect_tcp(addr.to_string(), TIMEOUT)
+    let stream = tokio::time::timeout(TIMEOUT, connector.connect())
         .await
+        .map_err(|_| {
+            wrap(TransportError::TimedOut {
+                what: C::TIMEOUT_WHAT,
+            })
+        })?
         .map_err(|err| wrap(err.into()))?;
     let mut conn = transport::split(stream, ReplyDecoder::default());
     transport::line_handshake(&mut conn, token, TIMEOUT)

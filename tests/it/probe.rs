@@ -403,6 +403,9 @@ fn loss_is_split_up_and_down_and_duplicates_and_reordering_are_counted() {
         store: false,
         sensor: None,
         wait: Some(Duration::from_millis(300)),
+        tls: false,
+        ca: None,
+        tls_server_name: None,
     }
     .validate()
     .expect("valid settings");
@@ -423,4 +426,49 @@ fn loss_is_split_up_and_down_and_duplicates_and_reordering_are_counted() {
     assert_eq!((s.duplicates, s.reordered), (10, 10), "{s:?}");
     let ipdv = s.ipdv_ms.expect("pairs");
     assert!(ipdv.max >= ipdv.median && ipdv.median >= ipdv.min && ipdv.min >= 0.0);
+}
+
+#[test]
+fn store_goes_over_tls_when_the_sensor_port_serves_tls() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = run(bin().args(["cert", "--dir"]).arg(dir.path()));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let store = TempStore::new();
+    let path = |name: &str| dir.path().join(name).to_str().expect("utf-8").to_string();
+    let server = Server::start_on(
+        "127.0.0.1:0",
+        &store.url(),
+        &[
+            "--tls-cert",
+            &path("server.pem"),
+            "--tls-key",
+            &path("server-key.pem"),
+        ],
+    );
+    let out = run(bin().args([
+        "probe",
+        &server.addr.to_string(),
+        "--count",
+        "10",
+        "--interval",
+        "1ms",
+        "--store",
+        "--sensor",
+        "tls-prober",
+        "--tls",
+        "--ca",
+        &path("ca.pem"),
+    ]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows = store.rows(&["--measurement", "sensorlink_link", "--sensor", "tls-prober"]);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["fields"]["sent"], 10, "{rows:?}");
 }
