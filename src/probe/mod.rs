@@ -19,6 +19,8 @@ pub mod store;
 pub mod wire;
 
 use std::io::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use anyhow::Context as _;
 
@@ -47,7 +49,9 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<RunEnd> {
     let session: u64 = rand::random();
     report::start(&mut out, &config, session).context("writing the report")?;
     let mut write_error = None;
-    let outcome = session::run(&config, session, |live| {
+    let stop = Arc::new(AtomicBool::new(false));
+    stop_on_signal(Arc::clone(&stop));
+    let outcome = session::run(&config, session, stop, |live| {
         if write_error.is_none() {
             if let Err(err) = report::live(&mut out, config.json, live) {
                 write_error = Some(err);
@@ -105,4 +109,52 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<RunEnd> {
         }
     }
     Ok(RunEnd::Measured)
+}
+
+/// Ctrl-C or SIGTERM: stop sending, then wait for the last replies and print the summary
+/// (as irtt does). A second one exits at once (130).
+fn stop_on_signal(stop: Arc<AtomicBool>) {
+    let watcher = move || {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        runtime.block_on(async {
+            signal().await;
+            stop.store(true, Ordering::Relaxed);
+            signal().await;
+            std::process::exit(130);
+        });
+    };
+    if let Err(err) = std::thread::Builder::new()
+        .name("probe-signals".into())
+        .spawn(watcher)
+    {
+        tracing::warn!(cause = %err, "Ctrl-C will end the run without its summary");
+    }
+}
+
+/// The next Ctrl-C or (Unix) SIGTERM.
+async fn signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

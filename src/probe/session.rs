@@ -17,6 +17,8 @@ use super::wire::{self, Kind};
 
 /// How long the receiver blocks at most: the granularity of its live lines and its end.
 const POLL: Duration = Duration::from_millis(20);
+/// How often a sleeping sender looks whether it was stopped.
+const STOP_CHECK: Duration = Duration::from_millis(50);
 /// How far ahead of now the schedule starts.
 const START_LEAD: Duration = Duration::from_millis(5);
 /// Count requests sent at the end (one suffices; more survive a lossy link).
@@ -60,6 +62,8 @@ struct Shared {
     send_errors: AtomicU64,
     refused: AtomicBool,
     done: AtomicBool,
+    /// Set from outside (Ctrl-C): send no more; the replies still get their wait.
+    stop: Arc<AtomicBool>,
 }
 
 fn unspecified_for(target: SocketAddr) -> SocketAddr {
@@ -76,6 +80,7 @@ fn unspecified_for(target: SocketAddr) -> SocketAddr {
 pub fn run(
     config: &ProbeConfig,
     session: u64,
+    stop: Arc<AtomicBool>,
     mut on_live: impl FnMut(&Live),
 ) -> anyhow::Result<Outcome> {
     let socket = UdpSocket::bind(unspecified_for(config.target))
@@ -98,6 +103,7 @@ pub fn run(
         send_errors: AtomicU64::new(0),
         refused: AtomicBool::new(false),
         done: AtomicBool::new(false),
+        stop,
     });
     // A little ahead: the first probes must not be late for the sender thread's start.
     let start = Instant::now() + START_LEAD;
@@ -165,6 +171,10 @@ fn send_all(
     for (seq, slot) in shared.sent_at.iter().enumerate() {
         let due = start + due_offset(config.interval, seq as u64);
         loop {
+            if shared.stop.load(Ordering::Relaxed) {
+                shared.done.store(true, Ordering::Release);
+                return;
+            }
             let now = Instant::now();
             if now >= due {
                 if is_late(now - due, config.interval) {
@@ -172,7 +182,8 @@ fn send_all(
                 }
                 break;
             }
-            std::thread::sleep(due - now);
+            // In slices, so a stop is seen even during a long interval.
+            std::thread::sleep((due - now).min(STOP_CHECK));
         }
         let wall_ns = crate::timefmt::now_ns();
         let seq = seq as u64;

@@ -4,6 +4,8 @@
 
 use std::net::UdpSocket;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use sensorlink::probe::wire::{self, Kind};
@@ -341,8 +343,6 @@ fn a_udp_port_taken_fails_the_start_and_names_udp_off() {
 #[test]
 fn loss_is_split_up_and_down_and_duplicates_and_reordering_are_counted() {
     use sensorlink::probe::reflector::Reflector;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
 
     let socket = UdpSocket::bind("127.0.0.1:0").expect("bind UDP");
     socket
@@ -409,7 +409,8 @@ fn loss_is_split_up_and_down_and_duplicates_and_reordering_are_counted() {
     }
     .validate()
     .expect("valid settings");
-    let outcome = sensorlink::probe::session::run(&config, 42, |_| {}).expect("a run");
+    let never = Arc::new(AtomicBool::new(false));
+    let outcome = sensorlink::probe::session::run(&config, 42, never, |_| {}).expect("a run");
     stop.store(true, Ordering::Relaxed);
     server.join().expect("the test reflector ran");
     let s = outcome.tally.summary(outcome.sent, outcome.late);
@@ -471,4 +472,50 @@ fn store_goes_over_tls_when_the_sensor_port_serves_tls() {
     let rows = store.rows(&["--measurement", "sensorlink_link", "--sensor", "tls-prober"]);
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0]["fields"]["sent"], 10, "{rows:?}");
+}
+
+#[test]
+fn ctrl_c_stops_sending_and_still_prints_the_summary() {
+    use std::io::BufRead as _;
+    use std::process::Stdio;
+
+    let server = Server::start(&[]);
+    let mut child = KillOnDrop(
+        bin()
+            .args([
+                "probe",
+                &server.addr.to_string(),
+                "--json",
+                "--duration",
+                "60s",
+            ])
+            .args(["--interval", "10ms"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn probe"),
+    );
+    let stdout = child.0.stdout.take().expect("piped stdout");
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    // The first live line: the run (and its signal watcher) is up.
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.expect("a line");
+        let live = line.contains("\"event\":\"live\"");
+        seen.push(line);
+        if live {
+            break;
+        }
+    }
+    // SAFETY: kill(2) on our own child's PID.
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGINT) };
+    seen.extend(lines.map_while(Result::ok));
+    let status = child.0.wait().expect("wait for probe");
+    assert_eq!(status.code(), Some(0), "{seen:?}");
+    let s = summary(seen.join("\n").as_bytes());
+    let sent = s["sent"].as_u64().expect("sent");
+    assert!((1..6000).contains(&sent), "stopped early: {s}");
+    assert_eq!(s["received"], sent, "{s}");
+    assert_eq!(s["lost_up"], 0, "{s}");
 }
