@@ -276,7 +276,12 @@ pub async fn run_with_store(
     // The same port number over UDP (port 0 took the TCP one's), up before `listening on`.
     if config.udp {
         let socket = crate::probe::reflector::bind(local).await?;
-        tracing::info!(addr = %local, rate_per_ip = config.udp_rate_per_ip, auth = auth.is_some(), "answering udp probes");
+        tracing::info!(
+            addr = %local,
+            rate_per_ip = config.udp_rate_per_ip,
+            auth = auth.is_some(),
+            "answering udp probes"
+        );
         let reflector =
             crate::probe::reflector::Reflector::new(config.udp_rate_per_ip, auth.clone());
         tokio::spawn(crate::probe::reflector::serve(
