@@ -17,6 +17,7 @@ mod limits;
 mod line;
 mod link_report;
 mod live;
+mod probe;
 mod query;
 mod report;
 mod seed;
