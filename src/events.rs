@@ -29,6 +29,7 @@ mod conflict;
 mod http_auth;
 mod labels;
 mod limits;
+mod probe;
 mod recent;
 mod table;
 
@@ -37,6 +38,7 @@ pub use conflict::ReadingConflict;
 pub use http_auth::{HttpAuthRefused, HttpRefusal};
 pub use labels::{AuthResult, CloseReason, Mode, RefuseReason, RejectReason, ReloadWhat};
 pub use limits::SeriesCacheEvicted;
+pub use probe::{ProbeResult, UdpProbeHandled};
 pub use recent::{Percentiles, Recent, Rejection, WindowSummary, WINDOW_SECONDS};
 pub use table::{describe, names, prometheus_builder, Kind, MetricDef, METRICS};
 
@@ -99,6 +101,8 @@ pub struct Telemetry {
     series_cache_entries: Gauge,
     /// `reason` = [`HttpRefusal`] (`events/http_auth.rs`).
     http_auth_refused: [Counter; HttpRefusal::ALL.len()],
+    /// `result` = [`ProbeResult::ALL`] (`events/probe.rs`).
+    udp_probes: [Counter; ProbeResult::ALL.len()],
     /// What the load summary reads.
     pub totals: Totals,
     /// The last seconds, for the HTTP API (rates, percentiles, rejections, readiness).
@@ -158,6 +162,8 @@ impl Telemetry {
             series_cache_entries: metrics::gauge!(SERIES_CACHE_ENTRIES),
             http_auth_refused: HttpRefusal::ALL
                 .map(|reason| metrics::counter!(HTTP_AUTH_REFUSED, "reason" => reason.as_str())),
+            udp_probes: ProbeResult::ALL
+                .map(|result| metrics::counter!(UDP_PROBES, "result" => result.as_str())),
             totals: Totals::default(),
             recent: Recent::default(),
         }

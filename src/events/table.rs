@@ -37,6 +37,7 @@
 //! | `sensorlink_auth_total` | counter | `result` = `ok` `malformed` `unknown` `revoked` `off` | `auth` lines answered on the sensor port (`off`: the server has no `--auth`) ([`super::AuthChecked`]) |
 //! | `sensorlink_store_series_cache_evictions_total` | counter | | series ids the SQLite writer evicted from its bounded cache ([`super::SeriesCacheEvicted`]) |
 //! | `sensorlink_store_series_cache_entries` | gauge | | series ids in that cache, as of its last eviction |
+//! | `sensorlink_udp_probes_total` | counter | `result` = `answered` `too_short` `malformed` `unsigned` `bad_mac` `rate_limited` `send_failed` | datagrams on the UDP probe port, by what became of them ([`super::UdpProbeHandled`]) |
 //! | `sensorlink_http_auth_refused_total` | counter | `reason` = `missing` `malformed` `unknown` `revoked` `no_read_scope` | HTTP requests refused for want of a read token ([`super::HttpAuthRefused`]) |
 //!
 //! **Cardinality rule.** Every label takes only the values listed: no per-sensor, per-peer
@@ -187,6 +188,8 @@ metric_table! {
         "Series ids in the SQLite writer's cache, as of its last eviction.";
     HTTP_AUTH_REFUSED = "sensorlink_http_auth_refused_total", Counter, Count, NO_BUCKETS,
         "HTTP requests (/api/*, /metrics) refused for want of a read token, by reason.";
+    UDP_PROBES = "sensorlink_udp_probes_total", Counter, Count, NO_BUCKETS,
+        "Datagrams on the UDP probe port, by result (answered, or why dropped).";
 }
 
 /// Help texts and units for every metric in [`METRICS`], given to the current recorder.

@@ -89,6 +89,10 @@ pub struct ServerConfig {
     /// With [`ServerConfig::tls`]: serve the HTTP side over HTTPS with the same
     /// certificate (`--http-tls`, default on); off keeps it plain HTTP.
     pub http_tls: bool,
+    /// Answer UDP probes on the sensor port's number (`--udp`, default on).
+    pub udp: bool,
+    /// UDP probes per second answered per source address (`--udp-rate-per-ip`).
+    pub udp_rate_per_ip: u32,
 }
 
 /// The PEM files the sensor port's TLS is configured from.
@@ -128,6 +132,8 @@ impl Default for ServerConfig {
             metrics_auth: None,
             http_insecure: false,
             http_tls: true,
+            udp: true,
+            udp_rate_per_ip: crate::probe::reflector::DEFAULT_RATE_PER_IP,
         }
     }
 }
@@ -267,6 +273,23 @@ pub async fn run_with_store(
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     let local: SocketAddr = listener.local_addr().context("reading the bound address")?;
+    // The same port number over UDP (port 0 took the TCP one's), up before `listening on`.
+    if config.udp {
+        let socket = crate::probe::reflector::bind(local).await?;
+        tracing::info!(
+            addr = %local,
+            rate_per_ip = config.udp_rate_per_ip,
+            auth = auth.is_some(),
+            "answering udp probes"
+        );
+        let reflector =
+            crate::probe::reflector::Reflector::new(config.udp_rate_per_ip, auth.clone());
+        tokio::spawn(crate::probe::reflector::serve(
+            socket,
+            reflector,
+            shutdown.clone(),
+        ));
+    }
     // Bound before `listening on`, which tells scripts that everything is up.
     // The live view exists only to be served: with `--http off` nothing feeds it.
     // HTTP outlives the sensor port's shutdown: `/readyz` says "shutting down" and
