@@ -84,14 +84,27 @@ fn outage_shorter_than_the_reply_timeout_delays_readings_and_loses_none() {
         "max RTT {max:.0} ms: nothing waited out the 5 s outage"
     );
     assert!(retrans > 0, "the client's kernel retransmitted nothing");
+    let reported = run.tcp("retransmits") as u64;
+    assert!(
+        reported > 0 && reported <= retrans,
+        "client reported {reported} retransmitted segments, its namespace {retrans}"
+    );
+    assert_eq!(
+        run.summary["disconnects"]
+            .as_object()
+            .map(|kinds| kinds.values().filter(|n| n.as_u64() != Some(0)).count()),
+        Some(0),
+        "disconnects: {}",
+        run.summary
+    );
     record(
         "4a outage 5 s",
         Row {
             injected: "20 ms; outage 5 s (reply timeout 10 s)".into(),
             measured: format!(
-                "max RTT {max:.0} ms, timeouts 0, reconnects 0, retransmitted segments {retrans}; 120/120 stored once"
+                "max RTT {max:.0} ms, timeouts 0, disconnects 0, reconnects 0, retransmitted segments {reported} (namespace {retrans}); 120/120 stored once"
             ),
-            checked: "late, not lost: no timeout, max RTT ≥ 4.9 s, kernel retransmits > 0, stored exactly once".into(),
+            checked: "late, not lost: no timeout or disconnect, max RTT ≥ 4.9 s, retransmits > 0, stored exactly once".into(),
         },
     );
 }
@@ -146,15 +159,27 @@ fn outage_longer_than_the_reply_timeout_reconnects_and_replays_exactly_once() {
     assert!(run.count("resent") > 0, "nothing resent: {}", run.summary);
     assert_stored_once(&values, 150);
     assert!(retrans > 0, "the client's kernel retransmitted nothing");
+    // The reply timeout made it reconnect (counted in `timeouts`, its event's kind
+    // `reply_timeout`); the connects tried while the link was still dead timed out.
+    let kinds = run.disconnect_kinds();
+    assert!(kinds.contains("reply_timeout"), "kinds {kinds:?}");
+    assert!(run.disconnects("connect_timeout") >= 1, "{}", run.summary);
+    let reported = run.tcp("retransmits") as u64;
+    assert!(
+        reported > 0,
+        "client reported no retransmission: {}",
+        run.summary
+    );
     record(
         "4b outage 8 s",
         Row {
             injected: "20 ms; outage 8 s (reply timeout 2 s, spool)".into(),
             measured: format!(
-                "timeouts {timeouts}, reconnects {reconnects}, resent {}, retransmitted segments {retrans}, reasons {reasons:?}; 150/150 stored once",
+                "timeouts {timeouts}, disconnects {}, reconnects {reconnects}, resent {}, retransmitted segments {reported} (namespace {retrans}), kinds {kinds:?}, reasons {reasons:?}; 150/150 stored once",
+                run.summary["disconnects"],
                 run.count("resent")
             ),
-            checked: "timeouts and disconnects with a reason; reconnect, replay; stored exactly once".into(),
+            checked: "a reply timeout, connect timeouts, each disconnect with its kind and reason; reconnect, replay; stored exactly once".into(),
         },
     );
 }
@@ -216,18 +241,27 @@ fn stopped_server_and_dead_link_are_told_apart() {
         cut.retrans > 0,
         "a dead link made the client's kernel retransmit nothing"
     );
+    // And the client says so itself: its retransmits tell the two apart.
+    let (stopped_reported, cut_reported) = (
+        stopped.run.tcp("retransmits") as u64,
+        cut.run.tcp("retransmits") as u64,
+    );
+    assert_eq!(stopped_reported, 0, "stopped: {}", stopped.run.summary);
+    assert!(cut_reported > 0, "cut: {}", cut.run.summary);
     record(
         "5 stopped server vs outage",
         Row {
             injected: "20 ms; server SIGSTOPped 3 s, then the link cut 3 s (reply timeout 1 s)".into(),
             measured: format!(
-                "stopped: timeouts {}, retransmitted segments {}; cut: timeouts {}, retransmitted segments {}",
+                "stopped: timeouts {}, retransmits {stopped_reported} (namespace {}), kinds {:?}; cut: timeouts {}, retransmits {cut_reported} (namespace {}), kinds {:?}",
                 stopped.run.count("timeouts"),
                 stopped.retrans,
+                stopped.run.disconnect_kinds(),
                 cut.run.count("timeouts"),
-                cut.retrans
+                cut.retrans,
+                cut.run.disconnect_kinds()
             ),
-            checked: "both time out; retransmits == 0 when stopped, > 0 when cut".into(),
+            checked: "both time out; the client's retransmits (and its namespace's) == 0 when stopped, > 0 when cut".into(),
         },
     );
 }

@@ -294,6 +294,34 @@ impl ClientRun {
             .unwrap_or_else(|| panic!("summary.{key}: {}", self.summary))
     }
 
+    /// `summary.tcp.<key>`: the kernel's figures for the run's connections (`TCP_INFO`);
+    /// panics when the client reports none.
+    pub fn tcp(&self, key: &str) -> f64 {
+        self.summary["tcp"][key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("summary.tcp.{key}: {}", self.summary))
+    }
+
+    /// `summary.disconnects.<kind>`.
+    pub fn disconnects(&self, kind: &str) -> u64 {
+        self.summary["disconnects"][kind]
+            .as_u64()
+            .unwrap_or_else(|| panic!("summary.disconnects.{kind}: {}", self.summary))
+    }
+
+    /// The `kind`s of the `disconnected` events, each once.
+    pub fn disconnect_kinds(&self) -> std::collections::BTreeSet<String> {
+        self.events_of("disconnected")
+            .iter()
+            .map(|e| {
+                e["kind"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("a disconnected event without a kind: {e}"))
+                    .to_string()
+            })
+            .collect()
+    }
+
     /// Asserts the client exited 0 (every reading delivered), showing its log if not.
     pub fn assert_success(&self) {
         assert!(

@@ -48,6 +48,19 @@ pub fn binomial_interval_percent(n: u64, p: f64, level: f64) -> (f64, f64) {
     (lo as f64 * 100.0 / n as f64, hi as f64 * 100.0 / n as f64)
 }
 
+/// Two-sided z for 99 %.
+pub const Z_99: f64 = 2.5758;
+
+/// The largest difference between two loss rates, `k1/n1` and `k2/n2`, that two binomial
+/// samples of one and the same rate still show in `z` of their runs (99 % with [`Z_99`]):
+/// z · √(p̂(1 − p̂)(1/n1 + 1/n2)), p̂ the pooled rate. Comparing one tool's figure with
+/// another's is this, not one figure against the other's interval as if it were exact:
+/// each carries its own sampling error.
+pub fn max_rate_difference(k1: u64, n1: u64, k2: u64, n2: u64, z: f64) -> f64 {
+    let pooled = (k1 + k2) as f64 / (n1 + n2) as f64;
+    z * (pooled * (1.0 - pooled) * (1.0 / n1 as f64 + 1.0 / n2 as f64)).sqrt()
+}
+
 /// The `q` quantile of the sum of two independent U(−a, +a) (a triangle on [−2a, 2a]):
 /// what a round trip adds when each way gets its own uniform jitter of half-width `a`.
 pub fn triangle_quantile(a: f64, q: f64) -> f64 {
@@ -87,6 +100,15 @@ mod tests {
         assert_eq!(binomial_interval(10, 1.0, 0.99), (10, 10));
         // n = 1, p = 0.5: either outcome is in the central 99 %.
         assert_eq!(binomial_interval(1, 0.5, 0.99), (0, 1));
+    }
+
+    #[test]
+    fn max_rate_difference_of_two_samples() {
+        // 128/2382 and 103/2500: pooled 4.73 %, se 0.607 points, 99 %: 1.56 points.
+        let max = max_rate_difference(128, 2382, 103, 2500, Z_99);
+        assert!((max - 0.01564).abs() < 0.0001, "{max}");
+        // Nothing lost on either side: no difference allowed.
+        assert_eq!(max_rate_difference(0, 100, 0, 100, Z_99), 0.0);
     }
 
     #[test]
