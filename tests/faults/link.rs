@@ -134,13 +134,14 @@ impl Link {
         };
         let up = link.up.clone();
         let down = link.down.clone();
-        link.relay("up", up, client_tun.clone(), server_tun.clone(), seed);
+        link.relay("up", up, client_tun.clone(), server_tun.clone(), seed, true);
         link.relay(
             "down",
             down,
             server_tun,
             client_tun,
             seed ^ 0x9e37_79b9_7f4a_7c15,
+            false,
         );
         Ok(link)
     }
@@ -192,12 +193,13 @@ impl Link {
         from: Arc<OwnedFd>,
         to: Arc<OwnedFd>,
         seed: u64,
+        toward_server: bool,
     ) {
         let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
         let stop = self.stop.clone();
         let reader = std::thread::Builder::new()
             .name(format!("relay-{name}-read"))
-            .spawn(move || read_loop(&dir, &from, &tx, &stop, seed))
+            .spawn(move || read_loop(&dir, &from, &tx, &stop, seed, toward_server))
             .expect("spawn a relay thread");
         let stop = self.stop.clone();
         let writer = std::thread::Builder::new()
@@ -236,6 +238,7 @@ fn read_loop(
     tx: &mpsc::Sender<(Instant, Vec<u8>)>,
     stop: &AtomicBool,
     seed: u64,
+    toward_server: bool,
 ) {
     precise_timers();
     let mut schedule = Schedule::new(seed, Instant::now());
@@ -251,7 +254,8 @@ fn read_loop(
             continue;
         }
         let conditions = *dir.conditions.lock().expect("conditions lock");
-        let counter = match schedule.decide(arrival, &conditions) {
+        let flow = flow_of(&buf[..n as usize], toward_server);
+        let counter = match schedule.decide(arrival, &conditions, flow) {
             Fate::Outage => &dir.counters.outage_dropped,
             Fate::Lost => &dir.counters.lost,
             Fate::Release { at, held } => {
@@ -281,26 +285,58 @@ enum Fate {
     },
 }
 
-/// One direction's decisions, no I/O: the seeded draws and the last release time.
+/// Which stream of draws a packet takes: its IP protocol and the port on the server side
+/// (0 for anything else). Each flow draws from its own seeded stream, so the fates of one
+/// tool's packets do not depend on how they interleave with another's (irtt beside the
+/// probe): a run repeats. The client's ports are left out: they change from run to run.
+type Flow = (u8, u16);
+
+/// The flow of an IPv4 packet travelling toward the server side (or away from it).
+fn flow_of(packet: &[u8], toward_server: bool) -> Flow {
+    if packet.len() < 20 || packet[0] >> 4 != 4 {
+        return (0, 0);
+    }
+    let header = usize::from(packet[0] & 0x0f) * 4;
+    let protocol = packet[9];
+    let ports = packet.get(header..header + 4);
+    match (protocol, ports) {
+        (6 | 17, Some(ports)) => {
+            let at = if toward_server { 2 } else { 0 };
+            (protocol, u16::from_be_bytes([ports[at], ports[at + 1]]))
+        }
+        _ => (protocol, 0),
+    }
+}
+
+/// One direction's decisions, no I/O: a seeded stream of draws per flow, and the last
+/// release time (order is kept across all flows, as on one wire).
 struct Schedule {
-    rng: StdRng,
+    seed: u64,
+    draws: std::collections::HashMap<Flow, StdRng>,
     last_release: Instant,
 }
 
 impl Schedule {
     fn new(seed: u64, start: Instant) -> Schedule {
         Schedule {
-            rng: StdRng::seed_from_u64(seed),
+            seed,
+            draws: std::collections::HashMap::new(),
             last_release: start,
         }
     }
 
-    /// The fate of a packet that arrived at `arrival` under `conditions`.
-    fn decide(&mut self, arrival: Instant, conditions: &Conditions) -> Fate {
-        // Two draws for every packet, dropped or not, so a direction's sequence of fates
-        // depends only on its seed and the packets it has seen.
-        let lose = self.rng.random::<f64>() < conditions.loss;
-        let jitter_draw = self.rng.random::<f64>() * 2.0 - 1.0;
+    /// The fate of a packet of `flow` that arrived at `arrival` under `conditions`.
+    fn decide(&mut self, arrival: Instant, conditions: &Conditions, flow: Flow) -> Fate {
+        let seed = self.seed
+            ^ (u64::from(flow.0) << 16 | u64::from(flow.1)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let rng = self
+            .draws
+            .entry(flow)
+            .or_insert_with(|| StdRng::seed_from_u64(seed));
+        // Two draws for every packet, dropped or not, so a flow's sequence of fates
+        // depends only on the seed and the packets it has sent.
+        let lose = rng.random::<f64>() < conditions.loss;
+        let jitter_draw = rng.random::<f64>() * 2.0 - 1.0;
         if conditions.outage {
             return Fate::Outage;
         }
@@ -415,6 +451,9 @@ mod tests {
     use super::*;
     use crate::stats::binomial_interval;
 
+    /// A UDP flow to the server's port 2112.
+    const UDP: Flow = (17, 2112);
+
     fn jittery() -> Conditions {
         Conditions {
             jitter: Duration::from_millis(10),
@@ -429,7 +468,7 @@ mod tests {
         for ms in [0, 1, 5, 100] {
             let arrival = start + Duration::from_millis(ms);
             assert_eq!(
-                schedule.decide(arrival, &Conditions::delay_ms(20)),
+                schedule.decide(arrival, &Conditions::delay_ms(20), UDP),
                 Fate::Release {
                     at: arrival + Duration::from_millis(20),
                     held: false
@@ -446,7 +485,8 @@ mod tests {
         // 1 ms apart, far closer than the 20 ms span: order must often hold packets back.
         for ms in 0..10_000u64 {
             let arrival = start + Duration::from_millis(ms);
-            let Fate::Release { at, held: waited } = schedule.decide(arrival, &jittery()) else {
+            let Fate::Release { at, held: waited } = schedule.decide(arrival, &jittery(), UDP)
+            else {
                 panic!("no loss or outage was set");
             };
             assert!(
@@ -480,7 +520,7 @@ mod tests {
         let fates = |seed| {
             let mut schedule = Schedule::new(seed, start);
             (0..100_000)
-                .map(|_| schedule.decide(start, &lossy) == Fate::Lost)
+                .map(|_| schedule.decide(start, &lossy, UDP) == Fate::Lost)
                 .collect::<Vec<_>>()
         };
         let first = fates(3);
@@ -504,8 +544,8 @@ mod tests {
             ..Conditions::delay_ms(20)
         };
         for _ in 0..100 {
-            assert_eq!(cut.decide(start, &outage), Fate::Outage);
-            open.decide(start, &Conditions::delay_ms(20));
+            assert_eq!(cut.decide(start, &outage, UDP), Fate::Outage);
+            open.decide(start, &Conditions::delay_ms(20), UDP);
         }
         // Both drew the same numbers, so they decide alike from here on.
         let lossy = Conditions {
@@ -514,9 +554,48 @@ mod tests {
         };
         for _ in 0..100 {
             assert_eq!(
-                cut.decide(start, &lossy) == Fate::Lost,
-                open.decide(start, &lossy) == Fate::Lost
+                cut.decide(start, &lossy, UDP) == Fate::Lost,
+                open.decide(start, &lossy, UDP) == Fate::Lost
             );
         }
+    }
+
+    #[test]
+    fn each_flow_draws_alone_whatever_the_interleaving() {
+        let start = Instant::now();
+        let lossy = Conditions {
+            loss: 0.3,
+            ..Conditions::default()
+        };
+        let (a, b) = ((17, 2112), (17, 8889));
+        // Flow a alone, then a interleaved with b in a varying pattern: a's fates repeat.
+        let mut alone = Schedule::new(6, start);
+        let a_alone: Vec<_> = (0..1000).map(|_| alone.decide(start, &lossy, a)).collect();
+        let mut mixed = Schedule::new(6, start);
+        let mut a_mixed = Vec::new();
+        for i in 0..1000 {
+            for _ in 0..i % 3 {
+                mixed.decide(start, &lossy, b);
+            }
+            a_mixed.push(mixed.decide(start, &lossy, a));
+        }
+        assert_eq!(a_alone, a_mixed);
+    }
+
+    #[test]
+    fn flow_of_reads_protocol_and_the_server_side_port() {
+        // IPv4, 20-byte header, protocol UDP; ports 40000 → 2112.
+        let mut packet = vec![0u8; 28];
+        packet[0] = 0x45;
+        packet[9] = 17;
+        packet[20..22].copy_from_slice(&40000u16.to_be_bytes());
+        packet[22..24].copy_from_slice(&2112u16.to_be_bytes());
+        assert_eq!(flow_of(&packet, true), (17, 2112));
+        assert_eq!(flow_of(&packet, false), (17, 40000));
+        packet[9] = 1; // ICMP: no ports
+        assert_eq!(flow_of(&packet, true), (1, 0));
+        assert_eq!(flow_of(&packet[..10], true), (0, 0), "too short");
+        packet[0] = 0x60; // IPv6
+        assert_eq!(flow_of(&packet, true), (0, 0));
     }
 }

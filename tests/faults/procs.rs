@@ -15,6 +15,9 @@ use serde_json::Value;
 
 use crate::netns::NetnsPair;
 
+/// The server's port inside its namespace (the default sensor port).
+pub const SERVER_PORT: u16 = 8889;
+
 /// Generous bound for a start-up: a liveness guard, not a measurement.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
@@ -162,13 +165,16 @@ impl Store {
 }
 
 impl Server {
-    /// Starts on `<server ip>:0` with a fresh SQLite store (`--fsync os`: the scenarios
+    /// Starts on `<server ip>:8889` with a fresh SQLite store (`--fsync os`: the scenarios
     /// measure the link, not the disk) and `extra` flags; its HTTP side stays on the
     /// namespace's loopback.
     pub fn start(net: &NetnsPair, extra: &[&str]) -> Server {
         let store = Store::new();
         let mut cmd = net.command(&net.server, bin());
-        let listen = format!("{}:0", net.server_ip());
+        // A fixed port, unlike the loopback tests: nothing else lives in this namespace, so
+        // it cannot collide, and the relay's draws per flow (keyed by the server's port)
+        // then repeat from run to run.
+        let listen = format!("{}:{SERVER_PORT}", net.server_ip());
         cmd.args(["server", "--listen", &listen, "--http", "127.0.0.1:0"])
             .args(["--store", &store.url(), "--fsync", "os"])
             .args(extra)
