@@ -70,11 +70,14 @@ impl NetnsPair {
         format!("10.201.{}.2", self.subnet)
     }
 
-    /// `ip netns exec NS program args…`: exec keeps the PID, so the child's PID is the
-    /// program's own and the test signals exactly what it started.
+    /// `ip netns exec NS chrt -f 1 program args…`: both exec, so the child's PID is the
+    /// program's own and the test signals exactly what it started. Real-time priority 1
+    /// (below the relay's 10) keeps a machine busy with other work from stalling the
+    /// programs under test for a scheduler slice or more: such a stall would read as a
+    /// link fault. They sleep between readings and probes, so they take little of a core.
     pub fn command(&self, ns: &str, program: &str) -> Command {
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", ns, program]);
+        cmd.args(["netns", "exec", ns, "chrt", "-f", "1", program]);
         cmd
     }
 

@@ -126,9 +126,13 @@ fn jitter_20ms_plus_minus_10ms_each_way_shows_in_mdev_and_p99() {
         run.rtt_ms("min_us"),
         run.rtt_ms("max_us"),
     );
-    let expected_mdev = (triangle_stddev(a).powi(2) + base_mdev.powi(2)).sqrt();
+    // The path's own spread adds in quadrature; a baseline's mdev under 4 ms adds under
+    // 11 %, inside the tolerance. (Not added in: one stall in the short baseline would
+    // make its mdev, and so the expectation, large.)
+    let expected_mdev = triangle_stddev(a);
     // The sample's p99 lies between the distribution's 95th percentile and its top (300
-    // samples: the 297th of them), plus what the path itself adds.
+    // samples: the 297th of them), plus what the path itself adds. (The max is not
+    // bounded: one stall of a program under test on a busy machine would exceed it.)
     let p99_lo = 40.0 + overhead + triangle_quantile(a, 0.95);
     let p99_hi = 40.0 + triangle_quantile(a, 1.0) + base_max;
     assert_eq!(run.count("acked"), 300, "{}", run.summary);
@@ -136,10 +140,9 @@ fn jitter_20ms_plus_minus_10ms_each_way_shows_in_mdev_and_p99() {
         min >= 40.0 + triangle_quantile(a, 0.0),
         "min {min:.3} ms below 20 ms"
     );
-    assert!(max <= p99_hi, "max {max:.3} ms above {p99_hi:.3} ms");
     assert!(
         rel_diff(mdev, expected_mdev) <= 0.15,
-        "mdev {mdev:.3} ms, expected {expected_mdev:.3} ms (√(2·10²/3) with the baseline's) within 15 %"
+        "mdev {mdev:.3} ms, expected {expected_mdev:.3} ms (√(2·10²/3)) within 15 %"
     );
     assert!(
         (p99_lo..=p99_hi).contains(&p99),
