@@ -202,7 +202,7 @@ metric_table! {
     SENSOR_TCP_SRTT = "sensorlink_sensor_tcp_srtt_seconds", Gauge, Seconds, NO_BUCKETS,
         "Latest smoothed RTT (TCP_INFO) of the sensor's connection (only the first 100 sensors sampled get this label).";
     SENSOR_TCP_RETRANSMITS = "sensorlink_sensor_tcp_retransmits", Gauge, Count, NO_BUCKETS,
-        "TCP segments retransmitted so far on the sensor's latest connection (only the first 100 sensors sampled).";
+        "TCP segments retransmitted so far on the sensor's latest connection (only the first 100 sensors sampled get this label).";
 }
 
 /// Metrics labelled by `sensor`: registered per sensor at its first sample (bounded by

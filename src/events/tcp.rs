@@ -129,6 +129,29 @@ mod tests {
         assert_eq!(sample(&text, "sensorlink_tcp_retransmits_total"), Some(3.0));
     }
 
+    /// The help texts (literals in the table) and the docs state the bound in force.
+    #[test]
+    fn help_and_docs_state_the_label_bound() {
+        let bound = format!("first {MAX_TCP_LABELED_SENSORS} sensors");
+        for name in super::super::table::PER_SENSOR {
+            let metric = super::super::METRICS
+                .iter()
+                .find(|metric| metric.name == *name)
+                .expect("PER_SENSOR names are in METRICS");
+            assert!(
+                metric.help.contains(&bound),
+                "{}: {}",
+                metric.name,
+                metric.help
+            );
+        }
+        let doc = include_str!("../../docs/http-api.md");
+        assert!(
+            doc.contains(&format!("**{bound} the\nserver samples**")),
+            "docs/http-api.md"
+        );
+    }
+
     #[test]
     fn only_the_first_sensors_get_a_label() {
         let text = render(|t| {
