@@ -79,7 +79,7 @@ for rep in $(seq "$REPS"); do
 done
 
 echo
-echo "| --tcp-info-interval | connections | server CPU, % of one core (median; each rep) | TCP_INFO samples taken | readings/s | ack p50 / p99 µs | errors |"
+echo "| --tcp-info-interval | server sockets (10,000 connections + listeners) | server CPU, % of one core (median; each rep) | TCP_INFO samples taken | readings/s | ack p50 / p99 µs | errors |"
 echo "|---|---:|---|---:|---:|---|---:|"
 for interval in 0s 1s; do
   f="$tmp/$interval.jsonl"
