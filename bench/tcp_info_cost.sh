@@ -83,5 +83,5 @@ echo "| --tcp-info-interval | server sockets (10,000 connections + listeners) | 
 echo "|---|---:|---|---:|---:|---|---:|"
 for interval in 0s 1s; do
   f="$tmp/$interval.jsonl"
-  echo "| $interval | $(jmed "$f" .server_sockets) | $(printf '%.1f' "$(jmed "$f" '.cpu_core_fraction * 100')") ($(jq -r '.cpu_core_fraction * 100 | . * 10 | round / 10' "$f" | paste -sd' ')) | $(int "$(jmed "$f" .samples)") | $(int "$(jmed "$f" .readings_per_sec)") | $(int "$(jmed "$f" .p50)") / $(int "$(jmed "$f" .p99)") | $(jmed "$f" .errors) |"
+  echo "| $interval | $(int "$(jmed "$f" .server_sockets)") | $(printf '%.1f' "$(jmed "$f" '.cpu_core_fraction * 100')") ($(jq -r '.cpu_core_fraction * 100 | . * 10 | round / 10' "$f" | paste -sd' ')) | $(int "$(jmed "$f" .samples)") | $(int "$(jmed "$f" .readings_per_sec)") | $(int "$(jmed "$f" .p50)") / $(int "$(jmed "$f" .p99)") | $(int "$(jmed "$f" .errors)") |"
 done
