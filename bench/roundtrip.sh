@@ -3,14 +3,18 @@
 #   ours:      `sensorlink bench --connections 1 --pipeline 1 --batch 1` against
 #              `sensorlink server --store memory` (and, for information, SQLite --fsync os)
 #   reference: `sockperf pp --tcp --full-rtt` against `sockperf sr --tcp` (Debian `sockperf`)
+#   and the client itself: `sensorlink client --interval 0 --count CLIENT_COUNT --json`
+#   (ping-pong: one reading in flight; p50/p99 from its summary) against the memory store
 # Alternated in one sitting, REPS (default 3) reps of DURATION seconds (default 5) each;
 # prints medians and the ratios against the targets (p50 ≤ 1.3×, p99 ≤ 1.5× sockperf's).
-# Loopback only; about REPS × 3 × (DURATION + 2) s in all (≈ 1 min). OUT=DIR keeps raw output.
+# Loopback only; about REPS × 4 × (DURATION + 2) s in all (≈ 1.5 min). OUT=DIR keeps raw output.
 source "$(dirname "$0")/lib.sh"
 ALTERNATED=1
 
 DURATION=${DURATION:-5}
 REPS=${REPS:-3}
+# Readings per client run: bounded, and a few seconds at loopback round trips.
+CLIENT_COUNT=${CLIENT_COUNT:-20000}
 bash scripts/install-bench-deps.sh sockperf jq python3
 build
 
@@ -22,6 +26,22 @@ run_ours() { # NAME STORE FSYNC
   stop_pid "$server_pid"
   cat "$tmp/run.json" >> "$tmp/$name.jsonl"
   keep "$tmp/run.json" "roundtrip-$name-$rep.json"
+}
+
+# run_client: `sensorlink client --interval 0` (ping-pong) against a fresh memory store; its
+# summary's RTT percentiles (µs) and acked readings per second of the run (connect and the
+# last link report included, so a little under the bench's rate).
+run_client() {
+  start_ours memory always
+  timeout --kill-after=5 $((DURATION + 60)) "$bin" client "$addr" --interval 0 \
+    --count "$CLIENT_COUNT" --sensor roundtrip --link-report 0 --json > "$tmp/client.out" ||
+    [ $? -eq 1 ] # exit 1: readings lost; the summary says how many
+  stop_pid "$server_pid"
+  keep "$tmp/client.out" "roundtrip-client-$rep.jsonl"
+  jq -c 'select(.event == "summary") | .summary
+    | {latency_us: {p50: .rtt.p50_us, p99: .rtt.p99_us},
+       readings_per_sec: (.acked / .duration_ms * 1000), lost: .lost}' \
+    "$tmp/client.out" >> "$tmp/client.jsonl"
 }
 
 run_sockperf() {
@@ -55,7 +75,9 @@ for rep in $(seq "$REPS"); do
   if [ $((rep % 2)) -eq 1 ]; then
     run_ours memory memory always
     run_sockperf
+    run_client
   else
+    run_client
     run_sockperf
     run_ours memory memory always
   fi
@@ -72,6 +94,10 @@ q50=$(jmed "$tmp/sqlite-os.jsonl" .latency_us.p50)
 q99=$(jmed "$tmp/sqlite-os.jsonl" .latency_us.p99)
 qrate=$(jmed "$tmp/sqlite-os.jsonl" .readings_per_sec)
 errors=$(jq -s 'map(.errors) | add' "$tmp/memory.jsonl" "$tmp/sqlite-os.jsonl")
+c50=$(jmed "$tmp/client.jsonl" .latency_us.p50)
+c99=$(jmed "$tmp/client.jsonl" .latency_us.p99)
+crate=$(jmed "$tmp/client.jsonl" .readings_per_sec)
+clost=$(jq -s 'map(.lost) | add' "$tmp/client.jsonl")
 
 echo
 echo "| round trip, 1 in flight | ours (memory store) | sockperf | ratio | target | |"
@@ -82,3 +108,14 @@ echo "| round trips/s | $(int "$orate") | $(int "$srate") | $(ratio "$orate" "$s
 echo
 echo "for information, SQLite --fsync os: p50 $(printf '%.1f' "$q50") µs, p99 $(printf '%.1f' "$q99") µs, $(int "$qrate") readings/s"
 echo "spread (p50 µs): ours $(spread "$tmp/memory.jsonl" .latency_us.p50), sockperf $(spread "$tmp/sockperf.jsonl" .latency_us.p50); errors in our runs: $errors"
+
+echo
+echo "### client --interval 0 vs sockperf ping-pong"
+echo
+echo "| round trip, 1 in flight | client --interval 0 (memory store) | sockperf ping-pong | ratio |"
+echo "|---|---:|---:|---:|"
+echo "| p50 µs | $(printf '%.1f' "$c50") | $(printf '%.1f' "$s50") | $(ratio "$c50" "$s50")× |"
+echo "| p99 µs | $(printf '%.1f' "$c99") | $(printf '%.1f' "$s99") | $(ratio "$c99" "$s99")× |"
+echo "| round trips/s | $(int "$crate") | $(int "$srate") | $(ratio "$crate" "$srate")× |"
+echo
+echo "client: $CLIENT_COUNT readings per run; spread (p50 µs): $(spread "$tmp/client.jsonl" .latency_us.p50); lost in client runs: $clost"

@@ -56,6 +56,9 @@ pub enum Command {
     Stats(StatsArgs),
     /// Load generator: throughput and ack latency against a running server.
     Bench(crate::bench::BenchArgs),
+    /// Real packet loss, one-way delay and jitter: isochronous UDP probes that the server
+    /// reflects on its sensor port number.
+    Probe(crate::probe::ProbeArgs),
     /// Make a development CA, a server and a client certificate (PEM) for trying TLS.
     Cert(CertArgs),
     /// Manage the tokens file of `server --auth` (make, revoke, list tokens).
@@ -322,6 +325,11 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
             Ok(Outcome::Ok)
         }
         Command::Token(args) => token(args.action),
+        Command::Probe(args) => Ok(match crate::probe::run(args)? {
+            crate::probe::RunEnd::Measured => Outcome::Ok,
+            crate::probe::RunEnd::NoReply => Outcome::Unusable,
+            crate::probe::RunEnd::AuthFailed => Outcome::AuthFailed,
+        }),
         Command::Stats(args) => {
             let reader = open_for_reading(&args.store)?;
             let stats = read_blocking(reader.sensor_stats())?;

@@ -338,6 +338,17 @@ pub struct RawServer {
         skip_serializing_if = "Option::is_none"
     )]
     pub tcp_info_interval: Option<Duration>,
+    /// Answer UDP probes (`sensorlink probe`) on the sensor port's number (`on`/`true` or
+    /// `off`/`false`) [default: true].
+    #[arg(long, env = "SENSORLINK_UDP", value_name = "on|off",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udp: Option<bool>,
+    /// UDP probes per second one source address (IPv6: one /64) gets answered, in bursts
+    /// of one second's worth; more are dropped and counted [default: 2000].
+    #[arg(long, env = "SENSORLINK_UDP_RATE_PER_IP")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udp_rate_per_ip: Option<u32>,
 }
 
 /// The `http` value that turns the HTTP side off.
@@ -366,8 +377,10 @@ pub mod limits {
     /// Zero refuses anything ahead of the server's clock; a century is as good as off.
     pub const MAX_FUTURE_TIMESTAMP: (Duration, Duration) =
         (Duration::ZERO, Duration::from_secs(100 * 366 * 24 * 3600));
-    /// Zero sends as fast as acks allow.
-    pub const INTERVAL: (Duration, Duration) = (Duration::ZERO, Duration::from_secs(24 * 3600));
+    /// Besides zero (ping-pong: the next reading when the previous one is acked): below a
+    /// millisecond tokio's timer cannot keep the pace.
+    pub const INTERVAL: (Duration, Duration) =
+        (Duration::from_millis(1), Duration::from_secs(24 * 3600));
     pub const MAX_PENDING: (usize, usize) = (1, 100_000_000);
     /// A spool smaller than one segment could hold nothing useful.
     pub const SPOOL_MAX_BYTES: (u64, u64) = (64 << 10, 1 << 50);
@@ -424,6 +437,8 @@ impl RawServer {
             http_insecure: self.http_insecure.or(lower.http_insecure),
             http_tls: self.http_tls.or(lower.http_tls),
             tcp_info_interval: self.tcp_info_interval.or(lower.tcp_info_interval),
+            udp: self.udp.or(lower.udp),
+            udp_rate_per_ip: self.udp_rate_per_ip.or(lower.udp_rate_per_ip),
         }
     }
 
@@ -582,6 +597,12 @@ impl RawServer {
                 self.tcp_info_interval.unwrap_or(defaults.tcp_info_interval),
                 limits::TCP_INFO_INTERVAL,
             )?,
+            udp: self.udp.unwrap_or(defaults.udp),
+            udp_rate_per_ip: in_range(
+                "udp-rate-per-ip",
+                self.udp_rate_per_ip.unwrap_or(defaults.udp_rate_per_ip),
+                limits::QUOTA,
+            )?,
             ..defaults
         };
         // A server that would serve its API to the network without tokens does not start.
@@ -634,6 +655,8 @@ impl RawServer {
             // Only meaningful with TLS on.
             http_tls: config.tls.as_ref().map(|_| config.http_tls),
             tcp_info_interval: Some(config.tcp_info_interval),
+            udp: Some(config.udp),
+            udp_rate_per_ip: Some(config.udp_rate_per_ip),
         }
     }
 }
@@ -1470,11 +1493,12 @@ mod tests {
     /// One environment variable must not set two different things: a shell that exports
     /// the server's `SENSORLINK_WRITE_TIMEOUT` must not change its clients. Shared on
     /// purpose: `SENSORLINK_CONFIG` (one file, a table per command) and `SENSORLINK_STORE`
-    /// (the server writes the store that `query` and `stats` read).
+    /// (the server writes the store that `query` and `stats` read), `SENSORLINK_TOKEN` (the
+    /// one token of this sensor: `client` presents it, `probe` signs with it).
     #[test]
     fn no_environment_variable_means_two_settings() {
         let cli = crate::cli::Cli::command();
-        let shared = ["SENSORLINK_CONFIG", "SENSORLINK_STORE"];
+        let shared = ["SENSORLINK_CONFIG", "SENSORLINK_STORE", "SENSORLINK_TOKEN"];
         let mut seen: std::collections::BTreeMap<String, String> = Default::default();
         for sub in cli.get_subcommands() {
             for arg in sub.get_arguments() {

@@ -36,6 +36,8 @@
 //!   PEM files, and `sensorlink cert` (a development CA and certificates).
 //! - [`net`]: the kernel's view of a socket: `net::tcp_info` reads Linux `TCP_INFO` (srtt,
 //!   min RTT, retransmits, congestion window, delivery rate) from any TCP socket.
+//! - [`probe`]: UDP probes (`sensorlink probe`, and the server's reflector): real loss up
+//!   and down, one-way delay, IPDV; `probe/wire.rs` is the datagram format.
 //! - [`cli`]: command-line flags.
 //! - [`config`]: defaults < TOML file < environment < flags, validated into the server's
 //!   and client's settings; `--print-config`.
@@ -50,6 +52,7 @@ pub mod http;
 pub mod live;
 pub mod net;
 pub mod plot;
+pub mod probe;
 pub mod protocol;
 pub mod query;
 pub mod server;

@@ -294,6 +294,14 @@ impl Authority {
         Ok(Arc::clone(&entry.grant))
     }
 
+    /// The key of token `id`'s signed UDP probes (its hash), while the token is in force:
+    /// a token revoked or removed by a reload stops signing probes at once.
+    pub fn probe_key(&self, id: &str) -> Option<TokenHash> {
+        let table = self.table();
+        let entry = table.by_id.get(id)?;
+        (!entry.revoked).then_some(entry.hash)
+    }
+
     /// The current grant of a token verified earlier whose grant went stale: the same
     /// token, reloaded (its hash unchanged, compared in constant time), or why it is refused
     /// now.

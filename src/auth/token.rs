@@ -33,6 +33,11 @@ impl TokenHash {
         TokenHash(Sha256::digest(token.as_bytes()).into())
     }
 
+    /// The digest: also the key of the token's signed UDP probes (`crate::probe::wire`).
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
     /// Compare in constant time: how much of a guessed hash matched never shows in the
     /// reply time.
     pub fn matches(&self, other: &TokenHash) -> bool {

@@ -24,7 +24,9 @@ mod intake;
 mod link_reports;
 
 use super::backoff::Backoff;
+use super::disconnect::{DisconnectCounts, DisconnectKind};
 use super::error::ClientError;
+use super::kernel::{KernelSocket, KernelTotals};
 use super::measure::RunMeasures;
 use super::output::{Printer, RunTotals, Summary};
 use super::report::RunReport;
@@ -32,6 +34,7 @@ use super::session::{open, Event, Opened, Session};
 use super::spool_io::SpoolIo;
 use super::state::ClientState;
 use super::transport::{self, Connection, Connector, TransportError};
+use super::turns::Turns;
 use super::{sleep_until_opt, ClientConfig};
 use crate::protocol::FieldValue;
 use link_reports::SentLinks;
@@ -52,8 +55,8 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 enum Disconnect {
     /// Give up: the run is over.
     Done,
-    /// Reconnect, for this reason.
-    Retry(String),
+    /// Reconnect, for this reason (of this kind).
+    Retry(String, DisconnectKind),
 }
 
 /// One run of the client: the state of delivery and everything it reports.
@@ -86,6 +89,16 @@ pub(crate) struct Engine<'a, S: Session> {
     acked_on_connection: bool,
     /// The link reports written on the current connection (to tell their errors apart).
     sent_links: SentLinks,
+    /// The live connection's socket, sampled for the kernel's figures.
+    socket: Option<KernelSocket>,
+    /// The kernel's figures over every connection of the run.
+    kernel: KernelTotals,
+    /// Connections that ended, or failed to open, by reason.
+    disconnects: DisconnectCounts,
+    /// `--interval 0` (ping-pong): the producer makes a value only when given a turn.
+    turns: Option<Turns>,
+    /// A turn was given and its value has not arrived yet.
+    turn_given: bool,
 }
 
 impl<'a, S: Session> Engine<'a, S> {
@@ -120,6 +133,54 @@ impl<'a, S: Session> Engine<'a, S> {
             stop,
             acked_on_connection: false,
             sent_links: SentLinks::default(),
+            socket: None,
+            kernel: KernelTotals::default(),
+            disconnects: DisconnectCounts::default(),
+            turns: None,
+            turn_given: false,
+        }
+    }
+
+    /// Ping-pong (`--interval 0`): the producer waits for a turn before each value, given
+    /// when nothing of the user's is pending (so one reading at most is in flight).
+    pub(crate) fn with_turns(mut self, turns: Option<Turns>) -> Self {
+        self.turns = turns;
+        self
+    }
+
+    /// Give the producer its next turn if it is due (see [`Engine::with_turns`]).
+    fn give_turn(&mut self) {
+        let Some(turns) = &self.turns else {
+            return;
+        };
+        if !self.turn_given && self.values_open && self.state.pending_user() == 0 {
+            turns.give();
+            self.turn_given = true;
+        }
+    }
+
+    /// How many readings may be in flight: one in ping-pong, else the session's window.
+    fn window(&self) -> usize {
+        if self.config.interval.is_zero() {
+            1
+        } else {
+            self.session.window()
+        }
+    }
+
+    /// Read the live connection's kernel figures.
+    fn sample_kernel(&mut self) {
+        if let Some(info) = self.socket.as_ref().and_then(KernelSocket::sample) {
+            self.kernel.sampled(info);
+        }
+    }
+
+    /// The connection is over: read its totals one last time, then let the socket go (the
+    /// duplicate descriptor keeps it open until then).
+    fn close_kernel(&mut self) {
+        self.sample_kernel();
+        if self.socket.take().is_some() {
+            self.kernel.closed();
         }
     }
 
@@ -181,7 +242,7 @@ impl<'a, S: Session> Engine<'a, S> {
                 break;
             };
             match connected {
-                Ok((conn, connect_time, ping)) => {
+                Ok((conn, connect_time, ping, socket)) => {
                     if self.first_connect.is_none() {
                         self.first_connect = Some(connect_time);
                     } else {
@@ -195,17 +256,21 @@ impl<'a, S: Session> Engine<'a, S> {
                         self.reconnects,
                         self.state.pending_user(),
                     );
-                    let end = self.session_loop(conn).await?;
-                    let Disconnect::Retry(reason) = end else {
+                    self.socket = socket;
+                    self.sample_kernel();
+                    let end = self.session_loop(conn).await;
+                    self.close_kernel();
+                    let Disconnect::Retry(reason, kind) = end? else {
                         break;
                     };
+                    self.disconnects.count(kind);
                     self.disconnected();
                     // A server that accepts and then fails must not be hammered.
                     if self.acked_on_connection {
                         backoff.reset();
                     }
                     let delay = backoff.next_delay();
-                    self.printer.disconnected(&reason, delay);
+                    self.printer.disconnected(&reason, kind, delay);
                     if !self.wait_offline(delay).await? {
                         break;
                     }
@@ -222,11 +287,13 @@ impl<'a, S: Session> Engine<'a, S> {
                         return Err(self.unreachable(err.to_string()));
                     }
                     last_error = Some(err.to_string());
+                    let kind = DisconnectKind::of_transport(&err, true);
+                    self.disconnects.count(kind);
                     let delay = backoff.next_delay();
-                    tracing::debug!(cause = %err, ?delay, "connect failed");
+                    tracing::debug!(cause = %err, ?delay, kind = kind.as_str(), "connect failed");
                     if self.first_connect.is_some() {
                         self.printer
-                            .disconnected(&format!("connect failed: {err}"), delay);
+                            .disconnected(&format!("connect failed: {err}"), kind, delay);
                     }
                     if !self.wait_offline(delay).await? {
                         break;
@@ -321,6 +388,7 @@ impl<'a, S: Session> Engine<'a, S> {
         let until = Instant::now() + delay;
         loop {
             self.mark_events();
+            self.give_turn();
             self.last_link_report(false).await?;
             // Nothing left to deliver (or the drain is over): no point in waiting.
             if self.finished_offline() {
@@ -360,7 +428,7 @@ impl<'a, S: Session> Engine<'a, S> {
         let mut out = Vec::new();
         let now = Instant::now().into_std();
         while writer.queued() + out.len() < MAX_QUEUED_BYTES
-            && self.state.in_flight() < self.session.window()
+            && self.state.in_flight() < self.window()
         {
             let Some(next) = self.state.next_to_send(now) else {
                 break;
@@ -384,8 +452,9 @@ impl<'a, S: Session> Engine<'a, S> {
         loop {
             self.output_ok()?;
             self.mark_events();
+            self.give_turn();
             if self.last_link_report(false).await? {
-                return Ok(Disconnect::Retry(ALL_IN_FLIGHT.to_string()));
+                return Ok(all_in_flight());
             }
             self.queue_due(&mut writer);
             if !writer.busy() {
@@ -408,30 +477,36 @@ impl<'a, S: Session> Engine<'a, S> {
                 reply = reader.read_reply() => match reply {
                     Ok(reply) => {
                         if let Some(reason) = self.on_replies(reply, &mut reader).await? {
-                            return Ok(Disconnect::Retry(reason));
+                            return Ok(reason);
                         }
                     }
-                    Err(err) => return Ok(Disconnect::Retry(err.to_string())),
+                    Err(err) => {
+                        let kind = DisconnectKind::of_transport(&err, false);
+                        return Ok(Disconnect::Retry(err.to_string(), kind));
+                    }
                 },
                 pushed = writer.push(), if writer.busy() => match pushed {
                     // Progress: the peer reads; give it a new write timeout for the rest.
                     Ok(()) => write_deadline = None,
-                    Err(err) => return Ok(Disconnect::Retry(format!("write failed: {err}"))),
+                    Err(err) => {
+                        let kind = DisconnectKind::of_io(&err, false);
+                        return Ok(Disconnect::Retry(format!("write failed: {err}"), kind));
+                    }
                 },
                 _ = sleep_until_opt(write_deadline) => {
                     return Ok(Disconnect::Retry(format!(
                         "write failed: server does not read (nothing taken within {})",
                         humantime::format_duration(self.config.write_timeout)
-                    )));
+                    ), DisconnectKind::WriteTimeout));
                 }
                 value = self.values.recv(), if self.values_open => {
                     if self.on_value(value).await? {
-                        return Ok(Disconnect::Retry(ALL_IN_FLIGHT.to_string()));
+                        return Ok(all_in_flight());
                     }
                 }
                 _ = sleep_until_opt(link_due) => {
                     if self.link_report(false).await? {
-                        return Ok(Disconnect::Retry(ALL_IN_FLIGHT.to_string()));
+                        return Ok(all_in_flight());
                     }
                 }
                 // The producer stops on its own; what it already sent is still taken.
@@ -448,7 +523,7 @@ impl<'a, S: Session> Engine<'a, S> {
                         return Ok(Disconnect::Retry(format!(
                             "no ack within {}",
                             humantime::format_duration(reply_timeout)
-                        )));
+                        ), DisconnectKind::ReplyTimeout));
                     }
                 }
                 _ = sleep_until_opt(drain_deadline) => return Ok(Disconnect::Done),
@@ -457,19 +532,23 @@ impl<'a, S: Session> Engine<'a, S> {
     }
 
     /// Act on `reply` and on every other reply already buffered, then record the acks in
-    /// the spool once. `Some(reason)`: the connection must be re-opened.
+    /// the spool once. `Some(retry)`: the connection must be re-opened.
     async fn on_replies<R: AsyncRead + Unpin>(
         &mut self,
         reply: <S::Decoder as Decoder>::Item,
         reader: &mut transport::ReplyReader<R, S::Decoder>,
-    ) -> Result<Option<String>, ClientError> {
+    ) -> Result<Option<Disconnect>, ClientError> {
         let mut through = None;
-        let mut retry = self.on_reply(reply, &mut through);
+        let other = |reason| Disconnect::Retry(reason, DisconnectKind::Other);
+        let mut retry = self.on_reply(reply, &mut through).map(other);
         while retry.is_none() {
             match reader.buffered_reply() {
-                Ok(Some(reply)) => retry = self.on_reply(reply, &mut through),
+                Ok(Some(reply)) => retry = self.on_reply(reply, &mut through).map(other),
                 Ok(None) => break,
-                Err(err) => retry = Some(err.to_string()),
+                Err(err) => {
+                    let kind = DisconnectKind::of_transport(&err, false);
+                    retry = Some(Disconnect::Retry(err.to_string(), kind));
+                }
             }
         }
         self.record_acks(through).await?;
@@ -576,6 +655,8 @@ impl<'a, S: Session> Engine<'a, S> {
             reconnects: self.reconnects,
             rtt: self.measure.rtt.summary(),
             server_us: self.measure.server_share(),
+            tcp: self.kernel.summary(),
+            disconnects: self.disconnects,
         });
         if summary.conflicts > 0 {
             self.printer.conflicts(summary.conflicts);
@@ -589,6 +670,11 @@ impl<'a, S: Session> Engine<'a, S> {
             picture,
         })
     }
+}
+
+/// A reconnect the client itself decides: every kept reading is in flight.
+fn all_in_flight() -> Disconnect {
+    Disconnect::Retry(ALL_IN_FLIGHT.to_string(), DisconnectKind::Other)
 }
 
 #[cfg(test)]
@@ -630,6 +716,8 @@ mod tests {
         CloseOnLinkReport,
         /// Ack the user's readings; refuse every link report's line with an `error`.
         RejectLinkReports,
+        /// Ack the first reading, then close (nothing of the client's is in the pipe then).
+        CloseAfterAck,
     }
 
     /// The fake server's view: per connection, the values of the readings it received.
@@ -639,6 +727,8 @@ mod tests {
         connections: Vec<Vec<i64>>,
         /// Link-report lines received, on any connection.
         links: Vec<String>,
+        /// `AckAfter`: times more bytes came while a `sync` waited for its late ack.
+        sent_before_ack: usize,
     }
 
     #[derive(Clone)]
@@ -717,7 +807,14 @@ mod tests {
                     continue;
                 }
                 match behaviour {
-                    Behaviour::AckAfter(delay) => tokio::time::sleep(delay).await,
+                    Behaviour::AckAfter(delay) => {
+                        tokio::time::sleep(delay).await;
+                        // Polled once (a zero timeout polls first): were more bytes sent?
+                        let more = tokio::time::timeout(Duration::ZERO, lines.get_mut().fill_buf());
+                        if matches!(more.await, Ok(Ok(buf)) if !buf.is_empty()) {
+                            seen.lock().expect("not poisoned").sent_before_ack += 1;
+                        }
+                    }
                     Behaviour::ResetMidBatch { ack, .. } if readings > ack => continue,
                     _ => {}
                 }
@@ -756,6 +853,7 @@ mod tests {
             }
             match behaviour {
                 Behaviour::CloseAfterPong => return,
+                Behaviour::CloseAfterAck if reply.starts_with("ack ") => return,
                 Behaviour::StopReading => {
                     // Keep the connection open (`lines` lives on), never read it again.
                     std::future::pending::<()>().await;
@@ -896,6 +994,7 @@ mod tests {
         assert_eq!(run.events[lost]["seq"], 1);
         assert_eq!(run.events[lost]["timeout_ms"], 2000.0);
         assert_eq!(kinds[lost + 1], "disconnected", "{kinds:?}");
+        assert_eq!(run.events[lost + 1]["kind"], "reply_timeout");
         let ack = kinds
             .iter()
             .position(|k| *k == "ack")
@@ -905,9 +1004,11 @@ mod tests {
             "{:?}",
             run.events
         );
-        // Late, then acked after the resend: a timeout, not a loss (exit 0).
+        // Late, then acked after the resend: a timeout, not a loss (exit 0), and no
+        // disconnect: the reconnect it caused is counted once, as the timeout.
         assert_eq!(report.counters.timeouts, 1);
         assert_eq!(report.summary.timeouts, 1);
+        assert_eq!(report.summary.disconnects.total(), 0);
         assert_eq!(report.summary.lost, 0, "{:?}", report.summary);
         assert_eq!(report.counters.acked, 1);
         assert!(report.all_acked());
@@ -966,6 +1067,10 @@ mod tests {
             .and_then(|e| e["reason"].as_str())
             .expect("a disconnected event");
         assert!(reason.contains("server does not read"), "{reason}");
+        let kind = run.events.iter().find(|e| e["event"] == "disconnected");
+        assert_eq!(kind.map(|e| &e["kind"]), Some(&"write_timeout".into()));
+        assert_eq!(report.summary.disconnects.write_timeout, 1);
+        assert_eq!(report.summary.disconnects.total(), 1);
         // The pipe fills after some 20 readings (200 ms); then 1 s without progress.
         let gap = run.seen.attempts[1] - started;
         assert!(
@@ -1069,7 +1174,7 @@ mod tests {
         };
         let out = Arc::new(Mutex::new(Vec::new()));
         let printer = Printer::to(Box::new(SharedBuf(out.clone())), true);
-        let report = crate::client::run_values(&config, slow, printer, values, stop).await;
+        let report = crate::client::run_values(&config, slow, printer, values, None, stop).await;
         let out = out.lock().expect("not poisoned").clone();
         let events = String::from_utf8_lossy(&out)
             .lines()
@@ -1174,7 +1279,7 @@ mod tests {
         config.connect_timeout = Duration::from_secs(10);
         config.drain_timeout = Duration::from_secs(60);
         let stop = CancellationToken::new();
-        let values = crate::client::spawn_producer(&config, stop.clone());
+        let values = crate::client::spawn_producer(&config, None, stop.clone());
         // A first connection (so the server counts as reachable), then a slow, silent one.
         let script = vec![Behaviour::CloseAfterPong, Behaviour::Silent];
         let delay = |n| match n {
@@ -1190,6 +1295,15 @@ mod tests {
             gap >= Duration::from_secs(10) && gap <= Duration::from_millis(10_200),
             "{gap:?}"
         );
+        // The silent server's first pong never came within the connect timeout.
+        assert_eq!(report.summary.disconnects.connect_timeout, 1);
+        let kinds: Vec<_> = run
+            .events
+            .iter()
+            .filter(|e| e["event"] == "disconnected")
+            .map(|e| e["kind"].clone())
+            .collect();
+        assert!(kinds.contains(&"connect_timeout".into()), "{kinds:?}");
     }
 
     /// A stop while a reconnect hangs (a 30 s connect timeout) ends the run once the drain
@@ -1208,7 +1322,7 @@ mod tests {
                 stop.cancel();
             });
         }
-        let values = crate::client::spawn_producer(&config, stop.clone());
+        let values = crate::client::spawn_producer(&config, None, stop.clone());
         // The first connection stores reading 1, then closes when reading 3 arrives; every
         // later connect hangs.
         let script = vec![Behaviour::ResetMidBatch { ack: 1, drop_at: 3 }];
@@ -1227,6 +1341,71 @@ mod tests {
         assert_eq!(c.acked, 1, "{c:?}");
         assert!(c.produced >= 5, "{c:?}");
         assert_eq!(report.summary.lost, c.produced - 1, "{:?}", report.summary);
+    }
+
+    /// A server that closes, then a connect refused: two disconnects, each of its kind, in
+    /// the events and the summary; neither is a timeout.
+    #[tokio::test(start_paused = true)]
+    async fn a_closed_connection_and_a_refused_connect_are_counted_by_kind() {
+        let script = vec![Behaviour::CloseAfterAck, Behaviour::Refuse];
+        let run = run(
+            config(Some(3), Duration::from_millis(100)),
+            script,
+            CancellationToken::new(),
+        )
+        .await;
+        let report = report(&run);
+        assert!(report.all_acked(), "{:?}", report.summary);
+        let kinds: Vec<_> = run
+            .events
+            .iter()
+            .filter(|e| e["event"] == "disconnected")
+            .map(|e| e["kind"].as_str().unwrap_or("?").to_string())
+            .collect();
+        assert_eq!(kinds, ["server_closed", "refused"], "{:?}", run.events);
+        let disconnects = report.summary.disconnects;
+        assert_eq!(
+            (disconnects.server_closed, disconnects.refused),
+            (1, 1),
+            "{disconnects:?}"
+        );
+        assert_eq!(disconnects.total(), 2);
+        assert_eq!(report.summary.timeouts, 0);
+        // Over in-memory pipes there is no kernel to ask.
+        assert_eq!(report.summary.tcp, None);
+    }
+
+    /// `--interval 0`: the next reading is made only when the previous one is acked (the
+    /// fake server answers 50 ms late, so a free-running producer would pile them up).
+    #[tokio::test(start_paused = true)]
+    async fn ping_pong_keeps_one_reading_in_flight() {
+        let config = config(Some(20), Duration::ZERO);
+        let started = Instant::now();
+        let run = run(
+            config,
+            vec![Behaviour::AckAfter(Duration::from_millis(50))],
+            CancellationToken::new(),
+        )
+        .await;
+        let report = report(&run);
+        assert_eq!(report.counters.acked, 20);
+        assert_eq!(run.seen.connections[0].len(), 20);
+        assert_eq!(run.seen.sent_before_ack, 0, "a reading came before the ack");
+        let took = Instant::now() - started;
+        assert!(took >= Duration::from_millis(20 * 50), "{took:?}");
+    }
+
+    /// The check above can fail: with an interval, readings do not wait for the late acks.
+    #[tokio::test(start_paused = true)]
+    async fn without_ping_pong_readings_do_not_wait_for_acks() {
+        let run = run(
+            config(Some(5), Duration::from_millis(10)),
+            vec![Behaviour::AckAfter(Duration::from_millis(50))],
+            CancellationToken::new(),
+        )
+        .await;
+        assert!(report(&run).all_acked());
+        assert!(run.seen.sent_before_ack > 0);
     }
 
     /// Legacy mode with a queue that fills (a slow server, `--max-pending 2`): the reading in

@@ -13,7 +13,7 @@ use super::samples::{Mark, RunSamples};
 use super::state::Counters;
 use super::stats::RttStats;
 use super::ClientConfig;
-use crate::protocol::Reading;
+use crate::protocol::{FieldValue, Reading};
 
 /// Sums of the server's own timings over the acks that carried them.
 #[derive(Debug, Default)]
@@ -60,7 +60,6 @@ impl RunMeasures {
     }
 
     /// Link reports are on (`--link-report` not 0, line mode).
-    #[cfg(test)]
     pub(crate) fn reports_link(&self) -> bool {
         self.link.is_some()
     }
@@ -125,12 +124,19 @@ impl RunMeasures {
             .is_some_and(|link| !self.last_link_made && link.changed(totals))
     }
 
-    /// The link report for the interval ending now (`None`: reports are off). `last`: the
-    /// run's last one (no more are made after it).
-    pub(crate) fn link_report(&mut self, totals: LinkTotals, last: bool) -> Option<Reading> {
+    /// The link report for the interval ending now (`None`: reports are off), with the
+    /// kernel's `fields` last. `last`: the run's last one (no more are made after it).
+    pub(crate) fn link_report(
+        &mut self,
+        totals: LinkTotals,
+        last: bool,
+        kernel: Vec<(String, FieldValue)>,
+    ) -> Option<Reading> {
         let link = self.link.as_mut()?;
         self.last_link_made |= last;
-        Some(link.report(Instant::now(), totals, crate::timefmt::now_ns()))
+        let mut reading = link.report(Instant::now(), totals, crate::timefmt::now_ns());
+        reading.fields.extend(kernel);
+        Some(reading)
     }
 
     /// Averages of the server's timings, if any ack carried them.

@@ -10,8 +10,10 @@
 //! [`ClientError`]; each reading ends acked or lost (rejected, dropped, unacked at exit).
 
 pub mod backoff;
+pub mod disconnect;
 mod engine;
 pub mod error;
+pub mod kernel;
 pub mod legacy;
 mod line;
 pub mod link;
@@ -26,6 +28,7 @@ pub mod spool_io;
 pub mod state;
 pub mod stats;
 pub mod transport;
+pub mod turns;
 
 use std::time::Duration;
 
@@ -156,8 +159,10 @@ pub async fn run_with<C: Connector>(
         config.legacy,
         config.reply_timeout,
     );
-    let values = spawn_producer(config, stop.clone());
-    run_values(config, connector, printer, values, stop).await
+    // Ping-pong: the producer makes each value when the engine gives it a turn.
+    let turns = config.interval.is_zero().then(turns::Turns::new);
+    let values = spawn_producer(config, turns.clone(), stop.clone());
+    run_values(config, connector, printer, values, turns, stop).await
 }
 
 /// [`run_with`] over values that come from `values` (the producer's end of the channel):
@@ -167,10 +172,12 @@ pub(crate) async fn run_values<C: Connector>(
     connector: C,
     printer: Printer,
     values: mpsc::Receiver<(FieldValue, i64)>,
+    turns: Option<turns::Turns>,
     stop: CancellationToken,
 ) -> Result<RunReport, ClientError> {
     if config.legacy {
         engine::Engine::new(config, LegacySession, printer, values, stop)
+            .with_turns(turns)
             .run(connector)
             .await
     } else {
@@ -180,6 +187,7 @@ pub(crate) async fn run_values<C: Connector>(
             token: config.token.clone(),
         };
         engine::Engine::new(config, session, printer, values, stop)
+            .with_turns(turns)
             .run(connector)
             .await
     }
@@ -219,8 +227,11 @@ fn stop_on_signal(stop: CancellationToken) {
 
 /// Produce values from the source on their own task, so readings keep being made (with
 /// their own timestamps) while the connection is down.
+///
+/// With `turns` (ping-pong), each value waits for the engine's turn.
 fn spawn_producer(
     config: &ClientConfig,
+    turns: Option<turns::Turns>,
     stop: CancellationToken,
 ) -> mpsc::Receiver<(FieldValue, i64)> {
     let (tx, rx) = mpsc::channel(1024);
@@ -230,6 +241,12 @@ fn spawn_producer(
         let mut produced = 0u64;
         let mut errors_in_a_row = 0u32;
         while count.is_none_or(|count| produced < count) {
+            if let Some(turns) = &turns {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    () = turns.wait() => {}
+                }
+            }
             let next = tokio::select! {
                 _ = stop.cancelled() => break,
                 next = source.next() => next,
@@ -244,6 +261,10 @@ fn spawn_producer(
                 }
                 Ok(None) => break,
                 Err(err) => {
+                    // No value was made: the turn it had is still the producer's.
+                    if let Some(turns) = &turns {
+                        turns.give();
+                    }
                     errors_in_a_row += 1;
                     tracing::warn!(cause = %err, "source gave no value");
                     if errors_in_a_row >= 10

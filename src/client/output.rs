@@ -9,6 +9,8 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use super::disconnect::{DisconnectCounts, DisconnectKind};
+use super::kernel::{self, TcpSummary};
 use super::stats::{fmt_ms, RttSummary};
 use crate::protocol::Reading;
 
@@ -293,10 +295,12 @@ impl Printer {
         }
     }
 
-    pub fn disconnected(&mut self, reason: &str, retry_in: Duration) {
+    pub fn disconnected(&mut self, reason: &str, kind: DisconnectKind, retry_in: Duration) {
         if self.json {
-            self.emit(json!({"event": "disconnected", "reason": reason,
-                "retry_in_ms": retry_in.as_secs_f64() * 1e3}));
+            self.emit(
+                json!({"event": "disconnected", "reason": reason, "kind": kind.as_str(),
+                "retry_in_ms": retry_in.as_secs_f64() * 1e3}),
+            );
         } else {
             self.line(&format!(
                 "connection lost: {reason}; retrying in {}",
@@ -371,6 +375,12 @@ impl Printer {
                 fmt_ms(server.network_avg)
             ));
         }
+        text.push('\n');
+        text.push_str(&kernel::summary_line(summary.tcp.as_ref()));
+        if summary.disconnects.total() > 0 {
+            text.push('\n');
+            text.push_str(&summary.disconnects.line());
+        }
         if summary.link_reports_sent > 0 {
             text.push_str(&format!(
                 "\nlink reports: {} sent, {} acked",
@@ -440,6 +450,12 @@ pub struct Summary {
     pub reconnects: u64,
     pub rtt: RttSummary,
     pub server_us: Option<ServerShare>,
+    /// The kernel's view of the run's connections (`None`: not available, or no
+    /// connection was made).
+    pub tcp: Option<TcpSummary>,
+    /// Connections that ended, or failed to open, by reason (reply timeouts are counted in
+    /// `timeouts` instead).
+    pub disconnects: DisconnectCounts,
 }
 
 /// How one run went, as the delivery loops know it; [`Summary::of`] makes the report.
@@ -459,6 +475,8 @@ pub struct RunTotals<'a> {
     pub reconnects: u64,
     pub rtt: RttSummary,
     pub server_us: Option<ServerShare>,
+    pub tcp: Option<TcpSummary>,
+    pub disconnects: DisconnectCounts,
 }
 
 impl Summary {
@@ -493,6 +511,8 @@ impl Summary {
             reconnects: run.reconnects,
             rtt: run.rtt,
             server_us: run.server_us,
+            tcp: run.tcp,
+            disconnects: run.disconnects,
         }
     }
 }
@@ -566,6 +586,8 @@ mod tests {
             reconnects: 0,
             rtt: RttSummary::default(),
             server_us: None,
+            tcp: None,
+            disconnects: DisconnectCounts::default(),
         });
         let out = Shared::default();
         let mut printer = Printer::to(Box::new(out.clone()), false);

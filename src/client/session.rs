@@ -10,6 +10,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_util::codec::Decoder;
 
+use super::kernel::KernelSocket;
 use super::output::ServerTimes;
 use super::transport::{self, Connection, Connector, TransportError};
 use crate::protocol::{FieldValue, Reading};
@@ -81,8 +82,14 @@ pub(crate) trait Session: Send + Sync {
     ) -> Event;
 }
 
-/// An open connection, how long the connect took, and the first pong (line mode).
-pub(crate) type Opened<T, D> = (Connection<T, D>, Duration, Option<Duration>);
+/// An open connection, how long the connect took, the first pong (line mode), and its
+/// socket for the kernel's figures (`None`: not a TCP socket).
+pub(crate) type Opened<T, D> = (
+    Connection<T, D>,
+    Duration,
+    Option<Duration>,
+    Option<KernelSocket>,
+);
 
 /// Open a stream and handshake, both within one `timeout` (one deadline, not one each);
 /// times both.
@@ -99,13 +106,14 @@ pub(crate) async fn open<S: Session, C: Connector>(
             what: C::TIMEOUT_WHAT,
         })??;
     let connect_time = start.elapsed();
+    let socket = C::kernel_socket(&stream);
     let mut conn = transport::split(stream, session.decoder());
     let ping_start = Instant::now();
     let left = deadline.saturating_duration_since(ping_start);
     session.handshake(&mut conn, left).await?;
     if S::LEGACY {
-        Ok((conn, start.elapsed(), None))
+        Ok((conn, start.elapsed(), None, socket))
     } else {
-        Ok((conn, connect_time, Some(ping_start.elapsed())))
+        Ok((conn, connect_time, Some(ping_start.elapsed()), socket))
     }
 }

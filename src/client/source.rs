@@ -278,8 +278,9 @@ impl Pacer {
 
     async fn tick(&mut self) {
         if self.period.is_zero() {
-            // tokio intervals panic on a zero period; "as fast as possible" still yields
-            // so a busy source cannot starve the other tasks.
+            // tokio intervals panic on a zero period. Zero is ping-pong: the client's engine
+            // paces the producer (`client::turns`); yield anyway so that a source polled in a
+            // loop cannot starve the other tasks.
             tokio::task::yield_now().await;
             return;
         }

@@ -11,6 +11,7 @@
 //! seed's bytes (whatever one `recv(1024)` returns). Both are bounded.
 
 use std::future::Future;
+use std::os::fd::AsFd as _;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -18,6 +19,8 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio_util::codec::Decoder;
+
+use super::kernel::KernelSocket;
 
 use crate::protocol::control::{AuthSecret, Reply, AUTH_FAILED_PREFIX, AUTH_OFF_REASON};
 
@@ -372,6 +375,12 @@ pub trait Connector {
 
     /// Open one stream (the handshake is the caller's).
     fn connect(&mut self) -> impl Future<Output = std::io::Result<Self::Stream>> + Send;
+
+    /// The stream's TCP socket, for the kernel's figures (`TCP_INFO`); `None` when the
+    /// stream is no socket (an in-memory pair in tests).
+    fn kernel_socket(_stream: &Self::Stream) -> Option<KernelSocket> {
+        None
+    }
 }
 
 /// Any closure returning a future of a stream is a connector (tests use this).
@@ -398,6 +407,10 @@ pub struct TcpConnector {
 impl Connector for TcpConnector {
     type Stream = TcpStream;
 
+    fn kernel_socket(stream: &TcpStream) -> Option<KernelSocket> {
+        KernelSocket::of(stream.as_fd())
+    }
+
     fn connect(&mut self) -> impl Future<Output = std::io::Result<TcpStream>> + Send {
         connect_tcp(self.addr.clone(), self.timeout)
     }
@@ -423,6 +436,10 @@ impl std::fmt::Debug for TlsTcpConnector {
 
 impl Connector for TlsTcpConnector {
     type Stream = tokio_rustls::client::TlsStream<TcpStream>;
+
+    fn kernel_socket(stream: &Self::Stream) -> Option<KernelSocket> {
+        KernelSocket::of(stream.get_ref().0.as_fd())
+    }
     // A plain server waits for a line that a ClientHello never ends: say what to check.
     const TIMEOUT_WHAT: &'static str =
         "connect and TLS handshake (does the server serve TLS on this port?)";

@@ -34,7 +34,9 @@ pub struct RawClient {
     #[arg(long, env = "SENSORLINK_MEASUREMENT")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub measurement: Option<String>,
-    /// Time between readings (e.g. 1s, 250ms) [default: 1s].
+    /// Time between readings (e.g. 1s, 250ms, at least 1ms); 0 is ping-pong: one reading
+    /// in flight, the next sent as soon as the previous one is acked (latency measurement)
+    /// [default: 1s].
     #[arg(short, long, env = "SENSORLINK_INTERVAL", value_parser = humantime::parse_duration)]
     #[serde(
         default,
@@ -279,11 +281,7 @@ impl RawClient {
                 None => Some(gethostname::gethostname().to_string_lossy().into_owned()),
             },
             measurement: user_measurement(self.measurement.unwrap_or_else(|| "reading".into()))?,
-            interval: in_range(
-                "interval",
-                self.interval.unwrap_or(Duration::from_secs(1)),
-                limits::INTERVAL,
-            )?,
+            interval: reading_interval(self.interval.unwrap_or(Duration::from_secs(1)))?,
             // 0 is useful: replay the spool, send nothing new.
             count: self.count,
             reply_timeout,
@@ -488,6 +486,21 @@ fn link_report_interval(interval: Duration) -> Result<Duration, ConfigError> {
     })
 }
 
+/// `--interval`: 0 (ping-pong), or within [`limits::INTERVAL`].
+fn reading_interval(interval: Duration) -> Result<Duration, ConfigError> {
+    if interval.is_zero() {
+        return Ok(interval);
+    }
+    in_range("interval", interval, limits::INTERVAL).map_err(|err| match err {
+        ConfigError::Invalid { setting, value, .. } => ConfigError::Invalid {
+            setting,
+            value,
+            accepted: "0 (ping-pong) or at least 1ms, up to 1day".to_string(),
+        },
+        other => other,
+    })
+}
+
 /// `--measurement`: a non-empty name that is not the link reports' own (a spool replay
 /// tells a report from a reading by its measurement).
 fn user_measurement(name: String) -> Result<String, ConfigError> {
@@ -499,4 +512,36 @@ fn user_measurement(name: String) -> Result<String, ConfigError> {
         });
     }
     non_empty("measurement", name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn interval(value: Duration) -> Result<Duration, ConfigError> {
+        RawClient {
+            interval: Some(value),
+            ..RawClient::default()
+        }
+        .validate()
+        .map(|config| config.interval)
+    }
+
+    /// 0 is ping-pong and 1 ms is the shortest pace; between them there is no timer to
+    /// honour it, so it is refused rather than silently rounded.
+    #[test]
+    fn interval_is_zero_or_at_least_a_millisecond() {
+        assert_eq!(interval(Duration::ZERO).expect("ping-pong"), Duration::ZERO);
+        let ms = Duration::from_millis(1);
+        assert_eq!(interval(ms).expect("1ms"), ms);
+        for tiny in [Duration::from_nanos(1), Duration::from_micros(999)] {
+            let err = interval(tiny).expect_err("below 1ms");
+            assert!(
+                err.to_string()
+                    .ends_with("accepted 0 (ping-pong) or at least 1ms, up to 1day"),
+                "{err}"
+            );
+        }
+        assert!(interval(Duration::from_secs(2 * 24 * 3600)).is_err());
+    }
 }

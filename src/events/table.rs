@@ -37,6 +37,7 @@
 //! | `sensorlink_auth_total` | counter | `result` = `ok` `malformed` `unknown` `revoked` `off` | `auth` lines answered on the sensor port (`off`: the server has no `--auth`) ([`super::AuthChecked`]) |
 //! | `sensorlink_store_series_cache_evictions_total` | counter | | series ids the SQLite writer evicted from its bounded cache ([`super::SeriesCacheEvicted`]) |
 //! | `sensorlink_store_series_cache_entries` | gauge | | series ids in that cache, as of its last eviction |
+//! | `sensorlink_udp_probes_total` | counter | `result` = `answered` `too_short` `malformed` `unsigned` `bad_mac` `rate_limited` `send_failed` | datagrams on the UDP probe port, by what became of them ([`super::UdpProbeHandled`]) |
 //! | `sensorlink_http_auth_refused_total` | counter | `reason` = `missing` `malformed` `unknown` `revoked` `no_read_scope` | HTTP requests refused for want of a read token ([`super::HttpAuthRefused`]) |
 //! | `sensorlink_tcp_srtt_seconds` | histogram | | the kernel's smoothed RTT of sensor connections, one sample per `TCP_INFO` sample ([`super::TcpSampled`]) |
 //! | `sensorlink_tcp_retransmits_total` | counter | | segments the server retransmitted on sensor connections (`tcpi_total_retrans` deltas between samples) |
@@ -203,6 +204,8 @@ metric_table! {
         "Latest smoothed RTT (TCP_INFO) of the sensor's connection (only the first 100 sensors sampled get this label).";
     SENSOR_TCP_RETRANSMITS = "sensorlink_sensor_tcp_retransmits", Gauge, Count, NO_BUCKETS,
         "TCP segments retransmitted so far on the sensor's latest connection (only the first 100 sensors sampled get this label).";
+    UDP_PROBES = "sensorlink_udp_probes_total", Counter, Count, NO_BUCKETS,
+        "Datagrams on the UDP probe port, by result (answered, or why dropped).";
 }
 
 /// Metrics labelled by `sensor`: registered per sensor at its first sample (bounded by

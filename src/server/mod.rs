@@ -93,6 +93,10 @@ pub struct ServerConfig {
     /// Least time between two `TCP_INFO` samples of a connection ([`tcp_sample`]); zero:
     /// off.
     pub tcp_info_interval: Duration,
+    /// Answer UDP probes on the sensor port's number (`--udp`, default on).
+    pub udp: bool,
+    /// UDP probes per second answered per source address (`--udp-rate-per-ip`).
+    pub udp_rate_per_ip: u32,
 }
 
 /// The PEM files the sensor port's TLS is configured from.
@@ -133,6 +137,8 @@ impl Default for ServerConfig {
             http_insecure: false,
             http_tls: true,
             tcp_info_interval: tcp_sample::DEFAULT_TCP_INFO_INTERVAL,
+            udp: true,
+            udp_rate_per_ip: crate::probe::reflector::DEFAULT_RATE_PER_IP,
         }
     }
 }
@@ -275,6 +281,23 @@ pub async fn run_with_store(
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     let local: SocketAddr = listener.local_addr().context("reading the bound address")?;
+    // The same port number over UDP (port 0 took the TCP one's), up before `listening on`.
+    if config.udp {
+        let socket = crate::probe::reflector::bind(local).await?;
+        tracing::info!(
+            addr = %local,
+            rate_per_ip = config.udp_rate_per_ip,
+            auth = auth.is_some(),
+            "answering udp probes"
+        );
+        let reflector =
+            crate::probe::reflector::Reflector::new(config.udp_rate_per_ip, auth.clone());
+        tokio::spawn(crate::probe::reflector::serve(
+            socket,
+            reflector,
+            shutdown.clone(),
+        ));
+    }
     // Bound before `listening on`, which tells scripts that everything is up.
     // The live view exists only to be served: with `--http off` nothing feeds it.
     // HTTP outlives the sensor port's shutdown: `/readyz` says "shutting down" and

@@ -94,7 +94,7 @@ const NAT64_PREFIX: u128 = 0x0064_ff9b_u128 << 96;
 
 /// The table's key for `ip`: the address, or its /64 for IPv6; the embedded IPv4 address
 /// for IPv4-mapped and NAT64 (`64:ff9b::/96`) addresses.
-fn key(ip: IpAddr) -> IpAddr {
+pub(crate) fn key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => {

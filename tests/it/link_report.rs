@@ -10,6 +10,9 @@ use crate::harness::*;
 /// Every field a link report has; the `rtt_*` ones only when its interval had an ack.
 const COUNTS: [&str; 5] = ["sent", "acked", "lost", "timeouts", "reconnects"];
 const RTTS: [&str; 3] = ["rtt_p50_ms", "rtt_p99_ms", "rtt_max_ms"];
+/// The kernel's figures (`TCP_INFO`), when the report was made on a live connection.
+const TCP_FLOATS: [&str; 3] = ["tcp_srtt_ms", "tcp_rttvar_ms", "tcp_min_rtt_ms"];
+const TCP_COUNTS: [&str; 2] = ["tcp_retrans", "tcp_cwnd"];
 
 /// Checks one stored link report's fields: names, and types (counts are `i` integers,
 /// the rest floats).
@@ -26,6 +29,22 @@ fn assert_link_fields(row: &serde_json::Value) {
     for name in rtts {
         assert!(fields[*name].is_f64(), "{name} is a float: {row}");
     }
+    let tcp: Vec<_> = TCP_FLOATS
+        .iter()
+        .chain(&TCP_COUNTS)
+        .filter(|n| fields.contains_key(**n))
+        .collect();
+    for name in &tcp {
+        let is_count = TCP_COUNTS.contains(name);
+        assert!(
+            if is_count {
+                fields[**name].is_i64()
+            } else {
+                fields[**name].is_f64()
+            },
+            "{name}'s type: {row}"
+        );
+    }
     assert_eq!(
         fields.len(),
         1 + COUNTS.len()
@@ -34,6 +53,7 @@ fn assert_link_fields(row: &serde_json::Value) {
             } else {
                 0
             }
+            + tcp.len()
     );
 }
 
@@ -98,6 +118,18 @@ fn link_reports_are_stored_as_readings_with_the_contract_fields() {
             .any(|r| r["fields"]["rtt_p99_ms"].as_f64().is_some_and(|v| v > 0.0)),
         "{links:?}"
     );
+    // Every report was made on the live connection: the kernel's figures are all there,
+    // and loopback retransmits nothing.
+    for row in &links {
+        for name in TCP_FLOATS.iter().chain(&TCP_COUNTS) {
+            assert!(row["fields"].get(*name).is_some(), "{name}: {row}");
+        }
+        assert!(row["fields"]["tcp_srtt_ms"]
+            .as_f64()
+            .is_some_and(|v| v > 0.0));
+        assert!(row["fields"]["tcp_cwnd"].as_i64().is_some_and(|v| v > 0));
+    }
+    assert_eq!(sum(&links, "tcp_retrans"), 0, "{links:?}");
     // The readings themselves are untouched.
     assert_eq!(
         store

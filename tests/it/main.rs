@@ -3,6 +3,7 @@
 mod auth;
 mod bench;
 mod client;
+mod client_link;
 mod client_stop;
 mod config;
 mod conflicts;
@@ -16,6 +17,7 @@ mod limits;
 mod line;
 mod link_report;
 mod live;
+mod probe;
 mod query;
 mod report;
 mod seed;

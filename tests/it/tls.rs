@@ -64,6 +64,8 @@ fn tls_round_trip_acks_and_stores_readings() {
         stdout.contains("3 sent, 3 acked, 0 lost, 0.0% loss"),
         "{stdout}"
     );
+    // The kernel's figures come from the TCP socket under the TLS stream.
+    assert!(stdout.contains("\nkernel TCP: srtt "), "{stdout}");
     // The client ends with close_notify: a clean end, not a truncated stream.
     server.wait_for_log("mode=\"line\" end=\"eof\" accepted=4");
     // The seed's protocol runs unchanged inside TLS too.

@@ -52,6 +52,8 @@ impl<S: Session> Engine<'_, S> {
             self.values_closed();
             return Ok(false);
         };
+        // The turn given for this value (ping-pong) is used up.
+        self.turn_given = false;
         let mut batch = vec![value];
         // Batches pay off for the spool's fsync; without one, a reading at a time keeps
         // sends and acks interleaved with taking values (as --max-pending expects).

@@ -73,7 +73,12 @@ impl<S: Session> Engine<'_, S> {
         } else {
             LinkTotals::of(&self.state.counters(), self.reconnects)
         };
-        let Some(reading) = self.measure.link_report(totals, last) else {
+        if !self.measure.reports_link() {
+            return Ok(false);
+        }
+        self.sample_kernel();
+        let kernel = self.kernel.link_fields();
+        let Some(reading) = self.measure.link_report(totals, last, kernel) else {
             return Ok(false);
         };
         self.printer.link_report(&reading);

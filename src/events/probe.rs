@@ -1,0 +1,72 @@
+//! Events of the UDP probe reflector (`crate::probe::reflector`): one counter per datagram,
+//! by what became of it. No log line per datagram: a flood must not flood the log too.
+
+use super::{Event, Telemetry};
+
+/// What became of one datagram on the UDP side (the `result` label of
+/// `sensorlink_udp_probes_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeResult {
+    /// Reflected.
+    Answered,
+    /// Shorter than a reply: answering would amplify, so it is dropped.
+    TooShort,
+    /// Not a probe of ours (magic, version, kind, flags or token id).
+    Malformed,
+    /// `--auth` is on and the probe carries no signature.
+    Unsigned,
+    /// Signed with an unknown or revoked token, or a wrong MAC.
+    BadMac,
+    /// Over the source address's `--udp-rate-per-ip`.
+    RateLimited,
+    /// The reply could not be sent.
+    SendFailed,
+}
+
+impl ProbeResult {
+    /// In declaration order: the handles are indexed by `as usize`.
+    pub const ALL: [ProbeResult; 7] = [
+        ProbeResult::Answered,
+        ProbeResult::TooShort,
+        ProbeResult::Malformed,
+        ProbeResult::Unsigned,
+        ProbeResult::BadMac,
+        ProbeResult::RateLimited,
+        ProbeResult::SendFailed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProbeResult::Answered => "answered",
+            ProbeResult::TooShort => "too_short",
+            ProbeResult::Malformed => "malformed",
+            ProbeResult::Unsigned => "unsigned",
+            ProbeResult::BadMac => "bad_mac",
+            ProbeResult::RateLimited => "rate_limited",
+            ProbeResult::SendFailed => "send_failed",
+        }
+    }
+}
+
+/// One datagram handled by the reflector.
+pub struct UdpProbeHandled {
+    pub result: ProbeResult,
+}
+
+impl Event for UdpProbeHandled {
+    fn emit_to(self, t: &Telemetry) {
+        t.udp_probes[self.result as usize].increment(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_are_in_declaration_order() {
+        for (index, result) in ProbeResult::ALL.iter().enumerate() {
+            assert_eq!(*result as usize, index, "{result:?}");
+        }
+    }
+}
