@@ -45,7 +45,9 @@ fn the_json_summary_carries_the_kernels_view_of_the_connection() {
     assert!(tcp["srtt_ms"].as_f64().is_some_and(|v| v > 0.0), "{tcp}");
     assert!(tcp["rttvar_ms"].is_f64(), "{tcp}");
     assert!(tcp["cwnd"].as_u64().is_some_and(|v| v > 0), "{tcp}");
-    assert_eq!(tcp["retransmits"], 0, "loopback loses nothing: {tcp}");
+    // Not asserted to be 0: on a busy machine loopback can send a tail-loss probe, which
+    // the kernel counts as a retransmission.
+    assert!(tcp["retransmits"].is_u64(), "{tcp}");
     assert_eq!(tcp["connections"], 1, "{tcp}");
     for key in ["lost", "min_rtt_ms", "delivery_rate_mbps"] {
         assert!(tcp.get(key).is_some(), "{key}: {tcp}");
@@ -74,7 +76,7 @@ fn the_text_summary_has_a_kernel_line() {
         .lines()
         .find(|l| l.starts_with("kernel TCP: srtt "))
         .unwrap_or_else(|| panic!("no kernel line: {stdout}"));
-    assert!(line.contains(" 0 segments retransmitted, cwnd "), "{line}");
+    assert!(line.contains(" segments retransmitted, cwnd "), "{line}");
 }
 
 /// What a fake server does with the connection it accepted.

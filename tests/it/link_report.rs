@@ -118,8 +118,7 @@ fn link_reports_are_stored_as_readings_with_the_contract_fields() {
             .any(|r| r["fields"]["rtt_p99_ms"].as_f64().is_some_and(|v| v > 0.0)),
         "{links:?}"
     );
-    // Every report was made on the live connection: the kernel's figures are all there,
-    // and loopback retransmits nothing.
+    // Every report was made on the live connection: the kernel's figures are all there.
     for row in &links {
         for name in TCP_FLOATS.iter().chain(&TCP_COUNTS) {
             assert!(row["fields"].get(*name).is_some(), "{name}: {row}");
@@ -129,7 +128,14 @@ fn link_reports_are_stored_as_readings_with_the_contract_fields() {
             .is_some_and(|v| v > 0.0));
         assert!(row["fields"]["tcp_cwnd"].as_i64().is_some_and(|v| v > 0));
     }
-    assert_eq!(sum(&links, "tcp_retrans"), 0, "{links:?}");
+    // Loopback can retransmit too (a tail-loss probe when the machine is busy), so the
+    // figure is not asserted to be 0. The reports' deltas are within the run's total: the
+    // total also counts what was retransmitted after the last report was made (that
+    // report's own segment, for one).
+    let total = summary["tcp"]["retransmits"]
+        .as_i64()
+        .expect("tcp.retransmits");
+    assert!(sum(&links, "tcp_retrans") <= total, "{links:?} {summary}");
     // The readings themselves are untouched.
     assert_eq!(
         store
