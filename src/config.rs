@@ -328,6 +328,16 @@ pub struct RawServer {
           value_parser = clap::builder::BoolishValueParser::new())]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_tls: Option<bool>,
+    /// Sample each connection's kernel TCP statistics (`TCP_INFO`: smoothed RTT,
+    /// retransmits) at most this often, when it handles a batch, and once as it closes;
+    /// shown per sensor in /api/sensors and in /metrics (0s = off) [default: 10s].
+    #[arg(long, env = "SENSORLINK_TCP_INFO_INTERVAL", value_parser = humantime::parse_duration)]
+    #[serde(
+        default,
+        with = "human_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub tcp_info_interval: Option<Duration>,
     /// Answer UDP probes (`sensorlink probe`) on the sensor port's number (`on`/`true` or
     /// `off`/`false`) [default: true].
     #[arg(long, env = "SENSORLINK_UDP", value_name = "on|off",
@@ -361,6 +371,9 @@ pub mod limits {
     pub const TIMEOUT: (Duration, Duration) =
         (Duration::from_millis(1), Duration::from_secs(7 * 24 * 3600));
     pub const COMMIT_DELAY: (Duration, Duration) = (Duration::ZERO, Duration::from_secs(10));
+    /// Zero is off.
+    pub const TCP_INFO_INTERVAL: (Duration, Duration) =
+        (Duration::ZERO, Duration::from_secs(24 * 3600));
     /// Zero refuses anything ahead of the server's clock; a century is as good as off.
     pub const MAX_FUTURE_TIMESTAMP: (Duration, Duration) =
         (Duration::ZERO, Duration::from_secs(100 * 366 * 24 * 3600));
@@ -423,6 +436,7 @@ impl RawServer {
             metrics_auth: self.metrics_auth.or(lower.metrics_auth),
             http_insecure: self.http_insecure.or(lower.http_insecure),
             http_tls: self.http_tls.or(lower.http_tls),
+            tcp_info_interval: self.tcp_info_interval.or(lower.tcp_info_interval),
             udp: self.udp.or(lower.udp),
             udp_rate_per_ip: self.udp_rate_per_ip.or(lower.udp_rate_per_ip),
         }
@@ -578,6 +592,11 @@ impl RawServer {
                     .unwrap_or(defaults.series_cache_entries),
                 limits::SERIES_CACHE_ENTRIES,
             )?,
+            tcp_info_interval: in_range(
+                "tcp-info-interval",
+                self.tcp_info_interval.unwrap_or(defaults.tcp_info_interval),
+                limits::TCP_INFO_INTERVAL,
+            )?,
             udp: self.udp.unwrap_or(defaults.udp),
             udp_rate_per_ip: in_range(
                 "udp-rate-per-ip",
@@ -635,6 +654,7 @@ impl RawServer {
             http_insecure: Some(config.http_insecure),
             // Only meaningful with TLS on.
             http_tls: config.tls.as_ref().map(|_| config.http_tls),
+            tcp_info_interval: Some(config.tcp_info_interval),
             udp: Some(config.udp),
             udp_rate_per_ip: Some(config.udp_rate_per_ip),
         }
@@ -923,6 +943,32 @@ mod tests {
             let err = raw.validate().expect_err(setting);
             assert!(err.to_string().starts_with(setting), "{err}");
         }
+    }
+
+    /// `--tcp-info-interval`: default 10s, from the file, 0s (off) accepted and printed back.
+    #[test]
+    fn tcp_info_interval_is_a_duration_zero_is_off() {
+        let config = RawServer::default().validate().expect("defaults are valid");
+        assert_eq!(config.tcp_info_interval, Duration::from_secs(10));
+        let file = parse_file("[server]\ntcp-info-interval = \"0s\"\n").expect("valid file");
+        let config = file.validate().expect("0s is off, not invalid");
+        assert_eq!(config.tcp_info_interval, Duration::ZERO);
+        let printed = print_server(&config).expect("printable");
+        assert!(
+            printed.contains("tcp-info-interval = \"0s\"\n"),
+            "{printed}"
+        );
+        let err = RawServer {
+            tcp_info_interval: Some(Duration::from_secs(2 * 24 * 3600)),
+            ..RawServer::default()
+        }
+        .validate()
+        .expect_err("over a day is refused");
+        assert!(
+            err.to_string()
+                .starts_with("invalid tcp-info-interval 2days"),
+            "{err}"
+        );
     }
 
     /// `--stale-after`: from the file, printed back, and a zero refused.

@@ -32,6 +32,7 @@ mod limits;
 mod probe;
 mod recent;
 mod table;
+mod tcp;
 
 pub use auth::{AuthChecked, LegacyNotAllowed};
 pub use conflict::ReadingConflict;
@@ -40,7 +41,8 @@ pub use labels::{AuthResult, CloseReason, Mode, RefuseReason, RejectReason, Relo
 pub use limits::SeriesCacheEvicted;
 pub use probe::{ProbeResult, UdpProbeHandled};
 pub use recent::{Percentiles, Recent, Rejection, WindowSummary, WINDOW_SECONDS};
-pub use table::{describe, names, prometheus_builder, Kind, MetricDef, METRICS};
+pub use table::{describe, names, prometheus_builder, Kind, MetricDef, METRICS, PER_SENSOR};
+pub use tcp::{SensorTcpSampled, TcpSampled, MAX_TCP_LABELED_SENSORS};
 
 /// Totals the periodic load summary reads. Kept beside the exported metrics because the
 /// facade's handles are write-only; never exported, so nothing is counted twice.
@@ -101,6 +103,8 @@ pub struct Telemetry {
     series_cache_entries: Gauge,
     /// `reason` = [`HttpRefusal`] (`events/http_auth.rs`).
     http_auth_refused: [Counter; HttpRefusal::ALL.len()],
+    /// `TCP_INFO` samples of sensor connections (`events/tcp.rs`).
+    tcp: tcp::TcpHandles,
     /// `result` = [`ProbeResult::ALL`] (`events/probe.rs`).
     udp_probes: [Counter; ProbeResult::ALL.len()],
     /// What the load summary reads.
@@ -162,6 +166,7 @@ impl Telemetry {
             series_cache_entries: metrics::gauge!(SERIES_CACHE_ENTRIES),
             http_auth_refused: HttpRefusal::ALL
                 .map(|reason| metrics::counter!(HTTP_AUTH_REFUSED, "reason" => reason.as_str())),
+            tcp: tcp::TcpHandles::register(),
             udp_probes: ProbeResult::ALL
                 .map(|result| metrics::counter!(UDP_PROBES, "result" => result.as_str())),
             totals: Totals::default(),
@@ -942,7 +947,8 @@ mod tests {
     #[test]
     fn every_metric_in_the_table_is_registered_and_described() {
         let text = render(|_| {});
-        for metric in METRICS {
+        // Per-sensor gauges appear with a sensor's first sample (`events/tcp.rs` tests them).
+        for metric in METRICS.iter().filter(|m| !PER_SENSOR.contains(&m.name)) {
             let kind = metric.kind.as_str();
             assert!(
                 text.contains(&format!("# TYPE {} {kind}\n", metric.name)),

@@ -39,11 +39,19 @@
 //! | `sensorlink_store_series_cache_entries` | gauge | | series ids in that cache, as of its last eviction |
 //! | `sensorlink_udp_probes_total` | counter | `result` = `answered` `too_short` `malformed` `unsigned` `bad_mac` `rate_limited` `send_failed` | datagrams on the UDP probe port, by what became of them ([`super::UdpProbeHandled`]) |
 //! | `sensorlink_http_auth_refused_total` | counter | `reason` = `missing` `malformed` `unknown` `revoked` `no_read_scope` | HTTP requests refused for want of a read token ([`super::HttpAuthRefused`]) |
+//! | `sensorlink_tcp_srtt_seconds` | histogram | | the kernel's smoothed RTT of sensor connections, one sample per `TCP_INFO` sample ([`super::TcpSampled`]) |
+//! | `sensorlink_tcp_retransmits_total` | counter | | segments the server retransmitted on sensor connections (`tcpi_total_retrans` deltas between samples) |
+//! | `sensorlink_sensor_tcp_srtt_seconds` | gauge | `sensor`: the first [`super::MAX_TCP_LABELED_SENSORS`] sampled | the latest smoothed RTT of the sensor's connection ([`super::SensorTcpSampled`]) |
+//! | `sensorlink_sensor_tcp_retransmits` | gauge | `sensor`: as above | segments retransmitted on the sensor's latest connection so far |
 //!
-//! **Cardinality rule.** Every label takes only the values listed: no per-sensor, per-peer
-//! or per-connection series, so the number of series is fixed whatever the number of
+//! **Cardinality rule.** Every label takes only the values listed: no per-peer or
+//! per-connection series, so the number of series is fixed whatever the number of
 //! sensors (10,000 sensors must not mean 10,000 series per metric). Per-sensor figures are
-//! served only as JSON by the HTTP API (`/api/sensors`), bounded per sensor there.
+//! served as JSON by the HTTP API (`/api/sensors`), bounded per sensor there; the one
+//! exception is `sensor` on the two `sensorlink_sensor_tcp_*` gauges, which only the first
+//! [`super::MAX_TCP_LABELED_SENSORS`] sensors the server samples ever get (a fixed bound,
+//! first come first served, kept for the server's life). These two are registered when a
+//! sensor is first sampled ([`PER_SENSOR`]), not by [`super::Telemetry::register`].
 
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
@@ -188,9 +196,21 @@ metric_table! {
         "Series ids in the SQLite writer's cache, as of its last eviction.";
     HTTP_AUTH_REFUSED = "sensorlink_http_auth_refused_total", Counter, Count, NO_BUCKETS,
         "HTTP requests (/api/*, /metrics) refused for want of a read token, by reason.";
+    TCP_SRTT = "sensorlink_tcp_srtt_seconds", Histogram, Seconds, LATENCY_BUCKETS_S,
+        "The kernel's smoothed RTT (TCP_INFO) of sensor connections, one sample per connection sample.";
+    TCP_RETRANSMITS = "sensorlink_tcp_retransmits_total", Counter, Count, NO_BUCKETS,
+        "TCP segments the server retransmitted on sensor connections (TCP_INFO total_retrans).";
+    SENSOR_TCP_SRTT = "sensorlink_sensor_tcp_srtt_seconds", Gauge, Seconds, NO_BUCKETS,
+        "Latest smoothed RTT (TCP_INFO) of the sensor's connection (only the first 100 sensors sampled get this label).";
+    SENSOR_TCP_RETRANSMITS = "sensorlink_sensor_tcp_retransmits", Gauge, Count, NO_BUCKETS,
+        "TCP segments retransmitted so far on the sensor's latest connection (only the first 100 sensors sampled get this label).";
     UDP_PROBES = "sensorlink_udp_probes_total", Counter, Count, NO_BUCKETS,
         "Datagrams on the UDP probe port, by result (answered, or why dropped).";
 }
+
+/// Metrics labelled by `sensor`: registered per sensor at its first sample (bounded by
+/// [`super::MAX_TCP_LABELED_SENSORS`]), so absent until then.
+pub const PER_SENSOR: &[&str] = &[names::SENSOR_TCP_SRTT, names::SENSOR_TCP_RETRANSMITS];
 
 /// Help texts and units for every metric in [`METRICS`], given to the current recorder.
 pub fn describe() {

@@ -38,10 +38,11 @@ pub use batch::{Carried, LiveBatch};
 pub use hub::{
     LiveEvent, Next, ReadingEvents, SensorEvent, SensorFilter, Subscription, MAX_FILTER_SENSORS,
 };
-pub use sensor::{SensorJson, Snapshot, State};
+pub use sensor::{SensorJson, Snapshot, State, TcpFigures};
 
 use crate::events::{
-    self, Event as _, Mode, SensorEvicted, SensorUntracked, SensorsTracked, Telemetry,
+    self, Event as _, Mode, SensorEvicted, SensorTcpSampled, SensorUntracked, SensorsTracked,
+    Telemetry,
 };
 use crate::timefmt::now_ns;
 use hub::Hub;
@@ -334,6 +335,31 @@ impl Registry {
         }
     }
 
+    /// The connection `peer`, which carried `carried`'s sensors, was sampled: each sensor
+    /// whose latest connection it is takes `figures` (an older connection still closing
+    /// does not overwrite a newer one's). No event: `tcp` rides on the next one.
+    fn tcp_sampled(&self, peer: SocketAddr, carried: &Carried, figures: TcpFigures) {
+        if carried.is_empty() {
+            return;
+        }
+        let mut inner = self.lock();
+        for name in carried.keys() {
+            let Some(sensor) = inner.sensors.get_mut(name) else {
+                continue;
+            };
+            if sensor.peer != peer {
+                continue;
+            }
+            sensor.tcp = Some(figures);
+            SensorTcpSampled {
+                sensor: name,
+                srtt: Duration::from_micros(u64::from(figures.srtt_us)),
+                retransmits_total: u64::from(figures.retransmits),
+            }
+            .emit_to(self.telemetry());
+        }
+    }
+
     /// Announce the sensors whose state changed with time alone (connected → stale):
     /// nothing without subscribers (a new one fetches `/api/sensors` first, and the next
     /// sweep announces what changed meanwhile), at most [`SWEEP_MAX_EVENTS`] per call.
@@ -587,6 +613,11 @@ impl LiveConnection {
             replies_at,
             now_ns(),
         );
+    }
+
+    /// The connection's `TCP_INFO` was sampled: the sensors it carries show `figures`.
+    pub fn tcp_sampled(&self, figures: TcpFigures) {
+        self.registry.tcp_sampled(self.peer, &self.carried, figures);
     }
 }
 

@@ -2,7 +2,7 @@
 //! batch group updates it. Every part is bounded: [`MAX_MEASUREMENTS`] measurements in
 //! `values` of [`MAX_FIELDS`] fields, string values of [`MAX_STRING_BYTES`],
 //! [`SPARK_POINTS`] sparkline points, [`RATE_SECONDS`] rate buckets and [`ACK_SAMPLES`]
-//! ack latencies.
+//! ack latencies. [`TcpFigures`] is the kernel's view of its latest connection.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -91,6 +91,25 @@ pub struct Sensor {
     pub(super) ack_batch: u64,
     /// The state last announced to subscribers (`sensor` events go out on a change).
     pub(super) announced: Option<State>,
+    /// The latest `TCP_INFO` sample of the latest connection that carried it.
+    pub(super) tcp: Option<TcpFigures>,
+}
+
+/// One `TCP_INFO` sample of a sensor's connection, as the live view shows it (`tcp` in the
+/// SENSOR object). Taken by the server's connection task (`server::tcp_sample`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpFigures {
+    /// The kernel's smoothed RTT (srtt), µs.
+    pub srtt_us: u32,
+    /// Its mean deviation, µs.
+    pub rttvar_us: u32,
+    /// The windowed minimum RTT, µs (None: the kernel has none).
+    pub min_rtt_us: Option<u32>,
+    /// Segments retransmitted over the connection's life until this sample.
+    pub retransmits: u32,
+    /// When the sample was taken (ns since the epoch): an idle connection is not sampled
+    /// again, so this says how old the figures are.
+    pub sampled_at_ns: i64,
 }
 
 impl Sensor {
@@ -112,6 +131,7 @@ impl Sensor {
             acks_next: 0,
             ack_batch: 0,
             announced: None,
+            tcp: None,
         }
     }
 
@@ -259,6 +279,13 @@ impl Sensor {
             ack_latency_ms: self
                 .ack_percentiles()
                 .map(|(p50, p99)| Percentiles { p50, p99 }),
+            tcp: self.tcp.map(|tcp| TcpJson {
+                srtt_ms: ms(tcp.srtt_us),
+                rttvar_ms: ms(tcp.rttvar_us),
+                min_rtt_ms: tcp.min_rtt_us.map(ms),
+                retransmits: tcp.retransmits,
+                sampled_at: tcp.sampled_at_ns,
+            }),
         }
     }
 }
@@ -402,6 +429,21 @@ pub struct SensorJson<'a> {
     spark: Spark<'a>,
     link: Option<Link<'a>>,
     ack_latency_ms: Option<Percentiles>,
+    tcp: Option<TcpJson>,
+}
+
+/// `tcp`: [`TcpFigures`] in ms; `sampled_at` in ns since the epoch (as `last_seen_ns`).
+#[derive(Debug, serde::Serialize)]
+struct TcpJson {
+    srtt_ms: f64,
+    rttvar_ms: f64,
+    min_rtt_ms: Option<f64>,
+    retransmits: u32,
+    sampled_at: i64,
+}
+
+fn ms(micros: u32) -> f64 {
+    f64::from(micros) / 1000.0
 }
 
 #[derive(Debug)]
@@ -611,6 +653,24 @@ mod tests {
         assert_eq!(young.rate(6 * S), 1.0);
         // Silent for longer than the window: nothing.
         assert_eq!(s.rate(40 * S), 0.0);
+    }
+
+    #[test]
+    fn tcp_figures_show_in_ms_with_their_sample_time() {
+        let mut s = sensor();
+        assert!(json(&s, 0)["tcp"].is_null(), "never sampled: null");
+        s.tcp = Some(TcpFigures {
+            srtt_us: 40_500,
+            rttvar_us: 250,
+            min_rtt_us: None,
+            retransmits: 3,
+            sampled_at_ns: 7 * S,
+        });
+        assert_eq!(
+            json(&s, 8 * S)["tcp"],
+            serde_json::json!({"srtt_ms": 40.5, "rttvar_ms": 0.25, "min_rtt_ms": null,
+                "retransmits": 3, "sampled_at": 7 * S})
+        );
     }
 
     #[test]

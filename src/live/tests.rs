@@ -610,3 +610,40 @@ fn a_new_connection_keeps_the_primary_series() {
         "{json}"
     );
 }
+
+/// A connection's `TCP_INFO` sample goes to the sensors it carries whose latest connection
+/// it is: an older connection of the same sensor, sampled as it closes, does not overwrite
+/// the newer one's figures, and a sensor it never carried is untouched.
+#[test]
+fn tcp_samples_go_to_the_sensors_of_their_latest_connection() {
+    let registry = Registry::new(&config(10));
+    let figures = |srtt_us, sampled_at_ns| TcpFigures {
+        srtt_us,
+        rttvar_us: 5,
+        min_rtt_us: Some(10),
+        retransmits: 0,
+        sampled_at_ns,
+    };
+    let tcp = |name: &str| sensor(&registry, name, 10 * S)["tcp"].clone();
+    let mut old = Conn::new(1);
+    old.send(&registry, &[("a", "m v=1i 1")], S);
+    let mut other = Conn::new(3);
+    other.send(&registry, &[("b", "m v=1i 1")], S);
+    registry.tcp_sampled(old.peer, &old.carried, figures(40, 2 * S));
+    assert_eq!(tcp("a")["srtt_ms"], 0.04);
+    assert!(tcp("b").is_null(), "not carried by that connection");
+
+    // `a` reconnects: the new connection is its latest, sampled; the old one closes late.
+    let mut new = Conn::new(2);
+    new.send(&registry, &[("a", "m v=2i 2")], 3 * S);
+    registry.tcp_sampled(new.peer, &new.carried, figures(1000, 4 * S));
+    registry.tcp_sampled(old.peer, &old.carried, figures(70, 5 * S));
+    assert_eq!(
+        tcp("a")["srtt_ms"],
+        1.0,
+        "the newer connection's sample stays"
+    );
+    assert_eq!(tcp("a")["sampled_at"], 4 * S);
+    old.close(&registry, 6 * S);
+    assert_eq!(tcp("a")["srtt_ms"], 1.0);
+}

@@ -379,6 +379,7 @@ mod tests {
             legacy_ping_quiet: crate::protocol::legacy::LEGACY_PING_QUIET,
             auth: authority,
             allow_legacy: Vec::new(),
+            tcp_info_interval: Duration::ZERO,
         }
     }
 

@@ -23,9 +23,10 @@ use super::auth::{linger, ConnAuth};
 use super::pending::{wait_head, InFlight, LiveFeed, PendingReply, Unreported};
 use super::quota::{ConnQuota, TokenBucket};
 use super::stream::{read_when_ready, READ_CHUNK_BYTES};
+use super::tcp_sample::TcpSampler;
 use crate::events::{
     self, AcksWithheld, BytesReceived, CloseReason, ConnectionClosed, Event as _, FirstLineMissed,
-    Mode, ReadingConflict, RepliesWritten, StoreUnavailable, Telemetry,
+    Mode, ReadingConflict, RepliesWritten, StoreUnavailable, TcpSampled, Telemetry,
 };
 use crate::live::{LiveConnection, Registry};
 use crate::protocol::codec::LineDecoder;
@@ -138,6 +139,8 @@ struct Connection<'a> {
     out: Vec<u8>,
     /// What `out` holds, counted once it is written.
     out_replies: OutReplies,
+    /// `TCP_INFO` sampling ([`super::tcp_sample`]).
+    tcp: TcpSampler,
 }
 
 /// Serve one peer until it leaves, idles out, or the server shuts down.
@@ -256,6 +259,7 @@ async fn serve_stream<S>(
         read_at: tokio::time::Instant::now(),
         out: Vec::new(),
         out_replies: OutReplies::default(),
+        tcp: TcpSampler::new(limits.tcp_info_interval),
     };
     let end = conn.run(stream, accepted.at, &shutdown).await;
     let mode = match conn.decoder {
@@ -324,6 +328,8 @@ impl Connection<'_> {
                 end = stop;
                 break;
             }
+            // Awake anyway: sample the link if due (a batch handled, the last sample old).
+            self.sample_tcp(&stream, false);
             if !reading && self.inflight.is_empty() {
                 break;
             }
@@ -389,6 +395,7 @@ impl Connection<'_> {
                 }
             }
         }
+        self.sample_tcp(&stream, true);
         if matches!(
             end,
             End::Eof | End::Shutdown | End::IdleTimeout | End::Auth(_)
@@ -399,6 +406,22 @@ impl Connection<'_> {
             linger(&mut stream, self.limits.write_timeout).await;
         }
         end
+    }
+
+    /// Sample `TCP_INFO` if due (`closing`: its last figures), once a batch has been
+    /// committed: a connection that never stored anything is not worth a syscall.
+    fn sample_tcp<S: PeerStream>(&mut self, stream: &S, closing: bool) {
+        if self.last_commit.is_none() {
+            return;
+        }
+        if let Some(sample) = self.tcp.sample(stream, closing) {
+            TcpSampled {
+                srtt: Duration::from_micros(u64::from(sample.figures.srtt_us)),
+                retransmits: sample.retransmits_delta,
+            }
+            .emit_to(self.telemetry);
+            self.live.tcp_sampled(sample.figures);
+        }
     }
 
     /// At shutdown: read what the peer has already sent, without waiting for more.
@@ -604,6 +627,7 @@ mod tests {
             quotas: super::super::quota::Quotas::new(Default::default()),
             auth: None,
             allow_legacy: Vec::new(),
+            tcp_info_interval: Duration::ZERO,
         }
     }
 

@@ -18,6 +18,7 @@ pub mod quota;
 pub mod reload;
 pub mod shutdown;
 pub mod stream;
+pub mod tcp_sample;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -89,6 +90,9 @@ pub struct ServerConfig {
     /// With [`ServerConfig::tls`]: serve the HTTP side over HTTPS with the same
     /// certificate (`--http-tls`, default on); off keeps it plain HTTP.
     pub http_tls: bool,
+    /// Least time between two `TCP_INFO` samples of a connection ([`tcp_sample`]); zero:
+    /// off.
+    pub tcp_info_interval: Duration,
     /// Answer UDP probes on the sensor port's number (`--udp`, default on).
     pub udp: bool,
     /// UDP probes per second answered per source address (`--udp-rate-per-ip`).
@@ -132,6 +136,7 @@ impl Default for ServerConfig {
             metrics_auth: None,
             http_insecure: false,
             http_tls: true,
+            tcp_info_interval: tcp_sample::DEFAULT_TCP_INFO_INTERVAL,
             udp: true,
             udp_rate_per_ip: crate::probe::reflector::DEFAULT_RATE_PER_IP,
         }
@@ -165,6 +170,8 @@ pub struct Limits {
     pub auth: Option<Arc<Authority>>,
     /// With [`Limits::auth`]: where legacy peers may connect from ([`ServerConfig::allow_legacy`]).
     pub allow_legacy: Vec<Cidr>,
+    /// [`ServerConfig::tcp_info_interval`].
+    pub tcp_info_interval: Duration,
 }
 
 impl From<&ServerConfig> for Limits {
@@ -181,6 +188,7 @@ impl From<&ServerConfig> for Limits {
             quotas: quota::Quotas::new(config.quotas),
             auth: None,
             allow_legacy: config.allow_legacy.clone(),
+            tcp_info_interval: config.tcp_info_interval,
         }
     }
 }

@@ -178,6 +178,13 @@ impl LiveFeed {
         self.committed.clear();
     }
 
+    /// The connection's `TCP_INFO` was sampled: its sensors show `figures`.
+    pub(super) fn tcp_sampled(&self, figures: crate::live::TcpFigures) {
+        if let Some(live) = &self.live {
+            live.tcp_sampled(figures);
+        }
+    }
+
     /// The connection closes: its sensors are disconnected (if no other one carries them).
     pub(super) fn close(&mut self) {
         drop(self.live.take());

@@ -1,9 +1,12 @@
 //! The byte streams a connection is served over: plain TCP, TLS (`super::tls`), and an
 //! in-memory duplex in tests. Readiness is separate from reading so an idle connection
-//! waits without holding a read buffer.
+//! waits without holding a read buffer; `TCP_INFO` is read through the stream so TLS
+//! connections are measured too.
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite};
+
+use crate::net::tcp_info::TcpInfo;
 
 /// Bytes asked for per read; the buffer grows only while a long line is arriving.
 pub(super) const READ_CHUNK_BYTES: usize = 8 * 1024;
@@ -13,15 +16,26 @@ pub(super) const READ_CHUNK_BYTES: usize = 8 * 1024;
 /// `wait_readable` lets an idle connection wait without holding a read buffer, which is what
 /// keeps tens of thousands of idle sensors cheap. Streams without readiness just return at
 /// once and the read itself waits.
+///
+/// `tcp_info` reads the kernel's view of the TCP connection underneath (`TCP_INFO`, one
+/// `getsockopt`); `None` when there is no TCP socket (a duplex in tests).
 pub trait PeerStream: AsyncRead + AsyncWrite + Unpin {
     fn wait_readable(&self) -> impl std::future::Future<Output = std::io::Result<()>> {
         std::future::ready(Ok(()))
+    }
+
+    fn tcp_info(&self) -> Option<std::io::Result<TcpInfo>> {
+        None
     }
 }
 
 impl PeerStream for tokio::net::TcpStream {
     fn wait_readable(&self) -> impl std::future::Future<Output = std::io::Result<()>> {
         self.readable()
+    }
+
+    fn tcp_info(&self) -> Option<std::io::Result<TcpInfo>> {
+        Some(crate::net::tcp_info::read(self))
     }
 }
 

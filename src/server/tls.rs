@@ -98,6 +98,11 @@ impl<S: PeerStream> PeerStream for tokio_rustls::server::TlsStream<S> {
             }
         }
     }
+
+    /// The TCP socket underneath the TLS session.
+    fn tcp_info(&self) -> Option<std::io::Result<crate::net::tcp_info::TcpInfo>> {
+        self.get_ref().0.tcp_info()
+    }
 }
 
 #[cfg(test)]

@@ -5,7 +5,8 @@
 //     both sensors appear live; their values change without a reload; the table subscribes
 //     to exactly their events (/api/events?sensor=A,B) and handles them (it counts them in
 //     body[data-live-events]); the server strip has
-//     figures (and lists a rejected line with REASON); the filter narrows the
+//     figures (and lists a rejected line with REASON); each row shows the server-side TCP
+//     srtt / retransmits ("… ms / N"); the filter narrows the
 //     table; the sensor page shows a chart and raw readings; then it prints `STOP B` and
 //     waits for `STOPPED` on stdin (the test kills B's client), and B must turn disconnected
 //     (and be the one row the state filter "disconnected" leaves).
@@ -160,6 +161,12 @@ async function live(page, opts) {
   }), [rowSel(a), rowSel(b)]);
   if (!kept.every(Boolean)) throw new Error(`table rows were rebuilt instead of updated in place: ${JSON.stringify(kept)}`);
   log('ok: rows updated in place across readings and a refetch');
+  // The server's kernel view of each connection (TCP_INFO): a loopback srtt in ms, and the
+  // segments retransmitted (normally 0 on loopback; a busy machine may need a probe).
+  await waitFor(page, 'both rows to show the server-side TCP srtt / retransmits', (sels) => sels.every((sel) => {
+    const cell = document.querySelector(`${sel} td.tcp`);
+    return cell && /^\d[\d.e-]* ms \/ \d+$/.test(cell.textContent);
+  }), [rowSel(a), rowSel(b)]);
   // The table is fed by SSE: subscribed to exactly the two rows shown, and handling events
   // (counted by the page), not only refetched every few seconds.
   expectEventsFor(events, [a, b]);

@@ -129,14 +129,13 @@ fn link_reports_are_stored_as_readings_with_the_contract_fields() {
         assert!(row["fields"]["tcp_cwnd"].as_i64().is_some_and(|v| v > 0));
     }
     // Loopback can retransmit too (a tail-loss probe when the machine is busy), so the
-    // figure is not asserted to be 0: the reports' deltas add up to the run's total.
-    assert_eq!(
-        sum(&links, "tcp_retrans"),
-        summary["tcp"]["retransmits"]
-            .as_i64()
-            .expect("tcp.retransmits"),
-        "{links:?} {summary}"
-    );
+    // figure is not asserted to be 0. The reports' deltas are within the run's total: the
+    // total also counts what was retransmitted after the last report was made (that
+    // report's own segment, for one).
+    let total = summary["tcp"]["retransmits"]
+        .as_i64()
+        .expect("tcp.retransmits");
+    assert!(sum(&links, "tcp_retrans") <= total, "{links:?} {summary}");
     // The readings themselves are untouched.
     assert_eq!(
         store

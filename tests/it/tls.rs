@@ -351,3 +351,35 @@ fn http_tls_off_keeps_the_http_side_plain() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `TCP_INFO` is read through TLS too: a TLS client's sensor shows the kernel's srtt of
+/// the TCP connection underneath.
+#[test]
+fn a_tls_connection_is_sampled_like_a_plain_one() {
+    if !cfg!(target_os = "linux") {
+        eprintln!("skipped: TCP_INFO is Linux's");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    make_certs(dir.path());
+    let server = tls_server(dir.path(), "memory", &["--http-tls", "off"]);
+    let out = run(bin()
+        .args(["client", &server.addr.to_string(), "--tls", "--ca"])
+        .arg(dir.path().join("ca.pem"))
+        .args(["--count", "3", "--interval", "10ms", "--sensor", "tlstcp"]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Its close sample is in before its sensor is disconnected.
+    wait_for(
+        || server.get("/api/sensors/tlstcp").json()["state"] == "disconnected",
+        PATIENCE,
+        "the TLS client's sensor to turn disconnected",
+    );
+    let sensor = server.get("/api/sensors/tlstcp").json();
+    let srtt_ms = sensor["tcp"]["srtt_ms"].as_f64();
+    assert!(srtt_ms.is_some_and(|ms| ms > 0.0), "{sensor}");
+    assert!(sensor["tcp"]["retransmits"].is_u64(), "{sensor}");
+}

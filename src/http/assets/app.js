@@ -213,6 +213,11 @@
   const ms = (v) => (v == null ? '—' : num(v) + ' ms');
   const pair = (p) => (p ? `${ms(p.p50)} / ${ms(p.p99)}` : '—');
   const rtt = (link) => (link ? `${ms(link.rtt_p50_ms)} / ${ms(link.rtt_p99_ms)}` : '—');
+  /** The server's kernel view of the sensor's connection (TCP_INFO): srtt / retransmits. */
+  const tcpText = (tcp) => (tcp ? `${ms(tcp.srtt_ms)} / ${num(tcp.retransmits)}` : '—');
+  const tcpTitle = (tcp) => (tcp
+    ? `server-side TCP_INFO: srtt ${ms(tcp.srtt_ms)} ± ${ms(tcp.rttvar_ms)}, min ${ms(tcp.min_rtt_ms)}, ${tcp.retransmits} segments retransmitted; sampled ${clock(tcp.sampled_at / 1e6)}`
+    : 'no TCP_INFO sample (off, or not Linux)');
   /** Readings lost of those sent in one link report, in %. */
   const lossPercent = (link) => (link && link.sent ? (100 * (link.lost || 0)) / link.sent : null);
 
@@ -415,7 +420,7 @@
           el('table', { id: 'sensors' },
             el('caption', { class: 'sr-only' }, 'Sensors'),
             el('thead', {}, el('tr', {},
-              ['state', 'sensor', 'last value', 'recent', 'readings/s', 'RTT p50 / p99', 'loss', 'reconnects']
+              ['state', 'sensor', 'last value', 'recent', 'readings/s', 'RTT p50 / p99', 'TCP srtt / retrans.', 'loss', 'reconnects']
                 .map((h) => el('th', { scope: 'col' }, h)))),
             this.tbody)),
         this.empty);
@@ -513,6 +518,7 @@
         spark: sparkline([]),
         rate: el('td', { class: 'num rate' }),
         rtt: el('td', { class: 'num rtt' }),
+        tcp: el('td', { class: 'num tcp' }),
         loss: el('td', { class: 'num loss' }),
         reconnects: el('td', { class: 'num reconnects' }),
         sparkKey: null,
@@ -521,7 +527,7 @@
         el('td', { class: 'name' }, el('a', { href: sensorHref(s.sensor) }, s.sensor)),
         el('td', { class: 'value' }, r.value, r.series),
         el('td', { class: 'spark-cell' }, r.spark),
-        r.rate, r.rtt, r.loss, r.reconnects);
+        r.rate, r.rtt, r.tcp, r.loss, r.reconnects);
       this.updateRow(r, s);
       return r;
     }
@@ -546,6 +552,8 @@
       }
       text(r.rate, num(s.rate));
       text(r.rtt, rtt(link));
+      text(r.tcp, tcpText(s.tcp));
+      if (r.tcp.title !== tcpTitle(s.tcp)) r.tcp.title = tcpTitle(s.tcp);
       text(r.loss, loss == null ? '—' : `${num(loss)} %`);
       if (link) r.loss.title = `${link.lost} lost of ${link.sent} sent`;
       else r.loss.removeAttribute('title');
@@ -807,6 +815,8 @@
         ['last value', s.last ? `${value(s.last.value)} (${s.last.measurement}.${s.last.field})` : '—'],
         ['server ack p50 / p99', pair(s.ack_latency_ms)],
         ['link RTT p50 / p99', rtt(link)],
+        ['server TCP srtt ± rttvar', s.tcp ? `${ms(s.tcp.srtt_ms)} ± ${ms(s.tcp.rttvar_ms)} (sampled ${clock(s.tcp.sampled_at / 1e6)})` : '—'],
+        ['server TCP retransmits', s.tcp ? num(s.tcp.retransmits) : '—'],
         ['loss', loss == null ? '—' : `${num(loss)} % (${link.lost} of ${link.sent})`],
         ['reconnects', link ? num(link.reconnects) : '—'],
       ];
