@@ -119,6 +119,8 @@ impl Drop for Proc {
 pub struct Server {
     pub proc: Proc,
     pub addr: String,
+    /// `http://127.0.0.1:PORT` in the server's namespace.
+    pub http: String,
     pub store: Store,
 }
 
@@ -182,19 +184,56 @@ impl Server {
         let (proc, stdout) = Proc::spawn(cmd);
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
+            // `http on http://ADDR/` comes first, `listening on ADDR` last.
+            let mut http = String::new();
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("http on ") {
+                    http = url.trim_end_matches('/').to_string();
+                }
                 if let Some(addr) = line.strip_prefix("listening on ") {
-                    let _ = tx.send(addr.to_string());
+                    let _ = tx.send((addr.to_string(), http.clone()));
                 }
             }
         });
-        let addr = rx.recv_timeout(PATIENCE).unwrap_or_else(|_| {
+        let (addr, http) = rx.recv_timeout(PATIENCE).unwrap_or_else(|_| {
             panic!(
                 "server did not say `listening on`; stderr:\n{}",
                 proc.stderr()
             )
         });
-        Server { proc, addr, store }
+        Server {
+            proc,
+            addr,
+            http,
+            store,
+        }
+    }
+
+    /// The server's view of `sensor` (its entry in `/api/sensors`), read over HTTP from
+    /// inside the server's namespace, where its HTTP side listens on loopback.
+    pub fn sensor(&self, net: &NetnsPair, sensor: &str) -> Value {
+        let url = format!("{}/api/sensors", self.http);
+        let ns = net.open(&net.server).expect("the server's namespace");
+        let body = std::thread::spawn(move || {
+            crate::netns::enter(&ns).expect("enter the server's namespace");
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .timeout_global(Some(PATIENCE))
+                .build()
+                .into();
+            agent
+                .get(&url)
+                .call()
+                .and_then(|mut response| response.body_mut().read_to_string())
+                .unwrap_or_else(|err| panic!("GET {url}: {err}"))
+        })
+        .join()
+        .expect("the HTTP thread");
+        let sensors: Value = serde_json::from_str(&body).expect("/api/sensors is JSON");
+        sensors["sensors"]
+            .as_array()
+            .and_then(|all| all.iter().find(|s| s["sensor"] == sensor))
+            .cloned()
+            .unwrap_or_else(|| panic!("no sensor {sensor:?} in {body}"))
     }
 
     /// SIGTERM and wait: everything acked is committed when it exits.
