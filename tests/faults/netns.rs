@@ -69,21 +69,31 @@ impl NetnsPair {
         format!("10.201.{}.2", self.subnet)
     }
 
-    /// `ip netns exec NS chrt -f 1 program args…`: both exec, so the child's PID is the
-    /// program's own and the test signals exactly what it started. Real-time priority 1
-    /// (below the relay's 10) keeps a machine busy with other work from stalling the
-    /// programs under test for a scheduler slice or more: such a stall would read as a
-    /// link fault. They sleep between readings and probes, so they take little of a core.
+    /// `ip netns exec NS chrt -f 1 program args…`, for our own programs: both exec, so the
+    /// child's PID is the program's own and the test signals exactly what it started.
+    /// Real-time priority 1 (below the relay's 10) keeps a machine busy with other work
+    /// from stalling them for a scheduler slice or more: such a stall would read as a link
+    /// fault. They sleep between readings and probes (no spinning), so they take little of
+    /// a core.
     pub fn command(&self, ns: &str, program: &str) -> Command {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", ns, "chrt", "-f", "1", program]);
         cmd
     }
 
+    /// `ip netns exec NS nice -n -10 program args…`, for other programs (irtt): a Go
+    /// runtime spins while it waits for its own threads, which a real-time class never
+    /// time-slices, so they get a raised normal priority instead.
+    pub fn command_niced(&self, ns: &str, program: &str) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns, "nice", "-n", "-10", program]);
+        cmd
+    }
+
     /// Runs `args` in `ns` and waits; an error carries its stderr.
     pub fn exec_status(&self, ns: &str, args: &[&str]) -> Result<Output, String> {
         let out = self
-            .command(ns, args[0])
+            .command_niced(ns, args[0])
             .args(&args[1..])
             .stdin(Stdio::null())
             .output()

@@ -54,7 +54,7 @@ impl Measured {
 
 /// `irtt server` in the server namespace; killed on drop.
 fn irtt_server(net: &NetnsPair) -> Proc {
-    let mut cmd = net.command(&net.server, "irtt");
+    let mut cmd = net.command_niced(&net.server, "irtt");
     let bind = format!("{}:{IRTT_PORT}", net.server_ip());
     cmd.args(["server", "-b", &bind, "-i", "0"]);
     let (proc, stdout) = Proc::spawn(cmd);
@@ -84,7 +84,7 @@ struct Irtt {
 impl Irtt {
     fn start(net: &NetnsPair, duration: &str) -> Irtt {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let mut cmd = net.command(&net.client, "irtt");
+        let mut cmd = net.command_niced(&net.client, "irtt");
         let addr = format!("{}:{IRTT_PORT}", net.server_ip());
         cmd.args([
             "client",
