@@ -50,21 +50,6 @@ impl Conditions {
             ..Conditions::default()
         }
     }
-
-    /// How the condition reads in a table: `20 ms ± 10 ms, 5 % loss`.
-    pub fn describe(&self) -> String {
-        let mut text = format!("{} ms", self.delay.as_millis());
-        if !self.jitter.is_zero() {
-            text.push_str(&format!(" ± {} ms (uniform)", self.jitter.as_millis()));
-        }
-        if self.loss > 0.0 {
-            text.push_str(&format!(", {} % loss", self.loss * 100.0));
-        }
-        if self.outage {
-            text.push_str(", outage");
-        }
-        text
-    }
 }
 
 /// One direction's counters.
@@ -76,16 +61,23 @@ pub struct Counters {
     /// Packets whose own release time fell before the previous packet's, so they waited
     /// for it (order kept): how much ordering bent the injected jitter.
     pub held_for_order: AtomicU64,
+    /// Writes the TUN refused (each one a packet lost that the loss draw did not choose).
+    pub write_failed: AtomicU64,
+    /// The latest any packet left after its release time, µs: the emulator's own error.
+    pub max_late_us: AtomicU64,
 }
 
 impl Counters {
     fn describe(&self) -> String {
         format!(
-            "forwarded {}, lost {}, dropped in outage {}, held for order {}",
+            "forwarded {}, lost {}, dropped in outage {}, held for order {}, write failed {}, \
+             released late by at most {} µs",
             self.forwarded.load(Ordering::Relaxed),
             self.lost.load(Ordering::Relaxed),
             self.outage_dropped.load(Ordering::Relaxed),
-            self.held_for_order.load(Ordering::Relaxed)
+            self.held_for_order.load(Ordering::Relaxed),
+            self.write_failed.load(Ordering::Relaxed),
+            self.max_late_us.load(Ordering::Relaxed)
         )
     }
 }
@@ -196,15 +188,17 @@ impl Link {
         toward_server: bool,
     ) {
         let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
+        let dir_for_writer = dir.clone();
         let stop = self.stop.clone();
         let reader = std::thread::Builder::new()
             .name(format!("relay-{name}-read"))
             .spawn(move || read_loop(&dir, &from, &tx, &stop, seed, toward_server))
             .expect("spawn a relay thread");
         let stop = self.stop.clone();
+        let counters = dir_for_writer;
         let writer = std::thread::Builder::new()
             .name(format!("relay-{name}-write"))
-            .spawn(move || write_loop(&to, &rx, &stop))
+            .spawn(move || write_loop(&to, &rx, &stop, &counters.counters))
             .expect("spawn a relay thread");
         self.threads.push(reader);
         self.threads.push(writer);
@@ -355,7 +349,12 @@ impl Schedule {
 }
 
 /// Writes each packet at its release time.
-fn write_loop(to: &OwnedFd, rx: &mpsc::Receiver<(Instant, Vec<u8>)>, stop: &AtomicBool) {
+fn write_loop(
+    to: &OwnedFd,
+    rx: &mpsc::Receiver<(Instant, Vec<u8>)>,
+    stop: &AtomicBool,
+    counters: &Counters,
+) {
     precise_timers();
     while !stop.load(Ordering::Relaxed) {
         let Ok((release, packet)) = rx.recv_timeout(STOP_POLL) else {
@@ -365,9 +364,14 @@ fn write_loop(to: &OwnedFd, rx: &mpsc::Receiver<(Instant, Vec<u8>)>, stop: &Atom
         if release > now {
             std::thread::sleep(release - now);
         }
+        let late_us = release.elapsed().as_micros() as u64;
+        counters.max_late_us.fetch_max(late_us, Ordering::Relaxed);
         // SAFETY: writes one whole packet from our buffer. A failed write is a lost packet,
-        // as on a real link (e.g. the device is going down at the end of a test).
-        let _ = unsafe { libc::write(to.as_raw_fd(), packet.as_ptr().cast(), packet.len()) };
+        // as on a real link (e.g. the device is going down at the end of a test); counted.
+        let n = unsafe { libc::write(to.as_raw_fd(), packet.as_ptr().cast(), packet.len()) };
+        if n < 0 {
+            counters.write_failed.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
