@@ -5,7 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")"
 # fonts-dejavu-core: the font `client --report` / `bench --report` draw their text with.
 # chromium + node: the dashboard's browser tests (tests/it/dashboard.rs, tests/browser/).
-pkgs=(fonts-dejavu-core chromium)
+# iproute2 + irtt: the fault scenarios (tests/faults/: `ip netns`, and irtt as the
+# reference beside `sensorlink probe`).
+pkgs=(fonts-dejavu-core chromium iproute2 irtt)
 # Node may come from NodeSource (its nodejs bundles npm, and conflicts with Debian's npm
 # package), from nvm or a tarball (no dpkg entry at all), or from Debian (nodejs and npm are
 # separate packages): only a machine without any node gets Debian's.

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Debian packages the test suite needs, named by the caller (test.sh): today
-# fonts-dejavu-core (the font run pictures are drawn with), chromium, and nodejs + npm (the
+# fonts-dejavu-core (the font run pictures are drawn with), chromium, nodejs + npm (the
 # dashboard's browser tests; test.sh names them only when node is missing, and
-# scripts/check-node.sh then checks the version). SQLite is bundled into the binary. Later
-# issues add postgresql, haproxy, iproute2 there.
+# scripts/check-node.sh then checks the version), iproute2 and irtt (the fault scenarios of
+# tests/faults/: network namespaces, and the UDP reference tool). SQLite is bundled into the
+# binary. Later issues add postgresql, haproxy there.
 set -euo pipefail
 need=()
 for pkg in "$@"; do
