@@ -513,10 +513,18 @@ fn api_server_reports_rates_latencies_and_rejections() {
     let after_ns = now_ns();
 
     let summary = || server.get("/api/server").json();
+    // The writer records the commit's latency after it hands the batch back, and the ack's
+    // is recorded after the ack is counted: on a busy machine either can come after the
+    // count, so wait for all three.
     wait_for(
-        || summary()["readings_acked_total"] == 3,
+        || {
+            let s = summary();
+            s["readings_acked_total"] == 3
+                && s["ack_latency_ms"]["p50"].is_f64()
+                && s["commit_latency_ms"]["p50"].is_f64()
+        },
         PATIENCE,
-        "the ack to be counted",
+        "the ack and both latencies to be counted",
     );
     let s = summary();
     assert_eq!(s["version"], env!("CARGO_PKG_VERSION"));
