@@ -65,19 +65,23 @@ pub struct Counters {
     pub write_failed: AtomicU64,
     /// The latest any packet left after its release time, µs: the emulator's own error.
     pub max_late_us: AtomicU64,
+    /// Relay threads of this direction that ended on an error (a broken TUN, or the other
+    /// thread gone) rather than on stop: the link is dead from then on.
+    pub threads_failed: AtomicU64,
 }
 
 impl Counters {
     fn describe(&self) -> String {
         format!(
             "forwarded {}, lost {}, dropped in outage {}, held for order {}, write failed {}, \
-             released late by at most {} µs",
+             released late by at most {} µs, threads failed {}",
             self.forwarded.load(Ordering::Relaxed),
             self.lost.load(Ordering::Relaxed),
             self.outage_dropped.load(Ordering::Relaxed),
             self.held_for_order.load(Ordering::Relaxed),
             self.write_failed.load(Ordering::Relaxed),
-            self.max_late_us.load(Ordering::Relaxed)
+            self.max_late_us.load(Ordering::Relaxed),
+            self.threads_failed.load(Ordering::Relaxed)
         )
     }
 }
@@ -237,15 +241,28 @@ fn read_loop(
     precise_timers();
     let mut schedule = Schedule::new(seed, Instant::now());
     let mut buf = vec![0u8; MAX_PACKET_BYTES];
+    // These threads run at real-time priority: every path that does not block (poll, then
+    // read) must end the thread, or it would spin above every normal task on the machine.
     while !stop.load(Ordering::Relaxed) {
-        if !readable(from, STOP_POLL) {
-            continue;
+        match readable(from, STOP_POLL) {
+            Readiness::Readable => {}
+            Readiness::Idle => continue,
+            Readiness::Broken(why) => return fail(&dir.counters, why),
         }
         // SAFETY: reads into our buffer, at most its length.
         let n = unsafe { libc::read(from.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
         let arrival = Instant::now();
-        if n <= 0 {
-            continue;
+        if n < 0 {
+            let err = std::io::Error::last_os_error();
+            // Transient: the next poll is the blocking wait before trying again.
+            if matches!(err.raw_os_error(), Some(libc::EAGAIN | libc::EINTR)) {
+                continue;
+            }
+            return fail(&dir.counters, format!("read from the TUN: {err}"));
+        }
+        if n == 0 {
+            // A TUN read returns a whole packet or an error; 0 means the device is gone.
+            return fail(&dir.counters, "read from the TUN returned 0".to_string());
         }
         let conditions = *dir.conditions.lock().expect("conditions lock");
         let flow = flow_of(&buf[..n as usize], toward_server);
@@ -357,8 +374,17 @@ fn write_loop(
 ) {
     precise_timers();
     while !stop.load(Ordering::Relaxed) {
-        let Ok((release, packet)) = rx.recv_timeout(STOP_POLL) else {
-            continue;
+        let (release, packet) = match rx.recv_timeout(STOP_POLL) {
+            Ok(item) => item,
+            Err(mpsc::RecvTimeoutError::Timeout) => continue,
+            // The reader ended (error or panic): nothing more can come, and looping here
+            // would spin at real-time priority without ever blocking.
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                if !stop.load(Ordering::Relaxed) {
+                    fail(counters, "its reader thread ended".to_string());
+                }
+                return;
+            }
         };
         let now = Instant::now();
         if release > now {
@@ -387,8 +413,28 @@ fn precise_timers() {
     }
 }
 
+/// Counts a relay thread that ends on an error, and says why (the test's output shows it
+/// beside the failure the dead link then causes).
+fn fail(counters: &Counters, why: String) {
+    counters.threads_failed.fetch_add(1, Ordering::Relaxed);
+    eprintln!(
+        "relay thread {:?} ends: {why}",
+        std::thread::current().name()
+    );
+}
+
+/// What one wait on a TUN fd found.
+enum Readiness {
+    Readable,
+    /// Nothing within the timeout (or a signal cut the wait short): look at the stop flag.
+    Idle,
+    /// The fd reports an error or hang-up (e.g. the device was detached), or poll failed:
+    /// polling again would return at once, forever.
+    Broken(String),
+}
+
 /// Waits up to `timeout` for `fd` to be readable.
-fn readable(fd: &OwnedFd, timeout: Duration) -> bool {
+fn readable(fd: &OwnedFd, timeout: Duration) -> Readiness {
     let mut pfd = libc::pollfd {
         fd: fd.as_raw_fd(),
         events: libc::POLLIN,
@@ -396,7 +442,21 @@ fn readable(fd: &OwnedFd, timeout: Duration) -> bool {
     };
     // SAFETY: one pollfd on our stack.
     let rc = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as libc::c_int) };
-    rc > 0 && pfd.revents & libc::POLLIN != 0
+    if rc < 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EINTR) {
+            return Readiness::Idle;
+        }
+        return Readiness::Broken(format!("poll on the TUN: {err}"));
+    }
+    if rc == 0 {
+        return Readiness::Idle;
+    }
+    if pfd.revents & libc::POLLIN != 0 {
+        // Read even with POLLERR/POLLHUP set beside it: the read reports the error.
+        return Readiness::Readable;
+    }
+    Readiness::Broken(format!("poll on the TUN: revents {:#x}", pfd.revents))
 }
 
 /// `struct ifreq` as TUNSETIFF reads it: the name, then the flags (the rest of the union
