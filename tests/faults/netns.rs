@@ -118,6 +118,17 @@ impl NetnsPair {
             .expect("/proc/net/snmp has Tcp: RetransSegs")
     }
 
+    /// A `TcpExt` counter of the namespace's `/proc/net/netstat` (same layout as
+    /// `/proc/net/snmp`): `TCPTimeouts` (retransmission timer expiries) and
+    /// `TCPLossProbes` (tail-loss probes sent) tell a dead link from a late peer.
+    pub fn tcp_ext(&self, ns: &str, name: &str) -> u64 {
+        let out = self
+            .exec_status(ns, &["cat", "/proc/net/netstat"])
+            .unwrap_or_else(|err| panic!("reading /proc/net/netstat: {err}"));
+        snmp_value(&String::from_utf8_lossy(&out.stdout), "TcpExt", name)
+            .unwrap_or_else(|| panic!("/proc/net/netstat has no TcpExt: {name}"))
+    }
+
     /// An fd of the namespace, for `setns`.
     ///
     /// # Errors
