@@ -403,12 +403,21 @@ fn write_loop(
 
 /// Lowers this thread's timer slack to 1 µs (the default 50 µs would blur a 20 ms delay),
 /// and asks for real-time scheduling so that a machine busy compiling does not delay
-/// releases; without the privilege the thread just runs at normal priority.
+/// releases; without the privilege the thread just runs at normal priority. Real time
+/// only with the process's `RLIMIT_RTTIME` bound set first, so a spinning relay thread is
+/// ended by the kernel rather than starving the machine.
 fn precise_timers() {
-    // SAFETY: prctl and sched_setscheduler on the calling thread only.
+    // SAFETY: prctl on the calling thread only.
     unsafe {
         libc::prctl(libc::PR_SET_TIMERSLACK, 1_000 as libc::c_ulong, 0, 0, 0);
-        let param = libc::sched_param { sched_priority: 10 };
+    }
+    if let Err(err) = crate::procs::limit_rt_time() {
+        eprintln!("relay: no RLIMIT_RTTIME ({err}): normal priority");
+        return;
+    }
+    let param = libc::sched_param { sched_priority: 10 };
+    // SAFETY: sched_setscheduler on the calling thread only.
+    unsafe {
         libc::sched_setscheduler(0, libc::SCHED_FIFO, &param);
     }
 }
