@@ -524,6 +524,42 @@ mod tests {
     use super::*;
     use crate::stats::binomial_interval;
 
+    /// A pipe's (read end, write end).
+    fn pipe() -> (OwnedFd, OwnedFd) {
+        let mut fds = [0; 2];
+        // SAFETY: pipe fills two fds, owned below.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0, "pipe");
+        // SAFETY: both were just opened and nothing else owns them.
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+    }
+
+    // The two threads must return, not spin, when their input breaks: were they to loop,
+    // these calls would never return (and, at real time, RLIMIT_RTTIME would kill the
+    // test process).
+    #[test]
+    fn the_reader_ends_on_a_hung_up_fd() {
+        let (read_end, write_end) = pipe();
+        drop(write_end);
+        assert!(matches!(
+            readable(&read_end, STOP_POLL),
+            Readiness::Broken(_)
+        ));
+        let dir = Direction::new();
+        let (tx, _rx) = mpsc::channel();
+        read_loop(&dir, &read_end, &tx, &AtomicBool::new(false), 1, true);
+        assert_eq!(dir.counters.threads_failed.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn the_writer_ends_when_its_reader_is_gone() {
+        let (_read_end, write_end) = pipe();
+        let counters = Counters::default();
+        let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
+        drop(tx);
+        write_loop(&write_end, &rx, &AtomicBool::new(false), &counters);
+        assert_eq!(counters.threads_failed.load(Ordering::Relaxed), 1);
+    }
+
     /// A UDP flow to the server's port 2112.
     const UDP: Flow = (17, 2112);
 
