@@ -39,7 +39,7 @@ pub use conflict::ReadingConflict;
 pub use http_auth::{HttpAuthRefused, HttpRefusal};
 pub use labels::{AuthResult, CloseReason, Mode, RefuseReason, RejectReason, ReloadWhat};
 pub use limits::SeriesCacheEvicted;
-pub use probe::{ProbeResult, UdpProbeHandled};
+pub use probe::{ProbeResult, UdpProbeHandled, UdpTable, UdpTableEvicted};
 pub use recent::{Percentiles, Recent, Rejection, WindowSummary, WINDOW_SECONDS};
 pub use table::{describe, names, prometheus_builder, Kind, MetricDef, METRICS, PER_SENSOR};
 pub use tcp::{SensorTcpSampled, TcpSampled, MAX_TCP_LABELED_SENSORS};
@@ -107,6 +107,8 @@ pub struct Telemetry {
     tcp: tcp::TcpHandles,
     /// `result` = [`ProbeResult::ALL`] (`events/probe.rs`).
     udp_probes: [Counter; ProbeResult::ALL.len()],
+    /// `table` = [`UdpTable::ALL`] (`events/probe.rs`).
+    udp_table_evicted: [Counter; UdpTable::ALL.len()],
     /// What the load summary reads.
     pub totals: Totals,
     /// The last seconds, for the HTTP API (rates, percentiles, rejections, readiness).
@@ -169,6 +171,8 @@ impl Telemetry {
             tcp: tcp::TcpHandles::register(),
             udp_probes: ProbeResult::ALL
                 .map(|result| metrics::counter!(UDP_PROBES, "result" => result.as_str())),
+            udp_table_evicted: UdpTable::ALL
+                .map(|table| metrics::counter!(UDP_TABLE_EVICTED, "table" => table.as_str())),
             totals: Totals::default(),
             recent: Recent::default(),
         }

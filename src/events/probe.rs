@@ -59,6 +59,38 @@ impl Event for UdpProbeHandled {
     }
 }
 
+/// A bounded table of the reflector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UdpTable {
+    /// Per-session records: an evicted session counts from 0 again.
+    Sessions,
+    /// Per-address token buckets: an evicted address starts with a full burst.
+    Buckets,
+}
+
+impl UdpTable {
+    /// In declaration order: the handles are indexed by `as usize`.
+    pub const ALL: [UdpTable; 2] = [UdpTable::Sessions, UdpTable::Buckets];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UdpTable::Sessions => "sessions",
+            UdpTable::Buckets => "buckets",
+        }
+    }
+}
+
+/// The reflector evicted the least recently used entry of a full table.
+pub struct UdpTableEvicted {
+    pub table: UdpTable,
+}
+
+impl Event for UdpTableEvicted {
+    fn emit_to(self, t: &Telemetry) {
+        t.udp_table_evicted[self.table as usize].increment(1);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,6 +99,9 @@ mod tests {
     fn results_are_in_declaration_order() {
         for (index, result) in ProbeResult::ALL.iter().enumerate() {
             assert_eq!(*result as usize, index, "{result:?}");
+        }
+        for (index, table) in UdpTable::ALL.iter().enumerate() {
+            assert_eq!(*table as usize, index, "{table:?}");
         }
     }
 }

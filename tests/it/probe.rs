@@ -85,6 +85,42 @@ fn two_hundred_probes_at_1ms_are_all_answered_and_counted_by_the_server() {
 }
 
 #[test]
+fn probes_the_server_rate_limits_are_reported_apart_from_network_loss() {
+    let server = Server::start(&["--udp-rate-per-ip", "100"]);
+    let (code, s, stderr) = probe(
+        &server.addr.to_string(),
+        &["--count", "300", "--interval", "1ms"],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let limited = s["rate_limited"].as_u64().expect("a count");
+    assert!(
+        limited > 0,
+        "a burst of 100 cannot serve 300 probes in 0.3 s: {s}"
+    );
+    assert_eq!(
+        s["server_received"].as_u64().map(|n| n + limited),
+        s["sent"].as_u64(),
+        "every probe either reached the session or was limited: {s}"
+    );
+    assert_eq!(
+        s["lost_up"], 0,
+        "the server's drops are not upstream loss: {s}"
+    );
+    assert_eq!(s["server_count_confirmed"], true, "{s}");
+}
+
+#[test]
+fn an_interval_below_1ms_is_refused() {
+    let out = run(bin().args(["probe", "127.0.0.1:1", "--interval", "200us"]));
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--interval") && stderr.contains("1ms"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn with_udp_off_nothing_answers_and_the_summary_says_why() {
     let server = Server::start(&["--udp", "off"]);
     let (code, s, stderr) = probe(
@@ -419,10 +455,10 @@ fn loss_is_split_up_and_down_and_duplicates_and_reordering_are_counted() {
         (100, 90, 80),
         "{s:?}"
     );
-    assert_eq!((s.lost_up, s.lost_down), (10, 10), "{s:?}");
+    assert_eq!((s.lost_up, s.lost_down), (Some(10), Some(10)), "{s:?}");
     assert_eq!(
         (s.loss_up_percent, s.loss_down_percent),
-        (10.0, 100.0 / 9.0)
+        (Some(10.0), Some(100.0 / 9.0))
     );
     assert_eq!((s.duplicates, s.reordered), (10, 10), "{s:?}");
     let ipdv = s.ipdv_ms.expect("pairs");
