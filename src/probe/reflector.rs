@@ -22,6 +22,7 @@ use super::window::SessionRecord;
 use super::wire::{self, Kind, Request};
 use crate::auth::Authority;
 use crate::events::{Event as _, ProbeResult, UdpProbeHandled, UdpTable, UdpTableEvicted};
+use crate::net::pktinfo;
 
 /// Sessions whose records are kept; a session evicted starts counting again at 0.
 pub const MAX_SESSIONS: usize = 4096;
@@ -202,11 +203,16 @@ impl Reflector {
 /// # Errors
 /// The bind fails; the message names `--udp off`.
 pub async fn bind(addr: SocketAddr) -> anyhow::Result<UdpSocket> {
-    UdpSocket::bind(addr).await.map_err(|err| {
+    let socket = UdpSocket::bind(addr).await.map_err(|err| {
         anyhow::anyhow!(
             "binding UDP {addr} for probes: {err} (start with --udp off to serve without UDP probes)"
         )
-    })
+    })?;
+    // So a multi-homed server answers from the address each probe was sent to.
+    if let Err(err) = pktinfo::enable(&socket) {
+        tracing::warn!(cause = %err, "udp replies will leave from the address routing picks");
+    }
+    Ok(socket)
 }
 
 /// Answer probes on `socket` until `shutdown`.
@@ -215,11 +221,11 @@ pub async fn serve(socket: UdpSocket, mut reflector: Reflector, shutdown: Cancel
     loop {
         let received = tokio::select! {
             () = shutdown.cancelled() => break,
-            received = socket.recv_from(&mut buf) => received,
+            received = pktinfo::recv_from(&socket, &mut buf) => received,
         };
         // As close to the receive as user space gets.
         let receive_ns = crate::timefmt::now_ns();
-        let (len, from) = match received {
+        let (len, from, local) = match received {
             Ok(got) => got,
             Err(err) => {
                 tracing::debug!(cause = %err, "udp receive failed");
@@ -232,7 +238,7 @@ pub async fn serve(socket: UdpSocket, mut reflector: Reflector, shutdown: Cancel
         let result = match reflector.handle(datagram, from.ip(), Instant::now(), receive_ns) {
             Ok(()) => {
                 wire::stamp_send(datagram, crate::timefmt::now_ns());
-                match socket.send_to(datagram, from).await {
+                match pktinfo::send_to(&socket, datagram, from, local).await {
                     Ok(_) => ProbeResult::Answered,
                     Err(err) => {
                         tracing::debug!(cause = %err, peer_addr = %from, "udp reply failed");

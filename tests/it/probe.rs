@@ -109,6 +109,19 @@ fn probes_the_server_rate_limits_are_reported_apart_from_network_loss() {
     assert_eq!(s["server_count_confirmed"], true, "{s}");
 }
 
+/// A server on `0.0.0.0` probed at 127.0.0.2: routing would send the reply from
+/// 127.0.0.1, which the probe's connected socket drops. Replies must leave from the address
+/// the probe was sent to (Linux: `IP_PKTINFO`), as on a multi-homed server.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_server_on_every_address_replies_from_the_one_probed() {
+    let server = Server::start_on("0.0.0.0:0", "memory", &[]);
+    let target = format!("127.0.0.2:{}", server.addr.port());
+    let (code, s, stderr) = probe(&target, &["--count", "5", "--interval", "1ms"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(s["received"], 5, "{s}");
+}
+
 #[test]
 fn an_interval_below_1ms_is_refused() {
     let out = run(bin().args(["probe", "127.0.0.1:1", "--interval", "200us"]));
