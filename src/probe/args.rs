@@ -121,10 +121,12 @@ impl ProbeArgs {
             None => None,
         };
         let addr = with_default_port(&self.addr);
-        let target = addr
+        let addrs: Vec<SocketAddr> = addr
             .to_socket_addrs()
             .map_err(|err| anyhow::anyhow!("resolving {addr}: {err}"))?
-            .next()
+            .collect();
+        // Each address in turn, as a TCP connect would: the first that answers.
+        let target = super::resolve::pick(&addrs, signer.as_ref(), super::resolve::ANSWER_WITHIN)
             .ok_or_else(|| anyhow::anyhow!("resolving {addr}: no address"))?;
         let sensor = match self.sensor {
             Some(sensor) => Some(sensor),

@@ -9,11 +9,12 @@
 //! - [`window`]: the reflector's per-session anti-replay window (distinct seqs).
 //! - [`stats`]: loss up/down, RTT, one-way delays, IPDV, reordering, duplicates; no I/O.
 //! - [`report`]: text and `--json` output, and the `--store` reading; [`store`] sends it.
-//! - [`args`]: the flags.
+//! - [`args`]: the flags; [`resolve`]: which resolved address answers.
 
 pub mod args;
 pub mod reflector;
 pub mod report;
+pub mod resolve;
 pub mod session;
 pub mod stats;
 pub mod store;

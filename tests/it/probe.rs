@@ -122,6 +122,30 @@ fn a_server_on_every_address_replies_from_the_one_probed() {
     assert_eq!(s["received"], 5, "{s}");
 }
 
+/// A name that resolves to several addresses (`localhost`: `::1`, then `127.0.0.1`) is
+/// probed at the first that answers: here a silent one, one that refuses, then the server.
+#[test]
+fn of_several_addresses_the_first_that_answers_is_probed() {
+    use sensorlink::probe::resolve::{pick, ANSWER_WITHIN};
+
+    let server = Server::start(&[]);
+    let silent = UdpSocket::bind("127.0.0.1:0").expect("bind UDP");
+    let silent_addr = silent.local_addr().expect("bound address");
+    let refusing = {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind UDP");
+        socket.local_addr().expect("bound address")
+        // Dropped here: nothing listens there any more.
+    };
+    let addrs = [silent_addr, refusing, server.addr];
+    assert_eq!(pick(&addrs, None, ANSWER_WITHIN), Some(server.addr));
+    // None answers: the first, as before.
+    assert_eq!(
+        pick(&[silent_addr, refusing], None, ANSWER_WITHIN),
+        Some(silent_addr)
+    );
+    assert_eq!(pick(&[], None, ANSWER_WITHIN), None);
+}
+
 #[test]
 fn an_interval_below_1ms_is_refused() {
     let out = run(bin().args(["probe", "127.0.0.1:1", "--interval", "200us"]));
