@@ -448,4 +448,128 @@ mod tests {
         assert!(!is_late(ms(10), ms(10)));
         assert!(is_late(ms(11), ms(10)));
     }
+
+    const SESSION: u64 = 42;
+    const PROBES: usize = 4;
+    /// The wall-clock send time written into probe `seq` (as the sender would have).
+    const fn wall(seq: u64) -> i64 {
+        1_000_000_000 + seq as i64 * 10_000_000
+    }
+
+    fn config() -> ProbeConfig {
+        super::super::ProbeArgs {
+            addr: "127.0.0.1:9".into(),
+            interval: Duration::from_millis(10),
+            duration: None,
+            count: Some(PROBES as u64),
+            size: 64,
+            json: false,
+            token: None,
+            store: false,
+            sensor: None,
+            wait: Some(Duration::from_millis(100)),
+            tls: false,
+            ca: None,
+            tls_server_name: None,
+        }
+        .validate()
+        .expect("valid settings")
+    }
+
+    /// A sender's record of `PROBES` probes, all sent.
+    fn sent() -> Shared {
+        Shared {
+            sent_at: (0..PROBES)
+                .map(|k| AtomicU64::new(k as u64 * 10 + 1))
+                .collect(),
+            sent_wall: (0..PROBES)
+                .map(|k| AtomicI64::new(wall(k as u64)))
+                .collect(),
+            sent: AtomicU64::new(PROBES as u64),
+            late: AtomicU64::new(0),
+            send_errors: AtomicU64::new(0),
+            refused: AtomicBool::new(false),
+            done: AtomicBool::new(true),
+            stop: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    fn receiver<'a>(config: &'a ProbeConfig, shared: &'a Shared, start: Instant) -> Receiver<'a> {
+        Receiver {
+            tally: Tally::new(PROBES),
+            config,
+            shared,
+            session: SESSION,
+            start,
+            second_rtts: Vec::new(),
+            next_live: start + Duration::from_secs(1),
+            second: 0,
+            scanned: 0,
+            missing: 0,
+            count_sent: Vec::new(),
+            count_answered: false,
+        }
+    }
+
+    /// A reply datagram with the given fields.
+    fn datagram(
+        seq: u64,
+        client_send_ns: i64,
+        receive_ns: i64,
+        send_ns: i64,
+        count: u64,
+    ) -> Vec<u8> {
+        let head = wire::Head {
+            kind: Kind::Probe,
+            session: SESSION,
+            seq,
+            client_send_ns,
+            signed: false,
+        };
+        let mut buf = vec![0u8; 64];
+        wire::encode_reply(head, receive_ns, count, 0, &mut buf).expect("64 bytes hold a reply");
+        wire::stamp_send(&mut buf, send_ns);
+        buf
+    }
+
+    #[test]
+    fn a_reply_that_does_not_echo_our_send_time_or_has_the_server_send_before_it_received_is_dropped(
+    ) {
+        let (config, shared, start) = (config(), sent(), Instant::now());
+        let mut r = receiver(&config, &shared, start);
+        let now = start + Duration::from_millis(50);
+        r.reply(&datagram(0, wall(0) + 1, 5, 6, 1), now, 10);
+        r.reply(&datagram(1, wall(1), 6, 5, 1), now, 10);
+        assert_eq!(r.tally.received(), 0);
+        r.reply(&datagram(2, wall(2), 5, 6, 1), now, 10);
+        assert_eq!(r.tally.received(), 1);
+    }
+
+    proptest::proptest! {
+        /// Whatever a server (or a spoofer who knows the session) sends back, the receiver
+        /// and the summary never panic (no overflow) and no delay comes out negative.
+        #[test]
+        fn any_reply_goes_through_the_receiver_without_panicking(
+            seq in 0u64..(PROBES as u64 + 2),
+            echo_ours: bool,
+            client_send_ns: i64,
+            receive_ns: i64,
+            send_ns: i64,
+            count: u64,
+            wall_ns: i64,
+            after_ms in 0u64..100_000,
+        ) {
+            let (config, shared, start) = (config(), sent(), Instant::now());
+            let mut r = receiver(&config, &shared, start);
+            let client_send_ns = if echo_ours { wall(seq) } else { client_send_ns };
+            let bytes = datagram(seq, client_send_ns, receive_ns, send_ns, count);
+            r.reply(&bytes, start + Duration::from_millis(after_ms), wall_ns);
+            r.reply(&bytes, start + Duration::from_millis(after_ms), wall_ns);
+            let s = r.tally.summary(PROBES as u64, 0);
+            if let Some(rtt) = s.rtt_ms {
+                proptest::prop_assert!(rtt.min >= 0.0);
+            }
+            proptest::prop_assert!(s.received <= 1);
+        }
+    }
 }
