@@ -105,10 +105,8 @@ pub struct Telemetry {
     http_auth_refused: [Counter; HttpRefusal::ALL.len()],
     /// `TCP_INFO` samples of sensor connections (`events/tcp.rs`).
     tcp: tcp::TcpHandles,
-    /// `result` = [`ProbeResult::ALL`] (`events/probe.rs`).
-    udp_probes: [Counter; ProbeResult::ALL.len()],
-    /// `table` = [`UdpTable::ALL`] (`events/probe.rs`).
-    udp_table_evicted: [Counter; UdpTable::ALL.len()],
+    /// The UDP reflector's counters (`events/probe.rs`).
+    udp: probe::UdpHandles,
     /// What the load summary reads.
     pub totals: Totals,
     /// The last seconds, for the HTTP API (rates, percentiles, rejections, readiness).
@@ -169,10 +167,7 @@ impl Telemetry {
             http_auth_refused: HttpRefusal::ALL
                 .map(|reason| metrics::counter!(HTTP_AUTH_REFUSED, "reason" => reason.as_str())),
             tcp: tcp::TcpHandles::register(),
-            udp_probes: ProbeResult::ALL
-                .map(|result| metrics::counter!(UDP_PROBES, "result" => result.as_str())),
-            udp_table_evicted: UdpTable::ALL
-                .map(|table| metrics::counter!(UDP_TABLE_EVICTED, "table" => table.as_str())),
+            udp: probe::UdpHandles::register(),
             totals: Totals::default(),
             recent: Recent::default(),
         }

@@ -1,7 +1,30 @@
 //! Events of the UDP probe reflector (`crate::probe::reflector`): one counter per datagram,
 //! by what became of it. No log line per datagram: a flood must not flood the log too.
 
+use metrics::Counter;
+
+use super::table::names::{UDP_PROBES, UDP_TABLE_EVICTED};
 use super::{Event, Telemetry};
+
+/// The reflector's counters, registered once.
+#[derive(Debug)]
+pub(super) struct UdpHandles {
+    /// `result` = [`ProbeResult::ALL`].
+    probes: [Counter; ProbeResult::ALL.len()],
+    /// `table` = [`UdpTable::ALL`].
+    evicted: [Counter; UdpTable::ALL.len()],
+}
+
+impl UdpHandles {
+    pub(super) fn register() -> Self {
+        UdpHandles {
+            probes: ProbeResult::ALL
+                .map(|result| metrics::counter!(UDP_PROBES, "result" => result.as_str())),
+            evicted: UdpTable::ALL
+                .map(|table| metrics::counter!(UDP_TABLE_EVICTED, "table" => table.as_str())),
+        }
+    }
+}
 
 /// What became of one datagram on the UDP side (the `result` label of
 /// `sensorlink_udp_probes_total`).
@@ -55,7 +78,7 @@ pub struct UdpProbeHandled {
 
 impl Event for UdpProbeHandled {
     fn emit_to(self, t: &Telemetry) {
-        t.udp_probes[self.result as usize].increment(1);
+        t.udp.probes[self.result as usize].increment(1);
     }
 }
 
@@ -87,7 +110,7 @@ pub struct UdpTableEvicted {
 
 impl Event for UdpTableEvicted {
     fn emit_to(self, t: &Telemetry) {
-        t.udp_table_evicted[self.table as usize].increment(1);
+        t.udp.evicted[self.table as usize].increment(1);
     }
 }
 

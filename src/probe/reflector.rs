@@ -408,6 +408,40 @@ mod tests {
     }
 
     #[test]
+    fn all_addresses_together_are_capped_by_the_global_bucket() {
+        let mut r = Reflector::new(10, None);
+        let now = Instant::now();
+        // 30 addresses, each within its own rate: the global bucket (10 × 10) stops the rest.
+        let answered = (0..30u8)
+            .flat_map(|host| (0..10u64).map(move |seq| (host, seq)))
+            .filter(|(host, seq)| {
+                let from = IpAddr::V4(Ipv4Addr::new(198, 51, 100, *host));
+                r.handle(&mut probe(u64::from(*host), *seq, 56), from, now, 0)
+                    .is_ok()
+            })
+            .count();
+        assert_eq!(answered, 10 * GLOBAL_RATE_FACTOR as usize);
+    }
+
+    #[test]
+    fn a_sessions_rate_limited_probes_are_counted_and_reported() {
+        let mut r = Reflector::new(2, None);
+        let now = Instant::now();
+        for seq in 0..5 {
+            let _ = r.handle(&mut probe(4, seq, 64), A, now, 0);
+        }
+        // A count request from another address (its own bucket) reads both counts.
+        let mut count = Vec::new();
+        wire::encode_request(Kind::Count, 4, 0, 1, None, 64, &mut count);
+        r.handle(&mut count, B, now, 5).expect("answered");
+        let reply = wire::decode_reply(&count).expect("reply");
+        assert_eq!((reply.server_received, reply.rate_limited), (2, Some(3)));
+        // A limited datagram of an unknown session adds no session.
+        let _ = r.handle(&mut probe(5, 0, 64), A, now, 0);
+        assert_eq!(r.sessions.len(), 1);
+    }
+
+    #[test]
     fn the_session_table_stays_bounded() {
         let mut r = Reflector::new(1_000_000, None);
         let now = Instant::now();
