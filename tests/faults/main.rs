@@ -8,6 +8,7 @@
 //! Each prints `injected: … | measured: …`; the rows also go to a markdown table
 //! (see [`table`]) for BENCHMARKS.md.
 
+mod examples;
 mod link;
 mod netns;
 mod outages;
