@@ -76,7 +76,8 @@ fn session_key(request: &Request<'_>) -> SessionKey {
 
 /// The reflector's state and decisions, without the socket.
 pub struct Reflector {
-    sessions: LruCache<SessionKey, SessionRecord>,
+    /// Each session's record, and the source address (per-IP key) of its first probe.
+    sessions: LruCache<SessionKey, (SessionRecord, IpAddr)>,
     buckets: LruCache<IpAddr, Bucket>,
     global: Bucket,
     rate_per_s: f64,
@@ -149,9 +150,16 @@ impl Reflector {
         })?;
         let key = session_key(&request);
         if !self.admit(from, now) {
-            // Only a session already in the table: a limited datagram must not churn it.
+            // Only a session already in the table (a limited datagram must not churn it),
+            // and only from its own source: the MAC is not checked yet, so anyone else could
+            // otherwise make a victim's upstream loss read as the server's drops.
             if request.kind == Kind::Probe {
-                if let Some(record) = self.sessions.get_mut(&key) {
+                let source = crate::server::per_ip::key(from);
+                if let Some((record, _)) = self
+                    .sessions
+                    .get_mut(&key)
+                    .filter(|(_, first)| *first == source)
+                {
                     record.rate_limited = record.rate_limited.saturating_add(1);
                 }
             }
@@ -171,7 +179,7 @@ impl Reflector {
         // duplicates) but counted once.
         let record = match head.kind {
             Kind::Probe => match self.sessions.get_mut(&key) {
-                Some(record) => {
+                Some((record, _)) => {
                     record.count(head.seq);
                     *record
                 }
@@ -183,15 +191,15 @@ impl Reflector {
                         .emit();
                     }
                     let record = SessionRecord::first(head.seq);
-                    self.sessions.insert(key, record);
+                    let source = crate::server::per_ip::key(from);
+                    self.sessions.insert(key, (record, source));
                     record
                 }
             },
             Kind::Count => self
                 .sessions
                 .get(&key)
-                .copied()
-                .unwrap_or(SessionRecord::EMPTY),
+                .map_or(SessionRecord::EMPTY, |(record, _)| *record),
         };
         wire::encode_reply(head, receive_ns, record.received, record.rate_limited, buf)
             .map_err(|_| ProbeResult::TooShort)
@@ -439,6 +447,15 @@ mod tests {
         // A limited datagram of an unknown session adds no session.
         let _ = r.handle(&mut probe(5, 0, 64), A, now, 0);
         assert_eq!(r.sessions.len(), 1);
+        // Limited datagrams of the session from another source are not its own: not counted.
+        for seq in 10..20 {
+            let _ = r.handle(&mut probe(4, seq, 64), B, now, 0);
+        }
+        wire::encode_request(Kind::Count, 4, 0, 1, None, 64, &mut count);
+        r.handle(&mut count, A, now + Duration::from_secs(1), 5)
+            .expect("answered");
+        let reply = wire::decode_reply(&count).expect("reply");
+        assert_eq!(reply.rate_limited, Some(3));
     }
 
     #[test]
