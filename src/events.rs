@@ -39,7 +39,7 @@ pub use conflict::ReadingConflict;
 pub use http_auth::{HttpAuthRefused, HttpRefusal};
 pub use labels::{AuthResult, CloseReason, Mode, RefuseReason, RejectReason, ReloadWhat};
 pub use limits::SeriesCacheEvicted;
-pub use probe::{ProbeResult, UdpProbeHandled};
+pub use probe::{ProbeResult, UdpProbeHandled, UdpTable, UdpTableEvicted};
 pub use recent::{Percentiles, Recent, Rejection, WindowSummary, WINDOW_SECONDS};
 pub use table::{describe, names, prometheus_builder, Kind, MetricDef, METRICS, PER_SENSOR};
 pub use tcp::{SensorTcpSampled, TcpSampled, MAX_TCP_LABELED_SENSORS};
@@ -105,8 +105,8 @@ pub struct Telemetry {
     http_auth_refused: [Counter; HttpRefusal::ALL.len()],
     /// `TCP_INFO` samples of sensor connections (`events/tcp.rs`).
     tcp: tcp::TcpHandles,
-    /// `result` = [`ProbeResult::ALL`] (`events/probe.rs`).
-    udp_probes: [Counter; ProbeResult::ALL.len()],
+    /// The UDP reflector's counters (`events/probe.rs`).
+    udp: probe::UdpHandles,
     /// What the load summary reads.
     pub totals: Totals,
     /// The last seconds, for the HTTP API (rates, percentiles, rejections, readiness).
@@ -167,8 +167,7 @@ impl Telemetry {
             http_auth_refused: HttpRefusal::ALL
                 .map(|reason| metrics::counter!(HTTP_AUTH_REFUSED, "reason" => reason.as_str())),
             tcp: tcp::TcpHandles::register(),
-            udp_probes: ProbeResult::ALL
-                .map(|result| metrics::counter!(UDP_PROBES, "result" => result.as_str())),
+            udp: probe::UdpHandles::register(),
             totals: Totals::default(),
             recent: Recent::default(),
         }

@@ -12,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let head = request.head();
     let mut reply = data.to_vec();
-    encode_reply(head, 7, 3, &mut reply).expect("a decoded request is long enough");
+    encode_reply(head, 7, 3, 5, &mut reply).expect("a decoded request is long enough");
     stamp_send(&mut reply, 8);
     assert_eq!(reply.len(), data.len(), "never more bytes than received");
     let back = decode_reply(&reply).expect("a reply we encoded decodes");
@@ -21,4 +21,6 @@ fuzz_target!(|data: &[u8]| {
         (head.kind, head.session, head.seq, head.client_send_ns)
     );
     assert_eq!((back.server_receive_ns, back.server_send_ns, back.server_received), (7, 8, 3));
+    // The rate-limited count only where the request left room for it.
+    assert_eq!(back.rate_limited, (data.len() >= 64).then_some(5));
 });

@@ -35,8 +35,8 @@ pub struct RawClient {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub measurement: Option<String>,
     /// Time between readings (e.g. 1s, 250ms, at least 1ms); 0 is ping-pong: one reading
-    /// in flight, the next sent as soon as the previous one is acked (latency measurement)
-    /// [default: 1s].
+    /// in flight, the next sent as soon as the previous one is acked (latency measurement;
+    /// a spool backlog and resends also go one per round trip) [default: 1s].
     #[arg(short, long, env = "SENSORLINK_INTERVAL", value_parser = humantime::parse_duration)]
     #[serde(
         default,

@@ -1,7 +1,30 @@
 //! Events of the UDP probe reflector (`crate::probe::reflector`): one counter per datagram,
 //! by what became of it. No log line per datagram: a flood must not flood the log too.
 
+use metrics::Counter;
+
+use super::table::names::{UDP_PROBES, UDP_TABLE_EVICTED};
 use super::{Event, Telemetry};
+
+/// The reflector's counters, registered once.
+#[derive(Debug)]
+pub(super) struct UdpHandles {
+    /// `result` = [`ProbeResult::ALL`].
+    probes: [Counter; ProbeResult::ALL.len()],
+    /// `table` = [`UdpTable::ALL`].
+    evicted: [Counter; UdpTable::ALL.len()],
+}
+
+impl UdpHandles {
+    pub(super) fn register() -> Self {
+        UdpHandles {
+            probes: ProbeResult::ALL
+                .map(|result| metrics::counter!(UDP_PROBES, "result" => result.as_str())),
+            evicted: UdpTable::ALL
+                .map(|table| metrics::counter!(UDP_TABLE_EVICTED, "table" => table.as_str())),
+        }
+    }
+}
 
 /// What became of one datagram on the UDP side (the `result` label of
 /// `sensorlink_udp_probes_total`).
@@ -55,7 +78,39 @@ pub struct UdpProbeHandled {
 
 impl Event for UdpProbeHandled {
     fn emit_to(self, t: &Telemetry) {
-        t.udp_probes[self.result as usize].increment(1);
+        t.udp.probes[self.result as usize].increment(1);
+    }
+}
+
+/// A bounded table of the reflector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UdpTable {
+    /// Per-session records: an evicted session counts from 0 again.
+    Sessions,
+    /// Per-address token buckets: an evicted address starts with a full burst.
+    Buckets,
+}
+
+impl UdpTable {
+    /// In declaration order: the handles are indexed by `as usize`.
+    pub const ALL: [UdpTable; 2] = [UdpTable::Sessions, UdpTable::Buckets];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UdpTable::Sessions => "sessions",
+            UdpTable::Buckets => "buckets",
+        }
+    }
+}
+
+/// The reflector evicted the least recently used entry of a full table.
+pub struct UdpTableEvicted {
+    pub table: UdpTable,
+}
+
+impl Event for UdpTableEvicted {
+    fn emit_to(self, t: &Telemetry) {
+        t.udp.evicted[self.table as usize].increment(1);
     }
 }
 
@@ -67,6 +122,9 @@ mod tests {
     fn results_are_in_declaration_order() {
         for (index, result) in ProbeResult::ALL.iter().enumerate() {
             assert_eq!(*result as usize, index, "{result:?}");
+        }
+        for (index, table) in UdpTable::ALL.iter().enumerate() {
+            assert_eq!(*table as usize, index, "{table:?}");
         }
     }
 }

@@ -38,6 +38,7 @@
 //! | `sensorlink_store_series_cache_evictions_total` | counter | | series ids the SQLite writer evicted from its bounded cache ([`super::SeriesCacheEvicted`]) |
 //! | `sensorlink_store_series_cache_entries` | gauge | | series ids in that cache, as of its last eviction |
 //! | `sensorlink_udp_probes_total` | counter | `result` = `answered` `too_short` `malformed` `unsigned` `bad_mac` `rate_limited` `send_failed` | datagrams on the UDP probe port, by what became of them ([`super::UdpProbeHandled`]) |
+//! | `sensorlink_udp_table_evictions_total` | counter | `table` = `sessions` `buckets` | least recently used entries the UDP reflector evicted to make room: an evicted session counts from 0 again (a probe client then reports its up/down split as unknown), an evicted address starts with a full burst ([`super::UdpTableEvicted`]) |
 //! | `sensorlink_http_auth_refused_total` | counter | `reason` = `missing` `malformed` `unknown` `revoked` `no_read_scope` | HTTP requests refused for want of a read token ([`super::HttpAuthRefused`]) |
 //! | `sensorlink_tcp_srtt_seconds` | histogram | | the kernel's smoothed RTT of sensor connections, one sample per `TCP_INFO` sample ([`super::TcpSampled`]) |
 //! | `sensorlink_tcp_retransmits_total` | counter | | segments the server retransmitted on sensor connections (`tcpi_total_retrans` deltas between samples) |
@@ -206,6 +207,8 @@ metric_table! {
         "TCP segments retransmitted so far on the sensor's latest connection (only the first 100 sensors sampled get this label).";
     UDP_PROBES = "sensorlink_udp_probes_total", Counter, Count, NO_BUCKETS,
         "Datagrams on the UDP probe port, by result (answered, or why dropped).";
+    UDP_TABLE_EVICTED = "sensorlink_udp_table_evictions_total", Counter, Count, NO_BUCKETS,
+        "Entries the UDP reflector evicted from its bounded tables (sessions: that session counts from 0 again; buckets: that address starts with a full burst).";
 }
 
 /// Metrics labelled by `sensor`: registered per sensor at its first sample (bounded by

@@ -6,16 +6,19 @@
 //! - [`reflector`]: the server side: bounded session counts, per-address rate limit,
 //!   signed probes under `--auth`.
 //! - [`session`]: the client's sender thread and receiver.
+//! - [`window`]: the reflector's per-session anti-replay window (distinct seqs).
 //! - [`stats`]: loss up/down, RTT, one-way delays, IPDV, reordering, duplicates; no I/O.
 //! - [`report`]: text and `--json` output, and the `--store` reading; [`store`] sends it.
-//! - [`args`]: the flags.
+//! - [`args`]: the flags; [`resolve`]: which resolved address answers.
 
 pub mod args;
 pub mod reflector;
 pub mod report;
+pub mod resolve;
 pub mod session;
 pub mod stats;
 pub mod store;
+pub mod window;
 pub mod wire;
 
 use std::io::Write as _;

@@ -2,9 +2,10 @@
 //! probes of its session arrived (`server --udp on`, the default).
 //!
 //! It stores nothing and answers with exactly the bytes it received, never more (no
-//! amplification). Its only state is bounded: per-session counts ([`MAX_SESSIONS`], the
-//! least recently used evicted) and per-source-address token buckets
-//! ([`MAX_ADDRESSES`], likewise). With `--auth`, a probe must be signed with a token in
+//! amplification). Its only state is bounded: per-session records ([`MAX_SESSIONS`], the
+//! least recently used evicted; each counts distinct seqs through an anti-replay window,
+//! [`super::window`]), per-source-address token buckets ([`MAX_ADDRESSES`], likewise) and
+//! one global bucket ([`GLOBAL_RATE_FACTOR`] × the per-address rate). With `--auth`, a probe must be signed with a token in
 //! force; anything else is dropped without an answer (an answer would be an oracle) and
 //! counted in `sensorlink_udp_probes_total{result}`. [`Reflector::handle`] decides, with no
 //! I/O; [`serve`] owns the socket.
@@ -17,12 +18,17 @@ use hashlink::LruCache;
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
-use super::wire::{self, Kind};
+use super::window::SessionRecord;
+use super::wire::{self, Kind, Request};
 use crate::auth::Authority;
-use crate::events::{Event as _, ProbeResult, UdpProbeHandled};
+use crate::events::{Event as _, ProbeResult, UdpProbeHandled, UdpTable, UdpTableEvicted};
+use crate::net::pktinfo;
 
-/// Sessions whose received counts are kept; a session evicted starts counting again at 0.
+/// Sessions whose records are kept; a session evicted starts counting again at 0.
 pub const MAX_SESSIONS: usize = 4096;
+/// The global bucket's rate, in per-address rates: bounds the reflector's total send rate
+/// when a spoofer cycles through more source addresses than the table keeps.
+pub const GLOBAL_RATE_FACTOR: u32 = 10;
 /// Source addresses whose rate buckets are kept; an evicted one starts with a full bucket.
 pub const MAX_ADDRESSES: usize = 4096;
 /// Default `--udp-rate-per-ip`: 1 ms probes from 2 clients behind one address still fit.
@@ -38,10 +44,42 @@ struct Bucket {
     at: Instant,
 }
 
+impl Bucket {
+    /// Refill at `rate_per_s` up to one second's worth, then take a token if there is one.
+    fn take(&mut self, rate_per_s: f64, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate_per_s).min(rate_per_s);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// A session table key: the token id (its 8 bytes, 0 when unsigned) and the session id, so
+/// that under `--auth` one token holder cannot touch another's session.
+type SessionKey = (u64, u64);
+
+fn session_key(request: &Request<'_>) -> SessionKey {
+    let token = request.signed.map_or(0, |signature| {
+        let mut id = [0u8; 8];
+        for (to, from) in id.iter_mut().zip(signature.token_id.bytes()) {
+            *to = from;
+        }
+        u64::from_be_bytes(id)
+    });
+    (token, request.session)
+}
+
 /// The reflector's state and decisions, without the socket.
 pub struct Reflector {
-    sessions: LruCache<u64, u64>,
+    /// Each session's record, and the source address (per-IP key) of its first probe.
+    sessions: LruCache<SessionKey, (SessionRecord, IpAddr)>,
     buckets: LruCache<IpAddr, Bucket>,
+    global: Bucket,
     rate_per_s: f64,
     /// With `--auth`: only probes signed with a token in force are answered.
     auth: Option<Arc<Authority>>,
@@ -49,25 +87,38 @@ pub struct Reflector {
 
 impl Reflector {
     pub fn new(rate_per_ip: u32, auth: Option<Arc<Authority>>) -> Self {
+        let rate_per_s = f64::from(rate_per_ip.max(1));
+        let global_rate = rate_per_s * f64::from(GLOBAL_RATE_FACTOR);
         Reflector {
             sessions: LruCache::new(MAX_SESSIONS),
             buckets: LruCache::new(MAX_ADDRESSES),
-            rate_per_s: f64::from(rate_per_ip.max(1)),
+            global: Bucket {
+                tokens: global_rate,
+                at: Instant::now(),
+            },
+            rate_per_s,
             auth,
         }
     }
 
-    /// Whether `ip` may have one more probe answered now.
+    /// Whether `ip` may have one more probe answered now (its own bucket, then the
+    /// global one).
     fn admit(&mut self, ip: IpAddr, now: Instant) -> bool {
         let key = crate::server::per_ip::key(ip);
-        let burst = self.rate_per_s;
+        let rate = self.rate_per_s;
         let bucket = match self.buckets.get_mut(&key) {
             Some(bucket) => bucket,
             None => {
+                if self.buckets.len() >= MAX_ADDRESSES {
+                    UdpTableEvicted {
+                        table: UdpTable::Buckets,
+                    }
+                    .emit();
+                }
                 self.buckets.insert(
                     key,
                     Bucket {
-                        tokens: burst,
+                        tokens: rate,
                         at: now,
                     },
                 );
@@ -76,15 +127,7 @@ impl Reflector {
                     .expect("the entry was inserted just above")
             }
         };
-        let elapsed = now.saturating_duration_since(bucket.at).as_secs_f64();
-        bucket.tokens = (bucket.tokens + elapsed * self.rate_per_s).min(burst);
-        bucket.at = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        bucket.take(rate, now) && self.global.take(rate * f64::from(GLOBAL_RATE_FACTOR), now)
     }
 
     /// Decide about the datagram `buf` from `from`, received at `receive_ns`: on `Ok`,
@@ -99,13 +142,29 @@ impl Reflector {
         now: Instant,
         receive_ns: i64,
     ) -> Result<(), ProbeResult> {
-        if !self.admit(from, now) {
-            return Err(ProbeResult::RateLimited);
-        }
+        // Decoded first (cheap: no MAC yet) so that a probe over the limit is counted in its
+        // session, and the client can tell the server's drops from the network's.
         let request = wire::decode_request(buf).map_err(|err| match err {
             wire::WireError::TooShort => ProbeResult::TooShort,
             _ => ProbeResult::Malformed,
         })?;
+        let key = session_key(&request);
+        if !self.admit(from, now) {
+            // Only a session already in the table (a limited datagram must not churn it),
+            // and only from its own source: the MAC is not checked yet, so anyone else could
+            // otherwise make a victim's upstream loss read as the server's drops.
+            if request.kind == Kind::Probe {
+                let source = crate::server::per_ip::key(from);
+                if let Some((record, _)) = self
+                    .sessions
+                    .get_mut(&key)
+                    .filter(|(_, first)| *first == source)
+                {
+                    record.rate_limited = record.rate_limited.saturating_add(1);
+                }
+            }
+            return Err(ProbeResult::RateLimited);
+        }
         if let Some(authority) = &self.auth {
             let signature = request.signed.ok_or(ProbeResult::Unsigned)?;
             let key = authority
@@ -116,20 +175,34 @@ impl Reflector {
             }
         }
         let head = request.head();
-        let count = match head.kind {
-            Kind::Probe => match self.sessions.get_mut(&head.session) {
-                Some(count) => {
-                    *count = count.saturating_add(1);
-                    *count
+        // A duplicate or a replay is still answered (the client must see the network's
+        // duplicates) but counted once.
+        let record = match head.kind {
+            Kind::Probe => match self.sessions.get_mut(&key) {
+                Some((record, _)) => {
+                    record.count(head.seq);
+                    *record
                 }
                 None => {
-                    self.sessions.insert(head.session, 1);
-                    1
+                    if self.sessions.len() >= MAX_SESSIONS {
+                        UdpTableEvicted {
+                            table: UdpTable::Sessions,
+                        }
+                        .emit();
+                    }
+                    let record = SessionRecord::first(head.seq);
+                    let source = crate::server::per_ip::key(from);
+                    self.sessions.insert(key, (record, source));
+                    record
                 }
             },
-            Kind::Count => self.sessions.get(&head.session).copied().unwrap_or(0),
+            Kind::Count => self
+                .sessions
+                .get(&key)
+                .map_or(SessionRecord::EMPTY, |(record, _)| *record),
         };
-        wire::encode_reply(head, receive_ns, count, buf).map_err(|_| ProbeResult::TooShort)
+        wire::encode_reply(head, receive_ns, record.received, record.rate_limited, buf)
+            .map_err(|_| ProbeResult::TooShort)
     }
 }
 
@@ -138,11 +211,16 @@ impl Reflector {
 /// # Errors
 /// The bind fails; the message names `--udp off`.
 pub async fn bind(addr: SocketAddr) -> anyhow::Result<UdpSocket> {
-    UdpSocket::bind(addr).await.map_err(|err| {
+    let socket = UdpSocket::bind(addr).await.map_err(|err| {
         anyhow::anyhow!(
             "binding UDP {addr} for probes: {err} (start with --udp off to serve without UDP probes)"
         )
-    })
+    })?;
+    // So a multi-homed server answers from the address each probe was sent to.
+    if let Err(err) = pktinfo::enable(&socket) {
+        tracing::warn!(cause = %err, "udp replies will leave from the address routing picks");
+    }
+    Ok(socket)
 }
 
 /// Answer probes on `socket` until `shutdown`.
@@ -151,11 +229,11 @@ pub async fn serve(socket: UdpSocket, mut reflector: Reflector, shutdown: Cancel
     loop {
         let received = tokio::select! {
             () = shutdown.cancelled() => break,
-            received = socket.recv_from(&mut buf) => received,
+            received = pktinfo::recv_from(&socket, &mut buf) => received,
         };
         // As close to the receive as user space gets.
         let receive_ns = crate::timefmt::now_ns();
-        let (len, from) = match received {
+        let (len, from, local) = match received {
             Ok(got) => got,
             Err(err) => {
                 tracing::debug!(cause = %err, "udp receive failed");
@@ -168,7 +246,7 @@ pub async fn serve(socket: UdpSocket, mut reflector: Reflector, shutdown: Cancel
         let result = match reflector.handle(datagram, from.ip(), Instant::now(), receive_ns) {
             Ok(()) => {
                 wire::stamp_send(datagram, crate::timefmt::now_ns());
-                match socket.send_to(datagram, from).await {
+                match pktinfo::send_to(&socket, datagram, from, local).await {
                     Ok(_) => ProbeResult::Answered,
                     Err(err) => {
                         tracing::debug!(cause = %err, peer_addr = %from, "udp reply failed");
@@ -185,6 +263,7 @@ pub async fn serve(socket: UdpSocket, mut reflector: Reflector, shutdown: Cancel
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::probe::stats::{Sample, ServerCount, Tally};
     use std::net::Ipv4Addr;
     use std::time::Duration;
 
@@ -253,6 +332,130 @@ mod tests {
         let later = now + Duration::from_millis(100);
         assert!(r.handle(&mut probe(1, 100, 56), A, later, 0).is_ok());
         assert!(r.handle(&mut probe(1, 101, 56), A, later, 0).is_err());
+    }
+
+    #[test]
+    fn a_duplicated_or_replayed_probe_is_answered_but_counted_once() {
+        let mut r = Reflector::new(1000, None);
+        let now = Instant::now();
+        let mut first = probe(9, 0, 64);
+        r.handle(&mut first, A, now, 5).expect("answered");
+        assert_eq!(
+            wire::decode_reply(&first).expect("reply").server_received,
+            1
+        );
+        // The same seq again (a network duplicate, or a replay from anywhere): answered, so
+        // the client sees the duplicate, and the count stays.
+        let mut again = probe(9, 0, 64);
+        r.handle(&mut again, B, now, 5).expect("answered");
+        assert_eq!(
+            wire::decode_reply(&again).expect("reply").server_received,
+            1
+        );
+        let mut next = probe(9, 1, 64);
+        r.handle(&mut next, A, now, 5).expect("answered");
+        assert_eq!(wire::decode_reply(&next).expect("reply").server_received, 2);
+    }
+
+    #[test]
+    fn upstream_duplicates_are_not_booked_as_downstream_loss() {
+        // 100 probes, 5 of them duplicated on the way up, nothing lost: the client must
+        // see 5 duplicates and no loss either way.
+        let mut r = Reflector::new(1000, None);
+        let now = Instant::now();
+        let mut tally = Tally::new(100);
+        let sample = Sample {
+            rtt_ns: 1,
+            send_delay_ns: 0,
+            receive_delay_ns: 0,
+        };
+        for seq in 0..100u64 {
+            let copies = if seq % 20 == 0 { 2 } else { 1 };
+            for _ in 0..copies {
+                let mut buf = probe(3, seq, 64);
+                r.handle(&mut buf, A, now, 5).expect("answered");
+                let reply = wire::decode_reply(&buf).expect("reply");
+                let count = ServerCount {
+                    received: reply.server_received,
+                    rate_limited: reply.rate_limited.unwrap_or(0),
+                    sent_ns: reply.server_send_ns,
+                };
+                tally.record(reply.seq, sample, count);
+            }
+        }
+        let s = tally.summary(100, 0);
+        assert_eq!((s.duplicates, s.server_received), (5, 100));
+        assert_eq!((s.lost_up, s.lost_down), (Some(0), Some(0)));
+        assert_eq!(s.loss_down_percent, Some(0.0));
+    }
+
+    #[test]
+    fn under_auth_sessions_are_keyed_by_token_too() {
+        let sign = |token: &str, seq: u64| {
+            let signer = wire::Signer::for_token(token).expect("token-shaped");
+            let mut out = Vec::new();
+            wire::encode_request(Kind::Probe, 9, seq, 1, Some(&signer), 64, &mut out);
+            out
+        };
+        // Signature checks are off here (no Authority): only the keying is under test.
+        let mut r = Reflector::new(1000, None);
+        let now = Instant::now();
+        let mut mine = sign("sl_aaaaaaaa_0123456789abcdefghijABCDEFGHIJ0123456789abc", 0);
+        r.handle(&mut mine, A, now, 5).expect("answered");
+        let mut theirs = sign("sl_bbbbbbbb_0123456789abcdefghijABCDEFGHIJ0123456789abc", 1);
+        r.handle(&mut theirs, B, now, 5).expect("answered");
+        assert_eq!(
+            wire::decode_reply(&theirs).expect("reply").server_received,
+            1
+        );
+        assert_eq!(
+            r.sessions.len(),
+            2,
+            "same session id, two tokens: two sessions"
+        );
+    }
+
+    #[test]
+    fn all_addresses_together_are_capped_by_the_global_bucket() {
+        let mut r = Reflector::new(10, None);
+        let now = Instant::now();
+        // 30 addresses, each within its own rate: the global bucket (10 × 10) stops the rest.
+        let answered = (0..30u8)
+            .flat_map(|host| (0..10u64).map(move |seq| (host, seq)))
+            .filter(|(host, seq)| {
+                let from = IpAddr::V4(Ipv4Addr::new(198, 51, 100, *host));
+                r.handle(&mut probe(u64::from(*host), *seq, 56), from, now, 0)
+                    .is_ok()
+            })
+            .count();
+        assert_eq!(answered, 10 * GLOBAL_RATE_FACTOR as usize);
+    }
+
+    #[test]
+    fn a_sessions_rate_limited_probes_are_counted_and_reported() {
+        let mut r = Reflector::new(2, None);
+        let now = Instant::now();
+        for seq in 0..5 {
+            let _ = r.handle(&mut probe(4, seq, 64), A, now, 0);
+        }
+        // A count request from another address (its own bucket) reads both counts.
+        let mut count = Vec::new();
+        wire::encode_request(Kind::Count, 4, 0, 1, None, 64, &mut count);
+        r.handle(&mut count, B, now, 5).expect("answered");
+        let reply = wire::decode_reply(&count).expect("reply");
+        assert_eq!((reply.server_received, reply.rate_limited), (2, Some(3)));
+        // A limited datagram of an unknown session adds no session.
+        let _ = r.handle(&mut probe(5, 0, 64), A, now, 0);
+        assert_eq!(r.sessions.len(), 1);
+        // Limited datagrams of the session from another source are not its own: not counted.
+        for seq in 10..20 {
+            let _ = r.handle(&mut probe(4, seq, 64), B, now, 0);
+        }
+        wire::encode_request(Kind::Count, 4, 0, 1, None, 64, &mut count);
+        r.handle(&mut count, A, now + Duration::from_secs(1), 5)
+            .expect("answered");
+        let reply = wire::decode_reply(&count).expect("reply");
+        assert_eq!(reply.rate_limited, Some(3));
     }
 
     #[test]

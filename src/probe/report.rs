@@ -18,6 +18,20 @@ pub const CLOCK_NOTE: &str = "one-way delays assume the client's and the server'
 pub const NO_REPLY: &str =
     "no reply: server down, UDP blocked, the server runs with --udp off, or the token was refused";
 
+/// Said when the server's count went down: it evicted the session from its table.
+pub const EVICTED_NOTE: &str = "the server evicted this session from its bounded table during \
+     the run (its count restarted), so the split of the loss into upstream and downstream is \
+     unknown; the total loss stands";
+
+/// Said when the server's rate limit dropped probes.
+pub const RATE_LIMITED_NOTE: &str = "the server's rate limit (--udp-rate-per-ip) dropped some \
+     probes: they are not network loss; use a longer --interval";
+
+/// Said when no count request was answered at the end.
+pub const UNCONFIRMED_NOTE: &str = "the server's final count was not confirmed (count requests \
+     or their replies lost): the split rests on the counts in the replies, and probes answered \
+     after the last reply that came are booked upstream";
+
 /// The opening line.
 ///
 /// # Errors
@@ -123,17 +137,31 @@ pub fn summary(
         "sent {}, received {} ({:.2} % loss); server received {}",
         summary.sent, summary.received, summary.loss_percent, summary.server_received
     )?;
-    writeln!(
-        out,
-        "loss upstream {} ({:.2} %), downstream {} ({:.2} %); duplicates {}, reordered {}, late sends {}",
+    let split = match (
         summary.lost_up,
         summary.loss_up_percent,
         summary.lost_down,
         summary.loss_down_percent,
-        summary.duplicates,
-        summary.reordered,
-        summary.late_sends
+    ) {
+        (Some(up), Some(up_pc), Some(down), Some(down_pc)) => {
+            format!("loss upstream {up} ({up_pc:.2} %), downstream {down} ({down_pc:.2} %)")
+        }
+        _ => "loss upstream and downstream unknown".to_string(),
+    };
+    writeln!(
+        out,
+        "{split}; rate-limited by the server {}; duplicates {}, reordered {}, late sends {}",
+        summary.rate_limited, summary.duplicates, summary.reordered, summary.late_sends
     )?;
+    if summary.session_evicted {
+        writeln!(out, "note: {EVICTED_NOTE}")?;
+    }
+    if summary.rate_limited > 0 {
+        writeln!(out, "note: {RATE_LIMITED_NOTE}")?;
+    }
+    if !summary.server_count_confirmed && summary.received > 0 {
+        writeln!(out, "note: {UNCONFIRMED_NOTE}")?;
+    }
     writeln!(out, "note: {CLOCK_NOTE}")?;
     if summary.received == 0 {
         writeln!(out, "{NO_REPLY}")?;
@@ -185,16 +213,19 @@ pub fn reading(
             "server_received".to_string(),
             count(summary.server_received),
         ),
-        ("lost_up".to_string(), count(summary.lost_up)),
-        ("lost_down".to_string(), count(summary.lost_down)),
-        ("loss_up_percent".to_string(), ms(summary.loss_up_percent)),
-        (
-            "loss_down_percent".to_string(),
-            ms(summary.loss_down_percent),
-        ),
+        ("rate_limited".to_string(), count(summary.rate_limited)),
         ("duplicates".to_string(), count(summary.duplicates)),
         ("reordered".to_string(), count(summary.reordered)),
     ]);
+    // The split is omitted when unknown (the server evicted the session mid-run).
+    if let (Some(up), Some(down)) = (summary.lost_up, summary.lost_down) {
+        fields.push(("lost_up".to_string(), count(up)));
+        fields.push(("lost_down".to_string(), count(down)));
+    }
+    if let (Some(up), Some(down)) = (summary.loss_up_percent, summary.loss_down_percent) {
+        fields.push(("loss_up_percent".to_string(), ms(up)));
+        fields.push(("loss_down_percent".to_string(), ms(down)));
+    }
     let mut spread = |prefix: &str, spread: &Option<Spread>, all: bool| {
         if let Some(s) = spread {
             fields.push((format!("{prefix}_p50_ms"), ms(s.median)));

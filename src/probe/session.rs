@@ -7,12 +7,12 @@
 //! nanosecond deadline and each timestamp is taken right beside its `send`/`recv`.
 
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::args::ProbeConfig;
-use super::stats::{Arrival, Sample, Tally};
+use super::stats::{Arrival, Sample, ServerCount, Tally};
 use super::wire::{self, Kind};
 
 /// How long the receiver blocks at most: the granularity of its live lines and its end.
@@ -57,6 +57,8 @@ pub struct Outcome {
 struct Shared {
     /// Monotonic send time of seq `k`, as ns since the start, plus one (0: not sent yet).
     sent_at: Vec<AtomicU64>,
+    /// Wall-clock send time of seq `k` as written in the probe: a reply must echo it.
+    sent_wall: Vec<AtomicI64>,
     sent: AtomicU64,
     late: AtomicU64,
     send_errors: AtomicU64,
@@ -98,6 +100,7 @@ pub fn run(
     let count = usize::try_from(config.count).unwrap_or(usize::MAX);
     let shared = Arc::new(Shared {
         sent_at: (0..count).map(|_| AtomicU64::new(0)).collect(),
+        sent_wall: (0..count).map(|_| AtomicI64::new(0)).collect(),
         sent: AtomicU64::new(0),
         late: AtomicU64::new(0),
         send_errors: AtomicU64::new(0),
@@ -126,6 +129,8 @@ pub fn run(
         second: 0,
         scanned: 0,
         missing: 0,
+        count_sent: Vec::new(),
+        count_answered: false,
     };
     let mut buf = vec![0u8; 65_535];
     let mut last_send: Option<Instant> = None;
@@ -198,6 +203,9 @@ fn send_all(
         );
         let at_ns = u64::try_from(Instant::now().saturating_duration_since(start).as_nanos())
             .unwrap_or(u64::MAX - 1);
+        if let Some(wall) = shared.sent_wall.get(seq as usize) {
+            wall.store(wall_ns, Ordering::Relaxed);
+        }
         slot.store(at_ns + 1, Ordering::Release);
         if let Err(err) = socket.send(&out) {
             shared.send_errors.fetch_add(1, Ordering::Relaxed);
@@ -236,6 +244,10 @@ struct Receiver<'a> {
     scanned: u64,
     /// Among seqs below `scanned`: not answered.
     missing: u64,
+    /// Client send times of the count requests sent: a count reply must echo one.
+    count_sent: Vec<i64>,
+    /// A count request was answered.
+    count_answered: bool,
 }
 
 impl Receiver<'_> {
@@ -274,30 +286,59 @@ impl Receiver<'_> {
         if reply.session != self.session {
             return;
         }
-        if reply.kind == Kind::Count {
-            self.tally.note_server_count(reply.server_received);
+        // A server that sends back in time before it received is broken or lying.
+        if reply.server_send_ns < reply.server_receive_ns {
             return;
         }
-        let Some(sent_at) = usize::try_from(reply.seq)
-            .ok()
-            .and_then(|i| self.shared.sent_at.get(i))
+        let count = ServerCount {
+            received: reply.server_received,
+            rate_limited: reply.rate_limited.unwrap_or(0),
+            sent_ns: reply.server_send_ns,
+        };
+        if reply.kind == Kind::Count {
+            if self.count_sent.contains(&reply.client_send_ns) {
+                self.tally.note_final_count(count);
+                self.count_answered = true;
+            }
+            return;
+        }
+        let Some(index) = usize::try_from(reply.seq).ok() else {
+            return;
+        };
+        let Some(sent_at) = self
+            .shared
+            .sent_at
+            .get(index)
             .map(|at| at.load(Ordering::Acquire))
             .filter(|at| *at > 0)
         else {
             return;
         };
+        // Only the time we sent: anything else is not a reply to our probe.
+        let sent_wall = self
+            .shared
+            .sent_wall
+            .get(index)
+            .map(|w| w.load(Ordering::Relaxed));
+        if sent_wall != Some(reply.client_send_ns) {
+            return;
+        }
         let received_at = i64::try_from(mono.saturating_duration_since(self.start).as_nanos())
             .unwrap_or(i64::MAX);
         let sent_at = i64::try_from(sent_at - 1).unwrap_or(i64::MAX);
-        // The server's own time between receive and send is not the link's.
-        let processing = (reply.server_send_ns - reply.server_receive_ns).max(0);
+        // The server's own time between receive and send is not the link's. Saturating:
+        // the server's times are untrusted input.
+        let processing = reply.server_send_ns.saturating_sub(reply.server_receive_ns);
         let sample = Sample {
-            rtt_ns: (received_at - sent_at - processing).max(0),
-            send_delay_ns: reply.server_receive_ns - reply.client_send_ns,
-            receive_delay_ns: wall_ns - reply.server_send_ns,
+            rtt_ns: received_at
+                .saturating_sub(sent_at)
+                .saturating_sub(processing)
+                .max(0),
+            send_delay_ns: reply.server_receive_ns.saturating_sub(reply.client_send_ns),
+            receive_delay_ns: wall_ns.saturating_sub(reply.server_send_ns),
         };
         let seq = reply.seq;
-        if self.tally.record(seq, sample, reply.server_received) == Arrival::New {
+        if self.tally.record(seq, sample, count) == Arrival::New {
             self.second_rtts.push(sample.rtt_ns);
             if seq < self.scanned {
                 // Counted missing earlier; it made it after all.
@@ -353,32 +394,33 @@ impl Receiver<'_> {
         let mut out = Vec::new();
         let per_try = self.wait().min(Duration::from_millis(500));
         for _ in 0..COUNT_TRIES {
+            let sent_ns = crate::timefmt::now_ns();
+            // Long enough for the reply to carry the rate-limited count.
+            let size = self.config.size.max(wire::RATE_LIMITED_BYTES);
+            let signer = self.config.signer.as_ref();
             wire::encode_request(
                 Kind::Count,
                 self.session,
                 0,
-                crate::timefmt::now_ns(),
-                self.config.signer.as_ref(),
-                self.config.size,
+                sent_ns,
+                signer,
+                size,
                 &mut out,
             );
             if socket.send(&out).is_err() {
                 return;
             }
+            self.count_sent.push(sent_ns);
             let deadline = Instant::now() + per_try;
-            let mut answered = false;
-            while Instant::now() < deadline && !answered {
+            while Instant::now() < deadline && !self.count_answered {
                 if let Ok(len) = socket.recv(buf) {
-                    if let Some(reply) = buf.get(..len).and_then(|d| wire::decode_reply(d).ok()) {
-                        answered = reply.kind == Kind::Count && reply.session == self.session;
-                    }
                     let (mono, wall) = (Instant::now(), crate::timefmt::now_ns());
                     if let Some(datagram) = buf.get(..len) {
                         self.reply(datagram, mono, wall);
                     }
                 }
             }
-            if answered {
+            if self.count_answered {
                 return;
             }
         }
@@ -405,5 +447,129 @@ mod tests {
         );
         assert!(!is_late(ms(10), ms(10)));
         assert!(is_late(ms(11), ms(10)));
+    }
+
+    const SESSION: u64 = 42;
+    const PROBES: usize = 4;
+    /// The wall-clock send time written into probe `seq` (as the sender would have).
+    const fn wall(seq: u64) -> i64 {
+        1_000_000_000 + seq as i64 * 10_000_000
+    }
+
+    fn config() -> ProbeConfig {
+        super::super::ProbeArgs {
+            addr: "127.0.0.1:9".into(),
+            interval: Duration::from_millis(10),
+            duration: None,
+            count: Some(PROBES as u64),
+            size: 64,
+            json: false,
+            token: None,
+            store: false,
+            sensor: None,
+            wait: Some(Duration::from_millis(100)),
+            tls: false,
+            ca: None,
+            tls_server_name: None,
+        }
+        .validate()
+        .expect("valid settings")
+    }
+
+    /// A sender's record of `PROBES` probes, all sent.
+    fn sent() -> Shared {
+        Shared {
+            sent_at: (0..PROBES)
+                .map(|k| AtomicU64::new(k as u64 * 10 + 1))
+                .collect(),
+            sent_wall: (0..PROBES)
+                .map(|k| AtomicI64::new(wall(k as u64)))
+                .collect(),
+            sent: AtomicU64::new(PROBES as u64),
+            late: AtomicU64::new(0),
+            send_errors: AtomicU64::new(0),
+            refused: AtomicBool::new(false),
+            done: AtomicBool::new(true),
+            stop: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    fn receiver<'a>(config: &'a ProbeConfig, shared: &'a Shared, start: Instant) -> Receiver<'a> {
+        Receiver {
+            tally: Tally::new(PROBES),
+            config,
+            shared,
+            session: SESSION,
+            start,
+            second_rtts: Vec::new(),
+            next_live: start + Duration::from_secs(1),
+            second: 0,
+            scanned: 0,
+            missing: 0,
+            count_sent: Vec::new(),
+            count_answered: false,
+        }
+    }
+
+    /// A reply datagram with the given fields.
+    fn datagram(
+        seq: u64,
+        client_send_ns: i64,
+        receive_ns: i64,
+        send_ns: i64,
+        count: u64,
+    ) -> Vec<u8> {
+        let head = wire::Head {
+            kind: Kind::Probe,
+            session: SESSION,
+            seq,
+            client_send_ns,
+            signed: false,
+        };
+        let mut buf = vec![0u8; 64];
+        wire::encode_reply(head, receive_ns, count, 0, &mut buf).expect("64 bytes hold a reply");
+        wire::stamp_send(&mut buf, send_ns);
+        buf
+    }
+
+    #[test]
+    fn a_reply_that_does_not_echo_our_send_time_or_has_the_server_send_before_it_received_is_dropped(
+    ) {
+        let (config, shared, start) = (config(), sent(), Instant::now());
+        let mut r = receiver(&config, &shared, start);
+        let now = start + Duration::from_millis(50);
+        r.reply(&datagram(0, wall(0) + 1, 5, 6, 1), now, 10);
+        r.reply(&datagram(1, wall(1), 6, 5, 1), now, 10);
+        assert_eq!(r.tally.received(), 0);
+        r.reply(&datagram(2, wall(2), 5, 6, 1), now, 10);
+        assert_eq!(r.tally.received(), 1);
+    }
+
+    proptest::proptest! {
+        /// Whatever a server (or a spoofer who knows the session) sends back, the receiver
+        /// and the summary never panic (no overflow) and no delay comes out negative.
+        #[test]
+        fn any_reply_goes_through_the_receiver_without_panicking(
+            seq in 0u64..(PROBES as u64 + 2),
+            echo_ours: bool,
+            client_send_ns: i64,
+            receive_ns: i64,
+            send_ns: i64,
+            count: u64,
+            wall_ns: i64,
+            after_ms in 0u64..100_000,
+        ) {
+            let (config, shared, start) = (config(), sent(), Instant::now());
+            let mut r = receiver(&config, &shared, start);
+            let client_send_ns = if echo_ours { wall(seq) } else { client_send_ns };
+            let bytes = datagram(seq, client_send_ns, receive_ns, send_ns, count);
+            r.reply(&bytes, start + Duration::from_millis(after_ms), wall_ns);
+            r.reply(&bytes, start + Duration::from_millis(after_ms), wall_ns);
+            let s = r.tally.summary(PROBES as u64, 0);
+            if let Some(rtt) = s.rtt_ms {
+                proptest::prop_assert!(rtt.min >= 0.0);
+            }
+            proptest::prop_assert!(s.received <= 1);
+        }
     }
 }

@@ -15,7 +15,8 @@
 //! ```text
 //! 0  magic   4  kind | 0x80   5  flags (as the request)   6  2 zero bytes
 //! 8  session id   16 seq   24 client send time   32 server receive time (ns)
-//! 40 server send time (ns)   48 probes of this session the server has received   56 zeros …
+//! 40 server send time (ns)   48 distinct probes of this session the server has received
+//! 56 [request ≥ 64 bytes: probes of this session the server's rate limit dropped]   zeros …
 //! ```
 
 use ring::hmac;
@@ -35,6 +36,8 @@ pub const TOKEN_ID_BYTES: usize = crate::auth::token::ID_LEN;
 pub const MAC_BYTES: usize = 16;
 /// Bytes of a reply's fields: the shortest request the server answers (so the reply fits).
 pub const REPLY_BYTES: usize = 56;
+/// The shortest request whose reply carries the rate-limited count (bytes 56..64).
+pub const RATE_LIMITED_BYTES: usize = 64;
 /// The shortest probe a client sends (the reply must fit).
 pub const MIN_PROBE_BYTES: usize = REPLY_BYTES;
 /// The longest probe a client sends: what fits in one Ethernet frame over IPv4 unfragmented.
@@ -259,13 +262,18 @@ pub struct Reply {
     pub client_send_ns: i64,
     pub server_receive_ns: i64,
     pub server_send_ns: i64,
-    /// Probes of this session the server had received when it answered (this one included).
+    /// Distinct probes of this session the server had received when it answered (this one
+    /// included).
     pub server_received: u64,
+    /// Probes of this session the server's rate limit dropped; `None` in a reply shorter
+    /// than [`RATE_LIMITED_BYTES`] (it has no room for the field).
+    pub rate_limited: Option<u64>,
 }
 
 /// Write the reply to `request` into `out`, which holds the request's length of bytes
 /// (the reply overwrites it). The server send time is left zero: [`stamp_send`] sets it
-/// just before the send.
+/// just before the send. `rate_limited` goes in only when `out` has room for it
+/// ([`RATE_LIMITED_BYTES`]); older clients see zeros there and ignore them.
 ///
 /// # Errors
 /// `out` is shorter than [`REPLY_BYTES`] (a request that short was never decoded).
@@ -273,6 +281,7 @@ pub fn encode_reply(
     request: Head,
     server_receive_ns: i64,
     server_received: u64,
+    rate_limited: u64,
     out: &mut [u8],
 ) -> Result<(), WireError> {
     if out.len() < REPLY_BYTES {
@@ -288,6 +297,9 @@ pub fn encode_reply(
     out[24..32].copy_from_slice(&request.client_send_ns.to_be_bytes());
     out[32..40].copy_from_slice(&server_receive_ns.to_be_bytes());
     out[48..56].copy_from_slice(&server_received.to_be_bytes());
+    if let Some(field) = out.get_mut(REPLY_BYTES..RATE_LIMITED_BYTES) {
+        field.copy_from_slice(&rate_limited.to_be_bytes());
+    }
     Ok(())
 }
 
@@ -323,6 +335,7 @@ pub fn decode_reply(buf: &[u8]) -> Result<Reply, WireError> {
         server_receive_ns: field(32)? as i64,
         server_send_ns: field(40)? as i64,
         server_received: field(48)?,
+        rate_limited: u64_at(buf, REPLY_BYTES),
     })
 }
 
@@ -401,7 +414,7 @@ mod tests {
             let sent = request(None, size);
             let req = decode_request(&sent).expect("ours");
             let mut buf = sent.clone();
-            encode_reply(req.head(), 5_000, 3, &mut buf).expect("long enough");
+            encode_reply(req.head(), 5_000, 3, 2, &mut buf).expect("long enough");
             stamp_send(&mut buf, 6_000);
             assert_eq!(buf.len(), size);
             let reply = decode_reply(&buf).expect("a reply we encoded");
@@ -415,8 +428,11 @@ mod tests {
                     server_receive_ns: 5_000,
                     server_send_ns: 6_000,
                     server_received: 3,
+                    rate_limited: (size >= RATE_LIMITED_BYTES).then_some(2),
                 }
             );
+            // The rest stays zero: nothing an attacker could plant.
+            assert!(buf[RATE_LIMITED_BYTES.min(size)..].iter().all(|b| *b == 0));
         }
     }
 

@@ -85,6 +85,79 @@ fn two_hundred_probes_at_1ms_are_all_answered_and_counted_by_the_server() {
 }
 
 #[test]
+fn probes_the_server_rate_limits_are_reported_apart_from_network_loss() {
+    let server = Server::start(&["--udp-rate-per-ip", "100"]);
+    let (code, s, stderr) = probe(
+        &server.addr.to_string(),
+        &["--count", "300", "--interval", "1ms"],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let limited = s["rate_limited"].as_u64().expect("a count");
+    assert!(
+        limited > 0,
+        "a burst of 100 cannot serve 300 probes in 0.3 s: {s}"
+    );
+    assert_eq!(
+        s["server_received"].as_u64().map(|n| n + limited),
+        s["sent"].as_u64(),
+        "every probe either reached the session or was limited: {s}"
+    );
+    assert_eq!(
+        s["lost_up"], 0,
+        "the server's drops are not upstream loss: {s}"
+    );
+    assert_eq!(s["server_count_confirmed"], true, "{s}");
+}
+
+/// A server on `0.0.0.0` probed at 127.0.0.2: routing would send the reply from
+/// 127.0.0.1, which the probe's connected socket drops. Replies must leave from the address
+/// the probe was sent to (Linux: `IP_PKTINFO`), as on a multi-homed server.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_server_on_every_address_replies_from_the_one_probed() {
+    let server = Server::start_on("0.0.0.0:0", "memory", &[]);
+    let target = format!("127.0.0.2:{}", server.addr.port());
+    let (code, s, stderr) = probe(&target, &["--count", "5", "--interval", "1ms"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(s["received"], 5, "{s}");
+}
+
+/// A name that resolves to several addresses (`localhost`: `::1`, then `127.0.0.1`) is
+/// probed at the first that answers: here a silent one, one that refuses, then the server.
+#[test]
+fn of_several_addresses_the_first_that_answers_is_probed() {
+    use sensorlink::probe::resolve::{pick, ANSWER_WITHIN};
+
+    let server = Server::start(&[]);
+    let silent = UdpSocket::bind("127.0.0.1:0").expect("bind UDP");
+    let silent_addr = silent.local_addr().expect("bound address");
+    let refusing = {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind UDP");
+        socket.local_addr().expect("bound address")
+        // Dropped here: nothing listens there any more.
+    };
+    let addrs = [silent_addr, refusing, server.addr];
+    assert_eq!(pick(&addrs, None, ANSWER_WITHIN), Some(server.addr));
+    // None answers: the first, as before.
+    assert_eq!(
+        pick(&[silent_addr, refusing], None, ANSWER_WITHIN),
+        Some(silent_addr)
+    );
+    assert_eq!(pick(&[], None, ANSWER_WITHIN), None);
+}
+
+#[test]
+fn an_interval_below_1ms_is_refused() {
+    let out = run(bin().args(["probe", "127.0.0.1:1", "--interval", "200us"]));
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--interval") && stderr.contains("1ms"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn with_udp_off_nothing_answers_and_the_summary_says_why() {
     let server = Server::start(&["--udp", "off"]);
     let (code, s, stderr) = probe(
@@ -419,10 +492,10 @@ fn loss_is_split_up_and_down_and_duplicates_and_reordering_are_counted() {
         (100, 90, 80),
         "{s:?}"
     );
-    assert_eq!((s.lost_up, s.lost_down), (10, 10), "{s:?}");
+    assert_eq!((s.lost_up, s.lost_down), (Some(10), Some(10)), "{s:?}");
     assert_eq!(
         (s.loss_up_percent, s.loss_down_percent),
-        (10.0, 100.0 / 9.0)
+        (Some(10.0), Some(100.0 / 9.0))
     );
     assert_eq!((s.duplicates, s.reordered), (10, 10), "{s:?}");
     let ipdv = s.ipdv_ms.expect("pairs");
