@@ -2,9 +2,11 @@
 # What the server's TCP_INFO sampling costs (issue 11): server CPU with N mostly idle
 # connections, each sending one reading + sync per second
 #   `sensorlink bench --idle --connections N --interval 1s --warmup 5s --duration D --source-ips 8`
-# against `sensorlink server --store memory --http 127.0.0.1:0` (the live view on, as in
-# production) with `--tcp-info-interval 0s` (off) and `1s` (exaggerated: every connection
-# samples on every reading it sends; the default is 10 s), sides alternated in one sitting.
+# against `sensorlink server --store memory --http 127.0.0.1:0 --udp off` (the live view on,
+# as in production; no UDP socket, so the server's sockets are its TCP and HTTP listeners
+# plus the connections) with `--tcp-info-interval 0s` (off) and `1s` (exaggerated: a sample
+# is due once the last is 1 s old and readings come 1 s apart, so a connection samples about
+# every other reading; the default is 10 s), sides alternated in one sitting.
 # Server CPU = utime + stime from /proc/PID/stat over STEADY seconds after the warm-up;
 # samples taken = `sensorlink_tcp_srtt_seconds_count` from /metrics at the end.
 #
@@ -32,7 +34,7 @@ now() { date +%s.%N; }
 run() {
   local interval=$1 i http t0 c0 t1 c1 samples deadline est=0
   start_bg "$tmp/server.out" "$bin" server --listen 127.0.0.1:0 --http 127.0.0.1:0 \
-    --store memory -q --tcp-info-interval "$interval" \
+    --store memory -q --tcp-info-interval "$interval" --udp off \
     --max-connections-per-ip 1048576 --connect-rate-per-ip 1000000 \
     --max-rate-per-connection 1000000000 --max-rate-per-token 1000000000 \
     --max-new-series-per-connection 1000000000 --max-new-series-per-token 1000000000
@@ -50,7 +52,7 @@ run() {
   local bench_pid=$last_pid
   deadline=$(awk -v t="$(now)" -v n="$CONNS" 'BEGIN { printf "%.3f", t + n / 2000 + 15 }')
   while awk -v t="$(now)" -v d="$deadline" 'BEGIN { exit !(t < d) }'; do
-    # The HTTP listener is a socket too.
+    # Less the TCP and HTTP listeners (UDP is off).
     est=$(($(sockets "$server_pid") - 2))
     [ "$est" -ge "$CONNS" ] && break
     sleep 0.2

@@ -9,7 +9,6 @@ use std::hint::black_box;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
-use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use sensorlink::events::{self, Event as _, Mode, TcpSampled};
@@ -78,7 +77,7 @@ fn read_tcp_info(c: &mut Criterion) {
                 sampled_at_ns: sensorlink::timefmt::now_ns(),
             };
             TcpSampled {
-                srtt: Duration::from_micros(u64::from(info.rtt_us)),
+                srtt: figures.srtt(),
                 retransmits: 0,
             }
             .emit();

@@ -516,7 +516,7 @@ impl<'a, S: Session> Engine<'a, S> {
                     let lost = self.state.check_timeouts(now, reply_timeout);
                     // A link report's timeout is counted apart, not printed as a reading's.
                     for seq in lost.iter().filter(|seq| self.state.is_link(**seq) == Some(false)) {
-                        self.printer.lost(*seq, reply_timeout, S::LEGACY);
+                        self.printer.timed_out(*seq, reply_timeout, S::LEGACY);
                     }
                     if !lost.is_empty() {
                         // A late reply would be taken for the next one: start afresh.

@@ -208,7 +208,10 @@ impl Printer {
         }
     }
 
-    pub fn lost(&mut self, seq: u64, timeout: Duration, legacy: bool) {
+    /// A reading's reply did not come within `timeout`. Not a loss: the client reconnects
+    /// and resends it, and it counts in `lost` only if never acknowledged. (The JSON event
+    /// keeps its name `lost` for existing consumers; its `timeout_ms` says what it is.)
+    pub fn timed_out(&mut self, seq: u64, timeout: Duration, legacy: bool) {
         if self.json {
             self.emit(
                 json!({"event": "lost", "seq": seq, "timeout_ms": timeout.as_secs_f64() * 1e3}),
@@ -221,7 +224,7 @@ impl Printer {
             ));
         } else {
             self.line(&format!(
-                "seq={seq} lost (no ack within {})",
+                "seq={seq} timeout (no ack within {}): resending",
                 humantime::format_duration(timeout)
             ));
         }
@@ -568,6 +571,21 @@ mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    /// A reply timeout reads as a timeout and a resend, not a loss; `--legacy` keeps the
+    /// seed's words.
+    #[test]
+    fn a_reply_timeout_is_printed_as_a_timeout_except_in_legacy_mode() {
+        let out = Shared::default();
+        let mut printer = Printer::to(Box::new(out.clone()), false);
+        printer.timed_out(7, Duration::from_secs(1), false);
+        printer.timed_out(8, Duration::from_secs(10), true);
+        let text = String::from_utf8(out.0.lock().expect("buffer").clone()).expect("UTF-8");
+        assert_eq!(
+            text,
+            "seq=7 timeout (no ack within 1s): resending\nPacket loss (Timeout > 10s)\n"
+        );
     }
 
     /// Server-sent counts at their maximum print without overflowing (a debug-build panic).

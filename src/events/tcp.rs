@@ -58,15 +58,17 @@ impl TcpHandles {
 
 /// One connection's `TCP_INFO` sample.
 pub struct TcpSampled {
-    /// The kernel's smoothed RTT.
-    pub srtt: Duration,
+    /// The kernel's smoothed RTT (None: no RTT sample yet; not recorded).
+    pub srtt: Option<Duration>,
     /// Segments retransmitted since the connection's previous sample.
     pub retransmits: u64,
 }
 
 impl Event for TcpSampled {
     fn emit_to(self, t: &Telemetry) {
-        t.tcp.srtt.record(self.srtt.as_secs_f64());
+        if let Some(srtt) = self.srtt {
+            t.tcp.srtt.record(srtt.as_secs_f64());
+        }
         if self.retransmits > 0 {
             t.tcp.retransmits.increment(self.retransmits);
         }
@@ -76,7 +78,8 @@ impl Event for TcpSampled {
 /// A sensor's connection was sampled: its gauges, if it has (or may still get) a label.
 pub struct SensorTcpSampled<'a> {
     pub sensor: &'a str,
-    pub srtt: Duration,
+    /// None: no RTT sample yet; the gauge keeps its value.
+    pub srtt: Option<Duration>,
     /// Segments retransmitted over the connection's life so far.
     pub retransmits_total: u64,
 }
@@ -84,7 +87,9 @@ pub struct SensorTcpSampled<'a> {
 impl Event for SensorTcpSampled<'_> {
     fn emit_to(self, t: &Telemetry) {
         t.tcp.with_sensor(self.sensor, |(srtt, retransmits)| {
-            srtt.set(self.srtt.as_secs_f64());
+            if let Some(value) = self.srtt {
+                srtt.set(value.as_secs_f64());
+            }
             retransmits.set(self.retransmits_total as f64);
         });
     }
@@ -111,11 +116,17 @@ mod tests {
         let text = render(|t| {
             for (srtt_us, retransmits) in [(40, 0), (60, 3), (50_000, 0)] {
                 TcpSampled {
-                    srtt: Duration::from_micros(srtt_us),
+                    srtt: Some(Duration::from_micros(srtt_us)),
                     retransmits,
                 }
                 .emit_to(t);
             }
+            // A sample without an RTT counts its retransmits, not an srtt of 0.
+            TcpSampled {
+                srtt: None,
+                retransmits: 2,
+            }
+            .emit_to(t);
         });
         assert_eq!(
             sample(&text, "sensorlink_tcp_srtt_seconds_count"),
@@ -126,7 +137,7 @@ mod tests {
             Some(2.0),
             "{text}"
         );
-        assert_eq!(sample(&text, "sensorlink_tcp_retransmits_total"), Some(3.0));
+        assert_eq!(sample(&text, "sensorlink_tcp_retransmits_total"), Some(5.0));
     }
 
     /// The help texts (literals in the table) and the docs state the bound in force.
@@ -158,7 +169,7 @@ mod tests {
             for i in 0..MAX_TCP_LABELED_SENSORS + 5 {
                 SensorTcpSampled {
                     sensor: &format!("s{i}"),
-                    srtt: Duration::from_millis(2),
+                    srtt: Some(Duration::from_millis(2)),
                     retransmits_total: 1,
                 }
                 .emit_to(t);
@@ -166,7 +177,7 @@ mod tests {
             // A labelled sensor's gauges follow its latest sample.
             SensorTcpSampled {
                 sensor: "s0",
-                srtt: Duration::from_millis(5),
+                srtt: Some(Duration::from_millis(5)),
                 retransmits_total: 7,
             }
             .emit_to(t);

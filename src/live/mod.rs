@@ -353,7 +353,7 @@ impl Registry {
             sensor.tcp = Some(figures);
             SensorTcpSampled {
                 sensor: name,
-                srtt: Duration::from_micros(u64::from(figures.srtt_us)),
+                srtt: figures.srtt(),
                 retransmits_total: u64::from(figures.retransmits),
             }
             .emit_to(self.telemetry());

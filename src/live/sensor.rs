@@ -6,6 +6,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 
@@ -110,6 +111,15 @@ pub struct TcpFigures {
     /// When the sample was taken (ns since the epoch): an idle connection is not sampled
     /// again, so this says how old the figures are.
     pub sampled_at_ns: i64,
+}
+
+impl TcpFigures {
+    /// The smoothed RTT, or None while the kernel has no RTT sample for the connection
+    /// (it reports 0 then, e.g. after a SYN-ACK retransmitted without timestamps): a 0
+    /// would read as a perfect link in the srtt histogram and gauge.
+    pub fn srtt(&self) -> Option<Duration> {
+        (self.srtt_us > 0).then(|| Duration::from_micros(u64::from(self.srtt_us)))
+    }
 }
 
 impl Sensor {
@@ -653,6 +663,19 @@ mod tests {
         assert_eq!(young.rate(6 * S), 1.0);
         // Silent for longer than the window: nothing.
         assert_eq!(s.rate(40 * S), 0.0);
+    }
+
+    #[test]
+    fn an_srtt_of_zero_is_no_sample() {
+        let figures = |srtt_us| TcpFigures {
+            srtt_us,
+            rttvar_us: 0,
+            min_rtt_us: None,
+            retransmits: 0,
+            sampled_at_ns: 0,
+        };
+        assert_eq!(figures(0).srtt(), None);
+        assert_eq!(figures(40_500).srtt(), Some(Duration::from_micros(40_500)));
     }
 
     #[test]

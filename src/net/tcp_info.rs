@@ -10,7 +10,9 @@
 //! - `rtt_us` (`tcpi_rtt`): the smoothed round-trip time (srtt) the kernel uses for its
 //!   retransmission timer; `rttvar_us` (`tcpi_rttvar`): its mean deviation (mdev).
 //! - `min_rtt_us` (`tcpi_min_rtt`, Linux 4.6+): the lowest RTT seen in a recent window, the
-//!   closest figure to the path's propagation delay.
+//!   closest figure to the path's propagation delay. Until the first RTT sample the kernel
+//!   reports `~0U` ([`NO_MIN_RTT`]); that is `None` here, not 4,294,967 ms. Likewise
+//!   `rtt_us` is 0 until then.
 //! - `retransmits_total` (`tcpi_total_retrans`): segments retransmitted over the connection's
 //!   life. `retrans` (`tcpi_retrans`): segments retransmitted and not yet acknowledged, now.
 //!   `lost` (`tcpi_lost`): segments the kernel currently presumes lost (now, not a total).
@@ -77,7 +79,8 @@ pub struct TcpInfo {
     pub rtt_us: u32,
     /// RTT mean deviation (mdev), µs.
     pub rttvar_us: u32,
-    /// Windowed minimum RTT, µs (Linux 4.6+).
+    /// Windowed minimum RTT, µs (Linux 4.6+; None also while the connection has no RTT
+    /// sample yet, when the kernel reports `~0U`).
     pub min_rtt_us: Option<u32>,
     /// Segments retransmitted over the connection's life (`tcpi_total_retrans`).
     pub retransmits_total: u32,
@@ -98,6 +101,10 @@ pub struct TcpInfo {
     /// Payload bytes retransmitted (Linux 4.19+).
     pub bytes_retrans: Option<u64>,
 }
+
+/// `tcpi_min_rtt` before the connection's first RTT sample: the kernel starts its windowed
+/// minimum at `~0U` (`tcp_init_sock`, `minmax_reset(&tp->rtt_min, …, ~0U)`).
+pub const NO_MIN_RTT: u32 = u32::MAX;
 
 /// Reads `TCP_INFO` from a connected (or listening) TCP socket: a std or tokio `TcpStream`,
 /// anything with a raw fd.
@@ -130,7 +137,7 @@ mod linux {
     use std::mem::{offset_of, size_of};
     use std::os::fd::RawFd;
 
-    use super::{TcpInfo, TcpState};
+    use super::{TcpInfo, TcpState, NO_MIN_RTT};
 
     /// `struct tcp_info` of `include/uapi/linux/tcp.h`, up to `tcpi_bytes_retrans`.
     ///
@@ -239,7 +246,9 @@ mod linux {
             state: TcpState::from_kernel(raw.tcpi_state),
             rtt_us: raw.tcpi_rtt,
             rttvar_us: raw.tcpi_rttvar,
-            min_rtt_us: has(offset_of!(RawTcpInfo, tcpi_min_rtt), 4).then_some(raw.tcpi_min_rtt),
+            min_rtt_us: has(offset_of!(RawTcpInfo, tcpi_min_rtt), 4)
+                .then_some(raw.tcpi_min_rtt)
+                .filter(|&us| us != NO_MIN_RTT),
             retransmits_total: raw.tcpi_total_retrans,
             lost: raw.tcpi_lost,
             retrans: raw.tcpi_retrans,
@@ -448,6 +457,12 @@ mod tests {
         assert_eq!(mid.min_rtt_us, Some(39_000));
         assert_eq!(mid.bytes_acked, Some(1_000));
         assert_eq!(mid.delivery_rate_bps, None);
+        let unsampled = RawTcpInfo {
+            tcpi_min_rtt: NO_MIN_RTT,
+            ..raw
+        };
+        let unsampled = decode(&unsampled, size_of::<RawTcpInfo>()).expect("full struct");
+        assert_eq!(unsampled.min_rtt_us, None, "~0U: no RTT sample yet");
         let full = decode(&raw, size_of::<RawTcpInfo>()).expect("full struct");
         assert_eq!(full.delivery_rate_bps, Some(1_000_000), "bytes/s → bits/s");
         assert_eq!(full.bytes_retrans, Some(300));

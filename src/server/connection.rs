@@ -416,7 +416,7 @@ impl Connection<'_> {
         }
         if let Some(sample) = self.tcp.sample(stream, closing) {
             TcpSampled {
-                srtt: Duration::from_micros(u64::from(sample.figures.srtt_us)),
+                srtt: sample.figures.srtt(),
                 retransmits: sample.retransmits_delta,
             }
             .emit_to(self.telemetry);

@@ -65,19 +65,23 @@ pub struct Counters {
     pub write_failed: AtomicU64,
     /// The latest any packet left after its release time, µs: the emulator's own error.
     pub max_late_us: AtomicU64,
+    /// Relay threads of this direction that ended on an error (a broken TUN, or the other
+    /// thread gone) rather than on stop: the link is dead from then on.
+    pub threads_failed: AtomicU64,
 }
 
 impl Counters {
     fn describe(&self) -> String {
         format!(
             "forwarded {}, lost {}, dropped in outage {}, held for order {}, write failed {}, \
-             released late by at most {} µs",
+             released late by at most {} µs, threads failed {}",
             self.forwarded.load(Ordering::Relaxed),
             self.lost.load(Ordering::Relaxed),
             self.outage_dropped.load(Ordering::Relaxed),
             self.held_for_order.load(Ordering::Relaxed),
             self.write_failed.load(Ordering::Relaxed),
-            self.max_late_us.load(Ordering::Relaxed)
+            self.max_late_us.load(Ordering::Relaxed),
+            self.threads_failed.load(Ordering::Relaxed)
         )
     }
 }
@@ -237,15 +241,28 @@ fn read_loop(
     precise_timers();
     let mut schedule = Schedule::new(seed, Instant::now());
     let mut buf = vec![0u8; MAX_PACKET_BYTES];
+    // These threads run at real-time priority: every path that does not block (poll, then
+    // read) must end the thread, or it would spin above every normal task on the machine.
     while !stop.load(Ordering::Relaxed) {
-        if !readable(from, STOP_POLL) {
-            continue;
+        match readable(from, STOP_POLL) {
+            Readiness::Readable => {}
+            Readiness::Idle => continue,
+            Readiness::Broken(why) => return fail(&dir.counters, why),
         }
         // SAFETY: reads into our buffer, at most its length.
         let n = unsafe { libc::read(from.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
         let arrival = Instant::now();
-        if n <= 0 {
-            continue;
+        if n < 0 {
+            let err = std::io::Error::last_os_error();
+            // Transient: the next poll is the blocking wait before trying again.
+            if matches!(err.raw_os_error(), Some(libc::EAGAIN | libc::EINTR)) {
+                continue;
+            }
+            return fail(&dir.counters, format!("read from the TUN: {err}"));
+        }
+        if n == 0 {
+            // A TUN read returns a whole packet or an error; 0 means the device is gone.
+            return fail(&dir.counters, "read from the TUN returned 0".to_string());
         }
         let conditions = *dir.conditions.lock().expect("conditions lock");
         let flow = flow_of(&buf[..n as usize], toward_server);
@@ -357,8 +374,17 @@ fn write_loop(
 ) {
     precise_timers();
     while !stop.load(Ordering::Relaxed) {
-        let Ok((release, packet)) = rx.recv_timeout(STOP_POLL) else {
-            continue;
+        let (release, packet) = match rx.recv_timeout(STOP_POLL) {
+            Ok(item) => item,
+            Err(mpsc::RecvTimeoutError::Timeout) => continue,
+            // The reader ended (error or panic): nothing more can come, and looping here
+            // would spin at real-time priority without ever blocking.
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                if !stop.load(Ordering::Relaxed) {
+                    fail(counters, "its reader thread ended".to_string());
+                }
+                return;
+            }
         };
         let now = Instant::now();
         if release > now {
@@ -377,18 +403,47 @@ fn write_loop(
 
 /// Lowers this thread's timer slack to 1 µs (the default 50 µs would blur a 20 ms delay),
 /// and asks for real-time scheduling so that a machine busy compiling does not delay
-/// releases; without the privilege the thread just runs at normal priority.
+/// releases; without the privilege the thread just runs at normal priority. Real time
+/// only with the process's `RLIMIT_RTTIME` bound set first, so a spinning relay thread is
+/// ended by the kernel rather than starving the machine.
 fn precise_timers() {
-    // SAFETY: prctl and sched_setscheduler on the calling thread only.
+    // SAFETY: prctl on the calling thread only.
     unsafe {
         libc::prctl(libc::PR_SET_TIMERSLACK, 1_000 as libc::c_ulong, 0, 0, 0);
-        let param = libc::sched_param { sched_priority: 10 };
+    }
+    if let Err(err) = crate::procs::limit_rt_time() {
+        eprintln!("relay: no RLIMIT_RTTIME ({err}): normal priority");
+        return;
+    }
+    let param = libc::sched_param { sched_priority: 10 };
+    // SAFETY: sched_setscheduler on the calling thread only.
+    unsafe {
         libc::sched_setscheduler(0, libc::SCHED_FIFO, &param);
     }
 }
 
+/// Counts a relay thread that ends on an error, and says why (the test's output shows it
+/// beside the failure the dead link then causes).
+fn fail(counters: &Counters, why: String) {
+    counters.threads_failed.fetch_add(1, Ordering::Relaxed);
+    eprintln!(
+        "relay thread {:?} ends: {why}",
+        std::thread::current().name()
+    );
+}
+
+/// What one wait on a TUN fd found.
+enum Readiness {
+    Readable,
+    /// Nothing within the timeout (or a signal cut the wait short): look at the stop flag.
+    Idle,
+    /// The fd reports an error or hang-up (e.g. the device was detached), or poll failed:
+    /// polling again would return at once, forever.
+    Broken(String),
+}
+
 /// Waits up to `timeout` for `fd` to be readable.
-fn readable(fd: &OwnedFd, timeout: Duration) -> bool {
+fn readable(fd: &OwnedFd, timeout: Duration) -> Readiness {
     let mut pfd = libc::pollfd {
         fd: fd.as_raw_fd(),
         events: libc::POLLIN,
@@ -396,7 +451,21 @@ fn readable(fd: &OwnedFd, timeout: Duration) -> bool {
     };
     // SAFETY: one pollfd on our stack.
     let rc = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as libc::c_int) };
-    rc > 0 && pfd.revents & libc::POLLIN != 0
+    if rc < 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EINTR) {
+            return Readiness::Idle;
+        }
+        return Readiness::Broken(format!("poll on the TUN: {err}"));
+    }
+    if rc == 0 {
+        return Readiness::Idle;
+    }
+    if pfd.revents & libc::POLLIN != 0 {
+        // Read even with POLLERR/POLLHUP set beside it: the read reports the error.
+        return Readiness::Readable;
+    }
+    Readiness::Broken(format!("poll on the TUN: revents {:#x}", pfd.revents))
 }
 
 /// `struct ifreq` as TUNSETIFF reads it: the name, then the flags (the rest of the union
@@ -454,6 +523,42 @@ fn open_tun_in(pair: &NetnsPair, ns: &str) -> Result<OwnedFd, String> {
 mod tests {
     use super::*;
     use crate::stats::binomial_interval;
+
+    /// A pipe's (read end, write end).
+    fn pipe() -> (OwnedFd, OwnedFd) {
+        let mut fds = [0; 2];
+        // SAFETY: pipe fills two fds, owned below.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0, "pipe");
+        // SAFETY: both were just opened and nothing else owns them.
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+    }
+
+    // The two threads must return, not spin, when their input breaks: were they to loop,
+    // these calls would never return (and, at real time, RLIMIT_RTTIME would kill the
+    // test process).
+    #[test]
+    fn the_reader_ends_on_a_hung_up_fd() {
+        let (read_end, write_end) = pipe();
+        drop(write_end);
+        assert!(matches!(
+            readable(&read_end, STOP_POLL),
+            Readiness::Broken(_)
+        ));
+        let dir = Direction::new();
+        let (tx, _rx) = mpsc::channel();
+        read_loop(&dir, &read_end, &tx, &AtomicBool::new(false), 1, true);
+        assert_eq!(dir.counters.threads_failed.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn the_writer_ends_when_its_reader_is_gone() {
+        let (_read_end, write_end) = pipe();
+        let counters = Counters::default();
+        let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
+        drop(tx);
+        write_loop(&write_end, &rx, &AtomicBool::new(false), &counters);
+        assert_eq!(counters.threads_failed.load(Ordering::Relaxed), 1);
+    }
 
     /// A UDP flow to the server's port 2112.
     const UDP: Flow = (17, 2112);

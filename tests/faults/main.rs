@@ -50,7 +50,16 @@ impl Lab {
         // A test that failed holding the lock poisons it; the next one still runs.
         let lock = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
         let made = unavailable().map_or_else(
-            || NetnsPair::create().and_then(|net| Ok((Link::start(&net, SEED)?, net))),
+            || {
+                NetnsPair::create().and_then(|mut net| {
+                    if let Err(reason) = net.check_realtime() {
+                        say(&format!(
+                            "{test}: note: no real-time priority ({reason}); figures may include scheduler stalls"
+                        ));
+                    }
+                    Ok((Link::start(&net, SEED)?, net))
+                })
+            },
             Err,
         );
         match made {

@@ -29,6 +29,9 @@ pub struct NetnsPair {
     /// The third octet of the pair's 10.201.x.0/30 (each namespace has its own routing, so
     /// this only keeps the printed addresses apart).
     pub subnet: u8,
+    /// Whether our programs run at real-time priority (see [`NetnsPair::command`]); off
+    /// where `chrt` is not allowed (set by [`NetnsPair::check_realtime`]).
+    realtime: bool,
 }
 
 impl NetnsPair {
@@ -45,6 +48,7 @@ impl NetnsPair {
             server: format!("{base}-s"),
             client: format!("{base}-c"),
             subnet: (n % 250) as u8 + 1,
+            realtime: true,
         };
         for ns in [&pair.server, &pair.client] {
             ip(&["netns", "add", ns])?;
@@ -75,10 +79,38 @@ impl NetnsPair {
     /// from stalling them for a scheduler slice or more: such a stall would read as a link
     /// fault. They sleep between readings and probes (no spinning), so they take little of
     /// a core.
+    /// Where real time is not allowed (see [`NetnsPair::check_realtime`]), they run as
+    /// [`NetnsPair::command_niced`] does.
     pub fn command(&self, ns: &str, program: &str) -> Command {
+        if !self.realtime {
+            return self.command_niced(ns, program);
+        }
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", ns, "chrt", "-f", "1", program]);
         cmd
+    }
+
+    /// Tries `chrt -f 1 true` in the client namespace, once. Root without
+    /// `CAP_SYS_NICE` (a container) or with no real-time budget in its cgroup
+    /// (`cpu.rt_runtime_us=0`) gets "Operation not permitted"; then our programs run
+    /// niced instead, and the reason is returned for the test to print.
+    pub fn check_realtime(&mut self) -> Result<(), String> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.client, "chrt", "-f", "1", "true"])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|err| format!("ip netns exec … chrt: {err}"));
+        let failed = match out {
+            Ok(out) if out.status.success() => return Ok(()),
+            Ok(out) => format!(
+                "chrt -f 1: {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+            Err(err) => err,
+        };
+        self.realtime = false;
+        Err(failed)
     }
 
     /// `ip netns exec NS nice -n -10 program args…`, for other programs (irtt): a Go
@@ -116,6 +148,17 @@ impl NetnsPair {
             .unwrap_or_else(|err| panic!("reading /proc/net/snmp: {err}"));
         snmp_value(&String::from_utf8_lossy(&out.stdout), "Tcp", "RetransSegs")
             .expect("/proc/net/snmp has Tcp: RetransSegs")
+    }
+
+    /// A `TcpExt` counter of the namespace's `/proc/net/netstat` (same layout as
+    /// `/proc/net/snmp`): `TCPTimeouts` (retransmission timer expiries) and
+    /// `TCPLossProbes` (tail-loss probes sent) tell a dead link from a late peer.
+    pub fn tcp_ext(&self, ns: &str, name: &str) -> u64 {
+        let out = self
+            .exec_status(ns, &["cat", "/proc/net/netstat"])
+            .unwrap_or_else(|err| panic!("reading /proc/net/netstat: {err}"));
+        snmp_value(&String::from_utf8_lossy(&out.stdout), "TcpExt", name)
+            .unwrap_or_else(|| panic!("/proc/net/netstat has no TcpExt: {name}"))
     }
 
     /// An fd of the namespace, for `setns`.

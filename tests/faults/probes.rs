@@ -11,7 +11,7 @@ use crate::link::Conditions;
 use crate::netns::NetnsPair;
 use crate::procs::{bin, Proc, Server};
 use crate::stats::{binomial_interval_percent, max_rate_difference, rel_diff, Z_99};
-use crate::table::{record, Row};
+use crate::table::{record, show, Row};
 use crate::{have_tool, Lab};
 
 /// irtt's port (its default) on the server side.
@@ -220,6 +220,23 @@ fn probe_beside_irtt_on_20ms_and_5_percent_loss_each_way() {
     let (irtt, probe) = both(&lab.net, &server.addr, DURATION);
     eprintln!("{}", lab.link.describe());
     eprintln!("{irtt:?}\n{probe:?}");
+    let (relay_up, relay_down) = lab.link.lost();
+    let line = |m: &Measured, base: &Measured| {
+        format!(
+            "{}: {} probes, RTT median {:.2} ms (baseline {:.2}), loss up {:.2} % / down {:.2} %",
+            m.tool, m.sent, m.median_ms, base.median_ms, m.up_percent, m.down_percent
+        )
+    };
+    let mut row = Row {
+        injected: "20 ms, 5 % loss".into(),
+        measured: format!(
+            "{}; {}; relay dropped {relay_up} up / {relay_down} down",
+            line(&irtt, &irtt_base),
+            line(&probe, &probe_base)
+        ),
+        checked: "(the assertions follow)".into(),
+    };
+    show("6 probes", &row);
 
     let mut checked = Vec::new();
     for (m, base) in [(&irtt, &irtt_base), (&probe, &probe_base)] {
@@ -289,7 +306,6 @@ fn probe_beside_irtt_on_20ms_and_5_percent_loss_each_way() {
     );
     // Only the two tools cross the link (IPv6 is off), so together they count lost what
     // the relay dropped, give or take their control packets.
-    let (relay_up, relay_down) = lab.link.lost();
     let counted = (
         irtt.lost_up() + probe.lost_up(),
         irtt.lost_down() + probe.lost_down(),
@@ -304,22 +320,6 @@ fn probe_beside_irtt_on_20ms_and_5_percent_loss_each_way() {
         up_max * 100.0,
         down_max * 100.0
     ));
-    let line = |m: &Measured, base: &Measured| {
-        format!(
-            "{}: {} probes, RTT median {:.2} ms (baseline {:.2}), loss up {:.2} % / down {:.2} %",
-            m.tool, m.sent, m.median_ms, base.median_ms, m.up_percent, m.down_percent
-        )
-    };
-    record(
-        "6 probes",
-        Row {
-            injected: "20 ms, 5 % loss".into(),
-            measured: format!(
-                "{}; {}; relay dropped {relay_up} up / {relay_down} down",
-                line(&irtt, &irtt_base),
-                line(&probe, &probe_base)
-            ),
-            checked: checked.join("; "),
-        },
-    );
+    row.checked = checked.join("; ");
+    record("6 probes", row);
 }

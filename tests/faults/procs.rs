@@ -25,6 +25,27 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_sensorlink")
 }
 
+/// CPU time a real-time thread may use without blocking, µs: soft (SIGXCPU) and hard
+/// (SIGKILL) `RLIMIT_RTTIME`. The programs under test and the relay sleep between
+/// readings and packets, using well under a millisecond at a time; a spin bug at real-time
+/// priority would otherwise hold a core above every normal task (the test's own deadline
+/// checks included) until the run's bound. The kernel ends it within half a second instead.
+const RT_TIME_LIMIT_US: (u64, u64) = (200_000, 500_000);
+
+/// Sets [`RT_TIME_LIMIT_US`] for this process; inherited across fork and exec (`ip netns
+/// exec`, `chrt`, the program). Only calls setrlimit: safe in `pre_exec`.
+pub fn limit_rt_time() -> std::io::Result<()> {
+    let limit = libc::rlimit {
+        rlim_cur: RT_TIME_LIMIT_US.0 as libc::rlim_t,
+        rlim_max: RT_TIME_LIMIT_US.1 as libc::rlim_t,
+    };
+    // SAFETY: setrlimit reads one struct on our stack.
+    if unsafe { libc::setrlimit(libc::RLIMIT_RTTIME, &limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// A child killed (SIGKILL, by its own PID) and reaped on drop.
 pub struct Proc {
     child: Option<Child>,
@@ -34,13 +55,14 @@ pub struct Proc {
 impl Proc {
     /// Starts `cmd` with stdout piped (handed back) and stderr collected.
     pub fn spawn(mut cmd: Command) -> (Proc, std::process::ChildStdout) {
-        // SAFETY: prctl is async-signal-safe; it only sets this child's parent-death
-        // signal, so a test process killed before its Drops ran takes its children along
-        // (the flag survives the exec of `ip netns exec` and of the program it runs).
+        // SAFETY: prctl and setrlimit are async-signal-safe; prctl only sets this child's
+        // parent-death signal, so a test process killed before its Drops ran takes its
+        // children along (the flag survives the exec of `ip netns exec` and of the program
+        // it runs), and the real-time CPU bound is the child's own.
         unsafe {
             cmd.pre_exec(|| {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
+                limit_rt_time()
             });
         }
         let mut child = cmd

@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::link::Conditions;
 use crate::procs::{run_client, Server};
 use crate::stats::{rel_diff, triangle_quantile, triangle_stddev};
-use crate::table::{record, Row};
+use crate::table::{record, show, Row};
 use crate::Lab;
 
 /// Bound on one client run: a liveness guard, far above any scenario's length.
@@ -45,6 +45,24 @@ fn delay_20ms_each_way_is_the_median_rtt() {
     let median = run.rtt_ms("p50_us");
     let expected = 40.0 + overhead;
     eprintln!("{}", lab.link.describe());
+    let (srtt, base_srtt, min_rtt) = (
+        run.tcp("srtt_ms"),
+        base.tcp("srtt_ms"),
+        run.tcp("min_rtt_ms"),
+    );
+    let server_view = server.sensor(&lab.net, "delay");
+    let server_min = server_view["tcp"]["min_rtt_ms"].as_f64();
+    let row = Row {
+        injected: "20 ms".into(),
+        measured: format!(
+            "client RTT median {median:.2} ms (baseline {overhead:.2} ms), min {:.2} ms; kernel srtt {srtt:.2} ms (baseline {base_srtt:.2} ms), min RTT {min_rtt:.2} ms; server's kernel min RTT {:.2} ms, srtt {:.2} ms",
+            run.rtt_ms("min_us"),
+            server_min.unwrap_or(f64::NAN),
+            server_view["tcp"]["srtt_ms"].as_f64().unwrap_or(f64::NAN)
+        ),
+        checked: "median = 40 ms + baseline ± 3 %; srtt = 40 ms + baseline ± 5 %; min ≥ 40 ms (client, its kernel, the server's kernel)".into(),
+    };
+    show("1 delay", &row);
     assert_eq!(run.count("acked"), 200, "{}", run.summary);
     // The relay never releases a packet early: no round trip can beat 2 × 20 ms.
     assert!(
@@ -58,11 +76,6 @@ fn delay_20ms_each_way_is_the_median_rtt() {
     );
     // The kernel sees the delay too (it is below TCP): its smoothed RTT agrees, and its
     // minimum cannot beat 40 ms either.
-    let (srtt, base_srtt, min_rtt) = (
-        run.tcp("srtt_ms"),
-        base.tcp("srtt_ms"),
-        run.tcp("min_rtt_ms"),
-    );
     let expected_srtt = 40.0 + base_srtt;
     assert!(
         rel_diff(srtt, expected_srtt) <= 0.05,
@@ -76,26 +89,13 @@ fn delay_20ms_each_way_is_the_median_rtt() {
     // (Its srtt is shown, not compared: whether the client's kernel ACKs a reply at once
     // or delays the ACK until its next segment is that kernel's choice, and a delayed ACK
     // is in the server's samples.)
-    let server_view = server.sensor(&lab.net, "delay");
-    let server_min = server_view["tcp"]["min_rtt_ms"]
-        .as_f64()
+    let server_min = server_min
         .unwrap_or_else(|| panic!("the server's tcp figures for the sensor: {server_view}"));
     assert!(
         server_min >= 40.0,
         "server's kernel min RTT {server_min:.3} ms below 40 ms"
     );
-    record(
-        "1 delay",
-        Row {
-            injected: "20 ms".into(),
-            measured: format!(
-                "client RTT median {median:.2} ms (baseline {overhead:.2} ms), min {:.2} ms; kernel srtt {srtt:.2} ms (baseline {base_srtt:.2} ms), min RTT {min_rtt:.2} ms; server's kernel min RTT {server_min:.2} ms, srtt {:.2} ms",
-                run.rtt_ms("min_us"),
-                server_view["tcp"]["srtt_ms"].as_f64().unwrap_or(f64::NAN)
-            ),
-            checked: "median = 40 ms + baseline ± 3 %; srtt = 40 ms + baseline ± 5 %; min ≥ 40 ms (client, its kernel, the server's kernel)".into(),
-        },
-    );
+    record("1 delay", row);
 }
 
 #[test]
@@ -148,6 +148,42 @@ fn jitter_20ms_plus_minus_10ms_each_way_shows_in_mdev_and_p99() {
     // bounded: one stall of a program under test on a busy machine would exceed it.)
     let p99_lo = 40.0 + overhead + triangle_quantile(a, 0.95);
     let p99_hi = 40.0 + triangle_quantile(a, 1.0) + base_max;
+    // The shape, not just two moments: the client's own RTTs (its `ack` events), less
+    // 40 ms and the baseline, at five quantiles against the triangle's. With 300 samples a
+    // quantile's standard error is under 0.8 ms here; 3 ms is about four of them.
+    let mut rtts: Vec<f64> = run
+        .events_of("ack")
+        .iter()
+        .filter_map(|ack| ack["rtt_us"].as_f64())
+        .map(|us| us / 1e3 - 40.0 - overhead)
+        .collect();
+    rtts.sort_by(f64::total_cmp);
+    let quantiles: Vec<(f64, f64, f64)> = [0.1, 0.25, 0.5, 0.75, 0.9]
+        .into_iter()
+        .map(|q| {
+            // NaN (no acks at all) shows in the row; the count assertion then fails.
+            let measured = rtts
+                .get(((rtts.len().max(1) - 1) as f64 * q).round() as usize)
+                .copied()
+                .unwrap_or(f64::NAN);
+            (q, measured, triangle_quantile(a, q))
+        })
+        .collect();
+    let shape: Vec<String> = quantiles
+        .iter()
+        .map(|(_, measured, expected)| format!("{measured:+.1}/{expected:+.1}"))
+        .collect();
+    let row = Row {
+        injected: "20 ms ± 10 ms (uniform)".into(),
+        measured: format!(
+            "median {median:.2} ms, mdev {mdev:.2} ms, p99 {p99:.2} ms, min/max {min:.2}/{max:.2} ms (baseline median {overhead:.2}, mdev {base_mdev:.2} ms); p10/p25/p50/p75/p90 − 40 ms − baseline, measured/triangle: {} ms",
+            shape.join(", ")
+        ),
+        checked: format!(
+            "mdev = {expected_mdev:.2} ms ± 15 %; p99 in [{p99_lo:.2}, {p99_hi:.2}] ms; median = 40 ms + baseline ± 5 %; quantiles ± 3 ms"
+        ),
+    };
+    show("2 jitter", &row);
     assert_eq!(run.count("acked"), 300, "{}", run.summary);
     assert!(
         min >= 40.0 + triangle_quantile(a, 0.0),
@@ -166,39 +202,13 @@ fn jitter_20ms_plus_minus_10ms_each_way_shows_in_mdev_and_p99() {
         "median {median:.3} ms, expected {:.3} ms within 5 %",
         40.0 + overhead
     );
-    // The shape, not just two moments: the client's own RTTs (its `ack` events), less
-    // 40 ms and the baseline, at five quantiles against the triangle's. With 300 samples a
-    // quantile's standard error is under 0.8 ms here; 3 ms is about four of them.
-    let mut rtts: Vec<f64> = run
-        .events_of("ack")
-        .iter()
-        .filter_map(|ack| ack["rtt_us"].as_f64())
-        .map(|us| us / 1e3 - 40.0 - overhead)
-        .collect();
-    rtts.sort_by(f64::total_cmp);
-    let mut shape = Vec::new();
-    for q in [0.1, 0.25, 0.5, 0.75, 0.9] {
-        let measured = rtts[((rtts.len() - 1) as f64 * q).round() as usize];
-        let expected = triangle_quantile(a, q);
+    for (q, measured, expected) in quantiles {
         assert!(
             (measured - expected).abs() <= 3.0,
             "quantile {q}: {measured:+.2} ms, the triangle's {expected:+.2} ms (± 3 ms)"
         );
-        shape.push(format!("{measured:+.1}/{expected:+.1}"));
     }
-    record(
-        "2 jitter",
-        Row {
-            injected: "20 ms ± 10 ms (uniform)".into(),
-            measured: format!(
-                "median {median:.2} ms, mdev {mdev:.2} ms, p99 {p99:.2} ms, min/max {min:.2}/{max:.2} ms (baseline median {overhead:.2}, mdev {base_mdev:.2} ms); p10/p25/p50/p75/p90 − 40 ms − baseline, measured/triangle: {} ms",
-                shape.join(", ")
-            ),
-            checked: format!(
-                "mdev = {expected_mdev:.2} ms ± 15 %; p99 in [{p99_lo:.2}, {p99_hi:.2}] ms; median = 40 ms + baseline ± 5 %; quantiles ± 3 ms"
-            ),
-        },
-    );
+    record("2 jitter", row);
 }
 
 #[test]
@@ -217,10 +227,12 @@ fn five_percent_loss_each_way_is_retransmitted_and_stored_once() {
         RUN_BOUND,
     );
     let retrans = lab.net.retrans_segs(&lab.net.client);
-    // The server's side of it: it resent the replies the link dropped.
-    let server_retrans = lab.net.retrans_segs(&lab.net.server);
     let server_view = server.sensor(&lab.net, "loss");
     server.stop();
+    // The server's side of it: it resent the replies the link dropped. Read after its
+    // figure and after it stopped: its closing sample can include a reply resent late
+    // (the client's last ACK or FIN lost), and the namespace's count only grows.
+    let server_retrans = lab.net.retrans_segs(&lab.net.server);
     let values = server.store.values("loss");
     let (lost_up, lost_down) = lab.link.lost();
     eprintln!("{}", lab.link.describe());
@@ -229,6 +241,24 @@ fn five_percent_loss_each_way_is_retransmitted_and_stored_once() {
         run.rtt_ms("p99_us"),
         run.rtt_ms("max_us"),
     );
+    let spikes = run
+        .events_of("ack")
+        .iter()
+        .filter(|ack| ack["rtt_us"].as_f64().is_some_and(|us| us >= 80_000.0))
+        .count();
+    let reported = run.tcp("retransmits") as u64;
+    let server_reported = server_view["tcp"]["retransmits"].as_u64();
+    let row = Row {
+        injected: "20 ms, 5 % loss".into(),
+        measured: format!(
+            "relay dropped {lost_up} up / {lost_down} down; client reports {reported} retransmitted segments (its namespace {retrans}), the server {} (its namespace {server_retrans}); RTT median {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms, {spikes} readings ≥ 80 ms; {}/300 acked, {} stored",
+            server_reported.map_or("none".to_string(), |n| n.to_string()),
+            run.count("acked"),
+            values.values().sum::<usize>()
+        ),
+        checked: "p99 ≥ 80 ms (2 round trips: loss detected, then resent); 0 < each side's reported retransmits ≤ its namespace's; every reading stored exactly once".into(),
+    };
+    show("3 loss", &row);
     assert_eq!(run.count("acked"), 300, "{}", run.summary);
     assert_eq!(run.count("lost"), 0, "{}", run.summary);
     assert_stored_once(&values, 300);
@@ -237,37 +267,21 @@ fn five_percent_loss_each_way_is_retransmitted_and_stored_once() {
     // than one round trip after sending it (a SACK of a later segment; otherwise a probe or
     // retransmission timer of 2 × srtt or ≥ 200 ms), and the resent copy takes another.
     // So a reading hit by a loss takes at least two injected round trips: 80 ms.
-    let spikes = run
-        .events_of("ack")
-        .iter()
-        .filter(|ack| ack["rtt_us"].as_f64().is_some_and(|us| us >= 80_000.0))
-        .count();
     assert!(p99 >= 80.0, "p99 {p99:.3} ms: no retransmission spike");
     assert!(retrans > 0, "the client's kernel retransmitted nothing");
     // What the client reports is its connections' share of what its namespace counted
     // (a segment resent after the client read its counters is in the namespace's only).
-    let reported = run.tcp("retransmits") as u64;
     assert!(
         reported > 0 && reported <= retrans,
         "client reported {reported} retransmitted segments, its namespace counted {retrans}"
     );
-    let server_reported = server_view["tcp"]["retransmits"]
-        .as_u64()
+    let server_reported = server_reported
         .unwrap_or_else(|| panic!("the server's tcp figures for the sensor: {server_view}"));
     assert!(
         server_reported > 0 && server_reported <= server_retrans,
         "server reported {server_reported} retransmitted segments, its namespace {server_retrans}"
     );
-    record(
-        "3 loss",
-        Row {
-            injected: "20 ms, 5 % loss".into(),
-            measured: format!(
-                "relay dropped {lost_up} up / {lost_down} down; client reports {reported} retransmitted segments (its namespace {retrans}), the server {server_reported} (its namespace {server_retrans}); RTT median {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms, {spikes} readings ≥ 80 ms; 300/300 stored once"
-            ),
-            checked: "p99 ≥ 80 ms (2 round trips: loss detected, then resent); 0 < each side's reported retransmits ≤ its namespace's; every reading stored exactly once".into(),
-        },
-    );
+    record("3 loss", row);
 }
 
 /// Every value stored exactly once, and `n` of them.

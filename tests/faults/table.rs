@@ -18,13 +18,18 @@ pub struct Row {
     pub checked: String,
 }
 
-/// Prints `injected: … | measured: …` and adds the row; call it after the assertions so
-/// the table holds passing scenarios only.
-pub fn record(key: &str, row: Row) {
+/// Prints `injected: … | measured: …`. Call it before the assertions, so that a failing
+/// scenario shows its figures (libtest prints a failed test's captured output).
+pub fn show(key: &str, row: &Row) {
     eprintln!(
         "{key}: injected: {} | measured: {} | checked: {}",
         row.injected, row.measured, row.checked
     );
+}
+
+/// Adds the row to the table; call it after the assertions so the table holds passing
+/// scenarios only.
+pub fn record(key: &str, row: Row) {
     let mut rows = ROWS.lock().unwrap_or_else(|p| p.into_inner());
     rows.insert(key.to_string(), row);
     let mut text = String::from(
