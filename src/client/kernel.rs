@@ -197,21 +197,7 @@ mod tests {
     use crate::net::tcp_info::TcpState;
 
     fn info(rtt_us: u32, retransmits_total: u32) -> TcpInfo {
-        TcpInfo {
-            state: TcpState::Established,
-            rtt_us,
-            rttvar_us: rtt_us / 4,
-            min_rtt_us: Some(rtt_us / 2),
-            retransmits_total,
-            lost: 0,
-            retrans: 0,
-            snd_cwnd: 10,
-            delivery_rate_bps: None,
-            bytes_acked: None,
-            bytes_received: None,
-            bytes_sent: None,
-            bytes_retrans: None,
-        }
+        TcpInfo::established_for_tests(rtt_us, rtt_us / 4, rtt_us / 2, retransmits_total)
     }
 
     #[test]

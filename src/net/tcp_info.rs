@@ -102,6 +102,34 @@ pub struct TcpInfo {
     pub bytes_retrans: Option<u64>,
 }
 
+#[cfg(test)]
+impl TcpInfo {
+    /// An established connection's figures, for the tests of what consumes them (the
+    /// client's run totals, the server's sampler).
+    pub(crate) fn established_for_tests(
+        rtt_us: u32,
+        rttvar_us: u32,
+        min_rtt_us: u32,
+        retransmits_total: u32,
+    ) -> TcpInfo {
+        TcpInfo {
+            state: TcpState::Established,
+            rtt_us,
+            rttvar_us,
+            min_rtt_us: Some(min_rtt_us),
+            retransmits_total,
+            lost: 0,
+            retrans: 0,
+            snd_cwnd: 10,
+            delivery_rate_bps: None,
+            bytes_acked: None,
+            bytes_received: None,
+            bytes_sent: None,
+            bytes_retrans: None,
+        }
+    }
+}
+
 /// `tcpi_min_rtt` before the connection's first RTT sample: the kernel starts its windowed
 /// minimum at `~0U` (`tcp_init_sock`, `minmax_reset(&tp->rtt_min, …, ~0U)`).
 pub const NO_MIN_RTT: u32 = u32::MAX;

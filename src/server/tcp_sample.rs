@@ -103,24 +103,9 @@ impl TcpSampler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::net::tcp_info::TcpState;
 
     fn info(retransmits_total: u32) -> TcpInfo {
-        TcpInfo {
-            state: TcpState::Established,
-            rtt_us: 40,
-            rttvar_us: 20,
-            min_rtt_us: Some(12),
-            retransmits_total,
-            lost: 0,
-            retrans: 0,
-            snd_cwnd: 10,
-            delivery_rate_bps: None,
-            bytes_acked: None,
-            bytes_received: None,
-            bytes_sent: None,
-            bytes_retrans: None,
-        }
+        TcpInfo::established_for_tests(40, 20, 12, retransmits_total)
     }
 
     #[test]
