@@ -17,6 +17,9 @@ mod limits;
 mod line;
 mod link_report;
 mod live;
+#[path = "../support/pg_cluster.rs"]
+mod pg_cluster;
+mod pg_harness;
 mod probe;
 mod query;
 mod report;
