@@ -9,6 +9,8 @@ mod config;
 mod conflicts;
 mod dashboard;
 mod durability;
+#[path = "../support/haproxy.rs"]
+mod haproxy;
 mod harness;
 mod http;
 mod http_auth;

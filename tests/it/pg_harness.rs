@@ -1,14 +1,19 @@
 //! The test harnesses of issue 12 themselves: the throwaway PostgreSQL cluster
 //! (`tests/support/pg_cluster.rs`) runs SQL, keeps databases apart, survives a stop and
-//! start, leaves nothing behind, and never outlives its test process.
+//! start, leaves nothing behind, and never outlives its test process; HAProxy
+//! (`tests/support/haproxy.rs`) spreads connections and stops sending them to a backend
+//! whose `/readyz` fails.
 
-use std::io::{BufRead, BufReader};
-use std::net::{Ipv4Addr, TcpStream};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::harness::{wait_for, PATIENCE};
+use crate::haproxy::{Haproxy, HaproxyOpts};
+use crate::harness::{poll_until, wait_for, PATIENCE};
 use crate::pg_cluster::{self, PgCluster};
 
 /// Set in the child process of [`a_cluster_dies_with_its_test_process`].
@@ -182,6 +187,105 @@ fn a_cluster_dies_with_its_test_process() {
     let next = PgCluster::start().expect("start another cluster");
     assert!(!dir.exists(), "stale {} is left", dir.display());
     drop(next);
+}
+
+#[test]
+fn haproxy_spreads_connections_and_drops_a_backend_that_is_not_ready() {
+    let a = Backend::start("a");
+    let b = Backend::start("b");
+    let opts = HaproxyOpts {
+        readyz_ports: vec![a.readyz.port(), b.readyz.port()],
+        ..HaproxyOpts::default()
+    };
+    let Some(proxy) = Haproxy::start(&[a.addr, b.addr], &opts) else {
+        return;
+    };
+    // Round robin: a few connections reach both.
+    let names: Vec<String> = (0..6).map(|_| who(proxy.addr())).collect();
+    assert!(
+        names.iter().any(|n| n == "a") && names.iter().any(|n| n == "b"),
+        "{names:?}; config:\n{}",
+        proxy.config()
+    );
+    // b's /readyz fails: after `fall 2` checks (500 ms apart) HAProxy sends b nothing new.
+    b.ready.store(false, Ordering::SeqCst);
+    let mut streak = 0;
+    let only_a = poll_until(PATIENCE, || {
+        streak = if who(proxy.addr()) == "a" {
+            streak + 1
+        } else {
+            0
+        };
+        streak >= 4
+    });
+    assert!(only_a, "b still gets connections; log: {}", proxy.log());
+    for _ in 0..10 {
+        assert_eq!(who(proxy.addr()), "a", "b is down; log: {}", proxy.log());
+    }
+    let pid = proxy.pid();
+    drop(proxy);
+    assert!(!running(pid), "haproxy {pid} outlived its Drop");
+}
+
+/// A stand-in collector: answers each line with `<name>` on its sensor port, and `/readyz`
+/// with 200 or (when `ready` is cleared) 503 on its HTTP port. Threads end with the process.
+struct Backend {
+    addr: SocketAddr,
+    readyz: SocketAddr,
+    ready: Arc<AtomicBool>,
+}
+
+impl Backend {
+    fn start(name: &'static str) -> Backend {
+        let sensors = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
+        let http = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
+        let ready = Arc::new(AtomicBool::new(true));
+        let backend = Backend {
+            addr: sensors.local_addr().expect("bound"),
+            readyz: http.local_addr().expect("bound"),
+            ready: ready.clone(),
+        };
+        std::thread::spawn(move || {
+            for conn in sensors.incoming().map_while(Result::ok) {
+                std::thread::spawn(move || {
+                    let mut out = conn.try_clone().expect("clone a socket");
+                    for _ in BufReader::new(conn).lines().map_while(Result::ok) {
+                        if writeln!(out, "{name}").is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        std::thread::spawn(move || {
+            for mut conn in http.incoming().map_while(Result::ok) {
+                // HAProxy's check is one small request; its bytes don't matter here.
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+                let mut buf = [0u8; 1024];
+                let _ = conn.read(&mut buf);
+                let reply = if ready.load(Ordering::SeqCst) {
+                    "HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nready"
+                } else {
+                    "HTTP/1.0 503 Service Unavailable\r\nContent-Length: 9\r\n\r\nnot ready"
+                };
+                let _ = conn.write_all(reply.as_bytes());
+            }
+        });
+        backend
+    }
+}
+
+/// Which backend a new connection through `proxy` reached.
+fn who(proxy: SocketAddr) -> String {
+    let conn = TcpStream::connect(proxy).expect("connect to haproxy");
+    conn.set_read_timeout(Some(PATIENCE))
+        .expect("set a timeout");
+    (&conn).write_all(b"who\n").expect("write through haproxy");
+    let mut line = String::new();
+    BufReader::new(&conn)
+        .read_line(&mut line)
+        .expect("a reply through haproxy");
+    line.trim_end().to_owned()
 }
 
 /// The database name at the end of a `postgres://…/DB` url.
