@@ -331,9 +331,10 @@ impl PgCluster {
         loop {
             {
                 let mut slot = self.child();
-                let child = slot
-                    .as_mut()
-                    .expect("launch put the postmaster in the slot");
+                // Only a concurrent stop() empties it; then there is nothing to wait for.
+                let Some(child) = slot.as_mut() else {
+                    return Err(Launch::Failed("stopped while starting".into()));
+                };
                 if let Ok(Some(status)) = child.try_wait() {
                     *slot = None;
                     drop(slot);
