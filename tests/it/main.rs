@@ -9,6 +9,8 @@ mod config;
 mod conflicts;
 mod dashboard;
 mod durability;
+#[path = "../support/haproxy.rs"]
+mod haproxy;
 mod harness;
 mod http;
 mod http_auth;
@@ -17,6 +19,9 @@ mod limits;
 mod line;
 mod link_report;
 mod live;
+#[path = "../support/pg_cluster.rs"]
+mod pg_cluster;
+mod pg_harness;
 mod probe;
 mod query;
 mod report;
