@@ -134,6 +134,17 @@ ours_bench() {
   timeout --kill-after=5 "$limit" "$bin" bench "$@" --json --no-progress > "$out" || [ $? -eq 1 ]
 }
 
+# CPU accounting from /proc (the machine has no hardware counters; these need none).
+# ticks PID: utime + stime of PID (all its threads), in clock ticks; 0 when it is gone.
+ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2> /dev/null || echo 0; }
+# reaped PID: cutime + cstime of PID: its children that exited and were waited for.
+reaped() { awk '{ print $16 + $17 }' "/proc/$1/stat" 2> /dev/null || echo 0; }
+# machine_busy: "busy steal" jiffies of all CPUs from /proc/stat (busy: user, nice, system, irq,
+# softirq; steal: taken by the hypervisor for other guests).
+machine_busy() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8, $9 }' /proc/stat; }
+# now: seconds since boot, to the 1/100 s (/proc/uptime).
+now() { cut -d' ' -f1 /proc/uptime; }
+
 # median: the median of the numbers on stdin (one per line); "nan" when there are none.
 median() {
   sort -g | awk '{ a[NR] = $1 } END {
@@ -237,6 +248,15 @@ pg_settings() {
   pg_sql postgres "SELECT string_agg(n || '=' || current_setting(n), ', ') FROM unnest(ARRAY['server_version',
     'fsync', 'synchronous_commit', 'wal_sync_method', 'full_page_writes', 'shared_buffers', 'wal_buffers',
     'max_wal_size', 'checkpoint_timeout', 'max_connections']) AS n"
+}
+
+# pg_ticks: CPU ticks of the whole cluster so far: the postmaster, its live children (backends,
+# walwriter, …) and the children it reaped.
+pg_ticks() {
+  local p sum
+  sum=$(($(ticks "$pg_pid") + $(reaped "$pg_pid")))
+  for p in $(pgrep -P "$pg_pid"); do sum=$((sum + $(ticks "$p"))); done
+  echo "$sum"
 }
 
 # pg_stop: a fast shutdown of the cluster (TERM: smart; nobody is connected by then).

@@ -46,31 +46,48 @@ shape() {
 # pg_stored DB: rows in the readings table.
 pg_stored() { pg_sql "$1" "SELECT count(*) FROM sensorlink_readings"; }
 
+# snap PID...: "uptime machine-busy steal collector-ticks postgres-ticks", the PIDs' ticks summed.
+snap() {
+  local p c=0
+  for p in "$@"; do c=$((c + $(ticks "$p"))); done
+  echo "$(now) $(machine_busy) $c $(pg_ticks)"
+}
+# cpu_json SNAP0 SNAP1: the run's CPU in seconds: collector(s), postgres, the whole machine, and
+# the wall time between the snapshots.
+cpu_json() {
+  echo "$1 $2" | awk -v hz="$(getconf CLK_TCK)" '{
+    printf "{\"wall\": %.3f, \"collector\": %.3f, \"postgres\": %.3f, \"machine\": %.3f}\n", $6 - $1, ($9 - $4) / hz, ($10 - $5) / hz, ($7 - $2) / hz }'
+}
+
 # run SIDE SHAPE REP: one run; appends one JSON line to $tmp/runs.json.
 run() {
-  local side=$1 shname=$2 rep=$3 a=$tmp/a.json b=$tmp/b.json url stored=null sa sb pa pb
+  local side=$1 shname=$2 rep=$3 a=$tmp/a.json b=$tmp/b.json url stored=null sa sb pa pb s0 s1
   shape "$shname"
   case $side in
     sqlite)
       start_ours "sqlite:$(fresh_db)" always
+      s0=$(snap "$server_pid")
       # shellcheck disable=SC2086 # $flags1 is a list of words
       ours_bench "$a" "$limit" "$addr" $flags1 --duration "$DURATION"
+      s1=$(snap "$server_pid")
       stop_pid "$server_pid" 30
-      jq -c --arg side "$side" --arg shape "$shname" --argjson rep "$rep" \
+      jq -c --arg side "$side" --arg shape "$shname" --argjson rep "$rep" --argjson cpu "$(cpu_json "$s0" "$s1")" \
         '{side: $side, shape: $shape, rep: $rep, rate: .readings_per_sec, p50: .latency_us.p50,
-          p99: .latency_us.p99, errors, acked: .readings, unacked, stored: null}' "$a" >> "$tmp/runs.json"
+          p99: .latency_us.p99, errors, acked: .readings, unacked, stored: null, cpu: $cpu}' "$a" >> "$tmp/runs.json"
       keep "$a" "$side-$shname-$rep.json"
       ;;
     pg1)
       url=$(pg_fresh_db bench)
       start_ours "$url" always
+      s0=$(snap "$server_pid")
       # shellcheck disable=SC2086
       ours_bench "$a" "$limit" "$addr" $flags1 --duration "$DURATION"
+      s1=$(snap "$server_pid")
       stop_pid "$server_pid" 30
       stored=$(pg_stored bench)
-      jq -c --arg side "$side" --arg shape "$shname" --argjson rep "$rep" --argjson stored "$stored" \
+      jq -c --arg side "$side" --arg shape "$shname" --argjson rep "$rep" --argjson stored "$stored" --argjson cpu "$(cpu_json "$s0" "$s1")" \
         '{side: $side, shape: $shape, rep: $rep, rate: .readings_per_sec, p50: .latency_us.p50,
-          p99: .latency_us.p99, errors, acked: .readings, unacked, stored: $stored}' "$a" >> "$tmp/runs.json"
+          p99: .latency_us.p99, errors, acked: .readings, unacked, stored: $stored, cpu: $cpu}' "$a" >> "$tmp/runs.json"
       keep "$a" "$side-$shname-$rep.json"
       ;;
     pg2)
@@ -90,19 +107,21 @@ run() {
       CMDLOG= start_bg "$tmp/bench-b.err" sh -c 'timeout --kill-after=5 "$1" "$2" bench "$3" '"$flags2"' --measurement bench_b --duration "$4" --json --no-progress > "$5" || [ $? -eq 1 ]' \
         sh "$limit" "$bin" "$pb" "$DURATION" "$b"
       local bb=$last_pid
+      s0=$(snap "$sa" "$sb")
       wait "$ba" || { cat "$tmp/bench-a.err" >&2; exit 2; }
       wait "$bb" || { cat "$tmp/bench-b.err" >&2; exit 2; }
+      s1=$(snap "$sa" "$sb")
       stop_pid "$ba" 1
       stop_pid "$bb" 1
       stop_pid "$sa" 30
       stop_pid "$sb" 30
       stored=$(pg_stored bench)
-      jq -c -s --arg side "$side" --arg shape "$shname" --argjson rep "$rep" --argjson stored "$stored" \
+      jq -c -s --arg side "$side" --arg shape "$shname" --argjson rep "$rep" --argjson stored "$stored" --argjson cpu "$(cpu_json "$s0" "$s1")" \
         '{side: $side, shape: $shape, rep: $rep, rate: (map(.readings_per_sec) | add),
           rates: map(.readings_per_sec), p50s: map(.latency_us.p50), p99s: map(.latency_us.p99),
           p50: (map(.latency_us.p50) | max), p99: (map(.latency_us.p99) | max),
           errors: (map(.errors) | add), acked: (map(.readings) | add), unacked: (map(.unacked) | add),
-          stored: $stored}' "$a" "$b" >> "$tmp/runs.json"
+          stored: $stored, cpu: $cpu}' "$a" "$b" >> "$tmp/runs.json"
       keep "$a" "$side-$shname-$rep-a.json"
       keep "$b" "$side-$shname-$rep-b.json"
       ;;
@@ -131,8 +150,8 @@ for shname in $SHAPES; do
 done
 
 # The table: one row per shape × side.
-echo "| shape | side | connections | readings/s | spread (min–max) | | ÷ SQLite | per collector readings/s | p50 ack µs | p99 ack µs | errors | stored ÷ acked |"
-echo "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---|"
+echo "| shape | side | connections | readings/s | spread (min–max) | | ÷ SQLite | per collector readings/s | p50 ack µs | p99 ack µs | collector CPU µs/reading | postgres CPU µs/reading | rest of the machine, cores | errors | stored − acked |"
+echo "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"
 for shname in $SHAPES; do
   shape "$shname"
   ref=$(jq -r "select(.shape == \"$shname\" and .side == \"sqlite\") | .rate" "$tmp/runs.json" | median)
@@ -160,19 +179,25 @@ for shname in $SHAPES; do
       p50=$(int "$(jmed "$f" .p50)")
       p99=$(int "$(jmed "$f" .p99)")
     fi
+    coll_us=$(int "$(jmed "$f" '.cpu.collector / .acked * 1e6')")
+    pg_us=$(int "$(jmed "$f" '.cpu.postgres / .acked * 1e6')")
+    rest=$(jmed "$f" '(.cpu.machine - .cpu.collector - .cpu.postgres) / .cpu.wall' | xargs printf '%.2f')
     if [ "$side" = sqlite ]; then
+      pg_us="– ($pg_us idle)"
       stored="(not counted)"
     else
-      # Each run: stored ÷ acked, and whether acked ≤ stored ≤ acked + unacked held.
-      stored=$(jq -r '"\(.stored / .acked * 1000 | round / 1000 | tostring | if test("\\.") then . else . + ".0" end)\(if .stored >= .acked and .stored <= .acked + .unacked then "" else " **!**" end)"' "$f" | paste -sd' ' -)
+      # Each run: stored − acked, which must lie in [0, unacked]: nothing acked is missing,
+      # nothing stored twice or out of nowhere.
+      stored=$(jq -r '"+\(.stored - .acked)\(if .stored >= .acked and .stored <= .acked + .unacked then "" else " **!**" end)"' "$f" | paste -sd' ' -)
     fi
-    echo "| $shname \`$flags1\` | $name | $conns | $(int "$rate") | $(int "$lo")–$(int "$hi") | $noisy | $(ratio "$rate" "$ref") | $each | $p50 | $p99 | $errors | $stored |"
+    echo "| $shname \`$flags1\` | $name | $conns | $(int "$rate") | $(int "$lo")–$(int "$hi") | $noisy | $(ratio "$rate" "$ref") | $each | $p50 | $p99 | $coll_us | $pg_us | $rest | $errors | $stored |"
   done
 done
 echo
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "CPU: utime + stime from /proc over the bench run (collector: its process, both for x2; postgres: the postmaster, its children and the children it reaped), per reading acked; rest of the machine: /proc/stat busy time minus those two, in cores: the bench(es) and any other work on this shared machine."
 echo "x2 rows: readings/s is the sum of the two benches' (run at once); p50/p99 are each bench's median."
-echo "stored ÷ acked per run; **!** marks a run where stored < acked (a loss) or stored > acked + unacked."
+echo "stored − acked: rows in the database after the run minus readings acked, per run; the rest were written but their ack not read before the bench stopped (its \"unacked\"); **!** marks a run where stored < acked (a loss) or stored > acked + unacked (more rows than readings sent)."
 echo
 echo "commands (TMP = this run's temp dir, PORT = a free loopback port):"
 echo '```'

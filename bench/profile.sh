@@ -84,10 +84,6 @@ profile() { # NAME STORE BENCH-FLAGS...
   fi
 }
 
-# ticks PID: utime + stime of PID (all its threads), in clock ticks; 0 when it is gone.
-ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2> /dev/null || echo 0; }
-# reaped PID: cutime + cstime of PID: its children that exited and were waited for.
-reaped() { awk '{ print $16 + $17 }' "/proc/$1/stat" 2> /dev/null || echo 0; }
 # pg_kind PID: the postgres process's role, from its title ("postgres: walwriter", "postgres:
 # sensorlink bench 127.0.0.1(…) COPY", …): client backends are the collectors' connections.
 pg_kind() {
@@ -127,11 +123,6 @@ store_metrics() {
     /^sensorlink_readings_committed_total\{outcome="inserted"\}/ { v["inserted"] += $NF }
     END { for (k in v) print k, v[k] }'
 }
-# machine_busy: "busy steal" jiffies of all CPUs from /proc/stat (busy: user, nice, system, irq,
-# softirq; steal: taken by the hypervisor for other guests).
-machine_busy() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8, $9 }' /proc/stat; }
-# now: seconds since boot, to the 1/100 s (/proc/uptime).
-now() { cut -d' ' -f1 /proc/uptime; }
 
 # pg_group: as group, for the postgres processes' samples (PostgreSQL 15 function names).
 pg_group() {
