@@ -13,6 +13,7 @@ pub mod backoff;
 pub mod disconnect;
 mod engine;
 pub mod error;
+pub mod failover;
 pub mod kernel;
 pub mod legacy;
 mod line;
