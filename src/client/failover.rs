@@ -11,7 +11,10 @@
 
 use std::time::Duration;
 
+use serde::Serialize;
+
 use super::backoff::Backoff;
+use super::disconnect::DisconnectKind;
 
 /// Where the next connection attempt goes, and after how long.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +84,148 @@ impl Rotation {
             delay,
             round_over,
         }
+    }
+}
+
+/// One server's share of a run (the `--json` summary's `servers`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServerTotals {
+    pub addr: String,
+    /// Connections made (TCP, TLS and the opening `ping` all succeeded).
+    pub connects: u64,
+    /// Connections that could not be made, or that dropped.
+    pub failures: u64,
+    /// The user's readings acknowledged on its connections.
+    pub acked: u64,
+}
+
+/// What the run knows of each server: its totals, which one is connected, the failures
+/// since the last connection (to say why the client is where it is).
+#[derive(Debug)]
+pub struct Servers {
+    totals: Vec<ServerTotals>,
+    /// The address of the last connection attempt.
+    last_attempt: Option<usize>,
+    /// The live connection's server (or the last one's).
+    connected: Option<usize>,
+    failovers: u64,
+    /// Since the last connection: each address that failed, with the kind of its last
+    /// failure (one entry per address, in the order they last failed).
+    failed_since: Vec<(usize, DisconnectKind)>,
+    /// Each address's last error, for the "unreachable" message.
+    last_error: Vec<Option<String>>,
+}
+
+impl Servers {
+    pub fn new(addrs: &[String]) -> Self {
+        Servers {
+            totals: addrs
+                .iter()
+                .map(|addr| ServerTotals {
+                    addr: addr.clone(),
+                    connects: 0,
+                    failures: 0,
+                    acked: 0,
+                })
+                .collect(),
+            last_attempt: None,
+            connected: None,
+            failovers: 0,
+            failed_since: Vec::new(),
+            last_error: vec![None; addrs.len()],
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.totals.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.totals.is_empty()
+    }
+
+    /// The address of server `index`.
+    pub fn addr(&self, index: usize) -> &str {
+        self.totals.get(index).map_or("?", |t| t.addr.as_str())
+    }
+
+    /// Address `index` as the next one to try, when there are several to move between
+    /// (`None`: one server, the client reconnects to it).
+    pub fn next(&self, index: usize) -> Option<&str> {
+        (self.len() > 1).then(|| self.addr(index))
+    }
+
+    /// The connected (or last connected) server's address.
+    pub fn connected_addr(&self) -> Option<&str> {
+        self.connected.map(|index| self.addr(index))
+    }
+
+    /// A connection to `index` was made. Returns the other addresses that failed since the
+    /// previous connection, with why (`connected to B (after A: refused)`).
+    pub fn connected(&mut self, index: usize) -> Vec<(String, DisconnectKind)> {
+        if let Some(totals) = self.totals.get_mut(index) {
+            totals.connects += 1;
+        }
+        // Moved here from another address that was tried (and failed) just before.
+        if self.last_attempt.is_some_and(|last| last != index) {
+            self.failovers += 1;
+        }
+        self.last_attempt = Some(index);
+        self.connected = Some(index);
+        std::mem::take(&mut self.failed_since)
+            .into_iter()
+            .filter(|(failed, _)| *failed != index)
+            .map(|(failed, kind)| (self.addr(failed).to_string(), kind))
+            .collect()
+    }
+
+    /// Server `index` could not be connected to, or its connection ended (`error`: why).
+    pub fn failed(&mut self, index: usize, kind: DisconnectKind, error: String) {
+        if let Some(totals) = self.totals.get_mut(index) {
+            totals.failures += 1;
+        }
+        self.last_attempt = Some(index);
+        self.failed_since.retain(|(failed, _)| *failed != index);
+        self.failed_since.push((index, kind));
+        if let Some(slot) = self.last_error.get_mut(index) {
+            *slot = Some(error);
+        }
+    }
+
+    /// `n` of the user's readings were acked on the live connection.
+    pub fn acked(&mut self, n: u64) {
+        if let Some(totals) = self.connected.and_then(|index| self.totals.get_mut(index)) {
+            totals.acked += n;
+        }
+    }
+
+    /// Connections made to another address than the one tried just before (it had failed).
+    pub fn failovers(&self) -> u64 {
+        self.failovers
+    }
+
+    pub fn totals(&self) -> Vec<ServerTotals> {
+        self.totals.clone()
+    }
+
+    /// Every address, as one name (`a:1, b:2`).
+    pub fn names(&self) -> String {
+        let names: Vec<&str> = self.totals.iter().map(|t| t.addr.as_str()).collect();
+        names.join(", ")
+    }
+
+    /// Why no address could be reached: the one error, or each address's last one.
+    pub fn unreachable_cause(&self) -> Option<String> {
+        if let [only] = self.last_error.as_slice() {
+            return only.clone();
+        }
+        let causes: Vec<String> = self
+            .last_error
+            .iter()
+            .enumerate()
+            .filter_map(|(index, err)| Some(format!("{}: {}", self.addr(index), err.as_ref()?)))
+            .collect();
+        (!causes.is_empty()).then(|| causes.join("; "))
     }
 }
 
@@ -179,5 +324,61 @@ mod tests {
             .collect();
         assert_eq!(delays.len(), 6);
         assert!(delays.iter().all(|d| *d <= max), "{delays:?}");
+    }
+
+    fn addrs() -> Vec<String> {
+        vec!["a:1".to_string(), "b:2".to_string()]
+    }
+
+    #[test]
+    fn a_connection_after_failures_elsewhere_says_which_and_counts_a_failover() {
+        let mut servers = Servers::new(&addrs());
+        servers.failed(0, DisconnectKind::Refused, "refused".into());
+        let after = servers.connected(1);
+        assert_eq!(after, [("a:1".to_string(), DisconnectKind::Refused)]);
+        assert_eq!(servers.failovers(), 1);
+        servers.acked(3);
+        // b drops, b again (one address tried): no failover, and b's own failure is not
+        // "after" anything.
+        servers.failed(1, DisconnectKind::Reset, "reset".into());
+        assert!(servers.connected(1).is_empty());
+        assert_eq!(servers.failovers(), 1);
+        let totals = servers.totals();
+        assert_eq!(
+            (totals[0].connects, totals[0].failures, totals[0].acked),
+            (0, 1, 0)
+        );
+        assert_eq!(
+            (totals[1].connects, totals[1].failures, totals[1].acked),
+            (2, 1, 3)
+        );
+    }
+
+    #[test]
+    fn the_first_connection_to_the_first_address_is_no_failover() {
+        let mut servers = Servers::new(&addrs());
+        assert!(servers.connected(0).is_empty());
+        assert_eq!(servers.failovers(), 0);
+        assert_eq!(servers.connected_addr(), Some("a:1"));
+    }
+
+    #[test]
+    fn unreachable_names_each_address_with_its_last_error() {
+        let mut servers = Servers::new(&addrs());
+        assert_eq!(servers.unreachable_cause(), None);
+        servers.failed(0, DisconnectKind::Refused, "refused".into());
+        servers.failed(
+            1,
+            DisconnectKind::ConnectTimeout,
+            "connect timed out".into(),
+        );
+        servers.failed(0, DisconnectKind::Refused, "refused again".into());
+        assert_eq!(
+            servers.unreachable_cause().as_deref(),
+            Some("a:1: refused again; b:2: connect timed out")
+        );
+        let mut one = Servers::new(&addrs()[..1]);
+        one.failed(0, DisconnectKind::Refused, "refused".into());
+        assert_eq!(one.unreachable_cause().as_deref(), Some("refused"));
     }
 }

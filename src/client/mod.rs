@@ -49,7 +49,8 @@ use transport::{Connector, TcpConnector};
 /// Validated client settings.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    pub addr: String,
+    /// The collectors, in the order they are tried (at least one; see [`failover`]).
+    pub servers: Vec<String>,
     /// The `sensor` tag of every reading and link report; `None` (with a token only): sent
     /// untagged, stored under the token's one sensor.
     pub sensor: Option<String>,
@@ -108,34 +109,39 @@ pub async fn run(config: ClientConfig) -> Result<RunReport, ClientError> {
     let printer = Printer::stdout(config.json);
     match &config.tls {
         None => {
-            let connector = TcpConnector {
-                addr: config.addr.clone(),
-                timeout: config.connect_timeout,
-            };
-            run_with(&config, connector, printer, stop).await
+            let connectors = (config.servers.iter())
+                .map(|addr| TcpConnector {
+                    addr: addr.clone(),
+                    timeout: config.connect_timeout,
+                })
+                .collect();
+            run_failover(&config, connectors, printer, stop).await
         }
         Some(tls) => {
-            let connector =
-                tls_connector(&config, tls).map_err(|err| ClientError::Tls(format!("{err:#}")))?;
-            run_with(&config, connector, printer, stop).await
+            // Each address's certificate is checked against its own host name (or the one
+            // --tls-server-name gives them all).
+            let connectors = (config.servers.iter())
+                .map(|addr| {
+                    tls_connector(addr, tls)
+                        .map_err(|err| ClientError::Tls(format!("{addr}: {err:#}")))
+                })
+                .collect::<Result<_, _>>()?;
+            run_failover(&config, connectors, printer, stop).await
         }
     }
 }
 
-/// The TLS connector `tls` describes, to `config.addr`.
-fn tls_connector(
-    config: &ClientConfig,
-    tls: &ClientTls,
-) -> anyhow::Result<transport::TlsTcpConnector> {
+/// The TLS connector `tls` describes, to `addr`.
+fn tls_connector(addr: &str, tls: &ClientTls) -> anyhow::Result<transport::TlsTcpConnector> {
     let identity = tls
         .identity
         .as_ref()
         .map(|(cert, key)| (cert.as_path(), key.as_path()));
     let rustls_config = crate::tls::client_config(tls.ca.as_deref(), identity)?;
     Ok(transport::TlsTcpConnector {
-        addr: config.addr.clone(),
+        addr: addr.to_string(),
         connector: crate::tls::TlsConnector::from(rustls_config),
-        server_name: crate::tls::server_name(&config.addr, tls.server_name.as_deref())?,
+        server_name: crate::tls::server_name(addr, tls.server_name.as_deref())?,
     })
 }
 
@@ -150,11 +156,25 @@ fn tls_connector(
 pub async fn run_with<C: Connector>(
     config: &ClientConfig,
     connector: C,
+    printer: Printer,
+    stop: CancellationToken,
+) -> Result<RunReport, ClientError> {
+    run_failover(config, vec![connector], printer, stop).await
+}
+
+/// [`run_with`] over several servers: `connectors[i]` opens connections to
+/// `config.servers[i]`, and the run fails over between them (see [`failover`]).
+///
+/// # Errors
+/// See [`run_with`]; unreachable means no address could be reached.
+pub async fn run_failover<C: Connector>(
+    config: &ClientConfig,
+    connectors: Vec<C>,
     mut printer: Printer,
     stop: CancellationToken,
 ) -> Result<RunReport, ClientError> {
     printer.start(
-        &config.addr,
+        &config.servers,
         config.sensor.as_deref(),
         config.interval,
         config.legacy,
@@ -163,14 +183,14 @@ pub async fn run_with<C: Connector>(
     // Ping-pong: the producer makes each value when the engine gives it a turn.
     let turns = config.interval.is_zero().then(turns::Turns::new);
     let values = spawn_producer(config, turns.clone(), stop.clone());
-    run_values(config, connector, printer, values, turns, stop).await
+    run_values(config, connectors, printer, values, turns, stop).await
 }
 
 /// [`run_with`] over values that come from `values` (the producer's end of the channel):
 /// the engine takes every value sent before the channel closes, even after a stop.
 pub(crate) async fn run_values<C: Connector>(
     config: &ClientConfig,
-    connector: C,
+    connectors: Vec<C>,
     printer: Printer,
     values: mpsc::Receiver<(FieldValue, i64)>,
     turns: Option<turns::Turns>,
@@ -179,7 +199,7 @@ pub(crate) async fn run_values<C: Connector>(
     if config.legacy {
         engine::Engine::new(config, LegacySession, printer, values, stop)
             .with_turns(turns)
-            .run(connector)
+            .run(connectors)
             .await
     } else {
         let session = LineSession {
@@ -189,7 +209,7 @@ pub(crate) async fn run_values<C: Connector>(
         };
         engine::Engine::new(config, session, printer, values, stop)
             .with_turns(turns)
-            .run(connector)
+            .run(connectors)
             .await
     }
 }

@@ -20,8 +20,31 @@ use crate::protocol::control::AuthSecret;
 #[derive(Debug, Default, Clone, PartialEq, clap::Args, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RawClient {
-    /// Server address [default: 127.0.0.1:8889].
-    #[arg(env = "SENSORLINK_ADDR")]
+    /// Collector addresses (HOST:PORT), one or more; with several the client fails over
+    /// between them: it connects to the first, moves on to the next at once when a
+    /// connection cannot be made or drops, backs off (--max-backoff) only after a whole
+    /// round failed, and stays on one that works. Unacknowledged readings are resent on the
+    /// next server, in order. Adds up with --server [default: 127.0.0.1:8889].
+    #[arg(
+        value_name = "SERVER",
+        env = "SENSORLINK_SERVERS",
+        value_delimiter = ','
+    )]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub servers: Option<Vec<String>>,
+    /// Another collector address (repeatable), after the SERVER arguments.
+    #[arg(long = "server", value_name = "ADDR")]
+    #[serde(skip)]
+    pub server: Vec<String>,
+    /// One collector address: the file's `addr = "…"` (and `SENSORLINK_ADDR`), the same as
+    /// `servers = ["…"]`. A list (SERVER…, --server, `servers`) wins over it; the file may
+    /// not give both.
+    #[arg(
+        long = "addr",
+        value_name = "ADDR",
+        env = "SENSORLINK_ADDR",
+        hide = true
+    )]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub addr: Option<String>,
     /// Sensor name sent as the `sensor` tag [default: this host's name] (with --token: none,
@@ -201,8 +224,18 @@ fn secret_from_text<'de, D: serde::Deserializer<'de>>(
 impl RawClient {
     /// Each field from `self`, or from `lower` where `self` says nothing.
     pub fn or(self, lower: RawClient) -> RawClient {
+        // The addresses come as a group: a layer that names any replaces the lower's.
+        let says_addresses =
+            |raw: &RawClient| raw.addr.is_some() || raw.servers.is_some() || !raw.server.is_empty();
+        let (addr, servers, server) = if says_addresses(&self) {
+            (self.addr, self.servers, self.server)
+        } else {
+            (lower.addr, lower.servers, lower.server)
+        };
         RawClient {
-            addr: self.addr.or(lower.addr),
+            addr,
+            servers,
+            server,
             sensor: self.sensor.or(lower.sensor),
             measurement: self.measurement.or(lower.measurement),
             interval: self.interval.or(lower.interval),
@@ -269,10 +302,7 @@ impl RawClient {
             limits::TIMEOUT,
         )?;
         Ok(ClientConfig {
-            addr: match self.addr {
-                Some(addr) => socket_address("addr", addr)?,
-                None => format!("127.0.0.1:{}", crate::DEFAULT_PORT),
-            },
+            servers: server_list(self.addr, self.servers, self.server)?,
             sensor: match self.sensor {
                 Some(name) => Some(non_empty("sensor", name)?),
                 // A token names its sensor: the server files untagged readings under it, so
@@ -344,7 +374,9 @@ impl RawClient {
     /// The raw layer that says exactly `config`: what `--print-config` prints.
     pub fn from_config(config: &ClientConfig) -> RawClient {
         RawClient {
-            addr: Some(config.addr.clone()),
+            addr: None,
+            servers: Some(config.servers.clone()),
+            server: Vec::new(),
             sensor: config.sensor.clone(),
             measurement: Some(config.measurement.clone()),
             interval: Some(config.interval),
@@ -378,6 +410,39 @@ impl RawClient {
             token: None,
         }
     }
+}
+
+/// The collector addresses: the list (SERVER… then --server, or `servers`) or else `addr`,
+/// each a valid address and none twice; the default one when none is given.
+fn server_list(
+    addr: Option<String>,
+    servers: Option<Vec<String>>,
+    server: Vec<String>,
+) -> Result<Vec<String>, ConfigError> {
+    let list: Vec<String> = servers
+        .unwrap_or_default()
+        .into_iter()
+        .chain(server)
+        .collect();
+    if list.is_empty() {
+        return Ok(vec![match addr {
+            Some(addr) => socket_address("addr", addr)?,
+            None => format!("127.0.0.1:{}", crate::DEFAULT_PORT),
+        }]);
+    }
+    let mut valid: Vec<String> = Vec::with_capacity(list.len());
+    for address in list {
+        let address = socket_address("server", address)?;
+        if valid.contains(&address) {
+            return Err(ConfigError::Invalid {
+                setting: "server",
+                value: format!("{address:?}"),
+                accepted: "each address once".into(),
+            });
+        }
+        valid.push(address);
+    }
+    Ok(valid)
 }
 
 /// The client's TLS settings: the others only with `tls`, a certificate only with its key.
@@ -428,7 +493,20 @@ fn client_tls(
 /// The file cannot be used, or a setting is out of range.
 pub fn client_config(flags: RawClient, file: Option<&Path>) -> Result<ClientConfig, ConfigError> {
     let from_file = match file {
-        Some(path) => ConfigFile::load(path)?.client.unwrap_or_default(),
+        Some(path) => {
+            let raw = ConfigFile::load(path)?.client.unwrap_or_default();
+            if let (Some(addr), Some(_)) = (&raw.addr, &raw.servers) {
+                return Err(ConfigError::Invalid {
+                    setting: "addr",
+                    value: format!("{addr:?}"),
+                    accepted: format!(
+                        "either addr or servers in [client] of {}, not both",
+                        path.display()
+                    ),
+                });
+            }
+            raw
+        }
         None => RawClient::default(),
     };
     flags.or(from_file).validate()
