@@ -373,9 +373,14 @@ impl RawClient {
 
     /// The raw layer that says exactly `config`: what `--print-config` prints.
     pub fn from_config(config: &ClientConfig) -> RawClient {
+        // One server prints as it always did (`addr`), several as the list.
+        let (addr, servers) = match config.servers.as_slice() {
+            [one] => (Some(one.clone()), None),
+            several => (None, Some(several.to_vec())),
+        };
         RawClient {
-            addr: None,
-            servers: Some(config.servers.clone()),
+            addr,
+            servers,
             server: Vec::new(),
             sensor: config.sensor.clone(),
             measurement: Some(config.measurement.clone()),
@@ -621,5 +626,101 @@ mod tests {
             );
         }
         assert!(interval(Duration::from_secs(2 * 24 * 3600)).is_err());
+    }
+
+    fn servers(raw: RawClient) -> Result<Vec<String>, ConfigError> {
+        raw.validate().map(|config| config.servers)
+    }
+
+    #[test]
+    fn servers_come_from_arguments_then_server_flags_or_from_addr() {
+        let list = |v: &[&str]| Some(v.iter().map(|s| s.to_string()).collect());
+        let raw = RawClient {
+            servers: list(&["a:1", "b:2"]),
+            server: vec!["c:3".into()],
+            ..RawClient::default()
+        };
+        assert_eq!(servers(raw).expect("valid"), ["a:1", "b:2", "c:3"]);
+        let raw = RawClient {
+            addr: Some("a:1".into()),
+            ..RawClient::default()
+        };
+        assert_eq!(servers(raw).expect("valid"), ["a:1"]);
+        // SENSORLINK_ADDR beside a list on the command line: the list wins.
+        let raw = RawClient {
+            addr: Some("a:1".into()),
+            server: vec!["b:2".into()],
+            ..RawClient::default()
+        };
+        assert_eq!(servers(raw).expect("valid"), ["b:2"]);
+        assert_eq!(
+            servers(RawClient::default()).expect("valid"),
+            [format!("127.0.0.1:{}", crate::DEFAULT_PORT)]
+        );
+    }
+
+    #[test]
+    fn a_layer_that_names_servers_replaces_the_lower_ones_addresses() {
+        let file = RawClient {
+            servers: Some(vec!["a:1".into(), "b:2".into()]),
+            ..RawClient::default()
+        };
+        let flags = RawClient {
+            server: vec!["c:3".into()],
+            ..RawClient::default()
+        };
+        assert_eq!(servers(flags.or(file.clone())).expect("valid"), ["c:3"]);
+        let flags = RawClient {
+            addr: Some("d:4".into()),
+            ..RawClient::default()
+        };
+        assert_eq!(servers(flags.or(file.clone())).expect("valid"), ["d:4"]);
+        assert_eq!(
+            servers(RawClient::default().or(file)).expect("valid"),
+            ["a:1", "b:2"]
+        );
+    }
+
+    #[test]
+    fn an_invalid_or_repeated_server_is_named() {
+        let raw = RawClient {
+            servers: Some(vec!["a:1".into(), "nope".into()]),
+            ..RawClient::default()
+        };
+        let err = servers(raw).expect_err("invalid");
+        assert!(
+            err.to_string().starts_with("invalid server \"nope\": "),
+            "{err}"
+        );
+        let raw = RawClient {
+            servers: Some(vec!["a:1".into()]),
+            server: vec!["a:1".into()],
+            ..RawClient::default()
+        };
+        let err = servers(raw).expect_err("twice");
+        assert_eq!(
+            err.to_string(),
+            "invalid server \"a:1\": accepted each address once"
+        );
+    }
+
+    #[test]
+    fn the_file_gives_servers_or_addr_not_both_and_prints_back_the_list() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("client.toml");
+        std::fs::write(&path, "[client]\naddr = \"a:1\"\nservers = [\"b:2\"]\n").expect("write");
+        let err = client_config(RawClient::default(), Some(&path)).expect_err("both");
+        assert!(err.to_string().contains("either addr or servers"), "{err}");
+        std::fs::write(&path, "[client]\nservers = [\"b:2\", \"c:3\"]\n").expect("write");
+        let config = client_config(RawClient::default(), Some(&path)).expect("valid");
+        assert_eq!(config.servers, ["b:2", "c:3"]);
+        let printed = print_client(&config).expect("printable");
+        assert!(
+            printed.contains("servers = [\"b:2\", \"c:3\"]"),
+            "{printed}"
+        );
+        std::fs::write(&path, &printed).expect("write");
+        let again = client_config(RawClient::default(), Some(&path)).expect("reads back");
+        assert_eq!(again.servers, config.servers);
     }
 }
