@@ -9,6 +9,7 @@ mod config;
 mod conflicts;
 mod dashboard;
 mod durability;
+mod failover;
 mod harness;
 mod http;
 mod http_auth;
