@@ -82,7 +82,8 @@ pub struct RawClient {
     )]
     pub timeout: Option<Duration>,
     /// Bounds opening a connection (TCP connect and the first pong), and how long the first
-    /// connection may take before the server counts as unreachable [default: --timeout].
+    /// connection may take before the server counts as unreachable (with several: judged
+    /// after a whole round of addresses) [default: --timeout].
     #[arg(long, env = "SENSORLINK_CONNECT_TIMEOUT", value_parser = humantime::parse_duration)]
     #[serde(
         default,
@@ -147,7 +148,8 @@ pub struct RawClient {
         skip_serializing_if = "Option::is_none"
     )]
     pub spool_max_age: Option<Duration>,
-    /// Longest wait between reconnect attempts [default: 30s].
+    /// Longest wait between reconnect attempts (with several servers: between rounds; the
+    /// next address is tried at once) [default: 30s].
     #[arg(long, env = "SENSORLINK_MAX_BACKOFF", value_parser = humantime::parse_duration)]
     #[serde(
         default,
