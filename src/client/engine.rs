@@ -1949,4 +1949,22 @@ mod tests {
         // Every round tried both, the last one included.
         assert_eq!(run.seen[0].attempts.len(), run.seen[1].attempts.len());
     }
+
+    /// With several servers a link report names the one the link was to; with one it is
+    /// unchanged (no `server` field).
+    #[tokio::test(start_paused = true)]
+    async fn with_several_servers_link_reports_name_the_server() {
+        let mut config = config(Some(15), Duration::from_millis(100));
+        config.link_report = Duration::from_secs(1);
+        let run = run_each(config.clone(), vec![vec![Behaviour::Refuse; 100], vec![]]).await;
+        assert!(run.report.is_ok(), "{:?}", run.events);
+        let links = &run.seen[1].links;
+        assert!(!links.is_empty(), "{:?}", run.events);
+        for link in links {
+            assert!(link.contains(",server=\"s1:1\" "), "{link}");
+        }
+        let one = run_each(config, vec![vec![]]).await;
+        assert!(!one.seen[0].links.is_empty());
+        assert!(one.seen[0].links.iter().all(|l| !l.contains("server=")));
+    }
 }

@@ -307,3 +307,34 @@ pub(crate) async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each address's certificate is checked against its own host, unless one name is given.
+    #[test]
+    fn each_address_gets_its_own_tls_server_name() {
+        let tls = ClientTls {
+            ca: None,
+            server_name: None,
+            identity: None,
+        };
+        let name = |addr: &str, tls: &ClientTls| {
+            tls_connector(addr, tls)
+                .expect("a valid connector")
+                .server_name
+        };
+        let expect = |name: &str| {
+            rustls_pki_types::ServerName::try_from(name.to_string()).expect("a valid name")
+        };
+        assert_eq!(name("c1.example:8889", &tls), expect("c1.example"));
+        assert_eq!(name("c2.example:8889", &tls), expect("c2.example"));
+        assert_eq!(name("127.0.0.1:8889", &tls), expect("127.0.0.1"));
+        let given = ClientTls {
+            server_name: Some("collector.example".into()),
+            ..tls
+        };
+        assert_eq!(name("c2.example:8889", &given), expect("collector.example"));
+    }
+}
