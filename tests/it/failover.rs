@@ -432,3 +432,27 @@ fn an_invalid_server_address_is_named() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("invalid server \"nohost\""), "{stderr}");
 }
+
+/// `--legacy` fails over the same way (one engine for both modes).
+#[test]
+fn legacy_mode_fails_over_the_same_way() {
+    let b = Server::start(&["-q"]);
+    let out = run(bin()
+        .args(["client", "--legacy", UNREACHABLE_ADDR, &b.addr.to_string()])
+        .args([
+            "--count",
+            "3",
+            "--interval",
+            "10ms",
+            "--sensor",
+            "fo6",
+            "--json",
+        ]));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let events = crate::harness::json_lines(&out.stdout);
+    assert_eq!(connected_to(&events), [b.addr.to_string()]);
+    let summary = summary(&out.stdout);
+    assert_eq!(summary["acked"], 3, "{summary}");
+    assert_eq!(summary["failovers"], 1, "{summary}");
+}
