@@ -1,8 +1,8 @@
 //! The client's one event loop, shared by line mode and legacy mode: connect (through a
 //! [`Connector`]) and handshake, send what the [`ClientState`] says is due, match replies,
 //! report readings not acknowledged within the reply timeout (a timeout: the reading is
-//! resent), reconnect with backoff and jitter, resend what was not acknowledged, and drain at
-//! the end (a stop stops the producer; every value it already sent is still taken).
+//! resent), reconnect (to the next server address, or after a backoff with jitter), resend
+//! what was not acknowledged, and drain at the end (a stop stops the producer; every value it already sent is still taken).
 //!
 //! What differs between the modes (bytes, the reply decoder, how a reply is matched to a
 //! reading, how many readings may be in flight) is a [`Session`]. The loop never blocks:
@@ -10,7 +10,8 @@
 //! timer, so whole runs are tested under paused time over in-memory streams.
 //!
 //! [`intake`] turns values into kept (and spooled) readings; [`link_reports`] decides when
-//! a link report is made and tells a refused report from a refused reading.
+//! a link report is made and tells a refused report from a refused reading; [`reconnect`]
+//! is the loop over connections and server addresses.
 
 use std::time::Duration;
 

@@ -3,8 +3,9 @@
 //! [`source`] makes values, [`state`] keeps each reading until it is acknowledged (no I/O),
 //! [`stats`] accumulates RTTs, [`output`] prints, [`transport`] connects and decodes replies.
 //! [`engine`] is the one event loop over all of them: connect, send, match acks, report
-//! reply timeouts, reconnect after a [`backoff`] with jitter, resend what was not
-//! acknowledged, drain at the end. [`line`] and [`legacy`] are its two [`session`]s (line
+//! reply timeouts, reconnect (to the next server address at once, or after a [`backoff`]
+//! with jitter once every address failed: [`failover`]), resend what was not acknowledged,
+//! drain at the end. [`line`] and [`legacy`] are its two [`session`]s (line
 //! protocol with `sync`/`ack`, and the seed's bytes). [`spool`] keeps readings on disk
 //! ([`spool_io`] runs its work on a blocking thread). A run returns a [`RunReport`] or a
 //! [`ClientError`]; each reading ends acked or lost (rejected, dropped, unacked at exit).
