@@ -8,6 +8,9 @@
 //! when that one fails. A connection that carried an ack starts a fresh round (and a fresh
 //! backoff), as a reconnect to one server always has. With one address this is exactly the
 //! single-server reconnect loop: every failure ends a round.
+//!
+//! [`Servers`] keeps what the run reports of each address: connections, failures, acked
+//! readings, failovers, and why the client left the ones it left.
 
 use std::time::Duration;
 
@@ -60,7 +63,8 @@ impl Rotation {
         self.failed_with(carried_ack, |backoff| backoff.next_delay())
     }
 
-    /// [`Rotation::failed`] with the delay taken by `next_delay` (tests use a fixed one).
+    /// [`Rotation::failed`] with the delay taken by `next_delay` (tests take the ceiling,
+    /// without jitter).
     fn failed_with(
         &mut self,
         carried_ack: bool,
