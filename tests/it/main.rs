@@ -9,6 +9,7 @@ mod config;
 mod conflicts;
 mod dashboard;
 mod durability;
+mod failover;
 #[path = "../support/haproxy.rs"]
 mod haproxy;
 mod harness;
