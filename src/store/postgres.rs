@@ -30,6 +30,8 @@
 mod committer;
 mod reader;
 pub(crate) mod schema;
+#[cfg(test)]
+mod tests;
 mod write;
 
 use std::fmt;
@@ -371,7 +373,7 @@ pub(crate) fn pool_failure(
 }
 
 #[cfg(test)]
-mod tests {
+mod url_tests {
     use super::*;
 
     #[test]
