@@ -212,6 +212,10 @@ pub struct PgOptions {
     pub queue_batches: usize,
     /// Series ids each collector keeps in memory.
     pub series_cache_entries: usize,
+    /// The server's shutdown: once it begins, batches held by an outage wait at most
+    /// [`committer::CLOSE_OUTAGE_WAIT`] more, then are answered with the error, so the
+    /// connections waiting for them can close (without it, the wait begins at `close`).
+    pub shutdown: Option<tokio_util::sync::CancellationToken>,
 }
 
 impl Default for PgOptions {
@@ -224,6 +228,7 @@ impl Default for PgOptions {
             max_batch_rows: writer.max_batch_rows,
             queue_batches: writer.queue_batches,
             series_cache_entries: super::DEFAULT_SERIES_CACHE_ENTRIES,
+            shutdown: None,
         }
     }
 }

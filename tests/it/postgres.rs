@@ -184,3 +184,39 @@ fn postgres_stopped_mid_run_loses_and_doubles_nothing() {
         vec![("pg-a".to_string(), count), ("pg-b".to_string(), count)]
     );
 }
+
+/// SIGTERM while PostgreSQL is away: the server does not wait for the database forever.
+/// The held reading is answered with an error (never acked) after a bounded wait, and the
+/// server exits.
+#[test]
+fn shutdown_while_postgres_is_away_answers_with_an_error() {
+    let Some(cluster) = pg_cluster::own() else {
+        return;
+    };
+    let url = cluster.fresh_database("it_shutdown");
+    let mut server = Server::start_on("127.0.0.1:0", &url, &[]);
+    let mut peer = LinePeer::new(server.addr);
+    peer.send(b"m,sensor=x v=1i 1\nsync a\n");
+    assert!(peer.line().starts_with("ack a readings=1"), "stored");
+
+    cluster.stop().expect("stop PostgreSQL");
+    peer.send(b"m,sensor=x v=2i 2\nsync b\n");
+    wait_for(
+        || server.get("/readyz").status == 503,
+        PATIENCE,
+        "/readyz to say not ready",
+    );
+    let status = server.terminate();
+    assert!(
+        server.stderr().contains("not acknowledged"),
+        "{}",
+        server.stderr()
+    );
+    let reply = peer.line();
+    assert!(
+        reply.starts_with("error") && reply.contains("unavailable"),
+        "the held reading is not acked: {reply}"
+    );
+    // The server says it could not flush: a non-zero exit is fine, a hang is not.
+    let _ = status;
+}

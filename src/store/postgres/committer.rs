@@ -156,6 +156,16 @@ impl PgStore {
             .map(|_| tokio::spawn(committer(Arc::clone(&shared))))
             .collect();
         let upkeep = tokio::spawn(upkeep(Arc::clone(&shared), stop_upkeep.clone()));
+        if let Some(shutdown) = shared.options.shutdown.clone() {
+            let shared = Arc::clone(&shared);
+            let stopped = stop_upkeep.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = shutdown.cancelled() => shared.closing(),
+                    _ = stopped.cancelled() => {}
+                }
+            });
+        }
         tracing::info!(store = %shared.location, committers, retention = ?shared.options.retention.map(humantime::format_duration), "postgresql store open");
         Ok(Arc::new(PgStore {
             shared,
@@ -217,6 +227,13 @@ impl Shared {
         }
     }
 
+    /// Shutdown began: batches held by an outage wait at most [`CLOSE_OUTAGE_WAIT`] more
+    /// (from the first call).
+    fn closing(&self) {
+        lock(&self.close_deadline)
+            .get_or_insert_with(|| tokio::time::Instant::now() + CLOSE_OUTAGE_WAIT);
+    }
+
     /// A commit or probe succeeded: end the outage, if any.
     fn available(&self) {
         *lock(&self.last_ok) = Instant::now();
@@ -256,8 +273,7 @@ impl ConcurrentStore for PgStore {
         Box::pin(async move {
             // No new batch; the committers drain what is queued, then stop.
             lock(&self.sender).take();
-            *lock(&self.shared.close_deadline) =
-                Some(tokio::time::Instant::now() + CLOSE_OUTAGE_WAIT);
+            self.shared.closing();
             let committers = std::mem::take(&mut *lock(&self.committers));
             for committer in committers {
                 if let Err(err) = committer.await {
