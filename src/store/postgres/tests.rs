@@ -375,6 +375,39 @@ async fn an_outage_is_waited_out() {
     );
 }
 
+/// With no traffic at all, the store's probe makes readiness follow the database: not
+/// ready within about a second of it stopping, ready again once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_the_database_without_traffic() {
+    let Some(cluster) = pg_cluster::own() else {
+        return;
+    };
+    let url = cluster.fresh_database("idle");
+    let recorder = crate::events::prometheus_builder().build_recorder();
+    let telemetry: &'static Telemetry = Box::leak(Box::new(metrics::with_local_recorder(
+        &recorder,
+        Telemetry::register,
+    )));
+    let store = PgStore::open_counted(&pg_url(&url), PgOptions::default(), Some(telemetry))
+        .await
+        .expect("open");
+    cluster.stop().expect("stop the database");
+    let waited = std::time::Instant::now();
+    while telemetry.recent.store_failure().is_none() {
+        assert!(waited.elapsed() < HANG, "the probe never noticed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!store.is_available());
+    cluster.start_again().expect("start the database again");
+    let waited = std::time::Instant::now();
+    while telemetry.recent.store_failure().is_some() {
+        assert!(waited.elapsed() < HANG, "never ready again");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(store.is_available());
+    store.close().await.expect("close");
+}
+
 /// Shutdown while the database is away does not hang: the held batches are answered with
 /// the error (not acked) after a bounded wait.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
