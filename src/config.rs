@@ -136,8 +136,9 @@ pub struct RawServer {
     #[arg(long, env = "SENSORLINK_HTTP")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<String>,
-    /// Where readings go: `sqlite:PATH` (durable) or `memory` (tests, benchmarks)
-    /// [default: sqlite:sensorlink.db].
+    /// Where readings go: `sqlite:PATH` (durable), `postgres://USER@HOST:PORT/DB` (one
+    /// database for several collectors; the password from the URL or `PGPASSWORD`) or
+    /// `memory` (tests, benchmarks) [default: sqlite:sensorlink.db].
     #[arg(long, env = "SENSORLINK_STORE")]
     #[serde(
         default,
@@ -845,6 +846,49 @@ mod tests {
         Ok(ConfigFile::load(&path)?.server.unwrap_or_default())
     }
 
+    /// `--retention` and `--pg-pool-size` belong to the PostgreSQL store: validated,
+    /// printed, and retention refused with any other store.
+    #[test]
+    fn postgres_settings_are_validated() {
+        let file = parse_file(
+            "[server]\nstore = \"postgres://u:secret@db:5432/x\"\nretention = \"30days\"\n\
+             pg-pool-size = 8\n",
+        )
+        .expect("valid file");
+        let config = file.validate().expect("valid settings");
+        assert_eq!(config.retention, Some(Duration::from_secs(30 * 86_400)));
+        assert_eq!(config.pg_pool_size, 8);
+        let printed = print_server(&config).expect("printable");
+        assert!(printed.contains("pg-pool-size = 8\n"), "{printed}");
+        assert!(printed.contains("retention = \"30days\"\n"), "{printed}");
+        assert!(!printed.contains("secret"), "{printed}");
+        let defaults = RawServer::default().validate().expect("defaults");
+        assert_eq!(
+            (defaults.retention, defaults.pg_pool_size),
+            (None, crate::store::postgres::DEFAULT_POOL_SIZE)
+        );
+        for (text, error) in [
+            (
+                "[server]\nstore = \"sqlite:x.db\"\nretention = \"30days\"\n",
+                "invalid retention 30days: accepted only with a PostgreSQL store",
+            ),
+            (
+                "[server]\nstore = \"postgres://db/x\"\nretention = \"1h\"\n",
+                "invalid retention 1h",
+            ),
+            (
+                "[server]\nstore = \"postgres://db/x\"\npg-pool-size = 0\n",
+                "invalid pg-pool-size 0",
+            ),
+        ] {
+            let err = parse_file(text)
+                .expect("parses")
+                .validate()
+                .expect_err(error);
+            assert!(err.to_string().starts_with(error), "{err}");
+        }
+    }
+
     #[test]
     fn flags_win_over_the_file_and_the_file_over_defaults() {
         let file = parse_file(
@@ -1127,7 +1171,7 @@ mod tests {
                 addr: Some(good.into()),
                 ..RawClient::default()
             };
-            assert_eq!(raw.validate().expect(good).addr, good);
+            assert_eq!(raw.validate().expect(good).servers, [good]);
         }
         for bad in [
             "",

@@ -212,7 +212,7 @@ impl Limits {
 /// Prints `http on http://<addr>/` (`https://` with TLS; nothing with `--http off`),
 /// then `listening on <addr>` on stdout once bound (port 0 gets its real port).
 pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let store = open_store(&config).await?;
+    let store = open_store_until(&config, Some(shutdown.clone())).await?;
     run_with_store(config, store, shutdown).await
 }
 
@@ -220,12 +220,22 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
 /// side (e.g. an HTTP API) serves; clone it before handing the store to
 /// [`run_with_store`].
 pub async fn open_store(config: &ServerConfig) -> anyhow::Result<store::OpenStore> {
+    open_store_until(config, None).await
+}
+
+/// [`open_store`], told when the server's shutdown begins (a PostgreSQL store then stops
+/// waiting for a database that is away after a bounded time, so connections can close).
+async fn open_store_until(
+    config: &ServerConfig,
+    shutdown: Option<CancellationToken>,
+) -> anyhow::Result<store::OpenStore> {
     let options = store::StoreOptions {
         fsync: config.fsync,
         series_cache_entries: config.series_cache_entries,
         pg_pool_size: config.pg_pool_size,
         retention: config.retention,
         writer: config.writer.clone(),
+        shutdown,
     };
     store::open_async(&config.store, &options)
         .await

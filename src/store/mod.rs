@@ -524,6 +524,9 @@ pub struct StoreOptions {
     pub retention: Option<std::time::Duration>,
     /// Most readings in one transaction, and batches queued (the writer's settings).
     pub writer: writer::WriterConfig,
+    /// The server's shutdown (PostgreSQL: from then on, batches held by an outage wait a
+    /// bounded time, then are answered with the error).
+    pub shutdown: Option<tokio_util::sync::CancellationToken>,
 }
 
 impl Default for StoreOptions {
@@ -534,6 +537,7 @@ impl Default for StoreOptions {
             pg_pool_size: postgres::DEFAULT_POOL_SIZE,
             retention: None,
             writer: writer::WriterConfig::default(),
+            shutdown: None,
         }
     }
 }
@@ -554,6 +558,7 @@ pub async fn open_async(url: &StoreUrl, options: &StoreOptions) -> Result<OpenSt
                 max_batch_rows: options.writer.max_batch_rows,
                 queue_batches: options.writer.queue_batches,
                 series_cache_entries: options.series_cache_entries,
+                shutdown: options.shutdown.clone(),
             };
             postgres::open(pg, pg_options).await
         }

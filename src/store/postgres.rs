@@ -30,6 +30,8 @@
 mod committer;
 mod reader;
 pub(crate) mod schema;
+#[cfg(test)]
+mod tests;
 mod write;
 
 use std::fmt;
@@ -210,6 +212,10 @@ pub struct PgOptions {
     pub queue_batches: usize,
     /// Series ids each collector keeps in memory.
     pub series_cache_entries: usize,
+    /// The server's shutdown: once it begins, batches held by an outage wait at most
+    /// [`committer::CLOSE_OUTAGE_WAIT`] more, then are answered with the error, so the
+    /// connections waiting for them can close (without it, the wait begins at `close`).
+    pub shutdown: Option<tokio_util::sync::CancellationToken>,
 }
 
 impl Default for PgOptions {
@@ -222,6 +228,7 @@ impl Default for PgOptions {
             max_batch_rows: writer.max_batch_rows,
             queue_batches: writer.queue_batches,
             series_cache_entries: super::DEFAULT_SERIES_CACHE_ENTRIES,
+            shutdown: None,
         }
     }
 }
@@ -371,7 +378,7 @@ pub(crate) fn pool_failure(
 }
 
 #[cfg(test)]
-mod tests {
+mod url_tests {
     use super::*;
 
     #[test]

@@ -9,6 +9,7 @@ mod config;
 mod conflicts;
 mod dashboard;
 mod durability;
+mod failover;
 #[path = "../support/haproxy.rs"]
 mod haproxy;
 mod harness;
@@ -22,6 +23,7 @@ mod live;
 #[path = "../support/pg_cluster.rs"]
 mod pg_cluster;
 mod pg_harness;
+mod postgres;
 mod probe;
 mod query;
 mod report;

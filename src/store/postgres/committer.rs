@@ -73,8 +73,11 @@ struct Shared {
     outage: Mutex<Option<Instant>>,
     /// When a commit or probe last succeeded.
     last_ok: Mutex<Instant>,
-    /// Set when shutdown begins (held batches then wait at most [`CLOSE_OUTAGE_WAIT`]).
-    closing: CancellationToken,
+    /// A commit inserted rows since the last fold (an idle collector does not fold).
+    unfolded: std::sync::atomic::AtomicBool,
+    /// Set when shutdown begins: held batches then wait until this at most
+    /// ([`CLOSE_OUTAGE_WAIT`] after it began), however many there are.
+    close_deadline: Mutex<Option<tokio::time::Instant>>,
     /// Where outages are counted; None = the process's handles.
     telemetry: Option<&'static Telemetry>,
 }
@@ -143,7 +146,8 @@ impl PgStore {
             days: Mutex::new(days),
             outage: Mutex::new(None),
             last_ok: Mutex::new(Instant::now()),
-            closing: CancellationToken::new(),
+            unfolded: std::sync::atomic::AtomicBool::new(true),
+            close_deadline: Mutex::new(None),
             telemetry,
         });
         ensure_ahead(&shared).await.map_err(Failure::into_error)?;
@@ -152,6 +156,16 @@ impl PgStore {
             .map(|_| tokio::spawn(committer(Arc::clone(&shared))))
             .collect();
         let upkeep = tokio::spawn(upkeep(Arc::clone(&shared), stop_upkeep.clone()));
+        if let Some(shutdown) = shared.options.shutdown.clone() {
+            let shared = Arc::clone(&shared);
+            let stopped = stop_upkeep.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = shutdown.cancelled() => shared.closing(),
+                    _ = stopped.cancelled() => {}
+                }
+            });
+        }
         tracing::info!(store = %shared.location, committers, retention = ?shared.options.retention.map(humantime::format_duration), "postgresql store open");
         Ok(Arc::new(PgStore {
             shared,
@@ -180,10 +194,14 @@ impl PgStore {
             .map_err(Failure::into_error)
     }
 
-    /// Apply retention with the cutoff `now_ns - retention` now (the upkeep task does it
-    /// at open and hourly).
-    pub async fn apply_retention(&self, now_ns: i64) -> Result<schema::Retained, StoreError> {
-        retention(&self.shared, now_ns)
+    /// Apply retention with the cutoff `now_ns - keep` now (the upkeep task does it with
+    /// `--retention` at open and hourly).
+    pub async fn apply_retention(
+        &self,
+        now_ns: i64,
+        keep: Duration,
+    ) -> Result<schema::Retained, StoreError> {
+        retention(&self.shared, now_ns, keep)
             .await
             .map_err(Failure::into_error)
     }
@@ -207,6 +225,13 @@ impl Shared {
             drop(outage);
             StoreWaitStarted { error, readings }.emit_to(self.telemetry());
         }
+    }
+
+    /// Shutdown began: batches held by an outage wait at most [`CLOSE_OUTAGE_WAIT`] more
+    /// (from the first call).
+    fn closing(&self) {
+        lock(&self.close_deadline)
+            .get_or_insert_with(|| tokio::time::Instant::now() + CLOSE_OUTAGE_WAIT);
     }
 
     /// A commit or probe succeeded: end the outage, if any.
@@ -248,7 +273,7 @@ impl ConcurrentStore for PgStore {
         Box::pin(async move {
             // No new batch; the committers drain what is queued, then stop.
             lock(&self.sender).take();
-            self.shared.closing.cancel();
+            self.shared.closing();
             let committers = std::mem::take(&mut *lock(&self.committers));
             for committer in committers {
                 if let Err(err) = committer.await {
@@ -322,8 +347,6 @@ async fn commit_jobs(shared: &Shared, jobs: Vec<Job>) {
     }
     let mut backoff = MIN_BACKOFF;
     let mut retries = 0;
-    // When shutdown found these batches held by an outage.
-    let mut close_deadline: Option<tokio::time::Instant> = None;
     let result = loop {
         let started = Instant::now();
         let attempt = tokio::time::timeout(COMMIT_TIMEOUT, commit_once(shared, &batch)).await;
@@ -347,13 +370,10 @@ async fn commit_jobs(shared: &Shared, jobs: Vec<Job>) {
             Failure::Retry(err) | Failure::Fatal(err) => break Err(err),
             Failure::Unavailable(err) => {
                 shared.unavailable(&err, batch.len());
-                if shared.closing.is_cancelled() {
-                    let deadline = *close_deadline
-                        .get_or_insert_with(|| tokio::time::Instant::now() + CLOSE_OUTAGE_WAIT);
-                    if tokio::time::Instant::now() >= deadline {
-                        tracing::error!(cause = %err, readings = batch.len(), "shutting down while the store is unavailable; the held readings are not acknowledged");
-                        break Err(err);
-                    }
+                let deadline = *lock(&shared.close_deadline);
+                if deadline.is_some_and(|deadline| tokio::time::Instant::now() >= deadline) {
+                    tracing::error!(cause = %err, readings = batch.len(), "shutting down while the store is unavailable; the held readings are not acknowledged");
+                    break Err(err);
                 }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -398,6 +418,11 @@ async fn commit_once(
         write::write_batch(&mut client, &shared.location, &shared.cache, batch).await?;
     if !created.is_empty() {
         lock(&shared.cache).extend(created);
+    }
+    if written.outcome.inserted > 0 {
+        shared
+            .unfolded
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
     Ok(written)
 }
@@ -444,12 +469,13 @@ async fn ensure_ahead(shared: &Shared) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Retention with the cutoff `now_ns - retention`, if retention is on.
-async fn retention(shared: &Shared, now_ns: i64) -> Result<schema::Retained, Failure> {
-    let Some(retention) = shared.options.retention else {
-        return Ok(schema::Retained::default());
-    };
-    let keep_ns = i64::try_from(retention.as_nanos()).unwrap_or(i64::MAX);
+/// Retention with the cutoff `now_ns - keep`.
+async fn retention(
+    shared: &Shared,
+    now_ns: i64,
+    keep: Duration,
+) -> Result<schema::Retained, Failure> {
+    let keep_ns = i64::try_from(keep.as_nanos()).unwrap_or(i64::MAX);
     let cutoff_ns = now_ns.saturating_sub(keep_ns);
     let mut client = shared
         .pool
@@ -500,8 +526,10 @@ async fn upkeep(shared: Arc<Shared>, stop: CancellationToken) {
         if ahead_due || hourly_at <= Instant::now() {
             hourly_at = Instant::now() + HOURLY;
             ahead_due = ensure_ahead(&shared).await.is_err();
-            if let Err(failure) = retention(&shared, crate::timefmt::now_ns()).await {
-                tracing::warn!(cause = %failure.into_error(), "retention failed; trying again in an hour");
+            if let Some(keep) = shared.options.retention {
+                if let Err(failure) = retention(&shared, crate::timefmt::now_ns(), keep).await {
+                    tracing::warn!(cause = %failure.into_error(), "retention failed; trying again in an hour");
+                }
             }
         }
     }

@@ -254,8 +254,9 @@ impl ReadStore for PgReader {
 
     fn sensor_stats(&self) -> BoxFuture<'_, Result<Vec<SensorStats>, StoreError>> {
         Box::pin(async move {
-            // Two statements, two snapshots: a commit between them may make the last
-            // fields newer than the totals by a batch (never older).
+            // Two statements: a commit between them may make the last fields newer than
+            // the totals by a batch (never older). A repeatable-read transaction would
+            // cost two more round trips on every dashboard refresh for that.
             let totals = self.sensor_totals("sensor stats").await?;
             let mut latest = self.latest_rows().await?.into_iter().peekable();
             let mut stats = Vec::with_capacity(totals.len());
