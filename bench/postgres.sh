@@ -59,6 +59,9 @@ cpu_json() {
     printf "{\"wall\": %.3f, \"collector\": %.3f, \"postgres\": %.3f, \"machine\": %.3f}\n", $6 - $1, ($9 - $4) / hz, ($10 - $5) / hz, ($7 - $2) / hz }'
 }
 
+# us X: X µs with 1 decimal below 100, whole above.
+us() { awk -v x="$1" 'BEGIN { printf(x < 100 ? "%.1f" : "%.0f", x) }'; }
+
 # run SIDE SHAPE REP: one run; appends one JSON line to $tmp/runs.json.
 run() {
   local side=$1 shname=$2 rep=$3 a=$tmp/a.json b=$tmp/b.json url stored=null sa sb pa pb s0 s1
@@ -179,8 +182,8 @@ for shname in $SHAPES; do
       p50=$(int "$(jmed "$f" .p50)")
       p99=$(int "$(jmed "$f" .p99)")
     fi
-    coll_us=$(int "$(jmed "$f" '.cpu.collector / .acked * 1e6')")
-    pg_us=$(int "$(jmed "$f" '.cpu.postgres / .acked * 1e6')")
+    coll_us=$(us "$(jmed "$f" '.cpu.collector / .acked * 1e6')")
+    pg_us=$(us "$(jmed "$f" '.cpu.postgres / .acked * 1e6')")
     rest=$(jmed "$f" '(.cpu.machine - .cpu.collector - .cpu.postgres) / .cpu.wall' | xargs printf '%.2f')
     if [ "$side" = sqlite ]; then
       pg_us="– ($pg_us idle)"
