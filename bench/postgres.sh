@@ -26,9 +26,11 @@ REPS=${REPS:-3}
 SHAPES=${SHAPES:-"pipelined rtt big"}
 ALTERNATED=1
 NOISY_PCT=15
-bash scripts/install-test-deps.sh postgresql
-bash scripts/install-bench-deps.sh jq
-build
+if [ -z "${RUNS:-}" ]; then
+  bash scripts/install-test-deps.sh postgresql
+  bash scripts/install-bench-deps.sh jq
+  build
+fi
 limit=$(($(awk -v d="${DURATION%s}" 'BEGIN { printf "%d", d + 0.999 }') + 60))
 export CMDLOG=$tmp/commands.txt
 : > "$CMDLOG"
@@ -131,30 +133,36 @@ run() {
   esac
 }
 
-pg_start
-settings=$(pg_settings)
-echo "## PostgreSQL store: 1 and 2 collectors beside SQLite, one sitting (bench/postgres.sh)"
-echo
-header
-echo "PostgreSQL: $settings"
-echo "collectors: --fsync always, --pg-pool-size default ($(grep -o 'DEFAULT_POOL_SIZE: usize = [0-9]*' src/store/postgres.rs | grep -o '[0-9]*$') transactions in flight each); database, WAL and SQLite file on $(df -T "$tmp" | awk 'NR == 2 { print $2 " (" $1 ")" }')"
-echo "each cell: median of $REPS runs of $DURATION, a fresh server (servers) and database per run; latency: sync write -> ack, µs"
-echo
+if [ -n "${RUNS:-}" ]; then
+  # Only the table again, from a previous run's $OUT/runs.json.
+  cp "$RUNS" "$tmp/runs.json"
+  echo "(table printed again from $RUNS)"
+else
+  pg_start
+  settings=$(pg_settings)
+  echo "## PostgreSQL store: 1 and 2 collectors beside SQLite, one sitting (bench/postgres.sh)"
+  echo
+  header
+  echo "PostgreSQL: $settings"
+  echo "collectors: --fsync always, --pg-pool-size default ($(grep -o 'DEFAULT_POOL_SIZE: usize = [0-9]*' src/store/postgres.rs | grep -o '[0-9]*$') transactions in flight each); database, WAL and SQLite file on $(df -T "$tmp" | awk 'NR == 2 { print $2 " (" $1 ")" }')"
+  echo "each cell: median of $REPS runs of $DURATION, a fresh server (servers) and database per run; latency: sync write -> ack, µs"
+  echo
 
-: > "$tmp/runs.json"
-for shname in $SHAPES; do
-  shape "$shname"
-  for rep in $(seq "$REPS"); do
-    if [ $((rep % 2)) -eq 1 ]; then order="sqlite pg1 pg2"; else order="pg2 pg1 sqlite"; fi
-    for side in $order; do
-      run "$side" "$shname" "$rep"
+  : > "$tmp/runs.json"
+  for shname in $SHAPES; do
+    shape "$shname"
+    for rep in $(seq "$REPS"); do
+      if [ $((rep % 2)) -eq 1 ]; then order="sqlite pg1 pg2"; else order="pg2 pg1 sqlite"; fi
+      for side in $order; do
+        run "$side" "$shname" "$rep"
+      done
     done
   done
-done
+fi
 
 # The table: one row per shape × side.
-echo "| shape | side | connections | readings/s | spread (min–max) | | ÷ SQLite | per collector readings/s | p50 ack µs | p99 ack µs | collector CPU µs/reading | postgres CPU µs/reading | rest of the machine, cores | errors | stored − acked |"
-echo "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+echo "| shape | side | connections | readings/s | spread (min–max) | | ÷ SQLite | ÷ SQLite, same rep (min–max) | per collector readings/s | p50 ack µs | p99 ack µs | collector CPU µs/reading | postgres CPU µs/reading | rest of the machine, cores | errors | stored − acked |"
+echo "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
 for shname in $SHAPES; do
   shape "$shname"
   ref=$(jq -r "select(.shape == \"$shname\" and .side == \"sqlite\") | .rate" "$tmp/runs.json" | median)
@@ -168,6 +176,12 @@ for shname in $SHAPES; do
     pct=$(awk -v lo="$lo" -v hi="$hi" -v m="$rate" 'BEGIN { printf "%.0f", (m > 0 ? 100 * (hi - lo) / m : 0) }')
     noisy=$(awk -v p="$pct" -v n="$NOISY_PCT" 'BEGIN { if (p > n) print "**noisy** (" p " %)"; else print p " %" }')
     errors=$(jq -s 'map(.errors) | add' "$f")
+    # Paired: each rep's rate over the SQLite rate of the same rep (run next to it), so that
+    # a slower or faster stretch of the shared machine cancels out of the ratio.
+    paired=$(jq -rs --arg shape "$shname" --arg side "$side" '
+      (map(select(.shape == $shape and .side == "sqlite")) | map({key: (.rep | tostring), value: .rate}) | from_entries) as $ref
+      | map(select(.shape == $shape and .side == $side) | .rate / $ref[.rep | tostring]) | .[]' "$tmp/runs.json")
+    paired="$(echo "$paired" | median | xargs printf '%.2f') ($(echo "$paired" | sort -g | head -1 | xargs printf '%.2f')–$(echo "$paired" | sort -g | tail -1 | xargs printf '%.2f'))"
     case $side in
       sqlite) name="SQLite fsync=always, 1 collector" conns=$(echo "$flags1" | awk '{ print $2 }') ;;
       pg1) name="PostgreSQL, 1 collector" conns=$(echo "$flags1" | awk '{ print $2 }') ;;
@@ -186,25 +200,27 @@ for shname in $SHAPES; do
     pg_us=$(us "$(jmed "$f" '.cpu.postgres / .acked * 1e6')")
     rest=$(jmed "$f" '(.cpu.machine - .cpu.collector - .cpu.postgres) / .cpu.wall' | xargs printf '%.2f')
     if [ "$side" = sqlite ]; then
-      pg_us="– ($pg_us idle)"
+      pg_us="–"
+      paired="–"
       stored="(not counted)"
     else
       # Each run: stored − acked, which must lie in [0, unacked]: nothing acked is missing,
       # nothing stored twice or out of nowhere.
       stored=$(jq -r '"+\(.stored - .acked)\(if .stored >= .acked and .stored <= .acked + .unacked then "" else " **!**" end)"' "$f" | paste -sd' ' -)
     fi
-    echo "| $shname \`$flags1\` | $name | $conns | $(int "$rate") | $(int "$lo")–$(int "$hi") | $noisy | $(ratio "$rate" "$ref") | $each | $p50 | $p99 | $coll_us | $pg_us | $rest | $errors | $stored |"
+    echo "| $shname \`$flags1\` | $name | $conns | $(int "$rate") | $(int "$lo")–$(int "$hi") | $noisy | $(ratio "$rate" "$ref") | $paired | $each | $p50 | $p99 | $coll_us | $pg_us | $rest | $errors | $stored |"
   done
 done
 echo
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "CPU: utime + stime from /proc over the bench run (collector: its process, both for x2; postgres: the postmaster, its children and the children it reaped), per reading acked; rest of the machine: /proc/stat busy time minus those two, in cores: the bench(es) and any other work on this shared machine."
+echo "÷ SQLite: ratio of the medians; same rep: the median (and range) of each rep's ratio to the SQLite run of that rep, which ran beside it."
 echo "x2 rows: readings/s is the sum of the two benches' (run at once); p50/p99 are each bench's median."
 echo "stored − acked: rows in the database after the run minus readings acked, per run; the rest were written but their ack not read before the bench stopped (its \"unacked\"); **!** marks a run where stored < acked (a loss) or stored > acked + unacked (more rows than readings sent)."
 echo
 echo "commands (TMP = this run's temp dir, PORT = a free loopback port):"
 echo '```'
-sed -e "s|$tmp|TMP|g" -e 's|127\.0\.0\.1:[0-9][0-9]*|127.0.0.1:PORT|g' -e "s|-p $pg_port|-p PORT|" "$CMDLOG" | awk '!seen[$0]++'
+[ -n "${RUNS:-}" ] || sed -e "s|$tmp|TMP|g" -e 's|127\.0\.0\.1:[0-9][0-9]*|127.0.0.1:PORT|g' -e "s|-p $pg_port|-p PORT|" "$CMDLOG" | awk '!seen[$0]++'
 echo "then per PG run: psql -c 'DROP DATABASE IF EXISTS bench' -c 'CREATE DATABASE bench' -c CHECKPOINT; after it: SELECT count(*) FROM sensorlink_readings"
 echo '```'
 if [ -n "${OUT:-}" ]; then
