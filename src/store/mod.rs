@@ -6,20 +6,22 @@
 //!   sent only once the receipt says the batch is committed. How a store is driven behind
 //!   that handle is chosen by its opener ([`Drive`]): SQLite is a blocking [`Store`] behind
 //!   one group-commit writer thread; the memory store is written by the submitting task.
-//!   A store with its own concurrency (the PostgreSQL store to come, several commits in
-//!   flight over a pool) implements the handle's seam itself ([`writer::ConcurrentStore`]).
+//!   A store with its own concurrency ([`postgres`]: several commits in flight over a
+//!   pool) implements the handle's seam itself ([`writer::ConcurrentStore`]).
 //! - **Reading**: a [`StoreReader`] (cloneable, `Send + Sync`, async) answers queries,
 //!   latest reading per sensor and counts from committed data, never through the writer:
-//!   SQLite reads over its own read-only connections, memory reads its shared state. The
+//!   SQLite reads over its own read-only connections, PostgreSQL over a small pool of its
+//!   own, memory reads its shared state. The
 //!   running server hands one out, and `sensorlink query`/`stats` use the same functions.
 //!
 //! [`encoding`] holds the series identity and the stored field format; every store
 //! implementation passes the same conformance suite (`conformance.rs`).
 //!
-//! Adding a store (e.g. PostgreSQL) is one new module: a [`writer::ConcurrentStore`] (or a
-//! blocking [`Store`]) for writing, a [`ReadStore`] for reading, errors mapped to
-//! [`StoreError`] (`Unavailable` when the database is out of reach), then a [`StoreUrl`]
-//! variant, an arm in [`open`] and [`open_reader`], and one `conformance!` line.
+//! Adding a store is one new module: a [`writer::ConcurrentStore`] (or a blocking
+//! [`Store`]) for writing, a [`ReadStore`] for reading, errors mapped to [`StoreError`]
+//! (`Unavailable` when the database is out of reach), then a [`StoreUrl`] variant, an arm
+//! in [`open_async`] (and [`open`] if it opens without a runtime) and [`open_reader`], and
+//! one `conformance!` line.
 
 pub mod encoding;
 pub mod memory;

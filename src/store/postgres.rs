@@ -10,8 +10,8 @@
 //!   day, `PRIMARY KEY (series_id, ts)`: the exactly-once identity, enforced by the
 //!   database, so two collectors (or two commits in flight) storing the same reading store
 //!   it once. Partitions are created ahead (today + 2 days, at open and hourly) and on
-//!   demand for days within [`schema::ON_DEMAND_PAST_DAYS`] before and
-//!   [`schema::ON_DEMAND_FUTURE_DAYS`] after today; readings further out (a sensor with a
+//!   demand for days within [`ON_DEMAND_PAST_DAYS`] before and
+//!   [`ON_DEMAND_FUTURE_DAYS`] after today; readings further out (a sensor with a
 //!   wrong clock) go to one catch-all `DEFAULT` partition, so no sensor can make the
 //!   store create thousands of tables. `--retention` drops whole day partitions.
 //! - `sensorlink_totals_delta`: each commit appends its inserted rows per series (no row
@@ -43,8 +43,9 @@ use tokio_postgres::NoTls;
 
 use super::{FsyncPolicy, OpenStore, StoreError, StoreReader};
 
-pub use committer::PgStore;
+pub use committer::{PgStore, CLOSE_OUTAGE_WAIT, MAX_BACKOFF};
 pub use reader::PgReader;
+pub use schema::{ON_DEMAND_FUTURE_DAYS, ON_DEMAND_PAST_DAYS};
 
 /// Default `--pg-pool-size`: committers (transactions in flight) per collector. Commits
 /// wait on the server's WAL flush, which PostgreSQL already shares between concurrent
@@ -213,7 +214,7 @@ pub struct PgOptions {
     /// Series ids each collector keeps in memory.
     pub series_cache_entries: usize,
     /// The server's shutdown: once it begins, batches held by an outage wait at most
-    /// [`committer::CLOSE_OUTAGE_WAIT`] more, then are answered with the error, so the
+    /// [`CLOSE_OUTAGE_WAIT`] more, then are answered with the error, so the
     /// connections waiting for them can close (without it, the wait begins at `close`).
     pub shutdown: Option<tokio_util::sync::CancellationToken>,
 }

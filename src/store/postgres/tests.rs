@@ -168,6 +168,15 @@ async fn partitions_on_demand_and_retention_keep_totals_right() {
     );
     let counts = reader.counts().await.expect("counts");
     assert_eq!(counts.total, 10);
+    // Folding the per-commit deltas into the series rows changes no figure.
+    let stats = reader.sensor_stats().await.expect("stats");
+    store.fold_totals().await.expect("fold");
+    assert_eq!(
+        count(cluster, db, "SELECT count(*) FROM sensorlink_totals_delta"),
+        0
+    );
+    assert_eq!(reader.counts().await.expect("counts"), counts);
+    assert_eq!(reader.sensor_stats().await.expect("stats"), stats);
 
     let retained = store.apply_retention(now, keep).await.expect("retention");
     assert_eq!(

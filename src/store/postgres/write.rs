@@ -16,6 +16,7 @@
 use std::collections::HashMap;
 use std::pin::pin;
 
+use deadpool_postgres::Transaction;
 use sha2::{Digest, Sha256};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
@@ -86,6 +87,17 @@ const INSERT_SERIES: &str =
     ON CONFLICT (key_hash) DO NOTHING
     RETURNING key_hash";
 
+/// `sql` prepared once per connection (each statement is then one round trip, not two).
+async fn prepared(
+    tx: &Transaction<'_>,
+    location: &str,
+    sql: &str,
+) -> Result<tokio_postgres::Statement, Failure> {
+    tx.prepare_cached(sql)
+        .await
+        .map_err(|err| pg_failure(location, "prepare", &err))
+}
+
 /// A series of the batch that is not in the cache.
 struct NewSeries {
     key: String,
@@ -97,7 +109,7 @@ struct NewSeries {
 /// Write `batch` in one transaction on `client` (see the module doc). Returns what it did
 /// and the series it created or looked up, to cache once the commit is known to hold.
 pub async fn write_batch(
-    client: &mut tokio_postgres::Client,
+    client: &mut deadpool_postgres::Object,
     location: &str,
     cache: &std::sync::Mutex<SeriesCache>,
     batch: &[StoredReading],
@@ -144,7 +156,10 @@ pub async fn write_batch(
     // Stage every reading (binary COPY: no per-row statement, no text parsing).
     let mut encoded: Vec<String> = Vec::with_capacity(batch.len());
     {
-        let sink = tx.copy_in(COPY_STAGING).await.map_err(fail("copy"))?;
+        let sink = tx
+            .copy_in(&prepared(&tx, location, COPY_STAGING).await?)
+            .await
+            .map_err(fail("copy"))?;
         let types = [Type::INT4, Type::INT8, Type::INT8, Type::INT8, Type::TEXT];
         let mut writer = pin!(BinaryCopyInWriter::new(sink, &types));
         let mut fields = String::new();
@@ -173,7 +188,7 @@ pub async fn write_batch(
         writer.as_mut().finish().await.map_err(fail("copy"))?;
     }
     let repeats: Vec<usize> = tx
-        .query(INSERT_STAGED, &[])
+        .query(&prepared(&tx, location, INSERT_STAGED).await?, &[])
         .await
         .map_err(fail("insert readings"))?
         .iter()
@@ -207,7 +222,7 @@ pub async fn write_batch(
 /// so series created together keep their order of first appearance; rows inserted in
 /// key-hash order, so two commits creating the same series never deadlock).
 async fn resolve_series(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &Transaction<'_>,
     location: &str,
     batch: &[StoredReading],
     new: &[NewSeries],
@@ -230,7 +245,10 @@ async fn resolve_series(
         return Ok(ids.into_iter().flatten().collect());
     }
     let mut drawn: Vec<i64> = tx
-        .query(NEXT_SERIES_IDS, &[&(missing.len() as i64)])
+        .query(
+            &prepared(tx, location, NEXT_SERIES_IDS).await?,
+            &[&(missing.len() as i64)],
+        )
         .await
         .map_err(fail("draw series ids"))?
         .iter()
@@ -255,7 +273,7 @@ async fn resolve_series(
     }
     let inserted: std::collections::HashSet<Vec<u8>> = tx
         .query(
-            INSERT_SERIES,
+            &prepared(tx, location, INSERT_SERIES).await?,
             &[&fresh_ids, &hashes, &keys, &measurements, &sensors, &tags],
         )
         .await
@@ -289,11 +307,11 @@ async fn resolve_series(
 }
 
 async fn find_series(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &Transaction<'_>,
     location: &str,
     hashes: &[&[u8]],
 ) -> Result<Vec<tokio_postgres::Row>, Failure> {
-    tx.query(FIND_SERIES, &[&hashes])
+    tx.query(&prepared(tx, location, FIND_SERIES).await?, &[&hashes])
         .await
         .map_err(|err| pg_failure(location, "find series", &err))
 }
@@ -302,7 +320,7 @@ async fn find_series(
 /// with the batch's own first reading of its (series, ts) if that one was inserted, else
 /// with the row stored before.
 async fn classify_repeats(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &Transaction<'_>,
     location: &str,
     batch: &[StoredReading],
     encoded: &[String],
@@ -330,7 +348,10 @@ async fn classify_repeats(
     if !earlier.is_empty() {
         let (ids, stamps): (Vec<i64>, Vec<i64>) = earlier.into_iter().unzip();
         let rows = tx
-            .query(STORED_FIELDS, &[&ids, &stamps])
+            .query(
+                &prepared(tx, location, STORED_FIELDS).await?,
+                &[&ids, &stamps],
+            )
             .await
             .map_err(|err| pg_failure(location, "read stored fields", &err))?;
         for row in rows {
