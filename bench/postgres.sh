@@ -15,10 +15,12 @@
 #   big:       --connections 4 --pipeline 5000 --batch 5000
 # REPS (default 3) runs of DURATION (default 5s) per cell; prints a Markdown table of medians,
 # the spread (min–max; a cell whose spread exceeds 15 % of its median is flagged noisy), the
-# machine, the PostgreSQL settings and the exact commands. After each PG run the rows stored
-# are counted: acked ≤ stored ≤ acked + unacked (nothing acknowledged is lost, nothing stored
-# twice). Raw JSON reports go to $OUT if set. Loopback only; every run bounded by `timeout`;
-# about 4 min with the defaults.
+# ratio to SQLite (of the medians, and paired with the SQLite run of the same rep), the CPU per
+# reading of the collector(s) and of PostgreSQL and what the rest of the machine used (/proc),
+# the machine, the PostgreSQL settings and the exact commands. After each PG run the rows
+# stored are counted: acked ≤ stored ≤ acked + unacked (nothing acknowledged is lost, nothing
+# stored twice). Raw JSON reports go to $OUT if set (RUNS=$OUT/runs.json prints the table again
+# without measuring). Loopback only; every run bounded by `timeout`; about 3.5 min.
 source "$(dirname "$0")/lib.sh"
 
 DURATION=${DURATION:-5s}
