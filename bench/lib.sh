@@ -259,7 +259,8 @@ pg_ticks() {
   echo "$sum"
 }
 
-# pg_stop: a fast shutdown of the cluster (TERM: smart; nobody is connected by then).
+# pg_stop: stops the cluster: TERM, a smart shutdown, which does not wait here (no client is
+# connected by then) and ends with its shutdown checkpoint.
 pg_stop() {
   [ -n "$pg_pid" ] || return 0
   stop_pid "$pg_pid" 30
