@@ -1929,6 +1929,37 @@ mod tests {
         assert_backoff_grows(&rounds, 2);
     }
 
+    /// Two servers that each ack one reading and close: a connection that acked but did
+    /// not stay up is a failure, so each round (A, B) is followed by a growing backoff,
+    /// never a tight A→B→A… loop. See: review12-failover-findings B1.
+    #[tokio::test(start_paused = true)]
+    async fn servers_that_ack_and_close_at_once_are_not_hammered() {
+        let interval = Duration::from_millis(10);
+        let close = vec![Behaviour::CloseAfterAck; 50];
+        let run = run_each(config(Some(8), interval), vec![close.clone(), close]).await;
+        assert!(run.report.is_ok(), "{:?}", run.events);
+        let mut attempts: Vec<Instant> = run.seen.iter().flat_map(|s| s.attempts.clone()).collect();
+        attempts.sort();
+        assert!(attempts.len() >= 6, "{attempts:?}");
+        // Attempts go in pairs (a round over both); between rounds, a backoff in [d/2, d]
+        // (plus the wait for a reading to ack), d doubling: nothing resets it.
+        let mut ceiling = INITIAL_BACKOFF;
+        for round in attempts.chunks(2).collect::<Vec<_>>().windows(2) {
+            let gap = round[1][0] - round[0][round[0].len() - 1];
+            assert!(
+                gap >= ceiling / 2 && gap <= ceiling + 2 * interval,
+                "wait {gap:?} outside [{:?}, {ceiling:?}] in {attempts:?}",
+                ceiling / 2
+            );
+            ceiling *= 2;
+        }
+        let waits: Vec<_> = events_of(&run, "disconnected")
+            .iter()
+            .map(|e| e["retry_in_ms"].as_f64().unwrap_or(-1.0))
+            .collect();
+        assert!(waits.iter().any(|ms| *ms > 0.0), "{waits:?}");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn no_address_reachable_is_unreachable_naming_each() {
         let refuse = vec![Behaviour::Refuse; 1000];

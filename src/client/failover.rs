@@ -5,8 +5,10 @@
 //! cannot be made, or drops, move on to the next address at once; only once a whole round
 //! of addresses has failed, wait a [`Backoff`] delay (jittered, doubling up to the maximum)
 //! before the next round. The client stays on an address that works: it leaves one only
-//! when that one fails. A connection that carried an ack starts a fresh round (and a fresh
-//! backoff), as a reconnect to one server always has. With one address this is exactly the
+//! when that one fails. A connection that *worked* (carried an ack and stayed up at least
+//! [`MIN_WORKING_CONNECTION`]) starts a fresh round and a fresh backoff; one that acked and
+//! then dropped sooner is a failure of its server like any other, so servers that accept,
+//! ack and close are never reconnected to in a tight loop. With one address this is the
 //! single-server reconnect loop: every failure ends a round.
 //!
 //! [`Servers`] keeps what the run reports of each address: connections, failures, acked
@@ -16,8 +18,13 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::backoff::Backoff;
+use super::backoff::{Backoff, INITIAL_BACKOFF};
 use super::disconnect::DisconnectKind;
+
+/// How long a connection that carried an ack must have stayed up to count as having worked
+/// (a fresh round, the backoff reset). Ten first backoffs: long beside any reconnect storm,
+/// short beside a healthy connection's life.
+pub const MIN_WORKING_CONNECTION: Duration = INITIAL_BACKOFF.saturating_mul(10);
 
 /// Where the next connection attempt goes, and after how long.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,20 +64,21 @@ impl Rotation {
     }
 
     /// The current address failed: it could not be connected to, or its connection ended.
-    /// `carried_ack`: that connection got an ack, so the server worked; the round starts
-    /// afresh from it. `delay` is drawn from `backoff` only when a round is over.
-    pub fn failed(&mut self, carried_ack: bool) -> Step {
-        self.failed_with(carried_ack, |backoff| backoff.next_delay())
+    /// `worked`: that connection carried an ack and stayed up at least
+    /// [`MIN_WORKING_CONNECTION`] (see [`worked`]); the round starts afresh from it.
+    /// `delay` is drawn from `backoff` only when a round is over.
+    pub fn failed(&mut self, worked: bool) -> Step {
+        self.failed_with(worked, |backoff| backoff.next_delay())
     }
 
     /// [`Rotation::failed`] with the delay taken by `next_delay` (tests take the ceiling,
     /// without jitter).
     fn failed_with(
         &mut self,
-        carried_ack: bool,
+        worked: bool,
         next_delay: impl FnOnce(&mut Backoff) -> Duration,
     ) -> Step {
-        if carried_ack {
+        if worked {
             self.failed_in_round = 0;
             self.backoff.reset();
         }
@@ -89,6 +97,12 @@ impl Rotation {
             round_over,
         }
     }
+}
+
+/// Whether a connection worked: it carried an ack and lived `up_for`, at least
+/// [`MIN_WORKING_CONNECTION`]. A server that acks and then drops at once has not.
+pub fn worked(carried_ack: bool, up_for: Duration) -> bool {
+    carried_ack && up_for >= MIN_WORKING_CONNECTION
 }
 
 /// One server's share of a run (the `--json` summary's `servers`).
@@ -240,8 +254,18 @@ mod tests {
 
     const MAX: Duration = Duration::from_secs(30);
 
-    fn fail(rotation: &mut Rotation, carried_ack: bool) -> Step {
-        rotation.failed_with(carried_ack, Backoff::next_ceiling)
+    fn fail(rotation: &mut Rotation, worked: bool) -> Step {
+        rotation.failed_with(worked, Backoff::next_ceiling)
+    }
+
+    #[test]
+    fn a_connection_works_only_with_an_ack_and_a_life_of_the_minimum() {
+        assert!(worked(true, MIN_WORKING_CONNECTION));
+        assert!(!worked(
+            true,
+            MIN_WORKING_CONNECTION - Duration::from_millis(1)
+        ));
+        assert!(!worked(false, Duration::from_secs(3600)));
     }
 
     #[test]

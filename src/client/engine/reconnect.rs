@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::super::disconnect::DisconnectKind;
-use super::super::failover::Rotation;
+use super::super::failover::{self, Rotation};
 use super::super::session::{open, Opened, Session};
 use super::super::sleep_until_opt;
 use super::super::transport::{Connector, TransportError};
@@ -58,6 +58,7 @@ impl<S: Session> Engine<'_, S> {
                     );
                     self.socket = socket;
                     self.sample_kernel();
+                    let up_since = Instant::now();
                     let end = self.session_loop(conn).await;
                     self.close_kernel();
                     let Disconnect::Retry(reason, kind) = end? else {
@@ -66,9 +67,11 @@ impl<S: Session> Engine<'_, S> {
                     self.disconnects.count(kind);
                     self.disconnected();
                     self.servers.failed(index, kind, reason.clone());
-                    // A server that accepts and then fails must not be hammered: only an
-                    // ack starts a new round (and a fresh backoff).
-                    let step = rotation.failed(self.acked_on_connection);
+                    // A server that accepts (or even acks) and then fails must not be
+                    // hammered: only a connection that carried an ack and stayed up a
+                    // while starts a new round (and a fresh backoff).
+                    let worked = failover::worked(self.acked_on_connection, up_since.elapsed());
+                    let step = rotation.failed(worked);
                     self.printer.disconnected(
                         self.servers.addr(index),
                         self.servers.next(step.index),
