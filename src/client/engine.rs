@@ -1910,6 +1910,50 @@ mod tests {
         assert!(report.all_acked(), "{:?}", report.summary);
     }
 
+    /// Each sensor starts on the address its name hashes to, so a fleet spreads over the
+    /// list (the other tests run as "s", which starts on the first of two).
+    #[tokio::test(start_paused = true)]
+    async fn a_sensor_starts_on_the_address_its_name_picks() {
+        let sensor = (0..)
+            .map(|n| format!("spread-{n}"))
+            .find(|name| crate::client::failover::first_address(Some(name), 2) == 1)
+            .expect("some name hashes to the second of two");
+        let mut config = config(Some(3), Duration::from_millis(100));
+        config.sensor = Some(sensor);
+        let run = run_each(config, vec![vec![], vec![]]).await;
+        assert!(run.report.is_ok(), "{:?}", run.events);
+        assert_eq!(run.seen[0].attempts.len(), 0, "never needed the first");
+        assert_eq!(run.seen[1].attempts.len(), 1);
+        let connected = events_of(&run, "connected");
+        assert_eq!(connected[0]["server"], "s1:1");
+    }
+
+    /// A live connection that drops moves on after a jitter in [0, INITIAL_BACKOFF], so a
+    /// fleet leaving a dead collector does not reach the next in one instant.
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_connection_moves_on_after_a_short_jitter() {
+        let interval = Duration::from_millis(100);
+        let run = run_each(
+            config(Some(10), interval),
+            vec![
+                vec![Behaviour::ResetMidBatch { ack: 3, drop_at: 6 }],
+                vec![],
+            ],
+        )
+        .await;
+        assert!(run.report.is_ok(), "{:?}", run.events);
+        // Reading 6 (made at 500 ms) is the one A drops the connection on.
+        let gap = run.seen[1].attempts[0] - run.seen[0].attempts[0];
+        let dropped_at = interval * 5;
+        assert!(
+            gap > dropped_at && gap <= dropped_at + INITIAL_BACKOFF,
+            "{gap:?}"
+        );
+        let left = events_of(&run, "disconnected");
+        let waited = left[0]["retry_in_ms"].as_f64().expect("a wait");
+        assert!(waited > 0.0 && waited <= 100.0, "{left:?}");
+    }
+
     /// Only a whole round of failed addresses waits, and the waits grow round by round.
     #[tokio::test(start_paused = true)]
     async fn the_backoff_waits_only_between_rounds() {

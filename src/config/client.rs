@@ -21,10 +21,12 @@ use crate::protocol::control::AuthSecret;
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RawClient {
     /// Collector addresses (HOST:PORT), one or more; with several the client fails over
-    /// between them: it connects to the first, moves on to the next at once when a
-    /// connection cannot be made or drops, backs off (--max-backoff) only after a whole
-    /// round failed, and stays on one that works. Unacknowledged readings are resent on the
-    /// next server, in order. Adds up with --server [default: 127.0.0.1:8889].
+    /// between them: it starts on the one its --sensor name hashes to (so a fleet spreads
+    /// over the list; random with no name), moves on to the next at once when a connection
+    /// cannot be made (after a jitter of up to 100 ms when a live one drops), backs off
+    /// (--max-backoff) only after a whole round failed, and stays on one that works (an
+    /// ack and 1 s up). Unacknowledged readings are resent on the next server, in order.
+    /// Adds up with --server [default: 127.0.0.1:8889].
     #[arg(
         value_name = "SERVER",
         env = "SENSORLINK_SERVERS",

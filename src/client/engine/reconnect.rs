@@ -1,6 +1,7 @@
 //! The engine's reconnect loop over the server addresses: connect to the address the
-//! [`Rotation`] names, run the connection, and on a failure move to the next address at once
-//! or, after a whole round failed, back off (see [`crate::client::failover`]). Readings in
+//! [`Rotation`] names, run the connection, and on a failure move to the next address (at
+//! once after a failed connect, after a short jitter when a live connection dropped) or,
+//! after a whole round failed, back off (see [`crate::client::failover`]). Readings in
 //! flight go back to the queue and are resent on whichever server comes next. While offline
 //! the engine keeps taking values (and link reports), so nothing waits on the network.
 
@@ -9,7 +10,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::super::disconnect::DisconnectKind;
-use super::super::failover::{self, Rotation};
+use super::super::failover::{self, Failure, Rotation};
 use super::super::session::{open, Opened, Session};
 use super::super::sleep_until_opt;
 use super::super::transport::{Connector, TransportError};
@@ -22,7 +23,9 @@ impl<S: Session> Engine<'_, S> {
         &mut self,
         connectors: &mut [C],
     ) -> Result<(), ClientError> {
-        let mut rotation = Rotation::new(connectors.len(), self.config.max_backoff);
+        // Spread a fleet over the list: each sensor starts on its own address.
+        let first = failover::first_address(self.config.sensor.as_deref(), connectors.len());
+        let mut rotation = Rotation::new(connectors.len(), first, self.config.max_backoff);
         let mut last_error = None;
         loop {
             self.output_ok()?;
@@ -71,7 +74,7 @@ impl<S: Session> Engine<'_, S> {
                     // hammered: only a connection that carried an ack and stayed up a
                     // while starts a new round (and a fresh backoff).
                     let worked = failover::worked(self.acked_on_connection, up_since.elapsed());
-                    let step = rotation.failed(worked);
+                    let step = rotation.failed(Failure::Dropped { worked });
                     self.printer.disconnected(
                         self.servers.addr(index),
                         self.servers.next(step.index),
@@ -91,7 +94,7 @@ impl<S: Session> Engine<'_, S> {
                     let kind = DisconnectKind::of_transport(&err, true);
                     self.disconnects.count(kind);
                     self.servers.failed(index, kind, err.to_string());
-                    let step = rotation.failed(false);
+                    let step = rotation.failed(Failure::Connect);
                     // Never connected at all: the servers are unreachable once a whole round
                     // failed after the connect timeout (or a stop came).
                     let gave_up = (step.round_over
