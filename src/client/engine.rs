@@ -584,6 +584,9 @@ mod tests {
         RejectLinkReports,
         /// Ack the first reading, then close (nothing of the client's is in the pipe then).
         CloseAfterAck,
+        /// Refuse the `--token` (`error 1 auth failed: unknown token`); with any other
+        /// behaviour a token is accepted.
+        RefuseAuth,
     }
 
     /// The fake server's view: per connection, the values of the readings it received.
@@ -662,7 +665,14 @@ mod tests {
             if let Behaviour::Silent = behaviour {
                 continue;
             }
-            let reply = if let Some(token) = line.strip_prefix("ping ") {
+            let reply = if line.starts_with("auth ") {
+                match behaviour {
+                    Behaviour::RefuseAuth => {
+                        format!("error {line_no} auth failed: unknown token\n")
+                    }
+                    _ => "ok auth abcd1234\n".to_string(),
+                }
+            } else if let Some(token) = line.strip_prefix("ping ") {
                 format!("pong {token}\n")
             } else if let Some(token) = line.strip_prefix("sync ") {
                 if let Behaviour::StoreFails = behaviour {
@@ -2002,6 +2012,61 @@ mod tests {
             .map(|e| e["retry_in_ms"].as_f64().unwrap_or(-1.0))
             .collect();
         assert!(waits.iter().any(|ms| *ms > 0.0), "{waits:?}");
+    }
+
+    fn with_token(mut config: ClientConfig) -> ClientConfig {
+        config.token = Some(crate::protocol::control::AuthSecret::new(
+            "sl_abcd1234_secret",
+        ));
+        config
+    }
+
+    /// One collector refusing the token (a stale token file) is skipped like any failure,
+    /// counted and named; the others still take the readings. See: review12 S2.
+    #[tokio::test(start_paused = true)]
+    async fn a_token_refused_by_one_of_several_servers_moves_on_to_the_next() {
+        let config = with_token(config(Some(3), Duration::from_millis(100)));
+        let run = run_each(config, vec![vec![Behaviour::RefuseAuth; 100], vec![]]).await;
+        let report = match &run.report {
+            Ok(report) => report,
+            Err(err) => panic!("run failed: {err}; {:?}", run.events),
+        };
+        let left = events_of(&run, "disconnected");
+        assert_eq!(left[0]["server"], "s0:1", "{left:?}");
+        assert_eq!(left[0]["kind"], "auth_failed", "{left:?}");
+        assert_eq!(events_of(&run, "connected")[0]["server"], "s1:1");
+        assert_eq!(report.summary.disconnects.other, 1);
+        assert_eq!(report.summary.servers[0].failures, 1);
+        assert_eq!(report.summary.servers[1].acked, 3);
+        assert!(report.all_acked(), "{:?}", report.summary);
+    }
+
+    /// Refused by every server in one round: fatal (exit 3), naming each server.
+    #[tokio::test(start_paused = true)]
+    async fn a_token_refused_by_every_server_is_fatal_and_names_them() {
+        let config = with_token(config(Some(3), Duration::from_millis(100)));
+        let refuse = vec![Behaviour::RefuseAuth; 100];
+        let run = run_each(config.clone(), vec![refuse.clone(), refuse.clone()]).await;
+        match &run.report {
+            Err(ClientError::AuthFailed(why)) => assert_eq!(
+                why,
+                "every server refused the token: s0:1: unknown token; s1:1: unknown token"
+            ),
+            other => panic!("expected an auth failure, got {:?}", other.as_ref().err()),
+        }
+        assert_eq!(
+            (run.seen[0].attempts.len(), run.seen[1].attempts.len()),
+            (1, 1)
+        );
+        // One server: fatal at the first refusal, as always, and named.
+        let one = run_each(config, vec![refuse]).await;
+        match &one.report {
+            Err(err @ ClientError::AuthFailed(_)) => assert_eq!(
+                err.to_string(),
+                "authentication failed: unknown token (by s0:1)"
+            ),
+            other => panic!("expected an auth failure, got {:?}", other.as_ref().err()),
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -27,6 +27,8 @@ impl<S: Session> Engine<'_, S> {
         let first = failover::first_address(self.config.sensor.as_deref(), connectors.len());
         let mut rotation = Rotation::new(connectors.len(), first, self.config.max_backoff);
         let mut last_error = None;
+        // Token refusals in a row (`addr: why`): fatal once every address refused (a round).
+        let mut auth_refusals: Vec<String> = Vec::new();
         loop {
             self.output_ok()?;
             if self.finished_offline() {
@@ -44,6 +46,7 @@ impl<S: Session> Engine<'_, S> {
             };
             match connected {
                 Ok((conn, connect_time, ping, socket)) => {
+                    auth_refusals.clear();
                     if self.first_connect.is_none() {
                         self.first_connect = Some(connect_time);
                     } else {
@@ -86,14 +89,20 @@ impl<S: Session> Engine<'_, S> {
                         break;
                     }
                 }
-                Err(TransportError::AuthFailed(why)) => {
-                    // Every reconnect would be refused the same way.
-                    return Err(ClientError::AuthFailed(why));
-                }
                 Err(err) => {
                     let kind = DisconnectKind::of_transport(&err, true);
                     self.disconnects.count(kind);
                     self.servers.failed(index, kind, err.to_string());
+                    // One collector with a stale token file must not stop a client that
+                    // others accept; when all refuse, every reconnect would be refused too.
+                    if let TransportError::AuthFailed(why) = &err {
+                        auth_refusals.push(format!("{}: {why}", self.servers.addr(index)));
+                        if auth_refusals.len() >= self.servers.len() {
+                            return Err(self.auth_failed(why, &auth_refusals));
+                        }
+                    } else {
+                        auth_refusals.clear();
+                    }
                     let step = rotation.failed(Failure::Connect);
                     // Never connected at all: the servers are unreachable once a whole round
                     // failed after the connect timeout (or a stop came).
@@ -131,6 +140,15 @@ impl<S: Session> Engine<'_, S> {
             return Err(self.unreachable(cause));
         }
         Ok(())
+    }
+
+    /// Every address refused the token (`each`: `addr: why` per address; one address:
+    /// `why`, by it): the error names them.
+    fn auth_failed(&self, why: &str, each: &[String]) -> ClientError {
+        ClientError::AuthFailed(match self.servers.len() {
+            1 => format!("{why} (by {})", self.servers.names()),
+            _ => format!("every server refused the token: {}", each.join("; ")),
+        })
     }
 
     /// No address could be reached: each one's last error (one address: `cause`).
