@@ -94,7 +94,10 @@ pub struct RawClient {
     )]
     pub connect_timeout: Option<Duration>,
     /// Once the source ends (or on Ctrl-C/SIGTERM): how long to keep delivering pending
-    /// readings before they are reported lost [default: --timeout].
+    /// readings before they are reported lost [default: --timeout]. While offline it gives
+    /// up only once every server address was tried since it began (a backoff is cut short
+    /// for that; each such try gets its --connect-timeout, and a connection it makes gets
+    /// a drain timeout of its own).
     #[arg(long, env = "SENSORLINK_DRAIN_TIMEOUT", value_parser = humantime::parse_duration)]
     #[serde(
         default,

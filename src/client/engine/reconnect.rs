@@ -39,7 +39,7 @@ impl<S: Session> Engine<'_, S> {
             let Some(connector) = connectors.get_mut(index) else {
                 break;
             };
-            let Some(connected) = self.connect_or_stop(connector).await else {
+            let Some(connected) = self.connect_or_stop(index, connector).await else {
                 // The drain ended while connecting: what is pending is reported lost.
                 last_error.get_or_insert_with(|| "stopped while connecting".to_string());
                 break;
@@ -162,35 +162,66 @@ impl<S: Session> Engine<'_, S> {
             cause,
         }
     }
-    /// [`open`] a connection, unless the drain ends first (`None`). A stop while connecting
-    /// starts the drain, so a stop never waits for a whole connect timeout.
+    /// [`open`] a connection to address `index`, unless the drain ends first (`None`). A
+    /// stop while connecting starts the drain, so a stop never waits for a whole connect
+    /// timeout. An attempt begun while draining, to an address not yet tried since the
+    /// drain began, is bounded by the connect timeout only: every address gets one try
+    /// before the drain gives up. One cut by the drain while another address is still
+    /// untried is a connect timeout of this one (the next is tried).
     pub(super) async fn connect_or_stop<C: Connector>(
         &mut self,
+        index: usize,
         connector: &mut C,
     ) -> Option<Result<Opened<C::Stream, S::Decoder>, TransportError>> {
         let stop = self.stop.clone();
-        let drain_timeout = self.config.drain_timeout;
         let mut draining_since = self.draining_since;
+        let now = Instant::now();
+        let owed_a_try = draining_since.is_some_and(|since| !self.tried_since(index, since));
+        if let Some(at) = self.tried_at.get_mut(index) {
+            *at = Some(now);
+        }
         let connecting = open(&self.session, self.config.connect_timeout, connector);
         tokio::pin!(connecting);
         let opened = loop {
-            let drain_deadline = draining_since.map(|since| since + drain_timeout);
+            let drain_deadline = self.drain_deadline().filter(|_| !owed_a_try);
             tokio::select! {
                 opened = &mut connecting => break Some(opened),
                 _ = sleep_until_opt(drain_deadline) => break None,
                 _ = stop.cancelled(), if draining_since.is_none() => {
                     draining_since = Some(Instant::now());
+                    self.draining_since = draining_since;
                 }
             }
         };
-        self.draining_since = draining_since;
-        opened
+        if owed_a_try && matches!(opened, Some(Ok(_))) {
+            self.drain_grace_until = Some(Instant::now() + self.config.drain_timeout);
+        }
+        if let (Some(since), false, Some(at)) =
+            (draining_since, owed_a_try, self.tried_at.get_mut(index))
+        {
+            // Begun before the drain (or again within it): in progress as the drain ran,
+            // that was this address's try.
+            *at = Some(at.map_or(since, |at| at.max(since)));
+        }
+        match opened {
+            None if self.untried_in_drain() => {
+                Some(Err(TransportError::TimedOut { what: "connect" }))
+            }
+            opened => opened,
+        }
     }
 
     /// While offline: keep accepting readings until `delay` passes. `false` = stop now.
+    /// While draining, an address not yet tried since the drain began cuts the wait to
+    /// what is left of the drain (and the drain's end then tries it, not stops).
     pub(super) async fn wait_offline(&mut self, delay: Duration) -> Result<bool, ClientError> {
-        let until = Instant::now() + delay;
+        let delay_until = Instant::now() + delay;
         loop {
+            let owed_a_try = self.untried_in_drain();
+            let until = match self.drain_deadline() {
+                Some(deadline) if owed_a_try => delay_until.min(deadline),
+                _ => delay_until,
+            };
             self.mark_events();
             self.give_turn();
             self.last_link_report(false).await?;
@@ -198,7 +229,7 @@ impl<S: Session> Engine<'_, S> {
             if self.finished_offline() {
                 return Ok(false);
             }
-            let drain_deadline = self.drain_deadline();
+            let drain_deadline = self.drain_deadline().filter(|_| !owed_a_try);
             let link_due = self.link_due();
             tokio::select! {
                 _ = tokio::time::sleep_until(until) => return Ok(true),
