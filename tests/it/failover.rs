@@ -437,6 +437,63 @@ fn servers_come_from_arguments_server_flags_and_the_config_file() {
     );
 }
 
+/// `--print-config` with `envs` set (the other address variables removed).
+fn print_config_env(args: &[&str], envs: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let mut cmd = bin();
+    cmd.args(["client", "--print-config"])
+        .args(args)
+        .env_remove("SENSORLINK_CONFIG")
+        .env_remove("SENSORLINK_SERVERS")
+        .env_remove("SENSORLINK_ADDR");
+    for (key, value) in envs {
+        cmd.env(key, value);
+    }
+    let out = run(&mut cmd);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The precedence of the address settings (review12 S4): flags replace the environment's
+/// list (not add to it); a leftover SENSORLINK_ADDR does not turn a file's list off; an
+/// empty list is an error, not the default address.
+#[test]
+fn address_settings_replace_by_layer_and_a_list_beats_a_lone_addr() {
+    let (code, printed, stderr) =
+        print_config_env(&["--server", "c:3"], &[("SENSORLINK_SERVERS", "a:1,b:2")]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(printed.contains("addr = \"c:3\""), "{printed}");
+    assert!(!printed.contains("a:1"), "{printed}");
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("client.toml");
+    std::fs::write(&file, "[client]\nservers = [\"e:5\", \"f:6\"]\n").expect("write");
+    let file = file.to_str().expect("utf-8 temp path");
+    let (code, printed, stderr) =
+        print_config_env(&["--config", file], &[("SENSORLINK_ADDR", "z:9")]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        printed.contains("servers = [\"e:5\", \"f:6\"]"),
+        "{printed}"
+    );
+    // The environment's list does replace the file's.
+    let (_, printed, _) =
+        print_config_env(&["--config", file], &[("SENSORLINK_SERVERS", "g:7,h:8")]);
+    assert!(
+        printed.contains("servers = [\"g:7\", \"h:8\"]"),
+        "{printed}"
+    );
+
+    let empty = dir.path().join("empty.toml");
+    std::fs::write(&empty, "[client]\nservers = []\n").expect("write");
+    let empty = empty.to_str().expect("utf-8 temp path");
+    let (code, _, stderr) = print_config_env(&["--config", empty], &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("at least one address"), "{stderr}");
+}
+
 #[test]
 fn an_invalid_server_address_is_named() {
     let (code, _, stderr) = print_config(&["a:1", "b:port", "--server", "c:3"]);
