@@ -141,6 +141,21 @@ fn finished(mut child: KillOnDrop, out: &Path) -> serde_json::Value {
     summary
 }
 
+/// Stop the client as Ctrl-C would (SIGTERM, by its PID): it delivers what is pending,
+/// prints its summary and exits. Runs without --count end this way, so no test depends on
+/// the run outlasting the test's own steps.
+fn stop(child: &KillOnDrop) {
+    let pid = i32::try_from(child.0.id()).expect("a PID fits in pid_t");
+    // SAFETY: kill(2) on the PID of a child we started and have not reaped.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+}
+
+/// Wait until the client has `more` acks beyond those it shows now.
+fn wait_more_acks(out: &Path, more: usize) {
+    let acks = of_kind(&events_so_far(out), "ack").len();
+    wait_events(out, "more acks", |e| of_kind(e, "ack").len() >= acks + more);
+}
+
 /// The summary's entry for server `addr`.
 fn server_entry<'a>(summary: &'a serde_json::Value, addr: &str) -> &'a serde_json::Value {
     summary["servers"]
@@ -181,23 +196,21 @@ fn a_collector_killed_mid_run_is_left_for_the_other_and_nothing_is_lost() {
     let servers = [a.addr.to_string(), b.addr.to_string()];
     let dir = tempfile::tempdir().expect("temp dir");
     let out = dir.path().join("client.out");
-    let count = 200;
     let sensor = starts_on_first("fo1");
-    let child = client(
-        &servers,
-        &sensor,
-        &dir.path().join("q"),
-        &out,
-        &["--count", &count.to_string()],
-    );
+    let child = client(&servers, &sensor, &dir.path().join("q"), &out, &[]);
     wait_events(&out, "30 acks from A", |e| of_kind(e, "ack").len() >= 30);
     // Read before the kill: every one of these was acked by A, so A has stored it.
     let acked_by_a = acked(&events_so_far(&out), &sensor);
     a.kill();
+    wait_events(&out, "a connection to B", |e| {
+        connected_to(e).last() == Some(&servers[1])
+    });
+    wait_more_acks(&out, 10);
+    stop(&child);
     let summary = finished(child, &out);
     let events = events_so_far(&out);
 
-    assert_eq!(summary["produced"], count, "{summary}");
+    let count = summary["produced"].as_u64().expect("a count");
     assert_eq!(summary["acked"], count, "{summary}");
     assert_eq!(summary["lost"], 0, "{summary}");
     assert_eq!(connected_to(&events), servers, "A, then B, and B kept");
@@ -208,10 +221,7 @@ fn a_collector_killed_mid_run_is_left_for_the_other_and_nothing_is_lost() {
     );
     let acked_a = entry_a["acked"].as_u64().expect("a count");
     assert!(acked_a >= acked_by_a.len() as u64, "{summary}");
-    assert_eq!(
-        acked_a + entry_b["acked"].as_u64().expect("a count"),
-        count as u64
-    );
+    assert_eq!(acked_a + entry_b["acked"].as_u64().expect("a count"), count);
     let left_a = of_kind(&events, "disconnected");
     assert_eq!(left_a[0]["server"], servers[0].as_str(), "{left_a:?}");
     assert_eq!(left_a[0]["next"], servers[1].as_str(), "{left_a:?}");
@@ -225,7 +235,7 @@ fn a_collector_killed_mid_run_is_left_for_the_other_and_nothing_is_lost() {
         acked_by_a.is_subset(&in_a),
         "acked by A before the kill, so stored by A"
     );
-    assert_union_is_produced(&[&store_a, &store_b], &sensor, &events, count);
+    assert_union_is_produced(&[&store_a, &store_b], &sensor, &events, count as usize);
 }
 
 #[test]
@@ -312,7 +322,16 @@ fn with_every_address_down_the_client_waits_and_connects_when_one_comes_up() {
         "fo4",
         &dir.path().join("q"),
         &out,
-        &["--count", &count.to_string(), "--connect-timeout", "60s"],
+        // The source ends after 200 ms: the drain, not only the connect timeout, must
+        // outlast the wait for the server to come up.
+        &[
+            "--count",
+            &count.to_string(),
+            "--connect-timeout",
+            "60s",
+            "--drain-timeout",
+            "60s",
+        ],
     );
     // Several rounds failed (each address at least twice) before the server comes up.
     wait_events(&out, "two failed rounds", |e| {
@@ -339,27 +358,22 @@ fn after_a_then_b_fail_the_client_goes_back_to_a() {
     let servers = [a.addr.to_string(), b.addr.to_string()];
     let dir = tempfile::tempdir().expect("temp dir");
     let out = dir.path().join("client.out");
-    let count = 300;
     let sensor = starts_on_first("fo5");
-    let child = client(
-        &servers,
-        &sensor,
-        &dir.path().join("q"),
-        &out,
-        &["--count", &count.to_string()],
-    );
+    let child = client(&servers, &sensor, &dir.path().join("q"), &out, &[]);
     wait_events(&out, "20 acks on A", |e| of_kind(e, "ack").len() >= 20);
     a.kill();
     wait_events(&out, "a connection to B", |e| {
         connected_to(e).last() == Some(&servers[1])
     });
-    let acks = of_kind(&events_so_far(&out), "ack").len();
-    wait_events(&out, "20 more acks on B", |e| {
-        of_kind(e, "ack").len() >= acks + 20
-    });
+    wait_more_acks(&out, 20);
     b.kill();
     // A back on its port (its own store, kept): the client returns to it.
     let a = Server::restart_on(a.addr, &store_a.url(), &["-q"]);
+    wait_events(&out, "a connection back to A", |e| {
+        connected_to(e).len() >= 3 && connected_to(e).last() == Some(&servers[0])
+    });
+    wait_more_acks(&out, 10);
+    stop(&child);
     let summary = finished(child, &out);
     let events = events_so_far(&out);
     let order = connected_to(&events);
@@ -375,9 +389,10 @@ fn after_a_then_b_fail_the_client_goes_back_to_a() {
         summary["failovers"].as_u64().expect("a count") >= 2,
         "{summary}"
     );
+    let count = summary["produced"].as_u64().expect("a count");
     assert_eq!(summary["acked"], count, "{summary}");
     drop(a);
-    assert_union_is_produced(&[&store_a, &store_b], &sensor, &events, count);
+    assert_union_is_produced(&[&store_a, &store_b], &sensor, &events, count as usize);
 }
 
 /// `sensorlink client --print-config` with `args` and `envs`: exit code, stdout, stderr.
