@@ -2148,6 +2148,43 @@ mod tests {
         assert!(report.all_acked(), "{:?}", report.summary);
     }
 
+    /// A stop before the first connection still tries every address once: the first one
+    /// refused is not "unreachable" while the second is untried. See: review12 N1.
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_before_the_first_connection_still_tries_every_address() {
+        let stop = CancellationToken::new();
+        {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(2500)).await;
+                stop.cancel();
+            });
+        }
+        // A always refuses; B refuses until the stop, then answers.
+        fn gated(
+            answer_after: Option<CancellationToken>,
+        ) -> impl FnMut() -> std::future::Ready<std::io::Result<DuplexStream>> {
+            let mut serve = connector(Vec::new(), Arc::new(Mutex::new(Seen::default())));
+            move || match &answer_after {
+                Some(stop) if stop.is_cancelled() => serve(),
+                _ => std::future::ready(Err(std::io::ErrorKind::ConnectionRefused.into())),
+            }
+        }
+        let mut config = config(None, Duration::from_secs(1));
+        config.servers = vec!["s0:1".into(), "s1:1".into()];
+        config.connect_timeout = Duration::from_secs(60);
+        let printer = Printer::to(Box::new(std::io::sink()), true);
+        let connectors = vec![gated(None), gated(Some(stop.clone()))];
+        let report = crate::client::run_failover(&config, connectors, printer, stop).await;
+        let report = match report {
+            Ok(report) => report,
+            Err(err) => panic!("run failed: {err}"),
+        };
+        assert_eq!(report.summary.servers[1].connects, 1);
+        assert!(report.counters.produced >= 3, "{:?}", report.counters);
+        assert!(report.all_acked(), "{:?}", report.summary);
+    }
+
     /// While draining, a blackholed address gets its whole connect timeout and the next
     /// one is still tried, though that outlasts the drain timeout. See: review12 S3 (b).
     #[tokio::test(start_paused = true)]

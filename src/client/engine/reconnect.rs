@@ -105,10 +105,14 @@ impl<S: Session> Engine<'_, S> {
                     }
                     let step = rotation.failed(Failure::Connect);
                     // Never connected at all: the servers are unreachable once a whole round
-                    // failed after the connect timeout (or a stop came).
+                    // failed after the connect timeout, or a stop came and every address
+                    // was tried since.
+                    if self.stop.is_cancelled() {
+                        self.start_draining();
+                    }
                     let gave_up = (step.round_over
                         && self.started.elapsed() >= self.config.connect_timeout)
-                        || self.stop.is_cancelled();
+                        || (self.stop.is_cancelled() && !self.untried_in_drain());
                     if self.first_connect.is_none() && gave_up {
                         return Err(self.unreachable(err.to_string()));
                     }
