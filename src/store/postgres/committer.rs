@@ -349,18 +349,12 @@ async fn commit_jobs(shared: &Shared, jobs: Vec<Job>) {
     let mut retries = 0;
     let result = loop {
         let started = Instant::now();
-        let attempt = tokio::time::timeout(COMMIT_TIMEOUT, commit_once(shared, &batch)).await;
-        let failure = match attempt {
-            Ok(Ok(written)) => {
+        let failure = match commit_once(shared, &batch).await {
+            Ok(written) => {
                 shared.available();
                 break Ok((written, started.elapsed()));
             }
-            Ok(Err(failure)) => failure,
-            Err(_) => Failure::Unavailable(StoreError::Unavailable {
-                location: shared.location.clone(),
-                operation: "commit",
-                detail: format!("no answer within {}s", COMMIT_TIMEOUT.as_secs()),
-            }),
+            Err(failure) => failure,
         };
         match failure {
             Failure::Retry(err) if retries < MAX_RETRIES => {
@@ -413,9 +407,23 @@ async fn commit_once(
         .get()
         .await
         .map_err(|err| pool_failure(&shared.location, "connect", err))?;
-    ensure_days(shared, &mut client, batch).await?;
-    let (written, created) =
-        write::write_batch(&mut client, &shared.location, &shared.cache, batch).await?;
+    let work = async {
+        ensure_days(shared, &mut client, batch).await?;
+        write::write_batch(&mut client, &shared.location, &shared.cache, batch).await
+    };
+    let (written, created) = match tokio::time::timeout(COMMIT_TIMEOUT, work).await {
+        Ok(done) => done?,
+        Err(_) => {
+            // Cut off mid-transaction: the connection's state is unknown, so it is closed
+            // rather than handed to the next commit (its slot is freed for a new one).
+            drop(deadpool_postgres::Object::take(client));
+            return Err(Failure::Unavailable(StoreError::Unavailable {
+                location: shared.location.clone(),
+                operation: "commit",
+                detail: format!("no answer within {}s", COMMIT_TIMEOUT.as_secs()),
+            }));
+        }
+    };
     if !created.is_empty() {
         lock(&shared.cache).extend(created);
     }
