@@ -258,7 +258,7 @@ profile_postgres() { # COLLECTORS
 }
 
 header
-echo "perf $(perf --version | awk '{print $3}'), -e cpu-clock -F 999 --call-graph dwarf, server PID only, ${SECONDS_}s each"
+echo "perf $(perf --version | awk '{print $3}'), -e cpu-clock -F 999 --call-graph dwarf, server PID only, ${SECONDS_}s each (postgres: no call graphs, collector and postgres PIDs)"
 echo
 for p in $PROFILES; do
   case $p in
