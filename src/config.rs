@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::http::access::{AccessError, Guard, HttpAccess, HttpAuth};
 use crate::protocol::TimestampWindow;
+use crate::server::proxy_protocol::ProxyProtocol;
 use crate::server::quota::QuotaLimits;
 use crate::server::{self, ServerConfig};
 use crate::store::writer::WriterConfig;
@@ -349,6 +350,16 @@ pub struct RawServer {
     #[arg(long, env = "SENSORLINK_UDP_RATE_PER_IP")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub udp_rate_per_ip: Option<u32>,
+    /// `v2`: every sensor connection starts with a PROXY protocol v2 header (HAProxy
+    /// `send-proxy-v2`), whose client address is then the connection's peer (sensor name,
+    /// per-IP limits, logs); a connection without one is closed. UDP is unaffected
+    /// [default: off].
+    #[arg(long, env = "SENSORLINK_PROXY_PROTOCOL", value_name = "off|v2",
+          value_parser = clap::builder::TypedValueParser::try_map(
+              clap::builder::PossibleValuesParser::new(ProxyProtocol::ALL.map(|(_, name)| name)),
+              |name| name.parse::<ProxyProtocol>()))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<ProxyProtocol>,
 }
 
 /// The `http` value that turns the HTTP side off.
@@ -439,6 +450,7 @@ impl RawServer {
             tcp_info_interval: self.tcp_info_interval.or(lower.tcp_info_interval),
             udp: self.udp.or(lower.udp),
             udp_rate_per_ip: self.udp_rate_per_ip.or(lower.udp_rate_per_ip),
+            proxy_protocol: self.proxy_protocol.or(lower.proxy_protocol),
         }
     }
 
@@ -603,6 +615,7 @@ impl RawServer {
                 self.udp_rate_per_ip.unwrap_or(defaults.udp_rate_per_ip),
                 limits::QUOTA,
             )?,
+            proxy_protocol: self.proxy_protocol.unwrap_or(defaults.proxy_protocol),
             ..defaults
         };
         // A server that would serve its API to the network without tokens does not start.
@@ -657,6 +670,7 @@ impl RawServer {
             tcp_info_interval: Some(config.tcp_info_interval),
             udp: Some(config.udp),
             udp_rate_per_ip: Some(config.udp_rate_per_ip),
+            proxy_protocol: Some(config.proxy_protocol),
         }
     }
 }
