@@ -18,6 +18,7 @@ mod line;
 mod link_report;
 mod live;
 mod probe;
+mod proxy_protocol;
 mod query;
 mod report;
 mod seed;
