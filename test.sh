@@ -7,7 +7,9 @@ cd "$(dirname "$0")"
 # chromium + node: the dashboard's browser tests (tests/it/dashboard.rs, tests/browser/).
 # iproute2 + irtt: the fault scenarios (tests/faults/: `ip netns`, and irtt as the
 # reference beside `sensorlink probe`).
-pkgs=(fonts-dejavu-core chromium iproute2 irtt)
+# postgresql + haproxy: the PostgreSQL store's tests and the several-collectors tests start
+# their own cluster and balancer (tests/support/).
+pkgs=(fonts-dejavu-core chromium iproute2 irtt postgresql haproxy)
 # Node may come from NodeSource (its nodejs bundles npm, and conflicts with Debian's npm
 # package), from nvm or a tarball (no dpkg entry at all), or from Debian (nodejs and npm are
 # separate packages): only a machine without any node gets Debian's.

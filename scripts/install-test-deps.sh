@@ -3,8 +3,10 @@
 # fonts-dejavu-core (the font run pictures are drawn with), chromium, nodejs + npm (the
 # dashboard's browser tests; test.sh names them only when node is missing, and
 # scripts/check-node.sh then checks the version), iproute2 and irtt (the fault scenarios of
-# tests/faults/: network namespaces, and the UDP reference tool). SQLite is bundled into the
-# binary. Later issues add postgresql, haproxy there.
+# tests/faults/: network namespaces, and the UDP reference tool), postgresql and haproxy
+# (issue 12: tests start a throwaway PostgreSQL cluster, tests/support/pg_cluster.rs, and
+# HAProxy in front of several collectors, tests/support/haproxy.rs). SQLite is bundled into
+# the binary.
 set -euo pipefail
 need=()
 for pkg in "$@"; do

@@ -1093,7 +1093,7 @@ mod tests {
                 addr: Some(good.into()),
                 ..RawClient::default()
             };
-            assert_eq!(raw.validate().expect(good).addr, good);
+            assert_eq!(raw.validate().expect(good).servers, [good]);
         }
         for bad in [
             "",

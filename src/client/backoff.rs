@@ -29,11 +29,18 @@ impl Backoff {
         self.next = INITIAL_BACKOFF.min(self.max);
     }
 
+    /// The next wait: random in [d/2, d], d the next [`Backoff::next_ceiling`].
     pub fn next_delay(&mut self) -> Duration {
-        let ceiling = self.next;
-        self.next = (self.next * 2).min(self.max);
+        let ceiling = self.next_ceiling();
         let half = ceiling / 2;
         let jitter_ns = rand::rng().random_range(0..=half.as_nanos().max(1) as u64);
         half + Duration::from_nanos(jitter_ns)
+    }
+
+    /// The next wait's ceiling d (no jitter), and double it for the one after, up to `max`.
+    pub fn next_ceiling(&mut self) -> Duration {
+        let ceiling = self.next;
+        self.next = (self.next * 2).min(self.max);
+        ceiling
     }
 }

@@ -1,8 +1,8 @@
 //! The client's one event loop, shared by line mode and legacy mode: connect (through a
 //! [`Connector`]) and handshake, send what the [`ClientState`] says is due, match replies,
 //! report readings not acknowledged within the reply timeout (a timeout: the reading is
-//! resent), reconnect with backoff and jitter, resend what was not acknowledged, and drain at
-//! the end (a stop stops the producer; every value it already sent is still taken).
+//! resent), reconnect (to the next server address, or after a backoff with jitter), resend
+//! what was not acknowledged, and drain at the end (a stop stops the producer; every value it already sent is still taken).
 //!
 //! What differs between the modes (bytes, the reply decoder, how a reply is matched to a
 //! reading, how many readings may be in flight) is a [`Session`]. The loop never blocks:
@@ -10,7 +10,8 @@
 //! timer, so whole runs are tested under paused time over in-memory streams.
 //!
 //! [`intake`] turns values into kept (and spooled) readings; [`link_reports`] decides when
-//! a link report is made and tells a refused report from a refused reading.
+//! a link report is made and tells a refused report from a refused reading; [`reconnect`]
+//! is the loop over connections and server addresses.
 
 use std::time::Duration;
 
@@ -22,18 +23,19 @@ use tokio_util::sync::CancellationToken;
 
 mod intake;
 mod link_reports;
+mod reconnect;
 
-use super::backoff::Backoff;
 use super::disconnect::{DisconnectCounts, DisconnectKind};
 use super::error::ClientError;
+use super::failover::Servers;
 use super::kernel::{KernelSocket, KernelTotals};
 use super::measure::RunMeasures;
 use super::output::{Printer, RunTotals, Summary};
 use super::report::RunReport;
-use super::session::{open, Event, Opened, Session};
+use super::session::{Event, Session};
 use super::spool_io::SpoolIo;
 use super::state::ClientState;
-use super::transport::{self, Connection, Connector, TransportError};
+use super::transport::{self, Connection, Connector};
 use super::turns::Turns;
 use super::{sleep_until_opt, ClientConfig};
 use crate::protocol::FieldValue;
@@ -95,6 +97,8 @@ pub(crate) struct Engine<'a, S: Session> {
     kernel: KernelTotals,
     /// Connections that ended, or failed to open, by reason.
     disconnects: DisconnectCounts,
+    /// The server addresses: which one is connected, each one's totals.
+    servers: Servers,
     /// `--interval 0` (ping-pong): the producer makes a value only when given a turn.
     turns: Option<Turns>,
     /// A turn was given and its value has not arrived yet.
@@ -136,6 +140,7 @@ impl<'a, S: Session> Engine<'a, S> {
             socket: None,
             kernel: KernelTotals::default(),
             disconnects: DisconnectCounts::default(),
+            servers: Servers::new(&config.servers),
             turns: None,
             turn_given: false,
         }
@@ -190,9 +195,11 @@ impl<'a, S: Session> Engine<'a, S> {
     /// # Errors
     /// [`ClientError::Unreachable`] when no connection ever succeeded, a spool that cannot be
     /// opened, or an output that cannot be written.
+    ///
+    /// `connectors[i]` opens connections to `config.servers[i]`.
     pub(crate) async fn run<C: Connector>(
         mut self,
-        mut connector: C,
+        mut connectors: Vec<C>,
     ) -> Result<RunReport, ClientError> {
         if let Err(err) = self.open_spool().await {
             // E.g. stdout closed right after the spool opened: still close it properly.
@@ -203,7 +210,7 @@ impl<'a, S: Session> Engine<'a, S> {
             }
             return Err(err);
         }
-        let delivered = self.deliver(&mut connector).await;
+        let delivered = self.deliver(&mut connectors).await;
         // Even when the server was never reached: what was produced is kept in the spool.
         let leftovers = self.take_leftover_values().await;
         // A run that gives up still reports its link (kept in the spool, if any, for the
@@ -226,126 +233,12 @@ impl<'a, S: Session> Engine<'a, S> {
         self.finish()
     }
 
-    /// The reconnect loop.
-    async fn deliver<C: Connector>(&mut self, connector: &mut C) -> Result<(), ClientError> {
-        let mut backoff = Backoff::new(self.config.max_backoff);
-        let mut last_error = None;
-        loop {
-            self.output_ok()?;
-            if self.finished_offline() {
-                break;
-            }
-            self.acked_on_connection = false;
-            let Some(connected) = self.connect_or_stop(connector).await else {
-                // The drain ended while connecting: what is pending is reported lost.
-                last_error.get_or_insert_with(|| "stopped while connecting".to_string());
-                break;
-            };
-            match connected {
-                Ok((conn, connect_time, ping, socket)) => {
-                    if self.first_connect.is_none() {
-                        self.first_connect = Some(connect_time);
-                    } else {
-                        self.reconnects += 1;
-                        self.measure.reconnected();
-                    }
-                    self.printer.connected(
-                        &self.config.addr,
-                        connect_time,
-                        ping,
-                        self.reconnects,
-                        self.state.pending_user(),
-                    );
-                    self.socket = socket;
-                    self.sample_kernel();
-                    let end = self.session_loop(conn).await;
-                    self.close_kernel();
-                    let Disconnect::Retry(reason, kind) = end? else {
-                        break;
-                    };
-                    self.disconnects.count(kind);
-                    self.disconnected();
-                    // A server that accepts and then fails must not be hammered.
-                    if self.acked_on_connection {
-                        backoff.reset();
-                    }
-                    let delay = backoff.next_delay();
-                    self.printer.disconnected(&reason, kind, delay);
-                    if !self.wait_offline(delay).await? {
-                        break;
-                    }
-                }
-                Err(TransportError::AuthFailed(why)) => {
-                    // Every reconnect would be refused the same way.
-                    return Err(ClientError::AuthFailed(why));
-                }
-                Err(err) => {
-                    // Never connected at all within the timeout: the server is unreachable.
-                    let gave_up = self.started.elapsed() >= self.config.connect_timeout
-                        || self.stop.is_cancelled();
-                    if self.first_connect.is_none() && gave_up {
-                        return Err(self.unreachable(err.to_string()));
-                    }
-                    last_error = Some(err.to_string());
-                    let kind = DisconnectKind::of_transport(&err, true);
-                    self.disconnects.count(kind);
-                    let delay = backoff.next_delay();
-                    tracing::debug!(cause = %err, ?delay, kind = kind.as_str(), "connect failed");
-                    if self.first_connect.is_some() {
-                        self.printer
-                            .disconnected(&format!("connect failed: {err}"), kind, delay);
-                    }
-                    if !self.wait_offline(delay).await? {
-                        break;
-                    }
-                }
-            }
-        }
-        if self.first_connect.is_none() {
-            let cause = last_error.unwrap_or_else(|| "no connection was attempted".to_string());
-            return Err(self.unreachable(cause));
-        }
-        Ok(())
-    }
-
-    fn unreachable(&self, cause: String) -> ClientError {
-        ClientError::Unreachable {
-            addr: self.config.addr.clone(),
-            cause,
-        }
-    }
-
     /// The first output error stops the run (a closed stdout: `| head`).
     fn output_ok(&mut self) -> Result<(), ClientError> {
         match self.printer.take_error() {
             Some(err) => Err(ClientError::Output(err)),
             None => Ok(()),
         }
-    }
-
-    /// [`open`] a connection, unless the drain ends first (`None`). A stop while connecting
-    /// starts the drain, so a stop never waits for a whole connect timeout.
-    async fn connect_or_stop<C: Connector>(
-        &mut self,
-        connector: &mut C,
-    ) -> Option<Result<Opened<C::Stream, S::Decoder>, TransportError>> {
-        let stop = self.stop.clone();
-        let drain_timeout = self.config.drain_timeout;
-        let mut draining_since = self.draining_since;
-        let connecting = open(&self.session, self.config.connect_timeout, connector);
-        tokio::pin!(connecting);
-        let opened = loop {
-            let drain_deadline = draining_since.map(|since| since + drain_timeout);
-            tokio::select! {
-                opened = &mut connecting => break Some(opened),
-                _ = sleep_until_opt(drain_deadline) => break None,
-                _ = stop.cancelled(), if draining_since.is_none() => {
-                    draining_since = Some(Instant::now());
-                }
-            }
-        };
-        self.draining_since = draining_since;
-        opened
     }
 
     /// Whether the run is over: every value was taken and delivered, or the drain timed out.
@@ -381,37 +274,6 @@ impl<'a, S: Session> Engine<'a, S> {
     fn drain_deadline(&self) -> Option<Instant> {
         self.draining_since
             .map(|since| since + self.config.drain_timeout)
-    }
-
-    /// While offline: keep accepting readings until `delay` passes. `false` = stop now.
-    async fn wait_offline(&mut self, delay: Duration) -> Result<bool, ClientError> {
-        let until = Instant::now() + delay;
-        loop {
-            self.mark_events();
-            self.give_turn();
-            self.last_link_report(false).await?;
-            // Nothing left to deliver (or the drain is over): no point in waiting.
-            if self.finished_offline() {
-                return Ok(false);
-            }
-            let drain_deadline = self.drain_deadline();
-            let link_due = self.link_due();
-            tokio::select! {
-                _ = tokio::time::sleep_until(until) => return Ok(true),
-                _ = sleep_until_opt(drain_deadline) => return Ok(false),
-                value = self.values.recv(), if self.values_open => {
-                    // Offline, nothing is in flight: never a connection to close.
-                    self.on_value(value).await?;
-                }
-                // Reports go on while offline: they tell of the outage once delivered.
-                _ = sleep_until_opt(link_due) => {
-                    self.link_report(false).await?;
-                }
-                // The producer stops on its own; what it already sent is still taken.
-                _ = self.stop.cancelled(), if self.draining_since.is_none() => self.start_draining(),
-            }
-            self.output_ok()?;
-        }
     }
 
     /// The connection ended: what was in flight is sent again on the next one; readings
@@ -599,6 +461,7 @@ impl<'a, S: Session> Engine<'a, S> {
                         // Counted in the state's link counters; not one of the user's readings.
                         continue;
                     }
+                    self.servers.acked(1);
                     // A resent reading waited behind a backlog: its time says nothing of the link.
                     self.measure
                         .acked(acked.rtt, times, S::LEGACY || !acked.resent);
@@ -641,8 +504,11 @@ impl<'a, S: Session> Engine<'a, S> {
         self.mark_events();
         let counters = self.state.counters();
         let links = self.state.link_counters();
+        let addrs = self.servers.names();
         let summary = Summary::of(RunTotals {
-            addr: &self.config.addr,
+            addr: &addrs,
+            servers: self.servers.totals(),
+            failovers: self.servers.failovers(),
             counters,
             // Reports written at least once, not merely made (one may die in the queue).
             link_reports: (links.sent, links.acked),
@@ -749,7 +615,7 @@ mod tests {
 
     fn config(count: Option<u64>, interval: Duration) -> ClientConfig {
         ClientConfig {
-            addr: "duplex".into(),
+            servers: vec!["duplex".into()],
             sensor: Some("s".into()),
             measurement: "m".into(),
             interval,
@@ -1174,7 +1040,8 @@ mod tests {
         };
         let out = Arc::new(Mutex::new(Vec::new()));
         let printer = Printer::to(Box::new(SharedBuf(out.clone())), true);
-        let report = crate::client::run_values(&config, slow, printer, values, None, stop).await;
+        let report =
+            crate::client::run_values(&config, vec![slow], printer, values, None, stop).await;
         let out = out.lock().expect("not poisoned").clone();
         let events = String::from_utf8_lossy(&out)
             .lines()
@@ -1932,5 +1799,173 @@ mod tests {
         assert!(sent >= run.seen.links.len() as u64, "{:?}", run.seen.links);
         assert!((links.len() as u64) > sent, "{sent} sent of {links:?}");
         assert!(report.summary.link_reports_acked <= sent);
+    }
+
+    /// A run over several fake servers: one script and one view per address.
+    struct ManyRun {
+        report: Result<RunReport, ClientError>,
+        events: Vec<serde_json::Value>,
+        seen: Vec<Seen>,
+    }
+
+    async fn run_each(mut config: ClientConfig, scripts: Vec<Vec<Behaviour>>) -> ManyRun {
+        config.servers = (0..scripts.len()).map(|i| format!("s{i}:1")).collect();
+        let seen: Vec<_> = scripts
+            .iter()
+            .map(|_| Arc::new(Mutex::new(Seen::default())))
+            .collect();
+        let connectors = scripts
+            .into_iter()
+            .zip(&seen)
+            .map(|(script, seen)| connector(script, seen.clone()))
+            .collect();
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let printer = Printer::to(Box::new(SharedBuf(out.clone())), true);
+        let stop = CancellationToken::new();
+        let report = crate::client::run_failover(&config, connectors, printer, stop).await;
+        let out = out.lock().expect("not poisoned").clone();
+        let events = String::from_utf8_lossy(&out)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+            .collect();
+        let seen = seen
+            .iter()
+            .map(|seen| std::mem::take(&mut *seen.lock().expect("not poisoned")))
+            .collect();
+        ManyRun {
+            report,
+            events,
+            seen,
+        }
+    }
+
+    fn events_of<'a>(run: &'a ManyRun, kind: &str) -> Vec<&'a serde_json::Value> {
+        run.events.iter().filter(|e| e["event"] == kind).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_first_address_moves_to_the_second_at_once() {
+        let run = run_each(
+            config(Some(3), Duration::from_millis(100)),
+            vec![vec![Behaviour::Refuse; 100], vec![]],
+        )
+        .await;
+        let report = match &run.report {
+            Ok(report) => report,
+            Err(err) => panic!("run failed: {err}; {:?}", run.events),
+        };
+        // No wait between the two attempts (paused time: the same instant).
+        assert_eq!(run.seen[0].attempts.len(), 1);
+        assert_eq!(run.seen[1].attempts, run.seen[0].attempts);
+        let left = events_of(&run, "disconnected");
+        assert_eq!(left.len(), 1, "{:?}", run.events);
+        assert_eq!(left[0]["server"], "s0:1");
+        assert_eq!(left[0]["kind"], "refused");
+        assert_eq!(left[0]["next"], "s1:1");
+        assert_eq!(left[0]["retry_in_ms"], 0.0);
+        let connected = events_of(&run, "connected");
+        assert_eq!(connected[0]["server"], "s1:1");
+        assert_eq!(connected[0]["after"][0]["server"], "s0:1");
+        assert_eq!(report.summary.failovers, 1);
+        let servers = &report.summary.servers;
+        assert_eq!((servers[0].connects, servers[0].failures), (0, 1));
+        assert_eq!((servers[1].connects, servers[1].acked), (1, 3));
+        assert!(report.all_acked());
+    }
+
+    /// The readings in flight when the first server goes away are resent on the second, in
+    /// order; the client stays there (no flapping back to the first).
+    #[tokio::test(start_paused = true)]
+    async fn a_server_that_goes_away_is_left_for_the_next_and_nothing_is_lost() {
+        let run = run_each(
+            config(Some(10), Duration::from_millis(100)),
+            vec![
+                vec![Behaviour::ResetMidBatch { ack: 3, drop_at: 6 }],
+                vec![],
+            ],
+        )
+        .await;
+        let report = match &run.report {
+            Ok(report) => report,
+            Err(err) => panic!("run failed: {err}; {:?}", run.events),
+        };
+        let value = |n: i64| 100 + 2 * n;
+        let on_b = &run.seen[1].connections[0];
+        assert_eq!(on_b.first(), Some(&value(4)), "{on_b:?}");
+        assert!(on_b.windows(2).all(|w| w[0] < w[1]), "order kept: {on_b:?}");
+        let mut stored: Vec<i64> = run
+            .seen
+            .iter()
+            .flat_map(|s| s.connections.concat())
+            .collect();
+        stored.sort();
+        stored.dedup();
+        assert_eq!(stored, (1..=10).map(value).collect::<Vec<_>>());
+        assert_eq!(run.seen[0].attempts.len(), 1, "never back to the first");
+        assert_eq!(run.seen[1].attempts.len(), 1);
+        let servers = &report.summary.servers;
+        assert_eq!(servers[0].acked + servers[1].acked, 10, "{servers:?}");
+        assert_eq!(servers[0].acked, 3, "{servers:?}");
+        assert_eq!(report.summary.failovers, 1);
+        assert!(report.all_acked(), "{:?}", report.summary);
+    }
+
+    /// Only a whole round of failed addresses waits, and the waits grow round by round.
+    #[tokio::test(start_paused = true)]
+    async fn the_backoff_waits_only_between_rounds() {
+        let refuse = vec![Behaviour::Refuse; 2];
+        let run = run_each(
+            config(Some(1), Duration::from_millis(100)),
+            vec![refuse.clone(), refuse],
+        )
+        .await;
+        assert!(run.report.is_ok(), "{:?}", run.events);
+        let (a, b) = (&run.seen[0].attempts, &run.seen[1].attempts);
+        assert_eq!((a.len(), b.len()), (3, 2));
+        // Each round: A then B at once; between rounds, a backoff in [d/2, d].
+        assert_eq!(a[0], b[0]);
+        assert_eq!(a[1], b[1]);
+        let rounds = [a[0], a[1], a[2]];
+        assert_backoff_grows(&rounds, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_address_reachable_is_unreachable_naming_each() {
+        let refuse = vec![Behaviour::Refuse; 1000];
+        let run = run_each(
+            config(Some(1), Duration::from_millis(100)),
+            vec![refuse.clone(), refuse],
+        )
+        .await;
+        match run.report {
+            Err(ClientError::Unreachable { addr, cause }) => {
+                assert_eq!(addr, "s0:1, s1:1");
+                assert!(
+                    cause.starts_with("s0:1: ") && cause.contains("; s1:1: "),
+                    "{cause}"
+                );
+            }
+            other => panic!("expected unreachable, got {:?}", other.map(|r| r.summary)),
+        }
+        // Every round tried both, the last one included.
+        assert_eq!(run.seen[0].attempts.len(), run.seen[1].attempts.len());
+    }
+
+    /// With several servers a link report names the one the link was to; with one it is
+    /// unchanged (no `server` field).
+    #[tokio::test(start_paused = true)]
+    async fn with_several_servers_link_reports_name_the_server() {
+        let mut config = config(Some(15), Duration::from_millis(100));
+        config.link_report = Duration::from_secs(1);
+        let run = run_each(config.clone(), vec![vec![Behaviour::Refuse; 100], vec![]]).await;
+        assert!(run.report.is_ok(), "{:?}", run.events);
+        let links = &run.seen[1].links;
+        assert!(!links.is_empty(), "{:?}", run.events);
+        for link in links {
+            assert!(link.contains(",server=\"s1:1\" "), "{link}");
+        }
+        let one = run_each(config, vec![vec![]]).await;
+        assert!(!one.seen[0].links.is_empty());
+        assert!(one.seen[0].links.iter().all(|l| !l.contains("server=")));
     }
 }

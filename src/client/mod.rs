@@ -3,8 +3,9 @@
 //! [`source`] makes values, [`state`] keeps each reading until it is acknowledged (no I/O),
 //! [`stats`] accumulates RTTs, [`output`] prints, [`transport`] connects and decodes replies.
 //! [`engine`] is the one event loop over all of them: connect, send, match acks, report
-//! reply timeouts, reconnect after a [`backoff`] with jitter, resend what was not
-//! acknowledged, drain at the end. [`line`] and [`legacy`] are its two [`session`]s (line
+//! reply timeouts, reconnect (to the next server address at once, or after a [`backoff`]
+//! with jitter once every address failed: [`failover`]), resend what was not acknowledged,
+//! drain at the end. [`line`] and [`legacy`] are its two [`session`]s (line
 //! protocol with `sync`/`ack`, and the seed's bytes). [`spool`] keeps readings on disk
 //! ([`spool_io`] runs its work on a blocking thread). A run returns a [`RunReport`] or a
 //! [`ClientError`]; each reading ends acked or lost (rejected, dropped, unacked at exit).
@@ -13,6 +14,7 @@ pub mod backoff;
 pub mod disconnect;
 mod engine;
 pub mod error;
+pub mod failover;
 pub mod kernel;
 pub mod legacy;
 mod line;
@@ -48,7 +50,8 @@ use transport::{Connector, TcpConnector};
 /// Validated client settings.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    pub addr: String,
+    /// The collectors, in the order they are tried (at least one; see [`failover`]).
+    pub servers: Vec<String>,
     /// The `sensor` tag of every reading and link report; `None` (with a token only): sent
     /// untagged, stored under the token's one sensor.
     pub sensor: Option<String>,
@@ -107,34 +110,39 @@ pub async fn run(config: ClientConfig) -> Result<RunReport, ClientError> {
     let printer = Printer::stdout(config.json);
     match &config.tls {
         None => {
-            let connector = TcpConnector {
-                addr: config.addr.clone(),
-                timeout: config.connect_timeout,
-            };
-            run_with(&config, connector, printer, stop).await
+            let connectors = (config.servers.iter())
+                .map(|addr| TcpConnector {
+                    addr: addr.clone(),
+                    timeout: config.connect_timeout,
+                })
+                .collect();
+            run_failover(&config, connectors, printer, stop).await
         }
         Some(tls) => {
-            let connector =
-                tls_connector(&config, tls).map_err(|err| ClientError::Tls(format!("{err:#}")))?;
-            run_with(&config, connector, printer, stop).await
+            // Each address's certificate is checked against its own host name (or the one
+            // --tls-server-name gives them all).
+            let connectors = (config.servers.iter())
+                .map(|addr| {
+                    tls_connector(addr, tls)
+                        .map_err(|err| ClientError::Tls(format!("{addr}: {err:#}")))
+                })
+                .collect::<Result<_, _>>()?;
+            run_failover(&config, connectors, printer, stop).await
         }
     }
 }
 
-/// The TLS connector `tls` describes, to `config.addr`.
-fn tls_connector(
-    config: &ClientConfig,
-    tls: &ClientTls,
-) -> anyhow::Result<transport::TlsTcpConnector> {
+/// The TLS connector `tls` describes, to `addr`.
+fn tls_connector(addr: &str, tls: &ClientTls) -> anyhow::Result<transport::TlsTcpConnector> {
     let identity = tls
         .identity
         .as_ref()
         .map(|(cert, key)| (cert.as_path(), key.as_path()));
     let rustls_config = crate::tls::client_config(tls.ca.as_deref(), identity)?;
     Ok(transport::TlsTcpConnector {
-        addr: config.addr.clone(),
+        addr: addr.to_string(),
         connector: crate::tls::TlsConnector::from(rustls_config),
-        server_name: crate::tls::server_name(&config.addr, tls.server_name.as_deref())?,
+        server_name: crate::tls::server_name(addr, tls.server_name.as_deref())?,
     })
 }
 
@@ -149,11 +157,25 @@ fn tls_connector(
 pub async fn run_with<C: Connector>(
     config: &ClientConfig,
     connector: C,
+    printer: Printer,
+    stop: CancellationToken,
+) -> Result<RunReport, ClientError> {
+    run_failover(config, vec![connector], printer, stop).await
+}
+
+/// [`run_with`] over several servers: `connectors[i]` opens connections to
+/// `config.servers[i]`, and the run fails over between them (see [`failover`]).
+///
+/// # Errors
+/// See [`run_with`]; unreachable means no address could be reached.
+pub async fn run_failover<C: Connector>(
+    config: &ClientConfig,
+    connectors: Vec<C>,
     mut printer: Printer,
     stop: CancellationToken,
 ) -> Result<RunReport, ClientError> {
     printer.start(
-        &config.addr,
+        &config.servers,
         config.sensor.as_deref(),
         config.interval,
         config.legacy,
@@ -162,14 +184,14 @@ pub async fn run_with<C: Connector>(
     // Ping-pong: the producer makes each value when the engine gives it a turn.
     let turns = config.interval.is_zero().then(turns::Turns::new);
     let values = spawn_producer(config, turns.clone(), stop.clone());
-    run_values(config, connector, printer, values, turns, stop).await
+    run_values(config, connectors, printer, values, turns, stop).await
 }
 
 /// [`run_with`] over values that come from `values` (the producer's end of the channel):
 /// the engine takes every value sent before the channel closes, even after a stop.
 pub(crate) async fn run_values<C: Connector>(
     config: &ClientConfig,
-    connector: C,
+    connectors: Vec<C>,
     printer: Printer,
     values: mpsc::Receiver<(FieldValue, i64)>,
     turns: Option<turns::Turns>,
@@ -178,7 +200,7 @@ pub(crate) async fn run_values<C: Connector>(
     if config.legacy {
         engine::Engine::new(config, LegacySession, printer, values, stop)
             .with_turns(turns)
-            .run(connector)
+            .run(connectors)
             .await
     } else {
         let session = LineSession {
@@ -188,7 +210,7 @@ pub(crate) async fn run_values<C: Connector>(
         };
         engine::Engine::new(config, session, printer, values, stop)
             .with_turns(turns)
-            .run(connector)
+            .run(connectors)
             .await
     }
 }
@@ -284,5 +306,36 @@ pub(crate) async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each address's certificate is checked against its own host, unless one name is given.
+    #[test]
+    fn each_address_gets_its_own_tls_server_name() {
+        let tls = ClientTls {
+            ca: None,
+            server_name: None,
+            identity: None,
+        };
+        let name = |addr: &str, tls: &ClientTls| {
+            tls_connector(addr, tls)
+                .expect("a valid connector")
+                .server_name
+        };
+        let expect = |name: &str| {
+            rustls_pki_types::ServerName::try_from(name.to_string()).expect("a valid name")
+        };
+        assert_eq!(name("c1.example:8889", &tls), expect("c1.example"));
+        assert_eq!(name("c2.example:8889", &tls), expect("c2.example"));
+        assert_eq!(name("127.0.0.1:8889", &tls), expect("127.0.0.1"));
+        let given = ClientTls {
+            server_name: Some("collector.example".into()),
+            ..tls
+        };
+        assert_eq!(name("c2.example:8889", &given), expect("collector.example"));
     }
 }

@@ -10,6 +10,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::disconnect::{DisconnectCounts, DisconnectKind};
+use super::failover::ServerTotals;
 use super::kernel::{self, TcpSummary};
 use super::stats::{fmt_ms, RttSummary};
 use crate::protocol::Reading;
@@ -97,17 +98,20 @@ impl Printer {
 
     pub fn start(
         &mut self,
-        addr: &str,
+        servers: &[String],
         sensor: Option<&str>,
         interval: Duration,
         legacy: bool,
         timeout: Duration,
     ) {
         let mode = if legacy { "legacy" } else { "line" };
+        let addr = servers.join(", ");
         if self.json {
-            self.emit(json!({"event": "start", "addr": addr, "sensor": sensor,
+            self.emit(
+                json!({"event": "start", "addr": addr, "servers": servers, "sensor": sensor,
                 "interval_ms": interval.as_secs_f64() * 1e3, "mode": mode,
-                "timeout_ms": timeout.as_secs_f64() * 1e3}));
+                "timeout_ms": timeout.as_secs_f64() * 1e3}),
+            );
         } else {
             self.line(&format!(
                 "SENSORLINK {addr} sensor {} every {} ({mode} mode, timeout {})",
@@ -121,6 +125,8 @@ impl Printer {
         }
     }
 
+    /// A connection to `addr` was made; `after`: the other servers that failed since the
+    /// previous connection, and how (why the client is here).
     pub fn connected(
         &mut self,
         addr: &str,
@@ -128,12 +134,16 @@ impl Printer {
         ping: Option<Duration>,
         reconnects: u64,
         resending: usize,
+        after: &[(String, DisconnectKind)],
     ) {
         if self.json {
-            self.emit(
-                json!({"event": "connected", "addr": addr, "connect_us": us(connect),
-                "ping_us": ping.map(us), "reconnects": reconnects, "resending": resending}),
-            );
+            let after: Vec<Value> = after
+                .iter()
+                .map(|(server, kind)| json!({"server": server, "kind": kind.as_str()}))
+                .collect();
+            self.emit(json!({"event": "connected", "addr": addr, "server": addr,
+                "connect_us": us(connect), "ping_us": ping.map(us), "reconnects": reconnects,
+                "resending": resending, "after": after}));
             return;
         }
         let verb = if reconnects == 0 {
@@ -141,7 +151,15 @@ impl Printer {
         } else {
             "reconnected"
         };
-        let mut text = format!("{verb} to {addr}: connect time {} ms", fmt_ms(us(connect)));
+        let mut text = format!("{verb} to {addr}");
+        if !after.is_empty() {
+            let failed: Vec<String> = after
+                .iter()
+                .map(|(server, kind)| format!("{server}: {}", kind.as_str().replace('_', " ")))
+                .collect();
+            text.push_str(&format!(" (after {})", failed.join(", ")));
+        }
+        text.push_str(&format!(": connect time {} ms", fmt_ms(us(connect))));
         if let Some(ping) = ping {
             text.push_str(&format!(", first pong {} ms", fmt_ms(us(ping))));
         }
@@ -298,17 +316,32 @@ impl Printer {
         }
     }
 
-    pub fn disconnected(&mut self, reason: &str, kind: DisconnectKind, retry_in: Duration) {
+    /// The connection to `server` ended, or could not be made; the next attempt goes to
+    /// `next` (`None`: the one server there is) after `retry_in`.
+    pub fn disconnected(
+        &mut self,
+        server: &str,
+        next: Option<&str>,
+        reason: &str,
+        kind: DisconnectKind,
+        retry_in: Duration,
+    ) {
+        let wait = humantime::format_duration(Duration::from_millis(retry_in.as_millis() as u64));
         if self.json {
             self.emit(
-                json!({"event": "disconnected", "reason": reason, "kind": kind.as_str(),
+                json!({"event": "disconnected", "server": server, "reason": reason,
+                "kind": kind.as_str(), "next": next.unwrap_or(server),
                 "retry_in_ms": retry_in.as_secs_f64() * 1e3}),
             );
+        } else if let Some(next) = next {
+            let when = if retry_in.is_zero() {
+                "now".to_string()
+            } else {
+                format!("in {wait}")
+            };
+            self.line(&format!("{server}: {reason}; trying {next} {when}"));
         } else {
-            self.line(&format!(
-                "connection lost: {reason}; retrying in {}",
-                humantime::format_duration(Duration::from_millis(retry_in.as_millis() as u64))
-            ));
+            self.line(&format!("connection lost: {reason}; retrying in {wait}"));
         }
     }
 
@@ -384,6 +417,21 @@ impl Printer {
             text.push('\n');
             text.push_str(&summary.disconnects.line());
         }
+        if summary.servers.len() > 1 {
+            let each: Vec<String> = (summary.servers.iter())
+                .map(|s| {
+                    format!(
+                        "{} {} connects, {} failures, {} acked",
+                        s.addr, s.connects, s.failures, s.acked
+                    )
+                })
+                .collect();
+            text.push_str(&format!(
+                "\nservers: {}; {} failovers",
+                each.join("; "),
+                summary.failovers
+            ));
+        }
         if summary.link_reports_sent > 0 {
             text.push_str(&format!(
                 "\nlink reports: {} sent, {} acked",
@@ -420,7 +468,14 @@ pub struct ServerShare {
 /// The end-of-run report.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
+    /// Every server address, as one name (`a:1, b:2`).
     pub addr: String,
+    /// Each server's connections, failures and acked readings, in the order they are tried.
+    pub servers: Vec<ServerTotals>,
+    /// Connections made to another address than the one tried just before (it had failed).
+    pub failovers: u64,
+    /// Readings made (the same as `sent`: every one is sent, or lost, once).
+    pub produced: u64,
     pub sent: u64,
     pub acked: u64,
     /// Readings never acknowledged as stored (rejected, dropped, or unacked at exit), each
@@ -465,6 +520,8 @@ pub struct Summary {
 #[derive(Debug)]
 pub struct RunTotals<'a> {
     pub addr: &'a str,
+    pub servers: Vec<ServerTotals>,
+    pub failovers: u64,
     pub counters: super::state::Counters,
     /// Link reports sent (written at least once) and acked.
     pub link_reports: (u64, u64),
@@ -491,6 +548,9 @@ impl Summary {
         let sent = counters.produced;
         Summary {
             addr: run.addr.to_string(),
+            servers: run.servers,
+            failovers: run.failovers,
+            produced: sent,
             sent,
             acked: counters.acked,
             lost,
@@ -593,6 +653,8 @@ mod tests {
     fn the_summary_prints_maximal_duplicate_and_conflict_counts() {
         let summary = Summary::of(RunTotals {
             addr: "a",
+            servers: Vec::new(),
+            failovers: 0,
             counters: super::super::state::Counters::default(),
             link_reports: (0, 0),
             pending: 0,

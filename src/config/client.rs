@@ -20,8 +20,31 @@ use crate::protocol::control::AuthSecret;
 #[derive(Debug, Default, Clone, PartialEq, clap::Args, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RawClient {
-    /// Server address [default: 127.0.0.1:8889].
-    #[arg(env = "SENSORLINK_ADDR")]
+    /// Collector addresses (HOST:PORT), one or more; with several the client fails over
+    /// between them: it connects to the first, moves on to the next at once when a
+    /// connection cannot be made or drops, backs off (--max-backoff) only after a whole
+    /// round failed, and stays on one that works. Unacknowledged readings are resent on the
+    /// next server, in order. Adds up with --server [default: 127.0.0.1:8889].
+    #[arg(
+        value_name = "SERVER",
+        env = "SENSORLINK_SERVERS",
+        value_delimiter = ','
+    )]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub servers: Option<Vec<String>>,
+    /// Another collector address (repeatable), after the SERVER arguments.
+    #[arg(long = "server", value_name = "ADDR")]
+    #[serde(skip)]
+    pub server: Vec<String>,
+    /// One collector address: the file's `addr = "…"` (and `SENSORLINK_ADDR`), the same as
+    /// `servers = ["…"]`. A list (SERVER…, --server, `servers`) wins over it; the file may
+    /// not give both.
+    #[arg(
+        long = "addr",
+        value_name = "ADDR",
+        env = "SENSORLINK_ADDR",
+        hide = true
+    )]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub addr: Option<String>,
     /// Sensor name sent as the `sensor` tag [default: this host's name] (with --token: none,
@@ -59,7 +82,8 @@ pub struct RawClient {
     )]
     pub timeout: Option<Duration>,
     /// Bounds opening a connection (TCP connect and the first pong), and how long the first
-    /// connection may take before the server counts as unreachable [default: --timeout].
+    /// connection may take before the server counts as unreachable (with several: judged
+    /// after a whole round of addresses) [default: --timeout].
     #[arg(long, env = "SENSORLINK_CONNECT_TIMEOUT", value_parser = humantime::parse_duration)]
     #[serde(
         default,
@@ -124,7 +148,8 @@ pub struct RawClient {
         skip_serializing_if = "Option::is_none"
     )]
     pub spool_max_age: Option<Duration>,
-    /// Longest wait between reconnect attempts [default: 30s].
+    /// Longest wait between reconnect attempts (with several servers: between rounds; the
+    /// next address is tried at once) [default: 30s].
     #[arg(long, env = "SENSORLINK_MAX_BACKOFF", value_parser = humantime::parse_duration)]
     #[serde(
         default,
@@ -201,8 +226,18 @@ fn secret_from_text<'de, D: serde::Deserializer<'de>>(
 impl RawClient {
     /// Each field from `self`, or from `lower` where `self` says nothing.
     pub fn or(self, lower: RawClient) -> RawClient {
+        // The addresses come as a group: a layer that names any replaces the lower's.
+        let says_addresses =
+            |raw: &RawClient| raw.addr.is_some() || raw.servers.is_some() || !raw.server.is_empty();
+        let (addr, servers, server) = if says_addresses(&self) {
+            (self.addr, self.servers, self.server)
+        } else {
+            (lower.addr, lower.servers, lower.server)
+        };
         RawClient {
-            addr: self.addr.or(lower.addr),
+            addr,
+            servers,
+            server,
             sensor: self.sensor.or(lower.sensor),
             measurement: self.measurement.or(lower.measurement),
             interval: self.interval.or(lower.interval),
@@ -269,10 +304,7 @@ impl RawClient {
             limits::TIMEOUT,
         )?;
         Ok(ClientConfig {
-            addr: match self.addr {
-                Some(addr) => socket_address("addr", addr)?,
-                None => format!("127.0.0.1:{}", crate::DEFAULT_PORT),
-            },
+            servers: server_list(self.addr, self.servers, self.server)?,
             sensor: match self.sensor {
                 Some(name) => Some(non_empty("sensor", name)?),
                 // A token names its sensor: the server files untagged readings under it, so
@@ -343,8 +375,15 @@ impl RawClient {
 
     /// The raw layer that says exactly `config`: what `--print-config` prints.
     pub fn from_config(config: &ClientConfig) -> RawClient {
+        // One server prints as it always did (`addr`), several as the list.
+        let (addr, servers) = match config.servers.as_slice() {
+            [one] => (Some(one.clone()), None),
+            several => (None, Some(several.to_vec())),
+        };
         RawClient {
-            addr: Some(config.addr.clone()),
+            addr,
+            servers,
+            server: Vec::new(),
             sensor: config.sensor.clone(),
             measurement: Some(config.measurement.clone()),
             interval: Some(config.interval),
@@ -378,6 +417,39 @@ impl RawClient {
             token: None,
         }
     }
+}
+
+/// The collector addresses: the list (SERVER… then --server, or `servers`) or else `addr`,
+/// each a valid address and none twice; the default one when none is given.
+fn server_list(
+    addr: Option<String>,
+    servers: Option<Vec<String>>,
+    server: Vec<String>,
+) -> Result<Vec<String>, ConfigError> {
+    let list: Vec<String> = servers
+        .unwrap_or_default()
+        .into_iter()
+        .chain(server)
+        .collect();
+    if list.is_empty() {
+        return Ok(vec![match addr {
+            Some(addr) => socket_address("addr", addr)?,
+            None => format!("127.0.0.1:{}", crate::DEFAULT_PORT),
+        }]);
+    }
+    let mut valid: Vec<String> = Vec::with_capacity(list.len());
+    for address in list {
+        let address = socket_address("server", address)?;
+        if valid.contains(&address) {
+            return Err(ConfigError::Invalid {
+                setting: "server",
+                value: format!("{address:?}"),
+                accepted: "each address once".into(),
+            });
+        }
+        valid.push(address);
+    }
+    Ok(valid)
 }
 
 /// The client's TLS settings: the others only with `tls`, a certificate only with its key.
@@ -428,7 +500,20 @@ fn client_tls(
 /// The file cannot be used, or a setting is out of range.
 pub fn client_config(flags: RawClient, file: Option<&Path>) -> Result<ClientConfig, ConfigError> {
     let from_file = match file {
-        Some(path) => ConfigFile::load(path)?.client.unwrap_or_default(),
+        Some(path) => {
+            let raw = ConfigFile::load(path)?.client.unwrap_or_default();
+            if let (Some(addr), Some(_)) = (&raw.addr, &raw.servers) {
+                return Err(ConfigError::Invalid {
+                    setting: "addr",
+                    value: format!("{addr:?}"),
+                    accepted: format!(
+                        "either addr or servers in [client] of {}, not both",
+                        path.display()
+                    ),
+                });
+            }
+            raw
+        }
         None => RawClient::default(),
     };
     flags.or(from_file).validate()
@@ -543,5 +628,101 @@ mod tests {
             );
         }
         assert!(interval(Duration::from_secs(2 * 24 * 3600)).is_err());
+    }
+
+    fn servers(raw: RawClient) -> Result<Vec<String>, ConfigError> {
+        raw.validate().map(|config| config.servers)
+    }
+
+    #[test]
+    fn servers_come_from_arguments_then_server_flags_or_from_addr() {
+        let list = |v: &[&str]| Some(v.iter().map(|s| s.to_string()).collect());
+        let raw = RawClient {
+            servers: list(&["a:1", "b:2"]),
+            server: vec!["c:3".into()],
+            ..RawClient::default()
+        };
+        assert_eq!(servers(raw).expect("valid"), ["a:1", "b:2", "c:3"]);
+        let raw = RawClient {
+            addr: Some("a:1".into()),
+            ..RawClient::default()
+        };
+        assert_eq!(servers(raw).expect("valid"), ["a:1"]);
+        // SENSORLINK_ADDR beside a list on the command line: the list wins.
+        let raw = RawClient {
+            addr: Some("a:1".into()),
+            server: vec!["b:2".into()],
+            ..RawClient::default()
+        };
+        assert_eq!(servers(raw).expect("valid"), ["b:2"]);
+        assert_eq!(
+            servers(RawClient::default()).expect("valid"),
+            [format!("127.0.0.1:{}", crate::DEFAULT_PORT)]
+        );
+    }
+
+    #[test]
+    fn a_layer_that_names_servers_replaces_the_lower_ones_addresses() {
+        let file = RawClient {
+            servers: Some(vec!["a:1".into(), "b:2".into()]),
+            ..RawClient::default()
+        };
+        let flags = RawClient {
+            server: vec!["c:3".into()],
+            ..RawClient::default()
+        };
+        assert_eq!(servers(flags.or(file.clone())).expect("valid"), ["c:3"]);
+        let flags = RawClient {
+            addr: Some("d:4".into()),
+            ..RawClient::default()
+        };
+        assert_eq!(servers(flags.or(file.clone())).expect("valid"), ["d:4"]);
+        assert_eq!(
+            servers(RawClient::default().or(file)).expect("valid"),
+            ["a:1", "b:2"]
+        );
+    }
+
+    #[test]
+    fn an_invalid_or_repeated_server_is_named() {
+        let raw = RawClient {
+            servers: Some(vec!["a:1".into(), "nope".into()]),
+            ..RawClient::default()
+        };
+        let err = servers(raw).expect_err("invalid");
+        assert!(
+            err.to_string().starts_with("invalid server \"nope\": "),
+            "{err}"
+        );
+        let raw = RawClient {
+            servers: Some(vec!["a:1".into()]),
+            server: vec!["a:1".into()],
+            ..RawClient::default()
+        };
+        let err = servers(raw).expect_err("twice");
+        assert_eq!(
+            err.to_string(),
+            "invalid server \"a:1\": accepted each address once"
+        );
+    }
+
+    #[test]
+    fn the_file_gives_servers_or_addr_not_both_and_prints_back_the_list() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("client.toml");
+        std::fs::write(&path, "[client]\naddr = \"a:1\"\nservers = [\"b:2\"]\n").expect("write");
+        let err = client_config(RawClient::default(), Some(&path)).expect_err("both");
+        assert!(err.to_string().contains("either addr or servers"), "{err}");
+        std::fs::write(&path, "[client]\nservers = [\"b:2\", \"c:3\"]\n").expect("write");
+        let config = client_config(RawClient::default(), Some(&path)).expect("valid");
+        assert_eq!(config.servers, ["b:2", "c:3"]);
+        let printed = print_client(&config).expect("printable");
+        assert!(
+            printed.contains("servers = [\"b:2\", \"c:3\"]"),
+            "{printed}"
+        );
+        std::fs::write(&path, &printed).expect("write");
+        let again = client_config(RawClient::default(), Some(&path)).expect("reads back");
+        assert_eq!(again.servers, config.servers);
     }
 }

@@ -11,6 +11,12 @@ use std::time::Instant;
 
 use tokio::sync::Semaphore;
 
+/// The throwaway PostgreSQL cluster (initdb + postgres in a temp dir), shared with the
+/// integration tests.
+#[cfg(test)]
+#[path = "../../tests/support/pg_cluster.rs"]
+pub(crate) mod pg_cluster;
+
 use super::memory::MemoryStore;
 use super::read::BoxFuture;
 use super::writer::{CommitReply, ConcurrentStore};

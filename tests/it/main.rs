@@ -9,6 +9,9 @@ mod config;
 mod conflicts;
 mod dashboard;
 mod durability;
+mod failover;
+#[path = "../support/haproxy.rs"]
+mod haproxy;
 mod harness;
 mod http;
 mod http_auth;
@@ -17,6 +20,9 @@ mod limits;
 mod line;
 mod link_report;
 mod live;
+#[path = "../support/pg_cluster.rs"]
+mod pg_cluster;
+mod pg_harness;
 mod probe;
 mod proxy_protocol;
 mod query;

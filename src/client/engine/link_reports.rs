@@ -78,9 +78,17 @@ impl<S: Session> Engine<'_, S> {
         }
         self.sample_kernel();
         let kernel = self.kernel.link_fields();
-        let Some(reading) = self.measure.link_report(totals, last, kernel) else {
+        let Some(mut reading) = self.measure.link_report(totals, last, kernel) else {
             return Ok(false);
         };
+        // With several servers, say which one the link was (last) to; one server: the
+        // report is as it always was.
+        if self.servers.len() > 1 {
+            if let Some(addr) = self.servers.connected_addr() {
+                let server = crate::protocol::FieldValue::Str(addr.to_string());
+                reading.fields.push(("server".to_string(), server));
+            }
+        }
         self.printer.link_report(&reading);
         self.keep(vec![(reading, true)]).await
     }
