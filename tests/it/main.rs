@@ -27,6 +27,7 @@ mod probe;
 mod proxy_protocol;
 mod query;
 mod report;
+mod scale;
 mod seed;
 mod shutdown;
 mod spool;

@@ -13,8 +13,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use crate::haproxy::{Balance, Haproxy, HaproxyOpts};
 use crate::harness::*;
-use crate::haproxy::{Haproxy, HaproxyOptions};
 use crate::pg_cluster;
 
 /// Readings per client, one every [`INTERVAL`]: a run of a few seconds, long enough to kill
@@ -33,13 +33,20 @@ fn recipe() -> PathBuf {
 
 /// `haproxy` from PATH (Debian: /usr/sbin), or the reason it cannot run.
 fn haproxy_bin() -> Option<PathBuf> {
-    let found = ["/usr/sbin/haproxy", "/usr/bin/haproxy", "/usr/local/sbin/haproxy"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|path| path.is_file());
+    let found = [
+        "/usr/sbin/haproxy",
+        "/usr/bin/haproxy",
+        "/usr/local/sbin/haproxy",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|path| path.is_file());
     match found {
         Some(path) => Some(path),
-        None => pg_cluster::skip("HAProxy", "no haproxy binary (install the `haproxy` package)"),
+        None => pg_cluster::skip(
+            "HAProxy",
+            "no haproxy binary (install the `haproxy` package)",
+        ),
     }
 }
 
@@ -89,7 +96,7 @@ fn the_haproxy_recipe_is_valid() {
             in_stats = true;
             line.trim_start_matches("# ").to_string()
         } else if in_stats && line.starts_with("#     ") {
-            line.trim_start_matches('#').to_string()
+            line.replacen("# ", "", 1)
         } else {
             in_stats = false;
             line.to_string()
@@ -97,13 +104,84 @@ fn the_haproxy_recipe_is_valid() {
         all_on.push_str(&line);
         all_on.push('\n');
     }
-    assert!(all_on.contains("\n    default-server send-proxy-v2"), "{all_on}");
-    assert!(all_on.contains("\nlisten stats\n    mode http\n"), "{all_on}");
+    assert!(
+        all_on.contains("\n    default-server send-proxy-v2"),
+        "{all_on}"
+    );
+    assert!(
+        all_on.contains("\nlisten stats\n    mode http\n"),
+        "{all_on}"
+    );
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("haproxy.cfg");
     std::fs::write(&file, &all_on).expect("write");
     let (ok, said) = haproxy_check(&haproxy, &file);
     assert!(ok, "the recipe with its optional parts on: {said}");
+}
+
+/// `deploy/haproxy.cfg` itself, its example addresses replaced by `frontend` and the
+/// collectors' sensor and HTTP ports (each replacement checked to have happened once).
+fn render_recipe(frontend: SocketAddr, collectors: &[&Collector]) -> String {
+    let mut text = std::fs::read_to_string(recipe()).expect("deploy/haproxy.cfg");
+    let mut replace = |from: &str, to: &str| {
+        assert_eq!(text.matches(from).count(), 1, "{from:?} in the recipe");
+        text = text.replace(from, to);
+    };
+    replace("    bind :8889\n", &format!("    bind {frontend}\n"));
+    for (i, collector) in collectors.iter().enumerate() {
+        replace(
+            &format!("server c{} 10.0.0.1{}:8889 check port 9889\n", i + 1, i + 1),
+            &format!(
+                "server c{} {} check port {}\n",
+                i + 1,
+                collector.addr(),
+                collector.http.port()
+            ),
+        );
+    }
+    text
+}
+
+/// The recipe as shipped (not the test harness's rendering of it) carries a client: two
+/// collectors behind `deploy/haproxy.cfg`, the one carrying the client SIGKILLed mid-run
+/// and restarted; the client, connected to HAProxy only, gets every reading acknowledged
+/// (`on-marked-down shutdown-sessions`, `option redispatch` and the timeouts at work).
+#[test]
+fn the_recipe_itself_carries_a_client_through_a_collector_death() {
+    let Some(haproxy) = haproxy_bin() else {
+        return;
+    };
+    let mut collectors = vec![
+        Collector::start("memory", &[]),
+        Collector::start("memory", &[]),
+    ];
+    let frontend = SocketAddr::from((
+        [127, 0, 0, 1],
+        pg_cluster::free_port().expect("a free port for HAProxy"),
+    ));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("haproxy.cfg");
+    let refs: Vec<&Collector> = collectors.iter().collect();
+    std::fs::write(&cfg, render_recipe(frontend, &refs)).expect("write the config");
+    let (ok, said) = haproxy_check(&haproxy, &cfg);
+    assert!(ok, "the rendered recipe: {said}");
+    let log = dir.path().join("haproxy.log");
+    let mut cmd = Command::new(&haproxy);
+    cmd.arg("-f")
+        .arg(&cfg)
+        .arg("-db")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log).expect("log file"))
+        .stderr(std::fs::File::create(dir.path().join("haproxy.err")).expect("log file"));
+    let _haproxy =
+        KillOnDrop(pg_cluster::spawn_tied_to_process(cmd, libc::SIGKILL).expect("spawn haproxy"));
+    let up = poll_until(PATIENCE, || std::net::TcpStream::connect(frontend).is_ok());
+    let said = || std::fs::read_to_string(dir.path().join("haproxy.err")).unwrap_or_default();
+    assert!(up, "HAProxy does not accept on {frontend}: {}", said());
+    let clients = spawn_clients(&[frontend.to_string()], dir.path(), &["recipe"]);
+    kill_one_mid_run(&mut collectors);
+    let acked = finish_clients(clients);
+    assert_someone_reconnected(&acked);
 }
 
 /// A collector on fixed ports (so a restart comes back where HAProxy and the clients look).
@@ -122,7 +200,9 @@ impl Collector {
             pg_cluster::free_port().expect("a free port for HTTP"),
         ));
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let server = Server::start_on("127.0.0.1:0", store, &Self::args(http, &extra));
+        let args = Self::args(http, &extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let server = Server::start_on("127.0.0.1:0", store, &args);
         Collector {
             server,
             http,
@@ -131,11 +211,9 @@ impl Collector {
         }
     }
 
-    fn args(http: SocketAddr, extra: &[String]) -> Vec<&str> {
-        let mut args = vec!["--http"];
-        // Leaked once per start: a handful per test.
-        args.push(Box::leak(http.to_string().into_boxed_str()));
-        args.extend(extra.iter().map(String::as_str));
+    fn args(http: SocketAddr, extra: &[String]) -> Vec<String> {
+        let mut args = vec!["--http".to_string(), http.to_string()];
+        args.extend(extra.iter().cloned());
         args
     }
 
@@ -156,7 +234,9 @@ impl Collector {
             PATIENCE,
             "the HTTP port to be free for the restart",
         );
-        self.server = Server::restart_on(self.addr(), &self.store, &Self::args(http, &self.extra));
+        let args = Self::args(http, &self.extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.server = Server::restart_on(self.addr(), &self.store, &args);
     }
 
     /// Readings it has acknowledged (its `/metrics`); 0 when it cannot be asked.
@@ -189,8 +269,8 @@ struct Client {
 
 /// One client per sensor, `servers` its addresses (one: HAProxy's; several: failover),
 /// spooling and writing its `--json` output under `dir`.
-fn spawn_clients(servers: &[String], dir: &Path) -> Vec<Client> {
-    SENSORS
+fn spawn_clients(servers: &[String], dir: &Path, sensors: &[&'static str]) -> Vec<Client> {
+    sensors
         .iter()
         .map(|sensor| {
             let stdout = dir.join(format!("{sensor}.json"));
@@ -260,9 +340,15 @@ fn finish_clients(clients: Vec<Client>) -> Vec<Acked> {
             let stdout = std::fs::read(&client.stdout).expect("client stdout");
             let stderr = std::fs::read_to_string(&client.stderr).unwrap_or_default();
             let text = String::from_utf8_lossy(&stdout);
-            assert!(exited, "client {sensor} still running after {RUN_PATIENCE:?}:\n{text}\n{stderr}");
+            assert!(
+                exited,
+                "client {sensor} still running after {RUN_PATIENCE:?}:\n{text}\n{stderr}"
+            );
             let status = status.expect("poll_until returned true once try_wait gave a status");
-            assert!(status.success(), "client {sensor}: {status}\n{text}\n{stderr}");
+            assert!(
+                status.success(),
+                "client {sensor}: {status}\n{text}\n{stderr}"
+            );
             let summary = summary(&stdout);
             assert_eq!(summary["produced"], COUNT, "{sensor}: {summary}");
             assert_eq!(summary["acked"], COUNT, "{sensor}: {summary}");
@@ -270,8 +356,15 @@ fn finish_clients(clients: Vec<Client>) -> Vec<Acked> {
             let mut seqs = BTreeSet::new();
             let mut stamps = Vec::new();
             for ack in json_lines(&stdout).iter().filter(|e| e["event"] == "ack") {
-                assert!(seqs.insert(ack["seq"].as_u64()), "{sensor}: acked twice: {ack}");
-                stamps.push(ack["timestamp_ns"].as_i64().expect("an ack has timestamp_ns"));
+                assert!(
+                    seqs.insert(ack["seq"].as_u64()),
+                    "{sensor}: acked twice: {ack}"
+                );
+                stamps.push(
+                    ack["timestamp_ns"]
+                        .as_i64()
+                        .expect("an ack has timestamp_ns"),
+                );
             }
             assert_eq!(stamps.len(), COUNT, "{sensor}: ack events");
             Acked {
@@ -290,13 +383,21 @@ fn assert_stored_exactly(store: &str, pg: &pg_cluster::PgCluster, acked: &[Acked
         let rows = query_json(store, &["--sensor", sensor, "--limit", "100000"]);
         let mut stored: Vec<i64> = rows
             .iter()
-            .map(|row| row["timestamp_ns"].as_i64().expect("a row has timestamp_ns"))
+            .map(|row| {
+                row["timestamp_ns"]
+                    .as_i64()
+                    .expect("a row has timestamp_ns")
+            })
             .collect();
         stored.sort_unstable();
         let mut expected = stamps.clone();
         expected.sort_unstable();
         let unique: BTreeSet<i64> = stored.iter().copied().collect();
-        assert_eq!(unique.len(), stored.len(), "{sensor}: a reading stored twice");
+        assert_eq!(
+            unique.len(),
+            stored.len(),
+            "{sensor}: a reading stored twice"
+        );
         assert_eq!(stored, expected, "{sensor}: stored vs produced");
     }
     let total: usize = acked.iter().map(|a| a.stamps.len()).sum::<usize>() + others;
@@ -311,7 +412,10 @@ fn assert_someone_reconnected(acked: &[Acked]) {
     assert!(
         acked.iter().any(|a| a.reconnects > 0),
         "a collector was killed under the clients, yet none reconnected: {:?}",
-        acked.iter().map(|a| (a.sensor, a.reconnects)).collect::<Vec<_>>()
+        acked
+            .iter()
+            .map(|a| (a.sensor, a.reconnects))
+            .collect::<Vec<_>>()
     );
 }
 
@@ -355,27 +459,23 @@ fn run_behind_haproxy(proxy_v2: bool) {
     let Some(pg) = pg_cluster::shared() else {
         return;
     };
-    if haproxy_bin().is_none() {
-        return;
-    }
     let store = pg.fresh_database("scale_haproxy");
     let extra: &[&str] = if proxy_v2 {
         &["--proxy-protocol", "v2"]
     } else {
         &[]
     };
-    let mut collectors = vec![Collector::start(&store, extra), Collector::start(&store, extra)];
-    let backends: Vec<(SocketAddr, u16)> = collectors
-        .iter()
-        .map(|c| (c.addr(), c.http.port()))
-        .collect();
-    let Some(haproxy) = Haproxy::start(
-        &backends,
-        HaproxyOptions {
-            send_proxy_v2: proxy_v2,
-            ..HaproxyOptions::default()
-        },
-    ) else {
+    let mut collectors = vec![
+        Collector::start(&store, extra),
+        Collector::start(&store, extra),
+    ];
+    let backends: Vec<SocketAddr> = collectors.iter().map(Collector::addr).collect();
+    let opts = HaproxyOpts {
+        readyz_ports: collectors.iter().map(|c| c.http.port()).collect(),
+        balance: Balance::LeastConn,
+        send_proxy_v2: proxy_v2,
+    };
+    let Some(haproxy) = Haproxy::start(&backends, &opts) else {
         return;
     };
     wait_for(
@@ -401,7 +501,7 @@ fn run_behind_haproxy(proxy_v2: bool) {
     }
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let clients = spawn_clients(&[haproxy.addr().to_string()], dir.path());
+    let clients = spawn_clients(&[haproxy.addr().to_string()], dir.path(), &SENSORS);
     kill_one_mid_run(&mut collectors);
     let acked = finish_clients(clients);
     assert_someone_reconnected(&acked);
@@ -413,6 +513,7 @@ fn run_behind_haproxy(proxy_v2: bool) {
 /// PostgreSQL + two collectors + HAProxy; three spooling clients through HAProxy; one
 /// collector SIGKILLed mid-run and restarted: every reading stored once.
 #[test]
+#[ignore = "needs `--store postgres://` (pgstore12, not merged yet)"]
 fn two_collectors_behind_haproxy_lose_nothing_when_one_is_killed() {
     run_behind_haproxy(false);
 }
@@ -420,12 +521,14 @@ fn two_collectors_behind_haproxy_lose_nothing_when_one_is_killed() {
 /// The same with PROXY protocol v2 between HAProxy and the collectors: they see each
 /// client's own address.
 #[test]
+#[ignore = "needs `--store postgres://` (pgstore12, not merged yet)"]
 fn two_collectors_behind_haproxy_with_proxy_v2() {
     run_behind_haproxy(true);
 }
 
 /// The same with no balancer: each client lists both collectors and fails over by itself.
 #[test]
+#[ignore = "needs `--store postgres://` (pgstore12, not merged yet)"]
 fn client_side_failover_between_two_collectors_loses_nothing() {
     let Some(pg) = pg_cluster::shared() else {
         return;
@@ -434,7 +537,7 @@ fn client_side_failover_between_two_collectors_loses_nothing() {
     let mut collectors = vec![Collector::start(&store, &[]), Collector::start(&store, &[])];
     let servers: Vec<String> = collectors.iter().map(|c| c.addr().to_string()).collect();
     let dir = tempfile::tempdir().expect("tempdir");
-    let clients = spawn_clients(&servers, dir.path());
+    let clients = spawn_clients(&servers, dir.path(), &SENSORS);
     kill_one_mid_run(&mut collectors);
     let acked = finish_clients(clients);
     assert_someone_reconnected(&acked);
