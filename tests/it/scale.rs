@@ -453,6 +453,39 @@ fn probe_peer(via: SocketAddr, sensor: &str) -> SocketAddr {
     local
 }
 
+/// Behind HAProxy, the collector sees HAProxy's address as the peer; with `send-proxy-v2`
+/// and `--proxy-protocol v2`, the client's own (here 127.0.0.2 and its port).
+#[test]
+fn behind_haproxy_proxy_v2_gives_the_collector_the_clients_address() {
+    for proxy_v2 in [false, true] {
+        let extra: &[&str] = if proxy_v2 {
+            &["--proxy-protocol", "v2"]
+        } else {
+            &[]
+        };
+        let collector = Collector::start("memory", extra);
+        let opts = HaproxyOpts {
+            readyz_ports: vec![collector.http.port()],
+            balance: Balance::LeastConn,
+            send_proxy_v2: proxy_v2,
+        };
+        let Some(haproxy) = Haproxy::start(&[collector.addr()], &opts) else {
+            return;
+        };
+        let local = probe_peer(haproxy.addr(), "proxied");
+        let sensor = http_get(&format!("http://{}/api/sensors/proxied", collector.http)).json();
+        let peer = sensor["peer"].as_str().unwrap_or_default();
+        if proxy_v2 {
+            assert_eq!(peer, local.to_string(), "{sensor}");
+        } else {
+            assert!(
+                peer.starts_with("127.0.0.1:"),
+                "HAProxy's address: {sensor}"
+            );
+        }
+    }
+}
+
 /// Two collectors behind HAProxy on one PostgreSQL; `proxy_v2` turns PROXY protocol v2 on
 /// at both ends.
 fn run_behind_haproxy(proxy_v2: bool) {
