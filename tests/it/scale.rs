@@ -367,6 +367,15 @@ fn finish_clients(clients: Vec<Client>) -> Vec<Acked> {
                 );
             }
             assert_eq!(stamps.len(), COUNT, "{sensor}: ack events");
+            eprintln!(
+                "{sensor}: produced {} acked {} resent {} duplicates {} reconnects {} failovers {}",
+                summary["produced"],
+                summary["acked"],
+                summary["resent"],
+                summary["duplicates"],
+                summary["reconnects"],
+                summary["failovers"]
+            );
             Acked {
                 sensor,
                 stamps,
