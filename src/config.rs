@@ -1346,6 +1346,35 @@ mod tests {
     }
 
     /// TLS files come as a pair (a client CA only with them), and print back.
+    /// `proxy-protocol`: off by default (printed), `v2` from the file or a flag, printed
+    /// back; anything else is refused with the accepted values.
+    #[test]
+    fn proxy_protocol_is_off_or_v2_and_prints_back() {
+        use crate::server::proxy_protocol::ProxyProtocol;
+        let default = RawServer::default().validate().expect("valid");
+        assert_eq!(default.proxy_protocol, ProxyProtocol::Off);
+        let printed = print_server(&default).expect("printable");
+        assert!(printed.contains("proxy-protocol = \"off\""), "{printed}");
+        let file = parse_file("[server]\nproxy-protocol = \"v2\"\n").expect("valid file");
+        let config = file.validate().expect("valid");
+        assert_eq!(config.proxy_protocol, ProxyProtocol::V2);
+        let printed = print_server(&config).expect("printable");
+        let again = parse_file(&printed).expect("parses").validate();
+        assert_eq!(again.expect("valid").proxy_protocol, ProxyProtocol::V2);
+        let err = parse_file("[server]\nproxy-protocol = \"v1\"\n").expect_err("v1");
+        let err = format!("{:#}", anyhow::Error::from(err));
+        assert!(err.contains("`off`") && err.contains("`v2`"), "{err}");
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Flags {
+            #[command(flatten)]
+            server: RawServer,
+        }
+        let flags = Flags::try_parse_from(["s", "--proxy-protocol", "v2"]).expect("a flag");
+        assert_eq!(flags.server.proxy_protocol, Some(ProxyProtocol::V2));
+        assert!(Flags::try_parse_from(["s", "--proxy-protocol", "v1"]).is_err());
+    }
+
     #[test]
     fn tls_settings_go_together_and_print_back() {
         let pair = RawServer {
