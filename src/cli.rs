@@ -152,7 +152,8 @@ pub struct ClientArgs {
 
 #[derive(Debug, Args)]
 pub struct QueryArgs {
-    /// The store to read (`sqlite:PATH`).
+    /// The store to read (`sqlite:PATH` or `postgres://USER@HOST:PORT/DB`; the password
+    /// from the URL or `PGPASSWORD`).
     #[arg(long, default_value = "sqlite:sensorlink.db", env = "SENSORLINK_STORE")]
     pub store: StoreUrl,
     #[arg(long)]
@@ -173,7 +174,8 @@ pub struct QueryArgs {
 
 #[derive(Debug, Args)]
 pub struct StatsArgs {
-    /// The store to read (`sqlite:PATH`).
+    /// The store to read (`sqlite:PATH` or `postgres://USER@HOST:PORT/DB`; the password
+    /// from the URL or `PGPASSWORD`).
     #[arg(long, default_value = "sqlite:sensorlink.db", env = "SENSORLINK_STORE")]
     pub store: StoreUrl,
     #[arg(long, value_enum, default_value_t = Format::Table)]

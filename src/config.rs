@@ -137,8 +137,9 @@ pub struct RawServer {
     #[arg(long, env = "SENSORLINK_HTTP")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<String>,
-    /// Where readings go: `sqlite:PATH` (durable) or `memory` (tests, benchmarks)
-    /// [default: sqlite:sensorlink.db].
+    /// Where readings go: `sqlite:PATH` (durable), `postgres://USER@HOST:PORT/DB` (one
+    /// database for several collectors; the password from the URL or `PGPASSWORD`) or
+    /// `memory` (tests, benchmarks) [default: sqlite:sensorlink.db].
     #[arg(long, env = "SENSORLINK_STORE")]
     #[serde(
         default,
@@ -275,6 +276,20 @@ pub struct RawServer {
     #[arg(long, env = "SENSORLINK_SERIES_CACHE_ENTRIES")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub series_cache_entries: Option<usize>,
+    /// PostgreSQL store only: drop readings older than this, a whole day partition at a
+    /// time (checked at start and hourly), e.g. `30d` [default: keep everything].
+    #[arg(long, env = "SENSORLINK_RETENTION", value_parser = humantime::parse_duration)]
+    #[serde(
+        default,
+        with = "human_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub retention: Option<Duration>,
+    /// PostgreSQL store only: transactions in flight at once (each on a connection of its
+    /// own; reads use two more) [default: 4].
+    #[arg(long, env = "SENSORLINK_PG_POOL_SIZE")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pg_pool_size: Option<usize>,
     /// Require tokens: the tokens file (TOML, made by `sensorlink token new`), read at start
     /// and on SIGHUP. See SECURITY.md.
     #[arg(long, value_name = "FILE", env = "SENSORLINK_AUTH")]
@@ -375,6 +390,12 @@ pub mod limits {
     /// Up to a billion: as good as off (benchmarks), still a number.
     pub const QUOTA: (u32, u32) = (1, 1_000_000_000);
     pub const SERIES_CACHE_ENTRIES: (usize, usize) = (1, 100_000_000);
+    /// Retention drops whole days: less than one would drop yesterday at midnight.
+    pub const RETENTION: (Duration, Duration) = (
+        Duration::from_secs(24 * 3600),
+        Duration::from_secs(100 * 366 * 24 * 3600),
+    );
+    pub const PG_POOL_SIZE: (usize, usize) = (1, crate::store::postgres::MAX_POOL_SIZE);
     /// Below 64 bytes not even a short reading fits; above 16 MiB one line could pin that
     /// much memory per connection.
     pub const MAX_LINE_BYTES: (usize, usize) = (64, 16 << 20);
@@ -441,6 +462,8 @@ impl RawServer {
                 .max_new_series_per_token
                 .or(lower.max_new_series_per_token),
             series_cache_entries: self.series_cache_entries.or(lower.series_cache_entries),
+            retention: self.retention.or(lower.retention),
+            pg_pool_size: self.pg_pool_size.or(lower.pg_pool_size),
             auth: self.auth.or(lower.auth),
             allow_legacy: self.allow_legacy.or(lower.allow_legacy),
             http_auth: self.http_auth.or(lower.http_auth),
@@ -616,8 +639,31 @@ impl RawServer {
                 limits::QUOTA,
             )?,
             proxy_protocol: self.proxy_protocol.unwrap_or(defaults.proxy_protocol),
+            retention: self
+                .retention
+                .map(|retention| in_range("retention", retention, limits::RETENTION))
+                .transpose()?,
+            pg_pool_size: in_range(
+                "pg-pool-size",
+                self.pg_pool_size.unwrap_or(defaults.pg_pool_size),
+                limits::PG_POOL_SIZE,
+            )?,
             ..defaults
         };
+        // Only the PostgreSQL store keeps its readings in partitions it can drop whole.
+        if let (Some(retention), false) = (
+            config.retention,
+            matches!(config.store, StoreUrl::Postgres(_)),
+        ) {
+            return Err(ConfigError::Invalid {
+                setting: "retention",
+                value: humantime::format_duration(retention).to_string(),
+                accepted: format!(
+                    "only with a PostgreSQL store (--store postgres://…), not {}",
+                    config.store
+                ),
+            });
+        }
         // A server that would serve its API to the network without tokens does not start.
         HttpAccess::resolve(&config)?;
         Ok(config)
@@ -652,6 +698,9 @@ impl RawServer {
             max_new_series_per_connection: Some(config.quotas.new_series_per_connection),
             max_new_series_per_token: Some(config.quotas.new_series_per_token),
             series_cache_entries: Some(config.series_cache_entries),
+            retention: config.retention,
+            pg_pool_size: matches!(config.store, StoreUrl::Postgres(_))
+                .then_some(config.pg_pool_size),
             auth: config.auth.clone(),
             allow_legacy: Some(
                 config
@@ -809,6 +858,49 @@ mod tests {
         let path = dir.path().join("sensorlink.toml");
         std::fs::write(&path, text).expect("write config");
         Ok(ConfigFile::load(&path)?.server.unwrap_or_default())
+    }
+
+    /// `--retention` and `--pg-pool-size` belong to the PostgreSQL store: validated,
+    /// printed, and retention refused with any other store.
+    #[test]
+    fn postgres_settings_are_validated() {
+        let file = parse_file(
+            "[server]\nstore = \"postgres://u:secret@db:5432/x\"\nretention = \"30days\"\n\
+             pg-pool-size = 8\n",
+        )
+        .expect("valid file");
+        let config = file.validate().expect("valid settings");
+        assert_eq!(config.retention, Some(Duration::from_secs(30 * 86_400)));
+        assert_eq!(config.pg_pool_size, 8);
+        let printed = print_server(&config).expect("printable");
+        assert!(printed.contains("pg-pool-size = 8\n"), "{printed}");
+        assert!(printed.contains("retention = \"30days\"\n"), "{printed}");
+        assert!(!printed.contains("secret"), "{printed}");
+        let defaults = RawServer::default().validate().expect("defaults");
+        assert_eq!(
+            (defaults.retention, defaults.pg_pool_size),
+            (None, crate::store::postgres::DEFAULT_POOL_SIZE)
+        );
+        for (text, error) in [
+            (
+                "[server]\nstore = \"sqlite:x.db\"\nretention = \"30days\"\n",
+                "invalid retention 30days: accepted only with a PostgreSQL store",
+            ),
+            (
+                "[server]\nstore = \"postgres://db/x\"\nretention = \"1h\"\n",
+                "invalid retention 1h",
+            ),
+            (
+                "[server]\nstore = \"postgres://db/x\"\npg-pool-size = 0\n",
+                "invalid pg-pool-size 0",
+            ),
+        ] {
+            let err = parse_file(text)
+                .expect("parses")
+                .validate()
+                .expect_err(error);
+            assert!(err.to_string().starts_with(error), "{err}");
+        }
     }
 
     #[test]

@@ -31,6 +31,7 @@ mod labels;
 mod limits;
 mod probe;
 mod recent;
+mod store;
 mod table;
 mod tcp;
 
@@ -41,6 +42,7 @@ pub use labels::{AuthResult, CloseReason, Mode, RefuseReason, RejectReason, Relo
 pub use limits::SeriesCacheEvicted;
 pub use probe::{ProbeResult, UdpProbeHandled, UdpTable, UdpTableEvicted};
 pub use recent::{Percentiles, Recent, Rejection, WindowSummary, WINDOW_SECONDS};
+pub use store::{RetentionApplied, StoreWaitEnded, StoreWaitStarted};
 pub use table::{describe, names, prometheus_builder, Kind, MetricDef, METRICS, PER_SENSOR};
 pub use tcp::{SensorTcpSampled, TcpSampled, MAX_TCP_LABELED_SENSORS};
 
@@ -107,6 +109,8 @@ pub struct Telemetry {
     tcp: tcp::TcpHandles,
     /// The UDP reflector's counters (`events/probe.rs`).
     udp: probe::UdpHandles,
+    /// Database outages and retention (`events/store.rs`).
+    store: store::StoreHandles,
     /// What the load summary reads.
     pub totals: Totals,
     /// The last seconds, for the HTTP API (rates, percentiles, rejections, readiness).
@@ -168,6 +172,7 @@ impl Telemetry {
                 .map(|reason| metrics::counter!(HTTP_AUTH_REFUSED, "reason" => reason.as_str())),
             tcp: tcp::TcpHandles::register(),
             udp: probe::UdpHandles::register(),
+            store: store::StoreHandles::register(),
             totals: Totals::default(),
             recent: Recent::default(),
         }

@@ -37,6 +37,10 @@
 //! | `sensorlink_auth_total` | counter | `result` = `ok` `malformed` `unknown` `revoked` `off` | `auth` lines answered on the sensor port (`off`: the server has no `--auth`) ([`super::AuthChecked`]) |
 //! | `sensorlink_store_series_cache_evictions_total` | counter | | series ids the SQLite writer evicted from its bounded cache ([`super::SeriesCacheEvicted`]) |
 //! | `sensorlink_store_series_cache_entries` | gauge | | series ids in that cache, as of its last eviction |
+//! | `sensorlink_store_unavailable_total` | counter | | times the database (PostgreSQL) went out of reach: batches were held unacknowledged and retried until it was back ([`super::StoreWaitStarted`]) |
+//! | `sensorlink_store_unavailable_duration_seconds` | histogram | | duration of each ended outage; `_sum` is the time waited ([`super::StoreWaitEnded`]) |
+//! | `sensorlink_store_partitions_dropped_total` | counter | | time partitions dropped by `--retention` ([`super::RetentionApplied`]) |
+//! | `sensorlink_store_retention_deleted_total` | counter | | readings removed by `--retention` |
 //! | `sensorlink_udp_probes_total` | counter | `result` = `answered` `too_short` `malformed` `unsigned` `bad_mac` `rate_limited` `send_failed` | datagrams on the UDP probe port, by what became of them ([`super::UdpProbeHandled`]) |
 //! | `sensorlink_udp_table_evictions_total` | counter | `table` = `sessions` `buckets` | least recently used entries the UDP reflector evicted to make room: an evicted session counts from 0 again (a probe client then reports its up/down split as unknown), an evicted address starts with a full burst ([`super::UdpTableEvicted`]) |
 //! | `sensorlink_http_auth_refused_total` | counter | `reason` = `missing` `malformed` `unknown` `revoked` `no_read_scope` | HTTP requests refused for want of a read token ([`super::HttpAuthRefused`]) |
@@ -112,6 +116,11 @@ pub(super) const NO_BUCKETS: &[f64] = &[];
 pub(super) const LATENCY_BUCKETS_S: &[f64] = &[
     0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Database outage buckets (seconds): a restart (~1 s) to an hour.
+pub(super) const OUTAGE_BUCKETS_S: &[f64] = &[
+    0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
 ];
 
 /// Rows-per-commit buckets, up to the largest `--commit-max-rows` accepted (1 000 000).
@@ -207,6 +216,14 @@ metric_table! {
         "TCP segments retransmitted so far on the sensor's latest connection (only the first 100 sensors sampled get this label).";
     UDP_PROBES = "sensorlink_udp_probes_total", Counter, Count, NO_BUCKETS,
         "Datagrams on the UDP probe port, by result (answered, or why dropped).";
+    STORE_UNAVAILABLE = "sensorlink_store_unavailable_total", Counter, Count, NO_BUCKETS,
+        "Times the database went out of reach (the store held its batches, unacknowledged, until it was back).";
+    STORE_UNAVAILABLE_DURATION = "sensorlink_store_unavailable_duration_seconds", Histogram, Seconds,
+        OUTAGE_BUCKETS_S, "Duration of each ended database outage (the sum is the time waited).";
+    STORE_PARTITIONS_DROPPED = "sensorlink_store_partitions_dropped_total", Counter, Count, NO_BUCKETS,
+        "Time partitions dropped by --retention.";
+    STORE_RETENTION_DELETED = "sensorlink_store_retention_deleted_total", Counter, Count, NO_BUCKETS,
+        "Readings removed by --retention (in dropped partitions or deleted one by one).";
     UDP_TABLE_EVICTED = "sensorlink_udp_table_evictions_total", Counter, Count, NO_BUCKETS,
         "Entries the UDP reflector evicted from its bounded tables (sessions: that session counts from 0 again; buckets: that address starts with a full burst).";
 }

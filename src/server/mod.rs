@@ -77,6 +77,10 @@ pub struct ServerConfig {
     pub quotas: quota::QuotaLimits,
     /// Series ids the SQLite store keeps in memory (least recently used evicted).
     pub series_cache_entries: usize,
+    /// Drop readings older than this (`--retention`; PostgreSQL only).
+    pub retention: Option<Duration>,
+    /// Transactions in flight on a PostgreSQL store (`--pg-pool-size`).
+    pub pg_pool_size: usize,
     /// The tokens file (`--auth`); `None`: no authentication.
     pub auth: Option<PathBuf>,
     /// With `--auth`: networks whose legacy (seed) peers may still connect (they cannot
@@ -134,6 +138,8 @@ impl Default for ServerConfig {
             legacy_ping_quiet: crate::protocol::legacy::LEGACY_PING_QUIET,
             quotas: quota::QuotaLimits::default(),
             series_cache_entries: store::DEFAULT_SERIES_CACHE_ENTRIES,
+            retention: None,
+            pg_pool_size: store::postgres::DEFAULT_POOL_SIZE,
             auth: None,
             allow_legacy: Vec::new(),
             http_auth: crate::http::access::HttpAuth::Auto,
@@ -211,7 +217,7 @@ impl Limits {
 /// Prints `http on http://<addr>/` (`https://` with TLS; nothing with `--http off`),
 /// then `listening on <addr>` on stdout once bound (port 0 gets its real port).
 pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let store = open_store(&config).await?;
+    let store = open_store_until(&config, Some(shutdown.clone())).await?;
     run_with_store(config, store, shutdown).await
 }
 
@@ -219,12 +225,25 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
 /// side (e.g. an HTTP API) serves; clone it before handing the store to
 /// [`run_with_store`].
 pub async fn open_store(config: &ServerConfig) -> anyhow::Result<store::OpenStore> {
-    let store_url = config.store.clone();
-    let fsync = config.fsync;
-    let series_cache = config.series_cache_entries;
-    tokio::task::spawn_blocking(move || store::open_with_cache(&store_url, fsync, series_cache))
+    open_store_until(config, None).await
+}
+
+/// [`open_store`], told when the server's shutdown begins (a PostgreSQL store then stops
+/// waiting for a database that is away after a bounded time, so connections can close).
+async fn open_store_until(
+    config: &ServerConfig,
+    shutdown: Option<CancellationToken>,
+) -> anyhow::Result<store::OpenStore> {
+    let options = store::StoreOptions {
+        fsync: config.fsync,
+        series_cache_entries: config.series_cache_entries,
+        pg_pool_size: config.pg_pool_size,
+        retention: config.retention,
+        writer: config.writer.clone(),
+        shutdown,
+    };
+    store::open_async(&config.store, &options)
         .await
-        .context("store open task")?
         .with_context(|| format!("opening store {}", config.store))
 }
 

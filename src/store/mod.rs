@@ -6,23 +6,26 @@
 //!   sent only once the receipt says the batch is committed. How a store is driven behind
 //!   that handle is chosen by its opener ([`Drive`]): SQLite is a blocking [`Store`] behind
 //!   one group-commit writer thread; the memory store is written by the submitting task.
-//!   A store with its own concurrency (the PostgreSQL store to come, several commits in
-//!   flight over a pool) implements the handle's seam itself ([`writer::ConcurrentStore`]).
+//!   A store with its own concurrency ([`postgres`]: several commits in flight over a
+//!   pool) implements the handle's seam itself ([`writer::ConcurrentStore`]).
 //! - **Reading**: a [`StoreReader`] (cloneable, `Send + Sync`, async) answers queries,
 //!   latest reading per sensor and counts from committed data, never through the writer:
-//!   SQLite reads over its own read-only connections, memory reads its shared state. The
+//!   SQLite reads over its own read-only connections, PostgreSQL over a small pool of its
+//!   own, memory reads its shared state. The
 //!   running server hands one out, and `sensorlink query`/`stats` use the same functions.
 //!
 //! [`encoding`] holds the series identity and the stored field format; every store
 //! implementation passes the same conformance suite (`conformance.rs`).
 //!
-//! Adding a store (e.g. PostgreSQL) is one new module: a [`writer::ConcurrentStore`] (or a
-//! blocking [`Store`]) for writing, a [`ReadStore`] for reading, errors mapped to
-//! [`StoreError`] (`Unavailable` when the database is out of reach), then a [`StoreUrl`]
-//! variant, an arm in [`open`] and [`open_reader`], and one `conformance!` line.
+//! Adding a store is one new module: a [`writer::ConcurrentStore`] (or a blocking
+//! [`Store`]) for writing, a [`ReadStore`] for reading, errors mapped to [`StoreError`]
+//! (`Unavailable` when the database is out of reach), then a [`StoreUrl`] variant, an arm
+//! in [`open_async`] (and [`open`] if it opens without a runtime) and [`open_reader`], and
+//! one `conformance!` line.
 
 pub mod encoding;
 pub mod memory;
+pub mod postgres;
 mod read;
 pub mod sqlite;
 #[cfg(test)]
@@ -295,17 +298,18 @@ pub struct OpenStore {
     pub reader: StoreReader,
 }
 
-/// Where to store, parsed from `--store`: `memory` or `sqlite:PATH`.
+/// Where to store, parsed from `--store`: `memory`, `sqlite:PATH`, or
+/// `postgres://USER@HOST:PORT/DB` (also `postgresql://`).
 ///
-/// Its `Display` (used in logs, errors and `--print-config`) must never show a password:
-/// a variant holding a URL with credentials (the PostgreSQL store to come) prints through
-/// [`redact_url`] and takes its password from the driver's usual places (`PGPASSWORD`,
-/// `.pgpass`) or a setting of its own, never from the printed URL.
+/// Its `Display` and `Debug` (used in logs, errors and `--print-config`) never show a
+/// password: a PostgreSQL URL prints through [`redact_url`]; the password comes from the
+/// URL as given or from `PGPASSWORD`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub enum StoreUrl {
     Memory,
     Sqlite(PathBuf),
+    Postgres(postgres::PgUrl),
 }
 
 impl std::str::FromStr for StoreUrl {
@@ -334,17 +338,47 @@ impl std::str::FromStr for StoreUrl {
             }
             return Ok(StoreUrl::Sqlite(PathBuf::from(path)));
         }
+        if postgres::PgUrl::is_postgres(url) {
+            return postgres::PgUrl::parse(url).map(StoreUrl::Postgres);
+        }
         Err(StoreError::InvalidUrl {
             // A mistyped database URL may carry a password: never echo it.
             url: redact_url(url).into_owned(),
-            reason: "expected `memory` or `sqlite:PATH`".into(),
+            reason: "expected `memory`, `sqlite:PATH` or `postgres://USER@HOST:PORT/DB`".into(),
         })
     }
 }
 
 /// `url` with its password, if any, replaced by `***` (`scheme://user:secret@host/db` →
-/// `scheme://user:***@host/db`): what logs and error messages may show of a store URL.
+/// `scheme://user:***@host/db`, and a `password=` query parameter alike): what logs and
+/// error messages may show of a store URL.
 pub fn redact_url(url: &str) -> std::borrow::Cow<'_, str> {
+    use std::borrow::Cow;
+    let url = redact_userinfo(url);
+    let Some(query) = url.find('?') else {
+        return url;
+    };
+    if !url[query + 1..]
+        .split('&')
+        .any(|pair| pair.starts_with("password="))
+    {
+        return url;
+    }
+    let pairs: Vec<&str> = url[query + 1..]
+        .split('&')
+        .map(|pair| {
+            if pair.starts_with("password=") {
+                "password=***"
+            } else {
+                pair
+            }
+        })
+        .collect();
+    Cow::Owned(format!("{}?{}", &url[..query], pairs.join("&")))
+}
+
+/// The password of `scheme://user:secret@host` replaced by `***`.
+fn redact_userinfo(url: &str) -> std::borrow::Cow<'_, str> {
     use std::borrow::Cow;
     let Some(scheme_end) = url.find("://") else {
         return Cow::Borrowed(url);
@@ -370,6 +404,7 @@ impl std::fmt::Display for StoreUrl {
         match self {
             StoreUrl::Memory => f.write_str("memory"),
             StoreUrl::Sqlite(path) => write!(f, "sqlite:{}", path.display()),
+            StoreUrl::Postgres(url) => url.fmt(f),
         }
     }
 }
@@ -439,7 +474,7 @@ impl std::fmt::Display for FsyncPolicy {
 pub const DEFAULT_SERIES_CACHE_ENTRIES: usize = sqlite::DEFAULT_SERIES_CACHE_ENTRIES;
 
 /// Open the store named by `url` for writing (creating and migrating it as needed), with a
-/// reader beside it.
+/// reader beside it. The PostgreSQL store opens only on a runtime: use [`open_async`].
 pub fn open(url: &StoreUrl, fsync: FsyncPolicy) -> Result<OpenStore, StoreError> {
     open_with_cache(url, fsync, DEFAULT_SERIES_CACHE_ENTRIES)
 }
@@ -469,15 +504,87 @@ pub fn open_with_cache(
                 reader,
             })
         }
+        StoreUrl::Postgres(_) => Err(StoreError::InvalidOption {
+            option: "store",
+            value: url.to_string(),
+            expected: "a store that opens without a runtime (open PostgreSQL with open_async)",
+        }),
+    }
+}
+
+/// How the server opens its store: what every store takes, and the PostgreSQL store's own
+/// settings.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub fsync: FsyncPolicy,
+    /// Series ids a writer keeps in memory (SQLite, PostgreSQL).
+    pub series_cache_entries: usize,
+    /// PostgreSQL: committers (`--pg-pool-size`).
+    pub pg_pool_size: usize,
+    /// Drop data older than this (`--retention`; PostgreSQL only, refused elsewhere by
+    /// the config).
+    pub retention: Option<std::time::Duration>,
+    /// Most readings in one transaction, and batches queued (the writer's settings).
+    pub writer: writer::WriterConfig,
+    /// The server's shutdown (PostgreSQL: from then on, batches held by an outage wait a
+    /// bounded time, then are answered with the error).
+    pub shutdown: Option<tokio_util::sync::CancellationToken>,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            fsync: FsyncPolicy::Always,
+            series_cache_entries: DEFAULT_SERIES_CACHE_ENTRIES,
+            pg_pool_size: postgres::DEFAULT_POOL_SIZE,
+            retention: None,
+            writer: writer::WriterConfig::default(),
+            shutdown: None,
+        }
+    }
+}
+
+/// Open the store named by `url` for writing, from async code: a blocking store on a
+/// blocking thread, the PostgreSQL store on the current runtime (its connections live
+/// there).
+///
+/// # Errors
+/// As [`open`]; for PostgreSQL, the database cannot be reached or migrated.
+pub async fn open_async(url: &StoreUrl, options: &StoreOptions) -> Result<OpenStore, StoreError> {
+    match url {
+        StoreUrl::Postgres(pg) => {
+            let pg_options = postgres::PgOptions {
+                pool_size: options.pg_pool_size,
+                retention: options.retention,
+                fsync: options.fsync,
+                max_batch_rows: options.writer.max_batch_rows,
+                queue_batches: options.writer.queue_batches,
+                series_cache_entries: options.series_cache_entries,
+                shutdown: options.shutdown.clone(),
+            };
+            postgres::open(pg, pg_options).await
+        }
+        _ => {
+            let (url, fsync, cache) = (url.clone(), options.fsync, options.series_cache_entries);
+            tokio::task::spawn_blocking(move || open_with_cache(&url, fsync, cache))
+                .await
+                .map_err(|err| StoreError::Backend {
+                    location: "store".into(),
+                    operation: "open",
+                    detail: format!("open task failed: {err}"),
+                })?
+        }
     }
 }
 
 /// Open the store named by `url` for reading only: nothing is created or migrated (a
-/// memory store reads as empty).
+/// memory store reads as empty). A PostgreSQL reader connects on its first read, on the
+/// runtime that reads.
 pub fn open_reader(url: &StoreUrl) -> Result<StoreReader, StoreError> {
     match url {
         StoreUrl::Memory => Ok(memory::MemoryStore::default().reader()),
         StoreUrl::Sqlite(path) => Ok(StoreReader::new(sqlite::SqliteReader::open(path)?)),
+        StoreUrl::Postgres(pg) => Ok(StoreReader::new(postgres::PgReader::new(pg)?)),
     }
 }
 
@@ -536,9 +643,20 @@ mod tests {
         ] {
             assert_eq!(redact_url(url), shown);
         }
-        let err = "postgres://u:s3cret@db/x"
+        assert_eq!(
+            redact_url("postgres://db/x?user=u&password=s3cret&sslmode=disable"),
+            "postgres://db/x?user=u&password=***&sslmode=disable"
+        );
+        let url = "postgres://u:s3cret@db/x"
             .parse::<StoreUrl>()
-            .expect_err("not a known store yet");
+            .expect("a PostgreSQL URL");
+        assert!(matches!(url, StoreUrl::Postgres(_)));
+        assert_eq!(url.to_string(), "postgres://u:***@db/x");
+        assert!(!format!("{url:?}").contains("s3cret"));
+        assert_eq!(String::from(url), "postgres://u:***@db/x");
+        let err = "mysql://u:s3cret@db/x"
+            .parse::<StoreUrl>()
+            .expect_err("not a store");
         assert!(!err.to_string().contains("s3cret"), "{err}");
     }
 

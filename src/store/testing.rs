@@ -1,7 +1,8 @@
 //! Test support shared by every store test: reading builders, and the one stub store the
 //! writer and connection tests drive ([`TestStore`]: a memory store that records its
 //! transactions and can be told to fail or to wait at a gate), plus a [`ConcurrentStore`]
-//! stub with several commits in flight.
+//! stub with several commits in flight; and the throwaway PostgreSQL cluster
+//! ([`pg_cluster`], shared with the integration tests).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -295,4 +296,20 @@ impl ConcurrentStore for ConcurrentTestStore {
             Ok(())
         })
     }
+}
+
+/// Open the PostgreSQL store at `url` (a test database) on the current runtime.
+///
+/// # Panics
+/// If it cannot be opened: the test database exists, so that is a failure.
+pub(crate) async fn open_postgres(
+    url: &str,
+    options: super::postgres::PgOptions,
+) -> super::OpenStore {
+    let super::StoreUrl::Postgres(pg) = url.parse().expect("a postgres URL") else {
+        panic!("{url} is not a PostgreSQL URL");
+    };
+    super::postgres::open(&pg, options)
+        .await
+        .unwrap_or_else(|err| panic!("opening {url}: {err}"))
 }

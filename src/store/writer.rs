@@ -592,7 +592,7 @@ fn commit(
 /// Share a transaction's outcome among the batches it held, exactly: each batch gets the
 /// repeats whose index falls in its part of the merged batch (re-indexed from its start),
 /// and its other readings as inserted.
-fn split_written(total: Written, lens: &[usize]) -> Vec<Written> {
+pub(crate) fn split_written(total: Written, lens: &[usize]) -> Vec<Written> {
     if lens.len() == 1 {
         return vec![total];
     }

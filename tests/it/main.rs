@@ -23,6 +23,7 @@ mod live;
 #[path = "../support/pg_cluster.rs"]
 mod pg_cluster;
 mod pg_harness;
+mod postgres;
 mod probe;
 mod proxy_protocol;
 mod query;

@@ -555,7 +555,6 @@ fn run_behind_haproxy(proxy_v2: bool) {
 /// PostgreSQL + two collectors + HAProxy; three spooling clients through HAProxy; one
 /// collector SIGKILLed mid-run and restarted: every reading stored once.
 #[test]
-#[ignore = "needs `--store postgres://` (pgstore12, not merged yet)"]
 fn two_collectors_behind_haproxy_lose_nothing_when_one_is_killed() {
     run_behind_haproxy(false);
 }
@@ -563,14 +562,12 @@ fn two_collectors_behind_haproxy_lose_nothing_when_one_is_killed() {
 /// The same with PROXY protocol v2 between HAProxy and the collectors: they see each
 /// client's own address.
 #[test]
-#[ignore = "needs `--store postgres://` (pgstore12, not merged yet)"]
 fn two_collectors_behind_haproxy_with_proxy_v2() {
     run_behind_haproxy(true);
 }
 
 /// The same with no balancer: each client lists both collectors and fails over by itself.
 #[test]
-#[ignore = "needs `--store postgres://` (pgstore12, not merged yet)"]
 fn client_side_failover_between_two_collectors_loses_nothing() {
     let Some(pg) = pg_cluster::shared() else {
         return;
