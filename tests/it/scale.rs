@@ -82,6 +82,8 @@ fn the_haproxy_recipe_is_valid() {
         "on-marked-down shutdown-sessions",
         "timeout tunnel",
         "option redispatch",
+        "user haproxy",
+        "chroot /var/lib/haproxy",
     ] {
         assert!(text.contains(needle), "the recipe lacks {needle:?}");
     }
@@ -120,9 +122,18 @@ fn the_haproxy_recipe_is_valid() {
 }
 
 /// `deploy/haproxy.cfg` itself, its example addresses replaced by `frontend` and the
-/// collectors' sensor and HTTP ports (each replacement checked to have happened once).
+/// collectors' sensor and HTTP ports (each replacement checked to have happened once), and
+/// its privilege drop (`user`, `group`, `chroot`) removed: the test does not run as root.
 fn render_recipe(frontend: SocketAddr, collectors: &[&Collector]) -> String {
     let mut text = std::fs::read_to_string(recipe()).expect("deploy/haproxy.cfg");
+    for line in [
+        "    user haproxy\n",
+        "    group haproxy\n",
+        "    chroot /var/lib/haproxy\n",
+    ] {
+        assert_eq!(text.matches(line).count(), 1, "{line:?} in the recipe");
+        text = text.replace(line, "");
+    }
     let mut replace = |from: &str, to: &str| {
         assert_eq!(text.matches(from).count(), 1, "{from:?} in the recipe");
         text = text.replace(from, to);
