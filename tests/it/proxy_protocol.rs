@@ -52,8 +52,9 @@ fn metric(server: &Server, series: &str) -> f64 {
 
 const REFUSED: &str = "sensorlink_connections_refused_total{reason=\"proxy_header\"}";
 
-/// IPv4 and IPv6 sources replace the TCP peer (127.0.0.1) in `/api/sensors`, the sensor
-/// name of a reading without a `sensor` tag, and the connection's log lines.
+/// IPv4 and IPv6 sources (IPv4-mapped ones as IPv4) replace the TCP peer (127.0.0.1) in
+/// `/api/sensors`, the sensor name of a reading without a `sensor` tag, and the
+/// connection's log lines.
 #[test]
 fn the_headers_source_is_the_peer() {
     let server = Server::start(&["--proxy-protocol", "v2"]);
@@ -70,6 +71,16 @@ fn the_headers_source_is_the_peer() {
     send_acked(&mut v6, "temp,sensor=six value=2");
     let sensor = server.get("/api/sensors/six").json();
     assert_eq!(sensor["peer"], "[2001:db8::7]:40002", "{sensor}");
+
+    // A dual-stack balancer sends an IPv4 client as ::ffff:192.0.2.9: named and shown as
+    // plain IPv4.
+    let mut mapped = proxied_peer(
+        &server,
+        &header("[::ffff:192.0.2.9]:40003", "[::ffff:198.51.100.1]:8889"),
+    );
+    send_acked(&mut mapped, "temp value=3");
+    let sensor = server.get("/api/sensors/192.0.2.9").json();
+    assert_eq!(sensor["peer"], "192.0.2.9:40003", "{sensor}");
 
     drop(v4);
     server.wait_for_log("peer_addr=192.0.2.7:40001");
