@@ -9,7 +9,7 @@
 //! TLS or the sensor protocol) within a deadline. The format is HAProxy's
 //! `doc/proxy-protocol.txt`, section 2.2; version 1 (text) is refused, not guessed at.
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
 
 use tokio::io::{AsyncRead, AsyncReadExt as _};
@@ -230,9 +230,12 @@ pub fn decode(buf: &[u8]) -> Result<Decoded, HeaderError> {
                 Ipv6Addr::from(octets)
             };
             let port = |at: usize| u16::from_be_bytes([block[at], block[at + 1]]);
+            // A dual-stack bind (`bind :::8889 v4v6`) sends IPv4 clients as ::ffff:a.b.c.d:
+            // make them plain IPv4, so a sensor's name, per-IP key and logs do not depend
+            // on how the balancer's frontend is bound.
             ProxyHeader::Proxy {
-                source: SocketAddr::new(ip(0).into(), port(32)),
-                destination: SocketAddr::new(ip(16).into(), port(34)),
+                source: SocketAddr::new(ip(0).to_canonical(), port(32)),
+                destination: SocketAddr::new(ip(16).to_canonical(), port(34)),
             }
         }
         _ => ProxyHeader::Unknown,
@@ -244,9 +247,12 @@ pub fn decode(buf: &[u8]) -> Result<Decoded, HeaderError> {
 /// `Unknown` as `PROXY` with family `UNSPEC`), followed by `tlvs` (opaque here: TLVs are
 /// skipped on decode). For tests, the fuzz target, and anyone scripting a balancer.
 ///
+/// Addresses of different IP versions go as IPv6, the IPv4 one mapped (`::ffff:a.b.c.d`),
+/// which decodes back to the same header.
+///
 /// # Panics
-/// `source` and `destination` of different IP versions, or `tlvs` making the address
-/// block longer than a `u16` can say (callers build these; neither comes from a peer).
+/// `tlvs` making the address block longer than a `u16` can say (callers build these; they
+/// do not come from a peer).
 pub fn encode(header: &ProxyHeader, tlvs: &[u8], out: &mut Vec<u8>) {
     let mut block = Vec::new();
     let (command, family) = match header {
@@ -262,12 +268,15 @@ pub fn encode(header: &ProxyHeader, tlvs: &[u8], out: &mut Vec<u8>) {
                     block.extend_from_slice(&dst.ip().octets());
                     FAMILY_INET
                 }
-                (SocketAddr::V6(src), SocketAddr::V6(dst)) => {
-                    block.extend_from_slice(&src.ip().octets());
-                    block.extend_from_slice(&dst.ip().octets());
+                _ => {
+                    let v6 = |ip: IpAddr| match ip {
+                        IpAddr::V4(ip) => ip.to_ipv6_mapped(),
+                        IpAddr::V6(ip) => ip,
+                    };
+                    block.extend_from_slice(&v6(source.ip()).octets());
+                    block.extend_from_slice(&v6(destination.ip()).octets());
                     FAMILY_INET6
                 }
-                _ => panic!("a PROXY header's addresses are of one IP version"),
             };
             block.extend_from_slice(&source.port().to_be_bytes());
             block.extend_from_slice(&destination.port().to_be_bytes());
@@ -392,6 +401,41 @@ mod tests {
         assert_eq!(ProxyHeader::Local.peer(peer()), peer());
         assert_eq!(ProxyHeader::Unknown.peer(peer()), peer());
         assert_eq!(v6().peer(peer()).to_string(), "[2001:db8::7]:40001");
+    }
+
+    /// HAProxy on a dual-stack bind sends an IPv4 client as `::ffff:192.0.2.7`: the peer is
+    /// the plain IPv4 address (the same sensor name and per-IP key as with an IPv4 bind).
+    #[test]
+    fn ipv4_mapped_ipv6_sources_become_ipv4() {
+        let mapped = |s: &str| -> SocketAddr { s.parse().expect("literal") };
+        let header = ProxyHeader::Proxy {
+            source: mapped("[::ffff:192.0.2.7]:40001"),
+            destination: mapped("[::ffff:198.51.100.1]:8889"),
+        };
+        let mut bytes = Vec::new();
+        encode(&header, &[], &mut bytes);
+        assert_eq!(bytes[13], 0x21, "sent as TCP over IPv6, as HAProxy does");
+        let Ok(Decoded::Header { header, .. }) = decode(&bytes) else {
+            panic!("a valid header: {:?}", decode(&bytes));
+        };
+        assert_eq!(header.peer(peer()).to_string(), "192.0.2.7:40001");
+        assert_eq!(
+            header,
+            ProxyHeader::Proxy {
+                source: mapped("192.0.2.7:40001"),
+                destination: mapped("198.51.100.1:8889"),
+            }
+        );
+
+        // Only one side mapped: each is canonical on its own, and it encodes back (mapped).
+        let mixed = ProxyHeader::Proxy {
+            source: mapped("192.0.2.7:40001"),
+            destination: mapped("[2001:db8::1]:8889"),
+        };
+        let mut bytes = Vec::new();
+        encode(&mixed, &[], &mut bytes);
+        let len = bytes.len();
+        assert_eq!(decode(&bytes), Ok(Decoded::Header { header: mixed, len }));
     }
 
     fn peer() -> SocketAddr {

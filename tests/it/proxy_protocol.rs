@@ -52,8 +52,9 @@ fn metric(server: &Server, series: &str) -> f64 {
 
 const REFUSED: &str = "sensorlink_connections_refused_total{reason=\"proxy_header\"}";
 
-/// IPv4 and IPv6 sources replace the TCP peer (127.0.0.1) in `/api/sensors`, the sensor
-/// name of a reading without a `sensor` tag, and the connection's log lines.
+/// IPv4 and IPv6 sources (IPv4-mapped ones as IPv4) replace the TCP peer (127.0.0.1) in
+/// `/api/sensors`, the sensor name of a reading without a `sensor` tag, and the
+/// connection's log lines.
 #[test]
 fn the_headers_source_is_the_peer() {
     let server = Server::start(&["--proxy-protocol", "v2"]);
@@ -70,6 +71,16 @@ fn the_headers_source_is_the_peer() {
     send_acked(&mut v6, "temp,sensor=six value=2");
     let sensor = server.get("/api/sensors/six").json();
     assert_eq!(sensor["peer"], "[2001:db8::7]:40002", "{sensor}");
+
+    // A dual-stack balancer sends an IPv4 client as ::ffff:192.0.2.9: named and shown as
+    // plain IPv4.
+    let mut mapped = proxied_peer(
+        &server,
+        &header("[::ffff:192.0.2.9]:40003", "[::ffff:198.51.100.1]:8889"),
+    );
+    send_acked(&mut mapped, "temp value=3");
+    let sensor = server.get("/api/sensors/192.0.2.9").json();
+    assert_eq!(sensor["peer"], "192.0.2.9:40003", "{sensor}");
 
     drop(v4);
     server.wait_for_log("peer_addr=192.0.2.7:40001");
@@ -307,21 +318,24 @@ fn tls_after_the_header() {
     server.wait_for_log("no valid PROXY protocol v2 header");
 }
 
-/// Off (the default), a PROXY header is not looked for: its bytes are just a bad line.
+/// Off (the default), a PROXY header is not looked for: its bytes are just a bad line, and
+/// a reading after it is filed under the TCP peer (127.0.0.1), not the header's source.
 #[test]
 fn off_by_default_a_header_is_not_special() {
     let server = Server::start(&[]);
     let mut peer = proxied_peer(&server, &header("192.0.2.7:40001", "198.51.100.1:8889"));
-    peer.send(b"\nping\n");
-    let mut replies = Vec::new();
-    loop {
+    // The header's bytes end in no newline: one close the (bad) line they start.
+    peer.send(b"\ntemp value=1\nsync s\n");
+    let ack = loop {
         let line = peer.line();
-        if line == "pong" {
-            break;
+        if line.starts_with("ack s ") {
+            break line;
         }
-        replies.push(line);
-    }
+    };
+    assert!(ack.contains(" readings=1 "), "{ack}");
     assert_eq!(metric(&server, REFUSED), 0.0);
-    let sensor = server.get("/api/sensors/192.0.2.7");
-    assert_eq!(sensor.status, 404);
+    let local = peer.writer.local_addr().expect("local address");
+    let sensor = server.get("/api/sensors/127.0.0.1").json();
+    assert_eq!(sensor["peer"], local.to_string(), "{sensor}");
+    assert_eq!(server.get("/api/sensors/192.0.2.7").status, 404);
 }

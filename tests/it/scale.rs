@@ -82,6 +82,8 @@ fn the_haproxy_recipe_is_valid() {
         "on-marked-down shutdown-sessions",
         "timeout tunnel",
         "option redispatch",
+        "user haproxy",
+        "chroot /var/lib/haproxy",
     ] {
         assert!(text.contains(needle), "the recipe lacks {needle:?}");
     }
@@ -120,9 +122,18 @@ fn the_haproxy_recipe_is_valid() {
 }
 
 /// `deploy/haproxy.cfg` itself, its example addresses replaced by `frontend` and the
-/// collectors' sensor and HTTP ports (each replacement checked to have happened once).
+/// collectors' sensor and HTTP ports (each replacement checked to have happened once), and
+/// its privilege drop (`user`, `group`, `chroot`) removed: the test does not run as root.
 fn render_recipe(frontend: SocketAddr, collectors: &[&Collector]) -> String {
     let mut text = std::fs::read_to_string(recipe()).expect("deploy/haproxy.cfg");
+    for line in [
+        "    user haproxy\n",
+        "    group haproxy\n",
+        "    chroot /var/lib/haproxy\n",
+    ] {
+        assert_eq!(text.matches(line).count(), 1, "{line:?} in the recipe");
+        text = text.replace(line, "");
+    }
     let mut replace = |from: &str, to: &str| {
         assert_eq!(text.matches(from).count(), 1, "{from:?} in the recipe");
         text = text.replace(from, to);
@@ -144,8 +155,9 @@ fn render_recipe(frontend: SocketAddr, collectors: &[&Collector]) -> String {
 
 /// The recipe as shipped (not the test harness's rendering of it) carries a client: two
 /// collectors behind `deploy/haproxy.cfg`, the one carrying the client SIGKILLed mid-run
-/// and restarted; the client, connected to HAProxy only, gets every reading acknowledged
-/// (`on-marked-down shutdown-sessions`, `option redispatch` and the timeouts at work).
+/// and restarted; the client, connected to HAProxy only, gets every reading acknowledged.
+/// (SIGKILL makes the kernel reset the collector's sockets, so HAProxy closes the client's
+/// side whatever its settings: `shutdown-sessions` is proven by the next test.)
 #[test]
 fn the_recipe_itself_carries_a_client_through_a_collector_death() {
     let Some(haproxy) = haproxy_bin() else {
@@ -155,6 +167,57 @@ fn the_recipe_itself_carries_a_client_through_a_collector_death() {
         Collector::start("memory", &[]),
         Collector::start("memory", &[]),
     ];
+    let (_haproxy, dir, frontend) = start_recipe(&haproxy, &collectors);
+    let clients = spawn_clients(&[frontend.to_string()], dir.path(), &["recipe"], &[]);
+    kill_one_mid_run(&mut collectors);
+    let acked = finish_clients(clients);
+    assert_someone_reconnected(&acked);
+}
+
+/// A dead *machine* (no reset: here a SIGSTOPped collector, whose kernel keeps its sockets
+/// open) under the shipped recipe: only the health checks can notice it, and only
+/// `on-marked-down shutdown-sessions` frees the client, whose reply timeout (10 min) is far
+/// beyond [`RUN_PATIENCE`]. So the client finishing, with a reconnect, is the recipe's doing.
+#[test]
+fn the_recipe_cuts_sensors_off_a_collector_that_stops_answering() {
+    let Some(haproxy) = haproxy_bin() else {
+        return;
+    };
+    let collectors = vec![
+        Collector::start("memory", &[]),
+        Collector::start("memory", &[]),
+    ];
+    let (_haproxy, dir, frontend) = start_recipe(&haproxy, &collectors);
+    let clients = spawn_clients(
+        &[frontend.to_string()],
+        dir.path(),
+        &["frozen"],
+        &["--timeout", "600s"],
+    );
+    let mut victim = None;
+    wait_for(
+        || {
+            victim = collectors
+                .iter()
+                .position(|c| c.acked() >= ACKED_BEFORE_KILL);
+            victim.is_some()
+        },
+        PATIENCE,
+        "a collector to acknowledge readings",
+    );
+    let victim = &collectors[victim.expect("wait_for returned once a victim was found")];
+    victim.server.signal(libc::SIGSTOP);
+    let acked = finish_clients(clients);
+    victim.server.signal(libc::SIGCONT);
+    assert_someone_reconnected(&acked);
+}
+
+/// HAProxy running `deploy/haproxy.cfg` (rendered for `collectors`) on a free loopback
+/// port, up and accepting; with its directory (config, logs) and its frontend address.
+fn start_recipe(
+    haproxy: &Path,
+    collectors: &[Collector],
+) -> (KillOnDrop, tempfile::TempDir, SocketAddr) {
     let frontend = SocketAddr::from((
         [127, 0, 0, 1],
         pg_cluster::free_port().expect("a free port for HAProxy"),
@@ -163,25 +226,22 @@ fn the_recipe_itself_carries_a_client_through_a_collector_death() {
     let cfg = dir.path().join("haproxy.cfg");
     let refs: Vec<&Collector> = collectors.iter().collect();
     std::fs::write(&cfg, render_recipe(frontend, &refs)).expect("write the config");
-    let (ok, said) = haproxy_check(&haproxy, &cfg);
+    let (ok, said) = haproxy_check(haproxy, &cfg);
     assert!(ok, "the rendered recipe: {said}");
     let log = dir.path().join("haproxy.log");
-    let mut cmd = Command::new(&haproxy);
+    let mut cmd = Command::new(haproxy);
     cmd.arg("-f")
         .arg(&cfg)
         .arg("-db")
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&log).expect("log file"))
         .stderr(std::fs::File::create(dir.path().join("haproxy.err")).expect("log file"));
-    let _haproxy =
+    let haproxy =
         KillOnDrop(pg_cluster::spawn_tied_to_process(cmd, libc::SIGKILL).expect("spawn haproxy"));
     let up = poll_until(PATIENCE, || std::net::TcpStream::connect(frontend).is_ok());
     let said = || std::fs::read_to_string(dir.path().join("haproxy.err")).unwrap_or_default();
     assert!(up, "HAProxy does not accept on {frontend}: {}", said());
-    let clients = spawn_clients(&[frontend.to_string()], dir.path(), &["recipe"]);
-    kill_one_mid_run(&mut collectors);
-    let acked = finish_clients(clients);
-    assert_someone_reconnected(&acked);
+    (haproxy, dir, frontend)
 }
 
 /// A collector on fixed ports (so a restart comes back where HAProxy and the clients look).
@@ -269,7 +329,12 @@ struct Client {
 
 /// One client per sensor, `servers` its addresses (one: HAProxy's; several: failover),
 /// spooling and writing its `--json` output under `dir`.
-fn spawn_clients(servers: &[String], dir: &Path, sensors: &[&'static str]) -> Vec<Client> {
+fn spawn_clients(
+    servers: &[String],
+    dir: &Path,
+    sensors: &[&'static str],
+    extra: &[&str],
+) -> Vec<Client> {
     sensors
         .iter()
         .map(|sensor| {
@@ -283,6 +348,7 @@ fn spawn_clients(servers: &[String], dir: &Path, sensors: &[&'static str]) -> Ve
                 .args(["--interval", INTERVAL, "--link-report", "0", "--json"])
                 .arg("--spool")
                 .arg(dir.join(format!("{sensor}.spool")))
+                .args(extra)
                 .stdin(Stdio::null())
                 .stdout(std::fs::File::create(&stdout).expect("client stdout file"))
                 .stderr(std::fs::File::create(&stderr).expect("client stderr file"))
@@ -543,7 +609,7 @@ fn run_behind_haproxy(proxy_v2: bool) {
     }
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let clients = spawn_clients(&[haproxy.addr().to_string()], dir.path(), &SENSORS);
+    let clients = spawn_clients(&[haproxy.addr().to_string()], dir.path(), &SENSORS, &[]);
     kill_one_mid_run(&mut collectors);
     let acked = finish_clients(clients);
     assert_someone_reconnected(&acked);
@@ -576,7 +642,7 @@ fn client_side_failover_between_two_collectors_loses_nothing() {
     let mut collectors = vec![Collector::start(&store, &[]), Collector::start(&store, &[])];
     let servers: Vec<String> = collectors.iter().map(|c| c.addr().to_string()).collect();
     let dir = tempfile::tempdir().expect("tempdir");
-    let clients = spawn_clients(&servers, dir.path(), &SENSORS);
+    let clients = spawn_clients(&servers, dir.path(), &SENSORS, &[]);
     kill_one_mid_run(&mut collectors);
     let acked = finish_clients(clients);
     assert_someone_reconnected(&acked);

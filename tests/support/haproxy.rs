@@ -1,9 +1,21 @@
 //! HAProxy in TCP mode in front of several collectors, for tests: its config rendered into a
-//! temp dir from the same recipe as the repo's `deploy/haproxy.cfg` (frontend on 127.0.0.1:<free
-//! port>, round robin or leastconn, a `GET /readyz` health check per server against the
-//! collector's HTTP port, `inter 500ms fall 2 rise 2`, PROXY protocol v2 optional), checked
-//! with `haproxy -c` first (so a config error comes with HAProxy's message), then run as a
-//! child (`-db`: foreground) that dies with the test process, and is killed on Drop.
+//! temp dir, checked with `haproxy -c` first (so a config error comes with HAProxy's
+//! message), then run as a child (`-db`: foreground) that dies with the test process, and is
+//! killed on Drop.
+//!
+//! The config mirrors `deploy/haproxy.cfg` (`mode tcp`, a `GET /readyz` check per server
+//! against the collector's HTTP port, `fall 2 rise 2`, `on-marked-down shutdown-sessions`,
+//! `retries 3` + `option redispatch 1`, the `timeout client/server/tunnel/client-fin/
+//! server-fin/check` set, PROXY v2 optional), differing only where a test needs it:
+//! - frontend on 127.0.0.1:<free port> and the test's backends, no `user`/`group`/`chroot`
+//!   (tests do not run as root), no log lines (nothing reads them);
+//! - `balance` chosen by the test (round robin spreads a few clients predictably; the
+//!   recipe's `leastconn` is available);
+//! - `inter 500ms` instead of 1s, so a killed collector is out sooner and runs are shorter;
+//! - `maxconn 4096`: the recipe lets HAProxy size itself from the fd limit, which on a test
+//!   machine can be huge (memory), and tests need few connections.
+//!
+//! Tests that must prove the recipe itself render `deploy/haproxy.cfg` (tests/it/scale.rs).
 //!
 //! Include it beside `pg_cluster.rs` (it shares its spawner and its skip/require rule:
 //! `SENSORLINK_REQUIRE_PG=1` makes a missing HAProxy fail instead of skip):
@@ -235,11 +247,16 @@ fn render(frontend: SocketAddr, backends: &[SocketAddr], opts: &HaproxyOpts) -> 
 
 defaults
     mode tcp
-    timeout connect 2s
+    timeout connect 5s
     # Sensor connections are long-lived and may be idle between readings.
-    timeout client 1h
-    timeout server 1h
-    timeout check 1s
+    timeout client 6m
+    timeout server 6m
+    timeout tunnel 6m
+    timeout client-fin 30s
+    timeout server-fin 30s
+    timeout check 2s
+    retries 3
+    option redispatch 1
 
 frontend sensors
     bind {frontend}
@@ -258,7 +275,7 @@ backend collectors
         if checks {
             let _ = write!(
                 cfg,
-                " check port {} inter 500ms fall 2 rise 2",
+                " check port {} inter 500ms fall 2 rise 2 on-marked-down shutdown-sessions",
                 opts.readyz_ports[i]
             );
         }
