@@ -401,6 +401,30 @@ mod url_tests {
         }
         let err = PgUrl::parse("postgres://u:pw@h:notaport/db").expect_err("bad port");
         assert!(!err.to_string().contains(":pw@"), "{err}");
+        // Whatever the driver takes as the password never shows, however it is written.
+        for typed in [
+            "postgres://u:ab/cd@db/x",
+            "postgres://u:ab?cd@db/x",
+            "postgres://u:ab#cd@db/x",
+            "postgres://u:ab%2Fcd@db/x",
+            "postgres://u:s3:cr@et@db/x",
+            "postgres://u@db/x?passw%6Frd=ab%2Fcd",
+            "postgres://db/x?user=u&password=ab/cd",
+        ] {
+            let url = PgUrl::parse(typed).unwrap_or_else(|err| panic!("{typed}: {err}"));
+            let config = url.driver_config().expect("parsed above");
+            let password = config
+                .get_password()
+                .unwrap_or_else(|| panic!("{typed}: no password"));
+            let password = std::str::from_utf8(password).expect("a text password");
+            let raw = password.replace('/', "%2F");
+            for shown in [url.to_string(), format!("{url:?}")] {
+                assert!(
+                    !shown.contains(password) && !shown.contains(&raw),
+                    "{typed} shows {password:?}: {shown}"
+                );
+            }
+        }
     }
 
     #[test]
