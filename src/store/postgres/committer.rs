@@ -80,6 +80,10 @@ struct Shared {
     close_deadline: Mutex<Option<tokio::time::Instant>>,
     /// Where outages are counted; None = the process's handles.
     telemetry: Option<&'static Telemetry>,
+    /// Tests: held, a committer that took one batch waits here before merging the rest,
+    /// so a test can put several batches in one transaction for sure.
+    #[cfg(test)]
+    merge_gate: tokio::sync::RwLock<()>,
 }
 
 /// The PostgreSQL store's write side (see the module doc).
@@ -149,6 +153,8 @@ impl PgStore {
             unfolded: std::sync::atomic::AtomicBool::new(true),
             close_deadline: Mutex::new(None),
             telemetry,
+            #[cfg(test)]
+            merge_gate: tokio::sync::RwLock::new(()),
         });
         ensure_ahead(&shared).await.map_err(Failure::into_error)?;
         let stop_upkeep = CancellationToken::new();
@@ -179,6 +185,14 @@ impl PgStore {
     /// Whether the database is reachable as far as the store knows (no outage under way).
     pub fn is_available(&self) -> bool {
         lock(&self.shared.outage).is_none()
+    }
+
+    /// Tests: while the guard lives, a committer that took a batch waits before merging
+    /// what else is queued, so the batches submitted meanwhile share its transaction (with
+    /// one committer).
+    #[cfg(test)]
+    pub(crate) async fn hold_merges(&self) -> tokio::sync::RwLockWriteGuard<'_, ()> {
+        self.shared.merge_gate.write().await
     }
 
     /// Fold the totals deltas now (tests; the upkeep task does it once a second).
@@ -316,6 +330,8 @@ async fn committer(shared: Arc<Shared>) {
             };
             let mut rows = first.readings.len();
             jobs.push(first);
+            #[cfg(test)]
+            let _gate = shared.merge_gate.read().await;
             while rows < max_rows {
                 let Ok(job) = queue.try_recv() else { break };
                 if rows + job.readings.len() > max_rows {
@@ -330,7 +346,9 @@ async fn committer(shared: Arc<Shared>) {
     }
 }
 
-/// Commit `jobs` as one transaction, waiting out an outage, and answer each.
+/// Commit `jobs` as one transaction, waiting out an outage, and answer each. If that
+/// transaction fails for good (not an outage), each batch is run again alone: one bad
+/// batch (e.g. a value the database refuses) must not fail the others it was merged with.
 async fn commit_jobs(shared: &Shared, jobs: Vec<Job>) {
     let lens: Vec<usize> = jobs.iter().map(|job| job.readings.len()).collect();
     let mut replies = Vec::with_capacity(jobs.len());
@@ -345,14 +363,48 @@ async fn commit_jobs(shared: &Shared, jobs: Vec<Job>) {
         }
         return;
     }
+    match commit_waiting(shared, &batch).await {
+        Ok((written, duration)) => {
+            for (reply, part) in replies.into_iter().zip(split_written(written, &lens)) {
+                reply.send(Ok((part, duration)));
+            }
+        }
+        Err(Failure::Unavailable(err)) => answer_all(shared, replies, err),
+        Err(failure) if replies.len() == 1 => answer_all(shared, replies, failure.into_error()),
+        Err(failure) => {
+            let err = failure.into_error();
+            tracing::warn!(cause = %err, batches = replies.len(), "a merged store transaction failed; committing its batches one by one");
+            let mut start = 0;
+            for (reply, len) in replies.into_iter().zip(lens) {
+                let part = &batch[start..start + len];
+                start += len;
+                if part.is_empty() {
+                    reply.send(Ok((Default::default(), Duration::ZERO)));
+                    continue;
+                }
+                match commit_waiting(shared, part).await {
+                    Ok(done) => reply.send(Ok(done)),
+                    Err(failure) => answer_all(shared, vec![reply], failure.into_error()),
+                }
+            }
+        }
+    }
+}
+
+/// Commit `batch` as one transaction: conflicts run again at once, an outage is waited
+/// out (until shutdown's deadline, then it is the error).
+async fn commit_waiting(
+    shared: &Shared,
+    batch: &[StoredReading],
+) -> Result<(crate::store::Written, Duration), Failure> {
     let mut backoff = MIN_BACKOFF;
     let mut retries = 0;
-    let result = loop {
+    loop {
         let started = Instant::now();
-        let failure = match commit_once(shared, &batch).await {
+        let failure = match commit_once(shared, batch).await {
             Ok(written) => {
                 shared.available();
-                break Ok((written, started.elapsed()));
+                return Ok((written, started.elapsed()));
             }
             Err(failure) => failure,
         };
@@ -361,38 +413,32 @@ async fn commit_jobs(shared: &Shared, jobs: Vec<Job>) {
                 retries += 1;
                 tracing::debug!(cause = %err, retries, "transaction conflict; running it again");
             }
-            Failure::Retry(err) | Failure::Fatal(err) => break Err(err),
+            Failure::Retry(err) | Failure::Fatal(err) => return Err(Failure::Fatal(err)),
             Failure::Unavailable(err) => {
                 shared.unavailable(&err, batch.len());
                 let deadline = *lock(&shared.close_deadline);
                 if deadline.is_some_and(|deadline| tokio::time::Instant::now() >= deadline) {
                     tracing::error!(cause = %err, readings = batch.len(), "shutting down while the store is unavailable; the held readings are not acknowledged");
-                    break Err(err);
+                    return Err(Failure::Unavailable(err));
                 }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
-    };
-    match result {
-        Ok((written, duration)) => {
-            for (reply, part) in replies.into_iter().zip(split_written(written, &lens)) {
-                reply.send(Ok((part, duration)));
-            }
-        }
-        Err(err) => {
-            // Each batch is answered with the error (counted once per batch).
-            let text = err.to_string();
-            let mut err = Some(err);
-            for reply in replies {
-                let err = err.take().unwrap_or_else(|| StoreError::Backend {
-                    location: shared.location.clone(),
-                    operation: "commit",
-                    detail: text.clone(),
-                });
-                reply.send(Err(err));
-            }
-        }
+    }
+}
+
+/// Answer every batch with `err` (counted once per batch).
+fn answer_all(shared: &Shared, replies: Vec<CommitReply>, err: StoreError) {
+    let text = err.to_string();
+    let mut err = Some(err);
+    for reply in replies {
+        let err = err.take().unwrap_or_else(|| StoreError::Backend {
+            location: shared.location.clone(),
+            operation: "commit",
+            detail: text.clone(),
+        });
+        reply.send(Err(err));
     }
 }
 

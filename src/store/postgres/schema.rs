@@ -42,6 +42,12 @@ const MIGRATIONS: &[&str] = &[
         first_ts  BIGINT NOT NULL,
         last_ts   BIGINT NOT NULL
     );",
+    // v2: v1's B-tree on the raw sensor and measurement text failed every insert of a
+    // series whose name is over ~2.7 kB (a B-tree entry's limit; the protocol has none
+    // below the 64 KiB line). Readers only look sensors up by equality: a hash index
+    // serves that at any length.
+    "DROP INDEX IF EXISTS sensorlink_series_sensor;
+    CREATE INDEX sensorlink_series_sensor_hash ON sensorlink_series USING hash (sensor);",
 ];
 
 /// Advisory lock keys (`pg_advisory_xact_lock`), one per kind of schema change.

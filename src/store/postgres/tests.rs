@@ -3,6 +3,7 @@
 //! with every store is in the conformance suite. Each test skips (saying why) where
 //! PostgreSQL cannot run, unless `SENSORLINK_REQUIRE_PG=1`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::schema::{self, DAY_NS};
@@ -284,6 +285,68 @@ async fn two_collectors_store_each_reading_once() {
     .await
     .expect("join")
     .expect("close");
+}
+
+/// Batches merged into one transaction: a 4 kB sensor name (beyond a B-tree entry) is
+/// stored like any other, and a batch the database refuses (a NUL in a name) fails alone,
+/// the batches merged with it commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_bad_batch_fails_alone() {
+    let Some(cluster) = pg_cluster::shared() else {
+        return;
+    };
+    let url = cluster.fresh_database("poison");
+    let options = PgOptions {
+        pool_size: 1,
+        ..PgOptions::default()
+    };
+    let store = PgStore::open(&pg_url(&url), options).await.expect("open");
+    let reader = crate::store::StoreReader::new(PgReader::new(&pg_url(&url)).expect("reader"));
+    let (handle, writer) = writer::spawn(
+        Drive::Concurrent(Arc::clone(&store) as _),
+        WriterConfig::default(),
+    );
+    // Not repetitive: PostgreSQL compresses index entries, so "xxx…" would fit.
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let long: String = (0..4096)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            char::from(b'a' + (state % 26) as u8)
+        })
+        .collect();
+    // The one committer takes the first batch, then waits here: the rest join its
+    // transaction.
+    let gate = store.hold_merges().await;
+    let mut receipts = Vec::new();
+    for (sensor, ts) in [
+        ("first", 1),
+        (long.as_str(), 2),
+        ("nul\0name", 3),
+        ("last", 4),
+    ] {
+        receipts.push(handle.submit(vec![temp(sensor, ts)]).await.expect("submit"));
+    }
+    drop(gate);
+    let mut answers = Vec::new();
+    for receipt in receipts {
+        let answer = tokio::time::timeout(HANG, receipt)
+            .await
+            .expect("answered in time")
+            .expect("answered");
+        answers.push(answer.map(|committed| committed.outcome.inserted));
+    }
+    assert!(matches!(answers[0], Ok(1)), "{:?}", answers[0]);
+    assert!(matches!(answers[1], Ok(1)), "long name: {:?}", answers[1]);
+    assert!(answers[2].is_err(), "the NUL batch: {:?}", answers[2]);
+    assert!(matches!(answers[3], Ok(1)), "{:?}", answers[3]);
+    assert_eq!(reader.counts().await.expect("counts").total, 3);
+    drop(handle);
+    tokio::task::spawn_blocking(move || writer.finish())
+        .await
+        .expect("join")
+        .expect("close");
 }
 
 /// The database stops: submits wait (nothing answered, so nothing acked), the store is
