@@ -14,10 +14,12 @@
 //!   reading. At shutdown the held batches get [`CLOSE_OUTAGE_WAIT`] more, then are
 //!   answered with the error (not acked).
 //! - **Upkeep** (one task): probe about once a second while no commit happens (so
-//!   `/readyz` follows the database without traffic), fold the totals deltas, create the
+//!   `/readyz` follows the database without traffic; it ends an outage only when no
+//!   batch is held, else the commits decide), fold the totals deltas, create the
 //!   partitions ahead, and apply `--retention`.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -73,6 +75,13 @@ struct Shared {
     outage: Mutex<Option<Instant>>,
     /// When a commit or probe last succeeded.
     last_ok: Mutex<Instant>,
+    /// Transactions held by the outage (waiting to be retried). While any is, only a
+    /// commit may end the outage: the probe's `SELECT 1` can work while writes cannot
+    /// (a read-only standby after a failover, a full disk, no new connections).
+    held: AtomicUsize,
+    /// Tests: probes run so far.
+    #[cfg(test)]
+    probes: AtomicUsize,
     /// A commit inserted rows since the last fold (an idle collector does not fold).
     unfolded: std::sync::atomic::AtomicBool,
     /// Set when shutdown begins: held batches then wait until this at most
@@ -150,6 +159,9 @@ impl PgStore {
             days: Mutex::new(days),
             outage: Mutex::new(None),
             last_ok: Mutex::new(Instant::now()),
+            held: AtomicUsize::new(0),
+            #[cfg(test)]
+            probes: AtomicUsize::new(0),
             unfolded: std::sync::atomic::AtomicBool::new(true),
             close_deadline: Mutex::new(None),
             telemetry,
@@ -193,6 +205,12 @@ impl PgStore {
     #[cfg(test)]
     pub(crate) async fn hold_merges(&self) -> tokio::sync::RwLockWriteGuard<'_, ()> {
         self.shared.merge_gate.write().await
+    }
+
+    /// Tests: how many probes the upkeep task has run.
+    #[cfg(test)]
+    pub(crate) fn probes(&self) -> usize {
+        self.shared.probes.load(Ordering::Relaxed)
     }
 
     /// Fold the totals deltas now (tests; the upkeep task does it once a second).
@@ -399,6 +417,8 @@ async fn commit_waiting(
 ) -> Result<(crate::store::Written, Duration), Failure> {
     let mut backoff = MIN_BACKOFF;
     let mut retries = 0;
+    // Counted in `held` from the first outage failure until this returns.
+    let mut held: Option<Held<'_>> = None;
     loop {
         let started = Instant::now();
         let failure = match commit_once(shared, batch).await {
@@ -415,6 +435,7 @@ async fn commit_waiting(
             }
             Failure::Retry(err) | Failure::Fatal(err) => return Err(Failure::Fatal(err)),
             Failure::Unavailable(err) => {
+                held.get_or_insert_with(|| Held::new(&shared.held));
                 shared.unavailable(&err, batch.len());
                 let deadline = *lock(&shared.close_deadline);
                 if deadline.is_some_and(|deadline| tokio::time::Instant::now() >= deadline) {
@@ -425,6 +446,22 @@ async fn commit_waiting(
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
+    }
+}
+
+/// One transaction counted in [`Shared::held`] while this lives.
+struct Held<'a>(&'a AtomicUsize);
+
+impl<'a> Held<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Held(count)
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -474,9 +511,7 @@ async fn commit_once(
         lock(&shared.cache).extend(created);
     }
     if written.outcome.inserted > 0 {
-        shared
-            .unfolded
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        shared.unfolded.store(true, Ordering::Relaxed);
     }
     Ok(written)
 }
@@ -621,7 +656,12 @@ async fn probe(shared: &Shared) {
             detail: "no answer".into(),
         })),
     };
+    #[cfg(test)]
+    shared.probes.fetch_add(1, Ordering::Relaxed);
     match result {
+        // Batches are held: the commits decide when the outage ends (`SELECT 1` working
+        // says nothing about writes).
+        Ok(()) if shared.held.load(Ordering::SeqCst) > 0 => {}
         Ok(()) => {
             shared.available();
             StoreProbed { result: Ok(()) }.emit_to(shared.telemetry());

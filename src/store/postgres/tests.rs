@@ -447,6 +447,71 @@ async fn an_outage_is_waited_out() {
     );
 }
 
+/// Writes fail as unavailable while `SELECT 1` works (here a trigger raising 53100, disk
+/// full; alike a read-only standby after a failover): the probe must not end the outage
+/// while batches are held, so it is one outage, not one per probe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_do_not_end_an_outage_that_holds_batches() {
+    let Some(cluster) = pg_cluster::shared() else {
+        return;
+    };
+    let url = cluster.fresh_database("heldprobe");
+    let db = db_name(&url);
+    let recorder = crate::events::prometheus_builder().build_recorder();
+    let render = recorder.handle();
+    let telemetry: &'static Telemetry = Box::leak(Box::new(metrics::with_local_recorder(
+        &recorder,
+        Telemetry::register,
+    )));
+    let store = PgStore::open_counted(&pg_url(&url), PgOptions::default(), Some(telemetry))
+        .await
+        .expect("open");
+    let (handle, writer) = writer::spawn_counted(
+        Drive::Concurrent(store.clone()),
+        WriterConfig::default(),
+        Some(telemetry),
+    );
+    cluster
+        .psql(
+            db,
+            "CREATE FUNCTION full_disk() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN RAISE EXCEPTION 'no space' USING ERRCODE = '53100'; END $$; \
+             CREATE TRIGGER full_disk BEFORE INSERT ON sensorlink_totals_delta \
+             FOR EACH ROW EXECUTE FUNCTION full_disk();",
+        )
+        .expect("make writes fail");
+    let receipt = handle.submit(vec![temp("s", 1)]).await.expect("submit");
+    let waited = std::time::Instant::now();
+    while store.is_available() {
+        assert!(waited.elapsed() < HANG, "the outage was never noticed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Several probes succeed meanwhile; none may end the outage.
+    let probes = store.probes();
+    while store.probes() < probes + 3 {
+        assert!(waited.elapsed() < HANG, "no probes");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!store.is_available());
+    let text = render.render();
+    assert_eq!(sample(&text, names::STORE_UNAVAILABLE), Some(1.0), "{text}");
+    let ended = format!("{}_count", names::STORE_UNAVAILABLE_DURATION);
+    assert_eq!(sample(&text, &ended).unwrap_or(0.0), 0.0, "{text}");
+    cluster
+        .psql(db, "DROP TRIGGER full_disk ON sensorlink_totals_delta")
+        .expect("writes work again");
+    assert_eq!(answer(receipt).await.outcome.inserted, 1);
+    assert!(store.is_available());
+    let text = render.render();
+    assert_eq!(sample(&text, names::STORE_UNAVAILABLE), Some(1.0), "{text}");
+    assert_eq!(sample(&text, &ended), Some(1.0), "{text}");
+    drop(handle);
+    tokio::task::spawn_blocking(move || writer.finish())
+        .await
+        .expect("join")
+        .expect("close");
+}
+
 /// With no traffic at all, the store's probe makes readiness follow the database: not
 /// ready within about a second of it stopping, ready again once it is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
