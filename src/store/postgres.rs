@@ -285,7 +285,7 @@ fn pool(url: &PgUrl, size: usize, setup: &'static str) -> Result<Pool, StoreErro
 /// How a failed database operation is handled.
 #[derive(Debug)]
 pub(crate) enum Failure {
-    /// A serialization failure or deadlock: run the transaction again at once.
+    /// A serialization failure, deadlock or lock timeout: run the transaction again.
     Retry(StoreError),
     /// The database is out of reach (or its outcome unknown): hold and retry later.
     Unavailable(StoreError),
@@ -339,7 +339,12 @@ pub(crate) fn pg_failure(
         // No server error: the connection failed (closed, refused, I/O, timeout).
         return Failure::Unavailable(error(true));
     };
-    if code == &SqlState::T_R_SERIALIZATION_FAILURE || code == &SqlState::T_R_DEADLOCK_DETECTED {
+    // A lock timeout comes only from schema changes (`lock_timeout` is set for them):
+    // they give way to the commits and run again.
+    if code == &SqlState::T_R_SERIALIZATION_FAILURE
+        || code == &SqlState::T_R_DEADLOCK_DETECTED
+        || code == &SqlState::LOCK_NOT_AVAILABLE
+    {
         return Failure::Retry(error(true));
     }
     let class = &code.code()[..2];

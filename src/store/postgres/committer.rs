@@ -54,6 +54,8 @@ const PROBE_INTERVAL: Duration = crate::store::writer::PROBE_INTERVAL;
 const FOLD_INTERVAL: Duration = Duration::from_secs(1);
 /// Create the partitions ahead and apply retention this often.
 const HOURLY: Duration = Duration::from_secs(3600);
+/// Retention that failed (e.g. its lock timed out) runs again after this.
+const RETENTION_RETRY: Duration = Duration::from_secs(60);
 
 /// One submitted batch.
 struct Job {
@@ -617,7 +619,9 @@ async fn upkeep(shared: Arc<Shared>, stop: CancellationToken) {
             ahead_due = ensure_ahead(&shared).await.is_err();
             if let Some(keep) = shared.options.retention {
                 if let Err(failure) = retention(&shared, crate::timefmt::now_ns(), keep).await {
-                    tracing::warn!(cause = %failure.into_error(), "retention failed; trying again in an hour");
+                    // E.g. its lock gave way to a long query: soon, not in an hour.
+                    hourly_at = Instant::now() + RETENTION_RETRY;
+                    tracing::warn!(cause = %failure.into_error(), "retention failed; trying again in a minute");
                 }
             }
         }

@@ -229,6 +229,88 @@ async fn partitions_on_demand_and_retention_keep_totals_right() {
     collector.close().await.expect("close");
 }
 
+/// A connection of the test's own to `url`, its driver running on this runtime.
+async fn raw_client(url: &str) -> tokio_postgres::Client {
+    let config = pg_url(url).config().expect("config");
+    let (client, connection) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    client
+}
+
+/// Partition creation and retention give way to a long query instead of queueing a lock
+/// request every commit then waits behind: a partition is attached beside a reader of the
+/// readings table, and when it must wait (for the default partition, or retention for the
+/// whole table) it gives up after its lock timeout, to be run again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_changes_give_way_to_long_queries() {
+    let Some(cluster) = pg_cluster::shared() else {
+        return;
+    };
+    let url = cluster.fresh_database("ddllocks");
+    PgStore::open(&pg_url(&url), PgOptions::default())
+        .await
+        .expect("open (migrates)")
+        .close()
+        .await
+        .expect("close");
+    let mut client = raw_client(&url).await;
+    let holder = raw_client(&url).await;
+    let now = crate::timefmt::now_ns();
+    let today = schema::day_of(now);
+    let location = "test";
+
+    // A long read of the parent table alone: attaching a partition does not wait for it.
+    holder
+        .batch_execute("BEGIN; LOCK TABLE ONLY sensorlink_readings IN ACCESS SHARE MODE")
+        .await
+        .expect("hold");
+    let created = tokio::time::timeout(
+        HANG,
+        schema::create_partition(&mut client, location, today - 20),
+    )
+    .await
+    .expect("not stuck behind a reader")
+    .expect("created");
+    assert_eq!(created, schema::Created::Yes);
+    holder.batch_execute("ROLLBACK").await.expect("release");
+
+    // A long read of every partition: the default partition must be checked, so the
+    // creation waits for its lock timeout, then asks to be run again.
+    holder
+        .batch_execute("BEGIN; LOCK TABLE sensorlink_readings IN ACCESS SHARE MODE")
+        .await
+        .expect("hold");
+    let attempt = tokio::time::timeout(
+        HANG,
+        schema::create_partition(&mut client, location, today - 21),
+    )
+    .await
+    .expect("gives up instead of queueing");
+    assert!(matches!(attempt, Err(Failure::Retry(_))), "{attempt:?}");
+    // Retention (an old partition to drop) likewise.
+    let retention = tokio::time::timeout(
+        HANG,
+        schema::apply_retention(&mut client, location, now - 5 * DAY_NS),
+    )
+    .await
+    .expect("gives up instead of queueing");
+    assert!(matches!(retention, Err(Failure::Retry(_))), "{retention:?}");
+    holder.batch_execute("ROLLBACK").await.expect("release");
+
+    // Run again once the reader is done, both go through.
+    let created = schema::create_partition(&mut client, location, today - 21)
+        .await
+        .expect("created");
+    assert_eq!(created, schema::Created::Yes);
+    let retained = schema::apply_retention(&mut client, location, now - 5 * DAY_NS)
+        .await
+        .expect("retention");
+    assert_eq!(retained.days, vec![today - 21, today - 20]);
+}
+
 /// Two collectors on one database receive the same readings at once (a client replaying
 /// to another collector): each reading is stored once, and the acks add up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
