@@ -1,6 +1,7 @@
 //! [`Backoff`]: how long to wait before reconnecting. The wait doubles from
 //! [`INITIAL_BACKOFF`] up to a maximum, with jitter, and starts again only once a connection
-//! has carried an ack (a server that accepts and then fails must not be hammered).
+//! has worked: carried an ack and stayed up a while (a server that accepts, or acks, and
+//! then fails must not be hammered; see [`super::failover`]).
 
 use std::time::Duration;
 
@@ -24,7 +25,7 @@ impl Backoff {
         }
     }
 
-    /// Start again from the first delay (only once a connection has carried an ack).
+    /// Start again from the first delay (only once a connection has worked).
     pub fn reset(&mut self) {
         self.next = INITIAL_BACKOFF.min(self.max);
     }

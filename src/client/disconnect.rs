@@ -29,6 +29,9 @@ pub enum DisconnectKind {
     /// Opening the connection (connect, TLS, first pong) took longer than the connect
     /// timeout.
     ConnectTimeout,
+    /// The server refused the `--token` (with several servers, only fatal once every one
+    /// refused it in one round).
+    AuthFailed,
     /// Anything else (a broken reply, the client's own limits, a store failure).
     Other,
     /// A reply later than the reply timeout (counted in `timeouts`, not here).
@@ -45,6 +48,7 @@ impl DisconnectKind {
             Self::Refused => "refused",
             Self::NoRoute => "no_route",
             Self::ConnectTimeout => "connect_timeout",
+            Self::AuthFailed => "auth_failed",
             Self::Other => "other",
             Self::ReplyTimeout => "reply_timeout",
         }
@@ -80,6 +84,7 @@ impl DisconnectKind {
             TransportError::Io(err) => Self::of_io(err, connecting),
             TransportError::TimedOut { .. } if connecting => Self::ConnectTimeout,
             TransportError::Closed => Self::ServerClosed,
+            TransportError::AuthFailed(_) => Self::AuthFailed,
             _ => Self::Other,
         }
     }
@@ -108,7 +113,9 @@ impl DisconnectCounts {
             DisconnectKind::Refused => &mut self.refused,
             DisconnectKind::NoRoute => &mut self.no_route,
             DisconnectKind::ConnectTimeout => &mut self.connect_timeout,
-            DisconnectKind::Other => &mut self.other,
+            // Counted as `other`: the summary's keys stay as JSON readers know them (the
+            // `disconnected` event and `servers[].failures` name it).
+            DisconnectKind::AuthFailed | DisconnectKind::Other => &mut self.other,
             DisconnectKind::ReplyTimeout => return,
         };
         *slot += 1;

@@ -99,6 +99,12 @@ pub(crate) struct Engine<'a, S: Session> {
     disconnects: DisconnectCounts,
     /// The server addresses: which one is connected, each one's totals.
     servers: Servers,
+    /// When each address was last tried: a drain gives up only once every address was
+    /// tried since it began (see [`Engine::untried_in_drain`]).
+    tried_at: Vec<Option<Instant>>,
+    /// A connection made on a try the drain owed its address (past the drain's end, say)
+    /// gets a drain timeout of its own to deliver, from when it was made.
+    drain_grace_until: Option<Instant>,
     /// `--interval 0` (ping-pong): the producer makes a value only when given a turn.
     turns: Option<Turns>,
     /// A turn was given and its value has not arrived yet.
@@ -141,6 +147,8 @@ impl<'a, S: Session> Engine<'a, S> {
             kernel: KernelTotals::default(),
             disconnects: DisconnectCounts::default(),
             servers: Servers::new(&config.servers),
+            tried_at: vec![None; config.servers.len()],
+            drain_grace_until: None,
             turns: None,
             turn_given: false,
         }
@@ -243,23 +251,45 @@ impl<'a, S: Session> Engine<'a, S> {
 
     /// Whether the run is over: every value was taken and delivered, or the drain timed out.
     fn finished(&self) -> bool {
-        let Some(since) = self.draining_since else {
-            return false;
-        };
-        (!self.values_open && self.state.pending() == 0 && !self.last_link_due())
-            || since.elapsed() >= self.config.drain_timeout
+        self.draining_since.is_some() && (self.all_delivered() || self.drain_expired())
+    }
+
+    /// Draining, and every value was taken and delivered (the last link report too).
+    fn all_delivered(&self) -> bool {
+        !self.values_open && self.state.pending() == 0 && !self.last_link_due()
+    }
+
+    fn drain_expired(&self) -> bool {
+        self.drain_deadline()
+            .is_some_and(|deadline| Instant::now() >= deadline)
     }
 
     /// [`Engine::finished`] for a client with no connection: once the user's readings are
     /// delivered and the last link report made, a report still unacknowledged does not
     /// hold the run open for the whole drain timeout (it stays in the spool, if any, else
-    /// it counts as a link report unacked at exit).
+    /// it counts as a link report unacked at exit). An expired drain ends the run only once
+    /// every address was tried since the drain began.
     fn finished_offline(&self) -> bool {
-        self.finished()
-            || (self.draining_since.is_some()
-                && self.first_connect.is_some()
-                && self.user_delivered()
-                && !self.last_link_due())
+        self.draining_since.is_some()
+            && (self.all_delivered()
+                || (self.drain_expired() && !self.untried_in_drain())
+                || (self.first_connect.is_some() && self.user_delivered() && !self.last_link_due()))
+    }
+
+    /// Draining, and some address has not been tried since the drain began: the drain may
+    /// not give up before it is (a long backoff, or a blackholed address, must not leave
+    /// another collector that is up untried, with readings lost).
+    fn untried_in_drain(&self) -> bool {
+        self.draining_since.is_some_and(|since| {
+            (0..self.tried_at.len()).any(|index| !self.tried_since(index, since))
+        })
+    }
+
+    /// Address `index` was tried at or after `since`.
+    fn tried_since(&self, index: usize, since: Instant) -> bool {
+        self.tried_at
+            .get(index)
+            .is_some_and(|at| at.is_some_and(|at| at >= since))
     }
 
     fn mark_events(&mut self) {
@@ -271,9 +301,14 @@ impl<'a, S: Session> Engine<'a, S> {
         self.draining_since.get_or_insert_with(Instant::now);
     }
 
+    /// The drain's end: its timeout after it began, or later for a connection made on a
+    /// try it owed an address (see [`Engine::drain_grace_until`]).
     fn drain_deadline(&self) -> Option<Instant> {
-        self.draining_since
-            .map(|since| since + self.config.drain_timeout)
+        let deadline = self.draining_since? + self.config.drain_timeout;
+        Some(
+            self.drain_grace_until
+                .map_or(deadline, |grace| grace.max(deadline)),
+        )
     }
 
     /// The connection ended: what was in flight is sent again on the next one; readings
@@ -584,6 +619,9 @@ mod tests {
         RejectLinkReports,
         /// Ack the first reading, then close (nothing of the client's is in the pipe then).
         CloseAfterAck,
+        /// Refuse the `--token` (`error 1 auth failed: unknown token`); with any other
+        /// behaviour a token is accepted.
+        RefuseAuth,
     }
 
     /// The fake server's view: per connection, the values of the readings it received.
@@ -662,7 +700,14 @@ mod tests {
             if let Behaviour::Silent = behaviour {
                 continue;
             }
-            let reply = if let Some(token) = line.strip_prefix("ping ") {
+            let reply = if line.starts_with("auth ") {
+                match behaviour {
+                    Behaviour::RefuseAuth => {
+                        format!("error {line_no} auth failed: unknown token\n")
+                    }
+                    _ => "ok auth abcd1234\n".to_string(),
+                }
+            } else if let Some(token) = line.strip_prefix("ping ") {
                 format!("pong {token}\n")
             } else if let Some(token) = line.strip_prefix("sync ") {
                 if let Behaviour::StoreFails = behaviour {
@@ -1808,7 +1853,24 @@ mod tests {
         seen: Vec<Seen>,
     }
 
-    async fn run_each(mut config: ClientConfig, scripts: Vec<Vec<Behaviour>>) -> ManyRun {
+    async fn run_each(config: ClientConfig, scripts: Vec<Vec<Behaviour>>) -> ManyRun {
+        run_each_until(config, scripts, CancellationToken::new()).await
+    }
+
+    /// A sensor name whose client starts on address `index` of `count`.
+    fn sensor_starting_on(index: usize, count: usize) -> String {
+        (0..)
+            .map(|n| format!("spread-{n}"))
+            .find(|name| crate::client::failover::first_address(Some(name), count) == index)
+            .expect("some name hashes to each index")
+    }
+
+    /// [`run_each`], with `stop` as the run's Ctrl-C.
+    async fn run_each_until(
+        mut config: ClientConfig,
+        scripts: Vec<Vec<Behaviour>>,
+        stop: CancellationToken,
+    ) -> ManyRun {
         config.servers = (0..scripts.len()).map(|i| format!("s{i}:1")).collect();
         let seen: Vec<_> = scripts
             .iter()
@@ -1821,7 +1883,6 @@ mod tests {
             .collect();
         let out = Arc::new(Mutex::new(Vec::new()));
         let printer = Printer::to(Box::new(SharedBuf(out.clone())), true);
-        let stop = CancellationToken::new();
         let report = crate::client::run_failover(&config, connectors, printer, stop).await;
         let out = out.lock().expect("not poisoned").clone();
         let events = String::from_utf8_lossy(&out)
@@ -1910,6 +1971,47 @@ mod tests {
         assert!(report.all_acked(), "{:?}", report.summary);
     }
 
+    /// Each sensor starts on the address its name hashes to, so a fleet spreads over the
+    /// list (the other tests run as "s", which starts on the first of two).
+    #[tokio::test(start_paused = true)]
+    async fn a_sensor_starts_on_the_address_its_name_picks() {
+        let sensor = sensor_starting_on(1, 2);
+        let mut config = config(Some(3), Duration::from_millis(100));
+        config.sensor = Some(sensor);
+        let run = run_each(config, vec![vec![], vec![]]).await;
+        assert!(run.report.is_ok(), "{:?}", run.events);
+        assert_eq!(run.seen[0].attempts.len(), 0, "never needed the first");
+        assert_eq!(run.seen[1].attempts.len(), 1);
+        let connected = events_of(&run, "connected");
+        assert_eq!(connected[0]["server"], "s1:1");
+    }
+
+    /// A live connection that drops moves on after a jitter in [0, INITIAL_BACKOFF], so a
+    /// fleet leaving a dead collector does not reach the next in one instant.
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_connection_moves_on_after_a_short_jitter() {
+        let interval = Duration::from_millis(100);
+        let run = run_each(
+            config(Some(10), interval),
+            vec![
+                vec![Behaviour::ResetMidBatch { ack: 3, drop_at: 6 }],
+                vec![],
+            ],
+        )
+        .await;
+        assert!(run.report.is_ok(), "{:?}", run.events);
+        // Reading 6 (made at 500 ms) is the one A drops the connection on.
+        let gap = run.seen[1].attempts[0] - run.seen[0].attempts[0];
+        let dropped_at = interval * 5;
+        assert!(
+            gap > dropped_at && gap <= dropped_at + INITIAL_BACKOFF,
+            "{gap:?}"
+        );
+        let left = events_of(&run, "disconnected");
+        let waited = left[0]["retry_in_ms"].as_f64().expect("a wait");
+        assert!(waited > 0.0 && waited <= 100.0, "{left:?}");
+    }
+
     /// Only a whole round of failed addresses waits, and the waits grow round by round.
     #[tokio::test(start_paused = true)]
     async fn the_backoff_waits_only_between_rounds() {
@@ -1927,6 +2029,190 @@ mod tests {
         assert_eq!(a[1], b[1]);
         let rounds = [a[0], a[1], a[2]];
         assert_backoff_grows(&rounds, 2);
+    }
+
+    /// Two servers that each ack one reading and close: a connection that acked but did
+    /// not stay up is a failure, so each round (A, B) is followed by a growing backoff,
+    /// never a tight A→B→A… loop. See: review12-failover-findings B1.
+    #[tokio::test(start_paused = true)]
+    async fn servers_that_ack_and_close_at_once_are_not_hammered() {
+        let interval = Duration::from_millis(10);
+        let close = vec![Behaviour::CloseAfterAck; 50];
+        let run = run_each(config(Some(8), interval), vec![close.clone(), close]).await;
+        assert!(run.report.is_ok(), "{:?}", run.events);
+        let mut attempts: Vec<Instant> = run.seen.iter().flat_map(|s| s.attempts.clone()).collect();
+        attempts.sort();
+        assert!(attempts.len() >= 6, "{attempts:?}");
+        // Attempts go in pairs (a round over both); between rounds, a backoff in [d/2, d]
+        // (plus the wait for a reading to ack), d doubling: nothing resets it.
+        let mut ceiling = INITIAL_BACKOFF;
+        for round in attempts.chunks(2).collect::<Vec<_>>().windows(2) {
+            let gap = round[1][0] - round[0][round[0].len() - 1];
+            assert!(
+                gap >= ceiling / 2 && gap <= ceiling + 2 * interval,
+                "wait {gap:?} outside [{:?}, {ceiling:?}] in {attempts:?}",
+                ceiling / 2
+            );
+            ceiling *= 2;
+        }
+        let waits: Vec<_> = events_of(&run, "disconnected")
+            .iter()
+            .map(|e| e["retry_in_ms"].as_f64().unwrap_or(-1.0))
+            .collect();
+        assert!(waits.iter().any(|ms| *ms > 0.0), "{waits:?}");
+    }
+
+    fn with_token(mut config: ClientConfig) -> ClientConfig {
+        config.token = Some(crate::protocol::control::AuthSecret::new(
+            "sl_abcd1234_secret",
+        ));
+        config
+    }
+
+    /// One collector refusing the token (a stale token file) is skipped like any failure,
+    /// counted and named; the others still take the readings. See: review12 S2.
+    #[tokio::test(start_paused = true)]
+    async fn a_token_refused_by_one_of_several_servers_moves_on_to_the_next() {
+        let config = with_token(config(Some(3), Duration::from_millis(100)));
+        let run = run_each(config, vec![vec![Behaviour::RefuseAuth; 100], vec![]]).await;
+        let report = match &run.report {
+            Ok(report) => report,
+            Err(err) => panic!("run failed: {err}; {:?}", run.events),
+        };
+        let left = events_of(&run, "disconnected");
+        assert_eq!(left[0]["server"], "s0:1", "{left:?}");
+        assert_eq!(left[0]["kind"], "auth_failed", "{left:?}");
+        assert_eq!(events_of(&run, "connected")[0]["server"], "s1:1");
+        assert_eq!(report.summary.disconnects.other, 1);
+        assert_eq!(report.summary.servers[0].failures, 1);
+        assert_eq!(report.summary.servers[1].acked, 3);
+        assert!(report.all_acked(), "{:?}", report.summary);
+    }
+
+    /// Refused by every server in one round: fatal (exit 3), naming each server.
+    #[tokio::test(start_paused = true)]
+    async fn a_token_refused_by_every_server_is_fatal_and_names_them() {
+        let config = with_token(config(Some(3), Duration::from_millis(100)));
+        let refuse = vec![Behaviour::RefuseAuth; 100];
+        let run = run_each(config.clone(), vec![refuse.clone(), refuse.clone()]).await;
+        match &run.report {
+            Err(ClientError::AuthFailed(why)) => assert_eq!(
+                why,
+                "every server refused the token: s0:1: unknown token; s1:1: unknown token"
+            ),
+            other => panic!("expected an auth failure, got {:?}", other.as_ref().err()),
+        }
+        assert_eq!(
+            (run.seen[0].attempts.len(), run.seen[1].attempts.len()),
+            (1, 1)
+        );
+        // One server: fatal at the first refusal, as always, and named.
+        let one = run_each(config, vec![refuse]).await;
+        match &one.report {
+            Err(err @ ClientError::AuthFailed(_)) => assert_eq!(
+                err.to_string(),
+                "authentication failed: unknown token (by s0:1)"
+            ),
+            other => panic!("expected an auth failure, got {:?}", other.as_ref().err()),
+        }
+    }
+
+    /// A stop during a backoff longer than the drain: the wait is cut to the drain's end
+    /// and the addresses are tried then, instead of the run giving up untried. See:
+    /// review12 S3 (a).
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_during_a_long_backoff_still_tries_the_addresses_before_giving_up() {
+        let mut config = config(None, Duration::from_secs(1));
+        config.max_backoff = Duration::from_secs(60);
+        config.connect_timeout = Duration::from_secs(60);
+        config.drain_timeout = Duration::from_millis(10);
+        let stop = CancellationToken::new();
+        {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                // Seven refused rounds start by 6.3 s, the eighth at 6.35 s or later
+                // (waits in [d/2, d], d = 100 ms doubling): 6.32 s is within the
+                // seventh round's wait, always.
+                tokio::time::sleep(Duration::from_millis(6320)).await;
+                stop.cancel();
+            });
+        }
+        let refuse = vec![Behaviour::Refuse; 7];
+        let run = run_each_until(config, vec![refuse.clone(), refuse], stop).await;
+        let report = match &run.report {
+            Ok(report) => report,
+            Err(err) => panic!("run failed: {err}; {:?}", run.events),
+        };
+        assert_eq!(run.seen[0].attempts.len(), 8, "A tried at the drain's end");
+        assert_eq!(report.counters.produced, 7);
+        assert!(report.all_acked(), "{:?}", report.summary);
+    }
+
+    /// A stop before the first connection still tries every address once: the first one
+    /// refused is not "unreachable" while the second is untried. See: review12 N1.
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_before_the_first_connection_still_tries_every_address() {
+        let stop = CancellationToken::new();
+        {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(2500)).await;
+                stop.cancel();
+            });
+        }
+        // A always refuses; B refuses until the stop, then answers.
+        fn gated(
+            answer_after: Option<CancellationToken>,
+        ) -> impl FnMut() -> std::future::Ready<std::io::Result<DuplexStream>> {
+            let mut serve = connector(Vec::new(), Arc::new(Mutex::new(Seen::default())));
+            move || match &answer_after {
+                Some(stop) if stop.is_cancelled() => serve(),
+                _ => std::future::ready(Err(std::io::ErrorKind::ConnectionRefused.into())),
+            }
+        }
+        let mut config = config(None, Duration::from_secs(1));
+        config.servers = vec!["s0:1".into(), "s1:1".into()];
+        config.connect_timeout = Duration::from_secs(60);
+        let printer = Printer::to(Box::new(std::io::sink()), true);
+        let connectors = vec![gated(None), gated(Some(stop.clone()))];
+        let report = crate::client::run_failover(&config, connectors, printer, stop).await;
+        let report = match report {
+            Ok(report) => report,
+            Err(err) => panic!("run failed: {err}"),
+        };
+        assert_eq!(report.summary.servers[1].connects, 1);
+        assert!(report.counters.produced >= 3, "{:?}", report.counters);
+        assert!(report.all_acked(), "{:?}", report.summary);
+    }
+
+    /// While draining, a blackholed address gets its whole connect timeout and the next
+    /// one is still tried, though that outlasts the drain timeout. See: review12 S3 (b).
+    #[tokio::test(start_paused = true)]
+    async fn a_blackholed_address_while_draining_does_not_keep_the_next_untried() {
+        let mut config = config(Some(6), Duration::from_millis(100));
+        config.sensor = Some(sensor_starting_on(0, 3));
+        config.connect_timeout = Duration::from_secs(2);
+        config.drain_timeout = Duration::from_secs(1);
+        let started = Instant::now();
+        // A drops as the source ends (reading 6, at 500 ms); B never answers its `ping`.
+        let run = run_each(
+            config,
+            vec![
+                vec![Behaviour::ResetMidBatch { ack: 3, drop_at: 6 }],
+                vec![Behaviour::Silent; 10],
+                vec![],
+            ],
+        )
+        .await;
+        let report = match &run.report {
+            Ok(report) => report,
+            Err(err) => panic!("run failed: {err}; {:?}", run.events),
+        };
+        let on_c = run.seen[2].attempts.first().expect("C was tried");
+        assert!(*on_c - started >= Duration::from_millis(2500), "{on_c:?}");
+        assert_eq!(report.summary.disconnects.connect_timeout, 1);
+        assert_eq!(report.summary.servers[2].acked, 3);
+        assert!(report.all_acked(), "{:?}", report.summary);
     }
 
     #[tokio::test(start_paused = true)]

@@ -10,7 +10,8 @@ pub enum ClientError {
     #[error("cannot reach {addr}: {cause}")]
     Unreachable { addr: String, cause: String },
     /// The server refused the `--token` (unknown, revoked, malformed): permanent, so the
-    /// run stops instead of reconnecting.
+    /// run stops instead of reconnecting. With several servers, only once every one of
+    /// them refused it in a row (one round); the message names each.
     #[error("authentication failed: {0}")]
     AuthFailed(String),
     /// The TLS files (`--ca`, `--tls-cert`, `--tls-key`) cannot be used.

@@ -1,12 +1,18 @@
 //! [`Rotation`]: which server address the client tries next, and how long it waits first.
 //! No I/O and no clock: the engine tells it what happened, it answers with the next step.
 //!
-//! The policy (`sensorlink client A B C`): connect to the first address. When a connection
-//! cannot be made, or drops, move on to the next address at once; only once a whole round
+//! The policy (`sensorlink client A B C`): connect to the [`first_address`] (a stable hash
+//! of the sensor name picks it, so a fleet of sensors with the same list spreads over it;
+//! random without a name; one address: that one). When a connection cannot be made, move
+//! on to the next address at once; when a live connection drops, move on after a short
+//! random [`jitter`] (up to [`INITIAL_BACKOFF`]), so the clients of a collector that dies do
+//! not all reach the next one in the same instant. Only once a whole round
 //! of addresses has failed, wait a [`Backoff`] delay (jittered, doubling up to the maximum)
 //! before the next round. The client stays on an address that works: it leaves one only
-//! when that one fails. A connection that carried an ack starts a fresh round (and a fresh
-//! backoff), as a reconnect to one server always has. With one address this is exactly the
+//! when that one fails. A connection that *worked* (carried an ack and stayed up at least
+//! [`MIN_WORKING_CONNECTION`]) starts a fresh round and a fresh backoff; one that acked and
+//! then dropped sooner is a failure of its server like any other, so servers that accept,
+//! ack and close are never reconnected to in a tight loop. With one address this is the
 //! single-server reconnect loop: every failure ends a round.
 //!
 //! [`Servers`] keeps what the run reports of each address: connections, failures, acked
@@ -14,10 +20,25 @@
 
 use std::time::Duration;
 
+use rand::RngExt as _;
 use serde::Serialize;
 
-use super::backoff::Backoff;
+use super::backoff::{Backoff, INITIAL_BACKOFF};
 use super::disconnect::DisconnectKind;
+
+/// How long a connection that carried an ack must have stayed up to count as having worked
+/// (a fresh round, the backoff reset). Ten first backoffs: long beside any reconnect storm,
+/// short beside a healthy connection's life.
+pub const MIN_WORKING_CONNECTION: Duration = INITIAL_BACKOFF.saturating_mul(10);
+
+/// Why the current address is left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// No connection could be made (refused, timeout, no first `pong`, TLS, auth).
+    Connect,
+    /// A live connection ended; `worked`: see [`worked`].
+    Dropped { worked: bool },
+}
 
 /// Where the next connection attempt goes, and after how long.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,11 +62,13 @@ pub struct Rotation {
 }
 
 impl Rotation {
-    /// A rotation over `count` addresses (at least one), starting at the first.
-    pub fn new(count: usize, max_backoff: Duration) -> Self {
+    /// A rotation over `count` addresses (at least one), starting at `first` (see
+    /// [`first_address`]).
+    pub fn new(count: usize, first: usize, max_backoff: Duration) -> Self {
+        let count = count.max(1);
         Rotation {
-            count: count.max(1),
-            current: 0,
+            count,
+            current: first % count,
             failed_in_round: 0,
             backoff: Backoff::new(max_backoff),
         }
@@ -57,20 +80,22 @@ impl Rotation {
     }
 
     /// The current address failed: it could not be connected to, or its connection ended.
-    /// `carried_ack`: that connection got an ack, so the server worked; the round starts
-    /// afresh from it. `delay` is drawn from `backoff` only when a round is over.
-    pub fn failed(&mut self, carried_ack: bool) -> Step {
-        self.failed_with(carried_ack, |backoff| backoff.next_delay())
+    /// A connection that worked (see [`worked`]) starts the round afresh from it. The
+    /// delay is drawn from `backoff` when a round is over, else it is a [`jitter`] after a
+    /// drop and zero after a failed connect.
+    pub fn failed(&mut self, failure: Failure) -> Step {
+        self.failed_with(failure, |backoff| backoff.next_delay(), jitter)
     }
 
-    /// [`Rotation::failed`] with the delay taken by `next_delay` (tests take the ceiling,
-    /// without jitter).
+    /// [`Rotation::failed`] with the delays taken by `next_delay` and `jitter` (tests take
+    /// the ceilings, without randomness).
     fn failed_with(
         &mut self,
-        carried_ack: bool,
+        failure: Failure,
         next_delay: impl FnOnce(&mut Backoff) -> Duration,
+        jitter: impl FnOnce() -> Duration,
     ) -> Step {
-        if carried_ack {
+        if let Failure::Dropped { worked: true } = failure {
             self.failed_in_round = 0;
             self.backoff.reset();
         }
@@ -80,6 +105,8 @@ impl Rotation {
         let delay = if round_over {
             self.failed_in_round = 0;
             next_delay(&mut self.backoff)
+        } else if let Failure::Dropped { .. } = failure {
+            jitter()
         } else {
             Duration::ZERO
         };
@@ -89,6 +116,42 @@ impl Rotation {
             round_over,
         }
     }
+}
+
+/// The index of the address a client starts on, among `count`: a stable hash of its sensor
+/// name (the same on every run and build, so a fleet with one list spreads over it), or
+/// random without a name. One address: 0.
+pub fn first_address(sensor: Option<&str>, count: usize) -> usize {
+    if count <= 1 {
+        return 0;
+    }
+    let hash = match sensor {
+        Some(name) => fnv1a(name.as_bytes()),
+        None => rand::rng().random(),
+    };
+    // The remainder is below `count`, which is a usize.
+    (hash % count as u64) as usize
+}
+
+/// 64-bit FNV-1a: tiny, and fixed by its definition (std's hasher may change between
+/// releases, which would move every client of a fleet on an upgrade).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The wait before moving on after a live connection dropped: random in [0, INITIAL_BACKOFF],
+/// so the clients of a collector that died spread their reconnects to the next one.
+pub fn jitter() -> Duration {
+    let ns = rand::rng().random_range(0..=INITIAL_BACKOFF.as_nanos() as u64);
+    Duration::from_nanos(ns)
+}
+
+/// Whether a connection worked: it carried an ack and lived `up_for`, at least
+/// [`MIN_WORKING_CONNECTION`]. A server that acks and then drops at once has not.
+pub fn worked(carried_ack: bool, up_for: Duration) -> bool {
+    carried_ack && up_for >= MIN_WORKING_CONNECTION
 }
 
 /// One server's share of a run (the `--json` summary's `servers`).
@@ -240,66 +303,80 @@ mod tests {
 
     const MAX: Duration = Duration::from_secs(30);
 
-    fn fail(rotation: &mut Rotation, carried_ack: bool) -> Step {
-        rotation.failed_with(carried_ack, Backoff::next_ceiling)
+    const CONNECT: Failure = Failure::Connect;
+    const WORKED: Failure = Failure::Dropped { worked: true };
+
+    /// The delays' ceilings: the backoff's, and [`INITIAL_BACKOFF`] for the jitter.
+    fn fail(rotation: &mut Rotation, failure: Failure) -> Step {
+        rotation.failed_with(failure, Backoff::next_ceiling, || INITIAL_BACKOFF)
+    }
+
+    #[test]
+    fn a_connection_works_only_with_an_ack_and_a_life_of_the_minimum() {
+        assert!(worked(true, MIN_WORKING_CONNECTION));
+        assert!(!worked(
+            true,
+            MIN_WORKING_CONNECTION - Duration::from_millis(1)
+        ));
+        assert!(!worked(false, Duration::from_secs(3600)));
     }
 
     #[test]
     fn a_failure_moves_to_the_next_address_at_once_until_the_round_is_over() {
-        let mut rotation = Rotation::new(3, MAX);
+        let mut rotation = Rotation::new(3, 0, MAX);
         assert_eq!(rotation.current(), 0);
-        let step = fail(&mut rotation, false);
+        let step = fail(&mut rotation, CONNECT);
         assert_eq!(
             (step.index, step.delay, step.round_over),
             (1, Duration::ZERO, false)
         );
-        let step = fail(&mut rotation, false);
+        let step = fail(&mut rotation, CONNECT);
         assert_eq!(
             (step.index, step.delay, step.round_over),
             (2, Duration::ZERO, false)
         );
         // The third failure ends the round: back to the first, after a backoff.
-        let step = fail(&mut rotation, false);
+        let step = fail(&mut rotation, CONNECT);
         assert_eq!(
             (step.index, step.delay, step.round_over),
             (0, INITIAL_BACKOFF, true)
         );
         // The next round's wait is longer: nothing in between worked.
-        fail(&mut rotation, false);
-        fail(&mut rotation, false);
-        let step = fail(&mut rotation, false);
+        fail(&mut rotation, CONNECT);
+        fail(&mut rotation, CONNECT);
+        let step = fail(&mut rotation, CONNECT);
         assert_eq!((step.index, step.delay), (0, INITIAL_BACKOFF * 2));
     }
 
     #[test]
     fn one_address_backs_off_after_every_failure_as_a_single_server_client_does() {
-        let mut rotation = Rotation::new(1, MAX);
-        let delays: Vec<_> = (0..4).map(|_| fail(&mut rotation, false)).collect();
+        let mut rotation = Rotation::new(1, 0, MAX);
+        let delays: Vec<_> = (0..4).map(|_| fail(&mut rotation, CONNECT)).collect();
         for (i, step) in delays.iter().enumerate() {
             assert_eq!(step.index, 0);
             assert!(step.round_over);
             assert_eq!(step.delay, INITIAL_BACKOFF * 2u32.pow(i as u32));
         }
         // An ack resets the backoff, as the reconnect loop always did.
-        assert_eq!(fail(&mut rotation, true).delay, INITIAL_BACKOFF);
+        assert_eq!(fail(&mut rotation, WORKED).delay, INITIAL_BACKOFF);
     }
 
     #[test]
     fn a_server_that_worked_is_left_for_the_next_at_once_and_starts_a_new_round() {
-        let mut rotation = Rotation::new(2, MAX);
+        let mut rotation = Rotation::new(2, 0, MAX);
         // A refused, B refused: a round is over, back off.
-        fail(&mut rotation, false);
-        assert!(fail(&mut rotation, false).round_over);
+        fail(&mut rotation, CONNECT);
+        assert!(fail(&mut rotation, CONNECT).round_over);
         // A refused again: on to B at once.
-        assert_eq!(fail(&mut rotation, false).index, 1);
-        // B worked, then dropped: A is tried at once (a new round), not after a wait.
-        let step = fail(&mut rotation, true);
+        assert_eq!(fail(&mut rotation, CONNECT).index, 1);
+        // B worked, then dropped: A is tried after a jitter only (a new round), not a backoff.
+        let step = fail(&mut rotation, WORKED);
         assert_eq!(
             (step.index, step.delay, step.round_over),
-            (0, Duration::ZERO, false)
+            (0, INITIAL_BACKOFF, false)
         );
         // A refused: the round (B, A) is over; the backoff began again from the first delay.
-        let step = fail(&mut rotation, false);
+        let step = fail(&mut rotation, CONNECT);
         assert_eq!(
             (step.index, step.delay, step.round_over),
             (1, INITIAL_BACKOFF, true)
@@ -307,22 +384,64 @@ mod tests {
     }
 
     #[test]
-    fn the_client_stays_on_a_working_address() {
-        let mut rotation = Rotation::new(3, MAX);
-        fail(&mut rotation, false);
-        // Connected to the second; nothing fails, nothing moves.
-        assert_eq!(rotation.current(), 1);
-        assert_eq!(rotation.current(), 1);
-        // It fails after working: the third, not the first.
-        assert_eq!(fail(&mut rotation, true).index, 2);
+    fn a_rotation_starts_where_it_is_told_and_wraps_round() {
+        let mut rotation = Rotation::new(3, 2, MAX);
+        assert_eq!(rotation.current(), 2);
+        assert_eq!(fail(&mut rotation, CONNECT).index, 0);
+        assert_eq!(fail(&mut rotation, CONNECT).index, 1);
+        // Three failures from the start: the round is over, back where it began.
+        let step = fail(&mut rotation, CONNECT);
+        assert_eq!((step.index, step.round_over), (2, true));
+        // A start beyond the list wraps (never out of range).
+        assert_eq!(Rotation::new(2, 5, MAX).current(), 1);
+    }
+
+    #[test]
+    fn a_connection_that_acked_but_did_not_last_is_a_failure_of_its_server() {
+        let mut rotation = Rotation::new(2, 0, MAX);
+        let short = Failure::Dropped { worked: false };
+        // A dropped after a jitter, B too: a round is over, and the waits keep growing.
+        let step = fail(&mut rotation, short);
+        assert_eq!((step.index, step.delay), (1, INITIAL_BACKOFF));
+        let step = fail(&mut rotation, short);
+        assert_eq!((step.delay, step.round_over), (INITIAL_BACKOFF, true));
+        fail(&mut rotation, short);
+        assert_eq!(fail(&mut rotation, short).delay, INITIAL_BACKOFF * 2);
+    }
+
+    #[test]
+    fn the_first_address_is_a_stable_hash_of_the_sensor_name() {
+        // FNV-1a, fixed by definition: these never change between runs or builds.
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(first_address(Some("anything"), 1), 0);
+        assert_eq!(first_address(None, 1), 0);
+        // The engine's tests run as sensor "s" over two addresses and expect the first.
+        assert_eq!(first_address(Some("s"), 2), 0);
+        // A fleet spreads: 300 sensors over three addresses, none left idle or crowded.
+        let mut on = [0usize; 3];
+        for n in 0..300 {
+            on[first_address(Some(&format!("sensor-{n}")), 3)] += 1;
+        }
+        assert!(on.iter().all(|n| (60..=140).contains(n)), "{on:?}");
+        for _ in 0..20 {
+            assert!(first_address(None, 3) < 3);
+        }
+    }
+
+    #[test]
+    fn the_jitter_after_a_drop_is_at_most_the_first_backoff() {
+        for _ in 0..100 {
+            assert!(jitter() <= INITIAL_BACKOFF);
+        }
     }
 
     #[test]
     fn the_delay_is_capped_by_the_maximum() {
         let max = Duration::from_millis(300);
-        let mut rotation = Rotation::new(2, max);
+        let mut rotation = Rotation::new(2, 0, max);
         let delays: Vec<_> = (0..12)
-            .map(|_| rotation.failed(false))
+            .map(|_| rotation.failed(CONNECT))
             .filter(|step| step.round_over)
             .map(|step| step.delay)
             .collect();

@@ -20,16 +20,17 @@ use crate::protocol::control::AuthSecret;
 #[derive(Debug, Default, Clone, PartialEq, clap::Args, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RawClient {
-    /// Collector addresses (HOST:PORT), one or more; with several the client fails over
-    /// between them: it connects to the first, moves on to the next at once when a
-    /// connection cannot be made or drops, backs off (--max-backoff) only after a whole
-    /// round failed, and stays on one that works. Unacknowledged readings are resent on the
-    /// next server, in order. Adds up with --server [default: 127.0.0.1:8889].
-    #[arg(
-        value_name = "SERVER",
-        env = "SENSORLINK_SERVERS",
-        value_delimiter = ','
-    )]
+    /// Collector addresses (HOST:PORT), one or more (or SENSORLINK_SERVERS=a,b, which
+    /// SERVER… or --server replace, not add to); with several the client fails over
+    /// between them: it starts on the one its --sensor name hashes to (so a fleet spreads
+    /// over the list; random with no name), moves on to the next at once when a connection
+    /// cannot be made (after a jitter of up to 100 ms when a live one drops), backs off
+    /// (--max-backoff) only after a whole round failed, and stays on one that works (an
+    /// ack and 1 s up). Unacknowledged readings are resent on the next server, in order.
+    /// Adds up with --server [default: 127.0.0.1:8889].
+    // SENSORLINK_SERVERS is read apart (`env_layer`): clap would fill this from it even
+    // beside --server, and the two would add up instead of the flags winning.
+    #[arg(value_name = "SERVER", value_delimiter = ',')]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub servers: Option<Vec<String>>,
     /// Another collector address (repeatable), after the SERVER arguments.
@@ -37,8 +38,9 @@ pub struct RawClient {
     #[serde(skip)]
     pub server: Vec<String>,
     /// One collector address: the file's `addr = "…"` (and `SENSORLINK_ADDR`), the same as
-    /// `servers = ["…"]`. A list (SERVER…, --server, `servers`) wins over it; the file may
-    /// not give both.
+    /// `servers = ["…"]` but only a fallback: a list given in any layer (SERVER…,
+    /// --server, SENSORLINK_SERVERS, the file's `servers`) wins over it, so a leftover
+    /// SENSORLINK_ADDR never turns a file's failover list off. The file may not give both.
     #[arg(
         long = "addr",
         value_name = "ADDR",
@@ -92,7 +94,10 @@ pub struct RawClient {
     )]
     pub connect_timeout: Option<Duration>,
     /// Once the source ends (or on Ctrl-C/SIGTERM): how long to keep delivering pending
-    /// readings before they are reported lost [default: --timeout].
+    /// readings before they are reported lost [default: --timeout]. While offline it gives
+    /// up only once every server address was tried since it began (a backoff is cut short
+    /// for that; each such try gets its --connect-timeout, and a connection it makes gets
+    /// a drain timeout of its own).
     #[arg(long, env = "SENSORLINK_DRAIN_TIMEOUT", value_parser = humantime::parse_duration)]
     #[serde(
         default,
@@ -226,16 +231,16 @@ fn secret_from_text<'de, D: serde::Deserializer<'de>>(
 impl RawClient {
     /// Each field from `self`, or from `lower` where `self` says nothing.
     pub fn or(self, lower: RawClient) -> RawClient {
-        // The addresses come as a group: a layer that names any replaces the lower's.
-        let says_addresses =
-            |raw: &RawClient| raw.addr.is_some() || raw.servers.is_some() || !raw.server.is_empty();
-        let (addr, servers, server) = if says_addresses(&self) {
-            (self.addr, self.servers, self.server)
+        // A list (SERVER… and --server add up, within one layer) replaces a lower layer's
+        // list; a lone `addr` is only the fallback when no layer gives a list.
+        let gives_list = |raw: &RawClient| raw.servers.is_some() || !raw.server.is_empty();
+        let (servers, server) = if gives_list(&self) {
+            (self.servers, self.server)
         } else {
-            (lower.addr, lower.servers, lower.server)
+            (lower.servers, lower.server)
         };
         RawClient {
-            addr,
+            addr: self.addr.or(lower.addr),
             servers,
             server,
             sensor: self.sensor.or(lower.sensor),
@@ -426,11 +431,20 @@ fn server_list(
     servers: Option<Vec<String>>,
     server: Vec<String>,
 ) -> Result<Vec<String>, ConfigError> {
+    let gave_list = servers.is_some() || !server.is_empty();
     let list: Vec<String> = servers
         .unwrap_or_default()
         .into_iter()
         .chain(server)
         .collect();
+    if gave_list && list.is_empty() {
+        // `servers = []`: falling back to the default address would hide the mistake.
+        return Err(ConfigError::Invalid {
+            setting: "servers",
+            value: "[]".into(),
+            accepted: "at least one address".into(),
+        });
+    }
     if list.is_empty() {
         return Ok(vec![match addr {
             Some(addr) => socket_address("addr", addr)?,
@@ -516,7 +530,27 @@ pub fn client_config(flags: RawClient, file: Option<&Path>) -> Result<ClientConf
         }
         None => RawClient::default(),
     };
-    flags.or(from_file).validate()
+    let env = env_layer(std::env::var_os("SENSORLINK_SERVERS"))?;
+    flags.or(env).or(from_file).validate()
+}
+
+/// The environment's addresses: `SENSORLINK_SERVERS=a,b` (empty: not set). A layer of its
+/// own between the file and the flags, so SERVER… or --server replace it.
+fn env_layer(servers: Option<std::ffi::OsString>) -> Result<RawClient, ConfigError> {
+    let Some(servers) = servers.filter(|value| !value.is_empty()) else {
+        return Ok(RawClient::default());
+    };
+    let servers = servers
+        .into_string()
+        .map_err(|value| ConfigError::Invalid {
+            setting: "SENSORLINK_SERVERS",
+            value: format!("{value:?}"),
+            accepted: "UTF-8 addresses, comma-separated".into(),
+        })?;
+    Ok(RawClient {
+        servers: Some(servers.split(',').map(|s| s.trim().to_string()).collect()),
+        ..RawClient::default()
+    })
 }
 
 /// `client --print-config`: the effective settings as a valid `--config` file.
@@ -672,14 +706,63 @@ mod tests {
             ..RawClient::default()
         };
         assert_eq!(servers(flags.or(file.clone())).expect("valid"), ["c:3"]);
+        // A lone address (SENSORLINK_ADDR, say) above a list does not turn it off: the
+        // list wins in whichever layer it is. See: review12 S4.
         let flags = RawClient {
             addr: Some("d:4".into()),
             ..RawClient::default()
         };
-        assert_eq!(servers(flags.or(file.clone())).expect("valid"), ["d:4"]);
+        assert_eq!(
+            servers(flags.clone().or(file.clone())).expect("valid"),
+            ["a:1", "b:2"]
+        );
+        // With no list anywhere, the highest layer's address.
+        let file_addr = RawClient {
+            addr: Some("e:5".into()),
+            ..RawClient::default()
+        };
+        assert_eq!(servers(flags.or(file_addr)).expect("valid"), ["d:4"]);
         assert_eq!(
             servers(RawClient::default().or(file)).expect("valid"),
             ["a:1", "b:2"]
+        );
+    }
+
+    #[test]
+    fn the_flags_replace_the_environments_list_not_add_to_it() {
+        let env = env_layer(Some("a:1, b:2".into())).expect("valid");
+        assert_eq!(servers(env.clone()).expect("valid"), ["a:1", "b:2"]);
+        let flags = RawClient {
+            server: vec!["c:3".into()],
+            ..RawClient::default()
+        };
+        assert_eq!(servers(flags.or(env.clone())).expect("valid"), ["c:3"]);
+        // The environment over the file's list.
+        let file = RawClient {
+            servers: Some(vec!["d:4".into()]),
+            ..RawClient::default()
+        };
+        assert_eq!(
+            servers(RawClient::default().or(env).or(file)).expect("valid"),
+            ["a:1", "b:2"]
+        );
+        assert_eq!(
+            env_layer(Some("".into())).expect("valid"),
+            RawClient::default()
+        );
+    }
+
+    #[test]
+    fn an_empty_server_list_is_an_error_not_the_default_address() {
+        let raw = RawClient {
+            servers: Some(Vec::new()),
+            addr: Some("a:1".into()),
+            ..RawClient::default()
+        };
+        let err = servers(raw).expect_err("empty");
+        assert_eq!(
+            err.to_string(),
+            "invalid servers []: accepted at least one address"
         );
     }
 
