@@ -87,27 +87,25 @@ impl PgUrl {
             url: super::redact_url(url).into_owned(),
             reason,
         };
-        if let Some(mode) = query_param(url, "sslmode") {
-            match mode {
-                "disable" | "allow" | "prefer" => {}
-                "require" | "verify-ca" | "verify-full" => {
-                    return Err(invalid(format!(
-                        "sslmode={mode}: this build does not speak TLS to PostgreSQL; reach the \
-                         database over a trusted network, a Unix socket or a tunnel, with \
-                         sslmode=disable"
-                    )))
-                }
-                other => return Err(invalid(format!("unknown sslmode {other:?}"))),
-            }
+        // Every occurrence: libpq takes the last, and all are stripped below.
+        for mode in query_params(url, "sslmode") {
+            check_sslmode(mode, "sslmode").map_err(invalid)?;
         }
         // tokio-postgres knows `disable`, `prefer` and `require` only: the others are
         // checked above and stripped before it parses.
         let parsed = PgUrl {
             url: url.to_string(),
         };
-        parsed
+        let config = parsed
             .driver_config()
             .map_err(|err| invalid(err.to_string()))?;
+        // What `--print-config` shows in place of a password: copied back, it would fail
+        // authentication with a puzzling error.
+        if config.get_password() == Some(&b"***"[..]) {
+            return Err(invalid(
+                "the password is the redacted `***`: write the real one or set PGPASSWORD".into(),
+            ));
+        }
         Ok(parsed)
     }
 
@@ -126,6 +124,16 @@ impl PgUrl {
             url: self.to_string(),
             reason: err.to_string(),
         })?;
+        // libpq honours PGSSLMODE when the URL names no sslmode: refuse a TLS one rather
+        // than connect in plain.
+        if query_param(&self.url, "sslmode").is_none() {
+            if let Ok(mode) = std::env::var("PGSSLMODE") {
+                check_sslmode(&mode, "PGSSLMODE").map_err(|reason| StoreError::InvalidUrl {
+                    url: self.to_string(),
+                    reason,
+                })?;
+            }
+        }
         if config.get_password().is_none() {
             if let Ok(password) = std::env::var("PGPASSWORD") {
                 config.password(password);
@@ -158,11 +166,30 @@ impl PgUrl {
 }
 
 /// The value of `name=` in the URL's query string.
-fn query_param<'a>(url: &'a str, name: &str) -> Option<&'a str> {
-    let query = &url[url.find('?')? + 1..];
+fn query_param<'a>(url: &'a str, name: &'a str) -> Option<&'a str> {
+    query_params(url, name).next()
+}
+
+/// Every value of `name=` in the URL's query string.
+fn query_params<'a>(url: &'a str, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    let query = url.find('?').map_or("", |q| &url[q + 1..]);
     query
         .split('&')
-        .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+        .filter_map(move |pair| pair.strip_prefix(name)?.strip_prefix('='))
+}
+
+/// A TLS mode this build can honour (`disable`, `allow`, `prefer`: plain is allowed), or
+/// why not; `source` names where it came from.
+fn check_sslmode(mode: &str, source: &str) -> Result<(), String> {
+    match mode {
+        "disable" | "allow" | "prefer" => Ok(()),
+        "require" | "verify-ca" | "verify-full" => Err(format!(
+            "{source}={mode}: this build does not speak TLS to PostgreSQL; reach the \
+             database over a trusted network, a Unix socket or a tunnel, with \
+             sslmode=disable"
+        )),
+        other => Err(format!("unknown {source} {other:?}")),
+    }
 }
 
 /// `url` without its `name=` query parameter.
@@ -404,6 +431,15 @@ mod url_tests {
             assert!(text.contains("does not speak TLS"), "{text}");
             assert!(!text.contains(":pw@"), "{text}");
         }
+        // libpq takes the last sslmode: none may ask for TLS.
+        let err = PgUrl::parse("postgres://u@h/db?sslmode=disable&sslmode=require")
+            .expect_err("a later sslmode=require is not downgraded");
+        assert!(err.to_string().contains("does not speak TLS"), "{err}");
+        assert!(check_sslmode("verify-full", "PGSSLMODE")
+            .is_err_and(|reason| reason.contains("PGSSLMODE=verify-full")));
+        assert!(check_sslmode("prefer", "PGSSLMODE").is_ok());
+        let err = PgUrl::parse("postgres://u:***@h/db").expect_err("a redacted password");
+        assert!(err.to_string().contains("PGPASSWORD"), "{err}");
         let err = PgUrl::parse("postgres://u:pw@h:notaport/db").expect_err("bad port");
         assert!(!err.to_string().contains(":pw@"), "{err}");
         // Whatever the driver takes as the password never shows, however it is written.
