@@ -60,6 +60,9 @@ pub const MAX_POOL_SIZE: usize = 64;
 /// committer's connection, and a dashboard poll cannot open many.
 pub const READ_POOL_SIZE: usize = 2;
 
+/// How long sent data may stay unacknowledged before the kernel drops the connection.
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// How long opening a connection may take before the database counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -160,7 +163,11 @@ impl PgUrl {
             .keepalives(true)
             .keepalives_idle(Duration::from_secs(10))
             .keepalives_interval(Duration::from_secs(5))
-            .keepalives_retries(3);
+            .keepalives_retries(3)
+            // Keepalives cover idle sockets only: data unacknowledged this long (a cut
+            // while a commit is sent) closes the connection too, instead of waiting for
+            // the commit timeout.
+            .tcp_user_timeout(TCP_USER_TIMEOUT);
         Ok(config)
     }
 }
@@ -422,6 +429,7 @@ mod url_tests {
         let config = url.config().expect("config");
         assert_eq!(config.get_password(), Some(&b"s3cret"[..]));
         assert_eq!(config.get_dbname(), Some("db"));
+        assert_eq!(config.get_tcp_user_timeout(), Some(&TCP_USER_TIMEOUT));
         assert!(PgUrl::parse("postgresql://u@h/db?sslmode=disable").is_ok());
         assert!(PgUrl::parse("postgresql://u@h/db?sslmode=prefer&connect_timeout=3").is_ok());
         for mode in ["require", "verify-ca", "verify-full"] {

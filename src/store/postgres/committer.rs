@@ -497,7 +497,16 @@ async fn commit_once(
         write::write_batch(&mut client, &shared.location, &shared.cache, batch).await
     };
     let (written, created) = match tokio::time::timeout(COMMIT_TIMEOUT, work).await {
-        Ok(done) => done?,
+        Ok(Ok(done)) => done,
+        Ok(Err(failure)) => {
+            if matches!(failure, Failure::Unavailable(_)) {
+                // Reconnect for the next attempt: this connection may lead to a server
+                // that became a read-only standby (a failover behind a proxy), or be
+                // half-dead; the pool would hand it out again as it is.
+                drop(deadpool_postgres::Object::take(client));
+            }
+            return Err(failure);
+        }
         Err(_) => {
             // Cut off mid-transaction: the connection's state is unknown, so it is closed
             // rather than handed to the next commit (its slot is freed for a new one).

@@ -553,6 +553,16 @@ async fn probes_do_not_end_an_outage_that_holds_batches() {
         WriterConfig::default(),
         Some(telemetry),
     );
+    answer(handle.submit(vec![temp("s", 0)]).await.expect("submit")).await;
+    let backends = |cluster: &pg_cluster::PgCluster| -> Vec<String> {
+        let sql = format!(
+            "SELECT pid FROM pg_stat_activity WHERE datname = '{db}' \
+             AND application_name = 'sensorlink' ORDER BY pid"
+        );
+        let out = cluster.psql(db, &sql).expect("psql");
+        out.split_whitespace().map(str::to_string).collect()
+    };
+    let before = backends(cluster);
     cluster
         .psql(
             db,
@@ -587,6 +597,19 @@ async fn probes_do_not_end_an_outage_that_holds_batches() {
     let text = render.render();
     assert_eq!(sample(&text, names::STORE_UNAVAILABLE), Some(1.0), "{text}");
     assert_eq!(sample(&text, &ended), Some(1.0), "{text}");
+    // The connection a commit failed on as unavailable was closed, not reused.
+    let waited = std::time::Instant::now();
+    loop {
+        let now = backends(cluster);
+        if before.iter().any(|pid| !now.contains(pid)) {
+            break;
+        }
+        assert!(
+            waited.elapsed() < HANG,
+            "the failed connection was kept: {before:?} → {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     drop(handle);
     tokio::task::spawn_blocking(move || writer.finish())
         .await
