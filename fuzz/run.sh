@@ -23,7 +23,7 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked
 fi
 
-targets=(line_decoder ilp_parse legacy_decoder control_line probe_wire)
+targets=(line_decoder ilp_parse legacy_decoder control_line probe_wire proxy_header)
 # Build all first, so the time budget goes to fuzzing, not to compiling.
 cargo fuzz build
 

@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::http::access::{AccessError, Guard, HttpAccess, HttpAuth};
 use crate::protocol::TimestampWindow;
+use crate::server::proxy_protocol::ProxyProtocol;
 use crate::server::quota::QuotaLimits;
 use crate::server::{self, ServerConfig};
 use crate::store::writer::WriterConfig;
@@ -364,6 +365,16 @@ pub struct RawServer {
     #[arg(long, env = "SENSORLINK_UDP_RATE_PER_IP")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub udp_rate_per_ip: Option<u32>,
+    /// `v2`: every sensor connection starts with a PROXY protocol v2 header (HAProxy
+    /// `send-proxy-v2`), whose client address is then the connection's peer (sensor name,
+    /// per-IP limits, logs); a connection without one is closed. UDP is unaffected
+    /// [default: off].
+    #[arg(long, env = "SENSORLINK_PROXY_PROTOCOL", value_name = "off|v2",
+          value_parser = clap::builder::TypedValueParser::try_map(
+              clap::builder::PossibleValuesParser::new(ProxyProtocol::ALL.map(|(_, name)| name)),
+              |name| name.parse::<ProxyProtocol>()))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<ProxyProtocol>,
 }
 
 /// The `http` value that turns the HTTP side off.
@@ -462,6 +473,7 @@ impl RawServer {
             tcp_info_interval: self.tcp_info_interval.or(lower.tcp_info_interval),
             udp: self.udp.or(lower.udp),
             udp_rate_per_ip: self.udp_rate_per_ip.or(lower.udp_rate_per_ip),
+            proxy_protocol: self.proxy_protocol.or(lower.proxy_protocol),
         }
     }
 
@@ -626,6 +638,7 @@ impl RawServer {
                 self.udp_rate_per_ip.unwrap_or(defaults.udp_rate_per_ip),
                 limits::QUOTA,
             )?,
+            proxy_protocol: self.proxy_protocol.unwrap_or(defaults.proxy_protocol),
             retention: self
                 .retention
                 .map(|retention| in_range("retention", retention, limits::RETENTION))
@@ -706,6 +719,7 @@ impl RawServer {
             tcp_info_interval: Some(config.tcp_info_interval),
             udp: Some(config.udp),
             udp_rate_per_ip: Some(config.udp_rate_per_ip),
+            proxy_protocol: Some(config.proxy_protocol),
         }
     }
 }
@@ -1424,6 +1438,35 @@ mod tests {
     }
 
     /// TLS files come as a pair (a client CA only with them), and print back.
+    /// `proxy-protocol`: off by default (printed), `v2` from the file or a flag, printed
+    /// back; anything else is refused with the accepted values.
+    #[test]
+    fn proxy_protocol_is_off_or_v2_and_prints_back() {
+        use crate::server::proxy_protocol::ProxyProtocol;
+        let default = RawServer::default().validate().expect("valid");
+        assert_eq!(default.proxy_protocol, ProxyProtocol::Off);
+        let printed = print_server(&default).expect("printable");
+        assert!(printed.contains("proxy-protocol = \"off\""), "{printed}");
+        let file = parse_file("[server]\nproxy-protocol = \"v2\"\n").expect("valid file");
+        let config = file.validate().expect("valid");
+        assert_eq!(config.proxy_protocol, ProxyProtocol::V2);
+        let printed = print_server(&config).expect("printable");
+        let again = parse_file(&printed).expect("parses").validate();
+        assert_eq!(again.expect("valid").proxy_protocol, ProxyProtocol::V2);
+        let err = parse_file("[server]\nproxy-protocol = \"v1\"\n").expect_err("v1");
+        let err = format!("{:#}", anyhow::Error::from(err));
+        assert!(err.contains("`off`") && err.contains("`v2`"), "{err}");
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Flags {
+            #[command(flatten)]
+            server: RawServer,
+        }
+        let flags = Flags::try_parse_from(["s", "--proxy-protocol", "v2"]).expect("a flag");
+        assert_eq!(flags.server.proxy_protocol, Some(ProxyProtocol::V2));
+        assert!(Flags::try_parse_from(["s", "--proxy-protocol", "v1"]).is_err());
+    }
+
     #[test]
     fn tls_settings_go_together_and_print_back() {
         let pair = RawServer {

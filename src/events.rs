@@ -66,7 +66,7 @@ pub struct Totals {
 pub struct Telemetry {
     connections_open: Gauge,
     connections_accepted: Counter,
-    connections_refused: [Counter; 3],
+    connections_refused: [Counter; RefuseReason::ALL.len()],
     connections_closed: [Counter; CloseReason::ALL.len()],
     connections_mode: [Counter; 2],
     accept_errors: Counter,
@@ -312,9 +312,30 @@ impl Event for ConnectionRefused {
                 RefuseReason::ConnectRate => {
                     tracing::warn!(%peer, per_second = limit, "per-IP connection rate exceeded; closing new connection")
                 }
+                RefuseReason::ProxyHeader => {
+                    tracing::warn!(%peer, "no valid PROXY header; closing new connection")
+                }
             }
         }
         t.connections_refused[self.reason as usize].increment(1);
+    }
+}
+
+/// `--proxy-protocol v2`: a connection did not open with a valid PROXY header (or none in
+/// time); it is closed and counted as refused (`reason="proxy_header"`).
+pub struct ProxyHeaderRefused<'a> {
+    /// The TCP peer (the balancer, or whoever connected directly).
+    pub peer: SocketAddr,
+    pub error: &'a crate::server::proxy_protocol::ReceiveError,
+}
+
+impl Event for ProxyHeaderRefused<'_> {
+    fn emit_to(self, t: &Telemetry) {
+        // The refused-connection log budget: a scan of the port must not flood the log.
+        if logging::allow_refused_connection() {
+            tracing::warn!(peer = %self.peer, cause = %self.error, "no valid PROXY protocol v2 header (--proxy-protocol v2); closing connection");
+        }
+        t.connections_refused[RefuseReason::ProxyHeader as usize].increment(1);
     }
 }
 

@@ -68,14 +68,17 @@ pub enum RefuseReason {
     PerIp,
     /// The source address opens connections faster than `--connect-rate-per-ip`.
     ConnectRate,
+    /// `--proxy-protocol v2`: no valid PROXY header in time.
+    ProxyHeader,
 }
 
 impl RefuseReason {
     /// In declaration order, so `reason as usize` indexes it.
-    pub(super) const ALL: [RefuseReason; 3] = [
+    pub(super) const ALL: [RefuseReason; 4] = [
         RefuseReason::MaxConnections,
         RefuseReason::PerIp,
         RefuseReason::ConnectRate,
+        RefuseReason::ProxyHeader,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -83,6 +86,7 @@ impl RefuseReason {
             RefuseReason::MaxConnections => "max_connections",
             RefuseReason::PerIp => "per_ip",
             RefuseReason::ConnectRate => "connect_rate",
+            RefuseReason::ProxyHeader => "proxy_header",
         }
     }
 }

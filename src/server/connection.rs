@@ -179,12 +179,36 @@ pub async fn serve_counted<S>(
 ) where
     S: PeerStream,
 {
-    // The first-line deadline runs from here: a TLS handshake is part of the time a peer
-    // gets to show it speaks, not a free extension of it.
-    let accepted = Accepted {
-        at: tokio::time::Instant::now(),
-        started: Instant::now(),
-    };
+    serve_accepted(
+        stream,
+        peer,
+        Accepted::now(),
+        limits,
+        store,
+        shutdown,
+        telemetry,
+        live,
+    )
+    .await;
+}
+
+/// [`serve_counted`] for a connection `accepted` earlier (a PROXY header was read first:
+/// it is part of the time a peer gets to show it speaks).
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn serve_accepted<S>(
+    stream: S,
+    peer: SocketAddr,
+    accepted: Accepted,
+    limits: &Limits,
+    store: StoreHandle,
+    shutdown: CancellationToken,
+    telemetry: &Telemetry,
+    live: Option<Arc<Registry>>,
+) where
+    S: PeerStream,
+{
+    // The first-line deadline runs from accept: a TLS handshake (and a PROXY header) is
+    // part of the time a peer gets to show it speaks, not a free extension of it.
     match &limits.tls {
         None => {
             serve_stream(
@@ -208,9 +232,18 @@ pub async fn serve_counted<S>(
 
 /// When a connection was accepted: its first-line deadline and its duration run from here.
 #[derive(Debug, Clone, Copy)]
-struct Accepted {
-    at: tokio::time::Instant,
+pub(super) struct Accepted {
+    pub(super) at: tokio::time::Instant,
     started: Instant,
+}
+
+impl Accepted {
+    pub(super) fn now() -> Accepted {
+        Accepted {
+            at: tokio::time::Instant::now(),
+            started: Instant::now(),
+        }
+    }
 }
 
 /// [`serve_counted`] over a stream ready for the protocol (TLS, if any, established).

@@ -1,22 +1,29 @@
 //! The accept loop: connection limits (total, and per source address through
 //! [`super::per_ip`]), per-connection tasks, and the wait for them at shutdown.
+//!
+//! With `--proxy-protocol v2` each task first reads the PROXY header
+//! ([`super::proxy_protocol`]) under the connection's permit and first-line deadline, and
+//! the per-address limits apply to the client's address from it, not the balancer's.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::net::TcpListener;
+use std::net::SocketAddr;
+
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::Instrument as _;
+use tracing::{field, Instrument as _};
 
 use super::connection::{self, Limits};
-use super::per_ip::{PerIpLimits, PerIpTable};
+use super::per_ip::{IpGuard, PerIpLimits, PerIpTable};
+use super::proxy_protocol::{self, ProxyProtocol};
 use super::ServerConfig;
 use crate::events::{
     self, AcceptFailed, ConnectionAccepted, ConnectionRefused, Event as _, OpenConnection,
-    RefuseReason,
+    ProxyHeaderRefused, RefuseReason,
 };
 use crate::live::Registry;
 use crate::store::writer::StoreHandle;
@@ -41,6 +48,7 @@ pub async fn accept_loop(
         max_connections: config.max_connections_per_ip,
         connect_rate_per_s: config.connect_rate_per_ip,
     });
+    let proxy_protocol = config.proxy_protocol;
     let tasks = TaskTracker::new();
     let mut backoff = Duration::from_millis(5);
     loop {
@@ -64,23 +72,20 @@ pub async fn accept_loop(
                 continue;
             }
         };
-        // Per address first: one address's flood is refused before it can take the
-        // permits every other address needs.
-        let ip_share = match per_ip.admit(peer.ip(), Instant::now()) {
-            Ok(share) => share,
-            Err(reason) => {
-                let limit = match reason {
-                    RefuseReason::ConnectRate => config.connect_rate_per_ip as usize,
-                    _ => config.max_connections_per_ip,
-                };
-                ConnectionRefused {
-                    peer,
-                    reason,
-                    limit,
+        // With `--proxy-protocol v2` the TCP peer is the balancer: the per-address limits
+        // wait for the client's address, read from the header inside the task.
+        let ip_share = match proxy_protocol {
+            ProxyProtocol::V2 => None,
+            ProxyProtocol::Off => {
+                // Per address first: one address's flood is refused before it can take
+                // the permits every other address needs.
+                match admit(&per_ip, peer) {
+                    Some(share) => Some(share),
+                    None => {
+                        drop(stream);
+                        continue;
+                    }
                 }
-                .emit();
-                drop(stream);
-                continue;
             }
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
@@ -97,18 +102,38 @@ pub async fn accept_loop(
             tracing::debug!(%peer, cause = %err, "set_nodelay failed");
         }
         let conn_id = NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed);
-        let span = tracing::info_span!("conn", conn_id, peer_addr = %peer);
+        // Behind a balancer the peer is known once the header is read; `via` keeps the
+        // balancer's own address in every line.
+        let span = match proxy_protocol {
+            ProxyProtocol::Off => tracing::info_span!("conn", conn_id, peer_addr = %peer),
+            ProxyProtocol::V2 => {
+                tracing::info_span!("conn", conn_id, peer_addr = field::Empty, via = %peer)
+            }
+        };
         let (limits, store, live) = (limits.clone(), store.clone(), live.clone());
-        let shutdown = shutdown.clone();
+        let (shutdown, per_ip) = (shutdown.clone(), per_ip.clone());
         tasks.spawn(
             async move {
                 let _open = OpenConnection::new();
-                ConnectionAccepted.emit();
                 let _permit = permit;
-                let _ip_share = ip_share;
+                let accepted = connection::Accepted::now();
+                let mut stream = stream;
+                let admitted = match ip_share {
+                    Some(share) => Some((peer, share)),
+                    None => {
+                        let deadline = accepted.at + limits.first_wait();
+                        behind_proxy(&mut stream, peer, deadline, &per_ip, &shutdown).await
+                    }
+                };
+                let Some((peer, _ip_share)) = admitted else {
+                    return;
+                };
+                ConnectionAccepted.emit();
                 let telemetry = events::telemetry();
-                connection::serve_counted(stream, peer, &limits, store, shutdown, telemetry, live)
-                    .await;
+                connection::serve_accepted(
+                    stream, peer, accepted, &limits, store, shutdown, telemetry, live,
+                )
+                .await;
             }
             .instrument(span),
         );
@@ -121,4 +146,54 @@ pub async fn accept_loop(
         "stopped accepting; waiting for open connections"
     );
     tasks.wait().await;
+}
+
+/// Admit a connection from `peer` under the per-address limits; `None` (counted, logged)
+/// when it is refused.
+fn admit(per_ip: &Arc<PerIpTable>, peer: SocketAddr) -> Option<IpGuard> {
+    match per_ip.admit(peer.ip(), Instant::now()) {
+        Ok(share) => Some(share),
+        Err(reason) => {
+            let limits = per_ip.limits();
+            let limit = match reason {
+                RefuseReason::ConnectRate => limits.connect_rate_per_s as usize,
+                _ => limits.max_connections,
+            };
+            ConnectionRefused {
+                peer,
+                reason,
+                limit,
+            }
+            .emit();
+            None
+        }
+    }
+}
+
+/// `--proxy-protocol v2`: read the header (by `deadline`), take its source address as the
+/// peer (the TCP peer `via` for `LOCAL`), record it in the span, and admit it under the
+/// per-address limits. `None` (counted, logged) when the connection is to be closed.
+async fn behind_proxy(
+    stream: &mut TcpStream,
+    via: SocketAddr,
+    deadline: tokio::time::Instant,
+    per_ip: &Arc<PerIpTable>,
+    shutdown: &CancellationToken,
+) -> Option<(SocketAddr, IpGuard)> {
+    let header = match proxy_protocol::receive(stream, deadline, shutdown).await {
+        Ok(header) => header,
+        Err(proxy_protocol::ReceiveError::Shutdown) => return None,
+        Err(error) => {
+            ProxyHeaderRefused {
+                peer: via,
+                error: &error,
+            }
+            .emit();
+            return None;
+        }
+    };
+    let peer = header.peer(via);
+    tracing::Span::current().record("peer_addr", field::display(peer));
+    tracing::debug!(?header, "PROXY header");
+    admit(per_ip, peer).map(|share| (peer, share))
 }

@@ -14,6 +14,7 @@ pub mod listener;
 pub mod logging;
 mod pending;
 pub mod per_ip;
+pub mod proxy_protocol;
 pub mod quota;
 pub mod reload;
 pub mod shutdown;
@@ -101,6 +102,9 @@ pub struct ServerConfig {
     pub udp: bool,
     /// UDP probes per second answered per source address (`--udp-rate-per-ip`).
     pub udp_rate_per_ip: u32,
+    /// `--proxy-protocol v2`: every sensor connection opens with a PROXY v2 header
+    /// (from a balancer), whose source address becomes the connection's peer.
+    pub proxy_protocol: proxy_protocol::ProxyProtocol,
 }
 
 /// The PEM files the sensor port's TLS is configured from.
@@ -145,6 +149,7 @@ impl Default for ServerConfig {
             tcp_info_interval: tcp_sample::DEFAULT_TCP_INFO_INTERVAL,
             udp: true,
             udp_rate_per_ip: crate::probe::reflector::DEFAULT_RATE_PER_IP,
+            proxy_protocol: proxy_protocol::ProxyProtocol::Off,
         }
     }
 }
@@ -347,7 +352,7 @@ pub async fn run_with_store(
     let (handle, store_writer) = writer::spawn(store.drive, config.writer.clone());
     start_reloads(reloads, &shutdown);
     announce(local);
-    tracing::info!(addr = %local, store = %config.store, fsync = ?config.fsync, tls = config.tls.is_some(), "listening");
+    tracing::info!(addr = %local, store = %config.store, fsync = ?config.fsync, tls = config.tls.is_some(), proxy_protocol = %config.proxy_protocol, "listening");
 
     logging::spawn_summary(shutdown.clone());
     let limits = Arc::new(connection::Limits {
