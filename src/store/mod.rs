@@ -352,51 +352,93 @@ impl std::str::FromStr for StoreUrl {
 /// `url` with its password, if any, replaced by `***` (`scheme://user:secret@host/db` →
 /// `scheme://user:***@host/db`, and a `password=` query parameter alike): what logs and
 /// error messages may show of a store URL.
+///
+/// It follows the PostgreSQL driver's reading, not a URL library's: tokio-postgres (like
+/// libpq) takes the credentials up to the first `@` anywhere, so `u:ab/cd@db` connects
+/// with the password `ab/cd`; and it percent-decodes query keys, so `passw%6Frd=` is a
+/// password too.
 pub fn redact_url(url: &str) -> std::borrow::Cow<'_, str> {
-    use std::borrow::Cow;
-    let url = redact_userinfo(url);
-    let Some(query) = url.find('?') else {
-        return url;
-    };
-    if !url[query + 1..]
-        .split('&')
-        .any(|pair| pair.starts_with("password="))
-    {
-        return url;
-    }
-    let pairs: Vec<&str> = url[query + 1..]
-        .split('&')
-        .map(|pair| {
-            if pair.starts_with("password=") {
-                "password=***"
-            } else {
-                pair
-            }
-        })
-        .collect();
-    Cow::Owned(format!("{}?{}", &url[..query], pairs.join("&")))
-}
-
-/// The password of `scheme://user:secret@host` replaced by `***`.
-fn redact_userinfo(url: &str) -> std::borrow::Cow<'_, str> {
     use std::borrow::Cow;
     let Some(scheme_end) = url.find("://") else {
         return Cow::Borrowed(url);
     };
     let start = scheme_end + 3;
     let rest = &url[start..];
-    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
-    let Some(at) = authority.rfind('@') else {
-        return Cow::Borrowed(url);
+    let mut shown = String::with_capacity(url.len());
+    shown.push_str(&url[..start]);
+    // The driver ends the credentials at the first `@`, a URL reader at the last `@`
+    // before the path: hide up to the later one, so neither reading shows a password.
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let creds_end = rest.find('@').map(|first| {
+        rest[..authority_end]
+            .rfind('@')
+            .map_or(first, |last| last.max(first))
+    });
+    let after_creds = match creds_end {
+        Some(at) => {
+            match rest[..at].find(':') {
+                Some(colon) => {
+                    shown.push_str(&rest[..=colon]);
+                    shown.push_str("***");
+                }
+                None => shown.push_str(&rest[..at]),
+            }
+            at
+        }
+        None => 0,
     };
-    let Some(colon) = authority[..at].find(':') else {
-        return Cow::Borrowed(url);
+    let rest = &rest[after_creds..];
+    let Some(query) = rest.find('?') else {
+        shown.push_str(rest);
+        return owned_if_changed(url, shown);
     };
-    Cow::Owned(format!(
-        "{}***{}",
-        &url[..start + colon + 1],
-        &url[start + at..]
-    ))
+    shown.push_str(&rest[..=query]);
+    let pairs: Vec<String> = rest[query + 1..]
+        .split('&')
+        .map(|pair| {
+            let key = pair.split('=').next().unwrap_or(pair);
+            if pair.contains('=') && percent_decoded(key).eq_ignore_ascii_case("password") {
+                format!("{key}=***")
+            } else {
+                pair.to_string()
+            }
+        })
+        .collect();
+    shown.push_str(&pairs.join("&"));
+    owned_if_changed(url, shown)
+}
+
+/// `shown`, or `url` borrowed when nothing was hidden.
+fn owned_if_changed(url: &str, shown: String) -> std::borrow::Cow<'_, str> {
+    if shown == url {
+        std::borrow::Cow::Borrowed(url)
+    } else {
+        std::borrow::Cow::Owned(shown)
+    }
+}
+
+/// `%XX` escapes decoded (lossily: only to compare a key with `password`).
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 impl std::fmt::Display for StoreUrl {
@@ -647,6 +689,30 @@ mod tests {
             redact_url("postgres://db/x?user=u&password=s3cret&sslmode=disable"),
             "postgres://db/x?user=u&password=***&sslmode=disable"
         );
+        // As the driver reads them: the credentials end at the first `@`, query keys are
+        // percent-decoded.
+        for (url, shown) in [
+            ("postgres://u:ab/cd@db/x", "postgres://u:***@db/x"),
+            (
+                "postgres://u:a?b#c@db/x?sslmode=disable",
+                "postgres://u:***@db/x?sslmode=disable",
+            ),
+            ("postgresql://u:ab/cd@db:5432", "postgresql://u:***@db:5432"),
+            (
+                "postgres://db/x?passw%6Frd=s3cret",
+                "postgres://db/x?passw%6Frd=***",
+            ),
+            (
+                "postgres://db/x?PASSWORD=s3cret&a=1",
+                "postgres://db/x?PASSWORD=***&a=1",
+            ),
+            (
+                "postgres://u@db/x?password=a=b&password=c",
+                "postgres://u@db/x?password=***&password=***",
+            ),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
         let url = "postgres://u:s3cret@db/x"
             .parse::<StoreUrl>()
             .expect("a PostgreSQL URL");

@@ -60,6 +60,9 @@ pub const MAX_POOL_SIZE: usize = 64;
 /// committer's connection, and a dashboard poll cannot open many.
 pub const READ_POOL_SIZE: usize = 2;
 
+/// How long sent data may stay unacknowledged before the kernel drops the connection.
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// How long opening a connection may take before the database counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -87,27 +90,25 @@ impl PgUrl {
             url: super::redact_url(url).into_owned(),
             reason,
         };
-        if let Some(mode) = query_param(url, "sslmode") {
-            match mode {
-                "disable" | "allow" | "prefer" => {}
-                "require" | "verify-ca" | "verify-full" => {
-                    return Err(invalid(format!(
-                        "sslmode={mode}: this build does not speak TLS to PostgreSQL; reach the \
-                         database over a trusted network, a Unix socket or a tunnel, with \
-                         sslmode=disable"
-                    )))
-                }
-                other => return Err(invalid(format!("unknown sslmode {other:?}"))),
-            }
+        // Every occurrence: libpq takes the last, and all are stripped below.
+        for mode in query_params(url, "sslmode") {
+            check_sslmode(mode, "sslmode").map_err(invalid)?;
         }
         // tokio-postgres knows `disable`, `prefer` and `require` only: the others are
         // checked above and stripped before it parses.
         let parsed = PgUrl {
             url: url.to_string(),
         };
-        parsed
+        let config = parsed
             .driver_config()
             .map_err(|err| invalid(err.to_string()))?;
+        // What `--print-config` shows in place of a password: copied back, it would fail
+        // authentication with a puzzling error.
+        if config.get_password() == Some(&b"***"[..]) {
+            return Err(invalid(
+                "the password is the redacted `***`: write the real one or set PGPASSWORD".into(),
+            ));
+        }
         Ok(parsed)
     }
 
@@ -126,6 +127,16 @@ impl PgUrl {
             url: self.to_string(),
             reason: err.to_string(),
         })?;
+        // libpq honours PGSSLMODE when the URL names no sslmode: refuse a TLS one rather
+        // than connect in plain.
+        if query_param(&self.url, "sslmode").is_none() {
+            if let Ok(mode) = std::env::var("PGSSLMODE") {
+                check_sslmode(&mode, "PGSSLMODE").map_err(|reason| StoreError::InvalidUrl {
+                    url: self.to_string(),
+                    reason,
+                })?;
+            }
+        }
         if config.get_password().is_none() {
             if let Ok(password) = std::env::var("PGPASSWORD") {
                 config.password(password);
@@ -152,17 +163,40 @@ impl PgUrl {
             .keepalives(true)
             .keepalives_idle(Duration::from_secs(10))
             .keepalives_interval(Duration::from_secs(5))
-            .keepalives_retries(3);
+            .keepalives_retries(3)
+            // Keepalives cover idle sockets only: data unacknowledged this long (a cut
+            // while a commit is sent) closes the connection too, instead of waiting for
+            // the commit timeout.
+            .tcp_user_timeout(TCP_USER_TIMEOUT);
         Ok(config)
     }
 }
 
 /// The value of `name=` in the URL's query string.
-fn query_param<'a>(url: &'a str, name: &str) -> Option<&'a str> {
-    let query = &url[url.find('?')? + 1..];
+fn query_param<'a>(url: &'a str, name: &'a str) -> Option<&'a str> {
+    query_params(url, name).next()
+}
+
+/// Every value of `name=` in the URL's query string.
+fn query_params<'a>(url: &'a str, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    let query = url.find('?').map_or("", |q| &url[q + 1..]);
     query
         .split('&')
-        .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+        .filter_map(move |pair| pair.strip_prefix(name)?.strip_prefix('='))
+}
+
+/// A TLS mode this build can honour (`disable`, `allow`, `prefer`: plain is allowed), or
+/// why not; `source` names where it came from.
+fn check_sslmode(mode: &str, source: &str) -> Result<(), String> {
+    match mode {
+        "disable" | "allow" | "prefer" => Ok(()),
+        "require" | "verify-ca" | "verify-full" => Err(format!(
+            "{source}={mode}: this build does not speak TLS to PostgreSQL; reach the \
+             database over a trusted network, a Unix socket or a tunnel, with \
+             sslmode=disable"
+        )),
+        other => Err(format!("unknown {source} {other:?}")),
+    }
 }
 
 /// `url` without its `name=` query parameter.
@@ -285,7 +319,7 @@ fn pool(url: &PgUrl, size: usize, setup: &'static str) -> Result<Pool, StoreErro
 /// How a failed database operation is handled.
 #[derive(Debug)]
 pub(crate) enum Failure {
-    /// A serialization failure or deadlock: run the transaction again at once.
+    /// A serialization failure, deadlock or lock timeout: run the transaction again.
     Retry(StoreError),
     /// The database is out of reach (or its outcome unknown): hold and retry later.
     Unavailable(StoreError),
@@ -339,7 +373,12 @@ pub(crate) fn pg_failure(
         // No server error: the connection failed (closed, refused, I/O, timeout).
         return Failure::Unavailable(error(true));
     };
-    if code == &SqlState::T_R_SERIALIZATION_FAILURE || code == &SqlState::T_R_DEADLOCK_DETECTED {
+    // A lock timeout comes only from schema changes (`lock_timeout` is set for them):
+    // they give way to the commits and run again.
+    if code == &SqlState::T_R_SERIALIZATION_FAILURE
+        || code == &SqlState::T_R_DEADLOCK_DETECTED
+        || code == &SqlState::LOCK_NOT_AVAILABLE
+    {
         return Failure::Retry(error(true));
     }
     let class = &code.code()[..2];
@@ -390,6 +429,7 @@ mod url_tests {
         let config = url.config().expect("config");
         assert_eq!(config.get_password(), Some(&b"s3cret"[..]));
         assert_eq!(config.get_dbname(), Some("db"));
+        assert_eq!(config.get_tcp_user_timeout(), Some(&TCP_USER_TIMEOUT));
         assert!(PgUrl::parse("postgresql://u@h/db?sslmode=disable").is_ok());
         assert!(PgUrl::parse("postgresql://u@h/db?sslmode=prefer&connect_timeout=3").is_ok());
         for mode in ["require", "verify-ca", "verify-full"] {
@@ -399,8 +439,41 @@ mod url_tests {
             assert!(text.contains("does not speak TLS"), "{text}");
             assert!(!text.contains(":pw@"), "{text}");
         }
+        // libpq takes the last sslmode: none may ask for TLS.
+        let err = PgUrl::parse("postgres://u@h/db?sslmode=disable&sslmode=require")
+            .expect_err("a later sslmode=require is not downgraded");
+        assert!(err.to_string().contains("does not speak TLS"), "{err}");
+        assert!(check_sslmode("verify-full", "PGSSLMODE")
+            .is_err_and(|reason| reason.contains("PGSSLMODE=verify-full")));
+        assert!(check_sslmode("prefer", "PGSSLMODE").is_ok());
+        let err = PgUrl::parse("postgres://u:***@h/db").expect_err("a redacted password");
+        assert!(err.to_string().contains("PGPASSWORD"), "{err}");
         let err = PgUrl::parse("postgres://u:pw@h:notaport/db").expect_err("bad port");
         assert!(!err.to_string().contains(":pw@"), "{err}");
+        // Whatever the driver takes as the password never shows, however it is written.
+        for typed in [
+            "postgres://u:ab/cd@db/x",
+            "postgres://u:ab?cd@db/x",
+            "postgres://u:ab#cd@db/x",
+            "postgres://u:ab%2Fcd@db/x",
+            "postgres://u:s3:cr@et@db/x",
+            "postgres://u@db/x?passw%6Frd=ab%2Fcd",
+            "postgres://db/x?user=u&password=ab/cd",
+        ] {
+            let url = PgUrl::parse(typed).unwrap_or_else(|err| panic!("{typed}: {err}"));
+            let config = url.driver_config().expect("parsed above");
+            let password = config
+                .get_password()
+                .unwrap_or_else(|| panic!("{typed}: no password"));
+            let password = std::str::from_utf8(password).expect("a text password");
+            let raw = password.replace('/', "%2F");
+            for shown in [url.to_string(), format!("{url:?}")] {
+                assert!(
+                    !shown.contains(password) && !shown.contains(&raw),
+                    "{typed} shows {password:?}: {shown}"
+                );
+            }
+        }
     }
 
     #[test]

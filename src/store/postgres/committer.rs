@@ -14,10 +14,12 @@
 //!   reading. At shutdown the held batches get [`CLOSE_OUTAGE_WAIT`] more, then are
 //!   answered with the error (not acked).
 //! - **Upkeep** (one task): probe about once a second while no commit happens (so
-//!   `/readyz` follows the database without traffic), fold the totals deltas, create the
+//!   `/readyz` follows the database without traffic; it ends an outage only when no
+//!   batch is held, else the commits decide), fold the totals deltas, create the
 //!   partitions ahead, and apply `--retention`.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -52,6 +54,8 @@ const PROBE_INTERVAL: Duration = crate::store::writer::PROBE_INTERVAL;
 const FOLD_INTERVAL: Duration = Duration::from_secs(1);
 /// Create the partitions ahead and apply retention this often.
 const HOURLY: Duration = Duration::from_secs(3600);
+/// Retention that failed (e.g. its lock timed out) runs again after this.
+const RETENTION_RETRY: Duration = Duration::from_secs(60);
 
 /// One submitted batch.
 struct Job {
@@ -73,6 +77,13 @@ struct Shared {
     outage: Mutex<Option<Instant>>,
     /// When a commit or probe last succeeded.
     last_ok: Mutex<Instant>,
+    /// Transactions held by the outage (waiting to be retried). While any is, only a
+    /// commit may end the outage: the probe's `SELECT 1` can work while writes cannot
+    /// (a read-only standby after a failover, a full disk, no new connections).
+    held: AtomicUsize,
+    /// Tests: probes run so far.
+    #[cfg(test)]
+    probes: AtomicUsize,
     /// A commit inserted rows since the last fold (an idle collector does not fold).
     unfolded: std::sync::atomic::AtomicBool,
     /// Set when shutdown begins: held batches then wait until this at most
@@ -80,6 +91,10 @@ struct Shared {
     close_deadline: Mutex<Option<tokio::time::Instant>>,
     /// Where outages are counted; None = the process's handles.
     telemetry: Option<&'static Telemetry>,
+    /// Tests: held, a committer that took one batch waits here before merging the rest,
+    /// so a test can put several batches in one transaction for sure.
+    #[cfg(test)]
+    merge_gate: tokio::sync::RwLock<()>,
 }
 
 /// The PostgreSQL store's write side (see the module doc).
@@ -146,9 +161,14 @@ impl PgStore {
             days: Mutex::new(days),
             outage: Mutex::new(None),
             last_ok: Mutex::new(Instant::now()),
+            held: AtomicUsize::new(0),
+            #[cfg(test)]
+            probes: AtomicUsize::new(0),
             unfolded: std::sync::atomic::AtomicBool::new(true),
             close_deadline: Mutex::new(None),
             telemetry,
+            #[cfg(test)]
+            merge_gate: tokio::sync::RwLock::new(()),
         });
         ensure_ahead(&shared).await.map_err(Failure::into_error)?;
         let stop_upkeep = CancellationToken::new();
@@ -179,6 +199,20 @@ impl PgStore {
     /// Whether the database is reachable as far as the store knows (no outage under way).
     pub fn is_available(&self) -> bool {
         lock(&self.shared.outage).is_none()
+    }
+
+    /// Tests: while the guard lives, a committer that took a batch waits before merging
+    /// what else is queued, so the batches submitted meanwhile share its transaction (with
+    /// one committer).
+    #[cfg(test)]
+    pub(crate) async fn hold_merges(&self) -> tokio::sync::RwLockWriteGuard<'_, ()> {
+        self.shared.merge_gate.write().await
+    }
+
+    /// Tests: how many probes the upkeep task has run.
+    #[cfg(test)]
+    pub(crate) fn probes(&self) -> usize {
+        self.shared.probes.load(Ordering::Relaxed)
     }
 
     /// Fold the totals deltas now (tests; the upkeep task does it once a second).
@@ -316,6 +350,8 @@ async fn committer(shared: Arc<Shared>) {
             };
             let mut rows = first.readings.len();
             jobs.push(first);
+            #[cfg(test)]
+            let _gate = shared.merge_gate.read().await;
             while rows < max_rows {
                 let Ok(job) = queue.try_recv() else { break };
                 if rows + job.readings.len() > max_rows {
@@ -330,7 +366,9 @@ async fn committer(shared: Arc<Shared>) {
     }
 }
 
-/// Commit `jobs` as one transaction, waiting out an outage, and answer each.
+/// Commit `jobs` as one transaction, waiting out an outage, and answer each. If that
+/// transaction fails for good (not an outage), each batch is run again alone: one bad
+/// batch (e.g. a value the database refuses) must not fail the others it was merged with.
 async fn commit_jobs(shared: &Shared, jobs: Vec<Job>) {
     let lens: Vec<usize> = jobs.iter().map(|job| job.readings.len()).collect();
     let mut replies = Vec::with_capacity(jobs.len());
@@ -345,14 +383,50 @@ async fn commit_jobs(shared: &Shared, jobs: Vec<Job>) {
         }
         return;
     }
+    match commit_waiting(shared, &batch).await {
+        Ok((written, duration)) => {
+            for (reply, part) in replies.into_iter().zip(split_written(written, &lens)) {
+                reply.send(Ok((part, duration)));
+            }
+        }
+        Err(Failure::Unavailable(err)) => answer_all(shared, replies, err),
+        Err(failure) if replies.len() == 1 => answer_all(shared, replies, failure.into_error()),
+        Err(failure) => {
+            let err = failure.into_error();
+            tracing::warn!(cause = %err, batches = replies.len(), "a merged store transaction failed; committing its batches one by one");
+            let mut start = 0;
+            for (reply, len) in replies.into_iter().zip(lens) {
+                let part = &batch[start..start + len];
+                start += len;
+                if part.is_empty() {
+                    reply.send(Ok((Default::default(), Duration::ZERO)));
+                    continue;
+                }
+                match commit_waiting(shared, part).await {
+                    Ok(done) => reply.send(Ok(done)),
+                    Err(failure) => answer_all(shared, vec![reply], failure.into_error()),
+                }
+            }
+        }
+    }
+}
+
+/// Commit `batch` as one transaction: conflicts run again at once, an outage is waited
+/// out (until shutdown's deadline, then it is the error).
+async fn commit_waiting(
+    shared: &Shared,
+    batch: &[StoredReading],
+) -> Result<(crate::store::Written, Duration), Failure> {
     let mut backoff = MIN_BACKOFF;
     let mut retries = 0;
-    let result = loop {
+    // Counted in `held` from the first outage failure until this returns.
+    let mut held: Option<Held<'_>> = None;
+    loop {
         let started = Instant::now();
-        let failure = match commit_once(shared, &batch).await {
+        let failure = match commit_once(shared, batch).await {
             Ok(written) => {
                 shared.available();
-                break Ok((written, started.elapsed()));
+                return Ok((written, started.elapsed()));
             }
             Err(failure) => failure,
         };
@@ -361,38 +435,49 @@ async fn commit_jobs(shared: &Shared, jobs: Vec<Job>) {
                 retries += 1;
                 tracing::debug!(cause = %err, retries, "transaction conflict; running it again");
             }
-            Failure::Retry(err) | Failure::Fatal(err) => break Err(err),
+            Failure::Retry(err) | Failure::Fatal(err) => return Err(Failure::Fatal(err)),
             Failure::Unavailable(err) => {
+                held.get_or_insert_with(|| Held::new(&shared.held));
                 shared.unavailable(&err, batch.len());
                 let deadline = *lock(&shared.close_deadline);
                 if deadline.is_some_and(|deadline| tokio::time::Instant::now() >= deadline) {
                     tracing::error!(cause = %err, readings = batch.len(), "shutting down while the store is unavailable; the held readings are not acknowledged");
-                    break Err(err);
+                    return Err(Failure::Unavailable(err));
                 }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
-    };
-    match result {
-        Ok((written, duration)) => {
-            for (reply, part) in replies.into_iter().zip(split_written(written, &lens)) {
-                reply.send(Ok((part, duration)));
-            }
-        }
-        Err(err) => {
-            // Each batch is answered with the error (counted once per batch).
-            let text = err.to_string();
-            let mut err = Some(err);
-            for reply in replies {
-                let err = err.take().unwrap_or_else(|| StoreError::Backend {
-                    location: shared.location.clone(),
-                    operation: "commit",
-                    detail: text.clone(),
-                });
-                reply.send(Err(err));
-            }
-        }
+    }
+}
+
+/// One transaction counted in [`Shared::held`] while this lives.
+struct Held<'a>(&'a AtomicUsize);
+
+impl<'a> Held<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Held(count)
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Answer every batch with `err` (counted once per batch).
+fn answer_all(shared: &Shared, replies: Vec<CommitReply>, err: StoreError) {
+    let text = err.to_string();
+    let mut err = Some(err);
+    for reply in replies {
+        let err = err.take().unwrap_or_else(|| StoreError::Backend {
+            location: shared.location.clone(),
+            operation: "commit",
+            detail: text.clone(),
+        });
+        reply.send(Err(err));
     }
 }
 
@@ -412,7 +497,16 @@ async fn commit_once(
         write::write_batch(&mut client, &shared.location, &shared.cache, batch).await
     };
     let (written, created) = match tokio::time::timeout(COMMIT_TIMEOUT, work).await {
-        Ok(done) => done?,
+        Ok(Ok(done)) => done,
+        Ok(Err(failure)) => {
+            if matches!(failure, Failure::Unavailable(_)) {
+                // Reconnect for the next attempt: this connection may lead to a server
+                // that became a read-only standby (a failover behind a proxy), or be
+                // half-dead; the pool would hand it out again as it is.
+                drop(deadpool_postgres::Object::take(client));
+            }
+            return Err(failure);
+        }
         Err(_) => {
             // Cut off mid-transaction: the connection's state is unknown, so it is closed
             // rather than handed to the next commit (its slot is freed for a new one).
@@ -428,9 +522,7 @@ async fn commit_once(
         lock(&shared.cache).extend(created);
     }
     if written.outcome.inserted > 0 {
-        shared
-            .unfolded
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        shared.unfolded.store(true, Ordering::Relaxed);
     }
     Ok(written)
 }
@@ -536,7 +628,9 @@ async fn upkeep(shared: Arc<Shared>, stop: CancellationToken) {
             ahead_due = ensure_ahead(&shared).await.is_err();
             if let Some(keep) = shared.options.retention {
                 if let Err(failure) = retention(&shared, crate::timefmt::now_ns(), keep).await {
-                    tracing::warn!(cause = %failure.into_error(), "retention failed; trying again in an hour");
+                    // E.g. its lock gave way to a long query: soon, not in an hour.
+                    hourly_at = Instant::now() + RETENTION_RETRY;
+                    tracing::warn!(cause = %failure.into_error(), "retention failed; trying again in a minute");
                 }
             }
         }
@@ -575,7 +669,12 @@ async fn probe(shared: &Shared) {
             detail: "no answer".into(),
         })),
     };
+    #[cfg(test)]
+    shared.probes.fetch_add(1, Ordering::Relaxed);
     match result {
+        // Batches are held: the commits decide when the outage ends (`SELECT 1` working
+        // says nothing about writes).
+        Ok(()) if shared.held.load(Ordering::SeqCst) > 0 => {}
         Ok(()) => {
             shared.available();
             StoreProbed { result: Ok(()) }.emit_to(shared.telemetry());

@@ -42,6 +42,12 @@ const MIGRATIONS: &[&str] = &[
         first_ts  BIGINT NOT NULL,
         last_ts   BIGINT NOT NULL
     );",
+    // v2: v1's B-tree on the raw sensor and measurement text failed every insert of a
+    // series whose name is over ~2.7 kB (a B-tree entry's limit; the protocol has none
+    // below the 64 KiB line). Readers only look sensors up by equality: a hash index
+    // serves that at any length.
+    "DROP INDEX IF EXISTS sensorlink_series_sensor;
+    CREATE INDEX sensorlink_series_sensor_hash ON sensorlink_series USING hash (sensor);",
 ];
 
 /// Advisory lock keys (`pg_advisory_xact_lock`), one per kind of schema change.
@@ -66,6 +72,11 @@ pub const ON_DEMAND_FUTURE_DAYS: i64 = 7;
 
 /// Partitions created ahead of time: today and the next `AHEAD_DAYS` days.
 pub const AHEAD_DAYS: i64 = 2;
+
+/// How long schema changes (partition creation, retention) wait for a table lock before
+/// giving up to try again: a lock request waiting in the queue blocks every commit and
+/// read that comes after it, so it must not wait behind a long query.
+const DDL_LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '2s'";
 
 /// Name prefix of the day partitions (`sensorlink_readings_p20261127`).
 const PARTITION_PREFIX: &str = "sensorlink_readings_p";
@@ -206,7 +217,11 @@ pub enum Created {
 }
 
 /// Create the partition of `day` if it does not exist, in its own transaction under
-/// [`PARTITION_LOCK`] (it locks the readings table briefly: never inside a write).
+/// [`PARTITION_LOCK`] (never inside a write). It is created apart and then attached:
+/// `ATTACH PARTITION` takes only a SHARE UPDATE EXCLUSIVE lock on the readings table, so
+/// commits and reads go on (`CREATE … PARTITION OF` would lock them all out); the
+/// default partition is locked while it is checked, for at most [`DDL_LOCK_TIMEOUT`] of
+/// waiting (then [`Failure::Retry`]).
 pub async fn create_partition(
     client: &mut tokio_postgres::Client,
     location: &str,
@@ -223,11 +238,23 @@ pub async fn create_partition(
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PARTITION_LOCK])
         .await
         .map_err(fail("lock for partition"))?;
+    tx.batch_execute(DDL_LOCK_TIMEOUT)
+        .await
+        .map_err(fail("set lock timeout"))?;
+    let exists: bool = tx
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
+        .await
+        .map_err(fail("look for partition"))?
+        .get(0);
+    if exists {
+        return Ok(Created::Yes);
+    }
     let from = day * DAY_NS;
     let to = from + DAY_NS;
     // Literal bounds: DDL takes no parameters (both are integers we computed).
     let sql = format!(
-        "CREATE TABLE IF NOT EXISTS {name} PARTITION OF sensorlink_readings \
+        "CREATE TABLE {name} (LIKE sensorlink_readings INCLUDING ALL); \
+         ALTER TABLE sensorlink_readings ATTACH PARTITION {name} \
          FOR VALUES FROM ({from}) TO ({to})"
     );
     match tx.batch_execute(&sql).await {
@@ -309,7 +336,6 @@ pub async fn apply_retention(
     cutoff_ns: i64,
 ) -> Result<Retained, Failure> {
     let fail = |operation| move |err| pg_failure(location, operation, &err);
-    let days = partition_days(&*client, location).await?;
     let started = Instant::now();
     let tx = client
         .transaction()
@@ -323,6 +349,8 @@ pub async fn apply_retention(
     if !locked {
         return Ok(Retained::default());
     }
+    // Listed under the lock: another collector's retention may just have dropped some.
+    let days = partition_days(&tx, location).await?;
     let old: Vec<i64> = days
         .into_iter()
         .filter(|day| (day + 1).saturating_mul(DAY_NS) <= cutoff_ns)
@@ -338,6 +366,11 @@ pub async fn apply_retention(
     if old.is_empty() && !old_in_default {
         return Ok(Retained::default());
     }
+    // Queued behind a long query, this lock request would stall every commit: give up
+    // after a short wait and try again later.
+    tx.batch_execute(DDL_LOCK_TIMEOUT)
+        .await
+        .map_err(fail("set lock timeout"))?;
     tx.batch_execute("LOCK TABLE sensorlink_readings IN ACCESS EXCLUSIVE MODE")
         .await
         .map_err(fail("lock readings"))?;

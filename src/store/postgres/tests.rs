@@ -3,6 +3,7 @@
 //! with every store is in the conformance suite. Each test skips (saying why) where
 //! PostgreSQL cannot run, unless `SENSORLINK_REQUIRE_PG=1`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::schema::{self, DAY_NS};
@@ -228,6 +229,88 @@ async fn partitions_on_demand_and_retention_keep_totals_right() {
     collector.close().await.expect("close");
 }
 
+/// A connection of the test's own to `url`, its driver running on this runtime.
+async fn raw_client(url: &str) -> tokio_postgres::Client {
+    let config = pg_url(url).config().expect("config");
+    let (client, connection) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    client
+}
+
+/// Partition creation and retention give way to a long query instead of queueing a lock
+/// request every commit then waits behind: a partition is attached beside a reader of the
+/// readings table, and when it must wait (for the default partition, or retention for the
+/// whole table) it gives up after its lock timeout, to be run again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_changes_give_way_to_long_queries() {
+    let Some(cluster) = pg_cluster::shared() else {
+        return;
+    };
+    let url = cluster.fresh_database("ddllocks");
+    PgStore::open(&pg_url(&url), PgOptions::default())
+        .await
+        .expect("open (migrates)")
+        .close()
+        .await
+        .expect("close");
+    let mut client = raw_client(&url).await;
+    let holder = raw_client(&url).await;
+    let now = crate::timefmt::now_ns();
+    let today = schema::day_of(now);
+    let location = "test";
+
+    // A long read of the parent table alone: attaching a partition does not wait for it.
+    holder
+        .batch_execute("BEGIN; LOCK TABLE ONLY sensorlink_readings IN ACCESS SHARE MODE")
+        .await
+        .expect("hold");
+    let created = tokio::time::timeout(
+        HANG,
+        schema::create_partition(&mut client, location, today - 20),
+    )
+    .await
+    .expect("not stuck behind a reader")
+    .expect("created");
+    assert_eq!(created, schema::Created::Yes);
+    holder.batch_execute("ROLLBACK").await.expect("release");
+
+    // A long read of every partition: the default partition must be checked, so the
+    // creation waits for its lock timeout, then asks to be run again.
+    holder
+        .batch_execute("BEGIN; LOCK TABLE sensorlink_readings IN ACCESS SHARE MODE")
+        .await
+        .expect("hold");
+    let attempt = tokio::time::timeout(
+        HANG,
+        schema::create_partition(&mut client, location, today - 21),
+    )
+    .await
+    .expect("gives up instead of queueing");
+    assert!(matches!(attempt, Err(Failure::Retry(_))), "{attempt:?}");
+    // Retention (an old partition to drop) likewise.
+    let retention = tokio::time::timeout(
+        HANG,
+        schema::apply_retention(&mut client, location, now - 5 * DAY_NS),
+    )
+    .await
+    .expect("gives up instead of queueing");
+    assert!(matches!(retention, Err(Failure::Retry(_))), "{retention:?}");
+    holder.batch_execute("ROLLBACK").await.expect("release");
+
+    // Run again once the reader is done, both go through.
+    let created = schema::create_partition(&mut client, location, today - 21)
+        .await
+        .expect("created");
+    assert_eq!(created, schema::Created::Yes);
+    let retained = schema::apply_retention(&mut client, location, now - 5 * DAY_NS)
+        .await
+        .expect("retention");
+    assert_eq!(retained.days, vec![today - 21, today - 20]);
+}
+
 /// Two collectors on one database receive the same readings at once (a client replaying
 /// to another collector): each reading is stored once, and the acks add up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -284,6 +367,68 @@ async fn two_collectors_store_each_reading_once() {
     .await
     .expect("join")
     .expect("close");
+}
+
+/// Batches merged into one transaction: a 4 kB sensor name (beyond a B-tree entry) is
+/// stored like any other, and a batch the database refuses (a NUL in a name) fails alone,
+/// the batches merged with it commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_bad_batch_fails_alone() {
+    let Some(cluster) = pg_cluster::shared() else {
+        return;
+    };
+    let url = cluster.fresh_database("poison");
+    let options = PgOptions {
+        pool_size: 1,
+        ..PgOptions::default()
+    };
+    let store = PgStore::open(&pg_url(&url), options).await.expect("open");
+    let reader = crate::store::StoreReader::new(PgReader::new(&pg_url(&url)).expect("reader"));
+    let (handle, writer) = writer::spawn(
+        Drive::Concurrent(Arc::clone(&store) as _),
+        WriterConfig::default(),
+    );
+    // Not repetitive: PostgreSQL compresses index entries, so "xxx…" would fit.
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let long: String = (0..4096)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            char::from(b'a' + (state % 26) as u8)
+        })
+        .collect();
+    // The one committer takes the first batch, then waits here: the rest join its
+    // transaction.
+    let gate = store.hold_merges().await;
+    let mut receipts = Vec::new();
+    for (sensor, ts) in [
+        ("first", 1),
+        (long.as_str(), 2),
+        ("nul\0name", 3),
+        ("last", 4),
+    ] {
+        receipts.push(handle.submit(vec![temp(sensor, ts)]).await.expect("submit"));
+    }
+    drop(gate);
+    let mut answers = Vec::new();
+    for receipt in receipts {
+        let answer = tokio::time::timeout(HANG, receipt)
+            .await
+            .expect("answered in time")
+            .expect("answered");
+        answers.push(answer.map(|committed| committed.outcome.inserted));
+    }
+    assert!(matches!(answers[0], Ok(1)), "{:?}", answers[0]);
+    assert!(matches!(answers[1], Ok(1)), "long name: {:?}", answers[1]);
+    assert!(answers[2].is_err(), "the NUL batch: {:?}", answers[2]);
+    assert!(matches!(answers[3], Ok(1)), "{:?}", answers[3]);
+    assert_eq!(reader.counts().await.expect("counts").total, 3);
+    drop(handle);
+    tokio::task::spawn_blocking(move || writer.finish())
+        .await
+        .expect("join")
+        .expect("close");
 }
 
 /// The database stops: submits wait (nothing answered, so nothing acked), the store is
@@ -382,6 +527,94 @@ async fn an_outage_is_waited_out() {
         ),
         6
     );
+}
+
+/// Writes fail as unavailable while `SELECT 1` works (here a trigger raising 53100, disk
+/// full; alike a read-only standby after a failover): the probe must not end the outage
+/// while batches are held, so it is one outage, not one per probe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_do_not_end_an_outage_that_holds_batches() {
+    let Some(cluster) = pg_cluster::shared() else {
+        return;
+    };
+    let url = cluster.fresh_database("heldprobe");
+    let db = db_name(&url);
+    let recorder = crate::events::prometheus_builder().build_recorder();
+    let render = recorder.handle();
+    let telemetry: &'static Telemetry = Box::leak(Box::new(metrics::with_local_recorder(
+        &recorder,
+        Telemetry::register,
+    )));
+    let store = PgStore::open_counted(&pg_url(&url), PgOptions::default(), Some(telemetry))
+        .await
+        .expect("open");
+    let (handle, writer) = writer::spawn_counted(
+        Drive::Concurrent(store.clone()),
+        WriterConfig::default(),
+        Some(telemetry),
+    );
+    answer(handle.submit(vec![temp("s", 0)]).await.expect("submit")).await;
+    let backends = |cluster: &pg_cluster::PgCluster| -> Vec<String> {
+        let sql = format!(
+            "SELECT pid FROM pg_stat_activity WHERE datname = '{db}' \
+             AND application_name = 'sensorlink' ORDER BY pid"
+        );
+        let out = cluster.psql(db, &sql).expect("psql");
+        out.split_whitespace().map(str::to_string).collect()
+    };
+    let before = backends(cluster);
+    cluster
+        .psql(
+            db,
+            "CREATE FUNCTION full_disk() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN RAISE EXCEPTION 'no space' USING ERRCODE = '53100'; END $$; \
+             CREATE TRIGGER full_disk BEFORE INSERT ON sensorlink_totals_delta \
+             FOR EACH ROW EXECUTE FUNCTION full_disk();",
+        )
+        .expect("make writes fail");
+    let receipt = handle.submit(vec![temp("s", 1)]).await.expect("submit");
+    let waited = std::time::Instant::now();
+    while store.is_available() {
+        assert!(waited.elapsed() < HANG, "the outage was never noticed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Several probes succeed meanwhile; none may end the outage.
+    let probes = store.probes();
+    while store.probes() < probes + 3 {
+        assert!(waited.elapsed() < HANG, "no probes");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!store.is_available());
+    let text = render.render();
+    assert_eq!(sample(&text, names::STORE_UNAVAILABLE), Some(1.0), "{text}");
+    let ended = format!("{}_count", names::STORE_UNAVAILABLE_DURATION);
+    assert_eq!(sample(&text, &ended).unwrap_or(0.0), 0.0, "{text}");
+    cluster
+        .psql(db, "DROP TRIGGER full_disk ON sensorlink_totals_delta")
+        .expect("writes work again");
+    assert_eq!(answer(receipt).await.outcome.inserted, 1);
+    assert!(store.is_available());
+    let text = render.render();
+    assert_eq!(sample(&text, names::STORE_UNAVAILABLE), Some(1.0), "{text}");
+    assert_eq!(sample(&text, &ended), Some(1.0), "{text}");
+    // The connection a commit failed on as unavailable was closed, not reused.
+    let waited = std::time::Instant::now();
+    loop {
+        let now = backends(cluster);
+        if before.iter().any(|pid| !now.contains(pid)) {
+            break;
+        }
+        assert!(
+            waited.elapsed() < HANG,
+            "the failed connection was kept: {before:?} → {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(handle);
+    tokio::task::spawn_blocking(move || writer.finish())
+        .await
+        .expect("join")
+        .expect("close");
 }
 
 /// With no traffic at all, the store's probe makes readiness follow the database: not
