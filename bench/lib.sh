@@ -15,6 +15,11 @@ bg_pids=()
 
 cleanup() {
   local pid
+  # A throwaway PostgreSQL first, by immediate shutdown (SIGQUIT, as tests/support/pg_cluster.rs
+  # drops one): its backends go with it, before its data dir is removed below.
+  if [ -n "${pg_pid:-}" ] && kill -QUIT "$pg_pid" 2>/dev/null; then
+    for ((pid = 0; pid < 100; pid++)); do kill -0 "$pg_pid" 2>/dev/null || break; sleep 0.05; done
+  fi
   for pid in "${bg_pids[@]}"; do
     kill -TERM "$pid" 2>/dev/null || true
   done
@@ -41,9 +46,16 @@ start_bg() {
   # Emptied here, not only by the child's redirection: a caller may read OUTFILE at once
   # and must not see what a previous process left there.
   : > "$out"
+  cmdlog "$@"
   "$@" > "$out" 2>&1 &
   last_pid=$!
   bg_pids+=("$last_pid")
+}
+
+# cmdlog CMD...: with CMDLOG=FILE set, appends the command line to FILE (a script prints the
+# exact commands it ran from there).
+cmdlog() {
+  if [ -n "${CMDLOG:-}" ]; then printf '%s\n' "$*" >> "$CMDLOG"; fi
 }
 
 # stop_pid PID [GRACE_SECONDS]: TERM, wait up to GRACE (default 10), then KILL; reaps it and
@@ -67,23 +79,27 @@ stop_pid() {
 # no HTTP work (and never collides on the default HTTP port). The load comes from a few
 # loopback addresses, so the per-address share and connect rate are lifted; and the reading
 # quotas (rate, new series) too, so a benchmark measures the pipeline, not the limits.
+# SERVER_OUT=FILE (default $tmp/server.out) keeps its output apart when several run at once;
+# SERVER_HTTP=127.0.0.1:0 serves /metrics (for a profile) and sets $http to its address.
 start_ours() {
-  local store=$1 fsync=$2 i
+  local store=$1 fsync=$2 out=${SERVER_OUT:-$tmp/server.out} i
   shift 2
-  start_bg "$tmp/server.out" "$bin" server --listen 127.0.0.1:0 --http off --store "$store" --fsync "$fsync" -q \
+  start_bg "$out" "$bin" server --listen 127.0.0.1:0 --http "${SERVER_HTTP:-off}" --store "$store" --fsync "$fsync" -q \
     --max-connections-per-ip 1048576 --connect-rate-per-ip 1000000 \
     --max-rate-per-connection 1000000000 --max-rate-per-token 1000000000 \
     --max-new-series-per-connection 1000000000 --max-new-series-per-token 1000000000 "$@"
   server_pid=$last_pid
   addr=
+  http=
   for ((i = 0; i < 200; i++)); do
-    addr=$(sed -n 's/^listening on //p' "$tmp/server.out")
-    [ -n "$addr" ] && return 0
+    addr=$(sed -n 's/^listening on //p' "$out")
+    [ -n "${SERVER_HTTP:-}" ] && http=$(sed -n 's/^http on //p' "$out")
+    [ -n "$addr" ] && { [ -z "${SERVER_HTTP:-}" ] || [ -n "$http" ]; } && return 0
     kill -0 "$server_pid" 2>/dev/null || break
     sleep 0.05
   done
   echo "sensorlink server did not start:" >&2
-  cat "$tmp/server.out" >&2
+  cat "$out" >&2
   exit 2
 }
 
@@ -114,8 +130,20 @@ wait_tcp() {
 ours_bench() {
   local out=$1 limit=$2
   shift 2
+  cmdlog "$bin" bench "$@" --json --no-progress
   timeout --kill-after=5 "$limit" "$bin" bench "$@" --json --no-progress > "$out" || [ $? -eq 1 ]
 }
+
+# CPU accounting from /proc (the machine has no hardware counters; these need none).
+# ticks PID: utime + stime of PID (all its threads), in clock ticks; 0 when it is gone.
+ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2> /dev/null || echo 0; }
+# reaped PID: cutime + cstime of PID: its children that exited and were waited for.
+reaped() { awk '{ print $16 + $17 }' "/proc/$1/stat" 2> /dev/null || echo 0; }
+# machine_busy: "busy steal" jiffies of all CPUs from /proc/stat (busy: user, nice, system, irq,
+# softirq; steal: taken by the hypervisor for other guests).
+machine_busy() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8, $9 }' /proc/stat; }
+# now: seconds since boot, to the 1/100 s (/proc/uptime).
+now() { cut -d' ' -f1 /proc/uptime; }
 
 # median: the median of the numbers on stdin (one per line); "nan" when there are none.
 median() {
@@ -154,4 +182,87 @@ keep() {
     mkdir -p "$OUT"
     cp "$1" "$OUT/$2"
   fi
+}
+
+# PostgreSQL (bench/postgres.sh, bench/profile.sh postgres): a throwaway cluster in $tmp/pg, made
+# as tests/support/pg_cluster.rs makes it: Debian's initdb (trust auth, superuser `sensorlink`,
+# --no-sync: only initdb's own files skip fsync), then `postgres` on 127.0.0.1:<free port>
+# only (its unix socket in $tmp/pg), fsync on and every other setting at its default unless
+# given. initdb and postgres refuse to run as root: as root both run as the Debian `postgres`
+# user through setpriv, which execs, so the PID recorded is the postmaster's own.
+pg_bin=
+pg_pid=
+pg_port=
+
+# pg_start [-c NAME=VALUE]...: initdb + postgres; sets $pg_bin, $pg_pid, $pg_port.
+pg_start() {
+  local dir=$tmp/pg as=() i
+  pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+  [ -x "$pg_bin/initdb" ] || { echo "no PostgreSQL (scripts/install-test-deps.sh postgresql)" >&2; exit 2; }
+  mkdir -p "$dir"
+  if [ "$(id -u)" -eq 0 ]; then
+    chmod 711 "$tmp"  # the postgres user may enter $tmp, not list it
+    chown postgres: "$dir"
+    as=(setpriv --reuid=postgres --regid=postgres --init-groups --)
+  fi
+  if ! (cd "$dir" && timeout 120 "${as[@]}" "$pg_bin/initdb" -D "$dir/data" -A trust -U sensorlink \
+    -E UTF8 --locale=C --no-sync --no-instructions > "$tmp/initdb.out" 2>&1); then
+    echo "initdb failed:" >&2
+    cat "$tmp/initdb.out" >&2
+    exit 2
+  fi
+  pg_port=$(free_port)
+  start_bg "$tmp/pg.out" "${as[@]}" "$pg_bin/postgres" -D "$dir/data" -k "$dir" -h 127.0.0.1 \
+    -p "$pg_port" -c listen_addresses=127.0.0.1 -c fsync=on "$@"
+  pg_pid=$last_pid
+  for ((i = 0; i < 600; i++)); do
+    "$pg_bin/pg_isready" -q -t 2 -h 127.0.0.1 -p "$pg_port" -U sensorlink -d postgres && return 0
+    kill -0 "$pg_pid" 2>/dev/null || break
+    sleep 0.05
+  done
+  echo "postgres did not start:" >&2
+  cat "$tmp/pg.out" >&2
+  exit 2
+}
+
+# pg_sql DB SQL: runs SQL as `sensorlink` over TCP; prints rows one a line, columns `|`-separated.
+pg_sql() {
+  PGCONNECT_TIMEOUT=10 PGOPTIONS="-c client_min_messages=warning" timeout --kill-after=5 120 "$pg_bin/psql" -h 127.0.0.1 -p "$pg_port" -U sensorlink \
+    -d "$1" -X -q -At -v ON_ERROR_STOP=1 -c "$2"
+}
+
+# pg_url DB: the store URL of database DB.
+pg_url() { echo "postgres://sensorlink@127.0.0.1:$pg_port/$1"; }
+
+# pg_fresh_db NAME: drops NAME if it exists, creates it empty, then CHECKPOINT, so every run
+# starts from the same WAL state (no checkpoint owed by the previous run); prints its URL.
+pg_fresh_db() {
+  pg_sql postgres "DROP DATABASE IF EXISTS \"$1\"" > /dev/null
+  pg_sql postgres "CREATE DATABASE \"$1\"" > /dev/null
+  pg_sql postgres "CHECKPOINT" > /dev/null
+  pg_url "$1"
+}
+
+# pg_settings: the settings that decide durable ingest (as SHOW prints them), one line.
+pg_settings() {
+  pg_sql postgres "SELECT string_agg(n || '=' || current_setting(n), ', ') FROM unnest(ARRAY['server_version',
+    'fsync', 'synchronous_commit', 'wal_sync_method', 'full_page_writes', 'shared_buffers', 'wal_buffers',
+    'max_wal_size', 'checkpoint_timeout', 'max_connections']) AS n"
+}
+
+# pg_ticks: CPU ticks of the whole cluster so far: the postmaster, its live children (backends,
+# walwriter, …) and the children it reaped.
+pg_ticks() {
+  local p sum
+  sum=$(($(ticks "$pg_pid") + $(reaped "$pg_pid")))
+  for p in $(pgrep -P "$pg_pid"); do sum=$((sum + $(ticks "$p"))); done
+  echo "$sum"
+}
+
+# pg_stop: stops the cluster: TERM, a smart shutdown, which does not wait here (no client is
+# connected by then) and ends with its shutdown checkpoint.
+pg_stop() {
+  [ -n "$pg_pid" ] || return 0
+  stop_pid "$pg_pid" 30
+  pg_pid=
 }
