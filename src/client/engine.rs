@@ -415,7 +415,13 @@ impl<'a, S: Session> Engine<'a, S> {
                     for seq in lost.iter().filter(|seq| self.state.is_link(**seq) == Some(false)) {
                         self.printer.timed_out(*seq, reply_timeout, S::LEGACY);
                     }
-                    if !lost.is_empty() {
+                    // A link report's late reply alone waits for the user's readings in
+                    // flight behind it (acks are in order, so theirs are late too, each due
+                    // within one reply timeout): a stall then shows as their timeouts, not
+                    // as a reconnect that no user-visible count explains.
+                    let only_links = lost.iter().all(|seq| self.state.is_link(*seq) == Some(true));
+                    let wait = only_links && self.state.user_reply_due();
+                    if !wait && !lost.is_empty() {
                         // A late reply would be taken for the next one: start afresh.
                         return Ok(Disconnect::Retry(format!(
                             "no ack within {}",
@@ -615,6 +621,9 @@ mod tests {
         StoreFails,
         /// Ack the user's readings; go away (close) when a link report arrives.
         CloseOnLinkReport,
+        /// Ack the user's readings; from the first link report on, answer nothing (a
+        /// server stopped just as a report arrived).
+        StallOnLinkReport,
         /// Ack the user's readings; refuse every link report's line with an `error`.
         RejectLinkReports,
         /// Ack the first reading, then close (nothing of the client's is in the pipe then).
@@ -695,9 +704,12 @@ mod tests {
         let mut line_no = 0u64;
         // The line of a reading just refused: its `sync` is acked as rejected.
         let mut rejected = None;
+        let mut stalled = false;
         while let Ok(Some(line)) = lines.next_line().await {
             line_no += 1;
-            if let Behaviour::Silent = behaviour {
+            stalled |= matches!(behaviour, Behaviour::StallOnLinkReport)
+                && line.starts_with(LINK_MEASUREMENT);
+            if matches!(behaviour, Behaviour::Silent) || stalled {
                 continue;
             }
             let reply = if line.starts_with("auth ") {
@@ -1674,6 +1686,32 @@ mod tests {
             links[0]
         );
         assert!(report.summary.link_reports_acked >= 2);
+        assert!(report.all_acked());
+    }
+
+    /// A server that stalls just as a link report arrives: the report's reply is the first
+    /// to be late, but the connection ends at the user's readings' own timeouts behind it,
+    /// so the stall shows in the summary and a later report, not only as a reconnect.
+    #[tokio::test(start_paused = true)]
+    async fn a_stall_behind_a_link_report_shows_as_the_readings_timeouts() {
+        // Readings at 0.9 s and 1.2 s, the report at 1 s: its reply is late 0.2 s before
+        // the next reading's.
+        let mut config = config(Some(30), Duration::from_millis(300));
+        config.link_report = Duration::from_secs(1);
+        let script = vec![Behaviour::StallOnLinkReport];
+        let run = run(config, script, CancellationToken::new()).await;
+        let report = report(&run);
+        let links = link_events(&run);
+        let sum = |name| links.iter().map(|e| field(e, name)).sum::<u64>();
+        assert!(report.counters.timeouts >= 1, "{:?}", report.counters);
+        assert_eq!(report.summary.timeouts, report.counters.timeouts);
+        assert_eq!(sum("timeouts"), report.counters.timeouts, "{links:?}");
+        assert_eq!(sum("reconnects"), 1, "{links:?}");
+        assert_eq!(
+            report.summary.disconnects.total(),
+            0,
+            "only the reply timeout"
+        );
         assert!(report.all_acked());
     }
 

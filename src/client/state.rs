@@ -191,6 +191,14 @@ impl ClientState {
         self.sent
     }
 
+    /// One of the user's readings is in flight and its reply not yet late.
+    pub fn user_reply_due(&self) -> bool {
+        self.queue
+            .iter()
+            .take(self.sent)
+            .any(|o| !o.link && !o.late && o.sent_at.is_some())
+    }
+
     /// The first reading sent and not yet acknowledged, if any.
     pub fn oldest_in_flight(&self) -> Option<u64> {
         self.queue.front().filter(|_| self.sent > 0).map(|o| o.seq)

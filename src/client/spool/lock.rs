@@ -2,6 +2,10 @@
 //! `DIR/lock`, held while the spool is open. The kernel releases it when the process ends,
 //! crash or not, so there is no stale lock to detect, no PID to reuse and no `/proc` to read.
 //!
+//! The lock belongs to the open file description, which a child forked by another thread
+//! shares until its `exec` closes it (`O_CLOEXEC`); so we unlock explicitly before closing,
+//! or a spool reopened in the same process could find itself locked by that child.
+//!
 //! The file itself is never removed (unlinking a locked file would let a third client lock a
 //! new file of the same name beside a live holder). Our PID is written into it for the error
 //! message only; a PID file left by an older version is just overwritten once we hold it.
@@ -56,10 +60,39 @@ impl LockFile {
         Ok(LockFile { _file: Some(file) })
     }
 
-    /// Let go of the lock without the rest of the spool's `Drop`: what a crash does.
+    /// Let go of the lock without the rest of the spool's `Drop`: what a crash does (the
+    /// kernel releases the lock as the process ends, whatever forked children hold).
     #[cfg(test)]
     pub(super) fn release_as_if_crashed(&mut self) {
+        self.unlock();
         self._file = None;
+    }
+
+    /// Release the lock itself, not only our descriptor: a child forked (not yet exec'd)
+    /// by another thread holds a copy of it, which would keep the lock held.
+    fn unlock(&self) {
+        if let Some(file) = &self._file {
+            if let Err(err) = fs4::FileExt::unlock(file) {
+                // Closing the file below still releases it once no child holds a copy.
+                tracing::debug!(cause = %err, "spool lock: unlock failed");
+            }
+        }
+    }
+
+    /// A second descriptor of the locked file, as a forked child holds until it execs.
+    #[cfg(test)]
+    fn duplicate(&self) -> File {
+        self._file
+            .as_ref()
+            .expect("only a crash takes the file, and it also takes the LockFile")
+            .try_clone()
+            .expect("dup of an open descriptor")
+    }
+}
+
+impl Drop for LockFile {
+    fn drop(&mut self) {
+        self.unlock();
     }
 }
 
@@ -117,6 +150,28 @@ mod tests {
             LockFile::acquire(dir.path()),
             Err(SpoolError::Locked { pid: None, .. })
         ));
+    }
+
+    #[test]
+    fn a_descriptor_left_in_a_forked_child_does_not_keep_the_lock() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let lock = LockFile::acquire(dir.path()).expect("lock");
+        // What a child forked by another thread (a source command) holds until it execs.
+        let child_copy = lock.duplicate();
+        drop(lock);
+        let _again = LockFile::acquire(dir.path()).expect("released despite the child's copy");
+        drop(child_copy);
+    }
+
+    #[test]
+    fn a_crash_with_a_forked_child_releases_the_lock() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut lock = LockFile::acquire(dir.path()).expect("lock");
+        let child_copy = lock.duplicate();
+        lock.release_as_if_crashed();
+        std::mem::forget(lock);
+        let _again = LockFile::acquire(dir.path()).expect("the kernel released it");
+        drop(child_copy);
     }
 
     #[test]
