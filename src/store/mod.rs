@@ -224,6 +224,29 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// A backend's failure with its context: [`StoreError::Unavailable`] when `transient`
+    /// (retry later), else [`StoreError::Backend`].
+    pub fn from_backend(
+        transient: bool,
+        location: String,
+        operation: &'static str,
+        detail: String,
+    ) -> Self {
+        if transient {
+            StoreError::Unavailable {
+                location,
+                operation,
+                detail,
+            }
+        } else {
+            StoreError::Backend {
+                location,
+                operation,
+                detail,
+            }
+        }
+    }
+
     /// Whether the failure may go away by itself (retry later, report not-ready meanwhile)
     /// rather than being a lasting fault.
     pub fn is_transient(&self) -> bool {

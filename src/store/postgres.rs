@@ -354,20 +354,7 @@ pub(crate) fn pg_failure(
         }
     };
     let error = |unavailable: bool| {
-        let (location, detail) = (location.to_string(), detail.clone());
-        if unavailable {
-            StoreError::Unavailable {
-                location,
-                operation,
-                detail,
-            }
-        } else {
-            StoreError::Backend {
-                location,
-                operation,
-                detail,
-            }
-        }
+        StoreError::from_backend(unavailable, location.to_string(), operation, detail.clone())
     };
     let Some(code) = err.code() else {
         // No server error: the connection failed (closed, refused, I/O, timeout).

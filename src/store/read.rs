@@ -42,6 +42,35 @@ pub trait ReadStore: Send + Sync + 'static {
     fn counts(&self) -> BoxFuture<'_, Result<Counts, StoreError>>;
 }
 
+/// Per-sensor stats from a store's totals `(sensor, readings, first_ns, last_ns)` and its
+/// latest rows, both sorted by sensor: each sensor gets its latest row's fields (none if
+/// the latest rows lack it, e.g. read a moment apart from the totals).
+pub(crate) fn join_stats(
+    totals: Vec<(String, u64, i64, i64)>,
+    latest: Vec<Row>,
+) -> Vec<SensorStats> {
+    let mut latest = latest.into_iter().peekable();
+    let mut stats = Vec::with_capacity(totals.len());
+    for (sensor, readings, first_ns, last_ns) in totals {
+        while latest
+            .next_if(|row| row.sensor.as_str() < sensor.as_str())
+            .is_some()
+        {}
+        let last_fields = match latest.next_if(|row| row.sensor == sensor) {
+            Some(row) => row.fields,
+            None => Vec::new(),
+        };
+        stats.push(SensorStats {
+            sensor,
+            readings,
+            first_ns,
+            last_ns,
+            last_fields,
+        });
+    }
+    stats
+}
+
 /// Cloneable, `Send + Sync` handle on a store's read side.
 #[derive(Clone)]
 pub struct StoreReader {

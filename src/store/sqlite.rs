@@ -128,20 +128,7 @@ fn sqlite_error(location: &str, operation: &'static str, err: rusqlite::Error) -
         err.sqlite_error_code(),
         Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
     );
-    let (location, detail) = (location.to_string(), err.to_string());
-    if transient {
-        StoreError::Unavailable {
-            location,
-            operation,
-            detail,
-        }
-    } else {
-        StoreError::Backend {
-            location,
-            operation,
-            detail,
-        }
-    }
+    StoreError::from_backend(transient, location.to_string(), operation, err.to_string())
 }
 
 /// Rows inserted into one series and not yet in its totals.

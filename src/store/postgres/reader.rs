@@ -14,7 +14,7 @@ use tokio_postgres::types::ToSql;
 
 use super::{pool, pool_failure, schema, Failure, PgUrl};
 use crate::store::encoding::{decode_fields, decode_tags};
-use crate::store::read::{BoxFuture, ReadStore};
+use crate::store::read::{join_stats, BoxFuture, ReadStore};
 use crate::store::{Counts, Query, Row, SensorStats, StoreError};
 
 /// Each series' totals: folded (in the series row) plus the deltas not yet folded.
@@ -258,26 +258,8 @@ impl ReadStore for PgReader {
             // the totals by a batch (never older). A repeatable-read transaction would
             // cost two more round trips on every dashboard refresh for that.
             let totals = self.sensor_totals("sensor stats").await?;
-            let mut latest = self.latest_rows().await?.into_iter().peekable();
-            let mut stats = Vec::with_capacity(totals.len());
-            for (sensor, readings, first_ns, last_ns) in totals {
-                while latest
-                    .next_if(|row| row.sensor.as_str() < sensor.as_str())
-                    .is_some()
-                {}
-                let last_fields = match latest.next_if(|row| row.sensor == sensor) {
-                    Some(row) => row.fields,
-                    None => Vec::new(),
-                };
-                stats.push(SensorStats {
-                    sensor,
-                    readings,
-                    first_ns,
-                    last_ns,
-                    last_fields,
-                });
-            }
-            Ok(stats)
+            let latest = self.latest_rows().await?;
+            Ok(join_stats(totals, latest))
         })
     }
 

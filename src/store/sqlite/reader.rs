@@ -14,7 +14,7 @@ use tokio::sync::Semaphore;
 
 use super::{check_version, sqlite_error, SqliteStore, BUSY_TIMEOUT};
 use crate::store::encoding::{decode_fields, decode_tags};
-use crate::store::read::{BoxFuture, ReadStore};
+use crate::store::read::{join_stats, BoxFuture, ReadStore};
 use crate::store::{Counts, Query, Row, SensorStats, StoreError};
 
 /// Most reads a [`SqliteReader`] runs at once (more wait for a turn), hence its most
@@ -234,22 +234,8 @@ impl ReadStore for SqliteReader {
             let fail = |err| sqlite_error(location, "sensor stats", err);
             let totals = sensor_totals(conn).map_err(fail)?;
             // Both sorted by sensor, one row per sensor with readings (same snapshot).
-            let mut latest = latest_rows(conn).map_err(fail)??.into_iter().peekable();
-            let mut stats = Vec::with_capacity(totals.len());
-            for (sensor, readings, first_ns, last_ns) in totals {
-                let last_fields = match latest.next_if(|row| row.sensor == sensor) {
-                    Some(row) => row.fields,
-                    None => Vec::new(),
-                };
-                stats.push(SensorStats {
-                    sensor,
-                    readings,
-                    first_ns,
-                    last_ns,
-                    last_fields,
-                });
-            }
-            Ok(stats)
+            let latest = latest_rows(conn).map_err(fail)??;
+            Ok(join_stats(totals, latest))
         })
     }
 
