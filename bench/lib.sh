@@ -32,6 +32,35 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# Pinning (issue 13). On 2 shared cores the scheduler decides a side-by-side ratio as much as
+# the code does, so by default every server under test (ours and every reference alike) runs
+# on core SERVER_CPU and its load generator on core LOAD_CPU, through `taskset`; PIN=0 runs
+# both unpinned, for comparison. Scripts start servers with "${on_server[@]}" CMD and load
+# generators with "${on_load[@]}" CMD (empty when unpinned); taskset execs, so a recorded
+# PID is the program's own.
+PIN=${PIN:-1}
+SERVER_CPU=${SERVER_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+on_server=()
+on_load=()
+if [ "$PIN" = 1 ]; then
+  if [ "$(nproc)" -lt 2 ]; then
+    echo "PIN=1 needs 2 cores (nproc: $(nproc)); PIN=0 runs unpinned" >&2
+    exit 2
+  fi
+  on_server=(taskset -c "$SERVER_CPU")
+  on_load=(taskset -c "$LOAD_CPU")
+fi
+
+# pinning: one line saying where the server and the load ran.
+pinning() {
+  if [ "$PIN" = 1 ]; then
+    echo "pinned: server on core $SERVER_CPU, load generator on core $LOAD_CPU (taskset)"
+  else
+    echo "unpinned (PIN=0): servers and load generators share the $(nproc) cores as the scheduler decides"
+  fi
+}
+
 # build: the release binary, quietly (skipped when SENSORLINK_BIN names one).
 build() {
   [ -n "${SENSORLINK_BIN:-}" ] && return 0
@@ -161,6 +190,48 @@ spread() {
   jq -r "$2" "$1" | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%.0f–%.0f", lo, hi }'
 }
 
+# spread_pct FILE JQ_EXPR: (max − min) ÷ median of JQ_EXPR over FILE, in percent, 1 decimal;
+# "nan" with fewer than 2 values or a zero median.
+spread_pct() {
+  jq -r "$2" "$1" | sort -g | awk '{ a[NR] = $1 } END {
+    if (NR < 2) { print "nan"; exit }
+    m = (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2
+    if (m == 0) print "nan"; else printf "%.1f\n", (a[NR] - a[1]) / m * 100 }'
+}
+
+# NOISY_PCT: a figure whose spread across reps is wider than this is not reported as a result.
+NOISY_PCT=${NOISY_PCT:-15}
+
+# noisy PCT...: exit 0 (true) when any PCT is wider than NOISY_PCT (or "nan" with REPS ≥ 2).
+noisy() {
+  local p
+  for p in "$@"; do
+    [ "$p" = nan ] && [ "${REPS:-1}" -lt 2 ] && continue
+    [ "$p" = nan ] && return 0
+    awk -v p="$p" -v lim="$NOISY_PCT" 'BEGIN { exit !(p > lim) }' && return 0
+  done
+  return 1
+}
+
+# verdict CONDITION SPREAD...: "met", "**not met**", or "noisy (spread > NOISY_PCT %)" when any
+# SPREAD is too wide, since then the median is not a result. CONDITION as for `met`.
+verdict() {
+  local cond=$1
+  shift
+  if noisy "$@"; then echo "**noisy** (spread > ${NOISY_PCT} %)"; else met "$cond"; fi
+}
+
+# result KEY WHAT OURS REFERENCE RATIO SPREAD TARGET VERDICT: one row of the summary table,
+# appended (tab-separated) to $RESULTS when set (bench/all.sh collects them); always echoed
+# as "result: …" so a script run alone shows it too. SPREAD: "ours X % / ref Y %".
+result() {
+  local row
+  row=$(printf '%s\t' "$@")
+  row=${row%$'\t'}
+  echo "result: ${row//$'\t'/ | }"
+  if [ -n "${RESULTS:-}" ]; then printf '%s\n' "$row" >> "$RESULTS"; fi
+}
+
 # int X: X rounded to an integer.  ratio A B: A / B with 2 decimals.
 int() { awk -v x="$1" 'BEGIN { printf "%.0f", x }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "nan"; else printf "%.2f", a / b }'; }
@@ -173,7 +244,7 @@ met() { awk "BEGIN { if ($1) print \"met\"; else print \"**not met**\" }"; }
 header() {
   echo "date: $(date -u '+%Y-%m-%d %H:%M UTC'); nproc: $(nproc); $(lscpu | grep 'Model name' | sed 's/  */ /g'); kernel $(uname -r)"
   echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg); code: ${SENSORLINK_BIN:+$SENSORLINK_BIN (prebuilt), checkout }$(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- src 2>/dev/null || echo ' + local changes in src/')"
-  echo "the server (ours or the reference) shares the machine's $(nproc) cores with its load generator; $REPS reps${ALTERNATED:+, sides alternated}"
+  echo "$(pinning); $REPS reps${ALTERNATED:+, sides alternated}; a figure whose spread ((max − min) ÷ median) is over ${NOISY_PCT} % is flagged noisy"
 }
 
 # keep FILE NAME: copy a raw result to $OUT/NAME when OUT is set.
