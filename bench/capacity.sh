@@ -1,27 +1,32 @@
 #!/usr/bin/env bash
 # Capacity: many mostly idle connections, each sending one reading + sync per second:
-#   `sensorlink bench --idle --connections N --interval 1s --warmup 5s --duration 30s --source-ips 8`
-# against `sensorlink server --store memory` (and SQLite --fsync always for the first N).
+#   `sensorlink bench --idle --connections N --interval 1s --warmup 5s --source-ips 8`
+# against `sensorlink server --store memory` and `--store sqlite:PATH --fsync always`.
 # Measures the server's RSS (VmRSS) before any connection and once all are established
-# (→ KiB per connection; target ≤ 4 KiB) and its CPU time (utime + stime from
+# (→ KiB per connection; target at 10 000: ≤ 2 KiB) and its CPU time (utime + stime from
 # /proc/PID/stat) over STEADY seconds of the steady N readings/s (target at 10 000
-# connections: ≤ 20 % of one core).
+# connections: ≤ 20 % of one core, memory and SQLite alike).
+# Pinned (bench/lib.sh): the server on SERVER_CPU, the bench processes on LOAD_CPU; PIN=0
+# unpinned. Each run is a fresh server (and SQLite file).
 #
 # File descriptors: every connection costs the server one, and each bench process one. A
-# process here cannot go past the hard `ulimit -n` (20 000 on this workplace; raising it
-# needs CAP_SYS_RESOURCE, which it lacks), so a requested N above (hard limit − 64) is
-# measured at that maximum instead, and said so. The load is split over enough bench
-# processes that each stays under the limit.
+# process here cannot go past the hard `ulimit -n` (raising it needs CAP_SYS_RESOURCE), so a
+# requested N above (hard limit − 64) is measured at that maximum instead, and said so. The
+# load is split over enough bench processes that each stays under the limit.
 #
-# N in $CAP_CONNS (default "10000 50000"); REPS (default 1: these are absolute figures, not
-# ratios; ≈ 2.5 min per rep; the bench processes need ~0.5 GB of RAM
-# per 1 000 connections before commit 0d81a87, a few MB in all since). Loopback only.
+# CAP_CONNS (default 10000): measured REPS (default 3) times per store, stores alternated;
+# CAP_MAX (default 50000; empty: skipped): once, memory store, the max-connections line
+# (report). STEADY (default 20) s of CPU per run; ≈ 40 s per run, ≈ 4.5 min by default.
+# Loopback only.
 source "$(dirname "$0")/lib.sh"
 
-CAP_CONNS=${CAP_CONNS:-"10000 50000"}
-REPS=${REPS:-1}
-DURATION=${DURATION:-30}
+CAP_CONNS=${CAP_CONNS:-10000}
+CAP_MAX=${CAP_MAX-50000}
+REPS=${REPS:-3}
 STEADY=${STEADY:-20}
+# The bench measures after its own warm-up for DURATION: long enough to cover the steady window.
+DURATION=${DURATION:-$((STEADY + 10))}
+ALTERNATED=1
 # Not measured: the first seconds, while every connection's first readings and the
 # server's per-connection state warm up.
 WARMUP=${WARMUP:-5}
@@ -51,7 +56,7 @@ run() {
     share=$((left / (procs - i)))
     left=$((left - share))
     start_bg "$tmp/cap-$i.json" timeout --kill-after=5 $((DURATION + 60)) \
-      "$bin" bench "$addr" --idle --connections "$share" --interval 1s --warmup "${WARMUP}s" \
+      "${on_load[@]}" "$bin" bench "$addr" --idle --connections "$share" --interval 1s --warmup "${WARMUP}s" \
       --duration "${DURATION}s" --source-ips 8 --json --no-progress
     bench_pids+=("$last_pid")
   done
@@ -96,39 +101,68 @@ run() {
 
 header
 echo "ulimit -n: soft $(ulimit -n), hard $hard (per process); CLK_TCK $clk"
-runs=()
-first=1
-for n in $CAP_CONNS; do
-  eff=$n
+cap() { if [ "$1" -gt "$max_conns" ]; then echo "$max_conns"; else echo "$1"; fi; }
+for n in $CAP_CONNS $CAP_MAX; do
   if [ "$n" -gt "$max_conns" ]; then
-    eff=$max_conns
-    echo "N = $n is more than one server process may hold here (hard ulimit -n $hard, not raisable without CAP_SYS_RESOURCE): measuring N = $eff instead"
+    echo "N = $n is more than one server process may hold here (hard ulimit -n $hard, not raisable without CAP_SYS_RESOURCE): measuring N = $max_conns instead"
   fi
-  runs+=("memory|memory|$eff")
-  if [ "$first" = 1 ]; then runs+=("sqlite|sqlite|$eff"); first=0; fi
 done
+runs=()
 for rep in $(seq "$REPS"); do
-  for r in "${runs[@]}"; do
-    IFS='|' read -r name kind n <<< "$r"
-    store=memory
-    [ "$kind" = sqlite ] && store="sqlite:$(fresh_db)"
-    run "$name" "$store" "$n"
+  for n in $CAP_CONNS; do
+    n=$(cap "$n")
+    if [ $((rep % 2)) -eq 1 ]; then order="memory sqlite"; else order="sqlite memory"; fi
+    for name in $order; do
+      store=memory
+      [ "$name" = sqlite ] && store="sqlite:$(fresh_db)"
+      run "$name" "$store" "$n"
+      if [ "$rep" = 1 ]; then runs+=("$name|$n"); fi
+    done
   done
 done
+if [ -n "$CAP_MAX" ]; then
+  n=$(cap "$CAP_MAX")
+  rep=1
+  run max memory "$n"
+  runs+=("max|$n")
+fi
 
 echo
-echo "| store | connections (established) | RSS before MiB | RSS all established MiB | KiB per connection | target ≤ 4 | RSS after ${STEADY}+ s MiB (KiB/conn) | server CPU, % of one core | target ≤ 20 % (10k) | readings/s | ack p50 / p99 µs | errors |"
-echo "|---|---|---:|---:|---:|---|---|---:|---|---:|---|---:|"
+echo "| store | connections (established) | reps | RSS before MiB | RSS all established MiB | KiB per connection | spread | RSS after ${STEADY}+ s MiB (KiB/conn) | server CPU, % of one core | spread | readings/s | ack p50 / p99 µs | errors |"
+echo "|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---|---:|"
 for r in "${runs[@]}"; do
-  IFS='|' read -r name kind n <<< "$r"
+  IFS='|' read -r name n <<< "$r"
   f="$tmp/$name-$n.jsonl"
   sname=memory
-  [ "$kind" = sqlite ] && sname="SQLite fsync=always"
+  [ "$name" = sqlite ] && sname="SQLite fsync=always"
+  [ "$name" = max ] && sname="memory (max connections)"
   kib=$(jmed "$f" .kib_per_conn)
   cpu=$(jmed "$f" '.cpu_core_fraction * 100')
-  cpu_target=
-  [ "$n" -le 10000 ] && cpu_target=$(met "$cpu <= 20")
-  echo "| $sname | $n ($(jmed "$f" .connections)) | $(printf '%.1f' "$(jmed "$f" '.rss0_kib / 1024')") | $(printf '%.1f' "$(jmed "$f" '.rss1_kib / 1024')") | $(printf '%.2f' "$kib") | $(met "$kib <= 4") | $(printf '%.1f' "$(jmed "$f" '.rss2_kib / 1024')") ($(printf '%.2f' "$(jmed "$f" .kib_per_conn_end)")) | $(printf '%.1f' "$cpu") | $cpu_target | $(int "$(jmed "$f" .readings_per_sec)") | $(int "$(jmed "$f" .p50)") / $(int "$(jmed "$f" .p99)") | $(jmed "$f" .errors) |"
+  echo "| $sname | $n ($(jmed "$f" .connections)) | $(wc -l < "$f") | $(printf '%.1f' "$(jmed "$f" '.rss0_kib / 1024')") | $(printf '%.1f' "$(jmed "$f" '.rss1_kib / 1024')") | $(printf '%.2f' "$kib") | $(spread_pct "$f" .kib_per_conn) % | $(printf '%.1f' "$(jmed "$f" '.rss2_kib / 1024')") ($(printf '%.2f' "$(jmed "$f" .kib_per_conn_end)")) | $(printf '%.1f' "$cpu") | $(spread_pct "$f" .cpu_core_fraction) % | $(num "$(jmed "$f" .readings_per_sec)") | $(int "$(jmed "$f" .p50)") / $(int "$(jmed "$f" .p99)") | $(jmed "$f" .errors) |"
 done
 echo
 echo "(RSS after: includes the readings stored meanwhile: the memory store keeps them all, SQLite's page cache grows up to 64 MiB)"
+footer
+echo
+
+# The issue's targets, at the first N of CAP_CONNS (10 000 by default).
+n=$(cap "${CAP_CONNS%% *}")
+f=$tmp/memory-$n.jsonl
+kib=$(jmed "$f" .kib_per_conn) sk=$(spread_pct "$f" .kib_per_conn)
+result idle-rss-per-conn "server RSS per idle connection at $(num "$n") connections, memory store" \
+  "$(printf '%.2f' "$kib") KiB" "" "" "$(spreads "$sk")" "≤ 2 KiB" "$(verdict "$kib <= 2" "$sk")"
+for name in memory sqlite; do
+  f=$tmp/$name-$n.jsonl
+  cpu=$(jmed "$f" '.cpu_core_fraction * 100') sc=$(spread_pct "$f" .cpu_core_fraction)
+  label=memory
+  [ "$name" = sqlite ] && label="SQLite --fsync always"
+  result "idle-cpu-$name" "server CPU, $(num "$n") connections × 1 reading/s, $label" \
+    "$(printf '%.1f' "$cpu") % of a core" "" "" "$(spreads "$sc")" "≤ 20 %" "$(verdict "$cpu <= 20" "$sc")"
+done
+if [ -n "$CAP_MAX" ]; then
+  n=$(cap "$CAP_MAX")
+  f=$tmp/max-$n.jsonl
+  result idle-max-conns "the most connections one server holds here (hard ulimit -n $hard), memory store" \
+    "$(jmed "$f" .connections) established, $(printf '%.2f' "$(jmed "$f" .kib_per_conn)") KiB each, $(printf '%.1f' "$(jmed "$f" '.cpu_core_fraction * 100')") % of a core" \
+    "" "" "1 run" "report" "measured"
+fi
