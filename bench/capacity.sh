@@ -25,7 +25,7 @@ CAP_MAX=${CAP_MAX-50000}
 REPS=${REPS:-3}
 STEADY=${STEADY:-20}
 # The bench measures after its own warm-up for DURATION: long enough to cover the steady window.
-DURATION=${DURATION:-$((STEADY + 10))}
+DURATION=${DURATION:-$((STEADY + 3))}
 ALTERNATED=1
 # Not measured: the first seconds, while every connection's first readings and the
 # server's per-connection state warm up.
@@ -138,7 +138,7 @@ for r in "${runs[@]}"; do
   [ "$name" = max ] && sname="memory (max connections)"
   kib=$(jmed "$f" .kib_per_conn)
   cpu=$(jmed "$f" '.cpu_core_fraction * 100')
-  echo "| $sname | $n ($(jmed "$f" .connections)) | $(wc -l < "$f") | $(printf '%.1f' "$(jmed "$f" '.rss0_kib / 1024')") | $(printf '%.1f' "$(jmed "$f" '.rss1_kib / 1024')") | $(printf '%.2f' "$kib") | $(spread_pct "$f" .kib_per_conn) % | $(printf '%.1f' "$(jmed "$f" '.rss2_kib / 1024')") ($(printf '%.2f' "$(jmed "$f" .kib_per_conn_end)")) | $(printf '%.1f' "$cpu") | $(spread_pct "$f" .cpu_core_fraction) % | $(num "$(jmed "$f" .readings_per_sec)") | $(int "$(jmed "$f" .p50)") / $(int "$(jmed "$f" .p99)") | $(jmed "$f" .errors) |"
+  echo "| $sname | $n ($(int "$(jmed "$f" .connections)")) | $(wc -l < "$f") | $(printf '%.1f' "$(jmed "$f" '.rss0_kib / 1024')") | $(printf '%.1f' "$(jmed "$f" '.rss1_kib / 1024')") | $(printf '%.2f' "$kib") | $(spread_pct "$f" .kib_per_conn) % | $(printf '%.1f' "$(jmed "$f" '.rss2_kib / 1024')") ($(printf '%.2f' "$(jmed "$f" .kib_per_conn_end)")) | $(printf '%.1f' "$cpu") | $(spread_pct "$f" .cpu_core_fraction) % | $(num "$(jmed "$f" .readings_per_sec)") | $(int "$(jmed "$f" .p50)") / $(int "$(jmed "$f" .p99)") | $(int "$(jmed "$f" .errors)") |"
 done
 echo
 echo "(RSS after: includes the readings stored meanwhile: the memory store keeps them all, SQLite's page cache grows up to 64 MiB)"
@@ -163,6 +163,6 @@ if [ -n "$CAP_MAX" ]; then
   n=$(cap "$CAP_MAX")
   f=$tmp/max-$n.jsonl
   result idle-max-conns "the most connections one server holds here (hard ulimit -n $hard), memory store" \
-    "$(jmed "$f" .connections) established, $(printf '%.2f' "$(jmed "$f" .kib_per_conn)") KiB each, $(printf '%.1f' "$(jmed "$f" '.cpu_core_fraction * 100')") % of a core" \
+    "$(int "$(jmed "$f" .connections)") established, $(printf '%.2f' "$(jmed "$f" .kib_per_conn)") KiB each, $(printf '%.1f' "$(jmed "$f" '.cpu_core_fraction * 100')") % of a core" \
     "" "" "1 run" "report" "measured"
 fi

@@ -9,8 +9,11 @@
 #             plain TCP only, so its connections go through a `socat` relay on the load core:
 #             TCP → TCP for plain, TCP → OPENSSL (verified against ca.pem) for TLS; both sides
 #             pay the same relay, TLS adds the handshake and the record layer (encryption in
-#             socat on the load core, decryption in the server). If `sensorlink bench --help`
-#             ever lists `--tls` and `--ca`, the bench connects directly instead (no relay).
+#             socat on the load core, decryption in the server). The relay may well be what
+#             limits the rate (one socat process per connection, on the load core), so the
+#             server's CPU per reading is shown beside readings/s: that is the TLS cost the
+#             server pays. If `sensorlink bench --help` ever lists `--tls` and `--ca`, the
+#             bench connects directly instead (no relay).
 # Pinned (bench/lib.sh): the server on SERVER_CPU; client, bench and relay on LOAD_CPU;
 # PIN=0 unpinned. Also the server's CPU per reading (utime + stime from /proc over the run).
 # REPS (default 3) reps of DURATION (default 5) s per ingest run; prints medians, spreads,
@@ -65,7 +68,8 @@ ingest() {
     port=$(free_port)
     local upstream="TCP:$addr"
     [ "$mode" = tls ] && upstream="OPENSSL:$addr,cafile=$ca,verify=1,commonname=localhost"
-    start_bg "$tmp/relay.out" "${on_load[@]}" socat "TCP-LISTEN:$port,bind=127.0.0.1,fork,reuseaddr,backlog=128" "$upstream"
+    # 128 KiB copy buffers: socat's default 8 KiB caps a pipelined run at a fraction of it.
+    start_bg "$tmp/relay.out" "${on_load[@]}" socat -b 131072 "TCP-LISTEN:$port,bind=127.0.0.1,fork,reuseaddr,backlog=128" "$upstream"
     relay_pid=$last_pid
     wait_tcp "$port"
     target=127.0.0.1:$port
@@ -99,6 +103,7 @@ for rep in $(seq "$REPS"); do
   done
 done
 
+cpu='.server_cpu_s / (.readings_per_sec * .seconds) * 1e6'
 echo
 echo "| figure | plain TCP | spread | TLS | spread | TLS ÷ plain |"
 echo "|---|---:|---:|---:|---:|---:|"
@@ -110,7 +115,7 @@ for c in $CONFIGS; do
   fp=$tmp/ingest-plain-${c%/*}-${c#*/}.jsonl ft=$tmp/ingest-tls-${c%/*}-${c#*/}.jsonl
   pl=$(jmed "$fp" .readings_per_sec) tl=$(jmed "$ft" .readings_per_sec)
   echo "| readings/s, \`--connections 50 --pipeline ${c%/*} --batch ${c#*/}\` | $(num "$pl") | $(spread_pct "$fp" .readings_per_sec) % | $(num "$tl") | $(spread_pct "$ft" .readings_per_sec) % | $(ratio "$tl" "$pl")× |"
-  pl=$(jmed "$fp" '.server_cpu_s / (.readings_per_sec * .seconds) * 1e6') tl=$(jmed "$ft" '.server_cpu_s / (.readings_per_sec * .seconds) * 1e6')
+  pl=$(jmed "$fp" "$cpu") tl=$(jmed "$ft" "$cpu")
   echo "| server CPU µs per reading, same runs | $(printf '%.2f' "$pl") | | $(printf '%.2f' "$tl") | | $(ratio "$tl" "$pl")× |"
 done
 echo
@@ -125,16 +130,19 @@ for q in p50 p99; do
     "$(us "$tl") µs" "plain $(us "$pl") µs" "$(ratio "$tl" "$pl")×" \
     "$(spreads "$(spread_pct "$tmp/rtt-tls.jsonl" ".$q")" "$(spread_pct "$tmp/rtt-plain.jsonl" ".$q")")" "report" "measured"
 done
-via=", through a socat relay"
+via=", through a socat relay (the relay may limit the rate: server CPU per reading beside it)"
 [ -n "$direct" ] && via=
 first=1
+cpu='.server_cpu_s / (.readings_per_sec * .seconds) * 1e6'
 for c in $CONFIGS; do
   fp=$tmp/ingest-plain-${c%/*}-${c#*/}.jsonl ft=$tmp/ingest-tls-${c%/*}-${c#*/}.jsonl
   pl=$(jmed "$fp" .readings_per_sec) tl=$(jmed "$ft" .readings_per_sec)
+  pc=$(jmed "$fp" "$cpu") tc=$(jmed "$ft" "$cpu")
   key=tls-ingest
   [ "$first" = 1 ] || key=tls-ingest-${c%/*}-${c#*/}
   first=
   result "$key" "pipelined memory ingest, TLS beside plain TCP, \`--connections 50 --pipeline ${c%/*} --batch ${c#*/}\`$via" \
-    "$(num "$tl") readings/s" "plain $(num "$pl") readings/s" "$(ratio "$tl" "$pl")×" \
+    "$(num "$tl") readings/s, server $(printf '%.2f' "$tc") µs CPU/reading" \
+    "plain $(num "$pl") readings/s, $(printf '%.2f' "$pc") µs" "$(ratio "$tl" "$pl")× rate, $(ratio "$tc" "$pc")× CPU" \
     "$(spreads "$(spread_pct "$ft" .readings_per_sec)" "$(spread_pct "$fp" .readings_per_sec)")" "report" "measured"
 done
