@@ -158,9 +158,16 @@ else
 fi
 
 # render: a script's output as Markdown: its tables as they are, every other line in a text
-# block; `result:` lines are left out (they are the summary table).
+# block (a script's own ``` blocks as they are); `result:` lines are left out (they are the
+# summary table).
 render() {
   awk '
+    /^```/ {
+      if (intable) { print ""; intable = 0 }
+      if (intext) { print "```"; print ""; intext = 0 }
+      print; infence = !infence; next
+    }
+    infence { print; next }
     /^result: / { next }
     /^\|/ { if (intext) { print "```"; print ""; intext = 0 } ; if (!intable) { intable = 1 } ; print; next }
     {

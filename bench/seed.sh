@@ -62,8 +62,8 @@ for rep in $(seq "$REPS"); do
 done
 
 echo
-echo "| connections | server | established | readings/s | p50 µs | p99 µs | errors | readings/s ÷ seed design |"
-echo "|---:|---|---:|---:|---:|---:|---:|---:|"
+echo "| connections | server | established | readings/s | spread | p50 µs | p99 µs | errors | readings/s ÷ seed design |"
+echo "|---:|---|---:|---:|---:|---:|---:|---:|---:|"
 for n in $CONNS; do
   base=$(jmed "$tmp/python-$n.jsonl" .readings_per_sec)
   for side in memory sqlite python python-quiet; do
@@ -76,7 +76,7 @@ for n in $CONNS; do
       python-quiet) name="seed design, --quiet (no Received: print)" ;;
     esac
     r=$(jmed "$f" .readings_per_sec)
-    echo "| $n | $name | $(jmed "$f" .connections) | $(int "$r") | $(int "$(jmed "$f" .latency_us.p50)") | $(int "$(jmed "$f" .latency_us.p99)") | $(jmed "$f" .errors) | $(ratio "$r" "$base")× |"
+    echo "| $n | $name | $(int "$(jmed "$f" .connections)") | $(num "$r") | $(spread_pct "$f" .readings_per_sec) % | $(int "$(jmed "$f" .latency_us.p50)") | $(int "$(jmed "$f" .latency_us.p99)") | $(int "$(jmed "$f" .errors)") | $(ratio "$r" "$base")× |"
   done
 done
 echo
