@@ -78,8 +78,8 @@ if [ -z "${SENSORLINK_BIN:-}" ]; then
   nice -n 5 cargo build --release --locked --quiet > "$OUT/build.out" 2>&1 ||
     { say "cargo build --release failed: see $OUT/build.out"; cat "$OUT/build.out" >&2; exit 2; }
 fi
-nice -n 5 cargo bench --locked --no-run --benches --quiet >> "$OUT/build.out" 2>&1 ||
-  { say "cargo bench --no-run --benches failed: see $OUT/build.out"; failed=1; }
+nice -n 5 cargo bench --locked --no-run --bench '*' --quiet >> "$OUT/build.out" 2>&1 ||
+  { say "cargo bench --no-run --bench '*' failed: see $OUT/build.out"; failed=1; }
 # The fault scenarios (bench/faults.sh: root, network namespaces; a debug test binary): in the
 # full sitting only, built here so that the sitting does not compile.
 if [ "$ALL_QUICK" = 1 ] || [ "$(id -u)" -ne 0 ]; then ALL_FAULTS=${ALL_FAULTS:-0}; else ALL_FAULTS=${ALL_FAULTS:-1}; fi
