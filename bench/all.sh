@@ -94,7 +94,8 @@ if [ ! -f "$parser" ]; then
   parser=$OUT/parser-fallback.sh
   printf '%s\n' '# bench/parser.sh is not in this checkout: the codec benches as they are, no result row.' \
     'echo "bench/parser.sh missing: cargo bench --bench codec (no result row)"' \
-    'exec nice -n 0 cargo bench --locked --bench codec -- --warm-up-time 1 --measurement-time "${DURATION:-3}"' > "$parser"
+    'set -o pipefail' \
+    'cargo bench --locked --bench codec -- --warm-up-time 1 --measurement-time "${DURATION:-3}" 2>&1 | grep -vE "^(Benchmarking |Found [0-9]+ outliers|  [0-9]+ \\()"' > "$parser"
 fi
 
 # --- a quiet machine ----------------------------------------------------------------------
@@ -136,9 +137,9 @@ else
   [ -f bench/sqlite_ceiling.sh ] && ! grep -q sqlite_ceiling bench/influx.sh &&
     step sqlite_ceiling bench/sqlite_ceiling.sh REPS=3
   step capacity bench/capacity.sh REPS=3 CAP_CONNS=10000 CAP_MAX=50000 STEADY=10
-  step tls bench/tls.sh REPS=3 DURATION=5
+  step tls bench/tls.sh REPS=3 DURATION=4
   step tls-idle bench/tls-idle.sh REPS=3 IDLE_CONNS=2000
-  step dashboard bench/dashboard.sh REPS=3 DURATION=5
+  step dashboard bench/dashboard.sh REPS=3 DURATION=4
   step postgres bench/postgres.sh REPS=3 DURATION=4s
   step seed bench/seed.sh REPS=3 DURATION=3 CONNS="1 64"
   step parser "$parser"
@@ -173,7 +174,10 @@ render() {
     {
       if (intable) { print ""; intable = 0 }
       if ($0 ~ /^#+ /) { if (intext) { print "```"; print ""; intext = 0 } ; sub(/^#+ /, "#### "); print; print ""; next }
-      if (!intext) { if ($0 == "") next; print "```text"; intext = 1 }
+      if (!intext) { if ($0 == "") next; print "```text"; intext = 1; blanks = 0 }
+      # Blank lines only between text lines, never before a closing fence.
+      if ($0 == "") { blanks++; next }
+      for (; blanks > 0; blanks--) print ""
       print
     }
     END { if (intext) print "```"; if (intable) print "" }'
