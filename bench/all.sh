@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole benchmark table in ONE sitting (issue 13), then BENCHMARKS.md regenerated from it.
 #
-#   bench/all.sh              the sitting: ≈ 18 min on 2 cores, REPS ≥ 3 everywhere
-#   ALL_QUICK=1 bench/all.sh  a smoke run (≈ 3–5 min: REPS=2, DURATION=2, fewer configs) that
+#   bench/all.sh              the sitting: ≈ 20 min on 2 cores (+ install and build), REPS ≥ 3 everywhere
+#   ALL_QUICK=1 bench/all.sh  a smoke run (≈ 7 min: REPS=2, DURATION=2, fewer configs) that
 #                             checks every step end to end; its figures mean nothing
 #
 # In a fixed order: installs the reference tools (scripts/install-bench-deps.sh, socat,
