@@ -38,9 +38,15 @@ ulimit -n "$hard"
 clk=$(getconf CLK_TCK)
 max_conns=$((hard - 64))
 
-rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
-cpu_ticks() { sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; } # utime + stime
-sockets() { find "/proc/$1/fd" -lname 'socket:*' 2> /dev/null | wc -l; }
+rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2> /dev/null || echo 0; }
+# utime + stime; 0 for a process that is gone (the run then says so).
+cpu_ticks() {
+  local stat
+  stat=$(sed 's/^.*) //' "/proc/$1/stat" 2> /dev/null) || { echo 0; return; }
+  awk '{ print $12 + $13 }' <<< "$stat"
+}
+# A descriptor closed while find lists them makes it fail (under pipefail): count what it saw.
+sockets() { { find "/proc/$1/fd" -lname 'socket:*' 2> /dev/null || true; } | wc -l; }
 now() { date +%s.%N; }
 
 # run NAME STORE N: one capacity run; appends a JSON line to $tmp/NAME-N.jsonl.
@@ -77,16 +83,30 @@ run() {
   t1=$(now)
   c1=$(cpu_ticks "$server_pid")
   rss2=$(rss_kib "$server_pid")
+  # A server gone by now would read as 0 CPU: say so, with its last words.
+  local alive=true
+  if ! kill -0 "$server_pid" 2> /dev/null; then
+    alive=false
+    echo "the server (N = $n, $name, rep $rep) is gone before the end of the window; its output:" >&2
+    tail -5 "$tmp/server.out" >&2
+  fi
   for i in "${bench_pids[@]}"; do
     wait "$i" || true
     stop_pid "$i" 1
   done
   stop_pid "$server_pid" 30
-  # One JSON line: the server's figures and the bench processes' reports, merged.
+  # One JSON line: the server's figures and the bench processes' reports, merged. A bench's
+  # output file also holds its stderr (warnings, e.g. connects refused at the descriptor
+  # limit): only its JSON report is merged, the rest is shown.
+  grep -h '^{' "$tmp"/cap-*.json > "$tmp/reports.json" || true
+  if grep -qhv '^{' "$tmp"/cap-*.json; then
+    echo "bench stderr ($name, N = $n, rep $rep; first 5 of $(grep -hv '^{' "$tmp"/cap-*.json | wc -l) lines):" >&2
+    grep -hv '^{' "$tmp"/cap-*.json | head -5 >&2
+  fi
   jq -s -c --argjson n "$n" --argjson est "$est" --argjson rss0 "$rss0" --argjson rss1 "$rss1" \
-    --argjson rss2 "$rss2" --argjson cpu "$(awk -v c0="$c0" -v c1="$c1" -v t0="$t0" -v t1="$t1" -v hz="$clk" \
+    --argjson rss2 "${rss2:-0}" --argjson alive "$alive" --argjson cpu "$(awk -v c0="$c0" -v c1="$c1" -v t0="$t0" -v t1="$t1" -v hz="$clk" \
       'BEGIN { printf "%.4f", (c1 - c0) / hz / (t1 - t0) }')" '{
-      requested: $n, server_sockets: $est, rss0_kib: $rss0, rss1_kib: $rss1, rss2_kib: $rss2,
+      requested: $n, server_sockets: $est, server_alive: $alive, rss0_kib: $rss0, rss1_kib: $rss1, rss2_kib: $rss2,
       kib_per_conn: (($rss1 - $rss0) / ([$est, 1] | max)),
       kib_per_conn_end: (($rss2 - $rss0) / ([$est, 1] | max)),
       cpu_core_fraction: $cpu,
@@ -94,7 +114,7 @@ run() {
       readings_per_sec: (map(.readings_per_sec) | add),
       errors: (map(.errors) | add),
       p50: (map(.latency_us.p50) | max), p99: (map(.latency_us.p99) | max)
-    }' "$tmp"/cap-*.json >> "$tmp/$name-$n.jsonl"
+    }' "$tmp/reports.json" >> "$tmp/$name-$n.jsonl"
   for ((i = 0; i < procs; i++)); do keep "$tmp/cap-$i.json" "capacity-$name-$n-$rep-$i.json"; done
   rm -f "$tmp"/cap-*.json
 }
@@ -163,6 +183,6 @@ if [ -n "$CAP_MAX" ]; then
   n=$(cap "$CAP_MAX")
   f=$tmp/max-$n.jsonl
   result idle-max-conns "the most connections one server holds here (hard ulimit -n $hard), memory store" \
-    "$(int "$(jmed "$f" .connections)") established, $(printf '%.2f' "$(jmed "$f" .kib_per_conn)") KiB each, $(printf '%.1f' "$(jmed "$f" '.cpu_core_fraction * 100')") % of a core" \
+    "$(int "$(jmed "$f" .connections)") established, $(printf '%.2f' "$(jmed "$f" .kib_per_conn)") KiB each, $(printf '%.1f' "$(jmed "$f" '.cpu_core_fraction * 100')") % of a core$(jq -e .server_alive "$f" > /dev/null || echo ', **the server was gone before the window ended**')" \
     "" "" "1 run" "report" "measured"
 fi

@@ -27,7 +27,8 @@ ulimit -n "$hard"
 clk=$(getconf CLK_TCK)
 
 cpu_ticks() { sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; } # utime + stime
-sockets() { find "/proc/$1/fd" -lname 'socket:*' 2> /dev/null | wc -l; }
+# A descriptor closed while find lists them makes it fail (under pipefail): count what it saw.
+sockets() { { find "/proc/$1/fd" -lname 'socket:*' 2> /dev/null || true; } | wc -l; }
 now() { date +%s.%N; }
 
 # run INTERVAL: one run; appends a JSON line to $tmp/INTERVAL.jsonl.
