@@ -67,11 +67,21 @@ run() {
     bench_pids+=("$last_pid")
   done
   # All established: the server holds n sockets besides its listener. The bench connects
-  # at 2000/s per process; give it that time plus 15 s.
+  # at 2000/s per process; give it that time plus 15 s, but stop waiting once the count has
+  # not grown for 2 s (connects refused, e.g. at the descriptor limit): the bench has moved on
+  # to its warm-up, and the window below must fall inside its run.
+  local prev=-1 grown
+  grown=$(now)
   deadline=$(awk -v t="$(now)" -v n="$n" -v p="$procs" 'BEGIN { printf "%.3f", t + n / (2000 * p) + 15 }')
   while awk -v t="$(now)" -v d="$deadline" 'BEGIN { exit !(t < d) }'; do
     est=$(($(sockets "$server_pid") - 1))
     [ "$est" -ge "$n" ] && break
+    if [ "$est" -gt "$prev" ]; then
+      prev=$est
+      grown=$(now)
+    elif [ "$est" -gt 0 ] && awk -v t="$(now)" -v g="$grown" 'BEGIN { exit !(t - g > 2) }'; then
+      break
+    fi
     sleep 0.2
   done
   rss1=$(rss_kib "$server_pid")
