@@ -197,7 +197,8 @@ async fn bench(settings: Settings) -> anyhow::Result<Report> {
     }));
 
     let mut total = ConnResult::new(shared.latencies.clone());
-    let mut established = 0u64;
+    // Readings acked per established connection, for the fairness figures.
+    let mut per_connection = Vec::with_capacity(tasks.len());
     for task in tasks {
         let result = match task.await {
             Ok(result) => result,
@@ -210,7 +211,9 @@ async fn bench(settings: Settings) -> anyhow::Result<Report> {
                 lost
             }
         };
-        established += u64::from(result.established);
+        if result.established {
+            per_connection.push(result.readings);
+        }
         total.readings += result.readings;
         total.bytes += result.bytes;
         total.unacked += result.unacked;
@@ -227,7 +230,7 @@ async fn bench(settings: Settings) -> anyhow::Result<Report> {
     // The measurement lasts until its last ack (the drain of the final window included).
     let end = total.last_ack.unwrap_or(finished).max(measure_from);
     let seconds = (end - measure_from).as_secs_f64();
-    let mut report = Report::new(s, total, established, seconds, connect_seconds);
+    let mut report = Report::new(s, total, &per_connection, seconds, connect_seconds);
     report.timeline = lock_latencies(&shared.latencies)
         .timeline
         .as_ref()
