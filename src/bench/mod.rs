@@ -111,6 +111,8 @@ struct Shared {
     stop: CancellationToken,
     /// Ack latencies of every connection (and, with `--report`, per second).
     latencies: SharedLatencies,
+    /// `--tls`: how every connection's handshake is made.
+    tls: Option<conn::TlsSetup>,
 }
 
 /// When the run's phases begin and end; sent to every task once all have connected.
@@ -138,7 +140,12 @@ async fn bench(settings: Settings) -> anyhow::Result<Report> {
             .map(|_| timeline::Timeline::new(Instant::now())),
         ..RunLatencies::default()
     }));
+    // Certificate files are read once, here, so a bad --ca fails before any connection.
+    let tls = (settings.tls.as_ref())
+        .map(|tls| conn::TlsSetup::new(&settings.addr, tls))
+        .transpose()?;
     let shared = Arc::new(Shared {
+        tls,
         settings,
         target,
         live: Live::default(),
@@ -277,10 +284,24 @@ async fn connection(
         return result;
     };
     match opened {
-        conn::Opened::Line(conn) => line::session(&shared, index, conn, phase, &mut result).await,
-        conn::Opened::Legacy(conn) => {
-            legacy::session(&shared, index, conn, phase, &mut result).await
-        }
+        conn::Stream::Plain(opened) => session(&shared, index, opened, phase, &mut result).await,
+        conn::Stream::Tls(opened) => session(&shared, index, opened, phase, &mut result).await,
     }
     result
+}
+
+/// The sending part of a connection's life, over plain TCP or TLS alike.
+async fn session<S>(
+    shared: &Shared,
+    index: usize,
+    opened: conn::Opened<S>,
+    phase: Phase,
+    result: &mut ConnResult,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send,
+{
+    match opened {
+        conn::Opened::Line(conn) => line::session(shared, index, conn, phase, result).await,
+        conn::Opened::Legacy(conn) => legacy::session(shared, index, conn, phase, result).await,
+    }
 }
