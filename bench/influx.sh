@@ -217,7 +217,7 @@ for shape in $SHAPES; do
   # (overwritten) points.
   chk=$(jq -r '.stored / .readings' "$i" | median)
   echo "| $b × $c | $(grouped "$or") | $(grouped "$ir") | $(ratio "$or" "$ir")× | ${rpt[$b-$c]} | $(grouped "$xr") | $(pct "$or" "$xr") | $so % / $si % / $sx % | $(int "$(jmed "$o" .latency_us.p50)") / $(int "$(jmed "$o" .latency_us.p99)") | $(int "$(jmed "$i" .latency_us.p50)") / $(int "$(jmed "$i" .latency_us.p99)") | $(jq -s 'map(.errors) | add' "$o"), $(jq -s 'map(.errors) | add' "$i") | $(printf '%.2f' "$chk") |"
-  rows+=("influx-${b}x$c|durable ingest, $b lines per request/sync × $c connections: SQLite \`--fsync always\` vs InfluxDB 1.6 fsync'd \`/write\`|$(grouped "$or") readings/s|InfluxDB $(grouped "$ir") points/s|$(ratio "$or" "$ir")×|ours $so % / ref $si %|≥ 1.0×|$(verdict "$or >= $ir" "$so" "$si")")
+  rows+=("influx-${b}x$c|durable ingest, $b × $c (lines per request or sync × connections): SQLite \`--fsync always\` vs InfluxDB 1.6 fsync'd \`/write\`|$(grouped "$or") readings/s|InfluxDB $(grouped "$ir") points/s|$(ratio "$or" "$ir")×|ours $so % / ref $si %|≥ 1.0×|$(verdict "$or >= $ir" "$so" "$si")")
   rows+=("ceiling-${b}x$c|durable ingest, $b × $c, ÷ rusqlite alone at our ${rpt[$b-$c]} rows per transaction (WAL, synchronous=FULL, our schema, one writer)|$(grouped "$or") readings/s|ceiling $(grouped "$xr") rows/s|$(pct "$or" "$xr")|ours $so % / ref $sx %|≥ 80 %|$(verdict "$or >= 0.8 * $xr" "$so" "$sx")")
 done
 
