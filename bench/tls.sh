@@ -2,23 +2,19 @@
 # TLS beside plain TCP, one sitting, alternated rep by rep (issue 13: "the new parts keep pace"):
 #   server:   `sensorlink server --store memory`, plain, or with --tls-cert/--tls-key from
 #             `sensorlink cert` (a fresh server per run)
-#   round trip, one reading in flight: `sensorlink client --interval 0 --count CLIENT_COUNT`
-#             plain, and with `--tls --ca ca.pem` (p50/p99 from its summary)
+#   round trip, one reading in flight: `sensorlink bench --connections 1 --pipeline 1
+#             --batch 1`, plain and with `--tls --ca ca.pem`
 #   ingest:   `sensorlink bench --connections 50 --pipeline P --batch B` for P/B in CONFIGS
-#             (default "4096/1024 256/64", bench/pipelined.sh's). `sensorlink bench` speaks
-#             plain TCP only, so its connections go through a `socat` relay on the load core:
-#             TCP → TCP for plain, TCP → OPENSSL (verified against ca.pem) for TLS; both sides
-#             pay the same relay, TLS adds the handshake and the record layer (encryption in
-#             socat on the load core, decryption in the server). The relay may well be what
-#             limits the rate (one socat process per connection, on the load core), so the
-#             server's CPU per reading is shown beside readings/s: that is the TLS cost the
-#             server pays. If `sensorlink bench --help` ever lists `--tls` and `--ca`, the
-#             bench connects directly instead (no relay).
-# Pinned (bench/lib.sh): the server on SERVER_CPU; client, bench and relay on LOAD_CPU;
-# PIN=0 unpinned. Also the server's CPU per reading (utime + stime from /proc over the run).
-# REPS (default 3) reps of DURATION (default 5) s per ingest run; prints medians, spreads,
-# and `result` rows tls-rtt-p50, tls-rtt-p99, tls-ingest (TLS ÷ plain; target: report).
-# Loopback only; ≈ REPS × (2 × 3 + 4 × (DURATION + 2)) s, ≈ 1.5 min.
+#             (default "4096/1024 256/64", bench/pipelined.sh's), plain and with `--tls --ca`
+# A `sensorlink` without `bench --tls` (SENSORLINK_BIN=an older build) is measured the old
+# way: the round trip with `sensorlink client --interval 0 --count CLIENT_COUNT` (it has
+# --tls), the ingest through a `socat` relay on the load core (TCP → TCP for plain, TCP →
+# OPENSSL for TLS), where the relay may be what limits the rate.
+# Pinned (bench/lib.sh): the server on SERVER_CPU; bench, client and relay on LOAD_CPU;
+# PIN=0 unpinned. Also the server's CPU per reading (utime + stime from /proc over the run):
+# the TLS cost the server pays. REPS (default 3) reps of DURATION (default 5) s per run;
+# prints medians, spreads, and `result` rows tls-rtt-p50, tls-rtt-p99, tls-ingest (TLS ÷
+# plain; target: report). Loopback only; ≈ REPS × 6 × (DURATION + 2) s, ≈ 2 min.
 source "$(dirname "$0")/lib.sh"
 ALTERNATED=1
 
@@ -32,7 +28,8 @@ build
 ca=$tmp/certs/ca.pem
 tls_flags=(--tls-cert "$tmp/certs/server.pem" --tls-key "$tmp/certs/server-key.pem")
 direct=
-if "$bin" bench --help | grep -q -- ' --tls' && "$bin" bench --help | grep -q -- ' --ca '; then direct=1; fi
+bench_help=$("$bin" bench --help)
+if grep -q -- ' --tls ' <<< "$bench_help" && grep -q -- ' --ca ' <<< "$bench_help"; then direct=1; fi
 clk=$(getconf CLK_TCK)
 
 # server MODE: a fresh memory server, plain or TLS (sets $server_pid, $addr).
@@ -40,11 +37,21 @@ server() {
   if [ "$1" = tls ]; then start_ours memory always "${tls_flags[@]}"; else start_ours memory always; fi
 }
 
-# rtt MODE: one client run (ping-pong); appends {p50, p99, rate} to $tmp/rtt-MODE.jsonl.
+# rtt MODE: one round-trip run; appends {p50, p99, rate} to $tmp/rtt-MODE.jsonl.
 rtt() {
   local mode=$1 flags=()
-  [ "$mode" = tls ] && flags=(--tls --ca "$ca")
   server "$mode"
+  if [ -n "$direct" ]; then
+    [ "$mode" = tls ] && flags=(--tls --ca "$ca")
+    ours_bench "$tmp/run.json" $((DURATION + 40)) "$addr" "${flags[@]+"${flags[@]}"}" --connections 1 \
+      --pipeline 1 --batch 1 --warmup 1s --duration "${DURATION}s"
+    stop_pid "$server_pid"
+    keep "$tmp/run.json" "tls-rtt-$mode-$rep.json"
+    jq -c '{p50: .latency_us.p50, p99: .latency_us.p99, rate: .readings_per_sec, lost: .errors}' \
+      "$tmp/run.json" >> "$tmp/rtt-$mode.jsonl"
+    return
+  fi
+  [ "$mode" = tls ] && flags=(--tls --ca "$ca")
   cmdlog "${on_load[@]}" "$bin" client "$addr" "${flags[@]+"${flags[@]}"}" --interval 0 --count "$CLIENT_COUNT" --json
   timeout --kill-after=5 $((CLIENT_COUNT / 500 + 60)) "${on_load[@]}" "$bin" client "$addr" \
     "${flags[@]+"${flags[@]}"}" --interval 0 --count "$CLIENT_COUNT" --sensor rtt --link-report 0 --json \
@@ -90,11 +97,13 @@ ingest() {
 
 header
 if [ -n "$direct" ]; then
-  echo "ingest: sensorlink bench connects directly (plain, or --tls --ca)"
+  echo "round trip and ingest: sensorlink bench, plain and --tls --ca ca.pem (the server's certificate from sensorlink cert)"
+  rtt_what="sensorlink bench --connections 1 --pipeline 1 --batch 1"
 else
-  echo "ingest: sensorlink bench (plain TCP only) → socat relay on the load core → server; plain: TCP → TCP, TLS: TCP → OPENSSL ($(socat -V | sed -n 's/^socat version \([^ ]*\).*/socat \1/p'))"
+  echo "this sensorlink bench has no --tls: ingest through a socat relay on the load core → server; plain: TCP → TCP, TLS: TCP → OPENSSL ($(socat -V | sed -n 's/^socat version \([^ ]*\).*/socat \1/p'))"
+  echo "round trip: sensorlink client --interval 0 --count $CLIENT_COUNT, plain and --tls --ca ca.pem"
+  rtt_what="client --interval 0"
 fi
-echo "round trip: sensorlink client --interval 0 --count $CLIENT_COUNT, plain and --tls --ca ca.pem"
 for rep in $(seq "$REPS"); do
   if [ $((rep % 2)) -eq 1 ]; then order="plain tls"; else order="tls plain"; fi
   for mode in $order; do rtt "$mode"; done
@@ -109,7 +118,7 @@ echo "| figure | plain TCP | spread | TLS | spread | TLS ÷ plain |"
 echo "|---|---:|---:|---:|---:|---:|"
 for q in p50 p99; do
   pl=$(jmed "$tmp/rtt-plain.jsonl" ".$q") tl=$(jmed "$tmp/rtt-tls.jsonl" ".$q")
-  echo "| round trip $q µs, client --interval 0 | $(us "$pl") | $(spread_pct "$tmp/rtt-plain.jsonl" ".$q") % | $(us "$tl") | $(spread_pct "$tmp/rtt-tls.jsonl" ".$q") % | $(ratio "$tl" "$pl")× |"
+  echo "| round trip $q µs, $rtt_what | $(us "$pl") | $(spread_pct "$tmp/rtt-plain.jsonl" ".$q") % | $(us "$tl") | $(spread_pct "$tmp/rtt-tls.jsonl" ".$q") % | $(ratio "$tl" "$pl")× |"
 done
 for c in $CONFIGS; do
   fp=$tmp/ingest-plain-${c%/*}-${c#*/}.jsonl ft=$tmp/ingest-tls-${c%/*}-${c#*/}.jsonl
@@ -119,14 +128,14 @@ for c in $CONFIGS; do
   echo "| server CPU µs per reading, same runs | $(printf '%.2f' "$pl") | | $(printf '%.2f' "$tl") | | $(ratio "$tl" "$pl")× |"
 done
 echo
-echo "errors: plain $(jq -s 'map(.errors) | add' "$tmp"/ingest-plain-*.jsonl), TLS $(jq -s 'map(.errors) | add' "$tmp"/ingest-tls-*.jsonl); readings lost by the client: plain $(jq -s 'map(.lost) | add' "$tmp/rtt-plain.jsonl"), TLS $(jq -s 'map(.lost) | add' "$tmp/rtt-tls.jsonl")"
+echo "errors: plain $(jq -s 'map(.errors) | add' "$tmp"/ingest-plain-*.jsonl), TLS $(jq -s 'map(.errors) | add' "$tmp"/ingest-tls-*.jsonl); round trip errors (or readings lost by the client): plain $(jq -s 'map(.lost) | add' "$tmp/rtt-plain.jsonl"), TLS $(jq -s 'map(.lost) | add' "$tmp/rtt-tls.jsonl")"
 echo "(server CPU: utime + stime over the whole bench run, warm-up included, ÷ readings acked while measured: an upper bound, alike for both sides)"
 footer
 echo
 
 for q in p50 p99; do
   pl=$(jmed "$tmp/rtt-plain.jsonl" ".$q") tl=$(jmed "$tmp/rtt-tls.jsonl" ".$q")
-  result "tls-rtt-$q" "round trip $q, 1 in flight, TLS beside plain TCP (client --interval 0, memory store)" \
+  result "tls-rtt-$q" "round trip $q, 1 in flight, TLS beside plain TCP ($rtt_what, memory store)" \
     "$(us "$tl") µs" "plain $(us "$pl") µs" "$(ratio "$tl" "$pl")×" \
     "$(spreads "$(spread_pct "$tmp/rtt-tls.jsonl" ".$q")" "$(spread_pct "$tmp/rtt-plain.jsonl" ".$q")")" "report" "measured"
 done
