@@ -26,8 +26,8 @@
 use std::collections::HashSet;
 
 use super::escape::{
-    escape_name, escape_string_field, is_escapable, is_leading_special, is_string_escapable,
-    stop_table, Backslash, Kind,
+    escape_name, escape_string_field, is_escapable, is_leading_special, is_refused_control,
+    is_string_escapable, stop_table, Backslash, Kind,
 };
 use super::{FieldValue, ProtocolError, Reading};
 
@@ -114,28 +114,30 @@ impl Parser<'_> {
         let len = self.b.len();
         let mut pos = self.skip(0, |c| c == b' ' || c == b'\t');
 
-        let (measurement, end) = self.name(pos, Kind::Measurement);
+        let (measurement, end, control) = self.name(pos, Kind::Measurement);
         if measurement.is_empty() {
             return Err("missing measurement".into());
         }
-        check_name(&measurement, "measurement")?;
+        check_name(&measurement, control, || "measurement".into())?;
         pos = end;
 
         let mut tags = Vec::new();
         while pos < len && self.b[pos] == b',' {
-            let (key, end) = self.name(pos + 1, Kind::TagKey);
+            let (key, end, key_control) = self.name(pos + 1, Kind::TagKey);
             if key.is_empty() {
                 return Err("empty tag key".into());
             }
             if end >= len || self.b[end] != b'=' {
                 return Err(format!("tag {}: missing \"=\"", quoted(&key)));
             }
-            let (value, end) = self.name(end + 1, Kind::TagValue);
+            let (value, end, value_control) = self.name(end + 1, Kind::TagValue);
             if value.is_empty() {
                 return Err(format!("tag {}: empty value", quoted(&key)));
             }
-            check_name(&key, "tag key")?;
-            check_name(&value, &format!("tag {} value", quoted(&key)))?;
+            check_name(&key, key_control, || "tag key".into())?;
+            check_name(&value, value_control, || {
+                format!("tag {} value", quoted(&key))
+            })?;
             tags.push((key, value));
             pos = end;
         }
@@ -146,14 +148,14 @@ impl Parser<'_> {
         }
         let mut fields = Vec::new();
         loop {
-            let (key, end) = self.name(pos, Kind::FieldKey);
+            let (key, end, control) = self.name(pos, Kind::FieldKey);
             if key.is_empty() {
                 return Err("empty field key".into());
             }
             if end >= len || self.b[end] != b'=' {
                 return Err(format!("field {}: missing \"=\"", quoted(&key)));
             }
-            check_name(&key, "field key")?;
+            check_name(&key, control, || "field key".into())?;
             let (value, end) = self.value(end + 1, &key)?;
             fields.push((key, value));
             pos = end;
@@ -199,20 +201,29 @@ impl Parser<'_> {
         pos
     }
 
-    /// Unescaped name starting at `start`, and the index of the delimiter (or end) after it.
-    fn name(&self, start: usize, kind: Kind) -> (String, usize) {
+    /// Unescaped name starting at `start`, the index of the delimiter (or end) after it,
+    /// and the first control byte it holds ([`is_refused_control`]), if any: found in the
+    /// same scan (no escape yields or removes one, so the raw bytes tell).
+    fn name(&self, start: usize, kind: Kind) -> (String, usize, Option<u8>) {
         let b = self.b;
         let mut i = start;
         // Built only once an escape shows up; most names are copied in one go.
         let mut built: Option<String> = None;
         let mut seg = start;
+        let mut control = None;
         let stops = stop_table(kind);
         loop {
-            // Tight loop over ordinary bytes; only delimiters and `\` need a closer look.
+            // Tight loop over ordinary bytes; only delimiters, `\` and control bytes need a
+            // closer look.
             while i < b.len() && !stops[usize::from(b[i])] {
                 i += 1;
             }
             let Some(&c) = b.get(i) else { break };
+            if is_refused_control(c) {
+                control = control.or(Some(c));
+                i += 1;
+                continue;
+            }
             if c != b'\\' {
                 break; // a delimiter
             }
@@ -240,7 +251,7 @@ impl Parser<'_> {
             }
             None => rest.to_owned(),
         };
-        (name, i)
+        (name, i, control)
     }
 
     /// Field value starting at `start`, and the index after it.
@@ -424,21 +435,22 @@ fn first_duplicate<V>(pairs: &[(String, V)]) -> Option<&str> {
         .find(|k| !seen.insert(*k))
 }
 
-/// The first ASCII control byte in a name (tab excepted), if any.
+/// Refuse `name` (described by `what()`, e.g. `tag key`) if the scan found a control byte
+/// in it (`control`, see [`Parser::name`]). The description is built only for a refusal:
+/// this runs for every name of every reading.
 ///
 /// NUL, ESC, CR and friends in a name end up in the store, in logs and on terminals
 /// (`query`); no sensor needs them. Tab stays allowed: InfluxDB accepts it, and the wire has
 /// an escape for a leading one (`\<tab>`).
-fn control_byte(name: &str) -> Option<u8> {
-    name.bytes()
-        .find(|&c| (c < 0x20 && c != b'\t') || c == 0x7f)
-}
-
-/// Refuse `name` (described by `what`, e.g. `tag key`) if it holds a control byte.
-fn check_name(name: &str, what: &str) -> Result<(), String> {
-    match control_byte(name) {
+fn check_name(
+    name: &str,
+    control: Option<u8>,
+    what: impl FnOnce() -> String,
+) -> Result<(), String> {
+    match control {
         Some(c) => Err(format!(
-            "{what} {}: control character 0x{c:02x}",
+            "{} {}: control character 0x{c:02x}",
+            what(),
             quoted(name)
         )),
         None => Ok(()),
