@@ -43,6 +43,9 @@ struct Series {
     /// timestamp (late, replayed or hostile): O(log n) each, so no order of timestamps
     /// makes the store quadratic.
     late: BTreeMap<i64, u64>,
+    /// The layout of this series' last reading (checked against the names before use):
+    /// its next reading most likely has the same fields.
+    layout: Option<u32>,
 }
 
 impl Series {
@@ -97,13 +100,53 @@ impl Series {
     }
 }
 
-/// A reading without its series' strings.
+/// A reading without its series' strings nor its field names.
 #[derive(Debug)]
 struct MemRow {
     series: u32,
+    /// Index in `Data::layouts`: the names of `values`.
+    layout: u32,
     timestamp_ns: i64,
     received_ns: i64,
-    fields: Vec<(String, FieldValue)>,
+    values: Values,
+}
+
+/// A reading's field values, in its layout's order. One value (the usual sensor reading)
+/// is kept without an allocation of its own.
+#[derive(Debug)]
+enum Values {
+    One(FieldValue),
+    Many(Box<[FieldValue]>),
+}
+
+impl Values {
+    fn of(fields: &[(String, FieldValue)]) -> Self {
+        match fields {
+            [(_, value)] => Values::One(value.clone()),
+            _ => Values::Many(fields.iter().map(|(_, value)| value.clone()).collect()),
+        }
+    }
+
+    fn as_slice(&self) -> &[FieldValue] {
+        match self {
+            Values::One(value) => std::slice::from_ref(value),
+            Values::Many(values) => values,
+        }
+    }
+}
+
+/// Field names in order, kept once for every kept reading that has them (a sensor sends
+/// the same fields each time), and how many kept readings do: the last one's eviction
+/// frees it, so names that keep changing cost no more than the readings holding them.
+#[derive(Debug)]
+struct Layout {
+    names: Arc<[String]>,
+    rows: u64,
+}
+
+/// Whether `fields` has exactly the names `names`, in order.
+fn same_names(names: &[String], fields: &[(String, FieldValue)]) -> bool {
+    names.len() == fields.len() && names.iter().zip(fields).all(|(a, (b, _))| a == b)
 }
 
 #[derive(Debug)]
@@ -115,6 +158,11 @@ struct Data {
     /// The series of the last reading written: a batch is mostly one sensor's readings,
     /// which then skip building and hashing the series key.
     last_series: Option<u32>,
+    /// Layout id → the layout, `None` for a free id (listed in `free_layouts`).
+    layouts: Vec<Option<Layout>>,
+    /// The names of every layout in `layouts` → its id.
+    layout_ids: FxHashMap<Arc<[String]>, u32>,
+    free_layouts: Vec<u32>,
     /// The most recent readings, oldest first: `rows[seq - evicted]` is reading `seq`.
     rows: VecDeque<MemRow>,
     /// Readings pushed out of `rows` so far (the oldest first).
@@ -142,6 +190,9 @@ impl MemoryStore {
                 series_ids: FxHashMap::default(),
                 series: Vec::new(),
                 last_series: None,
+                layouts: Vec::new(),
+                layout_ids: FxHashMap::default(),
+                free_layouts: Vec::new(),
                 rows: VecDeque::new(),
                 evicted: 0,
             })),
@@ -199,19 +250,23 @@ impl Data {
                 written.repeat(index, self.conflict(seq, stored));
                 continue;
             }
+            // Evicted first: it may free the layout this reading then takes again.
             if self.rows.len() >= self.capacity {
                 if let Some(oldest) = self.rows.pop_front() {
                     self.series[oldest.series as usize].forget(oldest.timestamp_ns, self.evicted);
+                    self.release_layout(oldest.layout);
                     self.evicted += 1;
                 }
             }
+            let layout = self.take_layout(series, &stored.reading.fields)?;
             let seq = self.evicted + self.rows.len() as u64;
             self.series[series as usize].keep(ts, seq);
             self.rows.push_back(MemRow {
                 series,
+                layout,
                 timestamp_ns: ts,
                 received_ns: stored.received_ns,
-                fields: stored.reading.fields.clone(),
+                values: Values::of(&stored.reading.fields),
             });
             written.outcome.inserted += 1;
         }
@@ -239,9 +294,89 @@ impl Data {
             tags,
             in_order: VecDeque::new(),
             late: BTreeMap::new(),
+            layout: None,
         });
         self.series_ids.insert(key.clone(), id);
         Ok(id)
+    }
+
+    /// The layout of `fields` for one more kept reading of `series`: the series' last one
+    /// when the names match (no lookup), else found or added by names.
+    fn take_layout(
+        &mut self,
+        series: u32,
+        fields: &[(String, FieldValue)],
+    ) -> Result<u32, StoreError> {
+        let last = self.series[series as usize].layout;
+        let id = match last.and_then(|id| Some((id, self.layouts[id as usize].as_mut()?))) {
+            Some((id, layout)) if same_names(&layout.names, fields) => {
+                layout.rows += 1;
+                return Ok(id);
+            }
+            _ => {
+                let names: Vec<String> = fields.iter().map(|(name, _)| name.clone()).collect();
+                match self.layout_ids.get(names.as_slice()) {
+                    Some(&id) => id,
+                    None => self.add_layout(names.into())?,
+                }
+            }
+        };
+        self.series[series as usize].layout = Some(id);
+        if let Some(layout) = self.layouts[id as usize].as_mut() {
+            layout.rows += 1;
+        }
+        Ok(id)
+    }
+
+    /// A new layout (with no readings yet) under a free id.
+    fn add_layout(&mut self, names: Arc<[String]>) -> Result<u32, StoreError> {
+        let layout = Some(Layout {
+            names: Arc::clone(&names),
+            rows: 0,
+        });
+        let id = match self.free_layouts.pop() {
+            Some(id) => {
+                self.layouts[id as usize] = layout;
+                id
+            }
+            None => {
+                let id = u32::try_from(self.layouts.len()).map_err(|_| {
+                    StoreError::Corrupt("memory store: more than 2^32 field layouts".into())
+                })?;
+                self.layouts.push(layout);
+                id
+            }
+        };
+        self.layout_ids.insert(names, id);
+        Ok(id)
+    }
+
+    /// One kept reading of layout `id` fewer; the last one frees it.
+    fn release_layout(&mut self, id: u32) {
+        let Some(slot) = self.layouts.get_mut(id as usize) else {
+            return;
+        };
+        if let Some(layout) = slot {
+            layout.rows -= 1;
+            if layout.rows == 0 {
+                self.layout_ids.remove(&*layout.names);
+                *slot = None;
+                self.free_layouts.push(id);
+            }
+        }
+    }
+
+    /// The fields of a kept reading, names and values.
+    fn fields(&self, row: &MemRow) -> Vec<(String, FieldValue)> {
+        // Every kept reading holds its layout, so it is there.
+        let names = self.layouts[row.layout as usize]
+            .as_ref()
+            .map_or(&[][..], |layout| &layout.names[..]);
+        names
+            .iter()
+            .cloned()
+            .zip(row.values.as_slice().iter().cloned())
+            .collect()
     }
 
     /// `stored` repeats the kept reading `seq`: `None` if their fields encode the same (a
@@ -253,12 +388,13 @@ impl Data {
             .checked_sub(self.evicted)
             .and_then(|at| usize::try_from(at).ok())
             .and_then(|at| self.rows.get(at))?;
+        let kept = self.fields(kept);
         let (mut a, mut b) = (String::new(), String::new());
-        encode_fields(&mut a, &kept.fields);
+        encode_fields(&mut a, &kept);
         encode_fields(&mut b, &stored.reading.fields);
         (a != b).then(|| {
             Box::new(Conflict {
-                kept: kept.fields.clone(),
+                kept,
                 refused: stored.clone(),
             })
         })
@@ -274,7 +410,7 @@ impl Data {
             measurement: series.measurement.clone(),
             sensor: series.sensor.clone(),
             tags: series.tags.clone(),
-            fields: row.fields.clone(),
+            fields: self.fields(row),
             timestamp_ns: row.timestamp_ns,
             received_ns: row.received_ns,
         }
@@ -362,7 +498,7 @@ impl ReadStore for MemoryReader {
                 readings,
                 first_ns,
                 last_ns: latest.timestamp_ns,
-                last_fields: latest.fields.clone(),
+                last_fields: data.fields(latest),
             })
             .collect();
         Box::pin(std::future::ready(Ok(stats)))
@@ -486,6 +622,52 @@ mod tests {
                 ("m".into(), "b".into(), 1),
                 ("n".into(), "b".into(), 1),
                 ("m".into(), "a".into(), 2),
+            ]
+        );
+    }
+
+    /// Field names are kept once per layout and freed with their last reading: names that
+    /// change, come back and are evicted must still read back as written.
+    #[test]
+    fn field_names_survive_changing_layouts_and_eviction() {
+        let mut store = MemoryStore::with_capacity(3);
+        let reader = store.reader();
+        let f = |names: &[&'static str]| -> Vec<(&'static str, FieldValue)> {
+            names.iter().map(|&n| (n, FieldValue::Int(1))).collect()
+        };
+        let layouts: [&[&str]; 6] = [&["a"], &["a", "b"], &["a"], &["c"], &["b", "a"], &[]];
+        for (ts, names) in layouts.iter().enumerate() {
+            let written = store
+                .write_batch(&[reading("m", &[("sensor", "s")], f(names), ts as i64)])
+                .expect("write");
+            assert_eq!(written.outcome.inserted, 1);
+        }
+        let rows = block_on(reader.query(&Query::default())).expect("query");
+        let names: Vec<Vec<String>> = rows
+            .iter()
+            .map(|r| r.fields.iter().map(|(n, _)| n.clone()).collect())
+            .collect();
+        assert_eq!(names, vec![vec!["c"], vec!["b", "a"], vec![]]);
+        let data = read(&store.data);
+        // "a" and "a,b" went with their last readings; their ids were reused.
+        assert_eq!(data.layout_ids.len(), 3);
+        assert_eq!(data.layouts.len(), 3, "{:?}", data.layouts);
+        // A repeat compares against the kept names: same names, a duplicate; others, a
+        // conflict that shows them.
+        drop(data);
+        let again = store
+            .write_batch(&[
+                reading("m", &[("sensor", "s")], f(&["b", "a"]), 4),
+                reading("m", &[("sensor", "s")], f(&["a", "b"]), 4),
+            ])
+            .expect("write");
+        assert_eq!((again.outcome.duplicates, again.outcome.conflicts), (1, 1));
+        let conflict = again.repeats[1].conflict.as_ref().expect("a conflict");
+        assert_eq!(
+            conflict.kept,
+            vec![
+                ("b".to_string(), FieldValue::Int(1)),
+                ("a".to_string(), FieldValue::Int(1))
             ]
         );
     }
