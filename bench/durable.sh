@@ -5,13 +5,28 @@
 #   per-reading RTT: --connections 1 --pipeline 1 --batch 1
 # Each cell runs REPS times (default 3) for DURATION (default 5s), each on a fresh server and
 # a fresh database; prints a Markdown table of medians. Raw JSON reports go to $OUT if set.
-# Loopback only; bounded: 3 settings x 3 shapes x REPS runs of DURATION (about 2.5 min).
+# Pinned (PIN=0: unpinned): the server on the server core, `sensorlink bench` on the load
+# core. Loopback only; bounded: 3 settings x 3 shapes x REPS runs of DURATION (about 2.5 min).
 source "$(dirname "$0")/lib.sh"
 
 DURATION=${DURATION:-5s}
 REPS=${REPS:-3}
 bash scripts/install-test-deps.sh jq
 build
+
+# Ours pinned through lib.sh's start_ours, which runs "$bin": this wrapper execs the server
+# on the server core and anything else (`sensorlink bench`) on the load core; taskset and
+# the wrapper exec, so the PID start_ours records is the server's own.
+real_bin=$(realpath "$bin")
+bin=$tmp/sensorlink-pinned
+cat > "$bin" << EOF
+#!/bin/sh
+case "\$1" in
+  server) exec ${on_server[*]} "$real_bin" "\$@" ;;
+  *) exec ${on_load[*]} "$real_bin" "\$@" ;;
+esac
+EOF
+chmod +x "$bin"
 
 # name|store|fsync
 settings=(
@@ -26,13 +41,11 @@ shapes=(
   "per-reading RTT|--connections 1 --pipeline 1 --batch 1"
 )
 
-median() { jq -s "map($1) | sort | .[length / 2 | floor]"; }
-
-echo "date: $(date -u '+%Y-%m-%d %H:%M UTC'), nproc: $(nproc), $(lscpu | grep 'Model name' | sed 's/  */ /g')"
-echo "each cell: median of $REPS runs of $DURATION; latency is sync write -> ack, in µs"
+header
+echo "each cell: median of $REPS runs of $DURATION; latency is sync write -> ack, in µs; spread: (max − min) ÷ median of readings/s"
 echo
-echo "| setting | shape | connections | readings/s | p50 µs | p99 µs | errors | bench flags |"
-echo "|---|---|---:|---:|---:|---:|---:|---|"
+echo "| setting | shape | connections | readings/s | spread | p50 µs | p99 µs | errors | bench flags |"
+echo "|---|---|---:|---:|---:|---:|---:|---:|---|"
 for setting in "${settings[@]}"; do
   IFS='|' read -r sname skind fsync <<< "$setting"
   for shape in "${shapes[@]}"; do
@@ -49,7 +62,7 @@ for setting in "${settings[@]}"; do
       start_ours "$store" "$fsync"
       # Exit 1 means errors, which the table shows; anything else stops the script.
       # shellcheck disable=SC2086 # $flags is a list of words
-      "$bin" bench "$addr" $flags --duration "$DURATION" --json --no-progress > "$tmp/run.json" || [ $? -eq 1 ]
+      ours_bench "$tmp/run.json" 120 "$addr" $flags --duration "$DURATION"
       stop_pid "$server_pid"
       cat "$tmp/run.json" >> "$runs"
       if [ -n "${OUT:-}" ]; then
@@ -58,10 +71,10 @@ for setting in "${settings[@]}"; do
       fi
     done
     conns=$(jq -s '.[0].connections_requested' "$runs")
-    rate=$(median .readings_per_sec < "$runs" | xargs printf '%.0f')
-    p50=$(median .latency_us.p50 < "$runs" | xargs printf '%.0f')
-    p99=$(median .latency_us.p99 < "$runs" | xargs printf '%.0f')
+    rate=$(int "$(jmed "$runs" .readings_per_sec)")
+    p50=$(int "$(jmed "$runs" .latency_us.p50)")
+    p99=$(int "$(jmed "$runs" .latency_us.p99)")
     errors=$(jq -s 'map(.errors) | add' "$runs")
-    echo "| $sname | $shname | $conns | $rate | $p50 | $p99 | $errors | \`$flags --duration $DURATION\` |"
+    echo "| $sname | $shname | $conns | $rate | $(spread_pct "$runs" .readings_per_sec) % | $p50 | $p99 | $errors | \`$flags --duration $DURATION\` |"
   done
 done

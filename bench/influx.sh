@@ -1,32 +1,71 @@
 #!/usr/bin/env bash
-# Durable ingest, side by side with InfluxDB 1.6 (Debian `influxdb`, `wal-fsync-delay = "0s"`:
-# every write request is fsynced to its WAL before the 204):
-#   ours:      `sensorlink server --store sqlite:… --fsync always` (group commit), and
-#              `sensorlink bench --connections C --pipeline B --batch B`: one batch of B
-#              readings in flight per connection, acked after commit
-#   reference: `influxd` in a temp dir, loopback, HTTP `POST /write?db=b`, the same line
-#              protocol (`bench,sensor=bench-<conn> f0=<v> <ns>`), B lines per request, one
-#              request in flight per keep-alive connection, every point unique; load from
-#              `wrk` with bench/influx_write.lua (Debian `wrk`; see there)
-# for B × C = 1 × 1, 100 × 8, 5000 × 4. Also, in the same sitting, for the derived targets:
-#   - ours durable at 64 connections (`--pipeline 256 --batch 64`), ÷ ours memory with the
-#     flags of bench/pipelined.sh's best (`--connections 50 --pipeline 4096 --batch 1024`):
-#     target ≥ 40 %
-#   - the same durable figure ÷ the seed design at 64 connections (bench/seed_server.py,
-#     `sensorlink bench --legacy --connections 64`): target ≥ 10×
+# Durable ingest, side by side with InfluxDB 1.6 and with the raw SQLite ceiling, pinned:
+#   ours:      `sensorlink server --store sqlite:… --fsync always` (group commit) on the server
+#              core, and `sensorlink bench --connections C --pipeline B --batch B` on the load
+#              core: one batch of B readings in flight per connection, acked after commit
+#   InfluxDB:  `influxd` (Debian `influxdb`, `wal-fsync-delay = "0s"`: every write request is
+#              fsynced to its WAL before the 204) in a temp dir on the server core, loopback
+#              HTTP `POST /write?db=b`, the same line protocol (`bench,sensor=bench-<conn>
+#              f0=<v> <ns>`), B lines per request, one request in flight per keep-alive
+#              connection, every point unique; load from `wrk` with bench/influx_write.lua
+#              (Debian `wrk`) on the load core
+#   ceiling:   benches/sqlite_ceiling.rs (rusqlite alone: our schema, our pragmas with
+#              synchronous=FULL, our prepared insert, one writer thread) on the server core,
+#              at OUR rows per transaction: the group commit merges the syncs of several
+#              connections into one transaction, so that figure is measured, not B: the mean
+#              of the server's `sensorlink_store_commit_rows` histogram (/metrics) in a
+#              separate, unmeasured run of each shape (the measured runs serve no HTTP), with
+#              the rows of a transaction spread over C series as ours are
+# for B × C = 1 × 1, 100 × 8, 5000 × 4. And, in the same sitting, durable ÷ memory: the best
+# durable figure of this run (the shapes above and `--connections 64 --pipeline 256 --batch
+# 64`) ÷ ours with the memory store at pipelined.sh's best flags ($MEMORY_FLAGS), alternated.
 # Each run: a fresh server and store, 1 s warm-up, DURATION (default 5) s measured; REPS
-# (default 3) reps, sides alternated. Loopback only; ≈ 4 min. OUT=DIR keeps raw output.
+# (default 3) reps, sides alternated rep by rep. Prints a Markdown table and `result:` rows
+# (bench/all.sh collects them through $RESULTS). Loopback only; ≈ 4 min at the defaults.
+# OUT=DIR keeps raw output; PIN=0 runs unpinned.
 source "$(dirname "$0")/lib.sh"
 ALTERNATED=1
 
 DURATION=${DURATION:-5}
 REPS=${REPS:-3}
 SHAPES=${SHAPES:-"1x1 100x8 5000x4"}
-bash scripts/install-bench-deps.sh influxdb curl wrk python3 jq
+# Durable at many connections: usually the best durable figure, for durable ÷ memory.
+DURABLE_FLAGS=${DURABLE_FLAGS:-"--connections 64 --pipeline 256 --batch 64"}
+# bench/pipelined.sh's best memory configuration.
+MEMORY_FLAGS=${MEMORY_FLAGS:-"--connections 50 --pipeline 4096 --batch 1024"}
+bash scripts/install-bench-deps.sh influxdb curl wrk jq
 build
+started=$SECONDS
 
-# start_influx: a fresh influxd with its meta/data/wal in $tmp/influx; sets $influx_pid and
-# $influx_port, and creates database `b`.
+# The ceiling bench, built as `cargo bench` builds it (CEILING_BIN=PATH: a prebuilt one).
+ceiling_bin=${CEILING_BIN:-$(cargo bench --bench sqlite_ceiling --no-run --quiet \
+  --message-format=json-render-diagnostics |
+  jq -r 'select(.reason == "compiler-artifact" and .target.name == "sqlite_ceiling") | .executable // empty' |
+  tail -1)}
+[ -x "$ceiling_bin" ] || { echo "no sqlite_ceiling bench binary ($ceiling_bin)" >&2; exit 2; }
+
+# Ours pinned through lib.sh's start_ours and ours_bench, which run "$bin": this wrapper
+# execs the server on the server core and `sensorlink bench` on the load core (taskset and
+# the wrapper exec, so the PID start_ours records is the server's own). Harmless if lib.sh
+# pins too: the same core twice.
+real_bin=$(realpath "$bin")
+bin=$tmp/sensorlink-pinned
+cat > "$bin" << EOF
+#!/bin/sh
+case "\$1" in
+  server) exec ${on_server[*]} "$real_bin" "\$@" ;;
+  *) exec ${on_load[*]} "$real_bin" "\$@" ;;
+esac
+EOF
+chmod +x "$bin"
+
+# grouped N: N rounded, digits in groups of three ("1 234 567").
+grouped() { int "$1" | sed ':a;s/\B[0-9]\{3\}\>/ &/;ta'; }
+# pct A B: A ÷ B in percent, no decimals.
+pct() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "nan"; else printf "%.0f %%", 100 * a / b }'; }
+
+# start_influx: a fresh influxd with its meta/data/wal in $tmp/influx, on the server core;
+# sets $influx_pid and $influx_port, and creates database `b`.
 start_influx() {
   local dir=$tmp/influx rpc_port
   rm -rf "$dir"
@@ -57,7 +96,7 @@ bind-address = "127.0.0.1:$rpc_port"
 [logging]
   level = "warn"
 EOF
-  start_bg "$tmp/influxd.out" influxd run -config "$dir/influxdb.conf"
+  start_bg "$tmp/influxd.out" "${on_server[@]}" influxd run -config "$dir/influxdb.conf"
   influx_pid=$last_pid
   wait_tcp "$influx_port" 30
   timeout 30 curl -sS -XPOST "http://127.0.0.1:$influx_port/query" \
@@ -75,11 +114,13 @@ run_influx() { # BATCH CONNS
   start_influx
   h0=$(($(date +%s%N) / 10000))
   # Warm-up (not measured), then the measurement; disjoint timestamps (H0 apart by 10^9).
-  timeout 30 wrk -t "$c" -c "$c" -d 1s -s bench/influx_write.lua "http://127.0.0.1:$influx_port" \
-    -- "$b" b "$h0" "$c" > /dev/null
+  cmdlog wrk -t "$c" -c "$c" -d "${DURATION}s" --timeout 10s -s bench/influx_write.lua \
+    "http://127.0.0.1:$influx_port" -- "$b" b H0 "$c"
+  "${on_load[@]}" timeout 30 wrk -t "$c" -c "$c" -d 1s -s bench/influx_write.lua \
+    "http://127.0.0.1:$influx_port" -- "$b" b "$h0" "$c" > /dev/null
   local before
   before=$(influx_count)
-  timeout $((DURATION + 30)) wrk -t "$c" -c "$c" -d "${DURATION}s" --timeout 10s \
+  "${on_load[@]}" timeout $((DURATION + 30)) wrk -t "$c" -c "$c" -d "${DURATION}s" --timeout 10s \
     -s bench/influx_write.lua "http://127.0.0.1:$influx_port" -- "$b" b $((h0 + 1000000000)) "$c" \
     > "$tmp/wrk.out"
   keep "$tmp/wrk.out" "influx-$b-$c-$rep.txt"
@@ -99,62 +140,111 @@ run_ours() { # NAME STORE BENCH-FLAGS...
   keep "$tmp/run.json" "influx-ours-$name-$rep.json"
 }
 
-run_seed() {
-  start_bg "$tmp/seed.out" python3 bench/seed_server.py 0
-  local seed_pid=$last_pid seed_addr=
-  for _ in $(seq 100); do
-    seed_addr=$(sed -n 's/^listening on //p' "$tmp/seed.out" | head -1)
-    [ -n "$seed_addr" ] && break
-    sleep 0.05
-  done
-  ours_bench "$tmp/run.json" $((DURATION + 40)) "$seed_addr" --legacy --connections 64 \
-    --duration "${DURATION}s" 2> /dev/null
-  stop_pid "$seed_pid"
-  cat "$tmp/run.json" >> "$tmp/seed.jsonl"
+# measure_rows_per_txn BATCH CONNS: our mean rows per SQLite transaction at this shape into
+# rpt[BATCH-CONNS], from /metrics (sum ÷ count of sensorlink_store_commit_rows) after a short
+# run of its own: the measured runs serve no HTTP (it would feed the live view).
+declare -A rpt
+measure_rows_per_txn() {
+  local b=$1 c=$2 metrics
+  SERVER_HTTP=127.0.0.1:0 start_ours "sqlite:$(fresh_db)" always
+  ours_bench "$tmp/probe.json" 40 "$addr" --connections "$c" --pipeline "$b" --batch "$b" --duration 2s
+  metrics=$(timeout 30 curl -sS "${http%/}/metrics")
+  stop_pid "$server_pid" 30
+  rpt[$b-$c]=$(awk '$1 == "sensorlink_store_commit_rows_sum" { s = $2 } $1 == "sensorlink_store_commit_rows_count" { n = $2 }
+    END { if (n > 0) printf "%.1f\n", s / n; else print "nan" }' <<< "$metrics")
+  if [ "${rpt[$b-$c]}" = nan ]; then
+    echo "no sensorlink_store_commit_rows in /metrics at $b × $c" >&2
+    exit 2
+  fi
+}
+
+run_ceiling() { # BATCH CONNS
+  local b=$1 c=$2 rows
+  rows=$(int "${rpt[$b-$c]}")
+  [ "$rows" -ge 1 ] || rows=1
+  cmdlog "$ceiling_bin" --bench --rows-per-txn "$rows" --series "$c" --warmup 1 --seconds "$DURATION" --db DB
+  "${on_server[@]}" timeout $((DURATION + 60)) "$ceiling_bin" --bench --rows-per-txn "$rows" --series "$c" \
+    --warmup 1 --seconds "$DURATION" --db "$(fresh_db)" > "$tmp/ceiling.json"
+  cat "$tmp/ceiling.json" >> "$tmp/ceiling-$b-$c.jsonl"
+  keep "$tmp/ceiling.json" "influx-ceiling-$b-$c-$rep.json"
 }
 
 header
-echo "influxd $(influxd version 2>/dev/null | awk '{print $2}'), wal-fsync-delay 0s; load: wrk $(dpkg-query -W -f '${Version}' wrk)"
+echo "influxd $(influxd version 2>/dev/null | awk '{print $2}'), wal-fsync-delay 0s; load: wrk $(dpkg-query -W -f '${Version}' wrk); ceiling: $ceiling_bin"
+echo "pinned, a process's thread pools size themselves to the one core they may use (tokio's workers, influxd's GOMAXPROCS)"
+
+# Our rows per transaction, once per shape, before the measured reps.
+for shape in $SHAPES; do
+  measure_rows_per_txn "${shape%x*}" "${shape#*x}"
+done
+
 for rep in $(seq "$REPS"); do
   for shape in $SHAPES; do
     b=${shape%x*} c=${shape#*x}
     if [ $((rep % 2)) -eq 1 ]; then
       run_influx "$b" "$c"
       run_ours "durable-$b-$c" "sqlite:$(fresh_db)" --connections "$c" --pipeline "$b" --batch "$b"
+      run_ceiling "$b" "$c"
     else
+      run_ceiling "$b" "$c"
       run_ours "durable-$b-$c" "sqlite:$(fresh_db)" --connections "$c" --pipeline "$b" --batch "$b"
       run_influx "$b" "$c"
     fi
   done
-  run_ours durable-64 "sqlite:$(fresh_db)" --connections 64 --pipeline 256 --batch 64
-  run_ours memory-50 memory --connections 50 --pipeline 4096 --batch 1024
-  run_seed
+  # shellcheck disable=SC2086 # the flags are lists of words
+  if [ $((rep % 2)) -eq 1 ]; then
+    run_ours durable-many "sqlite:$(fresh_db)" $DURABLE_FLAGS
+    run_ours memory memory $MEMORY_FLAGS
+  else
+    run_ours memory memory $MEMORY_FLAGS
+    run_ours durable-many "sqlite:$(fresh_db)" $DURABLE_FLAGS
+  fi
 done
 
 echo
-echo "| lines per request × connections | ours readings/s | InfluxDB points/s | ours ÷ InfluxDB | target ≥ 1× | ours p50 / p99 µs | InfluxDB p50 / p99 µs | errors (ours, Influx) | Influx stored ÷ acked |"
-echo "|---|---:|---:|---:|---|---|---|---|---:|"
+echo "readings/s: medians of $REPS reps; spread: (max − min) ÷ median across reps; ceiling: rusqlite alone at our rows per transaction (mean of sensorlink_store_commit_rows from /metrics, separate run), rows spread over C series"
+echo
+echo "| lines per request × connections | ours readings/s | InfluxDB points/s | ours ÷ InfluxDB (≥ 1×) | our rows/txn | ceiling rows/s | ours ÷ ceiling (≥ 80 %) | spread ours / Influx / ceiling | ours p50 / p99 µs | InfluxDB p50 / p99 µs | errors (ours, Influx) | Influx stored ÷ acked |"
+echo "|---|---:|---:|---:|---:|---:|---:|---|---|---|---|---:|"
+rows=()
 for shape in $SHAPES; do
   b=${shape%x*} c=${shape#*x}
-  o="$tmp/durable-$b-$c.jsonl" i="$tmp/influx-$b-$c.jsonl"
-  or=$(jmed "$o" .readings_per_sec) ir=$(jmed "$i" .readings_per_sec)
+  o="$tmp/durable-$b-$c.jsonl" i="$tmp/influx-$b-$c.jsonl" x="$tmp/ceiling-$b-$c.jsonl"
+  or=$(jmed "$o" .readings_per_sec) ir=$(jmed "$i" .readings_per_sec) xr=$(jmed "$x" .rows_per_sec)
+  so=$(spread_pct "$o" .readings_per_sec) si=$(spread_pct "$i" .readings_per_sec) sx=$(spread_pct "$x" .rows_per_sec)
   # Points stored during the measured run ÷ points wrk counted as acknowledged: slightly
   # above 1 (requests in flight when wrk stops are stored too); below 1 would mean merged
   # (overwritten) points.
   chk=$(jq -r '.stored / .readings' "$i" | median)
-  echo "| $b × $c | $(int "$or") | $(int "$ir") | $(ratio "$or" "$ir")× | $(met "$or >= $ir") | $(int "$(jmed "$o" .latency_us.p50)") / $(int "$(jmed "$o" .latency_us.p99)") | $(int "$(jmed "$i" .latency_us.p50)") / $(int "$(jmed "$i" .latency_us.p99)") | $(jq -s 'map(.errors) | add' "$o"), $(jq -s 'map(.errors) | add' "$i") | $(printf '%.2f' "$chk") |"
+  echo "| $b × $c | $(grouped "$or") | $(grouped "$ir") | $(ratio "$or" "$ir")× | ${rpt[$b-$c]} | $(grouped "$xr") | $(pct "$or" "$xr") | $so % / $si % / $sx % | $(int "$(jmed "$o" .latency_us.p50)") / $(int "$(jmed "$o" .latency_us.p99)") | $(int "$(jmed "$i" .latency_us.p50)") / $(int "$(jmed "$i" .latency_us.p99)") | $(jq -s 'map(.errors) | add' "$o"), $(jq -s 'map(.errors) | add' "$i") | $(printf '%.2f' "$chk") |"
+  rows+=("influx-${b}x$c|durable ingest, $b × $c (lines per request or sync × connections): SQLite \`--fsync always\` vs InfluxDB 1.6 fsync'd \`/write\`|$(grouped "$or") readings/s|InfluxDB $(grouped "$ir") points/s|$(ratio "$or" "$ir")×|ours $so % / ref $si %|≥ 1.0×|$(verdict "$or >= $ir" "$so" "$si")")
+  rows+=("ceiling-${b}x$c|durable ingest, $b × $c, ÷ rusqlite alone at our ${rpt[$b-$c]} rows per transaction (WAL, synchronous=FULL, our schema, one writer)|$(grouped "$or") readings/s|ceiling $(grouped "$xr") rows/s|$(pct "$or" "$xr")|ours $so % / ref $sx %|≥ 80 %|$(verdict "$or >= 0.8 * $xr" "$so" "$sx")")
 done
-d=$(jmed "$tmp/durable-64.jsonl" .readings_per_sec)
-m=$(jmed "$tmp/memory-50.jsonl" .readings_per_sec)
-s=$(jmed "$tmp/seed.jsonl" .readings_per_sec)
-echo
-echo "| derived | figure | ÷ | ratio | target | |"
-echo "|---|---:|---:|---:|---|---|"
-echo "| durable (SQLite fsync=always, 64 conns, \`--pipeline 256 --batch 64\`) ÷ memory (50 conns, \`--pipeline 4096 --batch 1024\`) | $(int "$d") | $(int "$m") | $(awk -v a="$d" -v b="$m" 'BEGIN { printf "%.0f %%", 100 * a / b }') | ≥ 40 % | $(met "$d >= 0.4 * $m") |"
-echo "| durable 64 conns ÷ seed design (Python, \`--legacy --connections 64\`) | $(int "$d") | $(int "$s") | $(ratio "$d" "$s")× | ≥ 10× | $(met "$d >= 10 * $s") |"
-echo
-echo "spread (readings/s): durable 64 $(spread "$tmp/durable-64.jsonl" .readings_per_sec); memory 50 $(spread "$tmp/memory-50.jsonl" .readings_per_sec); seed 64 $(spread "$tmp/seed.jsonl" .readings_per_sec)"
-for shape in $SHAPES; do
-  b=${shape%x*} c=${shape#*x}
-  echo "spread $b × $c: ours $(spread "$tmp/durable-$b-$c.jsonl" .readings_per_sec), InfluxDB $(spread "$tmp/influx-$b-$c.jsonl" .readings_per_sec)"
+
+# The best durable figure of this sitting (by median) ÷ the memory store's.
+best="" best_r=0 best_what=""
+for name in $(for shape in $SHAPES; do echo "durable-${shape%x*}-${shape#*x}"; done) durable-many; do
+  r=$(jmed "$tmp/$name.jsonl" .readings_per_sec)
+  if awk -v a="$r" -v b="$best_r" 'BEGIN { exit !(a > b) }'; then
+    best=$name best_r=$r
+  fi
 done
+case $best in
+  durable-many) best_what=$DURABLE_FLAGS ;;
+  *) b=${best#durable-} c=${b#*-} b=${b%-*}; best_what="--connections $c --pipeline $b --batch $b" ;;
+esac
+m=$(jmed "$tmp/memory.jsonl" .readings_per_sec)
+sd=$(spread_pct "$tmp/$best.jsonl" .readings_per_sec) sm=$(spread_pct "$tmp/memory.jsonl" .readings_per_sec)
+echo
+echo "| derived | durable readings/s | memory readings/s | ratio | target | spread durable / memory | |"
+echo "|---|---:|---:|---:|---|---|---|"
+echo "| best durable (SQLite \`--fsync always\`, \`$best_what\`) ÷ memory (\`$MEMORY_FLAGS\`) | $(grouped "$best_r") | $(grouped "$m") | $(pct "$best_r" "$m") | ≥ 60 % | $sd % / $sm % | $(verdict "$best_r >= 0.6 * $m" "$sd" "$sm") |"
+echo "(durable \`$DURABLE_FLAGS\`: $(grouped "$(jmed "$tmp/durable-many.jsonl" .readings_per_sec)") readings/s, spread $(spread_pct "$tmp/durable-many.jsonl" .readings_per_sec) %)"
+rows+=("durable-vs-memory|best durable ingest (SQLite \`--fsync always\`, \`$best_what\`) ÷ best pipelined memory ingest (\`$MEMORY_FLAGS\`)|$(grouped "$best_r") readings/s|memory $(grouped "$m") readings/s|$(pct "$best_r" "$m")|ours $sd % / ref $sm %|≥ 60 %|$(verdict "$best_r >= 0.6 * $m" "$sd" "$sm")")
+
+echo
+for row in "${rows[@]}"; do
+  IFS='|' read -r -a cols <<< "$row"
+  result "${cols[@]}"
+done
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg); runtime $((SECONDS - started)) s (after the build)"

@@ -80,6 +80,28 @@ pub struct BenchArgs {
     #[arg(long, value_name = "TOKEN", env = "SENSORLINK_BENCH_TOKEN", hide_env_values = true,
           conflicts_with = "legacy", value_parser = bench_token)]
     pub token: Option<AuthSecret>,
+    /// Connect over TLS (a server with --tls-cert/--tls-key): the handshake is done before
+    /// the opening `ping`, outside the measurement.
+    #[arg(long, env = "SENSORLINK_BENCH_TLS")]
+    pub tls: bool,
+    /// With --tls: trust the server certificates this CA (PEM) signed [default: the
+    /// compiled-in Mozilla roots].
+    #[arg(
+        long,
+        value_name = "PEM",
+        requires = "tls",
+        env = "SENSORLINK_BENCH_CA"
+    )]
+    pub ca: Option<std::path::PathBuf>,
+    /// With --tls: the name the server's certificate must carry [default: the host part of
+    /// the address].
+    #[arg(
+        long,
+        value_name = "NAME",
+        requires = "tls",
+        env = "SENSORLINK_BENCH_TLS_SERVER_NAME"
+    )]
+    pub tls_server_name: Option<String>,
 }
 
 /// `--token`, wrapped so that no `Debug` shows it.
@@ -138,6 +160,15 @@ pub(super) struct Settings {
     pub(super) report: Option<std::path::PathBuf>,
     /// `--token`: one `auth` per connection.
     pub(super) token: Option<AuthSecret>,
+    /// `--tls`: the CA and server name to check the server's certificate against.
+    pub(super) tls: Option<BenchTls>,
+}
+
+/// `--tls` with its `--ca` and `--tls-server-name` (files are read when the run starts).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct BenchTls {
+    pub(super) ca: Option<std::path::PathBuf>,
+    pub(super) server_name: Option<String>,
 }
 
 impl Settings {
@@ -241,6 +272,10 @@ impl Settings {
             progress,
             report: args.report,
             token: args.token,
+            tls: args.tls.then_some(BenchTls {
+                ca: args.ca,
+                server_name: args.tls_server_name,
+            }),
         })
     }
 }

@@ -15,7 +15,10 @@ use crate::client::transport::{
 use crate::protocol::control::{AuthSecret, Reply};
 use crate::protocol::legacy;
 
-use super::args::Mode;
+use rustls_pki_types::ServerName;
+use tokio_rustls::client::TlsStream;
+
+use super::args::{BenchTls, Mode};
 use super::Shared;
 
 /// Longest wait for a TCP connect (and its `ping`/`pong` check).
@@ -30,6 +33,40 @@ pub(super) enum Opened<S = TcpStream> {
     Legacy(Connection<S, LegacyReplyDecoder>),
 }
 
+/// An opened connection, over plain TCP or, with `--tls`, TLS.
+pub(super) enum Stream {
+    Plain(Opened<TcpStream>),
+    Tls(Opened<TlsStream<TcpStream>>),
+}
+
+/// `--tls`: the client configuration (its CA read once) and the name the server's
+/// certificate is checked against.
+pub(super) struct TlsSetup {
+    connector: crate::tls::TlsConnector,
+    server_name: ServerName<'static>,
+}
+
+impl std::fmt::Debug for TlsSetup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsSetup")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsSetup {
+    /// # Errors
+    /// A CA file that cannot be read or holds no certificate; a name that is not a valid TLS
+    /// server name.
+    pub(super) fn new(addr: &str, tls: &BenchTls) -> anyhow::Result<TlsSetup> {
+        let config = crate::tls::client_config(tls.ca.as_deref(), None)?;
+        Ok(TlsSetup {
+            connector: crate::tls::TlsConnector::from(config),
+            server_name: crate::tls::server_name(addr, tls.server_name.as_deref())?,
+        })
+    }
+}
+
 pub(super) async fn resolve(addr: &str) -> std::io::Result<SocketAddr> {
     tokio::net::lookup_host(addr).await?.next().ok_or_else(|| {
         std::io::Error::new(
@@ -41,9 +78,23 @@ pub(super) async fn resolve(addr: &str) -> std::io::Result<SocketAddr> {
 
 /// Open one connection (from 127.0.0.x with `--source-ips`) and check that a sensorlink
 /// server answers on it: `ping bench` → `pong bench`, or the seed's `ping` → `pong`.
-pub(super) async fn connect(shared: &Shared, index: usize) -> Result<Opened, TransportError> {
+pub(super) async fn connect(shared: &Shared, index: usize) -> Result<Stream, TransportError> {
     let stream = open_tcp(shared, index).await?;
-    check(stream, shared.settings.mode, shared.settings.token.as_ref()).await
+    let (mode, token) = (shared.settings.mode, shared.settings.token.as_ref());
+    match &shared.tls {
+        None => Ok(Stream::Plain(check(stream, mode, token).await?)),
+        Some(tls) => {
+            let handshake = tls.connector.connect(tls.server_name.clone(), stream);
+            let stream = tokio::time::timeout(CONNECT_TIMEOUT, handshake)
+                .await
+                .map_err(|_| timed_out("TLS handshake (does the server serve TLS on this port?)"))?
+                .map_err(|err| {
+                    // Say which step failed: "TLS handshake: invalid peer certificate: …".
+                    std::io::Error::new(err.kind(), format!("TLS handshake: {err}"))
+                })?;
+            Ok(Stream::Tls(check(stream, mode, token).await?))
+        }
+    }
 }
 
 /// The opening exchange of `mode` on any stream, within [`CONNECT_TIMEOUT`].

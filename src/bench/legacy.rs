@@ -4,7 +4,6 @@
 
 use std::sync::atomic::Ordering;
 
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::client::sleep_until_opt;
@@ -16,13 +15,15 @@ use super::report::{ConnResult, ErrorKind};
 use super::{Phase, Shared, ACK_TIMEOUT};
 
 /// Legacy mode: one `ping / ('<time>', <n>)` at a time, each answered by `pong`.
-pub(super) async fn session(
+pub(super) async fn session<S>(
     shared: &Shared,
     index: usize,
-    conn: Connection<TcpStream, LegacyReplyDecoder>,
+    conn: Connection<S, LegacyReplyDecoder>,
     phase: Phase,
     result: &mut ConnResult,
-) {
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite,
+{
     let (mut reader, mut writer) = conn;
     let s = &shared.settings;
     let live = &shared.live;

@@ -6,7 +6,6 @@ use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 
 use tokio::io::AsyncRead;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::codec::Decoder;
 
@@ -168,13 +167,15 @@ impl Window {
 }
 
 /// Line mode (and idle mode): fill the window, write, read acks, until the end; then drain.
-pub(super) async fn session(
+pub(super) async fn session<S>(
     shared: &Shared,
     index: usize,
-    conn: Connection<TcpStream, ReplyDecoder>,
+    conn: Connection<S, ReplyDecoder>,
     phase: Phase,
     result: &mut ConnResult,
-) {
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite,
+{
     let (mut reader, mut writer) = conn;
     let s = &shared.settings;
     let live = &shared.live;

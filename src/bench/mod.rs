@@ -111,6 +111,8 @@ struct Shared {
     stop: CancellationToken,
     /// Ack latencies of every connection (and, with `--report`, per second).
     latencies: SharedLatencies,
+    /// `--tls`: how every connection's handshake is made.
+    tls: Option<conn::TlsSetup>,
 }
 
 /// When the run's phases begin and end; sent to every task once all have connected.
@@ -138,7 +140,12 @@ async fn bench(settings: Settings) -> anyhow::Result<Report> {
             .map(|_| timeline::Timeline::new(Instant::now())),
         ..RunLatencies::default()
     }));
+    // Certificate files are read once, here, so a bad --ca fails before any connection.
+    let tls = (settings.tls.as_ref())
+        .map(|tls| conn::TlsSetup::new(&settings.addr, tls))
+        .transpose()?;
     let shared = Arc::new(Shared {
+        tls,
         settings,
         target,
         live: Live::default(),
@@ -197,7 +204,8 @@ async fn bench(settings: Settings) -> anyhow::Result<Report> {
     }));
 
     let mut total = ConnResult::new(shared.latencies.clone());
-    let mut established = 0u64;
+    // Readings acked per established connection, for the fairness figures.
+    let mut per_connection = Vec::with_capacity(tasks.len());
     for task in tasks {
         let result = match task.await {
             Ok(result) => result,
@@ -210,7 +218,9 @@ async fn bench(settings: Settings) -> anyhow::Result<Report> {
                 lost
             }
         };
-        established += u64::from(result.established);
+        if result.established {
+            per_connection.push(result.readings);
+        }
         total.readings += result.readings;
         total.bytes += result.bytes;
         total.unacked += result.unacked;
@@ -227,7 +237,7 @@ async fn bench(settings: Settings) -> anyhow::Result<Report> {
     // The measurement lasts until its last ack (the drain of the final window included).
     let end = total.last_ack.unwrap_or(finished).max(measure_from);
     let seconds = (end - measure_from).as_secs_f64();
-    let mut report = Report::new(s, total, established, seconds, connect_seconds);
+    let mut report = Report::new(s, total, &per_connection, seconds, connect_seconds);
     report.timeline = lock_latencies(&shared.latencies)
         .timeline
         .as_ref()
@@ -274,10 +284,24 @@ async fn connection(
         return result;
     };
     match opened {
-        conn::Opened::Line(conn) => line::session(&shared, index, conn, phase, &mut result).await,
-        conn::Opened::Legacy(conn) => {
-            legacy::session(&shared, index, conn, phase, &mut result).await
-        }
+        conn::Stream::Plain(opened) => session(&shared, index, opened, phase, &mut result).await,
+        conn::Stream::Tls(opened) => session(&shared, index, opened, phase, &mut result).await,
     }
     result
+}
+
+/// The sending part of a connection's life, over plain TCP or TLS alike.
+async fn session<S>(
+    shared: &Shared,
+    index: usize,
+    opened: conn::Opened<S>,
+    phase: Phase,
+    result: &mut ConnResult,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send,
+{
+    match opened {
+        conn::Opened::Line(conn) => line::session(shared, index, conn, phase, result).await,
+        conn::Opened::Legacy(conn) => legacy::session(shared, index, conn, phase, result).await,
+    }
 }

@@ -1,6 +1,6 @@
 //! What a run measured: each connection's tally ([`ConnResult`], errors by kind, ack
-//! latencies merged into one shared histogram) and the [`Report`] printed at the end, as
-//! text or as one JSON object.
+//! latencies merged into one shared histogram), how evenly the connections were served
+//! ([`Fairness`]), and the [`Report`] printed at the end, as text or as one JSON object.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -214,6 +214,58 @@ impl From<RttSummary> for Latency {
     }
 }
 
+/// How evenly the connections were served during the measurement: readings/s acked per
+/// established connection. A total rate can look fine while one connection gets a trickle
+/// (or nothing) and the others take its share; these figures show it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(super) struct Fairness {
+    /// Readings/s of the slowest connection.
+    pub(super) min: f64,
+    /// Readings/s of the median connection (mean of the two middle ones for an even count).
+    pub(super) p50: f64,
+    /// Readings/s of the fastest connection.
+    pub(super) max: f64,
+    /// Slowest ÷ fastest, in 0..=1 (1: perfectly even); `None` when no connection got
+    /// anything acked, where the ratio means nothing.
+    pub(super) slowest_share: Option<f64>,
+    /// Connections established that got no reading acked during the measurement.
+    pub(super) starved: u64,
+}
+
+impl Fairness {
+    /// From the readings each established connection got acked over the same `seconds`;
+    /// `None` without a connection.
+    pub(super) fn from_counts(acked: &[u64], seconds: f64) -> Option<Fairness> {
+        if acked.is_empty() {
+            return None;
+        }
+        let mut sorted = acked.to_vec();
+        sorted.sort_unstable();
+        let rate = |n: u64| {
+            if seconds > 0.0 {
+                n as f64 / seconds
+            } else {
+                0.0
+            }
+        };
+        let mid = sorted.len() / 2;
+        let p50 = if sorted.len() % 2 == 1 {
+            rate(sorted[mid])
+        } else {
+            (rate(sorted[mid - 1]) + rate(sorted[mid])) / 2.0
+        };
+        let (slowest, fastest) = (sorted[0], sorted[sorted.len() - 1]);
+        Some(Fairness {
+            min: rate(slowest),
+            p50,
+            max: rate(fastest),
+            // Counts, not rates: the ratio stays defined with a zero-length measurement.
+            slowest_share: (fastest > 0).then(|| slowest as f64 / fastest as f64),
+            starved: sorted.iter().take_while(|&&n| n == 0).count() as u64,
+        })
+    }
+}
+
 /// The result of a run: printed as text or as one JSON object.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -235,6 +287,8 @@ pub struct Report {
     pub(super) connections: u64,
     pub(super) connect_seconds: f64,
     pub(super) latency_us: Latency,
+    /// Readings/s per established connection (`None`: no connection).
+    pub(super) per_connection: Option<Fairness>,
     // The flags, as given (after defaults).
     pub(super) connections_requested: usize,
     pub(super) rate: f64,
@@ -265,7 +319,7 @@ impl Report {
     pub(super) fn new(
         s: &Settings,
         mut total: ConnResult,
-        established: u64,
+        per_connection: &[u64],
         seconds: f64,
         connect_seconds: f64,
     ) -> Report {
@@ -281,9 +335,10 @@ impl Report {
             errors: total.errors.total(),
             errors_by_kind: total.errors,
             unacked: total.unacked,
-            connections: established,
+            connections: per_connection.len() as u64,
             connect_seconds,
             latency_us: total.rtt.summary().into(),
+            per_connection: Fairness::from_counts(per_connection, seconds),
             connections_requested: s.connections,
             rate: s.rate,
             pipeline: s.pipeline,
@@ -362,6 +417,61 @@ impl Report {
             out,
             "ack latency µs p50 {:.0}  p90 {:.0}  p99 {:.0}  p99.9 {:.0}  max {:.0}  ({} samples)",
             l.p50, l.p90, l.p99, l.p999, l.max, l.count
-        )
+        )?;
+        if let Some(f) = &self.per_connection {
+            let share = f
+                .slowest_share
+                .map_or("-".to_string(), |s| format!("{:.0} %", s * 100.0));
+            writeln!(
+                out,
+                "per connection readings/s min {:.0}  p50 {:.0}  max {:.0}  slowest ÷ fastest {share}  starved {} of {}",
+                f.min, f.p50, f.max, f.starved, self.connections
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fairness_of_uneven_connections() {
+        // Acked over 2 s: 100, 400, 200, 300 readings → 50, 200, 100, 150 readings/s.
+        let f = Fairness::from_counts(&[100, 400, 200, 300], 2.0).expect("connections");
+        assert_eq!(f.min, 50.0);
+        assert_eq!(f.max, 200.0);
+        // Even count: the mean of the two middle ones (100 and 150).
+        assert_eq!(f.p50, 125.0);
+        assert_eq!(f.slowest_share, Some(0.25));
+        assert_eq!(f.starved, 0);
+    }
+
+    #[test]
+    fn fairness_counts_starved_connections() {
+        let f = Fairness::from_counts(&[0, 30, 0, 10, 20], 10.0).expect("connections");
+        assert_eq!(f.starved, 2);
+        assert_eq!(f.min, 0.0);
+        // Odd count: the middle one.
+        assert_eq!(f.p50, 1.0);
+        assert_eq!(f.max, 3.0);
+        assert_eq!(f.slowest_share, Some(0.0));
+    }
+
+    #[test]
+    fn fairness_edge_cases() {
+        assert_eq!(Fairness::from_counts(&[], 1.0), None);
+        let even = Fairness::from_counts(&[7, 7, 7], 1.0).expect("connections");
+        assert_eq!((even.min, even.p50, even.max), (7.0, 7.0, 7.0));
+        assert_eq!(even.slowest_share, Some(1.0));
+        // Nothing acked anywhere: every connection starved, and no ratio to give.
+        let none = Fairness::from_counts(&[0, 0], 1.0).expect("connections");
+        assert_eq!(none.slowest_share, None);
+        assert_eq!(none.starved, 2);
+        // A zero-length measurement has no rate, but the share (of counts) stays defined.
+        let instant = Fairness::from_counts(&[1, 2], 0.0).expect("connections");
+        assert_eq!((instant.min, instant.max), (0.0, 0.0));
+        assert_eq!(instant.slowest_share, Some(0.5));
     }
 }

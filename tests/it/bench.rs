@@ -62,6 +62,35 @@ fn assert_rates(report: &serde_json::Value) {
     assert!(bytes >= readings * 30.0, "{report}");
 }
 
+/// The per-connection figures are consistent: min ≤ p50 ≤ max (readings/s), the slowest
+/// share is min ÷ max in 0..=1, and starved connections are no more than those established
+/// (and, if any, the slowest got nothing). Returns them as (min, p50, max, share, starved).
+fn assert_fairness(report: &serde_json::Value) -> (f64, f64, f64, f64, u64) {
+    let pc = |key: &str| number(report, &["per_connection", key]);
+    let (min, p50, max, share) = (pc("min"), pc("p50"), pc("max"), pc("slowest_share"));
+    assert!(0.0 <= min && min <= p50 && p50 <= max, "{report}");
+    assert!((0.0..=1.0).contains(&share), "{report}");
+    assert!(
+        (share - min / max).abs() <= 1e-9,
+        "share is not min ÷ max: {report}"
+    );
+    let starved = report["per_connection"]["starved"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("per_connection.starved is not a count: {report}"));
+    assert!(
+        starved <= report["connections"].as_u64().unwrap_or(0),
+        "{report}"
+    );
+    assert_eq!(starved > 0, min == 0.0, "{report}");
+    // Every connection ran for the same measured seconds: their rates add up to the total.
+    assert!(
+        max * number(report, &["connections"])
+            >= number(report, &["readings_per_sec"]) * (1.0 - 1e-9),
+        "{report}"
+    );
+    (min, p50, max, share, starved)
+}
+
 /// The human report's lines as `label → text after it`.
 fn human_report(stdout: &str) -> std::collections::BTreeMap<String, String> {
     let labels = [
@@ -72,6 +101,7 @@ fn human_report(stdout: &str) -> std::collections::BTreeMap<String, String> {
         "MB/s",
         "errors",
         "ack latency µs",
+        "per connection",
     ];
     stdout
         .lines()
@@ -111,6 +141,51 @@ fn pipelined_count_is_acked_exactly() {
     // 2000 readings in batches of 16 per connection (500 each): 32 acks per connection.
     assert_latency(&report, 128);
     assert_rates(&report);
+    // `--count` splits the readings evenly: 500 acked on each connection.
+    let (min, _, max, share, starved) = assert_fairness(&report);
+    let seconds = number(&report, &["seconds"]);
+    assert!((min * seconds - 500.0).abs() < 1e-6, "{report}");
+    assert!((max * seconds - 500.0).abs() < 1e-6, "{report}");
+    assert_eq!((share, starved), (1.0, 0), "{report}");
+}
+
+#[test]
+fn a_timed_run_reports_per_connection_rates() {
+    let server = Server::start(&[]);
+    let (code, stdout, stderr) = bench(
+        &server.addr.to_string(),
+        &[
+            "--connections",
+            "6",
+            "--pipeline",
+            "256",
+            "--batch",
+            "64",
+            "--warmup",
+            "200ms",
+            "--duration",
+            "1s",
+            "--json",
+        ],
+    );
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    let report = report(&stdout);
+    assert_eq!(report["connections"], 6, "{report}");
+    assert_rates(&report);
+    let (_, _, max, _, starved) = assert_fairness(&report);
+    assert!(max > 0.0, "{report}");
+    assert!(starved < 6, "{report}");
+    // The text report says the same in one line.
+    let (code, stdout, stderr) = bench(
+        &server.addr.to_string(),
+        &["--connections", "3", "--count", "300", "--batch", "10"],
+    );
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    let line = human_report(&stdout)
+        .remove("per connection")
+        .unwrap_or_else(|| panic!("no per-connection line: {stdout}"));
+    assert!(line.contains("slowest ÷ fastest 100 %"), "{line}");
+    assert!(line.ends_with("starved 0 of 3"), "{line}");
 }
 
 #[test]
@@ -161,6 +236,7 @@ fn idle_connections_are_all_held() {
     assert!(readings > 0, "{report}");
     assert_latency(&report, readings);
     assert_rates(&report);
+    assert_fairness(&report);
 }
 
 #[test]

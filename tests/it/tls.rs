@@ -383,3 +383,38 @@ fn a_tls_connection_is_sampled_like_a_plain_one() {
     assert!(srtt_ms.is_some_and(|ms| ms > 0.0), "{sensor}");
     assert!(sensor["tcp"]["retransmits"].is_u64(), "{sensor}");
 }
+
+/// `sensorlink bench --tls`: every reading acked over TLS; without the CA the certificate
+/// check refuses, and plain TCP to the TLS port says to use --tls.
+#[test]
+fn bench_over_tls_acks_every_reading_and_checks_the_certificate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    make_certs(dir.path());
+    let server = tls_server(dir.path(), "memory", &[]);
+    let addr = server.addr.to_string();
+    let out = run(bin()
+        .args(["bench", &addr, "--tls", "--ca"])
+        .arg(dir.path().join("ca.pem"))
+        .args(["--connections", "3", "--pipeline", "16", "--batch", "4"])
+        .args(["--count", "300", "--json", "--no-progress"]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("bench --json prints one JSON object");
+    assert_eq!(report["readings"], 300, "{report}");
+    assert_eq!(report["errors"], 0, "{report}");
+    assert_eq!(report["connections"], 3, "{report}");
+
+    let out = run(bin().args(["bench", &addr, "--tls", "--count", "1", "--no-progress"]));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("invalid peer certificate"), "{stderr}");
+
+    let out = run(bin().args(["bench", &addr, "--count", "1", "--no-progress"]));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--tls"), "{stderr}");
+}
