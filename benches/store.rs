@@ -1,13 +1,18 @@
-//! SQLite ingest rate: rows per second through `Store::write_batch`, by transaction size
-//! and fsync policy (what the group-commit writer does, without the network).
+//! Store ingest rates through `Store::write_batch`, without the network:
+//! - SQLite: rows per second by transaction size and fsync policy (what the group-commit
+//!   writer does);
+//! - memory: readings per second as `sensorlink bench --batch 64` delivers them (each batch
+//!   one sensor's in-order readings, 50 sensors in turn), on a store kept full, so every
+//!   insert also evicts (the steady state of a long run).
 //!
-//! Each transaction inserts fresh rows (new timestamps), so the figure is for inserts, not
-//! for the cheaper duplicate path. Only `write_batch` is timed; building the rows is not.
+//! Each batch inserts fresh rows (new timestamps), so the figure is for inserts, not for
+//! the cheaper duplicate path. Only `write_batch` is timed; building the rows is not.
 
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use sensorlink::protocol::{FieldValue, Reading};
+use sensorlink::store::memory::{MemoryStore, DEFAULT_CAPACITY};
 use sensorlink::store::sqlite::SqliteStore;
 use sensorlink::store::{FsyncPolicy, Store, StoredReading};
 
@@ -75,5 +80,63 @@ fn ingest(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, ingest);
+/// `rows` in-order readings of sensor `bench-{sensor}` from `first_ts` on, one float
+/// field: one batch of `sensorlink bench`.
+fn sensor_batch(sensor: usize, first_ts: i64, rows: usize) -> Vec<StoredReading> {
+    let name = format!("bench-{sensor}");
+    (0..rows)
+        .map(|i| StoredReading {
+            reading: Reading {
+                measurement: "bench".into(),
+                tags: vec![("sensor".into(), name.clone())],
+                fields: vec![("f0".into(), FieldValue::Float((i % 1000) as f64 / 10.0))],
+                timestamp_ns: Some(first_ts + i as i64),
+            },
+            sensor: name.clone(),
+            received_ns: first_ts,
+        })
+        .collect()
+}
+
+fn memory_ingest(c: &mut Criterion) {
+    const SENSORS: usize = 50;
+    const BATCH: usize = 64;
+    let mut group = c.benchmark_group("memory_ingest");
+    let mut store = MemoryStore::default();
+    let mut next_ts = vec![1_700_000_000_000_000_000i64; SENSORS];
+    let mut turn = 0;
+    let mut next_batch = move || {
+        let sensor = turn % SENSORS;
+        turn += 1;
+        let batch = sensor_batch(sensor, next_ts[sensor], BATCH);
+        next_ts[sensor] += BATCH as i64;
+        batch
+    };
+    // Full before timing: every timed insert evicts the oldest reading too.
+    while store.len() < DEFAULT_CAPACITY {
+        store.write_batch(&next_batch()).expect("write batch");
+    }
+    group.throughput(Throughput::Elements(BATCH as u64));
+    group.bench_function("in_order_64_per_batch_full", |b| {
+        b.iter_custom(|iters| {
+            let mut spent = Duration::ZERO;
+            let mut left = iters;
+            // Built a chunk at a time, so a long run never holds millions of readings.
+            while left > 0 {
+                let chunk = left.min(256);
+                left -= chunk;
+                let batches: Vec<_> = (0..chunk).map(|_| next_batch()).collect();
+                let start = Instant::now();
+                for batch in &batches {
+                    store.write_batch(batch).expect("write batch");
+                }
+                spent += start.elapsed();
+            }
+            spent
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, memory_ingest, ingest);
 criterion_main!(benches);

@@ -59,8 +59,15 @@ pub(crate) fn is_string_escapable(c: u8) -> bool {
     c == b'"' || c == b'\\'
 }
 
+/// Whether `c` is an ASCII control byte that no name may hold (tab is allowed; see
+/// [`super::ilp`]).
+pub(crate) const fn is_refused_control(c: u8) -> bool {
+    (c < 0x20 && c != b'\t') || c == 0x7f
+}
+
 /// Bytes that stop the parser's fast scan of a name: the delimiters that end a name of
-/// this kind when not escaped, and `\`.
+/// this kind when not escaped, `\`, and the control bytes names may not hold (so the one
+/// scan also finds those, instead of a second pass over every name).
 pub(crate) fn stop_table(kind: Kind) -> &'static [bool; 256] {
     const fn table(delims: &[u8]) -> [bool; 256] {
         let mut t = [false; 256];
@@ -69,6 +76,13 @@ pub(crate) fn stop_table(kind: Kind) -> &'static [bool; 256] {
         while i < delims.len() {
             t[delims[i] as usize] = true;
             i += 1;
+        }
+        let mut c = 0;
+        while c < 256 {
+            if is_refused_control(c as u8) {
+                t[c] = true;
+            }
+            c += 1;
         }
         t
     }

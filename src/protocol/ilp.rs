@@ -26,8 +26,8 @@
 use std::collections::HashSet;
 
 use super::escape::{
-    escape_name, escape_string_field, is_escapable, is_leading_special, is_string_escapable,
-    stop_table, Backslash, Kind,
+    escape_name, escape_string_field, is_escapable, is_leading_special, is_refused_control,
+    is_string_escapable, stop_table, Backslash, Kind,
 };
 use super::{FieldValue, ProtocolError, Reading};
 
@@ -114,28 +114,30 @@ impl Parser<'_> {
         let len = self.b.len();
         let mut pos = self.skip(0, |c| c == b' ' || c == b'\t');
 
-        let (measurement, end) = self.name(pos, Kind::Measurement);
+        let (measurement, end, control) = self.name(pos, Kind::Measurement);
         if measurement.is_empty() {
             return Err("missing measurement".into());
         }
-        check_name(&measurement, "measurement")?;
+        check_name(&measurement, control, || "measurement".into())?;
         pos = end;
 
         let mut tags = Vec::new();
         while pos < len && self.b[pos] == b',' {
-            let (key, end) = self.name(pos + 1, Kind::TagKey);
+            let (key, end, key_control) = self.name(pos + 1, Kind::TagKey);
             if key.is_empty() {
                 return Err("empty tag key".into());
             }
             if end >= len || self.b[end] != b'=' {
                 return Err(format!("tag {}: missing \"=\"", quoted(&key)));
             }
-            let (value, end) = self.name(end + 1, Kind::TagValue);
+            let (value, end, value_control) = self.name(end + 1, Kind::TagValue);
             if value.is_empty() {
                 return Err(format!("tag {}: empty value", quoted(&key)));
             }
-            check_name(&key, "tag key")?;
-            check_name(&value, &format!("tag {} value", quoted(&key)))?;
+            check_name(&key, key_control, || "tag key".into())?;
+            check_name(&value, value_control, || {
+                format!("tag {} value", quoted(&key))
+            })?;
             tags.push((key, value));
             pos = end;
         }
@@ -146,14 +148,14 @@ impl Parser<'_> {
         }
         let mut fields = Vec::new();
         loop {
-            let (key, end) = self.name(pos, Kind::FieldKey);
+            let (key, end, control) = self.name(pos, Kind::FieldKey);
             if key.is_empty() {
                 return Err("empty field key".into());
             }
             if end >= len || self.b[end] != b'=' {
                 return Err(format!("field {}: missing \"=\"", quoted(&key)));
             }
-            check_name(&key, "field key")?;
+            check_name(&key, control, || "field key".into())?;
             let (value, end) = self.value(end + 1, &key)?;
             fields.push((key, value));
             pos = end;
@@ -199,20 +201,29 @@ impl Parser<'_> {
         pos
     }
 
-    /// Unescaped name starting at `start`, and the index of the delimiter (or end) after it.
-    fn name(&self, start: usize, kind: Kind) -> (String, usize) {
+    /// Unescaped name starting at `start`, the index of the delimiter (or end) after it,
+    /// and the first control byte it holds ([`is_refused_control`]), if any: found in the
+    /// same scan (no escape yields or removes one, so the raw bytes tell).
+    fn name(&self, start: usize, kind: Kind) -> (String, usize, Option<u8>) {
         let b = self.b;
         let mut i = start;
         // Built only once an escape shows up; most names are copied in one go.
         let mut built: Option<String> = None;
         let mut seg = start;
+        let mut control = None;
         let stops = stop_table(kind);
         loop {
-            // Tight loop over ordinary bytes; only delimiters and `\` need a closer look.
+            // Tight loop over ordinary bytes; only delimiters, `\` and control bytes need a
+            // closer look.
             while i < b.len() && !stops[usize::from(b[i])] {
                 i += 1;
             }
             let Some(&c) = b.get(i) else { break };
+            if is_refused_control(c) {
+                control = control.or(Some(c));
+                i += 1;
+                continue;
+            }
             if c != b'\\' {
                 break; // a delimiter
             }
@@ -240,7 +251,7 @@ impl Parser<'_> {
             }
             None => rest.to_owned(),
         };
-        (name, i)
+        (name, i, control)
     }
 
     /// Field value starting at `start`, and the index after it.
@@ -299,16 +310,19 @@ impl Parser<'_> {
 /// A non-string field value; the error is a short description ("" = missing value).
 fn parse_scalar(token: &str) -> Result<FieldValue, &'static str> {
     let b = token.as_bytes();
+    // Numbers first, the common case: no boolean spelling ends in `i` or `u` or starts
+    // like a number, so the order changes no outcome, only how many comparisons it takes.
     match b {
         [] => Err(""),
-        b"t" | b"T" | b"true" | b"True" | b"TRUE" => Ok(FieldValue::Bool(true)),
-        b"f" | b"F" | b"false" | b"False" | b"FALSE" => Ok(FieldValue::Bool(false)),
         [.., b'i'] => parse_i64(&token[..token.len() - 1])
             .map(FieldValue::Int)
             .map_err(|e| e.unwrap_or("invalid integer")),
         [.., b'u'] => parse_u64(&token[..token.len() - 1])
             .map(FieldValue::UInt)
             .map_err(|e| e.unwrap_or("invalid unsigned integer")),
+        [b'0'..=b'9' | b'-' | b'.', ..] => parse_f64(token).map(FieldValue::Float),
+        b"t" | b"T" | b"true" | b"True" | b"TRUE" => Ok(FieldValue::Bool(true)),
+        b"f" | b"F" | b"false" | b"False" | b"FALSE" => Ok(FieldValue::Bool(false)),
         _ => parse_f64(token).map(FieldValue::Float),
     }
 }
@@ -398,11 +412,50 @@ fn parse_f64(s: &str) -> Result<f64, &'static str> {
     if !matches!(unsigned.as_bytes().first(), Some(c) if c.is_ascii_digit() || *c == b'.') {
         return Err("invalid number");
     }
+    if let Some(v) = short_decimal(s.as_bytes()) {
+        return Ok(v);
+    }
     match s.parse::<f64>() {
         Ok(v) if v.is_finite() => Ok(v),
         Ok(_) => Err("number out of range"),
         Err(_) => Err("invalid number"),
     }
+}
+
+/// `[-]digits[.digits]` with at most 15 digits in all (what sensors send: `21.5`), else
+/// `None` (the general parser decides). Exact: the digits as an integer (below 2^53) and
+/// 10^fraction-digits (at most 10^15) are both exact f64s, and IEEE division rounds their
+/// quotient correctly, so this is the nearest f64, as `str::parse` gives (Clinger's fast
+/// path, taken here without the general parser's setup).
+fn short_decimal(s: &[u8]) -> Option<f64> {
+    const POW10: [f64; 16] = [
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+    ];
+    let (neg, rest) = match s {
+        [b'-', rest @ ..] => (true, rest),
+        _ => (false, s),
+    };
+    let (mut mantissa, mut digits, mut fraction, mut dot) = (0u64, 0usize, 0usize, false);
+    for &c in rest {
+        match c {
+            b'0'..=b'9' => {
+                digits += 1;
+                if digits > 15 {
+                    return None;
+                }
+                mantissa = mantissa * 10 + u64::from(c - b'0');
+                fraction += usize::from(dot);
+            }
+            b'.' if !dot => dot = true,
+            _ => return None,
+        }
+    }
+    if digits == 0 {
+        return None;
+    }
+    // Below 10^15 < 2^53: the conversion is exact.
+    let v = mantissa as f64 / POW10[fraction];
+    Some(if neg { -v } else { v })
 }
 
 /// The first key that occurs twice, if any. A duplicate tag would file the reading under one
@@ -424,21 +477,22 @@ fn first_duplicate<V>(pairs: &[(String, V)]) -> Option<&str> {
         .find(|k| !seen.insert(*k))
 }
 
-/// The first ASCII control byte in a name (tab excepted), if any.
+/// Refuse `name` (described by `what()`, e.g. `tag key`) if the scan found a control byte
+/// in it (`control`, see [`Parser::name`]). The description is built only for a refusal:
+/// this runs for every name of every reading.
 ///
 /// NUL, ESC, CR and friends in a name end up in the store, in logs and on terminals
 /// (`query`); no sensor needs them. Tab stays allowed: InfluxDB accepts it, and the wire has
 /// an escape for a leading one (`\<tab>`).
-fn control_byte(name: &str) -> Option<u8> {
-    name.bytes()
-        .find(|&c| (c < 0x20 && c != b'\t') || c == 0x7f)
-}
-
-/// Refuse `name` (described by `what`, e.g. `tag key`) if it holds a control byte.
-fn check_name(name: &str, what: &str) -> Result<(), String> {
-    match control_byte(name) {
+fn check_name(
+    name: &str,
+    control: Option<u8>,
+    what: impl FnOnce() -> String,
+) -> Result<(), String> {
+    match control {
         Some(c) => Err(format!(
-            "{what} {}: control character 0x{c:02x}",
+            "{} {}: control character 0x{c:02x}",
+            what(),
             quoted(name)
         )),
         None => Ok(()),
@@ -782,7 +836,60 @@ pub(crate) mod tests {
             })
     }
 
+    #[test]
+    fn short_decimals_parse_as_the_general_parser_does() {
+        for s in [
+            "0",
+            "-0",
+            "-0.0",
+            "21.5",
+            "1.",
+            ".5",
+            "-.5",
+            "007.50",
+            "999999999999999",
+            "0.00000000000001",
+            "123456789.012345",
+            "-1.79769313486231",
+            "0.1",
+            "0.3",
+        ] {
+            let general = s.parse::<f64>().expect("valid");
+            assert_eq!(
+                short_decimal(s.as_bytes()).map(f64::to_bits),
+                Some(general.to_bits()),
+                "{s}"
+            );
+        }
+        for s in [
+            "",
+            "-",
+            ".",
+            "-.",
+            "1.2.3",
+            "1e3",
+            "+1",
+            "1_0",
+            "0.0000000000000001",
+            "1234567890123456",
+        ] {
+            assert_eq!(short_decimal(s.as_bytes()), None, "{s}");
+        }
+    }
+
     proptest! {
+        /// Whatever the fast path takes, it reads as `str::parse` does, to the bit.
+        #[test]
+        fn short_decimal_agrees_with_str_parse(s in "-?[0-9]{0,16}(\\.[0-9]{0,16})?") {
+            if let Some(v) = short_decimal(s.as_bytes()) {
+                let general = s.parse::<f64>().expect("a decimal the fast path took is valid");
+                prop_assert_eq!(v.to_bits(), general.to_bits(), "{}", s);
+            }
+            if let Ok(general) = s.parse::<f64>() {
+                prop_assert_eq!(parse_f64(&s).map(f64::to_bits), Ok(general.to_bits()));
+            }
+        }
+
         #[test]
         fn encode_parse_round_trip(r in reading()) {
             let mut out = Vec::new();

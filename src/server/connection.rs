@@ -10,15 +10,17 @@ mod frames;
 mod replies;
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 
-use self::replies::OutReplies;
+use self::replies::{LastCommit, OutReplies};
 use super::auth::{linger, ConnAuth};
 use super::pending::{wait_head, InFlight, LiveFeed, PendingReply, Unreported};
 use super::quota::{ConnQuota, TokenBucket};
@@ -31,7 +33,7 @@ use crate::events::{
 use crate::live::{LiveConnection, Registry};
 use crate::protocol::codec::LineDecoder;
 use crate::protocol::legacy::LegacyDecoder;
-use crate::store::writer::{Committed, StoreHandle};
+use crate::store::writer::StoreHandle;
 use crate::store::StoredReading;
 
 pub use super::stream::PeerStream;
@@ -120,7 +122,7 @@ struct Connection<'a> {
     log_muted_second: i64,
     log_suppressed: u64,
     /// The last commit this connection saw, for the timings in acks.
-    last_commit: Option<Committed>,
+    last_commit: Option<LastCommit>,
     /// Duplicates and conflicts among committed readings after the last ack written.
     unreported: Unreported,
     /// Why a batch failed, until an `ack` that could cover its readings has been turned into
@@ -194,29 +196,32 @@ pub async fn serve_counted<S>(
 
 /// [`serve_counted`] for a connection `accepted` earlier (a PROXY header was read first:
 /// it is part of the time a peer gets to show it speaks).
+///
+/// Not an `async fn`: each nested `async fn` keeps its own copy of its arguments in the
+/// connection's task for the connection's whole life; this only picks the future to run.
 #[allow(clippy::too_many_arguments)]
-pub(super) async fn serve_accepted<S>(
+pub(super) fn serve_accepted<'a, S>(
     stream: S,
     peer: SocketAddr,
     accepted: Accepted,
-    limits: &Limits,
+    limits: &'a Limits,
     store: StoreHandle,
     shutdown: CancellationToken,
-    telemetry: &Telemetry,
+    telemetry: &'a Telemetry,
     live: Option<Arc<Registry>>,
-) where
-    S: PeerStream,
+) -> impl Future<Output = ()> + 'a
+where
+    S: PeerStream + 'a,
 {
     // The first-line deadline runs from accept: a TLS handshake (and a PROXY header) is
     // part of the time a peer gets to show it speaks, not a free extension of it.
     match &limits.tls {
-        None => {
-            serve_stream(
-                stream, peer, accepted, limits, store, shutdown, telemetry, live,
-            )
-            .await
-        }
-        Some(tls) => {
+        None => Either::Left(serve_stream(
+            stream, peer, accepted, limits, store, shutdown, telemetry, live,
+        )),
+        // Boxed: a TLS session (and its handshake) inline would size every connection's
+        // task to it, plain ones included; boxed, only a TLS connection pays for it.
+        Some(tls) => Either::Right(Box::pin(async move {
             let deadline = accepted.at + limits.first_wait();
             let handshake = tls.handshake(stream, peer, deadline, &shutdown, telemetry);
             let Some(stream) = handshake.await else {
@@ -226,7 +231,16 @@ pub(super) async fn serve_accepted<S>(
                 stream, peer, accepted, limits, store, shutdown, telemetry, live,
             )
             .await;
-        }
+        })),
+    }
+}
+
+/// Sleep until `at`; never resolves for `None`. A disabled `select!` branch is still built
+/// at every turn of the loop: this way it makes no timer (nor clones the runtime handle).
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -246,20 +260,24 @@ impl Accepted {
     }
 }
 
-/// [`serve_counted`] over a stream ready for the protocol (TLS, if any, established).
+/// [`serve_counted`] over a stream ready for the protocol (TLS, if any, established). The
+/// connection's state is built here, outside the future, so that the arguments it is built
+/// from are not kept beside it ([`serve_accepted`]).
 #[allow(clippy::too_many_arguments)]
-async fn serve_stream<S>(
+fn serve_stream<'a, S>(
     stream: S,
     peer: SocketAddr,
     accepted: Accepted,
-    limits: &Limits,
+    limits: &'a Limits,
     store: StoreHandle,
     shutdown: CancellationToken,
-    telemetry: &Telemetry,
+    telemetry: &'a Telemetry,
     live: Option<Arc<Registry>>,
-) where
-    S: PeerStream,
+) -> impl Future<Output = ()> + 'a
+where
+    S: PeerStream + 'a,
 {
+    // Moved into the future and used in place there (a rebinding would keep two copies).
     let mut conn = Connection {
         peer,
         peer_ip: peer.ip().to_string(),
@@ -294,24 +312,26 @@ async fn serve_stream<S>(
         out_replies: OutReplies::default(),
         tcp: TcpSampler::new(limits.tcp_info_interval),
     };
-    let end = conn.run(stream, accepted.at, &shutdown).await;
-    let mode = match conn.decoder {
-        Decoder::Undecided => None,
-        Decoder::Line(_) => Some(Mode::Line),
-        Decoder::Legacy(_) => Some(Mode::Legacy),
-    };
-    // Its sensors are disconnected (if no other connection carries them) as it closes.
-    conn.live.close();
-    let counters = &conn.counters;
-    ConnectionClosed {
-        mode,
-        reason: end.reason(),
-        accepted: counters.accepted,
-        rejected: counters.rejected,
-        acked: counters.acked,
-        duration: accepted.started.elapsed(),
+    async move {
+        let end = conn.run(stream, accepted.at, &shutdown).await;
+        let mode = match conn.decoder {
+            Decoder::Undecided => None,
+            Decoder::Line(_) => Some(Mode::Line),
+            Decoder::Legacy(_) => Some(Mode::Legacy),
+        };
+        // Its sensors are disconnected (if no other connection carries them) as it closes.
+        conn.live.close();
+        let counters = &conn.counters;
+        ConnectionClosed {
+            mode,
+            reason: end.reason(),
+            accepted: counters.accepted,
+            rejected: counters.rejected,
+            acked: counters.acked,
+            duration: accepted.started.elapsed(),
+        }
+        .emit_to(telemetry);
     }
-    .emit_to(telemetry);
 }
 
 impl Connection<'_> {
@@ -342,6 +362,13 @@ impl Connection<'_> {
         // the idle timeout, and bytes alone restart nothing.
         let first_wait = self.limits.first_wait();
         let mut idle_deadline = accepted_at + first_wait;
+        // One idle timer and one shutdown wait for the connection's life, not one each
+        // per turn of the loop: a later deadline is re-armed in place (an atomic store,
+        // not a timer-wheel insert and removal per reading), and the shutdown signal's
+        // waiter list is joined once.
+        let idle = tokio::time::sleep_until(idle_deadline);
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(idle, cancelled);
         let mut spoke = false;
         let mut reading = true;
         let mut end = End::Eof;
@@ -372,6 +399,9 @@ impl Connection<'_> {
             }
             let held_ping =
                 matches!(self.decoder, Decoder::Legacy(_)) && LegacyDecoder::holds_ping(&buf);
+            if idle.deadline() != idle_deadline {
+                idle.as_mut().reset(idle_deadline);
+            }
             tokio::select! {
                 biased;
                 _ = wait_head(&mut self.inflight), if !self.inflight.is_empty() => {
@@ -380,7 +410,7 @@ impl Connection<'_> {
                         break;
                     }
                 }
-                _ = shutdown.cancelled(), if reading => {
+                _ = &mut cancelled, if reading => {
                     // Finish what has already arrived; a partial last line was never sent whole.
                     reading = false;
                     end = End::Shutdown;
@@ -408,14 +438,14 @@ impl Connection<'_> {
                         self.decode(&mut buf, false);
                     }
                 },
-                _ = tokio::time::sleep_until(last_bytes_at + self.limits.legacy_ping_quiet), if held_ping && reading => {
+                _ = sleep_until_some(held_ping.then(|| last_bytes_at + self.limits.legacy_ping_quiet)), if held_ping && reading => {
                     if self.answer_held_ping(&mut buf) {
                         // A complete legacy message: progress, as in the read branch.
                         spoke = true;
                         idle_deadline = tokio::time::Instant::now() + self.limits.idle_timeout;
                     }
                 }
-                _ = tokio::time::sleep_until(idle_deadline), if can_read && self.inflight.is_empty() => {
+                _ = &mut idle, if can_read && self.inflight.is_empty() => {
                     if spoke || first_wait == self.limits.idle_timeout {
                         tracing::info!(idle_timeout = ?self.limits.idle_timeout, "closing idle connection");
                         end = End::IdleTimeout;
@@ -436,7 +466,8 @@ impl Connection<'_> {
             let _ = tokio::time::timeout(self.limits.write_timeout, stream.shutdown()).await;
         }
         if matches!(end, End::Auth(_)) {
-            linger(&mut stream, self.limits.write_timeout).await;
+            // Boxed: its drain buffer would otherwise sit in every connection's task.
+            Box::pin(linger(&mut stream, self.limits.write_timeout)).await;
         }
         end
     }
@@ -475,12 +506,22 @@ impl Connection<'_> {
         }
     }
 
+    /// Queue `inflight` behind the batches already in flight. The first is given room for
+    /// one: an idle connection sends one batch at a time, and the queue keeps its room for
+    /// the connection's life (the default first growth is to four).
+    fn push_inflight(&mut self, inflight: InFlight) {
+        if self.inflight.capacity() == 0 {
+            self.inflight.reserve_exact(1);
+        }
+        self.inflight.push_back(inflight);
+    }
+
     /// Hand the decoded batch to the store and queue its replies behind it.
     async fn submit_decoded(&mut self) -> Result<(), End> {
         if self.batch.is_empty() {
             if !self.replies.is_empty() {
                 let replies = std::mem::take(&mut self.replies);
-                self.inflight.push_back(InFlight {
+                self.push_inflight(InFlight {
                     commit: None,
                     done: None,
                     replies,
@@ -495,7 +536,7 @@ impl Connection<'_> {
         let live = self.live.summarize(&batch);
         match self.store.submit(batch).await {
             Ok(commit) => {
-                self.inflight.push_back(InFlight {
+                self.push_inflight(InFlight {
                     commit: Some(commit),
                     done: None,
                     replies,
@@ -535,7 +576,7 @@ impl Connection<'_> {
                         .emit_to(self.telemetry);
                     }
                     self.unreported.attribute(&mut head.replies, &repeats);
-                    self.last_commit = Some(committed);
+                    self.last_commit = Some(LastCommit::of(&committed));
                     self.live.committed(head.live, &repeats);
                 }
                 Some(Err(err)) => {
@@ -1567,5 +1608,48 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
+    }
+
+    /// 1,736 bytes in a debug build when this was written (release builds are no larger);
+    /// `linger`'s drain buffer inline would add 4 KiB, a TLS session about 1 KiB.
+    const FUTURE_BUDGET_BYTES: usize = 2048;
+
+    /// Each connection's task holds its future for its whole life: at 10,000 idle
+    /// connections its size is server memory per connection (issue 13: ≤ 2 KiB RSS each).
+    /// A TLS path or a rarely used buffer inline would size every plain connection's
+    /// future to it.
+    #[tokio::test]
+    async fn a_plain_tcp_connection_future_stays_small() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback port 0");
+        let addr = listener
+            .local_addr()
+            .expect("bound listener has an address");
+        let _client = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("connect to our own listener");
+        let (server, _) = listener.accept().await.expect("accept our own connection");
+        let (handle, _writer) = writer::spawn(
+            Drive::Inline(Box::new(crate::store::memory::MemoryStore::default())),
+            WriterConfig::default(),
+        );
+        let limits = limits(Duration::from_secs(60));
+        let (shutdown, telemetry) = (CancellationToken::new(), events::telemetry());
+        let serving = serve_accepted(
+            server,
+            peer(),
+            Accepted::now(),
+            &limits,
+            handle,
+            shutdown,
+            telemetry,
+            None,
+        );
+        let size = std::mem::size_of_val(&serving);
+        assert!(
+            size <= FUTURE_BUDGET_BYTES,
+            "a plain connection's future is {size} bytes, over {FUTURE_BUDGET_BYTES}"
+        );
     }
 }

@@ -112,31 +112,35 @@ pub async fn accept_loop(
         };
         let (limits, store, live) = (limits.clone(), store.clone(), live.clone());
         let (shutdown, per_ip) = (shutdown.clone(), per_ip.clone());
-        tasks.spawn(
-            async move {
-                let _open = OpenConnection::new();
-                let _permit = permit;
-                let accepted = connection::Accepted::now();
-                let mut stream = stream;
-                let admitted = match ip_share {
-                    Some(share) => Some((peer, share)),
-                    None => {
-                        let deadline = accepted.at + limits.first_wait();
-                        behind_proxy(&mut stream, peer, deadline, &per_ip, &shutdown).await
-                    }
-                };
-                let Some((peer, _ip_share)) = admitted else {
-                    return;
-                };
-                ConnectionAccepted.emit();
-                let telemetry = events::telemetry();
-                connection::serve_accepted(
-                    stream, peer, accepted, &limits, store, shutdown, telemetry, live,
-                )
-                .await;
-            }
-            .instrument(span),
-        );
+        let serving = async move {
+            let _open = OpenConnection::new();
+            let _permit = permit;
+            let accepted = connection::Accepted::now();
+            let mut stream = stream;
+            let admitted = match ip_share {
+                Some(share) => Some((peer, share)),
+                None => {
+                    let deadline = accepted.at + limits.first_wait();
+                    behind_proxy(&mut stream, peer, deadline, &per_ip, &shutdown).await
+                }
+            };
+            let Some((peer, _ip_share)) = admitted else {
+                return;
+            };
+            ConnectionAccepted.emit();
+            let telemetry = events::telemetry();
+            connection::serve_accepted(
+                stream, peer, accepted, &limits, store, shutdown, telemetry, live,
+            )
+            .await;
+        };
+        // A span the log filter turned off records nothing: entering it at every poll of
+        // the connection (every reading) would cost for nothing.
+        if span.is_disabled() {
+            tasks.spawn(serving);
+        } else {
+            tasks.spawn(serving.instrument(span));
+        }
     }
     drop(listener);
     drop(store);

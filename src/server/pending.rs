@@ -88,8 +88,8 @@ pub(super) struct InFlight {
     pub(super) done: Option<Result<Committed, Arc<StoreError>>>,
     pub(super) replies: Vec<PendingReply>,
     /// The batch as the live view sees it, handed over once committed (None: no batch, or
-    /// no live view).
-    pub(super) live: Option<LiveBatch>,
+    /// no live view). Boxed: every connection keeps room for one `InFlight` while idle.
+    pub(super) live: Option<Box<LiveBatch>>,
 }
 
 impl InFlight {
@@ -130,8 +130,9 @@ pub(super) async fn wait_head(inflight: &mut VecDeque<InFlight>) {
 /// and the committed batches' summaries until their replies are written.
 #[derive(Debug)]
 pub(super) struct LiveFeed {
-    /// None: no live view kept.
-    live: Option<LiveConnection>,
+    /// None: no live view kept. Boxed: most servers keep none (`--http off`), and every
+    /// connection holds this.
+    live: Option<Box<LiveConnection>>,
     batch_first: Option<Instant>,
     committed: Vec<LiveBatch>,
 }
@@ -139,7 +140,7 @@ pub(super) struct LiveFeed {
 impl LiveFeed {
     pub(super) fn new(live: Option<LiveConnection>) -> Self {
         LiveFeed {
-            live,
+            live: live.map(Box::new),
             batch_first: None,
             committed: Vec::new(),
         }
@@ -151,17 +152,22 @@ impl LiveFeed {
     }
 
     /// The pending batch's summary, taken before the store consumes it.
-    pub(super) fn summarize(&mut self, batch: &[crate::store::StoredReading]) -> Option<LiveBatch> {
+    pub(super) fn summarize(
+        &mut self,
+        batch: &[crate::store::StoredReading],
+    ) -> Option<Box<LiveBatch>> {
         let first = self.batch_first.take();
-        self.live.as_ref().map(|live| live.summarize(batch, first))
+        self.live
+            .as_ref()
+            .map(|live| Box::new(live.summarize(batch, first)))
     }
 
     /// A batch (its summary, if kept) is committed; `repeats`: its readings the store
     /// already held, which are no new readings.
-    pub(super) fn committed(&mut self, live: Option<LiveBatch>, repeats: &[Repeat]) {
+    pub(super) fn committed(&mut self, live: Option<Box<LiveBatch>>, repeats: &[Repeat]) {
         self.committed.extend(live.map(|mut live| {
             live.forget(repeats);
-            live
+            *live
         }));
     }
 

@@ -291,6 +291,28 @@ pub struct ConnQuota {
     recent: Vec<u64>,
     /// Reused for each reading's tag pairs; always empty between readings.
     pairs: Vec<(&'static str, &'static str)>,
+    /// The series of the last reading hashed, and its hash: a connection mostly sends one
+    /// series (or a few in turn), and the same parts skip sorting and hashing them again.
+    /// Boxed, so a connection that sends no reading holds one pointer.
+    last: Option<Box<LastSeries>>,
+}
+
+/// The parts [`ConnQuota::series_hash`] hashed, as the reading had them, and the hash.
+#[derive(Debug, Default)]
+struct LastSeries {
+    measurement: String,
+    tags: Vec<(String, String)>,
+    sensor: String,
+    hash: u64,
+}
+
+impl LastSeries {
+    /// Whether `reading` filed under `sensor` has these very parts, so the same hash.
+    fn holds(&self, reading: &Reading, sensor: &str) -> bool {
+        self.measurement == reading.measurement
+            && self.tags == reading.tags
+            && self.sensor == sensor
+    }
 }
 
 impl ConnQuota {
@@ -303,6 +325,7 @@ impl ConnQuota {
             principal: None,
             recent: Vec::new(),
             pairs: Vec::new(),
+            last: None,
         }
     }
 
@@ -436,6 +459,11 @@ impl ConnQuota {
     /// `str`'s `Hash` ends each string with 0xFF, a byte UTF-8 never holds, so the parts
     /// are delimited one to one, as the key's escaping does.
     fn series_hash(&mut self, reading: &Reading, sensor: &str) -> u64 {
+        if let Some(last) = &self.last {
+            if last.holds(reading, sensor) {
+                return last.hash;
+            }
+        }
         // The pair buffer's allocation is kept across readings; its borrows are not (it
         // is emptied, then turned into a buffer of this reading's lifetime in place).
         let mut pairs: Vec<(&str, &str)> = std::mem::take(&mut self.pairs)
@@ -451,7 +479,15 @@ impl ConnQuota {
         }
         pairs.clear();
         self.pairs = pairs.into_iter().map(|_| ("", "")).collect();
-        hasher.finish()
+        let hash = hasher.finish();
+        // `clone_from` reuses the strings' memory when the series changes.
+        let last = self.last.get_or_insert_with(Box::default);
+        last.measurement.clone_from(&reading.measurement);
+        last.tags.clone_from(&reading.tags);
+        last.sensor.clear();
+        last.sensor.push_str(sensor);
+        last.hash = hash;
+        hash
     }
 }
 
@@ -760,6 +796,38 @@ mod tests {
                 assert_eq!(same_hash, key_a == key_b, "{} / {}", lines[i], lines[j]);
             }
         }
+    }
+
+    /// The hash remembered for the last series is the one hashing would give: a reading
+    /// that differs from the last in any part (measurement, a tag, its order, the sensor
+    /// it is filed under) is hashed anew.
+    #[test]
+    fn remembered_series_hash_is_the_computed_one() {
+        let quotas = Quotas::new(limits(1, 1));
+        let mut cached = ConnQuota::new(quotas.clone(), Instant::now());
+        let cases = [
+            ("m,a=1 v=1", "ip"),
+            ("m,a=1 v=2", "ip"),
+            ("m,a=1 v=1", "other"),
+            ("m,a=1,sensor=s v=1", "other"),
+            ("m,a=1,sensor=s v=1", "ip"),
+            ("m,sensor=s,a=1 v=1", "ip"),
+            ("m,a=2 v=1", "ip"),
+            ("n,a=2 v=1", "ip"),
+            ("n,a=2 v=1", "ip"),
+            ("m,a=1 v=1", "ip"),
+        ];
+        let mut hashes = Vec::new();
+        for (line, sensor) in cases {
+            let r = reading(line);
+            let fresh = ConnQuota::new(quotas.clone(), Instant::now()).series_hash(&r, sensor);
+            assert_eq!(cached.series_hash(&r, sensor), fresh, "{line} / {sensor}");
+            hashes.push(fresh);
+        }
+        // And it is a hash of the series: the cases above are five series.
+        hashes.sort_unstable();
+        hashes.dedup();
+        assert_eq!(hashes.len(), 5, "{hashes:?}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -6,6 +6,13 @@
 //! (the oldest are forgotten, deduplication included) so that a benchmark running at
 //! millions of readings per second does not exhaust memory.
 //!
+//! The ingest path is built for what sensors send, one series at a time in timestamp order,
+//! without a quadratic case for anything else: each series keeps its readings' timestamps
+//! (an ordered deque, plus an ordered map for late ones), so a new reading costs no hash
+//! lookup and an eviction no cache miss in a global table; a reading of the previous
+//! reading's series skips building its series key; field names are kept once per set of
+//! names, so a one-field reading is kept without an allocation of its own.
+//!
 //! The data sit behind one `RwLock` shared by the write side ([`MemoryStore`], written
 //! inline by the submitting tasks) and the read side ([`MemoryStore::reader`]). Every read
 //! (query, latest, stats, counts) walks all kept readings under the read lock: up to
@@ -26,22 +33,127 @@ use crate::protocol::FieldValue;
 /// Readings kept by [`MemoryStore::default`].
 pub const DEFAULT_CAPACITY: usize = 1_000_000;
 
-/// A series, stored once.
+/// A series, stored once, with the timestamps of its kept readings (the deduplication
+/// identity is (series, timestamp)).
 #[derive(Debug)]
 struct Series {
     measurement: String,
     sensor: String,
     /// Sorted by (key, value).
     tags: Vec<(String, String)>,
+    /// (timestamp, seq) of kept readings that arrived in timestamp order: ascending in
+    /// both, so a reading newer than the last is new without a lookup, and eviction (always
+    /// of the oldest seq) pops the front. Sensors send in order: nearly every reading is
+    /// here, at O(1) per insert and eviction and 16 bytes each.
+    in_order: VecDeque<(i64, u64)>,
+    /// Timestamp → seq of kept readings that arrived at or before `in_order`'s last
+    /// timestamp (late, replayed or hostile): O(log n) each, so no order of timestamps
+    /// makes the store quadratic.
+    late: BTreeMap<i64, u64>,
+    /// The layout of this series' last reading (checked against the names before use):
+    /// its next reading most likely has the same fields.
+    layout: Option<u32>,
 }
 
-/// A reading without its series' strings.
+impl Series {
+    /// The seq of this series' kept reading at `ts`, if any.
+    fn find(&self, ts: i64) -> Option<u64> {
+        match self.in_order.back() {
+            // Newer than every in-order reading: only a late one can hold `ts`.
+            Some(&(last, _)) if ts <= last => {
+                if let Ok(at) = self.in_order.binary_search_by_key(&ts, |&(t, _)| t) {
+                    return Some(self.in_order[at].1);
+                }
+            }
+            _ => {}
+        }
+        if self.late.is_empty() {
+            return None;
+        }
+        self.late.get(&ts).copied()
+    }
+
+    /// Keep a reading at `ts` (not held yet: see [`Series::find`]) as `seq`.
+    fn keep(&mut self, ts: i64, seq: u64) {
+        match self.in_order.back() {
+            Some(&(last, _)) if ts <= last => {
+                self.late.insert(ts, seq);
+            }
+            _ => self.in_order.push_back((ts, seq)),
+        }
+    }
+
+    /// Forget the kept reading (`ts`, `seq`), the store's oldest: if it is in `in_order`
+    /// it is at the front (seqs ascend there, and every older seq is gone already).
+    fn forget(&mut self, ts: i64, seq: u64) {
+        if self.in_order.front() == Some(&(ts, seq)) {
+            self.in_order.pop_front();
+            if self.in_order.is_empty() {
+                // A series that stopped sending gives its memory back.
+                self.in_order = VecDeque::new();
+            }
+        } else {
+            self.late.remove(&ts);
+        }
+    }
+
+    /// Whether `stored` belongs to this series, told from its parts (cheaper than its key):
+    /// the same measurement, tags (in this order) and sensor always make the same series
+    /// key. `false` says nothing: the key decides.
+    fn holds(&self, stored: &StoredReading) -> bool {
+        self.measurement == stored.reading.measurement
+            && self.sensor == stored.sensor
+            && self.tags == stored.reading.tags
+    }
+}
+
+/// A reading without its series' strings nor its field names.
 #[derive(Debug)]
 struct MemRow {
     series: u32,
+    /// Index in `Data::layouts`: the names of `values`.
+    layout: u32,
     timestamp_ns: i64,
     received_ns: i64,
-    fields: Vec<(String, FieldValue)>,
+    values: Values,
+}
+
+/// A reading's field values, in its layout's order. One value (the usual sensor reading)
+/// is kept without an allocation of its own.
+#[derive(Debug)]
+enum Values {
+    One(FieldValue),
+    Many(Box<[FieldValue]>),
+}
+
+impl Values {
+    fn of(fields: &[(String, FieldValue)]) -> Self {
+        match fields {
+            [(_, value)] => Values::One(value.clone()),
+            _ => Values::Many(fields.iter().map(|(_, value)| value.clone()).collect()),
+        }
+    }
+
+    fn as_slice(&self) -> &[FieldValue] {
+        match self {
+            Values::One(value) => std::slice::from_ref(value),
+            Values::Many(values) => values,
+        }
+    }
+}
+
+/// Field names in order, kept once for every kept reading that has them (a sensor sends
+/// the same fields each time), and how many kept readings do: the last one's eviction
+/// frees it, so names that keep changing cost no more than the readings holding them.
+#[derive(Debug)]
+struct Layout {
+    names: Arc<[String]>,
+    rows: u64,
+}
+
+/// Whether `fields` has exactly the names `names`, in order.
+fn same_names(names: &[String], fields: &[(String, FieldValue)]) -> bool {
+    names.len() == fields.len() && names.iter().zip(fields).all(|(a, (b, _))| a == b)
 }
 
 #[derive(Debug)]
@@ -50,11 +162,16 @@ struct Data {
     /// Series key → index in `series`.
     series_ids: FxHashMap<String, u32>,
     series: Vec<Series>,
-    /// The most recent readings, oldest first.
+    /// The series of the last reading written: a batch is mostly one sensor's readings,
+    /// which then skip building and hashing the series key.
+    last_series: Option<u32>,
+    /// Layout id → the layout, `None` for a free id (listed in `free_layouts`).
+    layouts: Vec<Option<Layout>>,
+    /// The names of every layout in `layouts` → its id.
+    layout_ids: FxHashMap<Arc<[String]>, u32>,
+    free_layouts: Vec<u32>,
+    /// The most recent readings, oldest first: `rows[seq - evicted]` is reading `seq`.
     rows: VecDeque<MemRow>,
-    /// (series, timestamp) of every kept reading, the deduplication identity, with the
-    /// reading's place: `rows[seq - evicted]` (so a repeat can compare fields).
-    seen: FxHashMap<(u32, i64), u64>,
     /// Readings pushed out of `rows` so far (the oldest first).
     evicted: u64,
 }
@@ -79,8 +196,11 @@ impl MemoryStore {
                 capacity: capacity.max(1),
                 series_ids: FxHashMap::default(),
                 series: Vec::new(),
+                last_series: None,
+                layouts: Vec::new(),
+                layout_ids: FxHashMap::default(),
+                free_layouts: Vec::new(),
                 rows: VecDeque::new(),
-                seen: FxHashMap::default(),
                 evicted: 0,
             })),
         }
@@ -127,63 +247,161 @@ impl Data {
         let mut key = String::new();
         let mut pairs = Vec::new();
         for (index, stored) in batch.iter().enumerate() {
-            write_stored_series_key(&mut key, &mut pairs, stored);
-            let series = match self.series_ids.get(key.as_str()) {
-                Some(&id) => id,
-                None => {
-                    let id = u32::try_from(self.series.len()).map_err(|_| {
-                        StoreError::Corrupt("memory store: more than 2^32 series".into())
-                    })?;
-                    let mut tags = stored.reading.tags.clone();
-                    tags.sort_unstable();
-                    self.series.push(Series {
-                        measurement: stored.reading.measurement.clone(),
-                        sensor: stored.sensor.clone(),
-                        tags,
-                    });
-                    self.series_ids.insert(key.clone(), id);
-                    id
-                }
+            let series = match self.last_series {
+                Some(id) if self.series[id as usize].holds(stored) => id,
+                _ => self.series_id(stored, &mut key, &mut pairs)?,
             };
+            self.last_series = Some(series);
             let ts = stored.timestamp_ns();
-            if let Some(&seq) = self.seen.get(&(series, ts)) {
+            if let Some(seq) = self.series[series as usize].find(ts) {
                 written.repeat(index, self.conflict(seq, stored));
                 continue;
             }
+            // Evicted first: it may free the layout this reading then takes again.
             if self.rows.len() >= self.capacity {
                 if let Some(oldest) = self.rows.pop_front() {
-                    self.seen.remove(&(oldest.series, oldest.timestamp_ns));
+                    self.series[oldest.series as usize].forget(oldest.timestamp_ns, self.evicted);
+                    self.release_layout(oldest.layout);
                     self.evicted += 1;
                 }
             }
+            let layout = self.take_layout(series, &stored.reading.fields)?;
             let seq = self.evicted + self.rows.len() as u64;
-            self.seen.insert((series, ts), seq);
+            self.series[series as usize].keep(ts, seq);
             self.rows.push_back(MemRow {
                 series,
+                layout,
                 timestamp_ns: ts,
                 received_ns: stored.received_ns,
-                fields: stored.reading.fields.clone(),
+                values: Values::of(&stored.reading.fields),
             });
             written.outcome.inserted += 1;
         }
         Ok(written)
     }
 
+    /// The id of the series of `stored`, by its key (written into `key`), added if new.
+    fn series_id<'a>(
+        &mut self,
+        stored: &'a StoredReading,
+        key: &mut String,
+        pairs: &mut Vec<(&'a str, &'a str)>,
+    ) -> Result<u32, StoreError> {
+        write_stored_series_key(key, pairs, stored);
+        if let Some(&id) = self.series_ids.get(key.as_str()) {
+            return Ok(id);
+        }
+        let id = u32::try_from(self.series.len())
+            .map_err(|_| StoreError::Corrupt("memory store: more than 2^32 series".into()))?;
+        let mut tags = stored.reading.tags.clone();
+        tags.sort_unstable();
+        self.series.push(Series {
+            measurement: stored.reading.measurement.clone(),
+            sensor: stored.sensor.clone(),
+            tags,
+            in_order: VecDeque::new(),
+            late: BTreeMap::new(),
+            layout: None,
+        });
+        self.series_ids.insert(key.clone(), id);
+        Ok(id)
+    }
+
+    /// The layout of `fields` for one more kept reading of `series`: the series' last one
+    /// when the names match (no lookup), else found or added by names.
+    fn take_layout(
+        &mut self,
+        series: u32,
+        fields: &[(String, FieldValue)],
+    ) -> Result<u32, StoreError> {
+        let last = self.series[series as usize].layout;
+        let id = match last.and_then(|id| Some((id, self.layouts[id as usize].as_mut()?))) {
+            Some((id, layout)) if same_names(&layout.names, fields) => {
+                layout.rows += 1;
+                return Ok(id);
+            }
+            _ => {
+                let names: Vec<String> = fields.iter().map(|(name, _)| name.clone()).collect();
+                match self.layout_ids.get(names.as_slice()) {
+                    Some(&id) => id,
+                    None => self.add_layout(names.into())?,
+                }
+            }
+        };
+        self.series[series as usize].layout = Some(id);
+        if let Some(layout) = self.layouts[id as usize].as_mut() {
+            layout.rows += 1;
+        }
+        Ok(id)
+    }
+
+    /// A new layout (with no readings yet) under a free id.
+    fn add_layout(&mut self, names: Arc<[String]>) -> Result<u32, StoreError> {
+        let layout = Some(Layout {
+            names: Arc::clone(&names),
+            rows: 0,
+        });
+        let id = match self.free_layouts.pop() {
+            Some(id) => {
+                self.layouts[id as usize] = layout;
+                id
+            }
+            None => {
+                let id = u32::try_from(self.layouts.len()).map_err(|_| {
+                    StoreError::Corrupt("memory store: more than 2^32 field layouts".into())
+                })?;
+                self.layouts.push(layout);
+                id
+            }
+        };
+        self.layout_ids.insert(names, id);
+        Ok(id)
+    }
+
+    /// One kept reading of layout `id` fewer; the last one frees it.
+    fn release_layout(&mut self, id: u32) {
+        let Some(slot) = self.layouts.get_mut(id as usize) else {
+            return;
+        };
+        if let Some(layout) = slot {
+            layout.rows -= 1;
+            if layout.rows == 0 {
+                self.layout_ids.remove(&*layout.names);
+                *slot = None;
+                self.free_layouts.push(id);
+            }
+        }
+    }
+
+    /// The fields of a kept reading, names and values.
+    fn fields(&self, row: &MemRow) -> Vec<(String, FieldValue)> {
+        // Every kept reading holds its layout, so it is there.
+        let names = self.layouts[row.layout as usize]
+            .as_ref()
+            .map_or(&[][..], |layout| &layout.names[..]);
+        names
+            .iter()
+            .cloned()
+            .zip(row.values.as_slice().iter().cloned())
+            .collect()
+    }
+
     /// `stored` repeats the kept reading `seq`: `None` if their fields encode the same (a
     /// duplicate), else the conflict. Compared as encoded text, as SQLite does, so both
     /// stores agree (e.g. `-0.0` is not `0.0`, NaN equals NaN).
     fn conflict(&self, seq: u64, stored: &StoredReading) -> Option<Box<Conflict>> {
-        // `seen` holds kept readings only, so the row is there.
+        // Series hold kept readings only, so the row is there.
         let kept = seq
             .checked_sub(self.evicted)
             .and_then(|at| usize::try_from(at).ok())
             .and_then(|at| self.rows.get(at))?;
+        let kept = self.fields(kept);
         let (mut a, mut b) = (String::new(), String::new());
-        encode_fields(&mut a, &kept.fields);
+        encode_fields(&mut a, &kept);
         encode_fields(&mut b, &stored.reading.fields);
         (a != b).then(|| {
             Box::new(Conflict {
-                kept: kept.fields.clone(),
+                kept,
                 refused: stored.clone(),
             })
         })
@@ -199,7 +417,7 @@ impl Data {
             measurement: series.measurement.clone(),
             sensor: series.sensor.clone(),
             tags: series.tags.clone(),
-            fields: row.fields.clone(),
+            fields: self.fields(row),
             timestamp_ns: row.timestamp_ns,
             received_ns: row.received_ns,
         }
@@ -287,7 +505,7 @@ impl ReadStore for MemoryReader {
                 readings,
                 first_ns,
                 last_ns: latest.timestamp_ns,
-                last_fields: latest.fields.clone(),
+                last_fields: data.fields(latest),
             })
             .collect();
         Box::pin(std::future::ready(Ok(stats)))
@@ -338,5 +556,126 @@ mod tests {
             .expect("write");
         assert_eq!(again.outcome.inserted, 1);
         assert_eq!(store.len(), 2);
+    }
+
+    /// Late readings (at or before the series' newest) take the ordered map, in-order ones
+    /// the deque; deduplication and eviction must agree across both, whatever the order.
+    #[test]
+    fn late_and_in_order_readings_dedup_and_evict_alike() {
+        let mut store = MemoryStore::with_capacity(4);
+        let reader = store.reader();
+        let v = |x: f64| vec![("v", FieldValue::Float(x))];
+        let write = |store: &mut MemoryStore, ts: i64, x: f64| {
+            store
+                .write_batch(&[reading("m", &[("sensor", "a")], v(x), ts)])
+                .expect("write")
+                .outcome
+        };
+        // 10 and 20 in order; 5 and 15 late.
+        for ts in [10, 20, 5, 15] {
+            assert_eq!(write(&mut store, ts, 1.0).inserted, 1, "{ts}");
+        }
+        for ts in [10, 20, 5, 15] {
+            assert_eq!(write(&mut store, ts, 1.0).duplicates, 1, "{ts}");
+            assert_eq!(write(&mut store, ts, 2.0).conflicts, 1, "{ts}");
+        }
+        // Full: each new reading evicts the oldest written (10, then 20, then 5).
+        assert_eq!(write(&mut store, 30, 1.0).inserted, 1);
+        assert_eq!(write(&mut store, 25, 1.0).inserted, 1);
+        assert_eq!(write(&mut store, 1, 1.0).inserted, 1);
+        let kept: Vec<i64> = block_on(reader.query(&Query::default()))
+            .expect("query")
+            .iter()
+            .map(|r| r.timestamp_ns)
+            .collect();
+        assert_eq!(kept, vec![1, 15, 25, 30]);
+        // The evicted are forgotten, the kept still deduplicate.
+        for ts in [1, 15, 25, 30] {
+            assert_eq!(write(&mut store, ts, 1.0).duplicates, 1, "{ts}");
+        }
+        assert_eq!(write(&mut store, 10, 1.0).inserted, 1);
+        assert_eq!(store.len(), 4);
+    }
+
+    /// A batch alternating between series (the fast path keys on the previous reading's
+    /// series) files each reading under its own series, tags in any order.
+    #[test]
+    fn readings_of_alternating_series_keep_their_series() {
+        let mut store = MemoryStore::with_capacity(100);
+        let reader = store.reader();
+        let v = vec![("v", FieldValue::Int(1))];
+        let batch = [
+            reading("m", &[("sensor", "a"), ("room", "1")], v.clone(), 1),
+            reading("m", &[("room", "1"), ("sensor", "a")], v.clone(), 1),
+            reading("m", &[("sensor", "b")], v.clone(), 1),
+            reading("m", &[("sensor", "a"), ("room", "1")], v.clone(), 2),
+            reading("n", &[("sensor", "b")], v.clone(), 1),
+        ];
+        let written = store.write_batch(&batch).expect("write");
+        assert_eq!(
+            (written.outcome.inserted, written.outcome.duplicates),
+            (4, 1)
+        );
+        assert_eq!(written.repeats[0].index, 1);
+        let rows = block_on(reader.query(&Query::default())).expect("query");
+        let series: Vec<(String, String, i64)> = rows
+            .iter()
+            .map(|r| (r.measurement.clone(), r.sensor.clone(), r.timestamp_ns))
+            .collect();
+        assert_eq!(
+            series,
+            vec![
+                ("m".into(), "a".into(), 1),
+                ("m".into(), "b".into(), 1),
+                ("n".into(), "b".into(), 1),
+                ("m".into(), "a".into(), 2),
+            ]
+        );
+    }
+
+    /// Field names are kept once per layout and freed with their last reading: names that
+    /// change, come back and are evicted must still read back as written.
+    #[test]
+    fn field_names_survive_changing_layouts_and_eviction() {
+        let mut store = MemoryStore::with_capacity(3);
+        let reader = store.reader();
+        let f = |names: &[&'static str]| -> Vec<(&'static str, FieldValue)> {
+            names.iter().map(|&n| (n, FieldValue::Int(1))).collect()
+        };
+        let layouts: [&[&str]; 6] = [&["a"], &["a", "b"], &["a"], &["c"], &["b", "a"], &[]];
+        for (ts, names) in layouts.iter().enumerate() {
+            let written = store
+                .write_batch(&[reading("m", &[("sensor", "s")], f(names), ts as i64)])
+                .expect("write");
+            assert_eq!(written.outcome.inserted, 1);
+        }
+        let rows = block_on(reader.query(&Query::default())).expect("query");
+        let names: Vec<Vec<String>> = rows
+            .iter()
+            .map(|r| r.fields.iter().map(|(n, _)| n.clone()).collect())
+            .collect();
+        assert_eq!(names, vec![vec!["c"], vec!["b", "a"], vec![]]);
+        let data = read(&store.data);
+        // "a" and "a,b" went with their last readings; their ids were reused.
+        assert_eq!(data.layout_ids.len(), 3);
+        assert_eq!(data.layouts.len(), 3, "{:?}", data.layouts);
+        // A repeat compares against the kept names: same names, a duplicate; others, a
+        // conflict that shows them.
+        drop(data);
+        let again = store
+            .write_batch(&[
+                reading("m", &[("sensor", "s")], f(&["b", "a"]), 4),
+                reading("m", &[("sensor", "s")], f(&["a", "b"]), 4),
+            ])
+            .expect("write");
+        assert_eq!((again.outcome.duplicates, again.outcome.conflicts), (1, 1));
+        let conflict = again.repeats[1].conflict.as_ref().expect("a conflict");
+        assert_eq!(
+            conflict.kept,
+            vec![
+                ("b".to_string(), FieldValue::Int(1)),
+                ("a".to_string(), FieldValue::Int(1))
+            ]
+        );
     }
 }

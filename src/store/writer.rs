@@ -320,7 +320,15 @@ impl StoreHandle {
             reply,
             queued,
         };
-        tx.send(job).await.map_err(|_| StoreError::WriterGone)?;
+        match tx.try_send(job) {
+            Ok(()) => {}
+            // Only a full queue waits, in a boxed future: the wait's state (the job and a
+            // semaphore waiter) would otherwise be part of every connection's task.
+            Err(mpsc::error::TrySendError::Full(job)) => Box::pin(tx.send(job))
+                .await
+                .map_err(|_| StoreError::WriterGone)?,
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(StoreError::WriterGone),
+        }
         Ok(answer)
     }
 }
@@ -456,11 +464,17 @@ fn run(
     loop {
         let first = match carried.take() {
             Some(job) => job,
-            // None: every handle is dropped and the queue is drained.
-            None => match next_or_idle(store.as_mut(), &rt, &mut rx, &mut probe_at, telemetry) {
-                Some(Some(job)) => job,
-                Some(None) => continue,
-                None => break,
+            None => match rx.try_recv() {
+                // Queued while the last transaction committed: no timer, no park.
+                Ok(job) => job,
+                // None: every handle is dropped and the queue is drained.
+                Err(_) => {
+                    match next_or_idle(store.as_mut(), &rt, &mut rx, &mut probe_at, telemetry) {
+                        Some(Some(job)) => job,
+                        Some(None) => continue,
+                        None => break,
+                    }
+                }
             },
         };
         let deadline = Instant::now() + config.commit_delay;

@@ -7,6 +7,7 @@ use super::Connection;
 use crate::protocol::control::{Ack, Reply};
 use crate::protocol::legacy::PONG;
 use crate::server::pending::PendingReply;
+use crate::store::writer::Committed;
 
 /// The replies encoded into `Connection::out`, for
 /// [`RepliesWritten`](crate::events::RepliesWritten).
@@ -17,6 +18,23 @@ pub(super) struct OutReplies {
     pub(super) errors: u64,
     pub(super) readings_acked: u64,
     pub(super) ack_receipts: Vec<Instant>,
+}
+
+/// What an ack reports of the last commit (`store_us`, `commit_us`): only its timings are
+/// kept, not the whole [`Committed`], in a struct every connection holds.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct LastCommit {
+    pub(super) committed_at: Instant,
+    pub(super) commit_us: u64,
+}
+
+impl LastCommit {
+    pub(super) fn of(committed: &Committed) -> Self {
+        LastCommit {
+            committed_at: committed.committed_at,
+            commit_us: committed.commit_us,
+        }
+    }
 }
 
 impl Connection<'_> {
