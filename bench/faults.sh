@@ -2,8 +2,8 @@
 # The fault scenarios (tests/faults/) on their own, as root: two network namespaces joined by
 # a user-space link emulator (TUN devices + relay threads, no qdisc), with delay, jitter,
 # loss, outages and a SIGSTOPped server injected; `sensorlink client`, irtt and (once it
-# exists) `sensorlink probe` measure them. Prints the measured-vs-injected table (the one in
-# BENCHMARKS.md, "Measured against injected faults") with the date and commit. ≈ 2.5 min.
+# exists) `sensorlink probe` measure them. Prints the measured-vs-injected table (BENCHMARKS.md,
+# under faults.sh: bench/all.sh runs it as root) with the date and commit. ≈ 2.5 min.
 # Debug build, like `cargo test`: the figures compare against the injected conditions and a
 # baseline taken on the same link in the same test, not against speed.
 set -euo pipefail

@@ -37,7 +37,7 @@ trap 'exit 130' INT TERM
 # on core SERVER_CPU and its load generator on core LOAD_CPU, through `taskset`; PIN=0 runs
 # both unpinned, for comparison. Scripts start servers with "${on_server[@]}" CMD and load
 # generators with "${on_load[@]}" CMD (empty when unpinned); taskset execs, so a recorded
-# PID is the program's own.
+# PID is the program's own. start_ours and ours_bench below pin by themselves.
 PIN=${PIN:-1}
 SERVER_CPU=${SERVER_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
@@ -113,7 +113,7 @@ stop_pid() {
 start_ours() {
   local store=$1 fsync=$2 out=${SERVER_OUT:-$tmp/server.out} i
   shift 2
-  start_bg "$out" "$bin" server --listen 127.0.0.1:0 --http "${SERVER_HTTP:-off}" --store "$store" --fsync "$fsync" -q \
+  start_bg "$out" "${on_server[@]}" "$bin" server --listen 127.0.0.1:0 --http "${SERVER_HTTP:-off}" --store "$store" --fsync "$fsync" -q \
     --max-connections-per-ip 1048576 --connect-rate-per-ip 1000000 \
     --max-rate-per-connection 1000000000 --max-rate-per-token 1000000000 \
     --max-new-series-per-connection 1000000000 --max-new-series-per-token 1000000000 "$@"
@@ -155,12 +155,12 @@ wait_tcp() {
 }
 
 # ours_bench OUTFILE TIMEOUT_S ARGS...: `sensorlink bench ARGS --json --no-progress` into
-# OUTFILE. Exit 1 (errors during the run) is kept: the JSON says how many.
+# OUTFILE, on the load core. Exit 1 (errors during the run) is kept: the JSON says how many.
 ours_bench() {
   local out=$1 limit=$2
   shift 2
-  cmdlog "$bin" bench "$@" --json --no-progress
-  timeout --kill-after=5 "$limit" "$bin" bench "$@" --json --no-progress > "$out" || [ $? -eq 1 ]
+  cmdlog "${on_load[@]}" "$bin" bench "$@" --json --no-progress
+  timeout --kill-after=5 "$limit" "${on_load[@]}" "$bin" bench "$@" --json --no-progress > "$out" || [ $? -eq 1 ]
 }
 
 # CPU accounting from /proc (the machine has no hardware counters; these need none).
@@ -232,6 +232,21 @@ result() {
   if [ -n "${RESULTS:-}" ]; then printf '%s\n' "$row" >> "$RESULTS"; fi
 }
 
+# num X: X rounded to an integer, thousands apart by a space ("1 234 567").
+num() {
+  awk -v x="$1" 'BEGIN { s = sprintf("%.0f", x); o = ""
+    while (length(s) > 3 && substr(s, length(s) - 3, 1) ~ /[0-9]/) { o = " " substr(s, length(s) - 2) o; s = substr(s, 1, length(s) - 3) }
+    print s o }'
+}
+# us X: X (µs) with 1 decimal below 100, whole above.
+us() { awk -v x="$1" 'BEGIN { printf(x < 100 ? "%.1f\n" : "%.0f\n", x) }'; }
+# pct A B: A ÷ B in whole percent ("93 %"); "nan" when B is 0.
+pct() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "nan"; else printf "%.0f %%\n", 100 * a / b }'; }
+# spreads OURS_PCT REF_PCT: the SPREAD column, "ours X % / ref Y %" (REF_PCT may be empty).
+spreads() { echo "ours $1 %${2:+ / ref $2 %}"; }
+# footer: the load average after the run (beside the header's "before").
+footer() { echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"; }
+
 # int X: X rounded to an integer.  ratio A B: A / B with 2 decimals.
 int() { awk -v x="$1" 'BEGIN { printf "%.0f", x }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "nan"; else printf "%.2f", a / b }'; }
@@ -261,6 +276,7 @@ keep() {
 # only (its unix socket in $tmp/pg), fsync on and every other setting at its default unless
 # given. initdb and postgres refuse to run as root: as root both run as the Debian `postgres`
 # user through setpriv, which execs, so the PID recorded is the postmaster's own.
+# Pinned like every server under test: postgres (and so every process it forks) on SERVER_CPU.
 pg_bin=
 pg_pid=
 pg_port=
@@ -283,7 +299,7 @@ pg_start() {
     exit 2
   fi
   pg_port=$(free_port)
-  start_bg "$tmp/pg.out" "${as[@]}" "$pg_bin/postgres" -D "$dir/data" -k "$dir" -h 127.0.0.1 \
+  start_bg "$tmp/pg.out" "${on_server[@]}" "${as[@]}" "$pg_bin/postgres" -D "$dir/data" -k "$dir" -h 127.0.0.1 \
     -p "$pg_port" -c listen_addresses=127.0.0.1 -c fsync=on "$@"
   pg_pid=$last_pid
   for ((i = 0; i < 600; i++)); do

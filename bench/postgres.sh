@@ -21,13 +21,16 @@
 # stored are counted: acked ≤ stored ≤ acked + unacked (nothing acknowledged is lost, nothing
 # stored twice). Raw JSON reports go to $OUT if set (RUNS=$OUT/runs.json prints the table again
 # without measuring). Loopback only; every run bounded by `timeout`; about 3.5 min.
+# Pinned (bench/lib.sh): PostgreSQL (every process of the cluster) and the collector(s) share
+# the server core SERVER_CPU, as the SQLite side's collector (with SQLite inside it) has it
+# alone; the bench(es) on LOAD_CPU. PIN=0 unpinned. Prints `result` rows pg-vs-sqlite and
+# pg2-vs-sqlite (the pipelined shape; other shapes: pg-vs-sqlite-SHAPE …), target: report.
 source "$(dirname "$0")/lib.sh"
 
 DURATION=${DURATION:-5s}
 REPS=${REPS:-3}
 SHAPES=${SHAPES:-"pipelined rtt big"}
 ALTERNATED=1
-NOISY_PCT=15
 if [ -z "${RUNS:-}" ]; then
   bash scripts/install-test-deps.sh postgresql
   bash scripts/install-bench-deps.sh jq
@@ -62,9 +65,6 @@ cpu_json() {
   echo "$1 $2" | awk -v hz="$(getconf CLK_TCK)" '{
     printf "{\"wall\": %.3f, \"collector\": %.3f, \"postgres\": %.3f, \"machine\": %.3f}\n", $6 - $1, ($9 - $4) / hz, ($10 - $5) / hz, ($7 - $2) / hz }'
 }
-
-# us X: X µs with 1 decimal below 100, whole above.
-us() { awk -v x="$1" 'BEGIN { printf(x < 100 ? "%.1f" : "%.0f", x) }'; }
 
 # run SIDE SHAPE REP: one run; appends one JSON line to $tmp/runs.json.
 run() {
@@ -105,13 +105,13 @@ run() {
       sb=$server_pid pb=$addr
       # Both benches at once, each to its own collector.
       # shellcheck disable=SC2086
-      cmdlog "$bin" bench "$pa" $flags2 --measurement bench_a --duration "$DURATION" --json --no-progress
+      cmdlog "${on_load[@]}" "$bin" bench "$pa" $flags2 --measurement bench_a --duration "$DURATION" --json --no-progress
       # shellcheck disable=SC2086
-      cmdlog "$bin" bench "$pb" $flags2 --measurement bench_b --duration "$DURATION" --json --no-progress
-      CMDLOG= start_bg "$tmp/bench-a.err" sh -c 'timeout --kill-after=5 "$1" "$2" bench "$3" '"$flags2"' --measurement bench_a --duration "$4" --json --no-progress > "$5" || [ $? -eq 1 ]' \
+      cmdlog "${on_load[@]}" "$bin" bench "$pb" $flags2 --measurement bench_b --duration "$DURATION" --json --no-progress
+      CMDLOG='' start_bg "$tmp/bench-a.err" "${on_load[@]}" sh -c 'timeout --kill-after=5 "$1" "$2" bench "$3" '"$flags2"' --measurement bench_a --duration "$4" --json --no-progress > "$5" || [ $? -eq 1 ]' \
         sh "$limit" "$bin" "$pa" "$DURATION" "$a"
       local ba=$last_pid
-      CMDLOG= start_bg "$tmp/bench-b.err" sh -c 'timeout --kill-after=5 "$1" "$2" bench "$3" '"$flags2"' --measurement bench_b --duration "$4" --json --no-progress > "$5" || [ $? -eq 1 ]' \
+      CMDLOG='' start_bg "$tmp/bench-b.err" "${on_load[@]}" sh -c 'timeout --kill-after=5 "$1" "$2" bench "$3" '"$flags2"' --measurement bench_b --duration "$4" --json --no-progress > "$5" || [ $? -eq 1 ]' \
         sh "$limit" "$bin" "$pb" "$DURATION" "$b"
       local bb=$last_pid
       s0=$(snap "$sa" "$sb")
@@ -146,6 +146,7 @@ else
   echo
   header
   echo "PostgreSQL: $settings"
+  [ "$PIN" = 1 ] && echo "PostgreSQL (all its processes) and the collector(s) on core $SERVER_CPU, the bench(es) on core $LOAD_CPU"
   echo "collectors: --fsync always, --pg-pool-size default ($(grep -o 'DEFAULT_POOL_SIZE: usize = [0-9]*' src/store/postgres.rs | grep -o '[0-9]*$') transactions in flight each); database, WAL and SQLite file on $(df -T "$tmp" | awk 'NR == 2 { print $2 " (" $1 ")" }')"
   echo "each cell: median of $REPS runs of $DURATION, a fresh server (servers) and database per run; latency: sync write -> ack, µs"
   echo
@@ -230,3 +231,18 @@ if [ -n "${OUT:-}" ]; then
   cp "$tmp/runs.json" "$OUT/runs.json"
 fi
 pg_stop
+echo
+for shname in $SHAPES; do
+  shape "$shname"
+  jq -c "select(.shape == \"$shname\" and .side == \"sqlite\")" "$tmp/runs.json" > "$tmp/ref.json"
+  ref=$(jmed "$tmp/ref.json" .rate) sref=$(spread_pct "$tmp/ref.json" .rate)
+  for side in pg1 pg2; do
+    jq -c "select(.shape == \"$shname\" and .side == \"$side\")" "$tmp/runs.json" > "$tmp/cell.json"
+    rate=$(jmed "$tmp/cell.json" .rate) srate=$(spread_pct "$tmp/cell.json" .rate)
+    key=pg-vs-sqlite what="PostgreSQL store, 1 collector"
+    [ "$side" = pg2 ] && key=pg2-vs-sqlite what="PostgreSQL store, 2 collectors on one database"
+    [ "$shname" = pipelined ] || key=$key-$shname
+    result "$key" "$what ÷ SQLite --fsync always, \`$flags1\`" "$(num "$rate") readings/s" \
+      "SQLite $(num "$ref") readings/s" "$(pct "$rate" "$ref")" "$(spreads "$srate" "$sref")" "report" "measured"
+  done
+done

@@ -16,6 +16,8 @@
 #            time; pg_stat_database: commits, rows); the collector's /metrics (commits, mean rows
 #            and time per commit). With 1 collector, then `perf record` (no call graphs) of the
 #            collector and of every postgres process together for SECONDS_, split by process.
+# Pinned (bench/lib.sh): servers (and PostgreSQL) on SERVER_CPU; the bench and perf itself
+# on LOAD_CPU, so perf's own work is not sampled on the server's core; PIN=0 unpinned.
 # Raw perf.data files go to $OUT if set. Loopback only; ≈ 1.5 min (postgres: ≈ 1 min more).
 source "$(dirname "$0")/lib.sh"
 
@@ -60,12 +62,12 @@ profile() { # NAME STORE BENCH-FLAGS...
   local name=$1 store=$2
   shift 2
   start_ours "$store" always
-  start_bg "$tmp/bench.json" timeout --kill-after=5 $((SECONDS_ + 60)) "$bin" bench "$addr" "$@" \
+  start_bg "$tmp/bench.json" timeout --kill-after=5 $((SECONDS_ + 60)) "${on_load[@]}" "$bin" bench "$addr" "$@" \
     --duration $((SECONDS_ + 4))s --json --no-progress
   local bench_pid=$last_pid
   # Let it settle (and, for idle, connect: 10 000 at 2000/s), then record the server only.
   case $name in idle) sleep 8 ;; *) sleep 2 ;; esac
-  timeout $((SECONDS_ + 30)) perf record -q -F 999 -e cpu-clock --call-graph dwarf,16384 \
+  timeout $((SECONDS_ + 30)) "${on_load[@]}" perf record -q -F 999 -e cpu-clock --call-graph dwarf,16384 \
     -p "$server_pid" -o "$tmp/$name.data" -- sleep "$SECONDS_" > /dev/null 2>&1 || true
   wait "$bench_pid" || true
   stop_pid "$bench_pid" 1
@@ -158,7 +160,7 @@ profile_postgres() { # COLLECTORS
     servers+=("$server_pid")
     https+=("$http")
     # shellcheck disable=SC2086 # $flags is a list of words
-    start_bg "$tmp/bench-$i.json" timeout --kill-after=5 $((SECONDS_ + window + 60)) "$bin" bench "$addr" $flags \
+    start_bg "$tmp/bench-$i.json" timeout --kill-after=5 $((SECONDS_ + window + 60)) "${on_load[@]}" "$bin" bench "$addr" $flags \
       --measurement "bench_$i" --duration "$((2 + window + 8 + (n == 1 ? SECONDS_ : 0)))s" --json --no-progress
     benches+=("$last_pid")
   done
@@ -191,7 +193,7 @@ profile_postgres() { # COLLECTORS
   local pids
   pids=$(pgrep -P "$pg_pid" | paste -sd, -)
   if [ "$n" -eq 1 ]; then
-    timeout $((SECONDS_ + 30)) perf record -q -F 999 -e cpu-clock -p "${servers[0]},$pg_pid,$pids" \
+    timeout $((SECONDS_ + 30)) "${on_load[@]}" perf record -q -F 999 -e cpu-clock -p "${servers[0]},$pg_pid,$pids" \
       -o "$tmp/postgres.data" -- sleep "$SECONDS_" > /dev/null 2>&1 || true
   fi
   for i in "${!benches[@]}"; do

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Round trip with one reading in flight, side by side with a bare TCP ping-pong:
 #   ours:      `sensorlink bench --connections 1 --pipeline 1 --batch 1` against
-#              `sensorlink server --store memory` (and, for information, SQLite --fsync os)
+#              `sensorlink server --store memory`, and against SQLite `--fsync os`
 #   reference: `sockperf pp --tcp --full-rtt` against `sockperf sr --tcp` (Debian `sockperf`)
 #   and the client itself: `sensorlink client --interval 0 --count CLIENT_COUNT --json`
 #   (ping-pong: one reading in flight; p50/p99 from its summary) against the memory store
+# Pinned (bench/lib.sh): every server (ours, `sockperf sr`) on SERVER_CPU, every load
+# generator (`sensorlink bench`, `sensorlink client`, `sockperf pp`) on LOAD_CPU; PIN=0 unpinned.
 # Alternated in one sitting, REPS (default 3) reps of DURATION seconds (default 5) each;
-# prints medians and the ratios against the targets (p50 ≤ 1.3×, p99 ≤ 1.5× sockperf's).
+# prints medians, each figure's spread across reps, and `result` rows against the issue's
+# targets (memory: p50 ≤ 1.1×, p99 ≤ 1.2× sockperf's; SQLite --fsync os: ≤ 1.5×).
 # Loopback only; about REPS × 4 × (DURATION + 2) s in all (≈ 1.5 min). OUT=DIR keeps raw output.
 source "$(dirname "$0")/lib.sh"
 ALTERNATED=1
@@ -33,7 +36,7 @@ run_ours() { # NAME STORE FSYNC
 # last link report included, so a little under the bench's rate).
 run_client() {
   start_ours memory always
-  timeout --kill-after=5 $((DURATION + 60)) "$bin" client "$addr" --interval 0 \
+  timeout --kill-after=5 $((DURATION + 60)) "${on_load[@]}" "$bin" client "$addr" --interval 0 \
     --count "$CLIENT_COUNT" --sensor roundtrip --link-report 0 --json > "$tmp/client.out" ||
     [ $? -eq 1 ] # exit 1: readings lost; the summary says how many
   stop_pid "$server_pid"
@@ -47,10 +50,10 @@ run_client() {
 run_sockperf() {
   local port
   port=$(free_port)
-  start_bg "$tmp/sr.out" sockperf sr --tcp -i 127.0.0.1 -p "$port"
+  start_bg "$tmp/sr.out" "${on_server[@]}" sockperf sr --tcp -i 127.0.0.1 -p "$port"
   local sr_pid=$last_pid
   wait_tcp "$port"
-  timeout --kill-after=5 $((DURATION + 30)) \
+  timeout --kill-after=5 $((DURATION + 30)) "${on_load[@]}" \
     sockperf pp --tcp -i 127.0.0.1 -p "$port" --full-rtt -t "$DURATION" > "$tmp/pp.out" 2>&1
   stop_pid "$sr_pid"
   keep "$tmp/pp.out" "roundtrip-sockperf-$rep.txt"
@@ -98,24 +101,37 @@ c50=$(jmed "$tmp/client.jsonl" .latency_us.p50)
 c99=$(jmed "$tmp/client.jsonl" .latency_us.p99)
 crate=$(jmed "$tmp/client.jsonl" .readings_per_sec)
 clost=$(jq -s 'map(.lost) | add' "$tmp/client.jsonl")
+# Each figure's spread across reps, in %.
+sp() { spread_pct "$tmp/$1.jsonl" "$2"; }
+so50=$(sp memory .latency_us.p50) so99=$(sp memory .latency_us.p99) sorate=$(sp memory .readings_per_sec)
+ss50=$(sp sockperf .latency_us.p50) ss99=$(sp sockperf .latency_us.p99) ssrate=$(sp sockperf .readings_per_sec)
+sq50=$(sp sqlite-os .latency_us.p50) sq99=$(sp sqlite-os .latency_us.p99) sqrate=$(sp sqlite-os .readings_per_sec)
+sc50=$(sp client .latency_us.p50) sc99=$(sp client .latency_us.p99) scrate=$(sp client .readings_per_sec)
 
 echo
-echo "| round trip, 1 in flight | ours (memory store) | sockperf | ratio | target | |"
-echo "|---|---:|---:|---:|---|---|"
-echo "| p50 µs | $(printf '%.1f' "$o50") | $(printf '%.1f' "$s50") | $(ratio "$o50" "$s50")× | ≤ 1.3× | $(met "$o50 <= 1.3 * $s50") |"
-echo "| p99 µs | $(printf '%.1f' "$o99") | $(printf '%.1f' "$s99") | $(ratio "$o99" "$s99")× | ≤ 1.5× | $(met "$o99 <= 1.5 * $s99") |"
-echo "| round trips/s | $(int "$orate") | $(int "$srate") | $(ratio "$orate" "$srate")× | | |"
+echo "| round trip, 1 in flight | ours | spread | sockperf | spread | ratio | target | verdict |"
+echo "|---|---:|---:|---:|---:|---:|---|---|"
+echo "| p50 µs, memory store | $(us "$o50") | $so50 % | $(us "$s50") | $ss50 % | $(ratio "$o50" "$s50")× | ≤ 1.1× | $(verdict "$o50 <= 1.1 * $s50" "$so50" "$ss50") |"
+echo "| p99 µs, memory store | $(us "$o99") | $so99 % | $(us "$s99") | $ss99 % | $(ratio "$o99" "$s99")× | ≤ 1.2× | $(verdict "$o99 <= 1.2 * $s99" "$so99" "$ss99") |"
+echo "| round trips/s, memory store | $(num "$orate") | $sorate % | $(num "$srate") | $ssrate % | $(ratio "$orate" "$srate")× | | |"
+echo "| p50 µs, SQLite --fsync os | $(us "$q50") | $sq50 % | $(us "$s50") | $ss50 % | $(ratio "$q50" "$s50")× | ≤ 1.5× | $(verdict "$q50 <= 1.5 * $s50" "$sq50" "$ss50") |"
+echo "| p99 µs, SQLite --fsync os | $(us "$q99") | $sq99 % | $(us "$s99") | $ss99 % | $(ratio "$q99" "$s99")× | ≤ 1.5× | $(verdict "$q99 <= 1.5 * $s99" "$sq99" "$ss99") |"
+echo "| round trips/s, SQLite --fsync os | $(num "$qrate") | $sqrate % | | | $(ratio "$qrate" "$srate")× | | |"
+echo "| p50 µs, \`client --interval 0\`, memory | $(us "$c50") | $sc50 % | $(us "$s50") | $ss50 % | $(ratio "$c50" "$s50")× | report | |"
+echo "| p99 µs, \`client --interval 0\`, memory | $(us "$c99") | $sc99 % | $(us "$s99") | $ss99 % | $(ratio "$c99" "$s99")× | report | |"
+echo "| round trips/s, \`client --interval 0\` | $(num "$crate") | $scrate % | $(num "$srate") | $ssrate % | $(ratio "$crate" "$srate")× | | |"
 echo
-echo "for information, SQLite --fsync os: p50 $(printf '%.1f' "$q50") µs, p99 $(printf '%.1f' "$q99") µs, $(int "$qrate") readings/s"
-echo "spread (p50 µs): ours $(spread "$tmp/memory.jsonl" .latency_us.p50), sockperf $(spread "$tmp/sockperf.jsonl" .latency_us.p50); errors in our runs: $errors"
-
+echo "errors in our bench runs: $errors; client: $CLIENT_COUNT readings per run, lost: $clost"
+footer
 echo
-echo "### client --interval 0 vs sockperf ping-pong"
-echo
-echo "| round trip, 1 in flight | client --interval 0 (memory store) | sockperf ping-pong | ratio |"
-echo "|---|---:|---:|---:|"
-echo "| p50 µs | $(printf '%.1f' "$c50") | $(printf '%.1f' "$s50") | $(ratio "$c50" "$s50")× |"
-echo "| p99 µs | $(printf '%.1f' "$c99") | $(printf '%.1f' "$s99") | $(ratio "$c99" "$s99")× |"
-echo "| round trips/s | $(int "$crate") | $(int "$srate") | $(ratio "$crate" "$srate")× |"
-echo
-echo "client: $CLIENT_COUNT readings per run; spread (p50 µs): $(spread "$tmp/client.jsonl" .latency_us.p50); lost in client runs: $clost"
+result rtt-p50-memory "round trip p50, 1 in flight, memory store" "$(us "$o50") µs" "sockperf $(us "$s50") µs" \
+  "$(ratio "$o50" "$s50")×" "$(spreads "$so50" "$ss50")" "≤ 1.1×" "$(verdict "$o50 <= 1.1 * $s50" "$so50" "$ss50")"
+result rtt-p99-memory "round trip p99, 1 in flight, memory store" "$(us "$o99") µs" "sockperf $(us "$s99") µs" \
+  "$(ratio "$o99" "$s99")×" "$(spreads "$so99" "$ss99")" "≤ 1.2×" "$(verdict "$o99 <= 1.2 * $s99" "$so99" "$ss99")"
+result rtt-p50-sqlite-os "round trip p50, 1 in flight, SQLite --fsync os" "$(us "$q50") µs" "sockperf $(us "$s50") µs" \
+  "$(ratio "$q50" "$s50")×" "$(spreads "$sq50" "$ss50")" "≤ 1.5×" "$(verdict "$q50 <= 1.5 * $s50" "$sq50" "$ss50")"
+result rtt-p99-sqlite-os "round trip p99, 1 in flight, SQLite --fsync os" "$(us "$q99") µs" "sockperf $(us "$s99") µs" \
+  "$(ratio "$q99" "$s99")×" "$(spreads "$sq99" "$ss99")" "≤ 1.5×" "$(verdict "$q99 <= 1.5 * $s99" "$sq99" "$ss99")"
+result rtt-client "round trip p50 / p99, \`sensorlink client --interval 0\`, memory store" "$(us "$c50") / $(us "$c99") µs" \
+  "sockperf $(us "$s50") / $(us "$s99") µs" "$(ratio "$c50" "$s50")× / $(ratio "$c99" "$s99")×" \
+  "$(spreads "$sc50" "$ss50")" "report" "measured"

@@ -10,6 +10,9 @@
 # DURATION seconds (default 5). Prints medians: readings/s, p50/p99 per exchange, and how
 # many connections were established. Loopback only; ≈ 4 min (512 connections to the seed
 # design wait up to 10 s for connects that never complete).
+# Pinned (bench/lib.sh): every server (ours, seed_server.py) on SERVER_CPU, the bench on
+# LOAD_CPU; PIN=0 unpinned. Prints `result` rows: ours (SQLite fsync=always, and memory) ÷
+# the seed design at 64 connections (or the largest N below it), target: report.
 source "$(dirname "$0")/lib.sh"
 ALTERNATED=1
 
@@ -30,7 +33,7 @@ run() {
     python | python-quiet)
       local flags=()
       [ "$side" = python-quiet ] && flags=(--quiet)
-      start_bg "$tmp/server.out" python3 bench/seed_server.py 0 "${flags[@]+"${flags[@]}"}"
+      start_bg "$tmp/server.out" "${on_server[@]}" python3 bench/seed_server.py 0 "${flags[@]+"${flags[@]}"}"
       server_pid=$last_pid
       addr=
       for _ in $(seq 100); do
@@ -59,8 +62,8 @@ for rep in $(seq "$REPS"); do
 done
 
 echo
-echo "| connections | server | established | readings/s | p50 µs | p99 µs | errors | readings/s ÷ seed design |"
-echo "|---:|---|---:|---:|---:|---:|---:|---:|"
+echo "| connections | server | established | readings/s | spread | p50 µs | p99 µs | errors | readings/s ÷ seed design |"
+echo "|---:|---|---:|---:|---:|---:|---:|---:|---:|"
 for n in $CONNS; do
   base=$(jmed "$tmp/python-$n.jsonl" .readings_per_sec)
   for side in memory sqlite python python-quiet; do
@@ -73,8 +76,24 @@ for n in $CONNS; do
       python-quiet) name="seed design, --quiet (no Received: print)" ;;
     esac
     r=$(jmed "$f" .readings_per_sec)
-    echo "| $n | $name | $(jmed "$f" .connections) | $(int "$r") | $(int "$(jmed "$f" .latency_us.p50)") | $(int "$(jmed "$f" .latency_us.p99)") | $(jmed "$f" .errors) | $(ratio "$r" "$base")× |"
+    echo "| $n | $name | $(int "$(jmed "$f" .connections)") | $(num "$r") | $(spread_pct "$f" .readings_per_sec) % | $(int "$(jmed "$f" .latency_us.p50)") | $(int "$(jmed "$f" .latency_us.p99)") | $(int "$(jmed "$f" .errors)") | $(ratio "$r" "$base")× |"
   done
 done
 echo
 echo "(established, errors: medians over the reps; errors are mostly connects that timed out after 10 s)"
+footer
+echo
+# The seed comparison's row at 64 connections (the seed design's own shape), else the largest N.
+n=
+for c in $CONNS; do [ "$c" -le 64 ] && n=$c; done
+[ -n "$n" ] || n=${CONNS%% *}
+base=$(jmed "$tmp/python-$n.jsonl" .readings_per_sec) sbase=$(spread_pct "$tmp/python-$n.jsonl" .readings_per_sec)
+for side in sqlite memory; do
+  f=$tmp/$side-$n.jsonl
+  r=$(jmed "$f" .readings_per_sec) sr=$(spread_pct "$f" .readings_per_sec)
+  label="SQLite --fsync always (a pong only after commit)"
+  [ "$side" = memory ] && label="memory store"
+  result "seed-$side-$n" "the seed's exchange (\`bench --legacy\`), $n connections, ours $label ÷ the seed's design (seed_server.py)" \
+    "$(num "$r") readings/s" "seed design $(num "$base") readings/s" "$(ratio "$r" "$base")×" "$(spreads "$sr" "$sbase")" "report" "measured"
+done
+

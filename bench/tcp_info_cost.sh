@@ -27,13 +27,14 @@ ulimit -n "$hard"
 clk=$(getconf CLK_TCK)
 
 cpu_ticks() { sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; } # utime + stime
-sockets() { find "/proc/$1/fd" -lname 'socket:*' 2> /dev/null | wc -l; }
+# A descriptor closed while find lists them makes it fail (under pipefail): count what it saw.
+sockets() { { find "/proc/$1/fd" -lname 'socket:*' 2> /dev/null || true; } | wc -l; }
 now() { date +%s.%N; }
 
 # run INTERVAL: one run; appends a JSON line to $tmp/INTERVAL.jsonl.
 run() {
   local interval=$1 i http t0 c0 t1 c1 samples deadline est=0
-  start_bg "$tmp/server.out" "$bin" server --listen 127.0.0.1:0 --http 127.0.0.1:0 \
+  start_bg "$tmp/server.out" "${on_server[@]}" "$bin" server --listen 127.0.0.1:0 --http 127.0.0.1:0 \
     --store memory -q --tcp-info-interval "$interval" --udp off \
     --max-connections-per-ip 1048576 --connect-rate-per-ip 1000000 \
     --max-rate-per-connection 1000000000 --max-rate-per-token 1000000000 \
@@ -47,7 +48,7 @@ run() {
   [ -n "$addr" ] || { cat "$tmp/server.out" >&2; exit 2; }
   http=$(sed -n 's/^http on //p' "$tmp/server.out")
   start_bg "$tmp/bench.json" timeout --kill-after=5 $((DURATION + 60)) \
-    "$bin" bench "$addr" --idle --connections "$CONNS" --interval 1s --warmup "${WARMUP}s" \
+    "${on_load[@]}" "$bin" bench "$addr" --idle --connections "$CONNS" --interval 1s --warmup "${WARMUP}s" \
     --duration "${DURATION}s" --source-ips 8 --json --no-progress
   local bench_pid=$last_pid
   deadline=$(awk -v t="$(now)" -v n="$CONNS" 'BEGIN { printf "%.3f", t + n / 2000 + 15 }')
