@@ -334,6 +334,9 @@ where
     }
 }
 
+/// Reads of up to [`READ_CHUNK_BYTES`] one connection makes before it lets the others run.
+const READS_PER_TURN: u32 = 4;
+
 impl Connection<'_> {
     /// The decided mode (a committed batch implies one).
     fn mode(&self) -> Mode {
@@ -372,6 +375,10 @@ impl Connection<'_> {
         let mut spoke = false;
         let mut reading = true;
         let mut end = End::Eof;
+        // Reads since this task last gave way: a connection whose socket always has bytes
+        // would otherwise run until tokio's coop budget (128 reads, ≈ 1 MiB) is spent while
+        // the other connections wait; a turn of READS_PER_TURN keeps the service round-robin.
+        let mut reads_this_turn = 0u32;
         loop {
             if let (true, Some(reason)) = (reading, self.auth.close_reason()) {
                 // Its replies (held errors too: they say why) go out before the close.
@@ -423,6 +430,7 @@ impl Connection<'_> {
                     }
                     Ok(n) => {
                         BytesReceived { bytes: n }.emit_to(self.telemetry);
+                        reads_this_turn += 1;
                         last_bytes_at = tokio::time::Instant::now();
                         if self.decode(&mut buf, false) > 0 {
                             spoke = true;
@@ -456,6 +464,10 @@ impl Connection<'_> {
                     }
                     break;
                 }
+            }
+            if reads_this_turn >= READS_PER_TURN {
+                reads_this_turn = 0;
+                tokio::task::yield_now().await;
             }
         }
         self.sample_tcp(&stream, true);
