@@ -251,10 +251,13 @@ impl Shared {
         self.telemetry.unwrap_or_else(events::telemetry)
     }
 
-    /// The database failed at the connection level: start an outage (once).
-    fn unavailable(&self, error: &StoreError, readings: usize) {
+    /// The database failed at the connection level, in an attempt that began at `began`:
+    /// start an outage (once). A failure of an attempt that began before the last success
+    /// is stale (say, a connect refused just before the database came back, answered after
+    /// another committer's commit went through): it starts no second outage.
+    fn unavailable(&self, error: &StoreError, readings: usize, began: Instant) {
         let mut outage = lock(&self.outage);
-        if outage.is_none() {
+        if outage.is_none() && *lock(&self.last_ok) <= began {
             *outage = Some(Instant::now());
             drop(outage);
             StoreWaitStarted { error, readings }.emit_to(self.telemetry());
@@ -438,7 +441,7 @@ async fn commit_waiting(
             Failure::Retry(err) | Failure::Fatal(err) => return Err(Failure::Fatal(err)),
             Failure::Unavailable(err) => {
                 held.get_or_insert_with(|| Held::new(&shared.held));
-                shared.unavailable(&err, batch.len());
+                shared.unavailable(&err, batch.len(), started);
                 let deadline = *lock(&shared.close_deadline);
                 if deadline.is_some_and(|deadline| tokio::time::Instant::now() >= deadline) {
                     tracing::error!(cause = %err, readings = batch.len(), "shutting down while the store is unavailable; the held readings are not acknowledged");
@@ -648,6 +651,7 @@ async fn fold(shared: &Shared) -> Result<u64, Failure> {
 
 /// `SELECT 1` on a pooled connection: readiness follows the database without traffic.
 async fn probe(shared: &Shared) {
+    let began = Instant::now();
     let attempt = tokio::time::timeout(super::CONNECT_TIMEOUT * 2, async {
         let client = shared
             .pool
@@ -679,7 +683,7 @@ async fn probe(shared: &Shared) {
             shared.available();
             StoreProbed { result: Ok(()) }.emit_to(shared.telemetry());
         }
-        Err(Failure::Unavailable(err)) => shared.unavailable(&err, 0),
+        Err(Failure::Unavailable(err)) => shared.unavailable(&err, 0, began),
         Err(failure) => {
             let err = failure.into_error();
             StoreProbed { result: Err(&err) }.emit_to(shared.telemetry());
