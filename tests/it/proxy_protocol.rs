@@ -5,12 +5,12 @@
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
 use std::time::Duration;
 
 use sensorlink::server::proxy_protocol::{encode, ProxyHeader};
 
 use crate::harness::*;
+use crate::tls::make_certs;
 
 /// The header a balancer sends for a client at `source` connecting to `destination`.
 fn header(source: &str, destination: &str) -> Vec<u8> {
@@ -262,15 +262,6 @@ impl Relay {
         });
         Relay { addr }
     }
-}
-
-fn make_certs(dir: &Path) {
-    let out = run(bin().args(["cert", "--dir"]).arg(dir));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// The header comes first, then the TLS handshake: the real client over TLS through a

@@ -8,7 +8,7 @@ use std::path::Path;
 use crate::harness::*;
 
 /// `sensorlink cert --dir DIR` (default hosts), checked to have succeeded.
-fn make_certs(dir: &Path) {
+pub(crate) fn make_certs(dir: &Path) {
     let out = run(bin().args(["cert", "--dir"]).arg(dir));
     assert!(
         out.status.success(),
