@@ -375,9 +375,10 @@ impl Connection<'_> {
         let mut spoke = false;
         let mut reading = true;
         let mut end = End::Eof;
-        // Reads since this task last gave way: a connection whose socket always has bytes
-        // would otherwise run until tokio's coop budget (128 reads, ≈ 1 MiB) is spent while
-        // the other connections wait; a turn of READS_PER_TURN keeps the service round-robin.
+        // Long reads in a row since this task last gave way: a connection whose socket
+        // always has bytes would otherwise run until tokio's coop budget (128 reads, ≈ 1 MiB)
+        // is spent while the other connections wait; a turn of READS_PER_TURN long reads
+        // keeps the service round-robin.
         let mut reads_this_turn = 0u32;
         loop {
             if let (true, Some(reason)) = (reading, self.auth.close_reason()) {
@@ -430,7 +431,13 @@ impl Connection<'_> {
                     }
                     Ok(n) => {
                         BytesReceived { bytes: n }.emit_to(self.telemetry);
-                        reads_this_turn += 1;
+                        // A short read drained the socket: the next read waits, and so
+                        // gives way by itself.
+                        if n >= READ_CHUNK_BYTES / 2 {
+                            reads_this_turn += 1;
+                        } else {
+                            reads_this_turn = 0;
+                        }
                         last_bytes_at = tokio::time::Instant::now();
                         if self.decode(&mut buf, false) > 0 {
                             spoke = true;
