@@ -508,6 +508,9 @@ async fn reads_while_writing(store: Fixture) {
         let committed = u64::try_from((b + 1) * ROWS).expect("small");
         let total = store.reader.counts().await.expect("counts").total;
         assert_eq!(total, committed, "a committed batch is visible at once");
+        // A store that commits without waiting (memory) never yields here by itself: the
+        // poller must get turns between batches for the reads to interleave with writes.
+        tokio::task::yield_now().await;
     }
     done.store(true, std::sync::atomic::Ordering::SeqCst);
     let seen = poller.await.expect("poller");
