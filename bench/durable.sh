@@ -14,20 +14,6 @@ REPS=${REPS:-3}
 bash scripts/install-test-deps.sh jq
 build
 
-# Ours pinned through lib.sh's start_ours, which runs "$bin": this wrapper execs the server
-# on the server core and anything else (`sensorlink bench`) on the load core; taskset and
-# the wrapper exec, so the PID start_ours records is the server's own.
-real_bin=$(realpath "$bin")
-bin=$tmp/sensorlink-pinned
-cat > "$bin" << EOF
-#!/bin/sh
-case "\$1" in
-  server) exec ${on_server[*]} "$real_bin" "\$@" ;;
-  *) exec ${on_load[*]} "$real_bin" "\$@" ;;
-esac
-EOF
-chmod +x "$bin"
-
 # name|store|fsync
 settings=(
   "memory|memory|always"

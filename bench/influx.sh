@@ -44,21 +44,6 @@ ceiling_bin=${CEILING_BIN:-$(cargo bench --bench sqlite_ceiling --no-run --quiet
   tail -1)}
 [ -x "$ceiling_bin" ] || { echo "no sqlite_ceiling bench binary ($ceiling_bin)" >&2; exit 2; }
 
-# Ours pinned through lib.sh's start_ours and ours_bench, which run "$bin": this wrapper
-# execs the server on the server core and `sensorlink bench` on the load core (taskset and
-# the wrapper exec, so the PID start_ours records is the server's own). Harmless if lib.sh
-# pins too: the same core twice.
-real_bin=$(realpath "$bin")
-bin=$tmp/sensorlink-pinned
-cat > "$bin" << EOF
-#!/bin/sh
-case "\$1" in
-  server) exec ${on_server[*]} "$real_bin" "\$@" ;;
-  *) exec ${on_load[*]} "$real_bin" "\$@" ;;
-esac
-EOF
-chmod +x "$bin"
-
 # grouped N: N rounded, digits in groups of three ("1 234 567").
 grouped() { int "$1" | sed ':a;s/\B[0-9]\{3\}\>/ &/;ta'; }
 # pct A B: A ÷ B in percent, no decimals.
