@@ -11,8 +11,10 @@ use std::time::{Duration, Instant};
 
 use std::net::SocketAddr;
 
+use futures_util::FutureExt as _;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{field, Instrument as _};
@@ -110,29 +112,49 @@ pub async fn accept_loop(
                 tracing::info_span!("conn", conn_id, peer_addr = field::Empty, via = %peer)
             }
         };
-        let (limits, store, live) = (limits.clone(), store.clone(), live.clone());
-        let (shutdown, per_ip) = (shutdown.clone(), per_ip.clone());
-        let serving = async move {
-            let _open = OpenConnection::new();
-            let _permit = permit;
-            let accepted = connection::Accepted::now();
-            let mut stream = stream;
-            let admitted = match ip_share {
-                Some(share) => Some((peer, share)),
-                None => {
+        let (store, live, shutdown) = (store.clone(), live.clone(), shutdown.clone());
+        let open = OpenConnection::new();
+        let accepted = connection::Accepted::now();
+        let telemetry = events::telemetry();
+        let serving = match ip_share {
+            // Built here, not in an `async` block: a block would keep a second copy of
+            // every value moved into the connection's future (the stream, the store
+            // handle, the peer, …) for the connection's whole life. The guards ride along
+            // in the closure and go when the connection ends.
+            Some(share) => {
+                span.in_scope(|| ConnectionAccepted.emit());
+                let serving = connection::serve_accepted(
+                    stream,
+                    peer,
+                    accepted,
+                    Arc::clone(&limits),
+                    store,
+                    shutdown,
+                    telemetry,
+                    live,
+                );
+                Either::Left(serving.map(move |()| drop((open, permit, share))))
+            }
+            // Boxed: only a connection behind a balancer pays for the header's reading.
+            None => {
+                let (limits, per_ip) = (Arc::clone(&limits), per_ip.clone());
+                Either::Right(Box::pin(async move {
+                    let _open = open;
+                    let _permit = permit;
+                    let mut stream = stream;
                     let deadline = accepted.at + limits.first_wait();
-                    behind_proxy(&mut stream, peer, deadline, &per_ip, &shutdown).await
-                }
-            };
-            let Some((peer, _ip_share)) = admitted else {
-                return;
-            };
-            ConnectionAccepted.emit();
-            let telemetry = events::telemetry();
-            connection::serve_accepted(
-                stream, peer, accepted, &limits, store, shutdown, telemetry, live,
-            )
-            .await;
+                    let admitted =
+                        behind_proxy(&mut stream, peer, deadline, &per_ip, &shutdown).await;
+                    let Some((peer, _ip_share)) = admitted else {
+                        return;
+                    };
+                    ConnectionAccepted.emit();
+                    connection::serve_accepted(
+                        stream, peer, accepted, limits, store, shutdown, telemetry, live,
+                    )
+                    .await;
+                }))
+            }
         };
         // A span the log filter turned off records nothing: entering it at every poll of
         // the connection (every reading) would cost for nothing.

@@ -131,8 +131,14 @@ pub(super) async fn wait_head(inflight: &mut VecDeque<InFlight>) {
 #[derive(Debug)]
 pub(super) struct LiveFeed {
     /// None: no live view kept. Boxed: most servers keep none (`--http off`), and every
-    /// connection holds this.
-    live: Option<Box<LiveConnection>>,
+    /// connection holds this (one pointer, not the whole state).
+    live: Option<Box<LiveState>>,
+}
+
+/// What a connection keeps for the live view, when there is one.
+#[derive(Debug)]
+struct LiveState {
+    conn: LiveConnection,
     batch_first: Option<Instant>,
     committed: Vec<LiveBatch>,
 }
@@ -140,15 +146,21 @@ pub(super) struct LiveFeed {
 impl LiveFeed {
     pub(super) fn new(live: Option<LiveConnection>) -> Self {
         LiveFeed {
-            live: live.map(Box::new),
-            batch_first: None,
-            committed: Vec::new(),
+            live: live.map(|conn| {
+                Box::new(LiveState {
+                    conn,
+                    batch_first: None,
+                    committed: Vec::new(),
+                })
+            }),
         }
     }
 
     /// A reading of the pending batch was received `at`.
     pub(super) fn received(&mut self, at: Instant) {
-        self.batch_first.get_or_insert(at);
+        if let Some(live) = &mut self.live {
+            live.batch_first.get_or_insert(at);
+        }
     }
 
     /// The pending batch's summary, taken before the store consumes it.
@@ -156,38 +168,38 @@ impl LiveFeed {
         &mut self,
         batch: &[crate::store::StoredReading],
     ) -> Option<Box<LiveBatch>> {
-        let first = self.batch_first.take();
-        self.live
-            .as_ref()
-            .map(|live| Box::new(live.summarize(batch, first)))
+        let live = self.live.as_mut()?;
+        let first = live.batch_first.take();
+        Some(Box::new(live.conn.summarize(batch, first)))
     }
 
     /// A batch (its summary, if kept) is committed; `repeats`: its readings the store
     /// already held, which are no new readings.
-    pub(super) fn committed(&mut self, live: Option<Box<LiveBatch>>, repeats: &[Repeat]) {
-        self.committed.extend(live.map(|mut live| {
-            live.forget(repeats);
-            *live
-        }));
+    pub(super) fn committed(&mut self, batch: Option<Box<LiveBatch>>, repeats: &[Repeat]) {
+        if let (Some(live), Some(mut batch)) = (&mut self.live, batch) {
+            batch.forget(repeats);
+            live.committed.push(*batch);
+        }
     }
 
     /// Hand the committed batches to the live view before their replies are written;
     /// `acked`: an ack among them ends their ack latency now.
     pub(super) fn flush(&mut self, mode: Mode, acked: bool) {
-        if self.committed.is_empty() {
+        let Some(live) = &mut self.live else {
+            return;
+        };
+        if live.committed.is_empty() {
             return;
         }
         let replies_at = acked.then(Instant::now);
-        if let Some(live) = &mut self.live {
-            live.committed(mode, &mut self.committed, replies_at);
-        }
-        self.committed.clear();
+        live.conn.committed(mode, &mut live.committed, replies_at);
+        live.committed.clear();
     }
 
     /// The connection's `TCP_INFO` was sampled: its sensors show `figures`.
     pub(super) fn tcp_sampled(&self, figures: crate::live::TcpFigures) {
         if let Some(live) = &self.live {
-            live.tcp_sampled(figures);
+            live.conn.tcp_sampled(figures);
         }
     }
 

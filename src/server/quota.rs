@@ -433,6 +433,14 @@ impl ConnQuota {
         Ok(())
     }
 
+    /// Drop what only speeds up the next reading (the last series' parts, the scratch for
+    /// tag pairs): an idle connection then holds none of it. The cache of recent series
+    /// stays: it keeps readings off the shared set's locks.
+    pub fn shed(&mut self) {
+        self.last = None;
+        self.pairs = Vec::new();
+    }
+
     /// Put `hash` in the connection's cache, growing it (up to its bound) rather than
     /// overwriting another series.
     fn remember(&mut self, hash: u64) {

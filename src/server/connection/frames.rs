@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 
-use super::{Connection, Decoder};
+use super::{Connection, Decoder, MAX_ERROR_REPLIES_PER_S};
 use crate::events::{
     ErrorReplySuppressed, Event as _, LegacyNotAllowed, LineRejected, Mode, ModeDetected,
     ReadingReceived, ReadingsAccepted,
@@ -17,6 +17,7 @@ use crate::protocol::legacy::{LegacyDecoder, LegacyMessage};
 use crate::protocol::{ProtocolError, Reading};
 use crate::server::logging;
 use crate::server::pending::{PendingReply, Unreported};
+use crate::server::quota::TokenBucket;
 use crate::store::StoredReading;
 use crate::timefmt::now_ns;
 
@@ -184,7 +185,17 @@ impl Connection<'_> {
                     } else {
                         ErrorReplySuppressed { reads: false }.emit_to(self.telemetry);
                     }
-                } else if self.error_replies.try_take(self.read_at) {
+                } else if self
+                    .error_replies
+                    // Made full at the first error: the same as full since the connect.
+                    .get_or_insert_with(|| {
+                        Box::new(TokenBucket::per_second(
+                            MAX_ERROR_REPLIES_PER_S,
+                            self.read_at,
+                        ))
+                    })
+                    .try_take(self.read_at)
+                {
                     self.replies.push(reply);
                 } else {
                     ErrorReplySuppressed { reads: true }.emit_to(self.telemetry);
@@ -210,7 +221,7 @@ impl Connection<'_> {
                         // The seed's readings carry no name: the peer's address is the sensor.
                         reading
                             .tags
-                            .push(("sensor".to_string(), self.peer_ip.clone()));
+                            .push(("sensor".to_string(), self.peer_ip.to_string()));
                         self.accept(reading, received_ns, received_at);
                         (true, Some(received_at))
                     }
@@ -259,7 +270,7 @@ impl Connection<'_> {
         if reading.timestamp_ns.is_none() {
             reading.timestamp_ns = Some(received_ns);
         }
-        let sensor = reading.tag("sensor").unwrap_or(&self.peer_ip).to_string();
+        let sensor = reading.tag("sensor").unwrap_or(&*self.peer_ip).to_string();
         // Once the shared budget says no, this connection stops asking until the next
         // second: under load the hot path then touches no shared counter per reading.
         let second = received_ns / 1_000_000_000;
