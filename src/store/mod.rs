@@ -287,6 +287,15 @@ pub trait Store: Send {
         Ok(())
     }
 
+    /// Whether a commit never waits for the disk (no fsync, no network): then the
+    /// group-commit route lets a submitting task commit its batch itself while the writer
+    /// thread has nothing queued, saving two thread hand-offs per round trip. A store that
+    /// syncs each commit answers `false` (the default): its commits stay on the writer
+    /// thread, off the async workers.
+    fn commits_without_waiting(&self) -> bool {
+        false
+    }
+
     /// Flush anything buffered and release the store; called once at shutdown.
     fn close(&mut self) -> Result<(), StoreError>;
 }

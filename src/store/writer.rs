@@ -23,20 +23,24 @@
 //! one dyn call and one boxed future per batch (its commit is a network round trip anyway);
 //! nothing is added per reading.
 
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::events::{
-    self, BatchCommitted, Event as _, StoreAnswered, StoreFailed, StoreProbed, StoreQueued,
-    Telemetry,
+    self, BatchCommitted, Event as _, StoreAnswered, StoreFailed, StoreQueued, Telemetry,
 };
 
 use super::read::BoxFuture;
 use super::{Drive, Repeat, Store, StoreError, StoredReading, WriteOutcome, Written};
+
+mod thread;
+
+pub use thread::PROBE_INTERVAL;
+use thread::{run, InWriter, ThreadRoute};
 
 /// Tuning of the group-commit writer.
 #[derive(Debug, Clone)]
@@ -47,7 +51,19 @@ pub struct WriterConfig {
     pub queue_batches: usize,
     /// How long the writer waits for more batches before committing a small transaction.
     pub commit_delay: Duration,
+    /// With no `commit_delay`: how long a transaction of many small batches (at least
+    /// `group_siblings` batches of a few readings each, fewer than [`GROUP_ROWS`] readings
+    /// in all) keeps gathering before it commits. Many connections sending a reading now and then (an idle fleet) then
+    /// share one fsync per window instead of one per ≈ fsync time; a lone connection, or a
+    /// few pipelining ones, never wait (PostgreSQL's `commit_delay`/`commit_siblings`).
+    pub group_window: Duration,
+    /// Batches a transaction must hold before `group_window` applies: more than the
+    /// connections of a pipelining load, fewer than an idle fleet's batches per fsync.
+    pub group_siblings: usize,
 }
+
+/// A transaction of this many readings commits without waiting for more.
+pub const GROUP_ROWS: usize = 4096;
 
 impl Default for WriterConfig {
     fn default() -> Self {
@@ -55,6 +71,8 @@ impl Default for WriterConfig {
             max_batch_rows: 20_000,
             queue_batches: 1024,
             commit_delay: Duration::ZERO,
+            group_window: Duration::from_millis(20),
+            group_siblings: 16,
         }
     }
 }
@@ -239,8 +257,8 @@ type SharedStore = Arc<Mutex<Box<dyn Store>>>;
 /// Where submitted batches go.
 #[derive(Clone)]
 enum Route {
-    /// To the writer thread's queue.
-    Thread(mpsc::Sender<Job>),
+    /// To the writer thread's queue (or committed inline while the writer is idle).
+    Thread(Arc<ThreadRoute>),
     /// Written by the submitting task itself.
     Inline(SharedStore),
     /// To a store with its own concurrency.
@@ -287,8 +305,8 @@ impl StoreHandle {
         // Counted before it can be answered (the inline route answers within this call);
         // the guard travels with the batch and lowers the gauge however the batch ends.
         let queued = Queued::new(batch.len(), self.telemetry);
-        let tx = match &self.route {
-            Route::Thread(tx) => tx,
+        let route = match &self.route {
+            Route::Thread(route) => route,
             Route::Inline(store) => {
                 let (reply, answer) = oneshot::channel();
                 let rows = batch.len();
@@ -320,6 +338,13 @@ impl StoreHandle {
             reply,
             queued,
         };
+        let Err(job) = route.try_inline(job, self.telemetry) else {
+            return Ok(answer);
+        };
+        // Counted before it is sent, so no task commits inline ahead of it; uncounted if it
+        // is not sent after all (closed, or this future dropped while the queue is full).
+        let counted = InWriter::count(&route.in_writer);
+        let tx = &route.tx;
         match tx.try_send(job) {
             Ok(()) => {}
             // Only a full queue waits, in a boxed future: the wait's state (the job and a
@@ -329,6 +354,8 @@ impl StoreHandle {
                 .map_err(|_| StoreError::WriterGone)?,
             Err(mpsc::error::TrySendError::Closed(_)) => return Err(StoreError::WriterGone),
         }
+        // Sent: the writer uncounts it once committed.
+        std::mem::forget(counted);
         Ok(answer)
     }
 }
@@ -429,131 +456,31 @@ pub fn spawn_counted(
     };
     // tokio's channel panics on a zero capacity.
     let (tx, rx) = mpsc::channel(config.queue_batches.max(1));
+    // A commit delay asks for grouping: then every batch goes through the writer.
+    let inline_when_idle = store.commits_without_waiting() && config.commit_delay.is_zero();
+    let route = Arc::new(ThreadRoute {
+        tx,
+        store: Arc::new(Mutex::new(store)),
+        in_writer: Arc::new(AtomicUsize::new(0)),
+        inline_when_idle,
+    });
+    // The writer holds no sender (the route's is dropped with the handles), so it stops
+    // once every handle is gone.
+    let shared = Arc::clone(&route.store);
+    let in_writer = Arc::clone(&route.in_writer);
     let thread = std::thread::Builder::new()
         .name("sensorlink-store".into())
-        .spawn(move || run(store, rx, config, telemetry))
+        .spawn(move || run(&shared, &in_writer, rx, config, telemetry))
         .expect("the OS lets us start the store writer thread");
     (
         StoreHandle {
-            route: Route::Thread(tx),
+            route: Route::Thread(route),
             telemetry,
         },
         StoreWriter {
             route: WriterRoute::Thread(thread),
         },
     )
-}
-
-/// The writer thread: gather, commit once, answer; until every handle is dropped.
-fn run(
-    mut store: Box<dyn Store>,
-    mut rx: mpsc::Receiver<Job>,
-    config: WriterConfig,
-    telemetry: Option<&'static Telemetry>,
-) -> Result<(), StoreError> {
-    // A tiny runtime of our own only to wait on the channel with a timeout (commit_delay).
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .expect("a current-thread runtime with only a timer can be built");
-    let max_rows = config.max_batch_rows.max(1);
-    // A job that did not fit in the previous transaction: first of the next one.
-    let mut carried: Option<Job> = None;
-    // When to probe the store if no batch comes first.
-    let mut probe_at = Instant::now() + PROBE_INTERVAL;
-    loop {
-        let first = match carried.take() {
-            Some(job) => job,
-            None => match rx.try_recv() {
-                // Queued while the last transaction committed: no timer, no park.
-                Ok(job) => job,
-                // None: every handle is dropped and the queue is drained.
-                Err(_) => {
-                    match next_or_idle(store.as_mut(), &rt, &mut rx, &mut probe_at, telemetry) {
-                        Some(Some(job)) => job,
-                        Some(None) => continue,
-                        None => break,
-                    }
-                }
-            },
-        };
-        let deadline = Instant::now() + config.commit_delay;
-        let mut rows = first.readings.len();
-        let mut jobs = vec![first];
-        while rows < max_rows {
-            let next = match rx.try_recv() {
-                Ok(job) => Some(job),
-                Err(TryRecvError::Empty) if !config.commit_delay.is_zero() => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        None
-                    } else {
-                        // Err = the delay ran out; Ok(None) = the channel closed.
-                        // The timer must be created inside the runtime, hence the async block.
-                        rt.block_on(async { tokio::time::timeout(left, rx.recv()).await })
-                            .ok()
-                            .flatten()
-                    }
-                }
-                Err(_) => None,
-            };
-            let Some(job) = next else { break };
-            // Keep transactions under the limit; only a single oversized batch exceeds it.
-            if rows + job.readings.len() > max_rows {
-                carried = Some(job);
-                break;
-            }
-            rows += job.readings.len();
-            jobs.push(job);
-        }
-        commit(store.as_mut(), jobs, rows, telemetry);
-        // A commit tells as much as a probe.
-        probe_at = Instant::now() + PROBE_INTERVAL;
-    }
-    store.close()
-}
-
-/// How long the writer waits without a batch before it probes the store ([`Store::probe`]):
-/// how soon `/readyz` sees a store fail or recover when no reading comes.
-pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
-
-/// Wait for the next job; if the store's idle deadline passes first, run its idle work,
-/// if `probe_at` passes first, probe the store (and set the next `probe_at`); then answer
-/// `Some(None)`. `None`: every handle is dropped and the queue is drained.
-fn next_or_idle(
-    store: &mut dyn Store,
-    rt: &tokio::runtime::Runtime,
-    rx: &mut mpsc::Receiver<Job>,
-    probe_at: &mut Instant,
-    telemetry: Option<&'static Telemetry>,
-) -> Option<Option<Job>> {
-    let idle_at = store.idle_deadline();
-    let deadline = idle_at.map_or(*probe_at, |idle_at| idle_at.min(*probe_at));
-    // The timer must be created inside the runtime, hence the async block.
-    let waited = rt.block_on(async { tokio::time::timeout_at(deadline.into(), rx.recv()).await });
-    match waited {
-        Ok(job) => job.map(Some),
-        Err(_elapsed) => {
-            let now = Instant::now();
-            if idle_at.is_some_and(|idle_at| idle_at <= now) {
-                if let Err(err) = store.idle() {
-                    tracing::warn!(cause = %err, "store idle work failed");
-                }
-            }
-            if *probe_at <= now {
-                let probed = store.probe();
-                StoreProbed {
-                    result: probed
-                        .as_ref()
-                        .map(|_| ())
-                        .map_err(|err| err as &dyn std::error::Error),
-                }
-                .emit_to(telemetry.unwrap_or_else(events::telemetry));
-                *probe_at = Instant::now() + PROBE_INTERVAL;
-            }
-            Some(None)
-        }
-    }
 }
 
 /// Write the readings of `jobs` in one transaction and answer every job.
@@ -897,6 +824,7 @@ mod tests {
             max_batch_rows: 64,
             queue_batches: 8,
             commit_delay: Duration::from_millis(1),
+            ..WriterConfig::default()
         };
         let (handle, writer) = spawn(Drive::GroupCommit(Box::new(store.clone())), config);
         let mut joins = Vec::new();
