@@ -291,7 +291,9 @@ pub trait Store: Send {
     /// group-commit route lets a submitting task commit its batch itself while the writer
     /// thread has nothing queued, saving two thread hand-offs per round trip. A store that
     /// syncs each commit answers `false` (the default): its commits stay on the writer
-    /// thread, off the async workers.
+    /// thread, off the async workers. Asked again under the store's lock before each such
+    /// commit: a store answers `false` while slow maintenance is due (a checkpoint), so the
+    /// writer thread does that commit and the maintenance with it.
     fn commits_without_waiting(&self) -> bool {
         false
     }

@@ -25,6 +25,8 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior};
@@ -100,6 +102,10 @@ const CACHE_KIB: i64 = 64 * 1024;
 /// WAL pages between automatic checkpoints (4 KiB pages: 40 MiB).
 const WAL_AUTOCHECKPOINT_PAGES: i64 = 10_000;
 
+/// Pending series deltas up to which a due totals fold is small enough to run in a commit
+/// on an async worker (`--fsync os`, inline route); a larger fold waits for the writer thread.
+const INLINE_FOLD_MAX_SERIES: usize = 256;
+
 /// How long a writer waits for another process's lock (e.g. a concurrent migration).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -166,6 +172,12 @@ pub struct SqliteStore {
     marked_dirty: bool,
     /// How commits reach the disk: `Os` commits never sync (WAL append only).
     fsync: FsyncPolicy,
+    /// `Os` only: frames in the WAL after the last commit (set by the WAL hook, which
+    /// replaces SQLite's automatic checkpoint), so the checkpoint runs on the writer
+    /// thread and never in a commit on an async worker ([`Store::commits_without_waiting`]).
+    wal_frames: Option<Arc<AtomicI32>>,
+    /// WAL frames at which `wal_frames` asks for a checkpoint ([`WAL_AUTOCHECKPOINT_PAGES`]).
+    checkpoint_frames: i64,
     /// When an undecodable stored row was last warned about ([`CORRUPT_WARN_INTERVAL`]).
     corrupt_warned: Option<Instant>,
     /// Held (advisory `flock`) for the store's life: one writer per database file. A second
@@ -216,6 +228,23 @@ impl SqliteStore {
         // database file, so checkpointing every 1,000 pages (the default) taxes ingest.
         conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)
             .map_err(fail("set wal autocheckpoint"))?;
+        // `--fsync os` commits may run on an async worker (inline route): SQLite's own
+        // checkpoint would then stall that worker for milliseconds. The hook (which
+        // replaces the automatic checkpoint) only counts the WAL's frames; `write_batch`
+        // checkpoints on the writer thread once they pass the same threshold.
+        let wal_frames = match fsync {
+            FsyncPolicy::Always => None,
+            FsyncPolicy::Os => {
+                let frames = Arc::new(AtomicI32::new(0));
+                let counted = Arc::clone(&frames);
+                conn.wal_hook(Some(move |_: &mut rusqlite::hooks::Wal, pages| {
+                    counted.store(pages, Ordering::Relaxed);
+                    Ok(())
+                }))
+                .map_err(fail("set wal hook"))?;
+                Some(frames)
+            }
+        };
         migrate(&mut conn, &location)?;
         recount_if_dirty(&mut conn, &location)?;
         Ok(SqliteStore {
@@ -227,6 +256,8 @@ impl SqliteStore {
             flush_interval: TOTALS_FLUSH_INTERVAL,
             marked_dirty: false,
             fsync,
+            wal_frames,
+            checkpoint_frames: WAL_AUTOCHECKPOINT_PAGES,
             corrupt_warned: None,
             _writer_lock: writer_lock,
         })
@@ -287,6 +318,31 @@ impl SqliteStore {
     ) -> bool {
         let old = since.is_some_and(|since| now.saturating_duration_since(since) >= interval);
         old || interval.is_zero() || pending > TOTALS_MAX_PENDING
+    }
+
+    /// `--fsync os`: the WAL has passed [`WAL_AUTOCHECKPOINT_PAGES`] since the last checkpoint.
+    fn checkpoint_due(&self) -> bool {
+        self.wal_frames.as_ref().is_some_and(|frames| {
+            i64::from(frames.load(Ordering::Relaxed)) >= self.checkpoint_frames
+        })
+    }
+
+    /// A passive checkpoint, as SQLite's automatic one would run (readers are not waited
+    /// for; what they still use is copied next time). A failure is logged: the WAL keeps
+    /// the data, and the next due commit tries again.
+    fn checkpoint(&mut self) {
+        let done = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+                row.get::<_, i64>(0)
+            });
+        if let Err(err) = done {
+            tracing::warn!(location = %self.location, cause = %err, "WAL checkpoint failed");
+        }
+        // The hook reports the WAL's size again at the next commit (small once it restarts).
+        if let Some(frames) = &self.wal_frames {
+            frames.store(0, Ordering::Relaxed);
+        }
     }
 
     /// The schema version this build creates and understands.
@@ -394,6 +450,9 @@ fn migrate(conn: &mut Connection, location: &str) -> Result<(), StoreError> {
 
 impl Store for SqliteStore {
     fn write_batch(&mut self, batch: &[StoredReading]) -> Result<Written, StoreError> {
+        // Decided before the commit: a commit on an async worker never finds it due (see
+        // `commits_without_waiting`), so the checkpoint below runs on the writer thread.
+        let checkpoint = self.checkpoint_due();
         let location = self.location.as_str();
         let fail = |operation| move |err| sqlite_error(location, operation, err);
         // One IMMEDIATE transaction: takes the write lock up front (no upgrade deadlock
@@ -543,6 +602,9 @@ impl Store for SqliteStore {
             }
             self.pending_since.get_or_insert(now);
         }
+        if checkpoint {
+            self.checkpoint();
+        }
         // Found in key order; reported in batch order.
         written.repeats.sort_unstable_by_key(|repeat| repeat.index);
         Ok(written)
@@ -573,8 +635,17 @@ impl Store for SqliteStore {
 
     /// With `--fsync os` a commit appends to the WAL without syncing (synchronous=NORMAL
     /// syncs only at checkpoints): tens of µs, cheaper than the two thread hand-offs.
+    /// Not while a checkpoint or a large totals fold is due: those take milliseconds and
+    /// belong on the writer thread, which the next batch then goes through.
     fn commits_without_waiting(&self) -> bool {
-        self.fsync == FsyncPolicy::Os
+        let large_fold = self.pending.len() > INLINE_FOLD_MAX_SERIES
+            && Self::totals_due(
+                self.pending_since,
+                self.flush_interval,
+                self.pending.len(),
+                Instant::now(),
+            );
+        self.fsync == FsyncPolicy::Os && !self.checkpoint_due() && !large_fold
     }
 
     fn close(&mut self) -> Result<(), StoreError> {
@@ -1112,6 +1183,51 @@ mod tests {
             .expect("rows");
         assert_eq!(ids.len(), 5, "five series, no duplicate series row");
         assert_eq!(all_rows(&path).len(), 10);
+    }
+
+    #[test]
+    fn fsync_os_checkpoints_on_the_writer_thread_only() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("ckpt.db");
+        let mut store = SqliteStore::open(&path, FsyncPolicy::Os).expect("open");
+        // The schema's own commits are in the WAL already; four more frames make it due.
+        let after_open = store
+            .wal_frames
+            .as_ref()
+            .map(|frames| frames.load(Ordering::Relaxed))
+            .expect("--fsync os counts WAL frames");
+        store.checkpoint_frames = i64::from(after_open) + 4;
+        assert!(store.commits_without_waiting(), "nothing due yet");
+        let mut ts = 0;
+        // Commits grow the WAL until a checkpoint is due: then no commit may run inline.
+        while store.commits_without_waiting() {
+            ts += 1;
+            assert!(ts < 100, "the WAL hook never reported a due checkpoint");
+            store.write_batch(&[temp("a", ts, 1.0)]).expect("write");
+        }
+        assert!(store.checkpoint_due());
+        // The next commit (on the writer thread) checkpoints after it: inline again.
+        store.write_batch(&[temp("a", ts + 1, 1.0)]).expect("write");
+        assert!(!store.checkpoint_due(), "checkpointed after the commit");
+        assert!(store.commits_without_waiting());
+        // Everything was checkpointed: the database file alone has every row.
+        let backfilled: (i64, i64, i64) = store
+            .conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .expect("checkpoint");
+        assert_eq!(backfilled.0, 0, "not blocked");
+        assert_eq!(
+            backfilled.1, backfilled.2,
+            "every WAL frame is in the database"
+        );
+        assert_eq!(all_rows(&path).len() as i64, ts + 1);
+        // `--fsync always` keeps SQLite's own checkpoint and never commits inline.
+        let always =
+            SqliteStore::open(&dir.path().join("always.db"), FsyncPolicy::Always).expect("open");
+        assert!(!always.commits_without_waiting());
+        assert!(!always.checkpoint_due());
     }
 
     /// (readings, first ts, last ts) per series id, as the series table has them.

@@ -49,8 +49,9 @@ impl ThreadRoute {
             Err(std::sync::TryLockError::WouldBlock) => return Err(job),
         };
         // Re-read under the lock: the writer lowers it only under the lock, after the
-        // commit, so 0 here means nothing submitted before is still uncommitted.
-        if self.in_writer.load(Ordering::SeqCst) != 0 {
+        // commit, so 0 here means nothing submitted before is still uncommitted. The store
+        // may have maintenance due (a checkpoint): then the writer thread does this commit.
+        if self.in_writer.load(Ordering::SeqCst) != 0 || !store.commits_without_waiting() {
             return Err(job);
         }
         let rows = job.readings.len();
