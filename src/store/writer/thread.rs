@@ -144,7 +144,7 @@ pub(super) fn run(
             jobs.push(job);
         }
         if carried.is_none() && config.commit_delay.is_zero() {
-            rows += gather_siblings(&mut rx, &mut jobs, rows, &config, &mut carried);
+            rows += gather_siblings(&rt, &mut rx, &mut jobs, rows, &config, &mut carried);
         }
         let committed = jobs.len();
         commit(&mut **locked, jobs, rows, telemetry);
@@ -167,8 +167,13 @@ const GROUP_SMALL_BATCH: usize = 4;
 
 /// Many small batches in `jobs` (`rows` readings): keep gathering for up to
 /// [`WriterConfig::group_window`] (from now: the queue was just drained), until the
-/// transaction holds [`GROUP_ROWS`] readings. Returns the readings added.
+/// transaction holds [`GROUP_ROWS`] readings, or until batches stop coming: none within
+/// [`WriterConfig::group_idle_gap`] at first, or none in a whole slice later. Senders that
+/// each wait for their ack before the next reading (the seed's exchange, one reading in
+/// flight) send nothing more until this commit answers them; waiting out the window would
+/// only add it to every round trip. Returns the readings added.
 fn gather_siblings(
+    rt: &tokio::runtime::Runtime,
     rx: &mut mpsc::Receiver<Job>,
     jobs: &mut Vec<Job>,
     rows: usize,
@@ -189,12 +194,31 @@ fn gather_siblings(
     }
     let deadline = Instant::now() + config.group_window;
     let mut added = 0;
+    // The first look is woken by an arrival: a closed loop costs one short gap, not a slice.
+    let gap = config.group_idle_gap.min(config.group_window);
+    match rt.block_on(async { tokio::time::timeout(gap, rx.recv()).await }) {
+        Ok(Some(job)) => *carried = Some(job),
+        // Nothing within the gap, or every handle gone (shutdown): commit what is here.
+        Ok(None) | Err(_) => return 0,
+    }
     loop {
+        if let Some(job) = carried.take() {
+            if rows + added + job.readings.len() > max_rows {
+                *carried = Some(job);
+                return added;
+            }
+            added += job.readings.len();
+            jobs.push(job);
+            if rows + added >= enough {
+                return added;
+            }
+        }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return added;
         }
         std::thread::sleep(left.min(GROUP_SLICE));
+        let before = jobs.len();
         loop {
             let job = match rx.try_recv() {
                 Ok(job) => job,
@@ -211,6 +235,10 @@ fn gather_siblings(
             if rows + added >= enough {
                 return added;
             }
+        }
+        if jobs.len() == before {
+            // A whole slice without a batch: the arrivals have dried up.
+            return added;
         }
     }
 }
@@ -306,6 +334,39 @@ mod group_tests {
         assert_eq!(store.log().txns, vec![1, 1, 1]);
     }
 
+    /// Small batches queued behind a transaction, then nothing more (their senders wait
+    /// for the acks): they commit after the idle gap, not after the window.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_closed_loop_does_not_wait_out_the_window() {
+        let store = TestStore::default();
+        let (gate, entered_rx, release_tx) = gate();
+        let config = WriterConfig {
+            group_window: FOREVER,
+            group_siblings: 2,
+            ..WriterConfig::default()
+        };
+        let (handle, writer) = spawn(Drive::GroupCommit(Box::new(store.gated(gate))), config);
+        let first = handle.submit(vec![temp("first", 0)]).await.expect("submit");
+        let entered_rx = tokio::task::spawn_blocking(move || entered_rx.recv().map(|_| entered_rx))
+            .await
+            .expect("join")
+            .expect("writer entered the store");
+        let a = handle.submit(vec![temp("a", 1)]).await.expect("submit");
+        let b = handle.submit(vec![temp("b", 2)]).await.expect("submit");
+        drop(entered_rx);
+        drop(release_tx);
+        assert_eq!(wait(first).await.outcome.inserted, 1);
+        // Nothing else comes: A and B commit together once the gap passes (HANG otherwise).
+        assert_eq!(wait(a).await.outcome.inserted, 1);
+        assert_eq!(wait(b).await.outcome.inserted, 1);
+        drop(handle);
+        tokio::task::spawn_blocking(move || writer.finish())
+            .await
+            .expect("join")
+            .expect("finish");
+        assert_eq!(store.log().txns, vec![1, 2]);
+    }
+
     /// `group_siblings` small batches keep the transaction open for more, until it holds
     /// `GROUP_ROWS` readings (or the window ends).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -315,6 +376,8 @@ mod group_tests {
         let config = WriterConfig {
             group_window: FOREVER,
             group_siblings: 2,
+            // The next batch comes when the test sends it, however slow the machine.
+            group_idle_gap: FOREVER,
             ..WriterConfig::default()
         };
         let (handle, writer) = spawn(Drive::GroupCommit(Box::new(store.gated(gate))), config);
