@@ -144,7 +144,14 @@ pub(super) fn run(
             jobs.push(job);
         }
         if carried.is_none() && config.commit_delay.is_zero() {
-            rows += gather_siblings(&rt, &mut rx, &mut jobs, rows, &config, &mut carried);
+            let open = || {
+                telemetry
+                    .unwrap_or_else(events::telemetry)
+                    .totals
+                    .connections_open
+                    .load(Ordering::Relaxed)
+            };
+            rows += gather_siblings(open, &rt, &mut rx, &mut jobs, rows, &config, &mut carried);
         }
         let committed = jobs.len();
         commit(&mut **locked, jobs, rows, telemetry);
@@ -157,22 +164,29 @@ pub(super) fn run(
     lock().close()
 }
 
-/// How long the writer sleeps between two looks at the queue while a transaction gathers:
-/// it sleeps instead of waking for every batch that arrives (one wake-up per reading would
-/// cost more than the fsync it saves).
+/// How long the writer sleeps between two looks at the queue while a transaction gathers
+/// a stream of arrivals (after its first, woken look).
 const GROUP_SLICE: Duration = Duration::from_millis(2);
+
+/// A transaction holding batches from more than 1 in this many open connections stops
+/// gathering: most of those connections likely wait for this very commit (a closed loop,
+/// one reading in flight each), so a wait would only stall them. An idle fleet's
+/// transaction holds a small share of its connections.
+const GROUP_SHARE_DIVISOR: u64 = 8;
 
 /// Readings per batch, on average, up to which a transaction's batches count as small.
 const GROUP_SMALL_BATCH: usize = 4;
 
 /// Many small batches in `jobs` (`rows` readings): keep gathering for up to
 /// [`WriterConfig::group_window`] (from now: the queue was just drained), until the
-/// transaction holds [`GROUP_ROWS`] readings, or until batches stop coming: none within
-/// [`WriterConfig::group_idle_gap`] at first, or none in a whole slice later. Senders that
+/// transaction holds [`GROUP_ROWS`] readings, or until batches stop coming (none within
+/// [`WriterConfig::group_idle_gap`] at first, or in a whole slice later), or until it holds
+/// batches from a large share of the open connections ([`GROUP_SHARE_DIVISOR`]). Senders that
 /// each wait for their ack before the next reading (the seed's exchange, one reading in
 /// flight) send nothing more until this commit answers them; waiting out the window would
 /// only add it to every round trip. Returns the readings added.
 fn gather_siblings(
+    open_connections: impl Fn() -> u64,
     rt: &tokio::runtime::Runtime,
     rx: &mut mpsc::Receiver<Job>,
     jobs: &mut Vec<Job>,
@@ -187,6 +201,7 @@ fn gather_siblings(
     let small = rows <= GROUP_SMALL_BATCH * jobs.len();
     if config.group_window.is_zero()
         || jobs.len() < config.group_siblings.max(1)
+        || jobs.len() as u64 * GROUP_SHARE_DIVISOR > open_connections()
         || !small
         || rows >= enough
     {
@@ -217,6 +232,11 @@ fn gather_siblings(
         if left.is_zero() {
             return added;
         }
+        if jobs.len() as u64 * GROUP_SHARE_DIVISOR > open_connections() {
+            return added;
+        }
+        // Sleeping between looks, not woken per batch: one wake-up per reading would cost
+        // more than the fsync it saves.
         std::thread::sleep(left.min(GROUP_SLICE));
         let before = jobs.len();
         loop {
@@ -293,8 +313,9 @@ fn next_or_idle(
 mod group_tests {
     //! The group window: many small batches keep gathering; a few never wait.
 
-    use super::super::{spawn, CommitReceiver, Committed};
+    use super::super::{spawn, spawn_counted, CommitReceiver, Committed};
     use super::*;
+    use crate::events::Telemetry;
     use crate::store::testing::{gate, temp, TestStore};
     use crate::store::Drive;
 
@@ -303,6 +324,17 @@ mod group_tests {
 
     /// A window no test may sit out: a batch that waits for it fails the test at `HANG`.
     const FOREVER: Duration = Duration::from_secs(3600);
+
+    /// Telemetry of its own saying `open` connections are open (the group window's share
+    /// rule reads it).
+    fn with_open_connections(open: u64) -> &'static Telemetry {
+        let telemetry: &'static Telemetry = Box::leak(Box::new(Telemetry::register()));
+        telemetry
+            .totals
+            .connections_open
+            .store(open, Ordering::Relaxed);
+        telemetry
+    }
 
     async fn wait(rx: CommitReceiver) -> Committed {
         tokio::time::timeout(HANG, rx)
@@ -345,7 +377,12 @@ mod group_tests {
             group_siblings: 2,
             ..WriterConfig::default()
         };
-        let (handle, writer) = spawn(Drive::GroupCommit(Box::new(store.gated(gate))), config);
+        // Many connections open: only the idle gap can end the wait.
+        let (handle, writer) = spawn_counted(
+            Drive::GroupCommit(Box::new(store.gated(gate))),
+            config,
+            Some(with_open_connections(1000)),
+        );
         let first = handle.submit(vec![temp("first", 0)]).await.expect("submit");
         let entered_rx = tokio::task::spawn_blocking(move || entered_rx.recv().map(|_| entered_rx))
             .await
@@ -357,6 +394,44 @@ mod group_tests {
         drop(release_tx);
         assert_eq!(wait(first).await.outcome.inserted, 1);
         // Nothing else comes: A and B commit together once the gap passes (HANG otherwise).
+        assert_eq!(wait(a).await.outcome.inserted, 1);
+        assert_eq!(wait(b).await.outcome.inserted, 1);
+        drop(handle);
+        tokio::task::spawn_blocking(move || writer.finish())
+            .await
+            .expect("join")
+            .expect("finish");
+        assert_eq!(store.log().txns, vec![1, 2]);
+    }
+
+    /// Small batches from a large share of the open connections (a closed loop: they wait
+    /// for this commit) commit at once, whatever the window and the gap.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batches_from_most_connections_do_not_wait() {
+        let store = TestStore::default();
+        let (gate, entered_rx, release_tx) = gate();
+        let config = WriterConfig {
+            group_window: FOREVER,
+            group_siblings: 2,
+            group_idle_gap: FOREVER,
+            ..WriterConfig::default()
+        };
+        // Two batches of 8 open connections: over 1 in GROUP_SHARE_DIVISOR.
+        let (handle, writer) = spawn_counted(
+            Drive::GroupCommit(Box::new(store.gated(gate))),
+            config,
+            Some(with_open_connections(8)),
+        );
+        let first = handle.submit(vec![temp("first", 0)]).await.expect("submit");
+        let entered_rx = tokio::task::spawn_blocking(move || entered_rx.recv().map(|_| entered_rx))
+            .await
+            .expect("join")
+            .expect("writer entered the store");
+        let a = handle.submit(vec![temp("a", 1)]).await.expect("submit");
+        let b = handle.submit(vec![temp("b", 2)]).await.expect("submit");
+        drop(entered_rx);
+        drop(release_tx);
+        assert_eq!(wait(first).await.outcome.inserted, 1);
         assert_eq!(wait(a).await.outcome.inserted, 1);
         assert_eq!(wait(b).await.outcome.inserted, 1);
         drop(handle);
@@ -380,7 +455,12 @@ mod group_tests {
             group_idle_gap: FOREVER,
             ..WriterConfig::default()
         };
-        let (handle, writer) = spawn(Drive::GroupCommit(Box::new(store.gated(gate))), config);
+        // Two batches are a small share of 1000 open connections: the window applies.
+        let (handle, writer) = spawn_counted(
+            Drive::GroupCommit(Box::new(store.gated(gate))),
+            config,
+            Some(with_open_connections(1000)),
+        );
         // Hold the writer in a first transaction so two small batches queue up.
         let first = handle.submit(vec![temp("first", 0)]).await.expect("submit");
         let entered_rx = tokio::task::spawn_blocking(move || entered_rx.recv().map(|_| entered_rx))
