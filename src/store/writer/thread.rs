@@ -366,102 +366,22 @@ mod group_tests {
         assert_eq!(store.log().txns, vec![1, 1, 1]);
     }
 
-    /// Small batches queued behind a transaction, then nothing more (their senders wait
-    /// for the acks): they commit after the idle gap, not after the window.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_closed_loop_does_not_wait_out_the_window() {
+    /// Two one-reading batches (A, B) queue behind a first transaction held by a gate, with
+    /// `open` connections said to be open; once the gate opens, `then` (if any) is submitted
+    /// after the first commit. Every batch must be answered (within HANG); returns the
+    /// readings per transaction.
+    async fn behind_a_commit(
+        config: WriterConfig,
+        open: u64,
+        then: Option<Vec<crate::store::StoredReading>>,
+    ) -> Vec<usize> {
         let store = TestStore::default();
         let (gate, entered_rx, release_tx) = gate();
-        let config = WriterConfig {
-            group_window: FOREVER,
-            group_siblings: 2,
-            ..WriterConfig::default()
-        };
-        // Many connections open: only the idle gap can end the wait.
         let (handle, writer) = spawn_counted(
             Drive::GroupCommit(Box::new(store.gated(gate))),
             config,
-            Some(with_open_connections(1000)),
+            Some(with_open_connections(open)),
         );
-        let first = handle.submit(vec![temp("first", 0)]).await.expect("submit");
-        let entered_rx = tokio::task::spawn_blocking(move || entered_rx.recv().map(|_| entered_rx))
-            .await
-            .expect("join")
-            .expect("writer entered the store");
-        let a = handle.submit(vec![temp("a", 1)]).await.expect("submit");
-        let b = handle.submit(vec![temp("b", 2)]).await.expect("submit");
-        drop(entered_rx);
-        drop(release_tx);
-        assert_eq!(wait(first).await.outcome.inserted, 1);
-        // Nothing else comes: A and B commit together once the gap passes (HANG otherwise).
-        assert_eq!(wait(a).await.outcome.inserted, 1);
-        assert_eq!(wait(b).await.outcome.inserted, 1);
-        drop(handle);
-        tokio::task::spawn_blocking(move || writer.finish())
-            .await
-            .expect("join")
-            .expect("finish");
-        assert_eq!(store.log().txns, vec![1, 2]);
-    }
-
-    /// Small batches from a large share of the open connections (a closed loop: they wait
-    /// for this commit) commit at once, whatever the window and the gap.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn batches_from_most_connections_do_not_wait() {
-        let store = TestStore::default();
-        let (gate, entered_rx, release_tx) = gate();
-        let config = WriterConfig {
-            group_window: FOREVER,
-            group_siblings: 2,
-            group_idle_gap: FOREVER,
-            ..WriterConfig::default()
-        };
-        // Two batches of 8 open connections: over 1 in GROUP_SHARE_DIVISOR.
-        let (handle, writer) = spawn_counted(
-            Drive::GroupCommit(Box::new(store.gated(gate))),
-            config,
-            Some(with_open_connections(8)),
-        );
-        let first = handle.submit(vec![temp("first", 0)]).await.expect("submit");
-        let entered_rx = tokio::task::spawn_blocking(move || entered_rx.recv().map(|_| entered_rx))
-            .await
-            .expect("join")
-            .expect("writer entered the store");
-        let a = handle.submit(vec![temp("a", 1)]).await.expect("submit");
-        let b = handle.submit(vec![temp("b", 2)]).await.expect("submit");
-        drop(entered_rx);
-        drop(release_tx);
-        assert_eq!(wait(first).await.outcome.inserted, 1);
-        assert_eq!(wait(a).await.outcome.inserted, 1);
-        assert_eq!(wait(b).await.outcome.inserted, 1);
-        drop(handle);
-        tokio::task::spawn_blocking(move || writer.finish())
-            .await
-            .expect("join")
-            .expect("finish");
-        assert_eq!(store.log().txns, vec![1, 2]);
-    }
-
-    /// `group_siblings` small batches keep the transaction open for more, until it holds
-    /// `GROUP_ROWS` readings (or the window ends).
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn many_small_batches_gather_until_the_transaction_is_large() {
-        let store = TestStore::default();
-        let (gate, entered_rx, release_tx) = gate();
-        let config = WriterConfig {
-            group_window: FOREVER,
-            group_siblings: 2,
-            // The next batch comes when the test sends it, however slow the machine.
-            group_idle_gap: FOREVER,
-            ..WriterConfig::default()
-        };
-        // Two batches are a small share of 1000 open connections: the window applies.
-        let (handle, writer) = spawn_counted(
-            Drive::GroupCommit(Box::new(store.gated(gate))),
-            config,
-            Some(with_open_connections(1000)),
-        );
-        // Hold the writer in a first transaction so two small batches queue up.
         let first = handle.submit(vec![temp("first", 0)]).await.expect("submit");
         let entered_rx = tokio::task::spawn_blocking(move || entered_rx.recv().map(|_| entered_rx))
             .await
@@ -472,20 +392,69 @@ mod group_tests {
         drop(entered_rx);
         drop(release_tx); // every write goes through from now on
         assert_eq!(wait(first).await.outcome.inserted, 1);
-        // A and B now wait in the window; this batch fills the transaction.
-        let big = handle
-            .submit((0..GROUP_ROWS as i64).map(|i| temp("big", i)).collect())
-            .await
-            .expect("submit");
+        let then = match then {
+            Some(batch) => Some(handle.submit(batch).await.expect("submit")),
+            None => None,
+        };
         assert_eq!(wait(a).await.outcome.inserted, 1);
         assert_eq!(wait(b).await.outcome.inserted, 1);
-        assert_eq!(wait(big).await.outcome.inserted, GROUP_ROWS as u64);
+        if let Some(then) = then {
+            wait(then).await;
+        }
         drop(handle);
         tokio::task::spawn_blocking(move || writer.finish())
             .await
             .expect("join")
             .expect("finish");
-        assert_eq!(store.log().txns, vec![1, 2 + GROUP_ROWS]);
+        let txns = store.log().txns.clone();
+        txns
+    }
+
+    /// Small batches queued behind a transaction, then nothing more (their senders wait
+    /// for the acks): they commit after the idle gap, not after the window.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_closed_loop_does_not_wait_out_the_window() {
+        let config = WriterConfig {
+            group_window: FOREVER,
+            group_siblings: 2,
+            ..WriterConfig::default()
+        };
+        // Many connections open: only the idle gap can end the wait.
+        assert_eq!(behind_a_commit(config, 1000, None).await, vec![1, 2]);
+    }
+
+    /// Small batches from a large share of the open connections (a closed loop: they wait
+    /// for this commit) commit at once, whatever the window and the gap.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batches_from_most_connections_do_not_wait() {
+        let config = WriterConfig {
+            group_window: FOREVER,
+            group_siblings: 2,
+            group_idle_gap: FOREVER,
+            ..WriterConfig::default()
+        };
+        // Two batches of 8 open connections: over 1 in GROUP_SHARE_DIVISOR.
+        assert_eq!(behind_a_commit(config, 8, None).await, vec![1, 2]);
+    }
+
+    /// `group_siblings` small batches keep the transaction open for more, until it holds
+    /// `GROUP_ROWS` readings (or the window ends).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_small_batches_gather_until_the_transaction_is_large() {
+        let config = WriterConfig {
+            group_window: FOREVER,
+            group_siblings: 2,
+            // The next batch comes when the test sends it, however slow the machine.
+            group_idle_gap: FOREVER,
+            ..WriterConfig::default()
+        };
+        // Two batches are a small share of 1000 open connections: the window applies, and
+        // A and B wait in it until the big batch fills the transaction.
+        let big = (0..GROUP_ROWS as i64).map(|i| temp("big", i)).collect();
+        assert_eq!(
+            behind_a_commit(config, 1000, Some(big)).await,
+            vec![1, 2 + GROUP_ROWS]
+        );
     }
 }
 
