@@ -99,6 +99,17 @@ impl Proc {
         self.stderr.lock().expect("stderr lock").clone()
     }
 
+    /// For a failure message: whether the child is still running, or how it ended (a
+    /// signal such as SIGXCPU says the real-time CPU bound, [`RT_TIME_LIMIT_US`], hit it).
+    pub fn state(&mut self) -> String {
+        match self.child.as_mut().map(Child::try_wait) {
+            None => "reaped".into(),
+            Some(Ok(None)) => "still running".into(),
+            Some(Ok(Some(status))) => format!("it ended: {status}"),
+            Some(Err(err)) => format!("try_wait: {err}"),
+        }
+    }
+
     pub fn signal(&self, signal: i32) {
         // SAFETY: kill(2) on the PID of our own child, not reaped yet.
         let rc = unsafe { libc::kill(self.pid(), signal) };
@@ -217,12 +228,14 @@ impl Server {
                 }
             }
         });
-        let (addr, http) = rx.recv_timeout(PATIENCE).unwrap_or_else(|_| {
+        let Ok((addr, http)) = rx.recv_timeout(PATIENCE) else {
+            let mut proc = proc;
             panic!(
-                "server did not say `listening on`; stderr:\n{}",
+                "server did not say `listening on` within {PATIENCE:?} ({}); stderr:\n{}",
+                proc.state(),
                 proc.stderr()
             )
-        });
+        };
         Server {
             proc,
             addr,
