@@ -31,11 +31,14 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 
+use tx::Immediate;
+
 use super::encoding::{decode_fields, encode_fields, encode_tags, write_stored_series_key};
 use super::{Conflict, FsyncPolicy, Store, StoreError, StoredReading, Written};
 
 mod reader;
 mod series_cache;
+mod tx;
 
 pub use reader::SqliteReader;
 pub use series_cache::{SeriesCache, DEFAULT_SERIES_CACHE_ENTRIES};
@@ -294,10 +297,7 @@ impl SqliteStore {
         }
         let location = self.location.as_str();
         let fail = |operation| move |err| sqlite_error(location, operation, err);
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(fail("begin totals flush"))?;
+        let tx = Immediate::begin(&self.conn).map_err(fail("begin totals flush"))?;
         add_totals(&tx, &self.pending).map_err(fail("update series totals"))?;
         tx.execute(SET_TOTALS_DIRTY, [0])
             .map_err(fail("mark totals clean"))?;
@@ -331,6 +331,7 @@ impl SqliteStore {
     /// for; what they still use is copied next time). A failure is logged: the WAL keeps
     /// the data, and the next due commit tries again.
     fn checkpoint(&mut self) {
+        self.end_ahead();
         let done = self
             .conn
             .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
@@ -342,6 +343,14 @@ impl SqliteStore {
         // The hook reports the WAL's size again at the next commit (small once it restarts).
         if let Some(frames) = &self.wal_frames {
             frames.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// End a transaction begun ahead ([`Store::begin_next_write`]); it holds nothing, so a
+    /// failure only leaves it to the next statement's error.
+    fn end_ahead(&mut self) {
+        if let Err(err) = tx::end_ahead(&self.conn) {
+            tracing::warn!(location = %self.location, cause = %err, "cannot end the transaction begun ahead");
         }
     }
 
@@ -455,12 +464,8 @@ impl Store for SqliteStore {
         let checkpoint = self.checkpoint_due();
         let location = self.location.as_str();
         let fail = |operation| move |err| sqlite_error(location, operation, err);
-        // One IMMEDIATE transaction: takes the write lock up front (no upgrade deadlock
-        // with a concurrent reader-turned-writer) and makes the batch atomic.
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(fail("begin"))?;
+        // One IMMEDIATE transaction (or the one begun ahead): makes the batch atomic.
+        let tx = Immediate::begin(&self.conn).map_err(fail("begin"))?;
         let mut written = Written::default();
         // Series created in this transaction; merged into the cache only after commit.
         let mut new_series: HashMap<String, i64> = HashMap::new();
@@ -627,10 +632,22 @@ impl Store for SqliteStore {
     /// database) and writes nothing.
     fn probe(&mut self) -> Result<(), StoreError> {
         let location = self.location.as_str();
-        self.conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
+        tx::end_ahead(&self.conn)
+            .and_then(|()| self.conn.transaction_with_behavior(TransactionBehavior::Immediate))
             .and_then(|tx| tx.rollback())
             .map_err(|err| sqlite_error(location, "probe", err))
+    }
+
+    /// `--fsync os` only (the inline route): a commit on the writer thread takes the locks
+    /// in its own time. Not while a checkpoint is due: it would only be ended again.
+    fn begin_next_write(&mut self) {
+        if self.fsync != FsyncPolicy::Os || self.checkpoint_due() {
+            return;
+        }
+        if let Err(err) = tx::begin_ahead(&self.conn) {
+            // The next batch begins its own transaction, and reports what fails then.
+            tracing::debug!(location = %self.location, cause = %err, "cannot begin ahead");
+        }
     }
 
     /// With `--fsync os` a commit appends to the WAL without syncing (synchronous=NORMAL
@@ -649,6 +666,7 @@ impl Store for SqliteStore {
     }
 
     fn close(&mut self) -> Result<(), StoreError> {
+        self.end_ahead();
         // Flushed before the checkpoint, so the file is self-contained and clean.
         let flushed = self.flush_totals();
         checkpoint_at_close(&self.conn, &self.location);
