@@ -633,7 +633,10 @@ impl Store for SqliteStore {
     fn probe(&mut self) -> Result<(), StoreError> {
         let location = self.location.as_str();
         tx::end_ahead(&self.conn)
-            .and_then(|()| self.conn.transaction_with_behavior(TransactionBehavior::Immediate))
+            .and_then(|()| {
+                self.conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+            })
             .and_then(|tx| tx.rollback())
             .map_err(|err| sqlite_error(location, "probe", err))
     }
@@ -1201,6 +1204,66 @@ mod tests {
             .expect("rows");
         assert_eq!(ids.len(), 5, "five series, no duplicate series row");
         assert_eq!(all_rows(&path).len(), 10);
+    }
+
+    /// A transaction begun ahead (`--fsync os`, after an inline commit) holds nothing: a
+    /// write takes it over, a probe, a checkpoint and close end it, a totals flush commits
+    /// in it, readers read beside it, and the WAL still restarts after a checkpoint. It is
+    /// never begun with `--fsync always`, nor while a checkpoint is due.
+    #[test]
+    fn a_transaction_begun_ahead_writes_nothing_and_gives_way() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("ahead.db");
+        let mut store = SqliteStore::open(&path, FsyncPolicy::Os)
+            .expect("open")
+            .with_totals_flush_interval(Duration::from_secs(3600));
+        let open = |store: &SqliteStore| !store.conn.is_autocommit();
+        store.begin_next_write();
+        assert!(open(&store), "begun ahead");
+        store.write_batch(&[temp("a", 1, 1.0)]).expect("write");
+        assert!(!open(&store), "the write committed it");
+        store.begin_next_write();
+        assert_eq!(all_rows(&path).len(), 1, "a reader reads beside it");
+        store.probe().expect("probe");
+        assert!(!open(&store), "the probe ended it");
+        store.begin_next_write();
+        store.flush_totals().expect("flush");
+        assert!(!open(&store), "the flush committed in it");
+        assert_eq!(totals_dirty(&store.conn), 0);
+        assert_eq!(table_totals(&store.conn)[0].1, 1);
+
+        // A checkpoint due: nothing begun, the next commit checkpoints the whole WAL.
+        store.write_batch(&[temp("a", 2, 1.0)]).expect("write");
+        let autocheckpoint = store.checkpoint_frames;
+        store.checkpoint_frames = 0;
+        store.begin_next_write();
+        assert!(!open(&store), "not begun while a checkpoint is due");
+        store.write_batch(&[temp("a", 3, 1.0)]).expect("write");
+        store.checkpoint_frames = autocheckpoint;
+        // Begun ahead of a WAL wholly checkpointed, the next commit restarts the WAL from
+        // its first frame (else it would grow without bound).
+        store.begin_next_write();
+        assert!(open(&store));
+        store.write_batch(&[temp("a", 4, 1.0)]).expect("write");
+        let frames = store
+            .wal_frames
+            .as_ref()
+            .map(|frames| frames.load(Ordering::Relaxed))
+            .expect("--fsync os counts WAL frames");
+        assert!(frames <= 2, "the WAL restarted: {frames} frames");
+
+        store.begin_next_write();
+        store.close().expect("close");
+        assert!(!open(&store), "close ended it");
+        assert_eq!(totals_dirty(&store.conn), 0);
+        drop(store);
+        let reader = StoreReader::new(SqliteReader::open(&path).expect("reader"));
+        assert_eq!(block_on(reader.counts()).expect("counts").total, 4);
+
+        let mut always =
+            SqliteStore::open(&dir.path().join("always.db"), FsyncPolicy::Always).expect("open");
+        always.begin_next_write();
+        assert!(!open(&always), "--fsync always begins nothing ahead");
     }
 
     #[test]
