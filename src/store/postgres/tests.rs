@@ -196,9 +196,14 @@ async fn partitions_on_demand_and_retention_keep_totals_right() {
     );
     let stats = reader.sensor_stats().await.expect("stats");
     assert_eq!(stats[0].first_ns, at(3, 0));
-    // Nothing left to drop: a second run does nothing.
+    // Nothing left to drop: a second run drops nothing, and makes good first/last
+    // timestamps a failed second transaction would have left naming a dropped day.
+    cluster
+        .psql(db, "UPDATE sensorlink_series SET first_ts = 1, last_ts = 2")
+        .expect("psql");
     let again = store.apply_retention(now, keep).await.expect("retention");
     assert_eq!(again, schema::Retained::default());
+    assert_eq!(reader.sensor_stats().await.expect("stats"), stats);
     // A late replay of a dropped day comes back (into a new partition), counted.
     let committed = answer(
         handle
