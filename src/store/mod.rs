@@ -298,6 +298,13 @@ pub trait Store: Send {
         false
     }
 
+    /// Get ready for the next write now, off the round trip: the inline route calls it
+    /// once a commit it ran is answered (after the ack is written, while the sender sends
+    /// its next reading), if the store's lock is free. E.g. SQLite begins the next
+    /// transaction, taking the WAL's locks. It must write nothing: whatever comes next
+    /// (a write, a probe, idle work, close) finds the store as it would have. Default: no-op.
+    fn begin_next_write(&mut self) {}
+
     /// Flush anything buffered and release the store; called once at shutdown.
     fn close(&mut self) -> Result<(), StoreError>;
 }

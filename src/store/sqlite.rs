@@ -31,11 +31,17 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 
+use tx::Immediate;
+
 use super::encoding::{decode_fields, encode_fields, encode_tags, write_stored_series_key};
 use super::{Conflict, FsyncPolicy, Store, StoreError, StoredReading, Written};
 
+mod files;
 mod reader;
 mod series_cache;
+mod tx;
+
+use files::{checkpoint_at_close, lock_writer};
 
 pub use reader::SqliteReader;
 pub use series_cache::{SeriesCache, DEFAULT_SERIES_CACHE_ENTRIES};
@@ -294,10 +300,7 @@ impl SqliteStore {
         }
         let location = self.location.as_str();
         let fail = |operation| move |err| sqlite_error(location, operation, err);
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(fail("begin totals flush"))?;
+        let tx = Immediate::begin(&self.conn).map_err(fail("begin totals flush"))?;
         add_totals(&tx, &self.pending).map_err(fail("update series totals"))?;
         tx.execute(SET_TOTALS_DIRTY, [0])
             .map_err(fail("mark totals clean"))?;
@@ -331,6 +334,7 @@ impl SqliteStore {
     /// for; what they still use is copied next time). A failure is logged: the WAL keeps
     /// the data, and the next due commit tries again.
     fn checkpoint(&mut self) {
+        self.end_ahead();
         let done = self
             .conn
             .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
@@ -342,6 +346,14 @@ impl SqliteStore {
         // The hook reports the WAL's size again at the next commit (small once it restarts).
         if let Some(frames) = &self.wal_frames {
             frames.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// End a transaction begun ahead ([`Store::begin_next_write`]); it holds nothing, so a
+    /// failure only leaves it to the next statement's error.
+    fn end_ahead(&mut self) {
+        if let Err(err) = tx::end_ahead(&self.conn) {
+            tracing::warn!(location = %self.location, cause = %err, "cannot end the transaction begun ahead");
         }
     }
 
@@ -455,12 +467,8 @@ impl Store for SqliteStore {
         let checkpoint = self.checkpoint_due();
         let location = self.location.as_str();
         let fail = |operation| move |err| sqlite_error(location, operation, err);
-        // One IMMEDIATE transaction: takes the write lock up front (no upgrade deadlock
-        // with a concurrent reader-turned-writer) and makes the batch atomic.
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(fail("begin"))?;
+        // One IMMEDIATE transaction (or the one begun ahead): makes the batch atomic.
+        let tx = Immediate::begin(&self.conn).map_err(fail("begin"))?;
         let mut written = Written::default();
         // Series created in this transaction; merged into the cache only after commit.
         let mut new_series: HashMap<String, i64> = HashMap::new();
@@ -627,10 +635,25 @@ impl Store for SqliteStore {
     /// database) and writes nothing.
     fn probe(&mut self) -> Result<(), StoreError> {
         let location = self.location.as_str();
-        self.conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
+        tx::end_ahead(&self.conn)
+            .and_then(|()| {
+                self.conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+            })
             .and_then(|tx| tx.rollback())
             .map_err(|err| sqlite_error(location, "probe", err))
+    }
+
+    /// `--fsync os` only (the inline route): a commit on the writer thread takes the locks
+    /// in its own time. Not while a checkpoint is due: it would only be ended again.
+    fn begin_next_write(&mut self) {
+        if self.fsync != FsyncPolicy::Os || self.checkpoint_due() {
+            return;
+        }
+        if let Err(err) = tx::begin_ahead(&self.conn) {
+            // The next batch begins its own transaction, and reports what fails then.
+            tracing::debug!(location = %self.location, cause = %err, "cannot begin ahead");
+        }
     }
 
     /// With `--fsync os` a commit appends to the WAL without syncing (synchronous=NORMAL
@@ -649,81 +672,13 @@ impl Store for SqliteStore {
     }
 
     fn close(&mut self) -> Result<(), StoreError> {
+        self.end_ahead();
         // Flushed before the checkpoint, so the file is self-contained and clean.
         let flushed = self.flush_totals();
         checkpoint_at_close(&self.conn, &self.location);
         // The connection itself closes when the store is dropped.
         self.series.clear();
         flushed
-    }
-}
-
-/// `PATH.lock`, locked exclusively (released by the kernel when the process dies, so a
-/// crash never leaves it held). Readers don't take it: WAL lets them run beside the writer.
-fn lock_writer(path: &Path, location: &str) -> Result<std::fs::File, StoreError> {
-    let mut name = path.as_os_str().to_owned();
-    name.push(".lock");
-    let lock = std::path::PathBuf::from(name);
-    let io_error = |operation| {
-        let lock = lock.clone();
-        move |err: std::io::Error| StoreError::Backend {
-            location: location.to_string(),
-            operation,
-            detail: format!("{}: {err}", lock.display()),
-        }
-    };
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock)
-        .map_err(io_error("open writer lock"))?;
-    // Fully qualified: std's own `File::try_lock` (Rust 1.89) is newer than our MSRV.
-    match fs4::FileExt::try_lock(&file) {
-        Ok(()) => Ok(file),
-        Err(fs4::TryLockError::WouldBlock) => Err(StoreError::InUse {
-            location: location.to_string(),
-            lock,
-        }),
-        Err(fs4::TryLockError::Error(err)) => Err(io_error("lock writer lock")(err)),
-    }
-}
-
-/// Which shutdown checkpoint completed.
-#[derive(Debug, PartialEq, Eq)]
-enum Checkpoint {
-    /// The WAL is folded into the database file and emptied.
-    Truncated,
-    /// A reader holds the WAL: what could be copied without waiting was copied.
-    Passive,
-    Failed,
-}
-
-/// Best effort at shutdown: fold the WAL into the main file so it is self-contained.
-/// TRUNCATE must wait for every reader to let go of the WAL, so it waits only
-/// [`CLOSE_BUSY_TIMEOUT`] (not the writer's 5 s), then falls back to PASSIVE, which never
-/// waits. Failing loses nothing: the WAL stays valid.
-fn checkpoint_at_close(conn: &Connection, location: &str) -> Checkpoint {
-    // busy = 1 when the checkpoint could not complete (readers in the way).
-    let run = |mode: &str| {
-        conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |row| {
-            row.get::<_, i64>(0)
-        })
-    };
-    if let Err(err) = conn.busy_timeout(CLOSE_BUSY_TIMEOUT) {
-        tracing::warn!(path = %location, cause = %err, "cannot shorten the busy timeout");
-    }
-    match run("TRUNCATE") {
-        Ok(0) => return Checkpoint::Truncated,
-        Ok(_) => tracing::info!(path = %location, "readers hold the wal: passive checkpoint"),
-        Err(err) => tracing::info!(path = %location, cause = %err, "truncate checkpoint failed"),
-    }
-    match run("PASSIVE") {
-        Ok(_) => Checkpoint::Passive,
-        Err(err) => {
-            tracing::warn!(path = %location, cause = %err, "wal checkpoint failed");
-            Checkpoint::Failed
-        }
     }
 }
 
@@ -762,6 +717,7 @@ mod tests {
 
     use rusqlite::params_from_iter;
 
+    use super::files::Checkpoint;
     use super::reader::*;
     use super::*;
     use crate::protocol::FieldValue;
@@ -1183,6 +1139,66 @@ mod tests {
             .expect("rows");
         assert_eq!(ids.len(), 5, "five series, no duplicate series row");
         assert_eq!(all_rows(&path).len(), 10);
+    }
+
+    /// A transaction begun ahead (`--fsync os`, after an inline commit) holds nothing: a
+    /// write takes it over, a probe, a checkpoint and close end it, a totals flush commits
+    /// in it, readers read beside it, and the WAL still restarts after a checkpoint. It is
+    /// never begun with `--fsync always`, nor while a checkpoint is due.
+    #[test]
+    fn a_transaction_begun_ahead_writes_nothing_and_gives_way() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("ahead.db");
+        let mut store = SqliteStore::open(&path, FsyncPolicy::Os)
+            .expect("open")
+            .with_totals_flush_interval(Duration::from_secs(3600));
+        let open = |store: &SqliteStore| !store.conn.is_autocommit();
+        store.begin_next_write();
+        assert!(open(&store), "begun ahead");
+        store.write_batch(&[temp("a", 1, 1.0)]).expect("write");
+        assert!(!open(&store), "the write committed it");
+        store.begin_next_write();
+        assert_eq!(all_rows(&path).len(), 1, "a reader reads beside it");
+        store.probe().expect("probe");
+        assert!(!open(&store), "the probe ended it");
+        store.begin_next_write();
+        store.flush_totals().expect("flush");
+        assert!(!open(&store), "the flush committed in it");
+        assert_eq!(totals_dirty(&store.conn), 0);
+        assert_eq!(table_totals(&store.conn)[0].1, 1);
+
+        // A checkpoint due: nothing begun, the next commit checkpoints the whole WAL.
+        store.write_batch(&[temp("a", 2, 1.0)]).expect("write");
+        let autocheckpoint = store.checkpoint_frames;
+        store.checkpoint_frames = 0;
+        store.begin_next_write();
+        assert!(!open(&store), "not begun while a checkpoint is due");
+        store.write_batch(&[temp("a", 3, 1.0)]).expect("write");
+        store.checkpoint_frames = autocheckpoint;
+        // Begun ahead of a WAL wholly checkpointed, the next commit restarts the WAL from
+        // its first frame (else it would grow without bound).
+        store.begin_next_write();
+        assert!(open(&store));
+        store.write_batch(&[temp("a", 4, 1.0)]).expect("write");
+        let frames = store
+            .wal_frames
+            .as_ref()
+            .map(|frames| frames.load(Ordering::Relaxed))
+            .expect("--fsync os counts WAL frames");
+        assert!(frames <= 2, "the WAL restarted: {frames} frames");
+
+        store.begin_next_write();
+        store.close().expect("close");
+        assert!(!open(&store), "close ended it");
+        assert_eq!(totals_dirty(&store.conn), 0);
+        drop(store);
+        let reader = StoreReader::new(SqliteReader::open(&path).expect("reader"));
+        assert_eq!(block_on(reader.counts()).expect("counts").total, 4);
+
+        let mut always =
+            SqliteStore::open(&dir.path().join("always.db"), FsyncPolicy::Always).expect("open");
+        always.begin_next_write();
+        assert!(!open(&always), "--fsync always begins nothing ahead");
     }
 
     #[test]

@@ -56,7 +56,33 @@ impl ThreadRoute {
         }
         let rows = job.readings.len();
         commit(&mut **store, vec![job], rows, telemetry);
+        drop(store);
+        self.begin_next_write_later();
         Ok(())
+    }
+
+    /// After an inline commit, [`Store::begin_next_write`] in a task of its own: spawned
+    /// from this one, it runs when this task yields, i.e. once the ack is written and the
+    /// connection waits for its next reading (tokio runs a task spawned by the running
+    /// one next, on the same worker). Skipped when the lock is taken or the writer thread
+    /// has batches: whoever holds the store then begins its own transaction.
+    fn begin_next_write_later(&self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let store = std::sync::Arc::clone(&self.store);
+        let in_writer = std::sync::Arc::clone(&self.in_writer);
+        runtime.spawn(async move {
+            if in_writer.load(Ordering::SeqCst) != 0 {
+                return;
+            }
+            if let Ok(mut store) = store.try_lock() {
+                // Re-read under the lock, as `try_inline` does.
+                if in_writer.load(Ordering::SeqCst) == 0 {
+                    store.begin_next_write();
+                }
+            }
+        });
     }
 }
 
