@@ -173,15 +173,20 @@ impl LineDecoder {
                 error,
             })
         };
-        // Readings are the common case: parse first, and look for the `=` that tells a
-        // control line only when that fails (a parsed reading always has one), which saves
-        // a scan of every good line.
-        let error = match ilp::parse(line) {
-            Ok(reading) => return Some(Frame::Reading(reading)),
-            Err(error) => error,
-        };
-        if !control::is_control(line) {
-            return invalid(error);
+        // A line that starts with a command word and holds no `=` is a control line, which
+        // never parses as a reading (a parsed reading always has a `=`): it skips that
+        // failed parse (its names, vectors and error text) on every `sync`.
+        let command = control::starts_with_command(&line[first..]) && control::is_control(line);
+        if !command {
+            // Readings are the common case: parse first, and look for the `=` that tells a
+            // control line only when that fails, which saves a scan of every good line.
+            let error = match ilp::parse(line) {
+                Ok(reading) => return Some(Frame::Reading(reading)),
+                Err(error) => error,
+            };
+            if !control::is_control(line) {
+                return invalid(error);
+            }
         }
         let Ok(text) = std::str::from_utf8(line) else {
             return invalid(ProtocolError::InvalidUtf8);
@@ -230,6 +235,40 @@ mod tests {
         assert_eq!(sniff(b"ping 1"), Sniff::Line);
         assert_eq!(sniff(b"weather,s=a t=1"), Sniff::Line);
         assert_eq!(sniff(b"x"), Sniff::Line);
+    }
+
+    /// A line that starts with a command word is a control line only without a `=`
+    /// (taken straight to the control parser); with one it is still read as a reading,
+    /// and its errors are the reading's.
+    #[test]
+    fn command_words_with_and_without_an_equals_sign() {
+        let mut d = LineDecoder::new(1024);
+        let mut buf = BytesMut::from(
+            &b"sync v=1\n \tsync t2\nsync\nauth\nping v=\nping\tp1\nsyncs t3\nsync,a=b v=2i\n"[..],
+        );
+        let invalid = |line, error| Frame::Invalid { line, error };
+        assert_eq!(
+            drain(&mut d, &mut buf),
+            vec![
+                reading("sync v=1"),
+                Frame::Sync("t2".into()),
+                invalid(
+                    3,
+                    ProtocolError::InvalidCommand("sync needs a token".into())
+                ),
+                invalid(
+                    4,
+                    ProtocolError::InvalidCommand("auth needs a token".into())
+                ),
+                invalid(
+                    5,
+                    ProtocolError::InvalidReading("field \"v\": missing value".into())
+                ),
+                Frame::Ping(Some("p1".into())),
+                invalid(7, ProtocolError::UnknownCommand("syncs".into())),
+                reading("sync,a=b v=2i"),
+            ]
+        );
     }
 
     #[test]

@@ -22,10 +22,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 
-use self::replies::{LastCommit, OutReplies};
+use self::replies::LastCommit;
+pub(super) use self::replies::Out;
 use super::auth::{linger, ConnAuth};
 use super::pending::{wait_head, InFlight, LiveFeed, PendingReply, Unreported};
 use super::quota::{ConnQuota, TokenBucket};
+use super::spare;
 use super::stream::{read_when_ready, READ_CHUNK_BYTES};
 use super::tcp_sample::TcpSampler;
 use crate::events::{
@@ -145,9 +147,8 @@ struct Connection<'a> {
     /// When the bytes being decoded were read, by tokio's clock: the quota's one clock
     /// (its buckets were made on it; a paused test clock then drives both).
     read_at: tokio::time::Instant,
-    out: Vec<u8>,
-    /// What `out` holds, counted once it is written.
-    out_replies: OutReplies,
+    /// Replies encoded and not yet written (None: none).
+    out: Option<Box<Out>>,
     /// `TCP_INFO` sampling ([`super::tcp_sample`]).
     tcp: TcpSampler,
 }
@@ -360,8 +361,7 @@ impl<'a> Connection<'a> {
             live: LiveFeed::new(live.map(|registry| LiveConnection::new(registry, peer))),
             quota: ConnQuota::new(limits.quotas.clone(), tokio::time::Instant::now()),
             read_at: tokio::time::Instant::now(),
-            out: Vec::new(),
-            out_replies: OutReplies::default(),
+            out: None,
             tcp: TcpSampler::new(limits.tcp_info_interval),
             limits,
         }
@@ -398,17 +398,15 @@ impl<'a> Connection<'a> {
         S: PeerStream + 'a,
     {
         async move {
-            let accepted_at = accepted.at;
             let shutdown = &shutdown;
             // Allocated only while bytes are pending: an idle connection holds no read buffer.
             let mut buf = BytesMut::new();
-            // When bytes last arrived: a held legacy `ping` is answered once quiet since then.
-            let mut last_bytes_at = tokio::time::Instant::now();
             // Slowloris: only a complete line (or legacy message) is progress. Until the first
             // one the deadline is the first-line timeout's; then each complete line restarts
             // the idle timeout, and bytes alone restart nothing.
-            let first_wait = self.limits.first_wait();
-            let mut idle_deadline = accepted_at + first_wait;
+            // (Locals held across the loop's awaits are bytes in every connection's task:
+            // what can be recomputed or read from `self` is.)
+            let mut idle_deadline = accepted.at + self.limits.first_wait();
             // One idle timer and one shutdown wait for the connection's life, not one each
             // per turn of the loop: a later deadline is re-armed in place (an atomic store,
             // not a timer-wheel insert and removal per reading), and the shutdown signal's
@@ -450,7 +448,7 @@ impl<'a> Connection<'a> {
                 }
                 let can_read = reading && self.inflight.len() < self.limits.max_inflight_batches;
                 if buf.is_empty() && buf.capacity() > 0 {
-                    buf = BytesMut::new();
+                    spare::give_read_buf(std::mem::take(&mut buf));
                 }
                 if drained && buf.is_empty() && self.inflight.is_empty() {
                     // All served and the socket drained: likely idle until the next reading.
@@ -492,10 +490,11 @@ impl<'a> Connection<'a> {
                                 reads_this_turn = 0;
                                 drained = true;
                             }
-                            last_bytes_at = tokio::time::Instant::now();
+                            // `read_at`, read by `decode`, is also when bytes last arrived:
+                            // a held legacy `ping` is answered once quiet since then.
                             if self.decode(&mut buf, false) > 0 {
                                 spoke = true;
-                                idle_deadline = tokio::time::Instant::now() + self.limits.idle_timeout;
+                                idle_deadline = self.read_at + self.limits.idle_timeout;
                             }
                         }
                         Err(err) => {
@@ -507,7 +506,7 @@ impl<'a> Connection<'a> {
                             self.decode(&mut buf, false);
                         }
                     },
-                    _ = sleep_until_some(held_ping.then(|| last_bytes_at + self.limits.legacy_ping_quiet)), if held_ping && reading => {
+                    _ = sleep_until_some(held_ping.then(|| self.read_at + self.limits.legacy_ping_quiet)), if held_ping && reading => {
                         if self.answer_held_ping(&mut buf) {
                             // A complete legacy message: progress, as in the read branch.
                             spoke = true;
@@ -515,6 +514,7 @@ impl<'a> Connection<'a> {
                         }
                     }
                     _ = &mut idle, if can_read && self.inflight.is_empty() => {
+                        let first_wait = self.limits.first_wait();
                         if spoke || first_wait == self.limits.idle_timeout {
                             tracing::info!(idle_timeout = ?self.limits.idle_timeout, "closing idle connection");
                             end = End::IdleTimeout;
@@ -578,18 +578,13 @@ impl<'a> Connection<'a> {
         }
     }
 
-    /// Free what served the last batches (reply buffer, in-flight queue, quota scratch):
-    /// at 10 000 idle connections each such buffer is ≈ 0.1 KiB of server memory per
-    /// connection, against an allocation or two for the next reading.
+    /// Give back what served the last batches (the in-flight queue; the reply buffer goes
+    /// back once written) to this thread's spares ([`spare`]), and drop the quota's copy of
+    /// the last series: at 10 000 idle connections each such buffer would be ≈ 0.1 KiB of
+    /// server memory per connection.
     fn shed(&mut self) {
-        if self.out.capacity() > 0 {
-            self.out = Vec::new();
-        }
-        if self.out_replies.ack_receipts.capacity() > 0 {
-            self.out_replies.ack_receipts = Vec::new();
-        }
-        if self.inflight.capacity() > 0 {
-            self.inflight = VecDeque::new();
+        if self.inflight.capacity() > 0 && self.inflight.is_empty() {
+            spare::give_inflight(std::mem::take(&mut self.inflight));
         }
         self.quota.shed();
     }
@@ -617,6 +612,7 @@ impl<'a> Connection<'a> {
     /// four); [`Connection::shed`] frees it again once the connection goes quiet.
     fn push_inflight(&mut self, inflight: InFlight) {
         if self.inflight.capacity() == 0 {
+            self.inflight = spare::inflight();
             self.inflight.reserve_exact(1);
         }
         self.inflight.push_back(inflight);
@@ -722,7 +718,7 @@ impl<'a> Connection<'a> {
                     continue;
                 }
             }
-            for reply in head.replies {
+            for reply in head.replies.drain(..) {
                 match (reply, self.unacked_failure.take()) {
                     (PendingReply::Ack { line, .. }, Some(reason)) => {
                         self.encode(PendingReply::Error { line, reason });
@@ -733,34 +729,33 @@ impl<'a> Connection<'a> {
                     }
                 }
             }
+            spare::give_replies(head.replies);
         }
         // Committed is stored: the live view takes it now, before the ack goes out, so a
         // peer that reads its ack then asks `/api/sensors` sees its readings.
         // Only an ack (or a pong acking a reading) ends an ack latency; a bare pong or an
         // error does not.
-        let acked = !self.out_replies.ack_receipts.is_empty();
+        let acked = self
+            .out
+            .as_ref()
+            .is_some_and(|out| !out.ack_receipts.is_empty());
         self.live.flush(self.mode(), acked);
-        if !self.out.is_empty() {
-            match write_all_timed(stream, &self.out, self.limits.write_timeout).await {
+        if let Some(out) = self.out.take() {
+            match write_all_timed(stream, &out.bytes, self.limits.write_timeout).await {
                 Ok(Ok(())) => {
-                    let replies = &mut self.out_replies;
                     RepliesWritten {
-                        bytes: self.out.len(),
-                        acks: std::mem::take(&mut replies.acks),
-                        pongs: std::mem::take(&mut replies.pongs),
-                        errors: std::mem::take(&mut replies.errors),
-                        readings_acked: std::mem::take(&mut replies.readings_acked),
-                        ack_receipts: &replies.ack_receipts,
+                        bytes: out.bytes.len(),
+                        acks: out.acks,
+                        pongs: out.pongs,
+                        errors: out.errors,
+                        readings_acked: out.readings_acked,
+                        ack_receipts: &out.ack_receipts,
                         written_at: Instant::now(),
                     }
                     .emit_to(self.telemetry);
-                    replies.ack_receipts.clear();
-                    self.out.clear();
-                    // A burst of replies must not pin its buffer for the connection's life.
-                    if self.out.capacity() > READ_CHUNK_BYTES * 8 {
-                        self.out = Vec::new();
-                        self.out_replies.ack_receipts = Vec::new();
-                    }
+                    // Written: it goes back to this thread's spares (a burst's large
+                    // buffers are freed), so a connection holds none between replies.
+                    spare::give_out(out);
                 }
                 Ok(Err(err)) => {
                     tracing::debug!(cause = %err, "write failed");
@@ -1715,11 +1710,13 @@ mod tests {
             .unwrap();
     }
 
-    /// 1,360 bytes in a debug build when this was written (the listener's task around it
-    /// was 1,408 in a release build: with tokio's task header and trailer that is 1,520,
-    /// mimalloc's 1,536-byte class; 48 bytes more and every connection takes the next,
-    /// 1,792). `linger`'s drain buffer inline would add 4 KiB, a TLS session about 1 KiB.
-    const FUTURE_BUDGET_BYTES: usize = 1408;
+    /// 1,184 bytes in a debug build when this was written (1,360 before idle15 took the
+    /// reply buffers out of the connection, slimmed the quota and dropped locals the loop
+    /// can recompute). The listener's task around it is 48 bytes more in a release build,
+    /// and tokio's task header and trailer add 112: mimalloc's classes are 1,280 and
+    /// 1,536 bytes there. `linger`'s drain buffer inline would add 4 KiB, a TLS session
+    /// about 1 KiB.
+    const FUTURE_BUDGET_BYTES: usize = 1184;
 
     /// Each connection's task holds its future for its whole life: at 10,000 idle
     /// connections its size is server memory per connection (issue 13: ≤ 2 KiB RSS each).

@@ -139,7 +139,7 @@ impl Connection<'_> {
             },
             Frame::Ping(token) => {
                 self.become_interactive();
-                self.replies.push(PendingReply::Pong(token));
+                self.push_reply(PendingReply::Pong(token));
                 true
             }
             Frame::Auth(secret) => {
@@ -151,9 +151,9 @@ impl Connection<'_> {
                 self.quota
                     .set_principal(self.auth.token_id().map(Arc::<str>::from));
                 match answer {
-                    Ok(id) => self.replies.push(PendingReply::AuthOk(id)),
+                    Ok(id) => self.push_reply(PendingReply::AuthOk(id)),
                     Err(reason) => {
-                        self.replies.push(PendingReply::Error { line, reason });
+                        self.push_reply(PendingReply::Error { line, reason });
                         return false;
                     }
                 }
@@ -162,7 +162,7 @@ impl Connection<'_> {
             Frame::Sync(token) => {
                 self.become_interactive();
                 let line = self.line_count();
-                self.replies.push(PendingReply::Ack {
+                let ack = PendingReply::Ack {
                     token,
                     line,
                     readings: std::mem::take(&mut self.since_sync_readings),
@@ -170,7 +170,8 @@ impl Connection<'_> {
                     first_received: self.since_sync_first.take(),
                     batch_offset: self.batch.len(),
                     repeats: Unreported::default(),
-                });
+                };
+                self.push_reply(ack);
                 true
             }
             Frame::Invalid { line, error } => {
@@ -196,7 +197,7 @@ impl Connection<'_> {
                     })
                     .try_take(self.read_at)
                 {
-                    self.replies.push(reply);
+                    self.push_reply(reply);
                 } else {
                     ErrorReplySuppressed { reads: true }.emit_to(self.telemetry);
                 }
@@ -237,7 +238,7 @@ impl Connection<'_> {
             }
         };
         // The seed answered every message, good or bad, with `pong`.
-        self.replies.push(PendingReply::LegacyPong { received });
+        self.push_reply(PendingReply::LegacyPong { received });
         accepted
     }
 
@@ -257,6 +258,14 @@ impl Connection<'_> {
             self.limits.timestamps.check(ts, received_ns)?;
         }
         self.quota.admit(reading, &self.peer_ip, self.read_at)
+    }
+
+    /// Queue `reply` behind the pending batch, in a vector lent by this thread's spares.
+    fn push_reply(&mut self, reply: PendingReply) {
+        if self.replies.capacity() == 0 {
+            self.replies = crate::server::spare::replies();
+        }
+        self.replies.push(reply);
     }
 
     pub(super) fn become_interactive(&mut self) {
