@@ -187,9 +187,9 @@ for rep in $(seq "$REPS"); do
 done
 
 echo
-echo "readings/s: medians of $REPS reps; spread: (max − min) ÷ median across reps; ceiling: rusqlite alone at our rows per transaction (mean of sensorlink_store_commit_rows from /metrics, separate run), rows spread over C series"
+echo "readings/s: medians of $REPS reps; spread: (max − min) ÷ median across reps; ratios: the median of each rep's ours ÷ that rep's reference (which ran beside it), judged rep by rep; ceiling: rusqlite alone at our rows per transaction (mean of sensorlink_store_commit_rows from /metrics, separate run), rows spread over C series"
 echo
-echo "| lines per request × connections | ours readings/s | InfluxDB points/s | ours ÷ InfluxDB (≥ 1×) | our rows/txn | ceiling rows/s | ours ÷ ceiling (≥ 80 %) | spread ours / Influx / ceiling | ours p50 / p99 µs | InfluxDB p50 / p99 µs | errors (ours, Influx) | Influx stored ÷ acked |"
+echo "| lines per request × connections | ours readings/s | InfluxDB points/s | ours ÷ InfluxDB (≥ 1×; ratio spread) | our rows/txn | ceiling rows/s | ours ÷ ceiling (≥ 80 %; ratio spread) | spread ours / Influx / ceiling | ours p50 / p99 µs | InfluxDB p50 / p99 µs | errors (ours, Influx) | Influx stored ÷ acked |"
 echo "|---|---:|---:|---:|---:|---:|---:|---|---|---|---|---:|"
 rows=()
 for shape in $SHAPES; do
@@ -201,9 +201,14 @@ for shape in $SHAPES; do
   # above 1 (requests in flight when wrk stops are stored too); below 1 would mean merged
   # (overwritten) points.
   chk=$(jq -r '.stored / .readings' "$i" | median)
-  echo "| $b × $c | $(grouped "$or") | $(grouped "$ir") | $(ratio "$or" "$ir")× | ${rpt[$b-$c]} | $(grouped "$xr") | $(pct "$or" "$xr") | $so % / $si % / $sx % | $(int "$(jmed "$o" .latency_us.p50)") / $(int "$(jmed "$o" .latency_us.p99)") | $(int "$(jmed "$i" .latency_us.p50)") / $(int "$(jmed "$i" .latency_us.p99)") | $(jq -s 'map(.errors) | add' "$o"), $(jq -s 'map(.errors) | add' "$i") | $(printf '%.2f' "$chk") |"
-  rows+=("influx-${b}x$c|durable ingest, $b × $c (lines per request or sync × connections): SQLite \`--fsync always\` vs InfluxDB 1.6 fsync'd \`/write\`|$(grouped "$or") readings/s|InfluxDB $(grouped "$ir") points/s|$(ratio "$or" "$ir")×|ours $so % / ref $si %|≥ 1.0×|$(verdict "$or >= $ir" "$so" "$si")")
-  rows+=("ceiling-${b}x$c|durable ingest, $b × $c, ÷ rusqlite alone at our ${rpt[$b-$c]} rows per transaction (WAL, synchronous=FULL, our schema, one writer)|$(grouped "$or") readings/s|ceiling $(grouped "$xr") rows/s|$(pct "$or" "$xr")|ours $so % / ref $sx %|≥ 80 %|$(verdict "$or >= 0.8 * $xr" "$so" "$sx")")
+  # Ratios rep by rep (lib.sh `pair`): rep i of ours ÷ rep i of InfluxDB, and of the ceiling.
+  pair "$o" .readings_per_sec "$i" .readings_per_sec ">=" 1.0
+  ir_ratio=$pair_ratio ir_spread=$pair_spread ir_verdict=$pair_verdict
+  pair "$o" .readings_per_sec "$x" .rows_per_sec ">=" 0.8
+  xr_pct=$(awk -v r="$pair_ratio" 'BEGIN { printf "%.0f %%", r * 100 }') xr_spread=$pair_spread xr_verdict=$pair_verdict
+  echo "| $b × $c | $(grouped "$or") | $(grouped "$ir") | ${ir_ratio}× ($ir_spread %) | ${rpt[$b-$c]} | $(grouped "$xr") | $xr_pct ($xr_spread %) | $so % / $si % / $sx % | $(int "$(jmed "$o" .latency_us.p50)") / $(int "$(jmed "$o" .latency_us.p99)") | $(int "$(jmed "$i" .latency_us.p50)") / $(int "$(jmed "$i" .latency_us.p99)") | $(jq -s 'map(.errors) | add' "$o"), $(jq -s 'map(.errors) | add' "$i") | $(printf '%.2f' "$chk") |"
+  rows+=("influx-${b}x$c|durable ingest, $b × $c (lines per request or sync × connections): SQLite \`--fsync always\` vs InfluxDB 1.6 fsync'd \`/write\`|$(grouped "$or") readings/s|InfluxDB $(grouped "$ir") points/s|${ir_ratio}×|$(pspreads "$ir_spread" "$so" "$si")|≥ 1.0×|$ir_verdict")
+  rows+=("ceiling-${b}x$c|durable ingest, $b × $c, ÷ rusqlite alone at our ${rpt[$b-$c]} rows per transaction (WAL, synchronous=FULL, our schema, one writer)|$(grouped "$or") readings/s|ceiling $(grouped "$xr") rows/s|$xr_pct|$(pspreads "$xr_spread" "$so" "$sx")|≥ 80 %|$xr_verdict")
 done
 
 # The best durable figure of this sitting (by median) ÷ the memory store's.
@@ -220,12 +225,14 @@ case $best in
 esac
 m=$(jmed "$tmp/memory.jsonl" .readings_per_sec)
 sd=$(spread_pct "$tmp/$best.jsonl" .readings_per_sec) sm=$(spread_pct "$tmp/memory.jsonl" .readings_per_sec)
+pair "$tmp/$best.jsonl" .readings_per_sec "$tmp/memory.jsonl" .readings_per_sec ">=" 0.6
+dm_pct=$(awk -v r="$pair_ratio" 'BEGIN { printf "%.0f %%", r * 100 }')
 echo
 echo "| derived | durable readings/s | memory readings/s | ratio | target | spread durable / memory | |"
 echo "|---|---:|---:|---:|---|---|---|"
-echo "| best durable (SQLite \`--fsync always\`, \`$best_what\`) ÷ memory (\`$MEMORY_FLAGS\`) | $(grouped "$best_r") | $(grouped "$m") | $(pct "$best_r" "$m") | ≥ 60 % | $sd % / $sm % | $(verdict "$best_r >= 0.6 * $m" "$sd" "$sm") |"
+echo "| best durable (SQLite \`--fsync always\`, \`$best_what\`) ÷ memory (\`$MEMORY_FLAGS\`) | $(grouped "$best_r") | $(grouped "$m") | $dm_pct ($pair_spread %) | ≥ 60 % | $sd % / $sm % | $pair_verdict |"
 echo "(durable \`$DURABLE_FLAGS\`: $(grouped "$(jmed "$tmp/durable-many.jsonl" .readings_per_sec)") readings/s, spread $(spread_pct "$tmp/durable-many.jsonl" .readings_per_sec) %)"
-rows+=("durable-vs-memory|best durable ingest (SQLite \`--fsync always\`, \`$best_what\`) ÷ best pipelined memory ingest (\`$MEMORY_FLAGS\`)|$(grouped "$best_r") readings/s|memory $(grouped "$m") readings/s|$(pct "$best_r" "$m")|ours $sd % / ref $sm %|≥ 60 %|$(verdict "$best_r >= 0.6 * $m" "$sd" "$sm")")
+rows+=("durable-vs-memory|best durable ingest (SQLite \`--fsync always\`, \`$best_what\`) ÷ best pipelined memory ingest (\`$MEMORY_FLAGS\`)|$(grouped "$best_r") readings/s|memory $(grouped "$m") readings/s|$dm_pct|$(pspreads "$pair_spread" "$sd" "$sm")|≥ 60 %|$pair_verdict")
 
 echo
 for row in "${rows[@]}"; do

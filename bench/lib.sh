@@ -190,13 +190,18 @@ spread() {
   jq -r "$2" "$1" | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%.0f–%.0f", lo, hi }'
 }
 
-# spread_pct FILE JQ_EXPR: (max − min) ÷ median of JQ_EXPR over FILE, in percent, 1 decimal;
-# "nan" with fewer than 2 values or a zero median.
-spread_pct() {
-  jq -r "$2" "$1" | sort -g | awk '{ a[NR] = $1 } END {
+# spread_lines: (max − min) ÷ median of the numbers on stdin, in percent, 1 decimal; "nan"
+# with fewer than 2 values or a zero median.
+spread_lines() {
+  sort -g | awk '{ a[NR] = $1 } END {
     if (NR < 2) { print "nan"; exit }
     m = (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2
     if (m == 0) print "nan"; else printf "%.1f\n", (a[NR] - a[1]) / m * 100 }'
+}
+
+# spread_pct FILE JQ_EXPR: spread_lines of JQ_EXPR over FILE.
+spread_pct() {
+  jq -r "$2" "$1" | spread_lines
 }
 
 # NOISY_PCT: a figure whose spread across reps is wider than this is not reported as a result.
@@ -220,6 +225,60 @@ verdict() {
   shift
   if noisy "$@"; then echo "**noisy** (spread > ${NOISY_PCT} %)"; else met "$cond"; fi
 }
+
+# Paired ratios. Ours and a reference run alternately in the same rep, so rep i of one was
+# measured minutes from rep i of the other, on the same machine in the same state. On this
+# VM both drift together from one minute to the next (sockperf's own p99 spread 79 % in one
+# sitting), so the ratio of each pair is steadier than either side, and it is what a ratio
+# target is about.
+#
+# paired FILE_A EXPR_A FILE_B EXPR_B: one line per rep, A_i ÷ B_i (the JSON objects of the two
+# files paired in order; a count mismatch pairs the first min(n_a, n_b)); "nan" for a zero B.
+paired() {
+  paste <(jq -r "$2" "$1") <(jq -r "$4" "$3") |
+    awk -F'\t' 'NF == 2 && $1 != "" && $2 != "" { if ($2 == 0) print "nan"; else printf "%.6f\n", $1 / $2 }'
+}
+
+# judge OP TARGET: the verdict on per-rep values (stdin, one per line: paired ratios, or an
+# absolute figure's value in each rep) against "VALUE OP TARGET" (OP: <= or >=).
+#   every rep meets it        → "met" (a wide spread cannot change that verdict:
+#                               "met in every rep (spread X %)")
+#   no rep meets it           → "**not met**" (likewise, "… in every rep")
+#   reps disagree, spread ≤ NOISY_PCT → by the median
+#   reps disagree, spread wider       → "**noisy**": the median is not a result
+# One rep alone is judged by its value.
+judge() {
+  local op=$1 target=$2
+  sort -g | awk -v op="$op" -v t="$target" -v lim="$NOISY_PCT" '
+    function ok(x) { return op == "<=" ? x <= t : x >= t }
+    $1 == "nan" || $1 == "" { next }
+    { a[++n] = $1; if (ok($1)) good++ }
+    END {
+      if (n == 0) { print "**not measured**"; exit }
+      m = (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+      s = (n >= 2 && m != 0) ? (a[n] - a[1]) / m * 100 : 0
+      wide = s > lim
+      if (good == n) { if (wide) printf "met in every rep (%d of %d; spread %.0f %%)\n", good, n, s; else print "met"; exit }
+      if (good == 0) { if (wide) printf "**not met** in every rep (0 of %d; spread %.0f %%)\n", n, s; else print "**not met**"; exit }
+      if (wide) { printf "**noisy** (reps disagree: %d of %d met; spread %.0f %% > %s %%)\n", good, n, s, lim; exit }
+      if (ok(m)) printf "met (median; %d of %d reps)\n", good, n; else printf "**not met** (median; %d of %d reps met)\n", good, n
+    }'
+}
+
+# pair FILE_A EXPR_A FILE_B EXPR_B OP TARGET: a ratio target judged on its pairs. Sets
+# pair_ratio (the median of the per-rep ratios, 2 decimals), pair_spread (their spread, %) and
+# pair_verdict (judge OP TARGET on them).
+# shellcheck disable=SC2034 # pair_* are read by the scripts that source this file
+pair() {
+  local r
+  r=$(paired "$1" "$2" "$3" "$4")
+  pair_ratio=$(median <<< "$r" | xargs printf '%.2f')
+  pair_spread=$(spread_lines <<< "$r")
+  pair_verdict=$(judge "$5" "$6" <<< "$r")
+}
+
+# pspreads RATIO_PCT OURS_PCT REF_PCT: the SPREAD column of a paired ratio.
+pspreads() { echo "ratio $1 % (ours $2 % / ref $3 %)"; }
 
 # result KEY WHAT OURS REFERENCE RATIO SPREAD TARGET VERDICT: one row of the summary table,
 # appended (tab-separated) to $RESULTS when set (bench/all.sh collects them); always echoed

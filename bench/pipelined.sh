@@ -15,7 +15,8 @@
 #   fair-slowest-fastest  slowest ÷ fastest connection, best config      ≥ 50 %
 #   starved               connections with nothing acked, best config    0 (any rep)
 #   cpu-per-reading       server CPU µs per reading ÷ redis-server's per SET   report
-# The best config is the one with the highest median readings/s. Loopback only; ≈ 1.7 min
+# The best config is the one with the highest median readings/s. Ratios are judged rep by rep:
+# rep i of ours ÷ rep i of Redis, which ran beside it (lib.sh `pair`, `judge`). Loopback only; ≈ 1.7 min
 # on a quiet machine with the defaults (REPS=3, DURATION=5, three configs).
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "$0")/lib.sh"
@@ -164,9 +165,10 @@ s_redis=$(spread_pct "$tmp/redis.jsonl" .readings_per_sec)
 s_random=$(spread_pct "$tmp/redis-random.jsonl" .readings_per_sec)
 echo "best of ours: $(int "$best") readings/s with $flags: $(ratio "$best" "$redis")× Redis SET"
 
+pair "$f" .readings_per_sec "$tmp/redis.jsonl" .readings_per_sec ">=" 1.0
 result redis-ratio "pipelined memory ingest, 50 conns ($flags) ÷ Redis SET -P 64 -c 50 (keys overwritten)" \
-  "$(int "$best") readings/s" "Redis $(int "$redis") SET/s" "$(ratio "$best" "$redis")×" \
-  "ours $s_ours % / ref $s_redis %" "≥ 1.0×" "$(verdict "$best >= $redis" "$s_ours" "$s_redis")"
+  "$(int "$best") readings/s" "Redis $(int "$redis") SET/s" "${pair_ratio}×" \
+  "$(pspreads "$pair_spread" "$s_ours" "$s_redis")" "≥ 1.0×" "$pair_verdict"
 result redis-random-ratio "pipelined memory ingest ($flags) ÷ Redis SET with random keys (-r 100000000)" \
   "$(int "$best") readings/s" "Redis $(int "$random") SET/s" "$(ratio "$best" "$random")×" \
   "ours $s_ours % / ref $s_random %" "report" "measured"
@@ -175,7 +177,7 @@ tail_ratio=$(jmed "$f" "$q_tail")
 s_tail=$(spread_pct "$f" "$q_tail")
 result fair-ack-p99-p50 "fairness: ack latency p99 ÷ p50 at the best pipelined config ($flags)" \
   "p99 $(int "$(jmed "$f" .latency_us.p99)") µs, p50 $(int "$(jmed "$f" .latency_us.p50)") µs" "" \
-  "$(ratio "$tail_ratio" 1)×" "ours $s_tail %" "≤ 5×" "$(verdict "$tail_ratio <= 5" "$s_tail")"
+  "$(ratio "$tail_ratio" 1)×" "ours $s_tail %" "≤ 5×" "$(jq -r "$q_tail" "$f" | judge "<=" 5)"
 
 if jq -e 'has("per_connection") | not' "$f" > /dev/null; then
   # A prebuilt binary (SENSORLINK_BIN) from before the per-connection figures.
@@ -189,7 +191,7 @@ else
   result fair-slowest-fastest "fairness: slowest ÷ fastest connection's readings/s at the best config ($flags)" \
     "slowest $(int "$(jmed "$f" .per_connection.min)"), fastest $(int "$(jmed "$f" .per_connection.max)") readings/s" "" \
     "$(printf '%.0f' "$(awk -v s="$share" 'BEGIN { print s * 100 }')") %" "ours $s_share %" "≥ 50 %" \
-    "$(verdict "$share >= 0.5" "$s_share")"
+    "$(jq -r "$q_share" "$f" | judge ">=" 0.5)"
   # The worst rep counts: one starved connection in any rep is a starvation.
   starved=$(jq -s 'map(.per_connection.starved) | max' "$f")
   result starved "fairness: connections with nothing acked during the measurement, best config ($flags), worst of $REPS reps" \
@@ -200,9 +202,10 @@ cpu_ours=$(jmed "$f" "$q_cpu_us")
 cpu_redis=$(jmed "$tmp/redis.jsonl" .us_per_op)
 s_cpu_ours=$(spread_pct "$f" "$q_cpu_us")
 s_cpu_redis=$(spread_pct "$tmp/redis.jsonl" .us_per_op)
+pair "$f" "$q_cpu_us" "$tmp/redis.jsonl" .us_per_op "<=" 1.0
 result cpu-per-reading "server CPU per reading ($flags, $(printf '%.0f' "$(jmed "$f" '.server_cpu * 100')") % of a core) ÷ redis-server's per SET (keys overwritten)" \
-  "$(printf '%.3f' "$cpu_ours") µs" "Redis $(printf '%.3f' "$cpu_redis") µs" "$(ratio "$cpu_ours" "$cpu_redis")×" \
-  "ours $s_cpu_ours % / ref $s_cpu_redis %" "report" "measured"
+  "$(printf '%.3f' "$cpu_ours") µs" "Redis $(printf '%.3f' "$cpu_redis") µs" "${pair_ratio}×" \
+  "$(pspreads "$pair_spread" "$s_cpu_ours" "$s_cpu_redis")" "report" "measured"
 
 # For bench/influx.sh: the memory figure the durable one is divided by.
 echo "$best" > "${MEMORY_FIGURE_FILE:-/dev/null}"

@@ -108,30 +108,44 @@ ss50=$(sp sockperf .latency_us.p50) ss99=$(sp sockperf .latency_us.p99) ssrate=$
 sq50=$(sp sqlite-os .latency_us.p50) sq99=$(sp sqlite-os .latency_us.p99) sqrate=$(sp sqlite-os .readings_per_sec)
 sc50=$(sp client .latency_us.p50) sc99=$(sp client .latency_us.p99) scrate=$(sp client .readings_per_sec)
 
+# Ratio targets judged on their pairs: rep i of ours ÷ rep i of sockperf (lib.sh `pair`).
+# pr_KEY / ps_KEY / pv_KEY: each target's median ratio, ratio spread and verdict.
+judge_pair() { # KEY OURS_FILE EXPR TARGET
+  pair "$tmp/$2.jsonl" "$3" "$tmp/sockperf.jsonl" "$3" "<=" "$4"
+  printf -v "pr_$1" '%s' "$pair_ratio"
+  printf -v "ps_$1" '%s' "$pair_spread"
+  printf -v "pv_$1" '%s' "$pair_verdict"
+}
+judge_pair m50 memory .latency_us.p50 1.1
+judge_pair m99 memory .latency_us.p99 1.2
+judge_pair q50 sqlite-os .latency_us.p50 1.5
+judge_pair q99 sqlite-os .latency_us.p99 1.5
+
 echo
-echo "| round trip, 1 in flight | ours | spread | sockperf | spread | ratio | target | verdict |"
-echo "|---|---:|---:|---:|---:|---:|---|---|"
-echo "| p50 µs, memory store | $(us "$o50") | $so50 % | $(us "$s50") | $ss50 % | $(ratio "$o50" "$s50")× | ≤ 1.1× | $(verdict "$o50 <= 1.1 * $s50" "$so50" "$ss50") |"
-echo "| p99 µs, memory store | $(us "$o99") | $so99 % | $(us "$s99") | $ss99 % | $(ratio "$o99" "$s99")× | ≤ 1.2× | $(verdict "$o99 <= 1.2 * $s99" "$so99" "$ss99") |"
-echo "| round trips/s, memory store | $(num "$orate") | $sorate % | $(num "$srate") | $ssrate % | $(ratio "$orate" "$srate")× | | |"
-echo "| p50 µs, SQLite --fsync os | $(us "$q50") | $sq50 % | $(us "$s50") | $ss50 % | $(ratio "$q50" "$s50")× | ≤ 1.5× | $(verdict "$q50 <= 1.5 * $s50" "$sq50" "$ss50") |"
-echo "| p99 µs, SQLite --fsync os | $(us "$q99") | $sq99 % | $(us "$s99") | $ss99 % | $(ratio "$q99" "$s99")× | ≤ 1.5× | $(verdict "$q99 <= 1.5 * $s99" "$sq99" "$ss99") |"
-echo "| round trips/s, SQLite --fsync os | $(num "$qrate") | $sqrate % | | | $(ratio "$qrate" "$srate")× | | |"
-echo "| p50 µs, \`client --interval 0\`, memory | $(us "$c50") | $sc50 % | $(us "$s50") | $ss50 % | $(ratio "$c50" "$s50")× | report | |"
-echo "| p99 µs, \`client --interval 0\`, memory | $(us "$c99") | $sc99 % | $(us "$s99") | $ss99 % | $(ratio "$c99" "$s99")× | report | |"
-echo "| round trips/s, \`client --interval 0\` | $(num "$crate") | $scrate % | $(num "$srate") | $ssrate % | $(ratio "$crate" "$srate")× | | |"
+echo "| round trip, 1 in flight | ours | spread | sockperf | spread | ratio (median of the $REPS reps' ratios) | ratio spread | target | verdict |"
+echo "|---|---:|---:|---:|---:|---:|---:|---|---|"
+echo "| p50 µs, memory store | $(us "$o50") | $so50 % | $(us "$s50") | $ss50 % | ${pr_m50}× | $ps_m50 % | ≤ 1.1× | $pv_m50 |"
+echo "| p99 µs, memory store | $(us "$o99") | $so99 % | $(us "$s99") | $ss99 % | ${pr_m99}× | $ps_m99 % | ≤ 1.2× | $pv_m99 |"
+echo "| round trips/s, memory store | $(num "$orate") | $sorate % | $(num "$srate") | $ssrate % | $(ratio "$orate" "$srate")× | | | |"
+echo "| p50 µs, SQLite --fsync os | $(us "$q50") | $sq50 % | $(us "$s50") | $ss50 % | ${pr_q50}× | $ps_q50 % | ≤ 1.5× | $pv_q50 |"
+echo "| p99 µs, SQLite --fsync os | $(us "$q99") | $sq99 % | $(us "$s99") | $ss99 % | ${pr_q99}× | $ps_q99 % | ≤ 1.5× | $pv_q99 |"
+echo "| round trips/s, SQLite --fsync os | $(num "$qrate") | $sqrate % | | | $(ratio "$qrate" "$srate")× | | | |"
+echo "| p50 µs, \`client --interval 0\`, memory | $(us "$c50") | $sc50 % | $(us "$s50") | $ss50 % | $(ratio "$c50" "$s50")× | | report | |"
+echo "| p99 µs, \`client --interval 0\`, memory | $(us "$c99") | $sc99 % | $(us "$s99") | $ss99 % | $(ratio "$c99" "$s99")× | | report | |"
+echo "| round trips/s, \`client --interval 0\` | $(num "$crate") | $scrate % | $(num "$srate") | $ssrate % | $(ratio "$crate" "$srate")× | | | |"
 echo
+echo "(ratio: each rep's ours ÷ that rep's sockperf, which ran beside it; the verdict is on those ratios: met or not met in every rep holds whatever the spread, reps that disagree are judged by the median only when the ratios spread ≤ $NOISY_PCT %)"
 echo "errors in our bench runs: $errors; client: $CLIENT_COUNT readings per run, lost: $clost"
 footer
 echo
 result rtt-p50-memory "round trip p50, 1 in flight, memory store" "$(us "$o50") µs" "sockperf $(us "$s50") µs" \
-  "$(ratio "$o50" "$s50")×" "$(spreads "$so50" "$ss50")" "≤ 1.1×" "$(verdict "$o50 <= 1.1 * $s50" "$so50" "$ss50")"
+  "${pr_m50}×" "$(pspreads "$ps_m50" "$so50" "$ss50")" "≤ 1.1×" "$pv_m50"
 result rtt-p99-memory "round trip p99, 1 in flight, memory store" "$(us "$o99") µs" "sockperf $(us "$s99") µs" \
-  "$(ratio "$o99" "$s99")×" "$(spreads "$so99" "$ss99")" "≤ 1.2×" "$(verdict "$o99 <= 1.2 * $s99" "$so99" "$ss99")"
+  "${pr_m99}×" "$(pspreads "$ps_m99" "$so99" "$ss99")" "≤ 1.2×" "$pv_m99"
 result rtt-p50-sqlite-os "round trip p50, 1 in flight, SQLite --fsync os" "$(us "$q50") µs" "sockperf $(us "$s50") µs" \
-  "$(ratio "$q50" "$s50")×" "$(spreads "$sq50" "$ss50")" "≤ 1.5×" "$(verdict "$q50 <= 1.5 * $s50" "$sq50" "$ss50")"
+  "${pr_q50}×" "$(pspreads "$ps_q50" "$sq50" "$ss50")" "≤ 1.5×" "$pv_q50"
 result rtt-p99-sqlite-os "round trip p99, 1 in flight, SQLite --fsync os" "$(us "$q99") µs" "sockperf $(us "$s99") µs" \
-  "$(ratio "$q99" "$s99")×" "$(spreads "$sq99" "$ss99")" "≤ 1.5×" "$(verdict "$q99 <= 1.5 * $s99" "$sq99" "$ss99")"
+  "${pr_q99}×" "$(pspreads "$ps_q99" "$sq99" "$ss99")" "≤ 1.5×" "$pv_q99"
 result rtt-client "round trip p50 / p99, \`sensorlink client --interval 0\`, memory store" "$(us "$c50") / $(us "$c99") µs" \
   "sockperf $(us "$s50") / $(us "$s99") µs" "$(ratio "$c50" "$s50")× / $(ratio "$c99" "$s99")×" \
   "$(spreads "$sc50" "$ss50")" "report" "measured"

@@ -451,8 +451,8 @@ fn owned_if_changed(url: &str, shown: String) -> std::borrow::Cow<'_, str> {
     }
 }
 
-/// `%XX` escapes decoded (lossily: only to compare a key with `password`).
-fn percent_decoded(text: &str) -> String {
+/// `%XX` escapes decoded (lossily: to compare a key with `password`, or read a path).
+pub(crate) fn percent_decoded(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -32,6 +32,7 @@ mod reader;
 pub(crate) mod schema;
 #[cfg(test)]
 mod tests;
+mod tls;
 mod write;
 
 use std::fmt;
@@ -71,6 +72,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Clone, PartialEq, Eq)]
 pub struct PgUrl {
     url: String,
+    /// Resolved from the URL's `ssl*` parameters, libpq's `PGSSL*` variables and files.
+    tls: tls::PgTls,
 }
 
 impl PgUrl {
@@ -79,9 +82,10 @@ impl PgUrl {
         url.starts_with("postgres://") || url.starts_with("postgresql://")
     }
 
-    /// Check `url`: it must parse as libpq's URL form, and ask for no TLS (this build
-    /// speaks plain TCP or a Unix socket to PostgreSQL; `sslmode=require` and `verify-*`
-    /// are refused rather than silently downgraded).
+    /// Check `url`: it must parse as libpq's URL form; its TLS settings (`sslmode`,
+    /// `sslrootcert`, `sslcert`, `sslkey`, else libpq's `PGSSL*` variables and
+    /// `~/.postgresql` files) must make sense (`postgres/tls.rs`). Without an `sslmode`
+    /// the connection is plain.
     ///
     /// # Errors
     /// [`StoreError::InvalidUrl`], never quoting a password.
@@ -90,14 +94,16 @@ impl PgUrl {
             url: super::redact_url(url).into_owned(),
             reason,
         };
-        // Every occurrence: libpq takes the last, and all are stripped below.
-        for mode in query_params(url, "sslmode") {
-            check_sslmode(mode, "sslmode").map_err(invalid)?;
-        }
-        // tokio-postgres knows `disable`, `prefer` and `require` only: the others are
-        // checked above and stripped before it parses.
+        let tls = tls::PgTls::resolve(
+            // libpq takes a parameter's last value.
+            |name| query_params(url, name).last().map(super::percent_decoded),
+            |var| std::env::var(var).ok(),
+            std::env::var_os("HOME").map(std::path::PathBuf::from),
+        )
+        .map_err(invalid)?;
         let parsed = PgUrl {
             url: url.to_string(),
+            tls,
         };
         let config = parsed
             .driver_config()
@@ -113,11 +119,21 @@ impl PgUrl {
     }
 
     /// The URL as typed (with its password, if any): for the driver only.
+    /// The driver knows `sslmode` as `disable`/`prefer`/`require` only and none of the
+    /// other `ssl*` parameters: they are ours (`tls`), stripped before it parses.
     fn driver_config(&self) -> Result<tokio_postgres::Config, tokio_postgres::Error> {
-        let without_sslmode = strip_query_param(&self.url, "sslmode");
-        let mut config: tokio_postgres::Config = without_sslmode.parse()?;
-        config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+        let mut url = self.url.clone();
+        for param in tls::PARAMS {
+            url = strip_query_param(&url, param);
+        }
+        let mut config: tokio_postgres::Config = url.parse()?;
+        config.ssl_mode(self.tls.driver_mode());
         Ok(config)
+    }
+
+    /// How connections to this database are secured, for the log.
+    pub fn tls_description(&self) -> String {
+        self.tls.describe()
     }
 
     /// The driver's settings: the URL's, plus the password from `PGPASSWORD` and the
@@ -127,16 +143,6 @@ impl PgUrl {
             url: self.to_string(),
             reason: err.to_string(),
         })?;
-        // libpq honours PGSSLMODE when the URL names no sslmode: refuse a TLS one rather
-        // than connect in plain.
-        if query_param(&self.url, "sslmode").is_none() {
-            if let Ok(mode) = std::env::var("PGSSLMODE") {
-                check_sslmode(&mode, "PGSSLMODE").map_err(|reason| StoreError::InvalidUrl {
-                    url: self.to_string(),
-                    reason,
-                })?;
-            }
-        }
         if config.get_password().is_none() {
             if let Ok(password) = std::env::var("PGPASSWORD") {
                 config.password(password);
@@ -172,31 +178,12 @@ impl PgUrl {
     }
 }
 
-/// The value of `name=` in the URL's query string.
-fn query_param<'a>(url: &'a str, name: &'a str) -> Option<&'a str> {
-    query_params(url, name).next()
-}
-
 /// Every value of `name=` in the URL's query string.
 fn query_params<'a>(url: &'a str, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
     let query = url.find('?').map_or("", |q| &url[q + 1..]);
     query
         .split('&')
         .filter_map(move |pair| pair.strip_prefix(name)?.strip_prefix('='))
-}
-
-/// A TLS mode this build can honour (`disable`, `allow`, `prefer`: plain is allowed), or
-/// why not; `source` names where it came from.
-fn check_sslmode(mode: &str, source: &str) -> Result<(), String> {
-    match mode {
-        "disable" | "allow" | "prefer" => Ok(()),
-        "require" | "verify-ca" | "verify-full" => Err(format!(
-            "{source}={mode}: this build does not speak TLS to PostgreSQL; reach the \
-             database over a trusted network, a Unix socket or a tunnel, with \
-             sslmode=disable"
-        )),
-        other => Err(format!("unknown {source} {other:?}")),
-    }
 }
 
 /// `url` without its `name=` query parameter.
@@ -286,15 +273,18 @@ pub async fn open(url: &PgUrl, options: PgOptions) -> Result<OpenStore, StoreErr
 /// A bounded pool of connections to `url`, each set up by `setup` once connected.
 fn pool(url: &PgUrl, size: usize, setup: &'static str) -> Result<Pool, StoreError> {
     let config = url.config()?;
-    let manager = Manager::from_config(
-        config,
-        NoTls,
-        ManagerConfig {
-            // A closed connection is replaced; a live one is handed out without a
-            // round trip.
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
+    let manager_config = ManagerConfig {
+        // A closed connection is replaced; a live one is handed out without a round trip.
+        recycling_method: RecyclingMethod::Fast,
+    };
+    let connector = url.tls.connector().map_err(|err| StoreError::InvalidUrl {
+        url: url.to_string(),
+        reason: format!("{err:#}"),
+    })?;
+    let manager = match connector {
+        Some(tls) => Manager::from_config(config, tls, manager_config),
+        None => Manager::from_config(config, NoTls, manager_config),
+    };
     let mut builder = Pool::builder(manager)
         .max_size(size.max(1))
         .runtime(deadpool_postgres::Runtime::Tokio1)
@@ -419,20 +409,40 @@ mod url_tests {
         assert_eq!(config.get_tcp_user_timeout(), Some(&TCP_USER_TIMEOUT));
         assert!(PgUrl::parse("postgresql://u@h/db?sslmode=disable").is_ok());
         assert!(PgUrl::parse("postgresql://u@h/db?sslmode=prefer&connect_timeout=3").is_ok());
-        for mode in ["require", "verify-ca", "verify-full"] {
-            let err = PgUrl::parse(&format!("postgres://u:pw@h/db?sslmode={mode}"))
-                .expect_err("TLS is refused, not downgraded");
-            let text = err.to_string();
-            assert!(text.contains("does not speak TLS"), "{text}");
-            assert!(!text.contains(":pw@"), "{text}");
+        // TLS: the driver gets the mode it knows and none of our `ssl*` parameters.
+        let url = PgUrl::parse(
+            "postgres://u@h/db?sslrootcert=%2Ftmp%2Fca.pem&sslmode=disable&sslmode=verify-full",
+        )
+        .expect("verify-full with a root certificate");
+        let config = url.driver_config().expect("the driver parses what is left");
+        assert_eq!(
+            config.get_ssl_mode(),
+            tokio_postgres::config::SslMode::Require
+        );
+        assert!(
+            url.tls_description().contains("/tmp/ca.pem"),
+            "{}",
+            url.tls_description()
+        );
+        let plain = PgUrl::parse("postgres://u@h/db").expect("parses");
+        assert_eq!(
+            plain.driver_config().expect("parses").get_ssl_mode(),
+            tokio_postgres::config::SslMode::Disable
+        );
+        let home_roots = std::env::var_os("HOME").is_some_and(|home| {
+            std::path::Path::new(&home)
+                .join(".postgresql/root.crt")
+                .exists()
+        });
+        if std::env::var_os("PGSSLROOTCERT").is_none() && !home_roots {
+            let err = PgUrl::parse("postgres://u:pw@h/db?sslmode=verify-ca&sslrootcert=")
+                .expect_err("verify-ca needs a root certificate")
+                .to_string();
+            assert!(
+                err.contains("sslrootcert") && !err.contains(":pw@"),
+                "{err}"
+            );
         }
-        // libpq takes the last sslmode: none may ask for TLS.
-        let err = PgUrl::parse("postgres://u@h/db?sslmode=disable&sslmode=require")
-            .expect_err("a later sslmode=require is not downgraded");
-        assert!(err.to_string().contains("does not speak TLS"), "{err}");
-        assert!(check_sslmode("verify-full", "PGSSLMODE")
-            .is_err_and(|reason| reason.contains("PGSSLMODE=verify-full")));
-        assert!(check_sslmode("prefer", "PGSSLMODE").is_ok());
         let err = PgUrl::parse("postgres://u:***@h/db").expect_err("a redacted password");
         assert!(err.to_string().contains("PGPASSWORD"), "{err}");
         let err = PgUrl::parse("postgres://u:pw@h:notaport/db").expect_err("bad port");
@@ -466,12 +476,12 @@ mod url_tests {
     #[test]
     fn query_params_are_found_and_stripped() {
         let url = "postgres://h/db?a=1&sslmode=prefer&b=2";
-        assert_eq!(query_param(url, "sslmode"), Some("prefer"));
+        assert_eq!(query_params(url, "sslmode").next(), Some("prefer"));
         assert_eq!(strip_query_param(url, "sslmode"), "postgres://h/db?a=1&b=2");
         assert_eq!(
             strip_query_param("postgres://h/db?sslmode=disable", "sslmode"),
             "postgres://h/db"
         );
-        assert_eq!(query_param("postgres://h/db", "sslmode"), None);
+        assert_eq!(query_params("postgres://h/db", "sslmode").next(), None);
     }
 }

@@ -166,6 +166,69 @@ impl PgCluster {
         Ok(self.url(name))
     }
 
+    /// Turns TLS on (reload, no restart) with `cert`/`key` as the server's certificate and
+    /// `client_ca` as the CA client certificates must chain to, and makes TCP connections
+    /// TLS-only: database `client_cert_db` also wants a client certificate
+    /// (`clientcert=verify-ca`); every other database trusts any TLS connection (the
+    /// helpers' psql connects with libpq's default `prefer`, so over TLS). Waits until the
+    /// server says `ssl` is on.
+    ///
+    /// # Errors
+    /// A file that cannot be copied into the data dir, psql's message, or TLS not on in time.
+    pub fn enable_tls(
+        &self,
+        cert: &Path,
+        key: &Path,
+        client_ca: &Path,
+        client_cert_db: &str,
+    ) -> Result<(), String> {
+        // The server reads them as its own user; the key must not be readable by others.
+        for (from, name) in [
+            (cert, "server.crt"),
+            (key, "server.key"),
+            (client_ca, "client-ca.crt"),
+        ] {
+            let to = self.data.join(name);
+            fs::copy(from, &to)
+                .map_err(|err| format!("copy {} to {}: {err}", from.display(), to.display()))?;
+            fs::set_permissions(&to, fs::Permissions::from_mode(0o600))
+                .map_err(|err| format!("chmod {}: {err}", to.display()))?;
+            if let Some((uid, gid)) = self.run_as {
+                std::os::unix::fs::chown(&to, Some(uid), Some(gid))
+                    .map_err(|err| format!("chown {}: {err}", to.display()))?;
+            }
+        }
+        let hba = self.data.join("pg_hba.conf");
+        let rules = format!(
+            "local all all trust\n\
+             hostssl {client_cert_db} all 127.0.0.1/32 trust clientcert=verify-ca\n\
+             hostssl all all 127.0.0.1/32 trust\n"
+        );
+        fs::write(&hba, rules).map_err(|err| format!("write {}: {err}", hba.display()))?;
+        self.psql(
+            "postgres",
+            "ALTER SYSTEM SET ssl = on;\n\
+             ALTER SYSTEM SET ssl_cert_file = 'server.crt';\n\
+             ALTER SYSTEM SET ssl_key_file = 'server.key';\n\
+             ALTER SYSTEM SET ssl_ca_file = 'client-ca.crt';\n\
+             SELECT pg_reload_conf();",
+        )?;
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            // A new session reads the reloaded settings.
+            if self.psql("postgres", "SHOW ssl")? == "on" {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "ssl is not on {READY_TIMEOUT:?} after the reload{}",
+                    self.log_tail()
+                ));
+            }
+            thread::sleep(POLL_INTERVAL);
+        }
+    }
+
     /// A fresh database named `<prefix>_<pid>_<counter>`: its url.
     ///
     /// # Panics

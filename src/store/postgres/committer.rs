@@ -186,7 +186,7 @@ impl PgStore {
                 }
             });
         }
-        tracing::info!(store = %shared.location, committers, retention = ?shared.options.retention.map(humantime::format_duration), "postgresql store open");
+        tracing::info!(store = %shared.location, committers, tls = %url.tls_description(), retention = ?shared.options.retention.map(humantime::format_duration), "postgresql store open");
         Ok(Arc::new(PgStore {
             shared,
             sender: Mutex::new(Some(sender)),

@@ -78,6 +78,13 @@ pub const AHEAD_DAYS: i64 = 2;
 /// read that comes after it, so it must not wait behind a long query.
 const DDL_LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '2s'";
 
+/// Retention's lock timeout: below PostgreSQL's default `deadlock_timeout` (1 s). Holding an
+/// old partition while it asks for the readings table, retention can be one side of a
+/// deadlock with a commit of late readings for that day (which holds the table and waits
+/// for the partition); the first to wait past `deadlock_timeout` is the one aborted, so
+/// retention gives up before then and the commit goes through.
+const RETENTION_LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '200ms'";
+
 /// Name prefix of the day partitions (`sensorlink_readings_p20261127`).
 const PARTITION_PREFIX: &str = "sensorlink_readings_p";
 
@@ -327,9 +334,15 @@ pub struct Retained {
 }
 
 /// Drop every day partition entirely older than `cutoff_ns` and delete older readings
-/// from the default partition, keeping the series totals right, in one transaction under
-/// [`RETENTION_LOCK`] (skipped if another collector runs it). Writes wait meanwhile: the
-/// readings table is locked so that no commit adds to what is being dropped.
+/// from the default partition, keeping the series totals right, under [`RETENTION_LOCK`]
+/// (skipped if another collector runs it).
+///
+/// Commits wait only for the short part. The rows of each old partition are counted under
+/// a SHARE lock on that partition alone (only late readings for that very day wait); then,
+/// under the readings table's exclusive lock, the deltas are folded, the partitions
+/// dropped, the default partition's old rows deleted and the counts subtracted. The first
+/// and last timestamps of the series concerned are sought again afterwards, in a second
+/// transaction beside the fold (until then they may still name a dropped day).
 pub async fn apply_retention(
     client: &mut tokio_postgres::Client,
     location: &str,
@@ -364,27 +377,25 @@ pub async fn apply_retention(
         .map_err(fail("look for old readings"))?
         .get(0);
     if old.is_empty() && !old_in_default {
+        tx.commit().await.map_err(fail("commit retention"))?;
+        // A run whose second transaction failed left first/last to seek: this run does.
+        seek_first_last(client, location, cutoff_ns).await?;
         return Ok(Retained::default());
     }
-    // Queued behind a long query, this lock request would stall every commit: give up
-    // after a short wait and try again later.
-    tx.batch_execute(DDL_LOCK_TIMEOUT)
+    // Queued behind a long query, a lock request would stall every commit after it: give
+    // up after a short wait and try again later.
+    tx.batch_execute(RETENTION_LOCK_TIMEOUT)
         .await
         .map_err(fail("set lock timeout"))?;
-    tx.batch_execute("LOCK TABLE sensorlink_readings IN ACCESS EXCLUSIVE MODE")
-        .await
-        .map_err(fail("lock readings"))?;
-    // No commit is in flight now: fold every delta, so the totals hold every row.
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&FOLD_LOCK])
-        .await
-        .map_err(fail("lock for fold"))?;
-    fold_in(&tx, location).await?;
     let mut removed: Vec<(i64, i64)> = Vec::new();
     let mut retained = Retained::default();
     for day in old {
         let Some(name) = partition_name(day) else {
             continue;
         };
+        tx.batch_execute(&format!("LOCK TABLE {name} IN SHARE MODE"))
+            .await
+            .map_err(fail("lock an old partition"))?;
         let rows = tx
             .query(
                 &format!("SELECT series_id, count(*)::bigint FROM {name} GROUP BY series_id"),
@@ -393,11 +404,23 @@ pub async fn apply_retention(
             .await
             .map_err(fail("count partition"))?;
         removed.extend(rows.iter().map(|row| (row.get(0), row.get(1))));
+        retained.dropped.push(name);
+        retained.days.push(day);
+    }
+    let counted = started.elapsed();
+    tx.batch_execute("LOCK TABLE sensorlink_readings IN ACCESS EXCLUSIVE MODE")
+        .await
+        .map_err(fail("lock readings"))?;
+    let locked_at = Instant::now();
+    // No commit is in flight now: fold every delta, so the totals hold every row.
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&FOLD_LOCK])
+        .await
+        .map_err(fail("lock for fold"))?;
+    fold_in(&tx, location).await?;
+    for name in &retained.dropped {
         tx.batch_execute(&format!("DROP TABLE {name}"))
             .await
             .map_err(fail("drop partition"))?;
-        retained.dropped.push(name);
-        retained.days.push(day);
     }
     let rows = tx
         .query(
@@ -411,25 +434,59 @@ pub async fn apply_retention(
     removed.sort_unstable();
     let (ids, counts): (Vec<i64>, Vec<i64>) = removed.into_iter().unzip();
     retained.readings = counts.iter().map(|&n| u64::try_from(n).unwrap_or(0)).sum();
-    // What is left of each series: its count less what went, its first and last
-    // timestamps sought again in the primary key (cheap: one seek per partition).
     tx.execute(
         "WITH r AS (SELECT id, sum(n)::bigint AS n FROM unnest($1::bigint[], $2::bigint[])
                     AS u(id, n) GROUP BY id ORDER BY id)
-         UPDATE sensorlink_series s SET readings = s.readings - r.n,
-                first_ts = (SELECT min(ts) FROM sensorlink_readings x WHERE x.series_id = s.id),
-                last_ts = (SELECT max(ts) FROM sensorlink_readings x WHERE x.series_id = s.id)
-         FROM r WHERE s.id = r.id",
+         UPDATE sensorlink_series s SET readings = s.readings - r.n FROM r WHERE s.id = r.id",
         &[&ids, &counts],
     )
     .await
     .map_err(fail("update totals after retention"))?;
     tx.commit().await.map_err(fail("commit retention"))?;
+    let table_locked = locked_at.elapsed();
+    seek_first_last(client, location, cutoff_ns).await?;
+    let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     tracing::debug!(
-        elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-        "retention transaction"
+        counted_ms = ms(counted),
+        table_locked_ms = ms(table_locked),
+        elapsed_ms = ms(started.elapsed()),
+        "retention"
     );
     Ok(retained)
+}
+
+/// The first and last timestamps sought again in the primary key (one seek per
+/// partition each) for every series whose first timestamp is older than `cutoff_ns`:
+/// exactly those retention took readings from (or a late reading of a dropped day, which
+/// costs one seek more). So a run whose first transaction committed and whose second
+/// failed is made good by the next run. Under the fold's lock, taken before the
+/// statement's snapshot: a reading committed after that snapshot has its delta folded
+/// later, which keeps the older first and the newer last.
+async fn seek_first_last(
+    client: &mut tokio_postgres::Client,
+    location: &str,
+    cutoff_ns: i64,
+) -> Result<(), Failure> {
+    let fail = |operation| move |err| pg_failure(location, operation, &err);
+    let tx = client
+        .transaction()
+        .await
+        .map_err(fail("begin first/last after retention"))?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&FOLD_LOCK])
+        .await
+        .map_err(fail("lock for fold"))?;
+    tx.execute(
+        "UPDATE sensorlink_series s SET
+                first_ts = (SELECT min(ts) FROM sensorlink_readings x WHERE x.series_id = s.id),
+                last_ts = (SELECT max(ts) FROM sensorlink_readings x WHERE x.series_id = s.id)
+         WHERE s.first_ts < $1",
+        &[&cutoff_ns],
+    )
+    .await
+    .map_err(fail("first/last after retention"))?;
+    tx.commit()
+        .await
+        .map_err(fail("commit first/last after retention"))
 }
 
 #[cfg(test)]

@@ -196,9 +196,14 @@ async fn partitions_on_demand_and_retention_keep_totals_right() {
     );
     let stats = reader.sensor_stats().await.expect("stats");
     assert_eq!(stats[0].first_ns, at(3, 0));
-    // Nothing left to drop: a second run does nothing.
+    // Nothing left to drop: a second run drops nothing, and makes good first/last
+    // timestamps a failed second transaction would have left naming a dropped day.
+    cluster
+        .psql(db, "UPDATE sensorlink_series SET first_ts = 1, last_ts = 2")
+        .expect("psql");
     let again = store.apply_retention(now, keep).await.expect("retention");
     assert_eq!(again, schema::Retained::default());
+    assert_eq!(reader.sensor_stats().await.expect("stats"), stats);
     // A late replay of a dropped day comes back (into a new partition), counted.
     let committed = answer(
         handle
@@ -676,5 +681,129 @@ async fn closing_during_an_outage_answers_with_the_error() {
         .await
         .expect("close returns")
         .expect("join")
+        .expect("close");
+}
+
+/// TLS to a real PostgreSQL that takes TLS connections only, with certificates from
+/// `sensorlink cert`: plain is refused by the server; `verify-full` stores and reads over
+/// TLS with our client certificate (the database wants one); a wrong CA and a certificate
+/// that does not name the host are refused, the latter accepted by `verify-ca`; `require`
+/// without a root certificate encrypts without checking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_verifies_the_server_and_presents_our_certificate() {
+    let Some(cluster) = pg_cluster::own() else {
+        return;
+    };
+    let certs = tempfile::tempdir().expect("temp dir");
+    let stranger = tempfile::tempdir().expect("temp dir");
+    // The server certificate names `localhost` only, not 127.0.0.1.
+    crate::tls::cert::generate(certs.path(), &["localhost".into()], false).expect("certs");
+    crate::tls::cert::generate(stranger.path(), &["localhost".into()], false).expect("certs");
+    let file = |dir: &tempfile::TempDir, name: &str| dir.path().join(name).display().to_string();
+    use crate::tls::cert::{CA_CERT, CLIENT_CERT, CLIENT_KEY, SERVER_CERT, SERVER_KEY};
+    let db = "tls_client_cert";
+    cluster
+        .enable_tls(
+            &certs.path().join(SERVER_CERT),
+            &certs.path().join(SERVER_KEY),
+            &certs.path().join(CA_CERT),
+            db,
+        )
+        .expect("TLS on");
+    let url = cluster.create_database(db).expect("create database");
+    let port = cluster.port();
+    let ca = file(&certs, CA_CERT);
+    let identity = format!(
+        "sslcert={}&sslkey={}",
+        file(&certs, CLIENT_CERT),
+        file(&certs, CLIENT_KEY)
+    );
+    let open = |url: String| async move {
+        let url = pg_url(&url);
+        PgStore::open(&url, PgOptions::default()).await
+    };
+    let refused = |result: Result<Arc<PgStore>, StoreError>, why: &str| match result {
+        Ok(_) => panic!("{why}: opened"),
+        Err(err) => {
+            eprintln!("refused ({why}): {err}");
+            err.to_string()
+        }
+    };
+
+    let err = refused(open(format!("{url}?sslmode=disable")).await, "plain");
+    assert!(
+        err.contains("pg_hba.conf") || err.contains("no encryption"),
+        "{err}"
+    );
+    let err = refused(
+        open(format!(
+            "{url}?sslmode=verify-full&sslrootcert={ca}&{identity}"
+        ))
+        .await,
+        "127.0.0.1 is not in the certificate",
+    );
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    let err = refused(
+        open(format!(
+            "{url}?sslmode=verify-ca&sslrootcert={}&{identity}",
+            file(&stranger, CA_CERT)
+        ))
+        .await,
+        "another CA",
+    );
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    let err = refused(
+        open(format!("{url}?sslmode=verify-ca&sslrootcert={ca}")).await,
+        "no client certificate",
+    );
+    assert!(err.contains("certificate"), "{err}");
+    // The chain alone (verify-ca), and then the name too, through `hostaddr`.
+    open(format!(
+        "{url}?sslmode=verify-ca&sslrootcert={ca}&{identity}"
+    ))
+    .await
+    .expect("verify-ca")
+    .close()
+    .await
+    .expect("close");
+    let full = format!(
+        "postgres://{}@localhost:{port}/{db}?hostaddr=127.0.0.1&sslmode=verify-full&sslrootcert={ca}&{identity}",
+        pg_cluster::USER
+    );
+    let store = open_postgres(&full, PgOptions::default()).await;
+    let reader = store.reader.clone();
+    let (handle, writer) = writer::spawn(store.drive, WriterConfig::default());
+    let receipt = handle
+        .submit((0..10).map(|i| temp("over-tls", i)).collect())
+        .await
+        .expect("submit");
+    assert_eq!(answer(receipt).await.outcome.inserted, 10);
+    assert_eq!(reader.counts().await.expect("counts").total, 10);
+    // Every connection of ours is TLS, with our client certificate.
+    let ours = "FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+                WHERE a.application_name = 'sensorlink'";
+    let total = count(&cluster, "postgres", &format!("SELECT count(*) {ours}"));
+    let with_cert = count(
+        &cluster,
+        "postgres",
+        &format!("SELECT count(*) {ours} AND s.ssl AND s.client_dn IS NOT NULL"),
+    );
+    assert!(total >= 2, "committer and reader connections: {total}");
+    assert_eq!(with_cert, total);
+    drop(handle);
+    tokio::task::spawn_blocking(move || writer.finish())
+        .await
+        .expect("join")
+        .expect("close");
+    // `require` without a root certificate: encrypted, nothing verified.
+    let any = format!(
+        "postgres://{}@127.0.0.1:{port}/postgres?sslmode=require",
+        pg_cluster::USER
+    );
+    open(any)
+        .await
+        .expect("require")
+        .close()
+        .await
         .expect("close");
 }
