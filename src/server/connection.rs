@@ -58,6 +58,27 @@ enum Decoder {
     Legacy(LegacyDecoder),
 }
 
+/// Readings and replies decoded but not yet submitted.
+#[derive(Debug, Default)]
+pub(super) struct Decoded {
+    pub(super) batch: Vec<StoredReading>,
+    pub(super) replies: Vec<PendingReply>,
+}
+
+/// What a connection rarely needs, made at its first use ([`Connection::rare`]).
+#[derive(Debug, Default)]
+struct Rare {
+    /// Error replies held until the peer shows it reads replies (`interactive`).
+    held_errors: Vec<PendingReply>,
+    /// Error replies this connection may still send ([`MAX_ERROR_REPLIES_PER_S`]); made at
+    /// the first error.
+    error_replies: Option<TokenBucket>,
+    /// Why a batch failed, until an `ack` that could cover its readings has been turned into
+    /// an error: a `sync` read after the failed batch (in a later read, so in a later
+    /// `InFlight`) must not acknowledge readings that were never stored.
+    unacked_failure: Option<String>,
+}
+
 /// Counts of one connection, logged when it closes.
 #[derive(Debug, Default)]
 struct ConnCounters {
@@ -118,28 +139,24 @@ struct Connection<'a> {
     interactive: bool,
     /// Its token and what it may write (`--auth`).
     auth: ConnAuth,
-    held_errors: Vec<PendingReply>,
-    /// Error replies this connection may still send ([`MAX_ERROR_REPLIES_PER_S`]); made at
-    /// the first error (boxed: most connections never send one).
-    error_replies: Option<Box<TokenBucket>>,
-    /// Readings and replies decoded but not yet submitted.
-    batch: Vec<StoredReading>,
-    replies: Vec<PendingReply>,
+    /// Error replies held or rate-limited, a store failure not yet reported: made at first
+    /// use (boxed: most connections never need it, and every one holds this pointer).
+    rare: Option<Box<Rare>>,
+    /// Readings and replies decoded but not yet submitted (None: none; lent by
+    /// [`spare`] while decoding).
+    decoded: Option<Box<Decoded>>,
     inflight: VecDeque<InFlight>,
     /// The second (since the epoch) in which the `Received:` log budget ran out for us,
     /// and the lines not logged since, handed to the shared count after each read.
-    log_muted_second: i64,
-    log_suppressed: u64,
+    /// (0: never; 32 bits: each word is 8 bytes in every connection's task.)
+    log_muted_second: u32,
+    log_suppressed: u32,
     /// The last commit this connection saw, for the timings in acks.
     last_commit: Option<LastCommit>,
     /// Duplicates and conflicts among committed readings after the last ack written.
     unreported: Unreported,
-    /// Why a batch failed, until an `ack` that could cover its readings has been turned into
-    /// an error: a `sync` read after the failed batch (in a later read, so in a later
-    /// `InFlight`) must not acknowledge readings that were never stored.
-    unacked_failure: Option<String>,
     /// Readings decoded since the last count: counted once per read, not per reading.
-    uncounted_accepted: u64,
+    uncounted_accepted: u32,
     /// What the live view gets of this connection's committed batches.
     live: LiveFeed,
     /// Rates and new-series caps ([`super::quota`]); authentication sets its principal.
@@ -347,22 +364,19 @@ impl<'a> Connection<'a> {
             since_sync_first: None,
             interactive: false,
             auth: ConnAuth::new(limits.auth.clone()),
-            held_errors: Vec::new(),
-            error_replies: None,
-            batch: Vec::new(),
-            replies: Vec::new(),
+            rare: None,
+            decoded: None,
             inflight: VecDeque::new(),
             last_commit: None,
             unreported: Unreported::default(),
-            unacked_failure: None,
-            log_muted_second: -1,
+            log_muted_second: 0,
             log_suppressed: 0,
             uncounted_accepted: 0,
             live: LiveFeed::new(live.map(|registry| LiveConnection::new(registry, peer))),
             quota: ConnQuota::new(limits.quotas.clone(), tokio::time::Instant::now()),
             read_at: tokio::time::Instant::now(),
             out: None,
-            tcp: TcpSampler::new(limits.tcp_info_interval),
+            tcp: TcpSampler::new(),
             limits,
         }
     }
@@ -372,6 +386,11 @@ impl<'a> Connection<'a> {
 const READS_PER_TURN: u32 = 4;
 
 impl<'a> Connection<'a> {
+    /// What the connection rarely needs, made now if it was not.
+    fn rare(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(Box::default)
+    }
+
     /// The decided mode (a committed batch implies one).
     fn mode(&self) -> Mode {
         match self.decoder {
@@ -568,7 +587,8 @@ impl<'a> Connection<'a> {
         if self.last_commit.is_none() {
             return;
         }
-        if let Some(sample) = self.tcp.sample(stream, closing) {
+        let interval = self.limits.tcp_info_interval;
+        if let Some(sample) = self.tcp.sample(stream, interval, closing) {
             TcpSampled {
                 srtt: sample.figures.srtt(),
                 retransmits: sample.retransmits_delta,
@@ -620,9 +640,14 @@ impl<'a> Connection<'a> {
 
     /// Hand the decoded batch to the store and queue its replies behind it.
     async fn submit_decoded(&mut self) -> Result<(), End> {
-        if self.batch.is_empty() {
-            if !self.replies.is_empty() {
-                let replies = std::mem::take(&mut self.replies);
+        let Some(mut decoded) = self.decoded.take() else {
+            return Ok(());
+        };
+        let batch = std::mem::take(&mut decoded.batch);
+        let replies = std::mem::take(&mut decoded.replies);
+        spare::give_decoded(decoded);
+        if batch.is_empty() {
+            if !replies.is_empty() {
                 self.push_inflight(InFlight {
                     commit: None,
                     done: None,
@@ -632,8 +657,6 @@ impl<'a> Connection<'a> {
             }
             return Ok(());
         }
-        let batch = std::mem::take(&mut self.batch);
-        let replies = std::mem::take(&mut self.replies);
         // Summarized now: the store takes the batch, the live view shows it once committed.
         let live = self.live.summarize(&batch);
         match self.store.submit(batch).await {
@@ -714,17 +737,23 @@ impl<'a> Connection<'a> {
                     // Readings of this batch after its last `sync` are lost too: the next
                     // ack refuses them (erring on the safe side: a refused reading that was
                     // stored after all is resent and deduplicated).
-                    self.unacked_failure = Some(reason);
+                    self.rare().unacked_failure = Some(reason);
                     continue;
                 }
             }
             for reply in head.replies.drain(..) {
-                match (reply, self.unacked_failure.take()) {
+                let failure = self
+                    .rare
+                    .as_mut()
+                    .and_then(|rare| rare.unacked_failure.take());
+                match (reply, failure) {
                     (PendingReply::Ack { line, .. }, Some(reason)) => {
                         self.encode(PendingReply::Error { line, reason });
                     }
                     (reply, failure) => {
-                        self.unacked_failure = failure;
+                        if let Some(failure) = failure {
+                            self.rare().unacked_failure = Some(failure);
+                        }
                         self.encode(reply);
                     }
                 }
@@ -1710,13 +1739,14 @@ mod tests {
             .unwrap();
     }
 
-    /// 1,184 bytes in a debug build when this was written (1,360 before idle15 took the
-    /// reply buffers out of the connection, slimmed the quota and dropped locals the loop
-    /// can recompute). The listener's task around it is 48 bytes more in a release build,
-    /// and tokio's task header and trailer add 112: mimalloc's classes are 1,280 and
-    /// 1,536 bytes there. `linger`'s drain buffer inline would add 4 KiB, a TLS session
-    /// about 1 KiB.
-    const FUTURE_BUDGET_BYTES: usize = 1184;
+    /// 1,056 bytes in a debug build when this was written (1,360 before idle15 took the
+    /// reply buffers and the decoded batch out of the connection, boxed what it rarely
+    /// needs, slimmed the quota, the decoder and the sampler, and dropped locals the loop
+    /// can recompute). In a release build the listener's task is then 1,280 bytes with
+    /// tokio's task header and trailer (a uprobe on mimalloc's allocation): exactly
+    /// mimalloc's 1,280-byte class; a byte more and every connection takes 1,536.
+    /// `linger`'s drain buffer inline would add 4 KiB, a TLS session about 1 KiB.
+    const FUTURE_BUDGET_BYTES: usize = 1056;
 
     /// Each connection's task holds its future for its whole life: at 10,000 idle
     /// connections its size is server memory per connection (issue 13: ≤ 2 KiB RSS each).

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 
-use super::connection::Out;
+use super::connection::{Decoded, Out};
 use super::pending::{InFlight, PendingReply};
 use super::stream::READ_CHUNK_BYTES;
 
@@ -21,6 +21,7 @@ thread_local! {
     static READ: Cell<BytesMut> = Cell::new(BytesMut::new());
     static OUT: Cell<Option<Box<Out>>> = const { Cell::new(None) };
     static REPLIES: Cell<Vec<PendingReply>> = const { Cell::new(Vec::new()) };
+    static DECODED: Cell<Option<Box<Decoded>>> = const { Cell::new(None) };
     static INFLIGHT: Cell<VecDeque<InFlight>> = const { Cell::new(VecDeque::new()) };
 }
 
@@ -66,9 +67,21 @@ pub(super) fn give_out(out: Box<Out>) {
     }
 }
 
-/// A vector of pending replies.
-pub(super) fn replies() -> Vec<PendingReply> {
-    take(&REPLIES)
+/// Room for what a read decodes: the spare (its reply vector from the spare ones), else
+/// a new one.
+pub(super) fn decoded() -> Box<Decoded> {
+    let mut decoded = take(&DECODED).unwrap_or_default();
+    if decoded.replies.capacity() == 0 {
+        decoded.replies = take(&REPLIES);
+    }
+    decoded
+}
+
+/// Give back what was decoded once submitted (its vectors were taken: only the box).
+pub(super) fn give_decoded(decoded: Box<Decoded>) {
+    if decoded.batch.capacity() == 0 && decoded.replies.capacity() == 0 {
+        keep(&DECODED, Some(decoded));
+    }
 }
 
 /// Give back a vector of replies once they are encoded.
