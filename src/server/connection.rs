@@ -629,7 +629,8 @@ impl<'a> Connection<'a> {
 
     /// Queue `inflight` behind the batches already in flight. The first is given room for
     /// one: an idle connection sends one batch at a time (the default first growth is to
-    /// four); [`Connection::shed`] frees it again once the connection goes quiet.
+    /// four); [`Connection::shed`] gives it back to the thread's spares once the connection
+    /// goes quiet, and the next one takes it from there.
     fn push_inflight(&mut self, inflight: InFlight) {
         if self.inflight.capacity() == 0 {
             self.inflight = spare::inflight();
