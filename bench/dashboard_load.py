@@ -6,7 +6,7 @@
 HTTP_URL is the server's `http on` address (`http://127.0.0.1:PORT/`). Mirrors the page's
 requests (src/http/assets/app.js): N subscribers (default 5), each like one open sensor list
 page: `GET /api/sensors?limit=50&offset=0`, then the event stream
-`GET /api/events?sensor=<those names>` (every sensor while there are none yet), read to its
+`GET /api/events?every=250ms&sensor=<those names>` (every sensor while there are none yet), read to its
 end; after `lagged` (the server ends a stream that falls behind) it reconnects after 100 ms
 and refetches the page, as the page does, after any other end after 500 ms. Beside them, one
 poller asks `/api/server`, `/api/sensors?limit=50&offset=0` and `/metrics` once a second (the
@@ -62,9 +62,10 @@ def subscriber(host, port, deadline, totals):
         lagged = False
         try:
             names = page_names(host, port)
-            path = "/api/events"
+            # As the list page: readings folded to the newest per sensor every 250 ms.
+            path = "/api/events?every=250ms"
             if names:
-                path += "?sensor=" + urllib.parse.quote(",".join(names), safe=",")
+                path += "&sensor=" + urllib.parse.quote(",".join(names), safe=",")
             conn = http.client.HTTPConnection(host, port, timeout=max(1.0, deadline - time.monotonic()))
             conn.request("GET", path, headers={"Accept": "text/event-stream"})
             resp = conn.getresponse()

@@ -26,7 +26,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::AppState;
 use crate::auth::Grant;
-use crate::live::{LiveEvent, Next, SensorFilter, Subscription, MAX_FILTER_SENSORS};
+use crate::live::{LiveEvent, Next, ReadingEvents, SensorFilter, Subscription, MAX_FILTER_SENSORS};
+use rustc_hash::FxHashMap;
 
 /// Comment lines on an idle stream, so proxies and browsers keep it open.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
@@ -39,11 +40,32 @@ pub fn routes() -> Router<AppState> {
     Router::new().route("/api/events", get(events))
 }
 
+/// Shortest and longest `?every=`.
+pub const MIN_EVERY: Duration = Duration::from_millis(10);
+pub const MAX_EVERY: Duration = Duration::from_secs(60);
+
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct EventsQuery {
     /// Comma list of sensor names; absent or empty: every sensor.
     sensor: Option<String>,
+    /// Fold readings: at most one `reading` event per sensor and measurement this often.
+    every: Option<String>,
+}
+
+/// `?every=DURATION` ("250ms", "1s"), within [`MIN_EVERY`]..=[`MAX_EVERY`].
+fn fold_interval(text: Option<&str>) -> Result<Option<Duration>, String> {
+    let Some(text) = text else { return Ok(None) };
+    let every = humantime::parse_duration(text.trim())
+        .map_err(|err| format!("every={text:?}: {err} (say e.g. 250ms or 1s)"))?;
+    if !(MIN_EVERY..=MAX_EVERY).contains(&every) {
+        return Err(format!(
+            "every={text:?}: between {} and {}",
+            humantime::format_duration(MIN_EVERY),
+            humantime::format_duration(MAX_EVERY)
+        ));
+    }
+    Ok(Some(every))
 }
 
 /// The `sensor` filter: the names in a comma list, `None` when it names none.
@@ -92,9 +114,13 @@ async fn events(
         Ok(filter) => filter,
         Err(message) => return bad_request(&message),
     };
-    let subscription = state.live.subscribe(filter);
+    let every = match fold_interval(query.every.as_deref()) {
+        Ok(every) => every,
+        Err(message) => return bad_request(&message),
+    };
+    let subscription = state.live.subscribe_folding(filter, every.is_some());
     let grant = grant.map(|Extension(grant)| grant);
-    Sse::new(stream_for(subscription, state, grant))
+    Sse::new(stream_folded(subscription, state, grant, every))
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
         .into_response()
 }
@@ -111,6 +137,83 @@ struct Feed {
     ended: bool,
     /// The token the stream was opened with, if any: once stale, the stream ends.
     grant: Option<Arc<Grant>>,
+    /// With `?every=`: the newest readings held until the next tick.
+    fold: Option<Fold>,
+}
+
+/// `?every=`: the newest reading of each sensor and measurement since the last tick, and
+/// how many readings it stands for; sent (in first-seen order) at each tick.
+struct Fold {
+    tick: tokio::time::Interval,
+    held: Vec<Held>,
+    /// (sensor, measurement) → index into `held`.
+    index: FxHashMap<(String, String), usize>,
+}
+
+struct Held {
+    json: String,
+    count: u64,
+}
+
+impl Fold {
+    fn new(every: Duration) -> Fold {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Fold {
+            tick,
+            held: Vec::new(),
+            index: FxHashMap::default(),
+        }
+    }
+
+    /// Keep the newest matching reading of each group of `readings`.
+    fn absorb(&mut self, readings: &ReadingEvents, filter: Option<&SensorFilter>) {
+        // Per group first (a batch's events come in order), so the map is looked up once
+        // per group, not once per reading.
+        let mut newest: Vec<Option<(&str, u64)>> = vec![None; readings.groups.len()];
+        for (group, json) in readings.matching(filter) {
+            let slot = &mut newest[group];
+            let count = slot.map_or(0, |(_, n)| n) + readings.stands_for(group);
+            *slot = Some((json, count));
+        }
+        for (group, slot) in newest.into_iter().enumerate() {
+            let Some((json, count)) = slot else { continue };
+            let g = &readings.groups[group];
+            if let Some(&at) = self.index.get(&(g.sensor.clone(), g.measurement.clone())) {
+                let held = &mut self.held[at];
+                json.clone_into(&mut held.json);
+                held.count += count;
+            } else {
+                self.index
+                    .insert((g.sensor.clone(), g.measurement.clone()), self.held.len());
+                self.held.push(Held {
+                    json: json.to_owned(),
+                    count,
+                });
+            }
+        }
+    }
+
+    /// The held readings as `reading` events, each with `"count"`; empties the fold.
+    fn flush(&mut self, out: &mut VecDeque<Event>) {
+        self.index.clear();
+        for held in self.held.drain(..) {
+            out.push_back(
+                Event::default()
+                    .event("reading")
+                    .data(with_count(&held.json, held.count)),
+            );
+        }
+    }
+}
+
+/// A reading's JSON object with `"count":N` added (the object ends with `}`: ours).
+fn with_count(json: &str, count: u64) -> String {
+    match json.strip_suffix('}') {
+        Some(open) if open.len() > 1 => format!("{open},\"count\":{count}}}"),
+        Some(open) => format!("{open}\"count\":{count}}}"),
+        None => json.to_owned(),
+    }
 }
 
 /// The SSE events of `subscription` and `state`'s server figures, until the subscription
@@ -129,6 +232,17 @@ pub fn stream_for(
     state: AppState,
     grant: Option<Arc<Grant>>,
 ) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
+    stream_folded(subscription, state, grant, None)
+}
+
+/// [`stream_for`], folding readings when `every` is given (`?every=`): at most one
+/// `reading` event per sensor and measurement per `every`, the newest, with `"count"`.
+pub fn stream_folded(
+    subscription: Subscription,
+    state: AppState,
+    grant: Option<Arc<Grant>>,
+    every: Option<Duration>,
+) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
     let mut server_tick = tokio::time::interval(SERVER_EVERY);
     // A stream that was not polled for a while gets one event, not a burst.
     server_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -140,6 +254,7 @@ pub fn stream_for(
         pending: VecDeque::new(),
         ended: false,
         grant,
+        fold: every.map(Fold::new),
     };
     futures_util::stream::unfold(feed, |mut feed| async move {
         loop {
@@ -164,14 +279,37 @@ pub fn stream_for(
                         .push_back(Event::default().event("server").data(data));
                     continue;
                 }
+                () = async {
+                    match feed.fold.as_mut() {
+                        Some(fold) => {
+                            fold.tick.tick().await;
+                        }
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if let Some(fold) = feed.fold.as_mut() {
+                        fold.flush(&mut feed.pending);
+                    }
+                    continue;
+                }
                 next = feed.subscription.next() => next,
             };
             match next {
                 Next::Event(LiveEvent::Readings(readings)) => {
                     let filter = feed.subscription.filter();
-                    for json in readings.matching(filter) {
+                    if let Some(fold) = feed.fold.as_mut() {
+                        fold.absorb(&readings, filter);
+                        continue;
+                    }
+                    for (group, json) in readings.matching(filter) {
+                        // Built for folding subscribers only (one joined since): say how
+                        // many readings it stands for.
+                        let data = match readings.stands_for(group) {
+                            1 => json.to_owned(),
+                            count => with_count(json, count),
+                        };
                         feed.pending
-                            .push_back(Event::default().event("reading").data(json));
+                            .push_back(Event::default().event("reading").data(data));
                     }
                 }
                 Next::Event(LiveEvent::Sensor(event)) => {
@@ -330,6 +468,91 @@ mod tests {
         .await
         .expect("shutdown ends the stream");
         assert!(!state.live.has_subscribers(), "shutdown ended the stream");
+    }
+
+    /// `?every=`: readings fold into the newest per sensor and measurement, with how many
+    /// each stands for; connections then serialize only each group's newest reading.
+    #[tokio::test]
+    async fn every_folds_readings_per_sensor_and_measurement() {
+        use axum::http::Request;
+        use tower::ServiceExt as _;
+
+        let state = crate::http::AppState::new(
+            crate::store::memory::MemoryStore::default().reader(),
+            &crate::server::ServerConfig::default(),
+            CancellationToken::new(),
+        );
+        for bad in ["every=5ms", "every=2m", "every=soon"] {
+            let response = crate::http::router(state.clone())
+                .oneshot(
+                    Request::get(format!("/api/events?{bad}"))
+                        .body(axum::body::Body::empty())
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{bad}");
+        }
+        let response = crate::http::router(state.clone())
+            .oneshot(
+                Request::get("/api/events?sensor=a&every=50ms")
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            state.live.event_detail(),
+            crate::live::EventDetail::Latest,
+            "only folding subscribers: newest readings only"
+        );
+        let mut body = response.into_body().into_data_stream();
+        let registry = &state.live;
+        let _a = commit(registry, "a", &["m v=1 1", "m v=2 2", "n w=7 3"]);
+        let _a2 = commit(registry, "a", &["m v=3 4", "m v=4 5"]);
+        let _b = commit(registry, "b", &["m v=9 6"]);
+        let mut text = String::new();
+        let readings = |text: &str| {
+            text.split("\n\n")
+                .filter(|event| event.starts_with("event: reading\n"))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        // A hang here is the failure (a generous bound, not a timing assertion).
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while readings(&text).len() < 2 {
+                match body.next().await {
+                    Some(chunk) => text.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap()),
+                    None => break,
+                }
+            }
+        })
+        .await
+        .expect("the folded readings come at the next tick");
+        let folded = readings(&text);
+        assert_eq!(folded.len(), 2, "{text}");
+        assert!(
+            folded[0].contains("\"measurement\":\"m\"")
+                && folded[0].contains("\"v\":4.0")
+                && folded[0].ends_with(",\"count\":4}"),
+            "the newest of four: {text}"
+        );
+        assert!(
+            folded[1].contains("\"w\":7.0") && folded[1].ends_with(",\"count\":1}"),
+            "{text}"
+        );
+        assert!(!text.contains("\"sensor\":\"b\""), "filtered out: {text}");
+        // Someone wanting every reading makes connections serialize every one again.
+        let every = state.live.subscribe(None);
+        assert_eq!(state.live.event_detail(), crate::live::EventDetail::Every);
+        drop(every);
+    }
+
+    #[test]
+    fn a_count_is_added_to_the_object() {
+        assert_eq!(with_count("{\"a\":1}", 3), "{\"a\":1,\"count\":3}");
+        assert_eq!(with_count("{}", 2), "{\"count\":2}");
     }
 
     /// A backlog in the queue does not hold back the `server` event (time is paused: its

@@ -14,6 +14,7 @@ use rustc_hash::FxHashMap;
 
 use serde::ser::{Serialize, SerializeMap, Serializer};
 
+use super::hub::EventDetail;
 use crate::protocol::{FieldValue, Reading};
 use crate::store::StoredReading;
 
@@ -37,8 +38,10 @@ pub struct LiveBatch {
     /// Receipt of the batch's first reading: the start of its ack latency.
     pub(super) first_received: Option<Instant>,
     /// The readings as SSE `reading` payloads (only built while someone subscribes):
-    /// (index into `groups`, JSON).
+    /// (index into `groups`, JSON); every reading, or with `latest_only` each group's newest.
     pub(super) events: Vec<(usize, String)>,
+    /// Only each group's newest reading was serialized: every subscriber folds.
+    pub(super) latest_only: bool,
     /// Each reading's index into `groups`, so readings the store found already stored can
     /// be taken back out of the counts ([`LiveBatch::forget`]).
     group_of: Vec<u32>,
@@ -77,13 +80,14 @@ impl Group {
 }
 
 impl LiveBatch {
-    /// Summarize `batch`; `with_events` also serializes each reading for SSE subscribers.
+    /// Summarize `batch`; `detail` says which readings to serialize for SSE subscribers
+    /// (every one, each group's newest, or none).
     /// `carried` gives the primary series of the connection's sensors, `lookup` that of
     /// one it has not carried yet (asked once per new group).
     pub fn build(
         batch: &[StoredReading],
         first_received: Option<Instant>,
-        with_events: bool,
+        detail: EventDetail,
         carried: &Carried,
         lookup: impl Fn(&str) -> Option<(String, String)>,
     ) -> Self {
@@ -174,9 +178,19 @@ impl LiveBatch {
                     push_point(group, reading_index, time_ns, value);
                 }
             }
-            if with_events {
+            if detail == EventDetail::Every {
                 events.push((at, reading_json(&stored.sensor, reading, time_ns)));
             }
+        }
+        let latest_only = detail == EventDetail::Latest;
+        if latest_only {
+            events.extend(groups.iter().enumerate().map(|(at, group)| {
+                let last = &batch[group.last];
+                (
+                    at,
+                    reading_json(&last.sensor, &last.reading, last.timestamp_ns()),
+                )
+            }));
         }
         for group in &mut groups {
             let last = &batch[group.last];
@@ -192,6 +206,7 @@ impl LiveBatch {
             groups,
             first_received,
             events,
+            latest_only,
             group_of,
         }
     }
@@ -228,8 +243,14 @@ impl LiveBatch {
             group.points.retain(|_| keep.next().unwrap_or(true));
             group.point_readings.retain(|i| !repeated(i));
         }
-        // One event per reading, in batch order, when built at all.
-        if self.events.len() == self.group_of.len() {
+        if self.latest_only {
+            // A group's newest reading was a repeat: its event goes (the group's other new
+            // readings then show in no event, only in the counts).
+            let groups = &self.groups;
+            self.events
+                .retain(|(at, _)| groups.get(*at).is_some_and(|g| g.fields.is_some()));
+        } else if self.events.len() == self.group_of.len() {
+            // One event per reading, in batch order.
             let mut repeated = repeats.iter().map(|r| r.index).peekable();
             let mut index = 0;
             self.events.retain(|_| {
@@ -347,7 +368,13 @@ pub(super) mod tests {
             stored("a", "w t=3 2", 3),
             stored("a", "w t=4 1", 4),
         ];
-        let mut live = LiveBatch::build(&batch, None, true, &Carried::default(), |_| None);
+        let mut live = LiveBatch::build(
+            &batch,
+            None,
+            EventDetail::Every,
+            &Carried::default(),
+            |_| None,
+        );
         assert_eq!(live.events.len(), 4);
         let repeat = |index| crate::store::Repeat {
             index,
@@ -369,6 +396,44 @@ pub(super) mod tests {
         assert_eq!(kept, [(0, false), (0, true)], "{:?}", live.events);
     }
 
+    /// Folding subscribers only: each group's newest reading is serialized, and one whose
+    /// newest was a repeat loses its event.
+    #[test]
+    fn latest_only_serializes_each_groups_newest_reading() {
+        let batch = [
+            stored("a", "w t=1 1", 1),
+            stored("b", "w t=2 1", 2),
+            stored("a", "w t=3 2", 3),
+            stored("a", "v t=4 1", 4),
+            stored("b", "w t=5 3", 5),
+        ];
+        let mut live = LiveBatch::build(
+            &batch,
+            None,
+            EventDetail::Latest,
+            &Carried::default(),
+            |_| None,
+        );
+        assert!(live.latest_only);
+        let newest: Vec<_> = live
+            .events
+            .iter()
+            .map(|(at, json)| {
+                let value: serde_json::Value = serde_json::from_str(json).expect("JSON");
+                (*at, value["fields"]["t"].as_f64().expect("t"))
+            })
+            .collect();
+        // Groups in first-seen order: a/w, b/w, a/v.
+        assert_eq!(newest, [(0, 3.0), (1, 5.0), (2, 4.0)]);
+        live.forget(&[crate::store::Repeat {
+            index: 4,
+            conflict: None,
+        }]);
+        let left: Vec<_> = live.events.iter().map(|(at, _)| *at).collect();
+        assert_eq!(left, [0, 2], "b's newest was a repeat");
+        assert_eq!(live.groups[1].count, 1);
+    }
+
     #[test]
     fn readings_are_grouped_by_sensor_and_measurement() {
         let batch = [
@@ -378,7 +443,13 @@ pub(super) mod tests {
             stored("a", "sensorlink_link sent=10i,rtt_p50_ms=0.4 4000000", 4),
             stored("a", "weather temperature=22.5,humidity=42i 5000000", 5),
         ];
-        let live = LiveBatch::build(&batch, None, false, &Carried::default(), |_| None);
+        let live = LiveBatch::build(
+            &batch,
+            None,
+            EventDetail::Nothing,
+            &Carried::default(),
+            |_| None,
+        );
         assert_eq!(live.len(), 5);
         assert!(live.events.is_empty(), "no subscriber: no payloads");
         let names: Vec<_> = live
@@ -413,7 +484,13 @@ pub(super) mod tests {
         let batch: Vec<_> = (0..500)
             .map(|i| stored("a", &format!("m v={i}i {}", i * 1_000_000), i))
             .collect();
-        let live = LiveBatch::build(&batch, None, false, &Carried::default(), |_| None);
+        let live = LiveBatch::build(
+            &batch,
+            None,
+            EventDetail::Nothing,
+            &Carried::default(),
+            |_| None,
+        );
         let points = &live.groups[0].points;
         assert_eq!(points.len(), SPARK_POINTS);
         assert_eq!(points.first(), Some(&(440, 440.0)));
@@ -423,7 +500,13 @@ pub(super) mod tests {
     #[test]
     fn events_carry_each_reading_as_json() {
         let batch = [stored("k", "w,sensor=k t=1.5,ok=true,s=\"x\" 7", 1)];
-        let live = LiveBatch::build(&batch, None, true, &Carried::default(), |_| None);
+        let live = LiveBatch::build(
+            &batch,
+            None,
+            EventDetail::Every,
+            &Carried::default(),
+            |_| None,
+        );
         assert_eq!(live.events.len(), 1);
         let json: serde_json::Value = serde_json::from_str(&live.events[0].1).unwrap();
         assert_eq!(
@@ -440,7 +523,13 @@ pub(super) mod tests {
             stored("a", "m s=\"y\",v=3 2000000", 2),
             stored("a", "m w=4,v=5 3000000", 3),
         ];
-        let live = LiveBatch::build(&batch, None, false, &Carried::default(), |_| None);
+        let live = LiveBatch::build(
+            &batch,
+            None,
+            EventDetail::Nothing,
+            &Carried::default(),
+            |_| None,
+        );
         assert_eq!(live.groups[0].series.as_deref(), Some("v"));
         assert_eq!(
             live.groups[0].points,
@@ -459,17 +548,21 @@ pub(super) mod tests {
         ];
         let mut carried = Carried::default();
         carried.insert("a".into(), Some(("m".into(), "t".into())));
-        let live = LiveBatch::build(&batch, None, false, &carried, |_| None);
+        let live = LiveBatch::build(&batch, None, EventDetail::Nothing, &carried, |_| None);
         assert_eq!(live.groups[0].series.as_deref(), Some("t"));
         assert_eq!(live.groups[0].points, [(2, 20.5)]);
         // A sensor the connection has not carried: asked of the registry.
-        let live = LiveBatch::build(&batch, None, false, &Carried::default(), |sensor| {
-            (sensor == "a").then(|| ("m".to_string(), "t".to_string()))
-        });
+        let live = LiveBatch::build(
+            &batch,
+            None,
+            EventDetail::Nothing,
+            &Carried::default(),
+            |sensor| (sensor == "a").then(|| ("m".to_string(), "t".to_string())),
+        );
         assert_eq!(live.groups[0].points, [(2, 20.5)]);
         // Another measurement of the sensor: its own first numeric field.
         let other = [stored("a", "n x=1 1000000", 1)];
-        let live = LiveBatch::build(&other, None, false, &carried, |_| None);
+        let live = LiveBatch::build(&other, None, EventDetail::Nothing, &carried, |_| None);
         assert_eq!(live.groups[0].series.as_deref(), Some("x"));
     }
 
@@ -480,7 +573,13 @@ pub(super) mod tests {
         let batch: Vec<_> = (0..200)
             .map(|i| stored(&format!("s{}", i % 20), &format!("m v={i}i {i}"), i))
             .collect();
-        let live = LiveBatch::build(&batch, None, false, &Carried::default(), |_| None);
+        let live = LiveBatch::build(
+            &batch,
+            None,
+            EventDetail::Nothing,
+            &Carried::default(),
+            |_| None,
+        );
         assert_eq!(live.groups.len(), 20);
         for (at, group) in live.groups.iter().enumerate() {
             assert_eq!(group.sensor, format!("s{at}"));

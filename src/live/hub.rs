@@ -87,9 +87,9 @@ impl LiveEvent {
     fn concerns(&self, filter: &SensorFilter) -> bool {
         match self {
             LiveEvent::Readings(readings) => readings
-                .sensors
+                .groups
                 .iter()
-                .any(|sensor| filter.contains(sensor)),
+                .any(|group| filter.contains(&group.sensor)),
             LiveEvent::Sensor(event) => filter.contains(event.sensor()),
         }
     }
@@ -119,39 +119,73 @@ impl FromIterator<String> for SensorFilter {
     }
 }
 
+/// How much of each committed batch connections serialize for the subscribers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventDetail {
+    /// Nobody subscribes: nothing.
+    Nothing,
+    /// Every subscriber folds readings (`?every=`): each group's newest reading only.
+    Latest,
+    /// Some subscriber wants every reading.
+    Every,
+}
+
+/// One sensor and measurement of a batch (a [`super::batch::Group`]'s identity).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventGroup {
+    pub sensor: String,
+    pub measurement: String,
+    /// Its new readings in the batch.
+    pub count: u64,
+}
+
 /// The `reading` payloads of one committed batch.
 #[derive(Debug)]
 pub struct ReadingEvents {
-    /// The batch's sensors (group order).
-    pub sensors: Vec<String>,
-    /// (index into `sensors`, the reading as JSON).
+    /// The batch's groups, in order.
+    pub groups: Vec<EventGroup>,
+    /// (index into `groups`, the reading as JSON): every reading, or with `latest_only`
+    /// each group's newest one.
     pub events: Vec<(usize, String)>,
+    /// Only each group's newest reading was serialized ([`EventDetail::Latest`]).
+    pub latest_only: bool,
     /// The payloads' total length.
     pub bytes: u64,
 }
 
 impl ReadingEvents {
-    pub fn new(sensors: Vec<String>, events: Vec<(usize, String)>) -> Self {
+    pub fn new(groups: Vec<EventGroup>, events: Vec<(usize, String)>, latest_only: bool) -> Self {
         let bytes = events.iter().map(|(_, json)| json.len() as u64).sum();
         ReadingEvents {
-            sensors,
+            groups,
             events,
+            latest_only,
             bytes,
         }
     }
 
-    /// The payloads of `filter`'s sensors (all when `None`).
+    /// The payloads of `filter`'s sensors (all when `None`), with their group's index.
     pub fn matching<'a>(
         &'a self,
         filter: Option<&'a SensorFilter>,
-    ) -> impl Iterator<Item = &'a str> {
-        self.events.iter().filter_map(move |(sensor, json)| {
+    ) -> impl Iterator<Item = (usize, &'a str)> {
+        self.events.iter().filter_map(move |(group, json)| {
             let keep = match filter {
                 None => true,
-                Some(names) => names.contains(&self.sensors[*sensor]),
+                Some(names) => names.contains(&self.groups[*group].sensor),
             };
-            keep.then_some(json.as_str())
+            keep.then_some((*group, json.as_str()))
         })
+    }
+
+    /// Readings the event of `group` stands for: its group's count when only the newest
+    /// was serialized, else one.
+    pub fn stands_for(&self, group: usize) -> u64 {
+        if self.latest_only {
+            self.groups.get(group).map_or(1, |g| g.count)
+        } else {
+            1
+        }
     }
 }
 
@@ -172,6 +206,8 @@ struct Subscriber {
     tx: mpsc::Sender<LiveEvent>,
     filter: Option<Arc<SensorFilter>>,
     shared: Arc<Shared>,
+    /// Folds readings (`?every=`): needs each group's newest reading only.
+    folds: bool,
 }
 
 /// The subscribers.
@@ -183,6 +219,8 @@ struct HubShared {
     subscribers: Mutex<Vec<Subscriber>>,
     /// The list's length, stored under its lock: read on the hot path without it.
     open: AtomicUsize,
+    /// Of those, the subscribers that want every reading (not folding), likewise.
+    every_reading: AtomicUsize,
     next_id: AtomicU64,
 }
 
@@ -195,9 +233,12 @@ impl HubShared {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Keep `open` equal to the list's length (called with the lock held).
+    /// Keep `open` and `every_reading` equal to the list's counts (called with the lock
+    /// held).
     fn count(&self, subscribers: &[Subscriber]) {
         self.open.store(subscribers.len(), Ordering::Relaxed);
+        let every = subscribers.iter().filter(|sub| !sub.folds).count();
+        self.every_reading.store(every, Ordering::Relaxed);
     }
 }
 
@@ -206,8 +247,21 @@ impl Hub {
         self.0.open.load(Ordering::Relaxed) > 0
     }
 
-    /// A new subscription, to the events of `filter`'s sensors only when given.
-    pub(super) fn subscribe(&self, filter: Option<SensorFilter>) -> Subscription {
+    /// What connections serialize for the subscribers now.
+    pub(super) fn detail(&self) -> EventDetail {
+        if self.0.every_reading.load(Ordering::Relaxed) > 0 {
+            EventDetail::Every
+        } else if self.has_subscribers() {
+            EventDetail::Latest
+        } else {
+            EventDetail::Nothing
+        }
+    }
+
+    /// A new subscription, to the events of `filter`'s sensors only when given; `folds`:
+    /// it keeps only the newest reading of each sensor and measurement (`?every=`), so
+    /// connections need not serialize every reading for it.
+    pub(super) fn subscribe(&self, filter: Option<SensorFilter>, folds: bool) -> Subscription {
         let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
         let shared = Arc::new(Shared::default());
         let filter = filter.map(Arc::new);
@@ -218,6 +272,7 @@ impl Hub {
             tx,
             filter: filter.clone(),
             shared: shared.clone(),
+            folds,
         });
         self.0.count(&subscribers);
         drop(subscribers);
@@ -391,12 +446,24 @@ mod tests {
         names.iter().map(|name| name.to_string()).collect()
     }
 
+    /// One group per sensor, measurement `m`, one reading each.
+    fn groups(sensors: &[&str]) -> Vec<EventGroup> {
+        sensors
+            .iter()
+            .map(|sensor| EventGroup {
+                sensor: sensor.to_string(),
+                measurement: "m".into(),
+                count: 1,
+            })
+            .collect()
+    }
+
     #[tokio::test]
     async fn events_reach_subscribers_in_order_and_by_filter() {
         let hub = Hub::default();
         assert!(!hub.has_subscribers());
-        let mut all = hub.subscribe(None);
-        let mut only_b = hub.subscribe(Some(filter(&["b"])));
+        let mut all = hub.subscribe(None, false);
+        let mut only_b = hub.subscribe(Some(filter(&["b"])), false);
         assert!(hub.has_subscribers());
         hub.publish(&[sensor_event("a"), sensor_event("b")]);
         for expected in ["a", "b"] {
@@ -424,11 +491,12 @@ mod tests {
     #[tokio::test]
     async fn the_queue_is_bounded_in_events_too() {
         let hub = Hub::default();
-        let mut slow = hub.subscribe(None);
+        let mut slow = hub.subscribe(None, false);
         let batch = |n: usize| {
             LiveEvent::Readings(Arc::new(ReadingEvents::new(
-                vec!["a".into()],
+                groups(&["a"]),
                 (0..n).map(|_| (0, "{}".to_string())).collect(),
+                false,
             )))
         };
         let half = SUBSCRIBER_EVENTS as usize / 2;
@@ -449,8 +517,8 @@ mod tests {
     #[tokio::test]
     async fn a_full_queue_ends_the_subscription_without_waiting() {
         let hub = Hub::default();
-        let mut slow = hub.subscribe(None);
-        let mut other = hub.subscribe(None);
+        let mut slow = hub.subscribe(None, false);
+        let mut other = hub.subscribe(None, false);
         for _ in 0..SUBSCRIBER_QUEUE + 10 {
             hub.publish(&[sensor_event("a")]);
             // The other one keeps up.
@@ -474,11 +542,12 @@ mod tests {
     #[tokio::test]
     async fn the_queue_is_bounded_in_bytes() {
         let hub = Hub::default();
-        let mut slow = hub.subscribe(None);
+        let mut slow = hub.subscribe(None, false);
         let big = |kib: usize| {
             LiveEvent::Readings(Arc::new(ReadingEvents::new(
-                vec!["a".into()],
+                groups(&["a"]),
                 vec![(0, "x".repeat(kib << 10))],
+                false,
             )))
         };
         // 15 MiB then 1 MiB: exactly the budget.
@@ -496,7 +565,7 @@ mod tests {
     #[tokio::test]
     async fn a_waiting_reader_is_told_every_missed_event() {
         let hub = Hub::default();
-        let mut slow = hub.subscribe(None);
+        let mut slow = hub.subscribe(None, false);
         let mut waiting = Box::pin(slow.next());
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         assert!(
@@ -515,14 +584,35 @@ mod tests {
     #[test]
     fn readings_are_filtered_per_sensor() {
         let readings = ReadingEvents::new(
-            vec!["a".into(), "b".into()],
+            groups(&["a", "b"]),
             vec![(0, "1".into()), (1, "2".into()), (0, "3".into())],
+            false,
         );
         assert_eq!(readings.bytes, 3);
-        let all: Vec<_> = readings.matching(None).collect();
+        let all: Vec<_> = readings.matching(None).map(|(_, json)| json).collect();
         assert_eq!(all, ["1", "2", "3"]);
         let filter = filter(&["a"]);
         let a: Vec<_> = readings.matching(Some(&filter)).collect();
-        assert_eq!(a, ["1", "3"]);
+        assert_eq!(a, [(0, "1"), (0, "3")]);
+        assert_eq!(readings.stands_for(0), 1);
+    }
+
+    #[test]
+    fn the_detail_follows_what_subscribers_want() {
+        let hub = Hub::default();
+        assert_eq!(hub.detail(), EventDetail::Nothing);
+        let folding = hub.subscribe(None, true);
+        assert_eq!(hub.detail(), EventDetail::Latest);
+        let every = hub.subscribe(None, false);
+        assert_eq!(hub.detail(), EventDetail::Every);
+        drop(every);
+        assert_eq!(hub.detail(), EventDetail::Latest);
+        drop(folding);
+        assert_eq!(hub.detail(), EventDetail::Nothing);
+        // A batch of newest readings stands for its groups' counts.
+        let mut latest = groups(&["a"]);
+        latest[0].count = 7;
+        let readings = ReadingEvents::new(latest, vec![(0, "7".into())], true);
+        assert_eq!(readings.stands_for(0), 7);
     }
 }

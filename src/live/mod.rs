@@ -36,7 +36,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use batch::{Carried, LiveBatch};
 pub use hub::{
-    LiveEvent, Next, ReadingEvents, SensorEvent, SensorFilter, Subscription, MAX_FILTER_SENSORS,
+    EventDetail, EventGroup, LiveEvent, Next, ReadingEvents, SensorEvent, SensorFilter,
+    Subscription, MAX_FILTER_SENSORS,
 };
 pub use sensor::{SensorJson, Snapshot, State, TcpFigures};
 
@@ -169,17 +170,29 @@ impl Registry {
         self.hub.has_subscribers()
     }
 
-    /// Subscribe to the events of `filter`'s sensors (all when `None`).
+    /// Subscribe to every reading and sensor change of `filter`'s sensors (all when
+    /// `None`).
     pub fn subscribe(&self, filter: Option<SensorFilter>) -> Subscription {
-        self.subscribe_at(filter, now_ns())
+        self.subscribe_at(filter, false, now_ns())
+    }
+
+    /// [`Registry::subscribe`]; `folds`: the subscriber keeps only each sensor and
+    /// measurement's newest reading (`?every=`), so connections need serialize only that.
+    pub fn subscribe_folding(&self, filter: Option<SensorFilter>, folds: bool) -> Subscription {
+        self.subscribe_at(filter, folds, now_ns())
+    }
+
+    /// What connections serialize for the subscribers now.
+    pub fn event_detail(&self) -> EventDetail {
+        self.hub.detail()
     }
 
     /// The first subscriber brings the announced states up to date at once: sweeps skip
     /// while nobody listens, and a sensor that went stale meanwhile must not then come back
     /// `connected` unannounced (its state would equal the one last announced).
-    fn subscribe_at(&self, filter: Option<SensorFilter>, now_ns: i64) -> Subscription {
+    fn subscribe_at(&self, filter: Option<SensorFilter>, folds: bool, now_ns: i64) -> Subscription {
         let first = !self.has_subscribers();
-        let subscription = self.hub.subscribe(filter);
+        let subscription = self.hub.subscribe(filter, folds);
         if first {
             self.sweep(now_ns);
         }
@@ -251,8 +264,17 @@ impl Registry {
                 }
                 if announce && !batch.events.is_empty() {
                     out.push(LiveEvent::Readings(Arc::new(ReadingEvents::new(
-                        batch.groups.iter().map(|g| g.sensor.clone()).collect(),
+                        batch
+                            .groups
+                            .iter()
+                            .map(|g| EventGroup {
+                                sensor: g.sensor.clone(),
+                                measurement: g.measurement.clone(),
+                                count: g.count,
+                            })
+                            .collect(),
                         std::mem::take(&mut batch.events),
+                        batch.latest_only,
                     ))));
                 }
             }
@@ -588,7 +610,7 @@ impl LiveConnection {
         LiveBatch::build(
             batch,
             first_received,
-            self.registry.has_subscribers(),
+            self.registry.event_detail(),
             &self.carried,
             |sensor| self.registry.primary(sensor),
         )

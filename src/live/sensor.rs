@@ -534,8 +534,14 @@ mod tests {
             .iter()
             .map(|(line, received)| stored("s", line, *received))
             .collect();
-        for group in
-            &mut LiveBatch::build(&batch, None, false, &Carried::default(), |_| None).groups
+        for group in &mut LiveBatch::build(
+            &batch,
+            None,
+            crate::live::EventDetail::Nothing,
+            &Carried::default(),
+            |_| None,
+        )
+        .groups
         {
             sensor.apply(group);
         }

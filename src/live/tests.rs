@@ -51,7 +51,7 @@ impl Conn {
         let mut live = [LiveBatch::build(
             &batch,
             Some(Instant::now()),
-            registry.has_subscribers(),
+            registry.event_detail(),
             &self.carried,
             |sensor| registry.primary(sensor),
         )];
@@ -276,7 +276,7 @@ async fn subscribers_see_readings_and_state_changes() {
     }
     match events.next().await {
         Next::Event(LiveEvent::Readings(readings)) => {
-            let all: Vec<_> = readings.matching(None).collect();
+            let all: Vec<_> = readings.matching(None).map(|(_, json)| json).collect();
             assert_eq!(all.len(), 2);
             assert!(all[1].contains("\"sensor\":\"b\""), "{all:?}");
         }
@@ -429,7 +429,7 @@ async fn the_sweep_is_capped_and_idle_without_subscribers() {
     };
     assert_eq!(announced(State::Stale), 0, "no subscriber: not even a scan");
     // (Subscribing at S: nothing is stale yet, so the first subscriber's sweep is empty.)
-    let mut events = registry.subscribe_at(None, S);
+    let mut events = registry.subscribe_at(None, false, S);
     assert_eq!(announced(State::Stale), 0);
     registry.sweep(100 * S);
     assert_eq!(announced(State::Stale), SWEEP_MAX_EVENTS);
@@ -575,7 +575,7 @@ async fn the_first_subscriber_catches_up_on_stale_sensors() {
     let mut conn = Conn::new(1);
     conn.send(&registry, &[("a", "m v=1 1")], S);
     registry.sweep(100 * S);
-    let mut events = registry.subscribe_at(None, 100 * S);
+    let mut events = registry.subscribe_at(None, false, 100 * S);
     conn.send(&registry, &[("a", "m v=2 2")], 101 * S);
     for expected in ["stale", "connected"] {
         match events.next().await {

@@ -90,7 +90,7 @@ function watchEvents(page) {
 
 /** The latest /api/events request asked for exactly `names`, in the order shown. */
 function expectEventsFor(urls, names) {
-  const want = '?sensor=' + names.join(',');
+  const want = '?sensor=' + names.join(',') + '&every=250ms';
   const last = urls.length ? new URL(urls[urls.length - 1]).search : null;
   if (last !== want) {
     throw new Error(`the table subscribed with ${JSON.stringify(last)}, expected ${JSON.stringify(want)} (all: ${JSON.stringify(urls)})`);
@@ -100,7 +100,7 @@ function expectEventsFor(urls, names) {
 
 /** Waits (liveness bound) for the page to subscribe to `names`, then checks it exactly. */
 async function waitForEvents(page, urls, names) {
-  const want = '?sensor=' + names.join(',');
+  const want = '?sensor=' + names.join(',') + '&every=250ms';
   const until = Date.now() + PATIENCE_MS;
   while (!(urls.length && new URL(urls[urls.length - 1]).search === want) && Date.now() < until) {
     await page.waitForTimeout(100);

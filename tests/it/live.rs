@@ -258,6 +258,43 @@ fn sse_delivers_a_reading_as_it_is_acked() {
     assert_eq!(sensor["state"], "disconnected", "{sensor}");
 }
 
+/// `?every=`: a fast sensor's readings come folded, the newest with the count of those it
+/// stands for, adding up to what was acked.
+#[test]
+fn a_folding_stream_gets_the_newest_reading_and_the_count() {
+    let server = Server::start(&[]);
+    let mut events = EventStream::open(&server, "?sensor=fold-1&every=100ms");
+    let mut peer = LinePeer::new(server.addr);
+    let readings = 500;
+    let mut lines = String::new();
+    for i in 1..=readings {
+        lines.push_str(&format!("m,sensor=fold-1 v={i}i {i}\n"));
+    }
+    lines.push_str("sync f\n");
+    peer.send(lines.as_bytes());
+    let ack = peer.line();
+    assert!(
+        ack.starts_with(&format!("ack f readings={readings} ")),
+        "{ack}"
+    );
+    let started = Instant::now();
+    let (mut counted, mut events_read, mut newest) = (0, 0, 0);
+    while counted < readings {
+        assert!(
+            started.elapsed() < PATIENCE,
+            "{counted} of {readings} readings counted in {events_read} events"
+        );
+        let (reading, _) = events.next("reading");
+        events_read += 1;
+        counted += reading["count"].as_i64().expect("a count");
+        newest = reading["fields"]["v"].as_i64().expect("v");
+    }
+    assert_eq!(counted, readings, "no reading counted twice");
+    assert_eq!(newest, readings, "the newest comes last");
+    eprintln!("{readings} readings folded into {events_read} events");
+    assert!(events_read < readings, "folded: {events_read} events");
+}
+
 /// The value of an unlabelled series in `/metrics` (0 when absent).
 fn metric(server: &Server, name: &str) -> f64 {
     let text = server.get("/metrics").body;

@@ -22,6 +22,10 @@
   const MAX_SSE_BUFFER = 1 << 20;
   // The sensor page redraws at most this often, however fast readings arrive.
   const DRAW_MS = 250;
+  // The sensor list shows each sensor's newest value: its stream folds readings to the
+  // newest per sensor and measurement this often (`?every=`), so a fast fleet costs the
+  // server and the browser a few events a second per sensor, not one per reading.
+  const LIST_EVERY = '250ms';
 
   // ---- fetching -------------------------------------------------------------------------
 
@@ -576,7 +580,7 @@
       if (!names.length) return;
       this.streamKey = key;
       let opened = false;
-      this.stream = new EventStream('/api/events?sensor=' + key, {
+      this.stream = new EventStream(`/api/events?sensor=${key}&every=${LIST_EVERY}`, {
         onOpen: () => {
           setStatus('');
           if (opened) this.refresh(); // events may have been missed while away
