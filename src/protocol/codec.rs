@@ -66,10 +66,12 @@ pub enum Frame {
 /// line numbers match the peer's own count.
 #[derive(Debug)]
 pub struct LineDecoder {
-    max_line_bytes: usize,
+    /// 32 bits (a limit above 4 GiB is 4 GiB): the server keeps one decoder in every
+    /// connection, and each word is 8 bytes more in all of them.
+    max_line_bytes: u32,
     /// Bytes at the front of the buffer already searched for `\n`, so a long line arriving
-    /// in many reads is scanned once, not once per read.
-    next_index: usize,
+    /// in many reads is scanned once, not once per read. At most the line limit.
+    next_index: u32,
     /// Dropping the rest of an oversize line until its `\n`.
     discarding: bool,
     lines: u64,
@@ -78,11 +80,15 @@ pub struct LineDecoder {
 impl LineDecoder {
     pub fn new(max_line_bytes: usize) -> Self {
         LineDecoder {
-            max_line_bytes,
+            max_line_bytes: u32::try_from(max_line_bytes).unwrap_or(u32::MAX),
             next_index: 0,
             discarding: false,
             lines: 0,
         }
+    }
+
+    fn max_line_bytes(&self) -> usize {
+        self.max_line_bytes as usize
     }
 
     /// Lines seen so far on this connection (complete ones, and a final one at EOF).
@@ -102,16 +108,17 @@ impl LineDecoder {
                 self.discarding = false;
                 return Some(self.too_long());
             }
-            let start = self.next_index.min(buf.len());
+            let start = (self.next_index as usize).min(buf.len());
             let Some(off) = memchr::memchr(b'\n', &buf[start..]) else {
-                if buf.len() > self.max_line_bytes {
+                if buf.len() > self.max_line_bytes() {
                     // Keep memory bounded: the line is rejected whatever follows.
                     buf.clear();
                     self.next_index = 0;
                     self.discarding = true;
                     continue;
                 }
-                self.next_index = buf.len();
+                // Within the limit, so within 32 bits.
+                self.next_index = u32::try_from(buf.len()).unwrap_or(u32::MAX);
                 return None;
             };
             let nl = start + off;
@@ -151,14 +158,14 @@ impl LineDecoder {
         Frame::Invalid {
             line: self.lines,
             error: ProtocolError::LineTooLong {
-                limit: self.max_line_bytes,
+                limit: self.max_line_bytes(),
             },
         }
     }
 
     /// Frame for one line without its `\n`; `None` for blank and comment lines.
     fn line_frame(&mut self, raw: &[u8]) -> Option<Frame> {
-        if raw.len() > self.max_line_bytes {
+        if raw.len() > self.max_line_bytes() {
             return Some(self.too_long());
         }
         self.lines += 1;
@@ -173,15 +180,20 @@ impl LineDecoder {
                 error,
             })
         };
-        // Readings are the common case: parse first, and look for the `=` that tells a
-        // control line only when that fails (a parsed reading always has one), which saves
-        // a scan of every good line.
-        let error = match ilp::parse(line) {
-            Ok(reading) => return Some(Frame::Reading(reading)),
-            Err(error) => error,
-        };
-        if !control::is_control(line) {
-            return invalid(error);
+        // A line that starts with a command word and holds no `=` is a control line, which
+        // never parses as a reading (a parsed reading always has a `=`): it skips that
+        // failed parse (its names, vectors and error text) on every `sync`.
+        let command = control::starts_with_command(&line[first..]) && control::is_control(line);
+        if !command {
+            // Readings are the common case: parse first, and look for the `=` that tells a
+            // control line only when that fails, which saves a scan of every good line.
+            let error = match ilp::parse(line) {
+                Ok(reading) => return Some(Frame::Reading(reading)),
+                Err(error) => error,
+            };
+            if !control::is_control(line) {
+                return invalid(error);
+            }
         }
         let Ok(text) = std::str::from_utf8(line) else {
             return invalid(ProtocolError::InvalidUtf8);
@@ -230,6 +242,40 @@ mod tests {
         assert_eq!(sniff(b"ping 1"), Sniff::Line);
         assert_eq!(sniff(b"weather,s=a t=1"), Sniff::Line);
         assert_eq!(sniff(b"x"), Sniff::Line);
+    }
+
+    /// A line that starts with a command word is a control line only without a `=`
+    /// (taken straight to the control parser); with one it is still read as a reading,
+    /// and its errors are the reading's.
+    #[test]
+    fn command_words_with_and_without_an_equals_sign() {
+        let mut d = LineDecoder::new(1024);
+        let mut buf = BytesMut::from(
+            &b"sync v=1\n \tsync t2\nsync\nauth\nping v=\nping\tp1\nsyncs t3\nsync,a=b v=2i\n"[..],
+        );
+        let invalid = |line, error| Frame::Invalid { line, error };
+        assert_eq!(
+            drain(&mut d, &mut buf),
+            vec![
+                reading("sync v=1"),
+                Frame::Sync("t2".into()),
+                invalid(
+                    3,
+                    ProtocolError::InvalidCommand("sync needs a token".into())
+                ),
+                invalid(
+                    4,
+                    ProtocolError::InvalidCommand("auth needs a token".into())
+                ),
+                invalid(
+                    5,
+                    ProtocolError::InvalidReading("field \"v\": missing value".into())
+                ),
+                Frame::Ping(Some("p1".into())),
+                invalid(7, ProtocolError::UnknownCommand("syncs".into())),
+                reading("sync,a=b v=2i"),
+            ]
+        );
     }
 
     #[test]

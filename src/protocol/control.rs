@@ -96,6 +96,13 @@ pub fn is_control(line: &[u8]) -> bool {
     memchr::memchr(b'=', line).is_none()
 }
 
+/// Whether `line` (its leading blanks skipped) starts with `ping`, `sync` or `auth` as a
+/// whole word: a cheap look before [`is_control`] scans the line for `=`.
+pub fn starts_with_command(line: &[u8]) -> bool {
+    let word_ends = matches!(line.get(4), None | Some(b' ' | b'\t'));
+    word_ends && matches!(line.get(..4), Some(b"ping" | b"sync" | b"auth"))
+}
+
 /// Whether `s` can be a `ping` / `sync` token: 1..=64 printable ASCII bytes, no `=`
 /// (so a control line stays free of `=`, and a token is one word).
 pub fn valid_token(s: &str) -> bool {

@@ -22,10 +22,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 
-use self::replies::{LastCommit, OutReplies};
+use self::replies::LastCommit;
+pub(super) use self::replies::Out;
 use super::auth::{linger, ConnAuth};
 use super::pending::{wait_head, InFlight, LiveFeed, PendingReply, Unreported};
 use super::quota::{ConnQuota, TokenBucket};
+use super::spare;
 use super::stream::{read_when_ready, READ_CHUNK_BYTES};
 use super::tcp_sample::TcpSampler;
 use crate::events::{
@@ -54,6 +56,27 @@ enum Decoder {
     Undecided,
     Line(LineDecoder),
     Legacy(LegacyDecoder),
+}
+
+/// Readings and replies decoded but not yet submitted.
+#[derive(Debug, Default)]
+pub(super) struct Decoded {
+    pub(super) batch: Vec<StoredReading>,
+    pub(super) replies: Vec<PendingReply>,
+}
+
+/// What a connection rarely needs, made at its first use ([`Connection::rare`]).
+#[derive(Debug, Default)]
+struct Rare {
+    /// Error replies held until the peer shows it reads replies (`interactive`).
+    held_errors: Vec<PendingReply>,
+    /// Error replies this connection may still send ([`MAX_ERROR_REPLIES_PER_S`]); made at
+    /// the first error.
+    error_replies: Option<TokenBucket>,
+    /// Why a batch failed, until an `ack` that could cover its readings has been turned into
+    /// an error: a `sync` read after the failed batch (in a later read, so in a later
+    /// `InFlight`) must not acknowledge readings that were never stored.
+    unacked_failure: Option<String>,
 }
 
 /// Counts of one connection, logged when it closes.
@@ -116,28 +139,24 @@ struct Connection<'a> {
     interactive: bool,
     /// Its token and what it may write (`--auth`).
     auth: ConnAuth,
-    held_errors: Vec<PendingReply>,
-    /// Error replies this connection may still send ([`MAX_ERROR_REPLIES_PER_S`]); made at
-    /// the first error (boxed: most connections never send one).
-    error_replies: Option<Box<TokenBucket>>,
-    /// Readings and replies decoded but not yet submitted.
-    batch: Vec<StoredReading>,
-    replies: Vec<PendingReply>,
+    /// Error replies held or rate-limited, a store failure not yet reported: made at first
+    /// use (boxed: most connections never need it, and every one holds this pointer).
+    rare: Option<Box<Rare>>,
+    /// Readings and replies decoded but not yet submitted (None: none; lent by
+    /// [`spare`] while decoding).
+    decoded: Option<Box<Decoded>>,
     inflight: VecDeque<InFlight>,
     /// The second (since the epoch) in which the `Received:` log budget ran out for us,
     /// and the lines not logged since, handed to the shared count after each read.
-    log_muted_second: i64,
-    log_suppressed: u64,
+    /// (0: never; 32 bits: each word is 8 bytes in every connection's task.)
+    log_muted_second: u32,
+    log_suppressed: u32,
     /// The last commit this connection saw, for the timings in acks.
     last_commit: Option<LastCommit>,
     /// Duplicates and conflicts among committed readings after the last ack written.
     unreported: Unreported,
-    /// Why a batch failed, until an `ack` that could cover its readings has been turned into
-    /// an error: a `sync` read after the failed batch (in a later read, so in a later
-    /// `InFlight`) must not acknowledge readings that were never stored.
-    unacked_failure: Option<String>,
     /// Readings decoded since the last count: counted once per read, not per reading.
-    uncounted_accepted: u64,
+    uncounted_accepted: u32,
     /// What the live view gets of this connection's committed batches.
     live: LiveFeed,
     /// Rates and new-series caps ([`super::quota`]); authentication sets its principal.
@@ -145,9 +164,8 @@ struct Connection<'a> {
     /// When the bytes being decoded were read, by tokio's clock: the quota's one clock
     /// (its buckets were made on it; a paused test clock then drives both).
     read_at: tokio::time::Instant,
-    out: Vec<u8>,
-    /// What `out` holds, counted once it is written.
-    out_replies: OutReplies,
+    /// Replies encoded and not yet written (None: none).
+    out: Option<Box<Out>>,
     /// `TCP_INFO` sampling ([`super::tcp_sample`]).
     tcp: TcpSampler,
 }
@@ -346,23 +364,19 @@ impl<'a> Connection<'a> {
             since_sync_first: None,
             interactive: false,
             auth: ConnAuth::new(limits.auth.clone()),
-            held_errors: Vec::new(),
-            error_replies: None,
-            batch: Vec::new(),
-            replies: Vec::new(),
+            rare: None,
+            decoded: None,
             inflight: VecDeque::new(),
             last_commit: None,
             unreported: Unreported::default(),
-            unacked_failure: None,
-            log_muted_second: -1,
+            log_muted_second: 0,
             log_suppressed: 0,
             uncounted_accepted: 0,
             live: LiveFeed::new(live.map(|registry| LiveConnection::new(registry, peer))),
             quota: ConnQuota::new(limits.quotas.clone(), tokio::time::Instant::now()),
             read_at: tokio::time::Instant::now(),
-            out: Vec::new(),
-            out_replies: OutReplies::default(),
-            tcp: TcpSampler::new(limits.tcp_info_interval),
+            out: None,
+            tcp: TcpSampler::new(),
             limits,
         }
     }
@@ -372,6 +386,11 @@ impl<'a> Connection<'a> {
 const READS_PER_TURN: u32 = 4;
 
 impl<'a> Connection<'a> {
+    /// What the connection rarely needs, made now if it was not.
+    fn rare(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(Box::default)
+    }
+
     /// The decided mode (a committed batch implies one).
     fn mode(&self) -> Mode {
         match self.decoder {
@@ -398,17 +417,15 @@ impl<'a> Connection<'a> {
         S: PeerStream + 'a,
     {
         async move {
-            let accepted_at = accepted.at;
             let shutdown = &shutdown;
             // Allocated only while bytes are pending: an idle connection holds no read buffer.
             let mut buf = BytesMut::new();
-            // When bytes last arrived: a held legacy `ping` is answered once quiet since then.
-            let mut last_bytes_at = tokio::time::Instant::now();
             // Slowloris: only a complete line (or legacy message) is progress. Until the first
             // one the deadline is the first-line timeout's; then each complete line restarts
             // the idle timeout, and bytes alone restart nothing.
-            let first_wait = self.limits.first_wait();
-            let mut idle_deadline = accepted_at + first_wait;
+            // (Locals held across the loop's awaits are bytes in every connection's task:
+            // what can be recomputed or read from `self` is.)
+            let mut idle_deadline = accepted.at + self.limits.first_wait();
             // One idle timer and one shutdown wait for the connection's life, not one each
             // per turn of the loop: a later deadline is re-armed in place (an atomic store,
             // not a timer-wheel insert and removal per reading), and the shutdown signal's
@@ -450,7 +467,7 @@ impl<'a> Connection<'a> {
                 }
                 let can_read = reading && self.inflight.len() < self.limits.max_inflight_batches;
                 if buf.is_empty() && buf.capacity() > 0 {
-                    buf = BytesMut::new();
+                    spare::give_read_buf(std::mem::take(&mut buf));
                 }
                 if drained && buf.is_empty() && self.inflight.is_empty() {
                     // All served and the socket drained: likely idle until the next reading.
@@ -492,10 +509,11 @@ impl<'a> Connection<'a> {
                                 reads_this_turn = 0;
                                 drained = true;
                             }
-                            last_bytes_at = tokio::time::Instant::now();
+                            // `read_at`, read by `decode`, is also when bytes last arrived:
+                            // a held legacy `ping` is answered once quiet since then.
                             if self.decode(&mut buf, false) > 0 {
                                 spoke = true;
-                                idle_deadline = tokio::time::Instant::now() + self.limits.idle_timeout;
+                                idle_deadline = self.read_at + self.limits.idle_timeout;
                             }
                         }
                         Err(err) => {
@@ -507,7 +525,7 @@ impl<'a> Connection<'a> {
                             self.decode(&mut buf, false);
                         }
                     },
-                    _ = sleep_until_some(held_ping.then(|| last_bytes_at + self.limits.legacy_ping_quiet)), if held_ping && reading => {
+                    _ = sleep_until_some(held_ping.then(|| self.read_at + self.limits.legacy_ping_quiet)), if held_ping && reading => {
                         if self.answer_held_ping(&mut buf) {
                             // A complete legacy message: progress, as in the read branch.
                             spoke = true;
@@ -515,6 +533,7 @@ impl<'a> Connection<'a> {
                         }
                     }
                     _ = &mut idle, if can_read && self.inflight.is_empty() => {
+                        let first_wait = self.limits.first_wait();
                         if spoke || first_wait == self.limits.idle_timeout {
                             tracing::info!(idle_timeout = ?self.limits.idle_timeout, "closing idle connection");
                             end = End::IdleTimeout;
@@ -568,7 +587,8 @@ impl<'a> Connection<'a> {
         if self.last_commit.is_none() {
             return;
         }
-        if let Some(sample) = self.tcp.sample(stream, closing) {
+        let interval = self.limits.tcp_info_interval;
+        if let Some(sample) = self.tcp.sample(stream, interval, closing) {
             TcpSampled {
                 srtt: sample.figures.srtt(),
                 retransmits: sample.retransmits_delta,
@@ -578,18 +598,13 @@ impl<'a> Connection<'a> {
         }
     }
 
-    /// Free what served the last batches (reply buffer, in-flight queue, quota scratch):
-    /// at 10 000 idle connections each such buffer is ≈ 0.1 KiB of server memory per
-    /// connection, against an allocation or two for the next reading.
+    /// Give back what served the last batches (the in-flight queue; the reply buffer goes
+    /// back once written) to this thread's spares ([`spare`]), and drop the quota's copy of
+    /// the last series: at 10 000 idle connections each such buffer would be ≈ 0.1 KiB of
+    /// server memory per connection.
     fn shed(&mut self) {
-        if self.out.capacity() > 0 {
-            self.out = Vec::new();
-        }
-        if self.out_replies.ack_receipts.capacity() > 0 {
-            self.out_replies.ack_receipts = Vec::new();
-        }
-        if self.inflight.capacity() > 0 {
-            self.inflight = VecDeque::new();
+        if self.inflight.capacity() > 0 && self.inflight.is_empty() {
+            spare::give_inflight(std::mem::take(&mut self.inflight));
         }
         self.quota.shed();
     }
@@ -614,9 +629,11 @@ impl<'a> Connection<'a> {
 
     /// Queue `inflight` behind the batches already in flight. The first is given room for
     /// one: an idle connection sends one batch at a time (the default first growth is to
-    /// four); [`Connection::shed`] frees it again once the connection goes quiet.
+    /// four); [`Connection::shed`] gives it back to the thread's spares once the connection
+    /// goes quiet, and the next one takes it from there.
     fn push_inflight(&mut self, inflight: InFlight) {
         if self.inflight.capacity() == 0 {
+            self.inflight = spare::inflight();
             self.inflight.reserve_exact(1);
         }
         self.inflight.push_back(inflight);
@@ -624,9 +641,14 @@ impl<'a> Connection<'a> {
 
     /// Hand the decoded batch to the store and queue its replies behind it.
     async fn submit_decoded(&mut self) -> Result<(), End> {
-        if self.batch.is_empty() {
-            if !self.replies.is_empty() {
-                let replies = std::mem::take(&mut self.replies);
+        let Some(mut decoded) = self.decoded.take() else {
+            return Ok(());
+        };
+        let batch = std::mem::take(&mut decoded.batch);
+        let replies = std::mem::take(&mut decoded.replies);
+        spare::give_decoded(decoded);
+        if batch.is_empty() {
+            if !replies.is_empty() {
                 self.push_inflight(InFlight {
                     commit: None,
                     done: None,
@@ -636,8 +658,6 @@ impl<'a> Connection<'a> {
             }
             return Ok(());
         }
-        let batch = std::mem::take(&mut self.batch);
-        let replies = std::mem::take(&mut self.replies);
         // Summarized now: the store takes the batch, the live view shows it once committed.
         let live = self.live.summarize(&batch);
         match self.store.submit(batch).await {
@@ -718,49 +738,54 @@ impl<'a> Connection<'a> {
                     // Readings of this batch after its last `sync` are lost too: the next
                     // ack refuses them (erring on the safe side: a refused reading that was
                     // stored after all is resent and deduplicated).
-                    self.unacked_failure = Some(reason);
+                    self.rare().unacked_failure = Some(reason);
                     continue;
                 }
             }
-            for reply in head.replies {
-                match (reply, self.unacked_failure.take()) {
+            for reply in head.replies.drain(..) {
+                let failure = self
+                    .rare
+                    .as_mut()
+                    .and_then(|rare| rare.unacked_failure.take());
+                match (reply, failure) {
                     (PendingReply::Ack { line, .. }, Some(reason)) => {
                         self.encode(PendingReply::Error { line, reason });
                     }
                     (reply, failure) => {
-                        self.unacked_failure = failure;
+                        if let Some(failure) = failure {
+                            self.rare().unacked_failure = Some(failure);
+                        }
                         self.encode(reply);
                     }
                 }
             }
+            spare::give_replies(head.replies);
         }
         // Committed is stored: the live view takes it now, before the ack goes out, so a
         // peer that reads its ack then asks `/api/sensors` sees its readings.
         // Only an ack (or a pong acking a reading) ends an ack latency; a bare pong or an
         // error does not.
-        let acked = !self.out_replies.ack_receipts.is_empty();
+        let acked = self
+            .out
+            .as_ref()
+            .is_some_and(|out| !out.ack_receipts.is_empty());
         self.live.flush(self.mode(), acked);
-        if !self.out.is_empty() {
-            match write_all_timed(stream, &self.out, self.limits.write_timeout).await {
+        if let Some(out) = self.out.take() {
+            match write_all_timed(stream, &out.bytes, self.limits.write_timeout).await {
                 Ok(Ok(())) => {
-                    let replies = &mut self.out_replies;
                     RepliesWritten {
-                        bytes: self.out.len(),
-                        acks: std::mem::take(&mut replies.acks),
-                        pongs: std::mem::take(&mut replies.pongs),
-                        errors: std::mem::take(&mut replies.errors),
-                        readings_acked: std::mem::take(&mut replies.readings_acked),
-                        ack_receipts: &replies.ack_receipts,
+                        bytes: out.bytes.len(),
+                        acks: out.acks,
+                        pongs: out.pongs,
+                        errors: out.errors,
+                        readings_acked: out.readings_acked,
+                        ack_receipts: &out.ack_receipts,
                         written_at: Instant::now(),
                     }
                     .emit_to(self.telemetry);
-                    replies.ack_receipts.clear();
-                    self.out.clear();
-                    // A burst of replies must not pin its buffer for the connection's life.
-                    if self.out.capacity() > READ_CHUNK_BYTES * 8 {
-                        self.out = Vec::new();
-                        self.out_replies.ack_receipts = Vec::new();
-                    }
+                    // Written: it goes back to this thread's spares (a burst's large
+                    // buffers are freed), so a connection holds none between replies.
+                    spare::give_out(out);
                 }
                 Ok(Err(err)) => {
                     tracing::debug!(cause = %err, "write failed");
@@ -1715,11 +1740,14 @@ mod tests {
             .unwrap();
     }
 
-    /// 1,360 bytes in a debug build when this was written (the listener's task around it
-    /// was 1,408 in a release build: with tokio's task header and trailer that is 1,520,
-    /// mimalloc's 1,536-byte class; 48 bytes more and every connection takes the next,
-    /// 1,792). `linger`'s drain buffer inline would add 4 KiB, a TLS session about 1 KiB.
-    const FUTURE_BUDGET_BYTES: usize = 1408;
+    /// 1,056 bytes in a debug build when this was written (1,360 before idle15 took the
+    /// reply buffers and the decoded batch out of the connection, boxed what it rarely
+    /// needs, slimmed the quota, the decoder and the sampler, and dropped locals the loop
+    /// can recompute). In a release build the listener's task is then 1,280 bytes with
+    /// tokio's task header and trailer (a uprobe on mimalloc's allocation): exactly
+    /// mimalloc's 1,280-byte class; a byte more and every connection takes 1,536.
+    /// `linger`'s drain buffer inline would add 4 KiB, a TLS session about 1 KiB.
+    const FUTURE_BUDGET_BYTES: usize = 1056;
 
     /// Each connection's task holds its future for its whole life: at 10,000 idle
     /// connections its size is server memory per connection (issue 13: ≤ 2 KiB RSS each).

@@ -18,6 +18,7 @@ pub mod proxy_protocol;
 pub mod quota;
 pub mod reload;
 pub mod shutdown;
+mod spare;
 pub mod stream;
 pub mod tcp_sample;
 pub mod tls;

@@ -86,40 +86,98 @@ const TOKEN_EPSILON: f64 = 1e-9;
 /// A token bucket driven by the instants it is given (tokio's clock, so tests pause it).
 #[derive(Debug, Clone)]
 pub struct TokenBucket {
-    rate_per_s: f64,
+    rate: Rate,
+    level: Level,
+}
+
+/// How a bucket refills: tokens per second, and the most it holds.
+#[derive(Debug, Clone, Copy)]
+struct Rate {
+    per_s: f64,
     burst: f64,
+}
+
+impl Rate {
+    /// `per_s` per second, one second of burst.
+    fn per_second(per_s: u32) -> Rate {
+        Rate {
+            per_s: f64::from(per_s),
+            burst: f64::from(per_s),
+        }
+    }
+
+    /// `per_minute` per minute, one minute of burst.
+    fn per_minute(per_minute: u32) -> Rate {
+        Rate {
+            per_s: f64::from(per_minute) / 60.0,
+            burst: f64::from(per_minute),
+        }
+    }
+}
+
+/// What a bucket holds, without its [`Rate`]: a connection's own buckets take theirs from
+/// the shared [`QuotaLimits`], which saves 16 bytes each in every connection.
+#[derive(Debug, Clone)]
+struct Level {
     tokens: f64,
     refilled: Instant,
+}
+
+impl Level {
+    fn full(rate: Rate, now: Instant) -> Level {
+        Level {
+            tokens: rate.burst,
+            refilled: now,
+        }
+    }
+
+    /// Tokens at `now`; never backwards (instants from different tasks may come out of order).
+    fn refill(&mut self, rate: Rate, now: Instant) {
+        if now > self.refilled {
+            let elapsed = now.duration_since(self.refilled).as_secs_f64();
+            self.tokens = (self.tokens + elapsed * rate.per_s).min(rate.burst);
+            self.refilled = now;
+        }
+    }
+
+    fn take_up_to(&mut self, rate: Rate, want: u32, now: Instant) -> u32 {
+        self.refill(rate, now);
+        // `as` saturates: a bucket of billions still lends at most `want`. The epsilon: a
+        // rate that is no integer (1000/60 per s) sums to 0.9999999999999999 where one whole
+        // token is due, which the floor alone would refuse.
+        let taken = ((self.tokens + TOKEN_EPSILON).max(0.0) as u32).min(want);
+        self.tokens -= f64::from(taken);
+        taken
+    }
+
+    fn give_back(&mut self, rate: Rate, n: u32) {
+        self.tokens = (self.tokens + f64::from(n)).min(rate.burst);
+    }
 }
 
 impl TokenBucket {
     /// A full bucket refilling at `rate_per_s`, holding at most `burst`.
     pub fn full(rate_per_s: f64, burst: f64, now: Instant) -> Self {
-        TokenBucket {
-            rate_per_s,
+        let rate = Rate {
+            per_s: rate_per_s,
             burst,
-            tokens: burst,
-            refilled: now,
+        };
+        TokenBucket {
+            rate,
+            level: Level::full(rate, now),
         }
     }
 
     /// `per_s` per second, one second of burst.
     pub fn per_second(per_s: u32, now: Instant) -> Self {
-        Self::full(f64::from(per_s), f64::from(per_s), now)
+        let rate = Rate::per_second(per_s);
+        Self::full(rate.per_s, rate.burst, now)
     }
 
     /// `per_minute` per minute, one minute of burst.
     pub fn per_minute(per_minute: u32, now: Instant) -> Self {
-        Self::full(f64::from(per_minute) / 60.0, f64::from(per_minute), now)
-    }
-
-    /// Tokens at `now`; never backwards (instants from different tasks may come out of order).
-    fn refill(&mut self, now: Instant) {
-        if now > self.refilled {
-            let elapsed = now.duration_since(self.refilled).as_secs_f64();
-            self.tokens = (self.tokens + elapsed * self.rate_per_s).min(self.burst);
-            self.refilled = now;
-        }
+        let rate = Rate::per_minute(per_minute);
+        Self::full(rate.per_s, rate.burst, now)
     }
 
     /// Take one token; `false` (and nothing taken) if there is none.
@@ -129,24 +187,20 @@ impl TokenBucket {
 
     /// Take up to `want` whole tokens; returns how many were taken.
     pub fn take_up_to(&mut self, want: u32, now: Instant) -> u32 {
-        self.refill(now);
-        // `as` saturates: a bucket of billions still lends at most `want`. The epsilon: a
-        // rate that is no integer (1000/60 per s) sums to 0.9999999999999999 where one whole
-        // token is due, which the floor alone would refuse.
-        let taken = ((self.tokens + TOKEN_EPSILON).max(0.0) as u32).min(want);
-        self.tokens -= f64::from(taken);
-        taken
+        self.level.take_up_to(self.rate, want, now)
     }
 
     /// Return `n` tokens taken but not used.
     pub fn give_back(&mut self, n: u32) {
-        self.tokens = (self.tokens + f64::from(n)).min(self.burst);
+        self.level.give_back(self.rate, n);
     }
 
     /// Whether it is full at `now`: a new bucket would be the same, so it can be forgotten.
     fn full_at(&self, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
-        self.tokens + elapsed * self.rate_per_s >= self.burst
+        let elapsed = now
+            .saturating_duration_since(self.level.refilled)
+            .as_secs_f64();
+        self.level.tokens + elapsed * self.rate.per_s >= self.rate.burst
     }
 }
 
@@ -283,19 +337,26 @@ struct Principal {
 #[derive(Debug)]
 pub struct ConnQuota {
     quotas: Arc<Quotas>,
-    rate: TokenBucket,
-    new_series: TokenBucket,
-    principal: Option<Principal>,
+    /// Its rate and its new-series cap: the levels (the rates are `quotas.limits`).
+    rate: Level,
+    new_series: Level,
+    /// Boxed: most connections write under no token, and every one holds this.
+    principal: Option<Box<Principal>>,
     /// Direct-mapped cache of series hashes this connection has written (0: empty), a
     /// power of two long; empty until the first reading, so an idle connection holds none.
-    recent: Vec<u64>,
-    /// Reused for each reading's tag pairs; always empty between readings.
-    pairs: Vec<(&'static str, &'static str)>,
+    recent: Box<[u64]>,
     /// The series of the last reading hashed, and its hash: a connection mostly sends one
     /// series (or a few in turn), and the same parts skip sorting and hashing them again.
     /// Boxed, so a connection that sends no reading holds one pointer.
     last: Option<Box<LastSeries>>,
+    /// A reading was hashed since the last [`ConnQuota::shed`]: `last` is kept from the
+    /// second one on. An idle connection sends one reading between sheds, and copying its
+    /// parts would cost more (an allocation per part) than hashing them again saves.
+    hashed_since_shed: bool,
 }
+
+/// Tag pairs hashed from the stack: more (with the sensor) take a vector.
+const INLINE_PAIRS: usize = 8;
 
 /// The parts [`ConnQuota::series_hash`] hashed, as the reading had them, and the hash.
 #[derive(Debug, Default)]
@@ -319,13 +380,13 @@ impl ConnQuota {
     pub fn new(quotas: Arc<Quotas>, now: Instant) -> Self {
         let limits = quotas.limits;
         ConnQuota {
-            rate: TokenBucket::per_second(limits.rate_per_connection, now),
-            new_series: TokenBucket::per_minute(limits.new_series_per_connection, now),
+            rate: Level::full(Rate::per_second(limits.rate_per_connection), now),
+            new_series: Level::full(Rate::per_minute(limits.new_series_per_connection), now),
             quotas,
             principal: None,
-            recent: Vec::new(),
-            pairs: Vec::new(),
+            recent: Box::default(),
             last: None,
+            hashed_since_shed: false,
         }
     }
 
@@ -334,11 +395,13 @@ impl ConnQuota {
     pub fn set_principal(&mut self, principal: Option<Arc<str>>) {
         self.release_lease();
         let now = Instant::now();
-        self.principal = principal.map(|id| Principal {
-            id,
-            leased: 0,
-            leased_at: now,
-            next_lease: 1,
+        self.principal = principal.map(|id| {
+            Box::new(Principal {
+                id,
+                leased: 0,
+                leased_at: now,
+                next_lease: 1,
+            })
         });
     }
 
@@ -367,7 +430,8 @@ impl ConnQuota {
         now: Instant,
     ) -> Result<(), ProtocolError> {
         let limits = self.quotas.limits;
-        if !self.rate.try_take(now) {
+        let rate = Rate::per_second(limits.rate_per_connection);
+        if self.rate.take_up_to(rate, 1, now) == 0 {
             return Err(ProtocolError::RateLimited {
                 limit: limits.rate_per_connection,
                 setting: "max-rate-per-connection",
@@ -390,7 +454,7 @@ impl ConnQuota {
                 }
             }
             if principal.leased == 0 {
-                self.rate.give_back(1);
+                self.rate.give_back(rate, 1);
                 return Err(ProtocolError::RateLimited {
                     limit: limits.rate_per_token,
                     setting: "max-rate-per-token",
@@ -408,7 +472,8 @@ impl ConnQuota {
             self.remember(hash);
             return Ok(());
         }
-        if !self.new_series.try_take(now) {
+        let new_series = Rate::per_minute(limits.new_series_per_connection);
+        if self.new_series.take_up_to(new_series, 1, now) == 0 {
             return Err(ProtocolError::TooManyNewSeries {
                 limit: limits.new_series_per_connection,
                 setting: "max-new-series-per-connection",
@@ -421,7 +486,7 @@ impl ConnQuota {
                 .take_up_to(&principal.id, 1, now)
                 == 0
             {
-                self.new_series.give_back(1);
+                self.new_series.give_back(new_series, 1);
                 return Err(ProtocolError::TooManyNewSeries {
                     limit: limits.new_series_per_token,
                     setting: "max-new-series-per-token",
@@ -433,27 +498,27 @@ impl ConnQuota {
         Ok(())
     }
 
-    /// Drop what only speeds up the next reading (the last series' parts, the scratch for
-    /// tag pairs): an idle connection then holds none of it. The cache of recent series
-    /// stays: it keeps readings off the shared set's locks.
+    /// Drop what only speeds up the next reading (the last series' parts): an idle
+    /// connection then holds none of it. The cache of recent series stays: it keeps
+    /// readings off the shared set's locks.
     pub fn shed(&mut self) {
         self.last = None;
-        self.pairs = Vec::new();
+        self.hashed_since_shed = false;
     }
 
     /// Put `hash` in the connection's cache, growing it (up to its bound) rather than
     /// overwriting another series.
     fn remember(&mut self, hash: u64) {
         if self.recent.is_empty() {
-            self.recent = vec![0; RECENT_SLOTS.0];
+            self.recent = vec![0; RECENT_SLOTS.0].into_boxed_slice();
         }
         let slot = |len: usize| (hash as usize) & (len - 1);
         let held = self.recent[slot(self.recent.len())];
         if held != 0 && held != hash && self.recent.len() < RECENT_SLOTS.1 {
             let old = std::mem::take(&mut self.recent);
-            self.recent = vec![0; old.len() * 2];
+            self.recent = vec![0; old.len() * 2].into_boxed_slice();
             let len = self.recent.len();
-            for h in old.into_iter().filter(|&h| h != 0) {
+            for h in old.iter().copied().filter(|&h| h != 0) {
                 self.recent[(h as usize) & (len - 1)] = h;
             }
         }
@@ -472,22 +537,38 @@ impl ConnQuota {
                 return last.hash;
             }
         }
-        // The pair buffer's allocation is kept across readings; its borrows are not (it
-        // is emptied, then turned into a buffer of this reading's lifetime in place).
-        let mut pairs: Vec<(&str, &str)> = std::mem::take(&mut self.pairs)
-            .into_iter()
-            .map(|_| ("", ""))
-            .collect();
-        series_tags(&mut pairs, reading, sensor);
         let mut hasher = self.quotas.hasher.build_hasher();
         reading.measurement.hash(&mut hasher);
-        for (key, value) in &pairs {
-            key.hash(&mut hasher);
-            value.hash(&mut hasher);
+        let mut hash_pairs = |pairs: &[(&str, &str)]| {
+            for (key, value) in pairs {
+                key.hash(&mut hasher);
+                value.hash(&mut hasher);
+            }
+        };
+        let sensor_tagged = reading.tag("sensor").is_some();
+        if reading.tags.len() + usize::from(!sensor_tagged) <= INLINE_PAIRS {
+            // What `series_tags` makes, without its vector.
+            let mut pairs = [("", ""); INLINE_PAIRS];
+            for (pair, (key, value)) in pairs.iter_mut().zip(&reading.tags) {
+                *pair = (key.as_str(), value.as_str());
+            }
+            let mut len = reading.tags.len();
+            if !sensor_tagged {
+                pairs[len] = ("sensor", sensor);
+                len += 1;
+            }
+            let pairs = &mut pairs[..len];
+            pairs.sort_unstable();
+            hash_pairs(pairs);
+        } else {
+            let mut pairs = Vec::new();
+            series_tags(&mut pairs, reading, sensor);
+            hash_pairs(&pairs);
         }
-        pairs.clear();
-        self.pairs = pairs.into_iter().map(|_| ("", "")).collect();
         let hash = hasher.finish();
+        if !std::mem::replace(&mut self.hashed_since_shed, true) {
+            return hash;
+        }
         // `clone_from` reuses the strings' memory when the series changes.
         let last = self.last.get_or_insert_with(Box::default);
         last.measurement.clone_from(&reading.measurement);
@@ -539,7 +620,7 @@ mod tests {
         assert!(!bucket.try_take(Instant::now()));
         for _ in 0..10 {
             tokio::time::advance(Duration::from_millis(6)).await;
-            bucket.refill(Instant::now());
+            bucket.level.refill(bucket.rate, Instant::now());
         }
         assert!(bucket.try_take(Instant::now()), "{bucket:?}");
         assert!(!bucket.try_take(Instant::now()), "{bucket:?}");
@@ -768,6 +849,11 @@ mod tests {
         let lines = [
             "m,a=1,b=2 v=1",
             "m,b=2,a=1 v=1",
+            // More pairs than hashed from the stack.
+            "m,a=1,b=2,c=3,d=4,e=5,f=6,g=7,h=8 v=1",
+            "m,h=8,g=7,f=6,e=5,d=4,c=3,b=2,a=1 v=1",
+            "m,h=8,g=7,f=6,e=5,d=4,c=3,b=2,a=1,sensor=ip v=1",
+            "m,h=8,g=7,f=6,e=5,d=4,c=3,b=2,a=1,sensor=x v=1",
             "m,a=1\\,b\\=2 v=1",
             "m,a=1\\,b=2 v=1",
             "m,a=1\\ b=2 v=1",

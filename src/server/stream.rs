@@ -53,6 +53,10 @@ pub(super) async fn read_when_ready<S: PeerStream>(
     if buf.is_empty() {
         stream.wait_readable().await?;
     }
+    if buf.capacity() == 0 {
+        // Lent for the read: given back once its bytes are consumed.
+        *buf = super::spare::read_buf();
+    }
     if buf.capacity() - buf.len() < READ_CHUNK_BYTES / 2 {
         buf.reserve(READ_CHUNK_BYTES);
     }

@@ -21,11 +21,10 @@ use crate::timefmt::now_ns;
 /// Default `--tcp-info-interval`.
 pub const DEFAULT_TCP_INFO_INTERVAL: Duration = Duration::from_secs(10);
 
-/// One connection's sampling state.
+/// One connection's sampling state. The least time between two samples (zero: off) is
+/// the server's, given to each call: kept here it would be 16 bytes in every connection.
 #[derive(Debug)]
 pub(super) struct TcpSampler {
-    /// Least time between two samples; zero: sampling is off.
-    interval: Duration,
     /// When the last sample was taken (None: never).
     last_at: Option<Instant>,
     /// `tcpi_total_retrans` at the last sample: what the next one's delta starts from.
@@ -42,31 +41,35 @@ pub(super) struct Sample {
 }
 
 impl TcpSampler {
-    pub(super) fn new(interval: Duration) -> Self {
+    pub(super) fn new() -> Self {
         TcpSampler {
-            interval,
             last_at: None,
             retransmits_seen: 0,
             unavailable: false,
         }
     }
 
-    fn on(&self) -> bool {
-        !self.interval.is_zero() && !self.unavailable
+    fn on(&self, interval: Duration) -> bool {
+        !interval.is_zero() && !self.unavailable
     }
 
-    /// Whether a sample is due at `now`: never taken, or the last one is an interval old.
-    pub(super) fn due(&self, now: Instant) -> bool {
-        self.on()
+    /// Whether a sample is due at `now`: never taken, or the last one is `interval` old.
+    pub(super) fn due(&self, now: Instant, interval: Duration) -> bool {
+        self.on(interval)
             && self
                 .last_at
-                .is_none_or(|at| now.saturating_duration_since(at) >= self.interval)
+                .is_none_or(|at| now.saturating_duration_since(at) >= interval)
     }
 
     /// Sample `stream` if due (or, `closing`, whenever sampling is on: its last figures).
-    pub(super) fn sample<S: PeerStream>(&mut self, stream: &S, closing: bool) -> Option<Sample> {
+    pub(super) fn sample<S: PeerStream>(
+        &mut self,
+        stream: &S,
+        interval: Duration,
+        closing: bool,
+    ) -> Option<Sample> {
         let now = Instant::now();
-        if !(self.due(now) || closing && self.on()) {
+        if !(self.due(now, interval) || closing && self.on(interval)) {
             return None;
         }
         match stream.tcp_info()? {
@@ -110,7 +113,7 @@ mod tests {
 
     #[test]
     fn retransmits_are_counted_once_as_deltas() {
-        let mut sampler = TcpSampler::new(Duration::from_secs(10));
+        let mut sampler = TcpSampler::new();
         let now = Instant::now();
         let deltas: Vec<u64> = [0, 3, 3, 5]
             .into_iter()
@@ -125,7 +128,7 @@ mod tests {
 
     #[test]
     fn figures_carry_the_connection_total_and_sample_time() {
-        let mut sampler = TcpSampler::new(Duration::from_secs(10));
+        let mut sampler = TcpSampler::new();
         let sample = sampler.take(&info(7), Instant::now(), 1234);
         assert_eq!(
             sample.figures,
@@ -143,23 +146,24 @@ mod tests {
     #[test]
     fn due_once_per_interval_and_never_when_off() {
         let interval = Duration::from_secs(10);
-        let mut sampler = TcpSampler::new(interval);
+        let mut sampler = TcpSampler::new();
         let start = Instant::now();
-        assert!(sampler.due(start), "never sampled: due at once");
+        assert!(sampler.due(start, interval), "never sampled: due at once");
         sampler.take(&info(0), start, 1);
-        assert!(!sampler.due(start + interval - Duration::from_nanos(1)));
-        assert!(sampler.due(start + interval));
+        assert!(!sampler.due(start + interval - Duration::from_nanos(1), interval));
+        assert!(sampler.due(start + interval, interval));
 
-        let off = TcpSampler::new(Duration::ZERO);
-        assert!(!off.due(start));
+        let off = TcpSampler::new();
+        assert!(!off.due(start, Duration::ZERO));
     }
 
     #[tokio::test]
     async fn a_stream_without_tcp_is_never_sampled() {
         let (stream, _other) = tokio::io::duplex(64);
-        let mut sampler = TcpSampler::new(Duration::from_secs(1));
-        assert_eq!(sampler.sample(&stream, false), None);
-        assert_eq!(sampler.sample(&stream, true), None);
+        let mut sampler = TcpSampler::new();
+        let interval = Duration::from_secs(1);
+        assert_eq!(sampler.sample(&stream, interval, false), None);
+        assert_eq!(sampler.sample(&stream, interval, true), None);
     }
 
     #[tokio::test]
@@ -174,14 +178,22 @@ mod tests {
             .await
             .expect("connect to our own listener");
         let (server, _) = listener.accept().await.expect("accept our own connection");
-        let mut sampler = TcpSampler::new(Duration::from_secs(3600));
-        let first = sampler.sample(&server, false);
+        let mut sampler = TcpSampler::new();
+        let hour = Duration::from_secs(3600);
+        let first = sampler.sample(&server, hour, false);
         if cfg!(target_os = "linux") {
             let first = first.expect("TCP_INFO on Linux");
             assert_eq!(first.retransmits_delta, 0);
             assert!(first.figures.sampled_at_ns > 0);
-            assert_eq!(sampler.sample(&server, false), None, "not due for an hour");
-            assert!(sampler.sample(&server, true).is_some(), "closing: sampled");
+            assert_eq!(
+                sampler.sample(&server, hour, false),
+                None,
+                "not due for an hour"
+            );
+            assert!(
+                sampler.sample(&server, hour, true).is_some(),
+                "closing: sampled"
+            );
         } else {
             assert_eq!(first, None);
         }

@@ -197,6 +197,11 @@ struct Data {
 #[derive(Debug)]
 pub struct MemoryStore {
     data: Arc<RwLock<Data>>,
+    /// Kept across batches for the series keys looked up: a sender of one reading at a
+    /// time would otherwise pay their allocations (and growth) on every reading. `pairs`
+    /// is always empty between batches (its borrows are the batch's).
+    key: String,
+    pairs: Vec<(&'static str, &'static str)>,
 }
 
 impl Default for MemoryStore {
@@ -220,6 +225,8 @@ impl MemoryStore {
                 rows: VecDeque::new(),
                 evicted: 0,
             })),
+            key: String::new(),
+            pairs: Vec::new(),
         }
     }
 
@@ -250,7 +257,16 @@ fn read(data: &RwLock<Data>) -> RwLockReadGuard<'_, Data> {
 impl Store for MemoryStore {
     fn write_batch(&mut self, batch: &[StoredReading]) -> Result<Written, StoreError> {
         let mut data = self.data.write().unwrap_or_else(PoisonError::into_inner);
-        data.write_batch(batch)
+        // The pair buffer's allocation is reused; its borrows are not (emptied, then
+        // turned in place into a buffer of this batch's lifetime and back).
+        let mut pairs: Vec<(&str, &str)> = std::mem::take(&mut self.pairs)
+            .into_iter()
+            .map(|_| ("", ""))
+            .collect();
+        let written = data.write_batch(batch, &mut self.key, &mut pairs);
+        pairs.clear();
+        self.pairs = pairs.into_iter().map(|_| ("", "")).collect();
+        written
     }
 
     fn close(&mut self) -> Result<(), StoreError> {
@@ -259,14 +275,18 @@ impl Store for MemoryStore {
 }
 
 impl Data {
-    fn write_batch(&mut self, batch: &[StoredReading]) -> Result<Written, StoreError> {
+    /// Write `batch`; `key` and `pairs`: scratch for the series keys looked up.
+    fn write_batch<'a>(
+        &mut self,
+        batch: &'a [StoredReading],
+        key: &mut String,
+        pairs: &mut Vec<(&'a str, &'a str)>,
+    ) -> Result<Written, StoreError> {
         let mut written = Written::default();
-        let mut key = String::new();
-        let mut pairs = Vec::new();
         for (index, stored) in batch.iter().enumerate() {
             let series = match self.last_series {
                 Some(id) if self.series[id as usize].holds(stored) => id,
-                _ => self.series_id(stored, &mut key, &mut pairs)?,
+                _ => self.series_id(stored, key, pairs)?,
             };
             self.last_series = Some(series);
             let ts = stored.timestamp_ns();

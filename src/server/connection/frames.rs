@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 
-use super::{Connection, Decoder, MAX_ERROR_REPLIES_PER_S};
+use super::{Connection, Decoded, Decoder, MAX_ERROR_REPLIES_PER_S};
 use crate::events::{
     ErrorReplySuppressed, Event as _, LegacyNotAllowed, LineRejected, Mode, ModeDetected,
     ReadingReceived, ReadingsAccepted,
@@ -68,12 +68,12 @@ impl Connection<'_> {
         let frames = self.decode_frames(buf, eof, received_ns, received_at);
         if self.uncounted_accepted > 0 {
             ReadingsAccepted {
-                count: std::mem::take(&mut self.uncounted_accepted),
+                count: u64::from(std::mem::take(&mut self.uncounted_accepted)),
             }
             .emit_to(self.telemetry);
         }
         if self.log_suppressed > 0 {
-            logging::RECEIVED.add_suppressed(std::mem::take(&mut self.log_suppressed));
+            logging::RECEIVED.add_suppressed(u64::from(std::mem::take(&mut self.log_suppressed)));
         }
         frames
     }
@@ -139,7 +139,7 @@ impl Connection<'_> {
             },
             Frame::Ping(token) => {
                 self.become_interactive();
-                self.replies.push(PendingReply::Pong(token));
+                self.push_reply(PendingReply::Pong(token));
                 true
             }
             Frame::Auth(secret) => {
@@ -151,9 +151,9 @@ impl Connection<'_> {
                 self.quota
                     .set_principal(self.auth.token_id().map(Arc::<str>::from));
                 match answer {
-                    Ok(id) => self.replies.push(PendingReply::AuthOk(id)),
+                    Ok(id) => self.push_reply(PendingReply::AuthOk(id)),
                     Err(reason) => {
-                        self.replies.push(PendingReply::Error { line, reason });
+                        self.push_reply(PendingReply::Error { line, reason });
                         return false;
                     }
                 }
@@ -162,15 +162,16 @@ impl Connection<'_> {
             Frame::Sync(token) => {
                 self.become_interactive();
                 let line = self.line_count();
-                self.replies.push(PendingReply::Ack {
+                let ack = PendingReply::Ack {
                     token,
                     line,
                     readings: std::mem::take(&mut self.since_sync_readings),
                     rejected: std::mem::take(&mut self.since_sync_rejected),
                     first_received: self.since_sync_first.take(),
-                    batch_offset: self.batch.len(),
+                    batch_offset: self.decoded.as_ref().map_or(0, |d| d.batch.len()),
                     repeats: Unreported::default(),
-                });
+                };
+                self.push_reply(ack);
                 true
             }
             Frame::Invalid { line, error } => {
@@ -179,24 +180,23 @@ impl Connection<'_> {
                     line,
                     reason: error.to_string(),
                 };
-                if !self.interactive {
-                    if self.held_errors.len() < MAX_HELD_ERRORS {
-                        self.held_errors.push(reply);
+                let (interactive, read_at) = (self.interactive, self.read_at);
+                let rare = self.rare();
+                if !interactive {
+                    if rare.held_errors.len() < MAX_HELD_ERRORS {
+                        rare.held_errors.push(reply);
                     } else {
                         ErrorReplySuppressed { reads: false }.emit_to(self.telemetry);
                     }
-                } else if self
+                } else if rare
                     .error_replies
                     // Made full at the first error: the same as full since the connect.
                     .get_or_insert_with(|| {
-                        Box::new(TokenBucket::per_second(
-                            MAX_ERROR_REPLIES_PER_S,
-                            self.read_at,
-                        ))
+                        TokenBucket::per_second(MAX_ERROR_REPLIES_PER_S, read_at)
                     })
-                    .try_take(self.read_at)
+                    .try_take(read_at)
                 {
-                    self.replies.push(reply);
+                    self.push_reply(reply);
                 } else {
                     ErrorReplySuppressed { reads: true }.emit_to(self.telemetry);
                 }
@@ -237,7 +237,7 @@ impl Connection<'_> {
             }
         };
         // The seed answered every message, good or bad, with `pong`.
-        self.replies.push(PendingReply::LegacyPong { received });
+        self.push_reply(PendingReply::LegacyPong { received });
         accepted
     }
 
@@ -259,10 +259,29 @@ impl Connection<'_> {
         self.quota.admit(reading, &self.peer_ip, self.read_at)
     }
 
+    /// What is decoded and not yet submitted, lent by this thread's spares at first use.
+    fn decoded(&mut self) -> &mut Decoded {
+        self.decoded
+            .get_or_insert_with(crate::server::spare::decoded)
+    }
+
+    /// Queue `reply` behind the pending batch.
+    fn push_reply(&mut self, reply: PendingReply) {
+        self.decoded().replies.push(reply);
+    }
+
     pub(super) fn become_interactive(&mut self) {
         if !self.interactive {
             self.interactive = true;
-            self.replies.append(&mut self.held_errors);
+            if let Some(mut held) = self
+                .rare
+                .as_mut()
+                .map(|rare| std::mem::take(&mut rare.held_errors))
+            {
+                if !held.is_empty() {
+                    self.decoded().replies.append(&mut held);
+                }
+            }
         }
     }
 
@@ -274,6 +293,8 @@ impl Connection<'_> {
         // Once the shared budget says no, this connection stops asking until the next
         // second: under load the hot path then touches no shared counter per reading.
         let second = received_ns / 1_000_000_000;
+        // (Seconds since the epoch fit 32 bits until 2106.)
+        let second = u32::try_from(second).unwrap_or(u32::MAX);
         if second == self.log_muted_second {
             self.log_suppressed += 1;
         } else if logging::allow_received_line() {
@@ -286,7 +307,7 @@ impl Connection<'_> {
         self.since_sync_readings += 1;
         self.since_sync_first.get_or_insert(received_at);
         self.live.received(received_at);
-        self.batch.push(StoredReading {
+        self.decoded().batch.push(StoredReading {
             reading,
             sensor,
             received_ns,

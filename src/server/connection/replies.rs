@@ -1,5 +1,5 @@
 //! Reply encoding of a [`Connection`]: each [`PendingReply`] becomes its wire bytes in
-//! `Connection::out`, counted for [`RepliesWritten`](crate::events::RepliesWritten).
+//! `Connection::out` ([`Out`]), counted for [`RepliesWritten`](crate::events::RepliesWritten).
 
 use std::time::{Duration, Instant};
 
@@ -9,15 +9,38 @@ use crate::protocol::legacy::PONG;
 use crate::server::pending::PendingReply;
 use crate::store::writer::Committed;
 
-/// The replies encoded into `Connection::out`, for
-/// [`RepliesWritten`](crate::events::RepliesWritten).
+/// Replies encoded and not yet written: their bytes, and what they count for
+/// [`RepliesWritten`](crate::events::RepliesWritten). A connection holds one (boxed, lent
+/// by [`crate::server::spare`]) only from its first encoded reply until they are written.
 #[derive(Debug, Default)]
-pub(super) struct OutReplies {
+pub(in crate::server) struct Out {
+    pub(in crate::server) bytes: Vec<u8>,
     pub(super) acks: u64,
     pub(super) pongs: u64,
     pub(super) errors: u64,
     pub(super) readings_acked: u64,
-    pub(super) ack_receipts: Vec<Instant>,
+    pub(in crate::server) ack_receipts: Vec<Instant>,
+}
+
+impl Out {
+    /// A new one, with room for a write's first replies.
+    pub(in crate::server) fn new() -> Out {
+        Out {
+            bytes: Vec::with_capacity(Out::FIRST_BYTES),
+            ..Out::default()
+        }
+    }
+
+    /// Empty again (its buffers' room kept), to be lent anew.
+    pub(in crate::server) fn clear(&mut self) {
+        self.bytes.clear();
+        self.ack_receipts.clear();
+        (self.acks, self.pongs, self.errors, self.readings_acked) = (0, 0, 0, 0);
+    }
+
+    /// Room reserved at once for the replies of a write: an `ack` with its timings is
+    /// ≈ 70 bytes, which growing from nothing would reach in four steps.
+    const FIRST_BYTES: usize = 128;
 }
 
 /// What an ack reports of the last commit (`store_us`, `commit_us`): only its timings are
@@ -39,24 +62,25 @@ impl LastCommit {
 
 impl Connection<'_> {
     pub(super) fn encode(&mut self, reply: PendingReply) {
+        let out = self.out.get_or_insert_with(crate::server::spare::out);
         let reply = match reply {
             PendingReply::LegacyPong { received } => {
-                self.out_replies.pongs += 1;
+                out.pongs += 1;
                 if let Some(received) = received {
                     self.counters.acked += 1;
-                    self.out_replies.readings_acked += 1;
-                    self.out_replies.ack_receipts.push(received);
+                    out.readings_acked += 1;
+                    out.ack_receipts.push(received);
                 }
-                self.out.extend_from_slice(PONG);
+                out.bytes.extend_from_slice(PONG);
                 return;
             }
             PendingReply::Pong(token) => {
-                self.out_replies.pongs += 1;
+                out.pongs += 1;
                 Reply::Pong(token)
             }
             PendingReply::AuthOk(id) => Reply::AuthOk(id),
             PendingReply::Error { line, reason } => {
-                self.out_replies.errors += 1;
+                out.errors += 1;
                 Reply::Error { line, reason }
             }
             PendingReply::Ack {
@@ -67,10 +91,10 @@ impl Connection<'_> {
                 repeats,
                 ..
             } => {
-                self.out_replies.acks += 1;
-                self.out_replies.readings_acked += readings;
+                out.acks += 1;
+                out.readings_acked += readings;
                 if let Some(first) = first_received {
-                    self.out_replies.ack_receipts.push(first);
+                    out.ack_receipts.push(first);
                 }
                 self.counters.acked += readings;
                 let (store_us, commit_us) = match (&self.last_commit, first_received) {
@@ -91,7 +115,7 @@ impl Connection<'_> {
                 })
             }
         };
-        reply.encode(&mut self.out);
+        reply.encode(&mut out.bytes);
     }
 }
 
