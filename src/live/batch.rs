@@ -359,6 +359,11 @@ pub(super) mod tests {
         }
     }
 
+    /// `batch` summarized by a connection that carries no sensor yet.
+    fn summarize(batch: &[StoredReading], detail: EventDetail) -> LiveBatch {
+        LiveBatch::build(batch, None, detail, &Carried::default(), |_| None)
+    }
+
     /// Readings the store already held leave their group's count and the SSE events.
     #[test]
     fn forgotten_readings_leave_counts_and_events() {
@@ -368,13 +373,7 @@ pub(super) mod tests {
             stored("a", "w t=3 2", 3),
             stored("a", "w t=4 1", 4),
         ];
-        let mut live = LiveBatch::build(
-            &batch,
-            None,
-            EventDetail::Every,
-            &Carried::default(),
-            |_| None,
-        );
+        let mut live = summarize(&batch, EventDetail::Every);
         assert_eq!(live.events.len(), 4);
         let repeat = |index| crate::store::Repeat {
             index,
@@ -407,13 +406,7 @@ pub(super) mod tests {
             stored("a", "v t=4 1", 4),
             stored("b", "w t=5 3", 5),
         ];
-        let mut live = LiveBatch::build(
-            &batch,
-            None,
-            EventDetail::Latest,
-            &Carried::default(),
-            |_| None,
-        );
+        let mut live = summarize(&batch, EventDetail::Latest);
         assert!(live.latest_only);
         let newest: Vec<_> = live
             .events
@@ -443,13 +436,7 @@ pub(super) mod tests {
             stored("a", "sensorlink_link sent=10i,rtt_p50_ms=0.4 4000000", 4),
             stored("a", "weather temperature=22.5,humidity=42i 5000000", 5),
         ];
-        let live = LiveBatch::build(
-            &batch,
-            None,
-            EventDetail::Nothing,
-            &Carried::default(),
-            |_| None,
-        );
+        let live = summarize(&batch, EventDetail::Nothing);
         assert_eq!(live.len(), 5);
         assert!(live.events.is_empty(), "no subscriber: no payloads");
         let names: Vec<_> = live
@@ -484,13 +471,7 @@ pub(super) mod tests {
         let batch: Vec<_> = (0..500)
             .map(|i| stored("a", &format!("m v={i}i {}", i * 1_000_000), i))
             .collect();
-        let live = LiveBatch::build(
-            &batch,
-            None,
-            EventDetail::Nothing,
-            &Carried::default(),
-            |_| None,
-        );
+        let live = summarize(&batch, EventDetail::Nothing);
         let points = &live.groups[0].points;
         assert_eq!(points.len(), SPARK_POINTS);
         assert_eq!(points.first(), Some(&(440, 440.0)));
@@ -500,13 +481,7 @@ pub(super) mod tests {
     #[test]
     fn events_carry_each_reading_as_json() {
         let batch = [stored("k", "w,sensor=k t=1.5,ok=true,s=\"x\" 7", 1)];
-        let live = LiveBatch::build(
-            &batch,
-            None,
-            EventDetail::Every,
-            &Carried::default(),
-            |_| None,
-        );
+        let live = summarize(&batch, EventDetail::Every);
         assert_eq!(live.events.len(), 1);
         let json: serde_json::Value = serde_json::from_str(&live.events[0].1).unwrap();
         assert_eq!(
@@ -523,13 +498,7 @@ pub(super) mod tests {
             stored("a", "m s=\"y\",v=3 2000000", 2),
             stored("a", "m w=4,v=5 3000000", 3),
         ];
-        let live = LiveBatch::build(
-            &batch,
-            None,
-            EventDetail::Nothing,
-            &Carried::default(),
-            |_| None,
-        );
+        let live = summarize(&batch, EventDetail::Nothing);
         assert_eq!(live.groups[0].series.as_deref(), Some("v"));
         assert_eq!(
             live.groups[0].points,
@@ -573,13 +542,7 @@ pub(super) mod tests {
         let batch: Vec<_> = (0..200)
             .map(|i| stored(&format!("s{}", i % 20), &format!("m v={i}i {i}"), i))
             .collect();
-        let live = LiveBatch::build(
-            &batch,
-            None,
-            EventDetail::Nothing,
-            &Carried::default(),
-            |_| None,
-        );
+        let live = summarize(&batch, EventDetail::Nothing);
         assert_eq!(live.groups.len(), 20);
         for (at, group) in live.groups.iter().enumerate() {
             assert_eq!(group.sensor, format!("s{at}"));
