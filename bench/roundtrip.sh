@@ -74,17 +74,19 @@ run_sockperf() {
 
 header
 for rep in $(seq "$REPS"); do
-  # Alternate which side goes first, so neither always runs on a cooler machine.
+  # Alternate which side goes first, so neither always runs on a cooler machine; each
+  # store's run is right beside sockperf's, since their ratio is taken rep by rep.
   if [ $((rep % 2)) -eq 1 ]; then
     run_ours memory memory always
     run_sockperf
+    run_ours sqlite-os "sqlite:$(fresh_db)" os
     run_client
   else
     run_client
+    run_ours sqlite-os "sqlite:$(fresh_db)" os
     run_sockperf
     run_ours memory memory always
   fi
-  run_ours sqlite-os "sqlite:$(fresh_db)" os
 done
 
 o50=$(jmed "$tmp/memory.jsonl" .latency_us.p50)
