@@ -343,11 +343,7 @@ mod tests {
         use axum::http::Request;
         use tower::ServiceExt as _;
 
-        let state = crate::http::AppState::new(
-            crate::store::memory::MemoryStore::default().reader(),
-            &crate::server::ServerConfig::default(),
-            CancellationToken::new(),
-        );
+        let state = memory_state();
         let response = crate::http::router(state.clone())
             .oneshot(
                 Request::get("/api/events?sensors=a")
@@ -372,6 +368,15 @@ mod tests {
         assert!(sensor_filter(Some(&at_most.join(","))).is_ok());
         let over = format!("{},x", at_most.join(","));
         assert!(sensor_filter(Some(&over)).is_err(), "one name too many");
+    }
+
+    /// The HTTP state of a server on an empty memory store, with the default settings.
+    fn memory_state() -> crate::http::AppState {
+        crate::http::AppState::new(
+            crate::store::memory::MemoryStore::default().reader(),
+            &crate::server::ServerConfig::default(),
+            CancellationToken::new(),
+        )
     }
 
     fn commit(registry: &Arc<Registry>, sensor: &str, lines: &[&str]) -> LiveConnection {
@@ -408,11 +413,7 @@ mod tests {
         use axum::http::Request;
         use tower::ServiceExt as _;
 
-        let state = crate::http::AppState::new(
-            crate::store::memory::MemoryStore::default().reader(),
-            &crate::server::ServerConfig::default(),
-            CancellationToken::new(),
-        );
+        let state = memory_state();
         let response = crate::http::router(state.clone())
             .oneshot(
                 Request::get("/api/events?sensor=a")
@@ -477,11 +478,7 @@ mod tests {
         use axum::http::Request;
         use tower::ServiceExt as _;
 
-        let state = crate::http::AppState::new(
-            crate::store::memory::MemoryStore::default().reader(),
-            &crate::server::ServerConfig::default(),
-            CancellationToken::new(),
-        );
+        let state = memory_state();
         for bad in ["every=5ms", "every=2m", "every=soon"] {
             let response = crate::http::router(state.clone())
                 .oneshot(
@@ -559,11 +556,7 @@ mod tests {
     /// tick is due when the stream is first polled, the backlog is ready too).
     #[tokio::test(start_paused = true)]
     async fn the_server_event_is_not_starved_by_a_backlog() {
-        let state = crate::http::AppState::new(
-            crate::store::memory::MemoryStore::default().reader(),
-            &crate::server::ServerConfig::default(),
-            CancellationToken::new(),
-        );
+        let state = memory_state();
         let subscription = state.live.subscribe(None);
         let _conns: Vec<_> = (0..20)
             .map(|i| commit(&state.live, &format!("s{i}"), &["m v=1 1"]))
@@ -591,11 +584,7 @@ mod tests {
         let token = add(&path, new).expect("add a token").token;
         let authority = Authority::load(&path).expect("load");
         let grant = authority.verify(&token).expect("a valid token");
-        let state = crate::http::AppState::new(
-            crate::store::memory::MemoryStore::default().reader(),
-            &crate::server::ServerConfig::default(),
-            CancellationToken::new(),
-        );
+        let state = memory_state();
         let subscription = state.live.subscribe(None);
         let mut events = std::pin::pin!(stream_for(subscription, state.clone(), Some(grant)));
         let first = events.next().await.expect("an event").expect("infallible");
@@ -612,11 +601,7 @@ mod tests {
         use axum::http::Request;
         use tower::ServiceExt as _;
 
-        let state = crate::http::AppState::new(
-            crate::store::memory::MemoryStore::default().reader(),
-            &crate::server::ServerConfig::default(),
-            CancellationToken::new(),
-        );
+        let state = memory_state();
         let names: Vec<String> = (0..=MAX_FILTER_SENSORS).map(|i| format!("s{i}")).collect();
         let response = crate::http::router(state.clone())
             .oneshot(
