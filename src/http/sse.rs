@@ -9,6 +9,7 @@
 //! with a token ends within [`SERVER_EVERY`] of a reload that revoked or changed it: the
 //! client reconnects, and its token is checked again.
 
+use std::collections::hash_map::Entry;
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -179,17 +180,19 @@ impl Fold {
         for (group, slot) in newest.into_iter().enumerate() {
             let Some((json, count)) = slot else { continue };
             let g = &readings.groups[group];
-            if let Some(&at) = self.index.get(&(g.sensor.clone(), g.measurement.clone())) {
-                let held = &mut self.held[at];
-                json.clone_into(&mut held.json);
-                held.count += count;
-            } else {
-                self.index
-                    .insert((g.sensor.clone(), g.measurement.clone()), self.held.len());
-                self.held.push(Held {
-                    json: json.to_owned(),
-                    count,
-                });
+            match self.index.entry((g.sensor.clone(), g.measurement.clone())) {
+                Entry::Occupied(at) => {
+                    let held = &mut self.held[*at.get()];
+                    json.clone_into(&mut held.json);
+                    held.count += count;
+                }
+                Entry::Vacant(slot) => {
+                    slot.insert(self.held.len());
+                    self.held.push(Held {
+                        json: json.to_owned(),
+                        count,
+                    });
+                }
             }
         }
     }
