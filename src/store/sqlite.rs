@@ -462,6 +462,10 @@ fn migrate(conn: &mut Connection, location: &str) -> Result<(), StoreError> {
 
 impl Store for SqliteStore {
     fn write_batch(&mut self, batch: &[StoredReading]) -> Result<Written, StoreError> {
+        self.write_parts(&[batch])
+    }
+
+    fn write_parts(&mut self, parts: &[&[StoredReading]]) -> Result<Written, StoreError> {
         // Decided before the commit: a commit on an async worker never finds it due (see
         // `commits_without_waiting`), so the checkpoint below runs on the writer thread.
         let checkpoint = self.checkpoint_due();
@@ -477,24 +481,35 @@ impl Store for SqliteStore {
         {
             let mut key = String::new();
             let mut pairs = Vec::new();
+            // The parts as one batch, by reference (indices count across the parts).
+            let batch: Vec<&StoredReading> = parts.iter().flat_map(|part| part.iter()).collect();
             // (series, timestamp, index in batch): inserted in key order, so consecutive rows
             // land on the same B-tree leaf instead of hopping between series.
             let mut order: Vec<(i64, i64, usize)> = Vec::with_capacity(batch.len());
-            for (index, stored) in batch.iter().enumerate() {
-                write_stored_series_key(&mut key, &mut pairs, stored);
-                let cached = self
-                    .series
-                    .get(&key)
-                    .or_else(|| new_series.get(&key).copied());
-                let series_id = match cached {
-                    Some(id) => id,
+            // The previous reading and its series: a connection's readings mostly come in
+            // runs of one series, whose key need not be written and looked up again.
+            let mut last: Option<(&StoredReading, i64)> = None;
+            for (index, &stored) in batch.iter().enumerate() {
+                let series_id = match last.filter(|(prev, _)| same_series(prev, stored)) {
+                    Some((_, id)) => id,
                     None => {
-                        let id = find_or_create_series(&tx, &key, stored)
-                            .map_err(fail("insert series"))?;
-                        new_series.insert(key.clone(), id);
-                        id
+                        write_stored_series_key(&mut key, &mut pairs, stored);
+                        let cached = self
+                            .series
+                            .get(&key)
+                            .or_else(|| new_series.get(&key).copied());
+                        match cached {
+                            Some(id) => id,
+                            None => {
+                                let id = find_or_create_series(&tx, &key, stored)
+                                    .map_err(fail("insert series"))?;
+                                new_series.insert(key.clone(), id);
+                                id
+                            }
+                        }
                     }
                 };
+                last = Some((stored, series_id));
                 order.push((series_id, stored.timestamp_ns(), index));
             }
             // Stable on equal keys: the first of two identical readings is the one stored.
@@ -511,7 +526,7 @@ impl Store for SqliteStore {
                     batch_deltas.push((id, delta));
                     run = None;
                 }
-                let stored = &batch[index];
+                let stored = batch[index];
                 encode_fields(&mut fields, &stored.reading.fields);
                 let changed = insert
                     .execute(rusqlite::params![series_id, ts, stored.received_ns, fields])
@@ -682,6 +697,15 @@ impl Store for SqliteStore {
     }
 }
 
+/// Whether two readings belong to one series: the same measurement, tags (in the same
+/// order) and sensor give the same series key ([`super::encoding`]). Tags in another order
+/// answer `false`, and the key is then written and looked up as for any other reading.
+fn same_series(a: &StoredReading, b: &StoredReading) -> bool {
+    a.sensor == b.sensor
+        && a.reading.measurement == b.reading.measurement
+        && a.reading.tags == b.reading.tags
+}
+
 /// The id of the series `key`, inserting its row if it is new.
 fn find_or_create_series(
     conn: &Connection,
@@ -787,6 +811,50 @@ mod tests {
             .query_row("SELECT COUNT(*) FROM series", [], |r| r.get(0))
             .expect("count");
         assert_eq!(n, 1);
+    }
+
+    /// Parts written as one batch: one transaction, repeats indexed across the parts
+    /// (within a part, between parts, and against rows stored before), and runs of one
+    /// series broken by another series, by another sensor, or by other tags all land in
+    /// their own series.
+    #[test]
+    fn parts_are_one_batch_across_their_runs() {
+        let (_dir, _path, mut store) = open_temp();
+        let v = |n| vec![("v", FieldValue::Int(n))];
+        let stored = reading("m", &[("sensor", "a")], v(1), 1);
+        store.write_batch(&[stored]).expect("write");
+        let mut other_sensor = reading("m", &[], v(1), 1);
+        other_sensor.sensor = "10.0.0.1".into();
+        let first = vec![
+            reading("m", &[("sensor", "a")], v(1), 1), // duplicate of the stored row
+            reading("m", &[("sensor", "a")], v(1), 2),
+            reading("m", &[("sensor", "b")], v(1), 2),
+            reading("m", &[("sensor", "a")], v(9), 2), // conflict, in the same part
+        ];
+        let second = vec![
+            reading("m", &[("sensor", "b")], v(1), 2), // duplicate of the first part's
+            reading("m", &[("sensor", "b"), ("x", "1")], v(1), 2),
+            reading("n", &[("sensor", "b")], v(1), 2),
+            other_sensor,
+        ];
+        let written = store.write_parts(&[&first, &second]).expect("write");
+        let repeats: Vec<(usize, bool)> = written
+            .repeats
+            .iter()
+            .map(|repeat| (repeat.index, repeat.conflict.is_some()))
+            .collect();
+        assert_eq!(repeats, vec![(0, false), (3, true), (4, false)]);
+        assert_eq!(written.outcome.inserted, 5);
+        let series: i64 = store
+            .conn
+            .query_row("SELECT COUNT(*) FROM series", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(series, 5, "a, b, b+x, n/b and the address");
+        let rows: i64 = store
+            .conn
+            .query_row("SELECT COUNT(*) FROM readings", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(rows, 6);
     }
 
     /// The series key on disk is schema v1's text: it must never change.
