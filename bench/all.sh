@@ -131,7 +131,7 @@ if [ "$ALL_QUICK" = 1 ]; then
   step seed bench/seed.sh "${q[@]}" CONNS=64
   step parser "$parser" QUICK=1 DURATION=1
 else
-  step roundtrip bench/roundtrip.sh REPS=5 DURATION=5
+  step roundtrip bench/roundtrip.sh REPS=5 SLICES=4 SLICE=2
   step pipelined bench/pipelined.sh REPS=5 DURATION=5
   step influx bench/influx.sh REPS=3 DURATION=5
   [ -f bench/sqlite_ceiling.sh ] && ! grep -q sqlite_ceiling bench/influx.sh &&
