@@ -2,6 +2,7 @@
 
 mod auth;
 mod bench;
+mod bench_scripts;
 mod client;
 mod client_link;
 mod client_stop;
