@@ -24,6 +24,7 @@ mod live;
 #[path = "../support/pg_cluster.rs"]
 mod pg_cluster;
 mod pg_harness;
+mod pinned;
 mod postgres;
 mod probe;
 mod proxy_protocol;
