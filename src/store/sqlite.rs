@@ -29,11 +29,11 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior};
+use rusqlite::{Connection, ErrorCode, TransactionBehavior};
 
 use tx::Immediate;
 
-use super::encoding::{decode_fields, encode_fields, encode_tags, write_stored_series_key};
+use super::encoding::{decode_fields, encode_fields, write_stored_series_key};
 use super::{Conflict, FsyncPolicy, Store, StoreError, StoredReading, Written};
 
 mod files;
@@ -42,6 +42,7 @@ mod series_cache;
 mod tx;
 
 use files::{checkpoint_at_close, lock_writer};
+use series_cache::{find_or_create_series, same_series};
 
 pub use reader::SqliteReader;
 pub use series_cache::{SeriesCache, DEFAULT_SERIES_CACHE_ENTRIES};
@@ -695,40 +696,6 @@ impl Store for SqliteStore {
         self.series.clear();
         flushed
     }
-}
-
-/// Whether two readings belong to one series: the same measurement, tags (in the same
-/// order) and sensor give the same series key ([`super::encoding`]). Tags in another order
-/// answer `false`, and the key is then written and looked up as for any other reading.
-fn same_series(a: &StoredReading, b: &StoredReading) -> bool {
-    a.sensor == b.sensor
-        && a.reading.measurement == b.reading.measurement
-        && a.reading.tags == b.reading.tags
-}
-
-/// The id of the series `key`, inserting its row if it is new.
-fn find_or_create_series(
-    conn: &Connection,
-    key: &str,
-    stored: &StoredReading,
-) -> rusqlite::Result<i64> {
-    let found = conn
-        .prepare_cached("SELECT id FROM series WHERE key = ?1")?
-        .query_row([key], |row| row.get(0))
-        .optional()?;
-    if let Some(id) = found {
-        return Ok(id);
-    }
-    conn.prepare_cached(
-        "INSERT INTO series (key, measurement, sensor, tags) VALUES (?1, ?2, ?3, ?4)",
-    )?
-    .execute(rusqlite::params![
-        key,
-        stored.reading.measurement,
-        stored.sensor,
-        encode_tags(&stored.reading.tags)
-    ])?;
-    Ok(conn.last_insert_rowid())
 }
 
 #[cfg(test)]
