@@ -19,8 +19,9 @@
 # for B × C = 1 × 1, 100 × 8, 5000 × 4. And, in the same sitting, durable ÷ memory: the best
 # durable figure of this run (the shapes above and `--connections 64 --pipeline 256 --batch
 # 64`) ÷ ours with the memory store at pipelined.sh's best flags ($MEMORY_FLAGS), alternated.
-# Each run: a fresh server and store, 1 s warm-up, DURATION (default 5) s measured; REPS
-# (default 3) reps, sides alternated rep by rep. Prints a Markdown table and `result:` rows
+# Each run: a fresh server and store, 1 s warm-up, DURATION (default 5) s measured (ours
+# against InfluxDB: SLICES (3) runs of SLICE (2) s per side and rep, alternated, each rep's
+# figure their median); REPS (default 3) reps, sides alternated rep by rep. Prints a Markdown table and `result:` rows
 # (bench/all.sh collects them through $RESULTS). Loopback only; ≈ 4 min at the defaults.
 # OUT=DIR keeps raw output; PIN=0 runs unpinned.
 source "$(dirname "$0")/lib.sh"
@@ -28,6 +29,9 @@ ALTERNATED=1
 
 DURATION=${DURATION:-5}
 REPS=${REPS:-3}
+# Ours ÷ InfluxDB: SLICES slices of SLICE seconds per side and rep (see slices_vs_influx).
+SLICE=${SLICE:-2}
+SLICES=${SLICES:-3}
 SHAPES=${SHAPES:-"1x1 100x8 5000x4"}
 # Durable at many connections: usually the best durable figure, for durable ÷ memory.
 DURABLE_FLAGS=${DURABLE_FLAGS:-"--connections 64 --pipeline 256 --batch 64"}
@@ -94,35 +98,65 @@ influx_count() {
     --data-urlencode 'q=SELECT count(f0) FROM bench' | jq '.results[0].series[0].values[0][1] // 0'
 }
 
-run_influx() { # BATCH CONNS
-  local b=$1 c=$2 h0
+run_influx() { # BATCH CONNS [SECONDS]
+  local b=$1 c=$2 secs=${3:-$DURATION} h0
   start_influx
   h0=$(($(date +%s%N) / 10000))
   # Warm-up (not measured), then the measurement; disjoint timestamps (H0 apart by 10^9).
-  cmdlog wrk -t "$c" -c "$c" -d "${DURATION}s" --timeout 10s -s bench/influx_write.lua \
+  cmdlog wrk -t "$c" -c "$c" -d "${secs}s" --timeout 10s -s bench/influx_write.lua \
     "http://127.0.0.1:$influx_port" -- "$b" b H0 "$c"
   "${on_load[@]}" timeout 30 wrk -t "$c" -c "$c" -d 1s -s bench/influx_write.lua \
     "http://127.0.0.1:$influx_port" -- "$b" b "$h0" "$c" > /dev/null
   local before
   before=$(influx_count)
-  "${on_load[@]}" timeout $((DURATION + 30)) wrk -t "$c" -c "$c" -d "${DURATION}s" --timeout 10s \
+  "${on_load[@]}" timeout $((secs + 30)) wrk -t "$c" -c "$c" -d "${secs}s" --timeout 10s \
     -s bench/influx_write.lua "http://127.0.0.1:$influx_port" -- "$b" b $((h0 + 1000000000)) "$c" \
     > "$tmp/wrk.out"
-  keep "$tmp/wrk.out" "influx-$b-$c-$rep.txt"
+  keep "$tmp/wrk.out" "influx-$b-$c-$rep${slice:+-$slice}.txt"
   local stored
   stored=$(($(influx_count) - before))
   stop_pid "$influx_pid" 20
-  tail -1 "$tmp/wrk.out" | jq -c --argjson stored "$stored" '. + {stored: $stored}' >> "$tmp/influx-$b-$c.jsonl"
+  tail -1 "$tmp/wrk.out" | jq -c --argjson stored "$stored" '. + {stored: $stored}' >> "$tmp/${sink}influx-$b-$c.jsonl"
 }
 
-run_ours() { # NAME STORE BENCH-FLAGS...
-  local name=$1 store=$2
+run_ours() { # NAME STORE BENCH-FLAGS... (SECS=S: measured seconds, default DURATION)
+  local name=$1 store=$2 secs=${SECS:-$DURATION}
   shift 2
   start_ours "$store" always
-  ours_bench "$tmp/run.json" $((DURATION + 40)) "$addr" "$@" --warmup 1s --duration "${DURATION}s"
+  ours_bench "$tmp/run.json" $((secs + 40)) "$addr" "$@" --warmup 1s --duration "${secs}s"
   stop_pid "$server_pid" 30
-  cat "$tmp/run.json" >> "$tmp/$name.jsonl"
-  keep "$tmp/run.json" "influx-ours-$name-$rep.json"
+  jq -c . "$tmp/run.json" >> "$tmp/$sink$name.jsonl"
+  keep "$tmp/run.json" "influx-ours-$name-$rep${slice:+-$slice}.json"
+}
+
+# Ours against InfluxDB, rep by rep, in SLICES short slices each (SLICE seconds measured,
+# fresh servers and stores each time, the order alternating): both are fsync-bound, and this
+# disk's fsync time drifts from one second to the next, so a rep's figure is the median of
+# slices measured seconds apart rather than one run minutes from the other side's.
+sink='' slice=''
+slices_vs_influx() { # BATCH CONNS
+  local b=$1 c=$2
+  sink=slice- slice=
+  rm -f "$tmp/slice-influx-$b-$c.jsonl" "$tmp/slice-durable-$b-$c.jsonl"
+  for slice in $(seq "$SLICES"); do
+    if [ $(((rep + slice) % 2)) -eq 0 ]; then
+      run_influx "$b" "$c" "$SLICE"
+      SECS=$SLICE run_ours "durable-$b-$c" "sqlite:$(fresh_db)" --connections "$c" --pipeline "$b" --batch "$b"
+    else
+      SECS=$SLICE run_ours "durable-$b-$c" "sqlite:$(fresh_db)" --connections "$c" --pipeline "$b" --batch "$b"
+      run_influx "$b" "$c" "$SLICE"
+    fi
+  done
+  sink='' slice=''
+  # The rep's figures: medians of its slices; errors, readings and points stored summed.
+  local med='def med: sort | if length % 2 == 1 then .[length / 2 | floor] else (.[length / 2 - 1] + .[length / 2]) / 2 end;'
+  jq -sc "$med"' {readings_per_sec: (map(.readings_per_sec) | med),
+    latency_us: {p50: (map(.latency_us.p50) | med), p99: (map(.latency_us.p99) | med)},
+    errors: (map(.errors) | add), slices: length}' "$tmp/slice-durable-$b-$c.jsonl" >> "$tmp/durable-$b-$c.jsonl"
+  jq -sc "$med"' {readings_per_sec: (map(.readings_per_sec) | med),
+    latency_us: {p50: (map(.latency_us.p50) | med), p99: (map(.latency_us.p99) | med)},
+    errors: (map(.errors) | add), readings: (map(.readings) | add), stored: (map(.stored) | add), slices: length}' \
+    "$tmp/slice-influx-$b-$c.jsonl" >> "$tmp/influx-$b-$c.jsonl"
 }
 
 # measure_rows_per_txn BATCH CONNS: our mean rows per SQLite transaction at this shape into
@@ -167,13 +201,11 @@ for rep in $(seq "$REPS"); do
   for shape in $SHAPES; do
     b=${shape%x*} c=${shape#*x}
     if [ $((rep % 2)) -eq 1 ]; then
-      run_influx "$b" "$c"
-      run_ours "durable-$b-$c" "sqlite:$(fresh_db)" --connections "$c" --pipeline "$b" --batch "$b"
+      slices_vs_influx "$b" "$c"
       run_ceiling "$b" "$c"
     else
       run_ceiling "$b" "$c"
-      run_ours "durable-$b-$c" "sqlite:$(fresh_db)" --connections "$c" --pipeline "$b" --batch "$b"
-      run_influx "$b" "$c"
+      slices_vs_influx "$b" "$c"
     fi
   done
   # shellcheck disable=SC2086 # the flags are lists of words
@@ -187,7 +219,7 @@ for rep in $(seq "$REPS"); do
 done
 
 echo
-echo "readings/s: medians of $REPS reps; spread: (max − min) ÷ median across reps; ratios: the median of each rep's ours ÷ that rep's reference (which ran beside it), judged rep by rep; ceiling: rusqlite alone at our rows per transaction (mean of sensorlink_store_commit_rows from /metrics, separate run), rows spread over C series"
+echo "readings/s: medians of $REPS reps (ours and InfluxDB: each rep the median of its $SLICES alternated ${SLICE} s runs per side); spread: (max − min) ÷ median across reps; ratios: the median of each rep's ours ÷ that rep's reference (which ran beside it), judged rep by rep; ceiling: rusqlite alone at our rows per transaction (mean of sensorlink_store_commit_rows from /metrics, separate run), rows spread over C series"
 echo
 echo "| lines per request × connections | ours readings/s | InfluxDB points/s | ours ÷ InfluxDB (≥ 1×; ratio spread) | our rows/txn | ceiling rows/s | ours ÷ ceiling (≥ 80 %; ratio spread) | spread ours / Influx / ceiling | ours p50 / p99 µs | InfluxDB p50 / p99 µs | errors (ours, Influx) | Influx stored ÷ acked |"
 echo "|---|---:|---:|---:|---:|---:|---:|---|---|---|---|---:|"

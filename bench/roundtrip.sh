@@ -7,56 +7,60 @@
 #   (ping-pong: one reading in flight; p50/p99 from its summary) against the memory store
 # Pinned (bench/lib.sh): every server (ours, `sockperf sr`) on SERVER_CPU, every load
 # generator (`sensorlink bench`, `sensorlink client`, `sockperf pp`) on LOAD_CPU; PIN=0 unpinned.
-# Alternated in one sitting, REPS (default 3) reps of DURATION seconds (default 5) each;
-# prints medians, each figure's spread across reps, and `result` rows against the issue's
-# targets (memory: p50 ≤ 1.1×, p99 ≤ 1.2× sockperf's; SQLite --fsync os: ≤ 1.5×).
-# Loopback only; about REPS × 4 × (DURATION + 2) s in all (≈ 1.5 min). OUT=DIR keeps raw output.
+# Interleaved in one sitting: REPS (default 3) reps, each of SLICES (default 4) rotating
+# slices of SLICE seconds (default 2) per side (see start_rep_servers); prints medians, each
+# figure's spread across reps, and `result` rows against the issue's targets (memory:
+# p50 ≤ 1.1×, p99 ≤ 1.2× sockperf's; SQLite --fsync os: ≤ 1.5×). Loopback only; about
+# REPS × (SLICES × 3 × (SLICE + 0.8) + 5) s in all (≈ 40 s a rep). OUT=DIR keeps raw output.
 source "$(dirname "$0")/lib.sh"
 ALTERNATED=1
 
-DURATION=${DURATION:-5}
 REPS=${REPS:-3}
+# Seconds per slice and slices per rep (see start_rep_servers).
+SLICE=${SLICE:-2}
+SLICES=${SLICES:-4}
+SLICE_WARMUP_MS=${SLICE_WARMUP_MS:-500}
 # Readings per client run: bounded, and a few seconds at loopback round trips.
 CLIENT_COUNT=${CLIENT_COUNT:-20000}
 bash scripts/install-bench-deps.sh sockperf jq python3
 build
 
-run_ours() { # NAME STORE FSYNC
-  local name=$1 store=$2 fsync=$3
-  start_ours "$store" "$fsync"
-  ours_bench "$tmp/run.json" $((DURATION + 30)) "$addr" --connections 1 --pipeline 1 --batch 1 \
-    --warmup 1s --duration "${DURATION}s"
-  stop_pid "$server_pid"
-  cat "$tmp/run.json" >> "$tmp/$name.jsonl"
-  keep "$tmp/run.json" "roundtrip-$name-$rep.json"
+# A rep runs all three servers at once (idle but for the one being measured) and alternates
+# short slices between them, SLICES times, in a rotating order: on this VM a cross-core wake-up
+# costs more or less from one second to the next, and slices seconds apart see the same
+# machine. A rep's figure is the median of its slices, so each rep's ratio (ours ÷ sockperf) is
+# of figures measured interleaved, not minutes apart.
+start_rep_servers() {
+  SERVER_OUT=$tmp/server-memory.out start_ours memory always
+  mem_pid=$server_pid mem_addr=$addr
+  SERVER_OUT=$tmp/server-sqlite.out start_ours "sqlite:$(fresh_db)" os
+  sql_pid=$server_pid sql_addr=$addr
+  sr_port=$(free_port)
+  start_bg "$tmp/sr.out" "${on_server[@]}" sockperf sr --tcp -i 127.0.0.1 -p "$sr_port"
+  sr_pid=$last_pid
+  wait_tcp "$sr_port"
+  : > "$tmp/slices-memory.jsonl"
+  : > "$tmp/slices-sqlite-os.jsonl"
+  : > "$tmp/slices-sockperf.jsonl"
 }
 
-# run_client: `sensorlink client --interval 0` (ping-pong) against a fresh memory store; its
-# summary's RTT percentiles (µs) and acked readings per second of the run (connect and the
-# last link report included, so a little under the bench's rate).
-run_client() {
-  start_ours memory always
-  timeout --kill-after=5 $((DURATION + 60)) "${on_load[@]}" "$bin" client "$addr" --interval 0 \
-    --count "$CLIENT_COUNT" --sensor roundtrip --link-report 0 --json > "$tmp/client.out" ||
-    [ $? -eq 1 ] # exit 1: readings lost; the summary says how many
-  stop_pid "$server_pid"
-  keep "$tmp/client.out" "roundtrip-client-$rep.jsonl"
-  jq -c 'select(.event == "summary") | .summary
-    | {latency_us: {p50: .rtt.p50_us, p99: .rtt.p99_us},
-       readings_per_sec: (.acked / .duration_ms * 1000), lost: .lost}' \
-    "$tmp/client.out" >> "$tmp/client.jsonl"
-}
-
-run_sockperf() {
-  local port
-  port=$(free_port)
-  start_bg "$tmp/sr.out" "${on_server[@]}" sockperf sr --tcp -i 127.0.0.1 -p "$port"
-  local sr_pid=$last_pid
-  wait_tcp "$port"
-  timeout --kill-after=5 $((DURATION + 30)) "${on_load[@]}" \
-    sockperf pp --tcp -i 127.0.0.1 -p "$port" --full-rtt -t "$DURATION" > "$tmp/pp.out" 2>&1
+stop_rep_servers() {
+  stop_pid "$mem_pid"
+  stop_pid "$sql_pid"
   stop_pid "$sr_pid"
-  keep "$tmp/pp.out" "roundtrip-sockperf-$rep.txt"
+}
+
+slice_ours() { # NAME ADDR
+  ours_bench "$tmp/run.json" $((SLICE + 30)) "$2" --connections 1 --pipeline 1 --batch 1 \
+    --warmup "${SLICE_WARMUP_MS}ms" --duration "${SLICE}s"
+  jq -c . "$tmp/run.json" >> "$tmp/slices-$1.jsonl"
+  keep "$tmp/run.json" "roundtrip-$1-$rep-$slice.json"
+}
+
+slice_sockperf() {
+  timeout --kill-after=5 $((SLICE + 30)) "${on_load[@]}" \
+    sockperf pp --tcp -i 127.0.0.1 -p "$sr_port" --full-rtt -t "$SLICE" > "$tmp/pp.out" 2>&1
+  keep "$tmp/pp.out" "roundtrip-sockperf-$rep-$slice.txt"
   # sockperf colours its output; drop the escapes, then pick the percentiles (µs) and the
   # message count of the measured interval (its 400 ms warm-up excluded).
   sed 's/\x1b\[[0-9;]*m//g' "$tmp/pp.out" | awk '
@@ -68,25 +72,52 @@ run_sockperf() {
         if ($i ~ /^ReceivedMessages=/) { split($i, b, "="); n = b[2] + 0 }
       }
     }
-    END { printf "{\"latency_us\":{\"p50\":%s,\"p99\":%s},\"readings_per_sec\":%s}\n", p50, p99, n / secs }
-  ' >> "$tmp/sockperf.jsonl"
+    END { printf "{\"latency_us\":{\"p50\":%s,\"p99\":%s},\"readings_per_sec\":%s,\"errors\":0}\n", p50, p99, n / secs }
+  ' >> "$tmp/slices-sockperf.jsonl"
+}
+
+# rep_figures NAME: the rep's figure for NAME, the median of its slices (errors summed),
+# appended to NAME.jsonl, which then holds one line per rep.
+rep_figures() {
+  jq -sc 'def med: sort | if length % 2 == 1 then .[length / 2 | floor] else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+    {latency_us: {p50: (map(.latency_us.p50) | med), p99: (map(.latency_us.p99) | med)},
+     readings_per_sec: (map(.readings_per_sec) | med), errors: (map(.errors) | add), slices: length}' \
+    "$tmp/slices-$1.jsonl" >> "$tmp/$1.jsonl"
+}
+
+# run_client: `sensorlink client --interval 0` (ping-pong) against a fresh memory store; its
+# summary's RTT percentiles (µs) and acked readings per second of the run (connect and the
+# last link report included, so a little under the bench's rate). Reported, not a target.
+run_client() {
+  start_ours memory always
+  timeout --kill-after=5 $((CLIENT_COUNT / 1000 + 60)) "${on_load[@]}" "$bin" client "$addr" --interval 0 \
+    --count "$CLIENT_COUNT" --sensor roundtrip --link-report 0 --json > "$tmp/client.out" ||
+    [ $? -eq 1 ] # exit 1: readings lost; the summary says how many
+  stop_pid "$server_pid"
+  keep "$tmp/client.out" "roundtrip-client-$rep.jsonl"
+  jq -c 'select(.event == "summary") | .summary
+    | {latency_us: {p50: .rtt.p50_us, p99: .rtt.p99_us},
+       readings_per_sec: (.acked / .duration_ms * 1000), lost: .lost}' \
+    "$tmp/client.out" >> "$tmp/client.jsonl"
 }
 
 header
+echo "$REPS reps of $SLICES interleaved slices of ${SLICE} s (+ ${SLICE_WARMUP_MS} ms warm-up for ours, sockperf's own 0.4 s) per side"
 for rep in $(seq "$REPS"); do
-  # Alternate which side goes first, so neither always runs on a cooler machine; each
-  # store's run is right beside sockperf's, since their ratio is taken rep by rep.
-  if [ $((rep % 2)) -eq 1 ]; then
-    run_ours memory memory always
-    run_sockperf
-    run_ours sqlite-os "sqlite:$(fresh_db)" os
-    run_client
-  else
-    run_client
-    run_ours sqlite-os "sqlite:$(fresh_db)" os
-    run_sockperf
-    run_ours memory memory always
-  fi
+  start_rep_servers
+  for slice in $(seq "$SLICES"); do
+    # Rotate the order, so no side always runs first or last in a slice.
+    case $(((rep + slice) % 3)) in
+      0) slice_ours memory "$mem_addr"; slice_sockperf; slice_ours sqlite-os "$sql_addr" ;;
+      1) slice_sockperf; slice_ours sqlite-os "$sql_addr"; slice_ours memory "$mem_addr" ;;
+      2) slice_ours sqlite-os "$sql_addr"; slice_ours memory "$mem_addr"; slice_sockperf ;;
+    esac
+  done
+  stop_rep_servers
+  rep_figures memory
+  rep_figures sqlite-os
+  rep_figures sockperf
+  run_client
 done
 
 o50=$(jmed "$tmp/memory.jsonl" .latency_us.p50)

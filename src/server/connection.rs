@@ -547,7 +547,7 @@ impl<'a> Connection<'a> {
                 }
                 if reads_this_turn >= READS_PER_TURN {
                     reads_this_turn = 0;
-                    tokio::task::yield_now().await;
+                    super::give_way::give_way().await;
                 }
             }
             self.sample_tcp(&stream, true);

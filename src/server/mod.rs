@@ -9,6 +9,7 @@
 
 mod auth;
 pub mod connection;
+pub(crate) mod give_way;
 pub mod known_series;
 pub mod listener;
 pub mod logging;
