@@ -9,7 +9,7 @@ cd "$(dirname "$0")"
 # reference beside `sensorlink probe`).
 # postgresql + haproxy: the PostgreSQL store's tests and the several-collectors tests start
 # their own cluster and balancer (tests/support/).
-pkgs=(fonts-dejavu-core chromium iproute2 irtt postgresql haproxy)
+pkgs=(fonts-dejavu-core chromium iproute2 irtt postgresql haproxy jq)
 # Node may come from NodeSource (its nodejs bundles npm, and conflicts with Debian's npm
 # package), from nvm or a tarball (no dpkg entry at all), or from Debian (nodejs and npm are
 # separate packages): only a machine without any node gets Debian's.

@@ -149,14 +149,9 @@ slices_vs_influx() { # BATCH CONNS
   done
   sink='' slice=''
   # The rep's figures: medians of its slices; errors, readings and points stored summed.
-  local med='def med: sort | if length % 2 == 1 then .[length / 2 | floor] else (.[length / 2 - 1] + .[length / 2]) / 2 end;'
-  jq -sc "$med"' {readings_per_sec: (map(.readings_per_sec) | med),
-    latency_us: {p50: (map(.latency_us.p50) | med), p99: (map(.latency_us.p99) | med)},
-    errors: (map(.errors) | add), slices: length}' "$tmp/slice-durable-$b-$c.jsonl" >> "$tmp/durable-$b-$c.jsonl"
-  jq -sc "$med"' {readings_per_sec: (map(.readings_per_sec) | med),
-    latency_us: {p50: (map(.latency_us.p50) | med), p99: (map(.latency_us.p99) | med)},
-    errors: (map(.errors) | add), readings: (map(.readings) | add), stored: (map(.stored) | add), slices: length}' \
-    "$tmp/slice-influx-$b-$c.jsonl" >> "$tmp/influx-$b-$c.jsonl"
+  slice_figures "$tmp/slice-durable-$b-$c.jsonl" >> "$tmp/durable-$b-$c.jsonl"
+  slice_figures "$tmp/slice-influx-$b-$c.jsonl" '{readings: (map(.readings) | add), stored: (map(.stored) | add)}' \
+    >> "$tmp/influx-$b-$c.jsonl"
 }
 
 # measure_rows_per_txn BATCH CONNS: our mean rows per SQLite transaction at this shape into

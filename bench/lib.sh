@@ -277,6 +277,17 @@ pair() {
   pair_verdict=$(judge "$5" "$6" <<< "$r")
 }
 
+# slice_figures SLICES_FILE [EXTRA]: a rep's figures from its slices (one JSON object each, as
+# `sensorlink bench --json` prints): the median readings/s and latency p50 and p99, errors
+# summed, the slice count, and EXTRA (a jq object built from the array of slices, e.g.
+# '{stored: (map(.stored) | add)}'); one JSON line.
+slice_figures() {
+  jq -sc 'def med: sort | if length % 2 == 1 then .[length / 2 | floor] else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+    {readings_per_sec: (map(.readings_per_sec) | med),
+     latency_us: {p50: (map(.latency_us.p50) | med), p99: (map(.latency_us.p99) | med)},
+     errors: (map(.errors) | add), slices: length} + ('"${2:-"{}"}"')' "$1"
+}
+
 # pspreads RATIO_PCT OURS_PCT REF_PCT: the SPREAD column of a paired ratio.
 pspreads() { echo "ratio $1 % (ours $2 % / ref $3 %)"; }
 

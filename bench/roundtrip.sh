@@ -76,13 +76,10 @@ slice_sockperf() {
   ' >> "$tmp/slices-sockperf.jsonl"
 }
 
-# rep_figures NAME: the rep's figure for NAME, the median of its slices (errors summed),
-# appended to NAME.jsonl, which then holds one line per rep.
+# rep_figures NAME: the rep's figure for NAME, the median of its slices, appended to
+# NAME.jsonl, which then holds one line per rep.
 rep_figures() {
-  jq -sc 'def med: sort | if length % 2 == 1 then .[length / 2 | floor] else (.[length / 2 - 1] + .[length / 2]) / 2 end;
-    {latency_us: {p50: (map(.latency_us.p50) | med), p99: (map(.latency_us.p99) | med)},
-     readings_per_sec: (map(.readings_per_sec) | med), errors: (map(.errors) | add), slices: length}' \
-    "$tmp/slices-$1.jsonl" >> "$tmp/$1.jsonl"
+  slice_figures "$tmp/slices-$1.jsonl" >> "$tmp/$1.jsonl"
 }
 
 # run_client: `sensorlink client --interval 0` (ping-pong) against a fresh memory store; its

@@ -12,35 +12,47 @@
 //! [`METRICS`] (`events/table.rs`, which also documents each metric and the cardinality
 //! rule).
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
 
 use metrics::{Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::PrometheusHandle;
 
-use crate::protocol::{ilp, ProtocolError, Reading};
 use crate::server::logging;
-use crate::store::WriteOutcome;
 
 mod auth;
+mod commit;
 mod conflict;
+mod connection;
 mod http_auth;
 mod labels;
 mod limits;
+mod live;
 mod probe;
+mod readings;
 mod recent;
 mod store;
 mod table;
 mod tcp;
 
 pub use auth::{AuthChecked, LegacyNotAllowed};
+pub use commit::{
+    BatchCommitted, StoreAnswered, StoreFailed, StoreProbed, StoreQueued, StoreUnavailable,
+};
 pub use conflict::ReadingConflict;
+pub use connection::{
+    AcceptFailed, ConnectionAccepted, ConnectionClosed, ConnectionRefused, FirstLineMissed,
+    ModeDetected, OpenConnection, ProxyHeaderRefused, TlsHandshakeFailed,
+};
 pub use http_auth::{HttpAuthRefused, HttpRefusal};
 pub use labels::{AuthResult, CloseReason, Mode, RefuseReason, RejectReason, ReloadWhat};
 pub use limits::SeriesCacheEvicted;
+pub use live::{SensorEvicted, SensorUntracked, SensorsTracked, SubscriberLagged, SubscriberOpen};
 pub use probe::{ProbeResult, UdpProbeHandled, UdpTable, UdpTableEvicted};
+pub use readings::{
+    AcksWithheld, BytesReceived, ErrorReplySuppressed, LineRejected, ReadingReceived,
+    ReadingsAccepted, RepliesWritten,
+};
 pub use recent::{Percentiles, Recent, Rejection, WindowSummary, WINDOW_SECONDS};
 pub use store::{RetentionApplied, StoreWaitEnded, StoreWaitStarted};
 pub use table::{describe, names, prometheus_builder, Kind, MetricDef, METRICS, PER_SENSOR};
@@ -242,137 +254,6 @@ pub trait Event: Sized {
     }
 }
 
-/// Counts one open connection for as long as it lives, so every exit path decrements it.
-#[derive(Debug)]
-pub struct OpenConnection<'a>(&'a Telemetry);
-
-impl OpenConnection<'static> {
-    pub fn new() -> Self {
-        OpenConnection::with(telemetry())
-    }
-}
-
-impl Default for OpenConnection<'static> {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl<'a> OpenConnection<'a> {
-    pub fn with(telemetry: &'a Telemetry) -> Self {
-        telemetry.connections_open.increment(1.0);
-        telemetry
-            .totals
-            .connections_open
-            .fetch_add(1, Ordering::Relaxed);
-        OpenConnection(telemetry)
-    }
-}
-
-impl Drop for OpenConnection<'_> {
-    fn drop(&mut self) {
-        self.0.connections_open.decrement(1.0);
-        self.0
-            .totals
-            .connections_open
-            .fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// A connection got a permit and a task.
-pub struct ConnectionAccepted;
-
-impl Event for ConnectionAccepted {
-    fn emit_to(self, t: &Telemetry) {
-        tracing::debug!("connected");
-        t.connections_accepted.increment(1);
-    }
-}
-
-/// A connection was closed at once: a connection limit (`reason`) of `limit` was reached.
-pub struct ConnectionRefused {
-    pub peer: SocketAddr,
-    pub reason: RefuseReason,
-    /// The limit in force: connections, or new connections per second for `ConnectRate`.
-    pub limit: usize,
-}
-
-impl Event for ConnectionRefused {
-    fn emit_to(self, t: &Telemetry) {
-        // Its own log budget: a flood of refused connections must not flood the log.
-        if logging::allow_refused_connection() {
-            let (peer, limit) = (self.peer, self.limit);
-            match self.reason {
-                RefuseReason::MaxConnections => {
-                    tracing::warn!(%peer, limit, "connection limit reached; closing new connection")
-                }
-                RefuseReason::PerIp => {
-                    tracing::warn!(%peer, limit, "per-IP connection limit reached; closing new connection")
-                }
-                RefuseReason::ConnectRate => {
-                    tracing::warn!(%peer, per_second = limit, "per-IP connection rate exceeded; closing new connection")
-                }
-                RefuseReason::ProxyHeader => {
-                    tracing::warn!(%peer, "no valid PROXY header; closing new connection")
-                }
-            }
-        }
-        t.connections_refused[self.reason as usize].increment(1);
-    }
-}
-
-/// `--proxy-protocol v2`: a connection did not open with a valid PROXY header (or none in
-/// time); it is closed and counted as refused (`reason="proxy_header"`).
-pub struct ProxyHeaderRefused<'a> {
-    /// The TCP peer (the balancer, or whoever connected directly).
-    pub peer: SocketAddr,
-    pub error: &'a crate::server::proxy_protocol::ReceiveError,
-}
-
-impl Event for ProxyHeaderRefused<'_> {
-    fn emit_to(self, t: &Telemetry) {
-        // The refused-connection log budget: a scan of the port must not flood the log.
-        if logging::allow_refused_connection() {
-            tracing::warn!(peer = %self.peer, cause = %self.error, "no valid PROXY protocol v2 header (--proxy-protocol v2); closing connection");
-        }
-        t.connections_refused[RefuseReason::ProxyHeader as usize].increment(1);
-    }
-}
-
-/// `accept()` failed (e.g. out of file descriptors).
-pub struct AcceptFailed<'a> {
-    pub error: &'a std::io::Error,
-}
-
-impl Event for AcceptFailed<'_> {
-    fn emit_to(self, t: &Telemetry) {
-        tracing::warn!(cause = %self.error, "accept failed");
-        t.accept_errors.increment(1);
-    }
-}
-
-/// A TLS handshake on the sensor port did not complete; the connection is closed.
-pub struct TlsHandshakeFailed<'a> {
-    pub peer: SocketAddr,
-    /// `None`: it timed out.
-    pub error: Option<&'a std::io::Error>,
-}
-
-impl Event for TlsHandshakeFailed<'_> {
-    fn emit_to(self, t: &Telemetry) {
-        // Shares the refused-connection log budget: a scan of the port must not flood the log.
-        if logging::allow_refused_connection() {
-            match self.error {
-                Some(err) => {
-                    tracing::warn!(peer = %self.peer, cause = %err, "TLS handshake failed")
-                }
-                None => tracing::warn!(peer = %self.peer, "TLS handshake timed out"),
-            }
-        }
-        t.tls_handshakes_failed[usize::from(self.error.is_some())].increment(1);
-    }
-}
-
 /// One reload (SIGHUP) of `what` ended: on success `outcome` says what changed; on error
 /// why, and the old state stays in force.
 pub struct Reloaded<'a> {
@@ -393,433 +274,7 @@ impl Event for Reloaded<'_> {
     }
 }
 
-/// A peer sent no complete first line (or legacy message) within `--first-line-timeout`
-/// (slowloris); the connection is closed (`connections_closed_total{reason}` counts it).
-pub struct FirstLineMissed {
-    pub timeout: Duration,
-    /// Bytes of an incomplete line it had sent.
-    pub pending_bytes: usize,
-}
-
-impl Event for FirstLineMissed {
-    fn emit_to(self, _: &Telemetry) {
-        // A swarm of slow peers must not flood the log.
-        if logging::allow_slow_peer() {
-            tracing::warn!(first_line_timeout = ?self.timeout, pending_bytes = self.pending_bytes, "no complete line in time; closing connection");
-        }
-    }
-}
-
-/// The peer's first bytes told its protocol.
-pub struct ModeDetected {
-    pub mode: Mode,
-}
-
-impl Event for ModeDetected {
-    fn emit_to(self, t: &Telemetry) {
-        match self.mode {
-            Mode::Legacy => tracing::debug!("legacy peer (seed protocol)"),
-            Mode::Line => tracing::debug!("line protocol peer"),
-        }
-        t.connections_mode[self.mode as usize].increment(1);
-    }
-}
-
-/// A served connection ended.
-pub struct ConnectionClosed {
-    /// `None` when the peer sent nothing to tell its protocol by.
-    pub mode: Option<Mode>,
-    pub reason: CloseReason,
-    pub accepted: u64,
-    pub rejected: u64,
-    pub acked: u64,
-    pub duration: Duration,
-}
-
-impl Event for ConnectionClosed {
-    fn emit_to(self, t: &Telemetry) {
-        tracing::info!(
-            mode = self.mode.map_or("none", Mode::as_str),
-            end = self.reason.as_str(),
-            accepted = self.accepted,
-            rejected = self.rejected,
-            acked = self.acked,
-            duration_ms = u64::try_from(self.duration.as_millis()).unwrap_or(u64::MAX),
-            "disconnected"
-        );
-        t.connections_closed[self.reason as usize].increment(1);
-    }
-}
-
-/// One reading parsed: the seed's `Received: <data>` line. The caller asks the log budget
-/// ([`logging::allow_received_line`]) first; readings are counted per batch by
-/// [`ReadingsAccepted`], not here, to keep shared counters off the per-reading path.
-pub struct ReadingReceived<'a> {
-    pub reading: &'a Reading,
-}
-
-impl Event for ReadingReceived<'_> {
-    fn emit_to(self, _: &Telemetry) {
-        let mut line = Vec::with_capacity(96);
-        ilp::encode(self.reading, &mut line);
-        let text = String::from_utf8_lossy(&line);
-        tracing::info!("Received: {}", text.trim_end());
-    }
-}
-
-/// Readings of one decoded batch handed to the store.
-pub struct ReadingsAccepted {
-    pub count: u64,
-}
-
-impl Event for ReadingsAccepted {
-    fn emit_to(self, t: &Telemetry) {
-        tracing::trace!(count = self.count, "readings accepted");
-        t.readings_accepted.increment(self.count);
-        t.totals
-            .readings_accepted
-            .fetch_add(self.count, Ordering::Relaxed);
-    }
-}
-
-/// A line that is not a reading; warned about within its own log budget.
-pub struct LineRejected<'a> {
-    /// Line number on the connection (0 for legacy messages).
-    pub line: u64,
-    pub peer: SocketAddr,
-    pub error: &'a ProtocolError,
-}
-
-impl Event for LineRejected<'_> {
-    fn emit_to(self, t: &Telemetry) {
-        if logging::allow_rejected_line() {
-            tracing::warn!(line = self.line, cause = %self.error, "rejected");
-        }
-        let reason = RejectReason::of(self.error);
-        t.lines_rejected[reason as usize].increment(1);
-        t.totals.lines_rejected.fetch_add(1, Ordering::Relaxed);
-        /// `line N: error` (legacy messages have no line), formatted only if kept.
-        struct Detail<'a>(u64, &'a ProtocolError);
-        impl std::fmt::Display for Detail<'_> {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                match self.0 {
-                    0 => write!(f, "{}", self.1),
-                    line => write!(f, "line {line}: {}", self.1),
-                }
-            }
-        }
-        t.recent.rejected(
-            Instant::now(),
-            crate::timefmt::now_ns,
-            self.peer,
-            reason.as_str(),
-            format_args!("{}", Detail(self.line, self.error)),
-        );
-    }
-}
-
-/// An error reply dropped (PROTOCOL.md, Errors): the peer never sent a control line, so it
-/// does not read replies, and the held ones are at their limit; or it reads them, and this
-/// second's error replies are at their limit.
-pub struct ErrorReplySuppressed {
-    /// Whether the peer reads replies (the per-second limit) or not (the held limit).
-    pub reads: bool,
-}
-
-impl Event for ErrorReplySuppressed {
-    fn emit_to(self, t: &Telemetry) {
-        if self.reads {
-            tracing::debug!("error reply not sent: the connection's error replies per second");
-        } else {
-            tracing::debug!("error reply not sent: the peer does not read replies");
-        }
-        t.replies_suppressed.increment(1);
-    }
-}
-
-/// Bytes read from a peer.
-pub struct BytesReceived {
-    pub bytes: usize,
-}
-
-impl Event for BytesReceived {
-    fn emit_to(self, t: &Telemetry) {
-        tracing::trace!(bytes = self.bytes, "bytes received");
-        t.received_bytes.increment(self.bytes as u64);
-    }
-}
-
-/// One write of replies reached the peer's socket.
-pub struct RepliesWritten<'a> {
-    pub bytes: usize,
-    pub acks: u64,
-    pub pongs: u64,
-    pub errors: u64,
-    /// Readings these acks (and legacy pongs) cover.
-    pub readings_acked: u64,
-    /// Receipt of the first reading of each ack written, for the ack latency.
-    pub ack_receipts: &'a [Instant],
-    pub written_at: Instant,
-}
-
-impl Event for RepliesWritten<'_> {
-    fn emit_to(self, t: &Telemetry) {
-        tracing::trace!(
-            bytes = self.bytes,
-            acks = self.acks,
-            pongs = self.pongs,
-            errors = self.errors,
-            "replies written"
-        );
-        t.sent_bytes.increment(self.bytes as u64);
-        for (counter, n) in [
-            (&t.replies_ack, self.acks),
-            (&t.replies_pong, self.pongs),
-            (&t.replies_error, self.errors),
-            (&t.readings_acked, self.readings_acked),
-        ] {
-            if n > 0 {
-                counter.increment(n);
-            }
-        }
-        if self.readings_acked > 0 {
-            t.totals
-                .readings_acked
-                .fetch_add(self.readings_acked, Ordering::Relaxed);
-        }
-        let latencies = self
-            .ack_receipts
-            .iter()
-            .map(|received| self.written_at.saturating_duration_since(*received));
-        for latency in latencies.clone() {
-            t.ack_latency.record(latency.as_secs_f64());
-        }
-        if !self.ack_receipts.is_empty() {
-            t.recent.acks(self.written_at, latencies);
-        }
-    }
-}
-
-/// A batch's commit failed: its readings get error replies instead of acks.
-pub struct AcksWithheld<'a> {
-    pub error: &'a dyn std::error::Error,
-    pub readings: u64,
-}
-
-impl Event for AcksWithheld<'_> {
-    fn emit_to(self, t: &Telemetry) {
-        // The peer is told (error replies) and the commit failure itself is logged once by
-        // the writer: per connection this is a warning, within its own log budget.
-        if logging::allow_unacked_warning() {
-            tracing::warn!(cause = %self.error, readings = self.readings, "store failed; readings not acknowledged");
-        }
-        t.readings_unacked.increment(self.readings);
-    }
-}
-
-/// The store writer is gone: the connection cannot hand it readings.
-pub struct StoreUnavailable<'a> {
-    pub error: &'a dyn std::error::Error,
-}
-
-impl Event for StoreUnavailable<'_> {
-    fn emit_to(self, t: &Telemetry) {
-        tracing::error!(cause = %self.error, "store unavailable; closing connection");
-        t.store_errors_submit.increment(1);
-        t.recent.store_failed(self.error.to_string());
-    }
-}
-
-/// A store transaction committed.
-pub struct BatchCommitted {
-    /// Readings written (inserted + duplicates + conflicts).
-    pub rows: usize,
-    pub outcome: WriteOutcome,
-    pub duration: Duration,
-}
-
-impl Event for BatchCommitted {
-    fn emit_to(self, t: &Telemetry) {
-        tracing::debug!(
-            rows = self.rows,
-            inserted = self.outcome.inserted,
-            duplicates = self.outcome.duplicates,
-            conflicts = self.outcome.conflicts,
-            commit_us = u64::try_from(self.duration.as_micros()).unwrap_or(u64::MAX),
-            "committed"
-        );
-        t.store_commits.increment(1);
-        t.readings_inserted.increment(self.outcome.inserted);
-        if self.outcome.duplicates > 0 {
-            t.readings_duplicate.increment(self.outcome.duplicates);
-            t.totals
-                .readings_duplicate
-                .fetch_add(self.outcome.duplicates, Ordering::Relaxed);
-        }
-        if self.outcome.conflicts > 0 {
-            t.readings_conflict.increment(self.outcome.conflicts);
-            t.totals
-                .readings_conflict
-                .fetch_add(self.outcome.conflicts, Ordering::Relaxed);
-        }
-        t.commit_duration.record(self.duration.as_secs_f64());
-        t.commit_rows.record(self.rows as f64);
-        t.totals
-            .readings_stored
-            .fetch_add(self.outcome.inserted, Ordering::Relaxed);
-        t.recent
-            .commit(Instant::now(), self.rows as u64, self.duration);
-    }
-}
-
-/// A store transaction failed; none of its readings is acknowledged.
-pub struct StoreFailed<'a> {
-    pub error: &'a dyn std::error::Error,
-    pub batches: usize,
-    pub rows: usize,
-}
-
-impl Event for StoreFailed<'_> {
-    fn emit_to(self, t: &Telemetry) {
-        tracing::error!(cause = %self.error, batches = self.batches, rows = self.rows, "store transaction failed");
-        t.store_errors_commit.increment(1);
-        t.recent.store_failed(self.error.to_string());
-    }
-}
-
-/// The group-commit writer probed the store while no batch came (`Store::probe`): a
-/// success makes it ready again, a failure not ready until a commit or probe succeeds.
-pub struct StoreProbed<'a> {
-    pub result: Result<(), &'a dyn std::error::Error>,
-}
-
-impl Event for StoreProbed<'_> {
-    fn emit_to(self, t: &Telemetry) {
-        match self.result {
-            Ok(()) => t.recent.store_ok(),
-            // Logged when it starts failing, not once a second while it goes on.
-            Err(error) => {
-                if t.recent.store_failed(error.to_string()) {
-                    tracing::error!(cause = %error, "store probe failed; not ready");
-                } else {
-                    tracing::debug!(cause = %error, "store probe failed again");
-                }
-            }
-        }
-    }
-}
-
-/// Readings handed to the store (`submit`) and not yet answered: the writer's queue depth.
-/// Raised per submitted batch, lowered per answered transaction (one place for every route).
-pub struct StoreQueued {
-    pub readings: usize,
-}
-
-impl Event for StoreQueued {
-    fn emit_to(self, t: &Telemetry) {
-        if self.readings > 0 {
-            t.store_queued.increment(self.readings as f64);
-        }
-    }
-}
-
-/// Readings of a transaction answered (committed or failed): out of the writer's queue.
-pub struct StoreAnswered {
-    pub readings: usize,
-}
-
-impl Event for StoreAnswered {
-    fn emit_to(self, t: &Telemetry) {
-        if self.readings > 0 {
-            t.store_queued.decrement(self.readings as f64);
-        }
-    }
-}
-
 /// Helpers for tests that read metrics back.
-/// The live view's sensor count changed.
-pub struct SensorsTracked {
-    pub count: usize,
-}
-
-impl Event for SensorsTracked {
-    fn emit_to(self, t: &Telemetry) {
-        t.live_sensors.set(self.count as f64);
-    }
-}
-
-/// A disconnected sensor left the live view to make room (its history stays in the store).
-pub struct SensorEvicted<'a> {
-    pub sensor: &'a str,
-}
-
-impl Event for SensorEvicted<'_> {
-    fn emit_to(self, t: &Telemetry) {
-        tracing::debug!(
-            sensor = self.sensor,
-            "live view full; evicted the sensor disconnected longest"
-        );
-        t.live_sensors_evicted.increment(1);
-    }
-}
-
-/// A new sensor's readings were stored but the live view, full of connected sensors, has
-/// no room for it.
-pub struct SensorUntracked<'a> {
-    pub sensor: &'a str,
-}
-
-impl Event for SensorUntracked<'_> {
-    fn emit_to(self, t: &Telemetry) {
-        if logging::allow_untracked_sensor() {
-            tracing::warn!(
-                sensor = self.sensor,
-                "live view full of connected sensors; not tracking a new one"
-            );
-        }
-        t.live_sensors_untracked.increment(1);
-    }
-}
-
-/// An `/api/events` subscriber fell behind its bounded queue: its stream ends.
-pub struct SubscriberLagged {
-    pub queued: usize,
-}
-
-impl Event for SubscriberLagged {
-    fn emit_to(self, t: &Telemetry) {
-        tracing::info!(
-            queued = self.queued,
-            "event subscriber fell behind; ending its stream"
-        );
-        t.sse_lagged.increment(1);
-    }
-}
-
-/// An open `/api/events` stream: counted while it lives (RAII, as [`OpenConnection`]).
-#[derive(Debug)]
-pub struct SubscriberOpen(&'static Telemetry);
-
-impl SubscriberOpen {
-    pub fn new() -> Self {
-        let t = telemetry();
-        t.sse_subscribers.increment(1.0);
-        SubscriberOpen(t)
-    }
-}
-
-impl Default for SubscriberOpen {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Drop for SubscriberOpen {
-    fn drop(&mut self) {
-        self.0.sse_subscribers.decrement(1.0);
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod testing {
     /// The value of the sample line `series` (name plus labels, exactly as rendered) in
@@ -841,9 +296,15 @@ pub(crate) mod testing {
 
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
+    use std::sync::atomic::Ordering;
+    use std::time::{Duration, Instant};
+
     use super::table::ROWS_BUCKETS;
     use super::testing::sample;
     use super::*;
+    use crate::protocol::ProtocolError;
+    use crate::store::WriteOutcome;
 
     /// Emit `f`'s events into a fresh local recorder and return its Prometheus text.
     fn render(f: impl FnOnce(&Telemetry)) -> String {

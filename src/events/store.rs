@@ -1,7 +1,7 @@
 //! Events of a store that waits out its database (the PostgreSQL store): an outage begins
 //! and ends (logged once each, counted, and `/readyz` follows), and retention drops old
 //! data. The group-commit writer's own events (`BatchCommitted`, `StoreFailed`,
-//! `StoreProbed`) stay in `events.rs`.
+//! `StoreProbed`) are in `events/commit.rs`.
 
 use std::time::Duration;
 

@@ -2,6 +2,7 @@
 
 mod auth;
 mod bench;
+mod bench_scripts;
 mod client;
 mod client_link;
 mod client_stop;
@@ -23,6 +24,7 @@ mod live;
 #[path = "../support/pg_cluster.rs"]
 mod pg_cluster;
 mod pg_harness;
+mod pinned;
 mod postgres;
 mod probe;
 mod proxy_protocol;
