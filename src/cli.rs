@@ -246,7 +246,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
                 print_config(&config::print_server(&config)?)?;
                 return Ok(Outcome::Ok);
             }
-            let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+            let runtime = runtime()?;
             runtime.block_on(async {
                 let shutdown = CancellationToken::new();
                 server::shutdown::cancel_on_signal(shutdown.clone());
@@ -264,7 +264,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
                 // A missing font or an unwritable file fails now, not after the run.
                 crate::plot::check_ready(path)?;
             }
-            let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+            let runtime = runtime()?;
             let result = runtime.block_on(client::run(config.clone()));
             // What matters (spool, report) was awaited; don't wait on a source blocked in a
             // read (stdin) or a command still running.
@@ -429,6 +429,29 @@ fn open_for_reading(url: &StoreUrl) -> anyhow::Result<store::StoreReader> {
     store::open_reader(url).with_context(|| format!("opening {url}"))
 }
 
+/// The runtime of a long-running command (server, client, bench).
+///
+/// Where the process may use only one CPU (pinned with `taskset`, or a 1-CPU cgroup), a
+/// current-thread runtime: the multi-thread one would have a single worker anyway, and its
+/// `block_on` thread, worker hand-offs and idle bookkeeping cost every wake-up (a round trip
+/// with one reading in flight is one wake-up per side). With more CPUs, the multi-thread
+/// runtime, which spreads many connections over them.
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    runtime_for(cpus).context("starting the tokio runtime")
+}
+
+/// [`runtime`] for a process that may use `cpus` CPUs.
+fn runtime_for(cpus: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    if cpus <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Runtime::new()
+    }
+}
+
 /// Run one read of the store's async read path to completion.
 fn read_blocking<T>(
     read: impl std::future::Future<Output = Result<T, store::StoreError>>,
@@ -438,4 +461,23 @@ fn read_blocking<T>(
         .build()
         .context("starting the tokio runtime")?;
     Ok(runtime.block_on(read)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::runtime::RuntimeFlavor;
+
+    use super::runtime_for;
+
+    #[test]
+    fn one_cpu_gets_a_current_thread_runtime_more_get_a_multi_thread_one() {
+        let flavor = |cpus| {
+            runtime_for(cpus)
+                .expect("a runtime starts")
+                .handle()
+                .runtime_flavor()
+        };
+        assert_eq!(flavor(1), RuntimeFlavor::CurrentThread);
+        assert_eq!(flavor(2), RuntimeFlavor::MultiThread);
+    }
 }

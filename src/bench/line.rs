@@ -199,6 +199,13 @@ pub(super) async fn session<S>(
     let mut next_token = 1u64;
     // `error` lines since the last ack: the ack's `rejected` counts the same lines again.
     let mut error_lines = 0u64;
+    // One ack timer and one stop timer for the session, re-armed in place: a timer built per
+    // turn of the loop is a timer-wheel insert and removal per reply (a later deadline is an
+    // atomic store). The ack timer is polled only while a sync is in flight, so it is armed
+    // (reset to the oldest sync's deadline) before it is ever registered.
+    let ack_timer = tokio::time::sleep_until(phase.go + ACK_TIMEOUT);
+    let stop_timer = sleep_until_opt(phase.stop_at);
+    tokio::pin!(ack_timer, stop_timer);
     'session: loop {
         let now = Instant::now();
         let stopping = shared.stop.is_cancelled()
@@ -251,7 +258,12 @@ pub(super) async fn session<S>(
             Some(p) if !stopping && window.has_room() => Some(p.when_due(sent + batch_after(sent))),
             _ => None,
         };
-        let stop_at = if stopping { None } else { phase.stop_at };
+        let ack_deadline = window.deadline();
+        if let Some(deadline) = ack_deadline {
+            if ack_timer.deadline() != deadline {
+                ack_timer.as_mut().reset(deadline);
+            }
+        }
         // Writes and acks go on side by side: a write the server is slow to take never holds
         // back the acks it already sent (their latency would be the write's wait, not the
         // server's). A server that reads nothing ends in the oldest sync's ack timeout.
@@ -290,14 +302,14 @@ pub(super) async fn session<S>(
                     next = ready_reply(&mut reader).await;
                 }
             }
-            _ = sleep_until_opt(window.deadline()) => {
+            _ = &mut ack_timer, if ack_deadline.is_some() => {
                 result.error(live, ErrorKind::Timeout, || {
                     format!("no ack within {}", humantime::format_duration(ACK_TIMEOUT))
                 });
                 break;
             }
             _ = sleep_until_opt(pace_at) => {}
-            _ = sleep_until_opt(stop_at) => {}
+            _ = &mut stop_timer, if !stopping => {}
             _ = shared.stop.cancelled(), if !stopping => {}
         }
     }

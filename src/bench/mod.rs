@@ -68,8 +68,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<Report> {
         // A missing font or an unwritable file fails now, not after the run.
         crate::plot::check_ready(path)?;
     }
-    // A multi-thread runtime: the generator must spread over the cores like the server.
-    let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+    // Multi-thread where it may use several cores (the generator must spread over them like
+    // the server); current-thread where it may use one (pinned), saving a hand-off per reply.
+    let runtime = crate::cli::runtime()?;
     let report = runtime.block_on(bench(settings.clone()))?;
     let mut out = std::io::stdout().lock();
     if settings.json {

@@ -21,9 +21,10 @@
 //! dashboard polling a long benchmark run should read a SQLite store instead.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::hash::BuildHasher as _;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
 
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxBuildHasher, FxHashMap, FxHashSet};
 
 use super::encoding::{encode_fields, write_stored_series_key};
 use super::read::{BoxFuture, ReadStore, StoreReader};
@@ -37,11 +38,13 @@ pub const DEFAULT_CAPACITY: usize = 1_000_000;
 /// identity is (series, timestamp)).
 ///
 /// Kept compact: at 10 000 idle sensors, each with its own series, a series costs as much
-/// as its connection's task (boxed strings have no capacity word, late readings are rare).
+/// as its connection's task (boxed strings have no capacity word, late readings are rare,
+/// the measurement is shared, the sensor name is not held twice).
 #[derive(Debug)]
 struct Series {
-    measurement: Box<str>,
-    sensor: Box<str>,
+    /// Interned: every series of a measurement shares its name.
+    measurement: Arc<str>,
+    sensor: SensorName,
     /// Sorted by (key, value).
     tags: Box<[(Box<str>, Box<str>)]>,
     /// (timestamp, seq) of kept readings that arrived in timestamp order: ascending in
@@ -60,7 +63,51 @@ struct Series {
     layout: Option<u32>,
 }
 
+/// Where a series keeps its sensor name.
+#[derive(Debug)]
+enum SensorName {
+    /// The value of its tag at this index (a `sensor` tag: the usual case), not copied.
+    Tag(u32),
+    /// Its own copy (no `sensor` tag: the peer's address).
+    Own(Box<str>),
+}
+
 impl Series {
+    fn sensor(&self) -> &str {
+        match &self.sensor {
+            SensorName::Tag(at) => self.tags.get(*at as usize).map_or("", |(_, value)| value),
+            SensorName::Own(name) => name,
+        }
+    }
+
+    /// Whether this series has the series key of `measurement` and `pairs` (its tags with
+    /// the sensor's, sorted, as [`super::encoding::series_tags`] makes them): the key is
+    /// their escaped text, one to one, so the parts decide without writing the key.
+    fn is(&self, measurement: &str, pairs: &[(&str, &str)]) -> bool {
+        // An own sensor name is in the key only when no tag is named `sensor` (as
+        // `series_tags` makes it).
+        let own = match &self.sensor {
+            SensorName::Own(name) if !self.tags.iter().any(|(k, _)| &**k == "sensor") => {
+                Some(&**name)
+            }
+            _ => None,
+        };
+        if *self.measurement != *measurement
+            || pairs.len() != self.tags.len() + usize::from(own.is_some())
+        {
+            return false;
+        }
+        // An own sensor name is then the one `sensor` pair; every other pair is the next
+        // tag, both sides sorted alike.
+        let mut tags = self.tags.iter();
+        pairs.iter().all(|&(key, value)| match own {
+            Some(name) if key == "sensor" => value == name,
+            _ => tags
+                .next()
+                .is_some_and(|(k, v)| **k == *key && **v == *value),
+        })
+    }
+
     /// The seq of this series' kept reading at `ts`, if any.
     fn find(&self, ts: i64) -> Option<u64> {
         match self.in_order.back() {
@@ -114,7 +161,7 @@ impl Series {
     /// key. `false` says nothing: the key decides.
     fn holds(&self, stored: &StoredReading) -> bool {
         *self.measurement == *stored.reading.measurement
-            && *self.sensor == *stored.sensor
+            && self.sensor() == stored.sensor
             && self.tags.len() == stored.reading.tags.len()
             && self
                 .tags
@@ -176,8 +223,13 @@ fn same_names(names: &[String], fields: &[(String, FieldValue)]) -> bool {
 #[derive(Debug)]
 struct Data {
     capacity: usize,
-    /// Series key → index in `series`.
-    series_ids: FxHashMap<Box<str>, u32>,
+    /// Series key's hash → index in `series` of the first series with that hash (told
+    /// from the others by [`Series::is`]): no copy of every key kept.
+    series_ids: FxHashMap<u64, u32>,
+    /// Series key → index, for a series whose key's hash an earlier series had (rare).
+    colliding: FxHashMap<Box<str>, u32>,
+    /// Every measurement's name, once.
+    measurements: FxHashSet<Arc<str>>,
     series: Vec<Series>,
     /// The series of the last reading written: a batch is mostly one sensor's readings,
     /// which then skip building and hashing the series key.
@@ -217,6 +269,8 @@ impl MemoryStore {
             data: Arc::new(RwLock::new(Data {
                 capacity: capacity.max(1),
                 series_ids: FxHashMap::default(),
+                colliding: FxHashMap::default(),
+                measurements: FxHashSet::default(),
                 series: Vec::new(),
                 last_series: None,
                 layouts: Vec::new(),
@@ -325,7 +379,13 @@ impl Data {
         pairs: &mut Vec<(&'a str, &'a str)>,
     ) -> Result<u32, StoreError> {
         write_stored_series_key(key, pairs, stored);
-        if let Some(&id) = self.series_ids.get(key.as_str()) {
+        let hash = FxBuildHasher.hash_one(key.as_str());
+        let first = self.series_ids.get(&hash).copied();
+        let measurement = stored.reading.measurement.as_str();
+        if let Some(id) = first.filter(|&id| self.series[id as usize].is(measurement, pairs)) {
+            return Ok(id);
+        }
+        if let Some(&id) = self.colliding.get(key.as_str()) {
             return Ok(id);
         }
         let id = u32::try_from(self.series.len())
@@ -337,15 +397,35 @@ impl Data {
             .map(|(k, v)| (k.as_str().into(), v.as_str().into()))
             .collect();
         tags.sort_unstable();
+        let sensor = match tags
+            .iter()
+            .position(|(k, v)| &**k == "sensor" && **v == *stored.sensor)
+            .and_then(|at| u32::try_from(at).ok())
+        {
+            Some(at) => SensorName::Tag(at),
+            None => SensorName::Own(stored.sensor.as_str().into()),
+        };
+        let measurement = match self.measurements.get(measurement) {
+            Some(name) => Arc::clone(name),
+            None => {
+                let name: Arc<str> = measurement.into();
+                self.measurements.insert(Arc::clone(&name));
+                name
+            }
+        };
         self.series.push(Series {
-            measurement: stored.reading.measurement.as_str().into(),
-            sensor: stored.sensor.as_str().into(),
+            measurement,
+            sensor,
             tags,
             in_order: VecDeque::new(),
             late: None,
             layout: None,
         });
-        self.series_ids.insert(key.as_str().into(), id);
+        if first.is_some() {
+            self.colliding.insert(key.as_str().into(), id);
+        } else {
+            self.series_ids.insert(hash, id);
+        }
         Ok(id)
     }
 
@@ -450,14 +530,14 @@ impl Data {
     }
 
     fn sensor_of(&self, row: &MemRow) -> &str {
-        &self.series[row.series as usize].sensor
+        self.series[row.series as usize].sensor()
     }
 
     fn row(&self, row: &MemRow) -> Row {
         let series = &self.series[row.series as usize];
         Row {
             measurement: series.measurement.to_string(),
-            sensor: series.sensor.to_string(),
+            sensor: series.sensor().to_string(),
             tags: series
                 .tags
                 .iter()
@@ -475,7 +555,7 @@ impl Data {
             .iter()
             .filter(|row| {
                 let series = &self.series[row.series as usize];
-                query.sensor.as_ref().is_none_or(|s| *series.sensor == **s)
+                query.sensor.as_ref().is_none_or(|s| series.sensor() == s)
                     && query
                         .measurement
                         .as_ref()
@@ -675,6 +755,63 @@ mod tests {
                 ("m".into(), "b".into(), 1),
                 ("n".into(), "b".into(), 1),
                 ("m".into(), "a".into(), 2),
+            ]
+        );
+    }
+
+    /// Series are found by their key's hash and told apart by their parts: a series whose
+    /// key's hash another series already has is still its own (here the hash is made to
+    /// collide), and a sensor name kept once reads back from its tag or its own copy.
+    #[test]
+    fn a_series_whose_key_hash_is_taken_is_still_its_own() {
+        let mut store = MemoryStore::with_capacity(100);
+        let reader = store.reader();
+        let v = vec![("v", FieldValue::Int(1))];
+        store
+            .write_batch(&[reading("m", &[("sensor", "a")], v.clone(), 1)])
+            .expect("write");
+        // `b`'s key hashes to where `a` is.
+        let (mut key, mut pairs) = (String::new(), Vec::new());
+        let b = reading("m", &[("sensor", "b"), ("room", "1")], v.clone(), 1);
+        write_stored_series_key(&mut key, &mut pairs, &b);
+        let hash = FxBuildHasher.hash_one(key.as_str());
+        store.data.write().expect("lock").series_ids.insert(hash, 0);
+        for ts in 1..=2 {
+            let written = store
+                .write_batch(&[
+                    reading("m", &[("room", "1"), ("sensor", "b")], v.clone(), ts),
+                    reading("m", &[("sensor", "a")], v.clone(), ts),
+                ])
+                .expect("write");
+            // ts 1: `b` is new, `a` a duplicate; ts 2: both new.
+            assert_eq!(written.outcome.inserted, ts as u64, "{ts}");
+        }
+        let data = read(&store.data);
+        assert_eq!(data.series.len(), 2);
+        assert_eq!(data.colliding.len(), 1);
+        assert_eq!(data.measurements.len(), 1, "the measurement is shared");
+        drop(data);
+        let mut ip = reading("m", &[("room", "2")], v, 1);
+        ip.sensor = "10.0.0.1".into();
+        store.write_batch(&[ip]).expect("write");
+        type Tags = Vec<(String, String)>;
+        let mut rows: Vec<(String, Tags, i64)> = block_on(reader.query(&Query::default()))
+            .expect("query")
+            .into_iter()
+            .map(|r| (r.sensor, r.tags, r.timestamp_ns))
+            .collect();
+        rows.sort();
+        let tags = |pairs: &[(&str, &str)]| -> Tags {
+            pairs.iter().map(|&(k, v)| (k.into(), v.into())).collect()
+        };
+        assert_eq!(
+            rows,
+            vec![
+                ("10.0.0.1".into(), tags(&[("room", "2")]), 1),
+                ("a".into(), tags(&[("sensor", "a")]), 1),
+                ("a".into(), tags(&[("sensor", "a")]), 2),
+                ("b".into(), tags(&[("room", "1"), ("sensor", "b")]), 1),
+                ("b".into(), tags(&[("room", "1"), ("sensor", "b")]), 2),
             ]
         );
     }

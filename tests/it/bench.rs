@@ -325,3 +325,85 @@ fn unreachable_server_exits_2() {
     assert_eq!(code, Some(2), "{stdout}\n{stderr}");
     assert!(stderr.contains("cannot reach 127.0.0.1:1"), "{stderr}");
 }
+
+/// Confine `cmd`'s process to one CPU (the first this test may use), as `taskset -c N`
+/// does: it then starts a current-thread runtime (the path a pinned benchmark takes).
+fn on_one_cpu(cmd: &mut std::process::Command) -> &mut std::process::Command {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: a zeroed `cpu_set_t` is a valid empty set; the affinity calls only read and
+    // write that set.
+    let cpu = unsafe {
+        let mut mine: libc::cpu_set_t = std::mem::zeroed();
+        assert_eq!(
+            libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut mine),
+            0,
+            "reading this test's CPU affinity"
+        );
+        (0..libc::CPU_SETSIZE as usize)
+            .find(|&cpu| libc::CPU_ISSET(cpu, &mine))
+            .expect("this test may run on some CPU")
+    };
+    // SAFETY: between fork and exec only `sched_setaffinity` (async-signal-safe) runs,
+    // on a set built on the stack.
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut one: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut one);
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &one) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Pinned to one CPU each (as bench/*.sh run them), the server and the bench run on a
+/// current-thread runtime: every reading still acked exactly once, and the server still
+/// shuts down cleanly on SIGTERM.
+#[test]
+fn pinned_server_and_bench_ack_every_reading() {
+    let mut cmd = bin();
+    cmd.args([
+        "server",
+        "--listen",
+        "127.0.0.1:0",
+        "--store",
+        "memory",
+        "--http",
+        "127.0.0.1:0",
+    ]);
+    on_one_cpu(&mut cmd);
+    let mut server = Server::spawn(cmd, "memory");
+    let out = run(on_one_cpu(
+        bin().arg("bench").arg(server.addr.to_string()).args([
+            "--count",
+            "600",
+            "--connections",
+            "3",
+            "--pipeline",
+            "4",
+            "--batch",
+            "5",
+            "--json",
+            "--no-progress",
+        ]),
+    ));
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let report = report(&stdout);
+    assert_eq!(report["readings"], 600, "{report}");
+    assert_eq!(report["unacked"], 0, "{report}");
+    assert_eq!(report["errors"], 0, "{report}");
+    // 600 readings in batches of 5: 120 acks.
+    assert_latency(&report, 120);
+    // Stored and acked, as the HTTP side (served by the same runtime) counts them.
+    let metrics = server.get("/metrics").body;
+    assert!(
+        metrics.contains("\nsensorlink_readings_acked_total 600\n"),
+        "{metrics}"
+    );
+    assert!(server.terminate().success(), "{}", server.stderr());
+}
