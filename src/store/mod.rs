@@ -266,6 +266,19 @@ pub trait Store: Send {
     /// time is not compared), as a conflict otherwise.
     fn write_batch(&mut self, batch: &[StoredReading]) -> Result<Written, StoreError>;
 
+    /// [`Store::write_batch`] of `parts` one after the other, in one transaction, with
+    /// [`Written::repeats`] indexed across the parts as if they were one batch. The group
+    /// commit merges several connections' batches through this, so a store that reads
+    /// the parts in place (SQLite) spares moving every reading into one vector; the
+    /// readings then go back to their connections and are freed by the thread that
+    /// allocated them. Default: the parts copied into one batch.
+    fn write_parts(&mut self, parts: &[&[StoredReading]]) -> Result<Written, StoreError> {
+        match parts {
+            [one] => self.write_batch(one),
+            _ => self.write_batch(&parts.concat()),
+        }
+    }
+
     /// When the store wants [`Store::idle`] called if no batch has come by then (e.g. to
     /// fold bookkeeping it buffers between writes into the database); `None`: never.
     /// Only the group-commit writer thread honours it.

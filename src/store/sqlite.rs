@@ -29,11 +29,11 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior};
+use rusqlite::{Connection, ErrorCode, TransactionBehavior};
 
 use tx::Immediate;
 
-use super::encoding::{decode_fields, encode_fields, encode_tags, write_stored_series_key};
+use super::encoding::{decode_fields, encode_fields, write_stored_series_key};
 use super::{Conflict, FsyncPolicy, Store, StoreError, StoredReading, Written};
 
 mod files;
@@ -42,6 +42,7 @@ mod series_cache;
 mod tx;
 
 use files::{checkpoint_at_close, lock_writer};
+use series_cache::{find_or_create_series, same_series};
 
 pub use reader::SqliteReader;
 pub use series_cache::{SeriesCache, DEFAULT_SERIES_CACHE_ENTRIES};
@@ -462,6 +463,10 @@ fn migrate(conn: &mut Connection, location: &str) -> Result<(), StoreError> {
 
 impl Store for SqliteStore {
     fn write_batch(&mut self, batch: &[StoredReading]) -> Result<Written, StoreError> {
+        self.write_parts(&[batch])
+    }
+
+    fn write_parts(&mut self, parts: &[&[StoredReading]]) -> Result<Written, StoreError> {
         // Decided before the commit: a commit on an async worker never finds it due (see
         // `commits_without_waiting`), so the checkpoint below runs on the writer thread.
         let checkpoint = self.checkpoint_due();
@@ -477,24 +482,35 @@ impl Store for SqliteStore {
         {
             let mut key = String::new();
             let mut pairs = Vec::new();
+            // The parts as one batch, by reference (indices count across the parts).
+            let batch: Vec<&StoredReading> = parts.iter().flat_map(|part| part.iter()).collect();
             // (series, timestamp, index in batch): inserted in key order, so consecutive rows
             // land on the same B-tree leaf instead of hopping between series.
             let mut order: Vec<(i64, i64, usize)> = Vec::with_capacity(batch.len());
-            for (index, stored) in batch.iter().enumerate() {
-                write_stored_series_key(&mut key, &mut pairs, stored);
-                let cached = self
-                    .series
-                    .get(&key)
-                    .or_else(|| new_series.get(&key).copied());
-                let series_id = match cached {
-                    Some(id) => id,
+            // The previous reading and its series: a connection's readings mostly come in
+            // runs of one series, whose key need not be written and looked up again.
+            let mut last: Option<(&StoredReading, i64)> = None;
+            for (index, &stored) in batch.iter().enumerate() {
+                let series_id = match last.filter(|(prev, _)| same_series(prev, stored)) {
+                    Some((_, id)) => id,
                     None => {
-                        let id = find_or_create_series(&tx, &key, stored)
-                            .map_err(fail("insert series"))?;
-                        new_series.insert(key.clone(), id);
-                        id
+                        write_stored_series_key(&mut key, &mut pairs, stored);
+                        let cached = self
+                            .series
+                            .get(&key)
+                            .or_else(|| new_series.get(&key).copied());
+                        match cached {
+                            Some(id) => id,
+                            None => {
+                                let id = find_or_create_series(&tx, &key, stored)
+                                    .map_err(fail("insert series"))?;
+                                new_series.insert(key.clone(), id);
+                                id
+                            }
+                        }
                     }
                 };
+                last = Some((stored, series_id));
                 order.push((series_id, stored.timestamp_ns(), index));
             }
             // Stable on equal keys: the first of two identical readings is the one stored.
@@ -511,7 +527,7 @@ impl Store for SqliteStore {
                     batch_deltas.push((id, delta));
                     run = None;
                 }
-                let stored = &batch[index];
+                let stored = batch[index];
                 encode_fields(&mut fields, &stored.reading.fields);
                 let changed = insert
                     .execute(rusqlite::params![series_id, ts, stored.received_ns, fields])
@@ -682,31 +698,6 @@ impl Store for SqliteStore {
     }
 }
 
-/// The id of the series `key`, inserting its row if it is new.
-fn find_or_create_series(
-    conn: &Connection,
-    key: &str,
-    stored: &StoredReading,
-) -> rusqlite::Result<i64> {
-    let found = conn
-        .prepare_cached("SELECT id FROM series WHERE key = ?1")?
-        .query_row([key], |row| row.get(0))
-        .optional()?;
-    if let Some(id) = found {
-        return Ok(id);
-    }
-    conn.prepare_cached(
-        "INSERT INTO series (key, measurement, sensor, tags) VALUES (?1, ?2, ?3, ?4)",
-    )?
-    .execute(rusqlite::params![
-        key,
-        stored.reading.measurement,
-        stored.sensor,
-        encode_tags(&stored.reading.tags)
-    ])?;
-    Ok(conn.last_insert_rowid())
-}
-
 #[cfg(test)]
 mod tests {
     //! What only SQLite has: files, migrations, the series table, read-only connections.
@@ -787,6 +778,50 @@ mod tests {
             .query_row("SELECT COUNT(*) FROM series", [], |r| r.get(0))
             .expect("count");
         assert_eq!(n, 1);
+    }
+
+    /// Parts written as one batch: one transaction, repeats indexed across the parts
+    /// (within a part, between parts, and against rows stored before), and runs of one
+    /// series broken by another series, by another sensor, or by other tags all land in
+    /// their own series.
+    #[test]
+    fn parts_are_one_batch_across_their_runs() {
+        let (_dir, _path, mut store) = open_temp();
+        let v = |n| vec![("v", FieldValue::Int(n))];
+        let stored = reading("m", &[("sensor", "a")], v(1), 1);
+        store.write_batch(&[stored]).expect("write");
+        let mut other_sensor = reading("m", &[], v(1), 1);
+        other_sensor.sensor = "10.0.0.1".into();
+        let first = vec![
+            reading("m", &[("sensor", "a")], v(1), 1), // duplicate of the stored row
+            reading("m", &[("sensor", "a")], v(1), 2),
+            reading("m", &[("sensor", "b")], v(1), 2),
+            reading("m", &[("sensor", "a")], v(9), 2), // conflict, in the same part
+        ];
+        let second = vec![
+            reading("m", &[("sensor", "b")], v(1), 2), // duplicate of the first part's
+            reading("m", &[("sensor", "b"), ("x", "1")], v(1), 2),
+            reading("n", &[("sensor", "b")], v(1), 2),
+            other_sensor,
+        ];
+        let written = store.write_parts(&[&first, &second]).expect("write");
+        let repeats: Vec<(usize, bool)> = written
+            .repeats
+            .iter()
+            .map(|repeat| (repeat.index, repeat.conflict.is_some()))
+            .collect();
+        assert_eq!(repeats, vec![(0, false), (3, true), (4, false)]);
+        assert_eq!(written.outcome.inserted, 5);
+        let series: i64 = store
+            .conn
+            .query_row("SELECT COUNT(*) FROM series", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(series, 5, "a, b, b+x, n/b and the address");
+        let rows: i64 = store
+            .conn
+            .query_row("SELECT COUNT(*) FROM readings", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(rows, 6);
     }
 
     /// The series key on disk is schema v1's text: it must never change.

@@ -95,6 +95,27 @@ pub struct Committed {
     pub outcome: WriteOutcome,
     /// This batch's readings that were not stored, by their index in this batch.
     pub repeats: Vec<Repeat>,
+    /// The batch's readings, handed back from the writer thread: freed where they were
+    /// allocated (the connection's worker) when the answer is dropped, not on the writer,
+    /// whose cross-thread frees cost more and delay the next commit.
+    returned: Returned,
+}
+
+/// Readings travelling back with their answer; printed and cloned as nothing (their
+/// only use is to be dropped on the right thread).
+#[derive(Default)]
+struct Returned(Vec<StoredReading>);
+
+impl Clone for Returned {
+    fn clone(&self) -> Self {
+        Returned::default()
+    }
+}
+
+impl std::fmt::Debug for Returned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} readings", self.0.len())
+    }
 }
 
 /// The result a batch's receipt resolves to (shared error: one failed transaction answers
@@ -163,6 +184,7 @@ impl CommitReply {
                 commit_us,
                 outcome: written.outcome,
                 repeats: written.repeats,
+                returned: Returned::default(),
             },
         );
         // Lowered before the answer, so whoever sees the answer sees the gauge lowered.
@@ -250,10 +272,20 @@ struct Job {
 
 impl Job {
     /// Answer the batch (out of the queue-depth gauge first, so whoever sees the answer
-    /// sees the gauge lowered). A dropped receiver means the connection is gone.
+    /// sees the gauge lowered), handing its readings back with a successful answer. A
+    /// dropped receiver means the connection is gone.
     fn answer(self, result: CommitResult) {
-        drop(self.queued);
-        let _ = self.reply.send(result);
+        let Job {
+            readings,
+            reply,
+            queued,
+        } = self;
+        drop(queued);
+        let result = result.map(|mut committed| {
+            committed.returned = Returned(readings);
+            committed
+        });
+        let _ = reply.send(result);
     }
 }
 
@@ -323,7 +355,7 @@ impl StoreHandle {
                 };
                 // A panic in another task's write leaves the store usable (memory only).
                 let mut store = store.lock().unwrap_or_else(PoisonError::into_inner);
-                commit(&mut **store, vec![job], rows, self.telemetry);
+                commit(&mut **store, [job], rows, self.telemetry);
                 return Ok(answer);
             }
             Route::Concurrent(store) => {
@@ -489,43 +521,51 @@ pub fn spawn_counted(
     )
 }
 
-/// Write the readings of `jobs` in one transaction and answer every job.
-fn commit(
-    store: &mut dyn Store,
-    mut jobs: Vec<Job>,
-    rows: usize,
-    telemetry: Option<&'static Telemetry>,
-) {
-    let lens: Vec<usize> = jobs.iter().map(|job| job.readings.len()).collect();
+/// Write the readings of `jobs` in one transaction and answer every job. `jobs` is an
+/// array of one for a lone batch (no vector per commit) or the writer's gathered batches.
+fn commit<J>(store: &mut dyn Store, jobs: J, rows: usize, telemetry: Option<&'static Telemetry>)
+where
+    J: AsRef<[Job]> + IntoIterator<Item = Job>,
+{
+    let all = jobs.as_ref();
     let written = if rows == 0 {
         // Only barriers: nothing to write, everything before them is already committed.
         Ok((Written::default(), Duration::ZERO))
     } else {
-        let merged;
-        let batch: &[StoredReading] = if jobs.len() == 1 {
-            &jobs[0].readings
-        } else {
-            let mut all = Vec::with_capacity(rows);
-            for job in &mut jobs {
-                all.append(&mut job.readings);
-            }
-            merged = all;
-            &merged
-        };
         let start = Instant::now();
-        store
-            .write_batch(batch)
-            .map(|outcome| (outcome, start.elapsed()))
+        // The batches in place, not moved into one vector: they go back to their senders.
+        let written = match all {
+            [one] => store.write_parts(&[&one.readings]),
+            _ => {
+                let parts: Vec<&[StoredReading]> =
+                    all.iter().map(|job| job.readings.as_slice()).collect();
+                store.write_parts(&parts)
+            }
+        };
+        written.map(|outcome| (outcome, start.elapsed()))
     };
-    match account(telemetry, jobs.len(), rows, written) {
+    let batches = all.len();
+    match account(telemetry, batches, rows, written) {
         Ok((total, committed_at, commit_us)) => {
-            for (job, written) in jobs.into_iter().zip(split_written(total, &lens)) {
+            let answer = |job: Job, written: Written| {
                 job.answer(Ok(Committed {
                     committed_at,
                     commit_us,
                     outcome: written.outcome,
                     repeats: written.repeats,
+                    returned: Returned::default(),
                 }));
+            };
+            if batches == 1 {
+                // split_written's one part, without its vectors.
+                if let Some(job) = jobs.into_iter().next() {
+                    answer(job, total);
+                }
+            } else {
+                let lens: Vec<usize> = all.iter().map(|job| job.readings.len()).collect();
+                for (job, written) in jobs.into_iter().zip(split_written(total, &lens)) {
+                    answer(job, written);
+                }
             }
         }
         Err(err) => {
@@ -574,6 +614,50 @@ mod tests {
             .await
             .expect("answered in time")
             .expect("writer answered")
+    }
+
+    /// Each batch's readings come back with its answer, also from a merged transaction
+    /// (they are freed by the connection, not by the writer thread); a clone of the answer
+    /// carries none.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn readings_go_back_with_their_answer() {
+        let store = TestStore::default();
+        let (gate, entered_rx, release_tx) = gate();
+        let (handle, writer) = spawn(
+            Drive::GroupCommit(Box::new(store.gated(gate))),
+            WriterConfig::default(),
+        );
+        let first = handle.submit(vec![temp("a", 1)]).await.expect("submit");
+        tokio::task::spawn_blocking(move || entered_rx.recv().map(|_| entered_rx))
+            .await
+            .expect("join")
+            .expect("writer entered the store");
+        // Both queued behind the held transaction: merged into one.
+        let b = handle
+            .submit((10..13).map(|ts| temp("b", ts)).collect())
+            .await
+            .expect("submit");
+        let c = handle.submit(vec![temp("c", 20)]).await.expect("submit");
+        for _ in 0..2 {
+            release_tx.send(()).expect("writer waits");
+        }
+        let returned = |committed: &Committed| -> Vec<i64> {
+            committed
+                .returned
+                .0
+                .iter()
+                .map(StoredReading::timestamp_ns)
+                .collect()
+        };
+        assert_eq!(returned(&wait(first).await.expect("committed")), vec![1]);
+        let b = wait(b).await.expect("committed");
+        assert_eq!(returned(&b), vec![10, 11, 12]);
+        assert_eq!(returned(&wait(c).await.expect("committed")), vec![20]);
+        assert!(returned(&b.clone()).is_empty());
+        drop(handle);
+        drop(release_tx);
+        writer.finish().expect("finish");
+        assert_eq!(store.log().txns, vec![1, 4]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

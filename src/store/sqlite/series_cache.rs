@@ -1,4 +1,5 @@
-//! The SQLite writer's cache of series key → `series.id`, bounded: at most
+//! The SQLite writer's series: finding or creating a series' row, telling whether two
+//! readings share a series, and the cache of series key → `series.id`, bounded: at most
 //! `--series-cache-entries` series and [`MAX_KEY_BYTES`] of keys, least recently used
 //! evicted first. Unbounded, 200,000 series of ~1 KB of tags took the server from 16 MB
 //! to 298 MB. A miss costs one indexed lookup in the `series` table
@@ -12,6 +13,10 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use hashlink::LruCache;
+use rusqlite::{Connection, OptionalExtension};
+
+use crate::store::encoding::encode_tags;
+use crate::store::StoredReading;
 
 use crate::events::{self, Event as _, SeriesCacheEvicted};
 
@@ -108,6 +113,40 @@ impl SeriesCache {
     pub fn key_bytes(&self) -> usize {
         self.key_bytes
     }
+}
+
+/// Whether two readings belong to one series: the same measurement, tags (in the same
+/// order) and sensor give the same series key ([`crate::store::encoding`]). Tags in another order
+/// answer `false`, and the key is then written and looked up as for any other reading.
+pub(super) fn same_series(a: &StoredReading, b: &StoredReading) -> bool {
+    a.sensor == b.sensor
+        && a.reading.measurement == b.reading.measurement
+        && a.reading.tags == b.reading.tags
+}
+
+/// The id of the series `key`, inserting its row if it is new.
+pub(super) fn find_or_create_series(
+    conn: &Connection,
+    key: &str,
+    stored: &StoredReading,
+) -> rusqlite::Result<i64> {
+    let found = conn
+        .prepare_cached("SELECT id FROM series WHERE key = ?1")?
+        .query_row([key], |row| row.get(0))
+        .optional()?;
+    if let Some(id) = found {
+        return Ok(id);
+    }
+    conn.prepare_cached(
+        "INSERT INTO series (key, measurement, sensor, tags) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(rusqlite::params![
+        key,
+        stored.reading.measurement,
+        stored.sensor,
+        encode_tags(&stored.reading.tags)
+    ])?;
+    Ok(conn.last_insert_rowid())
 }
 
 #[cfg(test)]

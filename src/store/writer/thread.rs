@@ -55,7 +55,7 @@ impl ThreadRoute {
             return Err(job);
         }
         let rows = job.readings.len();
-        commit(&mut **store, vec![job], rows, telemetry);
+        commit(&mut **store, [job], rows, telemetry);
         drop(store);
         self.begin_next_write_later();
         Ok(())
