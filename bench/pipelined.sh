@@ -6,7 +6,8 @@
 #              `redis-server --save '' --appendonly no` (server core) (Debian `redis-server`,
 #              `redis-tools`); keys overwritten (one key), and with `-r 100000000` (random
 #              keys: new entries, as our readings are)
-# Alternated in one sitting, REPS (default 3) reps. Prints, per side, the medians and their
+# Alternated in one sitting, REPS (default 3) reps, each of SLICES (default 1) alternated runs
+# per side (see SLICES below). Prints, per side, the medians and their
 # spread across reps, the server's CPU share over the measured window (utime + stime from
 # /proc) and so the server CPU per reading (per SET for Redis); then `result` rows:
 #   redis-ratio           best config ÷ Redis SET, keys overwritten      target ≥ 1.0×
@@ -30,6 +31,11 @@ REDIS_N=${REDIS_N:-5000000}
 # longer window: which connection a one-core scheduler serves first can stick for seconds (one
 # connection at 2× the median over a 5 s run), so a 5 s window judges luck as much as fairness.
 FAIR_DURATION=${FAIR_DURATION:-15}
+# Each rep: SLICES (default 1) runs per side, alternated, of SLICE (default DURATION) s for ours
+# and REDIS_N ÷ SLICES SETs for Redis; a rep's figures are the medians of its slices, so the two
+# sides of a pair are measured seconds apart when SLICES > 1.
+SLICES=${SLICES:-1}
+SLICE=${SLICE:-$DURATION}
 FAIR_REPS=${FAIR_REPS:-$REPS}
 WARMUP_S=1
 # "pipeline/batch" pairs: one sync of 64 in flight per connection, 4 syncs of 64, 4 syncs of
@@ -39,6 +45,7 @@ CONFIGS=${CONFIGS:-"64/64 256/64 4096/1024"}
 bash scripts/install-bench-deps.sh redis-server redis-tools jq python3
 build
 hz=$(getconf CLK_TCK)
+redis_n=$((REDIS_N / SLICES))
 
 # pin_server PID: the server under test (all its threads) on the server core when pinned.
 # Idempotent: a lib.sh whose start_ours already pins makes this a no-op.
@@ -85,8 +92,8 @@ run_ours() { # PIPELINE BATCH [SECONDS [TAG]]: TAG (default "ours") names the ou
   wait "$bench_pid" || { echo "sensorlink bench failed (pipeline $1, batch $2)" >&2; exit 2; }
   forget_pid "$bench_pid"
   stop_pid "$server_pid"
-  jq -c --argjson cpu "$share" '. + {server_cpu: $cpu}' "$tmp/run.json" >> "$tmp/$tag-$1-$2.jsonl"
-  keep "$tmp/run.json" "pipelined-$tag-$1-$2-$rep.json"
+  jq -c --argjson cpu "$share" '. + {server_cpu: $cpu}' "$tmp/run.json" >> "$tmp/$sink$tag-$1-$2.jsonl"
+  keep "$tmp/run.json" "pipelined-$tag-$1-$2-$rep${slice:+-$slice}.json"
 }
 
 run_redis() { # NAME [EXTRA redis-benchmark FLAGS...]
@@ -99,33 +106,53 @@ run_redis() { # NAME [EXTRA redis-benchmark FLAGS...]
   redis_pid=$last_pid
   wait_tcp "$port"
   t1=$(now) k1=$(ticks "$redis_pid")
-  cmdlog "${on_load[@]}" redis-benchmark -h 127.0.0.1 -p "$port" -P 64 -c 50 -t set -n "$REDIS_N" -q --csv "$@"
+  cmdlog "${on_load[@]}" redis-benchmark -h 127.0.0.1 -p "$port" -P 64 -c 50 -t set -n "$redis_n" -q --csv "$@"
   timeout --kill-after=5 120 "${on_load[@]}" redis-benchmark -h 127.0.0.1 -p "$port" -P 64 -c 50 -t set \
-    -n "$REDIS_N" -q --csv "$@" > "$tmp/rb.csv"
+    -n "$redis_n" -q --csv "$@" > "$tmp/rb.csv"
   t2=$(now) k2=$(ticks "$redis_pid")
   stop_pid "$redis_pid"
-  keep "$tmp/rb.csv" "pipelined-$name-$rep.csv"
+  keep "$tmp/rb.csv" "pipelined-$name-$rep${slice:+-$slice}.csv"
   # "SET","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"
   # server_cpu: redis-server's share of a core over the whole run (its connects are a
   # negligible part of it); us_per_op: its CPU per SET.
   tr -d '"' < "$tmp/rb.csv" | awk -F, -v k="$((k2 - k1))" -v t="$(awk -v a="$t1" -v b="$t2" 'BEGIN { print b - a }')" \
-    -v hz="$hz" -v n="$REDIS_N" '$1 == "SET" {
+    -v hz="$hz" -v n="$redis_n" '$1 == "SET" {
     printf "{\"readings_per_sec\":%s,\"latency_us\":{\"p50\":%s,\"p99\":%s},\"server_cpu\":%.4f,\"us_per_op\":%.4f}\n",
       $2, $5 * 1000, $7 * 1000, (t > 0 ? k / hz / t : 0), k / hz / n * 1e6 }' \
-    >> "$tmp/$name.jsonl"
-  [ -s "$tmp/$name.jsonl" ] || { echo "redis-benchmark printed no SET row:" >&2; cat "$tmp/rb.csv" >&2; exit 2; }
+    >> "$tmp/$sink$name.jsonl"
+  [ -s "$tmp/$sink$name.jsonl" ] || { echo "redis-benchmark printed no SET row:" >&2; cat "$tmp/rb.csv" >&2; exit 2; }
 }
 
+# A rep's figures: the medians of its slices (per_connection too; starved: the worst slice).
+ours_extra='{server_cpu: (map(.server_cpu) | med),
+  per_connection: {min: (map(.per_connection.min) | med), p50: (map(.per_connection.p50) | med),
+    max: (map(.per_connection.max) | med), slowest_share: (map(.per_connection.slowest_share // 0) | med),
+    starved: (map(.per_connection.starved) | max)}}'
+redis_extra='{server_cpu: (map(.server_cpu) | med), us_per_op: (map(.us_per_op) | med)}'
+
 header
+echo "$REPS reps of $SLICES alternated slices (ours ${SLICE} s after a ${WARMUP_S} s warm-up per config; Redis $redis_n SETs per run)"
+sink='' slice=''
 for rep in $(seq "$REPS"); do
-  if [ $((rep % 2)) -eq 1 ]; then
-    for c in $CONFIGS; do run_ours "${c%/*}" "${c#*/}"; done
-    run_redis redis
-  else
-    run_redis redis
-    for c in $CONFIGS; do run_ours "${c%/*}" "${c#*/}"; done
-  fi
-  run_redis redis-random -r 100000000
+  sink=slice-
+  rm -f "$tmp"/slice-*.jsonl
+  for slice in $(seq "$SLICES"); do
+    if [ $(((rep + slice) % 2)) -eq 1 ]; then
+      for c in $CONFIGS; do run_ours "${c%/*}" "${c#*/}" "$SLICE"; done
+      run_redis redis
+    else
+      run_redis redis
+      for c in $CONFIGS; do run_ours "${c%/*}" "${c#*/}" "$SLICE"; done
+    fi
+    # Random keys: reported beside, not a target; once a rep.
+    if [ "$slice" = 1 ]; then run_redis redis-random -r 100000000; fi
+  done
+  sink='' slice=''
+  for c in $CONFIGS; do
+    slice_figures "$tmp/slice-ours-${c%/*}-${c#*/}.jsonl" "$ours_extra" >> "$tmp/ours-${c%/*}-${c#*/}.jsonl"
+  done
+  slice_figures "$tmp/slice-redis.jsonl" "$redis_extra" >> "$tmp/redis.jsonl"
+  slice_figures "$tmp/slice-redis-random.jsonl" "$redis_extra" >> "$tmp/redis-random.jsonl"
 done
 
 # Per run: ack p99 ÷ p50 and the server's CPU per reading (µs) from its share and the rate.
@@ -148,14 +175,14 @@ done
 for name in redis redis-random; do
   f="$tmp/$name.jsonl"
   r=$(jmed "$f" .readings_per_sec)
-  flags="-P 64 -c 50 -t set -n $REDIS_N"
+  flags="-P 64 -c 50 -t set -n $redis_n"
   [ "$name" = redis-random ] && flags="$flags -r 100000000"
   echo "| Redis | \`$flags\` | $(int "$r") | $(spread_pct "$f" .readings_per_sec) % | $(ratio "$r" "$redis")× | $(int "$(jmed "$f" .latency_us.p50)") | $(int "$(jmed "$f" .latency_us.p99)") | $(ratio "$(jmed "$f" "$q_tail")" 1)× | | | $(printf '%.0f' "$(jmed "$f" '.server_cpu * 100')") % | $(printf '%.3f' "$(jmed "$f" .us_per_op)") |"
 done
 echo
 echo "(ack latency: ours per sync of B readings, write → ack; Redis per request, p50/p99 from redis-benchmark in ms × 1000."
-echo " server CPU: utime + stime of the server over the measured window (ours: after warm-up, $(awk -v d="$DURATION" 'BEGIN { print d - 0.5 }') s; Redis: the whole run), in % of one core;"
-echo " µs per reading: that CPU ÷ the rate (Redis: per SET). Spreads: (max − min) ÷ median across $REPS reps.)"
+echo " server CPU: utime + stime of the server over the measured window (ours: after warm-up, $(awk -v d="$SLICE" 'BEGIN { print d - 0.5 }') s; Redis: the whole run), in % of one core;"
+echo " µs per reading: that CPU ÷ the rate (Redis: per SET). Each rep: the medians of its $SLICES slices. Spreads: (max − min) ÷ median across $REPS reps.)"
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 
