@@ -100,12 +100,16 @@ impl Series {
         // An own sensor name is then the one `sensor` pair; every other pair is the next
         // tag, both sides sorted alike.
         let mut tags = self.tags.iter();
-        pairs.iter().all(|&(key, value)| match own {
+        let each_pair_matches = pairs.iter().all(|&(key, value)| match own {
             Some(name) if key == "sensor" => value == name,
             _ => tags
                 .next()
                 .is_some_and(|(k, v)| **k == *key && **v == *value),
-        })
+        });
+        // Every tag compared too: were `sensor` pairs ever repeated (the line parser refuses
+        // duplicate tags, but another input path might not), two of them could stand in for
+        // the own name and leave a tag unchecked.
+        each_pair_matches && tags.next().is_none()
     }
 
     /// The seq of this series' kept reading at `ts`, if any.
@@ -660,6 +664,24 @@ mod tests {
     use super::*;
     use crate::protocol::FieldValue;
     use crate::store::testing::{block_on, reading};
+
+    #[test]
+    fn a_series_is_its_key_only_with_every_tag_compared() {
+        let series = Series {
+            measurement: Arc::from("m"),
+            sensor: SensorName::Own("x".into()),
+            tags: vec![(Box::from("a"), Box::from("1"))].into_boxed_slice(),
+            in_order: VecDeque::new(),
+            late: None,
+            layout: None,
+        };
+        // Its key: `m,a=1,sensor=x`.
+        assert!(series.is("m", &[("a", "1"), ("sensor", "x")]));
+        assert!(!series.is("m", &[("a", "2"), ("sensor", "x")]));
+        assert!(!series.is("n", &[("a", "1"), ("sensor", "x")]));
+        // Two `sensor` pairs (no input makes them today) must not stand in for `a=1`.
+        assert!(!series.is("m", &[("sensor", "x"), ("sensor", "x")]));
+    }
 
     #[test]
     fn oldest_readings_are_forgotten_beyond_the_capacity() {

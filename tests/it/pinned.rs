@@ -8,10 +8,10 @@ use std::process::Command;
 use crate::harness::*;
 use crate::pg_cluster;
 
-/// `sensorlink bench ADDR --count N` pinned to CPU 0, pipelined over several connections (the
+/// `sensorlink bench ADDR --count N` pinned to one CPU, pipelined over several connections (the
 /// group commit and the acks on one thread); asserts all N acked without error.
 fn pinned_bench(addr: &str, count: u64) {
-    let mut bench = pinned("0").expect("taskset ran a moment ago");
+    let mut bench = pinned();
     let out = run(bench.args([
         "bench",
         addr,
@@ -33,27 +33,40 @@ fn pinned_bench(addr: &str, count: u64) {
     assert_eq!(report["errors"], 0, "{report}");
 }
 
-/// `taskset -c CPU` in front of our binary; `None` (the test is skipped with a note) where
-/// `taskset` cannot run: it is part of util-linux, which every Debian system has.
-fn pinned(cpu: &str) -> Option<Command> {
-    let ok = Command::new("taskset")
-        .args(["-c", cpu, "true"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        eprintln!("SKIP: `taskset -c {cpu}` does not run here");
-        return None;
-    }
+/// The first CPU this process may run on (`Cpus_allowed_list` in /proc/self/status): a
+/// runner confined to other CPUs than 0 still pins.
+fn first_allowed_cpu() -> String {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let list = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
+        .expect("Cpus_allowed_list in /proc/self/status")
+        .trim();
+    list.split([',', '-'])
+        .next()
+        .filter(|cpu| cpu.parse::<usize>().is_ok())
+        .unwrap_or_else(|| panic!("no CPU in Cpus_allowed_list {list:?}"))
+        .to_string()
+}
+
+/// `taskset -c CPU` (the first CPU we may use) in front of our binary. `taskset` is part of
+/// util-linux, which every Debian system has: a machine where it cannot run fails the test
+/// rather than skipping it, so that the pinned set-up cannot go untested unnoticed.
+fn pinned() -> Command {
+    let cpu = first_allowed_cpu();
+    let status = Command::new("taskset").args(["-c", &cpu, "true"]).status();
+    assert!(
+        status.as_ref().is_ok_and(|s| s.success()),
+        "`taskset -c {cpu} true` does not run here ({status:?}): install util-linux"
+    );
     let mut cmd = Command::new("taskset");
-    cmd.args(["-c", cpu, env!("CARGO_BIN_EXE_sensorlink")]);
-    Some(cmd)
+    cmd.args(["-c", &cpu, env!("CARGO_BIN_EXE_sensorlink")]);
+    cmd
 }
 
 #[test]
 fn a_server_bench_and_client_pinned_to_one_cpu_store_every_reading_and_stop_cleanly() {
-    let Some(mut server_cmd) = pinned("0") else {
-        return;
-    };
+    let mut server_cmd = pinned();
     let store = TempStore::new();
     server_cmd.args([
         "server",
@@ -70,7 +83,7 @@ fn a_server_bench_and_client_pinned_to_one_cpu_store_every_reading_and_stop_clea
     pinned_bench(&addr, 4000);
 
     // The client, one reading in flight, then its summary.
-    let mut client = pinned("0").expect("taskset ran a moment ago");
+    let mut client = pinned();
     let out = run(client.args([
         "client",
         &addr,
@@ -108,9 +121,7 @@ fn a_server_pinned_to_one_cpu_on_postgresql_stores_every_reading_and_stops_clean
     let Some(cluster) = pg_cluster::own() else {
         return;
     };
-    let Some(mut server_cmd) = pinned("0") else {
-        return;
-    };
+    let mut server_cmd = pinned();
     let url = cluster.fresh_database("it_pinned");
     let db = url.rsplit('/').next().expect("a database name").to_string();
     server_cmd.args([
