@@ -153,6 +153,15 @@ pub(crate) fn gate() -> (Gate, std_mpsc::Receiver<()>, std_mpsc::Sender<()>) {
     (gate, entered_rx, release_tx)
 }
 
+/// Wait, off the runtime's threads, until a gated store's writer has entered its
+/// transaction; the receiver comes back for the next wait.
+pub(crate) async fn writer_entered(entered_rx: std_mpsc::Receiver<()>) -> std_mpsc::Receiver<()> {
+    tokio::task::spawn_blocking(move || entered_rx.recv().map(|_| entered_rx))
+        .await
+        .expect("join")
+        .expect("writer entered the store")
+}
+
 impl TestStore {
     /// A clone sharing this store's log whose writes wait at `gate`.
     pub(crate) fn gated(&self, gate: Gate) -> TestStore {

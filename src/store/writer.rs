@@ -604,7 +604,7 @@ pub(crate) fn split_written(total: Written, lens: &[usize]) -> Vec<Written> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::testing::{gate, temp, TestStore};
+    use crate::store::testing::{gate, temp, writer_entered, TestStore};
 
     /// Generous liveness guard: a test that needs longer than this is hung.
     const HANG: Duration = Duration::from_secs(20);
@@ -628,10 +628,7 @@ mod tests {
             WriterConfig::default(),
         );
         let first = handle.submit(vec![temp("a", 1)]).await.expect("submit");
-        tokio::task::spawn_blocking(move || entered_rx.recv().map(|_| entered_rx))
-            .await
-            .expect("join")
-            .expect("writer entered the store");
+        writer_entered(entered_rx).await;
         // Both queued behind the held transaction: merged into one.
         let b = handle
             .submit((10..13).map(|ts| temp("b", ts)).collect())
@@ -669,10 +666,7 @@ mod tests {
 
         // Hold the writer in a first transaction so the other batches queue up.
         let first = handle.submit(vec![temp("first", 0)]).await.expect("submit");
-        tokio::task::spawn_blocking(move || entered_rx.recv().map(|_| entered_rx))
-            .await
-            .expect("join")
-            .expect("writer entered the store");
+        writer_entered(entered_rx).await;
 
         let tasks = 50;
         let per_task = 10;
@@ -731,10 +725,7 @@ mod tests {
             Some(telemetry),
         );
         let first = handle.submit(vec![temp("first", 0)]).await.expect("submit");
-        tokio::task::spawn_blocking(move || entered_rx.recv().map(|_| entered_rx))
-            .await
-            .expect("join")
-            .expect("writer entered the store");
+        writer_entered(entered_rx).await;
         let five = handle
             .submit((0..5).map(|i| temp("a", i)).collect())
             .await
@@ -849,10 +840,7 @@ mod tests {
             Some(telemetry),
         );
         let first = handle.submit(vec![temp("a", 1)]).await.expect("submit");
-        tokio::task::spawn_blocking(move || entered_rx.recv())
-            .await
-            .expect("join")
-            .expect("writer entered the store");
+        writer_entered(entered_rx).await;
         // The writer holds the first, the second fills the queue, the third must wait.
         let second = handle.submit(vec![temp("a", 2)]).await.expect("submit");
         {
@@ -1008,10 +996,7 @@ mod tests {
         let (handle, writer) = spawn(Drive::GroupCommit(Box::new(gated)), config);
 
         let first = handle.submit(vec![temp("a", 1)]).await.expect("submit");
-        let entered_rx = tokio::task::spawn_blocking(move || entered_rx.recv().map(|_| entered_rx))
-            .await
-            .expect("join")
-            .expect("writer entered the store");
+        let entered_rx = writer_entered(entered_rx).await;
         // The writer is busy with the first batch: the second fills the queue...
         let second = handle.submit(vec![temp("a", 2)]).await.expect("submit");
         // ...and the third cannot be queued until the store moves on.
@@ -1033,10 +1018,7 @@ mod tests {
             .expect("submit");
         wait(first).await.expect("first");
         // Second (and maybe third) go in the next transaction.
-        tokio::task::spawn_blocking(move || entered_rx.recv())
-            .await
-            .expect("join")
-            .expect("writer entered again");
+        writer_entered(entered_rx).await;
         release_tx.send(()).expect("writer waits");
         wait(second).await.expect("second");
         // Release any further transaction, then let the writer finish.
@@ -1175,10 +1157,7 @@ mod tests {
             WriterConfig::default(),
         );
         let first = handle.submit(vec![temp("a", 1)]).await.expect("submit");
-        tokio::task::spawn_blocking(move || entered_rx.recv().map(|_| entered_rx))
-            .await
-            .expect("join")
-            .expect("writer entered the store");
+        writer_entered(entered_rx).await;
         // Queued behind the held transaction, so merged into one.
         let fresh = handle
             .submit((10..14).map(|i| temp("b", i)).collect())

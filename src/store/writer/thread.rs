@@ -342,7 +342,7 @@ mod group_tests {
     use super::super::{spawn, spawn_counted, CommitReceiver, Committed};
     use super::*;
     use crate::events::Telemetry;
-    use crate::store::testing::{gate, temp, TestStore};
+    use crate::store::testing::{gate, temp, writer_entered, TestStore};
     use crate::store::Drive;
 
     /// Generous liveness guard: a test that needs longer than this is hung.
@@ -409,10 +409,7 @@ mod group_tests {
             Some(with_open_connections(open)),
         );
         let first = handle.submit(vec![temp("first", 0)]).await.expect("submit");
-        let entered_rx = tokio::task::spawn_blocking(move || entered_rx.recv().map(|_| entered_rx))
-            .await
-            .expect("join")
-            .expect("writer entered the store");
+        let entered_rx = writer_entered(entered_rx).await;
         let a = handle.submit(vec![temp("a", 1)]).await.expect("submit");
         let b = handle.submit(vec![temp("b", 2)]).await.expect("submit");
         drop(entered_rx);
@@ -491,7 +488,7 @@ mod inline_tests {
 
     use super::super::{spawn, CommitReceiver, Committed, Queued};
     use super::*;
-    use crate::store::testing::{gate, temp, TestStore};
+    use crate::store::testing::{gate, temp, writer_entered, TestStore};
     use crate::store::{Drive, StoreError, StoredReading, Written};
     use std::sync::Arc;
     use tokio::sync::oneshot;
@@ -591,10 +588,7 @@ mod inline_tests {
                 })
             })
         };
-        let entered_rx = tokio::task::spawn_blocking(move || entered_rx.recv().map(|_| entered_rx))
-            .await
-            .expect("join")
-            .expect("A entered the store");
+        let entered_rx = writer_entered(entered_rx).await;
         // The store is taken: B goes to the writer, and C, D queue behind it.
         let b = handle.submit(vec![temp("b", 1)]).await.expect("submit");
         let c = handle
