@@ -65,6 +65,11 @@ pub struct Counters {
     pub write_failed: AtomicU64,
     /// The latest any packet left after its release time, µs: the emulator's own error.
     pub max_late_us: AtomicU64,
+    /// Packets released, and the sum and sum of squares of their lateness (µs, µs²): what
+    /// the emulator's own error adds to the delay it was asked for, in mean and variance.
+    pub late_count: AtomicU64,
+    pub late_sum_us: AtomicU64,
+    pub late_sq_sum_us2: AtomicU64,
     /// Relay threads of this direction that ended on an error (a broken TUN, or the other
     /// thread gone) rather than on stop: the link is dead from then on.
     pub threads_failed: AtomicU64,
@@ -83,6 +88,71 @@ impl Counters {
             self.max_late_us.load(Ordering::Relaxed),
             self.threads_failed.load(Ordering::Relaxed)
         )
+    }
+}
+
+/// One direction's lateness sums (see [`Counters`]); `max_us` is the largest since the link
+/// started, so an upper bound for any run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LatenessSums {
+    count: u64,
+    sum_us: u64,
+    sq_sum_us2: u64,
+    max_us: u64,
+}
+
+impl LatenessSums {
+    fn since(self, earlier: LatenessSums) -> LatenessSums {
+        LatenessSums {
+            count: self.count.saturating_sub(earlier.count),
+            sum_us: self.sum_us.saturating_sub(earlier.sum_us),
+            sq_sum_us2: self.sq_sum_us2.saturating_sub(earlier.sq_sum_us2),
+            max_us: self.max_us,
+        }
+    }
+
+    /// Mean and variance of the lateness, in ms and ms² (0 without packets).
+    fn mean_var_ms(self) -> (f64, f64) {
+        if self.count == 0 {
+            return (0.0, 0.0);
+        }
+        let n = self.count as f64;
+        let mean = self.sum_us as f64 / n;
+        let var = (self.sq_sum_us2 as f64 / n - mean * mean).max(0.0);
+        (mean / 1e3, var / 1e6)
+    }
+}
+
+/// The emulator's own lateness in both directions: a round trip crosses each once, so its
+/// means and variances add to the round trip's.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Lateness {
+    up: LatenessSums,
+    down: LatenessSums,
+}
+
+impl Lateness {
+    /// The lateness of packets released since `earlier` was taken.
+    pub fn since(self, earlier: Lateness) -> Lateness {
+        Lateness {
+            up: self.up.since(earlier.up),
+            down: self.down.since(earlier.down),
+        }
+    }
+
+    /// What it adds to a round trip's mean, ms.
+    pub fn mean_ms(self) -> f64 {
+        self.up.mean_var_ms().0 + self.down.mean_var_ms().0
+    }
+
+    /// What it adds to a round trip's variance, ms².
+    pub fn variance_ms2(self) -> f64 {
+        self.up.mean_var_ms().1 + self.down.mean_var_ms().1
+    }
+
+    /// The most it can add to one round trip, ms.
+    pub fn max_ms(self) -> f64 {
+        (self.up.max_us + self.down.max_us) as f64 / 1e3
     }
 }
 
@@ -172,6 +242,21 @@ impl Link {
             self.up.counters.describe(),
             self.down.counters.describe()
         )
+    }
+
+    /// The emulator's lateness so far, both directions: take one before a run and one after,
+    /// and [`Lateness::since`] gives the run's.
+    pub fn lateness(&self) -> Lateness {
+        let of = |c: &Counters| LatenessSums {
+            count: c.late_count.load(Ordering::Relaxed),
+            sum_us: c.late_sum_us.load(Ordering::Relaxed),
+            sq_sum_us2: c.late_sq_sum_us2.load(Ordering::Relaxed),
+            max_us: c.max_late_us.load(Ordering::Relaxed),
+        };
+        Lateness {
+            up: of(&self.up.counters),
+            down: of(&self.down.counters),
+        }
     }
 
     /// Packets dropped by the loss draw (not the outage): (up, down).
@@ -392,6 +477,11 @@ fn write_loop(
         }
         let late_us = release.elapsed().as_micros() as u64;
         counters.max_late_us.fetch_max(late_us, Ordering::Relaxed);
+        counters.late_count.fetch_add(1, Ordering::Relaxed);
+        counters.late_sum_us.fetch_add(late_us, Ordering::Relaxed);
+        counters
+            .late_sq_sum_us2
+            .fetch_add(late_us.saturating_mul(late_us), Ordering::Relaxed);
         // SAFETY: writes one whole packet from our buffer. A failed write is a lost packet,
         // as on a real link (e.g. the device is going down at the end of a test); counted.
         let n = unsafe { libc::write(to.as_raw_fd(), packet.as_ptr().cast(), packet.len()) };

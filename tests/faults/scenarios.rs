@@ -128,6 +128,7 @@ fn jitter_20ms_plus_minus_10ms_each_way_shows_in_mdev_and_p99() {
     // 50 ms apart, readings and replies are further apart than the jitter's 20 ms span, so
     // keeping order seldom holds a packet back (the relay counts it when it does), and the
     // round trip is 40 ms + the sum of two U(−10, +10) ms: a triangle on [−20, +20] ms.
+    let late_before = lab.link.lateness();
     let run = run_client(
         &lab.net,
         &server.addr,
@@ -136,6 +137,12 @@ fn jitter_20ms_plus_minus_10ms_each_way_shows_in_mdev_and_p99() {
         RUN_BOUND,
     );
     eprintln!("{}", lab.link.describe());
+    // The emulator's own error: on a loaded machine its threads release packets late (tens
+    // of ms once, with two helpers building), which adds to every figure below. It is
+    // measured (per packet, both ways) and added to what is expected; on a quiet machine it
+    // is a few µs and changes nothing.
+    let late = lab.link.lateness().since(late_before);
+    let (late_mean, late_sd) = (late.mean_ms(), late.variance_ms2().sqrt());
     let (median, mdev, p99, min, max) = (
         run.rtt_ms("p50_us"),
         run.rtt_ms("mdev_us"),
@@ -146,12 +153,12 @@ fn jitter_20ms_plus_minus_10ms_each_way_shows_in_mdev_and_p99() {
     // The path's own spread adds in quadrature; a baseline's mdev under 4 ms adds under
     // 11 %, inside the tolerance. (Not added in: one stall in the short baseline would
     // make its mdev, and so the expectation, large.)
-    let expected_mdev = triangle_stddev(a);
+    let expected_mdev = (triangle_stddev(a).powi(2) + late.variance_ms2()).sqrt();
     // The sample's p99 lies between the distribution's 95th percentile and its top (300
     // samples: the 297th of them), plus what the path itself adds. (The max is not
     // bounded: one stall of a program under test on a busy machine would exceed it.)
     let p99_lo = 40.0 + overhead + triangle_quantile(a, 0.95);
-    let p99_hi = 40.0 + triangle_quantile(a, 1.0) + base_max;
+    let p99_hi = 40.0 + triangle_quantile(a, 1.0) + base_max + late.max_ms();
     // The shape, not just two moments: the client's own RTTs (its `ack` events), less
     // 40 ms and the baseline, at five quantiles against the triangle's. With 300 samples a
     // quantile's standard error is under 0.8 ms here; 3 ms is about four of them.
@@ -159,7 +166,7 @@ fn jitter_20ms_plus_minus_10ms_each_way_shows_in_mdev_and_p99() {
         .events_of("ack")
         .iter()
         .filter_map(|ack| ack["rtt_us"].as_f64())
-        .map(|us| us / 1e3 - 40.0 - overhead)
+        .map(|us| us / 1e3 - 40.0 - overhead - late_mean)
         .collect();
     rtts.sort_by(f64::total_cmp);
     let quantiles: Vec<(f64, f64, f64)> = [0.1, 0.25, 0.5, 0.75, 0.9]
@@ -177,14 +184,17 @@ fn jitter_20ms_plus_minus_10ms_each_way_shows_in_mdev_and_p99() {
         .iter()
         .map(|(_, measured, expected)| format!("{measured:+.1}/{expected:+.1}"))
         .collect();
+    // 3 ms is about four standard errors of a quantile of 300 samples; the emulator's
+    // lateness spreads each one by its own standard deviation more.
+    let quantile_tolerance = 3.0 + late_sd;
     let row = Row {
         injected: "20 ms ± 10 ms (uniform)".into(),
         measured: format!(
-            "median {median:.2} ms, mdev {mdev:.2} ms, p99 {p99:.2} ms, min/max {min:.2}/{max:.2} ms (baseline median {overhead:.2}, mdev {base_mdev:.2} ms); p10/p25/p50/p75/p90 − 40 ms − baseline, measured/triangle: {} ms",
+            "median {median:.2} ms, mdev {mdev:.2} ms, p99 {p99:.2} ms, min/max {min:.2}/{max:.2} ms (baseline median {overhead:.2}, mdev {base_mdev:.2} ms; emulator lateness mean {late_mean:.2}, sd {late_sd:.2} ms); p10/p25/p50/p75/p90 − 40 ms − baseline − lateness, measured/triangle: {} ms",
             shape.join(", ")
         ),
         checked: format!(
-            "mdev = {expected_mdev:.2} ms ± 15 %; p99 in [{p99_lo:.2}, {p99_hi:.2}] ms; median = 40 ms + baseline ± 5 %; quantiles ± 3 ms"
+            "mdev = {expected_mdev:.2} ms ± 15 %; p99 in [{p99_lo:.2}, {p99_hi:.2}] ms; median = 40 ms + baseline + lateness ± 5 %; quantiles ± {quantile_tolerance:.1} ms"
         ),
     };
     show("2 jitter", &row);
@@ -195,21 +205,21 @@ fn jitter_20ms_plus_minus_10ms_each_way_shows_in_mdev_and_p99() {
     );
     assert!(
         rel_diff(mdev, expected_mdev) <= 0.15,
-        "mdev {mdev:.3} ms, expected {expected_mdev:.3} ms (√(2·10²/3)) within 15 %"
+        "mdev {mdev:.3} ms, expected {expected_mdev:.3} ms (√(2·10²/3 + lateness variance)) within 15 %"
     );
     assert!(
         (p99_lo..=p99_hi).contains(&p99),
         "p99 {p99:.3} ms outside [{p99_lo:.3}, {p99_hi:.3}] ms"
     );
     assert!(
-        rel_diff(median, 40.0 + overhead) <= 0.05,
+        rel_diff(median, 40.0 + overhead + late_mean) <= 0.05,
         "median {median:.3} ms, expected {:.3} ms within 5 %",
-        40.0 + overhead
+        40.0 + overhead + late_mean
     );
     for (q, measured, expected) in quantiles {
         assert!(
-            (measured - expected).abs() <= 3.0,
-            "quantile {q}: {measured:+.2} ms, the triangle's {expected:+.2} ms (± 3 ms)"
+            (measured - expected).abs() <= quantile_tolerance,
+            "quantile {q}: {measured:+.2} ms, the triangle's {expected:+.2} ms (± {quantile_tolerance:.1} ms)"
         );
     }
     record("2 jitter", row);
