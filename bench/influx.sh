@@ -32,6 +32,8 @@ REPS=${REPS:-3}
 # Ours ÷ InfluxDB: SLICES slices of SLICE seconds per side and rep (see slices_vs_influx).
 SLICE=${SLICE:-2}
 SLICES=${SLICES:-3}
+# SLICES_<B>x<C>: slices for that shape alone (e.g. SLICES_1x1=7): at 1 × 1 both sides are one
+# fsync per write, and a 2 s slice's rate follows the disk's fsync time of that second.
 SHAPES=${SHAPES:-"1x1 100x8 5000x4"}
 # Durable at many connections: usually the best durable figure, for durable ÷ memory.
 DURABLE_FLAGS=${DURABLE_FLAGS:-"--connections 64 --pipeline 256 --batch 64"}
@@ -135,10 +137,10 @@ run_ours() { # NAME STORE BENCH-FLAGS... (SECS=S: measured seconds, default DURA
 # slices measured seconds apart rather than one run minutes from the other side's.
 sink='' slice=''
 slices_vs_influx() { # BATCH CONNS
-  local b=$1 c=$2
+  local b=$1 c=$2 slices_var="SLICES_${1}x${2}"
   sink=slice- slice=
   rm -f "$tmp/slice-influx-$b-$c.jsonl" "$tmp/slice-durable-$b-$c.jsonl"
-  for slice in $(seq "$SLICES"); do
+  for slice in $(seq "${!slices_var:-$SLICES}"); do
     if [ $(((rep + slice) % 2)) -eq 0 ]; then
       run_influx "$b" "$c" "$SLICE"
       SECS=$SLICE run_ours "durable-$b-$c" "sqlite:$(fresh_db)" --connections "$c" --pipeline "$b" --batch "$b"
@@ -214,7 +216,7 @@ for rep in $(seq "$REPS"); do
 done
 
 echo
-echo "readings/s: medians of $REPS reps (ours and InfluxDB: each rep the median of its $SLICES alternated ${SLICE} s runs per side); spread: (max − min) ÷ median across reps; ratios: the median of each rep's ours ÷ that rep's reference (which ran beside it), judged rep by rep; ceiling: rusqlite alone at our rows per transaction (mean of sensorlink_store_commit_rows from /metrics, separate run), rows spread over C series"
+echo "readings/s: medians of $REPS reps (ours and InfluxDB: each rep the median of its $SLICES (1 × 1: ${SLICES_1x1:-$SLICES}) alternated ${SLICE} s runs per side); spread: (max − min) ÷ median across reps; ratios: the median of each rep's ours ÷ that rep's reference (which ran beside it), judged rep by rep; ceiling: rusqlite alone at our rows per transaction (mean of sensorlink_store_commit_rows from /metrics, separate run), rows spread over C series"
 echo
 echo "| lines per request × connections | ours readings/s | InfluxDB points/s | ours ÷ InfluxDB (≥ 1×; ratio spread) | our rows/txn | ceiling rows/s | ours ÷ ceiling (≥ 80 %; ratio spread) | spread ours / Influx / ceiling | ours p50 / p99 µs | InfluxDB p50 / p99 µs | errors (ours, Influx) | Influx stored ÷ acked |"
 echo "|---|---:|---:|---:|---:|---:|---:|---|---|---|---|---:|"

@@ -288,6 +288,39 @@ slice_figures() {
      errors: (map(.errors) | add), slices: length} + ('"${2:-"{}"}"')' "$1"
 }
 
+# pooled_quantiles Q...: the Q-quantiles (0 < Q ≤ 1) of the samples in a histogram on stdin,
+# one `value<TAB>count` line per value in any order (`#` lines skipped): histograms of several
+# runs concatenated are their samples pooled, as `sensorlink bench --latency-histogram` writes
+# them. Prints one line per Q, the lowest value whose cumulative count reaches Q × total (as
+# HdrHistogram's value_at_quantile), then the total count; "nan" for each with no samples.
+pooled_quantiles() {
+  sort -g -k1,1 | awk -F'\t' -v qs="$*" '
+    NF >= 2 && $1 !~ /^#/ { v[++n] = $1; c[n] = $2; total += $2 }
+    END {
+      nq = split(qs, q, " ")
+      for (i = 1; i <= nq; i++) {
+        if (total == 0) { print "nan"; continue }
+        need = q[i] * total; seen = 0
+        for (j = 1; j <= n; j++) { seen += c[j]; if (seen >= need) break }
+        print v[j]
+      }
+      print total + 0
+    }'
+}
+
+# pooled_figures SLICES_FILE HIST_FILE [EXTRA]: slice_figures, but with the latency p50 and p99
+# taken over every sample of the slices pooled (HIST_FILE: their histograms concatenated), and
+# the pooled sample count. A 2 s slice's p99 on this VM is decided by whether a host stall fell
+# in it; pooled, each side's p99 is over the same minutes of the machine.
+pooled_figures() {
+  local q
+  q=$(pooled_quantiles 0.5 0.99 < "$2" | paste -sd' ')
+  # shellcheck disable=SC2086 # three numbers, split on purpose
+  set -- "$1" "$2" "${3:-"{}"}" $q
+  slice_figures "$1" "$3" | jq -c --arg p50 "$4" --arg p99 "$5" --arg n "$6" \
+    '.latency_us = {p50: ($p50 | tonumber? // null), p99: ($p99 | tonumber? // null)} | .pooled_samples = ($n | tonumber)'
+}
+
 # pspreads RATIO_PCT OURS_PCT REF_PCT: the SPREAD column of a paired ratio.
 pspreads() { echo "ratio $1 % (ours $2 % / ref $3 %)"; }
 

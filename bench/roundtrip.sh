@@ -7,18 +7,20 @@
 #   (ping-pong: one reading in flight; p50/p99 from its summary) against the memory store
 # Pinned (bench/lib.sh): every server (ours, `sockperf sr`) on SERVER_CPU, every load
 # generator (`sensorlink bench`, `sensorlink client`, `sockperf pp`) on LOAD_CPU; PIN=0 unpinned.
-# Interleaved in one sitting: REPS (default 3) reps, each of SLICES (default 4) rotating
-# slices of SLICE seconds (default 2) per side (see start_rep_servers); prints medians, each
-# figure's spread across reps, and `result` rows against the issue's targets (memory:
-# p50 ≤ 1.1×, p99 ≤ 1.2× sockperf's; SQLite --fsync os: ≤ 1.5×). Loopback only; about
-# REPS × (SLICES × 3 × (SLICE + 0.8) + 5) s in all (≈ 40 s a rep). OUT=DIR keeps raw output.
+# Interleaved in one sitting: REPS (default 3) reps, each of SLICES (default 8) rotating
+# slices of SLICE seconds (default 2) per side (see start_rep_servers); a rep's p50 and p99 are
+# over all its slices' samples pooled (`sensorlink bench --latency-histogram`, sockperf
+# `--full-log`). Prints medians across reps, each figure's spread, and `result` rows against the
+# issue's targets (memory: p50 ≤ 1.1×, p99 ≤ 1.2× sockperf's; SQLite --fsync os: ≤ 1.5×).
+# Loopback only; about REPS × (SLICES × 3 × (SLICE + 0.8) + 5) s in all (≈ 75 s a rep).
+# OUT=DIR keeps raw output.
 source "$(dirname "$0")/lib.sh"
 ALTERNATED=1
 
 REPS=${REPS:-3}
 # Seconds per slice and slices per rep (see start_rep_servers).
 SLICE=${SLICE:-2}
-SLICES=${SLICES:-4}
+SLICES=${SLICES:-8}
 SLICE_WARMUP_MS=${SLICE_WARMUP_MS:-500}
 # Readings per client run: bounded, and a few seconds at loopback round trips.
 CLIENT_COUNT=${CLIENT_COUNT:-20000}
@@ -39,9 +41,11 @@ start_rep_servers() {
   start_bg "$tmp/sr.out" "${on_server[@]}" sockperf sr --tcp -i 127.0.0.1 -p "$sr_port"
   sr_pid=$last_pid
   wait_tcp "$sr_port"
-  : > "$tmp/slices-memory.jsonl"
-  : > "$tmp/slices-sqlite-os.jsonl"
-  : > "$tmp/slices-sockperf.jsonl"
+  local side
+  for side in memory sqlite-os sockperf; do
+    : > "$tmp/slices-$side.jsonl"
+    : > "$tmp/hist-$side.tsv"
+  done
 }
 
 stop_rep_servers() {
@@ -52,15 +56,19 @@ stop_rep_servers() {
 
 slice_ours() { # NAME ADDR
   ours_bench "$tmp/run.json" $((SLICE + 30)) "$2" --connections 1 --pipeline 1 --batch 1 \
-    --warmup "${SLICE_WARMUP_MS}ms" --duration "${SLICE}s"
+    --warmup "${SLICE_WARMUP_MS}ms" --duration "${SLICE}s" --latency-histogram "$tmp/hist.tsv"
   jq -c . "$tmp/run.json" >> "$tmp/slices-$1.jsonl"
+  cat "$tmp/hist.tsv" >> "$tmp/hist-$1.tsv"
   keep "$tmp/run.json" "roundtrip-$1-$rep-$slice.json"
 }
 
 slice_sockperf() {
   timeout --kill-after=5 $((SLICE + 30)) "${on_load[@]}" \
-    sockperf pp --tcp -i 127.0.0.1 -p "$sr_port" --full-rtt -t "$SLICE" > "$tmp/pp.out" 2>&1
+    sockperf pp --tcp -i 127.0.0.1 -p "$sr_port" --full-rtt -t "$SLICE" --full-log "$tmp/pp.csv" > "$tmp/pp.out" 2>&1
   keep "$tmp/pp.out" "roundtrip-sockperf-$rep-$slice.txt"
+  # --full-log: the summary again, then `packet, txTime, rxTime, rtt(usec)` per message of the
+  # measured interval.
+  awk -F', *' 'NF == 4 && $1 ~ /^[0-9]+$/ { print $4 "\t1" }' "$tmp/pp.csv" >> "$tmp/hist-sockperf.tsv"
   # sockperf colours its output; drop the escapes, then pick the percentiles (µs) and the
   # message count of the measured interval (its 400 ms warm-up excluded).
   sed 's/\x1b\[[0-9;]*m//g' "$tmp/pp.out" | awk '
@@ -76,10 +84,11 @@ slice_sockperf() {
   ' >> "$tmp/slices-sockperf.jsonl"
 }
 
-# rep_figures NAME: the rep's figure for NAME, the median of its slices, appended to
-# NAME.jsonl, which then holds one line per rep.
+# rep_figures NAME: the rep's figures for NAME, appended to NAME.jsonl (one line per rep):
+# round trips/s the median of its slices, p50 and p99 over their samples pooled.
 rep_figures() {
-  slice_figures "$tmp/slices-$1.jsonl" >> "$tmp/$1.jsonl"
+  pooled_figures "$tmp/slices-$1.jsonl" "$tmp/hist-$1.tsv" >> "$tmp/$1.jsonl"
+  keep "$tmp/hist-$1.tsv" "roundtrip-hist-$1-$rep.tsv"
 }
 
 # run_client: `sensorlink client --interval 0` (ping-pong) against a fresh memory store; its
@@ -99,7 +108,7 @@ run_client() {
 }
 
 header
-echo "$REPS reps of $SLICES interleaved slices of ${SLICE} s (+ ${SLICE_WARMUP_MS} ms warm-up for ours, sockperf's own 0.4 s) per side"
+echo "$REPS reps of $SLICES interleaved slices of ${SLICE} s (+ ${SLICE_WARMUP_MS} ms warm-up for ours, sockperf's own 0.4 s) per side; a rep's p50/p99 over its slices' samples pooled"
 for rep in $(seq "$REPS"); do
   start_rep_servers
   for slice in $(seq "$SLICES"); do

@@ -75,6 +75,11 @@ pub struct BenchArgs {
     /// p50/p99/max per second. Text is set in DejaVu Sans (Debian: fonts-dejavu-core).
     #[arg(long, value_name = "FILE", env = "SENSORLINK_BENCH_REPORT")]
     pub report: Option<std::path::PathBuf>,
+    /// At the end, write the ack latencies' histogram to FILE: one `latency_us<TAB>count`
+    /// line per distinct value (3 significant figures), rising. Histograms of several runs
+    /// can be pooled by concatenating them, for percentiles over all their samples.
+    #[arg(long, value_name = "FILE", env = "SENSORLINK_BENCH_LATENCY_HISTOGRAM")]
+    pub latency_histogram: Option<std::path::PathBuf>,
     /// Send `auth TOKEN` first on every connection (a server with --auth); readings are
     /// tagged `sensor=bench-<i>`, so the token's scope must cover them (e.g. `bench-*`).
     #[arg(long, value_name = "TOKEN", env = "SENSORLINK_BENCH_TOKEN", hide_env_values = true,
@@ -158,6 +163,8 @@ pub(super) struct Settings {
     pub(super) progress: ProgressStyle,
     /// Where the picture of the run goes (`--report`).
     pub(super) report: Option<std::path::PathBuf>,
+    /// Where the ack latencies' histogram goes (`--latency-histogram`).
+    pub(super) latency_histogram: Option<std::path::PathBuf>,
     /// `--token`: one `auth` per connection.
     pub(super) token: Option<AuthSecret>,
     /// `--tls`: the CA and server name to check the server's certificate against.
@@ -271,6 +278,7 @@ impl Settings {
             json: args.json,
             progress,
             report: args.report,
+            latency_histogram: args.latency_histogram,
             token: args.token,
             tls: args.tls.then_some(BenchTls {
                 ca: args.ca,

@@ -68,6 +68,15 @@ pub fn run(args: BenchArgs) -> anyhow::Result<Report> {
         // A missing font or an unwritable file fails now, not after the run.
         crate::plot::check_ready(path)?;
     }
+    // Likewise an unwritable histogram file.
+    let histogram_file = settings
+        .latency_histogram
+        .as_ref()
+        .map(|path| {
+            std::fs::File::create(path)
+                .with_context(|| format!("--latency-histogram {}", path.display()))
+        })
+        .transpose()?;
     // Multi-thread where it may use several cores (the generator must spread over them like
     // the server); current-thread where it may use one (pinned), saving a hand-off per reply.
     let runtime = crate::cli::runtime()?;
@@ -93,6 +102,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<Report> {
     }
     if let (Some(path), Some(seconds)) = (&settings.report, &report.timeline) {
         crate::plot::bench::write(path, &report.picture_lines(), seconds)?;
+    }
+    if let (Some(file), Some(path), Some(histogram)) = (
+        histogram_file,
+        &settings.latency_histogram,
+        &report.histogram,
+    ) {
+        report::write_histogram(std::io::BufWriter::new(file), histogram)
+            .with_context(|| format!("writing --latency-histogram {}", path.display()))?;
     }
     Ok(report)
 }
@@ -243,6 +260,9 @@ async fn bench(settings: Settings) -> anyhow::Result<Report> {
         .timeline
         .as_ref()
         .map(|timeline| timeline.seconds(end));
+    if s.latency_histogram.is_some() {
+        report.histogram = Some(lock_latencies(&shared.latencies).stats.recorded_us());
+    }
     Ok(report)
 }
 

@@ -185,6 +185,19 @@ impl ConnResult {
     }
 }
 
+/// Writes a latency histogram as `--latency-histogram` documents it: a `#` header, then one
+/// `latency_us<TAB>count` line per distinct value, rising.
+pub(super) fn write_histogram(
+    mut out: impl std::io::Write,
+    histogram: &[(f64, u64)],
+) -> std::io::Result<()> {
+    writeln!(out, "# latency_us\tcount")?;
+    for (us, count) in histogram {
+        writeln!(out, "{us:.3}\t{count}")?;
+    }
+    out.flush()
+}
+
 /// Latency percentiles of the acks, in µs.
 #[derive(Debug, Clone, Serialize)]
 pub(super) struct Latency {
@@ -308,6 +321,9 @@ pub struct Report {
     /// The run per second (only with `--report`: what its picture is drawn from).
     #[serde(skip)]
     pub(super) timeline: Option<Vec<Second>>,
+    /// Every distinct ack latency (µs) with its count (only with `--latency-histogram`).
+    #[serde(skip)]
+    pub(super) histogram: Option<Vec<(f64, u64)>>,
 }
 
 impl Report {
@@ -353,6 +369,7 @@ impl Report {
             connect_rate: s.connect_rate,
             first_error: total.first_error.take(),
             timeline: None,
+            histogram: None,
         }
     }
 

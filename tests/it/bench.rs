@@ -150,6 +150,89 @@ fn pipelined_count_is_acked_exactly() {
 }
 
 #[test]
+fn the_latency_histogram_holds_every_measured_ack() {
+    let server = Server::start(&[]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("hist.tsv");
+    let (code, stdout, stderr) = bench(
+        &server.addr.to_string(),
+        &[
+            "--count",
+            "300",
+            "--batch",
+            "3",
+            "--json",
+            "--latency-histogram",
+            path.to_str().expect("utf-8 temp path"),
+        ],
+    );
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    let report = report(&stdout);
+    let text = std::fs::read_to_string(&path).expect("histogram written");
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("# latency_us\tcount"), "{text}");
+    let rows: Vec<(f64, u64)> = lines
+        .map(|line| {
+            let (us, count) = line
+                .split_once('\t')
+                .unwrap_or_else(|| panic!("not `value<TAB>count`: {line:?}"));
+            (
+                us.parse().unwrap_or_else(|e| panic!("{us:?}: {e}")),
+                count.parse().unwrap_or_else(|e| panic!("{count:?}: {e}")),
+            )
+        })
+        .collect();
+    // 300 readings in batches of 3: 100 acks, each counted once, in rising order, between
+    // the report's min and max.
+    assert_eq!(rows.iter().map(|r| r.1).sum::<u64>(), 100, "{text}");
+    assert_latency(&report, 100);
+    assert!(rows.windows(2).all(|w| w[0].0 < w[1].0), "{text}");
+    let (min, max) = (
+        number(&report, &["latency_us", "min"]),
+        number(&report, &["latency_us", "max"]),
+    );
+    assert!(
+        rows.iter().all(|r| r.0 >= min - 1e-3 && r.0 <= max + 1e-3),
+        "{text}\n{report}"
+    );
+    // Its median is the report's p50 (both to the histogram's 3 significant figures).
+    let p50 = number(&report, &["latency_us", "p50"]);
+    let mut seen = 0;
+    let median = rows
+        .iter()
+        .find(|r| {
+            seen += r.1;
+            seen >= 50
+        })
+        .map(|r| r.0)
+        .expect("a median");
+    assert!(
+        (median - p50).abs() <= p50 * 2e-3 + 1e-3,
+        "{median} against {p50}"
+    );
+}
+
+#[test]
+fn an_unwritable_histogram_file_fails_before_the_run() {
+    let server = Server::start(&[]);
+    let (code, stdout, stderr) = bench(
+        &server.addr.to_string(),
+        &[
+            "--count",
+            "10",
+            "--latency-histogram",
+            "/nonexistent-dir/hist.tsv",
+        ],
+    );
+    // An error, not a run with errors (exit 1): exit 2, and nothing was sent.
+    assert_eq!(code, Some(2), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("--latency-histogram /nonexistent-dir/hist.tsv"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn a_timed_run_reports_per_connection_rates() {
     let server = Server::start(&[]);
     let (code, stdout, stderr) = bench(

@@ -112,6 +112,44 @@ fn a_reps_figure_is_the_median_of_its_slices() {
 }
 
 #[test]
+fn pooled_percentiles_are_over_every_sample_of_the_slices() {
+    // Two slices' histograms: one quiet (99 samples at 100 µs, 1 at 150), one with a stall
+    // (90 at 100, 10 at 1000). The median of their p99s would be 575; pooled, the p99 is the
+    // 198th of 200 samples: 1000. Values in any order; `#` lines skipped.
+    let out = lib_sh(
+        r#"
+        printf '# latency_us	count
+100	99
+150	1
+' > "$tmp/hist.tsv"
+        printf '# latency_us	count
+1000	10
+100	90
+' >> "$tmp/hist.tsv"
+        pooled_quantiles 0.5 0.99 0.999 < "$tmp/hist.tsv" | paste -sd' '
+        pooled_quantiles 0.5 < /dev/null | paste -sd' '
+        printf '%s
+' \
+          '{"readings_per_sec":10,"latency_us":{"p50":100,"p99":150},"errors":0}' \
+          '{"readings_per_sec":30,"latency_us":{"p50":100,"p99":1000},"errors":1}' \
+          > "$tmp/slices.jsonl"
+        pooled_figures "$tmp/slices.jsonl" "$tmp/hist.tsv"
+        pooled_figures "$tmp/slices.jsonl" /dev/null
+        "#,
+    );
+    assert_eq!(
+        out,
+        concat!(
+            "100 1000 1000 200\n",
+            "nan 0\n",
+            r#"{"readings_per_sec":20,"latency_us":{"p50":100,"p99":1000},"errors":1,"slices":2,"pooled_samples":200}"#,
+            "\n",
+            r#"{"readings_per_sec":20,"latency_us":{"p50":null,"p99":null},"errors":1,"slices":2,"pooled_samples":0}"#,
+        )
+    );
+}
+
+#[test]
 fn spreads_are_max_minus_min_over_the_median() {
     assert_eq!(lib_sh("printf '%s\\n' 90 100 120 | spread_lines"), "30.0");
     assert_eq!(lib_sh("printf '%s\\n' 5 | spread_lines"), "nan");
