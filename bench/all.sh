@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole benchmark table in ONE sitting (issue 13), then BENCHMARKS.md regenerated from it.
 #
-#   bench/all.sh              the sitting: ≈ 37 min on 2 cores (+ install and build), REPS ≥ 3 everywhere (5 for the round trip and pipelined ingest)
+#   bench/all.sh              the sitting: ≈ 40 min on 2 cores (+ install and build), REPS ≥ 3 everywhere (5 for the round trip and pipelined ingest)
 #   ALL_QUICK=1 bench/all.sh  a smoke run (≈ 7 min: REPS=2, DURATION=2, fewer configs) that
 #                             checks every step end to end; its figures mean nothing
 #
@@ -132,7 +132,7 @@ if [ "$ALL_QUICK" = 1 ]; then
   step parser "$parser" QUICK=1 DURATION=1
 else
   step roundtrip bench/roundtrip.sh REPS=5 SLICES=8 SLICE=2
-  step pipelined bench/pipelined.sh REPS=5 SLICES=3 SLICE=2 REDIS_N=9000000
+  step pipelined bench/pipelined.sh REPS=5 SLICES=4 SLICE=2 REDIS_N=12000000
   step influx bench/influx.sh REPS=3 DURATION=5 SLICES_1x1=7
   [ -f bench/sqlite_ceiling.sh ] && ! grep -q sqlite_ceiling bench/influx.sh &&
     step sqlite_ceiling bench/sqlite_ceiling.sh REPS=3
