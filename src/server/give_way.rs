@@ -10,7 +10,7 @@
 //!
 //! A task that wakes itself while it is being polled is rescheduled as a yield instead: at
 //! the back of the worker's run queue, behind every connection already waiting. That is the
-//! round robin `READS_PER_TURN` is meant to give.
+//! round robin `TURN_BYTES` is meant to give.
 
 use std::future::Future;
 use std::pin::Pin;

@@ -44,11 +44,13 @@ impl PeerStream for tokio::net::TcpStream {
 
 impl PeerStream for tokio::io::DuplexStream {}
 
-/// Wait for bytes (without a buffer when none is pending), then read them into `buf`.
-/// Cancel-safe: both steps are.
+/// Wait for bytes (without a buffer when none is pending), then read at most `limit` of
+/// them into `buf` (a lent spare buffer can be up to 8 chunks long: the limit, not the
+/// buffer, sets what one turn of a connection takes). Cancel-safe: both steps are.
 pub(super) async fn read_when_ready<S: PeerStream>(
     stream: &mut S,
     buf: &mut BytesMut,
+    limit: usize,
 ) -> std::io::Result<usize> {
     if buf.is_empty() {
         stream.wait_readable().await?;
@@ -60,5 +62,38 @@ pub(super) async fn read_when_ready<S: PeerStream>(
     if buf.capacity() - buf.len() < READ_CHUNK_BYTES / 2 {
         buf.reserve(READ_CHUNK_BYTES);
     }
-    stream.read_buf(buf).await
+    if buf.capacity() - buf.len() <= limit {
+        stream.read_buf(buf).await
+    } else {
+        // `limit` is at least 1: a zero-byte read would look like the peer's end of stream.
+        let limit = u64::try_from(limit.max(1)).unwrap_or(u64::MAX);
+        (&mut *stream).take(limit).read_buf(buf).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt as _;
+
+    #[tokio::test]
+    async fn a_read_takes_no_more_than_its_limit_whatever_the_buffer() {
+        let (mut peer, mut ours) = tokio::io::duplex(64 * 1024);
+        peer.write_all(&[b'x'; 20 * 1024]).await.expect("write");
+        // A lent spare buffer can be 8 chunks long; the turn's limit still bounds the read.
+        let mut buf = BytesMut::with_capacity(8 * READ_CHUNK_BYTES);
+        let n = read_when_ready(&mut ours, &mut buf, 3000)
+            .await
+            .expect("read");
+        assert_eq!((n, buf.len()), (3000, 3000));
+        // A limit above what is there: everything that arrived, in one read.
+        let n = read_when_ready(&mut ours, &mut buf, 1 << 20)
+            .await
+            .expect("read");
+        assert_eq!(n, 20 * 1024 - 3000);
+        // A zero limit still reads (a zero-byte read would mean the peer closed).
+        peer.write_all(b"yz").await.expect("write");
+        let n = read_when_ready(&mut ours, &mut buf, 0).await.expect("read");
+        assert_eq!(n, 1);
+    }
 }
