@@ -175,21 +175,63 @@ impl CommitReply {
         self.rows
     }
 
-    /// Answer the batch: what its commit did and how long the commit took, or why it
-    /// failed. A receiver that is gone (the connection closed) is not an error.
+    /// Answer the batch, committed in a transaction of its own: what its commit did and
+    /// how long the commit took, or why it failed. A receiver that is gone (the connection
+    /// closed) is not an error.
     pub fn send(self, written: Result<(Written, Duration), StoreError>) {
         let answer = account(self.telemetry, 1, self.rows, written).map(
-            |(written, committed_at, commit_us)| Committed {
-                committed_at,
-                commit_us,
-                outcome: written.outcome,
-                repeats: written.repeats,
-                returned: Returned::default(),
-            },
+            |(written, committed_at, commit_us)| Committed::new(written, committed_at, commit_us),
         );
+        self.answer(answer);
+    }
+
+    /// Answer batches committed together in one transaction; `written` covers all their
+    /// readings, in the order of `replies`. The transaction is counted once, with the
+    /// batches' rows summed (as the group commit counts its own: a pooled store merging
+    /// batches must not report each batch as a commit); each batch gets its part.
+    pub fn send_together(replies: Vec<CommitReply>, written: Written, duration: Duration) {
+        let lens: Vec<usize> = replies.iter().map(CommitReply::rows).collect();
+        let telemetry = replies.first().and_then(|reply| reply.telemetry);
+        let (committed_at, commit_us) =
+            count_commit(telemetry, lens.iter().sum(), &written, duration);
+        for (reply, part) in replies.into_iter().zip(split_written(written, &lens)) {
+            reply.answer(Ok(Committed::new(part, committed_at, commit_us)));
+        }
+    }
+
+    /// Fail batches that were to be committed together: one failed transaction counted, and
+    /// every batch answered with the same error.
+    pub fn fail_together(replies: Vec<CommitReply>, err: StoreError) {
+        let rows = replies.iter().map(CommitReply::rows).sum();
+        let telemetry = replies.first().and_then(|reply| reply.telemetry);
+        StoreFailed {
+            error: &err,
+            batches: replies.len(),
+            rows,
+        }
+        .emit_to(telemetry.unwrap_or_else(events::telemetry));
+        let err = Arc::new(err);
+        for reply in replies {
+            reply.answer(Err(err.clone()));
+        }
+    }
+
+    fn answer(self, answer: CommitResult) {
         // Lowered before the answer, so whoever sees the answer sees the gauge lowered.
         drop(self.queued);
         let _ = self.reply.send(answer);
+    }
+}
+
+impl Committed {
+    fn new(written: Written, committed_at: Instant, commit_us: u64) -> Self {
+        Committed {
+            committed_at,
+            commit_us,
+            outcome: written.outcome,
+            repeats: written.repeats,
+            returned: Returned::default(),
+        }
     }
 }
 
@@ -232,34 +274,46 @@ fn account(
     rows: usize,
     written: Result<(Written, Duration), StoreError>,
 ) -> Result<(Written, Instant, u64), Arc<StoreError>> {
-    // None: the process's handles, looked up at emit time (after the recorder is
-    // installed).
-    let telemetry = telemetry.unwrap_or_else(events::telemetry);
-    let committed_at = Instant::now();
     match written {
         Ok((written, duration)) => {
-            // Only barriers (no readings): nothing was written, nothing to count.
-            if rows > 0 {
-                BatchCommitted {
-                    rows,
-                    outcome: written.outcome,
-                    duration,
-                }
-                .emit_to(telemetry);
-            }
-            let commit_us = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
+            let (committed_at, commit_us) = count_commit(telemetry, rows, &written, duration);
             Ok((written, committed_at, commit_us))
         }
         Err(err) => {
+            // None: the process's handles, looked up at emit time (after the recorder is
+            // installed).
             StoreFailed {
                 error: &err,
                 batches,
                 rows,
             }
-            .emit_to(telemetry);
+            .emit_to(telemetry.unwrap_or_else(events::telemetry));
             Err(Arc::new(err))
         }
     }
+}
+
+/// Count one committed transaction of `rows` readings; its commit time and duration (µs).
+fn count_commit(
+    telemetry: Option<&'static Telemetry>,
+    rows: usize,
+    written: &Written,
+    duration: Duration,
+) -> (Instant, u64) {
+    let committed_at = Instant::now();
+    // Only barriers (no readings): nothing was written, nothing to count.
+    if rows > 0 {
+        BatchCommitted {
+            rows,
+            outcome: written.outcome,
+            duration,
+        }
+        .emit_to(telemetry.unwrap_or_else(events::telemetry));
+    }
+    (
+        committed_at,
+        u64::try_from(duration.as_micros()).unwrap_or(u64::MAX),
+    )
 }
 
 /// One submitted batch and where its answer goes.
@@ -579,7 +633,7 @@ where
 /// Share a transaction's outcome among the batches it held, exactly: each batch gets the
 /// repeats whose index falls in its part of the merged batch (re-indexed from its start),
 /// and its other readings as inserted.
-pub(crate) fn split_written(total: Written, lens: &[usize]) -> Vec<Written> {
+fn split_written(total: Written, lens: &[usize]) -> Vec<Written> {
     if lens.len() == 1 {
         return vec![total];
     }
@@ -821,6 +875,104 @@ mod tests {
             .await
             .expect("join")
             .expect("finish");
+    }
+
+    /// A concurrent store that merges batches into one transaction (as the PostgreSQL
+    /// store does) counts one commit, of their rows summed, and one failure, not one per
+    /// batch; each batch gets its own part of the outcome, or the shared error.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batches_committed_together_count_as_one_transaction() {
+        use crate::events::{names, prometheus_builder, testing::sample};
+        /// Holds replies until it has three, then commits (or fails) them together.
+        struct Merging {
+            held: Mutex<Vec<(Vec<StoredReading>, CommitReply)>>,
+            fail: bool,
+        }
+        impl ConcurrentStore for Merging {
+            fn submit(
+                &self,
+                batch: Vec<StoredReading>,
+                reply: CommitReply,
+            ) -> BoxFuture<'_, Result<(), StoreError>> {
+                let mut held = self.held.lock().expect("lock");
+                held.push((batch, reply));
+                if held.len() == 3 {
+                    let (batches, replies): (Vec<_>, Vec<_>) = held.drain(..).unzip();
+                    if self.fail {
+                        CommitReply::fail_together(replies, StoreError::WriterGone);
+                    } else {
+                        // The second batch's first reading was already stored.
+                        let mut written = Written::default();
+                        written.repeat(batches[0].len(), None);
+                        written.outcome.inserted =
+                            batches.iter().map(Vec::len).sum::<usize>() as u64 - 1;
+                        CommitReply::send_together(replies, written, Duration::from_millis(2));
+                    }
+                }
+                Box::pin(async { Ok(()) })
+            }
+            fn close(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+                Box::pin(async { Ok(()) })
+            }
+        }
+        for fail in [false, true] {
+            let recorder = prometheus_builder().build_recorder();
+            let render = recorder.handle();
+            let telemetry: &'static Telemetry = Box::leak(Box::new(metrics::with_local_recorder(
+                &recorder,
+                Telemetry::register,
+            )));
+            let store = Merging {
+                held: Mutex::new(Vec::new()),
+                fail,
+            };
+            let (handle, writer) = spawn_counted(
+                Drive::Concurrent(Arc::new(store)),
+                WriterConfig::default(),
+                Some(telemetry),
+            );
+            let mut receipts = Vec::new();
+            for (series, len) in [("a", 2), ("b", 3), ("c", 4)] {
+                let batch = (0..len).map(|i| temp(series, i)).collect();
+                receipts.push(handle.submit(batch).await.expect("taken"));
+            }
+            let mut answers = Vec::new();
+            for receipt in receipts {
+                answers.push(wait(receipt).await);
+            }
+            let text = render.render();
+            let commits = sample(&text, names::STORE_COMMITS);
+            let rows_count = sample(&text, &format!("{}_count", names::COMMIT_ROWS));
+            let rows_sum = sample(&text, &format!("{}_sum", names::COMMIT_ROWS));
+            let failed = sample(&text, &format!("{}{{op=\"commit\"}}", names::STORE_ERRORS));
+            if fail {
+                assert_eq!((commits, failed), (Some(0.0), Some(1.0)), "{text}");
+                let errors: Vec<_> = answers
+                    .into_iter()
+                    .map(|answer| answer.expect_err("failed"))
+                    .collect();
+                assert!(Arc::ptr_eq(&errors[0], &errors[2]), "one shared error");
+            } else {
+                assert_eq!(
+                    (commits, rows_count, rows_sum, failed),
+                    (Some(1.0), Some(1.0), Some(9.0), Some(0.0)),
+                    "{text}"
+                );
+                let outcomes: Vec<_> = answers
+                    .into_iter()
+                    .map(|answer| {
+                        let committed = answer.expect("committed");
+                        (committed.outcome.inserted, committed.outcome.duplicates)
+                    })
+                    .collect();
+                assert_eq!(outcomes, vec![(2, 0), (2, 1), (4, 0)]);
+            }
+            drop(handle);
+            tokio::task::spawn_blocking(move || writer.finish())
+                .await
+                .expect("join")
+                .expect("finish");
+        }
     }
 
     /// A `submit` dropped while it waits for room in the queue takes its readings out of

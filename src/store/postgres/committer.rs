@@ -34,7 +34,7 @@ use crate::events::{
 };
 use crate::store::read::BoxFuture;
 use crate::store::sqlite::SeriesCache;
-use crate::store::writer::{split_written, CommitReply, ConcurrentStore};
+use crate::store::writer::{CommitReply, ConcurrentStore};
 use crate::store::{FsyncPolicy, StoreError, StoredReading};
 
 /// Longest wait between two attempts while the database is away.
@@ -387,13 +387,12 @@ async fn commit_jobs(shared: &Shared, jobs: Vec<Job>) {
         return;
     }
     match commit_waiting(shared, &batch).await {
-        Ok((written, duration)) => {
-            for (reply, part) in replies.into_iter().zip(split_written(written, &lens)) {
-                reply.send(Ok((part, duration)));
-            }
+        // One transaction: counted once in the commit metrics, whatever it merged.
+        Ok((written, duration)) => CommitReply::send_together(replies, written, duration),
+        Err(Failure::Unavailable(err)) => CommitReply::fail_together(replies, err),
+        Err(failure) if replies.len() == 1 => {
+            CommitReply::fail_together(replies, failure.into_error());
         }
-        Err(Failure::Unavailable(err)) => answer_all(shared, replies, err),
-        Err(failure) if replies.len() == 1 => answer_all(shared, replies, failure.into_error()),
         Err(failure) => {
             let err = failure.into_error();
             tracing::warn!(cause = %err, batches = replies.len(), "a merged store transaction failed; committing its batches one by one");
@@ -407,7 +406,7 @@ async fn commit_jobs(shared: &Shared, jobs: Vec<Job>) {
                 }
                 match commit_waiting(shared, part).await {
                     Ok(done) => reply.send(Ok(done)),
-                    Err(failure) => answer_all(shared, vec![reply], failure.into_error()),
+                    Err(failure) => reply.send(Err(failure.into_error())),
                 }
             }
         }
@@ -467,20 +466,6 @@ impl<'a> Held<'a> {
 impl Drop for Held<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// Answer every batch with `err` (counted once per batch).
-fn answer_all(shared: &Shared, replies: Vec<CommitReply>, err: StoreError) {
-    let text = err.to_string();
-    let mut err = Some(err);
-    for reply in replies {
-        let err = err.take().unwrap_or_else(|| StoreError::Backend {
-            location: shared.location.clone(),
-            operation: "commit",
-            detail: text.clone(),
-        });
-        reply.send(Err(err));
     }
 }
 
