@@ -1118,6 +1118,66 @@ mod tests {
         }
     }
 
+    /// `--proxy-protocol-from` takes networks like `--allow-legacy`, prints back, and is
+    /// refused without `--proxy-protocol v2` (it would silently guard nothing).
+    #[test]
+    fn proxy_protocol_from_networks() {
+        use crate::server::proxy_protocol::ProxyProtocol;
+        let config = RawServer {
+            proxy_protocol: Some(ProxyProtocol::V2),
+            proxy_protocol_from: Some(vec!["10.0.0.5".into(), " fd00::/8".into()]),
+            ..RawServer::default()
+        }
+        .validate()
+        .expect("valid");
+        let nets: Vec<String> = config
+            .proxy_protocol_from
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(nets, ["10.0.0.5/32", "fd00::/8"]);
+        let printed = print_server(&config).expect("printable");
+        assert!(
+            printed.contains("proxy-protocol-from = [\"10.0.0.5/32\", \"fd00::/8\"]"),
+            "{printed}"
+        );
+        // Without the list: any peer, and nothing printed for it.
+        let any = RawServer {
+            proxy_protocol: Some(ProxyProtocol::V2),
+            ..RawServer::default()
+        }
+        .validate()
+        .expect("valid");
+        assert!(any.proxy_protocol_from.is_empty());
+        assert!(!print_server(&any)
+            .expect("printable")
+            .contains("proxy-protocol-from"));
+        let err = RawServer {
+            proxy_protocol_from: Some(vec!["10.0.0.5".into()]),
+            ..RawServer::default()
+        }
+        .validate()
+        .expect_err("without v2");
+        assert!(
+            err.to_string().starts_with(
+                "invalid proxy-protocol-from 10.0.0.5/32: accepted only with proxy-protocol v2"
+            ),
+            "{err}"
+        );
+        let err = RawServer {
+            proxy_protocol: Some(ProxyProtocol::V2),
+            proxy_protocol_from: Some(vec!["haproxy.internal".into()]),
+            ..RawServer::default()
+        }
+        .validate()
+        .expect_err("a name, not an address");
+        assert!(
+            err.to_string()
+                .starts_with("invalid proxy-protocol-from haproxy.internal"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn client_settings_validate_and_print_back() {
         let file = "[client]\naddr = \"10.0.0.1:8889\"\nlegacy = true\ninterval = \"250ms\"\nsource = \"exec:echo 1\"\n";

@@ -1,5 +1,6 @@
 //! A network in CIDR notation (`10.0.0.0/8`, `fd00::/8`, or one address): the
-//! `--allow-legacy` networks, whose legacy (seed) peers may connect while `--auth` is on.
+//! `--allow-legacy` networks, whose legacy (seed) peers may connect while `--auth` is on, and
+//! the `--proxy-protocol-from` balancers, whose PROXY headers are believed.
 //! A small parser rather than a crate: contains() and FromStr are all we need.
 
 use std::net::IpAddr;

@@ -11,6 +11,7 @@ use super::forms::{
     metrics_auth_parser, socket_address,
 };
 use super::{in_range, limits, printable_path, ConfigError, ConfigFile, HTTP_OFF};
+use crate::auth::cidr::Cidr;
 use crate::http::access::{Guard, HttpAccess, HttpAuth};
 use crate::protocol::TimestampWindow;
 use crate::server::proxy_protocol::ProxyProtocol;
@@ -285,6 +286,22 @@ pub struct RawServer {
               |name| name.parse::<ProxyProtocol>()))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy_protocol: Option<ProxyProtocol>,
+    /// With --proxy-protocol v2: the balancers whose PROXY headers are believed (CIDR or
+    /// address, e.g. 10.0.0.5; repeat the flag or separate with commas). A connection from
+    /// any other address is closed before a byte is read, and counted as refused
+    /// (`reason="proxy_peer"`) [default: any peer, with a warning at start].
+    #[arg(
+        long,
+        value_name = "CIDR",
+        env = "SENSORLINK_PROXY_PROTOCOL_FROM",
+        value_delimiter = ','
+    )]
+    #[serde(
+        default,
+        alias = "proxy_protocol_from",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub proxy_protocol_from: Option<Vec<String>>,
 }
 
 impl RawServer {
@@ -326,6 +343,7 @@ impl RawServer {
             pg_pool_size: self.pg_pool_size.or(lower.pg_pool_size),
             auth: self.auth.or(lower.auth),
             allow_legacy: self.allow_legacy.or(lower.allow_legacy),
+            proxy_protocol_from: self.proxy_protocol_from.or(lower.proxy_protocol_from),
             http_auth: self.http_auth.or(lower.http_auth),
             metrics_auth: self.metrics_auth.or(lower.metrics_auth),
             http_insecure: self.http_insecure.or(lower.http_insecure),
@@ -358,18 +376,20 @@ impl RawServer {
             None => server::default_max_connections(nofile),
         };
         let tls = tls_files(self.tls_cert, self.tls_key, self.tls_client_ca)?;
-        let allow_legacy = self
-            .allow_legacy
-            .unwrap_or_default()
-            .into_iter()
-            .map(|net| {
-                net.trim().parse().map_err(|why| ConfigError::Invalid {
-                    setting: "allow-legacy",
-                    value: net.clone(),
-                    accepted: format!("networks in CIDR notation ({why})"),
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let allow_legacy = networks("allow-legacy", self.allow_legacy)?;
+        let proxy_protocol = self.proxy_protocol.unwrap_or(defaults.proxy_protocol);
+        let proxy_protocol_from = networks("proxy-protocol-from", self.proxy_protocol_from)?;
+        if !proxy_protocol_from.is_empty() && proxy_protocol != ProxyProtocol::V2 {
+            return Err(ConfigError::Invalid {
+                setting: "proxy-protocol-from",
+                value: proxy_protocol_from
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+                accepted: "only with proxy-protocol v2 (without it no PROXY header is read)".into(),
+            });
+        }
         let config = ServerConfig {
             tls,
             auth: self.auth,
@@ -503,7 +523,8 @@ impl RawServer {
                 self.udp_rate_per_ip.unwrap_or(defaults.udp_rate_per_ip),
                 limits::QUOTA,
             )?,
-            proxy_protocol: self.proxy_protocol.unwrap_or(defaults.proxy_protocol),
+            proxy_protocol,
+            proxy_protocol_from,
             retention: self
                 .retention
                 .map(|retention| in_range("retention", retention, limits::RETENTION))
@@ -586,8 +607,30 @@ impl RawServer {
             udp: Some(config.udp),
             udp_rate_per_ip: Some(config.udp_rate_per_ip),
             proxy_protocol: Some(config.proxy_protocol),
+            // Only meaningful with PROXY v2; empty (any peer) is left out.
+            proxy_protocol_from: (!config.proxy_protocol_from.is_empty()).then(|| {
+                config
+                    .proxy_protocol_from
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect()
+            }),
         }
     }
+}
+
+/// A list of networks in CIDR notation (or single addresses), as `setting` gives them.
+fn networks(setting: &'static str, nets: Option<Vec<String>>) -> Result<Vec<Cidr>, ConfigError> {
+    nets.unwrap_or_default()
+        .into_iter()
+        .map(|net| {
+            net.trim().parse().map_err(|why| ConfigError::Invalid {
+                setting,
+                value: net.clone(),
+                accepted: format!("networks in CIDR notation ({why})"),
+            })
+        })
+        .collect()
 }
 
 /// The server's TLS files: certificate and key together or neither; a client CA only

@@ -82,6 +82,9 @@ impl Event for ConnectionRefused {
                 RefuseReason::ProxyHeader => {
                     tracing::warn!(%peer, "no valid PROXY header; closing new connection")
                 }
+                RefuseReason::ProxyPeer => {
+                    tracing::warn!(%peer, "not a balancer named by --proxy-protocol-from; closing new connection")
+                }
             }
         }
         t.connections_refused[self.reason as usize].increment(1);

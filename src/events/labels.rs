@@ -70,15 +70,18 @@ pub enum RefuseReason {
     ConnectRate,
     /// `--proxy-protocol v2`: no valid PROXY header in time.
     ProxyHeader,
+    /// `--proxy-protocol-from`: the TCP peer is not a balancer whose header is believed.
+    ProxyPeer,
 }
 
 impl RefuseReason {
     /// In declaration order, so `reason as usize` indexes it.
-    pub(super) const ALL: [RefuseReason; 4] = [
+    pub(super) const ALL: [RefuseReason; 5] = [
         RefuseReason::MaxConnections,
         RefuseReason::PerIp,
         RefuseReason::ConnectRate,
         RefuseReason::ProxyHeader,
+        RefuseReason::ProxyPeer,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -87,6 +90,7 @@ impl RefuseReason {
             RefuseReason::PerIp => "per_ip",
             RefuseReason::ConnectRate => "connect_rate",
             RefuseReason::ProxyHeader => "proxy_header",
+            RefuseReason::ProxyPeer => "proxy_peer",
         }
     }
 }

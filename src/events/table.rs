@@ -8,7 +8,7 @@
 //! |---|---|---|---|
 //! | `sensorlink_connections_open` | gauge | | connections being served ([`super::OpenConnection`]) |
 //! | `sensorlink_connections_accepted_total` | counter | | connections given a task |
-//! | `sensorlink_connections_refused_total` | counter | `reason` = `max_connections` `per_ip` `connect_rate` `proxy_header` | closed at once by a connection limit, or (`--proxy-protocol v2`) for want of a valid PROXY header |
+//! | `sensorlink_connections_refused_total` | counter | `reason` = `max_connections` `per_ip` `connect_rate` `proxy_header` `proxy_peer` | closed at once by a connection limit, or (`--proxy-protocol v2`) for want of a valid PROXY header, or from a peer outside `--proxy-protocol-from` |
 //! | `sensorlink_connections_closed_total` | counter | `reason` = `eof` `shutdown` `idle_timeout` `read_failed` `write_failed` `write_stalled` `store_failed` `first_line_timeout` `auth_failed` `token_revoked` `legacy_not_allowed` | served connections that ended |
 //! | `sensorlink_connections_mode_total` | counter | `mode` = `line` `legacy` | protocol each peer spoke (a peer that sent nothing has none) |
 //! | `sensorlink_accept_errors_total` | counter | | failed `accept()` calls |

@@ -23,6 +23,7 @@ use super::connection::{self, Limits};
 use super::per_ip::{IpGuard, PerIpLimits, PerIpTable};
 use super::proxy_protocol::{self, ProxyProtocol};
 use super::ServerConfig;
+use crate::auth::cidr::Cidr;
 use crate::events::{
     self, AcceptFailed, ConnectionAccepted, ConnectionRefused, Event as _, OpenConnection,
     ProxyHeaderRefused, RefuseReason,
@@ -77,7 +78,21 @@ pub async fn accept_loop(
         // With `--proxy-protocol v2` the TCP peer is the balancer: the per-address limits
         // wait for the client's address, read from the header inside the task.
         let ip_share = match proxy_protocol {
-            ProxyProtocol::V2 => None,
+            ProxyProtocol::V2 => {
+                // Only a named balancer's header is believed; anyone else is closed before
+                // a byte is read or a connection slot is taken.
+                if !trusted_proxy(&config.proxy_protocol_from, peer) {
+                    ConnectionRefused {
+                        peer,
+                        reason: RefuseReason::ProxyPeer,
+                        limit: 0,
+                    }
+                    .emit();
+                    drop(stream);
+                    continue;
+                }
+                None
+            }
             ProxyProtocol::Off => {
                 // Per address first: one address's flood is refused before it can take
                 // the permits every other address needs.
@@ -172,6 +187,12 @@ pub async fn accept_loop(
         "stopped accepting; waiting for open connections"
     );
     tasks.wait().await;
+}
+
+/// Whether `peer` may send PROXY headers: one of `--proxy-protocol-from`, or anyone when
+/// none is named.
+fn trusted_proxy(from: &[Cidr], peer: SocketAddr) -> bool {
+    from.is_empty() || from.iter().any(|net| net.contains(peer.ip()))
 }
 
 /// Admit a connection from `peer` under the per-address limits; `None` (counted, logged)

@@ -107,6 +107,9 @@ pub struct ServerConfig {
     /// `--proxy-protocol v2`: every sensor connection opens with a PROXY v2 header
     /// (from a balancer), whose source address becomes the connection's peer.
     pub proxy_protocol: proxy_protocol::ProxyProtocol,
+    /// With PROXY v2: the balancers whose headers are believed (`--proxy-protocol-from`);
+    /// empty: any peer.
+    pub proxy_protocol_from: Vec<Cidr>,
 }
 
 /// The PEM files the sensor port's TLS is configured from.
@@ -152,6 +155,7 @@ impl Default for ServerConfig {
             udp: true,
             udp_rate_per_ip: crate::probe::reflector::DEFAULT_RATE_PER_IP,
             proxy_protocol: proxy_protocol::ProxyProtocol::Off,
+            proxy_protocol_from: Vec::new(),
         }
     }
 }
@@ -355,6 +359,13 @@ pub async fn run_with_store(
     start_reloads(reloads, &shutdown);
     announce(local);
     tracing::info!(addr = %local, store = %config.store, fsync = ?config.fsync, tls = config.tls.is_some(), proxy_protocol = %config.proxy_protocol, "listening");
+    if config.proxy_protocol == proxy_protocol::ProxyProtocol::V2 {
+        if config.proxy_protocol_from.is_empty() {
+            tracing::warn!("--proxy-protocol v2 believes a PROXY header from any peer: anyone who reaches this port can claim any source address; name the balancers with --proxy-protocol-from, or firewall the port (docs/scaling.md)");
+        } else {
+            tracing::info!(from = ?config.proxy_protocol_from.iter().map(ToString::to_string).collect::<Vec<_>>(), "PROXY headers believed only from these peers");
+        }
+    }
 
     logging::spawn_summary(shutdown.clone());
     let limits = Arc::new(connection::Limits {

@@ -204,6 +204,66 @@ fn connections_without_a_valid_header_are_closed_and_counted() {
     send_acked(&mut peer, "temp value=1");
 }
 
+/// `--proxy-protocol-from`: a header is believed only from a named balancer. From another
+/// address the connection is closed at accept, before its header is read, and counted as
+/// `proxy_peer`; from a named one it is served as before. Every connection here comes from
+/// 127.0.0.1, so the two servers differ only in the list.
+#[test]
+fn only_the_named_balancers_may_send_a_header() {
+    let valid = header("192.0.2.7:40001", "198.51.100.1:8889");
+    let elsewhere = Server::start(&[
+        "--proxy-protocol",
+        "v2",
+        "--proxy-protocol-from",
+        "10.0.0.5,fd00::/8",
+    ]);
+    let mut stream = elsewhere.connect();
+    // The write may already fail: the server can close before these bytes arrive.
+    let _ = stream.write_all(&valid);
+    let _ = stream.write_all(b"ping\n");
+    assert_closed_silently(&mut stream, "from a peer outside the list");
+    wait_for(
+        || {
+            metric(
+                &elsewhere,
+                "sensorlink_connections_refused_total{reason=\"proxy_peer\"}",
+            ) == 1.0
+        },
+        PATIENCE,
+        "one proxy_peer refusal",
+    );
+    // Refused before the header: not a header refusal, and nobody was accepted.
+    assert_eq!(metric(&elsewhere, REFUSED), 0.0);
+    assert_eq!(
+        metric(&elsewhere, "sensorlink_connections_accepted_total"),
+        0.0
+    );
+    elsewhere.wait_for_log("not a balancer named by --proxy-protocol-from");
+    assert!(
+        !elsewhere
+            .stderr()
+            .contains("believes a PROXY header from any peer"),
+        "no warning with a list"
+    );
+
+    let named = Server::start(&[
+        "--proxy-protocol",
+        "v2",
+        "--proxy-protocol-from",
+        "10.0.0.5",
+        "--proxy-protocol-from",
+        "127.0.0.0/8",
+    ]);
+    let mut peer = proxied_peer(&named, &valid);
+    send_acked(&mut peer, "temp value=1");
+    let sensor = named.get("/api/sensors/192.0.2.7").json();
+    assert_eq!(sensor["peer"], "192.0.2.7:40001", "{sensor}");
+
+    // Without a list every peer is believed, and the server says so when it starts.
+    let anyone = Server::start(&["--proxy-protocol", "v2"]);
+    anyone.wait_for_log("believes a PROXY header from any peer");
+}
+
 /// A header that arrives a few bytes at a time is read whole, and the reading after it
 /// (in the same last segment) is not lost.
 #[test]
