@@ -430,8 +430,12 @@ async fn stop_http(mut task: tokio::task::JoinHandle<std::io::Result<()>>) {
     }
 }
 
-/// How often the exporter drains its histogram samples into buckets.
-const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+/// How often the exporter drains its histogram samples into buckets. Samples wait as 8
+/// bytes each (in blocks of 64) until then, and an idle fleet records about three per
+/// reading (commit time, commit rows, ack latency): at 10 000 readings/s, 5 s of them were
+/// ≈ 1.2 MiB, ≈ 0.12 KiB per connection of a 10 000 connection fleet held by the allocator
+/// (issue 13); 1 s holds a fifth of that, for one walk of the histograms a second.
+const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Histogram samples pile up in the recorder until rendered; with nobody scraping
 /// `/metrics` (or `--http off`), upkeep bounds that memory.
