@@ -246,6 +246,8 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
                 print_config(&config::print_server(&config)?)?;
                 return Ok(Outcome::Ok);
             }
+            // Before the connections' state is allocated: RSS then counts 4 KiB pages.
+            server::decline_huge_pages();
             let runtime = runtime()?;
             runtime.block_on(async {
                 let shutdown = CancellationToken::new();

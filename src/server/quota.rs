@@ -46,10 +46,12 @@ pub const MAX_LEASE: u32 = 256;
 /// connections would otherwise keep tokens from the token's busy ones.
 pub const LEASE_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(1);
 /// Slots of a connection's cache of recent series hashes (direct-mapped): allocated at the
-/// smaller size on its first reading (64 bytes: a sensor has a few series), doubled on a
-/// collision up to the larger (2 KiB: a gateway's), so thousands of connections of one
-/// sensor each stay cheap.
-const RECENT_SLOTS: (usize, usize) = (8, 256);
+/// smaller size on its first reading, doubled on a collision up to the larger (2 KiB: a
+/// gateway's), so thousands of connections of one sensor each stay cheap. One slot at
+/// first (8 bytes): most connections are one sensor sending one series, and 8 slots were
+/// 64 bytes in each of them (issue 13: ≤ 2 KiB per idle connection); a sensor with a few
+/// series grows it in a few doublings, once.
+const RECENT_SLOTS: (usize, usize) = (1, 256);
 /// Keys below which a keyed table is never swept.
 const MIN_SWEEP_KEYS: usize = 1024;
 
@@ -956,8 +958,12 @@ mod tests {
         let mut quota = ConnQuota::new(quotas, now);
         assert!(quota.recent.is_empty(), "nothing before the first reading");
         quota.admit(&of_series(0), "ip", now).expect("first");
-        assert_eq!(quota.recent.len(), RECENT_SLOTS.0);
-        for n in 1..10_000 {
+        // One slot (8 bytes) for a connection's one series: it is in every idle
+        // connection of a fleet (issue 13).
+        assert_eq!(quota.recent.len(), 1);
+        quota.admit(&of_series(1), "ip", now).expect("second");
+        assert!(quota.recent.len() >= 2, "a second series grows it");
+        for n in 2..10_000 {
             quota
                 .admit(&of_series(n), "ip", now)
                 .expect("within the cap");

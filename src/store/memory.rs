@@ -133,10 +133,11 @@ impl Series {
                 self.late.get_or_insert_default().insert(ts, seq);
             }
             _ => {
-                // Room for one at first (the default is four): a sensor sending once a
-                // second holds a few readings, not a deque's default room.
-                if self.in_order.capacity() == 0 {
-                    self.in_order.reserve_exact(1);
+                // Room for one at first, then doubled (1, 2, 4, …; a deque's own growth
+                // jumps to four): at 10 000 idle sensors the room a series holds beyond its
+                // few readings is server memory per connection (issue 13).
+                if self.in_order.len() == self.in_order.capacity() {
+                    self.in_order.reserve_exact(self.in_order.capacity().max(1));
                 }
                 self.in_order.push_back((ts, seq));
             }
@@ -681,6 +682,28 @@ mod tests {
         assert!(!series.is("n", &[("a", "1"), ("sensor", "x")]));
         // Two `sensor` pairs (no input makes them today) must not stand in for `a=1`.
         assert!(!series.is("m", &[("sensor", "x"), ("sensor", "x")]));
+    }
+
+    /// A series holds room for its readings, not a deque's default four: one, then
+    /// doubled. Each idle sensor of a fleet is its own series (issue 13: ≤ 2 KiB of server
+    /// memory per idle connection), sending a reading now and then.
+    #[test]
+    fn a_series_room_for_in_order_readings_doubles_from_one() {
+        let mut series = Series {
+            measurement: Arc::from("m"),
+            sensor: SensorName::Own("x".into()),
+            tags: Box::default(),
+            in_order: VecDeque::new(),
+            late: None,
+            layout: None,
+        };
+        let mut rooms = Vec::new();
+        for ts in 1..=5 {
+            series.keep(ts, ts as u64);
+            rooms.push(series.in_order.capacity());
+        }
+        assert_eq!(rooms, vec![1, 2, 4, 4, 8]);
+        assert_eq!(series.find(3), Some(3));
     }
 
     #[test]
