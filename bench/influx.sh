@@ -20,7 +20,7 @@
 # durable figure of this run (the shapes above and `--connections 64 --pipeline 256 --batch
 # 64`) ÷ ours with the memory store at pipelined.sh's best flags ($MEMORY_FLAGS), alternated.
 # Each run: a fresh server and store, 1 s warm-up, DURATION (default 5) s measured (ours
-# against InfluxDB: SLICES (3) runs of SLICE (2) s per side and rep, alternated, each rep's
+# against InfluxDB and the ceiling: SLICES (3) runs of SLICE (2) s per side and rep, rotated, each rep's
 # figure their median); REPS (default 3) reps, sides alternated rep by rep. Prints a Markdown table and `result:` rows
 # (bench/all.sh collects them through $RESULTS). Loopback only; ≈ 4 min at the defaults.
 # OUT=DIR keeps raw output; PIN=0 runs unpinned.
@@ -131,29 +131,35 @@ run_ours() { # NAME STORE BENCH-FLAGS... (SECS=S: measured seconds, default DURA
   keep "$tmp/run.json" "influx-ours-$name-$rep${slice:+-$slice}.json"
 }
 
-# Ours against InfluxDB, rep by rep, in SLICES short slices each (SLICE seconds measured,
-# fresh servers and stores each time, the order alternating): both are fsync-bound, and this
-# disk's fsync time drifts from one second to the next, so a rep's figure is the median of
-# slices measured seconds apart rather than one run minutes from the other side's.
+# Ours against InfluxDB and the raw SQLite ceiling, rep by rep, in SLICES short slices each
+# (SLICE seconds measured, fresh servers and stores each time, the order rotating): all three
+# are fsync-bound, and this disk's fsync time drifts from one second to the next, so a rep's
+# figure is the median of slices measured seconds apart rather than one run minutes from the
+# other sides'.
 sink='' slice=''
 slices_vs_influx() { # BATCH CONNS
   local b=$1 c=$2 slices_var="SLICES_${1}x${2}"
   sink=slice- slice=
-  rm -f "$tmp/slice-influx-$b-$c.jsonl" "$tmp/slice-durable-$b-$c.jsonl"
+  rm -f "$tmp/slice-influx-$b-$c.jsonl" "$tmp/slice-durable-$b-$c.jsonl" "$tmp/slice-ceiling-$b-$c.jsonl"
   for slice in $(seq "${!slices_var:-$SLICES}"); do
-    if [ $(((rep + slice) % 2)) -eq 0 ]; then
-      run_influx "$b" "$c" "$SLICE"
-      SECS=$SLICE run_ours "durable-$b-$c" "sqlite:$(fresh_db)" --connections "$c" --pipeline "$b" --batch "$b"
-    else
-      SECS=$SLICE run_ours "durable-$b-$c" "sqlite:$(fresh_db)" --connections "$c" --pipeline "$b" --batch "$b"
-      run_influx "$b" "$c" "$SLICE"
-    fi
+    # Rotate the order, so no side always runs first or last in a slice.
+    case $(((rep + slice) % 3)) in
+      0) run_influx "$b" "$c" "$SLICE"; slice_ours "$b" "$c"; run_ceiling "$b" "$c" "$SLICE" ;;
+      1) slice_ours "$b" "$c"; run_ceiling "$b" "$c" "$SLICE"; run_influx "$b" "$c" "$SLICE" ;;
+      2) run_ceiling "$b" "$c" "$SLICE"; run_influx "$b" "$c" "$SLICE"; slice_ours "$b" "$c" ;;
+    esac
   done
   sink='' slice=''
   # The rep's figures: medians of its slices; errors, readings and points stored summed.
   slice_figures "$tmp/slice-durable-$b-$c.jsonl" >> "$tmp/durable-$b-$c.jsonl"
   slice_figures "$tmp/slice-influx-$b-$c.jsonl" '{readings: (map(.readings) | add), stored: (map(.stored) | add)}' \
     >> "$tmp/influx-$b-$c.jsonl"
+  jq -sc 'map(.rows_per_sec) | sort | {rows_per_sec: (if length % 2 == 1 then .[length / 2 | floor] else (.[length / 2 - 1] + .[length / 2]) / 2 end), slices: length}' \
+    "$tmp/slice-ceiling-$b-$c.jsonl" >> "$tmp/ceiling-$b-$c.jsonl"
+}
+
+slice_ours() { # BATCH CONNS
+  SECS=$SLICE run_ours "durable-$1-$2" "sqlite:$(fresh_db)" --connections "$2" --pipeline "$1" --batch "$1"
 }
 
 # measure_rows_per_txn BATCH CONNS: our mean rows per SQLite transaction at this shape into
@@ -174,15 +180,15 @@ measure_rows_per_txn() {
   fi
 }
 
-run_ceiling() { # BATCH CONNS
-  local b=$1 c=$2 rows
+run_ceiling() { # BATCH CONNS [SECONDS]
+  local b=$1 c=$2 secs=${3:-$DURATION} rows
   rows=$(int "${rpt[$b-$c]}")
   [ "$rows" -ge 1 ] || rows=1
-  cmdlog "$ceiling_bin" --bench --rows-per-txn "$rows" --series "$c" --warmup 1 --seconds "$DURATION" --db DB
-  "${on_server[@]}" timeout $((DURATION + 60)) "$ceiling_bin" --bench --rows-per-txn "$rows" --series "$c" \
-    --warmup 1 --seconds "$DURATION" --db "$(fresh_db)" > "$tmp/ceiling.json"
-  cat "$tmp/ceiling.json" >> "$tmp/ceiling-$b-$c.jsonl"
-  keep "$tmp/ceiling.json" "influx-ceiling-$b-$c-$rep.json"
+  cmdlog "$ceiling_bin" --bench --rows-per-txn "$rows" --series "$c" --warmup 1 --seconds "$secs" --db DB
+  "${on_server[@]}" timeout $((secs + 60)) "$ceiling_bin" --bench --rows-per-txn "$rows" --series "$c" \
+    --warmup 1 --seconds "$secs" --db "$(fresh_db)" > "$tmp/ceiling.json"
+  cat "$tmp/ceiling.json" >> "$tmp/${sink}ceiling-$b-$c.jsonl"
+  keep "$tmp/ceiling.json" "influx-ceiling-$b-$c-$rep${slice:+-$slice}.json"
 }
 
 header
@@ -196,14 +202,7 @@ done
 
 for rep in $(seq "$REPS"); do
   for shape in $SHAPES; do
-    b=${shape%x*} c=${shape#*x}
-    if [ $((rep % 2)) -eq 1 ]; then
-      slices_vs_influx "$b" "$c"
-      run_ceiling "$b" "$c"
-    else
-      run_ceiling "$b" "$c"
-      slices_vs_influx "$b" "$c"
-    fi
+    slices_vs_influx "${shape%x*}" "${shape#*x}"
   done
   # shellcheck disable=SC2086 # the flags are lists of words
   if [ $((rep % 2)) -eq 1 ]; then
@@ -216,7 +215,7 @@ for rep in $(seq "$REPS"); do
 done
 
 echo
-echo "readings/s: medians of $REPS reps (ours and InfluxDB: each rep the median of its $SLICES (1 × 1: ${SLICES_1x1:-$SLICES}) alternated ${SLICE} s runs per side); spread: (max − min) ÷ median across reps; ratios: the median of each rep's ours ÷ that rep's reference (which ran beside it), judged rep by rep; ceiling: rusqlite alone at our rows per transaction (mean of sensorlink_store_commit_rows from /metrics, separate run), rows spread over C series"
+echo "readings/s: medians of $REPS reps (ours and InfluxDB: each rep the median of its $SLICES (1 × 1: ${SLICES_1x1:-$SLICES}) alternated ${SLICE} s runs per side); spread: (max − min) ÷ median across reps; ratios: the median of each rep's ours ÷ that rep's reference (which ran beside it), judged rep by rep; ceiling: rusqlite alone at our rows per transaction (mean of sensorlink_store_commit_rows from /metrics, separate run), rows spread over C series, in the same slices as ours and InfluxDB"
 echo
 echo "| lines per request × connections | ours readings/s | InfluxDB points/s | ours ÷ InfluxDB (≥ 1×; ratio spread) | our rows/txn | ceiling rows/s | ours ÷ ceiling (≥ 80 %; ratio spread) | spread ours / Influx / ceiling | ours p50 / p99 µs | InfluxDB p50 / p99 µs | errors (ours, Influx) | Influx stored ÷ acked |"
 echo "|---|---:|---:|---:|---:|---:|---:|---|---|---|---|---:|"
