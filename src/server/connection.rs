@@ -509,7 +509,7 @@ impl<'a> Connection<'a> {
                             // gives way by itself. (A read that filled the turn's rest was
                             // not short.)
                             let n_turn = u32::try_from(n).unwrap_or(u32::MAX);
-                            if n >= READ_CHUNK_BYTES / 2 || n_turn >= TURN_BYTES - turn_bytes {
+                            if n >= READ_CHUNK_BYTES / 2 || n_turn >= TURN_BYTES.saturating_sub(turn_bytes) {
                                 turn_bytes = turn_bytes.saturating_add(n_turn);
                             } else {
                                 turn_bytes = 0;
