@@ -194,7 +194,7 @@ render() {
   echo "- code: commit $commit"
   echo "- $pin_note"
   echo "- load average (1, 5, 15 min): before $load_before, after $load_after; $quiet_note"
-  echo "- spread: (max − min) ÷ median across reps. A ratio is judged on its pairs: rep i of ours ÷ rep i of the reference, which ran beside it (alternated), so drift that moves both cancels; the ratio shown is the median of those, with its own spread. A verdict is on the reps: met (or not met) in every rep holds whatever the spread; reps that disagree are judged by the median only when the spread is at most ${NOISY_PCT:-15} %, else the row is **noisy** and its median is not a result"
+  echo "- spread: (max − min) ÷ median across reps. A ratio is judged on its pairs: rep i of ours ÷ rep i of the reference, which ran beside it (alternated), so drift that moves both cancels; the ratio shown is the median of those, with its own spread. A verdict is on the reps: met (or not met) in every rep holds whatever the spread; reps that disagree are judged by the median only when the spread is at most ${NOISY_PCT:-15} %, else the row is **noisy** and its median is not a result. Where a script keeps its slices (pipelined ÷ Redis; durable ÷ InfluxDB and ÷ the ceiling), noisy reps are judged again on every slice pair of the sitting (slice i of ours ÷ slice i of the reference, seconds apart): met when the whole distribution-free 95 % confidence interval of their median (the sign test's: k-th smallest to k-th largest ratio) meets the target, not met when none of it does, still noisy when it straddles the target"
   echo
   echo "## Summary"
   echo

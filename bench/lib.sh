@@ -265,9 +265,42 @@ judge() {
     }'
 }
 
-# pair FILE_A EXPR_A FILE_B EXPR_B OP TARGET: a ratio target judged on its pairs. Sets
-# pair_ratio (the median of the per-rep ratios, 2 decimals), pair_spread (their spread, %) and
-# pair_verdict (judge OP TARGET on them).
+# median_interval: a distribution-free 95 % confidence interval for the median of the numbers
+# on stdin (one per line), the sign test's: the k-th smallest and k-th largest value, k the
+# largest with P(Binomial(n, ½) < k) ≤ 2.5 %. It assumes nothing of the values' distribution
+# (on this VM a slice's rate is not normal: host stalls give it a long low tail), only that
+# they are independent draws. Prints "LO HI N COVERAGE" (COVERAGE in %, ≥ 95); "nan nan N nan"
+# with fewer than 6 values, where no such interval reaches 95 %.
+median_interval() {
+  sort -g | awk '$1 != "nan" && $1 != "" { a[++n] = $1 } END {
+    k = 0; tail = 0; p = 2 ^ -n     # p: P(X = i), X ~ Binomial(n, ½), from i = 0 up
+    for (i = 0; i < n; i++) { if (tail + p > 0.025) break; tail += p; k = i + 1; p = p * (n - i) / (i + 1) }
+    if (k == 0) { printf "nan nan %d nan\n", n; exit }
+    printf "%s %s %d %.1f\n", a[k], a[n - k + 1], n, (1 - 2 * tail) * 100 }'
+}
+
+# interval_verdict OP TARGET: the verdict on the median of many paired slice ratios (stdin, one
+# per line) by their median_interval: "met" when the whole interval meets "OP TARGET", "not met"
+# when none of it does, "noisy" when it straddles TARGET; each with the interval and N.
+interval_verdict() {
+  median_interval | awk -v op="$1" -v t="$2" '{
+    if ($1 == "nan") { printf "**noisy** (%d slice pairs: too few for a 95 %% interval)\n", $3; exit }
+    lo = $1 + 0; hi = $2 + 0
+    why = sprintf("95 %% interval of the median of %d slice ratios %.2f–%.2f×", $3, lo, hi)
+    good = op == "<=" ? hi <= t : lo >= t
+    bad = op == "<=" ? lo > t : hi < t
+    if (good) print "met (" why ")"; else if (bad) print "**not met** (" why ")"
+    else printf "**noisy** (%s, across %s×)\n", why, t }'
+}
+
+# pair FILE_A EXPR_A FILE_B EXPR_B OP TARGET [SLICES_A SLICES_B]: a ratio target judged on its
+# pairs. Sets pair_ratio (the median of the per-rep ratios, 2 decimals), pair_spread (their
+# spread, %) and pair_verdict (judge OP TARGET on them).
+# With SLICES_A and SLICES_B (every slice of the sitting, one JSON object each, in the order
+# run, so that line i of one ran seconds from line i of the other; EXPR_A and EXPR_B apply), reps
+# that are noisy are judged again on all the slice pairs at once by interval_verdict: a
+# handful of reps' medians cannot settle a ratio that drifts ±25 % from one 2 s run to the
+# next, but 20 or more pairs can, and when even they straddle the target it stays noisy.
 # shellcheck disable=SC2034 # pair_* are read by the scripts that source this file
 pair() {
   local r
@@ -275,6 +308,10 @@ pair() {
   pair_ratio=$(median <<< "$r" | xargs printf '%.2f')
   pair_spread=$(spread_lines <<< "$r")
   pair_verdict=$(judge "$5" "$6" <<< "$r")
+  if [[ $pair_verdict == '**noisy**'* && -s ${7:-} && -s ${8:-} ]]; then
+    local reps=${pair_verdict#*(}
+    pair_verdict="$(paired "$7" "$2" "$8" "$4" | interval_verdict "$5" "$6"); by rep: ${reps%)}"
+  fi
 }
 
 # slice_figures SLICES_FILE [EXTRA]: a rep's figures from its slices (one JSON object each, as

@@ -84,6 +84,96 @@ fn pairs_are_taken_rep_by_rep_and_their_median_and_spread_reported() {
 }
 
 #[test]
+fn the_median_interval_is_the_sign_tests() {
+    // n = 5: even min–max covers only 1 − 2/32 = 93.75 %, so there is no 95 % interval.
+    assert_eq!(lib_sh("seq 5 | median_interval"), "nan nan 5 nan");
+    // n = 6: min–max, 1 − 2/64; n = 10: the 2nd smallest to the 2nd largest (P(X ≤ 1) =
+    // 11/1024); n = 20: the 6th to the 15th (P(X ≤ 5) = 2.07 %), as in the sign test's tables.
+    assert_eq!(lib_sh("seq 6 | median_interval"), "1 6 6 96.9");
+    assert_eq!(lib_sh("seq 10 | sort -R | median_interval"), "2 9 10 97.9");
+    assert_eq!(lib_sh("seq 20 | median_interval"), "6 15 20 95.9");
+    assert_eq!(lib_sh("seq 30 | median_interval"), "10 21 30 95.7");
+    // "nan" (a zero reference) is not a value.
+    assert_eq!(
+        lib_sh("printf '%s\\n' 1 nan 2 3 4 5 6 | median_interval"),
+        "1 6 6 96.9"
+    );
+}
+
+#[test]
+fn many_slice_ratios_are_judged_by_their_median_interval() {
+    let verdict = |ratios: &str, op: &str, target: f64| {
+        lib_sh(&format!(
+            "printf '%s\\n' {ratios} | interval_verdict '{op}' {target}"
+        ))
+    };
+    // 20 ratios, 0.80 … 1.75 by 0.05: the 6th and 15th are 1.05 and 1.50.
+    let twenty = (0..20)
+        .map(|i| format!("{:.2}", 0.80 + 0.05 * f64::from(i)))
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert_eq!(
+        verdict(&twenty, ">=", 1.0),
+        "met (95 % interval of the median of 20 slice ratios 1.05–1.50×)"
+    );
+    assert_eq!(
+        verdict(&twenty, ">=", 1.6),
+        "**not met** (95 % interval of the median of 20 slice ratios 1.05–1.50×)"
+    );
+    assert_eq!(
+        verdict(&twenty, ">=", 1.2),
+        "**noisy** (95 % interval of the median of 20 slice ratios 1.05–1.50×, across 1.2×)"
+    );
+    assert_eq!(
+        verdict(&twenty, "<=", 1.5),
+        "met (95 % interval of the median of 20 slice ratios 1.05–1.50×)"
+    );
+    assert_eq!(
+        verdict(&twenty, "<=", 1.0),
+        "**not met** (95 % interval of the median of 20 slice ratios 1.05–1.50×)"
+    );
+    assert_eq!(
+        verdict("1.1 1.2 1.3", ">=", 1.0),
+        "**noisy** (3 slice pairs: too few for a 95 % interval)"
+    );
+}
+
+#[test]
+fn noisy_reps_are_judged_again_on_every_slice_pair() {
+    // Reps 0.85 … 1.25: they disagree, spread 38 %. The 20 slices, paired in order, give ratios
+    // 1.03 … 1.60: all of the median's 95 % interval is ≥ 1.
+    let out = lib_sh(
+        r#"
+        for x in 85 95 105 115 125; do echo "{\"x\":$x}"; done > "$tmp/ours.jsonl"
+        for _ in 1 2 3 4 5; do echo '{"y":100}'; done > "$tmp/ref.jsonl"
+        for i in $(seq 20); do echo "{\"x\":$((100 + i * 3))}"; done > "$tmp/ours-slices.jsonl"
+        for i in $(seq 20); do echo '{"y":100}'; done > "$tmp/ref-slices.jsonl"
+        pair "$tmp/ours.jsonl" .x "$tmp/ref.jsonl" .y '>=' 1.0 "$tmp/ours-slices.jsonl" "$tmp/ref-slices.jsonl"
+        echo "$pair_ratio|$pair_spread|$pair_verdict"
+        # Without the slices the reps stay noisy.
+        pair "$tmp/ours.jsonl" .x "$tmp/ref.jsonl" .y '>=' 1.0
+        echo "$pair_verdict"
+        # Slices that straddle the target leave it noisy, with their interval.
+        pair "$tmp/ours.jsonl" .x "$tmp/ref.jsonl" .y '>=' 1.2 "$tmp/ours-slices.jsonl" "$tmp/ref-slices.jsonl"
+        echo "$pair_verdict"
+        # Reps that agree are judged by the reps alone: the slices are not read.
+        for _ in 1 2 3; do echo '{"x":130}'; done > "$tmp/agree.jsonl"
+        pair "$tmp/agree.jsonl" .x "$tmp/ref.jsonl" .y '>=' 1.0 "$tmp/ours-slices.jsonl" "$tmp/ref-slices.jsonl"
+        echo "$pair_verdict"
+        "#,
+    );
+    assert_eq!(
+        out,
+        "1.05|38.1|met (95 % interval of the median of 20 slice ratios 1.18–1.45×); \
+         by rep: reps disagree: 3 of 5 met; spread 38 % > 15 %\n\
+         **noisy** (reps disagree: 3 of 5 met; spread 38 % > 15 %)\n\
+         **noisy** (95 % interval of the median of 20 slice ratios 1.18–1.45×, across 1.2×); \
+         by rep: reps disagree: 1 of 5 met; spread 38 % > 15 %\n\
+         met"
+    );
+}
+
+#[test]
 fn a_reps_figure_is_the_median_of_its_slices() {
     let out = lib_sh(
         r#"
