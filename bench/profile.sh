@@ -4,6 +4,7 @@
 #   memory:  --store memory, `--connections 50 --pipeline 4096 --batch 1024` (bench/pipelined.sh)
 #   sqlite:  --store sqlite --fsync always, `--connections 64 --pipeline 256 --batch 64`
 #   idle:    --store memory, `--idle --connections 10000 --interval 1s --warmup 3s` (bench/capacity.sh)
+#   idle-sqlite: (not in the default) the same against --store sqlite --fsync always
 #   rtt:     --store memory, `--connections 1 --pipeline 1 --batch 1` (bench/roundtrip.sh)
 # and prints the self time by group (parsing, allocation, store, kernel, tokio, …) and the
 # top symbols. PROFILES selects (default: memory sqlite idle rtt).
@@ -66,7 +67,7 @@ profile() { # NAME STORE BENCH-FLAGS...
     --duration $((SECONDS_ + 4))s --json --no-progress
   local bench_pid=$last_pid
   # Let it settle (and, for idle, connect: 10 000 at 2000/s), then record the server only.
-  case $name in idle) sleep 8 ;; *) sleep 2 ;; esac
+  case $name in idle*) sleep 8 ;; *) sleep 2 ;; esac
   timeout $((SECONDS_ + 30)) "${on_load[@]}" perf record -q -F 999 -e cpu-clock --call-graph dwarf,16384 \
     -p "$server_pid" -o "$tmp/$name.data" -- sleep "$SECONDS_" > /dev/null 2>&1 || true
   wait "$bench_pid" || true
@@ -267,6 +268,7 @@ for p in $PROFILES; do
     memory) profile memory memory --connections 50 --pipeline 4096 --batch 1024 ;;
     sqlite) profile sqlite "sqlite:$(fresh_db)" --connections 64 --pipeline 256 --batch 64 ;;
     idle) profile idle memory --idle --connections 10000 --interval 1s --source-ips 8 --warmup 3s ;;
+    idle-sqlite) profile idle-sqlite "sqlite:$(fresh_db)" --idle --connections 10000 --interval 1s --source-ips 8 --warmup 3s ;;
     rtt) profile rtt memory --connections 1 --pipeline 1 --batch 1 ;;
     postgres)
       bash scripts/install-test-deps.sh postgresql
