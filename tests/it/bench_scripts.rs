@@ -112,26 +112,16 @@ fn many_slice_ratios_are_judged_by_their_median_interval() {
         .map(|i| format!("{:.2}", 0.80 + 0.05 * f64::from(i)))
         .collect::<Vec<_>>()
         .join(" ");
-    assert_eq!(
-        verdict(&twenty, ">=", 1.0),
-        "met (95 % interval of the median of 20 slice ratios 1.05–1.50×)"
-    );
-    assert_eq!(
-        verdict(&twenty, ">=", 1.6),
-        "**not met** (95 % interval of the median of 20 slice ratios 1.05–1.50×)"
-    );
-    assert_eq!(
-        verdict(&twenty, ">=", 1.2),
-        "**noisy** (95 % interval of the median of 20 slice ratios 1.05–1.50×, across 1.2×)"
-    );
-    assert_eq!(
-        verdict(&twenty, "<=", 1.5),
-        "met (95 % interval of the median of 20 slice ratios 1.05–1.50×)"
-    );
-    assert_eq!(
-        verdict(&twenty, "<=", 1.0),
-        "**not met** (95 % interval of the median of 20 slice ratios 1.05–1.50×)"
-    );
+    let interval = "95 % interval of the median of 20 slice ratios 1.05–1.50×";
+    for (op, target, expected) in [
+        (">=", 1.0, format!("met ({interval})")),
+        (">=", 1.6, format!("**not met** ({interval})")),
+        (">=", 1.2, format!("**noisy** ({interval}, across 1.2×)")),
+        ("<=", 1.5, format!("met ({interval})")),
+        ("<=", 1.0, format!("**not met** ({interval})")),
+    ] {
+        assert_eq!(verdict(&twenty, op, target), expected, "{op} {target}");
+    }
     assert_eq!(
         verdict("1.1 1.2 1.3", ">=", 1.0),
         "**noisy** (3 slice pairs: too few for a 95 % interval)"
