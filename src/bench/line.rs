@@ -205,7 +205,10 @@ pub(super) async fn session<S>(
     // (reset to the oldest sync's deadline) before it is ever registered.
     let ack_timer = tokio::time::sleep_until(phase.go + ACK_TIMEOUT);
     let stop_timer = sleep_until_opt(phase.stop_at);
-    tokio::pin!(ack_timer, stop_timer);
+    // One wait on the stop signal for the session, not a new one per turn of the loop: each
+    // new one locks the token and joins its waiter list again, on every round trip.
+    let stop_signal = shared.stop.cancelled();
+    tokio::pin!(ack_timer, stop_timer, stop_signal);
     'session: loop {
         let now = Instant::now();
         let stopping = shared.stop.is_cancelled()
@@ -310,7 +313,7 @@ pub(super) async fn session<S>(
             }
             _ = sleep_until_opt(pace_at) => {}
             _ = &mut stop_timer, if !stopping => {}
-            _ = shared.stop.cancelled(), if !stopping => {}
+            _ = &mut stop_signal, if !stopping => {}
         }
     }
     result.unacked += window.unacked_readings();

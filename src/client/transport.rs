@@ -216,16 +216,21 @@ impl<W: AsyncWrite + Unpin> LineWriter<W> {
     ///
     /// Cancel-safe: a cancelled write wrote nothing, and a cancelled flush is retried.
     pub async fn push(&mut self) -> std::io::Result<()> {
-        if self.out.is_empty() {
-            self.write.flush().await?;
-            self.unflushed = false;
-            return Ok(());
+        if !self.out.is_empty() {
+            let n = self.write.write_buf(&mut self.out).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            self.unflushed = true;
+            if !self.out.is_empty() {
+                return Ok(());
+            }
         }
-        let n = self.write.write_buf(&mut self.out).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        self.unflushed = true;
+        // All written: flush in the same call, not in another turn of the caller's loop (a
+        // round trip's write would otherwise cost two; TCP's flush does nothing, TLS's sends
+        // its buffered record). Cancelled here, `unflushed` is still set and it is retried.
+        self.write.flush().await?;
+        self.unflushed = false;
         Ok(())
     }
 
@@ -490,6 +495,27 @@ mod tests {
             }
         }
         out
+    }
+
+    /// One `push` writes what fits and, once everything is written, flushes too: a round
+    /// trip's write is one turn of the caller's loop, and nothing is left to do after it.
+    #[tokio::test]
+    async fn one_push_writes_and_flushes() {
+        let (ours, mut peer) = tokio::io::duplex(64);
+        let mut writer = LineWriter::new(ours);
+        writer.queue(b"m v=1i 1\nsync 1\n");
+        writer.push().await.expect("push");
+        assert!(!writer.busy(), "written and flushed in one push");
+        let mut got = [0u8; 16];
+        tokio::io::AsyncReadExt::read_exact(&mut peer, &mut got)
+            .await
+            .expect("read");
+        assert_eq!(&got, b"m v=1i 1\nsync 1\n");
+        // More than the pipe takes: the first push writes a part and leaves the rest queued.
+        writer.queue(&[b'x'; 100]);
+        writer.push().await.expect("push");
+        assert!(writer.busy(), "the rest is still queued");
+        assert_eq!(writer.queued(), 100 - 64);
     }
 
     #[test]

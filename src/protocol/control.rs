@@ -170,35 +170,46 @@ fn truncate(s: &str, max: usize) -> &str {
 
 impl Reply {
     /// Append the reply with its `\n`.
+    ///
+    /// Integers go through `itoa`, not `write!`: an ack is on every round trip's path, and
+    /// `core::fmt`'s machinery cost more there than the rest of the reply's encoding.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        use std::io::Write;
-        // Writing into a Vec cannot fail.
-        let _ = match self {
-            Reply::Pong(None) => out.write_all(b"pong"),
-            Reply::Pong(Some(token)) => write!(out, "pong {token}"),
+        let mut digits = itoa::Buffer::new();
+        let mut int = |out: &mut Vec<u8>, key: &[u8], n: u64| {
+            out.extend_from_slice(key);
+            out.extend_from_slice(digits.format(n).as_bytes());
+        };
+        match self {
+            Reply::Pong(None) => out.extend_from_slice(b"pong"),
+            Reply::Pong(Some(token)) => {
+                out.extend_from_slice(b"pong ");
+                out.extend_from_slice(token.as_bytes());
+            }
             Reply::Ack(ack) => {
-                let _ = write!(
-                    out,
-                    "ack {} readings={} rejected={}",
-                    ack.token, ack.readings, ack.rejected
-                );
+                out.extend_from_slice(b"ack ");
+                out.extend_from_slice(ack.token.as_bytes());
+                int(out, b" readings=", ack.readings);
+                int(out, b" rejected=", ack.rejected);
                 if ack.duplicates > 0 {
-                    let _ = write!(out, " duplicates={}", ack.duplicates);
+                    int(out, b" duplicates=", ack.duplicates);
                 }
                 if ack.conflicts > 0 {
-                    let _ = write!(out, " conflicts={}", ack.conflicts);
+                    int(out, b" conflicts=", ack.conflicts);
                 }
                 if let Some(us) = ack.store_us {
-                    let _ = write!(out, " store_us={us}");
+                    int(out, b" store_us=", us);
                 }
-                match ack.commit_us {
-                    Some(us) => write!(out, " commit_us={us}"),
-                    None => Ok(()),
+                if let Some(us) = ack.commit_us {
+                    int(out, b" commit_us=", us);
                 }
             }
-            Reply::AuthOk(id) => write!(out, "ok auth {id}"),
+            Reply::AuthOk(id) => {
+                out.extend_from_slice(b"ok auth ");
+                out.extend_from_slice(id.as_bytes());
+            }
             Reply::Error { line, reason } => {
-                let _ = write!(out, "error {line} ");
+                int(out, b"error ", *line);
+                out.push(b' ');
                 // A line ending inside the reason would split the reply in two.
                 let start = out.len();
                 out.extend_from_slice(reason.as_bytes());
@@ -207,9 +218,8 @@ impl Reply {
                         *c = b' ';
                     }
                 }
-                Ok(())
             }
-        };
+        }
         out.push(b'\n');
     }
 
@@ -442,6 +452,38 @@ mod tests {
             reason: "bad\r\nthing here".into(),
         };
         assert_eq!(enc(&e), "error 3 bad  thing here\n");
+    }
+
+    /// Integers are written without `core::fmt`: every width, 0 and `u64::MAX` included,
+    /// comes out as `format!` would write it.
+    #[test]
+    fn reply_encoding_of_extreme_counts() {
+        for n in [0, 9, 10, 99, 100, 12_345_678_901, u64::MAX - 1, u64::MAX] {
+            let ack = Ack {
+                token: "t".into(),
+                readings: n,
+                rejected: n,
+                duplicates: n,
+                conflicts: n,
+                store_us: Some(n),
+                commit_us: Some(n),
+            };
+            let repeats = if n > 0 {
+                format!(" duplicates={n} conflicts={n}")
+            } else {
+                String::new()
+            };
+            assert_eq!(
+                enc(&Reply::Ack(ack)),
+                format!("ack t readings={n} rejected={n}{repeats} store_us={n} commit_us={n}\n")
+            );
+            let e = Reply::Error {
+                line: n,
+                reason: "r".into(),
+            };
+            assert_eq!(enc(&e), format!("error {n} r\n"));
+        }
+        assert_eq!(enc(&Reply::AuthOk("ab12".into())), "ok auth ab12\n");
     }
 
     #[test]
