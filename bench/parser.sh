@@ -3,18 +3,25 @@
 # the criterion group `ilp_vs_iox` of benches/codec.rs parses one mixed input (bench lines,
 # escapes, quoted strings, ints/floats/bools, several tags; every line valid for both) with
 # `sensorlink::protocol::ilp::parse` and with `influxdb_line_protocol::parse_lines`, pinned to
-# the server core. Prints lines/s for both from criterion's estimates (mean, and its 95 %
-# confidence interval as the spread: (upper − lower) ÷ mean), and the `result` row
+# the server core. REPS (default 10) reps, each one short criterion run per parser, the order
+# alternating from rep to rep: on this VM a core's speed drifts from one minute to the next
+# (one run of ours, then one of IOx, gave 3.04×, 2.30× and 1.73× within two hours), so the
+# ratio is taken rep by rep, of runs seconds apart (lib.sh `pair`; noisy reps are judged on
+# all the pairs' median interval). Prints each parser's median lines/s and spread, and
 #   parser-vs-iox   ours ÷ IOx lines/s   target ≥ 2×
-# One criterion run (`--warm-up-time 1 --measurement-time 3`; QUICK=1: 0.5 / 1); no server,
-# no network. ≈ 10 s after the build.
+# Each run `--warm-up-time 0.5 --measurement-time 1.5` (QUICK=1: 0.2 / 0.5, 2 reps); no
+# server, no network. ≈ 1 min after the build.
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "$0")/lib.sh"
 
 QUICK=${QUICK:-0}
-REPS=1
 group=ilp_vs_iox
-if [ "$QUICK" = 1 ]; then times=(--warm-up-time 0.5 --measurement-time 1); else times=(--warm-up-time 1 --measurement-time 3); fi
+if [ "$QUICK" = 1 ]; then
+  REPS=${REPS:-2} times=(--warm-up-time 0.2 --measurement-time 0.5)
+else
+  REPS=${REPS:-10} times=(--warm-up-time 0.5 --measurement-time 1.5)
+fi
+ALTERNATED=1
 bash scripts/install-bench-deps.sh jq
 
 # The bench binary, built once (cargo prints its path); run directly so that only it is pinned.
@@ -23,54 +30,49 @@ exe=$(jq -r 'select(.reason == "compiler-artifact" and .target.name == "codec" a
 [ -x "$exe" ] || { echo "no codec bench executable (cargo bench --bench codec --no-run)" >&2; exit 2; }
 
 header
-# A fresh criterion home: no earlier run's estimates can be read by mistake, nor compared with.
-export CRITERION_HOME=$tmp/criterion
-cmdlog "${on_server[@]}" "$exe" --bench "$group" "${times[@]}"
-timeout --kill-after=5 300 "${on_server[@]}" "$exe" --bench "$group" "${times[@]}" > "$tmp/criterion.out" 2>&1 ||
-  { cat "$tmp/criterion.out" >&2; echo "the $group bench failed" >&2; exit 2; }
-grep -E '^(ilp_vs_iox/|  *(time|thrpt):)' "$tmp/criterion.out" || true
 
-# estimate FN: "lines/s spread% low high" of function FN: lines per iteration ÷ the mean time,
-# the mean's 95 % confidence interval width ÷ the mean, and lines/s at the interval's slow and
-# fast ends.
-estimate() {
-  local dir=$CRITERION_HOME/$group/$1/new
+# run_parser FN: one criterion run of $group/FN in a fresh criterion home (no earlier run's
+# estimates read or compared with); appends {"lines_per_sec"} to $tmp/FN.jsonl, from the
+# mean time per iteration and the lines per iteration.
+run_parser() {
+  local fn=$1 dir
+  export CRITERION_HOME=$tmp/criterion-$rep-$fn
+  [ "$rep" = 1 ] && cmdlog "${on_server[@]}" "$exe" --bench "$group/$fn" --noplot "${times[@]}"
+  timeout --kill-after=5 120 "${on_server[@]}" "$exe" --bench "$group/$fn" --noplot "${times[@]}" > "$tmp/criterion.out" 2>&1 ||
+    { cat "$tmp/criterion.out" >&2; echo "the $group/$fn bench failed" >&2; exit 2; }
+  grep -E '^(ilp_vs_iox/|  *(time|thrpt):)' "$tmp/criterion.out" || true
+  dir=$CRITERION_HOME/$group/$fn/new
   if [ ! -f "$dir/estimates.json" ] || [ ! -f "$dir/benchmark.json" ]; then
     echo "no criterion estimates in $dir" >&2
     exit 2
   fi
-  keep "$dir/estimates.json" "parser-$1-estimates.json"
-  jq -r --slurpfile b "$dir/benchmark.json" '.mean as $m | ($b[0].throughput.Elements // empty) as $n |
-    "\($n / $m.point_estimate * 1e9) \(($m.confidence_interval.upper_bound - $m.confidence_interval.lower_bound) / $m.point_estimate * 100) \($n / $m.confidence_interval.upper_bound * 1e9) \($n / $m.confidence_interval.lower_bound * 1e9)"' \
-    "$dir/estimates.json"
+  keep "$dir/estimates.json" "parser-$fn-$rep-estimates.json"
+  jq -c --slurpfile b "$dir/benchmark.json" '.mean.point_estimate as $m | ($b[0].throughput.Elements // empty) as $n |
+    {lines_per_sec: ($n / $m * 1e9)}' "$dir/estimates.json" >> "$tmp/$fn.jsonl"
 }
-read -r ours s_ours ours_lo ours_hi < <(estimate sensorlink)
-read -r iox s_iox iox_lo iox_hi < <(estimate iox)
-if [ -z "${ours:-}" ] || [ -z "${iox:-}" ]; then echo "no throughput in the estimates" >&2; exit 2; fi
-s_ours=$(printf '%.1f' "$s_ours")
-s_iox=$(printf '%.1f' "$s_iox")
-r=$(ratio "$ours" "$iox")
-# The verdict: where even our slowest ÷ IOx's fastest (the 95 % intervals' far ends) meets the
-# target, or even our fastest ÷ IOx's slowest misses it, the intervals' width cannot change it
-# (as `judge` holds a verdict that every rep agrees on); in between, the noisy rule decides.
-worst=$(ratio "$ours_lo" "$iox_hi")
-best=$(ratio "$ours_hi" "$iox_lo")
-if awk -v w="$worst" 'BEGIN { exit !(w >= 2) }'; then
-  parser_verdict="met (within the 95 % intervals: ${worst}–${best}×)"
-elif awk -v b="$best" 'BEGIN { exit !(b < 2) }'; then
-  parser_verdict="**not met** (within the 95 % intervals: ${worst}–${best}×)"
-else
-  parser_verdict=$(verdict "$r >= 2" "$s_ours" "$s_iox")
-fi
+
+for rep in $(seq "$REPS"); do
+  if [ $((rep % 2)) = 1 ]; then run_parser sensorlink; run_parser iox; else run_parser iox; run_parser sensorlink; fi
+done
+for fn in sensorlink iox; do
+  [ "$(jq -s length "$tmp/$fn.jsonl")" = "$REPS" ] || { echo "no throughput in the estimates of $fn" >&2; exit 2; }
+done
+
+ours=$(jmed "$tmp/sensorlink.jsonl" .lines_per_sec) iox=$(jmed "$tmp/iox.jsonl" .lines_per_sec)
+s_ours=$(spread_pct "$tmp/sensorlink.jsonl" .lines_per_sec) s_iox=$(spread_pct "$tmp/iox.jsonl" .lines_per_sec)
+# Each rep is one pair of runs seconds apart, so the reps are the slices too.
+pair "$tmp/sensorlink.jsonl" .lines_per_sec "$tmp/iox.jsonl" .lines_per_sec ">=" 2 \
+  "$tmp/sensorlink.jsonl" "$tmp/iox.jsonl"
 
 echo
-echo "| parser | lines/s (mean) | 95 % CI width ÷ mean |"
+echo "| parser | lines/s (median of $REPS runs) | spread |"
 echo "|---|---:|---:|"
 echo "| sensorlink \`ilp::parse\` (split at newlines, parse each line) | $(int "$ours") | $s_ours % |"
 echo "| \`influxdb_line_protocol::parse_lines\` 2.0 (IOx) | $(int "$iox") | $s_iox % |"
 echo
-echo "ours ÷ IOx: ${r}× (target ≥ 2×; from the intervals' far ends ${worst}–${best}×); one criterion run ${times[*]}, pinned as above"
+echo "ours ÷ IOx rep by rep: $(paired "$tmp/sensorlink.jsonl" .lines_per_sec "$tmp/iox.jsonl" .lines_per_sec | xargs printf '%.2f ')"
+echo "ours ÷ IOx: ${pair_ratio}× (median of the reps' ratios; target ≥ 2×), $REPS alternated reps of ${times[*]}, pinned as above"
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 result parser-vs-iox "line protocol parse, same mixed input: ilp::parse ÷ influxdb-line-protocol (IOx) parse_lines" \
-  "$(int "$ours") lines/s" "IOx $(int "$iox") lines/s" "${r}×" "ours $s_ours % / ref $s_iox %" "≥ 2×" \
-  "$parser_verdict"
+  "$(int "$ours") lines/s" "IOx $(int "$iox") lines/s" "${pair_ratio}×" \
+  "$(pspreads "$pair_spread" "$s_ours" "$s_iox")" "≥ 2×" "$pair_verdict"
