@@ -345,6 +345,47 @@ pooled_quantiles() {
     }'
 }
 
+# quantile_interval Q: the Q-quantile of the samples in a histogram on stdin (as
+# pooled_quantiles reads it) with its distribution-free 95 % confidence interval: the values at
+# ranks n·Q ∓ 1.96·√(n·Q·(1 − Q)) (the binomial's normal approximation, fine for the 10⁵ and more
+# samples a sitting pools). Prints "VALUE LO HI N"; "nan nan nan 0" with no samples.
+quantile_interval() {
+  sort -g -k1,1 | awk -F'\t' -v q="$1" '
+    NF >= 2 && $1 !~ /^#/ { v[++n] = $1; c[n] = $2; total += $2 }
+    END {
+      if (total == 0) { print "nan nan nan 0"; exit }
+      h = 1.96 * sqrt(total * q * (1 - q))
+      r[1] = q * total; r[2] = q * total - h; r[3] = q * total + h
+      for (k = 1; k <= 3; k++) {
+        if (r[k] < 1) r[k] = 1
+        if (r[k] > total) r[k] = total
+        seen = 0
+        for (j = 1; j <= n; j++) { seen += c[j]; if (seen >= r[k]) break }
+        out[k] = v[j]
+      }
+      printf "%s %s %s %d\n", out[1], out[2], out[3], total
+    }'
+}
+
+# pooled_verdict Q OP TARGET OURS_HIST REF_HIST: a percentile ratio target judged on every sample
+# of the sitting pooled per side (ours and the reference measured in the same interleaved
+# slices): met when even the ratio of the intervals' far ends (quantile_interval) meets "OP
+# TARGET", not met when even their near ends miss it, noisy otherwise. One line: the verdict,
+# with the pooled figures.
+pooled_verdict() {
+  local o r
+  o=$(quantile_interval "$1" < "$4") r=$(quantile_interval "$1" < "$5")
+  awk -v o="$o" -v r="$r" -v op="$2" -v t="$3" -v q="$1" 'BEGIN {
+    split(o, a, " "); split(r, b, " ")
+    if (a[4] == 0 || b[4] == 0 || b[2] == 0) { print "**not measured** (no pooled samples)"; exit }
+    ratio = a[1] / b[1]; lo = a[2] / b[3]; hi = a[3] / b[2]
+    why = sprintf("the sitting pooled: p%g %s ÷ %s µs = %.2f×, %.2f–%.2f× within their 95 %% intervals; %d ÷ %d samples", q * 100, a[1], b[1], ratio, lo, hi, a[4], b[4])
+    good = op == "<=" ? hi <= t : lo >= t
+    bad = op == "<=" ? lo > t : hi < t
+    if (good) print "met (" why ")"; else if (bad) print "**not met** (" why ")"
+    else printf "**noisy** (%s, across %s×)\n", why, t }'
+}
+
 # pooled_figures SLICES_FILE HIST_FILE [EXTRA]: slice_figures, but with the latency p50 and p99
 # taken over every sample of the slices pooled (HIST_FILE: their histograms concatenated), and
 # the pooled sample count. A 2 s slice's p99 on this VM is decided by whether a host stall fell

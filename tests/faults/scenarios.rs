@@ -60,7 +60,7 @@ fn delay_20ms_each_way_is_the_median_rtt() {
             server_min.unwrap_or(f64::NAN),
             server_view["tcp"]["srtt_ms"].as_f64().unwrap_or(f64::NAN)
         ),
-        checked: "median = 40 ms + baseline ± 5 %; srtt = 40 ms + baseline ± 5 %; min ≥ 40 ms (client, its kernel, the server's kernel)".into(),
+        checked: "median = 40 ms + baseline ± 5 %; srtt = 40 ms + baseline median ± 5 %; min ≥ 40 ms (client, its kernel, the server's kernel)".into(),
     };
     show("1 delay", &row);
     assert_eq!(run.count("acked"), 200, "{}", run.summary);
@@ -79,11 +79,12 @@ fn delay_20ms_each_way_is_the_median_rtt() {
         "median {median:.3} ms, expected {expected:.3} ms (40 + baseline) within 5 %"
     );
     // The kernel sees the delay too (it is below TCP): its smoothed RTT agrees, and its
-    // minimum cannot beat 40 ms either.
-    let expected_srtt = 40.0 + base_srtt;
+    // minimum cannot beat 40 ms either. The expectation adds the client's baseline median,
+    // not the baseline connection's srtt: a smoothed value carries its history, and one
+    // delayed ACK early in the short baseline left it at 9.7 ms against a 1.6 ms median.
     assert!(
-        rel_diff(srtt, expected_srtt) <= 0.05,
-        "kernel srtt {srtt:.3} ms, expected {expected_srtt:.3} ms (40 + baseline) within 5 %"
+        rel_diff(srtt, expected) <= 0.05,
+        "kernel srtt {srtt:.3} ms, expected {expected:.3} ms (40 + the client's baseline median) within 5 %"
     );
     assert!(
         min_rtt >= 40.0,

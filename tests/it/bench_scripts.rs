@@ -164,6 +164,56 @@ fn noisy_reps_are_judged_again_on_every_slice_pair() {
 }
 
 #[test]
+fn a_pooled_percentile_comes_with_its_order_statistic_interval() {
+    // 100 samples: 50 at 10, 40 at 20, 10 at 100. The median's ranks 50 ∓ 9.8 reach from the
+    // 10s into the 20s; the p99's (99 ∓ 1.95) all fall in the top 10.
+    let hist = r"printf '10\t50\n100\t10\n20\t40\n'";
+    assert_eq!(
+        lib_sh(&format!("{hist} | quantile_interval 0.5")),
+        "10 10 20 100"
+    );
+    assert_eq!(
+        lib_sh(&format!("{hist} | quantile_interval 0.99")),
+        "100 100 100 100"
+    );
+    assert_eq!(lib_sh("quantile_interval 0.5 < /dev/null"), "nan nan nan 0");
+}
+
+#[test]
+fn noisy_percentile_reps_are_judged_on_the_sittings_samples_pooled() {
+    // Ours: 10 000 samples, p99 = 150 µs (all of the top 2 % at 150); the reference's at 100.
+    let out = lib_sh(
+        r#"
+        printf '50	9800
+150	200
+' > "$tmp/ours.tsv"
+        printf '40	9800
+100	200
+' > "$tmp/ref.tsv"
+        pooled_verdict 0.99 '<=' 1.2 "$tmp/ours.tsv" "$tmp/ref.tsv"
+        pooled_verdict 0.99 '<=' 2 "$tmp/ours.tsv" "$tmp/ref.tsv"
+        # Ours' p99 at the edge of its tail: its interval reaches down into the body.
+        printf '50	9900
+150	100
+' > "$tmp/edge.tsv"
+        pooled_verdict 0.99 '<=' 1.2 "$tmp/edge.tsv" "$tmp/ref.tsv"
+        pooled_verdict 0.99 '<=' 1.2 /dev/null "$tmp/ref.tsv"
+        "#,
+    );
+    let pooled = "the sitting pooled: p99 150 ÷ 100 µs = 1.50×, 1.50–1.50× within their 95 % \
+                  intervals; 10000 ÷ 10000 samples";
+    assert_eq!(
+        out,
+        format!(
+            "**not met** ({pooled})\nmet ({pooled})\n\
+             **noisy** (the sitting pooled: p99 50 ÷ 100 µs = 0.50×, 0.50–1.50× within their \
+             95 % intervals; 10000 ÷ 10000 samples, across 1.2×)\n\
+             **not measured** (no pooled samples)"
+        )
+    );
+}
+
+#[test]
 fn a_reps_figure_is_the_median_of_its_slices() {
     let out = lib_sh(
         r#"
