@@ -60,7 +60,7 @@ fn delay_20ms_each_way_is_the_median_rtt() {
             server_min.unwrap_or(f64::NAN),
             server_view["tcp"]["srtt_ms"].as_f64().unwrap_or(f64::NAN)
         ),
-        checked: "median = 40 ms + baseline ± 5 %; srtt = 40 ms + baseline median ± 5 %; min ≥ 40 ms (client, its kernel, the server's kernel)".into(),
+        checked: "median = 40 ms + baseline ± 5 %; 40 ms ≤ srtt ≤ the client's max RTT; min ≥ 40 ms (client, its kernel, the server's kernel)".into(),
     };
     show("1 delay", &row);
     assert_eq!(run.count("acked"), 200, "{}", run.summary);
@@ -78,13 +78,17 @@ fn delay_20ms_each_way_is_the_median_rtt() {
         rel_diff(median, expected) <= 0.05,
         "median {median:.3} ms, expected {expected:.3} ms (40 + baseline) within 5 %"
     );
-    // The kernel sees the delay too (it is below TCP): its smoothed RTT agrees, and its
-    // minimum cannot beat 40 ms either. The expectation adds the client's baseline median,
-    // not the baseline connection's srtt: a smoothed value carries its history, and one
-    // delayed ACK early in the short baseline left it at 9.7 ms against a 1.6 ms median.
+    // The kernel sees the delay too (it is below TCP). Its srtt is a moving average (gain
+    // 1/8) of its latest samples, each a round trip the client also timed (the reply carries
+    // the ACK), so it lies within the client's RTTs: at least 40 ms, at most their max. Not
+    // within 5 % of the median: one packet the relay released 10 ms late moves the average
+    // for several samples (45.2 ms against a 43.2 ms median in one CI run; the old
+    // "40 ms + the baseline connection's srtt" failed too when one delayed ACK left that
+    // baseline at 9.7 ms).
+    let max = run.rtt_ms("max_us");
     assert!(
-        rel_diff(srtt, expected) <= 0.05,
-        "kernel srtt {srtt:.3} ms, expected {expected:.3} ms (40 + the client's baseline median) within 5 %"
+        (40.0..=max).contains(&srtt),
+        "kernel srtt {srtt:.3} ms outside the client's round trips [40 ms, max {max:.3} ms]"
     );
     assert!(
         min_rtt >= 40.0,
