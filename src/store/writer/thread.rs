@@ -490,18 +490,48 @@ mod inline_tests {
     use super::*;
     use crate::store::testing::{gate, temp, writer_entered, TestStore};
     use crate::store::{Drive, StoreError, StoredReading, Written};
+    use std::sync::atomic::AtomicBool;
     use std::sync::Arc;
     use tokio::sync::oneshot;
 
     /// Generous liveness guard: a test that needs longer than this is hung.
     const HANG: Duration = Duration::from_secs(20);
 
-    /// A [`TestStore`] that says its commits never wait for the disk.
-    struct Quick(TestStore);
+    /// A [`TestStore`] that says its commits never wait for the disk, and flags when the
+    /// writer thread has taken its first look at the store (it holds the store's lock for
+    /// that look, and an inline commit meanwhile would go to the writer instead).
+    struct Quick(TestStore, Arc<AtomicBool>);
+
+    impl Quick {
+        fn new(store: TestStore) -> (Quick, Arc<AtomicBool>) {
+            let looked = Arc::new(AtomicBool::new(false));
+            (Quick(store, Arc::clone(&looked)), looked)
+        }
+    }
+
+    /// Once the writer thread has looked at the store (its idle deadline, read under the
+    /// lock as it starts), it waits on its queue with the lock released: from then on an
+    /// inline commit finds the store free.
+    async fn writer_settled(looked: &AtomicBool) {
+        tokio::time::timeout(HANG, async {
+            while !looked.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .expect("the writer thread starts");
+        // The flag is set inside the look; the lock is released just after it.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     impl Store for Quick {
         fn write_batch(&mut self, batch: &[StoredReading]) -> Result<Written, StoreError> {
             self.0.write_batch(batch)
+        }
+
+        fn idle_deadline(&self) -> Option<Instant> {
+            self.1.store(true, Ordering::SeqCst);
+            None
         }
 
         fn commits_without_waiting(&self) -> bool {
@@ -526,10 +556,9 @@ mod inline_tests {
     #[tokio::test]
     async fn an_idle_writer_lets_the_task_commit_inline() {
         let store = TestStore::default();
-        let (handle, writer) = spawn(
-            Drive::GroupCommit(Box::new(Quick(store.clone()))),
-            WriterConfig::default(),
-        );
+        let (quick, looked) = Quick::new(store.clone());
+        let (handle, writer) = spawn(Drive::GroupCommit(Box::new(quick)), WriterConfig::default());
+        writer_settled(&looked).await;
         for ts in 0..3 {
             let mut answer = handle.submit(vec![temp("a", ts)]).await.expect("submit");
             let committed = answer
@@ -556,7 +585,10 @@ mod inline_tests {
             commit_delay: Duration::from_millis(1),
             ..WriterConfig::default()
         };
-        let (handle, writer) = spawn(Drive::GroupCommit(Box::new(Quick(store.clone()))), config);
+        let (handle, writer) = spawn(
+            Drive::GroupCommit(Box::new(Quick::new(store.clone()).0)),
+            config,
+        );
         let mut answer = handle.submit(vec![temp("a", 0)]).await.expect("submit");
         assert!(answer.try_recv().is_err(), "not committed within submit");
         assert_eq!(wait(answer).await.outcome.inserted, 1);
@@ -574,10 +606,9 @@ mod inline_tests {
     async fn batches_queue_behind_a_busy_writer_in_order() {
         let store = TestStore::default();
         let (gate, entered_rx, release_tx) = gate();
-        let (handle, writer) = spawn(
-            Drive::GroupCommit(Box::new(Quick(store.gated(gate)))),
-            WriterConfig::default(),
-        );
+        let (quick, looked) = Quick::new(store.gated(gate));
+        let (handle, writer) = spawn(Drive::GroupCommit(Box::new(quick)), WriterConfig::default());
+        writer_settled(&looked).await;
         // A commits inline on a thread of its own and is held at the gate, holding the store.
         let inline = {
             let handle = handle.clone();
@@ -628,7 +659,7 @@ mod inline_tests {
         let (tx, _rx) = mpsc::channel(1);
         let route = ThreadRoute {
             tx,
-            store: Arc::new(Mutex::new(Box::new(Quick(store.clone())))),
+            store: Arc::new(Mutex::new(Box::new(Quick::new(store.clone()).0))),
             in_writer: Arc::new(AtomicUsize::new(1)),
             inline_when_idle: true,
         };
