@@ -10,7 +10,7 @@
 #              connection, every point unique; load from `wrk` with bench/influx_write.lua
 #              (Debian `wrk`) on the load core
 #   ceiling:   benches/sqlite_ceiling.rs (rusqlite alone: our schema, our pragmas with
-#              synchronous=FULL, our prepared insert, one writer thread) on the server core,
+#              synchronous=FULL, our prepared inserts (32 rows per statement, as the store), one writer thread) on the server core,
 #              at OUR rows per transaction: the group commit merges the syncs of several
 #              connections into one transaction, so that figure is measured, not B: the mean
 #              of the server's `sensorlink_store_commit_rows` histogram (/metrics) in a

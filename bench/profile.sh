@@ -5,6 +5,8 @@
 #   sqlite:  --store sqlite --fsync always, `--connections 64 --pipeline 256 --batch 64`
 #   idle:    --store memory, `--idle --connections 10000 --interval 1s --warmup 3s` (bench/capacity.sh)
 #   idle-sqlite: (not in the default) the same against --store sqlite --fsync always
+#   sqlite-5000x4: (not in the default) --store sqlite --fsync always at bench/influx.sh's
+#            largest shape, `--connections 4 --pipeline 5000 --batch 5000`
 #   rtt:     --store memory, `--connections 1 --pipeline 1 --batch 1` (bench/roundtrip.sh)
 # and prints the self time by group (parsing, allocation, store, kernel, tokio, …) and the
 # top symbols. PROFILES selects (default: memory sqlite idle rtt).
@@ -268,6 +270,7 @@ for p in $PROFILES; do
     memory) profile memory memory --connections 50 --pipeline 4096 --batch 1024 ;;
     sqlite) profile sqlite "sqlite:$(fresh_db)" --connections 64 --pipeline 256 --batch 64 ;;
     idle) profile idle memory --idle --connections 10000 --interval 1s --source-ips 8 --warmup 3s ;;
+    sqlite-5000x4) profile sqlite-5000x4 "sqlite:$(fresh_db)" --connections 4 --pipeline 5000 --batch 5000 ;;
     idle-sqlite) profile idle-sqlite "sqlite:$(fresh_db)" --idle --connections 10000 --interval 1s --source-ips 8 --warmup 3s ;;
     rtt) profile rtt memory --connections 1 --pipeline 1 --batch 1 ;;
     postgres)

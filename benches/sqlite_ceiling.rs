@@ -14,9 +14,11 @@
 //! - Per reading: what the store does once its series id is cached (the writer caches them,
 //!   `sqlite/series_cache.rs`): encode the fields with `encode_fields` and run the prepared
 //!   `INSERT … ON CONFLICT DO NOTHING`, rows in (series, ts) order inside one
-//!   `BEGIN IMMEDIATE` … `COMMIT`. The series rows are created before the clock starts,
-//!   keyed as the store keys them. Not mirrored: the store's occasional fold of its
-//!   per-series totals (at most once a second) and its dirty flag (once per writer).
+//!   `BEGIN IMMEDIATE` … `COMMIT`: 32 rows per statement under a savepoint, through the
+//!   store's own `insert_reading_rows`, and the rest of a transaction one row each. The
+//!   series rows are created before the clock starts, keyed as the store keys them. Not
+//!   mirrored: the store's occasional fold of its per-series totals (at most once a
+//!   second) and its dirty flag (once per writer).
 //! - Per transaction the SQLite work is the same as the store's (strace, one row per
 //!   transaction: one `fsync` of the WAL, two `pwrite`s, six lock `fcntl`s each). What a
 //!   server adds cannot be mirrored here: a loopback round trip and two thread hand-offs
@@ -42,7 +44,7 @@ use clap::Parser;
 use rusqlite::{Connection, TransactionBehavior};
 use sensorlink::protocol::{FieldValue, Reading};
 use sensorlink::store::encoding::{encode_fields, encode_tags, write_reading_series_key};
-use sensorlink::store::sqlite::SqliteStore;
+use sensorlink::store::sqlite::{insert_reading_rows, ReadingRow, SqliteStore, INSERT_CHUNK_ROWS};
 use sensorlink::store::FsyncPolicy;
 
 /// The store's pragmas (`SqliteStore::open`): page cache in KiB, WAL pages between
@@ -106,6 +108,8 @@ struct Writer {
     n: u64,
     fields: Vec<(String, FieldValue)>,
     text: String,
+    /// A chunk's encoded fields, one buffer per row.
+    texts: Vec<String>,
 }
 
 fn main() -> Result<()> {
@@ -250,6 +254,7 @@ impl Writer {
                 .map(|f| (format!("f{f}"), FieldValue::Float(0.0)))
                 .collect(),
             text: String::new(),
+            texts: vec![String::new(); INSERT_CHUNK_ROWS],
         })
     }
 
@@ -286,26 +291,53 @@ impl Writer {
                 .context("prepare insert")?;
             let per = rows / self.series.len();
             let extra = rows % self.series.len();
+            // The rows in order, then inserted as the store inserts them: whole chunks by
+            // `insert_reading_rows`, the rest one by one.
+            let mut keys = Vec::with_capacity(rows);
             for (s, &series_id) in self.series.iter().enumerate() {
                 for _ in 0..per + usize::from(s < extra) {
-                    // `LineEncoder`'s values: vary per reading and field, short floats.
-                    for (f, (_, value)) in self.fields.iter_mut().enumerate() {
-                        let v = self.n.wrapping_mul(31).wrapping_add(f as u64 * 7) % 10_000;
-                        *value = FieldValue::Float(v as f64 / 10.0);
-                    }
-                    self.n += 1;
-                    encode_fields(&mut self.text, &self.fields);
-                    let ts = self.next_ts[s];
+                    keys.push((series_id, self.next_ts[s]));
                     self.next_ts[s] += 1;
-                    inserted += insert
-                        .execute(rusqlite::params![series_id, ts, received, self.text])
-                        .context("insert reading")? as u64;
                 }
+            }
+            let mut chunks = keys.chunks_exact(INSERT_CHUNK_ROWS);
+            for chunk in chunks.by_ref() {
+                for text in self.texts.iter_mut().take(chunk.len()) {
+                    encode_fields(text, reading_fields(&mut self.fields, self.n));
+                    self.n += 1;
+                }
+                let rows: Vec<ReadingRow<'_>> = chunk
+                    .iter()
+                    .zip(self.texts.iter())
+                    .map(|(&(series_id, ts), text)| (series_id, ts, received, text.as_str()))
+                    .collect();
+                ensure!(
+                    insert_reading_rows(&tx, &rows).context("insert readings")?,
+                    "a fresh database already held one of the rows"
+                );
+                inserted += rows.len() as u64;
+            }
+            for &(series_id, ts) in chunks.remainder() {
+                encode_fields(&mut self.text, reading_fields(&mut self.fields, self.n));
+                self.n += 1;
+                inserted += insert
+                    .execute(rusqlite::params![series_id, ts, received, self.text])
+                    .context("insert reading")? as u64;
             }
         }
         tx.commit().context("commit")?;
         Ok(inserted)
     }
+}
+
+/// Reading `n`'s field values, as `LineEncoder` makes them: varying per reading and field,
+/// short floats.
+fn reading_fields(fields: &mut [(String, FieldValue)], n: u64) -> &[(String, FieldValue)] {
+    for (f, (_, value)) in fields.iter_mut().enumerate() {
+        let v = n.wrapping_mul(31).wrapping_add(f as u64 * 7) % 10_000;
+        *value = FieldValue::Float(v as f64 / 10.0);
+    }
+    fields
 }
 
 /// Wall-clock nanoseconds since the epoch (timestamps and receive times, as the store's).
