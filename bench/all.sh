@@ -133,7 +133,7 @@ if [ "$ALL_QUICK" = 1 ]; then
 else
   step roundtrip bench/roundtrip.sh REPS=5 SLICES=8 SLICE=2
   step pipelined bench/pipelined.sh REPS=5 SLICES=4 SLICE=2 REDIS_N=12000000
-  step influx bench/influx.sh REPS=3 DURATION=5 SLICES=5 SLICES_1x1=7
+  step influx bench/influx.sh REPS=3 DURATION=5 SLICES=5 SLICES_1x1=7 SLICES_5000x4=7 SLICE_5000x4=4
   [ -f bench/sqlite_ceiling.sh ] && ! grep -q sqlite_ceiling bench/influx.sh &&
     step sqlite_ceiling bench/sqlite_ceiling.sh REPS=3
   step capacity bench/capacity.sh REPS=3 CAP_CONNS=10000 CAP_MAX=50000 STEADY=10
