@@ -5,8 +5,9 @@
 #   sqlite:  --store sqlite --fsync always, `--connections 64 --pipeline 256 --batch 64`
 #   idle:    --store memory, `--idle --connections 10000 --interval 1s --warmup 3s` (bench/capacity.sh)
 #   idle-sqlite: (not in the default) the same against --store sqlite --fsync always
-#   sqlite-5000x4: (not in the default) --store sqlite --fsync always at bench/influx.sh's
-#            largest shape, `--connections 4 --pipeline 5000 --batch 5000`
+#   sqlite-5000x4, sqlite-100x8: (not in the default) --store sqlite --fsync always at
+#            bench/influx.sh's shapes, `--connections 4 --pipeline 5000 --batch 5000` and
+#            `--connections 8 --pipeline 100 --batch 100`
 #   rtt:     --store memory, `--connections 1 --pipeline 1 --batch 1` (bench/roundtrip.sh)
 # and prints the self time by group (parsing, allocation, store, kernel, tokio, …) and the
 # top symbols. PROFILES selects (default: memory sqlite idle rtt).
@@ -271,6 +272,7 @@ for p in $PROFILES; do
     sqlite) profile sqlite "sqlite:$(fresh_db)" --connections 64 --pipeline 256 --batch 64 ;;
     idle) profile idle memory --idle --connections 10000 --interval 1s --source-ips 8 --warmup 3s ;;
     sqlite-5000x4) profile sqlite-5000x4 "sqlite:$(fresh_db)" --connections 4 --pipeline 5000 --batch 5000 ;;
+    sqlite-100x8) profile sqlite-100x8 "sqlite:$(fresh_db)" --connections 8 --pipeline 100 --batch 100 ;;
     idle-sqlite) profile idle-sqlite "sqlite:$(fresh_db)" --idle --connections 10000 --interval 1s --source-ips 8 --warmup 3s ;;
     rtt) profile rtt memory --connections 1 --pipeline 1 --batch 1 ;;
     postgres)
